@@ -1,0 +1,45 @@
+# alps: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+TRITON_VENV := .venv-triton
+PY := $(VENV)/bin/python
+# The CPU torch wheel lies in /opt/wheels on our machines; elsewhere pip takes torch from the index.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP_FLAGS := --disable-pip-version-check --quiet $(FIND_LINKS)
+STAMP := $(VENV)/.installed
+TRITON_STAMP := $(TRITON_VENV)/.installed
+
+DEMO_DIR ?= runs/demo
+MODEL_REPO ?= model_repository
+
+.PHONY: setup demo test test-slow server bench bench-full clean
+
+setup: $(STAMP) $(TRITON_STAMP)
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt -c requirements.lock
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
+	touch $@
+
+# A separate server-side environment: the bundled tritonserver's Python backend stub needs numpy<2.
+$(TRITON_STAMP): requirements-triton.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements-triton.txt
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m flows.demo --workdir $(DEMO_DIR) --model-repository $(MODEL_REPO)
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+server: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,86 @@
+"""The backend protocol shared by the embedded (onnxruntime) and Triton backends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client.model_repository import ModelManifest
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """SAM image embedding of one image (or crop), with the frames needed to map masks back.
+
+    Attributes:
+        features: ``(256, 64, 64) float32`` embedding of the padded ``1024 x 1024`` input frame.
+        input_size: ``(h, w)`` of the resized image inside the 1024 frame (the unpadded region).
+        original_size: ``(H, W)`` of the image that was encoded, in pixels.
+    """
+
+    features: npt.NDArray[np.float32]
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DecoderOutput:
+    """Decoder output for B prompts of one image.
+
+    Attributes:
+        low_res_masks: ``(B, 3, 256, 256) float32`` mask logits in the padded 1024 frame at 1/4 scale.
+        iou_predictions: ``(B, 3) float32`` predicted IoU of each of the 3 multimask outputs.
+    """
+
+    low_res_masks: npt.NDArray[np.float32]
+    iou_predictions: npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class SamBackend(Protocol):
+    """What the mask generator needs from a SAM deployment; tensor names come from ``manifest``."""
+
+    manifest: ModelManifest
+
+    @property
+    def prompt_batch_size(self) -> int:
+        """Prompts per decoder call this backend handles well (memory-bounded on CPU, large on GPU)."""
+        ...
+
+    def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
+        """Embed images.
+
+        Args:
+            images: each ``(H, W, 3) uint8`` RGB, any size; resized and padded as Meta's ``SamPredictor``.
+
+        Returns:
+            One Embedding per image, in order.
+        """
+        ...
+
+    def decode(
+        self,
+        embedding: Embedding,
+        point_coords: npt.NDArray[np.float32],
+        point_labels: npt.NDArray[np.float32],
+    ) -> DecoderOutput:
+        """Predict 3 masks per prompt.
+
+        Args:
+            embedding: the image's embedding from :meth:`encode`.
+            point_coords: ``(B, N, 2) float32`` prompt points (x, y) in the resized 1024 frame.
+            point_labels: ``(B, N) float32``, 1 foreground, 0 background. Meta's padding point is added
+                by the exported decoder itself.
+
+        Returns:
+            DecoderOutput with B rows.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release sessions, connections and shared memory."""
+        ...

@@ -1,0 +1,258 @@
+"""Frozen configuration dataclasses: one per pipeline stage, composed by PipelineConfig.
+
+The CLI turns flags named after these fields into one PipelineConfig, dropping unset flags so the
+defaults below stay the only defaults. ``__post_init__`` validates and does nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
+BackendKind = Literal["embedded", "triton"]
+ClusterBackend = Literal["auto", "sklearn", "cuml", "dask"]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class AmgConfig:
+    """Automatic mask generation, with the names and defaults of Meta's SamAutomaticMaskGenerator.
+
+    The defaults are the paper's setting (ALPS uses SAM's default dense prompts).
+    ``points_per_batch=None`` lets the backend choose (memory-bounded on CPU, large on GPU); the batch
+    size never changes the masks.
+    """
+
+    points_per_side: int | None = 32
+    points_per_batch: int | None = None
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    mask_threshold: float = 0.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    point_grids: tuple[tuple[tuple[float, float], ...], ...] | None = None
+    min_mask_region_area: int = 0
+    output_mode: OutputMode = "binary_mask"
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.points_per_side is None) != (self.point_grids is None),
+            "exactly one of points_per_side or point_grids must be given, "
+            f"got points_per_side={self.points_per_side!r} and point_grids={'set' if self.point_grids else None}",
+        )
+        if self.points_per_side is not None:
+            _check(self.points_per_side > 0, f"points_per_side must be > 0, got {self.points_per_side!r}")
+        if self.points_per_batch is not None:
+            _check(self.points_per_batch > 0, f"points_per_batch must be > 0, got {self.points_per_batch!r}")
+        for name in ("box_nms_thresh", "crop_nms_thresh"):
+            value = getattr(self, name)
+            _check(0.0 < value <= 1.0, f"{name} must lie in (0, 1], got {value!r}")
+        _check(self.crop_n_layers >= 0, f"crop_n_layers must be >= 0, got {self.crop_n_layers!r}")
+        _check(
+            self.crop_n_points_downscale_factor >= 1,
+            f"crop_n_points_downscale_factor must be >= 1, got {self.crop_n_points_downscale_factor!r}",
+        )
+        _check(
+            0.0 <= self.crop_overlap_ratio < 1.0,
+            f"crop_overlap_ratio must lie in [0, 1), got {self.crop_overlap_ratio!r}",
+        )
+        _check(
+            self.min_mask_region_area >= 0,
+            f"min_mask_region_area must be >= 0, got {self.min_mask_region_area!r}",
+        )
+        _check(
+            self.output_mode in ("binary_mask", "uncompressed_rle", "coco_rle"),
+            f"output_mode must be binary_mask, uncompressed_rle or coco_rle, got {self.output_mode!r}",
+        )
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Where the encoder and decoder run.
+
+    Attributes:
+        kind: ``embedded`` (onnxruntime in this process, the default) or ``triton``.
+        model_repository: folder written by ``export/export_sam.py``; its manifest names the tensors.
+        triton_urls: Triton endpoints (``host:port``); gRPC port by default, HTTP with protocol="http".
+        protocol: Triton protocol, ``grpc`` or ``http``.
+        shared_memory: send large tensors through system shared memory (client and server on one host).
+        num_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
+        timeout_s: per-request timeout for remote backends, in seconds.
+    """
+
+    kind: BackendKind = "embedded"
+    model_repository: str = "model_repository"
+    triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
+    protocol: Literal["grpc", "http"] = "grpc"
+    shared_memory: bool = False
+    num_threads: int = 0
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("embedded", "triton"), f"backend must be embedded or triton, got {self.kind!r}")
+        _check(self.protocol in ("grpc", "http"), f"protocol must be grpc or http, got {self.protocol!r}")
+        _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads!r}")
+        _check(len(self.triton_urls) > 0, "triton_urls must name at least one server")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The filtering gate G: masks whose instance proportion PI(M) exceeds sigma are dropped.
+
+    Attributes:
+        sigma: largest kept fraction of the image (or tile) a mask may cover, in (0, 1]. Paper: 0.3.
+    """
+
+    sigma: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.sigma <= 1.0, f"sigma must lie in (0, 1], got {self.sigma!r}")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Pseudo feature labels: SAM features pooled under each mask.
+
+    Attributes:
+        feature_size: side of the square frame the valid embedding and the masks are resized to (paper: 256).
+        l2_normalize: L2-normalise each pooled 256-d vector before clustering.
+    """
+
+    feature_size: int = 256
+    l2_normalize: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.feature_size > 0, f"feature_size must be > 0, got {self.feature_size!r}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Mini-batch k-means over all pseudo feature labels of a dataset.
+
+    Attributes:
+        n_clusters: number of pseudo classes N, or ``"auto"`` to estimate it (Dirichlet-process mixture).
+        max_n_clusters: upper bound on N for ``"auto"``.
+        backend: ``auto`` (cuML when a GPU and cuML are present, else scikit-learn), ``sklearn``, ``cuml``
+            or ``dask``.
+        batch_size: PFL vectors per mini-batch.
+        n_passes: passes over all PFLs.
+        init_sample_size: PFLs drawn (seeded) for k-means++ initialisation and for ``auto``.
+        seed: random seed; the same seed gives the same centroids.
+        centroids: path of an existing ``centroids.npy`` to label with fixed classes (no fitting).
+        dask_address: scheduler address for the Dask backend (None: a local cluster).
+    """
+
+    n_clusters: int | Literal["auto"] = 16
+    max_n_clusters: int = 64
+    backend: ClusterBackend = "auto"
+    batch_size: int = 4096
+    n_passes: int = 5
+    init_sample_size: int = 20000
+    seed: int = 0
+    centroids: str | None = None
+    dask_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_clusters != "auto":
+            _check(
+                isinstance(self.n_clusters, int) and 1 <= self.n_clusters <= 254,
+                f"n_clusters must be an integer in 1..254 (255 marks 'no mask') or 'auto', got {self.n_clusters!r}",
+            )
+        _check(2 <= self.max_n_clusters <= 254, f"max_n_clusters must lie in 2..254, got {self.max_n_clusters!r}")
+        _check(
+            self.backend in ("auto", "sklearn", "cuml", "dask"),
+            f"cluster backend must be auto, sklearn, cuml or dask, got {self.backend!r}",
+        )
+        _check(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size!r}")
+        _check(self.n_passes > 0, f"n_passes must be > 0, got {self.n_passes!r}")
+        _check(self.init_sample_size > 0, f"init_sample_size must be > 0, got {self.init_sample_size!r}")
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    """The labelled dataset written to OUT.
+
+    Attributes:
+        val_fraction: fraction of images put in ``val`` by a stable hash of stem and seed, in [0, 1).
+        seed: seed of the split.
+        write_vis: write palette previews to ``vis/``.
+        copy_images: copy (or link) the input images into ``img_dir`` (mmseg layout).
+    """
+
+    val_fraction: float = 0.3
+    seed: int = 0
+    write_vis: bool = True
+    copy_images: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How input files become RGB images to label.
+
+    Attributes:
+        bands: 1-based band indices (3 of them) of multispectral rasters; None: the RGB-described bands, else 1, 2, 3.
+        stretch_percentiles: low/high percentiles of the linear stretch that maps >8-bit data to uint8.
+        tile: side of square tiles cut from large images (iSAID convention: 896); None labels whole images.
+        overlap: overlap between neighbouring tiles in pixels (iSAID convention: 384).
+        stitch: also write one label map per scene assembled from its tiles.
+        slice_axis: axis along which 3D volumes (NIfTI) are sliced into 2D images.
+        window_percentiles: intensity window of volume slices, as low/high percentiles of the volume.
+        write_nifti_labels: stack label slices back into a NIfTI label volume with the source affine.
+    """
+
+    bands: tuple[int, ...] | None = None
+    stretch_percentiles: tuple[float, float] = (2.0, 98.0)
+    tile: int | None = None
+    overlap: int = 384
+    stitch: bool = False
+    slice_axis: int = 2
+    window_percentiles: tuple[float, float] = (0.5, 99.5)
+    write_nifti_labels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bands is not None:
+            _check(len(self.bands) == 3 and all(b >= 1 for b in self.bands),
+                   f"bands must be three 1-based band indices, got {self.bands!r}")
+        if self.tile is not None:
+            _check(self.tile >= 64, f"tile must be >= 64 pixels, got {self.tile!r}")
+            _check(0 <= self.overlap < self.tile, f"overlap must lie in [0, tile), got {self.overlap!r}")
+        _check(self.slice_axis in (0, 1, 2), f"slice_axis must be 0, 1 or 2, got {self.slice_axis!r}")
+        for name in ("stretch_percentiles", "window_percentiles"):
+            lo, hi = getattr(self, name)
+            _check(0.0 <= lo < hi <= 100.0, f"{name} must satisfy 0 <= low < high <= 100, got {(lo, hi)!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a run needs; the manifest stores it, and resume compares against it."""
+
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    inputs: InputConfig = field(default_factory=InputConfig)
+    amg: AmgConfig = field(default_factory=AmgConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    def labelling_dict(self) -> dict[str, Any]:
+        """The fields that change per-image results (masks, gate, PFLs); resume compares these."""
+        return {"inputs": dataclasses.asdict(self.inputs), "amg": dataclasses.asdict(self.amg),
+                "gate": dataclasses.asdict(self.gate), "features": dataclasses.asdict(self.features)}

@@ -1,0 +1,144 @@
+"""Reading the model repository manifest: how clients learn tensor names, shapes and preprocessing.
+
+``export/export_sam.py`` writes ``<repo>/manifest.json``; clients read it and never guess tensor names.
+Tensors are addressed by *role* (``images``, ``point_coords`` …); the manifest maps each role to the
+ONNX/Triton tensor name, dtype and shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alps_client.errors import ModelRepositoryError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+ENCODER_ROLES = {"inputs": ("images", "input_size"), "outputs": ("image_embeddings",)}
+DECODER_ROLES = {
+    "inputs": ("image_embeddings", "point_coords", "point_labels"),
+    "outputs": ("low_res_masks", "iou_predictions"),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model tensor. ``shape`` uses -1 for dynamic dimensions, batch dimension included."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the repository (``sam_encoder`` or ``sam_decoder``)."""
+
+    name: str
+    onnx_path: Path
+    sha256: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """The parsed ``manifest.json`` of a model repository.
+
+    Attributes:
+        root: the model repository folder.
+        model_type: ``vit_h``, ``vit_l``, ``vit_b`` or ``stand-in``.
+        is_stand_in: True for the structured stand-in (not SAM).
+        random_init: True when exported without weights (shape and speed work only).
+        image_size: side of the square encoder frame (1024).
+        mask_threshold: logit threshold that turns mask logits into binary masks (0.0).
+        encoder: the encoder model.
+        decoder: the automatic-mask-generation decoder model.
+        raw: the whole manifest as read, stored in run manifests.
+    """
+
+    root: Path
+    model_type: str
+    is_stand_in: bool
+    random_init: bool
+    image_size: int
+    mask_threshold: float
+    encoder: ModelSpec
+    decoder: ModelSpec
+    raw: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the exact model: the encoder and decoder ONNX sha256s."""
+        return f"{self.model_type}:{self.encoder.sha256[:16]}:{self.decoder.sha256[:16]}"
+
+
+def _tensor(role: str, spec: Any, where: str) -> TensorSpec:
+    try:
+        return TensorSpec(name=str(spec["name"]), dtype=str(spec["dtype"]), shape=tuple(int(d) for d in spec["shape"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelRepositoryError(f"{where}: tensor '{role}' needs name, dtype and shape, got {spec!r}") from err
+
+
+def _model(root: Path, key: str, data: dict[str, Any], roles: dict[str, tuple[str, ...]], where: str) -> ModelSpec:
+    if key not in data.get("models", {}):
+        raise ModelRepositoryError(f"{where}: no '{key}' model; re-run export/export_sam.py")
+    m = data["models"][key]
+    specs: dict[str, dict[str, TensorSpec]] = {}
+    for side in ("inputs", "outputs"):
+        given = m.get(side, {})
+        missing = [r for r in roles[side] if r not in given]
+        if missing:
+            raise ModelRepositoryError(f"{where}: {key} {side} lack roles {missing}; re-run export/export_sam.py")
+        specs[side] = {r: _tensor(r, given[r], where) for r in roles[side]}
+    return ModelSpec(
+        name=str(m["name"]),
+        onnx_path=root / m["path"],
+        sha256=str(m["sha256"]),
+        inputs=specs["inputs"],
+        outputs=specs["outputs"],
+    )
+
+
+def load_manifest(model_repository: str | Path) -> ModelManifest:
+    """Read and check ``<model_repository>/manifest.json``.
+
+    Args:
+        model_repository: folder written by ``export/export_sam.py``.
+
+    Returns:
+        The parsed manifest.
+
+    Raises:
+        ModelRepositoryError: If the folder or manifest is missing, unreadable or incomplete.
+    """
+    root = Path(model_repository)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelRepositoryError(
+            f"no model repository at '{root}' ({MANIFEST_NAME} missing); build one with "
+            "`python export/export_sam.py --model-type stand-in --out {root}` (or vit_h with --checkpoint)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelRepositoryError(f"{path}: unreadable manifest ({err}); re-run export/export_sam.py") from err
+    if data.get("format_version") != MANIFEST_FORMAT:
+        raise ModelRepositoryError(
+            f"{path}: manifest format {data.get('format_version')!r}, this client reads {MANIFEST_FORMAT}; "
+            "re-run export/export_sam.py"
+        )
+    manifest = ModelManifest(
+        root=root,
+        model_type=str(data["model_type"]),
+        is_stand_in=bool(data["is_stand_in"]),
+        random_init=bool(data["random_init"]),
+        image_size=int(data["image_size"]),
+        mask_threshold=float(data["mask_threshold"]),
+        encoder=_model(root, "encoder", data, ENCODER_ROLES, str(path)),
+        decoder=_model(root, "decoder", data, DECODER_ROLES, str(path)),
+        raw=data,
+    )
+    return manifest
