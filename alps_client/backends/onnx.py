@@ -1,0 +1,121 @@
+"""Embedded backend: the exported encoder and decoder run in this process with onnxruntime (no server)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.config import BackendConfig
+from alps_client.errors import ModelRepositoryError, ModelSignatureError
+from alps_client.model_repository import ModelManifest, ModelSpec, load_manifest
+from alps_client.transforms import prepare_encoder_input
+
+# Prompts per decoder call. On CPU the decoder costs ~the same per prompt for chunks of 8..64, and memory
+# grows with the chunk (vit_b: 256 prompts in one call need 22 GB), so 64 bounds memory at no speed cost.
+CPU_PROMPTS_PER_CALL = 64
+GPU_PROMPTS_PER_CALL = 256
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(float)": "float32"}
+
+
+def check_session_signature(session: object, spec: ModelSpec) -> None:
+    """Check an onnxruntime session has the manifest's tensor names and dtypes.
+
+    Raises:
+        ModelSignatureError: naming the tensor, the expectation and what the model has.
+    """
+    for side, tensors in (("input", session.get_inputs()), ("output", session.get_outputs())):  # type: ignore[attr-defined]
+        found = {t.name: _ORT_DTYPES.get(t.type, t.type) for t in tensors}
+        expected = spec.inputs if side == "input" else spec.outputs
+        for role, tensor in expected.items():
+            if tensor.name not in found:
+                raise ModelSignatureError(
+                    f"{spec.name}: manifest {side} '{tensor.name}' (role {role}) is not in {spec.onnx_path} "
+                    f"(has {sorted(found)}); re-run export/export_sam.py"
+                )
+            if found[tensor.name] != tensor.dtype:
+                raise ModelSignatureError(
+                    f"{spec.name}: {side} '{tensor.name}' must be {tensor.dtype}, the model has {found[tensor.name]}"
+                )
+
+
+class EmbeddedBackend:
+    """SAM encoder and AMG decoder in onnxruntime sessions; CUDA provider when available, else CPU.
+
+    Sessions are thread-safe for ``run``, so one backend can serve several images concurrently.
+    """
+
+    def __init__(self, config: BackendConfig | None = None, manifest: ModelManifest | None = None) -> None:
+        import onnxruntime as ort
+
+        self.config = config or BackendConfig()
+        self.manifest = manifest or load_manifest(self.config.model_repository)
+        available = ort.get_available_providers()
+        self.on_gpu = "CUDAExecutionProvider" in available
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.on_gpu else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if self.config.num_threads:
+            options.intra_op_num_threads = self.config.num_threads
+        self._sessions = {}
+        for key, spec in (("encoder", self.manifest.encoder), ("decoder", self.manifest.decoder)):
+            if not spec.onnx_path.is_file():
+                raise ModelRepositoryError(
+                    f"{spec.onnx_path} is missing from the model repository; re-run export/export_sam.py"
+                )
+            session = ort.InferenceSession(str(spec.onnx_path), options, providers=providers)
+            check_session_signature(session, spec)
+            self._sessions[key] = session
+        self._enc = self.manifest.encoder
+        self._dec = self.manifest.decoder
+
+    @property
+    def prompt_batch_size(self) -> int:
+        """Prompts per decoder call: large on GPU, memory-bounded on CPU."""
+        return GPU_PROMPTS_PER_CALL if self.on_gpu else CPU_PROMPTS_PER_CALL
+
+    def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
+        """Embed ``(H, W, 3) uint8`` RGB images one at a time (bounded memory on CPU)."""
+        out: list[Embedding] = []
+        for image in images:
+            padded, input_size = prepare_encoder_input(image, self.manifest.image_size)
+            feeds = {
+                self._enc.inputs["images"].name: padded[None],
+                self._enc.inputs["input_size"].name: np.array([input_size], dtype=np.int64),
+            }
+            (features,) = self._sessions["encoder"].run([self._enc.outputs["image_embeddings"].name], feeds)
+            out.append(Embedding(features[0], input_size, (int(image.shape[0]), int(image.shape[1]))))
+        return out
+
+    def decode(
+        self, embedding: Embedding, point_coords: npt.NDArray[np.float32], point_labels: npt.NDArray[np.float32]
+    ) -> DecoderOutput:
+        """Decode ``(B, N, 2)`` prompts in chunks of :attr:`prompt_batch_size`; see ``SamBackend.decode``."""
+        if point_coords.ndim != 3 or point_coords.shape[2] != 2 or point_labels.shape != point_coords.shape[:2]:
+            raise ValueError(
+                f"point_coords must be (B, N, 2) and point_labels (B, N), got {point_coords.shape} and "
+                f"{point_labels.shape}"
+            )
+        names = [self._dec.outputs["low_res_masks"].name, self._dec.outputs["iou_predictions"].name]
+        features = np.ascontiguousarray(embedding.features[None], dtype=np.float32)
+        masks, ious = [], []
+        step = self.prompt_batch_size
+        for start in range(0, point_coords.shape[0], step):
+            feeds = {
+                self._dec.inputs["image_embeddings"].name: features,
+                self._dec.inputs["point_coords"].name: np.ascontiguousarray(point_coords[start : start + step], np.float32),
+                self._dec.inputs["point_labels"].name: np.ascontiguousarray(point_labels[start : start + step], np.float32),
+            }
+            m, i = self._sessions["decoder"].run(names, feeds)
+            masks.append(m)
+            ious.append(i)
+        if not masks:
+            return DecoderOutput(np.zeros((0, 3, 256, 256), np.float32), np.zeros((0, 3), np.float32))
+        return DecoderOutput(np.concatenate(masks), np.concatenate(ious))
+
+    def close(self) -> None:
+        """Drop the sessions."""
+        self._sessions.clear()

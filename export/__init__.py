@@ -1,0 +1,1 @@
+"""Export SAM (or the structured stand-in) to ONNX and write a Triton model repository."""

@@ -1,0 +1,291 @@
+"""Export SAM (vit_h / vit_l / vit_b) or the structured stand-in to ONNX and write a Triton model repository.
+
+Usage:
+    python export/export_sam.py --model-type vit_h --checkpoint sam_vit_h_4b8939.pth --out model_repository
+    python export/export_sam.py --model-type stand-in --out model_repository        # offline demo model, NOT SAM
+    python export/export_sam.py --model-type vit_b --random-init --out /tmp/repo     # shapes and speed only
+
+Writes ``<out>/sam_encoder/{config.pbtxt,1/model.onnx}``, ``<out>/sam_decoder/{config.pbtxt,1/model.onnx}``
+and ``<out>/manifest.json`` (model type, checkpoint sha256, ONNX sha256, tensor names/shapes/dtypes,
+preprocessing constants, parity figures). The export fails loudly if ONNX and PyTorch disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python export/export_sam.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.tv_shim import install_torchvision_shim
+
+install_torchvision_shim()
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from alps_client.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from export import onnx_export, triton_repo  # noqa: E402
+from export.stand_in import STAND_IN_NAME, build_stand_in_sam  # noqa: E402
+
+SAM_TYPES = ("vit_h", "vit_l", "vit_b")
+# A tiny SAM configuration for tests: Meta's builder and checkpoint loading, a 2-block width-96 encoder.
+TINY_TEST = "tiny-test"
+TINY_TEST_ARGS = {"encoder_embed_dim": 96, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}
+MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST)
+
+
+class ExportError(Exception):
+    """A bad argument or input: printed as one line, exit code 2."""
+
+
+def _build_sam(model_type: str, checkpoint: str | None) -> nn.Module:
+    from segment_anything import sam_model_registry
+    from segment_anything.build_sam import _build_sam as build_sam_config
+
+    if model_type == TINY_TEST:
+        return build_sam_config(checkpoint=checkpoint, **TINY_TEST_ARGS)
+    return sam_model_registry[model_type](checkpoint=checkpoint)
+
+
+def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn.Module:
+    """Build the model to export.
+
+    Args:
+        model_type: one of ``vit_h``, ``vit_l``, ``vit_b``, ``stand-in``, ``tiny-test``.
+        checkpoint: Meta's checkpoint (e.g. ``sam_vit_h_4b8939.pth``), loaded through segment-anything's builder.
+        random_init: build the architecture without weights (seeded), for shape and speed work only.
+
+    Raises:
+        ExportError: For a missing, unreadable or mismatched checkpoint, or inconsistent arguments.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ExportError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    if model_type == STAND_IN_NAME:
+        if checkpoint or random_init:
+            raise ExportError("the stand-in has no weights: drop --checkpoint / --random-init")
+        return build_stand_in_sam()
+    if random_init and checkpoint:
+        raise ExportError("give either --checkpoint or --random-init, not both")
+    if random_init:
+        torch.manual_seed(0)
+        return _build_sam(model_type, None).eval()
+    if not checkpoint:
+        raise ExportError(
+            f"--checkpoint is required for {model_type} (e.g. sam_vit_h_4b8939.pth from Meta's segment-anything "
+            "release); use --random-init for shape/speed work or --model-type stand-in for the offline demo"
+        )
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ExportError(f"checkpoint {checkpoint} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ExportError(f"checkpoint {checkpoint} is not readable (permissions)")
+    try:
+        return _build_sam(model_type, str(path)).eval()
+    except RuntimeError as err:
+        text = str(err)
+        if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+            first = next((ln.strip() for ln in text.splitlines() if "size mismatch" in ln or "key" in ln), text[:200])
+            raise ExportError(
+                f"checkpoint {checkpoint} does not match --model-type {model_type} ({first[:160]}); "
+                "check that the file and the model type belong together (sam_vit_h_4b8939.pth is vit_h)"
+            ) from err
+        raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({text.splitlines()[0][:160]})") from err
+    except Exception as err:  # unpickling/zip errors of corrupt or foreign files
+        raise ExportError(
+            f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})"
+        ) from err
+
+
+def _check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ExportError(f"output folder {out} is not writable ({err.strerror or err})") from err
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    import segment_anything
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "segment_anything": getattr(segment_anything, "__version__", "1.0"),
+    }
+
+
+def run_export(
+    model_type: str,
+    out: str | Path,
+    checkpoint: str | None = None,
+    random_init: bool = False,
+    cpu: bool = False,
+    max_batch_size: int = 4,
+    opset: int = onnx_export.OPSET,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Export encoder and decoder, check parity, and write the model repository. Returns the manifest."""
+    out = Path(out)
+    sam = load_model(model_type, checkpoint, random_init)
+    _check_output_dir(out)
+    if model_type == STAND_IN_NAME:
+        log("Exporting the structured STAND-IN model (not SAM: colour-statistics encoder, no weights).")
+    elif random_init:
+        log(f"Exporting {model_type} with RANDOM weights (--random-init): for shapes and speed only, not for labels.")
+    else:
+        log(f"Exporting {model_type} from {checkpoint}.")
+    checkpoint_info = None
+    if checkpoint:
+        checkpoint_info = {"path": str(Path(checkpoint).resolve()), "sha256": triton_repo.sha256_of([Path(checkpoint)])}
+
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        enc_path = staging / triton_repo.ENCODER_MODEL / "1" / "model.onnx"
+        dec_path = staging / triton_repo.DECODER_MODEL / "1" / "model.onnx"
+        t_enc = onnx_export.export_encoder(sam, enc_path, opset)
+        log(f"  encoder exported in {t_enc:.1f} s")
+        t_dec = onnx_export.export_decoder(sam, dec_path, opset)
+        log(f"  decoder exported in {t_dec:.1f} s")
+        parity = onnx_export.check_parity(sam, enc_path, dec_path)
+        log(
+            f"  parity ONNX vs PyTorch: encoder max rel {parity['encoder_max_rel_diff']:.1e}, decoder masks max abs "
+            f"{parity['decoder_masks_max_abs_diff']:.1e}, iou max abs {parity['decoder_iou_max_abs_diff']:.1e}"
+        )
+        encoder_specs = {
+            "images": (onnx_export.ENCODER_INPUTS["images"], "uint8", (-1, IMAGE_SIZE, IMAGE_SIZE, 3)),
+            "input_size": (onnx_export.ENCODER_INPUTS["input_size"], "int64", (-1, 2)),
+        }
+        encoder_out = {"image_embeddings": (onnx_export.ENCODER_OUTPUTS["image_embeddings"], "float32", (-1, 256, 64, 64))}
+        decoder_specs = {
+            "image_embeddings": (onnx_export.DECODER_INPUTS["image_embeddings"], "float32", (1, 256, 64, 64)),
+            "point_coords": (onnx_export.DECODER_INPUTS["point_coords"], "float32", (-1, -1, 2)),
+            "point_labels": (onnx_export.DECODER_INPUTS["point_labels"], "float32", (-1, -1)),
+        }
+        decoder_out = {
+            "low_res_masks": (onnx_export.DECODER_OUTPUTS["low_res_masks"], "float32", (-1, 3, 256, 256)),
+            "iou_predictions": (onnx_export.DECODER_OUTPUTS["iou_predictions"], "float32", (-1, 3)),
+        }
+        kind = "KIND_CPU" if cpu else "KIND_GPU"
+        (enc_path.parents[1] / "config.pbtxt").write_text(
+            triton_repo.render_config_pbtxt(
+                triton_repo.ENCODER_MODEL,
+                [(n, d, s[1:]) for n, d, s in encoder_specs.values()],
+                [(n, d, s[1:]) for n, d, s in encoder_out.values()],
+                max_batch_size=max_batch_size,
+                instance_kind=kind,
+                max_queue_delay_us=5000,
+                comment=f"SAM image encoder ({model_type}), preprocessing in-graph; written by export/export_sam.py",
+            )
+        )
+        (dec_path.parents[1] / "config.pbtxt").write_text(
+            triton_repo.render_config_pbtxt(
+                triton_repo.DECODER_MODEL,
+                [(n, d, s) for n, d, s in decoder_specs.values()],
+                [(n, d, s) for n, d, s in decoder_out.values()],
+                max_batch_size=0,
+                instance_kind=kind,
+                instance_count=2,
+                comment=(
+                    f"SAM AMG decoder ({model_type}); written by export/export_sam.py.\n"
+                    "max_batch_size 0: the B prompts of a request share one image embedding, so Triton's batch\n"
+                    "dimension (the same on every input) does not fit; clients send large prompt chunks and keep\n"
+                    "several requests in flight, served by two instances."
+                ),
+            )
+        )
+        manifest = {
+            "model_type": model_type,
+            "is_stand_in": model_type == STAND_IN_NAME,
+            "random_init": bool(random_init),
+            "note": (
+                "STAND-IN model, not SAM: deterministic colour-statistics encoder for offline demos and parity tests"
+                if model_type == STAND_IN_NAME
+                else "RANDOM weights: shapes and speed only, labels are meaningless" if random_init else "SAM"
+            ),
+            "checkpoint": checkpoint_info,
+            "image_size": IMAGE_SIZE,
+            "mask_threshold": float(getattr(sam, "mask_threshold", 0.0)),
+            "preprocessing": {
+                "resize": "client-side: longest side to 1024 with PIL BILINEAR (Meta's ResizeLongestSide), "
+                "size rounded with int(x + 0.5); image padded bottom/right to 1024x1024",
+                "pixel_mean": list(PIXEL_MEAN),
+                "pixel_std": list(PIXEL_STD),
+                "pad": "zeros after normalisation (in-graph, from input_size)",
+                "channel_order": "RGB",
+            },
+            "models": {
+                "encoder": {
+                    "name": triton_repo.ENCODER_MODEL,
+                    "path": f"{triton_repo.ENCODER_MODEL}/1/model.onnx",
+                    "files": [p.name for p in triton_repo.model_files(enc_path)],
+                    "sha256": triton_repo.sha256_of(triton_repo.model_files(enc_path)),
+                    "inputs": triton_repo.tensor_specs(encoder_specs),
+                    "outputs": triton_repo.tensor_specs(encoder_out),
+                    "max_batch_size": max_batch_size,
+                },
+                "decoder": {
+                    "name": triton_repo.DECODER_MODEL,
+                    "path": f"{triton_repo.DECODER_MODEL}/1/model.onnx",
+                    "files": [p.name for p in triton_repo.model_files(dec_path)],
+                    "sha256": triton_repo.sha256_of(triton_repo.model_files(dec_path)),
+                    "inputs": triton_repo.tensor_specs(decoder_specs),
+                    "outputs": triton_repo.tensor_specs(decoder_out),
+                    "multimask_output": True,
+                    "padding_point": "appended in-graph: (0, 0) with label -1, as Meta's PromptEncoder",
+                },
+            },
+            "parity": parity,
+            "export": {"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        for name in (triton_repo.ENCODER_MODEL, triton_repo.DECODER_MODEL):
+            target = out / name
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / name).rename(target)
+        triton_repo.write_manifest(out, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"Model repository written to {out} ({manifest['note']}).")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; one clear line and exit code 2 on bad arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-type", required=True, choices=MODEL_TYPES,
+                        help="SAM size, 'stand-in' (offline demo model, NOT SAM) or 'tiny-test' (tests only)")
+    parser.add_argument("--checkpoint", help="Meta's SAM checkpoint, e.g. sam_vit_h_4b8939.pth")
+    parser.add_argument("--random-init", action="store_true", help="no weights: for shape and speed work only")
+    parser.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
+    parser.add_argument("--cpu", action="store_true", help="Triton instance groups on CPU (KIND_CPU) instead of GPU")
+    parser.add_argument("--max-batch-size", type=int, default=4, help="encoder max_batch_size for Triton")
+    parser.add_argument("--opset", type=int, default=onnx_export.OPSET)
+    args = parser.parse_args(argv)
+    try:
+        run_export(args.model_type, args.out, args.checkpoint, args.random_init, args.cpu, args.max_batch_size, args.opset)
+    except ExportError as err:
+        print(f"export_sam: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

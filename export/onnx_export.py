@@ -1,0 +1,226 @@
+"""ONNX export of SAM's image encoder (with preprocessing) and of an automatic-mask-generation decoder.
+
+Both wrappers take any module tree shaped like ``segment_anything.modeling.Sam`` (SAM itself or the
+structured stand-in). Tensor names are the module constants below; the Triton configs and the manifest are
+written from the same constants, and clients read them from the manifest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from alps_client.transforms import IMAGE_SIZE
+
+ENCODER_INPUTS = {"images": "images", "input_size": "input_size"}
+ENCODER_OUTPUTS = {"image_embeddings": "image_embeddings"}
+DECODER_INPUTS = {"image_embeddings": "image_embeddings", "point_coords": "point_coords", "point_labels": "point_labels"}
+DECODER_OUTPUTS = {"low_res_masks": "low_res_masks", "iou_predictions": "iou_predictions"}
+OPSET = 18
+# ONNX protobufs cannot exceed 2 GB (ViT-H's encoder is 2.5 GB): weights then go to model.onnx.data.
+EXTERNAL_DATA_BYTES = 1_900_000_000
+
+
+class EncoderWithPreprocess(nn.Module):
+    """``images (B, 1024, 1024, 3) uint8`` + ``input_size (B, 2) int64`` -> ``(B, 256, 64, 64) float32``.
+
+    The client resizes the longest side to 1024 (PIL BILINEAR, as Meta's ``ResizeLongestSide``) and pads to
+    1024x1024; this graph normalises with SAM's pixel mean/std and zeroes the padded region *after*
+    normalisation, exactly as ``Sam.preprocess`` pads the normalised tensor with zeros.
+    """
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+        self.register_buffer("pixel_mean", sam.pixel_mean.detach().clone().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", sam.pixel_std.detach().clone().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("index", torch.arange(IMAGE_SIZE, dtype=torch.int64), persistent=False)
+
+    def forward(self, images: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        x = (x - self.pixel_mean) / self.pixel_std
+        rows = self.index[None, :, None] < input_size[:, 0, None, None]  # (B, 1024, 1)
+        cols = self.index[None, None, :] < input_size[:, 1, None, None]  # (B, 1, 1024)
+        valid = (rows & cols).unsqueeze(1)  # (B, 1, 1024, 1024)
+        x = torch.where(valid, x, torch.zeros_like(x))
+        return self.image_encoder(x)
+
+
+class AmgDecoder(nn.Module):
+    """``image_embeddings (1, 256, 64, 64)``, ``point_coords (B, N, 2)``, ``point_labels (B, N)`` -> 3 masks each.
+
+    Outputs ``low_res_masks (B, 3, 256, 256)`` logits and ``iou_predictions (B, 3)``: SAM's multimask output,
+    the call Meta's automatic mask generator makes through ``SamPredictor.predict_torch``. Meta's padding point
+    (0, 0) with label -1 is appended here, as ``PromptEncoder`` does when no box is given. The one image
+    embedding is shared by all B prompts.
+    """
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        self.is_sam = hasattr(sam.prompt_encoder, "pe_layer")
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Meta's ``PromptEncoder._embed_points(pad=True)`` with masked arithmetic instead of in-place indexing."""
+        pe = self.prompt_encoder
+        b = coords.shape[0]
+        coords = torch.cat([coords, torch.zeros((b, 1, 2), dtype=coords.dtype)], dim=1) + 0.5
+        labels = torch.cat([labels, -torch.ones((b, 1), dtype=labels.dtype)], dim=1).unsqueeze(-1)
+        emb = pe.pe_layer.forward_with_coords(coords, pe.input_image_size)
+        emb = emb * (labels != -1).to(emb.dtype) + pe.not_a_point_embed.weight * (labels == -1).to(emb.dtype)
+        emb = emb + pe.point_embeddings[0].weight * (labels == 0).to(emb.dtype)
+        return emb + pe.point_embeddings[1].weight * (labels == 1).to(emb.dtype)
+
+    def forward(
+        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.is_sam:
+            pe = self.prompt_encoder
+            sparse = self._embed_points(point_coords, point_labels)
+            h, w = pe.image_embedding_size
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(point_coords.shape[0], -1, h, w)
+        else:
+            sparse, dense = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+
+
+def _save(program: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_name(path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    model_bytes = program.model_proto.ByteSize() if hasattr(program, "model_proto") else 0
+    program.save(str(path), external_data=model_bytes > EXTERNAL_DATA_BYTES)
+
+
+def export_encoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
+    """Export the encoder with preprocessing; dynamic batch. Returns seconds taken."""
+    start = time.perf_counter()
+    wrapper = EncoderWithPreprocess(sam).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    images = torch.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+    input_size = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 700]], dtype=torch.int64)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (images, input_size),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(ENCODER_INPUTS.values()),
+            output_names=list(ENCODER_OUTPUTS.values()),
+            dynamic_shapes={"images": {0: batch}, "input_size": {0: batch}},
+            verbose=False,
+        )
+    _save(program, path)
+    return time.perf_counter() - start
+
+
+def export_decoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
+    """Export the AMG decoder; dynamic number of prompts B and points per prompt N. Returns seconds taken."""
+    start = time.perf_counter()
+    wrapper = AmgDecoder(sam).eval()
+    prompts = torch.export.Dim("num_prompts", min=1, max=4096)
+    points = torch.export.Dim("num_points", min=1, max=64)
+    embeddings = torch.randn((1, 256, 64, 64), dtype=torch.float32)
+    coords = torch.rand((3, 2, 2), dtype=torch.float32) * IMAGE_SIZE
+    labels = torch.ones((3, 2), dtype=torch.float32)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (embeddings, coords, labels),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(DECODER_INPUTS.values()),
+            output_names=list(DECODER_OUTPUTS.values()),
+            dynamic_shapes={
+                "image_embeddings": None,
+                "point_coords": {0: prompts, 1: points},
+                "point_labels": {0: prompts, 1: points},
+            },
+            verbose=False,
+        )
+    _save(program, path)
+    return time.perf_counter() - start
+
+
+def parity_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
+    """A non-trivial ``(H, W, 3) uint8`` test image: smooth gradients, coloured shapes and noise."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[:height, :width].astype(np.float32)
+    img = np.stack([xx / width * 200, yy / height * 180, (xx + yy) / (width + height) * 150], axis=-1)
+    for _ in range(8):
+        cy, cx, r = rng.randint(0, height), rng.randint(0, width), rng.randint(20, 90)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.randint(0, 256, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def check_parity(
+    sam: nn.Module, encoder_path: Path, decoder_path: Path, encoder_rtol: float = 1e-3, decoder_atol: float = 1e-4
+) -> dict[str, float]:
+    """Compare ONNX (onnxruntime, CPU) against PyTorch on :func:`parity_image`; raise past tolerance.
+
+    The PyTorch side is Meta's own path: ``ResizeLongestSide`` + ``Sam.preprocess`` + ``image_encoder`` and the
+    predictor's prompt encoding with padding. Returns the figures stored in the manifest.
+    """
+    import onnxruntime as ort
+
+    from alps_client.transforms import apply_coords, prepare_encoder_input
+
+    image = parity_image()
+    padded, (h, w) = prepare_encoder_input(image)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
+    ort_embedding = encoder.run(None, {"images": padded[None], "input_size": np.array([[h, w]], np.int64)})[0]
+
+    with torch.no_grad():
+        resized = torch.as_tensor(padded[:h, :w]).permute(2, 0, 1).contiguous()[None]
+        torch_embedding = sam.image_encoder(sam.preprocess(resized)).numpy()
+    encoder_rel = float(np.abs(ort_embedding - torch_embedding).max() / (np.abs(torch_embedding).max() + 1e-12))
+
+    rng = np.random.RandomState(1)
+    points = np.stack([rng.uniform(0, image.shape[1], 16), rng.uniform(0, image.shape[0], 16)], axis=-1)
+    coords = apply_coords(points, image.shape[:2]).astype(np.float32)[:, None, :]
+    labels = np.ones((16, 1), np.float32)
+    ort_masks, ort_iou = decoder.run(
+        None, {"image_embeddings": torch_embedding, "point_coords": coords, "point_labels": labels}
+    )
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(
+            points=(torch.as_tensor(coords), torch.as_tensor(labels)), boxes=None, masks=None
+        )
+        torch_masks, torch_iou = sam.mask_decoder(
+            image_embeddings=torch.as_tensor(torch_embedding),
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+    mask_atol = float(np.abs(ort_masks - torch_masks.numpy()).max())
+    iou_atol = float(np.abs(ort_iou - torch_iou.numpy()).max())
+    figures = {
+        "encoder_max_rel_diff": encoder_rel,
+        "decoder_masks_max_abs_diff": mask_atol,
+        "decoder_iou_max_abs_diff": iou_atol,
+        "encoder_rtol": encoder_rtol,
+        "decoder_atol": decoder_atol,
+    }
+    if encoder_rel > encoder_rtol or mask_atol > decoder_atol or iou_atol > decoder_atol:
+        raise RuntimeError(
+            f"ONNX/PyTorch parity failed: encoder rel {encoder_rel:.2e} (limit {encoder_rtol:.0e}), decoder masks "
+            f"atol {mask_atol:.2e}, iou atol {iou_atol:.2e} (limit {decoder_atol:.0e}); the export is not usable"
+        )
+    return figures

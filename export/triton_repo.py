@@ -1,0 +1,96 @@
+"""Triton model repository: ``config.pbtxt`` rendering (pure) and the repository manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from alps_client.model_repository import MANIFEST_FORMAT, MANIFEST_NAME
+
+ENCODER_MODEL = "sam_encoder"
+DECODER_MODEL = "sam_decoder"
+TRITON_DTYPES = {"uint8": "TYPE_UINT8", "int64": "TYPE_INT64", "float32": "TYPE_FP32"}
+
+
+def _tensor_block(name: str, dtype: str, dims: Sequence[int]) -> str:
+    dims_text = ", ".join(str(d) for d in dims)
+    return f'  {{\n    name: "{name}"\n    data_type: {TRITON_DTYPES[dtype]}\n    dims: [ {dims_text} ]\n  }}'
+
+
+def render_config_pbtxt(
+    name: str,
+    inputs: Sequence[tuple[str, str, Sequence[int]]],
+    outputs: Sequence[tuple[str, str, Sequence[int]]],
+    max_batch_size: int,
+    instance_kind: str = "KIND_GPU",
+    instance_count: int = 1,
+    max_queue_delay_us: int | None = None,
+    preferred_batch_sizes: Sequence[int] = (),
+    comment: str = "",
+) -> str:
+    """Render a Triton ``config.pbtxt`` for an ONNX model.
+
+    Args:
+        name: Triton model name (the folder name).
+        inputs: ``(tensor name, numpy dtype name, dims)``; dims exclude the batch dim when
+            ``max_batch_size > 0``, as Triton expects; -1 marks a dynamic dim.
+        outputs: same as inputs.
+        max_batch_size: Triton's batch limit; 0 disables Triton batching for this model.
+        instance_kind: ``KIND_GPU`` or ``KIND_CPU``.
+        instance_count: model instances (parallel executions).
+        max_queue_delay_us: enables dynamic batching with this delay (needs ``max_batch_size > 0``).
+        preferred_batch_sizes: dynamic batching's preferred sizes.
+        comment: lines written as ``#`` comments at the top.
+
+    Returns:
+        The config text.
+    """
+    if max_queue_delay_us is not None and max_batch_size <= 0:
+        raise ValueError(f"dynamic batching needs max_batch_size > 0, got {max_batch_size}")
+    if instance_kind not in ("KIND_GPU", "KIND_CPU"):
+        raise ValueError(f"instance_kind must be KIND_GPU or KIND_CPU, got {instance_kind!r}")
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}"]
+    lines.append("input [\n" + ",\n".join(_tensor_block(*t) for t in inputs) + "\n]")
+    lines.append("output [\n" + ",\n".join(_tensor_block(*t) for t in outputs) + "\n]")
+    if max_queue_delay_us is not None:
+        preferred = ""
+        if preferred_batch_sizes:
+            preferred = f"\n  preferred_batch_size: [ {', '.join(str(b) for b in preferred_batch_sizes)} ]"
+        lines.append(f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {instance_count}\n    kind: {instance_kind}\n  }}\n]")
+    return "\n".join(lines) + "\n"
+
+
+def sha256_of(paths: Sequence[Path]) -> str:
+    """One sha256 over the given files' bytes, in the given order (model.onnx, then external data)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_files(onnx_path: Path) -> list[Path]:
+    """``model.onnx`` and, when present, its external data file."""
+    data = onnx_path.with_name(onnx_path.name + ".data")
+    return [onnx_path, data] if data.exists() else [onnx_path]
+
+
+def tensor_specs(specs: Mapping[str, tuple[str, str, Sequence[int]]]) -> dict[str, dict[str, Any]]:
+    """Role -> {name, dtype, shape} for the manifest (shape includes the batch dim)."""
+    return {role: {"name": n, "dtype": d, "shape": list(s)} for role, (n, d, s) in specs.items()}
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``<root>/manifest.json`` atomically (temp file + rename)."""
+    manifest = {"format_version": MANIFEST_FORMAT, **manifest}
+    path = root / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,36 @@
+"""Shared fixtures: models and data are built by the tests themselves; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.shapes import make_shapes_image, make_shapes_scene  # noqa: F401  (re-exported for tests)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tests must never talk to a user's Prefect server or write to their home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def stand_in_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the structured stand-in (not SAM) exported to ONNX, Triton configs on CPU."""
+    from export.export_sam import run_export
+
+    out = tmp_path_factory.mktemp("stand_in_repo")
+    run_export("stand-in", out, cpu=True, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedded_backend(stand_in_repo: Path):
+    """The embedded onnxruntime backend on the stand-in repository (2 threads: the CI machine's size)."""
+    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.config import BackendConfig
+
+    backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=2))
+    yield backend
+    backend.close()

@@ -1,0 +1,172 @@
+"""Exporter: the real checkpoint path on a tiny SAM, the stand-in, manifest/config contents, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.export_sam import TINY_TEST_ARGS, ExportError, load_model, run_export
+from export.tv_shim import install_torchvision_shim
+from tests.conftest import REPO_ROOT
+from tests.shapes import make_shapes_scene
+
+install_torchvision_shim()
+from segment_anything import SamPredictor  # noqa: E402
+from segment_anything.build_sam import _build_sam  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM configuration with seeded random weights, saved as Meta's checkpoints are (a state_dict)."""
+    torch.manual_seed(123)
+    sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS)
+    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny_test.pth"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny_repo")
+    run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None)
+    return out
+
+
+def test_tiny_sam_checkpoint_exports_with_parity(tiny_repo, tiny_checkpoint):
+    manifest = json.loads((tiny_repo / "manifest.json").read_text())
+    assert manifest["model_type"] == "tiny-test" and not manifest["is_stand_in"] and not manifest["random_init"]
+    parity = manifest["parity"]
+    assert parity["encoder_max_rel_diff"] <= 1e-3
+    assert parity["decoder_masks_max_abs_diff"] <= 1e-4
+    assert parity["decoder_iou_max_abs_diff"] <= 1e-4
+    import hashlib
+
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+
+
+def test_embedded_backend_matches_meta_predictor_on_tiny_sam(tiny_repo, tiny_checkpoint):
+    """Our client-side resize + ONNX encoder/decoder reproduce SamPredictor.set_image / predict_torch."""
+    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.config import BackendConfig
+    from alps_client.transforms import apply_coords
+
+    image, _ = make_shapes_scene(seed=3, size=(150, 230))
+    backend = EmbeddedBackend(BackendConfig(model_repository=str(tiny_repo), num_threads=2))
+    (embedding,) = backend.encode([image])
+    sam = _build_sam(checkpoint=str(tiny_checkpoint), **TINY_TEST_ARGS).eval()
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    theirs = predictor.features.numpy()[0]
+    rel = np.abs(embedding.features - theirs).max() / np.abs(theirs).max()
+    assert rel <= 1e-3
+    assert embedding.input_size == tuple(predictor.input_size)
+    assert embedding.original_size == tuple(predictor.original_size)
+
+    points = np.array([[30.0, 40.0], [200.0, 100.0], [115.0, 75.0]])
+    coords = apply_coords(points, image.shape[:2]).astype(np.float32)[:, None, :]
+    labels = np.ones((3, 1), np.float32)
+    ours = backend.decode(embedding, coords, labels)
+    with torch.no_grad():
+        _, their_iou, their_low = predictor.predict_torch(
+            torch.as_tensor(coords), torch.as_tensor(labels), multimask_output=True, return_logits=True
+        )
+    assert ours.low_res_masks.shape == (3, 3, 256, 256)
+    np.testing.assert_allclose(ours.low_res_masks, their_low.numpy(), atol=1e-3)
+    np.testing.assert_allclose(ours.iou_predictions, their_iou.numpy(), atol=1e-4)
+
+
+def test_stand_in_point_returns_its_shape(embedded_backend):
+    """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
+    from alps_client.transforms import apply_coords
+    from export.stand_in import build_stand_in_sam
+
+    image, shapes = make_shapes_scene(seed=1, size=(192, 256))
+    (embedding,) = embedded_backend.encode([image])
+    sam = build_stand_in_sam()
+    for mask in shapes:
+        ys, xs = np.nonzero(mask)
+        centre = np.array([[xs.mean(), ys.mean()]])
+        if not mask[int(centre[0, 1]), int(centre[0, 0])]:
+            continue
+        coords = apply_coords(centre, image.shape[:2]).astype(np.float32)[None]
+        out = embedded_backend.decode(embedding, coords, np.ones((1, 1), np.float32))
+        with torch.no_grad():
+            full = sam.postprocess_masks(torch.as_tensor(out.low_res_masks), embedding.input_size, image.shape[:2])
+        pred = full.numpy()[0] > 0
+        best = int(np.argmax(out.iou_predictions[0]))
+        iou = (pred[best] & mask).sum() / (pred[best] | mask).sum()
+        assert iou >= 0.9, f"shape at {centre}: IoU {iou:.3f}"
+
+
+def test_manifest_and_configs_match_onnx_files(stand_in_repo):
+    manifest = json.loads((stand_in_repo / "manifest.json").read_text())
+    assert manifest["is_stand_in"] and "not SAM" in manifest["note"]
+    assert manifest["preprocessing"]["pixel_mean"] == [123.675, 116.28, 103.53]
+    for key in ("encoder", "decoder"):
+        spec = manifest["models"][key]
+        model = onnx.load(str(stand_in_repo / spec["path"]), load_external_data=False)
+        graph_inputs = {i.name: i for i in model.graph.input}
+        graph_outputs = {o.name: o for o in model.graph.output}
+        config = (stand_in_repo / spec["name"] / "config.pbtxt").read_text()
+        assert 'platform: "onnxruntime_onnx"' in config
+        batched = key == "encoder"
+        assert (f"max_batch_size: {spec['max_batch_size']}" if batched else "max_batch_size: 0") in config
+        for role, tensor in {**spec["inputs"], **spec["outputs"]}.items():
+            node = graph_inputs.get(tensor["name"]) or graph_outputs[tensor["name"]]
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in node.type.tensor_type.shape.dim]
+            assert dims == tensor["shape"], f"{key}.{role}"
+            config_dims = tensor["shape"][1:] if batched else tensor["shape"]
+            assert f'name: "{tensor["name"]}"' in config
+            assert f"dims: [ {', '.join(str(d) for d in config_dims)} ]" in config
+        import hashlib
+
+        assert spec["sha256"] == hashlib.sha256((stand_in_repo / spec["path"]).read_bytes()).hexdigest()
+    enc_config = (stand_in_repo / "sam_encoder" / "config.pbtxt").read_text()
+    assert "dynamic_batching" in enc_config and "kind: KIND_CPU" in enc_config
+
+
+def test_gpu_instance_groups_by_default():
+    from export.triton_repo import render_config_pbtxt
+
+    text = render_config_pbtxt("m", [("x", "float32", [3])], [("y", "float32", [3])], max_batch_size=4,
+                               max_queue_delay_us=100)
+    assert "kind: KIND_GPU" in text and "max_queue_delay_microseconds: 100" in text
+    with pytest.raises(ValueError, match="dynamic batching needs max_batch_size > 0"):
+        render_config_pbtxt("m", [], [], max_batch_size=0, max_queue_delay_us=100)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "export" / "export_sam.py"), *args],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda tmp: ["--model-type", "vit_b", "--checkpoint", str(tmp / "nope.pth")], "does not exist"),
+        (lambda tmp: ["--model-type", "vit_b", "--checkpoint", str(tmp / "corrupt.pth")], "not a readable PyTorch checkpoint"),
+        (lambda tmp: ["--model-type", "vit_h"], "--checkpoint is required for vit_h"),
+        (lambda tmp: ["--model-type", "stand-in", "--out", str(tmp / "file.txt" / "repo")], "is not writable"),
+    ],
+)
+def test_bad_arguments_give_one_clear_line(tmp_path, make_args, message):
+    (tmp_path / "corrupt.pth").write_bytes(b"\x00garbage" * 100)
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    result = _cli(*make_args(tmp_path))
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("export_sam: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint):
+    with pytest.raises(ExportError, match="does not match --model-type vit_b"):
+        load_model("vit_b", str(tiny_checkpoint), random_init=False)
