@@ -52,7 +52,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         yy2 = torch.minimum(y2[i], y2[rest])
         inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
         iou = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest[iou > iou_threshold]] = True
+        suppressed[rest[iou.double() > iou_threshold]] = True  # the C++ kernel compares in double
     return torch.tensor(keep, dtype=torch.int64)
 
 

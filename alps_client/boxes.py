@@ -1,0 +1,103 @@
+"""Boxes of masks, NMS and crop-frame conversions (numpy, Meta's and torchvision's semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+
+def batched_mask_to_box(masks: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    """XYXY boxes ``(N, 4) int64`` around ``(N, H, W) bool`` masks; inclusive max coords; ``[0,0,0,0]`` if empty."""
+    n, h, w = masks.shape
+    if masks.size == 0:
+        return np.zeros((n, 4), np.int64)
+    rows = masks.any(axis=2)  # (N, H)
+    cols = masks.any(axis=1)  # (N, W)
+    top = rows.argmax(axis=1)
+    bottom = h - 1 - rows[:, ::-1].argmax(axis=1)
+    left = cols.argmax(axis=1)
+    right = w - 1 - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([left, top, right, bottom], axis=1).astype(np.int64)
+    boxes[~rows.any(axis=1)] = 0
+    return boxes
+
+
+def box_xyxy_to_xywh(box: Sequence[float] | npt.NDArray) -> list:
+    """One XYXY box to XYWH (a new list)."""
+    x0, y0, x1, y1 = (v.item() if hasattr(v, "item") else v for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def box_area(boxes: npt.NDArray) -> npt.NDArray:
+    """Areas of ``(N, 4)`` XYXY boxes, in the boxes' dtype."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def nms(boxes: npt.NDArray, scores: npt.NDArray, iou_threshold: float) -> npt.NDArray[np.int64]:
+    """Greedy NMS exactly as torchvision's CPU kernel (the one Meta's generator calls).
+
+    Boxes (XYXY) are cast to float32 as Meta does (``boxes.float()``); visited by decreasing score with a stable
+    sort; a box is suppressed when its float32 IoU with a kept box, compared in float64, exceeds the threshold.
+
+    Returns:
+        ``(K,) int64`` kept indices in decreasing score order.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(len(boxes), bool)
+    keep = []
+    for rank, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[rank + 1 :]
+        rest = rest[~suppressed[rest]]
+        if rest.size == 0:
+            continue
+        w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), np.float32(0))
+        h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), np.float32(0))
+        inter = w * h
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for degenerate boxes: NaN, never suppresses
+            iou = inter / (areas[i] + areas[rest] - inter)
+        suppressed[rest[iou.astype(np.float64) > iou_threshold]] = True
+    return np.asarray(keep, dtype=np.int64)
+
+
+def is_box_near_crop_edge(
+    boxes: npt.NDArray, crop_box: Sequence[int], orig_box: Sequence[int], atol: float = 20.0
+) -> npt.NDArray[np.bool_]:
+    """True for boxes (crop frame, XYXY) within ``atol`` px of a crop edge that is not an image edge."""
+    crop = np.asarray(crop_box, dtype=np.float32)
+    orig = np.asarray(orig_box, dtype=np.float32)
+    boxes = uncrop_boxes_xyxy(boxes, crop_box).astype(np.float32)
+    near_crop = np.abs(boxes - crop[None]) <= atol
+    near_image = np.abs(boxes - orig[None]) <= atol
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+def uncrop_boxes_xyxy(boxes: npt.NDArray, crop_box: Sequence[int]) -> npt.NDArray:
+    """Shift XYXY boxes from the crop frame to the image frame."""
+    x0, y0 = crop_box[0], crop_box[1]
+    return boxes + np.array([x0, y0, x0, y0], dtype=boxes.dtype if boxes.dtype.kind == "f" else np.int64)
+
+
+def uncrop_points(points: npt.NDArray, crop_box: Sequence[int]) -> npt.NDArray:
+    """Shift ``(N, 2)`` points (x, y) from the crop frame to the image frame."""
+    return points + np.array([crop_box[0], crop_box[1]], dtype=points.dtype)
+
+
+def uncrop_masks(masks: npt.NDArray[np.bool_], crop_box: Sequence[int], orig_h: int, orig_w: int) -> npt.NDArray[np.bool_]:
+    """Zero-pad ``(N, h, w)`` crop masks into the ``(orig_h, orig_w)`` image frame."""
+    x0, y0, x1, y1 = crop_box
+    if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
+        return masks
+    out = np.zeros((masks.shape[0], orig_h, orig_w), dtype=masks.dtype)
+    out[:, y0:y1, x0:x1] = masks
+    return out

@@ -1,0 +1,140 @@
+"""Pure AMG helpers against hand-written arrays and against segment_anything's own torch functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from alps_client.boxes import batched_mask_to_box, is_box_near_crop_edge, nms, uncrop_masks
+from alps_client.filtering import calculate_stability_score, remove_small_regions
+from alps_client.grids import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
+from alps_client.mask_data import MaskData
+from alps_client.rle import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_to_mask
+from alps_client.upsample import postprocess_masks
+from export.tv_shim import install_torchvision_shim
+
+install_torchvision_shim()
+from segment_anything.utils import amg as meta  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("mask_box", "expected"),
+    [((2, 1, 5, 3), [2, 1, 4, 2]), ((0, 0, 8, 6), [0, 0, 7, 5]), ((7, 5, 8, 6), [7, 5, 7, 5]), (None, [0, 0, 0, 0])],
+)
+def test_batched_mask_to_box_golden(mask_box, expected):
+    mask = np.zeros((1, 6, 8), bool)
+    if mask_box:
+        x0, y0, x1, y1 = mask_box
+        mask[0, y0:y1, x0:x1] = True
+    assert batched_mask_to_box(mask).tolist() == [expected]
+
+
+def test_boxes_match_meta_on_random_masks():
+    rng = np.random.RandomState(0)
+    masks = rng.rand(20, 17, 23) > 0.97
+    masks[3] = False
+    theirs = meta.batched_mask_to_box(torch.as_tensor(masks)).numpy()
+    np.testing.assert_array_equal(batched_mask_to_box(masks), theirs)
+
+
+@pytest.mark.parametrize(("size", "layers", "ratio"), [((480, 640), 0, 512 / 1500), ((480, 640), 2, 512 / 1500), ((333, 97), 1, 0.2)])
+def test_crop_boxes_match_meta(size, layers, ratio):
+    assert generate_crop_boxes(size, layers, ratio) == meta.generate_crop_boxes(size, layers, ratio)
+
+
+def test_point_grids_match_meta():
+    np.testing.assert_array_equal(build_point_grid(4), meta.build_point_grid(4))
+    for ours, theirs in zip(build_all_layer_point_grids(32, 2, 2), meta.build_all_layer_point_grids(32, 2, 2)):
+        np.testing.assert_array_equal(ours, theirs)
+    assert build_point_grid(2).tolist() == [[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+
+
+def test_nms_matches_torchvision_semantics():
+    from export.tv_shim import nms as torch_nms
+
+    rng = np.random.RandomState(1)
+    xy = rng.randint(0, 80, (60, 2))
+    wh = rng.randint(5, 40, (60, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.int64)
+    scores = rng.rand(60).astype(np.float32)
+    scores[10:20] = scores[0]  # ties: the stable order decides
+    for thresh in (0.3, 0.7):
+        ours = nms(boxes, scores, thresh)
+        theirs = torch_nms(torch.as_tensor(boxes).float(), torch.as_tensor(scores), thresh).numpy()
+        np.testing.assert_array_equal(ours, theirs)
+    # Hand-made: the lower-scored overlapping box goes, the separate one stays.
+    hand = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
+    assert nms(hand, np.array([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
+
+
+def test_rle_roundtrip_and_meta_format():
+    rng = np.random.RandomState(2)
+    masks = rng.rand(4, 9, 13) > 0.5
+    masks[0] = False
+    masks[1] = True
+    for m in masks:
+        rle = mask_to_rle(m)
+        assert rle == meta.mask_to_rle_pytorch(torch.as_tensor(m[None]))[0]
+        np.testing.assert_array_equal(rle_to_mask(rle), m)
+    coco = encode_coco_rle(masks)
+    assert all(isinstance(r["counts"], str) for r in coco)
+    np.testing.assert_array_equal(decode_coco_rle(coco), masks)
+    assert area_from_coco_rle(coco).tolist() == masks.sum((1, 2)).tolist()
+
+
+def test_stability_score_matches_meta():
+    rng = np.random.RandomState(3)
+    logits = (rng.randn(6, 30, 40) * 3).astype(np.float32)
+    ours = calculate_stability_score(logits, 0.0, 1.0)
+    theirs = meta.calculate_stability_score(torch.as_tensor(logits), 0.0, 1.0).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def test_remove_small_regions_matches_meta():
+    mask = np.zeros((40, 40), bool)
+    mask[5:30, 5:30] = True
+    mask[10:12, 10:12] = False  # small hole
+    mask[35:37, 35:37] = True  # small island
+    for mode in ("holes", "islands"):
+        ours, changed = remove_small_regions(mask, 10, mode)
+        theirs, their_changed = meta.remove_small_regions(mask, 10, mode)
+        assert changed and their_changed
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ValueError, match="mode must be 'holes' or 'islands'"):
+        remove_small_regions(mask, 10, "blobs")
+
+
+@pytest.mark.parametrize(("input_size", "original"), [((683, 1024), (200, 300)), ((1024, 768), (1333, 1000)), ((1024, 1024), (64, 64))])
+def test_postprocess_masks_matches_torch(input_size, original):
+    import torch.nn.functional as F
+
+    rng = np.random.RandomState(4)
+    low = (rng.randn(3, 256, 256) * 10).astype(np.float32)
+    ours = postprocess_masks(low, input_size, original)
+    t = F.interpolate(torch.as_tensor(low)[None], (1024, 1024), mode="bilinear", align_corners=False)
+    t = F.interpolate(t[..., : input_size[0], : input_size[1]], original, mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_allclose(ours, t, atol=5e-4)
+    assert ((ours > 0) != (t > 0)).sum() == 0
+
+
+def test_crop_edge_and_uncrop():
+    boxes = np.array([[0, 0, 50, 50], [30, 30, 60, 60]])
+    # Crop [100, 100, 200, 200] of a 300x300 image: box 0 touches the crop's top-left corner, not the image's.
+    assert is_box_near_crop_edge(boxes, [100, 100, 200, 200], [0, 0, 300, 300]).tolist() == [True, False]
+    assert not is_box_near_crop_edge(boxes, [0, 0, 300, 300], [0, 0, 300, 300]).any()
+    masks = np.ones((1, 2, 3), bool)
+    out = uncrop_masks(masks, [1, 2, 4, 4], 5, 6)
+    assert out.shape == (1, 5, 6) and out.sum() == 6 and out[0, 2:4, 1:4].all()
+
+
+def test_mask_data_filter_and_cat():
+    d = MaskData(a=np.arange(4), b=["w", "x", "y", "z"])
+    d.filter(np.array([True, False, True, False]))
+    assert d["a"].tolist() == [0, 2] and d["b"] == ["w", "y"]
+    d.cat(MaskData(a=np.array([9]), b=["q"]))
+    assert d["a"].tolist() == [0, 2, 9] and d["b"] == ["w", "y", "q"] and len(d) == 3
+    d.filter(np.array([2, 0]))
+    assert d["b"] == ["q", "w"]
+    with pytest.raises(TypeError, match="lists or numpy arrays"):
+        MaskData(a=(1, 2))
