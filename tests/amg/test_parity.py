@@ -53,7 +53,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("kwargs", CASES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_parity_with_meta(embedded_backend, stand_in_sam, kwargs, seed):
     image, _ = make_shapes_scene(seed=seed, size=(160 + 16 * seed, 224))
     theirs = SamAutomaticMaskGenerator(stand_in_sam, **kwargs).generate(image)
