@@ -1,0 +1,220 @@
+"""K-means over all pseudo feature labels of a dataset, streamed from the shards.
+
+- **CPU (default here)**: scikit-learn ``MiniBatchKMeans.partial_fit`` over mini-batches streamed from the shards
+  (a few shards in memory at a time: memory is flat in the number of images), shuffled with the seed, for
+  ``n_passes`` passes; initialised by k-means++ on a seeded sample of PFLs. Same seed, same centroids; the
+  shard list is sorted first, so the order in which images finished does not matter.
+- **GPU**: RAPIDS cuML ``KMeans`` (imported lazily, chosen when a GPU and cuML are present) fitted on a large
+  seeded sample from the same k-means++ initialisation (cuML has no ``partial_fit``).
+- **Dask**: dask-ml's ``KMeans`` over a Dask array assembled lazily from the shards, for PFL sets larger than
+  one machine (scheduler address or a local cluster).
+
+``n_clusters="auto"`` estimates N with a Dirichlet-process Gaussian mixture (variational, scikit-learn's
+``BayesianGaussianMixture``, the finite stand-in for DeepDPM's nonparametric prior) on a seeded sample reduced
+to ``AUTO_PCA_DIMS`` dimensions by PCA: N is the number of components holding at least ``AUTO_MIN_WEIGHT`` of
+the sample.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client._imports import lazy_import
+from alps_client.config import ClusterConfig
+from alps_client.errors import AlpsError
+from alps_client.shards import read_pfl, read_shard_meta
+
+logger = logging.getLogger(__name__)
+AUTO_PCA_DIMS = 16
+AUTO_MIN_WEIGHT = 0.02
+SHARDS_PER_READ = 32
+
+
+def _sorted(paths: Sequence[str | Path]) -> list[Path]:
+    return sorted((Path(p) for p in paths), key=lambda p: p.name)
+
+
+def count_pfls(shard_paths: Sequence[Path]) -> npt.NDArray[np.int64]:
+    """Kept masks (PFL rows) per shard, from shard metadata."""
+    return np.array([read_shard_meta(p)["n_kept"] for p in shard_paths], dtype=np.int64)
+
+
+def sample_pfls(shard_paths: Sequence[Path], counts: npt.NDArray[np.int64], size: int, seed: int) -> npt.NDArray[np.float32]:
+    """A seeded uniform sample (without replacement) of at most ``size`` PFL rows, read shard by shard."""
+    total = int(counts.sum())
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rows = []
+    for i, path in enumerate(shard_paths):
+        lo, hi = np.searchsorted(chosen, [starts[i], starts[i + 1]])
+        if hi > lo:
+            rows.append(read_pfl(path)[chosen[lo:hi] - starts[i]])
+    return np.concatenate(rows).astype(np.float32)
+
+
+def iter_batches(shard_paths: Sequence[Path], batch_size: int, rng: np.random.Generator) -> Iterator[npt.NDArray[np.float32]]:
+    """Mini-batches of PFLs from the shards in a seeded random order, a few shards in memory at a time."""
+    order = rng.permutation(len(shard_paths))
+    buffer: list[npt.NDArray[np.float32]] = []
+    buffered = 0
+    for start in range(0, len(order), SHARDS_PER_READ):
+        for i in order[start : start + SHARDS_PER_READ]:
+            pfl = read_pfl(shard_paths[i])
+            if len(pfl):
+                buffer.append(pfl)
+                buffered += len(pfl)
+        if buffered >= batch_size:
+            rows = np.concatenate(buffer)
+            rows = rows[rng.permutation(len(rows))]
+            n_full = len(rows) // batch_size * batch_size
+            for b in range(0, n_full, batch_size):
+                yield rows[b : b + batch_size]
+            buffer, buffered = [rows[n_full:]], len(rows) - n_full
+    if buffered:
+        rows = np.concatenate(buffer)
+        yield rows[rng.permutation(len(rows))]
+
+
+def estimate_n_clusters(sample: npt.NDArray[np.float32], max_n: int, seed: int) -> int:
+    """Number of clusters in ``(M, D)`` vectors, by a Dirichlet-process Gaussian mixture (see module docs)."""
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import BayesianGaussianMixture
+
+    if len(sample) < 2:
+        return 1
+    dims = min(AUTO_PCA_DIMS, sample.shape[1], len(sample) - 1)
+    reduced = PCA(n_components=dims, random_state=seed).fit_transform(sample.astype(np.float64))
+    mixture = BayesianGaussianMixture(
+        n_components=min(max_n, len(sample)),
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=1.0 / max_n,
+        covariance_type="diag",
+        max_iter=500,
+        n_init=1,
+        init_params="k-means++",
+        random_state=seed,
+    ).fit(reduced)
+    return max(1, int((mixture.weights_ >= AUTO_MIN_WEIGHT).sum()))
+
+
+def assign_clusters(features: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    """Nearest centroid (squared Euclidean; ties to the lower id) of each ``(M, D)`` row."""
+    if len(features) == 0:
+        return np.zeros((0,), np.int64)
+    f = features.astype(np.float64)
+    c = centroids.astype(np.float64)
+    d = (f * f).sum(1)[:, None] - 2.0 * f @ c.T + (c * c).sum(1)[None, :]
+    return np.argmin(d, axis=1).astype(np.int64)
+
+
+def load_centroids(path: str | Path, dim: int = 256) -> npt.NDArray[np.float32]:
+    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254."""
+    try:
+        c = np.load(path)
+    except (OSError, ValueError) as err:
+        raise AlpsError(f"--centroids {path}: not a readable .npy file ({err})") from err
+    if c.ndim != 2 or c.shape[1] != dim or not 1 <= c.shape[0] <= 254:
+        raise AlpsError(f"--centroids {path}: expected an (N, {dim}) array with 1 <= N <= 254, got shape {c.shape}")
+    return c.astype(np.float32)
+
+
+def fit_centroids(shard_paths: Sequence[str | Path], config: ClusterConfig) -> npt.NDArray[np.float32]:
+    """Cluster every PFL of the shards; returns ``(N, 256) float32`` centroids, deterministic for a seed.
+
+    Raises:
+        AlpsError: If no shard holds a kept mask (nothing to cluster).
+    """
+    if config.centroids:
+        return load_centroids(config.centroids)
+    paths = _sorted(shard_paths)
+    counts = count_pfls(paths)
+    total = int(counts.sum())
+    if total == 0:
+        raise AlpsError("no mask survived the gate in any image, so there is nothing to cluster; "
+                        "check the inputs or raise --sigma")
+    sample = sample_pfls(paths, counts, config.init_sample_size, config.seed)
+    n = estimate_n_clusters(sample, config.max_n_clusters, config.seed) if config.n_clusters == "auto" else config.n_clusters
+    if n > total:
+        logger.warning("only %d masks for %d clusters: using %d clusters", total, n, total)
+        n = total
+    from sklearn.cluster import kmeans_plusplus
+
+    init, _ = kmeans_plusplus(sample.astype(np.float64), n_clusters=n, random_state=config.seed)
+    backend = config.backend
+    if backend == "auto":
+        backend = "cuml" if _gpu_available() else "sklearn"
+    if backend == "cuml":
+        return _fit_cuml(paths, counts, init, config)
+    if backend == "dask":
+        return _fit_dask(paths, counts, init, config)
+    return _fit_sklearn(paths, init, config)
+
+
+def _fit_sklearn(paths: list[Path], init: npt.NDArray[np.float64], config: ClusterConfig) -> npt.NDArray[np.float32]:
+    from sklearn.cluster import MiniBatchKMeans
+
+    km = MiniBatchKMeans(
+        n_clusters=len(init), init=init, n_init=1, batch_size=config.batch_size, random_state=config.seed,
+        reassignment_ratio=0.0,
+    )
+    rng = np.random.default_rng(config.seed)
+    for _ in range(config.n_passes):
+        for batch in iter_batches(paths, config.batch_size, rng):
+            km.partial_fit(batch.astype(np.float64))
+    return km.cluster_centers_.astype(np.float32)
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy  # type: ignore[import-not-found]
+
+        return bool(cupy.cuda.runtime.getDeviceCount() > 0) and _has_cuml()
+    except Exception:
+        return False
+
+
+def _has_cuml() -> bool:
+    try:
+        lazy_import("cuml")
+        return True
+    except AlpsError:
+        return False
+
+
+def _fit_cuml(paths: list[Path], counts: npt.NDArray[np.int64], init: npt.NDArray[np.float64],
+              config: ClusterConfig) -> npt.NDArray[np.float32]:
+    cuml = lazy_import("cuml")
+    sample = sample_pfls(paths, counts, max(config.init_sample_size, 20 * config.batch_size), config.seed + 1)
+    km = cuml.KMeans(n_clusters=len(init), init=init.astype(np.float32), n_init=1,
+                     max_iter=max(50, 10 * config.n_passes), random_state=config.seed)
+    km.fit(sample)
+    centres = km.cluster_centers_
+    return np.asarray(centres.get() if hasattr(centres, "get") else centres, dtype=np.float32)
+
+
+def _fit_dask(paths: list[Path], counts: npt.NDArray[np.int64], init: npt.NDArray[np.float64],
+              config: ClusterConfig) -> npt.NDArray[np.float32]:
+    da = lazy_import("dask.array")
+    dask = lazy_import("dask")
+    distributed = lazy_import("distributed")
+    dask_ml_cluster = lazy_import("dask_ml.cluster")
+    parts = [
+        da.from_delayed(dask.delayed(read_pfl)(str(p)), shape=(int(c), init.shape[1]), dtype=np.float32)
+        for p, c in zip(paths, counts) if c > 0
+    ]
+    features = da.concatenate(parts).astype(np.float64).rechunk({0: max(config.batch_size, 1024)})
+    client = distributed.Client(config.dask_address) if config.dask_address else None
+    try:
+        km = dask_ml_cluster.KMeans(n_clusters=len(init), init=init, max_iter=max(10, 10 * config.n_passes),
+                                    random_state=config.seed)
+        km.fit(features)
+        return np.asarray(km.cluster_centers_, dtype=np.float32)
+    finally:
+        if client is not None:
+            client.close()

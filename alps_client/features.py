@@ -1,0 +1,104 @@
+"""Pseudo feature labels (PFL): SAM's image embedding pooled under each mask, one 256-d vector per mask.
+
+The paper's step: the encoder's ``(256, 64, 64)`` map F of the image resized to 1024x1024 is upsampled
+bilinearly to ``S x S`` (S = 256), each binary mask is resized to ``S x S``, and ``L_i = F * M_i`` is pooled
+over the mask. Exactly what we compute, from the embedding the mask generator already made:
+
+1. **Valid region.** Only the unpadded part of the 1024 frame carries the image: ``input_size = (h, w)``,
+   i.e. ``h / 16 x w / 16`` embedding cells (fractional when h or w is not a multiple of 16). That extent is
+   resampled to ``S x S`` bilinearly with ``align_corners=False``: output pixel i samples the embedding at
+   cell coordinate ``(i + 0.5) * (h / 16) / S - 0.5``, clamped to ``[0, 63]``, from its two neighbours.
+2. **Masks** are resized to ``S x S`` by area averaging: each output pixel holds the fraction of its
+   footprint in the original image that the mask covers (so a mask too small to survive nearest-neighbour
+   resizing still has non-zero weight).
+3. **Pooling** is the coverage-weighted mean ``sum_ij c_ij F_ij / sum_ij c_ij``; for a binary coverage it
+   is the reference code's sum over the mask divided by its pixel count.
+4. Optionally the vector is L2-normalised.
+
+Both resamplings are linear, so the pooled vector is computed without materialising ``S x S`` maps: the
+coverage is pulled back onto the 64x64 embedding grid (``Ry^T C Rx``) and contracted with F.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client.backends.base import Embedding
+from alps_client.config import FeatureConfig
+
+CELL_PIXELS = 16  # pixels of the 1024 frame per embedding cell
+
+
+@lru_cache(maxsize=64)
+def embedding_resample_matrix(valid_cells: float, grid: int, out_size: int) -> npt.NDArray[np.float64]:
+    """``(out_size, grid)`` bilinear weights (align_corners=False) over the first ``valid_cells`` of an axis."""
+    src = (np.arange(out_size) + 0.5) * (valid_cells / out_size) - 0.5
+    src = np.clip(src, 0.0, grid - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, grid - 1)
+    frac = src - i0
+    m = np.zeros((out_size, grid))
+    rows = np.arange(out_size)
+    np.add.at(m, (rows, i0), 1.0 - frac)
+    np.add.at(m, (rows, i1), frac)
+    return m
+
+
+@lru_cache(maxsize=64)
+def area_resize_matrix(in_size: int, out_size: int) -> npt.NDArray[np.float64]:
+    """``(out_size, in_size)`` area-averaging weights: row i = overlap of each input pixel with output pixel i."""
+    edges_out = np.arange(out_size + 1) * (in_size / out_size)
+    lo = np.maximum(np.arange(in_size)[None, :], edges_out[:-1, None])
+    hi = np.minimum(np.arange(in_size)[None, :] + 1.0, edges_out[1:, None])
+    return np.clip(hi - lo, 0.0, None) / (in_size / out_size)
+
+
+def mask_coverage(masks: npt.NDArray[np.bool_], size: int) -> npt.NDArray[np.float64]:
+    """``(N, H, W) bool`` -> ``(N, size, size)`` covered fraction of each output pixel (area-weighted resize)."""
+    _, h, w = masks.shape
+    ay = area_resize_matrix(h, size)
+    ax = area_resize_matrix(w, size)
+    return np.einsum("ih,nhw,jw->nij", ay, masks.astype(np.float64), ax, optimize=True)
+
+
+def pool_mask_features(
+    embedding: Embedding, masks: npt.NDArray[np.bool_], config: FeatureConfig | None = None
+) -> npt.NDArray[np.float32]:
+    """One pseudo feature label per mask.
+
+    Args:
+        embedding: the image's embedding (``features (256, 64, 64)``, ``input_size``, ``original_size``).
+        masks: ``(N, H, W) bool`` masks in the original image frame (H, W = ``embedding.original_size``).
+        config: feature frame size and L2 normalisation.
+
+    Returns:
+        ``(N, 256) float32``; an empty mask gives a zero vector.
+    """
+    config = config or FeatureConfig()
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(embedding.original_size):
+        raise ValueError(
+            f"masks must be (N, H, W) with (H, W) = original_size {tuple(embedding.original_size)}, got {masks.shape}"
+        )
+    channels, grid_h, grid_w = embedding.features.shape
+    if len(masks) == 0:
+        return np.zeros((0, channels), np.float32)
+    size = config.feature_size
+    _, h, w = masks.shape
+    # Pull the coverage back onto the embedding grid: (Ry^T Ay) M (Ax^T Rx), then contract with F.
+    ry = embedding_resample_matrix(embedding.input_size[0] / CELL_PIXELS, grid_h, size)  # (S, 64)
+    rx = embedding_resample_matrix(embedding.input_size[1] / CELL_PIXELS, grid_w, size)
+    py = ry.T @ area_resize_matrix(h, size)  # (64, H)
+    px = area_resize_matrix(w, size).T @ rx  # (W, 64)
+    m = masks.astype(np.float32)
+    grid_weights = np.matmul(np.matmul(py.astype(np.float32), m), px.astype(np.float32))  # (N, 64, 64)
+    totals = m.sum(axis=(1, 2)) * (size * size) / float(h * w)  # sum of coverage over the S x S frame
+    pooled = grid_weights.reshape(len(masks), -1) @ embedding.features.reshape(channels, -1).T  # (N, 256)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.where(totals[:, None] > 0, pooled / totals[:, None], 0.0)
+    if config.l2_normalize:
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        pooled = np.where(norms > 0, pooled / np.maximum(norms, 1e-12), 0.0)
+    return pooled.astype(np.float32)

@@ -1,0 +1,100 @@
+"""Per-image ALPS: automatic masks -> gate -> pseudo feature labels -> one shard on disk."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client.config import PipelineConfig
+from alps_client.features import pool_mask_features
+from alps_client.gate import gate_keep
+from alps_client.mask_generator import MaskGenerator
+from alps_client.rle import decode_coco_rle, encode_coco_rle
+from alps_client.shards import ImageShard, write_shard
+
+
+@dataclass
+class ImageSummary:
+    """What a labelled image reports (small: safe as a Prefect task result)."""
+
+    stem: str
+    shard_path: str
+    n_masks: int
+    n_kept: int
+    n_gated: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def label_image(
+    image: npt.NDArray[np.uint8],
+    stem: str,
+    source: str,
+    generator: MaskGenerator,
+    config: PipelineConfig,
+    shard_path: str | Path,
+    fingerprint: str,
+    valid_mask: npt.NDArray[np.bool_] | None = None,
+    extra: dict | None = None,
+) -> ImageSummary:
+    """Label one RGB image and write its shard.
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB.
+        stem: unique output name.
+        source: the input file it came from.
+        generator: the automatic mask generator (its backend computes the one embedding used for PFLs too).
+        config: gate and feature settings.
+        shard_path: where to write the shard.
+        fingerprint: shard fingerprint of the model and labelling configuration.
+        valid_mask: ``(H, W) bool`` pixels that belong to the image (e.g. alpha > 0); PI(M) is taken over
+            them and masks are clipped to them. None: every pixel.
+        extra: small metadata stored in the shard.
+
+    Returns:
+        Counts and per-stage timings (seconds).
+    """
+    result = generator.generate_with_embedding(image)
+    start = time.perf_counter()
+    h, w = image.shape[:2]
+    records = result.records
+    if records and isinstance(records[0]["segmentation"], np.ndarray):
+        masks = np.stack([r["segmentation"] for r in records])
+    elif records:
+        masks = decode_coco_rle([r["segmentation"] for r in records])
+    else:
+        masks = np.zeros((0, h, w), bool)
+    if valid_mask is not None:
+        masks = masks & valid_mask[None]
+        image_area = int(valid_mask.sum())
+    else:
+        image_area = h * w
+    areas = masks.sum(axis=(1, 2)).astype(np.int64)
+    keep = gate_keep(areas, max(image_area, 1), config.gate.sigma) & (areas > 0)
+    timings = dict(result.timings)
+    timings["gate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pfl = pool_mask_features(result.embedding, masks[keep], config.features)
+    timings["features"] = time.perf_counter() - start
+    start = time.perf_counter()
+    bboxes = np.array([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4)
+    shard = ImageShard(
+        stem=stem,
+        source=source,
+        image_size=(h, w),
+        fingerprint=fingerprint,
+        rles=encode_coco_rle(masks),
+        areas=areas,
+        bboxes=bboxes,
+        predicted_iou=np.array([r["predicted_iou"] for r in records], np.float32),
+        stability_score=np.array([r["stability_score"] for r in records], np.float32),
+        keep=keep,
+        pfl=pfl,
+        extra={"n_prompts": result.n_prompts, "image_area": image_area, **(extra or {})},
+    )
+    write_shard(shard_path, shard)
+    timings["write_shard"] = time.perf_counter() - start
+    return ImageSummary(stem, str(shard_path), len(records), int(keep.sum()), int((~keep).sum()), timings)
