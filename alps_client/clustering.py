@@ -59,26 +59,25 @@ def sample_pfls(shard_paths: Sequence[Path], counts: npt.NDArray[np.int64], size
 
 
 def iter_batches(shard_paths: Sequence[Path], batch_size: int, rng: np.random.Generator) -> Iterator[npt.NDArray[np.float32]]:
-    """Mini-batches of PFLs from the shards in a seeded random order, a few shards in memory at a time."""
+    """Fixed-size mini-batches of PFLs, shards visited in a seeded random order, a few shards in memory at a time.
+
+    Batches are cut from the concatenated stream, so they do not depend on how many shards are read at once:
+    streaming gives exactly the batches (and centroids) of the all-in-memory computation.
+    """
     order = rng.permutation(len(shard_paths))
-    buffer: list[npt.NDArray[np.float32]] = []
-    buffered = 0
+    pending = np.zeros((0, 0), np.float32)
     for start in range(0, len(order), SHARDS_PER_READ):
-        for i in order[start : start + SHARDS_PER_READ]:
-            pfl = read_pfl(shard_paths[i])
-            if len(pfl):
-                buffer.append(pfl)
-                buffered += len(pfl)
-        if buffered >= batch_size:
-            rows = np.concatenate(buffer)
-            rows = rows[rng.permutation(len(rows))]
-            n_full = len(rows) // batch_size * batch_size
-            for b in range(0, n_full, batch_size):
-                yield rows[b : b + batch_size]
-            buffer, buffered = [rows[n_full:]], len(rows) - n_full
-    if buffered:
-        rows = np.concatenate(buffer)
-        yield rows[rng.permutation(len(rows))]
+        parts = [read_pfl(shard_paths[i]) for i in order[start : start + SHARDS_PER_READ]]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            continue
+        rows = np.concatenate([pending, *parts]) if len(pending) else np.concatenate(parts)
+        n_full = len(rows) // batch_size * batch_size
+        for b in range(0, n_full, batch_size):
+            yield rows[b : b + batch_size]
+        pending = rows[n_full:]
+    if len(pending):
+        yield pending
 
 
 def estimate_n_clusters(sample: npt.NDArray[np.float32], max_n: int, seed: int) -> int:

@@ -1,0 +1,118 @@
+"""Clustering: recovery of separated clusters, determinism, streaming == in-memory, auto N, Dask, centroids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alps_client import clustering
+from alps_client.clustering import assign_clusters, estimate_n_clusters, fit_centroids, load_centroids
+from alps_client.config import ClusterConfig
+from alps_client.errors import AlpsError
+from alps_client.shards import ImageShard, write_shard
+
+
+def blobs(n_clusters: int, per_cluster: int, seed: int, dim: int = 256, spread: float = 0.05):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (n_clusters, dim))
+    labels = np.repeat(np.arange(n_clusters), per_cluster)
+    x = centres[labels] + rng.normal(0, spread, (len(labels), dim))
+    perm = rng.permutation(len(labels))
+    return x[perm].astype(np.float32), labels[perm], centres
+
+
+def write_pfl_shards(root, x, per_shard: int = 37):
+    paths = []
+    for i, start in enumerate(range(0, len(x), per_shard)):
+        pfl = x[start : start + per_shard]
+        n = len(pfl)
+        shard = ImageShard(
+            stem=f"img_{i:04d}", source="synthetic", image_size=(8, 8), fingerprint="f", rles=[{}] * n,
+            areas=np.ones(n, np.int64), bboxes=np.zeros((n, 4)), predicted_iou=np.ones(n, np.float32),
+            stability_score=np.ones(n, np.float32), keep=np.ones(n, bool), pfl=pfl,
+        )
+        path = root / f"img_{i:04d}.npz"
+        write_shard(path, shard)
+        paths.append(path)
+    return paths
+
+
+def purity(pred, truth):
+    total = 0
+    for c in np.unique(pred):
+        total += np.bincount(truth[pred == c]).max()
+    return total / len(truth)
+
+
+@pytest.fixture(scope="module")
+def five_blobs(tmp_path_factory):
+    x, labels, _ = blobs(5, 200, seed=0)
+    paths = write_pfl_shards(tmp_path_factory.mktemp("shards"), x)
+    return x, labels, paths
+
+
+def test_recovers_separated_clusters_and_is_deterministic(five_blobs):
+    x, labels, paths = five_blobs
+    cfg = ClusterConfig(n_clusters=5, batch_size=128, n_passes=3, seed=7)
+    c1 = fit_centroids(paths, cfg)
+    c2 = fit_centroids(list(reversed(paths)), cfg)  # finish order must not matter
+    np.testing.assert_array_equal(c1, c2)
+    assert c1.shape == (5, 256) and c1.dtype == np.float32
+    assert purity(assign_clusters(x, c1), labels) == 1.0
+    c3 = fit_centroids(paths, ClusterConfig(n_clusters=5, batch_size=128, n_passes=3, seed=8))
+    assert purity(assign_clusters(x, c3), labels) == 1.0
+
+
+def test_streaming_equals_in_memory_for_one_pass(five_blobs, monkeypatch):
+    _, _, paths = five_blobs
+    cfg = ClusterConfig(n_clusters=5, batch_size=100, n_passes=1, seed=3)
+    monkeypatch.setattr(clustering, "SHARDS_PER_READ", 2)
+    streamed = fit_centroids(paths, cfg)
+    monkeypatch.setattr(clustering, "SHARDS_PER_READ", 10**6)
+    in_memory = fit_centroids(paths, cfg)
+    np.testing.assert_allclose(streamed, in_memory, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("true_n", [3, 6])
+def test_auto_finds_the_true_count(true_n):
+    x, _, _ = blobs(true_n, 150, seed=true_n, spread=0.1)
+    assert estimate_n_clusters(x, max_n=20, seed=0) == true_n
+
+
+def test_auto_through_fit(five_blobs):
+    _, _, paths = five_blobs
+    assert fit_centroids(paths, ClusterConfig(n_clusters="auto", batch_size=128, seed=0)).shape == (5, 256)
+
+
+def test_dask_backend_on_a_local_cluster(five_blobs):
+    distributed = pytest.importorskip("distributed")
+    x, labels, paths = five_blobs
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        cfg = ClusterConfig(n_clusters=5, backend="dask", dask_address=cluster.scheduler_address, seed=0, n_passes=1)
+        c = fit_centroids(paths, cfg)
+    assert c.shape == (5, 256)
+    assert purity(assign_clusters(x, c), labels) == 1.0
+
+
+def test_reusing_centroids_keeps_class_ids(five_blobs, tmp_path):
+    x, _, paths = five_blobs
+    c = fit_centroids(paths, ClusterConfig(n_clusters=5, batch_size=128, seed=0))
+    np.save(tmp_path / "centroids.npy", c)
+    again = fit_centroids(paths[:3], ClusterConfig(centroids=str(tmp_path / "centroids.npy")))
+    np.testing.assert_array_equal(again, c)
+    np.save(tmp_path / "bad.npy", np.zeros((3, 7)))
+    with pytest.raises(AlpsError, match=r"expected an \(N, 256\) array"):
+        load_centroids(tmp_path / "bad.npy")
+
+
+def test_nothing_to_cluster(tmp_path):
+    paths = write_pfl_shards(tmp_path, np.zeros((0, 256), np.float32))
+    with pytest.raises(AlpsError, match="nothing to cluster"):
+        fit_centroids(paths or [], ClusterConfig())
+
+
+@pytest.mark.gpu
+def test_cuml_backend(five_blobs):
+    x, labels, paths = five_blobs
+    c = fit_centroids(paths, ClusterConfig(n_clusters=5, backend="cuml"))
+    assert purity(assign_clusters(x, c), labels) == 1.0
