@@ -1,0 +1,134 @@
+"""Finding the images of a dataset: recursive, case-insensitive, deterministic, bad files reported not fatal.
+
+Each input becomes one or more :class:`InputItem` (a whole image, a tile of a large scene). Stems are unique
+and filename-safe: the path relative to the dataset root without its extension, sub-folders joined by
+``__``; tiles append ``__x{x0}_y{y0}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from alps_client.config import InputConfig
+from alps_client.errors import InputImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz")
+PLAIN_COPY_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One image to label.
+
+    Attributes:
+        source: absolute path of the input file.
+        stem: unique, filename-safe output name.
+        kind: ``image`` (whole file), ``tile`` (a window of a large scene) or ``slice`` (of a volume).
+        scene: stem of the whole scene this item belongs to (== stem for whole images).
+        window: ``(x0, y0, x1, y1)`` in source pixels, for tiles.
+        slice_index: index along the slice axis, for volume slices.
+    """
+
+    source: str
+    stem: str
+    kind: Literal["image", "tile", "slice"] = "image"
+    scene: str = ""
+    window: tuple[int, int, int, int] | None = None
+    slice_index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InputError:
+    """A rejected input: its path and why (one line)."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+def _extension(name: str) -> str:
+    lower = name.lower()
+    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
+
+
+def _stem_of(relative: Path) -> str:
+    name = relative.name
+    base = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else relative.stem
+    parts = [*relative.parent.parts, base]
+    return _UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", ".")))
+
+
+def list_input_files(root: Path) -> list[Path]:
+    """Supported files under ``root`` (or ``root`` itself), sorted; symlinks followed, loops skipped."""
+    if root.is_file():
+        return [root]
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and _extension(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: str(p.relative_to(root)))
+
+
+def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tuple[list[InputItem], list[InputError]]:
+    """Items to label under ``root`` and the files rejected on the way (headers only are read).
+
+    Raises:
+        FileNotFoundError: If ``root`` does not exist.
+    """
+    from alps_client.readers import MAX_UNTILED_PIXELS, image_size_of, volume_slices
+
+    config = config or InputConfig()
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"dataset path {root} does not exist")
+    base = root.parent if root.is_file() else root
+    items: list[InputItem] = []
+    errors: list[InputError] = []
+    used: set[str] = set()
+    for path in list_input_files(root):
+        relative = path.relative_to(base)
+        stem = _stem_of(relative)
+        if stem in used:  # e.g. a.png and a.jpg side by side
+            stem = _UNSAFE.sub("_", "__".join(relative.parts).replace(".", "_"))
+        used.add(stem)
+        source = str(path.absolute())
+        try:
+            if _extension(path.name) in VOLUME_EXTENSIONS:
+                items += [
+                    InputItem(source, f"{stem}__z{i:04d}", "slice", stem, None, i) for i in volume_slices(path, config)
+                ]
+                continue
+            height, width = image_size_of(path)
+        except InputImageError as err:
+            errors.append(InputError(source, err.reason))
+            continue
+        if config.tile is None and height * width > MAX_UNTILED_PIXELS:
+            errors.append(InputError(source, f"image is {width}x{height} ({height * width / 1e6:.0f} Mpx), too large "
+                                             "to label whole; use --tile 896 --overlap 384"))
+            continue
+        if config.tile is None or (height <= config.tile and width <= config.tile):
+            items.append(InputItem(source, stem, "image", stem))
+            continue
+        from alps_client.tiling import tile_windows
+
+        for x0, y0, x1, y1 in tile_windows(height, width, config.tile, config.overlap):
+            items.append(InputItem(source, f"{stem}__x{x0}_y{y0}", "tile", stem, (x0, y0, x1, y1)))
+    return items, errors

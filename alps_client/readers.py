@@ -1,0 +1,234 @@
+"""Reading inputs to ``(H, W, 3) uint8`` RGB: 8/16-bit, grey, RGBA, palette, EXIF, GeoTIFF, NIfTI slices.
+
+Rules (also in docs/inputs.md):
+- More than 8 bits (16-bit, 32-bit, float): a linear stretch of the ``stretch_percentiles`` (default 2-98 %)
+  of the valid pixels to 0..255, one range for all bands (keeps colour balance).
+- Grey -> the value on three channels. RGBA / LA / palette with transparency -> alpha dropped; fully
+  transparent pixels are marked invalid (never labelled, not counted in the gate's PI).
+- EXIF orientation is applied (the image is labelled as it is displayed).
+- TIFF goes through rasterio (GeoTIFF CRS and transform kept; windows read for tiles); ``--bands`` picks
+  three 1-based bands, default the bands described as red/green/blue, else the first three.
+- Inputs are opened read-only and never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from alps_client._imports import lazy_import
+from alps_client.config import InputConfig
+from alps_client.errors import InputImageError
+from alps_client.inputs import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, InputItem, _extension
+
+# Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
+MAX_UNTILED_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = None  # we apply our own limit above, with a message that says what to do
+
+
+@dataclass
+class LoadedImage:
+    """An input ready for the mask generator.
+
+    Attributes:
+        rgb: ``(H, W, 3) uint8``.
+        valid: ``(H, W) bool`` pixels that belong to the image (False: e.g. transparent), or None for all.
+        geo: ``{"crs": wkt, "transform": [a, b, c, d, e, f]}`` of a georeferenced input (window-adjusted), or None.
+        plain_copy: the source file can be copied into the dataset unchanged (8-bit RGB, upright, no alpha).
+        extra: small facts recorded in the shard (bit depth, stretch range, bands).
+    """
+
+    rgb: npt.NDArray[np.uint8]
+    valid: npt.NDArray[np.bool_] | None = None
+    geo: dict[str, Any] | None = None
+    plain_copy: bool = False
+    extra: dict[str, Any] | None = None
+
+
+def _fail(path: str | Path, reason: str) -> InputImageError:
+    return InputImageError(str(path), reason)
+
+
+def _check_file(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise _fail(path, f"unreadable ({err.strerror})") from err
+    if size == 0:
+        raise _fail(path, "zero-byte file")
+
+
+def _is_tiff(path: Path) -> bool:
+    return _extension(path.name) in (".tif", ".tiff")
+
+
+def image_size_of(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` from the file header (cheap); raises InputImageError for files that are not images."""
+    path = Path(path)
+    _check_file(path)
+    if _is_tiff(path):
+        rasterio = lazy_import("rasterio")
+        try:
+            with rasterio.open(path) as src:
+                return int(src.height), int(src.width)
+        except rasterio.errors.RasterioIOError as err:
+            raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except UnidentifiedImageError as err:
+        raise _fail(path, "not an image (PIL cannot identify it)") from err
+    except OSError as err:
+        raise _fail(path, f"unreadable image ({err})") from err
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def stretch_to_uint8(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[npt.NDArray[np.uint8], list[float]]:
+    """Linear stretch of ``(H, W[, C])`` data to uint8 between two percentiles of the valid pixels."""
+    values = data[valid] if valid is not None and valid.any() else data
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size == 0:
+        return np.zeros(data.shape, np.uint8), [0.0, 0.0]
+    lo, hi = (float(v) for v in np.percentile(finite, percentiles))
+    if hi <= lo:
+        hi = lo + 1.0
+    scaled = (np.nan_to_num(data.astype(np.float64), nan=lo) - lo) * (255.0 / (hi - lo))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8), [lo, hi]
+
+
+def _to_rgb(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, config: InputConfig) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+    extra: dict[str, Any] = {"dtype": str(data.dtype)}
+    if data.dtype != np.uint8:
+        data, extra["stretch"] = stretch_to_uint8(data, valid, config.stretch_percentiles)
+    if data.ndim == 2:
+        data = np.repeat(data[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(data[:, :, :3]), extra
+
+
+def _load_pil(path: Path, config: InputConfig) -> LoadedImage:
+    try:
+        with Image.open(path) as im:
+            exif_rotated = im.getexif().get(0x0112, 1) not in (1, None)
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            mode = im.mode
+            valid = None
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                mode = im.mode
+            if mode in ("RGBA", "LA", "PA"):
+                alpha = np.asarray(im.getchannel("A"))
+                valid = alpha > 0
+                im = im.convert("RGB")
+                data = np.asarray(im)
+            elif mode in ("RGB", "L"):
+                data = np.asarray(im)
+            elif mode.startswith("I") or mode == "F":
+                data = np.asarray(im)
+            else:  # CMYK, YCbCr, 1, ...
+                data = np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError as err:
+        raise _fail(path, "not an image (PIL cannot identify it)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
+    rgb, extra = _to_rgb(data, valid, config)
+    plain = _extension(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
+    extra["mode"] = mode
+    return LoadedImage(rgb, valid, None, plain, extra)
+
+
+def _tiff_bands(src: Any, config: InputConfig) -> list[int]:
+    if config.bands is not None:
+        if max(config.bands) > src.count:
+            raise _fail(src.name, f"has {src.count} band(s), --bands asks for {list(config.bands)}")
+        return list(config.bands)
+    interp = [str(c).split(".")[-1].lower() for c in src.colorinterp]
+    if all(c in interp for c in ("red", "green", "blue")):
+        return [interp.index(c) + 1 for c in ("red", "green", "blue")]
+    return [1, 2, 3] if src.count >= 3 else [1]
+
+
+def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int] | None) -> LoadedImage:
+    rasterio = lazy_import("rasterio")
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.open(path) as src:
+            bands = _tiff_bands(src, config)
+            win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
+            data = src.read(bands, window=win)  # (C, h, w)
+            mask = src.read_masks(1, window=win) if src.nodata is not None or src.count in (2, 4) else None
+            geo = None
+            if src.crs is not None:
+                transform = src.window_transform(win) if win is not None else src.transform
+                geo = {"crs": src.crs.to_wkt(), "transform": list(transform)[:6]}
+    except rasterio.errors.RasterioIOError as err:
+        raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
+    valid = mask > 0 if mask is not None else None
+    data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
+    rgb, extra = _to_rgb(data, valid, config)
+    extra["bands"] = bands
+    return LoadedImage(rgb, valid, geo, False, extra)
+
+
+def volume_slices(path: str | Path, config: InputConfig) -> list[int]:
+    """Indices of the non-empty slices of a NIfTI volume along ``config.slice_axis``."""
+    data = _read_volume(Path(path))
+    axis = config.slice_axis
+    other = tuple(a for a in range(3) if a != axis)
+    nonempty = np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0)
+    return [int(i) for i in nonempty]
+
+
+def _read_volume(path: Path) -> npt.NDArray[np.floating]:
+    _check_file(path)
+    nibabel = lazy_import("nibabel")
+    try:
+        data = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise _fail(path, f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from err
+    if data.ndim == 4:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise _fail(path, f"NIfTI volume must be 3D, got shape {data.shape}")
+    return data
+
+
+def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
+    data = _read_volume(path)
+    plane = np.take(data, index, axis=config.slice_axis)
+    rgb, extra = _to_rgb(plane, None, InputConfig(stretch_percentiles=config.window_percentiles))
+    extra["slice_index"] = index
+    return LoadedImage(rgb, None, None, False, extra)
+
+
+def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage:
+    """Read one item as RGB uint8; raises InputImageError naming the file and the reason."""
+    config = config or InputConfig()
+    path = Path(item.source)
+    _check_file(path)
+    if item.kind == "slice" or _extension(path.name) in VOLUME_EXTENSIONS:
+        return _load_slice(path, int(item.slice_index or 0), config)
+    if _is_tiff(path):
+        loaded = _load_tiff(path, config, item.window)
+    else:
+        loaded = _load_pil(path, config)
+        if item.window is not None:
+            x0, y0, x1, y1 = item.window
+            loaded = LoadedImage(
+                loaded.rgb[y0:y1, x0:x1].copy(), None if loaded.valid is None else loaded.valid[y0:y1, x0:x1].copy(),
+                None, False, loaded.extra,
+            )
+    h, w = loaded.rgb.shape[:2]
+    if item.window is None and h * w > MAX_UNTILED_PIXELS:
+        raise _fail(path, f"image is {w}x{h} ({h * w / 1e6:.0f} Mpx), too large to label whole; "
+                          "use --tile 896 --overlap 384")
+    if loaded.valid is not None and not loaded.valid.any():
+        raise _fail(path, "every pixel is transparent or nodata")
+    return loaded

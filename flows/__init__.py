@@ -1,0 +1,1 @@
+"""Prefect flows of alps (thin: every step calls alps_client)."""

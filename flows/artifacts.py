@@ -1,0 +1,98 @@
+"""What a run shows: terminal progress bar, Prefect progress artifact, summary/histogram/previews/errors artifacts."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from tqdm import tqdm
+
+PREVIEWS = 3
+
+
+class Progress:
+    """Live progress: a tqdm bar on the terminal and a Prefect progress artifact in the UI."""
+
+    def __init__(self, total: int, bar: bool = True) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.counts: dict[str, int] = defaultdict(int)
+        self.bar = tqdm(total=total, desc="labelling", unit="img", disable=not bar, leave=True)
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="alps-progress", description="Images labelled (or skipped as already done)"
+        )
+
+    def advance(self, result: dict[str, Any]) -> None:
+        self.done += 1
+        self.counts[result["status"]] += 1
+        self.bar.update(1)
+        self.bar.set_postfix({k: v for k, v in self.counts.items()}, refresh=False)
+        if self.done == self.total or self.done % max(1, self.total // 50) == 0:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * self.done / self.total)
+
+    def close(self) -> None:
+        update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
+        self.bar.close()
+
+
+def stage_totals(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per stage summed over the images labelled in this run."""
+    totals: dict[str, float] = defaultdict(float)
+    for r in results:
+        for stage, seconds in (r.get("timings") or {}).items():
+            totals[stage] += seconds
+    return dict(totals)
+
+
+def _thumbnail(path: Path, size: int = 256) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def publish(run: dict[str, Any], out: str) -> None:
+    """Summary table, class histogram, previews and the error list, as Prefect artifacts."""
+    s = run["summary"]
+    sec = run["seconds"]
+    n_labelled = len(run["labelled"])
+    rows = [
+        {"metric": "model", "value": f"{run['model']}{' (STAND-IN, not SAM)' if run['stand_in'] else ''}"},
+        {"metric": "images", "value": s["n_images"]},
+        {"metric": "labelled this run / skipped (already done)", "value": f"{n_labelled} / {len(run['skipped'])}"},
+        {"metric": "rejected inputs", "value": len(run["errors"])},
+        {"metric": "masks kept / gated", "value": f"{s['n_masks_kept']} / {s['n_masks_gated']}"},
+        {"metric": "classes", "value": s["n_classes"]},
+        {"metric": "labelled pixel fraction", "value": round(s["labelled_pixel_fraction"], 4)},
+        {"metric": "seconds: label / cluster / write", "value": f"{sec['label']:.1f} / {sec['cluster']:.1f} / {sec['write']:.1f}"},
+    ]
+    for stage, seconds in sorted(run["stage_seconds"].items()):
+        rows.append({"metric": f"seconds per labelled image: {stage}", "value": round(seconds / max(n_labelled, 1), 3)})
+    create_table_artifact(key="alps-summary", table=rows, description=f"ALPS run summary: {out}")
+
+    peak = max(s["pixels_per_class"] or [1]) or 1
+    hist = ["| class | masks | pixels | |", "|---:|---:|---:|:---|"]
+    for k, (m, p) in enumerate(zip(s["masks_per_class"], s["pixels_per_class"])):
+        hist.append(f"| {k} | {m} | {p} | {'█' * max(1, round(30 * p / peak)) if p else ''} |")
+    create_markdown_artifact(key="alps-class-histogram", markdown="\n".join(hist), description="Pixels and masks per class")
+
+    vis = sorted((Path(out) / "vis").glob("*.png"))[:PREVIEWS]
+    if vis:
+        md = [f"Palette previews (first {len(vis)} of {s['n_images']}; all in `{Path(out) / 'vis'}`)", ""]
+        md += [f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{_thumbnail(p)})\n" for p in vis]
+        create_markdown_artifact(key="alps-previews", markdown="\n".join(md), description="Label previews")
+
+    errors = run["errors"] or [{"path": "-", "reason": "no rejected inputs"}]
+    create_table_artifact(key="alps-errors", table=errors[:1000], description="Rejected inputs (also in errors.jsonl)")
