@@ -30,6 +30,7 @@ from alps_client.backends.base import Embedding
 from alps_client.config import FeatureConfig
 
 CELL_PIXELS = 16  # pixels of the 1024 frame per embedding cell
+MASKS_PER_CHUNK = 32  # masks converted to float at once
 
 
 @lru_cache(maxsize=64)
@@ -92,10 +93,15 @@ def pool_mask_features(
     rx = embedding_resample_matrix(embedding.input_size[1] / CELL_PIXELS, grid_w, size)
     py = ry.T @ area_resize_matrix(h, size)  # (64, H)
     px = area_resize_matrix(w, size).T @ rx  # (W, 64)
-    m = masks.astype(np.float32)
-    grid_weights = np.matmul(np.matmul(py.astype(np.float32), m), px.astype(np.float32))  # (N, 64, 64)
-    totals = m.sum(axis=(1, 2)) * (size * size) / float(h * w)  # sum of coverage over the S x S frame
-    pooled = grid_weights.reshape(len(masks), -1) @ embedding.features.reshape(channels, -1).T  # (N, 256)
+    py32, px32 = py.astype(np.float32), px.astype(np.float32)
+    flat_features = embedding.features.reshape(channels, -1).T  # (64*64, C)
+    pooled = np.empty((len(masks), channels), np.float64)
+    totals = np.empty(len(masks), np.float64)
+    for lo in range(0, len(masks), MASKS_PER_CHUNK):  # bounded memory for large images
+        m = masks[lo : lo + MASKS_PER_CHUNK].astype(np.float32)
+        grid_weights = np.matmul(np.matmul(py32, m), px32)  # (n, 64, 64)
+        pooled[lo : lo + len(m)] = grid_weights.reshape(len(m), -1) @ flat_features
+        totals[lo : lo + len(m)] = m.sum(axis=(1, 2), dtype=np.float64) * (size * size) / float(h * w)
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = np.where(totals[:, None] > 0, pooled / totals[:, None], 0.0)
     if config.l2_normalize:

@@ -73,3 +73,12 @@ def test_pfl_shape_errors_and_empty():
     assert not pool_mask_features(emb, np.zeros((1, 10, 10), bool)).any()
     with pytest.raises(ValueError, match="original_size"):
         pool_mask_features(emb, np.zeros((1, 5, 10), bool))
+
+
+def test_pfl_is_the_same_in_chunks():
+    rng = np.random.RandomState(1)
+    emb = Embedding(rng.randn(16, 64, 64).astype(np.float32), input_size=(1024, 683), original_size=(60, 40))
+    masks = rng.rand(70, 60, 40) > 0.8  # more masks than one chunk
+    together = pool_mask_features(emb, masks, FeatureConfig(l2_normalize=False))
+    alone = np.stack([pool_mask_features(emb, m[None], FeatureConfig(l2_normalize=False))[0] for m in masks])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
