@@ -177,8 +177,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not os.environ.get("PREFECT_API_URL"):
         print("alps serve: no PREFECT_API_URL set; start a server with `make server` and "
               "`export PREFECT_API_URL=http://127.0.0.1:4200/api` to see the deployment in the UI", file=sys.stderr)
-    alps_flow.serve(name=args.name, tags=["alps"], parameters={"dataset": args.dataset, "out": args.out}
-                    if args.dataset else {}, limit=args.limit)
+    backend = {"kind": args.kind, "model_repository": args.model_repository,
+               "triton_urls": tuple(args.triton_urls) if args.triton_urls else None}
+    config = PipelineConfig(backend=_sub(BackendConfig, backend))
+    parameters: dict[str, Any] = {"config": config}
+    if args.dataset:
+        parameters.update(dataset=args.dataset, out=args.out)
+    alps_flow.serve(name=args.name, tags=["alps"], parameters=parameters, limit=args.limit)
     return 0
 
 
@@ -199,6 +204,9 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dataset", help="default dataset parameter")
     serve.add_argument("--out", help="default output parameter")
     serve.add_argument("--limit", type=int, default=1, help="concurrent runs")
+    serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"])
+    serve.add_argument("--model-repository")
+    serve.add_argument("--triton-url", dest="triton_urls", action="append")
     serve.set_defaults(func=cmd_serve)
     return parser
 
