@@ -75,7 +75,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--bands", type=_bands, help="three 1-based bands of multispectral rasters, e.g. 4,3,2")
     i.add_argument("--tile", type=int, help="cut large images into tiles of this size (iSAID: 896)")
     i.add_argument("--overlap", type=int, help="tile overlap in pixels (iSAID: 384)")
+    i.add_argument("--stitch", action="store_true", default=None, help="also write one label map per tiled scene")
     i.add_argument("--slice-axis", type=int, choices=[0, 1, 2])
+    i.add_argument("--write-nifti-labels", action="store_true", default=None,
+                   help="stack label slices of NIfTI inputs into label volumes")
     r = p.add_argument_group("run")
     r.add_argument("--concurrency", type=int, default=2, help="images in flight (default 2)")
     r.add_argument("--overwrite", action="store_true", help="relabel images labelled with another model/config")
@@ -131,6 +134,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             make_backend(config.backend).close()  # readiness check: one clear line if the server is not there
     except AlpsError as err:
         return _fail(str(err))
+    from alps_client.inputs import discover_inputs
+
+    items, rejected = discover_inputs(args.dataset, config.inputs)  # headers only: fail before Prefect starts
+    if not items:
+        return _fail(f"no readable images under {args.dataset} (looked for png, jpg, jpeg, tif, tiff, bmp, webp, "
+                     f"nii, nii.gz; {len(rejected)} file(s) rejected)")
     from prefect.exceptions import FailedRun
 
     from flows.alps_flow import alps_flow
