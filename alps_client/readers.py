@@ -85,7 +85,7 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
-        raise _fail(path, f"unreadable image ({err})") from err
+        raise _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

@@ -120,6 +120,14 @@ def write(out: str, shards: list[str], centroids_path: str, config: PipelineConf
     return summary.__dict__
 
 
+@task(name="scene-outputs")
+def scene_outputs(out: str, shards: list[str], config: PipelineConfig) -> dict[str, int]:
+    """GeoTIFF labels, stitched scenes and NIfTI label volumes, where the inputs call for them."""
+    from alps_client.scenes import write_scene_outputs
+
+    return write_scene_outputs(out, shards, config)
+
+
 def check_existing_shards(out: str, items: list[dict[str, Any]], fingerprint: str, overwrite: bool) -> int:
     """Count finished images; refuse to mix shards of another model or configuration unless ``overwrite``."""
     done = stale = 0
@@ -183,12 +191,13 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
     summary = write(out, shards, centroids, config, manifest.raw, errors, {r["stem"]: r["image"] for r in done})
+    extras = scene_outputs(out, shards, config)
     write_seconds = time.perf_counter() - t
     run = {
         "dataset": dataset, "out": out, "model": manifest.model_type, "stand_in": manifest.is_stand_in,
         "labelled": [r["stem"] for r in done if r["status"] == "labelled"],
         "skipped": [r["stem"] for r in done if r["status"] == "skipped"],
-        "errors": errors, "summary": summary,
+        "errors": errors, "summary": summary, "scene_outputs": extras,
         "seconds": {"label": label_seconds, "cluster": cluster_seconds, "write": write_seconds,
                     "total": time.perf_counter() - started},
         "stage_seconds": artifacts.stage_totals(done),

@@ -1,0 +1,53 @@
+"""Label maps as GeoTIFF with the source's CRS and transform (they overlay the source in QGIS)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client._imports import lazy_import
+from alps_client.atomic import atomic_path
+
+_PROFILE = {"driver": "GTiff", "dtype": "uint8", "count": 1, "nodata": 255, "compress": "deflate"}
+
+
+def _profile(height: int, width: int, geo: dict[str, Any] | None) -> dict[str, Any]:
+    rasterio = lazy_import("rasterio")
+    profile: dict[str, Any] = {**_PROFILE, "height": height, "width": width}
+    if height >= 256 and width >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    if geo:
+        profile["crs"] = rasterio.crs.CRS.from_wkt(geo["crs"])
+        profile["transform"] = rasterio.Affine(*geo["transform"])
+    return profile
+
+
+def write_geotiff_label(path: str | Path, label: npt.NDArray[np.uint8], geo: dict[str, Any] | None) -> None:
+    """Write ``(H, W) uint8`` class ids (255 = no mask = nodata) as a GeoTIFF, atomically."""
+    rasterio = lazy_import("rasterio")
+    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **_profile(*label.shape, geo)) as dst:
+        dst.write(label, 1)
+
+
+def write_geotiff_windows(
+    path: str | Path, size: tuple[int, int], geo: dict[str, Any] | None,
+    windows: Iterable[tuple[tuple[int, int, int, int], Callable[[], npt.NDArray[np.uint8]]]],
+) -> None:
+    """Write a large label map window by window (memory: one window at a time), atomically.
+
+    Args:
+        path: output ``.tif``.
+        size: ``(H, W)`` of the whole map.
+        geo: CRS/transform of the whole scene, or None.
+        windows: ``((x0, y0, x1, y1), read)`` where ``read()`` returns that region's ``(y1-y0, x1-x0)`` labels.
+    """
+    rasterio = lazy_import("rasterio")
+    from rasterio.windows import Window
+
+    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **_profile(*size, geo)) as dst:
+        for (x0, y0, x1, y1), read in windows:
+            dst.write(read(), 1, window=Window(x0, y0, x1 - x0, y1 - y0))

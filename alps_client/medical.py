@@ -1,0 +1,33 @@
+"""NIfTI label volumes: label slices stacked back with the source volume's affine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client._imports import lazy_import
+from alps_client.atomic import atomic_path
+
+
+def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,
+                       slices: Mapping[int, npt.NDArray[np.uint8]]) -> None:
+    """Stack ``{index: (h, w) uint8}`` label slices along ``slice_axis`` into a NIfTI like ``source``.
+
+    Slices that were not labelled (empty in the source) are 255. The source's affine and header are kept.
+    """
+    nibabel = lazy_import("nibabel")
+    src = nibabel.load(str(source))
+    shape = src.shape[:3]
+    volume = np.full(shape, 255, np.uint8)
+    for index, label in slices.items():
+        target = [slice(None)] * 3
+        target[slice_axis] = index
+        volume[tuple(target)] = label
+    image = nibabel.Nifti1Image(volume, src.affine, src.header)
+    image.set_data_dtype(np.uint8)
+    suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as tmp:
+        nibabel.save(image, str(tmp))

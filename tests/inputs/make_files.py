@@ -1,0 +1,78 @@
+"""Generators of every odd or bad input a dataset may hold (the tests write them; nothing is committed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from alps_client.synthetic import make_scene
+
+SIZE = (96, 128)
+
+
+def scene(seed: int) -> np.ndarray:
+    return make_scene(seed, SIZE, n_classes=4)[0]
+
+
+def write_odd_dataset(root: Path) -> dict[str, str]:
+    """Write the files; returns {file name: expectation} with expectation 'ok' or the expected reason."""
+    root.mkdir(parents=True, exist_ok=True)
+    expect: dict[str, str] = {}
+    rgb = scene(0)
+    grey = rgb.mean(axis=2).astype(np.uint8)
+    Image.fromarray((grey.astype(np.uint16) * 257 + 3)).save(root / "sixteen_bit.png")  # I;16
+    expect["sixteen_bit.png"] = "ok"
+    Image.fromarray(grey).save(root / "grey.png")
+    expect["grey.png"] = "ok"
+    rgba = np.dstack([scene(1), np.full(SIZE, 255, np.uint8)])
+    rgba[:, :30, 3] = 0  # a fully transparent band on the left
+    Image.fromarray(rgba, "RGBA").save(root / "rgba.png")
+    expect["rgba.png"] = "ok"
+    Image.fromarray(scene(2)).convert("P", palette=Image.ADAPTIVE, colors=32).save(root / "palette.png")
+    expect["palette.png"] = "ok"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(scene(3)).save(root / "exif_rotated.jpg", exif=exif.tobytes(), quality=95)
+    expect["exif_rotated.jpg"] = "ok"
+    sub = root / "sub folder"
+    sub.mkdir()
+    Image.fromarray(scene(4)).save(sub / "ünïcode scène 1.png")
+    expect["sub folder/ünïcode scène 1.png"] = "ok"
+    write_geotiff(root / "geo_rgb.tif", scene(5).transpose(2, 0, 1), "EPSG:32633", (500000.0, 0.5, 4600000.0))
+    expect["geo_rgb.tif"] = "ok"
+    bands = np.concatenate([scene(6).transpose(2, 0, 1).astype(np.uint16) * 40, np.full((2, *SIZE), 900, np.uint16)])
+    write_geotiff(root / "multiband.tif", bands, "EPSG:4326", (10.0, 0.0001, 45.0))
+    expect["multiband.tif"] = "ok"
+    write_nifti(root / "volume.nii.gz")
+    expect["volume.nii.gz"] = "ok"
+    good = (root / "grey.png").read_bytes()
+    (root / "truncated.png").write_bytes(good[: len(good) // 2])
+    expect["truncated.png"] = "truncated or corrupt"
+    (root / "empty.png").write_bytes(b"")
+    expect["empty.png"] = "zero-byte file"
+    (root / "notes.jpg").write_text("this is text, not a JPEG\n")
+    expect["notes.jpg"] = "not an image"
+    return expect
+
+
+def write_geotiff(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float]) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    x, res, y = origin
+    with rasterio.open(path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=bands.shape[0],
+                       dtype=bands.dtype, crs=crs, transform=from_origin(x, y, res, res)) as dst:
+        dst.write(bands)
+
+
+def write_nifti(path: Path) -> None:
+    import nibabel
+
+    vol = np.zeros((64, 72, 6), np.float32)
+    yy, xx = np.mgrid[:64, :72]
+    for z in (1, 2, 4):  # slices 0, 3 and 5 are empty
+        vol[..., z] = 100.0 + 50.0 * ((yy - 32) ** 2 + (xx - 36) ** 2 < (10 + 3 * z) ** 2)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nibabel.save(nibabel.Nifti1Image(vol, affine), str(path))

@@ -1,0 +1,164 @@
+"""Odd and bad inputs through discovery, reading and the whole flow; large scenes tiled with bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, InputConfig, PipelineConfig
+from alps_client.errors import InputImageError
+from alps_client.inputs import discover_inputs
+from alps_client.readers import load_item, stretch_to_uint8
+from alps_client.tiling import stitch_scene, stitch_windows, tile_windows
+from tests.conftest import REPO_ROOT
+from tests.inputs.make_files import SIZE, write_odd_dataset
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd")
+    return root, write_odd_dataset(root)
+
+
+def test_discovery_and_reading_of_every_case(odd):
+    root, expect = odd
+    items, errors = discover_inputs(root, InputConfig())
+    by_source = {}
+    for item in items:
+        by_source.setdefault(item.source, []).append(item)
+    rejected = {e.path: e.reason for e in errors}
+    for name, expectation in expect.items():
+        path = str(root / name)
+        if expectation == "ok":
+            assert path in by_source, f"{name} was not discovered: {rejected.get(path)}"
+        else:
+            reason = rejected.get(path)
+            if reason is None:  # some corruption only shows when the pixels are decoded
+                with pytest.raises(InputImageError, match=expectation):
+                    load_item(by_source[path][0])
+            else:
+                assert expectation in reason, (name, reason)
+    grey = load_item(by_source[str(root / "grey.png")][0])
+    assert grey.rgb.shape == (*SIZE, 3) and (grey.rgb[..., 0] == grey.rgb[..., 2]).all() and grey.plain_copy is False
+    sixteen = load_item(by_source[str(root / "sixteen_bit.png")][0])
+    assert sixteen.rgb.dtype == np.uint8 and sixteen.rgb.max() > 200 and sixteen.extra["stretch"]
+    rgba = load_item(by_source[str(root / "rgba.png")][0])
+    assert rgba.valid is not None and not rgba.valid[:, :30].any() and rgba.valid[:, 30:].all()
+    rotated = load_item(by_source[str(root / "exif_rotated.jpg")][0])
+    assert rotated.rgb.shape[:2] == SIZE[::-1]
+    geo = load_item(by_source[str(root / "geo_rgb.tif")][0])
+    assert "32633" in geo.geo["crs"] or "UTM" in geo.geo["crs"]
+    multi = load_item(by_source[str(root / "multiband.tif")][0])
+    assert multi.extra["bands"] == [1, 2, 3]
+    slices = sorted(i.slice_index for i in by_source[str(root / "volume.nii.gz")])
+    assert slices == [1, 2, 4]  # empty slices skipped
+    assert any("ünïcode scène 1" in i.stem for i in items)
+    assert len({i.stem for i in items}) == len(items)
+    with pytest.raises(InputImageError, match="has 5 band"):
+        load_item(by_source[str(root / "multiband.tif")][0], InputConfig(bands=(1, 2, 7)))
+
+
+def test_stretch_is_percentile_based():
+    data = np.linspace(0, 4000, 10000).reshape(100, 100).astype(np.uint16)
+    out, (lo, hi) = stretch_to_uint8(data, None, (2.0, 98.0))
+    assert lo == pytest.approx(80, abs=1) and hi == pytest.approx(3920, abs=1)
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_tile_grid_and_stitch():
+    windows = tile_windows(2000, 1500, 896, 384)
+    assert windows[0] == (0, 0, 896, 896) and windows[-1] == (604, 1104, 1500, 2000)
+    owned = stitch_windows(2000, 1500, 896, 384)
+    cover = np.zeros((2000, 1500), int)
+    for x0, y0, x1, y1 in owned.values():
+        cover[y0:y1, x0:x1] += 1
+    assert (cover == 1).all()  # owned regions tile the scene exactly
+    tiles = [((x0, y0, x1, y1), np.full((y1 - y0, x1 - x0), k, np.uint8)) for k, (x0, y0, x1, y1) in enumerate(windows)]
+    stitched = stitch_scene((2000, 1500), 896, 384, tiles)
+    assert stitched[0, 0] == 0 and stitched[-1, -1] == len(windows) - 1 and (stitched != 255).all()
+
+
+def test_odd_dataset_through_the_flow(odd, stand_in_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "ph"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    root, expect = odd
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(out), "--model-repository", str(stand_in_repo),
+         "--points-per-side", "8", "--n-clusters", "3", "--write-nifti-labels", "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = {json.loads(line)["path"]: json.loads(line)["reason"] for line in (out / "errors.jsonl").read_text().splitlines()}
+    for name, expectation in expect.items():
+        if expectation != "ok":
+            assert expectation in errors[str(root / name)], (name, errors)
+    labelled = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
+    assert len(labelled) == sum(v == "ok" for v in expect.values()) - 1 + 3  # the volume gives 3 slices
+    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001"} <= labelled
+    rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
+    assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
+    rgba = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgba.png"))))
+    assert (rgba[:, :30] == 255).all()  # transparent pixels stay unlabelled
+    import nibabel
+    import rasterio
+
+    with rasterio.open(out / "geo" / "geo_rgb.tif") as src:
+        assert src.crs.to_epsg() == 32633 and src.transform.c == 500000.0
+    vol = nibabel.load(str(out / "volumes" / "volume.nii.gz"))
+    assert vol.shape == (64, 72, 6) and np.allclose(vol.affine, np.diag([0.8, 0.8, 2.5, 1.0]))
+    assert (np.asarray(vol.dataobj)[..., 0] == 255).all()
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert before == after  # inputs are never modified
+    assert not any(p.name.startswith(".") for p in root.rglob("*"))  # nothing written beside the inputs
+
+
+def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
+    """A 12000 x 12000 RGB GeoTIFF (432 MB of pixels) read tile by tile and stitched: peak RSS stays far below."""
+    script = textwrap.dedent(f"""
+        import resource, numpy as np, rasterio
+        from pathlib import Path
+        from rasterio.windows import Window
+        from rasterio.transform import from_origin
+        from alps_client.config import InputConfig
+        from alps_client.inputs import discover_inputs
+        from alps_client.readers import load_item
+        from alps_client.geo import write_geotiff_windows
+        from alps_client.tiling import stitch_windows
+        root = Path({str(tmp_path)!r})
+        src = root / "scene" / "big.tif"; src.parent.mkdir()
+        n = 12000
+        with rasterio.open(src, "w", driver="GTiff", height=n, width=n, count=3, dtype="uint8", tiled=True,
+                           blockxsize=512, blockysize=512, compress="deflate", crs="EPSG:32633",
+                           transform=from_origin(0, n, 1, 1)) as dst:
+            for y in range(0, n, 1024):
+                h = min(1024, n - y)
+                block = np.zeros((3, h, n), np.uint8); block[0] = (y // 1024) * 20
+                dst.write(block, window=Window(0, y, n, h))
+        items, errors = discover_inputs(root / "scene", InputConfig(tile=896, overlap=384))
+        assert not errors and all(i.kind == "tile" for i in items), errors
+        for item in items[:: max(1, len(items) // 6)]:
+            tile = load_item(item, InputConfig(tile=896, overlap=384))
+            assert tile.rgb.shape[:2] == (item.window[3] - item.window[1], item.window[2] - item.window[0])
+            assert tile.geo is not None
+        owned = stitch_windows(n, n, 896, 384)
+        def reader(k, w):
+            return lambda: np.full((w[3] - w[1], w[2] - w[0]), k % 250, np.uint8)
+        write_geotiff_windows(root / "stitched.tif", (n, n), None, [(w, reader(k, w)) for k, w in enumerate(owned.values())])
+        with rasterio.open(root / "stitched.tif") as s:
+            corner = s.read(1, window=Window(n - 1, n - 1, 1, 1))[0, 0]
+        print(len(items), int(corner), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    n_tiles, corner, peak_mib = (int(v) for v in result.stdout.split())
+    assert n_tiles == 23 * 23 and corner == (n_tiles - 1) % 250
+    assert peak_mib < 400, f"peak RSS {peak_mib} MiB: the scene (432 MB of pixels) must never be loaded whole"
