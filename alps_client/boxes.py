@@ -98,6 +98,7 @@ def uncrop_masks(masks: npt.NDArray[np.bool_], crop_box: Sequence[int], orig_h: 
     x0, y0, x1, y1 = crop_box
     if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
         return masks
-    out = np.zeros((masks.shape[0], orig_h, orig_w), dtype=masks.dtype)
+    # Stored (N, W, H) and returned as an (N, H, W) view: column-major per mask, as RLE encoding wants.
+    out = np.zeros((masks.shape[0], orig_w, orig_h), dtype=masks.dtype).transpose(0, 2, 1)
     out[:, y0:y1, x0:x1] = masks
     return out

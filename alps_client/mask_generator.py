@@ -2,7 +2,8 @@
 
 Same parameters, defaults, records and results as Meta's generator (the ALPS paper's setting), organised the
 same way (generate -> _process_crop -> _process_batch), with the work done only on what survives: the
-predicted-IoU filter runs on the decoder's low-resolution output, and only surviving masks are upsampled,
+predicted-IoU filter runs on the decoder's low-resolution output, and only surviving masks are upsampled (over the
+window where their logits can pass a threshold: exact, see ``upsample.postprocess_mask_window``),
 scored for stability and encoded (COCO RLE by pycocotools). No step changes a mask relative to Meta's.
 """
 
@@ -33,11 +34,7 @@ from alps_client.grids import build_all_layer_point_grids, generate_crop_boxes
 from alps_client.mask_data import MaskData
 from alps_client.rle import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle
 from alps_client.transforms import apply_coords
-from alps_client.upsample import postprocess_masks
-
-# Survivors upsampled together: bounds memory to ~this many full-resolution float32 maps.
-UPSAMPLE_CHUNK = 16
-
+from alps_client.upsample import postprocess_mask_window
 
 @dataclass
 class MaskGenerationResult:
@@ -203,25 +200,30 @@ class MaskGenerator:
         # Filter by predicted IoU before anything is upsampled.
         keep = np.flatnonzero(iou_preds > c.pred_iou_thresh) if c.pred_iou_thresh > 0.0 else np.arange(len(iou_preds))
 
-        kept_masks, kept_index, kept_stability = [], [], []
-        for begin in range(0, len(keep), UPSAMPLE_CHUNK):
-            index = keep[begin : begin + UPSAMPLE_CHUNK]
-            logits = postprocess_masks(low_res[index], embedding.input_size, im_size, self.backend.manifest.image_size)
-            stability = calculate_stability_score(logits, c.mask_threshold, c.stability_score_offset)
-            ok = stability >= c.stability_score_thresh if c.stability_score_thresh > 0.0 else np.ones(len(index), bool)
-            if ok.any():
-                kept_masks.append(logits[ok] > c.mask_threshold)
-                kept_index.append(index[ok])
-                kept_stability.append(stability[ok])
-        if not kept_masks:
+        # Upsample and score survivors only, each over the window where its logits can pass a threshold.
+        floor = c.mask_threshold - abs(c.stability_score_offset)
+        # Masks are written transposed, (N, W, H): pycocotools' column-major layout, so RLE needs no copy.
+        masks_t = np.zeros((len(keep), im_size[1], im_size[0]), bool)
+        kept_index, kept_stability = [], []
+        for i in keep:
+            (y0, y1, x0, x1), logits = postprocess_mask_window(
+                low_res[i], embedding.input_size, im_size, floor, self.backend.manifest.image_size
+            )
+            stability = calculate_stability_score(logits[None], c.mask_threshold, c.stability_score_offset)[0]
+            if c.stability_score_thresh > 0.0 and not stability >= c.stability_score_thresh:
+                continue
+            masks_t[len(kept_index), x0:x1, y0:y1] = (logits > np.float32(c.mask_threshold)).T
+            kept_index.append(i)
+            kept_stability.append(stability)
+        if not kept_index:
             timings["postprocess"] += time.perf_counter() - start
             return MaskData()
-        masks = np.concatenate(kept_masks)
-        index = np.concatenate(kept_index)
+        masks = masks_t[: len(kept_index)].transpose(0, 2, 1)  # (N, H, W) view
+        index = np.asarray(kept_index, np.int64)
         data = MaskData(
             iou_preds=iou_preds[index],
             points=point_rows[index],
-            stability_score=np.concatenate(kept_stability),
+            stability_score=np.asarray(kept_stability, np.float32),
             boxes=batched_mask_to_box(masks),
         )
         # Filter boxes that touch crop boundaries.

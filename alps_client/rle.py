@@ -13,7 +13,8 @@ def encode_coco_rle(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
     """``(N, H, W) bool`` masks to COCO compressed RLEs (``{"size": [H, W], "counts": str}``, JSON-ready)."""
     if masks.shape[0] == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    # (H, W, N) in Fortran order; no copy when the masks are stored transposed, (N, W, H) C-contiguous.
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).view(np.uint8)))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles

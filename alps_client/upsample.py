@@ -2,9 +2,10 @@
 
 Meta upsamples ``(B, 3, 256, 256)`` logits bilinearly (``align_corners=False``) to 1024x1024, crops the valid
 ``input_size`` region, and resizes bilinearly again to the original size. Both steps are linear and separable,
-so per axis they compose into one ``(out, 256)`` matrix (upsample, crop, resize); applying the two composed
-matrices with BLAS gives Meta's values to float32 rounding (max abs difference ~1e-4 on logits of magnitude
-~40) at a fraction of the cost, and only for masks that survive the IoU filter.
+so per axis they compose into one ``(out, 256)`` matrix (upsample, crop, resize) with only a few non-zero taps
+per output pixel (2 when the original side is the resized side, at most 4 otherwise). Applying those taps
+(columns, then rows) gives Meta's values to float32 rounding (max abs difference ~1e-4 on logits of magnitude
+~40) without the 1024x1024 intermediate, and only for masks that survive the IoU filter.
 """
 
 from __future__ import annotations
@@ -46,12 +47,88 @@ def composed_matrix(low_res: int, image_size: int, valid: int, original: int) ->
     return (down @ up).astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def composed_taps(
+    low_res: int, image_size: int, valid: int, original: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Non-zero taps of :func:`composed_matrix`: ``(original, K)`` source indices and weights (zero-padded)."""
+    up = _interpolation_matrix(low_res, image_size)[:valid]
+    m = _interpolation_matrix(valid, original) @ up  # (original, low_res) float64
+    nonzero = m != 0.0
+    k = max(int(nonzero.sum(axis=1).max()), 1)
+    index = np.zeros((original, k), np.int64)
+    weight = np.zeros((original, k), np.float32)
+    for row in range(original):
+        cols = np.flatnonzero(nonzero[row])
+        index[row, : len(cols)] = cols
+        weight[row, : len(cols)] = m[row, cols]
+    return index, weight
+
+
 def postprocess_masks(
     low_res: npt.NDArray[np.float32], input_size: tuple[int, int], original_size: tuple[int, int], image_size: int = 1024
 ) -> npt.NDArray[np.float32]:
     """``(N, 256, 256)`` logits in the padded frame -> ``(N, H, W)`` logits in the original image frame."""
-    n, lh, lw = low_res.shape
-    rows = composed_matrix(lh, image_size, input_size[0], original_size[0])  # (H, 256)
-    cols = composed_matrix(lw, image_size, input_size[1], original_size[1])  # (W, 256)
-    tmp = low_res.reshape(n * lh, lw) @ cols.T  # (N*256, W)
-    return np.matmul(rows, tmp.reshape(n, lh, -1))  # (N, H, W)
+    _, lh, lw = low_res.shape
+    row_index, row_weight = composed_taps(lh, image_size, input_size[0], original_size[0])  # (H, Kr)
+    col_index, col_weight = composed_taps(lw, image_size, input_size[1], original_size[1])  # (W, Kc)
+    low_res = low_res.astype(np.float32, copy=False)
+    tmp = low_res[:, :, col_index[:, 0]] * col_weight[:, 0]  # (N, 256, W)
+    for k in range(1, col_index.shape[1]):
+        tmp += low_res[:, :, col_index[:, k]] * col_weight[:, k]
+    out = tmp[:, row_index[:, 0], :]  # (N, H, W), a copy
+    out *= row_weight[:, 0, None]
+    for k in range(1, row_index.shape[1]):
+        out += tmp[:, row_index[:, k], :] * row_weight[:, k, None]
+    return out
+
+
+def postprocess_mask_window(
+    low_res: npt.NDArray[np.float32],
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    floor: float,
+    image_size: int = 1024,
+) -> tuple[tuple[int, int, int, int], npt.NDArray[np.float32]]:
+    """One mask's logits in the original frame, computed only where they can exceed ``floor``.
+
+    Every output value is a convex combination of its source taps, so a pixel whose taps all lie at or below
+    ``floor`` (minus a float-rounding margin) is at or below ``floor`` too. Only the window of output pixels
+    reached by a tap above that is computed, with the same arithmetic as :func:`postprocess_masks`, so inside
+    the window the values are identical and outside it they are known to be ``<= floor``: masks thresholded
+    at or above ``floor`` and their stability scores are exactly those of the full computation.
+
+    Args:
+        low_res: ``(256, 256) float32`` logits in the padded 1024 frame.
+        input_size: ``(h, w)`` valid region of the resized image inside the 1024 frame.
+        original_size: ``(H, W)`` of the image (or crop).
+        floor: the lowest threshold that will be applied (``mask_threshold - |stability_score_offset|``).
+        image_size: side of the encoder's square input.
+
+    Returns:
+        ``((y0, y1, x0, x1), logits (y1 - y0, x1 - x0) float32)``; an empty window when nothing can exceed ``floor``.
+    """
+    margin = 1e-4 * (1.0 + abs(floor) + float(np.abs(low_res).max(initial=0.0)))
+    active = low_res > floor - margin
+    rows_any, cols_any = active.any(axis=1), active.any(axis=0)
+    if not rows_any.any():
+        return (0, 0, 0, 0), np.zeros((0, 0), np.float32)
+    row_index, row_weight = composed_taps(low_res.shape[0], image_size, input_size[0], original_size[0])
+    col_index, col_weight = composed_taps(low_res.shape[1], image_size, input_size[1], original_size[1])
+    rows = np.flatnonzero((rows_any[row_index] & (row_weight != 0.0)).any(axis=1))
+    cols = np.flatnonzero((cols_any[col_index] & (col_weight != 0.0)).any(axis=1))
+    if len(rows) == 0 or len(cols) == 0:
+        return (0, 0, 0, 0), np.zeros((0, 0), np.float32)
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    low = low_res.astype(np.float32, copy=False)[None]
+    ci, cw = col_index[x0:x1], col_weight[x0:x1]
+    ri, rw = row_index[y0:y1], row_weight[y0:y1]
+    # The same operations, in the same order, as postprocess_masks, on the window only.
+    tmp = low[:, :, ci[:, 0]] * cw[:, 0]
+    for k in range(1, ci.shape[1]):
+        tmp += low[:, :, ci[:, k]] * cw[:, k]
+    out = tmp[:, ri[:, 0], :]
+    out *= rw[:, 0, None]
+    for k in range(1, ri.shape[1]):
+        out += tmp[:, ri[:, k], :] * rw[:, k, None]
+    return (y0, y1, x0, x1), out[0]

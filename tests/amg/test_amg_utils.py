@@ -138,3 +138,30 @@ def test_mask_data_filter_and_cat():
     assert d["b"] == ["q", "w"]
     with pytest.raises(TypeError, match="lists or numpy arrays"):
         MaskData(a=(1, 2))
+
+
+@pytest.mark.parametrize(("input_size", "original"), [((768, 1024), (768, 1024)), ((683, 1024), (200, 300)), ((1024, 768), (1333, 1000))])
+@pytest.mark.parametrize("offset", [1.0, -2.0, 0.0])
+def test_windowed_upsampling_gives_the_full_masks_and_scores(input_size, original, offset):
+    from alps_client.upsample import postprocess_mask_window
+
+    rng = np.random.RandomState(7)
+    low = np.full((4, 256, 256), -30.0, np.float32)
+    low[0, 40:90, 100:180] = 25.0  # an object
+    low[1] = rng.randn(256, 256) * 10  # everywhere
+    low[2, 200:, 250:] = 0.5  # at the padded frame's corner, barely above 0
+    # low[3]: nothing above any threshold
+    full = postprocess_masks(low, input_size, original)
+    floor = 0.0 - abs(offset)
+    for i in range(4):
+        (y0, y1, x0, x1), win = postprocess_mask_window(low[i], input_size, original, floor)
+        mask = np.zeros(original, bool)
+        mask[y0:y1, x0:x1] = win > 0.0
+        np.testing.assert_array_equal(mask, full[i] > 0.0)
+        np.testing.assert_array_equal(win, full[i, y0:y1, x0:x1])
+        assert (full[i] > floor).sum() == (win > floor).sum()
+        expected = calculate_stability_score(full[i : i + 1], 0.0, offset)[0]
+        got = calculate_stability_score(win[None], 0.0, offset)[0]
+        assert (np.isnan(expected) and np.isnan(got)) or got == expected
+    assert postprocess_mask_window(low[3], input_size, original, floor)[0] == (0, 0, 0, 0)
+    assert postprocess_mask_window(low[0], input_size, original, floor)[1].size < full[0].size / 4
