@@ -93,7 +93,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
     Raises:
         FileNotFoundError: If ``root`` does not exist.
     """
-    from alps_client.readers import MAX_UNTILED_PIXELS, image_size_of, volume_slices
+    from alps_client.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
 
     config = config or InputConfig()
     root = Path(root).expanduser()
@@ -119,6 +119,10 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
             height, width = image_size_of(path)
         except InputImageError as err:
             errors.append(InputError(source, err.reason))
+            continue
+        if height * width > MAX_PIL_PIXELS and _extension(path.name) not in (".tif", ".tiff"):
+            errors.append(InputError(source, f"image is {width}x{height}, too large to decode whole; convert it to a "
+                                             "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile"))
             continue
         if config.tile is None and height * width > MAX_UNTILED_PIXELS:
             errors.append(InputError(source, f"image is {width}x{height} ({height * width / 1e6:.0f} Mpx), too large "

@@ -13,6 +13,8 @@ Rules (also in docs/inputs.md):
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ from alps_client.inputs import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, InputIt
 
 # Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
 MAX_UNTILED_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = None  # we apply our own limit above, with a message that says what to do
+# PNG/JPEG/BMP/WebP are decoded whole by PIL, even for one tile: above this size, convert to a tiled GeoTIFF.
+MAX_PIL_PIXELS = 400_000_000
+# PIL's decompression-bomb check is replaced by the two limits above, with messages that say what to do.
+Image.MAX_IMAGE_PIXELS = None
+# GDAL block cache while reading (MB): keeps windowed reads of huge scenes bounded.
+GDAL_CACHE_MB = 64
+# Long side of the decimated sample a tiled scene's stretch range is taken from.
+STRETCH_SAMPLE_SIDE = 2048
 
 
 @dataclass
@@ -61,10 +70,24 @@ def _check_file(path: Path) -> None:
         raise _fail(path, f"unreadable ({err.strerror})") from err
     if size == 0:
         raise _fail(path, "zero-byte file")
+    if not os.access(path, os.R_OK):
+        raise _fail(path, "unreadable (Permission denied)")
 
 
 def _is_tiff(path: Path) -> bool:
     return _extension(path.name) in (".tif", ".tiff")
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation from the header only (PIL's ``getexif`` on a PNG decodes the whole image to look for it)."""
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1))
+    return int(im.getexif().get(0x0112, 1))
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
@@ -81,7 +104,7 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = _orientation(im)
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
@@ -89,23 +112,41 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
-def stretch_to_uint8(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[npt.NDArray[np.uint8], list[float]]:
-    """Linear stretch of ``(H, W[, C])`` data to uint8 between two percentiles of the valid pixels."""
+def percentile_range(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[float, float] | None:
+    """``(lo, hi)`` percentiles of the valid, finite values of ``(H, W[, C])`` data (all bands pooled), or None."""
     values = data[valid] if valid is not None and valid.any() else data
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size == 0:
-        return np.zeros(data.shape, np.uint8), [0.0, 0.0]
+        return None
     lo, hi = (float(v) for v in np.percentile(finite, percentiles))
+    return lo, hi
+
+
+def stretch_to_uint8(
+    data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float],
+    value_range: tuple[float, float] | None = None,
+) -> tuple[npt.NDArray[np.uint8], list[float]]:
+    """Linear stretch of ``(H, W[, C])`` data to uint8 between two percentiles of the valid pixels.
+
+    ``value_range`` (e.g. the whole scene's, for a tile) replaces the percentiles of ``data`` when given.
+    """
+    found = value_range or percentile_range(data, valid, percentiles)
+    if found is None:
+        return np.zeros(data.shape, np.uint8), [0.0, 0.0]
+    lo, hi = found
     if hi <= lo:
         hi = lo + 1.0
     scaled = (np.nan_to_num(data.astype(np.float64), nan=lo) - lo) * (255.0 / (hi - lo))
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8), [lo, hi]
 
 
-def _to_rgb(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, config: InputConfig) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+def _to_rgb(
+    data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, config: InputConfig,
+    value_range: tuple[float, float] | None = None,
+) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
     extra: dict[str, Any] = {"dtype": str(data.dtype)}
     if data.dtype != np.uint8:
-        data, extra["stretch"] = stretch_to_uint8(data, valid, config.stretch_percentiles)
+        data, extra["stretch"] = stretch_to_uint8(data, valid, config.stretch_percentiles, value_range)
     if data.ndim == 2:
         data = np.repeat(data[:, :, None], 3, axis=2)
     return np.ascontiguousarray(data[:, :, :3]), extra
@@ -159,7 +200,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     from rasterio.windows import Window
 
     try:
-        with rasterio.open(path) as src:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
             bands = _tiff_bands(src, config)
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
@@ -172,9 +213,33 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
         raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
     valid = mask > 0 if mask is not None else None
     data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
-    rgb, extra = _to_rgb(data, valid, config)
+    value_range = None
+    if window is not None and data.dtype != np.uint8:  # one stretch for the whole scene: tiles match in colour
+        value_range = scene_value_range(str(path), path.stat().st_mtime_ns, tuple(bands), config.stretch_percentiles)
+    rgb, extra = _to_rgb(data, valid, config, value_range)
     extra["bands"] = bands
     return LoadedImage(rgb, valid, geo, False, extra)
+
+
+@functools.lru_cache(maxsize=32)
+def scene_value_range(path: str, mtime_ns: int, bands: tuple[int, ...], percentiles: tuple[float, float]) -> tuple[float, float] | None:
+    """Stretch range of a whole raster, from a nearest-neighbour read decimated to ``STRETCH_SAMPLE_SIDE`` px.
+
+    Memory: the decimated sample only (GDAL reads the scene block by block). Cached per file version
+    (``mtime_ns``), so the tiles of one scene pay for it once per process.
+    """
+    rasterio = lazy_import("rasterio")
+    from rasterio.enums import Resampling
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
+        step = max(1, -(-max(src.height, src.width) // STRETCH_SAMPLE_SIDE))
+        shape = (max(1, src.height // step), max(1, src.width // step))
+        data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+        mask = None
+        if src.nodata is not None or src.count in (2, 4):
+            mask = src.read_masks(1, out_shape=shape, resampling=Resampling.nearest) > 0
+    valid = None if mask is None else np.broadcast_to(mask[None], data.shape)
+    return percentile_range(data, valid, percentiles)
 
 
 def volume_slices(path: str | Path, config: InputConfig) -> list[int]:

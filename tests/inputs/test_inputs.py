@@ -124,7 +124,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, tmp_path, monkeypatch)
 def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
     """A 12000 x 12000 RGB GeoTIFF (432 MB of pixels) read tile by tile and stitched: peak RSS stays far below."""
     script = textwrap.dedent(f"""
-        import resource, numpy as np, rasterio
+        import numpy as np, rasterio
         from pathlib import Path
         from rasterio.windows import Window
         from rasterio.transform import from_origin
@@ -155,10 +155,47 @@ def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
         write_geotiff_windows(root / "stitched.tif", (n, n), None, [(w, reader(k, w)) for k, w in enumerate(owned.values())])
         with rasterio.open(root / "stitched.tif") as s:
             corner = s.read(1, window=Window(n - 1, n - 1, 1, 1))[0, 0]
-        print(len(items), int(corner), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        # VmHWM: this process's peak RSS (ru_maxrss would include the pytest parent's peak, kept across exec)
+        hwm = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+        print(len(items), int(corner), hwm // 1024)
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     n_tiles, corner, peak_mib = (int(v) for v in result.stdout.split())
+    print(f"large scene: {n_tiles} tiles, peak RSS {peak_mib} MiB")
     assert n_tiles == 23 * 23 and corner == (n_tiles - 1) % 250
     assert peak_mib < 400, f"peak RSS {peak_mib} MiB: the scene (432 MB of pixels) must never be loaded whole"
+
+
+def test_tiles_of_a_16_bit_scene_share_one_stretch(tmp_path):
+    """Per-tile stretching would give each tile its own colours; the scene's range is used for all of them."""
+    from tests.inputs.make_files import write_geotiff
+
+    data = np.zeros((1, 600, 1000), np.uint16)
+    data[0, :, :500] = np.linspace(100, 1100, 500, dtype=np.uint16)[None, :]  # dark left half
+    data[0, :, 500:] = np.linspace(3000, 9000, 500, dtype=np.uint16)[None, :]  # bright right half
+    data[0, :, 480:520] = 2000  # a stripe both tiles see
+    write_geotiff(tmp_path / "scene.tif", data, "EPSG:32633", (0.0, 1.0, 600.0))
+    config = InputConfig(tile=512, overlap=24)
+    items, errors = discover_inputs(tmp_path, config)
+    assert not errors and [i.window for i in items] == [(0, 0, 512, 512), (488, 0, 1000, 512), (0, 88, 512, 600), (488, 88, 1000, 600)]
+    left, right = (load_item(i, config) for i in items[:2])
+    assert left.extra["stretch"] == right.extra["stretch"]
+    assert left.rgb[0, 500, 0] == right.rgb[0, 12, 0]  # the shared stripe has one colour
+    assert left.geo["transform"][2] == 0.0 and right.geo["transform"][2] == 488.0  # window transforms
+
+
+def test_huge_plain_image_is_refused_with_the_way_out(tmp_path):
+    """A PNG header announcing 30000 x 30000 px: PIL would decode it whole for every tile, so it is refused."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    items, errors = discover_inputs(tmp_path, InputConfig(tile=896))
+    assert not items and "tiled GeoTIFF" in errors[0].reason and "30000x30000" in errors[0].reason
+    items, errors = discover_inputs(tmp_path / "huge.png", InputConfig())
+    assert not items and "too large" in errors[0].reason
