@@ -143,10 +143,28 @@ def check_existing_shards(out: str, items: list[dict[str, Any]], fingerprint: st
     return done
 
 
+def make_task_runner(concurrency: int, dask_address: str | None = None, dask_workers: int | None = None) -> Any:
+    """Threads in this process (default), or a Dask cluster: an existing scheduler or local worker processes."""
+    if dask_address or dask_workers:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=max(1, concurrency))
+
+
 @flow(name="alps-label-dataset", log_prints=True)
 def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, overwrite: bool = False,
-              concurrency: int = 2, progress_bar: bool = True) -> dict[str, Any]:
-    """Pseudo-label every image under ``dataset`` into ``out`` (ALPS); returns the run summary."""
+              concurrency: int = 2, progress_bar: bool = True, dask_address: str | None = None,
+              dask_workers: int | None = None) -> dict[str, Any]:
+    """Pseudo-label every image under ``dataset`` into ``out`` (ALPS); returns the run summary.
+
+    The per-image stage runs on threads of this process, or on a Dask cluster (``dask_address`` of a scheduler,
+    or ``dask_workers`` local worker processes): workers read images from the shared path, write shards to
+    ``out`` and return only metadata. Outputs do not depend on where or in which order images were labelled.
+    """
     logger = get_run_logger()
     config = config or PipelineConfig()
     started = time.perf_counter()
@@ -165,7 +183,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
                 len(items), already, len(errors))
     runner_results: list[dict[str, Any]] = []
     progress = artifacts.Progress(len(items), progress_bar)
-    with ThreadPoolTaskRunner(max_workers=max(1, concurrency)) as runner:
+    with make_task_runner(concurrency, dask_address, dask_workers) as runner:
         futures = [runner.submit(label_one, parameters={"item": it, "out": out, "config": config,
                                                          "fingerprint": fingerprint}) for it in items]
         for future in as_completed(futures):
@@ -185,6 +203,8 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
         logger.warning("rejected %s: %s", e["path"], e["reason"])
     if not done:
         raise AlpsError(f"none of the {len(items)} input(s) could be labelled; see the reasons above")
+    if len({r["stem"] for r in done}) != len(done):  # a task re-run on another worker reports once per stem
+        done = list({r["stem"]: r for r in done}.values())
     shards = [r["shard"] for r in done]
     t = time.perf_counter()
     centroids = cluster(shards, out, config)

@@ -67,7 +67,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--max-n-clusters", type=int)
     c.add_argument("--cluster-backend", choices=["auto", "sklearn", "cuml", "dask"])
     c.add_argument("--centroids", help="centroids.npy of an earlier run: label with its classes")
-    c.add_argument("--dask-address", help="Dask scheduler for the dask cluster backend")
     c.add_argument("--val-fraction", type=float)
     c.add_argument("--seed", type=int)
     c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None)
@@ -81,6 +80,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stack label slices of NIfTI inputs into label volumes")
     r = p.add_argument_group("run")
     r.add_argument("--concurrency", type=int, default=2, help="images in flight (default 2)")
+    r.add_argument("--dask-address", help="run the per-image stage on this Dask scheduler (tcp://host:8786); "
+                                          "also used by --cluster-backend dask")
+    r.add_argument("--dask-workers", type=int, help="run the per-image stage on N local Dask worker processes")
     r.add_argument("--overwrite", action="store_true", help="relabel images labelled with another model/config")
     r.add_argument("--no-progress", dest="progress_bar", action="store_false")
 
@@ -146,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         result = alps_flow(args.dataset, args.out, config, overwrite=args.overwrite,
-                           concurrency=args.concurrency, progress_bar=args.progress_bar)
+                           concurrency=args.concurrency, progress_bar=args.progress_bar,
+                           dask_address=args.dask_address, dask_workers=args.dask_workers)
     except (AlpsError, FailedRun) as err:
         cause = err
         while cause.__cause__ is not None and not isinstance(cause, AlpsError):

@@ -3,13 +3,16 @@
 Same protocol as the embedded backend. Tensor names come from the model repository manifest and are checked
 against the server's model metadata at start (Triton's ``parse_model`` style). Requests run concurrently
 (prompt chunks of one image in flight together; several images from the flow's threads), so Triton's dynamic
-batching can group them. Transient failures (server unavailable, timeouts, a restart) are retried with
-backoff; shared-memory regions are re-registered after a restart and released on close, on error and at exit.
+batching can group them. Several servers (``triton_urls``) share the requests round-robin; a server that fails
+is taken out of rotation and probed again later, while the others carry on. Transient failures (server
+unavailable, timeouts, a restart) are retried with backoff; shared-memory regions are re-registered after a
+restart and released on close, on error and at exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import threading
 import time
 import uuid
@@ -74,8 +77,13 @@ class TritonBackend:
                  retry_s: float = 90.0) -> None:
         self.config = config
         self.manifest = manifest or load_manifest(config.model_repository)
-        self.url = config.triton_urls[0]
+        self.urls = list(dict.fromkeys(config.triton_urls))
+        if config.shared_memory and len(self.urls) > 1:
+            raise ValueError("shared memory needs the client on the server's host: give one --triton-url with it")
+        self.url = self.urls[0]
         self.retry_s = retry_s
+        self._down_until: dict[str, float] = {}
+        self._turn = itertools.count()
         self._module = lazy_import(f"tritonclient.{config.protocol}")
         self._utils = lazy_import("tritonclient.utils")
         self._local = threading.local()
@@ -89,35 +97,57 @@ class TritonBackend:
         atexit.register(self.close)
 
     # -- connection -----------------------------------------------------------------------------------------
-    def _client(self) -> Any:
-        """A client per thread (tritonclient's HTTP client is not thread-safe; gRPC's is, but this is simple)."""
-        client = getattr(self._local, "client", None)
+    def _client(self, url: str | None = None) -> Any:
+        """A client per thread and server (tritonclient's HTTP client is not thread-safe)."""
+        url = url or self.url
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        client = clients.get(url)
         if client is None:
             if self.config.protocol == "http":
                 client = self._module.InferenceServerClient(
-                    self.url, verbose=False, connection_timeout=self.config.timeout_s, network_timeout=self.config.timeout_s
+                    url, verbose=False, connection_timeout=self.config.timeout_s, network_timeout=self.config.timeout_s
                 )
             else:
-                client = self._module.InferenceServerClient(self.url, verbose=False)
-            self._local.client = client
+                client = self._module.InferenceServerClient(url, verbose=False)
+            clients[url] = client
             with self._lock:
                 self._clients.append(client)
         return client
 
+    def _next_url(self) -> str | None:
+        """The next server in rotation (round-robin over those not marked down), or None if all are down."""
+        now = time.monotonic()
+        up = [u for u in self.urls if self._down_until.get(u, 0.0) <= now]
+        return up[next(self._turn) % len(up)] if up else None
+
+    def _mark_down(self, url: str, seconds: float = 5.0) -> None:
+        self._down_until[url] = time.monotonic() + seconds
+        clients = getattr(self._local, "clients", {})
+        clients.pop(url, None)  # reconnect next time
+
     def _unavailable(self, what: str) -> BackendUnavailableError:
+        where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
         return BackendUnavailableError(
-            f"Triton server at {self.url} ({self.config.protocol}) {what}; start it with "
+            f"Triton server at {where} ({self.config.protocol}) {what}; start it with "
             "`docker compose -f docker/compose.yml up` or use --backend embedded"
         )
 
     def _check_server(self) -> None:
+        reachable = []
+        for url in self.urls:
+            try:
+                if self._client(url).is_server_live() and self._client(url).is_server_ready():
+                    reachable.append(url)
+                    continue
+            except Exception:
+                pass
+            self._mark_down(url)
+        if not reachable:
+            raise self._unavailable("is not reachable" if len(self.urls) == 1 else "are not reachable")
+        self.url = reachable[0]
         client = self._client()
-        try:
-            live = client.is_server_live() and client.is_server_ready()
-        except Exception as err:
-            raise self._unavailable(f"is not reachable ({type(err).__name__})") from err
-        if not live:
-            raise self._unavailable("is not ready")
         for spec in (self.manifest.encoder, self.manifest.decoder):
             if not client.is_model_ready(spec.name):
                 raise self._unavailable(f"has no ready model '{spec.name}' (load the model repository {self.manifest.root})")
@@ -152,22 +182,32 @@ class TritonBackend:
 
     # -- requests -------------------------------------------------------------------------------------------
     def _with_retries(self, call: Callable[[Any], Any]) -> Any:
-        """Run ``call(client)``, retrying transient failures with exponential backoff for ``retry_s``."""
+        """Run ``call(client)`` on the next server in rotation; on a transient failure take that server out of
+        rotation and try another, backing off while none answers, for ``retry_s`` seconds."""
         deadline = time.monotonic() + self.retry_s
         delay = 0.5
         while True:
-            try:
-                return call(self._client())
-            except Exception as err:
-                text = str(err)
-                if not any(t.lower() in text.lower() for t in _TRANSIENT) or time.monotonic() > deadline:
-                    if any(t.lower() in text.lower() for t in _TRANSIENT):
-                        raise self._unavailable(f"did not recover within {self.retry_s:.0f} s ({text[:120]})") from err
-                    raise
+            url = self._next_url()
+            if url is None:  # every server failed recently: wait, then probe them all again
+                if time.monotonic() > deadline:
+                    raise self._unavailable(f"did not recover within {self.retry_s:.0f} s")
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                self._local.client = None  # reconnect
+                self._down_until.clear()
+                continue
+            try:
+                return call(self._client(url))
+            except Exception as err:
+                text = str(err)
+                if not any(t.lower() in text.lower() for t in _TRANSIENT):
+                    raise
+                if time.monotonic() > deadline:
+                    raise self._unavailable(f"did not recover within {self.retry_s:.0f} s ({text[:120]})") from err
+                self._mark_down(url)
                 if self.config.shared_memory:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    self._down_until.clear()
                     self._reregister()
 
     def _regions_for_thread(self, sizes: dict[str, int]) -> dict[str, _ShmRegion]:
