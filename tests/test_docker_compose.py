@@ -50,3 +50,11 @@ def test_binding_is_opt_in(monkeypatch):
     monkeypatch.setenv("ALPS_BIND", "0.0.0.0")
     services = config("compose.yml")["services"]
     assert {p["host_ip"] for p in services["triton"]["ports"]} == {"0.0.0.0"}
+
+
+def test_dask_profile_is_optional():
+    args = [COMPOSE, "-f", str(REPO_ROOT / "docker" / "compose.yml")]
+    default = subprocess.run([*args, "config", "--services"], check=True, capture_output=True, text=True).stdout.split()
+    with_dask = subprocess.run([*args, "--profile", "dask", "config", "--services"], check=True, capture_output=True,
+                               text=True).stdout.split()
+    assert "dask-scheduler" not in default and {"dask-scheduler", "dask-worker"} <= set(with_dask)
