@@ -43,6 +43,7 @@ class InputItem:
     slice_index: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready: Prefect task results, shard metadata)."""
         return asdict(self)
 
 
@@ -54,6 +55,7 @@ class InputError:
     reason: str
 
     def to_json(self) -> dict[str, str]:
+        """One line of ``errors.jsonl``: ``{"path", "reason"}``."""
         return {"path": self.path, "reason": self.reason}
 
 

@@ -168,9 +168,7 @@ def _load_pil(path: Path, config: InputConfig) -> LoadedImage:
                 valid = alpha > 0
                 im = im.convert("RGB")
                 data = np.asarray(im)
-            elif mode in ("RGB", "L"):
-                data = np.asarray(im)
-            elif mode.startswith("I") or mode == "F":
+            elif mode in ("RGB", "L") or mode.startswith("I") or mode == "F":
                 data = np.asarray(im)
             else:  # CMYK, YCbCr, 1, ...
                 data = np.asarray(im.convert("RGB"))

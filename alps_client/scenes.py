@@ -31,9 +31,10 @@ def _read(path: Path) -> np.ndarray:
 
 
 def write_scene_outputs(out: str | Path, shard_paths: Sequence[str | Path], config: PipelineConfig) -> dict[str, int]:
-    """Write ``geo/<stem>.tif`` for georeferenced inputs, ``stitched/<scene>.{tif,png}`` for tiled scenes
-    (with ``--stitch``) and ``volumes/<scene>.nii.gz`` for sliced volumes (with ``--write-nifti-labels``).
+    """Write the outputs beside the dataset that the inputs call for.
 
+    ``geo/<stem>.tif`` for georeferenced inputs, ``stitched/<scene>.{tif,png}`` for tiled scenes (with
+    ``--stitch``) and ``volumes/<scene>.nii.gz`` for sliced volumes (with ``--write-nifti-labels``).
     Reads one label map at a time. Returns counts of what was written.
     """
     out = Path(out)
@@ -57,7 +58,7 @@ def write_scene_outputs(out: str | Path, shard_paths: Sequence[str | Path], conf
             owned = stitch_windows(h, w, config.inputs.tile, config.inputs.overlap)
             geo = _scene_geo(tiles)
 
-            def region(meta: dict[str, Any]) -> tuple[tuple[int, int, int, int], Any]:
+            def region(meta: dict[str, Any], owned: dict = owned) -> tuple[tuple[int, int, int, int], Any]:
                 x0, y0 = meta["extra"]["window"][:2]
                 ox0, oy0, ox1, oy1 = owned[(x0, y0)]
                 path = _label_path(out, meta["stem"], config)

@@ -22,7 +22,7 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect: dict[str, str] = {}
     rgb = scene(0)
     grey = rgb.mean(axis=2).astype(np.uint8)
-    Image.fromarray((grey.astype(np.uint16) * 257 + 3)).save(root / "sixteen_bit.png")  # I;16
+    Image.fromarray(grey.astype(np.uint16) * 257 + 3).save(root / "sixteen_bit.png")  # I;16
     expect["sixteen_bit.png"] = "ok"
     Image.fromarray(grey).save(root / "grey.png")
     expect["grey.png"] = "ok"
