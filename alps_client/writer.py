@@ -1,6 +1,6 @@
 """The labelled dataset: mmsegmentation layout, COCO instances, centroids, manifest and errors.
 
-Pure conversions (``records_to_coco``, ``split_of``) are kept apart from ``write_dataset``, which reads the
+Pure conversions (``shard_to_coco``, ``split_of``) are kept apart from ``write_dataset``, which reads the
 shards one at a time (memory flat in the number of images) and writes every file atomically. The same shards,
 centroids and seed give byte-identical outputs.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,32 +36,62 @@ def split_of(stem: str, seed: int, val_fraction: float) -> Split:
     return "val" if u < val_fraction else "train"
 
 
-def records_to_coco(
-    shards: Sequence[tuple[ImageShard, npt.NDArray[np.int64], str]], n_classes: int, start_image_id: int = 1
-) -> dict[str, Any]:
-    """COCO instances of kept masks: ``(shard, class id per kept mask, file name)`` -> COCO dict (RLE)."""
-    images, annotations = [], []
-    ann_id = 1
-    for offset, (shard, class_ids, file_name) in enumerate(shards):
-        image_id = start_image_id + offset
-        h, w = shard.image_size
-        images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
-        kept = np.flatnonzero(shard.keep)
-        for cls, i in zip(class_ids, kept):
-            annotations.append({
-                "id": ann_id,
-                "image_id": image_id,
-                "category_id": int(cls) + 1,
-                "segmentation": shard.rles[i],
-                "area": int(shard.areas[i]),
-                "bbox": [float(v) for v in shard.bboxes[i]],
-                "iscrowd": 0,
-                "score": float(shard.predicted_iou[i]),
-            })
-            ann_id += 1
-    categories = [{"id": k + 1, "name": f"cluster_{k}", "class_id": k, "supercategory": "pseudo"} for k in range(n_classes)]
-    return {"images": images, "annotations": annotations, "categories": categories,
-            "info": {"description": "ALPS pseudo-labels (category_id = class id + 1)"}}
+def shard_to_coco(
+    shard: ImageShard, class_ids: npt.NDArray[np.int64], file_name: str, image_id: int, first_annotation_id: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """COCO image entry and annotations (RLE) of one shard's kept masks; ``category_id = class id + 1``."""
+    h, w = shard.image_size
+    image = {"id": image_id, "file_name": file_name, "height": h, "width": w}
+    annotations = []
+    for offset, (cls, i) in enumerate(zip(class_ids, np.flatnonzero(shard.keep))):
+        annotations.append({
+            "id": first_annotation_id + offset,
+            "image_id": image_id,
+            "category_id": int(cls) + 1,
+            "segmentation": shard.rles[i],
+            "area": int(shard.areas[i]),
+            "bbox": [float(v) for v in shard.bboxes[i]],
+            "iscrowd": 0,
+            "score": float(shard.predicted_iou[i]),
+        })
+    return image, annotations
+
+
+def coco_categories(n_classes: int) -> list[dict[str, Any]]:
+    """One COCO category per cluster."""
+    return [{"id": k + 1, "name": f"cluster_{k}", "class_id": k, "supercategory": "pseudo"} for k in range(n_classes)]
+
+
+class _CocoStream:
+    """Writes one COCO file incrementally (images and annotations spooled to temp files): memory stays flat."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parts = {k: tempfile.TemporaryFile("w+", encoding="utf-8") for k in ("images", "annotations")}
+        self.count = {"images": 0, "annotations": 0}
+
+    def add(self, key: str, entries: Sequence[dict[str, Any]]) -> None:
+        for entry in entries:
+            self.parts[key].write(("," if self.count[key] else "") + json.dumps(entry, sort_keys=True))
+            self.count[key] += 1
+
+    def close(self, n_classes: int) -> None:
+        def write(f: Any) -> None:
+            head = {"info": {"description": "ALPS pseudo-labels (category_id = class id + 1)"},
+                    "categories": coco_categories(n_classes)}
+            f.write(json.dumps(head, sort_keys=True)[:-1].encode("utf-8"))
+            for key in ("images", "annotations"):
+                f.write(f', "{key}": ['.encode("utf-8"))
+                part = self.parts[key]
+                part.seek(0)
+                for chunk in iter(lambda: part.read(1 << 20), ""):
+                    f.write(chunk.encode("utf-8"))
+                f.write(b"]")
+                part.close()
+            f.write(b"}\n")
+
+        atomic.write_with(self.path, write)
 
 
 @dataclass
@@ -118,7 +149,9 @@ def write_dataset(
     out = Path(out_dir)
     n_classes = int(len(centroids))
     colours = palette(n_classes)
-    by_split: dict[str, list[tuple[ImageShard, npt.NDArray[np.int64], str]]] = {"train": [], "val": []}
+    coco = {split: _CocoStream(out / f"instances_{split}.json") for split in ("train", "val")}
+    n_split = {"train": 0, "val": 0}
+    image_id = annotation_id = 1
     masks_per_class = np.zeros(n_classes, np.int64)
     pixels_per_class = np.zeros(n_classes, np.int64)
     kept_total = gated_total = labelled = pixels = 0
@@ -141,7 +174,12 @@ def write_dataset(
                 rgb = np.asarray(im.convert("RGB"))
             if rgb.shape[:2] == label.shape:
                 atomic.write_png(out / "vis" / f"{shard.stem}.png", overlay(rgb, label, n_classes))
-        by_split[split].append((shard, class_ids, file_name))
+        image, annotations = shard_to_coco(shard, class_ids, file_name, image_id, annotation_id)
+        coco[split].add("images", [image])
+        coco[split].add("annotations", annotations)
+        image_id += 1
+        annotation_id += len(annotations)
+        n_split[split] += 1
         np.add.at(masks_per_class, class_ids, 1)
         counts = np.bincount(label.ravel(), minlength=256)
         pixels_per_class += counts[:n_classes]
@@ -149,12 +187,8 @@ def write_dataset(
         pixels += label.size
         kept_total += len(kept)
         gated_total += int((~shard.keep).sum())
-        # The COCO entries keep no image arrays: drop the decoded PFLs from memory.
-        shard.pfl = np.zeros((0, 256), np.float32)
-    start = 1
-    for split in ("train", "val"):
-        atomic.write_json(out / f"instances_{split}.json", records_to_coco(by_split[split], n_classes, start))
-        start += len(by_split[split])
+    for stream in coco.values():
+        stream.close(n_classes)
     atomic.write_with(out / "centroids.npy", lambda f: np.save(f, centroids.astype(np.float32)))
     classes = [
         {"id": k, "name": f"cluster_{k}", "color": colours[k].tolist(), "n_masks": int(masks_per_class[k]),
@@ -163,9 +197,8 @@ def write_dataset(
     ]
     atomic.write_json(out / "classes.json", {"ignore_index": IGNORE, "classes": classes})
     atomic.write_text(out / "errors.jsonl", "".join(json.dumps(dict(e), sort_keys=True) + "\n" for e in errors))
-    n_images = len(by_split["train"]) + len(by_split["val"])
     summary = DatasetSummary(
-        out_dir=str(out), n_images=n_images, n_train=len(by_split["train"]), n_val=len(by_split["val"]),
+        out_dir=str(out), n_images=n_split["train"] + n_split["val"], n_train=n_split["train"], n_val=n_split["val"],
         n_classes=n_classes, n_masks_kept=kept_total, n_masks_gated=gated_total, n_errors=len(errors),
         labelled_pixel_fraction=labelled / pixels if pixels else 0.0,
         masks_per_class=masks_per_class.tolist(), pixels_per_class=pixels_per_class.tolist(),

@@ -1,0 +1,258 @@
+"""Ours vs the reference ALPS pipeline, side by side on the same model, images and prompts, in one run.
+
+    make bench        # stand-in model, 4 synthetic scenes
+    make bench-full   # vit_b --random-init, thresholds lowered equally on both sides so that masks survive
+
+Each side runs in its own process (so peak RSS is its own). Per-stage seconds per image, images/hour, peak RSS,
+the ours/reference ratio, and the agreement of masks and labels are merged into ``bench/results.json`` under
+``--name`` and rendered to ``bench/RESULTS.md``. Ratios, not absolute times, compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_images(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))}
+
+
+def torch_model(manifest: dict[str, Any]) -> Any:
+    """The PyTorch model the repository was exported from (stand-in, or a seeded --random-init SAM)."""
+    from export.export_sam import load_model
+
+    return load_model(manifest["model_type"], None, manifest["random_init"])
+
+
+def side_ours(args: argparse.Namespace, images: dict[str, np.ndarray], work: Path) -> dict[str, Any]:
+    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.clustering import fit_centroids
+    from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, GateConfig, PipelineConfig, WriterConfig
+    from alps_client.mask_generator import MaskGenerator
+    from alps_client.pipeline import label_image
+    from alps_client.shards import shard_fingerprint
+
+    cfg = PipelineConfig(
+        backend=BackendConfig(model_repository=args.model_repository, num_threads=args.threads),
+        amg=AmgConfig(**args.amg), gate=GateConfig(sigma=args.sigma),
+        cluster=ClusterConfig(n_clusters=args.n_clusters), writer=WriterConfig(write_vis=False, copy_images=False),
+    )
+    backend = EmbeddedBackend(cfg.backend)
+    generator = MaskGenerator(backend, cfg.amg)
+    fp = shard_fingerprint(backend.manifest.fingerprint, cfg.labelling_dict())
+    seconds: dict[str, float] = {}
+    shards = []
+    for stem, rgb in images.items():
+        summary = label_image(rgb, stem, stem, generator, cfg, work / "shards" / f"{stem}.npz", fp)
+        for k, v in summary.timings.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        shards.append(summary.shard_path)
+    start = time.perf_counter()
+    centroids = fit_centroids(shards, cfg.cluster)
+    seconds["clustering"] = time.perf_counter() - start
+    from alps_client.writer import write_dataset
+
+    start = time.perf_counter()
+    write_dataset(work / "out", shards, centroids, cfg, backend.manifest.raw, [])
+    seconds["writing"] = time.perf_counter() - start
+    return {"seconds": seconds}
+
+
+def side_reference(args: argparse.Namespace, images: dict[str, np.ndarray], work: Path) -> dict[str, Any]:
+    from export.tv_shim import install_torchvision_shim
+
+    install_torchvision_shim()
+    import torch
+
+    from bench.reference_alps import run_reference
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    manifest = json.loads((Path(args.model_repository) / "manifest.json").read_text())
+    sam = torch_model(manifest)
+    timings = {"encoder": 0.0, "decoder": 0.0}
+    from segment_anything import SamPredictor
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timings[name] += time.perf_counter() - start
+        return wrapper
+
+    SamPredictor.set_image = timed("encoder", SamPredictor.set_image)
+    SamPredictor.predict_torch = timed("decoder", SamPredictor.predict_torch)
+    result = run_reference(sam, images, work, args.amg, args.sigma, args.n_clusters)
+    s = result.pop("seconds")
+    seconds = {"encoder": timings["encoder"], "decoder": timings["decoder"],
+               "postprocess": s["amg"] - timings["encoder"] - timings["decoder"],
+               "write_masks": s["write_masks"], "features": s["features"], "clustering": s["clustering"],
+               "writing": s["painting"]}
+    return {"seconds": seconds, "n_masks": result["n_masks"]}
+
+
+def run_side(args: argparse.Namespace) -> None:
+    images = load_images(Path(args.images_dir))
+    work = Path(args.work)
+    start = time.perf_counter()
+    result = side_ours(args, images, work) if args.side == "ours" else side_reference(args, images, work)
+    result["total_seconds"] = time.perf_counter() - start
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["n_images"] = len(images)
+    Path(args.result).write_text(json.dumps(result))
+
+
+def agreement(work: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mask agreement (our masks matching a reference mask with IoU >= 0.99) and label agreement (mIoU of our
+    label maps vs the reference's after Hungarian matching, on pixels both labelled)."""
+    from alps_client.evaluate import confusion, match_clusters, scores
+    from alps_client.rle import decode_coco_rle
+    from alps_client.shards import read_shard
+
+    matched = total = 0
+    conf = np.zeros((255, 255), np.int64)
+    for stem in images:
+        shard = read_shard(work / "ours" / "shards" / f"{stem}.npz")
+        ours = decode_coco_rle(shard.rles) if shard.rles else np.zeros((0, 1, 1), bool)
+        theirs = [np.asarray(Image.open(p)) > 0 for p in sorted((work / "reference" / "masks").glob(f"{stem}_*.png"))]
+        for m in ours:
+            total += 1
+            matched += any((m & t).sum() / max((m | t).sum(), 1) >= 0.99 for t in theirs)
+        ours_label = np.asarray(Image.open(next((work / "ours" / "out" / "ann_dir").glob(f"*/{stem}.png"))))
+        ref = np.asarray(Image.open(work / "reference" / "labels" / f"{stem}.png")).astype(np.int64) - 1
+        ref = np.where(ref < 0, 255, ref).astype(np.uint8)
+        conf += confusion(ours_label, ref)
+    report = scores(conf, match_clusters(conf), int(conf.sum()))
+    return {"mask_agreement": matched / total if total else float("nan"), "label_miou_vs_reference": report.miou}
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = ["# Benchmark results", "", "Written by `bench/bench_pipeline.py` and `bench/bench_scaling.py`; "
+             "compare ratios across machines, not absolute times.", ""]
+    for name, r in results.items():
+        if name == "scaling":
+            lines += ["## Scaling of clustering + writing (synthetic PFLs)", "", "| images | PFLs | seconds | peak RSS MiB |",
+                      "|---:|---:|---:|---:|"]
+            lines += [f"| {p['images']} | {p['pfls']} | {p['seconds']:.2f} | {p['peak_rss_mib']:.0f} |" for p in r["points"]]
+            lines += ["", "![scaling](scaling.png)", ""]
+            continue
+        lines += [f"## {name}", "", f"Model: {r['model']}; {r['n_images']} images; AMG {r['amg']}; machine: "
+                  f"{r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['memory_gib']} GiB.", "",
+                  "| stage (s/image) | ours | reference | ours / reference |", "|---|---:|---:|---:|"]
+        stages = sorted(set(r["ours"]["per_image"]) | set(r["reference"]["per_image"]))
+        for stage in stages:
+            o, f = r["ours"]["per_image"].get(stage), r["reference"]["per_image"].get(stage)
+            ratio = f"{o / f:.2f}" if o is not None and f else ""
+            lines.append(f"| {stage} | {'' if o is None else f'{o:.3f}'} | {'' if f is None else f'{f:.3f}'} | {ratio} |")
+        lines += [f"| **total** | {r['ours']['seconds_per_image']:.2f} | {r['reference']['seconds_per_image']:.2f} | "
+                  f"{r['ours']['seconds_per_image'] / r['reference']['seconds_per_image']:.2f} |", "",
+                  f"- images/hour: ours {r['ours']['images_per_hour']:.0f}, reference {r['reference']['images_per_hour']:.0f} "
+                  f"(speed-up x{r['speedup']:.2f})",
+                  f"- peak RSS: ours {r['ours']['peak_rss_mib']:.0f} MiB, reference {r['reference']['peak_rss_mib']:.0f} MiB",
+                  f"- mask agreement {r['agreement']['mask_agreement']:.3f}, label mIoU vs reference "
+                  f"{r['agreement']['label_miou_vs_reference']:.3f}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-repository", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--points-per-side", type=int, default=32)
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    parser.add_argument("--stability-score-thresh", type=float, default=0.95)
+    parser.add_argument("--sigma", type=float, default=0.3)
+    parser.add_argument("--n-clusters", type=int, default=4)
+    parser.add_argument("--workdir", default="bench/out")
+    parser.add_argument("--side", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--images-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--amg-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.amg = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+                "stability_score_thresh": args.stability_score_thresh}
+    if args.side:
+        run_side(args)
+        return
+    from alps_client.synthetic import write_synthetic_dataset
+
+    work = Path(args.workdir) / args.name
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    data = write_synthetic_dataset(work / "data", args.images, seed=0, size=(args.size, args.size), n_classes=4)
+    sides = {}
+    for side in ("ours", "reference"):
+        out = work / side
+        out.mkdir(parents=True)
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--images-dir", str(data / "images"),
+               "--work", str(out), "--result", str(out / "result.json")]
+        print(f"[bench] {args.name}: running {side} ...", flush=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        sides[side] = json.loads((out / "result.json").read_text())
+    manifest = json.loads((Path(args.model_repository) / "manifest.json").read_text())
+    for r in sides.values():
+        n = r["n_images"]
+        r["per_image"] = {k: v / n for k, v in r["seconds"].items()}
+        r["seconds_per_image"] = r["total_seconds"] / n
+        r["images_per_hour"] = 3600.0 / r["seconds_per_image"]
+    entry = {
+        "model": f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}"
+                 f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}",
+        "n_images": args.images, "image_size": args.size, "amg": args.amg, "threads": args.threads,
+        "ours": sides["ours"], "reference": sides["reference"],
+        "speedup": sides["reference"]["seconds_per_image"] / sides["ours"]["seconds_per_image"],
+        "agreement": agreement(work, load_images(data / "images")), "machine": machine(),
+    }
+    results_path = ROOT / "bench" / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results[args.name] = entry
+    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    print(render({args.name: entry}))
+
+
+if __name__ == "__main__":
+    main()
