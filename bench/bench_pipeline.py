@@ -167,6 +167,13 @@ def render(results: dict[str, Any]) -> str:
     lines = ["# Benchmark results", "", "Written by `bench/bench_pipeline.py` and `bench/bench_scaling.py`; "
              "compare ratios across machines, not absolute times.", ""]
     for name, r in results.items():
+        if name == "triton":
+            lines += ["## Triton vs embedded (AMG, stand-in, CPU)", "", r["note"], "",
+                      "| backend | images/s | encoder s/img | decoder s/img | postprocess s/img |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {k} | {v['images_per_second']:.3f} | {v['encoder_s_per_image']:.3f} | "
+                      f"{v['decoder_s_per_image']:.3f} | {v['postprocess_s_per_image']:.3f} |" for k, v in r["rows"].items()]
+            lines.append("")
+            continue
         if name == "scaling":
             lines += ["## Scaling of clustering + writing (synthetic PFLs)", "", "| images | PFLs | seconds | peak RSS MiB |",
                       "|---:|---:|---:|---:|"]
