@@ -201,3 +201,40 @@ def test_huge_plain_image_is_refused_with_the_way_out(tmp_path):
     assert not items and "tiled GeoTIFF" in errors[0].reason and "30000x30000" in errors[0].reason
     items, errors = discover_inputs(tmp_path / "huge.png", InputConfig())
     assert not items and "too large" in errors[0].reason
+
+
+def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, tmp_path):
+    """--tile/--overlap/--stitch end to end: tiles labelled as images, one stitched GeoTIFF per scene."""
+    import os
+
+    import rasterio
+
+    from alps_client.synthetic import make_scene
+    from tests.inputs.make_files import write_geotiff
+
+    rgb, _ = make_scene(11, (300, 420), n_classes=4)
+    (tmp_path / "data").mkdir()
+    write_geotiff(tmp_path / "data" / "scene.tif", rgb.transpose(2, 0, 1), "EPSG:32633", (400000.0, 1.0, 5000000.0))
+    (tmp_path / "data" / "bad.png").write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(tmp_path / "data"), "--out", str(out), "--model-repository",
+         str(stand_in_repo), "--points-per-side", "6", "--n-clusters", "3", "--tile", "256", "--overlap", "64",
+         "--stitch", "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    windows = tile_windows(300, 420, 256, 64)
+    stems = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
+    assert stems == {f"scene__x{x0}_y{y0}" for x0, y0, _, _ in windows}
+    assert (out / "errors.jsonl").read_text().count("\n") == 1  # one line per rejected file
+    with rasterio.open(out / "stitched" / "scene.tif") as src:
+        stitched = src.read(1)
+        assert src.crs.to_epsg() == 32633 and src.transform.c == 400000.0 and stitched.shape == (300, 420)
+    owned = stitch_windows(300, 420, 256, 64)
+    for (x0, y0), (ox0, oy0, ox1, oy1) in owned.items():
+        tile = np.asarray(Image.open(next((out / "ann_dir").glob(f"*/scene__x{x0}_y{y0}.png"))))
+        np.testing.assert_array_equal(stitched[oy0:oy1, ox0:ox1], tile[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0])
+    assert np.array_equal(np.asarray(Image.open(out / "stitched" / "scene.png")), stitched)
