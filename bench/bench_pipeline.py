@@ -167,6 +167,12 @@ def render(results: dict[str, Any]) -> str:
     lines = ["# Benchmark results", "", "Written by `bench/bench_pipeline.py` and `bench/bench_scaling.py`; "
              "compare ratios across machines, not absolute times.", ""]
     for name, r in results.items():
+        if name == "dask":
+            lines += ["## Per-image stage: threads vs Dask workers", "", f"{r['note']}; {r['images']} images, {r['cores']} cores.",
+                      "", "| runner | labelling s | images/hour |", "|---|---:|---:|"]
+            lines += [f"| {k} | {v['label_seconds']:.1f} | {v['images_per_hour']:.0f} |" for k, v in r["rows"].items()]
+            lines.append("")
+            continue
         if name == "triton":
             lines += ["## Triton vs embedded (AMG, stand-in, CPU)", "", r["note"], "",
                       "| backend | images/s | encoder s/img | decoder s/img | postprocess s/img |", "|---|---:|---:|---:|---:|"]
@@ -211,6 +217,8 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.3)
     parser.add_argument("--n-clusters", type=int, default=4)
     parser.add_argument("--workdir", default="bench/out")
+    parser.add_argument("--reuse-reference", action="store_true",
+                        help="keep the reference side's last result (it is slow and does not change with our code)")
     parser.add_argument("--side", choices=["ours", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--images-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -224,17 +232,21 @@ def main() -> None:
         return
     from alps_client.synthetic import write_synthetic_dataset
 
-    work = Path(args.workdir) / args.name
-    if work.exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(work)
+    work = Path(args.workdir) / args.name
+    reuse = args.reuse_reference and (work / "reference" / "result.json").is_file()
+    for stale in [work] if not reuse else [work / "ours", work / "data"]:
+        shutil.rmtree(stale, ignore_errors=True)
     data = write_synthetic_dataset(work / "data", args.images, seed=0, size=(args.size, args.size), n_classes=4)
     sides = {}
     for side in ("ours", "reference"):
         out = work / side
+        if side == "reference" and reuse:
+            sides[side] = json.loads((out / "result.json").read_text())
+            continue
         out.mkdir(parents=True)
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--images-dir", str(data / "images"),
+        cmd = [sys.executable, __file__, *[a for a in sys.argv[1:] if a != "--reuse-reference"], "--side", side, "--images-dir", str(data / "images"),
                "--work", str(out), "--result", str(out / "result.json")]
         print(f"[bench] {args.name}: running {side} ...", flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})

@@ -63,6 +63,7 @@ def run_reference(sam: Any, images: dict[str, np.ndarray], work: Path, amg_kwarg
         t["features"] += time.perf_counter() - start
     start = time.perf_counter()
     files = sorted(glob.glob(str(feat_dir / "*.npy")))
+    n_clusters = max(1, min(n_clusters, len(files)))  # as ours does when there are fewer masks than clusters
     km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=batch_size, n_init=1)
     for b in range(0, len(files), batch_size):
         batch = np.stack([np.load(f) for f in files[b : b + batch_size]])

@@ -61,13 +61,21 @@ class EmbeddedBackend:
         options.log_severity_level = 3
         if self.config.num_threads:
             options.intra_op_num_threads = self.config.num_threads
+        # The encoder runs once per image between many decoder calls: with its own CPU arena, each new encode
+        # grew memory by the encoder's whole working set (vit_b AMG: 8.1 GB peak, now 5.1 GB, same speed).
+        encoder_options = ort.SessionOptions()
+        encoder_options.graph_optimization_level = options.graph_optimization_level
+        encoder_options.log_severity_level = 3
+        encoder_options.intra_op_num_threads = options.intra_op_num_threads
+        encoder_options.enable_cpu_mem_arena = False
         self._sessions = {}
         for key, spec in (("encoder", self.manifest.encoder), ("decoder", self.manifest.decoder)):
             if not spec.onnx_path.is_file():
                 raise ModelRepositoryError(
                     f"{spec.onnx_path} is missing from the model repository; re-run export/export_sam.py"
                 )
-            session = ort.InferenceSession(str(spec.onnx_path), options, providers=providers)
+            session_options = encoder_options if key == "encoder" else options
+            session = ort.InferenceSession(str(spec.onnx_path), session_options, providers=providers)
             check_session_signature(session, spec)
             self._sessions[key] = session
         self._enc = self.manifest.encoder
