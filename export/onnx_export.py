@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from alps_client.transforms import IMAGE_SIZE
+from export.chunked_attention import query_chunked_attention
+from export.shared_embedding_decoder import predict_masks_shared_embedding
 
 ENCODER_INPUTS = {"images": "images", "input_size": "input_size"}
 ENCODER_OUTPUTS = {"image_embeddings": "image_embeddings"}
@@ -57,7 +59,7 @@ class AmgDecoder(nn.Module):
     Outputs ``low_res_masks (B, 3, 256, 256)`` logits and ``iou_predictions (B, 3)``: SAM's multimask output,
     the call Meta's automatic mask generator makes through ``SamPredictor.predict_torch``. Meta's padding point
     (0, 0) with label -1 is appended here, as ``PromptEncoder`` does when no box is given. The one image
-    embedding is shared by all B prompts.
+    embedding is shared by all B prompts, and what depends on it alone is computed once (see :mod:`export.shared_embedding_decoder`).
     """
 
     def __init__(self, sam: nn.Module) -> None:
@@ -83,10 +85,9 @@ class AmgDecoder(nn.Module):
         if self.is_sam:
             pe = self.prompt_encoder
             sparse = self._embed_points(point_coords, point_labels)
-            h, w = pe.image_embedding_size
-            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(point_coords.shape[0], -1, h, w)
-        else:
-            sparse, dense = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            return predict_masks_shared_embedding(self.mask_decoder, image_embeddings, pe.get_dense_pe(), sparse, dense)
+        sparse, dense = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
         return self.mask_decoder(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -105,13 +106,14 @@ def _save(program: Any, path: Path) -> None:
 
 
 def export_encoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
-    """Export the encoder with preprocessing; dynamic batch. Returns seconds taken."""
+    """Export the encoder with preprocessing; dynamic batch; global attention in bands of query rows (same
+    result, a fraction of the peak memory: see :mod:`export.chunked_attention`). Returns seconds taken."""
     start = time.perf_counter()
     wrapper = EncoderWithPreprocess(sam).eval()
     batch = torch.export.Dim("batch", min=1, max=64)
     images = torch.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
     input_size = torch.tensor([[IMAGE_SIZE, IMAGE_SIZE], [IMAGE_SIZE, 700]], dtype=torch.int64)
-    with torch.no_grad():
+    with torch.no_grad(), query_chunked_attention():
         program = torch.onnx.export(
             wrapper,
             (images, input_size),
