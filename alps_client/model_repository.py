@@ -52,6 +52,7 @@ class ModelManifest:
         model_type: ``vit_h``, ``vit_l``, ``vit_b`` or ``stand-in``.
         is_stand_in: True for the structured stand-in (not SAM).
         random_init: True when exported without weights (shape and speed work only).
+        precision: ``fp32``, or ``int8-dynamic`` for ``export_sam.py --quantize int8`` (masks differ slightly).
         image_size: side of the square encoder frame (1024).
         mask_threshold: logit threshold that turns mask logits into binary masks (0.0).
         encoder: the encoder model.
@@ -63,6 +64,7 @@ class ModelManifest:
     model_type: str
     is_stand_in: bool
     random_init: bool
+    precision: str
     image_size: int
     mask_threshold: float
     encoder: ModelSpec
@@ -135,6 +137,7 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
         model_type=str(data["model_type"]),
         is_stand_in=bool(data["is_stand_in"]),
         random_init=bool(data["random_init"]),
+        precision=str(data.get("precision", "fp32")),
         image_size=int(data["image_size"]),
         mask_threshold=float(data["mask_threshold"]),
         encoder=_model(root, "encoder", data, ENCODER_ROLES, str(path)),

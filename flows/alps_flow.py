@@ -169,6 +169,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     config = config or PipelineConfig()
     started = time.perf_counter()
     manifest = load_manifest(config.backend.model_repository)
+    logger.info("Model: %s (%s) from %s", manifest.model_type, manifest.precision, manifest.root)
     if manifest.is_stand_in:
         logger.warning("Model: the structured STAND-IN (not SAM) from %s: labels demonstrate the pipeline only",
                        manifest.root)

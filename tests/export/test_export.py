@@ -82,6 +82,49 @@ def test_embedded_backend_matches_meta_predictor_on_tiny_sam(tiny_repo, tiny_che
     np.testing.assert_allclose(ours.iou_predictions, their_iou.numpy(), atol=1e-4)
 
 
+def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_checkpoint, tmp_path):
+    """``--quantize int8``: MatMulInteger graphs, agreement figures in the manifest, masks close to fp32."""
+    import hashlib
+
+    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.config import BackendConfig
+    from alps_client.transforms import apply_coords
+
+    out = tmp_path / "int8"
+    lines: list[str] = []
+    run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, quantize="int8", log=lines.append)
+    assert any("int8 dynamic quantisation" in line for line in lines)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8-dynamic"
+    figures = manifest["quantization"]["agreement_vs_fp32"]
+    assert figures["prompts"] == 64 and 0.9 <= figures["mask_iou_mean"] <= 1.0
+    assert figures["mask_iou_min"] <= figures["mask_iou_mean"]
+    fp32_manifest = json.loads((tiny_repo / "manifest.json").read_text())
+    assert fp32_manifest["precision"] == "fp32" and fp32_manifest["quantization"] is None
+    for role in ("encoder", "decoder"):
+        path = out / manifest["models"][role]["path"]
+        assert manifest["models"][role]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+        assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops, role
+    assert not list(out.glob("**/*.onnx.data")) and not list(out.glob(".export-*"))
+    encoder_bytes = (out / manifest["models"]["encoder"]["path"]).stat().st_size
+    assert encoder_bytes < (tiny_repo / fp32_manifest["models"]["encoder"]["path"]).stat().st_size
+
+    image, _ = make_shapes_scene(seed=3, size=(150, 230))
+    points = np.array([[30.0, 40.0], [200.0, 100.0], [115.0, 75.0], [60.0, 120.0]])
+    coords = apply_coords(points, image.shape[:2]).astype(np.float32)[:, None, :]
+    labels = np.ones((4, 1), np.float32)
+    masks = {}
+    for name, repo in (("fp32", tiny_repo), ("int8", out)):
+        backend = EmbeddedBackend(BackendConfig(model_repository=str(repo), num_threads=2))
+        assert backend.manifest.precision == name if name == "fp32" else backend.manifest.precision == "int8-dynamic"
+        (embedding,) = backend.encode([image])
+        masks[name] = backend.decode(embedding, coords, labels).low_res_masks > 0
+    inter = (masks["fp32"] & masks["int8"]).sum()
+    union = (masks["fp32"] | masks["int8"]).sum()
+    assert union > 0 and inter / union >= 0.9
+
+
 def test_stand_in_point_returns_its_shape(embedded_backend):
     """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
     from alps_client.transforms import apply_coords
