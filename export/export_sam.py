@@ -4,6 +4,8 @@ Usage:
     python export/export_sam.py --model-type vit_h --checkpoint sam_vit_h_4b8939.pth --out model_repository
     python export/export_sam.py --model-type stand-in --out model_repository        # offline demo model, NOT SAM
     python export/export_sam.py --model-type vit_b --random-init --out /tmp/repo     # shapes and speed only
+    python export/export_sam.py --model-type vit_h --checkpoint sam_vit_h_4b8939.pth --cpu --quantize int8 \
+        --out model_repository_int8                                                    # int8 weights, for CPUs
 
 Writes ``<out>/sam_encoder/{config.pbtxt,1/model.onnx}``, ``<out>/sam_decoder/{config.pbtxt,1/model.onnx}``
 and ``<out>/manifest.json`` (model type, checkpoint sha256, ONNX sha256, tensor names/shapes/dtypes,

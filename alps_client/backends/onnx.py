@@ -18,7 +18,9 @@ from alps_client.transforms import prepare_encoder_input
 # 1.7 GB; 64 -> 40.0 ms, 6.0 GB). 8 rather than 4: fewer calls for the same time on a full AMG run (42.7 vs 45.1 s
 # per image).
 CPU_PROMPTS_PER_CALL = 8
-GPU_PROMPTS_PER_CALL = 256
+# On GPU, Meta's points_per_batch. onnxruntime holds ~90 MB of decoder activations per prompt in flight (measured
+# on CPU, bench/bench_ort_options.py), so 64 prompts need ~6 GB of GPU memory; 256 would need ~24 GB.
+GPU_PROMPTS_PER_CALL = 64
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(float)": "float32"}
 
 

@@ -30,8 +30,10 @@ from alps_client.errors import BackendUnavailableError, ModelSignatureError
 from alps_client.model_repository import ModelManifest, ModelSpec, load_manifest
 from alps_client.transforms import prepare_encoder_input
 
+# Prompts per decoder request; the server holds ~90 MB of activations per prompt in flight per instance (see
+# backends/onnx.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
 CPU_PROMPTS_PER_CALL = 64
-GPU_PROMPTS_PER_CALL = 256
+GPU_PROMPTS_PER_CALL = 64
 _TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
 _TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection refused", "failed to connect", "Socket closed",
               "connection reset", "Broken pipe", "RemoteDisconnected", "unregistered", "Unable to find shared memory")
