@@ -69,6 +69,8 @@ def side_ours(args: argparse.Namespace, images: dict[str, np.ndarray], work: Pat
         for k, v in summary.timings.items():
             seconds[k] = seconds.get(k, 0.0) + v
         shards.append(summary.shard_path)
+    import sklearn.cluster  # noqa: F401  -- imported before timing, as the reference imports it at module level
+
     start = time.perf_counter()
     centroids = fit_centroids(shards, cfg.cluster)
     seconds["clustering"] = time.perf_counter() - start
@@ -180,6 +182,24 @@ def render(results: dict[str, Any]) -> str:
                       f"{v['decoder_s_per_image']:.3f} | {v['postprocess_s_per_image']:.3f} |" for k, v in r["rows"].items()]
             lines.append("")
             continue
+        if name == "ort_options":
+            lines += [f"## onnxruntime settings ({r['model']}, one change at a time)", "",
+                      f"`bench/bench_ort_options.py`; encoder: one 512x512 image; decoder: {r['prompts']} prompts; "
+                      f"{r['machine']['cpu']}, {r['machine']['cores']} cores.", "",
+                      "| model | setting | encoder s/image | decoder ms/prompt | peak RSS MiB |", "|---|---|---:|---:|---:|"]
+            for row in r["rows"]:
+                enc, dec = row.get("seconds_per_image"), row.get("ms_per_prompt")
+                lines.append(f"| {row['model']} | {row['setting']} | {'' if enc is None else f'{enc:.2f}'} | "
+                             f"{'' if dec is None else f'{dec:.1f}'} | {row['peak_rss_mib']:.0f} |")
+            a = r.get("int8_agreement")
+            if a:
+                lines += ["", f"int8 vs fp32, prompt by prompt ({a['prompts']} prompts x 3 masks on the exporter's parity "
+                          f"image, low-res masks): IoU mean {a['mask_iou_mean']:.3f}, min {a['mask_iou_min']:.3f}, "
+                          f"{100 * a['masks_iou_at_least_0.9']:.1f} % of masks at IoU >= 0.9; predicted IoU max abs "
+                          f"difference {a['iou_prediction_max_abs_diff']:.4f}; embedding max relative difference "
+                          f"{a['encoder_max_rel_diff']:.3f}."]
+            lines.append("")
+            continue
         if name == "scaling":
             lines += ["## Scaling of clustering + writing (synthetic PFLs)", "", "| images | PFLs | seconds | peak RSS MiB |",
                       "|---:|---:|---:|---:|"]
@@ -217,8 +237,10 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.3)
     parser.add_argument("--n-clusters", type=int, default=4)
     parser.add_argument("--workdir", default="bench/out")
-    parser.add_argument("--reuse-reference", action="store_true",
-                        help="keep the reference side's last result (it is slow and does not change with our code)")
+    parser.add_argument("--reuse-reference", nargs="?", const="", metavar="NAME",
+                        help="keep the reference side's last result (it is slow and does not change with our code); "
+                        "with NAME, use run NAME's reference (same model, images and prompts: e.g. an int8 export "
+                        "against the fp32 reference)")
     parser.add_argument("--side", choices=["ours", "reference"], help=argparse.SUPPRESS)
     parser.add_argument("--images-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -235,9 +257,13 @@ def main() -> None:
     import shutil
 
     work = Path(args.workdir) / args.name
-    reuse = args.reuse_reference and (work / "reference" / "result.json").is_file()
+    reference_run = Path(args.workdir) / (args.reuse_reference or args.name)
+    reuse = args.reuse_reference is not None and (reference_run / "reference" / "result.json").is_file()
     for stale in [work] if not reuse else [work / "ours", work / "data"]:
         shutil.rmtree(stale, ignore_errors=True)
+    if reuse and reference_run != work:
+        shutil.rmtree(work / "reference", ignore_errors=True)
+        shutil.copytree(reference_run / "reference", work / "reference")
     data = write_synthetic_dataset(work / "data", args.images, seed=0, size=(args.size, args.size), n_classes=4)
     sides = {}
     for side in ("ours", "reference"):
@@ -246,7 +272,7 @@ def main() -> None:
             sides[side] = json.loads((out / "result.json").read_text())
             continue
         out.mkdir(parents=True)
-        cmd = [sys.executable, __file__, *[a for a in sys.argv[1:] if a != "--reuse-reference"], "--side", side, "--images-dir", str(data / "images"),
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--images-dir", str(data / "images"),
                "--work", str(out), "--result", str(out / "result.json")]
         print(f"[bench] {args.name}: running {side} ...", flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -259,7 +285,8 @@ def main() -> None:
         r["images_per_hour"] = 3600.0 / r["seconds_per_image"]
     entry = {
         "model": f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}"
-                 f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}",
+                 f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}"
+                 f"{', int8 dynamic quantisation' if manifest.get('precision') == 'int8-dynamic' else ''}",
         "n_images": args.images, "image_size": args.size, "amg": args.amg, "threads": args.threads,
         "ours": sides["ours"], "reference": sides["reference"],
         "speedup": sides["reference"]["seconds_per_image"] / sides["ours"]["seconds_per_image"],
