@@ -6,7 +6,8 @@ activations quantised on the fly (MatMulInteger). Inputs and outputs keep their 
 configs are unchanged. Dynamic quantisation targets CPUs (x86 VNNI, ARM dot-product); on GPU use fp32.
 
 Quantisation changes masks, so the export measures fp32 against int8 on the parity image and stores the figures in
-the manifest; ``bench/bench_quantization.py`` measures the whole automatic mask generation on a dataset.
+the manifest; ``bench/bench_pipeline.py`` measures the whole automatic mask generation on a dataset and
+``bench/bench_ort_options.py`` the agreement prompt by prompt.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ QUANTIZE_CHOICES = ("none", "int8")
 # Op types whose weights are quantised; attention products between two activations stay fp32 (dynamic mode's
 # MatMulConstBOnly default), as do convolutions (ConvInteger is slower than fp32 Conv on onnxruntime's CPU EP).
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm"]
+# Point coordinates go through the prompt encoder's random Fourier features as a MatMul; quantising its input to
+# 8 bits would move every prompt by up to half a step of 2/255 of the image side, for no measurable speed.
+FP32_WEIGHTS = ("positional_encoding_gaussian_matrix",)
 # Masks are compared as SAM thresholds them: low-res logits > 0.
 MASK_THRESHOLD = 0.0
 PROMPTS_PER_CALL = 16
@@ -30,9 +34,12 @@ def quantize_int8(model: Path, out: Path) -> None:
 
     The copy is one file: int8 weights are a quarter of fp32 (vit_h's encoder: ~0.65 GB), under protobuf's 2 GB.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    graph = onnx.load(str(model), load_external_data=False).graph
+    keep_fp32 = [n.name for n in graph.node if any(w in i for i in n.input for w in FP32_WEIGHTS)]
     # onnxruntime logs a hint to run its static-quantisation pre-processing to the root logger on every call; it
     # does not apply to dynamic quantisation of an already optimised export, so keep it off the user's console.
     hint = _DropMessages("pre-processing before quantization")
@@ -44,6 +51,7 @@ def quantize_int8(model: Path, out: Path) -> None:
             op_types_to_quantize=QUANTIZED_OP_TYPES,
             per_channel=True,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_fp32,
         )
     finally:
         logging.getLogger().removeFilter(hint)
