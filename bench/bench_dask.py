@@ -40,14 +40,10 @@ def main() -> None:
         seconds = json.loads((out / ".alps" / "last_run.json").read_text())["seconds"]["label"]
         rows[name] = {"label_seconds": seconds, "images_per_hour": 3600 * args.images / seconds}
         print(name, rows[name], flush=True)
-    results_path = ROOT / "bench" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["dask"] = {"rows": rows, "images": args.images, "cores": os.cpu_count(),
-                       "note": "stand-in, 1 onnxruntime thread per worker; labelling time only"}
-    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    from bench.bench_pipeline import render
+    from bench.bench_pipeline import record
 
-    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    record("dask", {"rows": rows, "images": args.images, "cores": os.cpu_count(),
+                    "note": "stand-in, 1 onnxruntime thread per worker; labelling time only"})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ the encoder on one 512x512 image (seconds per image, best of ``--repeats`` after
 ``--prompts`` grid prompts (milliseconds per prompt after a warm-up call). Varied one at a time from the
 backend's defaults: graph optimisation level, intra-op threads, the CPU memory arena, prompts per decoder call,
 and precision. With ``--int8-repository`` it also measures int8 against fp32 masks, prompt by prompt, on the
-exporter's parity image with a 32x32 grid (:func:`export.quantize.agreement`). Results go to ``bench/results.json`` under ``ort_options`` and to ``bench/RESULTS.md``.
+exporter's parity image with a 32x32 grid (:func:`export.quantize.agreement`). Results go to ``bench/results.json``
+under ``ort_options`` and to ``bench/RESULTS.md`` (``--results-dir`` elsewhere).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def measure(model: str, settings: dict[str, Any], repository: Path, repeats: int
     return result
 
 
-def label(model: str, settings: dict[str, Any], base: dict[str, Any]) -> str:
+def label(settings: dict[str, Any], base: dict[str, Any]) -> str:
     changed = [f"{k}={v}" for k, v in settings.items() if v != base[k]]
     return ", ".join(changed) or "backend defaults"
 
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--int8-repository", help="the same model exported with --quantize int8")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=128)
+    parser.add_argument("--results-dir", default=str(ROOT / "bench"), help="where results.json and RESULTS.md go")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -118,11 +120,11 @@ def main() -> None:
             continue
         cmd = [sys.executable, __file__, *sys.argv[1:], "--one", json.dumps([model, settings])]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        row = {"model": model, "setting": label(model, settings, bases[model]), **json.loads(out)}
+        row = {"model": model, "setting": label(settings, bases[model]), **json.loads(out)}
         print(row, flush=True)
         rows.append(row)
     manifest = json.loads((Path(args.model_repository) / "manifest.json").read_text())
-    from bench.bench_pipeline import machine, render
+    from bench.bench_pipeline import machine, model_label, record
 
     int8_agreement = None
     if args.int8_repository:
@@ -134,14 +136,8 @@ def main() -> None:
                                    (int8.encoder.onnx_path, int8.decoder.onnx_path), points_per_side=32, threads=2)
         print("int8 vs fp32:", int8_agreement, flush=True)
 
-    results_path = ROOT / "bench" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["ort_options"] = {
-        "model": f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}",
-        "prompts": args.prompts, "rows": rows, "machine": machine(), "int8_agreement": int8_agreement,
-    }
-    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    record("ort_options", {"model": model_label(manifest), "prompts": args.prompts, "rows": rows, "machine": machine(),
+                           "int8_agreement": int8_agreement}, Path(args.results_dir))
 
 
 if __name__ == "__main__":

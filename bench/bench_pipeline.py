@@ -165,6 +165,23 @@ def machine() -> dict[str, Any]:
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
+def model_label(manifest: dict[str, Any]) -> str:
+    """How a results row names a model repository's model: type, random weights, stand-in, int8."""
+    return (f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}"
+            f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}"
+            f"{', int8 dynamic quantisation' if manifest.get('precision') == 'int8-dynamic' else ''}")
+
+
+def record(key: str, entry: dict[str, Any], results_dir: Path = ROOT / "bench") -> dict[str, Any]:
+    """Merge ``entry`` into ``results_dir/results.json`` under ``key`` and re-render ``RESULTS.md`` beside it."""
+    results_path = Path(results_dir) / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results[key] = entry
+    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (Path(results_dir) / "RESULTS.md").write_text(render(results))
+    return results
+
+
 def render(results: dict[str, Any]) -> str:
     lines = ["# Benchmark results", "", "Written by `bench/bench_pipeline.py` and `bench/bench_scaling.py`; "
              "compare ratios across machines, not absolute times.", ""]
@@ -237,6 +254,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.3)
     parser.add_argument("--n-clusters", type=int, default=4)
     parser.add_argument("--workdir", default="bench/out")
+    parser.add_argument("--results-dir", default=str(ROOT / "bench"), help="where results.json and RESULTS.md go")
     parser.add_argument("--reuse-reference", nargs="?", const="", metavar="NAME",
                         help="keep the reference side's last result (it is slow and does not change with our code); "
                         "with NAME, use run NAME's reference (same model, images and prompts: e.g. an int8 export "
@@ -284,19 +302,13 @@ def main() -> None:
         r["seconds_per_image"] = r["total_seconds"] / n
         r["images_per_hour"] = 3600.0 / r["seconds_per_image"]
     entry = {
-        "model": f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}"
-                 f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}"
-                 f"{', int8 dynamic quantisation' if manifest.get('precision') == 'int8-dynamic' else ''}",
+        "model": model_label(manifest),
         "n_images": args.images, "image_size": args.size, "amg": args.amg, "threads": args.threads,
         "ours": sides["ours"], "reference": sides["reference"],
         "speedup": sides["reference"]["seconds_per_image"] / sides["ours"]["seconds_per_image"],
         "agreement": agreement(work, load_images(data / "images")), "machine": machine(),
     }
-    results_path = ROOT / "bench" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results[args.name] = entry
-    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    record(args.name, entry, Path(args.results_dir))
     print(render({args.name: entry}))
 
 

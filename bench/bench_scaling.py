@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -61,14 +62,20 @@ def measure(folder: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--measure":
-        print(json.dumps(measure(Path(sys.argv[2]))))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000], help="images per run")
+    parser.add_argument("--results-dir", default=str(ROOT / "bench"),
+                        help="where results.json, RESULTS.md and scaling.png go")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(Path(args.measure))))
         return
     import shutil
     import tempfile
 
     points = []
-    for n in (10, 100, 1000, 10000):
+    for n in args.sizes:
         work = Path(tempfile.mkdtemp(prefix="alps-scaling-"))
         (work / "shards").mkdir()
         make_shards(work / "shards", n)
@@ -98,14 +105,10 @@ def main() -> None:
     b.grid(True, which="both", alpha=0.3)
     fig.suptitle("alps: clustering + writing scale linearly in time, flat in memory")
     fig.tight_layout()
-    fig.savefig(ROOT / "bench" / "scaling.png", dpi=100)
-    results_path = ROOT / "bench" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["scaling"] = {"points": points}
-    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    from bench.bench_pipeline import render
+    fig.savefig(Path(args.results_dir) / "scaling.png", dpi=100)
+    from bench.bench_pipeline import record
 
-    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    record("scaling", {"points": points}, Path(args.results_dir))
 
 
 if __name__ == "__main__":

@@ -59,15 +59,11 @@ def main() -> None:
             backend.close()
     finally:
         server.stop()
-    results_path = ROOT / "bench" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results["triton"] = {"rows": rows, "images": args.images, "points_per_side": args.points_per_side,
-                         "note": "CPU tritonserver from nvidia-pytriton; ONNX models served by a Python backend named "
-                                 "onnxruntime (1 ORT thread per instance), same machine as the client"}
-    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    from bench.bench_pipeline import render
+    from bench.bench_pipeline import record
 
-    (ROOT / "bench" / "RESULTS.md").write_text(render(results))
+    record("triton", {"rows": rows, "images": args.images, "points_per_side": args.points_per_side,
+                      "note": "CPU tritonserver from nvidia-pytriton; ONNX models served by a Python backend named "
+                              "onnxruntime (1 ORT thread per instance), same machine as the client"})
     print(json.dumps(rows, indent=2))
 
 
