@@ -294,12 +294,13 @@ def _quantize_in_place(enc_path: Path, dec_path: Path, scratch: Path, log: Any) 
         for stale in triton_repo.model_files(fp32):
             stale.unlink()
         int8.rename(fp32)
+    seconds = time.perf_counter() - start
     log(
-        f"  int8 dynamic quantisation in {time.perf_counter() - start:.1f} s; vs fp32 on the parity image: mask IoU "
+        f"  int8 dynamic quantisation in {seconds:.1f} s; vs fp32 on the parity image: mask IoU "
         f"mean {figures['mask_iou_mean']:.3f}, min {figures['mask_iou_min']:.3f} over {figures['prompts']} prompts x 3"
     )
     return {"method": "onnxruntime dynamic, weights int8 per channel", "op_types": QUANTIZED_OP_TYPES,
-            "seconds": time.perf_counter() - start, "agreement_vs_fp32": figures}
+            "seconds": seconds, "agreement_vs_fp32": figures}
 
 
 def main(argv: list[str] | None = None) -> int:

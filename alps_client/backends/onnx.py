@@ -13,9 +13,9 @@ from alps_client.errors import ModelRepositoryError, ModelSignatureError
 from alps_client.model_repository import ModelManifest, ModelSpec, load_manifest
 from alps_client.transforms import prepare_encoder_input
 
-# Prompts per decoder call. On CPU small chunks are faster per prompt (cache-resident activations) and bound memory
-# (vit_b decoder, 2 threads, measured in one run: 4 -> 28.3 ms/prompt, 0.5 GB; 8 -> 29.5 ms, 0.9 GB; 16 -> 31.6 ms,
-# 1.7 GB; 64 -> 40.0 ms, 6.0 GB). 8 rather than 4: fewer calls for the same time on a full AMG run (42.7 vs 45.1 s
+# Prompts per decoder call. On CPU the time per prompt is flat up to 32 and memory grows with the chunk (vit_b
+# decoder, 2 threads, one run of bench/bench_ort_options.py: 4 -> 27.5 ms/prompt, 0.5 GB; 8 -> 28.9 ms, 0.9 GB;
+# 16 -> 28.0 ms, 1.6 GB; 64 -> 33.1 ms, 5.9 GB). 8 rather than 4: fewer calls on a full AMG run (42.7 vs 45.1 s
 # per image).
 CPU_PROMPTS_PER_CALL = 8
 # On GPU, Meta's points_per_batch. onnxruntime holds ~90 MB of decoder activations per prompt in flight (measured
