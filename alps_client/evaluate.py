@@ -21,10 +21,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from alps_client import atomic
+from alps_client.io import atomic
 from alps_client.errors import AlpsError
+from alps_client.labels.painting import IGNORE
 
-IGNORE = 255
 Matching = Literal["hungarian", "majority"]
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.config import PipelineConfig
-from alps_client.features import pool_mask_features
-from alps_client.gate import gate_keep
-from alps_client.mask_generator import MaskGenerator
-from alps_client.rle import decode_coco_rle, encode_coco_rle
-from alps_client.shards import ImageShard, write_shard
+from alps_client.labels.features import pool_mask_features
+from alps_client.labels.gate import gate_keep
+from alps_client.amg.generator import MaskGenerator
+from alps_client.masks import decode_coco_rle, encode_coco_rle
+from alps_client.io.shards import ImageShard, write_shard
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.atomic import write_png
+from alps_client.io.atomic import write_png
 
 BACKGROUND_CLASSES = (("ground", (150, 130, 100), 8), ("vegetation", (60, 120, 55), 10))
 # name, base colour, texture amplitude, size range (fraction of the short side), shape

@@ -35,10 +35,10 @@ install_torchvision_shim()
 import torch  # noqa: E402
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 
-from alps_client.backends.onnx import EmbeddedBackend  # noqa: E402
+from alps_client.backends.embedded import EmbeddedBackend  # noqa: E402
 from alps_client.config import AmgConfig, BackendConfig  # noqa: E402
-from alps_client.mask_generator import MaskGenerator  # noqa: E402
-from alps_client.model_repository import load_manifest  # noqa: E402
+from alps_client.amg.generator import MaskGenerator  # noqa: E402
+from alps_client.backends.manifest import load_manifest  # noqa: E402
 from export.export_sam import load_model  # noqa: E402
 from tests.shapes import make_shapes_image  # noqa: E402
 

@@ -34,7 +34,7 @@ LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all":
 
 def configurations() -> list[tuple[str, dict[str, Any]]]:
     """(model, settings) pairs: the backend's defaults, then one setting changed at a time."""
-    from alps_client.backends.onnx import CPU_PROMPTS_PER_CALL
+    from alps_client.backends.embedded import CPU_PROMPTS_PER_CALL
 
     rows: list[tuple[str, dict[str, Any]]] = []
     for model in ("encoder", "decoder"):
@@ -53,10 +53,10 @@ def measure(model: str, settings: dict[str, Any], repository: Path, repeats: int
     """Time one configuration in this process. Returns seconds per image or ms per prompt, and peak RSS (MiB)."""
     import onnxruntime as ort
 
-    from alps_client.grids import build_point_grid
-    from alps_client.model_repository import load_manifest
+    from alps_client.amg.grids import build_point_grid
+    from alps_client.backends.manifest import load_manifest
     from alps_client.synthetic import make_scene
-    from alps_client.transforms import apply_coords, prepare_encoder_input
+    from alps_client.backends.preprocess import apply_coords, prepare_encoder_input
 
     manifest = load_manifest(repository)
     options = ort.SessionOptions()
@@ -128,7 +128,7 @@ def main() -> None:
 
     int8_agreement = None
     if args.int8_repository:
-        from alps_client.model_repository import load_manifest
+        from alps_client.backends.manifest import load_manifest
         from export.quantize import agreement
 
         fp32, int8 = load_manifest(args.model_repository), load_manifest(args.int8_repository)

@@ -47,12 +47,12 @@ def torch_model(manifest: dict[str, Any]) -> Any:
 
 
 def side_ours(args: argparse.Namespace, images: dict[str, np.ndarray], work: Path) -> dict[str, Any]:
-    from alps_client.backends.onnx import EmbeddedBackend
-    from alps_client.clustering import fit_centroids
+    from alps_client.backends.embedded import EmbeddedBackend
+    from alps_client.labels.clustering import fit_centroids
     from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, GateConfig, PipelineConfig, WriterConfig
-    from alps_client.mask_generator import MaskGenerator
+    from alps_client.amg.generator import MaskGenerator
     from alps_client.pipeline import label_image
-    from alps_client.shards import shard_fingerprint
+    from alps_client.io.shards import shard_fingerprint
 
     cfg = PipelineConfig(
         backend=BackendConfig(model_repository=args.model_repository, num_threads=args.threads),
@@ -74,7 +74,7 @@ def side_ours(args: argparse.Namespace, images: dict[str, np.ndarray], work: Pat
     start = time.perf_counter()
     centroids = fit_centroids(shards, cfg.cluster)
     seconds["clustering"] = time.perf_counter() - start
-    from alps_client.writer import write_dataset
+    from alps_client.io.writer import write_dataset
 
     start = time.perf_counter()
     write_dataset(work / "out", shards, centroids, cfg, backend.manifest.raw, [])
@@ -131,8 +131,8 @@ def agreement(work: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
     """Mask agreement (our masks matching a reference mask with IoU >= 0.99) and label agreement (mIoU of our
     label maps vs the reference's after Hungarian matching, on pixels both labelled)."""
     from alps_client.evaluate import confusion, match_clusters, scores
-    from alps_client.rle import decode_coco_rle
-    from alps_client.shards import read_shard
+    from alps_client.masks import decode_coco_rle
+    from alps_client.io.shards import read_shard
 
     matched = total = 0
     conf = np.zeros((255, 255), np.int64)

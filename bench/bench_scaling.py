@@ -22,8 +22,8 @@ SIZE = (64, 64)
 
 def make_shards(folder: Path, n_images: int, seed: int = 0) -> list[Path]:
     """Synthetic shards: 20 small masks per 64x64 image, PFLs drawn around 8 centres."""
-    from alps_client.rle import encode_coco_rle
-    from alps_client.shards import ImageShard, write_shard
+    from alps_client.masks import encode_coco_rle
+    from alps_client.io.shards import ImageShard, write_shard
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (8, 256))
@@ -46,9 +46,9 @@ def make_shards(folder: Path, n_images: int, seed: int = 0) -> list[Path]:
 
 def measure(folder: Path) -> dict[str, float]:
     """Run in a child process: cluster + write the shards in ``folder``; seconds and peak RSS."""
-    from alps_client.clustering import fit_centroids
+    from alps_client.labels.clustering import fit_centroids
     from alps_client.config import ClusterConfig, PipelineConfig, WriterConfig
-    from alps_client.writer import write_dataset
+    from alps_client.io.writer import write_dataset
 
     paths = sorted(folder.glob("*.npz"))
     cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=8), writer=WriterConfig(write_vis=False, copy_images=False))

@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alps_client.backends.onnx import EmbeddedBackend  # noqa: E402
+from alps_client.backends.embedded import EmbeddedBackend  # noqa: E402
 from alps_client.backends.triton import TritonBackend  # noqa: E402
 from alps_client.config import AmgConfig, BackendConfig  # noqa: E402
-from alps_client.mask_generator import MaskGenerator  # noqa: E402
+from alps_client.amg.generator import MaskGenerator  # noqa: E402
 from alps_client.synthetic import make_scene  # noqa: E402
 from tests.triton.server import start_triton  # noqa: E402
 

@@ -34,7 +34,7 @@ install_torchvision_shim()
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from alps_client.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
 from export.quantize import QUANTIZE_CHOICES, QUANTIZED_OP_TYPES, quantize_int8  # noqa: E402
 from export.quantize import agreement as quantize_agreement  # noqa: E402

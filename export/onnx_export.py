@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from alps_client.transforms import IMAGE_SIZE
+from alps_client.backends.preprocess import IMAGE_SIZE
 from export.chunked_attention import query_chunked_attention
 from export.shared_embedding_decoder import predict_masks_shared_embedding
 
@@ -178,7 +178,7 @@ def check_parity(
     """
     import onnxruntime as ort
 
-    from alps_client.transforms import apply_coords, prepare_encoder_input
+    from alps_client.backends.preprocess import apply_coords, prepare_encoder_input
 
     image = parity_image()
     padded, (h, w) = prepare_encoder_input(image)

@@ -85,8 +85,8 @@ def agreement(
     """
     import onnxruntime as ort
 
-    from alps_client.grids import build_point_grid
-    from alps_client.transforms import apply_coords, prepare_encoder_input
+    from alps_client.amg.grids import build_point_grid
+    from alps_client.backends.preprocess import apply_coords, prepare_encoder_input
     from export.onnx_export import parity_image
 
     options = ort.SessionOptions()

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alps_client.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
+from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
 
 STAND_IN_NAME = "stand-in"
 EMBED_DIM = 256

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from alps_client.model_repository import MANIFEST_FORMAT, MANIFEST_NAME
+from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME
 
 ENCODER_MODEL = "sam_encoder"
 DECODER_MODEL = "sam_decoder"

@@ -21,13 +21,14 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from alps_client import atomic
+from alps_client.io import atomic
 from alps_client.backends import SamBackend, make_backend
 from alps_client.config import BackendConfig, PipelineConfig
 from alps_client.errors import AlpsError, BackendUnavailableError, ConfigMismatchError, InputImageError
-from alps_client.inputs import InputItem, discover_inputs
-from alps_client.model_repository import load_manifest
-from alps_client.shards import read_shard_meta, shard_fingerprint, shard_path, shard_status
+from alps_client.io.discovery import discover_inputs
+from alps_client.io.items import InputItem
+from alps_client.backends.manifest import load_manifest
+from alps_client.io.shards import read_shard_meta, shard_fingerprint, shard_path, shard_status
 from flows import artifacts
 
 _BACKENDS: dict[BackendConfig, SamBackend] = {}
@@ -68,9 +69,9 @@ def discover(dataset: str, config: PipelineConfig) -> dict[str, Any]:
 @task(name="label-image", retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
 def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprint: str) -> dict[str, Any]:
     """Label one image and write its shard; returns a small summary (or the reason it was rejected)."""
-    from alps_client.mask_generator import MaskGenerator
+    from alps_client.amg.generator import MaskGenerator
     from alps_client.pipeline import label_image
-    from alps_client.readers import load_item
+    from alps_client.io.readers import load_item
 
     it = InputItem(**{**item, "window": tuple(item["window"]) if item.get("window") else None})
     shard = shard_path(work_dir(out) / "shards", it.stem)
@@ -100,7 +101,7 @@ def cluster(shards: list[str], out: str, config: PipelineConfig) -> str:
     """Fit the centroids over all shards; returns the path of the saved centroids."""
     import numpy as np
 
-    from alps_client.clustering import fit_centroids
+    from alps_client.labels.clustering import fit_centroids
 
     centroids = fit_centroids(shards, config.cluster)
     path = work_dir(out) / "centroids.npy"
@@ -114,7 +115,7 @@ def write(out: str, shards: list[str], centroids_path: str, config: PipelineConf
     """Paint label maps and write the dataset; returns the summary counts."""
     import numpy as np
 
-    from alps_client.writer import write_dataset
+    from alps_client.io.writer import write_dataset
 
     summary = write_dataset(out, shards, np.load(centroids_path), config, model_manifest, errors, image_sources)
     return summary.__dict__
@@ -123,7 +124,7 @@ def write(out: str, shards: list[str], centroids_path: str, config: PipelineConf
 @task(name="scene-outputs")
 def scene_outputs(out: str, shards: list[str], config: PipelineConfig) -> dict[str, int]:
     """GeoTIFF labels, stitched scenes and NIfTI label volumes, where the inputs call for them."""
-    from alps_client.scenes import write_scene_outputs
+    from alps_client.io.scenes import write_scene_outputs
 
     return write_scene_outputs(out, shards, config)
 

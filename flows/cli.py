@@ -120,7 +120,7 @@ def _fail(message: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from alps_client.errors import AlpsError
-    from alps_client.model_repository import load_manifest
+    from alps_client.backends.manifest import load_manifest
 
     try:
         config = build_config(args)
@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             make_backend(config.backend).close()  # readiness check: one clear line if the server is not there
     except AlpsError as err:
         return _fail(str(err))
-    from alps_client.inputs import discover_inputs
+    from alps_client.io.discovery import discover_inputs
 
     items, rejected = discover_inputs(args.dataset, config.inputs)  # headers only: fail before Prefect starts
     if not items:

@@ -28,7 +28,7 @@ def stand_in_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_backend(stand_in_repo: Path):
     """The embedded onnxruntime backend on the stand-in repository (2 threads: the CI machine's size)."""
-    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.backends.embedded import EmbeddedBackend
     from alps_client.config import BackendConfig
 
     backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=2))

@@ -8,9 +8,9 @@ import sys
 from tests.conftest import REPO_ROOT
 
 MODULES = [
-    "alps_client.backends.onnx", "alps_client.backends.triton", "alps_client.mask_generator", "alps_client.pipeline",
-    "alps_client.clustering", "alps_client.writer", "alps_client.evaluate", "alps_client.inputs", "alps_client.readers",
-    "alps_client.scenes", "alps_client.synthetic",
+    "alps_client.backends.embedded", "alps_client.backends.triton", "alps_client.amg.generator", "alps_client.pipeline",
+    "alps_client.labels.clustering", "alps_client.io.writer", "alps_client.evaluate", "alps_client.io.discovery", "alps_client.io.readers",
+    "alps_client.io.scenes", "alps_client.synthetic",
 ]
 
 

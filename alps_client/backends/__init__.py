@@ -9,7 +9,7 @@ from alps_client.config import BackendConfig
 def make_backend(config: BackendConfig) -> SamBackend:
     """The backend ``config.kind`` names; Triton's client library is imported only when asked for."""
     if config.kind == "embedded":
-        from alps_client.backends.onnx import EmbeddedBackend
+        from alps_client.backends.embedded import EmbeddedBackend
 
         return EmbeddedBackend(config)
     from alps_client.backends.triton import TritonBackend

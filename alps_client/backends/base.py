@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.model_repository import ModelManifest
+from alps_client.backends.manifest import ModelManifest
 
 
 @dataclass(frozen=True)

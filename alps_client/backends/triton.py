@@ -27,11 +27,11 @@ from alps_client._imports import lazy_import
 from alps_client.backends.base import DecoderOutput, Embedding
 from alps_client.config import BackendConfig
 from alps_client.errors import BackendUnavailableError, ModelSignatureError
-from alps_client.model_repository import ModelManifest, ModelSpec, load_manifest
-from alps_client.transforms import prepare_encoder_input
+from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
+from alps_client.backends.preprocess import prepare_encoder_input
 
 # Prompts per decoder request; the server holds ~90 MB of activations per prompt in flight per instance (see
-# backends/onnx.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
+# backends/embedded.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
 CPU_PROMPTS_PER_CALL = 64
 GPU_PROMPTS_PER_CALL = 64
 _TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}

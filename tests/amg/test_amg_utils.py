@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from alps_client.boxes import batched_mask_to_box, is_box_near_crop_edge, nms, uncrop_masks
-from alps_client.filtering import calculate_stability_score, remove_small_regions
-from alps_client.grids import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
-from alps_client.mask_data import MaskData
-from alps_client.rle import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_to_mask
-from alps_client.upsample import postprocess_masks
+from alps_client.amg.boxes import batched_mask_to_box, is_box_near_crop_edge, nms, uncrop_masks
+from alps_client.amg.filtering import calculate_stability_score, remove_small_regions
+from alps_client.amg.grids import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
+from alps_client.amg.mask_data import MaskData
+from alps_client.masks import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_to_mask
+from alps_client.amg.upsample import postprocess_masks
 from export.tv_shim import install_torchvision_shim
 
 install_torchvision_shim()
@@ -143,7 +143,7 @@ def test_mask_data_filter_and_cat():
 @pytest.mark.parametrize(("input_size", "original"), [((768, 1024), (768, 1024)), ((683, 1024), (200, 300)), ((1024, 768), (1333, 1000))])
 @pytest.mark.parametrize("offset", [1.0, -2.0, 0.0])
 def test_windowed_upsampling_gives_the_full_masks_and_scores(input_size, original, offset):
-    from alps_client.upsample import postprocess_mask_window
+    from alps_client.amg.upsample import postprocess_mask_window
 
     rng = np.random.RandomState(7)
     low = np.full((4, 256, 256), -30.0, np.float32)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alps_client import clustering
-from alps_client.clustering import assign_clusters, estimate_n_clusters, fit_centroids, load_centroids
+from alps_client.labels import clustering
+from alps_client.labels.clustering import assign_clusters, estimate_n_clusters, fit_centroids, load_centroids
 from alps_client.config import ClusterConfig
 from alps_client.errors import AlpsError
-from alps_client.shards import ImageShard, write_shard
+from alps_client.io.shards import ImageShard, write_shard
 
 
 def blobs(n_clusters: int, per_cluster: int, seed: int, dim: int = 256, spread: float = 0.05):

@@ -9,18 +9,18 @@ import pytest
 from PIL import Image
 
 from alps_client.backends.base import Embedding
-from alps_client.clustering import fit_centroids
+from alps_client.labels.clustering import fit_centroids
 from alps_client.config import AmgConfig, ClusterConfig, GateConfig, PipelineConfig
 from alps_client.evaluate import evaluate_dataset, format_table
-from alps_client.features import pool_mask_features
-from alps_client.gate import gate_keep
-from alps_client.mask_generator import MaskGenerationResult
-from alps_client.painting import IGNORE, paint_label_map
+from alps_client.labels.features import pool_mask_features
+from alps_client.labels.gate import gate_keep
+from alps_client.amg.generator import MaskGenerationResult
+from alps_client.labels.painting import IGNORE, paint_label_map
 from alps_client.pipeline import label_image
-from alps_client.rle import encode_coco_rle
-from alps_client.shards import ImageShard, read_shard, shard_fingerprint, shard_status, write_shard
+from alps_client.masks import encode_coco_rle
+from alps_client.io.shards import ImageShard, read_shard, shard_fingerprint, shard_status, write_shard
 from alps_client.synthetic import make_scene, write_synthetic_dataset
-from alps_client.writer import split_of, write_dataset
+from alps_client.io.writer import split_of, write_dataset
 
 
 def test_paint_small_masks_on_top_and_255_elsewhere():
@@ -149,7 +149,7 @@ def test_shard_status_detects_stale_and_broken(tmp_path):
 
 
 def test_label_image_with_the_stand_in(embedded_backend, tmp_path):
-    from alps_client.mask_generator import MaskGenerator
+    from alps_client.amg.generator import MaskGenerator
 
     image, _ = make_scene(3, (128, 160))
     cfg = PipelineConfig(amg=AmgConfig(points_per_side=8))
@@ -160,7 +160,7 @@ def test_label_image_with_the_stand_in(embedded_backend, tmp_path):
     shard = read_shard(tmp_path / "scene.npz")
     assert summary.n_masks == len(shard.rles) == summary.n_kept + summary.n_gated > 0
     assert shard.pfl.shape == (summary.n_kept, 256)
-    from alps_client.rle import decode_coco_rle
+    from alps_client.masks import decode_coco_rle
 
     assert not decode_coco_rle(shard.rles)[:, :, :20].any()
     assert {"encoder", "decoder", "postprocess", "gate", "features"} <= set(summary.timings)

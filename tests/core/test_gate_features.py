@@ -7,8 +7,8 @@ import pytest
 
 from alps_client.backends.base import Embedding
 from alps_client.config import FeatureConfig, GateConfig
-from alps_client.features import pool_mask_features
-from alps_client.gate import gate_keep, instance_proportion
+from alps_client.labels.features import pool_mask_features
+from alps_client.labels.gate import gate_keep, instance_proportion
 
 
 def test_gate_boundaries():

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from alps_client.backends.onnx import EmbeddedBackend
+from alps_client.backends.embedded import EmbeddedBackend
 from alps_client.config import BackendConfig
 from alps_client.errors import ModelRepositoryError, ModelSignatureError
 from tests.shapes import make_shapes_image

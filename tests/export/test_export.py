@@ -53,9 +53,9 @@ def test_tiny_sam_checkpoint_exports_with_parity(tiny_repo, tiny_checkpoint):
 
 def test_embedded_backend_matches_meta_predictor_on_tiny_sam(tiny_repo, tiny_checkpoint):
     """Our client-side resize + ONNX encoder/decoder reproduce SamPredictor.set_image / predict_torch."""
-    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.backends.embedded import EmbeddedBackend
     from alps_client.config import BackendConfig
-    from alps_client.transforms import apply_coords
+    from alps_client.backends.preprocess import apply_coords
 
     image, _ = make_shapes_scene(seed=3, size=(150, 230))
     backend = EmbeddedBackend(BackendConfig(model_repository=str(tiny_repo), num_threads=2))
@@ -86,9 +86,9 @@ def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_che
     """``--quantize int8``: MatMulInteger graphs, agreement figures in the manifest, masks close to fp32."""
     import hashlib
 
-    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.backends.embedded import EmbeddedBackend
     from alps_client.config import BackendConfig
-    from alps_client.transforms import apply_coords
+    from alps_client.backends.preprocess import apply_coords
 
     out = tmp_path / "int8"
     lines: list[str] = []
@@ -130,7 +130,7 @@ def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_che
 
 def test_stand_in_point_returns_its_shape(embedded_backend):
     """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
-    from alps_client.transforms import apply_coords
+    from alps_client.backends.preprocess import apply_coords
     from export.stand_in import build_stand_in_sam
 
     image, shapes = make_shapes_scene(seed=1, size=(192, 256))

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_vit_b_random_init_export_and_embedded_run(tmp_path, capsys):
-    from alps_client.backends.onnx import EmbeddedBackend
+    from alps_client.backends.embedded import EmbeddedBackend
     from alps_client.config import BackendConfig
     from export.export_sam import run_export
 

@@ -13,9 +13,9 @@ from PIL import Image
 
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
-from alps_client.inputs import discover_inputs
-from alps_client.readers import load_item, stretch_to_uint8
-from alps_client.tiling import stitch_scene, stitch_windows, tile_windows
+from alps_client.io.discovery import discover_inputs
+from alps_client.io.readers import load_item, stretch_to_uint8
+from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from tests.conftest import REPO_ROOT
 from tests.inputs.make_files import SIZE, write_odd_dataset
 
@@ -129,10 +129,10 @@ def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
         from rasterio.windows import Window
         from rasterio.transform import from_origin
         from alps_client.config import InputConfig
-        from alps_client.inputs import discover_inputs
-        from alps_client.readers import load_item
-        from alps_client.geo import write_geotiff_windows
-        from alps_client.tiling import stitch_windows
+        from alps_client.io.discovery import discover_inputs
+        from alps_client.io.readers import load_item
+        from alps_client.io.geotiff import write_geotiff_windows
+        from alps_client.io.tiling import stitch_windows
         root = Path({str(tmp_path)!r})
         src = root / "scene" / "big.tif"; src.parent.mkdir()
         n = 12000

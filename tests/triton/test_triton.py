@@ -16,7 +16,7 @@ import pytest
 from alps_client.backends.triton import TritonBackend
 from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
-from alps_client.mask_generator import MaskGenerator
+from alps_client.amg.generator import MaskGenerator
 from alps_client.synthetic import write_synthetic_dataset
 from tests.conftest import REPO_ROOT
 from tests.shapes import make_shapes_image

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.rle import decode_coco_rle
+from alps_client.masks import decode_coco_rle
 
 IGNORE = 255
 

@@ -9,59 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
+from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem, extension_of
+from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-VOLUME_EXTENSIONS = (".nii", ".nii.gz")
-PLAIN_COPY_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
-
-
-@dataclass(frozen=True)
-class InputItem:
-    """One image to label.
-
-    Attributes:
-        source: absolute path of the input file.
-        stem: unique, filename-safe output name.
-        kind: ``image`` (whole file), ``tile`` (a window of a large scene) or ``slice`` (of a volume).
-        scene: stem of the whole scene this item belongs to (== stem for whole images).
-        window: ``(x0, y0, x1, y1)`` in source pixels, for tiles.
-        slice_index: index along the slice axis, for volume slices.
-    """
-
-    source: str
-    stem: str
-    kind: Literal["image", "tile", "slice"] = "image"
-    scene: str = ""
-    window: tuple[int, int, int, int] | None = None
-    slice_index: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-ready: Prefect task results, shard metadata)."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class InputError:
-    """A rejected input: its path and why (one line)."""
-
-    path: str
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        """One line of ``errors.jsonl``: ``{"path", "reason"}``."""
-        return {"path": self.path, "reason": self.reason}
-
-
-def _extension(name: str) -> str:
-    lower = name.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
 
 
 def _stem_of(relative: Path) -> str:
@@ -84,7 +39,7 @@ def list_input_files(root: Path) -> list[Path]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and _extension(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
+            if not name.startswith(".") and extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
                 found.append(Path(dirpath) / name)
     return sorted(found, key=lambda p: str(p.relative_to(root)))
 
@@ -95,8 +50,6 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
     Raises:
         FileNotFoundError: If ``root`` does not exist.
     """
-    from alps_client.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
-
     config = config or InputConfig()
     root = Path(root).expanduser()
     if not root.exists():
@@ -113,7 +66,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
         used.add(stem)
         source = str(path.absolute())
         try:
-            if _extension(path.name) in VOLUME_EXTENSIONS:
+            if extension_of(path.name) in VOLUME_EXTENSIONS:
                 items += [
                     InputItem(source, f"{stem}__z{i:04d}", "slice", stem, None, i) for i in volume_slices(path, config)
                 ]
@@ -122,7 +75,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
         except InputImageError as err:
             errors.append(InputError(source, err.reason))
             continue
-        if height * width > MAX_PIL_PIXELS and _extension(path.name) not in (".tif", ".tiff"):
+        if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in (".tif", ".tiff"):
             errors.append(InputError(source, f"image is {width}x{height}, too large to decode whole; convert it to a "
                                              "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile"))
             continue
@@ -133,7 +86,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
         if config.tile is None or (height <= config.tile and width <= config.tile):
             items.append(InputItem(source, stem, "image", stem))
             continue
-        from alps_client.tiling import tile_windows
+        from alps_client.io.tiling import tile_windows
 
         for x0, y0, x1, y1 in tile_windows(height, width, config.tile, config.overlap):
             items.append(InputItem(source, f"{stem}__x{x0}_y{y0}", "tile", stem, (x0, y0, x1, y1)))

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from alps_client._imports import lazy_import
 from alps_client.backends.base import Embedding, SamBackend
-from alps_client.boxes import (
+from alps_client.amg.boxes import (
     batched_mask_to_box,
     box_area,
     box_xyxy_to_xywh,
@@ -29,12 +29,12 @@ from alps_client.boxes import (
     uncrop_points,
 )
 from alps_client.config import AmgConfig
-from alps_client.filtering import calculate_stability_score, remove_small_regions
-from alps_client.grids import build_all_layer_point_grids, generate_crop_boxes
-from alps_client.mask_data import MaskData
-from alps_client.rle import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle
-from alps_client.transforms import apply_coords
-from alps_client.upsample import postprocess_mask_window
+from alps_client.amg.filtering import calculate_stability_score, remove_small_regions
+from alps_client.amg.grids import build_all_layer_point_grids, generate_crop_boxes
+from alps_client.amg.mask_data import MaskData
+from alps_client.masks import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle
+from alps_client.backends.preprocess import apply_coords
+from alps_client.amg.upsample import postprocess_mask_window
 
 @dataclass
 class MaskGenerationResult:

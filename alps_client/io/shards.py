@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.atomic import write_with
+from alps_client.io.atomic import write_with
 
 SHARD_FORMAT = 1
 ShardStatus = Literal["missing", "current", "stale"]

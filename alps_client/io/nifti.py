@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client._imports import lazy_import
-from alps_client.atomic import atomic_path
+from alps_client.io.atomic import atomic_path
 
 
 def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,

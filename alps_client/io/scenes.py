@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 
 from alps_client.config import PipelineConfig
-from alps_client.geo import write_geotiff_label, write_geotiff_windows
-from alps_client.readers import image_size_of
-from alps_client.shards import read_shard_meta
-from alps_client.tiling import stitch_windows
-from alps_client.writer import split_of
+from alps_client.io.geotiff import write_geotiff_label, write_geotiff_windows
+from alps_client.io.readers import image_size_of
+from alps_client.io.shards import read_shard_meta
+from alps_client.io.tiling import stitch_windows
+from alps_client.io.writer import split_of
 
 # Stitched scenes up to this many pixels are also written as PNG (a PNG is written from memory).
 MAX_STITCHED_PNG_PIXELS = 64_000_000
@@ -69,12 +69,12 @@ def write_scene_outputs(out: str | Path, shard_paths: Sequence[str | Path], conf
                 import rasterio
 
                 with rasterio.open(out / "stitched" / f"{scene}.tif") as src:
-                    from alps_client.atomic import write_png
+                    from alps_client.io.atomic import write_png
 
                     write_png(out / "stitched" / f"{scene}.png", src.read(1))
             counts["stitched"] += 1
     if config.inputs.write_nifti_labels:
-        from alps_client.medical import write_label_volume
+        from alps_client.io.nifti import write_label_volume
 
         for scene, slices in sorted(volumes.items()):
             labels = {int(m["extra"]["input"]["slice_index"]): _read(_label_path(out, m["stem"], config)) for m in slices}

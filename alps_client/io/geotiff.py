@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client._imports import lazy_import
-from alps_client.atomic import atomic_path
+from alps_client.io.atomic import atomic_path
 
 _PROFILE = {"driver": "GTiff", "dtype": "uint8", "count": 1, "nodata": 255, "compress": "deflate"}
 

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from alps_client._imports import lazy_import
 from alps_client.config import ClusterConfig
 from alps_client.errors import AlpsError
-from alps_client.shards import read_pfl, read_shard_meta
+from alps_client.io.shards import read_pfl, read_shard_meta
 
 logger = logging.getLogger(__name__)
 AUTO_PCA_DIMS = 16

@@ -20,11 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from alps_client import atomic
-from alps_client.clustering import assign_clusters
+from alps_client.io import atomic
+from alps_client.labels.clustering import assign_clusters
 from alps_client.config import PipelineConfig
-from alps_client.painting import IGNORE, overlay, paint_label_map, palette
-from alps_client.shards import ImageShard, read_shard
+from alps_client.labels.painting import IGNORE, overlay, paint_label_map, palette
+from alps_client.io.shards import ImageShard, read_shard
 
 Split = Literal["train", "val"]
 

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
-from alps_client.inputs import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, InputItem, _extension
+from alps_client.io.items import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, InputItem, extension_of
 
 # Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
 MAX_UNTILED_PIXELS = 64_000_000
@@ -75,7 +75,7 @@ def _check_file(path: Path) -> None:
 
 
 def _is_tiff(path: Path) -> bool:
-    return _extension(path.name) in (".tif", ".tiff")
+    return extension_of(path.name) in (".tif", ".tiff")
 
 
 def _orientation(im: Image.Image) -> int:
@@ -177,7 +177,7 @@ def _load_pil(path: Path, config: InputConfig) -> LoadedImage:
     except (OSError, SyntaxError, ValueError) as err:
         raise _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
     rgb, extra = _to_rgb(data, valid, config)
-    plain = _extension(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
+    plain = extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
     extra["mode"] = mode
     return LoadedImage(rgb, valid, None, plain, extra)
 
@@ -276,7 +276,7 @@ def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage
     config = config or InputConfig()
     path = Path(item.source)
     _check_file(path)
-    if item.kind == "slice" or _extension(path.name) in VOLUME_EXTENSIONS:
+    if item.kind == "slice" or extension_of(path.name) in VOLUME_EXTENSIONS:
         return _load_slice(path, int(item.slice_index or 0), config)
     if _is_tiff(path):
         loaded = _load_tiff(path, config, item.window)

@@ -1,0 +1,1 @@
+"""Inputs and outputs: finding and reading images, shards on disk, the labelled dataset, GeoTIFF and NIfTI."""

@@ -1,0 +1,54 @@
+"""What discovery hands to reading: the input formats, one item to label, one rejected input."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz")
+PLAIN_COPY_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One image to label.
+
+    Attributes:
+        source: absolute path of the input file.
+        stem: unique, filename-safe output name.
+        kind: ``image`` (whole file), ``tile`` (a window of a large scene) or ``slice`` (of a volume).
+        scene: stem of the whole scene this item belongs to (== stem for whole images).
+        window: ``(x0, y0, x1, y1)`` in source pixels, for tiles.
+        slice_index: index along the slice axis, for volume slices.
+    """
+
+    source: str
+    stem: str
+    kind: Literal["image", "tile", "slice"] = "image"
+    scene: str = ""
+    window: tuple[int, int, int, int] | None = None
+    slice_index: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready: Prefect task results, shard metadata)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InputError:
+    """A rejected input: its path and why (one line)."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """One line of ``errors.jsonl``: ``{"path", "reason"}``."""
+        return {"path": self.path, "reason": self.reason}
+
+
+def extension_of(name: str) -> str:
+    """Lower-case extension of a file name, ``.nii.gz`` counted as one."""
+    lower = name.lower()
+    return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
