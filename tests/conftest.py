@@ -34,3 +34,20 @@ def embedded_backend(stand_in_repo: Path):
     backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=2))
     yield backend
     backend.close()
+
+
+@pytest.fixture(scope="session")
+def fake_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository selecting the numpy FAKE SAM (no export, no torch): for tests above the backend."""
+    from alps_client.backends.fake import write_fake_repository
+
+    return write_fake_repository(tmp_path_factory.mktemp("fake_repo"))
+
+
+@pytest.fixture(scope="session")
+def fake_backend(fake_repo: Path):
+    """The numpy fake SAM backend (see alps_client/backends/fake.py)."""
+    from alps_client.backends import make_backend
+    from alps_client.config import BackendConfig
+
+    return make_backend(BackendConfig(model_repository=str(fake_repo)))
