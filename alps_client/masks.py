@@ -1,15 +1,33 @@
-"""Run-length encodings of masks: COCO compressed RLE (pycocotools, fast) and Meta's uncompressed RLE."""
+"""The one mask representation of alps: COCO run-length encodings, from the generator to the writer.
+
+Masks are never held as one dense ``(N, H, W)`` array: 2,000 masks of a 1024 x 1024 image would be 2 GB each
+time. A :class:`MaskSet` keeps each mask as a COCO compressed RLE (``{"size": [H, W], "counts": str}``,
+JSON-ready, pycocotools' format) with its area and box; whatever needs pixels decodes a bounded chunk at a time
+(:func:`iter_decoded`). Areas and boxes always come from the RLE itself (pycocotools' ``area``/``toBbox``), so a
+COCO annotation's ``area`` and ``bbox`` agree with its segmentation by construction.
+
+pycocotools 2.0.x with numpy 2 raises ``OverflowError`` in ``mask.area`` for 256 or more RLEs in one call
+(it builds its result from a uint8 array); every call here is chunked below that, whatever the mask count.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pycocotools import mask as mask_utils
 
+Rle = dict[str, Any]
+# Largest list pycocotools' area() takes in one call with numpy 2 (see module docs).
+PYCOCOTOOLS_MAX_LIST = 255
+# Masks decoded at once where pixels are needed (painting, pooling, clean-up): bounded memory per image.
+DECODE_CHUNK = 32
 
-def encode_coco_rle(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
+
+def encode_coco_rle(masks: npt.NDArray[np.bool_]) -> list[Rle]:
     """``(N, H, W) bool`` masks to COCO compressed RLEs (``{"size": [H, W], "counts": str}``, JSON-ready)."""
     if masks.shape[0] == 0:
         return []
@@ -20,22 +38,88 @@ def encode_coco_rle(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
     return rles
 
 
-def decode_coco_rle(rles: list[dict[str, Any]]) -> npt.NDArray[np.bool_]:
-    """COCO RLEs (compressed or not) of one image size to ``(N, H, W) bool``."""
+def decode_coco_rle(rles: Sequence[Rle]) -> npt.NDArray[np.bool_]:
+    """COCO RLEs (compressed or not) of one image size to ``(N, H, W) bool``; use :func:`iter_decoded` for many."""
     if not rles:
         raise ValueError("decode_coco_rle needs at least one RLE (the image size comes from them)")
+    return mask_utils.decode([_to_coco(r) for r in rles]).transpose(2, 0, 1).astype(bool)
+
+
+def iter_decoded(rles: Sequence[Rle], chunk: int = DECODE_CHUNK) -> Iterator[tuple[int, npt.NDArray[np.bool_]]]:
+    """``(start, (n, H, W) bool)`` for consecutive chunks of at most ``chunk`` masks: memory bounded by the chunk."""
+    for start in range(0, len(rles), chunk):
+        yield start, decode_coco_rle(rles[start : start + chunk])
+
+
+def rle_areas(rles: Sequence[Rle]) -> npt.NDArray[np.int64]:
+    """``(N,) int64`` pixel areas of COCO RLEs, for any N (chunked below pycocotools' limit)."""
     objs = [_to_coco(r) for r in rles]
-    return mask_utils.decode(objs).transpose(2, 0, 1).astype(bool)
+    parts = [mask_utils.area(objs[i : i + PYCOCOTOOLS_MAX_LIST]) for i in range(0, len(objs), PYCOCOTOOLS_MAX_LIST)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0,), np.int64)
 
 
-def area_from_coco_rle(rles: list[dict[str, Any]]) -> npt.NDArray[np.int64]:
-    """Pixel areas of COCO RLEs."""
+def rle_boxes(rles: Sequence[Rle]) -> npt.NDArray[np.float64]:
+    """``(N, 4) float64`` COCO boxes ``[x, y, width, height]`` (pixel extent) of COCO RLEs; zeros for empty masks."""
     if not rles:
-        return np.zeros((0,), np.int64)
-    return mask_utils.area([_to_coco(r) for r in rles]).astype(np.int64)
+        return np.zeros((0, 4), np.float64)
+    return np.asarray(mask_utils.toBbox([_to_coco(r) for r in rles]), np.float64).reshape(-1, 4)
 
 
-def _to_coco(rle: dict[str, Any]) -> dict[str, Any]:
+def intersect(rles: Sequence[Rle], region: npt.NDArray[np.bool_]) -> list[Rle]:
+    """Each RLE clipped to an ``(H, W) bool`` region, computed on the encodings (no dense masks)."""
+    if not rles:
+        return []
+    (region_rle,) = encode_coco_rle(region[None])
+    region_obj = _to_coco(region_rle)
+    out = []
+    for rle in rles:
+        merged = mask_utils.merge([_to_coco(rle), region_obj], intersect=True)
+        out.append({"size": [int(v) for v in merged["size"]], "counts": merged["counts"].decode("ascii")})
+    return out
+
+
+class WindowEncoder:
+    """Encodes masks given as windows of an ``(H, W)`` frame into COCO RLEs, a bounded number at a time.
+
+    Masks are written into a reusable buffer stored transposed, ``(n, W, H)`` C-contiguous, which is pycocotools'
+    column-major layout, so encoding needs no copy; only the windows written are cleared after each flush.
+
+    Args:
+        image_size: ``(H, W)`` of the frame.
+        buffer_bytes: size of the buffer; it holds ``max(1, buffer_bytes // (H * W))`` masks (at most 32).
+    """
+
+    def __init__(self, image_size: tuple[int, int], buffer_bytes: int = 64 << 20) -> None:
+        self.h, self.w = int(image_size[0]), int(image_size[1])
+        slots = int(min(32, max(1, buffer_bytes // max(self.h * self.w, 1))))
+        self._buffer = np.zeros((slots, self.w, self.h), bool)
+        self._windows: list[tuple[int, int, int, int]] = []
+        self.rles: list[Rle] = []
+
+    def add(self, window: npt.NDArray[np.bool_], y0: int, x0: int) -> None:
+        """Add one mask: ``window (h, w) bool`` placed at row ``y0``, column ``x0``; zero elsewhere."""
+        h, w = window.shape
+        slot = len(self._windows)
+        self._buffer[slot, x0 : x0 + w, y0 : y0 + h] = window.T
+        self._windows.append((y0, y0 + h, x0, x0 + w))
+        if len(self._windows) == len(self._buffer):
+            self._flush()
+
+    def finish(self) -> list[Rle]:
+        """Every mask added, as RLEs in the order added."""
+        self._flush()
+        return self.rles
+
+    def _flush(self) -> None:
+        n = len(self._windows)
+        if n:
+            self.rles += encode_coco_rle(self._buffer[:n].transpose(0, 2, 1))
+            for slot, (y0, y1, x0, x1) in enumerate(self._windows):
+                self._buffer[slot, x0:x1, y0:y1] = False
+            self._windows.clear()
+
+
+def _to_coco(rle: Rle) -> Rle:
     counts = rle["counts"]
     h, w = rle["size"]
     if isinstance(counts, list):
@@ -43,7 +127,7 @@ def _to_coco(rle: dict[str, Any]) -> dict[str, Any]:
     return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
-def mask_to_rle(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
+def mask_to_rle(mask: npt.NDArray[np.bool_]) -> Rle:
     """One ``(H, W) bool`` mask to Meta's uncompressed RLE (column-major counts, starting with a 0-run)."""
     h, w = mask.shape
     flat = mask.T.ravel()
@@ -55,7 +139,7 @@ def mask_to_rle(mask: npt.NDArray[np.bool_]) -> dict[str, Any]:
     return {"size": [h, w], "counts": counts}
 
 
-def rle_to_mask(rle: dict[str, Any]) -> npt.NDArray[np.bool_]:
+def rle_to_mask(rle: Rle) -> npt.NDArray[np.bool_]:
     """Meta's uncompressed RLE to an ``(H, W) bool`` mask."""
     h, w = rle["size"]
     counts = np.asarray(rle["counts"], dtype=np.int64)
@@ -64,6 +148,69 @@ def rle_to_mask(rle: dict[str, Any]) -> npt.NDArray[np.bool_]:
     return np.repeat(values, counts).reshape(w, h).T
 
 
-def area_from_rle(rle: dict[str, Any]) -> int:
-    """Area of an uncompressed RLE."""
-    return int(sum(rle["counts"][1::2]))
+@dataclass
+class MaskSet:
+    """The masks of one image, as the generator found them and the writer writes them.
+
+    Attributes:
+        image_size: ``(H, W)`` of the image in pixels.
+        rles: ``N`` COCO compressed RLEs.
+        areas: ``(N,) int64`` pixels of each mask (pycocotools' area of the RLE).
+        bboxes: ``(N, 4) float64`` COCO ``[x, y, width, height]`` of each mask (pycocotools' toBbox of the RLE).
+        predicted_iou: ``(N,) float32`` the decoder's IoU prediction.
+        stability_score: ``(N,) float32``.
+        point_coords: ``(N, 2) float64`` the prompt point (x, y) in image pixels.
+        crop_boxes: ``(N, 4) int64`` XYWH crop each mask was found in.
+    """
+
+    image_size: tuple[int, int]
+    rles: list[Rle]
+    areas: npt.NDArray[np.int64]
+    bboxes: npt.NDArray[np.float64]
+    predicted_iou: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    stability_score: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    point_coords: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 2)))
+    crop_boxes: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    @classmethod
+    def from_rles(cls, image_size: tuple[int, int], rles: Sequence[Rle], **scores: Any) -> MaskSet:
+        """A set whose areas and boxes are measured on the RLEs; ``scores`` fill the other fields (default zeros)."""
+        n = len(rles)
+        defaults: dict[str, Any] = {
+            "predicted_iou": np.zeros(n, np.float32), "stability_score": np.zeros(n, np.float32),
+            "point_coords": np.zeros((n, 2)), "crop_boxes": np.zeros((n, 4), np.int64),
+        }
+        defaults.update({k: np.asarray(v) for k, v in scores.items()})
+        for name, value in defaults.items():
+            if len(value) != n:
+                raise ValueError(f"MaskSet field {name} has {len(value)} rows for {n} masks")
+        return cls((int(image_size[0]), int(image_size[1])), list(rles), rle_areas(rles), rle_boxes(rles), **defaults)
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int]) -> MaskSet:
+        """No masks."""
+        return cls.from_rles(image_size, [])
+
+    def select(self, index: npt.ArrayLike) -> MaskSet:
+        """The masks at ``index`` (a boolean mask or indices, in that order)."""
+        index = np.asarray(index)
+        rows = np.flatnonzero(index) if index.dtype == bool else index.astype(np.int64)
+        return MaskSet(self.image_size, [self.rles[i] for i in rows], self.areas[rows], self.bboxes[rows],
+                       self.predicted_iou[rows], self.stability_score[rows], self.point_coords[rows],
+                       self.crop_boxes[rows])
+
+    def clipped(self, region: npt.NDArray[np.bool_] | None) -> MaskSet:
+        """Every mask intersected with an ``(H, W) bool`` region (e.g. non-transparent pixels).
+
+        Areas and boxes are re-measured on the clipped RLEs; a region of None leaves the set unchanged.
+        """
+        if region is None or not len(self):
+            return self
+        if region.shape != self.image_size:
+            raise ValueError(f"region must be {self.image_size}, got {region.shape}")
+        rles = intersect(self.rles, region)
+        return MaskSet(self.image_size, rles, rle_areas(rles), rle_boxes(rles), self.predicted_iou,
+                       self.stability_score, self.point_coords, self.crop_boxes)

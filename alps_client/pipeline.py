@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from alps_client.amg.generator import MaskGenerator
 from alps_client.config import PipelineConfig
+from alps_client.io.shards import ImageShard, write_shard
 from alps_client.labels.features import pool_mask_features
 from alps_client.labels.gate import gate_keep
-from alps_client.amg.generator import MaskGenerator
-from alps_client.masks import decode_coco_rle, encode_coco_rle
-from alps_client.io.shards import ImageShard, write_shard
 
 
 @dataclass
@@ -42,6 +41,9 @@ def label_image(
 ) -> ImageSummary:
     """Label one RGB image and write its shard.
 
+    Masks stay run-length encoded throughout (see :mod:`alps_client.masks`): memory is bounded whatever their
+    number.
+
     Args:
         image: ``(H, W, 3) uint8`` RGB.
         stem: unique output name.
@@ -57,44 +59,20 @@ def label_image(
     Returns:
         Counts and per-stage timings (seconds).
     """
-    result = generator.generate_with_embedding(image)
+    result = generator.generate_masks(image)
     start = time.perf_counter()
     h, w = image.shape[:2]
-    records = result.records
-    if records and isinstance(records[0]["segmentation"], np.ndarray):
-        masks = np.stack([r["segmentation"] for r in records])
-    elif records:
-        masks = decode_coco_rle([r["segmentation"] for r in records])
-    else:
-        masks = np.zeros((0, h, w), bool)
-    if valid_mask is not None:
-        masks = masks & valid_mask[None]
-        image_area = int(valid_mask.sum())
-    else:
-        image_area = h * w
-    areas = masks.sum(axis=(1, 2)).astype(np.int64)
-    keep = gate_keep(areas, max(image_area, 1), config.gate.sigma) & (areas > 0)
+    masks = result.masks.clipped(valid_mask)
+    image_area = int(valid_mask.sum()) if valid_mask is not None else h * w
+    keep = gate_keep(masks.areas, max(image_area, 1), config.gate.sigma) & (masks.areas > 0)
     timings = dict(result.timings)
     timings["gate"] = time.perf_counter() - start
     start = time.perf_counter()
-    pfl = pool_mask_features(result.embedding, masks[keep], config.features)
+    pfl = pool_mask_features(result.embedding, [masks.rles[i] for i in np.flatnonzero(keep)], config.features)
     timings["features"] = time.perf_counter() - start
     start = time.perf_counter()
-    bboxes = np.array([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4)
-    shard = ImageShard(
-        stem=stem,
-        source=source,
-        image_size=(h, w),
-        fingerprint=fingerprint,
-        rles=encode_coco_rle(masks),
-        areas=areas,
-        bboxes=bboxes,
-        predicted_iou=np.array([r["predicted_iou"] for r in records], np.float32),
-        stability_score=np.array([r["stability_score"] for r in records], np.float32),
-        keep=keep,
-        pfl=pfl,
-        extra={"n_prompts": result.n_prompts, "image_area": image_area, **(extra or {})},
-    )
+    shard = ImageShard(stem=stem, source=source, fingerprint=fingerprint, masks=masks, keep=keep, pfl=pfl,
+                       extra={"n_prompts": result.n_prompts, "image_area": image_area, **(extra or {})})
     write_shard(shard_path, shard)
     timings["write_shard"] = time.perf_counter() - start
-    return ImageSummary(stem, str(shard_path), len(records), int(keep.sum()), int((~keep).sum()), timings)
+    return ImageSummary(stem, str(shard_path), len(masks), int(keep.sum()), int((~keep).sum()), timings)

@@ -22,7 +22,7 @@ SIZE = (64, 64)
 
 def make_shards(folder: Path, n_images: int, seed: int = 0) -> list[Path]:
     """Synthetic shards: 20 small masks per 64x64 image, PFLs drawn around 8 centres."""
-    from alps_client.masks import encode_coco_rle
+    from alps_client.masks import MaskSet, encode_coco_rle
     from alps_client.io.shards import ImageShard, write_shard
 
     rng = np.random.default_rng(seed)
@@ -31,13 +31,11 @@ def make_shards(folder: Path, n_images: int, seed: int = 0) -> list[Path]:
     for i in range(MASKS_PER_IMAGE):
         y, x = divmod(i, 5)
         masks[i, y * 16 : y * 16 + 12, x * 12 : x * 12 + 10] = True
-    rles = encode_coco_rle(masks)
+    mask_set = MaskSet.from_rles(SIZE, encode_coco_rle(masks))
     paths = []
     for k in range(n_images):
         pfl = (centres[rng.integers(0, 8, MASKS_PER_IMAGE)] + rng.normal(0, 0.1, (MASKS_PER_IMAGE, 256))).astype(np.float32)
-        shard = ImageShard(f"img_{k:05d}", "synthetic", SIZE, "f", rles, masks.sum((1, 2)), np.zeros((MASKS_PER_IMAGE, 4)),
-                           np.ones(MASKS_PER_IMAGE, np.float32), np.ones(MASKS_PER_IMAGE, np.float32),
-                           np.ones(MASKS_PER_IMAGE, bool), pfl)
+        shard = ImageShard(f"img_{k:05d}", "synthetic", "f", mask_set, np.ones(MASKS_PER_IMAGE, bool), pfl)
         path = folder / f"img_{k:05d}.npz"
         write_shard(path, shard)
         paths.append(path)

@@ -47,3 +47,20 @@ def make_shapes_scene(seed: int = 0, size: tuple[int, int] = (192, 256), n_shape
 def make_shapes_image(seed: int = 0, size: tuple[int, int] = (192, 256)) -> np.ndarray:
     """Just the ``(H, W, 3) uint8`` image of :func:`make_shapes_scene`."""
     return make_shapes_scene(seed, size)[0]
+
+
+def make_checkerboard(cells: int, size: tuple[int, int] = (640, 640)) -> tuple[np.ndarray, tuple]:
+    """A dense scene: ``cells x cells`` rectangles, neighbours always in strongly different colours.
+
+    Returns:
+        ``(image (H, W, 3) uint8, point_grid)``: the grid (normalised x, y) has one point at each cell centre, so
+        each cell is prompted once (an AmgConfig ``point_grids`` entry).
+    """
+    colours = np.array([(230, 30, 30), (30, 200, 40), (40, 60, 230), (240, 220, 40),
+                        (200, 40, 220), (30, 220, 220), (250, 250, 250), (20, 20, 20)], np.uint8)
+    h, w = size
+    rows = (np.arange(h) * cells // h)[:, None]
+    cols = (np.arange(w) * cells // w)[None, :]
+    index = (rows % 2) + 2 * (cols % 2) + 4 * ((rows // 2 + cols // 2) % 2)
+    centres = (np.arange(cells) + 0.5) / cells
+    return colours[index], (tuple((float(x), float(y)) for y in centres for x in centres),)

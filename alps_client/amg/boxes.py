@@ -30,6 +30,26 @@ def box_xyxy_to_xywh(box: Sequence[float] | npt.NDArray) -> list:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+def boxes_xyxy_to_xywh(boxes: npt.NDArray) -> npt.NDArray:
+    """``(N, 4)`` XYXY boxes to XYWH (a new array, same dtype)."""
+    out = np.array(boxes, copy=True)
+    out[:, 2:] -= out[:, :2]
+    return out
+
+
+def window_mask_box(window: npt.NDArray[np.bool_], y0: int, x0: int) -> npt.NDArray[np.int64]:
+    """XYXY box ``(4,) int64`` (inclusive max coords, as :func:`batched_mask_to_box`) of a mask given as a window.
+
+    ``window (h, w) bool`` sits at row ``y0``, column ``x0`` of a frame that is zero elsewhere; an empty mask
+    gives ``[0, 0, 0, 0]``.
+    """
+    rows = np.flatnonzero(window.any(axis=1))
+    if len(rows) == 0:
+        return np.zeros(4, np.int64)
+    cols = np.flatnonzero(window.any(axis=0))
+    return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]], np.int64)
+
+
 def box_area(boxes: npt.NDArray) -> npt.NDArray:
     """Areas of ``(N, 4)`` XYXY boxes, in the boxes' dtype."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -91,14 +111,3 @@ def uncrop_boxes_xyxy(boxes: npt.NDArray, crop_box: Sequence[int]) -> npt.NDArra
 def uncrop_points(points: npt.NDArray, crop_box: Sequence[int]) -> npt.NDArray:
     """Shift ``(N, 2)`` points (x, y) from the crop frame to the image frame."""
     return points + np.array([crop_box[0], crop_box[1]], dtype=points.dtype)
-
-
-def uncrop_masks(masks: npt.NDArray[np.bool_], crop_box: Sequence[int], orig_h: int, orig_w: int) -> npt.NDArray[np.bool_]:
-    """Zero-pad ``(N, h, w)`` crop masks into the ``(orig_h, orig_w)`` image frame."""
-    x0, y0, x1, y1 = crop_box
-    if x0 == 0 and y0 == 0 and x1 == orig_w and y1 == orig_h:
-        return masks
-    # Stored (N, W, H) and returned as an (N, H, W) view: column-major per mask, as RLE encoding wants.
-    out = np.zeros((masks.shape[0], orig_w, orig_h), dtype=masks.dtype).transpose(0, 2, 1)
-    out[:, y0:y1, x0:x1] = masks
-    return out

@@ -17,38 +17,39 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client._imports import lazy_import
-from alps_client.backends.base import Embedding, SamBackend
 from alps_client.amg.boxes import (
     batched_mask_to_box,
     box_area,
     box_xyxy_to_xywh,
+    boxes_xyxy_to_xywh,
     is_box_near_crop_edge,
     nms,
     uncrop_boxes_xyxy,
-    uncrop_masks,
     uncrop_points,
+    window_mask_box,
 )
-from alps_client.config import AmgConfig
 from alps_client.amg.filtering import calculate_stability_score, remove_small_regions
 from alps_client.amg.grids import build_all_layer_point_grids, generate_crop_boxes
 from alps_client.amg.mask_data import MaskData
-from alps_client.masks import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle
-from alps_client.backends.preprocess import apply_coords
 from alps_client.amg.upsample import postprocess_mask_window
+from alps_client.backends.base import Embedding, SamBackend
+from alps_client.backends.preprocess import apply_coords
+from alps_client.config import AmgConfig
+from alps_client.masks import MaskSet, WindowEncoder, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_areas
+
 
 @dataclass
 class MaskGenerationResult:
-    """Masks of one image and what the ALPS core needs next.
+    """Masks of one image and what the ALPS stages need next.
 
     Attributes:
-        records: Meta's record dicts (segmentation per ``output_mode``, area, bbox XYWH, predicted_iou,
-            point_coords, stability_score, crop_box XYWH).
+        masks: the masks as a :class:`MaskSet` (COCO RLE, areas, boxes, scores), in Meta's output order.
         embedding: the whole image's embedding (crop layer 0), reused for pseudo feature labels.
         timings: seconds spent in ``encoder``, ``decoder`` and ``postprocess``.
         n_prompts: decoder prompts issued (points over all crops).
     """
 
-    records: list[dict[str, Any]]
+    masks: MaskSet
     embedding: Embedding
     timings: dict[str, float] = field(default_factory=dict)
     n_prompts: int = 0
@@ -79,11 +80,23 @@ class MaskGenerator:
         self.points_per_batch = c.points_per_batch or backend.prompt_batch_size
 
     def generate(self, image: npt.NDArray[np.uint8]) -> list[dict[str, Any]]:
-        """Masks of an ``(H, W, 3) uint8`` RGB image as Meta's records."""
-        return self.generate_with_embedding(image).records
+        """Masks of an ``(H, W, 3) uint8`` RGB image as Meta's records (``output_mode`` decides the segmentation)."""
+        data, _, _, _ = self._run(image)
+        return self._records(data)
 
-    def generate_with_embedding(self, image: npt.NDArray[np.uint8]) -> MaskGenerationResult:
-        """Masks of an ``(H, W, 3) uint8`` RGB image, with its embedding and per-stage timings."""
+    def generate_masks(self, image: npt.NDArray[np.uint8]) -> MaskGenerationResult:
+        """Masks of an ``(H, W, 3) uint8`` RGB image as a :class:`MaskSet`, with the embedding and timings.
+
+        Memory stays bounded whatever the number of masks: they are never all decoded at once.
+        """
+        data, embedding, n_prompts, timings = self._run(image)
+        rles = data["rles"] if len(data) else []
+        scores = {"predicted_iou": data["iou_preds"], "stability_score": data["stability_score"],
+                  "point_coords": data["points"], "crop_boxes": boxes_xyxy_to_xywh(data["crop_boxes"])} if len(data) else {}
+        masks = MaskSet.from_rles((int(image.shape[0]), int(image.shape[1])), rles, **scores)
+        return MaskGenerationResult(masks, embedding, timings, n_prompts)
+
+    def _run(self, image: npt.NDArray[np.uint8]) -> tuple[MaskData, Embedding, int, dict[str, float]]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
         timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
@@ -93,23 +106,22 @@ class MaskGenerator:
             data = self.postprocess_small_regions(
                 data, self.config.min_mask_region_area, max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
             )
-        records = self._records(data)
         timings["postprocess"] += time.perf_counter() - start
-        return MaskGenerationResult(records, embedding, timings, n_prompts)
+        return data, embedding, n_prompts, timings
 
     def _records(self, data: MaskData) -> list[dict[str, Any]]:
+        """Meta's record dicts; dense masks only for ``binary_mask`` (Meta's own output), one at a time."""
         mode = self.config.output_mode
         rles = data["rles"] if len(data) else []
-        areas = area_from_coco_rle(rles)
-        binary = decode_coco_rle(rles) if rles and mode != "coco_rle" else None
+        areas = rle_areas(rles)
         records = []
         for idx in range(len(rles)):
             if mode == "coco_rle":
                 segmentation: Any = rles[idx]
             elif mode == "binary_mask":
-                segmentation = binary[idx]  # type: ignore[index]
+                segmentation = decode_coco_rle(rles[idx : idx + 1])[0]
             else:
-                segmentation = mask_to_rle(binary[idx])  # type: ignore[index]
+                segmentation = mask_to_rle(decode_coco_rle(rles[idx : idx + 1])[0])
             records.append({
                 "segmentation": segmentation,
                 "area": int(areas[idx]),
@@ -200,60 +212,63 @@ class MaskGenerator:
         # Filter by predicted IoU before anything is upsampled.
         keep = np.flatnonzero(iou_preds > c.pred_iou_thresh) if c.pred_iou_thresh > 0.0 else np.arange(len(iou_preds))
 
-        # Upsample and score survivors only, each over the window where its logits can pass a threshold.
+        # Upsample and score survivors only, each over the window where its logits can pass a threshold; encode
+        # kept masks straight into the image frame, a few at a time (memory bounded whatever the mask count).
         floor = c.mask_threshold - abs(c.stability_score_offset)
-        # Masks are written transposed, (N, W, H): pycocotools' column-major layout, so RLE needs no copy.
-        masks_t = np.zeros((len(keep), im_size[1], im_size[0]), bool)
-        kept_index, kept_stability = [], []
+        image_box = [0, 0, orig_w, orig_h]
+        encoder = WindowEncoder(orig_size)
+        kept_index, kept_stability, kept_boxes = [], [], []
         for i in keep:
-            (y0, y1, x0, x1), logits = postprocess_mask_window(
+            (y0, _, x0, _), logits = postprocess_mask_window(
                 low_res[i], embedding.input_size, im_size, floor, self.backend.manifest.image_size
             )
             stability = calculate_stability_score(logits[None], c.mask_threshold, c.stability_score_offset)[0]
             if c.stability_score_thresh > 0.0 and not stability >= c.stability_score_thresh:
                 continue
-            masks_t[len(kept_index), x0:x1, y0:y1] = (logits > np.float32(c.mask_threshold)).T
+            binary = logits > np.float32(c.mask_threshold)
+            box = window_mask_box(binary, y0, x0)
+            # Filter boxes that touch crop boundaries.
+            if is_box_near_crop_edge(box[None], crop_box, image_box)[0]:
+                continue
+            encoder.add(binary, y0 + crop_box[1], x0 + crop_box[0])
             kept_index.append(i)
             kept_stability.append(stability)
+            kept_boxes.append(box)
+        timings["postprocess"] += time.perf_counter() - start
         if not kept_index:
-            timings["postprocess"] += time.perf_counter() - start
             return MaskData()
-        masks = masks_t[: len(kept_index)].transpose(0, 2, 1)  # (N, H, W) view
         index = np.asarray(kept_index, np.int64)
-        data = MaskData(
+        return MaskData(
             iou_preds=iou_preds[index],
             points=point_rows[index],
             stability_score=np.asarray(kept_stability, np.float32),
-            boxes=batched_mask_to_box(masks),
+            boxes=np.stack(kept_boxes),
+            rles=encoder.finish(),
         )
-        # Filter boxes that touch crop boundaries.
-        near_edge = is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
-        if near_edge.any():
-            data.filter(~near_edge)
-            masks = masks[~near_edge]
-        data["rles"] = encode_coco_rle(uncrop_masks(masks, crop_box, orig_h, orig_w))
-        timings["postprocess"] += time.perf_counter() - start
-        return data
 
     @staticmethod
     def postprocess_small_regions(mask_data: MaskData, min_area: int, nms_thresh: float) -> MaskData:
         """Fill small holes and drop small islands, then NMS again preferring unchanged masks (Meta's rules)."""
         if len(mask_data) == 0:
             return mask_data
-        new_masks, scores = [], []
-        for mask in decode_coco_rle(mask_data["rles"]):
+        # One mask at a time: memory stays bounded whatever the mask count.
+        scores, boxes, changed_rles = [], [], {}
+        for i, rle in enumerate(mask_data["rles"]):
+            mask = decode_coco_rle([rle])[0]
             mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
             mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
-            new_masks.append(mask)
-            scores.append(float(not (changed_holes or changed_islands)))
-        masks = np.stack(new_masks)
-        boxes = batched_mask_to_box(masks)
-        keep = nms(boxes, np.asarray(scores, np.float32), nms_thresh)
+            unchanged = not (changed_holes or changed_islands)
+            scores.append(float(unchanged))
+            boxes.append(mask_data["boxes"][i] if unchanged else batched_mask_to_box(mask[None])[0])
+            if not unchanged:
+                changed_rles[i] = encode_coco_rle(mask[None])[0]
+        boxes_array = np.stack(boxes).astype(np.int64)
+        keep = nms(boxes_array, np.asarray(scores, np.float32), nms_thresh)
         rles = list(mask_data["rles"])
         for i in keep:
-            if scores[i] == 0.0:
-                rles[i] = encode_coco_rle(masks[i : i + 1])[0]
-                mask_data["boxes"][i] = boxes[i]
+            if i in changed_rles:
+                rles[i] = changed_rles[i]
+                mask_data["boxes"][i] = boxes_array[i]
         mask_data["rles"] = rles
         mask_data.filter(keep)
         return mask_data

@@ -12,9 +12,10 @@ and no torch. A model repository whose manifest says ``model_type: "fake"`` (wri
   per 16x16 cell), channels 48-255 the cell's colour mean and spread under a fixed orthonormal projection, so
   pooled features describe colour and texture.
 - **Decoder**: the low-res colour frame is unpacked and split into *regions*: connected pixels with no colour
-  edge between them. A prompt's three masks are SAM's sub-part / part / whole: its region cut by a disc around
-  a tile of a fixed grid, its region, and every region of about the same colour. Logits are ``+/-LOGIT``; predicted IoUs are
-  fixed per granularity (lower for cut or merged masks).
+  edge between them. A prompt's three masks are SAM's sub-part / part / whole: its region within one tile of a
+  fixed grid, its region, and every region of about the same colour. Logits are ``LOGIT`` inside and
+  ``-LOGIT / 2`` outside (asymmetric, so that upsampling never puts a boundary pixel exactly on the 0 threshold);
+  predicted IoUs are fixed per granularity (lower for cut or merged masks).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class FakeSamBackend:
             self.decode_calls += 1
         regions = self._regions_of(embedding.features)
         b = point_coords.shape[0]
-        logits = np.full((b, 3, LOW_RES, LOW_RES), -LOGIT, np.float32)
+        logits = np.full((b, 3, LOW_RES, LOW_RES), -LOGIT / 2, np.float32)
         ious = np.zeros((b, 3), np.float32)
         for i in range(b):
             foreground = np.flatnonzero(point_labels[i] == 1)

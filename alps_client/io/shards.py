@@ -1,4 +1,4 @@
-"""Per-image shards: masks (COCO RLE), scores, gate decisions and PFLs of one image, written atomically.
+"""Per-image shards: the masks (a MaskSet), gate decisions and PFLs of one image, written atomically.
 
 A shard is one ``.npz`` file. Its ``meta`` entry (JSON) carries the fingerprint of the model and labelling
 configuration that produced it, so a rerun can skip current shards and refuse to mix stale ones.
@@ -17,8 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.io.atomic import write_with
+from alps_client.masks import MaskSet
 
-SHARD_FORMAT = 1
+# 2: masks as one RLE blob + offsets (the JSON metadata stays small), prompt points and crop boxes kept.
+SHARD_FORMAT = 2
 ShardStatus = Literal["missing", "current", "stale"]
 
 
@@ -29,13 +31,8 @@ class ImageShard:
     Attributes:
         stem: unique output name of the image.
         source: input path it was read from.
-        image_size: ``(H, W)`` in pixels.
         fingerprint: model + labelling configuration identity (see :func:`shard_fingerprint`).
-        rles: COCO compressed RLE of every mask found (kept and gated).
-        areas: ``(M,) int64`` mask areas in pixels.
-        bboxes: ``(M, 4) float64`` XYWH boxes.
-        predicted_iou: ``(M,) float32``.
-        stability_score: ``(M,) float32``.
+        masks: every mask found (kept and gated), clipped to the image's valid pixels.
         keep: ``(M,) bool`` gate decisions (True = kept).
         pfl: ``(K, 256) float32`` pseudo feature labels of the kept masks, in mask order.
         extra: small JSON-able metadata (timings, prompts, valid pixels, geo info).
@@ -43,20 +40,25 @@ class ImageShard:
 
     stem: str
     source: str
-    image_size: tuple[int, int]
     fingerprint: str
-    rles: list[dict[str, Any]]
-    areas: npt.NDArray[np.int64]
-    bboxes: npt.NDArray[np.float64]
-    predicted_iou: npt.NDArray[np.float32]
-    stability_score: npt.NDArray[np.float32]
+    masks: MaskSet
     keep: npt.NDArray[np.bool_]
     pfl: npt.NDArray[np.float32]
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        return self.masks.image_size
+
+    @property
     def n_kept(self) -> int:
+        """Masks kept by the gate."""
         return int(self.keep.sum())
+
+    def kept_masks(self) -> MaskSet:
+        """The kept masks, in the order of their PFL rows."""
+        return self.masks.select(self.keep)
 
 
 def shard_fingerprint(model_fingerprint: str, labelling_config: dict[str, Any]) -> str:
@@ -72,23 +74,29 @@ def shard_path(shard_dir: str | Path, stem: str) -> Path:
 
 def write_shard(path: str | Path, shard: ImageShard) -> None:
     """Write a shard atomically (temp file + rename): a killed run never leaves a half shard."""
+    masks = shard.masks
     meta = {
         "format": SHARD_FORMAT,
         "stem": shard.stem,
         "source": shard.source,
         "image_size": list(shard.image_size),
         "fingerprint": shard.fingerprint,
-        "rles": shard.rles,
-        "n_masks": len(shard.rles),
+        "n_masks": len(masks),
         "n_kept": shard.n_kept,
         "extra": shard.extra,
     }
+    counts = [r["counts"].encode("ascii") for r in masks.rles]
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in counts], dtype=np.int64)]).astype(np.int64)
     arrays = {
         "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8),
-        "areas": np.asarray(shard.areas, np.int64),
-        "bboxes": np.asarray(shard.bboxes, np.float64).reshape(-1, 4),
-        "predicted_iou": np.asarray(shard.predicted_iou, np.float32),
-        "stability_score": np.asarray(shard.stability_score, np.float32),
+        "rle_counts": np.frombuffer(b"".join(counts), dtype=np.uint8),
+        "rle_offsets": offsets,
+        "areas": np.asarray(masks.areas, np.int64),
+        "bboxes": np.asarray(masks.bboxes, np.float64).reshape(-1, 4),
+        "predicted_iou": np.asarray(masks.predicted_iou, np.float32),
+        "stability_score": np.asarray(masks.stability_score, np.float32),
+        "point_coords": np.asarray(masks.point_coords, np.float64).reshape(-1, 2),
+        "crop_boxes": np.asarray(masks.crop_boxes, np.int64).reshape(-1, 4),
         "keep": np.asarray(shard.keep, bool),
         "pfl": np.asarray(shard.pfl, np.float32).reshape(-1, shard.pfl.shape[-1] if shard.pfl.size else 256),
     }
@@ -105,20 +113,14 @@ def read_shard(path: str | Path) -> ImageShard:
     """Read a whole shard."""
     with np.load(path) as data:
         meta = json.loads(data["meta"].tobytes().decode("utf-8"))
-        return ImageShard(
-            stem=meta["stem"],
-            source=meta["source"],
-            image_size=(int(meta["image_size"][0]), int(meta["image_size"][1])),
-            fingerprint=meta["fingerprint"],
-            rles=meta["rles"],
-            areas=data["areas"],
-            bboxes=data["bboxes"],
-            predicted_iou=data["predicted_iou"],
-            stability_score=data["stability_score"],
-            keep=data["keep"],
-            pfl=data["pfl"],
-            extra=meta.get("extra", {}),
-        )
+        size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
+        blob, offsets = data["rle_counts"].tobytes(), data["rle_offsets"]
+        rles = [{"size": list(size), "counts": blob[offsets[i] : offsets[i + 1]].decode("ascii")}
+                for i in range(len(offsets) - 1)]
+        masks = MaskSet(size, rles, data["areas"], data["bboxes"], data["predicted_iou"], data["stability_score"],
+                        data["point_coords"], data["crop_boxes"])
+        return ImageShard(stem=meta["stem"], source=meta["source"], fingerprint=meta["fingerprint"], masks=masks,
+                          keep=data["keep"], pfl=data["pfl"], extra=meta.get("extra", {}))
 
 
 def read_pfl(path: str | Path) -> npt.NDArray[np.float32]:

@@ -21,6 +21,7 @@ coverage is pulled back onto the 64x64 embedding grid (``Ry^T C Rx``) and contra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -28,6 +29,7 @@ import numpy.typing as npt
 
 from alps_client.backends.base import Embedding
 from alps_client.config import FeatureConfig
+from alps_client.masks import Rle, iter_decoded
 
 CELL_PIXELS = 16  # pixels of the 1024 frame per embedding cell
 MASKS_PER_CHUNK = 32  # masks converted to float at once
@@ -57,37 +59,31 @@ def area_resize_matrix(in_size: int, out_size: int) -> npt.NDArray[np.float64]:
     return np.clip(hi - lo, 0.0, None) / (in_size / out_size)
 
 
-def mask_coverage(masks: npt.NDArray[np.bool_], size: int) -> npt.NDArray[np.float64]:
-    """``(N, H, W) bool`` -> ``(N, size, size)`` covered fraction of each output pixel (area-weighted resize)."""
-    _, h, w = masks.shape
-    ay = area_resize_matrix(h, size)
-    ax = area_resize_matrix(w, size)
-    return np.einsum("ih,nhw,jw->nij", ay, masks.astype(np.float64), ax, optimize=True)
 
 
 def pool_mask_features(
-    embedding: Embedding, masks: npt.NDArray[np.bool_], config: FeatureConfig | None = None
+    embedding: Embedding, masks: Sequence[Rle], config: FeatureConfig | None = None
 ) -> npt.NDArray[np.float32]:
     """One pseudo feature label per mask.
 
     Args:
         embedding: the image's embedding (``features (256, 64, 64)``, ``input_size``, ``original_size``).
-        masks: ``(N, H, W) bool`` masks in the original image frame (H, W = ``embedding.original_size``).
+        masks: COCO RLEs of the masks in the original image frame (size = ``embedding.original_size``); they are
+            decoded ``MASKS_PER_CHUNK`` at a time, so memory is bounded whatever their number.
         config: feature frame size and L2 normalisation.
 
     Returns:
         ``(N, 256) float32``; an empty mask gives a zero vector.
     """
     config = config or FeatureConfig()
-    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(embedding.original_size):
-        raise ValueError(
-            f"masks must be (N, H, W) with (H, W) = original_size {tuple(embedding.original_size)}, got {masks.shape}"
-        )
     channels, grid_h, grid_w = embedding.features.shape
     if len(masks) == 0:
         return np.zeros((0, channels), np.float32)
+    h, w = (int(v) for v in masks[0]["size"])
+    if (h, w) != tuple(embedding.original_size) or any(tuple(m["size"]) != (h, w) for m in masks):
+        raise ValueError(f"masks must all be of the embedding's original_size {tuple(embedding.original_size)}, "
+                         f"got {sorted({tuple(m['size']) for m in masks})}")
     size = config.feature_size
-    _, h, w = masks.shape
     # Pull the coverage back onto the embedding grid: (Ry^T Ay) M (Ax^T Rx), then contract with F.
     ry = embedding_resample_matrix(embedding.input_size[0] / CELL_PIXELS, grid_h, size)  # (S, 64)
     rx = embedding_resample_matrix(embedding.input_size[1] / CELL_PIXELS, grid_w, size)
@@ -97,8 +93,8 @@ def pool_mask_features(
     flat_features = embedding.features.reshape(channels, -1).T  # (64*64, C)
     pooled = np.empty((len(masks), channels), np.float64)
     totals = np.empty(len(masks), np.float64)
-    for lo in range(0, len(masks), MASKS_PER_CHUNK):  # bounded memory for large images
-        m = masks[lo : lo + MASKS_PER_CHUNK].astype(np.float32)
+    for lo, chunk in iter_decoded(masks, MASKS_PER_CHUNK):
+        m = chunk.astype(np.float32)
         grid_weights = np.matmul(np.matmul(py32, m), px32)  # (n, 64, 64)
         pooled[lo : lo + len(m)] = grid_weights.reshape(len(m), -1) @ flat_features
         totals[lo : lo + len(m)] = m.sum(axis=(1, 2), dtype=np.float64) * (size * size) / float(h * w)

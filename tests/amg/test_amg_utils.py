@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from alps_client.amg.boxes import batched_mask_to_box, is_box_near_crop_edge, nms, uncrop_masks
+from alps_client.amg.boxes import batched_mask_to_box, is_box_near_crop_edge, nms, window_mask_box
 from alps_client.amg.filtering import calculate_stability_score, remove_small_regions
 from alps_client.amg.grids import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
 from alps_client.amg.mask_data import MaskData
-from alps_client.masks import area_from_coco_rle, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_to_mask
+from alps_client.masks import rle_areas, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_to_mask
 from alps_client.amg.upsample import postprocess_masks
 from export.tv_shim import install_torchvision_shim
 
@@ -80,7 +80,7 @@ def test_rle_roundtrip_and_meta_format():
     coco = encode_coco_rle(masks)
     assert all(isinstance(r["counts"], str) for r in coco)
     np.testing.assert_array_equal(decode_coco_rle(coco), masks)
-    assert area_from_coco_rle(coco).tolist() == masks.sum((1, 2)).tolist()
+    assert rle_areas(coco).tolist() == masks.sum((1, 2)).tolist()
 
 
 def test_stability_score_matches_meta():
@@ -123,9 +123,16 @@ def test_crop_edge_and_uncrop():
     # Crop [100, 100, 200, 200] of a 300x300 image: box 0 touches the crop's top-left corner, not the image's.
     assert is_box_near_crop_edge(boxes, [100, 100, 200, 200], [0, 0, 300, 300]).tolist() == [True, False]
     assert not is_box_near_crop_edge(boxes, [0, 0, 300, 300], [0, 0, 300, 300]).any()
-    masks = np.ones((1, 2, 3), bool)
-    out = uncrop_masks(masks, [1, 2, 4, 4], 5, 6)
-    assert out.shape == (1, 5, 6) and out.sum() == 6 and out[0, 2:4, 1:4].all()
+
+
+def test_window_box_equals_the_box_of_the_whole_frame_mask():
+    rng = np.random.RandomState(3)
+    for _ in range(20):
+        window = rng.rand(7, 9) > 0.9
+        frame = np.zeros((1, 20, 30), bool)
+        frame[0, 5:12, 11:20] = window
+        assert window_mask_box(window, 5, 11).tolist() == batched_mask_to_box(frame)[0].tolist()
+    assert window_mask_box(np.zeros((3, 3), bool), 4, 4).tolist() == [0, 0, 0, 0]
 
 
 def test_mask_data_filter_and_cat():

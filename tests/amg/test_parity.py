@@ -65,9 +65,17 @@ def test_parity_at_meta_defaults(embedded_backend, stand_in_sam):
     """Meta's defaults exactly (32x32 grid, the paper's setting) on one small image."""
     image, _ = make_shapes_scene(seed=5, size=(128, 160))
     theirs = SamAutomaticMaskGenerator(stand_in_sam).generate(image)
-    result = MaskGenerator(embedded_backend).generate_with_embedding(image)
-    assert_same_masks(result.records, theirs)
-    assert result.n_prompts == 32 * 32
+    generator = MaskGenerator(embedded_backend)
+    records = generator.generate(image)
+    assert_same_masks(records, theirs)
+    # The mask set the pipeline uses holds the same masks, areas and scores as the records.
+    result = generator.generate_masks(image)
+    assert len(result.masks) == len(records) and result.n_prompts == 32 * 32
+    assert result.masks.areas.tolist() == [r["area"] for r in records]
+    assert result.masks.predicted_iou.tolist() == [np.float32(r["predicted_iou"]) for r in records]
+    for rle, record in zip(result.masks.rles, records):
+        np.testing.assert_array_equal(mask_utils.decode({**rle, "counts": rle["counts"].encode()}).astype(bool),
+                                      record["segmentation"])
     assert result.embedding.original_size == (128, 160)
     assert set(result.timings) == {"encoder", "decoder", "postprocess"}
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alps_client.labels import clustering
-from alps_client.labels.clustering import assign_clusters, estimate_n_clusters, fit_centroids, load_centroids
 from alps_client.config import ClusterConfig
 from alps_client.errors import AlpsError
 from alps_client.io.shards import ImageShard, write_shard
+from alps_client.labels import clustering
+from alps_client.labels.clustering import assign_clusters, estimate_n_clusters, fit_centroids, load_centroids
+from alps_client.masks import MaskSet, encode_coco_rle
 
 
 def blobs(n_clusters: int, per_cluster: int, seed: int, dim: int = 256, spread: float = 0.05):
@@ -26,11 +27,9 @@ def write_pfl_shards(root, x, per_shard: int = 37):
     for i, start in enumerate(range(0, len(x), per_shard)):
         pfl = x[start : start + per_shard]
         n = len(pfl)
-        shard = ImageShard(
-            stem=f"img_{i:04d}", source="synthetic", image_size=(8, 8), fingerprint="f", rles=[{}] * n,
-            areas=np.ones(n, np.int64), bboxes=np.zeros((n, 4)), predicted_iou=np.ones(n, np.float32),
-            stability_score=np.ones(n, np.float32), keep=np.ones(n, bool), pfl=pfl,
-        )
+        masks = MaskSet.from_rles((8, 8), encode_coco_rle(np.ones((n, 8, 8), bool)))
+        shard = ImageShard(stem=f"img_{i:04d}", source="synthetic", fingerprint="f", masks=masks,
+                           keep=np.ones(n, bool), pfl=pfl)
         path = root / f"img_{i:04d}.npz"
         write_shard(path, shard)
         paths.append(path)

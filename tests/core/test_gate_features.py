@@ -9,6 +9,7 @@ from alps_client.backends.base import Embedding
 from alps_client.config import FeatureConfig, GateConfig
 from alps_client.labels.features import pool_mask_features
 from alps_client.labels.gate import gate_keep, instance_proportion
+from alps_client.masks import encode_coco_rle as rle
 
 
 def test_gate_boundaries():
@@ -58,27 +59,27 @@ def test_pfl_matches_brute_force():
     masks[0, 5:20, 10:40] = True
     masks[1, 30:32, 3:4] = True  # tiny: 2 pixels, far smaller than an output cell
     masks[2] = rng.rand(35, 51) > 0.7
-    ours = pool_mask_features(emb, masks, FeatureConfig(feature_size=24, l2_normalize=False))
+    ours = pool_mask_features(emb, rle(masks), FeatureConfig(feature_size=24, l2_normalize=False))
     for k in range(3):
         np.testing.assert_allclose(ours[k], brute_force_pfl(emb, masks[k], 24), rtol=1e-4, atol=1e-5)
     assert np.abs(ours[1]).sum() > 0  # the tiny mask still gets a vector
-    normed = pool_mask_features(emb, masks, FeatureConfig(feature_size=24, l2_normalize=True))
+    normed = pool_mask_features(emb, rle(masks), FeatureConfig(feature_size=24, l2_normalize=True))
     np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(normed[0], ours[0] / np.linalg.norm(ours[0]), rtol=1e-5)
 
 
 def test_pfl_shape_errors_and_empty():
     emb = Embedding(np.zeros((256, 64, 64), np.float32), (1024, 1024), (10, 10))
-    assert pool_mask_features(emb, np.zeros((0, 10, 10), bool)).shape == (0, 256)
-    assert not pool_mask_features(emb, np.zeros((1, 10, 10), bool)).any()
+    assert pool_mask_features(emb, []).shape == (0, 256)
+    assert not pool_mask_features(emb, rle(np.zeros((1, 10, 10), bool))).any()
     with pytest.raises(ValueError, match="original_size"):
-        pool_mask_features(emb, np.zeros((1, 5, 10), bool))
+        pool_mask_features(emb, rle(np.zeros((1, 5, 10), bool)))
 
 
 def test_pfl_is_the_same_in_chunks():
     rng = np.random.RandomState(1)
     emb = Embedding(rng.randn(16, 64, 64).astype(np.float32), input_size=(1024, 683), original_size=(60, 40))
     masks = rng.rand(70, 60, 40) > 0.8  # more masks than one chunk
-    together = pool_mask_features(emb, masks, FeatureConfig(l2_normalize=False))
-    alone = np.stack([pool_mask_features(emb, m[None], FeatureConfig(l2_normalize=False))[0] for m in masks])
+    together = pool_mask_features(emb, rle(masks), FeatureConfig(l2_normalize=False))
+    alone = np.stack([pool_mask_features(emb, rle(m[None]), FeatureConfig(l2_normalize=False))[0] for m in masks])
     np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)

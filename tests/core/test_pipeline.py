@@ -1,0 +1,46 @@
+"""One image through masks -> gate -> features -> shard, on the numpy fake SAM; dense scenes of 1,000+ masks."""
+
+from __future__ import annotations
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from alps_client.amg.generator import MaskGenerator
+from alps_client.config import AmgConfig, PipelineConfig
+from alps_client.io.shards import read_shard
+from alps_client.masks import decode_coco_rle, rle_boxes
+from alps_client.pipeline import label_image
+from alps_client.synthetic import make_scene
+from tests.shapes import make_checkerboard
+
+
+def test_label_image_clips_to_valid_pixels_and_measures_on_the_rles(fake_backend, tmp_path):
+    image, _ = make_scene(3, (128, 160))
+    cfg = PipelineConfig(amg=AmgConfig(points_per_side=8))
+    valid = np.ones(image.shape[:2], bool)
+    valid[:, :20] = False  # e.g. transparent pixels: never labelled, not counted in PI(M)
+    summary = label_image(image, "scene", "scene.png", MaskGenerator(fake_backend, cfg.amg), cfg,
+                          tmp_path / "scene.npz", "fp", valid_mask=valid)
+    shard = read_shard(tmp_path / "scene.npz")
+    assert summary.n_masks == len(shard.masks) == summary.n_kept + summary.n_gated > 0
+    assert shard.pfl.shape == (summary.n_kept, 256)
+    assert not decode_coco_rle(shard.masks.rles)[:, :, :20].any()
+    assert (shard.masks.bboxes == rle_boxes(shard.masks.rles)).all()
+    # The gate's PI(M) is taken over valid pixels: every kept mask covers at most sigma of them.
+    assert (shard.masks.areas[shard.keep] <= 0.3 * valid.sum()).all() and shard.extra["image_area"] == valid.sum()
+    assert {"encoder", "decoder", "postprocess", "gate", "features", "write_shard"} <= set(summary.timings)
+
+
+def test_a_dense_scene_keeps_every_mask(fake_backend, tmp_path):
+    """More than 1,000 masks in one image (pycocotools' area() fails from 256): all found, kept and consistent."""
+    image, grid = make_checkerboard(34, (640, 640))
+    cfg = PipelineConfig(amg=AmgConfig(points_per_side=None, point_grids=grid))
+    summary = label_image(image, "dense", "dense.png", MaskGenerator(fake_backend, cfg.amg), cfg,
+                          tmp_path / "dense.npz", "fp")
+    shard = read_shard(tmp_path / "dense.npz")
+    assert summary.n_kept > 1000 and shard.pfl.shape == (summary.n_kept, 256)
+    rles = [{**r, "counts": r["counts"].encode()} for r in shard.masks.rles]
+    areas = np.concatenate([mask_utils.area(rles[i : i + 200]) for i in range(0, len(rles), 200)])
+    assert shard.masks.areas.tolist() == areas.tolist()
+    cell = 640 / 34  # each checkerboard cell is one kept mask
+    assert abs(np.median(shard.masks.areas[shard.keep]) - cell**2) < 3 * cell
