@@ -246,7 +246,6 @@ class PipelineConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
-    seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""

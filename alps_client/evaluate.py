@@ -1,14 +1,24 @@
-"""``alps evaluate``: mIoU of pseudo-labels against ground truth, clusters matched to classes.
+"""``alps evaluate``: pseudo-labels against ground truth, every ground-truth class and every miss counted.
 
-Pseudo-label ids are cluster ids, unrelated to the ground truth's class ids, so clusters are first matched to
-classes from the dataset-wide confusion matrix (pixels where either side is 255 are ignored):
+Pseudo-label ids are cluster (or class) ids unrelated to the ground truth's, so they are first matched to
+ground-truth classes on the dataset-wide confusion of labelled pixels:
 
-- ``hungarian`` (default): one-to-one assignment maximising matched pixels (scipy's
-  ``linear_sum_assignment``); with more clusters than classes the unmatched clusters' pixels count as errors.
+- ``hungarian`` (default): one-to-one, maximising matched pixels (scipy's ``linear_sum_assignment``); with more
+  clusters than classes the unmatched clusters' pixels count as errors.
 - ``majority``: each cluster goes to the class it overlaps most (many-to-one), the usual upper bound when N > K.
 
-Per class: IoU = TP / (TP + FP + FN) over all images; mIoU averages the classes present in the ground truth.
-Coverage is the fraction of labelled ground-truth pixels that received a pseudo-label.
+Figures (ground-truth 255 pixels are ignored everywhere):
+
+- ``miou``: mean IoU over **every** ground-truth class, pixels the pipeline left unlabelled (255) counted as misses;
+  a class that never received a pseudo-label scores 0. This is the headline figure.
+- ``miou_labelled_pixels``: the same mean over every ground-truth class, computed only on pixels that received a
+  pseudo-label (how good the labels are where there are labels; a class with no labelled pixel still scores 0).
+- ``coverage``: share of ground-truth pixels that received a pseudo-label.
+- ``pixel_accuracy``: correctly labelled pixels / ground-truth pixels (unlabelled = wrong), and over labelled
+  pixels only.
+
+Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as entirely unlabelled, unless
+``exclude_unlabelled_images`` is set; they are listed either way.
 """
 
 from __future__ import annotations
@@ -21,71 +31,97 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from alps_client.io import atomic
 from alps_client.errors import AlpsError
+from alps_client.io import atomic
 from alps_client.labels.painting import IGNORE
 
 Matching = Literal["hungarian", "majority"]
+N_IDS = 256  # label values 0..255; 255 = no label / ignore
 
 
 @dataclass
 class EvalReport:
-    """Evaluation figures (JSON-ready via ``asdict``)."""
+    """Evaluation figures (JSON-ready via :func:`write_report`); see the module docs for definitions."""
 
     miou: float
-    pixel_accuracy: float
+    miou_labelled_pixels: float
     coverage: float
+    pixel_accuracy: float
+    pixel_accuracy_labelled_pixels: float
     n_images: int
+    n_classes: int
     matching: str
     class_iou: dict[int, float] = field(default_factory=dict)
-    class_to_cluster: dict[int, list[int]] = field(default_factory=dict)
+    class_iou_labelled_pixels: dict[int, float] = field(default_factory=dict)
+    class_to_clusters: dict[int, list[int]] = field(default_factory=dict)
+    classes_never_labelled: list[int] = field(default_factory=list)
+    unmatched_clusters: list[int] = field(default_factory=list)
     missing_ground_truth: list[str] = field(default_factory=list)
+    missing_pseudo_labels: list[str] = field(default_factory=list)
+    missing_pseudo_labels_counted: bool = True
 
 
 def confusion(pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    """``(255, 255)`` pixel counts [cluster, class], ignoring 255 on both sides."""
-    valid = (pred != IGNORE) & (gt != IGNORE)
-    idx = pred[valid].astype(np.int64) * IGNORE + gt[valid].astype(np.int64)
-    return np.bincount(idx, minlength=IGNORE * IGNORE).reshape(IGNORE, IGNORE)
+    """``(256, 256)`` pixel counts ``[pseudo-label, ground truth]``.
+
+    Row 255 holds unlabelled pixels; pixels whose ground truth is 255 are left out.
+    """
+    valid = gt != IGNORE
+    idx = pred[valid].astype(np.int64) * N_IDS + gt[valid].astype(np.int64)
+    return np.bincount(idx, minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
 
 
 def match_clusters(conf: npt.NDArray[np.int64], matching: Matching = "hungarian") -> dict[int, int]:
-    """Cluster -> class mapping from a [cluster, class] confusion matrix."""
-    clusters = np.flatnonzero(conf.sum(1))
-    classes = np.flatnonzero(conf.sum(0))
+    """Cluster -> ground-truth class from a confusion matrix (labelled pixels only)."""
+    labelled = conf[:IGNORE, :IGNORE]
+    clusters = np.flatnonzero(labelled.sum(1))
+    classes = np.flatnonzero(conf[:, :IGNORE].sum(0))
     if len(clusters) == 0 or len(classes) == 0:
         return {}
-    sub = conf[np.ix_(clusters, classes)]
+    sub = labelled[np.ix_(clusters, classes)]
     if matching == "majority":
         return {int(c): int(classes[np.argmax(row)]) for c, row in zip(clusters, sub)}
     from scipy.optimize import linear_sum_assignment
 
     rows, cols = linear_sum_assignment(sub, maximize=True)
-    return {int(clusters[r]): int(classes[c]) for r, c in zip(rows, cols)}
+    return {int(clusters[r]): int(classes[c]) for r, c in zip(rows, cols) if sub[r, c] > 0}
 
 
-def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], gt_pixels: int) -> EvalReport:
-    """IoU per ground-truth class given a cluster -> class mapping."""
-    classes = np.flatnonzero(conf.sum(0))
-    class_iou, class_to_cluster = {}, {}
+def _iou(tp: int, fp: int, fn: int) -> float:
+    return tp / (tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], matching: str = "") -> EvalReport:
+    """Every figure of the report from a ``(256, 256)`` confusion matrix and a cluster -> class mapping."""
+    classes = [int(k) for k in np.flatnonzero(conf[:, :IGNORE].sum(0))]
+    class_iou, class_iou_labelled, members_of = {}, {}, {}
     tp_total = 0
     for k in classes:
-        members = [c for c, m in mapping.items() if m == k]
+        members = sorted(c for c, m in mapping.items() if m == k)
         tp = int(conf[members, k].sum()) if members else 0
-        fp = int(conf[members, :].sum()) - tp if members else 0
-        fn = int(conf[:, k].sum()) - tp
-        class_iou[int(k)] = tp / (tp + fp + fn) if tp + fp + fn else 0.0
-        class_to_cluster[int(k)] = sorted(members)
+        fp = int(conf[members, :IGNORE].sum()) - tp if members else 0
+        labelled_gt = int(conf[:IGNORE, k].sum())
+        class_iou[k] = _iou(tp, fp, int(conf[:, k].sum()) - tp)
+        class_iou_labelled[k] = _iou(tp, fp, labelled_gt - tp)
+        members_of[k] = members
         tp_total += tp
-    compared = int(conf.sum())
+    gt_pixels = int(conf[:, :IGNORE].sum())
+    labelled_pixels = int(conf[:IGNORE, :IGNORE].sum())
+    used = set(np.flatnonzero(conf[:IGNORE, :IGNORE].sum(1)).tolist())
     return EvalReport(
-        miou=float(np.mean(list(class_iou.values()))) if class_iou else 0.0,
-        pixel_accuracy=tp_total / compared if compared else 0.0,
-        coverage=compared / gt_pixels if gt_pixels else 0.0,
+        miou=float(np.mean(list(class_iou.values()))) if classes else 0.0,
+        miou_labelled_pixels=float(np.mean(list(class_iou_labelled.values()))) if classes else 0.0,
+        coverage=labelled_pixels / gt_pixels if gt_pixels else 0.0,
+        pixel_accuracy=tp_total / gt_pixels if gt_pixels else 0.0,
+        pixel_accuracy_labelled_pixels=tp_total / labelled_pixels if labelled_pixels else 0.0,
         n_images=0,
-        matching="",
+        n_classes=len(classes),
+        matching=matching,
         class_iou=class_iou,
-        class_to_cluster=class_to_cluster,
+        class_iou_labelled_pixels=class_iou_labelled,
+        class_to_clusters=members_of,
+        classes_never_labelled=[k for k in classes if int(conf[:IGNORE, k].sum()) == 0],
+        unmatched_clusters=sorted(int(c) for c in used - set(mapping)),
     )
 
 
@@ -94,59 +130,78 @@ def _read_label(path: Path) -> npt.NDArray[np.uint8]:
         arr = np.asarray(im)
     if arr.ndim != 2:
         raise AlpsError(f"{path}: a label map must be a single-channel PNG of class ids, got shape {arr.shape}")
+    if arr.dtype != np.uint8 and (arr.min() < 0 or arr.max() > IGNORE):
+        raise AlpsError(f"{path}: class ids must lie in 0..255, got {arr.min()}..{arr.max()}")
     return arr.astype(np.uint8)
 
 
-def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian") -> EvalReport:
-    """Evaluate ``out_dir/ann_dir/{train,val}/<stem>.png`` against ``gt_dir/**/<stem>.png``.
+def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
+                     exclude_unlabelled_images: bool = False) -> EvalReport:
+    """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against ``gt_dir/**/<stem>.png``.
 
     Raises:
-        AlpsError: If either folder has no label maps or no stem matches.
+        AlpsError: If either folder has no label maps, no stem matches, or sizes differ.
     """
     out, gt_root = Path(out_dir), Path(gt_dir)
-    preds = sorted((out / "ann_dir").glob("*/*.png"))
+    preds = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
     gts = {p.stem: p for p in sorted(gt_root.rglob("*.png"))}
-    conf = np.zeros((IGNORE, IGNORE), np.int64)
-    gt_pixels, n, missing = 0, 0, []
-    for pred_path in preds:
-        gt_path = gts.get(pred_path.stem)
-        if gt_path is None:
-            missing.append(pred_path.stem)
-            continue
-        pred, gt = _read_label(pred_path), _read_label(gt_path)
-        if pred.shape != gt.shape:
-            raise AlpsError(f"{gt_path}: size {gt.shape} differs from the pseudo-label {pred_path} {pred.shape}")
-        conf += confusion(pred, gt)
-        gt_pixels += int((gt != IGNORE).sum())
-        n += 1
-    if n == 0:
+    missing_gt = sorted(set(preds) - set(gts))
+    missing_pred = sorted(set(gts) - set(preds))
+    matched = sorted(set(preds) & set(gts))
+    if not matched:
         raise AlpsError(f"no ground-truth PNG in {gt_root} has the stem of a pseudo-label in {out / 'ann_dir'}")
-    report = scores(conf, match_clusters(conf, matching), gt_pixels)
-    report.n_images, report.matching, report.missing_ground_truth = n, matching, missing
+    conf = np.zeros((N_IDS, N_IDS), np.int64)
+    for stem in matched:
+        pred, gt = _read_label(preds[stem]), _read_label(gts[stem])
+        if pred.shape != gt.shape:
+            raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {preds[stem]} {pred.shape}")
+        conf += confusion(pred, gt)
+    if not exclude_unlabelled_images:
+        for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss
+            gt = _read_label(gts[stem])
+            conf += confusion(np.full_like(gt, IGNORE), gt)
+    report = scores(conf, match_clusters(conf, matching), matching)
+    report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
+    report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
+    report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     return report
 
 
 def format_table(report: EvalReport, class_names: dict[int, str] | None = None) -> str:
     """A readable per-class table with the summary figures."""
-    lines = [f"{'class':<16} {'IoU':>7}  clusters"]
+    lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  clusters"]
     for k, iou in report.class_iou.items():
         name = (class_names or {}).get(k, str(k))
-        lines.append(f"{name:<16} {iou:>7.3f}  {report.class_to_cluster.get(k, [])}")
-    lines.append(f"{'mIoU':<16} {report.miou:>7.3f}  ({report.matching} matching, {report.n_images} images)")
-    lines.append(f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}")
-    lines.append(f"{'coverage':<16} {report.coverage:>7.3f}  (labelled GT pixels given a pseudo-label)")
+        never = "  (never labelled)" if k in report.classes_never_labelled else ""
+        lines.append(f"{name:<16} {iou:>7.3f} {report.class_iou_labelled_pixels[k]:>7.3f}  "
+                     f"{report.class_to_clusters.get(k, [])}{never}")
+    lines += [
+        (f"{'mIoU':<16} {report.miou:>7.3f}          over all {report.n_classes} classes, unlabelled pixels "
+         f"counted as misses ({report.matching} matching, {report.n_images} images)"),
+        f"{'mIoU*':<16} {report.miou_labelled_pixels:>7.3f}          (*) on labelled pixels only",
+        f"{'coverage':<16} {report.coverage:>7.3f}          ground-truth pixels given a pseudo-label",
+        (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
+         f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
+    ]
+    if report.unmatched_clusters:
+        lines.append(f"clusters matched to no class (their pixels count as errors): {report.unmatched_clusters}")
+    if report.missing_pseudo_labels:
+        how = "counted as unlabelled" if report.missing_pseudo_labels_counted else "left out"
+        lines.append(f"{len(report.missing_pseudo_labels)} ground-truth image(s) have no pseudo-label ({how}; "
+                     f"first: {report.missing_pseudo_labels[0]})")
     if report.missing_ground_truth:
-        lines.append(f"{len(report.missing_ground_truth)} pseudo-labels had no ground truth (first: {report.missing_ground_truth[0]})")
+        lines.append(f"{len(report.missing_ground_truth)} pseudo-label(s) have no ground truth "
+                     f"(first: {report.missing_ground_truth[0]})")
     return "\n".join(lines)
 
 
 def write_report(report: EvalReport, path: str | Path) -> None:
-    """Write the report as JSON, atomically."""
+    """Write the report as JSON, atomically (class ids as string keys)."""
     data = asdict(report)
-    data["class_iou"] = {str(k): v for k, v in report.class_iou.items()}
-    data["class_to_cluster"] = {str(k): v for k, v in report.class_to_cluster.items()}
+    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_clusters"):
+        data[key] = {str(k): v for k, v in data[key].items()}
     atomic.write_json(path, data)

@@ -135,10 +135,10 @@ def agreement(work: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
     from alps_client.io.shards import read_shard
 
     matched = total = 0
-    conf = np.zeros((255, 255), np.int64)
+    conf = np.zeros((256, 256), np.int64)
     for stem in images:
         shard = read_shard(work / "ours" / "shards" / f"{stem}.npz")
-        ours = decode_coco_rle(shard.rles) if shard.rles else np.zeros((0, 1, 1), bool)
+        ours = decode_coco_rle(shard.masks.rles) if len(shard.masks) else np.zeros((0, 1, 1), bool)
         theirs = [np.asarray(Image.open(p)) > 0 for p in sorted((work / "reference" / "masks").glob(f"{stem}_*.png"))]
         for m in ours:
             total += 1
@@ -147,7 +147,7 @@ def agreement(work: Path, images: dict[str, np.ndarray]) -> dict[str, float]:
         ref = np.asarray(Image.open(work / "reference" / "labels" / f"{stem}.png")).astype(np.int64) - 1
         ref = np.where(ref < 0, 255, ref).astype(np.uint8)
         conf += confusion(ours_label, ref)
-    report = scores(conf, match_clusters(conf), int(conf.sum()))
+    report = scores(conf, match_clusters(conf))
     return {"mask_agreement": matched / total if total else float("nan"), "label_miou_vs_reference": report.miou}
 
 

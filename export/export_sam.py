@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
 from export.quantize import QUANTIZE_CHOICES, QUANTIZED_OP_TYPES, quantize_int8  # noqa: E402
 from export.quantize import agreement as quantize_agreement  # noqa: E402
@@ -117,21 +117,6 @@ def _check_output_dir(out: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise ExportError(f"output folder {out} is not writable ({err.strerror or err})") from err
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    import segment_anything
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "segment_anything": getattr(segment_anything, "__version__", "1.0"),
-    }
 
 
 def run_export(
@@ -268,7 +253,7 @@ def run_export(
             "precision": "int8-dynamic" if quantization else "fp32",
             "quantization": quantization,
             "export": {"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
-            "versions": _versions(),
+            "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         for name in (triton_repo.ENCODER_MODEL, triton_repo.DECODER_MODEL):

@@ -21,13 +21,13 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from alps_client.io import atomic
 from alps_client.backends import SamBackend, make_backend
+from alps_client.backends.manifest import load_manifest
 from alps_client.config import BackendConfig, PipelineConfig
 from alps_client.errors import AlpsError, BackendUnavailableError, ConfigMismatchError, InputImageError
+from alps_client.io import atomic
 from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import InputItem
-from alps_client.backends.manifest import load_manifest
 from alps_client.io.shards import read_shard_meta, shard_fingerprint, shard_path, shard_status
 from flows import artifacts
 
@@ -70,8 +70,8 @@ def discover(dataset: str, config: PipelineConfig) -> dict[str, Any]:
 def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprint: str) -> dict[str, Any]:
     """Label one image and write its shard; returns a small summary (or the reason it was rejected)."""
     from alps_client.amg.generator import MaskGenerator
-    from alps_client.pipeline import label_image
     from alps_client.io.readers import load_item
+    from alps_client.pipeline import label_image
 
     it = InputItem(**{**item, "window": tuple(item["window"]) if item.get("window") else None})
     shard = shard_path(work_dir(out) / "shards", it.stem)
@@ -88,7 +88,7 @@ def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprin
         image_file = str(work_dir(out) / "images" / f"{it.stem}.png")
         atomic.write_png(image_file, loaded.rgb)
     generator = MaskGenerator(get_backend(config.backend), config.amg)
-    extra = {"image_file": image_file, "kind": it.kind, "scene": it.scene, "window": it.window,
+    extra = {"image_file": image_file, "kind": it.kind, "scene": it.scene, "window": it.window, "split": it.split,
              "geo": loaded.geo, "input": loaded.extra}
     summary = label_image(loaded.rgb, it.stem, it.source, generator, config, shard, fingerprint, loaded.valid, extra)
     return {"status": "labelled", "stem": it.stem, "shard": str(shard), "image": image_file,
@@ -112,21 +112,15 @@ def cluster(shards: list[str], out: str, config: PipelineConfig) -> str:
 @task(name="write-dataset")
 def write(out: str, shards: list[str], centroids_path: str, config: PipelineConfig, model_manifest: dict[str, Any],
           errors: list[dict[str, str]], image_sources: dict[str, str]) -> dict[str, Any]:
-    """Paint label maps and write the dataset; returns the summary counts."""
+    """Paint label maps once and write the dataset, GeoTIFF labels, stitched scenes and NIfTI volumes; returns
+    the summary counts.
+    """
     import numpy as np
 
     from alps_client.io.writer import write_dataset
 
     summary = write_dataset(out, shards, np.load(centroids_path), config, model_manifest, errors, image_sources)
     return summary.__dict__
-
-
-@task(name="scene-outputs")
-def scene_outputs(out: str, shards: list[str], config: PipelineConfig) -> dict[str, int]:
-    """GeoTIFF labels, stitched scenes and NIfTI label volumes, where the inputs call for them."""
-    from alps_client.io.scenes import write_scene_outputs
-
-    return write_scene_outputs(out, shards, config)
 
 
 def check_existing_shards(out: str, items: list[dict[str, Any]], fingerprint: str, overwrite: bool) -> int:
@@ -213,7 +207,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
     summary = write(out, shards, centroids, config, manifest.raw, errors, {r["stem"]: r["image"] for r in done})
-    extras = scene_outputs(out, shards, config)
+    extras = summary["scene_outputs"]
     write_seconds = time.perf_counter() - t
     run = {
         "dataset": dataset, "out": out, "model": manifest.model_type, "stand_in": manifest.is_stand_in,

@@ -109,7 +109,6 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         features=_sub(FeatureConfig, v),
         cluster=_sub(ClusterConfig, cluster),
         writer=_sub(WriterConfig, {**v, "seed": seed}),
-        **({"seed": seed} if seed is not None else {}),
     )
 
 
@@ -173,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from alps_client.evaluate import evaluate_dataset, format_table, write_report
 
     try:
-        report = evaluate_dataset(args.out, args.gt_dir, args.matching)
+        report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images)
     except AlpsError as err:
         return _fail(str(err))
     print(format_table(report))
@@ -205,11 +204,13 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="label a dataset")
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
-    ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (Hungarian matching)")
+    ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (every class, every miss counted)")
     ev.add_argument("out", help="a dataset written by `alps run`")
     ev.add_argument("gt_dir", help="ground-truth label PNGs with the same stems")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
     ev.add_argument("--json", help="report path (default OUT/evaluation.json)")
+    ev.add_argument("--exclude-unlabelled-images", action="store_true",
+                    help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")
     ev.set_defaults(func=cmd_evaluate)
     serve = sub.add_parser("serve", help="register a deployment (flow.serve) to start runs from the Prefect UI")
     serve.add_argument("--name", default="alps")

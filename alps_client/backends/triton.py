@@ -25,10 +25,10 @@ import numpy.typing as npt
 
 from alps_client._imports import lazy_import
 from alps_client.backends.base import DecoderOutput, Embedding
-from alps_client.config import BackendConfig
-from alps_client.errors import BackendUnavailableError, ModelSignatureError
 from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
 from alps_client.backends.preprocess import prepare_encoder_input
+from alps_client.config import BackendConfig
+from alps_client.errors import BackendUnavailableError, ModelSignatureError
 
 # Prompts per decoder request; the server holds ~90 MB of activations per prompt in flight per instance (see
 # backends/embedded.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
@@ -185,7 +185,8 @@ class TritonBackend:
     # -- requests -------------------------------------------------------------------------------------------
     def _with_retries(self, call: Callable[[Any], Any]) -> Any:
         """Run ``call(client)`` on the next server in rotation; on a transient failure take that server out of
-        rotation and try another, backing off while none answers, for ``retry_s`` seconds."""
+        rotation and try another, backing off while none answers, for ``retry_s`` seconds.
+        """
         deadline = time.monotonic() + self.retry_s
         delay = 0.5
         while True:

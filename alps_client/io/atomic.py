@@ -47,6 +47,11 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def json_line(obj: Any) -> str:
+    """One JSON Lines record (sorted keys, newline-terminated)."""
+    return json.dumps(obj, sort_keys=True) + "\n"
+
+
 def write_png(path: str | Path, array: npt.NDArray[np.uint8]) -> None:
     """Write a uint8 ``(H, W)`` or ``(H, W, 3)`` array as PNG, atomically and deterministically."""
     with atomic_path(path, suffix=".png") as tmp:

@@ -2,7 +2,8 @@
 
 Each input becomes one or more :class:`InputItem` (a whole image, a tile of a large scene). Stems are unique
 and filename-safe: the path relative to the dataset root without its extension, sub-folders joined by
-``__``; tiles append ``__x{x0}_y{y0}``.
+``__``; tiles append ``__x{x0}_y{y0}``. A top-level ``train``/``val``/``test`` folder is the item's split (kept in
+the dataset) and is left out of its name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
 from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem, extension_of
 from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
+from alps_client.io.splits import split_folder
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
@@ -60,16 +62,17 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
     used: set[str] = set()
     for path in list_input_files(root):
         relative = path.relative_to(base)
-        stem = _stem_of(relative)
+        split = split_folder(relative.parts[0]) if root.is_dir() and len(relative.parts) > 1 else None
+        named = Path(*relative.parts[1:]) if split else relative  # the split folder is not part of the name
+        stem = _stem_of(named)
         if stem in used:  # e.g. a.png and a.jpg side by side
             stem = _UNSAFE.sub("_", "__".join(relative.parts).replace(".", "_"))
         used.add(stem)
         source = str(path.absolute())
         try:
             if extension_of(path.name) in VOLUME_EXTENSIONS:
-                items += [
-                    InputItem(source, f"{stem}__z{i:04d}", "slice", stem, None, i) for i in volume_slices(path, config)
-                ]
+                items += [InputItem(source, f"{stem}__z{i:04d}", "slice", stem, None, i, split)
+                          for i in volume_slices(path, config)]
                 continue
             height, width = image_size_of(path)
         except InputImageError as err:
@@ -84,10 +87,10 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
                                              "to label whole; use --tile 896 --overlap 384"))
             continue
         if config.tile is None or (height <= config.tile and width <= config.tile):
-            items.append(InputItem(source, stem, "image", stem))
+            items.append(InputItem(source, stem, "image", stem, split=split))
             continue
         from alps_client.io.tiling import tile_windows
 
         for x0, y0, x1, y1 in tile_windows(height, width, config.tile, config.overlap):
-            items.append(InputItem(source, f"{stem}__x{x0}_y{y0}", "tile", stem, (x0, y0, x1, y1)))
+            items.append(InputItem(source, f"{stem}__x{x0}_y{y0}", "tile", stem, (x0, y0, x1, y1), split=split))
     return items, errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +32,28 @@ def write_geotiff_label(path: str | Path, label: npt.NDArray[np.uint8], geo: dic
         dst.write(label, 1)
 
 
-def write_geotiff_windows(
-    path: str | Path, size: tuple[int, int], geo: dict[str, Any] | None,
-    windows: Iterable[tuple[tuple[int, int, int, int], Callable[[], npt.NDArray[np.uint8]]]],
-) -> None:
-    """Write a large label map window by window (memory: one window at a time), atomically.
+class LabelGeoTiff:
+    """A large label map written window by window (memory: one window at a time), renamed into place on close.
 
     Args:
         path: output ``.tif``.
         size: ``(H, W)`` of the whole map.
         geo: CRS/transform of the whole scene, or None.
-        windows: ``((x0, y0, x1, y1), read)`` where ``read()`` returns that region's ``(y1-y0, x1-x0)`` labels.
     """
-    rasterio = lazy_import("rasterio")
-    from rasterio.windows import Window
 
-    with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **_profile(*size, geo)) as dst:
-        for (x0, y0, x1, y1), read in windows:
-            dst.write(read(), 1, window=Window(x0, y0, x1 - x0, y1 - y0))
+    def __init__(self, path: str | Path, size: tuple[int, int], geo: dict[str, Any] | None) -> None:
+        rasterio = lazy_import("rasterio")
+        self._target = atomic_path(path, suffix=".tif")
+        tmp = self._target.__enter__()
+        self._dst = rasterio.open(tmp, "w", **_profile(*size, geo))
+
+    def write(self, x0: int, y0: int, labels: npt.NDArray[np.uint8]) -> None:
+        """Write ``(h, w) uint8`` labels with their top-left corner at column ``x0``, row ``y0``."""
+        from rasterio.windows import Window
+
+        self._dst.write(labels, 1, window=Window(x0, y0, labels.shape[1], labels.shape[0]))
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        self._dst.close()
+        self._target.__exit__(None, None, None)

@@ -22,6 +22,7 @@ class InputItem:
         scene: stem of the whole scene this item belongs to (== stem for whole images).
         window: ``(x0, y0, x1, y1)`` in source pixels, for tiles.
         slice_index: index along the slice axis, for volume slices.
+        split: ``train``/``val``/``test`` when the dataset's folders give it, else None (hash split).
     """
 
     source: str
@@ -30,6 +31,7 @@ class InputItem:
     scene: str = ""
     window: tuple[int, int, int, int] | None = None
     slice_index: int | None = None
+    split: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready: Prefect task results, shard metadata)."""

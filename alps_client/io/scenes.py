@@ -1,94 +1,119 @@
-"""Outputs beside the dataset for scenes and volumes: stitched scenes, GeoTIFF labels, NIfTI label volumes."""
+"""Outputs beside the dataset for georeferenced images, tiled scenes and volumes, fed label maps as they are painted.
+
+The dataset writer paints each label map once and hands it to :class:`SceneOutputs`, which writes
+``geo/<stem>.tif`` (georeferenced inputs), assembles ``stitched/<scene>.{tif,png}`` from the tiles of a scene
+(with ``--stitch``) and ``volumes/<scene>.nii.gz`` from the slices of a volume (with ``--write-nifti-labels``).
+Nothing is read back from disk. A scene is finished (and its memory released) as soon as its last tile arrives.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+import numpy.typing as npt
 
-from alps_client.config import PipelineConfig
-from alps_client.io.geotiff import write_geotiff_label, write_geotiff_windows
+from alps_client.config import InputConfig
+from alps_client.io.atomic import write_png
+from alps_client.io.geotiff import LabelGeoTiff, write_geotiff_label
 from alps_client.io.readers import image_size_of
-from alps_client.io.shards import read_shard_meta
 from alps_client.io.tiling import stitch_windows
-from alps_client.io.writer import split_of
+from alps_client.labels.painting import IGNORE
 
-# Stitched scenes up to this many pixels are also written as PNG (a PNG is written from memory).
+# Stitched scenes up to this many pixels are assembled in memory and also written as PNG.
 MAX_STITCHED_PNG_PIXELS = 64_000_000
 
 
-def _label_path(out: Path, stem: str, config: PipelineConfig) -> Path:
-    return out / "ann_dir" / split_of(stem, config.writer.seed, config.writer.val_fraction) / f"{stem}.png"
+class _Scene:
+    """One tiled scene being assembled: in memory when small (also written as PNG), else window by window."""
+
+    def __init__(self, out: Path, scene: str, first_tile: Mapping[str, Any], config: InputConfig) -> None:
+        if config.tile is None:
+            raise ValueError("stitching needs the tile size the scene was cut with")
+        self.h, self.w = image_size_of(first_tile["source"])
+        self.owned = stitch_windows(self.h, self.w, config.tile, config.overlap)
+        self.png = out / "stitched" / f"{scene}.png"
+        geo = _scene_geo(first_tile["extra"])
+        self.memory = np.full((self.h, self.w), IGNORE, np.uint8) if self.h * self.w <= MAX_STITCHED_PNG_PIXELS else None
+        self.tif = LabelGeoTiff(out / "stitched" / f"{scene}.tif", (self.h, self.w), geo)
+
+    def add(self, window: Sequence[int], label: npt.NDArray[np.uint8]) -> None:
+        x0, y0 = int(window[0]), int(window[1])
+        ox0, oy0, ox1, oy1 = self.owned[(x0, y0)]
+        part = label[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
+        self.tif.write(ox0, oy0, part)
+        if self.memory is not None:
+            self.memory[oy0:oy1, ox0:ox1] = part
+
+    def close(self) -> None:
+        self.tif.close()
+        if self.memory is not None:
+            write_png(self.png, self.memory)
 
 
-def _read(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
+class SceneOutputs:
+    """Receives every painted label map (in any order) and writes the outputs its input calls for.
 
-
-def write_scene_outputs(out: str | Path, shard_paths: Sequence[str | Path], config: PipelineConfig) -> dict[str, int]:
-    """Write the outputs beside the dataset that the inputs call for.
-
-    ``geo/<stem>.tif`` for georeferenced inputs, ``stitched/<scene>.{tif,png}`` for tiled scenes (with
-    ``--stitch``) and ``volumes/<scene>.nii.gz`` for sliced volumes (with ``--write-nifti-labels``).
-    Reads one label map at a time. Returns counts of what was written.
+    Args:
+        out: the dataset folder being written (the staging folder).
+        metas: shard metadata of every image of the dataset (to know how many tiles/slices each scene has).
+        config: input settings (``stitch``, ``tile``, ``overlap``, ``write_nifti_labels``, ``slice_axis``).
     """
-    out = Path(out)
-    metas = [read_shard_meta(p) for p in shard_paths]
-    counts = {"geotiff": 0, "stitched": 0, "volumes": 0}
-    scenes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    volumes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for meta in metas:
+
+    def __init__(self, out: str | Path, metas: Sequence[Mapping[str, Any]], config: InputConfig) -> None:
+        self.out = Path(out)
+        self.config = config
+        self.counts = {"geotiff": 0, "stitched": 0, "volumes": 0}
+        extras = [m.get("extra", {}) for m in metas]
+        self._remaining = Counter(e.get("scene") for e in extras if e.get("kind") in ("tile", "slice"))
+        self._scenes: dict[str, _Scene] = {}
+        self._volumes: dict[str, dict[int, npt.NDArray[np.uint8]]] = {}
+
+    def add(self, meta: Mapping[str, Any], label: npt.NDArray[np.uint8]) -> None:
+        """One image's label map; ``meta`` is its shard metadata (stem, source, extra)."""
         extra = meta.get("extra", {})
         if extra.get("geo"):
-            write_geotiff_label(out / "geo" / f"{meta['stem']}.tif", _read(_label_path(out, meta["stem"], config)), extra["geo"])
-            counts["geotiff"] += 1
-        if extra.get("kind") == "tile":
-            scenes[extra["scene"]].append(meta)
-        elif extra.get("kind") == "slice":
-            volumes[extra["scene"]].append(meta)
-    if config.inputs.stitch and config.inputs.tile:
-        for scene, tiles in sorted(scenes.items()):
-            source = tiles[0]["source"]
-            h, w = image_size_of(source)
-            owned = stitch_windows(h, w, config.inputs.tile, config.inputs.overlap)
-            geo = _scene_geo(tiles)
+            write_geotiff_label(self.out / "geo" / f"{meta['stem']}.tif", label, extra["geo"])
+            self.counts["geotiff"] += 1
+        kind, scene = extra.get("kind"), extra.get("scene")
+        if kind == "tile" and self.config.stitch and self.config.tile:
+            if scene not in self._scenes:
+                self._scenes[scene] = _Scene(self.out, scene, meta, self.config)
+            self._scenes[scene].add(extra["window"], label)
+        elif kind == "slice" and self.config.write_nifti_labels:
+            self._volumes.setdefault(scene, {})[int(extra["input"]["slice_index"])] = label
+        if kind in ("tile", "slice"):
+            self._remaining[scene] -= 1
+            if self._remaining[scene] == 0:
+                self._finish(scene, meta["source"])
 
-            def region(meta: dict[str, Any], owned: dict = owned) -> tuple[tuple[int, int, int, int], Any]:
-                x0, y0 = meta["extra"]["window"][:2]
-                ox0, oy0, ox1, oy1 = owned[(x0, y0)]
-                path = _label_path(out, meta["stem"], config)
-                return (ox0, oy0, ox1, oy1), lambda: _read(path)[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
+    def _finish(self, scene: str, source: str) -> None:
+        if scene in self._scenes:
+            self._scenes.pop(scene).close()
+            self.counts["stitched"] += 1
+        if scene in self._volumes:
+            from alps_client.io.nifti import write_label_volume
 
-            write_geotiff_windows(out / "stitched" / f"{scene}.tif", (h, w), geo, [region(t) for t in tiles])
-            if h * w <= MAX_STITCHED_PNG_PIXELS:
-                import rasterio
+            write_label_volume(self.out / "volumes" / f"{scene}.nii.gz", source, self.config.slice_axis,
+                               self._volumes.pop(scene))
+            self.counts["volumes"] += 1
 
-                with rasterio.open(out / "stitched" / f"{scene}.tif") as src:
-                    from alps_client.io.atomic import write_png
-
-                    write_png(out / "stitched" / f"{scene}.png", src.read(1))
-            counts["stitched"] += 1
-    if config.inputs.write_nifti_labels:
-        from alps_client.io.nifti import write_label_volume
-
-        for scene, slices in sorted(volumes.items()):
-            labels = {int(m["extra"]["input"]["slice_index"]): _read(_label_path(out, m["stem"], config)) for m in slices}
-            write_label_volume(out / "volumes" / f"{scene}.nii.gz", slices[0]["source"], config.inputs.slice_axis, labels)
-            counts["volumes"] += 1
-    return counts
+    def close(self) -> dict[str, int]:
+        """Finish what is still open (scenes some of whose tiles were not labelled); returns counts written."""
+        for scene in list(self._scenes):
+            self._scenes.pop(scene).close()
+            self.counts["stitched"] += 1
+        return dict(self.counts)
 
 
-def _scene_geo(tiles: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _scene_geo(extra: Mapping[str, Any]) -> dict[str, Any] | None:
     """The whole scene's CRS/transform, from a tile's window transform and origin."""
-    for meta in tiles:
-        geo = meta["extra"].get("geo")
-        if geo:
-            a, b, c, d, e, f = geo["transform"]
-            x0, y0 = meta["extra"]["window"][:2]
-            return {"crs": geo["crs"], "transform": [a, b, c - a * x0 - b * y0, d, e, f - d * x0 - e * y0]}
-    return None
+    geo = extra.get("geo")
+    if not geo:
+        return None
+    a, b, c, d, e, f = geo["transform"]
+    x0, y0 = extra["window"][:2]
+    return {"crs": geo["crs"], "transform": [a, b, c - a * x0 - b * y0, d, e, f - d * x0 - e * y0]}

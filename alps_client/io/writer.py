@@ -1,97 +1,59 @@
-"""The labelled dataset: mmsegmentation layout, COCO instances, centroids, manifest and errors.
+"""The labelled dataset: mmsegmentation layout, COCO instances, centroids, classes, manifest and errors.
 
-Pure conversions (``shard_to_coco``, ``split_of``) are kept apart from ``write_dataset``, which reads the
-shards one at a time (memory flat in the number of images) and writes every file atomically. The same shards,
-centroids and seed give byte-identical outputs.
+:func:`image_labels` is the pure step (masks + PFLs + centroids + class map -> class per mask and the label map);
+:func:`write_dataset` does the I/O: it reads the shards one at a time (memory flat in the number of images),
+paints each label map once and hands it to every output that needs it (``ann_dir``, previews, COCO, GeoTIFF /
+stitched scenes / NIfTI volumes), writes everything into a staging folder and swaps it into ``OUT`` as a whole
+(:mod:`alps_client.io.publish`). The same shards, centroids, class map and seed give byte-identical outputs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from alps_client.io import atomic
-from alps_client.labels.clustering import assign_clusters
 from alps_client.config import PipelineConfig
+from alps_client.io import atomic
+from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
+from alps_client.io.publish import publish, staging_dir
+from alps_client.io.scenes import SceneOutputs
+from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
+from alps_client.io.splits import assign_splits
+from alps_client.labels.classes import ClassMap
+from alps_client.labels.clustering import assign_clusters
 from alps_client.labels.painting import IGNORE, overlay, paint_label_map, palette
-from alps_client.io.shards import ImageShard, read_shard
+from alps_client.versions import versions
 
-Split = Literal["train", "val"]
-
-
-def split_of(stem: str, seed: int, val_fraction: float) -> Split:
-    """Deterministic split by a stable hash (sha256) of the stem and the seed."""
-    digest = hashlib.sha256(f"{seed}:{stem}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
-    return "val" if u < val_fraction else "train"
+DATASET_FORMAT = "alps-dataset/2"
 
 
-def shard_to_coco(
-    shard: ImageShard, class_ids: npt.NDArray[np.int64], file_name: str, image_id: int, first_annotation_id: int
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """COCO image entry and annotations (RLE) of one shard's kept masks; ``category_id = class id + 1``."""
-    h, w = shard.image_size
-    image = {"id": image_id, "file_name": file_name, "height": h, "width": w}
-    annotations = []
-    for offset, (cls, i) in enumerate(zip(class_ids, np.flatnonzero(shard.keep))):
-        annotations.append({
-            "id": first_annotation_id + offset,
-            "image_id": image_id,
-            "category_id": int(cls) + 1,
-            "segmentation": shard.rles[i],
-            "area": int(shard.areas[i]),
-            "bbox": [float(v) for v in shard.bboxes[i]],
-            "iscrowd": 0,
-            "score": float(shard.predicted_iou[i]),
-        })
-    return image, annotations
+@dataclass
+class ImageLabels:
+    """What one image contributes to the dataset.
+
+    Attributes:
+        cluster_ids: ``(K,) int64`` nearest centroid of each kept mask.
+        class_ids: ``(K,) int64`` class of each kept mask (255 = dropped).
+        label: ``(H, W) uint8`` label map (255 = no label).
+    """
+
+    cluster_ids: npt.NDArray[np.int64]
+    class_ids: npt.NDArray[np.int64]
+    label: npt.NDArray[np.uint8]
 
 
-def coco_categories(n_classes: int) -> list[dict[str, Any]]:
-    """One COCO category per cluster."""
-    return [{"id": k + 1, "name": f"cluster_{k}", "class_id": k, "supercategory": "pseudo"} for k in range(n_classes)]
-
-
-class _CocoStream:
-    """Writes one COCO file incrementally (images and annotations spooled to temp files): memory stays flat."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.parts = {k: tempfile.TemporaryFile("w+", encoding="utf-8") for k in ("images", "annotations")}
-        self.count = {"images": 0, "annotations": 0}
-
-    def add(self, key: str, entries: Sequence[dict[str, Any]]) -> None:
-        for entry in entries:
-            self.parts[key].write(("," if self.count[key] else "") + json.dumps(entry, sort_keys=True))
-            self.count[key] += 1
-
-    def close(self, n_classes: int) -> None:
-        def write(f: Any) -> None:
-            head = {"info": {"description": "ALPS pseudo-labels (category_id = class id + 1)"},
-                    "categories": coco_categories(n_classes)}
-            f.write(json.dumps(head, sort_keys=True)[:-1].encode("utf-8"))
-            for key in ("images", "annotations"):
-                f.write(f', "{key}": ['.encode("utf-8"))
-                part = self.parts[key]
-                part.seek(0)
-                for chunk in iter(lambda: part.read(1 << 20), ""):
-                    f.write(chunk.encode("utf-8"))
-                f.write(b"]")
-                part.close()
-            f.write(b"}\n")
-
-        atomic.write_with(self.path, write)
+def image_labels(shard: ImageShard, centroids: npt.NDArray[np.float32], class_map: ClassMap) -> ImageLabels:
+    """Classify one shard's kept masks and paint its label map (pure)."""
+    cluster_ids = assign_clusters(shard.pfl, centroids)
+    class_ids = class_map.classes_of(cluster_ids)
+    kept = shard.kept_masks()
+    return ImageLabels(cluster_ids, class_ids, paint_label_map(shard.image_size, kept.rles, kept.areas, class_ids))
 
 
 @dataclass
@@ -102,6 +64,7 @@ class DatasetSummary:
     n_images: int
     n_train: int
     n_val: int
+    n_test: int
     n_classes: int
     n_masks_kept: int
     n_masks_gated: int
@@ -109,18 +72,29 @@ class DatasetSummary:
     labelled_pixel_fraction: float
     masks_per_class: list[int] = field(default_factory=list)
     pixels_per_class: list[int] = field(default_factory=list)
+    scene_outputs: dict[str, int] = field(default_factory=dict)
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+def _group(meta: Mapping[str, Any]) -> str:
+    """Images split together: the tiles of a scene, the slices of a volume; else the image alone."""
+    return str(meta.get("extra", {}).get("scene") or meta["stem"])
 
-    out = {"python": platform.python_version()}
-    for pkg in ("alps", "numpy", "onnxruntime", "scikit-learn", "pycocotools", "prefect"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+
+def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging: Path, label: npt.NDArray[np.uint8],
+                      n_classes: int, config: PipelineConfig) -> str:
+    """Copy the image into ``img_dir`` and write its preview; returns the file name used in COCO."""
+    file_name = f"{stem}.png"
+    if source is None:
+        return file_name
+    if config.writer.copy_images:
+        file_name = f"{stem}{Path(source).suffix.lower() or '.png'}"
+        atomic.copy_file(source, staging / "img_dir" / split / file_name)
+    if config.writer.write_vis:
+        with Image.open(source) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        if rgb.shape[:2] == label.shape:
+            atomic.write_png(staging / "vis" / f"{stem}.png", overlay(rgb, label, n_classes))
+    return file_name
 
 
 def write_dataset(
@@ -131,86 +105,106 @@ def write_dataset(
     model_manifest: Mapping[str, Any],
     errors: Sequence[Mapping[str, Any]],
     image_sources: Mapping[str, str | Path] | None = None,
+    class_map: ClassMap | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
 ) -> DatasetSummary:
     """Write the labelled dataset to ``out_dir`` (layout in the README / DESIGN.md "Output dataset").
 
     Args:
-        out_dir: dataset root.
+        out_dir: dataset root; its previous dataset outputs are replaced as a whole, other files are left alone.
         shard_paths: one shard per labelled image.
-        centroids: ``(N, 256)`` cluster centres; class id = nearest centre.
-        config: the run's configuration (split, previews, recorded in the manifest).
+        centroids: ``(N, D)`` cluster centres; cluster = nearest centre.
+        config: the run's configuration (split, previews, scene outputs; recorded in the manifest).
         model_manifest: the model repository manifest (recorded in the manifest).
         errors: rejected inputs, each ``{"path", "reason"}``.
-        image_sources: stem -> file copied to ``img_dir/<split>/<stem><suffix>`` (skipped when absent).
+        image_sources: stem -> file copied to ``img_dir/<split>/<stem><suffix>`` and used for previews.
+        class_map: cluster -> class mapping and class names; default one class per cluster.
+        extra_manifest: more top-level manifest entries (e.g. the flow's record of images not labelled).
 
     Returns:
         A small summary with counts and the class histogram.
     """
     out = Path(out_dir)
-    n_classes = int(len(centroids))
-    colours = palette(n_classes)
-    coco = {split: _CocoStream(out / f"instances_{split}.json") for split in ("train", "val")}
-    n_split = {"train": 0, "val": 0}
+    staging = staging_dir(out)
+    class_map = class_map or ClassMap.identity(len(centroids))
+    if class_map.n_clusters != len(centroids):
+        raise ValueError(f"the class map covers {class_map.n_clusters} clusters, the centroids {len(centroids)}")
+    n_classes = class_map.n_classes
+    paths = sorted((Path(p) for p in shard_paths), key=lambda p: p.name)
+    metas = [read_shard_meta(p) for p in paths]
+    splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas),
+                           config.writer.seed, config.writer.val_fraction)
+    coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
+    if "test" in splits.values():
+        coco["test"] = CocoStream(staging / "instances_test.json")
+    scenes = SceneOutputs(staging, metas, config.inputs)
+    n_split = dict.fromkeys(coco, 0)
     image_id = annotation_id = 1
     masks_per_class = np.zeros(n_classes, np.int64)
     pixels_per_class = np.zeros(n_classes, np.int64)
     kept_total = gated_total = labelled = pixels = 0
     image_sources = image_sources or {}
-    for path in sorted((Path(p) for p in shard_paths), key=lambda p: p.name):
+    for path, meta in zip(paths, metas):
         shard = read_shard(path)
-        class_ids = assign_clusters(shard.pfl, centroids)
-        kept = np.flatnonzero(shard.keep)
-        label = paint_label_map(shard.image_size, [shard.rles[i] for i in kept], shard.areas[kept], class_ids)
-        split = split_of(shard.stem, config.writer.seed, config.writer.val_fraction)
-        atomic.write_png(out / "ann_dir" / split / f"{shard.stem}.png", label)
-        source = image_sources.get(shard.stem)
-        file_name = f"{shard.stem}.png"
-        if source is not None and config.writer.copy_images:
-            suffix = Path(source).suffix.lower() or ".png"
-            file_name = f"{shard.stem}{suffix}"
-            atomic.copy_file(source, out / "img_dir" / split / file_name)
-        if config.writer.write_vis and source is not None:
-            with Image.open(source) as im:
-                rgb = np.asarray(im.convert("RGB"))
-            if rgb.shape[:2] == label.shape:
-                atomic.write_png(out / "vis" / f"{shard.stem}.png", overlay(rgb, label, n_classes))
-        image, annotations = shard_to_coco(shard, class_ids, file_name, image_id, annotation_id)
-        coco[split].add("images", [image])
+        labels = image_labels(shard, centroids, class_map)
+        split = splits[shard.stem]
+        atomic.write_png(staging / "ann_dir" / split / f"{shard.stem}.png", labels.label)
+        file_name = _copy_and_preview(image_sources.get(shard.stem), shard.stem, split, staging, labels.label,
+                                      n_classes, config)
+        annotations = coco_annotations(shard.kept_masks(), labels.class_ids, image_id, annotation_id)
+        coco[split].add("images", [coco_image_entry(image_id, file_name, shard.image_size)])
         coco[split].add("annotations", annotations)
+        scenes.add(meta, labels.label)
         image_id += 1
         annotation_id += len(annotations)
         n_split[split] += 1
-        np.add.at(masks_per_class, class_ids, 1)
-        counts = np.bincount(label.ravel(), minlength=256)
+        named = labels.class_ids[labels.class_ids != IGNORE]
+        np.add.at(masks_per_class, named, 1)
+        counts = np.bincount(labels.label.ravel(), minlength=256)
         pixels_per_class += counts[:n_classes]
         labelled += int(counts[:IGNORE].sum())
-        pixels += label.size
-        kept_total += len(kept)
-        gated_total += int((~shard.keep).sum())
+        pixels += labels.label.size
+        kept_total += shard.n_kept
+        gated_total += len(shard.masks) - shard.n_kept
     for stream in coco.values():
-        stream.close(n_classes)
-    atomic.write_with(out / "centroids.npy", lambda f: np.save(f, centroids.astype(np.float32)))
+        stream.close(class_map.names)
+    scene_counts = scenes.close()
+    atomic.write_with(staging / "centroids.npy", lambda f: np.save(f, centroids.astype(np.float32)))
+    colours = palette(n_classes)
     classes = [
-        {"id": k, "name": f"cluster_{k}", "color": colours[k].tolist(), "n_masks": int(masks_per_class[k]),
-         "n_pixels": int(pixels_per_class[k])}
-        for k in range(n_classes)
+        {"id": k, "name": name, "clusters": class_map.clusters_of(k), "color": colours[k].tolist(),
+         "n_masks": int(masks_per_class[k]), "n_pixels": int(pixels_per_class[k])}
+        for k, name in enumerate(class_map.names)
     ]
-    atomic.write_json(out / "classes.json", {"ignore_index": IGNORE, "classes": classes})
-    atomic.write_text(out / "errors.jsonl", "".join(json.dumps(dict(e), sort_keys=True) + "\n" for e in errors))
+    atomic.write_json(staging / "classes.json", {"ignore_index": IGNORE, "classes": classes,
+                                                 "dropped_clusters": class_map.dropped})
+    atomic.write_text(staging / "errors.jsonl", "".join(atomic.json_line(e) for e in errors))
     summary = DatasetSummary(
-        out_dir=str(out), n_images=n_split["train"] + n_split["val"], n_train=n_split["train"], n_val=n_split["val"],
-        n_classes=n_classes, n_masks_kept=kept_total, n_masks_gated=gated_total, n_errors=len(errors),
-        labelled_pixel_fraction=labelled / pixels if pixels else 0.0,
+        out_dir=str(out), n_images=sum(n_split.values()), n_train=n_split["train"], n_val=n_split["val"],
+        n_test=n_split.get("test", 0), n_classes=n_classes, n_masks_kept=kept_total, n_masks_gated=gated_total,
+        n_errors=len(errors), labelled_pixel_fraction=labelled / pixels if pixels else 0.0,
         masks_per_class=masks_per_class.tolist(), pixels_per_class=pixels_per_class.tolist(),
+        scene_outputs=scene_counts,
     )
-    atomic.write_json(out / "manifest.json", {
-        "format": "alps-dataset/1",
-        "layout": "mmsegmentation custom dataset: img_dir/{train,val}, ann_dir/{train,val} (uint8, 255 = ignore)",
+    atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
+                                                                 extra_manifest))
+    publish(out, staging)
+    return summary
+
+
+def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], class_map: ClassMap,
+                     summary: DatasetSummary, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dataset's ``manifest.json`` content (pure)."""
+    return {
+        "format": DATASET_FORMAT,
+        "layout": "mmsegmentation custom dataset: img_dir/{train,val[,test]}, ann_dir/{train,val[,test]} "
+                  "(uint8 class ids, 255 = no label)",
         "config": config.to_dict(),
-        "seed": config.seed,
+        "seed": config.writer.seed,
         "model": dict(model_manifest),
         "model_is_stand_in": bool(model_manifest.get("is_stand_in", False)),
-        "versions": _versions(),
-        "counts": {k: v for k, v in summary.__dict__.items() if k != "out_dir"},
-    })
-    return summary
+        "classes": class_map.to_json(),
+        "versions": versions(),
+        "counts": {k: v for k, v in asdict(summary).items() if k != "out_dir"},
+        **dict(extra or {}),
+    }

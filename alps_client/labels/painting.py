@@ -4,34 +4,37 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.masks import decode_coco_rle
+from alps_client.masks import Rle, iter_decoded
 
 IGNORE = 255
 
 
 def paint_label_map(
-    image_size: tuple[int, int], rles: Sequence[dict[str, Any]], areas: npt.ArrayLike, class_ids: npt.ArrayLike
+    image_size: tuple[int, int], rles: Sequence[Rle], areas: npt.ArrayLike, class_ids: npt.ArrayLike
 ) -> npt.NDArray[np.uint8]:
     """Paint masks with their class ids; ``(H, W) uint8``, 255 where no mask.
 
     Masks are painted in order of decreasing area (ties: input order), so small masks stay on top of the
-    large ones they lie in.
+    large ones they lie in. A class id of 255 paints "no label" (a dropped class hides what lies under it,
+    exactly as if the finished map's value were remapped). Masks are decoded a chunk at a time: memory is
+    bounded whatever their number.
     """
     label = np.full(image_size, IGNORE, dtype=np.uint8)
     if len(rles) == 0:
         return label
     class_ids = np.asarray(class_ids, dtype=np.int64)
-    if class_ids.min() < 0 or class_ids.max() >= IGNORE:
-        raise ValueError(f"class ids must lie in 0..254, got {class_ids.min()}..{class_ids.max()}")
+    if len(class_ids) != len(rles) or class_ids.min() < 0 or class_ids.max() > IGNORE:
+        raise ValueError(f"need one class id in 0..255 per mask, got {len(class_ids)} ids for {len(rles)} masks, "
+                         f"range {class_ids.min()}..{class_ids.max()}")
     order = np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable")
-    masks = decode_coco_rle([rles[i] for i in order])
-    for mask, cls in zip(masks, class_ids[order]):
-        label[mask] = cls
+    ordered = [rles[i] for i in order]
+    for start, masks in iter_decoded(ordered):
+        for mask, cls in zip(masks, class_ids[order[start : start + len(masks)]]):
+            label[mask] = cls
     return label
 
 

@@ -29,7 +29,7 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(stand_in_repo, scene
     assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6
     assert [e["reason"] for e in result["errors"]] == ["zero-byte file"]
     anns = sorted((out / "ann_dir").glob("*/*.png"))
-    assert [p.stem for p in anns] == sorted(f"scene_{i:04d}" for i in range(6))
+    assert sorted(p.stem for p in anns) == sorted(f"scene_{i:04d}" for i in range(6))
     for p in anns:
         label = np.asarray(Image.open(p))
         assert label.dtype == np.uint8 and set(np.unique(label)) <= set(range(4)) | {255}

@@ -131,7 +131,7 @@ def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
         from alps_client.config import InputConfig
         from alps_client.io.discovery import discover_inputs
         from alps_client.io.readers import load_item
-        from alps_client.io.geotiff import write_geotiff_windows
+        from alps_client.io.geotiff import LabelGeoTiff
         from alps_client.io.tiling import stitch_windows
         root = Path({str(tmp_path)!r})
         src = root / "scene" / "big.tif"; src.parent.mkdir()
@@ -150,9 +150,10 @@ def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
             assert tile.rgb.shape[:2] == (item.window[3] - item.window[1], item.window[2] - item.window[0])
             assert tile.geo is not None
         owned = stitch_windows(n, n, 896, 384)
-        def reader(k, w):
-            return lambda: np.full((w[3] - w[1], w[2] - w[0]), k % 250, np.uint8)
-        write_geotiff_windows(root / "stitched.tif", (n, n), None, [(w, reader(k, w)) for k, w in enumerate(owned.values())])
+        tif = LabelGeoTiff(root / "stitched.tif", (n, n), None)
+        for k, w in enumerate(owned.values()):
+            tif.write(w[0], w[1], np.full((w[3] - w[1], w[2] - w[0]), k % 250, np.uint8))
+        tif.close()
         with rasterio.open(root / "stitched.tif") as s:
             corner = s.read(1, window=Window(n - 1, n - 1, 1, 1))[0, 0]
         # VmHWM: this process's peak RSS (ru_maxrss would include the pytest parent's peak, kept across exec)

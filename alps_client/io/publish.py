@@ -1,0 +1,83 @@
+"""Replacing a dataset as a whole: outputs are written to a staging folder, then swapped into place.
+
+A run (or ``alps relabel``) writes every dataset output under ``OUT/.alps/staging/``. Only when all of them are
+written does :func:`publish` move the previous outputs aside and the new ones in, so ``OUT`` never mixes two runs
+(a rerun with another seed or split leaves no file of the old split behind) and an interrupted write leaves the
+previous dataset intact. The swap itself is a handful of renames guarded by a journal
+(``OUT/.alps/publish.json``): if it is interrupted, :func:`recover` (called before every write) finishes it.
+Files in ``OUT`` that are not dataset outputs (yours) are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from alps_client.io import atomic
+
+# Everything a run writes at the top of OUT; `evaluation.json` (from `alps evaluate`) is stale after a rewrite.
+DATASET_ENTRIES = (
+    "img_dir", "ann_dir", "vis", "instances_train.json", "instances_val.json", "instances_test.json",
+    "centroids.npy", "classes.json", "manifest.json", "errors.jsonl", "geo", "stitched", "volumes", "vectors",
+    "report", "evaluation.json",
+)
+
+
+def staging_dir(out: str | Path) -> Path:
+    """A fresh, empty ``OUT/.alps/staging`` (what an interrupted write left there is discarded)."""
+    out = Path(out)
+    recover(out)
+    staging = out / ".alps" / "staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _journal(out: Path) -> Path:
+    return out / ".alps" / "publish.json"
+
+
+def publish(out: str | Path, staging: str | Path) -> None:
+    """Swap the staged outputs into ``out``, replacing every previous dataset output."""
+    out, staging = Path(out), Path(staging)
+    shutil.rmtree(out / ".alps" / "previous", ignore_errors=True)  # left by a clean-up that did not finish
+    atomic.write_json(_journal(out), {"staging": str(staging), "entries": list(DATASET_ENTRIES)})
+    _finish(out, staging)
+
+
+def recover(out: str | Path) -> bool:
+    """Finish a swap that was interrupted (a journal is present); returns True if there was one."""
+    out = Path(out)
+    journal = _journal(out)
+    if not journal.is_file():
+        return False
+    _finish(out, Path(json.loads(journal.read_text())["staging"]))
+    return True
+
+
+def _finish(out: Path, staging: Path) -> None:
+    previous = out / ".alps" / "previous"
+    previous.mkdir(parents=True, exist_ok=True)
+    for name in DATASET_ENTRIES:
+        current, staged, old = out / name, staging / name, previous / name
+        if staged.exists() or staged.is_symlink():
+            if current.exists() and not old.exists():
+                os.replace(current, old)
+            elif current.exists():  # an earlier interrupted swap already parked a copy: this one is stale
+                _remove(current)
+            os.replace(staged, current)
+        elif (current.exists() or current.is_symlink()) and not old.exists():
+            os.replace(current, old)  # not written by this run: it must not survive from the last one
+    _journal(out).unlink(missing_ok=True)
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -1,0 +1,74 @@
+"""`alps evaluate`: every ground-truth class counts, unlabelled pixels and missing images are misses."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alps_client.errors import AlpsError
+from alps_client.evaluate import evaluate_dataset
+from flows.cli import main as alps
+
+Q = 10  # each quarter-row band of the 40x40 maps
+
+
+def write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+@pytest.fixture
+def case(tmp_path):
+    """GT classes 0..3 in four bands. Pseudo-labels: class 0 -> cluster 5, class 1 -> cluster 2, class 2 never
+    labelled (255), class 3 split between clusters 7 and 8; one GT image has no pseudo-label at all."""
+    gt = np.repeat(np.arange(4), Q)[:, None].repeat(40, axis=1)
+    gt[0, 0] = 255  # ignored ground truth
+    pred = np.full_like(gt, 255)
+    pred[gt == 0], pred[gt == 1] = 5, 2
+    pred[3 * Q :, :20], pred[3 * Q :, 20:] = 7, 8
+    write(tmp_path / "gt" / "a.png", gt)
+    write(tmp_path / "gt" / "sub" / "b.png", gt)  # found recursively
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    return tmp_path
+
+
+def evaluate_cli(case, *flags):
+    json_path = case / "report.json"
+    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--json", str(json_path), *flags]) == 0
+    return json.loads(json_path.read_text())
+
+
+def test_hungarian_counts_every_class_and_every_miss(case, capsys):
+    report = evaluate_cli(case, "--exclude-unlabelled-images")
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}
+    assert report["miou"] == pytest.approx(2.5 / 4)  # the class never labelled scores 0, it does not vanish
+    assert report["class_iou_labelled_pixels"]["3"] == pytest.approx(0.5) and report["classes_never_labelled"] == [2]
+    assert report["miou_labelled_pixels"] == pytest.approx(2.5 / 4)
+    assert report["coverage"] == pytest.approx(1199 / 1599)
+    assert report["class_to_clusters"]["3"] in ([7], [8]) and len(report["unmatched_clusters"]) == 1
+    assert report["missing_pseudo_labels"] == ["b"] and report["n_images"] == 1
+    table = capsys.readouterr().out
+    assert "(never labelled)" in table and "mIoU" in table and "matched to no class" in table
+
+
+def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
+    report = evaluate_cli(case, "--matching", "majority")
+    assert report["class_to_clusters"]["3"] == [7, 8] and not report["unmatched_clusters"]
+    # Image b has no pseudo-label: all its pixels are misses, halving every IoU.
+    assert report["class_iou"] == {"0": pytest.approx(0.5), "1": 0.5, "2": 0.0, "3": 0.5}
+    assert report["class_iou_labelled_pixels"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 1.0}
+    assert report["coverage"] == pytest.approx(1199 / 3198) and report["n_images"] == 2
+
+
+def test_errors_name_the_problem(case, capsys):
+    assert alps(["evaluate", str(case / "nothing"), str(case / "gt")]) == 2
+    assert "no label maps" in capsys.readouterr().err
+    write(case / "gt2" / "a.png", np.zeros((5, 5)))
+    with pytest.raises(AlpsError, match="differs from the pseudo-label"):
+        evaluate_dataset(case / "out", case / "gt2")
+    write(case / "gt3" / "zzz.png", np.zeros((5, 5)))
+    with pytest.raises(AlpsError, match="has the stem of a pseudo-label"):
+        evaluate_dataset(case / "out", case / "gt3")

@@ -1,0 +1,207 @@
+"""Label maps, splits, the dataset writer (COCO consistency, whole-dataset replacement), shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from alps_client.config import AmgConfig, ClusterConfig, GateConfig, PipelineConfig, WriterConfig
+from alps_client.io import publish as publish_module
+from alps_client.io.shards import ImageShard, read_shard, shard_fingerprint, shard_status, write_shard
+from alps_client.io.splits import assign_splits
+from alps_client.io.writer import write_dataset
+from alps_client.labels.classes import ClassMap
+from alps_client.labels.painting import IGNORE, paint_label_map
+from alps_client.masks import MaskSet, encode_coco_rle
+
+
+def boxes(*rects, size=(10, 10)):
+    masks = np.zeros((len(rects), *size), bool)
+    for m, (y0, y1, x0, x1) in zip(masks, rects):
+        m[y0:y1, x0:x1] = True
+    return masks
+
+
+def test_paint_small_masks_on_top_255_elsewhere_and_dropped_classes_hide():
+    masks = boxes((3, 5, 3, 5), (1, 9, 1, 9))  # small first: area order must still win
+    rles = encode_coco_rle(masks)
+    label = paint_label_map((10, 10), rles, [4, 64], [7, 2])
+    assert label[0, 0] == IGNORE and label[1, 1] == 2 and label[3, 3] == 7
+    dropped = paint_label_map((10, 10), rles, [4, 64], [IGNORE, 2])
+    assert dropped[3, 3] == IGNORE and dropped[1, 1] == 2
+    assert paint_label_map((4, 5), [], [], []).tolist() == [[IGNORE] * 5] * 4
+    with pytest.raises(ValueError, match=r"one class id in 0\.\.255 per mask"):
+        paint_label_map((10, 10), rles, [4, 64], [1])
+
+
+def test_splits_near_the_fraction_by_group_and_given_splits_kept():
+    stems = [(f"img_{i}", f"img_{i}", None) for i in range(12)]
+    splits = assign_splits(stems, seed=0, val_fraction=0.3)
+    assert list(splits.values()).count("val") == 4  # round(0.3 * 12), not a coin flip per image
+    assert splits == assign_splits(list(reversed(stems)), seed=0, val_fraction=0.3)  # order does not matter
+    assert splits != assign_splits(stems, seed=1, val_fraction=0.3)
+    tiles = [(f"scene{s}__x{x}", f"scene{s}", None) for s in range(5) for x in range(4)]
+    by_scene = assign_splits(tiles, seed=0, val_fraction=0.3)
+    for s in range(5):  # the tiles of one scene never straddle train and val
+        assert len({by_scene[f"scene{s}__x{x}"] for x in range(4)}) == 1
+    given = assign_splits([("a", "a", "test"), ("b", "b", "val"), ("c", "c", None)], 0, 0.0)
+    assert given == {"a": "test", "b": "val", "c": "train"}
+
+
+def make_shard(path, stem, masks, keep, pfl, extra=None):
+    ms = MaskSet.from_rles(masks.shape[1:], encode_coco_rle(masks), predicted_iou=np.linspace(0.9, 1, len(masks)))
+    shard = ImageShard(stem, f"{stem}.png", "fp", ms, np.asarray(keep, bool), np.asarray(pfl, np.float32), extra or {})
+    write_shard(path, shard)
+    return path
+
+
+def test_shard_round_trip_status_and_stale(tmp_path):
+    masks = boxes((0, 5, 0, 5), (2, 9, 3, 8))
+    path = make_shard(tmp_path / "s.npz", "s", masks, [True, False], np.ones((1, 256)), {"k": 1})
+    back = read_shard(path)
+    assert back.masks.rles == encode_coco_rle(masks) and back.masks.areas.tolist() == [25, 35]
+    assert back.keep.tolist() == [True, False] and back.extra == {"k": 1} and back.image_size == (10, 10)
+    fp_a = shard_fingerprint("model-a", PipelineConfig().labelling_dict())
+    fp_b = shard_fingerprint("model-a", PipelineConfig(amg=AmgConfig(points_per_side=8)).labelling_dict())
+    assert fp_a != fp_b and fp_a == shard_fingerprint("model-a", PipelineConfig().labelling_dict())
+    assert shard_status(tmp_path / "absent.npz", "fp") == "missing"
+    assert shard_status(path, "fp") == "current" and shard_status(path, fp_b) == "stale"
+    path.write_bytes(b"truncated")
+    assert shard_status(path, "fp") == "missing"
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    """Image 'a': a big mask (cluster 0) holding a small one (cluster 1), plus a gated one. Image 'b': all gated."""
+    big, small, gated = boxes((1, 9, 1, 9), (3, 5, 3, 5), (0, 10, 0, 10))
+    centroids = np.eye(2, 256, dtype=np.float32)
+    a = make_shard(tmp_path / "a.npz", "a", np.stack([big, small, gated]), [True, True, False], centroids)
+    b = make_shard(tmp_path / "b.npz", "b", gated[None], [False], np.zeros((0, 256)))
+    for stem in "ab":
+        Image.fromarray(np.full((10, 10, 3), 100, np.uint8)).save(tmp_path / f"{stem}.png")
+    sources = {s: tmp_path / f"{s}.png" for s in "ab"}
+    return [a, b], centroids, sources
+
+
+def read_labels(out):
+    return {p.stem: np.asarray(Image.open(p)) for p in (out / "ann_dir").glob("*/*.png")}
+
+
+def coco_files(out):
+    return {p.name: json.loads(p.read_text()) for p in out.glob("instances_*.json")}
+
+
+def test_dataset_files_counts_and_coco_consistency(two_shards, tmp_path):
+    shards, centroids, sources = two_shards
+    cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(val_fraction=0.5))
+    errors = [{"path": "bad.jpg", "reason": "zero-byte file"}]
+    out = tmp_path / "out"
+    summary = write_dataset(out, shards, centroids, cfg, {"is_stand_in": True}, errors, sources)
+    labels = read_labels(out)
+    assert (labels["b"] == IGNORE).all()  # every readable image gets a label file, even when all masks are gated
+    assert labels["a"][1, 1] == 0 and labels["a"][3, 3] == 1 and labels["a"][0, 0] == IGNORE
+    assert summary.n_masks_gated == 2 and summary.n_masks_kept == 2 and summary.n_train + summary.n_val == 2
+    assert summary.masks_per_class == [1, 1] and summary.pixels_per_class == [60, 4]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_is_stand_in"] and manifest["counts"]["n_images"] == 2
+    assert manifest["classes"] == {"names": ["cluster_0", "cluster_1"], "cluster_to_class": [0, 1]}
+    assert (out / "errors.jsonl").read_text() == json.dumps(errors[0], sort_keys=True) + "\n"
+    annotations = [a for coco in coco_files(out).values() for a in coco["annotations"]]
+    assert len(annotations) == 2
+    for ann in annotations:  # COCO boxes and areas are those of the RLE itself
+        rle = {**ann["segmentation"], "counts": ann["segmentation"]["counts"].encode()}
+        assert ann["bbox"] == mask_utils.toBbox(rle).tolist() and ann["area"] == int(mask_utils.area(rle))
+        decoded = mask_utils.decode(rle).astype(bool)
+        # The instance's pixels carry its class in ann_dir, except where a smaller (later-painted) mask covers them.
+        cls = ann["category_id"] - 1
+        assert (labels["a"][decoded] == cls).mean() == (1.0 if cls == 1 else 60 / 64)
+    assert np.load(out / "centroids.npy").shape == (2, 256)
+
+
+def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_shards, tmp_path):
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+    by_split = {}
+    for seed in range(6):  # find two seeds that put image 'a' in different splits
+        cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(seed=seed, val_fraction=0.5))
+        write_dataset(out, shards, centroids, cfg, {}, [], sources)
+        (out / "ann_dir" / "mine.txt").write_text("a user's file inside a dataset folder is replaced with it")
+        (out / "notes.txt").write_text("a user's file beside the dataset stays")
+        files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if ".alps" not in p.parts)
+        assert sum("ann_dir/" in f and f.endswith(".png") for f in files) == 2  # never old + new split
+        by_split.setdefault(next(f for f in files if f.endswith(("ann_dir/train/a.png", "ann_dir/val/a.png"))), seed)
+    assert len(by_split) == 2 and (out / "notes.txt").is_file()
+    merged = ClassMap(("thing",), (0, 0))
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=merged)
+    assert set(np.unique(read_labels(out)["a"])) == {0, IGNORE}
+    dropped = ClassMap(("big",), (0, IGNORE))
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=dropped)
+    label = read_labels(out)["a"]
+    assert label[1, 1] == 0 and label[3, 3] == IGNORE  # the dropped small mask hides what lies under it
+    classes = json.loads((out / "classes.json").read_text())
+    assert classes["dropped_clusters"] == [1] and classes["classes"][0]["clusters"] == [0]
+    assert sum(len(c["annotations"]) for c in coco_files(out).values()) == 1
+
+
+def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path, monkeypatch):
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    calls = []
+    real_replace = publish_module.os.replace
+
+    def crash_after_three(src, dst):
+        if Path(dst).parent in (out, out / ".alps" / "previous"):  # the swap's renames, not the staged writes
+            calls.append(src)
+            if len(calls) == 3:
+                raise KeyboardInterrupt("killed mid-swap")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(publish_module.os, "replace", crash_after_three)
+    cfg = PipelineConfig(writer=WriterConfig(write_vis=False))
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(out, shards, centroids, cfg, {}, [], sources)
+    monkeypatch.setattr(publish_module.os, "replace", real_replace)
+    assert (out / ".alps" / "publish.json").is_file()
+    assert publish_module.recover(out)
+    assert not (out / "vis").exists()  # the new dataset, whole: no previews
+    assert json.loads((out / "manifest.json").read_text())["config"]["writer"]["write_vis"] is False
+    assert len(read_labels(out)) == 2 and not (out / ".alps" / "staging").exists()
+
+
+def test_oracle_masks_reach_high_miou(tmp_path):
+    """Ground-truth instances as masks + a colour embedding: clustering and writing recover the classes."""
+    from scipy import ndimage
+
+    from alps_client.backends.base import Embedding
+    from alps_client.evaluate import evaluate_dataset, format_table
+    from alps_client.labels.clustering import fit_centroids
+    from alps_client.labels.features import pool_mask_features
+    from alps_client.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "data", 6, seed=1, size=(128, 128), n_classes=5)
+    cfg = PipelineConfig(gate=GateConfig(sigma=1.0), cluster=ClusterConfig(n_clusters=5, seed=0))
+    shards = []
+    for path in sorted((root / "images").glob("*.png")):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        gt = np.asarray(Image.open(root / "gt" / path.name))
+        masks = [comps == k for cls in np.unique(gt) for comps, n in [ndimage.label(gt == cls)] for k in range(1, n + 1)]
+        ms = MaskSet.from_rles(gt.shape, encode_coco_rle(np.stack(masks)))
+        feat = np.zeros((256, 64, 64), np.float32)
+        small = np.asarray(Image.fromarray(image).resize((64, 64), Image.BILINEAR), np.float32)
+        feat[:3] = small.transpose(2, 0, 1) / 255.0
+        pfl = pool_mask_features(Embedding(feat, (1024, 1024), gt.shape), ms.rles, cfg.features)
+        shard = ImageShard(path.stem, str(path), "oracle", ms, np.ones(len(ms), bool), pfl)
+        write_shard(tmp_path / "shards" / f"{path.stem}.npz", shard)
+        shards.append(tmp_path / "shards" / f"{path.stem}.npz")
+    centroids = fit_centroids(shards, cfg.cluster)
+    summary = write_dataset(tmp_path / "out", shards, centroids, cfg, {}, [],
+                            {p.stem: p for p in (root / "images").glob("*.png")})
+    report = evaluate_dataset(tmp_path / "out", root / "gt")
+    assert report.miou >= 0.9 and report.coverage == pytest.approx(1.0), format_table(report)
+    assert summary.n_images == 6 and summary.labelled_pixel_fraction == pytest.approx(1.0)
