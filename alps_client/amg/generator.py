@@ -62,10 +62,15 @@ class MaskGenerator:
         config: Meta's parameters; ``points_per_batch=None`` uses ``backend.prompt_batch_size``.
     """
 
+    family = "sam"
+    default_pred_iou_thresh = 0.88  # SamAutomaticMaskGenerator's
+
     def __init__(self, backend: SamBackend, config: AmgConfig | None = None) -> None:
         self.backend = backend
         self.config = config or AmgConfig()
         c = self.config
+        self._check_family()
+        self.pred_iou_thresh = self.default_pred_iou_thresh if c.pred_iou_thresh is None else c.pred_iou_thresh
         if c.points_per_side is not None:
             self.point_grids = build_all_layer_point_grids(c.points_per_side, c.crop_n_layers, c.crop_n_points_downscale_factor)
         else:
@@ -77,6 +82,16 @@ class MaskGenerator:
         if c.min_mask_region_area > 0:
             lazy_import("cv2")
         self.points_per_batch = c.points_per_batch or backend.prompt_batch_size
+
+    def _check_family(self) -> None:
+        family = self.backend.manifest.model_family
+        if family != self.family:
+            raise ValueError(
+                f"{type(self).__name__} drives {self.family} models, {self.backend.manifest.root} holds {family}; "
+                "use alps_client.amg.make_mask_generator"
+            )
+        if self.config.use_m2m or not self.config.multimask_output:
+            raise ValueError("use_m2m and multimask_output=False are SAM 2 parameters; this repository holds SAM")
 
     def generate(self, image: npt.NDArray[np.uint8]) -> list[dict[str, Any]]:
         """Masks of an ``(H, W, 3) uint8`` RGB image as Meta's records."""
@@ -198,7 +213,8 @@ class MaskGenerator:
         iou_preds = out.iou_predictions.reshape(-1).astype(np.float32)
         point_rows = np.repeat(points, n_out, axis=0)
         # Filter by predicted IoU before anything is upsampled.
-        keep = np.flatnonzero(iou_preds > c.pred_iou_thresh) if c.pred_iou_thresh > 0.0 else np.arange(len(iou_preds))
+        thresh = self.pred_iou_thresh
+        keep = np.flatnonzero(iou_preds > thresh) if thresh > 0.0 else np.arange(len(iou_preds))
 
         # Upsample and score survivors only, each over the window where its logits can pass a threshold.
         floor = c.mask_threshold - abs(c.stability_score_offset)
