@@ -21,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from alps_client.io import atomic
-from alps_client.labels.clustering import assign_clusters
+from alps_client.labels.clustering import assign_clusters, centroids_sidecar
 from alps_client.config import PipelineConfig
 from alps_client.labels.painting import IGNORE, overlay, paint_label_map, palette
 from alps_client.io.shards import ImageShard, read_shard
@@ -190,6 +190,7 @@ def write_dataset(
     for stream in coco.values():
         stream.close(n_classes)
     atomic.write_with(out / "centroids.npy", lambda f: np.save(f, centroids.astype(np.float32)))
+    atomic.write_json(out / "centroids.json", centroids_sidecar(dict(model_manifest)))
     classes = [
         {"id": k, "name": f"cluster_{k}", "color": colours[k].tolist(), "n_masks": int(masks_per_class[k]),
          "n_pixels": int(pixels_per_class[k])}
