@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import record  # noqa: E402
+from bench.bench_pipeline import record
 
 
 def measure(repo: str, size: int, prompts: int, points_per_side: int, threads: int) -> dict:
@@ -91,7 +91,8 @@ def main() -> None:
         rows[model] = {**json.loads(out.stdout.strip().splitlines()[-1]), "note": manifest["note"],
                        "encoder_export_s": manifest["export"]["seconds"]["encoder"]}
         print(model, {k: v for k, v in rows[model].items() if k != "amg_timings"}, flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
     record("model_families", {
         "rows": rows, "commit": commit, "image": [args.size, args.size * 3 // 2], "prompts": args.prompts,
         "points_per_side": args.points_per_side, "threads": args.threads,

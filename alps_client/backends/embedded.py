@@ -11,10 +11,16 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.backends.feeds import (
+    decoder_feeds,
+    encoder_feeds,
+    encoder_output_roles,
+    make_embedding,
+    mask_outputs,
+)
+from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
 from alps_client.config import BackendConfig
 from alps_client.errors import ModelRepositoryError, ModelSignatureError
-from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
-from alps_client.backends.feeds import decoder_feeds, encoder_feeds, encoder_output_roles, make_embedding, mask_outputs
 
 # Prompts per decoder call. On CPU the time per prompt is flat up to 32 and memory grows with the chunk (vit_b
 # decoder, 2 threads, one run of bench/bench_ort_options.py: 4 -> 27.5 ms/prompt, 0.5 GB; 8 -> 28.9 ms, 0.9 GB;

@@ -127,8 +127,11 @@ def centroids_sidecar(model_manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def centroids_family(path: str | Path) -> tuple[str, str]:
-    """``(model_family, model_type)`` of a ``centroids.npy``: from ``centroids.json`` beside it, else from the
-    dataset's ``manifest.json`` beside it; centroids with neither predate SAM 2 support and are SAM's."""
+    """``(model_family, model_type)`` of a ``centroids.npy``.
+
+    Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it; centroids with
+    neither predate SAM 2 support and are SAM's.
+    """
     path = Path(path)
     for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ()), (path.parent / "manifest.json", ("model",))):
         try:
@@ -157,8 +160,10 @@ def check_centroids_family(path: str | Path, model_family: str) -> None:
 
 
 def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = None) -> npt.NDArray[np.float32]:
-    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254 and, when
-    ``model_family`` is given, that it was fitted on that family's features."""
+    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254.
+
+    When ``model_family`` is given, centroids fitted on another family's features are refused.
+    """
     if model_family is not None:
         check_centroids_family(path, model_family)
     try:

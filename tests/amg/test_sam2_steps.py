@@ -11,8 +11,8 @@ from export.tv_shim import install_torchvision_shim
 from tests.amg import sam2_cpu_cc
 
 install_torchvision_shim()
-from sam2.modeling.sam.mask_decoder import MaskDecoder  # noqa: E402
-from sam2.utils.transforms import SAM2Transforms  # noqa: E402
+from sam2.modeling.sam.mask_decoder import MaskDecoder
+from sam2.utils.transforms import SAM2Transforms
 
 SELECTION = {"multimask": [1, 2, 3], "single": 0, "dynamic_multimask_via_stability": True,
              "dynamic_multimask_stability_delta": 0.05, "dynamic_multimask_stability_thresh": 0.98}
@@ -40,7 +40,7 @@ def test_single_mask_selection_matches_meta_including_the_fallback():
     np.testing.assert_array_equal(ours_i, their_i.numpy())
     picked_zero = (ours_i[:, 0] == iou[:, 0])
     assert picked_zero.any() and not picked_zero.all()  # both branches taken
-    multi_m, multi_i = select_mask_tokens(masks, iou, True, SELECTION)
+    multi_m, _ = select_mask_tokens(masks, iou, True, SELECTION)
     np.testing.assert_array_equal(multi_m, masks[:, 1:])
     no_dynamic = {**SELECTION, "dynamic_multimask_via_stability": False}
     np.testing.assert_array_equal(select_mask_tokens(masks, iou, False, no_dynamic)[0], masks[:, :1])

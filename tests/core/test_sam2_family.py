@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from alps_client.backends.manifest import load_manifest
 from alps_client.config import FeatureConfig
 from alps_client.errors import AlpsError
-from alps_client.labels.clustering import centroids_family, centroids_sidecar, check_centroids_family, load_centroids
+from alps_client.labels.clustering import (
+    centroids_family,
+    centroids_sidecar,
+    check_centroids_family,
+    load_centroids,
+)
 from alps_client.labels.features import pool_mask_features
 from tests.shapes import make_shapes_scene
 
