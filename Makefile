@@ -17,9 +17,16 @@ MODEL_REPO ?= model_repository
 
 setup: $(STAMP) $(TRITON_STAMP)
 
-$(STAMP): requirements.txt requirements.lock pyproject.toml
+# Meta's SAM 2.1 (export and tests only). Its sdist requires torch and torchvision; torchvision does not import
+# beside the pinned CPU torch (export/tv_shim.py stands in for it), so sam2 goes in without dependencies (its real
+# ones, hydra-core and iopath, are in requirements.txt), built against the installed torch, without the optional
+# CUDA extension.
+SAM2_PIN := sam2==1.1.0
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt -c requirements.lock
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation $(SAM2_PIN)
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps -e .
 	touch $@
 

@@ -26,12 +26,15 @@ class AmgConfig:
 
     The defaults are the paper's setting (ALPS uses SAM's default dense prompts).
     ``points_per_batch=None`` lets the backend choose (memory-bounded on CPU, large on GPU); the batch
-    size never changes the masks.
+    size never changes the masks. ``pred_iou_thresh=None`` is the model family's default: 0.88 for SAM
+    (``SamAutomaticMaskGenerator``), 0.8 for SAM 2 (``SAM2AutomaticMaskGenerator``); every other default is
+    the same in both. ``use_m2m`` and ``multimask_output`` are SAM 2's parameters (its defaults here); a SAM
+    repository refuses values other than these defaults.
     """
 
     points_per_side: int | None = 32
     points_per_batch: int | None = None
-    pred_iou_thresh: float = 0.88
+    pred_iou_thresh: float | None = None
     stability_score_thresh: float = 0.95
     stability_score_offset: float = 1.0
     mask_threshold: float = 0.0
@@ -43,6 +46,8 @@ class AmgConfig:
     point_grids: tuple[tuple[tuple[float, float], ...], ...] | None = None
     min_mask_region_area: int = 0
     output_mode: OutputMode = "binary_mask"
+    use_m2m: bool = False
+    multimask_output: bool = True
 
     def __post_init__(self) -> None:
         _check(

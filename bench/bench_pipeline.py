@@ -217,6 +217,17 @@ def render(results: dict[str, Any]) -> str:
                           f"{a['encoder_max_rel_diff']:.3f}."]
             lines.append("")
             continue
+        if name == "model_families":
+            lines += ["## SAM 2.1 (Hiera) vs SAM (ViT): speed and memory", "",
+                      f"`bench/bench_families.py` at commit {r['commit']}; {r['note']}; one {r['image'][0]}x{r['image'][1]} "
+                      f"image, {r['prompts']} decoder prompts, AMG {r['points_per_side']}x{r['points_per_side']} grid, "
+                      f"{r['threads']} threads, {r['machine']['cpu']}.", "",
+                      "| model | family | encoder s/image | decoder ms/prompt | AMG s/image | peak RSS MiB |",
+                      "|---|---|---:|---:|---:|---:|"]
+            lines += [f"| {k} | {v['family']} | {v['encoder_s_per_image']:.2f} | {v['decoder_ms_per_prompt']:.1f} | "
+                      f"{v['amg_s_per_image']:.1f} | {v['peak_rss_mib']:.0f} |" for k, v in r["rows"].items()]
+            lines.append("")
+            continue
         if name == "scaling":
             lines += ["## Scaling of clustering + writing (synthetic PFLs)", "", "| images | PFLs | seconds | peak RSS MiB |",
                       "|---:|---:|---:|---:|"]

@@ -1,4 +1,5 @@
-"""Export SAM (vit_h / vit_l / vit_b) or the structured stand-in to ONNX and write a Triton model repository.
+"""Export SAM (vit_h / vit_l / vit_b), SAM 2.1 (Hiera t / s / b+ / l) or a structured stand-in to ONNX and write
+a Triton model repository.
 
 Usage:
     python export/export_sam.py --model-type vit_h --checkpoint sam_vit_h_4b8939.pth --out model_repository
@@ -6,10 +7,13 @@ Usage:
     python export/export_sam.py --model-type vit_b --random-init --out /tmp/repo     # shapes and speed only
     python export/export_sam.py --model-type vit_h --checkpoint sam_vit_h_4b8939.pth --cpu --quantize int8 \
         --out model_repository_int8                                                    # int8 weights, for CPUs
+    python export/export_sam.py --model-type sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --out model_repository
+    python export/export_sam.py --model-type sam2-stand-in --out model_repository   # SAM 2 offline demo model, NOT SAM 2
 
 Writes ``<out>/sam_encoder/{config.pbtxt,1/model.onnx}``, ``<out>/sam_decoder/{config.pbtxt,1/model.onnx}``
 and ``<out>/manifest.json`` (model type, checkpoint sha256, ONNX sha256, tensor names/shapes/dtypes,
-preprocessing constants, parity figures). The export fails loudly if ONNX and PyTorch disagree.
+preprocessing constants, parity figures, ``model_family``: ``sam`` or ``sam2``). The export fails loudly if ONNX
+and PyTorch disagree. SAM 2.1 is exported by :mod:`export.sam2_export`; this module dispatches to it.
 """
 
 from __future__ import annotations
@@ -36,19 +40,19 @@ from torch import nn  # noqa: E402
 from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
+from export.errors import ExportError  # noqa: E402
 from export.quantize import QUANTIZE_CHOICES, QUANTIZED_OP_TYPES, quantize_int8  # noqa: E402
 from export.quantize import agreement as quantize_agreement  # noqa: E402
+from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
+from export.sam2_export import load_model as load_sam2_model  # noqa: E402
+from export.sam2_export import run_export as run_sam2_export  # noqa: E402
 from export.stand_in import STAND_IN_NAME, build_stand_in_sam  # noqa: E402
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 # A tiny SAM configuration for tests: Meta's builder and checkpoint loading, a 2-block width-96 encoder.
 TINY_TEST = "tiny-test"
 TINY_TEST_ARGS = {"encoder_embed_dim": 96, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}
-MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST)
-
-
-class ExportError(Exception):
-    """A bad argument or input: printed as one line, exit code 2."""
+MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST, *SAM2_MODEL_TYPES)
 
 
 def _build_sam(model_type: str, checkpoint: str | None) -> nn.Module:
@@ -73,6 +77,8 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn
     """
     if model_type not in MODEL_TYPES:
         raise ExportError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    if model_type in SAM2_MODEL_TYPES:
+        return load_sam2_model(model_type, checkpoint, random_init)
     if model_type == STAND_IN_NAME:
         if checkpoint or random_init:
             raise ExportError("the stand-in has no weights: drop --checkpoint / --random-init")
@@ -138,6 +144,11 @@ def run_export(
     if quantize not in QUANTIZE_CHOICES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got '{quantize}'")
     out = Path(out)
+    if model_type in SAM2_MODEL_TYPES:
+        if quantize != "none":
+            raise ExportError("--quantize int8 is implemented for SAM (vit_*) only; export SAM 2.1 without --quantize")
+        _check_output_dir(out)
+        return run_sam2_export(model_type, out, checkpoint, random_init, cpu, max_batch_size, opset, log, versions())
     sam = load_model(model_type, checkpoint, random_init)
     _check_output_dir(out)
     if model_type == STAND_IN_NAME:
@@ -209,6 +220,7 @@ def run_export(
             )
         )
         manifest = {
+            "model_family": "sam",
             "model_type": model_type,
             "is_stand_in": model_type == STAND_IN_NAME,
             "random_init": bool(random_init),
@@ -292,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry point; one clear line and exit code 2 on bad arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-type", required=True, choices=MODEL_TYPES,
-                        help="SAM size, 'stand-in' (offline demo model, NOT SAM) or 'tiny-test' (tests only)")
-    parser.add_argument("--checkpoint", help="Meta's SAM checkpoint, e.g. sam_vit_h_4b8939.pth")
+                        help="SAM size, SAM 2.1 size (sam2.1_hiera_t|s|b+|l), 'stand-in' / 'sam2-stand-in' (offline "
+                        "demo models, NOT SAM) or 'tiny-test' / 'sam2-tiny-test' (tests only)")
+    parser.add_argument("--checkpoint", help="Meta's checkpoint, e.g. sam_vit_h_4b8939.pth or sam2.1_hiera_tiny.pt")
     parser.add_argument("--random-init", action="store_true", help="no weights: for shape and speed work only")
     parser.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
     parser.add_argument("--cpu", action="store_true", help="Triton instance groups on CPU (KIND_CPU) instead of GPU")

@@ -97,6 +97,67 @@ class StandInPromptEncoder(nn.Module):
         return sparse, self._dense_pe.expand(b, 1, 1, 1)
 
 
+def colour_prompt_logits(
+    colour: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    centres: torch.Tensor,
+    pixel_index: torch.Tensor,
+    reach: torch.Tensor,
+    extra: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stand-in mask logits: low-res pixels close in colour to the prompted ones, within each spatial reach.
+
+    Args:
+        colour: ``(1, 3, 256, 256)`` low-res colour image of the 1024 frame (normalised units).
+        coords: ``(B, P, 2)`` point centres (x, y) in the 1024 frame (padding point included).
+        labels: ``(B, P)`` point labels (1 foreground, 0 background, -1 padding).
+        centres: ``(256,)`` low-res pixel centres in the 1024 frame.
+        pixel_index: ``(256,)`` 0..255.
+        reach: ``(K,)`` spatial reach of each output mask, in pixels of the 1024 frame.
+        extra: optional ``(B, 1, 256, 256)`` logits added before the final clamp (SAM 2 stand-in's mask input).
+
+    Returns:
+        ``(B, K, 256, 256) float32`` logits in [-50, 20 + extra].
+    """
+    foreground = (labels == 1).to(coords.dtype)  # (B, P)
+    n_fg = torch.clamp(foreground.sum(dim=1), min=1.0)  # (B,)
+    smoothed = F.avg_pool2d(colour, 3, stride=1, padding=1, count_include_pad=False)
+    # Reference colour: mean over foreground points of the (3x3-smoothed, robust) low-res pixel they fall in.
+    pix = torch.clamp(torch.floor(coords / BLOCK), 0, LOW_RES - 1)  # (B, P, 2)
+    onehot_x = (pix[..., 0:1] == pixel_index).to(colour.dtype)  # (B, P, 256)
+    onehot_y = (pix[..., 1:2] == pixel_index).to(colour.dtype)
+    per_point = torch.einsum("bpy,bpx,cyx->bpc", onehot_y, onehot_x, smoothed[0])  # (B, P, 3)
+    reference = (per_point * foreground.unsqueeze(-1)).sum(dim=1) / n_fg.unsqueeze(-1)  # (B, 3)
+    dist = ((colour - reference[:, :, None, None]) ** 2).sum(dim=1, keepdim=True)  # (B, 1, 256, 256)
+    colour_logit = COLOUR_SCALE * (COLOUR_TAU - dist)  # (B, 1, 256, 256)
+    # Spatial distance to the nearest foreground point, in pixels of the 1024 frame.
+    dx = centres[None, None, None, :] - coords[..., 0][:, :, None, None]  # (B, P, 1, 256)
+    dy = centres[None, None, :, None] - coords[..., 1][:, :, None, None]  # (B, P, 256, 1)
+    d2 = dx * dx + dy * dy + (1.0 - foreground)[:, :, None, None] * 1e12
+    nearest = torch.sqrt(torch.amin(d2, dim=1, keepdim=True))  # (B, 1, 256, 256)
+    # No penalty within the reach, then a linear ramp: masks cut by the reach get soft edges, hence low
+    # stability and predicted IoU, as SAM's partial masks do; masks bounded by colour stay crisp.
+    reach = reach[None, :, None, None]
+    penalty = REACH_PENALTY * torch.relu(nearest - reach) / reach  # (B, K, 256, 256)
+    # Bounded logits keep float32 rounding far below the 1e-4 parity tolerance.
+    # The colour logit is clamped symmetrically so that mask edges fall midway between a pure and a mixed
+    # 4-pixel block after upsampling.
+    logits = torch.clamp(colour_logit, -REACH_PENALTY, REACH_PENALTY) - penalty
+    if extra is not None:
+        logits = logits + extra
+    return torch.clamp(logits, min=-50.0)
+
+
+def predicted_iou(masks: torch.Tensor) -> torch.Tensor:
+    """``(B, K, 256, 256)`` logits -> ``(B, K)``: agreement of each mask's soft and hard versions."""
+    soft = torch.sigmoid(masks)
+    hard = (masks > 0).to(masks.dtype)
+    inter = (soft * hard).sum(dim=(2, 3))
+    union = hard.sum(dim=(2, 3)) + (soft * (1.0 - hard)).sum(dim=(2, 3))
+    return inter / (union + 1.0)
+
+
 class StandInMaskDecoder(nn.Module):
     """Masks of cells close in embedding to the prompted ones, at three spatial reaches."""
 
@@ -117,37 +178,10 @@ class StandInMaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         coords = sparse_prompt_embeddings[..., :2] + 0.5  # pixel centres, as Meta's prompt encoder
         labels = sparse_prompt_embeddings[..., 2]
-        foreground = (labels == 1).to(coords.dtype)  # (B, P)
-        n_fg = torch.clamp(foreground.sum(dim=1), min=1.0)  # (B,)
         # One image per call, shared by all prompts: unpack its low-res colour image.
         colour = F.pixel_shuffle(image_embeddings[:1, :COLOUR_CHANNELS], CELL // BLOCK)  # (1, 3, 256, 256)
-        smoothed = F.avg_pool2d(colour, 3, stride=1, padding=1, count_include_pad=False)
-        # Reference colour: mean over foreground points of the (3x3-smoothed, robust) low-res pixel they fall in.
-        pix = torch.clamp(torch.floor(coords / BLOCK), 0, LOW_RES - 1)  # (B, P, 2)
-        onehot_x = (pix[..., 0:1] == self.pixel_index).to(colour.dtype)  # (B, P, 256)
-        onehot_y = (pix[..., 1:2] == self.pixel_index).to(colour.dtype)
-        per_point = torch.einsum("bpy,bpx,cyx->bpc", onehot_y, onehot_x, smoothed[0])  # (B, P, 3)
-        reference = (per_point * foreground.unsqueeze(-1)).sum(dim=1) / n_fg.unsqueeze(-1)  # (B, 3)
-        dist = ((colour - reference[:, :, None, None]) ** 2).sum(dim=1, keepdim=True)  # (B, 1, 256, 256)
-        colour_logit = COLOUR_SCALE * (COLOUR_TAU - dist)  # (B, 1, 256, 256)
-        # Spatial distance to the nearest foreground point, in pixels of the 1024 frame.
-        dx = self.low_res_centres[None, None, None, :] - coords[..., 0][:, :, None, None]  # (B, P, 1, 256)
-        dy = self.low_res_centres[None, None, :, None] - coords[..., 1][:, :, None, None]  # (B, P, 256, 1)
-        d2 = dx * dx + dy * dy + (1.0 - foreground)[:, :, None, None] * 1e12
-        nearest = torch.sqrt(torch.amin(d2, dim=1, keepdim=True))  # (B, 1, 256, 256)
-        # No penalty within the reach, then a linear ramp: masks cut by the reach get soft edges, hence low
-        # stability and predicted IoU, as SAM's partial masks do; masks bounded by colour stay crisp.
-        reach = self.reach[None, :, None, None]
-        penalty = REACH_PENALTY * torch.relu(nearest - reach) / reach  # (B, 3, 256, 256)
-        # Bounded logits keep float32 rounding far below the 1e-4 parity tolerance.
-        # The colour logit is clamped symmetrically so that mask edges fall midway between a pure and a mixed
-        # 4-pixel block after upsampling.
-        masks = torch.clamp(torch.clamp(colour_logit, -REACH_PENALTY, REACH_PENALTY) - penalty, min=-50.0)
-        soft = torch.sigmoid(masks)
-        hard = (masks > 0).to(masks.dtype)
-        inter = (soft * hard).sum(dim=(2, 3))
-        union = hard.sum(dim=(2, 3)) + (soft * (1.0 - hard)).sum(dim=(2, 3))
-        iou_pred = inter / (union + 1.0)
+        masks = colour_prompt_logits(colour, coords, labels, self.low_res_centres, self.pixel_index, self.reach)
+        iou_pred = predicted_iou(masks)
         if not multimask_output:
             return masks[:, 2:3], iou_pred[:, 2:3]
         return masks, iou_pred

@@ -1,7 +1,10 @@
-"""A minimal torchvision stand-in so that ``segment_anything`` imports beside the CPU torch wheel.
+"""A minimal torchvision stand-in so that ``segment_anything`` and ``sam2`` import beside the CPU torch wheel.
 
 PyPI's torchvision does not import next to the torch 2.13 CPU wheel we pin
-(``operator torchvision::nms does not exist``), yet ``segment_anything`` imports four torchvision functions.
+(``operator torchvision::nms does not exist``), yet ``segment_anything`` imports four torchvision functions and
+``sam2`` (1.1.0) five: ``torchvision.ops.boxes.batched_nms/box_area`` and
+``torchvision.transforms.Normalize/Resize/ToTensor`` (``SAM2Transforms``, which TorchScripts
+``Sequential(Resize, Normalize)``, so those two are scriptable modules here).
 This shim provides them with torchvision's exact semantics. It is used by the exporter, tests and
 benchmarks only; ``alps_client`` never imports torch or torchvision.
 """
@@ -75,6 +78,59 @@ def resize(img: Image.Image, size: Any, interpolation: Any = None, max_size: Any
     return img.resize((w, h), Image.BILINEAR)
 
 
+class ToTensor:
+    """``(H, W, C) uint8`` array -> ``(C, H, W) float32`` in [0, 1], as ``torchvision.transforms.ToTensor``.
+
+    torchvision: ``torch.from_numpy(pic.transpose((2, 0, 1))).contiguous()``, then ``.to(float32).div(255)``.
+    """
+
+    def __call__(self, pic: Any) -> torch.Tensor:
+        """Convert one image (numpy array or PIL image)."""
+        array = np.asarray(pic)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        img = torch.from_numpy(array.transpose((2, 0, 1))).contiguous()
+        if img.dtype == torch.uint8:
+            return img.to(dtype=torch.get_default_dtype()).div(255)
+        return img
+
+
+class Resize(torch.nn.Module):
+    """Tensor resize to a fixed ``(h, w)``, as ``torchvision.transforms.Resize(size)`` on tensors.
+
+    torchvision's defaults: bilinear, ``antialias=True``, ``align_corners=False``; an image already at the size
+    is returned unchanged (``functional.resize``).
+    """
+
+    def __init__(self, size: list[int]) -> None:
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """``(C, H, W)`` or ``(B, C, H, W)`` float tensor resized."""
+        if img.shape[-2] == self.size[0] and img.shape[-1] == self.size[1]:
+            return img
+        squeeze = img.dim() == 3
+        x = img.unsqueeze(0) if squeeze else img
+        x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return x.squeeze(0) if squeeze else x
+
+
+class Normalize(torch.nn.Module):
+    """``(x - mean) / std`` per channel, as ``torchvision.transforms.Normalize`` (mean/std in x's dtype)."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(C, H, W)`` normalised per channel."""
+        mean = torch.as_tensor(self.mean, dtype=tensor.dtype, device=tensor.device)
+        std = torch.as_tensor(self.std, dtype=tensor.dtype, device=tensor.device)
+        return (tensor - mean[:, None, None]) / std[:, None, None]
+
+
 def install_torchvision_shim() -> None:
     """Register the shim as ``torchvision`` unless a working torchvision is importable."""
     if "torchvision" in sys.modules:
@@ -98,6 +154,9 @@ def install_torchvision_shim() -> None:
         mod.nms = nms  # type: ignore[attr-defined]
     functional.resize = resize  # type: ignore[attr-defined]
     functional.to_pil_image = to_pil_image  # type: ignore[attr-defined]
+    transforms.Normalize = Normalize  # type: ignore[attr-defined]
+    transforms.Resize = Resize  # type: ignore[attr-defined]
+    transforms.ToTensor = ToTensor  # type: ignore[attr-defined]
     root.ops = ops  # type: ignore[attr-defined]
     root.transforms = transforms  # type: ignore[attr-defined]
     ops.boxes = ops_boxes  # type: ignore[attr-defined]

@@ -69,7 +69,7 @@ def discover(dataset: str, config: PipelineConfig) -> dict[str, Any]:
 @task(name="label-image", retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
 def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprint: str) -> dict[str, Any]:
     """Label one image and write its shard; returns a small summary (or the reason it was rejected)."""
-    from alps_client.amg.generator import MaskGenerator
+    from alps_client.amg import make_mask_generator
     from alps_client.io.readers import load_item
     from alps_client.pipeline import label_image
 
@@ -87,7 +87,7 @@ def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprin
     if not loaded.plain_copy:
         image_file = str(work_dir(out) / "images" / f"{it.stem}.png")
         atomic.write_png(image_file, loaded.rgb)
-    generator = MaskGenerator(get_backend(config.backend), config.amg)
+    generator = make_mask_generator(get_backend(config.backend), config.amg)
     extra = {"image_file": image_file, "kind": it.kind, "scene": it.scene, "window": it.window, "split": it.split,
              "geo": loaded.geo, "input": loaded.extra}
     summary = label_image(loaded.rgb, it.stem, it.source, generator, config, shard, fingerprint, loaded.valid, extra)
@@ -97,13 +97,13 @@ def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprin
 
 
 @task(name="cluster")
-def cluster(shards: list[str], out: str, config: PipelineConfig) -> str:
+def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: str = "sam") -> str:
     """Fit the centroids over all shards; returns the path of the saved centroids."""
     import numpy as np
 
     from alps_client.labels.clustering import fit_centroids
 
-    centroids = fit_centroids(shards, config.cluster)
+    centroids = fit_centroids(shards, config.cluster, model_family)
     path = work_dir(out) / "centroids.npy"
     atomic.write_with(path, lambda f: np.save(f, centroids))
     return str(path)
@@ -168,6 +168,10 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     if manifest.is_stand_in:
         logger.warning("Model: the structured STAND-IN (not SAM) from %s: labels demonstrate the pipeline only",
                        manifest.root)
+    if config.cluster.centroids:  # before any image is labelled: centroids of another family cannot be used
+        from alps_client.labels.clustering import check_centroids_family
+
+        check_centroids_family(config.cluster.centroids, manifest.model_family)
     fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
     found = discover(dataset, config)
     items, errors = found["items"], list(found["errors"])
@@ -203,7 +207,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
         done = list({r["stem"]: r for r in done}.values())
     shards = [r["shard"] for r in done]
     t = time.perf_counter()
-    centroids = cluster(shards, out, config)
+    centroids = cluster(shards, out, config, manifest.model_family)
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
     summary = write(out, shards, centroids, config, manifest.raw, errors, {r["stem"]: r["image"] for r in done})

@@ -26,6 +26,16 @@ def stand_in_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sam2_stand_in_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with the structured SAM 2 stand-in (not SAM 2) exported to ONNX, Triton configs on CPU."""
+    from export.export_sam import run_export
+
+    out = tmp_path_factory.mktemp("sam2_stand_in_repo")
+    run_export("sam2-stand-in", out, cpu=True, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def embedded_backend(stand_in_repo: Path):
     """The embedded onnxruntime backend on the stand-in repository (2 threads: the CI machine's size)."""
     from alps_client.backends.embedded import EmbeddedBackend

@@ -63,10 +63,15 @@ class MaskGenerator:
         config: Meta's parameters; ``points_per_batch=None`` uses ``backend.prompt_batch_size``.
     """
 
+    family = "sam"
+    default_pred_iou_thresh = 0.88  # SamAutomaticMaskGenerator's
+
     def __init__(self, backend: SamBackend, config: AmgConfig | None = None) -> None:
         self.backend = backend
         self.config = config or AmgConfig()
         c = self.config
+        self._check_family()
+        self.pred_iou_thresh = self.default_pred_iou_thresh if c.pred_iou_thresh is None else c.pred_iou_thresh
         if c.points_per_side is not None:
             self.point_grids = build_all_layer_point_grids(c.points_per_side, c.crop_n_layers, c.crop_n_points_downscale_factor)
         else:
@@ -78,6 +83,16 @@ class MaskGenerator:
         if c.min_mask_region_area > 0:
             lazy_import("cv2")
         self.points_per_batch = c.points_per_batch or backend.prompt_batch_size
+
+    def _check_family(self) -> None:
+        family = self.backend.manifest.model_family
+        if family != self.family:
+            raise ValueError(
+                f"{type(self).__name__} drives {self.family} models, {self.backend.manifest.root} holds {family}; "
+                "use alps_client.amg.make_mask_generator"
+            )
+        if self.config.use_m2m or not self.config.multimask_output:
+            raise ValueError("use_m2m and multimask_output=False are SAM 2 parameters; this repository holds SAM")
 
     def generate(self, image: npt.NDArray[np.uint8]) -> list[dict[str, Any]]:
         """Masks of an ``(H, W, 3) uint8`` RGB image as Meta's records (``output_mode`` decides the segmentation)."""
@@ -102,12 +117,17 @@ class MaskGenerator:
         timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         data, embedding, n_prompts = self._generate_masks(image, timings)
         start = time.perf_counter()
-        if self.config.min_mask_region_area > 0:
-            data = self.postprocess_small_regions(
-                data, self.config.min_mask_region_area, max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
-            )
+        data = self._clean_up(data)
         timings["postprocess"] += time.perf_counter() - start
         return data, embedding, n_prompts, timings
+
+    def _clean_up(self, data: MaskData) -> MaskData:
+        """SAM's last step: small holes and islands at full resolution, when ``min_mask_region_area > 0``."""
+        if self.config.min_mask_region_area <= 0:
+            return data
+        return self.postprocess_small_regions(
+            data, self.config.min_mask_region_area, max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
+        )
 
     def _records(self, data: MaskData) -> list[dict[str, Any]]:
         """Meta's record dicts; dense masks only for ``binary_mask`` (Meta's own output), one at a time."""
@@ -196,8 +216,6 @@ class MaskGenerator:
         orig_size: tuple[int, int],
         timings: dict[str, float],
     ) -> MaskData:
-        c = self.config
-        orig_h, orig_w = orig_size
         coords = apply_coords(points, im_size).astype(np.float32)[:, None, :]
         labels = np.ones((len(points), 1), np.float32)
         start = time.perf_counter()
@@ -210,17 +228,43 @@ class MaskGenerator:
         iou_preds = out.iou_predictions.reshape(-1).astype(np.float32)
         point_rows = np.repeat(points, n_out, axis=0)
         # Filter by predicted IoU before anything is upsampled.
-        keep = np.flatnonzero(iou_preds > c.pred_iou_thresh) if c.pred_iou_thresh > 0.0 else np.arange(len(iou_preds))
+        keep = self._iou_survivors(iou_preds)
+        data = self._survivor_masks(low_res[keep], keep, iou_preds, point_rows, embedding, im_size, crop_box, orig_size)
+        timings["postprocess"] += time.perf_counter() - start
+        return data
 
-        # Upsample and score survivors only, each over the window where its logits can pass a threshold; encode
-        # kept masks straight into the image frame, a few at a time (memory bounded whatever the mask count).
+    def _iou_survivors(self, iou_preds: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+        """Rows whose predicted IoU passes ``pred_iou_thresh`` (all of them when it is 0 or less, as Meta)."""
+        thresh = self.pred_iou_thresh
+        return np.flatnonzero(iou_preds > thresh) if thresh > 0.0 else np.arange(len(iou_preds))
+
+    def _survivor_masks(
+        self,
+        survivors: npt.NDArray[np.float32],
+        index: npt.NDArray[np.int64],
+        iou_preds: npt.NDArray[np.float32],
+        point_rows: npt.NDArray[np.floating],
+        embedding: Embedding,
+        im_size: tuple[int, int],
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+        frame: str = "padded",
+    ) -> MaskData:
+        """Upsample, score and encode the IoU survivors ``(K, 256, 256)`` (rows ``index`` of the batch).
+
+        Each mask is upsampled only over the window where its logits can pass a threshold, filtered by stability
+        and by touching a crop edge, and encoded straight into the image frame a few at a time: memory stays
+        bounded whatever the mask count.
+        """
+        c = self.config
+        orig_h, orig_w = orig_size
         floor = c.mask_threshold - abs(c.stability_score_offset)
         image_box = [0, 0, orig_w, orig_h]
         encoder = WindowEncoder(orig_size)
         kept_index, kept_stability, kept_boxes = [], [], []
-        for i in keep:
+        for logits_low, i in zip(survivors, index):
             (y0, _, x0, _), logits = postprocess_mask_window(
-                low_res[i], embedding.input_size, im_size, floor, self.backend.manifest.image_size
+                logits_low, embedding.input_size, im_size, floor, self.backend.manifest.image_size, frame=frame
             )
             stability = calculate_stability_score(logits[None], c.mask_threshold, c.stability_score_offset)[0]
             if c.stability_score_thresh > 0.0 and not stability >= c.stability_score_thresh:
@@ -234,13 +278,12 @@ class MaskGenerator:
             kept_index.append(i)
             kept_stability.append(stability)
             kept_boxes.append(box)
-        timings["postprocess"] += time.perf_counter() - start
         if not kept_index:
             return MaskData()
-        index = np.asarray(kept_index, np.int64)
+        rows = np.asarray(kept_index, np.int64)
         return MaskData(
-            iou_preds=iou_preds[index],
-            points=point_rows[index],
+            iou_preds=iou_preds[rows],
+            points=point_rows[rows],
             stability_score=np.asarray(kept_stability, np.float32),
             boxes=np.stack(kept_boxes),
             rles=encoder.finish(),

@@ -6,6 +6,10 @@ so per axis they compose into one ``(out, 256)`` matrix (upsample, crop, resize)
 per output pixel (2 when the original side is the resized side, at most 4 otherwise). Applying those taps
 (columns, then rows) gives Meta's values to float32 rounding (max abs difference ~1e-4 on logits of magnitude
 ~40) without the 1024x1024 intermediate, and only for masks that survive the IoU filter.
+
+SAM 2 (``SAM2Transforms.postprocess_masks``) resizes the low-res logits straight to the original size, with no
+padded frame to crop: :func:`direct_taps` are that single interpolation's taps, and the windowed function below
+takes them through ``frame="stretched"``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ def composed_taps(
     return index, weight
 
 
+@lru_cache(maxsize=64)
+def direct_taps(low_res: int, original: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Taps of one bilinear resize ``low_res -> original`` (``align_corners=False``): ``(original, 2)`` each."""
+    i0, i1, l0, l1 = _linear_weights(low_res, original)
+    return np.stack([i0, i1], axis=1), np.stack([l0, l1], axis=1)
+
+
 def postprocess_masks(
     low_res: npt.NDArray[np.float32], input_size: tuple[int, int], original_size: tuple[int, int], image_size: int = 1024
 ) -> npt.NDArray[np.float32]:
@@ -89,6 +100,7 @@ def postprocess_mask_window(
     original_size: tuple[int, int],
     floor: float,
     image_size: int = 1024,
+    frame: str = "padded",
 ) -> tuple[tuple[int, int, int, int], npt.NDArray[np.float32]]:
     """One mask's logits in the original frame, computed only where they can exceed ``floor``.
 
@@ -104,6 +116,8 @@ def postprocess_mask_window(
         original_size: ``(H, W)`` of the image (or crop).
         floor: the lowest threshold that will be applied (``mask_threshold - |stability_score_offset|``).
         image_size: side of the encoder's square input.
+        frame: ``padded`` (SAM: upsample to the 1024 frame, crop ``input_size``, resize) or ``stretched``
+            (SAM 2: one resize of the whole low-res frame to ``original_size``; ``input_size`` is unused).
 
     Returns:
         ``((y0, y1, x0, x1), logits (y1 - y0, x1 - x0) float32)``; an empty window when nothing can exceed ``floor``.
@@ -113,8 +127,12 @@ def postprocess_mask_window(
     rows_any, cols_any = active.any(axis=1), active.any(axis=0)
     if not rows_any.any():
         return (0, 0, 0, 0), np.zeros((0, 0), np.float32)
-    row_index, row_weight = composed_taps(low_res.shape[0], image_size, input_size[0], original_size[0])
-    col_index, col_weight = composed_taps(low_res.shape[1], image_size, input_size[1], original_size[1])
+    if frame == "stretched":
+        row_index, row_weight = direct_taps(low_res.shape[0], original_size[0])
+        col_index, col_weight = direct_taps(low_res.shape[1], original_size[1])
+    else:
+        row_index, row_weight = composed_taps(low_res.shape[0], image_size, input_size[0], original_size[0])
+        col_index, col_weight = composed_taps(low_res.shape[1], image_size, input_size[1], original_size[1])
     rows = np.flatnonzero((rows_any[row_index] & (row_weight != 0.0)).any(axis=1))
     cols = np.flatnonzero((cols_any[col_index] & (col_weight != 0.0)).any(axis=1))
     if len(rows) == 0 or len(cols) == 0:

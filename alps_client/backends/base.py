@@ -17,14 +17,18 @@ class Embedding:
     """SAM image embedding of one image (or crop), with the frames needed to map masks back.
 
     Attributes:
-        features: ``(256, 64, 64) float32`` embedding of the padded ``1024 x 1024`` input frame.
-        input_size: ``(h, w)`` of the resized image inside the 1024 frame (the unpadded region).
+        features: ``(256, 64, 64) float32`` embedding of the ``1024 x 1024`` input frame.
+        input_size: ``(h, w)`` of the image inside the 1024 frame: the unpadded region for SAM (longest side
+            resized to 1024, then padded); ``(1024, 1024)`` for SAM 2, whose encoder stretches the whole image to
+            the frame (no padding), so the valid region is the whole frame.
         original_size: ``(H, W)`` of the image that was encoded, in pixels.
+        high_res_features: SAM 2 only: ``((32, 256, 256), (64, 128, 128)) float32`` maps the decoder also takes.
     """
 
     features: npt.NDArray[np.float32]
     input_size: tuple[int, int]
     original_size: tuple[int, int]
+    high_res_features: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,9 @@ class DecoderOutput:
     """Decoder output for B prompts of one image.
 
     Attributes:
-        low_res_masks: ``(B, 3, 256, 256) float32`` mask logits in the padded 1024 frame at 1/4 scale.
-        iou_predictions: ``(B, 3) float32`` predicted IoU of each of the 3 multimask outputs.
+        low_res_masks: ``(B, K, 256, 256) float32`` mask logits in the 1024 frame at 1/4 scale; K = 3 multimask
+            outputs for SAM, K = 4 mask tokens for SAM 2 (token 0 single-mask, 1-3 multimask).
+        iou_predictions: ``(B, K) float32`` predicted IoU of each output.
     """
 
     low_res_masks: npt.NDArray[np.float32]
@@ -55,7 +60,8 @@ class SamBackend(Protocol):
         """Embed images.
 
         Args:
-            images: each ``(H, W, 3) uint8`` RGB, any size; resized and padded as Meta's ``SamPredictor``.
+            images: each ``(H, W, 3) uint8`` RGB, any size; resized and padded as Meta's ``SamPredictor`` (SAM),
+                or sent as they are, the encoder resizing them as ``SAM2ImagePredictor`` (SAM 2).
 
         Returns:
             One Embedding per image, in order.
@@ -67,14 +73,17 @@ class SamBackend(Protocol):
         embedding: Embedding,
         point_coords: npt.NDArray[np.float32],
         point_labels: npt.NDArray[np.float32],
+        mask_input: npt.NDArray[np.float32] | None = None,
     ) -> DecoderOutput:
-        """Predict 3 masks per prompt.
+        """Predict the masks of each prompt (3 for SAM, the 4 mask tokens for SAM 2).
 
         Args:
             embedding: the image's embedding from :meth:`encode`.
             point_coords: ``(B, N, 2) float32`` prompt points (x, y) in the resized 1024 frame.
             point_labels: ``(B, N) float32``, 1 foreground, 0 background. Meta's padding point is added
                 by the exported decoder itself.
+            mask_input: SAM 2 only: ``(B, 1, 256, 256) float32`` low-res logits of a previous prediction, one per
+                prompt (``use_m2m``); None for point prompts alone.
 
         Returns:
             DecoderOutput with B rows.

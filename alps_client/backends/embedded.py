@@ -1,4 +1,7 @@
-"""Embedded backend: the exported encoder and decoder run in this process with onnxruntime (no server)."""
+"""Embedded backend: the exported encoder and decoder run in this process with onnxruntime (no server).
+
+SAM and SAM 2 repositories alike: requests are built by role in :mod:`alps_client.backends.feeds`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,14 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.backends.feeds import (
+    decoder_feeds,
+    encoder_feeds,
+    encoder_output_roles,
+    make_embedding,
+    mask_outputs,
+)
 from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
-from alps_client.backends.preprocess import prepare_encoder_input
 from alps_client.config import BackendConfig
 from alps_client.errors import ModelRepositoryError, ModelSignatureError
 
@@ -92,40 +101,35 @@ class EmbeddedBackend:
     def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
         """Embed ``(H, W, 3) uint8`` RGB images one at a time (bounded memory on CPU)."""
         out: list[Embedding] = []
+        roles = encoder_output_roles(self.manifest)
+        names = [self._enc.outputs[role].name for role in roles]
         for image in images:
-            padded, input_size = prepare_encoder_input(image, self.manifest.image_size)
-            feeds = {
-                self._enc.inputs["images"].name: padded[None],
-                self._enc.inputs["input_size"].name: np.array([input_size], dtype=np.int64),
-            }
-            (features,) = self._sessions["encoder"].run([self._enc.outputs["image_embeddings"].name], feeds)
-            out.append(Embedding(features[0], input_size, (int(image.shape[0]), int(image.shape[1]))))
+            feeds, input_size = encoder_feeds(self.manifest, image)
+            outputs = self._sessions["encoder"].run(names, {self._enc.inputs[r].name: v for r, v in feeds.items()})
+            out.append(make_embedding(dict(zip(roles, outputs)), input_size, image))
         return out
 
     def decode(
-        self, embedding: Embedding, point_coords: npt.NDArray[np.float32], point_labels: npt.NDArray[np.float32]
+        self,
+        embedding: Embedding,
+        point_coords: npt.NDArray[np.float32],
+        point_labels: npt.NDArray[np.float32],
+        mask_input: npt.NDArray[np.float32] | None = None,
     ) -> DecoderOutput:
         """Decode ``(B, N, 2)`` prompts in chunks of :attr:`prompt_batch_size`; see ``SamBackend.decode``."""
-        if point_coords.ndim != 3 or point_coords.shape[2] != 2 or point_labels.shape != point_coords.shape[:2]:
-            raise ValueError(
-                f"point_coords must be (B, N, 2) and point_labels (B, N), got {point_coords.shape} and "
-                f"{point_labels.shape}"
-            )
+        shared, per_prompt = decoder_feeds(self.manifest, embedding, point_coords, point_labels, mask_input)
         names = [self._dec.outputs["low_res_masks"].name, self._dec.outputs["iou_predictions"].name]
-        features = np.ascontiguousarray(embedding.features[None], dtype=np.float32)
+        feeds = {self._dec.inputs[r].name: v for r, v in shared.items()}
         masks, ious = [], []
         step = self.prompt_batch_size
         for start in range(0, point_coords.shape[0], step):
-            feeds = {
-                self._dec.inputs["image_embeddings"].name: features,
-                self._dec.inputs["point_coords"].name: np.ascontiguousarray(point_coords[start : start + step], np.float32),
-                self._dec.inputs["point_labels"].name: np.ascontiguousarray(point_labels[start : start + step], np.float32),
-            }
+            feeds.update({self._dec.inputs[r].name: v[start : start + step] for r, v in per_prompt.items()})
             m, i = self._sessions["decoder"].run(names, feeds)
             masks.append(m)
             ious.append(i)
         if not masks:
-            return DecoderOutput(np.zeros((0, 3, 256, 256), np.float32), np.zeros((0, 3), np.float32))
+            k = mask_outputs(self.manifest)
+            return DecoderOutput(np.zeros((0, k, 256, 256), np.float32), np.zeros((0, k), np.float32))
         return DecoderOutput(np.concatenate(masks), np.concatenate(ious))
 
     def close(self) -> None:

@@ -21,6 +21,16 @@ DECODER_ROLES = {
     "inputs": ("image_embeddings", "point_coords", "point_labels"),
     "outputs": ("low_res_masks", "iou_predictions"),
 }
+# SAM 2.1: uint8 images of any size in (resize in-graph), the embedding plus two high-resolution feature maps out;
+# the decoder also takes those maps and an optional low-res mask per prompt, and returns all 4 mask tokens.
+SAM2_ENCODER_ROLES = {"inputs": ("images",), "outputs": ("image_embeddings", "high_res_feats_0", "high_res_feats_1")}
+SAM2_DECODER_ROLES = {
+    "inputs": ("image_embeddings", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
+               "mask_input", "has_mask_input"),
+    "outputs": ("low_res_masks", "iou_predictions"),
+}
+# model_family -> (encoder roles, decoder roles). Manifests written before SAM 2 have no field: family "sam".
+FAMILY_ROLES = {"sam": (ENCODER_ROLES, DECODER_ROLES), "sam2": (SAM2_ENCODER_ROLES, SAM2_DECODER_ROLES)}
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class ModelManifest:
 
     Attributes:
         root: the model repository folder.
-        model_type: ``vit_h``, ``vit_l``, ``vit_b`` or ``stand-in``.
+        model_type: ``vit_h``, ``vit_l``, ``vit_b``, ``stand-in``, ``sam2.1_hiera_t|s|b+|l`` or ``sam2-stand-in``.
         is_stand_in: True for the structured stand-in (not SAM).
         random_init: True when exported without weights (shape and speed work only).
         precision: ``fp32``, or ``int8-dynamic`` for ``export_sam.py --quantize int8`` (masks differ slightly).
@@ -58,6 +68,8 @@ class ModelManifest:
         encoder: the encoder model.
         decoder: the automatic-mask-generation decoder model.
         raw: the whole manifest as read, stored in run manifests.
+        model_family: ``sam`` (SAM 1: ViT encoders, the stand-in) or ``sam2`` (SAM 2.1: Hiera encoders, the SAM 2
+            stand-in); chooses the mask generator and the tensors the backends exchange.
     """
 
     root: Path
@@ -70,6 +82,7 @@ class ModelManifest:
     encoder: ModelSpec
     decoder: ModelSpec
     raw: dict[str, Any]
+    model_family: str = "sam"
 
     @property
     def fingerprint(self) -> str:
@@ -132,6 +145,13 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
             f"{path}: manifest format {data.get('format_version')!r}, this client reads {MANIFEST_FORMAT}; "
             "re-run export/export_sam.py"
         )
+    family = str(data.get("model_family", "sam"))
+    if family not in FAMILY_ROLES:
+        raise ModelRepositoryError(
+            f"{path}: model_family {family!r} is not one this client reads ({', '.join(FAMILY_ROLES)}); "
+            "update alps or re-run export/export_sam.py"
+        )
+    encoder_roles, decoder_roles = FAMILY_ROLES[family]
     manifest = ModelManifest(
         root=root,
         model_type=str(data["model_type"]),
@@ -140,8 +160,9 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
         precision=str(data.get("precision", "fp32")),
         image_size=int(data["image_size"]),
         mask_threshold=float(data["mask_threshold"]),
-        encoder=_model(root, "encoder", data, ENCODER_ROLES, str(path)),
-        decoder=_model(root, "decoder", data, DECODER_ROLES, str(path)),
+        encoder=_model(root, "encoder", data, encoder_roles, str(path)),
+        decoder=_model(root, "decoder", data, decoder_roles, str(path)),
         raw=data,
+        model_family=family,
     )
     return manifest

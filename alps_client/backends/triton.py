@@ -25,10 +25,10 @@ import numpy.typing as npt
 
 from alps_client._imports import lazy_import
 from alps_client.backends.base import DecoderOutput, Embedding
-from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
-from alps_client.backends.preprocess import prepare_encoder_input
 from alps_client.config import BackendConfig
 from alps_client.errors import BackendUnavailableError, ModelSignatureError
+from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
+from alps_client.backends.feeds import decoder_feeds, encoder_feeds, encoder_output_roles, make_embedding, mask_outputs
 
 # Prompts per decoder request; the server holds ~90 MB of activations per prompt in flight per instance (see
 # backends/embedded.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
@@ -185,8 +185,7 @@ class TritonBackend:
     # -- requests -------------------------------------------------------------------------------------------
     def _with_retries(self, call: Callable[[Any], Any]) -> Any:
         """Run ``call(client)`` on the next server in rotation; on a transient failure take that server out of
-        rotation and try another, backing off while none answers, for ``retry_s`` seconds.
-        """
+        rotation and try another, backing off while none answers, for ``retry_s`` seconds."""
         deadline = time.monotonic() + self.retry_s
         delay = 0.5
         while True:
@@ -283,44 +282,37 @@ class TritonBackend:
 
     def _encode_one(self, image: npt.NDArray[np.uint8]) -> Embedding:
         enc = self.manifest.encoder
-        padded, input_size = prepare_encoder_input(image, self.manifest.image_size)
-        images_name, size_name = enc.inputs["images"].name, enc.inputs["input_size"].name
-        out_name = enc.outputs["image_embeddings"].name
-        (features,) = self._infer(
-            enc, {images_name: padded[None], size_name: np.array([input_size], np.int64)}, [out_name],
-            shm_inputs=[images_name], shm_outputs={out_name: ((1, 256, 64, 64), np.float32)},
+        feeds, input_size = encoder_feeds(self.manifest, image)
+        roles = encoder_output_roles(self.manifest)
+        shapes = {enc.outputs[r].name: ((1, *enc.outputs[r].shape[1:]), np.float32) for r in roles}
+        outputs = self._infer(
+            enc, {enc.inputs[r].name: v for r, v in feeds.items()}, list(shapes),
+            shm_inputs=[enc.inputs["images"].name], shm_outputs=shapes,
         )
-        return Embedding(features[0], input_size, (int(image.shape[0]), int(image.shape[1])))
+        return make_embedding(dict(zip(roles, outputs)), input_size, image)
 
     def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
         """Embed images, one request each, all in flight together (Triton batches them dynamically)."""
         return list(self._pool.map(self._encode_one, images))
 
     def decode(self, embedding: Embedding, point_coords: npt.NDArray[np.float32],
-               point_labels: npt.NDArray[np.float32]) -> DecoderOutput:
+               point_labels: npt.NDArray[np.float32], mask_input: npt.NDArray[np.float32] | None = None) -> DecoderOutput:
         """Decode prompts in chunks sent concurrently; see ``SamBackend.decode``."""
-        if point_coords.ndim != 3 or point_coords.shape[2] != 2 or point_labels.shape != point_coords.shape[:2]:
-            raise ValueError(
-                f"point_coords must be (B, N, 2) and point_labels (B, N), got {point_coords.shape} and {point_labels.shape}"
-            )
         dec = self.manifest.decoder
-        names = {r: t.name for r, t in dec.inputs.items()}
+        shared, per_prompt = decoder_feeds(self.manifest, embedding, point_coords, point_labels, mask_input)
+        shared_feeds = {dec.inputs[r].name: v for r, v in shared.items()}
         masks_name, iou_name = dec.outputs["low_res_masks"].name, dec.outputs["iou_predictions"].name
-        features = np.ascontiguousarray(embedding.features[None], np.float32)
+        k, step = mask_outputs(self.manifest), self.prompt_batch_size
 
         def chunk(start: int) -> list[npt.NDArray[Any]]:
-            coords = np.ascontiguousarray(point_coords[start : start + self.prompt_batch_size], np.float32)
-            labels = np.ascontiguousarray(point_labels[start : start + self.prompt_batch_size], np.float32)
-            b = len(coords)
-            return self._infer(
-                dec, {names["image_embeddings"]: features, names["point_coords"]: coords, names["point_labels"]: labels},
-                [masks_name, iou_name], shm_inputs=[names["image_embeddings"]],
-                shm_outputs={masks_name: ((b, 3, 256, 256), np.float32)},
-            )
+            feeds = {**shared_feeds, **{dec.inputs[r].name: v[start : start + step] for r, v in per_prompt.items()}}
+            b = len(feeds[dec.inputs["point_coords"].name])
+            return self._infer(dec, feeds, [masks_name, iou_name], shm_inputs=list(shared_feeds),
+                               shm_outputs={masks_name: ((b, k, 256, 256), np.float32)})
 
-        starts = list(range(0, len(point_coords), self.prompt_batch_size))
+        starts = list(range(0, len(point_coords), step))
         if not starts:
-            return DecoderOutput(np.zeros((0, 3, 256, 256), np.float32), np.zeros((0, 3), np.float32))
+            return DecoderOutput(np.zeros((0, k, 256, 256), np.float32), np.zeros((0, k), np.float32))
         results = list(self._pool.map(chunk, starts))
         return DecoderOutput(np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]))
 

@@ -20,7 +20,7 @@ from alps_client.io import atomic
 # Everything a run writes at the top of OUT; `evaluation.json` (from `alps evaluate`) is stale after a rewrite.
 DATASET_ENTRIES = (
     "img_dir", "ann_dir", "vis", "instances_train.json", "instances_val.json", "instances_test.json",
-    "centroids.npy", "classes.json", "manifest.json", "errors.jsonl", "geo", "stitched", "volumes", "vectors",
+    "centroids.npy", "centroids.json", "classes.json", "manifest.json", "errors.jsonl", "geo", "stitched", "volumes", "vectors",
     "report", "evaluation.json",
 )
 

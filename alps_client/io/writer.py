@@ -26,7 +26,7 @@ from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
 from alps_client.io.splits import assign_splits
 from alps_client.labels.classes import ClassMap
-from alps_client.labels.clustering import assign_clusters
+from alps_client.labels.clustering import assign_clusters, centroids_sidecar
 from alps_client.labels.painting import IGNORE, overlay, paint_label_map, palette
 from alps_client.versions import versions
 
@@ -170,6 +170,7 @@ def write_dataset(
         stream.close(class_map.names)
     scene_counts = scenes.close()
     atomic.write_with(staging / "centroids.npy", lambda f: np.save(f, centroids.astype(np.float32)))
+    atomic.write_json(staging / "centroids.json", centroids_sidecar(dict(model_manifest)))
     colours = palette(n_classes)
     classes = [
         {"id": k, "name": name, "clusters": class_map.clusters_of(k), "color": colours[k].tolist(),

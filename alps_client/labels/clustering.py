@@ -17,9 +17,11 @@ the sample.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -112,8 +114,58 @@ def assign_clusters(features: npt.NDArray[np.float32], centroids: npt.NDArray[np
     return np.argmin(d, axis=1).astype(np.int64)
 
 
-def load_centroids(path: str | Path, dim: int = 256) -> npt.NDArray[np.float32]:
-    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254."""
+CENTROIDS_SIDECAR_SUFFIX = ".json"  # centroids.npy -> centroids.json: the model family the PFLs came from
+
+
+def centroids_sidecar(model_manifest: dict[str, Any]) -> dict[str, Any]:
+    """What ``centroids.json`` records beside ``centroids.npy``: the model family and type that made the PFLs."""
+    return {
+        "model_family": str(model_manifest.get("model_family", "sam")),
+        "model_type": str(model_manifest.get("model_type", "unknown")),
+        "feature": "image_embeddings (256 channels) pooled under each mask",
+    }
+
+
+def centroids_family(path: str | Path) -> tuple[str, str]:
+    """``(model_family, model_type)`` of a ``centroids.npy``.
+
+    Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it; centroids with
+    neither predate SAM 2 support and are SAM's.
+    """
+    path = Path(path)
+    for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ()), (path.parent / "manifest.json", ("model",))):
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            data = data.get(key, {}) if isinstance(data, dict) else {}
+        if isinstance(data, dict) and data:
+            return str(data.get("model_family", "sam")), str(data.get("model_type", "unknown"))
+    return "sam", "unknown"
+
+
+def check_centroids_family(path: str | Path, model_family: str) -> None:
+    """Refuse centroids fitted on another model family's features (a different feature space).
+
+    Raises:
+        AlpsError: One line naming both families and the next step.
+    """
+    family, model_type = centroids_family(path)
+    if family != model_family:
+        raise AlpsError(
+            f"--centroids {path}: fitted on {family} features ({model_type}), but this model repository is "
+            f"{model_family}; their feature spaces differ: drop --centroids to cluster anew, or use a {family} repository"
+        )
+
+
+def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = None) -> npt.NDArray[np.float32]:
+    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254.
+
+    When ``model_family`` is given, centroids fitted on another family's features are refused.
+    """
+    if model_family is not None:
+        check_centroids_family(path, model_family)
     try:
         c = np.load(path)
     except (OSError, ValueError) as err:
@@ -123,14 +175,18 @@ def load_centroids(path: str | Path, dim: int = 256) -> npt.NDArray[np.float32]:
     return c.astype(np.float32)
 
 
-def fit_centroids(shard_paths: Sequence[str | Path], config: ClusterConfig) -> npt.NDArray[np.float32]:
+def fit_centroids(
+    shard_paths: Sequence[str | Path], config: ClusterConfig, model_family: str | None = None
+) -> npt.NDArray[np.float32]:
     """Cluster every PFL of the shards; returns ``(N, 256) float32`` centroids, deterministic for a seed.
+
+    ``config.centroids`` (``--centroids``) are loaded instead, refused if fitted on another ``model_family``.
 
     Raises:
         AlpsError: If no shard holds a kept mask (nothing to cluster).
     """
     if config.centroids:
-        return load_centroids(config.centroids)
+        return load_centroids(config.centroids, model_family=model_family)
     paths = _sorted(shard_paths)
     counts = count_pfls(paths)
     total = int(counts.sum())

@@ -1,4 +1,4 @@
-"""Pseudo feature labels (PFL): SAM's image embedding pooled under each mask, one 256-d vector per mask.
+"""Pseudo feature labels (PFL): SAM's (or SAM 2's) image embedding pooled under each mask, one 256-d vector per mask.
 
 The paper's step: the encoder's ``(256, 64, 64)`` map F of the image resized to 1024x1024 is upsampled
 bilinearly to ``S x S`` (S = 256), each binary mask is resized to ``S x S``, and ``L_i = F * M_i`` is pooled
@@ -8,6 +8,10 @@ over the mask. Exactly what we compute, from the embedding the mask generator al
    i.e. ``h / 16 x w / 16`` embedding cells (fractional when h or w is not a multiple of 16). That extent is
    resampled to ``S x S`` bilinearly with ``align_corners=False``: output pixel i samples the embedding at
    cell coordinate ``(i + 0.5) * (h / 16) / S - 0.5``, clamped to ``[0, 63]``, from its two neighbours.
+   **SAM 2.1** pools its 256-channel ``image_embeddings`` (the Hiera/FPN map after ``no_mem_embed``, the one its
+   mask decoder attends to: the analogue of SAM's), not the high-resolution maps. Its encoder stretches the
+   whole image to 1024x1024 without padding, so its embeddings carry ``input_size = (1024, 1024)``: the valid
+   region is all 64x64 cells, and the same formula resamples the whole map (see ``docs/sam2.md``).
 2. **Masks** are resized to ``S x S`` by area averaging: each output pixel holds the fraction of its
    footprint in the original image that the mask covers (so a mask too small to survive nearest-neighbour
    resizing still has non-zero weight).

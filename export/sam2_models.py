@@ -1,0 +1,143 @@
+"""SAM 2.1 model types, Meta's configs and checkpoints, and safe checkpoint loading (export side only).
+
+The architectures come from the ``sam2`` package (1.1.0; its ``sam2/`` tree is Meta's facebookresearch/sam2 at
+the December 2024 release): ``build_sam2(config)`` with the Hydra configs it ships under ``configs/sam2.1/``.
+Checkpoints are loaded here, not by ``sam2``'s own loader, so that the file is always read with
+``torch.load(..., weights_only=True)`` (no pickled code runs) and every failure names the file and the next step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from export.errors import ExportError
+
+# --model-type -> (config shipped in the sam2 package, Meta's checkpoint file name).
+SAM2_CONFIGS = {
+    "sam2.1_hiera_t": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
+    "sam2.1_hiera_s": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+    "sam2.1_hiera_b+": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
+    "sam2.1_hiera_l": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+}
+# A tiny SAM 2.1 for tests: Meta's builder, config and checkpoint format, with a width-16 Hiera of 5 blocks
+# (global attention in block 3: a global block may not open a stage, where Hiera pools queries) and one
+# memory-attention layer (unused for images; fewer weights to build). The frame stays 1024 -> 64x64 embedding.
+SAM2_TINY_TEST = "sam2-tiny-test"
+SAM2_TINY_OVERRIDES = (
+    "++model.image_encoder.trunk.embed_dim=16",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]",
+    "++model.memory_attention.num_layers=1",
+)
+SAM2_TYPES = (*SAM2_CONFIGS, SAM2_TINY_TEST)
+
+
+def sam2_version() -> str:
+    """Installed ``sam2`` package version (``importlib.metadata``; the package has no ``__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sam2")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _import_build_sam2() -> Any:
+    from export.tv_shim import install_torchvision_shim
+
+    install_torchvision_shim()
+    try:
+        from sam2.build_sam import build_sam2
+    except ImportError as err:
+        raise ExportError(
+            f"the sam2 package is needed to export SAM 2.1 ({err}); run `make setup`, or "
+            "`SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2==1.1.0 hydra-core iopath`"
+        ) from err
+    return build_sam2
+
+
+def build_sam2_architecture(model_type: str) -> nn.Module:
+    """Meta's SAM 2.1 architecture for ``model_type`` with its own random initialisation, on CPU, eval mode.
+
+    ``apply_postprocessing`` stays on, as in ``build_sam2``'s default: the mask decoder then falls back from the
+    single-mask token to the best multimask output when the former is unstable (used by ``use_m2m``).
+    """
+    if model_type not in SAM2_TYPES:
+        raise ExportError(f"--model-type must be one of {', '.join(SAM2_TYPES)}, got {model_type!r}")
+    build_sam2 = _import_build_sam2()
+    if model_type == SAM2_TINY_TEST:
+        config, overrides = SAM2_CONFIGS["sam2.1_hiera_t"][0], list(SAM2_TINY_OVERRIDES)
+    else:
+        config, overrides = SAM2_CONFIGS[model_type][0], []
+    return build_sam2(config, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides).eval()
+
+
+def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The ``model`` state dict of a SAM 2 checkpoint, read with ``weights_only=True``.
+
+    Raises:
+        ExportError: For a missing, unreadable, corrupt or non-SAM 2 file.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ExportError(f"checkpoint {checkpoint} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ExportError(f"checkpoint {checkpoint} is not readable (permissions)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip/unpickling errors of corrupt or foreign files, or pickled code refused
+        raise ExportError(
+            f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})"
+        ) from err
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        keys = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
+        raise ExportError(
+            f"checkpoint {checkpoint} has no 'model' state dict (found {keys}); SAM 2.1 checkpoints from Meta "
+            "(e.g. sam2.1_hiera_tiny.pt) hold {'model': state_dict}"
+        )
+    return data["model"]
+
+
+def load_sam2(model_type: str, checkpoint: str | None, random_init: bool) -> nn.Module:
+    """Build a SAM 2.1 model to export.
+
+    Args:
+        model_type: ``sam2.1_hiera_t|s|b+|l`` or ``sam2-tiny-test``.
+        checkpoint: Meta's checkpoint for that size (``sam2.1_hiera_tiny.pt`` ...), or a tiny-test one.
+        random_init: the architecture with seeded random weights (seed 0), for shape and speed work only.
+
+    Returns:
+        ``sam2.modeling.sam2_base.SAM2Base`` in eval mode on CPU.
+
+    Raises:
+        ExportError: For a missing, unreadable or mismatched checkpoint, or inconsistent arguments.
+    """
+    if random_init and checkpoint:
+        raise ExportError("give either --checkpoint or --random-init, not both")
+    if not random_init and not checkpoint:
+        expected = SAM2_CONFIGS.get(model_type, ("", "a checkpoint saved from this configuration"))[1]
+        raise ExportError(
+            f"--checkpoint is required for {model_type} (e.g. {expected} from Meta's SAM 2.1 release); "
+            "use --random-init for shape/speed work or --model-type sam2-stand-in for the offline demo"
+        )
+    state = read_state_dict(checkpoint) if checkpoint else None
+    torch.manual_seed(0)
+    model = build_sam2_architecture(model_type)
+    if state is None:
+        return model
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
+        raise ExportError(
+            f"checkpoint {checkpoint} does not match --model-type {model_type} ({first[:160]}); check that the "
+            f"file and the model type belong together ({SAM2_CONFIGS.get(model_type, ('', '?'))[1]} is {model_type})"
+        ) from err
+    return model.eval()

@@ -1,0 +1,80 @@
+"""SAM 2 in the ALPS core: PFLs pool the whole 1024 frame, centroids remember their model family."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alps_client.backends.manifest import load_manifest
+from alps_client.config import FeatureConfig
+from alps_client.errors import AlpsError
+from alps_client.labels.clustering import (
+    centroids_family,
+    centroids_sidecar,
+    check_centroids_family,
+    load_centroids,
+)
+from alps_client.labels.features import pool_mask_features
+from alps_client.masks import encode_coco_rle
+from tests.shapes import make_shapes_scene
+
+
+def test_sam2_embedding_pools_the_whole_frame(sam2_stand_in_repo):
+    """A SAM 2 embedding's valid region is the whole 1024 frame: PFLs are the paper's computation on all of F."""
+    from alps_client.backends.embedded import EmbeddedBackend
+    from alps_client.config import BackendConfig
+
+    backend = EmbeddedBackend(BackendConfig(model_repository=str(sam2_stand_in_repo), num_threads=2))
+    image, shapes = make_shapes_scene(seed=0, size=(96, 160))
+    (emb,) = backend.encode([image])
+    assert emb.input_size == (1024, 1024) and emb.original_size == (96, 160)
+    assert emb.high_res_features[0].shape == (32, 256, 256) and emb.high_res_features[1].shape == (64, 128, 128)
+    size = 32
+    ours = pool_mask_features(emb, encode_coco_rle(shapes), FeatureConfig(feature_size=size, l2_normalize=False))
+    # Reference: F upsampled over the whole frame by PyTorch, masks area-resized (exact: 96 and 160 divide by 32).
+    up = F.interpolate(torch.as_tensor(emb.features)[None], size=(size, size), mode="bilinear",
+                       align_corners=False)[0].numpy()
+    for k, mask in enumerate(shapes):
+        cover = mask.reshape(size, 96 // size, size, 160 // size).mean(axis=(1, 3))
+        expected = (up * cover).sum(axis=(1, 2)) / cover.sum()
+        np.testing.assert_allclose(ours[k], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_manifest_without_family_loads_as_sam(stand_in_repo, tmp_path):
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(stand_in_repo, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data.pop("model_family")
+    (copy / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(copy).model_family == "sam"
+    data["model_family"] = "sam3"
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(Exception, match="model_family 'sam3' is not one this client reads"):
+        load_manifest(copy)
+
+
+def test_centroids_of_another_family_are_refused(tmp_path):
+    centroids = np.random.RandomState(0).randn(4, 256).astype(np.float32)
+    sam2_run, old_run, sam_run = tmp_path / "sam2_run", tmp_path / "old_run", tmp_path / "sam_run"
+    for folder in (sam2_run, old_run, sam_run):
+        folder.mkdir()
+        np.save(folder / "centroids.npy", centroids)
+    (sam2_run / "centroids.json").write_text(json.dumps(centroids_sidecar(
+        {"model_family": "sam2", "model_type": "sam2.1_hiera_t"})))
+    (sam_run / "manifest.json").write_text(json.dumps({"model": {"model_type": "vit_h"}}))  # pre-SAM 2 dataset
+    assert centroids_family(sam2_run / "centroids.npy") == ("sam2", "sam2.1_hiera_t")
+    assert centroids_family(sam_run / "centroids.npy") == ("sam", "vit_h")
+    assert centroids_family(old_run / "centroids.npy") == ("sam", "unknown")
+    with pytest.raises(AlpsError, match=r"fitted on sam2 features \(sam2.1_hiera_t\), but this model repository is "
+                                        r"sam; .* drop --centroids"):
+        load_centroids(sam2_run / "centroids.npy", model_family="sam")
+    with pytest.raises(AlpsError, match="fitted on sam features"):
+        check_centroids_family(old_run / "centroids.npy", "sam2")
+    np.testing.assert_array_equal(load_centroids(sam2_run / "centroids.npy", model_family="sam2"), centroids)
+    np.testing.assert_array_equal(load_centroids(sam_run / "centroids.npy", model_family="sam"), centroids)
