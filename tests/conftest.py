@@ -61,3 +61,31 @@ def fake_backend(fake_repo: Path):
     from alps_client.config import BackendConfig
 
     return make_backend(BackendConfig(model_repository=str(fake_repo)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SAM configuration (Meta's builder) with seeded random weights, saved as Meta's checkpoints are."""
+    import torch
+
+    from export.export_sam import TINY_TEST_ARGS
+    from export.tv_shim import install_torchvision_shim
+
+    install_torchvision_shim()
+    from segment_anything.build_sam import _build_sam
+
+    torch.manual_seed(123)
+    sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS)
+    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny_test.pth"
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SAM exported through the real checkpoint path (ONNX + Triton configs + manifest)."""
+    from export.export_sam import run_export
+
+    out = tmp_path_factory.mktemp("tiny_repo")
+    run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None)
+    return out

@@ -22,23 +22,6 @@ from segment_anything import SamPredictor  # noqa: E402
 from segment_anything.build_sam import _build_sam  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny SAM configuration with seeded random weights, saved as Meta's checkpoints are (a state_dict)."""
-    torch.manual_seed(123)
-    sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS)
-    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny_test.pth"
-    torch.save(sam.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_repo(tiny_checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_repo")
-    run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None)
-    return out
-
-
 def test_tiny_sam_checkpoint_exports_with_parity(tiny_repo, tiny_checkpoint):
     manifest = json.loads((tiny_repo / "manifest.json").read_text())
     assert manifest["model_type"] == "tiny-test" and not manifest["is_stand_in"] and not manifest["random_init"]
