@@ -78,6 +78,54 @@ def intersect(rles: Sequence[Rle], region: npt.NDArray[np.bool_]) -> list[Rle]:
     return out
 
 
+def rle_counts(rle: Rle) -> npt.NDArray[np.int64]:
+    """Uncompressed counts of a COCO RLE (alternating 0-runs and 1-runs, column-major, starting with a 0-run).
+
+    Decodes pycocotools' compressed string (``rleFrString`` in its maskApi.c: 5 bits per character with a
+    continuation bit, sign-extended, each count after the second stored as a difference to the count two before)
+    with numpy, without materialising the mask.
+    """
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return np.asarray(counts, np.int64)
+    raw = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, np.uint8).astype(np.int64) - 48
+    if raw.size == 0:
+        return np.zeros(0, np.int64)
+    last = (raw & 0x20) == 0  # the last character of each number
+    group = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    k = np.arange(raw.size) - starts[group]  # 5-bit digit index within its number
+    values = np.add.reduceat((raw & 0x1F) << (5 * k), starts)
+    ends = np.flatnonzero(last)
+    negative = (raw[ends] & 0x10) != 0
+    values = np.where(negative, values - (1 << (5 * (k[ends] + 1))), values)
+    for parity in (0, 1):  # counts[m] += counts[m - 2] for m > 2: one running sum per parity
+        first = 2 + parity if parity == 0 else 1
+        values[first::2] = np.cumsum(values[first::2])
+    return values
+
+
+def rle_runs(rle: Rle) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Foreground runs of a COCO RLE: ``(starts, lengths)`` in column-major flat pixel indices (``x * H + y``)."""
+    counts = rle_counts(rle)
+    ends = np.cumsum(counts)
+    return ends[0::2][: len(counts[1::2])], counts[1::2]
+
+
+def rle_column_segments(rle: Rle) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A mask as vertical segments ``(x, y0, y1)``: its runs split where they wrap from one column to the next."""
+    h = int(rle["size"][0])
+    starts, lengths = rle_runs(rle)
+    keep = lengths > 0
+    starts, ends = starts[keep], starts[keep] + lengths[keep]
+    first_col, last_col = starts // h, (ends - 1) // h
+    pieces = last_col - first_col + 1
+    col = np.repeat(first_col, pieces) + (np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces))
+    y0 = np.where(col == np.repeat(first_col, pieces), np.repeat(starts, pieces) - col * h, 0)
+    y1 = np.where(col == np.repeat(last_col, pieces), np.repeat(ends, pieces) - col * h, h)
+    return col, y0, y1
+
+
 class WindowEncoder:
     """Encodes masks given as windows of an ``(H, W)`` frame into COCO RLEs, a bounded number at a time.
 

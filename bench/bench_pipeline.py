@@ -35,6 +35,14 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
+def commit_label() -> str:
+    """The commit a result was measured at (``-dirty`` when the work tree has uncommitted changes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def load_images(folder: Path) -> dict[str, np.ndarray]:
     return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))}
 
@@ -226,6 +234,17 @@ def render(results: dict[str, Any]) -> str:
                       "|---|---|---:|---:|---:|---:|"]
             lines += [f"| {k} | {v['family']} | {v['encoder_s_per_image']:.2f} | {v['decoder_ms_per_prompt']:.1f} | "
                       f"{v['amg_s_per_image']:.1f} | {v['peak_rss_mib']:.0f} |" for k, v in r["rows"].items()]
+            lines.append("")
+            continue
+        if name == "dense":
+            lines += ["## Dense scenes: masks per image vs time and peak RSS", "",
+                      f"`bench/bench_dense.py` at commit {r['commit']}; {r['image'][0]}x{r['image'][1]} images; "
+                      f"{r['note']}. A dense `(N, H, W) bool` array of the masks alone would take N MiB.", "",
+                      "| stage | masks | kept | seconds | peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| per-image stage, {g['cells']} cells (fake) | {g['masks']} | {g['kept']} | {g['seconds']:.1f} | "
+                      f"{g['peak_rss_mib']:.0f} |" for g in r["generator"]]
+            lines += [f"| after masks (gate, features, shard, writer) | {a['masks']} | {a['kept']} | "
+                      f"{a['label_seconds'] + a['write_seconds']:.1f} | {a['peak_rss_mib']:.0f} |" for a in r["after_masks"]]
             lines.append("")
             continue
         if name == "scaling":

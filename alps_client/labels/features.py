@@ -33,10 +33,10 @@ import numpy.typing as npt
 
 from alps_client.backends.base import Embedding
 from alps_client.config import FeatureConfig
-from alps_client.masks import Rle, iter_decoded
+from alps_client.masks import Rle, rle_column_segments
 
 CELL_PIXELS = 16  # pixels of the 1024 frame per embedding cell
-MASKS_PER_CHUNK = 32  # masks converted to float at once
+MASKS_PER_CHUNK = 64  # masks whose grid weights are contracted with F in one matrix product
 
 
 @lru_cache(maxsize=64)
@@ -88,20 +88,25 @@ def pool_mask_features(
         raise ValueError(f"masks must all be of the embedding's original_size {tuple(embedding.original_size)}, "
                          f"got {sorted({tuple(m['size']) for m in masks})}")
     size = config.feature_size
-    # Pull the coverage back onto the embedding grid: (Ry^T Ay) M (Ax^T Rx), then contract with F.
+    # Pull the coverage back onto the embedding grid: (Ry^T Ay) M (Ax^T Rx), then contract with F. A mask is a set
+    # of vertical segments (from its RLE, never decoded): segment (x, y0, y1) adds (sum of Py's columns y0..y1-1)
+    # times Px's row x, and the column sums come from a running sum of Py.
     ry = embedding_resample_matrix(embedding.input_size[0] / CELL_PIXELS, grid_h, size)  # (S, 64)
     rx = embedding_resample_matrix(embedding.input_size[1] / CELL_PIXELS, grid_w, size)
     py = ry.T @ area_resize_matrix(h, size)  # (64, H)
     px = area_resize_matrix(w, size).T @ rx  # (W, 64)
-    py32, px32 = py.astype(np.float32), px.astype(np.float32)
-    flat_features = embedding.features.reshape(channels, -1).T  # (64*64, C)
+    py_running = np.concatenate([np.zeros((grid_h, 1)), np.cumsum(py, axis=1)], axis=1)  # (64, H + 1)
+    flat_features = embedding.features.reshape(channels, -1).T.astype(np.float64)  # (64*64, C)
     pooled = np.empty((len(masks), channels), np.float64)
     totals = np.empty(len(masks), np.float64)
-    for lo, chunk in iter_decoded(masks, MASKS_PER_CHUNK):
-        m = chunk.astype(np.float32)
-        grid_weights = np.matmul(np.matmul(py32, m), px32)  # (n, 64, 64)
-        pooled[lo : lo + len(m)] = grid_weights.reshape(len(m), -1) @ flat_features
-        totals[lo : lo + len(m)] = m.sum(axis=(1, 2), dtype=np.float64) * (size * size) / float(h * w)
+    for lo in range(0, len(masks), MASKS_PER_CHUNK):
+        chunk = masks[lo : lo + MASKS_PER_CHUNK]
+        grid_weights = np.empty((len(chunk), grid_h * grid_w))
+        for j, rle in enumerate(chunk):
+            x, y0, y1 = rle_column_segments(rle)
+            grid_weights[j] = ((py_running[:, y1] - py_running[:, y0]) @ px[x]).ravel()
+            totals[lo + j] = float((y1 - y0).sum()) * (size * size) / float(h * w)
+        pooled[lo : lo + len(chunk)] = grid_weights @ flat_features
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = np.where(totals[:, None] > 0, pooled / totals[:, None], 0.0)
     if config.l2_normalize:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.masks import Rle, iter_decoded
+from alps_client.masks import Rle, rle_runs
 
 IGNORE = 255
 
@@ -20,22 +20,25 @@ def paint_label_map(
 
     Masks are painted in order of decreasing area (ties: input order), so small masks stay on top of the
     large ones they lie in. A class id of 255 paints "no label" (a dropped class hides what lies under it,
-    exactly as if the finished map's value were remapped). Masks are decoded a chunk at a time: memory is
-    bounded whatever their number.
+    exactly as if the finished map's value were remapped). Masks are painted from their runs, never decoded:
+    memory is one label map whatever their number.
     """
-    label = np.full(image_size, IGNORE, dtype=np.uint8)
+    h, w = (int(v) for v in image_size)
     if len(rles) == 0:
-        return label
+        return np.full((h, w), IGNORE, dtype=np.uint8)
     class_ids = np.asarray(class_ids, dtype=np.int64)
     if len(class_ids) != len(rles) or class_ids.min() < 0 or class_ids.max() > IGNORE:
         raise ValueError(f"need one class id in 0..255 per mask, got {len(class_ids)} ids for {len(rles)} masks, "
                          f"range {class_ids.min()}..{class_ids.max()}")
-    order = np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable")
-    ordered = [rles[i] for i in order]
-    for start, masks in iter_decoded(ordered):
-        for mask, cls in zip(masks, class_ids[order[start : start + len(masks)]]):
-            label[mask] = cls
-    return label
+    # Painted straight from the RLE runs into a column-major buffer (RLE order): no mask is ever decoded.
+    column_major = np.full(h * w, IGNORE, dtype=np.uint8)
+    for i in np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable"):
+        starts, lengths = rle_runs(rles[i])
+        total = int(lengths.sum())
+        if total:
+            offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+            column_major[offsets + np.arange(total)] = class_ids[i]
+    return np.ascontiguousarray(column_major.reshape(w, h).T)
 
 
 def palette(n: int) -> npt.NDArray[np.uint8]:

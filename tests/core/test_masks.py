@@ -99,3 +99,21 @@ def test_mask_set_measures_on_the_rles_and_clips():
     assert ms.select([4, 1]).predicted_iou.tolist() == [4.0, 1.0]
     with pytest.raises(ValueError, match="rows for 5 masks"):
         MaskSet.from_rles((24, 40), ms.rles, predicted_iou=np.zeros(3))
+
+
+def test_runs_and_segments_are_read_from_the_compressed_string():
+    """rle_counts decodes pycocotools' compressed counts (multi-character and negative differences included)."""
+    from alps_client.masks import mask_to_rle, rle_column_segments, rle_counts
+
+    rng = np.random.RandomState(0)
+    cases = [rng.rand(rng.randint(1, 60), rng.randint(1, 60)) > rng.rand() for _ in range(200)]
+    big = np.zeros((1000, 1000), bool)
+    big[3:900, 5:990] = True
+    big[500:510, :] = False
+    for mask in [*cases, big, np.zeros((5, 5), bool), np.ones((5, 5), bool)]:
+        (rle,) = encode_coco_rle(mask[None])
+        assert rle_counts(rle).tolist() == mask_to_rle(mask)["counts"]  # Meta's uncompressed counts
+        painted = np.zeros_like(mask)
+        for x, y0, y1 in zip(*rle_column_segments(rle)):
+            painted[y0:y1, x] = True
+        np.testing.assert_array_equal(painted, mask)
