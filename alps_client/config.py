@@ -154,7 +154,8 @@ class ClusterConfig:
         init_sample_size: PFLs drawn (seeded) for k-means++ initialisation and for ``auto``.
         seed: random seed; the same seed gives the same centroids.
         centroids: path of an existing ``centroids.npy`` to label with fixed classes (no fitting).
-        dask_address: scheduler address for the Dask backend (None: a local cluster).
+        dask_address: scheduler address for the Dask backend (None: Dask's default threaded scheduler in this process,
+            no cluster).
     """
 
     n_clusters: int | Literal["auto"] = 16

@@ -242,18 +242,21 @@ def scene_value_range(path: str, mtime_ns: int, bands: tuple[int, ...], percenti
 
 def volume_slices(path: str | Path, config: InputConfig) -> list[int]:
     """Indices of the non-empty slices of a NIfTI volume along ``config.slice_axis``."""
-    data = _read_volume(Path(path))
-    axis = config.slice_axis
-    other = tuple(a for a in range(3) if a != axis)
-    nonempty = np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0)
-    return [int(i) for i in nonempty]
+    nonempty, _ = volume_summary(*_volume_key(Path(path)), config.slice_axis, config.window_percentiles)
+    return list(nonempty)
 
 
-def _read_volume(path: Path) -> npt.NDArray[np.floating]:
+def _volume_key(path: Path) -> tuple[str, int]:
     _check_file(path)
+    return str(path), path.stat().st_mtime_ns
+
+
+@functools.lru_cache(maxsize=2)
+def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
+    """The 3D volume as float32, decoded once per process and file version (a slice never re-reads the file)."""
     nibabel = lazy_import("nibabel")
     try:
-        data = np.asarray(nibabel.load(str(path)).get_fdata(dtype=np.float32))
+        data = np.asarray(nibabel.load(path).get_fdata(dtype=np.float32))
     except Exception as err:  # nibabel raises many types for corrupt files
         raise _fail(path, f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from err
     if data.ndim == 4:
@@ -263,10 +266,22 @@ def _read_volume(path: Path) -> npt.NDArray[np.floating]:
     return data
 
 
+@functools.lru_cache(maxsize=64)
+def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[float, float]
+                   ) -> tuple[tuple[int, ...], tuple[float, float] | None]:
+    """Non-empty slice indices along ``slice_axis`` and the intensity window (``window`` percentiles of the whole
+    volume): every slice of a volume is stretched with the same range, as the tiles of a scene are."""
+    data = _volume(path, mtime_ns)
+    other = tuple(a for a in range(3) if a != slice_axis)
+    nonempty = tuple(int(i) for i in np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0))
+    return nonempty, percentile_range(data, None, window)
+
+
 def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
-    data = _read_volume(path)
-    plane = np.take(data, index, axis=config.slice_axis)
-    rgb, extra = _to_rgb(plane, None, InputConfig(stretch_percentiles=config.window_percentiles))
+    key = _volume_key(path)
+    plane = np.take(_volume(*key), index, axis=config.slice_axis)
+    _, value_range = volume_summary(*key, config.slice_axis, config.window_percentiles)
+    rgb, extra = _to_rgb(plane, None, InputConfig(stretch_percentiles=config.window_percentiles), value_range)
     extra["slice_index"] = index
     return LoadedImage(rgb, None, None, False, extra)
 

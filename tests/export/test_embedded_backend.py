@@ -29,15 +29,6 @@ def test_chunked_decode_equals_one_call(embedded_backend, monkeypatch):
     np.testing.assert_array_equal(whole.iou_predictions, chunked.iou_predictions)
 
 
-def test_batch_encode_equals_single(embedded_backend):
-    images = [make_shapes_image(seed=s, size=(120 + 10 * s, 200)) for s in range(3)]
-    together = embedded_backend.encode(images)
-    for image, emb in zip(images, together):
-        (alone,) = embedded_backend.encode([image])
-        np.testing.assert_array_equal(alone.features, emb.features)
-        assert emb.original_size == image.shape[:2]
-
-
 def test_bad_prompt_shapes(embedded_backend):
     (embedding,) = embedded_backend.encode([make_shapes_image()])
     with pytest.raises(ValueError, match=r"point_coords must be \(B, N, 2\)"):

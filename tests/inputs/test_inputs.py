@@ -58,6 +58,9 @@ def test_discovery_and_reading_of_every_case(odd):
     assert multi.extra["bands"] == [1, 2, 3]
     slices = sorted(i.slice_index for i in by_source[str(root / "volume.nii.gz")])
     assert slices == [1, 2, 4]  # empty slices skipped
+    grey = {(int(v.rgb[0, 0, 0]), int(v.rgb[32, 36, 0]))  # background and disc of each slice
+            for v in (load_item(i) for i in by_source[str(root / "volume.nii.gz")])}
+    assert len(grey) == 1  # one intensity window for the whole volume: equal values, equal grey, in every slice
     assert any("ünïcode scène 1" in i.stem for i in items)
     assert len({i.stem for i in items}) == len(items)
     with pytest.raises(InputImageError, match="has 5 band"):
