@@ -74,5 +74,6 @@ def write_nifti(path: Path) -> None:
     yy, xx = np.mgrid[:64, :72]
     for z in (1, 2, 4):  # slices 0, 3 and 5 are empty
         vol[..., z] = 100.0 + 50.0 * ((yy - 32) ** 2 + (xx - 36) ** 2 < (10 + 3 * z) ** 2)
+    vol[2:17, 2:17, 4] = 250.0  # a bright spot in one slice only: a per-slice stretch would change its greys
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
     nibabel.save(nibabel.Nifti1Image(vol, affine), str(path))
