@@ -10,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, GateConfig, PipelineConfig
 from flows.alps_flow import alps_flow
+from tests.coco_checks import assert_coco_consistent
 from tests.shapes import make_checkerboard
 
 
@@ -23,29 +24,8 @@ def test_more_than_a_thousand_masks_through_the_flow(fake_repo, tmp_path):
     out = tmp_path / "out"
     result = alps_flow(str(tmp_path / "data"), str(out), cfg, progress_bar=False)
     assert not result["errors"] and result["summary"]["n_images"] == 2
-    coco = {}
-    for path in out.glob("instances_*.json"):
-        data = json.loads(path.read_text())
-        coco.update({img["file_name"]: [a for a in data["annotations"] if a["image_id"] == img["id"]]
-                     for img in data["images"]})
-    annotations = coco["dense.png"]
+    annotations = assert_coco_consistent(out)["dense"]
     assert len(annotations) > 1000
-    label = np.asarray(Image.open(next(out.glob("ann_dir/*/dense.png"))))
-    masks = [mask_utils.decode({**a["segmentation"], "counts": a["segmentation"]["counts"].encode()}).astype(bool)
-             for a in annotations]
-    smallest = np.full(label.shape, np.inf)  # area of the smallest mask over each pixel: it is painted last
-    for a, m in zip(annotations, masks):
-        assert a["area"] == m.sum() and a["bbox"] == mask_utils.toBbox(
-            {**a["segmentation"], "counts": a["segmentation"]["counts"].encode()}).tolist()
-        smallest[m] = np.minimum(smallest[m], a["area"])
-    ties = np.zeros(label.shape, int)
-    for a, m in zip(annotations, masks):
-        ties[m & (smallest == a["area"])] += 1
-    for a, m in zip(annotations, masks):
-        on_top = m & (smallest == a["area"]) & (ties == 1)
-        assert (label[on_top] == a["category_id"] - 1).all()
-    assert (label[np.isinf(smallest)] == 255).all()
-
 
 def test_flow_matches_meta_on_sams_own_architecture_with_many_masks(tiny_repo, tiny_checkpoint, tmp_path):
     """SAM's architecture (the tiny config through the real checkpoint path), crops on, a non-square image, and

@@ -45,6 +45,11 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     bands = np.concatenate([scene(6).transpose(2, 0, 1).astype(np.uint16) * 40, np.full((2, *SIZE), 900, np.uint16)])
     write_geotiff(root / "multiband.tif", bands, "EPSG:4326", (10.0, 0.0001, 45.0))
     expect["multiband.tif"] = "ok"
+    with_nodata = scene(7).transpose(2, 0, 1).copy()
+    with_nodata[:, 60:, :] = 0  # a nodata band at the bottom (a scene edge)
+    with_nodata[:, :60][with_nodata[:, :60] == 0] = 1
+    write_geotiff(root / "geo_nodata.tif", with_nodata, "EPSG:32633", (500000.0, 0.5, 4600000.0), nodata=0)
+    expect["geo_nodata.tif"] = "ok"
     write_nifti(root / "volume.nii.gz")
     expect["volume.nii.gz"] = "ok"
     good = (root / "grey.png").read_bytes()
@@ -57,13 +62,14 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     return expect
 
 
-def write_geotiff(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float]) -> None:
+def write_geotiff(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float],
+                  nodata: float | None = None) -> None:
     import rasterio
     from rasterio.transform import from_origin
 
     x, res, y = origin
     with rasterio.open(path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=bands.shape[0],
-                       dtype=bands.dtype, crs=crs, transform=from_origin(x, y, res, res)) as dst:
+                       dtype=bands.dtype, crs=crs, transform=from_origin(x, y, res, res), nodata=nodata) as dst:
         dst.write(bands)
 
 

@@ -16,6 +16,7 @@ from alps_client.errors import InputImageError
 from alps_client.io.discovery import discover_inputs
 from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
+from tests.coco_checks import assert_coco_consistent
 from tests.conftest import REPO_ROOT
 from tests.inputs.make_files import SIZE, write_odd_dataset
 
@@ -87,6 +88,13 @@ def test_tile_grid_and_stitch():
     assert stitched[0, 0] == 0 and stitched[-1, -1] == len(windows) - 1 and (stitched != 255).all()
 
 
+def decode(annotation: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    seg = annotation["segmentation"]
+    return mask_utils.decode({**seg, "counts": seg["counts"].encode()}).astype(bool)
+
+
 def test_odd_dataset_through_the_flow(odd, stand_in_repo, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "ph"))
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -111,6 +119,11 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, tmp_path, monkeypatch)
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
     rgba = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgba.png"))))
     assert (rgba[:, :30] == 255).all()  # transparent pixels stay unlabelled
+    nodata = np.asarray(Image.open(next((out / "ann_dir").glob("*/geo_nodata.png"))))
+    assert (nodata[60:] == 255).all() and (nodata[:60] != 255).any()
+    coco = assert_coco_consistent(out)  # boxes and areas of clipped masks are those of their RLE
+    for stem, region in (("rgba", np.s_[:, :30]), ("geo_nodata", np.s_[60:, :])):
+        assert coco[stem] and not any(decode(a)[region].any() for a in coco[stem])
     import nibabel
     import rasterio
 
@@ -242,3 +255,4 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, tmp_pat
         tile = np.asarray(Image.open(next((out / "ann_dir").glob(f"*/scene__x{x0}_y{y0}.png"))))
         np.testing.assert_array_equal(stitched[oy0:oy1, ox0:ox1], tile[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0])
     assert np.array_equal(np.asarray(Image.open(out / "stitched" / "scene.png")), stitched)
+    assert_coco_consistent(out)
