@@ -13,6 +13,7 @@ from typing import Any, Literal
 OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
 BackendKind = Literal["embedded", "triton"]
 ClusterBackend = Literal["auto", "sklearn", "cuml", "dask"]
+VectorFormat = Literal["gpkg", "geojson"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -193,15 +194,21 @@ class WriterConfig:
         seed: seed of the split.
         write_vis: write palette previews to ``vis/``.
         copy_images: copy (or link) the input images into ``img_dir`` (mmseg layout).
+        vector_format: also write one polygon per kept mask to ``vectors/`` (``gpkg`` or ``geojson``); None: no vectors.
+        write_report: write the cluster review page ``report/index.html``.
     """
 
     val_fraction: float = 0.3
     seed: int = 0
     write_vis: bool = True
     copy_images: bool = True
+    vector_format: VectorFormat | None = None
+    write_report: bool = True
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+        _check(self.vector_format in (None, "gpkg", "geojson"),
+               f"vector_format must be gpkg or geojson (or None for no vectors), got {self.vector_format!r}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +263,25 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        """Inverse of :meth:`to_dict` (e.g. the ``config`` of a dataset's manifest).
+
+        JSON lists become tuples (every sequence field here is a tuple); fields this version does not know are
+        left out, fields the data lacks keep their defaults.
+        """
+
+        def tuples(value: Any) -> Any:
+            return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+        parts = {}
+        for part in dataclasses.fields(cls):
+            sub = part.default_factory  # type: ignore[misc]  # every part is a dataclass with a default factory
+            names = {f.name for f in dataclasses.fields(sub)}
+            values = data.get(part.name) or {}
+            parts[part.name] = sub(**{k: tuples(v) for k, v in values.items() if k in names})
+        return cls(**parts)
 
     def labelling_dict(self) -> dict[str, Any]:
         """The fields that change per-image results (masks, gate, PFLs); resume compares these."""

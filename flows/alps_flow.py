@@ -30,6 +30,7 @@ from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import InputItem
 from alps_client.io.shards import read_shard_meta, shard_fingerprint, shard_path, shard_status
 from flows import artifacts
+from flows.review_cli import report_link_artifact
 
 _BACKENDS: dict[BackendConfig, SamBackend] = {}
 _BACKENDS_LOCK = threading.Lock()
@@ -224,6 +225,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     }
     atomic.write_json(work_dir(out) / "last_run.json", run)
     artifacts.publish(run, out)
+    report_link_artifact(out)
     logger.info("Labelled dataset written to %s: %d images, %d classes, %d rejected input(s)",
                 out, summary["n_images"], summary["n_classes"], len(errors))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {

@@ -1,4 +1,4 @@
-"""The ``alps`` command line: ``alps run``, ``alps evaluate``, ``alps serve``.
+"""The ``alps`` command line: ``alps run``, ``alps evaluate``, ``alps serve``, ``alps report``, ``alps relabel``.
 
 Flags are named after the configuration fields (``--points-per-side`` <-> ``AmgConfig.points_per_side``);
 unset flags are dropped so the dataclass defaults stay the only defaults. Exit status: 0 when the dataset is
@@ -24,6 +24,7 @@ from alps_client.config import (
     PipelineConfig,
     WriterConfig,
 )
+from flows.review_cli import add_relabel_parser, add_report_parser, add_vector_argument
 
 AMG_FLAGS: list[tuple[str, type]] = [
     ("points_per_side", int), ("points_per_batch", int), ("pred_iou_thresh", float),
@@ -70,6 +71,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--val-fraction", type=float)
     c.add_argument("--seed", type=int)
     c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None)
+    add_vector_argument(c, "default: none")
+    c.add_argument("--no-report", dest="write_report", action="store_false", default=None,
+                   help="do not write the cluster review page OUT/report/index.html")
     i = p.add_argument_group("inputs")
     i.add_argument("--bands", type=_bands, help="three 1-based bands of multispectral rasters, e.g. 4,3,2")
     i.add_argument("--tile", type=int, help="cut large images into tiles of this size (iSAID: 896)")
@@ -158,6 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nLabelled dataset: {args.out}  ({s['n_images']} images: {s['n_train']} train / {s['n_val']} val, "
           f"{s['n_classes']} classes, {s['n_masks_kept']} masks kept, {s['n_masks_gated']} gated; "
           f"{result['n_labelled']} labelled now, {result['n_skipped']} already done)")
+    if s.get("report"):
+        print(f"Review the clusters: {(Path(args.out).resolve() / 'report' / 'index.html').as_uri()}")
     if result["stand_in"]:
         print("Model: the structured STAND-IN, not SAM. Export SAM with export/export_sam.py for real labels.")
     if result["errors"]:
@@ -221,6 +227,8 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository")
     serve.add_argument("--triton-url", dest="triton_urls", action="append")
     serve.set_defaults(func=cmd_serve)
+    add_report_parser(sub)
+    add_relabel_parser(sub)
     return parser
 
 

@@ -5,6 +5,9 @@
 paints each label map once and hands it to every output that needs it (``ann_dir``, previews, COCO, GeoTIFF /
 stitched scenes / NIfTI volumes), writes everything into a staging folder and swaps it into ``OUT`` as a whole
 (:mod:`alps_client.io.publish`). The same shards, centroids, class map and seed give byte-identical outputs.
+Optional outputs fed the same way: ``vectors/`` (:mod:`alps_client.io.vectors`) and the review page ``report/``
+(:mod:`alps_client.review`), so ``alps run`` and ``alps relabel`` produce them identically and swap them in with
+the rest.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from alps_client.io.publish import publish, staging_dir
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
 from alps_client.io.splits import assign_splits
+from alps_client.io.vectors import VectorOutput
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import assign_clusters, centroids_sidecar
 from alps_client.labels.painting import IGNORE, overlay, paint_label_map, palette
+from alps_client.review.report import write_review
+from alps_client.review.select import ReviewCollector
 from alps_client.versions import versions
 
 DATASET_FORMAT = "alps-dataset/2"
@@ -41,19 +47,27 @@ class ImageLabels:
         cluster_ids: ``(K,) int64`` nearest centroid of each kept mask.
         class_ids: ``(K,) int64`` class of each kept mask (255 = dropped).
         label: ``(H, W) uint8`` label map (255 = no label).
+        cluster_label: ``(H, W) uint8`` the same map in cluster ids (``label`` is its lookup through the class map).
     """
 
     cluster_ids: npt.NDArray[np.int64]
     class_ids: npt.NDArray[np.int64]
     label: npt.NDArray[np.uint8]
+    cluster_label: npt.NDArray[np.uint8]
 
 
 def image_labels(shard: ImageShard, centroids: npt.NDArray[np.float32], class_map: ClassMap) -> ImageLabels:
-    """Classify one shard's kept masks and paint its label map (pure)."""
+    """Classify one shard's kept masks and paint its label map (pure).
+
+    The masks are painted once, with their cluster ids; the class label map is that map looked up through the class
+    map, which is exactly painting class ids (the mask on top of a pixel decides it either way), so a relabel
+    changes every label map exactly as the mapping says.
+    """
     cluster_ids = assign_clusters(shard.pfl, centroids)
-    class_ids = class_map.classes_of(cluster_ids)
     kept = shard.kept_masks()
-    return ImageLabels(cluster_ids, class_ids, paint_label_map(shard.image_size, kept.rles, kept.areas, class_ids))
+    cluster_label = paint_label_map(shard.image_size, kept.rles, kept.areas, cluster_ids)
+    return ImageLabels(cluster_ids, class_map.classes_of(cluster_ids), class_map.label_lut()[cluster_label],
+                       cluster_label)
 
 
 @dataclass
@@ -73,6 +87,8 @@ class DatasetSummary:
     masks_per_class: list[int] = field(default_factory=list)
     pixels_per_class: list[int] = field(default_factory=list)
     scene_outputs: dict[str, int] = field(default_factory=dict)
+    vectors: dict[str, int] = field(default_factory=dict)
+    report: dict[str, int] = field(default_factory=dict)
 
 
 def _group(meta: Mapping[str, Any]) -> str:
@@ -138,6 +154,9 @@ def write_dataset(
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")
     scenes = SceneOutputs(staging, metas, config.inputs)
+    fmt = config.writer.vector_format
+    vectors = VectorOutput(staging / "vectors", fmt, class_map) if fmt else None
+    review = ReviewCollector(centroids, config.writer.seed) if config.writer.write_report else None
     n_split = dict.fromkeys(coco, 0)
     image_id = annotation_id = 1
     masks_per_class = np.zeros(n_classes, np.int64)
@@ -155,6 +174,10 @@ def write_dataset(
         coco[split].add("images", [coco_image_entry(image_id, file_name, shard.image_size)])
         coco[split].add("annotations", annotations)
         scenes.add(meta, labels.label)
+        if vectors is not None:
+            vectors.add(shard, labels.cluster_ids, labels.class_ids, split)
+        if review is not None:
+            review.add(shard, labels.cluster_ids, labels.cluster_label)
         image_id += 1
         annotation_id += len(annotations)
         n_split[split] += 1
@@ -185,12 +208,20 @@ def write_dataset(
         n_test=n_split.get("test", 0), n_classes=n_classes, n_masks_kept=kept_total, n_masks_gated=gated_total,
         n_errors=len(errors), labelled_pixel_fraction=labelled / pixels if pixels else 0.0,
         masks_per_class=masks_per_class.tolist(), pixels_per_class=pixels_per_class.tolist(),
-        scene_outputs=scene_counts,
+        scene_outputs=scene_counts, vectors=vectors.close() if vectors is not None else {},
     )
+    if review is not None:
+        summary.report = write_review(staging / "report", review, class_map, asdict(summary), model_manifest, errors,
+                                      dict(zip((m["stem"] for m in metas), paths)), image_sources,
+                                      out.resolve().name, config.gate.sigma)
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
                                                                  extra_manifest))
     publish(out, staging)
     return summary
+
+
+# Top-level manifest entries the writer makes; others are extra entries (kept by `alps relabel`).
+MANIFEST_KEYS = ("format", "layout", "config", "seed", "model", "model_is_stand_in", "classes", "versions", "counts")
 
 
 def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], class_map: ClassMap,

@@ -55,6 +55,12 @@ class ClassMap:
         lut = np.asarray(self.cluster_to_class, np.int64)
         return lut[np.asarray(cluster_ids, np.int64)]
 
+    def label_lut(self) -> npt.NDArray[np.uint8]:
+        """``(256,) uint8`` lookup from a cluster label map to the class label map (255 stays 255)."""
+        lut = np.full(256, IGNORE, np.uint8)
+        lut[: self.n_clusters] = self.cluster_to_class
+        return lut
+
     def clusters_of(self, class_id: int) -> list[int]:
         """The clusters merged into one class."""
         return [k for k, c in enumerate(self.cluster_to_class) if c == class_id]

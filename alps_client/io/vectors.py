@@ -1,0 +1,164 @@
+"""Vector output: one polygon per kept mask (holes kept), in the source CRS or in pixel coordinates.
+
+``--vector gpkg|geojson`` writes ``OUT/vectors/``. Each kept mask of a named class becomes one feature (a
+MultiPolygon: a mask may have several parts) with its class id and name, cluster id, the decoder's score, its
+stability, its area in pixels, the image (stem), the source file and the split; masks of dropped clusters are left
+out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the mask (pixel-exact outlines,
+interior rings for holes) and are written by pyogrio (GDAL).
+
+Coordinates: a georeferenced input (GeoTIFF with a CRS) is in its CRS through its (window) transform, so the
+tiles of a stitched scene land in the scene's CRS; any other input is in pixel coordinates of its source file
+(x right, y down; a tile is offset by its window), declared in GeoPackage as an engineering CRS named
+"image pixels" so GIS tools do not take them for degrees (GeoJSON cannot say so: readers assume WGS 84 there).
+Features are grouped by CRS: one layer per CRS, named
+``masks`` (pixel coordinates) or ``masks_epsg<code>``; GeoPackage keeps every layer in ``masks.gpkg``,
+GeoJSON writes one ``<layer>.geojson`` per layer. Features are written in chunks, so memory does not grow with
+the dataset, and the output is byte-identical for the same input (GDAL's GeoPackage timestamp is pinned).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client._imports import lazy_import
+from alps_client.io.shards import ImageShard
+from alps_client.labels.classes import ClassMap
+from alps_client.labels.painting import IGNORE
+from alps_client.masks import iter_decoded
+
+DRIVERS = {"gpkg": ("GPKG", ".gpkg"), "geojson": ("GeoJSON", ".geojson")}
+FIELDS = ("class_id", "class_name", "cluster_id", "score", "stability", "area", "image", "source", "split")
+FLUSH_FEATURES = 5000
+# GDAL stamps GeoPackages with the current time unless told otherwise: pinned so reruns are byte-identical.
+GPKG_TIMESTAMP = "2000-01-01T00:00:00.000Z"
+PIXEL_CRS = ('ENGCRS["image pixels (x right, y down)",EDATUM["image"],CS[Cartesian,2],'
+             'AXIS["x",east,ORDER[1],LENGTHUNIT["pixel",1]],AXIS["y",south,ORDER[2],LENGTHUNIT["pixel",1]]]')
+
+
+def mask_polygons(mask: npt.NDArray[np.bool_], transform: Any) -> Any:
+    """The ``(h, w) bool`` mask as one shapely MultiPolygon (holes as interior rings) through an affine transform.
+
+    Pixel edges become polygon edges (4-connected parts), so rasterising the result back gives the mask exactly.
+    """
+    features = lazy_import("rasterio.features")
+    geometry = lazy_import("shapely.geometry")
+    parts = [geometry.shape(g) for g, _ in features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
+                                                           transform=transform)]
+    return geometry.MultiPolygon(parts)
+
+
+def image_transform(extra: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """``(affine, crs_wkt)`` from image pixels to output coordinates, for a shard's ``extra`` metadata."""
+    rasterio = lazy_import("rasterio")
+    geo = extra.get("geo")
+    if geo:  # already the window's transform for tiles
+        return rasterio.Affine(*geo["transform"]), str(geo["crs"])
+    window = extra.get("window")
+    x0, y0 = (int(window[0]), int(window[1])) if window else (0, 0)
+    return rasterio.Affine.translation(x0, y0), None
+
+
+@contextmanager
+def _pinned_gpkg_timestamp() -> Iterator[None]:
+    pyogrio = lazy_import("pyogrio")
+    before = pyogrio.get_gdal_config_option("OGR_CURRENT_DATE")
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": GPKG_TIMESTAMP})
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": before})
+
+
+class _Layer:
+    """Features of one CRS, buffered and appended to their file in chunks."""
+
+    def __init__(self, path: Path, name: str, driver: str, crs: str | None) -> None:
+        self.path, self.name, self.driver, self.crs = path, name, driver, crs
+        self.rows: list[tuple[bytes, tuple[Any, ...]]] = []
+        self.written = 0
+
+    def flush(self) -> None:
+        if not self.rows and self.written:
+            return
+        raw = lazy_import("pyogrio.raw")
+        geoms = np.array([g for g, _ in self.rows], dtype=object)
+        columns = list(zip(*(values for _, values in self.rows))) if self.rows else [()] * len(FIELDS)
+        kinds = (np.int64, object, np.int64, np.float64, np.float64, np.int64, object, object, object)
+        data = [np.asarray(col, dtype=kind) for col, kind in zip(columns, kinds)]
+        crs = self.crs or (PIXEL_CRS if self.driver == "GPKG" else None)
+        with _pinned_gpkg_timestamp(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel coordinates: on purpose
+            raw.write(str(self.path), geoms, data, list(FIELDS), layer=self.name, driver=self.driver, crs=crs,
+                      geometry_type="MultiPolygon", append=self.written > 0)
+        self.written += len(self.rows)
+        self.rows.clear()
+
+
+class VectorOutput:
+    """Receives each image's kept masks and classes (in any order) and writes ``vectors/``.
+
+    Args:
+        out: the ``vectors`` folder to write (inside the staging folder).
+        vector_format: ``gpkg`` or ``geojson``.
+        class_map: the dataset's classes (names of the class ids).
+    """
+
+    def __init__(self, out: str | Path, vector_format: str, class_map: ClassMap) -> None:
+        if vector_format not in DRIVERS:
+            raise ValueError(f"vector format must be one of {sorted(DRIVERS)}, got {vector_format!r}")
+        self.out = Path(out)
+        self.driver, self.suffix = DRIVERS[vector_format]
+        self.class_map = class_map
+        self.layers: dict[str | None, _Layer] = {}
+        self.pending = 0
+
+    def _layer(self, crs: str | None) -> _Layer:
+        if crs not in self.layers:
+            name = "masks"
+            if crs is not None:
+                epsg = lazy_import("rasterio.crs").CRS.from_wkt(crs).to_epsg()
+                name = f"masks_epsg{epsg}" if epsg else f"masks_crs{sum(k is not None for k in self.layers) + 1}"
+            file = "masks" if self.driver == "GPKG" else name
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.layers[crs] = _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs)
+        return self.layers[crs]
+
+    def add(self, shard: ImageShard, cluster_ids: npt.NDArray[np.int64], class_ids: npt.NDArray[np.int64],
+            split: str) -> None:
+        """One image: its shard and the ``(K,)`` cluster and class ids of its kept masks."""
+        shapely = lazy_import("shapely")
+        kept = shard.kept_masks()
+        named = np.flatnonzero(np.asarray(class_ids) != IGNORE)
+        transform, crs = image_transform(shard.extra)
+        layer = self._layer(crs)
+        rles = [kept.rles[i] for i in named]
+        for start, masks in iter_decoded(rles):
+            for offset, mask in enumerate(masks):
+                i = int(named[start + offset])
+                x, y, w, h = (int(v) for v in kept.bboxes[i])
+                window = mask[y : y + h + 1, x : x + w + 1]  # the mask's box: outlines cost its size only
+                geometry = mask_polygons(window, transform * type(transform).translation(x, y))
+                c = int(class_ids[i])
+                layer.rows.append((shapely.to_wkb(geometry), (
+                    c, self.class_map.names[c], int(cluster_ids[i]), float(kept.predicted_iou[i]),
+                    float(kept.stability_score[i]), int(kept.areas[i]), shard.stem, shard.source, split)))
+                self.pending += 1
+        if self.pending >= FLUSH_FEATURES:
+            for layer in self.layers.values():
+                layer.flush()
+            self.pending = 0
+
+    def close(self) -> dict[str, int]:
+        """Write what is buffered; returns features per layer (an empty ``masks`` layer when there was nothing)."""
+        if not self.layers:
+            self._layer(None)
+        for layer in self.layers.values():
+            layer.flush()
+        return {layer.name: layer.written for layer in self.layers.values()}

@@ -1,0 +1,169 @@
+"""The classes file of ``alps relabel``: name clusters, merge several into one class, drop clusters.
+
+The file (YAML, or the same structure in JSON)::
+
+    classes:              # new class ids 0, 1, ... in this order
+      - {name: building, clusters: [0, 3]}
+      - {name: water, clusters: [1]}
+    drop: [4]             # these clusters become 255 (no label)
+
+Clusters the file does not mention keep a class of their own, named ``cluster_<k>`` and numbered after the
+listed classes in cluster order. :func:`parse_classes` checks everything before anything is written and reports
+every problem it finds, one line each (unknown cluster ids, a cluster in two classes, a class without clusters, a
+cluster both named and dropped, ...), so a user fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alps_client.errors import AlpsError
+from alps_client.labels.classes import ClassMap
+from alps_client.labels.painting import IGNORE
+
+EXAMPLE = "{classes: [{name: building, clusters: [0, 3]}, {name: water, clusters: [1]}], drop: [4]}"
+
+
+class ClassesFileError(AlpsError):
+    """A classes file that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        self.problems = problems
+
+
+def read_classes_file(path: str | Path) -> dict[str, Any]:
+    """The parsed content of a YAML or JSON classes file.
+
+    Raises:
+        ClassesFileError: If the file is missing or is not valid YAML / JSON (one line with the position).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClassesFileError(str(path), [f"no such file; write one like {EXAMPLE}"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise ClassesFileError(str(path), [f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"]) from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ClassesFileError(str(path), [f"not valid YAML: {problem}{where}"]) from err
+    if not isinstance(data, dict):
+        raise ClassesFileError(str(path), [f"must be a mapping with 'classes' (and optionally 'drop'), like {EXAMPLE}"])
+    return data
+
+
+def _cluster_ids(value: Any, what: str, n_clusters: int, problems: list[str]) -> list[int]:
+    """The integer cluster ids of a list, with a problem line for each bad entry."""
+    if not isinstance(value, list):
+        problems.append(f"{what} must be a list of cluster ids, got {value!r}")
+        return []
+    ids = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int):
+            problems.append(f"{what}: {v!r} is not a cluster id (an integer)")
+        elif not 0 <= v < n_clusters:
+            problems.append(f"{what}: cluster {v} does not exist (this dataset has clusters 0..{n_clusters - 1})")
+        else:
+            ids.append(v)
+    return ids
+
+
+def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = "classes file") -> ClassMap:
+    """Validate a parsed classes file against a dataset with ``n_clusters`` clusters and build its :class:`ClassMap`.
+
+    Raises:
+        ClassesFileError: With one line per problem.
+    """
+    problems: list[str] = []
+    unknown = sorted(set(spec) - {"classes", "drop"})
+    if unknown:
+        problems.append(f"unknown key(s) {unknown}: only 'classes' and 'drop' are read")
+    classes = spec.get("classes") or []
+    if not isinstance(classes, list):
+        problems.append(f"'classes' must be a list of {{name, clusters}} entries, got {classes!r}")
+        classes = []
+    drop = set(_cluster_ids(spec.get("drop") or [], "drop", n_clusters, problems))
+    owner: dict[int, str] = {}
+    names: list[str] = []
+    members: list[list[int]] = []
+    for i, entry in enumerate(classes):
+        if not isinstance(entry, dict) or set(entry) - {"name", "clusters"}:
+            problems.append(f"class #{i + 1} must be {{name: ..., clusters: [...]}}, got {entry!r}")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"class #{i + 1} needs a non-empty 'name', got {name!r}")
+            continue
+        name = name.strip()
+        label = f"class '{name}'"
+        if name in names:
+            problems.append(f"{label} is listed twice; list all its clusters in one entry to merge them")
+        ids = _cluster_ids(entry.get("clusters"), f"{label} clusters", n_clusters, problems)
+        if "clusters" not in entry or entry.get("clusters") == []:
+            problems.append(f"{label} lists no clusters; give it at least one, e.g. clusters: [0]")
+        for k in ids:
+            if k in drop:
+                problems.append(f"cluster {k} is both in {label} and in drop; keep it in one of them")
+            elif k in owner and owner[k] != name:
+                problems.append(f"cluster {k} is in two classes, '{owner[k]}' and '{name}'; keep it in one")
+            owner.setdefault(k, name)
+        names.append(name)
+        members.append(ids)
+    if not classes and not drop and not problems:
+        problems.append(f"the class list is empty and nothing is dropped, so nothing would change; write e.g. {EXAMPLE}")
+    rest = [k for k in range(n_clusters) if k not in owner and k not in drop]
+    for k in rest:
+        if f"cluster_{k}" in names:
+            problems.append(f"the name 'cluster_{k}' is taken by unlisted cluster {k}; choose another name")
+    if not problems and not names and not rest:
+        problems.append("every cluster is dropped: the dataset would have no class left")
+    if len(names) + len(rest) > IGNORE:
+        problems.append(f"{len(names) + len(rest)} classes: at most {IGNORE} fit in a uint8 label map (255 = no label)")
+    if problems:
+        raise ClassesFileError(source, problems)
+    cluster_to_class = [IGNORE] * n_clusters
+    for c, ids in enumerate(members):
+        for k in ids:
+            cluster_to_class[k] = c
+    for j, k in enumerate(rest):
+        cluster_to_class[k] = len(names) + j
+    return ClassMap(tuple(names) + tuple(f"cluster_{k}" for k in rest), tuple(cluster_to_class))
+
+
+def parse_classes(path: str | Path, n_clusters: int) -> tuple[ClassMap, dict[str, Any]]:
+    """Read, validate and map a classes file; returns the class map and what the manifest records of it.
+
+    Raises:
+        ClassesFileError: With one line per problem.
+    """
+    spec = read_classes_file(path)
+    class_map = class_map_from_spec(spec, n_clusters, str(path))
+    record = {"classes_file_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+              "spec": {"classes": spec.get("classes") or [], "drop": spec.get("drop") or []}}
+    return class_map, record
+
+
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null"}  # would not read back as strings
+
+
+def classes_yaml(class_map: ClassMap, header: str = "") -> str:
+    """A classes file that reproduces ``class_map``: the template a reviewer edits."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines.append("classes:              # new class ids 0, 1, ... in this order")
+    for c, name in enumerate(class_map.names):
+        shown = name if _PLAIN.match(name) and name.lower() not in _YAML_WORDS else json.dumps(name)
+        lines.append(f"  - {{name: {shown}, clusters: {class_map.clusters_of(c)}}}")
+    lines.append(f"drop: {class_map.dropped}             # these clusters become 255 (no label)")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,155 @@
+"""``OUT/report/``: the cluster review page, its thumbnails and a classes file to edit, from shards and centroids.
+
+The dataset writer feeds a :class:`~alps_client.review.select.ReviewCollector` as it paints each image and calls
+:func:`write_review` at the end, so ``alps run`` and ``alps relabel`` write the report inside the same staged
+write as the rest of the dataset. :func:`build_report` (``alps report OUT``) rebuilds it alone from what a run
+keeps (shards, centroids, manifest): no model, no SAM. The second pass reads only the few images the page shows.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alps_client.io import atomic
+from alps_client.io.shards import read_shard
+from alps_client.labels.classes import ClassMap
+from alps_client.labels.clustering import assign_clusters
+from alps_client.labels.painting import IGNORE, paint_label_map, palette
+from alps_client.labels.relabel import classes_yaml
+from alps_client.masks import decode_coco_rle
+from alps_client.review.page import ClassView, ClusterView, render_page
+from alps_client.review.render import highlight, load_rgb, mask_crop, save_jpeg
+from alps_client.review.select import N_IMAGES, N_NEAR, N_RANDOM, ReviewCollector
+
+ERRORS_SHOWN = 100
+DROPPED_COLOUR = (160, 160, 160)
+
+
+def _thumbnails(report: Path, collector: ReviewCollector, class_map: ClassMap, shard_paths: Mapping[str, str | Path],
+                image_sources: Mapping[str, str | Path]) -> tuple[dict[int, list], dict[int, list]]:
+    """Write every crop and lit image; returns ``cluster -> [(src, kind, w, h)]`` and ``cluster -> [(src, stem, w, h)]``."""
+    picks: dict[str, list[tuple[int, int, str, int]]] = defaultdict(list)
+    lit: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for k, stats in enumerate(collector.clusters):
+        for j, (kind, pick) in enumerate(stats.shown()):
+            picks[pick.stem].append((k, j, kind, pick.index))
+        for j, stem in enumerate(stats.top_images()):
+            lit[stem].append((k, j))
+    colours = palette(class_map.n_classes)
+    crops: dict[int, list] = defaultdict(list)
+    images: dict[int, list] = defaultdict(list)
+    for stem in collector.stems_needed():
+        shard = read_shard(shard_paths[stem])
+        kept = shard.kept_masks()
+        rgb = load_rgb(image_sources.get(stem), shard.image_size)
+        chosen = picks.get(stem, [])
+        masks = decode_coco_rle([kept.rles[i] for *_, i in chosen]) if chosen else []
+        for (k, j, kind, i), mask in zip(chosen, masks):
+            thumb = mask_crop(rgb, mask, kept.bboxes[i])
+            src = f"crops/k{k:03d}_{j:02d}.jpg"
+            save_jpeg(report / src, thumb)
+            crops[k].append((j, src, kind, thumb.shape[1], thumb.shape[0]))
+        if stem in lit:
+            cluster_ids = assign_clusters(shard.pfl, collector.centroids)
+            cluster_label = paint_label_map(shard.image_size, kept.rles, kept.areas, cluster_ids)
+            for k, j in lit[stem]:
+                c = class_map.cluster_to_class[k]
+                thumb = highlight(rgb, cluster_label == k, DROPPED_COLOUR if c == IGNORE else colours[c])
+                src = f"images/k{k:03d}_{j}.jpg"
+                save_jpeg(report / src, thumb)
+                images[k].append((j, src, stem, thumb.shape[1], thumb.shape[0]))
+    ordered = {k: [v[1:] for v in sorted(items)] for k, items in crops.items()}
+    return ordered, {k: [v[1:] for v in sorted(items)] for k, items in images.items()}
+
+
+def write_review(report: str | Path, collector: ReviewCollector, class_map: ClassMap, counts: Mapping[str, Any],
+                 model: Mapping[str, Any], errors: Sequence[Mapping[str, str]], shard_paths: Mapping[str, str | Path],
+                 image_sources: Mapping[str, str | Path], title: str, sigma: float) -> dict[str, int]:
+    """Write ``report/index.html``, its thumbnails and ``report/classes.yaml``; returns file count and bytes.
+
+    Args:
+        report: the report folder to write (fresh).
+        collector: the pass over the dataset.
+        class_map: the dataset's classes.
+        counts: the dataset summary (``n_images``, ``n_train``, ..., ``masks_per_class``, ``pixels_per_class``).
+        model: the model repository manifest.
+        errors: rejected inputs.
+        shard_paths: stem -> shard of every image.
+        image_sources: stem -> image file (crops are cut from it; grey when missing).
+        title: the dataset's name on the page.
+        sigma: the gate's threshold (shown with the gate's counts).
+    """
+    report = Path(report)
+    crops, images = _thumbnails(report, collector, class_map, shard_paths, image_sources)
+    colours = [tuple(int(v) for v in c) for c in palette(class_map.n_classes)]
+    labelled = sum(counts["pixels_per_class"]) or 1
+    masked = collector.mask_pixels or 1
+
+    def cluster_view(k: int) -> ClusterView:
+        s = collector.clusters[k]
+        return ClusterView(k, s.n_masks, s.pixels / masked, s.mean_area, crops.get(k, []), images.get(k, []))
+
+    views = [ClassView(c, name, colours[c], counts["masks_per_class"][c], counts["pixels_per_class"][c],
+                       counts["pixels_per_class"][c] / labelled, [cluster_view(k) for k in class_map.clusters_of(c)])
+             for c, name in enumerate(class_map.names)]
+    if class_map.dropped:
+        views.append(ClassView(IGNORE, "dropped", DROPPED_COLOUR, 0, 0, 0.0, [cluster_view(k) for k in class_map.dropped]))
+    stand_in = bool(model.get("is_stand_in"))
+    facts = [
+        ("images", f"{counts['n_images']} ({counts['n_train']} train / {counts['n_val']} val"
+                   f"{' / %d test' % counts['n_test'] if counts.get('n_test') else ''})"),
+        ("model", f"{model.get('model_type', '?')} ({model.get('model_family', 'sam')})"
+                  f"{': STAND-IN, not SAM' if stand_in else ''}"),
+        ("gate", f"{counts['n_masks_kept']} masks kept, {counts['n_masks_gated']} dropped (covering more than "
+                 f"sigma = {sigma} of their image)"),
+        ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
+        ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters"
+                    f"{f', {len(class_map.dropped)} dropped' if class_map.dropped else ''}"),
+        ("rejected inputs", len(errors)),
+        ("shown per cluster", f"{N_NEAR} masks nearest the centre, {N_RANDOM} at random, {N_IMAGES} images"),
+    ]
+    warning = ("The model is the structured STAND-IN (segments by colour), not SAM: these classes demonstrate the "
+               "pipeline only.") if stand_in else ""
+    template = classes_yaml(class_map, "Classes of this dataset: rename, merge (several clusters in one class), "
+                                       "drop.\nThen: alps relabel OUT --classes classes.yaml")
+    page = render_page(title, facts, views, [dict(e) for e in errors[:ERRORS_SHOWN]], len(errors), template, warning)
+    atomic.write_text(report / "index.html", page)
+    atomic.write_text(report / "classes.yaml", template)
+    files = [p for p in report.rglob("*") if p.is_file()]
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+def build_report(out: str | Path) -> dict[str, int]:
+    """Rebuild ``OUT/report/`` alone from the dataset's shards, centroids and manifest (``alps report OUT``).
+
+    The new report is written beside the old one and moved into place when complete.
+
+    Raises:
+        AlpsError: If ``out`` holds no dataset or its shards are missing (the message says what to run).
+    """
+    from alps_client.io.dataset import load_dataset
+
+    data = load_dataset(out)
+    collector = ReviewCollector(data.centroids, data.config.writer.seed)
+    for stem, path in sorted(data.shard_paths.items()):
+        shard = read_shard(path)
+        cluster_ids = assign_clusters(shard.pfl, data.centroids)
+        kept = shard.kept_masks()
+        collector.add(shard, cluster_ids, paint_label_map(shard.image_size, kept.rles, kept.areas, cluster_ids))
+    staging = data.out / ".alps" / "report-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    size = write_review(staging, collector, data.class_map, data.manifest["counts"], data.model, data.errors,
+                        data.shard_paths, data.image_sources, data.out.resolve().name, data.config.gate.sigma)
+    old = data.out / ".alps" / "report-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (data.out / "report").exists():
+        (data.out / "report").rename(old)
+    staging.rename(data.out / "report")
+    shutil.rmtree(old, ignore_errors=True)
+    return size

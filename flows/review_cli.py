@@ -1,0 +1,95 @@
+"""``alps report`` and ``alps relabel``, and the report's link on the Prefect run.
+
+Neither command runs SAM, the flow or Prefect: both rebuild outputs from what ``alps run`` left in ``OUT``
+(shards, centroids, manifest). A user mistake (no dataset, a bad classes file) is one ``alps: error:`` line per
+problem and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+VECTOR_CHOICES = ("gpkg", "geojson")
+
+
+def _fail(message: str) -> int:
+    for line in str(message).splitlines() or [""]:
+        print(f"alps: error: {line}", file=sys.stderr)
+    return 2
+
+
+def add_vector_argument(p: argparse.ArgumentParser, help_default: str) -> None:
+    """``--vector gpkg|geojson``: one polygon per kept mask under ``OUT/vectors/``."""
+    p.add_argument("--vector", dest="vector_format", choices=VECTOR_CHOICES,
+                   help=f"also write one polygon per kept mask to OUT/vectors/ ({help_default})")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``alps report OUT``."""
+    from alps_client.errors import AlpsError
+    from alps_client.review import build_report
+
+    try:
+        size = build_report(args.out)
+    except AlpsError as err:
+        return _fail(str(err))
+    index = Path(args.out).resolve() / "report" / "index.html"
+    print(f"Review page: {index.as_uri()}  ({size['files']} files, {size['bytes'] / 1e6:.1f} MB)")
+    print(f"Name, merge, drop: copy {index.parent / 'classes.yaml'}, edit it, then "
+          f"`alps relabel {args.out} --classes classes.yaml`")
+    return 0
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    """``alps relabel OUT --classes FILE``."""
+    from alps_client.errors import AlpsError
+    from alps_client.io.rewrite import KEEP, relabel_dataset
+
+    vector = None if args.no_vector else (args.vector_format or KEEP)
+    try:
+        summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report)
+    except AlpsError as err:
+        return _fail(str(err))
+    print(f"Relabelled {args.out}: {summary.n_images} images, {class_map.n_classes} classes "
+          f"({', '.join(class_map.names[:8])}{', ...' if class_map.n_classes > 8 else ''})"
+          f"{f'; clusters {class_map.dropped} dropped (255)' if class_map.dropped else ''}")
+    if summary.vectors:
+        print(f"Vectors: {Path(args.out) / 'vectors'} ({sum(summary.vectors.values())} polygons)")
+    if summary.report:
+        print(f"Review page: {(Path(args.out).resolve() / 'report' / 'index.html').as_uri()}")
+    return 0
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``alps report``."""
+    p = sub.add_parser("report", help="write the cluster review page OUT/report/index.html (no SAM)",
+                       description="Rebuild OUT/report/ from the run's shards and centroids: one section per class "
+                                   "with mask crops, figures and a classes file to edit for `alps relabel`.")
+    p.add_argument("out", help="a dataset written by `alps run`")
+    p.set_defaults(func=cmd_report)
+
+
+def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``alps relabel``."""
+    p = sub.add_parser("relabel", help="name, merge and drop clusters; rewrite the dataset from its shards (no SAM)",
+                       description="Rewrite OUT with the classes of a YAML/JSON file: {classes: [{name, clusters}], "
+                                   "drop: [...]}. Unlisted clusters keep a class of their own (cluster_<k>).")
+    p.add_argument("out", help="a dataset written by `alps run`")
+    p.add_argument("--classes", required=True, help="YAML or JSON classes file (template: OUT/report/classes.yaml)")
+    add_vector_argument(p, "default: the format the dataset has now")
+    p.add_argument("--no-vector", action="store_true", help="remove OUT/vectors/")
+    p.add_argument("--no-report", dest="write_report", action="store_false", default=None,
+                   help="do not write OUT/report/")
+    p.set_defaults(func=cmd_relabel)
+
+
+def report_link_artifact(out: str | Path) -> None:
+    """A link artifact on the current Prefect run to the review page (when the run wrote one)."""
+    from prefect.artifacts import create_link_artifact
+
+    index = Path(out).resolve() / "report" / "index.html"
+    if index.is_file():
+        create_link_artifact(key="alps-report", link=index.as_uri(), link_text="cluster review page",
+                             description=f"Cluster review page of {out} (static HTML; open from this machine)")

@@ -1,0 +1,126 @@
+"""The classes file of `alps relabel` (every problem one line), vector geometry, the review selection's determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alps_client.io.shards import ImageShard
+from alps_client.io.vectors import mask_polygons
+from alps_client.labels.classes import ClassMap
+from alps_client.labels.painting import IGNORE
+from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, classes_yaml, parse_classes
+from alps_client.masks import MaskSet, encode_coco_rle
+from alps_client.review.select import N_NEAR, N_RANDOM, ReviewCollector
+
+
+def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
+    spec = {"classes": [{"name": "building", "clusters": [3, 0]}, {"name": "water", "clusters": [1]}], "drop": [4]}
+    cm = class_map_from_spec(spec, 6)
+    assert cm.names == ("building", "water", "cluster_2", "cluster_5")
+    assert cm.cluster_to_class == (0, 1, 2, 0, IGNORE, 3)
+    assert cm.label_lut()[[0, 3, 4, 5, 255]].tolist() == [0, 0, 255, 3, 255]
+    only_drop = class_map_from_spec({"drop": [0]}, 3)
+    assert only_drop.names == ("cluster_1", "cluster_2") and only_drop.cluster_to_class == (IGNORE, 0, 1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problems"),
+    [
+        ({"classes": [{"name": "a", "clusters": [0, 9]}]}, ["class 'a' clusters: cluster 9 does not exist (this dataset has clusters 0..3)"]),
+        ({"classes": [{"name": "a", "clusters": [0]}, {"name": "b", "clusters": [0, 1]}]},
+         ["cluster 0 is in two classes, 'a' and 'b'; keep it in one"]),
+        ({"classes": [{"name": "a", "clusters": []}]}, ["class 'a' lists no clusters; give it at least one, e.g. clusters: [0]"]),
+        ({"classes": []}, ["the class list is empty and nothing is dropped"]),
+        ({"classes": [{"name": "a", "clusters": [2]}], "drop": [2]}, ["cluster 2 is both in class 'a' and in drop"]),
+        ({"classes": [{"name": "a", "clusters": [0]}, {"name": "a", "clusters": [1]}]}, ["class 'a' is listed twice"]),
+        ({"classes": [{"name": "cluster_3", "clusters": [0]}]}, ["the name 'cluster_3' is taken by unlisted cluster 3"]),
+        ({"drop": [0, 1, 2, 3]}, ["every cluster is dropped"]),
+        ({"clases": [{"name": "a", "clusters": [0]}]}, ["unknown key(s) ['clases']: only 'classes' and 'drop' are read"]),
+        ({"classes": [{"name": "a", "clusters": [True, "x"]}]},
+         ["class 'a' clusters: True is not a cluster id", "class 'a' clusters: 'x' is not a cluster id"]),
+        ({"classes": [{"clusters": [0]}]}, ["class #1 needs a non-empty 'name'"]),
+    ],
+)
+def test_every_problem_is_one_clear_line(spec, problems):
+    with pytest.raises(ClassesFileError) as info:
+        class_map_from_spec(spec, 4, "c.yaml")
+    got = info.value.problems
+    assert len(got) == len(problems), got
+    for line, expected in zip(got, problems):
+        assert expected in line and "\n" not in line
+    assert str(info.value).splitlines()[0].startswith("c.yaml: ")
+
+
+def test_files_yaml_json_and_syntax_errors(tmp_path):
+    (tmp_path / "c.yaml").write_text("classes:\n  - {name: building, clusters: [0, 3]}\ndrop: [1]\n")
+    cm, record = parse_classes(tmp_path / "c.yaml", 4)
+    assert cm.names == ("building", "cluster_2") and record["spec"]["drop"] == [1]
+    (tmp_path / "c.json").write_text(json.dumps({"classes": [{"name": "x", "clusters": [1]}]}))
+    assert parse_classes(tmp_path / "c.json", 2)[0].names == ("x", "cluster_0")
+    (tmp_path / "bad.yaml").write_text("classes: [{name: a, clusters: [0]}\n")
+    with pytest.raises(ClassesFileError, match=r"not valid YAML: .* at line \d+ column \d+"):
+        parse_classes(tmp_path / "bad.yaml", 2)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ClassesFileError, match="not valid JSON"):
+        parse_classes(tmp_path / "bad.json", 2)
+    with pytest.raises(ClassesFileError, match="no such file"):
+        parse_classes(tmp_path / "absent.yaml", 2)
+
+
+def test_the_template_reads_back_as_the_same_classes(tmp_path):
+    cm = ClassMap(("building", "yes", "a: b", "water body"), (0, IGNORE, 1, 0, 2, 3))
+    (tmp_path / "t.yaml").write_text(classes_yaml(cm, "header"))
+    assert parse_classes(tmp_path / "t.yaml", 6)[0] == cm
+
+
+def test_polygons_keep_holes_and_parts_and_rasterise_back_exactly():
+    from affine import Affine
+    from rasterio.features import rasterize
+
+    mask = np.zeros((20, 30), bool)
+    mask[2:12, 3:15] = True
+    mask[5:8, 6:9] = False  # a hole
+    mask[14:18, 20:29] = True  # a second part
+    mask[13, 19] = True  # touches the second part at a corner only
+    geometry = mask_polygons(mask, Affine.identity())
+    assert geometry.geom_type == "MultiPolygon" and geometry.is_valid
+    assert sorted(len(p.interiors) for p in geometry.geoms) == [0, 0, 1]
+    assert (rasterize([geometry], out_shape=mask.shape, dtype=np.uint8) > 0).tolist() == mask.tolist()
+    moved = mask_polygons(mask, Affine(0.5, 0, 100, 0, -0.5, 200))
+    assert moved.bounds == (101.5, 191.0, 114.5, 199.0) and moved.area == mask.sum() * 0.25
+
+
+def _shard(stem, n, seed):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, 8, 8), bool)
+    for i in range(n):
+        masks[i, i % 8, :] = True
+    ms = MaskSet.from_rles((8, 8), encode_coco_rle(masks))
+    return ImageShard(stem, f"{stem}.png", "fp", ms, np.ones(n, bool), rng.normal(size=(n, 4)).astype(np.float32))
+
+
+def test_review_selection_is_bounded_and_independent_of_order():
+    centroids = np.zeros((2, 4), np.float32)
+    centroids[1] = 1.0
+    shards = [_shard(f"img{i}", 8, i) for i in range(9)]
+
+    def collect(order):
+        c = ReviewCollector(centroids, seed=0)
+        for s in order:
+            ids = np.argmin(((s.pfl[:, None] - centroids[None]) ** 2).sum(-1), 1)
+            label = np.full((8, 8), IGNORE, np.uint8)
+            for i, k in enumerate(ids):
+                label[i % 8] = k
+            c.add(s, ids, label)
+        return c
+
+    a, b = collect(shards), collect(shards[::-1])
+    for ca, cb in zip(a.clusters, b.clusters):
+        assert ca.shown() == cb.shown() and ca.top_images() == cb.top_images() and ca.n_masks == cb.n_masks
+        assert len(ca.shown()) == min(N_NEAR + N_RANDOM, ca.n_masks) and len({(p.stem, p.index) for _, p in ca.shown()}) == len(ca.shown())
+    assert sum(c.n_masks for c in a.clusters) == 72
+    nearest = a.clusters[0].shown()[0][1]
+    assert nearest.key == min(p.key for kind, p in a.clusters[0].shown() if kind == "near")
