@@ -144,7 +144,7 @@ class VectorOutput:
                 i = int(named[start + offset])
                 x, y, w, h = (int(v) for v in kept.bboxes[i])
                 window = mask[y : y + h + 1, x : x + w + 1]  # the mask's box: outlines cost its size only
-                geometry = mask_polygons(window, transform * type(transform).translation(x, y))
+                geometry = mask_polygons(window, transform @ type(transform).translation(x, y))
                 c = int(class_ids[i])
                 layer.rows.append((shapely.to_wkb(geometry), (
                     c, self.class_map.names[c], int(cluster_ids[i]), float(kept.predicted_iou[i]),

@@ -121,10 +121,10 @@ def render_page(title: str, facts: list[tuple[str, Any]], classes: list[ClassVie
         f'<p class="warn">{escape(warning)}</p>' if warning else "",
         f'<section id="summary"><table>{rows}</table></section>',
         f'<section id="histogram"><h2>Classes</h2>{_histogram(classes)}</section>',
-        '<section id="rename"><h2>Name, merge, drop</h2><p>Copy <code>report/classes.yaml</code> (below), edit it, '
-        "then run <code>alps relabel OUT --classes classes.yaml</code>: the dataset is rewritten from the shards "
-        "(no SAM, no re-clustering). Each crop is a mask (outlined) in its image; solid borders are the masks "
-        f"nearest the cluster's centre, dashed ones a random sample.</p><pre>{escape(template)}</pre></section>",
+        ('<section id="rename"><h2>Name, merge, drop</h2><p>Copy <code>report/classes.yaml</code> (below), edit it, '
+         "then run <code>alps relabel OUT --classes classes.yaml</code>: the dataset is rewritten from the shards "
+         "(no SAM, no re-clustering). Each crop is a mask (outlined) in its image; solid borders are the masks "
+         f"nearest the cluster's centre, dashed ones a random sample.</p><pre>{escape(template)}</pre></section>"),
         "".join(_section(v) for v in classes),
         f'<section id="errors"><h2>Rejected inputs ({n_errors})</h2>',
         f"<table>{err_rows}</table>{more}</section>" if n_errors else "<p>none</p></section>",

@@ -62,7 +62,7 @@ def mask_crop(rgb: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], bbox: npt
 
     Context outside the mask is dimmed so the mask stands out without hiding what surrounds it.
     """
-    x, y, w, h = (int(round(v)) for v in np.asarray(bbox, np.float64))
+    x, y, w, h = (round(v) for v in np.asarray(bbox, np.float64).tolist())
     pad = max(4, int(0.25 * max(w, h)))
     height, width = mask.shape
     x0, y0, x1, y1 = max(0, x - pad), max(0, y - pad), min(width, x + w + pad), min(height, y + h + pad)

@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from alps_client.io import atomic
 from alps_client.io.shards import read_shard
 from alps_client.labels.classes import ClassMap
@@ -101,16 +99,16 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
     if class_map.dropped:
         views.append(ClassView(IGNORE, "dropped", DROPPED_COLOUR, 0, 0, 0.0, [cluster_view(k) for k in class_map.dropped]))
     stand_in = bool(model.get("is_stand_in"))
+    test = f" / {counts['n_test']} test" if counts.get("n_test") else ""
+    dropped = f", {len(class_map.dropped)} dropped" if class_map.dropped else ""
     facts = [
-        ("images", f"{counts['n_images']} ({counts['n_train']} train / {counts['n_val']} val"
-                   f"{' / %d test' % counts['n_test'] if counts.get('n_test') else ''})"),
+        ("images", f"{counts['n_images']} ({counts['n_train']} train / {counts['n_val']} val{test})"),
         ("model", f"{model.get('model_type', '?')} ({model.get('model_family', 'sam')})"
-                  f"{': STAND-IN, not SAM' if stand_in else ''}"),
+                  + (": STAND-IN, not SAM" if stand_in else "")),
         ("gate", f"{counts['n_masks_kept']} masks kept, {counts['n_masks_gated']} dropped (covering more than "
-                 f"sigma = {sigma} of their image)"),
+                 + f"sigma = {sigma} of their image)"),
         ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
-        ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters"
-                    f"{f', {len(class_map.dropped)} dropped' if class_map.dropped else ''}"),
+        ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters{dropped}"),
         ("rejected inputs", len(errors)),
         ("shown per cluster", f"{N_NEAR} masks nearest the centre, {N_RANDOM} at random, {N_IMAGES} images"),
     ]

@@ -39,7 +39,7 @@ def ensure_chromium() -> tuple[str | None, str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-q"],
                 ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "chromium"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1200)
         if done.returncode != 0:
             return None, f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
     path = find_chromium()

@@ -1,0 +1,258 @@
+"""Review, name, relabel on a labelled demo dataset: the report in headless Chromium, relabel exactly as mapped.
+
+One dataset per module (12 synthetic scenes, one with a ring-shaped region, labelled by the flow on the numpy fake
+SAM with --vector gpkg); tests that change it work on copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, PipelineConfig, WriterConfig
+from alps_client.evaluate import confusion, match_clusters, scores
+from alps_client.masks import decode_coco_rle
+from alps_client.synthetic import write_synthetic_dataset
+from flows.alps_flow import alps_flow
+from flows.cli import main as alps
+from tests.flows.conftest import ALPS, CWD, cli_env
+from tests.review.chromium import ensure_chromium, visit
+
+PROBE = """({
+  sections: [...document.querySelectorAll("section[data-class-id]")].map(s => ({
+    id: s.dataset.classId, clusters: [...s.querySelectorAll("[data-cluster-id]")].map(c => c.dataset.clusterId)})),
+  images: document.images.length,
+  loaded: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length,
+  marked: document.body.dataset.brokenImages,
+})"""
+
+
+def ring_scene(size=(96, 128), seed=0):
+    """Ground with a blue ring around a red disc: the ring's mask has a hole. Returns (rgb, gt)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    r = np.hypot(yy - 48, xx - 64)
+    gt = np.where(r < 12, 2, np.where(r < 26, 1, 0)).astype(np.uint8)
+    colours = np.array([(150, 130, 100), (60, 90, 210), (205, 70, 60)], np.float32)
+    rgb = colours[gt] + rng.normal(0, 3, (*size, 3))
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8), gt
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, fake_repo):
+    root = tmp_path_factory.mktemp("review")
+    data = write_synthetic_dataset(root / "data", 11, seed=5, size=(96, 128), n_classes=4)
+    rgb, gt = ring_scene()
+    Image.fromarray(rgb).save(data / "images" / "ring.png")
+    Image.fromarray(gt).save(data / "gt" / "ring.png")
+    repo = shutil.copytree(fake_repo, root / "repo")  # deleted before `alps report`: no model needed
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(repo)), amg=AmgConfig(points_per_side=8),
+                         cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
+    state = alps_flow(str(data / "images"), str(root / "out"), cfg, progress_bar=False, return_state=True)
+    return SimpleNamespace(out=root / "out", data=data, repo=repo, result=state.result(),
+                           flow_run_id=state.state_details.flow_run_id)
+
+
+def tree_hashes(out: Path) -> dict[str, str]:
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.rglob("*")) if p.is_file() and ".alps" not in p.relative_to(out).parts}
+
+
+def label_maps(out: Path) -> dict[str, np.ndarray]:
+    return {f"{p.parent.name}/{p.stem}": np.asarray(Image.open(p)) for p in sorted((out / "ann_dir").glob("*/*.png"))}
+
+
+def coco(out: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(out.glob("instances_*.json"))}
+
+
+def test_run_writes_the_review_page_and_vectors_and_links_the_page(labelled):
+    import geopandas as gpd
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from rasterio.features import rasterize
+
+    out, summary = labelled.out, labelled.result["summary"]
+    assert summary["n_images"] == 12 and summary["n_val"] == 4  # round(0.3 * 12): 0.33, not 11/1
+    assert (out / "report" / "index.html").is_file() and (out / "report" / "classes.yaml").is_file()
+
+    async def link():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[labelled.flow_run_id]), key=ArtifactFilterKey(any_=["alps-report"])))
+
+    artifacts = asyncio.run(link())
+    assert len(artifacts) == 1 and (out / "report" / "index.html").resolve().as_uri() in artifacts[0].data
+
+    vectors = gpd.read_file(out / "vectors" / "masks.gpkg", layer="masks")
+    assert len(vectors) == summary["n_masks_kept"] == sum(len(c["annotations"]) for c in coco(out).values())
+    assert vectors.crs.name.startswith("image pixels")
+    assert set(vectors.columns) >= {"class_id", "class_name", "cluster_id", "score", "area", "image", "source", "split"}
+    from alps_client.io.shards import read_shard
+
+    holes = 0
+    for stem, rows in vectors.groupby("image", sort=True):
+        kept = read_shard(out / ".alps" / "shards" / f"{stem}.npz").kept_masks()
+        masks = decode_coco_rle(kept.rles)
+        assert len(rows) == len(masks) and (out / "ann_dir" / rows.split.iloc[0] / f"{stem}.png").is_file()
+        for (_, row), mask in zip(rows.iterrows(), masks):  # each polygon is its mask, pixel for pixel
+            assert (rasterize([row.geometry], out_shape=mask.shape, dtype=np.uint8) > 0).tolist() == mask.tolist()
+            assert row.area == mask.sum() and row.class_name == f"cluster_{row.class_id}"
+            assert row.source.endswith(f"{stem}.png")
+            holes += sum(len(p.interiors) for p in row.geometry.geoms)
+    assert holes > 0  # the ring at least
+
+
+def test_report_from_shards_alone_opens_in_chromium_with_every_section_and_thumbnail(labelled, tmp_path, capsys):
+    binary, why = ensure_chromium()
+    out = labelled.out
+    written_by_run = {k: v for k, v in tree_hashes(out).items() if k.startswith("report/")}
+    shutil.rmtree(labelled.repo, ignore_errors=True)  # built from shards + centroids: no model repository
+    assert alps(["report", str(out)]) == 0
+    assert "report/index.html" in capsys.readouterr().out
+    assert {k: v for k, v in tree_hashes(out).items() if k.startswith("report/")} == written_by_run
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    crops = sorted((out / "report" / "crops").glob("*.jpg"))
+    lit = sorted((out / "report" / "images").glob("*.jpg"))
+    counts = labelled.result["summary"]["masks_per_class"]
+    assert len(crops) == sum(min(12, n) for n in counts) and len(lit) <= 3 * len(classes)
+    for p in crops:
+        assert max(Image.open(p).size) == 128  # thumbnails as files of a fixed size
+    size = sum(p.stat().st_size for p in (out / "report").rglob("*") if p.is_file())
+    print(f"report: {len(classes)} clusters, {len(crops) + len(lit)} thumbnails, {size / 1e3:.0f} kB")
+    if binary is None:
+        pytest.skip(f"headless Chromium unavailable: {why}")
+    seen = visit(binary, (out / "report" / "index.html").as_uri(), PROBE)
+    assert [s["id"] for s in seen.value["sections"]] == [str(c["id"]) for c in classes]
+    assert all(s["clusters"] == [str(s["id"])] for s in seen.value["sections"])
+    assert seen.value["images"] == len(crops) + len(lit) == seen.value["loaded"] and seen.value["marked"] == "0"
+    assert seen.console == [] and seen.log_errors == []
+    shot = tmp_path / "report.png"
+    shot.write_bytes(seen.screenshot)
+    assert Image.open(shot).size == (1280, 900)
+
+    broken = shutil.copytree(out / "report", tmp_path / "broken")  # the same checks catch a broken page
+    (broken / crops[0].relative_to(out / "report")).unlink()
+    index = broken / "index.html"
+    index.write_text(index.read_text().replace("</body>", "<script>console.error('boom')</script></body>"))
+    seen = visit(binary, index.as_uri(), PROBE)
+    assert seen.value["loaded"] == seen.value["images"] - 1 and seen.value["marked"] == "1"
+    assert any("boom" in line for line in seen.console)
+
+
+SPEC = "classes:\n  - {name: merged, clusters: [0, 1]}\n  - {name: named, clusters: [3]}\ndrop: [2]\n"
+
+
+def evaluation(out: Path, gt: Path, tmp_path: Path, name: str) -> dict:
+    assert alps(["evaluate", str(out), str(gt), "--json", str(tmp_path / name)]) == 0
+    return json.loads((tmp_path / name).read_text())
+
+
+def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exactly_as_mapped(labelled, tmp_path):
+    import geopandas as gpd
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    gt = labelled.data / "gt"
+    before_maps, before_coco = label_maps(out), coco(out)
+    before_eval = evaluation(out, gt, tmp_path, "before.json")
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    lut = np.full(256, 255, np.uint8)
+    lut[[0, 1, 2, 3]] = [0, 0, 255, 1]
+    after_maps = label_maps(out)
+    assert after_maps.keys() == before_maps.keys()
+    for key, old in before_maps.items():
+        assert (after_maps[key] == lut[old]).all(), key
+    after_coco = coco(out)
+    for name, old in before_coco.items():
+        new = after_coco[name]
+        assert [c["name"] for c in new["categories"]] == ["merged", "named"]
+        kept = [a for a in old["annotations"] if a["category_id"] - 1 != 2]
+        assert [a["segmentation"] for a in new["annotations"]] == [a["segmentation"] for a in kept]
+        assert [a["category_id"] - 1 for a in new["annotations"]] == [int(lut[a["category_id"] - 1]) for a in kept]
+    classes = json.loads((out / "classes.json").read_text())
+    assert [(c["name"], c["clusters"]) for c in classes["classes"]] == [("merged", [0, 1]), ("named", [3])]
+    assert classes["dropped_clusters"] == [2]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == {"names": ["merged", "named"], "cluster_to_class": [0, 0, 255, 1]}
+    assert manifest["relabel"]["spec"]["drop"] == [2] and len(manifest["relabel"]["classes_file_sha256"]) == 64
+    vectors = gpd.read_file(out / "vectors" / "masks.gpkg")
+    assert sorted(set(vectors.class_name)) == ["merged", "named"] and 2 not in set(vectors.cluster_id)
+    assert len(vectors) == sum(len(c["annotations"]) for c in after_coco.values())
+    page = (out / "report" / "index.html").read_text()
+    assert 'data-class-id="0"' in page and 'data-class-id="1"' in page and 'data-class-id="255"' in page
+    assert 'data-class-id="2"' not in page
+
+    after_eval = evaluation(out, gt, tmp_path, "after.json")
+    conf_old = sum(confusion(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png"))) for k, m in before_maps.items())
+    conf_new = np.zeros_like(conf_old)
+    np.add.at(conf_new, lut, conf_old)  # the mapping applied to the rows of the old confusion matrix
+    expected = scores(conf_new, match_clusters(conf_new, "hungarian"))
+    assert after_eval["miou"] == pytest.approx(expected.miou) and after_eval["coverage"] == pytest.approx(expected.coverage)
+    dropped_share = conf_old[2, :255].sum() / conf_old[:, :255].sum()
+    assert after_eval["coverage"] == pytest.approx(before_eval["coverage"] - dropped_share)
+
+    first = tree_hashes(out)
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    assert tree_hashes(out) == first  # idempotent: the same file gives the same bytes
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--vector", "geojson"]) == 0
+    assert sorted(p.name for p in (out / "vectors").iterdir()) == ["masks.geojson"]
+    assert len(gpd.read_file(out / "vectors" / "masks.geojson")) == len(vectors)
+
+
+def test_interrupted_relabel_leaves_the_dataset_intact_and_a_rerun_finishes_it(labelled, tmp_path, monkeypatch):
+    import alps_client.io.publish as publish_module
+    import alps_client.io.writer as writer_module
+
+    clean = Path(shutil.copytree(labelled.out, tmp_path / "clean" / "out"))  # same name: the page shows it
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    assert alps(["relabel", str(clean), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    before = tree_hashes(out)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the report")
+
+    with monkeypatch.context() as m:  # killed late in the staged write: nothing of it is in OUT
+        m.setattr(writer_module, "write_review", killed)
+        with pytest.raises(KeyboardInterrupt):
+            alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")])
+    assert tree_hashes(out) == before
+    calls = {"n": 0}
+    real_replace = publish_module.os.replace
+
+    def replace_then_die(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed in the middle of the swap")
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:  # killed in the middle of the swap: the journal finishes it next time
+        m.setattr(publish_module.os, "replace", replace_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")])
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    assert tree_hashes(out) == tree_hashes(clean)
+
+
+def test_a_bad_classes_file_is_one_line_and_exit_2_and_changes_nothing(labelled, tmp_path):
+    out = labelled.out
+    before = tree_hashes(out)
+    bad = tmp_path / "classes.yaml"
+    bad.write_text("classes:\n  - {name: a, clusters: [0, 9]}\n")
+    result = subprocess.run([*ALPS, "relabel", str(out), "--classes", str(bad)], check=False, capture_output=True,
+                            text=True, cwd=CWD, env=cli_env(tmp_path / "ph"), timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = f"alps: error: {bad}: class 'a' clusters: cluster 9 does not exist (this dataset has clusters 0..3)"
+    assert result.stderr.splitlines() == [expected]
+    assert alps(["relabel", str(tmp_path / "nowhere"), "--classes", str(bad)]) == 2
+    assert tree_hashes(out) == before

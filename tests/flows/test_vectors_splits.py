@@ -1,0 +1,100 @@
+"""Vectors in the source CRS (GeoTIFFs, a stitched scene) or pixel coordinates, and a dataset's own split kept.
+
+One flow run on a dataset laid out in train/val/test folders: a georeferenced GeoTIFF and a ring image in train/,
+a larger GeoTIFF in another CRS cut into tiles and stitched in val/, a small PNG in test/.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alps_client.config import (
+    AmgConfig,
+    BackendConfig,
+    ClusterConfig,
+    InputConfig,
+    PipelineConfig,
+    WriterConfig,
+)
+from alps_client.io.shards import read_shard
+from alps_client.masks import decode_coco_rle
+from alps_client.synthetic import make_scene
+from flows.alps_flow import alps_flow
+from tests.flows.test_review import ring_scene
+from tests.inputs.make_files import write_geotiff
+
+
+@pytest.fixture(scope="module")
+def geo_run(tmp_path_factory, fake_repo):
+    root = tmp_path_factory.mktemp("geo")
+    data = root / "data"
+    for split in ("train", "val", "test"):
+        (data / split).mkdir(parents=True)
+    write_geotiff(data / "train" / "geo_a.tif", np.moveaxis(make_scene(1, (112, 128))[0], -1, 0), "EPSG:32633",
+                  (500000.0, 0.5, 4000000.0))
+    Image.fromarray(ring_scene()[0]).save(data / "train" / "ring.png")
+    write_geotiff(data / "val" / "scene_b.tif", np.moveaxis(make_scene(2, (160, 200))[0], -1, 0), "EPSG:3857",
+                  (1000.0, 2.0, 5000.0))
+    Image.fromarray(make_scene(3, (64, 64))[0]).save(data / "test" / "small.png")
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)), amg=AmgConfig(points_per_side=8),
+                         cluster=ClusterConfig(n_clusters=3), inputs=InputConfig(tile=128, overlap=32, stitch=True),
+                         writer=WriterConfig(vector_format="gpkg", write_report=False))
+    result = alps_flow(str(data), str(root / "out"), cfg, progress_bar=False)
+    return root / "out", result
+
+
+def test_existing_train_val_test_folders_are_kept(geo_run):
+    out, result = geo_run
+    assert not result["errors"]
+    layout = {split: sorted(p.stem for p in (out / "ann_dir" / split).glob("*.png")) for split in ("train", "val", "test")}
+    assert layout["train"] == ["geo_a", "ring"] and layout["test"] == ["small"]
+    assert layout["val"] and all(stem.startswith("scene_b__x") for stem in layout["val"])  # every tile of the scene
+    for split, stems in layout.items():
+        assert sorted(p.stem for p in (out / "img_dir" / split).iterdir()) == stems
+        images = json.loads((out / f"instances_{split}.json").read_text())["images"]
+        assert sorted(i["file_name"].rsplit(".", 1)[0] for i in images) == stems
+
+
+def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask(geo_run):
+    import geopandas as gpd
+    import pyogrio
+    import rasterio
+    from rasterio.features import rasterize
+
+    out, _ = geo_run
+    layers = {name for name, _ in pyogrio.list_layers(out / "vectors" / "masks.gpkg")}
+    assert layers == {"masks", "masks_epsg32633", "masks_epsg3857"}
+    with rasterio.open(out / "stitched" / "scene_b.tif") as scene:
+        scene_crs, scene_bounds = scene.crs, scene.bounds
+    holes = 0
+    for layer in sorted(layers):
+        frame = gpd.read_file(out / "vectors" / "masks.gpkg", layer=layer)
+        assert len(frame) > 0
+        for stem, rows in frame.groupby("image"):
+            shard = read_shard(out / ".alps" / "shards" / f"{stem}.npz")
+            masks = decode_coco_rle(shard.kept_masks().rles)
+            geo = shard.extra.get("geo")
+            transform = rasterio.Affine(*geo["transform"]) if geo else rasterio.Affine.identity()
+            assert len(rows) == len(masks)
+            for (_, row), mask in zip(rows.iterrows(), masks):  # back to the image's pixel grid: the mask exactly
+                burnt = rasterize([row.geometry], out_shape=mask.shape, transform=transform, dtype=np.uint8) > 0
+                assert burnt.tolist() == mask.tolist(), (layer, stem)
+                holes += sum(len(p.interiors) for p in row.geometry.geoms)
+        if layer == "masks":  # PNG inputs: pixel coordinates of the source file
+            assert sorted(set(frame.image)) == ["ring", "small"] and frame.crs.name.startswith("image pixels")
+            assert frame.total_bounds[0] >= 0 and frame.total_bounds[2] <= 128 and frame.total_bounds[3] <= 96
+        elif layer == "masks_epsg32633":  # a whole GeoTIFF: its own CRS
+            assert frame.crs.to_epsg() == 32633 and set(frame.image) == {"geo_a"}
+            x0, y0, x1, y1 = frame.total_bounds
+            assert 500000 <= x0 < x1 <= 500000 + 64 and 4000000 - 56 <= y0 < y1 <= 4000000
+        else:  # the tiles of a stitched scene: the scene's CRS, inside the stitched scene
+            assert frame.crs == scene_crs and all(s.startswith("scene_b__x") for s in frame.image)
+            x0, y0, x1, y1 = frame.total_bounds
+            assert scene_bounds.left <= x0 and x1 <= scene_bounds.right
+            assert scene_bounds.bottom <= y0 and y1 <= scene_bounds.top
+            assert set(frame.split) == {"val"}
+    assert holes > 0
