@@ -41,7 +41,7 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(stand_in_repo, scene
     async def recorded():
         async with get_client() as client:
             runs = await client.read_flow_runs(limit=50)
-            run = next(r for r in runs if r.state and r.state.is_completed())
+            run = next(r for r in runs if r.parameters.get("out") == str(out) and r.state and r.state.is_completed())
             tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
             return tasks, arts
