@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.backends.fake_faults import FaultInjector
 from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, ModelManifest
 from alps_client.backends.preprocess import IMAGE_SIZE, prepare_encoder_input
 
@@ -48,9 +49,14 @@ IOU = {"part": 0.97, "cut": 0.86, "merged": 0.89}
 
 
 def fake_manifest(prompt_batch_size: int = 64, faults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``manifest.json`` content of a fake repository (the same roles and shapes as an exported SAM)."""
+    """The ``manifest.json`` content of a fake repository (the same roles and shapes as an exported SAM).
+
+    ``faults`` (see :mod:`alps_client.backends.fake_faults`) do not change the model's identity (its sha256),
+    so runs with and without them share shards.
+    """
     options = {"prompt_batch_size": prompt_batch_size, "faults": faults or {}}
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
+    identity = {"prompt_batch_size": prompt_batch_size, "faults": {}}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def model(name: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "path": "(numpy fake: no file)", "sha256": f"{name}-{digest}", "inputs": inputs,
@@ -84,7 +90,11 @@ def fake_manifest(prompt_batch_size: int = 64, faults: dict[str, Any] | None = N
 
 
 def write_fake_repository(root: str | Path, prompt_batch_size: int = 64, faults: dict[str, Any] | None = None) -> Path:
-    """Write a model repository (a manifest only) that selects :class:`FakeSamBackend`; returns ``root``."""
+    """Write a model repository (a manifest only) that selects :class:`FakeSamBackend`; returns ``root``.
+
+    ``faults`` makes it fail on purpose (transiently, permanently for some images, or pause): see
+    :mod:`alps_client.backends.fake_faults`.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST_NAME).write_text(json.dumps(fake_manifest(prompt_batch_size, faults), indent=2, sort_keys=True))
@@ -164,6 +174,7 @@ class FakeSamBackend:
             raise ValueError(f"FakeSamBackend needs a fake model repository, got model type {manifest.model_type!r}")
         self.manifest = manifest
         self.options = dict(manifest.raw.get("fake", {}))
+        self._faults = FaultInjector(self.options.get("faults") or {})
         self.on_gpu = False
         self.encode_calls = 0
         self.decode_calls = 0
@@ -179,6 +190,7 @@ class FakeSamBackend:
         """Fake embeddings of ``(H, W, 3) uint8`` RGB images, in SAM's resized-and-padded frame."""
         out = []
         for image in images:
+            self._faults.before_encode((int(image.shape[0]), int(image.shape[1])))
             padded, input_size = prepare_encoder_input(image, IMAGE_SIZE)
             out.append(Embedding(fake_features(padded), input_size, (int(image.shape[0]), int(image.shape[1]))))
             with self._lock:
