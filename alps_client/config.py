@@ -94,6 +94,11 @@ class BackendConfig:
         shared_memory: send large tensors through system shared memory (client and server on one host).
         num_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
         timeout_s: per-request timeout for remote backends, in seconds.
+        retries: how many times an image whose processing failed transiently (server unavailable, timeout,
+            connection lost, out of memory) is tried again; the run's only retry layer.
+        retry_delay_s: wait before the first retry, in seconds; doubled before each next one.
+        retry_max_delay_s: longest wait between two tries, in seconds. The defaults ride out about a minute
+            of outage per image (2 + 4 + 8 + 16 + 30 s).
     """
 
     kind: BackendKind = "embedded"
@@ -103,12 +108,27 @@ class BackendConfig:
     shared_memory: bool = False
     num_threads: int = 0
     timeout_s: float = 120.0
+    retries: int = 5
+    retry_delay_s: float = 2.0
+    retry_max_delay_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check(self.kind in ("embedded", "triton"), f"backend must be embedded or triton, got {self.kind!r}")
         _check(self.protocol in ("grpc", "http"), f"protocol must be grpc or http, got {self.protocol!r}")
         _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads!r}")
         _check(len(self.triton_urls) > 0, "triton_urls must name at least one server")
+        _check(not (self.shared_memory and len(set(self.triton_urls)) > 1),
+               f"shared memory needs the client on the server's host: give one --triton-url with --shared-memory, "
+               f"got {len(set(self.triton_urls))}")
+        _check(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s!r}")
+        _check(self.retries >= 0, f"retries must be >= 0, got {self.retries!r}")
+        _check(0 <= self.retry_delay_s <= self.retry_max_delay_s,
+               f"retry delays must satisfy 0 <= retry_delay_s <= retry_max_delay_s, got "
+               f"{self.retry_delay_s!r} and {self.retry_max_delay_s!r}")
+
+    def retry_delays(self) -> list[float]:
+        """Seconds to wait before each retry: ``retry_delay_s`` doubling, capped at ``retry_max_delay_s``."""
+        return [min(self.retry_delay_s * 2**i, self.retry_max_delay_s) for i in range(self.retries)]
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
-"""Exceptions raised by alps_client; each message names the thing, the expectation and the next step."""
+"""Exceptions raised by alps_client; each message names the thing, the expectation and the next step.
+
+``transient`` tells the run's one retry layer (:mod:`alps_client.runs.retry`) whether trying the same image
+again later can succeed: a server that is down may come back, a request the server rejected will not change.
+"""
 
 from __future__ import annotations
 
 
 class AlpsError(Exception):
     """Base class of every error alps raises on purpose."""
+
+    transient: bool = False
 
 
 class ModelRepositoryError(AlpsError):
@@ -17,6 +23,12 @@ class ModelSignatureError(AlpsError):
 
 class BackendUnavailableError(AlpsError):
     """The inference backend (e.g. a Triton server) cannot be reached or is not ready."""
+
+    transient = True
+
+
+class BackendRequestError(AlpsError):
+    """The backend received a request and rejected it (bad tensor, model error): the same request fails again."""
 
 
 class DependencyNotFoundError(AlpsError):
@@ -34,3 +46,22 @@ class InputImageError(AlpsError):
 
 class ConfigMismatchError(AlpsError):
     """Existing outputs were produced with another model or configuration."""
+
+
+class NoInputsError(AlpsError):
+    """The dataset path does not exist or holds no image alps can read."""
+
+
+class IncompleteRunError(AlpsError):
+    """Some good images were not labelled (processing failures after retries); the finished ones are kept.
+
+    Attributes:
+        failed: one ``{"path", "stem", "reason"}`` per image that was not labelled.
+    """
+
+    def __init__(self, message: str, failed: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.failed = failed or []
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[dict[str, str]]]]:
+        return type(self), (str(self), self.failed)

@@ -3,19 +3,23 @@
 Same protocol as the embedded backend. Tensor names come from the model repository manifest and are checked
 against the server's model metadata at start (Triton's ``parse_model`` style). Requests run concurrently
 (prompt chunks of one image in flight together; several images from the flow's threads), so Triton's dynamic
-batching can group them. Several servers (``triton_urls``) share the requests round-robin; a server that fails
-is taken out of rotation and probed again later, while the others carry on. Transient failures (server
-unavailable, timeouts, a restart) are retried with backoff; shared-memory regions are re-registered after a
-restart and released on close, on error and at exit.
+batching can group them. Several servers (``triton_urls``) share the requests round-robin; a server whose call
+fails transiently leaves the rotation (logged once, with the reason) and is probed again a few seconds later,
+while the others carry on. Each request tries every server at most once: this backend does **not** wait and
+retry. When no server answers it raises :class:`BackendUnavailableError` (transient), and the run's one retry
+layer (:mod:`alps_client.runs.retry`) tries the image again later; a request the server rejects raises
+:class:`BackendRequestError` (permanent). Which is which comes from status codes and exception types
+(:mod:`alps_client.backends.triton_status`). Shared-memory regions are re-registered when a restarted server
+has forgotten them, and released on close and at exit.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,83 +29,93 @@ import numpy.typing as npt
 
 from alps_client._imports import lazy_import
 from alps_client.backends.base import DecoderOutput, Embedding
-from alps_client.config import BackendConfig
-from alps_client.errors import BackendUnavailableError, ModelSignatureError
+from alps_client.backends.feeds import (
+    decoder_feeds,
+    encoder_feeds,
+    encoder_output_roles,
+    make_embedding,
+    mask_outputs,
+)
 from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
-from alps_client.backends.feeds import decoder_feeds, encoder_feeds, encoder_output_roles, make_embedding, mask_outputs
+from alps_client.backends.triton_shm import ShmRegion, ShmRegions
+from alps_client.backends.triton_status import classify, reason, server_errors
+from alps_client.config import BackendConfig
+from alps_client.errors import BackendRequestError, BackendUnavailableError, ModelSignatureError
+
+logger = logging.getLogger(__name__)
 
 # Prompts per decoder request; the server holds ~90 MB of activations per prompt in flight per instance (see
 # backends/embedded.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
 CPU_PROMPTS_PER_CALL = 64
 GPU_PROMPTS_PER_CALL = 64
+# Seconds a failed server stays out of the rotation before it is probed again.
+OUT_OF_ROTATION_S = 5.0
 _TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
-_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "Connection refused", "failed to connect", "Socket closed",
-              "connection reset", "Broken pipe", "RemoteDisconnected", "unregistered", "Unable to find shared memory")
 
 
-class _ShmRegion:
-    """One system shared-memory region, registered with the server; re-registered after a restart."""
+class _Rotation:
+    """Servers taken round-robin; one that failed sits out ``OUT_OF_ROTATION_S`` and is then probed again."""
 
-    def __init__(self, client: Any, shm: Any, nbytes: int) -> None:
-        self.name = f"alps_{uuid.uuid4().hex[:12]}"
-        self.key = f"/{self.name}"
-        self.nbytes = nbytes
-        self.handle = shm.create_shared_memory_region(self.name, self.key, nbytes)
-        self._shm = shm
-        self.register(client)
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self._turn = itertools.count()
+        self._down_until: dict[str, float] = {}
+        self._lock = threading.Lock()
 
-    def register(self, client: Any) -> None:
-        try:
-            client.unregister_system_shared_memory(self.name)
-        except Exception:  # not registered yet (or server restarted): fine
-            pass
-        client.register_system_shared_memory(self.name, self.key, self.nbytes)
+    def order(self) -> list[str]:
+        """Every server once: those in rotation first (round-robin), then those sitting out (a last resort)."""
+        now = time.monotonic()
+        with self._lock:
+            up = [u for u in self.urls if self._down_until.get(u, 0.0) <= now]
+            start = next(self._turn) % len(up) if up else 0
+        return up[start:] + up[:start] + [u for u in self.urls if u not in up]
 
-    def destroy(self, client: Any) -> None:
-        try:
-            client.unregister_system_shared_memory(self.name)
-        except Exception:
-            pass
-        self._shm.destroy_shared_memory_region(self.handle)
+    def failed(self, url: str, reason: str) -> None:
+        with self._lock:
+            if url not in self._down_until:  # log the transition once, not every failed probe
+                logger.warning("Triton server %s left the rotation: %s", url, reason)
+            self._down_until[url] = time.monotonic() + OUT_OF_ROTATION_S
+
+    def answered(self, url: str) -> None:
+        with self._lock:
+            if self._down_until.pop(url, None) is not None:
+                logger.warning("Triton server %s is back in the rotation", url)
 
 
 class TritonBackend:
     """SAM on a Triton server; see the module docstring.
 
     Args:
-        config: ``triton_urls[0]`` (``host:port``), ``protocol``, ``shared_memory``, ``timeout_s``.
+        config: ``triton_urls`` (``host:port``), ``protocol``, ``shared_memory``, ``timeout_s``.
         manifest: the model repository manifest (read from ``config.model_repository`` if not given).
         in_flight: concurrent requests per backend.
-        retry_s: how long transient failures are retried before giving up.
+
+    Raises:
+        BackendUnavailableError: If no server is live and ready with the manifest's models.
+        ModelSignatureError: If a served model's tensors differ from the manifest's.
     """
 
-    def __init__(self, config: BackendConfig, manifest: ModelManifest | None = None, in_flight: int = 4,
-                 retry_s: float = 90.0) -> None:
+    def __init__(self, config: BackendConfig, manifest: ModelManifest | None = None, in_flight: int = 4) -> None:
         self.config = config
         self.manifest = manifest or load_manifest(config.model_repository)
         self.urls = list(dict.fromkeys(config.triton_urls))
-        if config.shared_memory and len(self.urls) > 1:
-            raise ValueError("shared memory needs the client on the server's host: give one --triton-url with it")
-        self.url = self.urls[0]
-        self.retry_s = retry_s
-        self._down_until: dict[str, float] = {}
-        self._turn = itertools.count()
+        self._rotation = _Rotation(self.urls)
         self._module = lazy_import(f"tritonclient.{config.protocol}")
         self._utils = lazy_import("tritonclient.utils")
+        self._errors = server_errors()
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="alps-triton")
-        self._regions: dict[int, dict[str, _ShmRegion]] = {}
+        self._shm = ShmRegions() if config.shared_memory else None
         self._closed = False
         self.on_gpu = False
         self._check_server()
         atexit.register(self.close)
 
     # -- connection -----------------------------------------------------------------------------------------
-    def _client(self, url: str | None = None) -> Any:
+    def _client(self, url: str) -> Any:
         """A client per thread and server (tritonclient's HTTP client is not thread-safe)."""
-        url = url or self.url
         clients = getattr(self._local, "clients", None)
         if clients is None:
             clients = self._local.clients = {}
@@ -118,19 +132,12 @@ class TritonBackend:
                 self._clients.append(client)
         return client
 
-    def _next_url(self) -> str | None:
-        """The next server in rotation (round-robin over those not marked down), or None if all are down."""
-        now = time.monotonic()
-        up = [u for u in self.urls if self._down_until.get(u, 0.0) <= now]
-        return up[next(self._turn) % len(up)] if up else None
-
-    def _mark_down(self, url: str, seconds: float = 5.0) -> None:
-        self._down_until[url] = time.monotonic() + seconds
-        clients = getattr(self._local, "clients", {})
-        clients.pop(url, None)  # reconnect next time
+    def _forget_client(self, url: str) -> None:
+        """Reconnect to ``url`` next time (an HTTP connection that failed mid-request is not reusable)."""
+        getattr(self._local, "clients", {}).pop(url, None)
 
     def _unavailable(self, what: str) -> BackendUnavailableError:
-        where = self.url if len(self.urls) == 1 else ", ".join(self.urls)
+        where = self.urls[0] if len(self.urls) == 1 else ", ".join(self.urls)
         return BackendUnavailableError(
             f"Triton server at {where} ({self.config.protocol}) {what}; start it with "
             "`docker compose -f docker/compose.yml up` or use --backend embedded"
@@ -140,16 +147,17 @@ class TritonBackend:
         reachable = []
         for url in self.urls:
             try:
-                if self._client(url).is_server_live() and self._client(url).is_server_ready():
+                client = self._client(url)
+                if client.is_server_live() and client.is_server_ready():
                     reachable.append(url)
                     continue
-            except Exception:
-                pass
-            self._mark_down(url)
+                self._rotation.failed(url, "not live and ready")
+            except self._errors as err:
+                self._rotation.failed(url, reason(err))
+            self._forget_client(url)
         if not reachable:
             raise self._unavailable("is not reachable" if len(self.urls) == 1 else "are not reachable")
-        self.url = reachable[0]
-        client = self._client()
+        client = self._client(reachable[0])
         for spec in (self.manifest.encoder, self.manifest.decoder):
             if not client.is_model_ready(spec.name):
                 raise self._unavailable(f"has no ready model '{spec.name}' (load the model repository {self.manifest.root})")
@@ -183,67 +191,61 @@ class TritonBackend:
                     )
 
     # -- requests -------------------------------------------------------------------------------------------
-    def _with_retries(self, call: Callable[[Any], Any]) -> Any:
-        """Run ``call(client)`` on the next server in rotation; on a transient failure take that server out of
-        rotation and try another, backing off while none answers, for ``retry_s`` seconds."""
-        deadline = time.monotonic() + self.retry_s
-        delay = 0.5
-        while True:
-            url = self._next_url()
-            if url is None:  # every server failed recently: wait, then probe them all again
-                if time.monotonic() > deadline:
-                    raise self._unavailable(f"did not recover within {self.retry_s:.0f} s")
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._down_until.clear()
-                continue
+    def _call(self, spec: ModelSpec, call: Callable[[Any], Any]) -> Any:
+        """Run ``call(client)`` on the servers in rotation order, each at most once.
+
+        Raises:
+            BackendRequestError: If a server rejected the request (it would reject it again).
+            BackendUnavailableError: If no server answered (transient: the run retries the image later).
+        """
+        last: BaseException | None = None
+        for url in self._rotation.order():
+            client = self._client(url)
             try:
-                return call(self._client(url))
-            except Exception as err:
-                text = str(err)
-                if not any(t.lower() in text.lower() for t in _TRANSIENT):
-                    raise
-                if time.monotonic() > deadline:
-                    raise self._unavailable(f"did not recover within {self.retry_s:.0f} s ({text[:120]})") from err
-                self._mark_down(url)
-                if self.config.shared_memory:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    self._down_until.clear()
-                    self._reregister()
+                result = call(client)
+            except self._errors as err:
+                kind = classify(err)
+                if kind == "not_found" and self._after_not_found(client, spec):
+                    kind = "transient"
+                if kind == "permanent" or kind == "not_found":
+                    raise BackendRequestError(
+                        f"Triton server at {url} rejected the request to model '{spec.name}': {reason(err)}"
+                    ) from err
+                self._rotation.failed(url, reason(err))
+                self._forget_client(url)
+                last = err
+                continue
+            self._rotation.answered(url)
+            return result
+        why = reason(last) if last is not None else "no server"
+        raise self._unavailable(f"did not answer ({why})") from last
 
-    def _regions_for_thread(self, sizes: dict[str, int]) -> dict[str, _ShmRegion]:
-        tid = threading.get_ident()
-        regions = self._regions.setdefault(tid, {})
-        shm = lazy_import("tritonclient.utils.shared_memory")
-        for name, nbytes in sizes.items():
-            if name not in regions or regions[name].nbytes < nbytes:
-                if name in regions:
-                    regions[name].destroy(self._client())
-                regions[name] = _ShmRegion(self._client(), shm, nbytes)
-        return regions
+    def _after_not_found(self, client: Any, spec: ModelSpec) -> bool:
+        """After NOT_FOUND / 404: True when the server lost state by restarting (worth another try).
 
-    def _reregister(self) -> None:
-        client = self._client()
-        for regions in self._regions.values():
-            for region in regions.values():
-                try:
-                    region.register(client)
-                except Exception:  # server still down: the next retry re-registers again
-                    return
+        A restarted server has forgotten our shared-memory regions (re-registered here) or is still loading the
+        model; a server that is up with the model loaded and our regions registered was asked for a wrong name.
+        """
+        try:
+            if self._shm is not None and self._shm.forgotten_by(client):
+                self._shm.register_all(client)
+                return True
+            return not client.is_model_ready(spec.name)
+        except self._errors:  # the server went away while we looked: a restart
+            return True
 
     def _infer(self, spec: ModelSpec, feeds: dict[str, npt.NDArray[Any]], outputs: Sequence[str],
                shm_inputs: Sequence[str] = (), shm_outputs: dict[str, tuple[tuple[int, ...], Any]] | None = None
                ) -> list[npt.NDArray[Any]]:
-        use_shm = self.config.shared_memory
+        use_shm = self._shm is not None
         shm_outputs = shm_outputs or {}
 
         def call(client: Any) -> list[npt.NDArray[Any]]:
-            regions: dict[str, _ShmRegion] = {}
-            if use_shm:
+            regions: dict[str, ShmRegion] = {}
+            if self._shm is not None:
                 sizes = {n: feeds[n].nbytes for n in shm_inputs}
                 sizes.update({n: int(np.prod(shape)) * np.dtype(dt).itemsize for n, (shape, dt) in shm_outputs.items()})
-                regions = self._regions_for_thread(sizes)
+                regions = self._shm.for_thread(client, sizes)
                 shm = lazy_import("tritonclient.utils.shared_memory")
             inputs = []
             for name, array in feeds.items():
@@ -272,7 +274,7 @@ class TritonBackend:
                     arrays.append(result.as_numpy(name))
             return arrays
 
-        return self._with_retries(call)
+        return self._call(spec, call)
 
     # -- SamBackend protocol --------------------------------------------------------------------------------
     @property
@@ -321,21 +323,11 @@ class TritonBackend:
         if self._closed:
             return
         self._closed = True
-        client = None
-        try:
-            client = self._client()
-        except Exception:
-            pass
-        for regions in self._regions.values():
-            for region in regions.values():
-                try:
-                    region.destroy(client)
-                except Exception:
-                    pass
-        self._regions.clear()
+        if self._shm is not None:
+            self._shm.release(self._client(self.urls[0]))
         self._pool.shutdown(wait=True)
         for c in self._clients:
             try:
                 c.close()
-            except Exception:
-                pass
+            except self._errors as err:  # a connection already broken by the server: nothing left to release
+                logger.debug("Triton client not closed cleanly (%s)", reason(err))
