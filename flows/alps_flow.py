@@ -1,103 +1,75 @@
-"""The ALPS Prefect flow: discover -> label every image (masks, gate, PFL -> shard) -> cluster -> write -> report.
+"""The ALPS Prefect flow: plan -> label every image (masks, gate, PFL -> shard) -> cluster -> write -> report.
 
-Run it with ``alps run DATASET --out OUT`` or ``python flows/alps_flow.py DATASET --out OUT`` (same flags).
-Tasks return small metadata (paths, counts); arrays stay in the shards on disk. Work files live in
-``OUT/.alps/``; a rerun skips images whose shard matches the model and configuration.
+Run it with ``alps run DATASET --out OUT``; ``python flows/alps_flow.py DATASET --out OUT`` is the same command.
+The flow is thin: run set-up, per-image work, where it runs, retries and publishing the dataset live in
+:mod:`alps_client.runs`; here they become Prefect tasks, artifacts and the flow run's final state. Tasks return
+small metadata (paths, counts); arrays stay in the shards under ``OUT/.alps/``.
+
+Outcomes: a **completed** flow run wrote the dataset (``--allow-partial`` may leave images out, listed). A flow
+run that cannot start (nothing to label, model repository missing, server unreachable, outputs of another
+configuration) or that could not label every good image ends **failed**, with one line as its message and the
+error as its data, so callers (``alps run``) map it to an exit code without a traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):  # run as `python flows/alps_flow.py`
+if __name__ == "__main__":  # `python flows/alps_flow.py ...` is `alps run ...`: the CLI takes this process's place
+    _root = str(Path(__file__).resolve().parents[1])
+    _env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_root, os.environ.get("PYTHONPATH")]))}
+    os.execve(sys.executable, [sys.executable, "-m", "flows.cli", "run", *sys.argv[1:]], _env)
+
+if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint) without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prefect import flow, get_run_logger, task
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
+import time
+import traceback
+from typing import Any
 
-from alps_client.backends import SamBackend, make_backend
-from alps_client.backends.manifest import load_manifest
-from alps_client.config import BackendConfig, PipelineConfig
-from alps_client.errors import AlpsError, BackendUnavailableError, ConfigMismatchError, InputImageError
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.futures import as_completed
+from prefect.states import Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from alps_client.config import PipelineConfig
+from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError
 from alps_client.io import atomic
-from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import InputItem
-from alps_client.io.shards import read_shard_meta, shard_fingerprint, shard_path, shard_status
+from alps_client.runs.labellers import Labeller, open_labeller
+from alps_client.runs.plan import RunPlan, plan_run, work_dir
+from alps_client.runs.retry import call_with_retries, describe, is_transient
+from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.review_cli import report_link_artifact
 
-_BACKENDS: dict[BackendConfig, SamBackend] = {}
-_BACKENDS_LOCK = threading.Lock()
 
+@task(name="label-image", cache_policy=NONE)
+def label_image_task(item: InputItem, labeller: Labeller, delays: list[float]) -> ImageOutcome | State:
+    """Label one image, retrying transient failures; a failure after that ends the task run failed.
 
-def work_dir(out: str | Path) -> Path:
-    """``OUT/.alps``: shards, prepared images and run records."""
-    return Path(out) / ".alps"
+    Returns:
+        The image's outcome (labelled, skipped, or rejected as a bad input), or a Failed state whose data is
+        the ``failed`` outcome: one line in the UI, the traceback of an unexpected error in ``detail``.
+    """
+    logger = get_run_logger()
 
+    def warn(retry: int, delay: float, err: BaseException) -> None:
+        logger.warning("%s: try %d of %d failed (%s); trying again in %.3g s", item.stem, retry, len(delays) + 1,
+                       describe(err), delay)
 
-def get_backend(config: BackendConfig) -> SamBackend:
-    """One backend per configuration and process, shared by the task threads (sessions are thread-safe)."""
-    with _BACKENDS_LOCK:
-        if config not in _BACKENDS:
-            _BACKENDS[config] = make_backend(config)
-        return _BACKENDS[config]
-
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only errors that may go away: an unavailable server or a timeout."""
     try:
-        state.result()
-    except (BackendUnavailableError, TimeoutError, ConnectionError):
-        return True
-    except Exception:
-        return False
-    return False
+        return call_with_retries(lambda: labeller.label(item), delays, warn)
+    except Exception as err:  # noqa: BLE001 (any processing failure: the image is good, reported missing)
+        detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
+        outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail)
+        return Failed(message=f"{item.stem}: {outcome.reason}", data=outcome)
 
 
-@task(name="discover-inputs")
-def discover(dataset: str, config: PipelineConfig) -> dict[str, Any]:
-    """Items to label (as small dicts) and rejected files."""
-    items, errors = discover_inputs(dataset, config.inputs)
-    return {"items": [i.to_dict() for i in items], "errors": [e.to_json() for e in errors]}
-
-
-@task(name="label-image", retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
-def label_one(item: dict[str, Any], out: str, config: PipelineConfig, fingerprint: str) -> dict[str, Any]:
-    """Label one image and write its shard; returns a small summary (or the reason it was rejected)."""
-    from alps_client.amg import make_mask_generator
-    from alps_client.io.readers import load_item
-    from alps_client.pipeline import label_image
-
-    it = InputItem(**{**item, "window": tuple(item["window"]) if item.get("window") else None})
-    shard = shard_path(work_dir(out) / "shards", it.stem)
-    if shard_status(shard, fingerprint) == "current":
-        meta = read_shard_meta(shard)
-        return {"status": "skipped", "stem": it.stem, "shard": str(shard), "image": meta["extra"].get("image_file"),
-                "n_masks": meta["n_masks"], "n_kept": meta["n_kept"], "n_gated": meta["n_masks"] - meta["n_kept"]}
-    try:
-        loaded = load_item(it, config.inputs)
-    except InputImageError as err:
-        return {"status": "error", "path": err.path, "reason": err.reason}
-    image_file = it.source
-    if not loaded.plain_copy:
-        image_file = str(work_dir(out) / "images" / f"{it.stem}.png")
-        atomic.write_png(image_file, loaded.rgb)
-    generator = make_mask_generator(get_backend(config.backend), config.amg)
-    extra = {"image_file": image_file, "kind": it.kind, "scene": it.scene, "window": it.window, "split": it.split,
-             "geo": loaded.geo, "input": loaded.extra}
-    summary = label_image(loaded.rgb, it.stem, it.source, generator, config, shard, fingerprint, loaded.valid, extra)
-    return {"status": "labelled", "stem": it.stem, "shard": str(shard), "image": image_file,
-            "n_masks": summary.n_masks, "n_kept": summary.n_kept, "n_gated": summary.n_gated,
-            "timings": summary.timings}
-
-
-@task(name="cluster")
+@task(name="cluster", cache_policy=NONE)
 def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: str = "sam") -> str:
     """Fit the centroids over all shards; returns the path of the saved centroids."""
     import numpy as np
@@ -110,129 +82,145 @@ def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: s
     return str(path)
 
 
-@task(name="write-dataset")
-def write(out: str, shards: list[str], centroids_path: str, config: PipelineConfig, model_manifest: dict[str, Any],
-          errors: list[dict[str, str]], image_sources: dict[str, str]) -> dict[str, Any]:
-    """Paint label maps once and write the dataset, GeoTIFF labels, stitched scenes and NIfTI volumes; returns
-    the summary counts.
+@task(name="write-dataset", cache_policy=NONE)
+def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, errors: list[dict[str, str]],
+          missing: list[dict[str, str]], image_sources: dict[str, str]) -> dict[str, Any]:
+    """Paint label maps once and write the dataset (and scene outputs), replacing the previous one as a whole.
+
+    The flow's one call of the writer. ``missing`` (good images not labelled, ``--allow-partial``) goes to the
+    manifest apart from the rejected inputs in ``errors``; ``complete`` says whether any is missing.
     """
     import numpy as np
 
     from alps_client.io.writer import write_dataset
 
-    summary = write_dataset(out, shards, np.load(centroids_path), config, model_manifest, errors, image_sources)
+    summary = write_dataset(out, shards, np.load(centroids_path), plan.config, plan.manifest.raw, errors,
+                            image_sources, extra_manifest={"complete": not missing, "missing": missing})
     return summary.__dict__
 
 
-def check_existing_shards(out: str, items: list[dict[str, Any]], fingerprint: str, overwrite: bool) -> int:
-    """Count finished images; refuse to mix shards of another model or configuration unless ``overwrite``."""
-    done = stale = 0
-    for item in items:
-        status = shard_status(shard_path(work_dir(out) / "shards", item["stem"]), fingerprint)
-        done += status == "current"
-        stale += status == "stale"
-    if stale and not overwrite:
-        raise ConfigMismatchError(
-            f"{out} holds {stale} image(s) labelled with another model or configuration; "
-            "use a new --out, or --overwrite to relabel them"
-        )
-    return done
+def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> list[ImageOutcome]:
+    """Every item through ``label-image`` with ``labeller.slots`` in flight; one outcome per item, none lost."""
+    delays = plan.config.backend.retry_delays()
+    progress = artifacts.Progress(len(plan.items), progress_bar)
+    outcomes = []
+    with ThreadPoolTaskRunner(max_workers=labeller.slots) as runner:
+        futures = {runner.submit(label_image_task, parameters={"item": it, "labeller": labeller, "delays": delays}): it
+                   for it in plan.items}
+        for future in as_completed(list(futures)):
+            item = futures[future]
+            try:
+                outcome = future.result(raise_on_failure=False)
+            except Exception as err:  # noqa: BLE001 (the task machinery failed: still this image's failure)
+                outcome = err
+            if not isinstance(outcome, ImageOutcome):
+                outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(outcome)
+                                       if isinstance(outcome, BaseException) else f"task ended: {outcome!r}")
+            outcomes.append(outcome)
+            progress.advance(outcome.status)
+    progress.close()
+    return outcomes
 
 
-def make_task_runner(concurrency: int, dask_address: str | None = None, dask_workers: int | None = None) -> Any:
-    """Threads in this process (default), or a Dask cluster: an existing scheduler or local worker processes."""
-    if dask_address or dask_workers:
-        from prefect_dask import DaskTaskRunner
-
-        if dask_address:
-            return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None})
-    return ThreadPoolTaskRunner(max_workers=max(1, concurrency))
+def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int) -> IncompleteRunError:
+    reasons: dict[str, int] = {}
+    for o in failed:
+        reasons[o.reason] = reasons.get(o.reason, 0) + 1
+    top, count = max(reasons.items(), key=lambda kv: kv[1])
+    others = f", and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""
+    rows = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
+    kept = f"The {n_done} labelled image(s) are kept. " if n_done else ""
+    partial = ", or add --allow-partial to write the dataset without them" if n_done else ""
+    return IncompleteRunError(
+        f"{len(failed)} of {len(plan.items)} image(s) not labelled: {top} ({count}x{others}); no dataset written. "
+        f"{kept}Run the same command again to finish{partial} (details: {work_dir(plan.out) / 'last_run.json'})",
+        rows,
+    )
 
 
 @flow(name="alps-label-dataset", log_prints=True)
 def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, overwrite: bool = False,
               concurrency: int = 2, progress_bar: bool = True, dask_address: str | None = None,
-              dask_workers: int | None = None) -> dict[str, Any]:
+              dask_workers: int | None = None, allow_partial: bool = False) -> dict[str, Any] | State:
     """Pseudo-label every image under ``dataset`` into ``out`` (ALPS); returns the run summary.
 
     The per-image stage runs on threads of this process, or on a Dask cluster (``dask_address`` of a scheduler,
-    or ``dask_workers`` local worker processes): workers read images from the shared path, write shards to
-    ``out`` and return only metadata. Outputs do not depend on where or in which order images were labelled.
+    or ``dask_workers`` local worker processes started for the run) as plain functions that never talk to
+    Prefect. Outputs do not depend on where or in which order images were labelled. A good image is labelled
+    or reported missing, never dropped: without ``allow_partial`` a run that missed any ends failed and writes
+    no dataset (its finished shards stay for the rerun).
     """
     logger = get_run_logger()
     config = config or PipelineConfig()
     started = time.perf_counter()
-    manifest = load_manifest(config.backend.model_repository)
-    logger.info("Model: %s (%s) from %s", manifest.model_type, manifest.precision, manifest.root)
-    if manifest.is_stand_in:
-        logger.warning("Model: the structured STAND-IN (not SAM) from %s: labels demonstrate the pipeline only",
-                       manifest.root)
-    if config.cluster.centroids:  # before any image is labelled: centroids of another family cannot be used
-        from alps_client.labels.clustering import check_centroids_family
-
-        check_centroids_family(config.cluster.centroids, manifest.model_family)
-    fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
-    found = discover(dataset, config)
-    items, errors = found["items"], list(found["errors"])
-    if not items:
-        raise AlpsError(f"no readable images under {dataset} (looked for png, jpg, jpeg, tif, tiff, bmp, webp, "
-                        f"nii, nii.gz; {len(errors)} file(s) rejected)")
-    already = check_existing_shards(out, items, fingerprint, overwrite)
+    try:
+        plan = plan_run(dataset, out, config, overwrite)
+    except AlpsError as err:  # nothing can be done: one line, no traceback
+        return Failed(message=describe(err), data=err)
+    if plan.manifest.is_stand_in:
+        logger.warning("Model: %s from %s is a STAND-IN (not SAM): labels demonstrate the pipeline only",
+                       plan.manifest.model_type, plan.manifest.root)
+    else:
+        logger.info("Model: %s (%s) from %s", plan.manifest.model_type, plan.manifest.precision, plan.manifest.root)
     logger.info("%d image(s) to label, %d already labelled (will be skipped), %d rejected input(s)",
-                len(items), already, len(errors))
-    runner_results: list[dict[str, Any]] = []
-    progress = artifacts.Progress(len(items), progress_bar)
-    with make_task_runner(concurrency, dask_address, dask_workers) as runner:
-        futures = [runner.submit(label_one, parameters={"item": it, "out": out, "config": config,
-                                                         "fingerprint": fingerprint}) for it in items]
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except Exception as err:  # retries exhausted: record the image and go on
-                index = futures.index(future)
-                result = {"status": "error", "path": items[index]["source"], "reason": f"labelling failed: {err}"}
-            runner_results.append(result)
-            progress.advance(result)
-    progress.close()
+                len(plan.items), plan.n_done, len(plan.rejected))
+    try:
+        with open_labeller(LabelJob(out, config, plan.fingerprint), concurrency, dask_address, dask_workers) as lab:
+            outcomes = _label_all(plan, lab, progress_bar)
+    except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
+        return Failed(message=describe(err), data=err)
     label_seconds = time.perf_counter() - started
-    done = sorted((r for r in runner_results if r["status"] in ("labelled", "skipped")), key=lambda r: r["stem"])
-    errors += sorted(({"path": r["path"], "reason": r["reason"]} for r in runner_results if r["status"] == "error"),
-                     key=lambda e: e["path"])
+    by_status: dict[str, list[ImageOutcome]] = {s: [] for s in ("labelled", "skipped", "rejected", "failed")}
+    for o in sorted(outcomes, key=lambda o: o.stem):
+        by_status[o.status].append(o)
+    done = by_status["labelled"] + by_status["skipped"]
+    done.sort(key=lambda o: o.stem)
+    failed = by_status["failed"]
+    errors = [e.to_json() for e in plan.rejected] + [{"path": o.source, "reason": o.reason}
+                                                     for o in by_status["rejected"]]
+    errors.sort(key=lambda e: e["path"])
+    missing = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
     for e in errors:
-        logger.warning("rejected %s: %s", e["path"], e["reason"])
+        logger.warning("rejected input %s: %s", e["path"], e["reason"])
+    for m in missing:
+        logger.error("not labelled %s: %s", m["path"], m["reason"])
+    run: dict[str, Any] = {
+        "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
+        "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
+        "errors": errors, "missing": missing, "complete": not missing,
+    }
+    atomic.write_json(work_dir(out) / "last_run.json", run)
+    _write_failure_details(out, failed)
+    if failed and (not allow_partial or not done):
+        artifacts.publish_missing(missing)
+        err = _incomplete(plan, failed, len(done))
+        return Failed(message=str(err), data=err)
     if not done:
-        raise AlpsError(f"none of the {len(items)} input(s) could be labelled; see the reasons above")
-    if len({r["stem"] for r in done}) != len(done):  # a task re-run on another worker reports once per stem
-        done = list({r["stem"]: r for r in done}.values())
-    shards = [r["shard"] for r in done]
+        err = NoInputsError(f"none of the {len(plan.items)} input(s) under {dataset} could be read; "
+                            f"reasons in {work_dir(out) / 'last_run.json'}")
+        return Failed(message=str(err), data=err)
+    shards = [o.shard for o in done if o.shard]
     t = time.perf_counter()
-    centroids = cluster(shards, out, config, manifest.model_family)
+    centroids = cluster(shards, out, config, plan.manifest.model_family)
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    summary = write(out, shards, centroids, config, manifest.raw, errors, {r["stem"]: r["image"] for r in done})
-    extras = summary["scene_outputs"]
-    write_seconds = time.perf_counter() - t
-    run = {
-        "dataset": dataset, "out": out, "model": manifest.model_type, "stand_in": manifest.is_stand_in,
-        "labelled": [r["stem"] for r in done if r["status"] == "labelled"],
-        "skipped": [r["stem"] for r in done if r["status"] == "skipped"],
-        "errors": errors, "summary": summary, "scene_outputs": extras,
-        "seconds": {"label": label_seconds, "cluster": cluster_seconds, "write": write_seconds,
-                    "total": time.perf_counter() - started},
-        "stage_seconds": artifacts.stage_totals(done),
-    }
+    summary = write(out, shards, centroids, plan, errors, missing, {o.stem: o.image for o in done if o.image})
+    run["scene_outputs"] = summary.pop("scene_outputs")
+    run["summary"] = summary
+    run["stage_seconds"] = artifacts.stage_totals(o.timings for o in done)
+    run["seconds"] = {"label": label_seconds, "cluster": cluster_seconds, "write": time.perf_counter() - t,
+                      "total": time.perf_counter() - started}
     atomic.write_json(work_dir(out) / "last_run.json", run)
     artifacts.publish(run, out)
     report_link_artifact(out)
-    logger.info("Labelled dataset written to %s: %d images, %d classes, %d rejected input(s)",
-                out, summary["n_images"], summary["n_classes"], len(errors))
+    logger.info("Labelled dataset written to %s: %d images, %d classes, %d rejected input(s), %d missing",
+                out, summary["n_images"], summary["n_classes"], len(errors), len(missing))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {
         "n_labelled": len(run["labelled"]), "n_skipped": len(run["skipped"])}
 
 
-if __name__ == "__main__":
-    from flows.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))
+def _write_failure_details(out: str, failed: list[ImageOutcome]) -> None:
+    """Tracebacks of unexpected failures (bugs) go to ``OUT/.alps/failures.log``, not to the console."""
+    details = [f"== {o.stem} ({o.source}): {o.reason}\n{o.detail}" for o in failed if o.detail]
+    if details:
+        atomic.write_text(work_dir(out) / "failures.log", "\n".join(details))

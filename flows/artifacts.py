@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +32,26 @@ class Progress:
             progress=0.0, key="alps-progress", description="Images labelled (or skipped as already done)"
         )
 
-    def advance(self, result: dict[str, Any]) -> None:
+    def advance(self, status: str) -> None:
+        """One more image finished with ``status`` (labelled, skipped, rejected, failed)."""
         self.done += 1
-        self.counts[result["status"]] += 1
+        self.counts[status] += 1
         self.bar.update(1)
         self.bar.set_postfix({k: v for k, v in self.counts.items()}, refresh=False)
         if self.done == self.total or self.done % max(1, self.total // 50) == 0:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * self.done / self.total)
 
     def close(self) -> None:
+        """Finish the bar and the artifact."""
         update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
         self.bar.close()
 
 
-def stage_totals(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Seconds per stage summed over the images labelled in this run."""
+def stage_totals(timings: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Seconds per stage summed over the images labelled in this run (one timings dict per image)."""
     totals: dict[str, float] = defaultdict(float)
-    for r in results:
-        for stage, seconds in (r.get("timings") or {}).items():
+    for per_image in timings:
+        for stage, seconds in per_image.items():
             totals[stage] += seconds
     return dict(totals)
 
@@ -73,6 +76,7 @@ def publish(run: dict[str, Any], out: str) -> None:
         {"metric": "images", "value": s["n_images"]},
         {"metric": "labelled this run / skipped (already done)", "value": f"{n_labelled} / {len(run['skipped'])}"},
         {"metric": "rejected inputs", "value": len(run["errors"])},
+        {"metric": "missing (not labelled: processing failures)", "value": len(run["missing"])},
         {"metric": "masks kept / gated", "value": f"{s['n_masks_kept']} / {s['n_masks_gated']}"},
         {"metric": "classes", "value": s["n_classes"]},
         {"metric": "labelled pixel fraction", "value": round(s["labelled_pixel_fraction"], 4)},
@@ -96,3 +100,12 @@ def publish(run: dict[str, Any], out: str) -> None:
 
     errors = run["errors"] or [{"path": "-", "reason": "no rejected inputs"}]
     create_table_artifact(key="alps-errors", table=errors[:1000], description="Rejected inputs (also in errors.jsonl)")
+    if run["missing"]:
+        publish_missing(run["missing"])
+
+
+def publish_missing(missing: list[dict[str, str]]) -> None:
+    """The good images a run could not label (processing failures), apart from rejected inputs."""
+    create_table_artifact(key="alps-missing", table=missing[:1000],
+                          description="Images not labelled because processing failed (not bad inputs); a rerun "
+                                      "of the same command labels them")

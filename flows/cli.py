@@ -1,14 +1,25 @@
 """The ``alps`` command line: ``alps run``, ``alps evaluate``, ``alps serve``, ``alps report``, ``alps relabel``.
 
 Flags are named after the configuration fields (``--points-per-side`` <-> ``AmgConfig.points_per_side``);
-unset flags are dropped so the dataclass defaults stay the only defaults. Exit status: 0 when the dataset is
-written (even with rejected inputs, which are listed), 2 with one clear line when nothing can be done.
+unset flags are dropped so the dataclass defaults stay the only defaults. Only this module reads environment
+variables (``ALPS_TRITON_URL``; Prefect reads its own).
+
+Exit status (also in docs/flow.md):
+
+- 0: the dataset is written (rejected inputs are listed; with ``--allow-partial``, missing images too).
+- 2: nothing was done, with one line saying why: bad flags, no such path, no images, model repository missing,
+  Triton server or Dask scheduler or Prefect API unreachable, outputs of another configuration in ``--out``.
+- 3: the run started but could not label every good image (processing failures after the retries): the finished
+  images are kept, no dataset is written, and running the same command again resumes.
+- 1: an internal error (a bug); the line names it, the traceback is in the log above.
+- 130: interrupted (Ctrl-C); the finished images are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +36,8 @@ from alps_client.config import (
     WriterConfig,
 )
 from flows.review_cli import add_relabel_parser, add_report_parser, add_vector_argument
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 AMG_FLAGS: list[tuple[str, type]] = [
     ("points_per_side", int), ("points_per_batch", int), ("pred_iou_thresh", float),
@@ -58,6 +71,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--protocol", choices=["grpc", "http"])
     b.add_argument("--shared-memory", action="store_true", default=None, help="Triton system shared memory (same host)")
     b.add_argument("--num-threads", type=int, help="onnxruntime threads (embedded)")
+    b.add_argument("--timeout-s", type=float, help="per-request timeout of a remote backend, seconds (120)")
+    b.add_argument("--retries", type=int, help="tries again per image after a transient failure (5)")
+    b.add_argument("--retry-delay-s", type=float, help="wait before the first retry, doubling after (2)")
+    b.add_argument("--retry-max-delay-s", type=float, help="longest wait between tries (30)")
     a = p.add_argument_group("automatic mask generation (Meta's names and defaults)")
     for name, typ in AMG_FLAGS:
         a.add_argument(_flag(name), dest=name, type=typ)
@@ -88,6 +105,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                           "also used by --cluster-backend dask")
     r.add_argument("--dask-workers", type=int, help="run the per-image stage on N local Dask worker processes")
     r.add_argument("--overwrite", action="store_true", help="relabel images labelled with another model/config")
+    r.add_argument("--allow-partial", action="store_true",
+                   help="write the dataset even if some good images could not be labelled (listed as missing)")
+    r.add_argument("--prefect-startup-timeout", type=float, default=180.0, metavar="SECONDS",
+                   help="how long to wait for the run's temporary Prefect API server (default 180; used when "
+                        "PREFECT_API_URL is unset)")
     r.add_argument("--no-progress", dest="progress_bar", action="store_false")
 
 
@@ -116,95 +138,139 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     )
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
     print(f"alps: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from alps_client.errors import AlpsError
-    from alps_client.backends.manifest import load_manifest
+def _show_library_warnings() -> None:
+    """Warnings of alps_client (a Triton server leaving the rotation, ...) on stderr, one line each."""
+    log = logging.getLogger("alps_client")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("alps: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
 
-    try:
-        config = build_config(args)
-    except ValueError as err:
-        return _fail(str(err))
-    if not Path(args.dataset).exists():
-        return _fail(f"dataset path {args.dataset} does not exist")
-    try:
-        load_manifest(config.backend.model_repository)
-        if config.backend.kind == "triton":
-            from alps_client.backends import make_backend
 
-            make_backend(config.backend).close()  # readiness check: one clear line if the server is not there
-    except AlpsError as err:
-        return _fail(str(err))
-    from alps_client.io.discovery import discover_inputs
-
-    items, rejected = discover_inputs(args.dataset, config.inputs)  # headers only: fail before Prefect starts
-    if not items:
-        return _fail(f"no readable images under {args.dataset} (looked for png, jpg, jpeg, tif, tiff, bmp, webp, "
-                     f"nii, nii.gz; {len(rejected)} file(s) rejected)")
-    from prefect.exceptions import FailedRun
-
-    from flows.alps_flow import alps_flow
-
-    try:
-        result = alps_flow(args.dataset, args.out, config, overwrite=args.overwrite,
-                           concurrency=args.concurrency, progress_bar=args.progress_bar,
-                           dask_address=args.dask_address, dask_workers=args.dask_workers)
-    except (AlpsError, FailedRun) as err:
-        cause = err
-        while cause.__cause__ is not None and not isinstance(cause, AlpsError):
-            cause = cause.__cause__
-        return _fail(str(cause).splitlines()[0])
+def _print_summary(result: dict[str, Any], out: str) -> None:
     s = result["summary"]
-    print(f"\nLabelled dataset: {args.out}  ({s['n_images']} images: {s['n_train']} train / {s['n_val']} val, "
+    print(f"\nLabelled dataset: {out}  ({s['n_images']} images: {s['n_train']} train / {s['n_val']} val, "
           f"{s['n_classes']} classes, {s['n_masks_kept']} masks kept, {s['n_masks_gated']} gated; "
           f"{result['n_labelled']} labelled now, {result['n_skipped']} already done)")
     if s.get("report"):
-        print(f"Review the clusters: {(Path(args.out).resolve() / 'report' / 'index.html').as_uri()}")
+        print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")
     if result["stand_in"]:
-        print("Model: the structured STAND-IN, not SAM. Export SAM with export/export_sam.py for real labels.")
-    if result["errors"]:
-        print(f"{len(result['errors'])} input(s) rejected, listed in {Path(args.out) / 'errors.jsonl'}:")
-        for e in result["errors"][:10]:
-            print(f"  {e['path']}: {e['reason']}")
-    return 0
+        print("Model: a STAND-IN, not SAM. Export SAM with export/export_sam.py for real labels.")
+    for key, title, listing in (("errors", "input(s) rejected (bad files)", "errors.jsonl"),
+                                ("missing", "good image(s) NOT labelled (--allow-partial)", 'manifest.json ("missing")')):
+        if result[key]:
+            print(f"{len(result[key])} {title}, listed in {Path(out) / listing}:")
+            for e in result[key][:10]:
+                print(f"  {e['path']}: {e['reason']}")
+
+
+def _outcome(state: Any, args: argparse.Namespace) -> int:
+    """Exit status and message of a finished flow run (see the module docstring)."""
+    import httpx
+
+    from alps_client.errors import AlpsError, IncompleteRunError
+    from alps_client.runs.retry import describe
+
+    if state.is_completed():
+        _print_summary(state.result(), args.out)
+        return EXIT_OK
+    err = state.result(raise_on_failure=False)
+    if isinstance(err, IncompleteRunError):
+        return _fail(str(err), EXIT_INCOMPLETE)
+    if isinstance(err, AlpsError):
+        return _fail(describe(err))
+    if isinstance(err, (httpx.HTTPError, OSError)):  # the Prefect API or the disk failed mid-run
+        return _fail(f"the run failed: {describe(err) if isinstance(err, BaseException) else err}; the finished "
+                     f"images are kept in {Path(args.out) / '.alps'}: run the same command again to resume",
+                     EXIT_INCOMPLETE)
+    what = describe(err) if isinstance(err, BaseException) else f"flow run ended {state.type.value}: {state.message}"
+    return _fail(f"internal error: {what} (the traceback is in the log above; please report it)", EXIT_INTERNAL)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``alps run``: check the request, then run the flow with one Prefect API (see the module docstring)."""
+    from alps_client.errors import AlpsError
+    from alps_client.runs.plan import check_request, work_dir
+    from alps_client.runs.retry import describe
+
+    try:
+        config = build_config(args)
+        check_request(args.dataset, config)  # nothing to do: fail before any server starts
+    except (ValueError, AlpsError) as err:
+        return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
+    _show_library_warnings()
+    from flows.prefect_api import PrefectApiError, prefect_api
+
+    try:
+        with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
+            from flows.alps_flow import alps_flow
+
+            state = alps_flow(args.dataset, args.out, config, overwrite=args.overwrite, concurrency=args.concurrency,
+                              progress_bar=args.progress_bar, dask_address=args.dask_address,
+                              dask_workers=args.dask_workers, allow_partial=args.allow_partial, return_state=True)
+    except PrefectApiError as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        return _fail(f"interrupted; the finished images are kept in {Path(args.out) / '.alps'}: run the same "
+                     "command again to resume", EXIT_INTERRUPTED)
+    return _outcome(state, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``alps evaluate``: mIoU of a written dataset against ground-truth label maps."""
     from alps_client.errors import AlpsError
     from alps_client.evaluate import evaluate_dataset, format_table, write_report
+    from alps_client.runs.retry import describe
 
     try:
         report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images)
     except AlpsError as err:
-        return _fail(str(err))
+        return _fail(describe(err))
     print(format_table(report))
     json_path = Path(args.json or Path(args.out) / "evaluation.json")
     write_report(report, json_path)
     print(f"Written to {json_path}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``alps serve``: register the deployment on a running Prefect server and execute its runs."""
+    from flows.prefect_api import PrefectApiError, check_reachable, configured_api_url
+
+    url = configured_api_url()
+    if not url:
+        return _fail("alps serve needs a Prefect server that outlives it: start one (`make server`) and "
+                     "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    try:
+        check_reachable(url)
+        backend = {"kind": args.kind, "model_repository": args.model_repository,
+                   "triton_urls": tuple(args.triton_urls) if args.triton_urls else None}
+        config = PipelineConfig(backend=_sub(BackendConfig, backend))
+    except (PrefectApiError, ValueError) as err:
+        return _fail(str(err))
+    _show_library_warnings()
     from flows.alps_flow import alps_flow
 
-    if not os.environ.get("PREFECT_API_URL"):
-        print("alps serve: no PREFECT_API_URL set; start a server with `make server` and "
-              "`export PREFECT_API_URL=http://127.0.0.1:4200/api` to see the deployment in the UI", file=sys.stderr)
-    backend = {"kind": args.kind, "model_repository": args.model_repository,
-               "triton_urls": tuple(args.triton_urls) if args.triton_urls else None}
-    config = PipelineConfig(backend=_sub(BackendConfig, backend))
     parameters: dict[str, Any] = {"config": config}
     if args.dataset:
         parameters.update(dataset=args.dataset, out=args.out)
-    alps_flow.serve(name=args.name, tags=["alps"], parameters=parameters, limit=args.limit)
-    return 0
+    print(f"alps serve: deployment alps-label-dataset/{args.name} on {url}; Ctrl-C stops it")
+    try:
+        alps_flow.serve(name=args.name, tags=["alps"], parameters=parameters, limit=args.limit)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``alps`` argument parser (``run``, ``evaluate``, ``serve``)."""
     parser = argparse.ArgumentParser(prog="alps", description="ALPS pseudo-labelling with SAM (Prefect flow)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="label a dataset")

@@ -28,6 +28,7 @@ def ensure_model_repository(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``make demo``: returns the exit status of the last ``alps`` command it ran."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--model-repository", default="model_repository")

@@ -89,3 +89,71 @@ def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("tiny_repo")
     run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None)
     return out
+
+
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME, for the session.
+
+    Subprocess runs given its URL start no server of their own (cheaper than one temporary server per run).
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path_factory.mktemp("prefect_server_home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not become healthy (exit code {proc.poll()})")
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def fault_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic scenes (96x128) and one of another size (88x120: the fake's permanent-fault target)."""
+    from PIL import Image
+
+    from alps_client.synthetic import write_synthetic_dataset
+
+    images = write_synthetic_dataset(tmp_path_factory.mktemp("fault_data"), 6, seed=5, size=(96, 128)) / "images"
+    with Image.open(images / "scene_0000.png") as im:
+        im.crop((4, 4, 124, 92)).save(images / "odd.png")
+    return images
+
+
+ODD_SHAPE = [88, 120]
+
+
+@pytest.fixture(scope="session")
+def fault_reference(fault_data: Path, fake_repo: Path, prefect_server: str, tmp_path_factory: pytest.TempPathFactory):
+    """`alps run` on ``fault_data`` with the fault-free fake: what every faulty run must end up equal to."""
+    from tests.runs import SMALL, cli_env, run_alps
+
+    work = tmp_path_factory.mktemp("fault_reference")
+    result = run_alps(["run", fault_data, "--out", work / "out", "--model-repository", fake_repo, *SMALL],
+                      cli_env(work / "ph", prefect_server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "out"

@@ -1,54 +1,72 @@
-"""The flow under prefect_test_harness: outputs, task runs, artifacts; resume; bad paths."""
+"""The flow in this process (Prefect test harness, numpy fake SAM): outputs, records, artifacts, reruns, faults."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, PipelineConfig
+from alps_client.backends.fake import write_fake_repository
+from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, PipelineConfig, WriterConfig
+from alps_client.errors import ConfigMismatchError, IncompleteRunError
 from flows.alps_flow import alps_flow
-from tests.flows.conftest import ALPS, CWD, cli_env
+from flows.cli import main as alps
+from tests.conftest import ODD_SHAPE
+from tests.runs import labels
 
 
-def small_config(repo) -> PipelineConfig:
-    return PipelineConfig(backend=BackendConfig(model_repository=str(repo), num_threads=1),
-                          amg=AmgConfig(points_per_side=8), cluster=ClusterConfig(n_clusters=4))
+def small_config(repo, **writer) -> PipelineConfig:
+    return PipelineConfig(backend=BackendConfig(model_repository=str(repo), retry_delay_s=0.05),
+                          amg=AmgConfig(points_per_side=8), cluster=ClusterConfig(n_clusters=4),
+                          writer=WriterConfig(**writer))
 
 
-def test_flow_writes_dataset_and_records_runs_and_artifacts(stand_in_repo, scenes, tmp_path):
+def faulty_repo(tmp_path: Path, **faults) -> Path:
+    return write_fake_repository(tmp_path / "faulty_repo", faults={"dir": str(tmp_path / "faults"), **faults})
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
 
     out = tmp_path / "out"
-    result = alps_flow(str(scenes / "images"), str(out), small_config(stand_in_repo), progress_bar=False)
-    assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6
-    assert [e["reason"] for e in result["errors"]] == ["zero-byte file"]
+    result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
+    assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6 and result["complete"]
+    assert [e["reason"] for e in result["errors"]] == ["zero-byte file"] and result["missing"] == []
     anns = sorted((out / "ann_dir").glob("*/*.png"))
     assert sorted(p.stem for p in anns) == sorted(f"scene_{i:04d}" for i in range(6))
     for p in anns:
         label = np.asarray(Image.open(p))
         assert label.dtype == np.uint8 and set(np.unique(label)) <= set(range(4)) | {255}
         assert (out / "img_dir" / p.parent.name / f"{p.stem}.png").is_file() and (out / "vis" / p.name).is_file()
-    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    errors = read_jsonl(out / "errors.jsonl")
     assert errors[0]["path"].endswith("broken.png")
-    assert json.loads((out / "manifest.json").read_text())["model_is_stand_in"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model_is_stand_in"] and manifest["complete"] and manifest["missing"] == []
 
     async def recorded():
         async with get_client() as client:
             runs = await client.read_flow_runs(limit=50)
-            run = next(r for r in runs if r.parameters.get("out") == str(out) and r.state and r.state.is_completed())
+            run = next(r for r in runs if r.state and r.state.is_completed() and r.parameters.get("out") == str(out))
             tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
             return tasks, arts
 
-    import asyncio
-
-    for _ in range(60):  # task runs and artifacts are recorded asynchronously
+    for _ in range(120):  # task runs and artifacts are recorded asynchronously
         tasks, arts = asyncio.run(recorded())
         names = [t.name for t in tasks]
         keys = {a.key for a in arts}
@@ -58,41 +76,101 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(stand_in_repo, scene
     assert sum(n.startswith("label-image") for n in names) == 6  # the zero-byte file is rejected at discovery
     assert any(n.startswith("cluster") for n in names) and any(n.startswith("write-dataset") for n in names)
     assert {"alps-summary", "alps-class-histogram", "alps-previews", "alps-errors", "alps-progress"} <= keys
+    assert "alps-missing" not in keys
     summary = next(a for a in arts if a.key == "alps-summary")
     assert "STAND-IN" in json.dumps(summary.data)
 
 
-def test_rerun_skips_finished_images_and_refuses_mixed_configs(stand_in_repo, scenes, tmp_path):
-    from alps_client.errors import ConfigMismatchError
-
+def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabels(fake_repo, scenes, tmp_path):
     out = tmp_path / "out"
-    cfg = small_config(stand_in_repo)
+    cfg = small_config(fake_repo)
     first = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
-    before = {p.name: p.read_bytes() for p in (out / "ann_dir").glob("*/*.png")}
+    before = labels(out)
     second = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
     assert first["n_labelled"] == 6 and second["n_labelled"] == 0 and second["n_skipped"] == 6
-    assert before == {p.name: p.read_bytes() for p in (out / "ann_dir").glob("*/*.png")}
+    assert before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
-    with pytest.raises(ConfigMismatchError, match="another model or configuration"):
+    with pytest.raises(ConfigMismatchError, match="--overwrite"):
         alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
+    third = alps_flow(str(scenes / "images"), str(out), other, overwrite=True, progress_bar=False)
+    assert third["n_labelled"] == 6 and third["n_skipped"] == 0
 
 
-@pytest.mark.parametrize(
-    ("make_path", "message"),
-    [(lambda tmp: tmp / "absent", "does not exist"), (lambda tmp: tmp, "no readable images")],
-)
-def test_bad_dataset_paths_give_one_line_and_nonzero_exit(stand_in_repo, tmp_path, make_path, message):
-    (tmp_path / "notes.txt").write_text("not an image")
-    result = subprocess.run([*ALPS, "run", str(make_path(tmp_path)), "--out", str(tmp_path / "o"),
-                             "--model-repository", str(stand_in_repo), "--no-progress"],
-                            capture_output=True, text=True, cwd=CWD, env=cli_env(tmp_path / "ph"), timeout=300)
-    assert result.returncode == 2
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("alps: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+def test_reruns_with_another_split_or_without_previews_leave_only_the_current_files(fake_repo, scenes, tmp_path):
+    out = tmp_path / "out"
+    images = str(scenes / "images")
+    alps_flow(images, str(out), small_config(fake_repo, val_fraction=0.5, seed=0), progress_bar=False)
+    alps_flow(images, str(out), small_config(fake_repo, val_fraction=0.3, seed=7, write_vis=False), progress_bar=False)
+    stems = [p.stem for p in (out / "ann_dir").glob("*/*.png")]
+    assert sorted(stems) == sorted(f"scene_{i:04d}" for i in range(6))  # each image once, in one split
+    splits = {p.stem: p.parent.name for p in (out / "ann_dir").glob("*/*.png")}
+    assert {p.stem: p.parent.name for p in (out / "img_dir").glob("*/*")} == splits
+    assert not (out / "vis").exists()
+    assert alps(["evaluate", str(out), str(scenes / "gt"), "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["n_images"] == 6
 
 
-def test_missing_model_repository(tmp_path, scenes):
-    result = subprocess.run([*ALPS, "run", str(scenes / "images"), "--out", str(tmp_path / "o"),
-                             "--model-repository", str(tmp_path / "nope")],
-                            capture_output=True, text=True, cwd=CWD, env=cli_env(tmp_path / "ph"), timeout=300)
-    assert result.returncode == 2 and "export/export_sam.py" in result.stderr
+def test_centroids_of_an_earlier_run_give_its_classes(fake_repo, scenes, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    alps_flow(str(scenes / "images"), str(first), small_config(fake_repo), progress_bar=False)
+    cfg = small_config(fake_repo)
+    cfg = PipelineConfig(backend=cfg.backend, amg=cfg.amg,
+                         cluster=ClusterConfig(n_clusters=4, centroids=str(first / "centroids.npy")))
+    alps_flow(str(scenes / "images"), str(second), cfg, progress_bar=False)
+    np.testing.assert_array_equal(np.load(second / "centroids.npy"), np.load(first / "centroids.npy"))
+    assert labels(second) == labels(first)
+
+
+def test_transient_backend_failures_are_retried_to_an_identical_dataset(fake_repo, scenes, tmp_path):
+    reference = tmp_path / "reference"
+    alps_flow(str(scenes / "images"), str(reference), small_config(fake_repo), progress_bar=False)
+    repo = faulty_repo(tmp_path, transient=4)
+    result = alps_flow(str(scenes / "images"), str(tmp_path / "out"), small_config(repo), progress_bar=False)
+    assert len(list((tmp_path / "faults").glob("transient-*"))) == 4  # every injected failure happened
+    assert result["n_labelled"] == 6 and result["missing"] == [] and len(result["errors"]) == 1
+    assert labels(tmp_path / "out") == labels(reference)
+
+
+def test_a_processing_failure_is_a_missing_image_never_a_rejected_input(scenes, tmp_path):
+    repo = faulty_repo(tmp_path, unexpected_shapes=[[96, 128]])  # every scene: RuntimeError() without a message
+    out = tmp_path / "out"
+    with pytest.raises(IncompleteRunError, match=r"6 of 6 image\(s\) not labelled: RuntimeError \(6x\)") as err:
+        alps_flow(str(scenes / "images"), str(out), small_config(repo), progress_bar=False)
+    assert len(err.value.failed) == 6
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert [e["reason"] for e in last["errors"]] == ["zero-byte file"]  # only the bad file is a rejected input
+    assert len(last["missing"]) == 6 and not last["complete"]
+    assert not (out / "manifest.json").exists() and not (out / "errors.jsonl").exists()  # no dataset written
+    assert (out / ".alps" / "failures.log").read_text().count("Traceback") == 6  # the bug's details, kept
+
+
+def test_allow_partial_writes_the_dataset_and_lists_missing_apart_from_rejected(scenes, fault_data, tmp_path):
+    repo = faulty_repo(tmp_path, permanent_shapes=[ODD_SHAPE])
+    (tmp_path / "data").mkdir()
+    for p in fault_data.glob("*.png"):
+        (tmp_path / "data" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "data" / "broken.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = alps_flow(str(tmp_path / "data"), str(out), small_config(repo), allow_partial=True, progress_bar=False)
+    assert [m["stem"] for m in result["missing"]] == ["odd"] and not result["complete"]
+    assert "rejects images of 88x120" in result["missing"][0]["reason"]
+    assert [Path(e["path"]).name for e in read_jsonl(out / "errors.jsonl")] == ["broken.png"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and [m["stem"] for m in manifest["missing"]] == ["odd"]
+    assert sorted(p.stem for p in (out / "ann_dir").glob("*/*.png")) == [f"scene_{i:04d}" for i in range(6)]
+
+
+def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    reference = tmp_path / "reference"
+    alps_flow(str(scenes / "images"), str(reference), small_config(fake_repo), progress_bar=False)
+    repo = faulty_repo(tmp_path, transient=2)  # counted across the worker processes
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = alps_flow(str(scenes / "images"), str(tmp_path / "out"), small_config(repo), progress_bar=False,
+                           dask_address=cluster.scheduler_address)
+        with distributed.Client(cluster) as client:  # the run removed its plugin (and backends) from the workers
+            plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+            assert all("alps-backend" not in names for names in plugins.values()), plugins
+    assert len(list((tmp_path / "faults").glob("transient-*"))) == 2
+    assert result["n_labelled"] == 6 and result["missing"] == []
+    assert labels(tmp_path / "out") == labels(reference)

@@ -1,4 +1,4 @@
-"""A real `prefect server start` end to end, and a run killed mid-way then resumed."""
+"""A real Prefect server end to end; the run's own temporary API (one per run, none left behind); kill and resume."""
 
 from __future__ import annotations
 
@@ -6,87 +6,129 @@ import json
 import os
 import signal
 import subprocess
-import time
+import sys
 
 import httpx
+import psutil
 import pytest
 
-from tests.flows.conftest import ALPS, CWD, cli_env, free_port
+from alps_client.backends.fake import write_fake_repository
+from flows.prefect_api import PrefectApiError, stop_stale_server
+from tests.runs import (
+    SERVER_APP,
+    SMALL,
+    cli_env,
+    gone,
+    labels,
+    run_alps,
+    run_processes,
+    start_alps,
+    wait_until,
+)
 
 
-def run_args(dataset, out, repo, *extra):
-    return [*ALPS, "run", str(dataset), "--out", str(out), "--model-repository", str(repo), "--points-per-side", "8",
-            "--n-clusters", "4", "--no-progress", "--num-threads", "1", *extra]
+def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, tmp_path):
+    """The structured stand-in exported to ONNX, the embedded backend, a real `prefect server start`."""
+    from alps_client.synthetic import write_synthetic_dataset
 
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    port = free_port()
-    home = tmp_path / "server_home"
-    env = cli_env(home)
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env={**env, "PATH": os.path.dirname(os.sys.executable) + os.pathsep + env["PATH"]},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("prefect server did not become healthy in 60 s")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-
-
-def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, scenes, tmp_path):
-    result = subprocess.run(run_args(scenes / "images", tmp_path / "out", stand_in_repo), capture_output=True, text=True,
-                            cwd=CWD, env=cli_env(tmp_path / "client_home", prefect_server), timeout=600)
+    images = write_synthetic_dataset(tmp_path / "data", 3, seed=3, size=(96, 128)) / "images"
+    (images / "broken.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = run_alps(["run", images, "--out", out, "--model-repository", stand_in_repo, *SMALL, "--num-threads", "1"],
+                      cli_env(tmp_path / "client_home", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"limit": 10}, timeout=10).json()
-    assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED"
-    for _ in range(60):  # artifacts are recorded asynchronously
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
+    (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
+    assert run["state_type"] == "COMPLETED"
+
+    def artifacts():
         arts = httpx.post(f"{prefect_server}/artifacts/filter",
-                          json={"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}}, timeout=10).json()
-        keys = {a["key"] for a in arts}
-        if {"alps-summary", "alps-class-histogram", "alps-errors"} <= keys:
-            break
-        time.sleep(0.5)
-    assert {"alps-summary", "alps-class-histogram", "alps-previews", "alps-errors"} <= keys
+                          json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
+        return arts if {"alps-summary", "alps-class-histogram", "alps-errors"} <= {a["key"] for a in arts} else None
+
+    arts = wait_until(artifacts, "the run's artifacts (recorded asynchronously)", timeout=120)
+    assert {"alps-summary", "alps-class-histogram", "alps-previews", "alps-errors"} <= {a["key"] for a in arts}
     errors = next(a for a in arts if a["key"] == "alps-errors")
     assert "zero-byte file" in json.dumps(errors["data"])
 
 
-def test_killed_run_resumes_without_recomputing(stand_in_repo, scenes, tmp_path):
-    env = cli_env(tmp_path / "home")
-    reference = subprocess.run(run_args(scenes / "images", tmp_path / "reference", stand_in_repo), cwd=CWD, env=env,
-                               capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def paused_repo(tmp_path, after: int = 2):
+    """A fake repository whose encodes after the first ``after`` wait for ``<faults>/release``."""
+    faults = tmp_path / "faults"
+    return write_fake_repository(tmp_path / "paused", faults={"dir": str(faults), "pause_after": after}), faults
 
-    out = tmp_path / "resumed"
+
+def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake_repo, fault_reference, tmp_path):
+    """No PREFECT_API_URL: the run starts its own API server; `kill -9` of the run takes the server with it."""
+    repo, faults = paused_repo(tmp_path)
+    out, home = tmp_path / "out", tmp_path / "ph"
     shards = out / ".alps" / "shards"
-    proc = subprocess.Popen(run_args(scenes / "images", out, stand_in_repo, "--concurrency", "1"), cwd=CWD, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.glob("*.npz"))) < 2:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
+                      cli_env(home), tmp_path / "run.log")
+    wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) == 2,
+               "two images labelled and the third held", proc=proc)
+    servers = run_processes(home)["servers"]
+    assert len(servers) == 1  # exactly one Prefect API for the run
+    os.kill(proc.pid, signal.SIGKILL)  # the run only, not its process group
     proc.wait()
     finished = {p.stem for p in shards.glob("*.npz")}
-    assert 2 <= len(finished) < 6, "the run must be killed mid-way"
-    assert not (out / "ann_dir").exists()
+    assert len(finished) == 2  # killed mid-run: 2 of 7 done, before and after the kill
+    assert not gone(servers) and not run_processes(home)["servers"]  # the server died with its run
 
-    again = subprocess.run(run_args(scenes / "images", out, stand_in_repo), cwd=CWD, env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL], cli_env(home))
     assert again.returncode == 0, again.stderr[-3000:]
     last = json.loads((out / ".alps" / "last_run.json").read_text())
-    assert finished <= set(last["skipped"]) and not finished & set(last["labelled"])
-    ours = {p.relative_to(out / "ann_dir"): p.read_bytes() for p in (out / "ann_dir").glob("*/*.png")}
-    theirs = {p.relative_to(tmp_path / "reference" / "ann_dir"): p.read_bytes()
-              for p in (tmp_path / "reference" / "ann_dir").glob("*/*.png")}
-    assert len(ours) == 6 and ours == theirs
+    assert set(last["skipped"]) == finished and len(last["labelled"]) == 5  # finished work is not redone
+    assert labels(out) == labels(fault_reference)
+    assert not run_processes(home)["servers"] and not (out / ".alps" / "prefect-api.json").exists()
+
+
+def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
+    repo, faults = paused_repo(tmp_path)
+    out, home = tmp_path / "out", tmp_path / "ph"
+    record = out / ".alps" / "prefect-api.json"
+    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
+                      cli_env(home), tmp_path / "run.log")
+    wait_until(lambda: list(faults.glob("waiting-*")), "the third image to be held", proc=proc)
+    first = json.loads(record.read_text())
+    os.kill(first["pid"], signal.SIGKILL)
+    restarted = wait_until(lambda: record.is_file() and json.loads(record.read_text())["pid"] != first["pid"],
+                           "the API server to be started again", proc=proc)
+    assert restarted and len(run_processes(home)["servers"]) == 1
+    (faults / "release").touch()
+    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    assert "starting it again" in (tmp_path / "run.log").read_text()
+    assert labels(out) == labels(fault_reference)
+    assert not run_processes(home)["servers"]
+
+
+def test_a_server_left_by_a_killed_run_is_stopped_by_the_next_one(tmp_path):
+    """Where the kernel cannot stop it (no PR_SET_PDEATHSIG), the record in OUT/.alps names it for the next run."""
+    work = tmp_path / "out" / ".alps"
+    work.mkdir(parents=True)
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", SERVER_APP])
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner.wait()
+    try:
+        record = {"pid": leftover.pid, "create_time": psutil.Process(leftover.pid).create_time(),
+                  "owner_pid": owner.pid, "owner_create_time": 0.0}
+        (work / "prefect-api.json").write_text(json.dumps(record))
+        stop_stale_server(work / "prefect-api.json")
+        assert leftover.wait(timeout=30) is not None and not (work / "prefect-api.json").exists()
+    finally:
+        leftover.kill()
+
+
+def test_two_runs_into_one_output_folder_are_refused(tmp_path):
+    work = tmp_path / "out" / ".alps"
+    work.mkdir(parents=True)
+    me = psutil.Process()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (work / "prefect-api.json").write_text(json.dumps({
+            "pid": me.pid, "create_time": me.create_time(),  # not a server: never stopped
+            "owner_pid": other.pid, "owner_create_time": psutil.Process(other.pid).create_time()}))
+        with pytest.raises(PrefectApiError, match=f"another alps run \\(pid {other.pid}\\)"):
+            stop_stale_server(work / "prefect-api.json")
+    finally:
+        other.kill()

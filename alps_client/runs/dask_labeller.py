@@ -1,0 +1,105 @@
+"""Per-image work on a Dask cluster, as plain functions: workers never talk to Prefect, so a run has one API.
+
+Each worker builds the backend once per run, in a worker plugin registered for the run and removed at its end
+(which closes the backend). The flow process submits one item at a time and waits for its small result; a worker
+that dies mid-item is replaced by Dask, which reruns the item elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+from alps_client._imports import lazy_import
+from alps_client.backends import SamBackend, make_backend
+from alps_client.config import BackendConfig
+from alps_client.errors import BackendUnavailableError
+from alps_client.io.items import InputItem
+from alps_client.runs.work import ImageOutcome, LabelJob, label_item
+
+distributed = lazy_import("distributed")
+
+PLUGIN_NAME = "alps-backend"
+
+
+class BackendPlugin(distributed.WorkerPlugin):  # type: ignore[misc,name-defined]
+    """One backend per worker process and backend configuration, for the length of a run."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self) -> None:
+        self._backends: dict[BackendConfig, SamBackend] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to workers empty: backends are built there
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def backend(self, config: BackendConfig) -> SamBackend:
+        """This worker's backend for ``config`` (built on first use)."""
+        with self._lock:
+            if config not in self._backends:
+                self._backends[config] = make_backend(config)
+            return self._backends[config]
+
+    def teardown(self, worker: Any) -> None:
+        """Close the backends when the run removes the plugin or the worker stops."""
+        with self._lock:
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
+
+
+def label_on_worker(item: InputItem, job: LabelJob) -> ImageOutcome:
+    """:func:`label_item` on a Dask worker, with the worker's backend for the run."""
+    plugin = distributed.get_worker().plugins.get(PLUGIN_NAME)
+    if plugin is None:  # a worker that joined without the run's plugin: let the run retry elsewhere
+        raise BackendUnavailableError(f"Dask worker {distributed.get_worker().address} has no alps backend plugin")
+    return label_item(item, job, plugin.backend(job.config.backend))
+
+
+class DaskLabeller:
+    """Items labelled on Dask workers: an existing cluster (``address``) or ``n_workers`` local processes.
+
+    Raises:
+        OSError: If the scheduler at ``address`` cannot be reached (from ``distributed.Client``).
+    """
+
+    def __init__(self, job: LabelJob, address: str | None = None, n_workers: int | None = None) -> None:
+        self.job = job
+        self._cluster = None
+        if address:
+            try:
+                self._client = distributed.Client(address, timeout="30s")
+            except (OSError, TimeoutError) as err:
+                raise BackendUnavailableError(
+                    f"the Dask scheduler at {address} is not reachable ({type(err).__name__}); start it "
+                    "(`dask scheduler --host <private address>`) or drop --dask-address"
+                ) from err
+        else:
+            # silence_logs: the run reports each image's failure and retries itself; Dask's own INFO and
+            # "Compute Failed" lines would repeat them on the console.
+            self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                                     dashboard_address=None, silence_logs=logging.CRITICAL)
+            self._client = distributed.Client(self._cluster)
+        self._client.register_plugin(BackendPlugin(), name=PLUGIN_NAME)
+        self.slots = max(1, sum(self._client.nthreads().values()))
+
+    def label(self, item: InputItem) -> ImageOutcome:
+        """Label ``item`` on some worker and wait for its small result."""
+        future = self._client.submit(label_on_worker, item, self.job, key=f"label-{item.stem}-{uuid.uuid4().hex[:8]}",
+                                     pure=False)
+        return future.result()
+
+    def close(self) -> None:
+        """Remove the plugin (closing the workers' backends), then the client and a cluster started here."""
+        try:
+            self._client.unregister_worker_plugin(PLUGIN_NAME)
+        finally:
+            self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()

@@ -1,0 +1,77 @@
+"""Where the per-image work runs: threads of this process, or a Dask cluster. Both label one item at a time.
+
+A labeller owns what the work needs for the length of one run (the backend, the Dask client and its worker
+plugin) and releases it on exit, so nothing of a run outlives it and no module keeps a cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from alps_client.backends import make_backend
+from alps_client.io.items import InputItem
+from alps_client.runs.work import ImageOutcome, LabelJob, label_item
+
+
+class Labeller(Protocol):
+    """Labels items of one run; ``slots`` items may be in flight at once."""
+
+    slots: int
+
+    def label(self, item: InputItem) -> ImageOutcome:
+        """One try at one item (the caller retries); see :func:`alps_client.runs.work.label_item`."""
+        ...
+
+
+class LocalLabeller:
+    """Items labelled by the calling threads, sharing one backend.
+
+    onnxruntime sessions and Triton clients are thread-safe for inference.
+
+    Args:
+        job: the run's shared settings.
+        slots: items in flight (threads).
+    """
+
+    def __init__(self, job: LabelJob, slots: int) -> None:
+        self.job = job
+        self.slots = max(1, slots)
+        self.backend = make_backend(job.config.backend)
+
+    def label(self, item: InputItem) -> ImageOutcome:
+        """Label ``item`` in this thread."""
+        return label_item(item, self.job, self.backend)
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+
+@contextmanager
+def open_labeller(job: LabelJob, concurrency: int = 2, dask_address: str | None = None,
+                  dask_workers: int | None = None) -> Iterator[Labeller]:
+    """The labeller a run asked for, released on exit (also when the run fails).
+
+    Args:
+        job: the run's shared settings.
+        concurrency: items in flight in this process (threads), without Dask.
+        dask_address: scheduler of an existing Dask cluster (``tcp://host:8786``).
+        dask_workers: start this many local Dask worker processes for the run (stopped on exit).
+
+    Raises:
+        BackendUnavailableError: If the backend (e.g. a Triton server) cannot be reached at start.
+        ModelRepositoryError: If the model repository cannot be used.
+        DependencyNotFoundError: If Dask is asked for and not installed.
+    """
+    if dask_address or dask_workers:
+        from alps_client.runs.dask_labeller import DaskLabeller
+
+        labeller: LocalLabeller | DaskLabeller = DaskLabeller(job, dask_address, dask_workers)
+    else:
+        labeller = LocalLabeller(job, concurrency)
+    try:
+        yield labeller
+    finally:
+        labeller.close()

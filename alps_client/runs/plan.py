@@ -1,0 +1,109 @@
+"""Run set-up, in one place: check the request, discover the inputs, refuse to mix outputs of another model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alps_client.backends.manifest import ModelManifest, load_manifest
+from alps_client.config import PipelineConfig
+from alps_client.errors import ConfigMismatchError, NoInputsError
+from alps_client.io.discovery import discover_inputs, list_input_files
+from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem
+from alps_client.io.shards import shard_fingerprint, shard_path, shard_status
+
+WORK_DIR = ".alps"
+LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
+
+
+def work_dir(out: str | Path) -> Path:
+    """``OUT/.alps``: shards, prepared images, run records, the temporary Prefect API's pid file."""
+    return Path(out) / WORK_DIR
+
+
+def shard_dir(out: str | Path) -> Path:
+    """``OUT/.alps/shards``: one shard per labelled image."""
+    return work_dir(out) / "shards"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will do, decided before any image is labelled.
+
+    Attributes:
+        dataset: the input folder (or file).
+        out: the output dataset folder.
+        config: the run's configuration.
+        manifest: the model repository's manifest.
+        fingerprint: shard fingerprint of the model and the labelling configuration.
+        items: the images (tiles, slices) to label, in discovery order.
+        rejected: inputs rejected at discovery (unreadable, not images...).
+        n_done: items whose shard is already current (a rerun skips them).
+    """
+
+    dataset: str
+    out: str
+    config: PipelineConfig
+    manifest: ModelManifest
+    fingerprint: str
+    items: list[InputItem]
+    rejected: list[InputError]
+    n_done: int
+
+
+def check_request(dataset: str | Path, config: PipelineConfig) -> ModelManifest:
+    """The checks that need no server and no image decoding; returns the model manifest.
+
+    Raises:
+        NoInputsError: If ``dataset`` does not exist or holds no file with an image extension.
+        ModelRepositoryError: If the model repository is missing or inconsistent.
+    """
+    root = Path(dataset).expanduser()
+    if not root.exists():
+        raise NoInputsError(f"dataset path {dataset} does not exist")
+    if not list_input_files(root):
+        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR})")
+    return load_manifest(config.backend.model_repository)
+
+
+def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, overwrite: bool) -> int:
+    """Count finished items; refuse to mix shards of another model or configuration unless ``overwrite``.
+
+    Raises:
+        ConfigMismatchError: If ``out`` holds shards of another model/configuration and not ``overwrite``.
+    """
+    done = stale = 0
+    for item in items:
+        status = shard_status(shard_path(shard_dir(out), item.stem), fingerprint)
+        done += status == "current"
+        stale += status == "stale"
+    if stale and not overwrite:
+        raise ConfigMismatchError(
+            f"{out} holds {stale} image(s) labelled with another model or labelling configuration; "
+            "use a new --out, or --overwrite to relabel them"
+        )
+    return done
+
+
+def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overwrite: bool = False) -> RunPlan:
+    """Everything a run decides before labelling: model, fingerprint, items, rejected inputs, finished work.
+
+    Raises:
+        NoInputsError: If there is nothing to label.
+        ModelRepositoryError: If the model repository is missing or inconsistent.
+        AlpsError: If ``--centroids`` were fitted on another model family's features.
+        ConfigMismatchError: See :func:`check_existing_shards`.
+    """
+    manifest = check_request(dataset, config)
+    if config.cluster.centroids:  # before any image is labelled: another family's centroids cannot be used
+        from alps_client.labels.clustering import check_centroids_family
+
+        check_centroids_family(config.cluster.centroids, manifest.model_family)
+    fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
+    items, rejected = discover_inputs(dataset, config.inputs)
+    if not items:
+        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
+                            f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
+                            if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
+    n_done = check_existing_shards(out, items, fingerprint, overwrite)
+    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done)

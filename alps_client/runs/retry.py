@@ -1,0 +1,80 @@
+"""The run's one retry layer: which failures are worth another try, how often, and how they are named.
+
+A backend call never waits and retries by itself (the Triton backend fails over between servers within one
+request, then raises). An image whose processing fails *transiently* is tried again here, whole, after
+``BackendConfig.retry_delays()``; a *permanent* failure (a request the server rejected, a bug, a full disk)
+is not retried: it fails the image at once. Transient means, by type: :class:`BackendUnavailableError` (or any
+``AlpsError`` with ``transient = True``), ``ConnectionError``, ``TimeoutError``, ``MemoryError`` (other work
+in flight may free it) and a lost connection to the Dask scheduler. A Dask worker that dies mid-image is
+handled by Dask itself (the image is rerun on another worker); Dask's ``KilledWorker``, raised when an image
+took down several workers in turn, is permanent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+TRANSIENT_TYPES: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, MemoryError)
+
+
+def _dask_transient() -> tuple[type[BaseException], ...]:
+    try:
+        from distributed.comm.core import CommClosedError
+    except ImportError:  # Dask is optional
+        return ()
+    return (CommClosedError,)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether trying the same image again later can succeed (see the module docstring)."""
+    flag = getattr(err, "transient", None)
+    if isinstance(flag, bool):
+        return flag
+    return isinstance(err, TRANSIENT_TYPES + _dask_transient())
+
+
+def describe(err: BaseException) -> str:
+    r"""One line naming an error: its message's first line, with the type for unexpected errors; never empty.
+
+    Examples:
+        >>> describe(RuntimeError(""))
+        'RuntimeError'
+        >>> describe(ValueError("bad\nvalue"))
+        'ValueError: bad'
+    """
+    from alps_client.errors import AlpsError
+
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0] if isinstance(err, AlpsError) else f"{type(err).__name__}: {lines[0]}"
+
+
+def call_with_retries(fn: Callable[[], T], delays: Sequence[float],
+                      on_retry: Callable[[int, float, BaseException], None] | None = None,
+                      sleep: Callable[[float], None] = time.sleep) -> T:
+    """``fn()``, tried again after each of ``delays`` (seconds) while it fails transiently.
+
+    Args:
+        fn: the work.
+        delays: one wait per retry, e.g. ``BackendConfig.retry_delays()``.
+        on_retry: called as ``on_retry(retry_number, delay, error)`` before each wait (for the log).
+        sleep: how to wait (tests pass a recorder).
+
+    Raises:
+        Exception: The last error, once it is permanent or the retries are spent.
+    """
+    for retry, delay in enumerate(delays, start=1):
+        try:
+            return fn()
+        except Exception as err:  # classified here: a permanent error propagates at once
+            if not is_transient(err):
+                raise
+            if on_retry is not None:
+                on_retry(retry, delay, err)
+            sleep(delay)
+    return fn()  # the last try: whatever it raises propagates

@@ -1,0 +1,97 @@
+"""One image's work: skip it if its shard is current, read it, label it, write its shard (no Prefect here).
+
+This is the only caller of :func:`alps_client.pipeline.label_image` and :func:`alps_client.io.readers.load_item`
+in a run, whether it runs on a flow thread or on a Dask worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from alps_client.backends.base import SamBackend
+from alps_client.config import PipelineConfig
+from alps_client.errors import InputImageError
+from alps_client.io import atomic
+from alps_client.io.items import InputItem
+from alps_client.io.shards import read_shard_meta, shard_path, shard_status
+from alps_client.runs.plan import shard_dir, work_dir
+
+Status = Literal["labelled", "skipped", "rejected", "failed"]
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """What every image of a run shares (small and picklable: it travels to Dask workers).
+
+    Attributes:
+        out: the output dataset folder (shared by every worker).
+        config: the run's configuration.
+        fingerprint: shard fingerprint of the model and labelling configuration.
+    """
+
+    out: str
+    config: PipelineConfig
+    fingerprint: str
+
+
+@dataclass
+class ImageOutcome:
+    """What became of one item (small: a Prefect task result, a line of ``last_run.json``).
+
+    ``rejected`` is a bad *input* (unreadable, not an image): listed in ``errors.jsonl``. ``failed`` is a
+    *processing* failure (backend, worker, memory, a bug) after the retries: the image is good and missing;
+    ``reason`` is one line, ``detail`` the traceback of an unexpected error.
+    """
+
+    status: Status
+    stem: str
+    source: str
+    shard: str | None = None
+    image: str | None = None
+    reason: str = ""
+    n_masks: int = 0
+    n_kept: int = 0
+    n_gated: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+    def __repr__(self) -> str:  # short: Prefect prints it in state messages
+        return f"ImageOutcome({self.status} {self.stem})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict."""
+        return asdict(self)
+
+
+def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutcome:
+    """Label one item and write its shard, or report it skipped (current shard) or rejected (bad input).
+
+    Raises:
+        Exception: Any processing failure (backend, memory, disk...): the caller retries transient ones and
+            reports the image as failed, never as a rejected input.
+    """
+    from alps_client.amg import make_mask_generator
+    from alps_client.io.readers import load_item
+    from alps_client.pipeline import label_image
+
+    shard = shard_path(shard_dir(job.out), item.stem)
+    if shard_status(shard, job.fingerprint) == "current":
+        meta = read_shard_meta(shard)
+        return ImageOutcome("skipped", item.stem, item.source, str(shard), meta["extra"].get("image_file"),
+                            n_masks=meta["n_masks"], n_kept=meta["n_kept"], n_gated=meta["n_masks"] - meta["n_kept"])
+    try:
+        loaded = load_item(item, job.config.inputs)
+    except InputImageError as err:  # the only failure that makes an input "bad"
+        return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
+    image_file = item.source
+    if not loaded.plain_copy:
+        image_file = str(work_dir(job.out) / "images" / f"{item.stem}.png")
+        atomic.write_png(image_file, loaded.rgb)
+    extra = {"image_file": image_file, "kind": item.kind, "scene": item.scene, "window": item.window,
+             "split": item.split, "geo": loaded.geo, "input": loaded.extra}
+    generator = make_mask_generator(backend, job.config.amg)
+    summary = label_image(loaded.rgb, item.stem, item.source, generator, job.config, shard, job.fingerprint,
+                          loaded.valid, extra)
+    return ImageOutcome("labelled", item.stem, item.source, str(shard), image_file, n_masks=summary.n_masks,
+                        n_kept=summary.n_kept, n_gated=summary.n_gated, timings=summary.timings)

@@ -1,0 +1,317 @@
+"""One Prefect API per run: the configured one, or one temporary local server that the run starts and stops.
+
+Prefect's own temporary server gives up after 20 s (too short on a busy machine), and every process without an
+API URL starts its own: on a busy 2-core machine a run died at start, and a Dask run started three servers. So:
+
+- ``PREFECT_API_URL`` set (environment or Prefect profile): it is used; if it does not answer, the run stops at
+  once with one line (exit 2).
+- Otherwise the run starts **one** server (Prefect's own app, as its temporary server runs it: UI off, the
+  services a run needs), waits for it as long as ``startup_timeout_s`` allows, points this process at it, and
+  stops it at the end, also on failure. Per-image work on Dask workers never talks to Prefect
+  (:mod:`alps_client.runs.dask_labeller`), so no worker needs an API.
+- Nothing outlives the run: the server dies with the run's process even on ``kill -9`` (Linux
+  ``PR_SET_PDEATHSIG``), and ``OUT/.alps/prefect-api.json`` names it, so the next run into ``OUT`` stops a server
+  left by a killed run where that signal is not available. If the server dies mid-run, it is started again
+  on the same port (the run's client retries meanwhile), so at most one runs at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alps_client.errors import AlpsError
+
+logger = logging.getLogger("alps_client.prefect_api")
+
+RECORD_NAME = "prefect-api.json"
+LOG_NAME = "prefect-api.log"
+SERVER_APP = "prefect.server.api.server:create_app"
+DEFAULT_STARTUP_TIMEOUT_S = 180.0
+_UVICORN_ADDRESS_IN_USE = 3
+
+
+class PrefectApiError(AlpsError):
+    """The run's Prefect API cannot be reached or started."""
+
+
+def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` from the environment or the active Prefect profile, or None."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def check_reachable(url: str, timeout_s: float = 10.0) -> None:
+    """Any HTTP answer from ``url`` counts (auth or routes are Prefect's business); no answer raises.
+
+    Raises:
+        PrefectApiError: If nothing answers at ``url``.
+    """
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.HTTPError as err:
+        raise PrefectApiError(
+            f"the Prefect API at {url} (PREFECT_API_URL) is not reachable ({type(err).__name__}); start that "
+            "server (e.g. `make server`), or unset PREFECT_API_URL to let alps start a temporary one for the run"
+        ) from err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Runs first in the server's process, then becomes the server (exec): the kernel sends it SIGTERM when the run's
+# process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG survives exec). Elsewhere, the next run stops it instead.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def _alive_as_recorded(pid: int, create_time: float, needle: str) -> Any:
+    """The ``psutil.Process`` of ``pid`` if it is still the recorded one, else None.
+
+    The same start time and ``needle`` in its command line: a reused pid is never touched.
+    """
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) < 1.0 and needle in " ".join(proc.cmdline()):
+            return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+    return None
+
+
+def stop_stale_server(record_path: Path) -> None:
+    """Stop the server a killed run left (named by ``record_path``) and forget it.
+
+    Raises:
+        PrefectApiError: If the run that started it is still running (two runs into one ``OUT``).
+    """
+    import psutil
+
+    if not record_path.is_file():
+        return
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        record_path.unlink(missing_ok=True)
+        return
+    owner = _alive_as_recorded(record.get("owner_pid", -1), record.get("owner_create_time", 0.0), "")
+    if owner is not None and owner.pid != os.getpid():
+        raise PrefectApiError(f"another alps run (pid {owner.pid}) is writing to {record_path.parents[1]}; "
+                              "wait for it to finish or use another --out")
+    server = _alive_as_recorded(record.get("pid", -1), record.get("create_time", 0.0), SERVER_APP)
+    if server is not None:
+        logger.warning("stopping the temporary Prefect API server left by an earlier run (pid %d)", server.pid)
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except psutil.TimeoutExpired:
+            server.kill()
+    record_path.unlink(missing_ok=True)
+
+
+class LocalApiServer:
+    """The run's temporary Prefect API server (see the module docstring).
+
+    Args:
+        work_dir: ``OUT/.alps``: the pid record and the server's log go there.
+        startup_timeout_s: how long to wait for the server to answer, at start and after a restart.
+    """
+
+    def __init__(self, work_dir: Path, startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> None:
+        self.work_dir = Path(work_dir)
+        self.startup_timeout_s = startup_timeout_s
+        self.record_path = self.work_dir / RECORD_NAME
+        self.log_path = self.work_dir / LOG_NAME
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The API URL (``http://127.0.0.1:PORT/api``)."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _command(self) -> list[str]:
+        return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), "-m", "uvicorn", "--factory", SERVER_APP,
+                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+
+    def _environment(self) -> dict[str, str]:
+        from prefect.settings import get_current_settings
+
+        env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
+        env.pop("PREFECT_API_URL", None)
+        # As Prefect's temporary server: no UI, only the services a run needs.
+        env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+        return env
+
+    def _spawn(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self._command(), env=self._environment(), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait_ready(self) -> bool:
+        """Poll the health endpoint until it answers (True), or the port turned out taken (False).
+
+        Raises:
+            PrefectApiError: If the server exits or does not answer within ``startup_timeout_s``.
+        """
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll() if self.process else 1
+            if code == _UVICORN_ADDRESS_IN_USE:
+                return False
+            if code is not None:
+                raise PrefectApiError(f"the temporary Prefect API server exited with code {code} while starting; "
+                                      f"its log is {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.25)
+        self._terminate()
+        raise PrefectApiError(
+            f"the temporary Prefect API server did not answer within {self.startup_timeout_s:.0f} s (a busy "
+            "machine?); raise --prefect-startup-timeout, or start a server (`make server`) and set "
+            f"PREFECT_API_URL (server log: {self.log_path})"
+        )
+
+    def _write_record(self) -> None:
+        import psutil
+
+        from alps_client.io.atomic import write_json
+
+        proc = self.process
+        if proc is None:
+            return
+        write_json(self.record_path, {
+            "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "url": self.url,
+            "owner_pid": os.getpid(), "owner_create_time": psutil.Process().create_time(),
+        })
+
+    def start(self) -> None:
+        """Start the server (after stopping one a killed run left) and wait until it answers.
+
+        Raises:
+            PrefectApiError: If it cannot be started in time, or another run owns ``OUT``.
+        """
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        stop_stale_server(self.record_path)
+        for _ in range(3):  # the free port was taken between choosing and binding it: choose again
+            self.port = _free_port()
+            self._spawn()
+            if self._wait_ready():
+                break
+        else:
+            raise PrefectApiError("could not find a free local port for the temporary Prefect API server")
+        self._write_record()
+        self._watchdog = threading.Thread(target=self._watch, name="alps-prefect-api-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        """Start the server again on the same port if it dies mid-run (the run's client retries meanwhile)."""
+        while not self._stopping.wait(1.0):
+            code = self.process.poll() if self.process else None
+            if code is None or self._stopping.is_set():
+                continue
+            logger.warning("the temporary Prefect API server stopped (exit code %s) during the run; starting it "
+                           "again on port %d", code, self.port)
+            try:
+                self._spawn()
+                if self._wait_ready():
+                    self._write_record()
+                    continue
+                logger.error("port %d was taken meanwhile: the run cannot reach its Prefect API any more", self.port)
+            except PrefectApiError as err:
+                logger.error("%s", err)
+            return
+
+    def _terminate(self) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        """Stop the server and forget its record (idempotent)."""
+        self._stopping.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join()
+        self._terminate()
+        self.record_path.unlink(missing_ok=True)
+
+
+def _drain_prefect_workers(timeout_s: float = 30.0) -> None:
+    """Send the run's queued logs and events before the server goes (else they fail after it has)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(RuntimeError):  # never started in this process
+            worker.drain_all(timeout=timeout_s)
+
+
+@contextlib.contextmanager
+def prefect_api(work_dir: Path, startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """The run's Prefect API: the configured one (checked), or a temporary server stopped on exit.
+
+    Yields:
+        The API URL this process uses inside the block.
+
+    Raises:
+        PrefectApiError: If the configured API does not answer, or no temporary server could be started.
+    """
+    url = configured_api_url()
+    if url:
+        check_reachable(url)
+        yield url
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = LocalApiServer(work_dir, startup_timeout_s)
+    try:
+        server.start()
+        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+            try:
+                yield server.url
+            finally:
+                _drain_prefect_workers()
+    finally:
+        server.stop()

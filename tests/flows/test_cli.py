@@ -1,0 +1,170 @@
+"""`alps` as a user runs it (subprocesses): one line and an exit code for every failure, resume after one."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from alps_client.backends.fake import write_fake_repository
+from flows.cli import build_config, main, make_parser
+from tests.conftest import ODD_SHAPE
+from tests.runs import CWD, SMALL, cli_env, error_lines, labels, run_alps, start_alps, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/absent"], "does not exist"),
+        (["{tmp}/empty"], "no readable images"),
+        (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
+        (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
+         "one --triton-url with --shared-memory"),
+        (["{data}", "--retries", "-1"], "retries must be >= 0"),
+    ],
+)
+def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
+    if "--model-repository" not in args:
+        args += ["--model-repository", str(fake_repo)]
+    result = run_alps(["run", *args, "--out", tmp_path / "o"], cli_env(tmp_path / "ph"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(error_lines(result.stderr)) == 1 and message in error_lines(result.stderr)[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "o" / ".alps" / "shards").exists()
+
+
+def test_the_flow_script_is_the_same_command(tmp_path):
+    """`python flows/alps_flow.py ...` runs `alps run ...` (no import cycle: the CLI takes the process's place)."""
+    result = subprocess.run([sys.executable, "flows/alps_flow.py", str(tmp_path / "absent"), "--out", str(tmp_path / "o")],
+                            check=False, cwd=CWD, env=cli_env(tmp_path / "ph"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and error_lines(result.stderr) == [
+        f"alps: error: dataset path {tmp_path / 'absent'} does not exist"]
+
+
+def test_an_error_without_a_message_still_gives_one_named_line(capsys):
+    from alps_client.runs.retry import describe
+    from flows.cli import _fail
+
+    assert _fail(describe(RuntimeError())) == 2
+    assert capsys.readouterr().err == "alps: error: RuntimeError\n"
+
+
+def test_alps_triton_url_names_the_servers(monkeypatch):
+    monkeypatch.setenv("ALPS_TRITON_URL", "gpu1:8001,gpu2:8001")
+    args = make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton"])
+    assert build_config(args).backend.triton_urls == ("gpu1:8001", "gpu2:8001")
+    args = make_parser().parse_args(["run", "data", "--out", "o", "--triton-url", "h:1"])
+    assert build_config(args).backend.triton_urls == ("h:1",)  # the flag wins
+
+
+def test_unreachable_prefect_api_stops_at_once_and_a_rerun_completes(fault_data, fake_repo, fault_reference,
+                                                                      prefect_server, tmp_path):
+    out = tmp_path / "out"
+    dead = f"http://127.0.0.1:{free_port()}/api"
+    result = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
+                      cli_env(tmp_path / "ph", dead))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert error_lines(result.stderr) == [error_lines(result.stderr)[0]] and "PREFECT_API_URL" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / ".alps" / "shards").exists()
+    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
+                     cli_env(tmp_path / "ph", prefect_server))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert labels(out) == labels(fault_reference)
+
+
+def test_one_image_failing_for_good_fails_the_run_and_a_rerun_finishes_it(fault_data, fake_repo, fault_reference,
+                                                                         prefect_server, tmp_path):
+    faulty = write_fake_repository(tmp_path / "faulty", faults={"permanent_shapes": [ODD_SHAPE]})
+    out = tmp_path / "out"
+    env = cli_env(tmp_path / "ph", prefect_server)
+    result = run_alps(["run", fault_data, "--out", out, "--model-repository", faulty, *SMALL], env)
+    assert result.returncode == 3, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    assert "1 of 7 image(s) not labelled: fake backend rejects images of 88x120" in line and "--allow-partial" in line
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (out / "manifest.json").exists() and not (out / "ann_dir").exists()  # no dataset lacking an image
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert [m["stem"] for m in last["missing"]] == ["odd"] and last["errors"] == []  # missing, not a bad input
+    assert len(list((out / ".alps" / "shards").glob("*.npz"))) == 6  # the finished work is kept
+
+    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert last["labelled"] == ["odd"] and len(last["skipped"]) == 6
+    assert labels(out) == labels(fault_reference)
+
+
+def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data, prefect_server, tmp_path):
+    faulty = write_fake_repository(tmp_path / "faulty", faults={"permanent_shapes": [ODD_SHAPE]})
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in fault_data.glob("*.png"):
+        (data / p.name).write_bytes(p.read_bytes())
+    (data / "broken.png").write_bytes(b"")
+    result = run_alps(["run", data, "--out", tmp_path / "out", "--model-repository", faulty, *SMALL,
+                       "--allow-partial"], cli_env(tmp_path / "ph", prefect_server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rejected, missing = result.stdout.split("1 input(s) rejected")[1].split("NOT labelled")
+    assert "broken.png: zero-byte file" in rejected and "odd.png" not in rejected
+    assert "odd.png: fake backend rejects images of 88x120" in missing
+
+
+def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_repo, prefect_server, tmp_path):
+    result = run_alps(["serve"], cli_env(tmp_path / "ph"))
+    assert result.returncode == 2 and "PREFECT_API_URL" in error_lines(result.stderr)[0]
+
+    out = tmp_path / "served"
+    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    name = f"test-{tmp_path.name}"
+    proc = start_alps(["serve", "--name", name, "--model-repository", fake_repo, "--dataset", fault_data, "--out", out],
+                      env, tmp_path / "serve.log")
+    try:
+        def deployment():
+            found = httpx.post(f"{prefect_server}/deployments/filter",
+                               json={"deployments": {"name": {"any_": [name]}}}, timeout=10).json()
+            return found[0]["id"] if found else None
+
+        deployment_id = wait_until(deployment, "the deployment to be registered", proc=proc)
+        config = {"backend": {"model_repository": str(fake_repo)}, "amg": {"points_per_side": 8},
+                  "cluster": {"n_clusters": 4}}
+        run = httpx.post(f"{prefect_server}/deployments/{deployment_id}/create_flow_run",
+                         json={"parameters": {"config": config, "progress_bar": False}}, timeout=10).json()
+
+        def finished():
+            state = httpx.get(f"{prefect_server}/flow_runs/{run['id']}", timeout=10).json()["state"]
+            return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        state = wait_until(finished, "the deployment's flow run to finish", proc=proc)
+        assert state["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
+        assert len(list((out / "ann_dir").glob("*/*.png"))) == 7
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flows.demo", "--workdir", str(tmp_path / "demo"),
+                             "--model-repository", str(fake_repo), "--images", "3", "--size", "96"],
+                            check=False, cwd=CWD, env=cli_env(tmp_path / "ph", prefect_server), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Labelled dataset" in result.stdout and "mIoU" in result.stdout
+    assert len(list((tmp_path / "demo" / "labelled" / "ann_dir").glob("*/*.png"))) == 3
+
+
+def test_main_returns_usage_exit_code_in_process(tmp_path):
+    assert main(["run", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
+

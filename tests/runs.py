@@ -1,0 +1,85 @@
+"""Helpers for tests that run `alps` in subprocesses: environment, errors, label maps, the processes of a run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import REPO_ROOT
+
+ALPS = [sys.executable, "-m", "flows.cli"]
+CWD = str(REPO_ROOT)
+SMALL = ["--points-per-side", "8", "--n-clusters", "4", "--no-progress"]
+SERVER_APP = "prefect.server.api.server:create_app"
+
+
+def cli_env(prefect_home: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment for `alps` subprocesses: their own Prefect home, no analytics, optional API server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "ALPS_TRITON_URL"}
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
+               **extra)
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def run_alps(args: list, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`alps ARGS` to completion, output captured."""
+    return subprocess.run([*ALPS, *map(str, args)], check=False, cwd=CWD, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_alps(args: list, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`alps ARGS` in the background (its own session), output to ``log``."""
+    with log.open("w") as f:
+        return subprocess.Popen([*ALPS, *map(str, args)], cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def error_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("alps: error:")]
+
+
+def labels(out: Path) -> dict[str, bytes]:
+    """Every label map of a dataset, by path relative to ``ann_dir``."""
+    return {p.relative_to(out / "ann_dir").as_posix(): p.read_bytes() for p in sorted((out / "ann_dir").glob("*/*.png"))}
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 300, proc: subprocess.Popen | None = None):
+    """Poll ``condition`` until it is truthy (returned); fail after ``timeout`` s or if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run exited ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_processes(prefect_home: Path) -> dict[str, list[psutil.Process]]:
+    """Live processes started for runs with this ``PREFECT_HOME``: Prefect API servers and Dask workers."""
+    found: dict[str, list[psutil.Process]] = {"servers": [], "workers": []}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if (SERVER_APP not in cmd and "spawn_main" not in cmd) or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("PREFECT_HOME") != str(prefect_home):
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found["servers" if SERVER_APP in cmd else "workers"].append(proc)
+    return found
+
+
+def gone(procs: list[psutil.Process], timeout: float = 60) -> list[psutil.Process]:
+    """Those of ``procs`` still alive after waiting up to ``timeout`` s for them to exit."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    return alive
