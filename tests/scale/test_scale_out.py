@@ -1,85 +1,57 @@
-"""Scale-out: the flow on a local Dask cluster (byte-identical outputs, a worker killed mid-run) and on two
-Triton servers (load shared; one killed mid-run)."""
+"""Scale-out: local Dask workers (one Prefect API, a worker killed mid-image, nothing left behind) and two Triton
+servers (load shared; one killed mid-run, logged once)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
 
+import psutil
 import pytest
 
+from alps_client.amg.generator import MaskGenerator
+from alps_client.backends.fake import write_fake_repository
 from alps_client.backends.triton import TritonBackend
 from alps_client.config import AmgConfig, BackendConfig
-from alps_client.amg.generator import MaskGenerator
+from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
-from tests.conftest import REPO_ROOT
+from tests.runs import SMALL, cli_env, gone, labels, run_processes, start_alps, wait_until
 from tests.shapes import make_shapes_image
 from tests.triton.server import start_triton
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("scale"), 6, seed=9, size=(96, 128)) / "images"
-
-
-def alps(args, tmp_path, **popen):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    cmd = [sys.executable, "-m", "flows.cli", "run", *map(str, args), "--points-per-side", "8", "--n-clusters", "3",
-           "--no-progress"]
-    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
-
-
-def finish(proc, timeout=600):
-    output, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, output[-3000:]
-    return output
-
-
-def labels(out):
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "ann_dir").glob("*/*.png"))}
-
-
-def when_shards(out, n, action):
-    def watch():
-        deadline = time.time() + 300
-        while time.time() < deadline and len(list((out / ".alps" / "shards").glob("*.npz"))) < n:
-            time.sleep(0.05)
-        action()
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    return thread
-
-
-def test_dask_workers_give_byte_identical_dataset_even_when_one_is_killed(data, stand_in_repo, tmp_path):
-    distributed = pytest.importorskip("distributed")
-    single = tmp_path / "single"
-    finish(alps([data, "--out", single, "--model-repository", stand_in_repo, "--concurrency", "1"], tmp_path))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            pids = list(client.run(os.getpid).values())
-        out = tmp_path / "dask"
-        proc = alps([data, "--out", out, "--model-repository", stand_in_repo, "--dask-address",
-                     cluster.scheduler_address], tmp_path)
-        killer = when_shards(out, 1, lambda: os.kill(pids[0], signal.SIGKILL))
-        finish(proc)
-        killer.join()
+def test_dask_workers_use_the_runs_one_api_and_survive_a_worker_killed_mid_image(fault_data, fault_reference,
+                                                                                  tmp_path):
+    pytest.importorskip("distributed")
+    faults = tmp_path / "faults"
+    repo = write_fake_repository(tmp_path / "paused", faults={"dir": str(faults), "pause_after": 2})
+    out, home = tmp_path / "out", tmp_path / "ph"
+    shards = out / ".alps" / "shards"
+    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--dask-workers", "2"],
+                      cli_env(home), tmp_path / "run.log")  # no PREFECT_API_URL: the run starts its own
+    wait_until(lambda: len(list(faults.glob("waiting-*"))) == 2 and len(list(shards.glob("*.npz"))) == 2,
+               "two images labelled and both workers held on the next two", proc=proc)
+    started = run_processes(home)
+    assert len(started["servers"]) == 1 and len(started["workers"]) == 2  # workers start no API of their own
+    victim = int(min(faults.glob("waiting-*")).name.split("-")[2])
+    assert victim in {w.pid for w in started["workers"]}
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(victim), "the worker to die")
+    assert len(list(shards.glob("*.npz"))) == 2  # the kill landed mid-run, on an image in flight
+    (faults / "release").touch()
+    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
     last = json.loads((out / ".alps" / "last_run.json").read_text())
-    assert sorted(last["labelled"] + last["skipped"]) == sorted(p.stem for p in data.glob("*.png"))
-    assert not last["errors"]
-    assert labels(out) == labels(single) and len(labels(out)) == 6
+    assert len(last["labelled"]) == 7 and not last["errors"] and not last["missing"]
+    assert labels(out) == labels(fault_reference)
+    left = run_processes(home)
+    assert not gone(started["servers"] + started["workers"]) and not left["servers"] and not left["workers"]
 
 
-def test_two_triton_servers_share_the_load_and_one_may_die(data, stand_in_repo, tmp_path):
+def test_two_triton_servers_share_the_load_and_one_may_die(stand_in_repo, prefect_server, tmp_path):
     import tritonclient.grpc as grpcclient
 
+    data = write_synthetic_dataset(tmp_path / "data", 6, seed=9, size=(96, 128)) / "images"
     a = start_triton(stand_in_repo, tmp_path / "a")
     b = start_triton(stand_in_repo, tmp_path / "b")
     try:
@@ -92,14 +64,19 @@ def test_two_triton_servers_share_the_load_and_one_may_die(data, stand_in_repo, 
             assert int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0)) > 0, server.grpc_url
 
         out = tmp_path / "out"
-        proc = alps([data, "--out", out, "--model-repository", stand_in_repo, "--backend", "triton",
-                     "--triton-url", a.grpc_url, "--triton-url", b.grpc_url, "--concurrency", "1"], tmp_path)
-        killer = when_shards(out, 1, lambda: a.stop(signal.SIGKILL))
-        finish(proc)
-        killer.join()
-        assert a.process.poll() is not None  # server A really died mid-run
+        shards = out / ".alps" / "shards"
+        proc = start_alps(["run", data, "--out", out, "--model-repository", stand_in_repo, *SMALL, "--backend",
+                           "triton", "--triton-url", a.grpc_url, "--triton-url", b.grpc_url, "--concurrency", "1"],
+                          cli_env(tmp_path / "ph", prefect_server), tmp_path / "run.log")
+        wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
+        a.stop(signal.SIGKILL)
+        done_at_kill = len(list(shards.glob("*.npz")))
+        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert done_at_kill < 6  # server A died mid-run
         last = json.loads((out / ".alps" / "last_run.json").read_text())
-        assert len(last["labelled"]) == 6 and not last["errors"]
+        assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
+        log = (tmp_path / "run.log").read_text()
+        assert log.count(f"Triton server {a.grpc_url} left the rotation") == 1, log[-3000:]  # said once, with why
     finally:
         a.stop()
         b.stop()
@@ -112,6 +89,6 @@ def test_shared_memory_needs_a_single_server(stand_in_repo):
 
 
 def test_all_servers_down(stand_in_repo):
-    with pytest.raises(Exception, match="are not reachable"):
+    with pytest.raises(BackendUnavailableError, match="are not reachable"):
         TritonBackend(BackendConfig(kind="triton", model_repository=str(stand_in_repo),
                                     triton_urls=("127.0.0.1:9", "127.0.0.1:11")))

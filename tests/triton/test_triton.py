@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import threading
-import time
+import socket
 
 import numpy as np
 import pytest
 
+from alps_client.amg.generator import MaskGenerator
 from alps_client.backends.triton import TritonBackend
 from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
-from alps_client.amg.generator import MaskGenerator
 from alps_client.synthetic import write_synthetic_dataset
-from tests.conftest import REPO_ROOT
+from tests.runs import SMALL, cli_env, start_alps, wait_until
 from tests.shapes import make_shapes_image
 from tests.triton.server import start_triton
 
@@ -67,12 +64,14 @@ def test_dynamic_batching_forms_batches(triton_server, stand_in_repo):
     assert any(size > 1 and count > 0 for size, count in batch_sizes.items()), batch_sizes
 
 
-def test_server_down_gives_one_clear_error(stand_in_repo):
-    import socket
-
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def test_server_down_gives_one_clear_error(stand_in_repo):
+    port = free_port()
     with pytest.raises(BackendUnavailableError, match=rf"127.0.0.1:{port} .*is not reachable.*--backend embedded"):
         triton_backend(stand_in_repo, f"127.0.0.1:{port}")
 
@@ -87,39 +86,65 @@ def test_model_not_loaded_is_named(triton_server, stand_in_repo, tmp_path):
         triton_backend(repo, triton_server.grpc_url)
 
 
-def test_flow_survives_a_triton_restart(stand_in_repo, tmp_path):
-    """Kill the server while `alps run --backend triton` runs, start it again: the run completes, all labelled."""
+def test_server_failures_are_classified_by_status_and_type(triton_server, stand_in_repo):
+    """Real errors of a real server: a rejected request is permanent, a dead server transient, by code not text."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from alps_client.backends.triton_status import classify
+
+    def error_of(call):
+        with pytest.raises(Exception) as err:
+            call()
+        return err.value
+
+    for module, url in ((grpcclient, triton_server.grpc_url), (httpclient, triton_server.http_url)):
+        client = module.InferenceServerClient(url)
+        bad = module.InferInput("point_coords", [1, 1, 3], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 1, 3), np.float32))
+        assert classify(error_of(lambda c=client, b=bad: c.infer("sam_decoder", [b]))) == "permanent"
+        assert classify(error_of(lambda c=client, b=bad: c.infer("no_such_model", [b]))) == "not_found"
+        dead = module.InferenceServerClient(f"127.0.0.1:{free_port()}")
+        assert classify(error_of(dead.is_server_live)) == "transient"
+    assert classify(ValueError("UNAVAILABLE")) is None  # not a Triton error, whatever its text
+
+
+def test_a_rejected_request_is_not_retried(triton_server, stand_in_repo):
+    from alps_client.errors import BackendRequestError
+
+    backend = triton_backend(stand_in_repo, triton_server.grpc_url)
+    try:
+        embedding = backend.encode([make_shapes_image(0)])[0]
+        bad = np.zeros((1, 1, 3), np.float32)  # 3 coordinates per point: the server rejects the request
+        with pytest.raises(BackendRequestError, match="rejected the request to model 'sam_decoder'"):
+            backend._call(backend.manifest.decoder, lambda client: backend._infer(
+                backend.manifest.decoder, {"image_embeddings": embedding.features[None], "point_coords": bad,
+                                           "point_labels": np.ones((1, 1), np.float32)}, ["iou_predictions"]))
+    finally:
+        backend.close()
+
+
+def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path):
+    """Kill the server (found through ALPS_TRITON_URL) mid-run, start it again: the run completes, all labelled."""
     server = start_triton(stand_in_repo, tmp_path / "t1")
     data = write_synthetic_dataset(tmp_path / "data", 6, seed=4, size=(96, 128))
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    cmd = ["-m", "flows.cli", "run", str(data / "images"), "--out", str(out), "--model-repository", str(stand_in_repo),
-           "--backend", "triton", "--triton-url", server.grpc_url, "--points-per-side", "8", "--n-clusters", "3",
-           "--concurrency", "1", "--no-progress"]
-    proc = subprocess.Popen([os.sys.executable, *cmd], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    restarted: list = []
-
-    def kill_and_restart():
-        shards = out / ".alps" / "shards"
-        deadline = time.time() + 240
-        while time.time() < deadline and len(list(shards.glob("*.npz"))) < 1:
-            time.sleep(0.05)
-        server.stop(signal.SIGKILL)
-        time.sleep(2.0)
-        restarted.append(start_triton(stand_in_repo, tmp_path / "t2", grpc_port=server.grpc_port,
-                                      http_port=server.http_port))
-
-    killer = threading.Thread(target=kill_and_restart)
-    killer.start()
+    shards = out / ".alps" / "shards"
+    env = cli_env(tmp_path / "ph", prefect_server, ALPS_TRITON_URL=server.grpc_url)
+    proc = start_alps(["run", data / "images", "--out", out, "--model-repository", stand_in_repo, "--backend", "triton",
+                       *SMALL, "--concurrency", "1", "--retry-delay-s", "1"], env, tmp_path / "run.log")
+    restarted = None
     try:
-        output, _ = proc.communicate(timeout=600)
+        wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
+        server.stop(signal.SIGKILL)
+        done_at_kill = len(list(shards.glob("*.npz")))
+        restarted = start_triton(stand_in_repo, tmp_path / "t2", grpc_port=server.grpc_port, http_port=server.http_port)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
-        killer.join()
-        for s in restarted:
-            s.stop()
-    assert proc.returncode == 0, output[-3000:]
-    assert restarted, "the server was never killed"
+        if proc.poll() is None:
+            proc.kill()
+        if restarted is not None:
+            restarted.stop()
+    assert done_at_kill < 6  # the kill landed mid-run
     last = json.loads((out / ".alps" / "last_run.json").read_text())
-    assert len(last["labelled"]) == 6 and not last["errors"]
+    assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
