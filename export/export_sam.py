@@ -55,13 +55,37 @@ TINY_TEST_ARGS = {"encoder_embed_dim": 96, "encoder_depth": 2, "encoder_num_head
 MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST, *SAM2_MODEL_TYPES)
 
 
+class ExportCheckError(ExportError):
+    """The export ran but its check failed (ONNX disagrees with PyTorch): one line, exit code 1, nothing written."""
+
+
 def _build_sam(model_type: str, checkpoint: str | None) -> nn.Module:
+    """Meta's builder for the architecture; the checkpoint is loaded here, tensors only.
+
+    segment-anything's builder calls ``torch.load(f)``, which on torch < 2.6 unpickles anything a file holds
+    (code included). Loading with ``weights_only=True`` on every torch version refuses such files.
+    """
+    import pickle
+    import zipfile
+
     from segment_anything import sam_model_registry
     from segment_anything.build_sam import _build_sam as build_sam_config
 
-    if model_type == TINY_TEST:
-        return build_sam_config(checkpoint=checkpoint, **TINY_TEST_ARGS)
-    return sam_model_registry[model_type](checkpoint=checkpoint)
+    sam = build_sam_config(checkpoint=None, **TINY_TEST_ARGS) if model_type == TINY_TEST else \
+        sam_model_registry[model_type](checkpoint=None)
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if not zipfile.is_zipfile(checkpoint):  # not torch.save's archive at all
+                raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint "
+                                  "(not a torch.save archive)") from err
+            raise ExportError(
+                f"checkpoint {checkpoint} holds more than tensors (pickled objects or code), which alps refuses to "
+                "load (torch.load weights_only=True); use Meta's released checkpoint or a plain state_dict"
+            ) from err
+        sam.load_state_dict(state)
+    return sam
 
 
 def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn.Module:
@@ -100,6 +124,8 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn
         raise ExportError(f"checkpoint {checkpoint} is not readable (permissions)")
     try:
         return _build_sam(model_type, str(path)).eval()
+    except ExportError:
+        raise
     except RuntimeError as err:
         text = str(err)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
@@ -169,7 +195,11 @@ def run_export(
         log(f"  encoder exported in {t_enc:.1f} s")
         t_dec = onnx_export.export_decoder(sam, dec_path, opset)
         log(f"  decoder exported in {t_dec:.1f} s")
-        parity = onnx_export.check_parity(sam, enc_path, dec_path)
+        try:
+            parity = onnx_export.check_parity(sam, enc_path, dec_path)
+        except RuntimeError as err:  # parity past tolerance (or onnxruntime cannot run the file): not usable
+            raise ExportCheckError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) \
+                from err
         log(
             f"  parity ONNX vs PyTorch: encoder max rel {parity['encoder_max_rel_diff']:.1e}, decoder masks max abs "
             f"{parity['decoder_masks_max_abs_diff']:.1e}, iou max abs {parity['decoder_iou_max_abs_diff']:.1e}"
@@ -321,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                    args.opset, args.quantize)
     except ExportError as err:
         print(f"export_sam: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, ExportCheckError) else 2
     return 0
 
 
