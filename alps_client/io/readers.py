@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,10 @@ from alps_client.io.items import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, Input
 MAX_UNTILED_PIXELS = 64_000_000
 # PNG/JPEG/BMP/WebP are decoded whole by PIL, even for one tile: above this size, convert to a tiled GeoTIFF.
 MAX_PIL_PIXELS = 400_000_000
-# PIL's decompression-bomb check is replaced by the two limits above, with messages that say what to do.
-Image.MAX_IMAGE_PIXELS = None
+# PIL's decompression-bomb guard stays on for the whole process. Only opening a file's header to learn its size,
+# or opening a scene this run reads in tiles, raises PIL's limit, to MAX_PIL_PIXELS (the two limits above then
+# refuse with messages that say what to do); see _open_image.
+_PIL_LIMIT_LOCK = threading.Lock()
 # GDAL block cache while reading (MB): keeps windowed reads of huge scenes bounded.
 GDAL_CACHE_MB = 64
 # Long side of the decimated sample a tiled scene's stretch range is taken from.
@@ -78,6 +83,36 @@ def _is_tiff(path: Path) -> bool:
     return extension_of(path.name) in (".tif", ".tiff")
 
 
+_HEADER_ONLY = -1  # _open_image(limit=...): no pixel limit, the file's header is all that is read
+
+
+@contextmanager
+def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
+    """``Image.open`` under PIL's decompression-bomb guard, or with its limit raised to ``limit`` pixels.
+
+    PIL checks its limit (one process-wide setting) inside ``Image.open`` only: a raised limit lasts for that call,
+    under a lock every open here takes, and is restored before any pixel is decoded. ``_HEADER_ONLY`` lifts it for
+    reading a size (nothing is decoded); ``MAX_PIL_PIXELS`` lets a scene read in tiles open.
+
+    Raises:
+        InputImageError: If the image exceeds the limit in force.
+    """
+    try:
+        with _PIL_LIMIT_LOCK:
+            previous = Image.MAX_IMAGE_PIXELS
+            if limit is not None:
+                Image.MAX_IMAGE_PIXELS = None if limit == _HEADER_ONLY else limit
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except Image.DecompressionBombError as err:
+        raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
+                          "cut it into tiles with --tile 896 --overlap 384") from err
+    with im:
+        yield im
+
+
 def _orientation(im: Image.Image) -> int:
     """EXIF orientation from the header only (PIL's ``getexif`` on a PNG decodes the whole image to look for it)."""
     if im.format == "PNG":
@@ -102,7 +137,7 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
     try:
-        with Image.open(path) as im:
+        with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
             orientation = _orientation(im)
     except UnidentifiedImageError as err:
@@ -152,9 +187,9 @@ def _to_rgb(
     return np.ascontiguousarray(data[:, :, :3]), extra
 
 
-def _load_pil(path: Path, config: InputConfig) -> LoadedImage:
+def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedImage:
     try:
-        with Image.open(path) as im:
+        with _open_image(path, MAX_PIL_PIXELS if tiled else None) as im:
             exif_rotated = im.getexif().get(0x0112, 1) not in (1, None)
             im = ImageOps.exif_transpose(im)
             im.load()
@@ -296,7 +331,7 @@ def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage
     if _is_tiff(path):
         loaded = _load_tiff(path, config, item.window)
     else:
-        loaded = _load_pil(path, config)
+        loaded = _load_pil(path, config, tiled=item.window is not None)
         if item.window is not None:
             x0, y0, x1, y1 = item.window
             loaded = LoadedImage(
