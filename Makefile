@@ -13,7 +13,7 @@ TRITON_STAMP := $(TRITON_VENV)/.installed
 DEMO_DIR ?= runs/demo
 MODEL_REPO ?= model_repository
 
-.PHONY: setup chromium demo test test-slow server bench bench-full clean
+.PHONY: setup chromium demo test test-slow test-load server bench bench-full clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -52,6 +52,10 @@ chromium:
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# The flow on a machine saturated on purpose (tests/scale/test_load.py): nothing lost, one Prefect API per run.
+test-load: setup
+	$(PY) -m pytest -m load -s
 
 server: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
