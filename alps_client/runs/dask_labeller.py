@@ -66,12 +66,14 @@ class DaskLabeller:
     """Items labelled on Dask workers: an existing cluster (``address``) or ``n_workers`` local processes.
 
     Raises:
-        OSError: If the scheduler at ``address`` cannot be reached (from ``distributed.Client``).
+        BackendUnavailableError: If the scheduler at ``address`` or a Triton server cannot be reached.
     """
 
     def __init__(self, job: LabelJob, address: str | None = None, n_workers: int | None = None) -> None:
         self.job = job
         self._cluster = None
+        if job.config.backend.kind == "triton":  # an unreachable server fails the run now, not image by image
+            make_backend(job.config.backend).close()
         if address:
             try:
                 self._client = distributed.Client(address, timeout="30s")
