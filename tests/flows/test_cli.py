@@ -114,12 +114,17 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
     for p in fault_data.glob("*.png"):
         (data / p.name).write_bytes(p.read_bytes())
     (data / "broken.png").write_bytes(b"")
-    result = run_alps(["run", data, "--out", tmp_path / "out", "--model-repository", faulty, *SMALL,
-                       "--allow-partial"], cli_env(tmp_path / "ph", prefect_server))
+    out = tmp_path / "out"
+    result = run_alps(["run", data, "--out", out, "--model-repository", faulty, *SMALL, "--allow-partial"],
+                      cli_env(tmp_path / "ph", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
     rejected, missing = result.stdout.split("1 input(s) rejected")[1].split("NOT labelled")
     assert "broken.png: zero-byte file" in rejected and "odd.png" not in rejected
     assert "odd.png: fake backend rejects images of 88x120" in missing
+    assert [json.loads(ln)["path"] for ln in (out / "errors.jsonl").read_text().splitlines()] == [str(data / "broken.png")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and [m["stem"] for m in manifest["missing"]] == ["odd"]
+    assert sorted(p.stem for p in (out / "ann_dir").glob("*/*.png")) == [f"scene_{i:04d}" for i in range(6)]
 
 
 def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_repo, prefect_server, tmp_path):

@@ -16,7 +16,6 @@ from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, Pipeline
 from alps_client.errors import ConfigMismatchError, IncompleteRunError
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
-from tests.conftest import ODD_SHAPE
 from tests.runs import labels
 
 
@@ -142,22 +141,6 @@ def test_a_processing_failure_is_a_missing_image_never_a_rejected_input(scenes, 
     assert len(last["missing"]) == 6 and not last["complete"]
     assert not (out / "manifest.json").exists() and not (out / "errors.jsonl").exists()  # no dataset written
     assert (out / ".alps" / "failures.log").read_text().count("Traceback") == 6  # the bug's details, kept
-
-
-def test_allow_partial_writes_the_dataset_and_lists_missing_apart_from_rejected(scenes, fault_data, tmp_path):
-    repo = faulty_repo(tmp_path, permanent_shapes=[ODD_SHAPE])
-    (tmp_path / "data").mkdir()
-    for p in fault_data.glob("*.png"):
-        (tmp_path / "data" / p.name).write_bytes(p.read_bytes())
-    (tmp_path / "data" / "broken.png").write_bytes(b"")
-    out = tmp_path / "out"
-    result = alps_flow(str(tmp_path / "data"), str(out), small_config(repo), allow_partial=True, progress_bar=False)
-    assert [m["stem"] for m in result["missing"]] == ["odd"] and not result["complete"]
-    assert "rejects images of 88x120" in result["missing"][0]["reason"]
-    assert [Path(e["path"]).name for e in read_jsonl(out / "errors.jsonl")] == ["broken.png"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert not manifest["complete"] and [m["stem"] for m in manifest["missing"]] == ["odd"]
-    assert sorted(p.stem for p in (out / "ann_dir").glob("*/*.png")) == [f"scene_{i:04d}" for i in range(6)]
 
 
 def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes, tmp_path):
