@@ -91,6 +91,7 @@ def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
+@pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME, for the session.
 
