@@ -70,37 +70,31 @@ def test_alps_triton_url_names_the_servers(monkeypatch):
     assert build_config(args).backend.triton_urls == ("h:1",)  # the flag wins
 
 
-def test_unreachable_prefect_api_stops_at_once_and_a_rerun_completes(fault_data, fake_repo, fault_reference,
-                                                                      prefect_server, tmp_path):
+def test_a_run_that_cannot_start_or_cannot_finish_is_completed_by_the_same_command(
+        fault_data, fake_repo, fault_reference, prefect_server, tmp_path):
     out = tmp_path / "out"
-    dead = f"http://127.0.0.1:{free_port()}/api"
-    result = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
-                      cli_env(tmp_path / "ph", dead))
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert error_lines(result.stderr) == [error_lines(result.stderr)[0]] and "PREFECT_API_URL" in result.stderr
-    assert "Traceback" not in result.stderr and not (out / ".alps" / "shards").exists()
-    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
-                     cli_env(tmp_path / "ph", prefect_server))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert labels(out) == labels(fault_reference)
+    args = ["run", fault_data, "--out", out, *SMALL]
+    # 1. The Prefect API does not answer: one line, exit 2, nothing labelled.
+    dead = run_alps([*args, "--model-repository", fake_repo], cli_env(tmp_path / "ph", f"http://127.0.0.1:{free_port()}/api"))
+    assert dead.returncode == 2, dead.stderr[-3000:]
+    assert len(error_lines(dead.stderr)) == 1 and "PREFECT_API_URL" in dead.stderr
+    assert "Traceback" not in dead.stderr and not (out / ".alps" / "shards").exists()
 
-
-def test_one_image_failing_for_good_fails_the_run_and_a_rerun_finishes_it(fault_data, fake_repo, fault_reference,
-                                                                         prefect_server, tmp_path):
-    faulty = write_fake_repository(tmp_path / "faulty", faults={"permanent_shapes": [ODD_SHAPE]})
-    out = tmp_path / "out"
+    # 2. The backend rejects one good image for good: exit 3, no dataset lacking it, the other six kept.
     env = cli_env(tmp_path / "ph", prefect_server)
-    result = run_alps(["run", fault_data, "--out", out, "--model-repository", faulty, *SMALL], env)
-    assert result.returncode == 3, result.stderr[-3000:]
-    (line,) = error_lines(result.stderr)
+    faulty = write_fake_repository(tmp_path / "faulty", faults={"permanent_shapes": [ODD_SHAPE]})
+    failed = run_alps([*args, "--model-repository", faulty], env)
+    assert failed.returncode == 3, failed.stderr[-3000:]
+    (line,) = error_lines(failed.stderr)
     assert "1 of 7 image(s) not labelled: fake backend rejects images of 88x120" in line and "--allow-partial" in line
-    assert "Traceback" not in result.stderr + result.stdout
-    assert not (out / "manifest.json").exists() and not (out / "ann_dir").exists()  # no dataset lacking an image
+    assert "Traceback" not in failed.stderr + failed.stdout
+    assert not (out / "manifest.json").exists() and not (out / "ann_dir").exists()
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert [m["stem"] for m in last["missing"]] == ["odd"] and last["errors"] == []  # missing, not a bad input
-    assert len(list((out / ".alps" / "shards").glob("*.npz"))) == 6  # the finished work is kept
+    assert len(list((out / ".alps" / "shards").glob("*.npz"))) == 6
 
-    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL], env)
+    # 3. The same command, the fault gone: the missing image is labelled, the rest skipped, the dataset identical.
+    again = run_alps([*args, "--model-repository", fake_repo], env)
     assert again.returncode == 0, again.stderr[-3000:]
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert last["labelled"] == ["odd"] and len(last["skipped"]) == 6
