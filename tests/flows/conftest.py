@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from alps_client.synthetic import write_synthetic_dataset
+from tests.runs import ALPS, CWD, cli_env  # noqa: F401  (moved to tests/runs.py; some tests import them from here)
 
 
 @pytest.fixture(scope="session", autouse=True)
