@@ -78,6 +78,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("automatic mask generation (Meta's names and defaults)")
     for name, typ in AMG_FLAGS:
         a.add_argument(_flag(name), dest=name, type=typ)
+    # SAM 2.1's generator only (a SAM repository refuses them with one line).
+    a.add_argument("--use-m2m", dest="use_m2m", action=argparse.BooleanOptionalAction, default=None,
+                   help="SAM 2.1: refine each mask by re-prompting with it (Meta's use_m2m)")
+    a.add_argument("--multimask-output", dest="multimask_output", action=argparse.BooleanOptionalAction, default=None,
+                   help="SAM 2.1: three masks per prompt (default) or one")
     c = p.add_argument_group("ALPS")
     c.add_argument("--sigma", type=float, help="gate: drop masks covering more than sigma of the image (0.3)")
     c.add_argument("--l2-normalize", dest="l2_normalize", action=argparse.BooleanOptionalAction, default=None)

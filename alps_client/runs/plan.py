@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alps_client.backends.manifest import ModelManifest, load_manifest
 from alps_client.config import PipelineConfig
-from alps_client.errors import ConfigMismatchError, NoInputsError
+from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import discover_inputs, list_input_files
 from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem
 from alps_client.io.shards import shard_fingerprint, shard_path, shard_status
@@ -57,13 +57,18 @@ def check_request(dataset: str | Path, config: PipelineConfig) -> ModelManifest:
     Raises:
         NoInputsError: If ``dataset`` does not exist or holds no file with an image extension.
         ModelRepositoryError: If the model repository is missing or inconsistent.
+        AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
     """
     root = Path(dataset).expanduser()
     if not root.exists():
         raise NoInputsError(f"dataset path {dataset} does not exist")
     if not list_input_files(root):
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR})")
-    return load_manifest(config.backend.model_repository)
+    manifest = load_manifest(config.backend.model_repository)
+    if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
+        raise AlpsError(f"--use-m2m and --no-multimask-output are SAM 2.1 parameters; {manifest.root} holds "
+                        f"{manifest.model_type} ({manifest.model_family})")
+    return manifest
 
 
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, overwrite: bool) -> int:

@@ -31,6 +31,7 @@ def free_port() -> int:
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
         (["{data}", "--retries", "-1"], "retries must be >= 0"),
+        (["{data}", "--use-m2m"], "SAM 2.1 parameters"),
     ],
 )
 def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message):

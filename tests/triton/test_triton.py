@@ -148,3 +148,22 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     assert done_at_kill < 6  # the kill landed mid-run
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
+
+
+@pytest.mark.parametrize("shm", [False, True])
+def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path, shm):
+    """SAM 2.1's repository (image of any size, high-resolution features, mask input for use_m2m) served as is."""
+    from alps_client.amg import Sam2MaskGenerator
+    from alps_client.backends.embedded import EmbeddedBackend
+
+    server = start_triton(sam2_stand_in_repo, tmp_path)
+    backend = triton_backend(sam2_stand_in_repo, server.grpc_url, shared_memory=shm)
+    embedded = EmbeddedBackend(BackendConfig(model_repository=str(sam2_stand_in_repo), num_threads=2))
+    try:
+        amg = AmgConfig(points_per_side=8, use_m2m=True)
+        image = make_shapes_image(2, size=(150, 230))
+        ours = Sam2MaskGenerator(backend, amg).generate(image)
+        same_records(ours, Sam2MaskGenerator(embedded, amg).generate(image))
+    finally:
+        backend.close()
+        server.stop()
