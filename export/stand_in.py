@@ -42,6 +42,7 @@ COLOUR_SCALE = 200.0
 # Spatial reach of the three multimask outputs, in pixels of the 1024 frame, and the logit scale of the ramp beyond.
 REACH_PX = (96.0, 320.0, 2048.0)
 REACH_PENALTY = 20.0
+EDGE_OFFSET = 0.5
 
 
 def _projection(n_stats: int = 6, seed: int = 0) -> torch.Tensor:
@@ -141,9 +142,10 @@ def colour_prompt_logits(
     reach = reach[None, :, None, None]
     penalty = REACH_PENALTY * torch.relu(nearest - reach) / reach  # (B, K, 256, 256)
     # Bounded logits keep float32 rounding far below the 1e-4 parity tolerance.
-    # The colour logit is clamped symmetrically so that mask edges fall midway between a pure and a mixed
-    # 4-pixel block after upsampling.
-    logits = torch.clamp(colour_logit, -REACH_PENALTY, REACH_PENALTY) - penalty
+    # The colour logit is clamped symmetrically, then shifted by EDGE_OFFSET: without the shift, a pixel midway
+    # between a +20 and a -20 block after upsampling sat at 0 +/- float rounding, and PyTorch and onnxruntime could
+    # put it on either side of the threshold (a 1-pixel box difference on a tall image with crops).
+    logits = torch.clamp(colour_logit, -REACH_PENALTY, REACH_PENALTY) + EDGE_OFFSET - penalty
     if extra is not None:
         logits = logits + extra
     return torch.clamp(logits, min=-50.0)

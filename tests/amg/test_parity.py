@@ -30,7 +30,9 @@ def assert_same_masks(ours: list[dict], theirs: list[dict]) -> None:
         match = theirs[j]
         assert ious[j] >= 0.99
         assert abs(record["predicted_iou"] - match["predicted_iou"]) <= 1e-3
-        assert abs(record["stability_score"] - match["stability_score"]) <= 1e-3
+        # Stability counts the pixels above +1 and above -1: a pixel within float rounding (PyTorch vs onnxruntime,
+        # ~1e-5) of +/-1 may land on either side, moving the score by one pixel over the mask's area.
+        assert abs(record["stability_score"] - match["stability_score"]) <= max(1e-3, 1.0 / record["area"])
         assert record["bbox"] == match["bbox"]
         assert record["crop_box"] == match["crop_box"]
         assert record["area"] == pytest.approx(match["area"], rel=0.01)
@@ -43,19 +45,22 @@ def stand_in_sam():
     return build_stand_in_sam()
 
 
+# One scene per case (seed and shape differ between cases, two of them non-square the other way round): every
+# parameter family is compared with Meta's on its own image; Meta's side dominates the time of this file.
 CASES = [
-    pytest.param({"points_per_side": 16}, id="defaults-16x16-grid"),
-    pytest.param({"points_per_side": 8, "crop_n_layers": 1}, id="crop_n_layers=1"),
-    pytest.param({"points_per_side": 16, "min_mask_region_area": 150}, id="min_mask_region_area"),
+    pytest.param({"points_per_side": 16}, 0, (160, 224), id="defaults-16x16-grid"),
+    pytest.param({"points_per_side": 8, "crop_n_layers": 1}, 1, (176, 224), id="crop_n_layers=1"),
+    pytest.param({"points_per_side": 8, "crop_n_layers": 1, "crop_n_points_downscale_factor": 2,
+                  "crop_overlap_ratio": 0.25}, 2, (224, 150), id="crops-downscaled-tall"),
+    pytest.param({"points_per_side": 16, "min_mask_region_area": 150}, 3, (160, 224), id="min_mask_region_area"),
     pytest.param({"points_per_side": 12, "pred_iou_thresh": 0.95, "stability_score_thresh": 0.9,
-                  "stability_score_offset": 2.0, "box_nms_thresh": 0.5}, id="other-thresholds"),
+                  "stability_score_offset": 2.0, "box_nms_thresh": 0.5}, 4, (200, 140), id="other-thresholds"),
 ]
 
 
-@pytest.mark.parametrize("kwargs", CASES)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_parity_with_meta(embedded_backend, stand_in_sam, kwargs, seed):
-    image, _ = make_shapes_scene(seed=seed, size=(160 + 16 * seed, 224))
+@pytest.mark.parametrize(("kwargs", "seed", "size"), CASES)
+def test_parity_with_meta(embedded_backend, stand_in_sam, kwargs, seed, size):
+    image, _ = make_shapes_scene(seed=seed, size=size)
     theirs = SamAutomaticMaskGenerator(stand_in_sam, **kwargs).generate(image)
     ours = MaskGenerator(embedded_backend, AmgConfig(**kwargs)).generate(image)
     assert_same_masks(ours, theirs)
