@@ -24,6 +24,7 @@ def _banded_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``segment_anything.modeling.image_encoder.Attention.forward`` over bands of query rows.
 
     Args:
+        self: the ``Attention`` module (this replaces its ``forward``).
         x: ``(B, H, W, C) float32`` tokens.
 
     Returns:
@@ -53,8 +54,10 @@ def _banded_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _add_rel_pos_band(
     attn: torch.Tensor, q_band: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor, rows: int, k_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Meta's ``add_decomposed_rel_pos`` for ``rows`` query rows: ``attn (B*heads, rows*W, H*W)``, ``rh (rows, H, C)``,
-    ``rw (W, W, C)``."""
+    """Meta's ``add_decomposed_rel_pos`` for ``rows`` query rows.
+
+    Shapes: ``attn (B*heads, rows*W, H*W)``, ``rh (rows, H, C)``, ``rw (W, W, C)``.
+    """
     k_h, k_w = k_size
     bh, _, dim = q_band.shape
     r_q = q_band.reshape(bh, rows, k_w, dim)

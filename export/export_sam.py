@@ -41,8 +41,7 @@ from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  #
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
 from export.errors import ExportError  # noqa: E402
-from export.quantize import QUANTIZE_CHOICES, QUANTIZED_OP_TYPES, quantize_int8  # noqa: E402
-from export.quantize import agreement as quantize_agreement  # noqa: E402
+from export.quantize import QUANTIZE_CHOICES, quantize_pair  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
 from export.sam2_export import load_model as load_sam2_model  # noqa: E402
 from export.sam2_export import run_export as run_sam2_export  # noqa: E402
@@ -216,6 +215,7 @@ def run_export(
             "image_embeddings": (onnx_export.DECODER_INPUTS["image_embeddings"], "float32", (1, 256, 64, 64)),
             "point_coords": (onnx_export.DECODER_INPUTS["point_coords"], "float32", (-1, -1, 2)),
             "point_labels": (onnx_export.DECODER_INPUTS["point_labels"], "float32", (-1, -1)),
+            "iou_threshold": (onnx_export.DECODER_INPUTS["iou_threshold"], "float32", (1,)),
         }
         decoder_out = {
             "low_res_masks": (onnx_export.DECODER_OUTPUTS["low_res_masks"], "float32", (-1, 3, 256, 256)),
@@ -236,7 +236,7 @@ def run_export(
         (dec_path.parents[1] / "config.pbtxt").write_text(
             triton_repo.render_config_pbtxt(
                 triton_repo.DECODER_MODEL,
-                [(n, d, s) for n, d, s in decoder_specs.values()],
+                [(n, d, s, role in onnx_export.DECODER_OPTIONAL_DEFAULTS) for role, (n, d, s) in decoder_specs.items()],
                 [(n, d, s) for n, d, s in decoder_out.values()],
                 max_batch_size=0,
                 instance_kind=kind,
@@ -288,6 +288,10 @@ def run_export(
                     "inputs": triton_repo.tensor_specs(decoder_specs),
                     "outputs": triton_repo.tensor_specs(decoder_out),
                     "multimask_output": True,
+                    "optional_inputs": {
+                        "iou_threshold": "prompts whose three predicted IoUs are all at or below it are not upscaled; "
+                        "their masks are empty (logit -1e4). Default -inf: every prompt is upscaled",
+                    },
                     "padding_point": "appended in-graph: (0, 0) with label -1, as Meta's PromptEncoder",
                 },
             },
@@ -312,22 +316,13 @@ def run_export(
 
 def _quantize_in_place(enc_path: Path, dec_path: Path, scratch: Path, log: Any) -> dict[str, Any]:
     """Replace the fp32 encoder/decoder ONNX files with int8 ones; return how and how well they agree with fp32."""
-    start = time.perf_counter()
     int8_paths = (scratch / "encoder.onnx", scratch / "decoder.onnx")
-    for fp32, int8 in zip((enc_path, dec_path), int8_paths):
-        quantize_int8(fp32, int8)
-    figures = quantize_agreement((enc_path, dec_path), int8_paths)
+    quantization = quantize_pair((enc_path, dec_path), int8_paths, log)
     for fp32, int8 in zip((enc_path, dec_path), int8_paths):
         for stale in triton_repo.model_files(fp32):
             stale.unlink()
         int8.rename(fp32)
-    seconds = time.perf_counter() - start
-    log(
-        f"  int8 dynamic quantisation in {seconds:.1f} s; vs fp32 on the parity image: mask IoU "
-        f"mean {figures['mask_iou_mean']:.3f}, min {figures['mask_iou_min']:.3f} over {figures['prompts']} prompts x 3"
-    )
-    return {"method": "onnxruntime dynamic, weights int8 per channel", "op_types": QUANTIZED_OP_TYPES,
-            "seconds": seconds, "agreement_vs_fp32": figures}
+    return quantization
 
 
 def main(argv: list[str] | None = None) -> int:

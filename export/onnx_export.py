@@ -17,11 +17,21 @@ from torch import nn
 
 from alps_client.backends.preprocess import IMAGE_SIZE
 from export.chunked_attention import query_chunked_attention
-from export.shared_embedding_decoder import predict_masks_shared_embedding
+from export.shared_embedding_decoder import (
+    SKIPPED_MASK_LOGIT,
+    predict_masks_shared_embedding,
+    prompts_to_upscale,
+    scatter_kept,
+)
 
 ENCODER_INPUTS = {"images": "images", "input_size": "input_size"}
 ENCODER_OUTPUTS = {"image_embeddings": "image_embeddings"}
-DECODER_INPUTS = {"image_embeddings": "image_embeddings", "point_coords": "point_coords", "point_labels": "point_labels"}
+DECODER_INPUTS = {"image_embeddings": "image_embeddings", "point_coords": "point_coords", "point_labels": "point_labels",
+                  "iou_threshold": "iou_threshold"}
+# Decoder inputs a caller may leave out: the ONNX file holds an initializer of the same name, which onnxruntime
+# (and Triton's onnxruntime backend, with ``optional: true`` in config.pbtxt) uses when the input is not fed.
+# -inf: every prompt is upscaled, as before the input existed.
+DECODER_OPTIONAL_DEFAULTS = {"iou_threshold": np.array([-np.inf], np.float32)}
 DECODER_OUTPUTS = {"low_res_masks": "low_res_masks", "iou_predictions": "iou_predictions"}
 OPSET = 18
 # ONNX protobufs cannot exceed 2 GB (ViT-H's encoder is 2.5 GB): weights then go to model.onnx.data.
@@ -44,6 +54,7 @@ class EncoderWithPreprocess(nn.Module):
         self.register_buffer("index", torch.arange(IMAGE_SIZE, dtype=torch.int64), persistent=False)
 
     def forward(self, images: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
+        """See the class docstring."""
         x = images.permute(0, 3, 1, 2).to(torch.float32)
         x = (x - self.pixel_mean) / self.pixel_std
         rows = self.index[None, :, None] < input_size[:, 0, None, None]  # (B, 1024, 1)
@@ -60,6 +71,8 @@ class AmgDecoder(nn.Module):
     the call Meta's automatic mask generator makes through ``SamPredictor.predict_torch``. Meta's padding point
     (0, 0) with label -1 is appended here, as ``PromptEncoder`` does when no box is given. The one image
     embedding is shared by all B prompts, and what depends on it alone is computed once (see :mod:`export.shared_embedding_decoder`).
+    ``iou_threshold (1,)`` (optional in the exported file, default -inf): prompts whose three predicted IoUs are
+    all at or below it are not upscaled; their masks are ``SKIPPED_MASK_LOGIT`` (the generator never reads them).
     """
 
     def __init__(self, sam: nn.Module) -> None:
@@ -80,21 +93,29 @@ class AmgDecoder(nn.Module):
         return emb + pe.point_embeddings[1].weight * (labels == 1).to(emb.dtype)
 
     def forward(
-        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+        iou_threshold: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the class docstring."""
         if self.is_sam:
             pe = self.prompt_encoder
             sparse = self._embed_points(point_coords, point_labels)
             dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            return predict_masks_shared_embedding(self.mask_decoder, image_embeddings, pe.get_dense_pe(), sparse, dense)
+            return predict_masks_shared_embedding(
+                self.mask_decoder, image_embeddings, pe.get_dense_pe(), sparse, dense, iou_threshold
+            )
+        # The stand-in computes every mask anyway; it only gives skipped prompts the same fill, so that clients
+        # and tests see one behaviour.
         sparse, dense = self.prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
-        return self.mask_decoder(
+        masks, iou_pred = self.mask_decoder(
             image_embeddings=image_embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=True,
         )
+        index = prompts_to_upscale(iou_pred, iou_threshold)
+        return scatter_kept(masks.index_select(0, index), index, masks.shape[0]), iou_pred
 
 
 def _save(program: Any, path: Path) -> None:
@@ -106,8 +127,11 @@ def _save(program: Any, path: Path) -> None:
 
 
 def export_encoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
-    """Export the encoder with preprocessing; dynamic batch; global attention in bands of query rows (same
-    result, a fraction of the peak memory: see :mod:`export.chunked_attention`). Returns seconds taken."""
+    """Export the encoder with preprocessing and return the seconds taken.
+
+    Dynamic batch; global attention in bands of query rows (same result, a fraction of the peak memory: see
+    :mod:`export.chunked_attention`).
+    """
     start = time.perf_counter()
     wrapper = EncoderWithPreprocess(sam).eval()
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -129,7 +153,11 @@ def export_encoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
 
 
 def export_decoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
-    """Export the AMG decoder; dynamic number of prompts B and points per prompt N. Returns seconds taken."""
+    """Export the AMG decoder and return the seconds taken.
+
+    Dynamic number of prompts B and points per prompt N; ``iou_threshold`` optional (see
+    :data:`DECODER_OPTIONAL_DEFAULTS`).
+    """
     start = time.perf_counter()
     wrapper = AmgDecoder(sam).eval()
     prompts = torch.export.Dim("num_prompts", min=1, max=4096)
@@ -137,10 +165,11 @@ def export_decoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
     embeddings = torch.randn((1, 256, 64, 64), dtype=torch.float32)
     coords = torch.rand((3, 2, 2), dtype=torch.float32) * IMAGE_SIZE
     labels = torch.ones((3, 2), dtype=torch.float32)
+    iou_threshold = torch.zeros((1,), dtype=torch.float32)
     with torch.no_grad():
         program = torch.onnx.export(
             wrapper,
-            (embeddings, coords, labels),
+            (embeddings, coords, labels, iou_threshold),
             dynamo=True,
             opset_version=opset,
             input_names=list(DECODER_INPUTS.values()),
@@ -149,11 +178,23 @@ def export_decoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
                 "image_embeddings": None,
                 "point_coords": {0: prompts, 1: points},
                 "point_labels": {0: prompts, 1: points},
+                "iou_threshold": None,
             },
             verbose=False,
         )
+    for name, default in DECODER_OPTIONAL_DEFAULTS.items():
+        program.model.graph.initializers[name] = _initializer(program.model.graph.inputs, name, default)
     _save(program, path)
     return time.perf_counter() - start
+
+
+def _initializer(inputs: Any, name: str, value: np.ndarray) -> Any:
+    """The graph input ``name`` given ``value`` as its initializer: onnxruntime then treats it as optional."""
+    import onnx_ir as ir
+
+    (graph_input,) = [v for v in inputs if v.name == name]
+    graph_input.const_value = ir.tensor(value, name=name)
+    return graph_input
 
 
 def parity_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
@@ -213,10 +254,20 @@ def check_parity(
         )
     mask_atol = float(np.abs(ort_masks - torch_masks.numpy()).max())
     iou_atol = float(np.abs(ort_iou - torch_iou.numpy()).max())
+    # With iou_threshold at the median best IoU, about half the prompts are upscaled: those must not change.
+    best = torch_iou.numpy().max(axis=1)
+    threshold = np.array([np.median(best)], np.float32)
+    skip_masks, _ = decoder.run(None, {"image_embeddings": torch_embedding, "point_coords": coords,
+                                       "point_labels": labels, "iou_threshold": threshold})
+    upscaled = (ort_iou > threshold).any(axis=1)
+    mask_atol = max(mask_atol, float(np.abs(skip_masks[upscaled] - torch_masks.numpy()[upscaled]).max(initial=0.0)))
+    if not np.all(skip_masks[~upscaled] == SKIPPED_MASK_LOGIT):
+        raise RuntimeError("ONNX decoder: prompts at or below iou_threshold must come back as empty masks")
     figures = {
         "encoder_max_rel_diff": encoder_rel,
         "decoder_masks_max_abs_diff": mask_atol,
         "decoder_iou_max_abs_diff": iou_atol,
+        "decoder_upscaled_share_at_median_iou": float(upscaled.mean()),
         "encoder_rtol": encoder_rtol,
         "decoder_atol": decoder_atol,
     }

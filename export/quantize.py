@@ -12,8 +12,12 @@ the manifest; ``bench/bench_pipeline.py`` measures the whole automatic mask gene
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +31,80 @@ FP32_WEIGHTS = ("positional_encoding_gaussian_matrix",)
 # Masks are compared as SAM thresholds them: low-res logits > 0.
 MASK_THRESHOLD = 0.0
 PROMPTS_PER_CALL = 16
+
+
+def quantize_pair(fp32_paths: tuple[Path, Path], int8_paths: tuple[Path, Path], log: Any = print) -> dict[str, Any]:
+    """Quantise an (encoder, decoder) pair and measure it against fp32; returns the manifest's ``quantization``."""
+    start = time.perf_counter()
+    for fp32, int8 in zip(fp32_paths, int8_paths):
+        quantize_int8(fp32, int8)
+    figures = agreement(fp32_paths, int8_paths)
+    seconds = time.perf_counter() - start
+    log(
+        f"  int8 dynamic quantisation in {seconds:.1f} s; vs fp32 on the parity image: mask IoU "
+        f"mean {figures['mask_iou_mean']:.3f}, min {figures['mask_iou_min']:.3f} over {figures['prompts']} prompts x 3"
+    )
+    return {"method": "onnxruntime dynamic, weights int8 per channel", "op_types": QUANTIZED_OP_TYPES,
+            "seconds": seconds, "agreement_vs_fp32": figures}
+
+
+def quantize_repository(source: Path, out: Path, log: Any = print) -> dict[str, Any]:
+    """Write ``out``, the fp32 repository ``source`` with both models int8, and return its manifest.
+
+    The same models as ``export_sam.py --quantize int8``, without exporting again.
+    """
+    source, out = Path(source), Path(out)
+    manifest = _copy_without_models(source, out)
+    encoder, decoder = (manifest["models"][k]["path"] for k in ("encoder", "decoder"))
+    manifest["quantization"] = quantize_pair((source / encoder, source / decoder), (out / encoder, out / decoder), log)
+    return _write_derived_manifest(out, manifest, "int8-dynamic")
+
+
+def _copy_without_models(source: Path, out: Path) -> dict[str, Any]:
+    """Copy the fp32 repository ``source`` to ``out`` without its ONNX files; return its manifest."""
+    manifest = json.loads((source / "manifest.json").read_text())
+    if manifest.get("precision", "fp32") != "fp32":
+        raise ValueError(f"{source} holds {manifest['precision']} models; start from an fp32 repository")
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.data"))
+    return manifest
+
+
+def _write_derived_manifest(out: Path, manifest: dict[str, Any], precision: str) -> dict[str, Any]:
+    """Record the new models' files and sha256s and the precision in ``out/manifest.json``."""
+    from export import triton_repo
+
+    for model in manifest["models"].values():
+        files = triton_repo.model_files(out / model["path"])
+        model.update(files=[p.name for p in files], sha256=triton_repo.sha256_of(files))
+    manifest["precision"] = precision
+    manifest.pop("format_version", None)
+    triton_repo.write_manifest(out, manifest)
+    return manifest
+
+
+def half_repository(source: Path, out: Path) -> dict[str, Any]:
+    """Write ``out``, the fp32 repository ``source`` with both models in fp16 (for GPUs), and return its manifest.
+
+    Weights and arithmetic are fp16; inputs and outputs stay fp32, so clients, Triton configs and the manifest's
+    tensors are unchanged.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from export.onnx_export import EXTERNAL_DATA_BYTES
+
+    source, out = Path(source), Path(out)
+    manifest = _copy_without_models(source, out)
+    start = time.perf_counter()
+    for model in manifest["models"].values():
+        half = convert_float_to_float16(onnx.load(str(source / model["path"])), keep_io_types=True)
+        external = half.ByteSize() > EXTERNAL_DATA_BYTES  # vit_h's encoder: 1.3 GB in fp16, under the limit
+        onnx.save(half, str(out / model["path"]), save_as_external_data=external,
+                  location=Path(model["path"]).name + ".data")
+    manifest["half_precision"] = {"method": "onnxruntime.transformers.float16, inputs and outputs kept fp32",
+                                  "seconds": time.perf_counter() - start}
+    return _write_derived_manifest(out, manifest, "fp16")
 
 
 def quantize_int8(model: Path, out: Path) -> None:
@@ -123,5 +201,5 @@ def agreement(
         "mask_iou_min": float(iou.min()),
         "masks_iou_at_least_0.9": float((iou >= 0.9).mean()),
         "iou_prediction_max_abs_diff": iou_diff,
-        "prompts": int(len(points)),
+        "prompts": len(points),
     }

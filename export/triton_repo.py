@@ -15,14 +15,15 @@ DECODER_MODEL = "sam_decoder"
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "int64": "TYPE_INT64", "float32": "TYPE_FP32"}
 
 
-def _tensor_block(name: str, dtype: str, dims: Sequence[int]) -> str:
+def _tensor_block(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> str:
     dims_text = ", ".join(str(d) for d in dims)
-    return f'  {{\n    name: "{name}"\n    data_type: {TRITON_DTYPES[dtype]}\n    dims: [ {dims_text} ]\n  }}'
+    flag = "\n    optional: true" if optional else ""
+    return f'  {{\n    name: "{name}"\n    data_type: {TRITON_DTYPES[dtype]}\n    dims: [ {dims_text} ]{flag}\n  }}'
 
 
 def render_config_pbtxt(
     name: str,
-    inputs: Sequence[tuple[str, str, Sequence[int]]],
+    inputs: Sequence[tuple[str, str, Sequence[int]] | tuple[str, str, Sequence[int], bool]],
     outputs: Sequence[tuple[str, str, Sequence[int]]],
     max_batch_size: int,
     instance_kind: str = "KIND_GPU",
@@ -35,8 +36,9 @@ def render_config_pbtxt(
 
     Args:
         name: Triton model name (the folder name).
-        inputs: ``(tensor name, numpy dtype name, dims)``; dims exclude the batch dim when
-            ``max_batch_size > 0``, as Triton expects; -1 marks a dynamic dim.
+        inputs: ``(tensor name, numpy dtype name, dims)``, or with a fourth item True for an optional input (the
+            ONNX file gives it a default); dims exclude the batch dim when ``max_batch_size > 0``, as Triton
+            expects; -1 marks a dynamic dim.
         outputs: same as inputs.
         max_batch_size: Triton's batch limit; 0 disables Triton batching for this model.
         instance_kind: ``KIND_GPU`` or ``KIND_CPU``.

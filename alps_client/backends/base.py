@@ -74,6 +74,7 @@ class SamBackend(Protocol):
         point_coords: npt.NDArray[np.float32],
         point_labels: npt.NDArray[np.float32],
         mask_input: npt.NDArray[np.float32] | None = None,
+        iou_threshold: float | None = None,
     ) -> DecoderOutput:
         """Predict the masks of each prompt (3 for SAM, the 4 mask tokens for SAM 2).
 
@@ -84,6 +85,10 @@ class SamBackend(Protocol):
                 by the exported decoder itself.
             mask_input: SAM 2 only: ``(B, 1, 256, 256) float32`` low-res logits of a previous prediction, one per
                 prompt (``use_m2m``); None for point prompts alone.
+            iou_threshold: a caller that drops every mask whose predicted IoU is at or below this value may pass
+                it: a decoder that declares the ``iou_threshold`` input then skips the upscaling of prompts
+                whose three IoUs all fall at or below it, and their masks come back empty (very negative
+                logits). Other decoders (SAM 2, the fake) ignore it. IoU predictions are always complete.
 
         Returns:
             DecoderOutput with B rows.

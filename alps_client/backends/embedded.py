@@ -6,6 +6,8 @@ SAM and SAM 2 repositories alike: requests are built by role in :mod:`alps_clien
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +33,7 @@ CPU_PROMPTS_PER_CALL = 8
 # on CPU, bench/bench_ort_options.py), so 64 prompts need ~6 GB of GPU memory; 256 would need ~24 GB.
 GPU_PROMPTS_PER_CALL = 64
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(float)": "float32"}
+_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
 def check_session_signature(session: object, spec: ModelSpec) -> None:
@@ -39,7 +42,9 @@ def check_session_signature(session: object, spec: ModelSpec) -> None:
     Raises:
         ModelSignatureError: naming the tensor, the expectation and what the model has.
     """
-    for side, tensors in (("input", session.get_inputs()), ("output", session.get_outputs())):  # type: ignore[attr-defined]
+    # Optional inputs are initializers a caller may override: onnxruntime lists them apart from the inputs.
+    inputs = [*session.get_inputs(), *session.get_overridable_initializers()]  # type: ignore[attr-defined]
+    for side, tensors in (("input", inputs), ("output", session.get_outputs())):  # type: ignore[attr-defined]
         found = {t.name: _ORT_DTYPES.get(t.type, t.type) for t in tensors}
         expected = spec.inputs if side == "input" else spec.outputs
         for role, tensor in expected.items():
@@ -54,40 +59,72 @@ def check_session_signature(session: object, spec: ModelSpec) -> None:
                 )
 
 
+def session_settings(model: str, num_threads: int | None, on_gpu: bool) -> dict[str, Any]:
+    """The onnxruntime settings of the ``encoder`` or ``decoder`` session.
+
+    Each was measured one at a time by ``bench/bench_ort_options.py`` (figures in bench/README.md):
+
+    - graph optimisation ``all`` (onnxruntime's default) and intra-op threads = cores (``num_threads`` or all).
+    - The encoder runs without a CPU arena: it runs once per image between many decoder calls, and with its own
+      arena each new encode grew memory by the encoder's whole working set (vit_b AMG: 8.1 GB peak, then 5.1 GB,
+      same speed). The decoder keeps its arena (without: 46.0 vs 28.9 ms per prompt).
+    - On CPU the decoder is built without ``SkipLayerNormFusion``: onnxruntime's CPU kernel for the fused
+      residual add + layer norm took 15 % of the decoder's time on ``(B, 4096, 256)`` image tokens, where a plain
+      Add then LayerNormalization take a fraction of it (vit_b decoder: 26.7 vs 23.2 ms of CPU per prompt).
+    """
+    return {
+        "level": "all",
+        "threads": num_threads,
+        "arena": model == "decoder",
+        "disabled_optimizers": ["SkipLayerNormFusion"] if model == "decoder" and not on_gpu else [],
+    }
+
+
+def make_session(path: str | Path, settings: dict[str, Any], providers: Sequence[str | tuple[str, dict[str, Any]]]) -> Any:
+    """An ``onnxruntime.InferenceSession`` with :func:`session_settings`-style ``settings``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[settings["level"]])
+    options.log_severity_level = 3
+    if settings["threads"]:
+        options.intra_op_num_threads = settings["threads"]
+    options.enable_cpu_mem_arena = settings["arena"]
+    return ort.InferenceSession(str(path), options, providers=list(providers),
+                                disabled_optimizers=settings["disabled_optimizers"] or None)
+
+
 class EmbeddedBackend:
     """SAM encoder and AMG decoder in onnxruntime sessions; CUDA provider when available, else CPU.
 
     Sessions are thread-safe for ``run``, so one backend can serve several images concurrently.
+
+    Args:
+        config: model repository and threads.
+        manifest: the repository's manifest (read from ``config.model_repository`` if not given).
+        providers: onnxruntime execution providers in order of preference, names or ``(name, options)`` pairs
+            (e.g. TensorRT's); default CUDA when available, then CPU.
     """
 
-    def __init__(self, config: BackendConfig | None = None, manifest: ModelManifest | None = None) -> None:
+    def __init__(self, config: BackendConfig | None = None, manifest: ModelManifest | None = None,
+                 providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None) -> None:
         import onnxruntime as ort
 
         self.config = config or BackendConfig()
         self.manifest = manifest or load_manifest(self.config.model_repository)
-        available = ort.get_available_providers()
-        self.on_gpu = "CUDAExecutionProvider" in available
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.on_gpu else ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if self.config.num_threads:
-            options.intra_op_num_threads = self.config.num_threads
-        # The encoder runs once per image between many decoder calls: with its own CPU arena, each new encode
-        # grew memory by the encoder's whole working set (vit_b AMG: 8.1 GB peak, now 5.1 GB, same speed).
-        encoder_options = ort.SessionOptions()
-        encoder_options.graph_optimization_level = options.graph_optimization_level
-        encoder_options.log_severity_level = 3
-        encoder_options.intra_op_num_threads = options.intra_op_num_threads
-        encoder_options.enable_cpu_mem_arena = False
+        if providers is None:
+            cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        self.on_gpu = bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(names))
         self._sessions = {}
         for key, spec in (("encoder", self.manifest.encoder), ("decoder", self.manifest.decoder)):
             if not spec.onnx_path.is_file():
                 raise ModelRepositoryError(
                     f"{spec.onnx_path} is missing from the model repository; re-run export/export_sam.py"
                 )
-            session_options = encoder_options if key == "encoder" else options
-            session = ort.InferenceSession(str(spec.onnx_path), session_options, providers=providers)
+            settings = session_settings(key, self.config.num_threads, self.on_gpu)
+            session = make_session(spec.onnx_path, settings, providers)
             check_session_signature(session, spec)
             self._sessions[key] = session
         self._enc = self.manifest.encoder
@@ -115,9 +152,11 @@ class EmbeddedBackend:
         point_coords: npt.NDArray[np.float32],
         point_labels: npt.NDArray[np.float32],
         mask_input: npt.NDArray[np.float32] | None = None,
+        iou_threshold: float | None = None,
     ) -> DecoderOutput:
         """Decode ``(B, N, 2)`` prompts in chunks of :attr:`prompt_batch_size`; see ``SamBackend.decode``."""
-        shared, per_prompt = decoder_feeds(self.manifest, embedding, point_coords, point_labels, mask_input)
+        shared, per_prompt = decoder_feeds(self.manifest, embedding, point_coords, point_labels, mask_input,
+                                           iou_threshold)
         names = [self._dec.outputs["low_res_masks"].name, self._dec.outputs["iou_predictions"].name]
         feeds = {self._dec.inputs[r].name: v for r, v in shared.items()}
         masks, ious = [], []

@@ -210,8 +210,11 @@ class FakeSamBackend:
         return found
 
     def decode(self, embedding: Embedding, point_coords: npt.NDArray[np.float32],
-               point_labels: npt.NDArray[np.float32]) -> DecoderOutput:
-        """Three masks per prompt; the first foreground point of each prompt decides (see module docs)."""
+               point_labels: npt.NDArray[np.float32], iou_threshold: float | None = None) -> DecoderOutput:
+        """Three masks per prompt; the first foreground point of each prompt decides (see module docs).
+
+        ``iou_threshold`` is accepted and ignored: every mask is computed (a skipped one would save nothing here).
+        """
         if point_coords.ndim != 3 or point_coords.shape[2] != 2 or point_labels.shape != point_coords.shape[:2]:
             raise ValueError(f"point_coords must be (B, N, 2) and point_labels (B, N), got {point_coords.shape} and "
                              f"{point_labels.shape}")

@@ -64,8 +64,12 @@ def decoder_feeds(
     point_coords: npt.NDArray[np.float32],
     point_labels: npt.NDArray[np.float32],
     mask_input: npt.NDArray[np.float32] | None = None,
+    iou_threshold: float | None = None,
 ) -> tuple[dict[str, Array], dict[str, Array]]:
     """Decoder inputs by role: ``(shared by all prompts, per prompt)``; per-prompt arrays have B rows.
+
+    ``iou_threshold`` goes to decoders that declare it (an optional input: prompts whose predicted IoUs are all at
+    or below it are not upscaled; see ``SamBackend.decode``); others do not get it.
 
     Raises:
         ValueError: For inconsistent shapes, or a mask input for a SAM (1) repository.
@@ -76,6 +80,8 @@ def decoder_feeds(
         )
     b = point_coords.shape[0]
     shared: dict[str, Array] = {"image_embeddings": np.ascontiguousarray(embedding.features[None], np.float32)}
+    if iou_threshold is not None and "iou_threshold" in manifest.decoder.inputs:
+        shared["iou_threshold"] = np.array([iou_threshold], np.float32)
     per_prompt: dict[str, Array] = {
         "point_coords": np.ascontiguousarray(point_coords, np.float32),
         "point_labels": np.ascontiguousarray(point_labels, np.float32),

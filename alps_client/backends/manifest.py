@@ -31,6 +31,9 @@ SAM2_DECODER_ROLES = {
 }
 # model_family -> (encoder roles, decoder roles). Manifests written before SAM 2 have no field: family "sam".
 FAMILY_ROLES = {"sam": (ENCODER_ROLES, DECODER_ROLES), "sam2": (SAM2_ENCODER_ROLES, SAM2_DECODER_ROLES)}
+# Inputs a repository may declare and clients then feed; repositories exported before them lack them and work as
+# before. ``iou_threshold``: the decoder upscales only prompts with a predicted IoU above it.
+DECODER_OPTIONAL_INPUTS = ("iou_threshold",)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ def _tensor(role: str, spec: Any, where: str) -> TensorSpec:
         raise ModelRepositoryError(f"{where}: tensor '{role}' needs name, dtype and shape, got {spec!r}") from err
 
 
-def _model(root: Path, key: str, data: dict[str, Any], roles: dict[str, tuple[str, ...]], where: str) -> ModelSpec:
+def _model(root: Path, key: str, data: dict[str, Any], roles: dict[str, tuple[str, ...]], where: str,
+           optional_inputs: tuple[str, ...] = ()) -> ModelSpec:
     if key not in data.get("models", {}):
         raise ModelRepositoryError(f"{where}: no '{key}' model; re-run export/export_sam.py")
     m = data["models"][key]
@@ -108,6 +112,7 @@ def _model(root: Path, key: str, data: dict[str, Any], roles: dict[str, tuple[st
         if missing:
             raise ModelRepositoryError(f"{where}: {key} {side} lack roles {missing}; re-run export/export_sam.py")
         specs[side] = {r: _tensor(r, given[r], where) for r in roles[side]}
+    specs["inputs"].update({r: _tensor(r, m["inputs"][r], where) for r in optional_inputs if r in m["inputs"]})
     return ModelSpec(
         name=str(m["name"]),
         onnx_path=root / m["path"],
@@ -161,7 +166,7 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
         image_size=int(data["image_size"]),
         mask_threshold=float(data["mask_threshold"]),
         encoder=_model(root, "encoder", data, encoder_roles, str(path)),
-        decoder=_model(root, "decoder", data, decoder_roles, str(path)),
+        decoder=_model(root, "decoder", data, decoder_roles, str(path), DECODER_OPTIONAL_INPUTS),
         raw=data,
         model_family=family,
     )

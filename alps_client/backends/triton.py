@@ -298,18 +298,22 @@ class TritonBackend:
         return list(self._pool.map(self._encode_one, images))
 
     def decode(self, embedding: Embedding, point_coords: npt.NDArray[np.float32],
-               point_labels: npt.NDArray[np.float32], mask_input: npt.NDArray[np.float32] | None = None) -> DecoderOutput:
+               point_labels: npt.NDArray[np.float32], mask_input: npt.NDArray[np.float32] | None = None,
+               iou_threshold: float | None = None) -> DecoderOutput:
         """Decode prompts in chunks sent concurrently; see ``SamBackend.decode``."""
         dec = self.manifest.decoder
-        shared, per_prompt = decoder_feeds(self.manifest, embedding, point_coords, point_labels, mask_input)
+        shared, per_prompt = decoder_feeds(self.manifest, embedding, point_coords, point_labels, mask_input,
+                                           iou_threshold)
         shared_feeds = {dec.inputs[r].name: v for r, v in shared.items()}
+        # Large shared tensors go through shared memory; the 4-byte threshold (config.pbtxt: optional) does not.
+        shm_inputs = [dec.inputs[r].name for r in shared if r != "iou_threshold"]
         masks_name, iou_name = dec.outputs["low_res_masks"].name, dec.outputs["iou_predictions"].name
         k, step = mask_outputs(self.manifest), self.prompt_batch_size
 
         def chunk(start: int) -> list[npt.NDArray[Any]]:
             feeds = {**shared_feeds, **{dec.inputs[r].name: v[start : start + step] for r, v in per_prompt.items()}}
             b = len(feeds[dec.inputs["point_coords"].name])
-            return self._infer(dec, feeds, [masks_name, iou_name], shm_inputs=list(shared_feeds),
+            return self._infer(dec, feeds, [masks_name, iou_name], shm_inputs=shm_inputs,
                                shm_outputs={masks_name: ((b, k, 256, 256), np.float32)})
 
         starts = list(range(0, len(point_coords), step))

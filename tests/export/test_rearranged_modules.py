@@ -8,12 +8,12 @@ import torch
 from export.tv_shim import install_torchvision_shim
 
 install_torchvision_shim()
-from segment_anything.build_sam import _build_sam  # noqa: E402
-from segment_anything.modeling.image_encoder import Attention  # noqa: E402
+from segment_anything.build_sam import _build_sam
+from segment_anything.modeling.image_encoder import Attention
 
-from export import chunked_attention  # noqa: E402
-from export.export_sam import TINY_TEST_ARGS  # noqa: E402
-from export.shared_embedding_decoder import predict_masks_shared_embedding  # noqa: E402
+from export import chunked_attention
+from export.export_sam import TINY_TEST_ARGS
+from export.shared_embedding_decoder import predict_masks_shared_embedding
 
 
 @pytest.mark.parametrize("rows_per_band", [1, 3, 10])
@@ -68,3 +68,32 @@ def test_shared_embedding_decoder_equals_meta_mask_decoder():
     assert masks.shape == expected_masks.shape == (5, 3, 256, 256) and iou.shape == (5, 3)
     torch.testing.assert_close(masks, expected_masks, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(iou, expected_iou, rtol=1e-5, atol=1e-5)
+
+
+def test_only_prompts_above_the_iou_threshold_are_upscaled():
+    """With ``iou_threshold`` the rows Meta's decoder would keep are its masks; the rest are empty, not computed."""
+    from export.shared_embedding_decoder import SKIPPED_MASK_LOGIT
+
+    torch.manual_seed(3)
+    sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS).eval()
+    for p in sam.mask_decoder.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    embedding = torch.randn(1, 256, 64, 64)
+    coords, labels = torch.rand(9, 1, 2) * 1024, torch.ones(9, 1)
+    pe = sam.prompt_encoder
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+        expected_masks, expected_iou = sam.mask_decoder(
+            image_embeddings=embedding, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=True,
+        )
+        threshold = expected_iou.max(dim=1).values.median().reshape(1)
+        masks, iou = predict_masks_shared_embedding(
+            sam.mask_decoder, embedding, pe.get_dense_pe(), sparse, pe.no_mask_embed.weight.reshape(1, -1, 1, 1),
+            iou_threshold=threshold,
+        )
+    upscaled = (expected_iou > threshold).any(dim=1)
+    assert 0 < int(upscaled.sum()) < 9
+    torch.testing.assert_close(iou, expected_iou, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(masks[upscaled], expected_masks[upscaled], rtol=1e-4, atol=1e-4)
+    assert torch.all(masks[~upscaled] == SKIPPED_MASK_LOGIT)

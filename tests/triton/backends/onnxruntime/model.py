@@ -28,8 +28,10 @@ class TritonPythonModel:
         self.batch_sizes = []  # executions' batch sizes, for tests of dynamic batching
 
     def execute(self, requests):
+        # Inputs marked optional in config.pbtxt may be absent: onnxruntime then uses the model's default.
         feeds_per_request = [
-            {name: pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.inputs} for r in requests
+            {name: t.as_numpy() for name in self.inputs if (t := pb_utils.get_input_tensor_by_name(r, name)) is not None}
+            for r in requests
         ]
         if self.batched and len(requests) > 1:
             sizes = [len(f[self.inputs[0]]) for f in feeds_per_request]
