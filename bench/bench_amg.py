@@ -28,19 +28,19 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.tv_shim import install_torchvision_shim  # noqa: E402
+from export.tv_shim import install_torchvision_shim
 
 install_torchvision_shim()
 
-import torch  # noqa: E402
-from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
+import torch
+from segment_anything import SamAutomaticMaskGenerator
 
-from alps_client.backends.embedded import EmbeddedBackend  # noqa: E402
-from alps_client.config import AmgConfig, BackendConfig  # noqa: E402
-from alps_client.amg.generator import MaskGenerator  # noqa: E402
-from alps_client.backends.manifest import load_manifest  # noqa: E402
-from export.export_sam import load_model  # noqa: E402
-from tests.shapes import make_shapes_image  # noqa: E402
+from alps_client.amg.generator import MaskGenerator
+from alps_client.backends.embedded import EmbeddedBackend
+from alps_client.backends.manifest import load_manifest
+from alps_client.config import AmgConfig, BackendConfig
+from export.export_sam import load_model
+from tests.shapes import make_shapes_image
 
 STAGES = ("encoder", "decoder", "postprocess")
 

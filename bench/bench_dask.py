@@ -40,7 +40,7 @@ def main() -> None:
         seconds = json.loads((out / ".alps" / "last_run.json").read_text())["seconds"]["label"]
         rows[name] = {"label_seconds": seconds, "images_per_hour": 3600 * args.images / seconds}
         print(name, rows[name], flush=True)
-    from bench.bench_pipeline import record
+    from bench.results import record
 
     record("dask", {"rows": rows, "images": args.images, "cores": os.cpu_count(),
                     "note": "stand-in, 1 onnxruntime thread per worker; labelling time only"})

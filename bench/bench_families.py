@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pipeline import record
+from bench.results import record
 
 
 def measure(repo: str, size: int, prompts: int, points_per_side: int, threads: int) -> dict:

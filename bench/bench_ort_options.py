@@ -6,8 +6,10 @@
 Every configuration runs in its own process (so its peak RSS is its own) on the same image and prompts:
 the encoder on one 512x512 image (seconds per image, best of ``--repeats`` after a warm-up), the decoder on
 ``--prompts`` grid prompts (milliseconds per prompt after a warm-up call). Varied one at a time from the
-backend's defaults: graph optimisation level, intra-op threads, the CPU memory arena, prompts per decoder call,
-and precision. With ``--int8-repository`` it also measures int8 against fp32 masks, prompt by prompt, on the
+backend's defaults (:func:`alps_client.backends.embedded.session_settings`): graph optimisation level, intra-op
+threads, the CPU memory arena, onnxruntime's SkipLayerNormFusion, prompts per decoder call, precision, and the
+share of prompts the decoder upscales (``iou_threshold`` at quantiles of the prompts' best predicted IoU: what
+skipping the upscaling of prompts that fail ``pred_iou_thresh`` saves at each pass rate). With ``--int8-repository`` it also measures int8 against fp32 masks, prompt by prompt, on the
 exporter's parity image with a 32x32 grid (:func:`export.quantize.agreement`). Results go to ``bench/results.json``
 under ``ort_options`` and to ``bench/RESULTS.md`` (``--results-dir`` elsewhere).
 """
@@ -28,44 +30,44 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULTS = {"level": "all", "threads": 2, "arena": None, "chunk": None, "precision": "fp32"}
-LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+THREADS = 2
+FUSION = "SkipLayerNormFusion"
+UPSCALED_SHARES = (0.75, 0.5, 0.25, 0.0)
 
 
 def configurations() -> list[tuple[str, dict[str, Any]]]:
     """(model, settings) pairs: the backend's defaults, then one setting changed at a time."""
-    from alps_client.backends.embedded import CPU_PROMPTS_PER_CALL
+    from alps_client.backends.embedded import CPU_PROMPTS_PER_CALL, session_settings
 
     rows: list[tuple[str, dict[str, Any]]] = []
     for model in ("encoder", "decoder"):
-        default_arena = model == "decoder"  # the backend runs the encoder without an arena
-        base = {**DEFAULTS, "arena": default_arena, "chunk": CPU_PROMPTS_PER_CALL}
+        base = {**session_settings(model, THREADS, on_gpu=False), "chunk": CPU_PROMPTS_PER_CALL, "precision": "fp32",
+                "upscaled": 1.0}
         rows.append((model, base))
         rows += [(model, {**base, "level": level}) for level in ("basic", "extended")]
-        rows += [(model, {**base, "threads": 1}), (model, {**base, "arena": not default_arena})]
+        rows += [(model, {**base, "threads": 1}), (model, {**base, "arena": not base["arena"]})]
+        toggled = [d for d in base["disabled_optimizers"] if d != FUSION]
+        if FUSION not in base["disabled_optimizers"]:
+            toggled.append(FUSION)
+        rows.append((model, {**base, "disabled_optimizers": toggled}))
         rows.append((model, {**base, "precision": "int8"}))
         if model == "decoder":
-            rows += [(model, {**base, "chunk": c}) for c in (4, 16, 32, 64) if c != CPU_PROMPTS_PER_CALL]
+            rows += [(model, {**base, "chunk": c}) for c in (4, 16, 32) if c != CPU_PROMPTS_PER_CALL]
+            rows += [(model, {**base, "upscaled": share}) for share in UPSCALED_SHARES]
     return rows
 
 
 def measure(model: str, settings: dict[str, Any], repository: Path, repeats: int, prompts: int) -> dict[str, float]:
     """Time one configuration in this process. Returns seconds per image or ms per prompt, and peak RSS (MiB)."""
-    import onnxruntime as ort
-
     from alps_client.amg.grids import build_point_grid
+    from alps_client.backends.embedded import make_session
     from alps_client.backends.manifest import load_manifest
-    from alps_client.synthetic import make_scene
     from alps_client.backends.preprocess import apply_coords, prepare_encoder_input
+    from alps_client.synthetic import make_scene
 
     manifest = load_manifest(repository)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[settings["level"]])
-    options.intra_op_num_threads = settings["threads"]
-    options.enable_cpu_mem_arena = settings["arena"]
     spec = manifest.encoder if model == "encoder" else manifest.decoder
-    session = ort.InferenceSession(str(spec.onnx_path), options, providers=["CPUExecutionProvider"])
+    session = make_session(spec.onnx_path, settings, ["CPUExecutionProvider"])
     image = make_scene(seed=0, size=(512, 512), n_classes=4)[0]
     padded, (h, w) = prepare_encoder_input(image)
     encoder_feeds = {"images": padded[None], "input_size": np.array([[h, w]], np.int64)}
@@ -82,19 +84,40 @@ def measure(model: str, settings: dict[str, Any], repository: Path, repeats: int
         coords = apply_coords(build_point_grid(side)[:prompts] * 512, (512, 512)).astype(np.float32)[:, None, :]
         labels = np.ones((len(coords), 1), np.float32)
         chunk = settings["chunk"]
-        feeds = lambda s: {"image_embeddings": embedding, "point_coords": coords[s : s + chunk],  # noqa: E731
-                           "point_labels": labels[s : s + chunk]}
+        extra, share = {}, 1.0
+        if settings["upscaled"] < 1.0:
+            ious = np.concatenate([session.run(None, {"image_embeddings": embedding, "point_coords": coords[s : s + chunk],
+                                                      "point_labels": labels[s : s + chunk]})[1]
+                                   for s in range(0, len(coords), chunk)])
+            # A prompt is upscaled when its best predicted IoU is above the threshold (above the max: none is).
+            best = ious.max(axis=1)
+            threshold = np.quantile(best, 1.0 - settings["upscaled"]) if settings["upscaled"] > 0 else best.max() + 1
+            extra = {"iou_threshold": np.array([threshold], np.float32)}
+            share = float((best > np.float32(threshold)).mean())
+        feeds = lambda s: {"image_embeddings": embedding, "point_coords": coords[s : s + chunk],
+                           "point_labels": labels[s : s + chunk], **extra}
         session.run(None, feeds(0))
         start = time.perf_counter()
         for s in range(0, len(coords), chunk):
             session.run(None, feeds(s))
         result = {"ms_per_prompt": 1000 * (time.perf_counter() - start) / len(coords)}
+        result["upscaled_share"] = share
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
 def label(settings: dict[str, Any], base: dict[str, Any]) -> str:
-    changed = [f"{k}={v}" for k, v in settings.items() if v != base[k]]
+    """What differs from the backend's defaults, e.g. ``threads=1`` or ``SkipLayerNormFusion=on``."""
+    changed = []
+    for key, value in settings.items():
+        if value == base[key]:
+            continue
+        if key == "disabled_optimizers":
+            changed.append(f"{FUSION}={'off' if FUSION in value else 'on'}")
+        elif key == "upscaled":
+            changed.append(f"upscaled={100 * value:.0f}%")
+        else:
+            changed.append(f"{key}={value}")
     return ", ".join(changed) or "backend defaults"
 
 
@@ -124,7 +147,7 @@ def main() -> None:
         print(row, flush=True)
         rows.append(row)
     manifest = json.loads((Path(args.model_repository) / "manifest.json").read_text())
-    from bench.bench_pipeline import machine, model_label, record
+    from bench.results import machine, model_label, record
 
     int8_agreement = None
     if args.int8_repository:

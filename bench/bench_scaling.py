@@ -22,8 +22,8 @@ SIZE = (64, 64)
 
 def make_shards(folder: Path, n_images: int, seed: int = 0) -> list[Path]:
     """Synthetic shards: 20 small masks per 64x64 image, PFLs drawn around 8 centres."""
-    from alps_client.masks import MaskSet, encode_coco_rle
     from alps_client.io.shards import ImageShard, write_shard
+    from alps_client.masks import MaskSet, encode_coco_rle
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 1, (8, 256))
@@ -44,9 +44,9 @@ def make_shards(folder: Path, n_images: int, seed: int = 0) -> list[Path]:
 
 def measure(folder: Path) -> dict[str, float]:
     """Run in a child process: cluster + write the shards in ``folder``; seconds and peak RSS."""
-    from alps_client.labels.clustering import fit_centroids
     from alps_client.config import ClusterConfig, PipelineConfig, WriterConfig
     from alps_client.io.writer import write_dataset
+    from alps_client.labels.clustering import fit_centroids
 
     paths = sorted(folder.glob("*.npz"))
     cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=8), writer=WriterConfig(write_vis=False, copy_images=False))
@@ -104,7 +104,7 @@ def main() -> None:
     fig.suptitle("alps: clustering + writing scale linearly in time, flat in memory")
     fig.tight_layout()
     fig.savefig(Path(args.results_dir) / "scaling.png", dpi=100)
-    from bench.bench_pipeline import record
+    from bench.results import record
 
     record("scaling", {"points": points}, Path(args.results_dir))
 

@@ -19,12 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alps_client.backends.embedded import EmbeddedBackend  # noqa: E402
-from alps_client.backends.triton import TritonBackend  # noqa: E402
-from alps_client.config import AmgConfig, BackendConfig  # noqa: E402
-from alps_client.amg.generator import MaskGenerator  # noqa: E402
-from alps_client.synthetic import make_scene  # noqa: E402
-from tests.triton.server import start_triton  # noqa: E402
+from alps_client.amg.generator import MaskGenerator
+from alps_client.backends.embedded import EmbeddedBackend
+from alps_client.backends.triton import TritonBackend
+from alps_client.config import AmgConfig, BackendConfig
+from alps_client.synthetic import make_scene
+from tests.triton.server import start_triton
 
 
 def run(backend, images, amg: AmgConfig) -> dict:
@@ -59,7 +59,7 @@ def main() -> None:
             backend.close()
     finally:
         server.stop()
-    from bench.bench_pipeline import record
+    from bench.results import record
 
     record("triton", {"rows": rows, "images": args.images, "points_per_side": args.points_per_side,
                       "note": "CPU tritonserver from nvidia-pytriton; ONNX models served by a Python backend named "

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.cluster import MiniBatchKMeans
 
 

@@ -1,7 +1,7 @@
-"""The benchmark scripts run end to end on the stand-in and write what bench/README.md says they write.
+"""The benchmark scripts run end to end at tiny sizes and report what they measured, checked against facts the
+tests establish on their own (files on disk, prompts they chose, the git commit); speed is never asserted.
 
-Small sizes only: figures are not asserted (speed is measured in ``make bench``, not in tests), their presence,
-units and consistency are. Results go to a temporary folder, never over the committed ``bench/results.json``.
+Results go to temporary folders, never over the committed ``bench/results.json``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,16 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from alps_client.io.shards import read_shard
+from alps_client.masks import encode_coco_rle
+from alps_client.synthetic import make_scene
+from bench.agreement import label_confusion, label_miou, match_masks
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES_OURS = {"encoder", "decoder", "postprocess", "gate", "features", "clustering", "writing"}
@@ -20,36 +30,150 @@ def _bench(script: str, *args: str) -> None:
     subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, check=True, capture_output=True)
 
 
-def test_pipeline_bench_compares_ours_with_the_reference(stand_in_repo, tmp_path):
-    common = ["--model-repository", str(stand_in_repo), "--images", "2", "--size", "128", "--points-per-side", "8",
-              "--n-clusters", "2", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path)]
-    _bench("bench_pipeline.py", "--name", "first", *common)
-    _bench("bench_pipeline.py", "--name", "second", *common, "--reuse-reference", "first")
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
 
-    results = json.loads((tmp_path / "results.json").read_text())
-    first, second = results["first"], results["second"]
-    assert first["model"] == "stand-in (STAND-IN, not SAM)"
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_mask_matching_is_one_to_one_and_counts_both_sides():
+    a, b, c = _box(40, 40, 0, 10, 0, 10), _box(40, 40, 20, 40, 20, 40), _box(40, 40, 0, 40, 15, 18)
+    b_shifted = _box(40, 40, 20, 40, 21, 40)  # IoU 0.95 with b: not a match at 0.99
+    reference = encode_coco_rle(np.stack([a, b, c]))
+    ours = encode_coco_rle(np.stack([a, a, b_shifted]))  # a twice: only one of them may take reference's a
+    m = match_masks(ours, reference)
+    assert (m.ours, m.reference, m.matched) == (3, 3, 1)
+    assert match_masks([], reference).matched == 0 and match_masks(ours, []).reference == 0
+
+
+def test_label_agreement_ignores_class_ids_and_counts_unlabelled_pixels():
+    reference = np.array([[0, 0, 1, 1], [2, 2, 255, 255]], np.uint8)
+    renamed = np.array([[7, 7, 3, 3], [5, 5, 255, 255]], np.uint8)
+    assert label_miou(label_confusion(renamed, reference)) == (1.0, 3)
+    # Class 2 left unlabelled by ours: IoU 0 for it; class 1 also claims two unlabelled pixels: IoU 2/4.
+    partial = np.array([[7, 7, 3, 3], [255, 255, 3, 3]], np.uint8)
+    miou, classes = label_miou(label_confusion(partial, reference))
+    assert classes == 3 and miou == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert label_miou(label_confusion(reference, np.full_like(reference, 255))) == (None, 0)
+
+
+@pytest.fixture(scope="module")
+def own_images(tmp_path_factory) -> Path:
+    """A user's folder: two PNGs and a JPEG of different sizes, and a file that is not an image."""
+    folder = tmp_path_factory.mktemp("own_images")
+    for i, (size, suffix) in enumerate([((160, 200), "png"), ((128, 128), "png"), ((120, 150), "jpg")]):
+        Image.fromarray(make_scene(i, size, 4)[0]).save(folder / f"scene{i}.{suffix}")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
+    _bench("bench_pipeline.py", "--name", "own", "--model-repository", str(stand_in_repo), "--images", str(own_images),
+           "--points-per-side", "8", "--n-clusters", "2", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path))
+    entry = _results(tmp_path)["own"]
+    assert entry["commit"].split("-")[0] == _head()
+    assert entry["images"] == {"source": str(own_images), "count": 3}
+    assert entry["variants"] == {"ours": "stand-in (STAND-IN, not SAM)"} and entry["order"] == ["ours", "reference"]
     for side, stages in (("ours", STAGES_OURS), ("reference", STAGES_REFERENCE)):
-        row = first[side]
+        row = entry["sides"][side]
         assert stages <= set(row["per_image"]), side
-        assert row["n_images"] == 2 and row["peak_rss_mib"] > 0
-        # The total also holds what no stage names (reading images, loading models).
-        assert 0 < sum(row["per_image"].values()) <= row["seconds_per_image"]
-        assert row["images_per_hour"] == 3600.0 / row["seconds_per_image"]
-    assert first["speedup"] == first["reference"]["seconds_per_image"] / first["ours"]["seconds_per_image"]
-    # Same stand-in, images and prompts on both sides: the masks and the labels agree.
-    assert first["agreement"]["mask_agreement"] >= 0.99
-    assert first["agreement"]["label_miou_vs_reference"] >= 0.9
-    # --reuse-reference NAME takes that run's reference side as it is, and runs ours again.
-    assert second["reference"] == first["reference"]
-    assert second["ours"]["total_seconds"] != first["ours"]["total_seconds"]
+        assert row["n_images"] == 3 and row["peak_rss_mib"] > 0 and len(row["load"]) == 2
+    work = tmp_path / "work" / "own"
+    # What the sides wrote: the reference one PNG per mask, ours one shard per image with every mask's RLE.
+    reference_pngs = len(list((work / "reference" / "masks").glob("*.png")))
+    our_masks = sum(len(read_shard(p).masks) for p in (work / "ours" / "shards").glob("*.npz"))
+    funnel, agreement = entry["funnel"], entry["agreement"]["ours"]
+    assert funnel["prompts"] == 3 * 64 and funnel["candidates"] == 3 * 3 * 64
+    assert funnel["candidates"] >= funnel["after_iou"] >= funnel["after_stability"] >= funnel["after_nms"] > 0
+    assert entry["sides"]["reference"]["n_masks"] == reference_pngs == agreement["reference_masks"] == funnel["after_nms"]
+    assert agreement["ours_masks"] == our_masks
+    assert entry["sides"]["ours"]["upscaled"]["prompts"] == 3 * 64
+    # The same stand-in, images and prompts on both sides: every mask has its partner, both ways, and labels agree.
+    assert agreement["reference_matched_share"] == agreement["ours_matched_share"] == 1.0
+    assert agreement["ours_kept"] == agreement["reference_kept"] > 0
+    assert agreement["label_miou"] >= 0.99
     rendered = (tmp_path / "RESULTS.md").read_text()
-    assert "## first" in rendered and "## second" in rendered and "speed-up x" in rendered
+    assert "## own" in rendered and "| **end to end** |" in rendered
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bench(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """``bench_pipeline.py --checkpoint`` on a tiny SAM checkpoint: exported here, fp32 and int8 vs the reference."""
+    import torch
+
+    from export.export_sam import TINY_TEST_ARGS
+    from export.tv_shim import install_torchvision_shim
+
+    install_torchvision_shim()
+    from segment_anything.build_sam import _build_sam
+
+    folder = tmp_path_factory.mktemp("checkpoint_bench")
+    torch.manual_seed(5)
+    torch.save(_build_sam(checkpoint=None, **TINY_TEST_ARGS).state_dict(), folder / "tiny.pth")
+    _bench("bench_pipeline.py", "--name", "tiny", "--checkpoint", str(folder / "tiny.pth"), "--model-type", "tiny-test",
+           "--int8", "--synthetic", "1", "--size", "128", "--points-per-side", "4", "--pred-iou-pass-share", "0.25",
+           "--stability-score-thresh", "0", "--sigma", "1", "--n-clusters", "1",
+           "--workdir", str(folder / "work"), "--results-dir", str(folder))
+    return folder / "tiny.pth", folder / "work" / "tiny", _results(folder)["tiny"]
+
+
+def test_pipeline_bench_exports_a_checkpoint_and_its_int8_in_one_run(checkpoint_bench):
+    import hashlib
+
+    checkpoint, work, entry = checkpoint_bench
+    fp32 = json.loads((work / "repo-fp32" / "manifest.json").read_text())
+    int8 = json.loads((work / "repo-int8" / "manifest.json").read_text())
+    assert fp32["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert int8["precision"] == "int8-dynamic" and int8["checkpoint"] == fp32["checkpoint"]
+    ops = {n.op_type for n in onnx.load(str(work / "repo-int8" / int8["models"]["decoder"]["path"])).graph.node}
+    assert "MatMulInteger" in ops
+    # fp32 and int8 measured in the same run as the one reference they are compared with.
+    assert entry["order"] == ["ours", "reference", "ours-int8"]
+    assert set(entry["speedup"]) == {"ours", "ours-int8"} == set(entry["agreement"])
+    # pred_iou_thresh was set so that a quarter of the 48 candidate masks pass; the reference's IoU filter saw that.
+    assert entry["pred_iou_pass_share"] == 0.25 and entry["amg"]["pred_iou_thresh"] > 0
+    assert entry["funnel"]["candidates"] == 48 and 11 <= entry["funnel"]["after_iou"] <= 13
+    upscaled = entry["sides"]["ours"]["upscaled"]
+    assert upscaled["prompts"] == 16 and entry["funnel"]["after_iou"] / 3 <= upscaled["prompts_upscaled"] <= 16
+
+
+def test_gpu_check_dry_run(checkpoint_bench, tmp_path):
+    _, work, _ = checkpoint_bench
+    subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--model-repository",
+                    str(work / "repo-fp32"), "--images", "1", "--points-per-side", "4", "--kmeans-points", "500",
+                    "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path)],
+                   cwd=ROOT, check=True, capture_output=True)
+    entry = _results(tmp_path)["gpu-check-dry-run"]
+    assert entry["kind"] == "gpu" and entry["errors"] == [] and "no GPU" in entry["device"]
+    assert [(r["model"], r["provider"]) for r in entry["rows"]] == [
+        ("tiny-test", "CPU"), ("tiny-test, fp16", "CPU")]
+    fp16 = json.loads((tmp_path / "work" / "repo-fp16" / "manifest.json").read_text())
+    decoder = onnx.load(str(tmp_path / "work" / "repo-fp16" / fp16["models"]["decoder"]["path"]))
+    assert {i.data_type for i in decoder.graph.initializer if i.name.startswith("mask_decoder")} == {
+        onnx.TensorProto.FLOAT16}
+    assert [i.type.tensor_type.elem_type for i in decoder.graph.input] == [onnx.TensorProto.FLOAT] * 4
+    assert entry["kmeans"]["library"] == "scikit-learn" and entry["kmeans"]["points"] == 500
+    assert all(r["prompts_upscaled"]["prompts"] == 16 for r in entry["rows"])
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert out.returncode == 2 and "no NVIDIA GPU visible" in out.stderr
 
 
 def test_scaling_bench_writes_points_and_plot(tmp_path):
     _bench("bench_scaling.py", "--sizes", "3", "12", "--results-dir", str(tmp_path))
-    points = json.loads((tmp_path / "results.json").read_text())["scaling"]["points"]
+    points = _results(tmp_path)["scaling"]["points"]
     assert [p["images"] for p in points] == [3, 12]
     assert [p["pfls"] for p in points] == [60, 240]  # 20 synthetic PFLs per image
     assert all(p["seconds"] > 0 and p["peak_rss_mib"] > 0 for p in points)
@@ -60,14 +184,17 @@ def test_scaling_bench_writes_points_and_plot(tmp_path):
 def test_ort_options_bench_varies_one_setting_at_a_time(stand_in_repo, tmp_path):
     _bench("bench_ort_options.py", "--model-repository", str(stand_in_repo), "--prompts", "16", "--repeats", "1",
            "--results-dir", str(tmp_path))
-    entry = json.loads((tmp_path / "results.json").read_text())["ort_options"]
-    rows = {(r["model"], r["setting"]): r for r in entry["rows"]}
+    entry = _results(tmp_path)["ort_options"]
+    settings = [(r["model"], r["setting"]) for r in entry["rows"]]
+    assert len(settings) == len(set(settings))
     for model in ("encoder", "decoder"):
-        assert {"backend defaults", "level=basic", "level=extended", "threads=1"} <= {s for m, s in rows if m == model}
-    assert {s for m, s in rows if m == "decoder" and s.startswith("chunk=")} == {"chunk=4", "chunk=16", "chunk=32", "chunk=64"}
-    assert ("encoder", "arena=True") in rows and ("decoder", "arena=False") in rows
-    assert not any("precision" in s for _, s in rows)  # no int8 repository given
-    assert all(r["seconds_per_image"] > 0 for (m, _), r in rows.items() if m == "encoder")
-    assert all(r["ms_per_prompt"] > 0 for (m, _), r in rows.items() if m == "decoder")
+        assert {"backend defaults", "level=basic", "level=extended", "threads=1"} <= {s for m, s in settings if m == model}
+        assert sum(m == model for m, s in settings if "," in s) == 0  # never two changes at once
+    assert ("encoder", "arena=True") in settings and ("decoder", "arena=False") in settings
+    assert ("decoder", "SkipLayerNormFusion=on") in settings and ("encoder", "SkipLayerNormFusion=off") in settings
+    # The stand-in's predicted IoUs tie (many are 1.0), so the shares reached are at most the ones asked for.
+    shares = {r["setting"]: r["upscaled_share"] for r in entry["rows"] if r["setting"].startswith("upscaled=")}
+    assert list(shares) == ["upscaled=75%", "upscaled=50%", "upscaled=25%", "upscaled=0%"]
+    assert all(shares[f"upscaled={p}%"] <= p / 100 for p in (75, 50, 25)) and shares["upscaled=0%"] == 0.0
+    assert not any("precision" in s for _, s in settings)  # no int8 repository given
     assert entry["prompts"] == 16 and entry["int8_agreement"] is None
-    assert "## onnxruntime settings" in (tmp_path / "RESULTS.md").read_text()
