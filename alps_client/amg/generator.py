@@ -220,7 +220,7 @@ class MaskGenerator:
         labels = np.ones((len(points), 1), np.float32)
         start = time.perf_counter()
         # Masks at or below a positive pred_iou_thresh are dropped unseen: the decoder may skip upscaling them.
-        skip_at_or_below = c.pred_iou_thresh if c.pred_iou_thresh > 0.0 else None
+        skip_at_or_below = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
         out = self.backend.decode(embedding, coords, labels, iou_threshold=skip_at_or_below)
         timings["decoder"] += time.perf_counter() - start
 
