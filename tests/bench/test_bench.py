@@ -106,24 +106,14 @@ def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_bench(tmp_path_factory) -> tuple[Path, Path, dict]:
+def checkpoint_bench(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path, dict]:
     """``bench_pipeline.py --checkpoint`` on a tiny SAM checkpoint: exported here, fp32 and int8 vs the reference."""
-    import torch
-
-    from export.export_sam import TINY_TEST_ARGS
-    from export.tv_shim import install_torchvision_shim
-
-    install_torchvision_shim()
-    from segment_anything.build_sam import _build_sam
-
     folder = tmp_path_factory.mktemp("checkpoint_bench")
-    torch.manual_seed(5)
-    torch.save(_build_sam(checkpoint=None, **TINY_TEST_ARGS).state_dict(), folder / "tiny.pth")
-    _bench("bench_pipeline.py", "--name", "tiny", "--checkpoint", str(folder / "tiny.pth"), "--model-type", "tiny-test",
+    _bench("bench_pipeline.py", "--name", "tiny", "--checkpoint", str(tiny_checkpoint), "--model-type", "tiny-test",
            "--int8", "--synthetic", "1", "--size", "128", "--points-per-side", "4", "--pred-iou-pass-share", "0.25",
            "--stability-score-thresh", "0", "--sigma", "1", "--n-clusters", "1",
            "--workdir", str(folder / "work"), "--results-dir", str(folder))
-    return folder / "tiny.pth", folder / "work" / "tiny", _results(folder)["tiny"]
+    return tiny_checkpoint, folder / "work" / "tiny", _results(folder)["tiny"]
 
 
 def test_pipeline_bench_exports_a_checkpoint_and_its_int8_in_one_run(checkpoint_bench):

@@ -46,25 +46,34 @@ def test_small_windows_keep_meta_forward(monkeypatch):
     assert calls == [torch.Size([1, 64, 64, 32])]
 
 
-def test_shared_embedding_decoder_equals_meta_mask_decoder():
-    """Several prompts of two points each (foreground and background labels), multimask output."""
-    torch.manual_seed(7)
+def _meta_and_shared(seed: int, coords: torch.Tensor, labels: torch.Tensor, iou_threshold=None):
+    """Meta's mask decoder and ours on the same random decoder weights, embedding and prompts."""
+    torch.manual_seed(seed)
     sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS).eval()
     for p in sam.mask_decoder.parameters():  # Meta's zero/one inits would hide a wrong bias or layer norm
         torch.nn.init.normal_(p, std=0.2)
     embedding = torch.randn(1, 256, 64, 64)
-    coords = torch.rand(5, 2, 2) * 1024
-    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     pe = sam.prompt_encoder
     with torch.no_grad():
         sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
-        expected_masks, expected_iou = sam.mask_decoder(
+        expected = sam.mask_decoder(
             image_embeddings=embedding, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=True,
         )
-        masks, iou = predict_masks_shared_embedding(
-            sam.mask_decoder, embedding, pe.get_dense_pe(), sparse, pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        threshold = None if iou_threshold is None else iou_threshold(expected[1])
+        ours = predict_masks_shared_embedding(
+            sam.mask_decoder, embedding, pe.get_dense_pe(), sparse, pe.no_mask_embed.weight.reshape(1, -1, 1, 1),
+            iou_threshold=threshold,
         )
+    return expected, ours, threshold
+
+
+def test_shared_embedding_decoder_equals_meta_mask_decoder():
+    """Several prompts of two points each (foreground and background labels), multimask output."""
+    torch.manual_seed(7)
+    coords = torch.rand(5, 2, 2) * 1024
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    (expected_masks, expected_iou), (masks, iou), _ = _meta_and_shared(7, coords, labels)
     assert masks.shape == expected_masks.shape == (5, 3, 256, 256) and iou.shape == (5, 3)
     torch.testing.assert_close(masks, expected_masks, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(iou, expected_iou, rtol=1e-5, atol=1e-5)
@@ -75,23 +84,9 @@ def test_only_prompts_above_the_iou_threshold_are_upscaled():
     from export.shared_embedding_decoder import SKIPPED_MASK_LOGIT
 
     torch.manual_seed(3)
-    sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS).eval()
-    for p in sam.mask_decoder.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    embedding = torch.randn(1, 256, 64, 64)
     coords, labels = torch.rand(9, 1, 2) * 1024, torch.ones(9, 1)
-    pe = sam.prompt_encoder
-    with torch.no_grad():
-        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
-        expected_masks, expected_iou = sam.mask_decoder(
-            image_embeddings=embedding, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=True,
-        )
-        threshold = expected_iou.max(dim=1).values.median().reshape(1)
-        masks, iou = predict_masks_shared_embedding(
-            sam.mask_decoder, embedding, pe.get_dense_pe(), sparse, pe.no_mask_embed.weight.reshape(1, -1, 1, 1),
-            iou_threshold=threshold,
-        )
+    median_best = lambda iou: iou.max(dim=1).values.median().reshape(1)
+    (expected_masks, expected_iou), (masks, iou), threshold = _meta_and_shared(3, coords, labels, median_best)
     upscaled = (expected_iou > threshold).any(dim=1)
     assert 0 < int(upscaled.sum()) < 9
     torch.testing.assert_close(iou, expected_iou, rtol=1e-5, atol=1e-5)
