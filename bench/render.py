@@ -59,8 +59,14 @@ def _pipeline(name: str, r: dict[str, Any]) -> list[str]:
                          for s in ours))
     lines.append(f"- peak RSS: reference {ref['peak_rss_mib']:.0f} MiB; "
                  + "; ".join(f"{s} {sides[s]['peak_rss_mib']:.0f} MiB" for s in ours))
+    if r.get("concurrency", 1) > 1:
+        lines.append(f"- ours labels {r['concurrency']} images at a time, so its stage times overlap and add up to more "
+                     "than its end-to-end time")
     for s in ours:
         a = r["agreement"][s]
+        if not a["ours_masks"] and not a["reference_masks"]:
+            lines.append(f"- {s} vs reference: no mask left on either side (nothing to match or label)")
+            continue
         lines.append(
             f"- {s} vs reference: masks {a['ours_masks']} vs {a['reference_masks']}; reference masks matched one-to-one "
             f"at IoU >= 0.99: {_f(a['reference_matched_share'])}; {s} masks matched: {_f(a['ours_matched_share'])}; "
