@@ -29,9 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results import commit as commit_label  # noqa: E402
-from bench.results import record  # noqa: E402
-from bench.sides import peak_rss_mib  # noqa: E402
+from bench.results import commit as commit_label
+from bench.results import record
+from bench.sides import peak_rss_mib
 
 SIZE = 1024
 
