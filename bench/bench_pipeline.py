@@ -47,11 +47,11 @@ def prepare_repositories(args: argparse.Namespace, work: Path) -> dict[str, str]
             if not (int8 / "manifest.json").is_file() or not args.keep_export:
                 quantize_repository(fp32, int8)
             repos["ours-int8"] = str(int8)
-        return repos
-    if not args.model_repository:
+    elif args.model_repository:
+        repos["ours"] = args.model_repository
+    else:
         raise SystemExit("bench_pipeline: give --model-repository, or --checkpoint/--random-init with --model-type")
-    repos["ours"] = args.model_repository
-    if args.int8_repository:
+    if args.int8_repository and "ours-int8" not in repos:
         repos["ours-int8"] = args.int8_repository
     return repos
 

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -182,14 +179,7 @@ def run_export(
         log(f"Exporting {model_type} with RANDOM weights (--random-init): for shapes and speed only, not for labels.")
     else:
         log(f"Exporting {model_type} from {checkpoint}.")
-    checkpoint_info = None
-    if checkpoint:
-        checkpoint_info = {"path": str(Path(checkpoint).resolve()), "sha256": triton_repo.sha256_of([Path(checkpoint)])}
-
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
-        enc_path = staging / triton_repo.ENCODER_MODEL / "1" / "model.onnx"
-        dec_path = staging / triton_repo.DECODER_MODEL / "1" / "model.onnx"
+    with triton_repo.staged_repository(out) as (enc_path, dec_path):
         t_enc = onnx_export.export_encoder(sam, enc_path, opset)
         log(f"  encoder exported in {t_enc:.1f} s")
         t_dec = onnx_export.export_decoder(sam, dec_path, opset)
@@ -205,113 +195,95 @@ def run_export(
         )
         quantization = None
         if quantize == "int8":
-            quantization = _quantize_in_place(enc_path, dec_path, staging / "int8", log)
-        encoder_specs = {
-            "images": (onnx_export.ENCODER_INPUTS["images"], "uint8", (-1, IMAGE_SIZE, IMAGE_SIZE, 3)),
-            "input_size": (onnx_export.ENCODER_INPUTS["input_size"], "int64", (-1, 2)),
-        }
-        encoder_out = {"image_embeddings": (onnx_export.ENCODER_OUTPUTS["image_embeddings"], "float32", (-1, 256, 64, 64))}
-        decoder_specs = {
-            "image_embeddings": (onnx_export.DECODER_INPUTS["image_embeddings"], "float32", (1, 256, 64, 64)),
-            "point_coords": (onnx_export.DECODER_INPUTS["point_coords"], "float32", (-1, -1, 2)),
-            "point_labels": (onnx_export.DECODER_INPUTS["point_labels"], "float32", (-1, -1)),
-            "iou_threshold": (onnx_export.DECODER_INPUTS["iou_threshold"], "float32", (1,)),
-        }
-        decoder_out = {
-            "low_res_masks": (onnx_export.DECODER_OUTPUTS["low_res_masks"], "float32", (-1, 3, 256, 256)),
-            "iou_predictions": (onnx_export.DECODER_OUTPUTS["iou_predictions"], "float32", (-1, 3)),
-        }
+            quantization = _quantize_in_place(enc_path, dec_path, enc_path.parents[2] / "int8", log)
+        specs = _tensor_specs()
         kind = "KIND_CPU" if cpu else "KIND_GPU"
-        (enc_path.parents[1] / "config.pbtxt").write_text(
-            triton_repo.render_config_pbtxt(
-                triton_repo.ENCODER_MODEL,
-                [(n, d, s[1:]) for n, d, s in encoder_specs.values()],
-                [(n, d, s[1:]) for n, d, s in encoder_out.values()],
-                max_batch_size=max_batch_size,
-                instance_kind=kind,
-                max_queue_delay_us=5000,
-                comment=f"SAM image encoder ({model_type}), preprocessing in-graph; written by export/export_sam.py",
-            )
-        )
-        (dec_path.parents[1] / "config.pbtxt").write_text(
-            triton_repo.render_config_pbtxt(
-                triton_repo.DECODER_MODEL,
-                [(n, d, s, role in onnx_export.DECODER_OPTIONAL_DEFAULTS) for role, (n, d, s) in decoder_specs.items()],
-                [(n, d, s) for n, d, s in decoder_out.values()],
-                max_batch_size=0,
-                instance_kind=kind,
-                instance_count=2,
-                comment=(
-                    f"SAM AMG decoder ({model_type}); written by export/export_sam.py.\n"
-                    "max_batch_size 0: the B prompts of a request share one image embedding, so Triton's batch\n"
-                    "dimension (the same on every input) does not fit; clients send large prompt chunks and keep\n"
-                    "several requests in flight, served by two instances."
-                ),
-            )
-        )
-        manifest = {
-            "model_family": "sam",
-            "model_type": model_type,
-            "is_stand_in": model_type == STAND_IN_NAME,
-            "random_init": bool(random_init),
-            "note": (
-                "STAND-IN model, not SAM: deterministic colour-statistics encoder for offline demos and parity tests"
-                if model_type == STAND_IN_NAME
-                else "RANDOM weights: shapes and speed only, labels are meaningless" if random_init else "SAM"
+        _write_configs(enc_path, dec_path, specs, model_type, kind, max_batch_size)
+        manifest = triton_repo.repository_manifest(
+            family="sam", model_type=model_type, is_stand_in=model_type == STAND_IN_NAME, random_init=random_init,
+            note=_note(model_type, random_init), checkpoint=checkpoint, image_size=IMAGE_SIZE,
+            mask_threshold=float(getattr(sam, "mask_threshold", 0.0)), preprocessing=PREPROCESSING,
+            encoder=triton_repo.model_entry(triton_repo.ENCODER_MODEL, enc_path, *specs[:2],
+                                            max_batch_size=max_batch_size),
+            decoder=triton_repo.model_entry(
+                triton_repo.DECODER_MODEL, dec_path, *specs[2:], multimask_output=True,
+                optional_inputs={"iou_threshold": "prompts whose three predicted IoUs are all at or below it are not "
+                                 "upscaled; their masks are empty (logit -1e4). Default -inf: every prompt is upscaled"},
+                padding_point="appended in-graph: (0, 0) with label -1, as Meta's PromptEncoder",
             ),
-            "checkpoint": checkpoint_info,
-            "image_size": IMAGE_SIZE,
-            "mask_threshold": float(getattr(sam, "mask_threshold", 0.0)),
-            "preprocessing": {
-                "resize": "client-side: longest side to 1024 with PIL BILINEAR (Meta's ResizeLongestSide), "
-                "size rounded with int(x + 0.5); image padded bottom/right to 1024x1024",
-                "pixel_mean": list(PIXEL_MEAN),
-                "pixel_std": list(PIXEL_STD),
-                "pad": "zeros after normalisation (in-graph, from input_size)",
-                "channel_order": "RGB",
-            },
-            "models": {
-                "encoder": {
-                    "name": triton_repo.ENCODER_MODEL,
-                    "path": f"{triton_repo.ENCODER_MODEL}/1/model.onnx",
-                    "files": [p.name for p in triton_repo.model_files(enc_path)],
-                    "sha256": triton_repo.sha256_of(triton_repo.model_files(enc_path)),
-                    "inputs": triton_repo.tensor_specs(encoder_specs),
-                    "outputs": triton_repo.tensor_specs(encoder_out),
-                    "max_batch_size": max_batch_size,
-                },
-                "decoder": {
-                    "name": triton_repo.DECODER_MODEL,
-                    "path": f"{triton_repo.DECODER_MODEL}/1/model.onnx",
-                    "files": [p.name for p in triton_repo.model_files(dec_path)],
-                    "sha256": triton_repo.sha256_of(triton_repo.model_files(dec_path)),
-                    "inputs": triton_repo.tensor_specs(decoder_specs),
-                    "outputs": triton_repo.tensor_specs(decoder_out),
-                    "multimask_output": True,
-                    "optional_inputs": {
-                        "iou_threshold": "prompts whose three predicted IoUs are all at or below it are not upscaled; "
-                        "their masks are empty (logit -1e4). Default -inf: every prompt is upscaled",
-                    },
-                    "padding_point": "appended in-graph: (0, 0) with label -1, as Meta's PromptEncoder",
-                },
-            },
-            "parity": parity,
-            "precision": "int8-dynamic" if quantization else "fp32",
-            "quantization": quantization,
-            "export": {"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
-            "versions": versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        for name in (triton_repo.ENCODER_MODEL, triton_repo.DECODER_MODEL):
-            target = out / name
-            if target.exists():
-                shutil.rmtree(target)
-            (staging / name).rename(target)
-        triton_repo.write_manifest(out, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            parity=parity, quantization=quantization,
+            export={"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
+            versions=versions(),
+        )
+    triton_repo.write_manifest(out, manifest)
     log(f"Model repository written to {out} ({manifest['note']}).")
     return manifest
+
+
+PREPROCESSING = {
+    "resize": "client-side: longest side to 1024 with PIL BILINEAR (Meta's ResizeLongestSide), size rounded with "
+              "int(x + 0.5); image padded bottom/right to 1024x1024",
+    "pixel_mean": list(PIXEL_MEAN),
+    "pixel_std": list(PIXEL_STD),
+    "pad": "zeros after normalisation (in-graph, from input_size)",
+    "channel_order": "RGB",
+}
+TensorSpecs = dict[str, tuple[str, str, tuple[int, ...]]]
+
+
+def _note(model_type: str, random_init: bool) -> str:
+    if model_type == STAND_IN_NAME:
+        return "STAND-IN model, not SAM: deterministic colour-statistics encoder for offline demos and parity tests"
+    return "RANDOM weights: shapes and speed only, labels are meaningless" if random_init else "SAM"
+
+
+def _tensor_specs() -> tuple[TensorSpecs, TensorSpecs, TensorSpecs, TensorSpecs]:
+    """Encoder inputs/outputs and decoder inputs/outputs: role -> (name, dtype, shape with batch dim)."""
+    encoder_in = {
+        "images": (onnx_export.ENCODER_INPUTS["images"], "uint8", (-1, IMAGE_SIZE, IMAGE_SIZE, 3)),
+        "input_size": (onnx_export.ENCODER_INPUTS["input_size"], "int64", (-1, 2)),
+    }
+    encoder_out = {"image_embeddings": (onnx_export.ENCODER_OUTPUTS["image_embeddings"], "float32", (-1, 256, 64, 64))}
+    decoder_in = {
+        "image_embeddings": (onnx_export.DECODER_INPUTS["image_embeddings"], "float32", (1, 256, 64, 64)),
+        "point_coords": (onnx_export.DECODER_INPUTS["point_coords"], "float32", (-1, -1, 2)),
+        "point_labels": (onnx_export.DECODER_INPUTS["point_labels"], "float32", (-1, -1)),
+        "iou_threshold": (onnx_export.DECODER_INPUTS["iou_threshold"], "float32", (1,)),
+    }
+    decoder_out = {
+        "low_res_masks": (onnx_export.DECODER_OUTPUTS["low_res_masks"], "float32", (-1, 3, 256, 256)),
+        "iou_predictions": (onnx_export.DECODER_OUTPUTS["iou_predictions"], "float32", (-1, 3)),
+    }
+    return encoder_in, encoder_out, decoder_in, decoder_out
+
+
+def _write_configs(enc_path: Path, dec_path: Path, specs: tuple[TensorSpecs, ...], model_type: str, kind: str,
+                   max_batch_size: int) -> None:
+    """Triton ``config.pbtxt`` of the encoder (dynamic batching) and the decoder (prompt chunks, two instances)."""
+    encoder_in, encoder_out, decoder_in, decoder_out = specs
+    (enc_path.parents[1] / "config.pbtxt").write_text(triton_repo.render_config_pbtxt(
+        triton_repo.ENCODER_MODEL,
+        [(n, d, s[1:]) for n, d, s in encoder_in.values()],
+        [(n, d, s[1:]) for n, d, s in encoder_out.values()],
+        max_batch_size=max_batch_size,
+        instance_kind=kind,
+        max_queue_delay_us=5000,
+        comment=f"SAM image encoder ({model_type}), preprocessing in-graph; written by export/export_sam.py",
+    ))
+    (dec_path.parents[1] / "config.pbtxt").write_text(triton_repo.render_config_pbtxt(
+        triton_repo.DECODER_MODEL,
+        [(n, d, s, role in onnx_export.DECODER_OPTIONAL_DEFAULTS) for role, (n, d, s) in decoder_in.items()],
+        [(n, d, s) for n, d, s in decoder_out.values()],
+        max_batch_size=0,
+        instance_kind=kind,
+        instance_count=2,
+        comment=(
+            f"SAM AMG decoder ({model_type}); written by export/export_sam.py.\n"
+            "max_batch_size 0: the B prompts of a request share one image embedding, so Triton's batch\n"
+            "dimension (the same on every input) does not fit; clients send large prompt chunks and keep\n"
+            "several requests in flight, served by two instances."
+        ),
+    ))
 
 
 def _quantize_in_place(enc_path: Path, dec_path: Path, scratch: Path, log: Any) -> dict[str, Any]:

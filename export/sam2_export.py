@@ -7,9 +7,6 @@ models where they always do; the manifest's ``model_family`` tells clients which
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +116,7 @@ def run_export(
     out.mkdir(parents=True, exist_ok=True)
     note = _note(model_type, random_init)
     log(f"Exporting {model_type}: {note}." if note != "SAM 2.1" else f"Exporting {model_type} from {checkpoint}.")
-    checkpoint_info = None
-    if checkpoint:
-        checkpoint_info = {"path": str(Path(checkpoint).resolve()), "sha256": triton_repo.sha256_of([Path(checkpoint)])}
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
-        enc_path = staging / triton_repo.ENCODER_MODEL / "1" / "model.onnx"
-        dec_path = staging / triton_repo.DECODER_MODEL / "1" / "model.onnx"
+    with triton_repo.staged_repository(out) as (enc_path, dec_path):
         t_enc = so.export_encoder(model, enc_path, opset)
         log(f"  encoder exported in {t_enc:.1f} s")
         t_dec = so.export_decoder(model, dec_path, opset)
@@ -139,58 +130,33 @@ def run_export(
         specs = tensor_specs()
         kind = "KIND_CPU" if cpu else "KIND_GPU"
         _write_configs(enc_path, dec_path, specs, model_type, kind, max_batch_size)
-        manifest = {
-            "model_family": "sam2",
-            "model_type": model_type,
-            "is_stand_in": model_type == SAM2_STAND_IN_NAME,
-            "random_init": bool(random_init),
-            "note": note,
-            "checkpoint": checkpoint_info,
-            "image_size": so.IMAGE_SIZE,
-            "mask_threshold": 0.0,
-            "preprocessing": {
-                "resize": "in-graph: the whole image to 1024x1024 (aspect ratio not kept, no padding), torchvision's "
-                "tensor resize of the [0, 1] float image: bilinear, antialias=True, align_corners=False",
-                "scale": "1/255 (ToTensor)",
-                "pixel_mean": list(so.PIXEL_MEAN),
-                "pixel_std": list(so.PIXEL_STD),
-                "pad": "none: the valid region is the whole 1024x1024 frame",
-                "channel_order": "RGB",
-                "no_mem_embed": "added to image_embeddings in-graph (SAM2ImagePredictor.set_image)",
-            },
-            "models": {
-                role: {
-                    "name": name,
-                    "path": f"{name}/1/model.onnx",
-                    "files": [p.name for p in triton_repo.model_files(path)],
-                    "sha256": triton_repo.sha256_of(triton_repo.model_files(path)),
-                    "inputs": triton_repo.tensor_specs(specs[2 * i]),
-                    "outputs": triton_repo.tensor_specs(specs[2 * i + 1]),
-                }
-                for i, (role, name, path) in enumerate((
-                    ("encoder", triton_repo.ENCODER_MODEL, enc_path), ("decoder", triton_repo.DECODER_MODEL, dec_path)
-                ))
-            },
-            "parity": parity,
-            "precision": "fp32",
-            "quantization": None,
-            "export": {"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
-            "versions": {**versions, "sam2": sam2_version()},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        manifest["models"]["encoder"]["max_batch_size"] = max_batch_size
-        manifest["models"]["decoder"].update({
-            "mask_tokens": mask_token_selection(model),
-            "padding_point": "appended in-graph: (0, 0) with label -1, as SAM 2's PromptEncoder (no box)",
-            "point_frame": "1024x1024 frame of the resized image: x * 1024 / W, y * 1024 / H",
-        })
-        for name in (triton_repo.ENCODER_MODEL, triton_repo.DECODER_MODEL):
-            target = out / name
-            if target.exists():
-                shutil.rmtree(target)
-            (staging / name).rename(target)
-        triton_repo.write_manifest(out, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        manifest = triton_repo.repository_manifest(
+            family="sam2", model_type=model_type, is_stand_in=model_type == SAM2_STAND_IN_NAME,
+            random_init=random_init, note=note, checkpoint=checkpoint, image_size=so.IMAGE_SIZE, mask_threshold=0.0,
+            preprocessing=PREPROCESSING,
+            encoder=triton_repo.model_entry(triton_repo.ENCODER_MODEL, enc_path, *specs[:2],
+                                            max_batch_size=max_batch_size),
+            decoder=triton_repo.model_entry(
+                triton_repo.DECODER_MODEL, dec_path, *specs[2:], mask_tokens=mask_token_selection(model),
+                padding_point="appended in-graph: (0, 0) with label -1, as SAM 2's PromptEncoder (no box)",
+                point_frame="1024x1024 frame of the resized image: x * 1024 / W, y * 1024 / H",
+            ),
+            parity=parity, quantization=None,
+            export={"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
+            versions={**versions, "sam2": sam2_version()},
+        )
+    triton_repo.write_manifest(out, manifest)
     log(f"Model repository written to {out} ({note}).")
     return manifest
+
+
+PREPROCESSING = {
+    "resize": "in-graph: the whole image to 1024x1024 (aspect ratio not kept, no padding), torchvision's tensor "
+              "resize of the [0, 1] float image: bilinear, antialias=True, align_corners=False",
+    "scale": "1/255 (ToTensor)",
+    "pixel_mean": list(so.PIXEL_MEAN),
+    "pixel_std": list(so.PIXEL_STD),
+    "pad": "none: the valid region is the whole 1024x1024 frame",
+    "channel_order": "RGB",
+    "no_mem_embed": "added to image_embeddings in-graph (SAM2ImagePredictor.set_image)",
+}

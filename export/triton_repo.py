@@ -1,10 +1,15 @@
-"""Triton model repository: ``config.pbtxt`` rendering (pure) and the repository manifest."""
+"""Triton model repository: ``config.pbtxt`` rendering (pure), the manifest (one function for every model family),
+and the staged write of the model folders."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +101,61 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+def checkpoint_record(checkpoint: str | None) -> dict[str, str] | None:
+    """``{path, sha256}`` of the checkpoint a repository was exported from (None for stand-ins, random weights)."""
+    if not checkpoint:
+        return None
+    return {"path": str(Path(checkpoint).resolve()), "sha256": sha256_of([Path(checkpoint)])}
+
+
+def model_entry(name: str, onnx_path: Path, inputs: Mapping[str, tuple[str, str, Sequence[int]]],
+                outputs: Mapping[str, tuple[str, str, Sequence[int]]], **facts: Any) -> dict[str, Any]:
+    """A model's manifest entry: Triton name, path, files and their sha256, tensors by role, and ``facts``."""
+    files = model_files(onnx_path)
+    return {"name": name, "path": f"{name}/1/model.onnx", "files": [p.name for p in files], "sha256": sha256_of(files),
+            "inputs": tensor_specs(inputs), "outputs": tensor_specs(outputs), **facts}
+
+
+def repository_manifest(
+    *, family: str, model_type: str, is_stand_in: bool, random_init: bool, note: str, checkpoint: str | None,
+    image_size: int, mask_threshold: float, preprocessing: dict[str, Any], encoder: dict[str, Any],
+    decoder: dict[str, Any], parity: dict[str, Any], quantization: dict[str, Any] | None, export: dict[str, Any],
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """The ``manifest.json`` of a model repository (every family): what clients read, and the export's record."""
+    return {
+        "model_family": family,
+        "model_type": model_type,
+        "is_stand_in": is_stand_in,
+        "random_init": bool(random_init),
+        "note": note,
+        "checkpoint": checkpoint_record(checkpoint),
+        "image_size": image_size,
+        "mask_threshold": mask_threshold,
+        "preprocessing": preprocessing,
+        "models": {"encoder": encoder, "decoder": decoder},
+        "parity": parity,
+        "precision": "int8-dynamic" if quantization else "fp32",
+        "quantization": quantization,
+        "export": export,
+        "versions": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@contextmanager
+def staged_repository(out: Path) -> Iterator[tuple[Path, Path]]:
+    """``(encoder.onnx, decoder.onnx)`` paths in a staging folder under ``out``; on success the two model folders
+    replace those in ``out`` (a failed export leaves ``out`` as it was), and the staging folder always goes."""
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        yield staging / ENCODER_MODEL / "1" / "model.onnx", staging / DECODER_MODEL / "1" / "model.onnx"
+        for name in (ENCODER_MODEL, DECODER_MODEL):
+            target = out / name
+            if target.exists():
+                shutil.rmtree(target)
+            (staging / name).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

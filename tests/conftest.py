@@ -82,6 +82,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_int8_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SAM's repository with int8 weights (export/quantize.py, the step of ``export_sam.py --quantize int8``)."""
+    from export.quantize import quantize_repository
+
+    out = tmp_path_factory.mktemp("tiny_int8_repo")
+    quantize_repository(tiny_repo, out, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SAM exported through the real checkpoint path (ONNX + Triton configs + manifest)."""
     from export.export_sam import run_export

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from export.export_sam import TINY_TEST_ARGS, ExportError, load_model, run_export
+from export.export_sam import TINY_TEST_ARGS, ExportError, load_model
 from export.tv_shim import install_torchvision_shim
 from tests.conftest import REPO_ROOT
 from tests.shapes import make_shapes_scene
@@ -47,8 +46,8 @@ def test_parity_check_rejects_an_onnx_model_that_disagrees(tiny_repo, tiny_check
 def test_embedded_backend_matches_meta_predictor_on_tiny_sam(tiny_repo, tiny_checkpoint):
     """Our client-side resize + ONNX encoder/decoder reproduce SamPredictor.set_image / predict_torch."""
     from alps_client.backends.embedded import EmbeddedBackend
-    from alps_client.config import BackendConfig
     from alps_client.backends.preprocess import apply_coords
+    from alps_client.config import BackendConfig
 
     image, _ = make_shapes_scene(seed=3, size=(150, 230))
     backend = EmbeddedBackend(BackendConfig(model_repository=str(tiny_repo), num_threads=2))
@@ -75,18 +74,16 @@ def test_embedded_backend_matches_meta_predictor_on_tiny_sam(tiny_repo, tiny_che
     np.testing.assert_allclose(ours.iou_predictions, their_iou.numpy(), atol=1e-4)
 
 
-def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_checkpoint, tmp_path):
-    """``--quantize int8``: MatMulInteger graphs, agreement figures in the manifest, masks close to fp32."""
+def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_int8_repo):
+    """int8 weights (the step behind ``--quantize int8``): MatMulInteger graphs, agreement figures in the manifest,
+    masks close to fp32."""
     import hashlib
 
     from alps_client.backends.embedded import EmbeddedBackend
-    from alps_client.config import BackendConfig
     from alps_client.backends.preprocess import apply_coords
+    from alps_client.config import BackendConfig
 
-    out = tmp_path / "int8"
-    lines: list[str] = []
-    run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, quantize="int8", log=lines.append)
-    assert any("int8 dynamic quantisation" in line for line in lines)
+    out = tiny_int8_repo
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "int8-dynamic"
     figures = manifest["quantization"]["agreement_vs_fp32"]

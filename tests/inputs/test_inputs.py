@@ -19,6 +19,7 @@ from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from tests.coco_checks import assert_coco_consistent
 from tests.conftest import REPO_ROOT
 from tests.inputs.make_files import SIZE, write_odd_dataset
+from tests.runs import cli_env
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,7 @@ def decode(annotation: dict) -> np.ndarray:
     return mask_utils.decode({**seg, "counts": seg["counts"].encode()}).astype(bool)
 
 
-def test_odd_dataset_through_the_flow(odd, stand_in_repo, tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "ph"))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_path):
     root, expect = odd
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     out = tmp_path / "out"
@@ -105,7 +104,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, tmp_path, monkeypatch)
         [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(out), "--model-repository", str(stand_in_repo),
          "--points-per-side", "8", "--n-clusters", "3", "--write-nifti-labels", "--no-progress"],
         check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ},
+        env=cli_env(tmp_path / "ph", prefect_server),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     errors = {json.loads(line)["path"]: json.loads(line)["reason"] for line in (out / "errors.jsonl").read_text().splitlines()}
@@ -220,10 +219,8 @@ def test_huge_plain_image_is_refused_with_the_way_out(tmp_path):
     assert not items and "too large" in errors[0].reason
 
 
-def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, tmp_path):
+def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect_server, tmp_path):
     """--tile/--overlap/--stitch end to end: tiles labelled as images, one stitched GeoTIFF per scene."""
-    import os
-
     import rasterio
 
     from alps_client.synthetic import make_scene
@@ -233,8 +230,7 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, tmp_pat
     (tmp_path / "data").mkdir()
     write_geotiff(tmp_path / "data" / "scene.tif", rgb.transpose(2, 0, 1), "EPSG:32633", (400000.0, 1.0, 5000000.0))
     (tmp_path / "data" / "bad.png").write_bytes(b"")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "ph"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = cli_env(tmp_path / "ph", prefect_server)
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", str(tmp_path / "data"), "--out", str(out), "--model-repository",

@@ -150,14 +150,13 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
 
 
-@pytest.mark.parametrize("shm", [False, True])
-def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path, shm):
+def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path):
     """SAM 2.1's repository (image of any size, high-resolution features, mask input for use_m2m) served as is."""
     from alps_client.amg import Sam2MaskGenerator
     from alps_client.backends.embedded import EmbeddedBackend
 
     server = start_triton(sam2_stand_in_repo, tmp_path)
-    backend = triton_backend(sam2_stand_in_repo, server.grpc_url, shared_memory=shm)
+    backend = triton_backend(sam2_stand_in_repo, server.grpc_url, shared_memory=True)
     embedded = EmbeddedBackend(BackendConfig(model_repository=str(sam2_stand_in_repo), num_threads=2))
     try:
         amg = AmgConfig(points_per_side=8, use_m2m=True)
