@@ -39,8 +39,9 @@ $(TRITON_STAMP): requirements-triton.txt
 demo: $(STAMP)
 	$(PY) -m flows.demo --workdir $(DEMO_DIR) --model-repository $(MODEL_REPO)
 
+# Two workers (one per core), whole files to one worker so module fixtures are built once; exports once per session.
 test: setup chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The review page test opens OUT/report/index.html in Debian's headless Chromium. Installed here when missing (as
 # root, with apt-get); where it cannot be, `make test` goes on and that test is skipped, saying why.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,14 +17,34 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder built once per test session, even when pytest-xdist runs the session in several worker processes.
+
+    Workers share the parent of their base temp folder; the first to ask builds under a file lock, the others wait
+    and reuse it (pytest-xdist's recipe for session fixtures that must run once). Exports are the costly case.
+    """
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out = root / f"built-once-{name}"
+    with FileLock(str(out) + ".lock"):
+        if not (out / ".built").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            build(out)
+            (out / ".built").write_text("")
+    return out
+
+
 @pytest.fixture(scope="session")
 def stand_in_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository with the structured stand-in (not SAM) exported to ONNX, Triton configs on CPU."""
     from export.export_sam import run_export
 
-    out = tmp_path_factory.mktemp("stand_in_repo")
-    run_export("stand-in", out, cpu=True, log=lambda *_: None)
-    return out
+    return built_once(tmp_path_factory, "stand_in_repo", lambda out: run_export("stand-in", out, cpu=True,
+                                                                               log=lambda *_: None))
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +52,8 @@ def sam2_stand_in_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository with the structured SAM 2 stand-in (not SAM 2) exported to ONNX, Triton configs on CPU."""
     from export.export_sam import run_export
 
-    out = tmp_path_factory.mktemp("sam2_stand_in_repo")
-    run_export("sam2-stand-in", out, cpu=True, log=lambda *_: None)
-    return out
+    return built_once(tmp_path_factory, "sam2_stand_in_repo", lambda out: run_export("sam2-stand-in", out, cpu=True,
+                                                                                    log=lambda *_: None))
 
 
 @pytest.fixture(scope="session")
@@ -74,11 +95,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     install_torchvision_shim()
     from segment_anything.build_sam import _build_sam
 
-    torch.manual_seed(123)
-    sam = _build_sam(checkpoint=None, **TINY_TEST_ARGS)
-    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny_test.pth"
-    torch.save(sam.state_dict(), path)
-    return path
+    def build(folder: Path) -> None:
+        torch.manual_seed(123)
+        torch.save(_build_sam(checkpoint=None, **TINY_TEST_ARGS).state_dict(), folder / "sam_tiny_test.pth")
+
+    return built_once(tmp_path_factory, "tiny_checkpoint", build) / "sam_tiny_test.pth"
 
 
 @pytest.fixture(scope="session")
@@ -86,9 +107,8 @@ def tiny_int8_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The tiny SAM's repository with int8 weights (export/quantize.py, the step of ``export_sam.py --quantize int8``)."""
     from export.quantize import quantize_repository
 
-    out = tmp_path_factory.mktemp("tiny_int8_repo")
-    quantize_repository(tiny_repo, out, log=lambda *_: None)
-    return out
+    return built_once(tmp_path_factory, "tiny_int8_repo",
+                      lambda out: quantize_repository(tiny_repo, out, log=lambda *_: None))
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +116,8 @@ def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     """The tiny SAM exported through the real checkpoint path (ONNX + Triton configs + manifest)."""
     from export.export_sam import run_export
 
-    out = tmp_path_factory.mktemp("tiny_repo")
-    run_export("tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None)
-    return out
+    return built_once(tmp_path_factory, "tiny_repo", lambda out: run_export(
+        "tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None))
 
 
 @pytest.fixture(scope="session")
