@@ -19,7 +19,6 @@ and PyTorch disagree. SAM 2.1 is exported by :mod:`export.sam2_export`; this mod
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from torch import nn  # noqa: E402
 from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
-from export.errors import ExportError  # noqa: E402
+from export.errors import ExportError, readable_checkpoint  # noqa: E402
 from export.quantize import QUANTIZE_CHOICES, quantize_pair  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
 from export.sam2_export import load_model as load_sam2_model  # noqa: E402
@@ -113,11 +112,7 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn
             f"--checkpoint is required for {model_type} (e.g. sam_vit_h_4b8939.pth from Meta's segment-anything "
             "release); use --random-init for shape/speed work or --model-type stand-in for the offline demo"
         )
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ExportError(f"checkpoint {checkpoint} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise ExportError(f"checkpoint {checkpoint} is not readable (permissions)")
+    path = readable_checkpoint(checkpoint)
     try:
         return _build_sam(model_type, str(path)).eval()
     except ExportError:
@@ -259,31 +254,21 @@ def _tensor_specs() -> tuple[TensorSpecs, TensorSpecs, TensorSpecs, TensorSpecs]
 
 def _write_configs(enc_path: Path, dec_path: Path, specs: tuple[TensorSpecs, ...], model_type: str, kind: str,
                    max_batch_size: int) -> None:
-    """Triton ``config.pbtxt`` of the encoder (dynamic batching) and the decoder (prompt chunks, two instances)."""
     encoder_in, encoder_out, decoder_in, decoder_out = specs
-    (enc_path.parents[1] / "config.pbtxt").write_text(triton_repo.render_config_pbtxt(
-        triton_repo.ENCODER_MODEL,
-        [(n, d, s[1:]) for n, d, s in encoder_in.values()],
-        [(n, d, s[1:]) for n, d, s in encoder_out.values()],
-        max_batch_size=max_batch_size,
-        instance_kind=kind,
-        max_queue_delay_us=5000,
-        comment=f"SAM image encoder ({model_type}), preprocessing in-graph; written by export/export_sam.py",
-    ))
-    (dec_path.parents[1] / "config.pbtxt").write_text(triton_repo.render_config_pbtxt(
-        triton_repo.DECODER_MODEL,
-        [(n, d, s, role in onnx_export.DECODER_OPTIONAL_DEFAULTS) for role, (n, d, s) in decoder_in.items()],
-        [(n, d, s) for n, d, s in decoder_out.values()],
-        max_batch_size=0,
-        instance_kind=kind,
-        instance_count=2,
-        comment=(
+    triton_repo.write_model_configs(
+        enc_path, dec_path,
+        ([(n, d, s[1:]) for n, d, s in encoder_in.values()], [(n, d, s[1:]) for n, d, s in encoder_out.values()]),
+        ([(n, d, s, role in onnx_export.DECODER_OPTIONAL_DEFAULTS) for role, (n, d, s) in decoder_in.items()],
+         list(decoder_out.values())),
+        kind, max_batch_size,
+        encoder_comment=f"SAM image encoder ({model_type}), preprocessing in-graph; written by export/export_sam.py",
+        decoder_comment=(
             f"SAM AMG decoder ({model_type}); written by export/export_sam.py.\n"
             "max_batch_size 0: the B prompts of a request share one image embedding, so Triton's batch\n"
             "dimension (the same on every input) does not fit; clients send large prompt chunks and keep\n"
             "several requests in flight, served by two instances."
         ),
-    ))
+    )
 
 
 def _quantize_in_place(enc_path: Path, dec_path: Path, scratch: Path, log: Any) -> dict[str, Any]:

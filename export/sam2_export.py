@@ -80,31 +80,21 @@ def _note(model_type: str, random_init: bool) -> str:
 
 def _write_configs(enc_path: Path, dec_path: Path, specs: tuple, model_type: str, kind: str, max_batch_size: int) -> None:
     encoder_in, encoder_out, decoder_in, decoder_out = specs
-    (enc_path.parents[1] / "config.pbtxt").write_text(triton_repo.render_config_pbtxt(
-        triton_repo.ENCODER_MODEL,
-        [(n, d, s[1:]) for n, d, s in encoder_in.values()],
-        [(n, d, s[1:]) for n, d, s in encoder_out.values()],
-        max_batch_size=max_batch_size,
-        instance_kind=kind,
-        max_queue_delay_us=5000,
-        comment=(
+    triton_repo.write_model_configs(
+        enc_path, dec_path,
+        ([(n, d, s[1:]) for n, d, s in encoder_in.values()], [(n, d, s[1:]) for n, d, s in encoder_out.values()]),
+        (list(decoder_in.values()), list(decoder_out.values())),
+        kind, max_batch_size,
+        encoder_comment=(
             f"SAM 2.1 image encoder ({model_type}): uint8 images of any size in, SAM2Transforms in-graph;\n"
             "written by export/export_sam.py. Dynamic batching joins requests of the same image size only."
         ),
-    ))
-    (dec_path.parents[1] / "config.pbtxt").write_text(triton_repo.render_config_pbtxt(
-        triton_repo.DECODER_MODEL,
-        list(decoder_in.values()),
-        list(decoder_out.values()),
-        max_batch_size=0,
-        instance_kind=kind,
-        instance_count=2,
-        comment=(
+        decoder_comment=(
             f"SAM 2.1 AMG decoder ({model_type}), all 4 mask tokens out; written by export/export_sam.py.\n"
             "max_batch_size 0: the B prompts of a request share one image's features, so Triton's batch\n"
             "dimension (the same on every input) does not fit; clients send prompt chunks, two instances serve."
         ),
-    ))
+    )
 
 
 def run_export(

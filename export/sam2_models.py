@@ -8,14 +8,13 @@ Checkpoints are loaded here, not by ``sam2``'s own loader, so that the file is a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from export.errors import ExportError
+from export.errors import ExportError, readable_checkpoint
 
 # --model-type -> (config shipped in the sam2 package, Meta's checkpoint file name).
 SAM2_CONFIGS = {
@@ -85,11 +84,7 @@ def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         ExportError: For a missing, unreadable, corrupt or non-SAM 2 file.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ExportError(f"checkpoint {checkpoint} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise ExportError(f"checkpoint {checkpoint} is not readable (permissions)")
+    path = readable_checkpoint(checkpoint)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip/unpickling errors of corrupt or foreign files, or pickled code refused

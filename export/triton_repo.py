@@ -72,6 +72,40 @@ def render_config_pbtxt(
     return "\n".join(lines) + "\n"
 
 
+def write_model_configs(
+    enc_path: Path,
+    dec_path: Path,
+    encoder_io: tuple[Sequence[tuple], Sequence[tuple]],
+    decoder_io: tuple[Sequence[tuple], Sequence[tuple]],
+    instance_kind: str,
+    max_batch_size: int,
+    encoder_comment: str,
+    decoder_comment: str,
+) -> None:
+    """Write the ``config.pbtxt`` of both models beside their version folders (``<model>/1/model.onnx``).
+
+    The encoder batches images dynamically (``max_batch_size``, 5 ms queue); the decoder has no Triton batch
+    dimension (the prompts of a request share one image's features) and runs as two instances, so that a client's
+    prompt chunks in flight overlap.
+
+    Args:
+        enc_path: the encoder's ONNX file, ``<repo>/sam_encoder/1/model.onnx``.
+        dec_path: the decoder's ONNX file, ``<repo>/sam_decoder/1/model.onnx``.
+        encoder_io: ``(inputs, outputs)`` as :func:`render_config_pbtxt` takes them, dims without the batch dim.
+        decoder_io: ``(inputs, outputs)``, full dims.
+        instance_kind: ``KIND_GPU`` or ``KIND_CPU``.
+        max_batch_size: the encoder's Triton batch limit.
+        encoder_comment: what the encoder is, written at the top of its config.
+        decoder_comment: the same for the decoder.
+    """
+    (enc_path.parents[1] / "config.pbtxt").write_text(render_config_pbtxt(
+        ENCODER_MODEL, *encoder_io, max_batch_size=max_batch_size, instance_kind=instance_kind,
+        max_queue_delay_us=5000, comment=encoder_comment))
+    (dec_path.parents[1] / "config.pbtxt").write_text(render_config_pbtxt(
+        DECODER_MODEL, *decoder_io, max_batch_size=0, instance_kind=instance_kind, instance_count=2,
+        comment=decoder_comment))
+
+
 def sha256_of(paths: Sequence[Path]) -> str:
     """One sha256 over the given files' bytes, in the given order (model.onnx, then external data)."""
     digest = hashlib.sha256()
