@@ -44,18 +44,15 @@ def _interpolation_matrix(in_size: int, out_size: int) -> npt.NDArray[np.float64
 
 
 @lru_cache(maxsize=64)
-def composed_matrix(low_res: int, image_size: int, valid: int, original: int) -> npt.NDArray[np.float32]:
-    """``(original, low_res)`` map of one axis: upsample to ``image_size``, keep ``valid``, resize to ``original``."""
-    up = _interpolation_matrix(low_res, image_size)[:valid]
-    down = _interpolation_matrix(valid, original)
-    return (down @ up).astype(np.float32)
-
-
-@lru_cache(maxsize=64)
 def composed_taps(
     low_res: int, image_size: int, valid: int, original: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Non-zero taps of :func:`composed_matrix`: ``(original, K)`` source indices and weights (zero-padded)."""
+    """Non-zero taps of one axis, upsampled to ``image_size``, cropped to ``valid``, resized to ``original``.
+
+    Returns:
+        ``(original, K)`` source indices and float32 weights. Rows with fewer than K taps are padded with weight
+        0 on their own first index, so that every index of a row lies within the span its real taps cover.
+    """
     up = _interpolation_matrix(low_res, image_size)[:valid]
     m = _interpolation_matrix(valid, original) @ up  # (original, low_res) float64
     nonzero = m != 0.0
@@ -64,6 +61,7 @@ def composed_taps(
     weight = np.zeros((original, k), np.float32)
     for row in range(original):
         cols = np.flatnonzero(nonzero[row])
+        index[row, :] = cols[0] if len(cols) else 0
         index[row, : len(cols)] = cols
         weight[row, : len(cols)] = m[row, cols]
     return index, weight
@@ -138,15 +136,20 @@ def postprocess_mask_window(
     if len(rows) == 0 or len(cols) == 0:
         return (0, 0, 0, 0), np.zeros((0, 0), np.float32)
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    low = low_res.astype(np.float32, copy=False)[None]
     ci, cw = col_index[x0:x1], col_weight[x0:x1]
     ri, rw = row_index[y0:y1], row_weight[y0:y1]
-    # The same operations, in the same order, as postprocess_masks, on the window only.
-    tmp = low[:, :, ci[:, 0]] * cw[:, 0]
+    # Every output value is computed by the same float32 operations, in the same order, as postprocess_masks
+    # (so the values are identical), but only over the low-res rows the window's taps reach, and with taps
+    # gathered as whole rows of C-contiguous arrays (the columns pass runs on the transposed rows).
+    r0 = int(ri.min())
+    low_t = np.ascontiguousarray(low_res[r0 : int(ri.max()) + 1].astype(np.float32, copy=False).T)  # (256, rows)
+    tmp_t = low_t[ci[:, 0]] * cw[:, 0, None]  # (x1 - x0, rows)
     for k in range(1, ci.shape[1]):
-        tmp += low[:, :, ci[:, k]] * cw[:, k]
-    out = tmp[:, ri[:, 0], :]
+        tmp_t += low_t[ci[:, k]] * cw[:, k, None]
+    tmp = np.ascontiguousarray(tmp_t.T)  # (rows, x1 - x0)
+    ri = ri - r0
+    out = tmp[ri[:, 0]]
     out *= rw[:, 0, None]
     for k in range(1, ri.shape[1]):
-        out += tmp[:, ri[:, k], :] * rw[:, k, None]
-    return (y0, y1, x0, x1), out[0]
+        out += tmp[ri[:, k]] * rw[:, k, None]
+    return (y0, y1, x0, x1), out
