@@ -92,10 +92,17 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     """
     import numpy as np
 
+    from alps_client.io.rewrite import carried_relabel
     from alps_client.io.writer import write_dataset
 
-    summary = write_dataset(out, shards, np.load(centroids_path), plan.config, plan.manifest.raw, errors,
-                            image_sources, extra_manifest={"complete": not missing, "missing": missing})
+    centroids = np.load(centroids_path)
+    extra: dict[str, Any] = {"complete": not missing, "missing": missing}
+    class_map = None
+    carried = carried_relabel(out, centroids, get_run_logger().warning)
+    if carried:
+        class_map, extra["relabel"] = carried
+    summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
+                            class_map, extra)
     return summary.__dict__
 
 

@@ -10,13 +10,18 @@ the job. The same classes file gives byte-identical outputs, however often it is
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from alps_client.io.dataset import load_dataset
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
-from alps_client.labels.relabel import parse_classes
+from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
 
 KEEP = "keep"
 
@@ -53,3 +58,40 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
     summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
                             config, data.model, data.errors, data.image_sources, class_map, extra)
     return summary, class_map
+
+
+def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
+                    warn: Callable[[str], None]) -> tuple[ClassMap, dict[str, Any]] | None:
+    """The classes of the last ``alps relabel`` of ``out``, for a rerun of ``alps run`` that writes it again.
+
+    A rerun that finds the same clusters (same shards and clustering settings, or the same ``--centroids``) keeps
+    the names, merges and drops the user gave them. When the clusters changed (new images, another ``--n-clusters``)
+    the old mapping would name the wrong things: it is not applied, and ``warn`` says so in one line.
+
+    Args:
+        out: the dataset folder, as the previous run or relabel left it.
+        centroids: ``(N, D) float32`` the centres the rerun is about to write.
+        warn: receives the line explaining why a previous relabel is not carried over.
+
+    Returns:
+        ``(class map, manifest record)`` of the previous relabel, or None when there is none to carry over.
+    """
+    out = Path(out)
+    try:
+        record = json.loads((out / "manifest.json").read_text()).get("relabel")
+        previous = np.load(out / "centroids.npy") if record else None
+    except (OSError, ValueError):
+        return None  # no previous dataset (or an unreadable one, which the run replaces): nothing to carry over
+    if not record:
+        return None
+    centroids = np.asarray(centroids, dtype=np.float32)
+    if previous.shape != centroids.shape or not np.array_equal(previous, centroids):
+        warn(f"{out} was relabelled (classes file sha256 {record.get('classes_file_sha256', '?')[:12]}) for other "
+             "clusters; this run's clusters differ (new images or clustering settings), so those classes are not "
+             f"carried over: review {out / 'report' / 'index.html'} and run `alps relabel` again")
+        return None
+    try:
+        return class_map_from_spec(record["spec"], len(centroids), "the manifest's relabel record"), record
+    except (ClassesFileError, KeyError, TypeError) as err:
+        warn(f"the relabel recorded in {out / 'manifest.json'} cannot be applied again ({err}); run `alps relabel` again")
+        return None

@@ -256,3 +256,33 @@ def test_a_bad_classes_file_is_one_line_and_exit_2_and_changes_nothing(labelled,
     assert result.stderr.splitlines() == [expected]
     assert alps(["relabel", str(tmp_path / "nowhere"), "--classes", str(bad)]) == 2
     assert tree_hashes(out) == before
+
+
+def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, fake_repo, tmp_path):
+    from alps_client.io.rewrite import carried_relabel
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    relabelled = {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))}
+    record = json.loads((out / "manifest.json").read_text())["relabel"]
+    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
+        shutil.copytree(fake_repo, labelled.repo)
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
+                         cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
+    # The same command again (every image already done, the same clusters): the user's classes stay.
+    state = alps_flow(str(labelled.data / "images"), str(out), cfg, progress_bar=False, return_state=True)
+    assert state.is_completed()
+    assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
+    assert json.loads((out / "manifest.json").read_text())["relabel"] == record
+
+    # Other clusters: the old names would be wrong, so they go, with one line saying why.
+    warnings: list[str] = []
+    assert carried_relabel(out, np.load(out / "centroids.npy")[:3], warnings.append) is None
+    assert len(warnings) == 1 and "run `alps relabel` again" in warnings[0]
+    cfg3 = PipelineConfig(backend=cfg.backend, amg=cfg.amg, cluster=ClusterConfig(n_clusters=3), writer=cfg.writer)
+    state = alps_flow(str(labelled.data / "images"), str(out), cfg3, progress_bar=False, return_state=True)
+    assert state.is_completed()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "relabel" not in manifest and manifest["classes"]["names"] == ["cluster_0", "cluster_1", "cluster_2"]
+    assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == manifest["classes"]["names"]
