@@ -16,8 +16,10 @@ def calculate_stability_score(
     One mask always contains the other, so the IoU is a ratio of pixel counts. An empty union gives NaN,
     which fails any threshold, as in Meta's code.
     """
-    inter = (masks > np.float32(mask_threshold + threshold_offset)).sum(axis=(1, 2), dtype=np.int64)
-    union = (masks > np.float32(mask_threshold - threshold_offset)).sum(axis=(1, 2), dtype=np.int64)
+    high, low = np.float32(mask_threshold + threshold_offset), np.float32(mask_threshold - threshold_offset)
+    # count_nonzero per mask: several times faster than summing booleans, and post-processing runs this per mask.
+    inter = np.array([np.count_nonzero(m > high) for m in masks], np.int64)
+    union = np.array([np.count_nonzero(m > low) for m in masks], np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (inter / union).astype(np.float32)
 

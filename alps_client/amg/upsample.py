@@ -143,13 +143,18 @@ def postprocess_mask_window(
     # gathered as whole rows of C-contiguous arrays (the columns pass runs on the transposed rows).
     r0 = int(ri.min())
     low_t = np.ascontiguousarray(low_res[r0 : int(ri.max()) + 1].astype(np.float32, copy=False).T)  # (256, rows)
-    tmp_t = low_t[ci[:, 0]] * cw[:, 0, None]  # (x1 - x0, rows)
+    tmp_t = low_t[ci[:, 0]]  # (x1 - x0, rows)
+    tmp_t *= cw[:, 0, None]
     for k in range(1, ci.shape[1]):
-        tmp_t += low_t[ci[:, k]] * cw[:, k, None]
+        term = low_t[ci[:, k]]
+        term *= cw[:, k, None]
+        tmp_t += term
     tmp = np.ascontiguousarray(tmp_t.T)  # (rows, x1 - x0)
     ri = ri - r0
     out = tmp[ri[:, 0]]
     out *= rw[:, 0, None]
     for k in range(1, ri.shape[1]):
-        out += tmp[ri[:, k]] * rw[:, k, None]
+        term = tmp[ri[:, k]]
+        term *= rw[:, k, None]
+        out += term
     return (y0, y1, x0, x1), out
