@@ -126,45 +126,40 @@ def rle_column_segments(rle: Rle) -> tuple[npt.NDArray[np.int64], npt.NDArray[np
     return col, y0, y1
 
 
-class WindowEncoder:
-    """Encodes masks given as windows of an ``(H, W)`` frame into COCO RLEs, a bounded number at a time.
+def window_rle(window: npt.NDArray[np.bool_], y0: int, x0: int, image_size: tuple[int, int]) -> Rle:
+    """One mask given as a window of an ``(H, W)`` frame (zero elsewhere) to a COCO compressed RLE.
 
-    Masks are written into a reusable buffer stored transposed, ``(n, W, H)`` C-contiguous, which is pycocotools'
-    column-major layout, so encoding needs no copy; only the windows written are cleared after each flush.
+    The runs are found on the window alone (each column padded with a 0 above and below, so a run never spans two
+    columns there), placed in the frame's column-major order, and joined where a run ends at the bottom of one
+    column and the next starts at the top of the following one, as pycocotools' ``encode`` does for the whole
+    frame; the counts are then compressed by pycocotools. Same bytes as ``encode`` of the full mask, at the cost of
+    the window, and memory for one window whatever the number of masks.
 
     Args:
+        window: ``(h, w) bool``, placed at row ``y0``, column ``x0``.
+        y0: the window's first row in the frame.
+        x0: the window's first column in the frame.
         image_size: ``(H, W)`` of the frame.
-        buffer_bytes: size of the buffer; it holds ``max(1, buffer_bytes // (H * W))`` masks (at most 32).
     """
-
-    def __init__(self, image_size: tuple[int, int], buffer_bytes: int = 64 << 20) -> None:
-        self.h, self.w = int(image_size[0]), int(image_size[1])
-        slots = int(min(32, max(1, buffer_bytes // max(self.h * self.w, 1))))
-        self._buffer = np.zeros((slots, self.w, self.h), bool)
-        self._windows: list[tuple[int, int, int, int]] = []
-        self.rles: list[Rle] = []
-
-    def add(self, window: npt.NDArray[np.bool_], y0: int, x0: int) -> None:
-        """Add one mask: ``window (h, w) bool`` placed at row ``y0``, column ``x0``; zero elsewhere."""
-        h, w = window.shape
-        slot = len(self._windows)
-        self._buffer[slot, x0 : x0 + w, y0 : y0 + h] = window.T
-        self._windows.append((y0, y0 + h, x0, x0 + w))
-        if len(self._windows) == len(self._buffer):
-            self._flush()
-
-    def finish(self) -> list[Rle]:
-        """Every mask added, as RLEs in the order added."""
-        self._flush()
-        return self.rles
-
-    def _flush(self) -> None:
-        n = len(self._windows)
-        if n:
-            self.rles += encode_coco_rle(self._buffer[:n].transpose(0, 2, 1))
-            for slot, (y0, y1, x0, x1) in enumerate(self._windows):
-                self._buffer[slot, x0:x1, y0:y1] = False
-            self._windows.clear()
+    frame_h, frame_w = int(image_size[0]), int(image_size[1])
+    h, w = window.shape
+    padded = np.zeros((w, h + 2), bool)  # one column per row, in the frame's column-major order
+    padded[:, 1:-1] = window.T
+    edges = np.flatnonzero(padded.ravel()[1:] != padded.ravel()[:-1]) + 1  # starts and ends alternate
+    column, row = np.divmod(edges, h + 2)
+    boundaries = (x0 + column) * frame_h + y0 + row - 1
+    starts, ends = boundaries[0::2], boundaries[1::2]
+    if len(starts) > 1:  # a run down to the bottom of a column goes on at the top of the next one
+        split = starts[1:] != ends[:-1]
+        starts = starts[np.concatenate([[True], split])]
+        ends = ends[np.concatenate([split, [True]])]
+    bounds = np.empty(2 * len(starts) + 2, np.int64)
+    bounds[0], bounds[1:-1:2], bounds[2:-1:2], bounds[-1] = 0, starts, ends, frame_h * frame_w
+    counts = np.diff(bounds)
+    if len(counts) > 1 and counts[-1] == 0:  # the mask reaches the frame's last pixel: no trailing 0-run
+        counts = counts[:-1]
+    rle = mask_utils.frPyObjects({"size": [frame_h, frame_w], "counts": counts.tolist()}, frame_h, frame_w)
+    return {"size": [frame_h, frame_w], "counts": rle["counts"].decode("ascii")}
 
 
 def _to_coco(rle: Rle) -> Rle:

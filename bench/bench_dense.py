@@ -37,16 +37,16 @@ SIZE = 1024
 
 
 def synthetic_masks(n: int, seed: int = 0):
-    """N rectangles as a MaskSet, encoded one chunk at a time (never dense)."""
-    from alps_client.masks import MaskSet, WindowEncoder
+    """N rectangles as a MaskSet, encoded one window at a time (never dense)."""
+    from alps_client.masks import MaskSet, window_rle
 
     rng = np.random.default_rng(seed)
-    encoder = WindowEncoder((SIZE, SIZE))
+    rles = []
     for _ in range(n):
         h, w = rng.integers(10, 55, 2)
         y0, x0 = rng.integers(0, SIZE - h), rng.integers(0, SIZE - w)
-        encoder.add(np.ones((h, w), bool), int(y0), int(x0))
-    return MaskSet.from_rles((SIZE, SIZE), encoder.finish(), predicted_iou=np.full(n, 0.95, np.float32))
+        rles.append(window_rle(np.ones((h, w), bool), int(y0), int(x0), (SIZE, SIZE)))
+    return MaskSet.from_rles((SIZE, SIZE), rles, predicted_iou=np.full(n, 0.95, np.float32))
 
 
 def run_after_masks(n: int, work: Path) -> dict:

@@ -35,7 +35,7 @@ from alps_client.amg.upsample import postprocess_mask_window
 from alps_client.backends.base import Embedding, SamBackend
 from alps_client.backends.preprocess import apply_coords
 from alps_client.config import AmgConfig
-from alps_client.masks import MaskSet, WindowEncoder, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_areas
+from alps_client.masks import MaskSet, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_areas, window_rle
 
 
 @dataclass
@@ -255,15 +255,14 @@ class MaskGenerator:
         """Upsample, score and encode the IoU survivors ``(K, 256, 256)`` (rows ``index`` of the batch).
 
         Each mask is upsampled only over the window where its logits can pass a threshold, filtered by stability
-        and by touching a crop edge, and encoded straight into the image frame a few at a time: memory stays
+        and by touching a crop edge, and encoded straight into the image frame one window at a time: memory stays
         bounded whatever the mask count.
         """
         c = self.config
         orig_h, orig_w = orig_size
         floor = c.mask_threshold - abs(c.stability_score_offset)
         image_box = [0, 0, orig_w, orig_h]
-        encoder = WindowEncoder(orig_size)
-        kept_index, kept_stability, kept_boxes = [], [], []
+        kept_index, kept_stability, kept_boxes, rles = [], [], [], []
         for logits_low, i in zip(survivors, index):
             (y0, _, x0, _), logits = postprocess_mask_window(
                 logits_low, embedding.input_size, im_size, floor, self.backend.manifest.image_size, frame=frame
@@ -276,7 +275,7 @@ class MaskGenerator:
             # Filter boxes that touch crop boundaries.
             if is_box_near_crop_edge(box[None], crop_box, image_box)[0]:
                 continue
-            encoder.add(binary, y0 + crop_box[1], x0 + crop_box[0])
+            rles.append(window_rle(binary, y0 + crop_box[1], x0 + crop_box[0], orig_size))
             kept_index.append(i)
             kept_stability.append(stability)
             kept_boxes.append(box)
@@ -288,7 +287,7 @@ class MaskGenerator:
             points=point_rows[rows],
             stability_score=np.asarray(kept_stability, np.float32),
             boxes=np.stack(kept_boxes),
-            rles=encoder.finish(),
+            rles=rles,
         )
 
     @staticmethod

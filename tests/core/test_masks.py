@@ -8,13 +8,13 @@ from pycocotools import mask as mask_utils
 
 from alps_client.masks import (
     MaskSet,
-    WindowEncoder,
     decode_coco_rle,
     encode_coco_rle,
     intersect,
     iter_decoded,
     rle_areas,
     rle_boxes,
+    window_rle,
 )
 
 COUNTS = [0, 1, 255, 256, 1000, 10000]
@@ -74,17 +74,26 @@ def test_pycocotools_area_limit_is_real():
     pytest.skip("this pycocotools build no longer overflows on 256 RLEs")
 
 
-def test_window_encoder_flushes_in_chunks_and_keeps_order():
-    masks = random_masks(70, size=(30, 50), seed=4)
-    encoder = WindowEncoder((30, 50), buffer_bytes=30 * 50 * 8)  # 8 masks per flush
-    for m in masks:
+def test_window_rle_gives_pycocotools_bytes_for_every_window():
+    masks = list(random_masks(70, size=(30, 50), seed=4))
+    full = np.zeros((30, 50), bool)
+    full[:, 10:] = True  # runs joined across columns, down to the frame's last pixel
+    corner = np.zeros((30, 50), bool)
+    corner[0, 0] = True  # a run at the frame's first pixel (a leading 0-count)
+    masks += [full, corner, np.ones((30, 50), bool), np.zeros((30, 50), bool)]
+    rles = []
+    for i, m in enumerate(masks):
         rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        if len(rows):
-            encoder.add(m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], int(rows[0]), int(cols[0]))
+        if not len(rows):
+            rles.append(window_rle(np.zeros((0, 0), bool), 0, 0, (30, 50)))
+        elif i % 2:  # the tight window, or a window with empty margins
+            rles.append(window_rle(m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], int(rows[0]), int(cols[0]),
+                                   (30, 50)))
         else:
-            encoder.add(np.zeros((0, 0), bool), 0, 0)
-    assert len(encoder._buffer) == 8
-    np.testing.assert_array_equal(decode_coco_rle(encoder.finish()), masks)
+            y0, x0 = max(int(rows[0]) - 2, 0), max(int(cols[0]) - 3, 0)
+            rles.append(window_rle(m[y0 : rows[-1] + 2, x0 : cols[-1] + 1], y0, x0, (30, 50)))
+    assert rles == encode_coco_rle(np.stack(masks))  # the same bytes as pycocotools' encode of the whole frame
+    np.testing.assert_array_equal(decode_coco_rle(rles), np.stack(masks))
 
 
 def test_mask_set_measures_on_the_rles_and_clips():
