@@ -32,11 +32,11 @@ def assert_coco_consistent(out: Path) -> dict[str, list[dict]]:
     (painted last) its pixels carry its class in ``ann_dir``; pixels under no mask are 255. Returns the annotations
     per image stem."""
     by_image = coco_by_image(out)
-    for stem, annotations in by_image.items():
+    for stem, image_annotations in by_image.items():
         label = np.asarray(Image.open(next(out.glob(f"ann_dir/*/{stem}.png"))))
         smallest = np.full(label.shape, np.inf)
         masks = []
-        for ann in annotations:
+        for ann in image_annotations:
             rle = _rle(ann["segmentation"])
             assert ann["bbox"] == mask_utils.toBbox(rle).tolist(), (stem, ann["id"])
             assert ann["area"] == int(mask_utils.area(rle)), (stem, ann["id"])
@@ -45,9 +45,9 @@ def assert_coco_consistent(out: Path) -> dict[str, list[dict]]:
             smallest[mask] = np.minimum(smallest[mask], ann["area"])
             masks.append(mask)
         ties = np.zeros(label.shape, int)
-        for ann, mask in zip(annotations, masks):
+        for ann, mask in zip(image_annotations, masks):
             ties[mask & (smallest == ann["area"])] += 1
-        for ann, mask in zip(annotations, masks):
+        for ann, mask in zip(image_annotations, masks):
             on_top = mask & (smallest == ann["area"]) & (ties == 1)
             assert (label[on_top] == ann["category_id"] - 1).all(), (stem, ann["id"])
         assert (label[np.isinf(smallest)] == 255).all(), stem

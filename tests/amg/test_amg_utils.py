@@ -10,8 +10,8 @@ from alps_client.amg.boxes import batched_mask_to_box, is_box_near_crop_edge, nm
 from alps_client.amg.filtering import calculate_stability_score, remove_small_regions
 from alps_client.amg.grids import build_all_layer_point_grids, build_point_grid, generate_crop_boxes
 from alps_client.amg.mask_data import MaskData
-from alps_client.masks import rle_areas, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_to_mask
 from alps_client.amg.upsample import postprocess_masks
+from alps_client.masks import decode_coco_rle, encode_coco_rle, mask_to_rle, rle_areas, rle_to_mask
 from export.tv_shim import install_torchvision_shim
 
 install_torchvision_shim()

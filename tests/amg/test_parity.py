@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from alps_client.config import AmgConfig
 from alps_client.amg.generator import MaskGenerator
+from alps_client.config import AmgConfig
 from export.stand_in import build_stand_in_sam
 from export.tv_shim import install_torchvision_shim
 from tests.shapes import make_shapes_scene
