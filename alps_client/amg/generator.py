@@ -31,7 +31,7 @@ from alps_client.amg.boxes import (
 from alps_client.amg.filtering import calculate_stability_score, remove_small_regions
 from alps_client.amg.grids import build_all_layer_point_grids, generate_crop_boxes
 from alps_client.amg.mask_data import MaskData
-from alps_client.amg.upsample import postprocess_mask_window
+from alps_client.amg.upsample import fails_stability_for_sure, postprocess_mask_window
 from alps_client.backends.base import Embedding, SamBackend
 from alps_client.backends.preprocess import apply_coords
 from alps_client.config import AmgConfig
@@ -263,9 +263,15 @@ class MaskGenerator:
         floor = c.mask_threshold - abs(c.stability_score_offset)
         image_box = [0, 0, orig_w, orig_h]
         kept_index, kept_stability, kept_boxes, rles = [], [], [], []
+        image_size = self.backend.manifest.image_size
         for logits_low, i in zip(survivors, index):
+            if c.stability_score_thresh > 0.0 and fails_stability_for_sure(
+                logits_low, embedding.input_size, im_size, c.mask_threshold, c.stability_score_offset,
+                c.stability_score_thresh, image_size, frame,
+            ):
+                continue  # Meta's stability filter would drop it: not upsampled
             (y0, _, x0, _), logits = postprocess_mask_window(
-                logits_low, embedding.input_size, im_size, floor, self.backend.manifest.image_size, frame=frame
+                logits_low, embedding.input_size, im_size, floor, image_size, frame=frame
             )
             stability = calculate_stability_score(logits[None], c.mask_threshold, c.stability_score_offset)[0]
             if c.stability_score_thresh > 0.0 and not stability >= c.stability_score_thresh:

@@ -74,6 +74,96 @@ def direct_taps(low_res: int, original: int) -> tuple[npt.NDArray[np.int64], npt
     return np.stack([i0, i1], axis=1), np.stack([l0, l1], axis=1)
 
 
+def _axis_taps(low_res: int, image_size: int, valid: int, original: int, frame: str) -> tuple[npt.NDArray, npt.NDArray]:
+    if frame == "stretched":
+        return direct_taps(low_res, original)
+    return composed_taps(low_res, image_size, valid, original)
+
+
+@lru_cache(maxsize=64)
+def _tap_groups(low_res: int, image_size: int, valid: int, original: int, frame: str) -> tuple[npt.NDArray, npt.NDArray]:
+    """Runs of consecutive output pixels of one axis with the same taps: ``(G, K)`` source indices, ``(G,)`` lengths."""
+    index, _ = _axis_taps(low_res, image_size, valid, original, frame)
+    starts = np.concatenate([[0], np.flatnonzero((index[1:] != index[:-1]).any(axis=1)) + 1])
+    return index[starts], np.diff(np.concatenate([starts, [len(index)]]))
+
+
+def stability_upper_bound(
+    low_res: npt.NDArray[np.float32],
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    mask_threshold: float,
+    offset: float,
+    image_size: int = 1024,
+    frame: str = "padded",
+) -> float:
+    """An upper bound of the mask's stability score, from its low-res logits, without upsampling them.
+
+    Output pixels whose taps are the same form cells; a cell's upsampled values lie between the smallest and the
+    largest of its taps (convex combinations, up to a float-rounding margin). Pixels of cells whose largest tap
+    cannot pass ``mask_threshold + offset`` are outside the intersection for sure; pixels of cells whose smallest
+    tap passes ``mask_threshold - offset`` are inside the union for sure. So ``stability <= bound``: a mask whose
+    bound is below the stability threshold is dropped exactly as the full computation would drop it.
+
+    Returns:
+        The bound, or ``inf`` when nothing is surely inside the union (no bound).
+    """
+    high, low = float(np.float32(mask_threshold + offset)), float(np.float32(mask_threshold - offset))
+    logits = low_res.astype(np.float32, copy=False)
+    margin = 1e-4 * (1.0 + max(abs(high), abs(low)) + float(np.abs(logits).max(initial=0.0)))
+    return _cell_bound(logits, high, low, margin, _tap_groups(logits.shape[0], image_size, input_size[0],
+                                                               original_size[0], frame),
+                       _tap_groups(logits.shape[1], image_size, input_size[1], original_size[1], frame))
+
+
+def fails_stability_for_sure(
+    low_res: npt.NDArray[np.float32],
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    mask_threshold: float,
+    offset: float,
+    stability_thresh: float,
+    image_size: int = 1024,
+    frame: str = "padded",
+) -> bool:
+    """True only for a mask whose stability score is surely below ``stability_thresh``; False says nothing.
+
+    See :func:`stability_upper_bound`. The cell bound is tried only where the low-res logits suggest it can decide (their own share above the high
+    threshold is under half the threshold), so masks near the threshold cost two counts, not the bound; noise masks
+    (random weights) are dropped without being upsampled.
+    """
+    high, low = float(np.float32(mask_threshold + offset)), float(np.float32(mask_threshold - offset))
+    logits = low_res.astype(np.float32, copy=False)
+    margin = 1e-4 * (1.0 + max(abs(high), abs(low)) + float(np.abs(logits).max(initial=0.0)))
+    n_low = np.count_nonzero(logits > low + margin)
+    if n_low == 0 or np.count_nonzero(logits > high - margin) > 0.5 * stability_thresh * n_low:
+        return False
+    bound = _cell_bound(logits, high, low, margin,
+                        _tap_groups(logits.shape[0], image_size, input_size[0], original_size[0], frame),
+                        _tap_groups(logits.shape[1], image_size, input_size[1], original_size[1], frame))
+    # A float32 score within a rounding step of the threshold could still pass: only clear misses count.
+    return bound < stability_thresh - 1e-6
+
+
+def _cell_bound(logits: npt.NDArray[np.float32], high: float, low: float, margin: float,
+                row_groups: tuple[npt.NDArray, npt.NDArray], col_groups: tuple[npt.NDArray, npt.NDArray]) -> float:
+    (row_taps, row_len), (col_taps, col_len) = row_groups, col_groups
+    rows_max, rows_min = logits[row_taps[:, 0]], logits[row_taps[:, 0]]  # (Gr, 256): over each cell's row taps
+    for k in range(1, row_taps.shape[1]):
+        rows_max = np.maximum(rows_max, logits[row_taps[:, k]])
+        rows_min = np.minimum(rows_min, logits[row_taps[:, k]])
+    rows_max, rows_min = np.ascontiguousarray(rows_max.T), np.ascontiguousarray(rows_min.T)  # (256, Gr)
+    cell_max, cell_min = rows_max[col_taps[:, 0]], rows_min[col_taps[:, 0]]  # (Gc, Gr)
+    for k in range(1, col_taps.shape[1]):
+        cell_max = np.maximum(cell_max, rows_max[col_taps[:, k]])
+        cell_min = np.minimum(cell_min, rows_min[col_taps[:, k]])
+    pixels = np.outer(col_len, row_len)  # (Gc, Gr)
+    union_at_least = int(pixels[cell_min > low + margin].sum())
+    if union_at_least == 0:
+        return float("inf")
+    return int(pixels[cell_max > high - margin].sum()) / union_at_least
+
+
 def postprocess_masks(
     low_res: npt.NDArray[np.float32], input_size: tuple[int, int], original_size: tuple[int, int], image_size: int = 1024
 ) -> npt.NDArray[np.float32]:
@@ -125,12 +215,8 @@ def postprocess_mask_window(
     rows_any, cols_any = active.any(axis=1), active.any(axis=0)
     if not rows_any.any():
         return (0, 0, 0, 0), np.zeros((0, 0), np.float32)
-    if frame == "stretched":
-        row_index, row_weight = direct_taps(low_res.shape[0], original_size[0])
-        col_index, col_weight = direct_taps(low_res.shape[1], original_size[1])
-    else:
-        row_index, row_weight = composed_taps(low_res.shape[0], image_size, input_size[0], original_size[0])
-        col_index, col_weight = composed_taps(low_res.shape[1], image_size, input_size[1], original_size[1])
+    row_index, row_weight = _axis_taps(low_res.shape[0], image_size, input_size[0], original_size[0], frame)
+    col_index, col_weight = _axis_taps(low_res.shape[1], image_size, input_size[1], original_size[1], frame)
     rows = np.flatnonzero((rows_any[row_index] & (row_weight != 0.0)).any(axis=1))
     cols = np.flatnonzero((cols_any[col_index] & (col_weight != 0.0)).any(axis=1))
     if len(rows) == 0 or len(cols) == 0:

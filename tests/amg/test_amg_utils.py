@@ -193,3 +193,34 @@ def test_windowed_upsampling_gives_the_full_masks_and_scores(input_size, origina
         assert (np.isnan(expected) and np.isnan(got)) or got == expected
     assert postprocess_mask_window(low[3], input_size, original, floor)[0] == (0, 0, 0, 0)
     assert postprocess_mask_window(low[0], input_size, original, floor)[1].size < full[0].size / 4
+
+
+@pytest.mark.parametrize("frame", ["padded", "stretched"])
+@pytest.mark.parametrize(("input_size", "original"), [((1024, 1024), (1024, 1024)), ((683, 1024), (200, 300)),
+                                                      ((1024, 768), (1333, 1000))])
+def test_stability_upper_bound_never_undercuts_the_score_and_skips_noise(frame, input_size, original):
+    from alps_client.amg.upsample import (
+        fails_stability_for_sure,
+        postprocess_mask_window,
+        stability_upper_bound,
+    )
+
+    rng = np.random.RandomState(11)
+    yy, xx = np.mgrid[:256, :256]
+    cases = [rng.uniform(-1, 1, (256, 256)).astype(np.float32)]  # random weights: logits within +-1
+    for _ in range(25):  # blobs with soft or sharp edges, and noise on top
+        cy, cx, r, slope = rng.uniform(20, 236), rng.uniform(20, 236), rng.uniform(3, 90), rng.uniform(0.05, 8)
+        cases.append(((r - np.hypot(yy - cy, xx - cx)) * slope + rng.normal(0, rng.uniform(0, 2), (256, 256)))
+                     .astype(np.float32))
+    skipped = 0
+    for low in cases:
+        bound = stability_upper_bound(low, input_size, original, 0.0, 1.0, frame=frame)
+        (_, _, _, _), win = postprocess_mask_window(low, input_size, original, -1.0, frame=frame)
+        stability = calculate_stability_score(win[None], 0.0, 1.0)[0]
+        assert np.isnan(stability) or stability <= bound + 1e-12, (bound, stability)
+        skipped += bound < 0.95
+        if fails_stability_for_sure(low, input_size, original, 0.0, 1.0, 0.95, frame=frame):
+            assert not stability >= 0.95  # what the generator skips, Meta's filter drops
+    assert stability_upper_bound(cases[0], input_size, original, 0.0, 1.0, frame=frame) < 0.05
+    assert fails_stability_for_sure(cases[0], input_size, original, 0.0, 1.0, 0.95, frame=frame)  # noise: no work
+    assert 0 < skipped < len(cases)
