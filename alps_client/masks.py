@@ -145,7 +145,8 @@ def window_rle(window: npt.NDArray[np.bool_], y0: int, x0: int, image_size: tupl
     h, w = window.shape
     padded = np.zeros((w, h + 2), bool)  # one column per row, in the frame's column-major order
     padded[:, 1:-1] = window.T
-    edges = np.flatnonzero(padded.ravel()[1:] != padded.ravel()[:-1]) + 1  # starts and ends alternate
+    flat = padded.ravel()
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # starts and ends alternate
     column, row = np.divmod(edges, h + 2)
     boundaries = (x0 + column) * frame_h + y0 + row - 1
     starts, ends = boundaries[0::2], boundaries[1::2]

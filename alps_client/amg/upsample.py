@@ -108,12 +108,8 @@ def stability_upper_bound(
     Returns:
         The bound, or ``inf`` when nothing is surely inside the union (no bound).
     """
-    high, low = float(np.float32(mask_threshold + offset)), float(np.float32(mask_threshold - offset))
-    logits = low_res.astype(np.float32, copy=False)
-    margin = 1e-4 * (1.0 + max(abs(high), abs(low)) + float(np.abs(logits).max(initial=0.0)))
-    return _cell_bound(logits, high, low, margin, _tap_groups(logits.shape[0], image_size, input_size[0],
-                                                               original_size[0], frame),
-                       _tap_groups(logits.shape[1], image_size, input_size[1], original_size[1], frame))
+    levels = _bound_levels(low_res, mask_threshold, offset)
+    return _cell_bound(*levels, input_size, original_size, image_size, frame)
 
 
 def fails_stability_for_sure(
@@ -128,26 +124,32 @@ def fails_stability_for_sure(
 ) -> bool:
     """True only for a mask whose stability score is surely below ``stability_thresh``; False says nothing.
 
-    See :func:`stability_upper_bound`. The cell bound is tried only where the low-res logits suggest it can decide (their own share above the high
-    threshold is under half the threshold), so masks near the threshold cost two counts, not the bound; noise masks
-    (random weights) are dropped without being upsampled.
+    See :func:`stability_upper_bound`. The cell bound is tried only where the low-res logits suggest it can decide
+    (their own share above the high threshold is under half the threshold), so masks near the threshold cost two
+    counts, not the bound; noise masks (random weights) are dropped without being upsampled.
     """
-    high, low = float(np.float32(mask_threshold + offset)), float(np.float32(mask_threshold - offset))
-    logits = low_res.astype(np.float32, copy=False)
-    margin = 1e-4 * (1.0 + max(abs(high), abs(low)) + float(np.abs(logits).max(initial=0.0)))
+    logits, high, low, margin = levels = _bound_levels(low_res, mask_threshold, offset)
     n_low = np.count_nonzero(logits > low + margin)
     if n_low == 0 or np.count_nonzero(logits > high - margin) > 0.5 * stability_thresh * n_low:
         return False
-    bound = _cell_bound(logits, high, low, margin,
-                        _tap_groups(logits.shape[0], image_size, input_size[0], original_size[0], frame),
-                        _tap_groups(logits.shape[1], image_size, input_size[1], original_size[1], frame))
+    bound = _cell_bound(*levels, input_size, original_size, image_size, frame)
     # A float32 score within a rounding step of the threshold could still pass: only clear misses count.
     return bound < stability_thresh - 1e-6
 
 
-def _cell_bound(logits: npt.NDArray[np.float32], high: float, low: float, margin: float,
-                row_groups: tuple[npt.NDArray, npt.NDArray], col_groups: tuple[npt.NDArray, npt.NDArray]) -> float:
-    (row_taps, row_len), (col_taps, col_len) = row_groups, col_groups
+def _bound_levels(low_res: npt.NDArray[np.float32], mask_threshold: float,
+                  offset: float) -> tuple[npt.NDArray[np.float32], float, float, float]:
+    """The logits as float32, the two stability thresholds as Meta compares them, and the float-rounding margin."""
+    high, low = float(np.float32(mask_threshold + offset)), float(np.float32(mask_threshold - offset))
+    logits = low_res.astype(np.float32, copy=False)
+    margin = 1e-4 * (1.0 + max(abs(high), abs(low)) + float(np.abs(logits).max(initial=0.0)))
+    return logits, high, low, margin
+
+
+def _cell_bound(logits: npt.NDArray[np.float32], high: float, low: float, margin: float, input_size: tuple[int, int],
+                original_size: tuple[int, int], image_size: int, frame: str) -> float:
+    row_taps, row_len = _tap_groups(logits.shape[0], image_size, input_size[0], original_size[0], frame)
+    col_taps, col_len = _tap_groups(logits.shape[1], image_size, input_size[1], original_size[1], frame)
     rows_max, rows_min = logits[row_taps[:, 0]], logits[row_taps[:, 0]]  # (Gr, 256): over each cell's row taps
     for k in range(1, row_taps.shape[1]):
         rows_max = np.maximum(rows_max, logits[row_taps[:, k]])
