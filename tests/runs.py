@@ -41,6 +41,14 @@ def start_alps(args: list, env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
+def prefect_api(url: str):
+    """A client for the Prefect REST API at ``url`` that behaves like Prefect's own: it retries 429/502/503 (the
+    server answers 503 while its SQLite database is locked by another writer) and raises on any other error."""
+    from prefect.client.base import PrefectHttpxSyncClient
+
+    return PrefectHttpxSyncClient(base_url=url, timeout=30)
+
+
 def error_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith("alps: error:")]
 

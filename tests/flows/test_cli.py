@@ -7,13 +7,12 @@ import socket
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from alps_client.backends.fake import write_fake_repository
 from flows.cli import build_config, main, make_parser
 from tests.conftest import ODD_SHAPE
-from tests.runs import CWD, SMALL, cli_env, error_lines, labels, run_alps, start_alps, wait_until
+from tests.runs import CWD, SMALL, cli_env, error_lines, labels, prefect_api, run_alps, start_alps, wait_until
 
 
 def free_port() -> int:
@@ -132,22 +131,22 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
     proc = start_alps(["serve", "--name", name, "--model-repository", fake_repo, "--dataset", fault_data, "--out", out],
                       env, tmp_path / "serve.log")
     try:
-        def deployment():
-            found = httpx.post(f"{prefect_server}/deployments/filter",
-                               json={"deployments": {"name": {"any_": [name]}}}, timeout=10).json()
-            return found[0]["id"] if found else None
+        with prefect_api(prefect_server) as api:
+            def deployment():
+                found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
+                return found[0]["id"] if found else None
 
-        deployment_id = wait_until(deployment, "the deployment to be registered", proc=proc)
-        config = {"backend": {"model_repository": str(fake_repo)}, "amg": {"points_per_side": 8},
-                  "cluster": {"n_clusters": 4}}
-        run = httpx.post(f"{prefect_server}/deployments/{deployment_id}/create_flow_run",
-                         json={"parameters": {"config": config, "progress_bar": False}}, timeout=10).json()
+            deployment_id = wait_until(deployment, "the deployment to be registered", proc=proc)
+            config = {"backend": {"model_repository": str(fake_repo)}, "amg": {"points_per_side": 8},
+                      "cluster": {"n_clusters": 4}}
+            run = api.post(f"/deployments/{deployment_id}/create_flow_run",
+                           json={"parameters": {"config": config, "progress_bar": False}}).json()
 
-        def finished():
-            state = httpx.get(f"{prefect_server}/flow_runs/{run['id']}", timeout=10).json()["state"]
-            return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+            def finished():
+                state = api.get(f"/flow_runs/{run['id']}").json()["state"]
+                return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-        state = wait_until(finished, "the deployment's flow run to finish", proc=proc)
+            state = wait_until(finished, "the deployment's flow run to finish", proc=proc)
         assert state["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
         assert len(list((out / "ann_dir").glob("*/*.png"))) == 7
     finally:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 
-import httpx
 import psutil
 import pytest
 
@@ -20,6 +19,7 @@ from tests.runs import (
     cli_env,
     gone,
     labels,
+    prefect_api,
     run_alps,
     run_processes,
     start_alps,
@@ -37,16 +37,16 @@ def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, t
     result = run_alps(["run", images, "--out", out, "--model-repository", stand_in_repo, *SMALL, "--num-threads", "1"],
                       cli_env(tmp_path / "client_home", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"limit": 200}, timeout=10).json()
-    (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
-    assert run["state_type"] == "COMPLETED"
+    with prefect_api(prefect_server) as api:
+        runs = api.post("/flow_runs/filter", json={"limit": 200}).json()
+        (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
+        assert run["state_type"] == "COMPLETED"
 
-    def artifacts():
-        arts = httpx.post(f"{prefect_server}/artifacts/filter",
-                          json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
-        return arts if {"alps-summary", "alps-class-histogram", "alps-errors"} <= {a["key"] for a in arts} else None
+        def artifacts():
+            arts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
+            return arts if {"alps-summary", "alps-class-histogram", "alps-errors"} <= {a["key"] for a in arts} else None
 
-    arts = wait_until(artifacts, "the run's artifacts (recorded asynchronously)", timeout=120)
+        arts = wait_until(artifacts, "the run's artifacts (recorded asynchronously)", timeout=120)
     assert {"alps-summary", "alps-class-histogram", "alps-previews", "alps-errors"} <= {a["key"] for a in arts}
     errors = next(a for a in arts if a["key"] == "alps-errors")
     assert "zero-byte file" in json.dumps(errors["data"])
