@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint
 
 import time
 import traceback
+from types import TracebackType
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -45,6 +46,22 @@ from alps_client.runs.retry import call_with_retries, describe, is_transient
 from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.review_cli import report_link_artifact
+
+
+class InterruptibleThreadPool(ThreadPoolTaskRunner):
+    """Prefect's thread pool, but an interrupted run (Ctrl-C) does not wait for the images in flight.
+
+    It starts no other image either. The work in flight is lost anyway, and a backend call may hang (a stalled
+    server) or take minutes; finished shards are already on disk (written atomically).
+    """
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc_value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and self._executor is not None:
+            # Prefect's own shutdown waits for running tasks (pinned prefect: see requirements.txt).
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().__exit__(exc_type, exc_value, tb)
 
 
 @task(name="label-image", cache_policy=NONE)
@@ -111,7 +128,7 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> list[Im
     delays = plan.config.backend.retry_delays()
     progress = artifacts.Progress(len(plan.items), progress_bar)
     outcomes = []
-    with ThreadPoolTaskRunner(max_workers=labeller.slots) as runner:
+    with InterruptibleThreadPool(max_workers=labeller.slots) as runner:
         futures = {runner.submit(label_image_task, parameters={"item": it, "labeller": labeller, "delays": delays}): it
                    for it in plan.items}
         for future in as_completed(list(futures)):

@@ -176,6 +176,12 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
                 print(f"  {e['path']}: {e['reason']}")
 
 
+def _fail_resumable(what: str, args: argparse.Namespace, code: int = EXIT_INCOMPLETE) -> int:
+    """Exit for a run that stopped part way: what happened, where the finished images are, how to resume."""
+    return _fail(f"{what}; the finished images are kept in {Path(args.out) / '.alps'}: run the same command again "
+                 "to resume", code)
+
+
 def _outcome(state: Any, args: argparse.Namespace) -> int:
     """Exit status and message of a finished flow run (see the module docstring)."""
     import httpx
@@ -192,9 +198,7 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
     if isinstance(err, AlpsError):
         return _fail(describe(err))
     if isinstance(err, (httpx.HTTPError, OSError)):  # the Prefect API or the disk failed mid-run
-        return _fail(f"the run failed: {describe(err) if isinstance(err, BaseException) else err}; the finished "
-                     f"images are kept in {Path(args.out) / '.alps'}: run the same command again to resume",
-                     EXIT_INCOMPLETE)
+        return _fail_resumable(f"the run failed: {describe(err) if isinstance(err, BaseException) else err}", args)
     what = describe(err) if isinstance(err, BaseException) else f"flow run ended {state.type.value}: {state.message}"
     return _fail(f"internal error: {what} (the traceback is in the log above; please report it)", EXIT_INTERNAL)
 
@@ -211,6 +215,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, AlpsError) as err:
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
     _show_library_warnings()
+    import httpx
+
     from flows.prefect_api import PrefectApiError, prefect_api
 
     try:
@@ -222,9 +228,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                               dask_workers=args.dask_workers, allow_partial=args.allow_partial, return_state=True)
     except PrefectApiError as err:
         return _fail(str(err))
+    except httpx.HTTPError as err:
+        # The Prefect API went away mid-run (a user's own server stopped): Prefect retried, then could not even
+        # record the run's end. The per-image work does not need the API, so what was labelled is in the shards.
+        api = os.environ.get("PREFECT_API_URL") or "of this run"
+        return _fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)})", args)
     except KeyboardInterrupt:
-        return _fail(f"interrupted; the finished images are kept in {Path(args.out) / '.alps'}: run the same "
-                     "command again to resume", EXIT_INTERRUPTED)
+        _fail_resumable("interrupted", args, EXIT_INTERRUPTED)
+        # Now, without joining the threads of images still in flight (a stalled backend call would hold the exit
+        # for as long as it hangs); the run's API server is already stopped and finished shards are on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     return _outcome(state, args)
 
 

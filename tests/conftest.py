@@ -126,39 +126,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
 
     Subprocess runs given its URL start no server of their own (cheaper than one temporary server per run).
     """
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
+    from tests.runs import start_prefect_server, stop_prefect_server
 
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    home = tmp_path_factory.mktemp("prefect_server_home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
+    proc, url = start_prefect_server(tmp_path_factory.mktemp("prefect_server_home"))
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prefect server did not become healthy (exit code {proc.poll()})")
-            time.sleep(0.25)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop_prefect_server(proc)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +29,44 @@ def cli_env(prefect_home: Path, api_url: str | None = None, **extra: str) -> dic
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
+
+
+def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
+    """A real `prefect server start` on 127.0.0.1 and a free port, its own process group and ``PREFECT_HOME``;
+    returns it once healthy, with its API URL."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, "the Prefect server to become healthy", timeout=180, proc=proc)
+    except AssertionError:
+        stop_prefect_server(proc)
+        raise
+    return proc, url
+
+
+def stop_prefect_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the server's whole process group (the CLI and its uvicorn child) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
 
 
 def run_alps(args: list, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -17,12 +17,15 @@ from tests.runs import (
     SERVER_APP,
     SMALL,
     cli_env,
+    error_lines,
     gone,
     labels,
     prefect_api,
     run_alps,
     run_processes,
     start_alps,
+    start_prefect_server,
+    stop_prefect_server,
     wait_until,
 )
 
@@ -135,3 +138,65 @@ def test_two_runs_into_one_output_folder_are_refused(tmp_path):
             stop_stale_server(work / "prefect-api.json")
     finally:
         other.kill()
+
+
+# ~3 min: after the kill, Prefect's clients retry every state update and every event (about 7 s each) before the
+# run may end; by hand with `make test-slow`.
+@pytest.mark.slow
+def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_run_resumes(
+        fault_data, fake_repo, fault_reference, prefect_server, tmp_path):
+    """The user's own long-lived API (PREFECT_API_URL) killed while an image is in flight: no image becomes a
+    rejected input, the run exits 3 with one line saying how to resume, and the same command, given a server that
+    answers, finishes the dataset without redoing what was labelled."""
+    repo, faults = paused_repo(tmp_path)
+    out, home = tmp_path / "out", tmp_path / "ph"
+    shards = out / ".alps" / "shards"
+    server, url = start_prefect_server(tmp_path / "server_home")
+    try:
+        proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
+                          cli_env(home, url), tmp_path / "run.log")
+        wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) == 2,
+                   "two images labelled and the third held", proc=proc)
+    finally:
+        stop_prefect_server(server, signal.SIGKILL)
+    assert proc.poll() is None  # the server died under a live run, mid-run
+    (faults / "release").touch()
+    assert proc.wait(timeout=600) == 3, (tmp_path / "run.log").read_text()[-3000:]
+    (error,) = error_lines((tmp_path / "run.log").read_text())
+    assert f"the Prefect API {url} stopped answering" in error and "run the same command again" in error
+    assert not (out / "errors.jsonl").exists() and not (out / "manifest.json").exists()
+    finished = {p.stem for p in shards.glob("*.npz")}
+    assert len(finished) >= 2
+
+    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
+                     cli_env(home, prefect_server))
+    assert again.returncode == 0, again.stderr[-3000:]
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert set(last["skipped"]) == finished and len(last["labelled"]) == 7 - len(finished)
+    assert labels(out) == labels(fault_reference)
+
+
+def test_ctrl_c_mid_image_exits_130_leaves_nothing_running_and_the_next_run_resumes(
+        fault_data, fake_repo, fault_reference, prefect_server, tmp_path):
+    """SIGINT to the run's process group (what Ctrl-C in a terminal sends) while an image is held in the backend."""
+    repo, faults = paused_repo(tmp_path)
+    out, home = tmp_path / "out", tmp_path / "ph"
+    shards = out / ".alps" / "shards"
+    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
+                      cli_env(home), tmp_path / "run.log")
+    wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) == 2,
+               "two images labelled and the third held", proc=proc)
+    servers = run_processes(home)["servers"]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    (error,) = error_lines((tmp_path / "run.log").read_text())
+    assert error.startswith("alps: error: interrupted") and "run the same command again" in error
+    assert not gone(servers) and not run_processes(home)["servers"]
+    finished = {p.stem for p in shards.glob("*.npz")}
+    assert len(finished) == 2 and not (out / "manifest.json").exists()
+
+    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
+                     cli_env(home, prefect_server))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(json.loads((out / ".alps" / "last_run.json").read_text())["skipped"]) == finished
+    assert labels(out) == labels(fault_reference)
