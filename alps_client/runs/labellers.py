@@ -7,7 +7,7 @@ plugin) and releases it on exit, so nothing of a run outlives it and no module k
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Protocol
 
 from alps_client.backends import make_backend
@@ -73,5 +73,10 @@ def open_labeller(job: LabelJob, concurrency: int = 2, dask_address: str | None 
         labeller = LocalLabeller(job, concurrency)
     try:
         yield labeller
-    finally:
-        labeller.close()
+    except BaseException:
+        # The run's own error, or Ctrl-C, is what the user must see, not a failure to close a cluster that is
+        # already gone (local Dask workers receive the same Ctrl-C).
+        with suppress(Exception):
+            labeller.close()
+        raise
+    labeller.close()
