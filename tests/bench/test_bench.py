@@ -78,7 +78,7 @@ def own_images(tmp_path_factory) -> Path:
 
 def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
     _bench("bench_pipeline.py", "--name", "own", "--model-repository", str(stand_in_repo), "--images", str(own_images),
-           "--points-per-side", "8", "--n-clusters", "2", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path))
+           "--points-per-side", "4", "--n-clusters", "2", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path))
     entry = _results(tmp_path)["own"]
     assert entry["commit"].split("-")[0] == _head()
     assert entry["images"] == {"source": str(own_images), "count": 3}
@@ -92,11 +92,11 @@ def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
     reference_pngs = len(list((work / "reference" / "masks").glob("*.png")))
     our_masks = sum(len(read_shard(p).masks) for p in (work / "ours" / "shards").glob("*.npz"))
     funnel, agreement = entry["funnel"], entry["agreement"]["ours"]
-    assert funnel["prompts"] == 3 * 64 and funnel["candidates"] == 3 * 3 * 64
+    assert funnel["prompts"] == 3 * 16 and funnel["candidates"] == 3 * 3 * 16
     assert funnel["candidates"] >= funnel["after_iou"] >= funnel["after_stability"] >= funnel["after_nms"] > 0
     assert entry["sides"]["reference"]["n_masks"] == reference_pngs == agreement["reference_masks"] == funnel["after_nms"]
     assert agreement["ours_masks"] == our_masks
-    assert entry["sides"]["ours"]["upscaled"]["prompts"] == 3 * 64
+    assert entry["sides"]["ours"]["upscaled"]["prompts"] == 3 * 16
     # The same stand-in, images and prompts on both sides: every mask has its partner, both ways, and labels agree.
     assert agreement["reference_matched_share"] == agreement["ours_matched_share"] == 1.0
     assert agreement["ours_kept"] == agreement["reference_kept"] > 0
