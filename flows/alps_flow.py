@@ -32,6 +32,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -47,9 +48,12 @@ from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.review_cli import report_link_artifact
 
+# Ctrl-C, and SIGTERM as Prefect raises it in a flow run.
+STOPPED = (KeyboardInterrupt, TerminationSignal)
+
 
 class InterruptibleThreadPool(ThreadPoolTaskRunner):
-    """Prefect's thread pool, but an interrupted run (Ctrl-C) does not wait for the images in flight.
+    """Prefect's thread pool, but a stopped run (Ctrl-C, SIGTERM) does not wait for the images in flight.
 
     It starts no other image either. The work in flight is lost anyway, and a backend call may hang (a stalled
     server) or take minutes; finished shards are already on disk (written atomically).
@@ -57,7 +61,7 @@ class InterruptibleThreadPool(ThreadPoolTaskRunner):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and self._executor is not None:
+        if exc_type is not None and issubclass(exc_type, STOPPED) and self._executor is not None:
             # Prefect's own shutdown waits for running tasks (pinned prefect: see requirements.txt).
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

@@ -12,7 +12,8 @@ Exit status (also in docs/flow.md):
 - 3: the run started but could not label every good image (processing failures after the retries): the finished
   images are kept, no dataset is written, and running the same command again resumes.
 - 1: an internal error (a bug); the line names it, the traceback is in the log above.
-- 130: interrupted (Ctrl-C); the finished images are kept.
+- 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit). The
+  run stops at once and the finished images are kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,15 @@ from alps_client.config import (
 )
 from flows.review_cli import add_relabel_parser, add_report_parser, add_vector_argument
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM received: like Ctrl-C, never caught by ``except Exception`` on its way up."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 AMG_FLAGS: list[tuple[str, type]] = [
     ("points_per_side", int), ("points_per_batch", int), ("pred_iou_thresh", float),
@@ -219,6 +229,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from flows.prefect_api import PrefectApiError, prefect_api
 
+    # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
+    # signal on to this one.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
@@ -233,13 +246,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # record the run's end. The per-image work does not need the API, so what was labelled is in the shards.
         api = os.environ.get("PREFECT_API_URL") or "of this run"
         return _fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)})", args)
-    except KeyboardInterrupt:
-        _fail_resumable("interrupted", args, EXIT_INTERRUPTED)
+    except (KeyboardInterrupt, Terminated) as stop:
+        code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+        _fail_resumable("interrupted" if code == EXIT_INTERRUPTED else "terminated (SIGTERM)", args, code)
         # Now, without joining the threads of images still in flight (a stalled backend call would hold the exit
         # for as long as it hangs); the run's API server is already stopped and finished shards are on disk.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        os._exit(code)
     return _outcome(state, args)
 
 

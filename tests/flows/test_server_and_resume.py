@@ -176,31 +176,41 @@ def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_
     assert labels(out) == labels(fault_reference)
 
 
-# Threads with the user's own API (the session's server: not in the run's process group, so it lives on), and local
-# Dask workers with the run's own temporary API server (in the group: it must stop with the run).
-@pytest.mark.parametrize("where", [[], ["--dask-workers", "1"]], ids=["threads-users-api", "dask-workers-own-api"])
-def test_ctrl_c_mid_image_exits_130_leaves_nothing_running_and_the_next_run_resumes(
-        fault_data, fake_repo, fault_reference, prefect_server, tmp_path, where):
-    """SIGINT to the run's process group (what Ctrl-C in a terminal sends: local Dask workers get it too) while an
-    image is held in the backend."""
+STOPS = [  # (signal, to the whole process group?, where the images are labelled, on the user's API?, exit status)
+    pytest.param(signal.SIGINT, True, [], True, 130, id="ctrl-c-threads-users-api"),
+    pytest.param(signal.SIGINT, True, ["--dask-workers", "1"], False, 130, id="ctrl-c-dask-worker-own-api"),
+    pytest.param(signal.SIGTERM, False, [], False, 143, id="sigterm-threads-own-api"),
+]
+
+
+@pytest.mark.parametrize(("sig", "group", "where", "users_api", "status"), STOPS)
+def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_resumes(
+        fault_data, fake_repo, fault_reference, prefect_server, tmp_path, sig, group, where, users_api, status):
+    """Ctrl-C in a terminal (SIGINT to the process group: local Dask workers and the run's own API server get it
+    too) or ``kill PID`` / ``docker stop`` / a scheduler's time limit (SIGTERM to the run) while an image is held
+    in the backend. The user's own API server is not in the group and lives on."""
     repo, faults = paused_repo(tmp_path)
     out, home = tmp_path / "out", tmp_path / "ph"
     shards = out / ".alps" / "shards"
     proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1",
-                       *where], cli_env(home, None if where else prefect_server), tmp_path / "run.log")
+                       *where], cli_env(home, prefect_server if users_api else None), tmp_path / "run.log")
     wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) >= 2,
                "two images labelled and a third held", proc=proc)
     started = run_processes(home)
-    assert len(started["servers"]) == (1 if where else 0) and len(started["workers"]) == (1 if where else 0)
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    assert len(started["servers"]) == (0 if users_api else 1) and len(started["workers"]) == (1 if where else 0)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
+    assert proc.wait(timeout=120) == status, (tmp_path / "run.log").read_text()[-3000:]
     (error,) = error_lines((tmp_path / "run.log").read_text())
-    assert error.startswith("alps: error: interrupted") and "run the same command again" in error
+    stopped = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    assert error.startswith(f"alps: error: {stopped}") and "run the same command again" in error
     assert not gone(started["servers"] + started["workers"]) and not any(run_processes(home).values())
     finished = {p.stem for p in shards.glob("*.npz")}
     assert 2 <= len(finished) < 7 and not (out / "manifest.json").exists()
-    if where:
-        return  # resuming does not depend on where the images were labelled (tests/scale/test_scale_out.py)
+    if not users_api:
+        return  # resuming does not depend on how the run was stopped: once is enough
 
     again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
                      cli_env(home, prefect_server))
