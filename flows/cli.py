@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
     # signal on to this one.
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
