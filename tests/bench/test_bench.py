@@ -106,12 +106,12 @@ def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_bench(tiny_checkpoint, tiny_int8_repo, tmp_path_factory) -> tuple[Path, Path, dict]:
-    """``bench_pipeline.py --checkpoint`` on a tiny SAM checkpoint: exported here (fp32), and its int8 repository,
-    both measured in one run against one reference."""
+def checkpoint_bench(tiny_checkpoint, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """``bench_pipeline.py --checkpoint --int8`` on a tiny SAM checkpoint, as the README tells a user with weights:
+    exported and quantised by the bench, fp32 and int8 measured in one run against one reference."""
     folder = tmp_path_factory.mktemp("checkpoint_bench")
     _bench("bench_pipeline.py", "--name", "tiny", "--checkpoint", str(tiny_checkpoint), "--model-type", "tiny-test",
-           "--int8-repository", str(tiny_int8_repo), "--synthetic", "1", "--size", "128", "--points-per-side", "4", "--pred-iou-pass-share", "0.25",
+           "--int8", "--synthetic", "1", "--size", "128", "--points-per-side", "4", "--pred-iou-pass-share", "0.25",
            "--stability-score-thresh", "0", "--sigma", "1", "--n-clusters", "1",
            "--workdir", str(folder / "work"), "--results-dir", str(folder))
     return tiny_checkpoint, folder / "work" / "tiny", _results(folder)["tiny"]
