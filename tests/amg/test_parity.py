@@ -48,7 +48,9 @@ def stand_in_sam():
 # One scene per case (seed and shape differ between cases, two of them non-square the other way round): every
 # parameter family is compared with Meta's on its own image; Meta's side dominates the time of this file.
 CASES = [
-    pytest.param({"points_per_side": 8, "crop_n_layers": 1}, 1, (176, 224), id="crop_n_layers=1"),
+    # Plain crop layers: also in crops-downscaled-tall, so by hand (`make test-slow`).
+    pytest.param({"points_per_side": 8, "crop_n_layers": 1}, 1, (176, 224), id="crop_n_layers=1",
+                 marks=pytest.mark.slow),
     pytest.param({"points_per_side": 8, "crop_n_layers": 1, "crop_n_points_downscale_factor": 2,
                   "crop_overlap_ratio": 0.25}, 2, (224, 150), id="crops-downscaled-tall"),
     pytest.param({"points_per_side": 16, "min_mask_region_area": 150}, 3, (160, 224), id="min_mask_region_area"),
