@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -61,41 +62,58 @@ def paused_repo(tmp_path, after: int = 2):
     return write_fake_repository(tmp_path / "paused", faults={"dir": str(faults), "pause_after": after}), faults
 
 
+def finished_stems(out: Path) -> set[str]:
+    """Stems of the images whose shards are written in ``out``."""
+    return {p.stem for p in (out / ".alps" / "shards").glob("*.npz")}
+
+
+def start_held_run(fault_data: Path, tmp_path: Path, env: dict[str, str], *extra: str):
+    """``alps run`` on the fault data, one image at a time, returned once two images are labelled and the third is
+    held in the backend (mid-run, provably): the run, its output folder, and the faults folder (touch ``release``
+    in it to let the run go on)."""
+    repo, faults = paused_repo(tmp_path)
+    out = tmp_path / "out"
+    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1",
+                       *extra], env, tmp_path / "run.log")
+    wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
+               "two images labelled and the third held", proc=proc)
+    return proc, out, faults
+
+
+def assert_resumes(fault_data: Path, fake_repo: Path, fault_reference: Path, out: Path, env: dict[str, str],
+                   finished: set[str]) -> None:
+    """The same command again skips the ``finished`` images, labels the others, and writes the label maps of an
+    uninterrupted run."""
+    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    reference = labels(fault_reference)
+    assert set(last["skipped"]) == finished and len(last["labelled"]) == len(reference) - len(finished)
+    assert labels(out) == reference
+
+
 def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake_repo, fault_reference, prefect_server,
                                                                 tmp_path):
     """No PREFECT_API_URL: the run starts its own API server; `kill -9` of the run takes the server with it."""
-    repo, faults = paused_repo(tmp_path)
-    out, home = tmp_path / "out", tmp_path / "ph"
-    shards = out / ".alps" / "shards"
-    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
-                      cli_env(home), tmp_path / "run.log")
-    wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) == 2,
-               "two images labelled and the third held", proc=proc)
+    home = tmp_path / "ph"
+    proc, out, _ = start_held_run(fault_data, tmp_path, cli_env(home))
     servers = run_processes(home)["servers"]
     assert len(servers) == 1  # exactly one Prefect API for the run
     os.kill(proc.pid, signal.SIGKILL)  # the run only, not its process group
     proc.wait()
-    finished = {p.stem for p in shards.glob("*.npz")}
+    finished = finished_stems(out)
     assert len(finished) == 2  # killed mid-run: 2 of 7 done, before and after the kill
     assert not gone(servers) and not run_processes(home)["servers"]  # the server died with its run
 
     # The rerun on the session's server (cheaper); the next run cleaning up a record is tested below.
-    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
-                     cli_env(home, prefect_server))
-    assert again.returncode == 0, again.stderr[-3000:]
-    last = json.loads((out / ".alps" / "last_run.json").read_text())
-    assert set(last["skipped"]) == finished and len(last["labelled"]) == 5  # finished work is not redone
-    assert labels(out) == labels(fault_reference)
+    assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
     assert not run_processes(home)["servers"]
 
 
 def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
-    repo, faults = paused_repo(tmp_path)
-    out, home = tmp_path / "out", tmp_path / "ph"
+    home = tmp_path / "ph"
+    proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(home))
     record = out / ".alps" / "prefect-api.json"
-    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
-                      cli_env(home), tmp_path / "run.log")
-    wait_until(lambda: list(faults.glob("waiting-*")), "the third image to be held", proc=proc)
     first = json.loads(record.read_text())
     os.kill(first["pid"], signal.SIGKILL)
     restarted = wait_until(lambda: record.is_file() and json.loads(record.read_text())["pid"] != first["pid"],
@@ -148,15 +166,10 @@ def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_
     """The user's own long-lived API (PREFECT_API_URL) killed while an image is in flight: no image becomes a
     rejected input, the run exits 3 with one line saying how to resume, and the same command, given a server that
     answers, finishes the dataset without redoing what was labelled."""
-    repo, faults = paused_repo(tmp_path)
-    out, home = tmp_path / "out", tmp_path / "ph"
-    shards = out / ".alps" / "shards"
+    home = tmp_path / "ph"
     server, url = start_prefect_server(tmp_path / "server_home")
     try:
-        proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1"],
-                          cli_env(home, url), tmp_path / "run.log")
-        wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) == 2,
-                   "two images labelled and the third held", proc=proc)
+        proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(home, url))
     finally:
         stop_prefect_server(server, signal.SIGKILL)
     assert proc.poll() is None  # the server died under a live run, mid-run
@@ -165,15 +178,9 @@ def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_
     (error,) = error_lines((tmp_path / "run.log").read_text())
     assert f"the Prefect API {url} stopped answering" in error and "run the same command again" in error
     assert not (out / "errors.jsonl").exists() and not (out / "manifest.json").exists()
-    finished = {p.stem for p in shards.glob("*.npz")}
+    finished = finished_stems(out)
     assert len(finished) >= 2
-
-    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
-                     cli_env(home, prefect_server))
-    assert again.returncode == 0, again.stderr[-3000:]
-    last = json.loads((out / ".alps" / "last_run.json").read_text())
-    assert set(last["skipped"]) == finished and len(last["labelled"]) == 7 - len(finished)
-    assert labels(out) == labels(fault_reference)
+    assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
 
 
 STOPS = [  # (signal, to the whole process group?, where the images are labelled, on the user's API?, exit status)
@@ -189,13 +196,8 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
     """Ctrl-C in a terminal (SIGINT to the process group: local Dask workers and the run's own API server get it
     too) or ``kill PID`` / ``docker stop`` / a scheduler's time limit (SIGTERM to the run) while an image is held
     in the backend. The user's own API server is not in the group and lives on."""
-    repo, faults = paused_repo(tmp_path)
-    out, home = tmp_path / "out", tmp_path / "ph"
-    shards = out / ".alps" / "shards"
-    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1",
-                       *where], cli_env(home, prefect_server if users_api else None), tmp_path / "run.log")
-    wait_until(lambda: list(faults.glob("waiting-*")) and len(list(shards.glob("*.npz"))) >= 2,
-               "two images labelled and a third held", proc=proc)
+    home = tmp_path / "ph"
+    proc, out, _ = start_held_run(fault_data, tmp_path, cli_env(home, prefect_server if users_api else None), *where)
     started = run_processes(home)
     assert len(started["servers"]) == (0 if users_api else 1) and len(started["workers"]) == (1 if where else 0)
     if group:
@@ -207,13 +209,7 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
     stopped = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
     assert error.startswith(f"alps: error: {stopped}") and "run the same command again" in error
     assert not gone(started["servers"] + started["workers"]) and not any(run_processes(home).values())
-    finished = {p.stem for p in shards.glob("*.npz")}
+    finished = finished_stems(out)
     assert 2 <= len(finished) < 7 and not (out / "manifest.json").exists()
-    if not users_api:
-        return  # resuming does not depend on how the run was stopped: once is enough
-
-    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL],
-                     cli_env(home, prefect_server))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert set(json.loads((out / ".alps" / "last_run.json").read_text())["skipped"]) == finished
-    assert labels(out) == labels(fault_reference)
+    if users_api:  # resuming does not depend on how the run was stopped: once is enough
+        assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
