@@ -155,8 +155,8 @@ def run_export(
 ) -> dict[str, Any]:
     """Export encoder and decoder, check parity, and write the model repository. Returns the manifest.
 
-    ``quantize="int8"`` then replaces both models with int8 dynamically quantised ones (CPU) and records their
-    agreement with fp32 in the manifest (see :mod:`export.quantize`).
+    ``quantize="int8"`` then replaces the encoder with an int8 dynamically quantised one (CPU; the decoder stays
+    fp32) and records the agreement with fp32 in the manifest (see :mod:`export.quantize`).
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got '{quantize}'")
@@ -272,7 +272,7 @@ def _write_configs(enc_path: Path, dec_path: Path, specs: tuple[TensorSpecs, ...
 
 
 def _quantize_in_place(enc_path: Path, dec_path: Path, scratch: Path, log: Any) -> dict[str, Any]:
-    """Replace the fp32 encoder/decoder ONNX files with int8 ones; return how and how well they agree with fp32."""
+    """Replace the fp32 encoder ONNX file with an int8 one; return how and how well the pair agrees with fp32."""
     int8_paths = (scratch / "encoder.onnx", scratch / "decoder.onnx")
     quantization = quantize_pair((enc_path, dec_path), int8_paths, log)
     for fp32, int8 in zip((enc_path, dec_path), int8_paths):
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=4, help="encoder max_batch_size for Triton")
     parser.add_argument("--opset", type=int, default=onnx_export.OPSET)
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                        help="int8: dynamic int8 weights for CPU serving (faster, masks change slightly: agreement "
+                        help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks change slightly: agreement "
                         "with fp32 is measured and written to the manifest); default: %(default)s (fp32)")
     args = parser.parse_args(argv)
     try:

@@ -123,7 +123,7 @@ def test_pipeline_bench_exports_a_checkpoint_and_measures_its_int8_in_one_run(ch
     checkpoint, work, entry = checkpoint_bench
     fp32 = json.loads((work / "repo-fp32" / "manifest.json").read_text())
     assert fp32["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert entry["variants"]["ours-int8"].endswith("int8 dynamic quantisation")
+    assert entry["variants"]["ours-int8"].endswith("encoder int8 dynamic quantisation")
     # fp32 and int8 measured in the same run as the one reference they are compared with.
     assert entry["order"] == ["ours", "reference", "ours-int8"]
     assert set(entry["speedup"]) == {"ours", "ours-int8"} == set(entry["agreement"])
