@@ -52,7 +52,7 @@ def configurations() -> list[tuple[str, dict[str, Any]]]:
         rows.append((model, {**base, "disabled_optimizers": toggled}))
         if model == "encoder":  # --quantize int8 leaves the decoder fp32 (export/quantize.py says why)
             rows.append((model, {**base, "precision": "int8"}))
-        if model == "decoder":
+        else:
             rows += [(model, {**base, "chunk": c}) for c in (4, 16, 32) if c != CPU_PROMPTS_PER_CALL]
             rows += [(model, {**base, "upscaled": share}) for share in UPSCALED_SHARES]
     return rows

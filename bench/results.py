@@ -61,7 +61,8 @@ def machine() -> dict[str, Any]:
 
 def model_label(manifest: dict[str, Any]) -> str:
     """How a results row names a model repository's model: type, random weights, stand-in, precision."""
-    precision = {"int8-dynamic": ", encoder int8 dynamic quantisation", "fp16": ", fp16"}.get(manifest.get("precision", ""), "")
+    precisions = {"int8-dynamic": ", encoder int8 dynamic quantisation", "fp16": ", fp16"}
+    precision = precisions.get(manifest.get("precision", ""), "")
     return (f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}"
             f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}{precision}")
 

@@ -295,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=4, help="encoder max_batch_size for Triton")
     parser.add_argument("--opset", type=int, default=onnx_export.OPSET)
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                        help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks change slightly: agreement "
-                        "with fp32 is measured and written to the manifest); default: %(default)s (fp32)")
+                        help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks "
+                        "change slightly: agreement with fp32 is measured and written to the manifest); default: "
+                        "%(default)s (fp32)")
     args = parser.parse_args(argv)
     try:
         run_export(args.model_type, args.out, args.checkpoint, args.random_init, args.cpu, args.max_batch_size,

@@ -178,7 +178,8 @@ def _upscale_masks(md: nn.Module, keys: torch.Tensor, hyper_in: torch.Tensor, h:
     """
     conv1, norm, act1, conv2, act2 = md.output_upscaling
     k = keys.shape[0]
-    w1, w2 = _transposed_conv_2x2_weight(conv1), _transposed_conv_2x2_weight(conv2)  # columns (dy, dx, c), (ey, ex, c)
+    # Columns (dy, dx, c) and (ey, ex, c): each half of a weight is one dy (or ey).
+    w1, w2 = _transposed_conv_2x2_weight(conv1), _transposed_conv_2x2_weight(conv2)
     half1, half2 = w1.shape[1] // 2, w2.shape[1] // 2
     rows = []
     for dy in range(2):
