@@ -25,10 +25,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     """
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    out = root / f"built-once-{name}"
+    out = shared_temp_root(tmp_path_factory) / f"built-once-{name}"
     with FileLock(str(out) + ".lock"):
         if not (out / ".built").is_file():
             shutil.rmtree(out, ignore_errors=True)
@@ -36,6 +33,21 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
             build(out)
             (out / ".built").write_text("")
     return out
+
+
+def shared_temp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's base temp folder, shared by all pytest-xdist workers (the parent of each worker's own)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_database_seed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where the session's migrated Prefect database goes: built on first use (tests/runs.py's
+    ``seed_prefect_home``), copied into every new Prefect home a test starts a server in."""
+    from tests.runs import PREFECT_DB_SEED_ENV
+
+    os.environ[PREFECT_DB_SEED_ENV] = str(shared_temp_root(tmp_path_factory) / "prefect-database-seed")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,15 +20,56 @@ ALPS = [sys.executable, "-m", "flows.cli"]
 CWD = str(REPO_ROOT)
 SMALL = ["--points-per-side", "8", "--n-clusters", "4", "--no-progress"]
 SERVER_APP = "prefect.server.api.server:create_app"
+# The folder of the session's migrated Prefect database (set by tests/conftest.py's ``prefect_database_seed``).
+PREFECT_DB_SEED_ENV = "ALPS_TEST_PREFECT_DB_SEED"
 
 
-def cli_env(prefect_home: Path, api_url: str | None = None, **extra: str) -> dict[str, str]:
-    """Environment for `alps` subprocesses: their own Prefect home, no analytics, optional API server."""
+def _prefect_env(prefect_home: Path) -> dict[str, str]:
+    """This environment without Prefect settings, with its own ``PREFECT_HOME`` and ``prefect`` on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+    return env
+
+
+def seed_prefect_home(prefect_home: Path) -> None:
+    """Give a new ``PREFECT_HOME`` a copy of the session's migrated Prefect database.
+
+    A server started on an empty home first creates its SQLite database through Prefect's schema migrations
+    (~14 s of CPU here, and most of a start-up); on a copy it starts as on a user's second run. The migrations
+    run once per test session, by Prefect's own CLI (``prefect server database upgrade``), so the schema is the
+    installed Prefect's.
+    """
+    seed_dir = os.environ.get(PREFECT_DB_SEED_ENV)
+    database = Path(prefect_home) / "prefect.db"
+    if not seed_dir or database.exists():
+        return
+    from filelock import FileLock
+
+    seed = Path(seed_dir) / "prefect.db"
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{seed}.lock"):
+        if not seed.is_file():
+            subprocess.run(["prefect", "server", "database", "upgrade", "-y"], env=_prefect_env(Path(seed_dir)),
+                           check=True, capture_output=True, timeout=600)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(seed, database)
+
+
+def cli_env(prefect_home: Path, api_url: str | None = None, seed_database: bool = True, **extra: str) -> dict[str, str]:
+    """Environment for `alps` subprocesses: their own Prefect home, no analytics, optional API server.
+
+    Without ``api_url`` the run starts its own API server in ``prefect_home``: the home gets the session's migrated
+    database (:func:`seed_prefect_home`) unless it has one or ``seed_database`` is False (a first run on a machine:
+    the server creates its database itself).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "ALPS_TRITON_URL"}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
                **extra)
     if api_url:
         env["PREFECT_API_URL"] = api_url
+    elif seed_database:
+        seed_prefect_home(prefect_home)
     return env
 
 
@@ -41,11 +83,9 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    seed_prefect_home(home)
+    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=_prefect_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:

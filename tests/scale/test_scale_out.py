@@ -29,7 +29,8 @@ def test_dask_workers_use_the_runs_one_api_and_survive_a_worker_killed_mid_image
     out, home = tmp_path / "out", tmp_path / "ph"
     shards = out / ".alps" / "shards"
     proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--dask-workers", "2"],
-                      cli_env(home), tmp_path / "run.log")  # no PREFECT_API_URL: the run starts its own
+                      # no PREFECT_API_URL: the run starts its own, in a new home (it creates its database)
+                      cli_env(home, seed_database=False), tmp_path / "run.log")
     wait_until(lambda: len(list(faults.glob("waiting-*"))) == 2 and len(list(shards.glob("*.npz"))) == 2,
                "two images labelled and both workers held on the next two", proc=proc)
     started = run_processes(home)
