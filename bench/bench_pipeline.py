@@ -38,13 +38,16 @@ def prepare_repositories(args: argparse.Namespace, work: Path) -> dict[str, str]
         from export.export_sam import run_export
         from export.quantize import quantize_repository
 
-        fp32 = work / "repo-fp32"
-        if not (fp32 / "manifest.json").is_file() or not args.keep_export:
+        fp32, int8 = work / "repo-fp32", work / "repo-int8"
+        reuse = args.keep_export and holds_model(fp32, args.model_type, args.checkpoint, args.random_init)
+        if reuse:
+            print(f"bench_pipeline: --keep-export: reusing {fp32} (the same model type and weights)")
+        else:
             run_export(args.model_type, fp32, checkpoint=args.checkpoint, random_init=args.random_init, cpu=True)
         repos["ours"] = str(fp32)
         if args.int8:
-            int8 = work / "repo-int8"
-            if not (int8 / "manifest.json").is_file() or not args.keep_export:
+            # Quantised from the fp32 export: reusable only beside the very fp32 export it was made from.
+            if not (reuse and holds_model(int8, args.model_type, args.checkpoint, args.random_init)):
                 quantize_repository(fp32, int8)
             repos["ours-int8"] = str(int8)
     elif args.model_repository:
@@ -54,6 +57,20 @@ def prepare_repositories(args: argparse.Namespace, work: Path) -> dict[str, str]
     if args.int8_repository and "ours-int8" not in repos:
         repos["ours-int8"] = args.int8_repository
     return repos
+
+
+def holds_model(repository: Path, model_type: str, checkpoint: str | None, random_init: bool) -> bool:
+    """Whether ``repository`` holds an export of this model: the same model type, and the same checkpoint (by
+    sha256) or random weights alike. What ``--keep-export`` checks before reusing an export in the work folder."""
+    from export.triton_repo import checkpoint_record
+
+    path = Path(repository) / "manifest.json"
+    if not path.is_file():
+        return False
+    manifest = json.loads(path.read_text())
+    recorded, wanted = manifest.get("checkpoint") or {}, checkpoint_record(checkpoint) or {}
+    return (manifest.get("model_type") == model_type and bool(manifest.get("random_init")) == bool(random_init)
+            and recorded.get("sha256") == wanted.get("sha256"))
 
 
 def prepare_images(args: argparse.Namespace, work: Path) -> tuple[list[Path], str]:
@@ -162,7 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     models.add_argument("--random-init", action="store_true", help="export --model-type with random weights")
     models.add_argument("--model-type", default="vit_b", help="with --checkpoint/--random-init (default %(default)s)")
     models.add_argument("--int8", action="store_true", help="with --checkpoint/--random-init: also bench its int8 export")
-    models.add_argument("--keep-export", action="store_true", help="reuse an export already in the work folder")
+    models.add_argument("--keep-export", action="store_true",
+                        help="reuse the export already in the work folder if it is of the same model type and weights "
+                        "(export again after updating alps: the export's code is not compared)")
     data = parser.add_argument_group("images (a folder, or synthetic scenes)")
     data.add_argument("--images", help="a folder of your own images (png, jpg, tif, bmp, webp)")
     data.add_argument("--max-images", type=int, help="the first N images of --images (by name)")
