@@ -37,7 +37,7 @@ from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  #
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
 from export.errors import ExportError, readable_checkpoint  # noqa: E402
-from export.quantize import QUANTIZE_CHOICES, quantize_pair  # noqa: E402
+from export.quantize import QUANTIZE_CHOICES, quantize_encoder  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
 from export.sam2_export import load_model as load_sam2_model  # noqa: E402
 from export.sam2_export import run_export as run_sam2_export  # noqa: E402
@@ -272,13 +272,12 @@ def _write_configs(enc_path: Path, dec_path: Path, specs: tuple[TensorSpecs, ...
 
 
 def _quantize_in_place(enc_path: Path, dec_path: Path, scratch: Path, log: Any) -> dict[str, Any]:
-    """Replace the fp32 encoder ONNX file with an int8 one; return how and how well the pair agrees with fp32."""
-    int8_paths = (scratch / "encoder.onnx", scratch / "decoder.onnx")
-    quantization = quantize_pair((enc_path, dec_path), int8_paths, log)
-    for fp32, int8 in zip((enc_path, dec_path), int8_paths):
-        for stale in triton_repo.model_files(fp32):
-            stale.unlink()
-        int8.rename(fp32)
+    """Replace the fp32 encoder ONNX file with an int8 one; return how and how well it agrees with fp32."""
+    int8 = scratch / "encoder.onnx"
+    quantization = quantize_encoder(enc_path, int8, dec_path, log)
+    for stale in triton_repo.model_files(enc_path):
+        stale.unlink()
+    int8.rename(enc_path)
     return quantization
 
 

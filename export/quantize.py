@@ -37,17 +37,15 @@ MASK_THRESHOLD = 0.0
 PROMPTS_PER_CALL = 16
 
 
-def quantize_pair(fp32_paths: tuple[Path, Path], int8_paths: tuple[Path, Path], log: Any = print) -> dict[str, Any]:
-    """Quantise an (encoder, decoder) pair and measure it against fp32; returns the manifest's ``quantization``.
+def quantize_encoder(encoder32: Path, encoder8: Path, decoder: Path, log: Any = print) -> dict[str, Any]:
+    """Quantise the encoder ``encoder32`` into ``encoder8`` and measure the pair against fp32.
 
-    The encoder is quantised; the decoder is copied as it is (see the module docstring).
+    Both encoders run beside the one fp32 ``decoder`` (see the module docstring). Returns the manifest's
+    ``quantization``.
     """
     start = time.perf_counter()
-    (encoder32, decoder32), (encoder8, decoder8) = fp32_paths, int8_paths
     quantize_int8(encoder32, encoder8)
-    decoder8.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(decoder32, decoder8)  # SAM's decoder is one file (~16 MB), never external data
-    figures = agreement(fp32_paths, int8_paths)
+    figures = agreement((encoder32, decoder), (encoder8, decoder))
     seconds = time.perf_counter() - start
     log(
         f"  int8 dynamic quantisation in {seconds:.1f} s; vs fp32 on the parity image: mask IoU "
@@ -62,10 +60,14 @@ def quantize_repository(source: Path, out: Path, log: Any = print) -> dict[str, 
 
     The same models as ``export_sam.py --quantize int8``, without exporting again.
     """
+    from export import triton_repo
+
     source, out = Path(source), Path(out)
     manifest = _copy_without_models(source, out)
     encoder, decoder = (manifest["models"][k]["path"] for k in ("encoder", "decoder"))
-    manifest["quantization"] = quantize_pair((source / encoder, source / decoder), (out / encoder, out / decoder), log)
+    for path in triton_repo.model_files(source / decoder):
+        shutil.copyfile(path, out / path.relative_to(source))
+    manifest["quantization"] = quantize_encoder(source / encoder, out / encoder, source / decoder, log)
     return _write_derived_manifest(out, manifest, "int8-dynamic")
 
 

@@ -118,6 +118,27 @@ def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_int
     assert union > 0 and inter / union >= 0.9
 
 
+def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tmp_path):
+    """``export_sam.py --quantize int8``'s last step, on a copy of an fp32 export: the encoder file becomes int8,
+    the decoder stays the very fp32 file, and no scratch file is left beside them."""
+    import hashlib
+    import shutil
+
+    from export.export_sam import _quantize_in_place
+
+    repo = shutil.copytree(tiny_repo, tmp_path / "repo")
+    manifest = json.loads((repo / "manifest.json").read_text())
+    encoder, decoder = (repo / manifest["models"][k]["path"] for k in ("encoder", "decoder"))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (encoder, decoder)}
+    quantization = _quantize_in_place(encoder, decoder, tmp_path / "scratch", log=lambda *_: None)
+    assert quantization["models"] == ["encoder"] and quantization["agreement_vs_fp32"]["mask_iou_mean"] >= 0.9
+    assert hashlib.sha256(decoder.read_bytes()).hexdigest() == before[decoder]
+    assert hashlib.sha256(encoder.read_bytes()).hexdigest() != before[encoder]
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(str(encoder)).graph.node}
+    assert not list((tmp_path / "scratch").iterdir())
+    fp32_folder = tiny_repo / encoder.parent.relative_to(repo)
+    assert sorted(p.name for p in encoder.parent.iterdir()) == sorted(p.name for p in fp32_folder.iterdir())
+
 def test_stand_in_point_returns_its_shape(embedded_backend):
     """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
     from alps_client.backends.preprocess import apply_coords
