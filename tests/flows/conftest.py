@@ -1,4 +1,4 @@
-"""Flow tests: the flows called in this process report to the session's Prefect server."""
+"""Flow tests: a session-scoped Prefect test harness for the flows called in this process."""
 
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ from tests.runs import ALPS, CWD, cli_env  # noqa: F401  (moved to tests/runs.py
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_api_of_this_process(prefect_server: str, tmp_path_factory):
-    """Flows called in this process report to the session's real Prefect server (``prefect_server``), as a user's
-    flows report to theirs: one server for the in-process flows and the `alps` subprocesses alike, instead of a
-    second one (Prefect's test harness) with a database of its own to migrate."""
+def prefect_harness(tmp_path_factory):
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
