@@ -49,9 +49,12 @@ def seed_prefect_home(prefect_home: Path) -> None:
     seed = Path(seed_dir) / "prefect.db"
     seed.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{seed}.lock"):
-        if not seed.is_file():
-            subprocess.run(["prefect", "server", "database", "upgrade", "-y"], env=_prefect_env(Path(seed_dir)),
+        if not seed.is_file():  # built aside, then renamed: an interrupted build leaves no half database behind
+            building = Path(seed_dir) / "building"
+            shutil.rmtree(building, ignore_errors=True)
+            subprocess.run(["prefect", "server", "database", "upgrade", "-y"], env=_prefect_env(building),
                            check=True, capture_output=True, timeout=600)
+            os.replace(building / "prefect.db", seed)
     database.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(seed, database)
 
