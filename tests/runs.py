@@ -24,12 +24,17 @@ SERVER_APP = "prefect.server.api.server:create_app"
 PREFECT_DB_SEED_ENV = "ALPS_TEST_PREFECT_DB_SEED"
 
 
-def _prefect_env(prefect_home: Path) -> dict[str, str]:
-    """This environment without Prefect settings, with its own ``PREFECT_HOME`` and ``prefect`` on the path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
+def _prefect_env(prefect_home: Path, **extra: str) -> dict[str, str]:
+    """This environment without Prefect settings or a Triton URL: its own ``PREFECT_HOME``, no analytics."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "ALPS_TRITON_URL"}
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
     return env
+
+
+def _prefect_cli_env(prefect_home: Path) -> dict[str, str]:
+    """:func:`_prefect_env` for Prefect's command line: this environment's ``prefect`` first on the path."""
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return _prefect_env(prefect_home, PATH=path)
 
 
 def seed_prefect_home(prefect_home: Path) -> None:
@@ -52,23 +57,22 @@ def seed_prefect_home(prefect_home: Path) -> None:
         if not seed.is_file():  # built aside, then renamed: an interrupted build leaves no half database behind
             building = Path(seed_dir) / "building"
             shutil.rmtree(building, ignore_errors=True)
-            subprocess.run(["prefect", "server", "database", "upgrade", "-y"], env=_prefect_env(building),
+            subprocess.run(["prefect", "server", "database", "upgrade", "-y"], env=_prefect_cli_env(building),
                            check=True, capture_output=True, timeout=600)
             os.replace(building / "prefect.db", seed)
     database.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(seed, database)
 
 
-def cli_env(prefect_home: Path, api_url: str | None = None, seed_database: bool = True, **extra: str) -> dict[str, str]:
+def cli_env(prefect_home: Path, api_url: str | None = None, seed_database: bool = True,
+            **extra: str) -> dict[str, str]:
     """Environment for `alps` subprocesses: their own Prefect home, no analytics, optional API server.
 
     Without ``api_url`` the run starts its own API server in ``prefect_home``: the home gets the session's migrated
     database (:func:`seed_prefect_home`) unless it has one or ``seed_database`` is False (a first run on a machine:
     the server creates its database itself).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "ALPS_TRITON_URL"}
-    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
-               **extra)
+    env = _prefect_env(prefect_home, PYTHONUNBUFFERED="1", **extra)
     if api_url:
         env["PREFECT_API_URL"] = api_url
     elif seed_database:
@@ -88,7 +92,8 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     seed_prefect_home(home)
     proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=_prefect_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=_prefect_cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:

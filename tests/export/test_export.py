@@ -139,6 +139,7 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tmp_path):
     fp32_folder = tiny_repo / encoder.parent.relative_to(repo)
     assert sorted(p.name for p in encoder.parent.iterdir()) == sorted(p.name for p in fp32_folder.iterdir())
 
+
 def test_stand_in_point_returns_its_shape(embedded_backend):
     """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
     from alps_client.backends.preprocess import apply_coords
