@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from alps_client.config import (
     AmgConfig,
@@ -49,6 +49,40 @@ class Terminated(BaseException):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)"}
+
+
+def _stop_code(err: BaseException) -> int | None:
+    """130 or 143 if ``err`` is, or was raised while handling, a Ctrl-C or a SIGTERM; else None.
+
+    Prefect records a stopped run as crashed through its API: when that API is gone, the HTTP error it gives up
+    with replaces the stop, which stays in its ``__context__``.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if isinstance(err, (Terminated, TerminationSignal)):
+            return EXIT_TERMINATED
+        seen.add(id(err))
+        err = err.__context__
+    return None
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without joining the threads of images still in flight.
+
+    For a run that ended part way: a stalled backend call would otherwise hold the exit for as long as it hangs
+    (and its retries after it). The run's API server is stopped by then and finished shards are on disk.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 
 AMG_FLAGS: list[tuple[str, type]] = [
     ("points_per_side", int), ("points_per_batch", int), ("pred_iou_thresh", float),
@@ -247,15 +281,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The Prefect API went away mid-run (a user's own server stopped): Prefect retried, then could not even
         # record the run's end. The per-image work does not need the API, so what was labelled is in the shards.
         api = os.environ.get("PREFECT_API_URL") or "of this run"
-        return _fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)})", args)
+        code = _stop_code(err)
+        if code is None:
+            _exit_now(_fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)})", args))
+        _exit_now(_fail_resumable(f"{STOP_WORDS[code]} (the Prefect API {api} did not answer: {describe(err)})",
+                                  args, code))
     except (KeyboardInterrupt, Terminated) as stop:
         code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
-        _fail_resumable("interrupted" if code == EXIT_INTERRUPTED else "terminated (SIGTERM)", args, code)
-        # Now, without joining the threads of images still in flight (a stalled backend call would hold the exit
-        # for as long as it hangs); the run's API server is already stopped and finished shards are on disk.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _exit_now(_fail_resumable(STOP_WORDS[code], args, code))
     return _outcome(state, args)
 
 
