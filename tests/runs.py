@@ -45,8 +45,13 @@ def seed_prefect_home(prefect_home: Path) -> None:
     run once per test session, by Prefect's own CLI (``prefect server database upgrade``), so the schema is the
     installed Prefect's.
     """
+    seed_prefect_database(Path(prefect_home) / "prefect.db")
+
+
+def seed_prefect_database(database: Path) -> None:
+    """Copy the session's migrated Prefect database to ``database`` (a SQLite file), unless it exists; built on
+    first use (see :func:`seed_prefect_home`)."""
     seed_dir = os.environ.get(PREFECT_DB_SEED_ENV)
-    database = Path(prefect_home) / "prefect.db"
     if not seed_dir or database.exists():
         return
     from filelock import FileLock
