@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Tests must never talk to a user's Prefect server or write to their home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# The programs the tests start get Ctrl-C as a terminal's foreground job does. A shell without job control starts
+# a background command with SIGINT ignored, and a program inherits that (Python then installs no KeyboardInterrupt):
+# a test session started so would see runs ignore the Ctrl-C they are sent. A handled signal is reset to its
+# default in a new program, an ignored one is not.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:

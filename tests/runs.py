@@ -128,18 +128,10 @@ def run_alps(args: list, env: dict[str, str], timeout: float = 600) -> subproces
 
 
 def start_alps(args: list, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`alps ARGS` in the background (its own session), output to ``log``.
-
-    With Ctrl-C handled as in a terminal's foreground job: a shell without job control starts background commands
-    with SIGINT ignored, and the run (like any Python program) would inherit that from a test session started so.
-    """
+    """`alps ARGS` in the background (its own session), output to ``log``."""
     with log.open("w") as f:
         return subprocess.Popen([*ALPS, *map(str, args)], cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_default_sigint)
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                                start_new_session=True)
 
 
 def prefect_api(url: str):
