@@ -62,6 +62,34 @@ def test_an_error_without_a_message_still_gives_one_named_line(capsys):
     assert capsys.readouterr().err == "alps: error: RuntimeError\n"
 
 
+
+def _raised_while_handling(stop: BaseException | None) -> BaseException:
+    """An HTTP error raised while handling ``stop``, as Prefect's crash report through a dead API raises it."""
+    import httpx
+
+    try:
+        try:
+            if stop is not None:
+                raise stop
+        finally:
+            raise httpx.ConnectError("All connection attempts failed")
+    except httpx.ConnectError as err:
+        return err
+
+
+def test_a_stop_behind_an_api_error_keeps_its_exit_status():
+    from prefect.exceptions import TerminationSignal
+
+    from flows.cli import Terminated, _stop_code
+
+    assert _stop_code(_raised_while_handling(KeyboardInterrupt())) == 130
+    assert _stop_code(_raised_while_handling(TerminationSignal(signal=15))) == 143
+    assert _stop_code(_raised_while_handling(Terminated())) == 143
+    assert _stop_code(_raised_while_handling(None)) is None  # the API died on its own
+    looped = _raised_while_handling(ValueError("a"))
+    looped.__context__.__context__ = looped  # a cycle ends the walk, without a stop found
+    assert _stop_code(looped) is None
+
 def test_alps_triton_url_names_the_servers(monkeypatch):
     monkeypatch.setenv("ALPS_TRITON_URL", "gpu1:8001,gpu2:8001")
     args = make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton"])
