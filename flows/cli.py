@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
-        check_request(args.dataset, config)  # nothing to do: fail before any server starts
+        check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
     except (ValueError, AlpsError) as err:
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
     _show_library_warnings()

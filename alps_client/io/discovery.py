@@ -4,12 +4,17 @@ Each input becomes one or more :class:`InputItem` (a whole image, a tile of a la
 and filename-safe: the path relative to the dataset root without its extension, sub-folders joined by
 ``__``; tiles append ``__x{x0}_y{y0}``. A top-level ``train``/``val``/``test`` folder is the item's split (kept in
 the dataset) and is left out of its name.
+
+An alps output written inside the dataset (``--out DATASET/labels``) holds images too: copies of the inputs, label
+maps, previews. Folders below the dataset that hold an alps work folder (``.alps``), and the run's own output
+folder, are left out, so a second run does not label the first one's outputs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from alps_client.config import InputConfig
@@ -20,6 +25,9 @@ from alps_client.io.splits import split_folder
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
+# Every alps output folder holds its work folder (shards, run records) under this name.
+WORK_DIR = ".alps"
+
 
 def _stem_of(relative: Path) -> str:
     name = relative.name
@@ -28,26 +36,42 @@ def _stem_of(relative: Path) -> str:
     return _UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", ".")))
 
 
-def list_input_files(root: Path) -> list[Path]:
-    """Supported files under ``root`` (or ``root`` itself), sorted; symlinks followed, loops skipped."""
+def list_input_files(root: Path, out: str | Path | None = None,
+                     on_left_out: Callable[[Path], None] | None = None) -> list[Path]:
+    """Supported files under ``root`` (or ``root`` itself), sorted; symlinks followed, loops skipped.
+
+    Folders below ``root`` holding an alps output, and ``out``, are left out (each passed to ``on_left_out``).
+    """
     if root.is_file():
         return [root]
     found, seen = [], set()
+    out_real = os.path.realpath(out) if out is not None else None
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            folder = Path(dirpath) / d
+            if os.path.isdir(folder / WORK_DIR) or os.path.realpath(folder) == out_real:
+                if on_left_out is not None:
+                    on_left_out(folder)
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in filenames:
             if not name.startswith(".") and extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
                 found.append(Path(dirpath) / name)
     return sorted(found, key=lambda p: str(p.relative_to(root)))
 
 
-def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tuple[list[InputItem], list[InputError]]:
+def discover_inputs(root: str | Path, config: InputConfig | None = None, out: str | Path | None = None,
+                    on_left_out: Callable[[Path], None] | None = None) -> tuple[list[InputItem], list[InputError]]:
     """Items to label under ``root`` and the files rejected on the way (headers only are read).
+
+    ``out`` (the run's output folder) and alps outputs below ``root`` are left out: see :func:`list_input_files`.
 
     Raises:
         FileNotFoundError: If ``root`` does not exist.
@@ -60,7 +84,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None) -> tupl
     items: list[InputItem] = []
     errors: list[InputError] = []
     used: set[str] = set()
-    for path in list_input_files(root):
+    for path in list_input_files(root, out, on_left_out):
         relative = path.relative_to(base)
         split = split_folder(relative.parts[0]) if root.is_dir() and len(relative.parts) > 1 else None
         named = Path(*relative.parts[1:]) if split else relative  # the split folder is not part of the name

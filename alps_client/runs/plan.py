@@ -8,11 +8,10 @@ from pathlib import Path
 from alps_client.backends.manifest import ModelManifest, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
-from alps_client.io.discovery import discover_inputs, list_input_files
+from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
 from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem
 from alps_client.io.shards import shard_fingerprint, shard_path, shard_status
 
-WORK_DIR = ".alps"
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
 
 
@@ -39,6 +38,7 @@ class RunPlan:
         items: the images (tiles, slices) to label, in discovery order.
         rejected: inputs rejected at discovery (unreadable, not images...).
         n_done: items whose shard is already current (a rerun skips them).
+        left_out: folders inside the dataset holding alps outputs (this run's ``out`` among them), not searched.
     """
 
     dataset: str
@@ -49,21 +49,29 @@ class RunPlan:
     items: list[InputItem]
     rejected: list[InputError]
     n_done: int
+    left_out: tuple[str, ...] = ()
 
 
-def check_request(dataset: str | Path, config: PipelineConfig) -> ModelManifest:
+def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
     """The checks that need no server and no image decoding; returns the model manifest.
 
     Raises:
-        NoInputsError: If ``dataset`` does not exist or holds no file with an image extension.
+        NoInputsError: If ``dataset`` does not exist or holds no file with an image extension (outside ``out``).
+        AlpsError: If ``out`` is the dataset folder itself.
         ModelRepositoryError: If the model repository is missing or inconsistent.
         AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
     """
     root = Path(dataset).expanduser()
     if not root.exists():
         raise NoInputsError(f"dataset path {dataset} does not exist")
-    if not list_input_files(root):
-        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR})")
+    if out is not None and root.is_dir() and Path(out).expanduser().resolve() == root.resolve():
+        raise AlpsError(f"--out {out} is the dataset folder itself: the dataset written there (img_dir/, ann_dir/, "
+                        "vis/, report/) would be taken for images to label by the next run; give another --out (a "
+                        "folder inside the dataset is fine: runs leave it out)")
+    left_out: list[Path] = []
+    if not list_input_files(root, out, left_out.append):
+        outputs = f"; left out {len(left_out)} folder(s) holding alps outputs, e.g. {left_out[0]}" if left_out else ""
+        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs})")
     manifest = load_manifest(config.backend.model_repository)
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
         raise AlpsError(f"--use-m2m and --no-multimask-output are SAM 2.1 parameters; {manifest.root} holds "
@@ -99,16 +107,18 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         AlpsError: If ``--centroids`` were fitted on another model family's features.
         ConfigMismatchError: See :func:`check_existing_shards`.
     """
-    manifest = check_request(dataset, config)
+    manifest = check_request(dataset, config, out)
     if config.cluster.centroids:  # before any image is labelled: another family's centroids cannot be used
         from alps_client.labels.clustering import check_centroids_family
 
         check_centroids_family(config.cluster.centroids, manifest.model_family)
     fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
-    items, rejected = discover_inputs(dataset, config.inputs)
+    left_out: list[Path] = []
+    items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append)
     if not items:
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
     n_done = check_existing_shards(out, items, fingerprint, overwrite)
-    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done)
+    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done,
+                   tuple(str(p) for p in left_out))

@@ -95,6 +95,38 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert third["n_labelled"] == 6 and third["n_skipped"] == 0
 
 
+def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes, tmp_path, capsys):
+    """``--out DATASET/labels``: the next runs label the same images, not the first one's copies, label maps and
+    previews (an output folder holds its ``.alps``; the run's own ``--out`` is left out even before it does).
+    ``--out`` the dataset folder itself is refused: the dataset would be written among the images."""
+    import shutil
+
+    from alps_client.errors import NoInputsError
+    from alps_client.runs.plan import check_request, plan_run
+
+    data = tmp_path / "data"
+    shutil.copytree(scenes / "images", data)
+    cfg = small_config(fake_repo)
+    first = alps_flow(str(data), str(data / "labels"), cfg, progress_bar=False)
+    before = labels(data / "labels")
+    assert list((data / "labels").rglob("*.png"))  # the output holds images: copies, label maps, previews
+    elsewhere = alps_flow(str(data), str(data / "more" / "labels"), cfg, progress_bar=False)
+    again = alps_flow(str(data), str(data / "labels"), cfg, progress_bar=False)
+    for result in (first, elsewhere, again):
+        assert result["summary"]["n_images"] == 6 and len(result["errors"]) == 1  # broken.png, nothing else
+    assert elsewhere["n_labelled"] == 6 and again["n_labelled"] == 0 and again["n_skipped"] == 6
+    assert labels(data / "labels") == before
+    plan = plan_run(data, data / "fresh", cfg)  # each output left out, and said so
+    assert plan.left_out == (str(data / "labels"), str(data / "more" / "labels")) and len(plan.items) == 6
+    only_outputs = tmp_path / "only_outputs"
+    shutil.copytree(data / "labels", only_outputs / "labels")
+    with pytest.raises(NoInputsError, match="left out 1 folder"):
+        check_request(only_outputs, cfg)
+
+    assert alps(["run", str(data), "--out", str(data), "--model-repository", str(fake_repo)]) == 2
+    assert "is the dataset folder itself" in capsys.readouterr().err
+    assert not (data / ".alps").exists()
+
 def test_reruns_with_another_split_or_without_previews_leave_only_the_current_files(fake_repo, scenes, tmp_path):
     out = tmp_path / "out"
     images = str(scenes / "images")
