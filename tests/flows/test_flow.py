@@ -110,12 +110,11 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     first = alps_flow(str(data), str(data / "labels"), cfg, progress_bar=False)
     before = labels(data / "labels")
     assert list((data / "labels").rglob("*.png"))  # the output holds images: copies, label maps, previews
-    elsewhere = alps_flow(str(data), str(data / "more" / "labels"), cfg, progress_bar=False)
+    shutil.copytree(data / "labels", data / "more" / "labels")  # another run's output, elsewhere in the dataset
     again = alps_flow(str(data), str(data / "labels"), cfg, progress_bar=False)
-    for result in (first, elsewhere, again):
+    for result in (first, again):
         assert result["summary"]["n_images"] == 6 and len(result["errors"]) == 1  # broken.png, nothing else
-    assert elsewhere["n_labelled"] == 6 and again["n_labelled"] == 0 and again["n_skipped"] == 6
-    assert labels(data / "labels") == before
+    assert again["n_labelled"] == 0 and again["n_skipped"] == 6 and labels(data / "labels") == before
     plan = plan_run(data, data / "fresh", cfg)  # each output left out, and said so
     assert plan.left_out == (str(data / "labels"), str(data / "more" / "labels")) and len(plan.items) == 6
     only_outputs = tmp_path / "only_outputs"

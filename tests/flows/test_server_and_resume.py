@@ -183,8 +183,7 @@ def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_
     assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
 
 
-def test_a_run_stopped_after_its_users_api_died_exits_without_waiting_for_the_image_in_flight(
-        fault_data, fake_repo, fault_reference, prefect_server, tmp_path):
+def test_a_run_stopped_after_its_users_api_died_exits_without_waiting_for_the_image_in_flight(fault_data, tmp_path):
     """The user's own API killed while an image is held in the backend, then the run stopped (SIGTERM): Prefect
     cannot record the crash and gives up after its retries (one here, instead of a minute of them); the run then
     says it was terminated and exits, without waiting for the image still held (for 600 s)."""
@@ -205,9 +204,7 @@ def test_a_run_stopped_after_its_users_api_died_exits_without_waiting_for_the_im
     (error,) = error_lines((tmp_path / "run.log").read_text())
     assert error.startswith("alps: error: terminated (SIGTERM)") and f"the Prefect API {url} did not answer" in error
     assert "run the same command again" in error
-    finished = finished_stems(out)
-    assert len(finished) == 2 and not (out / "manifest.json").exists()
-    assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
+    assert len(finished_stems(out)) == 2 and not (out / "manifest.json").exists()  # resumable, as after any stop
 
 
 STOPS = [  # (signal, to the whole process group?, where the images are labelled, on the user's API?, exit status)
