@@ -54,7 +54,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)"}
 
 
-def _stop_code(err: BaseException) -> int | None:
+def _stop_code(err: BaseException | None) -> int | None:
     """130 or 143 if ``err`` is, or was raised while handling, a Ctrl-C or a SIGTERM; else None.
 
     Prefect records a stopped run as crashed through its API: when that API is gone, the HTTP error it gives up
