@@ -107,13 +107,14 @@ def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_bench(tiny_checkpoint, tiny_repo, tmp_path_factory) -> tuple[Path, Path, dict]:
+def checkpoint_bench(tiny_checkpoint, tiny_repo, tiny_int8_repo, tmp_path_factory) -> tuple[Path, Path, dict]:
     """``bench_pipeline.py --checkpoint --int8`` on a tiny SAM checkpoint, as the README tells a user with weights:
-    fp32 and int8 measured in one run against one reference. The fp32 export is the session's export of the same
-    checkpoint (``tiny_repo``, the same ``run_export`` call), reused through ``--keep-export``; the bench quantises
-    it itself."""
+    fp32 and int8 measured in one run against one reference. The exports are the session's of the same checkpoint
+    (``tiny_repo``, the same ``run_export`` call, and ``tiny_int8_repo``, the same ``quantize_repository`` call the
+    bench makes), reused through ``--keep-export``."""
     folder = tmp_path_factory.mktemp("checkpoint_bench")
     shutil.copytree(tiny_repo, folder / "work" / "tiny" / "repo-fp32")
+    shutil.copytree(tiny_int8_repo, folder / "work" / "tiny" / "repo-int8")
     _bench("bench_pipeline.py", "--name", "tiny", "--checkpoint", str(tiny_checkpoint), "--model-type", "tiny-test",
            "--keep-export", "--int8", "--synthetic", "1", "--size", "128", "--points-per-side", "4",
            "--pred-iou-pass-share", "0.25", "--stability-score-thresh", "0", "--sigma", "1", "--n-clusters", "1",
@@ -133,14 +134,15 @@ def test_keep_export_reuses_only_an_export_of_the_same_model(tiny_repo, tiny_che
     assert not holds_model(tmp_path, "tiny-test", str(tiny_checkpoint), random_init=False)  # no export there
 
 
-def test_pipeline_bench_on_a_checkpoint_measures_its_int8_in_one_run(checkpoint_bench, tiny_repo):
+def test_pipeline_bench_on_a_checkpoint_measures_its_int8_in_one_run(checkpoint_bench, tiny_repo, tiny_int8_repo):
     import hashlib
 
     checkpoint, work, entry = checkpoint_bench
     fp32 = json.loads((work / "repo-fp32" / "manifest.json").read_text())
     assert fp32["checkpoint"]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    # Reused, not exported again (a new export records other timings); the int8 repository is the bench's own.
+    # Reused, not made again (a new export or quantisation records other timings).
     assert (work / "repo-fp32" / "manifest.json").read_bytes() == (tiny_repo / "manifest.json").read_bytes()
+    assert (work / "repo-int8" / "manifest.json").read_bytes() == (tiny_int8_repo / "manifest.json").read_bytes()
     int8 = json.loads((work / "repo-int8" / "manifest.json").read_text())
     assert int8["precision"] == "int8-dynamic" and int8["checkpoint"] == fp32["checkpoint"]
     assert entry["variants"]["ours-int8"].endswith("encoder int8 dynamic quantisation")
