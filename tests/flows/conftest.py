@@ -10,7 +10,12 @@ from unittest import mock
 import pytest
 
 from alps_client.synthetic import write_synthetic_dataset
-from tests.runs import ALPS, CWD, cli_env, seed_prefect_database  # noqa: F401  (moved to tests/runs.py; some tests import them from here)
+from tests.runs import (  # noqa: F401  (ALPS, CWD, cli_env: re-exported for tests that import them here)
+    ALPS,
+    CWD,
+    cli_env,
+    seed_prefect_database,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
