@@ -55,7 +55,7 @@ def list_input_files(root: Path, out: str | Path | None = None,
         kept = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             folder = Path(dirpath) / d
-            if os.path.isdir(folder / WORK_DIR) or os.path.realpath(folder) == out_real:
+            if os.path.isdir(folder / WORK_DIR) or (out_real is not None and os.path.realpath(folder) == out_real):
                 if on_left_out is not None:
                     on_left_out(folder)
             else:

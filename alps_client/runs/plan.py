@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     root = Path(dataset).expanduser()
     if not root.exists():
         raise NoInputsError(f"dataset path {dataset} does not exist")
-    if out is not None and root.is_dir() and Path(out).expanduser().resolve() == root.resolve():
+    if out is not None and root.is_dir() and os.path.realpath(out) == os.path.realpath(root):
         raise AlpsError(f"--out {out} is the dataset folder itself: the dataset written there (img_dir/, ann_dir/, "
                         "vis/, report/) would be taken for images to label by the next run; give another --out (a "
                         "folder inside the dataset is fine: runs leave it out)")
