@@ -46,6 +46,27 @@ def count_pfls(shard_paths: Sequence[Path]) -> npt.NDArray[np.int64]:
     return np.array([read_shard_meta(p)["n_kept"] for p in shard_paths], dtype=np.int64)
 
 
+def why_nothing_to_cluster(shard_paths: Sequence[str | Path]) -> str | None:
+    """Why the shards hold no mask to cluster, naming the setting to change; None if some mask was kept.
+
+    The two causes need opposite remedies: the mask generator's filters kept nothing (lower its thresholds), or
+    every mask it kept covers more than sigma of its image (raise ``--sigma``).
+    """
+    found = 0
+    for path in shard_paths:
+        meta = read_shard_meta(path)
+        if meta["n_kept"]:
+            return None
+        found += meta["n_masks"]
+    images = f"{len(shard_paths)} image(s)"
+    if found == 0:
+        return (f"the mask generator kept no mask in any of the {images}, so there is nothing to cluster: every "
+                "prompt's masks fell below --pred-iou-thresh or --stability-score-thresh (or the images hold nothing "
+                "to segment); lower those thresholds or check the inputs")
+    return (f"all {found} mask(s) found in the {images} cover more than --sigma of their image, so the gate dropped "
+            "every one and there is nothing to cluster; raise --sigma")
+
+
 def sample_pfls(shard_paths: Sequence[Path], counts: npt.NDArray[np.int64], size: int, seed: int) -> npt.NDArray[np.float32]:
     """A seeded uniform sample (without replacement) of at most ``size`` PFL rows, read shard by shard."""
     total = int(counts.sum())
@@ -191,8 +212,7 @@ def fit_centroids(
     counts = count_pfls(paths)
     total = int(counts.sum())
     if total == 0:
-        raise AlpsError("no mask survived the gate in any image, so there is nothing to cluster; "
-                        "check the inputs or raise --sigma")
+        raise AlpsError(why_nothing_to_cluster(paths) or "no mask to cluster")
     sample = sample_pfls(paths, counts, config.init_sample_size, config.seed)
     n = estimate_n_clusters(sample, config.max_n_clusters, config.seed) if config.n_clusters == "auto" else config.n_clusters
     if n > total:

@@ -104,10 +104,20 @@ def test_reusing_centroids_keeps_class_ids(five_blobs, tmp_path):
         load_centroids(tmp_path / "bad.npy")
 
 
-def test_nothing_to_cluster(tmp_path):
-    paths = write_pfl_shards(tmp_path, np.zeros((0, 256), np.float32))
-    with pytest.raises(AlpsError, match="nothing to cluster"):
-        fit_centroids(paths or [], ClusterConfig())
+def test_nothing_to_cluster_says_whether_the_generator_or_the_gate_left_no_mask(tmp_path):
+    def shard(stem: str, n_masks: int):
+        masks = MaskSet.from_rles((8, 8), encode_coco_rle(np.ones((n_masks, 8, 8), bool)))
+        path = tmp_path / f"{stem}.npz"
+        write_shard(path, ImageShard(stem=stem, source="synthetic", fingerprint="f", masks=masks,
+                                     keep=np.zeros(n_masks, bool), pfl=np.zeros((0, 256), np.float32)))
+        return path
+
+    empty, gated = [shard("a", 0), shard("b", 0)], [shard("c", 0), shard("d", 3)]
+    with pytest.raises(AlpsError, match=r"kept no mask in any of the 2 image\(s\).*--pred-iou-thresh"):
+        fit_centroids(empty, ClusterConfig())
+    with pytest.raises(AlpsError, match=r"all 3 mask\(s\) found in the 2 image\(s\).*raise --sigma"):
+        fit_centroids(gated, ClusterConfig())
+    assert clustering.why_nothing_to_cluster([*gated, *write_pfl_shards(tmp_path, np.ones((1, 256), np.float32))]) is None
 
 
 @pytest.mark.gpu
