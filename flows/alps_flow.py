@@ -41,7 +41,7 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
-from alps_client.runs.labellers import Labeller, open_labeller
+from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.plan import RunPlan, plan_run, work_dir
 from alps_client.runs.retry import call_with_retries, describe, is_transient
 from alps_client.runs.work import ImageOutcome, LabelJob
@@ -182,6 +182,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     config = config or PipelineConfig()
     started = time.perf_counter()
     try:
+        check_workers(concurrency, dask_workers)
         plan = plan_run(dataset, out, config, overwrite)
     except AlpsError as err:  # nothing can be done: one line, no traceback
         return Failed(message=describe(err), data=err)
@@ -231,6 +232,12 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
                             f"reasons in {work_dir(out) / 'last_run.json'}")
         return Failed(message=str(err), data=err)
     shards = [o.shard for o in done if o.shard]
+    if not config.cluster.centroids and not any(o.n_kept for o in done):
+        from alps_client.labels.clustering import why_nothing_to_cluster
+
+        reason = why_nothing_to_cluster(shards)  # images skipped as done carry no counts: their shards do
+        if reason:
+            return Failed(message=reason, data=AlpsError(reason))
     t = time.perf_counter()
     centroids = cluster(shards, out, config, plan.manifest.model_family)
     cluster_seconds = time.perf_counter() - t

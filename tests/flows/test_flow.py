@@ -151,6 +151,25 @@ def test_centroids_of_an_earlier_run_give_its_classes(fake_repo, scenes, tmp_pat
     assert labels(second) == labels(first)
 
 
+def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, scenes, tmp_path):
+    """Nothing kept by the generator's filters (lower them) and everything dropped by the gate (raise sigma) are
+    told apart, before the cluster step; the shards stay for the rerun."""
+    from dataclasses import replace
+
+    from alps_client.config import GateConfig
+    from alps_client.errors import AlpsError
+
+    image = str(scenes / "images" / "scene_0000.png")
+    cfg = small_config(fake_repo)
+    with pytest.raises(AlpsError, match=r"all \d+ mask\(s\) found in the 1 image\(s\) .* raise --sigma"):
+        alps_flow(image, str(tmp_path / "gated"), replace(cfg, gate=GateConfig(sigma=1e-6)), progress_bar=False)
+    assert len(list((tmp_path / "gated" / ".alps" / "shards").glob("*.npz"))) == 1
+    assert not (tmp_path / "gated" / ".alps" / "centroids.npy").exists()
+    no_masks = replace(cfg, amg=replace(cfg.amg, pred_iou_thresh=1.5))
+    with pytest.raises(AlpsError, match=r"kept no mask in any of the 1 image.*lower those thresholds"):
+        alps_flow(image, str(tmp_path / "none"), no_masks, progress_bar=False)
+
+
 def test_transient_backend_failures_are_retried_to_an_identical_dataset(fake_repo, scenes, tmp_path):
     reference = tmp_path / "reference"
     alps_flow(str(scenes / "images"), str(reference), small_config(fake_repo), progress_bar=False)
