@@ -251,11 +251,13 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """``alps run``: check the request, then run the flow with one Prefect API (see the module docstring)."""
     from alps_client.errors import AlpsError
+    from alps_client.runs.labellers import check_workers
     from alps_client.runs.plan import check_request, work_dir
     from alps_client.runs.retry import describe
 
     try:
         config = build_config(args)
+        check_workers(args.concurrency, args.dask_workers)
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
     except (ValueError, AlpsError) as err:
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))

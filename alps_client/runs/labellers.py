@@ -11,6 +11,7 @@ from contextlib import contextmanager, suppress
 from typing import Protocol
 
 from alps_client.backends import make_backend
+from alps_client.errors import AlpsError
 from alps_client.io.items import InputItem
 from alps_client.runs.work import ImageOutcome, LabelJob, label_item
 
@@ -47,6 +48,19 @@ class LocalLabeller:
     def close(self) -> None:
         """Release the backend."""
         self.backend.close()
+
+
+def check_workers(concurrency: int, dask_workers: int | None) -> None:
+    """Refuse a number of images in flight or of local Dask workers below one.
+
+    Raises:
+        AlpsError: naming the flag (0 or a negative number would run nothing, or hang starting Dask).
+    """
+    if concurrency < 1:
+        raise AlpsError(f"--concurrency must be >= 1 (images in flight), got {concurrency}")
+    if dask_workers is not None and dask_workers < 1:
+        raise AlpsError(f"--dask-workers must be >= 1 (local Dask worker processes), got {dask_workers}; leave it "
+                        "out to label on threads of this process")
 
 
 @contextmanager

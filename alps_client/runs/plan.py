@@ -61,6 +61,7 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         AlpsError: If ``out`` is the dataset folder itself.
         ModelRepositoryError: If the model repository is missing or inconsistent.
         AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
+        AlpsError: If ``--centroids`` is not a readable ``(N, 256)`` array, or was fitted on another model family.
     """
     root = Path(dataset).expanduser()
     if not root.exists():
@@ -77,6 +78,10 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
         raise AlpsError(f"--use-m2m and --no-multimask-output are SAM 2.1 parameters; {manifest.root} holds "
                         f"{manifest.model_type} ({manifest.model_family})")
+    if config.cluster.centroids:  # read now, not after every image is labelled
+        from alps_client.labels.clustering import load_centroids
+
+        load_centroids(config.cluster.centroids, model_family=manifest.model_family)
     return manifest
 
 
@@ -105,14 +110,10 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     Raises:
         NoInputsError: If there is nothing to label.
         ModelRepositoryError: If the model repository is missing or inconsistent.
-        AlpsError: If ``--centroids`` were fitted on another model family's features.
+        AlpsError: See :func:`check_request`.
         ConfigMismatchError: See :func:`check_existing_shards`.
     """
     manifest = check_request(dataset, config, out)
-    if config.cluster.centroids:  # before any image is labelled: another family's centroids cannot be used
-        from alps_client.labels.clustering import check_centroids_family
-
-        check_centroids_family(config.cluster.centroids, manifest.model_family)
     fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
     left_out: list[Path] = []
     items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append)

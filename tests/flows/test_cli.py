@@ -31,6 +31,9 @@ def free_port() -> int:
          "one --triton-url with --shared-memory"),
         (["{data}", "--retries", "-1"], "retries must be >= 0"),
         (["{data}", "--use-m2m"], "SAM 2.1 parameters"),
+        (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
+        (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
+        (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
     ],
 )
 def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message):
