@@ -50,6 +50,18 @@ class InputError:
         return {"path": self.path, "reason": self.reason}
 
 
+def source_signature(source: str) -> dict[str, Any]:
+    """What tells a rerun that an input file changed since its shard was written: name, size, modification time.
+
+    A file rewritten in place, or another file under the same output stem (``a.png`` replaced by ``a.jpg``),
+    gets another signature, so its image is labelled again instead of keeping the old file's labels. Moving
+    the dataset keeps the signatures (``mv``, ``cp -p``, ``rsync -a``); a copy that resets modification times
+    is labelled again. Tiles and slices carry their scene's (volume's) signature.
+    """
+    stat = os.stat(source)
+    return {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def extension_of(name: str) -> str:
     """Lower-case extension of a file name, ``.nii.gz`` counted as one."""
     lower = name.lower()

@@ -21,7 +21,7 @@ from alps_client.masks import MaskSet
 
 # 2: masks as one RLE blob + offsets (the JSON metadata stays small), prompt points and crop boxes kept.
 SHARD_FORMAT = 2
-ShardStatus = Literal["missing", "current", "stale"]
+ShardStatus = Literal["missing", "current", "changed", "stale"]
 
 
 @dataclass
@@ -129,10 +129,13 @@ def read_pfl(path: str | Path) -> npt.NDArray[np.float32]:
         return data["pfl"]
 
 
-def shard_status(path: str | Path, fingerprint: str) -> ShardStatus:
-    """``missing`` (no usable shard), ``current`` (same model and config) or ``stale`` (another one).
+def shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None) -> ShardStatus:
+    """``missing`` (no usable shard), ``current``, ``changed`` or ``stale`` (another model or configuration).
 
-    An unreadable shard (e.g. from a disk-full crash) counts as missing, so it is recomputed.
+    ``current``: the same model and configuration and, when ``source_signature`` is given, the same input file
+    (:func:`alps_client.io.items.source_signature`, kept in the shard's ``extra``); ``changed``: the same model and
+    configuration, but the input file changed since (or the shard does not say which file it was made from). An
+    unreadable shard (e.g. from a disk-full crash) counts as missing, so it is recomputed.
     """
     path = Path(path)
     if not path.is_file():
@@ -141,4 +144,8 @@ def shard_status(path: str | Path, fingerprint: str) -> ShardStatus:
         meta = read_shard_meta(path)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
         return "missing"
-    return "current" if meta.get("fingerprint") == fingerprint else "stale"
+    if meta.get("fingerprint") != fingerprint:
+        return "stale"
+    if source_signature is not None and meta.get("extra", {}).get("source_signature") != source_signature:
+        return "changed"
+    return "current"

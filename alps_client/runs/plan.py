@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alps_client.backends.manifest import ModelManifest, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
-from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem
-from alps_client.io.shards import shard_fingerprint, shard_path, shard_status
+from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem, source_signature
+from alps_client.io.shards import ShardStatus, shard_fingerprint, shard_path, shard_status
 
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
 
@@ -40,6 +41,8 @@ class RunPlan:
         rejected: inputs rejected at discovery (unreadable, not images...).
         n_done: items whose shard is already current (a rerun skips them).
         left_out: folders inside the dataset holding alps outputs (this run's ``out`` among them), not searched.
+        n_changed: items with a shard of this model and configuration whose input file changed since (labelled
+            again).
     """
 
     dataset: str
@@ -51,6 +54,7 @@ class RunPlan:
     rejected: list[InputError]
     n_done: int
     left_out: tuple[str, ...] = ()
+    n_changed: int = 0
 
 
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
@@ -85,23 +89,41 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     return manifest
 
 
-def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, overwrite: bool) -> int:
-    """Count finished items; refuse to mix shards of another model or configuration unless ``overwrite``.
+def item_status(out: str | Path, item: InputItem, fingerprint: str) -> tuple[ShardStatus, dict[str, Any]]:
+    """The status of ``item``'s shard in ``out`` and the signature of its input file now.
+
+    See :func:`~alps_client.io.shards.shard_status`; the signature is ``{}`` when the file cannot be looked at
+    (reading it will say why), so a shard made from it is never taken as current.
+    """
+    try:
+        signature = source_signature(item.source)
+    except OSError:
+        signature = {}
+    return shard_status(shard_path(shard_dir(out), item.stem), fingerprint, signature), signature
+
+
+def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str,
+                          overwrite: bool) -> tuple[int, int]:
+    """Count finished and changed items; refuse to mix shards of another model or configuration unless ``overwrite``.
+
+    Returns:
+        ``(done, changed)``: items a rerun skips, and items it labels again because their file changed.
 
     Raises:
         ConfigMismatchError: If ``out`` holds shards of another model/configuration and not ``overwrite``.
     """
-    done = stale = 0
+    done = changed = stale = 0
     for item in items:
-        status = shard_status(shard_path(shard_dir(out), item.stem), fingerprint)
+        status, _ = item_status(out, item, fingerprint)
         done += status == "current"
+        changed += status == "changed"
         stale += status == "stale"
     if stale and not overwrite:
         raise ConfigMismatchError(
             f"{out} holds {stale} image(s) labelled with another model or labelling configuration; "
             "use a new --out, or --overwrite to relabel them"
         )
-    return done
+    return done, changed
 
 
 def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overwrite: bool = False) -> RunPlan:
@@ -121,6 +143,6 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
-    n_done = check_existing_shards(out, items, fingerprint, overwrite)
+    n_done, n_changed = check_existing_shards(out, items, fingerprint, overwrite)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done,
-                   tuple(str(p) for p in left_out))
+                   tuple(str(p) for p in left_out), n_changed)

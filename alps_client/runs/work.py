@@ -14,8 +14,8 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import InputImageError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
-from alps_client.io.shards import read_shard_meta, shard_path, shard_status
-from alps_client.runs.plan import shard_dir, work_dir
+from alps_client.io.shards import read_shard_meta, shard_path
+from alps_client.runs.plan import item_status, shard_dir, work_dir
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
 
@@ -76,22 +76,32 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     from alps_client.pipeline import label_image
 
     shard = shard_path(shard_dir(job.out), item.stem)
-    if shard_status(shard, job.fingerprint) == "current":
+    status, signature = item_status(job.out, item, job.fingerprint)  # the signature before the file is read
+    if status == "current":
         meta = read_shard_meta(shard)
-        return ImageOutcome("skipped", item.stem, item.source, str(shard), meta["extra"].get("image_file"),
+        plain_copy = meta["extra"].get("image_file") == meta["source"]
+        return ImageOutcome("skipped", item.stem, item.source, str(shard), _image_file(item, job, plain_copy),
                             n_masks=meta["n_masks"], n_kept=meta["n_kept"], n_gated=meta["n_masks"] - meta["n_kept"])
     try:
         loaded = load_item(item, job.config.inputs)
     except InputImageError as err:  # the only failure that makes an input "bad"
         return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
-    image_file = item.source
+    image_file = _image_file(item, job, loaded.plain_copy)
     if not loaded.plain_copy:
-        image_file = str(work_dir(job.out) / "images" / f"{item.stem}.png")
         atomic.write_png(image_file, loaded.rgb)
     extra = {"image_file": image_file, "kind": item.kind, "scene": item.scene, "window": item.window,
-             "split": item.split, "geo": loaded.geo, "input": loaded.extra}
+             "split": item.split, "geo": loaded.geo, "input": loaded.extra, "source_signature": signature}
     generator = make_mask_generator(backend, job.config.amg)
     summary = label_image(loaded.rgb, item.stem, item.source, generator, job.config, shard, job.fingerprint,
                           loaded.valid, extra)
     return ImageOutcome("labelled", item.stem, item.source, str(shard), image_file, n_masks=summary.n_masks,
                         n_kept=summary.n_kept, n_gated=summary.n_gated, timings=summary.timings)
+
+
+def _image_file(item: InputItem, job: LabelJob, plain_copy: bool) -> str:
+    """The image the dataset shows for ``item``: its input file itself, or the decoded RGB kept under ``OUT/.alps``.
+
+    Derived from where the dataset and ``OUT`` are now, not read back from the shard: a rerun after either moved
+    still finds it.
+    """
+    return item.source if plain_copy else str(work_dir(job.out) / "images" / f"{item.stem}.png")

@@ -71,6 +71,13 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     assert fp_a != fp_b and fp_a == shard_fingerprint("model-a", PipelineConfig().labelling_dict())
     assert shard_status(tmp_path / "absent.npz", "fp") == "missing"
     assert shard_status(path, "fp") == "current" and shard_status(path, fp_b) == "stale"
+    # With the input file's signature: a shard that does not record the one it was made from is not trusted.
+    signature = {"name": "s.png", "size": 10, "mtime_ns": 1}
+    assert shard_status(path, "fp", signature) == "changed" and shard_status(path, fp_b, signature) == "stale"
+    signed = make_shard(tmp_path / "t.npz", "t", masks, [True, False], np.ones((1, 256)), {"source_signature": signature})
+    assert shard_status(signed, "fp", signature) == "current"
+    for changed in ({**signature, "size": 11}, {**signature, "mtime_ns": 2}, {**signature, "name": "s.jpg"}, {}):
+        assert shard_status(signed, "fp", changed) == "changed"
     path.write_bytes(b"truncated")
     assert shard_status(path, "fp") == "missing"
 

@@ -126,6 +126,39 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     assert "is the dataset folder itself" in capsys.readouterr().err
     assert not (data / ".alps").exists()
 
+def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo, scenes, tmp_path):
+    """An image rewritten in place, or replaced by another file under the same stem, is labelled again (it kept
+    the old image's label map, beside the new image in img_dir); a dataset moved elsewhere is resumed as it is
+    (its copies in img_dir came from the path of the first run: the writer failed)."""
+    import os
+    import shutil
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(scenes / "images", data)
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    first = labels(out)
+    flipped = np.asarray(Image.open(data / "scene_0001.png"))[:, ::-1]
+    Image.fromarray(flipped).save(data / "scene_0001.png")  # rewritten in place
+    moved_in = np.asarray(Image.open(data / "scene_0002.png"))[::-1]
+    (data / "scene_0002.png").unlink()
+    Image.fromarray(moved_in).save(data / "scene_0002.jpg", quality=95)  # another file, the same stem
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert again["n_labelled"] == 2 and again["n_skipped"] == 4
+    fresh = tmp_path / "fresh"
+    alps_flow(str(data), str(fresh), cfg, progress_bar=False)
+    assert labels(out) == labels(fresh) and labels(out) != first
+    for name in ("scene_0001.png", "scene_0002.jpg"):
+        (copy,) = (out / "img_dir").glob(f"*/{name}")
+        assert copy.read_bytes() == (data / name).read_bytes()
+    moved = tmp_path / "moved"
+    os.rename(data, moved)  # mv: names, sizes and modification times kept
+    resumed = alps_flow(str(moved), str(out), cfg, progress_bar=False)
+    assert resumed["n_labelled"] == 0 and resumed["n_skipped"] == 6 and labels(out) == labels(fresh)
+    assert sorted(p.name for p in (out / "img_dir").glob("*/*")) == sorted(p.name for p in moved.iterdir()
+                                                                         if p.stat().st_size)
+
+
 def test_reruns_with_another_split_or_without_previews_leave_only_the_current_files(fake_repo, scenes, tmp_path):
     out = tmp_path / "out"
     images = str(scenes / "images")
