@@ -36,16 +36,18 @@ def free_port() -> int:
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
     ],
 )
-def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message):
+def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message, capsys):
+    """In this process: these checks run before any server or import of Prefect's (``alps`` as a program: the
+    flow script test below)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
         args += ["--model-repository", str(fake_repo)]
-    result = run_alps(["run", *args, "--out", tmp_path / "o"], cli_env(tmp_path / "ph"))
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert len(error_lines(result.stderr)) == 1 and message in error_lines(result.stderr)[0], result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    assert main(["run", *args, "--out", str(tmp_path / "o")]) == 2
+    printed = capsys.readouterr()
+    assert len(error_lines(printed.err)) == 1 and message in error_lines(printed.err)[0], printed.err
+    assert "Traceback" not in printed.err + printed.out
     assert not (tmp_path / "o" / ".alps" / "shards").exists()
 
 
