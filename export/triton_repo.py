@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -13,11 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME
+from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, SHA256_PARAMETER
 
 ENCODER_MODEL = "sam_encoder"
 DECODER_MODEL = "sam_decoder"
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "int64": "TYPE_INT64", "float32": "TYPE_FP32"}
+_SHA256_BLOCK = re.compile(r'\nparameters: \{\n  key: "' + SHA256_PARAMETER + r'"\n  value: \{ string_value: "[0-9a-f]*" \}\n\}\n')
 
 
 def _tensor_block(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> str:
@@ -127,8 +129,23 @@ def tensor_specs(specs: Mapping[str, tuple[str, str, Sequence[int]]]) -> dict[st
     return {role: {"name": n, "dtype": d, "shape": list(s)} for role, (n, d, s) in specs.items()}
 
 
+def stamp_model_config(config_path: Path, sha256: str) -> None:
+    """Give a ``config.pbtxt`` the :data:`SHA256_PARAMETER` of its model's files (replacing an earlier one)."""
+    text = _SHA256_BLOCK.sub("\n", config_path.read_text())
+    block = f'parameters: {{\n  key: "{SHA256_PARAMETER}"\n  value: {{ string_value: "{sha256}" }}\n}}\n'
+    config_path.write_text(text.rstrip("\n") + "\n" + block)
+
+
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``<root>/manifest.json`` atomically (temp file + rename)."""
+    """Write ``<root>/manifest.json`` atomically (temp file + rename), each model's ``config.pbtxt`` stamped first.
+
+    The stamp is the model files' sha256 (:func:`stamp_model_config`); every way of writing a repository ends
+    here (export, int8, fp16).
+    """
+    for model in manifest["models"].values():
+        config = root / Path(model["path"]).parents[1] / "config.pbtxt"
+        if config.is_file():
+            stamp_model_config(config, model["sha256"])
     manifest = {"format_version": MANIFEST_FORMAT, **manifest}
     path = root / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")

@@ -15,6 +15,9 @@ from typing import Any
 from alps_client.errors import ModelRepositoryError
 
 MANIFEST_NAME = "manifest.json"
+# The config.pbtxt parameter holding a model's files' sha256 (the manifest's), written at export: a Triton client
+# compares it with its manifest to know the server serves that very export.
+SHA256_PARAMETER = "alps_sha256"
 MANIFEST_FORMAT = 1
 ENCODER_ROLES = {"inputs": ("images", "input_size"), "outputs": ("image_embeddings",)}
 DECODER_ROLES = {

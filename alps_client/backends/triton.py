@@ -36,7 +36,7 @@ from alps_client.backends.feeds import (
     make_embedding,
     mask_outputs,
 )
-from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
+from alps_client.backends.manifest import SHA256_PARAMETER, ModelManifest, ModelSpec, load_manifest
 from alps_client.backends.triton_shm import ShmRegion, ShmRegions
 from alps_client.backends.triton_status import classify, reason, server_errors
 from alps_client.config import BackendConfig
@@ -82,6 +82,12 @@ class _Rotation:
                 logger.warning("Triton server %s is back in the rotation", url)
 
 
+def _model_config(client: Any, name: str) -> Any:
+    """The model's config: a dict (HTTP client) or a ``ModelConfig`` message (gRPC client)."""
+    config = client.get_model_config(name)
+    return config.get("config", config) if isinstance(config, dict) else config.config
+
+
 class TritonBackend:
     """SAM on a Triton server; see the module docstring.
 
@@ -92,7 +98,8 @@ class TritonBackend:
 
     Raises:
         BackendUnavailableError: If no server is live and ready with the manifest's models.
-        ModelSignatureError: If a served model's tensors differ from the manifest's.
+        ModelSignatureError: If a served model's tensors differ from the manifest's, or a server serves another
+            export (its model configs name other files than the manifest's).
     """
 
     def __init__(self, config: BackendConfig, manifest: ModelManifest | None = None, in_flight: int = 4) -> None:
@@ -157,16 +164,37 @@ class TritonBackend:
             self._forget_client(url)
         if not reachable:
             raise self._unavailable("is not reachable" if len(self.urls) == 1 else "are not reachable")
-        client = self._client(reachable[0])
-        for spec in (self.manifest.encoder, self.manifest.decoder):
-            if not client.is_model_ready(spec.name):
-                raise self._unavailable(f"has no ready model '{spec.name}' (load the model repository {self.manifest.root})")
-            self._check_signature(spec, client.get_model_metadata(spec.name))
-        config = client.get_model_config(self.manifest.decoder.name)
-        config = config.get("config", config) if isinstance(config, dict) else config.config
+        for url in reachable:
+            client = self._client(url)
+            for spec in (self.manifest.encoder, self.manifest.decoder):
+                if not client.is_model_ready(spec.name):
+                    raise self._unavailable(f"has no ready model '{spec.name}' (load the model repository "
+                                            f"{self.manifest.root})")
+                self._check_signature(spec, client.get_model_metadata(spec.name))
+                self._check_export(url, spec, _model_config(client, spec.name))
+        config = _model_config(self._client(reachable[0]), self.manifest.decoder.name)
         groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
         kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]
         self.on_gpu = any(k in ("KIND_GPU", "1") for k in kinds)
+
+    def _check_export(self, url: str, spec: ModelSpec, config: Any) -> None:
+        """Refuse a server whose model is another export than the manifest's.
+
+        Same names and tensors, other weights: e.g. Triton still serving the stand-in after ``export_sam.py`` wrote
+        another model where the client looks.
+        """
+        parameters = config.get("parameters", {}) if isinstance(config, dict) else config.parameters
+        entry = parameters.get(SHA256_PARAMETER)  # a dict, or a protobuf map (whose [] would insert the key)
+        served = (entry.get("string_value") if isinstance(entry, dict) else entry.string_value) if entry else None
+        if served is None:
+            logger.warning("Triton model '%s' at %s does not say which export it is (no %s parameter: exported by "
+                           "an earlier alps); export it again to let alps check it is %s's", spec.name, url,
+                           SHA256_PARAMETER, self.manifest.root)
+        elif served != spec.sha256:
+            raise ModelSignatureError(
+                f"Triton server at {url} serves another '{spec.name}' than {self.manifest.root} describes (sha256 "
+                f"{served[:12]}… vs {spec.sha256[:12]}…): restart Triton on that model repository, or give "
+                "--model-repository the repository the server was started on")
 
     @staticmethod
     def _check_signature(spec: ModelSpec, metadata: Any) -> None:

@@ -30,6 +30,19 @@ def test_tiny_sam_checkpoint_exports_with_parity(tiny_repo, tiny_checkpoint):
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
 
 
+def test_each_model_config_names_its_files_sha256_once(tiny_repo, tiny_int8_repo):
+    """What a Triton client compares with its manifest; the int8 repository's encoder is stamped again, not twice."""
+    from alps_client.backends.manifest import SHA256_PARAMETER
+
+    fp32 = json.loads((tiny_repo / "manifest.json").read_text())["models"]
+    int8 = json.loads((tiny_int8_repo / "manifest.json").read_text())["models"]
+    assert fp32["encoder"]["sha256"] != int8["encoder"]["sha256"]
+    for repo, models in ((tiny_repo, fp32), (tiny_int8_repo, int8)):
+        for model in models.values():
+            config = (repo / model["name"] / "config.pbtxt").read_text()
+            assert config.count(SHA256_PARAMETER) == 1 and f'string_value: "{model["sha256"]}"' in config
+
+
 def test_parity_check_rejects_an_onnx_model_that_disagrees(tiny_repo, tiny_checkpoint):
     """The check the exporter relies on fails when PyTorch and the ONNX files differ (here: one decoder weight)."""
     from export import onnx_export

@@ -86,6 +86,27 @@ def test_model_not_loaded_is_named(triton_server, stand_in_repo, tmp_path):
         triton_backend(repo, triton_server.grpc_url)
 
 
+def test_a_server_serving_another_export_is_refused(triton_server, stand_in_repo, tmp_path, caplog):
+    """Same model names and tensors, other files (Triton still serving the stand-in after another export was
+    written where the client looks): the run must not label with one model while reporting another."""
+    from alps_client.errors import ModelSignatureError
+
+    served = json.loads((stand_in_repo / "manifest.json").read_text())["models"]
+    configs = [(stand_in_repo / m["name"] / "config.pbtxt").read_text() for m in served.values()]
+    assert all(f'string_value: "{m["sha256"]}"' in c for m, c in zip(served.values(), configs))  # the export's stamp
+    repo = tmp_path / "repo"
+    shutil.copytree(stand_in_repo, repo)
+    manifest = json.loads((repo / "manifest.json").read_text())
+    manifest["models"]["encoder"]["sha256"] = "0" * 64
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelSignatureError, match=r"serves another 'sam_encoder' than .* \(sha256 [0-9a-f]{12}… vs "
+                                                   r"000000000000…\): restart Triton"):
+        triton_backend(repo, triton_server.grpc_url)
+    http = triton_backend(stand_in_repo, triton_server.http_url, protocol="http")  # the same export, over HTTP
+    http.close()
+    assert "does not say which export" not in caplog.text
+
+
 def test_server_failures_are_classified_by_status_and_type(triton_server, stand_in_repo):
     """Real errors of a real server: a rejected request is permanent, a dead server transient, by code not text."""
     import tritonclient.grpc as grpcclient
