@@ -194,8 +194,8 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     logger.info("%d image(s) to label, %d already labelled (will be skipped), %d rejected input(s)",
                 len(plan.items), plan.n_done, len(plan.rejected))
     if plan.n_changed:
-        logger.warning("%d image(s) changed since they were labelled (another file, size or modification time): "
-                       "labelling them again", plan.n_changed)
+        logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
+                       "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
