@@ -245,6 +245,10 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     except rasterio.errors.RasterioIOError as err:
         raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
     valid = mask > 0 if mask is not None else None
+    if data.dtype.kind == "f":  # NaN or infinity is no measurement, nodata value declared or not
+        finite = np.isfinite(data).all(axis=0)
+        if not finite.all():
+            valid = finite if valid is None else valid & finite
     data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
     value_range = None
     if window is not None and data.dtype != np.uint8:  # one stretch for the whole scene: tiles match in colour

@@ -50,6 +50,13 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     with_nodata[:, :60][with_nodata[:, :60] == 0] = 1
     write_geotiff(root / "geo_nodata.tif", with_nodata, "EPSG:32633", (500000.0, 0.5, 4600000.0), nodata=0)
     expect["geo_nodata.tif"] = "ok"
+    floats = scene(8).mean(axis=2).astype(np.float32)[None] / 7.0
+    floats[:, :25] = np.nan  # no measurement there, and no nodata value declared
+    floats[:, 25:30] = np.inf
+    write_geotiff(root / "float_nan.tif", floats, "EPSG:32633", (500000.0, 0.5, 4600000.0))
+    expect["float_nan.tif"] = "ok"
+    write_geotiff(root / "all_nan.tif", np.full_like(floats, np.nan), "EPSG:32633", (500000.0, 0.5, 4600000.0))
+    expect["all_nan.tif"] = "every pixel is transparent or nodata"
     write_nifti(root / "volume.nii.gz")
     expect["volume.nii.gz"] = "ok"
     good = (root / "grey.png").read_bytes()

@@ -56,6 +56,8 @@ def test_discovery_and_reading_of_every_case(odd):
     assert rotated.rgb.shape[:2] == SIZE[::-1]
     geo = load_item(by_source[str(root / "geo_rgb.tif")][0])
     assert "32633" in geo.geo["crs"] or "UTM" in geo.geo["crs"]
+    floats = load_item(by_source[str(root / "float_nan.tif")][0])
+    assert not floats.valid[:30].any() and floats.valid[30:].all() and floats.extra["stretch"][1] < 255 / 7 + 1
     multi = load_item(by_source[str(root / "multiband.tif")][0])
     assert multi.extra["bands"] == [1, 2, 3]
     slices = sorted(i.slice_index for i in by_source[str(root / "volume.nii.gz")])
@@ -120,6 +122,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert (rgba[:, :30] == 255).all()  # transparent pixels stay unlabelled
     nodata = np.asarray(Image.open(next((out / "ann_dir").glob("*/geo_nodata.png"))))
     assert (nodata[60:] == 255).all() and (nodata[:60] != 255).any()
+    floats = np.asarray(Image.open(next((out / "ann_dir").glob("*/float_nan.png"))))
+    assert (floats[:30] == 255).all()  # NaN and infinity: never labelled
     coco = assert_coco_consistent(out)  # boxes and areas of clipped masks are those of their RLE
     for stem, region in (("rgba", np.s_[:, :30]), ("geo_nodata", np.s_[60:, :])):
         assert coco[stem] and not any(decode(a)[region].any() for a in coco[stem])
