@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         ModelRepositoryError: If the model repository is missing or inconsistent.
         AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
         AlpsError: If ``--centroids`` is not a readable ``(N, 256)`` array, or was fitted on another model family.
+        AlpsError: If ``out`` cannot be created or written (checked last: a refused request leaves nothing).
     """
     root = Path(dataset).expanduser()
     if not root.exists():
@@ -86,7 +88,24 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         from alps_client.labels.clustering import load_centroids
 
         load_centroids(config.cluster.centroids, model_family=manifest.model_family)
+    if out is not None:
+        check_writable(out)
     return manifest
+
+
+def check_writable(out: str | Path) -> None:
+    """Create ``OUT/.alps`` and write a file there, so that an unusable ``--out`` is one line before any server.
+
+    Raises:
+        AlpsError: naming the folder and the system's reason.
+    """
+    try:
+        work_dir(out).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=work_dir(out)):
+            pass
+    except OSError as err:
+        raise AlpsError(f"--out {out}: cannot create or write the output folder ({err.strerror or err}); give a "
+                        "folder you can write to") from err
 
 
 def item_status(out: str | Path, item: InputItem, fingerprint: str) -> tuple[ShardStatus, dict[str, Any]]:

@@ -34,6 +34,7 @@ def free_port() -> int:
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
+        (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
     ],
 )
 def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message, capsys):
@@ -41,10 +42,13 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     flow script test below)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    (tmp_path / "a_file").write_text("an --out under a file (was a traceback from the API server's start)")
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
         args += ["--model-repository", str(fake_repo)]
-    assert main(["run", *args, "--out", str(tmp_path / "o")]) == 2
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "o")]
+    assert main(["run", *args]) == 2
     printed = capsys.readouterr()
     assert len(error_lines(printed.err)) == 1 and message in error_lines(printed.err)[0], printed.err
     assert "Traceback" not in printed.err + printed.out
