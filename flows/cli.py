@@ -306,7 +306,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail(describe(err))
     print(format_table(report))
     json_path = Path(args.json or Path(args.out) / "evaluation.json")
-    write_report(report, json_path)
+    try:
+        write_report(report, json_path)
+    except OSError as err:
+        return _fail(f"--json {json_path}: cannot write the report ({err.strerror or err}); the figures are above")
     print(f"Written to {json_path}")
     return EXIT_OK
 

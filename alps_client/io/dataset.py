@@ -66,7 +66,8 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     """
     out = Path(out)
     if not out.is_dir():
-        raise AlpsError(f"{out} does not exist; give the --out folder of an `alps run`")
+        what = "is a file, not a folder" if out.exists() else "does not exist"
+        raise AlpsError(f"{out} {what}; give the --out folder of an `alps run`")
     recover(out)
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file() or not (out / "centroids.npy").is_file():

@@ -66,6 +66,13 @@ def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
 def test_errors_name_the_problem(case, capsys):
     assert alps(["evaluate", str(case / "nothing"), str(case / "gt")]) == 2
     assert "no label maps" in capsys.readouterr().err
+    (case / "a_file").write_text("not a folder")
+    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--json", str(case / "a_file" / "e.json")]) == 2
+    printed = capsys.readouterr()  # the figures, then one line (was a traceback)
+    (line,) = printed.err.strip().splitlines()
+    assert "IoU" in printed.out
+    assert line.startswith(f"alps: error: --json {case / 'a_file' / 'e.json'}: cannot write the report (")
+    assert line.endswith("); the figures are above")
     write(case / "gt2" / "a.png", np.zeros((5, 5)))
     with pytest.raises(AlpsError, match="differs from the pseudo-label"):
         evaluate_dataset(case / "out", case / "gt2")

@@ -286,3 +286,15 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert "relabel" not in manifest and manifest["classes"]["names"] == ["cluster_0", "cluster_1", "cluster_2"]
     assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == manifest["classes"]["names"]
+
+
+def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a dataset folder")
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("classes: [{name: a, clusters: [0]}]\n")
+    for out, said in ((tmp_path / "absent", "does not exist"), (tmp_path / "a_file", "is a file, not a folder"),
+                      (tmp_path, "holds no ALPS dataset")):
+        for command in (["report", str(out)], ["relabel", str(out), "--classes", str(classes)]):
+            assert alps(command) == 2
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert line.startswith(f"alps: error: {out} {said}"), (command, line)
