@@ -169,8 +169,18 @@ def _sub(cls: type, values: dict[str, Any]) -> Any:
 
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
-    """One PipelineConfig from parsed flags; unset flags keep the dataclass defaults."""
+    """One PipelineConfig from parsed flags; unset flags keep the dataclass defaults.
+
+    Raises:
+        ValueError: If a flag is out of range, or ``--stitch`` / ``--overlap`` come without ``--tile`` (they would
+            do nothing).
+    """
     v = dict(vars(args))
+    if v.get("tile") is None:
+        for flag in ("stitch", "overlap"):
+            if v.get(flag) is not None and v.get(flag) is not False:  # --overlap 0 is given too
+                raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
+                                 f"384), or leave --{flag} out")
     if v.get("triton_urls") is None and os.environ.get("ALPS_TRITON_URL"):
         v["triton_urls"] = os.environ["ALPS_TRITON_URL"].split(",")
     if v.get("triton_urls") is not None:
