@@ -115,8 +115,9 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     for result in (first, again):
         assert result["summary"]["n_images"] == 6 and len(result["errors"]) == 1  # broken.png, nothing else
     assert again["n_labelled"] == 0 and again["n_skipped"] == 6 and labels(data / "labels") == before
-    plan = plan_run(data, data / "fresh", cfg)  # each output left out, and said so
-    assert plan.left_out == (str(data / "labels"), str(data / "more" / "labels")) and len(plan.items) == 6
+    plan = plan_run(data, data / "fresh", cfg)  # each output left out, and said so (the run's own, made by the
+    assert plan.left_out == tuple(str(data / p) for p in ("fresh", "labels", "more/labels"))  # request's check)
+    assert len(plan.items) == 6
     only_outputs = tmp_path / "only_outputs"
     shutil.copytree(data / "labels", only_outputs / "labels")
     with pytest.raises(NoInputsError, match="left out 1 folder"):
