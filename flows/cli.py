@@ -178,7 +178,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     v = dict(vars(args))
     if v.get("tile") is None:
         for flag in ("stitch", "overlap"):
-            if v.get(flag) is not None and v.get(flag) is not False:  # --overlap 0 is given too
+            if v.get(flag) is not None:  # unset flags are None (--stitch too); --overlap 0 is given
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
     if v.get("triton_urls") is None and os.environ.get("ALPS_TRITON_URL"):

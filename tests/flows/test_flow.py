@@ -97,7 +97,7 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
 
 def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes, tmp_path, capsys):
     """``--out DATASET/labels``: the next runs label the same images, not the first one's copies, label maps and
-    previews (an output folder holds its ``.alps``; the run's own ``--out`` is left out even before it does).
+    previews (an output folder holds its ``.alps``, the run's own ``--out`` too once its request is checked).
     ``--out`` the dataset folder itself is refused: the dataset would be written among the images."""
     import shutil
 
@@ -115,8 +115,9 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     for result in (first, again):
         assert result["summary"]["n_images"] == 6 and len(result["errors"]) == 1  # broken.png, nothing else
     assert again["n_labelled"] == 0 and again["n_skipped"] == 6 and labels(data / "labels") == before
-    plan = plan_run(data, data / "fresh", cfg)  # each output left out, and said so (the run's own, made by the
-    assert plan.left_out == tuple(str(data / p) for p in ("fresh", "labels", "more/labels"))  # request's check)
+    # Each output left out, and said so; the run's own too (the request's check has made its work folder).
+    plan = plan_run(data, data / "fresh", cfg)
+    assert plan.left_out == tuple(str(data / p) for p in ("fresh", "labels", "more/labels"))
     assert len(plan.items) == 6
     only_outputs = tmp_path / "only_outputs"
     shutil.copytree(data / "labels", only_outputs / "labels")
