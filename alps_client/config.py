@@ -99,6 +99,9 @@ class BackendConfig:
         retry_delay_s: wait before the first retry, in seconds; doubled before each next one.
         retry_max_delay_s: longest wait between two tries, in seconds. The defaults ride out about a minute
             of outage per image (2 + 4 + 8 + 16 + 30 s).
+        stop_after_failures: a run starts no more images once this many in a row failed after their retries
+            (the backend, the workers or the disk is down: the rest would fail too, each after its retries);
+            they are reported not started and the same command resumes. 0: never stop.
     """
 
     kind: BackendKind = "embedded"
@@ -111,6 +114,7 @@ class BackendConfig:
     retries: int = 5
     retry_delay_s: float = 2.0
     retry_max_delay_s: float = 30.0
+    stop_after_failures: int = 10
 
     def __post_init__(self) -> None:
         _check(self.kind in ("embedded", "triton"), f"backend must be embedded or triton, got {self.kind!r}")
@@ -122,6 +126,7 @@ class BackendConfig:
                f"got {len(set(self.triton_urls))}")
         _check(self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s!r}")
         _check(self.retries >= 0, f"retries must be >= 0, got {self.retries!r}")
+        _check(self.stop_after_failures >= 0, f"stop_after_failures must be >= 0, got {self.stop_after_failures!r}")
         _check(0 <= self.retry_delay_s <= self.retry_max_delay_s,
                f"retry delays must satisfy 0 <= retry_delay_s <= retry_max_delay_s, got "
                f"{self.retry_delay_s!r} and {self.retry_max_delay_s!r}")

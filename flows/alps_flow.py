@@ -25,6 +25,7 @@ if __name__ == "__main__":  # `python flows/alps_flow.py ...` is `alps run ...`:
 if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint) without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import queue
 import time
 import traceback
 from types import TracebackType
@@ -33,7 +34,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -43,13 +44,15 @@ from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.plan import RunPlan, plan_run, work_dir
-from alps_client.runs.retry import call_with_retries, describe, is_transient
+from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.review_cli import report_link_artifact
 
 # Ctrl-C, and SIGTERM as Prefect raises it in a flow run.
 STOPPED = (KeyboardInterrupt, TerminationSignal)
+# The reason given for the images a stopped run never started (see _label_all).
+NOT_STARTED = "not started: the run stopped after too many images in a row failed"
 
 
 class InterruptibleThreadPool(ThreadPoolTaskRunner):
@@ -127,16 +130,37 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     return summary.__dict__
 
 
-def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> list[ImageOutcome]:
-    """Every item through ``label-image`` with ``labeller.slots`` in flight; one outcome per item, none lost."""
+def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[list[ImageOutcome], str]:
+    """Every item through ``label-image`` with ``labeller.slots`` in flight; one outcome per item, none lost.
+
+    Items are submitted a few at a time, so that once ``--stop-after-failures`` images in a row have failed
+    (the machinery is down) no other image is started: those left get a ``failed`` outcome saying so.
+
+    Returns:
+        The outcomes, and why the run stopped starting images ("" when it did not).
+    """
     delays = plan.config.backend.retry_delays()
+    streak = FailureStreak(plan.config.backend.stop_after_failures)
     progress = artifacts.Progress(len(plan.items), progress_bar)
     outcomes = []
+    finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
+    waiting = iter(plan.items)
+    in_flight: dict[PrefectFuture[Any], InputItem] = {}
     with InterruptibleThreadPool(max_workers=labeller.slots) as runner:
-        futures = {runner.submit(label_image_task, parameters={"item": it, "labeller": labeller, "delays": delays}): it
-                   for it in plan.items}
-        for future in as_completed(list(futures)):
-            item = futures[future]
+
+        def start_next() -> None:
+            item = next(waiting, None)
+            if item is not None:
+                future = runner.submit(label_image_task,
+                                       parameters={"item": item, "labeller": labeller, "delays": delays})
+                in_flight[future] = item
+                future.add_done_callback(finished.put)
+
+        for _ in range(2 * labeller.slots):  # the next image is queued before a slot frees up
+            start_next()
+        while in_flight:
+            future = finished.get()
+            item = in_flight.pop(future)
             try:
                 outcome = future.result(raise_on_failure=False)
             except Exception as err:  # noqa: BLE001 (the task machinery failed: still this image's failure)
@@ -146,22 +170,35 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> list[Im
                                        if isinstance(outcome, BaseException) else f"task ended: {outcome!r}")
             outcomes.append(outcome)
             progress.advance(outcome.status)
+            streak.record(outcome.status, outcome.reason)
+            if not streak.tripped:
+                start_next()
+    stopped = streak.reason() if streak.tripped else ""
+    for item in waiting:  # never started: missing, like a failed image, so that the rerun labels them
+        outcomes.append(ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
     progress.close()
-    return outcomes
+    return outcomes, stopped
 
 
-def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int) -> IncompleteRunError:
+def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int, stopped: str) -> IncompleteRunError:
+    rows = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
+    details = f"(details: {work_dir(plan.out) / 'last_run.json'})"
+    kept = f"The {n_done} labelled image(s) are kept. " if n_done else ""
+    if stopped:
+        n_left = sum(o.reason == NOT_STARTED for o in failed)
+        return IncompleteRunError(
+            f"{stopped}: the backend, the workers or the disk looks down; {n_left} of {len(plan.items)} image(s) "
+            f"not started, {len(failed) - n_left} failed; no dataset written. {kept}Fix the cause and run the "
+            f"same command again to resume {details}", rows)
     reasons: dict[str, int] = {}
     for o in failed:
         reasons[o.reason] = reasons.get(o.reason, 0) + 1
     top, count = max(reasons.items(), key=lambda kv: kv[1])
     others = f", and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""
-    rows = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
-    kept = f"The {n_done} labelled image(s) are kept. " if n_done else ""
     partial = ", or add --allow-partial to write the dataset without them" if n_done else ""
     return IncompleteRunError(
         f"{len(failed)} of {len(plan.items)} image(s) not labelled: {top} ({count}x{others}); no dataset written. "
-        f"{kept}Run the same command again to finish{partial} (details: {work_dir(plan.out) / 'last_run.json'})",
+        f"{kept}Run the same command again to finish{partial} {details}",
         rows,
     )
 
@@ -201,7 +238,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
                        len(plan.left_out), ", ".join(plan.left_out))
     try:
         with open_labeller(LabelJob(out, config, plan.fingerprint), concurrency, dask_address, dask_workers) as lab:
-            outcomes = _label_all(plan, lab, progress_bar)
+            outcomes, stopped = _label_all(plan, lab, progress_bar)
     except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
         return Failed(message=describe(err), data=err)
     label_seconds = time.perf_counter() - started
@@ -218,17 +255,20 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     for e in errors:
         logger.warning("rejected input %s: %s", e["path"], e["reason"])
     for m in missing:
-        logger.error("not labelled %s: %s", m["path"], m["reason"])
+        if m["reason"] != NOT_STARTED:
+            logger.error("not labelled %s: %s", m["path"], m["reason"])
+    if stopped:
+        logger.error("%s: %d image(s) not started", stopped, sum(m["reason"] == NOT_STARTED for m in missing))
     run: dict[str, Any] = {
         "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
         "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
-        "errors": errors, "missing": missing, "complete": not missing,
+        "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped,
     }
     atomic.write_json(work_dir(out) / "last_run.json", run)
     _write_failure_details(out, failed)
-    if failed and (not allow_partial or not done):
+    if failed and (not allow_partial or not done or stopped):  # a stopped run is broken, not short of a few images
         artifacts.publish_missing(missing)
-        err = _incomplete(plan, failed, len(done))
+        err = _incomplete(plan, failed, len(done), stopped)
         return Failed(message=str(err), data=err)
     if not done:
         err = NoInputsError(f"none of the {len(plan.items)} input(s) under {dataset} could be read; "

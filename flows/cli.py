@@ -9,8 +9,9 @@ Exit status (also in docs/flow.md):
 - 0: the dataset is written (rejected inputs are listed; with ``--allow-partial``, missing images too).
 - 2: nothing was done, with one line saying why: bad flags, no such path, no images, model repository missing,
   Triton server or Dask scheduler or Prefect API unreachable, outputs of another configuration in ``--out``.
-- 3: the run started but could not label every good image (processing failures after the retries): the finished
-  images are kept, no dataset is written, and running the same command again resumes.
+- 3: the run started but could not label every good image (processing failures after the retries; after
+  ``--stop-after-failures`` in a row the run starts no other): the finished images are kept, no dataset is
+  written, and running the same command again resumes.
 - 1: an internal error (a bug); the line names it, the traceback is in the log above.
 - 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit). The
   run stops at once and the finished images are kept.
@@ -120,6 +121,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--retries", type=int, help="tries again per image after a transient failure (5)")
     b.add_argument("--retry-delay-s", type=float, help="wait before the first retry, doubling after (2)")
     b.add_argument("--retry-max-delay-s", type=float, help="longest wait between tries (30)")
+    b.add_argument("--stop-after-failures", type=int,
+                   help="start no more images once this many in a row failed after their retries: the backend, "
+                        "workers or disk is down (10; 0: never)")
     a = p.add_argument_group("automatic mask generation (Meta's names and defaults)")
     for name, typ in AMG_FLAGS:
         a.add_argument(_flag(name), dest=name, type=typ)

@@ -78,3 +78,45 @@ def call_with_retries(fn: Callable[[], T], delays: Sequence[float],
                 on_retry(retry, delay, err)
             sleep(delay)
     return fn()  # the last try: whatever it raises propagates
+
+
+class FailureStreak:
+    """Images that failed in a row (after their retries): a run stops starting images once there are too many.
+
+    One image failing is that image's problem; ``limit`` of them in a row, with nothing labelled in between, means
+    the machinery is down (a server, the workers, a full disk) and every image left would fail the same way, each
+    after waiting out its retries: about a minute per image with the defaults, days for a large dataset. Rejected
+    inputs and finished images end a streak.
+
+    Examples:
+        >>> streak = FailureStreak(2)
+        >>> streak.record("failed", "server unavailable"); streak.tripped
+        False
+        >>> streak.record("failed", "server unavailable"); streak.tripped
+        True
+        >>> streak.reason()
+        'the run stopped starting images after 2 in a row failed (last: server unavailable)'
+    """
+
+    def __init__(self, limit: int) -> None:
+        """``limit``: failures in a row that stop the run; 0 never stops it."""
+        self.limit = limit
+        self.count = 0
+        self.last = ""
+
+    def record(self, status: str, reason: str = "") -> None:
+        """One more image ended with ``status`` (``failed`` extends the streak, anything else ends it)."""
+        if status == "failed":
+            self.count += 1
+            self.last = reason
+        else:
+            self.count = 0
+
+    @property
+    def tripped(self) -> bool:
+        """Whether the run should start no more images."""
+        return 0 < self.limit <= self.count
+
+    def reason(self) -> str:
+        """One line for the log and the images never started."""
+        return f"the run stopped starting images after {self.limit} in a row failed (last: {self.last})"

@@ -243,3 +243,25 @@ def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes
     assert len(list((tmp_path / "faults").glob("transient-*"))) == 2
     assert result["n_labelled"] == 6 and result["missing"] == []
     assert labels(tmp_path / "out") == labels(reference)
+
+
+def test_a_run_whose_backend_is_down_stops_starting_images_and_resumes(fake_repo, scenes, tmp_path):
+    """Every encode fails (a dead server): after --stop-after-failures images in a row the run starts no other
+    image (each would wait out its retries), writes no dataset even with --allow-partial, and a rerun finishes."""
+    from dataclasses import replace
+
+    repo = faulty_repo(tmp_path, transient=10**6)
+    cfg = small_config(repo)
+    cfg = replace(cfg, backend=replace(cfg.backend, retries=1, stop_after_failures=2))
+    out = tmp_path / "out"
+    with pytest.raises(IncompleteRunError, match=r"stopped starting images after 2 in a row failed \(last: fake "
+                                                 r"backend unavailable.*looks down; [1-9] of 6 image\(s\) not started"):
+        alps_flow(str(scenes / "images"), str(out), cfg, concurrency=1, progress_bar=False, allow_partial=True)
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    tried = [m for m in last["missing"] if not m["reason"].startswith("not started")]
+    assert last["stopped"] and len(last["missing"]) == 6 and len(last["errors"]) == 1  # none lost, none rejected
+    assert 2 <= len(tried) <= 2 + 2  # the streak, and at most the images already queued (2 per slot)
+    assert len(list((tmp_path / "faults").glob("transient-*"))) == 2 * len(tried)  # the others never reached it
+    assert not (out / "manifest.json").exists()
+    result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
+    assert result["n_labelled"] == 6 and result["complete"]
