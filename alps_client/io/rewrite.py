@@ -18,12 +18,16 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from alps_client.io import atomic
 from alps_client.io.dataset import load_dataset
+from alps_client.io.discovery import WORK_DIR
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
 
 KEEP = "keep"
+# OUT/.alps/relabelled/<classes file sha256[:12]>/: relabels a rerun could not carry over, with their centroids.
+SET_ASIDE = "relabelled"
 
 
 def relabel_dataset(out: str | Path, classes_file: str | Path,
@@ -66,7 +70,10 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
 
     A rerun that finds the same clusters (same shards and clustering settings, or the same ``--centroids``) keeps
     the names, merges and drops the user gave them. When the clusters changed (new images, another ``--n-clusters``)
-    the old mapping would name the wrong things: it is not applied, and ``warn`` says so in one line.
+    the old mapping would name the wrong things: it is not applied, and ``warn`` says so in one line. The
+    centroids it was made for are set aside with it (``OUT/.alps/relabelled/<sha>/``), so that the user's work is
+    not lost: a later run with ``--centroids`` of that folder labels every image with those clusters and gets the
+    classes back.
 
     Args:
         out: the dataset folder, as the previous run or relabel left it.
@@ -74,24 +81,54 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
         warn: receives the line explaining why a previous relabel is not carried over.
 
     Returns:
-        ``(class map, manifest record)`` of the previous relabel, or None when there is none to carry over.
+        ``(class map, manifest record)`` of the previous relabel (or of one set aside for these centroids), or None
+        when there is none to carry over.
     """
     out = Path(out)
+    centroids = np.asarray(centroids, dtype=np.float32)
     try:
         record = json.loads((out / "manifest.json").read_text()).get("relabel")
         previous = np.load(out / "centroids.npy") if record else None
     except (OSError, ValueError):
-        return None  # no previous dataset (or an unreadable one, which the run replaces): nothing to carry over
-    if not record:
+        record = previous = None  # no previous dataset (or an unreadable one, which the run replaces)
+    if record and _same(previous, centroids):
+        return _apply(record, len(centroids), out / "manifest.json", warn)
+    aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
+                  if _same(_load_or_none(folder / "centroids.npy"), centroids)), None)
+    if aside is not None:  # a run with --centroids of a relabel set aside earlier: its classes come back
+        try:
+            return _apply(json.loads((aside / "relabel.json").read_text()), len(centroids), aside, warn)
+        except (OSError, ValueError) as err:
+            warn(f"the relabel set aside in {aside} cannot be read ({err}); run `alps relabel` again")
+            return None
+    if not record or previous is None:
         return None
-    centroids = np.asarray(centroids, dtype=np.float32)
-    if previous.shape != centroids.shape or not np.array_equal(previous, centroids):
-        warn(f"{out} was relabelled (classes file sha256 {record.get('classes_file_sha256', '?')[:12]}) for other "
-             "clusters; this run's clusters differ (new images or clustering settings), so those classes are not "
-             f"carried over: review {out / 'report' / 'index.html'} and run `alps relabel` again")
-        return None
+    sha = str(record.get("classes_file_sha256", "unknown"))
+    folder = out / WORK_DIR / SET_ASIDE / sha[:12]
+    atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
+    atomic.write_json(folder / "relabel.json", record)
+    warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
+         f"(new images or clustering settings), so those classes are not carried over: review "
+         f"{out / 'report' / 'index.html'} and run `alps relabel` again, or run again with --centroids "
+         f"{folder / 'centroids.npy'} to label every image with the clusters they named (the classes come back)")
+    return None
+
+
+def _same(a: npt.NDArray[Any] | None, b: npt.NDArray[np.float32]) -> bool:
+    return a is not None and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def _load_or_none(path: Path) -> npt.NDArray[Any] | None:
     try:
-        return class_map_from_spec(record["spec"], len(centroids), "the manifest's relabel record"), record
+        return np.load(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _apply(record: dict[str, Any], n_clusters: int, where: Path,
+           warn: Callable[[str], None]) -> tuple[ClassMap, dict[str, Any]] | None:
+    try:
+        return class_map_from_spec(record["spec"], n_clusters, "the manifest's relabel record"), record
     except (ClassesFileError, KeyError, TypeError) as err:
-        warn(f"the relabel recorded in {out / 'manifest.json'} cannot be applied again ({err}); run `alps relabel` again")
+        warn(f"the relabel recorded in {where} cannot be applied again ({err}); run `alps relabel` again")
         return None

@@ -276,16 +276,26 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
     assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
     assert json.loads((out / "manifest.json").read_text())["relabel"] == record
 
-    # Other clusters: the old names would be wrong, so they go, with one line saying why.
+    # Other clusters: the old names would be wrong, so they go, with one line saying why; the clusters they
+    # named are set aside, and a run with those as --centroids gets the classes back.
+    named = np.load(out / "centroids.npy")
     warnings: list[str] = []
-    assert carried_relabel(out, np.load(out / "centroids.npy")[:3], warnings.append) is None
+    assert carried_relabel(out, named[:3], warnings.append) is None
     assert len(warnings) == 1 and "run `alps relabel` again" in warnings[0]
+    aside = Path(warnings[0].split("--centroids ")[1].split()[0])
+    np.testing.assert_array_equal(np.load(aside), named)
     cfg3 = PipelineConfig(backend=cfg.backend, amg=cfg.amg, cluster=ClusterConfig(n_clusters=3), writer=cfg.writer)
     state = alps_flow(str(labelled.data / "images"), str(out), cfg3, progress_bar=False, return_state=True)
     assert state.is_completed()
     manifest = json.loads((out / "manifest.json").read_text())
     assert "relabel" not in manifest and manifest["classes"]["names"] == ["cluster_0", "cluster_1", "cluster_2"]
     assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == manifest["classes"]["names"]
+    cfg_back = PipelineConfig(backend=cfg.backend, amg=cfg.amg, cluster=ClusterConfig(centroids=str(aside)),
+                              writer=cfg.writer)
+    state = alps_flow(str(labelled.data / "images"), str(out), cfg_back, progress_bar=False, return_state=True)
+    assert state.is_completed()
+    assert json.loads((out / "manifest.json").read_text())["relabel"] == record
+    assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
 
 
 def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
