@@ -37,6 +37,7 @@ from alps_client.labels.painting import IGNORE
 
 Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # label values 0..255; 255 = no label / ignore
+GT_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
 @dataclass
@@ -135,12 +136,47 @@ def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     return arr.astype(np.uint8)
 
 
-def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
-                     exclude_unlabelled_images: bool = False) -> EvalReport:
-    """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against ``gt_dir/**/<stem>.png``.
+def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
+    """Ground-truth label maps under ``gt_root`` by the pseudo-label stem they belong to.
+
+    A file's stem is the one ``alps run`` gives an image at the same place in the dataset (sub-folders joined by
+    ``__``, a top-level ``train``/``val``/``test`` folder left out): a ground-truth tree that mirrors the image
+    tree matches, however deep. A file whose mirrored stem is no pseudo-label's falls back to its file stem (a flat
+    ground-truth folder, or one nested differently from flat images).
+
+    Args:
+        gt_root: the ground-truth folder (PNG or TIFF label maps, at any depth).
+        stems: the stems of the dataset's label maps.
 
     Raises:
-        AlpsError: If either folder has no label maps, no stem matches, or sizes differ.
+        AlpsError: If two files belong to the same stem (say which), as one of them would be ignored.
+    """
+    from alps_client.io.discovery import split_and_stem
+
+    found: dict[str, list[Path]] = {}
+    for path in sorted(gt_root.rglob("*")):
+        if path.suffix.lower() not in GT_EXTENSIONS or path.name.startswith(".") or not path.is_file():
+            continue
+        _, mirrored = split_and_stem(path.relative_to(gt_root))
+        stem = mirrored if mirrored in stems or path.stem not in stems else path.stem
+        found.setdefault(stem, []).append(path)
+    clashes = {stem: paths for stem, paths in found.items() if len(paths) > 1}
+    if clashes:
+        stem, paths = next(iter(sorted(clashes.items())))
+        raise AlpsError(f"{len(clashes)} label map name(s) have several ground-truth files under {gt_root}, e.g. "
+                        f"{stem}: {paths[0]} and {paths[1]}; give a ground-truth folder whose tree mirrors the "
+                        "dataset's (or holds each name once)")
+    return {stem: paths[0] for stem, paths in found.items()}
+
+
+def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
+                     exclude_unlabelled_images: bool = False) -> EvalReport:
+    """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
+
+    Ground-truth files are matched by :func:`ground_truth_files`.
+
+    Raises:
+        AlpsError: If either folder has no label maps, no stem matches, two files match one stem, or sizes differ.
     """
     out, gt_root = Path(out_dir), Path(gt_dir)
     preds = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
@@ -148,12 +184,12 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
-    gts = {p.stem: p for p in sorted(gt_root.rglob("*.png"))}
+    gts = ground_truth_files(gt_root, set(preds))
     missing_gt = sorted(set(preds) - set(gts))
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
     if not matched:
-        raise AlpsError(f"no ground-truth PNG in {gt_root} has the stem of a pseudo-label in {out / 'ann_dir'}")
+        raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in {out / 'ann_dir'}")
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
         pred, gt = _read_label(preds[stem]), _read_label(gts[stem])

@@ -29,11 +29,20 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 WORK_DIR = ".alps"
 
 
-def _stem_of(relative: Path) -> str:
-    name = relative.name
-    base = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else relative.stem
-    parts = [*relative.parent.parts, base]
-    return _UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", ".")))
+def split_and_stem(relative: Path) -> tuple[str | None, str]:
+    """The split and the output stem of a file at ``relative`` to a dataset folder (see the module docstring).
+
+    Examples:
+        >>> split_and_stem(Path("val/north/a.b.png"))
+        ('val', 'north__a.b')
+        >>> split_and_stem(Path("north/a.png"))
+        (None, 'north__a')
+    """
+    split = split_folder(relative.parts[0]) if len(relative.parts) > 1 else None
+    named = Path(*relative.parts[1:]) if split else relative  # the split folder is not part of the name
+    base = named.name[: -len(".nii.gz")] if named.name.lower().endswith(".nii.gz") else named.stem
+    parts = [*named.parent.parts, base]
+    return split, _UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", ".")))
 
 
 def list_input_files(root: Path, out: str | Path | None = None,
@@ -86,9 +95,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     used: set[str] = set()
     for path in list_input_files(root, out, on_left_out):
         relative = path.relative_to(base)
-        split = split_folder(relative.parts[0]) if root.is_dir() and len(relative.parts) > 1 else None
-        named = Path(*relative.parts[1:]) if split else relative  # the split folder is not part of the name
-        stem = _stem_of(named)
+        split, stem = split_and_stem(relative)
         if stem in used:  # e.g. a.png and a.jpg side by side
             stem = _UNSAFE.sub("_", "__".join(relative.parts).replace(".", "_"))
         used.add(stem)

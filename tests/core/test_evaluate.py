@@ -30,7 +30,7 @@ def case(tmp_path):
     pred[gt == 0], pred[gt == 1] = 5, 2
     pred[3 * Q :, :20], pred[3 * Q :, 20:] = 7, 8
     write(tmp_path / "gt" / "a.png", gt)
-    write(tmp_path / "gt" / "sub" / "b.png", gt)  # found recursively
+    write(tmp_path / "gt" / "sub" / "b.png", gt)  # found recursively; an image at sub/b.png is named sub__b
     write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
     return tmp_path
 
@@ -49,7 +49,7 @@ def test_hungarian_counts_every_class_and_every_miss(case, capsys):
     assert report["miou_labelled_pixels"] == pytest.approx(2.5 / 4)
     assert report["coverage"] == pytest.approx(1199 / 1599)
     assert report["class_to_clusters"]["3"] in ([7], [8]) and len(report["unmatched_clusters"]) == 1
-    assert report["missing_pseudo_labels"] == ["b"] and report["n_images"] == 1
+    assert report["missing_pseudo_labels"] == ["sub__b"] and report["n_images"] == 1
     table = capsys.readouterr().out
     assert "(never labelled)" in table and "mIoU" in table and "matched to no class" in table
 
@@ -77,5 +77,26 @@ def test_errors_name_the_problem(case, capsys):
     with pytest.raises(AlpsError, match="differs from the pseudo-label"):
         evaluate_dataset(case / "out", case / "gt2")
     write(case / "gt3" / "zzz.png", np.zeros((5, 5)))
-    with pytest.raises(AlpsError, match="has the stem of a pseudo-label"):
+    with pytest.raises(AlpsError, match="has the name of a pseudo-label"):
         evaluate_dataset(case / "out", case / "gt3")
+
+
+def test_a_ground_truth_tree_that_mirrors_the_dataset_matches_however_deep(tmp_path):
+    """Images north/t0.png and south/t0.png are labelled as north__t0 and south__t0 (a top-level split folder is
+    left out): their ground truth at the same places matches each its own, in PNG or TIFF; the same name twice
+    where a flat name is looked up is refused, not one of them silently dropped."""
+    gt = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    flipped = 1 - gt
+    write(tmp_path / "out" / "ann_dir" / "train" / "north__t0.png", gt)
+    write(tmp_path / "out" / "ann_dir" / "val" / "south__t0.png", flipped)
+    write(tmp_path / "out" / "ann_dir" / "val" / "flat.png", gt)
+    write(tmp_path / "gt" / "north" / "t0.png", gt)
+    (tmp_path / "gt" / "val" / "south").mkdir(parents=True)
+    Image.fromarray(flipped.astype(np.uint8)).save(tmp_path / "gt" / "val" / "south" / "t0.tif")
+    write(tmp_path / "gt" / "elsewhere" / "flat.png", gt)  # nested differently from its image: the file stem
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    assert report.n_images == 3 and report.miou == 1.0 and report.coverage == 1.0
+    assert report.missing_ground_truth == [] and report.missing_pseudo_labels == []
+    write(tmp_path / "gt" / "other" / "flat.png", flipped)
+    with pytest.raises(AlpsError, match=r"1 label map name\(s\) have several ground-truth files .* e\.g\. flat: "):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
