@@ -23,6 +23,8 @@ Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as 
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +40,7 @@ from alps_client.labels.painting import IGNORE
 Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # label values 0..255; 255 = no label / ignore
 GT_EXTENSIONS = (".png", ".tif", ".tiff")
+_TILE_STEM = re.compile(r"^(?P<scene>.+)__x(?P<x>\d+)_y(?P<y>\d+)$")
 
 
 @dataclass
@@ -169,6 +172,48 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
     return {stem: paths[0] for stem, paths in found.items()}
 
 
+def _tiles_by_scene(stems: list[str]) -> dict[str, list[str]]:
+    """Tile stems (``<scene>__x<x0>_y<y0>``, see :mod:`alps_client.io.discovery`) grouped by their scene's stem."""
+    scenes: dict[str, list[str]] = {}
+    for stem in stems:
+        match = _TILE_STEM.match(stem)
+        if match:
+            scenes.setdefault(match["scene"], []).append(stem)
+    return scenes
+
+
+def _stitched(out: Path, tile_maps: list[Path], shape: tuple[int, ...], gt_path: Path) -> npt.NDArray[np.uint8]:
+    """``(H, W) uint8`` scene label map assembled from its tiles' label maps as ``--stitch`` does.
+
+    Raises:
+        AlpsError: If the tiles do not cover a scene of the ground truth's size.
+    """
+    from alps_client.io.tiling import stitch_scene
+
+    try:
+        inputs = json.loads((out / "manifest.json").read_text()).get("config", {}).get("inputs", {})
+    except (OSError, ValueError) as err:
+        raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): its --tile and --overlap are needed to "
+                        f"assemble the tiles of {gt_path.stem}") from None
+    tile, overlap = inputs.get("tile"), inputs.get("overlap")
+    tiles = []
+    for path in tile_maps:
+        match = _TILE_STEM.match(path.stem)
+        assert match is not None  # grouped by that pattern
+        label = _read_label(path)
+        x0, y0 = int(match["x"]), int(match["y"])
+        tiles.append(((x0, y0, x0 + label.shape[1], y0 + label.shape[0]), label))
+    extent = (max(w[3] for w, _ in tiles), max(w[2] for w, _ in tiles))
+    if not tile or overlap is None or extent != tuple(shape):
+        raise AlpsError(f"{gt_path}: size {tuple(shape)} differs from the scene its {len(tiles)} tile label map(s) "
+                        f"in {out / 'ann_dir'} cover {extent}")
+    try:
+        return stitch_scene(extent, int(tile), int(overlap), tiles)
+    except KeyError as err:  # a tile the manifest's --tile / --overlap would not have made
+        raise AlpsError(f"the tile label maps of {gt_path.stem} in {out / 'ann_dir'} do not follow the dataset's "
+                        f"--tile {tile} --overlap {overlap} (tile at {err})") from None
+
+
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
                      exclude_unlabelled_images: bool = False) -> EvalReport:
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
@@ -179,12 +224,15 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         AlpsError: If either folder has no label maps, no stem matches, two files match one stem, or sizes differ.
     """
     out, gt_root = Path(out_dir), Path(gt_dir)
-    preds = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
+    preds: dict[str, Path | list[Path]] = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
-    gts = ground_truth_files(gt_root, set(preds))
+    tiles = _tiles_by_scene(list(preds))
+    gts = ground_truth_files(gt_root, set(preds) | set(tiles))
+    for scene in set(tiles) & set(gts) - set(preds):  # a tiled scene is scored whole, as --stitch assembles it
+        preds[scene] = [preds.pop(stem) for stem in tiles[scene]]  # type: ignore[misc]
     missing_gt = sorted(set(preds) - set(gts))
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
@@ -192,9 +240,11 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in {out / 'ann_dir'}")
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
-        pred, gt = _read_label(preds[stem]), _read_label(gts[stem])
+        gt = _read_label(gts[stem])
+        found = preds[stem]
+        pred = _read_label(found) if isinstance(found, Path) else _stitched(out, found, gt.shape, gts[stem])
         if pred.shape != gt.shape:
-            raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {preds[stem]} {pred.shape}")
+            raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
         conf += confusion(pred, gt)
     if not exclude_unlabelled_images:
         for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss

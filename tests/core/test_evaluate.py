@@ -100,3 +100,27 @@ def test_a_ground_truth_tree_that_mirrors_the_dataset_matches_however_deep(tmp_p
     write(tmp_path / "gt" / "other" / "flat.png", flipped)
     with pytest.raises(AlpsError, match=r"1 label map name\(s\) have several ground-truth files .* e\.g\. flat: "):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+
+
+def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
+    """A scene labelled in overlapping tiles (no label map of its own) is assembled as --stitch does and scored
+    once against the scene's ground truth: the same figures as its whole label map, overlaps not counted twice."""
+    from alps_client.io.tiling import stitch_scene, tile_windows
+
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 3, (50, 70)).astype(np.uint8)
+    tiles = []
+    for x0, y0, x1, y1 in tile_windows(50, 70, 32, 8):
+        label = np.where(rng.random((y1 - y0, x1 - x0)) < 0.8, gt[y0:y1, x0:x1] + 4, 255).astype(np.uint8)
+        write(tmp_path / "out" / "ann_dir" / "train" / f"scene__x{x0}_y{y0}.png", label)
+        tiles.append(((x0, y0, x1, y1), label))
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"inputs": {"tile": 32, "overlap": 8}}}))
+    write(tmp_path / "gt" / "scene.png", gt)
+    write(tmp_path / "whole" / "ann_dir" / "train" / "scene.png", stitch_scene((50, 70), 32, 8, tiles))
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    whole = evaluate_dataset(tmp_path / "whole", tmp_path / "gt")
+    assert report.n_images == 1 and report.missing_ground_truth == [] and report.missing_pseudo_labels == []
+    assert report.miou == whole.miou and report.coverage == whole.coverage and 0.7 < report.coverage < 0.9
+    write(tmp_path / "gt_small" / "scene.png", gt[:40])
+    with pytest.raises(AlpsError, match=r"size \(40, 70\) differs from the scene its 6 tile label map\(s\)"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt_small")
