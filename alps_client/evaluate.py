@@ -27,7 +27,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +40,8 @@ from alps_client.labels.painting import IGNORE
 Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # label values 0..255; 255 = no label / ignore
 GT_EXTENSIONS = (".png", ".tif", ".tiff")
-_TILE_STEM = re.compile(r"^(?P<scene>.+)__x(?P<x>\d+)_y(?P<y>\d+)$")
+# Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
+_PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
 
 @dataclass
@@ -129,6 +130,28 @@ def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], matching: str =
     )
 
 
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _read_ground_truth(path: Path) -> npt.NDArray[np.uint8]:
+    """A ground-truth label map ``(H, W) uint8``, or a NIfTI label volume ``(X, Y, Z) uint8``."""
+    if not _is_nifti(path):
+        return _read_label(path)
+    from alps_client._imports import lazy_import
+
+    try:
+        data = np.asarray(lazy_import("nibabel").load(str(path)).dataobj)
+    except Exception as err:  # noqa: BLE001 (nibabel raises many types for corrupt files)
+        raise AlpsError(f"{path}: not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from None
+    data = data[..., 0] if data.ndim == 4 else data
+    if data.ndim != 3 or data.size == 0 or not np.array_equal(data, np.round(data)) or data.min() < 0 \
+            or data.max() > IGNORE:
+        raise AlpsError(f"{path}: a label volume must be 3D class ids in 0..255, got shape {data.shape}, "
+                        f"dtype {data.dtype}")
+    return data.astype(np.uint8)
+
+
 def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     with Image.open(path) as im:
         arr = np.asarray(im)
@@ -144,11 +167,11 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
 
     A file's stem is the one ``alps run`` gives an image at the same place in the dataset (sub-folders joined by
     ``__``, a top-level ``train``/``val``/``test`` folder left out): a ground-truth tree that mirrors the image
-    tree matches, however deep. A file whose mirrored stem is no pseudo-label's falls back to its file stem (a flat
+    tree matches, however deep (a NIfTI volume's slices are ``<volume>__z<index>``). A file whose mirrored stem is no pseudo-label's falls back to its file stem (a flat
     ground-truth folder, or one nested differently from flat images).
 
     Args:
-        gt_root: the ground-truth folder (PNG or TIFF label maps, at any depth).
+        gt_root: the ground-truth folder (PNG or TIFF label maps, NIfTI label volumes; at any depth).
         stems: the stems of the dataset's label maps.
 
     Raises:
@@ -158,10 +181,12 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
 
     found: dict[str, list[Path]] = {}
     for path in sorted(gt_root.rglob("*")):
-        if path.suffix.lower() not in GT_EXTENSIONS or path.name.startswith(".") or not path.is_file():
+        if not (path.suffix.lower() in GT_EXTENSIONS or _is_nifti(path)) or path.name.startswith(".") \
+                or not path.is_file():
             continue
         _, mirrored = split_and_stem(path.relative_to(gt_root))
-        stem = mirrored if mirrored in stems or path.stem not in stems else path.stem
+        _, bare = split_and_stem(Path(path.name))
+        stem = mirrored if mirrored in stems or bare not in stems else bare
         found.setdefault(stem, []).append(path)
     clashes = {stem: paths for stem, paths in found.items() if len(paths) > 1}
     if clashes:
@@ -172,45 +197,62 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
     return {stem: paths[0] for stem, paths in found.items()}
 
 
-def _tiles_by_scene(stems: list[str]) -> dict[str, list[str]]:
-    """Tile stems (``<scene>__x<x0>_y<y0>``, see :mod:`alps_client.io.discovery`) grouped by their scene's stem."""
-    scenes: dict[str, list[str]] = {}
+def _parts_by_whole(stems: list[str]) -> dict[str, list[str]]:
+    """Stems of tiles (``<scene>__x<x0>_y<y0>``) and volume slices (``<volume>__z<index>``) by their whole's stem."""
+    wholes: dict[str, list[str]] = {}
     for stem in stems:
-        match = _TILE_STEM.match(stem)
+        match = _PART_STEM.match(stem)
         if match:
-            scenes.setdefault(match["scene"], []).append(stem)
-    return scenes
+            wholes.setdefault(match["whole"], []).append(stem)
+    return wholes
 
 
-def _stitched(out: Path, tile_maps: list[Path], shape: tuple[int, ...], gt_path: Path) -> npt.NDArray[np.uint8]:
-    """``(H, W) uint8`` scene label map assembled from its tiles' label maps as ``--stitch`` does.
+def _input_settings(out: Path, gt_path: Path) -> dict[str, Any]:
+    """The dataset's input configuration (``--tile``, ``--overlap``, ``--slice-axis``) from its manifest."""
+    try:
+        return dict(json.loads((out / "manifest.json").read_text()).get("config", {}).get("inputs", {}))
+    except (OSError, ValueError) as err:
+        raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): it says how the label maps of "
+                        f"{gt_path.name} were cut") from None
+
+
+def _assembled(out: Path, parts: list[Path], gt: npt.NDArray[np.uint8], gt_path: Path) -> npt.NDArray[np.uint8]:
+    """The whole label map (a scene as ``--stitch`` assembles it, or a volume) from its parts' label maps.
 
     Raises:
-        AlpsError: If the tiles do not cover a scene of the ground truth's size.
+        AlpsError: If the parts do not make a whole of the ground truth's size.
     """
     from alps_client.io.tiling import stitch_scene
 
-    try:
-        inputs = json.loads((out / "manifest.json").read_text()).get("config", {}).get("inputs", {})
-    except (OSError, ValueError) as err:
-        raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): its --tile and --overlap are needed to "
-                        f"assemble the tiles of {gt_path.stem}") from None
-    tile, overlap = inputs.get("tile"), inputs.get("overlap")
+    inputs = _input_settings(out, gt_path)
+    matches = [_PART_STEM.match(path.stem) for path in parts]
+    if gt.ndim == 3:  # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty)
+        axis = int(inputs.get("slice_axis", 2))
+        volume = np.full(gt.shape, IGNORE, np.uint8)
+        plane = gt.shape[:axis] + gt.shape[axis + 1:]
+        for path, match in zip(parts, matches, strict=True):
+            label, index = _read_label(path), int(match["z"]) if match and match["z"] else -1
+            if not 0 <= index < gt.shape[axis] or label.shape != plane:
+                raise AlpsError(f"{gt_path}: volume {gt.shape} has no slice {index} of {label.shape} along axis "
+                                f"{axis} for the pseudo-label {path}")
+            np.moveaxis(volume, axis, 0)[index] = label
+        return volume
     tiles = []
-    for path in tile_maps:
-        match = _TILE_STEM.match(path.stem)
-        assert match is not None  # grouped by that pattern
+    for path, match in zip(parts, matches, strict=True):
         label = _read_label(path)
+        if not match or match["x"] is None:
+            raise AlpsError(f"{path}: a slice label map, but the ground truth {gt_path} is not a volume")
         x0, y0 = int(match["x"]), int(match["y"])
         tiles.append(((x0, y0, x0 + label.shape[1], y0 + label.shape[0]), label))
     extent = (max(w[3] for w, _ in tiles), max(w[2] for w, _ in tiles))
-    if not tile or overlap is None or extent != tuple(shape):
-        raise AlpsError(f"{gt_path}: size {tuple(shape)} differs from the scene its {len(tiles)} tile label map(s) "
+    tile, overlap = inputs.get("tile"), inputs.get("overlap")
+    if not tile or overlap is None or extent != gt.shape:
+        raise AlpsError(f"{gt_path}: size {gt.shape} differs from the scene its {len(tiles)} tile label map(s) "
                         f"in {out / 'ann_dir'} cover {extent}")
     try:
         return stitch_scene(extent, int(tile), int(overlap), tiles)
     except KeyError as err:  # a tile the manifest's --tile / --overlap would not have made
-        raise AlpsError(f"the tile label maps of {gt_path.stem} in {out / 'ann_dir'} do not follow the dataset's "
+        raise AlpsError(f"the tile label maps of {gt_path.name} in {out / 'ann_dir'} do not follow the dataset's "
                         f"--tile {tile} --overlap {overlap} (tile at {err})") from None
 
 
@@ -229,10 +271,10 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
-    tiles = _tiles_by_scene(list(preds))
-    gts = ground_truth_files(gt_root, set(preds) | set(tiles))
-    for scene in set(tiles) & set(gts) - set(preds):  # a tiled scene is scored whole, as --stitch assembles it
-        preds[scene] = [preds.pop(stem) for stem in tiles[scene]]  # type: ignore[misc]
+    parts = _parts_by_whole(list(preds))
+    gts = ground_truth_files(gt_root, set(preds) | set(parts))
+    for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
+        preds[whole] = [preds.pop(stem) for stem in parts[whole]]  # type: ignore[misc]
     missing_gt = sorted(set(preds) - set(gts))
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
@@ -240,15 +282,15 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in {out / 'ann_dir'}")
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
-        gt = _read_label(gts[stem])
+        gt = _read_ground_truth(gts[stem])
         found = preds[stem]
-        pred = _read_label(found) if isinstance(found, Path) else _stitched(out, found, gt.shape, gts[stem])
+        pred = _read_label(found) if isinstance(found, Path) else _assembled(out, found, gt, gts[stem])
         if pred.shape != gt.shape:
             raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
         conf += confusion(pred, gt)
     if not exclude_unlabelled_images:
         for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss
-            gt = _read_label(gts[stem])
+            gt = _read_ground_truth(gts[stem])
             conf += confusion(np.full_like(gt, IGNORE), gt)
     report = scores(conf, match_clusters(conf, matching), matching)
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))

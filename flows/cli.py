@@ -366,8 +366,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (every class, every miss counted)")
     ev.add_argument("out", help="a dataset written by `alps run`")
-    ev.add_argument("gt_dir", help="ground-truth label maps (PNG or TIFF): a tree that mirrors the dataset's, or a flat "
-                                   "folder with the images' file names")
+    ev.add_argument("gt_dir", help="ground-truth label maps (PNG, TIFF; NIfTI label volumes): a tree that mirrors the "
+                                   "dataset's, or a flat folder with the images' file names")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
     ev.add_argument("--json", help="report path (default OUT/evaluation.json)")
     ev.add_argument("--exclude-unlabelled-images", action="store_true",

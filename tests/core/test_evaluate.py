@@ -124,3 +124,27 @@ def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     write(tmp_path / "gt_small" / "scene.png", gt[:40])
     with pytest.raises(AlpsError, match=r"size \(40, 70\) differs from the scene its 6 tile label map\(s\)"):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt_small")
+
+
+def test_a_volume_is_scored_whole_against_its_nifti_label_volume(tmp_path):
+    """Slices labelled along --slice-axis are scored against the ground-truth volume; a slice the run left out
+    (empty in the source) is a miss: the same figures as one ground-truth PNG per slice, missing ones counted."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(1)
+    gt = rng.integers(0, 3, (20, 24, 5)).astype(np.uint8)  # slices along axis 1: 24 planes of 20 x 5
+    for z in range(24):
+        plane = gt[:, z, :]
+        write(tmp_path / "per_slice" / f"ct__z{z:04d}.png", plane)
+        if 2 <= z < 20:  # the others were empty in the source: not labelled
+            write(tmp_path / "out" / "ann_dir" / "train" / f"ct__z{z:04d}.png", plane + 3)
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"inputs": {"slice_axis": 1}}}))
+    (tmp_path / "gt").mkdir()
+    nibabel.save(nibabel.Nifti1Image(gt, np.eye(4)), str(tmp_path / "gt" / "ct.nii.gz"))
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    reference = evaluate_dataset(tmp_path / "out", tmp_path / "per_slice")
+    assert report.n_images == 1 and report.missing_pseudo_labels == [] and report.missing_ground_truth == []
+    assert report.miou == pytest.approx(reference.miou) and report.coverage == pytest.approx(18 / 24)
+    assert report.miou_labelled_pixels == 1.0
+    nibabel.save(nibabel.Nifti1Image(gt.astype(np.float32) + 0.5, np.eye(4)), str(tmp_path / "gt" / "ct.nii.gz"))
+    with pytest.raises(AlpsError, match=r"ct.nii.gz: a label volume must be 3D class ids in 0..255"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
