@@ -153,10 +153,22 @@ def _read_ground_truth(path: Path) -> npt.NDArray[np.uint8]:
 
 
 def _read_label(path: Path) -> npt.NDArray[np.uint8]:
-    with Image.open(path) as im:
-        arr = np.asarray(im)
+    """A label map ``(H, W) uint8`` of class ids (PNG, or TIFF through rasterio: GeoTIFF scenes of any size)."""
+    from alps_client._imports import lazy_import
+
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with lazy_import("rasterio").open(path) as src:
+                arr = src.read() if src.count > 1 else src.read(1)
+        else:
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+    except AlpsError:
+        raise
+    except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)
+        raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {str(err)[:100]})") from None
     if arr.ndim != 2:
-        raise AlpsError(f"{path}: a label map must be a single-channel PNG of class ids, got shape {arr.shape}")
+        raise AlpsError(f"{path}: a label map must be a single-channel image of class ids, got shape {arr.shape}")
     if arr.dtype != np.uint8 and (arr.min() < 0 or arr.max() > IGNORE):
         raise AlpsError(f"{path}: class ids must lie in 0..255, got {arr.min()}..{arr.max()}")
     return arr.astype(np.uint8)

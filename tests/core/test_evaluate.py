@@ -76,6 +76,10 @@ def test_errors_name_the_problem(case, capsys):
     write(case / "gt2" / "a.png", np.zeros((5, 5)))
     with pytest.raises(AlpsError, match="differs from the pseudo-label"):
         evaluate_dataset(case / "out", case / "gt2")
+    (case / "gt4").mkdir()
+    (case / "gt4" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(AlpsError, match=r"gt4/a.png: not a readable label map \(UnidentifiedImageError"):
+        evaluate_dataset(case / "out", case / "gt4")
     write(case / "gt3" / "zzz.png", np.zeros((5, 5)))
     with pytest.raises(AlpsError, match="has the name of a pseudo-label"):
         evaluate_dataset(case / "out", case / "gt3")
