@@ -27,6 +27,33 @@ class BackendUnavailableError(AlpsError):
     transient = True
 
 
+class BackendOutOfMemoryError(AlpsError):
+    """The backend could not allocate memory for a request (onnxruntime here, or a server's): retried.
+
+    Other work on the machine may free the memory, so the run tries the image again later.
+    """
+
+    transient = True
+
+
+# How onnxruntime (CPU arena, CUDA) and PyTorch say an allocation failed: they give it no error code of its own
+# (onnxruntime: FAIL; Triton: INTERNAL), so this is the one failure recognised by its text.
+OUT_OF_MEMORY_TEXTS = ("Failed to allocate memory", "bad_alloc", "out of memory", "cudaErrorMemoryAllocation")
+
+
+def ran_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says that an allocation failed (see ``OUT_OF_MEMORY_TEXTS``).
+
+    Examples:
+        >>> ran_out_of_memory(RuntimeError("... BFCArena::AllocateRawInternal Failed to allocate memory for ..."))
+        True
+        >>> ran_out_of_memory(RuntimeError("Invalid rank for input: images Got: 3 Expected: 4"))
+        False
+    """
+    text = str(err)
+    return isinstance(err, MemoryError) or any(t.lower() in text.lower() for t in OUT_OF_MEMORY_TEXTS)
+
+
 class BackendRequestError(AlpsError):
     """The backend received a request and rejected it (bad tensor, model error): the same request fails again."""
 

@@ -23,7 +23,12 @@ from alps_client.backends.feeds import (
 )
 from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
 from alps_client.config import BackendConfig
-from alps_client.errors import ModelRepositoryError, ModelSignatureError
+from alps_client.errors import (
+    BackendOutOfMemoryError,
+    ModelRepositoryError,
+    ModelSignatureError,
+    ran_out_of_memory,
+)
 
 # Prompts per decoder call. On CPU the time per prompt is flat up to 32 and memory grows with the chunk (vit_b
 # decoder, 2 threads, one run of bench/bench_ort_options.py: 4 -> 27.5 ms/prompt, 0.5 GB; 8 -> 28.9 ms, 0.9 GB;
@@ -147,7 +152,7 @@ class EmbeddedBackend:
         for image in images:
             feeds, input_size = encoder_feeds(self.manifest, image)
             with self._encode_lock:
-                outputs = self._sessions["encoder"].run(names, {self._enc.inputs[r].name: v for r, v in feeds.items()})
+                outputs = self._run("encoder", names, {self._enc.inputs[r].name: v for r, v in feeds.items()})
             out.append(make_embedding(dict(zip(roles, outputs)), input_size, image))
         return out
 
@@ -168,13 +173,28 @@ class EmbeddedBackend:
         step = self.prompt_batch_size
         for start in range(0, point_coords.shape[0], step):
             feeds.update({self._dec.inputs[r].name: v[start : start + step] for r, v in per_prompt.items()})
-            m, i = self._sessions["decoder"].run(names, feeds)
+            m, i = self._run("decoder", names, feeds)
             masks.append(m)
             ious.append(i)
         if not masks:
             k = mask_outputs(self.manifest)
             return DecoderOutput(np.zeros((0, k, 256, 256), np.float32), np.zeros((0, k), np.float32))
         return DecoderOutput(np.concatenate(masks), np.concatenate(ious))
+
+    def _run(self, key: str, names: list[str], feeds: dict[str, Any]) -> list[Any]:
+        """``session.run``; an allocation that failed (a busy machine) becomes a transient error the run retries.
+
+        Raises:
+            BackendOutOfMemoryError: If onnxruntime could not allocate memory.
+        """
+        try:
+            return list(self._sessions[key].run(names, feeds))
+        except Exception as err:
+            if not ran_out_of_memory(err):
+                raise
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise BackendOutOfMemoryError(f"onnxruntime could not allocate memory for the {key} ({first[-160:]}); "
+                                          "other work on this machine may free it") from err
 
     def close(self) -> None:
         """Drop the sessions."""

@@ -40,7 +40,13 @@ from alps_client.backends.manifest import SHA256_PARAMETER, ModelManifest, Model
 from alps_client.backends.triton_shm import ShmRegion, ShmRegions
 from alps_client.backends.triton_status import classify, reason, server_errors
 from alps_client.config import BackendConfig
-from alps_client.errors import BackendRequestError, BackendUnavailableError, ModelSignatureError
+from alps_client.errors import (
+    BackendOutOfMemoryError,
+    BackendRequestError,
+    BackendUnavailableError,
+    ModelSignatureError,
+    ran_out_of_memory,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +170,7 @@ class TritonBackend:
             self._forget_client(url)
         if not reachable:
             raise self._unavailable("is not reachable" if len(self.urls) == 1 else "are not reachable")
+        configs = {}  # (url, model name) -> its config
         for url in reachable:
             client = self._client(url)
             for spec in (self.manifest.encoder, self.manifest.decoder):
@@ -171,8 +178,9 @@ class TritonBackend:
                     raise self._unavailable(f"has no ready model '{spec.name}' (load the model repository "
                                             f"{self.manifest.root})")
                 self._check_signature(spec, client.get_model_metadata(spec.name))
-                self._check_export(url, spec, _model_config(client, spec.name))
-        config = _model_config(self._client(reachable[0]), self.manifest.decoder.name)
+                configs[url, spec.name] = _model_config(client, spec.name)
+                self._check_export(url, spec, configs[url, spec.name])
+        config = configs[reachable[0], self.manifest.decoder.name]
         groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
         kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]
         self.on_gpu = any(k in ("KIND_GPU", "1") for k in kinds)
@@ -235,6 +243,11 @@ class TritonBackend:
                 kind = classify(err)
                 if kind == "not_found" and self._after_not_found(client, spec):
                     kind = "transient"
+                if kind == "permanent" and ran_out_of_memory(err):  # INTERNAL, but the server's memory was short
+                    raise BackendOutOfMemoryError(
+                        f"Triton server at {url} could not allocate memory for model '{spec.name}' ({reason(err)}); "
+                        "other work on it may free it"
+                    ) from err
                 if kind == "permanent" or kind == "not_found":
                     raise BackendRequestError(
                         f"Triton server at {url} rejected the request to model '{spec.name}': {reason(err)}"

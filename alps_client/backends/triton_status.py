@@ -8,7 +8,9 @@
   server restart both are true for a moment (models loading, our regions forgotten); otherwise it is a wrong
   model name. The backend checks the server's state to tell which (:meth:`TritonBackend._after_not_found`).
 - ``permanent``: anything else the server answered (``INVALID_ARGUMENT``, ``INTERNAL``, HTTP 400/500...): the same
-  request fails again.
+  request fails again. One exception, decided by the backend from the text (the server gives it no code of its
+  own): an ``INTERNAL`` error saying that an allocation failed is
+  :class:`~alps_client.errors.BackendOutOfMemoryError`, retried.
 - ``None``: not an error of the Triton call at all (a bug on our side): raised unchanged.
 """
 

@@ -4,10 +4,11 @@ A backend call never waits and retries by itself (the Triton backend fails over 
 request, then raises). An image whose processing fails *transiently* is tried again here, whole, after
 ``BackendConfig.retry_delays()``; a *permanent* failure (a request the server rejected, a bug, a full disk)
 is not retried: it fails the image at once. Transient means, by type: :class:`BackendUnavailableError` (or any
-``AlpsError`` with ``transient = True``), ``ConnectionError``, ``TimeoutError``, ``MemoryError`` (other work
-in flight may free it) and a lost connection to the Dask scheduler. A Dask worker that dies mid-image is
-handled by Dask itself (the image is rerun on another worker); Dask's ``KilledWorker``, raised when an image
-took down several workers in turn, is permanent.
+``AlpsError`` with ``transient = True``, such as :class:`BackendOutOfMemoryError` when onnxruntime or a server
+could not allocate), ``ConnectionError``, ``TimeoutError``, ``MemoryError`` (other work in flight may free it)
+and a lost connection to the Dask scheduler. A Dask worker that dies mid-image is handled by Dask itself (the
+image is rerun on another worker); Dask's ``KilledWorker``, raised when an image took down several workers in
+turn, is permanent.
 """
 
 from __future__ import annotations

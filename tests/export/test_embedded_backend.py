@@ -48,3 +48,48 @@ def test_manifest_naming_a_tensor_the_model_lacks(stand_in_repo, tmp_path):
     (repo / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelSignatureError, match="manifest input 'coords'"):
         EmbeddedBackend(BackendConfig(model_repository=str(repo)))
+
+
+OUT_OF_MEMORY_SCRIPT = '''
+import resource, sys
+import numpy as np
+from alps_client.backends.embedded import EmbeddedBackend
+from alps_client.config import BackendConfig
+from alps_client.errors import BackendOutOfMemoryError
+from alps_client.runs.retry import is_transient
+
+
+def address_space():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+
+
+backend = EmbeddedBackend(BackendConfig(model_repository=sys.argv[1], num_threads=1))
+image = np.zeros((64, 64, 3), np.uint8)
+backend.encode([image])
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (address_space() + 16 * 2**20, hard))  # a machine whose memory ran out
+try:
+    backend.encode([image])
+    print("no error")
+except BackendOutOfMemoryError as err:
+    print("transient" if is_transient(err) else "permanent", err)
+resource.setrlimit(resource.RLIMIT_AS, (hard, hard))  # the other work is gone
+print("encoded again:", backend.encode([image])[0].features.shape)
+'''
+
+
+def test_onnxruntime_out_of_memory_is_a_transient_failure_the_same_backend_recovers_from(stand_in_repo, tmp_path):
+    """A real onnxruntime session in a process whose address space is capped: its allocation failure (FAIL:
+    bad_alloc, no error type of its own) is retried by the run, not a permanent failure of the image."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "oom.py"
+    script.write_text(OUT_OF_MEMORY_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(stand_in_repo)], capture_output=True, text=True,
+                            timeout=300, check=False)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert lines[0].startswith("transient onnxruntime could not allocate memory for the encoder ("), lines
+    assert lines[1] == "encoded again: (256, 64, 64)"

@@ -145,6 +145,30 @@ def test_a_rejected_request_is_not_retried(triton_server, stand_in_repo):
         backend.close()
 
 
+def test_a_server_out_of_memory_is_retried_not_a_rejected_request(triton_server, stand_in_repo):
+    """Triton answers INTERNAL when its onnxruntime cannot allocate (the text is onnxruntime's, as the embedded
+    backend sees it): that is memory, which other work may free, so the run tries the image again."""
+    from tritonclient.utils import InferenceServerException
+
+    from alps_client.errors import BackendOutOfMemoryError
+    from alps_client.runs.retry import is_transient
+
+    backend = triton_backend(stand_in_repo, triton_server.grpc_url)
+    text = ("onnx runtime error 6: Non-zero status code returned while running Conv node. Status Message: "
+            "bfc_arena.cc:360 AllocateRawInternal Failed to allocate memory for requested buffer of size 12582912")
+
+    def short_of_memory(client):
+        raise InferenceServerException(text, status="StatusCode.INTERNAL")
+
+    try:
+        with pytest.raises(BackendOutOfMemoryError, match="could not allocate memory for model 'sam_encoder'") as err:
+            backend._call(backend.manifest.encoder, short_of_memory)
+        assert is_transient(err.value)
+        assert backend.encode([make_shapes_image(0)])[0].features.shape == (256, 64, 64)  # the server is still in
+    finally:
+        backend.close()
+
+
 def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path):
     """Kill the server (found through ALPS_TRITON_URL) mid-run, start it again: the run completes, all labelled."""
     server = start_triton(stand_in_repo, tmp_path / "t1")
