@@ -43,7 +43,7 @@ from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
-from alps_client.runs.plan import RunPlan, plan_run, work_dir
+from alps_client.runs.plan import RunPlan, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
@@ -233,6 +233,8 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     if plan.n_changed:
         logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
                        "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)
+    for line in unused_input_settings(config, plan.items):
+        logger.warning("%s", line)
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))

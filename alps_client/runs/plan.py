@@ -108,6 +108,25 @@ def check_writable(out: str | Path) -> None:
                         "folder you can write to") from err
 
 
+def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> list[str]:
+    """One line per input setting the request gave that none of its inputs uses (the run ignores it).
+
+    A dataset may mix kinds (``--bands`` applies to its TIFFs, ``--write-nifti-labels`` to its volumes), so these
+    are warnings, not refusals: a user who asked for a stitched map or a label volume is told that none comes.
+    """
+    inputs, lines = config.inputs, []
+    kinds = {item.kind for item in items}
+    if inputs.bands is not None and not any(item.source.lower().endswith((".tif", ".tiff")) for item in items):
+        lines.append(f"--bands {','.join(map(str, inputs.bands))}: no TIFF among the inputs; it applies to "
+                     "multiband TIFF rasters only")
+    if inputs.tile is not None and "tile" not in kinds:
+        stitch = ", and --stitch has nothing to stitch" if inputs.stitch else ""
+        lines.append(f"--tile {inputs.tile}: no input is larger than {inputs.tile} pixels, so none is cut{stitch}")
+    if inputs.write_nifti_labels and "slice" not in kinds:
+        lines.append("--write-nifti-labels: no NIfTI volume among the inputs, so no label volume is written")
+    return lines
+
+
 def item_status(out: str | Path, item: InputItem, fingerprint: str) -> tuple[ShardStatus, dict[str, Any]]:
     """The status of ``item``'s shard in ``out`` and the signature of its input file now.
 

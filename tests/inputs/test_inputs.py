@@ -256,3 +256,19 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect
         np.testing.assert_array_equal(stitched[oy0:oy1, ox0:ox1], tile[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0])
     assert np.array_equal(np.asarray(Image.open(out / "stitched" / "scene.png")), stitched)
     assert_coco_consistent(out)
+
+
+def test_input_settings_no_input_uses_are_named_not_silently_ignored():
+    from alps_client.config import InputConfig, PipelineConfig
+    from alps_client.io.items import InputItem
+    from alps_client.runs.plan import unused_input_settings
+
+    asked = PipelineConfig(inputs=InputConfig(bands=(4, 3, 2), tile=512, stitch=True, write_nifti_labels=True))
+    pngs = [InputItem("/d/a.png", "a"), InputItem("/d/b.PNG", "b")]
+    lines = unused_input_settings(asked, pngs)
+    assert [line.split(":")[0] for line in lines] == ["--bands 4,3,2", "--tile 512", "--write-nifti-labels"]
+    assert "--stitch has nothing to stitch" in lines[1]
+    used = [InputItem("/d/s.TIF", "s__x0_y0", "tile", "s", (0, 0, 512, 512)),
+            InputItem("/d/v.nii.gz", "v__z0001", "slice", "v", None, 1)]
+    assert unused_input_settings(asked, used) == []
+    assert unused_input_settings(PipelineConfig(), pngs) == []  # nothing asked, nothing said
