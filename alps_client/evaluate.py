@@ -64,6 +64,7 @@ class EvalReport:
     missing_ground_truth: list[str] = field(default_factory=list)
     missing_pseudo_labels: list[str] = field(default_factory=list)
     missing_pseudo_labels_counted: bool = True
+    pseudo_label_names: dict[int, str] = field(default_factory=dict)
 
 
 def confusion(pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -308,17 +309,32 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
+    report.pseudo_label_names = _class_names(out)
     return report
+
+
+def _class_names(out: Path) -> dict[int, str]:
+    """``{id: name}`` of the dataset's classes (``OUT/classes.json``); empty when it has none to say."""
+    try:
+        classes = json.loads((out / "classes.json").read_text())["classes"]
+        return {int(c["id"]): str(c["name"]) for c in classes}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def format_table(report: EvalReport, class_names: dict[int, str] | None = None) -> str:
     """A readable per-class table with the summary figures."""
-    lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  clusters"]
+    def named(ids: list[int]) -> str:  # pseudo-label ids, with the names `alps relabel` gave them
+        names = report.pseudo_label_names
+        return "[" + ", ".join(f"{i} {names[i]}" if names.get(i, f"cluster_{i}") != f"cluster_{i}" else str(i)
+                               for i in ids) + "]"
+
+    lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  pseudo-labels"]
     for k, iou in report.class_iou.items():
         name = (class_names or {}).get(k, str(k))
         never = "  (never labelled)" if k in report.classes_never_labelled else ""
         lines.append(f"{name:<16} {iou:>7.3f} {report.class_iou_labelled_pixels[k]:>7.3f}  "
-                     f"{report.class_to_clusters.get(k, [])}{never}")
+                     f"{named(report.class_to_clusters.get(k, []))}{never}")
     lines += [
         (f"{'mIoU':<16} {report.miou:>7.3f}          over all {report.n_classes} classes, unlabelled pixels "
          f"counted as misses ({report.matching} matching, {report.n_images} images)"),
@@ -328,7 +344,8 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
     ]
     if report.unmatched_clusters:
-        lines.append(f"clusters matched to no class (their pixels count as errors): {report.unmatched_clusters}")
+        lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
+                     f"{named(report.unmatched_clusters)}")
     if report.missing_pseudo_labels:
         how = "counted as unlabelled" if report.missing_pseudo_labels_counted else "left out"
         lines.append(f"{len(report.missing_pseudo_labels)} ground-truth image(s) have no pseudo-label ({how}; "

@@ -42,6 +42,8 @@ def evaluate_cli(case, *flags):
 
 
 def test_hungarian_counts_every_class_and_every_miss(case, capsys):
+    classes = [{"id": 5, "name": "roofs"}, {"id": 2, "name": "cluster_2"}]  # as `alps relabel` names them
+    (case / "out" / "classes.json").write_text(json.dumps({"classes": classes}))
     report = evaluate_cli(case, "--exclude-unlabelled-images")
     assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}
     assert report["miou"] == pytest.approx(2.5 / 4)  # the class never labelled scores 0, it does not vanish
@@ -52,6 +54,8 @@ def test_hungarian_counts_every_class_and_every_miss(case, capsys):
     assert report["missing_pseudo_labels"] == ["sub__b"] and report["n_images"] == 1
     table = capsys.readouterr().out
     assert "(never labelled)" in table and "mIoU" in table and "matched to no class" in table
+    assert "  [5 roofs]\n" in table and "  [2]\n" in table  # a name the user gave is shown, a default is not
+    assert report["pseudo_label_names"] == {"5": "roofs", "2": "cluster_2"}
 
 
 def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
