@@ -75,6 +75,10 @@ class ConfigMismatchError(AlpsError):
     """Existing outputs were produced with another model or configuration."""
 
 
+class OutputBusyError(AlpsError):
+    """Another process is writing the output folder (see :mod:`alps_client.io.out_lock`)."""
+
+
 class NoInputsError(AlpsError):
     """The dataset path does not exist or holds no image alps can read."""
 

@@ -42,6 +42,7 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
+from alps_client.io.out_lock import out_lock
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.plan import RunPlan, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
@@ -215,14 +216,21 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     or reported missing, never dropped: without ``allow_partial`` a run that missed any ends failed and writes
     no dataset (its finished shards stay for the rerun).
     """
-    logger = get_run_logger()
-    config = config or PipelineConfig()
     started = time.perf_counter()
     try:
         check_workers(concurrency, dask_workers)
-        plan = plan_run(dataset, out, config, overwrite)
-    except AlpsError as err:  # nothing can be done: one line, no traceback
+        plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
+        with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
+            return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
+    except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
         return Failed(message=describe(err), data=err)
+
+
+def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: bool, dask_address: str | None,
+              dask_workers: int | None, allow_partial: bool) -> dict[str, Any] | State:
+    """The flow after its set-up: label every item, cluster, write the dataset (see :func:`alps_flow`)."""
+    logger = get_run_logger()
+    dataset, out, config = plan.dataset, plan.out, plan.config
     if plan.manifest.is_stand_in:
         logger.warning("Model: %s from %s is a STAND-IN (not SAM): labels demonstrate the pipeline only",
                        plan.manifest.model_type, plan.manifest.root)

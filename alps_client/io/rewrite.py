@@ -19,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.io import atomic
-from alps_client.io.dataset import load_dataset
+from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
+from alps_client.io.out_lock import out_lock
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
@@ -45,11 +46,18 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
         The written dataset's summary and its class map.
 
     Raises:
-        AlpsError: If ``out`` holds no dataset or lacks shards; ClassesFileError (one line per problem) if the
-            classes file is invalid. Nothing is written in either case.
+        AlpsError: If ``out`` holds no dataset or lacks shards, or another process is writing it;
+            ClassesFileError (one line per problem) if the classes file is invalid. Nothing is written then.
     """
-    data = load_dataset(out)
-    class_map, record = parse_classes(classes_file, len(data.centroids))
+    with out_lock(out, "alps relabel", create=False):  # held before reading: a run may be replacing the dataset
+        data = load_dataset(out)
+        class_map, record = parse_classes(classes_file, len(data.centroids))
+        return _rewrite(data, class_map, record, vector_format, write_report)
+
+
+def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
+             vector_format: Literal["gpkg", "geojson", "keep"] | None, write_report: bool | None
+             ) -> tuple[DatasetSummary, ClassMap]:
     writer = data.config.writer
     changes: dict[str, object] = {}
     if vector_format != KEEP:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from alps_client.io import atomic
+from alps_client.io.dataset import WrittenDataset, load_dataset
+from alps_client.io.out_lock import out_lock
 from alps_client.io.shards import read_shard
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import assign_clusters
@@ -129,11 +131,14 @@ def build_report(out: str | Path) -> dict[str, int]:
     The new report is written beside the old one and moved into place when complete.
 
     Raises:
-        AlpsError: If ``out`` holds no dataset or its shards are missing (the message says what to run).
+        AlpsError: If ``out`` holds no dataset or its shards are missing (the message says what to run), or
+            another process is writing it.
     """
-    from alps_client.io.dataset import load_dataset
+    with out_lock(out, "alps report", create=False):  # held before reading: a run may be replacing the dataset
+        return _rebuild(load_dataset(out))
 
-    data = load_dataset(out)
+
+def _rebuild(data: WrittenDataset) -> dict[str, int]:
     collector = ReviewCollector(data.centroids, data.config.writer.seed)
     for stem, path in sorted(data.shard_paths.items()):
         shard = read_shard(path)

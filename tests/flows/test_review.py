@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +27,7 @@ from flows.alps_flow import alps_flow
 from flows.cli import main as alps
 from tests.flows.conftest import ALPS, CWD, cli_env
 from tests.review.chromium import ensure_chromium, visit
+from tests.runs import wait_until
 
 PROBE = """({
   sections: [...document.querySelectorAll("section[data-class-id]")].map(s => ({
@@ -308,3 +310,42 @@ def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
             assert alps(command) == 2
             (line,) = capsys.readouterr().err.strip().splitlines()
             assert line.startswith(f"alps: error: {out} {said}"), (command, line)
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from alps_client.io.out_lock import out_lock
+with out_lock(sys.argv[1], "alps run"):
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+"""
+
+
+def test_one_writer_per_out_and_a_killed_holder_leaves_no_lock(labelled, fake_repo, tmp_path, capsys):
+    """Another process writing OUT (a run on a shared Prefect API, say) holds OUT/.alps/lock: a relabel, a
+    report and a run into OUT are refused with one line and write nothing; once the holder is killed (-9) the
+    kernel has released the lock and the same commands work."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
+        shutil.copytree(fake_repo, labelled.repo)
+    before = tree_hashes(out)
+    shards_before = sorted(p.name for p in (out / ".alps" / "shards").iterdir())
+    holding = tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(holding)], cwd=CWD)
+    try:
+        wait_until(holding.exists, "the other process holding the lock", proc=holder)
+        busy = f"alps: error: {out} is being written by alps run (pid {holder.pid}); wait for it to finish"
+        for command in (["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")], ["report", str(out)],
+                        ["run", str(labelled.data / "images"), "--out", str(out), "--model-repository",
+                         str(labelled.repo), "--points-per-side", "8", "--n-clusters", "4", "--no-progress"]):
+            assert alps(command) == 2, command
+            assert capsys.readouterr().err.strip().splitlines()[-1].startswith(busy), command
+        assert tree_hashes(out) == before
+        assert sorted(p.name for p in (out / ".alps" / "shards").iterdir()) == shards_before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    assert json.loads((out / "manifest.json").read_text())["classes"]["names"] == ["merged", "named"]

@@ -1,0 +1,60 @@
+"""One writer per output folder: ``alps run``, ``alps relabel`` and ``alps report`` hold ``OUT/.alps/lock``.
+
+Two processes writing one ``OUT`` at once (a second ``alps run`` into the same folder, a relabel while a run
+writes its dataset, two flow runs started from the Prefect UI) would stage their datasets in the same folder and
+swap in each other's half-written files. The lock is an exclusive ``flock`` on ``OUT/.alps/lock``: the kernel
+releases it when the holder ends, however it ends (``kill -9`` too), so a lock is never left behind. The file
+names its holder, for the message of the process that finds it taken. A run that starts its own Prefect API
+server is also refused earlier by that server's record (:mod:`flows.prefect_api`); this lock covers runs on a
+shared API (``PREFECT_API_URL``, deployments) and the review commands.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alps_client.errors import OutputBusyError
+from alps_client.io.discovery import WORK_DIR
+
+LOCK_NAME = "lock"
+
+
+@contextmanager
+def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
+    """Hold the write lock of ``out`` for the block.
+
+    Args:
+        out: the output dataset folder.
+        what: what the holder is doing, for others' messages (e.g. ``"alps run"``).
+        create: create ``OUT/.alps`` if missing; if False and it is missing, there is nothing to lock (no alps
+            output there: the block's own checks say so) and the block runs without the lock.
+
+    Raises:
+        OutputBusyError: If another process holds it (nothing is written).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (alps runs on Linux; see the README)
+        yield
+        return
+    path = Path(out) / WORK_DIR / LOCK_NAME
+    if not create and not path.parent.is_dir():
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another alps process"
+            raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish, or use another "
+                                  "--out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
