@@ -180,8 +180,9 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
 
     A file's stem is the one ``alps run`` gives an image at the same place in the dataset (sub-folders joined by
     ``__``, a top-level ``train``/``val``/``test`` folder left out): a ground-truth tree that mirrors the image
-    tree matches, however deep (a NIfTI volume's slices are ``<volume>__z<index>``). A file whose mirrored stem is no pseudo-label's falls back to its file stem (a flat
-    ground-truth folder, or one nested differently from flat images).
+    tree matches, however deep. A file whose mirrored stem is no pseudo-label's falls back to its file stem (a
+    flat ground-truth folder, or one nested differently from flat images). A tiled scene's or a volume's ground
+    truth has the scene's or the volume's stem (its parts are ``<stem>__x<x0>_y<y0>``, ``<stem>__z<index>``).
 
     Args:
         gt_root: the ground-truth folder (PNG or TIFF label maps, NIfTI label volumes; at any depth).
@@ -244,7 +245,8 @@ def _assembled(out: Path, parts: list[Path], gt: npt.NDArray[np.uint8], gt_path:
         volume = np.full(gt.shape, IGNORE, np.uint8)
         plane = gt.shape[:axis] + gt.shape[axis + 1:]
         for path, match in zip(parts, matches, strict=True):
-            label, index = _read_label(path), int(match["z"]) if match and match["z"] else -1
+            label = _read_label(path)
+            index = int(match["z"]) if match and match["z"] else -1  # -1: a tile's label map, not a slice
             if not 0 <= index < gt.shape[axis] or label.shape != plane:
                 raise AlpsError(f"{gt_path}: volume {gt.shape} has no slice {index} of {label.shape} along axis "
                                 f"{axis} for the pseudo-label {path}")
@@ -292,7 +294,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
     if not matched:
-        raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in {out / 'ann_dir'}")
+        raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
+                        f"{out / 'ann_dir'}")
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
         gt = _read_ground_truth(gts[stem])

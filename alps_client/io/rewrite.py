@@ -10,6 +10,7 @@ the job. The same classes file gives byte-identical outputs, however often it is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from alps_client.labels.classes import ClassMap
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
 
 KEEP = "keep"
-# OUT/.alps/relabelled/<classes file sha256[:12]>/: relabels a rerun could not carry over, with their centroids.
+# OUT/.alps/relabelled/<centroids sha256[:12]>/: relabels a rerun could not carry over, with their centroids.
 SET_ASIDE = "relabelled"
 
 
@@ -79,9 +80,9 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
     A rerun that finds the same clusters (same shards and clustering settings, or the same ``--centroids``) keeps
     the names, merges and drops the user gave them. When the clusters changed (new images, another ``--n-clusters``)
     the old mapping would name the wrong things: it is not applied, and ``warn`` says so in one line. The
-    centroids it was made for are set aside with it (``OUT/.alps/relabelled/<sha>/``), so that the user's work is
-    not lost: a later run with ``--centroids`` of that folder labels every image with those clusters and gets the
-    classes back.
+    centroids it was made for are set aside with it (``OUT/.alps/relabelled/<their sha256>/``), so that the
+    user's work is not lost: a later run with ``--centroids`` of that folder labels every image with those
+    clusters and gets the classes back.
 
     Args:
         out: the dataset folder, as the previous run or relabel left it.
@@ -112,7 +113,7 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
     if not record or previous is None:
         return None
     sha = str(record.get("classes_file_sha256", "unknown"))
-    folder = out / WORK_DIR / SET_ASIDE / sha[:12]
+    folder = out / WORK_DIR / SET_ASIDE / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
     atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
     atomic.write_json(folder / "relabel.json", record)
     warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
