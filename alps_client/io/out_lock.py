@@ -4,13 +4,16 @@ Two processes writing one ``OUT`` at once (a second ``alps run`` into the same f
 writes its dataset, two flow runs started from the Prefect UI) would stage their datasets in the same folder and
 swap in each other's half-written files. The lock is an exclusive ``flock`` on ``OUT/.alps/lock``: the kernel
 releases it when the holder ends, however it ends (``kill -9`` too), so a lock is never left behind. The file
-names its holder, for the message of the process that finds it taken. A run that starts its own Prefect API
+names its holder, for the message of the process that finds it taken. Linux emulates ``flock`` on NFS with
+byte-range locks, so it holds across the machines of a shared ``OUT``; a file system that refuses locks
+altogether gets a warning and no lock. A run that starts its own Prefect API
 server is also refused earlier by that server's record (:mod:`flows.prefect_api`); this lock covers runs on a
 shared API (``PREFECT_API_URL``, deployments) and the review commands.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +23,8 @@ from alps_client.errors import OutputBusyError
 from alps_client.io.discovery import WORK_DIR
 
 LOCK_NAME = "lock"
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -53,6 +58,11 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another alps process"
             raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish, or use another "
                                   "--out") from None
+        except OSError as err:  # a file system without locks (some network mounts: ENOLCK): go on unguarded
+            logger.warning("%s cannot be locked (%s): make sure no other alps process writes to %s meanwhile",
+                           path, err.strerror or err, out)
+            yield
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
         yield
