@@ -71,6 +71,15 @@ class InputImageError(AlpsError):
         self.reason = reason
 
 
+class InputReadError(AlpsError):
+    """The file system failed while an input was read: retried, then reported missing, never a rejected input.
+
+    A failing disk or a network mount that went away is no fault of the file.
+    """
+
+    transient = True
+
+
 class ConfigMismatchError(AlpsError):
     """Existing outputs were produced with another model or configuration."""
 

@@ -13,6 +13,7 @@ Rules (also in docs/inputs.md):
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import threading
@@ -28,7 +29,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
-from alps_client.errors import InputImageError
+from alps_client.errors import InputImageError, InputReadError
 from alps_client.io.items import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, InputItem, extension_of
 
 # Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
@@ -68,11 +69,28 @@ def _fail(path: str | Path, reason: str) -> InputImageError:
     return InputImageError(str(path), reason)
 
 
+# What the file system answers about the file itself (gone, not allowed, not a file): a bad input. Any other
+# error with an errno (EIO, ESTALE, ETIMEDOUT...) is the disk or the mount failing, not the file.
+_FILE_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
+                          errno.ENAMETOOLONG, errno.ENXIO})
+
+
+def _read_failure(path: str | Path, err: BaseException) -> InputReadError | None:
+    """The machinery failure ``err`` is, when reading ``path`` failed in the file system rather than the file.
+
+    PIL reports bad image data as ``OSError`` too, but without an ``errno``: that stays a bad input.
+    """
+    if isinstance(err, OSError) and err.errno is not None and err.errno not in _FILE_ERRNOS:
+        return InputReadError(f"reading {path} failed ({err.strerror or err}): the disk or the network mount "
+                              "failed, not the file")
+    return None
+
+
 def _check_file(path: Path) -> None:
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise _fail(path, f"unreadable ({err.strerror})") from err
+        raise _read_failure(path, err) or _fail(path, f"unreadable ({err.strerror})") from err
     if size == 0:
         raise _fail(path, "zero-byte file")
     if not os.access(path, os.R_OK):
@@ -143,7 +161,7 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
-        raise _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
+        raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
@@ -210,7 +228,7 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
+        raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
     rgb, extra = _to_rgb(data, valid, config)
     plain = extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
     extra["mode"] = mode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from alps_client.backends.fake import write_fake_repository
 from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, PipelineConfig, WriterConfig
-from alps_client.errors import ConfigMismatchError, IncompleteRunError
+from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunError
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
 from tests.runs import labels
@@ -265,3 +266,40 @@ def test_a_run_whose_backend_is_down_stops_starting_images_and_resumes(fake_repo
     assert not (out / "manifest.json").exists()
     result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert result["n_labelled"] == 6 and result["complete"]
+
+
+def test_a_disk_that_fails_while_reading_is_retried_and_never_makes_a_bad_input(fake_repo, scenes, tmp_path,
+                                                                               monkeypatch):
+    """EIO (a failing disk or network mount; it cannot be produced here, so PIL's open raises it) is the
+    machinery's failure: while labelling, retried, then missing if it lasts; while finding the images, one line
+    and nothing started. A truncated file (PIL's OSError without an errno) stays a rejected input."""
+    import errno
+
+    from alps_client.io import readers
+
+    real_open, opened, fail = readers.Image.open, {"n": 0}, {"from": 1, "to": 3}  # open 0 reads the header
+
+    def failing_open(path, *args, **kwargs):
+        if Path(path).name == "scene_0003.png":
+            opened["n"] += 1
+            if fail["from"] < opened["n"] <= fail["to"]:
+                raise OSError(errno.EIO, "Input/output error")
+        return real_open(path, *args, **kwargs)
+
+    images = tmp_path / "images"
+    shutil.copytree(scenes / "images", images)
+    (images / "truncated.png").write_bytes((images / "scene_0000.png").read_bytes()[:300])
+    monkeypatch.setattr(readers.Image, "open", failing_open)
+    result = alps_flow(str(images), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False)
+    assert opened["n"] > 3 and result["n_labelled"] == 6 and result["missing"] == []  # two failures, retried
+    assert sorted(Path(e["path"]).name for e in result["errors"]) == ["broken.png", "truncated.png"]
+    opened["n"], fail["to"] = 0, 10**6  # the disk stays broken: missing (exit 3, resumable), not rejected
+    with pytest.raises(IncompleteRunError, match=r"1 of 7 image\(s\) not labelled: reading .*scene_0003.png failed "
+                                                 r"\(Input/output error\): the disk or the network mount failed"):
+        alps_flow(str(images), str(tmp_path / "out2"), small_config(fake_repo), progress_bar=False)
+    last = json.loads((tmp_path / "out2" / ".alps" / "last_run.json").read_text())
+    assert [m["stem"] for m in last["missing"]] == ["scene_0003"] and "scene_0003" not in json.dumps(last["errors"])
+    opened["n"], fail["from"] = 0, 0  # broken from the start: the run cannot know the image, and starts nothing
+    with pytest.raises(AlpsError, match=r"reading .*scene_0003.png failed \(Input/output error\)"):
+        alps_flow(str(images), str(tmp_path / "out3"), small_config(fake_repo), progress_bar=False)
+    assert not (tmp_path / "out3" / ".alps" / "shards").exists()
