@@ -315,7 +315,8 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     try:
         data = np.asarray(nibabel.load(path).get_fdata(dtype=np.float32))
     except Exception as err:  # nibabel raises many types for corrupt files
-        raise _fail(path, f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from err
+        reason = f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})"
+        raise _read_failure(path, err) or _fail(path, reason) from err
     if data.ndim == 4:
         data = data[..., 0]
     if data.ndim != 3:
