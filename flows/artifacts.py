@@ -42,8 +42,8 @@ class Progress:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * self.done / self.total)
 
     def close(self) -> None:
-        """Finish the bar and the artifact."""
-        update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
+        """Finish the bar and the artifact (short of 100 % when the run stopped starting images)."""
+        update_progress_artifact(artifact_id=self.artifact_id, progress=min(100.0, 100.0 * self.done / self.total))
         self.bar.close()
 
 
