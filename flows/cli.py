@@ -318,12 +318,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images)
     except AlpsError as err:
         return _fail(describe(err))
-    print(format_table(report))
     json_path = Path(args.json or Path(args.out) / "evaluation.json")
-    try:
+    try:  # written before anything is printed: a reader that leaves early (`| head`) does not lose it
         write_report(report, json_path)
+        unwritable = None
     except OSError as err:
-        return _fail(f"--json {json_path}: cannot write the report ({err.strerror or err}); the figures are above")
+        unwritable = err
+    print(format_table(report))
+    if unwritable is not None:
+        return _fail(f"--json {json_path}: cannot write the report ({unwritable.strerror or unwritable}); the "
+                     "figures are above")
     print(f"Written to {json_path}")
     return EXIT_OK
 
@@ -387,10 +391,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool stopped by a closed pipe returns
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``alps``)."""
     args = make_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `alps evaluate ... | head`: the reader left; its output is not worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -156,3 +156,17 @@ def test_a_volume_is_scored_whole_against_its_nifti_label_volume(tmp_path):
     nibabel.save(nibabel.Nifti1Image(gt.astype(np.float32) + 0.5, np.eye(4)), str(tmp_path / "gt" / "ct.nii.gz"))
     with pytest.raises(AlpsError, match=r"ct.nii.gz: a label volume must be 3D class ids in 0..255"):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(case):
+    """`alps evaluate OUT GT | head -1`: the pipe closes before the table is out; exit 141, as a shell tool."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "evaluate", str(case / "out"), str(case / "gt"),
+                             "--json", str(case / "e.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child has written anything: its first flush meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
+    assert json.loads((case / "e.json").read_text())["n_classes"] == 4  # the report was written all the same
