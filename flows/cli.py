@@ -15,6 +15,8 @@ Exit status (also in docs/flow.md):
 - 1: an internal error (a bug); the line names it, the traceback is in the log above.
 - 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit). The
   run stops at once and the finished images are kept.
+- 141: the reader of the output left early (``alps evaluate ... | head``): what the command writes to files is
+  written; the rest of its console output is dropped.
 """
 
 from __future__ import annotations
