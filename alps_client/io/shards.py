@@ -137,15 +137,21 @@ def shard_status(path: str | Path, fingerprint: str, source_signature: dict[str,
     configuration, but the input file changed since (or the shard does not say which file it was made from). An
     unreadable shard (e.g. from a disk-full crash) counts as missing, so it is recomputed.
     """
+    return read_shard_status(path, fingerprint, source_signature)[0]
+
+
+def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None
+                      ) -> tuple[ShardStatus, dict[str, Any] | None]:
+    """:func:`shard_status` and the metadata it read (None for a missing shard), so that a caller reads it once."""
     path = Path(path)
     if not path.is_file():
-        return "missing"
+        return "missing", None
     try:
         meta = read_shard_meta(path)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-        return "missing"
+        return "missing", None
     if meta.get("fingerprint") != fingerprint:
-        return "stale"
+        return "stale", meta
     if source_signature is not None and meta.get("extra", {}).get("source_signature") != source_signature:
-        return "changed"
-    return "current"
+        return "changed", meta
+    return "current", meta

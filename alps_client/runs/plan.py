@@ -6,14 +6,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alps_client.backends.manifest import ModelManifest, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
 from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem, source_signature
-from alps_client.io.shards import ShardStatus, shard_fingerprint, shard_path, shard_status
+from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
 
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
 
@@ -127,17 +127,29 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     return lines
 
 
-def item_status(out: str | Path, item: InputItem, fingerprint: str) -> tuple[ShardStatus, dict[str, Any]]:
-    """The status of ``item``'s shard in ``out`` and the signature of its input file now.
+class ItemState(NamedTuple):
+    """Where an item stands in ``OUT``: see :func:`item_status`."""
+
+    status: ShardStatus
+    signature: dict[str, Any]
+    shard: Path
+    meta: dict[str, Any] | None
+
+
+def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState:
+    """The status of ``item``'s shard in ``out``, the signature of its input file now, the shard's path and metadata.
 
     See :func:`~alps_client.io.shards.shard_status`; the signature is ``{}`` when the file cannot be looked at
-    (reading it will say why), so a shard made from it is never taken as current.
+    (reading it will say why), so a shard made from it is never taken as current. The metadata is None when there
+    is no readable shard.
     """
     try:
         signature = source_signature(item.source)
     except OSError:
         signature = {}
-    return shard_status(shard_path(shard_dir(out), item.stem), fingerprint, signature), signature
+    shard = shard_path(shard_dir(out), item.stem)
+    status, meta = read_shard_status(shard, fingerprint, signature)
+    return ItemState(status, signature, shard, meta)
 
 
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str,
@@ -152,7 +164,7 @@ def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: 
     """
     done = changed = stale = 0
     for item in items:
-        status, _ = item_status(out, item, fingerprint)
+        status = item_status(out, item, fingerprint).status
         done += status == "current"
         changed += status == "changed"
         stale += status == "stale"

@@ -14,8 +14,7 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import InputImageError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
-from alps_client.io.shards import read_shard_meta, shard_path
-from alps_client.runs.plan import item_status, shard_dir, work_dir
+from alps_client.runs.plan import item_status, work_dir
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
 
@@ -75,10 +74,8 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     from alps_client.io.readers import load_item
     from alps_client.pipeline import label_image
 
-    shard = shard_path(shard_dir(job.out), item.stem)
-    status, signature = item_status(job.out, item, job.fingerprint)  # the signature before the file is read
-    if status == "current":
-        meta = read_shard_meta(shard)
+    status, signature, shard, meta = item_status(job.out, item, job.fingerprint)  # signature before the file is read
+    if status == "current" and meta is not None:
         plain_copy = meta["extra"].get("image_file") == meta["source"]
         return ImageOutcome("skipped", item.stem, item.source, str(shard), _image_file(item, job, plain_copy),
                             n_masks=meta["n_masks"], n_kept=meta["n_kept"], n_gated=meta["n_masks"] - meta["n_kept"])
