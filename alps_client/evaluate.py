@@ -35,11 +35,12 @@ from PIL import Image
 
 from alps_client.errors import AlpsError
 from alps_client.io import atomic
+from alps_client.io.items import TIFF_EXTENSIONS, VOLUME_EXTENSIONS, extension_of
 from alps_client.labels.painting import IGNORE
 
 Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # label values 0..255; 255 = no label / ignore
-GT_EXTENSIONS = (".png", ".tif", ".tiff")
+GT_EXTENSIONS = (".png", *TIFF_EXTENSIONS, *VOLUME_EXTENSIONS)
 # Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
 _PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
@@ -131,13 +132,9 @@ def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], matching: str =
     )
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
-
-
 def _read_ground_truth(path: Path) -> npt.NDArray[np.uint8]:
     """A ground-truth label map ``(H, W) uint8``, or a NIfTI label volume ``(X, Y, Z) uint8``."""
-    if not _is_nifti(path):
+    if extension_of(path.name) not in VOLUME_EXTENSIONS:
         return _read_label(path)
     from alps_client._imports import lazy_import
 
@@ -158,7 +155,7 @@ def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     from alps_client._imports import lazy_import
 
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if extension_of(path.name) in TIFF_EXTENSIONS:
             with lazy_import("rasterio").open(path) as src:
                 arr = src.read() if src.count > 1 else src.read(1)
         else:
@@ -195,8 +192,7 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
 
     found: dict[str, list[Path]] = {}
     for path in sorted(gt_root.rglob("*")):
-        if not (path.suffix.lower() in GT_EXTENSIONS or _is_nifti(path)) or path.name.startswith(".") \
-                or not path.is_file():
+        if extension_of(path.name) not in GT_EXTENSIONS or path.name.startswith(".") or not path.is_file():
             continue
         _, mirrored = split_and_stem(path.relative_to(gt_root))
         _, bare = split_and_stem(Path(path.name))

@@ -44,6 +44,7 @@ from alps_client.config import (
 from flows.review_cli import add_relabel_parser, add_report_parser, add_vector_argument
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool stopped by a closed pipe returns
 
 
 class Terminated(BaseException):
@@ -391,9 +392,6 @@ def make_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_relabel_parser(sub)
     return parser
-
-
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool stopped by a closed pipe returns
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
-from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem, extension_of
+from alps_client.io.items import (
+    IMAGE_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    VOLUME_EXTENSIONS,
+    InputError,
+    InputItem,
+    extension_of,
+)
 from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
 from alps_client.io.splits import split_folder
 
@@ -109,7 +116,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
         except InputImageError as err:
             errors.append(InputError(source, err.reason))
             continue
-        if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in (".tif", ".tiff"):
+        if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in TIFF_EXTENSIONS:
             errors.append(InputError(source, f"image is {width}x{height}, too large to decode whole; convert it to a "
                                              "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile"))
             continue

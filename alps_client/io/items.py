@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
+TIFF_EXTENSIONS = (".tif", ".tiff")  # read through rasterio (GDAL), not PIL
 PLAIN_COPY_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 

@@ -30,7 +30,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError, InputReadError
-from alps_client.io.items import PLAIN_COPY_EXTENSIONS, VOLUME_EXTENSIONS, InputItem, extension_of
+from alps_client.io.items import (
+    PLAIN_COPY_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    VOLUME_EXTENSIONS,
+    InputItem,
+    extension_of,
+)
 
 # Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
 MAX_UNTILED_PIXELS = 64_000_000
@@ -98,7 +104,7 @@ def _check_file(path: Path) -> None:
 
 
 def _is_tiff(path: Path) -> bool:
-    return extension_of(path.name) in (".tif", ".tiff")
+    return extension_of(path.name) in TIFF_EXTENSIONS
 
 
 _HEADER_ONLY = -1  # _open_image(limit=...): no pixel limit, the file's header is all that is read

@@ -12,7 +12,15 @@ from alps_client.backends.manifest import ModelManifest, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
-from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS, InputError, InputItem, source_signature
+from alps_client.io.items import (
+    IMAGE_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    VOLUME_EXTENSIONS,
+    InputError,
+    InputItem,
+    extension_of,
+    source_signature,
+)
 from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
 
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
@@ -116,7 +124,7 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     """
     inputs, lines = config.inputs, []
     kinds = {item.kind for item in items}
-    if inputs.bands is not None and not any(item.source.lower().endswith((".tif", ".tiff")) for item in items):
+    if inputs.bands is not None and not any(extension_of(item.source) in TIFF_EXTENSIONS for item in items):
         lines.append(f"--bands {','.join(map(str, inputs.bands))}: no TIFF among the inputs; it applies to "
                      "multiband TIFF rasters only")
     if inputs.tile is not None and "tile" not in kinds:
