@@ -217,24 +217,26 @@ def _parts_by_whole(stems: list[str]) -> dict[str, list[str]]:
     return wholes
 
 
-def _input_settings(out: Path, gt_path: Path) -> dict[str, Any]:
+def _input_settings(out: Path) -> dict[str, Any]:
     """The dataset's input configuration (``--tile``, ``--overlap``, ``--slice-axis``) from its manifest."""
     try:
         return dict(json.loads((out / "manifest.json").read_text()).get("config", {}).get("inputs", {}))
     except (OSError, ValueError) as err:
-        raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): it says how the label maps of "
-                        f"{gt_path.name} were cut") from None
+        raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): it says how the label maps of tiled "
+                        "scenes and volumes were cut") from None
 
 
-def _assembled(out: Path, parts: list[Path], gt: npt.NDArray[np.uint8], gt_path: Path) -> npt.NDArray[np.uint8]:
+def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDArray[np.uint8],
+               gt_path: Path) -> npt.NDArray[np.uint8]:
     """The whole label map (a scene as ``--stitch`` assembles it, or a volume) from its parts' label maps.
+
+    ``inputs`` is the dataset's input configuration (:func:`_input_settings`).
 
     Raises:
         AlpsError: If the parts do not make a whole of the ground truth's size.
     """
     from alps_client.io.tiling import stitch_scene
 
-    inputs = _input_settings(out, gt_path)
     matches = [_PART_STEM.match(path.stem) for path in parts]
     if gt.ndim == 3:  # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty)
         axis = int(inputs.get("slice_axis", 2))
@@ -292,11 +294,12 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     if not matched:
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
                         f"{out / 'ann_dir'}")
+    inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
         gt = _read_ground_truth(gts[stem])
         found = preds[stem]
-        pred = _read_label(found) if isinstance(found, Path) else _assembled(out, found, gt, gts[stem])
+        pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
         if pred.shape != gt.shape:
             raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
         conf += confusion(pred, gt)

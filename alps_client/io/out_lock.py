@@ -6,9 +6,9 @@ swap in each other's half-written files. The lock is an exclusive ``flock`` on `
 releases it when the holder ends, however it ends (``kill -9`` too), so a lock is never left behind. The file
 names its holder, for the message of the process that finds it taken. Linux emulates ``flock`` on NFS with
 byte-range locks, so it holds across the machines of a shared ``OUT``; a file system that refuses locks
-altogether gets a warning and no lock. A run that starts its own Prefect API
-server is also refused earlier by that server's record (:mod:`flows.prefect_api`); this lock covers runs on a
-shared API (``PREFECT_API_URL``, deployments) and the review commands.
+altogether gets a warning and no lock. A run that starts its own Prefect API server is also refused earlier by
+that server's record (:mod:`flows.prefect_api`); this lock covers runs on a shared API (``PREFECT_API_URL``,
+deployments) and the review commands.
 """
 
 from __future__ import annotations
