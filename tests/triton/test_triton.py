@@ -17,7 +17,7 @@ from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
 from tests.runs import SMALL, cli_env, start_alps, wait_until
 from tests.shapes import make_shapes_image
-from tests.triton.server import start_triton
+from tests.triton.server import SHM_DIR, start_triton
 
 AMG = AmgConfig(points_per_side=12)
 
@@ -181,8 +181,10 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     restarted = None
     try:
         wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
+        regions = list(SHM_DIR.glob(f"{server.shm_prefix}*"))
         server.stop(signal.SIGKILL)
         done_at_kill = len(list(shards.glob("*.npz")))
+        assert regions and not any(r.exists() for r in regions)  # a killed server's shared memory is not left in RAM
         restarted = start_triton(stand_in_repo, tmp_path / "t2", grpc_port=server.grpc_port, http_port=server.http_port)
         assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
