@@ -37,7 +37,7 @@ from alps_client.backends.feeds import (
     mask_outputs,
 )
 from alps_client.backends.manifest import SHA256_PARAMETER, ModelManifest, ModelSpec, load_manifest
-from alps_client.backends.triton_shm import ShmRegion, ShmRegions
+from alps_client.backends.triton_shm import ShmRegion, ShmRegions, sweep_stale_regions
 from alps_client.backends.triton_status import classify, reason, server_errors
 from alps_client.config import BackendConfig
 from alps_client.errors import (
@@ -180,6 +180,8 @@ class TritonBackend:
                 self._check_signature(spec, client.get_model_metadata(spec.name))
                 configs[url, spec.name] = _model_config(client, spec.name)
                 self._check_export(url, spec, configs[url, spec.name])
+        if self._shm is not None:  # one server (checked in BackendConfig)
+            sweep_stale_regions(self._client(reachable[0]))
         config = configs[reachable[0], self.manifest.decoder.name]
         groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
         kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]

@@ -1,10 +1,23 @@
-"""Triton system shared memory: one set of regions per client thread, re-registered after a restart, released."""
+"""Triton system shared memory: one set of regions per client thread, re-registered after a restart, released.
+
+A client that is killed (``kill -9``, the out-of-memory killer, a Dask worker lost mid-image) cannot release its
+regions: their files stay in ``/dev/shm`` and the server keeps them registered, both holding RAM until the machine
+or the server restarts. Region names therefore carry the host and the process id of their owner, and a backend
+starting with shared memory removes the regions of this host's alps processes that are no longer running
+(:func:`sweep_stale_regions`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
+import socket
 import threading
 import uuid
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from alps_client._imports import lazy_import
@@ -12,12 +25,66 @@ from alps_client.backends.triton_status import reason, server_errors
 
 logger = logging.getLogger(__name__)
 
+SHM_DIR = Path("/dev/shm")
+# The host (a container's own hostname) is part of the name: process ids are only meaningful within one host's
+# process namespace, while /dev/shm may be shared with another container (docker compose's `ipc: service:triton`).
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_OWNED = re.compile(rf"alps_{_HOST}_(\d+)_[0-9a-f]{{12}}")
+
+
+def region_name(pid: int | None = None) -> str:
+    """A new region name owned by process ``pid`` (this process by default) of this host."""
+    return f"alps_{_HOST}_{os.getpid() if pid is None else pid}_{uuid.uuid4().hex[:12]}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_region_names(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that this host's alps processes made and that are no longer running."""
+    return [n for n in names if (m := _OWNED.fullmatch(n)) and not _running(int(m[1]))]
+
+
+def sweep_stale_regions(client: Any) -> int:
+    """Remove the regions of this host's dead alps processes; return how many were found.
+
+    Both sides are freed: the ``/dev/shm`` files and the registrations with ``client``'s server.
+    """
+    files = stale_region_names(p.name for p in SHM_DIR.glob(f"alps_{_HOST}_*")) if SHM_DIR.is_dir() else []
+    for name in files:
+        (SHM_DIR / name).unlink(missing_ok=True)
+    try:
+        registered = stale_region_names(_registered_names(client))
+        for name in registered:
+            client.unregister_system_shared_memory(name)
+    except server_errors() as err:  # best effort: the run itself does not need it
+        logger.debug("stale shared-memory registrations not checked (%s)", reason(err))
+        registered = []
+    found = len(set(files) | set(registered))
+    if found:
+        logger.info("removed %d shared-memory region(s) left by alps processes that were killed", found)
+    return found
+
+
+def _registered_names(client: Any) -> set[str]:
+    """Names of the system shared-memory regions registered with ``client``'s server."""
+    if client.__class__.__module__.startswith("tritonclient.grpc"):
+        return set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+    return {r["name"] for r in client.get_system_shared_memory_status()}  # HTTP: JSON already, a list
+
 
 class ShmRegion:
     """One system shared-memory region, registered with the server."""
 
     def __init__(self, client: Any, shm: Any, nbytes: int) -> None:
-        self.name = f"alps_{uuid.uuid4().hex[:12]}"
+        self.name = region_name()
         self.key = f"/{self.name}"
         self.nbytes = nbytes
         self.handle = shm.create_shared_memory_region(self.name, self.key, nbytes)
@@ -65,12 +132,7 @@ class ShmRegions:
     def forgotten_by(self, client: Any) -> bool:
         """Whether ``client``'s server lacks any of our regions (it restarted since they were registered)."""
         ours = {r.name for r in self._all()}
-        if not ours:
-            return False
-        status = client.get_system_shared_memory_status(as_json=True)
-        regions = status.get("regions", {}) if isinstance(status, dict) else status  # gRPC: dict, HTTP: list
-        names = set(regions) if isinstance(regions, dict) else {r["name"] for r in regions}
-        return not ours <= names
+        return bool(ours) and not ours <= _registered_names(client)
 
     def register_all(self, client: Any) -> None:
         """Register every region again with a server that forgot them."""

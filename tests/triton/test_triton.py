@@ -6,15 +6,20 @@ import json
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from alps_client.amg.generator import MaskGenerator
 from alps_client.backends.triton import TritonBackend
+from alps_client.backends.triton_shm import SHM_DIR as CLIENT_SHM_DIR
+from alps_client.backends.triton_shm import region_name
 from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
+from tests.conftest import REPO_ROOT
 from tests.runs import SMALL, cli_env, start_alps, wait_until
 from tests.shapes import make_shapes_image
 from tests.triton.server import SHM_DIR, start_triton
@@ -213,3 +218,70 @@ def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path):
     finally:
         backend.close()
         server.stop()
+
+
+KILLED_CLIENT = """
+import sys, time
+from alps_client.backends.triton import TritonBackend
+from alps_client.config import BackendConfig
+from tests.shapes import make_shapes_image
+backend = TritonBackend(BackendConfig(kind="triton", model_repository=sys.argv[1], triton_urls=(sys.argv[2],),
+                                      shared_memory=True))
+backend.encode([make_shapes_image(0)])
+print("encoded", flush=True)
+time.sleep(600)
+"""
+
+
+def test_shared_memory_of_a_killed_client_is_freed_by_the_next_one(triton_server, stand_in_repo):
+    """A client killed with SIGKILL leaves its regions in /dev/shm and registered on the server (RAM on both
+    sides); the next backend with shared memory removes them, and nothing of a process still running."""
+    import tritonclient.grpc as grpcclient
+
+    server = grpcclient.InferenceServerClient(triton_server.grpc_url)
+
+    def registered() -> set[str]:
+        return set(server.get_system_shared_memory_status(as_json=True).get("regions", {}))
+
+    client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(stand_in_repo), triton_server.grpc_url],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "encoded"
+    finally:
+        client.kill()
+        client.wait()
+    owner = region_name(client.pid).rsplit("_", 1)[0] + "_"
+    left = {p.name for p in CLIENT_SHM_DIR.glob(f"{owner}*")}
+    assert left and left <= registered()  # what the kill left: files and registrations
+    running = CLIENT_SHM_DIR / region_name()  # owned by this process, which runs
+    running.write_bytes(b"\0")
+    backend = triton_backend(stand_in_repo, triton_server.grpc_url, shared_memory=True)
+    try:
+        backend.encode([make_shapes_image(1)])
+        assert not list(CLIENT_SHM_DIR.glob(f"{owner}*")) and not left & registered()
+        assert running.exists()
+    finally:
+        backend.close()
+        running.unlink()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_shared_memory_forgotten_by_the_server_is_registered_again(triton_server, stand_in_repo, protocol):
+    """What a restarted server does to our regions (forgets them), done by hand: the next image goes through."""
+    import tritonclient.grpc as grpcclient
+
+    from alps_client.runs.retry import is_transient
+
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    backend = triton_backend(stand_in_repo, url, protocol=protocol, shared_memory=True)
+    try:
+        expected = backend.encode([make_shapes_image(2)])[0].features
+        grpcclient.InferenceServerClient(triton_server.grpc_url).unregister_system_shared_memory()  # all of them
+        try:
+            again = backend.encode([make_shapes_image(2)])[0].features
+        except BackendUnavailableError as err:  # transient: the run retries the image
+            assert is_transient(err)
+            again = backend.encode([make_shapes_image(2)])[0].features
+        np.testing.assert_array_equal(again, expected)
+    finally:
+        backend.close()
