@@ -1,8 +1,9 @@
 """Triton system shared memory: one set of regions per client thread, re-registered after a restart, released.
 
 A client that is killed (``kill -9``, the out-of-memory killer, a Dask worker lost mid-image) cannot release its
-regions: their files stay in ``/dev/shm`` and the server keeps them registered, both holding RAM until the machine
-or the server restarts. Region names therefore carry the host and the process id of their owner, and a backend
+regions: the server keeps them registered and mapped, holding their RAM until it restarts, and when the client's
+process group went with it (a container, a job) their files stay in ``/dev/shm`` too (otherwise Python's resource
+tracker, which ``tritonclient`` registers them with, unlinks the files: never the registrations). Region names therefore carry the host and the process id of their owner, and a backend
 starting with shared memory removes the regions of this host's alps processes that are no longer running
 (:func:`sweep_stale_regions`).
 """

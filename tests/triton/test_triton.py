@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -243,12 +244,14 @@ def test_shared_memory_of_a_killed_client_is_freed_by_the_next_one(triton_server
     def registered() -> set[str]:
         return set(server.get_system_shared_memory_status(as_json=True).get("regions", {}))
 
+    # Killed with its process group: Python's resource tracker (a helper process that unlinks a dead client's
+    # files, never its registrations) goes too, as when a container or a whole job is killed.
     client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(stand_in_repo), triton_server.grpc_url],
-                              cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert client.stdout.readline().strip() == "encoded"
     finally:
-        client.kill()
+        os.killpg(client.pid, signal.SIGKILL)
         client.wait()
     owner = region_name(client.pid).rsplit("_", 1)[0] + "_"
     left = {p.name for p in CLIENT_SHM_DIR.glob(f"{owner}*")}
