@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -198,9 +199,15 @@ def repository_manifest(
 
 @contextmanager
 def staged_repository(out: Path) -> Iterator[tuple[Path, Path]]:
-    """``(encoder.onnx, decoder.onnx)`` paths in a staging folder under ``out``; on success the two model folders
-    replace those in ``out`` (a failed export leaves ``out`` as it was), and the staging folder always goes."""
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    """``(encoder.onnx, decoder.onnx)`` paths in a staging folder under ``out``, swapped in on success.
+
+    On success the two model folders replace those in ``out`` (a failed export leaves ``out`` as it was), and the
+    staging folder always goes. The folder is named after the exporting process, and the folders of exports no longer running are removed
+    first: an export killed midway (by the out-of-memory killer, or ``kill -9``) cannot remove its own, which may
+    hold GBs (vit_h's encoder) and would otherwise stay in the model repository.
+    """
+    _remove_abandoned_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))
     try:
         yield staging / ENCODER_MODEL / "1" / "model.onnx", staging / DECODER_MODEL / "1" / "model.onnx"
         for name in (ENCODER_MODEL, DECODER_MODEL):
@@ -210,3 +217,13 @@ def staged_repository(out: Path) -> Iterator[tuple[Path, Path]]:
             (staging / name).rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Remove ``out/.export-<pid>-*`` folders whose process is gone (and unnamed ones of earlier versions)."""
+    import psutil
+
+    for folder in out.glob(".export-*"):
+        owner = re.match(r"\.export-(\d+)-", folder.name)
+        if folder.is_dir() and not (owner and psutil.pid_exists(int(owner[1]))):
+            shutil.rmtree(folder, ignore_errors=True)

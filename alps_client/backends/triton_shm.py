@@ -38,19 +38,10 @@ def region_name(pid: int | None = None) -> str:
     return f"alps_{_HOST}_{os.getpid() if pid is None else pid}_{uuid.uuid4().hex[:12]}"
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def stale_region_names(names: Iterable[str]) -> list[str]:
     """The names among ``names`` that this host's alps processes made and that are no longer running."""
-    return [n for n in names if (m := _OWNED.fullmatch(n)) and not _running(int(m[1]))]
+    psutil = lazy_import("psutil")
+    return [n for n in names if (m := _OWNED.fullmatch(n)) and not psutil.pid_exists(int(m[1]))]
 
 
 def sweep_stale_regions(client: Any) -> int:

@@ -48,13 +48,23 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path):
 
 
 def test_a_failed_parity_check_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Also: the staging folder of an export that was killed is removed, that of one still running is kept."""
+    repo = tmp_path / "repo"
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()  # its pid names no process now: the export it stands for was killed
+    killed = repo / f".export-{gone.pid}-x1" / "sam_encoder" / "1"
+    killed.mkdir(parents=True)
+    (killed / "model.onnx.data").write_bytes(b"\0" * 1024)
+    running = repo / f".export-{os.getpid()}-x2"
+    running.mkdir()
     # The real check, with no tolerance at all: the stand-in's float rounding (~1e-8) fails it.
     monkeypatch.setattr(onnx_export, "check_parity",
                         functools.partial(onnx_export.check_parity, encoder_rtol=0.0, decoder_atol=0.0))
-    assert main(["--model-type", "stand-in", "--cpu", "--out", str(tmp_path / "repo")]) == 1
+    assert main(["--model-type", "stand-in", "--cpu", "--out", str(repo)]) == 1
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.startswith("export_sam: error:")]
     assert len(lines) == 1 and "parity failed" in lines[0] and "Traceback" not in err
-    assert not (tmp_path / "repo" / "manifest.json").exists()
-    assert not any((tmp_path / "repo").glob("sam_*"))
+    assert not (repo / "manifest.json").exists()
+    assert not any(repo.glob("sam_*"))
+    assert [p.name for p in repo.iterdir()] == [running.name]
 
