@@ -3,8 +3,9 @@
 A client that is killed (``kill -9``, the out-of-memory killer, a Dask worker lost mid-image) cannot release its
 regions: the server keeps them registered and mapped, holding their RAM until it restarts, and when the client's
 process group went with it (a container, a job) their files stay in ``/dev/shm`` too (otherwise Python's resource
-tracker, which ``tritonclient`` registers them with, unlinks the files: never the registrations). Region names therefore carry the host and the process id of their owner, and a backend
-starting with shared memory removes the regions of this host's alps processes that are no longer running
+tracker, which ``tritonclient`` registers them with, unlinks the files: never the registrations). Region names
+therefore carry the process id of their owner (and its host and PID namespace), and a backend starting with shared
+memory removes the regions of alps processes of its namespace that are no longer running
 (:func:`sweep_stale_regions`).
 """
 
@@ -27,29 +28,40 @@ from alps_client.backends.triton_status import reason, server_errors
 logger = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
-# The host (a container's own hostname) is part of the name: process ids are only meaningful within one host's
-# process namespace, while /dev/shm may be shared with another container (docker compose's `ipc: service:triton`).
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-_OWNED = re.compile(rf"alps_{_HOST}_(\d+)_[0-9a-f]{{12}}")
+
+
+def _process_namespace() -> str:
+    """The host name and PID namespace of this process: where its process ids mean something."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+# Process ids are only meaningful within one PID namespace, while /dev/shm may be shared with other containers
+# (docker compose's `ipc: service:triton`, or `ipc: host`): the owner's namespace is part of every region's name.
+_NAMESPACE = hashlib.sha1(_process_namespace().encode()).hexdigest()[:8]
+_OWNED = re.compile(rf"alps_{_NAMESPACE}_(\d+)_[0-9a-f]{{12}}")
 
 
 def region_name(pid: int | None = None) -> str:
-    """A new region name owned by process ``pid`` (this process by default) of this host."""
-    return f"alps_{_HOST}_{os.getpid() if pid is None else pid}_{uuid.uuid4().hex[:12]}"
+    """A new region name owned by process ``pid`` (this process by default) of this PID namespace."""
+    return f"alps_{_NAMESPACE}_{os.getpid() if pid is None else pid}_{uuid.uuid4().hex[:12]}"
 
 
 def stale_region_names(names: Iterable[str]) -> list[str]:
-    """The names among ``names`` that this host's alps processes made and that are no longer running."""
+    """The names among ``names`` that alps processes of this PID namespace made and that are no longer running."""
     psutil = lazy_import("psutil")
     return [n for n in names if (m := _OWNED.fullmatch(n)) and not psutil.pid_exists(int(m[1]))]
 
 
 def sweep_stale_regions(client: Any) -> int:
-    """Remove the regions of this host's dead alps processes; return how many were found.
+    """Remove the regions of dead alps processes of this PID namespace; return how many were found.
 
     Both sides are freed: the ``/dev/shm`` files and the registrations with ``client``'s server.
     """
-    files = stale_region_names(p.name for p in SHM_DIR.glob(f"alps_{_HOST}_*")) if SHM_DIR.is_dir() else []
+    files = stale_region_names(p.name for p in SHM_DIR.glob(f"alps_{_NAMESPACE}_*")) if SHM_DIR.is_dir() else []
     for name in files:
         (SHM_DIR / name).unlink(missing_ok=True)
     try:
