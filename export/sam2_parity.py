@@ -42,6 +42,7 @@ def _session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # one model at a time, memory back after each run: see check_parity
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -87,11 +88,14 @@ def check_parity(
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     predictor = SAM2ImagePredictor(model)
-    encoder, decoder = _session(encoder_path), _session(decoder_path)
     images = [parity_image(h, w) for h, w in PARITY_SIZES]
+    # One model runs at a time (as in the SAM export's check): PyTorch's forward and onnxruntime's encoder and
+    # decoder sessions alive together add up to several times the weights.
+    encoder = _session(encoder_path)
+    encoded = [encoder.run(None, {"images": image[None]}) for image in images]
+    del encoder
     encoder_rel: dict[str, float] = {}
-    for image in images:
-        ours = encoder.run(None, {"images": image[None]})
+    for image, ours in zip(images, encoded):
         predictor.set_image(image)
         theirs = [predictor._features["image_embed"], *predictor._features["high_res_feats"]]
         for name, a, b in zip(("image_embeddings", "high_res_feats_0", "high_res_feats_1"), ours, theirs):
@@ -103,6 +107,7 @@ def check_parity(
     points = np.stack([rng.uniform(0, w, 16), rng.uniform(0, h, 16)], axis=-1).astype(np.float32)
     coords = (torch.as_tensor(points) / torch.tensor([w, h], dtype=torch.float32) * IMAGE_SIZE)[:, None, :]
     labels = torch.ones((16, 1))
+    decoder = _session(decoder_path)
     mask_atol = iou_atol = 0.0
     prev: torch.Tensor | None = None
     for with_masks in (False, True):
