@@ -211,6 +211,23 @@ def parity_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarr
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def check_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for the export's checks (parity, int8 agreement): quiet, without the arena.
+
+    The checks run one model at a time and each session gives its memory back after every run: vit_h's PyTorch
+    forward, its encoder session and its decoder session alive together, with the arena, took the export to
+    16.5 GB of RSS (killed on a 24 GB machine).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def check_parity(
     sam: nn.Module, encoder_path: Path, decoder_path: Path, encoder_rtol: float = 1e-3, decoder_atol: float = 1e-4
 ) -> dict[str, float]:
@@ -219,8 +236,6 @@ def check_parity(
     The PyTorch side is Meta's own path: ``ResizeLongestSide`` + ``Sam.preprocess`` + ``image_encoder`` and the
     predictor's prompt encoding with padding. Returns the figures stored in the manifest.
     """
-    import onnxruntime as ort
-
     from alps_client.backends.preprocess import apply_coords, prepare_encoder_input
 
     image = parity_image()
@@ -228,15 +243,10 @@ def check_parity(
     with torch.no_grad():
         resized = torch.as_tensor(padded[:h, :w]).permute(2, 0, 1).contiguous()[None]
         torch_embedding = sam.image_encoder(sam.preprocess(resized)).numpy()
-    # One model runs at a time, without onnxruntime's arena: vit_h's PyTorch forward, its encoder session and its
-    # decoder session all alive together took the export to 16.5 GB of RSS (killed on a 24 GB machine).
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False
-    encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
+    encoder = check_session(encoder_path)  # one model at a time (see check_session)
     ort_embedding = encoder.run(None, {"images": padded[None], "input_size": np.array([[h, w]], np.int64)})[0]
     del encoder
-    decoder = ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"])
+    decoder = check_session(decoder_path)
     encoder_rel = float(np.abs(ort_embedding - torch_embedding).max() / (np.abs(torch_embedding).max() + 1e-12))
 
     rng = np.random.RandomState(1)

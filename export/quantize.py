@@ -168,17 +168,10 @@ def agreement(
         all 3 masks of every prompt (low-res, logits > 0), ``masks_iou_at_least_0.9`` (fraction),
         ``iou_prediction_max_abs_diff``, and the prompt count.
     """
-    import onnxruntime as ort
-
     from alps_client.amg.grids import build_point_grid
     from alps_client.backends.preprocess import apply_coords, prepare_encoder_input
-    from export.onnx_export import parity_image
+    from export.onnx_export import check_session, parity_image
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False  # as the embedded backend: memory returns after each encoder run
-    if threads:
-        options.intra_op_num_threads = threads
     image = parity_image()
     padded, (h, w) = prepare_encoder_input(image)
     points = build_point_grid(points_per_side) * np.array([image.shape[1], image.shape[0]])
@@ -187,10 +180,10 @@ def agreement(
     feeds = {"images": padded[None], "input_size": np.array([[h, w]], np.int64)}
     embeddings, decoders = [], []
     for encoder_path, decoder_path in (fp32_paths, int8_paths):
-        encoder = ort.InferenceSession(str(encoder_path), options, providers=["CPUExecutionProvider"])
+        encoder = check_session(encoder_path, threads)
         embeddings.append(encoder.run(None, feeds)[0])
         del encoder
-        decoders.append(ort.InferenceSession(str(decoder_path), options, providers=["CPUExecutionProvider"]))
+        decoders.append(check_session(decoder_path, threads))
     emb32, emb8 = embeddings
     ious, iou_diff = [], 0.0
     for begin in range(0, len(coords), PROMPTS_PER_CALL):  # bounded memory: the decoder's is ~100 MB per prompt

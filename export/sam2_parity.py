@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.onnx_export import parity_image
+from export.onnx_export import check_session, parity_image
 from export.sam2_onnx import IMAGE_SIZE, LOW_RES, PIXEL_MEAN, PIXEL_STD, preprocess
 
 ENCODER_RTOL = 1e-3
@@ -35,15 +35,6 @@ class _Preprocess(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return preprocess(images, self.mean, self.std)
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False  # one model at a time, memory back after each run: see check_parity
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,7 +57,7 @@ def preprocess_difference(images: list[np.ndarray]) -> float:
                 verbose=False,
             )
         program.save(str(path))
-        session = _session(path)
+        session = check_session(path)
         worst = 0.0
         for image in images:
             ours = session.run(None, {"images": image[None]})[0][0]
@@ -89,9 +80,7 @@ def check_parity(
 
     predictor = SAM2ImagePredictor(model)
     images = [parity_image(h, w) for h, w in PARITY_SIZES]
-    # One model runs at a time (as in the SAM export's check): PyTorch's forward and onnxruntime's encoder and
-    # decoder sessions alive together add up to several times the weights.
-    encoder = _session(encoder_path)
+    encoder = check_session(encoder_path)  # one model at a time (see check_session)
     encoded = [encoder.run(None, {"images": image[None]}) for image in images]
     del encoder
     encoder_rel: dict[str, float] = {}
@@ -107,7 +96,7 @@ def check_parity(
     points = np.stack([rng.uniform(0, w, 16), rng.uniform(0, h, 16)], axis=-1).astype(np.float32)
     coords = (torch.as_tensor(points) / torch.tensor([w, h], dtype=torch.float32) * IMAGE_SIZE)[:, None, :]
     labels = torch.ones((16, 1))
-    decoder = _session(decoder_path)
+    decoder = check_session(decoder_path)
     mask_atol = iou_atol = 0.0
     prev: torch.Tensor | None = None
     for with_masks in (False, True):
