@@ -21,11 +21,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from alps_client.backends.triton_shm import SHM_DIR
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The Python backend keeps each model instance's messages in /dev/shm regions (RAM); a server killed with SIGKILL
 # leaves them there until the machine restarts (measured: 186 MB per test suite, 9.3 GB on a machine after a
 # day of runs). Each server gets a prefix of its own, so that `stop` removes what it left, whatever the signal.
-SHM_DIR = Path("/dev/shm")
 TRITON_VENV = REPO_ROOT / ".venv-triton"
 HERE = Path(__file__).resolve().parent
 

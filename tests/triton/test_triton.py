@@ -15,15 +15,14 @@ import pytest
 
 from alps_client.amg.generator import MaskGenerator
 from alps_client.backends.triton import TritonBackend
-from alps_client.backends.triton_shm import SHM_DIR as CLIENT_SHM_DIR
-from alps_client.backends.triton_shm import region_name
+from alps_client.backends.triton_shm import SHM_DIR, region_name
 from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
 from tests.conftest import REPO_ROOT
 from tests.runs import SMALL, cli_env, start_alps, wait_until
 from tests.shapes import make_shapes_image
-from tests.triton.server import SHM_DIR, start_triton
+from tests.triton.server import start_triton
 
 AMG = AmgConfig(points_per_side=12)
 
@@ -254,14 +253,14 @@ def test_shared_memory_of_a_killed_client_is_freed_by_the_next_one(triton_server
         os.killpg(client.pid, signal.SIGKILL)
         client.wait()
     owner = region_name(client.pid).rsplit("_", 1)[0] + "_"
-    left = {p.name for p in CLIENT_SHM_DIR.glob(f"{owner}*")}
+    left = {p.name for p in SHM_DIR.glob(f"{owner}*")}
     assert left and left <= registered()  # what the kill left: files and registrations
-    running = CLIENT_SHM_DIR / region_name()  # owned by this process, which runs
+    running = SHM_DIR / region_name()  # owned by this process, which runs
     running.write_bytes(b"\0")
     backend = triton_backend(stand_in_repo, triton_server.grpc_url, shared_memory=True)
     try:
         backend.encode([make_shapes_image(1)])
-        assert not list(CLIENT_SHM_DIR.glob(f"{owner}*")) and not left & registered()
+        assert not list(SHM_DIR.glob(f"{owner}*")) and not left & registered()
         assert running.exists()
     finally:
         backend.close()
