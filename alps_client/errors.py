@@ -88,6 +88,28 @@ class OutputBusyError(AlpsError):
     """Another process is writing the output folder (see :mod:`alps_client.io.out_lock`)."""
 
 
+class OutputDiskFullError(AlpsError):
+    """The disk (or the user's quota) holding the output is full.
+
+    The run starts no other image and fails resumable, every finished image kept. Never an input's fault, never
+    retried (the next write fails alike).
+    """
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says that a write found no space (``ENOSPC``) or no quota (``EDQUOT``) left.
+
+    Examples:
+        >>> disk_full(OSError(28, "No space left on device"))
+        True
+        >>> disk_full(PermissionError(13, "Permission denied"))
+        False
+    """
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class NoInputsError(AlpsError):
     """The dataset path does not exist or holds no image alps can read."""
 

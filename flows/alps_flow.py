@@ -39,7 +39,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alps_client.config import PipelineConfig
-from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError
+from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError, OutputDiskFullError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.io.out_lock import out_lock
@@ -53,7 +53,7 @@ from flows.review_cli import report_link_artifact
 # Ctrl-C, and SIGTERM as Prefect raises it in a flow run.
 STOPPED = (KeyboardInterrupt, TerminationSignal)
 # The reason given for the images a stopped run never started (see _label_all).
-NOT_STARTED = "not started: the run stopped after too many images in a row failed"
+NOT_STARTED = "not started: the run stopped starting images (see its error)"
 
 
 class InterruptibleThreadPool(ThreadPoolTaskRunner):
@@ -90,12 +90,13 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float]) -
         return call_with_retries(lambda: labeller.label(item), delays, warn)
     except Exception as err:  # noqa: BLE001 (any processing failure: the image is good, reported missing)
         detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
-        outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail)
+        outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail,
+                               ends_run=isinstance(err, OutputDiskFullError))
         return Failed(message=f"{item.stem}: {outcome.reason}", data=outcome)
 
 
 @task(name="cluster", cache_policy=NONE)
-def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: str = "sam") -> str:
+def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: str = "sam") -> str | State:
     """Fit the centroids over all shards; returns the path of the saved centroids."""
     import numpy as np
 
@@ -103,13 +104,16 @@ def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: s
 
     centroids = fit_centroids(shards, config.cluster, model_family)
     path = work_dir(out) / "centroids.npy"
-    atomic.write_with(path, lambda f: np.save(f, centroids))
+    try:
+        atomic.write_with(path, lambda f: np.save(f, centroids))
+    except OutputDiskFullError as err:
+        return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
     return str(path)
 
 
 @task(name="write-dataset", cache_policy=NONE)
 def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, errors: list[dict[str, str]],
-          missing: list[dict[str, str]], image_sources: dict[str, str]) -> dict[str, Any]:
+          missing: list[dict[str, str]], image_sources: dict[str, str]) -> dict[str, Any] | State:
     """Paint label maps once and write the dataset (and scene outputs), replacing the previous one as a whole.
 
     The flow's one call of the writer. ``missing`` (good images not labelled, ``--allow-partial``) goes to the
@@ -126,8 +130,11 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     carried = carried_relabel(out, centroids, get_run_logger().warning)
     if carried:
         class_map, extra["relabel"] = carried
-    summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
-                            class_map, extra)
+    try:
+        summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
+                                class_map, extra)
+    except OutputDiskFullError as err:
+        return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
     return summary.__dict__
 
 
@@ -171,7 +178,7 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
                                        if isinstance(outcome, BaseException) else f"task ended: {outcome!r}")
             outcomes.append(outcome)
             progress.advance(outcome.status)
-            streak.record(outcome.status, outcome.reason)
+            streak.record(outcome.status, outcome.reason, outcome.ends_run)
             if not streak.tripped:
                 start_next()
     stopped = streak.reason() if streak.tripped else ""
@@ -188,7 +195,7 @@ def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int, stopped:
     if stopped:
         n_left = sum(o.reason == NOT_STARTED for o in failed)
         return IncompleteRunError(
-            f"{stopped}: the backend, the workers or the disk looks down; {n_left} of {len(plan.items)} image(s) "
+            f"{stopped}; {n_left} of {len(plan.items)} image(s) "
             f"not started, {len(failed) - n_left} failed; no dataset written. {kept}Fix the cause and run the "
             f"same command again to resume {details}", rows)
     reasons: dict[str, int] = {}
@@ -293,9 +300,13 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
             return Failed(message=reason, data=AlpsError(reason))
     t = time.perf_counter()
     centroids = cluster(shards, out, config, plan.manifest.model_family)
+    if isinstance(centroids, State):  # the task's Failed state (a full disk), returned as it is by the call
+        return _flow_failure(centroids)
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
     summary = write(out, shards, centroids, plan, errors, missing, {o.stem: o.image for o in done if o.image})
+    if isinstance(summary, State):
+        return _flow_failure(summary)
     run["scene_outputs"] = summary.pop("scene_outputs")
     run["summary"] = summary
     run["stage_seconds"] = artifacts.stage_totals(o.timings for o in done)
@@ -308,6 +319,14 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                 out, summary["n_images"], summary["n_classes"], len(errors), len(missing))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {
         "n_labelled": len(run["labelled"]), "n_skipped": len(run["skipped"])}
+
+
+def _flow_failure(task_state: State) -> State:
+    """The flow's own Failed state for a task's, its error kept as the data.
+
+    A task's state returned by the flow as it is would end the flow "1/1 states failed", the error lost.
+    """
+    return Failed(message=task_state.message, data=task_state.result(raise_on_failure=False))
 
 
 def _write_failure_details(out: str, failed: list[ImageOutcome]) -> None:

@@ -248,7 +248,7 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
     """Exit status and message of a finished flow run (see the module docstring)."""
     import httpx
 
-    from alps_client.errors import AlpsError, IncompleteRunError
+    from alps_client.errors import AlpsError, IncompleteRunError, OutputDiskFullError
     from alps_client.runs.retry import describe
 
     if state.is_completed():
@@ -257,6 +257,8 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
     err = state.result(raise_on_failure=False)
     if isinstance(err, IncompleteRunError):
         return _fail(str(err), EXIT_INCOMPLETE)
+    if isinstance(err, OutputDiskFullError):  # while writing the dataset or the run's records
+        return _fail_resumable(describe(err), args)
     if isinstance(err, AlpsError):
         return _fail(describe(err))
     if isinstance(err, (httpx.HTTPError, OSError)):  # the Prefect API or the disk failed mid-run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,20 +16,47 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from alps_client.errors import OutputDiskFullError, disk_full
+
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically, on error it is removed."""
+    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
+
+    Raises:
+        OutputDiskFullError: If its disk or quota is full (naming ``path`` and the space left), whichever step
+            of the write found it so.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        if disk_full(err):
+            raise _disk_full_error(path, err) from err
         raise
+
+
+def _disk_full_error(path: Path, err: OSError) -> OutputDiskFullError:
+    what = "no space left on the disk" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    folder = next((p for p in path.parents if p.is_dir()), None)
+    free = f", {size_text(shutil.disk_usage(folder).free)} free there" if folder else ""
+    return OutputDiskFullError(f"{what} while writing {path}{free}: free space on that disk")
+
+
+def size_text(n_bytes: int) -> str:
+    """``n_bytes`` for a person: ``'0 B'``, ``'28 KiB'``, ``'1.5 GiB'``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes} B"
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

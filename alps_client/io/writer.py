@@ -12,6 +12,7 @@ the rest.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from alps_client.config import PipelineConfig
+from alps_client.errors import OutputDiskFullError
 from alps_client.io import atomic
 from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
 from alps_client.io.publish import publish, staging_dir
@@ -139,9 +141,37 @@ def write_dataset(
 
     Returns:
         A small summary with counts and the class histogram.
+
+    Raises:
+        OutputDiskFullError: If the disk fills up: what was staged is removed, the previous dataset stays.
     """
     out = Path(out_dir)
     staging = staging_dir(out)
+    try:
+        summary = _stage_dataset(out, staging, shard_paths, centroids, config, model_manifest, errors, image_sources,
+                                 class_map, extra_manifest)
+    except OutputDiskFullError as err:
+        staged = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputDiskFullError(f"{err} (the {atomic.size_text(staged)} of the new dataset written so far are "
+                                  "removed; the previous dataset, if any, stays)") from err
+    publish(out, staging)
+    return summary
+
+
+def _stage_dataset(
+    out: Path,
+    staging: Path,
+    shard_paths: Sequence[str | Path],
+    centroids: npt.NDArray[np.float32],
+    config: PipelineConfig,
+    model_manifest: Mapping[str, Any],
+    errors: Sequence[Mapping[str, Any]],
+    image_sources: Mapping[str, str | Path] | None,
+    class_map: ClassMap | None,
+    extra_manifest: Mapping[str, Any] | None,
+) -> DatasetSummary:
+    """Every output of :func:`write_dataset` written into ``staging``; returns the summary."""
     class_map = class_map or ClassMap.identity(len(centroids))
     if class_map.n_clusters != len(centroids):
         raise ValueError(f"the class map covers {class_map.n_clusters} clusters, the centroids {len(centroids)}")
@@ -216,7 +246,6 @@ def write_dataset(
                                       out.resolve().name, config.gate.sigma)
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
                                                                  extra_manifest))
-    publish(out, staging)
     return summary
 
 

@@ -85,9 +85,10 @@ class FailureStreak:
     """Images that failed in a row (after their retries): a run stops starting images once there are too many.
 
     One image failing is that image's problem; ``limit`` of them in a row, with nothing labelled in between, means
-    the machinery is down (a server, the workers, a full disk) and every image left would fail the same way, each
-    after waiting out its retries: about a minute per image with the defaults, days for a large dataset. Rejected
-    inputs and finished images end a streak.
+    the machinery is down (a server, the workers) and every image left would fail the same way, each after
+    waiting out its retries: about a minute per image with the defaults, days for a large dataset. Rejected
+    inputs and finished images end a streak. A failure that says so itself (a full output disk) stops the run at
+    once, whatever the limit.
 
     Examples:
         >>> streak = FailureStreak(2)
@@ -95,8 +96,11 @@ class FailureStreak:
         False
         >>> streak.record("failed", "server unavailable"); streak.tripped
         True
-        >>> streak.reason()
-        'the run stopped starting images after 2 in a row failed (last: server unavailable)'
+        >>> streak.reason()[:64]
+        'the run stopped starting images after 2 in a row failed (last: '
+        >>> full = FailureStreak(10)
+        >>> full.record("failed", "no space left on the disk while writing x.npz", ends_run=True); full.reason()
+        'the run stopped starting images: no space left on the disk while writing x.npz'
     """
 
     def __init__(self, limit: int) -> None:
@@ -104,20 +108,28 @@ class FailureStreak:
         self.limit = limit
         self.count = 0
         self.last = ""
+        self.ended = False
 
-    def record(self, status: str, reason: str = "") -> None:
-        """One more image ended with ``status`` (``failed`` extends the streak, anything else ends it)."""
+    def record(self, status: str, reason: str = "", ends_run: bool = False) -> None:
+        """One more image ended with ``status`` (``failed`` extends the streak, anything else ends it).
+
+        ``ends_run``: this failure stops the run by itself, for good (a full output disk).
+        """
         if status == "failed":
             self.count += 1
             self.last = reason
+            self.ended = self.ended or ends_run
         else:
             self.count = 0
 
     @property
     def tripped(self) -> bool:
         """Whether the run should start no more images."""
-        return 0 < self.limit <= self.count
+        return self.ended or 0 < self.limit <= self.count
 
     def reason(self) -> str:
-        """One line for the log and the images never started."""
-        return f"the run stopped starting images after {self.limit} in a row failed (last: {self.last})"
+        """One line for the log and the error: why no more images are started."""
+        if self.ended:
+            return f"the run stopped starting images: {self.last}"
+        return (f"the run stopped starting images after {self.limit} in a row failed (last: {self.last}): the "
+                "backend, the workers or the disk looks down")

@@ -40,7 +40,8 @@ class ImageOutcome:
 
     ``rejected`` is a bad *input* (unreadable, not an image): listed in ``errors.jsonl``. ``failed`` is a
     *processing* failure (backend, worker, memory, a bug) after the retries: the image is good and missing;
-    ``reason`` is one line, ``detail`` the traceback of an unexpected error.
+    ``reason`` is one line, ``detail`` the traceback of an unexpected error; ``ends_run`` a failure that every
+    image left would meet too (the output's disk is full), so the run starts no other.
     """
 
     status: Status
@@ -54,6 +55,7 @@ class ImageOutcome:
     n_gated: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     detail: str = ""
+    ends_run: bool = False
 
     def __repr__(self) -> str:  # short: Prefect prints it in state messages
         return f"ImageOutcome({self.status} {self.stem})"

@@ -212,3 +212,29 @@ def test_oracle_masks_reach_high_miou(tmp_path):
     report = evaluate_dataset(tmp_path / "out", root / "gt")
     assert report.miou >= 0.9 and report.coverage == pytest.approx(1.0), format_table(report)
     assert summary.n_images == 6 and summary.labelled_pixel_fraction == pytest.approx(1.0)
+
+
+def test_a_write_that_finds_the_disk_full_names_the_file_and_leaves_no_temp_file(tmp_path):
+    import errno
+    import os
+
+    from alps_client.errors import OutputDiskFullError
+    from alps_client.io import atomic
+
+    def failing(err: OSError):
+        def writer(f) -> None:
+            f.write(b"partial")
+            raise err
+        return writer
+
+    target = tmp_path / "out" / "shard.npz"
+    with pytest.raises(OutputDiskFullError, match=r"^no space left on the disk while writing .*/out/shard\.npz, "
+                                                  r"[0-9.]+ [KMG]?i?B free there: free space on that disk$"):
+        atomic.write_with(target, failing(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    with pytest.raises(OutputDiskFullError, match=r"^disk quota exceeded while writing"):
+        atomic.write_with(target, failing(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))))
+    with pytest.raises(PermissionError):  # any other failure is left as it is
+        atomic.write_with(target, failing(PermissionError(errno.EACCES, "denied")))
+    assert list((tmp_path / "out").iterdir()) == []  # no half-written file, no temp file
+    assert atomic.size_text(0) == "0 B" and atomic.size_text(28 * 1024) == "28 KiB"
+    assert atomic.size_text(int(1.5 * 2**30)) == "1.5 GiB"

@@ -303,3 +303,56 @@ def test_a_disk_that_fails_while_reading_is_retried_and_never_makes_a_bad_input(
     with pytest.raises(AlpsError, match=r"reading .*scene_0003.png failed \(Input/output error\)"):
         alps_flow(str(images), str(tmp_path / "out3"), small_config(fake_repo), progress_bar=False)
     assert not (tmp_path / "out3" / ".alps" / "shards").exists()
+
+
+def fill_disk(monkeypatch, folder: Path, after: int) -> None:
+    """Make the disk under ``folder`` full once ``after`` files were written there: creating the next file fails
+    with ENOSPC, where the kernel says it first (no small file system can be mounted here without root)."""
+    import errno
+    import os
+    import tempfile
+
+    real_mkstemp, made = tempfile.mkstemp, []
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).is_relative_to(folder):
+            if len(made) >= after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            made.append(dir)
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_a_full_output_disk_stops_the_run_at_once_and_loses_nothing(fake_repo, scenes, tmp_path, monkeypatch, capsys):
+    """The output disk fills while images are labelled: the image that met it fails naming the file and the space
+    left, no other image is started (each would fail alike), no input becomes a rejected one, and the rerun
+    resumes. It fills while the dataset is written: `alps run` exits 3 with one line, the part written is removed,
+    the previous dataset stays as it was."""
+    images, out = str(scenes / "images"), tmp_path / "out"
+    with monkeypatch.context() as m:
+        fill_disk(m, out / ".alps" / "shards", after=2)
+        with pytest.raises(IncompleteRunError, match=r"^the run stopped starting images: no space left on the disk "
+                                                     r"while writing .*/shards/scene_000\d\.npz, .* free there: "
+                                                     r"free space on that disk; [2-9] of 6 image\(s\) not started"):
+            alps_flow(images, str(out), small_config(fake_repo), concurrency=1, progress_bar=False)
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    tried = [m["reason"] for m in last["missing"] if not m["reason"].startswith("not started")]
+    assert len(last["labelled"]) == 2 and len(last["missing"]) == 4 and len(last["errors"]) == 1  # broken.png
+    assert 1 <= len(tried) <= 2 and all(r.startswith("no space left on the disk") for r in tried)  # + the queued
+    assert sorted(p.name for p in (out / ".alps" / "shards").iterdir()) == sorted(f"{s}.npz" for s in last["labelled"])
+    result = alps_flow(images, str(out), small_config(fake_repo), progress_bar=False)
+    assert result["n_labelled"] == 4 and result["n_skipped"] == 2 and result["complete"]
+
+    dataset = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".alps" not in p.parts}
+    args = ["run", images, "--out", str(out), "--model-repository", str(fake_repo), "--points-per-side", "8",
+            "--n-clusters", "4", "--retry-delay-s", "0.05", "--no-progress"]
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        fill_disk(m, out / ".alps" / "staging", after=5)
+        assert alps(args) == 3
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("alps: error:")]
+    assert len(errors) == 1 and "no space left on the disk while writing" in errors[0], errors
+    assert "of the new dataset written so far are removed" in errors[0] and "run the same command again" in errors[0]
+    assert not (out / ".alps" / "staging").exists()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and ".alps" not in p.parts} == dataset
