@@ -37,6 +37,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError, OutputDiskFullError
@@ -299,12 +300,17 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         if reason:
             return Failed(message=reason, data=AlpsError(reason))
     t = time.perf_counter()
-    centroids = cluster(shards, out, config, plan.manifest.model_family)
+    # quote(): Prefect links every value a task returned to that task, and lists each such value found in another
+    # task's arguments as an input of it, in the events it sends for that task (capped at 1.5 MB): per-image
+    # lists (and the plan, whose items' strings the outcomes share) made one entry per image, and a run of 8,000
+    # images failed at its end with EventTooLarge.
+    centroids = cluster(quote(shards), out, config, plan.manifest.model_family)
     if isinstance(centroids, State):  # the task's Failed state (a full disk), returned as it is by the call
         return _flow_failure(centroids)
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    summary = write(out, shards, centroids, plan, errors, missing, {o.stem: o.image for o in done if o.image})
+    summary = write(out, quote(shards), centroids, quote(plan), quote(errors), quote(missing),
+                    quote({o.stem: o.image for o in done if o.image}))
     if isinstance(summary, State):
         return _flow_failure(summary)
     run["scene_outputs"] = summary.pop("scene_outputs")
