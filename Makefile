@@ -40,8 +40,9 @@ demo: $(STAMP)
 	$(PY) -m flows.demo --workdir $(DEMO_DIR) --model-repository $(MODEL_REPO)
 
 # Two workers (one per core), whole files to one worker so module fixtures are built once; exports once per session.
+# Files go out longest first (tests/conftest.py, LONGEST_FILES), not by their number of tests.
 test: setup chromium
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # The review page test opens OUT/report/index.html in Debian's headless Chromium. Installed here when missing (as
 # root, with apt-get); where it cannot be, `make test` goes on and that test is skipped, saying why.
