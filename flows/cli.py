@@ -10,8 +10,9 @@ Exit status (also in docs/flow.md):
 - 2: nothing was done, with one line saying why: bad flags, no such path, no images, model repository missing,
   Triton server or Dask scheduler or Prefect API unreachable, outputs of another configuration in ``--out``.
 - 3: the run started but could not label every good image (processing failures after the retries; after
-  ``--stop-after-failures`` in a row the run starts no other): the finished images are kept, no dataset is
-  written, and running the same command again resumes.
+  ``--stop-after-failures`` in a row, or at once when the output's disk is full, the run starts no other), or the
+  disk filled up while the dataset was written: the finished images are kept, no dataset is written, and running
+  the same command again resumes.
 - 1: an internal error (a bug); the line names it, the traceback is in the log above.
 - 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit). The
   run stops at once and the finished images are kept.
