@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -27,6 +28,10 @@ def test_more_than_a_thousand_masks_through_the_flow(fake_repo, tmp_path):
     annotations = assert_coco_consistent(out)["dense"]
     assert len(annotations) > 1000
 
+# 22-45 s on 2 cores, most of it Meta's generator; by hand with `make test-slow`. In `make test`, the parts are each
+# checked: more than 1,000 masks through the flow (above), the generator against Meta's with crops
+# (tests/amg/test_parity.py), the tiny SAM's ONNX decoder against Meta's predictor (tests/export/test_export.py).
+@pytest.mark.slow
 def test_flow_matches_meta_on_sams_own_architecture_with_many_masks(tiny_repo, tiny_checkpoint, tmp_path):
     """SAM's architecture (the tiny config through the real checkpoint path), crops on, a non-square image, and
     thresholds that let several hundred masks through: the flow's COCO masks are Meta's, one to one."""
