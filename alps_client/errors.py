@@ -6,6 +6,8 @@ again later can succeed: a server that is down may come back, a request the serv
 
 from __future__ import annotations
 
+import errno
+
 
 class AlpsError(Exception):
     """Base class of every error alps raises on purpose."""
@@ -105,8 +107,6 @@ def disk_full(err: BaseException) -> bool:
         >>> disk_full(PermissionError(13, "Permission denied"))
         False
     """
-    import errno
-
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 

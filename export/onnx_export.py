@@ -216,7 +216,7 @@ def check_session(path: Path, threads: int | None = None) -> Any:
 
     The checks run one model at a time and each session gives its memory back after every run: vit_h's PyTorch
     forward, its encoder session and its decoder session alive together, with the arena, took the export to
-    16.5 GB of RSS (killed on a 24 GB machine).
+    15.7 GiB of peak RSS (``/usr/bin/time``; killed by the OOM killer on a 24 GB machine with other memory taken).
     """
     import onnxruntime as ort
 

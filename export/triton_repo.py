@@ -202,9 +202,9 @@ def staged_repository(out: Path) -> Iterator[tuple[Path, Path]]:
     """``(encoder.onnx, decoder.onnx)`` paths in a staging folder under ``out``, swapped in on success.
 
     On success the two model folders replace those in ``out`` (a failed export leaves ``out`` as it was), and the
-    staging folder always goes. The folder is named after the exporting process, and the folders of exports no longer running are removed
-    first: an export killed midway (by the out-of-memory killer, or ``kill -9``) cannot remove its own, which may
-    hold GBs (vit_h's encoder) and would otherwise stay in the model repository.
+    staging folder always goes. The folder is named after the exporting process, and the folders of exports no
+    longer running are removed first: an export killed midway (by the out-of-memory killer, or ``kill -9``)
+    cannot remove its own, which may hold GBs (vit_h's encoder) and would otherwise stay in the model repository.
     """
     _remove_abandoned_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=out))

@@ -28,6 +28,7 @@ def test_more_than_a_thousand_masks_through_the_flow(fake_repo, tmp_path):
     annotations = assert_coco_consistent(out)["dense"]
     assert len(annotations) > 1000
 
+
 # 22-45 s on 2 cores, most of it Meta's generator; by hand with `make test-slow`. In `make test`, the parts are each
 # checked: more than 1,000 masks through the flow (above), the generator against Meta's with crops
 # (tests/amg/test_parity.py), the tiny SAM's ONNX decoder against Meta's predictor (tests/export/test_export.py).
