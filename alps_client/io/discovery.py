@@ -3,7 +3,9 @@
 Each input becomes one or more :class:`InputItem` (a whole image, a tile of a large scene). Stems are unique
 and filename-safe: the path relative to the dataset root without its extension, sub-folders joined by
 ``__``; tiles append ``__x{x0}_y{y0}``. A top-level ``train``/``val``/``test`` folder is the item's split (kept in
-the dataset) and is left out of its name.
+the dataset) and is left out of its name. A stem too long for a file name (deep trees of long folder names, as
+satellite products have) keeps its end behind a digest of the whole. Every output name is unique also where
+the output disk ignores case, and a file named like another input's tile or slice does not take its name.
 
 An alps output written inside the dataset (``--out DATASET/labels``) holds images too: copies of the inputs, label
 maps, previews. Folders below the dataset that hold an alps work folder (``.alps``), and the run's own output
@@ -12,9 +14,12 @@ folder, are left out, so a second run does not label the first one's outputs.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from alps_client.config import InputConfig
@@ -35,6 +40,12 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 # Every alps output folder holds its work folder (shards, run records) under this name.
 WORK_DIR = ".alps"
 
+# File names are limited to 255 bytes (ext4, XFS, NTFS, APFS). Outputs add up to ~55 bytes to a stem: a tile's
+# ``__x{x0}_y{y0}`` (17 for scenes up to 999,999 px), then an extension and the atomic writer's
+# ``.{name}.{8 random}{suffix}`` temporary name (``.{stem}.nii.gz.xxxxxxxx.gz``: 20).
+MAX_STEM_BYTES = 180
+_DIGEST_CHARS = 8
+
 
 def split_and_stem(relative: Path) -> tuple[str | None, str]:
     """The split and the output stem of a file at ``relative`` to a dataset folder (see the module docstring).
@@ -49,7 +60,26 @@ def split_and_stem(relative: Path) -> tuple[str | None, str]:
     named = Path(*relative.parts[1:]) if split else relative  # the split folder is not part of the name
     base = named.name[: -len(".nii.gz")] if named.name.lower().endswith(".nii.gz") else named.stem
     parts = [*named.parent.parts, base]
-    return split, _UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", ".")))
+    return split, bounded_stem(_UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", "."))))
+
+
+def bounded_stem(stem: str) -> str:
+    """``stem`` itself if it has at most :data:`MAX_STEM_BYTES` bytes (UTF-8), else its end behind a digest.
+
+    The digest (of the whole stem) keeps two long paths that end alike apart; the end is the file's own name.
+
+    Examples:
+        >>> bounded_stem("north__a")
+        'north__a'
+        >>> len(bounded_stem("x" * 300).encode()) <= MAX_STEM_BYTES
+        True
+    """
+    raw = stem.encode()
+    if len(raw) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha256(raw).hexdigest()[:_DIGEST_CHARS]
+    tail = raw[-(MAX_STEM_BYTES - _DIGEST_CHARS - 1):].decode(errors="ignore")  # a cut character is dropped whole
+    return f"{digest}_{tail.lstrip('_')}"
 
 
 def list_input_files(root: Path, out: str | Path | None = None,
@@ -99,36 +129,58 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     base = root.parent if root.is_file() else root
     items: list[InputItem] = []
     errors: list[InputError] = []
-    used: set[str] = set()
+    taken: set[str] = set()  # output names given so far (stems, tiles' and slices' too), case-folded
     for path in list_input_files(root, out, on_left_out):
         relative = path.relative_to(base)
         split, stem = split_and_stem(relative)
-        if stem in used:  # e.g. a.png and a.jpg side by side
-            stem = _UNSAFE.sub("_", "__".join(relative.parts).replace(".", "_"))
-        used.add(stem)
         source = str(path.absolute())
         try:
-            if extension_of(path.name) in VOLUME_EXTENSIONS:
-                items += [InputItem(source, f"{stem}__z{i:04d}", "slice", stem, None, i, split)
-                          for i in volume_slices(path, config)]
-                continue
-            height, width = image_size_of(path)
+            parts = _parts_of(path, config)
         except InputImageError as err:
             errors.append(InputError(source, err.reason))
+            taken.add(stem.casefold())  # keeps its name, so that fixing the file renames no other
             continue
-        if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in TIFF_EXTENSIONS:
-            errors.append(InputError(source, f"image is {width}x{height}, too large to decode whole; convert it to a "
-                                             "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile"))
-            continue
-        if config.tile is None and height * width > MAX_UNTILED_PIXELS:
-            errors.append(InputError(source, f"image is {width}x{height} ({height * width / 1e6:.0f} Mpx), too large "
-                                             "to label whole; use --tile 896 --overlap 384"))
-            continue
-        if config.tile is None or (height <= config.tile and width <= config.tile):
-            items.append(InputItem(source, stem, "image", stem, split=split))
-            continue
-        from alps_client.io.tiling import tile_windows
-
-        for x0, y0, x1, y1 in tile_windows(height, width, config.tile, config.overlap):
-            items.append(InputItem(source, f"{stem}__x{x0}_y{y0}", "tile", stem, (x0, y0, x1, y1), split=split))
+        stem = _unique_stem(stem, relative, [suffix for suffix, _ in parts], taken)
+        items += [replace(part, source=source, stem=stem + suffix, scene=stem, split=split) for suffix, part in parts]
     return items, errors
+
+
+def _parts_of(path: Path, config: InputConfig) -> list[tuple[str, InputItem]]:
+    """What ``path`` is labelled as: ``(stem suffix, item)`` pairs, the items' names and split not set yet.
+
+    Reads headers only (a volume's slices: the volume).
+
+    Raises:
+        InputImageError: If the file is no usable input (unreadable, too large without ``--tile``, ...).
+    """
+    if extension_of(path.name) in VOLUME_EXTENSIONS:
+        return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in volume_slices(path, config)]
+    height, width = image_size_of(path)
+    if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in TIFF_EXTENSIONS:
+        raise InputImageError(str(path), f"image is {width}x{height}, too large to decode whole; convert it to a "
+                                         "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile")
+    if config.tile is None and height * width > MAX_UNTILED_PIXELS:
+        raise InputImageError(str(path), f"image is {width}x{height} ({height * width / 1e6:.0f} Mpx), too large "
+                                         "to label whole; use --tile 896 --overlap 384")
+    if config.tile is None or (height <= config.tile and width <= config.tile):
+        return [("", InputItem("", ""))]
+    from alps_client.io.tiling import tile_windows
+
+    return [(f"__x{x0}_y{y0}", InputItem("", "", "tile", window=(x0, y0, x1, y1)))
+            for x0, y0, x1, y1 in tile_windows(height, width, config.tile, config.overlap)]
+
+
+def _unique_stem(stem: str, relative: Path, suffixes: list[str], taken: set[str]) -> str:
+    """The first of ``stem``, then its file's extension kept (``a_jpg``), then numbered, whose names are free.
+
+    A file's names are its stem (a scene's stitched outputs) and the stem with each of ``suffixes``; a name is
+    free when no earlier file took it in another case either (an output disk may ignore case). Takes the names.
+    """
+    kept_extension = bounded_stem(_UNSAFE.sub("_", "__".join(relative.parts).replace(".", "_")))
+    numbered = (f"{kept_extension}_{n}" for n in itertools.count(2))
+    for candidate in itertools.chain((stem, kept_extension), numbered):
+        names = {candidate.casefold()} | {(candidate + suffix).casefold() for suffix in suffixes}
+        if not names & taken:
+            taken.update(names)
+            return candidate
+    raise AssertionError("unreachable: the numbered candidates never end")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from alps_client.errors import AlpsError
 from alps_client.evaluate import evaluate_dataset
+from alps_client.io.discovery import discover_inputs
 from flows.cli import main as alps
 
 Q = 10  # each quarter-row band of the 40x40 maps
@@ -102,8 +104,14 @@ def test_a_ground_truth_tree_that_mirrors_the_dataset_matches_however_deep(tmp_p
     (tmp_path / "gt" / "val" / "south").mkdir(parents=True)
     Image.fromarray(flipped.astype(np.uint8)).save(tmp_path / "gt" / "val" / "south" / "t0.tif")
     write(tmp_path / "gt" / "elsewhere" / "flat.png", gt)  # nested differently from its image: the file stem
+    deep = Path("S2B_MSIL2A_20240611T103629_N0510_R008_T32TQM_20240611T134522.SAFE", "GRANULE", "L2A_" + "x" * 150,
+                "t0.png")  # a name cut to fit a file name
+    write(tmp_path / "images" / deep, gt)
+    (item,), _ = discover_inputs(tmp_path / "images")
+    write(tmp_path / "out" / "ann_dir" / "train" / f"{item.stem}.png", flipped)
+    write(tmp_path / "gt" / deep, flipped)
     report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
-    assert report.n_images == 3 and report.miou == 1.0 and report.coverage == 1.0
+    assert report.n_images == 4 and report.miou == 1.0 and report.coverage == 1.0
     assert report.missing_ground_truth == [] and report.missing_pseudo_labels == []
     write(tmp_path / "gt" / "other" / "flat.png", flipped)
     with pytest.raises(AlpsError, match=r"1 label map name\(s\) have several ground-truth files .* e\.g\. flat: "):

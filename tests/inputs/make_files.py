@@ -40,6 +40,16 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     sub.mkdir()
     Image.fromarray(scene(4)).save(sub / "ünïcode scène 1.png")
     expect["sub folder/ünïcode scène 1.png"] = "ok"
+    # A satellite product's tree: the names joined make a stem longer than a file name may be (255 bytes).
+    product = Path("S2B_MSIL2A_20240611T103629_N0510_R008_T32TQM_20240611T134522.SAFE", "GRANULE",
+                   "L2A_T32TQM_A037992_20240611T104038_" + "é" * 50, "IMG_DATA", "R10m")
+    (root / product).mkdir(parents=True)
+    Image.fromarray(scene(9)).save(root / product / "T32TQM_20240611T103629_TCI_10m.png")
+    expect[str(product / "T32TQM_20240611T103629_TCI_10m.png")] = "ok"
+    Image.fromarray(scene(10)).save(root / "Case.png")  # two names an output disk that ignores case would merge
+    expect["Case.png"] = "ok"
+    Image.fromarray(scene(11)).save(root / "case.jpg", quality=95)
+    expect["case.jpg"] = "ok"
     write_geotiff(root / "geo_rgb.tif", scene(5).transpose(2, 0, 1), "EPSG:32633", (500000.0, 0.5, 4600000.0))
     expect["geo_rgb.tif"] = "ok"
     bands = np.concatenate([scene(6).transpose(2, 0, 1).astype(np.uint16) * 40, np.full((2, *SIZE), 900, np.uint16)])

@@ -17,8 +17,8 @@ from alps_client.io.discovery import discover_inputs
 from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from tests.coco_checks import assert_coco_consistent
-from tests.conftest import REPO_ROOT
-from tests.inputs.make_files import SIZE, write_odd_dataset
+from tests.conftest import REPO_ROOT, make_shapes_image
+from tests.inputs.make_files import SIZE, write_nifti, write_odd_dataset
 from tests.runs import cli_env
 
 
@@ -66,9 +66,43 @@ def test_discovery_and_reading_of_every_case(odd):
             for v in (load_item(i) for i in by_source[str(root / "volume.nii.gz")])}
     assert len(grey) == 1  # one intensity window for the whole volume: equal values, equal grey, in every slice
     assert any("ünïcode scène 1" in i.stem for i in items)
-    assert len({i.stem for i in items}) == len(items)
+    assert len({i.stem.casefold() for i in items}) == len(items)
+    (product,) = by_source[next(s for s in by_source if s.endswith("TCI_10m.png"))]
+    assert product.stem.endswith("__R10m__T32TQM_20240611T103629_TCI_10m") and len(product.stem.encode()) <= 180
     with pytest.raises(InputImageError, match="has 5 band"):
         load_item(by_source[str(root / "multiband.tif")][0], InputConfig(bands=(1, 2, 7)))
+
+
+def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
+    """Inputs named like another input's tile or slice, like another's name with its extension kept, alike but for
+    case, or alike at the end of a long tree, each get names of their own; every name fits a file name."""
+    def save(relative: str, size: tuple[int, int] = (40, 48)) -> None:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(make_shapes_image(len(relative), size)).save(tmp_path / relative)
+
+    save("big.png", (300, 300))  # cut into tiles big__x0_y0, big__x44_y0, ...
+    save("big__x0_y0.png")
+    write_nifti(tmp_path / "vol.nii.gz")  # slices vol__z0001, vol__z0002, vol__z0004
+    save("vol__z0001.png")
+    save('a"png.jpg')  # a_png: the name a.png would get beside a.jpg
+    save("a.jpg")
+    save("a.png")
+    save("A.bmp")  # sorted first: A, and a.jpg then keeps its extension
+    for top in ("x" * 120, "z" * 120):  # trees that end alike, each joined name well over 255 bytes
+        save(f"{top}/{'ÿ' * 60}/same.png")
+    items, errors = discover_inputs(tmp_path, InputConfig(tile=256, overlap=0))
+    assert not errors
+    stems = {i.source.removeprefix(f"{tmp_path}/"): i.stem for i in items if i.kind == "image"}
+    assert len({i.stem.casefold() for i in items}) == len(items)
+    assert not {i.scene.casefold() for i in items if i.kind != "image"} & {s.casefold() for s in stems.values()}
+    assert {i.stem for i in items if i.scene == "big"} == {"big__x0_y0", "big__x44_y0", "big__x0_y44", "big__x44_y44"}
+    assert {i.stem for i in items if i.scene == "vol"} == {"vol__z0001", "vol__z0002", "vol__z0004"}
+    assert stems["big__x0_y0.png"] == "big__x0_y0_png" and stems["vol__z0001.png"] == "vol__z0001_png"
+    assert [stems[n] for n in ('a"png.jpg', "a.jpg", "a.png", "A.bmp")] == ["a_png", "a_jpg", "a_png_2", "A"]
+    long = [stem for name, stem in stems.items() if name.endswith("same.png")]
+    assert len(set(long)) == 2 and all(s.endswith("ÿÿ__same") for s in long)
+    assert max(len(i.stem.encode()) for i in items) <= 200  # room for a tile's name and a temporary file's
+    assert discover_inputs(tmp_path, InputConfig(tile=256, overlap=0)) == (items, errors)  # same names every run
 
 
 def test_stretch_is_percentile_based():
@@ -115,7 +149,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
             assert expectation in errors[str(root / name)], (name, errors)
     labelled = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
     assert len(labelled) == sum(v == "ok" for v in expect.values()) - 1 + 3  # the volume gives 3 slices
-    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001"} <= labelled
+    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "Case", "case_jpg"} <= labelled
+    assert any(stem.endswith("T32TQM_20240611T103629_TCI_10m") for stem in labelled)  # a stem cut to fit
     rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
     rgba = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgba.png"))))
