@@ -25,6 +25,7 @@ if __name__ == "__main__":  # `python flows/alps_flow.py ...` is `alps run ...`:
 if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint) without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import logging
 import queue
 import time
 import traceback
@@ -53,6 +54,23 @@ from flows.review_cli import report_link_artifact
 
 # Ctrl-C, and SIGTERM as Prefect raises it in a flow run.
 STOPPED = (KeyboardInterrupt, TerminationSignal)
+
+
+class _NoEmptyTraceback(logging.Filter):
+    """Drops the traceback of a log record logged outside any exception.
+
+    Prefect (pinned: see requirements.txt) logs a task run that returned a Failed state with ``exc_info=True``,
+    outside any exception: every failed image's error line was followed by a line ``NoneType: None``, on the
+    console and in the UI. The state's message says it all.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[0] is None:
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 # The reason given for the images a stopped run never started (see _label_all).
 NOT_STARTED = "not started: the run stopped starting images (see its error)"
 

@@ -126,6 +126,7 @@ def test_a_run_that_cannot_start_or_cannot_finish_is_completed_by_the_same_comma
     (line,) = error_lines(failed.stderr)
     assert "1 of 7 image(s) not labelled: fake backend rejects images of 88x120" in line and "--allow-partial" in line
     assert "Traceback" not in failed.stderr + failed.stdout
+    assert "NoneType: None" not in failed.stderr  # the image's failure is logged without an empty traceback
     assert not (out / "manifest.json").exists() and not (out / "ann_dir").exists()
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert [m["stem"] for m in last["missing"]] == ["odd"] and last["errors"] == []  # missing, not a bad input
