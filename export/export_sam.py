@@ -22,6 +22,7 @@ import argparse
 import ctypes
 import gc
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,47 @@ class ExportCheckError(ExportError):
     """The export ran but its check failed (ONNX disagrees with PyTorch): one line, exit code 1, nothing written."""
 
 
-def _build_sam(model_type: str, checkpoint: str | None) -> nn.Module:
+# Where training code keeps SAM's weights in a checkpoint, besides the file being the state dict itself (Meta's
+# release, MedSAM's): under "model" (SAM fine-tuning scripts, beside "optimizer" and "epoch") or "state_dict"
+# (PyTorch Lightning). Keys may carry one prefix: "module." (DistributedDataParallel), "model." (a wrapper).
+WEIGHT_ENTRIES = ("model", "state_dict")
+
+
+def sam_state_dict(data: object, expected: set[str]) -> tuple[Any, str]:
+    """SAM's weights in a loaded checkpoint: the state dict with exactly the ``expected`` keys, and where it was.
+
+    Returns:
+        ``(state, where)``: ``where`` is ``""`` when the file is the state dict itself, else its entry and prefix
+        (``"the 'model' entry, keys prefixed 'module.'"``). When nothing matches, the innermost candidate as it
+        is, for ``load_state_dict`` to name the difference (a fine-tune with other layers is refused there).
+    """
+    candidates = [("", data)] + [(f"the '{entry}' entry", data[entry]) for entry in WEIGHT_ENTRIES
+                                 if isinstance(data, dict) and isinstance(data.get(entry), dict)]
+    for where, state in candidates:
+        prefix = _key_prefix(state, expected) if isinstance(state, dict) else None
+        if prefix == "":
+            return state, where
+        if prefix is not None:
+            stripped = {key[len(prefix):]: value for key, value in state.items()}
+            return stripped, ", ".join(filter(None, [where, f"keys prefixed '{prefix}'"]))
+    return candidates[-1][1], ""
+
+
+def _key_prefix(state: dict[Any, Any], expected: set[str]) -> str | None:
+    """The prefix that every key of ``state`` has and whose removal leaves exactly ``expected``; else None."""
+    if set(state) == expected:
+        return ""
+    probe = next(iter(sorted(expected)), None)
+    for key in state:
+        if probe is not None and isinstance(key, str) and key.endswith("." + probe):
+            prefix = key[: -len(probe)]
+            if all(isinstance(k, str) and k.startswith(prefix) for k in state) and \
+                    {k[len(prefix):] for k in state} == expected:
+                return prefix
+    return None
+
+
+def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], None] = lambda _: None) -> nn.Module:
     """Meta's builder for the architecture; the checkpoint is loaded here, tensors only.
 
     segment-anything's builder calls ``torch.load(f)``, which on torch < 2.6 unpickles anything a file holds
@@ -72,7 +113,7 @@ def _build_sam(model_type: str, checkpoint: str | None) -> nn.Module:
         sam_model_registry[model_type](checkpoint=None)
     if checkpoint is not None:
         try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            data = torch.load(checkpoint, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if not zipfile.is_zipfile(checkpoint):  # not torch.save's archive at all
                 raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint "
@@ -81,17 +122,23 @@ def _build_sam(model_type: str, checkpoint: str | None) -> nn.Module:
                 f"checkpoint {checkpoint} holds more than tensors (pickled objects or code), which alps refuses to "
                 "load (torch.load weights_only=True); use Meta's released checkpoint or a plain state_dict"
             ) from err
+        state, where = sam_state_dict(data, set(sam.state_dict()))
         sam.load_state_dict(state)
+        if where:
+            log(f"Weights of {model_type} read from {where} of {checkpoint}.")
     return sam
 
 
-def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn.Module:
+def load_model(model_type: str, checkpoint: str | None, random_init: bool,
+               log: Callable[[str], None] = lambda _: None) -> nn.Module:
     """Build the model to export.
 
     Args:
         model_type: one of ``vit_h``, ``vit_l``, ``vit_b``, ``stand-in``, ``tiny-test``.
-        checkpoint: Meta's checkpoint (e.g. ``sam_vit_h_4b8939.pth``), loaded through segment-anything's builder.
+        checkpoint: Meta's checkpoint (e.g. ``sam_vit_h_4b8939.pth``), loaded through segment-anything's builder;
+            or a fine-tune's with the same layers (see :func:`sam_state_dict`).
         random_init: build the architecture without weights (seeded), for shape and speed work only.
+        log: told where in the checkpoint the weights were, when not at its top.
 
     Raises:
         ExportError: For a missing, unreadable or mismatched checkpoint, or inconsistent arguments.
@@ -116,7 +163,7 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn
         )
     path = readable_checkpoint(checkpoint)
     try:
-        return _build_sam(model_type, str(path)).eval()
+        return _build_sam(model_type, str(path), log).eval()
     except ExportError:
         raise
     except RuntimeError as err:
@@ -168,7 +215,7 @@ def run_export(
             raise ExportError("--quantize int8 is implemented for SAM (vit_*) only; export SAM 2.1 without --quantize")
         _check_output_dir(out)
         return run_sam2_export(model_type, out, checkpoint, random_init, cpu, max_batch_size, opset, log, versions())
-    sam = load_model(model_type, checkpoint, random_init)
+    sam = load_model(model_type, checkpoint, random_init, log)
     _check_output_dir(out)
     if model_type == STAND_IN_NAME:
         log("Exporting the structured STAND-IN model (not SAM: colour-statistics encoder, no weights).")

@@ -241,3 +241,26 @@ def test_bad_arguments_give_one_clear_line(tmp_path, make_args, message):
 def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint):
     with pytest.raises(ExportError, match="does not match --model-type vit_b"):
         load_model("vit_b", str(tiny_checkpoint), random_init=False)
+
+
+def test_a_fine_tunes_checkpoint_with_sams_layers_loads_wherever_training_code_put_them(tiny_checkpoint, tmp_path):
+    """Training scripts save {'model': ..., 'optimizer': ..., 'epoch': ...} (SAM fine-tunes), {'state_dict': ...}
+    (Lightning), keys prefixed 'module.' (DistributedDataParallel): the same weights load, and the log says where
+    they were; a fine-tune with a layer SAM lacks is refused, naming it."""
+    weights = torch.load(tiny_checkpoint, weights_only=True)
+    original = load_model("tiny-test", str(tiny_checkpoint), random_init=False).state_dict()
+    layouts = {
+        "model": ({"model": weights, "optimizer": {"lr": 1e-4}, "epoch": 3}, "the 'model' entry"),
+        "state_dict": ({"state_dict": {f"module.{k}": v for k, v in weights.items()}},
+                       "the 'state_dict' entry, keys prefixed 'module.'"),
+        "prefixed": ({f"model.{k}": v for k, v in weights.items()}, "keys prefixed 'model.'"),
+    }
+    for name, (data, where) in layouts.items():
+        torch.save(data, tmp_path / f"{name}.pth")
+        said = []
+        loaded = load_model("tiny-test", str(tmp_path / f"{name}.pth"), random_init=False, log=said.append)
+        assert said == [f"Weights of tiny-test read from {where} of {tmp_path / f'{name}.pth'}."]
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in original.items())
+    torch.save({"model": {**weights, "adapter.weight": torch.zeros(4)}, "epoch": 3}, tmp_path / "adapter.pth")
+    with pytest.raises(ExportError, match="does not match --model-type tiny-test.*adapter.weight"):
+        load_model("tiny-test", str(tmp_path / "adapter.pth"), random_init=False)
