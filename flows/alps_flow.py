@@ -298,9 +298,9 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     run: dict[str, Any] = {
         "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
         "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
-        "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped,
+        "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
     }
-    atomic.write_json(work_dir(out) / "last_run.json", run)
+    atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here
     _write_failure_details(out, failed)
     if failed and (not allow_partial or not done or stopped):  # a stopped run is broken, not short of a few images
         artifacts.publish_missing(missing)
@@ -333,6 +333,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         return _flow_failure(summary)
     run["scene_outputs"] = summary.pop("scene_outputs")
     run["summary"] = summary
+    run["dataset_written"] = True
     run["stage_seconds"] = artifacts.stage_totals(o.timings for o in done)
     run["seconds"] = {"label": label_seconds, "cluster": cluster_seconds, "write": time.perf_counter() - t,
                       "total": time.perf_counter() - started}

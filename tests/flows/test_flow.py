@@ -359,5 +359,7 @@ def test_a_full_output_disk_stops_the_run_at_once_and_loses_nothing(fake_repo, s
     assert "of the new dataset written so far are removed" in errors[0] and "run the same command again" in errors[0]
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert len(last["labelled"]) == 4 and len(last["skipped"]) == 2 and not last["missing"]
+    assert last["complete"] and not last["dataset_written"]  # every image labelled, no dataset
     assert not (out / ".alps" / "staging").exists() and not (out / "manifest.json").exists()
     assert alps(args) == 0 and json.loads((out / "manifest.json").read_text())["complete"]
+    assert json.loads((out / ".alps" / "last_run.json").read_text())["dataset_written"]
