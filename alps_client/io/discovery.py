@@ -31,6 +31,7 @@ from alps_client.io.items import (
     InputError,
     InputItem,
     extension_of,
+    printable,
 )
 from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
 from alps_client.io.splits import split_folder
@@ -60,7 +61,12 @@ def split_and_stem(relative: Path) -> tuple[str | None, str]:
     named = Path(*relative.parts[1:]) if split else relative  # the split folder is not part of the name
     base = named.name[: -len(".nii.gz")] if named.name.lower().endswith(".nii.gz") else named.stem
     parts = [*named.parent.parts, base]
-    return split, bounded_stem(_UNSAFE.sub("_", "__".join(p for p in parts if p not in ("", "."))))
+    return split, bounded_stem(_safe_name("__".join(p for p in parts if p not in ("", "."))))
+
+
+def _safe_name(name: str) -> str:
+    r"""``name`` with what file names and JSON cannot hold as ``_``: ``caf\xe9`` (Latin-1) -> ``caf_xe9``."""
+    return _UNSAFE.sub("_", printable(name))
 
 
 def bounded_stem(stem: str) -> str:
@@ -176,7 +182,7 @@ def _unique_stem(stem: str, relative: Path, suffixes: list[str], taken: set[str]
     A file's names are its stem (a scene's stitched outputs) and the stem with each of ``suffixes``; a name is
     free when no earlier file took it in another case either (an output disk may ignore case). Takes the names.
     """
-    kept_extension = bounded_stem(_UNSAFE.sub("_", "__".join(relative.parts).replace(".", "_")))
+    kept_extension = bounded_stem(_safe_name("__".join(relative.parts).replace(".", "_")))
     numbered = (f"{kept_extension}_{n}" for n in itertools.count(2))
     for candidate in itertools.chain((stem, kept_extension), numbered):
         names = {candidate.casefold()} | {(candidate + suffix).casefold() for suffix in suffixes}

@@ -39,12 +39,32 @@ class InputItem:
         return asdict(self)
 
 
+def printable(text: str) -> str:
+    r"""``text`` that any file, log or web page can hold: a file name's bytes that are not UTF-8 as ``\xNN``.
+
+    Python holds such bytes of a path (a Latin-1 name from an old share) as lone surrogates, which UTF-8 cannot
+    encode: a report, a vector file or a Prefect log naming the file would fail. A path read from disk keeps its
+    surrogates where it is opened; this is for saying it.
+
+    Examples:
+        >>> printable(os.fsdecode(b"caf\xe9.png"))
+        'caf\\xe9.png'
+        >>> printable("ünïcode.png")
+        'ünïcode.png'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class InputError:
-    """A rejected input: its path and why (one line)."""
+    """A rejected input: its path and why (one line), both :func:`printable`."""
 
     path: str
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", printable(self.path))
+        object.__setattr__(self, "reason", printable(self.reason))
 
     def to_json(self) -> dict[str, str]:
         """One line of ``errors.jsonl``: ``{"path", "reason"}``."""

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client._imports import lazy_import
+from alps_client.io.items import printable
 from alps_client.io.shards import ImageShard
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE
@@ -148,7 +149,7 @@ class VectorOutput:
                 c = int(class_ids[i])
                 layer.rows.append((shapely.to_wkb(geometry), (
                     c, self.class_map.names[c], int(cluster_ids[i]), float(kept.predicted_iou[i]),
-                    float(kept.stability_score[i]), int(kept.areas[i]), shard.stem, shard.source, split)))
+                    float(kept.stability_score[i]), int(kept.areas[i]), shard.stem, printable(shard.source), split)))
                 self.pending += 1
         if self.pending >= FLUSH_FEATURES:
             for layer in self.layers.values():

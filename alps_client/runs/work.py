@@ -13,7 +13,7 @@ from alps_client.backends.base import SamBackend
 from alps_client.config import PipelineConfig
 from alps_client.errors import InputImageError
 from alps_client.io import atomic
-from alps_client.io.items import InputItem
+from alps_client.io.items import InputItem, printable
 from alps_client.runs.plan import item_status, work_dir
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
@@ -56,6 +56,9 @@ class ImageOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     detail: str = ""
     ends_run: bool = False
+
+    def __post_init__(self) -> None:  # said in logs, reports and failures.log; ``image`` is opened, kept as it is
+        self.source, self.reason, self.detail = printable(self.source), printable(self.reason), printable(self.detail)
 
     def __repr__(self) -> str:  # short: Prefect prints it in state messages
         return f"ImageOutcome({self.status} {self.stem})"

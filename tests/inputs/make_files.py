@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     (root / product).mkdir(parents=True)
     Image.fromarray(scene(9)).save(root / product / "T32TQM_20240611T103629_TCI_10m.png")
     expect[str(product / "T32TQM_20240611T103629_TCI_10m.png")] = "ok"
+    latin1 = os.fsdecode(b"caf\xe9 latin-1.png")  # a name whose bytes are not UTF-8 (an old Windows share's)
+    Image.fromarray(scene(12)).save(root / latin1)
+    expect[latin1] = "ok"
+    (root / os.fsdecode(b"notes \xe9t\xe9.png")).write_text("not an image, and not a UTF-8 name either\n")
+    expect[os.fsdecode(b"notes \xe9t\xe9.png")] = "not an image"
     Image.fromarray(scene(10)).save(root / "Case.png")  # two names an output disk that ignores case would merge
     expect["Case.png"] = "ok"
     Image.fromarray(scene(11)).save(root / "case.jpg", quality=95)

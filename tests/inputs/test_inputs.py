@@ -14,6 +14,7 @@ from PIL import Image
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
 from alps_client.io.discovery import discover_inputs
+from alps_client.io.items import printable
 from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from tests.coco_checks import assert_coco_consistent
@@ -38,9 +39,9 @@ def test_discovery_and_reading_of_every_case(odd):
     for name, expectation in expect.items():
         path = str(root / name)
         if expectation == "ok":
-            assert path in by_source, f"{name} was not discovered: {rejected.get(path)}"
+            assert path in by_source, f"{name} was not discovered: {rejected.get(printable(path))}"
         else:
-            reason = rejected.get(path)
+            reason = rejected.get(printable(path))
             if reason is None:  # some corruption only shows when the pixels are decoded
                 with pytest.raises(InputImageError, match=expectation):
                     load_item(by_source[path][0])
@@ -138,7 +139,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", str(root), "--out", str(out), "--model-repository", str(stand_in_repo),
-         "--points-per-side", "8", "--n-clusters", "3", "--write-nifti-labels", "--no-progress"],
+         "--points-per-side", "8", "--n-clusters", "3", "--write-nifti-labels", "--vector", "geojson", "--no-progress"],
         check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
         env=cli_env(tmp_path / "ph", prefect_server),
     )
@@ -146,10 +147,16 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     errors = {json.loads(line)["path"]: json.loads(line)["reason"] for line in (out / "errors.jsonl").read_text().splitlines()}
     for name, expectation in expect.items():
         if expectation != "ok":
-            assert expectation in errors[str(root / name)], (name, errors)
+            assert expectation in errors[printable(str(root / name))], (name, errors)
+    assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
+    assert "notes \\xe9t\\xe9.png" in (out / "report" / "index.html").read_text()
+    sources = {f["properties"]["source"] for p in (out / "vectors").glob("*.geojson")
+               for f in json.loads(p.read_text())["features"]}
+    assert str(root / "caf\\xe9 latin-1.png") in sources
     labelled = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
     assert len(labelled) == sum(v == "ok" for v in expect.values()) - 1 + 3  # the volume gives 3 slices
-    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "Case", "case_jpg"} <= labelled
+    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "Case", "case_jpg",
+            "caf_xe9 latin-1"} <= labelled
     assert any(stem.endswith("T32TQM_20240611T103629_TCI_10m") for stem in labelled)  # a stem cut to fit
     rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
