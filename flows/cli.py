@@ -268,6 +268,25 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
     return _fail(f"internal error: {what} (the traceback is in the log above; please report it)", EXIT_INTERNAL)
 
 
+def check_utf8_arguments(args: argparse.Namespace) -> None:
+    """Refuse an argument that is not UTF-8 text (a folder named in Latin-1), naming it and the way out.
+
+    Prefect records a run's arguments as UTF-8 (JSON over HTTP): such a path made the run fail with a traceback
+    before it started. Files with such names inside the dataset are labelled (docs/inputs.md).
+
+    Raises:
+        ValueError: For the first such argument.
+    """
+    from alps_client.io.items import printable
+
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(text, str) and printable(text) != text:
+                what = "the dataset path" if name == "dataset" else f"--{name.replace('_', '-')}"
+                raise ValueError(f"{what} {printable(text)} is not UTF-8 text, which Prefect needs to record the "
+                                 "run; rename it, or give a link to it whose name is (ln -s OLD NEW)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``alps run``: check the request, then run the flow with one Prefect API (see the module docstring)."""
     from alps_client.errors import AlpsError
@@ -276,6 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alps_client.runs.retry import describe
 
     try:
+        check_utf8_arguments(args)
         config = build_config(args)
         check_workers(args.concurrency, args.dask_workers)
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts

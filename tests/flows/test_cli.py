@@ -36,6 +36,7 @@ def free_port() -> int:
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
+        (["{data}", "--out", "{tmp}/r\udce9sultats"], r"--out {tmp}/r\xe9sultats is not UTF-8 text"),  # a traceback
     ],
 )
 def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message, capsys):
@@ -51,6 +52,7 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
         args += ["--out", str(tmp_path / "o")]
     assert main(["run", *args]) == 2
     printed = capsys.readouterr()
+    message = message.format(tmp=tmp_path)
     assert len(error_lines(printed.err)) == 1 and message in error_lines(printed.err)[0], printed.err
     assert "Traceback" not in printed.err + printed.out
     assert not (tmp_path / "o" / ".alps" / "shards").exists()
