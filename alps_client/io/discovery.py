@@ -5,7 +5,8 @@ and filename-safe: the path relative to the dataset root without its extension, 
 ``__``; tiles append ``__x{x0}_y{y0}``. A top-level ``train``/``val``/``test`` folder is the item's split (kept in
 the dataset) and is left out of its name. A stem too long for a file name (deep trees of long folder names, as
 satellite products have) keeps its end behind a digest of the whole. Every output name is unique also where
-the output disk ignores case, and a file named like another input's tile or slice does not take its name.
+the output disk ignores case or Unicode forms, and a file named like another input's tile or slice does not take
+its name.
 
 An alps output written inside the dataset (``--out DATASET/labels``) holds images too: copies of the inputs, label
 maps, previews. Folders below the dataset that hold an alps work folder (``.alps``), and the run's own output
@@ -18,6 +19,7 @@ import hashlib
 import itertools
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -135,7 +137,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     base = root.parent if root.is_file() else root
     items: list[InputItem] = []
     errors: list[InputError] = []
-    taken: set[str] = set()  # output names given so far (stems, tiles' and slices' too), case-folded
+    taken: set[str] = set()  # output names given so far (stems, tiles' and slices' too), as _name_key has them
     for path in list_input_files(root, out, on_left_out):
         relative = path.relative_to(base)
         split, stem = split_and_stem(relative)
@@ -144,11 +146,20 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
             parts = _parts_of(path, config)
         except InputImageError as err:
             errors.append(InputError(source, err.reason))
-            taken.add(stem.casefold())  # keeps its name, so that fixing the file renames no other
+            taken.add(_name_key(stem))  # keeps its name, so that fixing the file renames no other
             continue
         stem = _unique_stem(stem, relative, [suffix for suffix, _ in parts], taken)
         items += [replace(part, source=source, stem=stem + suffix, scene=stem, split=split) for suffix, part in parts]
     return items, errors
+
+
+def _name_key(name: str) -> str:
+    """What an output disk may see of ``name``: macOS's and Windows' ignore case, macOS's Unicode forms.
+
+    ``é`` as one character (NFC, as Linux and Windows write it) or as ``e`` and an accent (NFD, as macOS does)
+    are two names on Linux and one there.
+    """
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _parts_of(path: Path, config: InputConfig) -> list[tuple[str, InputItem]]:
@@ -180,12 +191,13 @@ def _unique_stem(stem: str, relative: Path, suffixes: list[str], taken: set[str]
     """The first of ``stem``, then its file's extension kept (``a_jpg``), then numbered, whose names are free.
 
     A file's names are its stem (a scene's stitched outputs) and the stem with each of ``suffixes``; a name is
-    free when no earlier file took it in another case either (an output disk may ignore case). Takes the names.
+    free when no earlier file took it in another case or Unicode form either (see :func:`_name_key`). Takes the
+    names.
     """
     kept_extension = bounded_stem(_safe_name("__".join(relative.parts).replace(".", "_")))
     numbered = (f"{kept_extension}_{n}" for n in itertools.count(2))
     for candidate in itertools.chain((stem, kept_extension), numbered):
-        names = {candidate.casefold()} | {(candidate + suffix).casefold() for suffix in suffixes}
+        names = {_name_key(candidate + suffix) for suffix in ["", *suffixes]}
         if not names & taken:
             taken.update(names)
             return candidate

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import unicodedata
 
 import numpy as np
 import pytest
@@ -89,17 +90,23 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
     save("a.jpg")
     save("a.png")
     save("A.bmp")  # sorted first: A, and a.jpg then keeps its extension
+    save("e\u0301t\u00e9.png")  # été with its accents as macOS writes them (NFD) and as Linux does (NFC)
+    save("\u00e9t\u00e9.png")
     for top in ("x" * 120, "z" * 120):  # trees that end alike, each joined name well over 255 bytes
         save(f"{top}/{'ÿ' * 60}/same.png")
     items, errors = discover_inputs(tmp_path, InputConfig(tile=256, overlap=0))
     assert not errors
     stems = {i.source.removeprefix(f"{tmp_path}/"): i.stem for i in items if i.kind == "image"}
-    assert len({i.stem.casefold() for i in items}) == len(items)
-    assert not {i.scene.casefold() for i in items if i.kind != "image"} & {s.casefold() for s in stems.values()}
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
+    assert len({key(i.stem) for i in items}) == len(items)
+    assert not {key(i.scene) for i in items if i.kind != "image"} & {key(s) for s in stems.values()}
     assert {i.stem for i in items if i.scene == "big"} == {"big__x0_y0", "big__x44_y0", "big__x0_y44", "big__x44_y44"}
     assert {i.stem for i in items if i.scene == "vol"} == {"vol__z0001", "vol__z0002", "vol__z0004"}
     assert stems["big__x0_y0.png"] == "big__x0_y0_png" and stems["vol__z0001.png"] == "vol__z0001_png"
     assert [stems[n] for n in ('a"png.jpg', "a.jpg", "a.png", "A.bmp")] == ["a_png", "a_jpg", "a_png_2", "A"]
+    assert [stems[n] for n in ("e\u0301t\u00e9.png", "\u00e9t\u00e9.png")] == ["e\u0301t\u00e9", "\u00e9t\u00e9_png"]
     long = [stem for name, stem in stems.items() if name.endswith("same.png")]
     assert len(set(long)) == 2 and all(s.endswith("ÿÿ__same") for s in long)
     assert max(len(i.stem.encode()) for i in items) <= 200  # room for a tile's name and a temporary file's
