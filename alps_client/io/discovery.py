@@ -35,7 +35,7 @@ from alps_client.io.items import (
     extension_of,
     printable,
 )
-from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_size_of, volume_slices
+from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices
 from alps_client.io.splits import split_folder
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
@@ -122,10 +122,13 @@ def list_input_files(root: Path, out: str | Path | None = None,
 
 
 def discover_inputs(root: str | Path, config: InputConfig | None = None, out: str | Path | None = None,
-                    on_left_out: Callable[[Path], None] | None = None) -> tuple[list[InputItem], list[InputError]]:
+                    on_left_out: Callable[[Path], None] | None = None,
+                    on_pages: Callable[[str, int], None] | None = None) -> tuple[list[InputItem], list[InputError]]:
     """Items to label under ``root`` and the files rejected on the way (headers only are read).
 
     ``out`` (the run's output folder) and alps outputs below ``root`` are left out: see :func:`list_input_files`.
+    ``on_pages`` is told of each TIFF with several pages (its path, :func:`printable`, and page count): only its
+    first page is labelled.
 
     Raises:
         FileNotFoundError: If ``root`` does not exist.
@@ -143,7 +146,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
         split, stem = split_and_stem(relative)
         source = str(path.absolute())
         try:
-            parts = _parts_of(path, config)
+            parts = _parts_of(path, config, on_pages)
         except InputImageError as err:
             errors.append(InputError(source, err.reason))
             taken.add(_name_key(stem))  # keeps its name, so that fixing the file renames no other
@@ -162,7 +165,8 @@ def _name_key(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
 
 
-def _parts_of(path: Path, config: InputConfig) -> list[tuple[str, InputItem]]:
+def _parts_of(path: Path, config: InputConfig,
+              on_pages: Callable[[str, int], None] | None = None) -> list[tuple[str, InputItem]]:
     """What ``path`` is labelled as: ``(stem suffix, item)`` pairs, the items' names and split not set yet.
 
     Reads headers only (a volume's slices: the volume).
@@ -172,7 +176,9 @@ def _parts_of(path: Path, config: InputConfig) -> list[tuple[str, InputItem]]:
     """
     if extension_of(path.name) in VOLUME_EXTENSIONS:
         return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in volume_slices(path, config)]
-    height, width = image_size_of(path)
+    height, width, pages = image_header(path)
+    if pages > 1 and on_pages is not None:
+        on_pages(printable(str(path)), pages)
     if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in TIFF_EXTENSIONS:
         raise InputImageError(str(path), f"image is {width}x{height}, too large to decode whole; convert it to a "
                                          "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile")

@@ -151,13 +151,23 @@ def _orientation(im: Image.Image) -> int:
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
     """``(H, W)`` from the file header (cheap); raises InputImageError for files that are not images."""
+    height, width, _ = image_header(path)
+    return height, width
+
+
+def image_header(path: str | Path) -> tuple[int, int, int]:
+    """``(H, W, pages)`` from the file header (cheap); raises InputImageError for files that are not images.
+
+    ``pages`` > 1 for a TIFF of several pages (a microscope's z-stack, a slide's pyramid levels): its first page is
+    the image, the others are never read.
+    """
     path = Path(path)
     _check_file(path)
     if _is_tiff(path):
         rasterio = lazy_import("rasterio")
         try:
             with rasterio.open(path) as src:
-                return int(src.height), int(src.width)
+                return int(src.height), int(src.width), max(1, len(src.subdatasets))
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
     try:
@@ -168,7 +178,7 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
         raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    return (w, h, 1) if orientation in (5, 6, 7, 8) else (h, w, 1)
 
 
 def percentile_range(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[float, float] | None:

@@ -52,6 +52,7 @@ class RunPlan:
         left_out: folders inside the dataset holding alps outputs (this run's ``out`` among them), not searched.
         n_changed: items with a shard of this model and configuration whose input file changed since (labelled
             again).
+        multipage: ``(path, pages)`` of each TIFF input with several pages, of which the first alone is labelled.
     """
 
     dataset: str
@@ -64,6 +65,7 @@ class RunPlan:
     n_done: int
     left_out: tuple[str, ...] = ()
     n_changed: int = 0
+    multipage: tuple[tuple[str, int], ...] = ()
 
 
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
@@ -196,11 +198,13 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     manifest = check_request(dataset, config, out)
     fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
     left_out: list[Path] = []
-    items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append)
+    multipage: list[tuple[str, int]] = []
+    items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append,
+                                      lambda path, pages: multipage.append((path, pages)))
     if not items:
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
     n_done, n_changed = check_existing_shards(out, items, fingerprint, overwrite)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done,
-                   tuple(str(p) for p in left_out), n_changed)
+                   tuple(str(p) for p in left_out), n_changed, tuple(multipage))

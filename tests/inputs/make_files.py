@@ -52,6 +52,9 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect[latin1] = "ok"
     (root / os.fsdecode(b"notes \xe9t\xe9.png")).write_text("not an image, and not a UTF-8 name either\n")
     expect[os.fsdecode(b"notes \xe9t\xe9.png")] = "not an image"
+    planes = [Image.fromarray(scene(13 + i)) for i in range(3)]  # a z-stack: 3 pages
+    planes[0].save(root / "stack.tif", save_all=True, append_images=planes[1:])
+    expect["stack.tif"] = "ok"
     Image.fromarray(scene(10)).save(root / "Case.png")  # two names an output disk that ignores case would merge
     expect["Case.png"] = "ok"
     Image.fromarray(scene(11)).save(root / "case.jpg", quality=95)

@@ -32,7 +32,9 @@ def odd(tmp_path_factory):
 
 def test_discovery_and_reading_of_every_case(odd):
     root, expect = odd
-    items, errors = discover_inputs(root, InputConfig())
+    multipage = []
+    items, errors = discover_inputs(root, InputConfig(), on_pages=lambda *page: multipage.append(page))
+    assert multipage == [(str(root / "stack.tif"), 3)]
     by_source = {}
     for item in items:
         by_source.setdefault(item.source, []).append(item)
@@ -156,6 +158,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
         if expectation != "ok":
             assert expectation in errors[printable(str(root / name))], (name, errors)
     assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
+    assert f"1 TIFF input(s) hold several pages (a stack's planes, or a pyramid's smaller levels): only the first " \
+           f"page of each is labelled, e.g. {root / 'stack.tif'} (3 pages)" in result.stderr
     assert "notes \\xe9t\\xe9.png" in (out / "report" / "index.html").read_text()
     sources = {f["properties"]["source"] for p in (out / "vectors").glob("*.geojson")
                for f in json.loads(p.read_text())["features"]}
