@@ -271,8 +271,9 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         logger.warning("%s", line)
     if plan.multipage:
         path, pages = plan.multipage[0]
-        logger.warning("%d TIFF input(s) hold several pages (a stack's planes, or a pyramid's smaller levels): "
-                       "only the first page of each is labelled, e.g. %s (%d pages)", len(plan.multipage), path, pages)
+        logger.warning("%d input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D "
+                       "NIfTI's volumes): only the first of each is labelled, e.g. %s (%d)", len(plan.multipage),
+                       path, pages)
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))

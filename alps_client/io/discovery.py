@@ -35,7 +35,7 @@ from alps_client.io.items import (
     extension_of,
     printable,
 )
-from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices
+from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices, volumes_in
 from alps_client.io.splits import split_folder
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
@@ -127,8 +127,8 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     """Items to label under ``root`` and the files rejected on the way (headers only are read).
 
     ``out`` (the run's output folder) and alps outputs below ``root`` are left out: see :func:`list_input_files`.
-    ``on_pages`` is told of each TIFF with several pages (its path, :func:`printable`, and page count): only its
-    first page is labelled.
+    ``on_pages`` is told of each TIFF with several pages and each NIfTI file with several volumes (its path,
+    :func:`printable`, and their count): only the first page or volume is labelled.
 
     Raises:
         FileNotFoundError: If ``root`` does not exist.
@@ -174,11 +174,13 @@ def _parts_of(path: Path, config: InputConfig,
     Raises:
         InputImageError: If the file is no usable input (unreadable, too large without ``--tile``, ...).
     """
-    if extension_of(path.name) in VOLUME_EXTENSIONS:
-        return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in volume_slices(path, config)]
-    height, width, pages = image_header(path)
+    volume = extension_of(path.name) in VOLUME_EXTENSIONS
+    slices = volume_slices(path, config) if volume else []  # the volume is read first: a broken one raises here
+    height, width, pages = (0, 0, volumes_in(path)) if volume else image_header(path)
     if pages > 1 and on_pages is not None:
         on_pages(printable(str(path)), pages)
+    if volume:
+        return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in slices]
     if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in TIFF_EXTENSIONS:
         raise InputImageError(str(path), f"image is {width}x{height}, too large to decode whole; convert it to a "
                                          "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile")

@@ -319,6 +319,18 @@ def volume_slices(path: str | Path, config: InputConfig) -> list[int]:
     return list(nonempty)
 
 
+def volumes_in(path: str | Path) -> int:
+    """How many 3-D volumes a NIfTI file holds (its 4th dimension: a series' time points, a scan's echoes).
+
+    The first alone is labelled (:func:`_volume`). Reads the header only.
+    """
+    try:
+        shape = lazy_import("nibabel").load(str(path)).shape
+    except Exception:  # noqa: BLE001 (reading the volume says what is wrong with it)
+        return 1
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
 def _volume_key(path: Path) -> tuple[str, int]:
     _check_file(path)
     return str(path), path.stat().st_mtime_ns

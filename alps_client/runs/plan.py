@@ -52,7 +52,8 @@ class RunPlan:
         left_out: folders inside the dataset holding alps outputs (this run's ``out`` among them), not searched.
         n_changed: items with a shard of this model and configuration whose input file changed since (labelled
             again).
-        multipage: ``(path, pages)`` of each TIFF input with several pages, of which the first alone is labelled.
+        multipage: ``(path, count)`` of each TIFF input with several pages and each NIfTI input with several
+            volumes, of which the first alone is labelled.
     """
 
     dataset: str

@@ -115,6 +115,23 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
     assert discover_inputs(tmp_path, InputConfig(tile=256, overlap=0)) == (items, errors)  # same names every run
 
 
+def test_only_the_first_page_or_volume_is_labelled_and_that_is_said(tmp_path):
+    """A 3-page TIFF is one image, its first page; a 4-D NIfTI of 2 volumes gives the slices of its first."""
+    import nibabel
+
+    planes = [Image.fromarray(make_shapes_image(seed, (40, 48))) for seed in range(3)]
+    planes[0].save(tmp_path / "stack.tif", save_all=True, append_images=planes[1:])
+    series = np.zeros((32, 36, 3, 2), np.float32)
+    series[8:20, 8:20, 1, 0] = 100.0  # the first volume: one non-empty slice
+    series[..., 1] = 50.0  # the second: every slice non-empty
+    nibabel.save(nibabel.Nifti1Image(series, np.eye(4)), str(tmp_path / "series.nii.gz"))
+    said = []
+    items, errors = discover_inputs(tmp_path, InputConfig(), on_pages=lambda *counted: said.append(counted))
+    assert not errors and said == [(str(tmp_path / "series.nii.gz"), 2), (str(tmp_path / "stack.tif"), 3)]
+    assert [(i.stem, i.kind) for i in items] == [("series__z0001", "slice"), ("stack", "image")]
+    np.testing.assert_array_equal(load_item(items[1]).rgb, np.asarray(planes[0]))
+
+
 def test_stretch_is_percentile_based():
     data = np.linspace(0, 4000, 10000).reshape(100, 100).astype(np.uint16)
     out, (lo, hi) = stretch_to_uint8(data, None, (2.0, 98.0))
@@ -158,8 +175,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
         if expectation != "ok":
             assert expectation in errors[printable(str(root / name))], (name, errors)
     assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
-    assert f"1 TIFF input(s) hold several pages (a stack's planes, or a pyramid's smaller levels): only the first " \
-           f"page of each is labelled, e.g. {root / 'stack.tif'} (3 pages)" in result.stderr
+    assert f"1 input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D NIfTI's " \
+           f"volumes): only the first of each is labelled, e.g. {root / 'stack.tif'} (3)" in result.stderr
     assert "notes \\xe9t\\xe9.png" in (out / "report" / "index.html").read_text()
     sources = {f["properties"]["source"] for p in (out / "vectors").glob("*.geojson")
                for f in json.loads(p.read_text())["features"]}
