@@ -355,8 +355,11 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
 @functools.lru_cache(maxsize=64)
 def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[float, float]
                    ) -> tuple[tuple[int, ...], tuple[float, float] | None]:
-    """Non-empty slice indices along ``slice_axis`` and the intensity window (``window`` percentiles of the whole
-    volume): every slice of a volume is stretched with the same range, as the tiles of a scene are."""
+    """Non-empty slice indices along ``slice_axis`` and the intensity window of the whole volume.
+
+    The window is the ``window`` percentiles of every voxel: every slice of a volume is stretched with the same
+    range, as the tiles of a scene are.
+    """
     data = _volume(path, mtime_ns)
     other = tuple(a for a in range(3) if a != slice_axis)
     nonempty = tuple(int(i) for i in np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0))
