@@ -98,21 +98,54 @@ def _group(meta: Mapping[str, Any]) -> str:
     return str(meta.get("extra", {}).get("scene") or meta["stem"])
 
 
+# Extensions of one format: a dataset of .jpg and .jpeg files is copied as .jpg.
+_SAME_FORMAT = {".jpeg": ".jpg"}
+
+
+def _format_suffix(source: str | Path) -> str:
+    suffix = Path(source).suffix.lower() or ".png"
+    return _SAME_FORMAT.get(suffix, suffix)
+
+
+def image_suffix(image_sources: Mapping[str, str | Path]) -> str:
+    """The one extension of the images in ``img_dir``: their sources' when all share one format, else ``.png``.
+
+    mmsegmentation finds a split's images by one ``img_suffix``: copies in mixed formats (JPEGs beside the PNGs of
+    TIFF inputs or EXIF-rotated JPEGs) would leave some out of training, unseen. The sources given are what the
+    model saw (8-bit RGB files as they are, or alps' own PNG of any other input), so a PNG written from one holds
+    the same pixels.
+    """
+    suffixes = {_format_suffix(source) for source in image_sources.values()}
+    return suffixes.pop() if len(suffixes) == 1 else ".png"
+
+
 def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging: Path, label: npt.NDArray[np.uint8],
-                      n_classes: int, config: PipelineConfig) -> str:
-    """Copy the image into ``img_dir`` and write its preview; returns the file name used in COCO."""
+                      n_classes: int, config: PipelineConfig, suffix: str) -> str:
+    """Copy the image into ``img_dir`` as ``<stem><suffix>`` and write its preview; returns its COCO file name.
+
+    A source of another format is written as the PNG of its pixels (``suffix`` is then ``.png``).
+    """
     file_name = f"{stem}.png"
     if source is None:
         return file_name
+    rgb = None
     if config.writer.copy_images:
-        file_name = f"{stem}{Path(source).suffix.lower() or '.png'}"
-        atomic.copy_file(source, staging / "img_dir" / split / file_name)
+        file_name = f"{stem}{suffix}"
+        if _format_suffix(source) == suffix:
+            atomic.copy_file(source, staging / "img_dir" / split / file_name)
+        else:
+            rgb = _read_rgb(source)
+            atomic.write_png(staging / "img_dir" / split / file_name, rgb)
     if config.writer.write_vis:
-        with Image.open(source) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        rgb = _read_rgb(source) if rgb is None else rgb
         if rgb.shape[:2] == label.shape:
             atomic.write_png(staging / "vis" / f"{stem}.png", overlay(rgb, label, n_classes))
     return file_name
+
+
+def _read_rgb(source: str | Path) -> npt.NDArray[np.uint8]:
+    with Image.open(source) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def write_dataset(
@@ -193,13 +226,14 @@ def _stage_dataset(
     pixels_per_class = np.zeros(n_classes, np.int64)
     kept_total = gated_total = labelled = pixels = 0
     image_sources = image_sources or {}
+    suffix = image_suffix(image_sources)
     for path, meta in zip(paths, metas):
         shard = read_shard(path)
         labels = image_labels(shard, centroids, class_map)
         split = splits[shard.stem]
         atomic.write_png(staging / "ann_dir" / split / f"{shard.stem}.png", labels.label)
         file_name = _copy_and_preview(image_sources.get(shard.stem), shard.stem, split, staging, labels.label,
-                                      n_classes, config)
+                                      n_classes, config, suffix)
         annotations = coco_annotations(shard.kept_masks(), labels.class_ids, image_id, annotation_id)
         coco[split].add("images", [coco_image_entry(image_id, file_name, shard.image_size)])
         coco[split].add("annotations", annotations)
@@ -245,12 +279,13 @@ def _stage_dataset(
                                       dict(zip((m["stem"] for m in metas), paths)), image_sources,
                                       out.resolve().name, config.gate.sigma)
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
-                                                                 extra_manifest))
+                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix}))
     return summary
 
 
 # Top-level manifest entries the writer makes; others are extra entries (kept by `alps relabel`).
-MANIFEST_KEYS = ("format", "layout", "config", "seed", "model", "model_is_stand_in", "classes", "versions", "counts")
+MANIFEST_KEYS = ("format", "layout", "config", "seed", "model", "model_is_stand_in", "classes", "versions", "counts",
+                 "img_suffix")
 
 
 def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], class_map: ClassMap,
@@ -258,8 +293,8 @@ def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], 
     """The dataset's ``manifest.json`` content (pure)."""
     return {
         "format": DATASET_FORMAT,
-        "layout": "mmsegmentation custom dataset: img_dir/{train,val[,test]}, ann_dir/{train,val[,test]} "
-                  "(uint8 class ids, 255 = no label)",
+        "layout": "mmsegmentation custom dataset: img_dir/{train,val[,test]} (every image with img_suffix), "
+                  "ann_dir/{train,val[,test]} (.png, uint8 class ids, 255 = no label)",
         "config": config.to_dict(),
         "seed": config.writer.seed,
         "model": dict(model_manifest),

@@ -130,6 +130,32 @@ def test_dataset_files_counts_and_coco_consistency(two_shards, tmp_path):
     assert np.load(out / "centroids.npy").shape == (2, 256)
 
 
+def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_path):
+    """Sources that share a format are copied byte for byte (.jpeg as .jpg); mixed ones all become PNGs of the
+    same pixels, since mmsegmentation lists a split's images by one img_suffix."""
+    shards, centroids, _ = two_shards
+    cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=2))
+    rgb = np.random.default_rng(0).integers(0, 255, (10, 10, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "b.JPEG", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    copies = {}
+    for name, sources in (("same", {"a": tmp_path / "a.jpg", "b": tmp_path / "b.JPEG"}),
+                          ("mixed", {"a": tmp_path / "a.jpg", "b": tmp_path / "b.png"})):
+        write_dataset(tmp_path / name, shards, centroids, cfg, {}, [], sources)
+        copies[name] = {p.name: p for p in (tmp_path / name / "img_dir").glob("*/*")}
+        assert json.loads((tmp_path / name / "manifest.json").read_text())["img_suffix"] == (
+            ".jpg" if name == "same" else ".png")
+        names = {a["file_name"] for coco in coco_files(tmp_path / name).values() for a in coco["images"]}
+        assert names == set(copies[name])
+    assert set(copies["same"]) == {"a.jpg", "b.jpg"}
+    assert copies["same"]["b.jpg"].read_bytes() == (tmp_path / "b.JPEG").read_bytes()
+    assert set(copies["mixed"]) == {"a.png", "b.png"}
+    for stem, source in (("a", "a.jpg"), ("b", "b.png")):
+        np.testing.assert_array_equal(np.asarray(Image.open(copies["mixed"][f"{stem}.png"])),
+                                      np.asarray(Image.open(tmp_path / source).convert("RGB")))
+
+
 def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_shards, tmp_path):
     shards, centroids, sources = two_shards
     out = tmp_path / "out"
