@@ -7,7 +7,8 @@ ground-truth classes on the dataset-wide confusion of labelled pixels:
   clusters than classes the unmatched clusters' pixels count as errors.
 - ``majority``: each cluster goes to the class it overlaps most (many-to-one), the usual upper bound when N > K.
 
-Figures (ground-truth 255 pixels are ignored everywhere):
+Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_index`` when given: a dataset's
+"unlabelled" or no-data value, such as LoveDA's 0):
 
 - ``miou``: mean IoU over **every** ground-truth class, pixels the pipeline left unlabelled (255) counted as misses;
   a class that never received a pseudo-label scores 0. This is the headline figure.
@@ -66,6 +67,7 @@ class EvalReport:
     missing_pseudo_labels: list[str] = field(default_factory=list)
     missing_pseudo_labels_counted: bool = True
     pseudo_label_names: dict[int, str] = field(default_factory=dict)
+    ground_truth_ignored: list[int] = field(default_factory=lambda: [IGNORE])
 
 
 def confusion(pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -270,15 +272,23 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
 
 
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
-                     exclude_unlabelled_images: bool = False) -> EvalReport:
+                     exclude_unlabelled_images: bool = False, ignore_index: int | None = None) -> EvalReport:
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
 
-    Ground-truth files are matched by :func:`ground_truth_files`.
+    Ground-truth files are matched by :func:`ground_truth_files`. Ground-truth pixels of 255, and of
+    ``ignore_index`` (0..254) when given, are left out: they name no class.
 
     Raises:
         AlpsError: If either folder has no label maps, no stem matches, two files match one stem, or sizes differ.
     """
+    if ignore_index is not None and not 0 <= ignore_index < IGNORE:
+        raise AlpsError(f"--ignore-index must lie in 0..254 (255 is always ignored), got {ignore_index}")
     out, gt_root = Path(out_dir), Path(gt_dir)
+
+    def read_gt(stem: str) -> npt.NDArray[np.uint8]:
+        gt = _read_ground_truth(gts[stem])
+        return gt if ignore_index is None else np.where(gt == ignore_index, np.uint8(IGNORE), gt)
+
     preds: dict[str, Path | list[Path]] = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
@@ -297,7 +307,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
-        gt = _read_ground_truth(gts[stem])
+        gt = read_gt(stem)
         found = preds[stem]
         pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
         if pred.shape != gt.shape:
@@ -305,13 +315,14 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         conf += confusion(pred, gt)
     if not exclude_unlabelled_images:
         for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss
-            gt = _read_ground_truth(gts[stem])
+            gt = read_gt(stem)
             conf += confusion(np.full_like(gt, IGNORE), gt)
     report = scores(conf, match_clusters(conf, matching), matching)
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = _class_names(out)
+    report.ground_truth_ignored = [IGNORE] if ignore_index is None else [ignore_index, IGNORE]
     return report
 
 
@@ -345,6 +356,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
     ]
+    if report.ground_truth_ignored != [IGNORE]:
+        lines.append(f"ground-truth pixels of {' and '.join(map(str, report.ground_truth_ignored))} are ignored "
+                     "(they name no class)")
     if report.unmatched_clusters:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
                      f"{named(report.unmatched_clusters)}")

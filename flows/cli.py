@@ -341,7 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from alps_client.runs.retry import describe
 
     try:
-        report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images)
+        report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images,
+                                  args.ignore_index)
     except AlpsError as err:
         return _fail(describe(err))
     json_path = Path(args.json or Path(args.out) / "evaluation.json")
@@ -399,6 +400,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("gt_dir", help="ground-truth label maps (PNG, TIFF; NIfTI label volumes): a tree that mirrors the "
                                    "dataset's, or a flat folder with the images' file names")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
+    ev.add_argument("--ignore-index", type=int, metavar="ID",
+                    help="a ground-truth value that names no class (a dataset's 'unlabelled' or no-data, e.g. 0 for "
+                         "LoveDA), ignored like 255")
     ev.add_argument("--json", help="report path (default OUT/evaluation.json)")
     ev.add_argument("--exclude-unlabelled-images", action="store_true",
                     help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")

@@ -69,6 +69,18 @@ def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
     assert report["coverage"] == pytest.approx(1199 / 3198) and report["n_images"] == 2
 
 
+def test_a_ground_truth_value_that_names_no_class_can_be_ignored(case, capsys):
+    """--ignore-index 2 (as LoveDA's 0 is no-data): class 2's pixels name no class, so it is neither a class
+    nor a miss; 255 stays ignored."""
+    report = evaluate_cli(case, "--exclude-unlabelled-images", "--ignore-index", "2")
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0, "3": 0.5} and report["classes_never_labelled"] == []
+    assert report["miou"] == pytest.approx(2.5 / 3) and report["coverage"] == 1.0
+    assert report["ground_truth_ignored"] == [2, 255]
+    assert "ground-truth pixels of 2 and 255 are ignored" in capsys.readouterr().out
+    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "255"]) == 2
+    assert "--ignore-index must lie in 0..254" in capsys.readouterr().err
+
+
 def test_errors_name_the_problem(case, capsys):
     assert alps(["evaluate", str(case / "nothing"), str(case / "gt")]) == 2
     assert "no label maps" in capsys.readouterr().err
