@@ -21,7 +21,7 @@ from alps_client.io import atomic
 DATASET_ENTRIES = (
     "img_dir", "ann_dir", "vis", "instances_train.json", "instances_val.json", "instances_test.json",
     "centroids.npy", "centroids.json", "classes.json", "manifest.json", "errors.jsonl", "geo", "stitched", "volumes", "vectors",
-    "report", "evaluation.json",
+    "report", "evaluation.json", "mmseg_dataset.py",
 )
 
 

@@ -26,6 +26,8 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import OutputDiskFullError
 from alps_client.io import atomic
 from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
+from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
+from alps_client.io.mmseg import mmseg_config
 from alps_client.io.publish import publish, staging_dir
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
@@ -266,6 +268,8 @@ def _stage_dataset(
     ]
     atomic.write_json(staging / "classes.json", {"ignore_index": IGNORE, "classes": classes,
                                                  "dropped_clusters": class_map.dropped})
+    atomic.write_text(staging / MMSEG_CONFIG, mmseg_config(class_map.names, colours.tolist(), suffix,
+                                                           sorted(set(splits.values()))))
     atomic.write_text(staging / "errors.jsonl", "".join(atomic.json_line(e) for e in errors))
     summary = DatasetSummary(
         out_dir=str(out), n_images=sum(n_split.values()), n_train=n_split["train"], n_val=n_split["val"],

@@ -18,6 +18,7 @@ from alps_client.io.writer import write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE, paint_label_map
 from alps_client.masks import MaskSet, encode_coco_rle
+from tests.mmseg_checks import mmseg_listing
 
 
 def boxes(*rects, size=(10, 10)):
@@ -148,6 +149,7 @@ def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_
             ".jpg" if name == "same" else ".png")
         names = {a["file_name"] for coco in coco_files(tmp_path / name).values() for a in coco["images"]}
         assert names == set(copies[name])
+        assert len(mmseg_listing(tmp_path / name)) == 2  # what mmsegmentation loads: every image, with labels
     assert set(copies["same"]) == {"a.jpg", "b.jpg"}
     assert copies["same"]["b.jpg"].read_bytes() == (tmp_path / "b.JPEG").read_bytes()
     assert set(copies["mixed"]) == {"a.png", "b.png"}

@@ -26,6 +26,7 @@ from alps_client.synthetic import write_synthetic_dataset
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
 from tests.flows.conftest import ALPS, CWD, cli_env
+from tests.mmseg_checks import mmseg_listing
 from tests.review.chromium import ensure_chromium, visit
 from tests.runs import wait_until
 
@@ -187,6 +188,7 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == {"names": ["merged", "named"], "cluster_to_class": [0, 0, 255, 1]}
     assert manifest["relabel"]["spec"]["drop"] == [2] and len(manifest["relabel"]["classes_file_sha256"]) == 64
+    assert len(mmseg_listing(out)) == manifest["counts"]["n_images"]  # its mmsegmentation config names them too
     vectors = gpd.read_file(out / "vectors" / "masks.gpkg")
     assert sorted(set(vectors.class_name)) == ["merged", "named"] and 2 not in set(vectors.cluster_id)
     assert len(vectors) == sum(len(c["annotations"]) for c in after_coco.values())

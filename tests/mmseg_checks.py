@@ -1,0 +1,33 @@
+"""What mmsegmentation loads from a dataset alps wrote, by its own rules (mmsegmentation is not installed here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+
+def mmseg_listing(out: Path) -> list[tuple[Path, Path]]:
+    """``(image, label map)`` of every sample mmsegmentation 1.x loads through ``OUT/mmseg_dataset.py``.
+
+    mmengine puts the file's folder for ``{{ fileDirname }}``; BaseSegDataset.load_data_list lists the files of
+    ``img_path`` ending in ``img_suffix`` and finds each one's label map by swapping that suffix for
+    ``seg_map_suffix`` under ``seg_map_path`` (mmsegmentation is not installed here: its rule, restated).
+    """
+    text = (out / "mmseg_dataset.py").read_text().replace("{{ fileDirname }}", str(out))
+    cfg: dict = {}
+    exec(compile(text, "mmseg_dataset.py", "exec"), cfg)  # noqa: S102 (a config file alps wrote, as mmengine runs it)
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    assert cfg["metainfo"] == {"classes": tuple(c["name"] for c in classes), "palette": [c["color"] for c in classes]}
+    samples = []
+    for loader in ("train_dataloader", "val_dataloader"):
+        ds = cfg[loader]["dataset"]
+        assert ds["type"] == "BaseSegDataset" and not ds["reduce_zero_label"] and ds["ignore_index"] == 255
+        images = Path(ds["data_root"], ds["data_prefix"]["img_path"])
+        for image in sorted(images.glob(f"*{ds['img_suffix']}")):
+            label = Path(ds["data_root"], ds["data_prefix"]["seg_map_path"],
+                         image.name[: -len(ds["img_suffix"])] + ds["seg_map_suffix"])
+            assert label.is_file() and Image.open(label).size == Image.open(image).size
+            samples.append((image, label))
+    return samples
