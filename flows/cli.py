@@ -229,6 +229,7 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
           f"{result['n_labelled']} labelled now, {result['n_skipped']} already done)")
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")
+    print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")
     if result["stand_in"]:
         print("Model: a STAND-IN, not SAM. Export SAM with export/export_sam.py for real labels.")
     for key, title, listing in (("errors", "input(s) rejected (bad files)", "errors.jsonl"),

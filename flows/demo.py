@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n[demo] evaluating the pseudo-labels against the synthetic ground truth "
           f"(classes: {', '.join(CLASS_NAMES[:4])}):")
     rc = alps(["evaluate", str(out), str(data / "gt")])
-    print(f"\n[demo] done. Labelled dataset: {out}/ (ann_dir/, img_dir/, vis/, instances_*.json, manifest.json)")
+    print(f"\n[demo] done. Labelled dataset: {out}/ (ann_dir/, img_dir/, vis/, instances_*.json, manifest.json, "
+          "mmseg_dataset.py)")
     print("[demo] large background masks are dropped by the gate (sigma=0.3): 'coverage' is the labelled share.")
     return rc
 

@@ -29,8 +29,8 @@ def mmseg_config(class_names: Sequence[str], palette: Sequence[Sequence[int]], i
     """
     metainfo = {"classes": tuple(class_names), "palette": [list(map(int, c)) for c in palette]}
     evaluated = "test" if "test" in splits else "val"
-    return f'''# mmsegmentation 1.x dataset settings for the ALPS pseudo-labels in this folder (written by alps: do not edit,
-# `alps run` and `alps relabel` rewrite it). Use it as a base of your model's config:
+    return f'''# mmsegmentation 1.x dataset settings for the ALPS pseudo-labels in this folder (written by alps: do not
+# edit, `alps run` and `alps relabel` rewrite it). Use it as a base of your model's config:
 #     _base_ = ["/path/to/this/mmseg_dataset.py", ...]
 # then override what you train with (pipelines, batch size). 255 in ann_dir is "no pseudo-label", ignored.
 dataset_type = "BaseSegDataset"
@@ -66,7 +66,8 @@ train_dataloader = dict(batch_size=4, num_workers=4, persistent_workers=True,
 val_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True,
                       sampler=dict(type="DefaultSampler", shuffle=False), dataset=_split("val", test_pipeline))
 test_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True,
-                       sampler=dict(type="DefaultSampler", shuffle=False), dataset=_split({evaluated!r}, test_pipeline))
+                       sampler=dict(type="DefaultSampler", shuffle=False),
+                       dataset=_split({evaluated!r}, test_pipeline))
 val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
 del _split

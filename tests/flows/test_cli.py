@@ -12,6 +12,7 @@ import pytest
 from alps_client.backends.fake import write_fake_repository
 from flows.cli import build_config, main, make_parser
 from tests.conftest import ODD_SHAPE
+from tests.mmseg_checks import mmseg_listing
 from tests.runs import CWD, SMALL, cli_env, error_lines, labels, prefect_api, run_alps, start_alps, wait_until
 
 
@@ -203,6 +204,8 @@ def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Labelled dataset" in result.stdout and "mIoU" in result.stdout
     assert len(list((tmp_path / "demo" / "labelled" / "ann_dir").glob("*/*.png"))) == 3
+    config = tmp_path / "demo" / "labelled" / "mmseg_dataset.py"
+    assert f'_base_ = ["{config}", ...]' in result.stdout and len(mmseg_listing(config.parent)) == 3
 
 
 def test_main_returns_usage_exit_code_in_process(tmp_path):
