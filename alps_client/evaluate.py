@@ -36,12 +36,12 @@ from PIL import Image
 
 from alps_client.errors import AlpsError
 from alps_client.io import atomic
-from alps_client.io.items import TIFF_EXTENSIONS, VOLUME_EXTENSIONS, extension_of
+from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, extension_of
 from alps_client.labels.painting import IGNORE
 
 Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # label values 0..255; 255 = no label / ignore
-GT_EXTENSIONS = (".png", *TIFF_EXTENSIONS, *VOLUME_EXTENSIONS)
+GT_EXTENSIONS = (".png", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
 # Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
 _PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
@@ -157,7 +157,7 @@ def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     from alps_client._imports import lazy_import
 
     try:
-        if extension_of(path.name) in TIFF_EXTENSIONS:
+        if extension_of(path.name) in RASTER_EXTENSIONS:
             with lazy_import("rasterio").open(path) as src:
                 arr = src.read() if src.count > 1 else src.read(1)
         else:

@@ -28,7 +28,7 @@ from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
 from alps_client.io.items import (
     IMAGE_EXTENSIONS,
-    TIFF_EXTENSIONS,
+    RASTER_EXTENSIONS,
     VOLUME_EXTENSIONS,
     InputError,
     InputItem,
@@ -181,7 +181,7 @@ def _parts_of(path: Path, config: InputConfig,
         on_pages(printable(str(path)), pages)
     if volume:
         return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in slices]
-    if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in TIFF_EXTENSIONS:
+    if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in RASTER_EXTENSIONS:
         raise InputImageError(str(path), f"image is {width}x{height}, too large to decode whole; convert it to a "
                                          "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile")
     if config.tile is None and height * width > MAX_UNTILED_PIXELS:

@@ -6,9 +6,11 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".bmp", ".webp")
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
-TIFF_EXTENSIONS = (".tif", ".tiff")  # read through rasterio (GDAL), not PIL
+# Read through rasterio (GDAL), not PIL: GeoTIFF and JPEG 2000 (Sentinel-2's bands and true-colour images), their
+# CRS kept, windows read for tiles.
+RASTER_EXTENSIONS = (".tif", ".tiff", ".jp2")
 PLAIN_COPY_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 

@@ -1,4 +1,4 @@
-"""Reading inputs to ``(H, W, 3) uint8`` RGB: 8/16-bit, grey, RGBA, palette, EXIF, GeoTIFF, NIfTI slices.
+"""Reading inputs to ``(H, W, 3) uint8`` RGB: 8/16-bit, grey, RGBA, palette, EXIF, GeoTIFF, JPEG 2000, NIfTI slices.
 
 Rules (also in docs/inputs.md):
 - More than 8 bits (16-bit, 32-bit, float): a linear stretch of the ``stretch_percentiles`` (default 2-98 %)
@@ -6,7 +6,7 @@ Rules (also in docs/inputs.md):
 - Grey -> the value on three channels. RGBA / LA / palette with transparency -> alpha dropped; fully
   transparent pixels are marked invalid (never labelled, not counted in the gate's PI).
 - EXIF orientation is applied (the image is labelled as it is displayed).
-- TIFF goes through rasterio (GeoTIFF CRS and transform kept; windows read for tiles); ``--bands`` picks
+- TIFF and JPEG 2000 go through rasterio (CRS and transform kept; windows read for tiles); ``--bands`` picks
   three 1-based bands, default the bands described as red/green/blue, else the first three.
 - Inputs are opened read-only and never modified.
 """
@@ -32,7 +32,7 @@ from alps_client.config import InputConfig
 from alps_client.errors import InputImageError, InputReadError
 from alps_client.io.items import (
     PLAIN_COPY_EXTENSIONS,
-    TIFF_EXTENSIONS,
+    RASTER_EXTENSIONS,
     VOLUME_EXTENSIONS,
     InputItem,
     extension_of,
@@ -103,8 +103,8 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "unreadable (Permission denied)")
 
 
-def _is_tiff(path: Path) -> bool:
-    return extension_of(path.name) in TIFF_EXTENSIONS
+def _is_raster(path: Path) -> bool:
+    return extension_of(path.name) in RASTER_EXTENSIONS
 
 
 _HEADER_ONLY = -1  # _open_image(limit=...): no pixel limit, the file's header is all that is read
@@ -163,13 +163,13 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
     """
     path = Path(path)
     _check_file(path)
-    if _is_tiff(path):
+    if _is_raster(path):
         rasterio = lazy_import("rasterio")
         try:
             with rasterio.open(path) as src:
                 return int(src.height), int(src.width), max(1, len(src.subdatasets))
         except rasterio.errors.RasterioIOError as err:
-            raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
+            raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
     try:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
@@ -277,7 +277,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
                 transform = src.window_transform(win) if win is not None else src.transform
                 geo = {"crs": src.crs.to_wkt(), "transform": list(transform)[:6]}
     except rasterio.errors.RasterioIOError as err:
-        raise _fail(path, f"not a readable TIFF ({str(err).splitlines()[0][:120]})") from err
+        raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
     valid = mask > 0 if mask is not None else None
     if data.dtype.kind == "f":  # NaN or infinity is no measurement, nodata value declared or not
         finite = np.isfinite(data).all(axis=0)
@@ -382,7 +382,7 @@ def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage
     _check_file(path)
     if item.kind == "slice" or extension_of(path.name) in VOLUME_EXTENSIONS:
         return _load_slice(path, int(item.slice_index or 0), config)
-    if _is_tiff(path):
+    if _is_raster(path):
         loaded = _load_tiff(path, config, item.window)
     else:
         loaded = _load_pil(path, config, tiled=item.window is not None)

@@ -14,7 +14,7 @@ from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
 from alps_client.io.items import (
     IMAGE_EXTENSIONS,
-    TIFF_EXTENSIONS,
+    RASTER_EXTENSIONS,
     VOLUME_EXTENSIONS,
     InputError,
     InputItem,
@@ -127,9 +127,9 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     """
     inputs, lines = config.inputs, []
     kinds = {item.kind for item in items}
-    if inputs.bands is not None and not any(extension_of(item.source) in TIFF_EXTENSIONS for item in items):
-        lines.append(f"--bands {','.join(map(str, inputs.bands))}: no TIFF among the inputs; it applies to "
-                     "multiband TIFF rasters only")
+    if inputs.bands is not None and not any(extension_of(item.source) in RASTER_EXTENSIONS for item in items):
+        lines.append(f"--bands {','.join(map(str, inputs.bands))}: no TIFF or JPEG 2000 among the inputs; it applies "
+                     "to multiband rasters only")
     if inputs.tile is not None and "tile" not in kinds:
         stitch = ", and --stitch has nothing to stitch" if inputs.stitch else ""
         lines.append(f"--tile {inputs.tile}: no input is larger than {inputs.tile} pixels, so none is cut{stitch}")

@@ -78,6 +78,8 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["all_nan.tif"] = "every pixel is transparent or nodata"
     write_nifti(root / "volume.nii.gz")
     expect["volume.nii.gz"] = "ok"
+    write_jpeg2000(root / "sentinel2_tci.jp2", scene(16).transpose(2, 0, 1), "EPSG:32632", (600000.0, 10.0, 5000000.0))
+    expect["sentinel2_tci.jp2"] = "ok"
     good = (root / "grey.png").read_bytes()
     (root / "truncated.png").write_bytes(good[: len(good) // 2])
     expect["truncated.png"] = "truncated or corrupt"
@@ -97,6 +99,16 @@ def write_geotiff(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, 
     with rasterio.open(path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=bands.shape[0],
                        dtype=bands.dtype, crs=crs, transform=from_origin(x, y, res, res), nodata=nodata) as dst:
         dst.write(bands)
+
+
+def write_jpeg2000(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float]) -> None:
+    """A lossless, georeferenced JPEG 2000, as Sentinel-2 delivers its bands (GDAL's OpenJPEG driver)."""
+    import rasterio.shutil
+
+    tiff = path.with_suffix(".tmp.tif")
+    write_geotiff(tiff, bands, crs, origin)
+    rasterio.shutil.copy(tiff, path, driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY="100")
+    tiff.unlink()
 
 
 def write_nifti(path: Path) -> None:

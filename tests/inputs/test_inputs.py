@@ -20,7 +20,7 @@ from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from tests.coco_checks import assert_coco_consistent
 from tests.conftest import REPO_ROOT, make_shapes_image
-from tests.inputs.make_files import SIZE, write_nifti, write_odd_dataset
+from tests.inputs.make_files import SIZE, scene, write_nifti, write_odd_dataset
 from tests.runs import cli_env
 
 
@@ -60,6 +60,8 @@ def test_discovery_and_reading_of_every_case(odd):
     assert rotated.rgb.shape[:2] == SIZE[::-1]
     geo = load_item(by_source[str(root / "geo_rgb.tif")][0])
     assert "32633" in geo.geo["crs"] or "UTM" in geo.geo["crs"]
+    sentinel = load_item(by_source[str(root / "sentinel2_tci.jp2")][0])
+    assert "32632" in sentinel.geo["crs"] and (sentinel.rgb == scene(16)).all()  # lossless: the very pixels
     floats = load_item(by_source[str(root / "float_nan.tif")][0])
     assert not floats.valid[:30].any() and floats.valid[30:].all() and floats.extra["stretch"][1] < 255 / 7 + 1
     multi = load_item(by_source[str(root / "multiband.tif")][0])
@@ -202,6 +204,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
 
     with rasterio.open(out / "geo" / "geo_rgb.tif") as src:
         assert src.crs.to_epsg() == 32633 and src.transform.c == 500000.0
+    with rasterio.open(out / "geo" / "sentinel2_tci.tif") as src:  # a JPEG 2000's labels overlay it in its CRS
+        assert src.crs.to_epsg() == 32632 and src.transform.c == 600000.0
     vol = nibabel.load(str(out / "volumes" / "volume.nii.gz"))
     assert vol.shape == (64, 72, 6) and np.allclose(vol.affine, np.diag([0.8, 0.8, 2.5, 1.0]))
     assert (np.asarray(vol.dataobj)[..., 0] == 255).all()
