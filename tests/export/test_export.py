@@ -262,5 +262,5 @@ def test_a_fine_tunes_checkpoint_with_sams_layers_loads_wherever_training_code_p
         assert said == [f"Weights of tiny-test read from {where} of {tmp_path / f'{name}.pth'}."]
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in original.items())
     torch.save({"model": {**weights, "adapter.weight": torch.zeros(4)}, "epoch": 3}, tmp_path / "adapter.pth")
-    with pytest.raises(ExportError, match="does not match --model-type tiny-test.*adapter.weight"):
+    with pytest.raises(ExportError, match=r"does not match --model-type tiny-test.*adapter\.weight"):
         load_model("tiny-test", str(tmp_path / "adapter.pth"), random_init=False)
