@@ -39,6 +39,7 @@ from torch import nn  # noqa: E402
 from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
+from export.checkpoints import find_weights  # noqa: E402
 from export.errors import ExportError, readable_checkpoint  # noqa: E402
 from export.quantize import QUANTIZE_CHOICES, quantize_encoder  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
@@ -55,46 +56,6 @@ MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST, *SAM2_MODEL_TYPES)
 
 class ExportCheckError(ExportError):
     """The export ran but its check failed (ONNX disagrees with PyTorch): one line, exit code 1, nothing written."""
-
-
-# Where training code keeps SAM's weights in a checkpoint, besides the file being the state dict itself (Meta's
-# release, MedSAM's): under "model" (SAM fine-tuning scripts, beside "optimizer" and "epoch") or "state_dict"
-# (PyTorch Lightning). Keys may carry one prefix: "module." (DistributedDataParallel), "model." (a wrapper).
-WEIGHT_ENTRIES = ("model", "state_dict")
-
-
-def sam_state_dict(data: object, expected: set[str]) -> tuple[Any, str]:
-    """SAM's weights in a loaded checkpoint: the state dict with exactly the ``expected`` keys, and where it was.
-
-    Returns:
-        ``(state, where)``: ``where`` is ``""`` when the file is the state dict itself, else its entry and prefix
-        (``"the 'model' entry, keys prefixed 'module.'"``). When nothing matches, the innermost candidate as it
-        is, for ``load_state_dict`` to name the difference (a fine-tune with other layers is refused there).
-    """
-    candidates = [("", data)] + [(f"the '{entry}' entry", data[entry]) for entry in WEIGHT_ENTRIES
-                                 if isinstance(data, dict) and isinstance(data.get(entry), dict)]
-    for where, state in candidates:
-        prefix = _key_prefix(state, expected) if isinstance(state, dict) else None
-        if prefix == "":
-            return state, where
-        if prefix is not None:
-            stripped = {key[len(prefix):]: value for key, value in state.items()}
-            return stripped, ", ".join(filter(None, [where, f"keys prefixed '{prefix}'"]))
-    return candidates[-1][1], ""
-
-
-def _key_prefix(state: dict[Any, Any], expected: set[str]) -> str | None:
-    """The prefix that every key of ``state`` has and whose removal leaves exactly ``expected``; else None."""
-    if set(state) == expected:
-        return ""
-    probe = next(iter(sorted(expected)), None)
-    for key in state:
-        if probe is not None and isinstance(key, str) and key.endswith("." + probe):
-            prefix = key[: -len(probe)]
-            if all(isinstance(k, str) and k.startswith(prefix) for k in state) and \
-                    {k[len(prefix):] for k in state} == expected:
-                return prefix
-    return None
 
 
 def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], None] = lambda _: None) -> nn.Module:
@@ -122,7 +83,7 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
                 f"checkpoint {checkpoint} holds more than tensors (pickled objects or code), which alps refuses to "
                 "load (torch.load weights_only=True); use Meta's released checkpoint or a plain state_dict"
             ) from err
-        state, where = sam_state_dict(data, set(sam.state_dict()))
+        state, where = find_weights(data, set(sam.state_dict()))
         sam.load_state_dict(state)
         if where:
             log(f"Weights of {model_type} read from {where} of {checkpoint}.")
@@ -136,7 +97,7 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool,
     Args:
         model_type: one of ``vit_h``, ``vit_l``, ``vit_b``, ``stand-in``, ``tiny-test``.
         checkpoint: Meta's checkpoint (e.g. ``sam_vit_h_4b8939.pth``), loaded through segment-anything's builder;
-            or a fine-tune's with the same layers (see :func:`sam_state_dict`).
+            or a fine-tune's with the same layers (see :func:`export.checkpoints.find_weights`).
         random_init: build the architecture without weights (seeded), for shape and speed work only.
         log: told where in the checkpoint the weights were, when not at its top.
 
