@@ -268,8 +268,9 @@ def _stage_dataset(
     ]
     atomic.write_json(staging / "classes.json", {"ignore_index": IGNORE, "classes": classes,
                                                  "dropped_clusters": class_map.dropped})
-    atomic.write_text(staging / MMSEG_CONFIG, mmseg_config(class_map.names, colours.tolist(), suffix,
-                                                           sorted(set(splits.values()))))
+    if config.writer.copy_images:  # the config's images are img_dir's
+        atomic.write_text(staging / MMSEG_CONFIG, mmseg_config(class_map.names, colours.tolist(), suffix,
+                                                               sorted(set(splits.values()))))
     atomic.write_text(staging / "errors.jsonl", "".join(atomic.json_line(e) for e in errors))
     summary = DatasetSummary(
         out_dir=str(out), n_images=sum(n_split.values()), n_train=n_split["train"], n_val=n_split["val"],

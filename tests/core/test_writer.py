@@ -150,6 +150,10 @@ def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_
         names = {a["file_name"] for coco in coco_files(tmp_path / name).values() for a in coco["images"]}
         assert names == set(copies[name])
         assert len(mmseg_listing(tmp_path / name)) == 2  # what mmsegmentation loads: every image, with labels
+    uncopied = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(copy_images=False))
+    write_dataset(tmp_path / "uncopied", shards, centroids, uncopied, {}, [], {"a": tmp_path / "a.jpg"})
+    assert not (tmp_path / "uncopied" / "img_dir").exists()
+    assert not (tmp_path / "uncopied" / "mmseg_dataset.py").exists()  # it would name images that are not there
     assert set(copies["same"]) == {"a.jpg", "b.jpg"}
     assert copies["same"]["b.jpg"].read_bytes() == (tmp_path / "b.JPEG").read_bytes()
     assert set(copies["mixed"]) == {"a.png", "b.png"}
