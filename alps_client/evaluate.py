@@ -154,11 +154,11 @@ def _read_ground_truth(path: Path) -> npt.NDArray[np.uint8]:
 
 def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     """A label map ``(H, W) uint8`` of class ids (PNG, or TIFF through rasterio: GeoTIFF scenes of any size)."""
-    from alps_client._imports import lazy_import
+    from alps_client.io.readers import raster_io
 
     try:
         if extension_of(path.name) in RASTER_EXTENSIONS:
-            with lazy_import("rasterio").open(path) as src:
+            with raster_io().open(path) as src:
                 arr = src.read() if src.count > 1 else src.read(1)
         else:
             with Image.open(path) as im:

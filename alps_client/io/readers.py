@@ -17,6 +17,7 @@ import errno
 import functools
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,18 @@ def _is_raster(path: Path) -> bool:
     return extension_of(path.name) in RASTER_EXTENSIONS
 
 
+@functools.cache
+def raster_io() -> Any:
+    """rasterio, with its ``NotGeoreferencedWarning`` silenced once for the process.
+
+    A TIFF without a CRS (a microscope's, a scanner's, a plain image's) is read in pixel coordinates on purpose
+    (its labels and vectors say so); rasterio's warning printed two lines of noise per such file.
+    """
+    rasterio = lazy_import("rasterio")
+    warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+    return rasterio
+
+
 _HEADER_ONLY = -1  # _open_image(limit=...): no pixel limit, the file's header is all that is read
 
 
@@ -164,7 +177,7 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
     path = Path(path)
     _check_file(path)
     if _is_raster(path):
-        rasterio = lazy_import("rasterio")
+        rasterio = raster_io()
         try:
             with rasterio.open(path) as src:
                 return int(src.height), int(src.width), max(1, len(src.subdatasets))
@@ -205,7 +218,8 @@ def stretch_to_uint8(
     lo, hi = found
     if hi <= lo:
         hi = lo + 1.0
-    scaled = (np.nan_to_num(data.astype(np.float64), nan=lo) - lo) * (255.0 / (hi - lo))
+    # Infinities (no measurement, never valid) go to the ends of the range: their product would overflow.
+    scaled = (np.nan_to_num(data.astype(np.float64), nan=lo, posinf=hi, neginf=lo) - lo) * (255.0 / (hi - lo))
     return np.clip(scaled + 0.5, 0, 255).astype(np.uint8), [lo, hi]
 
 
@@ -263,7 +277,7 @@ def _tiff_bands(src: Any, config: InputConfig) -> list[int]:
 
 
 def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int] | None) -> LoadedImage:
-    rasterio = lazy_import("rasterio")
+    rasterio = raster_io()
     from rasterio.windows import Window
 
     try:
@@ -299,7 +313,7 @@ def scene_value_range(path: str, mtime_ns: int, bands: tuple[int, ...], percenti
     Memory: the decimated sample only (GDAL reads the scene block by block). Cached per file version
     (``mtime_ns``), so the tiles of one scene pay for it once per process.
     """
-    rasterio = lazy_import("rasterio")
+    rasterio = raster_io()
     from rasterio.enums import Resampling
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:

@@ -176,6 +176,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     for name, expectation in expect.items():
         if expectation != "ok":
             assert expectation in errors[printable(str(root / name))], (name, errors)
+    assert "Warning" not in result.stderr, result.stderr  # no library warning: a plain TIFF, infinities handled
     assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
     assert f"1 input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D NIfTI's " \
            f"volumes): only the first of each is labelled, e.g. {root / 'stack.tif'} (3)" in result.stderr
