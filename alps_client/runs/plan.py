@@ -90,7 +90,8 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     left_out: list[Path] = []
     if not list_input_files(root, out, left_out.append):
         outputs = f"; left out {len(left_out)} folder(s) holding alps outputs, e.g. {left_out[0]}" if left_out else ""
-        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs})")
+        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs})"
+                            f"{_other_formats(root)}")
     manifest = load_manifest(config.backend.model_repository)
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
         raise AlpsError(f"--use-m2m and --no-multimask-output are SAM 2.1 parameters; {manifest.root} holds "
@@ -136,6 +137,41 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     if inputs.write_nifti_labels and "slice" not in kinds:
         lines.append("--write-nifti-labels: no NIfTI volume among the inputs, so no label volume is written")
     return lines
+
+
+# Formats users bring that alps does not read, and the way to one it does.
+CONVERSIONS = {
+    ".dcm": "DICOM is not read: convert each series to a NIfTI volume (dcm2niix -z y -o DIR SERIES) and label those",
+    ".gif": "GIF is not read: convert to PNG",
+    ".nrrd": "NRRD is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
+    ".mha": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
+    ".svs": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
+    ".ndpi": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
+}
+
+
+def _other_formats(root: Path, limit: int = 10_000) -> str:
+    """``; found N .dcm file(s): <what to do>`` for the most common format in CONVERSIONS under ``root``, or ""."""
+    counts: dict[str, int] = {}
+    for i, path in enumerate(root.rglob("*") if root.is_dir() else [root]):
+        if i >= limit:
+            break
+        suffix = ".dcm" if not path.suffix and _is_dicom(path) else path.suffix.lower()
+        if suffix in CONVERSIONS:
+            counts[suffix] = counts.get(suffix, 0) + 1
+    if not counts:
+        return ""
+    suffix, count = max(counts.items(), key=lambda kv: kv[1])
+    return f"; found {count} {suffix} file(s): {CONVERSIONS[suffix]}"
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM file without an extension (scanners write IM0001...): ``DICM`` after its 128-byte preamble."""
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:  # a folder, or unreadable: not counted
+        return False
 
 
 class ItemState(NamedTuple):

@@ -27,6 +27,7 @@ def free_port() -> int:
     [
         (["{tmp}/absent"], "does not exist"),
         (["{tmp}/empty"], "no readable images"),
+        (["{tmp}/dicom"], "found 2 .dcm file(s): DICOM is not read: convert each series to a NIfTI volume"),
         (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
@@ -45,6 +46,9 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     flow script test below)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    (tmp_path / "dicom" / "series").mkdir(parents=True)  # as scanners write them: with and without an extension
+    (tmp_path / "dicom" / "series" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\2\0")
+    (tmp_path / "dicom" / "series" / "IM0002.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\2\0")
     (tmp_path / "a_file").write_text("an --out under a file (was a traceback from the API server's start)")
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
