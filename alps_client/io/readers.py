@@ -352,15 +352,17 @@ def _volume_key(path: Path) -> tuple[str, int]:
 
 @functools.lru_cache(maxsize=2)
 def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
-    """The 3D volume as float32, decoded once per process and file version (a slice never re-reads the file)."""
+    """The 3D volume as float32, decoded once per process and file version (a slice never re-reads the file).
+
+    Of a 4-D file (a series), the first volume alone is decoded: the others are never labelled.
+    """
     nibabel = lazy_import("nibabel")
     try:
-        data = np.asarray(nibabel.load(path).get_fdata(dtype=np.float32))
+        image = nibabel.load(path)
+        data = np.asarray((image.slicer[..., 0] if image.ndim == 4 else image).get_fdata(dtype=np.float32))
     except Exception as err:  # nibabel raises many types for corrupt files
         reason = f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})"
         raise _read_failure(path, err) or _fail(path, reason) from err
-    if data.ndim == 4:
-        data = data[..., 0]
     if data.ndim != 3:
         raise _fail(path, f"NIfTI volume must be 3D, got shape {data.shape}")
     return data
