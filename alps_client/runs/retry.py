@@ -96,10 +96,12 @@ class FailureStreak:
         False
         >>> streak.record("failed", "server unavailable"); streak.tripped
         True
-        >>> streak.reason()[:64]
-        'the run stopped starting images after 2 in a row failed (last: '
+        >>> streak.reason()  # doctest: +ELLIPSIS
+        'the run stopped starting images after 2 in a row failed (last: server unavailable): the backend, ...'
         >>> full = FailureStreak(10)
         >>> full.record("failed", "no space left on the disk while writing x.npz", ends_run=True); full.reason()
+        'the run stopped starting images: no space left on the disk while writing x.npz'
+        >>> full.record("failed", "worker lost"); full.reason()  # an image in flight failing after: still the disk
         'the run stopped starting images: no space left on the disk while writing x.npz'
     """
 
@@ -108,7 +110,7 @@ class FailureStreak:
         self.limit = limit
         self.count = 0
         self.last = ""
-        self.ended = False
+        self.ending = ""  # the reason of the failure that ended the run by itself, if one did
 
     def record(self, status: str, reason: str = "", ends_run: bool = False) -> None:
         """One more image ended with ``status`` (``failed`` extends the streak, anything else ends it).
@@ -118,18 +120,19 @@ class FailureStreak:
         if status == "failed":
             self.count += 1
             self.last = reason
-            self.ended = self.ended or ends_run
+            if ends_run and not self.ending:
+                self.ending = reason
         else:
             self.count = 0
 
     @property
     def tripped(self) -> bool:
         """Whether the run should start no more images."""
-        return self.ended or 0 < self.limit <= self.count
+        return bool(self.ending) or 0 < self.limit <= self.count
 
     def reason(self) -> str:
         """One line for the log and the error: why no more images are started."""
-        if self.ended:
-            return f"the run stopped starting images: {self.last}"
+        if self.ending:
+            return f"the run stopped starting images: {self.ending}"
         return (f"the run stopped starting images after {self.limit} in a row failed (last: {self.last}): the "
                 "backend, the workers or the disk looks down")
