@@ -284,11 +284,6 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     if ignore_index is not None and not 0 <= ignore_index < IGNORE:
         raise AlpsError(f"--ignore-index must lie in 0..254 (255 is always ignored), got {ignore_index}")
     out, gt_root = Path(out_dir), Path(gt_dir)
-
-    def read_gt(stem: str) -> npt.NDArray[np.uint8]:
-        gt = _read_ground_truth(gts[stem])
-        return gt if ignore_index is None else np.where(gt == ignore_index, np.uint8(IGNORE), gt)
-
     preds: dict[str, Path | list[Path]] = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
@@ -296,6 +291,11 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
     parts = _parts_by_whole(list(preds))
     gts = ground_truth_files(gt_root, set(preds) | set(parts))
+
+    def read_gt(stem: str) -> npt.NDArray[np.uint8]:
+        gt = _read_ground_truth(gts[stem])
+        return gt if ignore_index is None else np.where(gt == ignore_index, np.uint8(IGNORE), gt)
+
     for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
         preds[whole] = [preds.pop(stem) for stem in parts[whole]]  # type: ignore[misc]
     missing_gt = sorted(set(preds) - set(gts))
