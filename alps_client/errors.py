@@ -56,6 +56,10 @@ def ran_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or any(t.lower() in text.lower() for t in OUT_OF_MEMORY_TEXTS)
 
 
+class BackendClosedError(AlpsError):
+    """A backend was used after :meth:`close` (its run ended or was stopped under the call): make a new one."""
+
+
 class BackendRequestError(AlpsError):
     """The backend received a request and rejected it (bad tensor, model error): the same request fails again."""
 

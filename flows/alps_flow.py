@@ -36,7 +36,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
@@ -73,6 +73,8 @@ class _NoEmptyTraceback(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 # The reason given for the images a stopped run never started (see _label_all).
 NOT_STARTED = "not started: the run stopped starting images (see its error)"
+# An image in flight when the run was stopped: not labelled, and not its own failure.
+STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 
 
 class InterruptibleThreadPool(ThreadPoolTaskRunner):
@@ -97,17 +99,24 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float]) -
 
     Returns:
         The image's outcome (labelled, skipped, or rejected as a bad input), or a Failed state whose data is
-        the ``failed`` outcome: one line in the UI, the traceback of an unexpected error in ``detail``.
+        the ``failed`` outcome: one line in the UI, the traceback of an unexpected error in ``detail``; a
+        Cancelled state if the run was stopped (the labeller released) under the image.
     """
     logger = get_run_logger()
 
     def warn(retry: int, delay: float, err: BaseException) -> None:
+        if labeller.closed:  # the run stopped under this image: no retry
+            raise err
         logger.warning("%s: try %d of %d failed (%s); trying again in %.3g s", item.stem, retry, len(delays) + 1,
                        describe(err), delay)
 
     try:
         return call_with_retries(lambda: labeller.label(item), delays, warn)
     except Exception as err:  # noqa: BLE001 (any processing failure: the image is good, reported missing)
+        if labeller.closed:
+            # A stopped run (Ctrl-C, SIGTERM) released the backend under this image: whatever that raised here
+            # (a session gone, a closed connection) says nothing about the image.
+            return Cancelled(message=f"{item.stem}: {STOPPED_UNDER_IT}")
         detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
         outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail,
                                ends_run=isinstance(err, OutputDiskFullError))

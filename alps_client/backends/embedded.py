@@ -24,6 +24,7 @@ from alps_client.backends.feeds import (
 from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
 from alps_client.config import BackendConfig
 from alps_client.errors import (
+    BackendClosedError,
     BackendOutOfMemoryError,
     ModelRepositoryError,
     ModelSignatureError,
@@ -185,10 +186,15 @@ class EmbeddedBackend:
         """``session.run``; an allocation that failed (a busy machine) becomes a transient error the run retries.
 
         Raises:
+            BackendClosedError: If the backend was closed (a run stopped under this call).
             BackendOutOfMemoryError: If onnxruntime could not allocate memory.
         """
+        session = self._sessions.get(key)
+        if session is None:
+            raise BackendClosedError(f"the embedded backend is closed: no {key} session (its run ended or was "
+                                     "stopped)")
         try:
-            return list(self._sessions[key].run(names, feeds))
+            return list(session.run(names, feeds))
         except Exception as err:
             if not ran_out_of_memory(err):
                 raise

@@ -17,9 +17,14 @@ from alps_client.runs.work import ImageOutcome, LabelJob, label_item
 
 
 class Labeller(Protocol):
-    """Labels items of one run; ``slots`` items may be in flight at once."""
+    """Labels items of one run; ``slots`` items may be in flight at once.
+
+    ``closed`` turns true as the labeller is released: an item still in flight then (a stopped run's) fails for
+    that reason, not its own.
+    """
 
     slots: int
+    closed: bool
 
     def label(self, item: InputItem) -> ImageOutcome:
         """One try at one item (the caller retries); see :func:`alps_client.runs.work.label_item`."""
@@ -39,6 +44,7 @@ class LocalLabeller:
     def __init__(self, job: LabelJob, slots: int) -> None:
         self.job = job
         self.slots = max(1, slots)
+        self.closed = False
         self.backend = make_backend(job.config.backend)
 
     def label(self, item: InputItem) -> ImageOutcome:
@@ -47,6 +53,7 @@ class LocalLabeller:
 
     def close(self) -> None:
         """Release the backend."""
+        self.closed = True
         self.backend.close()
 
 

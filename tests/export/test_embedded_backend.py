@@ -93,3 +93,19 @@ def test_onnxruntime_out_of_memory_is_a_transient_failure_the_same_backend_recov
     assert result.returncode == 0, result.stderr[-2000:]
     assert lines[0].startswith("transient onnxruntime could not allocate memory for the encoder ("), lines
     assert lines[1] == "encoded again: (256, 64, 64)"
+
+
+def test_a_closed_backend_says_so_and_is_not_retried(stand_in_repo):
+    """A run stopped under an image closes the backend while the image is in it: its next call must say that,
+    not fail on a missing session (a bare ``KeyError: 'decoder'`` read as the image's failure)."""
+    from alps_client.errors import BackendClosedError
+    from alps_client.runs.retry import is_transient
+
+    backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1))
+    (embedding,) = backend.encode([make_shapes_image()])
+    backend.close()
+    with pytest.raises(BackendClosedError, match="no decoder session") as err:
+        backend.decode(embedding, np.zeros((1, 1, 2), np.float32), np.ones((1, 1), np.float32))
+    assert not is_transient(err.value)
+    with pytest.raises(BackendClosedError, match="no encoder session"):
+        backend.encode([make_shapes_image()])

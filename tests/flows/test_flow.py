@@ -364,3 +364,36 @@ def test_a_full_output_disk_stops_the_run_at_once_and_loses_nothing(fake_repo, s
     assert not (out / ".alps" / "staging").exists() and not (out / "manifest.json").exists()
     assert alps(args) == 0 and json.loads((out / "manifest.json").read_text())["complete"]
     assert json.loads((out / ".alps" / "last_run.json").read_text())["dataset_written"]
+
+
+def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(stand_in_repo, scenes, tmp_path):
+    """Ctrl-C or SIGTERM releases the labeller (the real embedded backend here) under the images in flight: they
+    end cancelled, saying the run stopped, never failed with the error the closed backend raised (it said
+    ``scene_0004: KeyError: 'decoder'`` in red, as if the image were at fault)."""
+    import threading
+
+    from prefect import flow
+
+    from alps_client.io.discovery import discover_inputs
+    from alps_client.runs.labellers import LocalLabeller
+    from alps_client.runs.work import LabelJob
+    from flows.alps_flow import STOPPED_UNDER_IT, label_image_task
+
+    item = discover_inputs(scenes / "images")[0][0]
+    cfg = small_config(stand_in_repo)
+    labeller = LocalLabeller(LabelJob(str(tmp_path / "out"), cfg, "fingerprint"), slots=1)
+
+    states = []
+
+    @flow
+    def label_one(labeller):
+        states.append(label_image_task(item, labeller, [30.0], return_state=True))
+
+    with labeller.backend._encode_lock:  # the image cannot reach the encoder before the run has released it
+        worker = threading.Thread(target=lambda: label_one(labeller, return_state=True))
+        worker.start()
+        labeller.close()
+    worker.join(timeout=120)
+    (state,) = states
+    assert state.is_cancelled() and state.message == f"{item.stem}: {STOPPED_UNDER_IT}", state
+    assert not (tmp_path / "out").exists()  # nothing written for it: the rerun labels it
