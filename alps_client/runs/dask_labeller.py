@@ -8,6 +8,7 @@ that dies mid-item is replaced by Dask, which reruns the item elsewhere.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import uuid
 from typing import Any
@@ -29,15 +30,29 @@ class BackendPlugin(distributed.WorkerPlugin):  # type: ignore[misc,name-defined
 
     name = PLUGIN_NAME
 
-    def __init__(self) -> None:
+    def __init__(self, quiet_interrupt: bool = False) -> None:
+        """``quiet_interrupt``: the workers are this run's own processes (see :meth:`setup`)."""
+        self.quiet_interrupt = quiet_interrupt
         self._backends: dict[BackendConfig, SamBackend] = {}
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict[str, Any]:  # sent to workers empty: backends are built there
-        return {}
+    def __getstate__(self) -> dict[str, Any]:  # sent to workers without backends: they are built there
+        return {"quiet_interrupt": self.quiet_interrupt}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
+
+    def setup(self, worker: Any) -> None:
+        """Leave Ctrl-C to the run, in the worker processes it started itself.
+
+        Ctrl-C in a terminal reaches every process of its group, these workers too: each printed a
+        ``KeyboardInterrupt`` traceback from deep in Dask under the run's one-line message (and ended at once
+        with the signal's default action, the scheduler printed broken connections and the nannies restarted
+        them). The run closes its cluster as it stops; the nannies end a busy worker within about a second.
+        Workers of a user's own cluster (``--dask-address``) keep their handling.
+        """
+        if self.quiet_interrupt and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def backend(self, config: BackendConfig) -> SamBackend:
         """This worker's backend for ``config`` (built on first use)."""
@@ -62,6 +77,14 @@ def label_on_worker(item: InputItem, job: LabelJob) -> ImageOutcome:
     return label_item(item, job, plugin.backend(job.config.backend))
 
 
+def _quiet_dask_logs() -> dict[str, int]:
+    """Dask's loggers in this process set to WARNING; returns their levels before, to restore."""
+    logger = logging.getLogger("distributed")
+    before = {"distributed": logger.level}
+    logger.setLevel(logging.WARNING)
+    return before
+
+
 class DaskLabeller:
     """Items labelled on Dask workers: an existing cluster (``address``) or ``n_workers`` local processes.
 
@@ -71,7 +94,9 @@ class DaskLabeller:
 
     def __init__(self, job: LabelJob, address: str | None = None, n_workers: int | None = None) -> None:
         self.job = job
+        self.closed = False
         self._cluster = None
+        self._quieted: dict[str, int] = {}
         if job.config.backend.kind == "triton":  # an unreachable server fails the run now, not image by image
             make_backend(job.config.backend).close()
         if address:
@@ -83,12 +108,14 @@ class DaskLabeller:
                     "(`dask scheduler --host <private address>`) or drop --dask-address"
                 ) from err
         else:
-            # silence_logs: the run reports each image's failure and retries itself; Dask's own INFO and
-            # "Compute Failed" lines would repeat them on the console.
+            # The run reports each image's failure and retries itself; Dask's own INFO and "Compute Failed" lines
+            # would repeat them on the console: silence_logs for the workers' processes, and in this one (the
+            # scheduler and the nannies) its loggers' level, as Prefect's console handler shows whatever reaches it.
+            self._quieted = _quiet_dask_logs()
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                                      dashboard_address=None, silence_logs=logging.CRITICAL)
             self._client = distributed.Client(self._cluster)
-        self._client.register_plugin(BackendPlugin(), name=PLUGIN_NAME)
+        self._client.register_plugin(BackendPlugin(quiet_interrupt=self._cluster is not None), name=PLUGIN_NAME)
         self.slots = max(1, sum(self._client.nthreads().values()))
 
     def label(self, item: InputItem) -> ImageOutcome:
@@ -99,9 +126,12 @@ class DaskLabeller:
 
     def close(self) -> None:
         """Remove the plugin (closing the workers' backends), then the client and a cluster started here."""
+        self.closed = True
         try:
             self._client.unregister_worker_plugin(PLUGIN_NAME)
         finally:
             self._client.close()
             if self._cluster is not None:
                 self._cluster.close()
+            for name, level in self._quieted.items():
+                logging.getLogger(name).setLevel(level)
