@@ -112,8 +112,10 @@ class DaskLabeller:
             # would repeat them on the console: silence_logs for the workers' processes, and in this one (the
             # scheduler and the nannies) its loggers' level, as Prefect's console handler shows whatever reaches it.
             self._quieted = _quiet_dask_logs()
+            # The scheduler serves HTTP even without a dashboard, on 8787 unless told: a port of its own, so that
+            # a second run (or a user's own Dask) does not find it taken and warn.
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                                     dashboard_address=None, silence_logs=logging.CRITICAL)
+                                                     dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
             self._client = distributed.Client(self._cluster)
         self._client.register_plugin(BackendPlugin(quiet_interrupt=self._cluster is not None), name=PLUGIN_NAME)
         self.slots = max(1, sum(self._client.nthreads().values()))

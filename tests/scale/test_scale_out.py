@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+from contextlib import suppress
 
 import psutil
 import pytest
@@ -28,6 +30,11 @@ def test_dask_workers_use_the_runs_one_api_and_survive_a_worker_killed_mid_image
     repo = write_fake_repository(tmp_path / "paused", faults={"dir": str(faults), "pause_after": 2})
     out, home = tmp_path / "out", tmp_path / "ph"
     shards = out / ".alps" / "shards"
+    # Dask's scheduler serves HTTP on 8787 unless told otherwise: a second run at once, or a user's own Dask,
+    # made it warn (UserWarning: Port 8787 is already in use).
+    taken = socket.socket()
+    with suppress(OSError):  # in use already: taken all the same
+        taken.bind(("127.0.0.1", 8787))
     proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--dask-workers", "2"],
                       # no PREFECT_API_URL: the run starts its own, in a new home (it creates its database)
                       cli_env(home, seed_database=False), tmp_path / "run.log")
@@ -42,6 +49,9 @@ def test_dask_workers_use_the_runs_one_api_and_survive_a_worker_killed_mid_image
     assert len(list(shards.glob("*.npz"))) == 2  # the kill landed mid-run, on an image in flight
     (faults / "release").touch()
     assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    taken.close()
+    log = (tmp_path / "run.log").read_text()
+    assert "8787" not in log and "INFO    | distributed" not in log, log[-3000:]  # nor Dask's INFO chatter
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert len(last["labelled"]) == 7 and not last["errors"] and not last["missing"]
     assert labels(out) == labels(fault_reference)
