@@ -6,6 +6,7 @@ plugin) and releases it on exit, so nothing of a run outlives it and no module k
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Protocol
@@ -30,6 +31,10 @@ class Labeller(Protocol):
         """One try at one item (the caller retries); see :func:`alps_client.runs.work.label_item`."""
         ...
 
+    def close(self) -> None:
+        """Release what the run held (the backend, the Dask client and workers)."""
+        ...
+
 
 class LocalLabeller:
     """Items labelled by the calling threads, sharing one backend.
@@ -52,7 +57,7 @@ class LocalLabeller:
         return label_item(item, self.job, self.backend)
 
     def close(self) -> None:
-        """Release the backend."""
+        """Release the backend (it may wait for requests in flight)."""
         self.closed = True
         self.backend.close()
 
@@ -94,10 +99,29 @@ def open_labeller(job: LabelJob, concurrency: int = 2, dask_address: str | None 
         labeller = LocalLabeller(job, concurrency)
     try:
         yield labeller
-    except BaseException:
-        # The run's own error, or Ctrl-C, is what the user must see, not a failure to close a cluster that is
-        # already gone (local Dask workers receive the same Ctrl-C).
+    except Exception:
+        # The run's own error is what the user must see, not a failure to close a cluster that is already gone.
         with suppress(Exception):
             labeller.close()
         raise
+    except BaseException:  # a stop: Ctrl-C, SIGTERM (local Dask workers receive the same Ctrl-C)
+        _close_within(labeller, STOP_CLOSE_S)
+        raise
     labeller.close()
+
+
+# How long a stopped run waits for its labeller to be released, seconds. A backend stalled under its requests (a
+# Triton server that stopped answering) held Ctrl-C until they timed out: 120 s by default.
+STOP_CLOSE_S = 5.0
+
+
+def _close_within(labeller: Labeller, seconds: float) -> None:
+    """``labeller.close()``, waited for at most ``seconds`` (it goes on in the background); errors ignored."""
+
+    def close() -> None:
+        with suppress(Exception):
+            labeller.close()
+
+    closer = threading.Thread(target=close, name="alps-close-labeller", daemon=True)
+    closer.start()
+    closer.join(seconds)

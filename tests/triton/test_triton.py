@@ -202,6 +202,44 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
 
 
+def _unread_requests(port: int) -> bool:
+    """Whether a connection to ``port`` on this host holds bytes its server has not read (/proc/net/tcp)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                rx_queue = int(fields[4].split(":")[1], 16)
+                if local_port == port and fields[3] == "01" and rx_queue > 0:  # 01: ESTABLISHED
+                    return True
+    return False
+
+
+def test_ctrl_c_under_a_stalled_server_exits_at_once(stand_in_repo, prefect_server, tmp_path):
+    """A Triton server that stopped answering (SIGSTOP: hung, swapping, a GPU reset) with a request of the run in
+    it: Ctrl-C held the run until the request timed out (120 s by default, then each request behind it), as its
+    backend waited for its requests to be released."""
+    server = start_triton(stand_in_repo, tmp_path / "t")
+    data = write_synthetic_dataset(tmp_path / "data", 6, seed=4, size=(96, 128))
+    out = tmp_path / "out"
+    proc = start_alps(["run", data / "images", "--out", out, "--model-repository", stand_in_repo, "--backend", "triton",
+                       "--triton-url", server.grpc_url, *SMALL], cli_env(tmp_path / "ph", prefect_server),
+                      tmp_path / "run.log")
+    try:
+        wait_until(lambda: list((out / ".alps" / "shards").glob("*.npz")), "the first image labelled", proc=proc)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        wait_until(lambda: _unread_requests(server.grpc_port), "a request waiting in the stalled server", proc=proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()
+    (error,) = [ln for ln in (tmp_path / "run.log").read_text().splitlines() if ln.startswith("alps: error:")]
+    assert error.startswith("alps: error: interrupted") and "run the same command again" in error
+
+
 def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path):
     """SAM 2.1's repository (image of any size, high-resolution features, mask input for use_m2m) served as is."""
     from alps_client.amg import Sam2MaskGenerator
