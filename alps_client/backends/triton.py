@@ -366,13 +366,17 @@ class TritonBackend:
         return DecoderOutput(np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results]))
 
     def close(self) -> None:
-        """Unregister and destroy shared memory, close clients and the request pool (idempotent)."""
+        """Close the request pool, unregister and destroy shared memory, close clients (idempotent).
+
+        Requests in flight finish first (a stopped run's, whose images are abandoned): their threads read and
+        write the shared-memory regions, which must not be unmapped under them.
+        """
         if self._closed:
             return
         self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
         if self._shm is not None:
             self._shm.release(self._client(self.urls[0]))
-        self._pool.shutdown(wait=True)
         for c in self._clients:
             try:
                 c.close()
