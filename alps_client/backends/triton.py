@@ -38,7 +38,7 @@ from alps_client.backends.feeds import (
 )
 from alps_client.backends.manifest import SHA256_PARAMETER, ModelManifest, ModelSpec, load_manifest
 from alps_client.backends.triton_shm import ShmRegion, ShmRegions, sweep_stale_regions
-from alps_client.backends.triton_status import classify, reason, server_errors
+from alps_client.backends.triton_status import classify, reason, server_errors, timed_out
 from alps_client.config import BackendConfig
 from alps_client.errors import (
     BackendOutOfMemoryError,
@@ -149,8 +149,14 @@ class TritonBackend:
         """Reconnect to ``url`` next time (an HTTP connection that failed mid-request is not reusable)."""
         getattr(self._local, "clients", {}).pop(url, None)
 
-    def _unavailable(self, what: str) -> BackendUnavailableError:
+    def _unavailable(self, what: str, timed_out: bool = False) -> BackendUnavailableError:
         where = self.urls[0] if len(self.urls) == 1 else ", ".join(self.urls)
+        if timed_out:  # the server may well be up: starting it is not the way out
+            return BackendUnavailableError(
+                f"Triton server at {where} ({self.config.protocol}) {what}: if it is up, it is slower than "
+                f"--timeout-s {self.config.timeout_s:g} s (a large model on a CPU server, a long queue): raise "
+                "--timeout-s"
+            )
         return BackendUnavailableError(
             f"Triton server at {where} ({self.config.protocol}) {what}; start it with "
             "`docker compose -f docker/compose.yml up` or use --backend embedded"
@@ -261,7 +267,7 @@ class TritonBackend:
             self._rotation.answered(url)
             return result
         why = reason(last) if last is not None else "no server"
-        raise self._unavailable(f"did not answer ({why})") from last
+        raise self._unavailable(f"did not answer ({why})", last is not None and timed_out(last)) from last
 
     def _after_not_found(self, client: Any, spec: ModelSpec) -> bool:
         """After NOT_FOUND / 404: True when the server lost state by restarting (worth another try).

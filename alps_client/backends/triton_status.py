@@ -51,6 +51,19 @@ def status_code(err: BaseException) -> str | None:
     return None if value is None else str(value).rsplit(".", 1)[-1]
 
 
+def timed_out(err: BaseException) -> bool:
+    """Whether a failed Triton call ran out of time (the client's timeout), rather than finding no server.
+
+    Examples:
+        >>> from tritonclient.utils import InferenceServerException
+        >>> timed_out(InferenceServerException("slow", status="StatusCode.DEADLINE_EXCEEDED"))
+        True
+        >>> timed_out(TimeoutError("timed out")), timed_out(ConnectionRefusedError(111, "Connection refused"))
+        (True, False)
+    """
+    return status_code(err) == "DEADLINE_EXCEEDED" or isinstance(err, (TimeoutError, *_gevent_timeout()))
+
+
 def classify(err: BaseException) -> Kind | None:
     """``transient``, ``not_found`` or ``permanent`` for a failed Triton call; None if ``err`` is not one.
 

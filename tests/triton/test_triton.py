@@ -135,6 +135,30 @@ def test_server_failures_are_classified_by_status_and_type(triton_server, stand_
     assert classify(ValueError("UNAVAILABLE")) is None  # not a Triton error, whatever its text
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_request_slower_than_the_timeout_says_to_raise_it_not_to_start_the_server(triton_server, stand_in_repo,
+                                                                                    protocol):
+    """A server that is up but slower than --timeout-s (vit_h on a CPU server, a long queue) was told to be started
+    with docker compose; each retry timed out the same way."""
+    from dataclasses import replace
+
+    from alps_client.runs.retry import is_transient
+
+    url = triton_server.grpc_url if protocol == "grpc" else triton_server.http_url
+    backend = triton_backend(stand_in_repo, url, protocol=protocol)
+    try:
+        backend.config = replace(backend.config, timeout_s=1e-4)  # the requests' own clients are made after this
+        with pytest.raises(BackendUnavailableError, match=r"slower than --timeout-s 0.0001 s .*: raise --timeout-s$") \
+                as err:
+            backend.encode([make_shapes_image(0)])
+        assert "docker compose" not in str(err.value) and is_transient(err.value)
+    finally:
+        backend.close()
+    with pytest.raises(BackendUnavailableError, match="start it with `docker compose") as err:
+        triton_backend(stand_in_repo, f"127.0.0.1:{free_port()}", protocol=protocol)
+    assert "--timeout-s" not in str(err.value)  # a server that is not there is told to be started
+
+
 def test_a_rejected_request_is_not_retried(triton_server, stand_in_repo):
     from alps_client.errors import BackendRequestError
 
