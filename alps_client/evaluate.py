@@ -8,7 +8,7 @@ ground-truth classes on the dataset-wide confusion of labelled pixels:
 - ``majority``: each cluster goes to the class it overlaps most (many-to-one), the usual upper bound when N > K.
 
 Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_index`` when given: a dataset's
-"unlabelled" or no-data value, such as LoveDA's 0):
+"unlabelled" or no-data value, such as LoveDA's 0; with ``ignore_index="none"`` no value is, 255 being a class):
 
 - ``miou``: mean IoU over **every** ground-truth class, pixels the pipeline left unlabelled (255) counted as misses;
   a class that never received a pseudo-label scores 0. This is the headline figure.
@@ -20,6 +20,10 @@ Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_i
 
 Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as entirely unlabelled, unless
 ``exclude_unlabelled_images`` is set; they are listed either way.
+
+Ground truth holding only 0 and 255 is refused unless ``ignore_index`` is given: a binary mask (buildings,
+polyps, lesions, vessels: foreground 255) would otherwise be scored on its background alone, its foreground
+ignored as "no label", and a single class reported without a word.
 """
 
 from __future__ import annotations
@@ -71,20 +75,27 @@ class EvalReport:
 
 
 def confusion(pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    """``(256, 256)`` pixel counts ``[pseudo-label, ground truth]``.
+    """``(256, 256)`` pixel counts ``[pseudo-label, ground truth]``, every ground-truth value counted.
 
-    Row 255 holds unlabelled pixels; pixels whose ground truth is 255 are left out.
+    Row 255 holds unlabelled pixels. Ground-truth values that name no class are left out afterwards
+    (:func:`without_ignored`): the whole dataset's values decide what 255 is.
     """
-    valid = gt != IGNORE
-    idx = pred[valid].astype(np.int64) * N_IDS + gt[valid].astype(np.int64)
+    idx = pred.astype(np.int64).ravel() * N_IDS + gt.astype(np.int64).ravel()
     return np.bincount(idx, minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
+
+
+def without_ignored(conf: npt.NDArray[np.int64], ignored: list[int]) -> npt.NDArray[np.int64]:
+    """``conf`` with the ground-truth columns of ``ignored`` values emptied: they are no class and no miss."""
+    kept = conf.copy()
+    kept[:, ignored] = 0
+    return kept
 
 
 def match_clusters(conf: npt.NDArray[np.int64], matching: Matching = "hungarian") -> dict[int, int]:
     """Cluster -> ground-truth class from a confusion matrix (labelled pixels only)."""
-    labelled = conf[:IGNORE, :IGNORE]
+    labelled = conf[:IGNORE]
     clusters = np.flatnonzero(labelled.sum(1))
-    classes = np.flatnonzero(conf[:, :IGNORE].sum(0))
+    classes = np.flatnonzero(conf.sum(0))
     if len(clusters) == 0 or len(classes) == 0:
         return {}
     sub = labelled[np.ix_(clusters, classes)]
@@ -101,22 +112,25 @@ def _iou(tp: int, fp: int, fn: int) -> float:
 
 
 def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], matching: str = "") -> EvalReport:
-    """Every figure of the report from a ``(256, 256)`` confusion matrix and a cluster -> class mapping."""
-    classes = [int(k) for k in np.flatnonzero(conf[:, :IGNORE].sum(0))]
+    """Every figure of the report from a ``(256, 256)`` confusion matrix and a cluster -> class mapping.
+
+    Every ground-truth column with pixels is a class (ignored values' columns are empty: :func:`without_ignored`).
+    """
+    classes = [int(k) for k in np.flatnonzero(conf.sum(0))]
     class_iou, class_iou_labelled, members_of = {}, {}, {}
     tp_total = 0
     for k in classes:
         members = sorted(c for c, m in mapping.items() if m == k)
         tp = int(conf[members, k].sum()) if members else 0
-        fp = int(conf[members, :IGNORE].sum()) - tp if members else 0
+        fp = int(conf[members].sum()) - tp if members else 0
         labelled_gt = int(conf[:IGNORE, k].sum())
         class_iou[k] = _iou(tp, fp, int(conf[:, k].sum()) - tp)
         class_iou_labelled[k] = _iou(tp, fp, labelled_gt - tp)
         members_of[k] = members
         tp_total += tp
-    gt_pixels = int(conf[:, :IGNORE].sum())
-    labelled_pixels = int(conf[:IGNORE, :IGNORE].sum())
-    used = set(np.flatnonzero(conf[:IGNORE, :IGNORE].sum(1)).tolist())
+    gt_pixels = int(conf.sum())
+    labelled_pixels = int(conf[:IGNORE].sum())
+    used = set(np.flatnonzero(conf[:IGNORE].sum(1)).tolist())
     return EvalReport(
         miou=float(np.mean(list(class_iou.values()))) if classes else 0.0,
         miou_labelled_pixels=float(np.mean(list(class_iou_labelled.values()))) if classes else 0.0,
@@ -271,18 +285,39 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
                         f"--tile {tile} --overlap {overlap} (tile at {err})") from None
 
 
+def ignored_values(ignore_index: int | str | None) -> list[int]:
+    """The ground-truth values that name no class: 255, and ``ignore_index`` (0..255); none for ``"none"``.
+
+    Raises:
+        AlpsError: For a value outside 0..255 (label maps hold 8-bit class ids) or another word.
+    """
+    if ignore_index is None:
+        return [IGNORE]
+    if isinstance(ignore_index, str) and ignore_index.strip().lower() == "none":
+        return []
+    try:
+        value = int(ignore_index)
+    except ValueError:
+        raise AlpsError(f"--ignore-index must be a class id in 0..255 or 'none', got {ignore_index!r}") from None
+    if not 0 <= value <= IGNORE:
+        raise AlpsError(f"--ignore-index must be a class id in 0..255 (or 'none': every value is a class), got "
+                        f"{value}")
+    return sorted({value, IGNORE})
+
+
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
-                     exclude_unlabelled_images: bool = False, ignore_index: int | None = None) -> EvalReport:
+                     exclude_unlabelled_images: bool = False, ignore_index: int | str | None = None) -> EvalReport:
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
 
     Ground-truth files are matched by :func:`ground_truth_files`. Ground-truth pixels of 255, and of
-    ``ignore_index`` (0..254) when given, are left out: they name no class.
+    ``ignore_index`` (0..255) when given, are left out: they name no class; ``"none"`` leaves out none (255 is a
+    class).
 
     Raises:
-        AlpsError: If either folder has no label maps, no stem matches, two files match one stem, or sizes differ.
+        AlpsError: If either folder has no label maps, no stem matches, two files match one stem, sizes differ,
+            or the ground truth holds only 0 and 255 and ``ignore_index`` does not say what 255 is.
     """
-    if ignore_index is not None and not 0 <= ignore_index < IGNORE:
-        raise AlpsError(f"--ignore-index must lie in 0..254 (255 is always ignored), got {ignore_index}")
+    ignored = ignored_values(ignore_index)
     out, gt_root = Path(out_dir), Path(gt_dir)
     preds: dict[str, Path | list[Path]] = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
     if not preds:
@@ -291,10 +326,6 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
     parts = _parts_by_whole(list(preds))
     gts = ground_truth_files(gt_root, set(preds) | set(parts))
-
-    def read_gt(stem: str) -> npt.NDArray[np.uint8]:
-        gt = _read_ground_truth(gts[stem])
-        return gt if ignore_index is None else np.where(gt == ignore_index, np.uint8(IGNORE), gt)
 
     for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
         preds[whole] = [preds.pop(stem) for stem in parts[whole]]  # type: ignore[misc]
@@ -307,7 +338,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     conf = np.zeros((N_IDS, N_IDS), np.int64)
     for stem in matched:
-        gt = read_gt(stem)
+        gt = _read_ground_truth(gts[stem])
         found = preds[stem]
         pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
         if pred.shape != gt.shape:
@@ -315,14 +346,20 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         conf += confusion(pred, gt)
     if not exclude_unlabelled_images:
         for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss
-            gt = read_gt(stem)
+            gt = _read_ground_truth(gts[stem])
             conf += confusion(np.full_like(gt, IGNORE), gt)
+    values = np.flatnonzero(conf.sum(0)).tolist()
+    if ignore_index is None and values == [0, IGNORE]:
+        raise AlpsError(f"the ground truth under {gt_root} holds only 0 and 255: a binary mask? Its 255 pixels "
+                        "would be ignored (255 is 'no label' by default) and only 0 scored: give --ignore-index "
+                        "none to count 255 as a class, or --ignore-index 255 to ignore it")
+    conf = without_ignored(conf, ignored)
     report = scores(conf, match_clusters(conf, matching), matching)
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = _class_names(out)
-    report.ground_truth_ignored = [IGNORE] if ignore_index is None else [ignore_index, IGNORE]
+    report.ground_truth_ignored = ignored
     return report
 
 
@@ -356,7 +393,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
     ]
-    if report.ground_truth_ignored != [IGNORE]:
+    if not report.ground_truth_ignored:
+        lines.append("no ground-truth value is ignored: 255 is a class like any other")
+    elif report.ground_truth_ignored != [IGNORE]:
         lines.append(f"ground-truth pixels of {' and '.join(map(str, report.ground_truth_ignored))} are ignored "
                      "(they name no class)")
     if report.unmatched_clusters:

@@ -77,8 +77,30 @@ def test_a_ground_truth_value_that_names_no_class_can_be_ignored(case, capsys):
     assert report["miou"] == pytest.approx(2.5 / 3) and report["coverage"] == 1.0
     assert report["ground_truth_ignored"] == [2, 255]
     assert "ground-truth pixels of 2 and 255 are ignored" in capsys.readouterr().out
-    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "255"]) == 2
-    assert "--ignore-index must lie in 0..254" in capsys.readouterr().err
+    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "256"]) == 2
+    assert "--ignore-index must be a class id in 0..255" in capsys.readouterr().err
+
+
+def test_a_binary_mask_is_not_scored_on_its_background_alone(tmp_path, capsys):
+    """0/255 ground truth (Inria's buildings, Kvasir's polyps, ISIC's lesions, DRIVE's vessels): 255 is ignored by
+    default, so its foreground vanished and a single class was scored, without a word. Now the run must say what
+    255 is: 'none' counts it as a class, 255 ignores it."""
+    gt = np.zeros((40, 40), np.uint8)
+    gt[:, 30:] = 255  # the foreground: a quarter of the pixels
+    pred = np.full_like(gt, 255)
+    pred[:, :30], pred[:20, 30:] = 4, 9  # background labelled; the foreground's upper half
+    write(tmp_path / "gt" / "a.png", gt)
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert "holds only 0 and 255: a binary mask?" in err and "--ignore-index none" in err
+    counted = evaluate_cli(tmp_path, "--ignore-index", "none")
+    assert counted["class_iou"] == {"0": 1.0, "255": 0.5} and counted["miou"] == 0.75
+    assert counted["class_to_clusters"] == {"0": [4], "255": [9]} and counted["ground_truth_ignored"] == []
+    assert counted["coverage"] == pytest.approx(1400 / 1600)
+    assert "no ground-truth value is ignored: 255 is a class" in capsys.readouterr().out
+    ignored = evaluate_cli(tmp_path, "--ignore-index", "255")  # said, so done: the background alone
+    assert ignored["class_iou"] == {"0": 1.0} and ignored["ground_truth_ignored"] == [255]
 
 
 def test_errors_name_the_problem(case, capsys):
