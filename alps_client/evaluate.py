@@ -21,6 +21,9 @@ Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_i
 Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as entirely unlabelled, unless
 ``exclude_unlabelled_images`` is set; they are listed either way.
 
+Colour-coded ground truth (an RGB colour per class: ISPRS Potsdam and Vaihingen, DeepGlobe) counts every colour
+as a class (:class:`ColourIds`); ``ignore_index`` may name one as ``#rrggbb``.
+
 Ground truth holding only 0 and 255 is refused unless ``ignore_index`` is given: a binary mask (buildings,
 polyps, lesions, vessels: foreground 255) would otherwise be scored on its background alone, its foreground
 ignored as "no label", and a single class reported without a word.
@@ -72,6 +75,7 @@ class EvalReport:
     missing_pseudo_labels_counted: bool = True
     pseudo_label_names: dict[int, str] = field(default_factory=dict)
     ground_truth_ignored: list[int] = field(default_factory=lambda: [IGNORE])
+    ground_truth_colours: dict[int, str] = field(default_factory=dict)  # colour-coded ground truth: id -> #rrggbb
 
 
 def confusion(pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -148,10 +152,70 @@ def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], matching: str =
     )
 
 
-def _read_ground_truth(path: Path) -> npt.NDArray[np.uint8]:
-    """A ground-truth label map ``(H, W) uint8``, or a NIfTI label volume ``(X, Y, Z) uint8``."""
+class ColourIds:
+    """Class ids for colour-coded ground truth (ISPRS Potsdam and Vaihingen, DeepGlobe: one RGB colour per class).
+
+    A colour gets the next id (0, 1, ...) when first seen; ground-truth files are read in name order, so a dataset
+    gets the same ids on every run. At most 255 colours (ids 0..254: 255 is "no label"), which also tells a
+    photograph given as ground truth from a label map. Whether RGB ground truth is colour-coded is decided over
+    the whole dataset (:meth:`resolve`): class ids saved as grey RGB images have equal channels everywhere, while
+    one colour-coded tile may hold only white (Potsdam's impervious surfaces).
+    """
+
+    def __init__(self) -> None:
+        self.ids: dict[int, int] = {}  # 0xRRGGBB -> class id
+        self.id_maps_seen = False  # a ground-truth file of class ids (not RGB) was read
+
+    def __call__(self, rgb: npt.NDArray[np.uint8], path: Path) -> npt.NDArray[np.uint8]:
+        """``(H, W, 3) uint8`` colours as ``(H, W) uint8`` class ids.
+
+        Raises:
+            AlpsError: If the ground truth holds more than 255 colours.
+        """
+        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        colours, inverse = np.unique(packed, return_inverse=True)
+        for colour in colours.tolist():
+            if colour not in self.ids:
+                if len(self.ids) == IGNORE:
+                    raise AlpsError(f"{path}: the colour-coded ground truth has more than {IGNORE} colours: not a "
+                                    "label map of one colour per class (a folder of images given as ground truth?)")
+                self.ids[colour] = len(self.ids)
+        lut = np.array([self.ids[c] for c in colours.tolist()], np.uint8)
+        return lut[inverse.reshape(packed.shape)]
+
+    def resolve(self, conf: npt.NDArray[np.int64], gt_root: Path) -> tuple[npt.NDArray[np.int64], dict[int, str]]:
+        """The confusion matrix's ground-truth columns as class ids, and the colour of each id (``#rrggbb``).
+
+        RGB ground truth of greys only held class ids: its columns go back to those values (no names).
+
+        Raises:
+            AlpsError: If colour-coded and class-id label maps are mixed (their ids would collide).
+        """
+        if not self.ids:
+            return conf, {}
+        if all(c >> 16 == (c >> 8) & 0xFF == c & 0xFF for c in self.ids):
+            ids = np.zeros_like(conf)
+            for colour, i in self.ids.items():
+                ids[:, colour & 0xFF] += conf[:, i]
+            return ids, {}
+        if self.id_maps_seen:
+            raise AlpsError(f"the ground truth under {gt_root} mixes colour-coded (RGB) label maps with maps of "
+                            "class ids: convert them to one kind")
+        return conf, {i: f"#{colour:06x}" for colour, i in self.ids.items()}
+
+
+def _read_ground_truth(path: Path, colours: ColourIds) -> npt.NDArray[np.uint8]:
+    """A ground-truth label map ``(H, W) uint8``, or a NIfTI label volume ``(X, Y, Z) uint8``.
+
+    A map of class ids (single-channel or palette) is read as it is; an RGB one goes through ``colours``.
+    """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
-        return _read_label(path)
+        arr = _read_array(path)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
+            return colours(arr[..., :3], path)
+        colours.id_maps_seen = True
+        return _class_ids(arr, path)
+    colours.id_maps_seen = True
     from alps_client._imports import lazy_import
 
     try:
@@ -166,26 +230,35 @@ def _read_ground_truth(path: Path) -> npt.NDArray[np.uint8]:
     return data.astype(np.uint8)
 
 
-def _read_label(path: Path) -> npt.NDArray[np.uint8]:
-    """A label map ``(H, W) uint8`` of class ids (PNG, or TIFF through rasterio: GeoTIFF scenes of any size)."""
+def _read_array(path: Path) -> npt.NDArray[Any]:
+    """The pixels of a label map: ``(H, W)``, or ``(H, W, C)`` (PNG, or TIFF through rasterio)."""
     from alps_client.io.readers import raster_io
 
     try:
         if extension_of(path.name) in RASTER_EXTENSIONS:
             with raster_io().open(path) as src:
-                arr = src.read() if src.count > 1 else src.read(1)
-        else:
-            with Image.open(path) as im:
-                arr = np.asarray(im)
+                return np.moveaxis(src.read(), 0, -1) if src.count > 1 else src.read(1)
+        with Image.open(path) as im:
+            return np.asarray(im)
     except AlpsError:
         raise
     except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)
         raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {str(err)[:100]})") from None
+
+
+def _class_ids(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.uint8]:
+    """``arr`` as an ``(H, W) uint8`` map of class ids, checked."""
     if arr.ndim != 2:
-        raise AlpsError(f"{path}: a label map must be a single-channel image of class ids, got shape {arr.shape}")
+        raise AlpsError(f"{path}: a label map must be an image of class ids (single-channel or palette) or of one "
+                        f"RGB colour per class, got shape {arr.shape}")
     if arr.dtype != np.uint8 and (arr.min() < 0 or arr.max() > IGNORE):
         raise AlpsError(f"{path}: class ids must lie in 0..255, got {arr.min()}..{arr.max()}")
     return arr.astype(np.uint8)
+
+
+def _read_label(path: Path) -> npt.NDArray[np.uint8]:
+    """A pseudo-label map ``(H, W) uint8`` of class ids."""
+    return _class_ids(_read_array(path), path)
 
 
 def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
@@ -285,20 +358,42 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
                         f"--tile {tile} --overlap {overlap} (tile at {err})") from None
 
 
-def ignored_values(ignore_index: int | str | None) -> list[int]:
-    """The ground-truth values that name no class: 255, and ``ignore_index`` (0..255); none for ``"none"``.
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = None) -> list[int]:
+    """The ground-truth ids that name no class: 255, and ``ignore_index`` (0..255); none for ``"none"``.
+
+    For colour-coded ground truth (``colours``) nothing is ignored but the colour ``ignore_index`` names
+    (``#rrggbb``); without ``colours`` a colour is only checked.
 
     Raises:
-        AlpsError: For a value outside 0..255 (label maps hold 8-bit class ids) or another word.
+        AlpsError: For a value outside 0..255 (label maps hold 8-bit class ids), another word, or a colour when
+            the ground truth is not colour-coded.
     """
+    text = ignore_index.strip() if isinstance(ignore_index, str) else None
+    if text is not None and _COLOUR.fullmatch(text):
+        if colours is None:
+            return []
+        if not colours.ids:
+            raise AlpsError(f"--ignore-index {text} names a colour, but the ground truth holds class ids, not "
+                            "colours: give the id")
+        found = colours.ids.get(int(text[1:], 16))
+        return [] if found is None else [found]
+    if colours is not None and colours.ids:
+        if ignore_index is None or (text is not None and text.lower() == "none"):
+            return []
+        raise AlpsError(f"the ground truth is colour-coded: give --ignore-index a colour as #rrggbb, not "
+                        f"{ignore_index!r}")
     if ignore_index is None:
         return [IGNORE]
-    if isinstance(ignore_index, str) and ignore_index.strip().lower() == "none":
+    if text is not None and text.lower() == "none":
         return []
     try:
         value = int(ignore_index)
     except ValueError:
-        raise AlpsError(f"--ignore-index must be a class id in 0..255 or 'none', got {ignore_index!r}") from None
+        raise AlpsError(f"--ignore-index must be a class id in 0..255, a colour as #rrggbb or 'none', got "
+                        f"{ignore_index!r}") from None
     if not 0 <= value <= IGNORE:
         raise AlpsError(f"--ignore-index must be a class id in 0..255 (or 'none': every value is a class), got "
                         f"{value}")
@@ -317,7 +412,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         AlpsError: If either folder has no label maps, no stem matches, two files match one stem, sizes differ,
             or the ground truth holds only 0 and 255 and ``ignore_index`` does not say what 255 is.
     """
-    ignored = ignored_values(ignore_index)
+    ignored_values(ignore_index)  # checked before any file is read
     out, gt_root = Path(out_dir), Path(gt_dir)
     preds: dict[str, Path | list[Path]] = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
     if not preds:
@@ -337,8 +432,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                         f"{out / 'ann_dir'}")
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     conf = np.zeros((N_IDS, N_IDS), np.int64)
+    colours = ColourIds()
     for stem in matched:
-        gt = _read_ground_truth(gts[stem])
+        gt = _read_ground_truth(gts[stem], colours)
         found = preds[stem]
         pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
         if pred.shape != gt.shape:
@@ -346,15 +442,18 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         conf += confusion(pred, gt)
     if not exclude_unlabelled_images:
         for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss
-            gt = _read_ground_truth(gts[stem])
+            gt = _read_ground_truth(gts[stem], colours)
             conf += confusion(np.full_like(gt, IGNORE), gt)
+    conf, colour_names = colours.resolve(conf, gt_root)
     values = np.flatnonzero(conf.sum(0)).tolist()
-    if ignore_index is None and values == [0, IGNORE]:
+    if ignore_index is None and values == [0, IGNORE] and not colour_names:
         raise AlpsError(f"the ground truth under {gt_root} holds only 0 and 255: a binary mask? Its 255 pixels "
                         "would be ignored (255 is 'no label' by default) and only 0 scored: give --ignore-index "
                         "none to count 255 as a class, or --ignore-index 255 to ignore it")
+    ignored = ignored_values(ignore_index, colours if colour_names else None)
     conf = without_ignored(conf, ignored)
     report = scores(conf, match_clusters(conf, matching), matching)
+    report.ground_truth_colours = colour_names
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
@@ -379,9 +478,10 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         return "[" + ", ".join(f"{i} {names[i]}" if names.get(i, f"cluster_{i}") != f"cluster_{i}" else str(i)
                                for i in ids) + "]"
 
+    class_names = class_names or report.ground_truth_colours
     lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  pseudo-labels"]
     for k, iou in report.class_iou.items():
-        name = (class_names or {}).get(k, str(k))
+        name = class_names.get(k, str(k))
         never = "  (never labelled)" if k in report.classes_never_labelled else ""
         lines.append(f"{name:<16} {iou:>7.3f} {report.class_iou_labelled_pixels[k]:>7.3f}  "
                      f"{named(report.class_to_clusters.get(k, []))}{never}")
@@ -393,7 +493,11 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
     ]
-    if not report.ground_truth_ignored:
+    if report.ground_truth_colours:
+        ignored = [report.ground_truth_colours[k] for k in report.ground_truth_ignored]
+        lines.append(f"colour-coded ground truth: {len(report.ground_truth_colours)} colours"
+                     + (f", {' and '.join(ignored)} ignored (they name no class)" if ignored else ""))
+    elif not report.ground_truth_ignored:
         lines.append("no ground-truth value is ignored: 255 is a class like any other")
     elif report.ground_truth_ignored != [IGNORE]:
         lines.append(f"ground-truth pixels of {' and '.join(map(str, report.ground_truth_ignored))} are ignored "
@@ -414,6 +518,6 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
 def write_report(report: EvalReport, path: str | Path) -> None:
     """Write the report as JSON, atomically (class ids as string keys)."""
     data = asdict(report)
-    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_clusters"):
+    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_clusters", "ground_truth_colours"):
         data[key] = {str(k): v for k, v in data[key].items()}
     atomic.write_json(path, data)

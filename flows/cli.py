@@ -398,12 +398,14 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (every class, every miss counted)")
     ev.add_argument("out", help="a dataset written by `alps run`")
-    ev.add_argument("gt_dir", help="ground-truth label maps (PNG, TIFF; NIfTI label volumes): a tree that mirrors the "
-                                   "dataset's, or a flat folder with the images' file names")
+    ev.add_argument("gt_dir", help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; "
+                                   "NIfTI label volumes): a tree that mirrors the dataset's, or a flat folder with "
+                                   "the images' file names")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
     ev.add_argument("--ignore-index", metavar="ID",
                     help="a ground-truth value that names no class (a dataset's 'unlabelled' or no-data, e.g. 0 for "
-                         "LoveDA), ignored like 255; 'none': every value is a class, 255 too (a binary 0/255 mask)")
+                         "LoveDA), ignored like 255; 'none': every value is a class, 255 too (a binary 0/255 mask); a colour "
+                         "as #rrggbb for colour-coded ground truth")
     ev.add_argument("--json", help="report path (default OUT/evaluation.json)")
     ev.add_argument("--exclude-unlabelled-images", action="store_true",
                     help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")

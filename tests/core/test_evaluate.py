@@ -212,3 +212,50 @@ def test_a_reader_that_leaves_early_gets_no_traceback(case):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
     assert json.loads((case / "e.json").read_text())["n_classes"] == 4  # the report was written all the same
+
+
+POTSDAM = {"impervious": (255, 255, 255), "building": (0, 0, 255), "low_vegetation": (0, 255, 255),
+           "tree": (0, 255, 0), "car": (255, 255, 0), "clutter": (255, 0, 0)}  # ISPRS Potsdam's colours
+
+
+def test_colour_coded_ground_truth_counts_each_colour_as_a_class(tmp_path, capsys):
+    """ISPRS Potsdam and Vaihingen, DeepGlobe: one RGB colour per class, white a class, not "no label". Such
+    ground truth was refused ("must be a single-channel image"). A tile that is all white (a GeoTIFF here, read
+    band-first) is colour-coded like the others, decided over the whole dataset."""
+    import rasterio
+
+    palette = np.array(list(POTSDAM.values()), np.uint8)
+    hex_of = {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in POTSDAM.items()}
+    bands = np.repeat(np.arange(6), 5)[:, None].repeat(30, axis=1)  # six bands of 5 rows, in POTSDAM's order
+    pred = bands + 10
+    pred[bands == 2] = 255  # low vegetation never labelled
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(palette[bands]).save(tmp_path / "gt" / "a.png")
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    with rasterio.open(tmp_path / "gt" / "b.tif", "w", driver="GTiff", width=30, height=30, count=3,
+                       dtype="uint8") as dst:
+        dst.write(np.full((3, 30, 30), 255, np.uint8))  # impervious surfaces only
+    write(tmp_path / "out" / "ann_dir" / "val" / "b.png", np.full((30, 30), 10))
+    report = evaluate_cli(tmp_path)
+    iou = {report["ground_truth_colours"][k]: v for k, v in report["class_iou"].items()}
+    assert iou == {hex_of["impervious"]: 1.0, hex_of["building"]: 1.0, hex_of["low_vegetation"]: 0.0,
+                   hex_of["tree"]: 1.0, hex_of["car"]: 1.0, hex_of["clutter"]: 1.0}
+    assert report["n_classes"] == 6 and report["miou"] == pytest.approx(5 / 6) and report["ground_truth_ignored"] == []
+    table = capsys.readouterr().out
+    assert f"\n{hex_of['impervious']:<16}   1.000" in table and "colour-coded ground truth: 6 colours" in table
+    clutter_ignored = evaluate_cli(tmp_path, "--ignore-index", hex_of["clutter"])
+    assert hex_of["clutter"] not in [clutter_ignored["ground_truth_colours"][k] for k in clutter_ignored["class_iou"]]
+    assert clutter_ignored["n_classes"] == 5 and clutter_ignored["miou"] == pytest.approx(4 / 5)
+    assert f"{hex_of['clutter']} ignored" in capsys.readouterr().out
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt"), "--ignore-index", "3"]) == 2
+    assert "colour-coded: give --ignore-index a colour as #rrggbb" in capsys.readouterr().err
+
+
+def test_class_ids_saved_as_grey_rgb_images_are_read_as_ids(case):
+    """Label maps written as three equal channels (cv2.imwrite of ids): the ids, 255 still "no label"."""
+    for path in (case / "gt").rglob("*.png"):
+        ids = np.asarray(Image.open(path))
+        Image.fromarray(np.repeat(ids[..., None], 3, axis=2)).save(path)
+    report = evaluate_cli(case, "--exclude-unlabelled-images")
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5} and report["ground_truth_colours"] == {}
+    assert report["ground_truth_ignored"] == [255] and report["coverage"] == pytest.approx(1199 / 1599)
