@@ -56,8 +56,9 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another alps process"
-            raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish, or use another "
-                                  "--out") from None
+            # Another --out is a way out for a run only: a report or a relabel works on this very dataset.
+            other = ", or use another --out" if what == "alps run" else ""
+            raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish{other}") from None
         except OSError as err:  # a file system without locks (some network mounts: ENOLCK): go on unguarded
             logger.warning("%s cannot be locked (%s): make sure no other alps process writes to %s meanwhile",
                            path, err.strerror or err, out)
