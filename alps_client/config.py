@@ -246,7 +246,7 @@ class InputConfig:
         bands: 1-based band indices (3 of them) of multispectral rasters; None: the RGB-described bands, else 1, 2, 3.
         stretch_percentiles: low/high percentiles of the linear stretch that maps >8-bit data to uint8.
         tile: side of square tiles cut from large images (iSAID convention: 896); None labels whole images.
-        overlap: overlap between neighbouring tiles in pixels (iSAID convention: 384).
+        overlap: overlap between neighbouring tiles in pixels; default 3/7 of ``tile`` (iSAID's 384 for 896).
         stitch: also write one label map per scene assembled from its tiles.
         slice_axis: axis along which 3D volumes (NIfTI) are sliced into 2D images.
         window_percentiles: intensity window of volume slices, as low/high percentiles of the volume.
@@ -256,13 +256,17 @@ class InputConfig:
     bands: tuple[int, ...] | None = None
     stretch_percentiles: tuple[float, float] = (2.0, 98.0)
     tile: int | None = None
-    overlap: int = 384
+    overlap: int | None = None  # resolved in __post_init__
     stitch: bool = False
     slice_axis: int = 2
     window_percentiles: tuple[float, float] = (0.5, 99.5)
     write_nifti_labels: bool = False
 
     def __post_init__(self) -> None:
+        if self.overlap is None:
+            # iSAID's proportion: a fixed 384 px was 75 % of a 512-px tile (4.8x the tiles of a scene) and refused
+            # outright below 385 px. Untiled inputs keep 384, as recorded in their datasets' fingerprints.
+            object.__setattr__(self, "overlap", round(self.tile * 3 / 7) if self.tile is not None else 384)
         if self.bands is not None:
             _check(len(self.bands) == 3 and all(b >= 1 for b in self.bands),
                    f"bands must be three 1-based band indices, got {self.bands!r}")

@@ -152,7 +152,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("inputs")
     i.add_argument("--bands", type=_bands, help="three 1-based bands of multispectral rasters, e.g. 4,3,2")
     i.add_argument("--tile", type=int, help="cut large images into tiles of this size (iSAID: 896)")
-    i.add_argument("--overlap", type=int, help="tile overlap in pixels (iSAID: 384)")
+    i.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 3/7 of --tile, iSAID's 384 for 896)")
     i.add_argument("--stitch", action="store_true", default=None, help="also write one label map per tiled scene")
     i.add_argument("--slice-axis", type=int, choices=[0, 1, 2])
     i.add_argument("--write-nifti-labels", action="store_true", default=None,
