@@ -486,8 +486,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         lines.append(f"{name:<16} {iou:>7.3f} {report.class_iou_labelled_pixels[k]:>7.3f}  "
                      f"{named(report.class_to_clusters.get(k, []))}{never}")
     lines += [
-        (f"{'mIoU':<16} {report.miou:>7.3f}          over all {report.n_classes} classes, unlabelled pixels "
-         f"counted as misses ({report.matching} matching, {report.n_images} images)"),
+        (f"{'mIoU':<16} {report.miou:>7.3f}          over all {report.n_classes} "
+         f"class{'' if report.n_classes == 1 else 'es'}, unlabelled pixels counted as misses ({report.matching} "
+         f"matching, {report.n_images} image{'' if report.n_images == 1 else 's'})"),
         f"{'mIoU*':<16} {report.miou_labelled_pixels:>7.3f}          (*) on labelled pixels only",
         f"{'coverage':<16} {report.coverage:>7.3f}          ground-truth pixels given a pseudo-label",
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
