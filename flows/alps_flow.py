@@ -34,7 +34,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -52,8 +51,14 @@ from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.review_cli import report_link_artifact
 
-# Ctrl-C, and SIGTERM as Prefect raises it in a flow run.
-STOPPED = (KeyboardInterrupt, TerminationSignal)
+
+def is_stop(exc_type: type[BaseException]) -> bool:
+    """Whether an exception stops the run rather than failing it.
+
+    Ctrl-C, SIGTERM as Prefect raises it in a flow run, the command line's own stops (SIGHUP): every
+    BaseException that is no Exception.
+    """
+    return not issubclass(exc_type, Exception)
 
 
 class _NoEmptyTraceback(logging.Filter):
@@ -86,7 +91,7 @@ class InterruptibleThreadPool(ThreadPoolTaskRunner):
 
     def __exit__(self, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is not None and issubclass(exc_type, STOPPED) and self._executor is not None:
+        if exc_type is not None and is_stop(exc_type) and self._executor is not None:
             # Prefect's own shutdown waits for running tasks (pinned prefect: see requirements.txt).
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

@@ -14,8 +14,9 @@ Exit status (also in docs/flow.md):
   disk filled up while the dataset was written: the finished images are kept, no dataset is written, and running
   the same command again resumes.
 - 1: an internal error (a bug); the line names it, the traceback is in the log above.
-- 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit). The
-  run stops at once and the finished images are kept.
+- 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit); 129:
+  hung up (SIGHUP: the terminal or the SSH session it ran in closed). The run stops at once and the finished
+  images are kept.
 - 141: the reader of the output left early (``alps evaluate ... | head``): what the command writes to files is
   written; the rest of its console output is dropped.
 """
@@ -45,18 +46,24 @@ from alps_client.config import (
 from flows.review_cli import add_relabel_parser, add_report_parser, add_vector_argument
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+EXIT_HUNG_UP = 129  # 128 + SIGHUP
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool stopped by a closed pipe returns
 
 
 class Terminated(BaseException):
-    """SIGTERM received: like Ctrl-C, never caught by ``except Exception`` on its way up."""
+    """SIGTERM or SIGHUP received: like Ctrl-C, never caught by ``except Exception`` on its way up."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(f"{signal.Signals(signum).name} received")
+        self.code = EXIT_HUNG_UP if signum == signal.SIGHUP else EXIT_TERMINATED
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
+    raise Terminated(signum)
 
 
-STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)"}
+STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)",
+              EXIT_HUNG_UP: "hung up (SIGHUP: its terminal closed)"}
 
 
 def _stop_code(err: BaseException | None) -> int | None:
@@ -71,7 +78,9 @@ def _stop_code(err: BaseException | None) -> int | None:
     while err is not None and id(err) not in seen:
         if isinstance(err, KeyboardInterrupt):
             return EXIT_INTERRUPTED
-        if isinstance(err, (Terminated, TerminationSignal)):
+        if isinstance(err, Terminated):
+            return err.code
+        if isinstance(err, TerminationSignal):
             return EXIT_TERMINATED
         seen.add(id(err))
         err = err.__context__
@@ -313,9 +322,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.prefect_api import PrefectApiError, prefect_api
 
     # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
-    # signal on to this one.
+    # signal on to this one. SIGHUP (an SSH session that dropped) ended the process at once, leaving the run
+    # "Running" on a user's own Prefect API for ever: it stops the run like SIGTERM.
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         signal.signal(signal.SIGTERM, _raise_terminated)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
+            signal.signal(signal.SIGHUP, _raise_terminated)
     try:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
@@ -335,7 +347,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _exit_now(_fail_resumable(f"{STOP_WORDS[code]} (the Prefect API {api} did not answer: {describe(err)})",
                                   args, code))
     except (KeyboardInterrupt, Terminated) as stop:
-        code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+        code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
         _exit_now(_fail_resumable(STOP_WORDS[code], args, code))
     return _outcome(state, args)
 

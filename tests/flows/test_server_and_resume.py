@@ -211,6 +211,8 @@ STOPS = [  # (signal, to the whole process group?, where the images are labelled
     pytest.param(signal.SIGINT, True, [], True, 130, id="ctrl-c-threads-users-api"),
     pytest.param(signal.SIGINT, True, ["--dask-workers", "1"], False, 130, id="ctrl-c-dask-worker-own-api"),
     pytest.param(signal.SIGTERM, False, [], False, 143, id="sigterm-threads-own-api"),
+    # An SSH session that dropped: the process ended at once, its run left "Running" on a user's own API.
+    pytest.param(signal.SIGHUP, False, [], True, 129, id="sighup-threads-users-api"),
 ]
 
 
@@ -233,10 +235,16 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
     assert "Traceback" not in log and "Crash detected!" in log, log[-3000:]  # its workers' too (Dask's)
     assert "INFO    | distributed" not in log  # Dask's start-up and shut-down chatter
     (error,) = error_lines(log)
-    stopped = "interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    stopped = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
+               signal.SIGHUP: "hung up (SIGHUP"}[sig]
     assert error.startswith(f"alps: error: {stopped}") and "run the same command again" in error
     assert not gone(started["servers"] + started["workers"]) and not any(run_processes(home).values())
     finished = finished_stems(out)
     assert 2 <= len(finished) < 7 and not (out / "manifest.json").exists()
-    if users_api:  # resuming does not depend on how the run was stopped: once is enough
+    if users_api:  # the UI does not show it running for ever
+        with prefect_api(prefect_server) as api:
+            runs = api.post("/flow_runs/filter", json={"limit": 200}).json()
+            (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
+            assert run["state_type"] == "CRASHED", run["state_type"]
+    if sig == signal.SIGINT and users_api:  # resuming does not depend on how the run was stopped: once is enough
         assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
