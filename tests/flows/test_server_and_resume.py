@@ -226,11 +226,15 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
     proc, out, _ = start_held_run(fault_data, tmp_path, cli_env(home, prefect_server if users_api else None), *where)
     started = run_processes(home)
     assert len(started["servers"]) == (0 if users_api else 1) and len(started["workers"]) == (1 if where else 0)
-    if group:
-        os.killpg(proc.pid, sig)
-    else:
-        os.kill(proc.pid, sig)
-    assert proc.wait(timeout=120) == status, (tmp_path / "run.log").read_text()[-3000:]
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        assert proc.wait(timeout=120) == status, (tmp_path / "run.log").read_text()[-3000:]
+    finally:  # a run that did not stop is not left running
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     log = (tmp_path / "run.log").read_text()
     assert "Traceback" not in log and "Crash detected!" in log, log[-3000:]  # its workers' too (Dask's)
     assert "INFO    | distributed" not in log  # Dask's start-up and shut-down chatter
