@@ -46,10 +46,10 @@ class BackendPlugin(distributed.WorkerPlugin):  # type: ignore[misc,name-defined
         """Leave Ctrl-C to the run, in the worker processes it started itself.
 
         Ctrl-C in a terminal reaches every process of its group, these workers too: each printed a
-        ``KeyboardInterrupt`` traceback from deep in Dask under the run's one-line message (and ended at once
-        with the signal's default action, the scheduler printed broken connections and the nannies restarted
-        them). The run closes its cluster as it stops; the nannies end a busy worker within about a second.
-        Workers of a user's own cluster (``--dask-address``) keep their handling.
+        ``KeyboardInterrupt`` traceback from deep in Dask under the run's one-line message. Ignored here (the
+        signal's default action would end a worker at once, but the scheduler then prints broken connections and
+        the nannies restart it), the run closes its cluster as it stops, and the nannies end a busy worker within
+        about a second. Workers of a user's own cluster (``--dask-address``) keep their handling.
         """
         if self.quiet_interrupt and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -77,14 +77,6 @@ def label_on_worker(item: InputItem, job: LabelJob) -> ImageOutcome:
     return label_item(item, job, plugin.backend(job.config.backend))
 
 
-def _quiet_dask_logs() -> dict[str, int]:
-    """Dask's loggers in this process set to WARNING; returns their levels before, to restore."""
-    logger = logging.getLogger("distributed")
-    before = {"distributed": logger.level}
-    logger.setLevel(logging.WARNING)
-    return before
-
-
 class DaskLabeller:
     """Items labelled on Dask workers: an existing cluster (``address``) or ``n_workers`` local processes.
 
@@ -96,7 +88,7 @@ class DaskLabeller:
         self.job = job
         self.closed = False
         self._cluster = None
-        self._quieted: dict[str, int] = {}
+        self._dask_log_level: int | None = None  # to restore, after a local cluster
         if job.config.backend.kind == "triton":  # an unreachable server fails the run now, not image by image
             make_backend(job.config.backend).close()
         if address:
@@ -111,7 +103,9 @@ class DaskLabeller:
             # The run reports each image's failure and retries itself; Dask's own INFO and "Compute Failed" lines
             # would repeat them on the console: silence_logs for the workers' processes, and in this one (the
             # scheduler and the nannies) its loggers' level, as Prefect's console handler shows whatever reaches it.
-            self._quieted = _quiet_dask_logs()
+            dask_log = logging.getLogger("distributed")
+            self._dask_log_level = dask_log.level
+            dask_log.setLevel(logging.WARNING)
             # The scheduler serves HTTP even without a dashboard, on 8787 unless told: a port of its own, so that
             # a second run (or a user's own Dask) does not find it taken and warn.
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
@@ -135,5 +129,5 @@ class DaskLabeller:
             self._client.close()
             if self._cluster is not None:
                 self._cluster.close()
-            for name, level in self._quieted.items():
-                logging.getLogger(name).setLevel(level)
+            if self._dask_log_level is not None:
+                logging.getLogger("distributed").setLevel(self._dask_log_level)

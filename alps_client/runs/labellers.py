@@ -104,7 +104,7 @@ def open_labeller(job: LabelJob, concurrency: int = 2, dask_address: str | None 
         with suppress(Exception):
             labeller.close()
         raise
-    except BaseException:  # a stop: Ctrl-C, SIGTERM (local Dask workers receive the same Ctrl-C)
+    except BaseException:  # a stop: Ctrl-C, SIGTERM, SIGHUP
         _close_within(labeller, STOP_CLOSE_S)
         raise
     labeller.close()
