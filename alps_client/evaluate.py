@@ -410,7 +410,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
 
     Raises:
         AlpsError: If either folder has no label maps, no stem matches, two files match one stem, sizes differ,
-            or the ground truth holds only 0 and 255 and ``ignore_index`` does not say what 255 is.
+            the ground truth holds only 0 and 255 and ``ignore_index`` does not say what 255 is, or it mixes
+            colour-coded label maps with maps of class ids.
     """
     ignored_values(ignore_index)  # checked before any file is read
     out, gt_root = Path(out_dir), Path(gt_dir)

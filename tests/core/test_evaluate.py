@@ -259,3 +259,11 @@ def test_class_ids_saved_as_grey_rgb_images_are_read_as_ids(case):
     report = evaluate_cli(case, "--exclude-unlabelled-images")
     assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5} and report["ground_truth_colours"] == {}
     assert report["ground_truth_ignored"] == [255] and report["coverage"] == pytest.approx(1199 / 1599)
+
+
+def test_colour_coded_and_id_label_maps_are_not_mixed(case):
+    """Their ids would collide: colour ids are given in the order colours are first seen."""
+    ids = np.asarray(Image.open(case / "gt" / "a.png"))
+    Image.fromarray(np.array(list(POTSDAM.values()), np.uint8)[np.minimum(ids, 5)]).save(case / "gt" / "a.png")
+    with pytest.raises(AlpsError, match=r"mixes colour-coded \(RGB\) label maps with maps of class ids"):
+        evaluate_dataset(case / "out", case / "gt")
