@@ -43,7 +43,7 @@ from PIL import Image
 
 from alps_client.errors import AlpsError
 from alps_client.io import atomic
-from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, extension_of
+from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, counted, extension_of
 from alps_client.labels.painting import IGNORE
 
 Matching = Literal["hungarian", "majority"]
@@ -447,7 +447,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             conf += confusion(np.full_like(gt, IGNORE), gt)
     conf, colour_names = colours.resolve(conf, gt_root)
     values = np.flatnonzero(conf.sum(0)).tolist()
-    if ignore_index is None and values == [0, IGNORE] and not colour_names:
+    if ignore_index is None and values == [0, IGNORE]:  # colour ids stop at 254: never this
         raise AlpsError(f"the ground truth under {gt_root} holds only 0 and 255: a binary mask? Its 255 pixels "
                         "would be ignored (255 is 'no label' by default) and only 0 scored: give --ignore-index "
                         "none to count 255 as a class, or --ignore-index 255 to ignore it")
@@ -487,9 +487,8 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         lines.append(f"{name:<16} {iou:>7.3f} {report.class_iou_labelled_pixels[k]:>7.3f}  "
                      f"{named(report.class_to_clusters.get(k, []))}{never}")
     lines += [
-        (f"{'mIoU':<16} {report.miou:>7.3f}          over all {report.n_classes} "
-         f"class{'' if report.n_classes == 1 else 'es'}, unlabelled pixels counted as misses ({report.matching} "
-         f"matching, {report.n_images} image{'' if report.n_images == 1 else 's'})"),
+        (f"{'mIoU':<16} {report.miou:>7.3f}          over all {counted(report.n_classes, 'class')}, unlabelled "
+         f"pixels counted as misses ({report.matching} matching, {counted(report.n_images, 'image')})"),
         f"{'mIoU*':<16} {report.miou_labelled_pixels:>7.3f}          (*) on labelled pixels only",
         f"{'coverage':<16} {report.coverage:>7.3f}          ground-truth pixels given a pseudo-label",
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "

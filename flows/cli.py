@@ -231,15 +231,12 @@ def _show_library_warnings() -> None:
         log.propagate = False
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
-
-
 def _print_summary(result: dict[str, Any], out: str) -> None:
+    from alps_client.io.items import counted
+
     s = result["summary"]
-    print(f"\nLabelled dataset: {out}  ({_count(s['n_images'], 'image')}: {s['n_train']} train / {s['n_val']} val, "
-          f"{_count(s['n_classes'], 'class')}, {_count(s['n_masks_kept'], 'mask')} kept, {s['n_masks_gated']} gated; "
+    print(f"\nLabelled dataset: {out}  ({counted(s['n_images'], 'image')}: {s['n_train']} train / {s['n_val']} val, "
+          f"{counted(s['n_classes'], 'class')}, {counted(s['n_masks_kept'], 'mask')} kept, {s['n_masks_gated']} gated; "
           f"{result['n_labelled']} labelled now, {result['n_skipped']} already done)")
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")

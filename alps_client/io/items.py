@@ -41,6 +41,16 @@ class InputItem:
         return asdict(self)
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1, for messages.
+
+    Examples:
+        >>> counted(1, "image"), counted(2, "image"), counted(3, "class")
+        ('1 image', '2 images', '3 classes')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
+
+
 def printable(text: str) -> str:
     r"""``text`` that any file, log or web page can hold: a file name's bytes that are not UTF-8 as ``\xNN``.
 
