@@ -26,7 +26,10 @@ as a class (:class:`ColourIds`); ``ignore_index`` may name one as ``#rrggbb``.
 
 Ground truth holding only 0 and 255 is refused unless ``ignore_index`` is given: a binary mask (buildings,
 polyps, lesions, vessels: foreground 255) would otherwise be scored on its background alone, its foreground
-ignored as "no label", and a single class reported without a word.
+ignored as "no label", and a single class reported without a word. So is ground truth holding 255 among ids
+stored in more than 8 bits (16-bit PNG or TIFF, NIfTI of int16 or float): its ids are not bound to 0..254, and
+255 may be a class (FreeSurfer's CC_Anterior). Class ids are any integers (FreeSurfer's aparc+aseg reaches 2035);
+floats must hold whole numbers.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, counted, 
 from alps_client.labels.painting import IGNORE
 
 Matching = Literal["hungarian", "majority"]
-N_IDS = 256  # label values 0..255; 255 = no label / ignore
+N_IDS = 256  # pseudo-label ids 0..255; 255 = no label
 GT_EXTENSIONS = (".png", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
 # Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
 _PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
@@ -78,76 +81,117 @@ class EvalReport:
     ground_truth_colours: dict[int, str] = field(default_factory=dict)  # colour-coded ground truth: id -> #rrggbb
 
 
-def confusion(pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
-    """``(256, 256)`` pixel counts ``[pseudo-label, ground truth]``, every ground-truth value counted.
+@dataclass(frozen=True)
+class Confusion:
+    """Pixel counts over a dataset: ``counts[pseudo-label, j]`` for the ground-truth value ``values[j]``.
 
-    Row 255 holds unlabelled pixels. Ground-truth values that name no class are left out afterwards
-    (:func:`without_ignored`): the whole dataset's values decide what 255 is.
+    Rows are the pseudo-label ids 0..255 (row 255: unlabelled pixels); columns are the ground-truth values seen,
+    in increasing order: any integers (16-bit label maps such as FreeSurfer's reach 2035; -1 marks "no label" in
+    some). Ground-truth values that name no class are left out afterwards (:meth:`without`): the whole dataset's
+    values decide what 255 is.
+
+    Attributes:
+        counts: ``(256, V) int64`` pixel counts.
+        values: ``(V,) int64`` ground-truth values, increasing.
     """
-    idx = pred.astype(np.int64).ravel() * N_IDS + gt.astype(np.int64).ravel()
-    return np.bincount(idx, minlength=N_IDS * N_IDS).reshape(N_IDS, N_IDS)
+
+    counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((N_IDS, 0), np.int64))
+    values: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @classmethod
+    def of(cls, pred: npt.NDArray[np.uint8], gt: npt.NDArray[np.integer]) -> Confusion:
+        """The confusion of one pseudo-label map (``uint8`` ids) with its ground truth (integers), same shape."""
+        flat = gt.ravel().astype(np.int64)
+        if flat.size == 0:
+            return cls()
+        low, high = int(flat.min()), int(flat.max())
+        if high - low < 4096:  # the usual few class ids: counting beats sorting
+            values, column = np.arange(low, high + 1, dtype=np.int64), flat - low
+        else:
+            values, column = np.unique(flat, return_inverse=True)
+        counts = np.bincount(pred.astype(np.int64).ravel() * len(values) + column.ravel(),
+                             minlength=N_IDS * len(values)).reshape(N_IDS, len(values))
+        seen = counts.sum(0) > 0
+        return cls(counts[:, seen], values[seen])
+
+    def __add__(self, other: Confusion) -> Confusion:
+        values = np.union1d(self.values, other.values)
+        counts = np.zeros((N_IDS, len(values)), np.int64)
+        counts[:, np.searchsorted(values, self.values)] += self.counts
+        counts[:, np.searchsorted(values, other.values)] += other.counts
+        return Confusion(counts, values)
+
+    def __radd__(self, other: int) -> Confusion:  # sum() starts from 0
+        return self
+
+    def with_values(self, new: dict[int, int]) -> Confusion:
+        """The same counts with ground-truth values renamed (``{old: new}``; values merge if they meet)."""
+        renamed = Confusion()
+        for j, value in enumerate(self.values.tolist()):
+            renamed += Confusion(self.counts[:, j:j + 1], np.array([new.get(value, value)], np.int64))
+        return renamed
+
+    def without(self, ignored: list[int]) -> Confusion:
+        """The columns of ``ignored`` ground-truth values dropped: they are no class and no miss."""
+        kept = ~np.isin(self.values, ignored)
+        return Confusion(self.counts[:, kept], self.values[kept])
 
 
-def without_ignored(conf: npt.NDArray[np.int64], ignored: list[int]) -> npt.NDArray[np.int64]:
-    """``conf`` with the ground-truth columns of ``ignored`` values emptied: they are no class and no miss."""
-    kept = conf.copy()
-    kept[:, ignored] = 0
-    return kept
-
-
-def match_clusters(conf: npt.NDArray[np.int64], matching: Matching = "hungarian") -> dict[int, int]:
-    """Cluster -> ground-truth class from a confusion matrix (labelled pixels only)."""
-    labelled = conf[:IGNORE]
+def match_clusters(conf: Confusion, matching: Matching = "hungarian") -> dict[int, int]:
+    """Cluster -> ground-truth class (value) from the confusion of labelled pixels."""
+    labelled = conf.counts[:IGNORE]
     clusters = np.flatnonzero(labelled.sum(1))
-    classes = np.flatnonzero(conf.sum(0))
-    if len(clusters) == 0 or len(classes) == 0:
+    columns = np.flatnonzero(conf.counts.sum(0))
+    if len(clusters) == 0 or len(columns) == 0:
         return {}
-    sub = labelled[np.ix_(clusters, classes)]
+    sub = labelled[np.ix_(clusters, columns)]
     if matching == "majority":
-        return {int(c): int(classes[np.argmax(row)]) for c, row in zip(clusters, sub)}
+        return {int(c): int(conf.values[columns[np.argmax(row)]]) for c, row in zip(clusters, sub)}
     from scipy.optimize import linear_sum_assignment
 
     rows, cols = linear_sum_assignment(sub, maximize=True)
-    return {int(clusters[r]): int(classes[c]) for r, c in zip(rows, cols) if sub[r, c] > 0}
+    return {int(clusters[r]): int(conf.values[columns[c]]) for r, c in zip(rows, cols) if sub[r, c] > 0}
 
 
 def _iou(tp: int, fp: int, fn: int) -> float:
     return tp / (tp + fp + fn) if tp + fp + fn else 0.0
 
 
-def scores(conf: npt.NDArray[np.int64], mapping: dict[int, int], matching: str = "") -> EvalReport:
-    """Every figure of the report from a ``(256, 256)`` confusion matrix and a cluster -> class mapping.
+def scores(conf: Confusion, mapping: dict[int, int], matching: str = "") -> EvalReport:
+    """Every figure of the report from a dataset's confusion and a cluster -> class mapping.
 
-    Every ground-truth column with pixels is a class (ignored values' columns are empty: :func:`without_ignored`).
+    Every ground-truth value with pixels is a class (ignored values are dropped first: :meth:`Confusion.without`).
     """
-    classes = [int(k) for k in np.flatnonzero(conf.sum(0))]
-    class_iou, class_iou_labelled, members_of = {}, {}, {}
+    counts = conf.counts
+    class_iou, class_iou_labelled, members_of, never = {}, {}, {}, []
     tp_total = 0
-    for k in classes:
+    for j in np.flatnonzero(counts.sum(0)).tolist():
+        k = int(conf.values[j])
         members = sorted(c for c, m in mapping.items() if m == k)
-        tp = int(conf[members, k].sum()) if members else 0
-        fp = int(conf[members].sum()) - tp if members else 0
-        labelled_gt = int(conf[:IGNORE, k].sum())
-        class_iou[k] = _iou(tp, fp, int(conf[:, k].sum()) - tp)
+        tp = int(counts[members, j].sum()) if members else 0
+        fp = int(counts[members].sum()) - tp if members else 0
+        labelled_gt = int(counts[:IGNORE, j].sum())
+        class_iou[k] = _iou(tp, fp, int(counts[:, j].sum()) - tp)
         class_iou_labelled[k] = _iou(tp, fp, labelled_gt - tp)
         members_of[k] = members
+        never += [k] if labelled_gt == 0 else []
         tp_total += tp
-    gt_pixels = int(conf.sum())
-    labelled_pixels = int(conf[:IGNORE].sum())
-    used = set(np.flatnonzero(conf[:IGNORE].sum(1)).tolist())
+    gt_pixels = int(counts.sum())
+    labelled_pixels = int(counts[:IGNORE].sum())
+    used = set(np.flatnonzero(counts[:IGNORE].sum(1)).tolist())
     return EvalReport(
-        miou=float(np.mean(list(class_iou.values()))) if classes else 0.0,
-        miou_labelled_pixels=float(np.mean(list(class_iou_labelled.values()))) if classes else 0.0,
+        miou=float(np.mean(list(class_iou.values()))) if class_iou else 0.0,
+        miou_labelled_pixels=float(np.mean(list(class_iou_labelled.values()))) if class_iou else 0.0,
         coverage=labelled_pixels / gt_pixels if gt_pixels else 0.0,
         pixel_accuracy=tp_total / gt_pixels if gt_pixels else 0.0,
         pixel_accuracy_labelled_pixels=tp_total / labelled_pixels if labelled_pixels else 0.0,
         n_images=0,
-        n_classes=len(classes),
+        n_classes=len(class_iou),
         matching=matching,
         class_iou=class_iou,
         class_iou_labelled_pixels=class_iou_labelled,
         class_to_clusters=members_of,
-        classes_never_labelled=[k for k in classes if int(conf[:IGNORE, k].sum()) == 0],
+        classes_never_labelled=never,
         unmatched_clusters=sorted(int(c) for c in used - set(mapping)),
     )
 
@@ -156,15 +200,14 @@ class ColourIds:
     """Class ids for colour-coded ground truth (ISPRS Potsdam and Vaihingen, DeepGlobe: one RGB colour per class).
 
     A colour gets the next id (0, 1, ...) when first seen; ground-truth files are read in name order, so a dataset
-    gets the same ids on every run. At most 255 colours (ids 0..254: 255 is "no label"), which also tells a
-    photograph given as ground truth from a label map. Whether RGB ground truth is colour-coded is decided over
+    gets the same ids on every run. At most 255 colours, which tells a photograph given as ground truth from a
+    label map. Whether RGB ground truth is colour-coded is decided over
     the whole dataset (:meth:`resolve`): class ids saved as grey RGB images have equal channels everywhere, while
     one colour-coded tile may hold only white (Potsdam's impervious surfaces).
     """
 
     def __init__(self) -> None:
         self.ids: dict[int, int] = {}  # 0xRRGGBB -> class id
-        self.id_maps_seen = False  # a ground-truth file of class ids (not RGB) was read
 
     def __call__(self, rgb: npt.NDArray[np.uint8], path: Path) -> npt.NDArray[np.uint8]:
         """``(H, W, 3) uint8`` colours as ``(H, W) uint8`` class ids.
@@ -183,39 +226,41 @@ class ColourIds:
         lut = np.array([self.ids[c] for c in colours.tolist()], np.uint8)
         return lut[inverse.reshape(packed.shape)]
 
-    def resolve(self, conf: npt.NDArray[np.int64], gt_root: Path) -> tuple[npt.NDArray[np.int64], dict[int, str]]:
-        """The confusion matrix's ground-truth columns as class ids, and the colour of each id (``#rrggbb``).
+    def resolve(self, by_id: Confusion, by_colour: Confusion, gt_root: Path) -> tuple[Confusion, dict[int, str]]:
+        """The dataset's confusion, and the colour of each class (``#rrggbb``) when colour-coded.
 
-        RGB ground truth of greys only held class ids: its columns go back to those values (no names).
+        ``by_id`` counts the label maps of class ids, ``by_colour`` the RGB ones (its ground-truth values are this
+        object's colour ids).
+
+        RGB ground truth of greys only held class ids: its values go back to those greys (no names).
 
         Raises:
             AlpsError: If colour-coded and class-id label maps are mixed (their ids would collide).
         """
         if not self.ids:
-            return conf, {}
+            return by_id, {}
         if all(c >> 16 == (c >> 8) & 0xFF == c & 0xFF for c in self.ids):
-            ids = np.zeros_like(conf)
-            for colour, i in self.ids.items():
-                ids[:, colour & 0xFF] += conf[:, i]
-            return ids, {}
-        if self.id_maps_seen:
+            return by_id + by_colour.with_values({i: colour & 0xFF for colour, i in self.ids.items()}), {}
+        if len(by_id.values):
             raise AlpsError(f"the ground truth under {gt_root} mixes colour-coded (RGB) label maps with maps of "
                             "class ids: convert them to one kind")
-        return conf, {i: f"#{colour:06x}" for colour, i in self.ids.items()}
+        return by_colour, {i: f"#{colour:06x}" for colour, i in self.ids.items()}
 
 
-def _read_ground_truth(path: Path, colours: ColourIds) -> npt.NDArray[np.uint8]:
-    """A ground-truth label map ``(H, W) uint8``, or a NIfTI label volume ``(X, Y, Z) uint8``.
+def _read_ground_truth(path: Path, colours: ColourIds) -> tuple[npt.NDArray[np.integer], bool]:
+    """A ground-truth label map ``(H, W)`` of class ids or a NIfTI label volume ``(X, Y, Z)``; colour-coded?
 
-    A map of class ids (single-channel or palette) is read as it is; an RGB one goes through ``colours``.
+    A map of class ids (single-channel or palette; any integers) is read as it is; an RGB one goes through
+    ``colours`` (its ids are then colour ids, resolved over the dataset by :meth:`ColourIds.resolve`).
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
         arr = _read_array(path)
         if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
-            return colours(arr[..., :3], path)
-        colours.id_maps_seen = True
-        return _class_ids(arr, path)
-    colours.id_maps_seen = True
+            return colours(arr[..., :3], path), True
+        if arr.ndim != 2:
+            raise AlpsError(f"{path}: a label map must be an image of class ids (single-channel or palette) or of "
+                            f"one RGB colour per class, got shape {arr.shape}")
+        return _whole_numbers(arr, path), False
     from alps_client._imports import lazy_import
 
     try:
@@ -223,11 +268,30 @@ def _read_ground_truth(path: Path, colours: ColourIds) -> npt.NDArray[np.uint8]:
     except Exception as err:  # noqa: BLE001 (nibabel raises many types for corrupt files)
         raise AlpsError(f"{path}: not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from None
     data = data[..., 0] if data.ndim == 4 else data
-    if data.ndim != 3 or data.size == 0 or not np.array_equal(data, np.round(data)) or data.min() < 0 \
-            or data.max() > IGNORE:
-        raise AlpsError(f"{path}: a label volume must be 3D class ids in 0..255, got shape {data.shape}, "
-                        f"dtype {data.dtype}")
-    return data.astype(np.uint8)
+    if data.ndim != 3 or data.size == 0:
+        raise AlpsError(f"{path}: a label volume must be 3D class ids, got shape {data.shape}")
+    return _whole_numbers(data, path), False
+
+
+def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]:
+    """Ground-truth class ids as integers: an integer array as it is, floats holding whole numbers as ``int64``.
+
+    Raises:
+        AlpsError: For fractions or NaN (a probability map or an image, not class ids).
+    """
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise AlpsError(f"{path}: class ids must be integers, got {arr.dtype} values")
+    finite = np.isfinite(arr)
+    fractions = arr[finite] != np.round(arr[finite])
+    if not finite.all() or fractions.any():
+        example = arr[~finite][0] if not finite.all() else arr[finite][fractions][0]
+        raise AlpsError(f"{path}: class ids must be whole numbers, got {example} ({arr.dtype}): a probability map "
+                        "or an image rather than a label map?")
+    return arr.astype(np.int64)
 
 
 def _read_array(path: Path) -> npt.NDArray[Any]:
@@ -246,19 +310,13 @@ def _read_array(path: Path) -> npt.NDArray[Any]:
         raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {str(err)[:100]})") from None
 
 
-def _class_ids(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.uint8]:
-    """``arr`` as an ``(H, W) uint8`` map of class ids, checked."""
-    if arr.ndim != 2:
-        raise AlpsError(f"{path}: a label map must be an image of class ids (single-channel or palette) or of one "
-                        f"RGB colour per class, got shape {arr.shape}")
-    if arr.dtype != np.uint8 and (arr.min() < 0 or arr.max() > IGNORE):
-        raise AlpsError(f"{path}: class ids must lie in 0..255, got {arr.min()}..{arr.max()}")
-    return arr.astype(np.uint8)
-
-
 def _read_label(path: Path) -> npt.NDArray[np.uint8]:
-    """A pseudo-label map ``(H, W) uint8`` of class ids."""
-    return _class_ids(_read_array(path), path)
+    """A pseudo-label map ``(H, W) uint8`` of class ids (255: no label)."""
+    arr = _read_array(path)
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise AlpsError(f"{path}: not a label map of `alps run` ((H, W) uint8 class ids), got shape {arr.shape}, "
+                        f"{arr.dtype}")
+    return arr
 
 
 def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
@@ -315,7 +373,7 @@ def _input_settings(out: Path) -> dict[str, Any]:
                         "scenes and volumes were cut") from None
 
 
-def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDArray[np.uint8],
+def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDArray[np.integer],
                gt_path: Path) -> npt.NDArray[np.uint8]:
     """The whole label map (a scene as ``--stitch`` assembles it, or a volume) from its parts' label maps.
 
@@ -362,14 +420,14 @@ _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = None) -> list[int]:
-    """The ground-truth ids that name no class: 255, and ``ignore_index`` (0..255); none for ``"none"``.
+    """The ground-truth ids that name no class: 255, and ``ignore_index`` (any integer); none for ``"none"``.
 
     For colour-coded ground truth (``colours``) nothing is ignored but the colour ``ignore_index`` names
     (``#rrggbb``); without ``colours`` a colour is only checked.
 
     Raises:
-        AlpsError: For a value outside 0..255 (label maps hold 8-bit class ids), another word, or a colour when
-            the ground truth is not colour-coded.
+        AlpsError: For a value that is no integer, another word, or a colour when the ground truth is not
+            colour-coded.
     """
     text = ignore_index.strip() if isinstance(ignore_index, str) else None
     if text is not None and _COLOUR.fullmatch(text):
@@ -392,11 +450,8 @@ def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = N
     try:
         value = int(ignore_index)
     except ValueError:
-        raise AlpsError(f"--ignore-index must be a class id in 0..255, a colour as #rrggbb or 'none', got "
+        raise AlpsError(f"--ignore-index must be a class id (an integer), a colour as #rrggbb or 'none', got "
                         f"{ignore_index!r}") from None
-    if not 0 <= value <= IGNORE:
-        raise AlpsError(f"--ignore-index must be a class id in 0..255 (or 'none': every value is a class), got "
-                        f"{value}")
     return sorted({value, IGNORE})
 
 
@@ -405,13 +460,13 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
 
     Ground-truth files are matched by :func:`ground_truth_files`. Ground-truth pixels of 255, and of
-    ``ignore_index`` (0..255) when given, are left out: they name no class; ``"none"`` leaves out none (255 is a
-    class).
+    ``ignore_index`` (any integer) when given, are left out: they name no class; ``"none"`` leaves out none (255
+    is a class).
 
     Raises:
         AlpsError: If either folder has no label maps, no stem matches, two files match one stem, sizes differ,
-            the ground truth holds only 0 and 255 and ``ignore_index`` does not say what 255 is, or it mixes
-            colour-coded label maps with maps of class ids.
+            ``ignore_index`` does not say what 255 is where it may be a class (ground truth of 0 and 255 alone, or
+            of ids wider than 8 bits), or the ground truth mixes colour-coded label maps with maps of class ids.
     """
     ignored_values(ignore_index)  # checked before any file is read
     out, gt_root = Path(out_dir), Path(gt_dir)
@@ -432,27 +487,34 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
                         f"{out / 'ann_dir'}")
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
-    conf = np.zeros((N_IDS, N_IDS), np.int64)
+    by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     colours = ColourIds()
-    for stem in matched:
-        gt = _read_ground_truth(gts[stem], colours)
-        found = preds[stem]
-        pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
+    for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
+        gt, coloured = _read_ground_truth(gts[stem], colours)
+        found = preds.get(stem)
+        if found is None:  # a good image the dataset lacks: every pixel is a miss
+            pred = np.full(gt.shape, IGNORE, np.uint8)
+        else:
+            pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
         if pred.shape != gt.shape:
             raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
-        conf += confusion(pred, gt)
-    if not exclude_unlabelled_images:
-        for stem in missing_pred:  # a good image the dataset lacks: every pixel is a miss
-            gt = _read_ground_truth(gts[stem], colours)
-            conf += confusion(np.full_like(gt, IGNORE), gt)
-    conf, colour_names = colours.resolve(conf, gt_root)
-    values = np.flatnonzero(conf.sum(0)).tolist()
-    if ignore_index is None and values == [0, IGNORE]:  # colour ids stop at 254: never this
-        raise AlpsError(f"the ground truth under {gt_root} holds only 0 and 255: a binary mask? Its 255 pixels "
-                        "would be ignored (255 is 'no label' by default) and only 0 scored: give --ignore-index "
-                        "none to count 255 as a class, or --ignore-index 255 to ignore it")
+        if coloured:
+            by_colour += Confusion.of(pred, gt)
+        else:
+            by_id += Confusion.of(pred, gt)
+            if wide is None and gt.dtype.itemsize > 1:
+                wide = gts[stem]
+    conf, colour_names = colours.resolve(by_id, by_colour, gt_root)
+    values = conf.values.tolist()
+    if ignore_index is None and IGNORE in values and not colour_names and (values == [0, IGNORE] or wide):
+        what = ("holds only 0 and 255: a binary mask?" if values == [0, IGNORE] else
+                f"holds 255 among class ids stored in more than 8 bits (e.g. {wide.name}), where 255 may be a "
+                "class (FreeSurfer's CC_Anterior).")
+        raise AlpsError(f"the ground truth under {gt_root} {what} Its 255 pixels would be ignored (255 is 'no "
+                        "label' by default): give --ignore-index none to count 255 as a class, or --ignore-index "
+                        "255 to ignore it")
     ignored = ignored_values(ignore_index, colours if colour_names else None)
-    conf = without_ignored(conf, ignored)
+    conf = conf.without(ignored)
     report = scores(conf, match_clusters(conf, matching), matching)
     report.ground_truth_colours = colour_names
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))

@@ -77,8 +77,8 @@ def test_a_ground_truth_value_that_names_no_class_can_be_ignored(case, capsys):
     assert report["miou"] == pytest.approx(2.5 / 3) and report["coverage"] == 1.0
     assert report["ground_truth_ignored"] == [2, 255]
     assert "ground-truth pixels of 2 and 255 are ignored" in capsys.readouterr().out
-    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "256"]) == 2
-    assert "--ignore-index must be a class id in 0..255" in capsys.readouterr().err
+    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "two"]) == 2
+    assert "--ignore-index must be a class id (an integer)" in capsys.readouterr().err
 
 
 def test_a_binary_mask_is_not_scored_on_its_background_alone(tmp_path, capsys):
@@ -196,8 +196,62 @@ def test_a_volume_is_scored_whole_against_its_nifti_label_volume(tmp_path):
     assert report.miou == pytest.approx(reference.miou) and report.coverage == pytest.approx(18 / 24)
     assert report.miou_labelled_pixels == 1.0
     nibabel.save(nibabel.Nifti1Image(gt.astype(np.float32) + 0.5, np.eye(4)), str(tmp_path / "gt" / "ct.nii.gz"))
-    with pytest.raises(AlpsError, match=r"ct.nii.gz: a label volume must be 3D class ids in 0..255"):
+    with pytest.raises(AlpsError, match=r"ct.nii.gz: class ids must be whole numbers, got [0-9].5 \(float32\)"):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+
+
+def test_ids_above_255_are_classes_and_255_among_them_is_not_dropped_unsaid(tmp_path, capsys):
+    """FreeSurfer's aparc+aseg labels go up to 2035, and its 255 is a class (CC_Anterior): such 16-bit ground
+    truth was refused ("class ids must lie in 0..255"). Every id is a class now; 255 among ids stored in more
+    than 8 bits is not taken for "no label" without a word: the run must be told."""
+    gt = np.repeat(np.array([0, 17, 255, 1035, 2035], np.uint16), 8)[:, None].repeat(40, axis=1)
+    pred = np.full(gt.shape, 255, np.uint8)
+    for cluster, value in enumerate([0, 17, 255, 1035]):  # 2035 never labelled
+        pred[gt == value] = cluster + 3
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt).save(tmp_path / "gt" / "a.png")  # a 16-bit PNG
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert "holds 255 among class ids stored in more than 8 bits (e.g. a.png)" in err and "CC_Anterior" in err
+    assert "--ignore-index none" in err
+    report = evaluate_cli(tmp_path, "--ignore-index", "none")
+    assert report["class_iou"] == {"0": 1.0, "17": 1.0, "255": 1.0, "1035": 1.0, "2035": 0.0}
+    assert report["miou"] == pytest.approx(0.8) and report["classes_never_labelled"] == [2035]
+    assert report["class_to_clusters"]["1035"] == [6] and report["coverage"] == pytest.approx(0.8)
+    assert "\n2035               0.000   0.000  []  (never labelled)" in capsys.readouterr().out
+    without = evaluate_cli(tmp_path, "--ignore-index", "2035")  # 255 ignored as well: the default's
+    assert without["class_iou"] == {"0": 1.0, "17": 1.0, "1035": 1.0} and without["ground_truth_ignored"] == [255, 2035]
+
+
+def test_negative_and_float_ids_are_read_as_the_integers_they_are(tmp_path, capsys):
+    """An int16 GeoTIFF whose "no label" is -1, and a float32 one of whole numbers (rasters written by GIS tools):
+    both were refused or cast unchecked. -1 is a class until ignored; fractions and NaN (a probability map or an
+    image given as ground truth) are refused, naming the file."""
+    import rasterio
+
+    bands = np.repeat(np.arange(4), 10)[:, None].repeat(40, axis=1)
+    pred = np.where(bands < 3, bands + 1, 255).astype(np.uint8)  # class 3 (-1 in the GeoTIFF) never labelled
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    (tmp_path / "gt").mkdir()
+
+    def save(values, dtype):
+        with rasterio.open(tmp_path / "gt" / "a.tif", "w", driver="GTiff", width=40, height=40, count=1,
+                           dtype=dtype) as dst:
+            dst.write(values.astype(dtype)[None])
+
+    save(np.where(bands == 3, -1, bands), "int16")
+    counted = evaluate_cli(tmp_path)
+    assert counted["class_iou"] == {"-1": 0.0, "0": 1.0, "1": 1.0, "2": 1.0} and counted["miou"] == 0.75
+    ignored = evaluate_cli(tmp_path, "--ignore-index", "-1")
+    assert ignored["class_iou"] == {"0": 1.0, "1": 1.0, "2": 1.0} and ignored["ground_truth_ignored"] == [-1, 255]
+    assert "ground-truth pixels of -1 and 255 are ignored" in capsys.readouterr().out
+    save(bands * 10.0, "float32")
+    assert evaluate_cli(tmp_path)["class_iou"] == {"0": 1.0, "10": 1.0, "20": 1.0, "30": 0.0}
+    for bad, shown in ((0.25, "0.25"), (np.nan, "nan")):
+        save(np.where(bands == 3, bad, bands), "float32")
+        with pytest.raises(AlpsError, match=rf"a.tif: class ids must be whole numbers, got {shown} \(float32\)"):
+            evaluate_dataset(tmp_path / "out", tmp_path / "gt")
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(case):
@@ -259,6 +313,19 @@ def test_class_ids_saved_as_grey_rgb_images_are_read_as_ids(case):
     report = evaluate_cli(case, "--exclude-unlabelled-images")
     assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5} and report["ground_truth_colours"] == {}
     assert report["ground_truth_ignored"] == [255] and report["coverage"] == pytest.approx(1199 / 1599)
+
+
+def test_grey_rgb_and_single_channel_id_maps_keep_their_own_ids(tmp_path):
+    """One ground-truth map of ids {0, 1}, another of ids {2, 3} saved as grey RGB: the grey map's ids were
+    numbered by colour (0, 1) in the same columns as the first map's, and the first map's classes were lost."""
+    bands = np.repeat(np.arange(2), 10)[:, None].repeat(20, axis=1)
+    write(tmp_path / "gt" / "a.png", bands)
+    Image.fromarray(np.repeat((bands + 2).astype(np.uint8)[..., None], 3, axis=2)).save(tmp_path / "gt" / "b.png")
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", bands + 7)
+    write(tmp_path / "out" / "ann_dir" / "train" / "b.png", bands + 9)
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    assert report.class_iou == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
+    assert report.class_to_clusters == {0: [7], 1: [8], 2: [9], 3: [10]}
 
 
 def test_colour_coded_and_id_label_maps_are_not_mixed(case):

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, PipelineConfig, WriterConfig
-from alps_client.evaluate import confusion, match_clusters, scores
+from alps_client.evaluate import Confusion, match_clusters, scores
 from alps_client.masks import decode_coco_rle
 from alps_client.synthetic import write_synthetic_dataset
 from flows.alps_flow import alps_flow
@@ -197,12 +197,14 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     assert 'data-class-id="2"' not in page
 
     after_eval = evaluation(out, gt, tmp_path, "after.json")
-    conf_old = sum(confusion(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png"))) for k, m in before_maps.items())
-    conf_new = np.zeros_like(conf_old)
-    np.add.at(conf_new, lut, conf_old)  # the mapping applied to the rows of the old confusion matrix
+    conf_old = sum(Confusion.of(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png")))
+                   for k, m in before_maps.items())
+    conf_new = Confusion(np.zeros_like(conf_old.counts), conf_old.values)
+    np.add.at(conf_new.counts, lut, conf_old.counts)  # the mapping applied to the rows of the old confusion matrix
     expected = scores(conf_new, match_clusters(conf_new, "hungarian"))
     assert after_eval["miou"] == pytest.approx(expected.miou) and after_eval["coverage"] == pytest.approx(expected.coverage)
-    dropped_share = conf_old[2, :255].sum() / conf_old[:, :255].sum()
+    labelled = conf_old.without([255]).counts
+    dropped_share = labelled[2].sum() / labelled.sum()
     assert after_eval["coverage"] == pytest.approx(before_eval["coverage"] - dropped_share)
 
     first = tree_hashes(out)
