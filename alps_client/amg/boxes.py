@@ -56,10 +56,15 @@ def box_area(boxes: npt.NDArray) -> npt.NDArray:
 
 
 def nms(boxes: npt.NDArray, scores: npt.NDArray, iou_threshold: float) -> npt.NDArray[np.int64]:
-    """Greedy NMS exactly as torchvision's CPU kernel (the one Meta's generator calls).
+    """Greedy NMS as torchvision's CPU kernel (the one Meta's generator calls), but for boxes of zero area.
 
     Boxes (XYXY) are cast to float32 as Meta does (``boxes.float()``); visited by decreasing score with a stable
     sort; a box is suppressed when its float32 IoU with a kept box, compared in float64, exceeds the threshold.
+
+    Where torchvision's IoU is 0/0 (both boxes of zero area: masks one pixel wide or tall, whose inclusive max
+    coordinates equal their min) it never suppresses, so Meta's generator keeps every copy of such a mask (10 %
+    of the masks of 64 x 64 images, measured with the stand-in). Those pairs are compared by the pixels their boxes
+    cover (inclusive coordinates) instead; every other pair is decided exactly as torchvision decides it.
 
     Returns:
         ``(K,) int64`` kept indices in decreasing score order.
@@ -84,10 +89,24 @@ def nms(boxes: npt.NDArray, scores: npt.NDArray, iou_threshold: float) -> npt.ND
         w = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), np.float32(0))
         h = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), np.float32(0))
         inter = w * h
-        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for degenerate boxes: NaN, never suppresses
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where both boxes have zero area
             iou = inter / (areas[i] + areas[rest] - inter)
+        flat = np.isnan(iou)
+        if flat.any():
+            iou[flat] = _pixel_box_iou(boxes[i], boxes[rest[flat]])
         suppressed[rest[iou.astype(np.float64) > iou_threshold]] = True
     return np.asarray(keep, dtype=np.int64)
+
+
+def _pixel_box_iou(box: npt.NDArray[np.float32], others: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """IoU ``(M,) float32`` of one XYXY box with ``(M, 4)`` others, by the pixels they cover (inclusive maxima)."""
+    one = np.float32(1)
+    w = np.maximum(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]) + one, np.float32(0))
+    h = np.maximum(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]) + one, np.float32(0))
+    inter = w * h
+    area = (box[2] - box[0] + one) * (box[3] - box[1] + one)
+    areas = (others[:, 2] - others[:, 0] + one) * (others[:, 3] - others[:, 1] + one)
+    return inter / (area + areas - inter)
 
 
 def is_box_near_crop_edge(

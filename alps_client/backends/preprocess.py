@@ -19,11 +19,12 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 def get_preprocess_shape(old_h: int, old_w: int, long_side_length: int = IMAGE_SIZE) -> tuple[int, int]:
     """Size ``(h, w)`` of an ``(old_h, old_w)`` image whose longest side is resized to ``long_side_length``.
 
-    Rounds as Meta does: ``int(x + 0.5)``.
+    Rounds as Meta does: ``int(x + 0.5)``, but never to 0 px: a side under 1/2048 of the longest (a 1 x 4000 strip)
+    keeps 1 px, where Meta's would raise.
     """
     scale = long_side_length * 1.0 / max(old_h, old_w)
     new_h, new_w = old_h * scale, old_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_longest_side(image: npt.NDArray[np.uint8], long_side_length: int = IMAGE_SIZE) -> npt.NDArray[np.uint8]:

@@ -89,6 +89,24 @@ def test_nms_matches_torchvision_kernel():
     assert nms(hand, np.array([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 2]
 
 
+def test_nms_compares_boxes_of_zero_area_by_their_pixels():
+    """Masks one pixel wide or tall have boxes of zero area; torchvision's IoU of two such boxes is 0/0, which
+    never suppresses: Meta's generator kept every copy of a one-pixel mask (10 % of the masks of 64 x 64 images)."""
+    boxes = np.array([
+        [5, 5, 5, 5],  # one pixel
+        [5, 5, 5, 5],  # the same pixel: a copy, suppressed
+        [6, 5, 6, 5],  # the pixel beside it: kept
+        [0, 9, 9, 9],  # a one-pixel line, 10 px
+        [1, 9, 9, 9],  # the same line less a pixel: IoU 0.9, suppressed
+        [0, 9, 3, 9],  # its first 4 pixels: IoU 0.4, kept
+        [4, 4, 6, 6],  # 3 x 3 pixels around the first pixel: one area is not zero, so torchvision's IoU 0 stands
+    ])
+    scores = np.linspace(1.0, 0.1, len(boxes)).astype(np.float32)
+    assert nms(boxes, scores, 0.7).tolist() == [0, 2, 3, 5, 6]
+    with np.errstate(invalid="ignore"):
+        assert torchvision_cpu_nms(boxes, scores, 0.7) == [0, 1, 2, 3, 4, 5, 6]  # what Meta's generator keeps
+
+
 def test_rle_roundtrip_and_meta_format():
     rng = np.random.RandomState(2)
     masks = rng.rand(4, 9, 13) > 0.5

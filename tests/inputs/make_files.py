@@ -27,6 +27,8 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["sixteen_bit.png"] = "ok"
     Image.fromarray(grey).save(root / "grey.png")
     expect["grey.png"] = "ok"
+    Image.fromarray(np.repeat(rgb[:1], 18, axis=1)).save(root / "scanline.png")  # 1 x 2304: 0 px tall at 1024 wide
+    expect["scanline.png"] = "ok"
     rgba = np.dstack([scene(1), np.full(SIZE, 255, np.uint8)])
     rgba[:, :30, 3] = 0  # a fully transparent band on the left
     Image.fromarray(rgba, "RGBA").save(root / "rgba.png")

@@ -202,6 +202,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "Case", "case_jpg",
             "caf_xe9 latin-1"} <= labelled
     assert any(stem.endswith("T32TQM_20240611T103629_TCI_10m") for stem in labelled)  # a stem cut to fit
+    assert np.asarray(Image.open(next((out / "ann_dir").glob("*/scanline.png")))).shape == (1, 18 * SIZE[1])
     rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
     rgba = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgba.png"))))
