@@ -160,9 +160,12 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     centroids = np.load(centroids_path)
     extra: dict[str, Any] = {"complete": not missing, "missing": missing}
     class_map = None
-    carried = carried_relabel(out, centroids, get_run_logger().warning)
+    carried = carried_relabel(out, centroids, get_run_logger().warning, plan.config.cluster.centroids)
     if carried:
         class_map, extra["relabel"] = carried
+        if "from" in extra["relabel"]:
+            get_run_logger().info(f"the classes of {extra['relabel']['from']} (its `alps relabel`, made for these "
+                                  f"--centroids) are applied: {len(class_map.names)} classes")
     try:
         summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
                                 class_map, extra)

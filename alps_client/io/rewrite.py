@@ -73,8 +73,8 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
     return summary, class_map
 
 
-def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
-                    warn: Callable[[str], None]) -> tuple[ClassMap, dict[str, Any]] | None:
+def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: Callable[[str], None],
+                    centroids_file: str | Path | None = None) -> tuple[ClassMap, dict[str, Any]] | None:
     """The classes of the last ``alps relabel`` of ``out``, for a rerun of ``alps run`` that writes it again.
 
     A rerun that finds the same clusters (same shards and clustering settings, or the same ``--centroids``) keeps
@@ -84,14 +84,19 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
     user's work is not lost: a later run with ``--centroids`` of that folder labels every image with those
     clusters and gets the classes back.
 
+    A new dataset labelled with the centroids of a relabelled one (``--centroids OTHER/centroids.npy``, or a
+    folder set aside there) gets that dataset's classes: the same ids, names, merges and drops, so that batches
+    labelled apart share one set of classes. The record then says where it came from (``from``).
+
     Args:
         out: the dataset folder, as the previous run or relabel left it.
         centroids: ``(N, D) float32`` the centres the rerun is about to write.
         warn: receives the line explaining why a previous relabel is not carried over.
+        centroids_file: the run's ``--centroids``, if any.
 
     Returns:
-        ``(class map, manifest record)`` of the previous relabel (or of one set aside for these centroids), or None
-        when there is none to carry over.
+        ``(class map, manifest record)`` of the previous relabel (or of one set aside for these centroids, or of
+        the dataset ``centroids_file`` belongs to), or None when there is none to carry over.
     """
     out = Path(out)
     centroids = np.asarray(centroids, dtype=np.float32)
@@ -110,8 +115,9 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
         except (OSError, ValueError) as err:
             warn(f"the relabel set aside in {aside} cannot be read ({err}); run `alps relabel` again")
             return None
+    carried = _relabel_beside(Path(centroids_file), centroids, warn) if centroids_file else None
     if not record or previous is None:
-        return None
+        return carried
     sha = str(record.get("classes_file_sha256", "unknown"))
     folder = out / WORK_DIR / SET_ASIDE / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
     atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
@@ -120,7 +126,23 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32],
          f"(new images or clustering settings), so those classes are not carried over: review "
          f"{out / 'report' / 'index.html'} and run `alps relabel` again, or run again with --centroids "
          f"{folder / 'centroids.npy'} to label every image with the clusters they named (the classes come back)")
-    return None
+    return carried
+
+
+def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],
+                    warn: Callable[[str], None]) -> tuple[ClassMap, dict[str, Any]] | None:
+    """The relabel recorded beside a ``--centroids`` file (its dataset's manifest, or a set-aside relabel.json)
+    when it was made for exactly these centroids; None if there is none."""
+    folder = centroids_file.parent
+    try:
+        manifest = folder / "manifest.json"
+        record = (json.loads(manifest.read_text()).get("relabel") if manifest.is_file()
+                  else json.loads((folder / "relabel.json").read_text()))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not _same(_load_or_none(centroids_file), centroids):
+        return None
+    return _apply({**record, "from": str(folder)}, len(centroids), folder, warn)
 
 
 def _same(a: npt.NDArray[Any] | None, b: npt.NDArray[np.float32]) -> bool:

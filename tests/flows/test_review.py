@@ -304,6 +304,33 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
     assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
 
 
+def test_a_new_batch_labelled_with_a_relabelled_datasets_centroids_gets_its_classes(labelled, fake_repo, tmp_path):
+    """`alps run NEW --centroids OUT/centroids.npy` after `alps relabel OUT`: the new batch was written with the raw
+    clusters (cluster_0..3), so two batches labelled apart had different class ids for the same things."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("ring.png", "scene_0001.png", "scene_0002.png"):
+        shutil.copy(labelled.data / "images" / name, batch / name)
+    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
+        shutil.copytree(fake_repo, labelled.repo)
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
+                         cluster=ClusterConfig(centroids=str(out / "centroids.npy")))
+    state = alps_flow(str(batch), str(tmp_path / "new"), cfg, progress_bar=False, return_state=True)
+    assert state.is_completed()
+    source, new = (json.loads((folder / "manifest.json").read_text()) for folder in (out, tmp_path / "new"))
+    assert new["classes"] == source["classes"] and new["classes"]["names"] == ["merged", "named"]
+    assert new["relabel"] == {**source["relabel"], "from": str(out)}
+    before = {k.split("/")[1]: v for k, v in label_maps(out).items()}
+    after = {k.split("/")[1]: v for k, v in label_maps(tmp_path / "new").items()}
+    assert sorted(after) == ["ring", "scene_0001", "scene_0002"]
+    for stem, label in after.items():  # the same image, the same clusters: the same class ids
+        np.testing.assert_array_equal(label, before[stem])
+    assert set(np.unique(np.concatenate([m.ravel() for m in after.values()]))) <= {0, 1, 255}
+
+
 def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a dataset folder")
     classes = tmp_path / "classes.yaml"
