@@ -131,8 +131,10 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
 
 def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],
                     warn: Callable[[str], None]) -> tuple[ClassMap, dict[str, Any]] | None:
-    """The relabel recorded beside a ``--centroids`` file (its dataset's manifest, or a set-aside relabel.json)
-    when it was made for exactly these centroids; None if there is none."""
+    """The relabel recorded beside a ``--centroids`` file, if made for exactly these centroids; else None.
+
+    Beside it: its dataset's manifest (``OTHER/centroids.npy``), or a set-aside ``relabel.json``.
+    """
     folder = centroids_file.parent
     try:
         manifest = folder / "manifest.json"
