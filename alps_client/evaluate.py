@@ -268,8 +268,8 @@ def _read_ground_truth(path: Path, colours: ColourIds) -> tuple[npt.NDArray[np.i
     except Exception as err:  # noqa: BLE001 (nibabel raises many types for corrupt files)
         raise AlpsError(f"{path}: not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from None
     data = data[..., 0] if data.ndim == 4 else data
-    if data.ndim != 3 or data.size == 0:
-        raise AlpsError(f"{path}: a label volume must be 3D class ids, got shape {data.shape}")
+    if data.ndim not in (2, 3) or data.size == 0:
+        raise AlpsError(f"{path}: a NIfTI label image must be 2D or 3D class ids, got shape {data.shape}")
     return _whole_numbers(data, path), False
 
 
@@ -385,18 +385,20 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
     from alps_client.io.tiling import stitch_scene
 
     matches = [_PART_STEM.match(path.stem) for path in parts]
-    if gt.ndim == 3:  # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty)
+    if gt.ndim == 3 or all(match and match["z"] for match in matches):
+        # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty); a 2-D NIfTI image
+        # is a volume of one slice
         axis = int(inputs.get("slice_axis", 2))
-        volume = np.full(gt.shape, IGNORE, np.uint8)
-        plane = gt.shape[:axis] + gt.shape[axis + 1:]
+        volume = np.full(gt.shape if gt.ndim == 3 else gt.shape[:axis] + (1,) + gt.shape[axis:], IGNORE, np.uint8)
+        plane = volume.shape[:axis] + volume.shape[axis + 1:]
         for path, match in zip(parts, matches, strict=True):
             label = _read_label(path)
             index = int(match["z"]) if match and match["z"] else -1  # -1: a tile's label map, not a slice
-            if not 0 <= index < gt.shape[axis] or label.shape != plane:
+            if not 0 <= index < volume.shape[axis] or label.shape != plane:
                 raise AlpsError(f"{gt_path}: volume {gt.shape} has no slice {index} of {label.shape} along axis "
                                 f"{axis} for the pseudo-label {path}")
             np.moveaxis(volume, axis, 0)[index] = label
-        return volume
+        return volume.reshape(gt.shape)
     tiles = []
     for path, match in zip(parts, matches, strict=True):
         label = _read_label(path)

@@ -16,17 +16,18 @@ def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,
                        slices: Mapping[int, npt.NDArray[np.uint8]]) -> None:
     """Stack ``{index: (h, w) uint8}`` label slices along ``slice_axis`` into a NIfTI like ``source``.
 
-    Slices that were not labelled (empty in the source) are 255. The source's affine and header are kept.
+    Slices that were not labelled (empty in the source) are 255. The source's affine and header are kept; a 2-D
+    source (one plane, its slice 0) gets a 2-D label image.
     """
     nibabel = lazy_import("nibabel")
     src = nibabel.load(str(source))
     shape = src.shape[:3]
-    volume = np.full(shape, 255, np.uint8)
+    volume = np.full(shape if len(shape) == 3 else shape[:slice_axis] + (1,) + shape[slice_axis:], 255, np.uint8)
     for index, label in slices.items():
         target = [slice(None)] * 3
         target[slice_axis] = index
         volume[tuple(target)] = label
-    image = nibabel.Nifti1Image(volume, src.affine, src.header)
+    image = nibabel.Nifti1Image(volume.reshape(shape), src.affine, src.header)
     image.set_data_dtype(np.uint8)
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:

@@ -352,9 +352,11 @@ def _volume_key(path: Path) -> tuple[str, int]:
 
 @functools.lru_cache(maxsize=2)
 def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
-    """The 3D volume as float32, decoded once per process and file version (a slice never re-reads the file).
+    """The 3D volume (or 2D plane) as float32, decoded once per process and file version (a slice never re-reads
+    the file).
 
-    Of a 4-D file (a series), the first volume alone is decoded: the others are never labelled.
+    Of a 4-D file (a series), the first volume alone is decoded: the others are never labelled. A 2-D file (an
+    X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`_planes` makes it a volume of one slice.
     """
     nibabel = lazy_import("nibabel")
     try:
@@ -363,9 +365,14 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     except Exception as err:  # nibabel raises many types for corrupt files
         reason = f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})"
         raise _read_failure(path, err) or _fail(path, reason) from err
-    if data.ndim != 3:
-        raise _fail(path, f"NIfTI volume must be 3D, got shape {data.shape}")
+    if data.ndim not in (2, 3):
+        raise _fail(path, f"NIfTI image must be 2D or 3D (or 4D: its first volume), got shape {data.shape}")
     return data
+
+
+def _planes(data: npt.NDArray[np.float32], slice_axis: int) -> npt.NDArray[np.float32]:
+    """``data`` as a volume sliced along ``slice_axis``: a 2-D plane becomes its one slice (index 0)."""
+    return np.expand_dims(data, slice_axis) if data.ndim == 2 else data
 
 
 @functools.lru_cache(maxsize=64)
@@ -376,7 +383,7 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
     The window is the ``window`` percentiles of every voxel: every slice of a volume is stretched with the same
     range, as the tiles of a scene are.
     """
-    data = _volume(path, mtime_ns)
+    data = _planes(_volume(path, mtime_ns), slice_axis)
     other = tuple(a for a in range(3) if a != slice_axis)
     nonempty = tuple(int(i) for i in np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0))
     return nonempty, percentile_range(data, None, window)
@@ -384,7 +391,7 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
 
 def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
     key = _volume_key(path)
-    plane = np.take(_volume(*key), index, axis=config.slice_axis)
+    plane = np.take(_planes(_volume(*key), config.slice_axis), index, axis=config.slice_axis)
     _, value_range = volume_summary(*key, config.slice_axis, config.window_percentiles)
     rgb, extra = _to_rgb(plane, None, InputConfig(stretch_percentiles=config.window_percentiles), value_range)
     extra["slice_index"] = index

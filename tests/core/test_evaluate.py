@@ -200,6 +200,21 @@ def test_a_volume_is_scored_whole_against_its_nifti_label_volume(tmp_path):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt")
 
 
+def test_a_2d_nifti_image_is_scored_against_its_2d_nifti_label_image(tmp_path):
+    """An X-ray or ultrasound frame saved as a 2-D NIfTI is labelled as its one slice, whatever --slice-axis; its
+    2-D NIfTI ground truth was refused ("must be 3D")."""
+    nibabel = pytest.importorskip("nibabel")
+    gt = np.repeat(np.arange(3), 8)[:, None].repeat(30, axis=1).astype(np.uint8)
+    (tmp_path / "gt").mkdir()
+    nibabel.save(nibabel.Nifti1Image(gt, np.eye(4)), str(tmp_path / "gt" / "xray.nii.gz"))
+    pred = np.where(gt < 2, gt + 4, 255).astype(np.uint8)
+    write(tmp_path / "out" / "ann_dir" / "train" / "xray__z0000.png", pred)
+    for axis in (0, 2):
+        (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"inputs": {"slice_axis": axis}}}))
+        report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+        assert report.class_iou == {0: 1.0, 1: 1.0, 2: 0.0} and report.missing_pseudo_labels == []
+
+
 def test_ids_above_255_are_classes_and_255_among_them_is_not_dropped_unsaid(tmp_path, capsys):
     """FreeSurfer's aparc+aseg labels go up to 2035, and its 255 is a class (CC_Anterior): such 16-bit ground
     truth was refused ("class ids must lie in 0..255"). Every id is a class now; 255 among ids stored in more

@@ -80,6 +80,10 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["all_nan.tif"] = "every pixel is transparent or nodata"
     write_nifti(root / "volume.nii.gz")
     expect["volume.nii.gz"] = "ok"
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(scene(17).mean(axis=2).astype(np.int16), np.eye(4)), str(root / "xray.nii"))
+    expect["xray.nii"] = "ok"  # a 2-D NIfTI: one plane, labelled as one slice
     write_jpeg2000(root / "sentinel2_tci.jp2", scene(16).transpose(2, 0, 1), "EPSG:32632", (600000.0, 10.0, 5000000.0))
     expect["sentinel2_tci.jp2"] = "ok"
     good = (root / "grey.png").read_bytes()

@@ -199,7 +199,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert str(root / "caf\\xe9 latin-1.png") in sources
     labelled = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
     assert len(labelled) == sum(v == "ok" for v in expect.values()) - 1 + 3  # the volume gives 3 slices
-    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "Case", "case_jpg",
+    assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "xray__z0000", "Case", "case_jpg",
             "caf_xe9 latin-1"} <= labelled
     assert any(stem.endswith("T32TQM_20240611T103629_TCI_10m") for stem in labelled)  # a stem cut to fit
     assert np.asarray(Image.open(next((out / "ann_dir").glob("*/scanline.png")))).shape == (1, 18 * SIZE[1])
