@@ -389,7 +389,7 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
         # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty); a 2-D NIfTI image
         # is a volume of one slice
         axis = int(inputs.get("slice_axis", 2))
-        volume = np.full(gt.shape if gt.ndim == 3 else gt.shape[:axis] + (1,) + gt.shape[axis:], IGNORE, np.uint8)
+        volume = np.full(gt.shape if gt.ndim == 3 else (*gt.shape[:axis], 1, *gt.shape[axis:]), IGNORE, np.uint8)
         plane = volume.shape[:axis] + volume.shape[axis + 1:]
         for path, match in zip(parts, matches, strict=True):
             label = _read_label(path)

@@ -22,7 +22,7 @@ def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,
     nibabel = lazy_import("nibabel")
     src = nibabel.load(str(source))
     shape = src.shape[:3]
-    volume = np.full(shape if len(shape) == 3 else shape[:slice_axis] + (1,) + shape[slice_axis:], 255, np.uint8)
+    volume = np.full(shape if len(shape) == 3 else (*shape[:slice_axis], 1, *shape[slice_axis:]), 255, np.uint8)
     for index, label in slices.items():
         target = [slice(None)] * 3
         target[slice_axis] = index
