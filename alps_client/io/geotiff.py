@@ -1,4 +1,4 @@
-"""Label maps as GeoTIFF with the source's CRS and transform (they overlay the source in QGIS)."""
+"""Label maps as GeoTIFF with the source's CRS and transform or GCPs (they overlay the source in QGIS)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ def _profile(height: int, width: int, geo: dict[str, Any] | None) -> dict[str, A
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if geo:
         profile["crs"] = rasterio.crs.CRS.from_wkt(geo["crs"])
-        profile["transform"] = rasterio.Affine(*geo["transform"])
+        if "gcps" in geo:  # placed by ground control points, as its source
+            from rasterio.control import GroundControlPoint
+
+            profile["gcps"] = [GroundControlPoint(row, col, x, y, z) for row, col, x, y, z in geo["gcps"]]
+        else:
+            profile["transform"] = rasterio.Affine(*geo["transform"])
     return profile
 
 

@@ -60,7 +60,7 @@ class LoadedImage:
     Attributes:
         rgb: ``(H, W, 3) uint8``.
         valid: ``(H, W) bool`` pixels that belong to the image (False: e.g. transparent), or None for all.
-        geo: ``{"crs": wkt, "transform": [a, b, c, d, e, f]}`` of a georeferenced input (window-adjusted), or None.
+        geo: where a georeferenced input lies (window-adjusted; :func:`_georeference`), or None.
         plain_copy: the source file can be copied into the dataset unchanged (8-bit RGB, upright, no alpha).
         extra: small facts recorded in the shard (bit depth, stretch range, bands).
     """
@@ -276,6 +276,24 @@ def _tiff_bands(src: Any, config: InputConfig) -> list[int]:
     return [1, 2, 3] if src.count >= 3 else [1]
 
 
+def _georeference(src: Any, window: Any) -> dict[str, Any] | None:
+    """Where the raster (or its ``window``) lies; None if it is not georeferenced.
+
+    ``{"crs": wkt, "transform": [a, b, c, d, e, f]}``, or for a raster placed by ground control points alone
+    (Sentinel-1's GRD, scanned maps) ``{"crs": wkt, "gcps": [[row, col, x, y, z], ...]}`` with rows and columns
+    in the window's pixels.
+    """
+    if src.crs is not None:
+        transform = src.window_transform(window) if window is not None else src.transform
+        return {"crs": src.crs.to_wkt(), "transform": list(transform)[:6]}
+    gcps, gcp_crs = src.gcps
+    if not gcps or gcp_crs is None:
+        return None
+    row0, col0 = (window.row_off, window.col_off) if window is not None else (0, 0)
+    return {"crs": gcp_crs.to_wkt(),
+            "gcps": [[p.row - row0, p.col - col0, p.x, p.y, p.z or 0.0] for p in gcps]}
+
+
 def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int] | None) -> LoadedImage:
     rasterio = raster_io()
     from rasterio.windows import Window
@@ -286,10 +304,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
             mask = src.read_masks(1, window=win) if src.nodata is not None or src.count in (2, 4) else None
-            geo = None
-            if src.crs is not None:
-                transform = src.window_transform(win) if win is not None else src.transform
-                geo = {"crs": src.crs.to_wkt(), "transform": list(transform)[:6]}
+            geo = _georeference(src, win)
     except rasterio.errors.RasterioIOError as err:
         raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
     valid = mask > 0 if mask is not None else None

@@ -110,10 +110,12 @@ class SceneOutputs:
 
 
 def _scene_geo(extra: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The whole scene's CRS/transform, from a tile's window transform and origin."""
+    """The whole scene's CRS and transform or GCPs, from a tile's (its window's) and the window's origin."""
     geo = extra.get("geo")
     if not geo:
         return None
-    a, b, c, d, e, f = geo["transform"]
     x0, y0 = extra["window"][:2]
+    if "gcps" in geo:
+        return {"crs": geo["crs"], "gcps": [[row + y0, col + x0, x, y, z] for row, col, x, y, z in geo["gcps"]]}
+    a, b, c, d, e, f = geo["transform"]
     return {"crs": geo["crs"], "transform": [a, b, c - a * x0 - b * y0, d, e, f - d * x0 - e * y0]}

@@ -7,7 +7,8 @@ out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on 
 interior rings for holes) and are written by pyogrio (GDAL).
 
 Coordinates: a georeferenced input (GeoTIFF with a CRS) is in its CRS through its (window) transform, so the
-tiles of a stitched scene land in the scene's CRS; any other input is in pixel coordinates of its source file
+tiles of a stitched scene land in the scene's CRS; one placed by ground control points alone (Sentinel-1 GRD) is
+in its GCPs' CRS through GDAL's GCP transformer (the polynomial QGIS and gdalwarp fit to them); any other input is in pixel coordinates of its source file
 (x right, y down; a tile is offset by its window), declared in GeoPackage as an engineering CRS named
 "image pixels" so GIS tools do not take them for degrees (GeoJSON cannot say so: readers assume WGS 84 there).
 Features are grouped by CRS: one layer per CRS, named
@@ -19,7 +20,7 @@ the dataset, and the output is byte-identical for the same input (GDAL's GeoPack
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,33 @@ def mask_polygons(mask: npt.NDArray[np.bool_], transform: Any) -> Any:
     return geometry.MultiPolygon(parts)
 
 
-def image_transform(extra: Mapping[str, Any]) -> tuple[Any, str | None]:
-    """``(affine, crs_wkt)`` from image pixels to output coordinates, for a shard's ``extra`` metadata."""
+def image_transform(extra: Mapping[str, Any]) -> tuple[Any, str | None, Callable[[Any], Any] | None]:
+    """``(affine, crs_wkt, warp)`` from image pixels to output coordinates, for a shard's ``extra`` metadata.
+
+    Polygons are traced through ``affine``; ``warp`` (None for an affine placement) then takes them on from pixel
+    coordinates, for an image placed by ground control points (GDAL's GCP transformer, as QGIS places it).
+    """
     rasterio = lazy_import("rasterio")
     geo = extra.get("geo")
+    if geo and "gcps" in geo:  # the window's own GCPs for tiles
+        from rasterio.control import GroundControlPoint
+        from rasterio.transform import GCPTransformer
+
+        transformer = GCPTransformer([GroundControlPoint(*gcp) for gcp in geo["gcps"]])
+
+        def warp(geometry: Any) -> Any:
+            def through(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+                xs, ys = transformer.xy(xy[:, 1], xy[:, 0], offset="ul")
+                return np.column_stack([xs, ys])
+
+            return lazy_import("shapely").transform(geometry, through)
+
+        return rasterio.Affine.identity(), str(geo["crs"]), warp
     if geo:  # already the window's transform for tiles
-        return rasterio.Affine(*geo["transform"]), str(geo["crs"])
+        return rasterio.Affine(*geo["transform"]), str(geo["crs"]), None
     window = extra.get("window")
     x0, y0 = (int(window[0]), int(window[1])) if window else (0, 0)
-    return rasterio.Affine.translation(x0, y0), None
+    return rasterio.Affine.translation(x0, y0), None, None
 
 
 @contextmanager
@@ -137,7 +156,7 @@ class VectorOutput:
         shapely = lazy_import("shapely")
         kept = shard.kept_masks()
         named = np.flatnonzero(np.asarray(class_ids) != IGNORE)
-        transform, crs = image_transform(shard.extra)
+        transform, crs, warp = image_transform(shard.extra)
         layer = self._layer(crs)
         rles = [kept.rles[i] for i in named]
         for start, masks in iter_decoded(rles):
@@ -146,6 +165,7 @@ class VectorOutput:
                 x, y, w, h = (int(v) for v in kept.bboxes[i])
                 window = mask[y : y + h + 1, x : x + w + 1]  # the mask's box: outlines cost its size only
                 geometry = mask_polygons(window, transform @ type(transform).translation(x, y))
+                geometry = warp(geometry) if warp else geometry
                 c = int(class_ids[i])
                 layer.rows.append((shapely.to_wkb(geometry), (
                     c, self.class_map.names[c], int(cluster_ids[i]), float(kept.predicted_iou[i]),

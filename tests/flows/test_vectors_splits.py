@@ -1,7 +1,8 @@
 """Vectors in the source CRS (GeoTIFFs, a stitched scene) or pixel coordinates, and a dataset's own split kept.
 
 One flow run on a dataset laid out in train/val/test folders: a georeferenced GeoTIFF and a ring image in train/,
-a larger GeoTIFF in another CRS cut into tiles and stitched in val/, a small PNG in test/.
+a larger GeoTIFF in another CRS and one placed by ground control points (as Sentinel-1 GRD) cut into tiles and
+stitched in val/, a small PNG in test/.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import json
 
 import numpy as np
 import pytest
+import rasterio
 from PIL import Image
+from rasterio.control import GroundControlPoint
 
 from alps_client.config import (
     AmgConfig,
@@ -27,6 +30,8 @@ from flows.alps_flow import alps_flow
 from tests.flows.test_review import ring_scene
 from tests.inputs.make_files import write_geotiff
 
+SAR_PLACEMENT = rasterio.Affine(1e-4, 2e-5, 10.0, 1e-5, -1e-4, 50.0)  # pixel -> lon/lat, its GCPs sampled from it
+
 
 @pytest.fixture(scope="module")
 def geo_run(tmp_path_factory, fake_repo):
@@ -40,6 +45,10 @@ def geo_run(tmp_path_factory, fake_repo):
     write_geotiff(data / "val" / "scene_b.tif", np.moveaxis(make_scene(2, (160, 200))[0], -1, 0), "EPSG:3857",
                   (1000.0, 2.0, 5000.0))
     Image.fromarray(make_scene(3, (64, 64))[0]).save(data / "test" / "small.png")
+    with rasterio.open(data / "val" / "sar_c.tif", "w", driver="GTiff", width=200, height=160, count=3, dtype="uint8",
+                       crs="EPSG:4326", gcps=[GroundControlPoint(row, col, *(SAR_PLACEMENT * (col, row)), 0.0)
+                                              for row in (0, 80, 160) for col in (0, 100, 200)]) as dst:
+        dst.write(np.moveaxis(make_scene(4, (160, 200))[0], -1, 0))
     cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)), amg=AmgConfig(points_per_side=8),
                          cluster=ClusterConfig(n_clusters=3), inputs=InputConfig(tile=128, overlap=32, stitch=True),
                          writer=WriterConfig(vector_format="gpkg", write_report=False))
@@ -52,7 +61,7 @@ def test_existing_train_val_test_folders_are_kept(geo_run):
     assert not result["errors"]
     layout = {split: sorted(p.stem for p in (out / "ann_dir" / split).glob("*.png")) for split in ("train", "val", "test")}
     assert layout["train"] == ["geo_a", "ring"] and layout["test"] == ["small"]
-    assert layout["val"] and all(stem.startswith("scene_b__x") for stem in layout["val"])  # every tile of the scene
+    assert layout["val"] and all(stem.startswith(("scene_b__x", "sar_c__x")) for stem in layout["val"])  # tiles
     for split, stems in layout.items():
         assert sorted(p.stem for p in (out / "img_dir" / split).iterdir()) == stems
         images = json.loads((out / f"instances_{split}.json").read_text())["images"]
@@ -67,7 +76,7 @@ def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask
 
     out, _ = geo_run
     layers = {name for name, _ in pyogrio.list_layers(out / "vectors" / "masks.gpkg")}
-    assert layers == {"masks", "masks_epsg32633", "masks_epsg3857"}
+    assert layers == {"masks", "masks_epsg32633", "masks_epsg3857", "masks_epsg4326"}
     with rasterio.open(out / "stitched" / "scene_b.tif") as scene:
         scene_crs, scene_bounds = scene.crs, scene.bounds
     holes = 0
@@ -77,8 +86,9 @@ def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask
         for stem, rows in frame.groupby("image"):
             shard = read_shard(out / ".alps" / "shards" / f"{stem}.npz")
             masks = decode_coco_rle(shard.kept_masks().rles)
-            geo = shard.extra.get("geo")
-            transform = rasterio.Affine(*geo["transform"]) if geo else rasterio.Affine.identity()
+            geo = shard.extra.get("geo") or {"transform": rasterio.Affine.identity()}
+            transform = (rasterio.Affine(*geo["transform"]) if "transform" in geo else  # the tile's own GCPs:
+                         SAR_PLACEMENT @ rasterio.Affine.translation(*shard.extra["window"][:2]))
             assert len(rows) == len(masks)
             for (_, row), mask in zip(rows.iterrows(), masks):  # back to the image's pixel grid: the mask exactly
                 burnt = rasterize([row.geometry], out_shape=mask.shape, transform=transform, dtype=np.uint8) > 0
@@ -91,6 +101,8 @@ def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask
             assert frame.crs.to_epsg() == 32633 and set(frame.image) == {"geo_a"}
             x0, y0, x1, y1 = frame.total_bounds
             assert 500000 <= x0 < x1 <= 500000 + 64 and 4000000 - 56 <= y0 < y1 <= 4000000
+        elif layer == "masks_epsg4326":  # placed by GCPs alone: through them, as QGIS places the image
+            assert frame.crs.to_epsg() == 4326 and all(s.startswith("sar_c__x") for s in frame.image)
         else:  # the tiles of a stitched scene: the scene's CRS, inside the stitched scene
             assert frame.crs == scene_crs and all(s.startswith("scene_b__x") for s in frame.image)
             x0, y0, x1, y1 = frame.total_bounds
@@ -98,3 +110,22 @@ def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask
             assert scene_bounds.bottom <= y0 and y1 <= scene_bounds.top
             assert set(frame.split) == {"val"}
     assert holes > 0
+
+
+def test_a_raster_placed_by_ground_control_points_keeps_them_in_its_label_geotiffs(geo_run):
+    """Sentinel-1 GRD, scanned maps: no geotransform, GCPs. Their label GeoTIFFs had no placement at all (neither
+    transform nor GCPs: they did not overlay the source), and their vectors were in pixel coordinates."""
+    out, _ = geo_run
+    with rasterio.open(out.parent / "data" / "val" / "sar_c.tif") as src:
+        source_gcps, _ = src.gcps
+    with rasterio.open(out / "stitched" / "sar_c.tif") as scene:
+        gcps, crs = scene.gcps
+        assert crs.to_epsg() == 4326 and scene.crs is None and scene.shape == (160, 200)
+        assert [(p.row, p.col, p.x, p.y) for p in gcps] == [(p.row, p.col, p.x, p.y) for p in source_gcps]
+    tiles = sorted((out / "geo").glob("sar_c__x*.tif"))
+    assert len(tiles) == len(list((out / "ann_dir" / "val").glob("sar_c__x*.png"))) > 1
+    for tile in tiles:  # each tile's GCPs in its own pixels: the same ground point, shifted rows and columns
+        x0, y0 = (int(v) for v in tile.stem.split("__x")[1].split("_y"))
+        with rasterio.open(tile) as src:
+            shifted, _ = src.gcps
+        assert [(p.row + y0, p.col + x0, p.x, p.y) for p in shifted] == [(p.row, p.col, p.x, p.y) for p in source_gcps]
