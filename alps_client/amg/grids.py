@@ -28,7 +28,9 @@ def generate_crop_boxes(
 ) -> tuple[list[list[int]], list[int]]:
     """Crop boxes (XYXY, pixels) of every layer and their layer index; layer i has ``(2**i)**2`` boxes.
 
-    Layer 0 is the whole image. Exactly Meta's arithmetic (integer truncation included).
+    Layer 0 is the whole image. Exactly Meta's arithmetic (integer truncation included), less the crops that hold
+    no pixel: on a side of 1 or 2 px Meta's crops start at or past the image's edge (a 1 x 4000 scanline's second
+    row of crops is 0 px tall), and its generator then divides by zero.
     """
     crop_boxes, layer_idxs = [], []
     im_h, im_w = im_size
@@ -47,6 +49,7 @@ def generate_crop_boxes(
         crop_box_x0 = [int((crop_w - overlap) * i) for i in range(n_crops_per_side)]
         crop_box_y0 = [int((crop_h - overlap) * i) for i in range(n_crops_per_side)]
         for x0, y0 in product(crop_box_x0, crop_box_y0):
-            crop_boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
-            layer_idxs.append(i_layer + 1)
+            if x0 < im_w and y0 < im_h:
+                crop_boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+                layer_idxs.append(i_layer + 1)
     return crop_boxes, layer_idxs

@@ -43,6 +43,15 @@ def test_crop_boxes_match_meta(size, layers, ratio):
     assert generate_crop_boxes(size, layers, ratio) == meta.generate_crop_boxes(size, layers, ratio)
 
 
+@pytest.mark.parametrize("size", [(1, 4000), (2, 3), (1, 1)])
+def test_crop_boxes_of_a_sliver_hold_pixels(size):
+    """A side of 1 or 2 px: Meta's crops start at or past the image's edge, and its generator divides by zero."""
+    ours, theirs = generate_crop_boxes(size, 2, 512 / 1500), meta.generate_crop_boxes(size, 2, 512 / 1500)
+    assert any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in theirs[0])
+    assert all(0 <= x0 < x1 <= size[1] and 0 <= y0 < y1 <= size[0] for x0, y0, x1, y1 in ours[0])
+    assert [(box, layer) for box, layer in zip(*theirs) if box[2] > box[0] and box[3] > box[1]] == list(zip(*ours))
+
+
 def test_point_grids_match_meta():
     np.testing.assert_array_equal(build_point_grid(4), meta.build_point_grid(4))
     for ours, theirs in zip(build_all_layer_point_grids(32, 2, 2), meta.build_all_layer_point_grids(32, 2, 2)):

@@ -44,3 +44,16 @@ def test_a_dense_scene_keeps_every_mask(fake_backend, tmp_path):
     assert shard.masks.areas.tolist() == areas.tolist()
     cell = 640 / 34  # each checkerboard cell is one kept mask
     assert abs(np.median(shard.masks.areas[shard.keep]) - cell**2) < 3 * cell
+
+
+def test_slivers_are_labelled_with_crop_layers(fake_backend, tmp_path):
+    """A 1 x 400 scanline and a 2 x 3 thumbnail with --crop-n-layers 2: Meta's arithmetic gave them crops of no
+    pixel, and the generator divided by zero (the image failed the run)."""
+    cfg = PipelineConfig(amg=AmgConfig(points_per_side=4, crop_n_layers=2, min_mask_region_area=2))
+    for shape in ((1, 400), (2, 3)):
+        image, _ = make_scene(1, (max(shape), max(shape)))
+        image = np.ascontiguousarray(image[: shape[0], : shape[1]])
+        summary = label_image(image, "sliver", "sliver.png", MaskGenerator(fake_backend, cfg.amg), cfg,
+                              tmp_path / "sliver.npz", "fp")
+        shard = read_shard(tmp_path / "sliver.npz")
+        assert summary.n_masks == len(shard.masks) and decode_coco_rle(shard.masks.rles).shape[1:] == shape
