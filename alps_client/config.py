@@ -68,6 +68,12 @@ class AmgConfig:
             self.crop_n_points_downscale_factor >= 1,
             f"crop_n_points_downscale_factor must be >= 1, got {self.crop_n_points_downscale_factor!r}",
         )
+        if self.points_per_side is not None and self.crop_n_layers > 0:  # Meta's grid of 0 points divides by zero
+            deepest = self.points_per_side // self.crop_n_points_downscale_factor ** self.crop_n_layers
+            _check(deepest >= 1, f"crop layer {self.crop_n_layers} would get no point: points_per_side "
+                                 f"{self.points_per_side} / crop_n_points_downscale_factor "
+                                 f"{self.crop_n_points_downscale_factor}^{self.crop_n_layers} < 1; lower "
+                                 "crop_n_points_downscale_factor or crop_n_layers, or raise points_per_side")
         _check(
             0.0 <= self.crop_overlap_ratio < 1.0,
             f"crop_overlap_ratio must lie in [0, 1), got {self.crop_overlap_ratio!r}",

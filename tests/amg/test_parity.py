@@ -124,5 +124,9 @@ def test_bad_inputs(embedded_backend):
         gen.generate(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="exactly one of points_per_side or point_grids"):
         AmgConfig(points_per_side=None)
+    with pytest.raises(ValueError, match=r"crop layer 2 would get no point: points_per_side 8 / "
+                                         r"crop_n_points_downscale_factor 4\^2 < 1"):  # Meta's divides by 0
+        AmgConfig(points_per_side=8, crop_n_layers=2, crop_n_points_downscale_factor=4)
+    assert AmgConfig(points_per_side=16, crop_n_layers=2, crop_n_points_downscale_factor=4).crop_n_layers == 2
     with pytest.raises(ValueError, match="point_grids must hold crop_n_layers"):
         MaskGenerator(embedded_backend, AmgConfig(points_per_side=None, point_grids=(((0.5, 0.5),),), crop_n_layers=1))
