@@ -24,6 +24,9 @@ Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as 
 Colour-coded ground truth (an RGB colour per class: ISPRS Potsdam and Vaihingen, DeepGlobe) counts every colour
 as a class (:class:`ColourIds`); ``ignore_index`` may name one as ``#rrggbb``.
 
+Pixels a single-band GeoTIFF declares nodata (ESA WorldCover's 0) are left out of every figure (no class, no
+miss), whatever ``ignore_index`` says; ``ground_truth_nodata`` lists the values.
+
 Ground truth holding only 0 and 255 is refused unless ``ignore_index`` is given: a binary mask (buildings,
 polyps, lesions, vessels: foreground 255) would otherwise be scored on its background alone, its foreground
 ignored as "no label", and a single class reported without a word. So is ground truth holding 255 among ids
@@ -79,6 +82,7 @@ class EvalReport:
     pseudo_label_names: dict[int, str] = field(default_factory=dict)
     ground_truth_ignored: list[int] = field(default_factory=lambda: [IGNORE])
     ground_truth_colours: dict[int, str] = field(default_factory=dict)  # colour-coded ground truth: id -> #rrggbb
+    ground_truth_nodata: list[float | str] = field(default_factory=list)  # GeoTIFFs' nodata ("NaN"): left out
 
 
 @dataclass(frozen=True)
@@ -256,20 +260,34 @@ class ColourIds:
         return by_colour, {i: f"#{colour:06x}" for colour, i in self.ids.items()}
 
 
-def _read_ground_truth(path: Path, colours: ColourIds) -> tuple[npt.NDArray[np.integer], bool]:
-    """A ground-truth label map ``(H, W)`` of class ids or a NIfTI label volume ``(X, Y, Z)``; colour-coded?
+@dataclass
+class _GroundTruth:
+    """One ground-truth file read: its class ids, whether they are colour ids, and which pixels hold data."""
+
+    ids: npt.NDArray[np.integer]  # (H, W) or (X, Y, Z)
+    coloured: bool = False
+    nodata: float | None = None  # the value its GeoTIFF declares nodata, if any
+    valid: npt.NDArray[np.bool_] | None = None  # False where the GeoTIFF says nodata; None: every pixel
+
+
+def _read_ground_truth(path: Path, colours: ColourIds) -> _GroundTruth:
+    """A ground-truth label map ``(H, W)`` of class ids or a NIfTI label volume ``(X, Y, Z)``.
 
     A map of class ids (single-channel or palette; any integers) is read as it is; an RGB one goes through
-    ``colours`` (its ids are then colour ids, resolved over the dataset by :meth:`ColourIds.resolve`).
+    ``colours`` (its ids are then colour ids, resolved over the dataset by :meth:`ColourIds.resolve`). Pixels of
+    the nodata value a single-band GeoTIFF declares (ESA WorldCover's 0) hold no class: they are left out.
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
-        arr = _read_array(path)
+        arr, nodata = _read_array(path)
         if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
-            return colours(arr[..., :3], path), True
+            return _GroundTruth(colours(arr[..., :3], path), coloured=True)
         if arr.ndim != 2:
             raise AlpsError(f"{path}: a label map must be an image of class ids (single-channel or palette) or of "
                             f"one RGB colour per class, got shape {arr.shape}")
-        return _whole_numbers(arr, path), False
+        if nodata is None:
+            return _GroundTruth(_whole_numbers(arr, path))
+        valid = ~np.isnan(arr) if np.isnan(nodata) else arr != nodata
+        return _GroundTruth(_whole_numbers(np.where(valid, arr, 0), path), nodata=nodata, valid=valid)
     from alps_client._imports import lazy_import
 
     try:
@@ -279,7 +297,7 @@ def _read_ground_truth(path: Path, colours: ColourIds) -> tuple[npt.NDArray[np.i
     data = data[..., 0] if data.ndim == 4 else data
     if data.ndim not in (2, 3) or data.size == 0:
         raise AlpsError(f"{path}: a NIfTI label image must be 2D or 3D class ids, got shape {data.shape}")
-    return _whole_numbers(data, path), False
+    return _GroundTruth(_whole_numbers(data, path))
 
 
 def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]:
@@ -303,16 +321,21 @@ def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]
     return arr.astype(np.int64)
 
 
-def _read_array(path: Path) -> npt.NDArray[Any]:
-    """The pixels of a label map: ``(H, W)``, or ``(H, W, C)`` (PNG, or TIFF through rasterio)."""
+def _read_array(path: Path) -> tuple[npt.NDArray[Any], float | None]:
+    """The pixels of a label map, ``(H, W)`` or ``(H, W, C)`` (PNG, or TIFF through rasterio), and its nodata.
+
+    The nodata value is the one a single-band raster declares; None if it declares none.
+    """
     from alps_client.io.readers import raster_io
 
     try:
         if extension_of(path.name) in RASTER_EXTENSIONS:
             with raster_io().open(path) as src:
-                return np.moveaxis(src.read(), 0, -1) if src.count > 1 else src.read(1)
+                if src.count > 1:
+                    return np.moveaxis(src.read(), 0, -1), None
+                return src.read(1), src.nodata
         with Image.open(path) as im:
-            return np.asarray(im)
+            return np.asarray(im), None
     except AlpsError:
         raise
     except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)
@@ -321,7 +344,7 @@ def _read_array(path: Path) -> npt.NDArray[Any]:
 
 def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     """A pseudo-label map ``(H, W) uint8`` of class ids (255: no label)."""
-    arr = _read_array(path)
+    arr, _ = _read_array(path)
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise AlpsError(f"{path}: not a label map of `alps run` ((H, W) uint8 class ids), got shape {arr.shape}, "
                         f"{arr.dtype}")
@@ -499,9 +522,10 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                         f"{out / 'ann_dir'}")
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
-    colours = ColourIds()
+    colours, nodata = ColourIds(), set[float]()
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
-        gt, coloured = _read_ground_truth(gts[stem], colours)
+        read = _read_ground_truth(gts[stem], colours)
+        gt = read.ids
         found = preds.get(stem)
         if found is None:  # a good image the dataset lacks: every pixel is a miss
             pred = np.full(gt.shape, IGNORE, np.uint8)
@@ -509,7 +533,10 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             pred = _read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
         if pred.shape != gt.shape:
             raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
-        if coloured:
+        if read.valid is not None:  # pixels its GeoTIFF declares nodata: no class, no miss
+            pred, gt = pred[read.valid], gt[read.valid]
+            nodata.add(read.nodata)
+        if read.coloured:
             by_colour += Confusion.of(pred, gt)
         else:
             by_id += Confusion.of(pred, gt)
@@ -533,6 +560,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = _class_names(out)
     report.ground_truth_ignored = ignored
+    report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
+                                  *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
 
 
@@ -576,6 +605,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     elif report.ground_truth_ignored != [IGNORE]:
         lines.append(f"ground-truth pixels of {' and '.join(map(str, report.ground_truth_ignored))} are ignored "
                      "(they name no class)")
+    if report.ground_truth_nodata:
+        values = " and ".join(f"{v:g}" if isinstance(v, float) else v for v in report.ground_truth_nodata)
+        lines.append(f"ground-truth pixels their GeoTIFF declares nodata ({values}) are left out (no class, no miss)")
     if report.unmatched_clusters:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
                      f"{named(report.unmatched_clusters)}")

@@ -330,6 +330,34 @@ def test_class_ids_saved_as_grey_rgb_images_are_read_as_ids(case):
     assert report["ground_truth_ignored"] == [255] and report["coverage"] == pytest.approx(1199 / 1599)
 
 
+def test_pixels_a_geotiff_declares_nodata_are_no_class(tmp_path, capsys):
+    """ESA WorldCover's classes are 10..100 and its nodata 0, declared in the GeoTIFF: its no-data pixels were
+    scored as a class never labelled, pulling mIoU down (or, labelled, counted as errors)."""
+    import rasterio
+
+    bands = np.repeat(np.array([0, 10, 20, 30]), 10)[:, None].repeat(40, axis=1)
+    pred = (bands // 10 + 3).astype(np.uint8)  # every pixel labelled, the nodata band too
+    pred[bands == 30] = 255  # class 30 never labelled
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    (tmp_path / "gt").mkdir()
+
+    def save(values, dtype, nodata):
+        with rasterio.open(tmp_path / "gt" / "a.tif", "w", driver="GTiff", width=40, height=40, count=1,
+                           dtype=dtype, nodata=nodata) as dst:
+            dst.write(values.astype(dtype)[None])
+
+    save(bands, "uint8", 0)
+    report = evaluate_cli(tmp_path)
+    assert report["class_iou"] == {"10": 1.0, "20": 1.0, "30": 0.0} and report["ground_truth_nodata"] == [0.0]
+    assert report["coverage"] == pytest.approx(2 / 3) and report["unmatched_clusters"] == []
+    assert "ground-truth pixels their GeoTIFF declares nodata (0) are left out" in capsys.readouterr().out
+    save(np.where(bands == 0, np.nan, bands), "float32", np.nan)  # NaN declared: not refused as a fraction
+    report = evaluate_cli(tmp_path)
+    assert report["class_iou"] == {"10": 1.0, "20": 1.0, "30": 0.0} and report["ground_truth_nodata"] == ["NaN"]
+    save(bands, "uint8", None)  # nothing declared: 0 is a class like any other
+    assert evaluate_cli(tmp_path)["class_iou"] == {"0": 1.0, "10": 1.0, "20": 1.0, "30": 0.0}
+
+
 def test_grey_rgb_and_single_channel_id_maps_keep_their_own_ids(tmp_path):
     """One ground-truth map of ids {0, 1}, another of ids {2, 3} saved as grey RGB: the grey map's ids were
     numbered by colour (0, 1) in the same columns as the first map's, and the first map's classes were lost."""
