@@ -38,6 +38,7 @@ floats must hold whole numbers.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -351,7 +352,7 @@ def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     return arr
 
 
-def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
+def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "") -> dict[str, Path]:
     """Ground-truth label maps under ``gt_root`` by the pseudo-label stem they belong to.
 
     A file's stem is the one ``alps run`` gives an image at the same place in the dataset (sub-folders joined by
@@ -359,10 +360,12 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
     tree matches, however deep. A file whose mirrored stem is no pseudo-label's falls back to its file stem (a
     flat ground-truth folder, or one nested differently from flat images). A tiled scene's or a volume's ground
     truth has the scene's or the volume's stem (its parts are ``<stem>__x<x0>_y<y0>``, ``<stem>__z<index>``).
+    ``gt_suffix`` is dropped from the end of ground-truth stems first (``_label`` of ISPRS Potsdam's).
 
     Args:
         gt_root: the ground-truth folder (PNG or TIFF label maps, NIfTI label volumes; at any depth).
         stems: the stems of the dataset's label maps.
+        gt_suffix: the end of every ground-truth file's stem that its image's name lacks, or "".
 
     Raises:
         AlpsError: If two files belong to the same stem (say which), as one of them would be ignored.
@@ -375,6 +378,7 @@ def ground_truth_files(gt_root: Path, stems: set[str]) -> dict[str, Path]:
             continue
         _, mirrored = split_and_stem(path.relative_to(gt_root))
         _, bare = split_and_stem(Path(path.name))
+        mirrored, bare = mirrored.removesuffix(gt_suffix), bare.removesuffix(gt_suffix)
         stem = mirrored if mirrored in stems or bare not in stems else bare
         found.setdefault(stem, []).append(path)
     clashes = {stem: paths for stem, paths in found.items() if len(paths) > 1}
@@ -490,27 +494,37 @@ def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = N
 
 
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
-                     exclude_unlabelled_images: bool = False, ignore_index: int | str | None = None) -> EvalReport:
+                     exclude_unlabelled_images: bool = False, ignore_index: int | str | None = None,
+                     gt_suffix: str = "", image_suffix: str = "") -> EvalReport:
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
 
-    Ground-truth files are matched by :func:`ground_truth_files`. Ground-truth pixels of 255, and of
+    Ground-truth files are matched by :func:`ground_truth_files`, ``gt_suffix`` dropped from their names and
+    ``image_suffix`` from the images' (ISPRS Potsdam: ``top_potsdam_2_10_label`` is the truth of
+    ``top_potsdam_2_10_RGB``; DeepGlobe: ``_mask`` and ``_sat``). Ground-truth pixels of 255, and of
     ``ignore_index`` (any integer) when given, are left out: they name no class; ``"none"`` leaves out none (255
     is a class).
 
     Raises:
-        AlpsError: If either folder has no label maps, no stem matches, two files match one stem, sizes differ,
+        AlpsError: If either folder has no label maps, no stem matches (saying which suffixes would make names
+            match, if some would), two files match one stem, sizes differ,
             ``ignore_index`` does not say what 255 is where it may be a class (ground truth of 0 and 255 alone, or
             of ids wider than 8 bits), or the ground truth mixes colour-coded label maps with maps of class ids.
     """
     ignored_values(ignore_index)  # checked before any file is read
     out, gt_root = Path(out_dir), Path(gt_dir)
-    preds: dict[str, Path | list[Path]] = {p.stem: p for p in sorted((out / "ann_dir").glob("*/*.png"))}
+    preds: dict[str, Path | list[Path]] = {}
+    for path in sorted((out / "ann_dir").glob("*/*.png")):
+        name = path.stem.removesuffix(image_suffix)
+        if name in preds:
+            raise AlpsError(f"{preds[name]} and {path} both read {name} once --image-suffix {image_suffix} is "
+                            "dropped: give a suffix that only some names end with")
+        preds[name] = path
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
-    parts = _parts_by_whole(list(preds))
-    gts = ground_truth_files(gt_root, set(preds) | set(parts))
+    parts = {whole.removesuffix(image_suffix): stems for whole, stems in _parts_by_whole(list(preds)).items()}
+    gts = ground_truth_files(gt_root, set(preds) | set(parts), gt_suffix)
 
     for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
         preds[whole] = [preds.pop(stem) for stem in parts[whole]]  # type: ignore[misc]
@@ -518,8 +532,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
     if not matched:
+        images = [name for name in preds if not _PART_STEM.match(name)] + list(parts)
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
-                        f"{out / 'ann_dir'}")
+                        f"{out / 'ann_dir'}" + _suffixes_that_match(list(gts), images))
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     colours, nodata = ColourIds(), set[float]()
@@ -563,6 +578,29 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+def _suffixes_that_match(truths: list[str], images: list[str]) -> str:
+    """The flags that would pair ``truths`` with ``images`` by dropping the ends every name of a side shares.
+
+    Returns: ``": give --gt-suffix _label --image-suffix _RGB (...)"``, or "" when no shared end does it.
+    """
+    gt_end, image_end = _shared_end(truths), _shared_end(images)
+    paired = {t.removesuffix(gt_end) for t in truths} & {i.removesuffix(image_end) for i in images}
+    if not paired or not (gt_end or image_end):
+        return ""
+    flags = " ".join(f"--{side}-suffix {end}" for side, end in (("gt", gt_end), ("image", image_end)) if end)
+    name = min(paired)
+    return (f": give {flags} to pair them by the rest of their names ({counted(len(paired), 'name')} would "
+            f"pair, e.g. {name + gt_end} with {name + image_end})")
+
+
+def _shared_end(names: list[str]) -> str:
+    """The last ``_``- or ``-``-led part every name ends with (``_label``), or ""."""
+    reversed_names = [name[::-1] for name in names]
+    end = os.path.commonprefix(reversed_names)[::-1] if names else ""  # noqa: RUF071 (characters, on purpose)
+    cut = max(end.rfind("_"), end.rfind("-"))
+    return end[cut:] if cut >= 0 else ""
 
 
 def _class_names(out: Path) -> dict[int, str]:

@@ -357,7 +357,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images,
-                                  args.ignore_index)
+                                  args.ignore_index, args.gt_suffix, args.image_suffix)
     except AlpsError as err:
         return _fail(describe(err))
     json_path = Path(args.json or Path(args.out) / "evaluation.json")
@@ -420,6 +420,12 @@ def make_parser() -> argparse.ArgumentParser:
                     help="a ground-truth value that names no class (a dataset's 'unlabelled' or no-data, e.g. 0 for "
                          "LoveDA), ignored like 255; 'none': every value is a class, 255 too (a binary 0/255 mask); a colour "
                          "as #rrggbb for colour-coded ground truth")
+    ev.add_argument("--gt-suffix", default="", metavar="TEXT",
+                    help="the end of ground-truth file names that their images' names lack, dropped before pairing "
+                         "(ISPRS Potsdam: _label; DeepGlobe: _mask; ISIC: _segmentation)")
+    ev.add_argument("--image-suffix", default="", metavar="TEXT",
+                    help="the end of image names that their ground truth's names lack, dropped before pairing "
+                         "(ISPRS Potsdam: _RGB; DeepGlobe: _sat)")
     ev.add_argument("--json", help="report path (default OUT/evaluation.json)")
     ev.add_argument("--exclude-unlabelled-images", action="store_true",
                     help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")

@@ -152,6 +152,35 @@ def test_a_ground_truth_tree_that_mirrors_the_dataset_matches_however_deep(tmp_p
         evaluate_dataset(tmp_path / "out", tmp_path / "gt")
 
 
+def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_told(tmp_path, capsys):
+    """ISPRS Potsdam's truth of top_potsdam_2_10_RGB.tif is top_potsdam_2_10_label.tif, DeepGlobe's of 104_sat.jpg
+    is 104_mask.png, ISIC's of ISIC_0000000.jpg is ISIC_0000000_segmentation.png: no name matched, and nothing
+    said how to pair them. The refusal now names the flags; with them, each map meets its own truth."""
+    from alps_client.io.tiling import tile_windows
+
+    bands = np.repeat(np.arange(2), 10)[:, None].repeat(20, axis=1)
+    for tile in ("2_10", "2_11", "3_10"):  # a tiled scene too: its parts carry the image's suffix
+        write(tmp_path / "gt" / f"top_potsdam_{tile}_label.png", bands if tile != "3_10" else 1 - bands)
+    write(tmp_path / "out" / "ann_dir" / "train" / "top_potsdam_2_10_RGB.png", bands + 5)
+    write(tmp_path / "out" / "ann_dir" / "val" / "top_potsdam_2_11_RGB.png", bands + 5)
+    for x0, y0, x1, y1 in tile_windows(20, 20, 10, 0):
+        write(tmp_path / "out" / "ann_dir" / "val" / f"top_potsdam_3_10_RGB__x{x0}_y{y0}.png",
+              (1 - bands[y0:y1, x0:x1]) + 5)
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"inputs": {"tile": 10, "overlap": 0}}}))
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert "give --gt-suffix _label --image-suffix _RGB to pair them by the rest of their names (3 names would " \
+           "pair, e.g. top_potsdam_2_10_label with top_potsdam_2_10_RGB)" in err
+    report = evaluate_cli(tmp_path, "--gt-suffix", "_label", "--image-suffix", "_RGB")
+    assert report["n_images"] == 3 and report["missing_pseudo_labels"] == [] and report["missing_ground_truth"] == []
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0} and report["coverage"] == 1.0
+    for path in (tmp_path / "out" / "ann_dir").rglob("*.png"):  # ISIC: only the truth has a suffix
+        path.rename(path.with_name(path.name.replace("_RGB", "")))
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
+    assert "give --gt-suffix _label to pair them" in capsys.readouterr().err
+    assert evaluate_cli(tmp_path, "--gt-suffix", "_label")["class_iou"] == {"0": 1.0, "1": 1.0}
+
+
 def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     """A scene labelled in overlapping tiles (no label map of its own) is assembled as --stitch does and scored
     once against the scene's ground truth: the same figures as its whole label map, overlaps not counted twice."""
