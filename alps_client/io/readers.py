@@ -369,8 +369,9 @@ def _volume_key(path: Path) -> tuple[str, int]:
 def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     """The 3D volume (or 2D plane) as float32, decoded once per process and file version.
 
-    A slice never re-reads the file. Of a 4-D file (a series), the first volume alone is decoded: the others are never labelled. A 2-D file (an
-    X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`_planes` makes it a volume of one slice.
+    A slice never re-reads the file. Of a 4-D file (a series), the first volume alone is decoded: the others are
+    never labelled. A 2-D file (an X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`_planes` makes it
+    a volume of one slice.
     """
     nibabel = lazy_import("nibabel")
     try:
