@@ -46,7 +46,7 @@ def geo_run(tmp_path_factory, fake_repo):
                   (1000.0, 2.0, 5000.0))
     Image.fromarray(make_scene(3, (64, 64))[0]).save(data / "test" / "small.png")
     with rasterio.open(data / "val" / "sar_c.tif", "w", driver="GTiff", width=200, height=160, count=3, dtype="uint8",
-                       crs="EPSG:4326", gcps=[GroundControlPoint(row, col, *(SAR_PLACEMENT * (col, row)), 0.0)
+                       crs="EPSG:4326", gcps=[GroundControlPoint(row, col, *(SAR_PLACEMENT @ (col, row)), 0.0)
                                               for row in (0, 80, 160) for col in (0, 100, 200)]) as dst:
         dst.write(np.moveaxis(make_scene(4, (160, 200))[0], -1, 0))
     cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)), amg=AmgConfig(points_per_side=8),
