@@ -424,17 +424,19 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
     if gt.ndim == 3 or all(match and match["z"] for match in matches):
         # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty); a 2-D NIfTI image
         # is a volume of one slice
+        from alps_client.io.readers import as_volume
+
         axis = int(inputs.get("slice_axis", 2))
-        volume = np.full(gt.shape if gt.ndim == 3 else (*gt.shape[:axis], 1, *gt.shape[axis:]), IGNORE, np.uint8)
-        plane = volume.shape[:axis] + volume.shape[axis + 1:]
+        volume = np.full(gt.shape, IGNORE, np.uint8)
+        slices = np.moveaxis(as_volume(volume, axis), axis, 0)  # a view: writing a slice writes the volume
         for path, match in zip(parts, matches, strict=True):
             label = _read_label(path)
             index = int(match["z"]) if match and match["z"] else -1  # -1: a tile's label map, not a slice
-            if not 0 <= index < volume.shape[axis] or label.shape != plane:
+            if not 0 <= index < len(slices) or label.shape != slices.shape[1:]:
                 raise AlpsError(f"{gt_path}: volume {gt.shape} has no slice {index} of {label.shape} along axis "
                                 f"{axis} for the pseudo-label {path}")
-            np.moveaxis(volume, axis, 0)[index] = label
-        return volume.reshape(gt.shape)
+            slices[index] = label
+        return volume
     tiles = []
     for path, match in zip(parts, matches, strict=True):
         label = _read_label(path)

@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from alps_client._imports import lazy_import
 from alps_client.io.atomic import atomic_path
+from alps_client.io.readers import as_volume
 
 
 def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,
@@ -21,13 +22,10 @@ def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,
     """
     nibabel = lazy_import("nibabel")
     src = nibabel.load(str(source))
-    shape = src.shape[:3]
-    volume = np.full(shape if len(shape) == 3 else (*shape[:slice_axis], 1, *shape[slice_axis:]), 255, np.uint8)
+    volume = np.full(src.shape[:3], 255, np.uint8)
     for index, label in slices.items():
-        target = [slice(None)] * 3
-        target[slice_axis] = index
-        volume[tuple(target)] = label
-    image = nibabel.Nifti1Image(volume.reshape(shape), src.affine, src.header)
+        np.moveaxis(as_volume(volume, slice_axis), slice_axis, 0)[index] = label
+    image = nibabel.Nifti1Image(volume, src.affine, src.header)
     image.set_data_dtype(np.uint8)
     suffix = ".nii.gz" if str(path).endswith(".gz") else ".nii"
     with atomic_path(path, suffix=suffix) as tmp:

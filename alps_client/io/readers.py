@@ -370,7 +370,7 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     """The 3D volume (or 2D plane) as float32, decoded once per process and file version.
 
     A slice never re-reads the file. Of a 4-D file (a series), the first volume alone is decoded: the others are
-    never labelled. A 2-D file (an X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`_planes` makes it
+    never labelled. A 2-D file (an X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`as_volume` makes it
     a volume of one slice.
     """
     nibabel = lazy_import("nibabel")
@@ -385,8 +385,8 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     return data
 
 
-def _planes(data: npt.NDArray[np.float32], slice_axis: int) -> npt.NDArray[np.float32]:
-    """``data`` as a volume sliced along ``slice_axis``: a 2-D plane becomes its one slice (index 0)."""
+def as_volume(data: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:
+    """``data`` as a volume sliced along ``slice_axis``: a 2-D plane becomes its one slice (index 0), as a view."""
     return np.expand_dims(data, slice_axis) if data.ndim == 2 else data
 
 
@@ -398,7 +398,7 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
     The window is the ``window`` percentiles of every voxel: every slice of a volume is stretched with the same
     range, as the tiles of a scene are.
     """
-    data = _planes(_volume(path, mtime_ns), slice_axis)
+    data = as_volume(_volume(path, mtime_ns), slice_axis)
     other = tuple(a for a in range(3) if a != slice_axis)
     nonempty = tuple(int(i) for i in np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0))
     return nonempty, percentile_range(data, None, window)
@@ -406,7 +406,7 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
 
 def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
     key = _volume_key(path)
-    plane = np.take(_planes(_volume(*key), config.slice_axis), index, axis=config.slice_axis)
+    plane = np.take(as_volume(_volume(*key), config.slice_axis), index, axis=config.slice_axis)
     _, value_range = volume_summary(*key, config.slice_axis, config.window_percentiles)
     rgb, extra = _to_rgb(plane, None, InputConfig(stretch_percentiles=config.window_percentiles), value_range)
     extra["slice_index"] = index
