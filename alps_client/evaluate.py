@@ -135,9 +135,6 @@ class Confusion:
         counts[:, np.searchsorted(values, other.values)] += other.counts
         return Confusion(counts, values)
 
-    def __radd__(self, other: int) -> Confusion:  # sum() starts from 0
-        return self
-
     def with_values(self, new: dict[int, int]) -> Confusion:
         """The same counts with ground-truth values renamed (``{old: new}``; values merge if they meet)."""
         renamed = Confusion()
@@ -215,9 +212,9 @@ class ColourIds:
 
     A colour gets the next id (0, 1, ...) when first seen; ground-truth files are read in name order, so a dataset
     gets the same ids on every run. At most 255 colours, which tells a photograph given as ground truth from a
-    label map. Whether RGB ground truth is colour-coded is decided over
-    the whole dataset (:meth:`resolve`): class ids saved as grey RGB images have equal channels everywhere, while
-    one colour-coded tile may hold only white (Potsdam's impervious surfaces).
+    label map. Whether RGB ground truth is colour-coded is decided over the whole dataset (:meth:`resolve`): class
+    ids saved as grey RGB images have equal channels everywhere, while one colour-coded tile may hold only white
+    (Potsdam's impervious surfaces).
     """
 
     def __init__(self) -> None:

@@ -197,8 +197,8 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     assert 'data-class-id="2"' not in page
 
     after_eval = evaluation(out, gt, tmp_path, "after.json")
-    conf_old = sum(Confusion.of(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png")))
-                   for k, m in before_maps.items())
+    conf_old = sum((Confusion.of(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png")))
+                    for k, m in before_maps.items()), Confusion())
     conf_new = Confusion(np.zeros_like(conf_old.counts), conf_old.values)
     np.add.at(conf_new.counts, lut, conf_old.counts)  # the mapping applied to the rows of the old confusion matrix
     expected = scores(conf_new, match_clusters(conf_new, "hungarian"))
