@@ -10,6 +10,7 @@ so that ``platform: "onnxruntime_onnx"`` configs load unchanged. Models load exp
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
@@ -17,16 +18,18 @@ import socket
 import subprocess
 import sysconfig
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from alps_client.backends.triton_shm import SHM_DIR
+from alps_client.backends.triton_shm import SHM_DIR, region_name, stale_region_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The Python backend keeps each model instance's messages in /dev/shm regions (RAM); a server killed with SIGKILL
 # leaves them there until the machine restarts (measured: 186 MB per test suite, 9.3 GB on a machine after a
-# day of runs). Each server gets a prefix of its own, so that `stop` removes what it left, whatever the signal.
+# day of runs). Each server gets a prefix of its own, so that `stop` removes what it left, whatever the signal; a
+# server dies with the process that started it (a test run killed by a CI timeout, a closed terminal), and the prefix
+# names that process, so that the next start removes what a server of a killed test run left (_sweep_dead_servers).
+SHM_PREFIX = "test_triton_"
 TRITON_VENV = REPO_ROOT / ".venv-triton"
 HERE = Path(__file__).resolve().parent
 
@@ -87,6 +90,20 @@ class TritonProcess:
             region.unlink(missing_ok=True)
 
 
+def _sweep_dead_servers() -> None:
+    """Remove the /dev/shm regions of servers whose test process is gone (and they with it: `_die_with_parent`)."""
+    regions = {p: "_".join(p.name[len(SHM_PREFIX):].split("_")[:4]) for p in SHM_DIR.glob(f"{SHM_PREFIX}alps_*")}
+    stale = set(stale_region_names(regions.values()))
+    for path, owner in regions.items():
+        if owner in stale:
+            path.unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """SIGKILL this process when its parent dies: a test run that is killed takes its server with it."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG (linux/prctl.h)
+
+
 def start_triton(model_repository: Path, workdir: Path, models: tuple[str, ...] = ("sam_encoder", "sam_decoder"),
                  grpc_port: int | None = None, http_port: int | None = None, timeout_s: float = 120.0) -> TritonProcess:
     """Start tritonserver, load ``models`` and wait until they are ready."""
@@ -99,7 +116,8 @@ def start_triton(model_repository: Path, workdir: Path, models: tuple[str, ...] 
     server = site / "pytriton" / "tritonserver"
     backends = backend_dir(workdir, venv)
     grpc_port, http_port = grpc_port or _free_port(), http_port or _free_port()
-    shm_prefix = f"alps_test_triton_{uuid.uuid4().hex[:12]}_"
+    _sweep_dead_servers()
+    shm_prefix = f"{SHM_PREFIX}{region_name()}_"  # region_name: alps_<namespace>_<this pid>_<12 hex>
     libdir = sysconfig.get_config_var("LIBDIR")
     env = {
         **os.environ,
@@ -119,7 +137,8 @@ def start_triton(model_repository: Path, workdir: Path, models: tuple[str, ...] 
     ]
     log_path = workdir / f"tritonserver-{grpc_port}.log"
     log = log_path.open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     triton = TritonProcess(proc, grpc_port, http_port, log_path, shm_prefix)
     deadline = time.time() + timeout_s
     while time.time() < deadline:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import psutil
 import pytest
 
 from alps_client.amg.generator import MaskGenerator
@@ -224,6 +225,46 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     assert done_at_kill < 6  # the kill landed mid-run
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
+
+
+def test_a_killed_test_run_takes_its_server_along_and_the_next_start_frees_its_memory(stand_in_repo, tmp_path):
+    """A test process killed with SIGKILL (a CI timeout) takes its tritonserver along; when the server's Python
+    backend stubs are killed too (a whole process tree or container), the /dev/shm regions they could not remove
+    (hundreds of MB of RAM per suite) are removed by the next server's start."""
+    script = (f"from pathlib import Path; from tests.triton.server import start_triton; "
+              f"s = start_triton(Path({str(stand_in_repo)!r}), Path({str(tmp_path)!r}), models=('sam_decoder',)); "
+              f"print(s.process.pid, s.shm_prefix, flush=True); input()")
+    owner = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    stubs = []
+    try:
+        server_pid, prefix = owner.stdout.readline().split()
+        regions = list(SHM_DIR.glob(f"{prefix}*"))
+        stubs = psutil.Process(int(server_pid)).children(recursive=True)
+        assert regions and stubs  # the Python backend's regions and stubs of the loaded model
+        for stub in stubs:
+            stub.suspend()  # a stub whose server died removes its regions, after a while: not this one
+        owner.kill()
+        owner.wait()
+        wait_until(lambda: _gone(int(server_pid)), "the server gone with its test process")
+        for stub in stubs:
+            stub.kill()
+        assert all(r.exists() for r in regions)  # what the kills left
+        start_triton(stand_in_repo, tmp_path / "next", models=()).stop()
+        assert not any(r.exists() for r in regions)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        for stub in stubs:
+            if not _gone(stub.pid):
+                stub.kill()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # dead, not yet reaped by its new parent
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _unread_requests(port: int) -> bool:
