@@ -44,7 +44,8 @@ def publish(out: str | Path, staging: str | Path) -> None:
     """Swap the staged outputs into ``out``, replacing every previous dataset output."""
     out, staging = Path(out), Path(staging)
     shutil.rmtree(out / ".alps" / "previous", ignore_errors=True)  # left by a clean-up that did not finish
-    atomic.write_json(_journal(out), {"staging": str(staging), "entries": list(DATASET_ENTRIES)})
+    # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place.
+    atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out), "entries": list(DATASET_ENTRIES)})
     _finish(out, staging)
 
 
@@ -54,7 +55,14 @@ def recover(out: str | Path) -> bool:
     journal = _journal(out)
     if not journal.is_file():
         return False
-    _finish(out, Path(json.loads(journal.read_text())["staging"]))
+    recorded = Path(json.loads(journal.read_text())["staging"])
+    staging = out / recorded if not recorded.is_absolute() else recorded
+    if not staging.is_dir():  # a journal of an older alps (absolute path) in an OUT that moved since
+        staging = out / ".alps" / "staging"
+    if not staging.is_dir():  # nothing to finish with: what is in place stays (never moved aside and deleted)
+        journal.unlink()
+        return False
+    _finish(out, staging)
     return True
 
 

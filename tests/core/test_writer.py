@@ -12,7 +12,15 @@ from pycocotools import mask as mask_utils
 
 from alps_client.config import AmgConfig, ClusterConfig, GateConfig, PipelineConfig, WriterConfig
 from alps_client.io import publish as publish_module
-from alps_client.io.shards import ImageShard, read_shard, shard_fingerprint, shard_status, write_shard
+from alps_client.io.shards import (
+    ImageShard,
+    read_shard,
+    read_shard_status,
+    shard_damage,
+    shard_fingerprint,
+    shard_status,
+    write_shard,
+)
 from alps_client.io.splits import assign_splits
 from alps_client.io.writer import write_dataset
 from alps_client.labels.classes import ClassMap
@@ -79,8 +87,16 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     assert shard_status(signed, "fp", signature) == "current"
     for changed in ({**signature, "size": 11}, {**signature, "mtime_ns": 2}, {**signature, "name": "s.jpg"}, {}):
         assert shard_status(signed, "fp", changed) == "changed"
-    path.write_bytes(b"truncated")
-    assert shard_status(path, "fp") == "missing"
+    # Damaged: its features' bytes altered (the metadata intact: it read as current, and every rerun then failed
+    # in the clustering), cut short, or zero bytes (a crash before the data reached the disk).
+    data = bytearray(signed.read_bytes())
+    at = data.index(np.ones(4, np.float32).tobytes())
+    data[at + 3] ^= 0xFF
+    signed.write_bytes(bytes(data))
+    assert read_shard_status(signed, "fp", signature)[0] == "damaged" and "CRC-32" in shard_damage(signed)
+    for broken in (b"truncated", b""):
+        path.write_bytes(broken)
+        assert shard_status(path, "fp") == "damaged" and shard_damage(path)
 
 
 @pytest.fixture
@@ -187,7 +203,10 @@ def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_s
     assert sum(len(c["annotations"]) for c in coco_files(out).values()) == 1
 
 
-def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path, monkeypatch):
+@pytest.mark.parametrize("moved", [False, True], ids=["in-place", "OUT-moved"])
+def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path, monkeypatch, moved):
+    """Also after OUT moved (it may): the journal named the staging folder by its absolute path, and the finish
+    with a folder not there moved every dataset output aside and deleted it."""
     shards, centroids, sources = two_shards
     out = tmp_path / "out"
     write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
@@ -207,6 +226,8 @@ def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path,
         write_dataset(out, shards, centroids, cfg, {}, [], sources)
     monkeypatch.setattr(publish_module.os, "replace", real_replace)
     assert (out / ".alps" / "publish.json").is_file()
+    if moved:
+        out = out.rename(tmp_path / "moved")
     assert publish_module.recover(out)
     assert not (out / "vis").exists()  # the new dataset, whole: no previews
     assert json.loads((out / "manifest.json").read_text())["config"]["writer"]["write_vis"] is False
