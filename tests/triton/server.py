@@ -99,9 +99,12 @@ def _sweep_dead_servers() -> None:
             path.unlink(missing_ok=True)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # looked up here, not between fork and exec (no dlopen in the child)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     """SIGKILL this process when its parent dies: a test run that is killed takes its server with it."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG (linux/prctl.h)
+    _LIBC.prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG (linux/prctl.h)
 
 
 def start_triton(model_repository: Path, workdir: Path, models: tuple[str, ...] = ("sam_encoder", "sam_decoder"),
@@ -138,7 +141,7 @@ def start_triton(model_repository: Path, workdir: Path, models: tuple[str, ...] 
     log_path = workdir / f"tritonserver-{grpc_port}.log"
     log = log_path.open("w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_die_with_parent)  # noqa: PLW1509 (one foreign call, no lock taken)
     triton = TritonProcess(proc, grpc_port, http_port, log_path, shm_prefix)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
