@@ -29,6 +29,7 @@ import logging
 import queue
 import time
 import traceback
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
@@ -284,6 +285,9 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.n_changed:
         logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
                        "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)
+    if plan.n_damaged:
+        logger.warning("%d image(s) have a shard in %s that cannot be read whole (cut short or altered, e.g. by a "
+                       "crash or a full disk): labelling them again", plan.n_damaged, work_dir(out) / "shards")
     for line in unused_input_settings(config, plan.items):
         logger.warning("%s", line)
     if plan.multipage:
@@ -294,6 +298,12 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
+    # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL too):
+    # the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards it replaced.
+    atomic.write_json(work_dir(out) / "last_run.json", {
+        "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
+        "to_label": len(plan.items) - plan.n_done, "complete": False, "dataset_written": False,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
         with open_labeller(LabelJob(out, config, plan.fingerprint), concurrency, dask_address, dask_workers) as lab:
             outcomes, stopped = _label_all(plan, lab, progress_bar)

@@ -7,6 +7,7 @@ keeps in ``OUT/.alps/shards``. No model is needed.
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy.typing as npt
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError
 from alps_client.io.publish import recover
-from alps_client.io.shards import read_shard_meta, shard_path
+from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
 
 
@@ -50,8 +51,13 @@ class WrittenDataset:
     image_sources: dict[str, Path]
 
 
-def _image_source(out: Path, split: str, stem: str, shard: Path) -> Path | None:
-    copies = sorted((out / "img_dir" / split).glob(f"{stem}.*"))
+def _image_source(out: Path, split: str, stem: str, shard: Path, img_suffix: str | None) -> Path | None:
+    folder = out / "img_dir" / split
+    if img_suffix:  # every copy has it (mmsegmentation's img_suffix); `a.png` is not `a.b.png`
+        copies = [folder / f"{stem}{img_suffix}"]
+    else:  # a dataset from before the manifest named it
+        copies = sorted(p for p in folder.glob(f"{glob.escape(stem)}.*") if p.name[len(stem):].count(".") == 1)
+    copies = [p for p in copies if p.is_file()]
     if copies:
         return copies[0]
     image_file = read_shard_meta(shard).get("extra", {}).get("image_file")
@@ -81,13 +87,41 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     splits = {p.stem: p.parent.name for p in sorted((out / "ann_dir").glob("*/*.png"))}
     shards = {stem: shard_path(out / ".alps" / "shards", stem) for stem in splits}
     missing = sorted(stem for stem, path in shards.items() if not path.is_file())
+    rerun = f"run the same `alps run DATASET --out {out}` again"
     if missing:
         raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {out / '.alps' / 'shards'} (first: "
                         f"{missing[0]}); relabel and report are built from the shards `alps run` keeps there: "
-                        f"rerun `alps run` with the same --out")
-    sources = {stem: _image_source(out, splits[stem], stem, shards[stem]) for stem in splits}
+                        f"{rerun}")
+    _check_last_run(out, rerun)
+    damaged = [(stem, why) for stem, path in shards.items() if (why := shard_damage(path))]
+    if damaged:
+        raise AlpsError(f"{len(damaged)} shard(s) in {out / '.alps' / 'shards'} cannot be read whole (first: "
+                        f"{damaged[0][0]}.npz, {damaged[0][1]}); {rerun}: it labels those images again")
+    sources = {stem: _image_source(out, splits[stem], stem, shards[stem], manifest.get("img_suffix"))
+               for stem in splits}
     classes = manifest.get("classes")
     class_map = ClassMap.from_json(classes) if classes else ClassMap.identity(len(centroids))
     return WrittenDataset(out, manifest, PipelineConfig.from_dict(manifest.get("config", {})),
                           dict(manifest.get("model", {})), errors, centroids, class_map, shards,
                           {stem: path for stem, path in sources.items() if path is not None})
+
+
+def _check_last_run(out: Path, rerun: str) -> None:
+    """Refuse a dataset whose shards a later run replaced without writing its dataset (interrupted or failed).
+
+    Such a run labelled images again (changed files, other settings with ``--overwrite``) into the shards, so the
+    shards no longer describe the label maps and image copies the dataset holds: a rewrite from them would pair
+    one image with another's labels.
+    """
+    try:
+        run = json.loads((out / ".alps" / "last_run.json").read_text())
+    except (OSError, ValueError):  # no run record (or an unreadable one): nothing says the shards moved on
+        return
+    if not isinstance(run, dict) or run.get("dataset_written", True):
+        return
+    relabelled = run.get("labelled") or run.get("to_label")  # the labelling's record, or the run's start's
+    if relabelled:
+        count = len(relabelled) if isinstance(relabelled, list) else relabelled
+        raise AlpsError(f"the last `alps run` on {out} set out to label {count} image(s) and wrote no dataset "
+                        f"(it was interrupted, or failed): their shards may no longer match the dataset's images "
+                        f"and label maps; {rerun} to finish it (it skips what is done), then relabel or report")

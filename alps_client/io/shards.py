@@ -21,7 +21,7 @@ from alps_client.masks import MaskSet
 
 # 2: masks as one RLE blob + offsets (the JSON metadata stays small), prompt points and crop boxes kept.
 SHARD_FORMAT = 2
-ShardStatus = Literal["missing", "current", "changed", "stale"]
+ShardStatus = Literal["missing", "damaged", "current", "changed", "stale"]
 
 
 @dataclass
@@ -129,13 +129,28 @@ def read_pfl(path: str | Path) -> npt.NDArray[np.float32]:
         return data["pfl"]
 
 
+def shard_damage(path: str | Path) -> str | None:
+    """Why the shard at ``path`` cannot be read whole (None when it can): not a zip, cut short, or bytes altered.
+
+    Every entry is read and checked against its CRC-32, so a shard damaged past its metadata (a disk-full crash,
+    a copy cut short, a flipped bit) is found before its features are needed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        return f"{type(err).__name__}: {err}"
+    return f"the bytes of its {bad!r} entry do not match their CRC-32" if bad else None
+
+
 def shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None) -> ShardStatus:
-    """``missing`` (no usable shard), ``current``, ``changed`` or ``stale`` (another model or configuration).
+    """``missing``, ``damaged``, ``current``, ``changed`` or ``stale`` (another model or configuration).
 
     ``current``: the same model and configuration and, when ``source_signature`` is given, the same input file
     (:func:`alps_client.io.items.source_signature`, kept in the shard's ``extra``); ``changed``: the same model and
-    configuration, but the input file changed since (or the shard does not say which file it was made from). An
-    unreadable shard (e.g. from a disk-full crash) counts as missing, so it is recomputed.
+    configuration, but the input file changed since (or the shard does not say which file it was made from).
+    ``damaged``: a shard that cannot be read whole (:func:`shard_damage`; e.g. from a disk-full crash), so it is
+    recomputed.
     """
     return read_shard_status(path, fingerprint, source_signature)[0]
 
@@ -148,10 +163,12 @@ def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict
         return "missing", None
     try:
         meta = read_shard_meta(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
-        return "missing", None
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return "damaged", None
     if meta.get("fingerprint") != fingerprint:
         return "stale", meta
     if source_signature is not None and meta.get("extra", {}).get("source_signature") != source_signature:
         return "changed", meta
+    if shard_damage(path):  # only a shard that would be used as it is is read whole
+        return "damaged", None
     return "current", meta

@@ -54,6 +54,7 @@ class RunPlan:
             again).
         multipage: ``(path, count)`` of each TIFF input with several pages and each NIfTI input with several
             volumes, of which the first alone is labelled.
+        n_damaged: items whose shard cannot be read whole (labelled again).
     """
 
     dataset: str
@@ -67,6 +68,7 @@ class RunPlan:
     left_out: tuple[str, ...] = ()
     n_changed: int = 0
     multipage: tuple[tuple[str, int], ...] = ()
+    n_damaged: int = 0
 
 
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
@@ -200,27 +202,31 @@ def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState
 
 
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str,
-                          overwrite: bool) -> tuple[int, int]:
-    """Count finished and changed items; refuse to mix shards of another model or configuration unless ``overwrite``.
+                          overwrite: bool) -> tuple[int, int, int]:
+    """Count finished, changed and damaged items; refuse stale shards unless ``overwrite``.
+
+    Stale: made with another model or labelling configuration.
 
     Returns:
-        ``(done, changed)``: items a rerun skips, and items it labels again because their file changed.
+        ``(done, changed, damaged)``: items a rerun skips, and items it labels again because their file changed or
+        their shard cannot be read whole.
 
     Raises:
         ConfigMismatchError: If ``out`` holds shards of another model/configuration and not ``overwrite``.
     """
-    done = changed = stale = 0
+    done = changed = stale = damaged = 0
     for item in items:
         status = item_status(out, item, fingerprint).status
         done += status == "current"
         changed += status == "changed"
         stale += status == "stale"
+        damaged += status == "damaged"
     if stale and not overwrite:
         raise ConfigMismatchError(
             f"{out} holds {stale} image(s) labelled with another model or labelling configuration; "
             "use a new --out, or --overwrite to relabel them"
         )
-    return done, changed
+    return done, changed, damaged
 
 
 def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overwrite: bool = False) -> RunPlan:
@@ -242,6 +248,6 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
-    n_done, n_changed = check_existing_shards(out, items, fingerprint, overwrite)
+    n_done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, overwrite)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done,
-                   tuple(str(p) for p in left_out), n_changed, tuple(multipage))
+                   tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -329,6 +330,83 @@ def test_a_new_batch_labelled_with_a_relabelled_datasets_centroids_gets_its_clas
     for stem, label in after.items():  # the same image, the same clusters: the same class ids
         np.testing.assert_array_equal(label, before[stem])
     assert set(np.unique(np.concatenate([m.ravel() for m in after.values()]))) <= {0, 1, 255}
+
+
+def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(labelled, fake_repo, tmp_path,
+                                                                          monkeypatch, capsys):
+    """A rerun that labelled a changed image and was killed before writing its dataset left that image's new shard
+    beside the old dataset: a relabel paired the old image copy with the new image's label map. A damaged shard
+    (its features' bytes altered) ended relabel and report in a traceback."""
+    import flows.alps_flow as flow_module
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    data = Path(shutil.copytree(labelled.data / "images", tmp_path / "images"))  # times kept: nothing changed
+    before = tree_hashes(out)
+    changed = data / "scene_0004.png"
+    changed.write_bytes((data / "scene_0007.png").read_bytes())  # another picture under the same name
+    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
+        shutil.copytree(fake_repo, labelled.repo)
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
+                         cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
+    label_all = flow_module._label_all
+
+    def label_then_die(*args, **kwargs):
+        outcomes = label_all(*args, **kwargs)
+        assert [o.stem for o in outcomes[0] if o.status == "labelled"] == ["scene_0004"]  # the kill lands after it
+        raise KeyboardInterrupt("killed before the dataset was written")
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(flow_module, "_label_all", label_then_die)
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    last_run = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert last_run["complete"] is False and last_run["to_label"] == 1  # not the previous run's "complete": true
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    capsys.readouterr()
+    for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]):
+        assert alps(command) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "set out to label 1 image(s) and wrote no dataset" in line and "alps run DATASET" in line
+    assert tree_hashes(out) == before
+    state = alps_flow(str(data), str(out), cfg, progress_bar=False, return_state=True)  # the rerun finishes it
+    assert state.is_completed()
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    assert (out / "img_dir" / "train" / "scene_0004.png").read_bytes() == changed.read_bytes() or \
+        (out / "img_dir" / "val" / "scene_0004.png").read_bytes() == changed.read_bytes()
+
+    shard = out / ".alps" / "shards" / "scene_0002.npz"
+    damaged = bytearray(shard.read_bytes())
+    damaged[-200] ^= 0xFF  # in the last entry's bytes (the zip's directory is 1 KB at most here: 11 entries)
+    shard.write_bytes(bytes(damaged))
+    written = tree_hashes(out)
+    capsys.readouterr()
+    for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]):
+        assert alps(command) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "1 shard(s)" in line and "scene_0002.npz" in line and "labels those images again" in line
+    assert tree_hashes(out) == written
+    state = alps_flow(str(data), str(out), cfg, progress_bar=False, return_state=True)
+    assert state.is_completed() and state.result()["n_labelled"] == 1  # the damaged one, labelled again
+
+
+def test_relabel_copies_each_image_of_names_that_share_a_prefix_or_hold_glob_characters(fake_repo, tmp_path):
+    """`a.png` beside `a.b.png`, `x[1].png` beside `x1.png`: a relabel copied `a.b.png` into img_dir as `a.png`
+    (the copy was found by the pattern `a.*`, and `[1]` is a pattern too)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["a.png", "a.b.png", "x[1].png", "x1.png"]
+    for i, name in enumerate(names):
+        rgb, _ = ring_scene(seed=i)
+        Image.fromarray(np.roll(rgb, 9 * i, axis=1)).save(images / name)
+    out = tmp_path / "out"
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)), amg=AmgConfig(points_per_side=6),
+                         cluster=ClusterConfig(n_clusters=2))
+    assert alps_flow(str(images), str(out), cfg, progress_bar=False, return_state=True).is_completed()
+    (tmp_path / "classes.yaml").write_text("classes:\n  - {name: one, clusters: [0]}\n")
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--no-report"]) == 0
+    copies = {p.name: p.read_bytes() for p in (out / "img_dir").glob("*/*.png")}
+    assert sorted(copies) == sorted(names)
+    for name in names:
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(copies[name]))), np.asarray(Image.open(images / name)))
 
 
 def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
