@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alps_client.errors import OutputBusyError
+from alps_client.errors import AlpsError, OutputBusyError
 from alps_client.io.discovery import WORK_DIR
 
 LOCK_NAME = "lock"
@@ -39,6 +39,7 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
 
     Raises:
         OutputBusyError: If another process holds it (nothing is written).
+        AlpsError: If ``OUT/.alps`` cannot be written (a read-only mount).
     """
     try:
         import fcntl
@@ -49,8 +50,12 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
     if not create and not path.parent.is_dir():
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a read-only mount, another user's folder
+        raise AlpsError(f"{out} cannot be written ({err.strerror or err}): {what} writes its outputs there; "
+                        f"copy the folder to a disk you can write to and give the copy") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

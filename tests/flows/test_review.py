@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -419,6 +420,29 @@ def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
             assert alps(command) == 2
             (line,) = capsys.readouterr().err.strip().splitlines()
             assert line.startswith(f"alps: error: {out} {said}"), (command, line)
+
+
+def test_report_and_relabel_of_a_read_only_out_say_so_in_one_line(labelled, tmp_path, monkeypatch, capsys):
+    """A dataset on a read-only mount (an archive, a colleague's share): a traceback before (EROFS at the lock)."""
+    import errno
+
+    import alps_client.io.out_lock as lock_module
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(lock_module.os, "open", read_only)
+    capsys.readouterr()
+    for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]):
+        assert alps(command) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"alps: error: {out} cannot be written (Read-only file system): alps "), line
 
 
 HOLD_LOCK = """
