@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,11 @@ def read_classes_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ClassesFileError(str(path), [f"no such file; write one like {EXAMPLE}"])
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not text
+    except UnicodeDecodeError as err:
+        byte = f"byte {err.object[err.start]:#04x} at offset {err.start}"
+        raise ClassesFileError(str(path), [f"not UTF-8 text ({byte}); save it as UTF-8"]) from err
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:
@@ -89,11 +94,13 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
     unknown = sorted(set(spec) - {"classes", "drop"})
     if unknown:
         problems.append(f"unknown key(s) {unknown}: only 'classes' and 'drop' are read")
-    classes = spec.get("classes") or []
+    classes = spec.get("classes", [])
+    classes = [] if classes is None else classes  # `classes:` with nothing after it
     if not isinstance(classes, list):
         problems.append(f"'classes' must be a list of {{name, clusters}} entries, got {classes!r}")
         classes = []
-    drop = set(_cluster_ids(spec.get("drop") or [], "drop", n_clusters, problems))
+    drop_ids = spec.get("drop", [])
+    drop = set(_cluster_ids([] if drop_ids is None else drop_ids, "drop", n_clusters, problems))
     owner: dict[int, str] = {}
     names: list[str] = []
     members: list[list[int]] = []
@@ -103,15 +110,21 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
             continue
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
-            problems.append(f"class #{i + 1} needs a non-empty 'name', got {name!r}")
+            quote = " (quote it: YAML reads yes, no, on, off and numbers as other types)" \
+                if isinstance(name, (bool, int, float)) else ""
+            problems.append(f"class #{i + 1} needs a non-empty 'name', got {name!r}{quote}")
             continue
         name = name.strip()
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):  # would split logs and tables
+            problems.append(f"class #{i + 1} name {name!r} holds a control character (a line break, a tab)")
+            continue
         label = f"class '{name}'"
         if name in names:
             problems.append(f"{label} is listed twice; list all its clusters in one entry to merge them")
-        ids = _cluster_ids(entry.get("clusters"), f"{label} clusters", n_clusters, problems)
-        if "clusters" not in entry or entry.get("clusters") == []:
+        value = entry.get("clusters")
+        if value is None or value == []:
             problems.append(f"{label} lists no clusters; give it at least one, e.g. clusters: [0]")
+        ids = [] if value is None else _cluster_ids(value, f"{label} clusters", n_clusters, problems)
         for k in ids:
             if k in drop:
                 problems.append(f"cluster {k} is both in {label} and in drop; keep it in one of them")
@@ -163,7 +176,8 @@ def classes_yaml(class_map: ClassMap, header: str = "") -> str:
     lines = [f"# {line}" for line in header.splitlines()]
     lines.append("classes:              # new class ids 0, 1, ... in this order")
     for c, name in enumerate(class_map.names):
-        shown = name if _PLAIN.match(name) and name.lower() not in _YAML_WORDS else json.dumps(name)
+        plain = _PLAIN.match(name) and name.lower() not in _YAML_WORDS
+        shown = name if plain else json.dumps(name, ensure_ascii=False)  # 水 as 水, not as \u6c34
         lines.append(f"  - {{name: {shown}, clusters: {class_map.clusters_of(c)}}}")
     lines.append(f"drop: {class_map.dropped}             # these clusters become 255 (no label)")
     return "\n".join(lines) + "\n"

@@ -42,6 +42,15 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
         ({"classes": [{"name": "a", "clusters": [True, "x"]}]},
          ["class 'a' clusters: True is not a cluster id", "class 'a' clusters: 'x' is not a cluster id"]),
         ({"classes": [{"clusters": [0]}]}, ["class #1 needs a non-empty 'name'"]),
+        ({"classes": [{"name": True, "clusters": [0]}]}, ["got True (quote it: YAML reads yes, no"]),
+        ({"classes": [{"name": "a"}]}, ["class 'a' lists no clusters"]),  # one line, not two
+        ({"classes": [{"name": "a", "clusters": 0}]}, ["class 'a' clusters must be a list of cluster ids, got 0"]),
+        ({"classes": [{"name": "a\nb", "clusters": [0]}]}, ["class #1 name 'a\\nb' holds a control character"]),
+        ({"classes": [{"name": "a", "clusters": [0]}], "drop": 1}, ["drop must be a list of cluster ids, got 1"]),
+        # Ignored before, as if empty: a drop of cluster 0 meant as `drop: [0]` silently kept it.
+        ({"classes": [{"name": "a", "clusters": [1]}], "drop": 0}, ["drop must be a list of cluster ids, got 0"]),
+        ({"classes": {}}, ["'classes' must be a list of {name, clusters} entries, got {}"]),
+        ({"classes": 0}, ["'classes' must be a list of {name, clusters} entries, got 0"]),
     ],
 )
 def test_every_problem_is_one_clear_line(spec, problems):
@@ -68,12 +77,24 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
         parse_classes(tmp_path / "bad.json", 2)
     with pytest.raises(ClassesFileError, match="no such file"):
         parse_classes(tmp_path / "absent.yaml", 2)
+    # What Windows editors save: UTF-16 ("Unicode"), Latin-1, or UTF-8 with a byte-order mark (JSON too).
+    text = "classes:\n  - {name: café, clusters: [0]}\n"
+    for encoding, readable in (("utf-16", False), ("latin-1", False), ("utf-8-sig", True)):
+        for suffix, content in ((".yaml", text), (".json", json.dumps({"classes": [{"name": "café", "clusters": [0]}]}, ensure_ascii=False))):
+            path = tmp_path / f"{encoding}{suffix}"
+            path.write_bytes(content.encode(encoding))
+            if readable:
+                assert parse_classes(path, 2)[0].names == ("café", "cluster_1")
+            else:
+                with pytest.raises(ClassesFileError, match=r"not UTF-8 text \(byte 0x[0-9a-f]{2} at offset \d+\); save"):
+                    parse_classes(path, 2)
 
 
 def test_the_template_reads_back_as_the_same_classes(tmp_path):
-    cm = ClassMap(("building", "yes", "a: b", "water body"), (0, IGNORE, 1, 0, 2, 3))
+    cm = ClassMap(("building", "yes", "a: b", "water body", "水"), (0, IGNORE, 1, 0, 2, 3, 4))
     (tmp_path / "t.yaml").write_text(classes_yaml(cm, "header"))
-    assert parse_classes(tmp_path / "t.yaml", 6)[0] == cm
+    assert parse_classes(tmp_path / "t.yaml", 7)[0] == cm
+    assert '"水"' in (tmp_path / "t.yaml").read_text()  # shown as written, not as "\\u6c34"
 
 
 def test_polygons_keep_holes_and_parts_and_rasterise_back_exactly():
