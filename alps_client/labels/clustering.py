@@ -193,7 +193,16 @@ def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = 
         raise AlpsError(f"--centroids {path}: not a readable .npy file ({err})") from err
     if c.ndim != 2 or c.shape[1] != dim or not 1 <= c.shape[0] <= 254:
         raise AlpsError(f"--centroids {path}: expected an (N, {dim}) array with 1 <= N <= 254, got shape {c.shape}")
-    return c.astype(np.float32)
+    if not (np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating)):
+        raise AlpsError(f"--centroids {path}: expected real numbers, got {c.dtype} values")
+    c = c.astype(np.float32)
+    bad = ~np.isfinite(c)
+    if bad.any():  # a NaN row wins no argmin, a NaN in every row made every distance NaN: all masks in class 0
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise AlpsError(f"--centroids {path}: {int(bad.sum())} value(s) are NaN or infinite (in row(s) "
+                        f"{', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}); give the centroids.npy "
+                        "an `alps run` wrote")
+    return c
 
 
 def fit_centroids(

@@ -102,6 +102,16 @@ def test_reusing_centroids_keeps_class_ids(five_blobs, tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((3, 7)))
     with pytest.raises(AlpsError, match=r"expected an \(N, 256\) array"):
         load_centroids(tmp_path / "bad.npy")
+    # A NaN (a centroid file edited by hand, or a broken fit elsewhere) put every mask in one class, unsaid.
+    for value, rows in ((np.nan, "1"), (np.inf, "1")):
+        broken = c.copy()
+        broken[1, 7] = value
+        np.save(tmp_path / "broken.npy", broken)
+        with pytest.raises(AlpsError, match=rf"1 value\(s\) are NaN or infinite \(in row\(s\) {rows}\)"):
+            load_centroids(tmp_path / "broken.npy")
+    np.save(tmp_path / "complex.npy", c.astype(np.complex64))
+    with pytest.raises(AlpsError, match="expected real numbers, got complex64"):
+        load_centroids(tmp_path / "complex.npy")
 
 
 def test_nothing_to_cluster_says_whether_the_generator_or_the_gate_left_no_mask(tmp_path):
