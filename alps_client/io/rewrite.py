@@ -107,6 +107,15 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         record = previous = None  # no previous dataset (or an unreadable one, which the run replaces)
     if record and _same(previous, centroids):
         return _apply(record, len(centroids), out / "manifest.json", warn)
+    if record and previous is not None:  # whatever this run's classes will be, these are kept
+        sha = str(record.get("classes_file_sha256", "unknown"))
+        folder = out / WORK_DIR / SET_ASIDE / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
+        atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
+        atomic.write_json(folder / "relabel.json", record)
+        warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
+             f"(new images, clustering settings or --centroids), so those classes are not carried over: review "
+             f"{out / 'report' / 'index.html'} and run `alps relabel` again, or run again with --centroids "
+             f"{folder / 'centroids.npy'} to label every image with the clusters they named (the classes come back)")
     aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
                   if _same(_load_or_none(folder / "centroids.npy"), centroids)), None)
     if aside is not None:  # a run with --centroids of a relabel set aside earlier: its classes come back
@@ -115,18 +124,7 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         except (OSError, ValueError) as err:
             warn(f"the relabel set aside in {aside} cannot be read ({err}); run `alps relabel` again")
             return None
-    carried = _relabel_beside(Path(centroids_file), centroids, warn) if centroids_file else None
-    if not record or previous is None:
-        return carried
-    sha = str(record.get("classes_file_sha256", "unknown"))
-    folder = out / WORK_DIR / SET_ASIDE / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
-    atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
-    atomic.write_json(folder / "relabel.json", record)
-    warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
-         f"(new images or clustering settings), so those classes are not carried over: review "
-         f"{out / 'report' / 'index.html'} and run `alps relabel` again, or run again with --centroids "
-         f"{folder / 'centroids.npy'} to label every image with the clusters they named (the classes come back)")
-    return carried
+    return _relabel_beside(Path(centroids_file), centroids, warn) if centroids_file else None
 
 
 def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],

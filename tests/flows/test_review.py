@@ -298,12 +298,21 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
     manifest = json.loads((out / "manifest.json").read_text())
     assert "relabel" not in manifest and manifest["classes"]["names"] == ["cluster_0", "cluster_1", "cluster_2"]
     assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == manifest["classes"]["names"]
+    # These three clusters named too, then the first classes brought back: the second ones are set aside in turn
+    # (they were dropped for good, unsaid, when the run's --centroids were those of an earlier set-aside relabel).
+    (tmp_path / "three.yaml").write_text("classes:\n  - {name: three, clusters: [0, 1]}\n")
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "three.yaml")]) == 0
+    record3 = json.loads((out / "manifest.json").read_text())["relabel"]
     cfg_back = PipelineConfig(backend=cfg.backend, amg=cfg.amg, cluster=ClusterConfig(centroids=str(aside)),
                               writer=cfg.writer)
     state = alps_flow(str(labelled.data / "images"), str(out), cfg_back, progress_bar=False, return_state=True)
     assert state.is_completed()
     assert json.loads((out / "manifest.json").read_text())["relabel"] == record
     assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
+    state = alps_flow(str(labelled.data / "images"), str(out), cfg3, progress_bar=False, return_state=True)
+    assert state.is_completed()
+    assert json.loads((out / "manifest.json").read_text())["relabel"] == record3
+    assert json.loads((out / "manifest.json").read_text())["classes"]["names"] == ["three", "cluster_2"]
 
 
 def test_a_new_batch_labelled_with_a_relabelled_datasets_centroids_gets_its_classes(labelled, fake_repo, tmp_path):
