@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint
 
 import logging
 import queue
+import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -100,14 +101,22 @@ class InterruptibleThreadPool(ThreadPoolTaskRunner):
 
 
 @task(name="label-image", cache_policy=NONE)
-def label_image_task(item: InputItem, labeller: Labeller, delays: list[float]) -> ImageOutcome | State:
+def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
+                     stop_starting: threading.Event) -> ImageOutcome | State:
     """Label one image, retrying transient failures; a failure after that ends the task run failed.
+
+    ``stop_starting`` is set once the run starts no other image; a failure that stops the run by itself (a full
+    output disk) sets it here, before the next image queued on this thread can begin.
 
     Returns:
         The image's outcome (labelled, skipped, or rejected as a bad input), or a Failed state whose data is
         the ``failed`` outcome: one line in the UI, the traceback of an unexpected error in ``detail``; a
-        Cancelled state if the run was stopped (the labeller released) under the image.
+        Cancelled state if the run was stopped (the labeller released) under the image, or stopped starting
+        images before it began (its data the ``not started`` outcome).
     """
+    if stop_starting.is_set():
+        return Cancelled(message=f"{item.stem}: {NOT_STARTED}",
+                         data=ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
     logger = get_run_logger()
 
     def warn(retry: int, delay: float, err: BaseException) -> None:
@@ -126,6 +135,8 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float]) -
         detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
         outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail,
                                ends_run=isinstance(err, OutputDiskFullError))
+        if outcome.ends_run:
+            stop_starting.set()
         return Failed(message=f"{item.stem}: {outcome.reason}", data=outcome)
 
 
@@ -191,13 +202,14 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     waiting = iter(plan.items)
     in_flight: dict[PrefectFuture[Any], InputItem] = {}
+    stop_starting = threading.Event()
     with InterruptibleThreadPool(max_workers=labeller.slots) as runner:
 
         def start_next() -> None:
             item = next(waiting, None)
             if item is not None:
-                future = runner.submit(label_image_task,
-                                       parameters={"item": item, "labeller": labeller, "delays": delays})
+                future = runner.submit(label_image_task, parameters={
+                    "item": item, "labeller": labeller, "delays": delays, "stop_starting": stop_starting})
                 in_flight[future] = item
                 future.add_done_callback(finished.put)
 
@@ -216,7 +228,9 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
             outcomes.append(outcome)
             progress.advance(outcome.status)
             streak.record(outcome.status, outcome.reason, outcome.ends_run)
-            if not streak.tripped:
+            if streak.tripped:
+                stop_starting.set()  # the images queued behind the ones in flight are not started
+            else:
                 start_next()
     stopped = streak.reason() if streak.tripped else ""
     for item in waiting:  # never started: missing, like a failed image, so that the rerun labels them

@@ -268,7 +268,8 @@ def test_a_run_whose_backend_is_down_stops_starting_images_and_resumes(fake_repo
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     tried = [m for m in last["missing"] if not m["reason"].startswith("not started")]
     assert last["stopped"] and len(last["missing"]) == 6 and len(last["errors"]) == 1  # none lost, none rejected
-    assert 2 <= len(tried) <= 2 + 2  # the streak, and at most the images already queued (2 per slot)
+    # The streak, and at most the image its thread took up before the run saw the streak (the queued are not).
+    assert 2 <= len(tried) <= 2 + 1
     assert len(list((tmp_path / "faults").glob("transient-*"))) == 2 * len(tried)  # the others never reached it
     assert not (out / "manifest.json").exists()
     result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
@@ -346,7 +347,8 @@ def test_a_full_output_disk_stops_the_run_at_once_and_loses_nothing(fake_repo, s
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     tried = [m["reason"] for m in last["missing"] if not m["reason"].startswith("not started")]
     assert len(last["labelled"]) == 2 and len(last["missing"]) == 4 and len(last["errors"]) == 1  # broken.png
-    assert 1 <= len(tried) <= 2 and all(r.startswith("no space left on the disk") for r in tried)  # + the queued
+    # Only the image that met it: the next one queued on its thread began after it and did nothing.
+    assert len(tried) == 1 and tried[0].startswith("no space left on the disk")
     assert sorted(p.name for p in (out / ".alps" / "shards").iterdir()) == sorted(f"{s}.npz" for s in last["labelled"])
 
     args = ["run", images, "--out", str(out), "--model-repository", str(fake_repo), "--points-per-side", "8",
