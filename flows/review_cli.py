@@ -20,7 +20,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-def add_vector_argument(p: argparse.ArgumentParser, help_default: str) -> None:
+def add_vector_argument(p: argparse._ActionsContainer, help_default: str) -> None:
     """``--vector gpkg|geojson``: one polygon per kept mask under ``OUT/vectors/``."""
     p.add_argument("--vector", dest="vector_format", choices=VECTOR_CHOICES,
                    help=f"also write one polygon per kept mask to OUT/vectors/ ({help_default})")
@@ -78,10 +78,11 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
                                    "drop: [...]}. Unlisted clusters keep a class of their own (cluster_<k>).")
     p.add_argument("out", help="a dataset written by `alps run`")
     p.add_argument("--classes", required=True, help="YAML or JSON classes file (template: OUT/report/classes.yaml)")
-    add_vector_argument(p, "default: the format the dataset has now")
-    p.add_argument("--no-vector", action="store_true", help="remove OUT/vectors/")
+    vectors = p.add_mutually_exclusive_group()
+    add_vector_argument(vectors, "default: the format the dataset has now")
+    vectors.add_argument("--no-vector", action="store_true", help="remove OUT/vectors/")
     p.add_argument("--no-report", dest="write_report", action="store_false", default=None,
-                   help="do not write OUT/report/")
+                   help="do not write OUT/report/ (default: keep the page if the dataset has one)")
     p.set_defaults(func=cmd_relabel)
 
 

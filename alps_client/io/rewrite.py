@@ -41,7 +41,8 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
         out: the dataset folder (``--out`` of ``alps run``).
         classes_file: YAML or JSON classes file (see :mod:`alps_client.labels.relabel`).
         vector_format: ``gpkg`` / ``geojson``, None for no vectors, or ``keep`` for what the dataset has now.
-        write_report: write the review page; None keeps the dataset's setting.
+        write_report: write the review page; None keeps what the dataset has now (a page ``alps report`` added
+            to a dataset written without one is kept).
 
     Returns:
         The written dataset's summary and its class map.
@@ -63,6 +64,8 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
     changes: dict[str, object] = {}
     if vector_format != KEEP:
         changes["vector_format"] = vector_format
+    if write_report is None and (data.out / "report" / "index.html").is_file():
+        write_report = True
     if write_report is not None:
         changes["write_report"] = write_report
     config = dataclasses.replace(data.config, writer=dataclasses.replace(writer, **changes))

@@ -417,6 +417,14 @@ def test_relabel_copies_each_image_of_names_that_share_a_prefix_or_hold_glob_cha
     assert sorted(copies) == sorted(names)
     for name in names:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(copies[name]))), np.asarray(Image.open(images / name)))
+    # The page `alps report` adds to a dataset relabelled without one stays through the next relabel (deleted).
+    assert not (out / "report").exists()
+    assert alps(["report", str(out)]) == 0
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    assert (out / "report" / "index.html").is_file()
+    with pytest.raises(SystemExit) as usage:  # which would win was not said
+        alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--no-vector", "--vector", "gpkg"])
+    assert usage.value.code == 2
 
 
 def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
