@@ -61,8 +61,9 @@ def why_nothing_to_cluster(shard_paths: Sequence[str | Path]) -> str | None:
     images = f"{len(shard_paths)} image(s)"
     if found == 0:
         return (f"the mask generator kept no mask in any of the {images}, so there is nothing to cluster: every "
-                "prompt's masks fell below --pred-iou-thresh or --stability-score-thresh (or the images hold nothing "
-                "to segment); lower those thresholds or check the inputs")
+                "prompt's masks fell below --pred-iou-thresh or --stability-score-thresh, or were emptied by "
+                "--mask-threshold or --min-mask-region-area (or the images hold nothing to segment); lower those "
+                "settings or check the inputs")
     return (f"all {found} mask(s) found in the {images} cover more than --sigma of their image, so the gate dropped "
             "every one and there is nothing to cluster; raise --sigma")
 

@@ -210,8 +210,11 @@ def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, sc
     assert len(list((tmp_path / "gated" / ".alps" / "shards").glob("*.npz"))) == 1
     assert not (tmp_path / "gated" / ".alps" / "centroids.npy").exists()
     no_masks = replace(cfg, amg=replace(cfg.amg, pred_iou_thresh=1.5))
-    with pytest.raises(AlpsError, match=r"kept no mask in any of the 1 image.*lower those thresholds"):
+    with pytest.raises(AlpsError, match=r"kept no mask in any of the 1 image.*--pred-iou-thresh.*lower those settings"):
         alps_flow(image, str(tmp_path / "none"), no_masks, progress_bar=False)
+    emptied = replace(cfg, amg=replace(cfg.amg, mask_threshold=50.0))  # every logit below it: every mask empty
+    with pytest.raises(AlpsError, match=r"kept no mask .* emptied by --mask-threshold or --min-mask-region-area"):
+        alps_flow(image, str(tmp_path / "emptied"), emptied, progress_bar=False)
 
 
 def test_transient_backend_failures_are_retried_to_an_identical_dataset(fake_repo, scenes, tmp_path):
