@@ -392,7 +392,7 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
 
     @flow
     def label_one(labeller):
-        states.append(label_image_task(item, labeller, [30.0], return_state=True))
+        states.append(label_image_task(item, labeller, [30.0], threading.Event(), return_state=True))
 
     with labeller.backend._encode_lock:  # the image cannot reach the encoder before the run has released it
         worker = threading.Thread(target=lambda: label_one(labeller, return_state=True))
