@@ -68,7 +68,8 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     """Read the dataset in ``out`` (finishing a swap an interrupted write left half done).
 
     Raises:
-        AlpsError: If ``out`` holds no dataset, or the shards of some of its images are missing.
+        AlpsError: If ``out`` holds no dataset, or the shards of some of its images are missing or damaged, or
+            were replaced by a later run that wrote no dataset.
     """
     out = Path(out)
     if not out.is_dir():
@@ -87,12 +88,13 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     splits = {p.stem: p.parent.name for p in sorted((out / "ann_dir").glob("*/*.png"))}
     shards = {stem: shard_path(out / ".alps" / "shards", stem) for stem in splits}
     missing = sorted(stem for stem, path in shards.items() if not path.is_file())
-    rerun = f"run the same `alps run DATASET --out {out}` again"
+    last_run = _last_run(out)
+    rerun = f"run the same `alps run {last_run.get('dataset') or 'DATASET'} --out {out}` again"
     if missing:
         raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {out / '.alps' / 'shards'} (first: "
                         f"{missing[0]}); relabel and report are built from the shards `alps run` keeps there: "
                         f"{rerun}")
-    _check_last_run(out, rerun)
+    _check_last_run(out, last_run, rerun)
     damaged = [(stem, why) for stem, path in shards.items() if (why := shard_damage(path))]
     if damaged:
         raise AlpsError(f"{len(damaged)} shard(s) in {out / '.alps' / 'shards'} cannot be read whole (first: "
@@ -106,18 +108,23 @@ def load_dataset(out: str | Path) -> WrittenDataset:
                           {stem: path for stem, path in sources.items() if path is not None})
 
 
-def _check_last_run(out: Path, rerun: str) -> None:
+def _last_run(out: Path) -> dict[str, Any]:
+    """``OUT/.alps/last_run.json``; empty if there is none (or it cannot be read)."""
+    try:
+        run = json.loads((out / ".alps" / "last_run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return run if isinstance(run, dict) else {}
+
+
+def _check_last_run(out: Path, run: dict[str, Any], rerun: str) -> None:
     """Refuse a dataset whose shards a later run replaced without writing its dataset (interrupted or failed).
 
     Such a run labelled images again (changed files, other settings with ``--overwrite``) into the shards, so the
     shards no longer describe the label maps and image copies the dataset holds: a rewrite from them would pair
     one image with another's labels.
     """
-    try:
-        run = json.loads((out / ".alps" / "last_run.json").read_text())
-    except (OSError, ValueError):  # no run record (or an unreadable one): nothing says the shards moved on
-        return
-    if not isinstance(run, dict) or run.get("dataset_written", True):
+    if run.get("dataset_written", True):  # (no record: nothing says the shards moved on)
         return
     relabelled = run.get("labelled") or run.get("to_label")  # the labelling's record, or the run's start's
     if relabelled:

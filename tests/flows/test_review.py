@@ -375,7 +375,7 @@ def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(label
     for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]):
         assert alps(command) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
-        assert "set out to label 1 image(s) and wrote no dataset" in line and "alps run DATASET" in line
+        assert "set out to label 1 image(s) and wrote no dataset" in line and f"`alps run {data} --out {out}`" in line
     assert tree_hashes(out) == before
     state = alps_flow(str(data), str(out), cfg, progress_bar=False, return_state=True)  # the rerun finishes it
     assert state.is_completed()
