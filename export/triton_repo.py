@@ -3,7 +3,6 @@ and the staged write of the model folders."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, SHA256_PARAMETER
+from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, SHA256_PARAMETER, sha256_of
 
 ENCODER_MODEL = "sam_encoder"
 DECODER_MODEL = "sam_decoder"
@@ -107,16 +106,6 @@ def write_model_configs(
     (dec_path.parents[1] / "config.pbtxt").write_text(render_config_pbtxt(
         DECODER_MODEL, *decoder_io, max_batch_size=0, instance_kind=instance_kind, instance_count=2,
         comment=decoder_comment))
-
-
-def sha256_of(paths: Sequence[Path]) -> str:
-    """One sha256 over the given files' bytes, in the given order (model.onnx, then external data)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_files(onnx_path: Path) -> list[Path]:

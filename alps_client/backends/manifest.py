@@ -7,7 +7,9 @@ ONNX/Triton tensor name, dtype and shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,12 +144,23 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
     if not path.is_file():
         raise ModelRepositoryError(
             f"no model repository at '{root}' ({MANIFEST_NAME} missing); build one with "
-            "`python export/export_sam.py --model-type stand-in --out {root}` (or vit_h with --checkpoint)"
+            f"`python export/export_sam.py --model-type stand-in --out {root}` (or vit_h with --checkpoint)"
         )
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ModelRepositoryError(f"{path}: unreadable manifest ({err}); re-run export/export_sam.py") from err
+    if not isinstance(data, dict):
+        raise ModelRepositoryError(f"{path}: not a manifest (a JSON {type(data).__name__}, not an object); "
+                                   "re-run export/export_sam.py")
+    try:
+        return _parse(root, path, data)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a manifest edited by hand, or cut
+        what = f"no {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise ModelRepositoryError(f"{path}: incomplete manifest ({what}); re-run export/export_sam.py") from err
+
+
+def _parse(root: Path, path: Path, data: dict[str, Any]) -> ModelManifest:
     if data.get("format_version") != MANIFEST_FORMAT:
         raise ModelRepositoryError(
             f"{path}: manifest format {data.get('format_version')!r}, this client reads {MANIFEST_FORMAT}; "
@@ -174,3 +187,41 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
         model_family=family,
     )
     return manifest
+
+
+def sha256_of(paths: Sequence[Path]) -> str:
+    """One sha256 over the given files' bytes, in the given order (model.onnx, then external data)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model_files(manifest: ModelManifest) -> None:
+    """Refuse model files that are not the ones the manifest's export wrote (replaced, edited, half copied).
+
+    The shards of a run, and whether a rerun skips an image, go by the manifest's sha256s: files swapped under
+    an unchanged manifest would be labelled with one model and recorded as another. Files that are not on this
+    machine (a Triton server's own repository) are left to the server's check.
+
+    Raises:
+        ModelRepositoryError: Naming the file whose bytes differ.
+    """
+    for spec in (manifest.encoder, manifest.decoder):
+        key = "encoder" if spec is manifest.encoder else "decoder"
+        files = manifest.raw["models"][key].get("files")
+        if not files or not spec.onnx_path.is_file():  # an older manifest, or no file here to check
+            continue
+        paths = [spec.onnx_path.parent / name for name in files]
+        absent = [p for p in paths if not p.is_file()]
+        if absent:
+            raise ModelRepositoryError(f"{absent[0]} is missing from the model repository; re-run "
+                                       "export/export_sam.py")
+        actual = sha256_of(paths)
+        if actual != spec.sha256:
+            raise ModelRepositoryError(
+                f"{spec.onnx_path}: these model files are not the ones its manifest's export wrote (sha256 "
+                f"{actual[:12]}..., the manifest says {spec.sha256[:12]}...): replaced or changed since; export "
+                f"again into {manifest.root} (export/export_sam.py) rather than copy model files over it")

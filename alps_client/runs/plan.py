@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from alps_client.backends.manifest import ModelManifest, load_manifest
+from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
@@ -95,6 +95,7 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs})"
                             f"{_other_formats(root)}")
     manifest = load_manifest(config.backend.model_repository)
+    check_model_files(manifest)  # before its sha256s decide which shards are current
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
         raise AlpsError(f"--use-m2m and --no-multimask-output are SAM 2.1 parameters; {manifest.root} holds "
                         f"{manifest.model_type} ({manifest.model_family})")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from alps_client.backends.embedded import EmbeddedBackend
+from alps_client.backends.manifest import load_manifest
 from alps_client.config import BackendConfig
 from alps_client.errors import ModelRepositoryError, ModelSignatureError
 from tests.shapes import make_shapes_image
@@ -38,6 +41,46 @@ def test_bad_prompt_shapes(embedded_backend):
 def test_missing_repository_says_how_to_build_one(tmp_path):
     with pytest.raises(ModelRepositoryError, match="export/export_sam.py --model-type stand-in"):
         EmbeddedBackend(BackendConfig(model_repository=str(tmp_path / "absent")))
+
+
+def test_missing_repository_is_named_in_the_command_to_build_one(tmp_path):
+    with pytest.raises(ModelRepositoryError, match=f"--out {tmp_path / 'absent'}`"):  # not a literal {root}
+        load_manifest(tmp_path / "absent")
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    (lambda m: [m], r"not a manifest \(a JSON list, not an object\)"),
+    (lambda m: {k: v for k, v in m.items() if k != "model_type"}, r"incomplete manifest \(no 'model_type'\)"),
+    (lambda m: {**m, "models": {**m["models"], "decoder": {k: v for k, v in m["models"]["decoder"].items()
+                                                            if k != "sha256"}}}, r"incomplete manifest \(no 'sha256'\)"),
+    (lambda m: {**m, "image_size": "big"}, r"incomplete manifest \(ValueError: invalid literal"),
+], ids=["list", "no-model-type", "no-sha256", "bad-image-size"])
+def test_an_edited_manifest_is_one_line(stand_in_repo, tmp_path, edit, said):
+    """A manifest edited by hand or cut: a KeyError / AttributeError traceback before."""
+    repo = Path(shutil.copytree(stand_in_repo, tmp_path / "repo"))
+    (repo / "manifest.json").write_text(json.dumps(edit(json.loads((repo / "manifest.json").read_text()))))
+    with pytest.raises(ModelRepositoryError, match=said) as info:
+        load_manifest(repo)
+    assert str(info.value).endswith("re-run export/export_sam.py") and "\n" not in str(info.value)
+
+
+def test_model_files_replaced_under_their_manifest_are_refused_before_any_image(stand_in_repo, tmp_path):
+    """Another export's model.onnx copied over a repository: the run said it used the manifest's model, and its
+    earlier shards (made with the old files, fingerprinted by the manifest's sha256s) were skipped as current."""
+    from alps_client.config import PipelineConfig
+    from alps_client.runs.plan import check_request
+
+    repo = Path(shutil.copytree(stand_in_repo, tmp_path / "repo"))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(make_shapes_image()).save(images / "a.png")
+    config = PipelineConfig(backend=BackendConfig(model_repository=str(repo)))
+    check_request(images, config)  # the export as written
+    onnx = repo / "sam_decoder" / "1" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # what any other bytes look like to the manifest
+    with pytest.raises(ModelRepositoryError, match=rf"{onnx}: these model files are not the ones its manifest's "
+                                                   r"export wrote \(sha256 [0-9a-f]{12}\.\.\., the manifest says"):
+        check_request(images, config)
 
 
 def test_manifest_naming_a_tensor_the_model_lacks(stand_in_repo, tmp_path):
