@@ -292,6 +292,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.manifest.is_stand_in:
         logger.warning("Model: %s from %s is a STAND-IN (not SAM): labels demonstrate the pipeline only",
                        plan.manifest.model_type, plan.manifest.root)
+    elif plan.manifest.random_init:
+        logger.warning("Model: %s (%s) from %s has RANDOM weights (exported with --random-init, no checkpoint): its "
+                       "masks and classes mean nothing (shape and speed checks only)", plan.manifest.model_type,
+                       plan.manifest.precision, plan.manifest.root)
     else:
         logger.info("Model: %s (%s) from %s", plan.manifest.model_type, plan.manifest.precision, plan.manifest.root)
     logger.info("%d image(s) to label, %d already labelled (will be skipped), %d rejected input(s)",
@@ -316,6 +320,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     # the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards it replaced.
     atomic.write_json(work_dir(out) / "last_run.json", {
         "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
+        "random_init": plan.manifest.random_init,
         "to_label": len(plan.items) - plan.n_done, "complete": False, "dataset_written": False,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
@@ -343,6 +348,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         logger.error("%s: %d image(s) not started", stopped, sum(m["reason"] == NOT_STARTED for m in missing))
     run: dict[str, Any] = {
         "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
+        "random_init": plan.manifest.random_init,
         "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
     }

@@ -243,6 +243,9 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
     print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")
     if result["stand_in"]:
         print("Model: a STAND-IN, not SAM. Export SAM with export/export_sam.py for real labels.")
+    elif result.get("random_init"):
+        print(f"Model: {result['model']} with RANDOM weights (--random-init), not a trained SAM: the labels mean "
+              "nothing. Export with --checkpoint for real labels.")
     for key, title, listing in (("errors", "input(s) rejected (bad files)", "errors.jsonl"),
                                 ("missing", "good image(s) NOT labelled (--allow-partial)", 'manifest.json ("missing")')):
         if result[key]:

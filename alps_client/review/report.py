@@ -100,13 +100,16 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
              for c, name in enumerate(class_map.names)]
     if class_map.dropped:
         views.append(ClassView(IGNORE, "dropped", DROPPED_COLOUR, 0, 0, 0.0, [cluster_view(k) for k in class_map.dropped]))
-    stand_in = bool(model.get("is_stand_in"))
+    stand_in, random_init = bool(model.get("is_stand_in")), bool(model.get("random_init"))
+    checkpoint = (model.get("checkpoint") or {}).get("path")
     test = f" / {counts['n_test']} test" if counts.get("n_test") else ""
     dropped = f", {len(class_map.dropped)} dropped" if class_map.dropped else ""
     facts = [
         ("images", f"{counts['n_images']} ({counts['n_train']} train / {counts['n_val']} val{test})"),
-        ("model", f"{model.get('model_type', '?')} ({model.get('model_family', 'sam')})"
-                  + (": STAND-IN, not SAM" if stand_in else "")),
+        ("model", f"{model.get('model_type', '?')} ({model.get('model_family', 'sam')}, "
+                  f"{model.get('precision', 'fp32')})"
+                  + (": STAND-IN, not SAM" if stand_in else ": RANDOM weights, not a trained SAM" if random_init
+                     else f", from {Path(checkpoint).name}" if checkpoint else "")),
         ("gate", f"{counts['n_masks_kept']} masks kept, {counts['n_masks_gated']} dropped (covering more than "
                  + f"sigma = {sigma} of their image)"),
         ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
@@ -115,7 +118,8 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         ("shown per cluster", f"{N_NEAR} masks nearest the centre, {N_RANDOM} at random, {N_IMAGES} images"),
     ]
     warning = ("The model is the structured STAND-IN (segments by colour), not SAM: these classes demonstrate the "
-               "pipeline only.") if stand_in else ""
+               "pipeline only." if stand_in else "The model has RANDOM weights (exported with --random-init): these "
+               "classes mean nothing." if random_init else "")
     template = classes_yaml(class_map, "Classes of this dataset: rename, merge (several clusters in one class), "
                                        "drop.\nThen: alps relabel OUT --classes classes.yaml")
     page = render_page(title, facts, views, [dict(e) for e in errors[:ERRORS_SHOWN]], len(errors), template, warning)
