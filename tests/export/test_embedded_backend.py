@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_missing_repository_says_how_to_build_one(tmp_path):
 
 
 def test_missing_repository_is_named_in_the_command_to_build_one(tmp_path):
-    with pytest.raises(ModelRepositoryError, match=f"--out {tmp_path / 'absent'}`"):  # not a literal {root}
+    with pytest.raises(ModelRepositoryError, match=re.escape(f"--out {tmp_path / 'absent'}`")):  # not a literal {root}
         load_manifest(tmp_path / "absent")
 
 
