@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from alps_client.errors import disk_full  # noqa: E402
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
 from export.checkpoints import find_weights  # noqa: E402
@@ -170,6 +171,12 @@ def run_export(
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got '{quantize}'")
+    if max_batch_size < 1:  # checked before minutes of export, not by the Triton config written after them
+        raise ExportError(f"--max-batch-size must be 1 or more (images per encoder request), got {max_batch_size}")
+    if opset < onnx_export.OPSET:
+        # torch's exporter writes opset 18; its conversion down fails part-way and leaves the graph at 18, unsaid.
+        raise ExportError(f"--opset {opset}: the ONNX exporter writes opset {onnx_export.OPSET} or newer; give "
+                          f"--opset {onnx_export.OPSET} or more (onnxruntime and Triton's onnxruntime backend read it)")
     out = Path(out)
     if model_type in SAM2_MODEL_TYPES:
         if quantize != "none":
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="model_repository", help="model repository folder (default: %(default)s)")
     parser.add_argument("--cpu", action="store_true", help="Triton instance groups on CPU (KIND_CPU) instead of GPU")
     parser.add_argument("--max-batch-size", type=int, default=4, help="encoder max_batch_size for Triton")
-    parser.add_argument("--opset", type=int, default=onnx_export.OPSET)
+    parser.add_argument("--opset", type=int, default=onnx_export.OPSET,
+                        help=f"ONNX opset, {onnx_export.OPSET} or newer (default: %(default)s)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                         help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks "
                         "change slightly: agreement with fp32 is measured and written to the manifest); default: "
@@ -330,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as err:
         print(f"export_sam: error: {err}", file=sys.stderr)
         return 1 if isinstance(err, ExportCheckError) else 2
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        # The new repository is written beside --out and swapped in whole (the old one stays until then).
+        print(f"export_sam: error: no space left on the disk while writing {err.filename or args.out}: the export "
+              f"needs room for a whole repository beside {args.out} (the previous one, if any, is kept); free "
+              "space there and run it again", file=sys.stderr)
+        return 1
     return 0
 
 

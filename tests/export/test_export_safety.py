@@ -68,3 +68,35 @@ def test_a_failed_parity_check_is_one_line_and_writes_nothing(tmp_path, monkeypa
     assert not any(repo.glob("sam_*"))
     assert [p.name for p in repo.iterdir()] == [running.name]
 
+
+
+def test_arguments_export_cannot_honour_are_refused_before_exporting(tmp_path, capsys):
+    """--max-batch-size 0 failed with a traceback after the whole export (in the Triton config); --opset 17 was
+    recorded in the manifest while the files stayed at opset 18 (the exporter's conversion down failed part-way)."""
+    for args, said in ((["--max-batch-size", "0"], "--max-batch-size must be 1 or more"),
+                       (["--opset", "17"], f"--opset 17: the ONNX exporter writes opset {onnx_export.OPSET} or newer")):
+        assert main(["--model-type", "stand-in", "--cpu", "--out", str(tmp_path / "repo"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"export_sam: error: {said}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_full_disk_during_export_is_one_line_and_keeps_the_previous_repository(stand_in_repo, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """The staged repository met a full disk (ENOSPC from the ONNX save): a traceback before."""
+    import errno
+    import shutil
+
+    repo = pathlib.Path(shutil.copytree(stand_in_repo, tmp_path / "repo"))
+    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+
+    def no_space(model, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(onnx_export, "export_encoder", no_space)
+    assert main(["--model-type", "stand-in", "--cpu", "--out", str(repo)]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("export_sam: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("export_sam: error: no space left on the disk while writing ") and "free space" in lines[0]
+    assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
