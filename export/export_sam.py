@@ -59,6 +59,19 @@ class ExportCheckError(ExportError):
     """The export ran but its check failed (ONNX disagrees with PyTorch): one line, exit code 1, nothing written."""
 
 
+# Meta's released checkpoints, and the width of each image encoder (its positional embedding's last dimension).
+META_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
+ENCODER_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+
+
+def _checkpoint_type(state: dict[str, Any]) -> str | None:
+    """``vit_h`` / ``vit_l`` / ``vit_b`` or ``SAM 2.1`` for the weights of one of those, else None."""
+    if any(key.startswith("image_encoder.trunk.") for key in state):  # SAM 2's Hiera encoder
+        return "SAM 2.1"
+    pos = state.get("image_encoder.pos_embed")
+    return ENCODER_WIDTHS.get(int(pos.shape[-1])) if isinstance(pos, torch.Tensor) and pos.ndim == 4 else None
+
+
 def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], None] = lambda _: None) -> nn.Module:
     """Meta's builder for the architecture; the checkpoint is loaded here, tensors only.
 
@@ -85,7 +98,15 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
                 "load (torch.load weights_only=True); use Meta's released checkpoint or a plain state_dict"
             ) from err
         state, where = find_weights(data, set(sam.state_dict()))
-        sam.load_state_dict(state)
+        try:
+            sam.load_state_dict(state)
+        except RuntimeError as err:
+            held = _checkpoint_type(state)
+            if held is None or held == model_type:  # not another SAM's: the caller names the first mismatch
+                raise
+            given = f"--model-type {held}" if held in META_CHECKPOINTS else "--model-type sam2.1_hiera_t|s|b+|l"
+            raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give {given}") \
+                from err
         if where:
             log(f"Weights of {model_type} read from {where} of {checkpoint}.")
     return sam
@@ -134,9 +155,13 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool,
             first = next((ln.strip() for ln in text.splitlines() if "size mismatch" in ln or "key" in ln), text[:200])
             raise ExportError(
                 f"checkpoint {checkpoint} does not match --model-type {model_type} ({first[:160]}); "
-                "check that the file and the model type belong together (sam_vit_h_4b8939.pth is vit_h)"
+                "check that the file and the model type belong together"
+                + (f" (Meta's {model_type} is {META_CHECKPOINTS[model_type]})" if model_type in META_CHECKPOINTS else "")
             ) from err
         raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({text.splitlines()[0][:160]})") from err
+    except ImportError as err:  # a package missing is not the file's fault
+        raise ExportError(f"{err.name or err} is not installed, and exporting {model_type} needs it: install the "
+                          "project's requirements (`make setup`)") from err
     except Exception as err:  # unpickling/zip errors of corrupt or foreign files
         raise ExportError(
             f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})"

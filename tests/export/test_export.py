@@ -238,9 +238,16 @@ def test_bad_arguments_give_one_clear_line(tmp_path, make_args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
 
 
-def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint):
-    with pytest.raises(ExportError, match="does not match --model-type vit_b"):
+def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint, tmp_path):
+    """Weights of another SAM size, or of SAM 2.1, say which they are (a cut 'Missing key(s)' line before)."""
+    with pytest.raises(ExportError, match=r"does not match --model-type vit_b .*\(Meta's vit_b is sam_vit_b_01ec64"):
         load_model("vit_b", str(tiny_checkpoint), random_init=False)
+    weights = torch.load(tiny_checkpoint, weights_only=True)
+    for held, extra, given in (("vit_h", {"image_encoder.pos_embed": torch.zeros(1, 64, 64, 1280)}, "vit_h"),
+                               ("SAM 2.1", {"image_encoder.trunk.pos_embed": torch.zeros(1)}, "sam2.1_hiera_t")):
+        torch.save({**weights, **extra}, tmp_path / "other.pth")
+        with pytest.raises(ExportError, match=rf"holds {held} weights, not vit_b's: give --model-type {given}"):
+            load_model("vit_b", str(tmp_path / "other.pth"), random_init=False)
 
 
 def test_a_fine_tunes_checkpoint_with_sams_layers_loads_wherever_training_code_put_them(tiny_checkpoint, tmp_path):
@@ -264,3 +271,10 @@ def test_a_fine_tunes_checkpoint_with_sams_layers_loads_wherever_training_code_p
     torch.save({"model": {**weights, "adapter.weight": torch.zeros(4)}, "epoch": 3}, tmp_path / "adapter.pth")
     with pytest.raises(ExportError, match=r"does not match --model-type tiny-test.*adapter\.weight"):
         load_model("tiny-test", str(tmp_path / "adapter.pth"), random_init=False)
+
+
+def test_a_missing_package_is_not_blamed_on_the_checkpoint(tiny_checkpoint, monkeypatch):
+    """segment-anything not installed: "checkpoint ... is not a readable PyTorch checkpoint" before."""
+    monkeypatch.setitem(sys.modules, "segment_anything", None)  # what an environment without it gives
+    with pytest.raises(ExportError, match=r"^segment_anything is not installed, and exporting tiny-test needs it"):
+        load_model("tiny-test", str(tiny_checkpoint), random_init=False)
