@@ -217,8 +217,8 @@ def test_main_returns_usage_exit_code_in_process(tmp_path):
 
 
 
-def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(fake_repo, scenes, tmp_path,
-                                                                                capsys):
+def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(fake_repo, scenes, prefect_server,
+                                                                                tmp_path):
     """An export made with --random-init (no checkpoint): the run logged "Model: vit_b (fp32)" as for a trained
     SAM, and the summary and the review page said nothing, although its classes mean nothing."""
     import shutil
@@ -227,10 +227,11 @@ def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(f
     manifest = json.loads((repo / "manifest.json").read_text())
     (repo / "manifest.json").write_text(json.dumps({**manifest, "is_stand_in": False, "random_init": True}))
     out = tmp_path / "out"
-    assert main(["run", str(scenes / "images"), "--out", str(out), "--model-repository", str(repo), *SMALL]) == 0
-    said = capsys.readouterr()
-    assert "has RANDOM weights (exported with --random-init, no checkpoint)" in said.err + said.out  # the log
-    assert "with RANDOM weights (--random-init), not a trained SAM: the labels mean nothing" in said.out
-    assert "STAND-IN" not in said.out
+    result = run_alps(["run", scenes / "images", "--out", out, "--model-repository", repo, *SMALL],
+                      cli_env(tmp_path / "ph", prefect_server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has RANDOM weights (exported with --random-init, no checkpoint)" in result.stderr + result.stdout  # log
+    assert "with RANDOM weights (--random-init), not a trained SAM: the labels mean nothing" in result.stdout
+    assert "STAND-IN" not in result.stdout
     page = (out / "report" / "index.html").read_text()
     assert "RANDOM weights, not a trained SAM" in page and "these classes mean nothing" in page
