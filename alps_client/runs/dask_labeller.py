@@ -7,7 +7,9 @@ that dies mid-item is replaced by Dask, which reruns the item elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import threading
 import uuid
@@ -16,11 +18,12 @@ from typing import Any
 from alps_client._imports import lazy_import
 from alps_client.backends import SamBackend, make_backend
 from alps_client.config import BackendConfig
-from alps_client.errors import BackendUnavailableError
+from alps_client.errors import AlpsError, BackendUnavailableError
 from alps_client.io.items import InputItem
 from alps_client.runs.work import ImageOutcome, LabelJob, label_item
 
 distributed = lazy_import("distributed")
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "alps-backend"
 
@@ -82,10 +85,16 @@ class DaskLabeller:
 
     Raises:
         BackendUnavailableError: If the scheduler at ``address`` or a Triton server cannot be reached.
+        AlpsError: If ``address`` is not a Dask scheduler's, or its workers cannot import alps.
     """
 
     def __init__(self, job: LabelJob, address: str | None = None, n_workers: int | None = None) -> None:
-        self.job = job
+        # Workers resolve paths in their own working directory (another folder, another machine): a relative
+        # --out put their shards elsewhere, a relative --model-repository was "missing" on every one.
+        backend = dataclasses.replace(job.config.backend,
+                                      model_repository=os.path.abspath(job.config.backend.model_repository))
+        self.job = dataclasses.replace(job, out=os.path.abspath(job.out),
+                                       config=dataclasses.replace(job.config, backend=backend))
         self.closed = False
         self._cluster = None
         self._dask_log_level: int | None = None  # to restore, after a local cluster
@@ -99,6 +108,9 @@ class DaskLabeller:
                     f"the Dask scheduler at {address} is not reachable ({type(err).__name__}); start it "
                     "(`dask scheduler --host <private address>`) or drop --dask-address"
                 ) from err
+            except (ValueError, MemoryError) as err:  # not an address, or another service answering there
+                raise AlpsError(f"--dask-address {address}: not a Dask scheduler's address ({type(err).__name__}: "
+                                f"{str(err)[:120]}); give the scheduler's tcp://HOST:PORT (8786 by default)") from err
         else:
             # The run reports each image's failure and retries itself; Dask's own INFO and "Compute Failed" lines
             # would repeat them on the console: silence_logs for the workers' processes, and in this one (the
@@ -111,7 +123,12 @@ class DaskLabeller:
             self._cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                                      dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
             self._client = distributed.Client(self._cluster)
-        self._client.register_plugin(BackendPlugin(quiet_interrupt=self._cluster is not None), name=PLUGIN_NAME)
+        try:
+            self._client.register_plugin(BackendPlugin(quiet_interrupt=self._cluster is not None), name=PLUGIN_NAME)
+        except Exception as err:  # noqa: BLE001 (raised on the workers, re-raised here as whatever they met)
+            self.close()
+            raise AlpsError(f"the Dask workers could not load alps ({type(err).__name__}: {str(err)[:160]}); install "
+                            "the same alps, with its requirements, on every worker") from err
         self.slots = max(1, sum(self._client.nthreads().values()))
 
     def label(self, item: InputItem) -> ImageOutcome:
@@ -125,6 +142,8 @@ class DaskLabeller:
         self.closed = True
         try:
             self._client.unregister_worker_plugin(PLUGIN_NAME)
+        except Exception as err:  # noqa: BLE001 (a scheduler lost mid-run: nothing left to unregister from)
+            logger.debug("the alps plugin was not unregistered (%s)", err)
         finally:
             self._client.close()
             if self._cluster is not None:

@@ -103,3 +103,47 @@ def test_all_servers_down(stand_in_repo):
     with pytest.raises(BackendUnavailableError, match="are not reachable"):
         TritonBackend(BackendConfig(kind="triton", model_repository=str(stand_in_repo),
                                     triton_urls=("127.0.0.1:9", "127.0.0.1:11")))
+
+
+def test_a_users_dask_cluster_in_another_folder_gets_absolute_paths_and_a_bad_address_is_one_line(
+        fault_data, fake_repo, prefect_server, tmp_path):
+    """Workers started in another folder (as on another machine) resolved a relative --out in their own folder
+    (the shards went there, then the run failed) and found no relative --model-repository; an address that is
+    not a scheduler's was an internal error."""
+    pytest.importorskip("distributed")
+    import subprocess
+    import sys
+
+    from tests.runs import CWD, run_alps
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    address = f"tcp://127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                  "--dashboard-address", "127.0.0.1:0"], cwd=elsewhere, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen([dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                               "--no-dashboard"], cwd=elsewhere, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    env = cli_env(tmp_path / "ph", prefect_server)
+    try:
+        out = os.path.relpath(tmp_path / "out", CWD)
+        repo = os.path.relpath(fake_repo, CWD)
+        result = run_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL,
+                           "--dask-address", address], env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(list((tmp_path / "out" / ".alps" / "shards").glob("*.npz"))) == 7
+        assert not list(elsewhere.rglob("*.npz"))  # nothing written where the workers were started
+        bad = run_alps(["run", fault_data, "--out", tmp_path / "out2", "--model-repository", fake_repo, *SMALL,
+                        "--dask-address", "http://127.0.0.1:8786"], env)
+        errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("alps: error:")]
+        assert bad.returncode == 2 and len(errors) == 1 and "--dask-address http://127.0.0.1:8786: not a Dask " \
+            "scheduler's address" in errors[0], bad.stderr[-3000:]
+    finally:
+        for proc in (worker, scheduler):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
