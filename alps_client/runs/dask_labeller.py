@@ -125,7 +125,7 @@ class DaskLabeller:
             self._client = distributed.Client(self._cluster)
         try:
             self._client.register_plugin(BackendPlugin(quiet_interrupt=self._cluster is not None), name=PLUGIN_NAME)
-        except Exception as err:  # noqa: BLE001 (raised on the workers, re-raised here as whatever they met)
+        except Exception as err:  # raised on the workers, re-raised here as whatever they met
             self.close()
             raise AlpsError(f"the Dask workers could not load alps ({type(err).__name__}: {str(err)[:160]}); install "
                             "the same alps, with its requirements, on every worker") from err
