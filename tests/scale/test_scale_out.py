@@ -143,7 +143,11 @@ def test_a_users_dask_cluster_in_another_folder_gets_absolute_paths_and_a_bad_ad
         errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("alps: error:")]
         assert bad.returncode == 2 and len(errors) == 1 and "--dask-address http://127.0.0.1:8786: not a Dask " \
             "scheduler's address" in errors[0], bad.stderr[-3000:]
-    finally:
+    finally:  # SIGTERM: a nanny killed with SIGKILL leaves its worker's semaphores in /dev/shm
         for proc in (worker, scheduler):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
