@@ -8,6 +8,14 @@ from typing import Any
 # release): under "model" (SAM fine-tuning scripts, beside "optimizer" and "epoch") or "state_dict"
 # (PyTorch Lightning). Keys may carry one prefix: "module." (DistributedDataParallel), "model." (a wrapper).
 WEIGHT_ENTRIES = ("model", "state_dict")
+# Meta's released checkpoints, and the width of each image encoder (its positional embedding's last dimension).
+META_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
+ENCODER_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
+SAM2_FAMILY = "SAM 2.1"
+SAM2_0 = "SAM 2 (the first release, not 2.1)"
+# SAM 2.1's sizes by their Hiera trunk: (embed_dim, blocks) of Meta's configs/sam2.1/sam2.1_hiera_*.yaml.
+SAM2_SIZES = {(96, 12): "sam2.1_hiera_t", (96, 16): "sam2.1_hiera_s", (112, 24): "sam2.1_hiera_b+",
+              (144, 48): "sam2.1_hiera_l"}
 
 
 def find_weights(data: object, expected: set[str]) -> tuple[Any, str]:
@@ -42,3 +50,32 @@ def _key_prefix(state: dict[Any, Any], expected: set[str]) -> str | None:
                     {k[len(prefix):] for k in state} == expected:
                 return prefix
     return None
+
+
+def checkpoint_type(state: dict[Any, Any]) -> str | None:
+    """Which model's weights ``state`` holds, by their shapes; None when it is none of those below.
+
+    Returns:
+        ``vit_h`` / ``vit_l`` / ``vit_b`` (SAM), ``sam2.1_hiera_t|s|b+|l``, ``SAM 2.1`` (another Hiera: a
+        tiny test's), or :data:`SAM2_0` (SAM 2's first release, whose layers 2.1 changed).
+    """
+    keys = [key for key in state if isinstance(key, str)]
+    if any(key.startswith("image_encoder.trunk.") for key in keys):  # SAM 2's Hiera encoder
+        if "no_obj_embed_spatial" not in state:  # added by SAM 2.1 (configs/sam2.1: no_obj_embed_spatial: true)
+            return SAM2_0
+        patch = getattr(state.get("image_encoder.trunk.patch_embed.proj.weight"), "shape", (0,))
+        blocks = {int(key.split(".")[3]) for key in keys
+                  if key.startswith("image_encoder.trunk.blocks.") and key.split(".")[3].isdigit()}
+        return SAM2_SIZES.get((int(patch[0]), len(blocks)), SAM2_FAMILY)
+    shape = getattr(state.get("image_encoder.pos_embed"), "shape", ())
+    return ENCODER_WIDTHS.get(int(shape[-1])) if len(shape) == 4 else None
+
+
+def model_type_to_give(held: str) -> str:
+    """What exports weights of ``held`` (a :func:`checkpoint_type` answer): the ``--model-type`` to give."""
+    if held in META_CHECKPOINTS or held in SAM2_SIZES.values():
+        return f"--model-type {held}"
+    if held == SAM2_0:
+        return "a SAM 2.1 checkpoint (sam2.1_hiera_*.pt from Meta's SAM 2.1 release) with --model-type " \
+               "sam2.1_hiera_t|s|b+|l; alps exports SAM 2.1's architecture only"
+    return "--model-type sam2.1_hiera_t|s|b+|l"

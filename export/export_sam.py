@@ -40,7 +40,12 @@ from alps_client.backends.preprocess import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD  #
 from alps_client.errors import disk_full  # noqa: E402
 from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
-from export.checkpoints import find_weights  # noqa: E402
+from export.checkpoints import (  # noqa: E402
+    META_CHECKPOINTS,
+    checkpoint_type,
+    find_weights,
+    model_type_to_give,
+)
 from export.errors import ExportError, readable_checkpoint  # noqa: E402
 from export.quantize import QUANTIZE_CHOICES, quantize_encoder  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
@@ -57,19 +62,6 @@ MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST, *SAM2_MODEL_TYPES)
 
 class ExportCheckError(ExportError):
     """The export ran but its check failed (ONNX disagrees with PyTorch): one line, exit code 1, nothing written."""
-
-
-# Meta's released checkpoints, and the width of each image encoder (its positional embedding's last dimension).
-META_CHECKPOINTS = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
-ENCODER_WIDTHS = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
-
-
-def _checkpoint_type(state: dict[str, Any]) -> str | None:
-    """``vit_h`` / ``vit_l`` / ``vit_b`` or ``SAM 2.1`` for the weights of one of those, else None."""
-    if any(key.startswith("image_encoder.trunk.") for key in state):  # SAM 2's Hiera encoder
-        return "SAM 2.1"
-    pos = state.get("image_encoder.pos_embed")
-    return ENCODER_WIDTHS.get(int(pos.shape[-1])) if isinstance(pos, torch.Tensor) and pos.ndim == 4 else None
 
 
 def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], None] = lambda _: None) -> nn.Module:
@@ -101,12 +93,11 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
         try:
             sam.load_state_dict(state)
         except RuntimeError as err:
-            held = _checkpoint_type(state)
+            held = checkpoint_type(state) if isinstance(state, dict) else None
             if held is None or held == model_type:  # not another SAM's: the caller names the first mismatch
                 raise
-            given = f"--model-type {held}" if held in META_CHECKPOINTS else "--model-type sam2.1_hiera_t|s|b+|l"
-            raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give {given}") \
-                from err
+            raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "
+                              f"{model_type_to_give(held)}") from err
         if where:
             log(f"Weights of {model_type} read from {where} of {checkpoint}.")
     return sam
@@ -129,7 +120,7 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool,
     if model_type not in MODEL_TYPES:
         raise ExportError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
     if model_type in SAM2_MODEL_TYPES:
-        return load_sam2_model(model_type, checkpoint, random_init)
+        return load_sam2_model(model_type, checkpoint, random_init, log)
     if model_type == STAND_IN_NAME:
         if checkpoint or random_init:
             raise ExportError("the stand-in has no weights: drop --checkpoint / --random-init")

@@ -7,6 +7,7 @@ models where they always do; the manifest's ``model_family`` tells clients which
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,14 @@ from export.sam2_stand_in import SAM2_STAND_IN_NAME, build_stand_in_sam2
 SAM2_MODEL_TYPES = (*SAM2_CONFIGS, SAM2_STAND_IN_NAME, SAM2_TINY_TEST)
 
 
-def load_model(model_type: str, checkpoint: str | None, random_init: bool) -> nn.Module:
+def load_model(model_type: str, checkpoint: str | None, random_init: bool,
+               log: Callable[[str], None] = lambda _: None) -> nn.Module:
     """The SAM 2.1 model (or the SAM 2 stand-in) to export; see :func:`export.sam2_models.load_sam2`."""
     if model_type == SAM2_STAND_IN_NAME:
         if checkpoint or random_init:
             raise ExportError("the SAM 2 stand-in has no weights: drop --checkpoint / --random-init")
         return build_stand_in_sam2()
-    return load_sam2(model_type, checkpoint, random_init)
+    return load_sam2(model_type, checkpoint, random_init, log)
 
 
 def tensor_specs() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -102,7 +104,7 @@ def run_export(
     opset: int, log: Any, versions: dict[str, str],
 ) -> dict[str, Any]:
     """Export a SAM 2.1 model, check parity, write the repository; return the manifest (without format_version)."""
-    model = load_model(model_type, checkpoint, random_init)
+    model = load_model(model_type, checkpoint, random_init, log)
     out.mkdir(parents=True, exist_ok=True)
     note = _note(model_type, random_init)
     log(f"Exporting {model_type}: {note}." if note != "SAM 2.1" else f"Exporting {model_type} from {checkpoint}.")

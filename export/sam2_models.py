@@ -8,12 +8,21 @@ Checkpoints are loaded here, not by ``sam2``'s own loader, so that the file is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from export.checkpoints import (
+    META_CHECKPOINTS,
+    SAM2_0,
+    SAM2_SIZES,
+    checkpoint_type,
+    find_weights,
+    model_type_to_give,
+)
 from export.errors import ExportError, readable_checkpoint
 
 # --model-type -> (config shipped in the sam2 package, Meta's checkpoint file name).
@@ -78,35 +87,31 @@ def build_sam2_architecture(model_type: str) -> nn.Module:
     return build_sam2(config, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides).eval()
 
 
-def read_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The ``model`` state dict of a SAM 2 checkpoint, read with ``weights_only=True``.
+def read_checkpoint(checkpoint: str | Path) -> object:
+    """A SAM 2 checkpoint as ``torch.load(..., weights_only=True)`` reads it (Meta's: ``{'model': state_dict}``).
 
     Raises:
-        ExportError: For a missing, unreadable, corrupt or non-SAM 2 file.
+        ExportError: For a missing, unreadable, corrupt file, or one holding pickled objects or code.
     """
     path = readable_checkpoint(checkpoint)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip/unpickling errors of corrupt or foreign files, or pickled code refused
         raise ExportError(
             f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})"
         ) from err
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        keys = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
-        raise ExportError(
-            f"checkpoint {checkpoint} has no 'model' state dict (found {keys}); SAM 2.1 checkpoints from Meta "
-            "(e.g. sam2.1_hiera_tiny.pt) hold {'model': state_dict}"
-        )
-    return data["model"]
 
 
-def load_sam2(model_type: str, checkpoint: str | None, random_init: bool) -> nn.Module:
+def load_sam2(model_type: str, checkpoint: str | None, random_init: bool,
+              log: Callable[[str], None] = lambda _: None) -> nn.Module:
     """Build a SAM 2.1 model to export.
 
     Args:
         model_type: ``sam2.1_hiera_t|s|b+|l`` or ``sam2-tiny-test``.
         checkpoint: Meta's checkpoint for that size (``sam2.1_hiera_tiny.pt`` ...), or a tiny-test one.
         random_init: the architecture with seeded random weights (seed 0), for shape and speed work only.
+        log: told where in the checkpoint the weights were, when not in Meta's ``'model'`` entry (a fine-tune's
+            ``'state_dict'``, keys prefixed ``'module.'``: see :func:`export.checkpoints.find_weights`).
 
     Returns:
         ``sam2.modeling.sam2_base.SAM2Base`` in eval mode on CPU.
@@ -122,17 +127,34 @@ def load_sam2(model_type: str, checkpoint: str | None, random_init: bool) -> nn.
             f"--checkpoint is required for {model_type} (e.g. {expected} from Meta's SAM 2.1 release); "
             "use --random-init for shape/speed work or --model-type sam2-stand-in for the offline demo"
         )
-    state = read_state_dict(checkpoint) if checkpoint else None
+    data = read_checkpoint(checkpoint) if checkpoint else None
     torch.manual_seed(0)
     model = build_sam2_architecture(model_type)
-    if state is None:
+    if data is None:
         return model
+    state, where = find_weights(data, set(model.state_dict()))
+    if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
+        keys = sorted(map(str, data))[:5] if isinstance(data, dict) else type(data).__name__
+        raise ExportError(
+            f"checkpoint {checkpoint} has no 'model' state dict (found {keys}); SAM 2.1 checkpoints from Meta "
+            "(e.g. sam2.1_hiera_tiny.pt) hold {'model': state_dict}"
+        )
+    held = checkpoint_type(state)
+    if held in META_CHECKPOINTS or held == SAM2_0:  # not SAM 2.1's layers: load_state_dict would list them all
+        raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not SAM 2.1's: give "
+                          f"{model_type_to_give(held)}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
+        if held in SAM2_SIZES.values() and held != model_type:
+            raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "
+                              f"{model_type_to_give(held)}") from err
         first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
         raise ExportError(
             f"checkpoint {checkpoint} does not match --model-type {model_type} ({first[:160]}); check that the "
             f"file and the model type belong together ({SAM2_CONFIGS.get(model_type, ('', '?'))[1]} is {model_type})"
         ) from err
+    if where != "the 'model' entry":
+        where = where or "the file's top level (a bare state dict)"
+        log(f"Weights of {model_type} read from {where} of {checkpoint}.")
     return model.eval()

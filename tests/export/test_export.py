@@ -244,10 +244,19 @@ def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint, tmp_path):
         load_model("vit_b", str(tiny_checkpoint), random_init=False)
     weights = torch.load(tiny_checkpoint, weights_only=True)
     for held, extra, given in (("vit_h", {"image_encoder.pos_embed": torch.zeros(1, 64, 64, 1280)}, "vit_h"),
-                               ("SAM 2.1", {"image_encoder.trunk.pos_embed": torch.zeros(1)}, "sam2.1_hiera_t")):
+                               ("SAM 2.1", {"image_encoder.trunk.pos_embed": torch.zeros(1),
+                                            "no_obj_embed_spatial": torch.zeros(1, 64)}, "sam2.1_hiera_t"),
+                               ("sam2.1_hiera_l", {"image_encoder.trunk.patch_embed.proj.weight":
+                                                   torch.zeros(144, 3, 7, 7), "no_obj_embed_spatial": torch.zeros(1),
+                                                   **{f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.zeros(1)
+                                                      for i in range(48)}}, "sam2.1_hiera_l")):
         torch.save({**weights, **extra}, tmp_path / "other.pth")
         with pytest.raises(ExportError, match=rf"holds {held} weights, not vit_b's: give --model-type {given}"):
             load_model("vit_b", str(tmp_path / "other.pth"), random_init=False)
+    torch.save({**weights, "image_encoder.trunk.pos_embed": torch.zeros(1)}, tmp_path / "sam2_0.pth")
+    with pytest.raises(ExportError, match=r"holds SAM 2 \(the first release, not 2\.1\) weights, not vit_b's: give a "
+                                          r"SAM 2\.1 checkpoint \(sam2\.1_hiera_\*\.pt"):
+        load_model("vit_b", str(tmp_path / "sam2_0.pth"), random_init=False)
 
 
 def test_a_fine_tunes_checkpoint_with_sams_layers_loads_wherever_training_code_put_them(tiny_checkpoint, tmp_path):

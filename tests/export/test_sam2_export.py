@@ -13,7 +13,7 @@ import torch
 
 from export.errors import ExportError
 from export.export_sam import load_model, main, run_export
-from export.sam2_models import SAM2_TINY_TEST, build_sam2_architecture
+from export.sam2_models import SAM2_TINY_TEST, _import_build_sam2, build_sam2_architecture
 from export.tv_shim import install_torchvision_shim
 from tests.shapes import make_shapes_scene
 
@@ -131,6 +131,52 @@ def test_bad_checkpoints_are_named(tmp_path, make_checkpoint, message):
     make_checkpoint(path)
     with pytest.raises(ExportError, match=message):
         load_model(SAM2_TINY_TEST, str(path), random_init=False)
+
+
+def test_a_sam2_fine_tunes_checkpoint_loads_wherever_training_code_put_them(tiny_sam2_checkpoint, tmp_path):
+    """SAM 2.1 fine-tunes saved by DistributedDataParallel ('module.' keys), PyTorch Lightning ('state_dict',
+    'model.' keys) or as a bare state dict load as Meta's {'model': ...} does, and the log says where the weights
+    were; they were refused with "does not match" (or "has no 'model' state dict")."""
+    weights = torch.load(tiny_sam2_checkpoint, weights_only=True)["model"]
+    said: list[str] = []
+    original = load_model(SAM2_TINY_TEST, str(tiny_sam2_checkpoint), random_init=False, log=said.append).state_dict()
+    assert said == []  # Meta's own layout: nothing to say
+    layouts = {
+        "ddp": ({"model": {f"module.{k}": v for k, v in weights.items()}, "optimizer": {"lr": 1e-4}, "epoch": 3},
+                "the 'model' entry, keys prefixed 'module.'"),
+        "lightning": ({"state_dict": {f"model.{k}": v for k, v in weights.items()}, "epoch": 3},
+                      "the 'state_dict' entry, keys prefixed 'model.'"),
+        "bare": (weights, "the file's top level (a bare state dict)"),
+    }
+    for name, (data, where) in layouts.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(data, path)
+        said.clear()
+        loaded = load_model(SAM2_TINY_TEST, str(path), random_init=False, log=said.append).state_dict()
+        assert said == [f"Weights of {SAM2_TINY_TEST} read from {where} of {path}."]
+        assert set(loaded) == set(original) and all(torch.equal(loaded[k], v) for k, v in original.items())
+
+
+def test_a_checkpoint_of_sam_or_of_another_sam2_size_or_release_is_named(tiny_sam2_checkpoint, tmp_path):
+    """Meta's file names differ by a letter (sam2_hiera_large.pt is SAM 2, sam2.1_hiera_large.pt SAM 2.1): the
+    refusal names what the file holds and what to give, not the first of hundreds of missing keys."""
+    build_sam2 = _import_build_sam2()
+    sam2_0 = build_sam2("configs/sam2/sam2_hiera_t.yaml", ckpt_path=None, device="cpu")  # SAM 2's first release
+    torch.save({"model": sam2_0.state_dict()}, tmp_path / "sam2_hiera_tiny.pt")
+    with pytest.raises(ExportError, match=r"holds SAM 2 \(the first release, not 2\.1\) weights, not SAM 2\.1's: give "
+                                          r"a SAM 2\.1 checkpoint \(sam2\.1_hiera_\*\.pt from Meta's SAM 2\.1 release\)"):
+        load_model(SAM2_TINY_TEST, str(tmp_path / "sam2_hiera_tiny.pt"), random_init=False)
+    large = {"image_encoder.trunk.patch_embed.proj.weight": torch.zeros(144, 3, 7, 7),
+             "no_obj_embed_spatial": torch.zeros(1, 64),
+             **{f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.zeros(144) for i in range(48)}}
+    torch.save({"model": large}, tmp_path / "large.pt")
+    with pytest.raises(ExportError, match=rf"holds sam2.1_hiera_l weights, not {SAM2_TINY_TEST}'s: give "
+                                          r"--model-type sam2.1_hiera_l$"):
+        load_model(SAM2_TINY_TEST, str(tmp_path / "large.pt"), random_init=False)
+    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768), "mask_decoder.iou_token.weight":
+                torch.zeros(1, 256)}, tmp_path / "sam_vit_b.pth")
+    with pytest.raises(ExportError, match=r"holds vit_b weights, not SAM 2\.1's: give --model-type vit_b$"):
+        load_model(SAM2_TINY_TEST, str(tmp_path / "sam_vit_b.pth"), random_init=False)
 
 
 @pytest.mark.parametrize(
