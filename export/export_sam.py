@@ -194,11 +194,15 @@ def run_export(
         raise ExportError(f"--opset {opset}: the ONNX exporter writes opset {onnx_export.OPSET} or newer; give "
                           f"--opset {onnx_export.OPSET} or more (onnxruntime and Triton's onnxruntime backend read it)")
     out = Path(out)
+    previous = triton_repo.previous_model(out)
     if model_type in SAM2_MODEL_TYPES:
         if quantize != "none":
             raise ExportError("--quantize int8 is implemented for SAM (vit_*) only; export SAM 2.1 without --quantize")
         _check_output_dir(out)
-        return run_sam2_export(model_type, out, checkpoint, random_init, cpu, max_batch_size, opset, log, versions())
+        manifest = run_sam2_export(model_type, out, checkpoint, random_init, cpu, max_batch_size, opset, log,
+                                   versions())
+        _say_replaced(previous, out, log)
+        return manifest
     sam = load_model(model_type, checkpoint, random_init, log)
     _check_output_dir(out)
     if model_type == STAND_IN_NAME:
@@ -248,7 +252,15 @@ def run_export(
         )
     triton_repo.write_manifest(out, manifest)
     log(f"Model repository written to {out} ({manifest['note']}).")
+    _say_replaced(previous, out, log)
     return manifest
+
+
+def _say_replaced(previous: str | None, out: Path, log: Callable[[str], None]) -> None:
+    """Say which model an export replaced: datasets labelled with it are refused with this one."""
+    if previous:
+        log(f"It replaced {previous}: `alps run` refuses to add to datasets labelled with that model (use a new "
+            "--out, or --overwrite to relabel them); export into another folder to keep both models.")
 
 
 def _return_freed_memory() -> None:

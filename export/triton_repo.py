@@ -144,6 +144,24 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def previous_model(root: Path) -> str | None:
+    """What ``root`` holds before an export replaces it (``"vit_b, RANDOM weights ..., exported 2026-..."``).
+
+    Returns:
+        None when ``root`` has no readable manifest (a new folder, or a half-written one).
+    """
+    try:
+        manifest = json.loads((root / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    what = manifest.get("note") or manifest.get("model_type") or "a model"
+    record = manifest.get("checkpoint")
+    checkpoint = record.get("path") if isinstance(record, dict) else None
+    return f"{what}{f' from {checkpoint}' if checkpoint else ''}, exported {manifest.get('created', 'earlier')}"
+
+
 def checkpoint_record(checkpoint: str | None) -> dict[str, str] | None:
     """``{path, sha256}`` of the checkpoint a repository was exported from (None for stand-ins, random weights)."""
     if not checkpoint:

@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-from export import onnx_export
+from export import onnx_export, triton_repo
 from export.export_sam import main
 from tests.conftest import REPO_ROOT
 
@@ -100,3 +100,20 @@ def test_a_full_disk_during_export_is_one_line_and_keeps_the_previous_repository
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("export_sam: error: no space left on the disk while writing ") and "free space" in lines[0]
     assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+
+
+def test_an_export_over_another_model_says_which_it_replaced(sam2_stand_in_repo, tmp_path, capsys):
+    """Exporting into a repository that held another model replaced it without a word; datasets labelled with the
+    old model are then refused by `alps run` (another model's shards), which the user could not trace back."""
+    import json
+    import shutil
+
+    repo = pathlib.Path(shutil.copytree(sam2_stand_in_repo, tmp_path / "repo"))
+    old = json.loads((repo / "manifest.json").read_text())
+    assert main(["--model-type", "stand-in", "--cpu", "--out", str(repo)]) == 0
+    said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("It replaced")]
+    assert said == [(f"It replaced {old['note']}, exported {old['created']}: `alps run` refuses to add to datasets "
+                     "labelled with that model (use a new --out, or --overwrite to relabel them); export into another "
+                     "folder to keep both models.")]
+    assert json.loads((repo / "manifest.json").read_text())["model_family"] == "sam"
+    assert triton_repo.previous_model(tmp_path / "new") is None  # a new folder: nothing to say
