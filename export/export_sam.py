@@ -194,14 +194,14 @@ def run_export(
         raise ExportError(f"--opset {opset}: the ONNX exporter writes opset {onnx_export.OPSET} or newer; give "
                           f"--opset {onnx_export.OPSET} or more (onnxruntime and Triton's onnxruntime backend read it)")
     out = Path(out)
-    previous = triton_repo.previous_model(out)
+    previous = triton_repo.previous_manifest(out)
     if model_type in SAM2_MODEL_TYPES:
         if quantize != "none":
             raise ExportError("--quantize int8 is implemented for SAM (vit_*) only; export SAM 2.1 without --quantize")
         _check_output_dir(out)
         manifest = run_sam2_export(model_type, out, checkpoint, random_init, cpu, max_batch_size, opset, log,
                                    versions())
-        _say_replaced(previous, out, log)
+        _say_replaced(triton_repo.replaced_model(previous, manifest), log)
         return manifest
     sam = load_model(model_type, checkpoint, random_init, log)
     _check_output_dir(out)
@@ -252,14 +252,14 @@ def run_export(
         )
     triton_repo.write_manifest(out, manifest)
     log(f"Model repository written to {out} ({manifest['note']}).")
-    _say_replaced(previous, out, log)
+    _say_replaced(triton_repo.replaced_model(previous, manifest), log)
     return manifest
 
 
-def _say_replaced(previous: str | None, out: Path, log: Callable[[str], None]) -> None:
+def _say_replaced(replaced: str | None, log: Callable[[str], None]) -> None:
     """Say which model an export replaced: datasets labelled with it are refused with this one."""
-    if previous:
-        log(f"It replaced {previous}: `alps run` refuses to add to datasets labelled with that model (use a new "
+    if replaced:
+        log(f"It replaced {replaced}: `alps run` refuses to add to datasets labelled with that model (use a new "
             "--out, or --overwrite to relabel them); export into another folder to keep both models.")
 
 

@@ -144,22 +144,32 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def previous_model(root: Path) -> str | None:
-    """What ``root`` holds before an export replaces it (``"vit_b, RANDOM weights ..., exported 2026-..."``).
-
-    Returns:
-        None when ``root`` has no readable manifest (a new folder, or a half-written one).
-    """
+def previous_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest ``root`` holds before an export replaces it; None for a new folder or an unreadable one."""
     try:
         manifest = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(manifest, dict):
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("models"), dict) else None
+
+
+def replaced_model(previous: dict[str, Any] | None, manifest: dict[str, Any]) -> str | None:
+    """The model an export replaced (``"vit_b, RANDOM weights ..., exported 2026-..."``); None when there was
+    none, or when the new files are the same bytes (a deterministic export run again: nothing changed for runs)."""
+    if previous is None:
         return None
-    what = manifest.get("note") or manifest.get("model_type") or "a model"
-    record = manifest.get("checkpoint")
+    before = _model_sha256s(previous)
+    if before == _model_sha256s(manifest) and None not in before:
+        return None
+    what = previous.get("note") or previous.get("model_type") or "a model"
+    record = previous.get("checkpoint")
     checkpoint = record.get("path") if isinstance(record, dict) else None
-    return f"{what}{f' from {checkpoint}' if checkpoint else ''}, exported {manifest.get('created', 'earlier')}"
+    return f"{what}{f' from {checkpoint}' if checkpoint else ''}, exported {previous.get('created', 'earlier')}"
+
+
+def _model_sha256s(manifest: dict[str, Any]) -> list[Any]:
+    """The sha256 of each model's files in ``manifest``, in its order (None where an entry has none)."""
+    return [entry.get("sha256") if isinstance(entry, dict) else None for entry in manifest.get("models", {}).values()]
 
 
 def checkpoint_record(checkpoint: str | None) -> dict[str, str] | None:

@@ -116,4 +116,7 @@ def test_an_export_over_another_model_says_which_it_replaced(sam2_stand_in_repo,
                      "labelled with that model (use a new --out, or --overwrite to relabel them); export into another "
                      "folder to keep both models.")]
     assert json.loads((repo / "manifest.json").read_text())["model_family"] == "sam"
-    assert triton_repo.previous_model(tmp_path / "new") is None  # a new folder: nothing to say
+    assert triton_repo.previous_manifest(tmp_path / "new") is None  # a new folder: nothing to say
+    # The same model exported again (the same bytes): datasets labelled with it go on, nothing to say.
+    same = json.loads((repo / "manifest.json").read_text())
+    assert triton_repo.replaced_model(same, {**same, "created": "later"}) is None
