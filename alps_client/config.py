@@ -137,6 +137,13 @@ class BackendConfig:
                f"retry delays must satisfy 0 <= retry_delay_s <= retry_max_delay_s, got "
                f"{self.retry_delay_s!r} and {self.retry_max_delay_s!r}")
 
+    def describe(self) -> str:
+        """Which backend and where, for a run's log: ``triton (Triton at 10.0.0.5:8001 over grpc)``."""
+        where = ("onnxruntime in the run's process" if self.kind == "embedded" else
+                 f"Triton at {', '.join(self.triton_urls)} over {self.protocol}"
+                 f"{' with shared memory' if self.shared_memory else ''}")
+        return f"{self.kind} ({where})"
+
     def retry_delays(self) -> list[float]:
         """Seconds to wait before each retry: ``retry_delay_s`` doubling, capped at ``retry_max_delay_s``."""
         return [min(self.retry_delay_s * 2**i, self.retry_max_delay_s) for i in range(self.retries)]
@@ -324,3 +331,45 @@ class PipelineConfig:
         """The fields that change per-image results (masks, gate, PFLs); resume compares these."""
         return {"inputs": dataclasses.asdict(self.inputs), "amg": dataclasses.asdict(self.amg),
                 "gate": dataclasses.asdict(self.gate), "features": dataclasses.asdict(self.features)}
+
+
+def overlay_config(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
+    """``override`` laid over ``base``, field by field: the plain-dict form of two partial ``PipelineConfig``.
+
+    The rule: a dict in ``override`` merges into the dict at the same place in ``base``, key by key,
+    recursively; any other value (a number, a string, a list, ``None``) replaces what ``base`` holds there.
+    A key ``override`` does not name keeps ``base``'s value, so leaving a field out is not the same as setting
+    it to its default.
+    ``override=None`` (a run with ``config: null``) keeps ``base``.
+
+    Args:
+        base: the defaults, e.g. the ``config`` a deployment was registered with (``alps serve``'s backend).
+        override: what a run sets, e.g. ``{"amg": {"points_per_side": 16}}``.
+
+    Returns:
+        A new dict; neither argument is changed.
+
+    Examples:
+        >>> overlay_config({"backend": {"kind": "triton", "model_repository": "/m"}},
+        ...                {"backend": {"kind": "embedded"}, "gate": {"sigma": 0.5}})
+        {'backend': {'kind': 'embedded', 'model_repository': '/m'}, 'gate': {'sigma': 0.5}}
+    """
+    if override is None:
+        return dict(base or {})
+    merged = dict(base or {})
+    for key, value in override.items():
+        below = merged.get(key)
+        both_dicts = isinstance(value, dict) and isinstance(below, dict)
+        merged[key] = overlay_config(below, value) if both_dicts else value
+    return merged
+
+
+def set_fields(override: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the fields a partial config sets: ``["amg.points_per_side", "gate.sigma"]``."""
+    names: list[str] = []
+    for key, value in override.items():
+        if isinstance(value, dict) and value:
+            names += set_fields(value, f"{prefix}{key}.")
+        else:
+            names.append(f"{prefix}{key}")
+    return names
