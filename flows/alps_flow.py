@@ -51,6 +51,7 @@ from alps_client.runs.plan import RunPlan, plan_run, unused_input_settings, work
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
+from flows.deployment_config import deployment_run_config
 from flows.review_cli import report_link_artifact
 
 
@@ -277,6 +278,9 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     started = time.perf_counter()
     try:
         check_workers(concurrency, dask_workers)
+        config, config_note = deployment_run_config(config)
+        if config_note:
+            get_run_logger().info("%s", config_note)
         plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
         with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
@@ -298,6 +302,9 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                        plan.manifest.precision, plan.manifest.root)
     else:
         logger.info("Model: %s (%s) from %s", plan.manifest.model_type, plan.manifest.precision, plan.manifest.root)
+    # Relative to the run's process's folder (a deployment run: the `alps serve` process's), so said resolved.
+    logger.info("Backend: %s; model repository %s", config.backend.describe(),
+                Path(config.backend.model_repository).resolve())
     logger.info("%d image(s) to label, %d already labelled (will be skipped), %d rejected input(s)",
                 len(plan.items), plan.n_done, len(plan.rejected))
     if plan.n_changed:

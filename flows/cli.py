@@ -387,7 +387,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
     try:
         check_reachable(url)
-        backend = {"kind": args.kind, "model_repository": args.model_repository,
+        # Absolute: the deployment's default (shown in the UI) names the folder it means, not one relative
+        # to a process's folder that the UI does not show.
+        repository = str(Path(args.model_repository).resolve()) if args.model_repository else None
+        backend = {"kind": args.kind, "model_repository": repository,
                    "triton_urls": tuple(args.triton_urls) if args.triton_urls else None}
         config = PipelineConfig(backend=_sub(BackendConfig, backend))
     except (PrefectApiError, ValueError) as err:
@@ -395,6 +398,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _show_library_warnings()
     from flows.alps_flow import alps_flow
 
+    # A run's partial `config` is laid over this one field by field (flows/deployment_config.py), so a run
+    # that sets only `amg` keeps this backend: Prefect alone would replace the whole parameter.
     parameters: dict[str, Any] = {"config": config}
     if args.dataset:
         parameters.update(dataset=args.dataset, out=args.out)

@@ -168,6 +168,8 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
 
 
 def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_repo, prefect_server, tmp_path):
+    """A run that sets part of `config` keeps serve's backend for the rest (Prefect replaces a whole
+    parameter: it ran on ./model_repository of serve's folder); a backend field the run sets wins."""
     result = run_alps(["serve"], cli_env(tmp_path / "ph"))
     assert result.returncode == 2 and "PREFECT_API_URL" in error_lines(result.stderr)[0]
 
@@ -183,18 +185,40 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
                 return found[0]["id"] if found else None
 
             deployment_id = wait_until(deployment, "the deployment to be registered", proc=proc)
-            config = {"backend": {"model_repository": str(fake_repo)}, "amg": {"points_per_side": 8},
-                      "cluster": {"n_clusters": 4}}
-            run = api.post(f"/deployments/{deployment_id}/create_flow_run",
-                           json={"parameters": {"config": config, "progress_bar": False}}).json()
 
-            def finished():
-                state = api.get(f"/flow_runs/{run['id']}").json()["state"]
+            def start(parameters):
+                return api.post(f"/deployments/{deployment_id}/create_flow_run",
+                                json={"parameters": {"progress_bar": False, **parameters}}).json()["id"]
+
+            def finished(run_id):
+                state = api.get(f"/flow_runs/{run_id}").json()["state"]
                 return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-            state = wait_until(finished, "the deployment's flow run to finish", proc=proc)
-        assert state["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
+            partial = start({"config": {"amg": {"points_per_side": 8}, "cluster": {"n_clusters": 4}}})
+            elsewhere = tmp_path / "elsewhere"
+            explicit = start({"config": {"backend": {"model_repository": str(elsewhere)}},
+                              "out": str(tmp_path / "o2")})
+            state = wait_until(lambda: finished(partial), "the partial-config run to finish", proc=proc)
+            serve_log = (tmp_path / "serve.log").read_text()[-3000:]
+            assert state["type"] == "COMPLETED", f"{state['message']}\n{serve_log}"
+
+            def logged():  # the run's log lines in the UI, once its backend line is there
+                logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [partial]}}}).json()
+                lines = [entry["message"] for entry in logs]
+                return lines if any(line.startswith("Backend:") for line in lines) else None
+
+            lines = wait_until(logged, "the run's backend line in its logs")
+            assert ("Backend: embedded (onnxruntime in the run's process); "
+                    f"model repository {fake_repo.resolve()}") in lines
+            assert any(line.startswith("config: this run sets amg.points_per_side, cluster.n_clusters;")
+                       for line in lines)
+            explicit_state = wait_until(lambda: finished(explicit), "the other run to end", proc=proc)
+        config = json.loads((out / "manifest.json").read_text())["config"]
+        assert config["backend"]["model_repository"] == str(fake_repo.resolve())  # serve's, kept
+        assert (config["amg"]["points_per_side"], config["cluster"]["n_clusters"]) == (8, 4)  # the run's
         assert len(list((out / "ann_dir").glob("*/*.png"))) == 7
+        assert explicit_state["type"] == "FAILED"  # the run's own model_repository, over serve's
+        assert f"no model repository at '{elsewhere}'" in explicit_state["message"]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
