@@ -5,10 +5,10 @@ request, then raises). An image whose processing fails *transiently* is tried ag
 ``BackendConfig.retry_delays()``; a *permanent* failure (a request the server rejected, a bug, a full disk)
 is not retried: it fails the image at once. Transient means, by type: :class:`BackendUnavailableError` (or any
 ``AlpsError`` with ``transient = True``, such as :class:`BackendOutOfMemoryError` when onnxruntime or a server
-could not allocate), ``ConnectionError``, ``TimeoutError``, ``MemoryError`` (other work in flight may free it)
-and a lost connection to the Dask scheduler. A Dask worker that dies mid-image is handled by Dask itself (the
-image is rerun on another worker); Dask's ``KilledWorker``, raised when an image took down several workers in
-turn, is permanent.
+could not allocate), ``ConnectionError``, ``TimeoutError``, ``MemoryError`` (other work in flight may free it),
+a lost connection to the Dask scheduler, and a Dask future cancelled under the image (the scheduler lost, or
+restarted by its user). A Dask worker that dies mid-image is handled by Dask itself (the image is rerun on
+another worker); an image that took down several workers in turn (Dask's ``KilledWorker``) is permanent.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ TRANSIENT_TYPES: tuple[type[BaseException], ...] = (ConnectionError, TimeoutErro
 
 def _dask_transient() -> tuple[type[BaseException], ...]:
     try:
+        from distributed.client import FutureCancelledError
         from distributed.comm.core import CommClosedError
     except ImportError:  # Dask is optional
         return ()
-    return (CommClosedError,)
+    # FutureCancelledError: the run's own cancellations (a stopped run) are told apart by the caller, which
+    # checks whether the labeller was closed before it retries.
+    return (CommClosedError, FutureCancelledError)
 
 
 def is_transient(err: BaseException) -> bool:

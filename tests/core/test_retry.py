@@ -1,6 +1,10 @@
-"""The run's retry layer: which failures stop a run from starting more images."""
+"""The run's retry layer: which failures are retried, which stop a run from starting more images."""
 
-from alps_client.runs.retry import FailureStreak
+import threading
+
+import pytest
+
+from alps_client.runs.retry import FailureStreak, call_with_retries
 
 
 def test_a_failure_streak_trips_at_its_limit_and_anything_but_a_failure_ends_it():
@@ -34,3 +38,33 @@ def test_a_failure_streak_of_limit_zero_never_trips():
     for _ in range(1000):
         streak.record("failed", "x")
     assert not streak.tripped
+
+
+_RELEASE = threading.Event()  # module level: a Dask task is pickled, a module's function by reference
+
+
+def _wait_for_release() -> bool:
+    return _RELEASE.wait(60)
+
+
+def test_a_dask_future_cancelled_under_an_image_is_tried_again():
+    """A scheduler lost or restarted by its user cancels the futures in flight: that says nothing about the image,
+    which failed for good with a ``FutureCancelledError`` line."""
+    distributed = pytest.importorskip("distributed")
+    tries: list[str] = []
+    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c, \
+            distributed.Client(c) as client:
+
+        def one_try() -> str:
+            future = client.submit(_wait_for_release, pure=False)
+            tries.append(future.key)
+            if len(tries) == 1:  # the first try's future is cancelled under it, as a restart does
+                client.cancel(future, reason="restarted by its user")
+            else:
+                _RELEASE.set()
+            return "labelled" if future.result() else "timed out"
+
+        retried: list[str] = []
+        result = call_with_retries(one_try, [0.0], lambda n, delay, err: retried.append(type(err).__name__),
+                                   sleep=lambda s: None)
+    assert result == "labelled" and retried == ["FutureCancelledError"] and len(tries) == 2
