@@ -8,6 +8,7 @@ they act before each image is encoded and raise what the real backends raise. Co
      "transient": 2,                      # the first 2 encodes of all processes raise BackendUnavailableError
      "permanent_shapes": [[97, 128]],     # images of this (H, W) raise BackendRequestError, every time
      "unexpected_shapes": [[98, 128]],    # ... raise RuntimeError() with no message (a bug, in effect)
+     "crash_shapes": [[99, 128]],         # ... kill their process with SIGKILL (as the kernel's OOM killer does)
      "pause_after": 2,                    # encodes after the first 2 wait for the file <dir>/release ...
      "pause_timeout_s": 600}              # ... announcing themselves as <dir>/waiting-<n>-<pid>
 
@@ -18,6 +19,7 @@ one without, so a test can rerun without them and resume.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,10 @@ class FaultInjector:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.permanent = {tuple(s) for s in faults.get("permanent_shapes", [])}
         self.unexpected = {tuple(s) for s in faults.get("unexpected_shapes", [])}
+        self.crash = {tuple(s) for s in faults.get("crash_shapes", [])}
 
     def before_encode(self, shape: tuple[int, int]) -> None:
-        """Raise, wait or do nothing for the next image of ``(H, W)`` pixels.
+        """Raise, wait, end this process or do nothing for the next image of ``(H, W)`` pixels.
 
         Raises:
             BackendRequestError: For an image shape listed as permanent.
@@ -64,6 +67,8 @@ class FaultInjector:
             raise BackendRequestError(f"fake backend rejects images of {shape[0]}x{shape[1]} pixels (injected fault)")
         if shape in self.unexpected:
             raise RuntimeError()
+        if shape in self.crash:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.folder is None:
             return
         times = int(self.faults.get("transient", 0))

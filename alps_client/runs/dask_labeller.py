@@ -2,17 +2,23 @@
 
 Each worker builds the backend once per run, in a worker plugin registered for the run and removed at its end
 (which closes the backend). The flow process submits one item at a time and waits for its small result; a worker
-that dies mid-item is replaced by Dask, which reruns the item elsewhere.
+that dies mid-item is replaced by Dask, which reruns the item elsewhere; an item that took down
+``distributed.scheduler.allowed-failures`` + 1 workers in turn (3 + 1 by default) fails, as the run's own error.
+
+How long the run waits for a scheduler is Dask's ``distributed.comm.timeouts.connect`` (30 s unless set, e.g.
+``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s`` for a scheduler across a slow link).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from alps_client._imports import lazy_import
@@ -23,6 +29,7 @@ from alps_client.io.items import InputItem
 from alps_client.runs.work import ImageOutcome, LabelJob, label_item
 
 distributed = lazy_import("distributed")
+dask = lazy_import("dask")
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "alps-backend"
@@ -101,16 +108,7 @@ class DaskLabeller:
         if job.config.backend.kind == "triton":  # an unreachable server fails the run now, not image by image
             make_backend(job.config.backend).close()
         if address:
-            try:
-                self._client = distributed.Client(address, timeout="30s")
-            except (OSError, TimeoutError) as err:
-                raise BackendUnavailableError(
-                    f"the Dask scheduler at {address} is not reachable ({type(err).__name__}); start it "
-                    "(`dask scheduler --host <private address>`) or drop --dask-address"
-                ) from err
-            except (ValueError, MemoryError) as err:  # not an address, or another service answering there
-                raise AlpsError(f"--dask-address {address}: not a Dask scheduler's address ({type(err).__name__}: "
-                                f"{str(err)[:120]}); give the scheduler's tcp://HOST:PORT (8786 by default)") from err
+            self._client = _connect(address)
         else:
             # The run reports each image's failure and retries itself; Dask's own INFO and "Compute Failed" lines
             # would repeat them on the console: silence_logs for the workers' processes, and in this one (the
@@ -132,10 +130,22 @@ class DaskLabeller:
         self.slots = max(1, sum(self._client.nthreads().values()))
 
     def label(self, item: InputItem) -> ImageOutcome:
-        """Label ``item`` on some worker and wait for its small result."""
+        """Label ``item`` on some worker and wait for its small result.
+
+        Raises:
+            AlpsError: If the item took down several workers in turn (Dask's ``KilledWorker``): said in one line
+                that names neither Dask's task key nor a worker's address, which differ at each run.
+        """
         future = self._client.submit(label_on_worker, item, self.job, key=f"label-{item.stem}-{uuid.uuid4().hex[:8]}",
                                      pure=False)
-        return future.result()
+        try:
+            return future.result()
+        except distributed.KilledWorker as err:
+            raise AlpsError(
+                f"{err.allowed_failures + 1} Dask workers died in turn labelling it, most often out of memory (a "
+                "nanny restarts its worker past 95% of the worker's memory limit, the kernel kills a process past "
+                "the machine's): see the workers' logs, give each worker more memory (`dask worker --memory-limit`, "
+                "fewer --dask-workers) or split the image, then run again") from err
 
     def close(self) -> None:
         """Remove the plugin (closing the workers' backends), then the client and a cluster started here."""
@@ -150,3 +160,40 @@ class DaskLabeller:
                 self._cluster.close()
             if self._dask_log_level is not None:
                 logging.getLogger("distributed").setLevel(self._dask_log_level)
+
+
+def _connect(address: str) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``address``, or one line saying why not.
+
+    Dask's own connect waits for the other side's handshake without a limit: at a port that is not a Dask
+    scheduler's (the dashboard's HTTP port, 8787) ``Client(address)`` hung forever. The handshake is tried
+    first, within the connect timeout.
+
+    Raises:
+        BackendUnavailableError: If nothing answers at ``address``.
+        AlpsError: If what answers is not a Dask scheduler, or ``address`` is not an address.
+    """
+    timeout_s = float(dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
+
+    waited_s = timeout_s + 5  # past Dask's own connect timeout, so that only a handshake never come ends here
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(distributed.comm.connect(address, timeout=timeout_s), waited_s)
+        await comm.close()
+
+    not_dask = (f"--dask-address {address}: not a Dask scheduler's address ({{}}); give the scheduler's "
+                "tcp://HOST:PORT (8786 by default; 8787 is its dashboard's)")
+    try:
+        try:
+            with ThreadPoolExecutor(1) as thread:  # a loop of its own, whatever runs in the caller's thread
+                thread.submit(asyncio.run, handshake()).result()
+        except TimeoutError as err:  # Dask's connect raises OSError: this is the handshake that never came
+            raise AlpsError(not_dask.format(f"something answers there, but not as a Dask scheduler within "
+                                            f"{waited_s:.0f} s")) from err
+        return distributed.Client(address, timeout=timeout_s)
+    except OSError as err:
+        raise BackendUnavailableError(
+            f"the Dask scheduler at {address} is not reachable ({type(err).__name__}); start it "
+            "(`dask scheduler --host <private address>`) or drop --dask-address") from err
+    except (ValueError, MemoryError) as err:  # not an address, or another service's bytes read as a message size
+        raise AlpsError(not_dask.format(f"{type(err).__name__}: {str(err)[:120]}")) from err

@@ -3,11 +3,14 @@ servers (load shared; one killed mid-run, logged once)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
-from contextlib import suppress
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 import psutil
 import pytest
@@ -18,7 +21,8 @@ from alps_client.backends.triton import TritonBackend
 from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
-from tests.runs import SMALL, cli_env, gone, labels, run_processes, start_alps, wait_until
+from tests.conftest import ODD_SHAPE
+from tests.runs import SMALL, cli_env, error_lines, gone, labels, run_alps, run_processes, start_alps, wait_until
 from tests.shapes import make_shapes_image
 from tests.triton.server import start_triton
 
@@ -140,9 +144,18 @@ def test_a_users_dask_cluster_in_another_folder_gets_absolute_paths_and_a_bad_ad
         assert not list(elsewhere.rglob("*.npz"))  # nothing written where the workers were started
         bad = run_alps(["run", fault_data, "--out", tmp_path / "out2", "--model-repository", fake_repo, *SMALL,
                         "--dask-address", "http://127.0.0.1:8786"], env)
-        errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("alps: error:")]
+        errors = error_lines(bad.stderr)
         assert bad.returncode == 2 and len(errors) == 1 and "--dask-address http://127.0.0.1:8786: not a Dask " \
             "scheduler's address" in errors[0], bad.stderr[-3000:]
+        # An HTTP port given as the scheduler's (the dashboard's): Dask's connect waited for a handshake forever.
+        with http_server() as web_port:
+            web = run_alps(["run", fault_data, "--out", tmp_path / "out3", "--model-repository", fake_repo, *SMALL,
+                            "--dask-address", f"tcp://127.0.0.1:{web_port}"],
+                           {**env, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}, timeout=120)
+        errors = error_lines(web.stderr)
+        assert web.returncode == 2 and len(errors) == 1 and "not a Dask scheduler's address (something answers " \
+            "there, but not as a Dask scheduler" in errors[0], web.stderr[-3000:]
+        assert not (tmp_path / "out3" / ".alps" / "shards").exists()
     finally:  # SIGTERM: a nanny killed with SIGKILL leaves its worker's semaphores in /dev/shm
         for proc in (worker, scheduler):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -151,3 +164,45 @@ def test_a_users_dask_cluster_in_another_folder_gets_absolute_paths_and_a_bad_ad
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@contextmanager
+def http_server() -> Iterator[int]:
+    """A plain HTTP server on a free local port, serving in a thread: a port that is not a Dask scheduler's."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_image_that_kills_the_dask_workers_fails_in_one_line_and_a_rerun_labels_it(
+        fault_data, fault_reference, fake_repo, prefect_server, tmp_path):
+    """An image that took down worker after worker (out of memory, in effect) failed with Dask's KilledWorker text,
+    which names a task key and a worker address new at each run; the other images are kept, the run is not done."""
+    pytest.importorskip("distributed")
+    crashing = write_fake_repository(tmp_path / "crashing", faults={"crash_shapes": [ODD_SHAPE]})
+    out = tmp_path / "out"
+    args = ["run", fault_data, "--out", out, *SMALL, "--dask-workers", "2"]
+    # One worker death allowed per image (Dask's default is three): two die on the odd image, not four.
+    env = {**cli_env(tmp_path / "ph", prefect_server), "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+    failed = run_alps([*args, "--model-repository", crashing], env)
+    assert failed.returncode == 3, failed.stderr[-3000:]
+    (line,) = error_lines(failed.stderr)
+    assert "1 of 7 image(s) not labelled: 2 Dask workers died in turn labelling it, most often out of memory" in line
+    assert "label-" not in line and "tcp://" not in line and "KilledWorker" not in failed.stderr + failed.stdout
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert [m["stem"] for m in last["missing"]] == ["odd"] and last["errors"] == []  # not called a bad input
+    # A worker killed right after its last image may not have sent that image's result: rerun elsewhere, it finds
+    # its shard already written (skipped).
+    assert sorted(last["labelled"] + last["skipped"]) == [f"scene_{i:04d}" for i in range(6)]
+    assert not (out / "manifest.json").exists()
+
+    again = run_alps([*args, "--model-repository", fake_repo], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    last = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert last["labelled"] == ["odd"] and len(last["skipped"]) == 6
+    assert labels(out) == labels(fault_reference)
