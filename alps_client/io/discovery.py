@@ -11,6 +11,11 @@ its name.
 An alps output written inside the dataset (``--out DATASET/labels``) holds images too: copies of the inputs, label
 maps, previews. Folders below the dataset that hold an alps work folder (``.alps``), and the run's own output
 folder, are left out, so a second run does not label the first one's outputs.
+
+Images in a format alps does not read but users bring (GIF, DICOM, NRRD, MetaImage, whole-slide images:
+:data:`NOT_READ_FORMATS`) are rejected inputs, each named with the way to a format it reads; among readable
+images they were passed over without a word. Other files (sidecars: ``.txt``, ``.json``, ``.xml``...) are not
+inputs.
 """
 
 from __future__ import annotations
@@ -90,11 +95,42 @@ def bounded_stem(stem: str) -> str:
     return f"{digest}_{tail.lstrip('_')}"
 
 
+# Formats users bring that alps does not read, and the way to one it does.
+NOT_READ_FORMATS = {
+    ".dcm": "DICOM is not read: convert each series to a NIfTI volume (dcm2niix -z y -o DIR SERIES) and label those",
+    ".gif": "GIF is not read: convert to PNG",
+    ".nrrd": "NRRD is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
+    ".mha": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
+    ".svs": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
+    ".ndpi": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
+}
+
+
+def not_read_format(path: Path) -> str | None:
+    """The key of :data:`NOT_READ_FORMATS` that ``path`` is (``".gif"``), or None.
+
+    A file without an extension is DICOM when it says so (scanners write ``IM0001``...): ``DICM`` after its
+    128-byte preamble.
+    """
+    suffix = path.suffix.lower()
+    if suffix in NOT_READ_FORMATS:
+        return suffix
+    if suffix or path.name.startswith("."):
+        return None
+    try:
+        with path.open("rb") as f:
+            return ".dcm" if f.read(132)[128:] == b"DICM" else None
+    except OSError:  # a folder, or unreadable: not an image of another format
+        return None
+
+
 def list_input_files(root: Path, out: str | Path | None = None,
-                     on_left_out: Callable[[Path], None] | None = None) -> list[Path]:
+                     on_left_out: Callable[[Path], None] | None = None,
+                     on_not_read: Callable[[Path, str], None] | None = None) -> list[Path]:
     """Supported files under ``root`` (or ``root`` itself), sorted; symlinks followed, loops skipped.
 
     Folders below ``root`` holding an alps output, and ``out``, are left out (each passed to ``on_left_out``).
+    Files of a format alps does not read are passed to ``on_not_read`` with their :data:`NOT_READ_FORMATS` key.
     """
     if root.is_file():
         return [root]
@@ -116,8 +152,12 @@ def list_input_files(root: Path, out: str | Path | None = None,
                 kept.append(d)
         dirnames[:] = kept
         for name in filenames:
-            if not name.startswith(".") and extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
+            if name.startswith("."):
+                continue
+            if extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
                 found.append(Path(dirpath) / name)
+            elif on_not_read is not None and (fmt := not_read_format(Path(dirpath) / name)) is not None:
+                on_not_read(Path(dirpath) / name, fmt)
     return sorted(found, key=lambda p: str(p.relative_to(root)))
 
 
@@ -127,6 +167,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     """Items to label under ``root`` and the files rejected on the way (headers only are read).
 
     ``out`` (the run's output folder) and alps outputs below ``root`` are left out: see :func:`list_input_files`.
+    Files of a format alps does not read are rejected, each with the way to one it reads.
     ``on_pages`` is told of each TIFF with several pages and each NIfTI file with several volumes (its path,
     :func:`printable`, and their count): only the first page or volume is labelled.
 
@@ -141,7 +182,12 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     items: list[InputItem] = []
     errors: list[InputError] = []
     taken: set[str] = set()  # output names given so far (stems, tiles' and slices' too), as _name_key has them
-    for path in list_input_files(root, out, on_left_out):
+    not_read: list[InputError] = []
+
+    def reject_format(path: Path, fmt: str) -> None:
+        not_read.append(InputError(str(path.absolute()), NOT_READ_FORMATS[fmt]))
+
+    for path in list_input_files(root, out, on_left_out, reject_format):
         relative = path.relative_to(base)
         split, stem = split_and_stem(relative)
         source = str(path.absolute())
@@ -153,7 +199,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
             continue
         stem = _unique_stem(stem, relative, [suffix for suffix, _ in parts], taken)
         items += [replace(part, source=source, stem=stem + suffix, scene=stem, split=split) for suffix, part in parts]
-    return items, errors
+    return items, sorted(errors + not_read, key=lambda e: e.path)
 
 
 def _name_key(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any, NamedTuple
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
-from alps_client.io.discovery import WORK_DIR, discover_inputs, list_input_files
+from alps_client.io.discovery import NOT_READ_FORMATS, WORK_DIR, discover_inputs, list_input_files, not_read_format
 from alps_client.io.items import (
     IMAGE_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -142,39 +143,16 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     return lines
 
 
-# Formats users bring that alps does not read, and the way to one it does.
-CONVERSIONS = {
-    ".dcm": "DICOM is not read: convert each series to a NIfTI volume (dcm2niix -z y -o DIR SERIES) and label those",
-    ".gif": "GIF is not read: convert to PNG",
-    ".nrrd": "NRRD is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
-    ".mha": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
-    ".svs": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
-    ".ndpi": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
-}
-
-
 def _other_formats(root: Path, limit: int = 10_000) -> str:
-    """``; found N .dcm file(s): <what to do>`` for the most common format in CONVERSIONS under ``root``, or ""."""
+    """``; found N .dcm file(s): <what to do>`` for the most common format alps does not read under ``root``, or ""."""
     counts: dict[str, int] = {}
-    for i, path in enumerate(root.rglob("*") if root.is_dir() else [root]):
-        if i >= limit:
-            break
-        suffix = ".dcm" if not path.suffix and _is_dicom(path) else path.suffix.lower()
-        if suffix in CONVERSIONS:
-            counts[suffix] = counts.get(suffix, 0) + 1
+    for path in itertools.islice(root.rglob("*") if root.is_dir() else [root], limit):
+        if (fmt := not_read_format(path)) is not None:
+            counts[fmt] = counts.get(fmt, 0) + 1
     if not counts:
         return ""
-    suffix, count = max(counts.items(), key=lambda kv: kv[1])
-    return f"; found {count} {suffix} file(s): {CONVERSIONS[suffix]}"
-
-
-def _is_dicom(path: Path) -> bool:
-    """A DICOM file without an extension (scanners write IM0001...): ``DICM`` after its 128-byte preamble."""
-    try:
-        with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:  # a folder, or unreadable: not counted
-        return False
+    fmt, count = max(counts.items(), key=lambda kv: kv[1])
+    return f"; found {count} {fmt} file(s): {NOT_READ_FORMATS[fmt]}"
 
 
 class ItemState(NamedTuple):

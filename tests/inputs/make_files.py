@@ -93,6 +93,16 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["empty.png"] = "zero-byte file"
     (root / "notes.jpg").write_text("this is text, not a JPEG\n")
     expect["notes.jpg"] = "not an image"
+    # Formats alps does not read, among images it reads: they were passed over without a word.
+    frames = [Image.fromarray(scene(k)).convert("P") for k in (18, 19)]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
+    expect["animated.gif"] = "GIF is not read: convert to PNG"
+    (root / "series").mkdir()
+    (root / "series" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\2\0")  # as scanners write it: no extension
+    expect["series/IM0001"] = "DICOM is not read: convert each series to a NIfTI volume"
+    # Sidecar files are not inputs (see test_discovery_and_reading_of_every_case).
+    (root / "series" / "README").write_text("acquisition notes\n")
+    (root / "metadata.xml").write_text("<product/>\n")
     return expect
 
 

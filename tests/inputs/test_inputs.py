@@ -39,6 +39,7 @@ def test_discovery_and_reading_of_every_case(odd):
     for item in items:
         by_source.setdefault(item.source, []).append(item)
     rejected = {e.path: e.reason for e in errors}
+    assert not {printable(str(root / n)) for n in ("metadata.xml", "series/README")} & set(rejected)  # sidecars
     for name, expectation in expect.items():
         path = str(root / name)
         if expectation == "ok":
