@@ -338,7 +338,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     label_seconds = time.perf_counter() - started
     by_status: dict[str, list[ImageOutcome]] = {s: [] for s in ("labelled", "skipped", "rejected", "failed")}
     for o in sorted(outcomes, key=lambda o: o.stem):
-        by_status[o.status].append(o)
+        # "skipped" says its shard was current when the image's last try began. One not done when the run began
+        # was labelled by this run: by an earlier try whose result was lost with its Dask worker.
+        status = "labelled" if o.status == "skipped" and o.stem not in plan.done else o.status
+        by_status[status].append(o)
     done = by_status["labelled"] + by_status["skipped"]
     done.sort(key=lambda o: o.stem)
     failed = by_status["failed"]

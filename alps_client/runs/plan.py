@@ -49,7 +49,7 @@ class RunPlan:
         fingerprint: shard fingerprint of the model and the labelling configuration.
         items: the images (tiles, slices) to label, in discovery order.
         rejected: inputs rejected at discovery (unreadable, not images...).
-        n_done: items whose shard is already current (a rerun skips them).
+        done: stems of the items whose shard is already current (a rerun skips them).
         left_out: folders inside the dataset holding alps outputs (this run's ``out`` among them), not searched.
         n_changed: items with a shard of this model and configuration whose input file changed since (labelled
             again).
@@ -65,11 +65,16 @@ class RunPlan:
     fingerprint: str
     items: list[InputItem]
     rejected: list[InputError]
-    n_done: int
+    done: frozenset[str]
     left_out: tuple[str, ...] = ()
     n_changed: int = 0
     multipage: tuple[tuple[str, int], ...] = ()
     n_damaged: int = 0
+
+    @property
+    def n_done(self) -> int:
+        """How many items are already labelled."""
+        return len(self.done)
 
 
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
@@ -181,22 +186,24 @@ def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState
 
 
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str,
-                          overwrite: bool) -> tuple[int, int, int]:
-    """Count finished, changed and damaged items; refuse stale shards unless ``overwrite``.
+                          overwrite: bool) -> tuple[frozenset[str], int, int]:
+    """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
 
     Stale: made with another model or labelling configuration.
 
     Returns:
-        ``(done, changed, damaged)``: items a rerun skips, and items it labels again because their file changed or
-        their shard cannot be read whole.
+        ``(done, changed, damaged)``: the stems of the items a rerun skips, and how many it labels again because
+        their file changed or their shard cannot be read whole.
 
     Raises:
         ConfigMismatchError: If ``out`` holds shards of another model/configuration and not ``overwrite``.
     """
-    done = changed = stale = damaged = 0
+    done: set[str] = set()
+    changed = stale = damaged = 0
     for item in items:
         status = item_status(out, item, fingerprint).status
-        done += status == "current"
+        if status == "current":
+            done.add(item.stem)
         changed += status == "changed"
         stale += status == "stale"
         damaged += status == "damaged"
@@ -205,7 +212,7 @@ def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: 
             f"{out} holds {stale} image(s) labelled with another model or labelling configuration; "
             "use a new --out, or --overwrite to relabel them"
         )
-    return done, changed, damaged
+    return frozenset(done), changed, damaged
 
 
 def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overwrite: bool = False) -> RunPlan:
@@ -227,6 +234,6 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
-    n_done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, overwrite)
-    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, n_done,
+    done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, overwrite)
+    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done,
                    tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged)
