@@ -13,6 +13,7 @@ another worker); an image that took down several workers in turn (Dask's ``Kille
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -22,15 +23,18 @@ T = TypeVar("T")
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, MemoryError)
 
 
-def _dask_transient() -> tuple[type[BaseException], ...]:
+def _dask_transient() -> dict[str, type[BaseException]]:
+    """Dask's transient failures by name (none where Dask is not loaded: no Dask error can have been raised)."""
+    if "distributed" not in sys.modules:
+        return {}
     try:
         from distributed.client import FutureCancelledError
         from distributed.comm.core import CommClosedError
-    except ImportError:  # Dask is optional
-        return ()
+    except ImportError:
+        return {}
     # FutureCancelledError: the run's own cancellations (a stopped run) are told apart by the caller, which
     # checks whether the labeller was closed before it retries.
-    return (CommClosedError, FutureCancelledError)
+    return {"connection lost": CommClosedError, "cancelled": FutureCancelledError}
 
 
 def is_transient(err: BaseException) -> bool:
@@ -38,7 +42,7 @@ def is_transient(err: BaseException) -> bool:
     flag = getattr(err, "transient", None)
     if isinstance(flag, bool):
         return flag
-    return isinstance(err, TRANSIENT_TYPES + _dask_transient())
+    return isinstance(err, TRANSIENT_TYPES + tuple(_dask_transient().values()))
 
 
 def describe(err: BaseException) -> str:
@@ -52,6 +56,9 @@ def describe(err: BaseException) -> str:
     """
     from alps_client.errors import AlpsError
 
+    cancelled = _dask_transient().get("cancelled")
+    if cancelled is not None and isinstance(err, cancelled):  # its text leads with Dask's task key, new at each try
+        return f"Dask cancelled it ({getattr(err, 'reason', 'unknown')})"
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     if not lines:
         return type(err).__name__

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from alps_client.runs.retry import FailureStreak, call_with_retries
+from alps_client.runs.retry import FailureStreak, call_with_retries, describe
 
 
 def test_a_failure_streak_trips_at_its_limit_and_anything_but_a_failure_ends_it():
@@ -65,6 +65,6 @@ def test_a_dask_future_cancelled_under_an_image_is_tried_again():
             return "labelled" if future.result() else "timed out"
 
         retried: list[str] = []
-        result = call_with_retries(one_try, [0.0], lambda n, delay, err: retried.append(type(err).__name__),
+        result = call_with_retries(one_try, [0.0], lambda n, delay, err: retried.append(describe(err)),
                                    sleep=lambda s: None)
-    assert result == "labelled" and retried == ["FutureCancelledError"] and len(tries) == 2
+    assert result == "labelled" and retried == ["Dask cancelled it (restarted by its user)"] and len(tries) == 2
