@@ -133,7 +133,11 @@ def list_input_files(root: Path, out: str | Path | None = None,
     Files of a format alps does not read are passed to ``on_not_read`` with their :data:`NOT_READ_FORMATS` key.
     """
     if root.is_file():
-        return [root]
+        if (fmt := not_read_format(root)) is None:
+            return [root]
+        if on_not_read is not None:
+            on_not_read(root, fmt)
+        return []
     found, seen = [], set()
     out_real = os.path.realpath(out) if out is not None else None
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):

@@ -28,6 +28,7 @@ def free_port() -> int:
         (["{tmp}/absent"], "does not exist"),
         (["{tmp}/empty"], "no readable images"),
         (["{tmp}/dicom"], "found 2 .dcm file(s): DICOM is not read: convert each series to a NIfTI volume"),
+        (["{tmp}/dicom/series/IM0002.dcm"], "found 1 .dcm file(s): DICOM is not read"),  # one file given: same
         (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
