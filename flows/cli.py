@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import faulthandler
 import logging
 import os
 import signal
@@ -59,29 +58,8 @@ class Terminated(BaseException):
         self.code = EXIT_HUNG_UP if signum == signal.SIGHUP else EXIT_TERMINATED
 
 
-# How long a run stopped by SIGTERM or SIGHUP may take to record its end (its flow run crashed on the API, its
-# labeller released: a few seconds) before the process ends all the same. A stop is the user's or the scheduler's
-# word; a cleanup that hangs must not keep the process for ever.
-STOP_GRACE_S = 30.0
-
-
-def watch_the_stop(code: int, message: str, grace_s: float = STOP_GRACE_S) -> threading.Timer:
-    """End the process with ``code`` if it has not ended ``grace_s`` seconds from now.
-
-    It then prints where each thread was (so that what held the stop can be told) and ``message`` as the error.
-    """
-
-    def expire() -> None:
-        print(f"alps: the run did not end within {grace_s:g} s of the stop; where each thread was:",
-              file=sys.stderr)
-        sys.stderr.flush()
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        _exit_now(_fail(message, code))
-
-    timer = threading.Timer(grace_s, expire)
-    timer.daemon = True
-    timer.start()
-    return timer
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
 
 
 STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)",
@@ -346,19 +324,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
     # signal on to this one. SIGHUP (an SSH session that dropped) ended the process at once, leaving the run
     # "Running" on a user's own Prefect API for ever: it stops the run like SIGTERM.
-    def stop(signum: int, frame: object) -> None:
-        stopped = Terminated(signum)
-        watch_the_stop(stopped.code, f"{STOP_WORDS[stopped.code]}; the finished images are kept in "
-                       f"{Path(args.out) / '.alps'} (the run's record on the Prefect API may still say Running): "
-                       "run the same command again to resume")
-        raise stopped
-
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGTERM, _raise_terminated)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
-            signal.signal(signal.SIGHUP, stop)
-        # `kill -USR1 PID` prints where each thread of a run that seems stuck is, for a bug report.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+            signal.signal(signal.SIGHUP, _raise_terminated)
     try:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
