@@ -174,7 +174,6 @@ def _connect(address: str) -> Any:
         AlpsError: If what answers is not a Dask scheduler, or ``address`` is not an address.
     """
     timeout_s = float(dask.utils.parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), "s"))
-
     waited_s = timeout_s + 5  # past Dask's own connect timeout, so that only a handshake never come ends here
 
     async def handshake() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any, NamedTuple
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
-from alps_client.io.discovery import NOT_READ_FORMATS, WORK_DIR, discover_inputs, list_input_files, not_read_format
+from alps_client.io.discovery import NOT_READ_FORMATS, WORK_DIR, discover_inputs, list_input_files
 from alps_client.io.items import (
     IMAGE_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -96,10 +95,15 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
                         "vis/, report/) would be taken for images to label by the next run; give another --out (a "
                         "folder inside the dataset is fine: runs leave it out)")
     left_out: list[Path] = []
-    if not list_input_files(root, out, left_out.append):
+    not_read: dict[str, int] = {}  # files of formats alps does not read, by format, found by the same walk
+
+    def count_not_read(path: Path, fmt: str) -> None:
+        not_read[fmt] = not_read.get(fmt, 0) + 1
+
+    if not list_input_files(root, out, left_out.append, count_not_read):
         outputs = f"; left out {len(left_out)} folder(s) holding alps outputs, e.g. {left_out[0]}" if left_out else ""
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs})"
-                            f"{_other_formats(root)}")
+                            f"{_most_common_format(not_read)}")
     manifest = load_manifest(config.backend.model_repository)
     check_model_files(manifest)  # before its sha256s decide which shards are current
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
@@ -148,12 +152,8 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     return lines
 
 
-def _other_formats(root: Path, limit: int = 10_000) -> str:
-    """``; found N .dcm file(s): <what to do>`` for the most common format alps does not read under ``root``, or ""."""
-    counts: dict[str, int] = {}
-    for path in itertools.islice(root.rglob("*") if root.is_dir() else [root], limit):
-        if (fmt := not_read_format(path)) is not None:
-            counts[fmt] = counts.get(fmt, 0) + 1
+def _most_common_format(counts: dict[str, int]) -> str:
+    """``; found N .dcm file(s): <what to do>`` for the most common format in ``counts``, or ""."""
     if not counts:
         return ""
     fmt, count = max(counts.items(), key=lambda kv: kv[1])
