@@ -24,6 +24,10 @@ Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as 
 Colour-coded ground truth (an RGB colour per class: ISPRS Potsdam and Vaihingen, DeepGlobe) counts every colour
 as a class (:class:`ColourIds`); ``ignore_index`` may name one as ``#rrggbb``.
 
+A ground-truth classes file (``gt_classes``, :mod:`alps_client.gt_classes`) names the classes and declares them
+all: a value it does not declare is refused (naming the file), colour-coded classes take its ids, and with
+``colour_tolerance`` a noisy colour takes the class of the declared colour it is near.
+
 Pixels a single-band GeoTIFF declares nodata (ESA WorldCover's 0) are left out of every figure (no class, no
 miss), whatever ``ignore_index`` says; ``ground_truth_nodata`` lists the values.
 
@@ -49,6 +53,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from alps_client.errors import AlpsError
+from alps_client.gt_classes import GroundTruthClasses, hex_colour, parse_ground_truth_classes
 from alps_client.io import atomic
 from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, counted, extension_of
 from alps_client.labels.painting import IGNORE
@@ -57,6 +62,8 @@ Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # pseudo-label ids 0..255; 255 = no label
 GT_EXTENSIONS = (".png", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
 # Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
+# A colour of less than this share of the ground-truth pixels may be noise (JPEG, resampling), not a class.
+RARE_SHARE = 0.001
 _PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
 
@@ -84,6 +91,12 @@ class EvalReport:
     ground_truth_ignored: list[int] = field(default_factory=lambda: [IGNORE])
     ground_truth_colours: dict[int, str] = field(default_factory=dict)  # colour-coded ground truth: id -> #rrggbb
     ground_truth_nodata: list[float | str] = field(default_factory=list)  # GeoTIFFs' nodata ("NaN"): left out
+    ground_truth_names: dict[int, str] = field(default_factory=dict)  # --gt-classes: id -> name
+    ground_truth_classes_file: str | None = None
+    classes_absent_from_ground_truth: list[int] = field(default_factory=list)  # declared, no pixel: not scored
+    ground_truth_colour_tolerance: int = 0
+    ground_truth_rare_colours: int = 0  # undeclared colour-coded ground truth: colours of < 0.1 % of the pixels
+    ground_truth_pixels_snapped: int = 0  # undeclared colours within the tolerance, given the nearest's class
 
 
 @dataclass(frozen=True)
@@ -210,32 +223,92 @@ def scores(conf: Confusion, mapping: dict[int, int], matching: str = "") -> Eval
 class ColourIds:
     """Class ids for colour-coded ground truth (ISPRS Potsdam and Vaihingen, DeepGlobe: one RGB colour per class).
 
-    A colour gets the next id (0, 1, ...) when first seen; ground-truth files are read in name order, so a dataset
-    gets the same ids on every run. At most 255 colours, which tells a photograph given as ground truth from a
-    label map. Whether RGB ground truth is colour-coded is decided over the whole dataset (:meth:`resolve`): class
-    ids saved as grey RGB images have equal channels everywhere, while one colour-coded tile may hold only white
-    (Potsdam's impervious surfaces).
+    Without declared classes, a colour gets the next id (0, 1, ...) when first seen; ground-truth files are read in
+    name order, so a dataset gets the same ids on every run. At most 255 colours, which tells a photograph given as
+    ground truth from a label map. Whether RGB ground truth is colour-coded is decided over the whole dataset
+    (:meth:`resolve`): class ids saved as grey RGB images have equal channels everywhere, while one colour-coded
+    tile may hold only white (Potsdam's impervious surfaces).
+
+    With declared classes (``--gt-classes`` with colours), the ids are the file's, every colour is one of them (or
+    the ignored one), and a colour within ``tolerance`` of one in every channel takes its class (compression noise:
+    DeepGlobe's masks are to be binarised at 128); any other colour is refused, naming the file.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, declared: GroundTruthClasses | None = None, tolerance: int = 0,
+                 ignored: int | None = None) -> None:
         self.ids: dict[int, int] = {}  # 0xRRGGBB -> class id
+        self.declared = declared if declared is not None and declared.colours else None
+        self.tolerance = tolerance
+        self.snapped_pixels = 0
+        self._snapped: dict[int, int] = {}  # an undeclared colour within the tolerance -> its class id
+        if self.declared is not None:
+            self.ids = {colour: k for k, colour in self.declared.colours.items()}
+            if ignored is not None and ignored not in self.ids:  # ignored, so it needs no name
+                self.ids[ignored] = len(self.ids)
+            self._check_tolerance()
+
+    def _check_tolerance(self) -> None:
+        """Refuse a tolerance under which a colour could be near two declared ones."""
+        palette = list(self.ids)
+        pairs = [(_channel_distance(a, b), a, b) for i, a in enumerate(palette) for b in palette[i + 1:]]
+        if pairs and self.tolerance * 2 >= min(pairs)[0]:
+            distance, a, b = min(pairs)
+            raise AlpsError(f"--gt-colour-tolerance {self.tolerance}: {hex_colour(a)} and {hex_colour(b)} are "
+                            f"{distance} apart in a channel, so a colour could be within {self.tolerance} of both; "
+                            f"give at most {(distance - 1) // 2}")
 
     def __call__(self, rgb: npt.NDArray[np.uint8], path: Path) -> npt.NDArray[np.uint8]:
         """``(H, W, 3) uint8`` colours as ``(H, W) uint8`` class ids.
 
         Raises:
-            AlpsError: If the ground truth holds more than 255 colours.
+            AlpsError: If the ground truth holds more than 255 colours, or (declared classes) a colour that is
+                not within the tolerance of a declared one.
         """
         packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-        colours, inverse = np.unique(packed, return_inverse=True)
+        colours, inverse, counts = np.unique(packed, return_inverse=True, return_counts=True)
+        if self.declared is not None:
+            lut = self._declared_ids(colours, counts, path)
+            return lut[inverse.reshape(packed.shape)]
         for colour in colours.tolist():
             if colour not in self.ids:
                 if len(self.ids) == IGNORE:
                     raise AlpsError(f"{path}: the colour-coded ground truth has more than {IGNORE} colours: not a "
-                                    "label map of one colour per class (a folder of images given as ground truth?)")
+                                    "label map of one colour per class (a folder of images given as ground "
+                                    "truth?); masks whose colours are noisy (JPEG, DeepGlobe's) are read with "
+                                    "--gt-classes and --gt-colour-tolerance")
                 self.ids[colour] = len(self.ids)
         lut = np.array([self.ids[c] for c in colours.tolist()], np.uint8)
         return lut[inverse.reshape(packed.shape)]
+
+    def _declared_ids(self, colours: npt.NDArray[np.uint32], counts: npt.NDArray[np.int64],
+                      path: Path) -> npt.NDArray[np.uint8]:
+        """The class id of each of a file's ``colours`` (pixel ``counts``), undeclared ones snapped or refused."""
+        assert self.declared is not None
+        ids = np.array([self.ids.get(c, self._snapped.get(c, -1)) for c in colours.tolist()], np.int64)
+        unknown = np.flatnonzero(ids < 0)
+        if unknown.size:
+            palette = np.array(list(self.ids), np.int64)
+            nearest, distance = _nearest_colours(colours[unknown].astype(np.int64), palette)
+            far = np.flatnonzero(distance > self.tolerance)
+            if far.size:
+                worst = far[np.argmax(counts[unknown][far])]  # the commonest colour the file does not declare
+                colour, near, gap = int(colours[unknown][worst]), int(palette[nearest[worst]]), int(distance[worst])
+                near_name = (self.declared.describe(self.ids[near]) if self.ids[near] in self.declared.names
+                             else f"the ignored {hex_colour(near)}")
+                separation = min((_channel_distance(a, b) for i, a in enumerate(palette.tolist())
+                                  for b in palette.tolist()[i + 1:]), default=2 * IGNORE + 1)
+                needed = int(distance[far].max())  # what takes every colour of this file to its class
+                fix = (f"if such colours are noise (JPEG, resampling; DeepGlobe's masks, binarised at 128), give "
+                       f"--gt-colour-tolerance {needed}; else declare it" if 2 * needed < separation else
+                       "declare it, or give it as --ignore-index if it names no class")
+                others = f" ({counted(far.size - 1, 'other undeclared colour')} too)" if far.size > 1 else ""
+                raise AlpsError(f"{path}: {counted(int(counts[unknown][worst]), 'pixel')} of colour "
+                                f"{hex_colour(colour)}{others}, which {self.declared.source} does not declare (the "
+                                f"nearest it declares is {near_name}, {gap} away in a channel): {fix}")
+            ids[unknown] = [self.ids[int(c)] for c in palette[nearest].tolist()]
+            self._snapped.update(zip(colours[unknown].tolist(), ids[unknown].tolist()))
+        self.snapped_pixels += int(counts[np.isin(colours, list(self._snapped))].sum())
+        return ids.astype(np.uint8)
 
     def resolve(self, by_id: Confusion, by_colour: Confusion, gt_root: Path) -> tuple[Confusion, dict[int, str]]:
         """The dataset's confusion, and the colour of each class (``#rrggbb``) when colour-coded.
@@ -243,19 +316,49 @@ class ColourIds:
         ``by_id`` counts the label maps of class ids, ``by_colour`` the RGB ones (its ground-truth values are this
         object's colour ids).
 
-        RGB ground truth of greys only held class ids: its values go back to those greys (no names).
+        RGB ground truth of greys only held class ids: its values go back to those greys (no names), unless
+        colours were declared.
 
         Raises:
             AlpsError: If colour-coded and class-id label maps are mixed (their ids would collide).
         """
         if not self.ids:
             return by_id, {}
-        if all(c >> 16 == (c >> 8) & 0xFF == c & 0xFF for c in self.ids):
+        if self.declared is None and all(is_grey(c) for c in self.ids):
             return by_id + by_colour.with_values({i: colour & 0xFF for colour, i in self.ids.items()}), {}
         if len(by_id.values):
             raise AlpsError(f"the ground truth under {gt_root} mixes colour-coded (RGB) label maps with maps of "
                             "class ids: convert them to one kind")
-        return by_colour, {i: f"#{colour:06x}" for colour, i in self.ids.items()}
+        return by_colour, {i: hex_colour(colour) for colour, i in self.ids.items()}
+
+
+def is_grey(colour: int) -> bool:
+    """Whether a ``0xRRGGBB`` colour has three equal channels (a class id saved as a grey RGB pixel)."""
+    return colour >> 16 == (colour >> 8) & 0xFF == colour & 0xFF
+
+
+def _channel_distance(a: int, b: int) -> int:
+    """The largest difference of two ``0xRRGGBB`` colours in one channel."""
+    return max(abs(((a >> s) & 0xFF) - ((b >> s) & 0xFF)) for s in (16, 8, 0))
+
+
+def _nearest_colours(colours: npt.NDArray[np.int64],
+                     palette: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """For ``(U,)`` packed colours, the index of the nearest of ``(K,)`` palette colours and its channel distance.
+
+    Compared a chunk of colours at a time: a noisy mask may hold a million colours.
+    """
+    def channels_of(packed: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:  # (N,) -> (N, 3)
+        return (packed[:, None] >> np.array([16, 8, 0])) & 0xFF
+
+    pal = channels_of(palette).astype(np.int16)
+    nearest, distance = np.empty(len(colours), np.int64), np.empty(len(colours), np.int64)
+    step = max(1, (1 << 20) // len(palette))
+    for i in range(0, len(colours), step):
+        gap = np.abs(channels_of(colours[i:i + step]).astype(np.int16)[:, None, :] - pal[None]).max(-1)  # (u, K)
+        nearest[i:i + step] = gap.argmin(1)
+        distance[i:i + step] = gap.min(1)
+    return nearest, distance
 
 
 @dataclass
@@ -456,11 +559,13 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
-def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = None) -> list[int]:
+def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = None,
+                   class_255: bool = False) -> list[int]:
     """The ground-truth ids that name no class: 255, and ``ignore_index`` (any integer); none for ``"none"``.
 
     For colour-coded ground truth (``colours``) nothing is ignored but the colour ``ignore_index`` names
-    (``#rrggbb``); without ``colours`` a colour is only checked.
+    (``#rrggbb``); without ``colours`` a colour is only checked. ``class_255``: a classes file declares 255 as a
+    class, so it is ignored only when ``ignore_index`` says 255.
 
     Raises:
         AlpsError: For a value that is no integer, another word, or a colour when the ground truth is not
@@ -480,8 +585,9 @@ def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = N
             return []
         raise AlpsError(f"the ground truth is colour-coded: give --ignore-index a colour as #rrggbb, not "
                         f"{ignore_index!r}")
+    default = [] if class_255 else [IGNORE]
     if ignore_index is None:
-        return [IGNORE]
+        return default
     if text is not None and text.lower() == "none":
         return []
     try:
@@ -489,12 +595,13 @@ def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = N
     except ValueError:
         raise AlpsError(f"--ignore-index must be a class id (an integer), a colour as #rrggbb or 'none', got "
                         f"{ignore_index!r}") from None
-    return sorted({value, IGNORE})
+    return sorted({value, *default})
 
 
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
                      exclude_unlabelled_images: bool = False, ignore_index: int | str | None = None,
-                     gt_suffix: str = "", image_suffix: str = "") -> EvalReport:
+                     gt_suffix: str = "", image_suffix: str = "", gt_classes: str | Path | None = None,
+                     colour_tolerance: int = 0) -> EvalReport:
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
 
     Ground-truth files are matched by :func:`ground_truth_files`, ``gt_suffix`` dropped from their names and
@@ -503,13 +610,30 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     ``ignore_index`` (any integer) when given, are left out: they name no class; ``"none"`` leaves out none (255
     is a class).
 
+    ``gt_classes``: a file that names every ground-truth class (:mod:`alps_client.gt_classes`); a value it does
+    not declare is refused. ``colour_tolerance``: a colour within this of a declared one in every channel takes
+    its class (colour-coded ground truth with declared colours only).
+
     Raises:
         AlpsError: If either folder has no label maps, no stem matches (saying which suffixes would make names
             match, if some would), two files match one stem, sizes differ,
             ``ignore_index`` does not say what 255 is where it may be a class (ground truth of 0 and 255 alone, or
-            of ids wider than 8 bits), or the ground truth mixes colour-coded label maps with maps of class ids.
+            of ids wider than 8 bits), the ground truth mixes colour-coded label maps with maps of class ids, or
+            holds a value ``gt_classes`` does not declare.
     """
+    classes = parse_ground_truth_classes(gt_classes) if gt_classes is not None else None
     ignored_values(ignore_index)  # checked before any file is read
+    text = ignore_index.strip() if isinstance(ignore_index, str) else ""
+    ignored_colour = int(text[1:], 16) if _COLOUR.fullmatch(text) else None
+    if colour_tolerance and (classes is None or not classes.colours):
+        raise AlpsError("--gt-colour-tolerance takes colours to the nearest colour --gt-classes declares: give "
+                        "--gt-classes FILE with {name, colour} entries")
+    if not 0 <= colour_tolerance < IGNORE:
+        raise AlpsError(f"--gt-colour-tolerance must lie in 0..{IGNORE - 1}, got {colour_tolerance}")
+    colours = ColourIds(classes, colour_tolerance, ignored_colour)  # checks the tolerance before any file is read
+    class_255 = classes is not None and not classes.colours and IGNORE in classes.names
+    allowed_ids = (set(classes.names) | set(ignored_values(ignore_index, class_255=class_255))
+                   if classes is not None and not classes.colours else None)
     out, gt_root = Path(out_dir), Path(gt_dir)
     preds: dict[str, Path | list[Path]] = {}
     for path in sorted((out / "ann_dir").glob("*/*.png")):
@@ -536,7 +660,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                         f"{out / 'ann_dir'}" + _suffixes_that_match(list(gts), images))
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
-    colours, nodata = ColourIds(), set[float]()
+    nodata = set[float]()
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
         read = _read_ground_truth(gts[stem], colours)
         gt = read.ids
@@ -550,25 +674,43 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         if read.valid is not None:  # pixels its GeoTIFF declares nodata: no class, no miss
             pred, gt = pred[read.valid], gt[read.valid]
             nodata.add(read.nodata)
+        part = Confusion.of(pred, gt)
+        if allowed_ids is not None:
+            _check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
         if read.coloured:
-            by_colour += Confusion.of(pred, gt)
+            by_colour += part
         else:
-            by_id += Confusion.of(pred, gt)
+            by_id += part
             if wide is None and gt.dtype.itemsize > 1:
                 wide = gts[stem]
+    if classes is not None and classes.colours and len(by_id.values):
+        raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
+                        "ids (single-channel): declare their classes as {name, id}")
     conf, colour_names = colours.resolve(by_id, by_colour, gt_root)
     values = conf.values.tolist()
-    if ignore_index is None and IGNORE in values and not colour_names and (values == [0, IGNORE] or wide):
+    if (ignore_index is None and IGNORE in values and not colour_names and not class_255
+            and (values == [0, IGNORE] or wide)):
         what = ("holds only 0 and 255: a binary mask?" if values == [0, IGNORE] else
                 f"holds 255 among class ids stored in more than 8 bits (e.g. {wide.name}), where 255 may be a "
                 "class (FreeSurfer's CC_Anterior).")
+        count_it = (f"declare 255 in {classes.source} (e.g. {{name: lesion, id: 255}})" if classes is not None
+                    else "give --ignore-index none")
         raise AlpsError(f"the ground truth under {gt_root} {what} Its 255 pixels would be ignored (255 is 'no "
-                        "label' by default): give --ignore-index none to count 255 as a class, or --ignore-index "
-                        "255 to ignore it")
-    ignored = ignored_values(ignore_index, colours if colour_names else None)
+                        f"label' by default): {count_it} to count 255 as a class, or --ignore-index 255 to ignore it")
+    ignored = ignored_values(ignore_index, colours if colour_names else None, class_255)
     conf = conf.without(ignored)
     report = scores(conf, match_clusters(conf, matching), matching)
     report.ground_truth_colours = colour_names
+    if colour_names and classes is None:  # noise of compression reads as many colours of a few pixels each
+        pixels = conf.counts.sum(0)
+        report.ground_truth_rare_colours = int((pixels < RARE_SHARE * pixels.sum()).sum())
+    if classes is not None:
+        report.ground_truth_names = dict(classes.names)
+        report.ground_truth_classes_file = str(classes.source)
+        report.classes_absent_from_ground_truth = sorted(set(classes.names) - set(conf.values.tolist())
+                                                         - set(ignored))
+        report.ground_truth_colour_tolerance = colour_tolerance
+        report.ground_truth_pixels_snapped = colours.snapped_pixels
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
@@ -577,6 +719,30 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+def _check_declared(part: Confusion, coloured: bool, colours: ColourIds, allowed: set[int],
+                    classes: GroundTruthClasses, path: Path) -> None:
+    """Refuse a ground-truth file of class ids holding an id that ``classes`` does not declare (nor ignores).
+
+    An RGB file of greys holds ids saved as grey pixels; one of other colours is colour-coded, which declared
+    ids cannot name.
+    """
+    values = part.values.tolist()
+    if coloured:
+        colour_of = {i: colour for colour, i in colours.ids.items()}
+        found = [colour_of[v] for v in values]
+        if not all(is_grey(c) for c in found):
+            raise AlpsError(f"{path} is colour-coded (RGB), but {classes.source} declares class ids: declare the "
+                            "classes by colour, {name: ..., colour: '#rrggbb'}")
+        values = [c & 0xFF for c in found]
+    pixels = dict(zip(values, part.counts.sum(0).tolist()))
+    undeclared = [v for v in values if v not in allowed]
+    if undeclared:
+        v = max(undeclared, key=pixels.__getitem__)
+        others = f" ({counted(len(undeclared) - 1, 'other undeclared id')} too)" if len(undeclared) > 1 else ""
+        raise AlpsError(f"{path}: {counted(pixels[v], 'pixel')} of class id {v}{others}, which {classes.source} "
+                        f"does not declare: declare it, or give --ignore-index {v} if it names no class")
 
 
 def _suffixes_that_match(truths: list[str], images: list[str]) -> str:
@@ -618,7 +784,13 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         return "[" + ", ".join(f"{i} {names[i]}" if names.get(i, f"cluster_{i}") != f"cluster_{i}" else str(i)
                                for i in ids) + "]"
 
-    class_names = class_names or report.ground_truth_colours
+    class_names = class_names or report.ground_truth_names or report.ground_truth_colours
+
+    def gt_named(ids: list[int]) -> str:  # ground-truth classes, by name and value where they have a name
+        colours = report.ground_truth_colours
+        return ", ".join(f"'{class_names[k]}' ({colours.get(k, k)})" if k in report.ground_truth_names
+                         else str(colours.get(k, k)) for k in ids)
+
     lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  pseudo-labels"]
     for k, iou in report.class_iou.items():
         name = class_names.get(k, str(k))
@@ -633,15 +805,27 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
     ]
+    ignored = gt_named(report.ground_truth_ignored).replace(", ", " and ")
+    if report.ground_truth_names:
+        lines.append(f"ground-truth classes: {len(report.ground_truth_names)} declared in "
+                     f"{report.ground_truth_classes_file}")
+    if report.ground_truth_pixels_snapped:
+        lines.append(f"{counted(report.ground_truth_pixels_snapped, 'ground-truth pixel')} of undeclared colours "
+                     f"within {report.ground_truth_colour_tolerance} of a declared one took its class")
+    if report.classes_absent_from_ground_truth:
+        lines.append(f"declared classes with no ground-truth pixel in these images (not scored): "
+                     f"{gt_named(report.classes_absent_from_ground_truth)}")
     if report.ground_truth_colours:
-        ignored = [report.ground_truth_colours[k] for k in report.ground_truth_ignored]
         lines.append(f"colour-coded ground truth: {len(report.ground_truth_colours)} colours"
-                     + (f", {' and '.join(ignored)} ignored (they name no class)" if ignored else ""))
+                     + (f", {ignored} ignored (they name no class)" if ignored else ""))
     elif not report.ground_truth_ignored:
         lines.append("no ground-truth value is ignored: 255 is a class like any other")
-    elif report.ground_truth_ignored != [IGNORE]:
-        lines.append(f"ground-truth pixels of {' and '.join(map(str, report.ground_truth_ignored))} are ignored "
-                     "(they name no class)")
+    elif report.ground_truth_ignored != [IGNORE] or IGNORE in report.ground_truth_names:
+        lines.append(f"ground-truth pixels of {ignored} are ignored (they name no class)")
+    if report.ground_truth_rare_colours:
+        lines.append(f"{report.ground_truth_rare_colours} of those colours hold under {RARE_SHARE:.1%} of the "
+                     "pixels each, and each is scored as a class: if they are noise (JPEG, resampling), declare "
+                     "the classes with --gt-classes and give --gt-colour-tolerance")
     if report.ground_truth_nodata:
         values = " and ".join(f"{v:g}" if isinstance(v, float) else v for v in report.ground_truth_nodata)
         lines.append(f"ground-truth pixels their GeoTIFF declares nodata ({values}) are left out (no class, no miss)")
@@ -661,6 +845,7 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
 def write_report(report: EvalReport, path: str | Path) -> None:
     """Write the report as JSON, atomically (class ids as string keys)."""
     data = asdict(report)
-    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_clusters", "ground_truth_colours"):
+    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_clusters", "ground_truth_colours",
+                "ground_truth_names"):
         data[key] = {str(k): v for k, v in data[key].items()}
     atomic.write_json(path, data)

@@ -24,6 +24,7 @@ OBJECT_CLASSES = (
     ("tank", (240, 170, 40), 3, (0.05, 0.10), "disc"),
 )
 CLASS_NAMES = tuple(c[0] for c in BACKGROUND_CLASSES) + tuple(c[0] for c in OBJECT_CLASSES)
+GT_CLASSES_FILE = "gt_classes.yaml"
 
 
 def make_scene(seed: int, size: tuple[int, int] = (256, 256), n_classes: int = 4) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
@@ -80,10 +81,14 @@ def make_scene(seed: int, size: tuple[int, int] = (256, 256), n_classes: int = 4
 def write_synthetic_dataset(
     root: str | Path, n_images: int, seed: int = 0, size: tuple[int, int] = (256, 256), n_classes: int = 4
 ) -> Path:
-    """Write ``root/images/scene_XXXX.png`` and ``root/gt/scene_XXXX.png`` (class ids); returns ``root``."""
+    """Write ``root/images/scene_XXXX.png``, ``root/gt/scene_XXXX.png`` (class ids) and their names; returns ``root``.
+
+    The names go to ``root/gt_classes.yaml``, for ``alps evaluate --gt-classes``.
+    """
     root = Path(root)
     for i in range(n_images):
         rgb, gt = make_scene(seed * 100_003 + i, size, n_classes)
         write_png(root / "images" / f"scene_{i:04d}.png", rgb)
         write_png(root / "gt" / f"scene_{i:04d}.png", gt)
+    (root / GT_CLASSES_FILE).write_text(f"classes: [{', '.join(CLASS_NAMES[:n_classes])}]  # ids 0, 1, ...\n")
     return root

@@ -356,11 +356,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``alps evaluate``: mIoU of a written dataset against ground-truth label maps."""
     from alps_client.errors import AlpsError
     from alps_client.evaluate import evaluate_dataset, format_table, write_report
+    from alps_client.labels.relabel import ClassesFileError
     from alps_client.runs.retry import describe
 
     try:
         report = evaluate_dataset(args.out, args.gt_dir, args.matching, args.exclude_unlabelled_images,
-                                  args.ignore_index, args.gt_suffix, args.image_suffix)
+                                  args.ignore_index, args.gt_suffix, args.image_suffix, args.gt_classes,
+                                  args.gt_colour_tolerance)
+    except ClassesFileError as err:  # every problem of the --gt-classes file, one line each
+        return _fail(str(err))
     except AlpsError as err:
         return _fail(describe(err))
     json_path = Path(args.json or Path(args.out) / "evaluation.json")
@@ -434,6 +438,13 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-suffix", default="", metavar="TEXT",
                     help="the end of image names that their ground truth's names lack, dropped before pairing "
                          "(ISPRS Potsdam: _RGB; DeepGlobe: _sat)")
+    ev.add_argument("--gt-classes", metavar="FILE",
+                    help="YAML/JSON naming every ground-truth class: {classes: [road, building]} (ids 0, 1), "
+                         "{classes: [{name: road, id: 7}]} or {classes: [{name: urban, colour: '#00ffff'}]}; a "
+                         "value it does not declare is refused")
+    ev.add_argument("--gt-colour-tolerance", type=int, default=0, metavar="N",
+                    help="colour-coded ground truth: a colour within N of a declared one in every channel takes "
+                         "its class (noisy masks; DeepGlobe: 127, its binarisation at 128)")
     ev.add_argument("--json", help="report path (default OUT/evaluation.json)")
     ev.add_argument("--exclude-unlabelled-images", action="store_true",
                     help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")

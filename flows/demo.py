@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     repo = Path(args.model_repository)
     model = ensure_model_repository(repo)
-    from alps_client.synthetic import CLASS_NAMES, write_synthetic_dataset
+    from alps_client.synthetic import GT_CLASSES_FILE, write_synthetic_dataset
     from flows.cli import main as alps
 
     data = work / "data"
-    if not (data / "images").is_dir():
+    if not (data / GT_CLASSES_FILE).is_file():  # written last: a folder without it is incomplete or older
         print(f"[demo] writing {args.images} synthetic scenes with ground truth to {data} ...")
         write_synthetic_dataset(data, args.images, seed=0, size=(args.size, args.size), n_classes=4)
     out = work / "labelled"
@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                "--n-clusters", "4", "--overwrite"])
     if rc != 0:
         return rc
-    print("\n[demo] evaluating the pseudo-labels against the synthetic ground truth "
-          f"(classes: {', '.join(CLASS_NAMES[:4])}):")
-    rc = alps(["evaluate", str(out), str(data / "gt")])
+    print("\n[demo] evaluating the pseudo-labels against the synthetic ground truth:")
+    rc = alps(["evaluate", str(out), str(data / "gt"), "--gt-classes", str(data / GT_CLASSES_FILE)])
     print(f"\n[demo] done. Labelled dataset: {out}/ (ann_dir/, img_dir/, vis/, instances_*.json, manifest.json, "
           "mmseg_dataset.py)")
     print("[demo] large background masks are dropped by the gate (sigma=0.3): 'coverage' is the labelled share.")

@@ -27,6 +27,7 @@ from alps_client.errors import AlpsError
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE
 
+_UNQUOTED_COLOUR = re.compile(r"[:\[,]\s*#[0-9a-fA-F]{6}")
 EXAMPLE = "{classes: [{name: building, clusters: [0, 3]}, {name: water, clusters: [1]}], drop: [4]}"
 
 
@@ -38,8 +39,8 @@ class ClassesFileError(AlpsError):
         self.problems = problems
 
 
-def read_classes_file(path: str | Path) -> dict[str, Any]:
-    """The parsed content of a YAML or JSON classes file.
+def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any]:
+    """The parsed content of a YAML or JSON classes file (``example``: what errors show to write instead).
 
     Raises:
         ClassesFileError: If the file is missing or is not valid YAML / JSON (one line with the position).
@@ -48,7 +49,7 @@ def read_classes_file(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ClassesFileError(str(path), [f"no such file; write one like {EXAMPLE}"])
+        raise ClassesFileError(str(path), [f"no such file; write one like {example}"])
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as err:
@@ -62,10 +63,22 @@ def read_classes_file(path: str | Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ClassesFileError(str(path), [f"not valid YAML: {problem}{where}"]) from err
+        unquoted = " (quote colours, '#rrggbb': YAML reads # as a comment)" if _UNQUOTED_COLOUR.search(text) else ""
+        raise ClassesFileError(str(path), [f"not valid YAML: {problem}{where}{unquoted}"]) from err
     if not isinstance(data, dict):
-        raise ClassesFileError(str(path), [f"must be a mapping with 'classes' (and optionally 'drop'), like {EXAMPLE}"])
+        raise ClassesFileError(str(path), [f"must be a mapping with 'classes', like {example}"])
     return data
+
+
+def name_problem(name: Any, what: str) -> str | None:
+    """Why ``name`` cannot name a class (one line, about ``what``: ``class #2``), or None when it can."""
+    if not isinstance(name, str) or not name.strip():
+        quote = " (quote it: YAML reads yes, no, on, off and numbers as other types)" \
+            if isinstance(name, (bool, int, float)) else ""
+        return f"{what} needs a non-empty 'name', got {name!r}{quote}"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name.strip()):  # would split logs and tables
+        return f"{what} name {name.strip()!r} holds a control character (a line break, a tab)"
+    return None
 
 
 def _cluster_ids(value: Any, what: str, n_clusters: int, problems: list[str]) -> list[int]:
@@ -109,15 +122,11 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
             problems.append(f"class #{i + 1} must be {{name: ..., clusters: [...]}}, got {entry!r}")
             continue
         name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            quote = " (quote it: YAML reads yes, no, on, off and numbers as other types)" \
-                if isinstance(name, (bool, int, float)) else ""
-            problems.append(f"class #{i + 1} needs a non-empty 'name', got {name!r}{quote}")
+        problem = name_problem(name, f"class #{i + 1}")
+        if problem:
+            problems.append(problem)
             continue
         name = name.strip()
-        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):  # would split logs and tables
-            problems.append(f"class #{i + 1} name {name!r} holds a control character (a line break, a tab)")
-            continue
         label = f"class '{name}'"
         if name in names:
             problems.append(f"{label} is listed twice; list all its clusters in one entry to merge them")

@@ -406,3 +406,131 @@ def test_colour_coded_and_id_label_maps_are_not_mixed(case):
     Image.fromarray(np.array(list(POTSDAM.values()), np.uint8)[np.minimum(ids, 5)]).save(case / "gt" / "a.png")
     with pytest.raises(AlpsError, match=r"mixes colour-coded \(RGB\) label maps with maps of class ids"):
         evaluate_dataset(case / "out", case / "gt")
+
+
+def classes_file(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def evaluate_fails(case, *flags):
+    """`alps evaluate` with ``flags``: exit 2 and its one error line."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--json", str(case / "e.json"), *flags]) == 2
+    return err.getvalue()
+
+
+def test_declared_ground_truth_classes_name_the_table_and_refuse_undeclared_ids(case, capsys):
+    """`--gt-classes`: the table and the report name each class; an id the file does not declare (another
+    dataset's ground truth, a typo) is refused naming the file that holds it, where it was scored as one more
+    class; a declared class with no pixel is listed, not silently absent."""
+    names = classes_file(case / "c.yaml", "classes: [ground, water, road, roof]\n")
+    report = evaluate_cli(case, "--exclude-unlabelled-images", "--gt-classes", names)
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}  # the figures do not change
+    assert report["ground_truth_names"] == {"0": "ground", "1": "water", "2": "road", "3": "roof"}
+    table = capsys.readouterr().out
+    assert "\nroad               0.000   0.000  []  (never labelled)\n" in table
+    assert "ground-truth classes: 4 declared in" in table
+
+    three = classes_file(case / "c3.yaml", "classes: [{name: ground, id: 0}, {name: water, id: 1}, "
+                                           "{name: road, id: 2}]\n")
+    error = evaluate_fails(case, "--gt-classes", three)
+    assert f"{case / 'gt' / 'a.png'}: 400 pixels of class id 3, which {three} does not declare" in error
+    assert "--ignore-index 3 if it names no class" in error and "Traceback" not in error
+    ignored = evaluate_cli(case, "--exclude-unlabelled-images", "--gt-classes", three, "--ignore-index", "3")
+    assert ignored["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0} and ignored["ground_truth_ignored"] == [3, 255]
+
+    more = classes_file(case / "c5.yaml", "classes: [{name: ground, id: 0}, {name: water, id: 1}, {name: road, "
+                                          "id: 2}, {name: roof, id: 3}, {name: pool, id: 9}]\n")
+    report = evaluate_cli(case, "--gt-classes", more)
+    assert report["classes_absent_from_ground_truth"] == [9] and report["n_classes"] == 4
+    assert "declared classes with no ground-truth pixel in these images (not scored): 'pool' (9)" \
+        in capsys.readouterr().out
+
+
+def test_declaring_255_makes_a_binary_masks_foreground_a_class(tmp_path, capsys):
+    """A lesion mask of 0 and 255: declaring 255 answers what it is, as --ignore-index none does."""
+    gt = np.zeros((20, 20), np.uint8)
+    gt[5:15, 5:15] = 255
+    write(tmp_path / "gt" / "a.png", gt)
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", np.where(gt == 255, 3, 255))
+    both = classes_file(tmp_path / "c.yaml", "classes: [{name: background, id: 0}, {name: lesion, id: 255}]\n")
+    report = evaluate_cli(tmp_path, "--gt-classes", both)
+    assert report["class_iou"] == {"0": 0.0, "255": 1.0} and report["ground_truth_ignored"] == []
+    assert "\nlesion             1.000" in capsys.readouterr().out
+    background = classes_file(tmp_path / "b.yaml", "classes: [background]\n")
+    error = evaluate_fails(tmp_path, "--gt-classes", background)
+    assert "a binary mask?" in error and f"declare 255 in {background}" in error
+
+
+def noisy(rgb, rng, amplitude):
+    """``rgb`` with every channel moved by up to ``amplitude``, as JPEG or resampling leave colour masks."""
+    return np.clip(rgb.astype(np.int16) + rng.integers(-amplitude, amplitude + 1, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def test_declared_colours_give_stable_ids_and_noisy_colour_masks_a_tolerance(tmp_path, capsys):
+    """DeepGlobe's colour masks are not exactly its 7 colours (its readme: binarise at 128): each noisy colour
+    was counted as a class, or past 255 colours the ground truth was refused as "not a label map". Declared
+    colours with a tolerance give each noisy pixel its class; without one the file and the colour are named."""
+    palette = np.array(list(POTSDAM.values()), np.uint8)
+    bands = np.repeat(np.arange(6), 10)[:, None].repeat(60, axis=1)
+    clean = palette[bands]
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(noisy(clean, np.random.default_rng(0), 3)).save(tmp_path / "gt" / "a.png")
+    pred = bands + 10
+    pred[bands == 2] = 255
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    error = evaluate_fails(tmp_path)
+    assert "more than 255 colours" in error and "--gt-colour-tolerance" in error
+
+    # Declared in another order than the colours first appear: the file's order gives the ids.
+    order = ["car", "tree", "impervious", "building", "low_vegetation", "clutter"]
+    entries = ", ".join(f"{{name: {n}, colour: '#{bytes(POTSDAM[n]).hex()}'}}" for n in order[:-1])
+    declared = classes_file(tmp_path / "c.yaml", f"classes: [{entries}, {{name: clutter, colour: [255, 0, 0]}}]\n")
+    error = evaluate_fails(tmp_path, "--gt-classes", declared)
+    assert f"{tmp_path / 'gt' / 'a.png'}: " in error and f"which {declared} does not declare" in error
+    assert "give --gt-colour-tolerance 3;" in error  # the noise's amplitude: every colour of the file within it
+
+    report = evaluate_cli(tmp_path, "--gt-classes", declared, "--gt-colour-tolerance", "3")
+    by_name = {report["ground_truth_names"][k]: v for k, v in report["class_iou"].items()}
+    assert by_name == {"impervious": 1.0, "building": 1.0, "low_vegetation": 0.0, "tree": 1.0, "car": 1.0,
+                       "clutter": 1.0}  # as the clean mask scores
+    assert report["ground_truth_names"] == {str(i): n for i, n in enumerate(order)}
+    assert report["ground_truth_colours"]["0"] == "#ffff00"  # car: first in the file
+    exact = int((noisy(clean, np.random.default_rng(0), 3) == clean).all(-1).sum())
+    assert report["ground_truth_pixels_snapped"] == bands.size - exact > 0
+    assert "of undeclared colours within 3 of a declared one took its class" in capsys.readouterr().out
+
+    error = evaluate_fails(tmp_path, "--gt-classes", declared, "--gt-colour-tolerance", "128")
+    assert "255 apart in a channel" in error and "give at most 127" in error
+    error = evaluate_fails(tmp_path, "--gt-colour-tolerance", "3")
+    assert "give --gt-classes FILE with {name, colour} entries" in error
+    speckled = clean.copy()
+    speckled[0, :3] = [[250, 250, 250], [251, 251, 251], [5, 0, 250]]  # three colours of one pixel each
+    Image.fromarray(speckled).save(tmp_path / "gt" / "a.png")
+    assert evaluate_cli(tmp_path)["ground_truth_rare_colours"] == 3  # still scored as 9 classes, but said
+    assert "3 of those colours hold under 0.1% of the pixels each" in capsys.readouterr().out
+    ids = classes_file(tmp_path / "ids.yaml", "classes: [a, b, c, d, e, f]\n")
+    Image.fromarray(clean).save(tmp_path / "gt" / "a.png")
+    assert "is colour-coded (RGB), but" in evaluate_fails(tmp_path, "--gt-classes", ids)
+
+
+@pytest.mark.parametrize(("text", "problems"), [
+    ("classes: [a, {name: b, id: 1}]\n", ["mixes plain names, {name, id} and {name, colour} entries"]),
+    ("classes: [{name: a, id: 1}, {name: b, id: 1}, {name: a, id: 2}, {name: c, id: x}]\n",
+     ["id 1 is given to both 'a' and 'b'", "class 'a' is declared twice", "class #4 needs an integer 'id'"]),
+    ("classes:\n  - name: urban\n    colour: #00ffff\n  - {name: water, colour: [0, 0, 300]}\n",
+     ["class #1 needs a 'colour' as '#rrggbb' (quoted: YAML reads # as a comment)", "class #2 needs a 'colour'"]),
+    ("classes: [{name: urban, colour: #00ffff}]\n", ["not valid YAML", "(quote colours, '#rrggbb'"]),
+    ("classes: [yes, water]\nnames: [x]\n", ["unknown key(s) ['names']", "class #1 needs a non-empty 'name'",
+                                              "got True (quote it"]),
+    ("classes: []\n", ["'classes' must be a non-empty list"]),
+])
+def test_a_ground_truth_classes_file_lists_every_problem(case, text, problems):
+    error = evaluate_fails(case, "--gt-classes", classes_file(case / "c.yaml", text))
+    assert all(p in error for p in problems), error
+    assert "Traceback" not in error

@@ -232,6 +232,7 @@ def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Labelled dataset" in result.stdout and "mIoU" in result.stdout
+    assert "\nground " in result.stdout and "ground-truth classes: 4 declared in" in result.stdout  # names, ids
     assert len(list((tmp_path / "demo" / "labelled" / "ann_dir").glob("*/*.png"))) == 3
     config = tmp_path / "demo" / "labelled" / "mmseg_dataset.py"
     assert f'_base_ = ["{config}", ...]' in result.stdout and len(mmseg_listing(config.parent)) == 3
