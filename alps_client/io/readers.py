@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Iterator
@@ -95,10 +96,14 @@ def _read_failure(path: str | Path, err: BaseException) -> InputReadError | None
 
 def _check_file(path: Path) -> None:
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as err:
+        if path.is_symlink():  # the link is there, what it points to is not
+            raise _fail(path, f"a broken symbolic link (to {os.readlink(path)}, {err.strerror})") from err
         raise _read_failure(path, err) or _fail(path, f"unreadable ({err.strerror})") from err
-    if size == 0:
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise _fail(path, "not a regular file (a named pipe, a socket or a device)")
+    if info.st_size == 0:
         raise _fail(path, "zero-byte file")
     if not os.access(path, os.R_OK):
         raise _fail(path, "unreadable (Permission denied)")

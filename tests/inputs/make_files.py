@@ -91,6 +91,10 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["truncated.png"] = "truncated or corrupt"
     (root / "empty.png").write_bytes(b"")
     expect["empty.png"] = "zero-byte file"
+    (root / "moved.png").symlink_to(root / "gone" / "moved.png")  # its target moved away
+    expect["moved.png"] = f"a broken symbolic link (to {root / 'gone' / 'moved.png'}, No such file or directory)"
+    os.mkfifo(root / "pipe.png")  # opened, it would wait for a writer for ever
+    expect["pipe.png"] = "not a regular file (a named pipe, a socket or a device)"
     (root / "notes.jpg").write_text("this is text, not a JPEG\n")
     expect["notes.jpg"] = "not an image"
     # Formats alps does not read, among images it reads: they were passed over without a word.
