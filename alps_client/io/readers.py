@@ -98,9 +98,10 @@ def _check_file(path: Path) -> None:
     try:
         info = path.stat()
     except OSError as err:
-        if path.is_symlink():  # the link is there, what it points to is not
+        failure = _read_failure(path, err)  # a mount that failed under the link's target is no bad input either
+        if failure is None and path.is_symlink():  # the link is there, what it points to is not
             raise _fail(path, f"a broken symbolic link (to {os.readlink(path)}, {err.strerror})") from err
-        raise _read_failure(path, err) or _fail(path, f"unreadable ({err.strerror})") from err
+        raise failure or _fail(path, f"unreadable ({err.strerror})") from err
     if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
         raise _fail(path, "not a regular file (a named pipe, a socket or a device)")
     if info.st_size == 0:
