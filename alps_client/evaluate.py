@@ -379,7 +379,7 @@ def _read_ground_truth(path: Path, colours: ColourIds) -> _GroundTruth:
     the nodata value a single-band GeoTIFF declares (ESA WorldCover's 0) hold no class: they are left out.
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
-        arr, nodata = _read_array(path)
+        arr, nodata = _read_array(path, palette_colours=colours.declared is not None)
         if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
             return _GroundTruth(colours(arr[..., :3], path), coloured=True)
         if arr.ndim != 2:
@@ -422,10 +422,11 @@ def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]
     return arr.astype(np.int64)
 
 
-def _read_array(path: Path) -> tuple[npt.NDArray[Any], float | None]:
+def _read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[Any], float | None]:
     """The pixels of a label map, ``(H, W)`` or ``(H, W, C)`` (PNG, or TIFF through rasterio), and its nodata.
 
-    The nodata value is the one a single-band raster declares; None if it declares none.
+    The nodata value is the one a single-band raster declares; None if it declares none. A palette PNG gives its
+    indices, or with ``palette_colours`` (colours declared for colour-coded ground truth) its colours.
     """
     from alps_client.io.readers import raster_io
 
@@ -436,7 +437,7 @@ def _read_array(path: Path) -> tuple[npt.NDArray[Any], float | None]:
                     return np.moveaxis(src.read(), 0, -1), None
                 return src.read(1), src.nodata
         with Image.open(path) as im:
-            return np.asarray(im), None
+            return np.asarray(im.convert("RGB") if palette_colours and im.mode == "P" else im), None
     except AlpsError:
         raise
     except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)

@@ -517,6 +517,13 @@ def test_declared_colours_give_stable_ids_and_noisy_colour_masks_a_tolerance(tmp
     ids = classes_file(tmp_path / "ids.yaml", "classes: [a, b, c, d, e, f]\n")
     Image.fromarray(clean).save(tmp_path / "gt" / "a.png")
     assert "is colour-coded (RGB), but" in evaluate_fails(tmp_path, "--gt-classes", ids)
+    # The same colours as a palette PNG (indices 5..0 behind them): read by colour once colours are declared.
+    indexed = Image.fromarray((5 - bands).astype(np.uint8), mode="P")
+    indexed.putpalette(palette[::-1].reshape(-1).tolist())
+    indexed.save(tmp_path / "gt" / "a.png")
+    by_colour = evaluate_cli(tmp_path, "--gt-classes", declared)
+    assert {by_colour["ground_truth_names"][k]: v for k, v in by_colour["class_iou"].items()} == by_name
+    assert evaluate_cli(tmp_path)["class_iou"] == {"0": 1.0, "1": 1.0, "2": 1.0, "3": 0.0, "4": 1.0, "5": 1.0}
 
 
 @pytest.mark.parametrize(("text", "problems"), [
