@@ -239,8 +239,7 @@ class ColourIds:
         self.ids: dict[int, int] = {}  # 0xRRGGBB -> class id
         self.declared = declared if declared is not None and declared.colours else None
         self.tolerance = tolerance
-        self.snapped_pixels = 0
-        self._snapped: dict[int, int] = {}  # an undeclared colour within the tolerance -> its class id
+        self.snapped_pixels = 0  # pixels of undeclared colours given the class of a declared one
         if self.declared is not None:
             self.ids = {colour: k for k, colour in self.declared.colours.items()}
             if ignored is not None and ignored not in self.ids:  # ignored, so it needs no name
@@ -284,7 +283,7 @@ class ColourIds:
                       path: Path) -> npt.NDArray[np.uint8]:
         """The class id of each of a file's ``colours`` (pixel ``counts``), undeclared ones snapped or refused."""
         assert self.declared is not None
-        ids = np.array([self.ids.get(c, self._snapped.get(c, -1)) for c in colours.tolist()], np.int64)
+        ids = np.array([self.ids.get(c, -1) for c in colours.tolist()], np.int64)
         unknown = np.flatnonzero(ids < 0)
         if unknown.size:
             palette = np.array(list(self.ids), np.int64)
@@ -306,8 +305,7 @@ class ColourIds:
                                 f"{hex_colour(colour)}{others}, which {self.declared.source} does not declare (the "
                                 f"nearest it declares is {near_name}, {gap} away in a channel): {fix}")
             ids[unknown] = [self.ids[int(c)] for c in palette[nearest].tolist()]
-            self._snapped.update(zip(colours[unknown].tolist(), ids[unknown].tolist()))
-        self.snapped_pixels += int(counts[np.isin(colours, list(self._snapped))].sum())
+            self.snapped_pixels += int(counts[unknown].sum())
         return ids.astype(np.uint8)
 
     def resolve(self, by_id: Confusion, by_colour: Confusion, gt_root: Path) -> tuple[Confusion, dict[int, str]]:
