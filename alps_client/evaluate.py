@@ -785,10 +785,11 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
 
     class_names = class_names or report.ground_truth_names or report.ground_truth_colours
 
-    def gt_named(ids: list[int]) -> str:  # ground-truth classes, by name and value where they have a name
+    def gt_named(ids: list[int], most: int = 12) -> str:  # ground-truth classes, by name and value where named
         colours = report.ground_truth_colours
-        return ", ".join(f"'{class_names[k]}' ({colours.get(k, k)})" if k in report.ground_truth_names
-                         else str(colours.get(k, k)) for k in ids)
+        shown = ", ".join(f"'{class_names[k]}' ({colours.get(k, k)})" if k in report.ground_truth_names
+                          else str(colours.get(k, k)) for k in ids[:most])
+        return shown + (f" and {len(ids) - most} more (evaluation.json lists them)" if len(ids) > most else "")
 
     lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  pseudo-labels"]
     for k, iou in report.class_iou.items():

@@ -6,6 +6,12 @@ The file (YAML, or the same structure in JSON) takes one of three forms::
     classes: [{name: building, id: 2}, {name: road, id: 7}]    # the ids the label maps hold
     classes: [{name: urban, colour: '#00ffff'}, {name: water, colour: [0, 0, 255]}]   # colour-coded maps
 
+A text file (``.txt``) of one name per line gives ids 0, 1, ... in order. A colour lookup table of medical
+imaging names the classes of label volumes as it is: FreeSurfer's
+``FreeSurferColorLUT.txt`` (``17  Left-Hippocampus  220 216 20 0``), 3D Slicer's colour tables (``.ctbl``, ``.txt``)
+and ITK-SNAP's label descriptions (``1 255 0 0 1 1 1 "Liver"``): one class per line, its id first and its name
+the quoted text or else the second field (``#`` starts a comment).
+
 Declaring the classes makes an evaluation both readable and strict: each class is named in the table and in
 ``evaluation.json``; a ground-truth id or colour the file does not declare is refused, naming the file that holds
 it (a typo, another dataset's ground truth, compression noise in colour masks), instead of being scored as one
@@ -66,6 +72,9 @@ def _colour(value: Any) -> int | None:
     return None
 
 
+LOOKUP_TABLE_EXTENSIONS = (".txt", ".ctbl", ".lut")
+
+
 def parse_ground_truth_classes(path: str | Path) -> GroundTruthClasses:
     """Read and check a ground-truth classes file (see the module docs).
 
@@ -73,6 +82,8 @@ def parse_ground_truth_classes(path: str | Path) -> GroundTruthClasses:
         ClassesFileError: With one line per problem (all of them, so the file is fixed in one go).
     """
     source = str(path)
+    if Path(path).suffix.lower() in LOOKUP_TABLE_EXTENSIONS:
+        return _parse_lookup_table(Path(path))
     spec = read_classes_file(path, EXAMPLE)
     problems: list[str] = []
     unknown = sorted(set(spec) - {"classes"})
@@ -130,3 +141,65 @@ def parse_ground_truth_classes(path: str | Path) -> GroundTruthClasses:
     if problems:
         raise ClassesFileError(source, problems)
     return GroundTruthClasses(names, colours, source)
+
+
+def _parse_lookup_table(path: Path) -> GroundTruthClasses:
+    """Classes of a colour lookup table (FreeSurfer, 3D Slicer, ITK-SNAP): ``id name ...`` or ``id ... "name"``."""
+    import shlex
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ClassesFileError(str(path), ["no such file"]) from None
+    except UnicodeDecodeError as err:
+        raise ClassesFileError(str(path), [f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                                           f"{err.start}); save it as UTF-8"]) from err
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if lines and not any(_is_integer(ln.split()[0]) for ln in lines):  # a plain list of names, one per line
+        problems = [p for i, ln in enumerate(lines) if (p := name_problem(ln, f"class #{i + 1}"))]
+        if len(set(lines)) < len(lines):
+            problems.append(f"a name is listed twice: {next(n for n in lines if lines.count(n) > 1)!r}")
+        if problems:
+            raise ClassesFileError(str(path), problems)
+        return GroundTruthClasses(dict(enumerate(lines)), {}, str(path))
+    problems = []
+    entries: list[Any] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            fields = shlex.split(line, comments=True)
+        except ValueError as err:  # an unclosed quote
+            problems.append(f"line {number}: {err}")
+            continue
+        quoted = [f for f in fields[1:] if not _is_number(f)] if '"' in line else []
+        name = quoted[-1] if quoted else (fields[1] if len(fields) > 1 else "")
+        if not fields or not _is_integer(fields[0]) or not name:
+            problems.append(f"line {number}: expected a class id then its name (FreeSurfer, 3D Slicer, ITK-SNAP "
+                            f"lookup tables), got {line.strip()[:60]!r}")
+            continue
+        entries.append({"name": name, "id": int(fields[0])})
+    if problems:
+        raise ClassesFileError(str(path), problems)
+    if not entries:
+        raise ClassesFileError(str(path), ["holds no class: one 'id name' line per class"])
+    names: dict[int, str] = {}
+    for entry in entries:
+        if entry["id"] in names:
+            problems.append(f"id {entry['id']} is given to both '{names[entry['id']]}' and '{entry['name']}'")
+        names.setdefault(entry["id"], entry["name"])
+    if problems:
+        raise ClassesFileError(str(path), problems)
+    return GroundTruthClasses(names, {}, str(path))
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

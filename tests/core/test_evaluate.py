@@ -541,3 +541,47 @@ def test_a_ground_truth_classes_file_lists_every_problem(case, text, problems):
     error = evaluate_fails(case, "--gt-classes", classes_file(case / "c.yaml", text))
     assert all(p in error for p in problems), error
     assert "Traceback" not in error
+
+
+FREESURFER_LUT = """#$Id: FreeSurferColorLUT.txt,v 1.105
+#No. Label Name:                            R   G   B   A
+
+0   Unknown                                 0   0   0   0
+17  Left-Hippocampus                        220 216 20  0
+""" + "".join(f"{1000 + k}  ctx-lh-region{k}                       25  5   25  0\n" for k in range(36))
+
+ITK_SNAP_LABELS = '''################################################
+# ITK-SnAP Label Description File
+#    IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL
+################################################
+    0     0    0    0        0  0  0    "Clear Label"
+    1   255    0    0        1  1  1    "Liver"
+    2     0  255    0        1  1  1    "Left kidney"
+'''
+
+
+def test_a_medical_colour_lookup_table_names_the_classes(tmp_path, capsys):
+    """FreeSurfer's, 3D Slicer's and ITK-SNAP's lookup tables are how label volumes name their classes; a plain
+    list of names, one per line, gives ids 0, 1, .... A table lists far more classes than one volume holds: the
+    absent ones are counted, not printed one by one."""
+    from alps_client.gt_classes import parse_ground_truth_classes
+
+    gt = np.repeat(np.array([0, 17, 1035, 1002], np.uint16), 5)[:, None].repeat(20, axis=1)
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt).save(tmp_path / "gt" / "a.png")  # 16-bit ids, as FreeSurfer's aparc+aseg has them
+    pred = np.repeat(np.array([3, 4, 5, 255], np.uint8), 5)[:, None].repeat(20, axis=1)
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    lut = classes_file(tmp_path / "FreeSurferColorLUT.txt", FREESURFER_LUT)
+    report = evaluate_cli(tmp_path, "--gt-classes", lut)
+    assert {report["ground_truth_names"][k]: v for k, v in report["class_iou"].items()} == {
+        "Unknown": 1.0, "Left-Hippocampus": 1.0, "ctx-lh-region35": 1.0, "ctx-lh-region2": 0.0}
+    assert len(report["classes_absent_from_ground_truth"]) == 34
+    table = capsys.readouterr().out
+    assert "\nLeft-Hippocampus   1.000" in table and "and 22 more (evaluation.json lists them)" in table
+
+    assert parse_ground_truth_classes(classes_file(tmp_path / "labels.txt", ITK_SNAP_LABELS)).names == {
+        0: "Clear Label", 1: "Liver", 2: "Left kidney"}
+    assert parse_ground_truth_classes(classes_file(tmp_path / "names.txt", "background\nbuilding\n")).names == {
+        0: "background", 1: "building"}
+    error = evaluate_fails(tmp_path, "--gt-classes", classes_file(tmp_path / "bad.txt", "0 Unknown\n17\nx y\n"))
+    assert "line 2: expected a class id then its name" in error and "line 3: expected" in error
