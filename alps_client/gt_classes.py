@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alps_client.labels.relabel import ClassesFileError, name_problem, read_classes_file
+from alps_client.labels.relabel import ClassesFileError, name_problem, read_classes_file, read_text
 
 EXAMPLE = ("{classes: [background, building, road]}, {classes: [{name: building, id: 2}]} or "
            "{classes: [{name: urban, colour: '#00ffff'}]}")
@@ -147,13 +147,7 @@ def _parse_lookup_table(path: Path) -> GroundTruthClasses:
     """Classes of a colour lookup table (FreeSurfer, 3D Slicer, ITK-SNAP): ``id name ...`` or ``id ... "name"``."""
     import shlex
 
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ClassesFileError(str(path), ["no such file"]) from None
-    except UnicodeDecodeError as err:
-        raise ClassesFileError(str(path), [f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
-                                           f"{err.start}); save it as UTF-8"]) from err
+    text = read_text(path, "FreeSurfer's FreeSurferColorLUT.txt: '17  Left-Hippocampus  220 216 20 0'")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if lines and not any(_is_integer(ln.split()[0]) for ln in lines):  # a plain list of names, one per line
         problems = [p for i, ln in enumerate(lines) if (p := name_problem(ln, f"class #{i + 1}"))]

@@ -39,6 +39,21 @@ class ClassesFileError(AlpsError):
         self.problems = problems
 
 
+def read_text(path: Path, example: str) -> str:
+    """The text of a classes file (UTF-8, a byte-order mark of Windows editors dropped).
+
+    Raises:
+        ClassesFileError: If the file is missing (``example`` says what to write) or not UTF-8.
+    """
+    if not path.is_file():
+        raise ClassesFileError(str(path), [f"no such file; write one like {example}"])
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        byte = f"byte {err.object[err.start]:#04x} at offset {err.start}"
+        raise ClassesFileError(str(path), [f"not UTF-8 text ({byte}); save it as UTF-8"]) from err
+
+
 def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any]:
     """The parsed content of a YAML or JSON classes file (``example``: what errors show to write instead).
 
@@ -48,13 +63,7 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ClassesFileError(str(path), [f"no such file; write one like {example}"])
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not text
-    except UnicodeDecodeError as err:
-        byte = f"byte {err.object[err.start]:#04x} at offset {err.start}"
-        raise ClassesFileError(str(path), [f"not UTF-8 text ({byte}); save it as UTF-8"]) from err
+    text = read_text(path, example)
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:
