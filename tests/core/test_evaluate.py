@@ -548,6 +548,7 @@ FREESURFER_LUT = """#$Id: FreeSurferColorLUT.txt,v 1.105
 
 0   Unknown                                 0   0   0   0
 17  Left-Hippocampus                        220 216 20  0
+255 CC_Anterior                             0   0   208 0
 """ + "".join(f"{1000 + k}  ctx-lh-region{k}                       25  5   25  0\n" for k in range(36))
 
 ITK_SNAP_LABELS = '''################################################
@@ -563,18 +564,21 @@ ITK_SNAP_LABELS = '''################################################
 def test_a_medical_colour_lookup_table_names_the_classes(tmp_path, capsys):
     """FreeSurfer's, 3D Slicer's and ITK-SNAP's lookup tables are how label volumes name their classes; a plain
     list of names, one per line, gives ids 0, 1, .... A table lists far more classes than one volume holds: the
-    absent ones are counted, not printed one by one."""
+    absent ones are counted, not printed one by one. FreeSurfer's 255 (CC_Anterior) among 16-bit ids was refused
+    until --ignore-index said what it is: the table says it."""
     from alps_client.gt_classes import parse_ground_truth_classes
 
-    gt = np.repeat(np.array([0, 17, 1035, 1002], np.uint16), 5)[:, None].repeat(20, axis=1)
+    gt = np.repeat(np.array([0, 17, 1035, 1002, 255], np.uint16), 5)[:, None].repeat(20, axis=1)
     (tmp_path / "gt").mkdir()
     Image.fromarray(gt).save(tmp_path / "gt" / "a.png")  # 16-bit ids, as FreeSurfer's aparc+aseg has them
-    pred = np.repeat(np.array([3, 4, 5, 255], np.uint8), 5)[:, None].repeat(20, axis=1)
+    pred = np.repeat(np.array([3, 4, 5, 255, 6], np.uint8), 5)[:, None].repeat(20, axis=1)
     write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    assert "holds 255 among class ids stored in more than 8 bits" in evaluate_fails(tmp_path)
     lut = classes_file(tmp_path / "FreeSurferColorLUT.txt", FREESURFER_LUT)
     report = evaluate_cli(tmp_path, "--gt-classes", lut)
     assert {report["ground_truth_names"][k]: v for k, v in report["class_iou"].items()} == {
-        "Unknown": 1.0, "Left-Hippocampus": 1.0, "ctx-lh-region35": 1.0, "ctx-lh-region2": 0.0}
+        "Unknown": 1.0, "Left-Hippocampus": 1.0, "ctx-lh-region35": 1.0, "ctx-lh-region2": 0.0, "CC_Anterior": 1.0}
+    assert report["ground_truth_ignored"] == []
     assert len(report["classes_absent_from_ground_truth"]) == 34
     table = capsys.readouterr().out
     assert "\nLeft-Hippocampus   1.000" in table and "and 22 more (evaluation.json lists them)" in table
