@@ -18,6 +18,9 @@ Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_i
 - ``pixel_accuracy``: correctly labelled pixels / ground-truth pixels (unlabelled = wrong), and over labelled
   pixels only.
 
+``per_image`` gives each image's coverage and pixel accuracy under the dataset's matching, worst first: where
+the labels fail.
+
 Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as entirely unlabelled, unless
 ``exclude_unlabelled_images`` is set; they are listed either way.
 
@@ -62,6 +65,7 @@ Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # pseudo-label ids 0..255; 255 = no label
 GT_EXTENSIONS = (".png", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
 # Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
+WORST_SHOWN = 5  # images of lowest pixel accuracy named under the table
 # A colour of less than this share of the ground-truth pixels may be noise (JPEG, resampling), not a class.
 RARE_SHARE = 0.001
 _PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
@@ -96,6 +100,7 @@ class EvalReport:
     classes_absent_from_ground_truth: list[int] = field(default_factory=list)  # declared, no pixel: not scored
     ground_truth_colour_tolerance: int = 0
     ground_truth_rare_colours: int = 0  # undeclared colour-coded ground truth: colours of < 0.1 % of the pixels
+    per_image: list[dict[str, Any]] = field(default_factory=list)  # image, pixels, coverage, pixel_accuracy; worst first
     ground_truth_pixels_snapped: int = 0  # undeclared colours within the tolerance, given the nearest's class
 
 
@@ -660,6 +665,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata = set[float]()
+    images: list[_ImageCounts] = []
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
         read = _read_ground_truth(gts[stem], colours)
         gt = read.ids
@@ -676,6 +682,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         part = Confusion.of(pred, gt)
         if allowed_ids is not None:
             _check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
+        images.append(_ImageCounts.of(stem, part, read.coloured))
         if read.coloured:
             by_colour += part
         else:
@@ -698,8 +705,12 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                         f"label' by default): {count_it} to count 255 as a class, or --ignore-index 255 to ignore it")
     ignored = ignored_values(ignore_index, colours if colour_names else None, class_255)
     conf = conf.without(ignored)
-    report = scores(conf, match_clusters(conf, matching), matching)
+    mapping = match_clusters(conf, matching)
+    report = scores(conf, mapping, matching)
     report.ground_truth_colours = colour_names
+    grey = {i: colour & 0xFF for colour, i in colours.ids.items()} if colours.ids and not colour_names else {}
+    report.per_image = sorted((image.figures(mapping, set(ignored), grey) for image in images),
+                              key=lambda row: (row["pixel_accuracy"], row["image"]))
     if colour_names and classes is None:  # noise of compression reads as many colours of a few pixels each
         pixels = conf.counts.sum(0)
         report.ground_truth_rare_colours = int((pixels < RARE_SHARE * pixels.sum()).sum())
@@ -718,6 +729,38 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+@dataclass(frozen=True)
+class _ImageCounts:
+    """One image's confusion, kept small (the pseudo-labels it holds only) until clusters are matched to classes."""
+
+    stem: str
+    rows: npt.NDArray[np.int64]  # (R,) pseudo-label ids with pixels in this image (255: unlabelled)
+    counts: npt.NDArray[np.int64]  # (R, V) pixel counts
+    values: npt.NDArray[np.int64]  # (V,) ground-truth values, colour ids for an RGB file
+    coloured: bool
+
+    @classmethod
+    def of(cls, stem: str, part: Confusion, coloured: bool) -> _ImageCounts:
+        rows = np.flatnonzero(part.counts.sum(1))
+        return cls(stem, rows, part.counts[rows], part.values, coloured)
+
+    def figures(self, mapping: dict[int, int], ignored: set[int], grey: dict[int, int]) -> dict[str, Any]:
+        """Coverage and pixel accuracy of this image under the dataset's cluster -> class ``mapping``.
+
+        ``grey``: colour id -> grey value, when RGB ground truth held class ids as greys.
+        """
+        values = [grey.get(v, v) if self.coloured else v for v in self.values.tolist()]
+        scored = [j for j, v in enumerate(values) if v not in ignored]
+        counts = self.counts[:, scored]
+        truth = [values[j] for j in scored]
+        correct = sum(int(counts[i, k]) for i, row in enumerate(self.rows.tolist()) for k, v in enumerate(truth)
+                      if mapping.get(row) == v)
+        pixels = int(counts.sum())
+        labelled = int(counts[self.rows < IGNORE].sum())
+        return {"image": self.stem, "pixels": pixels, "coverage": labelled / pixels if pixels else 0.0,
+                "pixel_accuracy": correct / pixels if pixels else 0.0}
 
 
 def _check_declared(part: Confusion, coloured: bool, colours: ColourIds, allowed: set[int],
@@ -832,6 +875,11 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     if report.unmatched_clusters:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
                      f"{named(report.unmatched_clusters)}")
+    worst = [row for row in report.per_image[:WORST_SHOWN] if row["pixel_accuracy"] < report.pixel_accuracy]
+    if worst and len(report.per_image) > 1:
+        lines.append("lowest pixel accuracy (coverage): " + ", ".join(
+            f"{row['image']} {row['pixel_accuracy']:.3f} ({row['coverage']:.3f})" for row in worst)
+            + " (every image in evaluation.json, per_image)")
     if report.missing_pseudo_labels:
         how = "counted as unlabelled" if report.missing_pseudo_labels_counted else "left out"
         lines.append(f"{len(report.missing_pseudo_labels)} ground-truth image(s) have no pseudo-label ({how}; "

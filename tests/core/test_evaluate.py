@@ -40,7 +40,16 @@ def case(tmp_path):
 def evaluate_cli(case, *flags):
     json_path = case / "report.json"
     assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--json", str(json_path), *flags]) == 0
-    return json.loads(json_path.read_text())
+    report = json.loads(json_path.read_text())
+    # Each image's figures add up to the dataset's, whatever the ground truth's kind (ids, greys, colours).
+    pixels = sum(row["pixels"] for row in report["per_image"])
+    assert len(report["per_image"]) == report["n_images"]
+    if pixels:
+        correct = sum(row["pixel_accuracy"] * row["pixels"] for row in report["per_image"])
+        labelled = sum(row["coverage"] * row["pixels"] for row in report["per_image"])
+        assert correct / pixels == pytest.approx(report["pixel_accuracy"])
+        assert labelled / pixels == pytest.approx(report["coverage"])
+    return report
 
 
 def test_hungarian_counts_every_class_and_every_miss(case, capsys):
@@ -589,3 +598,18 @@ def test_a_medical_colour_lookup_table_names_the_classes(tmp_path, capsys):
         0: "background", 1: "building"}
     error = evaluate_fails(tmp_path, "--gt-classes", classes_file(tmp_path / "bad.txt", "0 Unknown\n17\nx y\n"))
     assert "line 2: expected a class id then its name" in error and "line 3: expected" in error
+
+
+def test_each_images_figures_find_the_images_that_went_wrong(case, capsys):
+    """Dataset figures say how good the labels are, not where they fail: each image's coverage and pixel accuracy
+    (under the dataset's matching) are in evaluation.json, worst first, and the worst are named under the table."""
+    report = evaluate_cli(case)
+    rows = {row["image"]: row for row in report["per_image"]}
+    assert [row["image"] for row in report["per_image"]] == ["sub__b", "a"]  # worst first
+    assert rows["sub__b"] == {"image": "sub__b", "pixels": 1599, "coverage": 0.0, "pixel_accuracy": 0.0}
+    assert rows["a"]["coverage"] == pytest.approx(1199 / 1599)
+    assert rows["a"]["pixel_accuracy"] == pytest.approx(999 / 1599)  # classes 0 and 1, one of class 3's clusters
+    pixels = sum(row["pixels"] for row in report["per_image"])
+    correct = sum(row["pixel_accuracy"] * row["pixels"] for row in report["per_image"])
+    assert correct / pixels == pytest.approx(report["pixel_accuracy"])  # the same counts as the dataset's
+    assert "lowest pixel accuracy (coverage): sub__b 0.000 (0.000) (every image" in capsys.readouterr().out
