@@ -64,10 +64,10 @@ from alps_client.labels.painting import IGNORE
 Matching = Literal["hungarian", "majority"]
 N_IDS = 256  # pseudo-label ids 0..255; 255 = no label
 GT_EXTENSIONS = (".png", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
-# Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
 WORST_SHOWN = 5  # images of lowest pixel accuracy named under the table
 # A colour of less than this share of the ground-truth pixels may be noise (JPEG, resampling), not a class.
 RARE_SHARE = 0.001
+# Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
 _PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
 
@@ -252,10 +252,11 @@ class ColourIds:
             self._check_tolerance()
 
     def _check_tolerance(self) -> None:
-        """Refuse a tolerance under which a colour could be near two declared ones."""
+        """Refuse a tolerance under which a colour could be near two declared ones; keep their least distance."""
         palette = list(self.ids)
         pairs = [(_channel_distance(a, b), a, b) for i, a in enumerate(palette) for b in palette[i + 1:]]
-        if pairs and self.tolerance * 2 >= min(pairs)[0]:
+        self._separation = min(pairs)[0] if pairs else 2 * IGNORE + 1  # two colours' least channel distance
+        if pairs and self.tolerance * 2 >= self._separation:
             distance, a, b = min(pairs)
             raise AlpsError(f"--gt-colour-tolerance {self.tolerance}: {hex_colour(a)} and {hex_colour(b)} are "
                             f"{distance} apart in a channel, so a colour could be within {self.tolerance} of both; "
@@ -299,11 +300,9 @@ class ColourIds:
                 colour, near, gap = int(colours[unknown][worst]), int(palette[nearest[worst]]), int(distance[worst])
                 near_name = (self.declared.describe(self.ids[near]) if self.ids[near] in self.declared.names
                              else f"the ignored {hex_colour(near)}")
-                separation = min((_channel_distance(a, b) for i, a in enumerate(palette.tolist())
-                                  for b in palette.tolist()[i + 1:]), default=2 * IGNORE + 1)
                 needed = int(distance[far].max())  # what takes every colour of this file to its class
                 fix = (f"if such colours are noise (JPEG, resampling; DeepGlobe's masks, binarised at 128), give "
-                       f"--gt-colour-tolerance {needed}; else declare it" if 2 * needed < separation else
+                       f"--gt-colour-tolerance {needed}; else declare it" if 2 * needed < self._separation else
                        "declare it, or give it as --ignore-index if it names no class")
                 others = f" ({counted(far.size - 1, 'other undeclared colour')} too)" if far.size > 1 else ""
                 raise AlpsError(f"{path}: {counted(int(counts[unknown][worst]), 'pixel')} of colour "
@@ -328,11 +327,16 @@ class ColourIds:
         if not self.ids:
             return by_id, {}
         if self.declared is None and all(is_grey(c) for c in self.ids):
-            return by_id + by_colour.with_values({i: colour & 0xFF for colour, i in self.ids.items()}), {}
+            return by_id + by_colour.with_values(self.grey_values()), {}
         if len(by_id.values):
             raise AlpsError(f"the ground truth under {gt_root} mixes colour-coded (RGB) label maps with maps of "
                             "class ids: convert them to one kind")
         return by_colour, {i: hex_colour(colour) for colour, i in self.ids.items()}
+
+
+    def grey_values(self) -> dict[int, int]:
+        """Colour id -> the class id a grey RGB pixel of that colour holds (its channels' value)."""
+        return {i: colour & 0xFF for colour, i in self.ids.items()}
 
 
 def is_grey(colour: int) -> bool:
@@ -563,6 +567,12 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
+def _named_colour(ignore_index: int | str | None) -> int | None:
+    """The colour (``0xRRGGBB``) an ``--ignore-index`` of ``#rrggbb`` names; None for an id, a word or nothing."""
+    text = ignore_index.strip() if isinstance(ignore_index, str) else ""
+    return int(text[1:], 16) if _COLOUR.fullmatch(text) else None
+
+
 def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = None,
                    class_255: bool = False) -> list[int]:
     """The ground-truth ids that name no class: 255, and ``ignore_index`` (any integer); none for ``"none"``.
@@ -576,13 +586,14 @@ def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = N
             colour-coded.
     """
     text = ignore_index.strip() if isinstance(ignore_index, str) else None
-    if text is not None and _COLOUR.fullmatch(text):
+    colour = _named_colour(ignore_index)
+    if colour is not None:
         if colours is None:
             return []
         if not colours.ids:
             raise AlpsError(f"--ignore-index {text} names a colour, but the ground truth holds class ids, not "
                             "colours: give the id")
-        found = colours.ids.get(int(text[1:], 16))
+        found = colours.ids.get(colour)
         return [] if found is None else [found]
     if colours is not None and colours.ids:
         if ignore_index is None or (text is not None and text.lower() == "none"):
@@ -627,8 +638,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     """
     classes = parse_ground_truth_classes(gt_classes) if gt_classes is not None else None
     ignored_values(ignore_index)  # checked before any file is read
-    text = ignore_index.strip() if isinstance(ignore_index, str) else ""
-    ignored_colour = int(text[1:], 16) if _COLOUR.fullmatch(text) else None
+    ignored_colour = _named_colour(ignore_index)
     if colour_tolerance and (classes is None or not classes.colours):
         raise AlpsError("--gt-colour-tolerance takes colours to the nearest colour --gt-classes declares: give "
                         "--gt-classes FILE with {name, colour} entries")
@@ -708,7 +718,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     mapping = match_clusters(conf, matching)
     report = scores(conf, mapping, matching)
     report.ground_truth_colours = colour_names
-    grey = {i: colour & 0xFF for colour, i in colours.ids.items()} if colours.ids and not colour_names else {}
+    grey = colours.grey_values() if not colour_names else {}
     report.per_image = sorted((image.figures(mapping, set(ignored), grey) for image in images),
                               key=lambda row: (row["pixel_accuracy"], row["image"]))
     if colour_names and classes is None:  # noise of compression reads as many colours of a few pixels each

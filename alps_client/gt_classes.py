@@ -92,6 +92,15 @@ def parse_ground_truth_classes(path: str | Path) -> GroundTruthClasses:
     entries = spec.get("classes")
     if not isinstance(entries, list) or not entries:
         raise ClassesFileError(source, [*problems, f"'classes' must be a non-empty list, like {EXAMPLE}"])
+    return _from_entries(entries, source, problems)
+
+
+def _from_entries(entries: list[Any], source: str, problems: list[str]) -> GroundTruthClasses:
+    """The classes of a file's entries (plain names, ``{name, id}`` or ``{name, colour}``), every problem listed.
+
+    Raises:
+        ClassesFileError: With ``problems`` (found before) and one line per problem of the entries.
+    """
     forms = {"names" if not isinstance(e, dict) else "colours" if {"colour", "color"} & set(e)
              else "ids" for e in entries}
     if len(forms) > 1:
@@ -148,19 +157,13 @@ def _parse_lookup_table(path: Path) -> GroundTruthClasses:
     import shlex
 
     text = read_text(path, "FreeSurfer's FreeSurferColorLUT.txt: '17  Left-Hippocampus  220 216 20 0'")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if lines and not any(_is_integer(ln.split()[0]) for ln in lines):  # a plain list of names, one per line
-        problems = [p for i, ln in enumerate(lines) if (p := name_problem(ln, f"class #{i + 1}"))]
-        if len(set(lines)) < len(lines):
-            problems.append(f"a name is listed twice: {next(n for n in lines if lines.count(n) > 1)!r}")
-        if problems:
-            raise ClassesFileError(str(path), problems)
-        return GroundTruthClasses(dict(enumerate(lines)), {}, str(path))
-    problems = []
+    lines = [(number, ln.strip()) for number, ln in enumerate(text.splitlines(), 1)
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if lines and not any(_is_integer(ln.split()[0]) for _, ln in lines):  # a plain list of names, one per line
+        return _from_entries([ln for _, ln in lines], str(path), [])
+    problems: list[str] = []
     entries: list[Any] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+    for number, line in lines:
         try:
             fields = shlex.split(line, comments=True)
         except ValueError as err:  # an unclosed quote
