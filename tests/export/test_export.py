@@ -131,19 +131,31 @@ def test_int8_export_is_quantized_measured_and_close_to_fp32(tiny_repo, tiny_int
     assert union > 0 and inter / union >= 0.9
 
 
-def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tmp_path):
+def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, tmp_path, monkeypatch):
     """``export_sam.py --quantize int8``'s last step, on a copy of an fp32 export: the encoder file becomes int8,
-    the decoder stays the very fp32 file, and no scratch file is left beside them."""
+    the decoder stays the very fp32 file, and no scratch file is left beside them.
+
+    The quantisation itself is ``tiny_int8_repo``'s (the same ``quantize_encoder`` of the same export, checked by
+    the tests that use it): its int8 encoder is what the step is handed here, instead of quantising again."""
     import hashlib
     import shutil
 
-    from export.export_sam import _quantize_in_place
+    from export import export_sam
 
+    int8_manifest = json.loads((tiny_int8_repo / "manifest.json").read_text())
+
+    def quantize_encoder(encoder32, encoder8, fp32_decoder, log):
+        assert (encoder32, fp32_decoder) == (encoder, decoder)  # the fp32 pair, measured before it is replaced
+        encoder8.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tiny_int8_repo / int8_manifest["models"]["encoder"]["path"], encoder8)
+        return int8_manifest["quantization"]
+
+    monkeypatch.setattr(export_sam, "quantize_encoder", quantize_encoder)
     repo = shutil.copytree(tiny_repo, tmp_path / "repo")
     manifest = json.loads((repo / "manifest.json").read_text())
     encoder, decoder = (repo / manifest["models"][k]["path"] for k in ("encoder", "decoder"))
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (encoder, decoder)}
-    quantization = _quantize_in_place(encoder, decoder, tmp_path / "scratch", log=lambda *_: None)
+    quantization = export_sam._quantize_in_place(encoder, decoder, tmp_path / "scratch", log=lambda *_: None)
     assert quantization["models"] == ["encoder"] and quantization["agreement_vs_fp32"]["mask_iou_mean"] >= 0.9
     assert hashlib.sha256(decoder.read_bytes()).hexdigest() == before[decoder]
     assert hashlib.sha256(encoder.read_bytes()).hexdigest() != before[encoder]
