@@ -278,7 +278,7 @@ class LocalApiServer:
         self.record_path.unlink(missing_ok=True)
 
 
-def _drain_prefect_workers(timeout_s: float = 30.0) -> None:
+def drain_prefect_workers(timeout_s: float = 30.0) -> None:
     """Send the run's queued logs and events before the server goes (else they fail after it has)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
@@ -312,6 +312,6 @@ def prefect_api(work_dir: Path, startup_timeout_s: float = DEFAULT_STARTUP_TIMEO
             try:
                 yield server.url
             finally:
-                _drain_prefect_workers()
+                drain_prefect_workers()
     finally:
         server.stop()

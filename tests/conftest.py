@@ -170,18 +170,26 @@ def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real `prefect server start` on 127.0.0.1 and a free port, with its own PREFECT_HOME, for the session.
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a real `prefect server start` on 127.0.0.1, with its own PREFECT_HOME: one for the whole session,
+    shared by the pytest-xdist workers (as a team shares its server), stopped when the session ends.
 
-    Subprocess runs given its URL start no server of their own (cheaper than one temporary server per run).
+    Subprocess runs given its URL start no server of their own (cheaper than one temporary server per run); flows
+    run in a test process report to it too (tests/flows/conftest.py).
     """
-    from tests.runs import start_prefect_server, stop_prefect_server
+    from tests.runs import session_prefect_server
 
-    proc, url = start_prefect_server(tmp_path_factory.mktemp("prefect_server_home"))
-    try:
-        yield url
-    finally:
-        stop_prefect_server(proc)
+    return session_prefect_server(shared_temp_root(tmp_path_factory))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's first process (pytest-xdist's controller, after every worker ended) stops the shared server."""
+    basetemp = getattr(getattr(config, "_tmp_path_factory", None), "_basetemp", None)  # None: nothing was made
+    if hasattr(config, "workerinput") or basetemp is None:
+        return
+    from tests.runs import stop_session_prefect_server
+
+    stop_session_prefect_server(basetemp)
 
 
 @pytest.fixture(scope="session")

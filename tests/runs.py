@@ -85,9 +85,25 @@ def cli_env(prefect_home: Path, api_url: str | None = None, seed_database: bool 
     return env
 
 
-def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
+# Runs a command and ends it (SIGTERM) once the process ARGV[1] is gone: the session's server outlives the worker
+# that started it, not the test session.
+_END_WITH_OWNER = """
+import os, subprocess, sys, time
+owner, child = int(sys.argv[1]), subprocess.Popen(sys.argv[2:])
+while child.poll() is None:
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        child.terminate()
+        break
+    time.sleep(1)
+sys.exit(child.wait())
+"""
+
+
+def start_prefect_server(home: Path, owner_pid: int | None = None) -> tuple[subprocess.Popen, str]:
     """A real `prefect server start` on 127.0.0.1 and a free port, its own process group and ``PREFECT_HOME``;
-    returns it once healthy, with its API URL."""
+    returns it once healthy, with its API URL. With ``owner_pid``, it also stops when that process is gone."""
     import socket
 
     import httpx
@@ -96,9 +112,11 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     seed_prefect_home(home)
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=_prefect_cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    command = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    if owner_pid is not None:
+        command = [sys.executable, "-c", _END_WITH_OWNER, str(owner_pid), *command]
+    proc = subprocess.Popen(command, env=_prefect_cli_env(home), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy() -> bool:
@@ -122,6 +140,46 @@ def stop_prefect_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> No
     proc.wait(timeout=60)
 
 
+SESSION_SERVER_RECORD = "prefect-server.json"
+
+
+def session_prefect_server(folder: Path) -> str:
+    """The URL of the test session's Prefect server, shared by all pytest-xdist workers: the first to ask starts
+    it (under a file lock) and records it in ``folder``, the session's shared temporary folder. It ends with the
+    session: :func:`stop_session_prefect_server` at its end, or when the session's first process is gone (killed)."""
+    import json
+
+    from filelock import FileLock
+
+    record = folder / SESSION_SERVER_RECORD
+    with FileLock(f"{record}.lock"):
+        if not record.is_file():
+            # A worker's parent is the session's first process (pytest-xdist's controller).
+            owner = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+            proc, url = start_prefect_server(folder / "prefect-server-home", owner_pid=owner)
+            record.write_text(json.dumps({"pid": proc.pid, "url": url}))
+        return json.loads(record.read_text())["url"]
+
+
+def stop_session_prefect_server(folder: Path) -> None:
+    """Stop the server :func:`session_prefect_server` recorded in ``folder``, if any (its whole process group)."""
+    import json
+
+    record = folder / SESSION_SERVER_RECORD
+    if not record.is_file():
+        return
+    pid = json.loads(record.read_text())["pid"]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+    record.unlink()
+
+
 def run_alps(args: list, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     """`alps ARGS` to completion, output captured."""
     return subprocess.run([*ALPS, *map(str, args)], check=False, cwd=CWD, env=env, capture_output=True, text=True, timeout=timeout)
@@ -140,6 +198,14 @@ def prefect_api(url: str):
     from prefect.client.base import PrefectHttpxSyncClient
 
     return PrefectHttpxSyncClient(base_url=url, timeout=30)
+
+
+def flow_run_of(api, out: Path) -> dict:
+    """The one flow run (REST form) whose ``out`` parameter is ``out``, through the client ``api``: the session's
+    server holds every test's runs, so the newest are searched."""
+    runs = api.post("/flow_runs/filter", json={"limit": 200, "sort": "EXPECTED_START_TIME_DESC"}).json()
+    (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
+    return run
 
 
 def error_lines(text: str) -> list[str]:

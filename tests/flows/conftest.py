@@ -1,42 +1,33 @@
-"""Flow tests: a session-scoped Prefect test harness for the flows called in this process."""
+"""Flow tests: the flows called in this process report to the session's Prefect server."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 from alps_client.synthetic import write_synthetic_dataset
-from tests.runs import (  # noqa: F401  (ALPS, CWD, cli_env: re-exported for tests that import them here)
-    ALPS,
-    CWD,
-    cli_env,
-    seed_prefect_database,
-)
+from flows.prefect_api import drain_prefect_workers
+from tests.runs import ALPS, CWD, cli_env  # noqa: F401  (re-exported for tests that import them here)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_harness(tmp_path_factory):
-    """Prefect's test harness (its own server on a temporary database) for the flows run in this process.
+def prefect_api_for_flows_in_this_process(prefect_server: str, tmp_path_factory):
+    """Flows run in this process report to the session's Prefect server, as a user's flows report to theirs.
 
-    The harness keeps its database in a new ``mkdtemp()`` folder: given a copy of the session's migrated database
-    there, its server starts without running Prefect's migrations (~12 s of CPU per test process). Should Prefect
-    stop calling ``mkdtemp`` there, the harness migrates its own database, as before: slower, not wrong.
+    Not Prefect's test harness: that starts one more server per test process (its own temporary database), and
+    each costs ~7 s of CPU to start and more while it idles. Tests find their runs by their output folder.
     """
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    from prefect.testing import utilities
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    def seeded_mkdtemp(*args, **kwargs) -> str:
-        folder = tempfile.mkdtemp(*args, **kwargs)
-        seed_prefect_database(Path(folder) / "prefect-test.db")
-        return folder
-
-    with mock.patch.object(utilities, "mkdtemp", seeded_mkdtemp), \
-            utilities.prefect_test_harness(server_startup_timeout=120):
+    # Also as the process-wide settings: threads started outside this context (the labelling threads) see them.
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), \
+            prefect.context._temporary_global_settings_context(prefect.context.get_settings_context()):
         yield
+        drain_prefect_workers()  # before the session's server stops
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The flow in this process (Prefect test harness, numpy fake SAM): outputs, records, artifacts, reruns, faults."""
+"""The flow in this process (the session's Prefect server, numpy fake SAM): outputs, records, artifacts, reruns, faults."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
         FlowRunFilter,
         FlowRunFilterId,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     out = tmp_path / "out"
     result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
@@ -60,7 +61,7 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
 
     async def recorded():
         async with get_client() as client:
-            runs = await client.read_flow_runs(limit=50)
+            runs = await client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
             run = next(r for r in runs if r.state and r.state.is_completed() and r.parameters.get("out") == str(out))
             tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))

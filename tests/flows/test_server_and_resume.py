@@ -19,6 +19,7 @@ from tests.runs import (
     SMALL,
     cli_env,
     error_lines,
+    flow_run_of,
     gone,
     labels,
     prefect_api,
@@ -42,8 +43,7 @@ def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, t
                       cli_env(tmp_path / "client_home", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
     with prefect_api(prefect_server) as api:
-        runs = api.post("/flow_runs/filter", json={"limit": 200}).json()
-        (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
+        run = flow_run_of(api, out)
         assert run["state_type"] == "COMPLETED"
 
         def artifacts():
@@ -247,8 +247,7 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
     assert 2 <= len(finished) < 7 and not (out / "manifest.json").exists()
     if users_api:  # the UI does not show it running for ever
         with prefect_api(prefect_server) as api:
-            runs = api.post("/flow_runs/filter", json={"limit": 200}).json()
-            (run,) = [r for r in runs if r["parameters"].get("out") == str(out)]
+            run = flow_run_of(api, out)
             assert run["state_type"] == "CRASHED", run["state_type"]
     if sig == signal.SIGINT and users_api:  # resuming does not depend on how the run was stopped: once is enough
         assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
