@@ -26,26 +26,28 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_threa
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# The longest files first (seconds summed per file from `pytest --durations=0` at ab9a3f9, on 2 cores): `make test`
-# hands whole files to its two workers in collection order (--dist loadfile --no-loadscope-reorder), so both
-# workers end near the same time instead of one running a long file alone at the end. A file missing here only
-# runs later; the order changes no result.
+# The longest files first (seconds per file, setup included, measured in a `make test` at 49fac0c on 2 cores):
+# `make test` hands whole files to its two workers in collection order (--dist loadfile --no-loadscope-reorder),
+# so both workers end near the same time instead of one running a long file alone at the end. The second file
+# needs no Prefect server: its worker exports while the first starts the session's server, instead of waiting
+# for it. A file missing here only runs later; the order changes no result.
 LONGEST_FILES = (
-    "tests/flows/test_server_and_resume.py",  # 84 s
-    "tests/flows/test_flow.py",  # 70 s
-    "tests/triton/test_triton.py",  # 67 s
-    "tests/export/test_export.py",  # 59 s
-    "tests/flows/test_cli.py",  # 59 s
-    "tests/bench/test_bench.py",  # 54 s
-    "tests/scale/test_scale_out.py",  # 50 s
-    "tests/export/test_sam2_export.py",  # 38 s
-    "tests/amg/test_parity.py",  # 35 s
-    "tests/amg/test_sam2_parity.py",  # 25 s
-    "tests/inputs/test_inputs.py",  # 22 s
-    "tests/flows/test_review.py",  # 20 s
-    "tests/export/test_skip_upscaling.py",  # 14 s
+    "tests/flows/test_server_and_resume.py",  # 185 s
+    "tests/export/test_export.py",  # 74 s
+    "tests/flows/test_flow.py",  # 105 s
+    "tests/scale/test_scale_out.py",  # 99 s
+    "tests/triton/test_triton.py",  # 87 s
+    "tests/bench/test_bench.py",  # 71 s
+    "tests/flows/test_cli.py",  # 70 s
+    "tests/amg/test_parity.py",  # 53 s
+    "tests/export/test_sam2_export.py",  # 47 s
+    "tests/flows/test_review.py",  # 39 s
+    "tests/inputs/test_inputs.py",  # 34 s
+    "tests/amg/test_sam2_parity.py",  # 31 s
+    "tests/export/test_export_safety.py",  # 17 s
+    "tests/core/test_clustering.py",  # 15 s
     "tests/flows/test_dense.py",  # 13 s (its test against Meta's generator is slow-marked)
-    "tests/core/test_clustering.py",  # 12 s
+    "tests/export/test_skip_upscaling.py",  # 12 s
 )
 
 
