@@ -171,6 +171,15 @@ def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
         "tiny-test", out, checkpoint=str(tiny_checkpoint), cpu=True, log=lambda *_: None))
 
 
+@pytest.fixture(autouse=True)
+def no_run_left_running():
+    """A test that fails while its background `alps run` is held or running leaves nothing running behind it."""
+    yield
+    from tests.runs import kill_leftover_runs
+
+    kill_leftover_runs()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The URL of a real `prefect server start` on 127.0.0.1, with its own PREFECT_HOME: one for the whole session,

@@ -185,11 +185,28 @@ def run_alps(args: list, env: dict[str, str], timeout: float = 600) -> subproces
     return subprocess.run([*ALPS, *map(str, args)], check=False, cwd=CWD, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
 def start_alps(args: list, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`alps ARGS` in the background (its own session), output to ``log``."""
+    """`alps ARGS` in the background (its own session), output to ``log``; killed after the test if it is still
+    running then (:func:`kill_leftover_runs`)."""
     with log.open("w") as f:
-        return subprocess.Popen([*ALPS, *map(str, args)], cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([*ALPS, *map(str, args)], cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    _STARTED.append(proc)
+    return proc
+
+
+def kill_leftover_runs() -> None:
+    """Kill what :func:`start_alps` started and is still running (a test that failed before stopping its run,
+    e.g. one held in the backend for 600 s): its whole process group; its API server dies with it."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
 
 
 def prefect_api(url: str):
