@@ -169,10 +169,10 @@ def stop_session_prefect_server(folder: Path) -> None:
     if not record.is_file():
         return
     pid = json.loads(record.read_text())["pid"]
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:  # NoSuchProcess once it is gone
             if time.monotonic() > deadline:
                 os.killpg(pid, signal.SIGKILL)
                 break
