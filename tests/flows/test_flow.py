@@ -1,4 +1,5 @@
-"""The flow in this process (the session's Prefect server, numpy fake SAM): outputs, records, artifacts, reruns, faults."""
+"""The flow in this process (the session's Prefect server, numpy fake SAM): outputs, records, artifacts, reruns,
+faults."""
 
 from __future__ import annotations
 
