@@ -255,9 +255,10 @@ class ColourIds:
         """Refuse a tolerance under which a colour could be near two declared ones; keep their least distance."""
         palette = list(self.ids)
         pairs = [(_channel_distance(a, b), a, b) for i, a in enumerate(palette) for b in palette[i + 1:]]
-        self._separation = min(pairs)[0] if pairs else 2 * IGNORE + 1  # two colours' least channel distance
-        if pairs and self.tolerance * 2 >= self._separation:
-            distance, a, b = min(pairs)
+        closest = min(pairs, default=None)
+        self._separation = closest[0] if closest else 2 * IGNORE + 1  # two colours' least channel distance
+        if closest and self.tolerance * 2 >= self._separation:
+            distance, a, b = closest
             raise AlpsError(f"--gt-colour-tolerance {self.tolerance}: {hex_colour(a)} and {hex_colour(b)} are "
                             f"{distance} apart in a channel, so a colour could be within {self.tolerance} of both; "
                             f"give at most {(distance - 1) // 2}")
