@@ -5,7 +5,8 @@ written does :func:`publish` move the previous outputs aside and the new ones in
 (a rerun with another seed or split leaves no file of the old split behind) and an interrupted write leaves the
 previous dataset intact. The swap itself is a handful of renames guarded by a journal
 (``OUT/.alps/publish.json``): if it is interrupted, :func:`recover` (called before every write) finishes it.
-Files in ``OUT`` that are not dataset outputs (yours) are never touched.
+Files in ``OUT`` that are not dataset outputs (yours) are never touched, and a run refuses an ``OUT`` that is not an
+alps output yet but holds files named like them (:func:`foreign_entries`): the swap would delete them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,44 @@ DATASET_ENTRIES = (
     "centroids.npy", "centroids.json", "classes.json", "manifest.json", "errors.jsonl", "geo", "stitched", "volumes", "vectors",
     "report", "evaluation.json", "mmseg_dataset.py",
 )
+
+
+# The dataset format of the ``manifest.json`` a run writes (``alps_client.io.writer.DATASET_FORMAT``'s prefix).
+_DATASET_FORMAT_PREFIX = "alps-dataset/"
+
+
+def foreign_entries(out: str | Path) -> list[str]:
+    """Entries of ``out`` named like dataset outputs that alps did not write, which a run would replace.
+
+    ``out`` is an alps output when it holds a work folder (``.alps``), or an alps ``manifest.json`` (a dataset
+    whose work folder was deleted to save space). Elsewhere (a user's own MMSegmentation dataset, a project
+    folder) an ``ann_dir/``, ``report/`` or ``manifest.json`` is the user's, and a run's swap would delete it.
+    Folders holding only empty folders are left out: replacing them loses nothing.
+
+    Returns:
+        Their names, folders with a trailing ``/``, in :data:`DATASET_ENTRIES` order; ``[]`` for an alps output
+        or a folder that does not exist.
+    """
+    out = Path(out)
+    if not out.is_dir() or (out / ".alps").exists() or _is_alps_manifest(out / "manifest.json"):
+        return []
+    found = []
+    for name in DATASET_ENTRIES:
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            if any(p.is_symlink() or not p.is_dir() for p in entry.rglob("*")):
+                found.append(f"{name}/")
+        elif entry.exists() or entry.is_symlink():
+            found.append(name)
+    return found
+
+
+def _is_alps_manifest(path: Path) -> bool:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(_DATASET_FORMAT_PREFIX)
 
 
 def staging_dir(out: str | Path) -> Path:

@@ -21,6 +21,7 @@ from alps_client.io.items import (
     extension_of,
     source_signature,
 )
+from alps_client.io.publish import foreign_entries
 from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
 
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
@@ -85,7 +86,8 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         ModelRepositoryError: If the model repository is missing or inconsistent.
         AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
         AlpsError: If ``--centroids`` is not a readable ``(N, 256)`` array, or was fitted on another model family.
-        AlpsError: If ``out`` cannot be created or written (checked last: a refused request leaves nothing).
+        AlpsError: If ``out`` holds files named like dataset outputs that alps did not write (a user's own
+            ``ann_dir/``), or cannot be created or written (checked last: a refused request leaves nothing).
     """
     root = Path(dataset).expanduser()
     if not root.exists():
@@ -114,8 +116,27 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
 
         load_centroids(config.cluster.centroids, model_family=manifest.model_family)
     if out is not None:
+        check_no_foreign_outputs(out)
         check_writable(out)
     return manifest
+
+
+def check_no_foreign_outputs(out: str | Path) -> None:
+    """Refuse an ``out`` holding a user's own ``ann_dir/``, ``report/``, ``manifest.json``... (see below).
+
+    ``out`` is not an alps output yet, and writing the dataset replaces those entries as a whole: they would be
+    deleted.
+
+    Raises:
+        AlpsError: naming the entries and what to do.
+    """
+    foreign = foreign_entries(out)
+    if foreign:
+        raise AlpsError(
+            f"--out {out} holds {', '.join(foreign)}, not written by alps (the folder has no .alps work folder and "
+            "no alps manifest.json): a run replaces these as a whole with its own dataset, deleting them; give a new "
+            "or empty --out, or move them elsewhere"
+        )
 
 
 def check_writable(out: str | Path) -> None:

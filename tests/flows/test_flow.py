@@ -137,6 +137,42 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     assert "is the dataset folder itself" in capsys.readouterr().err
     assert not (data / ".alps").exists()
 
+def test_an_out_holding_files_alps_did_not_write_is_refused_and_left_as_it_was(fake_repo, scenes, tmp_path, capsys):
+    """``--out`` a user's own MMSegmentation dataset or project folder: the run's swap replaced its ``ann_dir/`` and
+    ``manifest.json`` with the run's, deleting the user's files. Refused before anything is written, by the command
+    and by the flow; empty folders, and an alps dataset whose ``.alps`` was deleted to save space, are fine."""
+    from alps_client.io.writer import DATASET_FORMAT
+    from alps_client.runs.plan import check_request
+
+    mine = tmp_path / "mine"
+    (mine / "ann_dir" / "train").mkdir(parents=True)
+    (mine / "ann_dir" / "train" / "drawn_by_hand.png").write_bytes(b"a human's labels")
+    (mine / "manifest.json").write_text('{"project": "mine"}')
+    (mine / "img_dir").mkdir()  # empty: nothing to lose
+    (mine / "notes.txt").write_text("not named like an output")
+
+    def contents() -> dict[str, bytes | None]:
+        return {str(p.relative_to(mine)): p.read_bytes() if p.is_file() else None for p in mine.rglob("*")}
+
+    before = contents()
+    images = str(scenes / "images")
+    assert alps(["run", images, "--out", str(mine), "--model-repository", str(fake_repo)]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("alps: error:")]
+    assert f"--out {mine} holds ann_dir/, manifest.json, not written by alps" in line and "give a new or empty --out" in line
+    with pytest.raises(AlpsError, match="holds ann_dir/, manifest.json, not written by alps"):
+        alps_flow(images, str(mine), small_config(fake_repo), progress_bar=False)
+    assert contents() == before  # nothing deleted, nothing added (no .alps either)
+
+    (mine / "ann_dir" / "train" / "drawn_by_hand.png").unlink()
+    (mine / "manifest.json").unlink()
+    check_request(images, small_config(fake_repo), mine)  # only empty folders left: accepted
+    dataset = tmp_path / "dataset"
+    (dataset / "ann_dir" / "train").mkdir(parents=True)
+    (dataset / "ann_dir" / "train" / "scene_0000.png").write_bytes(b"an earlier run's label map")
+    (dataset / "manifest.json").write_text(json.dumps({"format": DATASET_FORMAT}))
+    check_request(images, small_config(fake_repo), dataset)  # an alps dataset without its .alps: accepted
+
+
 def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo, scenes, tmp_path):
     """An image rewritten in place, or replaced by another file under the same stem, is labelled again (it kept
     the old image's label map, beside the new image in img_dir); a dataset moved elsewhere is resumed as it is
