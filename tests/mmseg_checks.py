@@ -9,25 +9,31 @@ from PIL import Image
 
 
 def mmseg_listing(out: Path) -> list[tuple[Path, Path]]:
-    """``(image, label map)`` of every sample mmsegmentation 1.x loads through ``OUT/mmseg_dataset.py``.
+    """``(image, label map)`` of every sample mmsegmentation 1.x loads through ``OUT/mmseg_dataset.py`` (each once,
+    whichever of its train, val and test loaders loads it).
 
     mmengine puts the file's folder for ``{{ fileDirname }}``; BaseSegDataset.load_data_list lists the files of
     ``img_path`` ending in ``img_suffix`` and finds each one's label map by swapping that suffix for
-    ``seg_map_suffix`` under ``seg_map_path`` (mmsegmentation is not installed here: its rule, restated).
+    ``seg_map_suffix`` under ``seg_map_path`` (mmsegmentation is not installed here: its rule, restated). Listing
+    a folder that does not exist raises there (FileNotFoundError), and an empty loader fails too (training samples
+    nothing; IoUMetric computes over no result): each loader must list a sample.
     """
     text = (out / "mmseg_dataset.py").read_text().replace("{{ fileDirname }}", str(out))
     cfg: dict = {}
     exec(compile(text, "mmseg_dataset.py", "exec"), cfg)  # noqa: S102 (a config file alps wrote, as mmengine runs it)
     classes = json.loads((out / "classes.json").read_text())["classes"]
     assert cfg["metainfo"] == {"classes": tuple(c["name"] for c in classes), "palette": [c["color"] for c in classes]}
-    samples = []
-    for loader in ("train_dataloader", "val_dataloader"):
+    samples: dict[tuple[Path, Path], None] = {}
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         ds = cfg[loader]["dataset"]
         assert ds["type"] == "BaseSegDataset" and not ds["reduce_zero_label"] and ds["ignore_index"] == 255
         images = Path(ds["data_root"], ds["data_prefix"]["img_path"])
-        for image in sorted(images.glob(f"*{ds['img_suffix']}")):
+        assert images.is_dir(), f"{loader}: {images} does not exist"
+        listed = sorted(images.glob(f"*{ds['img_suffix']}"))
+        assert listed, f"{loader}: no {ds['img_suffix']} image in {images}"
+        for image in listed:
             label = Path(ds["data_root"], ds["data_prefix"]["seg_map_path"],
                          image.name[: -len(ds["img_suffix"])] + ds["seg_map_suffix"])
             assert label.is_file() and Image.open(label).size == Image.open(image).size
-            samples.append((image, label))
-    return samples
+            samples[(image, label)] = None
+    return list(samples)

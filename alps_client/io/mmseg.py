@@ -25,15 +25,21 @@ def mmseg_config(class_names: Sequence[str], palette: Sequence[Sequence[int]], i
         class_names: one name per class id 0..N-1.
         palette: ``(N, 3)`` RGB colours, the previews' own.
         img_suffix: the extension every image in ``img_dir`` has (the manifest's ``img_suffix``).
-        splits: the splits the dataset has (``train``, ``val``, maybe ``test``).
+        splits: the splits that hold images (``train``, and ``val`` and ``test`` where the dataset has them).
     """
     metainfo = {"classes": tuple(class_names), "palette": [list(map(int, c)) for c in palette]}
-    evaluated = "test" if "test" in splits else "val"
+    # mmsegmentation fails on a split folder that does not exist (and on an empty one): validate on val, else on
+    # test, else on train (--val-fraction 0, a single scene), and say so.
+    validated = "val" if "val" in splits else "test" if "test" in splits else "train"
+    evaluated = "test" if "test" in splits else validated
+    trained_on = ", the images trained on" if validated == "train" else ""
+    note = ("" if validated == "val" else "# This dataset has no val split (--val-fraction 0, or too few scenes): "
+            f"validation and test\n# run on {validated}{trained_on}.\n")
     return f'''# mmsegmentation 1.x dataset settings for the ALPS pseudo-labels in this folder (written by alps: do not
 # edit, `alps run` and `alps relabel` rewrite it). Use it as a base of your model's config:
 #     _base_ = ["/path/to/this/mmseg_dataset.py", ...]
 # then override what you train with (pipelines, batch size). 255 in ann_dir is "no pseudo-label", ignored.
-dataset_type = "BaseSegDataset"
+{note}dataset_type = "BaseSegDataset"
 data_root = "{{{{ fileDirname }}}}"
 img_suffix = {img_suffix!r}
 metainfo = {pformat(metainfo, width=110, compact=True)}
@@ -64,7 +70,7 @@ def _split(name, pipeline):
 train_dataloader = dict(batch_size=4, num_workers=4, persistent_workers=True,
                         sampler=dict(type="InfiniteSampler", shuffle=True), dataset=_split("train", train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True,
-                      sampler=dict(type="DefaultSampler", shuffle=False), dataset=_split("val", test_pipeline))
+                      sampler=dict(type="DefaultSampler", shuffle=False), dataset=_split({validated!r}, test_pipeline))
 test_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True,
                        sampler=dict(type="DefaultSampler", shuffle=False),
                        dataset=_split({evaluated!r}, test_pipeline))

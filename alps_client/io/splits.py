@@ -5,7 +5,9 @@
   overlapping tiles never straddle train and val. Groups are ranked by a stable hash of the seed and the group
   name, and the first ``round(val_fraction * n_groups)`` go to val: the realised fraction is as close to the
   requested one as whole groups allow (the old per-image coin flip gave 11/1 instead of 8/4 on 12 images), and the
-  split depends only on the set of groups, never on the order in which images were labelled.
+  split depends only on the set of groups, never on the order in which images were labelled. One group at least
+  stays in train when no input folder gives train images: rounding put a two-scene dataset's both scenes, or a
+  one-scene dataset's only one, in val at ``--val-fraction 0.5``, leaving nothing to train on.
 """
 
 from __future__ import annotations
@@ -40,5 +42,7 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
     images = list(images)
     free_groups = sorted({group for _, group, given in images if given is None}, key=lambda g: (_rank(seed, g), g))
     n_val = int(val_fraction * len(free_groups) + 0.5)
+    if not any(given == "train" for _, _, given in images):
+        n_val = min(n_val, len(free_groups) - 1)
     val_groups = set(free_groups[:n_val])
     return {stem: given or ("val" if group in val_groups else "train") for stem, group, given in images}

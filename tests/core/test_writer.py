@@ -60,6 +60,11 @@ def test_splits_near_the_fraction_by_group_and_given_splits_kept():
         assert len({by_scene[f"scene{s}__x{x}"] for x in range(4)}) == 1
     given = assign_splits([("a", "a", "test"), ("b", "b", "val"), ("c", "c", None)], 0, 0.0)
     assert given == {"a": "test", "b": "val", "c": "train"}
+    # Rounding may not leave train empty: round(0.5 * 2) and round(0.5 * 1) scenes went to val, none to train.
+    for n in (1, 2):
+        few = assign_splits([(f"s{i}", f"s{i}", None) for i in range(n)], seed=0, val_fraction=0.5)
+        assert list(few.values()).count("train") == 1
+    assert assign_splits([("t", "t", "train"), ("s", "s", None)], 0, 0.5) == {"t": "train", "s": "val"}
 
 
 def make_shard(path, stem, masks, keep, pfl, extra=None):
@@ -145,6 +150,18 @@ def test_dataset_files_counts_and_coco_consistency(two_shards, tmp_path):
         cls = ann["category_id"] - 1
         assert (labels["a"][decoded] == cls).mean() == (1.0 if cls == 1 else 60 / 64)
     assert np.load(out / "centroids.npy").shape == (2, 256)
+
+
+def test_a_dataset_without_a_val_split_is_validated_on_train_in_its_mmsegmentation_config(two_shards, tmp_path):
+    """``--val-fraction 0``, or a single scene: ``mmseg_dataset.py`` validated on ``img_dir/val``, which did not
+    exist, so mmsegmentation failed as training started."""
+    shards, centroids, sources = two_shards
+    cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(val_fraction=0.0))
+    summary = write_dataset(tmp_path / "out", shards, centroids, cfg, {}, [], sources)
+    assert summary.n_train == 2 and summary.n_val == 0 and not (tmp_path / "out" / "img_dir" / "val").exists()
+    assert len(mmseg_listing(tmp_path / "out")) == 2  # every loader lists images that exist
+    assert "no val split (--val-fraction 0, or too few scenes): validation and test\n# run on train, the images " \
+           "trained on." in (tmp_path / "out" / "mmseg_dataset.py").read_text()
 
 
 def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_path):
