@@ -26,8 +26,8 @@ DATASET_ENTRIES = (
 )
 
 
-# The dataset format of the ``manifest.json`` a run writes (``alps_client.io.writer.DATASET_FORMAT``'s prefix).
-_DATASET_FORMAT_PREFIX = "alps-dataset/"
+# The format recorded in the dataset's ``manifest.json``; any version of it marks an alps output.
+DATASET_FORMAT = "alps-dataset/2"
 
 
 def foreign_entries(out: str | Path) -> list[str]:
@@ -61,7 +61,8 @@ def _is_alps_manifest(path: Path) -> bool:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(_DATASET_FORMAT_PREFIX)
+    any_version = DATASET_FORMAT.rpartition("/")[0] + "/"
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(any_version)
 
 
 def staging_dir(out: str | Path) -> Path:

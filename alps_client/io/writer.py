@@ -28,7 +28,7 @@ from alps_client.io import atomic
 from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
 from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
 from alps_client.io.mmseg import mmseg_config
-from alps_client.io.publish import publish, staging_dir
+from alps_client.io.publish import DATASET_FORMAT, publish, staging_dir
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
 from alps_client.io.splits import assign_splits
@@ -39,8 +39,6 @@ from alps_client.labels.painting import IGNORE, overlay, paint_label_map, palett
 from alps_client.review.report import write_review
 from alps_client.review.select import ReviewCollector
 from alps_client.versions import versions
-
-DATASET_FORMAT = "alps-dataset/2"
 
 
 @dataclass
