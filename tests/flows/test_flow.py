@@ -18,7 +18,7 @@ from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, Pipeline
 from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunError
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
-from tests.runs import labels
+from tests.runs import error_lines, labels
 
 
 def small_config(repo, **writer) -> PipelineConfig:
@@ -137,6 +137,7 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     assert "is the dataset folder itself" in capsys.readouterr().err
     assert not (data / ".alps").exists()
 
+
 def test_an_out_holding_files_alps_did_not_write_is_refused_and_left_as_it_was(fake_repo, scenes, tmp_path, capsys):
     """``--out`` a user's own MMSegmentation dataset or project folder: the run's swap replaced its ``ann_dir/`` and
     ``manifest.json`` with the run's, deleting the user's files. Refused before anything is written, by the command
@@ -157,7 +158,7 @@ def test_an_out_holding_files_alps_did_not_write_is_refused_and_left_as_it_was(f
     before = contents()
     images = str(scenes / "images")
     assert alps(["run", images, "--out", str(mine), "--model-repository", str(fake_repo)]) == 2
-    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("alps: error:")]
+    (line,) = error_lines(capsys.readouterr().err)
     assert f"--out {mine} holds ann_dir/, manifest.json, not written by alps" in line and "give a new or empty --out" in line
     with pytest.raises(AlpsError, match="holds ann_dir/, manifest.json, not written by alps"):
         alps_flow(images, str(mine), small_config(fake_repo), progress_bar=False)
