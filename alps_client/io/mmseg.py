@@ -11,6 +11,7 @@ photometric distortion); override them in the config that uses this one. ``data_
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pprint import pformat
 
@@ -28,13 +29,23 @@ def mmseg_config(class_names: Sequence[str], palette: Sequence[Sequence[int]], i
         splits: the splits that hold images (``train``, and ``val`` and ``test`` where the dataset has them).
     """
     metainfo = {"classes": tuple(class_names), "palette": [list(map(int, c)) for c in palette]}
-    # mmsegmentation fails on a split folder that does not exist (and on an empty one): validate on val, else on
-    # test, else on train (--val-fraction 0, a single scene), and say so.
+    # mmsegmentation fails on a split folder that does not exist (and on an empty one): train on train, else on
+    # val, else on test (input folders that give only val/test images); validate on val, else on test, else on
+    # train (--val-fraction 0, a single scene); and say so.
+    trained = "train" if "train" in splits else "val" if "val" in splits else "test"
     validated = "val" if "val" in splits else "test" if "test" in splits else "train"
     evaluated = "test" if "test" in splits else validated
-    trained_on = ", the images trained on" if validated == "train" else ""
-    note = ("" if validated == "val" else "# This dataset has no val split (--val-fraction 0, or too few scenes): "
-            f"validation and test\n# run on {validated}{trained_on}.\n")
+    notes = []
+    if trained != "train":
+        given = " and ".join(name for name in ("val", "test") if name in splits)
+        notes.append(f"This dataset has no train split (its input's folders hold only {given} images): training "
+                     f"runs on {trained}.")
+    if validated != "val":
+        runs = "validation runs" if validated == evaluated == "test" else "validation and test run"
+        also_trained = ", the images trained on" if validated == trained else ""
+        notes.append("This dataset has no val split (--val-fraction 0, too few scenes, or input folders without "
+                     f"val/): {runs} on {validated}{also_trained}.")
+    note = "".join(textwrap.fill(n, 115, initial_indent="# ", subsequent_indent="# ") + "\n" for n in notes)
     return f'''# mmsegmentation 1.x dataset settings for the ALPS pseudo-labels in this folder (written by alps: do not
 # edit, `alps run` and `alps relabel` rewrite it). Use it as a base of your model's config:
 #     _base_ = ["/path/to/this/mmseg_dataset.py", ...]
@@ -68,7 +79,7 @@ def _split(name, pipeline):
 
 
 train_dataloader = dict(batch_size=4, num_workers=4, persistent_workers=True,
-                        sampler=dict(type="InfiniteSampler", shuffle=True), dataset=_split("train", train_pipeline))
+                        sampler=dict(type="InfiniteSampler", shuffle=True), dataset=_split({trained!r}, train_pipeline))
 val_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True,
                       sampler=dict(type="DefaultSampler", shuffle=False), dataset=_split({validated!r}, test_pipeline))
 test_dataloader = dict(batch_size=1, num_workers=4, persistent_workers=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +161,36 @@ def test_a_dataset_without_a_val_split_is_validated_on_train_in_its_mmsegmentati
     summary = write_dataset(tmp_path / "out", shards, centroids, cfg, {}, [], sources)
     assert summary.n_train == 2 and summary.n_val == 0 and not (tmp_path / "out" / "img_dir" / "val").exists()
     assert len(mmseg_listing(tmp_path / "out")) == 2  # every loader lists images that exist
-    assert "no val split (--val-fraction 0, or too few scenes): validation and test\n# run on train, the images " \
-           "trained on." in (tmp_path / "out" / "mmseg_dataset.py").read_text()
+    note = comments((tmp_path / "out" / "mmseg_dataset.py").read_text())
+    assert "no val split" in note and "validation and test run on train, the images trained on." in note
+
+
+@pytest.mark.parametrize(("given", "trained", "validated", "tested"), [
+    (("val", "test"), "val", "val", "test"),
+    (("test", "test"), "test", "test", "test"),
+])
+def test_a_dataset_whose_folders_give_no_train_images_trains_on_what_it_has(two_shards, tmp_path, given, trained,
+                                                                             validated, tested):
+    """Input folders that hold only val/ and test/ images: the config trained on ``img_dir/train``, which did not
+    exist, so mmsegmentation failed as training started."""
+    _, centroids, sources = two_shards
+    big = boxes((1, 9, 1, 9))
+    shards = [make_shard(tmp_path / f"{stem}.npz", stem, big, [True], centroids[:1], {"split": split})
+              for stem, split in zip("ab", given, strict=True)]
+    cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=1))
+    summary = write_dataset(tmp_path / "out", shards, centroids[:1], cfg, {}, [], sources)
+    assert summary.n_train == 0 and not (tmp_path / "out" / "img_dir" / "train").exists()
+    assert len(mmseg_listing(tmp_path / "out")) == 2  # every loader lists images that exist
+    cfg_text = (tmp_path / "out" / "mmseg_dataset.py").read_text()
+    for loader, split in (("train", trained), ("val", validated), ("test", tested)):
+        assert re.search(rf"{loader}_dataloader = dict\((.|\n)*?dataset=_split\('{split}'", cfg_text), loader
+    assert f"no train split (its input's folders hold only {' and '.join(dict.fromkeys(given))} images): training" \
+           f" runs on {trained}." in comments(cfg_text)
+
+
+def comments(config_text: str) -> str:
+    """The comment lines of a config file, unwrapped into one line."""
+    return " ".join(ln[2:] for ln in config_text.splitlines() if ln.startswith("# "))
 
 
 def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_path):
