@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -46,3 +46,13 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
         n_val = min(n_val, len(free_groups) - 1)
     val_groups = set(free_groups[:n_val])
     return {stem: given or ("val" if group in val_groups else "train") for stem, group, given in images}
+
+
+def describe_split_counts(counts: Mapping[str, int]) -> str:
+    """The images of each split, as said to the user: ``"6 train / 2 val"``, and ``" / 1 test"`` when there is one.
+
+    Args:
+        counts: a dataset summary's ``n_train``, ``n_val`` and (optional) ``n_test``.
+    """
+    test = f" / {counts['n_test']} test" if counts.get("n_test") else ""
+    return f"{counts['n_train']} train / {counts['n_val']} val{test}"

@@ -18,6 +18,7 @@ from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.out_lock import out_lock
 from alps_client.io.shards import read_shard
+from alps_client.io.splits import describe_split_counts
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import assign_clusters
 from alps_client.labels.painting import IGNORE, paint_label_map, palette
@@ -102,10 +103,9 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         views.append(ClassView(IGNORE, "dropped", DROPPED_COLOUR, 0, 0, 0.0, [cluster_view(k) for k in class_map.dropped]))
     stand_in, random_init = bool(model.get("is_stand_in")), bool(model.get("random_init"))
     checkpoint = (model.get("checkpoint") or {}).get("path")
-    test = f" / {counts['n_test']} test" if counts.get("n_test") else ""
     dropped = f", {len(class_map.dropped)} dropped" if class_map.dropped else ""
     facts = [
-        ("images", f"{counts['n_images']} ({counts['n_train']} train / {counts['n_val']} val{test})"),
+        ("images", f"{counts['n_images']} ({describe_split_counts(counts)})"),
         ("model", f"{model.get('model_type', '?')} ({model.get('model_family', 'sam')}, "
                   f"{model.get('precision', 'fp32')})"
                   + (": STAND-IN, not SAM" if stand_in else ": RANDOM weights, not a trained SAM" if random_init

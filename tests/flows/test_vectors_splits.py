@@ -56,7 +56,9 @@ def geo_run(tmp_path_factory, fake_repo):
     return root / "out", result
 
 
-def test_existing_train_val_test_folders_are_kept(geo_run):
+def test_existing_train_val_test_folders_are_kept(geo_run, capsys):
+    from flows.cli import _print_summary
+
     out, result = geo_run
     assert not result["errors"]
     layout = {split: sorted(p.stem for p in (out / "ann_dir" / split).glob("*.png")) for split in ("train", "val", "test")}
@@ -66,6 +68,8 @@ def test_existing_train_val_test_folders_are_kept(geo_run):
         assert sorted(p.stem for p in (out / "img_dir" / split).iterdir()) == stems
         images = json.loads((out / f"instances_{split}.json").read_text())["images"]
         assert sorted(i["file_name"].rsplit(".", 1)[0] for i in images) == stems
+    _print_summary(result, str(out))  # what `alps run` says at the end: the test split was left out
+    assert f"{len(layout['train'])} train / {len(layout['val'])} val / 1 test, " in capsys.readouterr().out
 
 
 def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask(geo_run):
