@@ -82,6 +82,9 @@ logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 # The reason given for the images a stopped run never started (see _label_all).
 NOT_STARTED = "not started: the run stopped starting images (see its error)"
 # An image in flight when the run was stopped: not labelled, and not its own failure.
+# Rejected inputs logged one by one; one line counts the rest. A folder of thousands of broken files buried the
+# run's log, and its page in the UI, under a line each (OUT/errors.jsonl and the alps-errors artifact list them).
+LOGGED_REJECTED = 100
 STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 
 
@@ -349,8 +352,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                                                      for o in by_status["rejected"]]
     errors.sort(key=lambda e: e["path"])
     missing = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
-    for e in errors:
+    for e in errors[:LOGGED_REJECTED]:
         logger.warning("rejected input %s: %s", e["path"], e["reason"])
+    if len(errors) > LOGGED_REJECTED:
+        logger.warning("... and %d more rejected input(s): the dataset's errors.jsonl lists every one",
+                       len(errors) - LOGGED_REJECTED)
     for m in missing:
         if m["reason"] != NOT_STARTED:
             logger.error("not labelled %s: %s", m["path"], m["reason"])

@@ -18,6 +18,8 @@ from prefect.artifacts import (
 from tqdm import tqdm
 
 PREVIEWS = 3
+# Rows of the rejected-inputs and missing-images tables at most: Prefect stores an artifact's table whole.
+TABLE_ROWS = 1000
 
 
 class Progress:
@@ -99,13 +101,19 @@ def publish(run: dict[str, Any], out: str) -> None:
         create_markdown_artifact(key="alps-previews", markdown="\n".join(md), description="Label previews")
 
     errors = run["errors"] or [{"path": "-", "reason": "no rejected inputs"}]
-    create_table_artifact(key="alps-errors", table=errors[:1000], description="Rejected inputs (also in errors.jsonl)")
+    create_table_artifact(key="alps-errors", table=errors[:TABLE_ROWS],
+                          description=f"Rejected inputs{_first_rows(run['errors'])} (all in errors.jsonl)")
     if run["missing"]:
         publish_missing(run["missing"])
 
 
 def publish_missing(missing: list[dict[str, str]]) -> None:
     """The good images a run could not label (processing failures), apart from rejected inputs."""
-    create_table_artifact(key="alps-missing", table=missing[:1000],
-                          description="Images not labelled because processing failed (not bad inputs); a rerun "
-                                      "of the same command labels them")
+    create_table_artifact(key="alps-missing", table=missing[:TABLE_ROWS],
+                          description=f"Images not labelled because processing failed (not bad inputs){_first_rows(missing)}"
+                                      "; a rerun of the same command labels them")
+
+
+def _first_rows(rows: list[Any]) -> str:
+    """`` (the first 1000 of 3000)`` where a table holds only the first :data:`TABLE_ROWS` of ``rows``, else ``""``."""
+    return f" (the first {TABLE_ROWS} of {len(rows)})" if len(rows) > TABLE_ROWS else ""

@@ -253,6 +253,8 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
             print(f"{len(result[key])} {title}, listed in {Path(out) / listing}:")
             for e in result[key][:10]:
                 print(f"  {e['path']}: {e['reason']}")
+            if len(result[key]) > 10:
+                print(f"  ... and {len(result[key]) - 10} more")
 
 
 def _fail_resumable(what: str, args: argparse.Namespace, code: int = EXIT_INCOMPLETE) -> int:

@@ -160,7 +160,7 @@ def test_an_out_holding_files_alps_did_not_write_is_refused_and_left_as_it_was(f
     assert alps(["run", images, "--out", str(mine), "--model-repository", str(fake_repo)]) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert f"--out {mine} holds ann_dir/, manifest.json, not written by alps" in line and "give a new or empty --out" in line
-    with pytest.raises(AlpsError, match="holds ann_dir/, manifest.json, not written by alps"):
+    with pytest.raises(AlpsError, match="not written by alps"):
         alps_flow(images, str(mine), small_config(fake_repo), progress_bar=False)
     assert contents() == before  # nothing deleted, nothing added (no .alps either)
 
@@ -441,3 +441,49 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
     (state,) = states
     assert state.is_cancelled() and state.message == f"{item.stem}: {STOPPED_UNDER_IT}", state
     assert not (tmp_path / "out").exists()  # nothing written for it: the rerun labels it
+
+
+def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_so(fake_repo, scenes, prefect_server,
+                                                                                  tmp_path, monkeypatch, capsys):
+    """A folder of thousands of broken files: the run logged a line for each (burying its log and its page in the
+    UI), and the listings it cut (the console's ten, the artifact's first rows) did not say they were cut."""
+    import logging
+
+    from flows import alps_flow as flow_module
+    from flows import artifacts
+    from flows.cli import _print_summary
+    from tests.runs import flow_run_of, prefect_api, wait_until
+
+    monkeypatch.setattr(flow_module, "LOGGED_REJECTED", 3)
+    monkeypatch.setattr(artifacts, "TABLE_ROWS", 4)
+    images = tmp_path / "images"
+    images.mkdir()
+    for stem in ("scene_0000", "scene_0001"):
+        shutil.copy(scenes / "images" / f"{stem}.png", images)
+    for i in range(12):
+        (images / f"broken_{i:02d}.png").write_text("not an image")
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("prefect.flow_runs").addHandler(handler)
+    try:
+        result = alps_flow(str(images), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False)
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(handler)
+    assert len(result["errors"]) == 12 and len(read_jsonl(tmp_path / "out" / "errors.jsonl")) == 12
+    rejected = [line for line in logged if line.startswith(("rejected input", "... and"))]
+    assert len(rejected) == 4 and rejected[-1].startswith("... and 9 more rejected input(s)"), rejected
+    _print_summary(result, str(tmp_path / "out"))
+    printed = capsys.readouterr().out.splitlines()
+    listed = printed[printed.index(next(ln for ln in printed if ln.startswith("12 input(s) rejected"))) + 1:]
+    assert len(listed) == 11 and listed[-1] == "  ... and 2 more", listed
+    with prefect_api(prefect_server) as api:
+        run = flow_run_of(api, tmp_path / "out")
+
+        def errors_artifact():
+            arts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]},
+                                                                     "key": {"any_": ["alps-errors"]}}}).json()
+            return arts[0] if arts else None
+
+        table = wait_until(errors_artifact, "the run's alps-errors artifact (recorded asynchronously)", timeout=120)
+    assert len(json.loads(table["data"])) == 4 and "the first 4 of 12" in table["description"]
