@@ -418,9 +418,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _VersionAction(argparse.Action):
+    """``alps --version``: alps's version, then Python's and each package's that decides outputs.
+
+    What a bug report needs; a dataset's manifest.json records the same under ``versions``.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        from alps_client.versions import versions
+
+        found = versions()
+        lines = [f"alps {found.pop('alps', 'not installed (run from a source folder)')}"]
+        lines += [f"  {name} {version}" for name, version in found.items()]
+        print("\n".join(lines))
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The ``alps`` argument parser (``run``, ``evaluate``, ``serve``)."""
     parser = argparse.ArgumentParser(prog="alps", description="ALPS pseudo-labelling with SAM (Prefect flow)")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version of alps and of the packages that decide its outputs, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="label a dataset")
     add_run_arguments(run)

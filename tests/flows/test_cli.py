@@ -242,6 +242,18 @@ def test_main_returns_usage_exit_code_in_process(tmp_path):
     assert main(["run", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
 
 
+def test_version_names_alps_and_the_packages_that_decide_outputs(capsys):
+    """What a bug report needs, as the dataset's manifest records it: there was no ``alps --version``."""
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"alps {importlib.metadata.version('alps')}"
+    found = dict(line.split() for line in lines[1:])
+    assert found["onnxruntime"] == importlib.metadata.version("onnxruntime") and {"python", "prefect", "numpy"} <= set(found)
+
 
 def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(fake_repo, scenes, prefect_server,
                                                                                 tmp_path):
