@@ -45,6 +45,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_relabel(args: argparse.Namespace) -> int:
     """``alps relabel OUT --classes FILE``."""
     from alps_client.errors import AlpsError
+    from alps_client.io.items import counted
     from alps_client.io.rewrite import KEEP, relabel_dataset
 
     vector = None if args.no_vector else (args.vector_format or KEEP)
@@ -52,7 +53,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
         summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report)
     except AlpsError as err:
         return _fail(str(err))
-    print(f"Relabelled {args.out}: {summary.n_images} images, {class_map.n_classes} classes "
+    print(f"Relabelled {args.out}: {counted(summary.n_images, 'image')}, {counted(class_map.n_classes, 'class')} "
           f"({', '.join(class_map.names[:8])}{', ...' if class_map.n_classes > 8 else ''})"
           f"{f'; clusters {class_map.dropped} dropped (255)' if class_map.dropped else ''}")
     if summary.vectors:
