@@ -82,10 +82,10 @@ logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 # The reason given for the images a stopped run never started (see _label_all).
 NOT_STARTED = "not started: the run stopped starting images (see its error)"
 # An image in flight when the run was stopped: not labelled, and not its own failure.
+STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 # Rejected inputs logged one by one; one line counts the rest. A folder of thousands of broken files buried the
 # run's log, and its page in the UI, under a line each (OUT/errors.jsonl and the alps-errors artifact list them).
 LOGGED_REJECTED = 100
-STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 
 
 class InterruptibleThreadPool(ThreadPoolTaskRunner):
