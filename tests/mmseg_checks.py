@@ -18,9 +18,7 @@ def mmseg_listing(out: Path) -> list[tuple[Path, Path]]:
     a folder that does not exist raises there (FileNotFoundError), and an empty loader fails too (training samples
     nothing; IoUMetric computes over no result): each loader must list a sample.
     """
-    text = (out / "mmseg_dataset.py").read_text().replace("{{ fileDirname }}", str(out))
-    cfg: dict = {}
-    exec(compile(text, "mmseg_dataset.py", "exec"), cfg)  # noqa: S102 (a config file alps wrote, as mmengine runs it)
+    cfg = mmseg_config(out)
     classes = json.loads((out / "classes.json").read_text())["classes"]
     assert cfg["metainfo"] == {"classes": tuple(c["name"] for c in classes), "palette": [c["color"] for c in classes]}
     samples: dict[tuple[Path, Path], None] = {}
@@ -37,3 +35,18 @@ def mmseg_listing(out: Path) -> list[tuple[Path, Path]]:
             assert label.is_file() and Image.open(label).size == Image.open(image).size
             samples[(image, label)] = None
     return list(samples)
+
+
+def mmseg_config(out: Path) -> dict:
+    """``OUT/mmseg_dataset.py`` run as mmengine runs a config (``{{ fileDirname }}`` is its folder): its names."""
+    text = (out / "mmseg_dataset.py").read_text().replace("{{ fileDirname }}", str(out))
+    cfg: dict = {}
+    exec(compile(text, "mmseg_dataset.py", "exec"), cfg)  # noqa: S102 (a config file alps wrote, as mmengine runs it)
+    return cfg
+
+
+def loader_splits(out: Path) -> dict[str, str]:
+    """``{"train": ..., "val": ..., "test": ...}``: the ``img_dir`` split folder each loader of the config reads."""
+    cfg = mmseg_config(out)
+    return {loader: Path(cfg[f"{loader}_dataloader"]["dataset"]["data_prefix"]["img_path"]).name
+            for loader in ("train", "val", "test")}
