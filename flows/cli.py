@@ -251,10 +251,11 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
                                 ("missing", "good image(s) NOT labelled (--allow-partial)", 'manifest.json ("missing")')):
         if result[key]:
             print(f"{len(result[key])} {title}, listed in {Path(out) / listing}:")
-            for e in result[key][:10]:
+            shown = result[key][:10]
+            for e in shown:
                 print(f"  {e['path']}: {e['reason']}")
-            if len(result[key]) > 10:
-                print(f"  ... and {len(result[key]) - 10} more")
+            if len(result[key]) > len(shown):
+                print(f"  ... and {len(result[key]) - len(shown)} more")
 
 
 def _fail_resumable(what: str, args: argparse.Namespace, code: int = EXIT_INCOMPLETE) -> int:
