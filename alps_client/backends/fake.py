@@ -20,6 +20,7 @@ and no torch. A model repository whose manifest says ``model_type: "fake"`` (wri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -106,15 +107,30 @@ def _projection(rows: int = 256 - COLOUR_CHANNELS, cols: int = 6) -> npt.NDArray
     return q.astype(np.float32)
 
 
+def _square_sums(values: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.uint64]:
+    """Sums over ``size`` x ``size`` squares of ``(H, W, C)`` integers -> ``(H / size, W / size, C) uint64``.
+
+    Rows first, then columns, each over contiguous memory: exact, and ~5x faster than a float mean over two
+    strided axes (the fake encodes every image of the flow tests).
+    """
+    h, w, c = values.shape
+    rows = values.reshape(h // size, size, w * c).sum(axis=1, dtype=np.uint64)
+    return rows.reshape(h // size, w // size, size, c).sum(axis=2)
+
+
 def fake_features(padded: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """``(1024, 1024, 3) uint8`` padded frame -> ``(256, 64, 64) float32`` fake embedding (see module docs)."""
-    x = padded.astype(np.float32) / np.float32(255.0)
-    blocks = x.reshape(LOW_RES, BLOCK, LOW_RES, BLOCK, 3).mean(axis=(1, 3))  # (256, 256, 3)
     per = CELL // BLOCK
+    block_sums = _square_sums(padded, BLOCK)  # (256, 256, 3)
+    blocks = (block_sums / (BLOCK * BLOCK * 255.0)).astype(np.float32)
     # pixel_unshuffle order: channel = c * 16 + dy * 4 + dx
     packed = blocks.reshape(64, per, 64, per, 3).transpose(4, 1, 3, 0, 2).reshape(COLOUR_CHANNELS, 64, 64)
-    cells = x.reshape(64, CELL, 64, CELL, 3)
-    stats = np.concatenate([cells.mean(axis=(1, 3)), cells.std(axis=(1, 3))], axis=-1)  # (64, 64, 6)
+    squares = padded.astype(np.uint32)
+    squares *= squares
+    pixels = CELL * CELL
+    mean = _square_sums(block_sums, per) / (pixels * 255.0)  # (64, 64, 3)
+    variance = np.maximum(_square_sums(squares, CELL) / (pixels * 255.0**2) - mean**2, 0.0)
+    stats = np.concatenate([mean, np.sqrt(variance)], axis=-1).astype(np.float32)  # (64, 64, 6)
     described = np.einsum("cs,hws->chw", _projection(), stats)
     return np.concatenate([packed, described]).astype(np.float32)
 
@@ -144,21 +160,32 @@ class _Regions:
         index = np.arange(1, n + 1)
         self.colour = np.stack([ndimage.mean(frame[..., c], self.ids, index) for c in range(3)], axis=1) if n else \
             np.zeros((0, 3))
+        # Prompts come in grid order, so neighbours mostly share a region and tile. 16 entries: 12 MB per image;
+        # lru_cache is thread-safe.
+        self._logits_of = functools.lru_cache(maxsize=16)(self._region_logits)
 
-    def masks(self, x: float, y: float) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32]]:
-        """``(3, 256, 256) bool`` sub-part / part / whole masks and ``(3,)`` predicted IoUs of a point (1024 frame)."""
+    def logits(self, x: float, y: float) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """``(3, 256, 256) float32`` sub-part / part / whole logits and ``(3,)`` predicted IoUs of a point (1024 frame).
+
+        Read-only arrays, cached: the points of one region and tile get the same masks.
+        """
         px = int(np.clip(x // BLOCK, 0, LOW_RES - 1))
         py = int(np.clip(y // BLOCK, 0, LOW_RES - 1))
-        region = int(self.ids[py, px])
+        return self._logits_of(int(self.ids[py, px]), py // SUBPART_TILE * SUBPART_TILE,
+                               px // SUBPART_TILE * SUBPART_TILE)
+
+    def _region_logits(self, region: int, ty: int, tx: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         part = self.ids == region
-        ty, tx = py // SUBPART_TILE * SUBPART_TILE, px // SUBPART_TILE * SUBPART_TILE
         sub = np.zeros_like(part)
         sub[ty : ty + SUBPART_TILE, tx : tx + SUBPART_TILE] = part[ty : ty + SUBPART_TILE, tx : tx + SUBPART_TILE]
-        similar = np.flatnonzero(np.abs(self.colour - self.colour[region - 1]).max(axis=1) <= SAME_COLOUR) + 1
-        whole = np.isin(self.ids, similar)
+        similar = np.abs(self.colour - self.colour[region - 1]).max(axis=1) <= SAME_COLOUR  # (n,): ids 1..n
+        whole = np.concatenate([[False], similar])[self.ids]
         ious = [IOU["part"] if (sub == part).all() else IOU["cut"], IOU["part"],
                 IOU["part"] if (whole == part).all() else IOU["merged"]]
-        return np.stack([sub, part, whole]), np.asarray(ious, np.float32)
+        logits = np.where(np.stack([sub, part, whole]), np.float32(LOGIT), np.float32(-LOGIT / 2))
+        scores = np.asarray(ious, np.float32)
+        logits.flags.writeable = scores.flags.writeable = False
+        return logits, scores
 
 
 class FakeSamBackend:
@@ -222,15 +249,15 @@ class FakeSamBackend:
             self.decode_calls += 1
         regions = self._regions_of(embedding.features)
         b = point_coords.shape[0]
-        logits = np.full((b, 3, LOW_RES, LOW_RES), -LOGIT / 2, np.float32)
+        logits = np.empty((b, 3, LOW_RES, LOW_RES), np.float32)  # every row written below (np.full: 10 ms)
         ious = np.zeros((b, 3), np.float32)
         for i in range(b):
             foreground = np.flatnonzero(point_labels[i] == 1)
             if len(foreground) == 0:
+                logits[i] = -LOGIT / 2
                 continue
             x, y = point_coords[i, foreground[0]]
-            masks, ious[i] = regions.masks(float(x), float(y))
-            logits[i][masks] = LOGIT
+            logits[i], ious[i] = regions.logits(float(x), float(y))
         return DecoderOutput(logits, ious)
 
     def close(self) -> None:

@@ -41,3 +41,42 @@ def test_fake_embedding_frames_match_sam(fake_backend):
     out = fake_backend.decode(embedding, np.array([[[500.0, 100.0]]], np.float32), np.ones((1, 1), np.float32))
     assert out.low_res_masks.shape == (1, 3, 256, 256) and out.iou_predictions.shape == (1, 3)
     assert (out.low_res_masks[:, :, 86:] < 0).all()  # nothing below the valid (resized) region: padding is black
+
+
+def test_fake_embedding_is_the_block_colours_and_cell_statistics_the_module_describes():
+    """The integer sums of ``fake_features`` against the plain float64 restatement of its docstring."""
+    from alps_client.backends.fake import _projection, colour_frame, fake_features
+
+    rng = np.random.default_rng(4)
+    padded = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    padded[:512] = padded[:512] // 64 * 64  # flat areas too: a spread of exactly 0
+    features = fake_features(padded)
+    x = padded.astype(np.float64) / 255.0
+    blocks = x.reshape(256, 4, 256, 4, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(colour_frame(features), blocks, atol=1e-6)
+    cells = x.reshape(64, 16, 64, 16, 3)
+    stats = np.concatenate([cells.mean(axis=(1, 3)), cells.std(axis=(1, 3))], axis=-1)
+    np.testing.assert_allclose(features[48:], np.einsum("cs,hws->chw", _projection(), stats), atol=1e-5)
+
+
+def test_fake_masks_follow_the_first_foreground_point_of_each_prompt(fake_backend):
+    """Points in one region and tile share their masks (cached, never written through); a background-only prompt
+    gives nothing; a point in the next tile of the same region cuts a different sub-part."""
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[:, 128:] = 200  # two halves; the bright one crosses the 64-px tiles of the low-res frame (256 px of 1024)
+    (embedding,) = fake_backend.encode([image])
+    coords = np.array([[[600.0, 100.0]], [[610.0, 120.0]], [[600.0, 400.0]], [[10.0, 10.0]]], np.float32)
+    labels = np.array([[1.0], [1.0], [1.0], [0.0]], np.float32)
+    out = fake_backend.decode(embedding, coords, labels)
+    masks = out.low_res_masks > 0
+    assert out.low_res_masks.flags.writeable
+    assert (masks[0] == masks[1]).all() and (out.iou_predictions[0] == out.iou_predictions[1]).all()
+    part = masks[0, 1]
+    assert (part == masks[2, 1]).all() and part[:, 130:].all() and not part[:, :126].any()
+    tiles = np.zeros((2, 256, 256), bool)
+    tiles[0, :64, 128:192] = tiles[1, 64:128, 128:192] = True  # the tiles of points 0 and 2 (low-res frame)
+    assert (masks[0, 0] == part & tiles[0]).all() and (masks[2, 0] == part & tiles[1]).all()
+    assert not masks[3].any() and (out.iou_predictions[3] == 0).all()
+    out.low_res_masks[0] = 0  # the caller owns its output: the next decode is unchanged
+    again = fake_backend.decode(embedding, coords[:1], labels[:1])
+    assert (again.low_res_masks[0] > 0).sum() == masks[0].sum()
