@@ -27,8 +27,8 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_threa
 
 
 # The longest files first (seconds per file, setup included, measured in a `make test` at 49fac0c on 2 cores):
-# `make test` hands whole files to its two workers in collection order (--dist loadfile --no-loadscope-reorder),
-# so both workers end near the same time instead of one running a long file alone at the end. The second file
+# `make test` hands whole files to its workers in collection order (--dist loadfile --no-loadscope-reorder),
+# so the workers end near the same time instead of one running a long file alone at the end. The second file
 # needs no Prefect server: its worker exports while the first starts the session's server, instead of waiting
 # for it. A file missing here only runs later; the order changes no result.
 LONGEST_FILES = (
