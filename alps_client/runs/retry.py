@@ -113,6 +113,13 @@ class FailureStreak:
         'the run stopped starting images: no space left on the disk while writing x.npz'
         >>> full.record("failed", "worker lost"); full.reason()  # an image in flight failing after: still the disk
         'the run stopped starting images: no space left on the disk while writing x.npz'
+
+    Once tripped it stays so, with the reason that tripped it: the images queued behind end as "not started" and
+    one still in flight may end labelled, and neither says why the run stopped.
+
+        >>> streak.record("failed", "not started: the run stopped starting images"); streak.record("labelled")
+        >>> streak.tripped, streak.reason()  # doctest: +ELLIPSIS
+        (True, 'the run stopped starting images after 2 in a row failed (last: server unavailable): the backend, ...')
     """
 
     def __init__(self, limit: int) -> None:
@@ -127,6 +134,10 @@ class FailureStreak:
 
         ``ends_run``: this failure stops the run by itself, for good (a full output disk).
         """
+        if self.tripped:  # latched; only a failure that stops the run for good (a full disk) still says so
+            if ends_run and not self.ending:
+                self.ending = reason
+            return
         if status == "failed":
             self.count += 1
             self.last = reason

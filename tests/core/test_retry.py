@@ -7,7 +7,7 @@ import pytest
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe
 
 
-def test_a_failure_streak_trips_at_its_limit_and_anything_but_a_failure_ends_it():
+def test_a_failure_streak_trips_at_its_limit_stays_tripped_and_anything_but_a_failure_ends_it():
     streak = FailureStreak(3)
     for status in ["failed", "failed", "labelled", "failed", "rejected", "failed", "skipped", "failed", "failed"]:
         streak.record(status, "server unavailable")
@@ -16,8 +16,13 @@ def test_a_failure_streak_trips_at_its_limit_and_anything_but_a_failure_ends_it(
     assert streak.tripped
     assert streak.reason() == ("the run stopped starting images after 3 in a row failed (last: disk full): the "
                                "backend, the workers or the disk looks down")
-    streak.record("labelled")  # the machinery came back (an image in flight finished): the run goes on
-    assert not streak.tripped
+    # Tripped, the run starts no other image: the images queued behind end "not started" and one in flight may
+    # still be labelled; the reason stays the failures that tripped it (it said "last: not started ...").
+    streak.record("failed", "not started: the run stopped starting images (see its error)")
+    streak.record("labelled")
+    assert streak.tripped and "(last: disk full)" in streak.reason()
+    streak.record("failed", "no space left on the disk while writing b.npz", ends_run=True)  # still said: for good
+    assert streak.reason() == "the run stopped starting images: no space left on the disk while writing b.npz"
 
 
 def test_a_failure_that_ends_the_run_trips_at_once_and_stays_tripped():
