@@ -5,6 +5,7 @@ SAM and SAM 2 repositories alike: requests are built by role in :mod:`alps_clien
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from alps_client.config import BackendConfig
 from alps_client.errors import (
     BackendClosedError,
     BackendOutOfMemoryError,
+    DependencyNotFoundError,
     ModelRepositoryError,
     ModelSignatureError,
     ran_out_of_memory,
@@ -40,6 +42,9 @@ CPU_PROMPTS_PER_CALL = 8
 # on CPU, bench/bench_ort_options.py), so 64 prompts need ~6 GB of GPU memory; 256 would need ~24 GB.
 GPU_PROMPTS_PER_CALL = 64
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(float)": "float32"}
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+logger = logging.getLogger(__name__)
+
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
@@ -87,6 +92,24 @@ def session_settings(model: str, num_threads: int | None, on_gpu: bool) -> dict[
     }
 
 
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed beside onnxruntime-gpu, once per process.
+
+    onnxruntime-gpu's CUDA provider finds them by name alone, and pip's ``nvidia-*`` wheels are on no library path:
+    ``onnxruntime.preload_dlls`` (onnxruntime >= 1.21) loads them from the site-packages onnxruntime is in; without
+    it the provider fails to start unless ``import torch`` loaded the same libraries first.
+    """
+    import onnxruntime as ort
+
+    global _cuda_preloaded
+    if not _cuda_preloaded and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    _cuda_preloaded = True
+
+
+_cuda_preloaded = False
+
+
 def make_session(path: str | Path, settings: dict[str, Any], providers: Sequence[str | tuple[str, dict[str, Any]]]) -> Any:
     """An ``onnxruntime.InferenceSession`` with :func:`session_settings`-style ``settings``."""
     import onnxruntime as ort
@@ -121,24 +144,45 @@ class EmbeddedBackend:
         self.manifest = manifest or load_manifest(self.config.model_repository)
         if providers is None:
             cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        names = [p if isinstance(p, str) else p[0] for p in providers]
-        self.on_gpu = bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(names))
+            try:
+                self._open(["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"])
+            except DependencyNotFoundError as err:
+                logger.warning("%s; running on the CPU", err)
+                self._open(["CPUExecutionProvider"])
+        else:
+            self._open(providers)
+        # One encode at a time: two at once (the flow keeps 2 images in flight) hold the encoder's working set
+        # twice (vit_b: ~1.7 GB each, AMG peak 3.2 GB) for no speed, the first already using every thread.
+        self._encode_lock = threading.Lock()
+        self._enc = self.manifest.encoder
+        self._dec = self.manifest.decoder
+
+    def _open(self, providers: Sequence[str | tuple[str, dict[str, Any]]]) -> None:
+        """Start the encoder and decoder sessions on ``providers``; the first one must run them."""
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        self.on_gpu = first in GPU_PROVIDERS
+        if self.on_gpu:
+            preload_cuda_libraries()
         self._sessions = {}
         for key, spec in (("encoder", self.manifest.encoder), ("decoder", self.manifest.decoder)):
             if not spec.onnx_path.is_file():
                 raise ModelRepositoryError(
                     f"{spec.onnx_path} is missing from the model repository; re-run export/export_sam.py"
                 )
-            settings = session_settings(key, self.config.num_threads, self.on_gpu)
-            session = make_session(spec.onnx_path, settings, providers)
+            session = make_session(spec.onnx_path, session_settings(key, self.config.num_threads, self.on_gpu),
+                                   providers)
+            if first not in session.get_providers():
+                # onnxruntime goes on with the next provider when one cannot start (its libraries missing, say):
+                # asked for a GPU, that would run on the CPU, with GPU-sized prompt batches, and say nothing.
+                raise DependencyNotFoundError(
+                    f"onnxruntime could not start {first} for {spec.onnx_path} (it runs on "
+                    f"{session.get_providers()}): its libraries are missing or do not load; for CUDA, pip install "
+                    "'onnxruntime-gpu[cuda,cudnn]', or ask for CPUExecutionProvider"
+                )
             check_session_signature(session, spec)
             self._sessions[key] = session
-        # One encode at a time: two at once (the flow keeps 2 images in flight) hold the encoder's working set
-        # twice (vit_b: ~1.7 GB each, AMG peak 3.2 GB) for no speed, the first already using every thread.
-        self._encode_lock = threading.Lock()
-        self._enc = self.manifest.encoder
-        self._dec = self.manifest.decoder
+        #: the providers the sessions run on, in onnxruntime's order of preference
+        self.providers: list[str] = self._sessions["encoder"].get_providers()
 
     @property
     def prompt_batch_size(self) -> int:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alps_client.backends.embedded import EmbeddedBackend
+from alps_client.backends.embedded import CPU_PROMPTS_PER_CALL, EmbeddedBackend
 from alps_client.backends.manifest import load_manifest
 from alps_client.config import BackendConfig
-from alps_client.errors import ModelRepositoryError, ModelSignatureError
+from alps_client.errors import DependencyNotFoundError, ModelRepositoryError, ModelSignatureError
+from alps_client.runs.retry import is_transient
 from tests.shapes import make_shapes_image
 
 
@@ -153,3 +154,36 @@ def test_a_closed_backend_says_so_and_is_not_retried(stand_in_repo):
     assert not is_transient(err.value)
     with pytest.raises(BackendClosedError, match="no encoder session"):
         backend.encode([make_shapes_image()])
+
+
+def test_a_gpu_provider_that_cannot_start_is_an_error_not_a_silent_cpu_run(stand_in_repo):
+    """onnxruntime goes on with the next provider when the first cannot start (here: a CPU-only onnxruntime; on a
+    GPU machine: CUDA's libraries missing). Asked for CUDA, the backend must say so, not run on the CPU with the
+    GPU's prompt batches; left to choose, it runs on the CPU and says why."""
+    with pytest.raises(DependencyNotFoundError, match=r"could not start CUDAExecutionProvider for .*sam_encoder.*model\.onnx.*"
+                                                      r"onnxruntime-gpu\[cuda,cudnn\]") as err:
+        EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1),
+                        providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert not is_transient(err.value)  # a missing library: retrying cannot help
+
+
+def test_left_to_choose_a_gpu_that_cannot_start_it_runs_on_the_cpu_and_says_so(stand_in_repo, monkeypatch, caplog):
+    import onnxruntime as ort
+
+    cpu_only = ort.get_available_providers()
+    assert "CUDAExecutionProvider" not in cpu_only  # this machine's onnxruntime: CUDA is listed but cannot start
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *cpu_only])
+    with caplog.at_level("WARNING", logger="alps_client.backends.embedded"):
+        backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1))
+    assert backend.providers == ["CPUExecutionProvider"]
+    assert not backend.on_gpu and backend.prompt_batch_size == CPU_PROMPTS_PER_CALL
+    assert "could not start CUDAExecutionProvider" in caplog.text and "running on the CPU" in caplog.text
+    (embedding,) = backend.encode([make_shapes_image()])
+    out = backend.decode(embedding, np.full((2, 1, 2), 100, np.float32), np.ones((2, 1), np.float32))
+    assert out.low_res_masks.shape == (2, 3, 256, 256)
+
+
+def test_the_cpu_provider_is_reported_as_running(stand_in_repo):
+    backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1),
+                              providers=["CPUExecutionProvider"])
+    assert backend.providers == ["CPUExecutionProvider"] and not backend.on_gpu
