@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 AMG = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.95}
+# onnxruntime-gpu 1.31's TensorRT provider is built against TensorRT 10 (its NEEDED entries)
+TENSORRT_LIBRARY = "libnvinfer.so.10"
 
 
 class Budget:
@@ -42,8 +44,11 @@ class Budget:
         return False
 
 
-def provider_runs(dry_run: bool, trt_cache: Path) -> list[tuple[str, list[Any]]]:
-    """(label, providers) to run: CUDA, TensorRT when the wheel lists it; the CPU provider in a dry run."""
+def provider_runs(dry_run: bool, trt_cache: Path, skipped: list[str]) -> list[tuple[str, list[Any]]]:
+    """(label, providers) to run: CUDA, TensorRT when its libraries load; the CPU provider in a dry run.
+
+    What cannot run here is appended to ``skipped``, with the reason.
+    """
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -54,9 +59,28 @@ def provider_runs(dry_run: bool, trt_cache: Path) -> list[tuple[str, list[Any]]]
                          "which installs onnxruntime-gpu from bench/requirements-gpu.txt")
     runs = [("CUDA", ["CUDAExecutionProvider", "CPUExecutionProvider"])]
     if "TensorrtExecutionProvider" in available:
-        trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache), "trt_fp16_enable": True}
-        runs.append(("TensorRT", [["TensorrtExecutionProvider", trt], "CUDAExecutionProvider", "CPUExecutionProvider"]))
+        # onnxruntime-gpu lists TensorRT whether or not TensorRT's own libraries are installed; without them a run
+        # would fail (the backend refuses to fall back to CUDA unasked), so the row is skipped, and said so.
+        missing = missing_library(TENSORRT_LIBRARY)
+        if missing:
+            skipped.append(f"TensorRT ({missing}: TensorRT 10's libraries are not installed)")
+            print(f"[gpu-check] skipped: TensorRT ({missing})", flush=True)
+        else:
+            trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache), "trt_fp16_enable": True}
+            runs.append(("TensorRT",
+                         [["TensorrtExecutionProvider", trt], "CUDAExecutionProvider", "CPUExecutionProvider"]))
     return runs
+
+
+def missing_library(name: str) -> str | None:
+    """None when the shared library ``name`` loads, else why not (the loader's message)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(name)
+    except OSError as err:
+        return str(err)
+    return None
 
 
 def run_ours(repository: Path, providers: list[Any], image_list: Path, work: Path, points_per_side: int) -> dict[str, Any]:
@@ -72,6 +96,7 @@ def run_ours(repository: Path, providers: list[Any], image_list: Path, work: Pat
     n = r["n_images"]
     return {"per_image": {k: v / n for k, v in r["seconds"].items()}, "seconds_per_image": r["total_seconds"] / n,
             "images_per_hour": 3600.0 * n / r["total_seconds"], "peak_rss_mib": r["peak_rss_mib"],
+            "providers_running": r["providers"],
             "prompts_upscaled": r["upscaled"], "masks_kept_by_gate": r["n_kept"]}
 
 
@@ -83,8 +108,10 @@ def kmeans(dry_run: bool, points: int, clusters: int = 64) -> dict[str, Any]:
 
         library, model = "scikit-learn", KMeans(n_clusters=clusters, n_init=1, random_state=0)
     else:
-        import cuml
-
+        try:
+            import cuml
+        except ImportError as err:  # the rows above are kept: the entry says what is missing
+            return {"library": None, "error": f"cuML not importable ({err}); pip install -r bench/requirements-gpu.txt"}
         library, model = f"cuML {cuml.__version__}", cuml.KMeans(n_clusters=clusters, n_init=1, random_state=0)
     model.fit(x[: min(points, 1000)])  # warm-up: CUDA context and kernels
     start = time.perf_counter()
@@ -119,7 +146,7 @@ def main() -> None:
     from export.quantize import half_repository
 
     load_start = load_average()
-    runs = provider_runs(args.dry_run, work / "trt_cache")
+    runs = provider_runs(args.dry_run, work / "trt_cache", budget.skipped)
     steps: dict[str, float] = {}
     start = time.perf_counter()
     if args.model_repository:
@@ -163,7 +190,7 @@ def main() -> None:
         "note": (f"`bench/gpu_check.sh{' --dry-run' if args.dry_run else ''}`: {n_images} synthetic {size}-px scenes, "
                  f"AMG {amg}, random weights (see bench/gpu_check.py: the rows time the GPU work on the full grid, "
                  "not mask quality); steps took " + ", ".join(f"{s} {t:.0f} s" for s, t in steps.items())
-                 + (f"; skipped for time: {', '.join(budget.skipped)}" if budget.skipped else "") + "."),
+                 + (f"; skipped: {', '.join(budget.skipped)}" if budget.skipped else "") + "."),
         "device": device_name(args.dry_run),
         "rows": [r for r in rows if "error" not in r],
         "errors": [r for r in rows if "error" in r],

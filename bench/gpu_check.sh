@@ -10,9 +10,10 @@
 #
 # Environment: the dry run uses the project's .venv (make setup). The GPU run uses .venv-gpu, made here once:
 # requirements.txt + requirements.lock as `make setup` installs them, then the CPU onnxruntime swapped for
-# bench/requirements-gpu.txt (onnxruntime-gpu, cuml-cu12). Wheels in $ALPS_WHEELS (or /opt/wheels) are used first,
-# for machines that cannot reach a package index. Other arguments go to bench/gpu_check.py (--images N,
-# --model-repository DIR to skip the export, --results-dir DIR).
+# bench/requirements-gpu.txt (onnxruntime-gpu, cuml-cu13). Wheels in $ALPS_WHEELS (or /opt/wheels) are used first,
+# for machines that cannot reach a package index. GPU_PYTHON=python3 runs the check with that Python instead, for an
+# image that already holds the packages (torch, onnxruntime-gpu, ...). Other arguments go to bench/gpu_check.py
+# (--images N, --model-repository DIR to skip the export, --results-dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -37,18 +38,24 @@ if ! command -v nvidia-smi > /dev/null || ! nvidia-smi -L > /dev/null 2>&1; then
 fi
 nvidia-smi -L
 
-VENV=.venv-gpu
-STAMP=$VENV/.installed-$(cat requirements.txt requirements.lock bench/requirements-gpu.txt | sha256sum | cut -c1-12)
-if [ ! -f "$STAMP" ]; then
-  echo "[gpu-check] preparing $VENV (once) ..."
-  test -x $VENV/bin/python || "$PYTHON" -m venv $VENV
-  PIP=($VENV/bin/python -m pip install --disable-pip-version-check --quiet "${FIND_LINKS[@]}")
-  "${PIP[@]}" -r requirements.txt -c requirements.lock
-  $VENV/bin/python -m pip uninstall --yes --quiet onnxruntime
-  "${PIP[@]}" -r bench/requirements-gpu.txt
-  "${PIP[@]}" --no-deps -e .
-  rm -f $VENV/.installed-*
-  touch "$STAMP"
+if [ -n "${GPU_PYTHON:-}" ]; then
+  # An environment that already holds the GPU packages (a CUDA image's own Python, say): no .venv-gpu.
+  RUN_PYTHON=$GPU_PYTHON
+else
+  VENV=.venv-gpu
+  STAMP=$VENV/.installed-$(cat requirements.txt requirements.lock bench/requirements-gpu.txt | sha256sum | cut -c1-12)
+  if [ ! -f "$STAMP" ]; then
+    echo "[gpu-check] preparing $VENV (once) ..."
+    test -x $VENV/bin/python || "$PYTHON" -m venv $VENV
+    PIP=($VENV/bin/python -m pip install --disable-pip-version-check --quiet "${FIND_LINKS[@]}")
+    "${PIP[@]}" -r requirements.txt -c requirements.lock
+    $VENV/bin/python -m pip uninstall --yes --quiet onnxruntime
+    "${PIP[@]}" -r bench/requirements-gpu.txt
+    "${PIP[@]}" --no-deps -e .
+    rm -f $VENV/.installed-*
+    touch "$STAMP"
+  fi
+  RUN_PYTHON=$VENV/bin/python
 fi
-$VENV/bin/python -c "import onnxruntime as o; print('[gpu-check] onnxruntime', o.__version__, o.get_available_providers())"
-exec $VENV/bin/python bench/gpu_check.py "$@"
+$RUN_PYTHON -c "import onnxruntime as o; print('[gpu-check] onnxruntime', o.__version__, o.get_available_providers())"
+exec $RUN_PYTHON bench/gpu_check.py "$@"

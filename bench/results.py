@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
-    """``git rev-parse --short HEAD``, with ``-dirty`` when tracked files (other than the results) differ from it."""
+    """``git rev-parse --short HEAD``, with ``-dirty`` when tracked files (other than the results) differ from it.
+
+    A copy of the tree without git (a container, another machine) records ``$ALPS_BENCH_COMMIT``, else "unknown".
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -30,7 +33,7 @@ def commit() -> str:
         diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", *outputs], cwd=ROOT, check=False)
         dirty = diff.returncode != 0
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("ALPS_BENCH_COMMIT", "unknown")
     return f"{head}-dirty" if dirty else head
 
 

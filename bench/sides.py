@@ -90,7 +90,7 @@ def side_ours(args: Any, images: dict[str, np.ndarray], work: Path, repository: 
         shards.append(summary.shard_path)
         kept += summary.n_kept
     if kept == 0:  # nothing reached the gate (random weights at Meta's stability threshold): nothing to cluster
-        return {"seconds": seconds, "upscaled": upscaled, "n_kept": 0}
+        return {"seconds": seconds, "upscaled": upscaled, "n_kept": 0, "providers": backend.providers}
     import sklearn.cluster  # noqa: F401  -- imported before timing, as the reference imports it at module level
 
     start = time.perf_counter()
@@ -101,7 +101,7 @@ def side_ours(args: Any, images: dict[str, np.ndarray], work: Path, repository: 
     start = time.perf_counter()
     write_dataset(work / "out", shards, centroids, cfg, backend.manifest.raw, [])
     seconds["writing"] = time.perf_counter() - start
-    return {"seconds": seconds, "upscaled": upscaled, "n_kept": kept}
+    return {"seconds": seconds, "upscaled": upscaled, "n_kept": kept, "providers": backend.providers}
 
 
 def _count_upscaled(backend: Any, pred_iou_thresh: float) -> dict[str, int]:

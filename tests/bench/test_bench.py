@@ -173,6 +173,38 @@ def test_gpu_check_dry_run(checkpoint_bench, tmp_path):
     assert [i.type.tensor_type.elem_type for i in decoder.graph.input] == [onnx.TensorProto.FLOAT] * 4
     assert entry["kmeans"]["library"] == "scikit-learn" and entry["kmeans"]["points"] == 500
     assert all(r["prompts_upscaled"]["prompts"] == 16 for r in entry["rows"])
+    assert all(r["providers_running"] == ["CPUExecutionProvider"] for r in entry["rows"])
+
+
+def test_gpu_check_skips_tensorrt_without_its_libraries_and_says_why(monkeypatch, tmp_path):
+    """onnxruntime-gpu lists TensorRT whether or not TensorRT is installed (none is here): no row, a reason."""
+    import onnxruntime as ort
+
+    from bench.gpu_check import TENSORRT_LIBRARY, missing_library, provider_runs
+
+    assert missing_library(TENSORRT_LIBRARY) and missing_library("libc.so.6") is None
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    skipped: list[str] = []
+    runs = provider_runs(False, tmp_path, skipped)
+    assert [label for label, _ in runs] == ["CUDA"]
+    assert len(skipped) == 1 and skipped[0].startswith("TensorRT (") and TENSORRT_LIBRARY in skipped[0]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(SystemExit, match="no CUDA provider"):
+        provider_runs(False, tmp_path, skipped)
+
+
+def test_a_results_entry_from_a_copy_without_git_names_the_commit_it_was_given(monkeypatch, tmp_path):
+    from bench import results
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(results.subprocess, "run", no_git)
+    monkeypatch.setenv("ALPS_BENCH_COMMIT", "abc1234")
+    assert results.commit() == "abc1234"
+    monkeypatch.delenv("ALPS_BENCH_COMMIT")
+    assert results.commit() == "unknown"
 
 
 def test_gpu_check_without_a_gpu_says_so(tmp_path):
