@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, help="prompt grid (default Meta's 32; dry run 8)")
     parser.add_argument("--time-limit", type=float, default=480.0, help="seconds for the whole check")
     parser.add_argument("--kmeans-points", type=int, help="random PFLs to cluster (default 200,000; dry run 5,000)")
+    parser.add_argument("--model-type", default="vit_h", help="SAM to export with random weights (default vit_h)")
     parser.add_argument("--model-repository", help="an fp32 repository already exported (skips the export)")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "gpu_check"))
     parser.add_argument("--results-dir", default=str(ROOT / "bench"), help="where results.json and RESULTS.md go")
@@ -155,7 +156,7 @@ def main() -> None:
         from export.export_sam import run_export
 
         fp32 = work / "repo-fp32"
-        run_export("tiny-test" if args.dry_run else "vit_h", fp32, random_init=True, cpu=args.dry_run)
+        run_export("tiny-test" if args.dry_run else args.model_type, fp32, random_init=True, cpu=args.dry_run)
     steps["export fp32"] = time.perf_counter() - start
     start = time.perf_counter()
     fp16 = work / "repo-fp16"
