@@ -109,13 +109,29 @@ def half_repository(source: Path, out: Path) -> dict[str, Any]:
     manifest = _copy_without_models(source, out)
     start = time.perf_counter()
     for model in manifest["models"].values():
-        half = convert_float_to_float16(onnx.load(str(source / model["path"])), keep_io_types=True)
+        half = convert_float_to_float16(typed_model(source / model["path"]), keep_io_types=True,
+                                        disable_shape_infer=True)
         external = half.ByteSize() > EXTERNAL_DATA_BYTES  # vit_h's encoder: 1.3 GB in fp16, under the limit
         onnx.save(half, str(out / model["path"]), save_as_external_data=external,
                   location=Path(model["path"]).name + ".data")
     manifest["half_precision"] = {"method": "onnxruntime.transformers.float16, inputs and outputs kept fp32",
                                   "seconds": time.perf_counter() - start}
     return _write_derived_manifest(out, manifest, "fp16")
+
+
+def typed_model(path: Path) -> Any:
+    """The ONNX model at ``path`` with every intermediate tensor's type inferred, its weights loaded.
+
+    The inference runs before the weights are loaded: onnx's in-memory inference serialises the model, which
+    protobuf refuses past 2 GB (vit_h's fp32 encoder: 2.5 GB; onnxruntime's fp16 converter failed on it with
+    ``EncodeError: Failed to serialize proto``).
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    load_external_data_for_model(model, str(Path(path).parent))
+    return model
 
 
 def quantize_int8(model: Path, out: Path) -> None:
