@@ -121,7 +121,9 @@ def _gpu(name: str, r: dict[str, Any]) -> list[str]:
     for err in r.get("errors", []):
         lines.append(f"| {err['model']} | {err['provider']} | failed: {err['error']} | | | | | |")
     k = r.get("kmeans")
-    if k:
+    if k and "error" in k:
+        lines += ["", f"k-means: not run: {k['error']}"]
+    elif k:
         lines += ["", f"k-means ({k['library']}): {k['points']} PFLs x 256, {k['clusters']} clusters: {k['seconds']:.2f} s"]
     return [*lines, ""]
 
