@@ -12,7 +12,7 @@ _PYPI_NAMES = {
     "cv2": "opencv-python-headless",
     "tritonclient": "tritonclient[grpc,http]",
     "pycocotools": "pycocotools",
-    "cuml": "cuml-cu12 (RAPIDS, needs a CUDA GPU)",
+    "cuml": "cuml-cu13 (RAPIDS, needs a CUDA GPU; cuml-cu12 for CUDA 12)",
     "dask_ml": "dask-ml",
     "rasterio": "rasterio",
     "nibabel": "nibabel",

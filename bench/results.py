@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def commit() -> str:
     """``git rev-parse --short HEAD``, with ``-dirty`` when tracked files (other than the results) differ from it.
 
-    A copy of the tree without git (a container, another machine) records ``$ALPS_BENCH_COMMIT``, else "unknown".
+    ``$ALPS_BENCH_COMMIT`` comes first where set: a copy of the tree on another machine may carry no git history, or
+    an older one than the code it holds (then it would read as that older commit, ``-dirty``). Without either,
+    "unknown".
     """
+    if os.environ.get("ALPS_BENCH_COMMIT"):
+        return os.environ["ALPS_BENCH_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -33,7 +37,7 @@ def commit() -> str:
         diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", *outputs], cwd=ROOT, check=False)
         dirty = diff.returncode != 0
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("ALPS_BENCH_COMMIT", "unknown")
+        return "unknown"
     return f"{head}-dirty" if dirty else head
 
 
