@@ -83,11 +83,13 @@ def missing_library(name: str) -> str | None:
     return None
 
 
-def run_ours(repository: Path, providers: list[Any], image_list: Path, work: Path, points_per_side: int) -> dict[str, Any]:
-    """Our pipeline (bench_pipeline's side process) on one repository and provider list."""
+def run_ours(repository: Path, providers: list[Any], image_list: Path, work: Path, points_per_side: int,
+             in_flight: int = 2) -> dict[str, Any]:
+    """Our pipeline (bench_pipeline's side process) on one repository and provider list, ``in_flight`` images at
+    once on one backend (``alps run --concurrency``)."""
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(ROOT / "bench" / "bench_pipeline.py"), "--name", "gpu-check", "--side", "ours",
-           "--threads", "0", "--points-per-side", str(points_per_side),
+           "--threads", "0", "--points-per-side", str(points_per_side), "--concurrency", str(in_flight),
            "--pred-iou-thresh", str(AMG["pred_iou_thresh"]), "--stability-score-thresh",
            str(AMG["stability_score_thresh"]), "--side-repository", str(repository), "--image-list", str(image_list),
            "--work", str(work), "--result", str(work / "result.json"), "--providers", json.dumps(providers)]
@@ -96,7 +98,7 @@ def run_ours(repository: Path, providers: list[Any], image_list: Path, work: Pat
     n = r["n_images"]
     return {"per_image": {k: v / n for k, v in r["seconds"].items()}, "seconds_per_image": r["total_seconds"] / n,
             "images_per_hour": 3600.0 * n / r["total_seconds"], "peak_rss_mib": r["peak_rss_mib"],
-            "providers_running": r["providers"],
+            "providers_running": r["providers"], "images_in_flight": in_flight,
             "prompts_upscaled": r["upscaled"], "masks_kept_by_gate": r["n_kept"]}
 
 
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=480.0, help="seconds for the whole check")
     parser.add_argument("--kmeans-points", type=int, help="random PFLs to cluster (default 200,000; dry run 5,000)")
     parser.add_argument("--model-type", default="vit_h", help="SAM to export with random weights (default vit_h)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2],
+                        help="images in flight, as `alps run --concurrency`: a row for each (default 2)")
+    parser.add_argument("--name", help="the results entry (default gpu-check, or gpu-check-dry-run)")
     parser.add_argument("--model-repository", help="an fp32 repository already exported (skips the export)")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "gpu_check"))
     parser.add_argument("--results-dir", default=str(ROOT / "bench"), help="where results.json and RESULTS.md go")
@@ -170,17 +175,19 @@ def main() -> None:
     image_list.write_text(json.dumps([str(p.resolve()) for p in sorted((data / "images").glob("*.png"))]))
     rows = []
     for provider, providers in runs:
-        for repo in (fp32, fp16):
+        for repo, in_flight in ((repo, c) for repo in (fp32, fp16) for c in args.concurrency):
             manifest = json.loads((repo / "manifest.json").read_text())
-            label = f"{model_label(manifest)} on {provider}"
+            label = f"{model_label(manifest)} on {provider}, {in_flight} in flight"
             if not budget.allows(label, needs_s=30.0):
                 continue
             print(f"[gpu-check] {label} ...", flush=True)
             row_start = time.perf_counter()
             try:
-                result = run_ours(repo, providers, image_list, work / f"{provider}-{manifest['precision']}", grid)
+                result = run_ours(repo, providers, image_list,
+                                  work / f"{provider}-{manifest['precision']}-{in_flight}", grid, in_flight)
             except subprocess.CalledProcessError as err:
-                rows.append({"model": model_label(manifest), "provider": provider, "error": str(err)})
+                rows.append({"model": model_label(manifest), "provider": provider, "images_in_flight": in_flight,
+                             "error": str(err)})
                 continue
             steps[label] = time.perf_counter() - row_start
             rows.append({"model": model_label(manifest), "provider": provider, **result})
@@ -199,7 +206,7 @@ def main() -> None:
         "load": [load_start, load_average()],
         "machine": machine(),
     }
-    record("gpu-check-dry-run" if args.dry_run else "gpu-check", entry, Path(args.results_dir))
+    record(args.name or ("gpu-check-dry-run" if args.dry_run else "gpu-check"), entry, Path(args.results_dir))
     print(json.dumps({"rows": len(entry["rows"]), "errors": entry["errors"], "skipped": budget.skipped}))
 
 

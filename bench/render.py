@@ -109,17 +109,22 @@ def _ort_options(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _in_flight(row: dict[str, Any]) -> str:
+    """The provider, and the images in flight where the row says (entries before it ran 2)."""
+    return f"{row['provider']}, {row['images_in_flight']} in flight" if "images_in_flight" in row else row["provider"]
+
+
 def _gpu(name: str, r: dict[str, Any]) -> list[str]:
     lines = [f"## {name}", "", r["note"], "", f"{r['device']}; {_context(r)}.", "",
              ("| model | provider | encoder s/img | decoder s/img | postprocess s/img | end to end s/img | images/hour |"
              " peak RSS MiB |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in r["rows"]:
         p = row["per_image"]
-        lines.append(f"| {row['model']} | {row['provider']} | {_f(p.get('encoder'))} | {_f(p.get('decoder'))} | "
+        lines.append(f"| {row['model']} | {_in_flight(row)} | {_f(p.get('encoder'))} | {_f(p.get('decoder'))} | "
                      f"{_f(p.get('postprocess'))} | {row['seconds_per_image']:.3f} | {row['images_per_hour']:.0f} | "
                      f"{row['peak_rss_mib']:.0f} |")
     for err in r.get("errors", []):
-        lines.append(f"| {err['model']} | {err['provider']} | failed: {err['error']} | | | | | |")
+        lines.append(f"| {err['model']} | {_in_flight(err)} | failed: {err['error']} | | | | | |")
     k = r.get("kmeans")
     if k and "error" in k:
         lines += ["", f"k-means: not run: {k['error']}"]

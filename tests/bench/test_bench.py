@@ -160,12 +160,13 @@ def test_gpu_check_dry_run(checkpoint_bench, tmp_path):
     _, work, _ = checkpoint_bench
     subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--model-repository",
                     str(work / "repo-fp32"), "--images", "1", "--points-per-side", "4", "--kmeans-points", "500",
-                    "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path)],
+                    "--concurrency", "1", "2", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path)],
                    cwd=ROOT, check=True, capture_output=True)
     entry = _results(tmp_path)["gpu-check-dry-run"]
     assert entry["kind"] == "gpu" and entry["errors"] == [] and "no GPU" in entry["device"]
-    assert [(r["model"], r["provider"]) for r in entry["rows"]] == [
-        ("tiny-test", "CPU"), ("tiny-test, fp16", "CPU")]
+    assert [(r["model"], r["provider"], r["images_in_flight"]) for r in entry["rows"]] == [
+        ("tiny-test", "CPU", 1), ("tiny-test", "CPU", 2), ("tiny-test, fp16", "CPU", 1), ("tiny-test, fp16", "CPU", 2)]
+    assert "| tiny-test, fp16 | CPU, 2 in flight |" in (tmp_path / "RESULTS.md").read_text()
     fp16 = json.loads((tmp_path / "work" / "repo-fp16" / "manifest.json").read_text())
     decoder = onnx.load(str(tmp_path / "work" / "repo-fp16" / fp16["models"]["decoder"]["path"]))
     assert {i.data_type for i in decoder.graph.initializer if i.name.startswith("mask_decoder")} == {
