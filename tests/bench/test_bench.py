@@ -177,6 +177,20 @@ def test_gpu_check_dry_run(checkpoint_bench, tmp_path):
     assert all(r["providers_running"] == ["CPUExecutionProvider"] for r in entry["rows"])
 
 
+def test_gpu_check_runs_in_the_environment_gpu_python_names(tmp_path):
+    """GPU_PYTHON: no .venv-gpu is made; that Python runs the check (here it has no CUDA provider, and says so)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: a stand-in nvidia-smi'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    out = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--workdir", str(tmp_path / "work"),
+                          "--results-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=False,
+                         env={"PATH": f"{fake}:/usr/bin:/bin", "GPU_PYTHON": sys.executable})
+    assert out.returncode == 1 and "onnxruntime has no CUDA provider" in out.stderr, out.stderr[-2000:]
+    assert "[gpu-check] onnxruntime" in out.stdout and "preparing" not in out.stdout
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_gpu_check_skips_tensorrt_without_its_libraries_and_says_why(monkeypatch, tmp_path):
     """onnxruntime-gpu lists TensorRT whether or not TensorRT is installed (none is here): no row, a reason."""
     import onnxruntime as ort
