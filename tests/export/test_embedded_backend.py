@@ -160,8 +160,8 @@ def test_a_gpu_provider_that_cannot_start_is_an_error_not_a_silent_cpu_run(stand
     """onnxruntime goes on with the next provider when the first cannot start (here: a CPU-only onnxruntime; on a
     GPU machine: CUDA's libraries missing). Asked for CUDA, the backend must say so, not run on the CPU with the
     GPU's prompt batches; left to choose, it runs on the CPU and says why."""
-    with pytest.raises(DependencyNotFoundError, match=r"could not start CUDAExecutionProvider for .*sam_encoder.*model\.onnx.*"
-                                                      r"onnxruntime-gpu\[cuda,cudnn\]") as err:
+    message = r"could not start CUDAExecutionProvider for .*sam_encoder.*model\.onnx.*onnxruntime-gpu\[cuda,cudnn\]"
+    with pytest.raises(DependencyNotFoundError, match=message) as err:
         EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1),
                         providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert not is_transient(err.value)  # a missing library: retrying cannot help
@@ -171,7 +171,7 @@ def test_left_to_choose_a_gpu_that_cannot_start_it_runs_on_the_cpu_and_says_so(s
     import onnxruntime as ort
 
     cpu_only = ort.get_available_providers()
-    assert "CUDAExecutionProvider" not in cpu_only  # this machine's onnxruntime: CUDA is listed but cannot start
+    assert "CUDAExecutionProvider" not in cpu_only  # a CPU-only onnxruntime, made to list CUDA, which cannot start
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *cpu_only])
     with caplog.at_level("WARNING", logger="alps_client.backends.embedded"):
         backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1))
