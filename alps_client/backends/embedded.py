@@ -5,6 +5,7 @@ SAM and SAM 2 repositories alike: requests are built by role in :mod:`alps_clien
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -92,6 +93,7 @@ def session_settings(model: str, num_threads: int | None, on_gpu: bool) -> dict[
     }
 
 
+@functools.cache
 def preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries that pip installed beside onnxruntime-gpu, once per process.
 
@@ -101,13 +103,8 @@ def preload_cuda_libraries() -> None:
     """
     import onnxruntime as ort
 
-    global _cuda_preloaded
-    if not _cuda_preloaded and hasattr(ort, "preload_dlls"):
+    if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
-    _cuda_preloaded = True
-
-
-_cuda_preloaded = False
 
 
 def make_session(path: str | Path, settings: dict[str, Any], providers: Sequence[str | tuple[str, dict[str, Any]]]) -> Any:
