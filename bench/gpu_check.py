@@ -12,6 +12,7 @@ of every candidate mask, while stability 0.95 then drops them all (no RLE, gate 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def main() -> None:
     image_list.write_text(json.dumps([str(p.resolve()) for p in sorted((data / "images").glob("*.png"))]))
     rows = []
     for provider, providers in runs:
-        for repo, in_flight in ((repo, c) for repo in (fp32, fp16) for c in args.concurrency):
+        for repo, in_flight in itertools.product((fp32, fp16), args.concurrency):
             manifest = json.loads((repo / "manifest.json").read_text())
             label = f"{model_label(manifest)} on {provider}, {in_flight} in flight"
             if not budget.allows(label, needs_s=30.0):
