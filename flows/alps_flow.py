@@ -335,6 +335,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
         with open_labeller(LabelJob(out, config, plan.fingerprint), concurrency, dask_address, dask_workers) as lab:
+            if lab.runs_on:
+                logger.info("Model runs on %s", lab.runs_on)
             outcomes, stopped = _label_all(plan, lab, progress_bar)
     except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
         return Failed(message=describe(err), data=err)

@@ -103,6 +103,7 @@ class DaskLabeller:
         self.job = dataclasses.replace(job, out=os.path.abspath(job.out),
                                        config=dataclasses.replace(job.config, backend=backend))
         self.closed = False
+        self.runs_on = None  # each worker's own backend
         self._cluster = None
         self._dask_log_level: int | None = None  # to restore, after a local cluster
         if job.config.backend.kind == "triton":  # an unreachable server fails the run now, not image by image

@@ -21,11 +21,14 @@ class Labeller(Protocol):
     """Labels items of one run; ``slots`` items may be in flight at once.
 
     ``closed`` turns true as the labeller is released: an item still in flight then (a stopped run's) fails for
-    that reason, not its own.
+    that reason, not its own. ``runs_on`` says what runs the model where the labeller knows it (onnxruntime's
+    execution providers in this process), for the run's log; None where the configuration says all it knows
+    (a Triton server, Dask workers).
     """
 
     slots: int
     closed: bool
+    runs_on: str | None
 
     def label(self, item: InputItem) -> ImageOutcome:
         """One try at one item (the caller retries); see :func:`alps_client.runs.work.label_item`."""
@@ -51,6 +54,9 @@ class LocalLabeller:
         self.slots = max(1, slots)
         self.closed = False
         self.backend = make_backend(job.config.backend)
+        # A GPU asked for and not startable falls back to the CPU with a warning: this line says where it runs.
+        providers = getattr(self.backend, "providers", None)
+        self.runs_on = f"onnxruntime's {', then '.join(providers)} in this process" if providers else None
 
     def label(self, item: InputItem) -> ImageOutcome:
         """Label ``item`` in this thread."""

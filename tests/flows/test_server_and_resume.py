@@ -44,6 +44,8 @@ def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, t
     result = run_alps(["run", images, "--out", out, "--model-repository", stand_in_repo, *SMALL, "--num-threads", "1"],
                       cli_env(tmp_path / "client_home", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
+    # where the model ran, said at the start of every embedded run (a GPU that could not start falls back to the CPU)
+    assert "Model runs on onnxruntime's CPUExecutionProvider in this process" in result.stdout + result.stderr
     with prefect_api(prefect_server) as api:
         run = flow_run_of(api, out)
         assert run["state_type"] == "COMPLETED"
