@@ -49,6 +49,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -461,42 +462,102 @@ def _read_label(path: Path) -> npt.NDArray[np.uint8]:
     return arr
 
 
-def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "") -> dict[str, Path]:
+def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
+                       sources: Mapping[str, str] | None = None, image_suffix: str = "") -> dict[str, Path]:
     """Ground-truth label maps under ``gt_root`` by the pseudo-label stem they belong to.
 
-    A file's stem is the one ``alps run`` gives an image at the same place in the dataset (sub-folders joined by
-    ``__``, a top-level ``train``/``val``/``test`` folder left out): a ground-truth tree that mirrors the image
-    tree matches, however deep. A file whose mirrored stem is no pseudo-label's falls back to its file stem (a
-    flat ground-truth folder, or one nested differently from flat images). A tiled scene's or a volume's ground
-    truth has the scene's or the volume's stem (its parts are ``<stem>__x<x0>_y<y0>``, ``<stem>__z<index>``).
-    ``gt_suffix`` is dropped from the end of ground-truth stems first (``_label`` of ISPRS Potsdam's).
+    With ``sources`` (each stem's input file, relative to the dataset folder, as ``alps run`` records them in the
+    dataset's manifest), a file belongs to the image whose path, extension left out, is one with its own path or
+    ends it: ``val/0001.png`` is the truth of the image at ``val/0001.png`` (labelled ``val__0001_png`` when
+    ``train/0001.png`` took ``0001``), ``a.png`` of ``north/a.png`` (a flat ground-truth folder), ``labels/val/0001.png``
+    of ``val/0001.png``; ``south/a.png`` is not the truth of ``north/a.png``. Where the paths of several images
+    end the same (``0001.png`` against ``train/0001.png`` and ``val/0001.png``) nothing is guessed.
+
+    Otherwise (a dataset from before alps recorded its sources; label maps not written by ``alps run``), and for a
+    file that is no image's by its path, its stem is the one ``alps run`` gives an image at the same place in the
+    dataset (sub-folders joined by ``__``, a top-level ``train``/``val``/``test`` folder left out): a ground-truth
+    tree that mirrors the image tree matches, however deep. A file whose mirrored stem is no pseudo-label's falls
+    back to its file stem (a flat ground-truth folder, or one nested differently from flat images). A tiled
+    scene's or a volume's ground truth has the scene's or the volume's stem (its parts are
+    ``<stem>__x<x0>_y<y0>``, ``<stem>__z<index>``). ``gt_suffix`` is dropped from the end of ground-truth stems
+    first (``_label`` of ISPRS Potsdam's).
 
     Args:
         gt_root: the ground-truth folder (PNG or TIFF label maps, NIfTI label volumes; at any depth).
         stems: the stems of the dataset's label maps.
         gt_suffix: the end of every ground-truth file's stem that its image's name lacks, or "".
+        sources: stem -> the path of its input file relative to the dataset folder (``/``-separated), for the
+            stems whose input is known.
+        image_suffix: the end of every image's stem that its ground truth's name lacks, or "".
 
     Raises:
-        AlpsError: If two files belong to the same stem (say which), as one of them would be ignored.
+        AlpsError: If two files belong to the same stem, or one file to several images, (say which): one of them
+            would be ignored, or scored against the wrong image.
     """
     from alps_client.io.discovery import split_and_stem
 
-    found: dict[str, list[Path]] = {}
+    by_name: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+    for stem, source in (sources or {}).items():
+        if stem in stems:
+            key = path_key(Path(source), image_suffix)
+            by_name.setdefault(key[-1], []).append((key, stem))
+    found: dict[str, list[tuple[int, Path]]] = {}
     for path in sorted(gt_root.rglob("*")):
         if extension_of(path.name) not in GT_EXTENSIONS or path.name.startswith(".") or not path.is_file():
             continue
-        _, mirrored = split_and_stem(path.relative_to(gt_root))
-        _, bare = split_and_stem(Path(path.name))
-        mirrored, bare = mirrored.removesuffix(gt_suffix), bare.removesuffix(gt_suffix)
-        stem = mirrored if mirrored in stems or bare not in stems else bare
-        found.setdefault(stem, []).append(path)
-    clashes = {stem: paths for stem, paths in found.items() if len(paths) > 1}
-    if clashes:
-        stem, paths = next(iter(sorted(clashes.items())))
-        raise AlpsError(f"{len(clashes)} label map name(s) have several ground-truth files under {gt_root}, e.g. "
-                        f"{stem}: {paths[0]} and {paths[1]}; give a ground-truth folder whose tree mirrors the "
-                        "dataset's (or holds each name once)")
-    return {stem: paths[0] for stem, paths in found.items()}
+        relative = path.relative_to(gt_root)
+        key = path_key(relative, gt_suffix)
+        scored = [(_shared_end_length(key, image), stem) for image, stem in by_name.get(key[-1], [])]
+        best = max((score for score, _ in scored), default=0)
+        owners = sorted(stem for score, stem in scored if score == best and best)
+        if len(owners) > 1:
+            images = [sources[stem] for stem in owners[:2]]  # type: ignore[index]
+            raise AlpsError(f"{path} may be the ground truth of {counted(len(owners), 'image')} of the dataset "
+                            f"(e.g. {images[0]} and {images[1]}): give a ground-truth folder whose tree mirrors the "
+                            "dataset's, so that each file's path says which image it belongs to")
+        if owners:
+            stem = owners[0]
+        else:
+            _, mirrored = split_and_stem(relative)
+            _, bare = split_and_stem(Path(path.name))
+            mirrored, bare = mirrored.removesuffix(gt_suffix), bare.removesuffix(gt_suffix)
+            stem = mirrored if mirrored in stems or bare not in stems else bare
+        found.setdefault(stem, []).append((best, path))
+    paired: dict[str, Path] = {}
+    for stem, claims in sorted(found.items()):
+        top = max(score for score, _ in claims)
+        best_paths = [path for score, path in claims if score == top]
+        if len(best_paths) > 1:
+            clashes = sum(len(c) > 1 for c in found.values())
+            raise AlpsError(f"{clashes} label map name(s) have several ground-truth files under {gt_root}, e.g. "
+                            f"{stem}: {best_paths[0]} and {best_paths[1]}; give a ground-truth folder whose tree "
+                            "mirrors the dataset's (or holds each name once)")
+        paired[stem] = best_paths[0]
+    for stem, claims in found.items():  # the truth of an image whose path ends alike, one the dataset lacks
+        for score, path in claims:
+            if paired.get(stem) != path:
+                _, mirrored = split_and_stem(path.relative_to(gt_root))
+                free = mirrored not in stems and mirrored not in paired
+                paired[mirrored if free else path.relative_to(gt_root).as_posix()] = path
+    return paired
+
+
+def path_key(relative: Path, suffix: str = "") -> tuple[str, ...]:
+    """What pairs a file with its image: its folders and its name without extension and without ``suffix``.
+
+    Examples:
+        >>> path_key(Path("val/north/a_RGB.tif"), "_RGB"), path_key(Path("ct.nii.gz"))
+        (('val', 'north', 'a'), ('ct',))
+    """
+    name = relative.name
+    base = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+    return (*relative.parent.parts, base.removesuffix(suffix))
+
+
+def _shared_end_length(truth: tuple[str, ...], image: tuple[str, ...]) -> int:
+    """How many path parts ``truth`` and ``image`` share at their ends, when one ends the other; else 0."""
+    shorter = min(len(truth), len(image))
+    return shorter if truth[-shorter:] == image[-shorter:] else 0
 
 
 def _parts_by_whole(stems: list[str]) -> dict[str, list[str]]:
@@ -507,6 +568,16 @@ def _parts_by_whole(stems: list[str]) -> dict[str, list[str]]:
         if match:
             wholes.setdefault(match["whole"], []).append(stem)
     return wholes
+
+
+def _recorded_sources(out: Path) -> dict[str, str]:
+    """Each label map's (or tiled scene's, volume's) input file relative to the dataset folder, as ``alps run``
+    records them in ``OUT/manifest.json``; empty for a dataset from before it did, or written by another tool."""
+    try:
+        sources = json.loads((out / "manifest.json").read_text()).get("sources", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in sources.items()} if isinstance(sources, dict) else {}
 
 
 def _input_settings(out: Path) -> dict[str, Any]:
@@ -662,7 +733,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
     parts = {whole.removesuffix(image_suffix): stems for whole, stems in _parts_by_whole(list(preds)).items()}
-    gts = ground_truth_files(gt_root, set(preds) | set(parts), gt_suffix)
+    sources = {stem.removesuffix(image_suffix): source for stem, source in _recorded_sources(out).items()}
+    gts = ground_truth_files(gt_root, set(preds) | set(parts), gt_suffix, sources, image_suffix)
 
     for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
         preds[whole] = [preds.pop(stem) for stem in parts[whole]]  # type: ignore[misc]

@@ -162,11 +162,13 @@ def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: s
 
 @task(name="write-dataset", cache_policy=NONE)
 def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, errors: list[dict[str, str]],
-          missing: list[dict[str, str]], image_sources: dict[str, str]) -> dict[str, Any] | State:
+          missing: list[dict[str, str]], image_sources: dict[str, str], sources: dict[str, str]
+          ) -> dict[str, Any] | State:
     """Paint label maps once and write the dataset (and scene outputs), replacing the previous one as a whole.
 
     The flow's one call of the writer. ``missing`` (good images not labelled, ``--allow-partial``) goes to the
-    manifest apart from the rejected inputs in ``errors``; ``complete`` says whether any is missing.
+    manifest apart from the rejected inputs in ``errors``; ``complete`` says whether any is missing; ``sources``
+    (:meth:`RunPlan.sources`) too.
     """
     import numpy as np
 
@@ -174,7 +176,7 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     from alps_client.io.writer import write_dataset
 
     centroids = np.load(centroids_path)
-    extra: dict[str, Any] = {"complete": not missing, "missing": missing}
+    extra: dict[str, Any] = {"complete": not missing, "missing": missing, "sources": sources}
     class_map = None
     carried = carried_relabel(out, centroids, get_run_logger().warning, plan.config.cluster.centroids)
     if carried:
@@ -398,7 +400,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
     summary = write(out, quote(shards), centroids, quote(plan), quote(errors), quote(missing),
-                    quote({o.stem: o.image for o in done if o.image}))
+                    quote({o.stem: o.image for o in done if o.image}), quote(plan.sources({o.stem for o in done})))
     if isinstance(summary, State):
         return _flow_failure(summary)
     run["scene_outputs"] = summary.pop("scene_outputs")

@@ -161,6 +161,39 @@ def test_a_ground_truth_tree_that_mirrors_the_dataset_matches_however_deep(tmp_p
         evaluate_dataset(tmp_path / "out", tmp_path / "gt")
 
 
+def test_ground_truth_is_paired_with_the_image_whose_path_it_mirrors_or_ends_as_the_run_recorded(tmp_path):
+    """`alps run` renames an image whose name another took (val/0001.png -> val__0001_png beside train/0001.png;
+    a.png -> a_png beside A.png) and joins folders (north/a.png -> north__a). Names alone then paired nothing, or
+    the wrong files: a mirrored tree was refused, a flat folder scored its images as unlabelled (mIoU 0.135 instead
+    of 0.402). The sources the run records in its manifest pair each file with the image whose path it mirrors, or
+    ends; a name several images share is refused, not guessed."""
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    images = {"0001": ("train", "train/0001.png", bands), "val__0001_png": ("val", "val/0001.png", 1 - bands),
+              "A": ("train", "A.png", bands), "a_png": ("train", "a.png", 1 - bands),
+              "north__b": ("val", "north/b.png", bands), "south__c": ("train", "south/c.tif", 1 - bands)}
+    for stem, (split, _, gt) in images.items():
+        write(tmp_path / "out" / "ann_dir" / split / f"{stem}.png", gt + 3)
+    manifest = {"sources": {stem: source for stem, (_, source, _) in images.items()}}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    for _, source, gt in images.values():  # the tree of the images
+        write(tmp_path / "tree" / Path(source).with_suffix(".png"), gt)
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "tree")
+    assert (report.n_images, report.miou, report.coverage) == (6, 1.0, 1.0)
+    assert report.missing_ground_truth == [] and report.missing_pseudo_labels == []
+    for name, gt in (("b.png", bands), ("c.png", 1 - bands)):  # flat: the ends of their paths
+        write(tmp_path / "flat" / name, gt)
+    write(tmp_path / "flat" / "south" / "b.png", bands)  # not north/b.png's: an image the dataset lacks
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "flat", exclude_unlabelled_images=True)
+    assert (report.n_images, report.miou) == (2, 1.0) and report.missing_pseudo_labels == ["south__b"]
+    write(tmp_path / "tree" / "b.png", 1 - bands)  # north/b.png's truth twice: the whole path wins
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "tree", exclude_unlabelled_images=True)
+    assert report.miou == 1.0 and report.missing_pseudo_labels == ["b"]
+    write(tmp_path / "flat" / "0001.png", bands)  # train/0001.png's or val/0001.png's?
+    with pytest.raises(AlpsError, match=r"flat/0001.png may be the ground truth of 2 images of the dataset \(e\.g\. "
+                                        r"train/0001.png and val/0001.png\): give a ground-truth folder whose tree"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "flat")
+
+
 def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_told(tmp_path, capsys):
     """ISPRS Potsdam's truth of top_potsdam_2_10_RGB.tif is top_potsdam_2_10_label.tif, DeepGlobe's of 104_sat.jpg
     is 104_mask.png, ISIC's of ISIC_0000000.jpg is ISIC_0000000_segmentation.png: no name matched, and nothing

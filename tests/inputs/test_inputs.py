@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -203,6 +205,12 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert {"grey", "rgba", "palette", "geo_rgb", "multiband", "volume__z0001", "xray__z0000", "Case", "case_jpg",
             "caf_xe9 latin-1"} <= labelled
     assert any(stem.endswith("T32TQM_20240611T103629_TCI_10m") for stem in labelled)  # a stem cut to fit
+    # every label map leads back to its file (a volume's slices to the volume), also where names were changed
+    recorded = json.loads((out / "manifest.json").read_text())["sources"]
+    assert set(recorded) == {re.sub(r"__z\d{4}$", "", stem) for stem in labelled}
+    assert all((root / relative).is_file() for relative in recorded.values())
+    assert (recorded["Case"], recorded["case_jpg"], recorded["volume"]) == ("Case.png", "case.jpg", "volume.nii.gz")
+    assert recorded["caf_xe9 latin-1"] == os.fsdecode(b"caf\xe9 latin-1.png")
     assert np.asarray(Image.open(next((out / "ann_dir").glob("*/scanline.png")))).shape == (1, 18 * SIZE[1])
     rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
