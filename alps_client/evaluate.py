@@ -724,9 +724,13 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     preds: dict[str, Path | list[Path]] = {}
     for path in sorted((out / "ann_dir").glob("*/*.png")):
         name = path.stem.removesuffix(image_suffix)
-        if name in preds:
+        if name in preds and preds[name].stem != path.stem:
             raise AlpsError(f"{preds[name]} and {path} both read {name} once --image-suffix {image_suffix} is "
                             "dropped: give a suffix that only some names end with")
+        if name in preds:
+            raise AlpsError(f"{preds[name]} and {path}: two label maps of one name in two splits; `alps run` names "
+                            "every image once, so which image each belongs to is unknown (is this folder an alps "
+                            "output, or two merged?)")
         preds[name] = path
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
@@ -788,6 +792,10 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                         f"label' by default): {count_it} to count 255 as a class, or --ignore-index 255 to ignore it")
     ignored = ignored_values(ignore_index, colours if colour_names else None, class_255)
     conf = conf.without(ignored)
+    if not len(conf.values):  # mIoU 0.000 "over all 0 classes" would read as a score
+        raise AlpsError(f"the ground truth under {gt_root} holds no class to score: every pixel of its "
+                        f"{counted(len(images), 'image')} scored is ignored (255, --ignore-index) or nodata; is it "
+                        "the right folder?")
     mapping = match_clusters(conf, matching)
     report = scores(conf, mapping, matching)
     report.ground_truth_colours = colour_names

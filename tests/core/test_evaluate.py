@@ -132,6 +132,12 @@ def test_errors_name_the_problem(case, capsys):
     write(case / "gt3" / "zzz.png", np.zeros((5, 5)))
     with pytest.raises(AlpsError, match="has the name of a pseudo-label"):
         evaluate_dataset(case / "out", case / "gt3")
+    write(case / "gt5" / "a.png", np.full((40, 40), 255))  # was "mIoU 0.000 over all 0 classes", exit 0
+    with pytest.raises(AlpsError, match=r"gt5 holds no class to score: every pixel of its 1 image scored is ignored"):
+        evaluate_dataset(case / "out", case / "gt5")
+    write(case / "out" / "ann_dir" / "val" / "a.png", np.zeros((40, 40)))  # was "once --image-suffix  is dropped"
+    with pytest.raises(AlpsError, match=r"val/a.png: two label maps of one name in two splits; `alps run` names"):
+        evaluate_dataset(case / "out", case / "gt")
 
 
 def test_a_ground_truth_tree_that_mirrors_the_dataset_matches_however_deep(tmp_path):
