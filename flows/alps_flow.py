@@ -310,8 +310,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     # Relative to the run's process's folder (a deployment run: the `alps serve` process's), so said resolved.
     logger.info("Backend: %s; model repository %s", config.backend.describe(),
                 Path(config.backend.model_repository).resolve())
-    logger.info("%d image(s) to label, %d already labelled (will be skipped), %d rejected input(s)",
-                len(plan.items), plan.n_done, len(plan.rejected))
+    logger.info("%d image(s): %d to label, %d already labelled (skipped); %d rejected input(s)", len(plan.items),
+                len(plan.items) - plan.n_done, plan.n_done, len(plan.rejected))
     if plan.n_changed:
         logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
                        "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,19 @@ def small_config(repo, **writer) -> PipelineConfig:
 
 def faulty_repo(tmp_path: Path, **faults) -> Path:
     return write_fake_repository(tmp_path / "faulty_repo", faults={"dir": str(tmp_path / "faults"), **faults})
+
+
+@contextmanager
+def run_log() -> Iterator[list[str]]:
+    """The messages the flow runs in this block log (Prefect's run logger), in order."""
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("prefect.flow_runs").addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(handler)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -94,8 +110,10 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     cfg = small_config(fake_repo)
     first = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
     before = labels(out)
-    second = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
+    with run_log() as logged:
+        second = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
     assert first["n_labelled"] == 6 and second["n_labelled"] == 0 and second["n_skipped"] == 6
+    assert "6 image(s): 0 to label, 6 already labelled (skipped); 1 rejected input(s)" in logged  # was "6 to label"
     assert before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
     with pytest.raises(ConfigMismatchError, match="--overwrite"):
@@ -447,8 +465,6 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
                                                                                   tmp_path, monkeypatch, capsys):
     """A folder of thousands of broken files: the run logged a line for each (burying its log and its page in the
     UI), and the listings it cut (the console's ten, the artifact's first rows) did not say they were cut."""
-    import logging
-
     from flows import alps_flow as flow_module
     from flows import artifacts
     from flows.cli import _print_summary
@@ -462,14 +478,8 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
         shutil.copy(scenes / "images" / f"{stem}.png", images)
     for i in range(12):
         (images / f"broken_{i:02d}.png").write_text("not an image")
-    logged: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("prefect.flow_runs").addHandler(handler)
-    try:
+    with run_log() as logged:
         result = alps_flow(str(images), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False)
-    finally:
-        logging.getLogger("prefect.flow_runs").removeHandler(handler)
     assert len(result["errors"]) == 12 and len(read_jsonl(tmp_path / "out" / "errors.jsonl")) == 12
     rejected = [line for line in logged if line.startswith(("rejected input", "... and"))]
     assert len(rejected) == 4 and rejected[-1].startswith("... and 9 more rejected input(s)"), rejected
