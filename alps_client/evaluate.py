@@ -47,9 +47,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -571,8 +571,11 @@ def _parts_by_whole(stems: list[str]) -> dict[str, list[str]]:
 
 
 def _recorded_sources(out: Path) -> dict[str, str]:
-    """Each label map's (or tiled scene's, volume's) input file relative to the dataset folder, as ``alps run``
-    records them in ``OUT/manifest.json``; empty for a dataset from before it did, or written by another tool."""
+    """Each label map's (or tiled scene's, volume's) input file relative to the dataset folder.
+
+    As ``alps run`` records them in ``OUT/manifest.json``; empty for a dataset from before it did, or written by
+    another tool.
+    """
     try:
         sources = json.loads((out / "manifest.json").read_text()).get("sources", {})
     except (OSError, ValueError, AttributeError):

@@ -17,6 +17,8 @@ from prefect.artifacts import (
 )
 from tqdm import tqdm
 
+from alps_client.labels.classes import in_dropped_clusters
+
 PREVIEWS = 3
 # Rows of the rejected-inputs and missing-images tables at most: Prefect stores an artifact's table whole.
 TABLE_ROWS = 1000
@@ -79,7 +81,7 @@ def publish(run: dict[str, Any], out: str) -> None:
         {"metric": "labelled this run / skipped (already done)", "value": f"{n_labelled} / {len(run['skipped'])}"},
         {"metric": "rejected inputs", "value": len(run["errors"])},
         {"metric": "missing (not labelled: processing failures)", "value": len(run["missing"])},
-        {"metric": "masks kept / gated", "value": f"{s['n_masks_kept']} / {s['n_masks_gated']}"},
+        {"metric": "masks kept / gated", "value": f"{s['n_masks_kept']} / {s['n_masks_gated']}{in_dropped_clusters(s)}"},
         {"metric": "classes", "value": s["n_classes"]},
         {"metric": "labelled pixel fraction", "value": round(s["labelled_pixel_fraction"], 4)},
         {"metric": "seconds: label / cluster / write", "value": f"{sec['label']:.1f} / {sec['cluster']:.1f} / {sec['write']:.1f}"},

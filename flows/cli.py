@@ -234,10 +234,12 @@ def _show_library_warnings() -> None:
 def _print_summary(result: dict[str, Any], out: str) -> None:
     from alps_client.io.items import counted
     from alps_client.io.splits import describe_split_counts
+    from alps_client.labels.classes import in_dropped_clusters
 
     s = result["summary"]
     print(f"\nLabelled dataset: {out}  ({counted(s['n_images'], 'image')}: {describe_split_counts(s)}, "
-          f"{counted(s['n_classes'], 'class')}, {counted(s['n_masks_kept'], 'mask')} kept, {s['n_masks_gated']} gated; "
+          f"{counted(s['n_classes'], 'class')}, {counted(s['n_masks_kept'], 'mask')} kept{in_dropped_clusters(s)}, "
+          f"{s['n_masks_gated']} gated; "
           f"{result['n_labelled']} labelled now, {result['n_skipped']} already done)")
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")

@@ -91,6 +91,8 @@ class DatasetSummary:
     scene_outputs: dict[str, int] = field(default_factory=dict)
     vectors: dict[str, int] = field(default_factory=dict)
     report: dict[str, int] = field(default_factory=dict)
+    #: masks the gate kept in clusters `alps relabel` drops (painted 255, left out of COCO): in ``n_masks_kept``
+    n_masks_in_dropped_clusters: int = 0
 
 
 def _group(meta: Mapping[str, Any]) -> str:
@@ -224,7 +226,7 @@ def _stage_dataset(
     image_id = annotation_id = 1
     masks_per_class = np.zeros(n_classes, np.int64)
     pixels_per_class = np.zeros(n_classes, np.int64)
-    kept_total = gated_total = labelled = pixels = 0
+    kept_total = gated_total = in_dropped = labelled = pixels = 0
     image_sources = image_sources or {}
     suffix = image_suffix(image_sources)
     for path, meta in zip(paths, metas):
@@ -246,6 +248,7 @@ def _stage_dataset(
         annotation_id += len(annotations)
         n_split[split] += 1
         named = labels.class_ids[labels.class_ids != IGNORE]
+        in_dropped += len(labels.class_ids) - len(named)
         np.add.at(masks_per_class, named, 1)
         counts = np.bincount(labels.label.ravel(), minlength=256)
         pixels_per_class += counts[:n_classes]
@@ -276,6 +279,7 @@ def _stage_dataset(
         n_errors=len(errors), labelled_pixel_fraction=labelled / pixels if pixels else 0.0,
         masks_per_class=masks_per_class.tolist(), pixels_per_class=pixels_per_class.tolist(),
         scene_outputs=scene_counts, vectors=vectors.close() if vectors is not None else {},
+        n_masks_in_dropped_clusters=in_dropped,
     )
     if review is not None:
         summary.report = write_review(staging / "report", review, class_map, asdict(summary), model_manifest, errors,

@@ -78,3 +78,15 @@ class ClassMap:
     def from_json(cls, data: dict[str, Any]) -> ClassMap:
         """Inverse of :meth:`to_json`."""
         return cls(tuple(str(n) for n in data["names"]), tuple(int(c) for c in data["cluster_to_class"]))
+
+
+def in_dropped_clusters(counts: dict[str, Any]) -> str:
+    """`` (6 in dropped clusters)`` after a count of kept masks when `alps relabel` drops some of them, else "".
+
+    Those masks are painted 255 and left out of COCO: a count of kept masks beside classes that hold fewer would
+    not add up.
+
+    ``counts``: a dataset summary's fields (``n_masks_in_dropped_clusters``, absent in older datasets).
+    """
+    n = int(counts.get("n_masks_in_dropped_clusters") or 0)
+    return f" ({n} in dropped clusters)" if n else ""

@@ -19,7 +19,7 @@ from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.out_lock import out_lock
 from alps_client.io.shards import read_shard
 from alps_client.io.splits import describe_split_counts
-from alps_client.labels.classes import ClassMap
+from alps_client.labels.classes import ClassMap, in_dropped_clusters
 from alps_client.labels.clustering import assign_clusters
 from alps_client.labels.painting import IGNORE, paint_label_map, palette
 from alps_client.labels.relabel import classes_yaml
@@ -110,8 +110,8 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
                   f"{model.get('precision', 'fp32')})"
                   + (": STAND-IN, not SAM" if stand_in else ": RANDOM weights, not a trained SAM" if random_init
                      else f", from {Path(checkpoint).name}" if checkpoint else "")),
-        ("gate", f"{counts['n_masks_kept']} masks kept, {counts['n_masks_gated']} dropped (covering more than "
-                 + f"sigma = {sigma} of their image)"),
+        ("gate", (f"{counts['n_masks_kept']} masks kept{in_dropped_clusters(counts)}, "
+                  f"{counts['n_masks_gated']} dropped (covering more than sigma = {sigma} of their image)")),
         ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
         ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters{dropped}"),
         ("rejected inputs", len(errors)),

@@ -77,9 +77,11 @@ class RunPlan:
         return len(self.done)
 
     def sources(self, stems: set[str]) -> dict[str, str]:
-        """Input file of each item in ``stems`` (of its scene or volume, for tiles and slices), by the scene's stem,
-        relative to the dataset folder and ``/``-separated: what the dataset's manifest records, so that every
-        label map leads back to its file, and `alps evaluate` pairs ground truth with images by their paths."""
+        """Input file of each item in ``stems`` (of its scene or volume, for tiles and slices), by the scene's stem.
+
+        Relative to the dataset folder and ``/``-separated: what the dataset's manifest records, so that every
+        label map leads back to its file, and `alps evaluate` pairs ground truth with images by their paths.
+        """
         root = Path(self.dataset).expanduser().absolute()
         base = root.parent if root.is_file() else root
         return {item.scene or item.stem: Path(os.path.relpath(item.source, base)).as_posix()

@@ -197,6 +197,12 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     page = (out / "report" / "index.html").read_text()
     assert 'data-class-id="0"' in page and 'data-class-id="1"' in page and 'data-class-id="255"' in page
     assert 'data-class-id="2"' not in page
+    # the gate's kept masks still count those of the dropped cluster, and say so (44 kept beside classes of 38)
+    in_dropped = sum(a["category_id"] - 1 == 2 for c in before_coco.values() for a in c["annotations"])
+    counts = manifest["counts"]
+    assert in_dropped and counts["n_masks_in_dropped_clusters"] == in_dropped
+    assert sum(counts["masks_per_class"]) + in_dropped == counts["n_masks_kept"]
+    assert f"{counts['n_masks_kept']} masks kept ({in_dropped} in dropped clusters)" in page
 
     after_eval = evaluation(out, gt, tmp_path, "after.json")
     conf_old = sum((Confusion.of(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png")))
