@@ -222,6 +222,10 @@ def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_t
     report = evaluate_cli(tmp_path, "--gt-suffix", "_label", "--image-suffix", "_RGB")
     assert report["n_images"] == 3 and report["missing_pseudo_labels"] == [] and report["missing_ground_truth"] == []
     assert report["class_iou"] == {"0": 1.0, "1": 1.0} and report["coverage"] == 1.0
+    sources = {f"top_potsdam_{tile}_RGB": f"potsdam/top_potsdam_{tile}_RGB.tif" for tile in ("2_10", "2_11", "3_10")}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"inputs": {"tile": 10, "overlap": 0}},
+                                                                "sources": sources}))  # paired by paths: the same
+    assert evaluate_cli(tmp_path, "--gt-suffix", "_label", "--image-suffix", "_RGB") == report
     for path in (tmp_path / "out" / "ann_dir").rglob("*.png"):  # ISIC: only the truth has a suffix
         path.rename(path.with_name(path.name.replace("_RGB", "")))
     assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
