@@ -116,6 +116,47 @@ def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake
     assert not run_processes(home)["servers"]
 
 
+def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_data, fake_repo, fault_reference,
+                                                                         prefect_server, tmp_path):
+    """The Cancel button of a flow run that `alps serve` started, mid-run: the run ends cancelled, serve goes on
+    serving, the next run labels what is left. Its process used to outlive the cancellation, held by the image in
+    flight (a thread pool joined at exit), until Prefect's runner killed it 30 s later (see
+    tests/core/test_threads.py)."""
+    repo, faults = paused_repo(tmp_path)
+    out = tmp_path / "out"
+    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    name = f"cancel-{tmp_path.name}"
+    serve = start_alps(["serve", "--name", name, "--model-repository", repo, "--dataset", fault_data, "--out", out],
+                       env, tmp_path / "serve.log")
+    small = {"amg": {"points_per_side": 8}, "cluster": {"n_clusters": 4}}
+    with prefect_api(prefect_server) as api:
+        def deployment():
+            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
+            return found[0]["id"] if found else None
+
+        def ended(run_id):
+            state = api.get(f"/flow_runs/{run_id}").json()["state"]
+            return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        deployment_id = wait_until(deployment, "the deployment to be registered", proc=serve)
+        run_id = api.post(f"/deployments/{deployment_id}/create_flow_run", json={"parameters": {
+            "progress_bar": False, "concurrency": 1, "config": small}}).json()["id"]
+        wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
+                   "two images labelled and the third held", proc=serve)
+        finished = finished_stems(out)
+        (flow_process,) = [p for p in psutil.Process(serve.pid).children(recursive=True)
+                           if "spawn_main" in " ".join(p.cmdline())]
+        api.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
+        state = wait_until(lambda: ended(run_id), "the cancelled run to end", proc=serve)
+        assert state["type"] == "CANCELLED", state
+        assert not gone([flow_process]) and serve.poll() is None  # its process ended; serve goes on
+        assert finished_stems(out) == finished and not (out / "manifest.json").exists()
+    (faults / "release").touch()
+    serve.terminate()
+    serve.wait(timeout=60)
+    assert_resumes(fault_data, fake_repo, fault_reference, out, env, finished)
+
+
 def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
     home = tmp_path / "ph"
     proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(home))
