@@ -470,8 +470,9 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     dataset's manifest), a file belongs to the image whose path, extension left out, is one with its own path or
     ends it: ``val/0001.png`` is the truth of the image at ``val/0001.png`` (labelled ``val__0001_png`` when
     ``train/0001.png`` took ``0001``), ``a.png`` of ``north/a.png`` (a flat ground-truth folder), ``labels/val/0001.png``
-    of ``val/0001.png``; ``south/a.png`` is not the truth of ``north/a.png``. Where the paths of several images
-    end the same (``0001.png`` against ``train/0001.png`` and ``val/0001.png``) nothing is guessed.
+    of ``val/0001.png``; ``south/a.png`` is not the truth of ``north/a.png``; ``b.png`` is that of ``b.png``, not of
+    ``b.jpg`` beside it. Where the paths of several images end the same (``0001.png`` against ``train/0001.png``
+    and ``val/0001.png``) nothing is guessed.
 
     Otherwise (a dataset from before alps recorded its sources; label maps not written by ``alps run``), and for a
     file that is no image's by its path, its stem is the one ``alps run`` gives an image at the same place in the
@@ -496,20 +497,22 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     """
     from alps_client.io.discovery import split_and_stem
 
-    by_name: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+    by_name: dict[str, list[tuple[tuple[str, ...], str, str]]] = {}
     for stem, source in (sources or {}).items():
         if stem in stems:
             key = path_key(Path(source), image_suffix)
-            by_name.setdefault(key[-1], []).append((key, stem))
-    found: dict[str, list[tuple[int, Path]]] = {}
+            by_name.setdefault(key[-1], []).append((key, extension_of(source), stem))
+    found: dict[str, list[tuple[tuple[int, bool], Path]]] = {}
     for path in sorted(gt_root.rglob("*")):
         if extension_of(path.name) not in GT_EXTENSIONS or path.name.startswith(".") or not path.is_file():
             continue
         relative = path.relative_to(gt_root)
         key = path_key(relative, gt_suffix)
-        scored = [(_shared_end_length(key, image), stem) for image, stem in by_name.get(key[-1], [])]
-        best = max((score for score, _ in scored), default=0)
-        owners = sorted(stem for score, stem in scored if score == best and best)
+        # the longest shared end of paths first; then a file named as its image (b.png of b.png, not of b.jpg)
+        scored = [((_shared_end_length(key, image), extension == extension_of(path.name)), stem)
+                  for image, extension, stem in by_name.get(key[-1], [])]
+        best = max((score for score, _ in scored), default=(0, False))
+        owners = sorted(stem for score, stem in scored if score == best and best[0])
         if len(owners) > 1:
             images = [sources[stem] for stem in owners[:2]]  # type: ignore[index]
             raise AlpsError(f"{path} may be the ground truth of {counted(len(owners), 'image')} of the dataset "

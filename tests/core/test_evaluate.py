@@ -176,16 +176,18 @@ def test_ground_truth_is_paired_with_the_image_whose_path_it_mirrors_or_ends_as_
     bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
     images = {"0001": ("train", "train/0001.png", bands), "val__0001_png": ("val", "val/0001.png", 1 - bands),
               "A": ("train", "A.png", bands), "a_png": ("train", "a.png", 1 - bands),
-              "north__b": ("val", "north/b.png", bands), "south__c": ("train", "south/c.tif", 1 - bands)}
+              "north__b": ("val", "north/b.png", bands), "south__c": ("train", "south/c.tif", 1 - bands),
+              "d": ("val", "d.jpg", bands), "d_png": ("val", "d.png", 1 - bands)}
     for stem, (split, _, gt) in images.items():
         write(tmp_path / "out" / "ann_dir" / split / f"{stem}.png", gt + 3)
     manifest = {"sources": {stem: source for stem, (_, source, _) in images.items()}}
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
-    for _, source, gt in images.values():  # the tree of the images
-        write(tmp_path / "tree" / Path(source).with_suffix(".png"), gt)
-    report = evaluate_dataset(tmp_path / "out", tmp_path / "tree")
-    assert (report.n_images, report.miou, report.coverage) == (6, 1.0, 1.0)
-    assert report.missing_ground_truth == [] and report.missing_pseudo_labels == []
+    for _, source, gt in images.values():  # the tree of the images; d.png is the truth of d.png, not of d.jpg
+        if source != "d.jpg":
+            write(tmp_path / "tree" / Path(source).with_suffix(".png"), gt)
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "tree", exclude_unlabelled_images=True)
+    assert (report.n_images, report.miou, report.coverage) == (7, 1.0, 1.0)
+    assert report.missing_ground_truth == ["d"] and report.missing_pseudo_labels == []
     for name, gt in (("b.png", bands), ("c.png", 1 - bands)):  # flat: the ends of their paths
         write(tmp_path / "flat" / name, gt)
     write(tmp_path / "flat" / "south" / "b.png", bands)  # not north/b.png's: an image the dataset lacks
