@@ -111,7 +111,29 @@ def _check_file(path: Path) -> None:
 
 
 def _is_raster(path: Path) -> bool:
-    return extension_of(path.name) in RASTER_EXTENSIONS
+    """Read through rasterio (GDAL): TIFF, JPEG 2000... and PNGs of 16 bits per colour channel."""
+    return extension_of(path.name) in RASTER_EXTENSIONS or _wide_colour_png(path)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _wide_colour_png(path: Path) -> bool:
+    """A PNG of 16-bit RGB, RGBA or grey + alpha (IHDR bit depth 16, colour type 2, 6 or 4).
+
+    PIL has no mode for these and reads them as 8-bit, keeping each value's high byte: 12-bit camera data came
+    out as values up to 15, unstretched, and its masks none. GDAL reads their 16 bits (16-bit grey, colour type
+    0, PIL reads whole, as ``I;16``).
+    """
+    if extension_of(path.name) != ".png":
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False  # said by the reader that opens it next
+    return len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[24] == 16 \
+        and head[25] in (2, 4, 6)
 
 
 @functools.cache

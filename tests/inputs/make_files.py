@@ -17,6 +17,22 @@ def scene(seed: int) -> np.ndarray:
     return make_scene(seed, SIZE, n_classes=4)[0]
 
 
+def write_png16(path: Path, array: np.ndarray) -> None:
+    """A PNG of 16 bits per channel, ``(H, W, C)`` uint16 with C = 2 (grey + alpha), 3 (RGB) or 4 (RGBA): PIL cannot
+    write these (a camera's or a scanner's 48-bit PNG)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w, c = array.shape
+    colour_type = {2: 4, 3: 2, 4: 6}[c]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in array)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def write_odd_dataset(root: Path) -> dict[str, str]:
     """Write the files; returns {file name: expectation} with expectation 'ok' or the expected reason."""
     root.mkdir(parents=True, exist_ok=True)
@@ -27,6 +43,13 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["sixteen_bit.png"] = "ok"
     Image.fromarray(grey).save(root / "grey.png")
     expect["grey.png"] = "ok"
+    rgb12 = scene(18).astype(np.uint16) * 16  # 12-bit camera data in a 48-bit PNG: PIL kept the high byte (0..15)
+    write_png16(root / "rgb48.png", rgb12)
+    expect["rgb48.png"] = "ok"
+    rgba16 = np.dstack([rgb12, np.full(SIZE, 65535, np.uint16)])
+    rgba16[:, :30, 3] = 0
+    write_png16(root / "rgba64.png", rgba16)
+    expect["rgba64.png"] = "ok"
     Image.fromarray(np.repeat(rgb[:1], 18, axis=1)).save(root / "scanline.png")  # 1 x 2304: 0 px tall at 1024 wide
     expect["scanline.png"] = "ok"
     rgba = np.dstack([scene(1), np.full(SIZE, 255, np.uint8)])

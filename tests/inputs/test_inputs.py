@@ -59,6 +59,11 @@ def test_discovery_and_reading_of_every_case(odd):
     assert sixteen.rgb.dtype == np.uint8 and sixteen.rgb.max() > 200 and sixteen.extra["stretch"]
     rgba = load_item(by_source[str(root / "rgba.png")][0])
     assert rgba.valid is not None and not rgba.valid[:, :30].any() and rgba.valid[:, 30:].all()
+    for name in ("rgb48.png", "rgba64.png"):  # all 16 bits, stretched: the scene itself, up to rounding
+        wide = load_item(by_source[str(root / name)][0])
+        assert wide.extra["dtype"] == "uint16" and wide.rgb.max() == 255 and not wide.plain_copy
+        assert np.corrcoef(wide.rgb[:, 30:].ravel(), scene(18)[:, 30:].ravel())[0, 1] > 0.99
+    assert not wide.valid[:, :30].any() and wide.valid[:, 30:].all()  # its alpha
     rotated = load_item(by_source[str(root / "exif_rotated.jpg")][0])
     assert rotated.rgb.shape[:2] == SIZE[::-1]
     geo = load_item(by_source[str(root / "geo_rgb.tif")][0])
@@ -216,6 +221,10 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
     rgba = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgba.png"))))
     assert (rgba[:, :30] == 255).all()  # transparent pixels stay unlabelled
+    rgb48 = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgb48.png"))))
+    assert (rgb48 != 255).any()  # was all 255: read as 8-bit values up to 15
+    with Image.open(next((out / "img_dir").glob("*/rgb48.*"))) as copy:  # the 8-bit pixels labelled, not the file
+        assert copy.mode == "RGB" and np.asarray(copy).max() == 255
     nodata = np.asarray(Image.open(next((out / "ann_dir").glob("*/geo_nodata.png"))))
     assert (nodata[60:] == 255).all() and (nodata[:60] != 255).any()
     floats = np.asarray(Image.open(next((out / "ann_dir").glob("*/float_nan.png"))))
