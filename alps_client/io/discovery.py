@@ -129,6 +129,9 @@ def list_input_files(root: Path, out: str | Path | None = None,
                      on_not_read: Callable[[Path, str], None] | None = None) -> list[Path]:
     """Supported files under ``root`` (or ``root`` itself), sorted; symlinks followed, loops skipped.
 
+    A file is listed once, under its own path: a link to a folder or a file that the walk finds under ``root``
+    anyway is an alias, not more data (walked first, ``a_link/`` took ``real/``'s images and their names; a linked
+    file was labelled twice, perhaps once in train and once in val). Links to what lies elsewhere are followed.
     Folders below ``root`` holding an alps output, and ``out``, are left out (each passed to ``on_left_out``).
     Files of a format alps does not read are passed to ``on_not_read`` with their :data:`NOT_READ_FORMATS` key.
     """
@@ -140,6 +143,7 @@ def list_input_files(root: Path, out: str | Path | None = None,
         return []
     found, seen = [], set()
     out_real = os.path.realpath(out) if out is not None else None
+    root_real = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -152,17 +156,28 @@ def list_input_files(root: Path, out: str | Path | None = None,
             if os.path.isdir(folder / WORK_DIR) or (out_real is not None and os.path.realpath(folder) == out_real):
                 if on_left_out is not None:
                     on_left_out(folder)
-            else:
+            elif not (folder.is_symlink() and _walked_anyway(os.path.realpath(folder), root_real)):
                 kept.append(d)
         dirnames[:] = kept
         for name in filenames:
-            if name.startswith("."):
+            path = Path(dirpath) / name
+            if name.startswith(".") or (path.is_symlink() and _walked_anyway(os.path.realpath(path), root_real)):
                 continue
             if extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-            elif on_not_read is not None and (fmt := not_read_format(Path(dirpath) / name)) is not None:
-                on_not_read(Path(dirpath) / name, fmt)
+                found.append(path)
+            elif on_not_read is not None and (fmt := not_read_format(path)) is not None:
+                on_not_read(path, fmt)
     return sorted(found, key=lambda p: str(p.relative_to(root)))
+
+
+def _walked_anyway(target: str, root_real: str) -> bool:
+    """Whether the walk of ``root_real`` reaches ``target`` (a link's resolved path) by a path of links-free
+    folders: it exists (a broken link is said as one), lies below the root, and no folder on the way, nor
+    itself, is hidden."""
+    relative = os.path.relpath(target, root_real)
+    parts = Path(relative).parts
+    return (os.path.exists(target) and relative != "." and parts[0] != os.pardir
+            and not any(p.startswith(".") for p in parts))
 
 
 def discover_inputs(root: str | Path, config: InputConfig | None = None, out: str | Path | None = None,

@@ -125,6 +125,28 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
     assert discover_inputs(tmp_path, InputConfig(tile=256, overlap=0)) == (items, errors)  # same names every run
 
 
+def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path):
+    """`a_link -> real/` sorted before `real/`: its alias took the images and their names, and `real/` was skipped
+    unsaid; `link.png -> y.png` labelled one image twice (perhaps once in train, once in val). Links to what lies
+    elsewhere, or in a hidden folder the walk leaves out, are data and followed."""
+    root = tmp_path / "ds"
+    for relative in ("real/x.png", "y.png", ".hidden/h.png"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(scene(0)).save(root / relative)
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(scene(1)).save(tmp_path / "elsewhere" / "e.png")
+    (root / "a_link").symlink_to(root / "real")
+    (root / "link.png").symlink_to("y.png")
+    (root / "outside").symlink_to(tmp_path / "elsewhere")
+    (root / "shown").symlink_to(root / ".hidden")
+    (root / "loop").symlink_to(root)
+    items, errors = discover_inputs(root)
+    assert not errors
+    assert sorted((i.stem, i.source) for i in items) == [
+        ("outside__e", str(root / "outside" / "e.png")), ("real__x", str(root / "real" / "x.png")),
+        ("shown__h", str(root / "shown" / "h.png")), ("y", str(root / "y.png"))]
+
+
 def test_only_the_first_page_or_volume_is_labelled_and_that_is_said(tmp_path):
     """A 3-page TIFF is one image, its first page; a 4-D NIfTI of 2 volumes gives the slices of its first."""
     import nibabel
