@@ -171,9 +171,11 @@ def list_input_files(root: Path, out: str | Path | None = None,
 
 
 def _walked_anyway(target: str, root_real: str) -> bool:
-    """Whether the walk of ``root_real`` reaches ``target`` (a link's resolved path) by a path of links-free
-    folders: it exists (a broken link is said as one), lies below the root, and no folder on the way, nor
-    itself, is hidden."""
+    """Whether the walk of ``root_real`` reaches ``target`` (a link's resolved path) by links-free folders.
+
+    It does when ``target`` exists (a broken link is said as one), lies below the root, and no folder on the way,
+    nor itself, is hidden.
+    """
     relative = os.path.relpath(target, root_real)
     parts = Path(relative).parts
     return (os.path.exists(target) and relative != "." and parts[0] != os.pardir
