@@ -156,12 +156,12 @@ def list_input_files(root: Path, out: str | Path | None = None,
             if os.path.isdir(folder / WORK_DIR) or (out_real is not None and os.path.realpath(folder) == out_real):
                 if on_left_out is not None:
                     on_left_out(folder)
-            elif not (folder.is_symlink() and _walked_anyway(os.path.realpath(folder), root_real)):
+            elif not (os.path.islink(folder) and _walked_anyway(os.path.realpath(folder), root_real)):
                 kept.append(d)
         dirnames[:] = kept
         for name in filenames:
             path = Path(dirpath) / name
-            if name.startswith(".") or (path.is_symlink() and _walked_anyway(os.path.realpath(path), root_real)):
+            if name.startswith(".") or (os.path.islink(path) and _walked_anyway(os.path.realpath(path), root_real)):
                 continue
             if extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
                 found.append(path)
@@ -173,12 +173,13 @@ def list_input_files(root: Path, out: str | Path | None = None,
 def _walked_anyway(target: str, root_real: str) -> bool:
     """Whether the walk of ``root_real`` reaches ``target`` (a link's resolved path) by links-free folders.
 
-    It does when ``target`` exists (a broken link is said as one), lies below the root, and no folder on the way,
-    nor itself, is hidden.
+    It does when ``target`` exists (a broken link is said as one), lies below the root, no folder on the way, nor
+    itself, is hidden, and a file has a name the walk lists (not ``raw/IMG_0001``, which ``a.png`` links to).
     """
     relative = os.path.relpath(target, root_real)
     parts = Path(relative).parts
-    return (os.path.exists(target) and relative != "." and parts[0] != os.pardir
+    listed = os.path.isdir(target) or extension_of(target) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
+    return (os.path.exists(target) and listed and relative != "." and parts[0] != os.pardir
             and not any(p.startswith(".") for p in parts))
 
 
@@ -219,7 +220,8 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
             taken.add(_name_key(stem))  # keeps its name, so that fixing the file renames no other
             continue
         stem = _unique_stem(stem, relative, [suffix for suffix, _ in parts], taken)
-        items += [replace(part, source=source, stem=stem + suffix, scene=stem, split=split) for suffix, part in parts]
+        items += [replace(part, source=source, stem=stem + suffix, scene=stem, split=split,
+                          relative=relative.as_posix()) for suffix, part in parts]
     return items, sorted(errors + not_read, key=lambda e: e.path)
 
 

@@ -26,6 +26,7 @@ class InputItem:
         window: ``(x0, y0, x1, y1)`` in source pixels, for tiles.
         slice_index: index along the slice axis, for volume slices.
         split: ``train``/``val``/``test`` when the dataset's folders give it, else None (hash split).
+        relative: the input file's path relative to the dataset folder, ``/``-separated ("" when not known).
     """
 
     source: str
@@ -35,6 +36,7 @@ class InputItem:
     window: tuple[int, int, int, int] | None = None
     slice_index: int | None = None
     split: str | None = None
+    relative: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready: Prefect task results, shard metadata)."""
@@ -83,16 +85,19 @@ class InputError:
         return {"path": self.path, "reason": self.reason}
 
 
-def source_signature(source: str) -> dict[str, Any]:
-    """What tells a rerun that an input file changed since its shard was written: name, size, modification time.
+def source_signature(source: str, relative: str = "") -> dict[str, Any]:
+    """What tells a rerun that an input file changed since its shard was written: name, path, size, mtime.
 
-    A file rewritten in place, or another file under the same output stem (``a.png`` replaced by ``a.jpg``),
-    gets another signature, so its image is labelled again instead of keeping the old file's labels. Moving
+    A file rewritten in place, or another file under the same output stem (``a.png`` replaced by ``a.jpg``;
+    ``val/0001.png`` taking ``0001`` once ``train/0001.png`` is gone, both of one size and time, as unpacked
+    from an archive; a file moved to another split folder), gets another signature, so its image is labelled
+    again instead of keeping the old file's labels or split. ``relative`` is the path in the dataset: moving
     the dataset keeps the signatures (``mv``, ``cp -p``, ``rsync -a``); a copy that resets modification times
     is labelled again. Tiles and slices carry their scene's (volume's) signature.
     """
     stat = os.stat(source)
-    return {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {**signature, "path": relative} if relative else signature
 
 
 def extension_of(name: str) -> str:

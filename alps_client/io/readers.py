@@ -99,7 +99,7 @@ def _check_file(path: Path) -> None:
         info = path.stat()
     except OSError as err:
         failure = _read_failure(path, err)  # a mount that failed under the link's target is no bad input either
-        if failure is None and path.is_symlink():  # the link is there, what it points to is not
+        if failure is None and os.path.islink(path):  # the link is there, what it points to is not
             raise _fail(path, f"a broken symbolic link (to {os.readlink(path)}, {err.strerror})") from err
         raise failure or _fail(path, f"unreadable ({err.strerror})") from err
     if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end

@@ -167,7 +167,10 @@ def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict
         return "damaged", None
     if meta.get("fingerprint") != fingerprint:
         return "stale", meta
-    if source_signature is not None and meta.get("extra", {}).get("source_signature") != source_signature:
+    recorded = meta.get("extra", {}).get("source_signature")
+    if source_signature is not None and "path" not in (recorded or {}):  # a shard from before paths were recorded
+        source_signature = {k: v for k, v in source_signature.items() if k != "path"}
+    if source_signature is not None and recorded != source_signature:
         return "changed", meta
     if shard_damage(path):  # only a shard that would be used as it is is read whole
         return "damaged", None

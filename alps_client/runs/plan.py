@@ -209,7 +209,7 @@ def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState
     is no readable shard.
     """
     try:
-        signature = source_signature(item.source)
+        signature = source_signature(item.source, item.relative)
     except OSError:
         signature = {}
     shard = shard_path(shard_dir(out), item.stem)

@@ -92,6 +92,13 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     assert shard_status(signed, "fp", signature) == "current"
     for changed in ({**signature, "size": 11}, {**signature, "mtime_ns": 2}, {**signature, "name": "s.jpg"}, {}):
         assert shard_status(signed, "fp", changed) == "changed"
+    # The path in the dataset: a shard that records it is another file's once that differs; one written before
+    # paths were recorded is judged without it (an upgrade does not label every image of a nested dataset again).
+    in_val = {**signature, "path": "val/s.png"}
+    assert shard_status(signed, "fp", in_val) == "current"
+    at_path = make_shard(tmp_path / "u.npz", "u", masks, [True, False], np.ones((1, 256)), {"source_signature": in_val})
+    assert shard_status(at_path, "fp", in_val) == "current"
+    assert shard_status(at_path, "fp", {**signature, "path": "train/s.png"}) == "changed"
     # Damaged: its features' bytes altered (the metadata intact: it read as current, and every rerun then failed
     # in the clustering), cut short, or zero bytes (a crash before the data reached the disk).
     data = bytearray(signed.read_bytes())

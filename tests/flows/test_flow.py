@@ -227,6 +227,33 @@ def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo
     assert sorted(p.name for p in (out / "img_dir").glob("*/*")) == sorted(f"{p.stem}.png" for p in moved.iterdir())
 
 
+def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_labelled_again(fake_repo, scenes,
+                                                                                            tmp_path):
+    """train/0001.bmp and val/0001.bmp of one size and one time (unpacked from an archive): val's is labelled as
+    val__0001_bmp. Once train's was gone, val's took the name 0001, and the rerun kept train's labels and split,
+    unsaid; an image moved from train/ to val/ (mv keeps its time) stayed in train."""
+    import os
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    for i, relative in enumerate(("train/0001.bmp", "val/0001.bmp", "train/a.bmp", "val/b.bmp")):
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB").save(data / relative)
+        os.utime(data / relative, ns=(1_700_000_000 * 10**9,) * 2)
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    (data / "train" / "0001.bmp").unlink()
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (1, 2)
+    alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
+    assert labels(out) == labels(tmp_path / "fresh")
+    os.rename(data / "train" / "a.bmp", data / "val" / "a.bmp")
+    moved = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert (moved["n_labelled"], moved["n_skipped"]) == (1, 2)
+    alps_flow(str(data), str(tmp_path / "fresh2"), cfg, progress_bar=False)
+    assert labels(out) == labels(tmp_path / "fresh2")
+    assert "val/a.png" in labels(out)
+
+
 def test_reruns_with_another_split_or_without_previews_leave_only_the_current_files(fake_repo, scenes, tmp_path):
     out = tmp_path / "out"
     images = str(scenes / "images")

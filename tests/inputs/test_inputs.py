@@ -140,11 +140,14 @@ def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path)
     (root / "outside").symlink_to(tmp_path / "elsewhere")
     (root / "shown").symlink_to(root / ".hidden")
     (root / "loop").symlink_to(root)
+    Image.fromarray(scene(2)).save(root / "camera_raw_name", format="PNG")  # not listed itself: its link is the image
+    (root / "named.png").symlink_to("camera_raw_name")
     items, errors = discover_inputs(root)
     assert not errors
     assert sorted((i.stem, i.source) for i in items) == [
-        ("outside__e", str(root / "outside" / "e.png")), ("real__x", str(root / "real" / "x.png")),
-        ("shown__h", str(root / "shown" / "h.png")), ("y", str(root / "y.png"))]
+        ("named", str(root / "named.png")), ("outside__e", str(root / "outside" / "e.png")),
+        ("real__x", str(root / "real" / "x.png")), ("shown__h", str(root / "shown" / "h.png")),
+        ("y", str(root / "y.png"))]
 
 
 def test_only_the_first_page_or_volume_is_labelled_and_that_is_said(tmp_path):
