@@ -79,13 +79,11 @@ class RunPlan:
     def sources(self, stems: set[str]) -> dict[str, str]:
         """Input file of each item in ``stems`` (of its scene or volume, for tiles and slices), by the scene's stem.
 
-        Relative to the dataset folder and ``/``-separated: what the dataset's manifest records, so that every
-        label map leads back to its file, and `alps evaluate` pairs ground truth with images by their paths.
+        Relative to the dataset folder and ``/``-separated (:attr:`InputItem.relative`): what the dataset's
+        manifest records, so that every label map leads back to its file, and `alps evaluate` pairs ground truth
+        with images by their paths.
         """
-        root = Path(self.dataset).expanduser().absolute()
-        base = root.parent if root.is_file() else root
-        return {item.scene or item.stem: Path(os.path.relpath(item.source, base)).as_posix()
-                for item in self.items if item.stem in stems}
+        return {item.scene or item.stem: item.relative for item in self.items if item.stem in stems}
 
 
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
