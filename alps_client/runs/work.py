@@ -7,6 +7,7 @@ in a run, whether it runs on a flow thread or on a Dask worker.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from alps_client.backends.base import SamBackend
@@ -87,6 +88,7 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     try:
         loaded = load_item(item, job.config.inputs)
     except InputImageError as err:  # the only failure that makes an input "bad"
+        _forget_earlier_labels(item, job, shard)
         return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
     image_file = _image_file(item, job, loaded.plain_copy)
     if not loaded.plain_copy:
@@ -98,6 +100,16 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
                           loaded.valid, extra)
     return ImageOutcome("labelled", item.stem, item.source, str(shard), image_file, n_masks=summary.n_masks,
                         n_kept=summary.n_kept, n_gated=summary.n_gated, timings=summary.timings)
+
+
+def _forget_earlier_labels(item: InputItem, job: LabelJob, shard: Path) -> None:
+    """Remove the shard (and decoded copy) of an earlier version of ``item``'s file, which is now a bad input.
+
+    That file is gone, so its labels never reach the dataset; kept, the shard would be judged "changed" by every
+    rerun, which would warn again that the image changed since it was labelled.
+    """
+    shard.unlink(missing_ok=True)
+    Path(_image_file(item, job, plain_copy=False)).unlink(missing_ok=True)
 
 
 def _image_file(item: InputItem, job: LabelJob, plain_copy: bool) -> str:

@@ -227,6 +227,29 @@ def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo
     assert sorted(p.name for p in (out / "img_dir").glob("*/*")) == sorted(f"{p.stem}.png" for p in moved.iterdir())
 
 
+def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
+                                                                                                tmp_path):
+    """Its earlier shard is dropped with it: kept, every rerun warned again that the image changed since it was
+    labelled, and said it would label it again."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for i in range(3):
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    broken = data / "scene_0001.png"
+    broken.write_bytes(broken.read_bytes()[:300])  # a copy cut short
+    for rerun in range(2):
+        with run_log() as logged:
+            result = alps_flow(str(data), str(out), cfg, progress_bar=False)
+        assert (result["n_labelled"], result["n_skipped"], result["summary"]["n_images"]) == (0, 2, 2)
+        assert [e["path"] for e in result["errors"]] == [str(broken)]
+        said_changed = [line for line in logged if "changed since they were labelled" in line]
+        assert len(said_changed) == (1 if rerun == 0 else 0), logged
+        assert not list((out / ".alps").rglob("scene_0001*"))
+    assert sorted(name.split("/")[1] for name in labels(out)) == ["scene_0000.png", "scene_0002.png"]
+
+
 def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_labelled_again(fake_repo, scenes,
                                                                                             tmp_path):
     """train/0001.bmp and val/0001.bmp of one size and one time (unpacked from an archive): val's is labelled as
