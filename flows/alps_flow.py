@@ -347,7 +347,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         "to_label": len(plan.items) - plan.n_done, "complete": False, "dataset_written": False,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
-        with open_labeller(LabelJob(out, config, plan.fingerprint), concurrency, dask_address, dask_workers) as lab:
+        with open_labeller(LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint), concurrency, dask_address, dask_workers) as lab:
             if lab.runs_on:
                 logger.info("Model runs on %s", lab.runs_on)
             outcomes, stopped = _label_all(plan, lab, progress_bar)

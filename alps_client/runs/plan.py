@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -215,11 +216,49 @@ def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState
     return ItemState(status, signature, shard, meta)
 
 
-def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str,
+def labelling_identity(model: str, config: PipelineConfig) -> dict[str, Any]:
+    """What a shard's fingerprint hashes, in the clear: the model's fingerprint and the labelling configuration."""
+    return {"model": model, "config": config.labelling_dict()}
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"amg": {"points_per_side": 32}}`` -> ``{"amg.points_per_side": 32}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[str, Any]) -> str:
+    """The settings in which a stale shard's labelling differs from this run's: ``amg.points_per_side 32 there,
+    16 now``.
+
+    Read from the shard (alps records its labelling in each) or, for shards from before, from the configuration
+    ``OUT/manifest.json`` was written with (the model then goes unnamed). Empty when neither says.
+    """
+    there = (meta or {}).get("extra", {}).get("labelling")
+    if there is None:
+        try:
+            written = json.loads((Path(out) / "manifest.json").read_text())["config"]
+            there = {"config": {key: written[key] for key in labelling["config"]}}
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+    now = json.loads(json.dumps(labelling))  # as a shard keeps it: tuples are lists there
+    recorded = _flat({key: value for key, value in there.items() if key != "config"} | there.get("config", {}))
+    now = _flat({key: value for key, value in now.items() if key in there and key != "config"} | now["config"])
+    return "; ".join(f"{key} {recorded.get(key, 'unset')} there, {now.get(key, 'unset')} now"
+                     for key in sorted(recorded.keys() | now.keys()) if recorded.get(key) != now.get(key))
+
+
+def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, labelling: dict[str, Any],
                           overwrite: bool) -> tuple[frozenset[str], int, int]:
     """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
 
-    Stale: made with another model or labelling configuration.
+    Stale: made with another model or labelling configuration; the refusal names the settings in which they differ
+    from ``labelling`` (:func:`labelling_identity` of this run), where the shards or ``OUT/manifest.json`` say.
 
     Returns:
         ``(done, changed, damaged)``: the stems of the items a rerun skips, and how many it labels again because
@@ -230,17 +269,22 @@ def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: 
     """
     done: set[str] = set()
     changed = stale = damaged = 0
+    stale_meta: dict[str, Any] | None = None
     for item in items:
-        status = item_status(out, item, fingerprint).status
+        status, _, _, meta = item_status(out, item, fingerprint)
         if status == "current":
             done.add(item.stem)
+        if status == "stale" and not stale:
+            stale_meta = meta
         changed += status == "changed"
         stale += status == "stale"
         damaged += status == "damaged"
     if stale and not overwrite:
+        differs = _what_differs(out, stale_meta, labelling)
         raise ConfigMismatchError(
-            f"{out} holds {stale} image(s) labelled with another model or labelling configuration; "
-            "use a new --out, or --overwrite to relabel them"
+            f"{out} holds {stale} image(s) labelled with another model or labelling configuration"
+            f"{f' ({differs})' if differs else ''}; use a new --out, the same settings as then, or --overwrite to "
+            "relabel them"
         )
     return frozenset(done), changed, damaged
 
@@ -255,7 +299,8 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         ConfigMismatchError: See :func:`check_existing_shards`.
     """
     manifest = check_request(dataset, config, out)
-    fingerprint = shard_fingerprint(manifest.fingerprint, config.labelling_dict())
+    labelling = labelling_identity(manifest.fingerprint, config)
+    fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []
     multipage: list[tuple[str, int]] = []
     items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append,
@@ -264,6 +309,6 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
-    done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, overwrite)
+    done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, labelling, overwrite)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done,
                    tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged)

@@ -15,7 +15,7 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import InputImageError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem, printable
-from alps_client.runs.plan import item_status, work_dir
+from alps_client.runs.plan import item_status, labelling_identity, work_dir
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
 
@@ -28,11 +28,14 @@ class LabelJob:
         out: the output dataset folder (shared by every worker).
         config: the run's configuration.
         fingerprint: shard fingerprint of the model and labelling configuration.
+        model: the model's fingerprint (:attr:`~alps_client.backends.manifest.ModelManifest.fingerprint`), kept in
+            each shard with the labelling configuration, so that a run refused for another one can say what differs.
     """
 
     out: str
     config: PipelineConfig
     fingerprint: str
+    model: str = ""
 
 
 @dataclass
@@ -94,7 +97,8 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     if not loaded.plain_copy:
         atomic.write_png(image_file, loaded.rgb)
     extra = {"image_file": image_file, "kind": item.kind, "scene": item.scene, "window": item.window,
-             "split": item.split, "geo": loaded.geo, "input": loaded.extra, "source_signature": signature}
+             "split": item.split, "geo": loaded.geo, "input": loaded.extra, "source_signature": signature,
+             "labelling": labelling_identity(job.model, job.config)}
     generator = make_mask_generator(backend, job.config.amg)
     summary = label_image(loaded.rgb, item.stem, item.source, generator, job.config, shard, job.fingerprint,
                           loaded.valid, extra)

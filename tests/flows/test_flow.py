@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from alps_client.backends.fake import write_fake_repository
-from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, PipelineConfig, WriterConfig
+from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, GateConfig, PipelineConfig, WriterConfig
 from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunError
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
@@ -116,10 +116,27 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert "6 image(s): 0 to label, 6 already labelled (skipped); 1 rejected input(s)" in logged  # was "6 to label"
     assert before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
-    with pytest.raises(ConfigMismatchError, match="--overwrite"):
+    with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
         alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
+    assert "6 image(s) labelled with another model or labelling configuration (amg.points_per_side 8 there, 6 now)" \
+        in str(refused.value)  # which setting, so that the user can run again with it
+    other_model = write_fake_repository(tmp_path / "other_model", prompt_batch_size=32)
+    with pytest.raises(ConfigMismatchError, match=r"configuration \(model \S+ there, \S+ now\); use"):
+        alps_flow(str(scenes / "images"), str(out), small_config(other_model), progress_bar=False)
     third = alps_flow(str(scenes / "images"), str(out), other, overwrite=True, progress_bar=False)
     assert third["n_labelled"] == 6 and third["n_skipped"] == 0
+
+
+def test_a_refusal_for_shards_from_before_labelling_was_recorded_names_the_setting_from_the_manifest(tmp_path):
+    from alps_client.runs.plan import _what_differs, labelling_identity
+
+    then, now = small_config("repo"), PipelineConfig(gate=GateConfig(sigma=0.5))
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": then.to_dict()}))
+    no_record = {"extra": {"source_signature": {}}}
+    assert _what_differs(tmp_path, no_record, labelling_identity("m", now)) == \
+        "amg.points_per_side 8 there, 32 now; gate.sigma 0.3 there, 0.5 now"
+    (tmp_path / "manifest.json").unlink()  # an interrupted first run: nothing says
+    assert _what_differs(tmp_path, no_record, labelling_identity("m", now)) == ""
 
 
 def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes, tmp_path, capsys):
