@@ -233,8 +233,7 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[str, Any]) -> str:
-    """The settings in which a stale shard's labelling differs from this run's: ``amg.points_per_side 32 there,
-    16 now``.
+    """The settings in which a stale shard's labelling differs from this run's (``amg.points_per_side 32 there``).
 
     Read from the shard (alps records its labelling in each) or, for shards from before, from the configuration
     ``OUT/manifest.json`` was written with (the model then goes unnamed). Empty when neither says.

@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from alps_client.backends.fake import write_fake_repository
-from alps_client.config import AmgConfig, BackendConfig, ClusterConfig, GateConfig, PipelineConfig, WriterConfig
+from alps_client.config import (
+    AmgConfig,
+    BackendConfig,
+    ClusterConfig,
+    GateConfig,
+    PipelineConfig,
+    WriterConfig,
+)
 from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunError
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
