@@ -25,7 +25,7 @@ import itertools
 import os
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -185,13 +185,16 @@ def _walked_anyway(target: str, root_real: str) -> bool:
 
 def discover_inputs(root: str | Path, config: InputConfig | None = None, out: str | Path | None = None,
                     on_left_out: Callable[[Path], None] | None = None,
-                    on_pages: Callable[[str, int], None] | None = None) -> tuple[list[InputItem], list[InputError]]:
+                    on_pages: Callable[[str, int], None] | None = None,
+                    earlier_names: Mapping[str, str] | None = None) -> tuple[list[InputItem], list[InputError]]:
     """Items to label under ``root`` and the files rejected on the way (headers only are read).
 
     ``out`` (the run's output folder) and alps outputs below ``root`` are left out: see :func:`list_input_files`.
     Files of a format alps does not read are rejected, each with the way to one it reads.
     ``on_pages`` is told of each TIFF with several pages and each NIfTI file with several volumes (its path,
     :func:`printable`, and their count): only the first page or volume is labelled.
+    ``earlier_names`` (path relative to ``root``, ``/``-separated -> the name an earlier run gave it) are kept
+    first: a file added later (``a.jpg`` beside a labelled ``a.png``) takes another name instead of renaming it.
 
     Raises:
         FileNotFoundError: If ``root`` does not exist.
@@ -209,9 +212,15 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     def reject_format(path: Path, fmt: str) -> None:
         not_read.append(InputError(str(path.absolute()), NOT_READ_FORMATS[fmt]))
 
-    for path in list_input_files(root, out, on_left_out, reject_format):
+    paths = list_input_files(root, out, on_left_out, reject_format)
+    kept_names = _earlier_names_kept(paths, base, earlier_names or {})
+    taken.update(_name_key(name) for name in kept_names.values())
+    for path in paths:
         relative = path.relative_to(base)
         split, stem = split_and_stem(relative)
+        if relative in kept_names:
+            stem = kept_names[relative]
+            taken.discard(_name_key(stem))  # free for its own file: _unique_stem takes it again, tiles' names too
         source = str(path.absolute())
         try:
             parts = _parts_of(path, config, on_pages)
@@ -223,6 +232,20 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
         items += [replace(part, source=source, stem=stem + suffix, scene=stem, split=split,
                           relative=relative.as_posix()) for suffix, part in parts]
     return items, sorted(errors + not_read, key=lambda e: e.path)
+
+
+def _earlier_names_kept(paths: list[Path], base: Path, earlier_names: Mapping[str, str]) -> dict[Path, str]:
+    """Which of ``paths`` keep an earlier run's name (relative to ``base`` -> name): each name once, any case."""
+    kept: dict[Path, str] = {}
+    keys: set[str] = set()
+    for path in paths:
+        relative = path.relative_to(base)
+        name = earlier_names.get(relative.as_posix())
+        usable = bool(name) and name == bounded_stem(_safe_name(name)) and not name.startswith(".")
+        if usable and _name_key(name) not in keys:
+            kept[relative] = name
+            keys.add(_name_key(name))
+    return kept
 
 
 def _name_key(name: str) -> str:

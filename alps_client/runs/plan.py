@@ -216,6 +216,19 @@ def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState
     return ItemState(status, signature, shard, meta)
 
 
+def earlier_names(out: str | Path) -> dict[str, str]:
+    """The names the dataset in ``out`` gave its inputs: path relative to the dataset -> name.
+
+    Read from the ``sources`` of its ``manifest.json``; empty when there is none (a first run, or a dataset from
+    before ``sources``).
+    """
+    try:
+        sources = json.loads((Path(out) / "manifest.json").read_text()).get("sources") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {relative: name for name, relative in sources.items() if isinstance(relative, str)}
+
+
 def labelling_identity(model: str, config: PipelineConfig) -> dict[str, Any]:
     """What a shard's fingerprint hashes, in the clear: the model's fingerprint and the labelling configuration."""
     return {"model": model, "config": config.labelling_dict()}
@@ -303,7 +316,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     left_out: list[Path] = []
     multipage: list[tuple[str, int]] = []
     items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append,
-                                      lambda path, pages: multipage.append((path, pages)))
+                                      lambda path, pages: multipage.append((path, pages)), earlier_names(out))
     if not items:
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"

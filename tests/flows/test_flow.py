@@ -251,6 +251,26 @@ def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo
     assert sorted(p.name for p in (out / "img_dir").glob("*/*")) == sorted(f"{p.stem}.png" for p in moved.iterdir())
 
 
+def test_a_file_added_beside_a_labelled_one_of_the_same_name_takes_another_name(fake_repo, scenes, tmp_path):
+    """``a.jpg`` added beside a labelled ``a.png`` sorts first and took ``a``: ``a.png`` was renamed ``a_png`` and
+    labelled again. Names the dataset gave are kept (any case: ``A.png`` added too)."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    shutil.copy2(scenes / "images" / "scene_0000.png", data / "a.png")
+    shutil.copy2(scenes / "images" / "scene_0001.png", data / "b.png")
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    first = json.loads((out / "manifest.json").read_text())["sources"]
+    Image.open(scenes / "images" / "scene_0002.png").convert("RGB").save(data / "a.jpg", quality=95)
+    shutil.copy2(scenes / "images" / "scene_0003.png", data / "A.png")
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (2, 2)
+    sources = json.loads((out / "manifest.json").read_text())["sources"]
+    assert first == {"a": "a.png", "b": "b.png"} and sources == {**first, "a_jpg": "a.jpg", "A_png": "A.png"}
+    (copy,) = (out / "img_dir").glob("*/a.png")
+    assert copy.read_bytes() == (data / "a.png").read_bytes()
+
+
 def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
                                                                                                 tmp_path):
     """Its earlier shard is dropped with it: kept, every rerun warned again that the image changed since it was

@@ -123,6 +123,13 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
     assert len(set(long)) == 2 and all(s.endswith("ÿÿ__same") for s in long)
     assert max(len(i.stem.encode()) for i in items) <= 200  # room for a tile's name and a temporary file's
     assert discover_inputs(tmp_path, InputConfig(tile=256, overlap=0)) == (items, errors)  # same names every run
+    earlier = {"a.jpg": "a", "A.bmp": "A_bmp", "a.png": "A", "big.png": "../big", "e\u0301t\u00e9.png": ".hidden"}
+    kept = discover_inputs(tmp_path, InputConfig(tile=256, overlap=0), earlier_names=earlier)[0]
+    renamed = {i.source.removeprefix(f"{tmp_path}/"): i.stem for i in kept if i.kind == "image"}
+    # each earlier name once in any case (a.png's A is a.jpg's a); names no run gives (../big, .hidden) are not kept
+    assert [renamed[n] for n in ("a.jpg", "A.bmp", "a.png")] == ["a", "A_bmp", "a_png_2"]
+    assert {i.stem for i in kept if i.scene == "big"} == {i.stem for i in items if i.scene == "big"}
+    assert renamed["e\u0301t\u00e9.png"] == "e\u0301t\u00e9" and len({key(i.stem) for i in kept}) == len(kept)
 
 
 def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path):
