@@ -8,6 +8,9 @@
   split depends only on the set of groups, never on the order in which images were labelled. One group at least
   stays in train when no input folder gives train images: rounding put a two-scene dataset's both scenes, or a
   one-scene dataset's only one, in val at ``--val-fraction 0.5``, leaving nothing to train on.
+- A rerun with the same seed and fraction keeps the split the dataset gave each group before: images added later
+  are split so that the whole comes as close to the fraction as the kept groups allow, and no image of the
+  earlier validation set moves into train (ranking all groups again moved some whenever images were added).
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ def _rank(seed: int, group: str) -> bytes:
     return hashlib.sha256(f"{seed}:{group}".encode()).digest()
 
 
-def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_fraction: float) -> dict[str, str]:
+def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_fraction: float,
+                  earlier: Mapping[str, str] | None = None) -> dict[str, str]:
     """Split of every image.
 
     Args:
         images: ``(stem, group, given_split)`` per image; ``given_split`` from the input's folders, or None.
         seed: seed of the hash split.
         val_fraction: share of the groups without a given split that go to val, in [0, 1).
+        earlier: ``group -> split`` an earlier run with this seed and fraction gave (``train`` or ``val``): kept,
+            unless that would leave nothing to train on.
 
     Returns:
         ``stem -> split``.
@@ -42,9 +48,15 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
     images = list(images)
     free_groups = sorted({group for _, group, given in images if given is None}, key=lambda g: (_rank(seed, g), g))
     n_val = int(val_fraction * len(free_groups) + 0.5)
-    if not any(given == "train" for _, _, given in images):
+    train_given = any(given == "train" for _, _, given in images)
+    if not train_given:
         n_val = min(n_val, len(free_groups) - 1)
-    val_groups = set(free_groups[:n_val])
+    kept = {g: earlier[g] for g in free_groups if (earlier or {}).get(g) in ("train", "val")}
+    new_groups = [g for g in free_groups if g not in kept]
+    kept_val = {g for g, split in kept.items() if split == "val"}
+    val_groups = kept_val | set(new_groups[:max(0, n_val - len(kept_val))])
+    if not train_given and free_groups and val_groups >= set(free_groups):  # the earlier train images are gone
+        val_groups = set(free_groups[:n_val])
     return {stem: given or ("val" if group in val_groups else "train") for stem, group, given in images}
 
 

@@ -12,6 +12,7 @@ the rest.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -214,7 +215,7 @@ def _stage_dataset(
     paths = sorted((Path(p) for p in shard_paths), key=lambda p: p.name)
     metas = [read_shard_meta(p) for p in paths]
     splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas),
-                           config.writer.seed, config.writer.val_fraction)
+                           config.writer.seed, config.writer.val_fraction, _earlier_splits(out, config))
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")
@@ -286,13 +287,30 @@ def _stage_dataset(
                                       dict(zip((m["stem"] for m in metas), paths)), image_sources,
                                       out.resolve().name, config.gate.sigma)
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
-                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix}))
+                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix,
+                                                                  "splits": {_group(m): splits[m["stem"]]
+                                                                             for m in metas}}))
     return summary
 
 
 # Top-level manifest entries the writer makes; others are extra entries (kept by `alps relabel`).
 MANIFEST_KEYS = ("format", "layout", "config", "seed", "model", "model_is_stand_in", "classes", "versions", "counts",
-                 "img_suffix")
+                 "img_suffix", "splits")
+
+
+def _earlier_splits(out: Path, config: PipelineConfig) -> dict[str, str]:
+    """``group -> split`` of the dataset ``out`` holds, when it was split with this run's seed and fraction.
+
+    Empty for a first run, a dataset from before ``splits`` was recorded, or another ``--seed`` or
+    ``--val-fraction`` (asked for a new split).
+    """
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        writer = manifest["config"]["writer"]
+        same = (writer["seed"], writer["val_fraction"]) == (config.writer.seed, config.writer.val_fraction)
+        return dict(manifest.get("splits") or {}) if same else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], class_map: ClassMap,

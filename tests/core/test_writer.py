@@ -67,6 +67,21 @@ def test_splits_near_the_fraction_by_group_and_given_splits_kept():
     assert assign_splits([("t", "t", "train"), ("s", "s", None)], 0, 0.5) == {"t": "train", "s": "val"}
 
 
+def test_a_resplit_keeps_the_earlier_split_of_every_group_and_splits_the_added_ones():
+    """Ranking every group again put some of the earlier val images in train once images were added: a model
+    validated on them would then be trained on them."""
+    first = assign_splits([(f"img_{i}", f"img_{i}", None) for i in range(12)], seed=0, val_fraction=0.3)
+    grown = [(f"img_{i}", f"img_{i}", None) for i in range(40)]
+    fresh = assign_splits(grown, seed=0, val_fraction=0.3)
+    assert any(fresh[stem] != split for stem, split in first.items())  # what a fresh ranking does
+    kept = assign_splits(grown, seed=0, val_fraction=0.3, earlier=first)
+    assert {stem: kept[stem] for stem in first} == first
+    assert list(kept.values()).count("val") == 12  # round(0.3 * 40): the added images make up the fraction
+    # the earlier train images gone: all that is left was val, and train may not be empty
+    val_only = [(stem, stem, None) for stem, split in first.items() if split == "val"]
+    assert "train" in assign_splits(val_only, seed=0, val_fraction=0.3, earlier=first).values()
+
+
 def make_shard(path, stem, masks, keep, pfl, extra=None):
     ms = MaskSet.from_rles(masks.shape[1:], encode_coco_rle(masks), predicted_iou=np.linspace(0.9, 1, len(masks)))
     shard = ImageShard(stem, f"{stem}.png", "fp", ms, np.asarray(keep, bool), np.asarray(pfl, np.float32), extra or {})

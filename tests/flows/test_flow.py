@@ -271,6 +271,44 @@ def test_a_file_added_beside_a_labelled_one_of_the_same_name_takes_another_name(
     assert copy.read_bytes() == (data / "a.png").read_bytes()
 
 
+def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, scenes, tmp_path):
+    """Each rerun ranked every image again, and adding images moved some of the earlier val images to train. Another
+    --val-fraction (or --seed) asks for a new split, as before."""
+    import itertools
+
+    from alps_client.io.splits import assign_splits
+
+    def ranked(stems) -> dict[str, str]:
+        return assign_splits([(stem, stem, None) for stem in stems], seed=0, val_fraction=0.5)
+
+    stems = [f"scene_{i:04d}" for i in range(6)]
+    first_three = next(part for part in itertools.combinations(stems, 3)  # some a ranking of all six would move
+                       if any(split != ranked(stems)[stem] for stem, split in ranked(part).items()))
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for stem in first_three:
+        shutil.copy2(scenes / "images" / f"{stem}.png", data)
+    cfg = small_config(fake_repo, val_fraction=0.5)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+
+    def splits(dataset: Path) -> dict[str, str]:
+        return {p.stem: p.parent.name for p in (dataset / "ann_dir").glob("*/*.png")}
+
+    first = splits(out)
+    assert json.loads((out / "manifest.json").read_text())["splits"] == first
+    for stem in set(stems) - set(first_three):
+        shutil.copy2(scenes / "images" / f"{stem}.png", data)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
+    grown, fresh = splits(out), splits(tmp_path / "fresh")
+    assert {stem: grown[stem] for stem in first} == first and list(grown.values()).count("val") == 3
+    assert grown != fresh  # a fresh ranking of the six moves an earlier image: what a rerun did
+    resplit = small_config(fake_repo, val_fraction=0.3)
+    alps_flow(str(data), str(out), resplit, progress_bar=False)
+    alps_flow(str(data), str(tmp_path / "fresh_resplit"), resplit, progress_bar=False)
+    assert splits(out) == splits(tmp_path / "fresh_resplit")
+
+
 def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
                                                                                                 tmp_path):
     """Its earlier shard is dropped with it: kept, every rerun warned again that the image changed since it was
