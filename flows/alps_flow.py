@@ -339,6 +339,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
+    leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in
+                    (work_dir(out), work_dir(out) / "shards", work_dir(out) / "images"))
+    if leftovers:
+        logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, work_dir(out))
     # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL too):
     # the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards it replaced.
     atomic.write_json(work_dir(out) / "last_run.json", {

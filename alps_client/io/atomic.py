@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -42,6 +43,27 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         if disk_full(err):
             raise _disk_full_error(path, err) from err
         raise
+
+
+# What atomic_path's temp files are named: "." + the target's name + "." + mkstemp's 8 characters + a suffix.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)+")
+
+
+def remove_leftover_temp_files(folder: str | Path) -> int:
+    """Remove the temp files that writes killed mid-way (SIGKILL, power loss) left in ``folder``; returns how many.
+
+    Only names :func:`atomic_path` gives are removed; call it while no other process writes ``folder``.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no such folder yet
+        return 0
+    for entry in entries:
+        if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _disk_full_error(path: Path, err: OSError) -> OutputDiskFullError:

@@ -309,6 +309,30 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
     assert splits(out) == splits(tmp_path / "fresh_resplit")
 
 
+def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_repo, scenes, tmp_path):
+    import subprocess
+    import sys
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    shutil.copy2(scenes / "images" / "scene_0000.png", data)
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    work = out / ".alps"
+    for target in (work / "shards" / "scene_0001.npz", work / "images" / "scene_0001.png", work / "last_run.json"):
+        killed = subprocess.run([sys.executable, "-c", "import os, sys\nfrom alps_client.io.atomic import atomic_path\n"
+                                 "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n    os._exit(9)",
+                                 str(target)], check=False)
+        assert killed.returncode == 9
+    left = sorted(p.name for p in work.rglob(".*") if p.is_file())
+    assert len(left) == 3 and all(name.startswith((".scene_0001.", ".last_run.json.")) for name in left), left
+    (work / "shards" / ".keep").write_text("a user's file: not alps's to remove")
+    with run_log() as logged:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert f"Removed 3 temporary file(s) that an interrupted run left in {work}" in logged
+    assert sorted(p.name for p in work.rglob(".*") if p.is_file()) == [".keep"]
+
+
 def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
                                                                                                 tmp_path):
     """Its earlier shard is dropped with it: kept, every rerun warned again that the image changed since it was
