@@ -320,9 +320,9 @@ def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_re
     alps_flow(str(data), str(out), cfg, progress_bar=False)
     work = out / ".alps"
     for target in (work / "shards" / "scene_0001.npz", work / "images" / "scene_0001.png", work / "last_run.json"):
-        killed = subprocess.run([sys.executable, "-c", "import os, sys\nfrom alps_client.io.atomic import atomic_path\n"
-                                 "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n    os._exit(9)",
-                                 str(target)], check=False)
+        killed_mid_write = ("import os, sys\nfrom alps_client.io.atomic import atomic_path\n"
+                            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n    os._exit(9)")
+        killed = subprocess.run([sys.executable, "-c", killed_mid_write, str(target)], check=False)
         assert killed.returncode == 9
     left = sorted(p.name for p in work.rglob(".*") if p.is_file())
     assert len(left) == 3 and all(name.startswith((".scene_0001.", ".last_run.json.")) for name in left), left
