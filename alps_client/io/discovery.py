@@ -126,7 +126,8 @@ def not_read_format(path: Path) -> str | None:
 
 def list_input_files(root: Path, out: str | Path | None = None,
                      on_left_out: Callable[[Path], None] | None = None,
-                     on_not_read: Callable[[Path, str], None] | None = None) -> list[Path]:
+                     on_not_read: Callable[[Path, str], None] | None = None,
+                     on_unlisted: Callable[[Path, str], None] | None = None) -> list[Path]:
     """Supported files under ``root`` (or ``root`` itself), sorted; symlinks followed, loops skipped.
 
     A file is listed once, under its own path: a link to a folder or a file that the walk finds under ``root``
@@ -134,6 +135,7 @@ def list_input_files(root: Path, out: str | Path | None = None,
     file was labelled twice, perhaps once in train and once in val). Links to what lies elsewhere are followed.
     Folders below ``root`` holding an alps output, and ``out``, are left out (each passed to ``on_left_out``).
     Files of a format alps does not read are passed to ``on_not_read`` with their :data:`NOT_READ_FORMATS` key.
+    Folders that cannot be listed (no read or execute permission) are passed to ``on_unlisted`` with the reason.
     """
     if root.is_file():
         if (fmt := not_read_format(root)) is None:
@@ -144,7 +146,12 @@ def list_input_files(root: Path, out: str | Path | None = None,
     found, seen = [], set()
     out_real = os.path.realpath(out) if out is not None else None
     root_real = os.path.realpath(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    def unlisted(err: OSError) -> None:
+        if on_unlisted is not None:
+            on_unlisted(Path(err.filename or root), f"folder cannot be listed ({err.strerror or err}): its files are "
+                                                    "not labelled")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames[:] = []
@@ -212,7 +219,10 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     def reject_format(path: Path, fmt: str) -> None:
         not_read.append(InputError(str(path.absolute()), NOT_READ_FORMATS[fmt]))
 
-    paths = list_input_files(root, out, on_left_out, reject_format)
+    def reject_folder(path: Path, reason: str) -> None:
+        not_read.append(InputError(str(path.absolute()), reason))
+
+    paths = list_input_files(root, out, on_left_out, reject_format, reject_folder)
     kept_names = _earlier_names_kept(paths, base, earlier_names or {})
     taken.update(_name_key(name) for name in kept_names.values())
     for path in paths:

@@ -20,6 +20,7 @@ from alps_client.io.items import (
     InputError,
     InputItem,
     extension_of,
+    printable,
     source_signature,
 )
 from alps_client.io.publish import foreign_entries
@@ -112,9 +113,12 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     def count_not_read(path: Path, fmt: str) -> None:
         not_read[fmt] = not_read.get(fmt, 0) + 1
 
-    if not list_input_files(root, out, left_out.append, count_not_read):
+    unlisted: list[str] = []
+    if not list_input_files(root, out, left_out.append, count_not_read, lambda path, why: unlisted.append(
+            f"{printable(str(path))}: {why}")):
         outputs = f"; left out {len(left_out)} folder(s) holding alps outputs, e.g. {left_out[0]}" if left_out else ""
-        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs})"
+        folders = f"; {len(unlisted)} folder(s) not searched, e.g. {unlisted[0]}" if unlisted else ""
+        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs}{folders})"
                             f"{_most_common_format(not_read)}")
     manifest = load_manifest(config.backend.model_repository)
     check_model_files(manifest)  # before its sha256s decide which shards are current

@@ -157,6 +157,39 @@ def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path)
         ("y", str(root / "y.png"))]
 
 
+def test_a_folder_that_cannot_be_listed_is_rejected_by_name(tmp_path):
+    """A folder without read or execute permission was skipped unsaid: its images left out of the dataset. Root
+    reads it anyway, so as root the discovery runs without the capabilities that bypass permissions."""
+    import shlex
+    import shutil
+
+    for relative in ("open/a.png", "locked/b.png"):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        Image.fromarray(make_shapes_image(1, (40, 48))).save(tmp_path / relative)
+    script = ("import json, sys\nfrom alps_client.io.discovery import discover_inputs\n"
+              "from alps_client.config import PipelineConfig\nfrom alps_client.runs.plan import check_request\n"
+              "items, errors = discover_inputs(sys.argv[1])\n"
+              "try:\n    check_request(sys.argv[1] + '/locked', PipelineConfig())\n"
+              "except Exception as err:\n    refused = str(err)\n"
+              "print(json.dumps([[i.relative for i in items], [[e.path, e.reason] for e in errors], refused]))")
+    command = [sys.executable, "-c", script, str(tmp_path)]
+    if os.geteuid() == 0:
+        if shutil.which("capsh") is None:
+            pytest.skip("root without capsh: permissions cannot be made to apply")
+        command = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", shlex.join(command)]
+    (tmp_path / "locked").chmod(0)
+    try:
+        found = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    items, errors, refused = json.loads(found.stdout)
+    assert items == ["open/a.png"]
+    assert errors == [[str(tmp_path / "locked"),
+                       "folder cannot be listed (Permission denied): its files are not labelled"]]
+    assert refused.endswith(f"1 folder(s) not searched, e.g. {tmp_path}/locked: folder cannot be listed "
+                            "(Permission denied): its files are not labelled)")  # given as the dataset
+
+
 def test_only_the_first_page_or_volume_is_labelled_and_that_is_said(tmp_path):
     """A 3-page TIFF is one image, its first page; a 4-D NIfTI of 2 volumes gives the slices of its first."""
     import nibabel
