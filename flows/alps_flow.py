@@ -47,7 +47,7 @@ from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.io.out_lock import out_lock
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
-from alps_client.runs.plan import RunPlan, plan_run, unused_input_settings, work_dir
+from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.threads import DaemonThreadPool
 from alps_client.runs.work import ImageOutcome, LabelJob
@@ -321,7 +321,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     # Relative to the run's process's folder (a deployment run: the `alps serve` process's), so said resolved.
     logger.info("Backend: %s; model repository %s", config.backend.describe(),
                 Path(config.backend.model_repository).resolve())
-    logger.info("%d image(s): %d to label, %d already labelled (skipped); %d rejected input(s)", len(plan.items),
+    logger.info("%s: %d to label, %d already labelled (skipped); %d rejected input(s)", describe_items(plan.items),
                 len(plan.items) - plan.n_done, plan.n_done, len(plan.rejected))
     if plan.n_changed:
         logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "

@@ -88,6 +88,19 @@ class RunPlan:
         return {item.scene or item.stem: item.relative for item in self.items if item.stem in stems}
 
 
+def describe_items(items: list[InputItem]) -> str:
+    """What a run labels, said as what it is: ``13 image(s)``, then ``(12 tiles of 1 scene, 1 whole image)``."""
+    parts = []
+    for kind, whole, plural in (("tile", "scene", "scenes"), ("slice", "volume", "volumes")):
+        of_kind = [item for item in items if item.kind == kind]
+        if of_kind:
+            n_files = len({item.source for item in of_kind})
+            parts.append(f"{len(of_kind)} {kind}s of {n_files} {whole if n_files == 1 else plural}")
+    if parts and (n_whole := sum(item.kind == "image" for item in items)):
+        parts.append(f"{n_whole} whole image{'s' if n_whole > 1 else ''}")
+    return f"{len(items)} image(s)" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
     """The checks that need no server and no image decoding; returns the model manifest.
 

@@ -20,6 +20,7 @@ from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import printable
 from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
+from alps_client.runs.plan import describe_items
 from tests.coco_checks import assert_coco_consistent
 from tests.conftest import REPO_ROOT, make_shapes_image
 from tests.inputs.make_files import SIZE, scene, write_nifti, write_odd_dataset
@@ -116,6 +117,9 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
     assert not {key(i.scene) for i in items if i.kind != "image"} & {key(s) for s in stems.values()}
     assert {i.stem for i in items if i.scene == "big"} == {"big__x0_y0", "big__x44_y0", "big__x0_y44", "big__x44_y44"}
     assert {i.stem for i in items if i.scene == "vol"} == {"vol__z0001", "vol__z0002", "vol__z0004"}
+    assert describe_items(items) == f"{len(items)} image(s) (4 tiles of 1 scene, 3 slices of 1 volume, " \
+                                    f"{len(items) - 7} whole images)"  # was "{len(items)} image(s)": files or tiles?
+    assert describe_items([i for i in items if i.kind == "image"]) == f"{len(items) - 7} image(s)"
     assert stems["big__x0_y0.png"] == "big__x0_y0_png" and stems["vol__z0001.png"] == "vol__z0001_png"
     assert [stems[n] for n in ('a"png.jpg', "a.jpg", "a.png", "A.bmp")] == ["a_png", "a_jpg", "a_png_2", "A"]
     assert [stems[n] for n in ("e\u0301t\u00e9.png", "\u00e9t\u00e9.png")] == ["e\u0301t\u00e9", "\u00e9t\u00e9_png"]
