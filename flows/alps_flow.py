@@ -304,6 +304,13 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
         return Failed(message=describe(err), data=err)
 
 
+def _run_record(plan: RunPlan) -> dict[str, Any]:
+    """What ``last_run.json`` says of every run: where from and to, the model, the settings (a rerun needs them)."""
+    return {"dataset": plan.dataset, "out": plan.out, "model": plan.manifest.model_type,
+            "stand_in": plan.manifest.is_stand_in, "random_init": plan.manifest.random_init,
+            "config": plan.config.to_dict()}
+
+
 def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: bool, dask_address: str | None,
               dask_workers: int | None, allow_partial: bool) -> dict[str, Any] | State:
     """The flow after its set-up: label every item, cluster, write the dataset (see :func:`alps_flow`)."""
@@ -346,12 +353,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL too):
     # the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards it replaced.
     atomic.write_json(work_dir(out) / "last_run.json", {
-        "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
-        "random_init": plan.manifest.random_init,
-        "to_label": len(plan.items) - plan.n_done, "complete": False, "dataset_written": False,
+        **_run_record(plan), "to_label": len(plan.items) - plan.n_done, "complete": False, "dataset_written": False,
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
-        with open_labeller(LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint), concurrency, dask_address, dask_workers) as lab:
+        job = LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint)
+        with open_labeller(job, concurrency, dask_address, dask_workers) as lab:
             if lab.runs_on:
                 logger.info("Model runs on %s", lab.runs_on)
             outcomes, stopped = _label_all(plan, lab, progress_bar)
@@ -382,9 +388,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if stopped:
         logger.error("%s: %d image(s) not started", stopped, sum(m["reason"] == NOT_STARTED for m in missing))
     run: dict[str, Any] = {
-        "dataset": dataset, "out": out, "model": plan.manifest.model_type, "stand_in": plan.manifest.is_stand_in,
-        "random_init": plan.manifest.random_init,
-        "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
+        **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
     }
     atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here

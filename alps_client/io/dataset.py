@@ -89,7 +89,8 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     shards = {stem: shard_path(out / ".alps" / "shards", stem) for stem in splits}
     missing = sorted(stem for stem, path in shards.items() if not path.is_file())
     last_run = _last_run(out)
-    rerun = f"run the same `alps run {last_run.get('dataset') or 'DATASET'} --out {out}` again"
+    rerun = (f"run the same `alps run {last_run.get('dataset') or 'DATASET'} --out {out}` again, with the options "
+             f"it was given (its settings: `config` in {out / '.alps' / 'last_run.json'})")
     if missing:
         raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {out / '.alps' / 'shards'} (first: "
                         f"{missing[0]}); relabel and report are built from the shards `alps run` keeps there: "

@@ -376,12 +376,14 @@ def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(label
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     last_run = json.loads((out / ".alps" / "last_run.json").read_text())
     assert last_run["complete"] is False and last_run["to_label"] == 1  # not the previous run's "complete": true
+    assert PipelineConfig.from_dict(last_run["config"]) == cfg  # the options to give the rerun
     (tmp_path / "classes.yaml").write_text(SPEC)
     capsys.readouterr()
     for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]):
         assert alps(command) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
-        assert "set out to label 1 image(s) and wrote no dataset" in line and f"`alps run {data} --out {out}`" in line
+        assert "set out to label 1 image(s) and wrote no dataset" in line and f"`alps run {data} --out {out}` " \
+            f"again, with the options it was given (its settings: `config` in {out}/.alps/last_run.json)" in line
     assert tree_hashes(out) == before
     state = alps_flow(str(data), str(out), cfg, progress_bar=False, return_state=True)  # the rerun finishes it
     assert state.is_completed()
