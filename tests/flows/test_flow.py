@@ -360,7 +360,8 @@ def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_lab
                                                                                             tmp_path):
     """train/0001.bmp and val/0001.bmp of one size and one time (unpacked from an archive): val's is labelled as
     val__0001_bmp. Once train's was gone, val's took the name 0001, and the rerun kept train's labels and split,
-    unsaid; an image moved from train/ to val/ (mv keeps its time) stayed in train."""
+    unsaid (val's now keeps its name while the manifest records it; without one it takes 0001, and is labelled
+    again); an image moved from train/ to val/ (mv keeps its time) stayed in train."""
     import os
 
     data, out = tmp_path / "data", tmp_path / "out"
@@ -370,9 +371,14 @@ def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_lab
         os.utime(data / relative, ns=(1_700_000_000 * 10**9,) * 2)
     cfg = small_config(fake_repo)
     alps_flow(str(data), str(out), cfg, progress_bar=False)
+    first = labels(out)
     (data / "train" / "0001.bmp").unlink()
     again = alps_flow(str(data), str(out), cfg, progress_bar=False)
-    assert (again["n_labelled"], again["n_skipped"]) == (1, 2)
+    assert (again["n_labelled"], again["n_skipped"]) == (0, 3)  # val's keeps the name the dataset gave it
+    assert set(labels(out)) == set(first) - {"train/0001.png"}
+    (out / "manifest.json").unlink()  # as a run that wrote no dataset leaves it: nothing says the names given
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (1, 2)  # val's took 0001, whose shard is train's
     alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
     assert labels(out) == labels(tmp_path / "fresh")
     os.rename(data / "train" / "a.bmp", data / "val" / "a.bmp")
