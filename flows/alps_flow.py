@@ -336,6 +336,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.n_damaged:
         logger.warning("%d image(s) have a shard in %s that cannot be read whole (cut short or altered, e.g. by a "
                        "crash or a full disk): labelling them again", plan.n_damaged, work_dir(out) / "shards")
+    if plan.gone:
+        logger.warning("%d input(s) of the dataset in %s are no longer under %s, and the dataset this run writes leaves "
+                       "them out: %s%s (their shards stay in %s: put the files back and run again to have them)",
+                       len(plan.gone), out, dataset, ", ".join(plan.gone[:5]), ", ..." if len(plan.gone) > 5 else "",
+                       work_dir(out) / "shards")
     for line in unused_input_settings(config, plan.items):
         logger.warning("%s", line)
     if plan.multipage:

@@ -58,6 +58,8 @@ class RunPlan:
         multipage: ``(path, count)`` of each TIFF input with several pages and each NIfTI input with several
             volumes, of which the first alone is labelled.
         n_damaged: items whose shard cannot be read whole (labelled again).
+        gone: inputs (relative to the dataset) of the dataset ``out`` holds that are no longer there: the dataset
+            this run writes leaves them out.
     """
 
     dataset: str
@@ -72,6 +74,7 @@ class RunPlan:
     n_changed: int = 0
     multipage: tuple[tuple[str, int], ...] = ()
     n_damaged: int = 0
+    gone: tuple[str, ...] = ()
 
     @property
     def n_done(self) -> int:
@@ -332,12 +335,24 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []
     multipage: list[tuple[str, int]] = []
+    names = earlier_names(out)
     items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append,
-                                      lambda path, pages: multipage.append((path, pages)), earlier_names(out))
+                                      lambda path, pages: multipage.append((path, pages)), names)
     if not items:
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
     done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, labelling, overwrite)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done,
-                   tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged)
+                   tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged,
+                   _gone(dataset, names, items, rejected))
+
+
+def _gone(dataset: str | Path, names: dict[str, str], items: list[InputItem], rejected: list[InputError]
+          ) -> tuple[str, ...]:
+    """The inputs of the dataset ``OUT`` holds (``names``) that are no longer under ``dataset``, not even rejected."""
+    root = Path(dataset).expanduser()
+    base = root.parent if root.is_file() else root
+    present = {item.relative for item in items} | {e.path for e in rejected}
+    return tuple(sorted(relative for relative in names
+                        if relative not in present and str((base / relative).absolute()) not in present))

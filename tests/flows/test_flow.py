@@ -271,6 +271,28 @@ def test_a_file_added_beside_a_labelled_one_of_the_same_name_takes_another_name(
     assert copy.read_bytes() == (data / "a.png").read_bytes()
 
 
+def test_a_rerun_says_which_images_of_the_dataset_are_gone_from_the_inputs(fake_repo, scenes, tmp_path):
+    """The dataset shrank unsaid when images were deleted or moved away (a wrong rsync, a folder renamed)."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "sub").mkdir(parents=True)
+    for i in range(4):
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data / ("sub" if i == 3 else ""))
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    (data / "scene_0001.png").unlink()
+    (data / "sub" / "scene_0003.png").rename(tmp_path / "scene_0003.png")
+    (data / "scene_0002.png").write_bytes(b"")  # rejected, and said so as such: not gone
+    for rerun in range(2):
+        with run_log() as logged:
+            result = alps_flow(str(data), str(out), cfg, progress_bar=False)
+        assert result["summary"]["n_images"] == 1
+        gone = [line for line in logged if "no longer under" in line]
+        assert gone == ([f"2 input(s) of the dataset in {out} are no longer under {data}, and the dataset this run "
+                         f"writes leaves them out: scene_0001.png, sub/scene_0003.png (their shards stay in "
+                         f"{out / '.alps' / 'shards'}: put the files back and run again to have them)"]
+                        if rerun == 0 else [])
+
+
 def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, scenes, tmp_path):
     """Each rerun ranked every image again, and adding images moved some of the earlier val images to train. Another
     --val-fraction (or --seed) asks for a new split, as before."""
