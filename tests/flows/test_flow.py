@@ -287,10 +287,10 @@ def test_a_rerun_says_which_images_of_the_dataset_are_gone_from_the_inputs(fake_
             result = alps_flow(str(data), str(out), cfg, progress_bar=False)
         assert result["summary"]["n_images"] == 1
         gone = [line for line in logged if "no longer under" in line]
-        assert gone == ([f"2 input(s) of the dataset in {out} are no longer under {data}, and the dataset this run "
-                         f"writes leaves them out: scene_0001.png, sub/scene_0003.png (their shards stay in "
-                         f"{out / '.alps' / 'shards'}: put the files back and run again to have them)"]
-                        if rerun == 0 else [])
+        said = (f"2 input(s) of the dataset in {out} are no longer under {data}, and the dataset this run writes "
+                f"leaves them out: scene_0001.png, sub/scene_0003.png (their shards stay in "
+                f"{out / '.alps' / 'shards'}: put the files back and run again to have them)")
+        assert gone == ([said] if rerun == 0 else [])
 
 
 def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, scenes, tmp_path):
