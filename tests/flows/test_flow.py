@@ -58,6 +58,20 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def label_copies(tmp_path: Path, scenes: Path, cfg: PipelineConfig, files: int | dict[str, int]) -> tuple[Path, Path]:
+    """Label copies of scenes: ``(tmp_path/data, tmp_path/out)``.
+
+    ``files``: how many of the first scenes, under their names; or path in ``data`` -> scene index.
+    """
+    data, out = tmp_path / "data", tmp_path / "out"
+    for relative, i in (files.items() if isinstance(files, dict) else
+                        ((f"scene_{i:04d}.png", i) for i in range(files))):
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data / relative)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    return data, out
+
+
 def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -221,14 +235,9 @@ def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo
     the old image's label map, beside the new image in img_dir); a dataset moved elsewhere is resumed as it is
     (its copies in img_dir came from the path of the first run: the writer failed)."""
     import os
-    import shutil
 
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    for i in range(4):
-        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
     cfg = small_config(fake_repo)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    data, out = label_copies(tmp_path, scenes, cfg, 4)
     first = labels(out)
     flipped = np.asarray(Image.open(data / "scene_0001.png"))[:, ::-1]
     Image.fromarray(flipped).save(data / "scene_0001.png")  # rewritten in place
@@ -254,12 +263,8 @@ def test_a_rerun_labels_changed_images_again_and_finds_a_moved_dataset(fake_repo
 def test_a_file_added_beside_a_labelled_one_of_the_same_name_takes_another_name(fake_repo, scenes, tmp_path):
     """``a.jpg`` added beside a labelled ``a.png`` sorts first and took ``a``: ``a.png`` was renamed ``a_png`` and
     labelled again. Names the dataset gave are kept (any case: ``A.png`` added too)."""
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    shutil.copy2(scenes / "images" / "scene_0000.png", data / "a.png")
-    shutil.copy2(scenes / "images" / "scene_0001.png", data / "b.png")
     cfg = small_config(fake_repo)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    data, out = label_copies(tmp_path, scenes, cfg, {"a.png": 0, "b.png": 1})
     first = json.loads((out / "manifest.json").read_text())["sources"]
     Image.open(scenes / "images" / "scene_0002.png").convert("RGB").save(data / "a.jpg", quality=95)
     shutil.copy2(scenes / "images" / "scene_0003.png", data / "A.png")
@@ -273,12 +278,9 @@ def test_a_file_added_beside_a_labelled_one_of_the_same_name_takes_another_name(
 
 def test_a_rerun_says_which_images_of_the_dataset_are_gone_from_the_inputs(fake_repo, scenes, tmp_path):
     """The dataset shrank unsaid when images were deleted or moved away (a wrong rsync, a folder renamed)."""
-    data, out = tmp_path / "data", tmp_path / "out"
-    (data / "sub").mkdir(parents=True)
-    for i in range(4):
-        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data / ("sub" if i == 3 else ""))
     cfg = small_config(fake_repo)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    data, out = label_copies(tmp_path, scenes, cfg, {"scene_0000.png": 0, "scene_0001.png": 1, "scene_0002.png": 2,
+                                                     "sub/scene_0003.png": 3})
     (data / "scene_0001.png").unlink()
     (data / "sub" / "scene_0003.png").rename(tmp_path / "scene_0003.png")
     (data / "scene_0002.png").write_bytes(b"")  # rejected, and said so as such: not gone
@@ -306,12 +308,8 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
     stems = [f"scene_{i:04d}" for i in range(6)]
     first_three = next(part for part in itertools.combinations(stems, 3)  # some a ranking of all six would move
                        if any(split != ranked(stems)[stem] for stem, split in ranked(part).items()))
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    for stem in first_three:
-        shutil.copy2(scenes / "images" / f"{stem}.png", data)
     cfg = small_config(fake_repo, val_fraction=0.5)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    data, out = label_copies(tmp_path, scenes, cfg, {f"{stem}.png": stems.index(stem) for stem in first_three})
 
     def splits(dataset: Path) -> dict[str, str]:
         return {p.stem: p.parent.name for p in (dataset / "ann_dir").glob("*/*.png")}
@@ -335,11 +333,8 @@ def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_re
     import subprocess
     import sys
 
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    shutil.copy2(scenes / "images" / "scene_0000.png", data)
     cfg = small_config(fake_repo)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    data, out = label_copies(tmp_path, scenes, cfg, 1)
     work = out / ".alps"
     for target in (work / "shards" / "scene_0001.npz", work / "images" / "scene_0001.png", work / "last_run.json"):
         killed_mid_write = ("import os, sys\nfrom alps_client.io.atomic import atomic_path\n"
@@ -359,12 +354,8 @@ def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_sai
                                                                                                 tmp_path):
     """Its earlier shard is dropped with it: kept, every rerun warned again that the image changed since it was
     labelled, and said it would label it again."""
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    for i in range(3):
-        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
     cfg = small_config(fake_repo)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    data, out = label_copies(tmp_path, scenes, cfg, 3)
     broken = data / "scene_0001.png"
     broken.write_bytes(broken.read_bytes()[:300])  # a copy cut short
     for rerun in range(2):
