@@ -322,6 +322,23 @@ def _georeference(src: Any, window: Any) -> dict[str, Any] | None:
             "gcps": [[p.row - row0, p.col - col0, p.x, p.y, p.z or 0.0] for p in gcps]}
 
 
+def _valid_pixels(src: Any, bands: list[int], window: Any) -> npt.NDArray[np.bool_] | None:
+    """Where the bands read hold data, as GDAL's masks say; None when every pixel does.
+
+    A pixel is nodata only where every band read is (GDAL's rule for a dataset's mask: an RGB ortho with nodata 0
+    keeps its pure green, blue and dark pixels, whose red is 0), whatever the mask is made of: a nodata value, an
+    alpha band, or a mask band of its own (an internal ``.msk``, as JPEG-compressed orthos and COGs carry).
+    """
+    from rasterio.enums import MaskFlags
+
+    flags = [src.mask_flag_enums[band - 1] for band in bands]
+    if all(MaskFlags.all_valid in f for f in flags):
+        return None
+    if all(MaskFlags.per_dataset in f for f in flags):  # one mask for every band (alpha, a mask band): read once
+        return src.read_masks(bands[0], window=window) > 0
+    return np.logical_or.reduce([src.read_masks(band, window=window) > 0 for band in bands])
+
+
 def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int] | None) -> LoadedImage:
     rasterio = raster_io()
     from rasterio.windows import Window
@@ -331,11 +348,10 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             bands = _tiff_bands(src, config)
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
-            mask = src.read_masks(1, window=win) if src.nodata is not None or src.count in (2, 4) else None
+            valid = _valid_pixels(src, bands, win)
             geo = _georeference(src, win)
     except rasterio.errors.RasterioIOError as err:
         raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
-    valid = mask > 0 if mask is not None else None
     if data.dtype.kind == "f":  # NaN or infinity is no measurement, nodata value declared or not
         finite = np.isfinite(data).all(axis=0)
         if not finite.all():

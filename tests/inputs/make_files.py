@@ -134,14 +134,18 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
 
 
 def write_geotiff(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float],
-                  nodata: float | None = None) -> None:
+                  nodata: float | None = None, mask: np.ndarray | None = None) -> None:
+    """``bands`` ``(C, H, W)``; ``mask`` ``(H, W)`` bool, True where valid: GDAL's internal mask band."""
     import rasterio
     from rasterio.transform import from_origin
 
     x, res, y = origin
-    with rasterio.open(path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=bands.shape[0],
-                       dtype=bands.dtype, crs=crs, transform=from_origin(x, y, res, res), nodata=nodata) as dst:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            path, "w", driver="GTiff", height=bands.shape[1], width=bands.shape[2], count=bands.shape[0],
+            dtype=bands.dtype, crs=crs, transform=from_origin(x, y, res, res), nodata=nodata) as dst:
         dst.write(bands)
+        if mask is not None:
+            dst.write_mask(mask.astype(np.uint8) * 255)
 
 
 def write_jpeg2000(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float]) -> None:

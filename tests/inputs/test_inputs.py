@@ -211,6 +211,35 @@ def test_only_the_first_page_or_volume_is_labelled_and_that_is_said(tmp_path):
     np.testing.assert_array_equal(load_item(items[1]).rgb, np.asarray(planes[0]))
 
 
+def test_geotiff_nodata_is_where_every_band_read_is_nodata_whatever_declares_it(tmp_path):
+    """The mask was band 1's alone, and read only for a nodata value or 2 or 4 bands: an RGB ortho with nodata 0
+    lost every pure green, blue or dark pixel (their red is 0); --bands 2,3,4 kept band 1's nodata and not its
+    own; a GDAL mask band (JPEG-compressed orthos, COGs) was ignored and its nodata labelled."""
+    from tests.inputs.make_files import write_geotiff
+
+    rgb = np.full((3, 60, 80), 90, np.uint8)
+    rgb[:, 10:30, 10:30] = np.array([0, 200, 0])[:, None, None]  # pure green: red is the nodata value
+    rgb[:, 30:40, 40:60] = np.array([0, 0, 220])[:, None, None]
+    rgb[:, :, 70:] = 0  # the collar: every band nodata
+    four = np.full((4, 60, 80), 700, np.uint16)
+    four[0, :20] = 0  # band 1's nodata, not read with --bands 2,3,4
+    four[1:, 50:] = 0  # bands 2-4's nodata
+    masked = np.full((60, 80), True)
+    masked[45:, :] = False
+    cases = {"rgb.tif": (rgb, 0, None, InputConfig(), np.s_[:, 70:]),
+             "four.tif": (four, 0, None, InputConfig(bands=(2, 3, 4)), np.s_[50:, :]),
+             "mask_band.tif": (rgb[:, :, :60].copy(), None, masked[:, :60], InputConfig(), np.s_[45:, :])}
+    for name, (bands, nodata, mask, config, invalid) in cases.items():
+        write_geotiff(tmp_path / name, bands, "EPSG:32633", (500000.0, 0.5, 4600000.0), nodata, mask)
+        (item,), _ = discover_inputs(tmp_path / name, config)
+        expected = np.ones(bands.shape[1:], bool)
+        expected[invalid] = False
+        np.testing.assert_array_equal(load_item(item, config).valid, expected, err_msg=name)
+    write_geotiff(tmp_path / "plain.tif", rgb, "EPSG:32633", (500000.0, 0.5, 4600000.0))
+    (item,), _ = discover_inputs(tmp_path / "plain.tif")
+    assert load_item(item).valid is None  # no nodata declared: every pixel holds data
+
+
 def test_stretch_is_percentile_based():
     data = np.linspace(0, 4000, 10000).reshape(100, 100).astype(np.uint16)
     out, (lo, hi) = stretch_to_uint8(data, None, (2.0, 98.0))
