@@ -322,8 +322,11 @@ def _georeference(src: Any, window: Any) -> dict[str, Any] | None:
             "gcps": [[p.row - row0, p.col - col0, p.x, p.y, p.z or 0.0] for p in gcps]}
 
 
-def _valid_pixels(src: Any, bands: list[int], window: Any) -> npt.NDArray[np.bool_] | None:
+def _valid_pixels(src: Any, bands: list[int], **where: Any) -> npt.NDArray[np.bool_] | None:
     """Where the bands read hold data, as GDAL's masks say; None when every pixel does.
+
+    ``where``: what :meth:`read_masks` is given to read the pixels the bands were read at (``window``, or
+    ``out_shape`` and ``resampling``).
 
     A pixel is nodata only where every band read is (GDAL's rule for a dataset's mask: an RGB ortho with nodata 0
     keeps its pure green, blue and dark pixels, whose red is 0), whatever the mask is made of: a nodata value, an
@@ -335,8 +338,8 @@ def _valid_pixels(src: Any, bands: list[int], window: Any) -> npt.NDArray[np.boo
     if all(MaskFlags.all_valid in f for f in flags):
         return None
     if all(MaskFlags.per_dataset in f for f in flags):  # one mask for every band (alpha, a mask band): read once
-        return src.read_masks(bands[0], window=window) > 0
-    return np.logical_or.reduce([src.read_masks(band, window=window) > 0 for band in bands])
+        return src.read_masks(bands[0], **where) > 0
+    return np.logical_or.reduce([src.read_masks(band, **where) > 0 for band in bands])
 
 
 def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int] | None) -> LoadedImage:
@@ -348,7 +351,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             bands = _tiff_bands(src, config)
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
-            valid = _valid_pixels(src, bands, win)
+            valid = _valid_pixels(src, bands, window=win)
             geo = _georeference(src, win)
     except rasterio.errors.RasterioIOError as err:
         raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
@@ -379,9 +382,7 @@ def scene_value_range(path: str, mtime_ns: int, bands: tuple[int, ...], percenti
         step = max(1, -(-max(src.height, src.width) // STRETCH_SAMPLE_SIDE))
         shape = (max(1, src.height // step), max(1, src.width // step))
         data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
-        mask = None
-        if src.nodata is not None or src.count in (2, 4):
-            mask = src.read_masks(1, out_shape=shape, resampling=Resampling.nearest) > 0
+        mask = _valid_pixels(src, list(bands), out_shape=shape, resampling=Resampling.nearest)
     valid = None if mask is None else np.broadcast_to(mask[None], data.shape)
     return percentile_range(data, valid, percentiles)
 

@@ -224,6 +224,7 @@ def test_geotiff_nodata_is_where_every_band_read_is_nodata_whatever_declares_it(
     four = np.full((4, 60, 80), 700, np.uint16)
     four[0, :20] = 0  # band 1's nodata, not read with --bands 2,3,4
     four[1:, 50:] = 0  # bands 2-4's nodata
+    four[1:, 25:35, 5:15] = np.arange(300, 400, dtype=np.uint16).reshape(10, 10)  # something to stretch
     masked = np.full((60, 80), True)
     masked[45:, :] = False
     cases = {"rgb.tif": (rgb, 0, None, InputConfig(), np.s_[:, 70:]),
@@ -235,6 +236,11 @@ def test_geotiff_nodata_is_where_every_band_read_is_nodata_whatever_declares_it(
         expected = np.ones(bands.shape[1:], bool)
         expected[invalid] = False
         np.testing.assert_array_equal(load_item(item, config).valid, expected, err_msg=name)
+    tiled = InputConfig(bands=(2, 3, 4), tile=64, overlap=0)  # the scene's stretch is read apart from the tiles'
+    whole = load_item(discover_inputs(tmp_path / "four.tif", cases["four.tif"][3])[0][0], cases["four.tif"][3])
+    for tile in discover_inputs(tmp_path / "four.tif", tiled)[0]:
+        x0, y0, x1, y1 = tile.window
+        np.testing.assert_array_equal(load_item(tile, tiled).rgb, whole.rgb[y0:y1, x0:x1])
     write_geotiff(tmp_path / "plain.tif", rgb, "EPSG:32633", (500000.0, 0.5, 4600000.0))
     (item,), _ = discover_inputs(tmp_path / "plain.tif")
     assert load_item(item).valid is None  # no nodata declared: every pixel holds data
