@@ -378,9 +378,15 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     done = by_status["labelled"] + by_status["skipped"]
     done.sort(key=lambda o: o.stem)
     failed = by_status["failed"]
+    empty = {o.stem for o in done if o.empty}
     errors = [e.to_json() for e in plan.rejected] + [{"path": o.source, "reason": o.reason}
                                                      for o in by_status["rejected"]]
+    errors += [{"path": source, "reason": "every pixel is transparent or nodata"}
+               for source in plan.scenes_within(empty)]  # as a whole image's would be: no tile to train on
     errors.sort(key=lambda e: e["path"])
+    if empty:
+        logger.info("%d tile(s) lie wholly in their scene's nodata or transparency: nothing to label there, left out "
+                    "of the dataset (255 in stitched maps)", len(empty))
     missing = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
     for e in errors[:LOGGED_REJECTED]:
         logger.warning("rejected input %s: %s", e["path"], e["reason"])
@@ -393,7 +399,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if stopped:
         logger.error("%s: %d image(s) not started", stopped, sum(m["reason"] == NOT_STARTED for m in missing))
     run: dict[str, Any] = {
-        **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]], "skipped": [o.stem for o in by_status["skipped"]],
+        **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]],
+        "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
     }
     atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here
@@ -402,7 +409,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         artifacts.publish_missing(missing)
         err = _incomplete(plan, failed, len(done), stopped)
         return Failed(message=str(err), data=err)
-    if not done:
+    if len(done) == len(empty):
         err = NoInputsError(f"none of the {len(plan.items)} input(s) under {dataset} could be read; "
                             f"reasons in {work_dir(out) / 'last_run.json'}")
         return Failed(message=str(err), data=err)

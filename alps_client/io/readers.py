@@ -479,6 +479,6 @@ def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage
     if item.window is None and h * w > MAX_UNTILED_PIXELS:
         raise _fail(path, f"image is {w}x{h} ({h * w / 1e6:.0f} Mpx), too large to label whole; "
                           "use --tile 896 --overlap 384")
-    if loaded.valid is not None and not loaded.valid.any():
+    if item.window is None and loaded.valid is not None and not loaded.valid.any():  # a tile's is no fault of the file
         raise _fail(path, "every pixel is transparent or nodata")
     return loaded

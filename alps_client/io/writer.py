@@ -214,6 +214,9 @@ def _stage_dataset(
     n_classes = class_map.n_classes
     paths = sorted((Path(p) for p in shard_paths), key=lambda p: p.name)
     metas = [read_shard_meta(p) for p in paths]
+    # Tiles wholly in a scene's nodata hold nothing to train on: no image, no label map (255 in stitched maps).
+    kept = [(p, m) for p, m in zip(paths, metas) if not m.get("extra", {}).get("empty")]
+    paths, metas = [p for p, _ in kept], [m for _, m in kept]
     splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas),
                            config.writer.seed, config.writer.val_fraction, _earlier_splits(out, config))
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}

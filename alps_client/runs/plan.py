@@ -81,6 +81,14 @@ class RunPlan:
         """How many items are already labelled."""
         return len(self.done)
 
+    def scenes_within(self, stems: set[str]) -> list[str]:
+        """The scenes (input files, :func:`printable`) whose every tile is among ``stems``."""
+        tiles: dict[str, list[str]] = {}
+        for item in self.items:
+            if item.kind == "tile":
+                tiles.setdefault(item.source, []).append(item.stem)
+        return [printable(source) for source, of_scene in tiles.items() if set(of_scene) <= stems]
+
     def sources(self, stems: set[str]) -> dict[str, str]:
         """Input file of each item in ``stems`` (of its scene or volume, for tiles and slices), by the scene's stem.
 

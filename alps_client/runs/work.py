@@ -10,11 +10,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from alps_client.backends.base import SamBackend
 from alps_client.config import PipelineConfig
 from alps_client.errors import InputImageError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem, printable
+from alps_client.io.shards import ImageShard, write_shard
+from alps_client.masks import MaskSet
 from alps_client.runs.plan import item_status, labelling_identity, work_dir
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
@@ -45,7 +49,8 @@ class ImageOutcome:
     ``rejected`` is a bad *input* (unreadable, not an image): listed in ``errors.jsonl``. ``failed`` is a
     *processing* failure (backend, worker, memory, a bug) after the retries: the image is good and missing;
     ``reason`` is one line, ``detail`` the traceback of an unexpected error; ``ends_run`` a failure that every
-    image left would meet too (the output's disk is full), so the run starts no other.
+    image left would meet too (the output's disk is full), so the run starts no other. ``empty``: a tile wholly in
+    its scene's nodata or transparency, done without the model (a shard without masks) and left out of the dataset.
     """
 
     status: Status
@@ -60,6 +65,7 @@ class ImageOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     detail: str = ""
     ends_run: bool = False
+    empty: bool = False
 
     def __post_init__(self) -> None:  # said in logs, reports and failures.log; ``image`` is opened, kept as it is
         self.source, self.reason, self.detail = printable(self.source), printable(self.reason), printable(self.detail)
@@ -87,18 +93,24 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     if status == "current" and meta is not None:
         plain_copy = meta["extra"].get("image_file") == meta["source"]
         return ImageOutcome("skipped", item.stem, item.source, str(shard), _image_file(item, job, plain_copy),
-                            n_masks=meta["n_masks"], n_kept=meta["n_kept"], n_gated=meta["n_masks"] - meta["n_kept"])
+                            n_masks=meta["n_masks"], n_kept=meta["n_kept"], n_gated=meta["n_masks"] - meta["n_kept"],
+                            empty=bool(meta["extra"].get("empty")))
     try:
         loaded = load_item(item, job.config.inputs)
     except InputImageError as err:  # the only failure that makes an input "bad"
         _forget_earlier_labels(item, job, shard)
         return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
+    extra = {"kind": item.kind, "scene": item.scene, "window": item.window, "split": item.split, "geo": loaded.geo,
+             "input": loaded.extra, "source_signature": signature, "labelling": labelling_identity(job.model, job.config)}
+    if loaded.valid is not None and not loaded.valid.any():  # a tile in a scene's collar: nothing there to label
+        write_shard(shard, ImageShard(item.stem, item.source, job.fingerprint, MaskSet.empty(loaded.valid.shape),
+                                      np.zeros(0, bool), np.zeros((0, 0), np.float32),
+                                      {**extra, "empty": True, "image_file": None, "n_prompts": 0, "image_area": 0}))
+        return ImageOutcome("labelled", item.stem, item.source, str(shard), empty=True)
     image_file = _image_file(item, job, loaded.plain_copy)
     if not loaded.plain_copy:
         atomic.write_png(image_file, loaded.rgb)
-    extra = {"image_file": image_file, "kind": item.kind, "scene": item.scene, "window": item.window,
-             "split": item.split, "geo": loaded.geo, "input": loaded.extra, "source_signature": signature,
-             "labelling": labelling_identity(job.model, job.config)}
+    extra["image_file"] = image_file
     generator = make_mask_generator(backend, job.config.amg)
     summary = label_image(loaded.rgb, item.stem, item.source, generator, job.config, shard, job.fingerprint,
                           loaded.valid, extra)

@@ -4,6 +4,7 @@ faults."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
@@ -348,6 +349,38 @@ def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_re
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert f"Removed 3 temporary file(s) that an interrupted run left in {work}" in logged
     assert sorted(p.name for p in work.rglob(".*") if p.is_file()) == [".keep"]
+
+
+def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alone_is_rejected_once(fake_repo, scenes,
+                                                                                                   tmp_path):
+    """Each such tile was a rejected input ("every pixel is transparent or nodata", once per tile, the same file
+    labelled meanwhile) and was read again by every rerun."""
+    import rasterio
+
+    from alps_client.config import InputConfig
+    from tests.inputs.make_files import write_geotiff
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    bands = np.concatenate([np.asarray(Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB"))[:64, :64]
+                            for i in range(3)], axis=1).transpose(2, 0, 1).copy()  # (3, 64, 192)
+    bands[bands == 0] = 1
+    bands[:, :, :128] = 0  # a collar of nodata: two of the three tiles
+    write_geotiff(data / "collar.tif", bands, "EPSG:32633", (500000.0, 0.5, 4600000.0), nodata=0)
+    write_geotiff(data / "void.tif", np.zeros((3, 64, 128), np.uint8), "EPSG:32633", (0.0, 0.5, 0.0), nodata=0)
+    cfg = dataclasses.replace(small_config(fake_repo), inputs=InputConfig(tile=64, overlap=0, stitch=True))
+    for rerun in range(2):
+        with run_log() as logged:
+            result = alps_flow(str(data), str(out), cfg, progress_bar=False)
+        assert [(e["path"], e["reason"]) for e in result["errors"]] == [
+            (str(data / "void.tif"), "every pixel is transparent or nodata")]
+        assert (result["n_labelled"], result["n_skipped"]) == ((5, 0) if rerun == 0 else (0, 5))
+        assert "4 tile(s) lie wholly in their scene's nodata or transparency: nothing to label there, left out of " \
+               "the dataset (255 in stitched maps)" in logged
+        assert sorted(name.split("/")[1] for name in labels(out)) == ["collar__x128_y0.png"]
+    with rasterio.open(out / "stitched" / "collar.tif") as stitched:
+        label = stitched.read(1)
+    assert label.shape == (64, 192) and (label[:, :128] == 255).all() and (label[:, 128:] != 255).any()
 
 
 def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
