@@ -27,7 +27,6 @@ if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint
 
 import logging
 import queue
-import threading
 import time
 import traceback
 from datetime import datetime, timezone
@@ -117,11 +116,12 @@ class InterruptibleThreadPool(ThreadPoolTaskRunner):
 
 @task(name="label-image", cache_policy=NONE)
 def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
-                     stop_starting: threading.Event) -> ImageOutcome | State:
+                     streak: FailureStreak) -> ImageOutcome | State:
     """Label one image, retrying transient failures; a failure after that ends the task run failed.
 
-    ``stop_starting`` is set once the run starts no other image; a failure that stops the run by itself (a full
-    output disk) sets it here, before the next image queued on this thread can begin.
+    The image's end is recorded in ``streak`` here, before the next image queued on this thread can begin: once it
+    is tripped (``--stop-after-failures`` in a row, or a full output disk), that image and every other is not
+    started.
 
     Returns:
         The image's outcome (labelled, skipped, or rejected as a bad input), or a Failed state whose data is
@@ -129,7 +129,7 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
         Cancelled state if the run was stopped (the labeller released) under the image, or stopped starting
         images before it began (its data the ``not started`` outcome).
     """
-    if stop_starting.is_set():
+    if streak.tripped:
         return Cancelled(message=f"{item.stem}: {NOT_STARTED}",
                          data=ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
     logger = get_run_logger()
@@ -141,7 +141,7 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
                        describe(err), delay)
 
     try:
-        return call_with_retries(lambda: labeller.label(item), delays, warn)
+        outcome = call_with_retries(lambda: labeller.label(item), delays, warn)
     except Exception as err:  # noqa: BLE001 (any processing failure: the image is good, reported missing)
         if labeller.closed:
             # A stopped run (Ctrl-C, SIGTERM) released the backend under this image: whatever that raised here
@@ -150,9 +150,10 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
         detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
         outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail,
                                ends_run=isinstance(err, OutputDiskFullError))
-        if outcome.ends_run:
-            stop_starting.set()
+        streak.record(outcome.status, outcome.reason, outcome.ends_run)
         return Failed(message=f"{item.stem}: {outcome.reason}", data=outcome)
+    streak.record(outcome.status)
+    return outcome
 
 
 @task(name="cluster", cache_policy=NONE)
@@ -219,14 +220,13 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     waiting = iter(plan.items)
     in_flight: dict[PrefectFuture[Any], InputItem] = {}
-    stop_starting = threading.Event()
     with InterruptibleThreadPool(max_workers=labeller.slots) as runner:
 
         def start_next() -> None:
             item = next(waiting, None)
             if item is not None:
                 future = runner.submit(label_image_task, parameters={
-                    "item": item, "labeller": labeller, "delays": delays, "stop_starting": stop_starting})
+                    "item": item, "labeller": labeller, "delays": delays, "streak": streak})
                 in_flight[future] = item
                 future.add_done_callback(finished.put)
 
@@ -239,15 +239,13 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
                 outcome = future.result(raise_on_failure=False)
             except Exception as err:  # noqa: BLE001 (the task machinery failed: still this image's failure)
                 outcome = err
-            if not isinstance(outcome, ImageOutcome):
+            if not isinstance(outcome, ImageOutcome):  # the task machinery failed, not the image: its end unrecorded
                 outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(outcome)
                                        if isinstance(outcome, BaseException) else f"task ended: {outcome!r}")
+                streak.record(outcome.status, outcome.reason)
             outcomes.append(outcome)
             progress.advance(outcome.status)
-            streak.record(outcome.status, outcome.reason, outcome.ends_run)
-            if streak.tripped:
-                stop_starting.set()  # the images queued behind the ones in flight are not started
-            else:
+            if not streak.tripped:  # else the images queued behind the ones in flight are not started
                 start_next()
     stopped = streak.reason() if streak.tripped else ""
     for item in waiting:  # never started: missing, like a failed image, so that the rerun labels them

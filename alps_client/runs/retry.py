@@ -14,6 +14,7 @@ another worker); an image that took down several workers in turn (Dask's ``Kille
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -115,7 +116,8 @@ class FailureStreak:
         'the run stopped starting images: no space left on the disk while writing x.npz'
 
     Once tripped it stays so, with the reason that tripped it: the images queued behind end as "not started" and
-    one still in flight may end labelled, and neither says why the run stopped.
+    one still in flight may end labelled, and neither says why the run stopped. The image threads record their
+    own ends (one at a time), before a thread takes the next queued image: so that image sees the streak tripped.
 
         >>> streak.record("failed", "not started: the run stopped starting images"); streak.record("labelled")
         >>> streak.tripped, streak.reason()  # doctest: +ELLIPSIS
@@ -128,12 +130,17 @@ class FailureStreak:
         self.count = 0
         self.last = ""
         self.ending = ""  # the reason of the failure that ended the run by itself, if one did
+        self._lock = threading.Lock()
 
     def record(self, status: str, reason: str = "", ends_run: bool = False) -> None:
         """One more image ended with ``status`` (``failed`` extends the streak, anything else ends it).
 
         ``ends_run``: this failure stops the run by itself, for good (a full output disk).
         """
+        with self._lock:
+            self._record(status, reason, ends_run)
+
+    def _record(self, status: str, reason: str, ends_run: bool) -> None:
         if self.tripped:  # latched; only a failure that stops the run for good (a full disk) still says so
             if ends_run and not self.ending:
                 self.ending = reason
