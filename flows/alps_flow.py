@@ -401,8 +401,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
     }
-    atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here
-    _write_failure_details(out, failed)
+    try:
+        atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here
+        _write_failure_details(out, failed)
+    except OutputDiskFullError as err:  # what filled the disk (a shard, said below) matters more than the record
+        logger.warning("The run's record was not written: %s", describe(err))
     if failed and (not allow_partial or not done or stopped):  # a stopped run is broken, not short of a few images
         artifacts.publish_missing(missing)
         err = _incomplete(plan, failed, len(done), stopped)

@@ -637,6 +637,22 @@ def test_a_full_output_disk_stops_the_run_at_once_and_loses_nothing(fake_repo, s
     assert json.loads((out / ".alps" / "last_run.json").read_text())["dataset_written"]
 
 
+def test_a_disk_too_full_for_the_runs_record_still_names_what_filled_it(fake_repo, scenes, tmp_path, monkeypatch):
+    """The run's record (last_run.json) met the full disk after the shard that filled it: the run ended with
+    the record's error, naming neither the shard nor the images not started."""
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        fill_disk(m, out / ".alps", after=3)  # the run's first record, two shards
+        with run_log() as logged, pytest.raises(IncompleteRunError, match=r"^the run stopped starting images: no "
+                                                r"space left on the disk while writing .*/shards/scene_000\d\.npz, "
+                                                r".*; 3 of 6 image\(s\) not started, 1 failed"):
+            alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), concurrency=1, progress_bar=False)
+    assert any(line.startswith("The run's record was not written: no space left on the disk while writing "
+                               f"{out / '.alps' / 'last_run.json'}") for line in logged), logged
+    result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
+    assert (result["n_labelled"], result["n_skipped"]) == (4, 2) and result["complete"]
+
+
 def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(stand_in_repo, scenes, tmp_path):
     """Ctrl-C or SIGTERM releases the labeller (the real embedded backend here) under the images in flight: they
     end cancelled, saying the run stopped, never failed with the error the closed backend raised (it said
@@ -647,6 +663,7 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
 
     from alps_client.io.discovery import discover_inputs
     from alps_client.runs.labellers import LocalLabeller
+    from alps_client.runs.retry import FailureStreak
     from alps_client.runs.work import LabelJob
     from flows.alps_flow import STOPPED_UNDER_IT, label_image_task
 
@@ -658,7 +675,7 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
 
     @flow
     def label_one(labeller):
-        states.append(label_image_task(item, labeller, [30.0], threading.Event(), return_state=True))
+        states.append(label_image_task(item, labeller, [30.0], FailureStreak(10), return_state=True))
 
     with labeller.backend._encode_lock:  # the image cannot reach the encoder before the run has released it
         worker = threading.Thread(target=lambda: label_one(labeller, return_state=True))
