@@ -470,7 +470,8 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     dataset's manifest), a file belongs to the image whose path, extension left out, is one with its own path or
     ends it: ``val/0001.png`` is the truth of the image at ``val/0001.png`` (labelled ``val__0001_png`` when
     ``train/0001.png`` took ``0001``), ``a.png`` of ``north/a.png`` (a flat ground-truth folder), ``labels/val/0001.png``
-    of ``val/0001.png``; ``south/a.png`` is not the truth of ``north/a.png``; ``b.png`` is that of ``b.png``, not of
+    of ``val/0001.png``; ``south/a.png`` is not the truth of ``north/a.png``, nor ``val/a.png`` of ``test/a.png``
+    (which the name ``a`` of both does not say); ``b.png`` is that of ``b.png``, not of
     ``b.jpg`` beside it. Where the paths of several images end the same (``0001.png`` against ``train/0001.png``
     and ``val/0001.png``) nothing is guessed.
 
@@ -521,10 +522,13 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
         if owners:
             stem = owners[0]
         else:
-            _, mirrored = split_and_stem(relative)
+            split, mirrored = split_and_stem(relative)
             _, bare = split_and_stem(Path(path.name))
             mirrored, bare = mirrored.removesuffix(gt_suffix), bare.removesuffix(gt_suffix)
             stem = mirrored if mirrored in stems or bare not in stems else bare
+            recorded = (sources or {}).get(stem)
+            if split and recorded and split_and_stem(Path(recorded))[0] not in (None, split):
+                stem = relative.as_posix()  # val/0002.png is not the truth of test/0002.png, named 0002 as well
         found.setdefault(stem, []).append((best, path))
     paired: dict[str, Path] = {}
     for stem, claims in sorted(found.items()):

@@ -202,6 +202,21 @@ def test_ground_truth_is_paired_with_the_image_whose_path_it_mirrors_or_ends_as_
         evaluate_dataset(tmp_path / "out", tmp_path / "flat")
 
 
+def test_ground_truth_in_another_split_folder_is_not_the_truth_of_an_image_of_its_name(tmp_path):
+    """test/0002.png is named 0002 (its split folder left out of its name): val/0002.png, no image's truth, was
+    scored against it."""
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    write(tmp_path / "out" / "ann_dir" / "test" / "0002.png", bands + 3)
+    write(tmp_path / "out" / "ann_dir" / "train" / "0003.png", bands + 3)
+    sources = {"0002": "test/0002.png", "0003": "train/0003.png"}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"sources": sources}))
+    write(tmp_path / "gt" / "val" / "0002.png", 1 - bands)
+    write(tmp_path / "gt" / "0003.png", bands)  # flat: still train/0003.png's
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    assert report.missing_pseudo_labels == ["val/0002.png"] and report.missing_ground_truth == ["0002"]
+    assert [row["image"] for row in report.per_image if row["image"] != "val/0002.png"] == ["0003"]
+
+
 def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_told(tmp_path, capsys):
     """ISPRS Potsdam's truth of top_potsdam_2_10_RGB.tif is top_potsdam_2_10_label.tif, DeepGlobe's of 104_sat.jpg
     is 104_mask.png, ISIC's of ISIC_0000000.jpg is ISIC_0000000_segmentation.png: no name matched, and nothing
