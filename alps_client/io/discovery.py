@@ -101,6 +101,11 @@ NOT_READ_FORMATS = {
     ".gif": "GIF is not read: convert to PNG",
     ".nrrd": "NRRD is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
     ".mha": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
+    ".mhd": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
+    ".img": "ERDAS Imagine / ENVI rasters are not read: convert to a GeoTIFF (gdal_translate -of GTiff f.img f.tif)",
+    ".vrt": "GDAL virtual rasters are not read: write one GeoTIFF (gdal_translate -of GTiff -co TILED=YES f.vrt f.tif)",
+    ".heic": "HEIC is not read: convert to JPEG or PNG",
+    ".heif": "HEIF is not read: convert to JPEG or PNG",
     ".svs": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
     ".ndpi": "whole-slide images are not read: export a level as a tiled GeoTIFF (e.g. with OpenSlide or vips)",
 }

@@ -143,7 +143,7 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         outputs = f"; left out {len(left_out)} folder(s) holding alps outputs, e.g. {left_out[0]}" if left_out else ""
         folders = f"; {len(unlisted)} folder(s) not searched, e.g. {unlisted[0]}" if unlisted else ""
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}{outputs}{folders})"
-                            f"{_most_common_format(not_read)}")
+                            f"{_formats_found(not_read)}")
     manifest = load_manifest(config.backend.model_repository)
     check_model_files(manifest)  # before its sha256s decide which shards are current
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
@@ -211,12 +211,11 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
     return lines
 
 
-def _most_common_format(counts: dict[str, int]) -> str:
-    """``; found N .dcm file(s): <what to do>`` for the most common format in ``counts``, or ""."""
-    if not counts:
-        return ""
-    fmt, count = max(counts.items(), key=lambda kv: kv[1])
-    return f"; found {count} {fmt} file(s): {NOT_READ_FORMATS[fmt]}"
+def _formats_found(counts: dict[str, int]) -> str:
+    """``; found N .dcm file(s): <what to do>; M .gif file(s): ...`` for each format in ``counts``, most first."""
+    found = [f"{count} {fmt} file(s): {NOT_READ_FORMATS[fmt]}"
+             for fmt, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return f"; found {'; '.join(found)}" if found else ""
 
 
 class ItemState(NamedTuple):

@@ -27,7 +27,9 @@ def free_port() -> int:
     [
         (["{tmp}/absent"], "does not exist"),
         (["{tmp}/empty"], "no readable images"),
-        (["{tmp}/dicom"], "found 2 .dcm file(s): DICOM is not read: convert each series to a NIfTI volume"),
+        (["{tmp}/dicom"], "found 2 .dcm file(s): DICOM is not read: convert each series to a NIfTI volume "
+                          "(dcm2niix -z y -o DIR SERIES) and label those; 1 .gif file(s): GIF is not read: convert to "
+                          "PNG; 1 .mhd file(s): MetaImage is not read"),  # each format found, with its advice
         (["{tmp}/dicom/series/IM0002.dcm"], "found 1 .dcm file(s): DICOM is not read"),  # one file given: same
         (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
@@ -50,6 +52,8 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     (tmp_path / "dicom" / "series").mkdir(parents=True)  # as scanners write them: with and without an extension
     (tmp_path / "dicom" / "series" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\2\0")
     (tmp_path / "dicom" / "series" / "IM0002.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\2\0")
+    (tmp_path / "dicom" / "series" / "scout.gif").write_bytes(b"GIF89a")
+    (tmp_path / "dicom" / "atlas.mhd").write_text("ObjectType = Image\nElementDataFile = atlas.raw\n")
     (tmp_path / "a_file").write_text("an --out under a file (was a traceback from the API server's start)")
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
