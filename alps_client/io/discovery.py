@@ -102,7 +102,9 @@ NOT_READ_FORMATS = {
     ".nrrd": "NRRD is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
     ".mha": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
     ".mhd": "MetaImage is not read: convert to NIfTI (e.g. SimpleITK: sitk.WriteImage(sitk.ReadImage(f), 'f.nii.gz'))",
-    ".img": "ERDAS Imagine / ENVI rasters are not read: convert to a GeoTIFF (gdal_translate -of GTiff f.img f.tif)",
+    ".img": "ERDAS Imagine / ENVI rasters and Analyze 7.5 volumes are not read: convert a raster to a GeoTIFF "
+            "(gdal_translate -of GTiff f.img f.tif), a volume to NIfTI (nibabel: nib.save(nib.load('f.img'), "
+            "'f.nii.gz'))",
     ".vrt": "GDAL virtual rasters are not read: write one GeoTIFF (gdal_translate -of GTiff -co TILED=YES f.vrt f.tif)",
     ".heic": "HEIC is not read: convert to JPEG or PNG",
     ".heif": "HEIF is not read: convert to JPEG or PNG",

@@ -27,9 +27,9 @@ def free_port() -> int:
     [
         (["{tmp}/absent"], "does not exist"),
         (["{tmp}/empty"], "no readable images"),
-        (["{tmp}/dicom"], "found 2 .dcm file(s): DICOM is not read: convert each series to a NIfTI volume "
-                          "(dcm2niix -z y -o DIR SERIES) and label those; 1 .gif file(s): GIF is not read: convert to "
-                          "PNG; 1 .mhd file(s): MetaImage is not read"),  # each format found, with its advice
+        (["{tmp}/dicom"], ("found 2 .dcm file(s): DICOM is not read: convert each series to a NIfTI volume "
+                           "(dcm2niix -z y -o DIR SERIES) and label those; 1 .gif file(s): GIF is not read: convert to "
+                           "PNG; 1 .mhd file(s): MetaImage is not read")),  # each format found, with its advice
         (["{tmp}/dicom/series/IM0002.dcm"], "found 1 .dcm file(s): DICOM is not read"),  # one file given: same
         (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
