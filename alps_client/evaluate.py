@@ -758,7 +758,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     if not matched:
         images = [name for name in preds if not _PART_STEM.match(name)] + list(parts)
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
-                        f"{out / 'ann_dir'}" + _suffixes_that_match(list(gts), images))
+                        f"{out / 'ann_dir'}" + _suffixes_that_match(list(gts), images, gt_suffix, image_suffix))
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata = set[float]()
@@ -888,15 +888,19 @@ def _check_declared(part: Confusion, coloured: bool, colours: ColourIds, allowed
                         f"does not declare: declare it, or give --ignore-index {v} if it names no class")
 
 
-def _suffixes_that_match(truths: list[str], images: list[str]) -> str:
+def _suffixes_that_match(truths: list[str], images: list[str], gt_suffix: str = "", image_suffix: str = "") -> str:
     """The flags that would pair ``truths`` with ``images`` by dropping the ends every name of a side shares.
+
+    A side whose suffix was given (``gt_suffix``, ``image_suffix``: already dropped from its names) keeps it.
 
     Returns: ``": give --gt-suffix _label --image-suffix _RGB (...)"``, or "" when no shared end does it.
     """
-    gt_end, image_end = _shared_end(truths), _shared_end(images)
+    gt_end = "" if gt_suffix else _shared_end(truths)
+    image_end = "" if image_suffix else _shared_end(images)
     paired = {t.removesuffix(gt_end) for t in truths} & {i.removesuffix(image_end) for i in images}
     if not paired or not (gt_end or image_end):
         return ""
+    gt_end, image_end = gt_suffix or gt_end, image_suffix or image_end
     flags = " ".join(f"--{side}-suffix {end}" for side, end in (("gt", gt_end), ("image", image_end)) if end)
     name = min(paired)
     return (f": give {flags} to pair them by the rest of their names ({counted(len(paired), 'name')} would "

@@ -236,6 +236,8 @@ def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_t
     err = capsys.readouterr().err
     assert "give --gt-suffix _label --image-suffix _RGB to pair them by the rest of their names (3 names would " \
            "pair, e.g. top_potsdam_2_10_label with top_potsdam_2_10_RGB)" in err
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt"), "--gt-suffix", "_label"]) == 2
+    assert "give --gt-suffix _label --image-suffix _RGB to pair them" in capsys.readouterr().err  # one was given
     report = evaluate_cli(tmp_path, "--gt-suffix", "_label", "--image-suffix", "_RGB")
     assert report["n_images"] == 3 and report["missing_pseudo_labels"] == [] and report["missing_ground_truth"] == []
     assert report["class_iou"] == {"0": 1.0, "1": 1.0} and report["coverage"] == 1.0
