@@ -147,7 +147,9 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     manifest = load_manifest(config.backend.model_repository)
     check_model_files(manifest)  # before its sha256s decide which shards are current
     if manifest.model_family != "sam2" and (config.amg.use_m2m or not config.amg.multimask_output):
-        raise AlpsError(f"--use-m2m and --no-multimask-output are SAM 2.1 parameters; {manifest.root} holds "
+        given = " and ".join(flag for flag, on in (("--use-m2m", config.amg.use_m2m),
+                                                   ("--no-multimask-output", not config.amg.multimask_output)) if on)
+        raise AlpsError(f"{given}: SAM 2.1 only (its generator's parameters); {manifest.root} holds "
                         f"{manifest.model_type} ({manifest.model_family})")
     if config.cluster.centroids:  # read now, not after every image is labelled
         from alps_client.labels.clustering import load_centroids

@@ -35,7 +35,7 @@ def free_port() -> int:
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
         (["{data}", "--retries", "-1"], "retries must be >= 0"),
-        (["{data}", "--use-m2m"], "SAM 2.1 parameters"),
+        (["{data}", "--use-m2m"], "--use-m2m: SAM 2.1 only (its generator's parameters); "),  # the flag given
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
