@@ -153,6 +153,7 @@ def list_input_files(root: Path, out: str | Path | None = None,
     found, seen = [], set()
     out_real = os.path.realpath(out) if out is not None else None
     root_real = os.path.realpath(root)
+
     def unlisted(err: OSError) -> None:
         if on_unlisted is not None:
             on_unlisted(Path(err.filename or root), f"folder cannot be listed ({err.strerror or err}): its files are "

@@ -325,12 +325,11 @@ def _georeference(src: Any, window: Any) -> dict[str, Any] | None:
 def _valid_pixels(src: Any, bands: list[int], **where: Any) -> npt.NDArray[np.bool_] | None:
     """Where the bands read hold data, as GDAL's masks say; None when every pixel does.
 
-    ``where``: what :meth:`read_masks` is given to read the pixels the bands were read at (``window``, or
-    ``out_shape`` and ``resampling``).
-
     A pixel is nodata only where every band read is (GDAL's rule for a dataset's mask: an RGB ortho with nodata 0
     keeps its pure green, blue and dark pixels, whose red is 0), whatever the mask is made of: a nodata value, an
     alpha band, or a mask band of its own (an internal ``.msk``, as JPEG-compressed orthos and COGs carry).
+    ``where``: what :meth:`read_masks` is given to read the pixels the bands were read at (``window``, or
+    ``out_shape`` and ``resampling``).
     """
     from rasterio.enums import MaskFlags
 
