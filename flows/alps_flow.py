@@ -400,6 +400,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]],
         "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
+        "n_empty_tiles": len(empty),
     }
     try:
         atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here

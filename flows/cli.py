@@ -231,6 +231,11 @@ def _show_library_warnings() -> None:
         log.propagate = False
 
 
+def _empty_tiles(count: int) -> str:
+    """``"; 4 tiles wholly nodata, left out"`` (among the images labelled or done), or ""."""
+    return f"; {count} tile{'s' if count > 1 else ''} wholly nodata, left out" if count else ""
+
+
 def _print_summary(result: dict[str, Any], out: str) -> None:
     from alps_client.io.items import counted
     from alps_client.io.splits import describe_split_counts
@@ -240,7 +245,8 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
     print(f"\nLabelled dataset: {out}  ({counted(s['n_images'], 'image')}: {describe_split_counts(s)}, "
           f"{counted(s['n_classes'], 'class')}, {counted(s['n_masks_kept'], 'mask')} kept{in_dropped_clusters(s)}, "
           f"{s['n_masks_gated']} gated; "
-          f"{result['n_labelled']} labelled now, {result['n_skipped']} already done)")
+          f"{result['n_labelled']} labelled now, {result['n_skipped']} already done"
+          f"{_empty_tiles(result.get('n_empty_tiles', 0))})")
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")
     print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")

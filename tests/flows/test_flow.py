@@ -375,6 +375,7 @@ def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alon
         assert [(e["path"], e["reason"]) for e in result["errors"]] == [
             (str(data / "void.tif"), "every pixel is transparent or nodata")]
         assert (result["n_labelled"], result["n_skipped"]) == ((5, 0) if rerun == 0 else (0, 5))
+        assert result["n_empty_tiles"] == 4
         assert "4 tile(s) lie wholly in their scene's nodata or transparency: nothing to label there, left out of " \
                "the dataset (255 in stitched maps)" in logged
         assert sorted(name.split("/")[1] for name in labels(out)) == ["collar__x128_y0.png"]
