@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -86,18 +88,38 @@ class InputError:
 
 
 def source_signature(source: str, relative: str = "") -> dict[str, Any]:
-    """What tells a rerun that an input file changed since its shard was written: name, path, size, mtime.
+    """What tells a rerun that an input file changed since its shard was written.
 
-    A file rewritten in place, or another file under the same output stem (``a.png`` replaced by ``a.jpg``;
+    Its name, path, size, modification time, and a digest of samples of its bytes. A file rewritten in place, or another file under the same output stem (``a.png`` replaced by ``a.jpg``;
     ``val/0001.png`` taking ``0001`` once ``train/0001.png`` is gone, both of one size and time, as unpacked
-    from an archive; a file moved to another split folder), gets another signature, so its image is labelled
-    again instead of keeping the old file's labels or split. ``relative`` is the path in the dataset: moving
-    the dataset keeps the signatures (``mv``, ``cp -p``, ``rsync -a``); a copy that resets modification times
-    is labelled again. Tiles and slices carry their scene's (volume's) signature.
+    from an archive; a file moved to another split folder; ``f4.bmp`` renamed ``f3.bmp`` once ``f3.bmp`` was
+    deleted, where uncompressed images of one size and time differ in their bytes alone), gets another signature,
+    so its image is labelled again instead of keeping the old file's labels or split. ``relative`` is the path in
+    the dataset: moving the dataset keeps the signatures (``mv``, ``cp -p``, ``rsync -a``); a copy that resets
+    modification times is labelled again. Tiles and slices carry their scene's (volume's) signature.
     """
     stat = os.stat(source)
-    signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                 "sample": _sampled_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)}
     return {**signature, "path": relative} if relative else signature
+
+
+SAMPLE_BYTES = 65536  # read at the start, the middle and the end of a file: 192 KiB at most, whatever its size
+
+
+@functools.lru_cache(maxsize=4096)
+def _sampled_digest(source: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+    """sha256 (first 16 hex digits) of three blocks of the file: its start, middle and end.
+
+    The whole file when it is small. Cached per file version, so that a scene's tiles read it once: its size and
+    times, and its inode (a file renamed onto this path keeps its time and size, but not the inode or ctime).
+    """
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        for offset in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
+            f.seek(offset)
+            digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
 
 
 def extension_of(name: str) -> str:

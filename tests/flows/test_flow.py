@@ -436,6 +436,28 @@ def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_lab
     assert "val/a.png" in labels(out)
 
 
+def test_a_file_renamed_onto_a_deleted_ones_name_with_its_size_and_time_is_labelled_again(fake_repo, scenes,
+                                                                                          tmp_path):
+    """Uncompressed images of one size and time (BMPs unpacked from an archive): f3.bmp deleted and f4.bmp renamed
+    f3.bmp (mv keeps the time) kept f3's labels beside f4's pixels; the signature now samples the bytes too."""
+    import os
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for i in range(4):
+        Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB").save(data / f"f{i}.bmp")
+        os.utime(data / f"f{i}.bmp", ns=(1_700_000_000 * 10**9,) * 2)
+    assert len({(data / f"f{i}.bmp").stat().st_size for i in range(4)}) == 1
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    (data / "f2.bmp").unlink()
+    os.rename(data / "f3.bmp", data / "f2.bmp")
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (1, 2)
+    alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
+    assert labels(out) == labels(tmp_path / "fresh")
+
+
 def test_reruns_with_another_split_or_without_previews_leave_only_the_current_files(fake_repo, scenes, tmp_path):
     out = tmp_path / "out"
     images = str(scenes / "images")
