@@ -59,6 +59,7 @@ from PIL import Image
 from alps_client.errors import AlpsError
 from alps_client.gt_classes import GroundTruthClasses, hex_colour, parse_ground_truth_classes
 from alps_client.io import atomic
+from alps_client.io.discovery import PART_STEM
 from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, counted, extension_of
 from alps_client.labels.painting import IGNORE
 
@@ -69,7 +70,6 @@ WORST_SHOWN = 5  # images of lowest pixel accuracy named under the table
 # A colour of less than this share of the ground-truth pixels may be noise (JPEG, resampling), not a class.
 RARE_SHARE = 0.001
 # Stems of a scene's tiles and of a volume's slices (alps_client.io.discovery).
-_PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
 
 @dataclass
@@ -571,7 +571,7 @@ def _parts_by_whole(stems: list[str]) -> dict[str, list[str]]:
     """Stems of tiles (``<scene>__x<x0>_y<y0>``) and volume slices (``<volume>__z<index>``) by their whole's stem."""
     wholes: dict[str, list[str]] = {}
     for stem in stems:
-        match = _PART_STEM.match(stem)
+        match = PART_STEM.match(stem)
         if match:
             wholes.setdefault(match["whole"], []).append(stem)
     return wholes
@@ -610,7 +610,7 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
     """
     from alps_client.io.tiling import stitch_scene
 
-    matches = [_PART_STEM.match(path.stem) for path in parts]
+    matches = [PART_STEM.match(path.stem) for path in parts]
     if gt.ndim == 3 or all(match and match["z"] for match in matches):
         # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty); a 2-D NIfTI image
         # is a volume of one slice
@@ -756,7 +756,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
     if not matched:
-        images = [name for name in preds if not _PART_STEM.match(name)] + list(parts)
+        images = [name for name in preds if not PART_STEM.match(name)] + list(parts)
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
                         f"{out / 'ann_dir'}" + _suffixes_that_match(list(gts), images, gt_suffix, image_suffix))
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}

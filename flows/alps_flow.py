@@ -45,6 +45,7 @@ from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError, Out
 from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.io.out_lock import out_lock
+from alps_client.io.registry import record_names
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
@@ -349,6 +350,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
+    record_names(out, {item.relative: item.scene or item.stem for item in plan.items})  # a killed run's too
     leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in
                     (work_dir(out), work_dir(out) / "shards", work_dir(out) / "images"))
     if leftovers:

@@ -45,6 +45,9 @@ from alps_client.io.splits import split_folder
 
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
+# The name of a tile (``<scene>__x<x0>_y<y0>``) or of a volume's slice (``<volume>__z<index>``).
+PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
+
 # Every alps output folder holds its work folder (shards, run records) under this name.
 WORK_DIR = ".alps"
 
@@ -209,7 +212,8 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     ``on_pages`` is told of each TIFF with several pages and each NIfTI file with several volumes (its path,
     :func:`printable`, and their count): only the first page or volume is labelled.
     ``earlier_names`` (path relative to ``root``, ``/``-separated -> the name an earlier run gave it) are kept
-    first: a file added later (``a.jpg`` beside a labelled ``a.png``) takes another name instead of renaming it.
+    first: a file added later (``a.jpg`` beside a labelled ``a.png``) takes another name instead of renaming it,
+    also while the file that has the name is away (``b.jpg`` beside an absent ``b.png``).
 
     Raises:
         FileNotFoundError: If ``root`` does not exist.
@@ -232,7 +236,9 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
 
     paths = list_input_files(root, out, on_left_out, reject_format, reject_folder)
     kept_names = _earlier_names_kept(paths, base, earlier_names or {})
-    taken.update(_name_key(name) for name in kept_names.values())
+    listed = {path.relative_to(base).as_posix() for path in paths}
+    away = [name for relative, name in (earlier_names or {}).items() if relative not in listed]
+    taken.update(_name_key(name) for name in [*kept_names.values(), *away])
     for path in paths:
         relative = path.relative_to(base)
         split, stem = split_and_stem(relative)

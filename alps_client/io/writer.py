@@ -12,7 +12,6 @@ the rest.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
 from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
 from alps_client.io.mmseg import mmseg_config
 from alps_client.io.publish import DATASET_FORMAT, publish, staging_dir
+from alps_client.io.registry import earlier_splits, record_splits
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
 from alps_client.io.splits import assign_splits
@@ -217,8 +217,10 @@ def _stage_dataset(
     # Tiles wholly in a scene's nodata hold nothing to train on: no image, no label map (255 in stitched maps).
     kept = [(p, m) for p, m in zip(paths, metas) if not m.get("extra", {}).get("empty")]
     paths, metas = [p for p, _ in kept], [m for _, m in kept]
+    seed, val_fraction = config.writer.seed, config.writer.val_fraction
     splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas),
-                           config.writer.seed, config.writer.val_fraction, _earlier_splits(out, config))
+                           seed, val_fraction, earlier_splits(out, seed, val_fraction))
+    record_splits(out, {_group(m): splits[m["stem"]] for m in metas}, seed, val_fraction)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")
@@ -290,30 +292,13 @@ def _stage_dataset(
                                       dict(zip((m["stem"] for m in metas), paths)), image_sources,
                                       out.resolve().name, config.gate.sigma)
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
-                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix,
-                                                                  "splits": {_group(m): splits[m["stem"]]
-                                                                             for m in metas}}))
+                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix}))
     return summary
 
 
 # Top-level manifest entries the writer makes; others are extra entries (kept by `alps relabel`).
 MANIFEST_KEYS = ("format", "layout", "config", "seed", "model", "model_is_stand_in", "classes", "versions", "counts",
-                 "img_suffix", "splits")
-
-
-def _earlier_splits(out: Path, config: PipelineConfig) -> dict[str, str]:
-    """``group -> split`` of the dataset ``out`` holds, when it was split with this run's seed and fraction.
-
-    Empty for a first run, a dataset from before ``splits`` was recorded, or another ``--seed`` or
-    ``--val-fraction`` (asked for a new split).
-    """
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-        writer = manifest["config"]["writer"]
-        same = (writer["seed"], writer["val_fraction"]) == (config.writer.seed, config.writer.val_fraction)
-        return dict(manifest.get("splits") or {}) if same else {}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+                 "img_suffix")
 
 
 def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], class_map: ClassMap,

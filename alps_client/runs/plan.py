@@ -24,6 +24,7 @@ from alps_client.io.items import (
     source_signature,
 )
 from alps_client.io.publish import foreign_entries
+from alps_client.io.registry import read_registry
 from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
 
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
@@ -245,8 +246,8 @@ def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState
     return ItemState(status, signature, shard, meta)
 
 
-def earlier_names(out: str | Path) -> dict[str, str]:
-    """The names the dataset in ``out`` gave its inputs: path relative to the dataset -> name.
+def dataset_sources(out: str | Path) -> dict[str, str]:
+    """The inputs of the dataset in ``out`` with the names it gave them: path relative to the dataset -> name.
 
     Read from the ``sources`` of its ``manifest.json``; empty when there is none (a first run, or a dataset from
     before ``sources``).
@@ -344,7 +345,8 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []
     multipage: list[tuple[str, int]] = []
-    names = earlier_names(out)
+    in_dataset = dataset_sources(out)
+    names = read_registry(out)["names"] or in_dataset  # (a dataset from before the record: its manifest's)
     items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append,
                                       lambda path, pages: multipage.append((path, pages)), names)
     if not items:
@@ -354,7 +356,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, labelling, overwrite)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done,
                    tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged,
-                   _gone(dataset, names, items, rejected))
+                   _gone(dataset, in_dataset, items, rejected))
 
 
 def _gone(dataset: str | Path, names: dict[str, str], items: list[InputItem], rejected: list[InputError]

@@ -27,6 +27,7 @@ from alps_client.config import (
     WriterConfig,
 )
 from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunError
+from alps_client.io.registry import read_registry
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
 from tests.runs import error_lines, labels
@@ -316,7 +317,7 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
         return {p.stem: p.parent.name for p in (dataset / "ann_dir").glob("*/*.png")}
 
     first = splits(out)
-    assert json.loads((out / "manifest.json").read_text())["splits"] == first
+    assert read_registry(out)["splits"] == first
     for stem in set(stems) - set(first_three):
         shutil.copy2(scenes / "images" / f"{stem}.png", data)
     alps_flow(str(data), str(out), cfg, progress_bar=False)
@@ -324,10 +325,55 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
     grown, fresh = splits(out), splits(tmp_path / "fresh")
     assert {stem: grown[stem] for stem in first} == first and list(grown.values()).count("val") == 3
     assert grown != fresh  # a fresh ranking of the six moves an earlier image: what a rerun did
+    away = next(stem for stem, split in first.items() if split == "val")  # away for a run: it came back in train
+    (data / f"{away}.png").rename(tmp_path / f"{away}.png")
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    (tmp_path / f"{away}.png").rename(data / f"{away}.png")
+    back = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert back["n_labelled"] == 0 and splits(out) == grown
     resplit = small_config(fake_repo, val_fraction=0.3)
     alps_flow(str(data), str(out), resplit, progress_bar=False)
     alps_flow(str(data), str(tmp_path / "fresh_resplit"), resplit, progress_bar=False)
     assert splits(out) == splits(tmp_path / "fresh_resplit")
+
+
+def test_names_are_kept_for_images_away_for_a_while_and_for_a_run_killed_before_its_dataset(fake_repo, scenes,
+                                                                                          tmp_path, monkeypatch):
+    """b.jpg arriving while a labelled b.png was away took its name (its shard said "changed" and was labelled
+    over), and b.png came back as b_png, labelled again; after a first run killed before its dataset, m.jpg took
+    m from the labelled m.png alike. The names a dataset's runs gave are recorded when each run starts."""
+    from flows import alps_flow as flow_module
+
+    cfg = small_config(fake_repo)
+    data, out = label_copies(tmp_path, scenes, cfg, {"a.png": 0, "b.png": 1, "m.png": 2})
+    (data / "b.png").rename(tmp_path / "b.png")
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    Image.open(scenes / "images" / "scene_0003.png").convert("RGB").save(data / "b.jpg")
+    with run_log() as logged:
+        arrived = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert arrived["n_labelled"] == 1 and not [line for line in logged if "changed since" in line]
+    (tmp_path / "b.png").rename(data / "b.png")
+    back = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert back["n_labelled"] == 0
+    assert json.loads((out / "manifest.json").read_text())["sources"] == {
+        "a": "a.png", "b": "b.png", "b_jpg": "b.jpg", "m": "m.png"}
+
+    killed = tmp_path / "killed"
+    label_all = flow_module._label_all
+
+    def label_then_die(*args, **kwargs):
+        label_all(*args, **kwargs)
+        raise KeyboardInterrupt("killed before the dataset was written")
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(flow_module, "_label_all", label_then_die)
+        alps_flow(str(data), str(killed), cfg, progress_bar=False)
+    assert not (killed / "manifest.json").exists()
+    Image.open(scenes / "images" / "scene_0004.png").convert("RGB").save(data / "m.jpg")
+    with run_log() as logged:
+        grown = alps_flow(str(data), str(killed), cfg, progress_bar=False)
+    assert grown["n_labelled"] == 1 and not [line for line in logged if "changed since" in line]
+    assert json.loads((killed / "manifest.json").read_text())["sources"]["m_jpg"] == "m.jpg"
 
 
 def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_repo, scenes, tmp_path):

@@ -1,0 +1,75 @@
+"""What a dataset's runs gave its inputs and kept for them: their names and their splits (``OUT/.alps/names.json``).
+
+The dataset's manifest says what the dataset holds now; this record also holds what its shards keep for inputs
+that are away (deleted, moved, unreadable for a while), so that they come back under their own name, with their
+own labels and in their own split, whatever arrived meanwhile (``b.jpg`` beside an absent ``b.png``), and it is
+written when a run starts, so that a run killed before it wrote a dataset leaves it too.
+
+``{"names": {path relative to the dataset: name}, "splits": {scene name: "train" | "val"}, "split_by": [seed,
+val_fraction]}``; the splits are those of the ``--seed`` and ``--val-fraction`` in ``split_by``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from alps_client.io import atomic
+from alps_client.io.discovery import PART_STEM, WORK_DIR
+
+FILE_NAME = "names.json"
+
+
+def read_registry(out: str | Path) -> dict[str, Any]:
+    """The record of ``out`` (empty parts where there is none, or it cannot be read)."""
+    try:
+        record = json.loads((Path(out) / WORK_DIR / FILE_NAME).read_text())
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    names, splits = record.get("names"), record.get("splits")
+    return {"names": names if isinstance(names, dict) else {}, "splits": splits if isinstance(splits, dict) else {},
+            "split_by": record.get("split_by")}
+
+
+def record_names(out: str | Path, names: Mapping[str, str]) -> None:
+    """Record the names this run gave (``names``: relative path -> name).
+
+    The names of absent inputs whose shards are kept stay recorded; the others are dropped.
+    """
+    record = read_registry(out)
+    kept = _names_with_shards(out, record["names"].values())
+    record["names"] = {**{relative: name for relative, name in record["names"].items() if name in kept},
+                       **names}
+    atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
+
+
+def earlier_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
+    """``scene name -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty."""
+    record = read_registry(out)
+    return dict(record["splits"]) if record["split_by"] == [seed, val_fraction] else {}
+
+
+def record_splits(out: str | Path, splits: Mapping[str, str], seed: int, val_fraction: float) -> None:
+    """Record the split of each scene of the dataset just written, keeping those recorded for absent inputs."""
+    record = read_registry(out)
+    named = set(record["names"].values())
+    earlier = earlier_splits(out, seed, val_fraction)
+    record["splits"] = {**{name: split for name, split in earlier.items() if name in named}, **splits}
+    record["split_by"] = [seed, val_fraction]
+    atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
+
+
+def _names_with_shards(out: str | Path, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` still have a shard in ``OUT/.alps/shards`` (a scene's: one of its tiles')."""
+    try:
+        stems = {entry.name[: -len(".npz")] for entry in os.scandir(Path(out) / WORK_DIR / "shards")
+                 if entry.name.endswith(".npz")}
+    except OSError:
+        return set()
+    wholes = stems | {match["whole"] for stem in stems if (match := PART_STEM.match(stem))}
+    return set(names) & wholes
