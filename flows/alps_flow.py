@@ -46,6 +46,7 @@ from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
+from alps_client.io.rewrite import SET_ASIDE
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
@@ -351,10 +352,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
     record_names(out, {item.relative: item.scene or item.stem for item in plan.items})  # a killed run's too
-    leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in
-                    (work_dir(out), work_dir(out) / "shards", work_dir(out) / "images"))
+    work = work_dir(out)
+    leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in  # `alps evaluate` writes into OUT too
+                    (Path(out), work, work / "shards", work / "images", *(work / SET_ASIDE).glob("*/")))
     if leftovers:
-        logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, work_dir(out))
+        logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, out)
     # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL too):
     # the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards it replaced.
     atomic.write_json(work_dir(out) / "last_run.json", {

@@ -383,18 +383,19 @@ def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_re
     cfg = small_config(fake_repo)
     data, out = label_copies(tmp_path, scenes, cfg, 1)
     work = out / ".alps"
-    for target in (work / "shards" / "scene_0001.npz", work / "images" / "scene_0001.png", work / "last_run.json"):
+    for target in (work / "shards" / "scene_0001.npz", work / "images" / "scene_0001.png", work / "last_run.json",
+                   work / "relabelled" / "0123abcd" / "centroids.npy", out / "evaluation.json"):
         killed_mid_write = ("import os, sys\nfrom alps_client.io.atomic import atomic_path\n"
                             "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half')\n    os._exit(9)")
         killed = subprocess.run([sys.executable, "-c", killed_mid_write, str(target)], check=False)
         assert killed.returncode == 9
-    left = sorted(p.name for p in work.rglob(".*") if p.is_file())
-    assert len(left) == 3 and all(name.startswith((".scene_0001.", ".last_run.json.")) for name in left), left
+    left = sorted(p.name for p in out.rglob(".*") if p.is_file())
+    assert len(left) == 5, left
     (work / "shards" / ".keep").write_text("a user's file: not alps's to remove")
     with run_log() as logged:
         alps_flow(str(data), str(out), cfg, progress_bar=False)
-    assert f"Removed 3 temporary file(s) that an interrupted run left in {work}" in logged
-    assert sorted(p.name for p in work.rglob(".*") if p.is_file()) == [".keep"]
+    assert f"Removed 5 temporary file(s) that an interrupted run left in {out}" in logged
+    assert sorted(p.name for p in out.rglob(".*") if p.is_file()) == [".keep"]
 
 
 def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alone_is_rejected_once(fake_repo, scenes,
