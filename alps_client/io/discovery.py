@@ -212,8 +212,8 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
     ``on_pages`` is told of each TIFF with several pages and each NIfTI file with several volumes (its path,
     :func:`printable`, and their count): only the first page or volume is labelled.
     ``earlier_names`` (path relative to ``root``, ``/``-separated -> the name an earlier run gave it) are kept
-    first: a file added later (``a.jpg`` beside a labelled ``a.png``) takes another name instead of renaming it,
-    also while the file that has the name is away (``b.jpg`` beside an absent ``b.png``).
+    first: a file added later (``a.jpg`` beside a labelled ``a.png``) takes another name instead of renaming it.
+    The name of a file that is gone is free (``a.jpg`` in place of ``a.png`` is named ``a``).
 
     Raises:
         FileNotFoundError: If ``root`` does not exist.
@@ -236,9 +236,7 @@ def discover_inputs(root: str | Path, config: InputConfig | None = None, out: st
 
     paths = list_input_files(root, out, on_left_out, reject_format, reject_folder)
     kept_names = _earlier_names_kept(paths, base, earlier_names or {})
-    listed = {path.relative_to(base).as_posix() for path in paths}
-    away = [name for relative, name in (earlier_names or {}).items() if relative not in listed]
-    taken.update(_name_key(name) for name in [*kept_names.values(), *away])
+    taken.update(_name_key(name) for name in kept_names.values())
     for path in paths:
         relative = path.relative_to(base)
         split, stem = split_and_stem(relative)

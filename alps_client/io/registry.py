@@ -1,12 +1,12 @@
-"""What a dataset's runs gave its inputs and kept for them: their names and their splits (``OUT/.alps/names.json``).
+"""What a dataset's runs gave its inputs: their names and their splits (``OUT/.alps/names.json``).
 
-The dataset's manifest says what the dataset holds now; this record also holds what its shards keep for inputs
-that are away (deleted, moved, unreadable for a while), so that they come back under their own name, with their
-own labels and in their own split, whatever arrived meanwhile (``b.jpg`` beside an absent ``b.png``), and it is
-written when a run starts, so that a run killed before it wrote a dataset leaves it too.
+The dataset's manifest says what the dataset holds now; this record also keeps the split of inputs that are away
+(deleted, moved, unreadable for a while) while their shards are kept, so that they come back in their own split,
+whatever arrived meanwhile (a validation image never comes back in train); the names are written when a run
+starts, so that a run killed before it wrote a dataset leaves them too.
 
-``{"names": {path relative to the dataset: name}, "splits": {scene name: "train" | "val"}, "split_by": [seed,
-val_fraction]}``; the splits are those of the ``--seed`` and ``--val-fraction`` in ``split_by``.
+``{"names": {path relative to the dataset: name}, "splits": {path of a scene's file: "train" | "val"},
+"split_by": [seed, val_fraction]}``; the splits are those of the ``--seed`` and ``--val-fraction`` in ``split_by``.
 """
 
 from __future__ import annotations
@@ -49,17 +49,16 @@ def record_names(out: str | Path, names: Mapping[str, str]) -> None:
 
 
 def earlier_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
-    """``scene name -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty."""
+    """``input path -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty."""
     record = read_registry(out)
     return dict(record["splits"]) if record["split_by"] == [seed, val_fraction] else {}
 
 
 def record_splits(out: str | Path, splits: Mapping[str, str], seed: int, val_fraction: float) -> None:
-    """Record the split of each scene of the dataset just written, keeping those recorded for absent inputs."""
+    """Record the split of each input of the dataset just written (by path), keeping those of absent inputs."""
     record = read_registry(out)
-    named = set(record["names"].values())
     earlier = earlier_splits(out, seed, val_fraction)
-    record["splits"] = {**{name: split for name, split in earlier.items() if name in named}, **splits}
+    record["splits"] = {**{path: split for path, split in earlier.items() if path in record["names"]}, **splits}
     record["split_by"] = [seed, val_fraction]
     atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
 

@@ -218,9 +218,11 @@ def _stage_dataset(
     kept = [(p, m) for p, m in zip(paths, metas) if not m.get("extra", {}).get("empty")]
     paths, metas = [p for p, _ in kept], [m for _, m in kept]
     seed, val_fraction = config.writer.seed, config.writer.val_fraction
-    splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas),
-                           seed, val_fraction, earlier_splits(out, seed, val_fraction))
-    record_splits(out, {_group(m): splits[m["stem"]] for m in metas}, seed, val_fraction)
+    input_of = {_group(m): m.get("extra", {}).get("source_signature", {}).get("path") or _group(m) for m in metas}
+    earlier = earlier_splits(out, seed, val_fraction)  # by input path: the name may have passed to another file
+    splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas), seed,
+                           val_fraction, {group: earlier[path] for group, path in input_of.items() if path in earlier})
+    record_splits(out, {input_of[_group(m)]: splits[m["stem"]] for m in metas}, seed, val_fraction)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")

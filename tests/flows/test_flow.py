@@ -317,7 +317,7 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
         return {p.stem: p.parent.name for p in (dataset / "ann_dir").glob("*/*.png")}
 
     first = splits(out)
-    assert read_registry(out)["splits"] == first
+    assert {Path(path).stem: split for path, split in read_registry(out)["splits"].items()} == first
     for stem in set(stems) - set(first_three):
         shutil.copy2(scenes / "images" / f"{stem}.png", data)
     alps_flow(str(data), str(out), cfg, progress_bar=False)
@@ -337,29 +337,32 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
     assert splits(out) == splits(tmp_path / "fresh_resplit")
 
 
-def test_names_are_kept_for_images_away_for_a_while_and_for_a_run_killed_before_its_dataset(fake_repo, scenes,
-                                                                                          tmp_path, monkeypatch):
-    """b.jpg arriving while a labelled b.png was away took its name (its shard said "changed" and was labelled
-    over), and b.png came back as b_png, labelled again; after a first run killed before its dataset, m.jpg took
-    m from the labelled m.png alike. The names a dataset's runs gave are recorded when each run starts."""
+def test_a_val_image_away_for_a_while_comes_back_in_val_and_a_killed_run_keeps_its_names(fake_repo, scenes,
+                                                                                         tmp_path, monkeypatch):
+    """A val image away for a run came back in train (and one whose name another file took meanwhile: it was
+    split as a new image), its pixels now trained on; after a first run killed before its dataset, m.jpg took the
+    name of the labelled m.png, labelled over its shard. Splits are kept by input path; the names a run gives are
+    recorded when it starts."""
     from flows import alps_flow as flow_module
 
-    cfg = small_config(fake_repo)
-    data, out = label_copies(tmp_path, scenes, cfg, {"a.png": 0, "b.png": 1, "m.png": 2})
-    (data / "b.png").rename(tmp_path / "b.png")
+    cfg = small_config(fake_repo, val_fraction=0.5)
+    data, out = label_copies(tmp_path, scenes, cfg, {f"{name}.png": i for i, name in enumerate("abcd")})
+    in_val = [path for path, split in read_registry(out)["splits"].items() if split == "val"]
+    assert len(in_val) == 2
+    for path in in_val:
+        (data / path).rename(tmp_path / path)
+    Image.open(scenes / "images" / "scene_0004.png").convert("RGB").save(data / in_val[0].replace(".png", ".jpg"))
+    alps_flow(str(data), str(out), cfg, progress_bar=False)  # the .jpg takes the name of the .png away
+    for path in in_val:
+        (tmp_path / path).rename(data / path)
     alps_flow(str(data), str(out), cfg, progress_bar=False)
-    Image.open(scenes / "images" / "scene_0003.png").convert("RGB").save(data / "b.jpg")
-    with run_log() as logged:
-        arrived = alps_flow(str(data), str(out), cfg, progress_bar=False)
-    assert arrived["n_labelled"] == 1 and not [line for line in logged if "changed since" in line]
-    (tmp_path / "b.png").rename(data / "b.png")
-    back = alps_flow(str(data), str(out), cfg, progress_bar=False)
-    assert back["n_labelled"] == 0
-    assert json.loads((out / "manifest.json").read_text())["sources"] == {
-        "a": "a.png", "b": "b.png", "b_jpg": "b.jpg", "m": "m.png"}
+    sources = json.loads((out / "manifest.json").read_text())["sources"]
+    split_of = {sources[p.stem]: p.parent.name for p in (out / "ann_dir").glob("*/*.png")}
+    assert [split_of[path] for path in in_val] == ["val", "val"]
 
     killed = tmp_path / "killed"
     label_all = flow_module._label_all
+    shutil.copy2(scenes / "images" / "scene_0005.png", data / "z.png")
 
     def label_then_die(*args, **kwargs):
         label_all(*args, **kwargs)
@@ -369,11 +372,11 @@ def test_names_are_kept_for_images_away_for_a_while_and_for_a_run_killed_before_
         m.setattr(flow_module, "_label_all", label_then_die)
         alps_flow(str(data), str(killed), cfg, progress_bar=False)
     assert not (killed / "manifest.json").exists()
-    Image.open(scenes / "images" / "scene_0004.png").convert("RGB").save(data / "m.jpg")
+    Image.open(scenes / "images" / "scene_0001.png").convert("RGB").save(data / "z.jpg")  # sorted before z.png
     with run_log() as logged:
         grown = alps_flow(str(data), str(killed), cfg, progress_bar=False)
     assert grown["n_labelled"] == 1 and not [line for line in logged if "changed since" in line]
-    assert json.loads((killed / "manifest.json").read_text())["sources"]["m_jpg"] == "m.jpg"
+    assert json.loads((killed / "manifest.json").read_text())["sources"]["z_jpg"] == "z.jpg"
 
 
 def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_repo, scenes, tmp_path):
@@ -454,7 +457,7 @@ def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_lab
                                                                                             tmp_path):
     """train/0001.bmp and val/0001.bmp of one size and one time (unpacked from an archive): val's is labelled as
     val__0001_bmp. Once train's was gone, val's took the name 0001, and the rerun kept train's labels and split,
-    unsaid (val's now keeps its name while the manifest records it; without one it takes 0001, and is labelled
+    unsaid (val's now keeps its name while OUT records it; without a record it takes 0001, and is labelled
     again); an image moved from train/ to val/ (mv keeps its time) stayed in train."""
     import os
 
@@ -470,7 +473,8 @@ def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_lab
     again = alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert (again["n_labelled"], again["n_skipped"]) == (0, 3)  # val's keeps the name the dataset gave it
     assert set(labels(out)) == set(first) - {"train/0001.png"}
-    (out / "manifest.json").unlink()  # as a run that wrote no dataset leaves it: nothing says the names given
+    (out / "manifest.json").unlink()  # as alps before the names were recorded leaves it: nothing says them
+    (out / ".alps" / "names.json").unlink()
     again = alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert (again["n_labelled"], again["n_skipped"]) == (1, 2)  # val's took 0001, whose shard is train's
     alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
@@ -712,7 +716,7 @@ def test_a_disk_too_full_for_the_runs_record_still_names_what_filled_it(fake_rep
     the record's error, naming neither the shard nor the images not started."""
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        fill_disk(m, out / ".alps", after=3)  # the run's first record, two shards
+        fill_disk(m, out / ".alps", after=4)  # the names the run gives, its first record, two shards
         with run_log() as logged, pytest.raises(IncompleteRunError, match=r"^the run stopped starting images: no "
                                                 r"space left on the disk while writing .*/shards/scene_000\d\.npz, "
                                                 r".*; 3 of 6 image\(s\) not started, 1 failed"):
