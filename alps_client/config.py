@@ -364,12 +364,20 @@ def overlay_config(base: dict[str, Any] | None, override: dict[str, Any] | None)
     return merged
 
 
-def set_fields(override: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted names of the fields a partial config sets: ``["amg.points_per_side", "gate.sigma"]``."""
-    names: list[str] = []
-    for key, value in override.items():
+def dotted_fields(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config's fields by dotted name (an empty dict is a field of its own).
+
+    ``{"amg": {"points_per_side": 32}}`` -> ``{"amg.points_per_side": 32}``.
+    """
+    fields: dict[str, Any] = {}
+    for key, value in settings.items():
         if isinstance(value, dict) and value:
-            names += set_fields(value, f"{prefix}{key}.")
+            fields.update(dotted_fields(value, f"{prefix}{key}."))
         else:
-            names.append(f"{prefix}{key}")
-    return names
+            fields[f"{prefix}{key}"] = value
+    return fields
+
+
+def set_fields(override: dict[str, Any]) -> list[str]:
+    """The dotted names of the fields a partial config sets: ``["amg.points_per_side", "gate.sigma"]``."""
+    return list(dotted_fields(override))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
-from alps_client.config import PipelineConfig
+from alps_client.config import PipelineConfig, dotted_fields
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import NOT_READ_FORMATS, WORK_DIR, discover_inputs, list_input_files
 from alps_client.io.items import (
@@ -264,17 +264,6 @@ def labelling_identity(model: str, config: PipelineConfig) -> dict[str, Any]:
     return {"model": model, "config": config.labelling_dict()}
 
 
-def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"amg": {"points_per_side": 32}}`` -> ``{"amg.points_per_side": 32}``."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[str, Any]) -> str:
     """The settings in which a stale shard's labelling differs from this run's (``amg.points_per_side 32 there``).
 
@@ -289,8 +278,10 @@ def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[
         except (OSError, ValueError, KeyError, TypeError):
             return ""
     now = json.loads(json.dumps(labelling))  # as a shard keeps it: tuples are lists there
-    recorded = _flat({key: value for key, value in there.items() if key != "config"} | there.get("config", {}))
-    now = _flat({key: value for key, value in now.items() if key in there and key != "config"} | now["config"])
+    recorded = dotted_fields({key: value for key, value in there.items() if key != "config"}
+                             | there.get("config", {}))
+    now = dotted_fields({key: value for key, value in now.items() if key in there and key != "config"}
+                        | now["config"])
     return "; ".join(f"{key} {recorded.get(key, 'unset')} there, {now.get(key, 'unset')} now"
                      for key in sorted(recorded.keys() | now.keys()) if recorded.get(key) != now.get(key))
 
