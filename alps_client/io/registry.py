@@ -50,14 +50,17 @@ def record_names(out: str | Path, names: Mapping[str, str]) -> None:
 
 def earlier_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
     """``input path -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty."""
-    record = read_registry(out)
+    return _splits_by(read_registry(out), seed, val_fraction)
+
+
+def _splits_by(record: Mapping[str, Any], seed: int, val_fraction: float) -> dict[str, str]:
     return dict(record["splits"]) if record["split_by"] == [seed, val_fraction] else {}
 
 
 def record_splits(out: str | Path, splits: Mapping[str, str], seed: int, val_fraction: float) -> None:
     """Record the split of each input of the dataset just written (by path), keeping those of absent inputs."""
     record = read_registry(out)
-    earlier = earlier_splits(out, seed, val_fraction)
+    earlier = _splits_by(record, seed, val_fraction)  # the record read once
     record["splits"] = {**{path: split for path, split in earlier.items() if path in record["names"]}, **splits}
     record["split_by"] = [seed, val_fraction]
     atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
