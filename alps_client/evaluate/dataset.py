@@ -1,0 +1,234 @@
+"""``alps evaluate`` over a dataset: pseudo-label maps and their ground truth read, paired and scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from alps_client.errors import AlpsError
+from alps_client.evaluate.ground_truth import (
+    RARE_SHARE,
+    ColourIds,
+    check_declared,
+    ignored_values,
+    named_colour,
+    read_ground_truth,
+    read_label,
+)
+from alps_client.evaluate.pairing import (
+    ground_truth_files,
+    parts_by_whole,
+    recorded_sources,
+    suffixes_that_match,
+)
+from alps_client.evaluate.scores import Confusion, EvalReport, ImageCounts, Matching, match_clusters, scores
+from alps_client.gt_classes import parse_ground_truth_classes
+from alps_client.io.discovery import PART_STEM
+from alps_client.io.items import counted
+from alps_client.labels.painting import IGNORE
+
+
+def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
+                     exclude_unlabelled_images: bool = False, ignore_index: int | str | None = None,
+                     gt_suffix: str = "", image_suffix: str = "", gt_classes: str | Path | None = None,
+                     colour_tolerance: int = 0) -> EvalReport:
+    """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
+
+    Ground-truth files are matched by :func:`ground_truth_files`, ``gt_suffix`` dropped from their names and
+    ``image_suffix`` from the images' (ISPRS Potsdam: ``top_potsdam_2_10_label`` is the truth of
+    ``top_potsdam_2_10_RGB``; DeepGlobe: ``_mask`` and ``_sat``). Ground-truth pixels of 255, and of
+    ``ignore_index`` (any integer) when given, are left out: they name no class; ``"none"`` leaves out none (255
+    is a class).
+
+    ``gt_classes``: a file that names every ground-truth class (:mod:`alps_client.gt_classes`); a value it does
+    not declare is refused. ``colour_tolerance``: a colour within this of a declared one in every channel takes
+    its class (colour-coded ground truth with declared colours only).
+
+    Raises:
+        AlpsError: If either folder has no label maps, no stem matches (saying which suffixes would make names
+            match, if some would), two files match one stem, sizes differ,
+            ``ignore_index`` does not say what 255 is where it may be a class (ground truth of 0 and 255 alone, or
+            of ids wider than 8 bits), the ground truth mixes colour-coded label maps with maps of class ids, or
+            holds a value ``gt_classes`` does not declare.
+    """
+    classes = parse_ground_truth_classes(gt_classes) if gt_classes is not None else None
+    ignored_values(ignore_index)  # checked before any file is read
+    ignored_colour = named_colour(ignore_index)
+    if colour_tolerance and (classes is None or not classes.colours):
+        raise AlpsError("--gt-colour-tolerance takes colours to the nearest colour --gt-classes declares: give "
+                        "--gt-classes FILE with {name, colour} entries")
+    if not 0 <= colour_tolerance < IGNORE:
+        raise AlpsError(f"--gt-colour-tolerance must lie in 0..{IGNORE - 1}, got {colour_tolerance}")
+    colours = ColourIds(classes, colour_tolerance, ignored_colour)  # checks the tolerance before any file is read
+    class_255 = classes is not None and not classes.colours and IGNORE in classes.names
+    allowed_ids = (set(classes.names) | set(ignored_values(ignore_index, class_255=class_255))
+                   if classes is not None and not classes.colours else None)
+    out, gt_root = Path(out_dir), Path(gt_dir)
+    preds: dict[str, Path | list[Path]] = {}
+    for path in sorted((out / "ann_dir").glob("*/*.png")):
+        name = path.stem.removesuffix(image_suffix)
+        if name in preds and preds[name].stem != path.stem:
+            raise AlpsError(f"{preds[name]} and {path} both read {name} once --image-suffix {image_suffix} is "
+                            "dropped: give a suffix that only some names end with")
+        if name in preds:
+            raise AlpsError(f"{preds[name]} and {path}: two label maps of one name in two splits; `alps run` names "
+                            "every image once, so which image each belongs to is unknown (is this folder an alps "
+                            "output, or two merged?)")
+        preds[name] = path
+    if not preds:
+        raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
+    if not gt_root.is_dir():
+        raise AlpsError(f"ground-truth folder {gt_root} does not exist")
+    parts = {whole.removesuffix(image_suffix): stems for whole, stems in parts_by_whole(list(preds)).items()}
+    sources = {stem.removesuffix(image_suffix): source for stem, source in recorded_sources(out).items()}
+    gts = ground_truth_files(gt_root, set(preds) | set(parts), gt_suffix, sources, image_suffix)
+
+    for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
+        preds[whole] = [preds.pop(stem) for stem in parts[whole]]  # type: ignore[misc]
+    missing_gt = sorted(set(preds) - set(gts))
+    missing_pred = sorted(set(gts) - set(preds))
+    matched = sorted(set(preds) & set(gts))
+    if not matched:
+        images = [name for name in preds if not PART_STEM.match(name)] + list(parts)
+        raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
+                        f"{out / 'ann_dir'}" + suffixes_that_match(list(gts), images, gt_suffix, image_suffix))
+    inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
+    by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
+    nodata = set[float]()
+    images: list[ImageCounts] = []
+    for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
+        read = read_ground_truth(gts[stem], colours)
+        gt = read.ids
+        found = preds.get(stem)
+        if found is None:  # a good image the dataset lacks: every pixel is a miss
+            pred = np.full(gt.shape, IGNORE, np.uint8)
+        else:
+            pred = read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
+        if pred.shape != gt.shape:
+            raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
+        if read.valid is not None:  # pixels its GeoTIFF declares nodata: no class, no miss
+            pred, gt = pred[read.valid], gt[read.valid]
+            nodata.add(read.nodata)
+        part = Confusion.of(pred, gt)
+        if allowed_ids is not None:
+            check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
+        images.append(ImageCounts.of(stem, part, read.coloured))
+        if read.coloured:
+            by_colour += part
+        else:
+            by_id += part
+            if wide is None and gt.dtype.itemsize > 1:
+                wide = gts[stem]
+    if classes is not None and classes.colours and len(by_id.values):
+        raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
+                        "ids (single-channel): declare their classes as {name, id}")
+    conf, colour_names = colours.resolve(by_id, by_colour, gt_root)
+    values = conf.values.tolist()
+    if (ignore_index is None and IGNORE in values and not colour_names and not class_255
+            and (values == [0, IGNORE] or wide)):
+        what = ("holds only 0 and 255: a binary mask?" if values == [0, IGNORE] else
+                f"holds 255 among class ids stored in more than 8 bits (e.g. {wide.name}), where 255 may be a "
+                "class (FreeSurfer's CC_Anterior).")
+        count_it = (f"declare 255 in {classes.source} (e.g. {{name: lesion, id: 255}})" if classes is not None
+                    else "give --ignore-index none")
+        raise AlpsError(f"the ground truth under {gt_root} {what} Its 255 pixels would be ignored (255 is 'no "
+                        f"label' by default): {count_it} to count 255 as a class, or --ignore-index 255 to ignore it")
+    ignored = ignored_values(ignore_index, colours if colour_names else None, class_255)
+    conf = conf.without(ignored)
+    if not len(conf.values):  # mIoU 0.000 "over all 0 classes" would read as a score
+        raise AlpsError(f"the ground truth under {gt_root} holds no class to score: every pixel of its "
+                        f"{counted(len(images), 'image')} scored is ignored (255, --ignore-index) or nodata; is it "
+                        "the right folder?")
+    mapping = match_clusters(conf, matching)
+    report = scores(conf, mapping, matching)
+    report.ground_truth_colours = colour_names
+    grey = colours.grey_values() if not colour_names else {}
+    report.per_image = sorted((image.figures(mapping, set(ignored), grey) for image in images),
+                              key=lambda row: (row["pixel_accuracy"], row["image"]))
+    if colour_names and classes is None:  # noise of compression reads as many colours of a few pixels each
+        pixels = conf.counts.sum(0)
+        report.ground_truth_rare_colours = int((pixels < RARE_SHARE * pixels.sum()).sum())
+    if classes is not None:
+        report.ground_truth_names = dict(classes.names)
+        report.ground_truth_classes_file = str(classes.source)
+        report.classes_absent_from_ground_truth = sorted(set(classes.names) - set(conf.values.tolist())
+                                                         - set(ignored))
+        report.ground_truth_colour_tolerance = colour_tolerance
+        report.ground_truth_pixels_snapped = colours.snapped_pixels
+    report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
+    report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
+    report.missing_pseudo_labels_counted = not exclude_unlabelled_images
+    report.pseudo_label_names = _class_names(out)
+    report.ground_truth_ignored = ignored
+    report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
+                                  *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
+    return report
+
+
+def _input_settings(out: Path) -> dict[str, Any]:
+    """The dataset's input configuration (``--tile``, ``--overlap``, ``--slice-axis``) from its manifest."""
+    try:
+        return dict(json.loads((out / "manifest.json").read_text()).get("config", {}).get("inputs", {}))
+    except (OSError, ValueError) as err:
+        raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): it says how the label maps of tiled "
+                        "scenes and volumes were cut") from None
+
+
+def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDArray[np.integer],
+               gt_path: Path) -> npt.NDArray[np.uint8]:
+    """The whole label map (a scene as ``--stitch`` assembles it, or a volume) from its parts' label maps.
+
+    ``inputs`` is the dataset's input configuration (:func:`_input_settings`).
+
+    Raises:
+        AlpsError: If the parts do not make a whole of the ground truth's size.
+    """
+    from alps_client.io.tiling import stitch_scene
+
+    matches = [PART_STEM.match(path.stem) for path in parts]
+    if gt.ndim == 3 or all(match and match["z"] for match in matches):
+        # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty); a 2-D NIfTI image
+        # is a volume of one slice
+        from alps_client.io.readers import as_volume
+
+        axis = int(inputs.get("slice_axis", 2))
+        volume = np.full(gt.shape, IGNORE, np.uint8)
+        slices = np.moveaxis(as_volume(volume, axis), axis, 0)  # a view: writing a slice writes the volume
+        for path, match in zip(parts, matches, strict=True):
+            label = read_label(path)
+            index = int(match["z"]) if match and match["z"] else -1  # -1: a tile's label map, not a slice
+            if not 0 <= index < len(slices) or label.shape != slices.shape[1:]:
+                raise AlpsError(f"{gt_path}: volume {gt.shape} has no slice {index} of {label.shape} along axis "
+                                f"{axis} for the pseudo-label {path}")
+            slices[index] = label
+        return volume
+    tiles = []
+    for path, match in zip(parts, matches, strict=True):
+        label = read_label(path)
+        if not match or match["x"] is None:
+            raise AlpsError(f"{path}: a slice label map, but the ground truth {gt_path} is not a volume")
+        x0, y0 = int(match["x"]), int(match["y"])
+        tiles.append(((x0, y0, x0 + label.shape[1], y0 + label.shape[0]), label))
+    extent = (max(w[3] for w, _ in tiles), max(w[2] for w, _ in tiles))
+    tile, overlap = inputs.get("tile"), inputs.get("overlap")
+    if not tile or overlap is None or extent != gt.shape:
+        raise AlpsError(f"{gt_path}: size {gt.shape} differs from the scene its {len(tiles)} tile label map(s) "
+                        f"in {out / 'ann_dir'} cover {extent}")
+    try:
+        return stitch_scene(extent, int(tile), int(overlap), tiles)
+    except KeyError as err:  # a tile the manifest's --tile / --overlap would not have made
+        raise AlpsError(f"the tile label maps of {gt_path.name} in {out / 'ann_dir'} do not follow the dataset's "
+                        f"--tile {tile} --overlap {overlap} (tile at {err})") from None
+
+
+def _class_names(out: Path) -> dict[int, str]:
+    """``{id: name}`` of the dataset's classes (``OUT/classes.json``); empty when it has none to say."""
+    try:
+        classes = json.loads((out / "classes.json").read_text())["classes"]
+        return {int(c["id"]): str(c["name"]) for c in classes}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
