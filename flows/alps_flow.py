@@ -48,6 +48,7 @@ from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import SET_ASIDE
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
+from alps_client.runs.moves import apply_moves
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.threads import DaemonThreadPool
@@ -351,6 +352,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
+    moved = apply_moves(out, list(plan.moved), plan.items)
+    if moved:
+        logger.info("%d input(s) moved or renamed since they were labelled, the same bytes: their labels and split go "
+                    "with them: %s%s", len(moved), ", ".join(f"{m.old} -> {m.new}" for m in moved[:5]),
+                    ", ..." if len(moved) > 5 else "")
     record_names(out, {item.relative: item.scene or item.stem for item in plan.items})  # a killed run's too
     work = work_dir(out)
     leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in  # `alps evaluate` writes into OUT too

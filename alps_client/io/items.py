@@ -90,7 +90,8 @@ class InputError:
 def source_signature(source: str, relative: str = "") -> dict[str, Any]:
     """What tells a rerun that an input file changed since its shard was written.
 
-    Its name, path, size, modification time, and a digest of samples of its bytes. A file rewritten in place, or another file under the same output stem (``a.png`` replaced by ``a.jpg``;
+    Its name, path, size, modification time, and a digest of samples of its bytes. A file rewritten in place, or
+    another file under the same output stem (``a.png`` replaced by ``a.jpg``;
     ``val/0001.png`` taking ``0001`` once ``train/0001.png`` is gone, both of one size and time, as unpacked
     from an archive; a file moved to another split folder; ``f4.bmp`` renamed ``f3.bmp`` once ``f3.bmp`` was
     deleted, where uncompressed images of one size and time differ in their bytes alone), gets another signature,
@@ -102,6 +103,25 @@ def source_signature(source: str, relative: str = "") -> dict[str, Any]:
     signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                  "sample": _sampled_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)}
     return {**signature, "path": relative} if relative else signature
+
+
+def content_digest(source: str) -> str:
+    """sha256 of the whole file (hex), which each shard records.
+
+    What tells a file moved or renamed since it was labelled (the same bytes) from another of its size, time and
+    sampled bytes (:mod:`alps_client.runs.moves`). Cached per file version, as :func:`source_signature`'s samples are: a scene's tiles read it once.
+    """
+    stat = os.stat(source)
+    return _content_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(source: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(source, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 SAMPLE_BYTES = 65536  # read at the start, the middle and the end of a file: 192 KiB at most, whatever its size

@@ -66,6 +66,16 @@ def record_splits(out: str | Path, splits: Mapping[str, str], seed: int, val_fra
     atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
 
 
+def record_moves(out: str | Path, moves: Mapping[str, str]) -> None:
+    """Inputs found under new paths (``old path -> new path``): each keeps its split there; its old name is freed."""
+    if not moves:
+        return
+    record = read_registry(out)
+    record["splits"] = {moves.get(path, path): split for path, split in record["splits"].items()}
+    record["names"] = {path: name for path, name in record["names"].items() if path not in moves}
+    atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
+
+
 def _names_with_shards(out: str | Path, names: Iterable[str]) -> set[str]:
     """Which of ``names`` still have a shard in ``OUT/.alps/shards`` (a scene's: one of its tiles')."""
     try:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig, dotted_fields
@@ -27,6 +27,9 @@ from alps_client.io.publish import foreign_entries
 from alps_client.io.registry import read_registry
 from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
 
+if TYPE_CHECKING:
+    from alps_client.runs.moves import Move
+
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
 
 
@@ -38,6 +41,11 @@ def work_dir(out: str | Path) -> Path:
 def shard_dir(out: str | Path) -> Path:
     """``OUT/.alps/shards``: one shard per labelled image."""
     return work_dir(out) / "shards"
+
+
+def decoded_image(out: str | Path, stem: str) -> Path:
+    """``OUT/.alps/images/<stem>.png``: the RGB decoded from an input that ``img_dir`` cannot take as it is."""
+    return work_dir(out) / "images" / f"{stem}.png"
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class RunPlan:
         n_damaged: items whose shard cannot be read whole (labelled again).
         gone: inputs (relative to the dataset) of the dataset ``out`` holds that are no longer there: the dataset
             this run writes leaves them out.
+        moved: inputs found under new paths, the same bytes (:mod:`alps_client.runs.moves`): counted in ``done``,
+            their shards renamed when the run starts.
     """
 
     dataset: str
@@ -76,6 +86,7 @@ class RunPlan:
     multipage: tuple[tuple[str, int], ...] = ()
     n_damaged: int = 0
     gone: tuple[str, ...] = ()
+    moved: tuple[Move, ...] = ()
 
     @property
     def n_done(self) -> int:
@@ -344,10 +355,16 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
                             f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
-    done, n_changed, n_damaged = check_existing_shards(out, items, fingerprint, labelling, overwrite)
-    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done,
+    from alps_client.runs.moves import find_moves  # (built on this module)
+
+    moved = tuple(find_moves(out, items, names, fingerprint))
+    moving = {new for move in moved for _, new in move.stems}
+    done, n_changed, n_damaged = check_existing_shards(out, [item for item in items if item.stem not in moving],
+                                                       fingerprint, labelling, overwrite)
+    moved_from = {move.old for move in moved}
+    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving,
                    tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged,
-                   _gone(dataset, in_dataset, items, rejected))
+                   tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved)
 
 
 def _gone(dataset: str | Path, names: dict[str, str], items: list[InputItem], rejected: list[InputError]

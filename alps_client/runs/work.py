@@ -16,10 +16,10 @@ from alps_client.backends.base import SamBackend
 from alps_client.config import PipelineConfig
 from alps_client.errors import InputImageError
 from alps_client.io import atomic
-from alps_client.io.items import InputItem, printable
+from alps_client.io.items import InputItem, content_digest, printable
 from alps_client.io.shards import ImageShard, write_shard
 from alps_client.masks import MaskSet
-from alps_client.runs.plan import item_status, labelling_identity, work_dir
+from alps_client.runs.plan import decoded_image, item_status, labelling_identity
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
 
@@ -101,7 +101,8 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
         _forget_earlier_labels(item, job, shard)
         return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
     extra = {"kind": item.kind, "scene": item.scene, "window": item.window, "split": item.split, "geo": loaded.geo,
-             "input": loaded.extra, "source_signature": signature, "labelling": labelling_identity(job.model, job.config)}
+             "input": loaded.extra, "source_signature": signature, "content_sha256": _content_of(item.source),
+             "labelling": labelling_identity(job.model, job.config)}
     if loaded.valid is not None and not loaded.valid.any():  # a tile in a scene's collar: nothing there to label
         write_shard(shard, ImageShard(item.stem, item.source, job.fingerprint, MaskSet.empty(loaded.valid.shape),
                                       np.zeros(0, bool), np.zeros((0, 0), np.float32),
@@ -116,6 +117,14 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
                           loaded.valid, extra)
     return ImageOutcome("labelled", item.stem, item.source, str(shard), image_file, n_masks=summary.n_masks,
                         n_kept=summary.n_kept, n_gated=summary.n_gated, timings=summary.timings)
+
+
+def _content_of(source: str) -> str | None:
+    """The file's :func:`content_digest`; None if it cannot be read again (its shard then never follows a move)."""
+    try:
+        return content_digest(source)
+    except OSError:
+        return None
 
 
 def _forget_earlier_labels(item: InputItem, job: LabelJob, shard: Path) -> None:
@@ -134,4 +143,4 @@ def _image_file(item: InputItem, job: LabelJob, plain_copy: bool) -> str:
     Derived from where the dataset and ``OUT`` are now, not read back from the shard: a rerun after either moved
     still finds it.
     """
-    return item.source if plain_copy else str(work_dir(job.out) / "images" / f"{item.stem}.png")
+    return item.source if plain_copy else str(decoded_image(job.out, item.stem))

@@ -453,12 +453,13 @@ def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_sai
     assert sorted(name.split("/")[1] for name in labels(out)) == ["scene_0000.png", "scene_0002.png"]
 
 
-def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_labelled_again(fake_repo, scenes,
-                                                                                            tmp_path):
+def test_a_name_passed_to_another_file_is_labelled_again_and_an_image_moved_to_another_split_goes_there(
+        fake_repo, scenes, tmp_path):
     """train/0001.bmp and val/0001.bmp of one size and one time (unpacked from an archive): val's is labelled as
     val__0001_bmp. Once train's was gone, val's took the name 0001, and the rerun kept train's labels and split,
     unsaid (val's now keeps its name while OUT records it; without a record it takes 0001, and is labelled
-    again); an image moved from train/ to val/ (mv keeps its time) stayed in train."""
+    again); an image moved from train/ to val/ (mv keeps its time) stayed in train (it now goes to val, its labels
+    with it: the same bytes)."""
     import os
 
     data, out = tmp_path / "data", tmp_path / "out"
@@ -481,7 +482,7 @@ def test_a_name_passed_to_another_file_or_an_image_moved_to_another_split_is_lab
     assert labels(out) == labels(tmp_path / "fresh")
     os.rename(data / "train" / "a.bmp", data / "val" / "a.bmp")
     moved = alps_flow(str(data), str(out), cfg, progress_bar=False)
-    assert (moved["n_labelled"], moved["n_skipped"]) == (1, 2)
+    assert (moved["n_labelled"], moved["n_skipped"]) == (0, 3)
     alps_flow(str(data), str(tmp_path / "fresh2"), cfg, progress_bar=False)
     assert labels(out) == labels(tmp_path / "fresh2")
     assert "val/a.png" in labels(out)
@@ -507,6 +508,47 @@ def test_a_file_renamed_onto_a_deleted_ones_name_with_its_size_and_time_is_label
     assert (again["n_labelled"], again["n_skipped"]) == (1, 2)
     alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
     assert labels(out) == labels(tmp_path / "fresh")
+
+
+def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
+    """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
+    so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
+    stays is a new image; a tiled scene's tiles move with it."""
+    from alps_client.config import InputConfig
+
+    cfg = small_config(fake_repo, val_fraction=0.5)
+    data, out = label_copies(tmp_path, scenes, cfg, {f"{name}.png": i for i, name in enumerate("abcd")})
+    in_val = next(path for path, split in read_registry(out)["splits"].items() if split == "val")
+    (data / "sub").mkdir()
+    (data / in_val).rename(data / "sub" / "renamed.png")
+    shutil.copy2(data / "a.png" if in_val != "a.png" else data / "b.png", data / "copy.png")  # its original stays
+    with run_log() as logged:
+        again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (1, 4)
+    assert (f"1 input(s) moved or renamed since they were labelled, the same bytes: their labels and split go with "
+            f"them: {in_val} -> sub/renamed.png") in logged
+    assert not [line for line in logged if "no longer under" in line]
+    assert read_registry(out)["splits"]["sub/renamed.png"] == "val" and "val/sub__renamed.png" in labels(out)
+    assert not (out / ".alps" / "shards" / in_val.replace(".png", ".npz")).exists()
+    alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
+
+    def by_name(dataset: Path) -> dict[str, bytes]:
+        return {path.split("/")[1]: label for path, label in labels(dataset).items()}
+
+    assert by_name(out) == by_name(tmp_path / "fresh")
+
+    scene_data, scene_out = tmp_path / "scene_data", tmp_path / "scene_out"
+    scene_data.mkdir()
+    strip = np.concatenate([np.asarray(Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB"))[:64, :64]
+                            for i in range(3)], axis=1)  # (64, 192, 3): three tiles of 64
+    Image.fromarray(strip).save(scene_data / "strip.png")
+    tiled = dataclasses.replace(cfg, inputs=InputConfig(tile=64, overlap=0))
+    alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    (scene_data / "strip.png").rename(scene_data / "moved_strip.png")
+    moved = alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    assert (moved["n_labelled"], moved["n_skipped"]) == (0, 3)
+    assert sorted(name.split("/")[1] for name in labels(scene_out)) == [
+        f"moved_strip__x{x}_y0.png" for x in (0, 128, 64)]
 
 
 def test_reruns_with_another_split_or_without_previews_leave_only_the_current_files(fake_repo, scenes, tmp_path):

@@ -1,0 +1,156 @@
+"""Inputs moved or renamed since they were labelled: their labels and their split go with them.
+
+An input's path gives its name, and its name its shards: a file moved to another folder or renamed was a deleted
+input and a new one, labelled again (SAM again: hours on a large dataset reorganised) and split anew, so that a
+validation image could come back in train. When a new path holds the very bytes of an input the dataset labelled
+and no longer finds (the sha256 its shards record, :func:`~alps_client.io.items.content_digest`), its shards are
+renamed to its new name and rewritten for its new path, and its split is recorded under that path. Shards from
+before the digest was recorded never move (their images are labelled again, as before).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alps_client.io.discovery import PART_STEM
+from alps_client.io.items import InputItem, content_digest, source_signature
+from alps_client.io.registry import record_moves
+from alps_client.io.shards import ImageShard, read_shard, read_shard_meta, shard_path, write_shard
+from alps_client.runs.plan import decoded_image, shard_dir
+
+
+@dataclass(frozen=True)
+class Move:
+    """One input found under a new path.
+
+    Attributes:
+        old: its path relative to the dataset when it was labelled.
+        new: its path now.
+        stems: ``(old stem, new stem)`` of each of its shards (one for an image; a scene's tiles, a volume's slices).
+        signature: its file's :func:`~alps_client.io.items.source_signature` at its new path, when it was found.
+    """
+
+    old: str
+    new: str
+    stems: tuple[tuple[str, str], ...]
+    signature: dict[str, Any]
+
+
+def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str], fingerprint: str) -> list[Move]:
+    """The inputs found under new paths, with the shards their labels are in.
+
+    Items at a path that ``names`` (path -> name, as ``OUT`` records them) does not know, whose bytes are those of
+    an input it knows that is no longer among ``items``, labelled with ``fingerprint``. Only reads: :func:`apply_moves` renames the shards, under the run's lock on ``OUT``. A file whose size and
+    sampled bytes match no such input is not read whole.
+    """
+    present = {item.relative for item in items}
+    gone = {relative: name for relative, name in names.items() if relative not in present}
+    new: dict[str, list[InputItem]] = {}
+    for item in items:
+        if item.relative and item.relative not in names:
+            new.setdefault(item.relative, []).append(item)
+    if not gone or not new:
+        return []
+    stems_of = _shard_stems_by_name(out)
+    earlier: dict[tuple[int, str], list[tuple[str, str, str]]] = {}  # (size, sample) -> [(path, name, sha256)]
+    for relative, name in gone.items():
+        recorded = _recorded_file(out, stems_of.get(name, []), fingerprint)
+        if recorded is not None:
+            size, sample, digest = recorded
+            earlier.setdefault((size, sample), []).append((relative, name, digest))
+    moves = []
+    for relative, parts in new.items():
+        try:
+            signature = source_signature(parts[0].source, relative)
+            candidates = earlier.get((signature["size"], signature["sample"]), [])
+            digest = content_digest(parts[0].source) if candidates else None
+        except OSError:  # reading it will say why
+            continue
+        match = next((candidate for candidate in candidates if candidate[2] == digest), None)
+        if match is None:
+            continue
+        old, name, _ = match
+        stems = tuple((name + item.stem[len(item.scene or item.stem):], item.stem) for item in parts)
+        if {old_stem for old_stem, _ in stems} == set(stems_of[name]):  # cut alike (the same --tile, --overlap)
+            candidates.remove(match)  # one file takes one earlier input's labels
+            moves.append(Move(old, relative, stems, signature))
+    return moves
+
+
+def apply_moves(out: str | Path, moves: list[Move], items: list[InputItem]) -> list[Move]:
+    """Rename each move's shards (and decoded images) to its new name, for its new path; record its split there.
+
+    A move whose shards or decoded images are gone meanwhile is left undone: its image is labelled again.
+
+    Returns:
+        The moves done.
+    """
+    by_stem = {item.stem: item for item in items}
+    done = []
+    for move in moves:
+        try:
+            rewritten = [_for_new_path(out, read_shard(shard_path(shard_dir(out), old)), by_stem[new], move.signature)
+                         for old, new in move.stems]
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):  # gone or damaged meanwhile
+            continue
+        if any(shard is None for shard in rewritten):
+            continue
+        for (old, new), shard in zip(move.stems, rewritten, strict=True):
+            old_image, new_image = decoded_image(out, old), decoded_image(out, new)
+            if old_image.is_file():
+                os.replace(old_image, new_image)
+            write_shard(shard_path(shard_dir(out), new), shard)  # type: ignore[arg-type]
+            if old != new:  # (a file moved to another split folder may keep its name)
+                shard_path(shard_dir(out), old).unlink(missing_ok=True)
+        done.append(move)
+    record_moves(out, {move.old: move.new for move in done})
+    return done
+
+
+def _for_new_path(out: str | Path, shard: ImageShard, item: InputItem, signature: dict[str, Any]
+                  ) -> ImageShard | None:
+    """``shard`` as a run at ``item``'s path would have written it; None when its decoded image is missing."""
+    extra = dict(shard.extra)
+    image = extra.get("image_file")
+    if image is not None and image != shard.source:  # a decoded copy under OUT/.alps/images, not the input itself
+        if not decoded_image(out, shard.stem).is_file():
+            return None
+        image = str(decoded_image(out, item.stem))
+    elif image is not None:
+        image = item.source
+    extra.update(source_signature=signature, scene=item.scene, split=item.split, image_file=image)
+    return ImageShard(item.stem, item.source, shard.fingerprint, shard.masks, shard.keep, shard.pfl, extra)
+
+
+def _shard_stems_by_name(out: str | Path) -> dict[str, list[str]]:
+    """The stems of ``OUT``'s shards by the name of their input (a scene's tiles, a volume's slices under it)."""
+    try:
+        stems = [entry.name[: -len(".npz")] for entry in os.scandir(shard_dir(out)) if entry.name.endswith(".npz")]
+    except OSError:
+        return {}
+    by_name: dict[str, list[str]] = {}
+    for stem in stems:
+        match = PART_STEM.match(stem)
+        by_name.setdefault(match["whole"] if match else stem, []).append(stem)
+    return by_name
+
+
+def _recorded_file(out: str | Path, stems: list[str], fingerprint: str) -> tuple[int, str, str] | None:
+    """``(size, sample, sha256)`` of the file the shards ``stems`` were labelled from, if they record it."""
+    if not stems:
+        return None
+    try:
+        meta = read_shard_meta(shard_path(shard_dir(out), stems[0]))
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+    extra = meta.get("extra", {})
+    signature, digest = extra.get("source_signature") or {}, extra.get("content_sha256")
+    if meta.get("fingerprint") != fingerprint or not digest or "size" not in signature or "sample" not in signature:
+        return None
+    return int(signature["size"]), str(signature["sample"]), str(digest)
