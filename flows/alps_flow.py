@@ -13,6 +13,7 @@ error as its data, so callers (``alps run``) map it to an exit code without a tr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -87,6 +88,7 @@ class _NoEmptyTraceback(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
 # The reason given for the images a stopped run never started (see _label_all).
 NOT_STARTED = "not started: the run stopped starting images (see its error)"
+CHANGED_MID_RUN = "its file changed or went away after it was labelled, during the run (a rerun labels it anew)"
 # An image in flight when the run was stopped: not labelled, and not its own failure.
 STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 # Rejected inputs logged one by one; one line counts the rest. A folder of thousands of broken files buried the
@@ -386,6 +388,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     done = by_status["labelled"] + by_status["skipped"]
     done.sort(key=lambda o: o.stem)
     failed = by_status["failed"]
+    # A file changed since its image was labelled would put its new pixels in img_dir beside its old labels.
+    changed = plan.changed_since_labelled({o.stem for o in done})
+    failed += [dataclasses.replace(o, status="failed", reason=CHANGED_MID_RUN) for o in done if o.stem in changed]
+    done = [o for o in done if o.stem not in changed]
     empty = {o.stem for o in done if o.empty}
     errors = [e.to_json() for e in plan.rejected] + [{"path": o.source, "reason": o.reason}
                                                      for o in by_status["rejected"]]

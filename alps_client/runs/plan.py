@@ -101,6 +101,11 @@ class RunPlan:
                 tiles.setdefault(item.source, []).append(item.stem)
         return [printable(source) for source, of_scene in tiles.items() if set(of_scene) <= stems]
 
+    def changed_since_labelled(self, stems: set[str]) -> set[str]:
+        """Those of ``stems`` whose shard no longer matches its input file (changed, cut short or gone since)."""
+        return {item.stem for item in self.items
+                if item.stem in stems and item_status(self.out, item, self.fingerprint).status != "current"}
+
     def sources(self, stems: set[str]) -> dict[str, str]:
         """Input file of each item in ``stems`` (of its scene or volume, for tiles and slices), by the scene's stem.
 

@@ -621,6 +621,37 @@ def test_a_processing_failure_is_a_missing_image_never_a_rejected_input(scenes, 
     assert (out / ".alps" / "failures.log").read_text().count("Traceback") == 6  # the bug's details, kept
 
 
+def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_missing_not_mismatched(
+        fake_repo, scenes, tmp_path, monkeypatch):
+    """Changed once its shard was written, before the dataset: img_dir took the new pixels beside the old labels,
+    exit 0 (96 px beside a 128 px label map); removed or cut short, the write failed with a traceback."""
+    from flows import alps_flow as flow_module
+
+    cfg = small_config(fake_repo)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for i in range(4):
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
+    label_all = flow_module._label_all
+
+    def label_then_change(*args, **kwargs):
+        labelled = label_all(*args, **kwargs)
+        Image.open(data / "scene_0001.png").resize((64, 48)).save(data / "scene_0001.png")
+        (data / "scene_0002.png").unlink()
+        return labelled
+
+    with monkeypatch.context() as m, pytest.raises(IncompleteRunError, match=r"2 of 4 image\(s\) not labelled: "
+                                                                               r"its file changed or went away") as err:
+        m.setattr(flow_module, "_label_all", label_then_change)
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert sorted(Path(row["path"]).name for row in err.value.failed) == ["scene_0001.png", "scene_0002.png"]
+    assert not (out / "manifest.json").exists()
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)  # labels the changed one anew
+    assert (again["n_labelled"], again["n_skipped"]) == (1, 2)
+    alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
+    assert labels(out) == labels(tmp_path / "fresh")
+
+
 def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes, tmp_path):
     distributed = pytest.importorskip("distributed")
     reference = tmp_path / "reference"
