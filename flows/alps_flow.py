@@ -47,7 +47,7 @@ from alps_client.io import atomic
 from alps_client.io.items import InputItem
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
-from alps_client.io.rewrite import SET_ASIDE
+from alps_client.io.rewrite import EARLIER, SET_ASIDE
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.moves import apply_moves
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
@@ -362,7 +362,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     record_names(out, {item.relative: item.scene or item.stem for item in plan.items})  # a killed run's too
     work = work_dir(out)
     leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in  # `alps evaluate` writes into OUT too
-                    (Path(out), work, work / "shards", work / "images", *(work / SET_ASIDE).glob("*/")))
+                    (Path(out), work, work / "shards", work / "images",
+                     *(work / SET_ASIDE).glob("*/"), *(work / EARLIER).glob("*/")))
     if leftovers:
         logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, out)
     # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL too):

@@ -30,6 +30,7 @@ from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, pa
 KEEP = "keep"
 # OUT/.alps/relabelled/<centroids sha256[:12]>/: relabels a rerun could not carry over, with their centroids.
 SET_ASIDE = "relabelled"
+EARLIER = "earlier"  # OUT/.alps/earlier/<sha256>/centroids.npy: clusters of a dataset a rerun replaced
 
 
 def relabel_dataset(out: str | Path, classes_file: str | Path,
@@ -127,7 +128,29 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         except (OSError, ValueError) as err:
             warn(f"the relabel set aside in {aside} cannot be read ({err}); run `alps relabel` again")
             return None
-    return _relabel_beside(Path(centroids_file), centroids, warn) if centroids_file else None
+    if centroids_file:
+        return _relabel_beside(Path(centroids_file), centroids, warn)
+    if not record:
+        _set_aside_earlier_clusters(out, centroids, warn)
+    return None
+
+
+def _set_aside_earlier_clusters(out: Path, centroids: npt.NDArray[np.float32], warn: Callable[[str], None]) -> None:
+    """Keep the clusters of the dataset a rerun replaces when they differ from the rerun's, and say so.
+
+    k-means runs again over every mask at each run: a few images added or removed change the clusters, and with
+    them the class ids of nearly every label map (a class a user noted, or trained on, silently means something
+    else). The earlier centres are kept under ``OUT/.alps/earlier/<sha256>/``; ``--centroids`` brings them back.
+    """
+    previous = _load_or_none(out / "centroids.npy")
+    if previous is None or _same(previous, centroids):
+        return
+    folder = out / WORK_DIR / EARLIER / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
+    atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
+    warn(f"this run's clusters differ from those of the dataset it replaces in {out} (k-means runs again over every "
+         f"mask: images added or removed, or other clustering settings), so class ids change in the label maps; the "
+         f"earlier clusters are kept: run again with --centroids {folder / 'centroids.npy'} to label every image "
+         "with them")
 
 
 def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],

@@ -44,16 +44,16 @@ def faulty_repo(tmp_path: Path, **faults) -> Path:
 
 
 @contextmanager
-def run_log() -> Iterator[list[str]]:
-    """The messages the flow runs in this block log (Prefect's run logger), in order."""
+def run_log(logger: str = "prefect.flow_runs") -> Iterator[list[str]]:
+    """The messages the flow runs in this block log (Prefect's run logger; ``prefect.task_runs``: their tasks')."""
     logged: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("prefect.flow_runs").addHandler(handler)
+    logging.getLogger(logger).addHandler(handler)
     try:
         yield logged
     finally:
-        logging.getLogger("prefect.flow_runs").removeHandler(handler)
+        logging.getLogger(logger).removeHandler(handler)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -133,10 +133,11 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     cfg = small_config(fake_repo)
     first = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
     before = labels(out)
-    with run_log() as logged:
+    with run_log() as logged, run_log("prefect.task_runs") as task_logged:
         second = alps_flow(str(scenes / "images"), str(out), cfg, progress_bar=False)
     assert first["n_labelled"] == 6 and second["n_labelled"] == 0 and second["n_skipped"] == 6
     assert "6 image(s): 0 to label, 6 already labelled (skipped); 1 rejected input(s)" in logged  # was "6 to label"
+    assert not [line for line in task_logged if "clusters differ" in line]  # the same clusters
     assert before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
     with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
@@ -574,6 +575,27 @@ def test_centroids_of_an_earlier_run_give_its_classes(fake_repo, scenes, tmp_pat
     alps_flow(str(scenes / "images"), str(second), cfg, progress_bar=False)
     np.testing.assert_array_equal(np.load(second / "centroids.npy"), np.load(first / "centroids.npy"))
     assert labels(second) == labels(first)
+
+
+def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_repo, scenes, tmp_path):
+    """Images added re-cluster the whole dataset: class ids changed in nearly every label map, unsaid (a class a
+    user noted, or trained on, then means something else)."""
+    cfg = small_config(fake_repo)
+    data, out = label_copies(tmp_path, scenes, cfg, 3)
+    first, first_centroids = labels(out), np.load(out / "centroids.npy")
+    for i in range(3, 6):
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    said = [line for line in logged if "this run's clusters differ from those of the dataset it replaces" in line]
+    assert len(said) == 1 and not np.array_equal(np.load(out / "centroids.npy"), first_centroids)
+    kept = said[0].split("--centroids ")[1].split(" to label")[0]
+    np.testing.assert_array_equal(np.load(kept), first_centroids)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), dataclasses.replace(cfg, cluster=ClusterConfig(n_clusters=4, centroids=kept)),
+                  progress_bar=False)
+    assert not [line for line in logged if "clusters differ" in line]
+    assert {name: label for name, label in labels(out).items() if name in first} == first
 
 
 def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, scenes, tmp_path):
