@@ -505,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # Ctrl-C in relabel, report or evaluate (a run says more): their writes are atomic
+        return _fail(f"interrupted (Ctrl-C); its writes are staged, so nothing half-written is used: run `alps "
+                     f"{args.command}` again to finish", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

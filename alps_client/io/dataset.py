@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError
+from alps_client.io.discovery import PART_STEM
 from alps_client.io.publish import recover
 from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
@@ -80,17 +81,28 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     if not manifest_path.is_file() or not (out / "centroids.npy").is_file():
         raise AlpsError(f"{out} holds no ALPS dataset (no manifest.json / centroids.npy); "
                         f"run `alps run DATASET --out {out}` first")
-    manifest = json.loads(manifest_path.read_text())
+    last_run = _last_run(out)
+    rerun = (f"run the same `alps run {last_run.get('dataset') or 'DATASET'} --out {out}` again, with the options "
+             f"it was given (its settings: `config` in {out / '.alps' / 'last_run.json'})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:  # edited by hand, or cut short outside alps (alps writes it atomically)
+        raise AlpsError(f"{manifest_path} cannot be read ({err}); {rerun}: it writes the dataset again") from None
+    if not isinstance(manifest, dict):
+        raise AlpsError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not an alps manifest; {rerun}: it "
+                        "writes the dataset again")
     errors_path = out / "errors.jsonl"
     errors = [json.loads(line) for line in errors_path.read_text().splitlines() if line.strip()] \
         if errors_path.is_file() else []
     centroids = np.load(out / "centroids.npy")
     splits = {p.stem: p.parent.name for p in sorted((out / "ann_dir").glob("*/*.png"))}
+    present = set(splits) | {match["whole"] for stem in splits if (match := PART_STEM.match(stem))}
+    absent = sorted(set(manifest.get("sources") or {}) - present)
+    if absent:  # a label map deleted by hand: relabel and report would leave its image out of the dataset
+        raise AlpsError(f"{len(absent)} image(s) that {manifest_path} lists have no label map in {out / 'ann_dir'} "
+                        f"(first: {absent[0]}); {rerun}: it writes them again")
     shards = {stem: shard_path(out / ".alps" / "shards", stem) for stem in splits}
     missing = sorted(stem for stem, path in shards.items() if not path.is_file())
-    last_run = _last_run(out)
-    rerun = (f"run the same `alps run {last_run.get('dataset') or 'DATASET'} --out {out}` again, with the options "
-             f"it was given (its settings: `config` in {out / '.alps' / 'last_run.json'})")
     if missing:
         raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {out / '.alps' / 'shards'} (first: "
                         f"{missing[0]}); relabel and report are built from the shards `alps run` keeps there: "

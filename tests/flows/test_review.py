@@ -348,6 +348,41 @@ def test_a_new_batch_labelled_with_a_relabelled_datasets_centroids_gets_its_clas
     assert set(np.unique(np.concatenate([m.ravel() for m in after.values()]))) <= {0, 1, 255}
 
 
+def test_relabel_and_report_refuse_an_out_edited_by_hand_and_a_ctrl_c_is_one_line(labelled, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """A label map deleted by hand: relabel wrote a dataset without its image (img_dir, COCO, vis), the manifest
+    still listing it. An unreadable manifest.json, and Ctrl-C, ended relabel and report in a traceback."""
+    import flows.review_cli as review_cli
+
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    relabel = ["relabel", None, "--classes", str(tmp_path / "classes.yaml")]
+    for edit, said in (("label map", "1 image(s) that {out}/manifest.json lists have no label map in {out}/ann_dir "
+                                     "(first: scene_0003)"),
+                       ("manifest", "{out}/manifest.json cannot be read (Expecting value")):
+        out = Path(shutil.copytree(labelled.out, tmp_path / edit.replace(" ", "_")))
+        if edit == "label map":
+            next((out / "ann_dir").glob("*/scene_0003.png")).unlink()
+        else:
+            (out / "manifest.json").write_text("")
+        before = tree_hashes(out)
+        capsys.readouterr()
+        for command in (["report", str(out)], [relabel[0], str(out), *relabel[2:]]):
+            assert alps(command) == 2
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert line.startswith(f"alps: error: {said.format(out=out)}") and "alps run" in line, line
+        assert tree_hashes(out) == before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(review_cli, "relabel_dataset", interrupted, raising=False)
+    monkeypatch.setattr("alps_client.io.rewrite.relabel_dataset", interrupted)
+    assert alps([relabel[0], str(labelled.out), *relabel[2:]]) == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "alps: error: interrupted (Ctrl-C); its writes are staged, so nothing half-written is used: run " \
+                   "`alps relabel` again to finish"
+
+
 def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(labelled, fake_repo, tmp_path,
                                                                           monkeypatch, capsys):
     """A rerun that labelled a changed image and was killed before writing its dataset left that image's new shard
