@@ -49,8 +49,32 @@ def record_names(out: str | Path, names: Mapping[str, str]) -> None:
 
 
 def earlier_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
-    """``input path -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty."""
-    return _splits_by(read_registry(out), seed, val_fraction)
+    """``input path -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty.
+
+    Without a record (deleted, unreadable, or from an alps before it) the dataset in ``out`` says them, as its
+    ``manifest.json`` (its inputs and its seed and fraction) and its ``ann_dir`` folders hold them.
+    """
+    record = read_registry(out)
+    return _splits_by(record, seed, val_fraction) if record["split_by"] else _dataset_splits(out, seed, val_fraction)
+
+
+def _dataset_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
+    """``input path -> split`` of the dataset written in ``out`` if it was split with this seed and fraction."""
+    try:
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+        writer, sources = manifest["config"]["writer"], manifest["sources"]
+        split_by = [writer["seed"], writer["val_fraction"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if split_by != [seed, val_fraction] or not isinstance(sources, dict):
+        return {}
+    splits = {}
+    for label in Path(out).glob("ann_dir/*/*.png"):
+        match = PART_STEM.match(label.stem)  # a scene's tile, a volume's slice: their file's split
+        name = match["whole"] if match else label.stem
+        if label.parent.name in ("train", "val") and isinstance(sources.get(name), str):
+            splits[sources[name]] = label.parent.name
+    return splits
 
 
 def _splits_by(record: Mapping[str, Any], seed: int, val_fraction: float) -> dict[str, str]:
