@@ -44,7 +44,7 @@ from prefect.utilities.annotations import quote
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError, OutputDiskFullError
 from alps_client.io import atomic
-from alps_client.io.items import InputItem
+from alps_client.io.items import InputItem, by_reason
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
@@ -406,8 +406,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     for e in errors[:LOGGED_REJECTED]:
         logger.warning("rejected input %s: %s", e["path"], e["reason"])
     if len(errors) > LOGGED_REJECTED:
-        logger.warning("... and %d more rejected input(s): the dataset's errors.jsonl lists every one",
-                       len(errors) - LOGGED_REJECTED)
+        logger.warning("... and %d more rejected input(s): the dataset's errors.jsonl lists every one (all %d by "
+                       "reason: %s)", len(errors) - LOGGED_REJECTED, len(errors), by_reason(errors))
     for m in missing:
         if m["reason"] != NOT_STARTED:
             logger.error("not labelled %s: %s", m["path"], m["reason"])

@@ -237,7 +237,7 @@ def _empty_tiles(count: int) -> str:
 
 
 def _print_summary(result: dict[str, Any], out: str) -> None:
-    from alps_client.io.items import counted
+    from alps_client.io.items import by_reason, counted
     from alps_client.io.splits import describe_split_counts
     from alps_client.labels.classes import in_dropped_clusters
 
@@ -263,7 +263,7 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
             for e in shown:
                 print(f"  {e['path']}: {e['reason']}")
             if len(result[key]) > len(shown):
-                print(f"  ... and {len(result[key]) - len(shown)} more")
+                print(f"  ... and {len(result[key]) - len(shown)} more (all by reason: {by_reason(result[key])})")
 
 
 def _fail_resumable(what: str, args: argparse.Namespace, code: int = EXIT_INCOMPLETE) -> int:

@@ -55,6 +55,19 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
 
 
+def by_reason(rows: list[dict[str, Any]], most: int = 4) -> str:
+    """How many ``rows`` give each ``reason``, commonest first: ``170 not an image, 160 zero-byte file``.
+
+    For a list cut short in a log, so that every reason it holds is seen, not only those of the first files.
+    """
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[str(row["reason"])] = counts.get(str(row["reason"]), 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{n} {reason}" for reason, n in ranked[:most])
+    return shown + (f", and {counted(len(ranked) - most, 'other reason')}" if len(ranked) > most else "")
+
+
 def printable(text: str) -> str:
     r"""``text`` that any file, log or web page can hold: a file name's bytes that are not UTF-8 as ``\xNN``.
 

@@ -873,17 +873,22 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
     images.mkdir()
     for stem in ("scene_0000", "scene_0001"):
         shutil.copy(scenes / "images" / f"{stem}.png", images)
-    for i in range(12):
+    for i in range(8):  # the files the cut lists show have one reason: the count by reason says the other
         (images / f"broken_{i:02d}.png").write_text("not an image")
+    for i in range(4):
+        (images / f"z{i}.png").touch()
     with run_log() as logged:
         result = alps_flow(str(images), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False)
     assert len(result["errors"]) == 12 and len(read_jsonl(tmp_path / "out" / "errors.jsonl")) == 12
+    (not_an_image,) = {e["reason"] for e in result["errors"]} - {"zero-byte file"}
     rejected = [line for line in logged if line.startswith(("rejected input", "... and"))]
     assert len(rejected) == 4 and rejected[-1].startswith("... and 9 more rejected input(s)"), rejected
+    assert rejected[-1].endswith(f"(all 12 by reason: 8 {not_an_image}, 4 zero-byte file)"), rejected
     _print_summary(result, str(tmp_path / "out"))
     printed = capsys.readouterr().out.splitlines()
     listed = printed[printed.index(next(ln for ln in printed if ln.startswith("12 input(s) rejected"))) + 1:]
-    assert len(listed) == 11 and listed[-1] == "  ... and 2 more", listed
+    assert len(listed) == 11 and listed[-1] == f"  ... and 2 more (all by reason: 8 {not_an_image}, 4 zero-byte " \
+        "file)", listed
     with prefect_api(prefect_server) as api:
         run = flow_run_of(api, tmp_path / "out")
 
