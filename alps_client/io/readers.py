@@ -101,6 +101,8 @@ def _check_file(path: Path) -> None:
         failure = _read_failure(path, err)  # a mount that failed under the link's target is no bad input either
         if failure is None and os.path.islink(path):  # the link is there, what it points to is not
             raise _fail(path, f"a broken symbolic link (to {os.readlink(path)}, {err.strerror})") from err
+        if failure is None and err.errno == errno.ENOENT:  # listed when the run started: not a bad file
+            raise _fail(path, "gone since the run started (moved or deleted meanwhile)") from err
         raise failure or _fail(path, f"unreadable ({err.strerror})") from err
     if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
         raise _fail(path, "not a regular file (a named pipe, a socket or a device)")

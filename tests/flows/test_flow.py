@@ -676,6 +676,27 @@ def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_mis
     assert labels(out) == labels(tmp_path / "fresh")
 
 
+def test_an_input_gone_before_it_was_read_is_said_gone_not_unreadable(fake_repo, scenes, tmp_path, monkeypatch):
+    """A folder renamed during a run: its images were rejected as "unreadable (No such file or directory)"."""
+    from flows import alps_flow as flow_module
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
+    plan_run = flow_module.plan_run
+
+    def plan_then_move(*args, **kwargs):
+        plan = plan_run(*args, **kwargs)
+        (data / "scene_0001.png").rename(tmp_path / "scene_0001.png")
+        return plan
+
+    monkeypatch.setattr(flow_module, "plan_run", plan_then_move)
+    result = alps_flow(str(data), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False)
+    assert result["errors"] == [{"path": str(data / "scene_0001.png"),
+                                 "reason": "gone since the run started (moved or deleted meanwhile)"}]
+
+
 def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes, tmp_path):
     distributed = pytest.importorskip("distributed")
     reference = tmp_path / "reference"
