@@ -29,6 +29,8 @@ from alps_client.evaluate.scores import Confusion, EvalReport, ImageCounts, Matc
 from alps_client.gt_classes import parse_ground_truth_classes
 from alps_client.io.discovery import PART_STEM
 from alps_client.io.items import counted
+from alps_client.io.out_lock import out_lock
+from alps_client.io.publish import recover
 from alps_client.labels.painting import IGNORE
 
 
@@ -68,6 +70,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     allowed_ids = (set(classes.names) | set(ignored_values(ignore_index, class_255=class_255))
                    if classes is not None and not classes.colours else None)
     out, gt_root = Path(out_dir), Path(gt_dir)
+    _finish_interrupted_write(out)
     preds: dict[str, Path | list[Path]] = {}
     for path in sorted((out / "ann_dir").glob("*/*.png")):
         name = path.stem.removesuffix(image_suffix)
@@ -167,6 +170,20 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+def _finish_interrupted_write(out: Path) -> None:
+    """Finish the swap of a dataset write that a kill left half done, as relabel and report do first.
+
+    Half done, ``OUT`` holds the new label maps beside the old ``classes.json`` and manifest: the classes would
+    be named wrongly. Not while a run or relabel holds ``OUT`` (it writes the dataset in place: scored as it is),
+    nor on a read-only ``OUT``.
+    """
+    try:
+        with out_lock(out, "alps evaluate", create=False):
+            recover(out)
+    except (AlpsError, OSError):  # busy (OutputBusyError), or read-only
+        pass
 
 
 def _input_settings(out: Path) -> dict[str, Any]:

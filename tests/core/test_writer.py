@@ -294,7 +294,15 @@ def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path,
     assert (out / ".alps" / "publish.json").is_file()
     if moved:
         out = out.rename(tmp_path / "moved")
-    assert publish_module.recover(out)
+        assert publish_module.recover(out)
+    else:  # `alps evaluate` finishes it too: it named the new label maps' classes by the old classes.json
+        from alps_client.evaluate import evaluate_dataset
+
+        for stem in "ab":
+            (tmp_path / "gt").mkdir(exist_ok=True)
+            Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "gt" / f"{stem}.png")
+        evaluate_dataset(out, tmp_path / "gt")
+        assert not (out / ".alps" / "publish.json").exists()
     assert not (out / "vis").exists()  # the new dataset, whole: no previews
     assert json.loads((out / "manifest.json").read_text())["config"]["writer"]["write_vis"] is False
     assert len(read_labels(out)) == 2 and not (out / ".alps" / "staging").exists()
