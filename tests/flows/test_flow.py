@@ -60,16 +60,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def label_copies(tmp_path: Path, scenes: Path, cfg: PipelineConfig, files: int | dict[str, int]) -> tuple[Path, Path]:
-    """Label copies of scenes: ``(tmp_path/data, tmp_path/out)``.
-
-    ``files``: how many of the first scenes, under their names; or path in ``data`` -> scene index.
-    """
-    data, out = tmp_path / "data", tmp_path / "out"
+def copies_of_scenes(scenes: Path, data: Path, files: int | dict[str, int]) -> Path:
+    """``data``, holding copies of scenes: how many of the first, under their names; or path -> scene index."""
     for relative, i in (files.items() if isinstance(files, dict) else
                         ((f"scene_{i:04d}.png", i) for i in range(files))):
         (data / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data / relative)
+    return data
+
+
+def label_copies(tmp_path: Path, scenes: Path, cfg: PipelineConfig, files: int | dict[str, int]) -> tuple[Path, Path]:
+    """Label copies of scenes (:func:`copies_of_scenes`): ``(tmp_path/data, tmp_path/out)``."""
+    data, out = copies_of_scenes(scenes, tmp_path / "data", files), tmp_path / "out"
     alps_flow(str(data), str(out), cfg, progress_bar=False)
     return data, out
 
@@ -652,10 +654,7 @@ def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_mis
     from flows import alps_flow as flow_module
 
     cfg = small_config(fake_repo)
-    data, out = tmp_path / "data", tmp_path / "out"
-    data.mkdir()
-    for i in range(4):
-        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
+    data, out = copies_of_scenes(scenes, tmp_path / "data", 4), tmp_path / "out"
     label_all = flow_module._label_all
 
     def label_then_change(*args, **kwargs):
@@ -680,10 +679,7 @@ def test_an_input_gone_before_it_was_read_is_said_gone_not_unreadable(fake_repo,
     """A folder renamed during a run: its images were rejected as "unreadable (No such file or directory)"."""
     from flows import alps_flow as flow_module
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data)
+    data = copies_of_scenes(scenes, tmp_path / "data", 3)
     plan_run = flow_module.plan_run
 
     def plan_then_move(*args, **kwargs):
