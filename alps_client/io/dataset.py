@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError
-from alps_client.io.discovery import PART_STEM
+from alps_client.io.discovery import whole_stem
 from alps_client.io.publish import recover
 from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
@@ -96,7 +96,7 @@ def load_dataset(out: str | Path) -> WrittenDataset:
         if errors_path.is_file() else []
     centroids = np.load(out / "centroids.npy")
     splits = {p.stem: p.parent.name for p in sorted((out / "ann_dir").glob("*/*.png"))}
-    present = set(splits) | {match["whole"] for stem in splits if (match := PART_STEM.match(stem))}
+    present = set(splits) | {whole_stem(stem) for stem in splits}
     absent = sorted(set(manifest.get("sources") or {}) - present)
     if absent:  # a label map deleted by hand: relabel and report would leave its image out of the dataset
         raise AlpsError(f"{len(absent)} image(s) that {manifest_path} lists have no label map in {out / 'ann_dir'} "

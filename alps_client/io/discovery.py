@@ -48,6 +48,12 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 # The name of a tile (``<scene>__x<x0>_y<y0>``) or of a volume's slice (``<volume>__z<index>``).
 PART_STEM = re.compile(r"^(?P<whole>.+)__(?:x(?P<x>\d+)_y(?P<y>\d+)|z(?P<z>\d+))$")
 
+
+def whole_stem(stem: str) -> str:
+    """The name of the input a label map or shard belongs to: a tile's scene's, a slice's volume's, else its own."""
+    match = PART_STEM.match(stem)
+    return match["whole"] if match else stem
+
 # Every alps output folder holds its work folder (shards, run records) under this name.
 WORK_DIR = ".alps"
 

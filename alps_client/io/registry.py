@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alps_client.io import atomic
-from alps_client.io.discovery import PART_STEM, WORK_DIR
+from alps_client.io.discovery import WORK_DIR, whole_stem
 
 FILE_NAME = "names.json"
 
@@ -70,8 +70,7 @@ def _dataset_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str
         return {}
     splits = {}
     for label in Path(out).glob("ann_dir/*/*.png"):
-        match = PART_STEM.match(label.stem)  # a scene's tile, a volume's slice: their file's split
-        name = match["whole"] if match else label.stem
+        name = whole_stem(label.stem)  # a scene's tile, a volume's slice: their file's split
         if label.parent.name in ("train", "val") and isinstance(sources.get(name), str):
             splits[sources[name]] = label.parent.name
     return splits
@@ -100,12 +99,16 @@ def record_moves(out: str | Path, moves: Mapping[str, str]) -> None:
     atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
 
 
-def _names_with_shards(out: str | Path, names: Iterable[str]) -> set[str]:
-    """Which of ``names`` still have a shard in ``OUT/.alps/shards`` (a scene's: one of its tiles')."""
+def shard_stems(out: str | Path) -> set[str]:
+    """The stems of the shards in ``OUT/.alps/shards`` (empty when there is none)."""
     try:
-        stems = {entry.name[: -len(".npz")] for entry in os.scandir(Path(out) / WORK_DIR / "shards")
-                 if entry.name.endswith(".npz")}
+        return {entry.name[: -len(".npz")] for entry in os.scandir(Path(out) / WORK_DIR / "shards")
+                if entry.name.endswith(".npz")}
     except OSError:
         return set()
-    wholes = stems | {match["whole"] for stem in stems if (match := PART_STEM.match(stem))}
-    return set(names) & wholes
+
+
+def _names_with_shards(out: str | Path, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` still have a shard in ``OUT/.alps/shards`` (a scene's: one of its tiles')."""
+    stems = shard_stems(out)
+    return set(names) & (stems | {whole_stem(stem) for stem in stems})

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alps_client.io.discovery import PART_STEM
+from alps_client.io.discovery import whole_stem
 from alps_client.io.items import InputItem, content_digest, source_signature
-from alps_client.io.registry import record_moves
+from alps_client.io.registry import record_moves, shard_stems
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta, shard_path, write_shard
 from alps_client.runs.plan import decoded_image, shard_dir
 
@@ -130,14 +130,9 @@ def _for_new_path(out: str | Path, shard: ImageShard, item: InputItem, signature
 
 def _shard_stems_by_name(out: str | Path) -> dict[str, list[str]]:
     """The stems of ``OUT``'s shards by the name of their input (a scene's tiles, a volume's slices under it)."""
-    try:
-        stems = [entry.name[: -len(".npz")] for entry in os.scandir(shard_dir(out)) if entry.name.endswith(".npz")]
-    except OSError:
-        return {}
     by_name: dict[str, list[str]] = {}
-    for stem in stems:
-        match = PART_STEM.match(stem)
-        by_name.setdefault(match["whole"] if match else stem, []).append(stem)
+    for stem in sorted(shard_stems(out)):
+        by_name.setdefault(whole_stem(stem), []).append(stem)
     return by_name
 
 
