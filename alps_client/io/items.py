@@ -122,7 +122,8 @@ def content_digest(source: str) -> str:
     """sha256 of the whole file (hex), which each shard records.
 
     What tells a file moved or renamed since it was labelled (the same bytes) from another of its size, time and
-    sampled bytes (:mod:`alps_client.runs.moves`). Cached per file version, as :func:`source_signature`'s samples are: a scene's tiles read it once.
+    sampled bytes (:mod:`alps_client.runs.moves`). Cached per file version, as :func:`source_signature`'s
+    samples are: a scene's tiles read it once.
     """
     stat = os.stat(source)
     return _content_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)

@@ -46,8 +46,9 @@ def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str]
     """The inputs found under new paths, with the shards their labels are in.
 
     Items at a path that ``names`` (path -> name, as ``OUT`` records them) does not know, whose bytes are those of
-    an input it knows that is no longer among ``items``, labelled with ``fingerprint``. Only reads: :func:`apply_moves` renames the shards, under the run's lock on ``OUT``. A file whose size and
-    sampled bytes match no such input is not read whole.
+    an input it knows that is no longer among ``items``, labelled with ``fingerprint``. Only reads:
+    :func:`apply_moves` renames the shards, under the run's lock on ``OUT``. A file whose size and sampled bytes
+    match no such input is not read whole.
     """
     present = {item.relative for item in items}
     gone = {relative: name for relative, name in names.items() if relative not in present}
