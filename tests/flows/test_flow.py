@@ -87,8 +87,11 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     from prefect.client.schemas.sorting import FlowRunSort
 
     out = tmp_path / "out"
-    result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
+    with run_log("prefect.task_runs") as task_lines:
+        result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6 and result["complete"]
+    # One "Finished in state Completed()" per task run but the images' (a line per image buried big runs' logs).
+    assert sum(line.startswith("Finished in state Completed(") for line in task_lines) == 2, task_lines
     assert [e["reason"] for e in result["errors"]] == ["zero-byte file"] and result["missing"] == []
     anns = sorted((out / "ann_dir").glob("*/*.png"))
     assert sorted(p.stem for p in anns) == sorted(f"scene_{i:04d}" for i in range(6))
@@ -116,7 +119,9 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
         if sum(n.startswith("label-image") for n in names) >= 6 and {"alps-summary", "alps-errors"} <= keys:
             break
         time.sleep(0.5)
-    assert sum(n.startswith("label-image") for n in names) == 6  # the zero-byte file is rejected at discovery
+    # The zero-byte file is rejected at discovery; each task run is named after its image.
+    assert sorted(n for n in names if n.startswith("label-image")) == [f"label-image: {p.stem}" for p in
+                                                                       sorted(anns, key=lambda p: p.stem)]
     assert any(n.startswith("cluster") for n in names) and any(n.startswith("write-dataset") for n in names)
     # The tasks after the images get no input per image: Prefect puts every upstream value found in a task's
     # arguments into its events (capped at 1.5 MB), and per-image lists made a run of 8,000 images fail at its end.
@@ -718,9 +723,13 @@ def test_a_run_whose_backend_is_down_stops_starting_images_and_resumes(fake_repo
     cfg = small_config(repo)
     cfg = replace(cfg, backend=replace(cfg.backend, retries=1, stop_after_failures=2))
     out = tmp_path / "out"
-    with pytest.raises(IncompleteRunError, match=r"stopped starting images after 2 in a row failed \(last: fake "
-                                                 r"backend unavailable.*looks down; 4 of 6 image\(s\) not started"):
+    with run_log("prefect.task_runs") as task_lines, pytest.raises(
+            IncompleteRunError, match=r"stopped starting images after 2 in a row failed \(last: fake backend "
+                                      r"unavailable.*looks down; 4 of 6 image\(s\) not started"):
         alps_flow(str(scenes / "images"), str(out), cfg, concurrency=1, progress_bar=False, allow_partial=True)
+    # Each failed image says so as it ends; the images not started are counted once, by the flow, not one by one.
+    finished = [line for line in task_lines if line.startswith("Finished in state")]
+    assert len(finished) == 2 and all(line.startswith("Finished in state Failed(") for line in finished), finished
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     tried = [m for m in last["missing"] if not m["reason"].startswith("not started")]
     assert last["stopped"] and len(last["missing"]) == 6 and len(last["errors"]) == 1  # none lost, none rejected
