@@ -52,7 +52,7 @@ from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.moves import apply_moves
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
-from alps_client.runs.threads import DaemonThreadPool
+from alps_client.runs.threads import DaemonThreadPool, get_interruptibly
 from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.deployment_config import deployment_run_config
@@ -259,7 +259,7 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
         for _ in range(2 * labeller.slots):  # the next image is queued before a slot frees up
             start_next()
         while in_flight:
-            future = finished.get()
+            future = get_interruptibly(finished)  # a bare finished.get() could sleep through Ctrl-C
             item = in_flight.pop(future)
             try:
                 outcome = future.result(raise_on_failure=False)

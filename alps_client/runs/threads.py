@@ -1,4 +1,4 @@
-"""A thread pool whose threads never hold up the end of their process.
+"""A thread pool whose threads never hold up the end of their process, and a wait that never holds up its stop.
 
 ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter exits, and so does Python for any
 non-daemon thread. A stopped run drops the images in flight, but one of them can sit in a backend call for minutes
@@ -13,7 +13,24 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# The longest a thread waiting for finished work sleeps before it looks for a stop signal, seconds. Python runs a
+# signal's handler (Ctrl-C's KeyboardInterrupt, SIGTERM's) in the main thread between two steps of its code: a
+# signal caught just before that thread went to sleep in a wait (switched out right there, likeliest on a busy
+# machine) was handled only when the wait ended, which for an image held by a stalled server is never.
+SIGNAL_CHECK_S = 0.5
+
+
+def get_interruptibly(items: queue.SimpleQueue[T]) -> T:
+    """``items.get()``, waking every ``SIGNAL_CHECK_S`` so that the main thread never sleeps through a stop."""
+    while True:
+        try:
+            return items.get(timeout=SIGNAL_CHECK_S)
+        except queue.Empty:
+            continue
 
 
 class DaemonThreadPool(Executor):

@@ -298,3 +298,49 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
             assert run["state_type"] == "CRASHED", run["state_type"]
     if sig == signal.SIGINT and users_api:  # resuming does not depend on how the run was stopped: once is enough
         assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
+
+
+def signal_another_thread(pid: int, sig: int) -> None:
+    """Send ``sig`` to a thread of process ``pid`` other than its main one (Linux ``tgkill``).
+
+    What a signal that lands just before the main thread blocks leaves behind (likeliest on a busy machine, when
+    the thread is switched out right there), made certain: Python's C-level handler has run and flagged the signal
+    for the main thread, whose wait does not end for it.
+    """
+    import ctypes
+
+    tid = next(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    if ctypes.CDLL(None, use_errno=True).tgkill(pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {sig})")
+
+
+def main_thread_waiting(pid: int):
+    """A check that is true once the main thread of ``pid`` has slept, using no CPU, over its last 4 calls."""
+    seen: list[tuple[str, int]] = []
+
+    def check() -> bool:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        seen.append((fields[0], int(fields[11]) + int(fields[12])))  # state, utime + stime (clock ticks)
+        return len(seen) >= 4 and seen[-1][0] == "S" and len(set(seen[-4:])) == 1
+
+    return check
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_that_does_not_wake_the_main_thread_still_stops_the_run(fault_data, prefect_server, tmp_path,
+                                                                              sig):
+    """A run under load slept through Ctrl-C (and SIGTERM, SIGHUP) until its image in flight finished: the main
+    thread waited for the next finished image with no time limit, and a signal caught just before that wait began
+    only ran its Python handler when the wait ended (never, for an image held by a stalled server)."""
+    proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(tmp_path / "ph", prefect_server))
+    try:
+        wait_until(main_thread_waiting(proc.pid), "the run's main thread waiting for its image in flight", proc=proc)
+        signal_another_thread(proc.pid, sig)
+        assert proc.wait(timeout=120) == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], \
+            (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert list(faults.glob("waiting-*")) and not (faults / "release").exists()  # its image was still held
+    log = (tmp_path / "run.log").read_text()
+    assert "Crash detected!" in log and len(finished_stems(out)) == 2, log[-3000:]
