@@ -9,6 +9,7 @@ it 30 s later. These threads are daemons: the process ends when its main thread 
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 from collections.abc import Callable
@@ -30,7 +31,18 @@ def get_interruptibly(items: queue.SimpleQueue[T]) -> T:
         try:
             return items.get(timeout=SIGNAL_CHECK_S)
         except queue.Empty:
-            continue
+            _run_caught_signal_handlers()
+
+
+def _run_caught_signal_handlers() -> None:
+    """Run the Python handlers of the signals caught so far, raising what they raise (main thread only).
+
+    A signal the kernel hands to another thread is caught there, and CPython (3.11) then does not always tell the
+    main thread's interpreter loop to look: its handler waited for an unrelated event. ``PyErr_CheckSignals``
+    looks regardless (ctypes raises the exception it leaves set).
+    """
+    if threading.current_thread() is threading.main_thread():
+        ctypes.pythonapi.PyErr_CheckSignals()
 
 
 class DaemonThreadPool(Executor):
