@@ -1,4 +1,4 @@
-"""A thread pool whose threads never hold up the end of their process, and a wait that never holds up its stop.
+"""A thread pool whose threads never hold up the end of their process, and a wait that looks for stop signals.
 
 ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter exits, and so does Python for any
 non-daemon thread. A stopped run drops the images in flight, but one of them can sit in a backend call for minutes
