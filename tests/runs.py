@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -77,7 +78,8 @@ def cli_env(prefect_home: Path, api_url: str | None = None, seed_database: bool 
     database (:func:`seed_prefect_home`) unless it has one or ``seed_database`` is False (a first run on a machine:
     the server creates its database itself).
     """
-    env = _prefect_env(prefect_home, PYTHONUNBUFFERED="1", **extra)
+    # PYTHONFAULTHANDLER: a run that hangs is aborted by wait_for_exit, its threads' stacks written to its log.
+    env = _prefect_env(prefect_home, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1", **extra)
     if api_url:
         env["PREFECT_API_URL"] = api_url
     elif seed_database:
@@ -196,6 +198,24 @@ def start_alps(args: list, env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
     _STARTED.append(proc)
     return proc
+
+
+def wait_for_exit(proc: subprocess.Popen, timeout: float, log: Path) -> int:
+    """The exit status of a run started by :func:`start_alps`, within ``timeout`` seconds.
+
+    A run still going then fails the test with every thread's Python stack (aborted with SIGABRT: Python's fault
+    handler, on in :func:`cli_env`, writes them to its log): a run that sleeps through a stop is seen rarely, on
+    a busy machine, and what it was waiting in is the one thing that tells why.
+    """
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return proc.wait(timeout=timeout)
+    os.kill(proc.pid, signal.SIGABRT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    stacks = text.find("Fatal Python error")
+    pytest.fail(f"the run (pid {proc.pid}) did not end within {timeout:g} s; its log ends (its threads' stacks "
+                f"last):\n{text[max(0, stacks - 3000) if stacks >= 0 else -3000:]}")
 
 
 def kill_leftover_runs() -> None:

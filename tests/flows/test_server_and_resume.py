@@ -30,6 +30,7 @@ from tests.runs import (
     start_alps,
     start_prefect_server,
     stop_prefect_server,
+    wait_for_exit,
     wait_until,
 )
 
@@ -167,7 +168,7 @@ def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference,
                            "the API server to be started again", proc=proc)
     assert restarted and len(run_processes(home)["servers"]) == 1
     (faults / "release").touch()
-    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
     assert "starting it again" in (tmp_path / "run.log").read_text()
     assert labels(out) == labels(fault_reference)
     assert not run_processes(home)["servers"]
@@ -221,7 +222,7 @@ def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_
         stop_prefect_server(server, signal.SIGKILL)
     assert proc.poll() is None  # the server died under a live run, mid-run
     (faults / "release").touch()
-    assert proc.wait(timeout=600) == 3, (tmp_path / "run.log").read_text()[-3000:]
+    assert wait_for_exit(proc, 600, tmp_path / "run.log") == 3, (tmp_path / "run.log").read_text()[-3000:]
     (error,) = error_lines((tmp_path / "run.log").read_text())
     assert f"the Prefect API {url} stopped answering" in error and "run the same command again" in error
     assert not (out / "errors.jsonl").exists() and not (out / "manifest.json").exists()
@@ -243,7 +244,7 @@ def test_a_run_stopped_after_its_users_api_died_exits_without_waiting_for_the_im
     try:
         assert proc.poll() is None  # the API died under a live run, mid-run
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=300) == 143, (tmp_path / "run.log").read_text()[-3000:]
+        assert wait_for_exit(proc, 300, tmp_path / "run.log") == 143, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -311,7 +312,7 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
             wait_until(main_thread_waiting(proc.pid), "the run's main thread waiting for its image in flight",
                        proc=proc)
             signal_another_thread(proc.pid, sig)
-        assert proc.wait(timeout=120) == status, (tmp_path / "run.log").read_text()[-3000:]
+        assert wait_for_exit(proc, 120, tmp_path / "run.log") == status, (tmp_path / "run.log").read_text()[-3000:]
     finally:  # a run that did not stop is not left running
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

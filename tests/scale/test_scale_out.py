@@ -22,7 +22,18 @@ from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
 from tests.conftest import ODD_SHAPE
-from tests.runs import SMALL, cli_env, error_lines, gone, labels, run_alps, run_processes, start_alps, wait_until
+from tests.runs import (
+    SMALL,
+    cli_env,
+    error_lines,
+    gone,
+    labels,
+    run_alps,
+    run_processes,
+    start_alps,
+    wait_for_exit,
+    wait_until,
+)
 from tests.shapes import make_shapes_image
 from tests.triton.server import start_triton
 
@@ -52,7 +63,7 @@ def test_dask_workers_use_the_runs_one_api_and_survive_a_worker_killed_mid_image
     wait_until(lambda: not psutil.pid_exists(victim), "the worker to die")
     assert len(list(shards.glob("*.npz"))) == 2  # the kill landed mid-run, on an image in flight
     (faults / "release").touch()
-    assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
     taken.close()
     log = (tmp_path / "run.log").read_text()
     # ("Port 8787 is already in use", not any 8787: flow-run ids are random hex, "a8787947-..." failed it once)
@@ -87,7 +98,7 @@ def test_two_triton_servers_share_the_load_and_one_may_die(stand_in_repo, prefec
         wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
         a.stop(signal.SIGKILL)
         done_at_kill = len(list(shards.glob("*.npz")))
-        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
         assert done_at_kill < 6  # server A died mid-run
         last = json.loads((out / ".alps" / "last_run.json").read_text())
         assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]

@@ -21,7 +21,7 @@ from alps_client.config import AmgConfig, BackendConfig
 from alps_client.errors import BackendUnavailableError
 from alps_client.synthetic import write_synthetic_dataset
 from tests.conftest import REPO_ROOT
-from tests.runs import SMALL, cli_env, start_alps, wait_until
+from tests.runs import SMALL, cli_env, start_alps, wait_for_exit, wait_until
 from tests.shapes import make_shapes_image
 from tests.triton.server import start_triton
 
@@ -216,7 +216,7 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
         done_at_kill = len(list(shards.glob("*.npz")))
         assert regions and not any(r.exists() for r in regions)  # a killed server's shared memory is not left in RAM
         restarted = start_triton(stand_in_repo, tmp_path / "t2", grpc_port=server.grpc_port, http_port=server.http_port)
-        assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -295,7 +295,7 @@ def test_ctrl_c_under_a_stalled_server_exits_at_once(stand_in_repo, prefect_serv
         os.kill(server.process.pid, signal.SIGSTOP)
         wait_until(lambda: _unread_requests(server.grpc_port), "a request waiting in the stalled server", proc=proc)
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 130, (tmp_path / "run.log").read_text()[-3000:]
+        assert wait_for_exit(proc, 60, tmp_path / "run.log") == 130, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
