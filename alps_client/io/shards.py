@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,30 +104,46 @@ def write_shard(path: str | Path, shard: ImageShard) -> None:
     write_with(path, lambda f: np.savez(f, **arrays))
 
 
+# numpy parses each array's header with ast.literal_eval, and CPython 3.11 counts the depth of the syntax tree it
+# builds in one counter per interpreter, not per thread: two threads reading shards at once (the images in flight
+# check their shards) could fail one read with "SystemError: AST constructor recursion depth mismatch", an image
+# lost to a run on a busy machine (seen under load). Shard reads take turns; a read is small next to an image's work.
+_SHARD_READS = threading.Lock()
+
+
+def read_shard_entries(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the shard at ``path`` (only those are read)."""
+    with _SHARD_READS, np.load(path) as data:
+        return {name: data[name] for name in names}
+
+
 def read_shard_meta(path: str | Path) -> dict[str, Any]:
     """The shard's JSON metadata only (cheap: the arrays are not read)."""
-    with np.load(path) as data:
-        return json.loads(data["meta"].tobytes().decode("utf-8"))
+    return _decode_meta(read_shard_entries(path, ("meta",))["meta"])
+
+
+def _decode_meta(meta: np.ndarray) -> dict[str, Any]:
+    return json.loads(meta.tobytes().decode("utf-8"))
 
 
 def read_shard(path: str | Path) -> ImageShard:
     """Read a whole shard."""
-    with np.load(path) as data:
-        meta = json.loads(data["meta"].tobytes().decode("utf-8"))
-        size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
-        blob, offsets = data["rle_counts"].tobytes(), data["rle_offsets"]
-        rles = [{"size": list(size), "counts": blob[offsets[i] : offsets[i + 1]].decode("ascii")}
-                for i in range(len(offsets) - 1)]
-        masks = MaskSet(size, rles, data["areas"], data["bboxes"], data["predicted_iou"], data["stability_score"],
-                        data["point_coords"], data["crop_boxes"])
-        return ImageShard(stem=meta["stem"], source=meta["source"], fingerprint=meta["fingerprint"], masks=masks,
-                          keep=data["keep"], pfl=data["pfl"], extra=meta.get("extra", {}))
+    data = read_shard_entries(path, ("meta", "rle_counts", "rle_offsets", "areas", "bboxes", "predicted_iou",
+                                     "stability_score", "point_coords", "crop_boxes", "keep", "pfl"))
+    meta = _decode_meta(data["meta"])
+    size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
+    blob, offsets = data["rle_counts"].tobytes(), data["rle_offsets"]
+    rles = [{"size": list(size), "counts": blob[offsets[i] : offsets[i + 1]].decode("ascii")}
+            for i in range(len(offsets) - 1)]
+    masks = MaskSet(size, rles, data["areas"], data["bboxes"], data["predicted_iou"], data["stability_score"],
+                    data["point_coords"], data["crop_boxes"])
+    return ImageShard(stem=meta["stem"], source=meta["source"], fingerprint=meta["fingerprint"], masks=masks,
+                      keep=data["keep"], pfl=data["pfl"], extra=meta.get("extra", {}))
 
 
 def read_pfl(path: str | Path) -> npt.NDArray[np.float32]:
     """Only the ``(K, 256)`` PFLs of a shard."""
-    with np.load(path) as data:
-        return data["pfl"]
+    return read_shard_entries(path, ("pfl",))["pfl"]
 
 
 def shard_damage(path: str | Path) -> str | None:

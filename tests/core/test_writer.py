@@ -14,7 +14,9 @@ from alps_client.config import AmgConfig, ClusterConfig, GateConfig, PipelineCon
 from alps_client.io import publish as publish_module
 from alps_client.io.shards import (
     ImageShard,
+    read_pfl,
     read_shard,
+    read_shard_meta,
     read_shard_status,
     shard_damage,
     shard_fingerprint,
@@ -124,6 +126,55 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     for broken in (b"truncated", b""):
         path.write_bytes(broken)
         assert shard_status(path, "fp") == "damaged" and shard_damage(path)
+
+
+def test_shards_read_by_several_threads_at_once_read_whole(tmp_path):
+    """The images in flight read shards at once, while the garbage collector runs Python code inside whatever
+    allocates (here: objects with a ``__del__``, collected often; the switch interval short, as on a busy machine).
+    In CPython 3.11 two array headers parsed at once failed one read with a SystemError ("AST constructor
+    recursion depth mismatch")."""
+    import gc
+    import sys
+    import threading
+
+    masks = boxes((0, 5, 0, 5), (2, 9, 3, 8))
+    path = make_shard(tmp_path / "s.npz", "s", masks, [True, False], np.arange(512).reshape(2, 256), {"k": 1})
+    expected = read_shard(path)
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            sum(range(50))
+
+    failures, wrong = [], []
+
+    def read_many() -> None:
+        for _ in range(500):
+            try:
+                meta, pfl, whole = read_shard_meta(path), read_pfl(path), read_shard(path)
+            except Exception as err:  # noqa: BLE001 (what the test is about)
+                failures.append(f"{type(err).__name__}: {err}")
+                return
+            if meta["stem"] != "s" or not np.array_equal(pfl, expected.pfl) or whole.masks.rles != expected.masks.rles:
+                wrong.append(meta)
+            for _ in range(5):
+                Cycle()
+
+    switch, threshold = sys.getswitchinterval(), gc.get_threshold()
+    sys.setswitchinterval(1e-6)
+    gc.set_threshold(50)
+    try:
+        threads = [threading.Thread(target=read_many) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+        gc.set_threshold(*threshold)
+    assert not failures and not wrong, (failures[:3], len(wrong))
 
 
 @pytest.fixture
