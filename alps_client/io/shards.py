@@ -106,8 +106,8 @@ def write_shard(path: str | Path, shard: ImageShard) -> None:
 
 # numpy parses each array's header with ast.literal_eval, and CPython 3.11 counts the depth of the syntax tree it
 # builds in one counter per interpreter, not per thread: two threads reading shards at once (the images in flight
-# check their shards) could fail one read with "SystemError: AST constructor recursion depth mismatch", an image
-# lost to a run on a busy machine (seen under load). Shard reads take turns; a read is small next to an image's work.
+# check their shards) could fail one read with "SystemError: AST constructor recursion depth mismatch": an image
+# not labelled, the run asking for a rerun (seen under load). Reads take turns; one is small next to an image's work.
 _SHARD_READS = threading.Lock()
 
 
