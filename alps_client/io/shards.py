@@ -111,7 +111,7 @@ def write_shard(path: str | Path, shard: ImageShard) -> None:
 _SHARD_READS = threading.Lock()
 
 
-def read_shard_entries(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _read_entries(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The arrays ``names`` of the shard at ``path`` (only those are read)."""
     with _SHARD_READS, np.load(path) as data:
         return {name: data[name] for name in names}
@@ -119,7 +119,7 @@ def read_shard_entries(path: str | Path, names: tuple[str, ...]) -> dict[str, np
 
 def read_shard_meta(path: str | Path) -> dict[str, Any]:
     """The shard's JSON metadata only (cheap: the arrays are not read)."""
-    return _decode_meta(read_shard_entries(path, ("meta",))["meta"])
+    return _decode_meta(_read_entries(path, ("meta",))["meta"])
 
 
 def _decode_meta(meta: np.ndarray) -> dict[str, Any]:
@@ -128,8 +128,8 @@ def _decode_meta(meta: np.ndarray) -> dict[str, Any]:
 
 def read_shard(path: str | Path) -> ImageShard:
     """Read a whole shard."""
-    data = read_shard_entries(path, ("meta", "rle_counts", "rle_offsets", "areas", "bboxes", "predicted_iou",
-                                     "stability_score", "point_coords", "crop_boxes", "keep", "pfl"))
+    data = _read_entries(path, ("meta", "rle_counts", "rle_offsets", "areas", "bboxes", "predicted_iou",
+                                "stability_score", "point_coords", "crop_boxes", "keep", "pfl"))
     meta = _decode_meta(data["meta"])
     size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
     blob, offsets = data["rle_counts"].tobytes(), data["rle_offsets"]
@@ -143,7 +143,7 @@ def read_shard(path: str | Path) -> ImageShard:
 
 def read_pfl(path: str | Path) -> npt.NDArray[np.float32]:
     """Only the ``(K, 256)`` PFLs of a shard."""
-    return read_shard_entries(path, ("pfl",))["pfl"]
+    return _read_entries(path, ("pfl",))["pfl"]
 
 
 def shard_damage(path: str | Path) -> str | None:
