@@ -209,7 +209,8 @@ def wait_for_exit(proc: subprocess.Popen, timeout: float, log: Path) -> int:
     """
     with contextlib.suppress(subprocess.TimeoutExpired):
         return proc.wait(timeout=timeout)
-    os.kill(proc.pid, signal.SIGABRT)
+    with contextlib.suppress(ProcessLookupError):  # it ended just after the time limit: still too late
+        os.kill(proc.pid, signal.SIGABRT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
     text = log.read_text(errors="replace")
