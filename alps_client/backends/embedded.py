@@ -84,12 +84,17 @@ def session_settings(model: str, num_threads: int | None, on_gpu: bool) -> dict[
     - On CPU the decoder is built without ``SkipLayerNormFusion``: onnxruntime's CPU kernel for the fused
       residual add + layer norm took 15 % of the decoder's time on ``(B, 4096, 256)`` image tokens, where a plain
       Add then LayerNormalization take a fraction of it (vit_b decoder: 26.7 vs 23.2 ms of CPU per prompt).
+    - Intra-op threads do not spin-wait for work (onnxruntime's default is to spin): alone, the vit_b pipeline ran
+      within noise either way (29.7 vs 32.1 s per image); on a shared machine the spinning threads burn the cores
+      that other processes, and this run's own post-processing thread, are waiting for (the test suite, 3
+      processes on 2 cores, alternating runs: 386 / 382 s spinning vs 357 / 338 s not).
     """
     return {
         "level": "all",
         "threads": num_threads,
         "arena": model == "decoder",
         "disabled_optimizers": ["SkipLayerNormFusion"] if model == "decoder" and not on_gpu else [],
+        "spinning": False,
     }
 
 
@@ -117,6 +122,7 @@ def make_session(path: str | Path, settings: dict[str, Any], providers: Sequence
     if settings["threads"]:
         options.intra_op_num_threads = settings["threads"]
     options.enable_cpu_mem_arena = settings["arena"]
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["spinning"] else "0")
     return ort.InferenceSession(str(path), options, providers=list(providers),
                                 disabled_optimizers=settings["disabled_optimizers"] or None)
 

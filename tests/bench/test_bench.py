@@ -252,6 +252,7 @@ def test_ort_options_bench_varies_one_setting_at_a_time(stand_in_repo, tmp_path)
         assert {"backend defaults", "level=basic", "level=extended", "threads=1"} <= {s for m, s in settings if m == model}
         assert sum(m == model for m, s in settings if "," in s) == 0  # never two changes at once
     assert ("encoder", "arena=True") in settings and ("decoder", "arena=False") in settings
+    assert ("encoder", "spinning=True") in settings and ("decoder", "spinning=True") in settings
     assert ("decoder", "SkipLayerNormFusion=on") in settings and ("encoder", "SkipLayerNormFusion=off") in settings
     # The stand-in's predicted IoUs tie (many are 1.0), so the shares reached are at most the ones asked for.
     shares = {r["setting"]: r["upscaled_share"] for r in entry["rows"] if r["setting"].startswith("upscaled=")}

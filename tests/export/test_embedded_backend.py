@@ -187,3 +187,15 @@ def test_the_cpu_provider_is_reported_as_running(stand_in_repo):
     backend = EmbeddedBackend(BackendConfig(model_repository=str(stand_in_repo), num_threads=1),
                               providers=["CPUExecutionProvider"])
     assert backend.providers == ["CPUExecutionProvider"] and not backend.on_gpu
+
+
+def test_sessions_do_not_spin_wait(embedded_backend, stand_in_repo):
+    """The run's sessions and the exporter's check sessions leave idle cores to other work (session_settings says
+    why): onnxruntime spins by default."""
+    from export.onnx_export import check_session
+
+    key = "session.intra_op.allow_spinning"
+    for name, session in embedded_backend._sessions.items():
+        assert session.get_session_options().get_session_config_entry(key) == "0", name
+    check = check_session(load_manifest(str(stand_in_repo)).encoder.onnx_path, threads=1)
+    assert check.get_session_options().get_session_config_entry(key) == "0"
