@@ -8,8 +8,8 @@ the encoder on one 512x512 image (seconds per image, best of ``--repeats`` after
 ``--prompts`` grid prompts (milliseconds per prompt after a warm-up call). Varied one at a time from the
 backend's defaults (:func:`alps_client.backends.embedded.session_settings`): graph optimisation level, intra-op
 threads, the CPU memory arena, spin-waiting of the intra-op threads, onnxruntime's SkipLayerNormFusion, prompts per
-decoder call, precision, and the share of prompts the decoder upscales (``iou_threshold`` at quantiles of the prompts' best predicted IoU: what
-skipping the upscaling of prompts that fail ``pred_iou_thresh`` saves at each pass rate). With ``--int8-repository`` it also measures int8 against fp32 masks, prompt by prompt, on the
+decoder call, precision, and the share of prompts the decoder upscales (``iou_threshold`` at quantiles of the
+prompts' best predicted IoU: what skipping the upscaling of prompts that fail ``pred_iou_thresh`` saves at each pass rate). With ``--int8-repository`` it also measures int8 against fp32 masks, prompt by prompt, on the
 exporter's parity image with a 32x32 grid (:func:`export.quantize.agreement`). Results go to ``bench/results.json``
 under ``ort_options`` and to ``bench/RESULTS.md`` (``--results-dir`` elsewhere).
 """

@@ -218,15 +218,10 @@ def check_session(path: Path, threads: int | None = None) -> Any:
     forward, its encoder session and its decoder session alive together, with the arena, took the export to
     15.7 GiB of peak RSS (``/usr/bin/time``; killed by the OOM killer on a 24 GB machine with other memory taken).
     """
-    import onnxruntime as ort
+    from alps_client.backends.embedded import make_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_cpu_mem_arena = False
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the run's sessions (embedded.py)
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    settings = {"level": "all", "threads": threads, "arena": False, "disabled_optimizers": [], "spinning": False}
+    return make_session(path, settings, ["CPUExecutionProvider"])
 
 
 def check_parity(
