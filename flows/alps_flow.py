@@ -206,7 +206,7 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
 
     The flow's one call of the writer. ``missing`` (good images not labelled, ``--allow-partial``) goes to the
     manifest apart from the rejected inputs in ``errors``; ``complete`` says whether any is missing; ``sources``
-    (:meth:`RunPlan.sources`) too.
+    (:meth:`RunPlan.sources`) and the tiled scenes' sizes (:meth:`RunPlan.scene_sizes`) too.
     """
     import numpy as np
 
@@ -214,7 +214,8 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     from alps_client.io.writer import write_dataset
 
     centroids = np.load(centroids_path)
-    extra: dict[str, Any] = {"complete": not missing, "missing": missing, "sources": sources}
+    extra: dict[str, Any] = {"complete": not missing, "missing": missing, "sources": sources,
+                             "scene_sizes": plan.scene_sizes(set(sources))}
     class_map = None
     carried = carried_relabel(out, centroids, get_run_logger().warning, plan.config.cluster.centroids)
     if carried:

@@ -19,7 +19,7 @@ Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_i
   pixels only.
 
 ``per_image`` gives each image's coverage and pixel accuracy under the dataset's matching, worst first: where
-the labels fail.
+the labels fail (an image none of whose pixels is scored, all ignored or nodata, comes last with both null).
 
 Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as entirely unlabelled, unless
 ``exclude_unlabelled_images`` is set; they are listed either way.

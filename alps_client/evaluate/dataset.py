@@ -67,6 +67,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"--gt-colour-tolerance must lie in 0..{IGNORE - 1}, got {colour_tolerance}")
     colours = ColourIds(classes, colour_tolerance, ignored_colour)  # checks the tolerance before any file is read
     class_255 = classes is not None and not classes.colours and IGNORE in classes.names
+    if ignored_colour is not None and classes is not None and not classes.colours:
+        raise AlpsError(_colour_for_ids(ignore_index, f"{classes.source} declares class ids"))
     allowed_ids = (set(classes.names) | set(ignored_values(ignore_index, class_255=class_255))
                    if classes is not None and not classes.colours else None)
     out, gt_root = Path(out_dir), Path(gt_dir)
@@ -100,6 +102,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
                         f"{out / 'ann_dir'}" + suffixes_that_match(list(gts), images, gt_suffix, image_suffix))
     inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
+    scene_sizes = {stem.removesuffix(image_suffix): size for stem, size in inputs.pop("scene_sizes", {}).items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata = set[float]()
     images: list[ImageCounts] = []
@@ -110,7 +113,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         if found is None:  # a good image the dataset lacks: every pixel is a miss
             pred = np.full(gt.shape, IGNORE, np.uint8)
         else:
-            pred = read_label(found) if isinstance(found, Path) else _assembled(out, inputs, found, gt, gts[stem])
+            pred = (read_label(found) if isinstance(found, Path) else
+                    _assembled(out, inputs, found, gt, gts[stem], scene_sizes.get(stem)))
         if pred.shape != gt.shape:
             raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
         if read.valid is not None:  # pixels its GeoTIFF declares nodata: no class, no miss
@@ -130,6 +134,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
                         "ids (single-channel): declare their classes as {name, id}")
     conf, colour_names = colours.resolve(by_id, by_colour, gt_root)
+    if ignored_colour is not None and not colour_names:  # nothing would be ignored, not even 255
+        greys = " (RGB label maps of greys: ids saved as grey pixels)" if colours.ids else ""
+        raise AlpsError(_colour_for_ids(ignore_index, f"the ground truth under {gt_root} holds class ids{greys}"))
     values = conf.values.tolist()
     if (ignore_index is None and IGNORE in values and not colour_names and not class_255
             and (values == [0, IGNORE] or wide)):
@@ -151,7 +158,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_colours = colour_names
     grey = colours.grey_values() if not colour_names else {}
     report.per_image = sorted((image.figures(mapping, set(ignored), grey) for image in images),
-                              key=lambda row: (row["pixel_accuracy"], row["image"]))
+                              key=lambda row: (row["pixels"] == 0, row["pixel_accuracy"] or 0.0, row["image"]))
     if colour_names and classes is None:  # noise of compression reads as many colours of a few pixels each
         pixels = conf.counts.sum(0)
         report.ground_truth_rare_colours = int((pixels < RARE_SHARE * pixels.sum()).sum())
@@ -187,19 +194,27 @@ def _finish_interrupted_write(out: Path) -> None:
 
 
 def _input_settings(out: Path) -> dict[str, Any]:
-    """The dataset's input configuration (``--tile``, ``--overlap``, ``--slice-axis``) from its manifest."""
+    """The dataset's input configuration (``--tile``, ``--overlap``, ``--slice-axis``) from its manifest.
+
+    With ``scene_sizes``: ``{scene: [H, W]}`` as the run recorded them (empty for a dataset from before it did).
+    """
     try:
-        return dict(json.loads((out / "manifest.json").read_text()).get("config", {}).get("inputs", {}))
-    except (OSError, ValueError) as err:
+        manifest = json.loads((out / "manifest.json").read_text())
+        sizes = manifest.get("scene_sizes") or {}
+        return {**manifest.get("config", {}).get("inputs", {}),
+                "scene_sizes": {str(k): tuple(v) for k, v in sizes.items() if isinstance(v, list) and len(v) == 2}}
+    except (OSError, ValueError, AttributeError) as err:
         raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): it says how the label maps of tiled "
                         "scenes and volumes were cut") from None
 
 
 def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDArray[np.integer],
-               gt_path: Path) -> npt.NDArray[np.uint8]:
+               gt_path: Path, scene_size: tuple[int, int] | None = None) -> npt.NDArray[np.uint8]:
     """The whole label map (a scene as ``--stitch`` assembles it, or a volume) from its parts' label maps.
 
-    ``inputs`` is the dataset's input configuration (:func:`_input_settings`).
+    ``inputs`` is the dataset's input configuration (:func:`_input_settings`). ``scene_size``: ``(H, W)`` of a
+    tiled scene as the run recorded it; its tiles left out (wholly nodata, at its border too) are 255. Without
+    it, a scene is as large as its tiles reach.
 
     Raises:
         AlpsError: If the parts do not make a whole of the ground truth's size.
@@ -230,16 +245,27 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
             raise AlpsError(f"{path}: a slice label map, but the ground truth {gt_path} is not a volume")
         x0, y0 = int(match["x"]), int(match["y"])
         tiles.append(((x0, y0, x0 + label.shape[1], y0 + label.shape[0]), label))
-    extent = (max(w[3] for w, _ in tiles), max(w[2] for w, _ in tiles))
+    reach = (max(w[3] for w, _ in tiles), max(w[2] for w, _ in tiles))
+    extent = scene_size or reach
     tile, overlap = inputs.get("tile"), inputs.get("overlap")
     if not tile or overlap is None or extent != gt.shape:
-        raise AlpsError(f"{gt_path}: size {gt.shape} differs from the scene its {len(tiles)} tile label map(s) "
-                        f"in {out / 'ann_dir'} cover {extent}")
+        what = (f"the scene's {extent} (as `alps run` recorded it)" if scene_size else
+                f"the scene its {len(tiles)} tile label map(s) in {out / 'ann_dir'} cover {extent}")
+        older = (not scene_size and gt.ndim == 2 and extent[0] <= gt.shape[0] and extent[1] <= gt.shape[1])
+        raise AlpsError(f"{gt_path}: size {gt.shape} differs from {what}" + (
+            "; if tiles at its border were left out (wholly nodata), run `alps run` on the dataset again: this "
+            "dataset is from before runs recorded their scenes' sizes" if older else ""))
     try:
         return stitch_scene(extent, int(tile), int(overlap), tiles)
     except KeyError as err:  # a tile the manifest's --tile / --overlap would not have made
         raise AlpsError(f"the tile label maps of {gt_path.name} in {out / 'ann_dir'} do not follow the dataset's "
                         f"--tile {tile} --overlap {overlap} (tile at {err})") from None
+
+
+def _colour_for_ids(ignore_index: int | str | None, holds: str) -> str:
+    """Why ``--ignore-index #rrggbb`` is refused where ``holds`` says the ground truth holds class ids."""
+    return (f"--ignore-index {ignore_index} names a colour, but {holds}, not colours: give the id to ignore "
+            "(e.g. --ignore-index 0)")
 
 
 def _class_names(out: Path) -> dict[int, str]:

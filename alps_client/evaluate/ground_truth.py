@@ -274,21 +274,18 @@ def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = N
     """The ground-truth ids that name no class: 255, and ``ignore_index`` (any integer); none for ``"none"``.
 
     For colour-coded ground truth (``colours``) nothing is ignored but the colour ``ignore_index`` names
-    (``#rrggbb``); without ``colours`` a colour is only checked. ``class_255``: a classes file declares 255 as a
-    class, so it is ignored only when ``ignore_index`` says 255.
+    (``#rrggbb``); without ``colours`` a colour is only checked (the caller refuses one for ground truth of class
+    ids). ``class_255``: a classes file declares 255 as a class, so it is ignored only when ``ignore_index`` says
+    255.
 
     Raises:
-        AlpsError: For a value that is no integer, another word, or a colour when the ground truth is not
-            colour-coded.
+        AlpsError: For a value that is no integer, another word, or an id for colour-coded ground truth.
     """
     text = ignore_index.strip() if isinstance(ignore_index, str) else None
     colour = named_colour(ignore_index)
     if colour is not None:
         if colours is None:
             return []
-        if not colours.ids:
-            raise AlpsError(f"--ignore-index {text} names a colour, but the ground truth holds class ids, not "
-                            "colours: give the id")
         found = colours.ids.get(colour)
         return [] if found is None else [found]
     if colours is not None and colours.ids:

@@ -43,7 +43,8 @@ class EvalReport:
     classes_absent_from_ground_truth: list[int] = field(default_factory=list)  # declared, no pixel: not scored
     ground_truth_colour_tolerance: int = 0
     ground_truth_rare_colours: int = 0  # undeclared colour-coded ground truth: colours of < 0.1 % of the pixels
-    per_image: list[dict[str, Any]] = field(default_factory=list)  # image, pixels, coverage, pixel_accuracy; worst first
+    # image, pixels, coverage, pixel_accuracy; worst first, both None (and last) where no pixel is scored
+    per_image: list[dict[str, Any]] = field(default_factory=list)
     ground_truth_pixels_snapped: int = 0  # undeclared colours within the tolerance, given the nearest's class
 
 
@@ -187,6 +188,8 @@ class ImageCounts:
     def figures(self, mapping: dict[int, int], ignored: set[int], grey: dict[int, int]) -> dict[str, Any]:
         """Coverage and pixel accuracy of this image under the dataset's cluster -> class ``mapping``.
 
+        Both are None where no pixel of the image is scored (every one ignored, or nodata).
+
         ``grey``: colour id -> grey value, when RGB ground truth held class ids as greys.
         """
         values = [grey.get(v, v) if self.coloured else v for v in self.values.tolist()]
@@ -197,5 +200,6 @@ class ImageCounts:
                       if mapping.get(row) == v)
         pixels = int(counts.sum())
         labelled = int(counts[self.rows < IGNORE].sum())
-        return {"image": self.stem, "pixels": pixels, "coverage": labelled / pixels if pixels else 0.0,
-                "pixel_accuracy": correct / pixels if pixels else 0.0}
+        # None, not 0: an image none of whose pixels is scored (all ignored or nodata) did nothing wrong
+        return {"image": self.stem, "pixels": pixels, "coverage": labelled / pixels if pixels else None,
+                "pixel_accuracy": correct / pixels if pixels else None}

@@ -70,7 +70,8 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     if report.unmatched_clusters:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
                      f"{named(report.unmatched_clusters)}")
-    worst = [row for row in report.per_image[:WORST_SHOWN] if row["pixel_accuracy"] < report.pixel_accuracy]
+    worst = [row for row in report.per_image[:WORST_SHOWN]
+             if row["pixels"] and row["pixel_accuracy"] < report.pixel_accuracy]
     if worst and len(report.per_image) > 1:
         lines.append("lowest pixel accuracy (coverage): " + ", ".join(
             f"{row['image']} {row['pixel_accuracy']:.3f} ({row['coverage']:.3f})" for row in worst)

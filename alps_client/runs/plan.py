@@ -115,6 +115,24 @@ class RunPlan:
         """
         return {item.scene or item.stem: item.relative for item in self.items if item.stem in stems}
 
+    def scene_sizes(self, scenes: set[str]) -> dict[str, list[int]]:
+        """``[H, W]`` of each tiled scene among ``scenes`` (the keys of :meth:`sources`), from its file's header.
+
+        What the dataset's manifest records, so that `alps evaluate` assembles a scene at its own size when tiles
+        at its border were left out (wholly nodata) and refuses ground truth of another size. A scene whose file
+        cannot be read now is left out (evaluate then assembles it from the tiles there are).
+        """
+        from alps_client.io.readers import image_size_of
+
+        sizes: dict[str, list[int]] = {}
+        for item in self.items:
+            if item.kind == "tile" and item.scene in scenes and item.scene not in sizes:
+                try:
+                    sizes[item.scene] = list(image_size_of(item.source))
+                except (AlpsError, OSError):
+                    continue
+        return sizes
+
 
 def describe_items(items: list[InputItem]) -> str:
     """What a run labels, said as what it is: ``13 image(s)``, then ``(12 tiles of 1 scene, 1 whole image)``."""

@@ -45,8 +45,9 @@ def evaluate_cli(case, *flags):
     pixels = sum(row["pixels"] for row in report["per_image"])
     assert len(report["per_image"]) == report["n_images"]
     if pixels:
-        correct = sum(row["pixel_accuracy"] * row["pixels"] for row in report["per_image"])
-        labelled = sum(row["coverage"] * row["pixels"] for row in report["per_image"])
+        scored = [row for row in report["per_image"] if row["pixels"]]
+        correct = sum(row["pixel_accuracy"] * row["pixels"] for row in scored)
+        labelled = sum(row["coverage"] * row["pixels"] for row in scored)
         assert correct / pixels == pytest.approx(report["pixel_accuracy"])
         assert labelled / pixels == pytest.approx(report["coverage"])
     return report
@@ -675,3 +676,29 @@ def test_each_images_figures_find_the_images_that_went_wrong(case, capsys):
     correct = sum(row["pixel_accuracy"] * row["pixels"] for row in report["per_image"])
     assert correct / pixels == pytest.approx(report["pixel_accuracy"])  # the same counts as the dataset's
     assert "lowest pixel accuracy (coverage): sub__b 0.000 (0.000) (every image" in capsys.readouterr().out
+
+    # An image none of whose pixels is scored (ground truth all 255) did nothing wrong: it was named the worst, at
+    # pixel accuracy and coverage 0 though every pixel of it was labelled.
+    write(case / "gt" / "void.png", np.full((40, 40), 255))
+    write(case / "out" / "ann_dir" / "val" / "void.png", np.full((40, 40), 5))
+    report = evaluate_cli(case)
+    assert report["per_image"][-1] == {"image": "void", "pixels": 0, "coverage": None, "pixel_accuracy": None}
+    assert [row["image"] for row in report["per_image"]] == ["sub__b", "a", "void"]
+    assert "void" not in capsys.readouterr().out
+
+
+def test_a_colour_to_ignore_is_refused_for_ground_truth_of_class_ids(case, capsys):
+    """--ignore-index '#000000' on ground truth of class ids ignored nothing, not even its 255, which was then
+    scored as one more class: a lower mIoU and no error. Ids stored as grey RGB pixels are ids too."""
+    assert evaluate_cli(case)["ground_truth_ignored"] == [255]
+    error = evaluate_fails(case, "--ignore-index", "#000000")
+    assert "--ignore-index #000000 names a colour, but the ground truth under" in error
+    assert "holds class ids, not colours: give the id to ignore" in error
+    for path in (case / "gt").rglob("*.png"):
+        ids = np.asarray(Image.open(path))
+        Image.fromarray(np.repeat(ids[..., None], 3, axis=2)).save(path)
+    assert "holds class ids (RGB label maps of greys" in evaluate_fails(case, "--ignore-index", "#000000")
+    classes = case / "classes.yaml"
+    classes.write_text("classes: [a, b, c, d]\n")
+    assert "classes.yaml declares class ids, not colours" in evaluate_fails(
+        case, "--ignore-index", "#000000", "--gt-classes", str(classes))

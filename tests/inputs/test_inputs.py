@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from alps_client.config import InputConfig
-from alps_client.errors import InputImageError
+from alps_client.errors import AlpsError, InputImageError
 from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import printable
 from alps_client.io.readers import load_item, stretch_to_uint8
@@ -435,15 +435,21 @@ def test_huge_plain_image_is_refused_with_the_way_out(tmp_path):
 
 
 def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect_server, tmp_path):
-    """--tile/--overlap/--stitch end to end: tiles labelled as images, one stitched GeoTIFF per scene."""
+    """--tile/--overlap/--stitch end to end: tiles labelled as images, one stitched GeoTIFF per scene. The last
+    column of tiles is wholly nodata, so left out: `alps evaluate` assembled the scene from the tiles there were,
+    too narrow for its ground truth ("size differs"); it now takes the scene's size as the run recorded it."""
     import rasterio
 
+    from alps_client.evaluate import evaluate_dataset
     from alps_client.synthetic import make_scene
     from tests.inputs.make_files import write_geotiff
 
-    rgb, _ = make_scene(11, (300, 420), n_classes=4)
+    rgb, gt = make_scene(11, (300, 600), n_classes=4)
+    rgb = np.maximum(rgb, 1)  # 0 is the nodata value
+    rgb[:, 344:] = 0  # the tiles at x 344 hold nodata alone
     (tmp_path / "data").mkdir()
-    write_geotiff(tmp_path / "data" / "scene.tif", rgb.transpose(2, 0, 1), "EPSG:32633", (400000.0, 1.0, 5000000.0))
+    write_geotiff(tmp_path / "data" / "scene.tif", rgb.transpose(2, 0, 1), "EPSG:32633", (400000.0, 1.0, 5000000.0),
+                  nodata=0)
     (tmp_path / "data" / "bad.png").write_bytes(b"")
     env = cli_env(tmp_path / "ph", prefect_server)
     out = tmp_path / "out"
@@ -451,22 +457,41 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect
         [sys.executable, "-m", "flows.cli", "run", str(tmp_path / "data"), "--out", str(out), "--model-repository",
          str(stand_in_repo), "--points-per-side", "6", "--n-clusters", "3", "--tile", "256", "--overlap", "64",
          "--stitch", "--no-progress"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env,
+        check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    windows = tile_windows(300, 420, 256, 64)
+    windows = [w for w in tile_windows(300, 600, 256, 64) if w[0] < 344]
+    assert len(windows) == 4 and "2 tiles wholly nodata, left out" in result.stdout + result.stderr
     stems = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
     assert stems == {f"scene__x{x0}_y{y0}" for x0, y0, _, _ in windows}
+    assert json.loads((out / "manifest.json").read_text())["scene_sizes"] == {"scene": [300, 600]}
     assert (out / "errors.jsonl").read_text().count("\n") == 1  # one line per rejected file
     with rasterio.open(out / "stitched" / "scene.tif") as src:
         stitched = src.read(1)
-        assert src.crs.to_epsg() == 32633 and src.transform.c == 400000.0 and stitched.shape == (300, 420)
-    owned = stitch_windows(300, 420, 256, 64)
-    for (x0, y0), (ox0, oy0, ox1, oy1) in owned.items():
+        assert src.crs.to_epsg() == 32633 and src.transform.c == 400000.0 and stitched.shape == (300, 600)
+    owned = stitch_windows(300, 600, 256, 64)
+    for x0, y0, _, _ in windows:
+        ox0, oy0, ox1, oy1 = owned[(x0, y0)]
         tile = np.asarray(Image.open(next((out / "ann_dir").glob(f"*/scene__x{x0}_y{y0}.png"))))
         np.testing.assert_array_equal(stitched[oy0:oy1, ox0:ox1], tile[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0])
+    assert (stitched[:, owned[(344, 0)][0]:] == 255).all()
     assert np.array_equal(np.asarray(Image.open(out / "stitched" / "scene.png")), stitched)
     assert_coco_consistent(out)
+
+    # The scene scored whole against its ground truth (nodata where the scene is): as its stitched label map is.
+    truth = np.where(rgb[..., 0] > 0, gt + 1, 0).astype(np.uint8)
+    (tmp_path / "gt").mkdir()
+    write_geotiff(tmp_path / "gt" / "scene.tif", truth[None], "EPSG:32633", (400000.0, 1.0, 5000000.0), nodata=0)
+    report = evaluate_dataset(out, tmp_path / "gt")
+    (tmp_path / "whole" / "ann_dir" / "train").mkdir(parents=True)
+    Image.fromarray(stitched).save(tmp_path / "whole" / "ann_dir" / "train" / "scene.png")
+    whole = evaluate_dataset(tmp_path / "whole", tmp_path / "gt")
+    assert report.n_images == 1 and report.missing_pseudo_labels == [] and report.ground_truth_nodata == [0.0]
+    assert report.miou == whole.miou and report.coverage == whole.coverage and report.coverage > 0.1
+    write_geotiff(tmp_path / "gt" / "scene.tif", truth[None, :, :500], "EPSG:32633", (400000.0, 1.0, 5000000.0),
+                  nodata=0)  # ground truth of another size: the scene's, as recorded, is named
+    with pytest.raises(AlpsError, match=r"size \(300, 500\) differs from the scene's \(300, 600\) \(as `alps run`"):
+        evaluate_dataset(out, tmp_path / "gt")
 
 
 def test_input_settings_no_input_uses_are_named_not_silently_ignored():
