@@ -20,9 +20,33 @@ from PIL import Image
 from alps_client.errors import OutputDiskFullError, disk_full
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back (at import, before any thread writes)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp and mkdtemp create 0600 files and 0700 folders: outputs take the mode any other file gets here
+# (0644 and 0755 under umask 022), so that a training job or web server of another user can read the dataset.
+_MASK = _umask()
+FILE_MODE = 0o666 & ~_MASK
+FOLDER_MODE = 0o777 & ~_MASK
+# Marks atomic_path's temp files, so that a run removes no file of the user's (".notes.20241201.md")
+_TEMP_MARK = ".alps-tmp"
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
+
+    The file gets :data:`FILE_MODE`, whatever mode the temp file was created with.
 
     Raises:
         OutputDiskFullError: If its disk or quota is full (naming ``path`` and the space left), whichever step
@@ -31,8 +55,12 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-        os.close(fd)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_MARK + (suffix or path.suffix or ".tmp"),
+                                   dir=path.parent)
+        try:
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
         try:
             yield Path(tmp)
             os.replace(tmp, path)
@@ -45,8 +73,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
-# What atomic_path's temp files are named: "." + the target's name + "." + mkstemp's 8 characters + a suffix.
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)+")
+# What atomic_path's temp files are named: "." + the target's name + "." + mkstemp's 8 characters + the mark and
+# a suffix.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(_TEMP_MARK) + r"(\.[A-Za-z0-9]+)+")
 
 
 def remove_leftover_temp_files(folder: str | Path) -> int:

@@ -405,10 +405,20 @@ def test_temp_files_of_writes_killed_mid_way_are_removed_by_the_next_run(fake_re
     left = sorted(p.name for p in out.rglob(".*") if p.is_file())
     assert len(left) == 5, left
     (work / "shards" / ".keep").write_text("a user's file: not alps's to remove")
+    for name in (".notes.20241201.md", ".backup.old_copy.tar.gz"):  # were taken for temp files and removed
+        (out / name).write_text("a user's file")
     with run_log() as logged:
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert f"Removed 5 temporary file(s) that an interrupted run left in {out}" in logged
-    assert sorted(p.name for p in out.rglob(".*") if p.is_file()) == [".keep"]
+    assert sorted(p.name for p in out.rglob(".*") if p.is_file()) == [
+        ".backup.old_copy.tar.gz", ".keep", ".notes.20241201.md"]
+
+    # Every output has the mode any file made here gets (0644 under umask 022), not mkstemp's 0600: another
+    # user (a training job, a web server) could not read the dataset.
+    made_here = tmp_path / "made_here"
+    made_here.write_text("")
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert len(modes) > 10 and set(modes.values()) == {oct(made_here.stat().st_mode & 0o777)}, modes
 
 
 def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alone_is_rejected_once(fake_repo, scenes,
