@@ -43,7 +43,7 @@ from alps_client.config import (
     PipelineConfig,
     WriterConfig,
 )
-from flows.review_cli import add_relabel_parser, add_report_parser, add_vector_argument
+from flows.review_cli import a_path, add_relabel_parser, add_report_parser, add_vector_argument
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 EXIT_HUNG_UP = 129  # 128 + SIGHUP
@@ -111,20 +111,26 @@ def _flag(name: str) -> str:
 
 
 def _n_clusters(value: str) -> int | str:
-    return value if value == "auto" else int(value)
+    try:
+        return value if value == "auto" else int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {value!r}") from None
 
 
 def _bands(value: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in value.split(","))
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1-based band numbers such as 4,3,2, got {value!r}") from None
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``alps run`` (and ``python flows/alps_flow.py``)."""
-    p.add_argument("dataset", help="folder (or file) of images to label")
-    p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument("dataset", type=a_path, help="folder (or file) of images to label")
+    p.add_argument("--out", required=True, type=a_path, help="output dataset folder")
     b = p.add_argument_group("backend")
     b.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="default: embedded (onnxruntime)")
-    b.add_argument("--model-repository", help="exported model repository (default: model_repository)")
+    b.add_argument("--model-repository", type=a_path, help="exported model repository (default: model_repository)")
     b.add_argument("--triton-url", dest="triton_urls", action="append",
                    help="Triton host:port (repeatable; default 127.0.0.1:8001, or $ALPS_TRITON_URL)")
     b.add_argument("--protocol", choices=["grpc", "http"])
@@ -151,7 +157,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--n-clusters", type=_n_clusters, help="number of pseudo classes, or 'auto' (16)")
     c.add_argument("--max-n-clusters", type=int)
     c.add_argument("--cluster-backend", choices=["auto", "sklearn", "cuml", "dask"])
-    c.add_argument("--centroids", help="centroids.npy of an earlier run: label with its classes")
+    c.add_argument("--centroids", type=a_path, help="centroids.npy of an earlier run: label with its classes")
     c.add_argument("--val-fraction", type=float)
     c.add_argument("--seed", type=int)
     c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None)
@@ -456,8 +462,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (every class, every miss counted)")
-    ev.add_argument("out", help="a dataset written by `alps run`")
-    ev.add_argument("gt_dir", help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; "
+    ev.add_argument("out", type=a_path, help="a dataset written by `alps run`")
+    ev.add_argument("gt_dir", type=a_path, help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; "
                                    "NIfTI label volumes): a tree that mirrors the dataset's, or a flat folder with "
                                    "the images' file names")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
@@ -485,10 +491,10 @@ def make_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="register a deployment (flow.serve) to start runs from the Prefect UI")
     serve.add_argument("--name", default="alps")
     serve.add_argument("--dataset", help="default dataset parameter")
-    serve.add_argument("--out", help="default output parameter")
+    serve.add_argument("--out", type=a_path, help="default output parameter")
     serve.add_argument("--limit", type=int, default=1, help="concurrent runs")
     serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"])
-    serve.add_argument("--model-repository")
+    serve.add_argument("--model-repository", type=a_path)
     serve.add_argument("--triton-url", dest="triton_urls", action="append")
     serve.set_defaults(func=cmd_serve)
     add_report_parser(sub)

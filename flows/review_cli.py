@@ -14,6 +14,13 @@ from pathlib import Path
 VECTOR_CHOICES = ("gpkg", "geojson")
 
 
+def a_path(value: str) -> str:
+    """A path argument: an empty one (an unset shell variable) would mean the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return value
+
+
 def _fail(message: str) -> int:
     for line in str(message).splitlines() or [""]:
         print(f"alps: error: {line}", file=sys.stderr)
@@ -68,7 +75,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write the cluster review page OUT/report/index.html (no SAM)",
                        description="Rebuild OUT/report/ from the run's shards and centroids: one section per class "
                                    "with mask crops, figures and a classes file to edit for `alps relabel`.")
-    p.add_argument("out", help="a dataset written by `alps run`")
+    p.add_argument("out", type=a_path, help="a dataset written by `alps run`")
     p.set_defaults(func=cmd_report)
 
 
@@ -77,7 +84,7 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("relabel", help="name, merge and drop clusters; rewrite the dataset from its shards (no SAM)",
                        description="Rewrite OUT with the classes of a YAML/JSON file: {classes: [{name, clusters}], "
                                    "drop: [...]}. Unlisted clusters keep a class of their own (cluster_<k>).")
-    p.add_argument("out", help="a dataset written by `alps run`")
+    p.add_argument("out", type=a_path, help="a dataset written by `alps run`")
     p.add_argument("--classes", required=True, help="YAML or JSON classes file (template: OUT/report/classes.yaml)")
     vectors = p.add_mutually_exclusive_group()
     add_vector_argument(vectors, "default: the format the dataset has now")

@@ -246,6 +246,23 @@ def test_main_returns_usage_exit_code_in_process(tmp_path):
     assert main(["run", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "{tmp}", "--out", ""], "argument --out: an empty path (an unset shell variable?)"),  # wrote into the cwd
+    (["run", "{tmp}", "--out", "{tmp}/o", "--model-repository", " "], "argument --model-repository: an empty path"),
+    (["run", "", "--out", "{tmp}/o"], "argument dataset: an empty path"),
+    (["evaluate", "{tmp}", ""], "argument gt_dir: an empty path"),
+    (["relabel", "", "--classes", "c.yaml"], "argument out: an empty path"),
+    (["run", "{tmp}", "--out", "{tmp}/o", "--n-clusters", "x"],
+     "argument --n-clusters: expected a whole number or 'auto', got 'x'"),  # was "invalid _n_clusters value"
+])
+def test_a_usage_error_names_the_argument_and_why(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        main([a.format(tmp=tmp_path) for a in args])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing written, in the current folder least of all
+
+
 def test_version_names_alps_and_the_packages_that_decide_outputs(capsys):
     """What a bug report needs, as the dataset's manifest records it: there was no ``alps --version``."""
     import importlib.metadata
