@@ -306,6 +306,22 @@ def _tiff_bands(src: Any, config: InputConfig) -> list[int]:
     return [1, 2, 3] if src.count >= 3 else [1]
 
 
+def _colour_table(src: Any, bands: list[int]) -> npt.NDArray[np.uint8] | None:
+    """``(256, 4) uint8`` RGBA of each index of a palette raster read as its one band; None for another raster."""
+    from rasterio.enums import ColorInterp
+
+    if len(bands) != 1 or src.colorinterp[bands[0] - 1] != ColorInterp.palette or src.dtypes[bands[0] - 1] != "uint8":
+        return None
+    try:
+        table = src.colormap(bands[0])
+    except ValueError:  # said to be a palette, but holds none
+        return None
+    colours = np.zeros((256, 4), np.uint8)
+    for index, rgba in table.items():
+        colours[index] = rgba
+    return colours
+
+
 def _georeference(src: Any, window: Any) -> dict[str, Any] | None:
     """Where the raster (or its ``window``) lies; None if it is not georeferenced.
 
@@ -350,12 +366,26 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
             bands = _tiff_bands(src, config)
+            kind = src.dtypes[bands[0] - 1]
+            if kind.startswith("complex"):  # np.percentile and the stretch have no order for complex numbers
+                raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
+                                  "values; save its amplitude or intensity first")
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
             valid = _valid_pixels(src, bands, window=win)
             geo = _georeference(src, win)
+            colours = _colour_table(src, bands)
+            bits = int(src.tags(bands[0], "IMAGE_STRUCTURE").get("NBITS", 8))
     except rasterio.errors.RasterioIOError as err:
         raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
+    if colours is not None:  # a palette TIFF: its indices are no brightness (a palette PNG is read the same way)
+        index = data[0]
+        if (colours[:, 3] < 255).any():  # transparent entries hold no image
+            opaque = colours[index, 3] > 0
+            valid = opaque if valid is None else valid & opaque
+        data = np.moveaxis(colours[index, :3], -1, 0)
+    elif bits < 8 and data.dtype == np.uint8:  # 1-bit (scanned pages, masks), 2-bit, 4-bit: 0..2^bits-1
+        data = data * np.uint8(255 // (2**bits - 1))
     if data.dtype.kind == "f":  # NaN or infinity is no measurement, nodata value declared or not
         finite = np.isfinite(data).all(axis=0)
         if not finite.all():

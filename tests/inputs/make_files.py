@@ -58,6 +58,17 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["rgba.png"] = "ok"
     Image.fromarray(scene(2)).convert("P", palette=Image.ADAPTIVE, colors=32).save(root / "palette.png")
     expect["palette.png"] = "ok"
+    # TIFFs of a colour table and of 1 bit: were read as their indices and 0/1 (near black), and labelled nothing
+    Image.fromarray(scene(3)).convert("P", palette=Image.ADAPTIVE, colors=6).save(root / "palette_tiff.tif")
+    expect["palette_tiff.tif"] = "ok"
+    Image.fromarray(scene(4)).convert("1").save(root / "scan_1bit.tif", compression="group4")
+    expect["scan_1bit.tif"] = "ok"
+    import rasterio
+
+    with rasterio.open(root / "radar_slc.tif", "w", driver="GTiff", width=SIZE[1], height=SIZE[0], count=1,
+                       dtype="complex64") as dst:  # a Sentinel-1 SLC: stopped the run as a failure of the machinery
+        dst.write(np.full((1, *SIZE), 3 + 4j, np.complex64))
+    expect["radar_slc.tif"] = "complex-valued raster"
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.fromarray(scene(3)).save(root / "exif_rotated.jpg", exif=exif.tobytes(), quality=95)

@@ -65,6 +65,9 @@ def test_discovery_and_reading_of_every_case(odd):
         assert wide.extra["dtype"] == "uint16" and wide.rgb.max() == 255 and not wide.plain_copy
         assert np.corrcoef(wide.rgb[:, 30:].ravel(), scene(18)[:, 30:].ravel())[0, 1] > 0.99
     assert not wide.valid[:, :30].any() and wide.valid[:, 30:].all()  # its alpha
+    for name in ("palette_tiff.tif", "scan_1bit.tif", "palette.png"):  # as an image viewer shows them
+        shown = np.asarray(Image.open(root / name).convert("RGB"))
+        assert np.array_equal(load_item(by_source[str(root / name)][0]).rgb, shown), name
     rotated = load_item(by_source[str(root / "exif_rotated.jpg")][0])
     assert rotated.rgb.shape[:2] == SIZE[::-1]
     geo = load_item(by_source[str(root / "geo_rgb.tif")][0])
