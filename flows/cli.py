@@ -17,8 +17,8 @@ Exit status (also in docs/flow.md):
 - 130: interrupted (Ctrl-C); 143: terminated (SIGTERM: ``kill``, ``docker stop``, a scheduler's time limit); 129:
   hung up (SIGHUP: the terminal or the SSH session it ran in closed). The run stops at once and the finished
   images are kept.
-- 141: the reader of the output left early (``alps evaluate ... | head``): what the command writes to files is
-  written; the rest of its console output is dropped.
+- 141: the reader of the output left early (``alps evaluate ... | head``, ``alps run ... 2>&1 | head``): what the
+  command writes to files is written (a run goes on to its end); the rest of its console output is dropped.
 """
 
 from __future__ import annotations
@@ -502,11 +502,52 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ReaderMayLeave:
+    """A console stream whose reader may leave mid-run (``alps run ... 2>&1 | head``, quitting ``less``).
+
+    The write that finds the pipe closed raised BrokenPipeError in whichever part of the run logged: the run
+    ended with exit 1 and no word, nothing labelled. Now the stream goes to ``/dev/null`` from then on and the
+    run carries on: its files are written, and it exits 141 (module docstring).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.left = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        self.left = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what the stream still holds is flushed there too
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``alps``)."""
     args = make_parser().parse_args(argv)
+    consoles: list[ReaderMayLeave] = []
+    streams = sys.stdout, sys.stderr
+    if args.command == "run" and None not in streams:
+        consoles = [ReaderMayLeave(stream) for stream in streams]
+        sys.stdout, sys.stderr = consoles  # type: ignore[assignment]
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        return EXIT_BROKEN_PIPE if code == 0 and any(console.left for console in consoles) else code
     except BrokenPipeError:  # `alps evaluate ... | head`: the reader left; its output is not worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
@@ -514,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C in relabel, report or evaluate (a run says more): their writes are atomic
         return _fail(f"interrupted (Ctrl-C); its writes are staged, so nothing half-written is used: run `alps "
                      f"{args.command}` again to finish", EXIT_INTERRUPTED)
+    finally:
+        if consoles:
+            sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from alps_client.backends.fake import write_fake_repository
 from flows.cli import build_config, main, make_parser
 from tests.conftest import ODD_SHAPE
 from tests.mmseg_checks import mmseg_listing
-from tests.runs import CWD, SMALL, cli_env, error_lines, labels, prefect_api, run_alps, start_alps, wait_until
+from tests.runs import ALPS, CWD, SMALL, cli_env, error_lines, labels, prefect_api, run_alps, start_alps, wait_until
 
 
 def free_port() -> int:
@@ -170,6 +170,21 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and [m["stem"] for m in manifest["missing"]] == ["odd"]
     assert sorted(p.stem for p in (out / "ann_dir").glob("*/*.png")) == [f"scene_{i:04d}" for i in range(6)]
+
+
+def test_a_run_whose_reader_leaves_goes_on_to_its_end(fault_data, fake_repo, prefect_server, tmp_path):
+    """`alps run ... 2>&1 | head -1`: the next log line raised BrokenPipeError, and the run ended with exit 1, no
+    word anywhere and nothing labelled. It now drops its console output, writes its dataset and exits 141."""
+    out = tmp_path / "out"
+    run = subprocess.Popen([*ALPS, "run", str(fault_data), "--out", str(out), "--model-repository", str(fake_repo),
+                            *SMALL], cwd=CWD, env=cli_env(tmp_path / "ph", prefect_server), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    assert run.stdout is not None
+    first = run.stdout.readline()  # as `head -1` reads, then leaves
+    run.stdout.close()
+    assert b"flow run" in first.lower() and run.wait(timeout=600) == 141
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    assert {p.stem for p in (out / "ann_dir").glob("*/*.png")} == {p.stem for p in fault_data.glob("*.png")}
 
 
 def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_repo, prefect_server, tmp_path):
