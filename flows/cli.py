@@ -515,6 +515,7 @@ class ReaderMayLeave:
         self.left = False
 
     def write(self, text: str) -> int:
+        """Write ``text``, or drop it once the reader has left."""
         try:
             return self._stream.write(text)
         except BrokenPipeError:
@@ -522,6 +523,7 @@ class ReaderMayLeave:
             return len(text)
 
     def flush(self) -> None:
+        """Flush, or drop what is held once the reader has left."""
         try:
             self._stream.flush()
         except BrokenPipeError:

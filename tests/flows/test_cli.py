@@ -13,7 +13,18 @@ from alps_client.backends.fake import write_fake_repository
 from flows.cli import build_config, main, make_parser
 from tests.conftest import ODD_SHAPE
 from tests.mmseg_checks import mmseg_listing
-from tests.runs import ALPS, CWD, SMALL, cli_env, error_lines, labels, prefect_api, run_alps, start_alps, wait_until
+from tests.runs import (
+    ALPS,
+    CWD,
+    SMALL,
+    cli_env,
+    error_lines,
+    labels,
+    prefect_api,
+    run_alps,
+    start_alps,
+    wait_until,
+)
 
 
 def free_port() -> int:
