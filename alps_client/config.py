@@ -16,6 +16,11 @@ ClusterBackend = Literal["auto", "sklearn", "cuml", "dask"]
 VectorFormat = Literal["gpkg", "geojson"]
 
 
+# 1,048,576 prompts per image: past it a run fails to allocate its grid's arrays (100,000 asked for 74.5 GiB),
+# which it took for a failure of the machinery, retried and called resumable.
+MAX_POINTS_PER_SIDE = 1024
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -56,8 +61,13 @@ class AmgConfig:
             "exactly one of points_per_side or point_grids must be given, "
             f"got points_per_side={self.points_per_side!r} and point_grids={'set' if self.point_grids else None}",
         )
-        if self.points_per_side is not None:
-            _check(self.points_per_side > 0, f"points_per_side must be > 0, got {self.points_per_side!r}")
+        if self.points_per_side is not None:  # a prompt grid of its square per image (and crop)
+            _check(0 < self.points_per_side <= MAX_POINTS_PER_SIDE,
+                   f"points_per_side must lie in 1..{MAX_POINTS_PER_SIDE} (Meta's default 32 is 1,024 prompts per "
+                   f"image), got {self.points_per_side!r}")
+        for name in ("pred_iou_thresh", "stability_score_thresh"):  # above 1 no mask passes: nothing to label
+            value = getattr(self, name)
+            _check(value is None or 0.0 <= value <= 1.0, f"{name} must lie in [0, 1], got {value!r}")
         if self.points_per_batch is not None:
             _check(self.points_per_batch > 0, f"points_per_batch must be > 0, got {self.points_per_batch!r}")
         for name in ("box_nms_thresh", "crop_nms_thresh"):

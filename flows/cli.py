@@ -117,6 +117,16 @@ def _n_clusters(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {value!r}") from None
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value!r}")
+    return seconds
+
+
 def _bands(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(","))
@@ -180,7 +190,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="relabel images labelled with another model/config")
     r.add_argument("--allow-partial", action="store_true",
                    help="write the dataset even if some good images could not be labelled (listed as missing)")
-    r.add_argument("--prefect-startup-timeout", type=float, default=180.0, metavar="SECONDS",
+    r.add_argument("--prefect-startup-timeout", type=_seconds, default=180.0, metavar="SECONDS",
                    help="how long to wait for the run's temporary Prefect API server (default 180; used when "
                         "PREFECT_API_URL is unset)")
     r.add_argument("--no-progress", dest="progress_bar", action="store_false")

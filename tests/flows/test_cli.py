@@ -46,6 +46,9 @@ def free_port() -> int:
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
         (["{data}", "--retries", "-1"], "retries must be >= 0"),
+        (["{data}", "--points-per-side", "100000"], "points_per_side must lie in 1..1024"),  # retried, "resumable"
+        (["{data}", "--pred-iou-thresh", "2"], "pred_iou_thresh must lie in [0, 1], got 2.0"),  # labelled all, then 2
+        (["{data}", "--stability-score-thresh", "-0.5"], "stability_score_thresh must lie in [0, 1]"),
         (["{data}", "--use-m2m"], "--use-m2m: SAM 2.1 only (its generator's parameters); "),  # the flag given
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
@@ -280,6 +283,8 @@ def test_main_returns_usage_exit_code_in_process(tmp_path):
     (["relabel", "", "--classes", "c.yaml"], "argument out: an empty path"),
     (["run", "{tmp}", "--out", "{tmp}/o", "--n-clusters", "x"],
      "argument --n-clusters: expected a whole number or 'auto', got 'x'"),  # was "invalid _n_clusters value"
+    (["run", "{tmp}", "--out", "{tmp}/o", "--prefect-startup-timeout", "0"],
+     "argument --prefect-startup-timeout: expected a number of seconds > 0, got '0'"),  # accepted, then failed
 ])
 def test_a_usage_error_names_the_argument_and_why(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
