@@ -148,7 +148,8 @@ def list_input_files(root: Path, out: str | Path | None = None,
 
     A file is listed once, under its own path: a link to a folder or a file that the walk finds under ``root``
     anyway is an alias, not more data (walked first, ``a_link/`` took ``real/``'s images and their names; a linked
-    file was labelled twice, perhaps once in train and once in val). Links to what lies elsewhere are followed.
+    file was labelled twice, perhaps once in train and once in val). Links to what lies elsewhere are followed,
+    and a file reached by several of them is listed once, under the first of their paths.
     Folders below ``root`` holding an alps output, and ``out``, are left out (each passed to ``on_left_out``).
     Files of a format alps does not read are passed to ``on_not_read`` with their :data:`NOT_READ_FORMATS` key.
     Folders that cannot be listed (no read or execute permission) are passed to ``on_unlisted`` with the reason.
@@ -159,7 +160,8 @@ def list_input_files(root: Path, out: str | Path | None = None,
         if on_not_read is not None:
             on_not_read(root, fmt)
         return []
-    found, seen = [], set()
+    found: list[tuple[Path, str]] = []  # (path, the file it is)
+    seen = set()
     out_real = os.path.realpath(out) if out is not None else None
     root_real = os.path.realpath(root)
 
@@ -188,10 +190,15 @@ def list_input_files(root: Path, out: str | Path | None = None,
             if name.startswith(".") or (os.path.islink(path) and _walked_anyway(os.path.realpath(path), root_real)):
                 continue
             if extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
-                found.append(path)
+                found.append((path, os.path.realpath(path) if os.path.islink(path) else os.path.join(real, name)))
             elif on_not_read is not None and (fmt := not_read_format(path)) is not None:
                 on_not_read(path, fmt)
-    return sorted(found, key=lambda p: str(p.relative_to(root)))
+    listed, files = [], set()
+    for path, real_file in sorted(found, key=lambda found: str(found[0].relative_to(root))):
+        if real_file not in files:  # links from two places to one file outside the root: the first name alone
+            files.add(real_file)
+            listed.append(path)
+    return listed
 
 
 def _walked_anyway(target: str, root_real: str) -> bool:

@@ -142,7 +142,7 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
 def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path):
     """`a_link -> real/` sorted before `real/`: its alias took the images and their names, and `real/` was skipped
     unsaid; `link.png -> y.png` labelled one image twice (perhaps once in train, once in val). Links to what lies
-    elsewhere, or in a hidden folder the walk leaves out, are data and followed."""
+    elsewhere, or in a hidden folder the walk leaves out, are data and followed, a file reached by several once."""
     root = tmp_path / "ds"
     for relative in ("real/x.png", "y.png", ".hidden/h.png"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +156,10 @@ def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path)
     (root / "loop").symlink_to(root)
     Image.fromarray(scene(2)).save(root / "camera_raw_name", format="PNG")  # not listed itself: its link is the image
     (root / "named.png").symlink_to("camera_raw_name")
+    # Links from two places to one file outside: labelled twice, once in train and once in val
+    (root / "z1.png").symlink_to(tmp_path / "elsewhere" / "e.png")
+    (root / "z2.png").symlink_to(tmp_path / "elsewhere" / "e.png")
+    (root / "z_outside_again").symlink_to(tmp_path / "elsewhere")
     items, errors = discover_inputs(root)
     assert not errors
     assert sorted((i.stem, i.source) for i in items) == [
