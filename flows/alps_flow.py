@@ -322,8 +322,9 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
         config, config_note = deployment_run_config(config)
         if config_note:
             get_run_logger().info("%s", config_note)
-        plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
         with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
+            # planned under the lock: another run's shards, half written, read as "another configuration"
+            plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
     except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
         return Failed(message=describe(err), data=err)

@@ -525,9 +525,11 @@ def test_one_writer_per_out_and_a_killed_holder_leaves_no_lock(labelled, fake_re
     try:
         wait_until(holding.exists, "the other process holding the lock", proc=holder)
         busy = f"alps: error: {out} is being written by alps run (pid {holder.pid}); wait for it to finish"
+        run = ["run", str(labelled.data / "images"), "--out", str(out), "--model-repository", str(labelled.repo),
+               "--n-clusters", "4", "--no-progress", "--points-per-side"]
+        # a run of other settings was told that OUT holds another configuration's images (use --overwrite)
         for command in (["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")], ["report", str(out)],
-                        ["run", str(labelled.data / "images"), "--out", str(out), "--model-repository",
-                         str(labelled.repo), "--points-per-side", "8", "--n-clusters", "4", "--no-progress"]):
+                        [*run, "8"], [*run, "6"]):
             assert alps(command) == 2, command
             way_out = ", or use another --out" if command[0] == "run" else ""  # relabel and report have none
             assert capsys.readouterr().err.strip().splitlines()[-1] == busy + way_out, command
