@@ -223,12 +223,24 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
         if "from" in extra["relabel"]:
             get_run_logger().info(f"the classes of {extra['relabel']['from']} (its `alps relabel`, made for these "
                                   f"--centroids) are applied: {len(class_map.names)} classes")
+    before = _splits_in(out)
     try:
         summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
                                 class_map, extra)
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
+    moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)
+    if moved:  # a model trained on the earlier split has seen some of the new val images
+        get_run_logger().warning(
+            "%d image(s) moved between splits (%s%s): another --seed or --val-fraction than the dataset's draws the "
+            "split anew (or their input moved between the dataset's train/val folders)", len(moved),
+            ", ".join(moved[:5]), ", ..." if len(moved) > 5 else "")
     return summary.__dict__
+
+
+def _splits_in(out: str) -> dict[str, str]:
+    """``stem -> split`` of the label maps the dataset in ``out`` holds now (empty before its first write)."""
+    return {path.stem: path.parent.name for path in Path(out).glob("ann_dir/*/*.png")}
 
 
 def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[list[ImageOutcome], str]:

@@ -330,7 +330,9 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
     (out / ".alps" / "names.json").write_text("{")  # cut short or deleted: the dataset itself says the splits
     for stem in set(stems) - set(first_three):
         shutil.copy2(scenes / "images" / f"{stem}.png", data)
-    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert not [line for line in logged if "moved between splits" in line]
     alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
     grown, fresh = splits(out), splits(tmp_path / "fresh")
     assert {stem: grown[stem] for stem in first} == first and list(grown.values()).count("val") == 3
@@ -342,9 +344,12 @@ def test_images_added_later_leave_the_earlier_splits_as_they_were(fake_repo, sce
     back = alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert back["n_labelled"] == 0 and splits(out) == grown
     resplit = small_config(fake_repo, val_fraction=0.3)
-    alps_flow(str(data), str(out), resplit, progress_bar=False)
+    with run_log("prefect.task_runs") as logged:  # the split drawn anew was said in no word
+        alps_flow(str(data), str(out), resplit, progress_bar=False)
     alps_flow(str(data), str(tmp_path / "fresh_resplit"), resplit, progress_bar=False)
     assert splits(out) == splits(tmp_path / "fresh_resplit")
+    moved = sorted(stem for stem, split in splits(out).items() if grown[stem] != split)
+    assert moved and f"{len(moved)} image(s) moved between splits ({', '.join(moved)}): another --seed" in "\n".join(logged)
 
 
 def test_a_val_image_away_for_a_while_comes_back_in_val_and_a_killed_run_keeps_its_names(fake_repo, scenes,
