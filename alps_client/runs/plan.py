@@ -19,6 +19,7 @@ from alps_client.io.items import (
     VOLUME_EXTENSIONS,
     InputError,
     InputItem,
+    by_reason,
     extension_of,
     printable,
     source_signature,
@@ -132,6 +133,9 @@ class RunPlan:
                 except (AlpsError, OSError):
                     continue
         return sizes
+
+
+NAMED_REJECTED = 10  # rejected files named when none is left to label
 
 
 def describe_items(items: list[InputItem]) -> str:
@@ -374,9 +378,11 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     names = read_registry(out)["names"] or in_dataset  # (a dataset from before the record: its manifest's)
     items, rejected = discover_inputs(dataset, config.inputs, out, left_out.append,
                                       lambda path, pages: multipage.append((path, pages)), names)
-    if not items:
-        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; "
-                            f"{len(rejected)} file(s) rejected, e.g. {rejected[0].path}: {rejected[0].reason})"
+    if not items:  # no dataset is written, nor errors.jsonl: the message names every file, up to a few
+        shown = "; ".join(f"{error.path}: {error.reason}" for error in rejected[:NAMED_REJECTED])
+        more = f"; and {len(rejected) - NAMED_REJECTED} more" if len(rejected) > NAMED_REJECTED else ""
+        raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; {len(rejected)} file(s) "
+                            f"rejected: {by_reason([e.to_json() for e in rejected])}): {shown}{more}"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
     from alps_client.runs.moves import find_moves  # (built on this module)
 

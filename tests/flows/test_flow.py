@@ -198,6 +198,17 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     shutil.copytree(data / "labels", only_outputs / "labels")
     with pytest.raises(NoInputsError, match="left out 1 folder"):
         check_request(only_outputs, cfg)
+    # Every file rejected: one was named, and the others and their reasons nowhere (no errors.jsonl is written)
+    all_bad = tmp_path / "all_bad"
+    all_bad.mkdir()
+    (all_bad / "empty.png").write_bytes(b"")
+    (all_bad / "text.png").write_text("not an image")
+    (all_bad / "zero.jpg").write_bytes(b"")
+    with pytest.raises(NoInputsError) as refused:
+        plan_run(all_bad, tmp_path / "all_bad_out", cfg)
+    assert f"3 file(s) rejected: 2 zero-byte file, 1 not an image (PIL cannot identify it)): {all_bad / 'empty.png'}: " \
+           f"zero-byte file; {all_bad / 'text.png'}: not an image" in str(refused.value)
+    assert str(all_bad / "zero.jpg") in str(refused.value)
 
     assert alps(["run", str(data), "--out", str(data), "--model-repository", str(fake_repo)]) == 2
     assert "is the dataset folder itself" in capsys.readouterr().err
