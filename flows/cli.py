@@ -342,6 +342,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = build_config(args)
         check_workers(args.concurrency, args.dask_workers)
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
+        if config.cluster.centroids and args.n_clusters is not None:  # was ignored unsaid
+            import numpy as np
+
+            count = len(np.load(config.cluster.centroids, mmap_mode="r"))  # read whole by check_request already
+            if args.n_clusters != count:
+                raise AlpsError(f"--n-clusters {args.n_clusters}, but --centroids {config.cluster.centroids} holds "
+                                f"{count} centroids, one per class: leave --n-clusters out")
     except (ValueError, AlpsError) as err:
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
     _show_library_warnings()

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from alps_client.backends.fake import write_fake_repository
@@ -53,6 +54,8 @@ def free_port() -> int:
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
+        (["{data}", "--centroids", "{tmp}/four.npy", "--n-clusters", "8"],
+         "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per class"),  # 8 was ignored unsaid
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--out", "{tmp}/r\udce9sultats"], r"--out {tmp}/r\xe9sultats is not UTF-8 text"),  # a traceback
@@ -69,6 +72,7 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     (tmp_path / "dicom" / "series" / "scout.gif").write_bytes(b"GIF89a")
     (tmp_path / "dicom" / "atlas.mhd").write_text("ObjectType = Image\nElementDataFile = atlas.raw\n")
     (tmp_path / "a_file").write_text("an --out under a file (was a traceback from the API server's start)")
+    np.save(tmp_path / "four.npy", np.random.default_rng(0).random((4, 256), np.float32))
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
         args += ["--model-repository", str(fake_repo)]
