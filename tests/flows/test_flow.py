@@ -647,7 +647,7 @@ def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, sc
         alps_flow(image, str(tmp_path / "gated"), replace(cfg, gate=GateConfig(sigma=1e-6)), progress_bar=False)
     assert len(list((tmp_path / "gated" / ".alps" / "shards").glob("*.npz"))) == 1
     assert not (tmp_path / "gated" / ".alps" / "centroids.npy").exists()
-    no_masks = replace(cfg, amg=replace(cfg.amg, pred_iou_thresh=1.5))
+    no_masks = replace(cfg, amg=replace(cfg.amg, pred_iou_thresh=1.0))
     with pytest.raises(AlpsError, match=r"kept no mask in any of the 1 image.*--pred-iou-thresh.*lower those settings"):
         alps_flow(image, str(tmp_path / "none"), no_masks, progress_bar=False)
     emptied = replace(cfg, amg=replace(cfg.amg, mask_threshold=50.0))  # every logit below it: every mask empty
