@@ -64,8 +64,18 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any
 
     path = Path(path)
     text = read_text(path, example)
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:  # JSON's loader keeps the last of a key
+        keys = [key for key, _ in pairs]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            problem = f"not valid JSON: key {twice!r} given twice in one object (only the last would count)"
+            raise ClassesFileError(str(path), [problem])
+        return dict(pairs)
+
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = (json.loads(text, object_pairs_hook=unique_keys) if path.suffix.lower() == ".json" else
+                yaml.load(text, Loader=_unique_key_loader()))  # a SafeLoader
     except json.JSONDecodeError as err:
         raise ClassesFileError(str(path), [f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"]) from err
     except yaml.YAMLError as err:
@@ -77,6 +87,33 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any
     if not isinstance(data, dict):
         raise ClassesFileError(str(path), [f"must be a mapping with 'classes', like {example}"])
     return data
+
+
+def _unique_key_loader() -> type:
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping.
+
+    SafeLoader kept the last: a class, or a whole ``classes:`` block, was dropped unsaid.
+    """
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys given after it override its
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader says so
+                    continue
+                if earlier is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (first at line {earlier.start_mark.line + 1}; only the "
+                        "last would count)", key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def name_problem(name: Any, what: str) -> str | None:

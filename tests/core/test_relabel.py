@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -77,6 +78,17 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
         parse_classes(tmp_path / "bad.json", 2)
     with pytest.raises(ClassesFileError, match="no such file"):
         parse_classes(tmp_path / "absent.yaml", 2)
+    # A key given twice: the parsers kept the last, and a class or a whole `classes:` block went unsaid
+    for name, text, where in (
+            ("twice.yaml", "classes:\n  - {name: a, clusters: [0]}\nclasses:\n  - {name: b, clusters: [1]}\n",
+             "key 'classes' given twice (first at line 1; only the last would count) at line 3"),
+            ("clusters.yaml", "classes:\n  - {name: a, clusters: [0], clusters: [1]}\n", "key 'clusters' given twice"),
+            ("drop.json", '{"classes": [], "drop": [0], "drop": [1]}', "not valid JSON: key 'drop' given twice")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ClassesFileError, match=re.escape(where)):
+            parse_classes(tmp_path / name, 2)
+    (tmp_path / "merged.yaml").write_text("classes:\n  - &a {name: a, clusters: [0]}\n  - {<<: *a, name: c, clusters: [1]}\n")
+    assert parse_classes(tmp_path / "merged.yaml", 2)[0].names == ("a", "c")  # keys after a merge key override it
     # What Windows editors save: UTF-16 ("Unicode"), Latin-1, or UTF-8 with a byte-order mark (JSON too).
     text = "classes:\n  - {name: café, clusters: [0]}\n"
     for encoding, readable in (("utf-16", False), ("latin-1", False), ("utf-8-sig", True)):
