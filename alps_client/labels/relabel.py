@@ -188,8 +188,6 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
             owner.setdefault(k, name)
         names.append(name)
         members.append(ids)
-    if not classes and not drop and not problems:
-        problems.append(f"the class list is empty and nothing is dropped, so nothing would change; write e.g. {EXAMPLE}")
     rest = [k for k in range(n_clusters) if k not in owner and k not in drop]
     for k in rest:
         if f"cluster_{k}" in names:

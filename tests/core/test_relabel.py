@@ -25,6 +25,10 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
     assert cm.label_lut()[[0, 3, 4, 5, 255]].tolist() == [0, 0, 255, 3, 255]
     only_drop = class_map_from_spec({"drop": [0]}, 3)
     assert only_drop.names == ("cluster_1", "cluster_2") and only_drop.cluster_to_class == (IGNORE, 0, 1)
+    # Nothing listed, nothing dropped: the classes `alps run` wrote, the way back from a relabel (it was refused as
+    # "nothing would change", which was not so on a relabelled dataset)
+    undone = class_map_from_spec({"classes": []}, 3)
+    assert undone.names == ("cluster_0", "cluster_1", "cluster_2") and undone.cluster_to_class == (0, 1, 2)
 
 
 @pytest.mark.parametrize(
@@ -34,7 +38,6 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
         ({"classes": [{"name": "a", "clusters": [0]}, {"name": "b", "clusters": [0, 1]}]},
          ["cluster 0 is in two classes, 'a' and 'b'; keep it in one"]),
         ({"classes": [{"name": "a", "clusters": []}]}, ["class 'a' lists no clusters; give it at least one, e.g. clusters: [0]"]),
-        ({"classes": []}, ["the class list is empty and nothing is dropped"]),
         ({"classes": [{"name": "a", "clusters": [2]}], "drop": [2]}, ["cluster 2 is both in class 'a' and in drop"]),
         ({"classes": [{"name": "a", "clusters": [0]}, {"name": "a", "clusters": [1]}]}, ["class 'a' is listed twice"]),
         ({"classes": [{"name": "cluster_3", "clusters": [0]}]}, ["the name 'cluster_3' is taken by unlisted cluster 3"]),

@@ -221,6 +221,11 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--vector", "geojson"]) == 0
     assert sorted(p.name for p in (out / "vectors").iterdir()) == ["masks.geojson"]
     assert len(gpd.read_file(out / "vectors" / "masks.geojson")) == len(vectors)
+    (tmp_path / "undo.yaml").write_text("classes: []\n")  # the way back: the classes `alps run` wrote
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "undo.yaml")]) == 0
+    undone = label_maps(out)
+    assert undone.keys() == before_maps.keys() and coco(out) == before_coco
+    assert all((undone[key] == old).all() for key, old in before_maps.items())
 
 
 def test_interrupted_relabel_leaves_the_dataset_intact_and_a_rerun_finishes_it(labelled, tmp_path, monkeypatch):
