@@ -468,7 +468,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                             f"reasons in {work_dir(out) / 'last_run.json'}")
         return Failed(message=str(err), data=err)
     shards = [o.shard for o in done if o.shard]
-    if not config.cluster.centroids and not any(o.n_kept for o in done):
+    if not any(o.n_kept for o in done):  # with --centroids too: it wrote a dataset of 255 alone, with exit 0
         from alps_client.labels.clustering import why_nothing_to_cluster
 
         reason = why_nothing_to_cluster(shards)  # images skipped as done carry no counts: their shards do

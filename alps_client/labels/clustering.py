@@ -47,7 +47,7 @@ def count_pfls(shard_paths: Sequence[Path]) -> npt.NDArray[np.int64]:
 
 
 def why_nothing_to_cluster(shard_paths: Sequence[str | Path]) -> str | None:
-    """Why the shards hold no mask to cluster, naming the setting to change; None if some mask was kept.
+    """Why the shards hold no mask to cluster or label, naming the setting to change; None if some mask was kept.
 
     The two causes need opposite remedies: the mask generator's filters kept nothing (lower its thresholds), or
     every mask it kept covers more than sigma of its image (raise ``--sigma``).
@@ -60,12 +60,12 @@ def why_nothing_to_cluster(shard_paths: Sequence[str | Path]) -> str | None:
         found += meta["n_masks"]
     images = f"{len(shard_paths)} image(s)"
     if found == 0:
-        return (f"the mask generator kept no mask in any of the {images}, so there is nothing to cluster: every "
+        return (f"the mask generator kept no mask in any of the {images}, so there is nothing to label: every "
                 "prompt's masks fell below --pred-iou-thresh or --stability-score-thresh, or were emptied by "
                 "--mask-threshold or --min-mask-region-area (or the images hold nothing to segment); lower those "
                 "settings or check the inputs")
     return (f"all {found} mask(s) found in the {images} cover more than --sigma of their image, so the gate dropped "
-            "every one and there is nothing to cluster; raise --sigma")
+            "every one and there is nothing to label; raise --sigma")
 
 
 def sample_pfls(shard_paths: Sequence[Path], counts: npt.NDArray[np.int64], size: int, seed: int) -> npt.NDArray[np.float32]:

@@ -647,6 +647,12 @@ def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, sc
         alps_flow(image, str(tmp_path / "gated"), replace(cfg, gate=GateConfig(sigma=1e-6)), progress_bar=False)
     assert len(list((tmp_path / "gated" / ".alps" / "shards").glob("*.npz"))) == 1
     assert not (tmp_path / "gated" / ".alps" / "centroids.npy").exists()
+    np.save(tmp_path / "centroids.npy", np.random.default_rng(0).random((4, 256), np.float32))
+    with_centroids = replace(cfg, gate=GateConfig(sigma=1e-6),
+                             cluster=replace(cfg.cluster, centroids=str(tmp_path / "centroids.npy")))
+    with pytest.raises(AlpsError, match=r"raise --sigma"):  # it wrote a dataset of 255 alone, and exited 0
+        alps_flow(image, str(tmp_path / "gated_centroids"), with_centroids, progress_bar=False)
+    assert not (tmp_path / "gated_centroids" / "manifest.json").exists()
     no_masks = replace(cfg, amg=replace(cfg.amg, pred_iou_thresh=1.0))
     with pytest.raises(AlpsError, match=r"kept no mask in any of the 1 image.*--pred-iou-thresh.*lower those settings"):
         alps_flow(image, str(tmp_path / "none"), no_masks, progress_bar=False)
