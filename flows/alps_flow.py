@@ -223,6 +223,10 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
         if "from" in extra["relabel"]:
             get_run_logger().info(f"the classes of {extra['relabel']['from']} (its `alps relabel`, made for these "
                                   f"--centroids) are applied: {len(class_map.names)} classes")
+        else:  # kept unsaid, or brought back by going back to the clusters they were made for
+            names = ", ".join(class_map.names[:8]) + (", ..." if len(class_map.names) > 8 else "")
+            get_run_logger().info(f"the classes of this dataset's `alps relabel` are kept, its clusters being the "
+                                  f"same: {len(class_map.names)} classes ({names})")
     before = _splits_in(out)
     try:
         summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -288,3 +289,16 @@ def gone(procs: list[psutil.Process], timeout: float = 60) -> list[psutil.Proces
     """Those of ``procs`` still alive after waiting up to ``timeout`` s for them to exit."""
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     return alive
+
+
+@contextlib.contextmanager
+def run_log(logger: str = "prefect.flow_runs") -> Iterator[list[str]]:
+    """The messages the flow runs in this block log (Prefect's run logger; ``prefect.task_runs``: their tasks')."""
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logging.getLogger(logger).removeHandler(handler)

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +27,7 @@ from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunErro
 from alps_client.io.registry import read_registry
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
-from tests.runs import error_lines, labels
+from tests.runs import error_lines, labels, run_log
 
 
 def small_config(repo, **writer) -> PipelineConfig:
@@ -41,19 +38,6 @@ def small_config(repo, **writer) -> PipelineConfig:
 
 def faulty_repo(tmp_path: Path, **faults) -> Path:
     return write_fake_repository(tmp_path / "faulty_repo", faults={"dir": str(tmp_path / "faults"), **faults})
-
-
-@contextmanager
-def run_log(logger: str = "prefect.flow_runs") -> Iterator[list[str]]:
-    """The messages the flow runs in this block log (Prefect's run logger; ``prefect.task_runs``: their tasks')."""
-    logged: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger(logger).addHandler(handler)
-    try:
-        yield logged
-    finally:
-        logging.getLogger(logger).removeHandler(handler)
 
 
 def read_jsonl(path: Path) -> list[dict]:

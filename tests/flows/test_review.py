@@ -30,7 +30,7 @@ from flows.cli import main as alps
 from tests.flows.conftest import ALPS, CWD, cli_env
 from tests.mmseg_checks import mmseg_listing
 from tests.review.chromium import ensure_chromium, visit
-from tests.runs import wait_until
+from tests.runs import run_log, wait_until
 
 PROBE = """({
   sections: [...document.querySelectorAll("section[data-class-id]")].map(s => ({
@@ -287,9 +287,12 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
         shutil.copytree(fake_repo, labelled.repo)
     cfg = PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
                          cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
-    # The same command again (every image already done, the same clusters): the user's classes stay.
-    state = alps_flow(str(labelled.data / "images"), str(out), cfg, progress_bar=False, return_state=True)
+    # The same command again (every image already done, the same clusters): the user's classes stay, and it says so.
+    with run_log("prefect.task_runs") as logged:
+        state = alps_flow(str(labelled.data / "images"), str(out), cfg, progress_bar=False, return_state=True)
     assert state.is_completed()
+    assert "the classes of this dataset's `alps relabel` are kept, its clusters being the same: 2 classes " \
+           "(merged, named)" in logged
     assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
     assert json.loads((out / "manifest.json").read_text())["relabel"] == record
 
