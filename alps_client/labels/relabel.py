@@ -124,6 +124,11 @@ def name_problem(name: Any, what: str) -> str | None:
         return f"{what} needs a non-empty 'name', got {name!r}{quote}"
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name.strip()):  # would split logs and tables
         return f"{what} name {name.strip()!r} holds a control character (a line break, a tab)"
+    # Invisible: a zero-width space makes two names that look alike, a right-to-left override reverses the rest of
+    # a line in a terminal. The joiners (U+200C, U+200D) are kept: Persian and Indic names and emoji need them.
+    hidden = [c for c in name.strip() if unicodedata.category(c) == "Cf" and c not in "\u200c\u200d"]
+    if hidden:
+        return f"{what} name {name.strip()!r} holds an invisible character (U+{ord(hidden[0]):04X})"
     return None
 
 
@@ -172,7 +177,7 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
         if problem:
             problems.append(problem)
             continue
-        name = name.strip()
+        name = unicodedata.normalize("NFC", name.strip())  # "café" typed two ways is one name, not two alike
         label = f"class '{name}'"
         if name in names:
             problems.append(f"{label} is listed twice; list all its clusters in one entry to merge them")

@@ -27,6 +27,8 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
     assert only_drop.names == ("cluster_1", "cluster_2") and only_drop.cluster_to_class == (IGNORE, 0, 1)
     # Nothing listed, nothing dropped: the classes `alps run` wrote, the way back from a relabel (it was refused as
     # "nothing would change", which was not so on a relabelled dataset)
+    persian = "\u0646\u06cc\u0645\u200c\u0641\u0627\u0635\u0644\u0647"  # a zero-width non-joiner is part of the word
+    assert class_map_from_spec({"classes": [{"name": persian, "clusters": [0]}]}, 1).names == (persian,)
     undone = class_map_from_spec({"classes": []}, 3)
     assert undone.names == ("cluster_0", "cluster_1", "cluster_2") and undone.cluster_to_class == (0, 1, 2)
 
@@ -50,6 +52,10 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
         ({"classes": [{"name": "a"}]}, ["class 'a' lists no clusters"]),  # one line, not two
         ({"classes": [{"name": "a", "clusters": 0}]}, ["class 'a' clusters must be a list of cluster ids, got 0"]),
         ({"classes": [{"name": "a\nb", "clusters": [0]}]}, ["class #1 name 'a\\nb' holds a control character"]),
+        ({"classes": [{"name": "caf\u00e9", "clusters": [0]}, {"name": "cafe\u0301", "clusters": [1]}]},
+         ["class 'caf\u00e9' is listed twice"]),  # one name typed two ways (NFC, NFD): two classes that look alike
+        ({"classes": [{"name": "a\u200bb", "clusters": [0]}]}, ["class #1 name 'a\\u200bb' holds an invisible character (U+200B)"]),
+        ({"classes": [{"name": "\u202eabc", "clusters": [0]}]}, ["holds an invisible character (U+202E)"]),
         ({"classes": [{"name": "a", "clusters": [0]}], "drop": 1}, ["drop must be a list of cluster ids, got 1"]),
         # Ignored before, as if empty: a drop of cluster 0 meant as `drop: [0]` silently kept it.
         ({"classes": [{"name": "a", "clusters": [1]}], "drop": 0}, ["drop must be a list of cluster ids, got 0"]),
