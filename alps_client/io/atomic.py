@@ -33,11 +33,9 @@ def _umask() -> int:
     return mask
 
 
-# mkstemp and mkdtemp create 0600 files and 0700 folders: outputs take the mode any other file gets here
-# (0644 and 0755 under umask 022), so that a training job or web server of another user can read the dataset.
-_MASK = _umask()
-FILE_MODE = 0o666 & ~_MASK
-FOLDER_MODE = 0o777 & ~_MASK
+# mkstemp creates 0600 files: outputs take the mode any other file gets here (0644 under umask 022), so that a
+# training job or web server of another user can read the dataset.
+FILE_MODE = 0o666 & ~_umask()
 # Marks atomic_path's temp files, so that a run removes no file of the user's (".notes.20241201.md")
 _TEMP_MARK = ".alps-tmp"
 
