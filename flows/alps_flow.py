@@ -42,7 +42,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from alps_client.config import PipelineConfig
-from alps_client.errors import AlpsError, IncompleteRunError, NoInputsError, OutputDiskFullError
+from alps_client.errors import (
+    AlpsError,
+    ConfigMismatchError,
+    IncompleteRunError,
+    NoInputsError,
+    OutputDiskFullError,
+)
 from alps_client.io import atomic
 from alps_client.io.items import InputItem, by_reason
 from alps_client.io.out_lock import out_lock
@@ -338,9 +344,12 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
         config, config_note = deployment_run_config(config)
         if config_note:
             get_run_logger().info("%s", config_note)
-        with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
-            # planned under the lock: another run's shards, half written, read as "another configuration"
+        try:
             plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
+        except ConfigMismatchError:  # perhaps the shards of a run writing OUT now: that is what to say
+            with out_lock(out, "alps run", create=False):
+                raise
+        with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
     except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
         return Failed(message=describe(err), data=err)
