@@ -397,7 +397,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if plan.multipage:
         path, pages = plan.multipage[0]
         logger.warning("%d input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D "
-                       "NIfTI's volumes): only the first of each is labelled, e.g. %s (%d)", len(plan.multipage),
+                       "NIfTI's volumes, an animated PNG's or WebP's frames): only the first of each is labelled, "
+                       "e.g. %s (%d)", len(plan.multipage),
                        path, pages)
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",

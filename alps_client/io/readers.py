@@ -201,8 +201,8 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
 def image_header(path: str | Path) -> tuple[int, int, int]:
     """``(H, W, pages)`` from the file header (cheap); raises InputImageError for files that are not images.
 
-    ``pages`` > 1 for a TIFF of several pages (a microscope's z-stack, a slide's pyramid levels): its first page is
-    the image, the others are never read.
+    ``pages`` > 1 for a TIFF of several pages (a microscope's z-stack, a slide's pyramid levels) or an animated PNG
+    or WebP (its frames): its first page is the image, the others are never read.
     """
     path = Path(path)
     _check_file(path)
@@ -217,11 +217,12 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
             orientation = _orientation(im)
+            frames = int(getattr(im, "n_frames", 1))  # an animated PNG or WebP: from its header
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
         raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
-    return (w, h, 1) if orientation in (5, 6, 7, 8) else (h, w, 1)
+    return (w, h, frames) if orientation in (5, 6, 7, 8) else (h, w, frames)
 
 
 def percentile_range(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[float, float] | None:

@@ -91,6 +91,9 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     planes = [Image.fromarray(scene(13 + i)) for i in range(3)]  # a z-stack: 3 pages
     planes[0].save(root / "stack.tif", save_all=True, append_images=planes[1:])
     expect["stack.tif"] = "ok"
+    frames = [Image.fromarray(scene(s)) for s in (21, 22)]  # labelled as its first frame without a word
+    frames[0].save(root / "walk_cycle.png", save_all=True, append_images=frames[1:])  # an animated PNG
+    expect["walk_cycle.png"] = "ok"
     Image.fromarray(scene(10)).save(root / "Case.png")  # two names an output disk that ignores case would merge
     expect["Case.png"] = "ok"
     Image.fromarray(scene(11)).save(root / "case.jpg", quality=95)

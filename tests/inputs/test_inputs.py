@@ -37,7 +37,7 @@ def test_discovery_and_reading_of_every_case(odd):
     root, expect = odd
     multipage = []
     items, errors = discover_inputs(root, InputConfig(), on_pages=lambda *page: multipage.append(page))
-    assert multipage == [(str(root / "stack.tif"), 3)]
+    assert multipage == [(str(root / "stack.tif"), 3), (str(root / "walk_cycle.png"), 2)]
     by_source = {}
     for item in items:
         by_source.setdefault(item.source, []).append(item)
@@ -310,8 +310,9 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
             assert expectation in errors[printable(str(root / name))], (name, errors)
     assert "Warning" not in result.stderr, result.stderr  # no library warning: a plain TIFF, infinities handled
     assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
-    assert f"1 input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D NIfTI's " \
-           f"volumes): only the first of each is labelled, e.g. {root / 'stack.tif'} (3)" in result.stderr
+    assert f"2 input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D NIfTI's " \
+           f"volumes, an animated PNG's or WebP's frames): only the first of each is labelled, e.g. " \
+           f"{root / 'stack.tif'} (3)" in result.stderr
     assert "notes \\xe9t\\xe9.png" in (out / "report" / "index.html").read_text()
     sources = {f["properties"]["source"] for p in (out / "vectors").glob("*.geojson")
                for f in json.loads(p.read_text())["features"]}
