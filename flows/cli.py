@@ -480,9 +480,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (every class, every miss counted)")
     ev.add_argument("out", type=a_path, help="a dataset written by `alps run`")
-    ev.add_argument("gt_dir", type=a_path, help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; "
-                                   "NIfTI label volumes): a tree that mirrors the dataset's, or a flat folder with "
-                                   "the images' file names")
+    ev.add_argument("gt_dir", type=a_path,
+                    help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; NIfTI label "
+                         "volumes): a tree that mirrors the dataset's, or a flat folder with the images' file names")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
     ev.add_argument("--ignore-index", metavar="ID",
                     help="a ground-truth value that names no class (a dataset's 'unlabelled' or no-data, e.g. 0 for "
@@ -519,6 +519,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _to_devnull(stream: Any) -> None:
+    """Point ``stream``'s file descriptor at ``/dev/null``: its reader has left."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 class ReaderMayLeave:
     """A console stream whose reader may leave mid-run (``alps run ... 2>&1 | head``, quitting ``less``).
 
@@ -548,9 +555,7 @@ class ReaderMayLeave:
 
     def _reader_left(self) -> None:
         self.left = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())  # what the stream still holds is flushed there too
-        os.close(devnull)
+        _to_devnull(self._stream)  # what the stream still holds is flushed there too
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -568,8 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args))
         return EXIT_BROKEN_PIPE if code == 0 and any(console.left for console in consoles) else code
     except BrokenPipeError:  # `alps evaluate ... | head`: the reader left; its output is not worth a traceback
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit
+        _to_devnull(sys.stdout)  # Python flushes stdout again at exit
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:  # Ctrl-C in relabel, report or evaluate (a run says more): their writes are atomic
         return _fail(f"interrupted (Ctrl-C); its writes are staged, so nothing half-written is used: run `alps "

@@ -101,8 +101,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         images = [name for name in preds if not PART_STEM.match(name)] + list(parts)
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
                         f"{out / 'ann_dir'}" + suffixes_that_match(list(gts), images, gt_suffix, image_suffix))
-    inputs = _input_settings(out) if any(isinstance(preds[stem], list) for stem in matched) else {}
-    scene_sizes = {stem.removesuffix(image_suffix): size for stem, size in inputs.pop("scene_sizes", {}).items()}
+    wholes = any(isinstance(preds[stem], list) for stem in matched)  # tiled scenes or volumes to assemble
+    inputs, recorded_sizes = _input_settings(out) if wholes else ({}, {})
+    scene_sizes = {stem.removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata = set[float]()
     images: list[ImageCounts] = []
@@ -193,16 +194,18 @@ def _finish_interrupted_write(out: Path) -> None:
         pass
 
 
-def _input_settings(out: Path) -> dict[str, Any]:
-    """The dataset's input configuration (``--tile``, ``--overlap``, ``--slice-axis``) from its manifest.
+def _input_settings(out: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:
+    """The dataset's input configuration and its tiled scenes' sizes, from its manifest.
 
-    With ``scene_sizes``: ``{scene: [H, W]}`` as the run recorded them (empty for a dataset from before it did).
+    Returns:
+        ``(inputs, sizes)``: ``--tile``, ``--overlap``, ``--slice-axis`` as the run was given them, and
+        ``{scene: (H, W)}`` as it recorded them (empty for a dataset from before it did).
     """
     try:
         manifest = json.loads((out / "manifest.json").read_text())
         sizes = manifest.get("scene_sizes") or {}
-        return {**manifest.get("config", {}).get("inputs", {}),
-                "scene_sizes": {str(k): tuple(v) for k, v in sizes.items() if isinstance(v, list) and len(v) == 2}}
+        return (dict(manifest.get("config", {}).get("inputs", {})),
+                {str(k): (int(v[0]), int(v[1])) for k, v in sizes.items() if isinstance(v, list) and len(v) == 2})
     except (OSError, ValueError, AttributeError) as err:
         raise AlpsError(f"{out / 'manifest.json'} cannot be read ({err}): it says how the label maps of tiled "
                         "scenes and volumes were cut") from None
