@@ -236,7 +236,7 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
     before = _splits_in(out)
     try:
         summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
-                                class_map, extra)
+                                class_map, extra, get_run_logger().warning)
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
     moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)

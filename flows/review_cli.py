@@ -57,7 +57,8 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
     vector = None if args.no_vector else (args.vector_format or KEEP)
     try:
-        summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report)
+        summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report,
+                                             lambda line: print(f"alps: {line}", file=sys.stderr))
     except AlpsError as err:
         return _fail(str(err))
     print(f"Relabelled {args.out}: {counted(summary.n_images, 'image')}, {counted(class_map.n_classes, 'class')} "

@@ -65,6 +65,32 @@ def _is_alps_manifest(path: Path) -> bool:
     return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith(any_version)
 
 
+# Why an output of the earlier dataset may be missing from the new one, for the line that says so.
+_WHY_NOT_WRITTEN = {
+    "evaluation.json": "it scored the earlier labels: run `alps evaluate` again",
+    "vectors": "not asked for this time: --vector",
+    "report": "not asked for this time: --no-report",
+}
+
+
+def not_written_again(out: str | Path, staging: str | Path) -> str | None:
+    """The line saying which outputs of the dataset in ``out`` the staged one lacks (the swap deletes them).
+
+    Returns:
+        e.g. ``"evaluation.json (it scored the earlier labels: run `alps evaluate` again), vectors/ (...) of the
+        earlier dataset are not in the new one"``; None when nothing is lost or ``out`` holds no dataset yet.
+    """
+    out, staging = Path(out), Path(staging)
+    gone = [name for name in DATASET_ENTRIES
+            if (out / name).exists() and not ((staging / name).exists() or (staging / name).is_symlink())]
+    if not gone:
+        return None
+    named = ", ".join(f"{name}{'/' if (out / name).is_dir() else ''}"
+                      f"{f' ({_WHY_NOT_WRITTEN[name]})' if name in _WHY_NOT_WRITTEN else ''}" for name in gone)
+    return f"{named} of the earlier dataset {'is' if len(gone) == 1 else 'are'} not in the new one (a rewrite " \
+           "replaces the dataset whole)"
+
+
 def staging_dir(out: str | Path) -> Path:
     """A fresh, empty ``OUT/.alps/staging`` (what an interrupted write left there is discarded)."""
     out = Path(out)

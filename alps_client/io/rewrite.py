@@ -35,7 +35,8 @@ EARLIER = "earlier"  # OUT/.alps/earlier/<sha256>/centroids.npy: clusters of a d
 
 def relabel_dataset(out: str | Path, classes_file: str | Path,
                     vector_format: Literal["gpkg", "geojson", "keep"] | None = KEEP,
-                    write_report: bool | None = None) -> tuple[DatasetSummary, ClassMap]:
+                    write_report: bool | None = None, warn: Callable[[str], None] | None = None
+                    ) -> tuple[DatasetSummary, ClassMap]:
     """Apply a classes file to the dataset in ``out``.
 
     Args:
@@ -44,6 +45,8 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
         vector_format: ``gpkg`` / ``geojson``, None for no vectors, or ``keep`` for what the dataset has now.
         write_report: write the review page; None keeps what the dataset has now (a page ``alps report`` added
             to a dataset written without one is kept).
+        warn: receives the line naming outputs the relabelled dataset drops (its ``evaluation.json``, which
+            scored the earlier classes; vectors or the page turned off).
 
     Returns:
         The written dataset's summary and its class map.
@@ -55,12 +58,12 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
     with out_lock(out, "alps relabel", create=False):  # held before reading: a run may be replacing the dataset
         data = load_dataset(out)
         class_map, record = parse_classes(classes_file, len(data.centroids))
-        return _rewrite(data, class_map, record, vector_format, write_report)
+        return _rewrite(data, class_map, record, vector_format, write_report, warn)
 
 
 def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
-             vector_format: Literal["gpkg", "geojson", "keep"] | None, write_report: bool | None
-             ) -> tuple[DatasetSummary, ClassMap]:
+             vector_format: Literal["gpkg", "geojson", "keep"] | None, write_report: bool | None,
+             warn: Callable[[str], None] | None = None) -> tuple[DatasetSummary, ClassMap]:
     writer = data.config.writer
     changes: dict[str, object] = {}
     if vector_format != KEEP:
@@ -73,7 +76,7 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
     extra = {k: v for k, v in data.manifest.items() if k not in MANIFEST_KEYS}
     extra["relabel"] = record
     summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
-                            config, data.model, data.errors, data.image_sources, class_map, extra)
+                            config, data.model, data.errors, data.image_sources, class_map, extra, warn)
     return summary, class_map
 
 

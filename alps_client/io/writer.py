@@ -13,7 +13,7 @@ the rest.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from alps_client.io import atomic
 from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
 from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
 from alps_client.io.mmseg import mmseg_config
-from alps_client.io.publish import DATASET_FORMAT, publish, staging_dir
+from alps_client.io.publish import DATASET_FORMAT, not_written_again, publish, staging_dir
 from alps_client.io.registry import earlier_splits, record_splits
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
@@ -161,6 +161,7 @@ def write_dataset(
     image_sources: Mapping[str, str | Path] | None = None,
     class_map: ClassMap | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> DatasetSummary:
     """Write the labelled dataset to ``out_dir`` (layout in the README / DESIGN.md "Output dataset").
 
@@ -174,6 +175,8 @@ def write_dataset(
         image_sources: stem -> file copied to ``img_dir/<split>/<stem><suffix>`` and used for previews.
         class_map: cluster -> class mapping and class names; default one class per cluster.
         extra_manifest: more top-level manifest entries (e.g. the flow's record of images not labelled).
+        warn: receives the line naming outputs of the previous dataset the new one does not have (its
+            ``evaluation.json``, ``vectors/`` of a run with ``--vector``...), which the swap deletes.
 
     Returns:
         A small summary with counts and the class histogram.
@@ -191,6 +194,9 @@ def write_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputDiskFullError(f"{err} (the {atomic.size_text(staged)} of the new dataset written so far are "
                                   "removed; the previous dataset, if any, stays)") from err
+    lost = not_written_again(out, staging)
+    if lost and warn:
+        warn(lost)
     publish(out, staging)
     return summary
 

@@ -132,7 +132,8 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
 def build_report(out: str | Path) -> dict[str, int]:
     """Rebuild ``OUT/report/`` alone from the dataset's shards, centroids and manifest (``alps report OUT``).
 
-    The new report is written beside the old one and moved into place when complete.
+    The new report is written beside the old one and moved into place when complete; ``manifest.json``'s
+    ``counts.report`` then counts its files and bytes.
 
     Raises:
         AlpsError: If ``out`` holds no dataset or its shards are missing (the message says what to run), or
@@ -159,4 +160,7 @@ def _rebuild(data: WrittenDataset) -> dict[str, int]:
         (data.out / "report").rename(old)
     staging.rename(data.out / "report")
     shutil.rmtree(old, ignore_errors=True)
+    if data.manifest.get("counts", {}).get("report") != size:  # a dataset written or relabelled with --no-report
+        atomic.write_json(data.out / "manifest.json",
+                          {**data.manifest, "counts": {**data.manifest.get("counts", {}), "report": size}})
     return size

@@ -308,8 +308,13 @@ def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_s
         assert sum("ann_dir/" in f and f.endswith(".png") for f in files) == 2  # never old + new split
         by_split.setdefault(next(f for f in files if f.endswith(("ann_dir/train/a.png", "ann_dir/val/a.png"))), seed)
     assert len(by_split) == 2 and (out / "notes.txt").is_file()
+    (out / "evaluation.json").write_text("{}")  # `alps evaluate`'s scores of these labels
+    said = []
     merged = ClassMap(("thing",), (0, 0))
-    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=merged)
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=merged, warn=said.append)
+    assert not (out / "evaluation.json").exists()  # stale: it scored the earlier labels
+    assert said == [("evaluation.json (it scored the earlier labels: run `alps evaluate` again) of the earlier dataset "
+                     "is not in the new one (a rewrite replaces the dataset whole)")]  # it went unsaid
     assert set(np.unique(read_labels(out)["a"])) == {0, IGNORE}
     dropped = ClassMap(("big",), (0, IGNORE))
     write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=dropped)

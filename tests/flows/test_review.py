@@ -444,7 +444,7 @@ def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(label
     assert state.is_completed() and state.result()["n_labelled"] == 1  # the damaged one, labelled again
 
 
-def test_relabel_copies_each_image_of_names_that_share_a_prefix_or_hold_glob_characters(fake_repo, tmp_path):
+def test_relabel_copies_each_image_of_names_that_share_a_prefix_or_hold_glob_characters(fake_repo, tmp_path, capsys):
     """`a.png` beside `a.b.png`, `x[1].png` beside `x1.png`: a relabel copied `a.b.png` into img_dir as `a.png`
     (the copy was found by the pattern `a.*`, and `[1]` is a pattern too)."""
     images = tmp_path / "images"
@@ -459,13 +459,19 @@ def test_relabel_copies_each_image_of_names_that_share_a_prefix_or_hold_glob_cha
     assert alps_flow(str(images), str(out), cfg, progress_bar=False, return_state=True).is_completed()
     (tmp_path / "classes.yaml").write_text("classes:\n  - {name: one, clusters: [0]}\n")
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--no-report"]) == 0
+    assert "alps: report/ (not asked for this time: --no-report) of the earlier dataset is not in the new one" in \
+        capsys.readouterr().err
     copies = {p.name: p.read_bytes() for p in (out / "img_dir").glob("*/*.png")}
     assert sorted(copies) == sorted(names)
     for name in names:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(copies[name]))), np.asarray(Image.open(images / name)))
     # The page `alps report` adds to a dataset relabelled without one stays through the next relabel (deleted).
     assert not (out / "report").exists()
+    assert json.loads((out / "manifest.json").read_text())["counts"]["report"] == {}
     assert alps(["report", str(out)]) == 0
+    files = [p for p in (out / "report").rglob("*") if p.is_file()]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["report"] == {
+        "files": len(files), "bytes": sum(p.stat().st_size for p in files)}  # it said {}: no page
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
     assert (out / "report" / "index.html").is_file()
     with pytest.raises(SystemExit) as usage:  # which would win was not said
