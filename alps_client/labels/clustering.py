@@ -3,7 +3,8 @@
 - **CPU (default here)**: scikit-learn ``MiniBatchKMeans.partial_fit`` over mini-batches streamed from the shards
   (a few shards in memory at a time: memory is flat in the number of images), shuffled with the seed, for
   ``n_passes`` passes; initialised by k-means++ on a seeded sample of PFLs. Same seed, same centroids; the
-  shard list is sorted first, so the order in which images finished does not matter.
+  shard list is sorted by the shards' features first, so neither the order in which images finished nor their
+  names matter.
 - **GPU**: RAPIDS cuML ``KMeans`` (imported lazily, chosen when a GPU and cuML are present) fitted on a large
   seeded sample from the same k-means++ initialisation (cuML has no ``partial_fit``).
 - **Dask**: dask-ml's ``KMeans`` over a Dask array assembled lazily from the shards, for PFL sets larger than
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,19 @@ SHARDS_PER_READ = 32
 
 
 def _sorted(paths: Sequence[str | Path]) -> list[Path]:
-    return sorted((Path(p) for p in paths), key=lambda p: p.name)
+    """The shards in an order of their features alone, whatever the images' names.
+
+    The order feeds the k-means++ sample and the mini-batches: sorted by name, an image renamed or moved (its
+    shard kept, its features the same) changed the clusters, and so the class ids of images nobody touched. The key
+    is the CRC-32 and size the shard's zip directory records for its ``pfl.npy`` (read without the arrays); the name
+    only breaks ties, which are shards of equal features unless two CRCs collide.
+    """
+    def by_features(path: Path) -> tuple[int, int, str]:
+        with zipfile.ZipFile(path) as archive:
+            entry = archive.getinfo("pfl.npy")
+        return entry.CRC, entry.file_size, path.name
+
+    return sorted((Path(p) for p in paths), key=by_features)
 
 
 def count_pfls(shard_paths: Sequence[Path]) -> npt.NDArray[np.int64]:
