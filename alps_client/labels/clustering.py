@@ -242,6 +242,11 @@ def fit_centroids(
     if n > total:
         logger.warning("only %d masks for %d clusters: using %d clusters", total, n, total)
         n = total
+    distinct = len(np.unique(sample, axis=0))
+    if n > distinct:  # k-means++ would place centres on one point twice: classes that no mask could ever take
+        logger.warning("only %d distinct mask features among the %d drawn (images or masks repeated) for %d clusters: "
+                       "using %d clusters", distinct, len(sample), n, distinct)
+        n = distinct
     from sklearn.cluster import kmeans_plusplus
 
     init, _ = kmeans_plusplus(sample.astype(np.float64), n_clusters=n, random_state=config.seed)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,6 +63,28 @@ def test_recovers_separated_clusters_and_is_deterministic(five_blobs):
     assert purity(assign_clusters(x, c1), labels) == 1.0
     c3 = fit_centroids(paths, ClusterConfig(n_clusters=5, batch_size=128, n_passes=3, seed=8))
     assert purity(assign_clusters(x, c3), labels) == 1.0
+
+
+def test_features_repeated_get_no_class_without_a_mask(tmp_path, caplog):
+    """Three copies of one image's 13 masks asked for 20 clusters: 7 classes held no mask (k-means++ placed
+    centres on one point twice), unsaid."""
+    x, _, _ = blobs(13, 1, seed=3)
+    paths = write_pfl_shards(tmp_path, np.concatenate([x, x, x]), per_shard=13)
+    with caplog.at_level("WARNING", logger="alps_client"):
+        centroids = fit_centroids(paths, ClusterConfig(n_clusters=20, batch_size=16, seed=0))
+    assert centroids.shape == (13, 256)
+    assert set(assign_clusters(x, centroids)) == set(range(13))  # every class holds masks
+    assert "only 13 distinct mask features among the 39 drawn" in caplog.text
+
+
+def test_shards_renamed_give_the_same_centroids(five_blobs, tmp_path):
+    """Images renamed or moved keep their shards under new names: k-means took the shards in name order, so the
+    clusters (and the class ids of every image) changed."""
+    _, _, paths = five_blobs
+    cfg = ClusterConfig(n_clusters=5, batch_size=128, n_passes=2, seed=7)
+    renamed = [Path(shutil.copy(p, tmp_path / f"{len(paths) - i:04d}.npz")) for i, p in enumerate(paths)]
+    assert sorted(renamed) == renamed[::-1]  # the names in the opposite order
+    np.testing.assert_array_equal(fit_centroids(renamed, cfg), fit_centroids(paths, cfg))
 
 
 def test_streaming_equals_in_memory_for_one_pass(five_blobs, monkeypatch):
