@@ -24,6 +24,9 @@ setup: $(STAMP) $(TRITON_STAMP)
 SAM2_PIN := sam2==1.1.0
 
 $(STAMP): requirements.txt requirements.lock pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "alps needs Python 3.11 or later" \
+	  "(requirements.lock pins numpy 2.4, onnxruntime 1.32...); $(PYTHON) is $$($(PYTHON) -V 2>&1):" \
+	  "run make PYTHON=python3.11" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt -c requirements.lock
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation $(SAM2_PIN)
