@@ -98,6 +98,10 @@ class AmgConfig:
         )
 
 
+# Triton's default ports: gRPC 8001, HTTP 8000 (docker/compose.yml publishes both).
+DEFAULT_TRITON_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """Where the encoder and decoder run.
@@ -105,7 +109,8 @@ class BackendConfig:
     Attributes:
         kind: ``embedded`` (onnxruntime in this process, the default) or ``triton``.
         model_repository: folder written by ``export/export_sam.py``; its manifest names the tensors.
-        triton_urls: Triton endpoints (``host:port``); gRPC port by default, HTTP with protocol="http".
+        triton_urls: Triton endpoints (``host:port``); default ``127.0.0.1:8001`` (Triton's gRPC port), or
+            ``127.0.0.1:8000`` (its HTTP port) with protocol="http".
         protocol: Triton protocol, ``grpc`` or ``http``.
         shared_memory: send large tensors through system shared memory (client and server on one host).
         num_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
@@ -122,7 +127,7 @@ class BackendConfig:
 
     kind: BackendKind = "embedded"
     model_repository: str = "model_repository"
-    triton_urls: tuple[str, ...] = ("127.0.0.1:8001",)
+    triton_urls: tuple[str, ...] | None = None
     protocol: Literal["grpc", "http"] = "grpc"
     shared_memory: bool = False
     num_threads: int = 0
@@ -135,6 +140,8 @@ class BackendConfig:
     def __post_init__(self) -> None:
         _check(self.kind in ("embedded", "triton"), f"backend must be embedded or triton, got {self.kind!r}")
         _check(self.protocol in ("grpc", "http"), f"protocol must be grpc or http, got {self.protocol!r}")
+        if self.triton_urls is None:  # the port Triton serves the protocol on (its HTTP port was sent gRPC)
+            object.__setattr__(self, "triton_urls", (DEFAULT_TRITON_URLS[self.protocol],))
         _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads!r}")
         _check(len(self.triton_urls) > 0, "triton_urls must name at least one server")
         _check(not (self.shared_memory and len(set(self.triton_urls)) > 1),

@@ -340,7 +340,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     """
     started = time.perf_counter()
     try:
-        check_workers(concurrency, dask_workers)
+        check_workers(concurrency, dask_workers, dask_address)
         config, config_note = deployment_run_config(config)
         if config_note:
             get_run_logger().info("%s", config_note)

@@ -106,6 +106,24 @@ AMG_FLAGS: list[tuple[str, type]] = [
 ]
 
 
+AMG_HELP = {
+    "points_per_side": "prompt grid: this many points along each side of the image, its square per image",
+    "points_per_batch": "prompts sent to the decoder at once; never changes the masks",
+    "pred_iou_thresh": "drop masks whose predicted IoU is below this",
+    "stability_score_thresh": "drop masks whose stability under a shift of the mask threshold is below this",
+    "stability_score_offset": "the shift of the mask threshold for the stability score",
+    "mask_threshold": "logit threshold that makes a mask binary",
+    "box_nms_thresh": "box IoU above which the lower-scored of two masks is dropped",
+    "crop_n_layers": "also run on crops: layers of 2^i x 2^i crops",
+    "crop_nms_thresh": "box IoU for the non-maximum suppression between crops",
+    "crop_overlap_ratio": "overlap of neighbouring crops, a share of the image's length",
+    "crop_n_points_downscale_factor": "points per side in layer i are points_per_side / factor^i",
+    "min_mask_region_area": "remove holes and islands smaller than this many pixels (needs OpenCV)",
+}
+AMG_DEFAULT_TEXT = {"pred_iou_thresh": "0.88 for SAM, 0.8 for SAM 2.1",
+                    "points_per_batch": "chosen by the backend", "crop_overlap_ratio": "512/1500"}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -142,8 +160,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="default: embedded (onnxruntime)")
     b.add_argument("--model-repository", type=a_path, help="exported model repository (default: model_repository)")
     b.add_argument("--triton-url", dest="triton_urls", action="append",
-                   help="Triton host:port (repeatable; default 127.0.0.1:8001, or $ALPS_TRITON_URL)")
-    b.add_argument("--protocol", choices=["grpc", "http"])
+                   help="Triton host:port (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001 for gRPC, "
+                        "127.0.0.1:8000 for HTTP)")
+    b.add_argument("--protocol", choices=["grpc", "http"], help="Triton protocol (grpc; Triton serves HTTP on 8000)")
     b.add_argument("--shared-memory", action="store_true", default=None, help="Triton system shared memory (same host)")
     b.add_argument("--num-threads", type=int, help="onnxruntime threads (embedded)")
     b.add_argument("--timeout-s", type=float, help="per-request timeout of a remote backend, seconds (120)")
@@ -154,8 +173,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="start no more images once this many in a row failed after their retries: the backend, "
                         "workers or disk is down (10; 0: never)")
     a = p.add_argument_group("automatic mask generation (Meta's names and defaults)")
+    amg_defaults = {f.name: f.default for f in dataclasses.fields(AmgConfig)}
     for name, typ in AMG_FLAGS:
-        a.add_argument(_flag(name), dest=name, type=typ)
+        a.add_argument(_flag(name), dest=name, type=typ, help=f"{AMG_HELP[name]} ({AMG_DEFAULT_TEXT.get(name, amg_defaults[name])})")
     # SAM 2.1's generator only (a SAM repository refuses them with one line).
     a.add_argument("--use-m2m", dest="use_m2m", action=argparse.BooleanOptionalAction, default=None,
                    help="SAM 2.1: refine each mask by re-prompting with it (Meta's use_m2m)")
@@ -163,14 +183,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="SAM 2.1: three masks per prompt (default) or one")
     c = p.add_argument_group("ALPS")
     c.add_argument("--sigma", type=float, help="gate: drop masks covering more than sigma of the image (0.3)")
-    c.add_argument("--l2-normalize", dest="l2_normalize", action=argparse.BooleanOptionalAction, default=None)
+    c.add_argument("--l2-normalize", dest="l2_normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale each mask's 256-d feature to unit length before k-means, so that clusters follow "
+                        "the direction of SAM's features, not their magnitude (on; the paper's masked mean is "
+                        "--no-l2-normalize)")
     c.add_argument("--n-clusters", type=_n_clusters, help="number of pseudo classes, or 'auto' (16)")
-    c.add_argument("--max-n-clusters", type=int)
-    c.add_argument("--cluster-backend", choices=["auto", "sklearn", "cuml", "dask"])
+    c.add_argument("--max-n-clusters", type=int, help="most classes 'auto' may find (64)")
+    c.add_argument("--cluster-backend", choices=["auto", "sklearn", "cuml", "dask"],
+                   help="k-means on: auto (cuML when a GPU and cuML are present, else scikit-learn), or the one named "
+                        "(cuml needs RAPIDS cuML, dask needs dask-ml; auto)")
     c.add_argument("--centroids", type=a_path, help="centroids.npy of an earlier run: label with its classes")
-    c.add_argument("--val-fraction", type=float)
-    c.add_argument("--seed", type=int)
-    c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None)
+    c.add_argument("--val-fraction", type=float,
+                   help="share of images (tiled scenes and volumes count once) put in val, in [0, 1) (0.3)")
+    c.add_argument("--seed", type=int, help="seed of the train/val split and of k-means (0)")
+    c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None,
+                   help="do not write the palette previews OUT/vis/")
     add_vector_argument(c, "default: none")
     c.add_argument("--no-report", dest="write_report", action="store_false", default=None,
                    help="do not write the cluster review page OUT/report/index.html")
@@ -179,7 +206,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--tile", type=int, help="cut large images into tiles of this size (iSAID: 896)")
     i.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 3/7 of --tile, iSAID's 384 for 896)")
     i.add_argument("--stitch", action="store_true", default=None, help="also write one label map per tiled scene")
-    i.add_argument("--slice-axis", type=int, choices=[0, 1, 2])
+    i.add_argument("--slice-axis", type=int, choices=[0, 1, 2], help="axis of NIfTI volumes cut into slices (2)")
     i.add_argument("--write-nifti-labels", action="store_true", default=None,
                    help="stack label slices of NIfTI inputs into label volumes")
     r = p.add_argument_group("run")
@@ -193,7 +220,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--prefect-startup-timeout", type=_seconds, default=180.0, metavar="SECONDS",
                    help="how long to wait for the run's temporary Prefect API server (default 180; used when "
                         "PREFECT_API_URL is unset)")
-    r.add_argument("--no-progress", dest="progress_bar", action="store_false")
+    r.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar on the console")
 
 
 def _sub(cls: type, values: dict[str, Any]) -> Any:
@@ -340,7 +367,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         check_utf8_arguments(args)
         config = build_config(args)
-        check_workers(args.concurrency, args.dask_workers)
+        check_workers(args.concurrency, args.dask_workers, args.dask_address)
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
         if config.cluster.centroids and args.n_clusters is not None:  # was ignored unsaid
             import numpy as np
@@ -440,8 +467,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A run's partial `config` is laid over this one field by field (flows/deployment_config.py), so a run
     # that sets only `amg` keeps this backend: Prefect alone would replace the whole parameter.
     parameters: dict[str, Any] = {"config": config}
-    if args.dataset:
-        parameters.update(dataset=args.dataset, out=args.out)
+    parameters.update({name: value for name, value in (("dataset", args.dataset), ("out", args.out)) if value})
     print(f"alps serve: deployment alps-label-dataset/{args.name} on {url}; Ctrl-C stops it")
     try:
         alps_flow.serve(name=args.name, tags=["alps"], parameters=parameters, limit=args.limit)
@@ -506,13 +532,14 @@ def make_parser() -> argparse.ArgumentParser:
                     help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")
     ev.set_defaults(func=cmd_evaluate)
     serve = sub.add_parser("serve", help="register a deployment (flow.serve) to start runs from the Prefect UI")
-    serve.add_argument("--name", default="alps")
-    serve.add_argument("--dataset", help="default dataset parameter")
-    serve.add_argument("--out", type=a_path, help="default output parameter")
-    serve.add_argument("--limit", type=int, default=1, help="concurrent runs")
-    serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"])
-    serve.add_argument("--model-repository", type=a_path)
-    serve.add_argument("--triton-url", dest="triton_urls", action="append")
+    serve.add_argument("--name", default="alps", help="the deployment's name: alps-label-dataset/NAME (alps)")
+    serve.add_argument("--dataset", help="default dataset parameter of the runs started in the UI")
+    serve.add_argument("--out", type=a_path, help="default output parameter of the runs started in the UI")
+    serve.add_argument("--limit", type=int, default=1, help="runs executed at once (1)")
+    serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="the runs' backend (embedded)")
+    serve.add_argument("--model-repository", type=a_path, help="the runs' model repository (model_repository)")
+    serve.add_argument("--triton-url", dest="triton_urls", action="append",
+                       help="Triton host:port of the runs (repeatable; 127.0.0.1:8001)")
     serve.set_defaults(func=cmd_serve)
     add_report_parser(sub)
     add_relabel_parser(sub)

@@ -23,6 +23,7 @@ from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
 from alps_client.io.out_lock import out_lock
+from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
@@ -58,6 +59,8 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
     with out_lock(out, "alps relabel", create=False):  # held before reading: a run may be replacing the dataset
         data = load_dataset(out)
         class_map, record = parse_classes(classes_file, len(data.centroids))
+        if vector_format not in (None, KEEP):
+            check_vector_dependencies()
         return _rewrite(data, class_map, record, vector_format, write_report, warn)
 
 

@@ -44,6 +44,16 @@ PIXEL_CRS = ('ENGCRS["image pixels (x right, y down)",EDATUM["image"],CS[Cartesi
              'AXIS["x",east,ORDER[1],LENGTHUNIT["pixel",1]],AXIS["y",south,ORDER[2],LENGTHUNIT["pixel",1]]]')
 
 
+# What writing vectors imports (the `geo` extra), checked before a run labels anything.
+VECTOR_MODULES = ("rasterio.features", "shapely.geometry", "pyogrio.raw")
+
+
+def check_vector_dependencies() -> None:
+    """Raises DependencyNotFoundError (the pip line) if a module :data:`VECTOR_MODULES` names is missing."""
+    for name in VECTOR_MODULES:
+        lazy_import(name)
+
+
 def mask_polygons(mask: npt.NDArray[np.bool_], transform: Any) -> Any:
     """The ``(h, w) bool`` mask as one shapely MultiPolygon (holes as interior rings) through an affine transform.
 

@@ -220,6 +220,17 @@ def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = 
     return c
 
 
+# What each k-means backend imports, checked before a run labels anything ("auto" falls back to scikit-learn).
+BACKEND_MODULES = {"cuml": ("cuml",), "dask": ("dask.array", "distributed", "dask_ml.cluster")}
+
+
+def check_backend_dependencies(config: ClusterConfig) -> None:
+    """Raises DependencyNotFoundError (the pip line) if the k-means backend ``config`` names is not installed."""
+    if not config.centroids:  # given centroids: no k-means
+        for name in BACKEND_MODULES.get(config.backend, ()):
+            lazy_import(name)
+
+
 def fit_centroids(
     shard_paths: Sequence[str | Path], config: ClusterConfig, model_family: str | None = None
 ) -> npt.NDArray[np.float32]:

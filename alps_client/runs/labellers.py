@@ -68,12 +68,17 @@ class LocalLabeller:
         self.backend.close()
 
 
-def check_workers(concurrency: int, dask_workers: int | None) -> None:
-    """Refuse a number of images in flight or of local Dask workers below one.
+def check_workers(concurrency: int, dask_workers: int | None, dask_address: str | None = None) -> None:
+    """Refuse a number of images in flight or of local Dask workers below one, or local workers beside a cluster.
 
     Raises:
-        AlpsError: naming the flag (0 or a negative number would run nothing, or hang starting Dask).
+        AlpsError: naming the flag (0 or a negative number would run nothing, or hang starting Dask; local
+            workers with ``--dask-address`` were never started, unsaid).
     """
+    if dask_workers is not None and dask_address:
+        raise AlpsError(f"--dask-workers starts a Dask cluster of this machine's processes, --dask-address uses the "
+                        f"one at {dask_address}: give one of them (start workers for that cluster with "
+                        f"`dask worker {dask_address}`)")
     if concurrency < 1:
         raise AlpsError(f"--concurrency must be >= 1 (images in flight), got {concurrency}")
     if dask_workers is not None and dask_workers < 1:

@@ -160,6 +160,7 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         ModelRepositoryError: If the model repository is missing or inconsistent.
         AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
         AlpsError: If ``--centroids`` is not a readable ``(N, 256)`` array, or was fitted on another model family.
+        DependencyNotFoundError: If the k-means backend or ``--vector`` needs a package that is not installed.
         AlpsError: If ``out`` holds files named like dataset outputs that alps did not write (a user's own
             ``ann_dir/``), or cannot be created or written (checked last: a refused request leaves nothing).
     """
@@ -194,6 +195,13 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         from alps_client.labels.clustering import load_centroids
 
         load_centroids(config.cluster.centroids, model_family=manifest.model_family)
+    from alps_client.labels.clustering import check_backend_dependencies
+
+    check_backend_dependencies(config.cluster)  # found missing after every image was labelled
+    if config.writer.vector_format:
+        from alps_client.io.vectors import check_vector_dependencies
+
+        check_vector_dependencies()
     if out is not None:
         check_no_foreign_outputs(out)
         check_writable(out)

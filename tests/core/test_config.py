@@ -1,4 +1,4 @@
-"""The overlay of a run's partial config on a deployment's default (the rule of `alps serve` runs)."""
+"""The overlay of a run's partial config on a deployment's default (the rule of `alps serve` runs); defaults."""
 
 from __future__ import annotations
 
@@ -34,3 +34,14 @@ def test_overlay_changes_neither_argument_and_replaces_lists_whole():
     assert base == {"backend": {"triton_urls": ["a:1", "b:1"]}} and given == {"backend": {"triton_urls": ["c:1"]}}
     assert set_fields({"amg": {"points_per_side": 8}, "gate": {"sigma": 0.5}}) == ["amg.points_per_side",
                                                                                   "gate.sigma"]
+
+
+def test_triton_is_reached_on_the_port_of_the_protocol_asked():
+    """`--protocol http` without `--triton-url` sent HTTP to 8001, Triton's gRPC port."""
+    from alps_client.config import BackendConfig
+
+    assert BackendConfig().triton_urls == ("127.0.0.1:8001",)
+    assert BackendConfig(protocol="http").triton_urls == ("127.0.0.1:8000",)
+    assert BackendConfig(protocol="http", triton_urls=("h:9000",)).triton_urls == ("h:9000",)
+    assert PipelineConfig.from_dict(PipelineConfig(backend=BackendConfig(protocol="http")).to_dict()).backend.triton_urls \
+        == ("127.0.0.1:8000",)

@@ -53,6 +53,8 @@ def free_port() -> int:
         (["{data}", "--use-m2m"], "--use-m2m: SAM 2.1 only (its generator's parameters); "),  # the flag given
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
+        (["{data}", "--dask-workers", "2", "--dask-address", "tcp://127.0.0.1:1"], "give one of them"),  # 2 ignored
+        (["{data}", "--cluster-backend", "cuml"], "cuml is not installed"),  # said once every image was labelled
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
         (["{data}", "--centroids", "{tmp}/four.npy", "--n-clusters", "8"],
          "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per class"),  # 8 was ignored unsaid
@@ -83,6 +85,17 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     message = message.format(tmp=tmp_path)
     assert len(error_lines(printed.err)) == 1 and message in error_lines(printed.err)[0], printed.err
     assert "Traceback" not in printed.err + printed.out
+    assert not (tmp_path / "o" / ".alps" / "shards").exists()
+
+
+def test_vectors_without_their_packages_are_refused_before_labelling(fault_data, fake_repo, tmp_path, monkeypatch,
+                                                                     capsys):
+    """`--vector` without shapely (the `geo` extra) failed after every image was labelled and clustered."""
+    monkeypatch.setitem(sys.modules, "shapely.geometry", None)  # as if not installed
+    assert main(["run", str(fault_data), "--out", str(tmp_path / "o"), "--model-repository", str(fake_repo),
+                 "--vector", "gpkg"]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        "alps: error: shapely.geometry is not installed, but this feature needs it; install it with: pip install shapely"]
     assert not (tmp_path / "o" / ".alps" / "shards").exists()
 
 
