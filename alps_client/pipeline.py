@@ -63,8 +63,11 @@ def label_image(
     start = time.perf_counter()
     h, w = image.shape[:2]
     masks = result.masks.clipped(valid_mask)
+    # A mask lying wholly in transparent or nodata pixels holds nothing of the image: not a mask of it, nor one
+    # the gate dropped (it was counted "covering more than sigma").
+    masks = masks.select(masks.areas > 0) if valid_mask is not None else masks
     image_area = int(valid_mask.sum()) if valid_mask is not None else h * w
-    keep = gate_keep(masks.areas, max(image_area, 1), config.gate.sigma) & (masks.areas > 0)
+    keep = gate_keep(masks.areas, max(image_area, 1), config.gate.sigma) & (masks.areas > 0)  # no valid pixel
     timings = dict(result.timings)
     timings["gate"] = time.perf_counter() - start
     start = time.perf_counter()

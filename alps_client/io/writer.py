@@ -269,7 +269,8 @@ def _stage_dataset(
         labelled += int(counts[:IGNORE].sum())
         pixels += labels.label.size
         kept_total += shard.n_kept
-        gated_total += len(shard.masks) - shard.n_kept
+        gated_total += int(np.count_nonzero(~shard.keep & (shard.masks.areas > 0)))  # shards of older runs held
+        # masks emptied by transparency or nodata too
     for stream in coco.values():
         stream.close(class_map.names)
     scene_counts = scenes.close()

@@ -18,11 +18,16 @@ def test_label_image_clips_to_valid_pixels_and_measures_on_the_rles(fake_backend
     image, _ = make_scene(3, (128, 160))
     cfg = PipelineConfig(amg=AmgConfig(points_per_side=8))
     valid = np.ones(image.shape[:2], bool)
-    valid[:, :20] = False  # e.g. transparent pixels: never labelled, not counted in PI(M)
+    valid[:, :60] = False  # e.g. transparent pixels: never labelled, not counted in PI(M)
+    unclipped = decode_coco_rle(MaskGenerator(fake_backend, cfg.amg).generate_masks(image).masks.rles)
+    outside = int((~(unclipped & valid).any(axis=(1, 2))).sum())
+    assert outside > 0  # masks wholly in the transparent pixels
     summary = label_image(image, "scene", "scene.png", MaskGenerator(fake_backend, cfg.amg), cfg,
                           tmp_path / "scene.npz", "fp", valid_mask=valid)
     shard = read_shard(tmp_path / "scene.npz")
-    assert summary.n_masks == len(shard.masks) == summary.n_kept + summary.n_gated > 0
+    assert summary.n_masks == len(shard.masks) == summary.n_kept + summary.n_gated == len(unclipped) - outside
+    # Gated means covering more than sigma: those emptied by the transparency were counted so.
+    assert (shard.masks.areas > 0).all() and summary.n_gated == int((shard.masks.areas > 0.3 * valid.sum()).sum())
     assert shard.pfl.shape == (summary.n_kept, 256)
     assert not decode_coco_rle(shard.masks.rles)[:, :, :20].any()
     assert (shard.masks.bboxes == rle_boxes(shard.masks.rles)).all()
