@@ -245,9 +245,9 @@ class WriterConfig:
     """The labelled dataset written to OUT.
 
     Attributes:
-        val_fraction: share of scenes put in ``val`` (``round(val_fraction * scenes)``, ranked by a stable hash of
-            the scene and the seed; tiles and slices stay with their scene), in [0, 1); unused when the input
-            has its own ``train/val/test`` folders (:mod:`alps_client.io.splits`).
+        val_fraction: share of the images put in ``val``, as near as whole scenes allow (scenes ranked by a stable
+            hash of the scene and the seed; tiles and slices stay with their scene), in [0, 1); unused when the
+            input has its own ``train/val/test`` folders (:mod:`alps_client.io.splits`).
         seed: seed of the split.
         write_vis: write palette previews to ``vis/``.
         copy_images: copy (or link) the input images into ``img_dir`` (mmseg layout).

@@ -3,11 +3,13 @@
 - An input laid out as ``DATASET/{train,val,test}/...`` keeps its split (``validation``/``valid`` count as val).
 - Otherwise images are split by *group*: the tiles of one scene and the slices of one volume stay together, so
   overlapping tiles never straddle train and val. Groups are ranked by a stable hash of the seed and the group
-  name, and the first ``round(val_fraction * n_groups)`` go to val: the realised fraction is as close to the
-  requested one as whole groups allow (the old per-image coin flip gave 11/1 instead of 8/4 on 12 images), and the
-  split depends only on the set of groups, never on the order in which images were labelled. One group at least
-  stays in train when no input folder gives train images: rounding put a two-scene dataset's both scenes, or a
-  one-scene dataset's only one, in val at ``--val-fraction 0.5``, leaving nothing to train on.
+  name and taken in that order, each into val while that brings val's count of images closer to ``val_fraction``
+  of them: the realised fraction is as close to the requested one as whole groups allow (the old per-image coin
+  flip gave 11/1 instead of 8/4 on 12 images; counting groups, not images, put a 12-tile scene in val beside one
+  small image in train), and the split depends only on the set of groups, never on the order in which images
+  were labelled. With one image per group this is the first ``round(val_fraction * n)`` of the ranking. One group
+  at least stays in train when no input folder gives train images: rounding put a two-scene dataset's both
+  scenes, or a one-scene dataset's only one, in val at ``--val-fraction 0.5``, leaving nothing to train on.
 - A rerun with the same seed and fraction keeps the split the dataset gave each group before: images added later
   are split so that the whole comes as close to the fraction as the kept groups allow, and no image of the
   earlier validation set moves into train (ranking all groups again moved some whenever images were added).
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -38,7 +41,7 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
     Args:
         images: ``(stem, group, given_split)`` per image; ``given_split`` from the input's folders, or None.
         seed: seed of the hash split.
-        val_fraction: share of the groups without a given split that go to val, in [0, 1).
+        val_fraction: share of the images without a given split that go to val (whole groups), in [0, 1).
         earlier: ``group -> split`` an earlier run with this seed and fraction gave (``train`` or ``val``): kept,
             unless that would leave nothing to train on.
 
@@ -46,18 +49,31 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
         ``stem -> split``.
     """
     images = list(images)
-    free_groups = sorted({group for _, group, given in images if given is None}, key=lambda g: (_rank(seed, g), g))
-    n_val = int(val_fraction * len(free_groups) + 0.5)
+    size = Counter(group for _, group, given in images if given is None)  # images per group
+    free_groups = sorted(size, key=lambda g: (_rank(seed, g), g))
+    target = val_fraction * sum(size.values())
     train_given = any(given == "train" for _, _, given in images)
-    if not train_given:
-        n_val = min(n_val, len(free_groups) - 1)
     kept = {g: earlier[g] for g in free_groups if (earlier or {}).get(g) in ("train", "val")}
     new_groups = [g for g in free_groups if g not in kept]
     kept_val = {g for g, split in kept.items() if split == "val"}
-    val_groups = kept_val | set(new_groups[:max(0, n_val - len(kept_val))])
+    most = None if train_given else len(free_groups) - 1 - len(kept_val)
+    val_groups = kept_val | set(_fill(new_groups, size, target, sum(size[g] for g in kept_val), most))
     if not train_given and free_groups and val_groups >= set(free_groups):  # the earlier train images are gone
-        val_groups = set(free_groups[:n_val])
+        val_groups = set(_fill(free_groups, size, target, 0, len(free_groups) - 1))
     return {stem: given or ("val" if group in val_groups else "train") for stem, group, given in images}
+
+
+def _fill(ranked: list[str], size: Mapping[str, int], target: float, start: int, most: int | None) -> list[str]:
+    """The groups of ``ranked`` taken into val in turn, each while it brings val's images (``start`` so far)
+    closer to ``target``; at most ``most`` of them."""
+    chosen: list[str] = []
+    for group in ranked:
+        if most is not None and len(chosen) >= most:
+            break
+        if start + size[group] / 2 <= target:
+            chosen.append(group)
+            start += size[group]
+    return chosen
 
 
 def describe_split_counts(counts: Mapping[str, int]) -> str:

@@ -69,6 +69,19 @@ def test_splits_near_the_fraction_by_group_and_given_splits_kept():
     assert assign_splits([("t", "t", "train"), ("s", "s", None)], 0, 0.5) == {"t": "train", "s": "val"}
 
 
+def test_the_fraction_counts_images_not_scenes():
+    """One scene of 12 tiles beside one small image at 0.3: 12 val / 1 train (half the scenes), whichever the
+    seed ranked first; and a few scenes of unequal tiles come near 0.3 of the images."""
+    tiles = [(f"scene__x{x}", "scene", None) for x in range(12)]
+    for seed in range(6):
+        splits = assign_splits([*tiles, ("small", "small", None)], seed=seed, val_fraction=0.3)
+        assert list(splits.values()).count("val") == 1 and splits["small"] == "val"  # |1 - 3.9| < |12 - 3.9|
+    scenes = [(f"s{s}__x{x}", f"s{s}", None) for s, n in enumerate([9, 1, 1, 6, 2, 3, 8]) for x in range(n)]
+    for seed in range(6):
+        n_val = list(assign_splits(scenes, seed=seed, val_fraction=0.3).values()).count("val")
+        assert abs(n_val - 0.3 * 30) <= 9 / 2  # within half the largest scene of 0.3
+
+
 def test_a_resplit_keeps_the_earlier_split_of_every_group_and_splits_the_added_ones():
     """Ranking every group again put some of the earlier val images in train once images were added: a model
     validated on them would then be trained on them."""
