@@ -64,8 +64,10 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
 
 
 def _fill(ranked: list[str], size: Mapping[str, int], target: float, start: int, most: int | None) -> list[str]:
-    """The groups of ``ranked`` taken into val in turn, each while it brings val's images (``start`` so far)
-    closer to ``target``; at most ``most`` of them."""
+    """The groups of ``ranked`` taken into val in turn, each while it brings val nearer to ``target`` images.
+
+    ``start`` counts the images val holds already; at most ``most`` groups are taken (None: no limit).
+    """
     chosen: list[str] = []
     for group in ranked:
         if most is not None and len(chosen) >= most:
