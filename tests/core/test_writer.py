@@ -26,7 +26,7 @@ from alps_client.io.shards import (
 from alps_client.io.splits import assign_splits
 from alps_client.io.writer import write_dataset
 from alps_client.labels.classes import ClassMap
-from alps_client.labels.painting import IGNORE, paint_label_map
+from alps_client.labels.painting import IGNORE, paint_label_map, palette
 from alps_client.masks import MaskSet, encode_coco_rle
 from tests.mmseg_checks import loader_splits, mmseg_listing
 
@@ -434,3 +434,14 @@ def test_a_write_that_finds_the_disk_full_names_the_file_and_leaves_no_temp_file
     assert list((tmp_path / "out").iterdir()) == []  # no half-written file, no temp file
     assert atomic.size_text(0) == "0 B" and atomic.size_text(28 * 1024) == "28 KiB"
     assert atomic.size_text(int(1.5 * 2**30)) == "1.5 GiB"
+
+
+def test_class_colours_stay_apart_at_every_number_of_classes():
+    """At the paper's 64 classes, golden-ratio hues gave seven pairs a few RGB levels apart ([178, 62, 164] and
+    [178, 62, 170] for classes 3 and 58): one colour in the previews, the report and mmseg's palette."""
+    for n in (16, 64, 254):
+        colours = palette(n).astype(np.int64)
+        gaps = np.abs(colours[:, None] - colours[None]).sum(axis=2)[np.triu_indices(n, 1)]
+        assert gaps.min() >= 17, n  # at least one full grid step of the 16 levels
+        assert not (colours == 0).all(axis=1).any()  # black is "no label" in the previews
+    assert (palette(64)[:16] == palette(16)).all()  # a class keeps its colour whatever the number of classes
