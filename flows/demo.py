@@ -16,15 +16,32 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def ensure_model_repository(path: Path) -> dict:
-    """Export the stand-in into ``path`` unless a model repository is already there."""
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        from export.export_sam import run_export
+def ensure_model_repository(path: Path, spare: Path) -> tuple[Path, dict]:
+    """The stand-in's repository: ``path`` (exported there if empty), or ``spare`` if ``path`` holds another model.
 
-        print(f"[demo] exporting the structured stand-in model (not SAM) to {path} ...")
-        run_export("stand-in", path, cpu=True)
-    return json.loads(manifest.read_text())
+    The demo's figures are the stand-in's: a SAM exported into ``model_repository/`` (the exporter's default
+    folder) ran at Meta's grid on the CPU instead, for long, to other figures, unsaid.
+    """
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        model = json.loads(manifest.read_text())
+        if _demo_model(model):
+            return path, model
+        print(f"[demo] {path} holds {model.get('model_type')}, not the stand-in the demo is made for: using "
+              f"{spare} instead")
+        path, manifest = spare, spare / "manifest.json"
+        if manifest.is_file() and _demo_model(json.loads(manifest.read_text())):
+            return path, json.loads(manifest.read_text())
+    from export.export_sam import run_export
+
+    print(f"[demo] exporting the structured stand-in model (not SAM) to {path} ...")
+    run_export("stand-in", path, cpu=True)
+    return path, json.loads(manifest.read_text())
+
+
+def _demo_model(manifest: dict) -> bool:
+    """A SAM stand-in (the structured one, or the tests' numpy fake): what the demo's figures are for."""
+    return bool(manifest.get("is_stand_in")) and manifest.get("model_family", "sam") == "sam"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     work = Path(args.workdir)
-    repo = Path(args.model_repository)
-    model = ensure_model_repository(repo)
+    repo, model = ensure_model_repository(Path(args.model_repository), work / "model_repository")
     from alps_client.synthetic import GT_CLASSES_FILE, write_synthetic_dataset
     from flows.cli import main as alps
 

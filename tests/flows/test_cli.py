@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -286,6 +287,22 @@ def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
     assert len(list((tmp_path / "demo" / "labelled" / "ann_dir").glob("*/*.png"))) == 3
     config = tmp_path / "demo" / "labelled" / "mmseg_dataset.py"
     assert f'_base_ = ["{config}", ...]' in result.stdout and len(mmseg_listing(config.parent)) == 3
+
+
+def test_the_demo_keeps_to_the_stand_in_whatever_model_repository_holds(stand_in_repo, tmp_path, capsys):
+    """After the README's own vit_h export into model_repository/, `make demo` ran vit_h on the CPU at Meta's grid,
+    to other figures than the README's, unsaid."""
+    from flows.demo import ensure_model_repository
+
+    exported = tmp_path / "model_repository"
+    exported.mkdir()
+    (exported / "manifest.json").write_text(json.dumps({"model_type": "vit_h", "is_stand_in": False}))
+    spare = shutil.copytree(stand_in_repo, tmp_path / "demo" / "model_repository")
+    repo, model = ensure_model_repository(exported, spare)
+    assert repo == spare and model["model_type"] == "stand-in"
+    assert f"{exported} holds vit_h, not the stand-in the demo is made for: using {spare} instead" in \
+        capsys.readouterr().out
+    assert ensure_model_repository(spare, tmp_path / "unused") == (spare, model)
 
 
 def test_main_returns_usage_exit_code_in_process(tmp_path):
