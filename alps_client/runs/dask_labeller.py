@@ -79,6 +79,17 @@ class BackendPlugin(distributed.WorkerPlugin):  # type: ignore[misc,name-defined
             self._backends.clear()
 
 
+def _what_worker_lacks(manifest: str, out: str) -> str | None:
+    """On a worker: why it cannot read the model repository's ``manifest`` or write in ``out``; None if it can."""
+    if not os.path.isfile(manifest):
+        return f"find no model repository at {os.path.dirname(manifest)} (no manifest.json there)"
+    if not os.path.isdir(out):  # made by the run before its labeller starts
+        return f"find no folder {out}"
+    if not os.access(out, os.W_OK):
+        return f"cannot write in {out}"
+    return None
+
+
 def label_on_worker(item: InputItem, job: LabelJob) -> ImageOutcome:
     """:func:`label_item` on a Dask worker, with the worker's backend for the run."""
     plugin = distributed.get_worker().plugins.get(PLUGIN_NAME)
@@ -128,7 +139,25 @@ class DaskLabeller:
             self.close()
             raise AlpsError(f"the Dask workers could not load alps ({type(err).__name__}: {str(err)[:160]}); install "
                             "the same alps, with its requirements, on every worker") from err
+        self._check_workers_reach(self.job)
         self.slots = max(1, sum(self._client.nthreads().values()))
+
+    def _check_workers_reach(self, job: LabelJob) -> None:
+        """Refuse workers that cannot read the model repository or write ``OUT``: on another machine without the
+        shared path, every image failed in turn ("no model repository: build one with export") and the run ended
+        as a failure of the machinery to run again.
+
+        Raises:
+            AlpsError: naming a worker, the path and what it lacks.
+        """
+        manifest = os.path.join(job.config.backend.model_repository, "manifest.json")
+        lacking = {worker: why for worker, why in self._client.run(_what_worker_lacks, manifest, job.out).items()
+                   if why}
+        if lacking:
+            self.close()
+            worker, why = next(iter(sorted(lacking.items())))
+            raise AlpsError(f"{len(lacking)} of the Dask workers {why} (e.g. {worker}): the model repository and "
+                            "--out must lie on a path every worker reaches, at the same absolute path as here")
 
     def label(self, item: InputItem) -> ImageOutcome:
         """Label ``item`` on some worker and wait for its small result.

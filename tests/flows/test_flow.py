@@ -733,6 +733,16 @@ def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes
         with distributed.Client(cluster) as client:  # the run removed its plugin (and backends) from the workers
             plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
             assert all("alps-backend" not in names for names in plugins.values()), plugins
+        # Workers that do not see the model repository (another machine, another mount): every image failed in
+        # turn, "build one with export", and the run ended as a failure to run again.
+        from alps_client.runs.dask_labeller import DaskLabeller
+        from alps_client.runs.work import LabelJob
+
+        unseen = small_config(tmp_path / "not_on_the_workers")
+        with pytest.raises(AlpsError, match=r"2 of the Dask workers find no model repository at .*not_on_the_workers "
+                                            r"\(no manifest.json there\) \(e.g. tcp://.*\): the model repository and "
+                                            r"--out must lie on a path every worker reaches"):
+            DaskLabeller(LabelJob(str(tmp_path / "out"), unseen, "fp"), cluster.scheduler_address)
     assert len(list((tmp_path / "faults").glob("transient-*"))) == 2
     assert result["n_labelled"] == 6 and result["missing"] == []
     assert labels(tmp_path / "out") == labels(reference)
