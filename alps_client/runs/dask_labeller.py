@@ -143,9 +143,10 @@ class DaskLabeller:
         self.slots = max(1, sum(self._client.nthreads().values()))
 
     def _check_workers_reach(self, job: LabelJob) -> None:
-        """Refuse workers that cannot read the model repository or write ``OUT``: on another machine without the
-        shared path, every image failed in turn ("no model repository: build one with export") and the run ended
-        as a failure of the machinery to run again.
+        """Refuse workers that cannot read the model repository or write ``OUT``.
+
+        On another machine without the shared path every image failed in turn ("no model repository: build one
+        with export"), and the run ended as a failure of the machinery, to be run again.
 
         Raises:
             AlpsError: naming a worker, the path and what it lacks.
