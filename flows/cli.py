@@ -509,7 +509,9 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("gt_dir", type=a_path,
                     help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; NIfTI label "
                          "volumes): a tree that mirrors the dataset's, or a flat folder with the images' file names")
-    ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian")
+    ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian",
+                    help="cluster -> class: one cluster per class, best total (hungarian), or each cluster to its "
+                         "most frequent class, several per class (majority) (hungarian)")
     ev.add_argument("--ignore-index", metavar="ID",
                     help="a ground-truth value that names no class (a dataset's 'unlabelled' or no-data, e.g. 0 for "
                          "LoveDA), ignored like 255; 'none': every value is a class, 255 too (a binary 0/255 mask); a colour "
@@ -523,7 +525,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt-classes", metavar="FILE",
                     help="YAML/JSON naming every ground-truth class: {classes: [road, building]} (ids 0, 1), "
                          "{classes: [{name: road, id: 7}]} or {classes: [{name: urban, colour: '#00ffff'}]}; a "
-                         "value it does not declare is refused")
+                         ".txt of one name per line (ids 0, 1, ...); a FreeSurfer, 3D Slicer or ITK-SNAP colour "
+                         "table. A value it does not declare is refused")
     ev.add_argument("--gt-colour-tolerance", type=int, default=0, metavar="N",
                     help="colour-coded ground truth: a colour within N of a declared one in every channel takes "
                          "its class (noisy masks; DeepGlobe: 127, its binarisation at 128)")
