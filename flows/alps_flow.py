@@ -50,7 +50,7 @@ from alps_client.errors import (
     OutputDiskFullError,
 )
 from alps_client.io import atomic
-from alps_client.io.items import InputItem, by_reason
+from alps_client.io.items import InputItem, by_reason, one_line
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
@@ -399,7 +399,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         logger.warning("%d input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D "
                        "NIfTI's volumes, an animated PNG's or WebP's frames): only the first of each is labelled, "
                        "e.g. %s (%d)", len(plan.multipage),
-                       path, pages)
+                       one_line(path), pages)
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
@@ -453,13 +453,13 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                     "of the dataset (255 in stitched maps)", len(empty))
     missing = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
     for e in errors[:LOGGED_REJECTED]:
-        logger.warning("rejected input %s: %s", e["path"], e["reason"])
+        logger.warning("rejected input %s: %s", one_line(e["path"]), one_line(e["reason"]))
     if len(errors) > LOGGED_REJECTED:
         logger.warning("... and %d more rejected input(s): the dataset's errors.jsonl lists every one (all %d by "
                        "reason: %s)", len(errors) - LOGGED_REJECTED, len(errors), by_reason(errors))
     for m in missing:
         if m["reason"] != NOT_STARTED:
-            logger.error("not labelled %s: %s", m["path"], m["reason"])
+            logger.error("not labelled %s: %s", one_line(m["path"]), one_line(m["reason"]))
     if stopped:
         logger.error("%s: %d image(s) not started", stopped, sum(m["reason"] == NOT_STARTED for m in missing))
     run: dict[str, Any] = {

@@ -280,7 +280,7 @@ def _empty_tiles(count: int) -> str:
 
 
 def _print_summary(result: dict[str, Any], out: str) -> None:
-    from alps_client.io.items import by_reason, counted
+    from alps_client.io.items import by_reason, counted, one_line
     from alps_client.io.splits import describe_split_counts
     from alps_client.labels.classes import in_dropped_clusters
 
@@ -304,7 +304,7 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
             print(f"{len(result[key])} {title}, listed in {Path(out) / listing}:")
             shown = result[key][:10]
             for e in shown:
-                print(f"  {e['path']}: {e['reason']}")
+                print(f"  {one_line(e['path'])}: {one_line(e['reason'])}")
             if len(result[key]) > len(shown):
                 print(f"  ... and {len(result[key]) - len(shown)} more (all by reason: {by_reason(result[key])})")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -82,6 +83,22 @@ def printable(text: str) -> str:
         'ünïcode.png'
     """
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    r"""``text`` (:func:`printable`) with control characters as ``\xNN``, for a line of a log or console.
+
+    A file name may hold a newline or a terminal escape: said as it is, it split a log line in two (the second
+    posing as a line of its own) or recoloured the terminal. Files and stems keep the name; this is for saying it.
+
+    Examples:
+        >>> one_line("two\nlines.png")
+        'two\\x0alines.png'
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(text))
 
 
 @dataclass(frozen=True)

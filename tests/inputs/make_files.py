@@ -87,6 +87,8 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     Image.fromarray(scene(12)).save(root / latin1)
     expect[latin1] = "ok"
     (root / os.fsdecode(b"notes \xe9t\xe9.png")).write_text("not an image, and not a UTF-8 name either\n")
+    (root / "two\nlines.png").write_text("not an image, and a newline in its name (split the log line it was in)")
+    expect["two\nlines.png"] = "not an image"
     expect[os.fsdecode(b"notes \xe9t\xe9.png")] = "not an image"
     planes = [Image.fromarray(scene(13 + i)) for i in range(3)]  # a z-stack: 3 pages
     planes[0].save(root / "stack.tif", save_all=True, append_images=planes[1:])

@@ -310,6 +310,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
             assert expectation in errors[printable(str(root / name))], (name, errors)
     assert "Warning" not in result.stderr, result.stderr  # no library warning: a plain TIFF, infinities handled
     assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
+    said = result.stdout + result.stderr  # a newline in a name is said escaped, within its line
+    assert f"{root}/two\\x0alines.png: not an image" in said and not re.search(r"^lines\.png", said, re.MULTILINE)
     assert f"2 input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D NIfTI's " \
            f"volumes, an animated PNG's or WebP's frames): only the first of each is labelled, e.g. " \
            f"{root / 'stack.tif'} (3)" in result.stderr
