@@ -175,7 +175,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("automatic mask generation (Meta's names and defaults)")
     amg_defaults = {f.name: f.default for f in dataclasses.fields(AmgConfig)}
     for name, typ in AMG_FLAGS:
-        a.add_argument(_flag(name), dest=name, type=typ, help=f"{AMG_HELP[name]} ({AMG_DEFAULT_TEXT.get(name, amg_defaults[name])})")
+        default = AMG_DEFAULT_TEXT.get(name, amg_defaults[name])
+        a.add_argument(_flag(name), dest=name, type=typ, help=f"{AMG_HELP[name]} ({default})")
     # SAM 2.1's generator only (a SAM repository refuses them with one line).
     a.add_argument("--use-m2m", dest="use_m2m", action=argparse.BooleanOptionalAction, default=None,
                    help="SAM 2.1: refine each mask by re-prompting with it (Meta's use_m2m)")
@@ -194,7 +195,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "(cuml needs RAPIDS cuML, dask needs dask-ml; auto)")
     c.add_argument("--centroids", type=a_path, help="centroids.npy of an earlier run: label with its classes")
     c.add_argument("--val-fraction", type=float,
-                   help="share of images (tiled scenes and volumes count once) put in val, in [0, 1) (0.3)")
+                   help="share of the images put in val, as near as whole scenes allow (a scene's tiles and a "
+                        "volume's slices stay together), in [0, 1) (0.3)")
     c.add_argument("--seed", type=int, help="seed of the train/val split and of k-means (0)")
     c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None,
                    help="do not write the palette previews OUT/vis/")
