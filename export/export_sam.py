@@ -46,7 +46,12 @@ from export.checkpoints import (  # noqa: E402
     find_weights,
     model_type_to_give,
 )
-from export.errors import ExportError, readable_checkpoint  # noqa: E402
+from export.errors import (  # noqa: E402
+    ExportCheckError,
+    ExportError,
+    check_failures_as_one_line,
+    readable_checkpoint,
+)
 from export.quantize import QUANTIZE_CHOICES, quantize_encoder  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
 from export.sam2_export import load_model as load_sam2_model  # noqa: E402
@@ -58,10 +63,6 @@ SAM_TYPES = ("vit_h", "vit_l", "vit_b")
 TINY_TEST = "tiny-test"
 TINY_TEST_ARGS = {"encoder_embed_dim": 96, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}
 MODEL_TYPES = (*SAM_TYPES, STAND_IN_NAME, TINY_TEST, *SAM2_MODEL_TYPES)
-
-
-class ExportCheckError(ExportError):
-    """The export ran but its check failed (ONNX disagrees with PyTorch): one line, exit code 1, nothing written."""
 
 
 def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], None] = lambda _: None) -> nn.Module:
@@ -216,11 +217,8 @@ def run_export(
         log(f"  encoder exported in {t_enc:.1f} s")
         t_dec = onnx_export.export_decoder(sam, dec_path, opset)
         log(f"  decoder exported in {t_dec:.1f} s")
-        try:
+        with check_failures_as_one_line():  # parity past tolerance, or onnxruntime cannot run the file
             parity = onnx_export.check_parity(sam, enc_path, dec_path)
-        except RuntimeError as err:  # parity past tolerance (or onnxruntime cannot run the file): not usable
-            raise ExportCheckError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) \
-                from err
         log(
             f"  parity ONNX vs PyTorch: encoder max rel {parity['encoder_max_rel_diff']:.1e}, decoder masks max abs "
             f"{parity['decoder_masks_max_abs_diff']:.1e}, iou max abs {parity['decoder_iou_max_abs_diff']:.1e}"

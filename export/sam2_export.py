@@ -15,7 +15,7 @@ from torch import nn
 
 from export import sam2_onnx as so
 from export import triton_repo
-from export.errors import ExportError
+from export.errors import ExportError, check_failures_as_one_line
 from export.sam2_models import SAM2_CONFIGS, SAM2_TINY_TEST, load_sam2, sam2_version
 from export.sam2_parity import check_parity
 from export.sam2_stand_in import SAM2_STAND_IN_NAME, build_stand_in_sam2
@@ -113,7 +113,8 @@ def run_export(
         log(f"  encoder exported in {t_enc:.1f} s")
         t_dec = so.export_decoder(model, dec_path, opset)
         log(f"  decoder exported in {t_dec:.1f} s")
-        parity = check_parity(model, enc_path, dec_path)
+        with check_failures_as_one_line():  # as SAM's: parity past tolerance, or onnxruntime cannot run the file
+            parity = check_parity(model, enc_path, dec_path)
         log(
             f"  parity ONNX vs PyTorch: encoder max rel {parity['encoder_max_rel_diff']:.1e} (preprocessing max abs "
             f"{parity['preprocess_max_abs_diff']:.1e}), decoder masks max abs {parity['decoder_masks_max_abs_diff']:.1e},"

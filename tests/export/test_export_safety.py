@@ -69,6 +69,31 @@ def test_a_failed_parity_check_is_one_line_and_writes_nothing(tmp_path, monkeypa
     assert [p.name for p in repo.iterdir()] == [running.name]
 
 
+def test_a_failed_sam2_check_is_the_same_one_line(tmp_path, monkeypatch, capsys):
+    """SAM 2.1's parity failure, or an exported file onnxruntime cannot load, was a 20-line traceback (SAM's path
+    alone wrapped its check); now both are SAM's one line, exit code 1, and nothing is written."""
+    from export import sam2_export, sam2_parity
+
+    strict = functools.partial(sam2_parity.check_parity, encoder_rtol=0.0, decoder_atol=0.0)
+    monkeypatch.setattr(sam2_export, "check_parity", strict)  # the real check, no tolerance: float rounding fails it
+    assert main(["--model-type", "sam2-stand-in", "--cpu", "--out", str(tmp_path / "repo")]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("export_sam: error:")]
+    assert len(lines) == 1 and "ONNX/PyTorch parity failed" in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "repo" / "manifest.json").exists()
+
+    # onnxruntime's own exceptions are not RuntimeErrors: a file it cannot load (here: not ONNX at all).
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
+    monkeypatch.setattr(sam2_parity, "check_session",
+                        lambda path, *a, **k: onnx_export.check_session(tmp_path / "broken.onnx"))
+    monkeypatch.setattr(sam2_export, "check_parity", sam2_parity.check_parity)
+    assert main(["--model-type", "sam2-stand-in", "--cpu", "--out", str(tmp_path / "repo")]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("export_sam: error:")]
+    assert len(lines) == 1 and lines[0].startswith("export_sam: error: onnxruntime cannot run the exported model (")
+    assert "Traceback" not in err and not (tmp_path / "repo" / "manifest.json").exists()
+
+
 
 def test_arguments_export_cannot_honour_are_refused_before_exporting(tmp_path, capsys):
     """--max-batch-size 0 failed with a traceback after the whole export (in the Triton config); --opset 17 was
