@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+from export.errors import ExportError, readable_checkpoint
 
 # Where training code keeps SAM's weights in a checkpoint, besides the file being the state dict itself (Meta's
 # release): under "model" (SAM fine-tuning scripts, beside "optimizer" and "epoch") or "state_dict"
@@ -16,6 +19,52 @@ SAM2_0 = "SAM 2 (the first release, not 2.1)"
 # SAM 2.1's sizes by their Hiera trunk: (embed_dim, blocks) of Meta's configs/sam2.1/sam2.1_hiera_*.yaml.
 SAM2_SIZES = {(96, 12): "sam2.1_hiera_t", (96, 16): "sam2.1_hiera_s", (112, 24): "sam2.1_hiera_b+",
               (144, 48): "sam2.1_hiera_l"}
+
+
+def read_checkpoint(checkpoint: str | os.PathLike[str]) -> object:
+    """A checkpoint as ``torch.load(..., weights_only=True)`` reads it: tensors only, no pickled code runs.
+
+    SAM's and SAM 2.1's files are multi-GB downloads: the likeliest cause of an unreadable one is an interrupted
+    download, so the refusal gives the file's size and says how to check it.
+
+    Raises:
+        ExportError: For a missing or unreadable file, one that looks truncated or corrupt (its size and the next
+            step), or one holding pickled objects or code.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = readable_checkpoint(checkpoint)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):  # not torch.save's archive at all (a cut download, an HTML error page)
+            raise _corrupt(checkpoint, path.stat().st_size, "not a torch.save archive") from err
+        raise ExportError(
+            f"checkpoint {checkpoint} holds more than tensors (pickled objects or code), which alps refuses to "
+            "load (torch.load weights_only=True); use Meta's released checkpoint or a plain state_dict"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:  # torch's zip reader, or a file that ends early
+        raise _corrupt(checkpoint, path.stat().st_size, first_sentence(err)) from err
+
+
+def _corrupt(checkpoint: str | os.PathLike[str], size: int, reason: str) -> ExportError:
+    found = "the file is empty, 0 bytes" if size == 0 else f"{size:,} bytes; {reason.rstrip('.')}"
+    return ExportError(
+        f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({found}): it looks truncated or corrupt; "
+        "download it again and compare its size and sha256 with Meta's release (or with wherever the file came from)"
+    )
+
+
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of an error's text: torch's zip errors go on for lines of advice that do not apply."""
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
 
 
 def find_weights(data: object, expected: set[str]) -> tuple[Any, str]:

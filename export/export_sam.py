@@ -44,7 +44,9 @@ from export.checkpoints import (  # noqa: E402
     META_CHECKPOINTS,
     checkpoint_type,
     find_weights,
+    first_sentence,
     model_type_to_give,
+    read_checkpoint,
 )
 from export.errors import (  # noqa: E402
     ExportCheckError,
@@ -71,25 +73,13 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
     segment-anything's builder calls ``torch.load(f)``, which on torch < 2.6 unpickles anything a file holds
     (code included). Loading with ``weights_only=True`` on every torch version refuses such files.
     """
-    import pickle
-    import zipfile
-
     from segment_anything import sam_model_registry
     from segment_anything.build_sam import _build_sam as build_sam_config
 
     sam = build_sam_config(checkpoint=None, **TINY_TEST_ARGS) if model_type == TINY_TEST else \
         sam_model_registry[model_type](checkpoint=None)
     if checkpoint is not None:
-        try:
-            data = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if not zipfile.is_zipfile(checkpoint):  # not torch.save's archive at all
-                raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint "
-                                  "(not a torch.save archive)") from err
-            raise ExportError(
-                f"checkpoint {checkpoint} holds more than tensors (pickled objects or code), which alps refuses to "
-                "load (torch.load weights_only=True); use Meta's released checkpoint or a plain state_dict"
-            ) from err
+        data = read_checkpoint(checkpoint)
         state, where = find_weights(data, set(sam.state_dict()))
         try:
             sam.load_state_dict(state)
@@ -150,13 +140,13 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool,
                 "check that the file and the model type belong together"
                 + (f" (Meta's {model_type} is {META_CHECKPOINTS[model_type]})" if model_type in META_CHECKPOINTS else "")
             ) from err
-        raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({text.splitlines()[0][:160]})") from err
+        raise ExportError(f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({first_sentence(err)})") from err
     except ImportError as err:  # a package missing is not the file's fault
         raise ExportError(f"{err.name or err} is not installed, and exporting {model_type} needs it: install the "
                           "project's requirements (`make setup`)") from err
-    except Exception as err:  # unpickling/zip errors of corrupt or foreign files
+    except Exception as err:  # a file torch reads but whose content is no state dict (read_checkpoint names the rest)
         raise ExportError(
-            f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})"
+            f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {first_sentence(err)})"
         ) from err
 
 

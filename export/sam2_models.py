@@ -9,7 +9,6 @@ Checkpoints are loaded here, not by ``sam2``'s own loader, so that the file is a
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +21,9 @@ from export.checkpoints import (
     checkpoint_type,
     find_weights,
     model_type_to_give,
+    read_checkpoint,
 )
-from export.errors import ExportError, readable_checkpoint
+from export.errors import ExportError
 
 # --model-type -> (config shipped in the sam2 package, Meta's checkpoint file name).
 SAM2_CONFIGS = {
@@ -85,21 +85,6 @@ def build_sam2_architecture(model_type: str) -> nn.Module:
     else:
         config, overrides = SAM2_CONFIGS[model_type][0], []
     return build_sam2(config, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides).eval()
-
-
-def read_checkpoint(checkpoint: str | Path) -> object:
-    """A SAM 2 checkpoint as ``torch.load(..., weights_only=True)`` reads it (Meta's: ``{'model': state_dict}``).
-
-    Raises:
-        ExportError: For a missing, unreadable, corrupt file, or one holding pickled objects or code.
-    """
-    path = readable_checkpoint(checkpoint)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip/unpickling errors of corrupt or foreign files, or pickled code refused
-        raise ExportError(
-            f"checkpoint {checkpoint} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err)[:160]})"
-        ) from err
 
 
 def load_sam2(model_type: str, checkpoint: str | None, random_init: bool,

@@ -250,6 +250,23 @@ def test_bad_arguments_give_one_clear_line(tmp_path, make_args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("model_type", ["tiny-test", "sam2-tiny-test"])
+def test_a_truncated_or_empty_checkpoint_says_so_with_its_size_and_what_to_do(tiny_checkpoint, tmp_path, model_type):
+    """A cut download read "(PytorchStreamReader failed ... If you are seeing this error, there is a high)" (cut
+    mid-sentence) and an empty file "(EOFError: )": neither said what to do next."""
+    whole = tiny_checkpoint.read_bytes()
+    (tmp_path / "half.pth").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    next_step = (r"\): it looks truncated or corrupt; download it again and compare its size and sha256 with Meta's "
+                 r"release \(or with wherever the file came from\)$")
+    for name, found in (("half.pth", (rf"{len(whole) // 2:,} bytes; PytorchStreamReader failed reading zip archive: "
+                                      "failed finding central directory")),
+                        ("empty.pth", "the file is empty, 0 bytes")):
+        with pytest.raises(ExportError, match=rf"^checkpoint {tmp_path / name} is not a readable PyTorch checkpoint "
+                                              rf"\({found}{next_step}"):
+            load_model(model_type, str(tmp_path / name), random_init=False)
+
+
 def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint, tmp_path):
     """Weights of another SAM size, or of SAM 2.1, say which they are (a cut 'Missing key(s)' line before)."""
     with pytest.raises(ExportError, match=r"does not match --model-type vit_b .*\(Meta's vit_b is sam_vit_b_01ec64"):

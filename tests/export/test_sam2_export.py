@@ -122,7 +122,7 @@ class _Pickled:
     [
         (lambda p: torch.save({"weights": {}}, p), "has no 'model' state dict"),
         (lambda p: torch.save({"model": {"x": torch.zeros(1)}}, p), "does not match --model-type sam2-tiny-test"),
-        (lambda p: torch.save({"model": _Pickled()}, p), "not a readable PyTorch checkpoint"),
+        (lambda p: torch.save({"model": _Pickled()}, p), "holds more than tensors"),
         (lambda p: p.write_bytes(b"\x00garbage" * 100), "not a readable PyTorch checkpoint"),
     ],
 )
