@@ -67,38 +67,76 @@ def first_sentence(err: BaseException) -> str:
     return text if end < 0 else text[: end + 1]
 
 
-def find_weights(data: object, expected: set[str]) -> tuple[Any, str]:
-    """The weights in a loaded checkpoint: the state dict with exactly the ``expected`` keys, and where it was.
+def find_weights(data: object, expected: set[str], checkpoint: object = "the checkpoint") -> tuple[Any, str, list[str]]:
+    """The weights in a loaded checkpoint: the state dict with the ``expected`` keys, where it was, what was left.
+
+    Training code saves the model beside other things: under a prefix (``model.`` of a Lightning module) next to a
+    loss's or metric's buffers or an auxiliary head (``criterion.pos_weight``), or SAM's keys plus such an entry
+    without prefix. Those entries are not SAM's and are left out. An extra key *inside* one of SAM's modules
+    (``image_encoder.blocks.0.adapter.weight``) is another architecture: nothing is left out then, and
+    ``load_state_dict`` names the key.
+
+    Args:
+        data: what ``torch.load`` returned.
+        expected: the model's ``state_dict()`` keys.
+        checkpoint: the file, for the message when the weights are there twice.
 
     Returns:
-        ``(state, where)``: ``where`` is ``""`` when the file is the state dict itself, else its entry and prefix
-        (``"the 'model' entry, keys prefixed 'module.'"``). When nothing matches, the innermost candidate as it
-        is, for ``load_state_dict`` to name the difference (a fine-tune with other layers is refused there).
+        ``(state, where, ignored)``: ``where`` is ``""`` when the file is the state dict itself, else its entry and
+        prefix (``"the 'model' entry, keys prefixed 'module.'"``); ``ignored`` the entries left out, as named in the
+        file. When no prefix holds every expected key, the innermost candidate as it is, for ``load_state_dict`` to
+        name the difference (missing keys, another size).
+
+    Raises:
+        ExportError: When two prefixes each hold every expected key (a model and its EMA copy): which one is meant
+            cannot be guessed.
     """
     candidates = [("", data)] + [(f"the '{entry}' entry", data[entry]) for entry in WEIGHT_ENTRIES
                                  if isinstance(data, dict) and isinstance(data.get(entry), dict)]
+    modules = {key.split(".")[0] for key in expected}
     for where, state in candidates:
-        prefix = _key_prefix(state, expected) if isinstance(state, dict) else None
-        if prefix == "":
-            return state, where
-        if prefix is not None:
-            stripped = {key[len(prefix):]: value for key, value in state.items()}
-            return stripped, ", ".join(filter(None, [where, f"keys prefixed '{prefix}'"]))
-    return candidates[-1][1], ""
+        if not isinstance(state, dict):
+            continue
+        prefixes = _key_prefixes(state, expected)
+        if len(prefixes) > 1:
+            raise ExportError(
+                f"checkpoint {checkpoint} holds the model's weights {len(prefixes)} times ("
+                + ", ".join(f"keys prefixed '{p}'" if p else "unprefixed keys" for p in prefixes)
+                + (f" in {where}" if where else "") + "); save the state dict you mean to export alone"
+            )
+        if not prefixes:
+            continue
+        prefix = prefixes[0]
+        ours = {key: value for key, value in state.items() if isinstance(key, str) and key.startswith(prefix)}
+        inside = [key for key in ours if key[len(prefix):] not in expected
+                  and key[len(prefix):].split(".")[0] in modules]
+        where = ", ".join(filter(None, [where, f"keys prefixed '{prefix}'" if prefix else ""]))
+        if inside:  # a layer SAM lacks: load_state_dict names it (as "Unexpected key(s)")
+            return {key[len(prefix):]: value for key, value in ours.items()}, where, []
+        ignored = [str(key) for key in state if not (isinstance(key, str) and key.startswith(prefix)
+                                                     and key[len(prefix):] in expected)]
+        return {key[len(prefix):]: state[key] for key in ours if key[len(prefix):] in expected}, where, ignored
+    return candidates[-1][1], "", []
 
 
-def _key_prefix(state: dict[Any, Any], expected: set[str]) -> str | None:
-    """The prefix that every key of ``state`` has and whose removal leaves exactly ``expected``; else None."""
-    if set(state) == expected:
-        return ""
+def _key_prefixes(state: dict[Any, Any], expected: set[str]) -> list[str]:
+    """The prefixes under which ``state`` holds every ``expected`` key (``""``: without prefix), in key order."""
     probe = next(iter(sorted(expected)), None)
-    for key in state:
-        if probe is not None and isinstance(key, str) and key.endswith("." + probe):
-            prefix = key[: -len(probe)]
-            if all(isinstance(k, str) and k.startswith(prefix) for k in state) and \
-                    {k[len(prefix):] for k in state} == expected:
-                return prefix
-    return None
+    if probe is None:
+        return []
+    found = [key[: -len(probe)] for key in state
+             if isinstance(key, str) and (key == probe or key.endswith("." + probe))]
+    return [prefix for prefix in dict.fromkeys(found) if all(prefix + key in state for key in expected)]
+
+
+def weights_found(model_type: str, checkpoint: object, where: str, ignored: list[str]) -> str:
+    """The one log line saying where :func:`find_weights` found the weights and which entries it left out."""
+    line = f"Weights of {model_type} read from {where or 'the top level'} of {checkpoint}"
+    if ignored:
+        few = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+        line += (f"; {len(ignored)} other {'entry' if len(ignored) == 1 else 'entries'} of the file, not "
+                 f"{model_type}'s, ignored ({few})")
+    return line + "."
 
 
 def checkpoint_type(state: dict[Any, Any]) -> str | None:

@@ -47,6 +47,7 @@ from export.checkpoints import (  # noqa: E402
     first_sentence,
     model_type_to_give,
     read_checkpoint,
+    weights_found,
 )
 from export.errors import (  # noqa: E402
     ExportCheckError,
@@ -80,7 +81,7 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
         sam_model_registry[model_type](checkpoint=None)
     if checkpoint is not None:
         data = read_checkpoint(checkpoint)
-        state, where = find_weights(data, set(sam.state_dict()))
+        state, where, ignored = find_weights(data, set(sam.state_dict()), checkpoint)
         try:
             sam.load_state_dict(state)
         except RuntimeError as err:
@@ -89,8 +90,8 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
                 raise
             raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "
                               f"{model_type_to_give(held)}") from err
-        if where:
-            log(f"Weights of {model_type} read from {where} of {checkpoint}.")
+        if where or ignored:
+            log(weights_found(model_type, checkpoint, where, ignored))
     return sam
 
 

@@ -22,6 +22,7 @@ from export.checkpoints import (
     find_weights,
     model_type_to_give,
     read_checkpoint,
+    weights_found,
 )
 from export.errors import ExportError
 
@@ -117,7 +118,7 @@ def load_sam2(model_type: str, checkpoint: str | None, random_init: bool,
     model = build_sam2_architecture(model_type)
     if data is None:
         return model
-    state, where = find_weights(data, set(model.state_dict()))
+    state, where, ignored = find_weights(data, set(model.state_dict()), checkpoint)
     if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
         keys = sorted(map(str, data))[:5] if isinstance(data, dict) else type(data).__name__
         raise ExportError(
@@ -139,7 +140,6 @@ def load_sam2(model_type: str, checkpoint: str | None, random_init: bool,
             f"checkpoint {checkpoint} does not match --model-type {model_type} ({first[:160]}); check that the "
             f"file and the model type belong together ({SAM2_CONFIGS.get(model_type, ('', '?'))[1]} is {model_type})"
         ) from err
-    if where != "the 'model' entry":
-        where = where or "the file's top level (a bare state dict)"
-        log(f"Weights of {model_type} read from {where} of {checkpoint}.")
+    if where != "the 'model' entry" or ignored:  # Meta's own layout needs no word
+        log(weights_found(model_type, checkpoint, where or "the file's top level (a bare state dict)", ignored))
     return model.eval()

@@ -306,9 +306,46 @@ def test_a_fine_tunes_checkpoint_with_sams_layers_loads_wherever_training_code_p
         loaded = load_model("tiny-test", str(tmp_path / f"{name}.pth"), random_init=False, log=said.append)
         assert said == [f"Weights of tiny-test read from {where} of {tmp_path / f'{name}.pth'}."]
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in original.items())
-    torch.save({"model": {**weights, "adapter.weight": torch.zeros(4)}, "epoch": 3}, tmp_path / "adapter.pth")
-    with pytest.raises(ExportError, match=r"does not match --model-type tiny-test.*adapter\.weight"):
+    torch.save({"model": {**weights, "image_encoder.blocks.0.adapter.weight": torch.zeros(4)}, "epoch": 3},
+               tmp_path / "adapter.pth")
+    with pytest.raises(ExportError, match=r"does not match --model-type tiny-test.*image_encoder\.blocks\.0\.adapter"):
         load_model("tiny-test", str(tmp_path / "adapter.pth"), random_init=False)
+
+
+def test_sams_weights_beside_a_loss_or_head_load_and_the_rest_is_named(tiny_checkpoint, tmp_path):
+    """A Lightning module's 'model.' weights beside its loss buffer, or SAM's keys beside an auxiliary head, were
+    refused as "does not match --model-type" (every SAM key was there): SAM's weights load, one line names what was
+    left out. Missing keys stay refused, and so do two copies of the weights (which one is meant?)."""
+    weights = torch.load(tiny_checkpoint, weights_only=True)
+    original = load_model("tiny-test", str(tiny_checkpoint), random_init=False).state_dict()
+    heads = {f"aux_head.{i}.weight": torch.zeros(2) for i in range(4)}
+    layouts = {
+        "lightning": ({"state_dict": {**{f"model.{k}": v for k, v in weights.items()},
+                                      "criterion.pos_weight": torch.ones(1)}, "epoch": 3},
+                      "the 'state_dict' entry, keys prefixed 'model.'",
+                      "1 other entry of the file, not tiny-test's, ignored (criterion.pos_weight)"),
+        "head": ({**weights, **heads}, "the top level",
+                 ("4 other entries of the file, not tiny-test's, ignored (aux_head.0.weight, aux_head.1.weight, "
+                  "aux_head.2.weight, ...)")),
+    }
+    for name, (data, where, ignored) in layouts.items():
+        path = tmp_path / f"{name}.pth"
+        torch.save(data, path)
+        said = []
+        loaded = load_model("tiny-test", str(path), random_init=False, log=said.append)
+        assert said == [f"Weights of tiny-test read from {where} of {path}; {ignored}."]
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in original.items())
+    del weights["mask_decoder.iou_token.weight"]
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in weights.items()}, "criterion.w": torch.ones(1)}},
+               tmp_path / "missing.pth")
+    with pytest.raises(ExportError, match=r"does not match --model-type tiny-test \(Missing key\(s\)"):
+        load_model("tiny-test", str(tmp_path / "missing.pth"), random_init=False)
+    full = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({**{f"model.{k}": v for k, v in full.items()}, **{f"ema.{k}": v for k, v in full.items()}},
+               tmp_path / "ema.pth")
+    with pytest.raises(ExportError, match=r"holds the model's weights 2 times \(keys prefixed 'model.', keys "
+                                          r"prefixed 'ema.'\); save the state dict you mean to export alone$"):
+        load_model("tiny-test", str(tmp_path / "ema.pth"), random_init=False)
 
 
 def test_a_missing_package_is_not_blamed_on_the_checkpoint(tiny_checkpoint, monkeypatch):

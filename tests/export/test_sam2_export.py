@@ -136,7 +136,8 @@ def test_bad_checkpoints_are_named(tmp_path, make_checkpoint, message):
 def test_a_sam2_fine_tunes_checkpoint_loads_wherever_training_code_put_them(tiny_sam2_checkpoint, tmp_path):
     """SAM 2.1 fine-tunes saved by DistributedDataParallel ('module.' keys), PyTorch Lightning ('state_dict',
     'model.' keys) or as a bare state dict load as Meta's {'model': ...} does, and the log says where the weights
-    were; they were refused with "does not match" (or "has no 'model' state dict")."""
+    were, and which other entries (a loss's, a head's) were left out; they were refused with "does not match" (or
+    "has no 'model' state dict")."""
     weights = torch.load(tiny_sam2_checkpoint, weights_only=True)["model"]
     said: list[str] = []
     original = load_model(SAM2_TINY_TEST, str(tiny_sam2_checkpoint), random_init=False, log=said.append).state_dict()
@@ -147,13 +148,22 @@ def test_a_sam2_fine_tunes_checkpoint_loads_wherever_training_code_put_them(tiny
         "lightning": ({"state_dict": {f"model.{k}": v for k, v in weights.items()}, "epoch": 3},
                       "the 'state_dict' entry, keys prefixed 'model.'"),
         "bare": (weights, "the file's top level (a bare state dict)"),
+        # Lightning: the model's weights beside a loss's buffer (refused as "does not match" before)
+        "lightning_loss": ({"state_dict": {**{f"model.{k}": v for k, v in weights.items()},
+                                           "criterion.pos_weight": torch.ones(1)}, "epoch": 3},
+                           ("the 'state_dict' entry, keys prefixed 'model.'; 1 other entry of the file, not "
+                            f"{SAM2_TINY_TEST}'s, ignored (criterion.pos_weight)")),
+        # Meta's layout plus an auxiliary head: the one line names it
+        "head": ({"model": {**weights, "aux_head.weight": torch.ones(1)}},
+                 f"the 'model' entry; 1 other entry of the file, not {SAM2_TINY_TEST}'s, ignored (aux_head.weight)"),
     }
     for name, (data, where) in layouts.items():
         path = tmp_path / f"{name}.pt"
         torch.save(data, path)
         said.clear()
         loaded = load_model(SAM2_TINY_TEST, str(path), random_init=False, log=said.append).state_dict()
-        assert said == [f"Weights of {SAM2_TINY_TEST} read from {where} of {path}."]
+        where, _, ignored = where.partition("; ")
+        assert said == [f"Weights of {SAM2_TINY_TEST} read from {where} of {path}" + (f"; {ignored}." if ignored else ".")]
         assert set(loaded) == set(original) and all(torch.equal(loaded[k], v) for k, v in original.items())
 
 
