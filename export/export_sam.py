@@ -185,6 +185,11 @@ def run_export(
         # torch's exporter writes opset 18; its conversion down fails part-way and leaves the graph at 18, unsaid.
         raise ExportError(f"--opset {opset}: the ONNX exporter writes opset {onnx_export.OPSET} or newer; give "
                           f"--opset {onnx_export.OPSET} or more (onnxruntime and Triton's onnxruntime backend read it)")
+    if opset > onnx_export.max_opset():
+        # The conversion up fails as quietly (onnxscript logs it and keeps 18): refused before minutes of export.
+        raise ExportError(f"--opset {opset}: the installed onnx converts to opsets {onnx_export.OPSET} to "
+                          f"{onnx_export.max_opset()}; give --opset in that range ({onnx_export.OPSET}, the default, "
+                          "is read by every onnxruntime and Triton release alps supports)")
     out = Path(out)
     previous = triton_repo.previous_manifest(out)
     if model_type in SAM2_MODEL_TYPES:
@@ -221,6 +226,7 @@ def run_export(
         if quantize == "int8":
             quantization = _quantize_in_place(enc_path, dec_path, enc_path.parents[2] / "int8", log)
         specs = _tensor_specs()
+        written = onnx_export.written_opset(enc_path)  # what the files hold, after quantisation too
         kind = "KIND_CPU" if cpu else "KIND_GPU"
         _write_configs(enc_path, dec_path, specs, model_type, kind, max_batch_size)
         manifest = triton_repo.repository_manifest(
@@ -236,7 +242,7 @@ def run_export(
                 padding_point="appended in-graph: (0, 0) with label -1, as Meta's PromptEncoder",
             ),
             parity=parity, quantization=quantization,
-            export={"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
+            export={"opset": written, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
             versions=versions(),
         )
     triton_repo.write_manifest(out, manifest)
@@ -343,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="Triton instance groups on CPU (KIND_CPU) instead of GPU")
     parser.add_argument("--max-batch-size", type=int, default=4, help="encoder max_batch_size for Triton")
     parser.add_argument("--opset", type=int, default=onnx_export.OPSET,
-                        help=f"ONNX opset, {onnx_export.OPSET} or newer (default: %(default)s)")
+                        help=f"ONNX opset, {onnx_export.OPSET} to the installed onnx's newest ({onnx_export.max_opset()}"
+                        "); refused when the exporter cannot convert the model to it (default: %(default)s)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                         help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks "
                         "change slightly: agreement with fp32 is measured and written to the manifest); default: "

@@ -17,6 +17,7 @@ from torch import nn
 
 from alps_client.backends.preprocess import IMAGE_SIZE
 from export.chunked_attention import query_chunked_attention
+from export.errors import ExportError
 from export.shared_embedding_decoder import (
     SKIPPED_MASK_LOGIT,
     predict_masks_shared_embedding,
@@ -34,6 +35,24 @@ DECODER_INPUTS = {"image_embeddings": "image_embeddings", "point_coords": "point
 DECODER_OPTIONAL_DEFAULTS = {"iou_threshold": np.array([-np.inf], np.float32)}
 DECODER_OUTPUTS = {"low_res_masks": "low_res_masks", "iou_predictions": "iou_predictions"}
 OPSET = 18
+
+
+def max_opset() -> int:
+    """The newest opset the installed onnx knows (its version converter's upper end; 28 with onnx 1.23).
+
+    Whether a graph reaches it also depends on its ops: :func:`_save` checks what was written.
+    """
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def written_opset(path: Path) -> int:
+    """The default-domain opset of a written ONNX file (its header only; weights are not read)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(entry.version) for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 # ONNX protobufs cannot exceed 2 GB (ViT-H's encoder is 2.5 GB): weights then go to model.onnx.data.
 EXTERNAL_DATA_BYTES = 1_900_000_000
 
@@ -118,7 +137,19 @@ class AmgDecoder(nn.Module):
         return scatter_kept(masks.index_select(0, index), index, masks.shape[0]), iou_pred
 
 
-def _save(program: Any, path: Path) -> None:
+def _save(program: Any, path: Path, opset: int) -> None:
+    """Write an exported program to ``path``, once it is known to be at the ``opset`` asked for.
+
+    Raises:
+        ExportError: When the exporter's conversion to ``opset`` failed: onnxscript only logs that and hands back
+            the graph at the opset it was built in (18), which the manifest would then have called ``opset``.
+    """
+    reached = program.model.opset_imports.get("")
+    if reached != opset:
+        raise ExportError(
+            f"--opset {opset}: the ONNX exporter could not convert {path.parent.parent.name}'s graph to opset {opset} "
+            f"(it stayed at opset {reached}); give a lower --opset ({OPSET}, the default, always works)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + ".data")):
         stale.unlink(missing_ok=True)
@@ -150,7 +181,7 @@ def export_encoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
             dynamic_shapes={"images": {0: batch}, "input_size": {0: batch}},
             verbose=False,
         )
-    _save(program, path)
+    _save(program, path, opset)
     return time.perf_counter() - start
 
 
@@ -186,7 +217,7 @@ def export_decoder(sam: nn.Module, path: Path, opset: int = OPSET) -> float:
         )
     for name, default in DECODER_OPTIONAL_DEFAULTS.items():
         program.model.graph.initializers[name] = _initializer(program.model.graph.inputs, name, default)
-    _save(program, path)
+    _save(program, path, opset)
     return time.perf_counter() - start
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from export import sam2_onnx as so
 from export import triton_repo
 from export.errors import ExportError, check_failures_as_one_line
+from export.onnx_export import written_opset
 from export.sam2_models import SAM2_CONFIGS, SAM2_TINY_TEST, load_sam2, sam2_version
 from export.sam2_parity import check_parity
 from export.sam2_stand_in import SAM2_STAND_IN_NAME, build_stand_in_sam2
@@ -121,6 +122,7 @@ def run_export(
             f" iou max abs {parity['decoder_iou_max_abs_diff']:.1e}"
         )
         specs = tensor_specs()
+        written = written_opset(enc_path)  # what the files hold (export_* refused any other)
         kind = "KIND_CPU" if cpu else "KIND_GPU"
         _write_configs(enc_path, dec_path, specs, model_type, kind, max_batch_size)
         manifest = triton_repo.repository_manifest(
@@ -135,7 +137,7 @@ def run_export(
                 point_frame="1024x1024 frame of the resized image: x * 1024 / W, y * 1024 / H",
             ),
             parity=parity, quantization=None,
-            export={"opset": opset, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
+            export={"opset": written, "instance_kind": kind, "seconds": {"encoder": t_enc, "decoder": t_dec}},
             versions={**versions, "sam2": sam2_version()},
         )
     triton_repo.write_manifest(out, manifest)

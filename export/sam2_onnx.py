@@ -158,7 +158,7 @@ def export_encoder(model: nn.Module, path: Path, opset: int = OPSET) -> float:
             dynamic_shapes={"images": {0: batch, 1: height, 2: width}},
             verbose=False,
         )
-    _save(program, path)
+    _save(program, path, opset)
     return time.perf_counter() - start
 
 
@@ -196,5 +196,5 @@ def export_decoder(model: nn.Module, path: Path, opset: int = OPSET) -> float:
             dynamic_shapes=dynamic,
             verbose=False,
         )
-    _save(program, path)
+    _save(program, path, opset)
     return time.perf_counter() - start

@@ -97,13 +97,43 @@ def test_a_failed_sam2_check_is_the_same_one_line(tmp_path, monkeypatch, capsys)
 
 def test_arguments_export_cannot_honour_are_refused_before_exporting(tmp_path, capsys):
     """--max-batch-size 0 failed with a traceback after the whole export (in the Triton config); --opset 17 was
-    recorded in the manifest while the files stayed at opset 18 (the exporter's conversion down failed part-way)."""
+    recorded in the manifest while the files stayed at opset 18 (the exporter's conversion down failed part-way);
+    so was --opset 99, past the newest opset onnx knows (the conversion up failed, logged as noise, exit 0)."""
+    newest = onnx_export.max_opset()
     for args, said in ((["--max-batch-size", "0"], "--max-batch-size must be 1 or more"),
-                       (["--opset", "17"], f"--opset 17: the ONNX exporter writes opset {onnx_export.OPSET} or newer")):
+                       (["--opset", "17"], f"--opset 17: the ONNX exporter writes opset {onnx_export.OPSET} or newer"),
+                       (["--opset", "99"], (f"--opset 99: the installed onnx converts to opsets 18 to {newest}; give "
+                                           "--opset in that range")),
+                       (["--model-type", "sam2-stand-in", "--opset", str(newest + 1)],
+                        f"--opset {newest + 1}: the installed onnx converts to opsets 18 to {newest}")):
         assert main(["--model-type", "stand-in", "--cpu", "--out", str(tmp_path / "repo"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"export_sam: error: {said}") and len(err.splitlines()) == 1
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_opset_the_exporter_did_not_reach_is_refused_and_the_manifest_records_the_files(stand_in_repo, tmp_path):
+    """A conversion that fails within onnx's range is only logged by onnxscript, and the graph stays at opset 18:
+    writing it was an export "at" the opset asked for. The manifest records the opset read from the files."""
+    import json
+
+    import pytest
+    import torch
+
+    from export.errors import ExportError
+
+    program = torch.onnx.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(2, 2),), dynamo=True,
+                                opset_version=onnx_export.OPSET, verbose=False)  # what a failed conversion hands back
+    path = tmp_path / "sam_encoder" / "1" / "model.onnx"
+    with pytest.raises(ExportError, match=rf"^--opset 20: the ONNX exporter could not convert sam_encoder's graph to "
+                                          rf"opset 20 \(it stayed at opset {onnx_export.OPSET}\); give a lower --opset"):
+        onnx_export._save(program, path, 20)
+    assert not path.exists()
+    onnx_export._save(program, path, onnx_export.OPSET)
+    assert onnx_export.written_opset(path) == onnx_export.OPSET
+    manifest = json.loads((stand_in_repo / "manifest.json").read_text())
+    assert {onnx_export.written_opset(stand_in_repo / manifest["models"][key]["path"])
+            for key in ("encoder", "decoder")} == {manifest["export"]["opset"]}
 
 
 def test_a_full_disk_during_export_is_one_line_and_keeps_the_previous_repository(stand_in_repo, tmp_path,
