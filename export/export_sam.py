@@ -175,7 +175,8 @@ def run_export(
     """Export encoder and decoder, check parity, and write the model repository. Returns the manifest.
 
     ``quantize="int8"`` then replaces the encoder with an int8 dynamically quantised one (CPU; the decoder stays
-    fp32) and records the agreement with fp32 in the manifest (see :mod:`export.quantize`).
+    fp32) and records the agreement with fp32 in the manifest (see :mod:`export.quantize`). It implies ``cpu``
+    (said on ``log``): int8's ops run on the CPU.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got '{quantize}'")
@@ -202,6 +203,13 @@ def run_export(
         return manifest
     sam = load_model(model_type, checkpoint, random_init, log)
     _check_output_dir(out)
+    if quantize == "int8" and not cpu:
+        # DynamicQuantizeLinear / MatMulInteger run on the CPU even in a CUDA session, with device copies
+        # (profiled in onnxruntime issue 7745; our sessions silence the placement warnings): KIND_GPU would only
+        # hide that, and a Triton without GPUs refuses to load KIND_GPU models at all.
+        cpu = True
+        log("--quantize int8 implies --cpu: Triton instance groups on CPU (KIND_CPU), where int8's ops run; "
+            "for a GPU server, export without --quantize (fp32).")
     if model_type == STAND_IN_NAME:
         log("Exporting the structured STAND-IN model (not SAM: colour-statistics encoder, no weights).")
     elif random_init:
@@ -353,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                         "); refused when the exporter cannot convert the model to it (default: %(default)s)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                         help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks "
-                        "change slightly: agreement with fp32 is measured and written to the manifest); default: "
-                        "%(default)s (fp32)")
+                        "change slightly: agreement with fp32 is measured and written to the manifest); implies "
+                        "--cpu; default: %(default)s (fp32)")
     args = parser.parse_args(argv)
     try:
         run_export(args.model_type, args.out, args.checkpoint, args.random_init, args.cpu, args.max_batch_size,

@@ -165,6 +165,22 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, 
     assert sorted(p.name for p in encoder.parent.iterdir()) == sorted(p.name for p in fp32_folder.iterdir())
 
 
+def test_int8_without_cpu_gets_cpu_instance_groups_and_says_so(tmp_path, monkeypatch):
+    """int8's ops run on the CPU, but `--quantize int8` without `--cpu` wrote KIND_GPU for both models, unsaid (and
+    a Triton without GPUs does not load them). The quantisation itself is stubbed: the step under test is the kind."""
+    from export import export_sam
+
+    monkeypatch.setattr(export_sam, "_quantize_in_place", lambda *args: {"models": ["encoder"], "stub": True})
+    said: list[str] = []
+    manifest = export_sam.run_export("stand-in", tmp_path / "repo", quantize="int8", cpu=False, log=said.append)
+    assert ("--quantize int8 implies --cpu: Triton instance groups on CPU (KIND_CPU), where int8's ops run; for a GPU "
+            "server, export without --quantize (fp32).") in said
+    assert manifest["export"]["instance_kind"] == "KIND_CPU" and manifest["precision"] == "int8-dynamic"
+    for model in ("sam_encoder", "sam_decoder"):
+        config = (tmp_path / "repo" / model / "config.pbtxt").read_text()
+        assert "kind: KIND_CPU" in config and "KIND_GPU" not in config
+
+
 def test_stand_in_point_returns_its_shape(embedded_backend):
     """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
     from alps_client.backends.preprocess import apply_coords
