@@ -111,8 +111,9 @@ def find_weights(data: object, expected: set[str], checkpoint: object = "the che
         inside = [key for key in ours if key[len(prefix):] not in expected
                   and key[len(prefix):].split(".")[0] in modules]
         where = ", ".join(filter(None, [where, f"keys prefixed '{prefix}'" if prefix else ""]))
-        if inside:  # a layer SAM lacks: load_state_dict names it (as "Unexpected key(s)")
-            return {key[len(prefix):]: value for key, value in ours.items()}, where, []
+        if inside:  # a layer SAM lacks: load_state_dict names it alone (as "Unexpected key(s)")
+            return {key[len(prefix):]: value for key, value in ours.items()
+                    if key in inside or key[len(prefix):] in expected}, where, []
         ignored = [str(key) for key in state if not (isinstance(key, str) and key.startswith(prefix)
                                                      and key[len(prefix):] in expected)]
         return {key[len(prefix):]: state[key] for key in ours if key[len(prefix):] in expected}, where, ignored
