@@ -189,8 +189,7 @@ def run_export(
     if opset > onnx_export.max_opset():
         # The conversion up fails as quietly (onnxscript logs it and keeps 18): refused before minutes of export.
         raise ExportError(f"--opset {opset}: the installed onnx converts to opsets {onnx_export.OPSET} to "
-                          f"{onnx_export.max_opset()}; give --opset in that range ({onnx_export.OPSET}, the default, "
-                          "is read by every onnxruntime and Triton release alps supports)")
+                          f"{onnx_export.max_opset()}; give --opset in that range (the default is {onnx_export.OPSET})")
     out = Path(out)
     previous = triton_repo.previous_manifest(out)
     if model_type in SAM2_MODEL_TYPES:
