@@ -190,15 +190,28 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
 
 @task(name="cluster", cache_policy=NONE)
 def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: str = "sam") -> str | State:
-    """Fit the centroids over all shards; returns the path of the saved centroids."""
+    """Fit the centroids over all shards; returns the path of the saved centroids.
+
+    A rerun whose shards hold the features the saved centroids were fitted on, with the same settings, keeps them
+    (``OUT/.alps/centroids.key``): k-means over millions of masks is not run again for nothing, and the classes do
+    not move with a change of k-means' own code or of the machine's arithmetic.
+    """
     import numpy as np
 
-    from alps_client.labels.clustering import fit_centroids
+    from alps_client.labels.clustering import clustering_key, fit_centroids
 
+    path, key_path = work_dir(out) / "centroids.npy", work_dir(out) / "centroids.key"
+    key = None if config.cluster.centroids else clustering_key(shards, config.cluster)
+    if key and path.is_file() and key_path.is_file() and key_path.read_text() == key:
+        get_run_logger().info("k-means not run again: the masks and clustering settings are those the clusters in "
+                              "%s were fitted on", path)
+        return str(path)
     centroids = fit_centroids(shards, config.cluster, model_family)
-    path = work_dir(out) / "centroids.npy"
     try:
+        key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others
         atomic.write_with(path, lambda f: np.save(f, centroids))
+        if key:
+            atomic.write_text(key_path, key)
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
     return str(path)

@@ -18,6 +18,7 @@ the sample.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import zipfile
@@ -47,12 +48,27 @@ def _sorted(paths: Sequence[str | Path]) -> list[Path]:
     is the CRC-32 and size the shard's zip directory records for its ``pfl.npy`` (read without the arrays); the name
     only breaks ties, which are shards of equal features unless two CRCs collide.
     """
-    def by_features(path: Path) -> tuple[int, int, str]:
-        with zipfile.ZipFile(path) as archive:
-            entry = archive.getinfo("pfl.npy")
-        return entry.CRC, entry.file_size, path.name
+    return sorted((Path(p) for p in paths), key=lambda path: (*_features_of(path), path.name))
 
-    return sorted((Path(p) for p in paths), key=by_features)
+
+def _features_of(path: Path) -> tuple[int, int]:
+    """The CRC-32 and size of a shard's ``pfl.npy``, from its zip directory (its features, unread)."""
+    with zipfile.ZipFile(path) as archive:
+        entry = archive.getinfo("pfl.npy")
+    return entry.CRC, entry.file_size
+
+
+def clustering_key(shard_paths: Sequence[str | Path], config: ClusterConfig) -> str:
+    """A digest of what k-means is given: every shard's features (whatever their names) and the settings of the fit.
+
+    Equal keys give equal centroids, so a rerun that finds the key of the centroids it has may keep them.
+    """
+    settings = {name: getattr(config, name) for name in
+                ("n_clusters", "max_n_clusters", "backend", "batch_size", "n_passes", "init_sample_size", "seed")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for crc, size in sorted(_features_of(Path(p)) for p in shard_paths):
+        digest.update(f"{crc}:{size};".encode())
+    return digest.hexdigest()
 
 
 def count_pfls(shard_paths: Sequence[Path]) -> npt.NDArray[np.int64]:

@@ -542,20 +542,22 @@ def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, sce
     centroids, before = (out / "centroids.npy").read_bytes(), labels(out)
     (data / "sub").mkdir()
     (data / in_val).rename(data / "sub" / "renamed.png")
-    with run_log() as logged:
+    with run_log() as logged, run_log("prefect.task_runs") as task_logged:
         assert alps_flow(str(data), str(out), cfg, progress_bar=False)["n_skipped"] == 4
     assert (f"1 input(s) moved or renamed since they were labelled, the same bytes: their labels and split go with "
             f"them: {in_val} -> sub/renamed.png") in logged
     assert not [line for line in logged if "no longer under" in line]
     # The same features under another name: the same clusters, every label map as it was (k-means took the shards
     # in name order, and the class ids of the images not renamed changed).
-    assert (out / "centroids.npy").read_bytes() == centroids and not [line for line in logged if "differ" in line]
+    assert (out / "centroids.npy").read_bytes() == centroids and not [line for line in task_logged if "differ" in line]
+    assert any(line.startswith("k-means not run again: the masks and clustering settings") for line in task_logged)
     stem = in_val.removesuffix(".png")
     assert labels(out) == {name.replace(f"/{stem}.png", "/sub__renamed.png"): label for name, label in before.items()}
     shutil.copy2(data / "a.png" if in_val != "a.png" else data / "b.png", data / "copy.png")  # its original stays
-    with run_log() as logged:
+    with run_log("prefect.task_runs") as task_logged:
         again = alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert (again["n_labelled"], again["n_skipped"]) == (1, 4)
+    assert not any(line.startswith("k-means not run again") for line in task_logged)  # a new image: fitted anew
     assert read_registry(out)["splits"]["sub/renamed.png"] == "val" and "val/sub__renamed.png" in labels(out)
     assert not (out / ".alps" / "shards" / in_val.replace(".png", ".npz")).exists()
     alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
