@@ -38,6 +38,7 @@ def render_config_pbtxt(
     max_queue_delay_us: int | None = None,
     preferred_batch_sizes: Sequence[int] = (),
     comment: str = "",
+    version: int = 1,
 ) -> str:
     """Render a Triton ``config.pbtxt`` for an ONNX model.
 
@@ -53,6 +54,9 @@ def render_config_pbtxt(
         max_queue_delay_us: enables dynamic batching with this delay (needs ``max_batch_size > 0``).
         preferred_batch_sizes: dynamic batching's preferred sizes.
         comment: lines written as ``#`` comments at the top.
+        version: the one version folder Triton serves (``version_policy: specific``), the manifest's: a newer
+            folder copied beside it (Triton's default serves the latest) is not served in its place, unseen by a
+            client that checks the model-level config.
 
     Returns:
         The config text.
@@ -62,7 +66,8 @@ def render_config_pbtxt(
     if instance_kind not in ("KIND_GPU", "KIND_CPU"):
         raise ValueError(f"instance_kind must be KIND_GPU or KIND_CPU, got {instance_kind!r}")
     lines = [f"# {line}" for line in comment.splitlines()]
-    lines += [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}"]
+    lines += [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}",
+              f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}"]
     lines.append("input [\n" + ",\n".join(_tensor_block(*t) for t in inputs) + "\n]")
     lines.append("output [\n" + ",\n".join(_tensor_block(*t) for t in outputs) + "\n]")
     if max_queue_delay_us is not None:
@@ -86,6 +91,8 @@ def write_model_configs(
 ) -> None:
     """Write the ``config.pbtxt`` of both models beside their version folders (``<model>/1/model.onnx``).
 
+    Each config serves only its model's version folder (the manifest's ``path``), whatever other folders appear.
+
     The encoder batches images dynamically (``max_batch_size``, 5 ms queue); the decoder has no Triton batch
     dimension (the prompts of a request share one image's features) and runs as two instances, so that a client's
     prompt chunks in flight overlap.
@@ -102,10 +109,10 @@ def write_model_configs(
     """
     (enc_path.parents[1] / "config.pbtxt").write_text(render_config_pbtxt(
         ENCODER_MODEL, *encoder_io, max_batch_size=max_batch_size, instance_kind=instance_kind,
-        max_queue_delay_us=5000, comment=encoder_comment))
+        max_queue_delay_us=5000, comment=encoder_comment, version=int(enc_path.parent.name)))
     (dec_path.parents[1] / "config.pbtxt").write_text(render_config_pbtxt(
         DECODER_MODEL, *decoder_io, max_batch_size=0, instance_kind=instance_kind, instance_count=2,
-        comment=decoder_comment))
+        comment=decoder_comment, version=int(dec_path.parent.name)))
 
 
 def model_files(onnx_path: Path) -> list[Path]:

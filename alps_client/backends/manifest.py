@@ -52,13 +52,25 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the repository (``sam_encoder`` or ``sam_decoder``)."""
+    """One model of the repository (``sam_encoder`` or ``sam_decoder``); ``version``: its Triton version folder."""
 
     name: str
     onnx_path: Path
     sha256: str
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    version: str = ""
+
+    @staticmethod
+    def version_of(path: str) -> str:
+        """The Triton version folder a manifest ``path`` names; ``""`` (Triton's choice) for a path without one.
+
+        Examples:
+            >>> ModelSpec.version_of("sam_encoder/1/model.onnx"), ModelSpec.version_of("(numpy fake: no file)")
+            ('1', '')
+        """
+        parts = Path(path).parts
+        return parts[-2] if len(parts) >= 3 and parts[-2].isdigit() else ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ def _model(root: Path, key: str, data: dict[str, Any], roles: dict[str, tuple[st
         sha256=str(m["sha256"]),
         inputs=specs["inputs"],
         outputs=specs["outputs"],
+        version=ModelSpec.version_of(str(m["path"])),
     )
 
 

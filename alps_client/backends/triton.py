@@ -88,10 +88,15 @@ class _Rotation:
                 logger.warning("Triton server %s is back in the rotation", url)
 
 
-def _model_config(client: Any, name: str) -> Any:
+def _model_config(client: Any, spec: ModelSpec) -> Any:
     """The model's config: a dict (HTTP client) or a ``ModelConfig`` message (gRPC client)."""
-    config = client.get_model_config(name)
+    config = client.get_model_config(spec.name, spec.version)
     return config.get("config", config) if isinstance(config, dict) else config.config
+
+
+def _version_text(spec: ModelSpec) -> str:
+    """`` version 1`` (the manifest's version folder, the only one asked for), or nothing when it names none."""
+    return f" version {spec.version}" if spec.version else ""
 
 
 class TritonBackend:
@@ -180,11 +185,11 @@ class TritonBackend:
         for url in reachable:
             client = self._client(url)
             for spec in (self.manifest.encoder, self.manifest.decoder):
-                if not client.is_model_ready(spec.name):
-                    raise self._unavailable(f"has no ready model '{spec.name}' (load the model repository "
-                                            f"{self.manifest.root})")
-                self._check_signature(spec, client.get_model_metadata(spec.name))
-                configs[url, spec.name] = _model_config(client, spec.name)
+                if not client.is_model_ready(spec.name, spec.version):
+                    raise self._unavailable(f"has no ready model '{spec.name}'{_version_text(spec)} (load the model "
+                                            f"repository {self.manifest.root})")
+                self._check_signature(spec, client.get_model_metadata(spec.name, spec.version))
+                configs[url, spec.name] = _model_config(client, spec)
                 self._check_export(url, spec, configs[url, spec.name])
         if self._shm is not None:  # one server (checked in BackendConfig)
             sweep_stale_regions(self._client(reachable[0]))
@@ -279,7 +284,7 @@ class TritonBackend:
             if self._shm is not None and self._shm.forgotten_by(client):
                 self._shm.register_all(client)
                 return True
-            return not client.is_model_ready(spec.name)
+            return not client.is_model_ready(spec.name, spec.version)
         except self._errors:  # the server went away while we looked: a restart
             return True
 
@@ -313,7 +318,7 @@ class TritonBackend:
                     out.set_shared_memory(regions[name].name, int(np.prod(shape)) * np.dtype(dt).itemsize)
                 requested.append(out)
             timeout = {"client_timeout": self.config.timeout_s} if self.config.protocol == "grpc" else {}
-            result = client.infer(spec.name, inputs, outputs=requested, **timeout)
+            result = client.infer(spec.name, inputs, model_version=spec.version, outputs=requested, **timeout)
             arrays = []
             for name in outputs:
                 if use_shm and name in shm_outputs:

@@ -113,6 +113,36 @@ def test_a_server_serving_another_export_is_refused(triton_server, stand_in_repo
     assert "does not say which export" not in caplog.text
 
 
+def test_only_the_manifests_version_folder_is_served_and_asked_for(stand_in_repo, tmp_path):
+    """A newer version folder copied into the served repository (Triton's usual roll-out): Triton served it in place
+    of the manifest's (its default serves the latest), and the client, checking only the model-level config's
+    sha256, labelled with it. Version 2 here is another model's file: a request that reaches it fails."""
+    import tritonclient.grpc as grpcclient
+
+    repo = tmp_path / "repo"
+    shutil.copytree(stand_in_repo, repo)
+    for model, other in (("sam_encoder", "sam_decoder"), ("sam_decoder", "sam_encoder")):
+        assert "version_policy: { specific: { versions: [ 1 ] } }" in (repo / model / "config.pbtxt").read_text()
+        (repo / model / "2").mkdir()
+        shutil.copy2(repo / other / "1" / "model.onnx", repo / model / "2" / "model.onnx")
+    # The decoder's config serves every version: the client must still ask for the manifest's, in every call.
+    config = repo / "sam_decoder" / "config.pbtxt"
+    config.write_text(config.read_text().replace("{ specific: { versions: [ 1 ] } }", "{ all: { } }"))
+    server = start_triton(repo, tmp_path / "t")
+    try:
+        status = grpcclient.InferenceServerClient(server.grpc_url)
+        assert status.is_model_ready("sam_encoder", "1") and not status.is_model_ready("sam_encoder", "2")
+        assert status.is_model_ready("sam_decoder", "2")  # served, and not ours
+        backend = triton_backend(repo, server.grpc_url)
+        try:
+            image = make_shapes_image(0)
+            assert len(MaskGenerator(backend, AMG).generate(image)) > 0
+        finally:
+            backend.close()
+    finally:
+        server.stop()
+
+
 def test_server_failures_are_classified_by_status_and_type(triton_server, stand_in_repo):
     """Real errors of a real server: a rejected request is permanent, a dead server transient, by code not text."""
     import tritonclient.grpc as grpcclient
