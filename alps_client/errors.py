@@ -10,9 +10,15 @@ import errno
 
 
 class AlpsError(Exception):
-    """Base class of every error alps raises on purpose."""
+    """Base class of every error alps raises on purpose.
+
+    ``transient``: trying the same image again later can succeed. ``ends_run``: every image left would meet it
+    too (a full output disk, a server now serving another model), so a run starts no other image and fails
+    resumable.
+    """
 
     transient: bool = False
+    ends_run: bool = False
 
 
 class ModelRepositoryError(AlpsError):
@@ -21,6 +27,17 @@ class ModelRepositoryError(AlpsError):
 
 class ModelSignatureError(AlpsError):
     """A served or loaded model does not have the tensors the manifest promises."""
+
+
+class ServedModelChangedError(ModelSignatureError):
+    """A Triton server came (back) into a run's rotation serving another export than the run started with.
+
+    Restarted on a re-exported repository, or a server that was down at start and serves another model: labelling
+    on would mix two models under one manifest. Not retried (it would pass only by switching models); the run
+    stops, resumable once the server serves the run's export again.
+    """
+
+    ends_run = True
 
 
 class BackendUnavailableError(AlpsError):
@@ -100,6 +117,8 @@ class OutputDiskFullError(AlpsError):
     The run starts no other image and fails resumable, every finished image kept. Never an input's fault, never
     retried (the next write fails alike).
     """
+
+    ends_run = True
 
 
 def disk_full(err: BaseException) -> bool:

@@ -181,7 +181,7 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
             return Cancelled(message=f"{item.stem}: {STOPPED_UNDER_IT}")
         detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
         outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail,
-                               ends_run=isinstance(err, OutputDiskFullError))
+                               ends_run=isinstance(err, AlpsError) and err.ends_run)
         streak.record(outcome.status, outcome.reason, outcome.ends_run)
         return Failed(message=f"{item.stem}: {outcome.reason}", data=outcome)
     streak.record(outcome.status)

@@ -45,6 +45,7 @@ from alps_client.errors import (
     BackendRequestError,
     BackendUnavailableError,
     ModelSignatureError,
+    ServedModelChangedError,
     ran_out_of_memory,
 )
 
@@ -111,6 +112,9 @@ class TritonBackend:
         BackendUnavailableError: If no server is live and ready with the manifest's models.
         ModelSignatureError: If a served model's tensors differ from the manifest's, or a server serves another
             export (its model configs name other files than the manifest's).
+
+    A server is checked so again each time it enters the rotation (back from a failure or a restart, or down at
+    start): one that serves another export then raises :class:`ServedModelChangedError`, which ends the run.
     """
 
     def __init__(self, config: BackendConfig, manifest: ModelManifest | None = None, in_flight: int = 4) -> None:
@@ -126,6 +130,7 @@ class TritonBackend:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="alps-triton")
         self._shm = ShmRegions() if config.shared_memory else None
+        self._verified: set[str] = set()  # servers checked to serve the manifest's export since they last failed
         self._closed = False
         self.on_gpu = False
         self._check_server()
@@ -181,22 +186,59 @@ class TritonBackend:
             self._forget_client(url)
         if not reachable:
             raise self._unavailable("is not reachable" if len(self.urls) == 1 else "are not reachable")
-        configs = {}  # (url, model name) -> its config
+        configs = {}  # url -> the decoder's config
         for url in reachable:
             client = self._client(url)
             for spec in (self.manifest.encoder, self.manifest.decoder):
                 if not client.is_model_ready(spec.name, spec.version):
                     raise self._unavailable(f"has no ready model '{spec.name}'{_version_text(spec)} (load the model "
                                             f"repository {self.manifest.root})")
-                self._check_signature(spec, client.get_model_metadata(spec.name, spec.version))
-                configs[url, spec.name] = _model_config(client, spec)
-                self._check_export(url, spec, configs[url, spec.name])
+            configs[url] = self._check_models(url, client)
+            self._verified.add(url)
         if self._shm is not None:  # one server (checked in BackendConfig)
             sweep_stale_regions(self._client(reachable[0]))
-        config = configs[reachable[0], self.manifest.decoder.name]
+        config = configs[reachable[0]]
         groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
         kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]
         self.on_gpu = any(k in ("KIND_GPU", "1") for k in kinds)
+
+    def _check_models(self, url: str, client: Any) -> Any:
+        """Check both served models' tensors and export against the manifest; return the decoder's config.
+
+        Raises:
+            ModelSignatureError: If either is not the manifest's.
+        """
+        config = None
+        for spec in (self.manifest.encoder, self.manifest.decoder):
+            self._check_signature(spec, client.get_model_metadata(spec.name, spec.version))
+            config = _model_config(client, spec)
+            self._check_export(url, spec, config)
+        return config
+
+    def _verify_rejoining(self, url: str, client: Any) -> None:
+        """Check a server entering the rotation (back from an outage, or down at start) before it gets work.
+
+        A server that left the rotation may have been restarted on another export (a re-export into the
+        repository it mounts, then ``docker compose restart``); one that was down at start was never checked.
+
+        Raises:
+            ServedModelChangedError: If it serves another export than the run started with (ends the run).
+            BackendUnavailableError: If its models are not ready yet (transient: it stays out of the rotation).
+        """
+        for spec in (self.manifest.encoder, self.manifest.decoder):
+            if not client.is_model_ready(spec.name, spec.version):  # still loading after a restart
+                raise BackendUnavailableError(f"model '{spec.name}'{_version_text(spec)} not ready yet")
+        try:
+            self._check_models(url, client)
+        except ModelSignatureError as err:
+            raise ServedModelChangedError(
+                f"Triton server at {url} now serves another export than the run started with ({err}); the run "
+                f"stopped rather than label on with another model than its manifest names: restart Triton on the "
+                f"export in {self.manifest.root} and run the same command again to resume (for the new export, "
+                "start a new run with another --out)"
+            ) from err
+        self._verified.add(url)
+        logger.info("Triton server %s checked: it serves the run's export", url)
 
     def _check_export(self, url: str, spec: ModelSpec, config: Any) -> None:
         """Refuse a server whose model is another export than the manifest's.
@@ -251,10 +293,17 @@ class TritonBackend:
         for url in self._rotation.order():
             client = self._client(url)
             try:
+                if url not in self._verified:
+                    self._verify_rejoining(url, client)
                 result = call(client)
+            except BackendUnavailableError as err:  # a rejoining server whose models are not ready yet
+                self._rotation.failed(url, str(err))
+                last = err
+                continue
             except self._errors as err:
                 kind = classify(err)
                 if kind == "not_found" and self._after_not_found(client, spec):
+                    self._verified.discard(url)  # restarted: check what it serves now
                     kind = "transient"
                 if kind == "permanent" and ran_out_of_memory(err):  # INTERNAL, but the server's memory was short
                     raise BackendOutOfMemoryError(
@@ -266,6 +315,7 @@ class TritonBackend:
                         f"Triton server at {url} rejected the request to model '{spec.name}': {reason(err)}"
                     ) from err
                 self._rotation.failed(url, reason(err))
+                self._verified.discard(url)  # it may come back restarted on another export
                 self._forget_client(url)
                 last = err
                 continue
