@@ -38,7 +38,7 @@ from alps_client.backends.feeds import (
 )
 from alps_client.backends.manifest import SHA256_PARAMETER, ModelManifest, ModelSpec, load_manifest
 from alps_client.backends.triton_shm import ShmRegion, ShmRegions, sweep_stale_regions
-from alps_client.backends.triton_status import classify, reason, server_errors, timed_out
+from alps_client.backends.triton_status import classify, deadline, reason, server_errors, timed_out
 from alps_client.config import BackendConfig
 from alps_client.errors import (
     BackendOutOfMemoryError,
@@ -57,6 +57,9 @@ CPU_PROMPTS_PER_CALL = 64
 GPU_PROMPTS_PER_CALL = 64
 # Seconds a failed server stays out of the rotation before it is probed again.
 OUT_OF_ROTATION_S = 5.0
+# At most this long (and at most --timeout-s) close() waits for a server to release shared memory: a hung server
+# must not hold the end of a run that is stopping because of it.
+RELEASE_TIMEOUT_S = 5.0
 _TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
 
 
@@ -89,9 +92,9 @@ class _Rotation:
                 logger.warning("Triton server %s is back in the rotation", url)
 
 
-def _model_config(client: Any, spec: ModelSpec) -> Any:
+def _model_config(client: Any, spec: ModelSpec, timeout_s: float) -> Any:
     """The model's config: a dict (HTTP client) or a ``ModelConfig`` message (gRPC client)."""
-    config = client.get_model_config(spec.name, spec.version)
+    config = client.get_model_config(spec.name, spec.version, **deadline(client, timeout_s))
     return config.get("config", config) if isinstance(config, dict) else config.config
 
 
@@ -129,7 +132,7 @@ class TritonBackend:
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="alps-triton")
-        self._shm = ShmRegions() if config.shared_memory else None
+        self._shm = ShmRegions(config.timeout_s) if config.shared_memory else None
         self._verified: set[str] = set()  # servers checked to serve the manifest's export since they last failed
         self._closed = False
         self.on_gpu = False
@@ -144,16 +147,23 @@ class TritonBackend:
             clients = self._local.clients = {}
         client = clients.get(url)
         if client is None:
-            if self.config.protocol == "http":
-                client = self._module.InferenceServerClient(
-                    url, verbose=False, connection_timeout=self.config.timeout_s, network_timeout=self.config.timeout_s
-                )
-            else:
-                client = self._module.InferenceServerClient(url, verbose=False)
-            clients[url] = client
-            with self._lock:
-                self._clients.append(client)
+            client = clients[url] = self._new_client(url, self.config.timeout_s)
         return client
+
+    def _new_client(self, url: str, timeout_s: float) -> Any:
+        """A client whose every call has a deadline: HTTP's from here, gRPC's passed per call (``_timeout``)."""
+        if self.config.protocol == "http":
+            client = self._module.InferenceServerClient(url, verbose=False, connection_timeout=timeout_s,
+                                                        network_timeout=timeout_s)
+        else:
+            client = self._module.InferenceServerClient(url, verbose=False)
+        with self._lock:
+            self._clients.append(client)
+        return client
+
+    def _timeout(self, client: Any) -> dict[str, float]:
+        """The per-call deadline (``--timeout-s``) of a gRPC call; none for HTTP (its client has it)."""
+        return deadline(client, self.config.timeout_s)
 
     def _forget_client(self, url: str) -> None:
         """Reconnect to ``url`` next time (an HTTP connection that failed mid-request is not reusable)."""
@@ -177,7 +187,7 @@ class TritonBackend:
         for url in self.urls:
             try:
                 client = self._client(url)
-                if client.is_server_live() and client.is_server_ready():
+                if client.is_server_live(**self._timeout(client)) and client.is_server_ready(**self._timeout(client)):
                     reachable.append(url)
                     continue
                 self._rotation.failed(url, "not live and ready")
@@ -190,13 +200,13 @@ class TritonBackend:
         for url in reachable:
             client = self._client(url)
             for spec in (self.manifest.encoder, self.manifest.decoder):
-                if not client.is_model_ready(spec.name, spec.version):
+                if not client.is_model_ready(spec.name, spec.version, **self._timeout(client)):
                     raise self._unavailable(f"has no ready model '{spec.name}'{_version_text(spec)} (load the model "
                                             f"repository {self.manifest.root})")
             configs[url] = self._check_models(url, client)
             self._verified.add(url)
         if self._shm is not None:  # one server (checked in BackendConfig)
-            sweep_stale_regions(self._client(reachable[0]))
+            sweep_stale_regions(self._client(reachable[0]), self.config.timeout_s)
         config = configs[reachable[0]]
         groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
         kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]
@@ -210,8 +220,8 @@ class TritonBackend:
         """
         config = None
         for spec in (self.manifest.encoder, self.manifest.decoder):
-            self._check_signature(spec, client.get_model_metadata(spec.name, spec.version))
-            config = _model_config(client, spec)
+            self._check_signature(spec, client.get_model_metadata(spec.name, spec.version, **self._timeout(client)))
+            config = _model_config(client, spec, self.config.timeout_s)
             self._check_export(url, spec, config)
         return config
 
@@ -226,7 +236,7 @@ class TritonBackend:
             BackendUnavailableError: If its models are not ready yet (transient: it stays out of the rotation).
         """
         for spec in (self.manifest.encoder, self.manifest.decoder):
-            if not client.is_model_ready(spec.name, spec.version):  # still loading after a restart
+            if not client.is_model_ready(spec.name, spec.version, **self._timeout(client)):  # loading after a restart
                 raise BackendUnavailableError(f"model '{spec.name}'{_version_text(spec)} not ready yet")
         try:
             self._check_models(url, client)
@@ -334,7 +344,7 @@ class TritonBackend:
             if self._shm is not None and self._shm.forgotten_by(client):
                 self._shm.register_all(client)
                 return True
-            return not client.is_model_ready(spec.name, spec.version)
+            return not client.is_model_ready(spec.name, spec.version, **self._timeout(client))
         except self._errors:  # the server went away while we looked: a restart
             return True
 
@@ -367,8 +377,8 @@ class TritonBackend:
                     shape, dt = shm_outputs[name]
                     out.set_shared_memory(regions[name].name, int(np.prod(shape)) * np.dtype(dt).itemsize)
                 requested.append(out)
-            timeout = {"client_timeout": self.config.timeout_s} if self.config.protocol == "grpc" else {}
-            result = client.infer(spec.name, inputs, model_version=spec.version, outputs=requested, **timeout)
+            result = client.infer(spec.name, inputs, model_version=spec.version, outputs=requested,
+                                  **self._timeout(client))
             arrays = []
             for name in outputs:
                 if use_shm and name in shm_outputs:
@@ -430,14 +440,18 @@ class TritonBackend:
         """Close the request pool, unregister and destroy shared memory, close clients (idempotent).
 
         Requests in flight finish first (a stopped run's, whose images are abandoned): their threads read and
-        write the shared-memory regions, which must not be unmapped under them.
+        write the shared-memory regions, which must not be unmapped under them. Bounded on a server that does not
+        answer (hung, stopped): requests end at their deadline, the release waits ``RELEASE_TIMEOUT_S`` at most
+        and the local regions are freed regardless.
         """
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # bounded: each request has its deadline
         if self._shm is not None:
-            self._shm.release(self._client(self.urls[0]))
+            # A client of its own with a short deadline: a hung server holds the release one deadline at most.
+            release_s = min(RELEASE_TIMEOUT_S, self.config.timeout_s)
+            self._shm.release(self._new_client(self.urls[0], release_s), release_s)
         for c in self._clients:
             try:
                 c.close()

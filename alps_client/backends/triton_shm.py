@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alps_client._imports import lazy_import
-from alps_client.backends.triton_status import reason, server_errors
+from alps_client.backends.triton_status import deadline, is_grpc, reason, server_errors
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +56,19 @@ def stale_region_names(names: Iterable[str]) -> list[str]:
     return [n for n in names if (m := _OWNED.fullmatch(n)) and not psutil.pid_exists(int(m[1]))]
 
 
-def sweep_stale_regions(client: Any) -> int:
+def sweep_stale_regions(client: Any, timeout_s: float) -> int:
     """Remove the regions of dead alps processes of this PID namespace; return how many were found.
 
-    Both sides are freed: the ``/dev/shm`` files and the registrations with ``client``'s server.
+    Both sides are freed: the ``/dev/shm`` files and the registrations with ``client``'s server (each call
+    within ``timeout_s``).
     """
     files = stale_region_names(p.name for p in SHM_DIR.glob(f"alps_{_NAMESPACE}_*")) if SHM_DIR.is_dir() else []
     for name in files:
         (SHM_DIR / name).unlink(missing_ok=True)
     try:
-        registered = stale_region_names(_registered_names(client))
+        registered = stale_region_names(_registered_names(client, timeout_s))
         for name in registered:
-            client.unregister_system_shared_memory(name)
+            client.unregister_system_shared_memory(name, **deadline(client, timeout_s))
     except server_errors() as err:  # best effort: the run itself does not need it
         logger.debug("stale shared-memory registrations not checked (%s)", reason(err))
         registered = []
@@ -77,43 +78,59 @@ def sweep_stale_regions(client: Any) -> int:
     return found
 
 
-def _registered_names(client: Any) -> set[str]:
+def _registered_names(client: Any, timeout_s: float) -> set[str]:
     """Names of the system shared-memory regions registered with ``client``'s server."""
-    if client.__class__.__module__.startswith("tritonclient.grpc"):
-        return set(client.get_system_shared_memory_status(as_json=True).get("regions", {}))
+    if is_grpc(client):
+        return set(client.get_system_shared_memory_status(as_json=True, client_timeout=timeout_s).get("regions", {}))
     return {r["name"] for r in client.get_system_shared_memory_status()}  # HTTP: JSON already, a list
 
 
 class ShmRegion:
-    """One system shared-memory region, registered with the server."""
+    """One system shared-memory region, registered with the server (each call within ``timeout_s``)."""
 
-    def __init__(self, client: Any, shm: Any, nbytes: int) -> None:
+    def __init__(self, client: Any, shm: Any, nbytes: int, timeout_s: float) -> None:
         self.name = region_name()
         self.key = f"/{self.name}"
         self.nbytes = nbytes
+        self.timeout_s = timeout_s
         self.handle = shm.create_shared_memory_region(self.name, self.key, nbytes)
         self._shm = shm
-        self.register(client)
+        try:
+            self.register(client)
+        except BaseException:  # not registered (a server down or hung): the local region is ours to free
+            self.free()
+            raise
 
     def register(self, client: Any) -> None:
         """(Re-)register with ``client``'s server; unregistering an unknown name is no error (Triton 2.51)."""
-        client.unregister_system_shared_memory(self.name)
-        client.register_system_shared_memory(self.name, self.key, self.nbytes)
+        client.unregister_system_shared_memory(self.name, **deadline(client, self.timeout_s))
+        client.register_system_shared_memory(self.name, self.key, self.nbytes, **deadline(client, self.timeout_s))
 
-    def destroy(self, client: Any | None) -> None:
-        """Unregister (if the server still answers) and free the region."""
+    def destroy(self, client: Any | None, timeout_s: float | None = None) -> bool:
+        """Unregister (within ``timeout_s``, the region's by default) and free the region; False if unanswered.
+
+        The local region is freed whether or not the server answered.
+        """
+        answered = True
         if client is not None:
             try:
-                client.unregister_system_shared_memory(self.name)
-            except server_errors() as err:  # server gone: it holds nothing of ours any more
+                client.unregister_system_shared_memory(self.name, **deadline(client, timeout_s or self.timeout_s))
+            except server_errors() as err:  # server gone or hung: the local region is freed all the same
                 logger.debug("shared memory %s not unregistered (%s)", self.name, reason(err))
+                answered = False
+        self.free()
+        return answered
+
+    def free(self) -> None:
+        """Free the local region (its ``/dev/shm`` file and mapping), whatever the server holds."""
         self._shm.destroy_shared_memory_region(self.handle)
 
 
 class ShmRegions:
-    """The regions of every thread of one backend, by thread and tensor name."""
+    """The regions of every thread of one backend, by thread and tensor name; server calls within ``timeout_s``."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         self._regions: dict[int, dict[str, ShmRegion]] = {}
         self._lock = threading.Lock()
 
@@ -125,8 +142,8 @@ class ShmRegions:
         for name, nbytes in sizes.items():
             if name not in regions or regions[name].nbytes < nbytes:
                 if name in regions:
-                    regions[name].destroy(client)
-                regions[name] = ShmRegion(client, shm, nbytes)
+                    regions.pop(name).destroy(client)
+                regions[name] = ShmRegion(client, shm, nbytes, self.timeout_s)
         return regions
 
     def _all(self) -> list[ShmRegion]:
@@ -136,7 +153,7 @@ class ShmRegions:
     def forgotten_by(self, client: Any) -> bool:
         """Whether ``client``'s server lacks any of our regions (it restarted since they were registered)."""
         ours = {r.name for r in self._all()}
-        return bool(ours) and not ours <= _registered_names(client)
+        return bool(ours) and not ours <= _registered_names(client, self.timeout_s)
 
     def register_all(self, client: Any) -> None:
         """Register every region again with a server that forgot them."""
@@ -144,9 +161,14 @@ class ShmRegions:
         for region in self._all():
             region.register(client)
 
-    def release(self, client: Any | None) -> None:
-        """Unregister and free every region."""
+    def release(self, client: Any | None, timeout_s: float) -> None:
+        """Unregister and free every region; once the server does not answer, free the rest without asking it.
+
+        Bounded: one call at most waits out its deadline (``timeout_s``) on a hung server (regions are many: per
+        thread and tensor), and every local region is freed.
+        """
         for region in self._all():
-            region.destroy(client)
+            if not region.destroy(client, timeout_s):
+                client = None
         with self._lock:
             self._regions.clear()

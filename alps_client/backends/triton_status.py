@@ -92,6 +92,20 @@ def classify(err: BaseException) -> Kind | None:
     return "permanent"
 
 
+def is_grpc(client: object) -> bool:
+    """Whether ``client`` is tritonclient's gRPC client (else the HTTP one)."""
+    return client.__class__.__module__.startswith("tritonclient.grpc")
+
+
+def deadline(client: object, seconds: float) -> dict[str, float]:
+    """Keyword arguments that give one call of ``client`` a deadline of ``seconds``.
+
+    gRPC calls take ``client_timeout`` each (without it a call to a hung server waits forever); the HTTP client
+    has its deadline from its construction (``network_timeout``), so it takes none.
+    """
+    return {"client_timeout": seconds} if is_grpc(client) else {}
+
+
 def server_errors() -> tuple[type[BaseException], ...]:
     """What a Triton call can raise because of the server or the network (anything else is a bug of ours)."""
     from tritonclient.utils import InferenceServerException

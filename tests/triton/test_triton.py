@@ -404,6 +404,46 @@ def test_ctrl_c_under_a_stalled_server_exits_at_once(stand_in_repo, prefect_serv
     assert error.startswith("alps: error: interrupted") and "run the same command again" in error
 
 
+def test_a_hung_server_holds_neither_close_nor_a_new_backend_with_shared_memory(stand_in_repo, tmp_path):
+    """A server that stopped answering (SIGSTOP: hung, wedged) under a --shared-memory run: only requests had a
+    deadline, and close() blocked for ever unregistering shared memory (the run never exited, never resumed), as
+    did a new backend's first control call. Every call now has one; close() frees its local regions regardless."""
+    import threading
+
+    server = start_triton(stand_in_repo, tmp_path / "t")
+    backend = triton_backend(stand_in_repo, server.grpc_url, shared_memory=True, timeout_s=2.0)
+    ended: dict[str, object] = {}
+
+    def in_thread(name, call):
+        def run():
+            try:
+                ended[name] = call()
+            except Exception as err:  # noqa: BLE001 (the test looks at which)
+                ended[name] = err
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    try:
+        backend.encode([make_shapes_image(0)])
+        regions = [SHM_DIR / r.name for r in backend._shm._all()]
+        assert regions and all(r.exists() for r in regions)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        closing = in_thread("close", backend.close)
+        starting = in_thread("start", lambda: triton_backend(stand_in_repo, server.grpc_url, shared_memory=True,
+                                                             timeout_s=2.0))
+        for thread in (closing, starting):  # each takes a deadline or two (2 s) with the fix; without, for ever
+            thread.join(timeout=60)
+        assert not closing.is_alive(), "close() blocked on the hung server"
+        assert not starting.is_alive(), "a new backend blocked on the hung server"
+        assert ended["close"] is None and not any(r.exists() for r in regions)  # freed here all the same
+        assert isinstance(ended["start"], BackendUnavailableError), ended["start"]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        backend.close()
+        server.stop()
+
+
 def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path):
     """SAM 2.1's repository (image of any size, high-resolution features, mask input for use_m2m) served as is."""
     from alps_client.amg import Sam2MaskGenerator
