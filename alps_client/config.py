@@ -102,6 +102,26 @@ class AmgConfig:
 DEFAULT_TRITON_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
 
 
+def _check_triton_url(url: str, protocol: str) -> None:
+    """Refuse a Triton URL that is not ``host:port`` (tritonclient takes no scheme, and needs the port).
+
+    Examples:
+        >>> _check_triton_url("10.0.0.5:8001", "grpc"); _check_triton_url("[::1]:8000", "http")
+        >>> _check_triton_url("http://127.0.0.1:8000", "http")
+        Traceback (most recent call last):
+        ...
+        ValueError: --triton-url must be host:port without a scheme, got 'http://127.0.0.1:8000': give 127.0.0.1:8000 (--protocol http chooses the protocol)
+    """
+    default = DEFAULT_TRITON_URLS[protocol]
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        _check(False, f"--triton-url must be host:port without a scheme, got {url!r}: give {rest.rstrip('/')} "
+                      f"(--protocol {'grpc' if scheme.lower() == 'grpc' else 'http'} chooses the protocol)")
+    host, _, port = url.rpartition(":")
+    _check(bool(host) and host != "[" and "/" not in url and port.isdigit() and 0 < int(port) < 65536,
+           f"--triton-url must be host:port, got {url!r} (e.g. {default}: Triton serves gRPC on 8001, HTTP on 8000)")
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """Where the encoder and decoder run.
@@ -144,6 +164,9 @@ class BackendConfig:
             object.__setattr__(self, "triton_urls", (DEFAULT_TRITON_URLS[self.protocol],))
         _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads!r}")
         _check(len(self.triton_urls) > 0, "triton_urls must name at least one server")
+        if self.kind == "triton":
+            for url in self.triton_urls:
+                _check_triton_url(url, self.protocol)
         _check(not (self.shared_memory and len(set(self.triton_urls)) > 1),
                f"shared memory needs the client on the server's host: give one --triton-url with --shared-memory, "
                f"got {len(set(self.triton_urls))}")

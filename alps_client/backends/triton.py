@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +62,16 @@ OUT_OF_ROTATION_S = 5.0
 # must not hold the end of a run that is stopping because of it.
 RELEASE_TIMEOUT_S = 5.0
 _TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
+
+
+def _accepts_connections(url: str, timeout_s: float) -> bool:
+    """Whether something listens at ``url`` (``host:port``): a TCP connection is accepted."""
+    host, _, port = url.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout_s, 5.0)):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class _Rotation:
@@ -184,6 +195,7 @@ class TritonBackend:
 
     def _check_server(self) -> None:
         reachable = []
+        errors: dict[str, BaseException] = {}  # url -> why it did not answer
         for url in self.urls:
             try:
                 client = self._client(url)
@@ -193,9 +205,10 @@ class TritonBackend:
                 self._rotation.failed(url, "not live and ready")
             except self._errors as err:
                 self._rotation.failed(url, reason(err))
+                errors[url] = err
             self._forget_client(url)
         if not reachable:
-            raise self._unavailable("is not reachable" if len(self.urls) == 1 else "are not reachable")
+            raise self._none_reachable(errors)
         configs = {}  # url -> the decoder's config
         for url in reachable:
             client = self._client(url)
@@ -211,6 +224,24 @@ class TritonBackend:
         groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
         kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]
         self.on_gpu = any(k in ("KIND_GPU", "1") for k in kinds)
+
+    def _none_reachable(self, errors: dict[str, BaseException]) -> BackendUnavailableError:
+        """Why no server answered at start, with the way out that fits.
+
+        A port that accepts connections but whose server's reply is not the protocol's is a mistake of
+        ``--protocol`` or of the port (gRPC sent to Triton's HTTP port, or the reverse), not a server to start.
+        """
+        wrong = [u for u, e in errors.items() if not timed_out(e) and _accepts_connections(u, self.config.timeout_s)]
+        if wrong:
+            return BackendUnavailableError(
+                f"a server answers at {', '.join(wrong)}, but not in {self.config.protocol} "
+                f"({reason(errors[wrong[0]])}): check --protocol and the port of --triton-url (Triton serves gRPC "
+                "on 8001, HTTP on 8000)"
+            )
+        why = f" ({reason(next(iter(errors.values())))})" if len(errors) == 1 else ""
+        if errors and all(timed_out(e) for e in errors.values()):
+            return self._unavailable(f"did not answer{why}", timed_out=True)
+        return self._unavailable(("is not reachable" if len(self.urls) == 1 else "are not reachable") + why)
 
     def _check_models(self, url: str, client: Any) -> Any:
         """Check both served models' tensors and export against the manifest; return the decoder's config.

@@ -83,6 +83,23 @@ def test_server_down_gives_one_clear_error(stand_in_repo):
         triton_backend(stand_in_repo, f"127.0.0.1:{port}")
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_url_mistake_with_the_server_up_says_what_to_check_not_to_start_it(triton_server, stand_in_repo, protocol):
+    """With the server up, a scheme in --triton-url or the other protocol's port was reported as 'not reachable;
+    start it with docker compose', the real cause only in a warning above."""
+    url, other_port = ((triton_server.grpc_url, triton_server.http_url) if protocol == "grpc"
+                       else (triton_server.http_url, triton_server.grpc_url))
+    for scheme in ("http", "grpc"):
+        with pytest.raises(ValueError, match=rf"--triton-url must be host:port without a scheme, got "
+                                             rf"'{scheme}://{url}': give {url} \(--protocol {scheme} chooses"):
+            triton_backend(stand_in_repo, f"{scheme}://{url}", protocol=protocol)
+    with pytest.raises(BackendUnavailableError, match=rf"a server answers at {other_port}, but not in {protocol} "
+                                                      r"\(.*\): check --protocol and the port .*gRPC on 8001, HTTP on "
+                                                      r"8000") as err:
+        triton_backend(stand_in_repo, other_port, protocol=protocol)
+    assert "docker compose" not in str(err.value)
+
+
 def test_model_not_loaded_is_named(triton_server, stand_in_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(stand_in_repo, repo)
