@@ -343,6 +343,33 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
 
 
+def test_a_run_whose_server_restarts_on_another_export_stops_non_zero(stand_in_repo, prefect_server, tmp_path):
+    """The CLI end of a server restarted mid-run on another export: the run exited 0 with some images labelled by
+    each model, its manifest naming the first. Now it stops at once, non-zero, saying why and how to resume."""
+    server = start_triton(stand_in_repo, tmp_path / "t1")
+    data = write_synthetic_dataset(tmp_path / "data", 6, seed=4, size=(96, 128))
+    out = tmp_path / "out"
+    shards = out / ".alps" / "shards"
+    env = cli_env(tmp_path / "ph", prefect_server, ALPS_TRITON_URL=server.grpc_url)
+    proc = start_alps(["run", data / "images", "--out", out, "--model-repository", stand_in_repo, "--backend", "triton",
+                       *SMALL, "--concurrency", "1", "--retry-delay-s", "1"], env, tmp_path / "run.log")
+    restarted = None
+    try:
+        wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
+        server.stop(signal.SIGKILL)
+        restarted = start_triton(another_export(stand_in_repo, tmp_path / "other"), tmp_path / "t2",
+                                 grpc_port=server.grpc_port, http_port=server.http_port)
+        assert wait_for_exit(proc, 300, tmp_path / "run.log") == 3, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if restarted is not None:
+            restarted.stop()
+    (error,) = [ln for ln in (tmp_path / "run.log").read_text().splitlines() if ln.startswith("alps: error:")]
+    assert "now serves another export than the run started with" in error and "run the same command again" in error
+    assert not (out / "manifest.json").exists()  # no dataset written: nothing recorded under the first model
+
+
 def test_a_killed_test_run_takes_its_server_along_and_the_next_start_frees_its_memory(stand_in_repo, tmp_path):
     """A test process killed with SIGKILL (a CI timeout) takes its tritonserver along; when the server's Python
     backend stubs are killed too (a whole process tree or container), the /dev/shm regions they could not remove
