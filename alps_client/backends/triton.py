@@ -243,8 +243,10 @@ class TritonBackend:
             return self._unavailable(f"did not answer{why}", timed_out=True)
         return self._unavailable(("is not reachable" if len(self.urls) == 1 else "are not reachable") + why)
 
-    def _check_models(self, url: str, client: Any) -> Any:
+    def _check_models(self, url: str, client: Any, advice: bool = True) -> Any:
         """Check both served models' tensors and export against the manifest; return the decoder's config.
+
+        ``advice``: end a mismatch's message with the way out at start (which repository to serve or give).
 
         Raises:
             ModelSignatureError: If either is not the manifest's.
@@ -253,7 +255,7 @@ class TritonBackend:
         for spec in (self.manifest.encoder, self.manifest.decoder):
             self._check_signature(spec, client.get_model_metadata(spec.name, spec.version, **self._timeout(client)))
             config = _model_config(client, spec, self.config.timeout_s)
-            self._check_export(url, spec, config)
+            self._check_export(url, spec, config, advice)
         return config
 
     def _verify_rejoining(self, url: str, client: Any) -> None:
@@ -270,10 +272,10 @@ class TritonBackend:
             if not client.is_model_ready(spec.name, spec.version, **self._timeout(client)):  # loading after a restart
                 raise BackendUnavailableError(f"model '{spec.name}'{_version_text(spec)} not ready yet")
         try:
-            self._check_models(url, client)
+            self._check_models(url, client, advice=False)
         except ModelSignatureError as err:
             raise ServedModelChangedError(
-                f"Triton server at {url} now serves another export than the run started with ({err}); the run "
+                f"Triton server at {url} now serves another export than the run started with ({err.args[0]}); the run "
                 f"stopped rather than label on with another model than its manifest names: restart Triton on the "
                 f"export in {self.manifest.root} and run the same command again to resume (for the new export, "
                 "start a new run with another --out)"
@@ -281,7 +283,7 @@ class TritonBackend:
         self._verified.add(url)
         logger.info("Triton server %s checked: it serves the run's export", url)
 
-    def _check_export(self, url: str, spec: ModelSpec, config: Any) -> None:
+    def _check_export(self, url: str, spec: ModelSpec, config: Any, advice: bool = True) -> None:
         """Refuse a server whose model is another export than the manifest's.
 
         Same names and tensors, other weights: e.g. Triton still serving the stand-in after ``export_sam.py`` wrote
@@ -297,8 +299,8 @@ class TritonBackend:
         elif served != spec.sha256:
             raise ModelSignatureError(
                 f"Triton server at {url} serves another '{spec.name}' than {self.manifest.root} describes (sha256 "
-                f"{served[:12]}… vs {spec.sha256[:12]}…): restart Triton on that model repository, or give "
-                "--model-repository the repository the server was started on")
+                f"{served[:12]}… vs {spec.sha256[:12]}…)" + (": restart Triton on that model repository, or give "
+                "--model-repository the repository the server was started on" if advice else ""))
 
     @staticmethod
     def _check_signature(spec: ModelSpec, metadata: Any) -> None:
