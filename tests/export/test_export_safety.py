@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from export import onnx_export, triton_repo
 from export.export_sam import main
 from tests.conftest import REPO_ROOT
@@ -70,8 +72,8 @@ def test_a_failed_parity_check_is_one_line_and_writes_nothing(tmp_path, monkeypa
 
 
 def test_a_failed_sam2_check_is_the_same_one_line(tmp_path, monkeypatch, capsys):
-    """SAM 2.1's parity failure, or an exported file onnxruntime cannot load, was a 20-line traceback (SAM's path
-    alone wrapped its check); now both are SAM's one line, exit code 1, and nothing is written."""
+    """SAM 2.1's parity failure was a 20-line traceback (SAM's path alone wrapped its check); now it is SAM's one
+    line, exit code 1, and nothing is written."""
     from export import sam2_export, sam2_parity
 
     strict = functools.partial(sam2_parity.check_parity, encoder_rtol=0.0, decoder_atol=0.0)
@@ -82,16 +84,20 @@ def test_a_failed_sam2_check_is_the_same_one_line(tmp_path, monkeypatch, capsys)
     assert len(lines) == 1 and "ONNX/PyTorch parity failed" in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "repo" / "manifest.json").exists()
 
-    # onnxruntime's own exceptions are not RuntimeErrors: a file it cannot load (here: not ONNX at all).
+
+def test_a_file_onnxruntime_cannot_load_fails_the_check_in_one_line(tmp_path):
+    """onnxruntime's own exceptions are not RuntimeErrors: the wrapping both export paths share let them through
+    as tracebacks (here: a file that is not ONNX at all, as the checks open it)."""
+    from export.errors import ExportCheckError, check_failures_as_one_line
+
     (tmp_path / "broken.onnx").write_bytes(b"not an onnx file")
-    monkeypatch.setattr(sam2_parity, "check_session",
-                        lambda path, *a, **k: onnx_export.check_session(tmp_path / "broken.onnx"))
-    monkeypatch.setattr(sam2_export, "check_parity", sam2_parity.check_parity)
-    assert main(["--model-type", "sam2-stand-in", "--cpu", "--out", str(tmp_path / "repo")]) == 1
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("export_sam: error:")]
-    assert len(lines) == 1 and lines[0].startswith("export_sam: error: onnxruntime cannot run the exported model (")
-    assert "Traceback" not in err and not (tmp_path / "repo" / "manifest.json").exists()
+    with pytest.raises(ExportCheckError, match=r"^onnxruntime cannot run the exported model \(.+\); the export is "
+                                               r"not usable and nothing was written") as err, \
+            check_failures_as_one_line():
+        onnx_export.check_session(tmp_path / "broken.onnx")
+    assert "\n" not in str(err.value)
+    with pytest.raises(MemoryError), check_failures_as_one_line():  # anything else is not a failed check
+        raise MemoryError
 
 
 
