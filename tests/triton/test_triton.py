@@ -182,7 +182,7 @@ def error_of(backend):
 def test_a_server_entering_the_rotation_with_another_export_ends_the_run(triton_server, stand_in_repo, tmp_path,
                                                                          monkeypatch):
     """A server down at start and up later on another export (one restarted mid-run on another: the CLI test
-    below): it joined the rotation unchecked, and the run labelled on with the new model, its manifest naming the
+    of a restart below): it joined the rotation unchecked, and the run labelled on with the new model, its manifest naming the
     old one. Now each server is checked when it enters the rotation, and a mismatch ends the run: no retry."""
     from alps_client.backends import triton as triton_module
     from alps_client.errors import ServedModelChangedError
@@ -295,8 +295,12 @@ def test_a_server_out_of_memory_is_retried_not_a_rejected_request(triton_server,
         backend.close()
 
 
-def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path):
-    """Kill the server (found through ALPS_TRITON_URL) mid-run, start it again: the run completes, all labelled."""
+@pytest.mark.parametrize("export", ["same", "another"])
+def test_a_run_through_a_triton_restart_finishes_or_stops_on_another_export(stand_in_repo, prefect_server, tmp_path,
+                                                                            export):
+    """Kill the server (found through ALPS_TRITON_URL) mid-run and start it again: on the same export the run
+    completes, all labelled; on another export it exited 0 with images of both models, its manifest naming the
+    first: now it stops, exit 3, saying why and how to resume, and writes no dataset."""
     server = start_triton(stand_in_repo, tmp_path / "t1")
     data = write_synthetic_dataset(tmp_path / "data", 6, seed=4, size=(96, 128))
     out = tmp_path / "out"
@@ -304,6 +308,7 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
     env = cli_env(tmp_path / "ph", prefect_server, ALPS_TRITON_URL=server.grpc_url)
     proc = start_alps(["run", data / "images", "--out", out, "--model-repository", stand_in_repo, "--backend", "triton",
                        *SMALL, "--concurrency", "1", "--retry-delay-s", "1"], env, tmp_path / "run.log")
+    served = stand_in_repo if export == "same" else another_export(stand_in_repo, tmp_path / "other")
     restarted = None
     try:
         wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
@@ -311,41 +316,22 @@ def test_flow_survives_a_triton_restart(stand_in_repo, prefect_server, tmp_path)
         server.stop(signal.SIGKILL)
         done_at_kill = len(list(shards.glob("*.npz")))
         assert regions and not any(r.exists() for r in regions)  # a killed server's shared memory is not left in RAM
-        restarted = start_triton(stand_in_repo, tmp_path / "t2", grpc_port=server.grpc_port, http_port=server.http_port)
-        assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
+        restarted = start_triton(served, tmp_path / "t2", grpc_port=server.grpc_port, http_port=server.http_port)
+        status = wait_for_exit(proc, 600, tmp_path / "run.log")
     finally:
         if proc.poll() is None:
             proc.kill()
         if restarted is not None:
             restarted.stop()
     assert done_at_kill < 6  # the kill landed mid-run
-    last = json.loads((out / ".alps" / "last_run.json").read_text())
-    assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
-
-
-def test_a_run_whose_server_restarts_on_another_export_stops_non_zero(stand_in_repo, prefect_server, tmp_path):
-    """The CLI end of a server restarted mid-run on another export: the run exited 0 with some images labelled by
-    each model, its manifest naming the first. Now it stops at once, non-zero, saying why and how to resume."""
-    server = start_triton(stand_in_repo, tmp_path / "t1")
-    data = write_synthetic_dataset(tmp_path / "data", 6, seed=4, size=(96, 128))
-    out = tmp_path / "out"
-    shards = out / ".alps" / "shards"
-    env = cli_env(tmp_path / "ph", prefect_server, ALPS_TRITON_URL=server.grpc_url)
-    proc = start_alps(["run", data / "images", "--out", out, "--model-repository", stand_in_repo, "--backend", "triton",
-                       *SMALL, "--concurrency", "1", "--retry-delay-s", "1"], env, tmp_path / "run.log")
-    restarted = None
-    try:
-        wait_until(lambda: list(shards.glob("*.npz")), "the first image labelled", proc=proc)
-        server.stop(signal.SIGKILL)
-        restarted = start_triton(another_export(stand_in_repo, tmp_path / "other"), tmp_path / "t2",
-                                 grpc_port=server.grpc_port, http_port=server.http_port)
-        assert wait_for_exit(proc, 300, tmp_path / "run.log") == 3, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if restarted is not None:
-            restarted.stop()
-    (error,) = [ln for ln in (tmp_path / "run.log").read_text().splitlines() if ln.startswith("alps: error:")]
+    log = (tmp_path / "run.log").read_text()
+    if export == "same":
+        assert status == 0, log[-3000:]
+        last = json.loads((out / ".alps" / "last_run.json").read_text())
+        assert len(last["labelled"]) == 6 and not last["errors"] and not last["missing"]
+        return
+    assert status == 3, log[-3000:]
+    (error,) = [ln for ln in log.splitlines() if ln.startswith("alps: error:")]
     assert "now serves another export than the run started with" in error and "run the same command again" in error
     assert not (out / "manifest.json").exists()  # no dataset written: nothing recorded under the first model
 
