@@ -471,11 +471,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     parameters: dict[str, Any] = {"config": config}
     parameters.update({name: value for name, value in (("dataset", args.dataset), ("out", args.out)) if value})
     print(f"alps serve: deployment alps-label-dataset/{args.name} on {url}; Ctrl-C stops it")
+    _exit_surely_on_sigterm()
     try:
         alps_flow.serve(name=args.name, tags=["alps"], parameters=parameters, limit=args.limit)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+# How long `alps serve` may take to exit after SIGTERM before it is ended at once.
+SIGTERM_GRACE_S = 30.0
+
+
+def _exit_surely_on_sigterm() -> None:
+    """Make SIGTERM end ``alps serve`` even when Prefect's handler's ``sys.exit`` is swallowed.
+
+    Prefect's runner handles SIGTERM with ``sys.exit(0)``; a signal that lands while a multiprocessing finaliser runs
+    (the cleanup of a cancelled flow run's process) has that SystemExit ignored there, and serve went on serving:
+    seen under load, `docker stop` or systemd would have had to kill it. The handler now also arms a timer that
+    ends the process after :data:`SIGTERM_GRACE_S` if the graceful exit did not happen.
+    """
+    from prefect.runner.runner import Runner
+
+    graceful = Runner.handle_sigterm
+
+    def handle_sigterm(self: Runner, *args: Any, **kwargs: Any) -> None:
+        timer = threading.Timer(SIGTERM_GRACE_S, os._exit, args=(0,))
+        timer.daemon = True  # a graceful exit is not held by it
+        timer.start()
+        graceful(self, *args, **kwargs)
+
+    Runner.handle_sigterm = handle_sigterm  # type: ignore[method-assign]
 
 
 class _VersionAction(argparse.Action):
