@@ -212,10 +212,10 @@ class TritonBackend:
         configs = {}  # url -> the decoder's config
         for url in reachable:
             client = self._client(url)
-            for spec in (self.manifest.encoder, self.manifest.decoder):
-                if not client.is_model_ready(spec.name, spec.version, **self._timeout(client)):
-                    raise self._unavailable(f"has no ready model '{spec.name}'{_version_text(spec)} (load the model "
-                                            f"repository {self.manifest.root})")
+            unready = self._unready_model(client)
+            if unready is not None:
+                raise self._unavailable(f"has no ready model '{unready.name}'{_version_text(unready)} (load the model "
+                                        f"repository {self.manifest.root})")
             configs[url] = self._check_models(url, client)
             self._verified.add(url)
         if self._shm is not None:  # one server (checked in BackendConfig)
@@ -243,6 +243,13 @@ class TritonBackend:
             return self._unavailable(f"did not answer{why}", timed_out=True)
         return self._unavailable(("is not reachable" if len(self.urls) == 1 else "are not reachable") + why)
 
+    def _unready_model(self, client: Any) -> ModelSpec | None:
+        """The first of the manifest's models (version) that ``client``'s server has not ready; None if both are."""
+        for spec in (self.manifest.encoder, self.manifest.decoder):
+            if not client.is_model_ready(spec.name, spec.version, **self._timeout(client)):
+                return spec
+        return None
+
     def _check_models(self, url: str, client: Any, advice: bool = True) -> Any:
         """Check both served models' tensors and export against the manifest; return the decoder's config.
 
@@ -268,9 +275,9 @@ class TritonBackend:
             ServedModelChangedError: If it serves another export than the run started with (ends the run).
             BackendUnavailableError: If its models are not ready yet (transient: it stays out of the rotation).
         """
-        for spec in (self.manifest.encoder, self.manifest.decoder):
-            if not client.is_model_ready(spec.name, spec.version, **self._timeout(client)):  # loading after a restart
-                raise BackendUnavailableError(f"model '{spec.name}'{_version_text(spec)} not ready yet")
+        unready = self._unready_model(client)
+        if unready is not None:  # loading after a restart
+            raise BackendUnavailableError(f"model '{unready.name}'{_version_text(unready)} not ready yet")
         try:
             self._check_models(url, client, advice=False)
         except ModelSignatureError as err:
