@@ -30,8 +30,8 @@ def ensure_model_repository(path: Path, spare: Path) -> tuple[Path, dict]:
         print(f"[demo] {path} holds {model.get('model_type')}, not the stand-in the demo is made for: using "
               f"{spare} instead")
         path, manifest = spare, spare / "manifest.json"
-        if manifest.is_file() and _demo_model(json.loads(manifest.read_text())):
-            return path, json.loads(manifest.read_text())
+        if manifest.is_file() and _demo_model(spare_model := json.loads(manifest.read_text())):
+            return path, spare_model
     from export.export_sam import run_export
 
     print(f"[demo] exporting the structured stand-in model (not SAM) to {path} ...")
