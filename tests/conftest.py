@@ -74,6 +74,33 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     return out
 
 
+def exports_copied_from(monkeypatch: pytest.MonkeyPatch, module: object, repo: Path) -> None:
+    """``module``'s ``export_encoder`` and ``export_decoder`` copy ``repo``'s ONNX files instead of tracing again.
+
+    For tests of what an export does after tracing (its checks, messages, staging and manifest) on a model the
+    session has exported already: ``repo`` must hold that same model (the stand-ins have no weights, so their
+    export is always the same), and every later step, the real parity check included, runs on the copied files.
+    """
+    import json
+
+    models = json.loads((repo / "manifest.json").read_text())["models"]
+
+    def copier(key: str) -> Callable[..., float]:
+        source = repo / models[key]["path"]
+
+        def export(model: object, path: Path, opset: int | None = None) -> float:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for name in (source.name, source.name + ".data"):
+                if (source.parent / name).is_file():
+                    shutil.copyfile(source.parent / name, path.parent / name.replace(source.name, path.name))
+            return 0.0
+
+        return export
+
+    monkeypatch.setattr(module, "export_encoder", copier("encoder"))
+    monkeypatch.setattr(module, "export_decoder", copier("decoder"))
+
+
 def shared_temp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's base temp folder, shared by all pytest-xdist workers (the parent of each worker's own)."""
     root = tmp_path_factory.getbasetemp()

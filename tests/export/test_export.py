@@ -13,7 +13,7 @@ import torch
 
 from export.export_sam import TINY_TEST_ARGS, ExportError, load_model
 from export.tv_shim import install_torchvision_shim
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, exports_copied_from
 from tests.shapes import make_shapes_scene
 
 install_torchvision_shim()
@@ -165,11 +165,12 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, 
     assert sorted(p.name for p in encoder.parent.iterdir()) == sorted(p.name for p in fp32_folder.iterdir())
 
 
-def test_int8_without_cpu_gets_cpu_instance_groups_and_says_so(tmp_path, monkeypatch):
+def test_int8_without_cpu_gets_cpu_instance_groups_and_says_so(stand_in_repo, tmp_path, monkeypatch):
     """int8's ops run on the CPU, but `--quantize int8` without `--cpu` wrote KIND_GPU for both models, unsaid (and
     a Triton without GPUs does not load them). The quantisation itself is stubbed: the step under test is the kind."""
-    from export import export_sam
+    from export import export_sam, onnx_export
 
+    exports_copied_from(monkeypatch, onnx_export, stand_in_repo)
     monkeypatch.setattr(export_sam, "_quantize_in_place", lambda *args: {"models": ["encoder"], "stub": True})
     said: list[str] = []
     manifest = export_sam.run_export("stand-in", tmp_path / "repo", quantize="int8", cpu=False, log=said.append)

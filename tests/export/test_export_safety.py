@@ -12,7 +12,7 @@ import pytest
 
 from export import onnx_export, triton_repo
 from export.export_sam import main
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, exports_copied_from
 
 
 class _Planted:
@@ -49,8 +49,9 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
-def test_a_failed_parity_check_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_a_failed_parity_check_is_one_line_and_writes_nothing(stand_in_repo, tmp_path, monkeypatch, capsys):
     """Also: the staging folder of an export that was killed is removed, that of one still running is kept."""
+    exports_copied_from(monkeypatch, onnx_export, stand_in_repo)
     repo = tmp_path / "repo"
     gone = subprocess.Popen([sys.executable, "-c", ""])
     gone.wait()  # its pid names no process now: the export it stands for was killed
@@ -71,10 +72,12 @@ def test_a_failed_parity_check_is_one_line_and_writes_nothing(tmp_path, monkeypa
     assert [p.name for p in repo.iterdir()] == [running.name]
 
 
-def test_a_failed_sam2_check_is_the_same_one_line(tmp_path, monkeypatch, capsys):
+def test_a_failed_sam2_check_is_the_same_one_line(sam2_stand_in_repo, tmp_path, monkeypatch, capsys):
     """SAM 2.1's parity failure was a 20-line traceback (SAM's path alone wrapped its check); now it is SAM's one
     line, exit code 1, and nothing is written."""
-    from export import sam2_export, sam2_parity
+    from export import sam2_export, sam2_onnx, sam2_parity
+
+    exports_copied_from(monkeypatch, sam2_onnx, sam2_stand_in_repo)
 
     strict = functools.partial(sam2_parity.check_parity, encoder_rtol=0.0, decoder_atol=0.0)
     monkeypatch.setattr(sam2_export, "check_parity", strict)  # the real check, no tolerance: float rounding fails it
@@ -163,12 +166,14 @@ def test_a_full_disk_during_export_is_one_line_and_keeps_the_previous_repository
     assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
 
 
-def test_an_export_over_another_model_says_which_it_replaced(sam2_stand_in_repo, tmp_path, capsys):
+def test_an_export_over_another_model_says_which_it_replaced(sam2_stand_in_repo, stand_in_repo, tmp_path, capsys,
+                                                             monkeypatch):
     """Exporting into a repository that held another model replaced it without a word; datasets labelled with the
     old model are then refused by `alps run` (another model's shards), which the user could not trace back."""
     import json
     import shutil
 
+    exports_copied_from(monkeypatch, onnx_export, stand_in_repo)
     repo = pathlib.Path(shutil.copytree(sam2_stand_in_repo, tmp_path / "repo"))
     old = json.loads((repo / "manifest.json").read_text())
     assert main(["--model-type", "stand-in", "--cpu", "--out", str(repo)]) == 0
