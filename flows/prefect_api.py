@@ -189,19 +189,21 @@ class LocalApiServer:
         import httpx
 
         deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            code = self.process.poll() if self.process else 1
-            if code == _UVICORN_ADDRESS_IN_USE:
-                return False
-            if code is not None:
-                raise PrefectApiError(f"the temporary Prefect API server exited with code {code} while starting; "
-                                      f"its log is {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return True
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.25)
+        # One client for every poll: each new one loads the CA bundle (~30 ms of CPU, ~0.5 s over a start).
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() < deadline:
+                code = self.process.poll() if self.process else 1
+                if code == _UVICORN_ADDRESS_IN_USE:
+                    return False
+                if code is not None:
+                    raise PrefectApiError(f"the temporary Prefect API server exited with code {code} while "
+                                          f"starting; its log is {self.log_path}")
+                try:
+                    if client.get(f"{self.url}/health").status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass  # not listening yet
+                time.sleep(0.25)
         self._terminate()
         raise PrefectApiError(
             f"the temporary Prefect API server did not answer within {self.startup_timeout_s:.0f} s (a busy "
