@@ -49,7 +49,7 @@ from alps_client.errors import (
     NoInputsError,
     OutputDiskFullError,
 )
-from alps_client.io import atomic
+from alps_client.io import atomic, publish
 from alps_client.io.items import InputItem, by_reason, one_line
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
@@ -363,6 +363,10 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
             with out_lock(out, "alps run", create=False):
                 raise
         with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
+            if publish.recover(out):  # a dataset write a kill left half swapped, which the plan read: finished first
+                get_run_logger().info("finished the dataset write that an interrupted run or `alps relabel` left "
+                                      "half done in %s", out)
+                plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
     except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
         return Failed(message=describe(err), data=err)

@@ -115,9 +115,23 @@ def publish(out: str | Path, staging: str | Path) -> None:
     _finish(out, staging)
 
 
+# `alps report` swaps OUT/report alone: the new page is written here, the old one moved aside here meanwhile.
+REPORT_STAGING = Path(".alps") / "report-staging"
+REPORT_OLD = Path(".alps") / "report-old"
+
+
 def recover(out: str | Path) -> bool:
-    """Finish a swap that was interrupted (a journal is present); returns True if there was one."""
+    """Finish a swap that was interrupted (a journal is present); returns True if there was one.
+
+    What an interrupted `alps report` left goes too: its page written in part, or the previous page moved aside
+    (put back when no page took its place).
+    """
     out = Path(out)
+    old_report = out / REPORT_OLD
+    if old_report.is_dir() and not (out / "report").exists():
+        old_report.rename(out / "report")
+    for leftover in (old_report, out / REPORT_STAGING):
+        shutil.rmtree(leftover, ignore_errors=True)
     journal = _journal(out)
     if not journal.is_file():
         return False

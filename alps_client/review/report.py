@@ -17,6 +17,7 @@ from typing import Any
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.out_lock import out_lock
+from alps_client.io.publish import REPORT_OLD, REPORT_STAGING
 from alps_client.io.shards import read_shard
 from alps_client.io.splits import describe_split_counts
 from alps_client.labels.classes import ClassMap, in_dropped_clusters
@@ -150,11 +151,11 @@ def _rebuild(data: WrittenDataset) -> dict[str, int]:
         cluster_ids = assign_clusters(shard.pfl, data.centroids)
         kept = shard.kept_masks()
         collector.add(shard, cluster_ids, paint_label_map(shard.image_size, kept.rles, kept.areas, cluster_ids))
-    staging = data.out / ".alps" / "report-staging"
+    staging = data.out / REPORT_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     size = write_review(staging, collector, data.class_map, data.manifest["counts"], data.model, data.errors,
                         data.shard_paths, data.image_sources, data.out.resolve().name, data.config.gate.sigma)
-    old = data.out / ".alps" / "report-old"
+    old = data.out / REPORT_OLD
     shutil.rmtree(old, ignore_errors=True)
     if (data.out / "report").exists():
         (data.out / "report").rename(old)

@@ -67,6 +67,29 @@ def labelled(tmp_path_factory, fake_repo):
                            flow_run_id=state.state_details.flow_run_id)
 
 
+def rerun_config(labelled: SimpleNamespace, fake_repo: Path) -> PipelineConfig:
+    """The settings ``labelled`` was made with: a run with them finds every image done."""
+    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
+        shutil.copytree(fake_repo, labelled.repo)
+    return PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
+                          cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
+
+
+def killed_mid_swap(out: Path, replace):
+    """``os.replace`` that raises KeyboardInterrupt at the third rename of the swap into ``out`` (once its journal
+    is written): some dataset outputs moved in, the others not."""
+    calls = {"n": 0}
+
+    def replace_then_die(src, dst):
+        if (out / ".alps" / "publish.json").is_file():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt("killed in the middle of the swap")
+        replace(src, dst)
+
+    return replace_then_die
+
+
 def tree_hashes(out: Path) -> dict[str, str]:
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(out.rglob("*")) if p.is_file() and ".alps" not in p.relative_to(out).parts}
@@ -245,20 +268,62 @@ def test_interrupted_relabel_leaves_the_dataset_intact_and_a_rerun_finishes_it(l
         m.setattr(writer_module, "write_review", killed)
         assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 130  # one line
     assert tree_hashes(out) == before
-    calls = {"n": 0}
-    real_replace = publish_module.os.replace
-
-    def replace_then_die(src, dst):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed in the middle of the swap")
-        real_replace(src, dst)
-
     with monkeypatch.context() as m:  # killed in the middle of the swap: the journal finishes it next time
-        m.setattr(publish_module.os, "replace", replace_then_die)
+        m.setattr(publish_module.os, "replace", killed_mid_swap(out, publish_module.os.replace))
         assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 130
+    assert (out / ".alps" / "publish.json").is_file()
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
     assert tree_hashes(out) == tree_hashes(clean)
+
+
+def test_a_run_after_a_relabel_killed_mid_swap_keeps_the_relabel(labelled, fake_repo, tmp_path, monkeypatch):
+    """The run read the half-swapped dataset (the old manifest: no relabel) and its own write finished the swap
+    only after: it wrote the dataset without the relabel, exit 0, unsaid (found by a helper's chaos audit). It
+    finishes the swap before it plans now, and says so."""
+    import alps_client.io.publish as publish_module
+
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    clean = Path(shutil.copytree(labelled.out, tmp_path / "clean" / "out"))
+    assert alps(["relabel", str(clean), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    with monkeypatch.context() as m:
+        m.setattr(publish_module.os, "replace", killed_mid_swap(out, publish_module.os.replace))
+        assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 130
+    assert (out / ".alps" / "publish.json").is_file()  # the swap was left half done
+    with run_log() as logged:
+        state = alps_flow(str(labelled.data / "images"), str(out), rerun_config(labelled, fake_repo),
+                          progress_bar=False, return_state=True)
+    assert state.is_completed()
+    assert any("finished the dataset write that an interrupted run or `alps relabel` left half done" in line
+               for line in logged)
+    assert json.loads((out / "manifest.json").read_text())["relabel"] == \
+        json.loads((clean / "manifest.json").read_text())["relabel"]
+    ours, relabelled = label_maps(out), label_maps(clean)
+    assert ours.keys() == relabelled.keys() and all(np.array_equal(ours[k], relabelled[k]) for k in ours)
+    assert (out / "classes.json").read_bytes() == (clean / "classes.json").read_bytes()
+
+
+def test_a_report_killed_mid_way_leaves_nothing_behind_and_the_page_stays(labelled, tmp_path, monkeypatch):
+    """`alps report` killed between moving the old page aside and moving the new one in left OUT without a page
+    and .alps/report-old behind; killed while writing, .alps/report-staging: no later command removed them
+    (found by a helper's chaos audit)."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    page = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "report").rglob("*") if p.is_file()}
+    real_rename = Path.rename
+
+    def rename_then_die(self, target):
+        if Path(target).name == "report":  # the old page is aside, the new one written: killed before the swap
+            raise KeyboardInterrupt("killed between the renames")
+        return real_rename(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "rename", rename_then_die)
+        assert alps(["report", str(out)]) == 130
+    assert not (out / "report").exists() and (out / ".alps" / "report-old").is_dir()
+    assert (out / ".alps" / "report-staging").is_dir()
+    assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 0  # any command holding OUT puts it back
+    assert not (out / ".alps" / "report-old").exists() and not (out / ".alps" / "report-staging").exists()
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "report").rglob("*") if p.is_file()} == page
 
 
 def test_a_bad_classes_file_is_one_line_and_exit_2_and_changes_nothing(labelled, tmp_path):
@@ -283,10 +348,7 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
     relabelled = {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))}
     record = json.loads((out / "manifest.json").read_text())["relabel"]
-    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
-        shutil.copytree(fake_repo, labelled.repo)
-    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
-                         cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
+    cfg = rerun_config(labelled, fake_repo)
     # The same command again (every image already done, the same clusters): the user's classes stay, and it says so.
     with run_log("prefect.task_runs") as logged:
         state = alps_flow(str(labelled.data / "images"), str(out), cfg, progress_bar=False, return_state=True)
@@ -398,10 +460,7 @@ def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(label
     before = tree_hashes(out)
     changed = data / "scene_0004.png"
     changed.write_bytes((data / "scene_0007.png").read_bytes())  # another picture under the same name
-    if not labelled.repo.exists():  # another test removed it to show that the report needs no model
-        shutil.copytree(fake_repo, labelled.repo)
-    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(labelled.repo)), amg=AmgConfig(points_per_side=8),
-                         cluster=ClusterConfig(n_clusters=4), writer=WriterConfig(vector_format="gpkg"))
+    cfg = rerun_config(labelled, fake_repo)
     label_all = flow_module._label_all
 
     def label_then_die(*args, **kwargs):
