@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from alps_client.errors import AlpsError
+from alps_client.io.items import one_line
 
 logger = logging.getLogger("alps_client.prefect_api")
 
@@ -39,7 +41,7 @@ RECORD_NAME = "prefect-api.json"
 LOG_NAME = "prefect-api.log"
 SERVER_APP = "prefect.server.api.server:create_app"
 DEFAULT_STARTUP_TIMEOUT_S = 180.0
-_UVICORN_ADDRESS_IN_USE = 3
+_UVICORN_STARTUP_FAILED = 3  # a port taken, or the app's own start-up (its database) failed
 
 
 class PrefectApiError(AlpsError):
@@ -76,12 +78,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Runs first in the server's process, then becomes the server (exec): the kernel sends it SIGTERM when the run's
-# process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG survives exec). Elsewhere, the next run stops it instead.
+# Runs first in the server's process, then becomes the server (exec): the kernel sends it SIGKILL when the run's
+# process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG survives exec). Not SIGTERM: uvicorn holds that until its
+# start-up ends, and a run killed while its server started left the server running ~12 s more. A run that ends
+# normally stops its server with SIGTERM. Elsewhere, the next run stops it instead.
 _DIE_WITH_PARENT = """
 import ctypes, os, signal, sys
 try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 except (OSError, AttributeError):
     pass
 if os.getppid() != int(sys.argv[1]):
@@ -151,6 +155,8 @@ class LocalApiServer:
         self.log_path = self.work_dir / LOG_NAME
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where the log of the server's latest start begins
+        self._recorded = False  # the record in work_dir is this run's (a run refused for another's OUT has none)
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -177,6 +183,7 @@ class LocalApiServer:
 
     def _spawn(self) -> None:
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             self.process = subprocess.Popen(self._command(), env=self._environment(), stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -193,11 +200,11 @@ class LocalApiServer:
         with httpx.Client(timeout=5) as client:
             while time.monotonic() < deadline:
                 code = self.process.poll() if self.process else 1
-                if code == _UVICORN_ADDRESS_IN_USE:
+                if code == _UVICORN_STARTUP_FAILED and self._port_was_taken():
                     return False
                 if code is not None:
                     raise PrefectApiError(f"the temporary Prefect API server exited with code {code} while "
-                                          f"starting; its log is {self.log_path}")
+                                          f"starting{self._failure()}; its log is {self.log_path}")
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
                         return True
@@ -211,6 +218,32 @@ class LocalApiServer:
             f"PREFECT_API_URL (server log: {self.log_path})"
         )
 
+    def _start_log(self) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _port_was_taken(self) -> bool:
+        """Whether the latest start failed on its port (uvicorn exits 3 for that and for any start-up failure)."""
+        return "address already in use" in self._start_log().lower()
+
+    def _failure(self) -> str:
+        """``': <the error it logged>'`` for a server that failed to start (e.g. its database could not be opened:
+        a PREFECT_HOME that cannot be created), or ``''``."""
+        errors = [line.strip() for line in self._start_log().splitlines()
+                  if re.match(r"[\w.]+(Error|Exception): ", line.strip())]
+        if not errors:
+            return ""
+        if "unable to open database file" not in errors[-1]:
+            return f": {one_line(errors[-1])}"
+        from prefect.settings import get_current_settings
+
+        return (f": {one_line(errors[-1])} (its database goes in PREFECT_HOME, {get_current_settings().home}: a "
+                "folder this user can create and write)")
+
     def _write_record(self) -> None:
         import psutil
 
@@ -219,6 +252,7 @@ class LocalApiServer:
         proc = self.process
         if proc is None:
             return
+        self._recorded = True
         write_json(self.record_path, {
             "pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "url": self.url,
             "owner_pid": os.getpid(), "owner_create_time": psutil.Process().create_time(),
@@ -280,7 +314,8 @@ class LocalApiServer:
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join()
         self._terminate()
-        self.record_path.unlink(missing_ok=True)
+        if self._recorded:
+            self.record_path.unlink(missing_ok=True)
 
 
 def drain_prefect_workers(timeout_s: float = 30.0) -> None:
