@@ -231,8 +231,10 @@ class LocalApiServer:
         return "address already in use" in self._start_log().lower()
 
     def _failure(self) -> str:
-        """``': <the error it logged>'`` for a server that failed to start (e.g. its database could not be opened:
-        a PREFECT_HOME that cannot be created), or ``''``."""
+        """``': <the error it logged>'`` for a server that failed to start, or ``''``.
+
+        E.g. its database could not be opened: a PREFECT_HOME that cannot be created.
+        """
         errors = [line.strip() for line in self._start_log().splitlines()
                   if re.match(r"[\w.]+(Error|Exception): ", line.strip())]
         if not errors:
