@@ -62,6 +62,14 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def _stop_on_sigterm_and_sighup() -> None:
+    """SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, as Ctrl-C raises KeyboardInterrupt."""
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
+            signal.signal(signal.SIGHUP, _raise_terminated)
+
+
 STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)",
               EXIT_HUNG_UP: "hung up (SIGHUP: its terminal closed)"}
 
@@ -388,10 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
     # signal on to this one. SIGHUP (an SSH session that dropped) ended the process at once, leaving the run
     # "Running" on a user's own Prefect API for ever: it stops the run like SIGTERM.
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGTERM, _raise_terminated)
-        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
-            signal.signal(signal.SIGHUP, _raise_terminated)
+    _stop_on_sigterm_and_sighup()
     try:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
@@ -619,6 +624,10 @@ class ReaderMayLeave:
         return getattr(self._stream, name)
 
 
+# Commands whose writes are staged and swapped in: stopped by a signal, they say so and exit 130, 143 or 129.
+STAGED_COMMANDS = ("relabel", "report", "evaluate")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``alps``)."""
     args = make_parser().parse_args(argv)
@@ -627,15 +636,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" and None not in streams:
         consoles = [ReaderMayLeave(stream) for stream in streams]
         sys.stdout, sys.stderr = consoles  # type: ignore[assignment]
+    if args.command in STAGED_COMMANDS:
+        _stop_on_sigterm_and_sighup()
     try:
         code = int(args.func(args))
         return EXIT_BROKEN_PIPE if code == 0 and any(console.left for console in consoles) else code
     except BrokenPipeError:  # `alps evaluate ... | head`: the reader left; its output is not worth a traceback
         _to_devnull(sys.stdout)  # Python flushes stdout again at exit
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:  # Ctrl-C in relabel, report or evaluate (a run says more): their writes are atomic
-        return _fail(f"interrupted (Ctrl-C); its writes are staged, so nothing half-written is used: run `alps "
-                     f"{args.command}` again to finish", EXIT_INTERRUPTED)
+    except (KeyboardInterrupt, Terminated) as stop:  # in relabel, report or evaluate (a run says more)
+        code = stop.code if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+        words = STOP_WORDS[code] if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+        return _fail(f"{words}; its writes are staged, so nothing half-written is used: run `alps {args.command}` "
+                     "again to finish", code)
     finally:
         if consoles:
             sys.stdout, sys.stderr = streams

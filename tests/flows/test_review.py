@@ -276,6 +276,36 @@ def test_interrupted_relabel_leaves_the_dataset_intact_and_a_rerun_finishes_it(l
     assert tree_hashes(out) == tree_hashes(clean)
 
 
+# `alps relabel` (argv[1:]) that receives SIGTERM while it writes its report, as `kill` or a scheduler would send it.
+_TERMINATED_MID_WRITE = """
+import os, signal, sys
+import alps_client.io.writer as writer
+from flows.cli import main
+
+def write_review(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop alps relabel")
+
+writer.write_review = write_review
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_relabel_stopped_by_sigterm_says_so_and_changes_nothing(labelled, tmp_path):
+    """Ctrl-C gave one line and exit 130; SIGTERM ended relabel, report and evaluate at once, silent, -15 (found by
+    a helper's chaos audit)."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    before = tree_hashes(out)
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    result = subprocess.run([sys.executable, "-c", _TERMINATED_MID_WRITE, "relabel", str(out), "--classes",
+                             str(tmp_path / "classes.yaml")], check=False, capture_output=True, text=True, cwd=CWD,
+                            env=cli_env(tmp_path / "ph"), timeout=300)
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert result.stderr.splitlines() == ["alps: error: terminated (SIGTERM); its writes are staged, so nothing "
+                                          "half-written is used: run `alps relabel` again to finish"]
+    assert tree_hashes(out) == before
+
+
 def test_a_run_after_a_relabel_killed_mid_swap_keeps_the_relabel(labelled, fake_repo, tmp_path, monkeypatch):
     """The run read the half-swapped dataset (the old manifest: no relabel) and its own write finished the swap
     only after: it wrote the dataset without the relabel, exit 0, unsaid (found by a helper's chaos audit). It
