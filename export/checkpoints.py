@@ -84,8 +84,9 @@ def find_weights(data: object, expected: set[str], checkpoint: object = "the che
     Returns:
         ``(state, where, ignored)``: ``where`` is ``""`` when the file is the state dict itself, else its entry and
         prefix (``"the 'model' entry, keys prefixed 'module.'"``); ``ignored`` the entries left out, as named in the
-        file. When no prefix holds every expected key, the innermost candidate as it is, for ``load_state_dict`` to
-        name the difference (missing keys, another size).
+        file. When no prefix holds every expected key, the innermost candidate (its one training prefix taken
+        off, if it has one), for ``load_state_dict`` and :func:`checkpoint_type` to name the difference (missing
+        keys, another size, another model).
 
     Raises:
         ExportError: When two prefixes each hold every expected key (a model and its EMA copy): which one is meant
@@ -117,7 +118,28 @@ def find_weights(data: object, expected: set[str], checkpoint: object = "the che
         ignored = [str(key) for key in state if not (isinstance(key, str) and key.startswith(prefix)
                                                      and key[len(prefix):] in expected)]
         return {key[len(prefix):]: state[key] for key in ours if key[len(prefix):] in expected}, where, ignored
-    return candidates[-1][1], "", []
+    where, state = candidates[-1]
+    prefixes = _module_prefixes(state, modules) if isinstance(state, dict) else []
+    if len(prefixes) == 1 and prefixes[0]:  # another model under a training prefix: named as without it
+        prefix = prefixes[0]
+        where = ", ".join(filter(None, [where, f"keys prefixed '{prefix}'"]))
+        return {key[len(prefix):]: value for key, value in state.items()
+                if isinstance(key, str) and key.startswith(prefix)}, where, []
+    return state, "", []
+
+
+def _module_prefixes(state: dict[Any, Any], modules: set[str]) -> list[str]:
+    """The prefixes before which ``state``'s keys name one of the model's modules, in key order.
+
+    ``'module.'`` for ``module.image_encoder.patch_embed.proj.weight``; ``''`` for keys without one.
+    """
+    found = []
+    for key in state:
+        parts = key.split(".") if isinstance(key, str) else []
+        at = next((i for i, part in enumerate(parts) if part in modules), None)
+        if at is not None:
+            found.append("".join(part + "." for part in parts[:at]))
+    return list(dict.fromkeys(found))
 
 
 def _key_prefixes(state: dict[Any, Any], expected: set[str]) -> list[str]:

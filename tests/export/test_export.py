@@ -296,9 +296,11 @@ def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint, tmp_path):
                                                    torch.zeros(144, 3, 7, 7), "no_obj_embed_spatial": torch.zeros(1),
                                                    **{f"image_encoder.trunk.blocks.{i}.norm1.weight": torch.zeros(1)
                                                       for i in range(48)}}, "sam2.1_hiera_l")):
-        torch.save({**weights, **extra}, tmp_path / "other.pth")
-        with pytest.raises(ExportError, match=rf"holds {held} weights, not vit_b's: give --model-type {given}"):
-            load_model("vit_b", str(tmp_path / "other.pth"), random_init=False)
+        # Also under a training prefix (a DDP fine-tune: its message was load_state_dict's, every key "missing")
+        for saved in ({**weights, **extra}, {"model": {f"module.{k}": v for k, v in {**weights, **extra}.items()}}):
+            torch.save(saved, tmp_path / "other.pth")
+            with pytest.raises(ExportError, match=rf"holds {held} weights, not vit_b's: give --model-type {given}"):
+                load_model("vit_b", str(tmp_path / "other.pth"), random_init=False)
     torch.save({**weights, "image_encoder.trunk.pos_embed": torch.zeros(1)}, tmp_path / "sam2_0.pth")
     with pytest.raises(ExportError, match=r"holds SAM 2 \(the first release, not 2\.1\) weights, not vit_b's: give a "
                                           r"SAM 2\.1 checkpoint \(sam2\.1_hiera_\*\.pt"):

@@ -183,10 +183,11 @@ def test_a_checkpoint_of_sam_or_of_another_sam2_size_or_release_is_named(tiny_sa
     with pytest.raises(ExportError, match=rf"holds sam2.1_hiera_l weights, not {SAM2_TINY_TEST}'s: give "
                                           r"--model-type sam2.1_hiera_l$"):
         load_model(SAM2_TINY_TEST, str(tmp_path / "large.pt"), random_init=False)
-    torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768), "mask_decoder.iou_token.weight":
-                torch.zeros(1, 256)}, tmp_path / "sam_vit_b.pth")
-    with pytest.raises(ExportError, match=r"holds vit_b weights, not SAM 2\.1's: give --model-type vit_b$"):
-        load_model(SAM2_TINY_TEST, str(tmp_path / "sam_vit_b.pth"), random_init=False)
+    vit_b = {"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768), "mask_decoder.iou_token.weight": torch.zeros(1, 256)}
+    for saved in (vit_b, {"model": {f"module.{k}": v for k, v in vit_b.items()}}):  # also a DDP fine-tune's
+        torch.save(saved, tmp_path / "sam_vit_b.pth")
+        with pytest.raises(ExportError, match=r"holds vit_b weights, not SAM 2\.1's: give --model-type vit_b$"):
+            load_model(SAM2_TINY_TEST, str(tmp_path / "sam_vit_b.pth"), random_init=False)
 
 
 @pytest.mark.parametrize(
