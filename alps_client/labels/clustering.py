@@ -178,11 +178,11 @@ def centroids_sidecar(model_manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def centroids_family(path: str | Path) -> tuple[str, str]:
-    """``(model_family, model_type)`` of a ``centroids.npy``.
+def centroids_family(path: str | Path) -> tuple[str | None, str]:
+    """``(model_family, model_type)`` of a ``centroids.npy``; ``(None, 'unknown')`` when nothing records it.
 
-    Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it; centroids with
-    neither predate SAM 2 support and are SAM's.
+    Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it. Centroids with
+    neither were written before SAM 2 support (SAM's), or copied without their ``centroids.json``.
     """
     path = Path(path)
     for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ()), (path.parent / "manifest.json", ("model",))):
@@ -194,7 +194,7 @@ def centroids_family(path: str | Path) -> tuple[str, str]:
             data = data.get(key, {}) if isinstance(data, dict) else {}
         if isinstance(data, dict) and data:
             return str(data.get("model_family", "sam")), str(data.get("model_type", "unknown"))
-    return "sam", "unknown"
+    return None, "unknown"
 
 
 def check_centroids_family(path: str | Path, model_family: str) -> None:
@@ -204,7 +204,14 @@ def check_centroids_family(path: str | Path, model_family: str) -> None:
         AlpsError: One line naming both families and the next step.
     """
     family, model_type = centroids_family(path)
-    if family != model_family:
+    if family is None and model_family != "sam":  # the run warns when it takes such centroids as SAM's
+        sidecar = Path(path).with_suffix(CENTROIDS_SIDECAR_SUFFIX).name
+        raise AlpsError(
+            f"--centroids {path}: nothing beside them says which model's features they were fitted on (no {sidecar}, "
+            f"no dataset manifest.json), and this model repository is {model_family}: copy the {sidecar} written "
+            "with them beside them, or drop --centroids to cluster anew"
+        )
+    if family is not None and family != model_family:
         raise AlpsError(
             f"--centroids {path}: fitted on {family} features ({model_type}), but this model repository is "
             f"{model_family}; their feature spaces differ: drop --centroids to cluster anew, or use a {family} repository"
