@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from export.errors import ExportError, readable_checkpoint
@@ -37,6 +38,13 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> object:
     import torch
 
     path = readable_checkpoint(checkpoint)
+    if _is_safetensors(path):  # torch.load's reason (safetensors not installed) was called a truncated download
+        raise ExportError(
+            f"checkpoint {checkpoint} is a safetensors file; alps reads PyTorch checkpoints (torch.save's, as Meta's "
+            f".pth/.pt): convert it once with `pip install safetensors` and `python -c \"import sys, torch, "
+            f"safetensors.torch as st; torch.save(st.load_file(sys.argv[1]), sys.argv[2])\" {path.name} "
+            f"{path.stem}.pth`, then give the .pth"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -48,6 +56,13 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> object:
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:  # torch's zip reader, or a file that ends early
         raise _corrupt(checkpoint, path.stat().st_size, first_sentence(err)) from err
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: an 8-byte little-endian header length, then JSON."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def _corrupt(checkpoint: str | os.PathLike[str], size: int, reason: str) -> ExportError:

@@ -282,6 +282,12 @@ def test_a_truncated_or_empty_checkpoint_says_so_with_its_size_and_what_to_do(ti
         with pytest.raises(ExportError, match=rf"^checkpoint {tmp_path / name} is not a readable PyTorch checkpoint "
                                               rf"\({found}{next_step}"):
             load_model(model_type, str(tmp_path / name), random_init=False)
+    # A whole safetensors file was called truncated too (torch.load's reason: safetensors not installed)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (tmp_path / "sam.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(ExportError, match=rf"^checkpoint {tmp_path / 'sam.safetensors'} is a safetensors file; alps "
+                                          r"reads PyTorch checkpoints .* then give the \.pth$"):
+        load_model(model_type, str(tmp_path / "sam.safetensors"), random_init=False)
 
 
 def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint, tmp_path):
