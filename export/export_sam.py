@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"ONNX opset, {onnx_export.OPSET} to the installed onnx's newest ({onnx_export.max_opset()}"
                         "); refused when the exporter cannot convert the model to it (default: %(default)s)")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                        help="int8: the encoder's weights dynamic int8 for CPU serving (faster encoder, masks "
-                        "change slightly: agreement with fp32 is measured and written to the manifest); implies "
-                        "--cpu; default: %(default)s (fp32)")
+                        help="int8 (SAM only, not SAM 2.1): the encoder's weights dynamic int8 for CPU serving "
+                        "(faster encoder, masks change slightly: agreement with fp32 is measured and written to the "
+                        "manifest); implies --cpu; default: %(default)s (fp32)")
     args = parser.parse_args(argv)
     try:
         run_export(args.model_type, args.out, args.checkpoint, args.random_init, args.cpu, args.max_batch_size,

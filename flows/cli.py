@@ -126,7 +126,8 @@ AMG_HELP = {
     "crop_nms_thresh": "box IoU for the non-maximum suppression between crops",
     "crop_overlap_ratio": "overlap of neighbouring crops, a share of the image's length",
     "crop_n_points_downscale_factor": "points per side in layer i are points_per_side / factor^i",
-    "min_mask_region_area": "remove holes and islands smaller than this many pixels (needs OpenCV)",
+    "min_mask_region_area": "remove holes and islands smaller than this many pixels (needs OpenCV); SAM 2.1: of at "
+                            "most this many pixels of the 256x256 low-resolution mask, as Meta's SAM 2.1 does",
 }
 AMG_DEFAULT_TEXT = {"pred_iou_thresh": "0.88 for SAM, 0.8 for SAM 2.1",
                     "points_per_batch": "chosen by the backend", "crop_overlap_ratio": "512/1500"}
