@@ -260,7 +260,8 @@ class TritonBackend:
         """
         config = None
         for spec in (self.manifest.encoder, self.manifest.decoder):
-            self._check_signature(spec, client.get_model_metadata(spec.name, spec.version, **self._timeout(client)))
+            self._check_signature(url, spec, client.get_model_metadata(spec.name, spec.version,
+                                                                       **self._timeout(client)), advice)
             config = _model_config(client, spec, self.config.timeout_s)
             self._check_export(url, spec, config, advice)
         return config
@@ -309,8 +310,11 @@ class TritonBackend:
                 f"{served[:12]}… vs {spec.sha256[:12]}…)" + (": restart Triton on that model repository, or give "
                 "--model-repository the repository the server was started on" if advice else ""))
 
-    @staticmethod
-    def _check_signature(spec: ModelSpec, metadata: Any) -> None:
+    def _check_signature(self, url: str, spec: ModelSpec, metadata: Any, advice: bool = True) -> None:
+        """Refuse a server whose model has other tensors than the manifest's (another model: SAM's, SAM 2.1's)."""
+        next_step = (": restart Triton on that model repository, or give --model-repository the repository the server "
+                     "was started on") if advice else ""
+
         def tensors(side: str) -> dict[str, str]:
             items = metadata[side] if isinstance(metadata, dict) else getattr(metadata, side)
             return {(t["name"] if isinstance(t, dict) else t.name): (t["datatype"] if isinstance(t, dict) else t.datatype)
@@ -321,14 +325,15 @@ class TritonBackend:
             for role, tensor in expected.items():
                 if tensor.name not in served:
                     raise ModelSignatureError(
-                        f"Triton model '{spec.name}' has no {side[:-1]} '{tensor.name}' (role {role}); it serves "
-                        f"{sorted(served)}: the server's model repository differs from the manifest's"
+                        f"Triton server at {url} serves another model than {self.manifest.root} describes: its "
+                        f"'{spec.name}' has no {side[:-1]} '{tensor.name}' (role {role}; it has {sorted(served)})"
+                        + next_step
                     )
                 want = _TRITON_DTYPES[tensor.dtype]
                 if served[tensor.name] != want:
                     raise ModelSignatureError(
-                        f"Triton model '{spec.name}' {side[:-1]} '{tensor.name}' must be {want}, the server has "
-                        f"{served[tensor.name]}"
+                        f"Triton server at {url} serves another model than {self.manifest.root} describes: its "
+                        f"'{spec.name}' {side[:-1]} '{tensor.name}' is {served[tensor.name]}, not {want}" + next_step
                     )
 
     # -- requests -------------------------------------------------------------------------------------------

@@ -454,7 +454,7 @@ def test_a_hung_server_holds_neither_close_nor_a_new_backend_with_shared_memory(
         server.stop()
 
 
-def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path):
+def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, stand_in_repo, tmp_path):
     """SAM 2.1's repository (image of any size, high-resolution features, mask input for use_m2m) served as is."""
     from alps_client.amg import Sam2MaskGenerator
     from alps_client.backends.embedded import EmbeddedBackend
@@ -467,6 +467,14 @@ def test_sam2_masks_through_triton_equal_embedded(sam2_stand_in_repo, tmp_path):
         image = make_shapes_image(2, size=(150, 230))
         ours = Sam2MaskGenerator(backend, amg).generate(image)
         same_records(ours, Sam2MaskGenerator(embedded, amg).generate(image))
+        # A SAM repository given while the server serves SAM 2.1: named, with the next step (found by a helper's
+        # SAM 2.1 audit: "the server's model repository differs from the manifest's", no server, no next step)
+        from alps_client.errors import ModelSignatureError
+
+        with pytest.raises(ModelSignatureError, match=rf"^Triton server at {server.grpc_url} serves another model than "
+                                                       r".+ describes: its 'sam_(en|de)coder' has no (in|out)put .+"
+                                                       r": restart Triton on that model repository"):
+            triton_backend(stand_in_repo, server.grpc_url)
     finally:
         backend.close()
         server.stop()
