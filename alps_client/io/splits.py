@@ -63,6 +63,32 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
     return {stem: given or ("val" if group in val_groups else "train") for stem, group, given in images}
 
 
+def split_shortfall(images: Iterable[tuple[str, str, str | None]], splits: Mapping[str, str],
+                    val_fraction: float) -> str | None:
+    """A line for the user when whole groups leave val empty or far from ``val_fraction``, else None.
+
+    Args:
+        images: ``(stem, group, given_split)`` per image, as for :func:`assign_splits`.
+        splits: what :func:`assign_splits` returned for them.
+        val_fraction: the share asked for.
+
+    Only images without a split folder count: a layout the user gave is theirs. Far: off by at least one image and
+    by half of what was asked (12 tiles of one scene, 20 %: none in val; two scenes of 6 tiles: none either).
+    """
+    free = [(stem, group) for stem, group, given in images if given is None]
+    if not free or val_fraction <= 0:
+        return None
+    target = val_fraction * len(free)
+    n_val = sum(splits[stem] == "val" for stem, _ in free)
+    if not (n_val == 0 and len(free) > 1) and abs(n_val - target) < max(1.0, target / 2):
+        return None
+    groups = len({group for _, group in free})
+    return (f"val holds {n_val} of the {len(free)} images ({n_val / len(free):.0%}; --val-fraction {val_fraction:g}): "
+            f"the split keeps the tiles of a scene and the slices of a volume together ({groups} group(s) here), so "
+            "it cannot come nearer; to choose, put the inputs in train/ and val/ folders"
+            + ("; a training config with an empty val set may fail at its first validation" if n_val == 0 else ""))
+
+
 def _fill(ranked: list[str], size: Mapping[str, int], target: float, start: int, most: int | None) -> list[str]:
     """The groups of ``ranked`` taken into val in turn, each while it brings val nearer to ``target`` images.
 

@@ -32,7 +32,7 @@ from alps_client.io.publish import DATASET_FORMAT, not_written_again, publish, s
 from alps_client.io.registry import earlier_splits, record_splits
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
-from alps_client.io.splits import assign_splits
+from alps_client.io.splits import assign_splits, split_shortfall
 from alps_client.io.vectors import VectorOutput
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import assign_clusters, centroids_sidecar
@@ -176,7 +176,8 @@ def write_dataset(
         class_map: cluster -> class mapping and class names; default one class per cluster.
         extra_manifest: more top-level manifest entries (e.g. the flow's record of images not labelled).
         warn: receives the line naming outputs of the previous dataset the new one does not have (its
-            ``evaluation.json``, ``vectors/`` of a run with ``--vector``...), which the swap deletes.
+            ``evaluation.json``, ``vectors/`` of a run with ``--vector``...), which the swap deletes, and the line
+            saying that whole scenes left val empty or far from ``--val-fraction``.
 
     Returns:
         A small summary with counts and the class histogram.
@@ -188,7 +189,7 @@ def write_dataset(
     staging = staging_dir(out)
     try:
         summary = _stage_dataset(out, staging, shard_paths, centroids, config, model_manifest, errors, image_sources,
-                                 class_map, extra_manifest)
+                                 class_map, extra_manifest, warn)
     except OutputDiskFullError as err:
         staged = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
         shutil.rmtree(staging, ignore_errors=True)
@@ -212,6 +213,7 @@ def _stage_dataset(
     image_sources: Mapping[str, str | Path] | None,
     class_map: ClassMap | None,
     extra_manifest: Mapping[str, Any] | None,
+    warn: Callable[[str], None] | None = None,
 ) -> DatasetSummary:
     """Every output of :func:`write_dataset` written into ``staging``; returns the summary."""
     class_map = class_map or ClassMap.identity(len(centroids))
@@ -226,8 +228,12 @@ def _stage_dataset(
     seed, val_fraction = config.writer.seed, config.writer.val_fraction
     input_of = {_group(m): m.get("extra", {}).get("source_signature", {}).get("path") or _group(m) for m in metas}
     earlier = earlier_splits(out, seed, val_fraction)  # by input path: the name may have passed to another file
-    splits = assign_splits(((m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas), seed,
-                           val_fraction, {group: earlier[path] for group, path in input_of.items() if path in earlier})
+    grouped = [(m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas]
+    splits = assign_splits(grouped, seed, val_fraction,
+                           {group: earlier[path] for group, path in input_of.items() if path in earlier})
+    shortfall = split_shortfall(grouped, splits, val_fraction)
+    if shortfall and warn:
+        warn(shortfall)
     record_splits(out, {input_of[_group(m)]: splits[m["stem"]] for m in metas}, seed, val_fraction)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():

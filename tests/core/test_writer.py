@@ -23,7 +23,7 @@ from alps_client.io.shards import (
     shard_status,
     write_shard,
 )
-from alps_client.io.splits import assign_splits
+from alps_client.io.splits import assign_splits, split_shortfall
 from alps_client.io.writer import write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE, paint_label_map, palette
@@ -67,6 +67,24 @@ def test_splits_near_the_fraction_by_group_and_given_splits_kept():
         few = assign_splits([(f"s{i}", f"s{i}", None) for i in range(n)], seed=0, val_fraction=0.5)
         assert list(few.values()).count("train") == 1
     assert assign_splits([("t", "t", "train"), ("s", "s", None)], 0, 0.5) == {"t": "train", "s": "val"}
+
+
+def test_a_split_that_whole_scenes_leave_far_from_the_fraction_is_said():
+    """12 tiles of one scene at 0.2: none can go to val (one group stays in train), which went unsaid."""
+    def said(images, fraction=0.2):
+        return split_shortfall(images, assign_splits(images, seed=0, val_fraction=fraction), fraction)
+
+    one_scene = [(f"scene__x{x}", "scene", None) for x in range(12)]
+    line = said(one_scene)
+    assert line.startswith("val holds 0 of the 12 images (0%; --val-fraction 0.2): the split keeps the tiles of a "
+                           "scene and the slices of a volume together (1 group(s) here)")
+    assert line.endswith("a training config with an empty val set may fail at its first validation")
+    two_scenes = [(f"s{s}__x{x}", f"s{s}", None) for s in range(2) for x in range(6)]
+    assert said(two_scenes).startswith("val holds 0 of the 12 images")
+    assert said([(f"i{i}", f"i{i}", None) for i in range(12)]) is None  # 2 of 12: as near as whole images allow
+    assert said([("only", "only", None)]) is None  # one image: nothing to split
+    assert said(one_scene, 0.0) is None  # no val asked for
+    assert said([(f"t{i}", f"t{i}", "train") for i in range(5)]) is None  # the user's own folders
 
 
 def test_the_fraction_counts_images_not_scenes():

@@ -472,6 +472,7 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect
     assert result.returncode == 0, result.stderr[-3000:]
     windows = [w for w in tile_windows(300, 600, 256, 64) if w[0] < 344]
     assert len(windows) == 4 and "2 tiles wholly nodata, left out" in result.stdout + result.stderr
+    assert "val holds 0 of the 4 images (0%; --val-fraction 0.3)" in result.stdout + result.stderr  # one scene
     stems = {p.stem for p in (out / "ann_dir").glob("*/*.png")}
     assert stems == {f"scene__x{x0}_y{y0}" for x0, y0, _, _ in windows}
     assert json.loads((out / "manifest.json").read_text())["scene_sizes"] == {"scene": [300, 600]}
