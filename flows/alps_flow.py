@@ -355,10 +355,11 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     try:
         check_workers(concurrency, dask_workers, dask_address)
         config, config_note = deployment_run_config(config)
+        config = config or PipelineConfig()
         if config_note:
             get_run_logger().info("%s", config_note)
         try:
-            plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
+            plan = plan_run(dataset, out, config, overwrite)
         except ConfigMismatchError:  # perhaps the shards of a run writing OUT now: that is what to say
             with out_lock(out, "alps run", create=False):
                 raise
@@ -366,7 +367,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
             if publish.recover(out):  # a dataset write a kill left half swapped, which the plan read: finished first
                 get_run_logger().info("finished the dataset write that an interrupted run or `alps relabel` left "
                                       "half done in %s", out)
-                plan = plan_run(dataset, out, config or PipelineConfig(), overwrite)
+                plan = plan_run(dataset, out, config, overwrite)
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
     except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
         return Failed(message=describe(err), data=err)

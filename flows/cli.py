@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except (KeyboardInterrupt, Terminated) as stop:  # in relabel, report or evaluate (a run says more)
         code = stop.code if isinstance(stop, Terminated) else EXIT_INTERRUPTED
-        words = STOP_WORDS[code] if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+        words = "interrupted (Ctrl-C)" if code == EXIT_INTERRUPTED else STOP_WORDS[code]
         return _fail(f"{words}; its writes are staged, so nothing half-written is used: run `alps {args.command}` "
                      "again to finish", code)
     finally:
