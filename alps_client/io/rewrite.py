@@ -26,6 +26,7 @@ from alps_client.io.out_lock import out_lock
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
+from alps_client.labels.clustering import centroids_family, centroids_sidecar
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
 
 KEEP = "keep"
@@ -119,8 +120,7 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         return _apply(record, len(centroids), out / "manifest.json", warn)
     if record and previous is not None:  # whatever this run's classes will be, these are kept
         sha = str(record.get("classes_file_sha256", "unknown"))
-        folder = out / WORK_DIR / SET_ASIDE / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
-        atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
+        folder = _set_aside(out, SET_ASIDE, previous)
         atomic.write_json(folder / "relabel.json", record)
         warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
              f"(new images, clustering settings or --centroids), so those classes are not carried over: review "
@@ -151,12 +151,26 @@ def _set_aside_earlier_clusters(out: Path, centroids: npt.NDArray[np.float32], w
     previous = _load_or_none(out / "centroids.npy")
     if previous is None or _same(previous, centroids):
         return
-    folder = out / WORK_DIR / EARLIER / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
-    atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
+    folder = _set_aside(out, EARLIER, previous)
     warn(f"this run's clusters differ from those of the dataset it replaces in {out} (k-means runs again over every "
          f"mask: images added or removed, or other clustering settings), so class ids change in the label maps; the "
          f"earlier clusters are kept: run again with --centroids {folder / 'centroids.npy'} to label every image "
          "with them")
+
+
+def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:
+    """Keep the dataset's centroids in ``OUT/.alps/<kind>/<sha256[:12]>/``, with what records their model family.
+
+    ``--centroids`` of the folder is what the warnings tell the user to run: without the ``centroids.json`` of
+    the dataset they came from, a SAM 2.1 run would refuse them (their family unknown) and a SAM run would warn.
+    """
+    folder = out / WORK_DIR / kind / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
+    atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
+    family, model_type = centroids_family(out / "centroids.npy")  # the dataset's, before this run replaces it
+    if family is not None:
+        atomic.write_json(folder / "centroids.json",
+                          centroids_sidecar({"model_family": family, "model_type": model_type}))
+    return folder
 
 
 def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],
@@ -174,7 +188,7 @@ def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],
         return None
     if not isinstance(record, dict) or not _same(_load_or_none(centroids_file), centroids):
         return None
-    return _apply({**record, "from": str(folder)}, len(centroids), folder, warn)
+    return _apply({**record, "from": str(folder.resolve())}, len(centroids), folder, warn)
 
 
 def _same(a: npt.NDArray[Any] | None, b: npt.NDArray[np.float32]) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from alps_client.errors import AlpsError
 from alps_client.io.shards import ImageShard
 from alps_client.io.vectors import mask_polygons
 from alps_client.labels.classes import ClassMap
@@ -166,3 +168,31 @@ def test_review_selection_is_bounded_and_independent_of_order():
     assert sum(c.n_masks for c in a.clusters) == 72
     nearest = a.clusters[0].shown()[0][1]
     assert nearest.key == min(p.key for kind, p in a.clusters[0].shown() if kind == "near")
+
+
+@pytest.mark.parametrize("relabelled", [True, False], ids=["relabelled", "earlier"])
+def test_centroids_set_aside_by_a_rerun_keep_their_model_family(tmp_path, relabelled):
+    """The ``--centroids`` a rerun's warning names (a relabel's clusters, or the earlier clusters it replaced) were
+    saved without a ``centroids.json``: a SAM 2.1 run refused them ("nothing beside them says which model's
+    features they were fitted on") and the user's classes could not come back; a SAM run warned about its own file."""
+    from alps_client.io.rewrite import carried_relabel
+    from alps_client.labels.clustering import centroids_family, centroids_sidecar, check_centroids_family
+
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = np.eye(4, 8, dtype=np.float32)
+    np.save(out / "centroids.npy", earlier)
+    (out / "centroids.json").write_text(json.dumps(centroids_sidecar({"model_family": "sam2",
+                                                                       "model_type": "sam2.1_hiera_t"})))
+    record = {"spec": {"classes": [{"name": "road", "clusters": [0, 1]}]}, "classes_file_sha256": "0" * 64}
+    (out / "manifest.json").write_text(json.dumps({"relabel": record} if relabelled else {}))
+    warnings: list[str] = []
+    assert carried_relabel(out, earlier[:3] + 1, warnings.append) is None
+    (warning,) = warnings
+    aside = Path(warning.split("--centroids ")[1].split()[0])
+    assert aside.parent.parent.name == ("relabelled" if relabelled else "earlier")
+    np.testing.assert_array_equal(np.load(aside), earlier)
+    assert centroids_family(aside) == ("sam2", "sam2.1_hiera_t")
+    check_centroids_family(aside, "sam2")  # the command the warning gives is not refused
+    with pytest.raises(AlpsError, match="fitted on sam2 features \\(sam2.1_hiera_t\\)"):
+        check_centroids_family(aside, "sam")
