@@ -196,3 +196,21 @@ def test_centroids_set_aside_by_a_rerun_keep_their_model_family(tmp_path, relabe
     check_centroids_family(aside, "sam2")  # the command the warning gives is not refused
     with pytest.raises(AlpsError, match="fitted on sam2 features \\(sam2.1_hiera_t\\)"):
         check_centroids_family(aside, "sam")
+
+
+def test_classes_carried_from_another_dataset_record_its_absolute_path(tmp_path, monkeypatch):
+    """``relabel.from`` held the ``--centroids`` folder as typed (``audit/o6``): a record that meant another folder
+    when read from anywhere but the run's working directory."""
+    from alps_client.io.rewrite import carried_relabel
+
+    other = tmp_path / "other"
+    other.mkdir()
+    centroids = np.eye(3, 8, dtype=np.float32)
+    np.save(other / "centroids.npy", centroids)
+    record = {"spec": {"classes": [{"name": "road", "clusters": [0, 2]}]}, "classes_file_sha256": "0" * 64}
+    (other / "manifest.json").write_text(json.dumps({"relabel": record}))
+    monkeypatch.chdir(tmp_path)
+    carried = carried_relabel(tmp_path / "new", centroids, pytest.fail, centroids_file="other/centroids.npy")
+    assert carried is not None
+    class_map, carried_record = carried
+    assert class_map.names == ("road", "cluster_1") and carried_record == {**record, "from": str(other)}
