@@ -22,6 +22,7 @@ import numpy.typing as npt
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
+from alps_client.io.items import counted
 from alps_client.io.out_lock import out_lock
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
@@ -60,6 +61,11 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
     with out_lock(out, "alps relabel", create=False):  # held before reading: a run may be replacing the dataset
         data = load_dataset(out)
         class_map, record = parse_classes(classes_file, len(data.centroids))
+        missing = data.manifest.get("missing") or []
+        if missing and warn is not None:
+            warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
+                 f"--allow-partial; first: {missing[0].get('path')}): the relabelled dataset lacks them too; the "
+                 "same `alps run` labels them, and keeps these classes")
         if vector_format not in (None, KEEP):
             check_vector_dependencies()
         return _rewrite(data, class_map, record, vector_format, write_report, warn)

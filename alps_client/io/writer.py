@@ -305,7 +305,8 @@ def _stage_dataset(
     if review is not None:
         summary.report = write_review(staging / "report", review, class_map, asdict(summary), model_manifest, errors,
                                       dict(zip((m["stem"] for m in metas), paths)), image_sources,
-                                      out.resolve().name, config.gate.sigma)
+                                      out.resolve().name, config.gate.sigma,
+                                      (extra_manifest or {}).get("missing") or [])
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
                                                                  {**dict(extra_manifest or {}), "img_suffix": suffix}))
     return summary

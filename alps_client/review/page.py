@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from alps_client.io.items import counted
+
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background:#fafafa}
 h1{margin:16px 0 4px}h2{margin:0 0 6px;font-size:20px}h3{margin:8px 0 4px;font-size:15px}
@@ -42,7 +44,7 @@ class ClusterView:
 
     id: int
     n_masks: int
-    share: float  # of the pixels covered by kept masks
+    share: float  # of labelled pixels, as its class's share (of all masked pixels for a dropped cluster)
     mean_area: float
     crops: list[tuple[str, str, int, int]] = field(default_factory=list)  # (src, kind, width, height)
     images: list[tuple[str, str, int, int]] = field(default_factory=list)  # (src, stem, width, height)
@@ -66,11 +68,12 @@ def _img(src: str, alt: str, width: int, height: int, css: str = "") -> str:
             f'loading="eager"{f" class={css!r}" if css else ""}>')
 
 
-def _cluster(c: ClusterView) -> str:
+def _cluster(c: ClusterView, dropped: bool) -> str:
+    of = "masked pixels (no label now)" if dropped else "labelled pixels"
     crops = "".join(_img(src, f"cluster {c.id}: {kind} mask", w, h, kind) for src, kind, w, h in c.crops)
     images = "".join(_img(src, f"{stem}: cluster {c.id} lit", w, h) for src, stem, w, h in c.images)
     return (f'<div class="cluster" data-cluster-id="{c.id}"><h3>cluster {c.id}</h3>'
-            f'<p>{c.n_masks} masks &middot; {100 * c.share:.1f}% of masked pixels &middot; mean area '
+            f'<p>{counted(c.n_masks, "mask")} &middot; {100 * c.share:.1f}% of {of} &middot; mean area '
             f'{c.mean_area:.0f} px</p><div class="mosaic">{crops or "<span class=muted>no masks</span>"}</div>'
             f'<div class="images">{images}</div></div>')
 
@@ -80,10 +83,10 @@ def _section(v: ClassView) -> str:
     swatch = "" if dropped else f'<span class="swatch" style="background:rgb{v.colour}"></span>'
     title = "dropped clusters (painted 255, no label)" if dropped else f"{escape(v.name)} <span class=muted>(class {v.id})</span>"
     members = ", ".join(str(c.id) for c in v.clusters)
-    figures = "" if dropped else (f"{v.n_masks} masks &middot; {100 * v.share:.1f}% of labelled pixels "
+    figures = "" if dropped else (f"{counted(v.n_masks, 'mask')} &middot; {100 * v.share:.1f}% of labelled pixels "
                                   f"&middot; clusters {members}")
     return (f'<section class="class{" dropped" if dropped else ""}" data-class-id="{v.id}" id="class-{v.id}">'
-            f"<h2>{swatch}{title}</h2><p>{figures}</p>{''.join(_cluster(c) for c in v.clusters)}</section>")
+            f"<h2>{swatch}{title}</h2><p>{figures}</p>{''.join(_cluster(c, dropped) for c in v.clusters)}</section>")
 
 
 def _histogram(classes: list[ClassView]) -> str:
@@ -97,8 +100,18 @@ def _histogram(classes: list[ClassView]) -> str:
             f"{rows}</table>")
 
 
+def _inputs_section(section_id: str, heading: str, shown: list[dict[str, str]], n_all: int, where: str) -> str:
+    """A table of input files with their reasons (``shown``: the first of ``n_all``; the rest are in ``where``)."""
+    rows = "".join(f"<tr><td>{escape(e.get('path', ''))}</td><td>{escape(e.get('reason', ''))}</td></tr>"
+                   for e in shown)
+    more = f"<p class=muted>{n_all - len(shown)} more in {escape(where)}</p>" if n_all > len(shown) else ""
+    body = f"<table>{rows}</table>{more}" if n_all else "<p>none</p>"
+    return f'<section id="{section_id}"><h2>{escape(heading)} ({n_all})</h2>{body}</section>'
+
+
 def render_page(title: str, facts: list[tuple[str, Any]], classes: list[ClassView], errors: list[dict[str, str]],
-                n_errors: int, template: str, warning: str = "") -> str:
+                n_errors: int, template: str, warnings: list[str] | None = None,
+                missing: list[dict[str, str]] | None = None, n_missing: int = 0) -> str:
     """The whole page.
 
     Args:
@@ -108,17 +121,16 @@ def render_page(title: str, facts: list[tuple[str, Any]], classes: list[ClassVie
         errors: rejected inputs shown (the first ones).
         n_errors: all rejected inputs.
         template: the classes file that reproduces the current classes (to copy and edit).
-        warning: a line shown on top (e.g. the model is the stand-in).
+        warnings: lines shown on top (the model is the stand-in; images are missing).
+        missing: good images the run could not label (``--allow-partial``) shown (the first ones).
+        n_missing: all of them; their section is shown only when there are some.
     """
     rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in facts)
-    err_rows = "".join(f"<tr><td>{escape(e.get('path', ''))}</td><td>{escape(e.get('reason', ''))}</td></tr>"
-                       for e in errors)
-    more = f"<p class=muted>{n_errors - len(errors)} more in errors.jsonl</p>" if n_errors > len(errors) else ""
     return "".join([
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>ALPS review: {escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>ALPS cluster review: {escape(title)}</h1>",
-        f'<p class="warn">{escape(warning)}</p>' if warning else "",
+        "".join(f'<p class="warn">{escape(line)}</p>' for line in warnings or ()),
         f'<section id="summary"><table>{rows}</table></section>',
         f'<section id="histogram"><h2>Classes</h2>{_histogram(classes)}</section>',
         ('<section id="rename"><h2>Name, merge, drop</h2><p>Copy <code>report/classes.yaml</code> (below), edit it, '
@@ -126,7 +138,8 @@ def render_page(title: str, facts: list[tuple[str, Any]], classes: list[ClassVie
          "(no SAM, no re-clustering). Each crop is a mask (outlined) in its image; solid borders are the masks "
          f"nearest the cluster's centre, dashed ones a random sample.</p><pre>{escape(template)}</pre></section>"),
         "".join(_section(v) for v in classes),
-        f'<section id="errors"><h2>Rejected inputs ({n_errors})</h2>',
-        f"<table>{err_rows}</table>{more}</section>" if n_errors else "<p>none</p></section>",
+        _inputs_section("missing", "Images not labelled", missing or [], n_missing, "manifest.json (missing)")
+        if n_missing else "",
+        _inputs_section("errors", "Rejected inputs", errors, n_errors, "errors.jsonl"),
         f"<script>{SCRIPT}</script></body></html>\n",
     ])

@@ -72,7 +72,8 @@ def _thumbnails(report: Path, collector: ReviewCollector, class_map: ClassMap, s
 
 def write_review(report: str | Path, collector: ReviewCollector, class_map: ClassMap, counts: Mapping[str, Any],
                  model: Mapping[str, Any], errors: Sequence[Mapping[str, str]], shard_paths: Mapping[str, str | Path],
-                 image_sources: Mapping[str, str | Path], title: str, sigma: float) -> dict[str, int]:
+                 image_sources: Mapping[str, str | Path], title: str, sigma: float,
+                 missing: Sequence[Mapping[str, str]] = ()) -> dict[str, int]:
     """Write ``report/index.html``, its thumbnails and ``report/classes.yaml``; returns file count and bytes.
 
     Args:
@@ -86,6 +87,7 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         image_sources: stem -> image file (crops are cut from it; grey when missing).
         title: the dataset's name on the page.
         sigma: the gate's threshold (shown with the gate's counts).
+        missing: good images the run could not label, of a dataset written with ``--allow-partial``.
     """
     report = Path(report)
     crops, images = _thumbnails(report, collector, class_map, shard_paths, image_sources)
@@ -94,8 +96,9 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
     masked = collector.mask_pixels or 1
 
     def cluster_view(k: int) -> ClusterView:
-        s = collector.clusters[k]
-        return ClusterView(k, s.n_masks, s.pixels / masked, s.mean_area, crops.get(k, []), images.get(k, []))
+        s = collector.clusters[k]  # a kept cluster's share adds up to its class's (the same labelled pixels)
+        share = s.pixels / (masked if class_map.cluster_to_class[k] == IGNORE else labelled)
+        return ClusterView(k, s.n_masks, share, s.mean_area, crops.get(k, []), images.get(k, []))
 
     views = [ClassView(c, name, colours[c], counts["masks_per_class"][c], counts["pixels_per_class"][c],
                        counts["pixels_per_class"][c] / labelled, [cluster_view(k) for k in class_map.clusters_of(c)])
@@ -116,14 +119,21 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
         ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters{dropped}"),
         ("rejected inputs", len(errors)),
+        *([("images not labelled", f"{len(missing)} (written with --allow-partial: run `alps run` again to label "
+                                   "them)")] if missing else []),
         ("shown per cluster", f"{N_NEAR} masks nearest the centre, {N_RANDOM} at random, {N_IMAGES} images"),
     ]
-    warning = ("The model is the structured STAND-IN (segments by colour), not SAM: these classes demonstrate the "
-               "pipeline only." if stand_in else "The model has RANDOM weights (exported with --random-init): these "
-               "classes mean nothing." if random_init else "")
+    warnings = (["The model is the structured STAND-IN (segments by colour), not SAM: these classes demonstrate the "
+                 "pipeline only."] if stand_in else ["The model has RANDOM weights (exported with --random-init): "
+                                                      "these classes mean nothing."] if random_init else [])
     template = classes_yaml(class_map, "Classes of this dataset: rename, merge (several clusters in one class), "
                                        "drop.\nThen: alps relabel OUT --classes classes.yaml")
-    page = render_page(title, facts, views, [dict(e) for e in errors[:ERRORS_SHOWN]], len(errors), template, warning)
+    if missing:
+        warnings.append(f"This dataset lacks {len(missing)} good image(s) that could not be labelled (written with "
+                        "--allow-partial; listed below): its classes and counts leave them out. The same `alps run` "
+                        "labels them.")
+    page = render_page(title, facts, views, [dict(e) for e in errors[:ERRORS_SHOWN]], len(errors), template, warnings,
+                       [dict(m) for m in missing[:ERRORS_SHOWN]], len(missing))
     atomic.write_text(report / "index.html", page)
     atomic.write_text(report / "classes.yaml", template)
     files = [p for p in report.rglob("*") if p.is_file()]
@@ -154,7 +164,8 @@ def _rebuild(data: WrittenDataset) -> dict[str, int]:
     staging = data.out / REPORT_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     size = write_review(staging, collector, data.class_map, data.manifest["counts"], data.model, data.errors,
-                        data.shard_paths, data.image_sources, data.out.resolve().name, data.config.gate.sigma)
+                        data.shard_paths, data.image_sources, data.out.resolve().name, data.config.gate.sigma,
+                        data.manifest.get("missing") or [])
     old = data.out / REPORT_OLD
     shutil.rmtree(old, ignore_errors=True)
     if (data.out / "report").exists():

@@ -202,6 +202,18 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and [m["stem"] for m in manifest["missing"]] == ["odd"]
     assert sorted(p.stem for p in (out / "ann_dir").glob("*/*.png")) == [f"scene_{i:04d}" for i in range(6)]
+    # The review page (of the run, of `alps report`, of `alps relabel`) said nothing of the image missing.
+    classes = tmp_path / "classes.yaml"
+    classes.write_text("classes: [{name: some, clusters: [0]}]\n")
+    for command in ([], ["report", out], ["relabel", out, "--classes", classes]):
+        if command:
+            result = run_alps(command, cli_env(tmp_path / "ph"))
+            assert result.returncode == 0, result.stderr
+            assert ("lacks 1 good image that its run could not label" in result.stderr) == (command[0] == "relabel")
+        page = (out / "report" / "index.html").read_text()
+        section = page.split('<section id="missing">')[1].split("</section>")[0]
+        assert "Images not labelled (1)" in section and str(data / "odd.png") in section
+        assert "fake backend rejects images of 88x120" in section and "lacks 1 good image(s)" in page
 
 
 def test_a_run_whose_reader_leaves_goes_on_to_its_end(fault_data, fake_repo, prefect_server, tmp_path):

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -226,6 +227,12 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     assert in_dropped and counts["n_masks_in_dropped_clusters"] == in_dropped
     assert sum(counts["masks_per_class"]) + in_dropped == counts["n_masks_kept"]
     assert f"{counts['n_masks_kept']} masks kept ({in_dropped} in dropped clusters)" in page
+    # A class of one cluster showed the same pixels as two shares (30.0 % of labelled pixels, 17.8 % of masked
+    # pixels, the dropped cluster's included): a kept cluster's share is of the labelled pixels, as its class's.
+    named = page.split('id="class-1"')[1].split("</section>")[0]
+    class_share, cluster_share = re.findall(r"([\d.]+)% of labelled pixels", named)
+    assert class_share == cluster_share == f"{100 * counts['pixels_per_class'][1] / sum(counts['pixels_per_class']):.1f}"
+    assert "% of masked pixels (no label now)" in page.split('id="class-255"')[1]
 
     after_eval = evaluation(out, gt, tmp_path, "after.json")
     conf_old = sum((Confusion.of(m, np.asarray(Image.open(gt / f"{k.split('/')[1]}.png")))
