@@ -39,23 +39,36 @@ class ClassesFileError(AlpsError):
         self.problems = problems
 
 
-def read_text(path: Path, example: str) -> str:
-    """The text of a classes file (UTF-8, a byte-order mark of Windows editors dropped).
+def read_bytes(path: Path, example: str) -> bytes:
+    """The bytes of a classes file, read once: a pipe (bash's ``--classes <(...)``) is read as a file is.
+
+    Raises:
+        ClassesFileError: If the path is a folder or does not exist (``example`` says what to write).
+    """
+    if path.is_dir():
+        raise ClassesFileError(str(path), [f"a folder, not a classes file; give the file (a copy of "
+                                           f"OUT/report/classes.yaml, or one like {example})"])
+    if not path.exists():
+        raise ClassesFileError(str(path), [f"no such file; write one like {example}"])
+    return path.read_bytes()
+
+
+def read_text(path: Path, example: str, raw: bytes | None = None) -> str:
+    """The text of a classes file (UTF-8, a byte-order mark of Windows editors dropped); ``raw``: its bytes, if read.
 
     Raises:
         ClassesFileError: If the file is missing (``example`` says what to write) or not UTF-8.
     """
-    if not path.is_file():
-        raise ClassesFileError(str(path), [f"no such file; write one like {example}"])
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return (read_bytes(path, example) if raw is None else raw).decode("utf-8-sig")
     except UnicodeDecodeError as err:
         byte = f"byte {err.object[err.start]:#04x} at offset {err.start}"
         raise ClassesFileError(str(path), [f"not UTF-8 text ({byte}); save it as UTF-8"]) from err
 
 
-def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any]:
-    """The parsed content of a YAML or JSON classes file (``example``: what errors show to write instead).
+def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | None = None) -> dict[str, Any]:
+    """The parsed content of a YAML or JSON classes file (``example``: what errors show to write instead; ``raw``:
+    the file's bytes, if read already).
 
     Raises:
         ClassesFileError: If the file is missing or is not valid YAML / JSON (one line with the position).
@@ -63,7 +76,7 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE) -> dict[str, Any
     import yaml
 
     path = Path(path)
-    text = read_text(path, example)
+    text = read_text(path, example, raw)
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:  # JSON's loader keeps the last of a key
         keys = [key for key, _ in pairs]
@@ -218,9 +231,10 @@ def parse_classes(path: str | Path, n_clusters: int) -> tuple[ClassMap, dict[str
     Raises:
         ClassesFileError: With one line per problem.
     """
-    spec = read_classes_file(path)
+    raw = read_bytes(Path(path), EXAMPLE)
+    spec = read_classes_file(path, raw=raw)
     class_map = class_map_from_spec(spec, n_clusters, str(path))
-    record = {"classes_file_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+    record = {"classes_file_sha256": hashlib.sha256(raw).hexdigest(),
               "spec": {"classes": spec.get("classes") or [], "drop": spec.get("drop") or []}}
     return class_map, record
 

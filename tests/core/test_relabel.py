@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,14 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
         parse_classes(tmp_path / "bad.json", 2)
     with pytest.raises(ClassesFileError, match="no such file"):
         parse_classes(tmp_path / "absent.yaml", 2)
+    with pytest.raises(ClassesFileError, match="a folder, not a classes file"):  # it said "no such file"
+        parse_classes(tmp_path, 2)
+    # A pipe, as bash's `--classes <(...)` gives: read as a file is (it was "no such file").
+    os.mkfifo(tmp_path / "pipe")
+    writer = threading.Thread(target=(tmp_path / "pipe").write_text, args=("classes: [{name: p, clusters: [1]}]\n",))
+    writer.start()
+    assert parse_classes(tmp_path / "pipe", 2)[0].names == ("p", "cluster_0")
+    writer.join()
     # A key given twice: the parsers kept the last, and a class or a whole `classes:` block went unsaid
     for name, text, where in (
             ("twice.yaml", "classes:\n  - {name: a, clusters: [0]}\nclasses:\n  - {name: b, clusters: [1]}\n",
