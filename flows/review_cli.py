@@ -8,6 +8,7 @@ problem and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     index = Path(args.out).resolve() / "report" / "index.html"
     print(f"Review page: {index.as_uri()}  ({size['files']} files, {size['bytes'] / 1e6:.1f} MB)")
     print(f"Name, merge, drop: copy {index.parent / 'classes.yaml'}, edit it, then "
-          f"`alps relabel {args.out} --classes classes.yaml`")
+          f"`alps relabel {shlex.quote(args.out)} --classes classes.yaml`")
     return 0
 
 

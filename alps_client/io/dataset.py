@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,9 @@ def load_dataset(out: str | Path) -> WrittenDataset:
         raise AlpsError(f"{out} holds no ALPS dataset (no manifest.json / centroids.npy); "
                         f"run `alps run DATASET --out {out}` first")
     last_run = _last_run(out)
-    rerun = (f"run the same `alps run {last_run.get('dataset') or 'DATASET'} --out {out}` again, with the options "
-             f"it was given (its settings: `config` in {out / '.alps' / 'last_run.json'})")
+    dataset = shlex.quote(str(last_run.get("dataset") or "DATASET"))
+    rerun = (f"run the same `alps run {dataset} --out {shlex.quote(str(out))}` again, with the options it was given "
+             f"(its settings: `config` in {out / '.alps' / 'last_run.json'})")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as err:  # edited by hand, or cut short outside alps (alps writes it atomically)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -131,7 +132,8 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
              f"(new images, clustering settings or --centroids), so those classes are not carried over: review "
              f"{out / 'report' / 'index.html'} and run `alps relabel` again, or run again with --centroids "
-             f"{folder / 'centroids.npy'} to label every image with the clusters they named (the classes come back)")
+             f"{shlex.quote(str(folder / 'centroids.npy'))} to label every image with the clusters they named (the "
+             "classes come back)")
     aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
                   if _same(_load_or_none(folder / "centroids.npy"), centroids)), None)
     if aside is not None:  # a run with --centroids of a relabel set aside earlier: its classes come back
@@ -160,8 +162,8 @@ def _set_aside_earlier_clusters(out: Path, centroids: npt.NDArray[np.float32], w
     folder = _set_aside(out, EARLIER, previous)
     warn(f"this run's clusters differ from those of the dataset it replaces in {out} (k-means runs again over every "
          f"mask: images added or removed, or other clustering settings), so class ids change in the label maps; the "
-         f"earlier clusters are kept: run again with --centroids {folder / 'centroids.npy'} to label every image "
-         "with them")
+         f"earlier clusters are kept: run again with --centroids {shlex.quote(str(folder / 'centroids.npy'))} to label "
+         "every image with them")
 
 
 def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:

@@ -650,3 +650,14 @@ def test_one_writer_per_out_and_a_killed_holder_leaves_no_lock(labelled, fake_re
         holder.wait()
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
     assert json.loads((out / "manifest.json").read_text())["classes"]["names"] == ["merged", "named"]
+
+
+def test_the_command_report_prints_pastes_into_a_shell(labelled, tmp_path, capsys):
+    """`alps report 'my out #1'` printed `alps relabel my out #1 --classes ...`: pasted, bash reads `alps relabel my`."""
+    import shlex
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "my out #1%'s"))
+    capsys.readouterr()
+    assert alps(["report", str(out)]) == 0
+    command = capsys.readouterr().out.split("`")[1]
+    assert shlex.split(command) == ["alps", "relabel", str(out), "--classes", "classes.yaml"]
