@@ -21,6 +21,7 @@ from alps_client.evaluate.ground_truth import (
 )
 from alps_client.evaluate.pairing import (
     ground_truth_files,
+    nfc,
     parts_by_whole,
     recorded_sources,
     suffixes_that_match,
@@ -75,8 +76,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     _finish_interrupted_write(out)
     preds: dict[str, Path | list[Path]] = {}
     for path in sorted((out / "ann_dir").glob("*/*.png")):
-        name = path.stem.removesuffix(image_suffix)
-        if name in preds and preds[name].stem != path.stem:
+        name = nfc(path.stem).removesuffix(image_suffix)
+        if name in preds and nfc(preds[name].stem) != nfc(path.stem):
             raise AlpsError(f"{preds[name]} and {path} both read {name} once --image-suffix {image_suffix} is "
                             "dropped: give a suffix that only some names end with")
         if name in preds:
@@ -89,7 +90,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
     parts = {whole.removesuffix(image_suffix): stems for whole, stems in parts_by_whole(list(preds)).items()}
-    sources = {stem.removesuffix(image_suffix): source for stem, source in recorded_sources(out).items()}
+    sources = {nfc(stem).removesuffix(image_suffix): nfc(source) for stem, source in recorded_sources(out).items()}
     gts = ground_truth_files(gt_root, set(preds) | set(parts), gt_suffix, sources, image_suffix)
 
     for whole in set(parts) & set(gts) - set(preds):  # a tiled scene or a volume is scored whole
@@ -103,7 +104,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                         f"{out / 'ann_dir'}" + suffixes_that_match(list(gts), images, gt_suffix, image_suffix))
     wholes = any(isinstance(preds[stem], list) for stem in matched)  # tiled scenes or volumes to assemble
     inputs, recorded_sizes = _input_settings(out) if wholes else ({}, {})
-    scene_sizes = {stem.removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
+    scene_sizes = {nfc(stem).removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata = set[float]()
     images: list[ImageCounts] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     back to its file stem (a flat ground-truth folder, or one nested differently from flat images). A tiled
     scene's or a volume's ground truth has the scene's or the volume's stem (its parts are
     ``<stem>__x<x0>_y<y0>``, ``<stem>__z<index>``). ``gt_suffix`` is dropped from the end of ground-truth stems
-    first (``_label`` of ISPRS Potsdam's).
+    first (``_label`` of ISPRS Potsdam's). Paths are compared in Unicode NFC (:func:`nfc`): ``stems`` and
+    ``sources`` are expected so.
 
     Args:
         gt_root: the ground-truth folder (PNG or TIFF label maps, NIfTI label volumes; at any depth).
@@ -59,7 +61,7 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     for path in sorted(gt_root.rglob("*")):
         if extension_of(path.name) not in GT_EXTENSIONS or path.name.startswith(".") or not path.is_file():
             continue
-        relative = path.relative_to(gt_root)
+        relative = Path(nfc(path.relative_to(gt_root).as_posix()))
         key = path_key(relative, gt_suffix)
         # the longest shared end of paths first; then a file named as its image (b.png of b.png, not of b.jpg)
         scored = [((_shared_end_length(key, image), extension == extension_of(path.name)), stem)
@@ -95,10 +97,15 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     for stem, claims in found.items():  # the truth of an image whose path ends alike, one the dataset lacks
         for score, path in claims:
             if paired.get(stem) != path:
-                _, mirrored = split_and_stem(path.relative_to(gt_root))
+                _, mirrored = split_and_stem(Path(nfc(path.relative_to(gt_root).as_posix())))
                 free = mirrored not in stems and mirrored not in paired
-                paired[mirrored if free else path.relative_to(gt_root).as_posix()] = path
+                paired[mirrored if free else nfc(path.relative_to(gt_root).as_posix())] = path
     return paired
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode NFC: a name copied from macOS (NFD: ``e`` and a combining accent) reads as typed."""
+    return unicodedata.normalize("NFC", text)
 
 
 def path_key(relative: Path, suffix: str = "") -> tuple[str, ...]:

@@ -218,6 +218,25 @@ def test_ground_truth_in_another_split_folder_is_not_the_truth_of_an_image_of_it
     assert [row["image"] for row in report.per_image if row["image"] != "val/0002.png"] == ["0003"]
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_names_in_another_unicode_form_pair_with_their_images(tmp_path, recorded):
+    """A ground-truth folder copied from macOS names café.png in NFD ('e' and a combining accent), its image in
+    NFC: the same name to a reader, other bytes to Python. Both were scored as total misses (exit 0)."""
+    import unicodedata
+
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    write(tmp_path / "out" / "ann_dir" / "train" / "café é.png", bands + 3)
+    write(tmp_path / "out" / "ann_dir" / "val" / "sub__ü.png", 1 - bands + 3)
+    if recorded:
+        sources = {"café é": "train/café é.png", "sub__ü": "val/sub/ü.png"}
+        (tmp_path / "out" / "manifest.json").write_text(json.dumps({"sources": sources}))
+    write(tmp_path / "gt" / unicodedata.normalize("NFD", "café é.png"), bands)
+    write(tmp_path / "gt" / unicodedata.normalize("NFD", "sub/ü.png"), 1 - bands)
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    assert (report.n_images, report.miou, report.coverage) == (2, 1.0, 1.0)
+    assert report.missing_ground_truth == [] and report.missing_pseudo_labels == []
+
+
 def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_told(tmp_path, capsys):
     """ISPRS Potsdam's truth of top_potsdam_2_10_RGB.tif is top_potsdam_2_10_label.tif, DeepGlobe's of 104_sat.jpg
     is 104_mask.png, ISIC's of ISIC_0000000.jpg is ISIC_0000000_segmentation.png: no name matched, and nothing
