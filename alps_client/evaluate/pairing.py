@@ -87,12 +87,16 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     paired: dict[str, Path] = {}
     for stem, claims in sorted(found.items()):
         top = max(score for score, _ in claims)
-        best_paths = [path for score, path in claims if score == top]
+        # files whose paths end the image's equally far (scene_0003.png and .tif beside it): the extension picks
+        # one, the other would be scored as the truth of an image the dataset lacks, counting the image twice
+        best_paths = [path for score, path in claims if score[0] == top[0]]
         if len(best_paths) > 1:
             clashes = sum(len(c) > 1 for c in found.values())
+            a, b = best_paths[:2]
+            fix = ("keep one of them: remove or move the other" if a.parent == b.parent else
+                   "give a ground-truth folder whose tree mirrors the dataset's (or holds each name once)")
             raise AlpsError(f"{clashes} label map name(s) have several ground-truth files under {gt_root}, e.g. "
-                            f"{stem}: {best_paths[0]} and {best_paths[1]}; give a ground-truth folder whose tree "
-                            "mirrors the dataset's (or holds each name once)")
+                            f"{stem}: {a} and {b}; {fix}")
         paired[stem] = best_paths[0]
     for stem, claims in found.items():  # the truth of an image whose path ends alike, one the dataset lacks
         for score, path in claims:

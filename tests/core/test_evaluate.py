@@ -237,6 +237,21 @@ def test_names_in_another_unicode_form_pair_with_their_images(tmp_path, recorded
     assert report.missing_ground_truth == [] and report.missing_pseudo_labels == []
 
 
+def test_two_ground_truth_files_of_one_image_are_refused(tmp_path):
+    """scene_0003.png and scene_0003.tif beside it: the .png was paired, the .tif scored as the truth of an image
+    the dataset lacks, all its pixels misses (the image counted twice, exit 0)."""
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    for name in ("scene_0002", "scene_0003"):
+        write(tmp_path / "out" / "ann_dir" / "train" / f"{name}.png", bands + 3)
+        write(tmp_path / "gt" / f"{name}.png", bands)
+    sources = {name: f"{name}.png" for name in ("scene_0002", "scene_0003")}
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"sources": sources}))
+    Image.fromarray(bands.astype(np.uint8)).save(tmp_path / "gt" / "scene_0003.tif")
+    with pytest.raises(AlpsError, match=r"e\.g\. scene_0003: .*gt/scene_0003.png and .*gt/scene_0003.tif; keep one of "
+                                        r"them: remove or move the other"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+
+
 def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_told(tmp_path, capsys):
     """ISPRS Potsdam's truth of top_potsdam_2_10_RGB.tif is top_potsdam_2_10_label.tif, DeepGlobe's of 104_sat.jpg
     is 104_mask.png, ISIC's of ISIC_0000000.jpg is ISIC_0000000_segmentation.png: no name matched, and nothing
