@@ -22,7 +22,9 @@ Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_i
 the labels fail (an image none of whose pixels is scored, all ignored or nodata, comes last with both null).
 
 Ground-truth images with no pseudo-label at all (e.g. rejected inputs) count as entirely unlabelled, unless
-``exclude_unlabelled_images`` is set; they are listed either way.
+``exclude_unlabelled_images`` is set; they are listed either way. A ground-truth file paired with no pseudo-label
+that looks like the truth of one paired with none (its name in another folder, in another case, or with a suffix
+the others lack) is refused, saying how to pair it: it would be scored as two total misses.
 
 Colour-coded ground truth (an RGB colour per class: ISPRS Potsdam and Vaihingen, DeepGlobe) counts every colour
 as a class (:class:`ColourIds`); ``ignore_index`` may name one as ``#rrggbb``.

@@ -21,14 +21,16 @@ from alps_client.evaluate.ground_truth import (
 )
 from alps_client.evaluate.pairing import (
     ground_truth_files,
+    near_misses,
     nfc,
     parts_by_whole,
     recorded_sources,
+    rejected_inputs,
     suffixes_that_match,
 )
 from alps_client.evaluate.scores import Confusion, EvalReport, ImageCounts, Matching, match_clusters, scores
 from alps_client.gt_classes import parse_ground_truth_classes
-from alps_client.io.discovery import PART_STEM
+from alps_client.io.discovery import PART_STEM, whole_stem
 from alps_client.io.items import counted
 from alps_client.io.out_lock import out_lock
 from alps_client.io.publish import recover
@@ -53,7 +55,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
 
     Raises:
         AlpsError: If either folder has no label maps, no stem matches (saying which suffixes would make names
-            match, if some would), two files match one stem, sizes differ,
+            match, if some would), two files match one stem, a file paired with no pseudo-label looks like the
+            truth of one paired with none (:func:`near_misses`), sizes differ,
             ``ignore_index`` does not say what 255 is where it may be a class (ground truth of 0 and 255 alone, or
             of ids wider than 8 bits), the ground truth mixes colour-coded label maps with maps of class ids, or
             holds a value ``gt_classes`` does not declare.
@@ -98,6 +101,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     missing_gt = sorted(set(preds) - set(gts))
     missing_pred = sorted(set(gts) - set(preds))
     matched = sorted(set(preds) & set(gts))
+    _refuse_near_misses(out, gt_root, {stem: gts[stem] for stem in missing_pred},
+                        {stem: preds[stem] for stem in missing_gt}, sources, gt_suffix, image_suffix)
     if not matched:
         images = [name for name in preds if not PART_STEM.match(name)] + list(parts)
         raise AlpsError(f"no ground-truth label map under {gt_root} has the name of a pseudo-label in "
@@ -179,6 +184,32 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+def _refuse_near_misses(out: Path, gt_root: Path, truths: dict[str, Path], labels: dict[str, Path | list[Path]],
+                        sources: dict[str, str], gt_suffix: str, image_suffix: str) -> None:
+    """Refuse ground truth paired with no pseudo-label that looks like the truth of one paired with none.
+
+    ``truths``: the unpaired ground-truth files by their keys; ``labels``: the unpaired label maps (a tile's or a
+    slice's, its whole's all) by stem; ``sources``: stem -> input file, as the run recorded them.
+
+    Raises:
+        AlpsError: naming how many, up to 3 of them (file -> label map) and how to pair them.
+    """
+    wholes: dict[str, Path] = {}
+    for stem, found in sorted(labels.items()):
+        wholes.setdefault(whole_stem(stem), found if isinstance(found, Path) else found[0])
+    # without recorded sources, a stem says where its image was: north__c from north/c.png
+    images = {stem: sources.get(stem) or f"{stem.replace('__', '/')}.png" for stem in wholes}
+    relative = sorted(nfc(path.relative_to(gt_root).as_posix()) for path in truths.values())
+    found, steps = near_misses(relative, images, gt_suffix, image_suffix, rejected_inputs(out))
+    if not found:
+        return
+    shown = ", ".join(f"{truth} -> {wholes[stem].relative_to(out)}" for truth, stem in found[:3])
+    raise AlpsError(f"{counted(len(found), 'ground-truth file')} under {gt_root} paired with no pseudo-label "
+                    f"look{'s' if len(found) == 1 else ''} like the truth of one that has none, each pair scored as "
+                    f"two total misses (e.g. {shown}): {'; or '.join(steps)}; or remove a file that is no image's "
+                    "truth from the ground-truth folder")
 
 
 def _finish_interrupted_write(out: Path) -> None:

@@ -153,6 +153,70 @@ def recorded_sources(out: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in sources.items()} if isinstance(sources, dict) else {}
 
 
+def rejected_inputs(out: Path) -> list[str]:
+    """The inputs the run behind ``out`` did not label, as it recorded them (absolute paths).
+
+    Rejected (``OUT/errors.jsonl``: not an image, unreadable) or failed (``missing`` in ``OUT/manifest.json``,
+    ``--allow-partial``); empty where neither is recorded.
+    """
+    paths = []
+    try:
+        lines = (out / "errors.jsonl").read_text().splitlines()
+        paths += [json.loads(line).get("path") for line in lines if line.strip()]
+    except (OSError, ValueError, AttributeError):
+        pass  # no errors.jsonl: nothing was rejected, or the dataset was not written by `alps run`
+    try:
+        paths += [entry.get("path") for entry in json.loads((out / "manifest.json").read_text()).get("missing", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no manifest: a dataset from another tool, paired by stems
+    return [nfc(str(path)) for path in paths if path]
+
+
+def near_misses(truths: list[str], images: dict[str, str], gt_suffix: str = "", image_suffix: str = "",
+                rejected: list[str] | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """Ground-truth files paired with no pseudo-label that look like the truth of one paired with none.
+
+    Such a pair is scored as two total misses (the image all unlabelled, the file an image the dataset lacks):
+    the truth of ``val/0002.png`` under ``train/``, ``SCENE_0003.png`` for ``scene_0003.png``, ``*_label.png`` for
+    most images (a suffix that only some files have). A file that is the truth of an input the run did not label
+    (``rejected``) is that image's: not a near miss.
+
+    Args:
+        truths: the unpaired ground-truth files, relative to the ground-truth folder (``/``-separated, NFC).
+        images: each unpaired pseudo-label's stem -> its input file relative to the dataset folder (NFC).
+        gt_suffix: as given to :func:`ground_truth_files`.
+        image_suffix: as given to :func:`ground_truth_files`.
+        rejected: the inputs the run did not label (:func:`rejected_inputs`).
+
+    Returns:
+        ``[(truth, stem)]`` of each near miss, and the next steps that would pair them.
+    """
+    gone = [path_key(Path(path), image_suffix) for path in rejected or []]
+    candidates = [t for t in truths if not any(_shared_end_length(path_key(Path(t), gt_suffix), r) for r in gone)]
+    image_names = {stem: path_key(Path(image), image_suffix)[-1] for stem, image in sorted(images.items())}
+    by_folded_name: dict[str, str] = {}
+    for stem, name in image_names.items():
+        by_folded_name.setdefault(name.casefold(), stem)
+    found, steps, rest = [], set[str](), {}
+    for truth in candidates:
+        name = path_key(Path(truth), gt_suffix)[-1]
+        stem = by_folded_name.get(name.casefold())
+        if stem is None:
+            rest[truth] = name
+            continue
+        found.append((truth, stem))
+        steps.add(f"move each to the place of its image in the dataset's tree (e.g. {images[stem]})"
+                  if name == image_names[stem] else "rename each as its image is named, case included")
+    ends = _dropped_ends(list(rest.values()), list(image_names.values()), gt_suffix, image_suffix)
+    if ends:
+        by_rest = {name.removesuffix(ends[1]): stem for stem, name in image_names.items()}
+        found += [(truth, by_rest[name.removesuffix(ends[0])]) for truth, name in rest.items()
+                  if name.removesuffix(ends[0]) in by_rest]
+        steps.add(suffixes_that_match(list(rest.values()), list(image_names.values()), gt_suffix,
+                                      image_suffix).removeprefix(": "))
+    return sorted(found), sorted(steps)
+
+
 def suffixes_that_match(truths: list[str], images: list[str], gt_suffix: str = "", image_suffix: str = "") -> str:
     """The flags that would pair ``truths`` with ``images`` by dropping the ends every name of a side shares.
 
@@ -160,16 +224,29 @@ def suffixes_that_match(truths: list[str], images: list[str], gt_suffix: str = "
 
     Returns: ``": give --gt-suffix _label --image-suffix _RGB (...)"``, or "" when no shared end does it.
     """
-    gt_end = "" if gt_suffix else _shared_end(truths)
-    image_end = "" if image_suffix else _shared_end(images)
-    paired = {t.removesuffix(gt_end) for t in truths} & {i.removesuffix(image_end) for i in images}
-    if not paired or not (gt_end or image_end):
+    ends = _dropped_ends(truths, images, gt_suffix, image_suffix)
+    if ends is None:
         return ""
-    gt_end, image_end = gt_suffix or gt_end, image_suffix or image_end
+    paired = {t.removesuffix(ends[0]) for t in truths} & {i.removesuffix(ends[1]) for i in images}
+    gt_end, image_end = gt_suffix or ends[0], image_suffix or ends[1]
     flags = " ".join(f"--{side}-suffix {end}" for side, end in (("gt", gt_end), ("image", image_end)) if end)
     name = min(paired)
     return (f": give {flags} to pair them by the rest of their names ({counted(len(paired), 'name')} would "
             f"pair, e.g. {name + gt_end} with {name + image_end})")
+
+
+def _dropped_ends(truths: list[str], images: list[str], gt_suffix: str, image_suffix: str) -> tuple[str, str] | None:
+    """The ends every name of a side shares (a side whose suffix was given: none), if dropping them pairs some.
+
+    Where both sides' ends would be dropped, an end read off a single name says nothing (``north_1`` and
+    ``north_2`` are no suffixes of ``north``).
+    """
+    gt_end = "" if gt_suffix else _shared_end(truths)
+    image_end = "" if image_suffix else _shared_end(images)
+    if gt_end and image_end and min(len(truths), len(images)) < 2:
+        return None
+    paired = {t.removesuffix(gt_end) for t in truths} & {i.removesuffix(image_end) for i in images}
+    return (gt_end, image_end) if paired and (gt_end or image_end) else None
 
 
 def _shared_end(names: list[str]) -> str:

@@ -205,7 +205,8 @@ def test_ground_truth_is_paired_with_the_image_whose_path_it_mirrors_or_ends_as_
 
 def test_ground_truth_in_another_split_folder_is_not_the_truth_of_an_image_of_its_name(tmp_path):
     """test/0002.png is named 0002 (its split folder left out of its name): val/0002.png, no image's truth, was
-    scored against it."""
+    scored against it. It is not paired, and a file of its name in another folder is refused as a near miss (it
+    was scored as two total misses, exit 0), unless the run rejected the image it is the truth of."""
     bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
     write(tmp_path / "out" / "ann_dir" / "test" / "0002.png", bands + 3)
     write(tmp_path / "out" / "ann_dir" / "train" / "0003.png", bands + 3)
@@ -213,9 +214,47 @@ def test_ground_truth_in_another_split_folder_is_not_the_truth_of_an_image_of_it
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({"sources": sources}))
     write(tmp_path / "gt" / "val" / "0002.png", 1 - bands)
     write(tmp_path / "gt" / "0003.png", bands)  # flat: still train/0003.png's
+    with pytest.raises(AlpsError, match=r"1 ground-truth file under .*gt paired with no pseudo-label looks like the "
+                                        r"truth of one that has none, .* \(e\.g\. val/0002.png -> "
+                                        r"ann_dir/test/0002.png\): move each to the place of its image in the "
+                                        r"dataset's tree \(e\.g\. test/0002.png\)"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    rejected = {"path": str(tmp_path / "images" / "val" / "0002.png"), "reason": "not an image"}
+    (tmp_path / "out" / "errors.jsonl").write_text(json.dumps(rejected) + "\n")  # val/0002.png was an input
     report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
     assert report.missing_pseudo_labels == ["val/0002.png"] and report.missing_ground_truth == ["0002"]
     assert [row["image"] for row in report.per_image if row["image"] != "val/0002.png"] == ["0003"]
+
+
+def test_ground_truth_that_nearly_pairs_is_refused_and_says_how_to_pair_it(tmp_path, capsys):
+    """Names that belong together but did not pair were scored as total misses on both sides (exit 0): 2 of 3
+    files named *_label (mIoU 0.713 -> 0.063 on the demo; the --gt-suffix hint came only when none paired),
+    SCENE_0003.png for scene_0003.png, north/c.png's truth under south/. Ground truth of images never labelled and
+    pseudo-labels without ground truth, named apart, are still counted as before."""
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    for stem in ("s_0", "s_1", "s_2", "scene_0003", "north__c", "lone"):
+        write(tmp_path / "out" / "ann_dir" / "train" / f"{stem}.png", bands + 3)
+    for name in ("s_0.png", "s_1_label.png", "s_2_label.png"):
+        write(tmp_path / "gt" / name, bands)
+    with pytest.raises(AlpsError, match=r"2 ground-truth files .* look like .*\(e\.g\. s_1_label.png -> "
+                                        r"ann_dir/train/s_1.png, s_2_label.png -> ann_dir/train/s_2.png\): give "
+                                        r"--gt-suffix _label to pair them"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    for name in ("s_1", "s_2"):
+        (tmp_path / "gt" / f"{name}_label.png").rename(tmp_path / "gt" / f"{name}.png")
+    write(tmp_path / "gt" / "SCENE_0003.png", bands)
+    write(tmp_path / "gt" / "south" / "c.png", bands)
+    write(tmp_path / "gt" / "other.png", bands)
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("alps: error:") == 1 and "2 ground-truth files" in err
+    assert "SCENE_0003.png -> ann_dir/train/scene_0003.png, south/c.png -> ann_dir/train/north__c.png" in err
+    assert "move each to the place of its image in the dataset's tree (e.g. north/c.png); or rename each" in err
+    (tmp_path / "gt" / "SCENE_0003.png").rename(tmp_path / "gt" / "scene_0003.png")
+    (tmp_path / "gt" / "south").rename(tmp_path / "gt" / "north")
+    report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")  # other.png: an image never labelled
+    assert report.missing_pseudo_labels == ["other"] and report.missing_ground_truth == ["lone"]
+    assert report.n_images == 6
 
 
 @pytest.mark.parametrize("recorded", [True, False])
