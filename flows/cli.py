@@ -443,6 +443,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         unwritable = None
     except OSError as err:
         unwritable = err
+    for warning in report.warnings:
+        print(f"alps: {warning}", file=sys.stderr)
     print(format_table(report))
     if unwritable is not None:
         return _fail(f"--json {json_path}: cannot write the report ({unwritable.strerror or unwritable}); the "
@@ -541,8 +543,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="mIoU of pseudo-labels against ground truth (every class, every miss counted)")
     ev.add_argument("out", type=a_path, help="a dataset written by `alps run`")
     ev.add_argument("gt_dir", type=a_path,
-                    help="ground-truth label maps (PNG, TIFF of class ids or of one RGB colour per class; NIfTI label "
-                         "volumes): a tree that mirrors the dataset's, or a flat folder with the images' file names")
+                    help="ground-truth label maps (PNG, TIFF, BMP, GIF, JPEG, WebP, JPEG 2000 of class ids or of one "
+                         "RGB colour per class; NIfTI label volumes): a tree that mirrors the dataset's, or a flat folder with the images' file names")
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian",
                     help="cluster -> class: one cluster per class, best total (hungarian), or each cluster to its "
                          "most frequent class, several per class (majority) (hungarian)")

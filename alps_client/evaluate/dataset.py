@@ -15,6 +15,7 @@ from alps_client.evaluate.ground_truth import (
     ColourIds,
     check_declared,
     ignored_values,
+    is_lossy,
     named_colour,
     read_ground_truth,
     read_label,
@@ -137,6 +138,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             by_id += part
             if wide is None and gt.dtype.itemsize > 1:
                 wide = gts[stem]
+    warnings = [_lossy_ground_truth([gts[stem] for stem in matched + missing_pred])]
     if classes is not None and classes.colours and len(by_id.values):
         raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
                         "ids (single-channel): declare their classes as {name, id}")
@@ -181,9 +183,21 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = _class_names(out)
     report.ground_truth_ignored = ignored
+    report.warnings = [warning for warning in warnings if warning]
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+def _lossy_ground_truth(paths: list[Path]) -> str:
+    """What to know of ground truth stored with lossy compression (JPEG, JPEG 2000, WebP), or "" if none is."""
+    lossy = [path for path in paths if is_lossy(path)]
+    if not lossy:
+        return ""
+    return (f"{counted(len(lossy), 'file')} of the ground truth {'uses' if len(lossy) == 1 else 'use'} lossy "
+            f"compression (e.g. {lossy[0]}), which changes values at class edges: give colour-coded ground truth "
+            "--gt-classes with --gt-colour-tolerance; of grey class ids, a value that --gt-classes does not declare "
+            "is refused (without it, scored as a class)")
 
 
 def _refuse_near_misses(out: Path, gt_root: Path, truths: dict[str, Path], labels: dict[str, Path | list[Path]],

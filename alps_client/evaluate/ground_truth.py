@@ -22,6 +22,25 @@ from alps_client.labels.painting import IGNORE
 
 # A colour of less than this share of the ground-truth pixels may be noise (JPEG, resampling), not a class.
 RARE_SHARE = 0.001
+# Formats whose compression may be lossy: the values of a label map change at class edges.
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jp2", ".j2k", ".webp")
+
+
+def is_lossy(path: Path) -> bool:
+    """Whether ``path`` stores its pixels with lossy compression: JPEG, JPEG 2000, WebP but a lossless one.
+
+    A lossless WebP holds a ``VP8L`` chunk and no ``VP8 `` one (read from the first 4 KiB); JPEG 2000 does not
+    say so simply, so it counts as lossy.
+    """
+    extension = extension_of(path.name)
+    if extension != ".webp":
+        return extension in LOSSY_EXTENSIONS
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return True  # its reading will say what is wrong
+    return b"VP8 " in head or b"VP8L" not in head
 
 
 class ColourIds:

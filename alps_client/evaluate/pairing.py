@@ -12,7 +12,8 @@ from alps_client.errors import AlpsError
 from alps_client.io.discovery import PART_STEM
 from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, counted, extension_of
 
-GT_EXTENSIONS = (".png", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
+# Every format PIL reads as a label map (Kvasir-SEG's masks are JPEG, DRIVE's GIF), GDAL's rasters, NIfTI.
+GT_EXTENSIONS = (".png", ".bmp", ".gif", ".jpg", ".jpeg", ".webp", ".j2k", *RASTER_EXTENSIONS, *VOLUME_EXTENSIONS)
 
 
 def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
@@ -39,7 +40,7 @@ def ground_truth_files(gt_root: Path, stems: set[str], gt_suffix: str = "",
     ``sources`` are expected so.
 
     Args:
-        gt_root: the ground-truth folder (PNG or TIFF label maps, NIfTI label volumes; at any depth).
+        gt_root: the ground-truth folder (label maps of :data:`GT_EXTENSIONS`, NIfTI label volumes; at any depth).
         stems: the stems of the dataset's label maps.
         gt_suffix: the end of every ground-truth file's stem that its image's name lacks, or "".
         sources: stem -> the path of its input file relative to the dataset folder (``/``-separated), for the

@@ -46,6 +46,7 @@ class EvalReport:
     # image, pixels, coverage, pixel_accuracy; worst first, both None (and last) where no pixel is scored
     per_image: list[dict[str, Any]] = field(default_factory=list)
     ground_truth_pixels_snapped: int = 0  # undeclared colours within the tolerance, given the nearest's class
+    warnings: list[str] = field(default_factory=list)  # what may make the figures wrong, one line each
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,28 @@ def test_ground_truth_named_with_other_suffixes_than_its_images_is_paired_when_t
     assert evaluate_cli(tmp_path, "--gt-suffix", "_label")["class_iou"] == {"0": 1.0, "1": 1.0}
 
 
+def test_ground_truth_in_every_format_pil_reads_is_scored_and_lossy_formats_are_said(tmp_path, capsys):
+    """Kvasir-SEG's masks are JPEG, DRIVE's GIF: such files were skipped unsaid (one JPEG among PNGs left its image
+    out, and mIoU rose; an all-JPEG folder was refused as named like no pseudo-label). Lossy ones get a warning."""
+    bands = np.zeros((40, 40), np.uint8)
+    bands[16:] = 1  # on JPEG's 8x8 blocks: flat blocks come back exact
+    formats = {"a.jpg": {}, "b.jpeg": {}, "c.bmp": {}, "d.gif": {}, "e.webp": {"lossless": True},
+               "f.webp": {"quality": 100}, "g.j2k": {}, "h.png": {}}
+    for name, options in formats.items():
+        write(tmp_path / "out" / "ann_dir" / "train" / f"{Path(name).stem}.png", bands + 3)
+        (tmp_path / "gt").mkdir(exist_ok=True)
+        Image.fromarray(bands).save(tmp_path / "gt" / name, **options)
+    report = evaluate_cli(tmp_path)
+    assert report["n_images"] == 8 and report["missing_pseudo_labels"] == [] and report["miou"] == 1.0
+    (warning,) = report["warnings"]  # JPEG twice, the lossy WebP and JPEG 2000
+    assert warning.startswith("4 files of the ground truth use lossy compression (e.g. ") and "a.jpg" in warning
+    assert "--gt-colour-tolerance" in warning and f"alps: {warning}\n" in capsys.readouterr().err
+    for name in formats:
+        if name != "a.jpg":
+            (tmp_path / "gt" / name).unlink()
+    assert evaluate_cli(tmp_path)["n_images"] == 1  # an all-JPEG folder
+
+
 def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     """A scene labelled in overlapping tiles (no label map of its own) is assembled as --stitch does and scored
     once against the scene's ground truth: the same figures as its whole label map, overlaps not counted twice."""
