@@ -548,10 +548,10 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--matching", choices=["hungarian", "majority"], default="hungarian",
                     help="cluster -> class: one cluster per class, best total (hungarian), or each cluster to its "
                          "most frequent class, several per class (majority) (hungarian)")
-    ev.add_argument("--ignore-index", metavar="ID",
+    ev.add_argument("--ignore-index", metavar="ID", action="append",
                     help="a ground-truth value that names no class (a dataset's 'unlabelled' or no-data, e.g. 0 for "
-                         "LoveDA), ignored like 255; 'none': every value is a class, 255 too (a binary 0/255 mask); a colour "
-                         "as #rrggbb for colour-coded ground truth")
+                         "LoveDA), ignored like 255; give it again for each value to ignore; 'none': every value is "
+                         "a class, 255 too (a binary 0/255 mask); a colour as #rrggbb for colour-coded ground truth")
     ev.add_argument("--gt-suffix", default="", metavar="TEXT",
                     help="the end of ground-truth file names that their images' names lack, dropped before pairing "
                          "(ISPRS Potsdam: _label; DeepGlobe: _mask; ISIC: _segmentation)")

@@ -7,8 +7,9 @@ ground-truth classes on the dataset-wide confusion of labelled pixels:
   clusters than classes the unmatched clusters' pixels count as errors.
 - ``majority``: each cluster goes to the class it overlaps most (many-to-one), the usual upper bound when N > K.
 
-Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_index`` when given: a dataset's
-"unlabelled" or no-data value, such as LoveDA's 0; with ``ignore_index="none"`` no value is, 255 being a class):
+Figures (ground-truth 255 pixels are ignored everywhere, and those of ``ignore_index`` when given, one value or
+several: a dataset's "unlabelled" or no-data value, such as LoveDA's 0; with ``ignore_index="none"`` no value is,
+255 being a class):
 
 - ``miou``: mean IoU over **every** ground-truth class, pixels the pipeline left unlabelled (255) counted as misses;
   a class that never received a pseudo-label scores 0. This is the headline figure.

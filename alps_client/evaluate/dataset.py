@@ -13,10 +13,13 @@ from alps_client.errors import AlpsError
 from alps_client.evaluate.ground_truth import (
     RARE_SHARE,
     ColourIds,
+    IgnoreIndex,
+    absent_ignored,
     check_declared,
+    ignore_list,
     ignored_values,
     is_lossy,
-    named_colour,
+    named_colours,
     read_ground_truth,
     read_label,
 )
@@ -39,7 +42,7 @@ from alps_client.labels.painting import IGNORE
 
 
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
-                     exclude_unlabelled_images: bool = False, ignore_index: int | str | None = None,
+                     exclude_unlabelled_images: bool = False, ignore_index: IgnoreIndex = None,
                      gt_suffix: str = "", image_suffix: str = "", gt_classes: str | Path | None = None,
                      colour_tolerance: int = 0) -> EvalReport:
     """Evaluate ``out_dir/ann_dir/<split>/<stem>.png`` against the ground truth under ``gt_dir``.
@@ -47,8 +50,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     Ground-truth files are matched by :func:`ground_truth_files`, ``gt_suffix`` dropped from their names and
     ``image_suffix`` from the images' (ISPRS Potsdam: ``top_potsdam_2_10_label`` is the truth of
     ``top_potsdam_2_10_RGB``; DeepGlobe: ``_mask`` and ``_sat``). Ground-truth pixels of 255, and of
-    ``ignore_index`` (any integer) when given, are left out: they name no class; ``"none"`` leaves out none (255
-    is a class).
+    ``ignore_index`` (any integers, one or several) when given, are left out: they name no class; ``"none"`` leaves
+    out none (255 is a class). A value no ground-truth pixel has is named in ``warnings`` (a typo changes nothing).
 
     ``gt_classes``: a file that names every ground-truth class (:mod:`alps_client.gt_classes`); a value it does
     not declare is refused. ``colour_tolerance``: a colour within this of a declared one in every channel takes
@@ -64,15 +67,15 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     """
     classes = parse_ground_truth_classes(gt_classes) if gt_classes is not None else None
     ignored_values(ignore_index)  # checked before any file is read
-    ignored_colour = named_colour(ignore_index)
+    ignored_colours = named_colours(ignore_index)
     if colour_tolerance and (classes is None or not classes.colours):
         raise AlpsError("--gt-colour-tolerance takes colours to the nearest colour --gt-classes declares: give "
                         "--gt-classes FILE with {name, colour} entries")
     if not 0 <= colour_tolerance < IGNORE:
         raise AlpsError(f"--gt-colour-tolerance must lie in 0..{IGNORE - 1}, got {colour_tolerance}")
-    colours = ColourIds(classes, colour_tolerance, ignored_colour)  # checks the tolerance before any file is read
+    colours = ColourIds(classes, colour_tolerance, ignored_colours)  # checks the tolerance before any file is read
     class_255 = classes is not None and not classes.colours and IGNORE in classes.names
-    if ignored_colour is not None and classes is not None and not classes.colours:
+    if ignored_colours and classes is not None and not classes.colours:
         raise AlpsError(_colour_for_ids(ignore_index, f"{classes.source} declares class ids"))
     allowed_ids = (set(classes.names) | set(ignored_values(ignore_index, class_255=class_255))
                    if classes is not None and not classes.colours else None)
@@ -143,11 +146,11 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
                         "ids (single-channel): declare their classes as {name, id}")
     conf, colour_names = colours.resolve(by_id, by_colour, gt_root)
-    if ignored_colour is not None and not colour_names:  # nothing would be ignored, not even 255
+    if ignored_colours and not colour_names:  # nothing would be ignored, not even 255
         greys = " (RGB label maps of greys: ids saved as grey pixels)" if colours.ids else ""
         raise AlpsError(_colour_for_ids(ignore_index, f"the ground truth under {gt_root} holds class ids{greys}"))
     values = conf.values.tolist()
-    if (ignore_index is None and IGNORE in values and not colour_names and not class_255
+    if (not ignore_list(ignore_index) and IGNORE in values and not colour_names and not class_255
             and (values == [0, IGNORE] or wide)):
         what = ("holds only 0 and 255: a binary mask?" if values == [0, IGNORE] else
                 f"holds 255 among class ids stored in more than 8 bits (e.g. {wide.name}), where 255 may be a "
@@ -157,6 +160,11 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"the ground truth under {gt_root} {what} Its 255 pixels would be ignored (255 is 'no "
                         f"label' by default): {count_it} to count 255 as a class, or --ignore-index 255 to ignore it")
     ignored = ignored_values(ignore_index, colours if colour_names else None, class_255)
+    absent = absent_ignored(ignore_index, values, colours if colour_names else None)
+    if absent:  # a typo otherwise changes nothing, unseen
+        warnings.append(f"--ignore-index {' and '.join(absent)}: no ground-truth pixel has "
+                        f"{'this value' if len(absent) == 1 else 'these values'}, so nothing is ignored for "
+                        f"{'it' if len(absent) == 1 else 'them'} (a typo?)")
     conf = conf.without(ignored)
     if not len(conf.values):  # mIoU 0.000 "over all 0 classes" would read as a score
         raise AlpsError(f"the ground truth under {gt_root} holds no class to score: every pixel of its "
@@ -311,9 +319,10 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
                         f"--tile {tile} --overlap {overlap} (tile at {err})") from None
 
 
-def _colour_for_ids(ignore_index: int | str | None, holds: str) -> str:
+def _colour_for_ids(ignore_index: IgnoreIndex, holds: str) -> str:
     """Why ``--ignore-index #rrggbb`` is refused where ``holds`` says the ground truth holds class ids."""
-    return (f"--ignore-index {ignore_index} names a colour, but {holds}, not colours: give the id to ignore "
+    colour = next(str(v).strip() for v in ignore_list(ignore_index) if str(v).strip().startswith("#"))
+    return (f"--ignore-index {colour} names a colour, but {holds}, not colours: give the id to ignore "
             "(e.g. --ignore-index 0)")
 
 

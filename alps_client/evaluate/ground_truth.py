@@ -6,6 +6,7 @@ Label maps of class ids, colour-coded maps (one RGB colour per class), NIfTI lab
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,15 +59,15 @@ class ColourIds:
     """
 
     def __init__(self, declared: GroundTruthClasses | None = None, tolerance: int = 0,
-                 ignored: int | None = None) -> None:
+                 ignored: Sequence[int] = ()) -> None:
         self.ids: dict[int, int] = {}  # 0xRRGGBB -> class id
         self.declared = declared if declared is not None and declared.colours else None
         self.tolerance = tolerance
         self.snapped_pixels = 0  # pixels of undeclared colours given the class of a declared one
         if self.declared is not None:
             self.ids = {colour: k for k, colour in self.declared.colours.items()}
-            if ignored is not None and ignored not in self.ids:  # ignored, so it needs no name
-                self.ids[ignored] = len(self.ids)
+            for colour in ignored:  # ignored, so it needs no name; an id no declared class has
+                self.ids.setdefault(colour, max(self.ids.values(), default=-1) + 1)
             self._check_tolerance()
 
     def _check_tolerance(self) -> None:
@@ -282,47 +283,90 @@ def read_label(path: Path) -> npt.NDArray[np.uint8]:
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
-def named_colour(ignore_index: int | str | None) -> int | None:
-    """The colour (``0xRRGGBB``) an ``--ignore-index`` of ``#rrggbb`` names; None for an id, a word or nothing."""
-    text = ignore_index.strip() if isinstance(ignore_index, str) else ""
+IgnoreIndex = int | str | Sequence[int | str] | None  # --ignore-index: nothing, one value, or several
+
+
+def ignore_list(ignore_index: IgnoreIndex) -> list[int | str]:
+    """The values ``--ignore-index`` was given (once or several times), in order; empty when none was."""
+    if ignore_index is None:
+        return []
+    return [ignore_index] if isinstance(ignore_index, int | str) else list(ignore_index)
+
+
+def named_colour(value: int | str) -> int | None:
+    """The colour (``0xRRGGBB``) an ``--ignore-index`` of ``#rrggbb`` names; None for an id or a word."""
+    text = value.strip() if isinstance(value, str) else ""
     return int(text[1:], 16) if _COLOUR.fullmatch(text) else None
 
 
-def ignored_values(ignore_index: int | str | None, colours: ColourIds | None = None,
-                   class_255: bool = False) -> list[int]:
-    """The ground-truth ids that name no class: 255, and ``ignore_index`` (any integer); none for ``"none"``.
+def named_colours(ignore_index: IgnoreIndex) -> list[int]:
+    """The colours (``0xRRGGBB``) among the values of ``--ignore-index``."""
+    return [c for c in (named_colour(v) for v in ignore_list(ignore_index)) if c is not None]
 
-    For colour-coded ground truth (``colours``) nothing is ignored but the colour ``ignore_index`` names
+
+def _is_none(value: int | str) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "none"
+
+
+def ignored_values(ignore_index: IgnoreIndex, colours: ColourIds | None = None,
+                   class_255: bool = False) -> list[int]:
+    """The ground-truth ids that name no class: 255, and each ``ignore_index`` (any integer); none for ``"none"``.
+
+    For colour-coded ground truth (``colours``) nothing is ignored but the colours ``ignore_index`` names
     (``#rrggbb``); without ``colours`` a colour is only checked (the caller refuses one for ground truth of class
     ids). ``class_255``: a classes file declares 255 as a class, so it is ignored only when ``ignore_index`` says
     255.
 
     Raises:
-        AlpsError: For a value that is no integer, another word, or an id for colour-coded ground truth.
+        AlpsError: For a value that is no integer, another word, ``"none"`` beside values to ignore, or an id for
+            colour-coded ground truth.
     """
-    text = ignore_index.strip() if isinstance(ignore_index, str) else None
-    colour = named_colour(ignore_index)
-    if colour is not None:
-        if colours is None:
-            return []
-        found = colours.ids.get(colour)
-        return [] if found is None else [found]
-    if colours is not None and colours.ids:
-        if ignore_index is None or (text is not None and text.lower() == "none"):
-            return []
-        raise AlpsError(f"the ground truth is colour-coded: give --ignore-index a colour as #rrggbb, not "
-                        f"{ignore_index!r}")
-    default = [] if class_255 else [IGNORE]
-    if ignore_index is None:
-        return default
-    if text is not None and text.lower() == "none":
+    given = ignore_list(ignore_index)
+    for value in given:
+        if not (_is_none(value) or named_colour(value) is not None or _integer(value) is not None):
+            raise AlpsError(f"--ignore-index must be a class id (an integer), a colour as #rrggbb or 'none', got "
+                            f"{value!r}")
+    if any(_is_none(value) for value in given):
+        if len(given) > 1:
+            raise AlpsError(f"--ignore-index none (every value is a class, 255 too) cannot be given with values to "
+                            f"ignore ({', '.join(str(v) for v in given if not _is_none(v))}): give one or the other")
         return []
+    chosen = named_colours(given)
+    if colours is not None and colours.ids:
+        ids = [v for v in given if named_colour(v) is None]
+        if ids:
+            raise AlpsError(f"the ground truth is colour-coded: give --ignore-index a colour as #rrggbb, not "
+                            f"{ids[0]!r}")
+        return sorted({colours.ids[c] for c in chosen if c in colours.ids})
+    if chosen:
+        return []
+    default = [] if class_255 else [IGNORE]
+    return sorted({*(_integer(v) for v in given), *default})  # type: ignore[misc]
+
+
+def _integer(value: int | str) -> int | None:
+    """``value`` as an integer, or None if it names none."""
     try:
-        value = int(ignore_index)
+        return int(value)
     except ValueError:
-        raise AlpsError(f"--ignore-index must be a class id (an integer), a colour as #rrggbb or 'none', got "
-                        f"{ignore_index!r}") from None
-    return sorted({value, *default})
+        return None
+
+
+def absent_ignored(ignore_index: IgnoreIndex, values: list[int], colours: ColourIds | None = None) -> list[str]:
+    """The values of ``ignore_index`` that no ground-truth pixel has (``values``: those some have), as given.
+
+    ``colours``: colour-coded ground truth, whose values are colour ids.
+    """
+    present = set(values)
+    absent = []
+    for value in ignore_list(ignore_index):
+        colour = named_colour(value)
+        if colour is not None and colours is not None:
+            missing = colours.ids.get(colour) not in present
+        else:
+            missing = colour is None and not _is_none(value) and _integer(value) not in present
+        absent += [str(value).strip()] if missing else []
+    return absent
 
 
 def check_declared(part: Confusion, coloured: bool, colours: ColourIds, allowed: set[int],

@@ -91,6 +91,21 @@ def test_a_ground_truth_value_that_names_no_class_can_be_ignored(case, capsys):
     assert "--ignore-index must be a class id (an integer)" in capsys.readouterr().err
 
 
+def test_several_values_can_be_ignored_and_one_no_pixel_has_is_said(case, capsys):
+    """A repeated --ignore-index kept only its last value, unsaid; a value absent from the ground truth (a typo)
+    changed nothing, unseen."""
+    report = evaluate_cli(case, "--exclude-unlabelled-images", "--ignore-index", "2", "--ignore-index", "3",
+                          "--ignore-index", "9")
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0} and report["ground_truth_ignored"] == [2, 3, 9, 255]
+    assert report["warnings"] == ["--ignore-index 9: no ground-truth pixel has this value, so nothing is ignored "
+                                  "for it (a typo?)"]
+    assert f"alps: {report['warnings'][0]}\n" in capsys.readouterr().err
+    assert evaluate_cli(case, "--ignore-index", "2")["warnings"] == []
+    assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "2", "--ignore-index", "none"]) == 2
+    assert "--ignore-index none (every value is a class, 255 too) cannot be given with values to ignore (2)" in \
+        capsys.readouterr().err
+
+
 def test_a_binary_mask_is_not_scored_on_its_background_alone(tmp_path, capsys):
     """0/255 ground truth (Inria's buildings, Kvasir's polyps, ISIC's lesions, DRIVE's vessels): 255 is ignored by
     default, so its foreground vanished and a single class was scored, without a word. Now the run must say what
