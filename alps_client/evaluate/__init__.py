@@ -13,8 +13,9 @@ several: a dataset's "unlabelled" or no-data value, such as LoveDA's 0; with ``i
 
 - ``miou``: mean IoU over **every** ground-truth class, pixels the pipeline left unlabelled (255) counted as misses;
   a class that never received a pseudo-label scores 0. This is the headline figure.
-- ``miou_labelled_pixels``: the same mean over every ground-truth class, computed only on pixels that received a
-  pseudo-label (how good the labels are where there are labels; a class with no labelled pixel still scores 0).
+- ``miou_labelled_pixels``: the same mean computed only on pixels that received a pseudo-label (how good the labels
+  are where there are labels). A class with no labelled pixel and none labelled as it has 0/0 there: its
+  ``class_iou_labelled_pixels`` is None and the mean leaves it out (``miou`` counts it as 0); None if every class is.
 - ``coverage``: share of ground-truth pixels that received a pseudo-label.
 - ``pixel_accuracy``: correctly labelled pixels / ground-truth pixels (unlabelled = wrong), and over labelled
   pixels only.

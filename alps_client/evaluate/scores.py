@@ -19,7 +19,7 @@ class EvalReport:
     """Evaluation figures (JSON-ready via :func:`write_report`); see the module docs for definitions."""
 
     miou: float
-    miou_labelled_pixels: float
+    miou_labelled_pixels: float | None  # None: no class has a labelled pixel
     coverage: float
     pixel_accuracy: float
     pixel_accuracy_labelled_pixels: float
@@ -27,7 +27,9 @@ class EvalReport:
     n_classes: int
     matching: str
     class_iou: dict[int, float] = field(default_factory=dict)
-    class_iou_labelled_pixels: dict[int, float] = field(default_factory=dict)
+    # None where a class has neither a ground-truth pixel nor a pseudo-label among labelled pixels: left out of
+    # miou_labelled_pixels (0/0 says nothing of the labels there are)
+    class_iou_labelled_pixels: dict[int, float | None] = field(default_factory=dict)
     class_to_clusters: dict[int, list[int]] = field(default_factory=dict)
     classes_never_labelled: list[int] = field(default_factory=list)
     unmatched_clusters: list[int] = field(default_factory=list)
@@ -127,8 +129,8 @@ def match_clusters(conf: Confusion, matching: Matching = "hungarian") -> dict[in
     return {int(clusters[r]): int(conf.values[columns[c]]) for r, c in zip(rows, cols) if sub[r, c] > 0}
 
 
-def _iou(tp: int, fp: int, fn: int) -> float:
-    return tp / (tp + fp + fn) if tp + fp + fn else 0.0
+def _iou(tp: int, fp: int, fn: int) -> float | None:
+    return tp / (tp + fp + fn) if tp + fp + fn else None
 
 
 def scores(conf: Confusion, mapping: dict[int, int], matching: str = "") -> EvalReport:
@@ -145,7 +147,7 @@ def scores(conf: Confusion, mapping: dict[int, int], matching: str = "") -> Eval
         tp = int(counts[members, j].sum()) if members else 0
         fp = int(counts[members].sum()) - tp if members else 0
         labelled_gt = int(counts[:IGNORE, j].sum())
-        class_iou[k] = _iou(tp, fp, int(counts[:, j].sum()) - tp)
+        class_iou[k] = _iou(tp, fp, int(counts[:, j].sum()) - tp) or 0.0  # every class has pixels: defined
         class_iou_labelled[k] = _iou(tp, fp, labelled_gt - tp)
         members_of[k] = members
         never += [k] if labelled_gt == 0 else []
@@ -153,9 +155,10 @@ def scores(conf: Confusion, mapping: dict[int, int], matching: str = "") -> Eval
     gt_pixels = int(counts.sum())
     labelled_pixels = int(counts[:IGNORE].sum())
     used = set(np.flatnonzero(counts[:IGNORE].sum(1)).tolist())
+    defined = [iou for iou in class_iou_labelled.values() if iou is not None]
     return EvalReport(
         miou=float(np.mean(list(class_iou.values()))) if class_iou else 0.0,
-        miou_labelled_pixels=float(np.mean(list(class_iou_labelled.values()))) if class_iou else 0.0,
+        miou_labelled_pixels=float(np.mean(defined)) if defined else None,
         coverage=labelled_pixels / gt_pixels if gt_pixels else 0.0,
         pixel_accuracy=tp_total / gt_pixels if gt_pixels else 0.0,
         pixel_accuracy_labelled_pixels=tp_total / labelled_pixels if labelled_pixels else 0.0,

@@ -33,12 +33,16 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     for k, iou in report.class_iou.items():
         name = class_names.get(k, str(k))
         never = "  (never labelled)" if k in report.classes_never_labelled else ""
-        lines.append(f"{name:<16} {iou:>7.3f} {report.class_iou_labelled_pixels[k]:>7.3f}  "
+        lines.append(f"{name:<16} {iou:>7.3f} {_figure(report.class_iou_labelled_pixels[k])}  "
                      f"{named(report.class_to_clusters.get(k, []))}{never}")
+    undefined = sum(iou is None for iou in report.class_iou_labelled_pixels.values())
+    them = "it" if undefined == 1 else "them"
+    left_out = (f"; {counted(undefined, 'class')} left out (-): no labelled pixel of {them}, none labelled as "
+                f"{them}") if undefined else ""
     lines += [
         (f"{'mIoU':<16} {report.miou:>7.3f}          over all {counted(report.n_classes, 'class')}, unlabelled "
          f"pixels counted as misses ({report.matching} matching, {counted(report.n_images, 'image')})"),
-        f"{'mIoU*':<16} {report.miou_labelled_pixels:>7.3f}          (*) on labelled pixels only",
+        f"{'mIoU*':<16} {_figure(report.miou_labelled_pixels)}          (*) on labelled pixels only{left_out}",
         f"{'coverage':<16} {report.coverage:>7.3f}          ground-truth pixels given a pseudo-label",
         (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
@@ -84,6 +88,11 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         lines.append(f"{len(report.missing_ground_truth)} pseudo-label(s) have no ground truth "
                      f"(first: {report.missing_ground_truth[0]})")
     return "\n".join(lines)
+
+
+def _figure(value: float | None) -> str:
+    """A figure in its 7-character column; ``-`` where it is undefined (0/0)."""
+    return f"{'-':>7}" if value is None else f"{value:>7.3f}"
 
 
 def write_report(report: EvalReport, path: str | Path) -> None:

@@ -60,7 +60,8 @@ def test_hungarian_counts_every_class_and_every_miss(case, capsys):
     assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}
     assert report["miou"] == pytest.approx(2.5 / 4)  # the class never labelled scores 0, it does not vanish
     assert report["class_iou_labelled_pixels"]["3"] == pytest.approx(0.5) and report["classes_never_labelled"] == [2]
-    assert report["miou_labelled_pixels"] == pytest.approx(2.5 / 4)
+    assert report["miou_labelled_pixels"] == pytest.approx(2.5 / 3)  # class 2: no labelled pixel, left out
+    assert report["class_iou_labelled_pixels"]["2"] is None
     assert report["coverage"] == pytest.approx(1199 / 1599)
     assert report["class_to_clusters"]["3"] in ([7], [8]) and len(report["unmatched_clusters"]) == 1
     assert report["missing_pseudo_labels"] == ["sub__b"] and report["n_images"] == 1
@@ -70,12 +71,33 @@ def test_hungarian_counts_every_class_and_every_miss(case, capsys):
     assert report["pseudo_label_names"] == {"5": "roofs", "2": "cluster_2"}
 
 
+def test_a_class_with_no_labelled_pixel_is_left_out_of_miou_on_labelled_pixels(tmp_path, capsys):
+    """mIoU* is the labels' quality where there are labels: a class whose every pixel is unlabelled, and that no
+    pseudo-label is matched to, has 0/0 there. It scored 0 (the demo's mIoU* 0.999 -> 0.799 with such a class);
+    now it is left out and said. mIoU still counts it as 0; a class that labelled pixels were matched to, with no
+    ground truth among them, still scores 0 (its union is not empty)."""
+    from alps_client.evaluate import Confusion, scores
+
+    gt = np.repeat(np.arange(3), 10)[:, None].repeat(30, axis=1)  # class 2 where nothing is labelled
+    pred = np.where(gt < 2, gt + 4, 255)
+    write(tmp_path / "gt" / "a.png", gt)
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", pred)
+    report = evaluate_cli(tmp_path)
+    assert report["class_iou_labelled_pixels"] == {"0": 1.0, "1": 1.0, "2": None}
+    assert report["miou_labelled_pixels"] == 1.0 and report["miou"] == pytest.approx(2 / 3)
+    table = capsys.readouterr().out
+    assert "\n2                  0.000       -  []  (never labelled)\n" in table
+    assert "(*) on labelled pixels only; 1 class left out (-): no labelled pixel of it, none labelled as it" in table
+    conf = Confusion.of(pred.astype(np.uint8), gt)
+    assert scores(conf, {4: 0, 5: 2}).class_iou_labelled_pixels == {0: 1.0, 1: 0.0, 2: 0.0}
+
+
 def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
     report = evaluate_cli(case, "--matching", "majority")
     assert report["class_to_clusters"]["3"] == [7, 8] and not report["unmatched_clusters"]
     # Image b has no pseudo-label: all its pixels are misses, halving every IoU.
     assert report["class_iou"] == {"0": pytest.approx(0.5), "1": 0.5, "2": 0.0, "3": 0.5}
-    assert report["class_iou_labelled_pixels"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 1.0}
+    assert report["class_iou_labelled_pixels"] == {"0": 1.0, "1": 1.0, "2": None, "3": 1.0}
     assert report["coverage"] == pytest.approx(1199 / 3198) and report["n_images"] == 2
 
 
@@ -445,7 +467,7 @@ def test_ids_above_255_are_classes_and_255_among_them_is_not_dropped_unsaid(tmp_
     assert report["class_iou"] == {"0": 1.0, "17": 1.0, "255": 1.0, "1035": 1.0, "2035": 0.0}
     assert report["miou"] == pytest.approx(0.8) and report["classes_never_labelled"] == [2035]
     assert report["class_to_clusters"]["1035"] == [6] and report["coverage"] == pytest.approx(0.8)
-    assert "\n2035               0.000   0.000  []  (never labelled)" in capsys.readouterr().out
+    assert "\n2035               0.000       -  []  (never labelled)" in capsys.readouterr().out
     without = evaluate_cli(tmp_path, "--ignore-index", "2035")  # 255 ignored as well: the default's
     assert without["class_iou"] == {"0": 1.0, "17": 1.0, "1035": 1.0} and without["ground_truth_ignored"] == [255, 2035]
 
@@ -615,7 +637,7 @@ def test_declared_ground_truth_classes_name_the_table_and_refuse_undeclared_ids(
     assert report["class_iou"] == {"0": 1.0, "1": 1.0, "2": 0.0, "3": 0.5}  # the figures do not change
     assert report["ground_truth_names"] == {"0": "ground", "1": "water", "2": "road", "3": "roof"}
     table = capsys.readouterr().out
-    assert "\nroad               0.000   0.000  []  (never labelled)\n" in table
+    assert "\nroad               0.000       -  []  (never labelled)\n" in table
     assert "ground-truth classes: 4 declared in" in table
 
     three = classes_file(case / "c3.yaml", "classes: [{name: ground, id: 0}, {name: water, id: 1}, "
