@@ -36,14 +36,15 @@ all: a value it does not declare is refused (naming the file), colour-coded clas
 ``colour_tolerance`` a noisy colour takes the class of the declared colour it is near.
 
 Pixels a single-band GeoTIFF declares nodata (ESA WorldCover's 0) are left out of every figure (no class, no
-miss), whatever ``ignore_index`` says; ``ground_truth_nodata`` lists the values.
+miss), whatever ``ignore_index`` says; ``ground_truth_nodata`` lists the values. So are NaN pixels of float ground
+truth that declares no nodata (``ground_truth_nan_pixels`` counts them).
 
 Ground truth holding only 0 and 255 is refused unless ``ignore_index`` is given: a binary mask (buildings,
 polyps, lesions, vessels: foreground 255) would otherwise be scored on its background alone, its foreground
 ignored as "no label", and a single class reported without a word. So is ground truth holding 255 among ids
 stored in more than 8 bits (16-bit PNG or TIFF, NIfTI of int16 or float): its ids are not bound to 0..254, and
 255 may be a class (FreeSurfer's CC_Anterior). Class ids are any integers (FreeSurfer's aparc+aseg reaches 2035);
-floats must hold whole numbers.
+floats must hold whole numbers (or NaN: no label).
 
 The package: :mod:`.scores` (confusion, matching, figures), :mod:`.ground_truth` (reading ground truth: class ids,
 colours, nodata, ignored values), :mod:`.pairing` (which ground-truth file is which image's), :mod:`.dataset`

@@ -115,7 +115,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs, recorded_sizes = _input_settings(out) if wholes else ({}, {})
     scene_sizes = {nfc(stem).removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
-    nodata = set[float]()
+    nodata, nan_pixels = set[float](), 0
     images: list[ImageCounts] = []
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
         read = read_ground_truth(gts[stem], colours)
@@ -128,9 +128,11 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                     _assembled(out, inputs, found, gt, gts[stem], scene_sizes.get(stem)))
         if pred.shape != gt.shape:
             raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
-        if read.valid is not None:  # pixels its GeoTIFF declares nodata: no class, no miss
+        if read.valid is not None:  # pixels its GeoTIFF declares nodata, or NaN: no class, no miss
             pred, gt = pred[read.valid], gt[read.valid]
-            nodata.add(read.nodata)
+            if read.nodata is not None:
+                nodata.add(read.nodata)
+            nan_pixels += read.nan_pixels
         part = Confusion.of(pred, gt)
         if allowed_ids is not None:
             check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
@@ -192,6 +194,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.pseudo_label_names = _class_names(out)
     report.ground_truth_ignored = ignored
     report.warnings = [warning for warning in warnings if warning]
+    report.ground_truth_nan_pixels = nan_pixels
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report

@@ -195,7 +195,8 @@ class GroundTruth:
     ids: npt.NDArray[np.integer]  # (H, W) or (X, Y, Z)
     coloured: bool = False
     nodata: float | None = None  # the value its GeoTIFF declares nodata, if any
-    valid: npt.NDArray[np.bool_] | None = None  # False where the GeoTIFF says nodata; None: every pixel
+    valid: npt.NDArray[np.bool_] | None = None  # False where the GeoTIFF says nodata (or NaN); None: every pixel
+    nan_pixels: int = 0  # NaN pixels of a float map that declares no nodata: no value, so no label
 
 
 def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
@@ -203,7 +204,8 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
 
     A map of class ids (single-channel or palette; any integers) is read as it is; an RGB one goes through
     ``colours`` (its ids are then colour ids, resolved over the dataset by :meth:`ColourIds.resolve`). Pixels of
-    the nodata value a single-band GeoTIFF declares (ESA WorldCover's 0) hold no class: they are left out.
+    the nodata value a single-band GeoTIFF declares (ESA WorldCover's 0) hold no class: they are left out, as are
+    NaN pixels of a float map that declares none (no value, as for inputs: docs/inputs.md).
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
         arr, nodata = read_array(path, palette_colours=colours.declared is not None)
@@ -212,10 +214,7 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
         if arr.ndim != 2:
             raise AlpsError(f"{path}: a label map must be an image of class ids (single-channel or palette) or of "
                             f"one RGB colour per class, got shape {arr.shape}")
-        if nodata is None:
-            return GroundTruth(_whole_numbers(arr, path))
-        valid = ~np.isnan(arr) if np.isnan(nodata) else arr != nodata
-        return GroundTruth(_whole_numbers(np.where(valid, arr, 0), path), nodata=nodata, valid=valid)
+        return _class_ids(arr, nodata, path)
     from alps_client._imports import lazy_import
 
     try:
@@ -225,7 +224,18 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
     data = data[..., 0] if data.ndim == 4 else data
     if data.ndim not in (2, 3) or data.size == 0:
         raise AlpsError(f"{path}: a NIfTI label image must be 2D or 3D class ids, got shape {data.shape}")
-    return GroundTruth(_whole_numbers(data, path))
+    return _class_ids(data, None, path)
+
+
+def _class_ids(arr: npt.NDArray[Any], nodata: float | None, path: Path) -> GroundTruth:
+    """Ground truth of class ids from a map's values and the nodata value it declares (None: none)."""
+    nan = np.isnan(arr) if nodata is None and np.issubdtype(arr.dtype, np.floating) else None
+    if nan is not None and nan.any():
+        return GroundTruth(_whole_numbers(np.where(nan, 0, arr), path), valid=~nan, nan_pixels=int(nan.sum()))
+    if nodata is None:
+        return GroundTruth(_whole_numbers(arr, path))
+    valid = ~np.isnan(arr) if np.isnan(nodata) else arr != nodata
+    return GroundTruth(_whole_numbers(np.where(valid, arr, 0), path), nodata=nodata, valid=valid)
 
 
 def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]:

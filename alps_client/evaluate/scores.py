@@ -40,6 +40,7 @@ class EvalReport:
     ground_truth_ignored: list[int] = field(default_factory=lambda: [IGNORE])
     ground_truth_colours: dict[int, str] = field(default_factory=dict)  # colour-coded ground truth: id -> #rrggbb
     ground_truth_nodata: list[float | str] = field(default_factory=list)  # GeoTIFFs' nodata ("NaN"): left out
+    ground_truth_nan_pixels: int = 0  # NaN pixels of float maps declaring no nodata: no label, left out
     ground_truth_names: dict[int, str] = field(default_factory=dict)  # --gt-classes: id -> name
     ground_truth_classes_file: str | None = None
     classes_absent_from_ground_truth: list[int] = field(default_factory=list)  # declared, no pixel: not scored

@@ -71,6 +71,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     if report.ground_truth_nodata:
         values = " and ".join(f"{v:g}" if isinstance(v, float) else v for v in report.ground_truth_nodata)
         lines.append(f"ground-truth pixels their GeoTIFF declares nodata ({values}) are left out (no class, no miss)")
+    if report.ground_truth_nan_pixels:
+        lines.append(f"{counted(report.ground_truth_nan_pixels, 'ground-truth pixel')} of NaN (no value) are left "
+                     "out (no class, no miss)")
     if report.unmatched_clusters:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
                      f"{named(report.unmatched_clusters)}")

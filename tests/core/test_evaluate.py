@@ -474,8 +474,9 @@ def test_ids_above_255_are_classes_and_255_among_them_is_not_dropped_unsaid(tmp_
 
 def test_negative_and_float_ids_are_read_as_the_integers_they_are(tmp_path, capsys):
     """An int16 GeoTIFF whose "no label" is -1, and a float32 one of whole numbers (rasters written by GIS tools):
-    both were refused or cast unchecked. -1 is a class until ignored; fractions and NaN (a probability map or an
-    image given as ground truth) are refused, naming the file."""
+    both were refused or cast unchecked. -1 is a class until ignored; fractions (a probability map or an image
+    given as ground truth) are refused, naming the file. NaN without a declared nodata is no value, so no label: it
+    was refused as a fraction; it is left out, counted and said, as for inputs."""
     import rasterio
 
     bands = np.repeat(np.arange(4), 10)[:, None].repeat(40, axis=1)
@@ -496,10 +497,15 @@ def test_negative_and_float_ids_are_read_as_the_integers_they_are(tmp_path, caps
     assert "ground-truth pixels of -1 and 255 are ignored" in capsys.readouterr().out
     save(bands * 10.0, "float32")
     assert evaluate_cli(tmp_path)["class_iou"] == {"0": 1.0, "10": 1.0, "20": 1.0, "30": 0.0}
-    for bad, shown in ((0.25, "0.25"), (np.nan, "nan")):
-        save(np.where(bands == 3, bad, bands), "float32")
-        with pytest.raises(AlpsError, match=rf"a.tif: class ids must be whole numbers, got {shown} \(float32\)"):
-            evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    save(np.where(bands == 3, 0.25, bands), "float32")
+    with pytest.raises(AlpsError, match=r"a.tif: class ids must be whole numbers, got 0.25 \(float32\)"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    capsys.readouterr()
+    save(np.where(bands == 3, np.nan, bands), "float32")
+    nan = evaluate_cli(tmp_path)
+    assert nan["class_iou"] == {"0": 1.0, "1": 1.0, "2": 1.0} and nan["coverage"] == 1.0
+    assert nan["ground_truth_nan_pixels"] == 400 and nan["ground_truth_nodata"] == []
+    assert "400 ground-truth pixels of NaN (no value) are left out (no class, no miss)" in capsys.readouterr().out
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(case):
