@@ -80,6 +80,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     allowed_ids = (set(classes.names) | set(ignored_values(ignore_index, class_255=class_255))
                    if classes is not None and not classes.colours else None)
     out, gt_root = Path(out_dir), Path(gt_dir)
+    _check_folders(out, gt_root)
     _finish_interrupted_write(out)
     preds: dict[str, Path | list[Path]] = {}
     for path in sorted((out / "ann_dir").glob("*/*.png")):
@@ -94,8 +95,6 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         preds[name] = path
     if not preds:
         raise AlpsError(f"no label maps under {out / 'ann_dir'}; run `alps run DATASET --out {out}` first")
-    if not gt_root.is_dir():
-        raise AlpsError(f"ground-truth folder {gt_root} does not exist")
     parts = {whole.removesuffix(image_suffix): stems for whole, stems in parts_by_whole(list(preds)).items()}
     sources = {nfc(stem).removesuffix(image_suffix): nfc(source) for stem, source in recorded_sources(out).items()}
     gts = ground_truth_files(gt_root, set(preds) | set(parts), gt_suffix, sources, image_suffix)
@@ -235,6 +234,22 @@ def _refuse_near_misses(out: Path, gt_root: Path, truths: dict[str, Path], label
                     f"look{'s' if len(found) == 1 else ''} like the truth of one that has none, each pair scored as "
                     f"two total misses (e.g. {shown}): {'; or '.join(steps)}; or remove a file that is no image's "
                     "truth from the ground-truth folder")
+
+
+def _check_folders(out: Path, gt_root: Path) -> None:
+    """Refuse a dataset or ground-truth folder that is a file, or a ground-truth folder that does not exist.
+
+    A file inside a dataset (its ``manifest.json``) is named with its folder, the one to give.
+    """
+    if out.is_file():
+        inside = (f": give its folder, {out.parent}" if (out.parent / "ann_dir").is_dir() else
+                  "; give the --out folder of an `alps run`")
+        raise AlpsError(f"{out} is a file, not a dataset folder{inside}")
+    if gt_root.is_file():
+        raise AlpsError(f"ground-truth folder {gt_root} is a file, not a folder: give the folder that holds the "
+                        "label maps")
+    if not gt_root.is_dir():
+        raise AlpsError(f"ground-truth folder {gt_root} does not exist")
 
 
 def _finish_interrupted_write(out: Path) -> None:

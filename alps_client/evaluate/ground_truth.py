@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from alps_client.errors import AlpsError
 from alps_client.evaluate.scores import Confusion
@@ -267,6 +267,9 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
     """
     from alps_client.io.readers import raster_io
 
+    if path.is_file() and path.stat().st_size == 0:
+        raise AlpsError(f"{path}: a zero-byte file, not a label map (cut short by a copy or a download?): copy it "
+                        "again")
     try:
         if extension_of(path.name) in RASTER_EXTENSIONS:
             with raster_io().open(path) as src:
@@ -278,7 +281,28 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
     except AlpsError:
         raise
     except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)
-        raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {str(err)[:100]})") from None
+        text = str(err)
+        if isinstance(err, UnidentifiedImageError) or "not recognized as being in a supported" in text:
+            raise AlpsError(f"{path}: not an image ({_what_it_holds(path)}): give the folder of the label maps, "
+                            "or move this file out of it") from None
+        if "truncated" in text.lower():
+            raise AlpsError(f"{path}: truncated image data (cut short by a copy or a download?): copy it "
+                            "again") from None
+        raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {text[:100]})") from None
+
+
+def _what_it_holds(path: Path) -> str:
+    """What a file that is no image seems to hold, from its first bytes: text, or bytes of another format."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(512)
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its bytes are of no image format PIL or GDAL reads"
+    return "it holds text" if b"\0" not in head else "its bytes are of no image format PIL or GDAL reads"
 
 
 def read_label(path: Path) -> npt.NDArray[np.uint8]:

@@ -128,6 +128,26 @@ def test_several_values_can_be_ignored_and_one_no_pixel_has_is_said(case, capsys
         capsys.readouterr().err
 
 
+def test_broken_ground_truth_and_folders_given_as_files_say_what_they_are(case, capsys):
+    """A zero-byte or a text file read 'cannot identify image file', a truncated one 'image file is truncated', with
+    no next step; a ground-truth folder that is a file 'does not exist'; OUT given as its manifest.json suggested
+    `alps run ... --out manifest.json`."""
+    (case / "gt" / "a.png").write_bytes(b"")
+    with pytest.raises(AlpsError, match=r"gt/a.png: a zero-byte file, not a label map .*: copy it again"):
+        evaluate_dataset(case / "out", case / "gt")
+    write(case / "gt" / "a.png", np.arange(1600).reshape(40, 40) % 7)
+    whole = (case / "gt" / "a.png").read_bytes()
+    (case / "gt" / "a.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(AlpsError, match=r"gt/a.png: truncated image data .*: copy it again"):
+        evaluate_dataset(case / "out", case / "gt")
+    (case / "out" / "manifest.json").write_text("{}")
+    assert alps(["evaluate", str(case / "out" / "manifest.json"), str(case / "gt")]) == 2
+    assert f"is a file, not a dataset folder: give its folder, {case / 'out'}\n" in capsys.readouterr().err
+    assert alps(["evaluate", str(case / "out"), str(case / "out" / "manifest.json")]) == 2
+    assert "manifest.json is a file, not a folder: give the folder that holds the label maps" in \
+        capsys.readouterr().err
+
+
 def test_a_binary_mask_is_not_scored_on_its_background_alone(tmp_path, capsys):
     """0/255 ground truth (Inria's buildings, Kvasir's polyps, ISIC's lesions, DRIVE's vessels): 255 is ignored by
     default, so its foreground vanished and a single class was scored, without a word. Now the run must say what
@@ -165,7 +185,7 @@ def test_errors_name_the_problem(case, capsys):
         evaluate_dataset(case / "out", case / "gt2")
     (case / "gt4").mkdir()
     (case / "gt4" / "a.png").write_bytes(b"not a png")
-    with pytest.raises(AlpsError, match=r"gt4/a.png: not a readable label map \(UnidentifiedImageError"):
+    with pytest.raises(AlpsError, match=r"gt4/a.png: not an image \(it holds text\): give the folder of the label "):
         evaluate_dataset(case / "out", case / "gt4")
     write(case / "gt3" / "zzz.png", np.zeros((5, 5)))
     with pytest.raises(AlpsError, match="has the name of a pseudo-label"):
