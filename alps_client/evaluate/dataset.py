@@ -116,6 +116,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata, nan_pixels = set[float](), 0
     images: list[ImageCounts] = []
+    resized: list[tuple[Path, str, Path | list[Path], str]] = []  # ground truth of another size than its labels
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
         read = read_ground_truth(gts[stem], colours)
         gt = read.ids
@@ -126,7 +127,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             pred = (read_label(found) if isinstance(found, Path) else
                     _assembled(out, inputs, found, gt, gts[stem], scene_sizes.get(stem)))
         if pred.shape != gt.shape:
-            raise AlpsError(f"{gts[stem]}: size {gt.shape} differs from the pseudo-label {found} {pred.shape}")
+            resized.append((gts[stem], size_of(gt.shape), found, size_of(pred.shape)))  # type: ignore[arg-type]
+        if resized:  # only the sizes of the others are read on: the run stops once they are
+            continue
         if read.valid is not None:  # pixels its GeoTIFF declares nodata, or NaN: no class, no miss
             pred, gt = pred[read.valid], gt[read.valid]
             if read.nodata is not None:
@@ -142,6 +145,11 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             by_id += part
             if wide is None and gt.dtype.itemsize > 1:
                 wide = gts[stem]
+    if resized:
+        (path, size, found, label_size), more = resized[0], len(resized) - 1
+        others = f" ({counted(more, 'other ground-truth file')} too)" if more else ""
+        raise AlpsError(f"{path}: {size} differs from its pseudo-label {found}, {label_size}{others}: give ground "
+                        "truth of the images' size (resized, or another dataset's?)")
     warnings = [_lossy_ground_truth([gts[stem] for stem in matched + missing_pred])]
     if classes is not None and classes.colours and len(by_id.values):
         raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
@@ -309,8 +317,8 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
             label = read_label(path)
             index = int(match["z"]) if match and match["z"] else -1  # -1: a tile's label map, not a slice
             if not 0 <= index < len(slices) or label.shape != slices.shape[1:]:
-                raise AlpsError(f"{gt_path}: volume {gt.shape} has no slice {index} of {label.shape} along axis "
-                                f"{axis} for the pseudo-label {path}")
+                raise AlpsError(f"{gt_path}: volume {size_of(gt.shape)} has no slice {index} of "
+                                f"{size_of(label.shape)} along axis {axis} for the pseudo-label {path}")
             slices[index] = label
         return volume
     tiles = []
@@ -324,10 +332,10 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
     extent = scene_size or reach
     tile, overlap = inputs.get("tile"), inputs.get("overlap")
     if not tile or overlap is None or extent != gt.shape:
-        what = (f"the scene's {extent} (as `alps run` recorded it)" if scene_size else
-                f"the scene its {len(tiles)} tile label map(s) in {out / 'ann_dir'} cover {extent}")
+        what = (f"the scene's {size_of(extent)} (as `alps run` recorded it)" if scene_size else
+                f"the scene its {len(tiles)} tile label map(s) in {out / 'ann_dir'} cover, {size_of(extent)}")
         older = (not scene_size and gt.ndim == 2 and extent[0] <= gt.shape[0] and extent[1] <= gt.shape[1])
-        raise AlpsError(f"{gt_path}: size {gt.shape} differs from {what}" + (
+        raise AlpsError(f"{gt_path}: {size_of(gt.shape)} differs from {what}" + (
             "; if tiles at its border were left out (wholly nodata), run `alps run` on the dataset again: this "
             "dataset is from before runs recorded their scenes' sizes" if older else ""))
     try:
@@ -335,6 +343,18 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
     except KeyError as err:  # a tile the manifest's --tile / --overlap would not have made
         raise AlpsError(f"the tile label maps of {gt_path.name} in {out / 'ann_dir'} do not follow the dataset's "
                         f"--tile {tile} --overlap {overlap} (tile at {err})") from None
+
+
+def size_of(shape: tuple[int, ...]) -> str:
+    """A map's ``(H, W)`` as people read a size, ``"256x128 px"`` (width first); a volume's as ``"XxYxZ voxels"``.
+
+    Examples:
+        >>> size_of((128, 256)), size_of((4, 5, 6))
+        ('256x128 px', '4x5x6 voxels')
+    """
+    if len(shape) == 2:
+        return f"{shape[1]}x{shape[0]} px"
+    return "x".join(str(n) for n in shape) + " voxels"
 
 
 def _colour_for_ids(ignore_index: IgnoreIndex, holds: str) -> str:

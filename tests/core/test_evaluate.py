@@ -180,9 +180,13 @@ def test_errors_name_the_problem(case, capsys):
     assert "IoU" in printed.out
     assert line.startswith(f"alps: error: --json {case / 'a_file' / 'e.json'}: cannot write the report (")
     assert line.endswith("); the figures are above")
-    write(case / "gt2" / "a.png", np.zeros((5, 5)))
-    with pytest.raises(AlpsError, match="differs from the pseudo-label"):
+    write(case / "gt2" / "a.png", np.zeros((5, 6)))  # sizes were (H, W) tuples, unnamed, the first file's only
+    write(case / "gt2" / "sub" / "b.png", np.zeros((5, 6)))
+    write(case / "out" / "ann_dir" / "val" / "sub__b.png", np.zeros((40, 40)))
+    with pytest.raises(AlpsError, match=r"gt2/a.png: 6x5 px differs from its pseudo-label .*/a.png, 40x40 px \(1 "
+                                        r"other ground-truth file too\): give ground truth of the images' size"):
         evaluate_dataset(case / "out", case / "gt2")
+    (case / "out" / "ann_dir" / "val" / "sub__b.png").unlink()
     (case / "gt4").mkdir()
     (case / "gt4" / "a.png").write_bytes(b"not a png")
     with pytest.raises(AlpsError, match=r"gt4/a.png: not an image \(it holds text\): give the folder of the label "):
@@ -425,7 +429,7 @@ def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     assert report.n_images == 1 and report.missing_ground_truth == [] and report.missing_pseudo_labels == []
     assert report.miou == whole.miou and report.coverage == whole.coverage and 0.7 < report.coverage < 0.9
     write(tmp_path / "gt_small" / "scene.png", gt[:40])
-    with pytest.raises(AlpsError, match=r"size \(40, 70\) differs from the scene its 6 tile label map\(s\)"):
+    with pytest.raises(AlpsError, match=r"70x40 px differs from the scene its 6 tile label map\(s\)"):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt_small")
 
 
