@@ -114,7 +114,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs, recorded_sizes = _input_settings(out) if wholes else ({}, {})
     scene_sizes = {nfc(stem).removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
-    nodata, nan_pixels = set[float](), 0
+    nodata, nan_pixels, alpha_files, transparent_pixels = set[float](), 0, 0, 0
     images: list[ImageCounts] = []
     resized: list[tuple[Path, str, Path | list[Path], str]] = []  # ground truth of another size than its labels
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
@@ -135,6 +135,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             if read.nodata is not None:
                 nodata.add(read.nodata)
             nan_pixels += read.nan_pixels
+            alpha_files += read.alpha
+            transparent_pixels += read.transparent_pixels
         part = Confusion.of(pred, gt)
         if allowed_ids is not None:
             check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
@@ -202,6 +204,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_ignored = ignored
     report.warnings = [warning for warning in warnings if warning]
     report.ground_truth_nan_pixels = nan_pixels
+    report.ground_truth_alpha_files, report.ground_truth_transparent_pixels = alpha_files, transparent_pixels
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report

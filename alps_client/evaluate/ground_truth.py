@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,8 @@ class GroundTruth:
     nodata: float | None = None  # the value its GeoTIFF declares nodata, if any
     valid: npt.NDArray[np.bool_] | None = None  # False where the GeoTIFF says nodata (or NaN); None: every pixel
     nan_pixels: int = 0  # NaN pixels of a float map that declares no nodata: no value, so no label
+    alpha: bool = False  # grey and alpha (LA) or RGBA: the grey or the colour is read, alpha 0 left out
+    transparent_pixels: int = 0  # pixels of alpha 0: nothing there, so no label
 
 
 def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
@@ -205,16 +207,26 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
     A map of class ids (single-channel or palette; any integers) is read as it is; an RGB one goes through
     ``colours`` (its ids are then colour ids, resolved over the dataset by :meth:`ColourIds.resolve`). Pixels of
     the nodata value a single-band GeoTIFF declares (ESA WorldCover's 0) hold no class: they are left out, as are
-    NaN pixels of a float map that declares none (no value, as for inputs: docs/inputs.md).
+    NaN pixels of a float map that declares none (no value, as for inputs: docs/inputs.md), and pixels of alpha 0
+    of a map with an alpha channel (grey and alpha, RGBA), whose grey or colour is read as for a map without.
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
         arr, nodata = read_array(path, palette_colours=colours.declared is not None)
-        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
-            return GroundTruth(colours(arr[..., :3], path), coloured=True)
-        if arr.ndim != 2:
+        alpha = None
+        if arr.ndim == 3 and arr.shape[2] in (2, 4) and arr.dtype == np.uint8:  # grey and alpha, RGBA
+            arr, alpha = (arr[..., 0] if arr.shape[2] == 2 else arr[..., :3]), arr[..., -1]
+        if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+            read = GroundTruth(_colour_ids(arr, alpha, colours, path), coloured=True)
+        elif arr.ndim != 2:
             raise AlpsError(f"{path}: a label map must be an image of class ids (single-channel or palette) or of "
                             f"one RGB colour per class, got shape {arr.shape}")
-        return _class_ids(arr, nodata, path)
+        else:
+            read = _class_ids(arr, nodata, path)
+        if alpha is None:
+            return read
+        transparent = alpha == 0  # nothing there, so no label
+        valid = ~transparent if read.valid is None else read.valid & ~transparent
+        return replace(read, valid=valid, alpha=True, transparent_pixels=int(transparent.sum()))
     from alps_client._imports import lazy_import
 
     try:
@@ -225,6 +237,19 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
     if data.ndim not in (2, 3) or data.size == 0:
         raise AlpsError(f"{path}: a NIfTI label image must be 2D or 3D class ids, got shape {data.shape}")
     return _class_ids(data, None, path)
+
+
+def _colour_ids(rgb: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8] | None, colours: ColourIds,
+                path: Path) -> npt.NDArray[np.uint8]:
+    """The colour ids of ``(H, W, 3)`` colours; those of pixels of alpha 0 are no class, so not read as one."""
+    transparent = alpha == 0 if alpha is not None else None
+    if transparent is None or not transparent.any():
+        return colours(rgb, path)
+    if transparent.all():
+        return np.zeros(rgb.shape[:2], np.uint8)  # every pixel left out
+    opaque = rgb.copy()
+    opaque[transparent] = rgb[~transparent][0]  # a colour the file has where it has one
+    return colours(opaque, path)
 
 
 def _class_ids(arr: npt.NDArray[Any], nodata: float | None, path: Path) -> GroundTruth:

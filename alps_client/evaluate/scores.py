@@ -41,6 +41,8 @@ class EvalReport:
     ground_truth_colours: dict[int, str] = field(default_factory=dict)  # colour-coded ground truth: id -> #rrggbb
     ground_truth_nodata: list[float | str] = field(default_factory=list)  # GeoTIFFs' nodata ("NaN"): left out
     ground_truth_nan_pixels: int = 0  # NaN pixels of float maps declaring no nodata: no label, left out
+    ground_truth_alpha_files: int = 0  # grey and alpha, or RGBA: grey or colour read, alpha 0 left out
+    ground_truth_transparent_pixels: int = 0  # their pixels of alpha 0
     ground_truth_names: dict[int, str] = field(default_factory=dict)  # --gt-classes: id -> name
     ground_truth_classes_file: str | None = None
     classes_absent_from_ground_truth: list[int] = field(default_factory=list)  # declared, no pixel: not scored

@@ -74,6 +74,11 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     if report.ground_truth_nan_pixels:
         lines.append(f"{counted(report.ground_truth_nan_pixels, 'ground-truth pixel')} of NaN (no value) are left "
                      "out (no class, no miss)")
+    if report.ground_truth_alpha_files:
+        lines.append(f"{counted(report.ground_truth_alpha_files, 'ground-truth file')} with an alpha channel (grey "
+                     f"or RGB and alpha): the grey or colour is the class, "
+                     f"{counted(report.ground_truth_transparent_pixels, 'pixel')} of alpha 0 left out (no class, "
+                     "no miss)")
     if report.unmatched_clusters:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
                      f"{named(report.unmatched_clusters)}")

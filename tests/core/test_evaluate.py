@@ -583,6 +583,27 @@ def test_colour_coded_ground_truth_counts_each_colour_as_a_class(tmp_path, capsy
     assert "colour-coded: give --ignore-index a colour as #rrggbb" in capsys.readouterr().err
 
 
+def test_pixels_of_alpha_0_are_no_label_and_grey_and_alpha_is_read_as_ids(tmp_path, capsys):
+    """A grey-and-alpha (LA) label map was refused as 'got shape (H, W, 2)'; an RGBA colour-coded one counted the
+    colour under alpha 0 (nothing there) as one more class. The grey or colour is read, alpha 0 left out, said."""
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1)
+    alpha = np.full((40, 40), 255, np.uint8)
+    alpha[:, :10] = 0  # a quarter of the pixels: nothing there
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", bands + 3)
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(np.dstack([bands.astype(np.uint8), alpha]), "LA").save(tmp_path / "gt" / "a.png")
+    report = evaluate_cli(tmp_path)
+    assert report["class_iou"] == {"0": 1.0, "1": 1.0} and report["ground_truth_transparent_pixels"] == 400
+    assert "1 ground-truth file with an alpha channel (grey or RGB and alpha): the grey or colour is the class, 400 " \
+           "pixels of alpha 0 left out" in capsys.readouterr().out
+    rgb = np.where(bands[..., None] == 1, [255, 0, 0], [0, 0, 255]).astype(np.uint8)
+    rgb[:, :10] = [0, 255, 0]  # a colour only where nothing is
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "gt" / "a.png")
+    report = evaluate_cli(tmp_path)
+    assert len(report["class_iou"]) == 2 and report["miou"] == 1.0 and report["coverage"] == 1.0
+    assert sorted(report["ground_truth_colours"].values()) == ["#0000ff", "#ff0000"]
+
+
 def test_class_ids_saved_as_grey_rgb_images_are_read_as_ids(case):
     """Label maps written as three equal channels (cv2.imwrite of ids): the ids, 255 still "no label"."""
     for path in (case / "gt").rglob("*.png"):
