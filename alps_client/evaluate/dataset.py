@@ -116,10 +116,12 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
     nodata, nan_pixels, alpha_files, transparent_pixels = set[float](), 0, 0, 0
     images: list[ImageCounts] = []
+    paged: list[tuple[Path, int]] = []  # files of several pages, their first read
     resized: list[tuple[Path, str, Path | list[Path], str]] = []  # ground truth of another size than its labels
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
         read = read_ground_truth(gts[stem], colours)
         gt = read.ids
+        paged += [(gts[stem], read.pages)] if read.pages > 1 else []
         found = preds.get(stem)
         if found is None:  # a good image the dataset lacks: every pixel is a miss
             pred = np.full(gt.shape, IGNORE, np.uint8)
@@ -153,6 +155,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         raise AlpsError(f"{path}: {size} differs from its pseudo-label {found}, {label_size}{others}: give ground "
                         "truth of the images' size (resized, or another dataset's?)")
     warnings = [_lossy_ground_truth([gts[stem] for stem in matched + missing_pred])]
+    if paged:
+        warnings.append(f"{counted(len(paged), 'ground-truth file')} of several pages (e.g. {paged[0][0]}, "
+                        f"{paged[0][1]} pages): only the first page is read, as `alps run` reads images")
     if classes is not None and classes.colours and len(by_id.values):
         raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
                         "ids (single-channel): declare their classes as {name, id}")

@@ -199,6 +199,7 @@ class GroundTruth:
     nan_pixels: int = 0  # NaN pixels of a float map that declares no nodata: no value, so no label
     alpha: bool = False  # grey and alpha (LA) or RGBA: the grey or the colour is read, alpha 0 left out
     transparent_pixels: int = 0  # pixels of alpha 0: nothing there, so no label
+    pages: int = 1  # a multi-page TIFF's, an animated GIF's: the first is read
 
 
 def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
@@ -211,7 +212,7 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
     of a map with an alpha channel (grey and alpha, RGBA), whose grey or colour is read as for a map without.
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
-        arr, nodata = read_array(path, palette_colours=colours.declared is not None)
+        arr, nodata, pages = read_array(path, palette_colours=colours.declared is not None)
         alpha = None
         if arr.ndim == 3 and arr.shape[2] in (2, 4) and arr.dtype == np.uint8:  # grey and alpha, RGBA
             arr, alpha = (arr[..., 0] if arr.shape[2] == 2 else arr[..., :3]), arr[..., -1]
@@ -222,6 +223,7 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
                             f"one RGB colour per class, got shape {arr.shape}")
         else:
             read = _class_ids(arr, nodata, path)
+        read.pages = pages
         if alpha is None:
             return read
         transparent = alpha == 0  # nothing there, so no label
@@ -284,11 +286,12 @@ def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]
     return arr.astype(np.int64)
 
 
-def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[Any], float | None]:
-    """The pixels of a label map, ``(H, W)`` or ``(H, W, C)`` (PNG, or TIFF through rasterio), and its nodata.
+def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[Any], float | None, int]:
+    """The pixels of a label map, ``(H, W)`` or ``(H, W, C)`` (PNG, or TIFF through rasterio), its nodata, its pages.
 
     The nodata value is the one a single-band raster declares; None if it declares none. A palette PNG gives its
-    indices, or with ``palette_colours`` (colours declared for colour-coded ground truth) its colours.
+    indices, or with ``palette_colours`` (colours declared for colour-coded ground truth) its colours. Of a file of
+    several pages (a multi-page TIFF, an animated GIF or WebP) the first is read, as ``alps run`` reads images.
     """
     from alps_client.io.readers import raster_io
 
@@ -298,11 +301,13 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
     try:
         if extension_of(path.name) in RASTER_EXTENSIONS:
             with raster_io().open(path) as src:
+                pages = max(1, len(src.subdatasets))
                 if src.count > 1:
-                    return np.moveaxis(src.read(), 0, -1), None
-                return src.read(1), src.nodata
+                    return np.moveaxis(src.read(), 0, -1), None, pages
+                return src.read(1), src.nodata, pages
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB") if palette_colours and im.mode == "P" else im), None
+            pages = int(getattr(im, "n_frames", 1))
+            return np.asarray(im.convert("RGB") if palette_colours and im.mode == "P" else im), None, pages
     except AlpsError:
         raise
     except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)
@@ -332,7 +337,7 @@ def _what_it_holds(path: Path) -> str:
 
 def read_label(path: Path) -> npt.NDArray[np.uint8]:
     """A pseudo-label map ``(H, W) uint8`` of class ids (255: no label)."""
-    arr, _ = read_array(path)
+    arr, _, _ = read_array(path)
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise AlpsError(f"{path}: not a label map of `alps run` ((H, W) uint8 class ids), got shape {arr.shape}, "
                         f"{arr.dtype}")

@@ -409,6 +409,19 @@ def test_ground_truth_in_every_format_pil_reads_is_scored_and_lossy_formats_are_
     assert evaluate_cli(tmp_path)["n_images"] == 1  # an all-JPEG folder
 
 
+def test_a_multi_page_ground_truth_file_says_that_only_its_first_page_is_read(tmp_path, capsys):
+    """A multi-page TIFF (a z-stack of label maps) was scored on its first page, unsaid (`alps run` warns for such
+    inputs)."""
+    bands = np.repeat(np.arange(2), 20)[:, None].repeat(40, axis=1).astype(np.uint8)
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", bands + 3)
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(bands).save(tmp_path / "gt" / "a.tif", save_all=True, append_images=[Image.fromarray(1 - bands)])
+    report = evaluate_cli(tmp_path)
+    assert report["miou"] == 1.0 and report["warnings"] == [
+        f"1 ground-truth file of several pages (e.g. {tmp_path / 'gt' / 'a.tif'}, 2 pages): only the first page is "
+        "read, as `alps run` reads images"]
+
+
 def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     """A scene labelled in overlapping tiles (no label map of its own) is assembled as --stitch does and scored
     once against the scene's ground truth: the same figures as its whole label map, overlaps not counted twice."""
