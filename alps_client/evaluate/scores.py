@@ -33,6 +33,7 @@ class EvalReport:
     class_to_clusters: dict[int, list[int]] = field(default_factory=dict)
     classes_never_labelled: list[int] = field(default_factory=list)
     unmatched_clusters: list[int] = field(default_factory=list)
+    clusters_absent_from_scored_pixels: list[int] = field(default_factory=list)  # of unmatched: no pixel scored
     missing_ground_truth: list[str] = field(default_factory=list)
     missing_pseudo_labels: list[str] = field(default_factory=list)
     missing_pseudo_labels_counted: bool = True

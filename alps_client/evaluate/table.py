@@ -79,9 +79,13 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
                      f"or RGB and alpha): the grey or colour is the class, "
                      f"{counted(report.ground_truth_transparent_pixels, 'pixel')} of alpha 0 left out (no class, "
                      "no miss)")
-    if report.unmatched_clusters:
-        lines.append(f"pseudo-labels matched to no class (their pixels count as errors): "
-                     f"{named(report.unmatched_clusters)}")
+    absent = report.clusters_absent_from_scored_pixels
+    with_pixels = [c for c in report.unmatched_clusters if c not in absent]
+    if with_pixels:
+        lines.append(f"pseudo-labels matched to no class (their pixels count as errors): {named(with_pixels)}")
+    if absent:
+        lines.append(f"pseudo-labels of the dataset with no pixel in the images scored (matched to no class): "
+                     f"{named(absent)}")
     worst = [row for row in report.per_image[:WORST_SHOWN]
              if row["pixels"] and row["pixel_accuracy"] < report.pixel_accuracy]
     if worst and len(report.per_image) > 1:

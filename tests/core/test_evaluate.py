@@ -92,6 +92,17 @@ def test_a_class_with_no_labelled_pixel_is_left_out_of_miou_on_labelled_pixels(t
     assert scores(conf, {4: 0, 5: 2}).class_iou_labelled_pixels == {0: 1.0, 1: 0.0, 2: 0.0}
 
 
+def test_pseudo_labels_of_the_dataset_absent_from_the_scored_pixels_are_listed(case, capsys):
+    """A class of the dataset found only in images without ground truth was in no list: matched to nothing, unsaid."""
+    classes = [{"id": k, "name": f"cluster_{k}"} for k in (2, 5, 7, 8, 11)]
+    (case / "out" / "classes.json").write_text(json.dumps({"classes": classes}))
+    report = evaluate_cli(case)
+    assert report["clusters_absent_from_scored_pixels"] == [11] and 11 in report["unmatched_clusters"]
+    table = capsys.readouterr().out
+    assert "pseudo-labels of the dataset with no pixel in the images scored (matched to no class): [11]" in table
+    assert "matched to no class (their pixels count as errors): [11]" not in table
+
+
 def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
     report = evaluate_cli(case, "--matching", "majority")
     assert report["class_to_clusters"]["3"] == [7, 8] and not report["unmatched_clusters"]
