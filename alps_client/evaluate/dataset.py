@@ -161,6 +161,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     if classes is not None and classes.colours and len(by_id.values):
         raise AlpsError(f"{classes.source} declares colours, but ground-truth label maps under {gt_root} hold class "
                         "ids (single-channel): declare their classes as {name, id}")
+    # read before the colours are resolved: a colour only they hold gets its id and its name
+    left_out = _values_in([gts[stem] for stem in missing_pred], colours) if exclude_unlabelled_images else set()
     conf, colour_names = colours.resolve(by_id, by_colour, gt_root)
     if ignored_colours and not colour_names:  # nothing would be ignored, not even 255
         greys = " (RGB label maps of greys: ids saved as grey pixels)" if colours.ids else ""
@@ -190,6 +192,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report = scores(conf, mapping, matching)
     report.ground_truth_colours = colour_names
     grey = colours.grey_values() if not colour_names else {}
+    report.classes_only_in_images_left_out = sorted(
+        {grey.get(v, v) if coloured else v for coloured, v in left_out} - set(conf.values.tolist()) - set(ignored))
     report.per_image = sorted((image.figures(mapping, set(ignored), grey) for image in images),
                               key=lambda row: (row["pixels"] == 0, row["pixel_accuracy"] or 0.0, row["image"]))
     if colour_names and classes is None:  # noise of compression reads as many colours of a few pixels each
@@ -217,6 +221,16 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
     return report
+
+
+def _values_in(paths: list[Path], colours: ColourIds) -> set[tuple[bool, int]]:
+    """The values of ground-truth files that are not scored, each with whether it is a colour id."""
+    values = set()
+    for path in paths:
+        read = read_ground_truth(path, colours)
+        ids = read.ids if read.valid is None else read.ids[read.valid]
+        values |= {(read.coloured, int(v)) for v in np.unique(ids).tolist()}
+    return values
 
 
 def _lossy_ground_truth(paths: list[Path]) -> str:

@@ -47,6 +47,7 @@ class EvalReport:
     ground_truth_names: dict[int, str] = field(default_factory=dict)  # --gt-classes: id -> name
     ground_truth_classes_file: str | None = None
     classes_absent_from_ground_truth: list[int] = field(default_factory=list)  # declared, no pixel: not scored
+    classes_only_in_images_left_out: list[int] = field(default_factory=list)  # exclude_unlabelled_images: unscored
     ground_truth_colour_tolerance: int = 0
     ground_truth_rare_colours: int = 0  # undeclared colour-coded ground truth: colours of < 0.1 % of the pixels
     # image, pixels, coverage, pixel_accuracy; worst first, both None (and last) where no pixel is scored

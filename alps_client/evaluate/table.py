@@ -57,6 +57,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
     if report.classes_absent_from_ground_truth:
         lines.append(f"declared classes with no ground-truth pixel in these images (not scored): "
                      f"{gt_named(report.classes_absent_from_ground_truth)}")
+    if report.classes_only_in_images_left_out:
+        lines.append(f"ground-truth classes only in the images left out (--exclude-unlabelled-images), not "
+                     f"scored: {gt_named(report.classes_only_in_images_left_out)}")
     if report.ground_truth_colours:
         lines.append(f"colour-coded ground truth: {len(report.ground_truth_colours)} colours"
                      + (f", {ignored} ignored (they name no class)" if ignored else ""))

@@ -103,6 +103,19 @@ def test_pseudo_labels_of_the_dataset_absent_from_the_scored_pixels_are_listed(c
     assert "matched to no class (their pixels count as errors): [11]" not in table
 
 
+def test_a_class_only_in_images_left_out_is_named(case, capsys):
+    """With --exclude-unlabelled-images, a class found only in the images left out vanished from 'over all N
+    classes', unsaid."""
+    gt = np.repeat(np.arange(4), Q)[:, None].repeat(40, axis=1)
+    gt[:Q] = 9  # class 9 only in sub/b.png, which has no pseudo-label
+    write(case / "gt" / "sub" / "b.png", gt)
+    report = evaluate_cli(case, "--exclude-unlabelled-images")
+    assert report["classes_only_in_images_left_out"] == [9] and "9" not in report["class_iou"]
+    assert "ground-truth classes only in the images left out (--exclude-unlabelled-images), not scored: 9\n" in \
+        capsys.readouterr().out
+    assert evaluate_cli(case)["classes_only_in_images_left_out"] == []  # counted: class 9 is scored
+
+
 def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
     report = evaluate_cli(case, "--matching", "majority")
     assert report["class_to_clusters"]["3"] == [7, 8] and not report["unmatched_clusters"]
