@@ -29,22 +29,24 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
                           else str(colours.get(k, k)) for k in ids[:most])
         return shown + (f" and {len(ids) - most} more (evaluation.json lists them)" if len(ids) > most else "")
 
-    lines = [f"{'class':<16} {'IoU':>7} {'IoU*':>7}  pseudo-labels"]
+    # the first column as wide as the longest class name: a long one shifted its row's figures out of their columns
+    width = max([16, *(len(class_names.get(k, str(k))) for k in report.class_iou)])
+    lines = [f"{'class':<{width}} {'IoU':>7} {'IoU*':>7}  pseudo-labels"]
     for k, iou in report.class_iou.items():
         name = class_names.get(k, str(k))
         never = "  (never labelled)" if k in report.classes_never_labelled else ""
-        lines.append(f"{name:<16} {iou:>7.3f} {_figure(report.class_iou_labelled_pixels[k])}  "
+        lines.append(f"{name:<{width}} {iou:>7.3f} {_figure(report.class_iou_labelled_pixels[k])}  "
                      f"{named(report.class_to_clusters.get(k, []))}{never}")
     undefined = sum(iou is None for iou in report.class_iou_labelled_pixels.values())
     them = "it" if undefined == 1 else "them"
     left_out = (f"; {counted(undefined, 'class')} left out (-): no labelled pixel of {them}, none labelled as "
                 f"{them}") if undefined else ""
     lines += [
-        (f"{'mIoU':<16} {report.miou:>7.3f}          over all {counted(report.n_classes, 'class')}, unlabelled "
-         f"pixels counted as misses ({report.matching} matching, {counted(report.n_images, 'image')})"),
-        f"{'mIoU*':<16} {_figure(report.miou_labelled_pixels)}          (*) on labelled pixels only{left_out}",
-        f"{'coverage':<16} {report.coverage:>7.3f}          ground-truth pixels given a pseudo-label",
-        (f"{'pixel accuracy':<16} {report.pixel_accuracy:>7.3f}          "
+        (f"{'mIoU':<{width}} {report.miou:>7.3f}          over all {counted(report.n_classes, 'class')}, "
+         f"unlabelled pixels counted as misses ({report.matching} matching, {counted(report.n_images, 'image')})"),
+        f"{'mIoU*':<{width}} {_figure(report.miou_labelled_pixels)}          (*) on labelled pixels only{left_out}",
+        f"{'coverage':<{width}} {report.coverage:>7.3f}          ground-truth pixels given a pseudo-label",
+        (f"{'pixel accuracy':<{width}} {report.pixel_accuracy:>7.3f}          "
          f"(on labelled pixels only: {report.pixel_accuracy_labelled_pixels:.3f})"),
     ]
     ignored = gt_named(report.ground_truth_ignored).replace(", ", " and ")

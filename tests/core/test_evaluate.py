@@ -744,6 +744,17 @@ def test_declared_ground_truth_classes_name_the_table_and_refuse_undeclared_ids(
         in capsys.readouterr().out
 
 
+def test_long_class_names_keep_the_tables_columns_aligned(case, capsys):
+    """A name longer than the first column's 16 characters shifted its row's figures right of the others'."""
+    names = "impervious surfaces (roads and car parks)\nwater\nlow vegetation\nroof\n"
+    evaluate_cli(case, "--gt-classes", classes_file(case / "names.txt", names))
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith(("class ", "impervious", "water", "low veg", "roof", "mIoU",
+                                                       "coverage", "pixel accuracy"))]
+    assert len(rows) == 9 and len({row.index(".") for row in rows[1:]}) == 1  # the IoU column
+    assert rows[0].index("IoU") + 3 == rows[1].index(".") + 4  # under its header
+
+
 def test_declaring_255_makes_a_binary_masks_foreground_a_class(tmp_path, capsys):
     """A lesion mask of 0 and 255: declaring 255 answers what it is, as --ignore-index none does."""
     gt = np.zeros((20, 20), np.uint8)
