@@ -239,8 +239,8 @@ def suffixes_that_match(truths: list[str], images: list[str], gt_suffix: str = "
 def _dropped_ends(truths: list[str], images: list[str], gt_suffix: str, image_suffix: str) -> tuple[str, str] | None:
     """The ends every name of a side shares (a side whose suffix was given: none), if dropping them pairs some.
 
-    Where both sides' ends would be dropped, an end read off a single name says nothing (``north_1`` and
-    ``north_2`` are no suffixes of ``north``).
+    Where both sides' ends would be dropped, an end read off a single name says nothing: ``north_1.png``, the truth
+    of an image never labelled, is not that of ``north_2.png``.
     """
     gt_end = "" if gt_suffix else _shared_end(truths)
     image_end = "" if image_suffix else _shared_end(images)
