@@ -130,7 +130,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                     _assembled(out, inputs, found, gt, gts[stem], scene_sizes.get(stem)))
         if pred.shape != gt.shape:
             resized.append((gts[stem], size_of(gt.shape), found, size_of(pred.shape)))  # type: ignore[arg-type]
-        if resized:  # only the sizes of the others are read on: the run stops once they are
+        if resized:  # the others' sizes are only compared, to say how many differ: nothing is scored
             continue
         if read.valid is not None:  # pixels its GeoTIFF declares nodata, or NaN: no class, no miss
             pred, gt = pred[read.valid], gt[read.valid]
