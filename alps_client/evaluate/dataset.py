@@ -211,9 +211,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = _class_names(out)
     # the dataset's classes that no scored pixel has: matched to nothing, as unsaid as they are unseen
-    report.clusters_absent_from_scored_pixels = sorted(set(report.pseudo_label_names) - set(mapping)
-                                                       - set(report.unmatched_clusters))
-    report.unmatched_clusters = sorted([*report.unmatched_clusters, *report.clusters_absent_from_scored_pixels])
+    absent = sorted(set(report.pseudo_label_names) - set(mapping) - set(report.unmatched_pseudo_labels))
+    report.pseudo_labels_absent_from_scored_pixels = absent
+    report.unmatched_pseudo_labels = sorted([*report.unmatched_pseudo_labels, *absent])
     report.ground_truth_ignored = ignored
     report.warnings = [warning for warning in warnings if warning]
     report.ground_truth_nan_pixels = nan_pixels

@@ -30,10 +30,11 @@ class EvalReport:
     # None where a class has neither a ground-truth pixel nor a pseudo-label among labelled pixels: left out of
     # miou_labelled_pixels (0/0 says nothing of the labels there are)
     class_iou_labelled_pixels: dict[int, float | None] = field(default_factory=dict)
-    class_to_clusters: dict[int, list[int]] = field(default_factory=dict)
+    # pseudo-labels are the values of ann_dir: clusters, or after `alps relabel` its classes (pseudo_label_names)
+    class_to_pseudo_labels: dict[int, list[int]] = field(default_factory=dict)
     classes_never_labelled: list[int] = field(default_factory=list)
-    unmatched_clusters: list[int] = field(default_factory=list)
-    clusters_absent_from_scored_pixels: list[int] = field(default_factory=list)  # of unmatched: no pixel scored
+    unmatched_pseudo_labels: list[int] = field(default_factory=list)
+    pseudo_labels_absent_from_scored_pixels: list[int] = field(default_factory=list)  # of unmatched: no pixel scored
     missing_ground_truth: list[str] = field(default_factory=list)
     missing_pseudo_labels: list[str] = field(default_factory=list)
     missing_pseudo_labels_counted: bool = True
@@ -172,9 +173,9 @@ def scores(conf: Confusion, mapping: dict[int, int], matching: str = "") -> Eval
         matching=matching,
         class_iou=class_iou,
         class_iou_labelled_pixels=class_iou_labelled,
-        class_to_clusters=members_of,
+        class_to_pseudo_labels=members_of,
         classes_never_labelled=never,
-        unmatched_clusters=sorted(int(c) for c in used - set(mapping)),
+        unmatched_pseudo_labels=sorted(int(c) for c in used - set(mapping)),
     )
 
 

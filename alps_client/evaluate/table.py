@@ -36,7 +36,7 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         name = class_names.get(k, str(k))
         never = "  (never labelled)" if k in report.classes_never_labelled else ""
         lines.append(f"{name:<{width}} {iou:>7.3f} {_figure(report.class_iou_labelled_pixels[k])}  "
-                     f"{named(report.class_to_clusters.get(k, []))}{never}")
+                     f"{named(report.class_to_pseudo_labels.get(k, []))}{never}")
     undefined = sum(iou is None for iou in report.class_iou_labelled_pixels.values())
     them = "it" if undefined == 1 else "them"
     left_out = (f"; {counted(undefined, 'class')} left out (-): no labelled pixel of {them}, none labelled as "
@@ -84,8 +84,8 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
                      f"or RGB and alpha): the grey or colour is the class, "
                      f"{counted(report.ground_truth_transparent_pixels, 'pixel')} of alpha 0 left out (no class, "
                      "no miss)")
-    absent = report.clusters_absent_from_scored_pixels
-    with_pixels = [c for c in report.unmatched_clusters if c not in absent]
+    absent = report.pseudo_labels_absent_from_scored_pixels
+    with_pixels = [c for c in report.unmatched_pseudo_labels if c not in absent]
     if with_pixels:
         lines.append(f"pseudo-labels matched to no class (their pixels count as errors): {named(with_pixels)}")
     if absent:
@@ -115,7 +115,7 @@ def _figure(value: float | None) -> str:
 def write_report(report: EvalReport, path: str | Path) -> None:
     """Write the report as JSON, atomically (class ids as string keys)."""
     data = asdict(report)
-    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_clusters", "ground_truth_colours",
+    for key in ("class_iou", "class_iou_labelled_pixels", "class_to_pseudo_labels", "ground_truth_colours",
                 "ground_truth_names"):
         data[key] = {str(k): v for k, v in data[key].items()}
     atomic.write_json(path, data)

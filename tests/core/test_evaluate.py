@@ -63,7 +63,7 @@ def test_hungarian_counts_every_class_and_every_miss(case, capsys):
     assert report["miou_labelled_pixels"] == pytest.approx(2.5 / 3)  # class 2: no labelled pixel, left out
     assert report["class_iou_labelled_pixels"]["2"] is None
     assert report["coverage"] == pytest.approx(1199 / 1599)
-    assert report["class_to_clusters"]["3"] in ([7], [8]) and len(report["unmatched_clusters"]) == 1
+    assert report["class_to_pseudo_labels"]["3"] in ([7], [8]) and len(report["unmatched_pseudo_labels"]) == 1
     assert report["missing_pseudo_labels"] == ["sub__b"] and report["n_images"] == 1
     table = capsys.readouterr().out
     assert "(never labelled)" in table and "mIoU" in table and "matched to no class" in table
@@ -97,7 +97,7 @@ def test_pseudo_labels_of_the_dataset_absent_from_the_scored_pixels_are_listed(c
     classes = [{"id": k, "name": f"cluster_{k}"} for k in (2, 5, 7, 8, 11)]
     (case / "out" / "classes.json").write_text(json.dumps({"classes": classes}))
     report = evaluate_cli(case)
-    assert report["clusters_absent_from_scored_pixels"] == [11] and 11 in report["unmatched_clusters"]
+    assert report["pseudo_labels_absent_from_scored_pixels"] == [11] and 11 in report["unmatched_pseudo_labels"]
     table = capsys.readouterr().out
     assert "pseudo-labels of the dataset with no pixel in the images scored (matched to no class): [11]" in table
     assert "matched to no class (their pixels count as errors): [11]" not in table
@@ -118,7 +118,7 @@ def test_a_class_only_in_images_left_out_is_named(case, capsys):
 
 def test_majority_merges_clusters_and_missing_images_count_as_unlabelled(case):
     report = evaluate_cli(case, "--matching", "majority")
-    assert report["class_to_clusters"]["3"] == [7, 8] and not report["unmatched_clusters"]
+    assert report["class_to_pseudo_labels"]["3"] == [7, 8] and not report["unmatched_pseudo_labels"]
     # Image b has no pseudo-label: all its pixels are misses, halving every IoU.
     assert report["class_iou"] == {"0": pytest.approx(0.5), "1": 0.5, "2": 0.0, "3": 0.5}
     assert report["class_iou_labelled_pixels"] == {"0": 1.0, "1": 1.0, "2": None, "3": 1.0}
@@ -187,7 +187,7 @@ def test_a_binary_mask_is_not_scored_on_its_background_alone(tmp_path, capsys):
     assert "holds only 0 and 255: a binary mask?" in err and "--ignore-index none" in err
     counted = evaluate_cli(tmp_path, "--ignore-index", "none")
     assert counted["class_iou"] == {"0": 1.0, "255": 0.5} and counted["miou"] == 0.75
-    assert counted["class_to_clusters"] == {"0": [4], "255": [9]} and counted["ground_truth_ignored"] == []
+    assert counted["class_to_pseudo_labels"] == {"0": [4], "255": [9]} and counted["ground_truth_ignored"] == []
     assert counted["coverage"] == pytest.approx(1400 / 1600)
     assert "no ground-truth value is ignored: 255 is a class" in capsys.readouterr().out
     ignored = evaluate_cli(tmp_path, "--ignore-index", "255")  # said, so done: the background alone
@@ -527,7 +527,7 @@ def test_ids_above_255_are_classes_and_255_among_them_is_not_dropped_unsaid(tmp_
     report = evaluate_cli(tmp_path, "--ignore-index", "none")
     assert report["class_iou"] == {"0": 1.0, "17": 1.0, "255": 1.0, "1035": 1.0, "2035": 0.0}
     assert report["miou"] == pytest.approx(0.8) and report["classes_never_labelled"] == [2035]
-    assert report["class_to_clusters"]["1035"] == [6] and report["coverage"] == pytest.approx(0.8)
+    assert report["class_to_pseudo_labels"]["1035"] == [6] and report["coverage"] == pytest.approx(0.8)
     assert "\n2035               0.000       -  []  (never labelled)" in capsys.readouterr().out
     without = evaluate_cli(tmp_path, "--ignore-index", "2035")  # 255 ignored as well: the default's
     assert without["class_iou"] == {"0": 1.0, "17": 1.0, "1035": 1.0} and without["ground_truth_ignored"] == [255, 2035]
@@ -670,7 +670,7 @@ def test_pixels_a_geotiff_declares_nodata_are_no_class(tmp_path, capsys):
     save(bands, "uint8", 0)
     report = evaluate_cli(tmp_path)
     assert report["class_iou"] == {"10": 1.0, "20": 1.0, "30": 0.0} and report["ground_truth_nodata"] == [0.0]
-    assert report["coverage"] == pytest.approx(2 / 3) and report["unmatched_clusters"] == []
+    assert report["coverage"] == pytest.approx(2 / 3) and report["unmatched_pseudo_labels"] == []
     assert "ground-truth pixels their GeoTIFF declares nodata (0) are left out" in capsys.readouterr().out
     save(np.where(bands == 0, np.nan, bands), "float32", np.nan)  # NaN declared: not refused as a fraction
     report = evaluate_cli(tmp_path)
@@ -689,7 +689,7 @@ def test_grey_rgb_and_single_channel_id_maps_keep_their_own_ids(tmp_path):
     write(tmp_path / "out" / "ann_dir" / "train" / "b.png", bands + 9)
     report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
     assert report.class_iou == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
-    assert report.class_to_clusters == {0: [7], 1: [8], 2: [9], 3: [10]}
+    assert report.class_to_pseudo_labels == {0: [7], 1: [8], 2: [9], 3: [10]}
 
 
 def test_colour_coded_and_id_label_maps_are_not_mixed(case):

@@ -241,6 +241,10 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     np.add.at(conf_new.counts, lut, conf_old.counts)  # the mapping applied to the rows of the old confusion matrix
     expected = scores(conf_new, match_clusters(conf_new, "hungarian"))
     assert after_eval["miou"] == pytest.approx(expected.miou) and after_eval["coverage"] == pytest.approx(expected.coverage)
+    # After a relabel the pseudo-labels are its classes, not clusters: the report's keys said "clusters" of them.
+    assert after_eval["pseudo_label_names"] == {"0": "merged", "1": "named"}
+    assert {v for values in after_eval["class_to_pseudo_labels"].values() for v in values} <= {0, 1}
+    assert not any("cluster" in key for key in after_eval)
     labelled = conf_old.without([255]).counts
     dropped_share = labelled[2].sum() / labelled.sum()
     assert after_eval["coverage"] == pytest.approx(before_eval["coverage"] - dropped_share)
