@@ -46,8 +46,9 @@ def read_bytes(path: Path, example: str) -> bytes:
         ClassesFileError: If the path is a folder or does not exist (``example`` says what to write).
     """
     if path.is_dir():
-        raise ClassesFileError(str(path), [f"a folder, not a classes file; give the file (a copy of "
-                                           f"OUT/report/classes.yaml, or one like {example})"])
+        problem = ("a folder, not a classes file; give the file (a copy of OUT/report/classes.yaml, or one like "
+                   f"{example})")
+        raise ClassesFileError(str(path), [problem])
     if not path.exists():
         raise ClassesFileError(str(path), [f"no such file; write one like {example}"])
     return path.read_bytes()
@@ -67,8 +68,9 @@ def read_text(path: Path, example: str, raw: bytes | None = None) -> str:
 
 
 def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | None = None) -> dict[str, Any]:
-    """The parsed content of a YAML or JSON classes file (``example``: what errors show to write instead; ``raw``:
-    the file's bytes, if read already).
+    """The parsed content of a YAML or JSON classes file.
+
+    ``example``: what errors show to write instead; ``raw``: the file's bytes, if read already.
 
     Raises:
         ClassesFileError: If the file is missing or is not valid YAML / JSON (one line with the position).

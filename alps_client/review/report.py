@@ -119,13 +119,16 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
         ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters{dropped}"),
         ("rejected inputs", len(errors)),
-        *([("images not labelled", f"{len(missing)} (written with --allow-partial: run `alps run` again to label "
-                                   "them)")] if missing else []),
+        *([("images not labelled", f"{len(missing)} (written with --allow-partial: run `alps run` again)")]
+          if missing else []),
         ("shown per cluster", f"{N_NEAR} masks nearest the centre, {N_RANDOM} at random, {N_IMAGES} images"),
     ]
-    warnings = (["The model is the structured STAND-IN (segments by colour), not SAM: these classes demonstrate the "
-                 "pipeline only."] if stand_in else ["The model has RANDOM weights (exported with --random-init): "
-                                                      "these classes mean nothing."] if random_init else [])
+    warnings = []
+    if stand_in:
+        warnings.append("The model is the structured STAND-IN (segments by colour), not SAM: these classes "
+                        "demonstrate the pipeline only.")
+    elif random_init:
+        warnings.append("The model has RANDOM weights (exported with --random-init): these classes mean nothing.")
     template = classes_yaml(class_map, "Classes of this dataset: rename, merge (several clusters in one class), "
                                        "drop.\nThen: alps relabel OUT --classes classes.yaml")
     if missing:

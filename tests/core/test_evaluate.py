@@ -143,8 +143,8 @@ def test_several_values_can_be_ignored_and_one_no_pixel_has_is_said(case, capsys
     report = evaluate_cli(case, "--exclude-unlabelled-images", "--ignore-index", "2", "--ignore-index", "3",
                           "--ignore-index", "9")
     assert report["class_iou"] == {"0": 1.0, "1": 1.0} and report["ground_truth_ignored"] == [2, 3, 9, 255]
-    assert report["warnings"] == ["--ignore-index 9: no ground-truth pixel has this value, so nothing is ignored "
-                                  "for it (a typo?)"]
+    assert report["warnings"] == [("--ignore-index 9: no ground-truth pixel has this value, so nothing is ignored "
+                                   "for it (a typo?)")]
     assert f"alps: {report['warnings'][0]}\n" in capsys.readouterr().err
     assert evaluate_cli(case, "--ignore-index", "2")["warnings"] == []
     assert alps(["evaluate", str(case / "out"), str(case / "gt"), "--ignore-index", "2", "--ignore-index", "none"]) == 2
@@ -442,8 +442,8 @@ def test_a_multi_page_ground_truth_file_says_that_only_its_first_page_is_read(tm
     Image.fromarray(bands).save(tmp_path / "gt" / "a.tif", save_all=True, append_images=[Image.fromarray(1 - bands)])
     report = evaluate_cli(tmp_path)
     assert report["miou"] == 1.0 and report["warnings"] == [
-        f"1 ground-truth file of several pages (e.g. {tmp_path / 'gt' / 'a.tif'}, 2 pages): only the first page is "
-        "read, as `alps run` reads images"]
+        (f"1 ground-truth file of several pages (e.g. {tmp_path / 'gt' / 'a.tif'}, 2 pages): only the first page "
+         "is read, as `alps run` reads images")]
 
 
 def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
