@@ -418,6 +418,11 @@ def dotted_fields(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return fields
 
 
-def set_fields(override: dict[str, Any]) -> list[str]:
-    """The dotted names of the fields a partial config sets: ``["amg.points_per_side", "gate.sigma"]``."""
-    return list(dotted_fields(override))
+def set_fields(override: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:
+    """The dotted names of the fields a partial config sets: ``["amg.points_per_side", "gate.sigma"]``.
+
+    With ``base``, those it sets to another value than ``base`` holds: the Prefect UI's run form sends the whole
+    config, every field of it "set", where a user changed two.
+    """
+    below = dotted_fields(base or {})
+    return [name for name, value in dotted_fields(override).items() if base is None or below.get(name, ...) != value]

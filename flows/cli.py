@@ -377,6 +377,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         check_utf8_arguments(args)
+        # As the Prefect UI shows them (the run's parameters, its log): a relative path names no folder there.
+        args.dataset, args.out = (os.path.abspath(path) for path in (args.dataset, args.out))
         config = build_config(args)
         check_workers(args.concurrency, args.dask_workers, args.dask_address)
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
@@ -476,8 +478,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # A run's partial `config` is laid over this one field by field (flows/deployment_config.py), so a run
     # that sets only `amg` keeps this backend: Prefect alone would replace the whole parameter.
-    parameters: dict[str, Any] = {"config": config}
-    parameters.update({name: value for name, value in (("dataset", args.dataset), ("out", args.out)) if value})
+    # Stored as JSON with the tile overlap left to follow the tile (3/7 of it): stored as resolved, 384, a run
+    # that set only `inputs.tile` kept 384, and any tile of 384 px or less failed as "overlap must lie in [0, tile)".
+    default = config.to_dict()
+    default["inputs"]["overlap"] = None
+    parameters: dict[str, Any] = {"config": default}
+    parameters.update({name: os.path.abspath(value) for name, value in (("dataset", args.dataset), ("out", args.out))
+                       if value})
     print(f"alps serve: deployment alps-label-dataset/{args.name} on {url}; Ctrl-C stops it")
     _exit_surely_on_sigterm()
     try:

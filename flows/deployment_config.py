@@ -49,6 +49,6 @@ def deployment_run_config(config: PipelineConfig | None) -> tuple[PipelineConfig
         raise AlpsError(f"the run's config laid over the deployment's default config is not valid: "
                         f"{' '.join(str(err).split())}; set the conflicting fields in the run's config too"
                         ) from err
-    what = ", ".join(set_fields(given)) if isinstance(given, dict) and given else "no field"
+    what = ", ".join(set_fields(given, default) if isinstance(given, dict) else []) or "no field"
     return merged, (f"config: this run sets {what}; every other setting is the deployment's default config "
                     "(Prefect replaces a whole parameter: alps lays the run's config over it field by field)")

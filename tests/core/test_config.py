@@ -34,6 +34,11 @@ def test_overlay_changes_neither_argument_and_replaces_lists_whole():
     assert base == {"backend": {"triton_urls": ["a:1", "b:1"]}} and given == {"backend": {"triton_urls": ["c:1"]}}
     assert set_fields({"amg": {"points_per_side": 8}, "gate": {"sigma": 0.5}}) == ["amg.points_per_side",
                                                                                   "gate.sigma"]
+    # The Prefect UI's run form sends the whole config: the run's log named every field (53) as set by the run.
+    default = PipelineConfig().to_dict()
+    form = overlay_config(default, {"amg": {"points_per_side": 8}, "inputs": {"tile": 512}})
+    assert len(set_fields(form)) > 40
+    assert sorted(set_fields(form, default)) == ["amg.points_per_side", "inputs.tile"]
 
 
 def test_triton_is_reached_on_the_port_of_the_protocol_asked():

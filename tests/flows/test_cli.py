@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 
 import numpy as np
+import pydantic
 import pytest
 
 from alps_client.backends.fake import write_fake_repository
+from alps_client.config import PipelineConfig, overlay_config
 from flows.cli import build_config, main, make_parser
 from tests.conftest import ODD_SHAPE
 from tests.mmseg_checks import mmseg_listing
@@ -192,9 +195,10 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
         (data / p.name).write_bytes(p.read_bytes())
     (data / "broken.png").write_bytes(b"")
     out = tmp_path / "out"
-    result = run_alps(["run", data, "--out", out, "--model-repository", faulty, *SMALL, "--allow-partial"],
-                      cli_env(tmp_path / "ph", prefect_server))
+    result = run_alps(["run", data, "--out", os.path.relpath(out, CWD), "--model-repository", faulty, *SMALL,
+                       "--allow-partial"], cli_env(tmp_path / "ph", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Labelled dataset: {out}  (" in result.stdout  # as the Prefect UI shows it: no folder relative to the run's
     rejected, missing = result.stdout.split("1 input(s) rejected")[1].split("NOT labelled")
     assert "broken.png: zero-byte file" in rejected and "odd.png" not in rejected
     assert "odd.png: fake backend rejects images of 88x120" in missing
@@ -240,8 +244,9 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
     out = tmp_path / "served"
     env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
     name = f"test-{tmp_path.name}"
-    proc = start_alps(["serve", "--name", name, "--model-repository", fake_repo, "--dataset", fault_data, "--out", out],
-                      env, tmp_path / "serve.log")
+    relative_out = os.path.relpath(out, CWD)  # the UI showed it as given: a folder relative to serve's
+    proc = start_alps(["serve", "--name", name, "--model-repository", fake_repo, "--dataset", fault_data, "--out",
+                       relative_out], env, tmp_path / "serve.log")
     try:
         with prefect_api(prefect_server) as api:
             def deployment():
@@ -249,6 +254,13 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
                 return found[0]["id"] if found else None
 
             deployment_id = wait_until(deployment, "the deployment to be registered", proc=proc)
+            defaults = api.get(f"/deployments/{deployment_id}").json()["parameters"]
+            assert defaults["out"] == str(out)
+            # The tile overlap follows the tile a run sets (3/7 of it): stored resolved (384), a run setting
+            # only inputs.tile kept 384, and a tile of 384 px or less failed.
+            assert defaults["config"]["inputs"]["overlap"] is None
+            tiled = overlay_config(defaults["config"], {"inputs": {"tile": 128}})
+            assert pydantic.TypeAdapter(PipelineConfig).validate_python(tiled).inputs.overlap == 55
 
             def start(parameters):
                 return api.post(f"/deployments/{deployment_id}/create_flow_run",
