@@ -56,8 +56,11 @@ class BackendOutOfMemoryError(AlpsError):
 
 
 # How onnxruntime (CPU arena, CUDA) and PyTorch say an allocation failed: they give it no error code of its own
-# (onnxruntime: FAIL; Triton: INTERNAL), so this is the one failure recognised by its text.
-OUT_OF_MEMORY_TEXTS = ("Failed to allocate memory", "bad_alloc", "out of memory", "cudaErrorMemoryAllocation")
+# (onnxruntime: FAIL; Triton: INTERNAL), so this is the one failure recognised by its text. The loader says
+# "failed to map segment" when a library imported late (scikit-learn's OpenMP, at k-means) finds no memory left
+# under the process's limit (ulimit -v, a container's).
+OUT_OF_MEMORY_TEXTS = ("Failed to allocate memory", "bad_alloc", "out of memory", "cudaErrorMemoryAllocation",
+                       "failed to map segment")
 
 
 def ran_out_of_memory(err: BaseException) -> bool:

@@ -330,7 +330,7 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
     """Exit status and message of a finished flow run (see the module docstring)."""
     import httpx
 
-    from alps_client.errors import AlpsError, IncompleteRunError, OutputDiskFullError
+    from alps_client.errors import AlpsError, IncompleteRunError, OutputDiskFullError, ran_out_of_memory
     from alps_client.runs.retry import describe
 
     if state.is_completed():
@@ -343,6 +343,9 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
         return _fail_resumable(describe(err), args)
     if isinstance(err, AlpsError):
         return _fail(describe(err))
+    if isinstance(err, BaseException) and ran_out_of_memory(err):  # at k-means or the dataset write: not a bug
+        return _fail_resumable(f"the run ran out of memory ({describe(err)}): free memory or raise the process's "
+                               "limit (ulimit -v, a container's)", args)
     if isinstance(err, (httpx.HTTPError, OSError)):  # the Prefect API or the disk failed mid-run
         return _fail_resumable(f"the run failed: {describe(err) if isinstance(err, BaseException) else err}", args)
     what = describe(err) if isinstance(err, BaseException) else f"flow run ended {state.type.value}: {state.message}"

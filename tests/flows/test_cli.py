@@ -119,6 +119,24 @@ def test_an_error_without_a_message_still_gives_one_named_line(capsys):
     assert capsys.readouterr().err == "alps: error: RuntimeError\n"
 
 
+@pytest.mark.parametrize("err", [
+    ImportError("libgomp-e985bcbb.so.1.0.0: failed to map segment from shared object"),  # k-means under ulimit -v
+    MemoryError(),
+])
+def test_a_run_out_of_memory_after_labelling_is_resumable_not_a_bug(err, tmp_path, capsys):
+    """All images labelled, then k-means' OpenMP library could not be mapped under a memory limit: exit 1,
+    "internal error ... please report it", where a lack of memory is the machine's (exit 3, the same command)."""
+    from types import SimpleNamespace
+
+    from flows.cli import _outcome
+
+    failed = SimpleNamespace(is_completed=lambda: False, result=lambda raise_on_failure=True: err)
+    assert _outcome(failed, SimpleNamespace(out=str(tmp_path / "out"))) == 3
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("alps: error: the run ran out of memory (") and line.endswith(
+        "run the same command again to resume") and "internal" not in line
+
+
 
 def _raised_while_handling(stop: BaseException | None) -> BaseException:
     """An HTTP error raised while handling ``stop``, as Prefect's crash report through a dead API raises it."""
