@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import resource
 import stat
 import threading
 import warnings
@@ -88,10 +89,15 @@ def _read_failure(path: str | Path, err: BaseException) -> InputReadError | None
 
     PIL reports bad image data as ``OSError`` too, but without an ``errno``: that stays a bad input.
     """
-    if isinstance(err, OSError) and err.errno is not None and err.errno not in _FILE_ERRNOS:
-        return InputReadError(f"reading {path} failed ({err.strerror or err}): the disk or the network mount "
-                              "failed, not the file")
-    return None
+    if not isinstance(err, OSError) or err.errno is None or err.errno in _FILE_ERRNOS:
+        return None
+    if err.errno in (errno.EMFILE, errno.ENFILE):  # a limit of this process or of the system, not of a disk
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        where = (f"this process's limit of {limit} (ulimit -n): raise it" if err.errno == errno.EMFILE else
+                 "the system's limit (fs.file-max): close other programs' files or raise it")
+        return InputReadError(f"reading {path} failed ({err.strerror}): too many files open, {where}; not the file")
+    return InputReadError(f"reading {path} failed ({err.strerror or err}): the disk or the network mount "
+                          "failed, not the file")
 
 
 def _check_file(path: Path) -> None:

@@ -519,3 +519,22 @@ def test_input_settings_no_input_uses_are_named_not_silently_ignored():
             InputItem("/d/v.nii.gz", "v__z0001", "slice", "v", None, 1)]
     assert unused_input_settings(asked, used) == []
     assert unused_input_settings(PipelineConfig(), pngs) == []  # nothing asked, nothing said
+
+
+def test_too_many_open_files_is_named_as_the_limit_it_is(tmp_path, monkeypatch):
+    """EMFILE (a low `ulimit -n`) was reported as "the disk or the network mount failed": the operator was sent to
+    the wrong place. It stays a failure of the machinery (retried, never a bad input)."""
+    import errno
+
+    from alps_client.errors import InputReadError
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+
+    def too_many(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Image, "open", too_many)
+    with pytest.raises(InputReadError, match=r"\(Too many open files\): too many files open, this process's limit "
+                                             r"of \d+ \(ulimit -n\): raise it; not the file"):
+        discover_inputs(path, InputConfig())  # which reads the image's header
