@@ -483,7 +483,9 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
     """
     data = as_volume(_volume(path, mtime_ns), slice_axis)
     other = tuple(a for a in range(3) if a != slice_axis)
-    nonempty = tuple(int(i) for i in np.flatnonzero(np.nanmax(np.abs(data), axis=other) > 0))
+    # a finite non-zero voxel makes a slice worth labelling (nanmax warned of every slice wholly NaN)
+    peak = np.max(np.abs(data), axis=other, initial=0.0, where=np.isfinite(data))
+    nonempty = tuple(int(i) for i in np.flatnonzero(peak > 0))
     return nonempty, percentile_range(data, None, window)
 
 
@@ -491,9 +493,11 @@ def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
     key = _volume_key(path)
     plane = np.take(as_volume(_volume(*key), config.slice_axis), index, axis=config.slice_axis)
     _, value_range = volume_summary(*key, config.slice_axis, config.window_percentiles)
-    rgb, extra = _to_rgb(plane, None, InputConfig(stretch_percentiles=config.window_percentiles), value_range)
+    finite = np.isfinite(plane)  # NaN voxels (outside a registered brain, say) are no measurement: never labelled
+    valid = None if finite.all() else finite
+    rgb, extra = _to_rgb(plane, valid, InputConfig(stretch_percentiles=config.window_percentiles), value_range)
     extra["slice_index"] = index
-    return LoadedImage(rgb, None, None, False, extra)
+    return LoadedImage(rgb, valid, None, False, extra)
 
 
 def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage:

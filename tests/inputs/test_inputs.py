@@ -501,7 +501,7 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect
     assert report.miou == whole.miou and report.coverage == whole.coverage and report.coverage > 0.1
     write_geotiff(tmp_path / "gt" / "scene.tif", truth[None, :, :500], "EPSG:32633", (400000.0, 1.0, 5000000.0),
                   nodata=0)  # ground truth of another size: the scene's, as recorded, is named
-    with pytest.raises(AlpsError, match=r"size \(300, 500\) differs from the scene's \(300, 600\) \(as `alps run`"):
+    with pytest.raises(AlpsError, match=r"500x300 px differs from the scene's 600x300 px \(as `alps run`"):
         evaluate_dataset(out, tmp_path / "gt")
 
 
@@ -538,3 +538,21 @@ def test_too_many_open_files_is_named_as_the_limit_it_is(tmp_path, monkeypatch):
     with pytest.raises(InputReadError, match=r"\(Too many open files\): too many files open, this process's limit "
                                              r"of \d+ \(ulimit -n\): raise it; not the file"):
         discover_inputs(path, InputConfig())  # which reads the image's header
+
+
+def test_nan_voxels_are_never_labelled_and_an_empty_volume_is_named(tmp_path):
+    """NaN voxels (outside a registered brain) were stretched to black and labelled; a volume of zeros alone was left
+    out unsaid ("13 slices of 5 volumes" for 6 readable ones), and alone refused as "no readable images"."""
+    import nibabel
+
+    vol = np.zeros((32, 36, 3), np.float32)
+    vol[8:24, 8:28, 1] = 100.0
+    vol[:10, :, :] = np.nan  # the first 10 rows of every slice
+    nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(np.zeros((32, 36, 4), np.float32), np.eye(4)), str(tmp_path / "zeros.nii.gz"))
+    items, errors = discover_inputs(tmp_path, InputConfig())
+    assert [(e.path, e.reason) for e in errors] == [
+        (str(tmp_path / "zeros.nii.gz"), "every voxel is 0 or NaN (an empty volume): nothing to label")]
+    (item,) = items
+    loaded = load_item(item)
+    assert loaded.valid is not None and not loaded.valid[:10].any() and loaded.valid[10:].all()
