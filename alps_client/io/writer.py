@@ -103,11 +103,25 @@ def _group(meta: Mapping[str, Any]) -> str:
 
 # Extensions of one format: a dataset of .jpg and .jpeg files is copied as .jpg.
 _SAME_FORMAT = {".jpeg": ".jpg"}
+# The extension of each format a copied source may hold, by PIL's name of the format its bytes are in.
+_FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp", "JPEG2000": ".jp2"}
 
 
 def _format_suffix(source: str | Path) -> str:
+    """The extension ``source``'s bytes call for: its own, unless it names another format (a JPEG saved as .png).
+
+    A copy keeps its bytes: under its own extension, a JPEG named .png lay in ``img_dir`` as JPEG bytes under
+    ``.png``, which loaders that pick a decoder by the extension cannot read.
+    """
     suffix = Path(source).suffix.lower() or ".png"
-    return _SAME_FORMAT.get(suffix, suffix)
+    suffix = _SAME_FORMAT.get(suffix, suffix)
+    try:
+        with Image.open(source) as im:
+            actual = _FORMAT_SUFFIX.get(str(im.format))
+    except (OSError, ValueError):  # unreadable here: the copy or the PNG written from it says what is wrong
+        return suffix
+    same = actual is None or actual == suffix or (actual, suffix) in ((".tif", ".tiff"), (".jp2", ".j2k"))
+    return suffix if same else actual
 
 
 def image_suffix(image_sources: Mapping[str, str | Path]) -> str:

@@ -324,6 +324,16 @@ def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_
     for stem, source in (("a", "a.jpg"), ("b", "b.png")):
         np.testing.assert_array_equal(np.asarray(Image.open(copies["mixed"][f"{stem}.png"])),
                                       np.asarray(Image.open(tmp_path / source).convert("RGB")))
+    # A JPEG saved as .png beside PNGs lay in img_dir as JPEG bytes under .png (and a PNG as .jpg beside JPEGs,
+    # under img_suffix .jpg): a loader that picks its decoder by the extension cannot read them.
+    (tmp_path / "c.png").write_bytes((tmp_path / "a.jpg").read_bytes())
+    (tmp_path / "d.jpg").write_bytes((tmp_path / "b.png").read_bytes())
+    for name, sources in (("misnamed_jpeg", {"a": tmp_path / "b.png", "b": tmp_path / "c.png"}),
+                          ("misnamed_png", {"a": tmp_path / "a.jpg", "b": tmp_path / "d.jpg"})):
+        write_dataset(tmp_path / name, shards, centroids, cfg, {}, [], sources)
+        assert json.loads((tmp_path / name / "manifest.json").read_text())["img_suffix"] == ".png"
+        for copy in (tmp_path / name / "img_dir").glob("*/*"):
+            assert copy.suffix == ".png" and Image.open(copy).format == "PNG", copy
 
 
 def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_shards, tmp_path):
