@@ -89,6 +89,23 @@ def split_shortfall(images: Iterable[tuple[str, str, str | None]], splits: Mappi
             + ("; a training config with an empty val set may fail at its first validation" if n_val == 0 else ""))
 
 
+def images_outside_split_folders(images: Iterable[tuple[str, str, str | None]], splits: Mapping[str, str],
+                                 val_fraction: float) -> str | None:
+    """A line for the user when a dataset with split folders also holds images outside them, else None.
+
+    Those are split as a dataset without folders is (by ``val_fraction``, whole groups): they went to train or
+    val unsaid, beside a layout that looked like the user's whole choice.
+    """
+    images = list(images)
+    loose = sorted(stem for stem, _, given in images if given is None)
+    if not loose or len(loose) == len(images):
+        return None
+    n_val = sum(splits[stem] == "val" for stem in loose)
+    return (f"{len(loose)} image(s) lie outside the dataset's train/val/test folders (e.g. {loose[0]}): split by "
+            f"--val-fraction {val_fraction:g} as a dataset without those folders is, {n_val} to val and "
+            f"{len(loose) - n_val} to train; move them into a folder to choose")
+
+
 def _fill(ranked: list[str], size: Mapping[str, int], target: float, start: int, most: int | None) -> list[str]:
     """The groups of ``ranked`` taken into val in turn, each while it brings val nearer to ``target`` images.
 

@@ -32,7 +32,7 @@ from alps_client.io.publish import DATASET_FORMAT, not_written_again, publish, s
 from alps_client.io.registry import earlier_splits, record_splits
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
-from alps_client.io.splits import assign_splits, split_shortfall
+from alps_client.io.splits import assign_splits, images_outside_split_folders, split_shortfall
 from alps_client.io.vectors import VectorOutput
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import assign_clusters, centroids_sidecar
@@ -245,9 +245,10 @@ def _stage_dataset(
     grouped = [(m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas]
     splits = assign_splits(grouped, seed, val_fraction,
                            {group: earlier[path] for group, path in input_of.items() if path in earlier})
-    shortfall = split_shortfall(grouped, splits, val_fraction)
-    if shortfall and warn:
-        warn(shortfall)
+    for note in (images_outside_split_folders(grouped, splits, val_fraction),
+                 split_shortfall(grouped, splits, val_fraction)):
+        if note and warn:
+            warn(note)
     record_splits(out, {input_of[_group(m)]: splits[m["stem"]] for m in metas}, seed, val_fraction)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():

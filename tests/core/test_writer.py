@@ -23,7 +23,7 @@ from alps_client.io.shards import (
     shard_status,
     write_shard,
 )
-from alps_client.io.splits import assign_splits, split_shortfall
+from alps_client.io.splits import assign_splits, images_outside_split_folders, split_shortfall
 from alps_client.io.writer import write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE, paint_label_map, palette
@@ -85,6 +85,13 @@ def test_a_split_that_whole_scenes_leave_far_from_the_fraction_is_said():
     assert said([("only", "only", None)]) is None  # one image: nothing to split
     assert said(one_scene, 0.0) is None  # no val asked for
     assert said([(f"t{i}", f"t{i}", "train") for i in range(5)]) is None  # the user's own folders
+    # Images beside train/ and val/ folders went to a split unsaid (a layout that looked like the whole choice).
+    mixed = [("t", "t", "train"), ("v", "v", "val"), ("loose", "loose", None)]
+    assert images_outside_split_folders(mixed, assign_splits(mixed, 0, 0.3), 0.3) == (
+        "1 image(s) lie outside the dataset's train/val/test folders (e.g. loose): split by --val-fraction 0.3 as a "
+        "dataset without those folders is, 0 to val and 1 to train; move them into a folder to choose")
+    free = [("a", "a", None), ("b", "b", None)]
+    assert images_outside_split_folders(free, assign_splits(free, 0, 0.3), 0.3) is None  # no folders at all
 
 
 def test_the_fraction_counts_images_not_scenes():
