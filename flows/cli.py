@@ -467,7 +467,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("alps serve needs a Prefect server that outlives it: start one (`make server`) and "
                      "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
     try:
-        check_reachable(url)
+        check_reachable(url, temporary_one=False)
         # Absolute: the deployment's default (shown in the UI) names the folder it means, not one relative
         # to a process's folder that the UI does not show.
         repository = str(Path(args.model_repository).resolve()) if args.model_repository else None
@@ -477,6 +477,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (PrefectApiError, ValueError) as err:
         return _fail(str(err))
     _show_library_warnings()
+    for line in serve_default_warnings(args.dataset, config.backend.model_repository):
+        print(f"alps: {line}", file=sys.stderr)
     from flows.alps_flow import alps_flow
 
     # A run's partial `config` is laid over this one field by field (flows/deployment_config.py), so a run
@@ -495,6 +497,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def serve_default_warnings(dataset: str | None, model_repository: str) -> list[str]:
+    """Lines on what ``alps serve``'s defaults lack: every run that keeps a default that is not there fails.
+
+    Not refused: the folder may come later (a mount, an export), and a run may give its own.
+    """
+    lines = []
+    if dataset and not Path(dataset).exists():
+        lines.append(f"--dataset {os.path.abspath(dataset)} does not exist (yet): runs that keep this default "
+                     "will fail until it does")
+    if not (Path(model_repository) / "manifest.json").is_file():
+        lines.append(f"no model repository at {os.path.abspath(model_repository)} (no manifest.json; "
+                     "--model-repository): runs that keep this default will fail until export/export_sam.py "
+                     "writes one there")
+    return lines
 
 
 # How long `alps serve` may take to exit after SIGTERM before it is ended at once.

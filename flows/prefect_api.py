@@ -55,8 +55,11 @@ def configured_api_url() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
-def check_reachable(url: str, timeout_s: float = 10.0) -> None:
+def check_reachable(url: str, timeout_s: float = 10.0, temporary_one: bool = True) -> None:
     """Any HTTP answer from ``url`` counts (auth or routes are Prefect's business); no answer raises.
+
+    ``temporary_one``: the caller can do without that server (``alps run`` starts its own), which the message
+    offers; ``alps serve`` cannot, so it is not offered there.
 
     Raises:
         PrefectApiError: If nothing answers at ``url``.
@@ -66,9 +69,11 @@ def check_reachable(url: str, timeout_s: float = 10.0) -> None:
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
     except httpx.HTTPError as err:
+        other = (", or unset PREFECT_API_URL to let alps start a temporary one for the run" if temporary_one else
+                 ", or set PREFECT_API_URL to the API of one that runs")
         raise PrefectApiError(
             f"the Prefect API at {url} (PREFECT_API_URL) is not reachable ({type(err).__name__}); start that "
-            "server (e.g. `make server`), or unset PREFECT_API_URL to let alps start a temporary one for the run"
+            f"server (e.g. `make server`){other}"
         ) from err
 
 

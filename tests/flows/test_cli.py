@@ -318,6 +318,24 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
         proc.wait(timeout=60)
 
 
+def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fake_repo, tmp_path):
+    """`alps serve --dataset TYPO` registered a deployment whose every default run failed, without a word; and with
+    PREFECT_API_URL unreachable it said to unset it, which serve then refused ("needs a server that outlives it")."""
+    from flows.cli import serve_default_warnings
+    from flows.prefect_api import PrefectApiError, check_reachable
+
+    assert serve_default_warnings(str(tmp_path), str(fake_repo)) == []
+    said = serve_default_warnings(str(tmp_path / "typo"), str(tmp_path / "repo"))
+    assert said == [f"--dataset {tmp_path / 'typo'} does not exist (yet): runs that keep this default will fail "
+                    "until it does",
+                    f"no model repository at {tmp_path / 'repo'} (no manifest.json; --model-repository): runs that "
+                    "keep this default will fail until export/export_sam.py writes one there"]
+    url = f"http://127.0.0.1:{free_port()}/api"
+    with pytest.raises(PrefectApiError) as refused:
+        check_reachable(url, timeout_s=2, temporary_one=False)
+    assert "unset PREFECT_API_URL" not in str(refused.value) and "start that server" in str(refused.value)
+
+
 def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
     result = subprocess.run([sys.executable, "-m", "flows.demo", "--workdir", str(tmp_path / "demo"),
                              "--model-repository", str(fake_repo), "--images", "3", "--size", "96"],
