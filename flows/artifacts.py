@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,9 +92,11 @@ def publish(run: dict[str, Any], out: str) -> None:
     create_table_artifact(key="alps-summary", table=rows, description=f"ALPS run summary: {out}")
 
     peak = max(s["pixels_per_class"] or [1]) or 1
-    hist = ["| class | masks | pixels | |", "|---:|---:|---:|:---|"]
+    names = class_names(out)
+    hist = ["| class | name | masks | pixels | |", "|---:|:---|---:|---:|:---|"]
     for k, (m, p) in enumerate(zip(s["masks_per_class"], s["pixels_per_class"])):
-        hist.append(f"| {k} | {m} | {p} | {'█' * max(1, round(30 * p / peak)) if p else ''} |")
+        name = _cell(names[k]) if k < len(names) else ""
+        hist.append(f"| {k} | {name} | {m} | {p} | {'█' * max(1, round(30 * p / peak)) if p else ''} |")
     create_markdown_artifact(key="alps-class-histogram", markdown="\n".join(hist), description="Pixels and masks per class")
 
     vis = sorted((Path(out) / "vis").glob("*.png"))[:PREVIEWS]
@@ -107,6 +110,19 @@ def publish(run: dict[str, Any], out: str) -> None:
                           description=f"Rejected inputs{_first_rows(run['errors'])} (all in errors.jsonl)")
     if run["missing"]:
         publish_missing(run["missing"])
+
+
+def class_names(out: str) -> list[str]:
+    """The class names the dataset in ``out`` was written with (``alps relabel``'s, or ``cluster_<k>``)."""
+    try:
+        return [str(c["name"]) for c in json.loads((Path(out) / "classes.json").read_text())["classes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # the histogram goes without names
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: its pipes escaped, its lines joined."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def publish_missing(missing: list[dict[str, str]]) -> None:

@@ -117,6 +117,9 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     assert "alps-missing" not in keys
     summary = next(a for a in arts if a.key == "alps-summary")
     assert "STAND-IN" in json.dumps(summary.data)
+    # The class histogram named no class: after `alps relabel` a user saw ids 0, 1 without "building", "water".
+    histogram = next(a for a in arts if a.key == "alps-class-histogram").data
+    assert "| 0 | cluster_0 |" in histogram
 
 
 def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabels(fake_repo, scenes, tmp_path):
