@@ -103,4 +103,6 @@ def report_link_artifact(out: str | Path) -> None:
     index = Path(out).resolve() / "report" / "index.html"
     if index.is_file():
         create_link_artifact(key="alps-report", link=index.as_uri(), link_text="cluster review page",
-                             description=f"Cluster review page of {out} (static HTML; open from this machine)")
+                             description=f"Cluster review page of {out}: static HTML on the machine that holds "
+                                         "it; browsers do not follow file:// links from a web page, so copy the "
+                                         "link into the address bar")
