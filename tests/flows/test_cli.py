@@ -326,10 +326,10 @@ def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fa
 
     assert serve_default_warnings(str(tmp_path), str(fake_repo)) == []
     said = serve_default_warnings(str(tmp_path / "typo"), str(tmp_path / "repo"))
-    assert said == [f"--dataset {tmp_path / 'typo'} does not exist (yet): runs that keep this default will fail "
-                    "until it does",
-                    f"no model repository at {tmp_path / 'repo'} (no manifest.json; --model-repository): runs that "
-                    "keep this default will fail until export/export_sam.py writes one there"]
+    assert said == [(f"--dataset {tmp_path / 'typo'} does not exist (yet): runs that keep this default will fail "
+                     "until it does"),
+                    (f"no model repository at {tmp_path / 'repo'} (no manifest.json; --model-repository): runs that "
+                     "keep this default will fail until export/export_sam.py writes one there")]
     url = f"http://127.0.0.1:{free_port()}/api"
     with pytest.raises(PrefectApiError) as refused:
         check_reachable(url, timeout_s=2, temporary_one=False)

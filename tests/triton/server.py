@@ -50,14 +50,21 @@ def backend_dir(workdir: Path, venv: Path = TRITON_VENV) -> Path:
     server = site / "pytriton" / "tritonserver"
     py = f"{sysconfig.get_config_var('py_version_short')}"
     out = workdir / "backends"
-    (out / "python").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(server / "backends" / "python" / "libtriton_python.so", out / "python")
     utils = next(server.rglob("triton_python_backend_utils.py"))
-    shutil.copy2(utils, out / "python")
-    shutil.copy2(server / "python_backend_stubs" / py / "triton_python_backend_stub", out / "python")
-    (out / "onnxruntime").mkdir(exist_ok=True)
-    shutil.copy2(HERE / "backends" / "onnxruntime" / "model.py", out / "onnxruntime" / "model.py")
+    for source, folder in ((server / "backends" / "python" / "libtriton_python.so", "python"), (utils, "python"),
+                           (server / "python_backend_stubs" / py / "triton_python_backend_stub", "python"),
+                           (HERE / "backends" / "onnxruntime" / "model.py", "onnxruntime")):
+        _replace_file(source, out / folder / source.name)
     return out
+
+
+def _replace_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a new file renamed over it: a server killed with SIGKILL leaves its
+    Python backend stubs running, and copying over a running stub fails ("Text file busy")."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.new")
+    shutil.copy2(source, staged)
+    os.replace(staged, target)
 
 
 @dataclass
