@@ -44,11 +44,16 @@ class _Scene:
         x0, y0 = int(window[0]), int(window[1])
         ox0, oy0, ox1, oy1 = self.owned[(x0, y0)]
         part = label[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
-        self.tif.write(ox0, oy0, part)
-        if self.memory is not None:
+        if self.memory is None:
+            self.tif.write(ox0, oy0, part)
+        else:
             self.memory[oy0:oy1, ox0:ox1] = part
 
     def close(self) -> None:
+        # A scene in memory is written whole: window by window, GDAL recompresses the blocks a window shares with
+        # the next, and the file's bytes hung on the order its tiles came in (a rerun wrote other bytes).
+        if self.memory is not None:
+            self.tif.write(0, 0, self.memory)
         self.tif.close()
         if self.memory is not None:
             write_png(self.png, self.memory)
