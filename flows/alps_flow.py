@@ -13,6 +13,7 @@ error as its data, so callers (``alps run``) map it to an exit code without a tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -28,8 +29,10 @@ if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint
 
 import logging
 import queue
+import signal
 import time
 import traceback
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -62,6 +65,7 @@ from alps_client.runs.threads import DaemonThreadPool, get_interruptibly
 from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.deployment_config import deployment_run_config
+from flows.in_flight import TaskRunsInFlight
 from flows.review_cli import report_link_artifact
 
 if TYPE_CHECKING:
@@ -148,7 +152,7 @@ class InterruptibleThreadPool(ThreadPoolTaskRunner):
 # Each task run is named after its image (its stem, as last_run.json lists it), to find it in the UI.
 @task(name=LABEL_IMAGE, task_run_name="label-image: {item.stem}", cache_policy=NONE)
 def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
-                     streak: FailureStreak) -> ImageOutcome | State:
+                     streak: FailureStreak, in_flight: TaskRunsInFlight) -> ImageOutcome | State:
     """Label one image, retrying transient failures; a failure after that ends the task run failed.
 
     The image's end is recorded in ``streak`` here, before the next image queued on this thread can begin: once it
@@ -161,6 +165,7 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
         Cancelled state if the run was stopped (the labeller released) under the image, or stopped starting
         images before it began (its data the ``not started`` outcome).
     """
+    in_flight.started()  # a stop that does not wait for this image records its end (see _label_all)
     if streak.tripped:
         return Cancelled(message=f"{item.stem}: {NOT_STARTED}",
                          data=ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
@@ -282,13 +287,14 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     waiting = iter(plan.items)
     in_flight: dict[PrefectFuture[Any], InputItem] = {}
-    with InterruptibleThreadPool(max_workers=labeller.slots) as runner:
+    started = TaskRunsInFlight()
+    with InterruptibleThreadPool(max_workers=labeller.slots) as runner, _ended_on_stop(in_flight, started):
 
         def start_next() -> None:
             item = next(waiting, None)
             if item is not None:
                 future = runner.submit(label_image_task, parameters={
-                    "item": item, "labeller": labeller, "delays": delays, "streak": streak})
+                    "item": item, "labeller": labeller, "delays": delays, "streak": streak, "in_flight": started})
                 in_flight[future] = item
                 future.add_done_callback(finished.put)
 
@@ -314,6 +320,37 @@ def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[l
         outcomes.append(ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
     progress.close()
     return outcomes, stopped
+
+
+@contextlib.contextmanager
+def _ended_on_stop(in_flight: dict[PrefectFuture[Any], InputItem], started: TaskRunsInFlight) -> Iterator[None]:
+    """On a stop (Ctrl-C, SIGTERM, SIGHUP), record the images in flight as cancelled and log why, then stop.
+
+    The run does not wait for them (:class:`InterruptibleThreadPool`): without this their task runs stayed Running
+    in the UI for ever, and the run's log did not say what became of them.
+    """
+    try:
+        yield
+    except BaseException as stop:
+        if not is_stop(type(stop)):
+            raise
+        # Those that ended are left as they are (TaskRunsInFlight.cancel); those never started were never recorded.
+        n_cancelled = started.cancel((future.task_run_id, f"{item.stem}: {STOPPED_UNDER_IT}")
+                                     for future, item in in_flight.items())
+        get_run_logger().error("%s: the run stops; %d image(s) in flight end cancelled, not finished; the finished "
+                               "images are kept: run the same command again to resume", _stop_reason(stop),
+                               n_cancelled)
+        raise
+
+
+def _stop_reason(stop: BaseException) -> str:
+    """What stopped the run, in words: ``interrupted (SIGINT, Ctrl-C)``, ``SIGTERM received``."""
+    if isinstance(stop, KeyboardInterrupt):
+        return "interrupted (SIGINT, Ctrl-C)"
+    signum = getattr(stop, "signal", None)  # Prefect's TerminationSignal: its SIGTERM handler's
+    if isinstance(signum, int):
+        return f"{signal.Signals(signum).name} received"
+    return describe(stop)
 
 
 def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int, stopped: str) -> IncompleteRunError:

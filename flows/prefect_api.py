@@ -325,6 +325,10 @@ class LocalApiServer:
             self.record_path.unlink(missing_ok=True)
 
 
+# How long the run's end waits for its queued logs and events to reach a user's API (PREFECT_API_URL).
+USERS_API_DRAIN_S = 10.0
+
+
 def drain_prefect_workers(timeout_s: float = 30.0) -> None:
     """Send the run's queued logs and events before the server goes (else they fail after it has)."""
     from prefect.events.worker import EventsWorker
@@ -347,8 +351,21 @@ def prefect_api(work_dir: Path, startup_timeout_s: float = DEFAULT_STARTUP_TIMEO
     """
     url = configured_api_url()
     if url:
+        import httpx
+
         check_reachable(url)
-        yield url
+        answering = True
+        try:
+            yield url
+        except httpx.HTTPError:
+            answering = False  # the server stopped answering mid-run: what is queued would wait for it, then fail
+            raise
+        finally:
+            # A stopped run ends its process with os._exit (flows/cli.py), which sends nothing queued: the end of the
+            # task runs it cancelled, its crash and the lines saying why never reached the user's server. Bounded:
+            # a server that dies meanwhile does not hold the exit.
+            if answering:
+                drain_prefect_workers(USERS_API_DRAIN_S)
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -902,6 +902,7 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
     from alps_client.runs.retry import FailureStreak
     from alps_client.runs.work import LabelJob
     from flows.alps_flow import STOPPED_UNDER_IT, label_image_task
+    from flows.in_flight import TaskRunsInFlight
 
     item = discover_inputs(scenes / "images")[0][0]
     cfg = small_config(stand_in_repo)
@@ -911,7 +912,8 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
 
     @flow
     def label_one(labeller):
-        states.append(label_image_task(item, labeller, [30.0], FailureStreak(10), return_state=True))
+        states.append(label_image_task(item, labeller, [30.0], FailureStreak(10), TaskRunsInFlight(),
+                                       return_state=True))
 
     with labeller.backend._encode_lock:  # the image cannot reach the encoder before the run has released it
         worker = threading.Thread(target=lambda: label_one(labeller, return_state=True))

@@ -86,6 +86,35 @@ def start_held_run(fault_data: Path, tmp_path: Path, env: dict[str, str], *extra
     return proc, out, faults
 
 
+def assert_stop_recorded(api, flow_run_id: str, finished: set[str]) -> None:
+    """What a stopped run sent to its user's API before it exited (recorded asynchronously, so waited for): the
+    image held in flight ends cancelled, saying so, none is left running, and the log says why the run crashed.
+
+    Its in-flight task run stayed Running for ever and the log's last lines (the crash, why) never arrived: the
+    process ended with os._exit before Prefect sent them (found by a helper's UI audit)."""
+    from flows.alps_flow import STOPPED_UNDER_IT
+
+    def task_runs():
+        found = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        images = {r["name"].removeprefix("label-image: "): r["state"] for r in found
+                  if r["name"].startswith("label-image: ")}
+        return images if sum(s["type"] == "CANCELLED" for s in images.values()) == 1 else None
+
+    images = wait_until(task_runs, "the image in flight recorded as cancelled", timeout=60)
+    assert {stem for stem, s in images.items() if s["type"] == "COMPLETED"} == finished, images
+    (held,) = [stem for stem, s in images.items() if s["type"] == "CANCELLED"]
+    assert images[held]["message"] == f"{held}: {STOPPED_UNDER_IT}"
+    assert all(s["type"] in ("COMPLETED", "CANCELLED") for s in images.values()), images
+
+    def log_lines():
+        logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}}).json()
+        text = "\n".join(entry["message"] for entry in logs)
+        return text if "Finished in state Crashed" in text else None
+
+    text = wait_until(log_lines, "the run's last log lines", timeout=60)
+    assert "Crash detected!" in text and "1 image(s) in flight end cancelled" in text, text
+
+
 def assert_resumes(fault_data: Path, fake_repo: Path, fault_reference: Path, out: Path, env: dict[str, str],
                    finished: set[str]) -> None:
     """The same command again skips the ``finished`` images, labels the others, and writes the label maps of an
@@ -415,5 +444,6 @@ def test_a_stopped_run_exits_at_once_leaves_nothing_running_and_the_next_run_res
         with prefect_api(prefect_server) as api:
             run = flow_run_of(api, out)
             assert run["state_type"] == "CRASHED", run["state_type"]
+            assert_stop_recorded(api, run["id"], finished)
     if sig == signal.SIGINT and users_api:  # resuming does not depend on how the run was stopped: once is enough
         assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
