@@ -108,8 +108,7 @@ def publish(run: dict[str, Any], out: str) -> None:
     errors = run["errors"] or [{"path": "-", "reason": "no rejected inputs"}]
     create_table_artifact(key="alps-errors", table=errors[:TABLE_ROWS],
                           description=f"Rejected inputs{_first_rows(run['errors'])} (all in errors.jsonl)")
-    if run["missing"]:
-        publish_missing(run["missing"])
+    publish_missing(run["missing"])
 
 
 def class_names(out: str) -> list[str]:
@@ -126,8 +125,13 @@ def _cell(text: str) -> str:
 
 
 def publish_missing(missing: list[dict[str, str]]) -> None:
-    """The good images a run could not label (processing failures), apart from rejected inputs."""
-    create_table_artifact(key="alps-missing", table=missing[:TABLE_ROWS],
+    """The good images a run could not label (processing failures), apart from rejected inputs.
+
+    Published when none is missing too: a flow run retried from the UI (its Retry button) keeps the artifacts of
+    its failed attempt, whose table of images not labelled stood beside a summary saying missing 0.
+    """
+    rows = missing or [{"path": "-", "stem": "-", "reason": "none missing: every good image is labelled"}]
+    create_table_artifact(key="alps-missing", table=rows[:TABLE_ROWS],
                           description=f"Images not labelled because processing failed (not bad inputs){_first_rows(missing)}"
                                       "; a rerun of the same command labels them")
 

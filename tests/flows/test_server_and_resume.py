@@ -147,6 +147,66 @@ def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake
     assert not run_processes(home)["servers"]
 
 
+SMALL_CONFIG = {"amg": {"points_per_side": 8}, "cluster": {"n_clusters": 4}}  # SMALL, as a run's `config`
+
+
+def start_serve(repo: Path, dataset: Path, out: Path, env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
+    """`alps serve` of the deployment ``serve-<tmp_path's name>`` on the model repository ``repo``."""
+    return start_alps(["serve", "--name", f"serve-{tmp_path.name}", "--model-repository", repo, "--dataset", dataset,
+                       "--out", out], env, tmp_path / "serve.log")
+
+
+def start_deployment_run(api, serve: subprocess.Popen, tmp_path: Path, parameters: dict) -> str:
+    """The id of a run of :func:`start_serve`'s deployment (once registered) created with ``parameters``, as the
+    UI's Custom run does."""
+    name = f"serve-{tmp_path.name}"
+
+    def deployment():
+        found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
+        return found[0]["id"] if found else None
+
+    deployment_id = wait_until(deployment, "the deployment to be registered", proc=serve)
+    return api.post(f"/deployments/{deployment_id}/create_flow_run",
+                    json={"parameters": {"progress_bar": False, **parameters}}).json()["id"]
+
+
+def run_ended(api):
+    """A check of a flow run's id: its final state (REST form), or None while it is not final."""
+    def ended(run_id):
+        state = api.get(f"/flow_runs/{run_id}").json()["state"]
+        return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    return ended
+
+
+def test_a_served_run_retried_in_the_ui_leaves_no_stale_missing_images(fault_data, prefect_server, tmp_path):
+    """A served run that failed (an image not labelled: a transient fault, no retries) retried as the UI's Retry
+    button does (the flow run set to AwaitingRetry): the retry labels everything, and the run's alps-missing
+    artifact says so; the failed attempt's table of images not labelled stood beside a summary of 0 missing
+    (found by a helper's UI audit)."""
+    repo = write_fake_repository(tmp_path / "flaky", faults={"dir": str(tmp_path / "faults"), "transient": 1})
+    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    serve = start_serve(repo, fault_data, tmp_path / "out", env, tmp_path)
+    try:
+        with prefect_api(prefect_server) as api:
+            ended = run_ended(api)
+            run_id = start_deployment_run(api, serve, tmp_path, {"config": {**SMALL_CONFIG, "backend": {"retries": 0}}})
+            assert wait_until(lambda: ended(run_id), "the first attempt to end", proc=serve)["type"] == "FAILED"
+            api.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}})
+            wait_until(lambda: api.get(f"/flow_runs/{run_id}").json()["run_count"] == 2, "the retry to start",
+                       proc=serve)
+            state = wait_until(lambda: ended(run_id), "the retry to end", proc=serve)
+            assert state["type"] == "COMPLETED", state
+            latest = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]},
+                                                                       "key": {"any_": ["alps-missing"]}},
+                                                         "sort": "CREATED_DESC"}).json()
+            assert len(latest) == 2 and "none missing" not in json.dumps(latest[1]["data"]), latest
+            assert "none missing" in json.dumps(latest[0]["data"]), latest[0]
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+
+
 def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_data, fake_repo, fault_reference,
                                                                          prefect_server, tmp_path):
     """The Cancel button of a flow run that `alps serve` started, mid-run: the run ends cancelled, serve goes on
@@ -156,22 +216,10 @@ def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_d
     repo, faults = paused_repo(tmp_path)
     out = tmp_path / "out"
     env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    name = f"cancel-{tmp_path.name}"
-    serve = start_alps(["serve", "--name", name, "--model-repository", repo, "--dataset", fault_data, "--out", out],
-                       env, tmp_path / "serve.log")
-    small = {"amg": {"points_per_side": 8}, "cluster": {"n_clusters": 4}}
+    serve = start_serve(repo, fault_data, out, env, tmp_path)
     with prefect_api(prefect_server) as api:
-        def deployment():
-            found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
-            return found[0]["id"] if found else None
-
-        def ended(run_id):
-            state = api.get(f"/flow_runs/{run_id}").json()["state"]
-            return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-
-        deployment_id = wait_until(deployment, "the deployment to be registered", proc=serve)
-        run_id = api.post(f"/deployments/{deployment_id}/create_flow_run", json={"parameters": {
-            "progress_bar": False, "concurrency": 1, "config": small}}).json()["id"]
+        ended = run_ended(api)
+        run_id = start_deployment_run(api, serve, tmp_path, {"concurrency": 1, "config": SMALL_CONFIG})
         wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
                    "two images labelled and the third held", proc=serve)
         finished = finished_stems(out)
