@@ -66,6 +66,7 @@ from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.deployment_config import deployment_run_config
 from flows.in_flight import TaskRunsInFlight
+from flows.run_config import ConfigParameter, validated_config
 from flows.review_cli import report_link_artifact
 
 if TYPE_CHECKING:
@@ -377,7 +378,7 @@ def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int, stopped:
 
 
 @flow(name="alps-label-dataset", log_prints=True)
-def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, overwrite: bool = False,
+def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite: bool = False,
               concurrency: int = 2, progress_bar: bool = True, dask_address: str | None = None,
               dask_workers: int | None = None, allow_partial: bool = False) -> dict[str, Any] | State:
     """Pseudo-label every image under ``dataset`` into ``out`` (ALPS); returns the run summary.
@@ -392,7 +393,7 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
     try:
         check_workers(concurrency, dask_workers, dask_address)
         config, config_note = deployment_run_config(config)
-        config = config or PipelineConfig()
+        config = validated_config(config) or PipelineConfig()  # a mapping Prefect let through (flows/run_config.py)
         if config_note:
             get_run_logger().info("%s", config_note)
         try:
@@ -408,6 +409,12 @@ def alps_flow(dataset: str, out: str, config: PipelineConfig | None = None, over
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
     except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
         return Failed(message=describe(err), data=err)
+
+
+# The config parameter's type as an object, not the name `from __future__ import annotations` leaves: a served
+# run's process gets the flow pickled by value, with only the globals its code uses, and Prefect's validation of
+# its parameters could not resolve the name ("`Alps_FlowModel` is not fully defined").
+alps_flow.fn.__annotations__["config"] = ConfigParameter
 
 
 def _run_record(plan: RunPlan) -> dict[str, Any]:

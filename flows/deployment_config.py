@@ -14,14 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from alps_client.config import PipelineConfig, overlay_config, set_fields
-from alps_client.errors import AlpsError
+from flows.run_config import validated_config
 
 
-def deployment_run_config(config: PipelineConfig | None) -> tuple[PipelineConfig | None, str]:
+def deployment_run_config(config: PipelineConfig | dict[str, Any] | None
+                          ) -> tuple[PipelineConfig | dict[str, Any] | None, str]:
     """The config a flow run uses: ``config`` itself, or for a deployment run the overlay described above.
 
     Args:
-        config: the ``config`` parameter as Prefect validated it (a partial one already filled with defaults).
+        config: the ``config`` parameter as Prefect validated it (a partial one already filled with defaults;
+            one that is not a valid config left a mapping: :mod:`flows.run_config`).
 
     Returns:
         The config to run with, and a line for the run's log saying what the run set ("" outside a deployment
@@ -31,7 +33,6 @@ def deployment_run_config(config: PipelineConfig | None) -> tuple[PipelineConfig
         AlpsError: If the overlay is not a valid configuration (e.g. ``--shared-memory`` from the deployment
             with two Triton URLs from the run), naming the field.
     """
-    import pydantic
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
@@ -42,13 +43,8 @@ def deployment_run_config(config: PipelineConfig | None) -> tuple[PipelineConfig
     given: Any = flow_run.parameters.get("config", default)  # raw JSON, as the run's creator sent it
     if not isinstance(default, dict) or given == default:
         return config, ""
-    try:
-        # Prefect's own validation of the parameter (pydantic), so that coercion and errors are the same.
-        merged = pydantic.TypeAdapter(PipelineConfig).validate_python(overlay_config(default, given))
-    except ValueError as err:  # pydantic's ValidationError too; __post_init__ raises ValueError
-        raise AlpsError(f"the run's config laid over the deployment's default config is not valid: "
-                        f"{' '.join(str(err).split())}; set the conflicting fields in the run's config too"
-                        ) from err
+    # Prefect's own validation of the parameter (pydantic), so that coercion is the same; errors in one line.
+    merged = validated_config(overlay_config(default, given), "the run's config laid over the deployment's default")
     what = ", ".join(set_fields(given, default) if isinstance(given, dict) else []) or "no field"
     return merged, (f"config: this run sets {what}; every other setting is the deployment's default config "
                     "(Prefect replaces a whole parameter: alps lays the run's config over it field by field)")

@@ -207,6 +207,46 @@ def test_a_served_run_retried_in_the_ui_leaves_no_stale_missing_images(fault_dat
         serve.wait(timeout=60)
 
 
+INVALID_CONFIGS = [  # (a run's config, what its one line must say)
+    ({"cluster": {"n_clusters": 0}}, "config.cluster: n_clusters must be an integer in 1..254"),
+    ({"writer": {"val_fraction": 1.5}}, "config.writer: val_fraction must lie in [0, 1), got 1.5"),
+    ({"amg": {"bogus_field": 3}}, "config.amg.bogus_field: not a setting of config.amg (its settings: points_per_side"),
+]
+
+
+def test_a_served_run_given_an_invalid_config_fails_with_one_line_naming_the_field(fake_repo, fault_data,
+                                                                                   prefect_server, tmp_path):
+    """Prefect validated the config before the flow started: the run had no log line, and its state message was
+    pydantic's, cut short (found by a helper's UI audit). The flow says now what is wrong, in its state message and
+    its log; the UI's form (the parameter's schema) is still that of the configuration."""
+    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    serve = start_serve(fake_repo, fault_data, tmp_path / "out", env, tmp_path)
+    try:
+        with prefect_api(prefect_server) as api:
+            ended = run_ended(api)
+            runs = [(start_deployment_run(api, serve, tmp_path, {"config": config}), line)
+                    for config, line in INVALID_CONFIGS]
+            for run_id, line in runs:
+                state = wait_until(lambda run_id=run_id: ended(run_id), "the run to end", proc=serve)
+                message = state["message"]
+                assert state["type"] == "FAILED" and message.startswith("the run's config laid over the deployment's "
+                                                                        "default is not valid: "), state
+                assert line in message and "\n" not in message and "pydantic" not in message, message
+
+                def logged(run_id=run_id, message=message):
+                    logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}).json()
+                    return [entry["message"] for entry in logs if message in entry["message"]]
+
+                assert len(wait_until(logged, "the run's log line (recorded asynchronously)", timeout=60)) == 1
+            deployment = api.get(f"/flow_runs/{runs[0][0]}").json()["deployment_id"]
+            schema = api.get(f"/deployments/{deployment}").json()["parameter_openapi_schema"]
+            assert schema["properties"]["config"]["anyOf"] == [{"$ref": "#/definitions/PipelineConfig"},
+                                                               {"type": "null"}]
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+
+
 def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_data, fake_repo, fault_reference,
                                                                          prefect_server, tmp_path):
     """The Cancel button of a flow run that `alps serve` started, mid-run: the run ends cancelled, serve goes on

@@ -1,0 +1,73 @@
+"""A flow run's ``config`` parameter, validated inside the flow so that a wrong one fails the run with one line.
+
+Prefect (pinned: see requirements.txt) validates a run's parameters against the flow's signature before the flow
+starts. A served run given ``{"cluster": {"n_clusters": 0}}`` failed there: no log line ("This run didn't
+generate logs"), the reason only in a state message cut short among pydantic's types and links. So the parameter
+is typed :data:`ConfigParameter`: a valid config is still a :class:`PipelineConfig` to Prefect (its form in the
+UI and its schema stay those of the dataclasses), and any other mapping is let through to the flow, which says
+in one line what is wrong (:func:`validated_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Annotated, Any
+
+import pydantic
+from pydantic.json_schema import SkipJsonSchema
+
+from alps_client.config import PipelineConfig
+from alps_client.errors import AlpsError
+
+# Left to right: a mapping that is a valid config becomes a PipelineConfig; any other mapping stays as it was
+# given (pydantic's default "smart" union would keep every mapping a dict). The mapping is left out of the
+# parameter's schema, which stays that of the dataclasses: the UI's form and `alps serve`'s deployment show it.
+ConfigParameter = Annotated[PipelineConfig | SkipJsonSchema[dict[str, Any]] | None,
+                            pydantic.Field(union_mode="left_to_right")]
+
+
+def unknown_fields(settings: dict[str, Any], cls: type = PipelineConfig, prefix: str = "config") -> list[str]:
+    """``'config.amg.bogus: not a setting of config.amg (its settings: points_per_side, ...)'`` for each key of
+    ``settings`` that names no field of ``cls``, nested configs included: pydantic ignores them, Prefect refused them.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    found = []
+    for key, value in settings.items():
+        if key not in names:
+            found.append(f"{prefix}.{key}: not a setting of {prefix} (its settings: {', '.join(names)})")
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            found += unknown_fields(value, hints[key], f"{prefix}.{key}")
+    return found
+
+
+def describe_invalid(err: pydantic.ValidationError, prefix: str = "config") -> str:
+    """Pydantic's errors as one line: ``config.cluster: n_clusters must be ... got 0``, each field named once."""
+    lines = []
+    for e in err.errors():
+        where = ".".join([prefix, *map(str, e["loc"])])
+        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def validated_config(value: PipelineConfig | dict[str, Any] | None,
+                     what: str = "the run's config") -> PipelineConfig | None:
+    """``value`` (``what``, in the error) as a :class:`PipelineConfig` (None stays None), validated as Prefect
+    validates parameters.
+
+    Raises:
+        AlpsError: One line naming each wrong field and what it accepts, and what to do.
+    """
+    if value is None or isinstance(value, PipelineConfig):
+        return value
+    if not isinstance(value, dict):
+        raise AlpsError(f"{what} must be a mapping of settings such as {{\"amg\": {{\"points_per_side\": 16}}}}, "
+                        f"got {type(value).__name__}: correct the run's config and start the run again")
+    problems = unknown_fields(value)
+    if not problems:
+        try:
+            return pydantic.TypeAdapter(PipelineConfig).validate_python(value)
+        except pydantic.ValidationError as err:
+            problems = [describe_invalid(err)]
+    raise AlpsError(f"{what} is not valid: {'; '.join(problems)}; correct the run's config and start the run again")
