@@ -24,6 +24,7 @@ Exit status (also in docs/flow.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -529,13 +530,20 @@ def _exit_surely_on_sigterm() -> None:
     """
     from prefect.runner.runner import Runner
 
-    graceful = Runner.handle_sigterm
-
     def handle_sigterm(self: Runner, *args: Any, **kwargs: Any) -> None:
         timer = threading.Timer(SIGTERM_GRACE_S, os._exit, args=(0,))
         timer.daemon = True  # a graceful exit is not held by it
         timer.start()
-        graceful(self, *args, **kwargs)
+        # As Ctrl-C in a terminal, which reaches the runs' processes too. Prefect's own stop (sys.exit inside its
+        # event loop) printed an asyncio traceback and left each run in flight Running, its process labelling on
+        # after serve: now each run stops as `alps run` does (crashed, its images in flight cancelled, why logged).
+        import psutil
+
+        # Its runs' processes: the runner's own map of them was found empty under `.serve` (pinned prefect).
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.send_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
 
     Runner.handle_sigterm = handle_sigterm  # type: ignore[method-assign]
 

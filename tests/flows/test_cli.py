@@ -352,9 +352,9 @@ def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
 def test_serve_ends_on_sigterm_even_when_prefects_exit_is_swallowed(tmp_path):
     """Prefect's runner answers SIGTERM with sys.exit(0); landing in a multiprocessing finaliser (a cancelled run's
     cleanup) that SystemExit was ignored and serve went on serving (seen under load: the test's terminate() timed
-    out). Here Prefect's handler is replaced by one that returns, as the swallowed exit does."""
-    script = ("import time, prefect.runner.runner as r, flows.cli as cli\n"
-              "r.Runner.handle_sigterm = lambda self, *a, **k: None\n"
+    out). Here the stop that serve's handler starts (SIGINT, as Ctrl-C) is ignored, as the swallowed exit was."""
+    script = ("import signal, time, prefect.runner.runner as r, flows.cli as cli\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
               "cli.SIGTERM_GRACE_S = 1.0\n"
               "cli._exit_surely_on_sigterm()\n"
               "r.Runner.handle_sigterm(object())\n"

@@ -276,6 +276,35 @@ def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_d
     assert_resumes(fault_data, fake_repo, fault_reference, out, env, finished)
 
 
+def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_server, tmp_path):
+    """`kill` of `alps serve` (systemd, `docker stop`) while its run holds an image: serve printed an asyncio
+    traceback, its run stayed Running, and its process labelled on after serve was gone (found by a helper's UI
+    audit). Now as Ctrl-C: serve ends without a traceback, the run ends crashed saying why, its image in flight
+    cancelled, and its process ends too."""
+    repo, faults = paused_repo(tmp_path)
+    out = tmp_path / "out"
+    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    serve = start_serve(repo, fault_data, out, env, tmp_path)
+    try:
+        with prefect_api(prefect_server) as api:
+            run_id = start_deployment_run(api, serve, tmp_path, {"concurrency": 1, "config": SMALL_CONFIG})
+            wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
+                       "two images labelled and the third held", proc=serve)
+            (flow_process,) = [p for p in psutil.Process(serve.pid).children(recursive=True)
+                               if "spawn_main" in " ".join(p.cmdline())]
+            serve.terminate()
+            assert wait_for_exit(serve, 120, tmp_path / "serve.log") == 0
+            assert not gone([flow_process])  # it does not label on after serve
+            assert "Traceback" not in (tmp_path / "serve.log").read_text()
+            state = wait_until(lambda: run_ended(api)(run_id), "the run to end", timeout=60)
+            assert state["type"] == "CRASHED", state
+            assert_stop_recorded(api, run_id, finished_stems(out))
+    finally:
+        (faults / "release").touch()
+        if serve.poll() is None:
+            serve.kill()
+
+
 def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
     home = tmp_path / "ph"
     proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(home))
