@@ -521,12 +521,13 @@ SIGTERM_GRACE_S = 30.0
 
 
 def _exit_surely_on_sigterm() -> None:
-    """Make SIGTERM end ``alps serve`` even when Prefect's handler's ``sys.exit`` is swallowed.
+    """Make SIGTERM stop ``alps serve`` and its runs as Ctrl-C does, and surely.
 
     Prefect's runner handles SIGTERM with ``sys.exit(0)``; a signal that lands while a multiprocessing finaliser runs
     (the cleanup of a cancelled flow run's process) has that SystemExit ignored there, and serve went on serving:
-    seen under load, `docker stop` or systemd would have had to kill it. The handler now also arms a timer that
-    ends the process after :data:`SIGTERM_GRACE_S` if the graceful exit did not happen.
+    seen under load, `docker stop` or systemd would have had to kill it. The handler now stops serve and its runs'
+    processes with SIGINT (what Ctrl-C sends them), and arms a timer that ends the process after
+    :data:`SIGTERM_GRACE_S` if that exit did not happen.
     """
     from prefect.runner.runner import Runner
 
