@@ -66,8 +66,8 @@ from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.deployment_config import deployment_run_config
 from flows.in_flight import TaskRunsInFlight
-from flows.run_config import ConfigParameter, validated_config
 from flows.review_cli import report_link_artifact
+from flows.run_config import ConfigParameter, validated_config
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -28,8 +28,10 @@ ConfigParameter = Annotated[PipelineConfig | SkipJsonSchema[dict[str, Any]] | No
 
 
 def unknown_fields(settings: dict[str, Any], cls: type = PipelineConfig, prefix: str = "config") -> list[str]:
-    """``'config.amg.bogus: not a setting of config.amg (its settings: points_per_side, ...)'`` for each key of
-    ``settings`` that names no field of ``cls``, nested configs included: pydantic ignores them, Prefect refused them.
+    """A line for each key of ``settings`` that names no field of ``cls``, nested configs included.
+
+    ``'config.amg.bogus: not a setting of config.amg (its settings: points_per_side, ...)'``: pydantic ignores
+    such keys, Prefect refused them.
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -53,8 +55,9 @@ def describe_invalid(err: pydantic.ValidationError, prefix: str = "config") -> s
 
 def validated_config(value: PipelineConfig | dict[str, Any] | None,
                      what: str = "the run's config") -> PipelineConfig | None:
-    """``value`` (``what``, in the error) as a :class:`PipelineConfig` (None stays None), validated as Prefect
-    validates parameters.
+    """``value`` as a :class:`PipelineConfig` (None stays None), validated as Prefect validates parameters.
+
+    ``what`` names it in the error.
 
     Raises:
         AlpsError: One line naming each wrong field and what it accepts, and what to do.
