@@ -567,7 +567,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     cluster_seconds = time.perf_counter() - t
     t = time.perf_counter()
     summary = write(out, quote(shards), centroids, quote(plan), quote(errors), quote(missing),
-                    quote({o.stem: o.image for o in done if o.image}), quote(plan.sources({o.stem for o in done})))
+                    quote({o.stem: o.image for o in done if o.image}),
+                    quote(plan.sources({o.stem for o in done if not o.empty})))  # a scene of nodata has no label map
     if isinstance(summary, State):
         return _flow_failure(summary)
     run["scene_outputs"] = summary.pop("scene_outputs")

@@ -453,6 +453,9 @@ def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alon
         assert "4 tile(s) lie wholly in their scene's nodata or transparency: nothing to label there, left out of " \
                "the dataset (255 in stitched maps)" in logged
         assert sorted(name.split("/")[1] for name in labels(out)) == ["collar__x128_y0.png"]
+        # The rejected scene was recorded as the source of label maps it has none of (found by an input audit).
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["sources"] == {"collar": "collar.tif"} and manifest["scene_sizes"] == {"collar": [64, 192]}
     with rasterio.open(out / "stitched" / "collar.tif") as stitched:
         label = stitched.read(1)
     assert label.shape == (64, 192) and (label[:, :128] == 255).all() and (label[:, 128:] != 255).any()
