@@ -124,23 +124,26 @@ def _format_suffix(source: str | Path) -> str:
     return suffix if same else actual
 
 
-def image_suffix(image_sources: Mapping[str, str | Path]) -> str:
+def image_suffix(formats: Mapping[str, str]) -> str:
     """The one extension of the images in ``img_dir``: their sources' when all share one format, else ``.png``.
+
+    ``formats``: each source's format as an extension (:func:`_format_suffix`), by stem.
 
     mmsegmentation finds a split's images by one ``img_suffix``: copies in mixed formats (JPEGs beside the PNGs of
     TIFF inputs or EXIF-rotated JPEGs) would leave some out of training, unseen. The sources given are what the
     model saw (8-bit RGB files as they are, or alps' own PNG of any other input), so a PNG written from one holds
     the same pixels.
     """
-    suffixes = {_format_suffix(source) for source in image_sources.values()}
+    suffixes = set(formats.values())
     return suffixes.pop() if len(suffixes) == 1 else ".png"
 
 
 def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging: Path, label: npt.NDArray[np.uint8],
-                      n_classes: int, config: PipelineConfig, suffix: str) -> str:
+                      n_classes: int, config: PipelineConfig, suffix: str, same_format: bool) -> str:
     """Copy the image into ``img_dir`` as ``<stem><suffix>`` and write its preview; returns its COCO file name.
 
-    A source of another format is written as the PNG of its pixels (``suffix`` is then ``.png``).
+    A source of another format (``same_format`` False) is written as the PNG of its pixels (``suffix`` is then
+    ``.png``).
     """
     file_name = f"{stem}.png"
     if source is None:
@@ -148,7 +151,7 @@ def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging:
     rgb = None
     if config.writer.copy_images:
         file_name = f"{stem}{suffix}"
-        if _format_suffix(source) == suffix:
+        if same_format:
             atomic.copy_file(source, staging / "img_dir" / split / file_name)
         else:
             rgb = _read_rgb(source)
@@ -263,14 +266,15 @@ def _stage_dataset(
     pixels_per_class = np.zeros(n_classes, np.int64)
     kept_total = gated_total = in_dropped = labelled = pixels = 0
     image_sources = image_sources or {}
-    suffix = image_suffix(image_sources)
+    formats = {stem: _format_suffix(source) for stem, source in image_sources.items()}  # each file's header read once
+    suffix = image_suffix(formats)
     for path, meta in zip(paths, metas):
         shard = read_shard(path)
         labels = image_labels(shard, centroids, class_map)
         split = splits[shard.stem]
         atomic.write_png(staging / "ann_dir" / split / f"{shard.stem}.png", labels.label)
         file_name = _copy_and_preview(image_sources.get(shard.stem), shard.stem, split, staging, labels.label,
-                                      n_classes, config, suffix)
+                                      n_classes, config, suffix, formats.get(shard.stem) == suffix)
         annotations = coco_annotations(shard.kept_masks(), labels.class_ids, image_id, annotation_id)
         coco[split].add("images", [coco_image_entry(image_id, file_name, shard.image_size)])
         coco[split].add("annotations", annotations)
