@@ -254,6 +254,8 @@ def _refuse_near_misses(out: Path, gt_root: Path, truths: dict[str, Path], label
     Raises:
         AlpsError: naming how many, up to 3 of them (file -> label map) and how to pair them.
     """
+    if not truths or not labels:  # a near miss takes one of each: nothing to read of the run's records
+        return
     wholes: dict[str, Path] = {}
     for stem, found in sorted(labels.items()):
         wholes.setdefault(whole_stem(stem), found if isinstance(found, Path) else found[0])
