@@ -26,28 +26,29 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_threa
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# The longest files first (seconds per file, setup included, measured in a `make test` at 49fac0c on 2 cores):
+# The longest files first (seconds per file, setup included, measured in a `make test` at 6d9b592 on 2 cores):
 # `make test` hands whole files to its workers in collection order (--dist loadfile --no-loadscope-reorder),
-# so the workers end near the same time instead of one running a long file alone at the end. The second file
-# needs no Prefect server: its worker exports while the first starts the session's server, instead of waiting
-# for it. A file missing here only runs later; the order changes no result.
+# so the workers end near the same time instead of one running a long file alone at the end. The third file
+# needs no Prefect server: its worker exports while the first two wait for the session's server to start. A file
+# missing here only runs later; the order changes no result.
 LONGEST_FILES = (
-    "tests/flows/test_server_and_resume.py",  # 185 s
-    "tests/flows/test_flow.py",  # 125 s
-    "tests/export/test_export.py",  # 74 s
-    "tests/scale/test_scale_out.py",  # 99 s
-    "tests/triton/test_triton.py",  # 87 s
-    "tests/bench/test_bench.py",  # 71 s
-    "tests/flows/test_cli.py",  # 70 s
-    "tests/amg/test_parity.py",  # 53 s
-    "tests/export/test_sam2_export.py",  # 47 s
-    "tests/flows/test_review.py",  # 39 s
-    "tests/inputs/test_inputs.py",  # 34 s
-    "tests/amg/test_sam2_parity.py",  # 31 s
-    "tests/export/test_export_safety.py",  # 17 s
-    "tests/core/test_clustering.py",  # 15 s
-    "tests/flows/test_dense.py",  # 13 s (its test against Meta's generator is slow-marked)
-    "tests/export/test_skip_upscaling.py",  # 12 s
+    "tests/flows/test_server_and_resume.py",  # 180 s
+    "tests/flows/test_flow.py",  # 151 s
+    "tests/export/test_export.py",  # 88 s
+    "tests/triton/test_triton.py",  # 137 s
+    "tests/scale/test_scale_out.py",  # 119 s
+    "tests/flows/test_serve.py",  # 93 s
+    "tests/bench/test_bench.py",  # 95 s
+    "tests/flows/test_cli.py",  # 78 s
+    "tests/export/test_sam2_export.py",  # 74 s
+    "tests/inputs/test_inputs.py",  # 44 s
+    "tests/amg/test_parity.py",  # 43 s
+    "tests/flows/test_review.py",  # 42 s
+    "tests/amg/test_sam2_parity.py",  # 35 s
+    "tests/core/test_clustering.py",  # 22 s
+    "tests/flows/test_dense.py",  # 19 s (its test against Meta's generator is slow-marked)
+    "tests/export/test_skip_upscaling.py",  # 16 s
+    "tests/export/test_export_safety.py",  # 14 s
 )
 
 

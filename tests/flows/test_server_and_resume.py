@@ -14,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from alps_client.backends.fake import write_fake_repository
 from flows.prefect_api import PrefectApiError, stop_stale_server
 from tests.runs import (
     CWD,
@@ -28,12 +27,12 @@ from tests.runs import (
     prefect_api,
     run_alps,
     run_processes,
-    start_alps,
     start_prefect_server,
     stop_prefect_server,
     wait_for_exit,
     wait_until,
 )
+from tests.stops import assert_resumes, assert_stop_recorded, finished_stems, start_held_run
 
 
 def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, tmp_path):
@@ -62,71 +61,6 @@ def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, t
     assert "zero-byte file" in json.dumps(errors["data"])
 
 
-def paused_repo(tmp_path, after: int = 2):
-    """A fake repository whose encodes after the first ``after`` wait for ``<faults>/release``."""
-    faults = tmp_path / "faults"
-    return write_fake_repository(tmp_path / "paused", faults={"dir": str(faults), "pause_after": after}), faults
-
-
-def finished_stems(out: Path) -> set[str]:
-    """Stems of the images whose shards are written in ``out``."""
-    return {p.stem for p in (out / ".alps" / "shards").glob("*.npz")}
-
-
-def start_held_run(fault_data: Path, tmp_path: Path, env: dict[str, str], *extra: str):
-    """``alps run`` on the fault data, one image at a time, returned once two images are labelled and the third is
-    held in the backend (mid-run, provably): the run, its output folder, and the faults folder (touch ``release``
-    in it to let the run go on)."""
-    repo, faults = paused_repo(tmp_path)
-    out = tmp_path / "out"
-    proc = start_alps(["run", fault_data, "--out", out, "--model-repository", repo, *SMALL, "--concurrency", "1",
-                       *extra], env, tmp_path / "run.log")
-    wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
-               "two images labelled and the third held", proc=proc)
-    return proc, out, faults
-
-
-def assert_stop_recorded(api, flow_run_id: str, finished: set[str]) -> None:
-    """What a stopped run sent to its user's API before it exited (recorded asynchronously, so waited for): the
-    image held in flight ends cancelled, saying so, none is left running, and the log says why the run crashed.
-
-    Its in-flight task run stayed Running for ever and the log's last lines (the crash, why) never arrived: the
-    process ended with os._exit before Prefect sent them (found by a helper's UI audit)."""
-    from flows.alps_flow import STOPPED_UNDER_IT
-
-    def task_runs():
-        found = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
-        images = {r["name"].removeprefix("label-image: "): r["state"] for r in found
-                  if r["name"].startswith("label-image: ")}
-        return images if sum(s["type"] == "CANCELLED" for s in images.values()) == 1 else None
-
-    images = wait_until(task_runs, "the image in flight recorded as cancelled", timeout=60)
-    assert {stem for stem, s in images.items() if s["type"] == "COMPLETED"} == finished, images
-    (held,) = [stem for stem, s in images.items() if s["type"] == "CANCELLED"]
-    assert images[held]["message"] == f"{held}: {STOPPED_UNDER_IT}"
-    assert all(s["type"] in ("COMPLETED", "CANCELLED") for s in images.values()), images
-
-    def log_lines():
-        logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}}).json()
-        text = "\n".join(entry["message"] for entry in logs)
-        return text if "Finished in state Crashed" in text else None
-
-    text = wait_until(log_lines, "the run's last log lines", timeout=60)
-    assert "Crash detected!" in text and "1 image(s) in flight end cancelled" in text, text
-
-
-def assert_resumes(fault_data: Path, fake_repo: Path, fault_reference: Path, out: Path, env: dict[str, str],
-                   finished: set[str]) -> None:
-    """The same command again skips the ``finished`` images, labels the others, and writes the label maps of an
-    uninterrupted run."""
-    again = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, *SMALL], env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    last = json.loads((out / ".alps" / "last_run.json").read_text())
-    reference = labels(fault_reference)
-    assert set(last["skipped"]) == finished and len(last["labelled"]) == len(reference) - len(finished)
-    assert labels(out) == reference
-
-
 def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake_repo, fault_reference, prefect_server,
                                                                 tmp_path):
     """No PREFECT_API_URL: the run starts its own API server; `kill -9` of the run takes the server with it."""
@@ -145,164 +79,6 @@ def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake
     # The rerun on the session's server (cheaper); the next run cleaning up a record is tested below.
     assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
     assert not run_processes(home)["servers"]
-
-
-SMALL_CONFIG = {"amg": {"points_per_side": 8}, "cluster": {"n_clusters": 4}}  # SMALL, as a run's `config`
-
-
-def start_serve(repo: Path, dataset: Path, out: Path, env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
-    """`alps serve` of the deployment ``serve-<tmp_path's name>`` on the model repository ``repo``."""
-    return start_alps(["serve", "--name", f"serve-{tmp_path.name}", "--model-repository", repo, "--dataset", dataset,
-                       "--out", out], env, tmp_path / "serve.log")
-
-
-def start_deployment_run(api, serve: subprocess.Popen, tmp_path: Path, parameters: dict) -> str:
-    """The id of a run of :func:`start_serve`'s deployment (once registered) created with ``parameters``, as the
-    UI's Custom run does."""
-    name = f"serve-{tmp_path.name}"
-
-    def deployment():
-        found = api.post("/deployments/filter", json={"deployments": {"name": {"any_": [name]}}}).json()
-        return found[0]["id"] if found else None
-
-    deployment_id = wait_until(deployment, "the deployment to be registered", proc=serve)
-    return api.post(f"/deployments/{deployment_id}/create_flow_run",
-                    json={"parameters": {"progress_bar": False, **parameters}}).json()["id"]
-
-
-def run_ended(api):
-    """A check of a flow run's id: its final state (REST form), or None while it is not final."""
-    def ended(run_id):
-        state = api.get(f"/flow_runs/{run_id}").json()["state"]
-        return state if state and state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-
-    return ended
-
-
-def test_a_served_run_retried_in_the_ui_leaves_no_stale_missing_images(fault_data, prefect_server, tmp_path):
-    """A served run that failed (an image not labelled: a transient fault, no retries) retried as the UI's Retry
-    button does (the flow run set to AwaitingRetry): the retry labels everything, and the run's alps-missing
-    artifact says so; the failed attempt's table of images not labelled stood beside a summary of 0 missing
-    (found by a helper's UI audit)."""
-    repo = write_fake_repository(tmp_path / "flaky", faults={"dir": str(tmp_path / "faults"), "transient": 1})
-    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    serve = start_serve(repo, fault_data, tmp_path / "out", env, tmp_path)
-    try:
-        with prefect_api(prefect_server) as api:
-            ended = run_ended(api)
-            run_id = start_deployment_run(api, serve, tmp_path, {"config": {**SMALL_CONFIG, "backend": {"retries": 0}}})
-            assert wait_until(lambda: ended(run_id), "the first attempt to end", proc=serve)["type"] == "FAILED"
-            api.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": "SCHEDULED", "name": "AwaitingRetry"}})
-            wait_until(lambda: api.get(f"/flow_runs/{run_id}").json()["run_count"] == 2, "the retry to start",
-                       proc=serve)
-            state = wait_until(lambda: ended(run_id), "the retry to end", proc=serve)
-            assert state["type"] == "COMPLETED", state
-            latest = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]},
-                                                                       "key": {"any_": ["alps-missing"]}},
-                                                         "sort": "CREATED_DESC"}).json()
-            assert len(latest) == 2 and "none missing" not in json.dumps(latest[1]["data"]), latest
-            assert "none missing" in json.dumps(latest[0]["data"]), latest[0]
-    finally:
-        serve.terminate()
-        serve.wait(timeout=60)
-
-
-INVALID_CONFIGS = [  # (a run's config, what its one line must say)
-    ({"cluster": {"n_clusters": 0}}, "config.cluster: n_clusters must be an integer in 1..254"),
-    ({"writer": {"val_fraction": 1.5}}, "config.writer: val_fraction must lie in [0, 1), got 1.5"),
-    ({"amg": {"bogus_field": 3}}, "config.amg.bogus_field: not a setting of config.amg (its settings: points_per_side"),
-]
-
-
-def test_a_served_run_given_an_invalid_config_fails_with_one_line_naming_the_field(fake_repo, fault_data,
-                                                                                   prefect_server, tmp_path):
-    """Prefect validated the config before the flow started: the run had no log line, and its state message was
-    pydantic's, cut short (found by a helper's UI audit). The flow says now what is wrong, in its state message and
-    its log; the UI's form (the parameter's schema) is still that of the configuration."""
-    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    serve = start_serve(fake_repo, fault_data, tmp_path / "out", env, tmp_path)
-    try:
-        with prefect_api(prefect_server) as api:
-            ended = run_ended(api)
-            runs = [(start_deployment_run(api, serve, tmp_path, {"config": config}), line)
-                    for config, line in INVALID_CONFIGS]
-            for run_id, line in runs:
-                state = wait_until(lambda run_id=run_id: ended(run_id), "the run to end", proc=serve)
-                message = state["message"]
-                assert state["type"] == "FAILED" and message.startswith("the run's config laid over the deployment's "
-                                                                        "default is not valid: "), state
-                assert line in message and "\n" not in message and "pydantic" not in message, message
-
-                def logged(run_id=run_id, message=message):
-                    logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}}).json()
-                    return [entry["message"] for entry in logs if message in entry["message"]]
-
-                assert len(wait_until(logged, "the run's log line (recorded asynchronously)", timeout=60)) == 1
-            deployment = api.get(f"/flow_runs/{runs[0][0]}").json()["deployment_id"]
-            schema = api.get(f"/deployments/{deployment}").json()["parameter_openapi_schema"]
-            assert schema["properties"]["config"]["anyOf"] == [{"$ref": "#/definitions/PipelineConfig"},
-                                                               {"type": "null"}]
-    finally:
-        serve.terminate()
-        serve.wait(timeout=60)
-
-
-def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_data, fake_repo, fault_reference,
-                                                                         prefect_server, tmp_path):
-    """The Cancel button of a flow run that `alps serve` started, mid-run: the run ends cancelled, serve goes on
-    serving, the next run labels what is left. Its process used to outlive the cancellation, held by the image in
-    flight (a thread pool joined at exit), until Prefect's runner killed it 30 s later (see
-    tests/core/test_threads.py)."""
-    repo, faults = paused_repo(tmp_path)
-    out = tmp_path / "out"
-    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    serve = start_serve(repo, fault_data, out, env, tmp_path)
-    with prefect_api(prefect_server) as api:
-        ended = run_ended(api)
-        run_id = start_deployment_run(api, serve, tmp_path, {"concurrency": 1, "config": SMALL_CONFIG})
-        wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
-                   "two images labelled and the third held", proc=serve)
-        finished = finished_stems(out)
-        (flow_process,) = [p for p in psutil.Process(serve.pid).children(recursive=True)
-                           if "spawn_main" in " ".join(p.cmdline())]
-        api.post(f"/flow_runs/{run_id}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
-        state = wait_until(lambda: ended(run_id), "the cancelled run to end", proc=serve)
-        assert state["type"] == "CANCELLED", state
-        assert not gone([flow_process]) and serve.poll() is None  # its process ended; serve goes on
-        assert finished_stems(out) == finished and not (out / "manifest.json").exists()
-    (faults / "release").touch()
-    serve.terminate()
-    serve.wait(timeout=60)
-    assert_resumes(fault_data, fake_repo, fault_reference, out, env, finished)
-
-
-def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_server, tmp_path):
-    """`kill` of `alps serve` (systemd, `docker stop`) while its run holds an image: serve printed an asyncio
-    traceback, its run stayed Running, and its process labelled on after serve was gone (found by a helper's UI
-    audit). Now as Ctrl-C: serve ends without a traceback, the run ends crashed saying why, its image in flight
-    cancelled, and its process ends too."""
-    repo, faults = paused_repo(tmp_path)
-    out = tmp_path / "out"
-    env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    serve = start_serve(repo, fault_data, out, env, tmp_path)
-    try:
-        with prefect_api(prefect_server) as api:
-            run_id = start_deployment_run(api, serve, tmp_path, {"concurrency": 1, "config": SMALL_CONFIG})
-            wait_until(lambda: list(faults.glob("waiting-*")) and len(finished_stems(out)) == 2,
-                       "two images labelled and the third held", proc=serve)
-            (flow_process,) = [p for p in psutil.Process(serve.pid).children(recursive=True)
-                               if "spawn_main" in " ".join(p.cmdline())]
-            serve.terminate()
-            assert wait_for_exit(serve, 120, tmp_path / "serve.log") == 0
-            assert not gone([flow_process])  # it does not label on after serve
-            assert "Traceback" not in (tmp_path / "serve.log").read_text()
-            state = wait_until(lambda: run_ended(api)(run_id), "the run to end", timeout=60)
-            assert state["type"] == "CRASHED", state
-            assert_stop_recorded(api, run_id, finished_stems(out))
-    finally:
-        (faults / "release").touch()
-        if serve.poll() is None:
-            serve.kill()
 
 
 def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
