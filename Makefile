@@ -43,7 +43,8 @@ demo: $(STAMP)
 	$(PY) -m flows.demo --workdir $(DEMO_DIR) --model-repository $(MODEL_REPO)
 
 # One worker per core and one more (at most 8): about a fifth of the suite's time its tests wait on the servers,
-# runs and exports they start, and the extra worker fills it (2 cores: 442 s on 2 workers, 370 s on 3, one run each).
+# runs and exports they start, and the extra worker fills it (2 cores: 442 s on 2 workers, 370 s on 3, one run each;
+# a fourth, at 6d9b592: 440 s against 450 s on 3, the two cores already 87 % busy).
 # Whole files to one worker so module fixtures are built once; exports once per session. Files go out longest
 # first (tests/conftest.py, LONGEST_FILES), not by their number of tests.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 8 ? n + 1 : 8 )))
