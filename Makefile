@@ -50,10 +50,11 @@ demo: $(STAMP)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 8 ? n + 1 : 8 )))
 # glibc hands every block over 32 MiB to mmap and back on free, so each one is faulted in page by page again
 # (Meta's reference generator upscales (64, 3, 1024, 1024) float32 masks per batch of prompts). Kept in the heap
-# and not trimmed: pytest 450 -> 390 s and 433 -> 410 s on 2 cores (two pairs of runs), system time 137 -> 80 s
-# and 120 -> 88 s; the machine's peak memory in use 8.6 -> 11.2 GB. The test processes only: what they start runs
-# with glibc's defaults, as a user's does (tests/conftest.py). On vit_b's encoder (onnxruntime) the faults stayed
-# and the peak grew by 1 GB: not a lever for `alps run`.
+# and not trimmed: pytest 450 -> 390 s and 433 -> 410 s on 2 cores (two pairs of runs, the tests' children set
+# too), system time 137 -> 80 s and 120 -> 88 s; the machine's peak memory in use 8.6 -> 11.2 GB. The test
+# processes only now: what they start runs with glibc's defaults, as a user's does (tests/conftest.py says why);
+# 414 s in a fresh clone's CI run so. On vit_b's encoder (onnxruntime) the faults stayed and the peak grew by 1 GB:
+# not a lever for `alps run`.
 TEST_MALLOC := MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
 test: setup chromium
 	$(TEST_MALLOC) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

@@ -205,8 +205,8 @@ def started_processes_get_glibcs_malloc_defaults():
     they start (`alps` runs, servers, scripts under a memory limit) runs with glibc's defaults, as a user's does.
 
     Set for the tests' children too, a capped process that had encoded once could reuse the heap it kept instead of
-    asking for more: onnxruntime's out-of-memory test saw no error (1 run in 3 by hand, once in the load check). pytest-xdist's controller runs no fixture,
-    so its workers still get the settings."""
+    asking for more: onnxruntime's out-of-memory test saw no error (1 run in 3 by hand, once in the load check).
+    pytest-xdist's controller runs no fixture, so its workers still get the settings."""
     for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
         os.environ.pop(name, None)
 
