@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,7 +17,7 @@ from prefect.artifacts import (
 )
 from tqdm import tqdm
 
-from alps_client.labels.classes import in_dropped_clusters
+from alps_client.labels.classes import in_dropped_clusters, written_class_names
 
 PREVIEWS = 3
 # Rows of the rejected-inputs and missing-images tables at most: Prefect stores an artifact's table whole.
@@ -92,10 +91,10 @@ def publish(run: dict[str, Any], out: str) -> None:
     create_table_artifact(key="alps-summary", table=rows, description=f"ALPS run summary: {out}")
 
     peak = max(s["pixels_per_class"] or [1]) or 1
-    names = class_names(out)
+    names = written_class_names(out)  # none: the histogram goes without names
     hist = ["| class | name | masks | pixels | |", "|---:|:---|---:|---:|:---|"]
     for k, (m, p) in enumerate(zip(s["masks_per_class"], s["pixels_per_class"])):
-        name = _cell(names[k]) if k < len(names) else ""
+        name = _cell(names.get(k, ""))
         hist.append(f"| {k} | {name} | {m} | {p} | {'█' * max(1, round(30 * p / peak)) if p else ''} |")
     create_markdown_artifact(key="alps-class-histogram", markdown="\n".join(hist), description="Pixels and masks per class")
 
@@ -109,14 +108,6 @@ def publish(run: dict[str, Any], out: str) -> None:
     create_table_artifact(key="alps-errors", table=errors[:TABLE_ROWS],
                           description=f"Rejected inputs{_first_rows(run['errors'])} (all in errors.jsonl)")
     publish_missing(run["missing"])
-
-
-def class_names(out: str) -> list[str]:
-    """The class names the dataset in ``out`` was written with (``alps relabel``'s, or ``cluster_<k>``)."""
-    try:
-        return [str(c["name"]) for c in json.loads((Path(out) / "classes.json").read_text())["classes"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []  # the histogram goes without names
 
 
 def _cell(text: str) -> str:

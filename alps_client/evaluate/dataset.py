@@ -38,6 +38,7 @@ from alps_client.io.discovery import PART_STEM, whole_stem
 from alps_client.io.items import counted
 from alps_client.io.out_lock import out_lock
 from alps_client.io.publish import recover
+from alps_client.labels.classes import written_class_names
 from alps_client.labels.painting import IGNORE
 
 
@@ -209,7 +210,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
-    report.pseudo_label_names = _class_names(out)
+    report.pseudo_label_names = written_class_names(out)
     # the dataset's classes that no scored pixel has: matched to nothing, as unsaid as they are unseen
     absent = sorted(set(report.pseudo_label_names) - set(mapping) - set(report.unmatched_pseudo_labels))
     report.pseudo_labels_absent_from_scored_pixels = absent
@@ -390,12 +391,3 @@ def _colour_for_ids(ignore_index: IgnoreIndex, holds: str) -> str:
     colour = next(str(v).strip() for v in ignore_list(ignore_index) if str(v).strip().startswith("#"))
     return (f"--ignore-index {colour} names a colour, but {holds}, not colours: give the id to ignore "
             "(e.g. --ignore-index 0)")
-
-
-def _class_names(out: Path) -> dict[int, str]:
-    """``{id: name}`` of the dataset's classes (``OUT/classes.json``); empty when it has none to say."""
-    try:
-        classes = json.loads((out / "classes.json").read_text())["classes"]
-        return {int(c["id"]): str(c["name"]) for c in classes}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}

@@ -7,7 +7,9 @@ default one class per cluster (``cluster_<k>``); after review, some clusters nam
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,3 +92,13 @@ def in_dropped_clusters(counts: dict[str, Any]) -> str:
     """
     n = int(counts.get("n_masks_in_dropped_clusters") or 0)
     return f" ({n} in dropped clusters)" if n else ""
+
+
+def written_class_names(out: str | Path) -> dict[int, str]:
+    """``{id: name}`` of the classes the dataset in ``out`` was written with (``OUT/classes.json``: ``alps
+    relabel``'s names, or ``cluster_<k>``); empty when it has none to say."""
+    try:
+        classes = json.loads((Path(out) / "classes.json").read_text())["classes"]
+        return {int(c["id"]): str(c["name"]) for c in classes}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
