@@ -61,10 +61,10 @@ def backend_dir(workdir: Path, venv: Path = TRITON_VENV) -> Path:
 def _replace_file(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` through a new file renamed over it: a server killed with SIGKILL leaves its
     Python backend stubs running, and copying over a running stub fails ("Text file busy")."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_name(f".{target.name}.new")
-    shutil.copy2(source, staged)
-    os.replace(staged, target)
+    from alps_client.io.atomic import atomic_path
+
+    with atomic_path(target) as staged:
+        shutil.copy2(source, staged)  # with its mode: the stub is executed
 
 
 @dataclass
