@@ -7,6 +7,10 @@ defaults below stay the only defaults. ``__post_init__`` validates and does noth
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +28,97 @@ MAX_POINTS_PER_SIDE = 1024
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+# Seeds go to numpy's generators and scikit-learn's random_state, which take 0..2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _as_annotated(value: Any, kind: Any) -> Any:
+    """``value`` as the annotation ``kind`` asks, or ``TypeError`` saying what it should be.
+
+    numpy scalars become Python's (a manifest is JSON); a list becomes a tuple; nothing else is converted: an
+    ``int`` stays one in a ``float`` field, as the manifests and shard fingerprints of earlier runs recorded it.
+    """
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for alternative in (a for a in args if a is not type(None)):
+            try:
+                return _as_annotated(value, alternative)
+            except TypeError:
+                pass
+        raise TypeError(" or ".join(_kind_name(a) for a in args))
+    if origin is Literal:  # which strings: said by the field's own check, in the words of its flag
+        if isinstance(value, str):
+            return value
+        raise TypeError(" or ".join(repr(a) for a in args))
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) and not hasattr(value, "tolist"):
+            raise TypeError(_kind_name(kind))
+        items = list(value.tolist() if hasattr(value, "tolist") else value)
+        element_kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(element_kinds) != len(items):
+            raise TypeError(_kind_name(kind))
+        return tuple(_as_annotated(item, element) for item, element in zip(items, element_kinds))
+    if kind is bool:
+        if isinstance(value, bool) or _is_numpy_bool(value):
+            return bool(value)
+        raise TypeError("true or false")
+    if kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not _is_numpy_bool(value):
+            return int(value)
+        raise TypeError("an integer")
+    if kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and not _is_numpy_bool(value):
+            if not math.isfinite(value):
+                raise TypeError("a finite number")
+            return value if type(value) in (int, float) else float(value)
+        raise TypeError("a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    return value
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    """Whether ``value`` is numpy's boolean scalar (told without importing numpy: the command line starts fast)."""
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+
+
+def _kind_name(kind: Any) -> str:
+    """How :func:`_as_annotated` names an annotation in a message: ``a tuple of integers``."""
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "None"}
+    if kind in names:
+        return names[kind]
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple of {_kind_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        return f"a tuple of {len(args)} ({', '.join(_kind_name(a) for a in args)})"
+    if typing.get_origin(kind) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(kind))
+    return getattr(kind, "__name__", str(kind))
+
+
+def _check_field_types(config: Any) -> None:
+    """Refuse a field of ``config`` (a frozen dataclass here) whose value is not of its annotated type.
+
+    Without it, ``points_per_batch=2.5`` failed images later inside numpy, ``mask_threshold=nan`` gave no mask
+    without a word, and ``triton_urls="host:8001"`` was read one character at a time.
+    """
+    hints = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        try:
+            checked = _as_annotated(value, hints[spec.name])
+        except TypeError as err:
+            raise ValueError(f"{spec.name} must be {err}, got {value!r}"
+                             f"{' (a string: give a tuple of them)' if isinstance(value, str) else ''}") from None
+        if checked is not value:
+            object.__setattr__(config, spec.name, checked)
 
 
 @dataclass(frozen=True)
@@ -56,6 +151,7 @@ class AmgConfig:
     multimask_output: bool = True
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         _check(
             (self.points_per_side is None) != (self.point_grids is None),
             "exactly one of points_per_side or point_grids must be given, "
@@ -84,6 +180,17 @@ class AmgConfig:
                                  f"{self.points_per_side} / crop_n_points_downscale_factor "
                                  f"{self.crop_n_points_downscale_factor}^{self.crop_n_layers} < 1; lower "
                                  "crop_n_points_downscale_factor or crop_n_layers, or raise points_per_side")
+        _check(self.stability_score_offset >= 0,  # the high and low thresholds would swap places
+               f"stability_score_offset must be >= 0, got {self.stability_score_offset!r}")
+        if self.point_grids is not None:  # one per crop layer, as Meta's generator indexes them
+            _check(len(self.point_grids) == self.crop_n_layers + 1,
+                   f"point_grids must hold crop_n_layers + 1 = {self.crop_n_layers + 1} grids, got "
+                   f"{len(self.point_grids)}")
+            for layer, grid in enumerate(self.point_grids):
+                _check(len(grid) > 0 and all(0.0 <= v <= 1.0 for point in grid for v in point),
+                       f"point_grids[{layer}] must hold at least one (x, y) point, each in [0, 1] (a fraction of the "
+                       f"image's width and height), got {len(grid)} point(s)"
+                       f"{'' if not grid else f' from {min(min(p) for p in grid)} to {max(max(p) for p in grid)}'}")
         _check(
             0.0 <= self.crop_overlap_ratio < 1.0,
             f"crop_overlap_ratio must lie in [0, 1), got {self.crop_overlap_ratio!r}",
@@ -158,6 +265,7 @@ class BackendConfig:
     stop_after_failures: int = 10
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         _check(self.kind in ("embedded", "triton"), f"backend must be embedded or triton, got {self.kind!r}")
         _check(self.protocol in ("grpc", "http"), f"protocol must be grpc or http, got {self.protocol!r}")
         if self.triton_urls is None:  # the port Triton serves the protocol on (its HTTP port was sent gRPC)
@@ -200,6 +308,7 @@ class GateConfig:
     sigma: float = 0.3
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         _check(0.0 < self.sigma <= 1.0, f"sigma must lie in (0, 1], got {self.sigma!r}")
 
 
@@ -216,6 +325,7 @@ class FeatureConfig:
     l2_normalize: bool = True
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         _check(self.feature_size > 0, f"feature_size must be > 0, got {self.feature_size!r}")
 
 
@@ -248,6 +358,7 @@ class ClusterConfig:
     dask_address: str | None = None
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         if self.n_clusters != "auto":
             _check(
                 isinstance(self.n_clusters, int) and 1 <= self.n_clusters <= 254,
@@ -261,6 +372,7 @@ class ClusterConfig:
         _check(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size!r}")
         _check(self.n_passes > 0, f"n_passes must be > 0, got {self.n_passes!r}")
         _check(self.init_sample_size > 0, f"init_sample_size must be > 0, got {self.init_sample_size!r}")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must lie in 0..{MAX_SEED}, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -286,7 +398,9 @@ class WriterConfig:
     write_report: bool = True
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must lie in 0..{MAX_SEED}, got {self.seed!r}")
         _check(self.vector_format in (None, "gpkg", "geojson"),
                f"vector_format must be gpkg or geojson (or None for no vectors), got {self.vector_format!r}")
 
@@ -316,6 +430,7 @@ class InputConfig:
     write_nifti_labels: bool = False
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         if self.overlap is None:
             # iSAID's proportion: a fixed 384 px was 75 % of a 512-px tile (4.8x the tiles of a scene) and refused
             # outright below 385 px. Untiled inputs keep 384, as recorded in their datasets' fingerprints.
@@ -344,6 +459,12 @@ class PipelineConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     writer: WriterConfig = field(default_factory=WriterConfig)
 
+    def __post_init__(self) -> None:
+        for part in dataclasses.fields(self):
+            kind = part.default_factory  # type: ignore[misc]  # every part is a dataclass with a default factory
+            _check(isinstance(getattr(self, part.name), kind), f"{part.name} must be of type {kind.__name__}, got "
+                   f"{getattr(self, part.name)!r} (PipelineConfig.from_dict takes plain dicts)")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict of every field."""
         return dataclasses.asdict(self)
@@ -364,6 +485,8 @@ class PipelineConfig:
             sub = part.default_factory  # type: ignore[misc]  # every part is a dataclass with a default factory
             names = {f.name for f in dataclasses.fields(sub)}
             values = data.get(part.name) or {}
+            _check(isinstance(values, dict), f"the config's {part.name} must be a mapping of its fields, got "
+                                              f"{values!r}")
             parts[part.name] = sub(**{k: tuples(v) for k, v in values.items() if k in names})
         return cls(**parts)
 

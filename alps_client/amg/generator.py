@@ -76,10 +76,6 @@ class MaskGenerator:
             self.point_grids = build_all_layer_point_grids(c.points_per_side, c.crop_n_layers, c.crop_n_points_downscale_factor)
         else:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in c.point_grids or ()]
-        if len(self.point_grids) != c.crop_n_layers + 1:
-            raise ValueError(
-                f"point_grids must hold crop_n_layers + 1 = {c.crop_n_layers + 1} grids, got {len(self.point_grids)}"
-            )
         if c.min_mask_region_area > 0:
             lazy_import("cv2")
         self.points_per_batch = c.points_per_batch or backend.prompt_batch_size

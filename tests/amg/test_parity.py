@@ -132,4 +132,4 @@ def test_bad_inputs(embedded_backend):
         AmgConfig(points_per_side=8, crop_n_layers=2, crop_n_points_downscale_factor=4)
     assert AmgConfig(points_per_side=16, crop_n_layers=2, crop_n_points_downscale_factor=4).crop_n_layers == 2
     with pytest.raises(ValueError, match="point_grids must hold crop_n_layers"):
-        MaskGenerator(embedded_backend, AmgConfig(points_per_side=None, point_grids=(((0.5, 0.5),),), crop_n_layers=1))
+        AmgConfig(points_per_side=None, point_grids=(((0.5, 0.5),),), crop_n_layers=1)

@@ -54,6 +54,7 @@ def free_port() -> int:
         (["{data}", "--points-per-side", "100000"], "points_per_side must lie in 1..1024"),  # retried, "resumable"
         (["{data}", "--pred-iou-thresh", "2"], "pred_iou_thresh must lie in [0, 1], got 2.0"),  # labelled all, then 2
         (["{data}", "--stability-score-thresh", "-0.5"], "stability_score_thresh must lie in [0, 1]"),
+        (["{data}", "--seed", "-1"], "seed must lie in 0..4294967295, got -1"),  # k-means refused it after labelling
         (["{data}", "--use-m2m"], "--use-m2m: SAM 2.1 only (its generator's parameters); "),  # the flag given
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
