@@ -22,17 +22,33 @@ def paint_label_map(
     large ones they lie in. A class id of 255 paints "no label" (a dropped class hides what lies under it,
     exactly as if the finished map's value were remapped). Masks are painted from their runs, never decoded:
     memory is one label map whatever their number.
+
+    Args:
+        image_size: ``(H, W)`` of the label map, which every RLE's ``size`` must be (numpy's order, not PIL's).
+        rles: the masks, COCO RLEs.
+        areas: ``(M,)`` pixels of each mask: the painting order.
+        class_ids: ``(M,)`` class of each mask, in 0..255.
+
+    Raises:
+        ValueError: If the sizes or the numbers of areas and class ids disagree with the masks (a label map painted
+            from them would be scrambled, or miss masks).
     """
     h, w = (int(v) for v in image_size)
     if len(rles) == 0:
         return np.full((h, w), IGNORE, dtype=np.uint8)
-    class_ids = np.asarray(class_ids, dtype=np.int64)
-    if len(class_ids) != len(rles) or class_ids.min() < 0 or class_ids.max() > IGNORE:
-        raise ValueError(f"need one class id in 0..255 per mask, got {len(class_ids)} ids for {len(rles)} masks, "
-                         f"range {class_ids.min()}..{class_ids.max()}")
+    class_ids, areas = np.asarray(class_ids, dtype=np.int64), np.asarray(areas, dtype=np.int64)
+    if len(class_ids) != len(rles) or len(areas) != len(rles):
+        raise ValueError(f"need one area and one class id per mask, got {len(areas)} areas and {len(class_ids)} ids "
+                         f"for {len(rles)} masks")
+    if class_ids.min() < 0 or class_ids.max() > IGNORE:
+        raise ValueError(f"need class ids in 0..255, got {class_ids.min()}..{class_ids.max()}")
+    sizes = {(int(rle["size"][0]), int(rle["size"][1])) for rle in rles}
+    if sizes != {(h, w)}:
+        raise ValueError(f"image_size is {(h, w)} (H, W), but the masks' RLEs are {', '.join(map(str, sorted(sizes)))}"
+                         f"{' (give (H, W), not PIL' + chr(39) + 's (W, H))' if sizes == {(w, h)} else ''}")
     # Painted straight from the RLE runs into a column-major buffer (RLE order): no mask is ever decoded.
     column_major = np.full(h * w, IGNORE, dtype=np.uint8)
-    for i in np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable"):
+    for i in np.argsort(-areas, kind="stable"):
         starts, lengths = rle_runs(rles[i])
         total = int(lengths.sum())
         if total:

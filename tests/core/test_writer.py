@@ -46,8 +46,27 @@ def test_paint_small_masks_on_top_255_elsewhere_and_dropped_classes_hide():
     dropped = paint_label_map((10, 10), rles, [4, 64], [IGNORE, 2])
     assert dropped[3, 3] == IGNORE and dropped[1, 1] == 2
     assert paint_label_map((4, 5), [], [], []).tolist() == [[IGNORE] * 5] * 4
-    with pytest.raises(ValueError, match=r"one class id in 0\.\.255 per mask"):
+    with pytest.raises(ValueError, match=r"one area and one class id per mask, got 2 areas and 1 ids for 2 masks"):
         paint_label_map((10, 10), rles, [4, 64], [1])
+    with pytest.raises(ValueError, match=r"got 0 areas and 0 ids for 2 masks"):  # its message itself failed
+        paint_label_map((10, 10), rles, [], [])
+    with pytest.raises(ValueError, match=r"got 1 areas"):  # the second mask was left unpainted, unsaid
+        paint_label_map((10, 10), rles, [4], [7, 2])
+    with pytest.raises(ValueError, match=r"class ids in 0\.\.255, got -1\.\.2"):
+        paint_label_map((10, 10), rles, [4, 64], [-1, 2])
+
+
+def test_paint_refuses_a_size_its_masks_do_not_have():
+    """A map of another size was painted from the masks' column-major runs, scrambled, without a word."""
+    masks = np.zeros((1, 4, 6), bool)
+    masks[0, 1:3, 2:5] = True
+    rles = encode_coco_rle(masks)
+    assert paint_label_map((4, 6), rles, [6], [1]).sum() == 6 + 255 * 18
+    with pytest.raises(ValueError, match=r"image_size is \(6, 4\) \(H, W\), but the masks' RLEs are \(4, 6\) "
+                                         r"\(give \(H, W\), not PIL's \(W, H\)\)"):
+        paint_label_map((6, 4), rles, [6], [1])
+    with pytest.raises(ValueError, match=r"image_size is \(3, 3\) \(H, W\), but the masks' RLEs are \(4, 6\)$"):
+        paint_label_map((3, 3), rles, [6], [1])
 
 
 def test_splits_near_the_fraction_by_group_and_given_splits_kept():
