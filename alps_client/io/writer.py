@@ -189,7 +189,8 @@ def write_dataset(
         config: the run's configuration (split, previews, scene outputs; recorded in the manifest).
         model_manifest: the model repository manifest (recorded in the manifest).
         errors: rejected inputs, each ``{"path", "reason"}``.
-        image_sources: stem -> file copied to ``img_dir/<split>/<stem><suffix>`` and used for previews.
+        image_sources: stem -> file copied to ``img_dir/<split>/<stem><suffix>`` and used for previews; one for
+            every labelled image unless ``config.writer`` has ``copy_images`` and ``write_vis`` off.
         class_map: cluster -> class mapping and class names; default one class per cluster.
         extra_manifest: more top-level manifest entries (e.g. the flow's record of images not labelled).
         warn: receives the line naming outputs of the previous dataset the new one does not have (its
@@ -201,6 +202,7 @@ def write_dataset(
 
     Raises:
         OutputDiskFullError: If the disk fills up: what was staged is removed, the previous dataset stays.
+        ValueError: If ``image_sources`` lacks a labelled image that ``copy_images`` or ``write_vis`` needs.
     """
     out = Path(out_dir)
     staging = staging_dir(out)
@@ -242,6 +244,14 @@ def _stage_dataset(
     # Tiles wholly in a scene's nodata hold nothing to train on: no image, no label map (255 in stitched maps).
     kept = [(p, m) for p, m in zip(paths, metas) if not m.get("extra", {}).get("empty")]
     paths, metas = [p for p, _ in kept], [m for _, m in kept]
+    image_sources = image_sources or {}
+    without_image = [m["stem"] for m in metas if m["stem"] not in image_sources]
+    if without_image and (config.writer.copy_images or config.writer.write_vis):
+        raise ValueError(  # the dataset had no img_dir/ nor vis/, its manifest and mmseg config saying otherwise
+            f"image_sources names no image file for {len(without_image)} of the {len(metas)} labelled image(s) "
+            f"({', '.join(without_image[:3])}{', ...' if len(without_image) > 3 else ''}), which copy_images and "
+            "write_vis need: give stem -> image file for each, or a WriterConfig with copy_images=False and "
+            "write_vis=False")
     seed, val_fraction = config.writer.seed, config.writer.val_fraction
     input_of = {_group(m): m.get("extra", {}).get("source_signature", {}).get("path") or _group(m) for m in metas}
     earlier = earlier_splits(out, seed, val_fraction)  # by input path: the name may have passed to another file
@@ -265,7 +275,6 @@ def _stage_dataset(
     masks_per_class = np.zeros(n_classes, np.int64)
     pixels_per_class = np.zeros(n_classes, np.int64)
     kept_total = gated_total = in_dropped = labelled = pixels = 0
-    image_sources = image_sources or {}
     formats = {stem: _format_suffix(source) for stem, source in image_sources.items()}  # each file's header read once
     suffix = image_suffix(formats)
     for path, meta in zip(paths, metas):

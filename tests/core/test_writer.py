@@ -316,6 +316,22 @@ def test_a_dataset_whose_folders_give_no_train_images_trains_on_what_it_has(two_
            f" runs on {trained}." in comments(cfg_text)
 
 
+def test_images_and_previews_asked_for_need_a_file_for_each_image(two_shards, tmp_path):
+    """Without ``image_sources`` the dataset had no img_dir/ nor vis/, its manifest recording copy_images and
+    write_vis and its mmsegmentation config listing img_dir/, without a word."""
+    shards, centroids, sources = two_shards
+    cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=2))
+    with pytest.raises(ValueError, match=r"image_sources names no image file for 2 of the 2 labelled image\(s\) "
+                                         r"\(a, b\), which copy_images and write_vis need"):
+        write_dataset(tmp_path / "out", shards, centroids, cfg, {}, [])
+    with pytest.raises(ValueError, match=r"for 1 of the 2 labelled image\(s\) \(b\)"):
+        write_dataset(tmp_path / "out", shards, centroids, cfg, {}, [], {"a": sources["a"]})
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    bare = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(copy_images=False, write_vis=False))
+    assert write_dataset(tmp_path / "out", shards, centroids, bare, {}, []).n_images == 2
+    assert not (tmp_path / "out" / "img_dir").exists() and (tmp_path / "out" / "ann_dir").is_dir()
+
+
 def comments(config_text: str) -> str:
     """The comment lines of a config file, unwrapped into one line."""
     return " ".join(ln[2:] for ln in config_text.splitlines() if ln.startswith("# "))
@@ -341,7 +357,8 @@ def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_
         assert names == set(copies[name])
         assert len(mmseg_listing(tmp_path / name)) == 2  # what mmsegmentation loads: every image, with labels
     uncopied = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(copy_images=False))
-    write_dataset(tmp_path / "uncopied", shards, centroids, uncopied, {}, [], {"a": tmp_path / "a.jpg"})
+    write_dataset(tmp_path / "uncopied", shards, centroids, uncopied, {}, [],
+                  {"a": tmp_path / "a.jpg", "b": tmp_path / "b.png"})  # for the previews
     assert not (tmp_path / "uncopied" / "img_dir").exists()
     assert not (tmp_path / "uncopied" / "mmseg_dataset.py").exists()  # it would name images that are not there
     assert set(copies["same"]) == {"a.jpg", "b.jpg"}
