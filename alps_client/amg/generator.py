@@ -33,7 +33,7 @@ from alps_client.amg.grids import build_all_layer_point_grids, generate_crop_box
 from alps_client.amg.mask_data import MaskData
 from alps_client.amg.upsample import fails_stability_for_sure, postprocess_mask_window
 from alps_client.backends.base import Embedding, SamBackend
-from alps_client.backends.preprocess import apply_coords
+from alps_client.backends.preprocess import apply_coords, check_image
 from alps_client.config import AmgConfig
 from alps_client.masks import MaskSet, decode_coco_rle, encode_coco_rle, mask_to_rle, rle_areas, window_rle
 
@@ -108,8 +108,7 @@ class MaskGenerator:
         return MaskGenerationResult(masks, embedding, timings, n_prompts)
 
     def _run(self, image: npt.NDArray[np.uint8]) -> tuple[MaskData, Embedding, int, dict[str, float]]:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+        check_image(image)
         timings = {"encoder": 0.0, "decoder": 0.0, "postprocess": 0.0}
         data, embedding, n_prompts = self._generate_masks(image, timings)
         start = time.perf_counter()

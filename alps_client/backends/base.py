@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -98,3 +98,16 @@ class SamBackend(Protocol):
     def close(self) -> None:
         """Release sessions, connections and shared memory."""
         ...
+
+
+class ClosedOnExit:
+    """A backend as a context manager: ``with make_backend(config) as backend:`` calls its ``close`` at the end."""
+
+    def close(self) -> None:  # the backend's own
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

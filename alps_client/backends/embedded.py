@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.backends.base import ClosedOnExit, DecoderOutput, Embedding
 from alps_client.backends.feeds import (
     decoder_feeds,
     encoder_feeds,
@@ -24,6 +24,7 @@ from alps_client.backends.feeds import (
     mask_outputs,
 )
 from alps_client.backends.manifest import ModelManifest, ModelSpec, load_manifest
+from alps_client.backends.preprocess import check_image_list
 from alps_client.config import BackendConfig
 from alps_client.errors import (
     BackendClosedError,
@@ -127,7 +128,7 @@ def make_session(path: str | Path, settings: dict[str, Any], providers: Sequence
                                 disabled_optimizers=settings["disabled_optimizers"] or None)
 
 
-class EmbeddedBackend:
+class EmbeddedBackend(ClosedOnExit):
     """SAM encoder and AMG decoder in onnxruntime sessions; CUDA provider when available, else CPU.
 
     Sessions are thread-safe for ``run``, so one backend can serve several images concurrently.
@@ -194,6 +195,7 @@ class EmbeddedBackend:
 
     def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
         """Embed ``(H, W, 3) uint8`` RGB images one at a time (bounded memory on CPU)."""
+        check_image_list(images)
         out: list[Embedding] = []
         roles = encoder_output_roles(self.manifest)
         names = [self._enc.outputs[role].name for role in roles]

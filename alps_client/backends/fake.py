@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.backends.base import ClosedOnExit, DecoderOutput, Embedding
 from alps_client.backends.fake_faults import FaultInjector
 from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, ModelManifest
-from alps_client.backends.preprocess import IMAGE_SIZE, prepare_encoder_input
+from alps_client.backends.preprocess import IMAGE_SIZE, check_image_list, prepare_encoder_input
 
 FAKE_MODEL_TYPE = "fake"
 LOW_RES = 256
@@ -188,7 +188,7 @@ class _Regions:
         return logits, scores
 
 
-class FakeSamBackend:
+class FakeSamBackend(ClosedOnExit):
     """The numpy fake (see module docs); :class:`alps_client.backends.SamBackend` interface. NOT SAM.
 
     Attributes:
@@ -215,6 +215,7 @@ class FakeSamBackend:
 
     def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
         """Fake embeddings of ``(H, W, 3) uint8`` RGB images, in SAM's resized-and-padded frame."""
+        check_image_list(images)
         out = []
         for image in images:
             self._faults.before_encode((int(image.shape[0]), int(image.shape[1])))

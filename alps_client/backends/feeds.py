@@ -20,18 +20,12 @@ import numpy.typing as npt
 
 from alps_client.backends.base import Embedding
 from alps_client.backends.manifest import ModelManifest
-from alps_client.backends.preprocess import prepare_encoder_input
+from alps_client.backends.preprocess import check_image, prepare_encoder_input
 
 Array = npt.NDArray[np.generic]
 LOW_RES = 256
 SAM2_FRAME = (1024, 1024)
 HIGH_RES_ROLES = ("high_res_feats_0", "high_res_feats_1")
-
-
-def check_image(image: npt.NDArray[np.uint8]) -> None:
-    """Raise ``ValueError`` unless ``image`` is ``(H, W, 3) uint8``."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
 
 
 def encoder_feeds(manifest: ModelManifest, image: npt.NDArray[np.uint8]) -> tuple[dict[str, Array], tuple[int, int]]:

@@ -47,6 +47,33 @@ def pad_to_square(image: npt.NDArray[np.uint8], size: int = IMAGE_SIZE) -> npt.N
     return out
 
 
+def check_image(image: object) -> None:
+    """Raise ``ValueError`` unless ``image`` is an ``(H, W, 3) uint8`` RGB array of at least one pixel.
+
+    The message says how to get there from what was given (grey, RGBA, another dtype, a list).
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, (H, W, 3) uint8 RGB, got {type(image).__name__}: "
+                         "np.asarray(image, dtype=np.uint8)")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        how = (["grey: np.dstack([image] * 3)"] if image.ndim == 2 else
+               ["RGBA: image[..., :3]"] if image.ndim == 3 and image.shape[2] == 4 else
+               [] if image.ndim == 3 and image.shape[2] == 3 else ["several images: give them one at a time"])
+        if image.dtype != np.uint8:
+            how.append("another dtype: scale to 0..255, then .astype(np.uint8)")
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype} "
+                         f"({'; '.join(how)})")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image must have at least one row and one column, got shape {image.shape}")
+
+
+def check_image_list(images: object) -> None:
+    """Raise ``ValueError`` if ``images``, given to a backend's ``encode``, is one image instead of a list of them."""
+    if isinstance(images, np.ndarray):
+        raise ValueError(f"encode takes a list of (H, W, 3) uint8 images, got one array of shape {images.shape}: "
+                         "give [image]")
+
+
 def prepare_encoder_input(
     image: npt.NDArray[np.uint8], long_side_length: int = IMAGE_SIZE
 ) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
@@ -59,8 +86,7 @@ def prepare_encoder_input(
     Returns:
         ``((1024, 1024, 3) uint8, (h, w))``: the padded frame and the resized image's size inside it.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    check_image(image)
     resized = resize_longest_side(image, long_side_length)
     return pad_to_square(resized, long_side_length), (resized.shape[0], resized.shape[1])
 

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client._imports import lazy_import
-from alps_client.backends.base import DecoderOutput, Embedding
+from alps_client.backends.base import ClosedOnExit, DecoderOutput, Embedding
 from alps_client.backends.feeds import (
     decoder_feeds,
     encoder_feeds,
@@ -38,6 +38,7 @@ from alps_client.backends.feeds import (
     mask_outputs,
 )
 from alps_client.backends.manifest import SHA256_PARAMETER, ModelManifest, ModelSpec, load_manifest
+from alps_client.backends.preprocess import check_image_list
 from alps_client.backends.triton_shm import ShmRegion, ShmRegions, sweep_stale_regions
 from alps_client.backends.triton_status import classify, deadline, reason, server_errors, timed_out
 from alps_client.config import BackendConfig
@@ -114,7 +115,7 @@ def _version_text(spec: ModelSpec) -> str:
     return f" version {spec.version}" if spec.version else ""
 
 
-class TritonBackend:
+class TritonBackend(ClosedOnExit):
     """SAM on a Triton server; see the module docstring.
 
     Args:
@@ -454,6 +455,7 @@ class TritonBackend:
 
     def encode(self, images: Sequence[npt.NDArray[np.uint8]]) -> list[Embedding]:
         """Embed images, one request each, all in flight together (Triton batches them dynamically)."""
+        check_image_list(images)
         return list(self._pool.map(self._encode_one, images))
 
     def decode(self, embedding: Embedding, point_coords: npt.NDArray[np.float32],

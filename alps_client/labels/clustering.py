@@ -160,6 +160,9 @@ def assign_clusters(features: npt.NDArray[np.float32], centroids: npt.NDArray[np
     """Nearest centroid (squared Euclidean; ties to the lower id) of each ``(M, D)`` row."""
     if len(features) == 0:
         return np.zeros((0,), np.int64)
+    if features.ndim != 2 or centroids.ndim != 2 or features.shape[1] != centroids.shape[1]:
+        raise ValueError(f"features (M, D) and centroids (N, D) must have as many columns, got {features.shape} and "
+                         f"{centroids.shape} (centroids of another model family?)")
     f = features.astype(np.float64)
     c = centroids.astype(np.float64)
     d = (f * f).sum(1)[:, None] - 2.0 * f @ c.T + (c * c).sum(1)[None, :]
@@ -267,6 +270,8 @@ def fit_centroids(
     if config.centroids:
         return load_centroids(config.centroids, model_family=model_family)
     paths = _sorted(shard_paths)
+    if not paths:
+        raise ValueError("no shard to cluster: give the shards that label_image wrote (one .npz per image)")
     counts = count_pfls(paths)
     total = int(counts.sum())
     if total == 0:

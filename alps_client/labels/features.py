@@ -83,6 +83,10 @@ def pool_mask_features(
     channels, grid_h, grid_w = embedding.features.shape
     if len(masks) == 0:
         return np.zeros((0, channels), np.float32)
+    if hasattr(masks, "rles") or not all(isinstance(m, dict) and "size" in m and "counts" in m for m in masks):
+        raise ValueError(f"masks must be a sequence of COCO RLEs ({{'size': [H, W], 'counts': ...}}), got "
+                         f"{type(masks).__name__}: give a MaskSet's .rles, or alps_client.masks.encode_coco_rle(m) "
+                         "of (N, H, W) bool masks m")
     h, w = (int(v) for v in masks[0]["size"])
     if (h, w) != tuple(embedding.original_size) or any(tuple(m["size"]) != (h, w) for m in masks):
         raise ValueError(f"masks must all be of the embedding's original_size {tuple(embedding.original_size)}, "

@@ -80,3 +80,44 @@ def test_fake_masks_follow_the_first_foreground_point_of_each_prompt(fake_backen
     out.low_res_masks[0] = 0  # the caller owns its output: the next decode is unchanged
     again = fake_backend.decode(embedding, coords[:1], labels[:1])
     assert (again.low_res_masks[0] > 0).sum() == masks[0].sum()
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [  # each ended in numpy (a ZeroDivisionError, an AttributeError) or said the shape without the way to fix it
+        (np.zeros((0, 64, 3), np.uint8), r"at least one row and one column, got shape \(0, 64, 3\)"),
+        (np.zeros((8, 8), np.uint8).tolist(), r"a numpy array, .* got list: np\.asarray\(image, dtype=np\.uint8\)"),
+        (np.zeros((8, 8), np.uint8), r"got shape \(8, 8\) dtype uint8 \(grey: np\.dstack\(\[image\] \* 3\)\)"),
+        (np.zeros((8, 8, 4), np.uint8), r"\(RGBA: image\[\.\.\., :3\]\)"),
+        (np.zeros((8, 8, 3), np.float32), r"dtype float32 \(another dtype: scale to 0\.\.255, then \.astype"),
+    ],
+)
+def test_an_image_of_another_form_is_refused_saying_how_to_convert_it(fake_backend, image, message):
+    with pytest.raises(ValueError, match=r"^image must .*" + message):
+        MaskGenerator(fake_backend, AmgConfig(points_per_side=4)).generate(image)
+
+
+def test_library_misuses_are_named(fake_repo, monkeypatch):
+    """One image given to encode (its rows were taken for images), dense or MaskSet masks given to the pooling,
+    centroids of another width, no shard at all: each failed deep in numpy, or said something untrue."""
+    from alps_client.config import ClusterConfig
+    from alps_client.labels.clustering import assign_clusters, fit_centroids
+    from alps_client.labels.features import pool_mask_features
+
+    image, _ = make_shapes_scene(seed=3, size=(64, 64))
+    closed = []
+    monkeypatch.setattr(FakeSamBackend, "close", lambda self: closed.append(self))
+    with make_backend(BackendConfig(model_repository=str(fake_repo))) as backend:
+        with pytest.raises(ValueError, match=r"encode takes a list .* got one array of shape \(64, 64, 3\): give "):
+            backend.encode(image)
+        result = MaskGenerator(backend, AmgConfig(points_per_side=4)).generate_masks(image)
+        assert len(result.masks) > 0
+        for masks in (result.masks, [np.ones((64, 64), bool)]):
+            with pytest.raises(ValueError, match=r"sequence of COCO RLEs .* give a MaskSet's \.rles"):
+                pool_mask_features(result.embedding, masks)
+        assert pool_mask_features(result.embedding, result.masks.rles).shape == (len(result.masks), 256)
+    assert closed == [backend]  # a backend is a context manager: the block closed it
+    with pytest.raises(ValueError, match=r"as many columns, got \(2, 256\) and \(3, 10\)"):
+        assign_clusters(np.zeros((2, 256), np.float32), np.zeros((3, 10), np.float32))
+    with pytest.raises(ValueError, match="no shard to cluster"):  # said "kept no mask in any of the 0 image(s)"
+        fit_centroids([], ClusterConfig())
