@@ -57,6 +57,7 @@ from alps_client.io.items import InputItem, by_reason, one_line
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
+from alps_client.runs.finish import fit_or_keep_centroids, write_labelled_dataset
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.moves import apply_moves
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
@@ -196,80 +197,23 @@ def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
 
 @task(name="cluster", cache_policy=NONE)
 def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: str = "sam") -> str | State:
-    """Fit the centroids over all shards; returns the path of the saved centroids.
-
-    A rerun whose shards hold the features the saved centroids were fitted on, with the same settings, keeps them
-    (``OUT/.alps/centroids.key``): k-means over millions of masks is not run again for nothing, and the classes do
-    not move with a change of k-means' own code or of the machine's arithmetic.
-    """
-    import numpy as np
-
-    from alps_client.labels.clustering import clustering_key, fit_centroids
-
-    path, key_path = work_dir(out) / "centroids.npy", work_dir(out) / "centroids.key"
-    key = None if config.cluster.centroids else clustering_key(shards, config.cluster)
-    if key and path.is_file() and key_path.is_file() and key_path.read_text() == key:
-        get_run_logger().info("k-means not run again: the masks and clustering settings are those the clusters in "
-                              "%s were fitted on", path)
-        return str(path)
-    centroids = fit_centroids(shards, config.cluster, model_family)
+    """The centroids' path (:func:`~alps_client.runs.finish.fit_or_keep_centroids`); a full disk fails the task."""
     try:
-        key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others
-        atomic.write_with(path, lambda f: np.save(f, centroids))
-        if key:
-            atomic.write_text(key_path, key)
+        return str(fit_or_keep_centroids(shards, out, config, model_family, get_run_logger()))
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
-    return str(path)
 
 
 @task(name="write-dataset", cache_policy=NONE)
 def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, errors: list[dict[str, str]],
           missing: list[dict[str, str]], image_sources: dict[str, str], sources: dict[str, str]
           ) -> dict[str, Any] | State:
-    """Paint label maps once and write the dataset (and scene outputs), replacing the previous one as a whole.
-
-    The flow's one call of the writer. ``missing`` (good images not labelled, ``--allow-partial``) goes to the
-    manifest apart from the rejected inputs in ``errors``; ``complete`` says whether any is missing; ``sources``
-    (:meth:`RunPlan.sources`) and the tiled scenes' sizes (:meth:`RunPlan.scene_sizes`) too.
-    """
-    import numpy as np
-
-    from alps_client.io.rewrite import carried_relabel
-    from alps_client.io.writer import write_dataset
-
-    centroids = np.load(centroids_path)
-    extra: dict[str, Any] = {"complete": not missing, "missing": missing, "sources": sources,
-                             "scene_sizes": plan.scene_sizes(set(sources))}
-    class_map = None
-    carried = carried_relabel(out, centroids, get_run_logger().warning, plan.config.cluster.centroids)
-    if carried:
-        class_map, extra["relabel"] = carried
-        if "from" in extra["relabel"]:
-            get_run_logger().info(f"the classes of {extra['relabel']['from']} (its `alps relabel`, made for these "
-                                  f"--centroids) are applied: {len(class_map.names)} classes")
-        else:  # kept unsaid, or brought back by going back to the clusters they were made for
-            names = ", ".join(class_map.names[:8]) + (", ..." if len(class_map.names) > 8 else "")
-            get_run_logger().info(f"the classes of this dataset's `alps relabel` are kept, its clusters being the "
-                                  f"same: {len(class_map.names)} classes ({names})")
-    before = _splits_in(out)
+    """The flow's one dataset write (:func:`~alps_client.runs.finish.write_labelled_dataset`); its summary."""
     try:
-        summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
-                                class_map, extra, get_run_logger().warning)
+        return write_labelled_dataset(out, shards, centroids_path, plan, errors, missing, image_sources, sources,
+                                      get_run_logger())
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
-    moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)
-    if moved:  # a model trained on the earlier split has seen some of the new val images
-        get_run_logger().warning(
-            "%d image(s) moved between splits (%s%s): another --seed or --val-fraction than the dataset's draws the "
-            "split anew (or their input moved between the dataset's train/val folders)", len(moved),
-            ", ".join(moved[:5]), ", ..." if len(moved) > 5 else "")
-    return summary.__dict__
-
-
-def _splits_in(out: str) -> dict[str, str]:
-    """``stem -> split`` of the label maps the dataset in ``out`` holds now (empty before its first write)."""
-    return {path.stem: path.parent.name for path in Path(out).glob("ann_dir/*/*.png")}
 
 
 def _label_all(plan: RunPlan, labeller: Labeller, progress_bar: bool) -> tuple[list[ImageOutcome], str]:

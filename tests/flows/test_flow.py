@@ -970,3 +970,23 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
 
         table = wait_until(errors_artifact, "the run's alps-errors artifact (recorded asynchronously)", timeout=120)
     assert len(json.loads(table["data"])) == 4 and "the first 4 of 12" in table["description"]
+
+
+def test_the_python_recipe_of_docs_flow_md_writes_the_flows_dataset(fake_repo, scenes, tmp_path):
+    """docs/flow.md's "From Python": the library's stages, without Prefect, as a user would copy them."""
+    import re
+
+    text = (Path(__file__).parents[2] / "docs" / "flow.md").read_text()
+    recipe = re.search(r"## From Python\n.*?```python\n(.*?)```", text, re.S).group(1)
+    yours = '"model_repository", "data/images", "out", "work"  # yours'
+    assert recipe.count(yours) == 1
+    data = copies_of_scenes(scenes, tmp_path / "data", 4)
+    recipe = recipe.replace(yours, repr((str(fake_repo), str(data), str(tmp_path / "out"), str(tmp_path / "work"))))
+    namespace: dict = {}
+    exec(compile(recipe, "docs/flow.md", "exec"), namespace)  # noqa: S102  (the documented recipe itself)
+    assert namespace["written"].n_images == 4
+    cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)), amg=AmgConfig(points_per_side=16),
+                         cluster=ClusterConfig(n_clusters=4))
+    alps_flow(str(data), str(tmp_path / "flow_out"), cfg, progress_bar=False)
+    assert labels(tmp_path / "out") == labels(tmp_path / "flow_out") and len(labels(tmp_path / "out")) == 4
+    assert sorted(p.name for p in (tmp_path / "out" / "img_dir").glob("*/*")) == [f"scene_{i:04d}.png" for i in range(4)]

@@ -1,0 +1,104 @@
+"""A run's last two steps, after every image is labelled: the centroids, then the dataset.
+
+The flow's ``cluster`` and ``write-dataset`` tasks call these; so does a run composed in Python without Prefect
+(docs/flow.md, "From Python"). ``log`` is a :class:`logging.Logger` (the flow gives Prefect's run logger).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alps_client.config import PipelineConfig
+from alps_client.io import atomic
+from alps_client.io.rewrite import carried_relabel
+from alps_client.io.writer import write_dataset
+from alps_client.labels.clustering import clustering_key, fit_centroids
+from alps_client.runs.plan import RunPlan, work_dir
+
+Log = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+logger = logging.getLogger(__name__)
+
+
+def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: PipelineConfig, model_family: str = "sam",
+                          log: Log = logger) -> Path:
+    """Fit the centroids over all shards and save them in ``OUT/.alps/centroids.npy``; returns that path.
+
+    A rerun whose shards hold the features the saved centroids were fitted on, with the same settings, keeps them
+    (``OUT/.alps/centroids.key``): k-means over millions of masks is not run again for nothing, and the classes do
+    not move with a change of k-means' own code or of the machine's arithmetic.
+
+    Raises:
+        AlpsError: If no shard holds a kept mask.
+        OutputDiskFullError: If the centroids cannot be saved for want of space.
+    """
+    path, key_path = work_dir(out) / "centroids.npy", work_dir(out) / "centroids.key"
+    key = None if config.cluster.centroids else clustering_key(shards, config.cluster)
+    if key and path.is_file() and key_path.is_file() and key_path.read_text() == key:
+        log.info("k-means not run again: the masks and clustering settings are those the clusters in %s were "
+                 "fitted on", path)
+        return path
+    centroids = fit_centroids(shards, config.cluster, model_family)
+    key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others
+    atomic.write_with(path, lambda f: np.save(f, centroids))
+    if key:
+        atomic.write_text(key_path, key)
+    return path
+
+
+def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_path: str | Path, plan: RunPlan,
+                           errors: Sequence[dict[str, str]], missing: Sequence[dict[str, str]],
+                           image_sources: dict[str, str], sources: dict[str, str], log: Log = logger
+                           ) -> dict[str, Any]:
+    """Paint label maps once and write the dataset (and scene outputs), replacing the previous one as a whole.
+
+    Args:
+        out: the output folder.
+        shards: one shard per labelled image.
+        centroids_path: from :func:`fit_or_keep_centroids`.
+        plan: the run's plan (:func:`~alps_client.runs.plan.plan_run`).
+        errors: rejected inputs, each ``{"path", "reason"}``.
+        missing: good images not labelled (``--allow-partial``), recorded in the manifest apart from ``errors``;
+            ``complete`` says whether any is missing.
+        image_sources: stem -> image file (each :class:`~alps_client.runs.work.ImageOutcome`'s ``image``).
+        sources: input file of each labelled image (:meth:`RunPlan.sources`).
+        log: where the relabel carried over and the images moved between splits are said.
+
+    Returns:
+        The dataset's summary (:class:`~alps_client.io.writer.DatasetSummary` as a dict).
+
+    Raises:
+        OutputDiskFullError: If the disk fills up: the previous dataset stays.
+    """
+    centroids = np.load(centroids_path)
+    extra: dict[str, Any] = {"complete": not missing, "missing": list(missing), "sources": sources,
+                             "scene_sizes": plan.scene_sizes(set(sources))}
+    class_map = None
+    carried = carried_relabel(out, centroids, log.warning, plan.config.cluster.centroids)
+    if carried:
+        class_map, extra["relabel"] = carried
+        if "from" in extra["relabel"]:
+            log.info(f"the classes of {extra['relabel']['from']} (its `alps relabel`, made for these --centroids) "
+                     f"are applied: {len(class_map.names)} classes")
+        else:  # kept unsaid, or brought back by going back to the clusters they were made for
+            names = ", ".join(class_map.names[:8]) + (", ..." if len(class_map.names) > 8 else "")
+            log.info(f"the classes of this dataset's `alps relabel` are kept, its clusters being the same: "
+                     f"{len(class_map.names)} classes ({names})")
+    before = _splits_in(out)
+    summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
+                            class_map, extra, log.warning)
+    moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)
+    if moved:  # a model trained on the earlier split has seen some of the new val images
+        log.warning("%d image(s) moved between splits (%s%s): another --seed or --val-fraction than the dataset's "
+                    "draws the split anew (or their input moved between the dataset's train/val folders)",
+                    len(moved), ", ".join(moved[:5]), ", ..." if len(moved) > 5 else "")
+    return summary.__dict__
+
+
+def _splits_in(out: str | Path) -> dict[str, str]:
+    """``stem -> split`` of the label maps the dataset in ``out`` holds now (empty before its first write)."""
+    return {path.stem: path.parent.name for path in Path(out).glob("ann_dir/*/*.png")}
