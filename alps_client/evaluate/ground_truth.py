@@ -6,6 +6,7 @@ Label maps of class ids, colour-coded maps (one RGB colour per class), NIfTI lab
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -293,7 +294,7 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
     indices, or with ``palette_colours`` (colours declared for colour-coded ground truth) its colours. Of a file of
     several pages (a multi-page TIFF, an animated GIF or WebP) the first is read, as ``alps run`` reads images.
     """
-    from alps_client.io.readers import raster_io
+    from alps_client.io.readers import MAX_PIL_PIXELS, pil_pixel_limit, raster_io
 
     if path.is_file() and path.stat().st_size == 0:
         raise AlpsError(f"{path}: a zero-byte file, not a label map (cut short by a copy or a download?): copy it "
@@ -305,11 +306,20 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
                 if src.count > 1:
                     return np.moveaxis(src.read(), 0, -1), None, pages
                 return src.read(1), src.nodata, pages
-        with Image.open(path) as im:
+        # As alps run reads its images: PIL's own limit (179 Mpx) refused a scene's ground truth that `alps run
+        # --tile` labels, and warned in the table's place above 89 Mpx.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with pil_pixel_limit(MAX_PIL_PIXELS):
+                im = Image.open(path)
+        with im:
             pages = int(getattr(im, "n_frames", 1))
             return np.asarray(im.convert("RGB") if palette_colours and im.mode == "P" else im), None, pages
     except AlpsError:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise AlpsError(f"{path}: a label map of more than {MAX_PIL_PIXELS / 1e6:.0f} Mpx, which PIL decodes whole: "
+                        "save it as a GeoTIFF (gdal_translate), read without that limit") from None
     except Exception as err:  # noqa: BLE001 (PIL and GDAL raise many types for corrupt files)
         text = str(err)
         if isinstance(err, UnidentifiedImageError) or "not recognized as being in a supported" in text:

@@ -160,6 +160,23 @@ _HEADER_ONLY = -1  # _open_image(limit=...): no pixel limit, the file's header i
 
 
 @contextmanager
+def pil_pixel_limit(limit: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit at ``limit`` pixels (``_HEADER_ONLY``: none; None: PIL's own) for the
+    ``Image.open`` calls in the block, under the lock every open here takes, restored after.
+
+    PIL warns above its limit and refuses above twice it.
+    """
+    with _PIL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        if limit is not None:
+            Image.MAX_IMAGE_PIXELS = None if limit == _HEADER_ONLY else limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+@contextmanager
 def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
     """``Image.open`` under PIL's decompression-bomb guard, or with its limit raised to ``limit`` pixels.
 
@@ -171,14 +188,8 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         InputImageError: If the image exceeds the limit in force.
     """
     try:
-        with _PIL_LIMIT_LOCK:
-            previous = Image.MAX_IMAGE_PIXELS
-            if limit is not None:
-                Image.MAX_IMAGE_PIXELS = None if limit == _HEADER_ONLY else limit
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = previous
+        with pil_pixel_limit(limit):
+            im = Image.open(path)
     except Image.DecompressionBombError as err:
         raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
                           "cut it into tiles with --tile 896 --overlap 384") from err

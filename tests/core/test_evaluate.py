@@ -933,3 +933,25 @@ def test_a_colour_to_ignore_is_refused_for_ground_truth_of_class_ids(case, capsy
     classes.write_text("classes: [a, b, c, d]\n")
     assert "classes.yaml declares class ids, not colours" in evaluate_fails(
         case, "--ignore-index", "#000000", "--gt-classes", str(classes))
+
+
+def test_a_label_map_over_pils_own_pixel_limit_is_read_as_alps_run_reads_images(tmp_path, monkeypatch):
+    """A 14000 x 14000 ground-truth PNG (a scene `alps run --tile` labels) was refused as a DecompressionBombError,
+    and one over 89 Mpx printed PIL's warning above the table. PIL's limit is lowered here in its place."""
+    import warnings
+
+    from alps_client.evaluate.ground_truth import read_array
+    from alps_client.io import readers
+
+    truth = np.zeros((100, 120), np.uint8)
+    truth[50:] = 1
+    Image.fromarray(truth).save(tmp_path / "scene.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)  # below the map (12,000 px): PIL alone refuses it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arr, _, _ = read_array(tmp_path / "scene.png")
+    assert np.array_equal(arr, truth) and Image.MAX_IMAGE_PIXELS == 2_000  # read; PIL's setting given back
+    monkeypatch.setattr(readers, "MAX_PIL_PIXELS", 10_000)  # alps run's own limit, below the map
+    with pytest.raises(AlpsError, match=r"scene\.png: a label map of more than 0 Mpx, which PIL decodes whole: save "
+                                        r"it as a GeoTIFF"):
+        read_array(tmp_path / "scene.png")
