@@ -40,8 +40,8 @@ class Progress:
         """One more image finished with ``status`` (labelled, skipped, rejected, failed)."""
         self.done += 1
         self.counts[status] += 1
+        self.bar.set_postfix({k: v for k, v in self.counts.items()}, refresh=False)  # before the update draws it
         self.bar.update(1)
-        self.bar.set_postfix({k: v for k, v in self.counts.items()}, refresh=False)
         if self.done == self.total or self.done % max(1, self.total // 50) == 0:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * self.done / self.total)
 

@@ -990,3 +990,27 @@ def test_the_python_recipe_of_docs_flow_md_writes_the_flows_dataset(fake_repo, s
     alps_flow(str(data), str(tmp_path / "flow_out"), cfg, progress_bar=False)
     assert labels(tmp_path / "out") == labels(tmp_path / "flow_out") and len(labels(tmp_path / "out")) == 4
     assert sorted(p.name for p in (tmp_path / "out" / "img_dir").glob("*/*")) == [f"scene_{i:04d}.png" for i in range(4)]
+
+
+def test_the_progress_bar_counts_the_image_it_has_reached(capsys):
+    """Its counts lagged one image behind its own counter all run ("1557/2000 ... labelled=1556")."""
+    import re
+
+    from prefect import flow
+
+    from flows.artifacts import Progress
+
+    @flow(name="progress-bar")
+    def three_images() -> None:
+        progress = Progress(3)
+        progress.bar.mininterval, progress.bar.miniters = 0, 1  # every update drawn
+        for status in ("labelled", "skipped", "labelled"):
+            progress.advance(status)
+        progress.close()
+
+    three_images()
+    drawn = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if re.search(r"\b[1-3]/3\b", line)]
+    assert len(drawn) >= 3
+    for line in drawn:
+        reached = int(re.search(r"\b([1-3])/3\b", line).group(1))
+        assert sum(int(n) for n in re.findall(r"(?:labelled|skipped)=(\d+)", line)) == reached, line
