@@ -387,6 +387,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                 Path(config.backend.model_repository).resolve())
     logger.info("%s: %d to label, %d already labelled (skipped); %d rejected input(s)", describe_items(plan.items),
                 len(plan.items) - plan.n_done, plan.n_done, len(plan.rejected))
+    if plan.rejected:  # each is named after the images (a long run: hours later)
+        logger.warning("%d input(s) rejected before labelling (%s): each is named once the images are labelled, and "
+                       "in the dataset's errors.jsonl", len(plan.rejected),
+                       by_reason([e.to_json() for e in plan.rejected]))
     if plan.n_changed:
         logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
                        "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)

@@ -71,9 +71,13 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     from prefect.client.schemas.sorting import FlowRunSort
 
     out = tmp_path / "out"
-    with run_log("prefect.task_runs") as task_lines:
+    with run_log("prefect.task_runs") as task_lines, run_log() as flow_lines:
         result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6 and result["complete"]
+    # Rejected at discovery: said at the start too, not only after every image (hours later on a large run).
+    early = next(i for i, line in enumerate(flow_lines) if "rejected before labelling" in line)
+    assert "1 input(s) rejected before labelling (1 zero-byte file)" in flow_lines[early]
+    assert early < next(i for i, line in enumerate(flow_lines) if line.startswith("Clustering the masks of 6 image"))
     # One "Finished in state Completed()" per task run but the images' (a line per image buried big runs' logs).
     assert sum(line.startswith("Finished in state Completed(") for line in task_lines) == 2, task_lines
     assert [e["reason"] for e in result["errors"]] == ["zero-byte file"] and result["missing"] == []
