@@ -55,7 +55,7 @@ def _as_annotated(value: Any, kind: Any) -> Any:
             return value
         raise TypeError(" or ".join(repr(a) for a in args))
     if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) and not hasattr(value, "tolist"):
+        if isinstance(value, (str, bytes)) or (not isinstance(value, (tuple, list)) and not hasattr(value, "tolist")):
             raise TypeError(_kind_name(kind))
         items = list(value.tolist() if hasattr(value, "tolist") else value)
         element_kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)

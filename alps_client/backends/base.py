@@ -103,7 +103,8 @@ class SamBackend(Protocol):
 class ClosedOnExit:
     """A backend as a context manager: ``with make_backend(config) as backend:`` calls its ``close`` at the end."""
 
-    def close(self) -> None:  # the backend's own
+    def close(self) -> None:
+        """Release what the backend holds (each backend's own)."""
         raise NotImplementedError
 
     def __enter__(self) -> Any:

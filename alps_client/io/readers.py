@@ -161,10 +161,10 @@ _HEADER_ONLY = -1  # _open_image(limit=...): no pixel limit, the file's header i
 
 @contextmanager
 def pil_pixel_limit(limit: int | None) -> Iterator[None]:
-    """PIL's decompression-bomb limit at ``limit`` pixels (``_HEADER_ONLY``: none; None: PIL's own) for the
-    ``Image.open`` calls in the block, under the lock every open here takes, restored after.
+    """PIL's decompression-bomb limit at ``limit`` pixels for the ``Image.open`` calls in the block.
 
-    PIL warns above its limit and refuses above twice it.
+    ``_HEADER_ONLY``: none; None: PIL's own. Set under the lock every open here takes, restored after. PIL warns
+    above its limit and refuses above twice it.
     """
     with _PIL_LIMIT_LOCK:
         previous = Image.MAX_IMAGE_PIXELS

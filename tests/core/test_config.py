@@ -6,8 +6,18 @@ import json
 
 import pytest
 
-from alps_client.config import (AmgConfig, BackendConfig, ClusterConfig, FeatureConfig, GateConfig, InputConfig,
-                                PipelineConfig, WriterConfig, overlay_config, set_fields)
+from alps_client.config import (
+    AmgConfig,
+    BackendConfig,
+    ClusterConfig,
+    FeatureConfig,
+    GateConfig,
+    InputConfig,
+    PipelineConfig,
+    WriterConfig,
+    overlay_config,
+    set_fields,
+)
 
 SERVE = PipelineConfig.from_dict({"backend": {"kind": "triton", "model_repository": "/models",
                                               "triton_urls": ["10.0.0.5:8001"]}}).to_dict()

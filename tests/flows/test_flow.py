@@ -994,7 +994,7 @@ def test_the_python_recipe_of_docs_flow_md_writes_the_flows_dataset(fake_repo, s
     import re
 
     text = (Path(__file__).parents[2] / "docs" / "flow.md").read_text()
-    recipe = re.search(r"## From Python\n.*?```python\n(.*?)```", text, re.S).group(1)
+    recipe = re.search(r"## From Python\n.*?```python\n(.*?)```", text, re.DOTALL).group(1)
     yours = '"model_repository", "data/images", "out", "work"  # yours'
     assert recipe.count(yours) == 1
     data = copies_of_scenes(scenes, tmp_path / "data", 4)
