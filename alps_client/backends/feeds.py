@@ -30,10 +30,10 @@ HIGH_RES_ROLES = ("high_res_feats_0", "high_res_feats_1")
 
 def encoder_feeds(manifest: ModelManifest, image: npt.NDArray[np.uint8]) -> tuple[dict[str, Array], tuple[int, int]]:
     """Encoder inputs by role for one ``(H, W, 3) uint8`` RGB image, and the valid ``(h, w)`` in the 1024 frame."""
-    check_image(image)
     if manifest.model_family == "sam2":
+        check_image(image)
         return {"images": np.ascontiguousarray(image)[None]}, SAM2_FRAME
-    padded, input_size = prepare_encoder_input(image, manifest.image_size)
+    padded, input_size = prepare_encoder_input(image, manifest.image_size)  # checks the image itself
     return {"images": padded[None], "input_size": np.array([input_size], dtype=np.int64)}, input_size
 
 
