@@ -243,12 +243,19 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
 
 
 def percentile_range(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[float, float] | None:
-    """``(lo, hi)`` percentiles of the valid, finite values of ``(H, W[, C])`` data (all bands pooled), or None."""
+    """``(lo, hi)`` percentiles of the valid, finite values of ``(H, W[, C])`` data (all bands pooled), or None.
+
+    Where the two percentiles meet (more than 96 % of the pixels share one value at the defaults: a dark field with
+    a few bright cells, a volume mostly air), the range is the values' minimum and maximum instead: a range of zero
+    width would make every pixel black or white, objects of different brightness one.
+    """
     values = data[valid] if valid is not None and valid.any() else data
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     if finite.size == 0:
         return None
     lo, hi = (float(v) for v in np.percentile(finite, percentiles))
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
     return lo, hi
 
 

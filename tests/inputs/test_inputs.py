@@ -260,6 +260,24 @@ def test_stretch_is_percentile_based():
     assert out.min() == 0 and out.max() == 255
 
 
+def test_a_stretch_whose_percentiles_meet_spans_the_values_instead(tmp_path):
+    """A 16-bit field at 100 with three cells at 1500, 3000 and 5000 (1 % of the pixels: fluorescence, lesions):
+    its 2nd and 98th percentiles are both 100, and a range of zero width made the cells one white."""
+    from PIL import Image
+
+    data = np.full((100, 100), 100, np.uint16)
+    for (y, x), value in zip(((20, 20), (50, 70), (80, 30)), (1500, 3000, 5000), strict=True):
+        data[y - 2:y + 2, x - 2:x + 2] = value
+    Image.fromarray(data).save(tmp_path / "cells.png")
+    (item,), _ = discover_inputs(tmp_path / "cells.png")
+    loaded = load_item(item)
+    assert loaded.extra["stretch"] == [100.0, 5000.0]
+    cells = [int(loaded.rgb[y, x, 0]) for y, x in ((20, 20), (50, 70), (80, 30))]
+    assert loaded.rgb[0, 0, 0] == 0 and cells == sorted(set(cells)) and cells[-1] == 255
+    flat, (lo, hi) = stretch_to_uint8(np.full((8, 8), 7.5, np.float32), None, (2.0, 98.0))
+    assert (lo, hi) == (7.5, 8.5) and not flat.any()  # one value: black, as before
+
+
 def test_tile_grid_and_stitch():
     windows = tile_windows(2000, 1500, 896, 384)
     assert windows[0] == (0, 0, 896, 896) and windows[-1] == (604, 1104, 1500, 2000)
