@@ -63,7 +63,7 @@ class LoadedImage:
         rgb: ``(H, W, 3) uint8``.
         valid: ``(H, W) bool`` pixels that belong to the image (False: e.g. transparent), or None for all.
         geo: where a georeferenced input lies (window-adjusted; :func:`_georeference`), or None.
-        plain_copy: the source file can be copied into the dataset unchanged (8-bit RGB, upright, no alpha).
+        plain_copy: the source file can be copied into the dataset unchanged (8-bit RGB, upright, no alpha, one frame).
         extra: small facts recorded in the shard (bit depth, stretch range, bands).
     """
 
@@ -294,6 +294,8 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
     try:
         with _open_image(path, MAX_PIL_PIXELS if tiled else None) as im:
             exif_rotated = im.getexif().get(0x0112, 1) not in (1, None)
+            # an animated PNG's or WebP's other frames are not labelled: img_dir gets the first frame alone
+            one_frame = int(getattr(im, "n_frames", 1)) == 1
             im = ImageOps.exif_transpose(im)
             im.load()
             mode = im.mode
@@ -315,7 +317,8 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
     except (OSError, SyntaxError, ValueError) as err:
         raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
     rgb, extra = _to_rgb(data, valid, config)
-    plain = extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
+    plain = (extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
+             and one_frame)
     extra["mode"] = mode
     return LoadedImage(rgb, valid, None, plain, extra)
 

@@ -357,6 +357,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert (rgb48 != 255).any()  # was all 255: read as 8-bit values up to 15
     with Image.open(next((out / "img_dir").glob("*/rgb48.*"))) as copy:  # the 8-bit pixels labelled, not the file
         assert copy.mode == "RGB" and np.asarray(copy).max() == 255
+    with Image.open(next((out / "img_dir").glob("*/walk_cycle.png"))) as copy:  # the frame labelled, not its others
+        assert getattr(copy, "n_frames", 1) == 1
     nodata = np.asarray(Image.open(next((out / "ann_dir").glob("*/geo_nodata.png"))))
     assert (nodata[60:] == 255).all() and (nodata[:60] != 255).any()
     floats = np.asarray(Image.open(next((out / "ann_dir").glob("*/float_nan.png"))))
