@@ -381,8 +381,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         check_utf8_arguments(args)
-        # As the Prefect UI shows them (the run's parameters, its log): a relative path names no folder there.
+        # As the Prefect UI shows them (the run's parameters, its log) and manifest.json and last_run.json record
+        # them: a relative path names no folder there.
         args.dataset, args.out = (os.path.abspath(path) for path in (args.dataset, args.out))
+        args.model_repository = os.path.abspath(args.model_repository or BackendConfig.model_repository)
+        if args.centroids:
+            args.centroids = os.path.abspath(args.centroids)
         config = build_config(args)
         check_workers(args.concurrency, args.dask_workers, args.dask_address)
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts

@@ -426,9 +426,12 @@ def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(f
     manifest = json.loads((repo / "manifest.json").read_text())
     (repo / "manifest.json").write_text(json.dumps({**manifest, "is_stand_in": False, "random_init": True}))
     out = tmp_path / "out"
-    result = run_alps(["run", scenes / "images", "--out", out, "--model-repository", repo, *SMALL],
+    relative = os.path.relpath(repo, CWD)  # recorded as given, it named no folder from anywhere else
+    result = run_alps(["run", scenes / "images", "--out", out, "--model-repository", relative, *SMALL],
                       cli_env(tmp_path / "ph", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
+    for record in (out / "manifest.json", out / ".alps" / "last_run.json"):
+        assert json.loads(record.read_text())["config"]["backend"]["model_repository"] == str(repo)
     assert "has RANDOM weights (exported with --random-init, no checkpoint)" in result.stderr + result.stdout  # log
     assert "with RANDOM weights (--random-init), not a trained SAM: the labels mean nothing" in result.stdout
     assert "STAND-IN" not in result.stdout
