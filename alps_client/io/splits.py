@@ -86,7 +86,8 @@ def split_shortfall(images: Iterable[tuple[str, str, str | None]], splits: Mappi
     return (f"val holds {n_val} of the {len(free)} images ({n_val / len(free):.0%}; --val-fraction {val_fraction:g}): "
             f"the split keeps the tiles of a scene and the slices of a volume together ({groups} group(s) here), so "
             "it cannot come nearer; to choose, put the inputs in train/ and val/ folders"
-            + ("; a training config with an empty val set may fail at its first validation" if n_val == 0 else ""))
+            + ("; without val images mmseg_dataset.py validates on test, else on the images trained on (scores not "
+               "held out)" if n_val == 0 else ""))
 
 
 def images_outside_split_folders(images: Iterable[tuple[str, str, str | None]], splits: Mapping[str, str],

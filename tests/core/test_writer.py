@@ -97,7 +97,8 @@ def test_a_split_that_whole_scenes_leave_far_from_the_fraction_is_said():
     line = said(one_scene)
     assert line.startswith("val holds 0 of the 12 images (0%; --val-fraction 0.2): the split keeps the tiles of a "
                            "scene and the slices of a volume together (1 group(s) here)")
-    assert line.endswith("a training config with an empty val set may fail at its first validation")
+    assert line.endswith("without val images mmseg_dataset.py validates on test, else on the images trained on "
+                         "(scores not held out)")
     two_scenes = [(f"s{s}__x{x}", f"s{s}", None) for s in range(2) for x in range(6)]
     assert said(two_scenes).startswith("val holds 0 of the 12 images")
     assert said([(f"i{i}", f"i{i}", None) for i in range(12)]) is None  # 2 of 12: as near as whole images allow
