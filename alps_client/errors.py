@@ -29,15 +29,24 @@ class ModelSignatureError(AlpsError):
     """A served or loaded model does not have the tensors the manifest promises."""
 
 
-class ServedModelChangedError(ModelSignatureError):
+class ModelChangedError(ModelSignatureError):
+    """The model that would label an image is another export than the one the run started with.
+
+    A repository re-exported during the run and read again by a backend built after it (a Dask worker that joined
+    or was replaced, a server restarted on it): labelling on would mix two models under one manifest. Not retried;
+    the run stops, resumable once the run's export is back (or started again for the new one).
+    """
+
+    ends_run = True
+
+
+class ServedModelChangedError(ModelChangedError):
     """A Triton server came (back) into a run's rotation serving another export than the run started with.
 
     Restarted on a re-exported repository, or a server that was down at start and serves another model: labelling
     on would mix two models under one manifest. Not retried (it would pass only by switching models); the run
     stops, resumable once the server serves the run's export again.
     """
-
-    ends_run = True
 
 
 class BackendUnavailableError(AlpsError):

@@ -14,7 +14,7 @@ import numpy as np
 
 from alps_client.backends.base import SamBackend
 from alps_client.config import PipelineConfig
-from alps_client.errors import InputImageError
+from alps_client.errors import InputImageError, ModelChangedError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem, content_digest, printable
 from alps_client.io.shards import ImageShard, write_shard
@@ -93,6 +93,7 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     done = _skipped(item, job, shard, meta) if status == "current" else None
     if done is not None:
         return done
+    _check_same_model(backend, job)
     try:
         loaded = load_item(item, job.config.inputs)
     except InputImageError as err:  # the only failure that makes an input "bad"
@@ -115,6 +116,24 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
                           loaded.valid, extra)
     return ImageOutcome("labelled", item.stem, item.source, str(shard), image_file, n_masks=summary.n_masks,
                         n_kept=summary.n_kept, n_gated=summary.n_gated, timings=summary.timings)
+
+
+def _check_same_model(backend: SamBackend, job: LabelJob) -> None:
+    """Refuse a backend whose model is not the run's: every shard is stamped with the run's fingerprint.
+
+    A Dask worker builds its backend from the repository when it first labels, and again when it is replaced: after
+    a re-export into that repository, its images were labelled with the new model and recorded as the old one.
+
+    Raises:
+        ModelChangedError: naming both models (ends the run, resumable).
+    """
+    loaded = backend.manifest.fingerprint
+    if job.model and loaded != job.model:
+        raise ModelChangedError(
+            f"the model in {backend.manifest.root} is now {loaded}, not the {job.model} this run started with (exported "
+            "again during the run?); the run stopped rather than label on with a second model: export the run's "
+            "model there again and run the same command to resume, or give the new export to a new --out (or rerun "
+            "with --overwrite: every image labelled again with it)")
 
 
 def done_outcome(item: InputItem, job: LabelJob) -> ImageOutcome | None:

@@ -769,6 +769,25 @@ def test_labelling_on_an_existing_dask_cluster_matches_threads(fake_repo, scenes
                                             r"\(no manifest.json there\) \(e.g. tcp://.*\): the model repository and "
                                             r"--out must lie on a path every worker reaches"):
             DaskLabeller(LabelJob(str(tmp_path / "out"), unseen, "fp"), cluster.scheduler_address)
+        # A worker builds its backend when it first labels (and again when it is replaced): after a re-export into
+        # the repository, its images were labelled with the new model and stamped with the run's.
+        from alps_client.backends.fake import write_fake_repository
+        from alps_client.backends.manifest import load_manifest
+        from alps_client.errors import ModelChangedError
+        from alps_client.io.discovery import discover_inputs
+
+        exported = write_fake_repository(tmp_path / "exported_again")
+        (tmp_path / "mixed").mkdir()
+        job = LabelJob(str(tmp_path / "mixed"), small_config(exported), "fp", load_manifest(exported).fingerprint)
+        write_fake_repository(exported, prompt_batch_size=32)  # another model, before any worker built its backend
+        labeller = DaskLabeller(job, cluster.scheduler_address)
+        try:
+            with pytest.raises(ModelChangedError, match=r"the model in .*exported_again is now fake:.*, not the "
+                                                        r"fake:.* this run started with \(exported again during"):
+                labeller.label(discover_inputs(scenes / "images")[0][0])
+        finally:
+            labeller.close()
+        assert ModelChangedError.ends_run and not list((tmp_path / "mixed").rglob("*.npz"))
     assert len(list((tmp_path / "faults").glob("transient-*"))) == 2
     assert result["n_labelled"] == 6 and result["missing"] == []
     assert labels(tmp_path / "out") == labels(reference)
