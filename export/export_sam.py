@@ -55,7 +55,7 @@ from export.errors import (  # noqa: E402
     check_failures_as_one_line,
     readable_checkpoint,
 )
-from export.quantize import QUANTIZE_CHOICES, quantize_encoder  # noqa: E402
+from export.quantize import QUANTIZE_CHOICES, UNBATCHED_WHY, quantize_encoder  # noqa: E402
 from export.sam2_export import SAM2_MODEL_TYPES  # noqa: E402
 from export.sam2_export import load_model as load_sam2_model  # noqa: E402
 from export.sam2_export import run_export as run_sam2_export  # noqa: E402
@@ -236,6 +236,8 @@ def run_export(
         written = onnx_export.written_opset(enc_path)  # what the files hold, after quantisation too
         kind = "KIND_CPU" if cpu else "KIND_GPU"
         _write_configs(enc_path, dec_path, specs, model_type, kind, max_batch_size)
+        if quantize == "int8":
+            triton_repo.without_dynamic_batching(enc_path.parents[1] / "config.pbtxt", UNBATCHED_WHY)
         manifest = triton_repo.repository_manifest(
             family="sam", model_type=model_type, is_stand_in=model_type == STAND_IN_NAME, random_init=random_init,
             note=_note(model_type, random_init), checkpoint=checkpoint, image_size=IMAGE_SIZE,

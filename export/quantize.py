@@ -2,8 +2,10 @@
 
 ``export_sam.py --quantize int8`` exports fp32 as usual, checks parity against PyTorch, then replaces the
 encoder's ONNX file with onnxruntime's dynamic quantisation: weights of MatMul/Gemm stored as int8 per output
-channel, activations quantised on the fly (MatMulInteger). Inputs and outputs keep their dtypes, so clients and
-Triton configs are unchanged. Dynamic quantisation targets CPUs (x86 VNNI, ARM dot-product); on GPU use fp32.
+channel, activations quantised on the fly (MatMulInteger). Inputs and outputs keep their dtypes, so clients are unchanged.
+The activations' scale is taken over the whole batch, so the encoder's Triton config loses its dynamic batching:
+an image's embedding, and its labels, would otherwise depend on the images batched with it. Dynamic quantisation
+targets CPUs (x86 VNNI, ARM dot-product); on GPU use fp32.
 
 The decoder stays fp32. Its time goes into attention over activations, element-wise passes and the upscaling,
 which dynamic quantisation does not reach: its int8 form ran no faster on either machine measured (vit_b: 12.4 vs
@@ -29,6 +31,10 @@ from typing import Any
 import numpy as np
 
 QUANTIZE_CHOICES = ("none", "int8")
+# Written at the top of the int8 encoder's config.pbtxt, whose dynamic batching is taken out.
+UNBATCHED_WHY = ("int8 encoder: no dynamic batching. Dynamic quantisation takes its activations' scale over the\n"
+                 "whole batch, so an image's embedding would depend on the images Triton batched with it (vit_b:\n"
+                 "up to 3 % apart), and its labels on the timing of requests; written by export/quantize.py.")
 # Op types whose weights are quantised; attention products between two activations stay fp32 (dynamic mode's
 # MatMulConstBOnly default), as do convolutions (ConvInteger is slower than fp32 Conv on onnxruntime's CPU EP).
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm"]
@@ -68,6 +74,7 @@ def quantize_repository(source: Path, out: Path, log: Any = print) -> dict[str, 
     for path in triton_repo.model_files(source / decoder):
         shutil.copyfile(path, out / path.relative_to(source))
     manifest["quantization"] = quantize_encoder(source / encoder, out / encoder, source / decoder, log)
+    triton_repo.without_dynamic_batching((out / encoder).parents[1] / "config.pbtxt", UNBATCHED_WHY)
     return _write_derived_manifest(out, manifest, "int8-dynamic")
 
 

@@ -19,6 +19,7 @@ from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, SHA256
 ENCODER_MODEL = "sam_encoder"
 DECODER_MODEL = "sam_decoder"
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "int64": "TYPE_INT64", "float32": "TYPE_FP32"}
+_DYNAMIC_BATCHING_BLOCK = re.compile(r"\ndynamic_batching \{[^}]*\}\n")
 _SHA256_BLOCK = re.compile(r'\nparameters: \{\n  key: "' + SHA256_PARAMETER + r'"\n  value: \{ string_value: "[0-9a-f]*" \}\n\}\n')
 
 
@@ -113,6 +114,15 @@ def write_model_configs(
     (dec_path.parents[1] / "config.pbtxt").write_text(render_config_pbtxt(
         DECODER_MODEL, *decoder_io, max_batch_size=0, instance_kind=instance_kind, instance_count=2,
         comment=decoder_comment, version=int(dec_path.parent.name)))
+
+
+def without_dynamic_batching(config_path: Path, why: str) -> None:
+    """Take the ``dynamic_batching`` block out of a ``config.pbtxt``, ``why`` written as a comment at its top.
+
+    Triton then runs each request as it came (a client's one image, or its crops), never merged with others.
+    """
+    text = _DYNAMIC_BATCHING_BLOCK.sub("\n", config_path.read_text())
+    config_path.write_text("".join(f"# {line}\n" for line in why.splitlines()) + text)
 
 
 def model_files(onnx_path: Path) -> list[Path]:

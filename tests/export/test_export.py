@@ -41,6 +41,26 @@ def test_each_model_config_names_its_files_sha256_once(tiny_repo, tiny_int8_repo
         for model in models.values():
             config = (repo / model["name"] / "config.pbtxt").read_text()
             assert config.count(SHA256_PARAMETER) == 1 and f'string_value: "{model["sha256"]}"' in config
+    # int8 activations are scaled over the whole batch: Triton must not batch one image's request with another's
+    batched = {repo: (repo / "sam_encoder" / "config.pbtxt").read_text() for repo in (tiny_repo, tiny_int8_repo)}
+    assert "dynamic_batching {" in batched[tiny_repo] and "max_queue_delay_microseconds" in batched[tiny_repo]
+    assert "dynamic_batching {" not in batched[tiny_int8_repo] and "max_batch_size: 4" in batched[tiny_int8_repo]
+
+
+def test_an_int8_embedding_depends_on_its_batch_where_fp32_does_not(tiny_repo, tiny_int8_repo):
+    """Why the int8 encoder is not batched by Triton: the same image alone and beside another."""
+    import onnxruntime as ort
+
+    image, _ = make_shapes_scene(seed=3, size=(1024, 1024))
+    other = np.full_like(image, 255)  # another range of activations in the same batch
+    spread = {}
+    for repo in (tiny_repo, tiny_int8_repo):
+        session = ort.InferenceSession(str(repo / "sam_encoder" / "1" / "model.onnx"))
+        size = np.array([[1024, 1024]], np.int64)
+        (alone,) = session.run(None, {"images": image[None], "input_size": size})
+        (pair,) = session.run(None, {"images": np.stack([image, other]), "input_size": np.repeat(size, 2, 0)})
+        spread[repo] = float(np.abs(pair[0] - alone[0]).max() / np.abs(alone[0]).max())
+    assert spread[tiny_repo] < 1e-4 < spread[tiny_int8_repo], spread
 
 
 def test_parity_check_rejects_an_onnx_model_that_disagrees(tiny_repo, tiny_checkpoint):
@@ -180,6 +200,7 @@ def test_int8_without_cpu_gets_cpu_instance_groups_and_says_so(stand_in_repo, tm
     for model in ("sam_encoder", "sam_decoder"):
         config = (tmp_path / "repo" / model / "config.pbtxt").read_text()
         assert "kind: KIND_CPU" in config and "KIND_GPU" not in config
+    assert "dynamic_batching {" not in (tmp_path / "repo" / "sam_encoder" / "config.pbtxt").read_text()
 
 
 def test_stand_in_point_returns_its_shape(embedded_backend):
