@@ -122,6 +122,7 @@ def find_weights(data: object, expected: set[str], checkpoint: object = "the che
             )
         if not prefixes:
             continue
+        _refuse_other_copies(data, state, expected, where, checkpoint)
         prefix = prefixes[0]
         ours = {key: value for key, value in state.items() if isinstance(key, str) and key.startswith(prefix)}
         inside = [key for key in ours if key[len(prefix):] not in expected
@@ -141,6 +142,42 @@ def find_weights(data: object, expected: set[str], checkpoint: object = "the che
         return {key[len(prefix):]: value for key, value in state.items()
                 if isinstance(key, str) and key.startswith(prefix)}, where, []
     return state, "", []
+
+
+def _refuse_other_copies(data: object, state: dict[Any, Any], expected: set[str], where: str,
+                         checkpoint: object) -> None:
+    """Refuse a checkpoint whose other top-level entries hold the model's weights too (``model`` and ``model_ema``,
+    ``model`` and ``state_dict``): which copy is meant cannot be guessed, and an EMA's is often the one.
+
+    Raises:
+        ExportError: naming every entry that holds them.
+    """
+    if not isinstance(data, dict):
+        return
+    others = [f"the '{entry}' entry" for entry, value in data.items()
+              if isinstance(value, dict) and value is not state and _key_prefixes(value, expected)]
+    if others:
+        held = [where or "the file's top level", *others]
+        raise ExportError(f"checkpoint {checkpoint} holds the model's weights {len(held)} times ({', '.join(held)}); "
+                          "save the state dict you mean to export alone")
+
+
+def check_finite(state: dict[str, Any], checkpoint: object) -> None:
+    """Refuse weights holding NaN or infinity (a diverged fine-tune, an fp16 overflow).
+
+    The export and its parity check passed such weights (NaN compares as within any tolerance), and every image's
+    masks were then refused by the run as too large for --sigma.
+
+    Raises:
+        ExportError: naming the checkpoint, how many tensors and the first.
+    """
+    import torch
+
+    bad = [key for key, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise ExportError(f"checkpoint {checkpoint} holds NaN or infinite weights in {len(bad)} tensor(s) (first: "
+                          f"{bad[0]}): a training run that diverged; export a checkpoint saved before it did")
 
 
 def _module_prefixes(state: dict[Any, Any], modules: set[str]) -> list[str]:

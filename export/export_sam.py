@@ -42,6 +42,7 @@ from alps_client.versions import versions  # noqa: E402
 from export import onnx_export, triton_repo  # noqa: E402
 from export.checkpoints import (  # noqa: E402
     META_CHECKPOINTS,
+    check_finite,
     checkpoint_type,
     find_weights,
     first_sentence,
@@ -90,6 +91,7 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
                 raise
             raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "
                               f"{model_type_to_give(held)}") from err
+        check_finite(state, checkpoint)
         if where or ignored:
             log(weights_found(model_type, checkpoint, where, ignored))
     return sam

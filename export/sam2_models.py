@@ -18,6 +18,7 @@ from export.checkpoints import (
     META_CHECKPOINTS,
     SAM2_0,
     SAM2_SIZES,
+    check_finite,
     checkpoint_type,
     find_weights,
     model_type_to_give,
@@ -136,10 +137,15 @@ def load_sam2(model_type: str, checkpoint: str | None, random_init: bool,
             raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "
                               f"{model_type_to_give(held)}") from err
         first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
+        if len(first) > 160:  # a list of keys: cut between two of them
+            cut = first.rfind(", ", 0, 160)
+            first = first[:cut] + ", ..." if cut > 0 else first[:160] + "..."
+        meta_name = f" ({SAM2_CONFIGS[model_type][1]} is {model_type})" if model_type in SAM2_CONFIGS else ""
         raise ExportError(
-            f"checkpoint {checkpoint} does not match --model-type {model_type} ({first[:160]}); check that the "
-            f"file and the model type belong together ({SAM2_CONFIGS.get(model_type, ('', '?'))[1]} is {model_type})"
+            f"checkpoint {checkpoint} does not match --model-type {model_type} ({first}); check that the "
+            f"file and the model type belong together{meta_name}"
         ) from err
+    check_finite(state, checkpoint)
     if where != "the 'model' entry" or ignored:  # Meta's own layout needs no word
         log(weights_found(model_type, checkpoint, where or "the file's top level (a bare state dict)", ignored))
     return model.eval()

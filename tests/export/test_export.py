@@ -393,6 +393,35 @@ def test_sams_weights_beside_a_loss_or_head_load_and_the_rest_is_named(tiny_chec
     with pytest.raises(ExportError, match=r"holds the model's weights 2 times \(keys prefixed 'model.', keys "
                                           r"prefixed 'ema.'\); save the state dict you mean to export alone$"):
         load_model("tiny-test", str(tmp_path / "ema.pth"), random_init=False)
+    # Two copies in two entries (a model and its EMA, a wrapper's 'model' beside Lightning's 'state_dict'): the
+    # 'model' entry was exported without a word of the other, which is often the one meant.
+    for other in ("model_ema", "state_dict"):
+        torch.save({"model": full, other: {f"module.{k}": v for k, v in full.items()}, "epoch": 9}, tmp_path / "two.pth")
+        with pytest.raises(ExportError, match=rf"holds the model's weights 2 times \(the 'model' entry, the '{other}' "
+                                              r"entry\); save the state dict you mean to export alone$"):
+            load_model("tiny-test", str(tmp_path / "two.pth"), random_init=False)
+
+
+def test_a_checkpoint_with_nan_or_infinite_weights_is_refused(tiny_checkpoint, tmp_path):
+    """A diverged fine-tune exported with exit 0: parity compared NaN with NaN and passed (NaN is within any
+    tolerance), the manifest held NaN (not JSON), and every image's masks were refused as too large for --sigma."""
+    weights = torch.load(tiny_checkpoint, weights_only=True)
+    name = "mask_decoder.output_upscaling.0.weight"
+    for bad in (float("nan"), float("inf")):
+        weights[name] = weights[name].clone()
+        weights[name][0] = bad
+        torch.save({"model": weights}, tmp_path / "diverged.pth")
+        with pytest.raises(ExportError, match=rf"diverged.pth holds NaN or infinite weights in 1 tensor\(s\) \(first: "
+                                              rf"{name}\): a training run that diverged; export a checkpoint saved "
+                                              r"before it did$"):
+            load_model("tiny-test", str(tmp_path / "diverged.pth"), random_init=False)
+
+
+def test_parity_fails_on_nan():
+    """The parity check's own guard, for NaN that arises in the graph (fp16 overflow) rather than in the weights."""
+    from export import sam2_parity
+
+    assert np.isnan(sam2_parity._worst(0.0, float("nan"), 1e-7))  # max(0.0, nan) was 0.0: a NaN decoder passed
 
 
 def test_a_missing_package_is_not_blamed_on_the_checkpoint(tiny_checkpoint, monkeypatch):

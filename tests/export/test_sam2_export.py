@@ -133,6 +133,23 @@ def test_bad_checkpoints_are_named(tmp_path, make_checkpoint, message):
         load_model(SAM2_TINY_TEST, str(path), random_init=False)
 
 
+def test_a_sam2_checkpoint_that_does_not_fit_is_named_in_whole_words_and_nan_is_refused(tiny_sam2_checkpoint, tmp_path):
+    """The list of keys was cut mid-name at 160 characters, the hint read "(? is sam2-tiny-test)"; NaN weights
+    exported, and parity printed a NaN decoder as "max abs 0.0e+00" (``max(0.0, nan)``)."""
+    weights = torch.load(tiny_sam2_checkpoint, weights_only=True)["model"]
+    torch.save({"model": {k: v for k, v in weights.items() if not k.startswith("image_encoder.")}}, tmp_path / "a.pt")
+    with pytest.raises(ExportError) as refused:
+        load_model(SAM2_TINY_TEST, str(tmp_path / "a.pt"), random_init=False)
+    message = str(refused.value)
+    keys = message.split("(", 1)[1].split("); check", 1)[0]
+    assert keys.endswith('", ...') and "?" not in message and message.endswith("belong together")
+    name = next(k for k, v in weights.items() if k.startswith("sam_mask_decoder.") and v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    torch.save({"model": weights}, tmp_path / "nan.pt")
+    with pytest.raises(ExportError, match=rf"holds NaN or infinite weights in 1 tensor\(s\) \(first: {name}\)"):
+        load_model(SAM2_TINY_TEST, str(tmp_path / "nan.pt"), random_init=False)
+
+
 def test_a_sam2_fine_tunes_checkpoint_loads_wherever_training_code_put_them(tiny_sam2_checkpoint, tmp_path):
     """SAM 2.1 fine-tunes saved by DistributedDataParallel ('module.' keys), PyTorch Lightning ('state_dict',
     'model.' keys) or as a bare state dict load as Meta's {'model': ...} does, and the log says where the weights
