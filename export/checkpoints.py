@@ -146,8 +146,10 @@ def find_weights(data: object, expected: set[str], checkpoint: object = "the che
 
 def _refuse_other_copies(data: object, state: dict[Any, Any], expected: set[str], where: str,
                          checkpoint: object) -> None:
-    """Refuse a checkpoint whose other top-level entries hold the model's weights too (``model`` and ``model_ema``,
-    ``model`` and ``state_dict``): which copy is meant cannot be guessed, and an EMA's is often the one.
+    """Refuse a checkpoint whose other top-level entries hold the model's weights too.
+
+    ``model`` and ``model_ema``, ``model`` and ``state_dict``: which copy is meant cannot be guessed, and an EMA's
+    is often the one.
 
     Raises:
         ExportError: naming every entry that holds them.
