@@ -415,12 +415,14 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                        work_dir(out) / "shards")
     for line in unused_input_settings(config, plan.items):
         logger.warning("%s", line)
-    from alps_client.labels.clustering import centroids_family
+    from alps_client.labels.clustering import centroids_family, check_centroids_model
 
     if config.cluster.centroids and centroids_family(config.cluster.centroids)[0] is None:
         logger.warning("--centroids %s: nothing beside them says which model's features they were fitted on; taken "
                        "as SAM's (written before SAM 2.1 support): if a SAM 2.1 run wrote them, its classes mean "
                        "nothing here", config.cluster.centroids)
+    if config.cluster.centroids:
+        check_centroids_model(config.cluster.centroids, plan.manifest.raw, lambda line: logger.warning("%s", line))
     if plan.multipage:
         path, pages = plan.multipage[0]
         logger.warning("%d input(s) hold several pages or volumes (a TIFF stack's planes or pyramid levels, a 4-D "

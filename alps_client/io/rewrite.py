@@ -28,7 +28,7 @@ from alps_client.io.out_lock import out_lock
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
-from alps_client.labels.clustering import centroids_family, centroids_sidecar
+from alps_client.labels.clustering import centroids_model
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
 
 KEEP = "keep"
@@ -174,10 +174,9 @@ def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:
     """
     folder = out / WORK_DIR / kind / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
     atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
-    family, model_type = centroids_family(out / "centroids.npy")  # the dataset's, before this run replaces it
-    if family is not None:
-        atomic.write_json(folder / "centroids.json",
-                          centroids_sidecar({"model_family": family, "model_type": model_type}))
+    record = centroids_model(out / "centroids.npy")  # the dataset's, before this run replaces it
+    if record is not None:
+        atomic.write_json(folder / "centroids.json", record)
     return folder
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,16 +173,27 @@ CENTROIDS_SIDECAR_SUFFIX = ".json"  # centroids.npy -> centroids.json: the model
 
 
 def centroids_sidecar(model_manifest: dict[str, Any]) -> dict[str, Any]:
-    """What ``centroids.json`` records beside ``centroids.npy``: the model family and type that made the PFLs."""
+    """What ``centroids.json`` records beside ``centroids.npy``: the model that made the PFLs.
+
+    Its family, type and checkpoint's sha256 (None without a checkpoint: a stand-in, random weights).
+    """
     return {
         "model_family": str(model_manifest.get("model_family", "sam")),
         "model_type": str(model_manifest.get("model_type", "unknown")),
+        "checkpoint_sha256": _checkpoint_sha256(model_manifest),
         "feature": "image_embeddings (256 channels) pooled under each mask",
     }
 
 
-def centroids_family(path: str | Path) -> tuple[str | None, str]:
-    """``(model_family, model_type)`` of a ``centroids.npy``; ``(None, 'unknown')`` when nothing records it.
+def _checkpoint_sha256(record: dict[str, Any]) -> str | None:
+    """The sha256 of the checkpoint a model manifest (or a ``centroids.json``) names; None for none (stand-in)."""
+    checkpoint = record.get("checkpoint")
+    sha = checkpoint.get("sha256") if isinstance(checkpoint, dict) else record.get("checkpoint_sha256")
+    return str(sha) if sha else None
+
+
+def centroids_model(path: str | Path) -> dict[str, Any] | None:
+    """The record of the model a ``centroids.npy`` was fitted with: :func:`centroids_sidecar`'s fields, or None.
 
     Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it. Centroids with
     neither were written before SAM 2 support (SAM's), or copied without their ``centroids.json``.
@@ -196,8 +207,41 @@ def centroids_family(path: str | Path) -> tuple[str | None, str]:
         for key in keys:
             data = data.get(key, {}) if isinstance(data, dict) else {}
         if isinstance(data, dict) and data:
-            return str(data.get("model_family", "sam")), str(data.get("model_type", "unknown"))
-    return None, "unknown"
+            return centroids_sidecar(data)
+    return None
+
+
+def centroids_family(path: str | Path) -> tuple[str | None, str]:
+    """``(model_family, model_type)`` of a ``centroids.npy``; ``(None, 'unknown')`` when nothing records it."""
+    record = centroids_model(path)
+    return (record["model_family"], record["model_type"]) if record else (None, "unknown")
+
+
+def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """Refuse centroids fitted with another model of the family; ``warn`` of another checkpoint of the model.
+
+    Another SAM size is another feature space; a fine-tune's features drift from its base's.
+
+    Centroids whose record does not name the model (older runs) pass. int8 and fp32 exports of one checkpoint
+    share a model: their features differ by the quantisation's noise only.
+
+    Raises:
+        AlpsError: One line naming both models and the next step.
+    """
+    theirs, ours = centroids_model(path), centroids_sidecar(model_manifest)
+    if theirs is None or "unknown" in (theirs["model_type"], ours["model_type"]):
+        return
+    if theirs["model_type"] != ours["model_type"]:
+        raise AlpsError(
+            f"--centroids {path}: fitted on {theirs['model_type']} features, but this model repository holds "
+            f"{ours['model_type']}; their feature spaces differ, so every mask would get a meaningless class: drop "
+            f"--centroids to cluster anew, or label with a {theirs['model_type']} repository"
+        )
+    if theirs["checkpoint_sha256"] != ours["checkpoint_sha256"] and None not in (theirs["checkpoint_sha256"],
+                                                                              ours["checkpoint_sha256"]):
+        warn(f"--centroids {path} were fitted with another {ours['model_type']} checkpoint (sha256 "
+             f"{theirs['checkpoint_sha256'][:12]}, this repository's {ours['checkpoint_sha256'][:12]}): a fine-tune's "
+             "features drift from its base's, so check the classes on the review page")
 
 
 def check_centroids_family(path: str | Path, model_family: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from alps_client.labels.clustering import (
     centroids_family,
     centroids_sidecar,
     check_centroids_family,
+    check_centroids_model,
     load_centroids,
 )
 from alps_client.labels.features import pool_mask_features
@@ -83,3 +85,41 @@ def test_centroids_of_another_family_are_refused(tmp_path):
     np.testing.assert_array_equal(load_centroids(old_run / "centroids.npy", model_family="sam"), centroids)
     np.testing.assert_array_equal(load_centroids(sam2_run / "centroids.npy", model_family="sam2"), centroids)
     np.testing.assert_array_equal(load_centroids(sam_run / "centroids.npy", model_family="sam"), centroids)
+
+
+def test_centroids_of_another_sam_size_are_refused_and_of_another_checkpoint_warned_of(fake_repo, tmp_path):
+    """Centroids were checked by family only: tiny-test's were taken by a vit_b run, vit_b's would be by vit_h's,
+    without a word (another feature space: every class meaningless); a fine-tune's features drift from its base's."""
+    from alps_client.config import BackendConfig, PipelineConfig
+    from alps_client.runs.plan import check_request
+
+    def checkpoint(sha):
+        return {"path": "/ckpt/sam.pth", "sha256": sha}
+
+    np.save(tmp_path / "centroids.npy", np.random.RandomState(0).randn(4, 256).astype(np.float32))
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": {"model_type": "vit_b", "checkpoint": checkpoint("b" * 64)}}))
+    fitted = tmp_path / "centroids.npy"  # a dataset's, its model recorded in its manifest.json
+    said: list[str] = []
+    with pytest.raises(AlpsError, match=r"--centroids .*centroids.npy: fitted on vit_b features, but this model "
+                                        r"repository holds vit_h; their feature spaces differ, .* label with a vit_b "
+                                        r"repository$"):
+        check_centroids_model(fitted, {"model_type": "vit_h", "checkpoint": checkpoint("h" * 64)}, said.append)
+    check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("b" * 64)}, said.append)
+    assert said == []  # the same checkpoint (its int8 export too)
+    check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("f" * 64)}, said.append)
+    assert said == [(f"--centroids {fitted} were fitted with another vit_b checkpoint (sha256 bbbbbbbbbbbb, this "
+                     "repository's ffffffffffff): a fine-tune's features drift from its base's, so check the classes "
+                     "on the review page")]
+    (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar({"model_type": "unknown"})))  # says nothing
+    check_centroids_model(fitted, {"model_type": "vit_h"}, said.append)
+    (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar(
+        {"model_type": "vit_b", "checkpoint": checkpoint("b" * 64)})))
+    assert json.loads((tmp_path / "centroids.json").read_text())["checkpoint_sha256"] == "b" * 64
+    config = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)))  # refused before it starts
+    config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, centroids=str(fitted)))
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(make_shapes_scene(seed=0, size=(64, 80))[0]).save(tmp_path / "images" / "a.png")
+    with pytest.raises(AlpsError, match=r"fitted on vit_b features, but this model repository holds fake"):
+        check_request(tmp_path / "images", config)
