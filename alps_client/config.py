@@ -285,9 +285,12 @@ class BackendConfig:
                f"retry delays must satisfy 0 <= retry_delay_s <= retry_max_delay_s, got "
                f"{self.retry_delay_s!r} and {self.retry_max_delay_s!r}")
 
-    def describe(self) -> str:
-        """Which backend and where, for a run's log: ``triton (Triton at 10.0.0.5:8001 over grpc)``."""
-        where = ("onnxruntime in the run's process" if self.kind == "embedded" else
+    def describe(self, process: str = "the run's process") -> str:
+        """Which backend and where, for a run's log: ``triton (Triton at 10.0.0.5:8001 over grpc)``.
+
+        ``process``: where an embedded backend runs (``"2 Dask worker processes"``).
+        """
+        where = (f"onnxruntime in {process}" if self.kind == "embedded" else
                  f"Triton at {', '.join(self.triton_urls)} over {self.protocol}"
                  f"{' with shared memory' if self.shared_memory else ''}")
         return f"{self.kind} ({where})"

@@ -394,7 +394,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     else:
         logger.info("Model: %s (%s) from %s", plan.manifest.model_type, plan.manifest.precision, plan.manifest.root)
     # Relative to the run's process's folder (a deployment run: the `alps serve` process's), so said resolved.
-    logger.info("Backend: %s; model repository %s", config.backend.describe(),
+    process = (f"the Dask workers of {dask_address}" if dask_address else
+               f"{dask_workers} Dask worker process{'es' if dask_workers > 1 else ''}" if dask_workers else
+               "the run's process")
+    logger.info("Backend: %s; model repository %s", config.backend.describe(process),
                 Path(config.backend.model_repository).resolve())
     logger.info("%s: %d to label, %d already labelled (skipped); %d rejected input(s)", describe_items(plan.items),
                 len(plan.items) - plan.n_done, plan.n_done, len(plan.rejected))

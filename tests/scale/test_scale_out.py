@@ -68,6 +68,7 @@ def test_dask_workers_use_the_runs_one_api_and_survive_a_worker_killed_mid_image
     log = (tmp_path / "run.log").read_text()
     # ("Port 8787 is already in use", not any 8787: flow-run ids are random hex, "a8787947-..." failed it once)
     assert "Port 8787" not in log and "INFO    | distributed" not in log, log[-3000:]  # nor Dask's INFO chatter
+    assert "Backend: embedded (onnxruntime in 2 Dask worker processes)" in log  # was "in the run's process"
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert len(last["labelled"]) == 7 and not last["errors"] and not last["missing"]
     assert labels(out) == labels(fault_reference)
