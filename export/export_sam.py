@@ -153,16 +153,6 @@ def load_model(model_type: str, checkpoint: str | None, random_init: bool,
         ) from err
 
 
-def _check_output_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ExportError(f"output folder {out} is not writable ({err.strerror or err})") from err
-
-
 def run_export(
     model_type: str,
     out: str | Path,
@@ -197,13 +187,12 @@ def run_export(
     if model_type in SAM2_MODEL_TYPES:
         if quantize != "none":
             raise ExportError("--quantize int8 is implemented for SAM (vit_*) only; export SAM 2.1 without --quantize")
-        _check_output_dir(out)
         manifest = run_sam2_export(model_type, out, checkpoint, random_init, cpu, max_batch_size, opset, log,
                                    versions())
         _say_replaced(triton_repo.replaced_model(previous, manifest), log)
         return manifest
     sam = load_model(model_type, checkpoint, random_init, log)
-    _check_output_dir(out)
+    triton_repo.check_output_dir(out)  # after the checkpoint's checks: a refused export leaves no folder
     if quantize == "int8" and not cpu:
         # DynamicQuantizeLinear / MatMulInteger run on the CPU even in a CUDA session, with device copies
         # (profiled in onnxruntime issue 7745; our sessions silence the placement warnings): KIND_GPU would only

@@ -106,7 +106,7 @@ def run_export(
 ) -> dict[str, Any]:
     """Export a SAM 2.1 model, check parity, write the repository; return the manifest (without format_version)."""
     model = load_model(model_type, checkpoint, random_init, log)
-    out.mkdir(parents=True, exist_ok=True)
+    triton_repo.check_output_dir(out)  # after the checkpoint's checks: a refused export leaves no folder
     note = _note(model_type, random_init)
     log(f"Exporting {model_type}: {note}." if note != "SAM 2.1" else f"Exporting {model_type} from {checkpoint}.")
     with triton_repo.staged_repository(out) as (enc_path, dec_path):

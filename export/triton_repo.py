@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from alps_client.backends.manifest import MANIFEST_FORMAT, MANIFEST_NAME, SHA256_PARAMETER, sha256_of
+from export.errors import ExportError
 
 ENCODER_MODEL = "sam_encoder"
 DECODER_MODEL = "sam_decoder"
@@ -141,6 +142,21 @@ def stamp_model_config(config_path: Path, sha256: str) -> None:
     text = _SHA256_BLOCK.sub("\n", config_path.read_text())
     block = f'parameters: {{\n  key: "{SHA256_PARAMETER}"\n  value: {{ string_value: "{sha256}" }}\n}}\n'
     config_path.write_text(text.rstrip("\n") + "\n" + block)
+
+
+def check_output_dir(out: Path) -> None:
+    """Create the repository folder ``out`` if need be and check that it can be written.
+
+    Raises:
+        ExportError: naming the folder and the system's reason.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ExportError(f"output folder {out} is not writable ({err.strerror or err})") from err
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:

@@ -214,12 +214,14 @@ def test_a_checkpoint_of_sam_or_of_another_sam2_size_or_release_is_named(tiny_sa
         (["--model-type", "sam2.1_hiera_s", "--checkpoint", "x.pt", "--random-init"], "not both"),
         (["--model-type", "sam2-stand-in", "--quantize", "int8"], "--quantize int8 is implemented for SAM (vit_*) only"),
         (["--model-type", "sam2-stand-in", "--random-init"], "the SAM 2 stand-in has no weights"),
+        (["--model-type", "sam2.1_hiera_t", "--checkpoint", "no_such_file.pt"], "no_such_file.pt"),
     ],
 )
 def test_bad_arguments_give_one_clear_line(tmp_path, capsys, args, message):
     assert main([*args, "--out", str(tmp_path / "repo")]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("export_sam: error:")]
     assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "repo").exists()  # a refused SAM 2.1 export left an empty --out folder
 
 
 @pytest.mark.slow
