@@ -7,7 +7,9 @@ The flow's ``cluster`` and ``write-dataset`` tasks call these; so does a run com
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,24 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
     return path
 
 
+def sources_not_utf8(sources: Mapping[str, str]) -> dict[str, str]:
+    """The sources whose file names are not UTF-8 (a Latin-1 disk's), their bytes percent-encoded.
+
+    ``sources`` keeps them as Python reads them (``os.fsdecode``: lone surrogates, which JSON tools other than
+    Python's turn into U+FFFD); ``urllib.parse.unquote_to_bytes`` of these gives the name's bytes back.
+
+        >>> sources_not_utf8({"a": "a.png", "caf_xe9": os.fsdecode(b"caf\\xe9.png")})
+        {'caf_xe9': 'caf%E9.png'}
+    """
+    undecodable = {}
+    for stem, path in sources.items():
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            undecodable[stem] = urllib.parse.quote(os.fsencode(path))
+    return undecodable
+
+
 def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_path: str | Path, plan: RunPlan,
                            errors: Sequence[dict[str, str]], missing: Sequence[dict[str, str]],
                            image_sources: dict[str, str], sources: dict[str, str], log: Log = logger
@@ -77,6 +97,9 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     centroids = np.load(centroids_path)
     extra: dict[str, Any] = {"complete": not missing, "missing": list(missing), "sources": sources,
                              "scene_sizes": plan.scene_sizes(set(sources))}
+    undecodable = sources_not_utf8(sources)
+    if undecodable:
+        extra["sources_not_utf8"] = undecodable
     class_map = None
     carried = carried_relabel(out, centroids, log.warning, plan.config.cluster.centroids)
     if carried:

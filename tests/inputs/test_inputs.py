@@ -348,6 +348,9 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert all((root / relative).is_file() for relative in recorded.values())
     assert (recorded["Case"], recorded["case_jpg"], recorded["volume"]) == ("Case.png", "case.jpg", "volume.nii.gz")
     assert recorded["caf_xe9 latin-1"] == os.fsdecode(b"caf\xe9 latin-1.png")
+    # for JSON tools other than Python's (jq read the lone surrogate as U+FFFD: no such file), its bytes
+    assert json.loads((out / "manifest.json").read_text())["sources_not_utf8"] == {
+        "caf_xe9 latin-1": "caf%E9%20latin-1.png"}
     assert np.asarray(Image.open(next((out / "ann_dir").glob("*/scanline.png")))).shape == (1, 18 * SIZE[1])
     rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
