@@ -53,12 +53,12 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
 
 
 def sources_not_utf8(sources: Mapping[str, str]) -> dict[str, str]:
-    """The sources whose file names are not UTF-8 (a Latin-1 disk's), their bytes percent-encoded.
+    r"""The sources whose file names are not UTF-8 (a Latin-1 disk's), their bytes percent-encoded.
 
     ``sources`` keeps them as Python reads them (``os.fsdecode``: lone surrogates, which JSON tools other than
     Python's turn into U+FFFD); ``urllib.parse.unquote_to_bytes`` of these gives the name's bytes back.
 
-        >>> sources_not_utf8({"a": "a.png", "caf_xe9": os.fsdecode(b"caf\\xe9.png")})
+        >>> sources_not_utf8({"a": "a.png", "caf_xe9": os.fsdecode(b"caf\xe9.png")})
         {'caf_xe9': 'caf%E9.png'}
     """
     undecodable = {}
