@@ -137,6 +137,22 @@ class AmgDecoder(nn.Module):
         return scatter_kept(masks.index_select(0, index), index, masks.shape[0]), iou_pred
 
 
+# Where in the exporter's Python each node was traced (file, line): two exports of one model from two checkouts, or
+# from before and after an upgrade that moved a line, differed byte for byte, so `alps run` took a re-export of the
+# same weights for another model and refused the datasets labelled with the first.
+SOURCE_LOCATION_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def _drop_source_locations(model: Any) -> None:
+    """Remove :data:`SOURCE_LOCATION_KEYS` from every node of an ``onnx_ir`` model (subgraphs and functions too)."""
+    import onnx_ir as ir
+
+    for graph in (model.graph, *model.functions.values()):
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            for key in SOURCE_LOCATION_KEYS:
+                node.metadata_props.pop(key, None)
+
+
 def _save(program: Any, path: Path, opset: int) -> None:
     """Write an exported program to ``path``, once it is known to be at the ``opset`` asked for.
 
@@ -150,6 +166,7 @@ def _save(program: Any, path: Path, opset: int) -> None:
             f"--opset {opset}: the ONNX exporter could not convert {path.parent.parent.name}'s graph to opset {opset} "
             f"(it stayed at opset {reached}); give a lower --opset ({OPSET}, the default, always works)"
         )
+    _drop_source_locations(program.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + ".data")):
         stale.unlink(missing_ok=True)

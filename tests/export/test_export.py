@@ -203,6 +203,18 @@ def test_int8_without_cpu_gets_cpu_instance_groups_and_says_so(stand_in_repo, tm
     assert "dynamic_batching {" not in (tmp_path / "repo" / "sam_encoder" / "config.pbtxt").read_text()
 
 
+def test_exported_files_do_not_record_where_the_exporter_lies(stand_in_repo):
+    """Each node named the exporter's file and line it was traced at: the same model exported from two checkouts
+    (or before and after an upgrade that moved a line) got two sha256s, and `alps run` refused the datasets of the
+    first as labelled by another model."""
+    import onnx
+
+    for model in ("sam_encoder", "sam_decoder"):
+        graph = onnx.load(str(stand_in_repo / model / "1" / "model.onnx"), load_external_data=False).graph
+        recorded = [prop.value for node in graph.node for prop in node.metadata_props]
+        assert recorded and not any('File "' in value or ".py" in value for value in recorded), model
+
+
 def test_stand_in_point_returns_its_shape(embedded_backend):
     """A point inside a shape gives that shape (IoU >= 0.9), and the IoU prediction ranks it first."""
     from alps_client.backends.preprocess import apply_coords
