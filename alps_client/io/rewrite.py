@@ -135,7 +135,7 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
              f"{shlex.quote(str(folder / 'centroids.npy'))} to label every image with the clusters they named (the "
              "classes come back)")
     aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
-                  if _same(_load_or_none(folder / "centroids.npy"), centroids)), None)
+                  if _same(load_or_none(folder / "centroids.npy"), centroids)), None)
     if aside is not None:  # a run with --centroids of a relabel set aside earlier: its classes come back
         try:
             return _apply(json.loads((aside / "relabel.json").read_text()), len(centroids), aside, warn)
@@ -156,7 +156,7 @@ def _set_aside_earlier_clusters(out: Path, centroids: npt.NDArray[np.float32], w
     them the class ids of nearly every label map (a class a user noted, or trained on, silently means something
     else). The earlier centres are kept under ``OUT/.alps/earlier/<sha256>/``; ``--centroids`` brings them back.
     """
-    previous = _load_or_none(out / "centroids.npy")
+    previous = load_or_none(out / "centroids.npy")
     if previous is None or _same(previous, centroids):
         return
     folder = _set_aside(out, EARLIER, previous)
@@ -193,7 +193,7 @@ def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],
                   else json.loads((folder / "relabel.json").read_text()))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not _same(_load_or_none(centroids_file), centroids):
+    if not isinstance(record, dict) or not _same(load_or_none(centroids_file), centroids):
         return None
     return _apply({**record, "from": str(folder.resolve())}, len(centroids), folder, warn)
 
@@ -202,7 +202,8 @@ def _same(a: npt.NDArray[Any] | None, b: npt.NDArray[np.float32]) -> bool:
     return a is not None and a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def _load_or_none(path: Path) -> npt.NDArray[Any] | None:
+def load_or_none(path: Path) -> npt.NDArray[Any] | None:
+    """The array saved at ``path``; None if there is none or it cannot be read (a run replaces it)."""
     try:
         return np.load(path)
     except (OSError, ValueError):

@@ -294,6 +294,23 @@ def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = 
 BACKEND_MODULES = {"cuml": ("cuml",), "dask": ("dask.array", "distributed", "dask_ml.cluster")}
 
 
+def same_clusters(new: npt.NDArray[np.floating[Any]], old: npt.NDArray[np.floating[Any]], atol: float = 1e-5) -> bool:
+    """Whether ``(N, D)`` centroids ``new`` are ``old``'s in some order, each within ``atol`` in every component.
+
+    k-means over the same masks read in another order (alps' order changed between versions) finds the same
+    centres numbered otherwise: every class id of a dataset would move, and its relabel be dropped, for nothing.
+
+        >>> old = np.eye(3, dtype=np.float32)
+        >>> same_clusters(old[[2, 0, 1]], old), same_clusters(old[[2, 0, 1]] + 0.01, old)
+        (True, False)
+    """
+    if new.shape != old.shape:
+        return False
+    nearest = [int(np.argmin(np.abs(old - row).max(axis=1))) for row in new]  # row by row: (N, D) at a time
+    return len(set(nearest)) == len(old) and all(
+        float(np.abs(row - old[i]).max()) <= atol for row, i in zip(new, nearest, strict=True))
+
+
 def check_backend_dependencies(config: ClusterConfig) -> None:
     """Raises DependencyNotFoundError (the pip line) if the k-means backend ``config`` names is not installed."""
     if not config.centroids:  # given centroids: no k-means

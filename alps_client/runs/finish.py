@@ -17,9 +17,9 @@ import numpy as np
 
 from alps_client.config import PipelineConfig
 from alps_client.io import atomic
-from alps_client.io.rewrite import carried_relabel
+from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import write_dataset
-from alps_client.labels.clustering import clustering_key, fit_centroids
+from alps_client.labels.clustering import clustering_key, fit_centroids, same_clusters
 from alps_client.runs.plan import RunPlan, work_dir
 
 Log = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
@@ -45,6 +45,11 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
                  "fitted on", path)
         return path
     centroids = fit_centroids(shards, config.cluster, model_family)
+    published = load_or_none(Path(out) / "centroids.npy")  # the dataset's, its label maps' and relabel's
+    if published is not None and not np.array_equal(published, centroids) and same_clusters(centroids, published):
+        log.info("k-means found the dataset's clusters again, numbered in another order (alps reads the masks in "
+                 "another order since an upgrade): the dataset's numbering is kept")
+        centroids = published.astype(np.float32)
     key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others
     atomic.write_with(path, lambda f: np.save(f, centroids))
     if key:

@@ -651,6 +651,33 @@ def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_r
     assert {name: label for name, label in labels(out).items() if name in first} == first
 
 
+def test_clusters_an_older_alps_numbered_otherwise_keep_their_ids_and_relabel_on_a_rerun(fake_repo, scenes, tmp_path):
+    """k-means reads the masks in another order since an upgrade: the first rerun of a dataset an older alps wrote
+    (no centroids.key) found the same centres numbered otherwise, so every class id moved and the user's relabel
+    was dropped as "clusters differ"; and again after each run with --centroids (upgrade audit)."""
+    from alps_client.io.rewrite import relabel_dataset
+
+    cfg = small_config(fake_repo)
+    data, out = label_copies(tmp_path, scenes, cfg, 3)
+    # The dataset as an older alps left it: the same clusters in another order, relabelled, no key.
+    older = np.load(out / "centroids.npy")[::-1].copy()
+    for path in (out / "centroids.npy", out / ".alps" / "centroids.npy"):
+        np.save(path, older)
+    (out / ".alps" / "centroids.key").unlink()
+    (tmp_path / "classes.yaml").write_text("classes: [{name: shapes, clusters: [0, 1]}, {name: rest, clusters: [2]}]\n")
+    relabel_dataset(out, tmp_path / "classes.yaml")
+    before = labels(out)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert any(line.startswith("k-means found the dataset's clusters again, numbered in another order") for line in
+               logged) and not [line for line in logged if "clusters differ" in line]
+    np.testing.assert_array_equal(np.load(out / "centroids.npy"), older)
+    assert labels(out) == before and json.loads((out / "manifest.json").read_text())["relabel"]
+    with run_log("prefect.task_runs") as logged:  # its key now written: kept without k-means
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert any(line.startswith("k-means not run again") for line in logged) and labels(out) == before
+
+
 def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, scenes, tmp_path):
     """Nothing kept by the generator's filters (lower them) and everything dropped by the gate (raise sigma) are
     told apart, before the cluster step; the shards stay for the rerun."""
