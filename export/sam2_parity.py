@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.onnx_export import check_session, parity_image
+from export.onnx_export import check_session, parity_image, worst_difference
 from export.sam2_onnx import IMAGE_SIZE, LOW_RES, PIXEL_MEAN, PIXEL_STD, preprocess
 
 ENCODER_RTOL = 1e-3
@@ -39,11 +39,6 @@ class _Preprocess(nn.Module):
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
-
-
-def _worst(*differences: float) -> float:
-    """The largest difference, NaN if any is (``max(0.0, nan)`` is 0.0: a NaN decoder passed as a perfect one)."""
-    return float(np.max(differences))
 
 
 def preprocess_difference(images: list[np.ndarray]) -> float:
@@ -68,7 +63,7 @@ def preprocess_difference(images: list[np.ndarray]) -> float:
             ours = session.run(None, {"images": image[None]})[0][0]
             with torch.no_grad():
                 theirs = transforms(image).numpy()
-            worst = _worst(worst, float(np.abs(ours - theirs).max()))
+            worst = worst_difference(worst, float(np.abs(ours - theirs).max()))
     return worst
 
 
@@ -93,7 +88,7 @@ def check_parity(
         predictor.set_image(image)
         theirs = [predictor._features["image_embed"], *predictor._features["high_res_feats"]]
         for name, a, b in zip(("image_embeddings", "high_res_feats_0", "high_res_feats_1"), ours, theirs):
-            encoder_rel[name] = _worst(encoder_rel.get(name, 0.0), _rel(a, b.numpy()))
+            encoder_rel[name] = worst_difference(encoder_rel.get(name, 0.0), _rel(a, b.numpy()))
     # Decoder on the last image's features (Meta's), 16 one-point prompts; then the same prompts with mask inputs.
     feats = [f.numpy() for f in (predictor._features["image_embed"], *predictor._features["high_res_feats"])]
     h, w = images[-1].shape[:2]
@@ -121,12 +116,12 @@ def check_parity(
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, repeat_image=True,
                 high_res_features=[torch.as_tensor(feats[1]), torch.as_tensor(feats[2])],
             )
-        mask_atol = _worst(mask_atol, float(np.abs(ort_masks - masks.numpy()).max()))
-        iou_atol = _worst(iou_atol, float(np.abs(ort_iou - iou.numpy()).max()))
+        mask_atol = worst_difference(mask_atol, float(np.abs(ort_masks - masks.numpy()).max()))
+        iou_atol = worst_difference(iou_atol, float(np.abs(ort_iou - iou.numpy()).max()))
         prev = torch.clamp(masks[:, 1:2], -32.0, 32.0)  # as the predictor returns low-res logits for m2m
     figures = {
         **{f"encoder_{k}_max_rel_diff": v for k, v in encoder_rel.items()},
-        "encoder_max_rel_diff": _worst(*encoder_rel.values()),
+        "encoder_max_rel_diff": worst_difference(*encoder_rel.values()),
         "preprocess_max_abs_diff": preprocess_difference(images),
         "decoder_masks_max_abs_diff": mask_atol,
         "decoder_iou_max_abs_diff": iou_atol,

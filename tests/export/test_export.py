@@ -431,9 +431,9 @@ def test_a_checkpoint_with_nan_or_infinite_weights_is_refused(tiny_checkpoint, t
 
 def test_parity_fails_on_nan():
     """The parity check's own guard, for NaN that arises in the graph (fp16 overflow) rather than in the weights."""
-    from export import sam2_parity
+    from export.onnx_export import worst_difference
 
-    assert np.isnan(sam2_parity._worst(0.0, float("nan"), 1e-7))  # max(0.0, nan) was 0.0: a NaN decoder passed
+    assert np.isnan(worst_difference(0.0, float("nan"), 1e-7))  # max(0.0, nan) was 0.0: a NaN decoder passed
 
 
 def test_a_missing_package_is_not_blamed_on_the_checkpoint(tiny_checkpoint, monkeypatch):
