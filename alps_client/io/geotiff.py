@@ -20,7 +20,8 @@ def _profile(height: int, width: int, geo: dict[str, Any] | None) -> dict[str, A
     if height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if geo:
-        profile["crs"] = rasterio.crs.CRS.from_wkt(geo["crs"])
+        if geo["crs"]:  # None: a geotransform alone (a world file), kept without a CRS
+            profile["crs"] = rasterio.crs.CRS.from_wkt(geo["crs"])
         if "gcps" in geo:  # placed by ground control points, as its source
             from rasterio.control import GroundControlPoint
 

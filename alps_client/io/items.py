@@ -128,11 +128,37 @@ def source_signature(source: str, relative: str = "") -> dict[str, Any]:
     so its image is labelled again instead of keeping the old file's labels or split. ``relative`` is the path in
     the dataset: moving the dataset keeps the signatures (``mv``, ``cp -p``, ``rsync -a``); a copy that resets
     modification times is labelled again. Tiles and slices carry their scene's (volume's) signature.
+
+    ``sidecars``: the files beside it that GDAL reads with it (:func:`gdal_sidecars`: a georeference or nodata
+    mask added or fixed in ``.aux.xml``, a ``.msk``, a world file), by name and sampled digest; ``{}`` for none.
     """
     stat = os.stat(source)
     signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "sample": _sampled_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)}
+                 "sample": _sampled_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns),
+                 "sidecars": {os.path.basename(path): _file_digest(path) for path in gdal_sidecars(source)}}
     return {**signature, "path": relative} if relative else signature
+
+
+def gdal_sidecars(source: str) -> list[str]:
+    """The files beside ``source`` that GDAL reads with it, those that exist: what places it or masks it.
+
+    ``<file>.aux.xml`` (GDAL's PAM: a CRS, a geotransform, GCPs, nodata set by QGIS or ``gdal_edit.py``),
+    ``<file>.msk`` (an external nodata mask) and the world file (``<stem>.tfw``, ``.tifw``, ``.wld``, as GDAL
+    derives them from the extension, in either case). A file read without GDAL gains nothing from them, but a
+    change to one only labels that image again.
+    """
+    stem, extension = os.path.splitext(source)
+    names = [f"{source}.aux.xml", f"{source}.msk", f"{stem}.aux"]
+    extension = extension[1:]
+    if extension:
+        for world in dict.fromkeys((f"{extension[0]}{extension[-1]}w", f"{extension}w", "wld")):
+            names += [f"{stem}.{world.lower()}", f"{stem}.{world.upper()}"]
+    return [name for name in dict.fromkeys(names) if os.path.isfile(name)]
+
+
+def _file_digest(path: str) -> str:
+    stat = os.stat(path)
+    return _sampled_digest(path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
 def content_digest(source: str) -> str:

@@ -355,14 +355,16 @@ def _georeference(src: Any, window: Any) -> dict[str, Any] | None:
 
     ``{"crs": wkt, "transform": [a, b, c, d, e, f]}``, or for a raster placed by ground control points alone
     (Sentinel-1's GRD, scanned maps) ``{"crs": wkt, "gcps": [[row, col, x, y, z], ...]}`` with rows and columns
-    in the window's pixels.
+    in the window's pixels. A geotransform without a CRS (a world file ``.tfw`` beside a TIFF, an internal
+    transform with no CRS keys) gives ``{"crs": None, "transform": [...]}``: GIS tools place such a raster by its
+    transform and ask for the CRS, and its labels and vectors are placed the same way.
     """
+    transform = src.window_transform(window) if window is not None else src.transform
     if src.crs is not None:
-        transform = src.window_transform(window) if window is not None else src.transform
         return {"crs": src.crs.to_wkt(), "transform": list(transform)[:6]}
     gcps, gcp_crs = src.gcps
     if not gcps or gcp_crs is None:
-        return None
+        return None if src.transform.is_identity else {"crs": None, "transform": list(transform)[:6]}
     row0, col0 = (window.row_off, window.col_off) if window is not None else (0, 0)
     return {"crs": gcp_crs.to_wkt(),
             "gcps": [[p.row - row0, p.col - col0, p.x, p.y, p.z or 0.0] for p in gcps]}

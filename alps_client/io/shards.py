@@ -185,9 +185,9 @@ def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict
     if meta.get("fingerprint") != fingerprint:
         return "stale", meta
     recorded = meta.get("extra", {}).get("source_signature")
-    if source_signature is not None:  # a shard from before paths and byte samples were recorded: judged without
-        source_signature = {k: v for k, v in source_signature.items()
-                            if k in (recorded or {}) or k not in ("path", "sample")}
+    if source_signature is not None:  # a shard from before paths, byte samples or sidecars were recorded: judged
+        source_signature = {k: v for k, v in source_signature.items()  # without them
+                            if k in (recorded or {}) or k not in ("path", "sample", "sidecars")}
     if source_signature is not None and recorded != source_signature:
         return "changed", meta
     if shard_damage(path):  # only a shard that would be used as it is is read whole

@@ -11,10 +11,15 @@ tiles of a stitched scene land in the scene's CRS; one placed by ground control 
 in its GCPs' CRS through GDAL's GCP transformer (the polynomial QGIS and gdalwarp fit to them); any other input is in pixel coordinates of its source file
 (x right, y down; a tile is offset by its window), declared in GeoPackage as an engineering CRS named
 "image pixels" so GIS tools do not take them for degrees (GeoJSON cannot say so: readers assume WGS 84 there).
-Features are grouped by CRS: one layer per CRS, named
-``masks`` (pixel coordinates) or ``masks_epsg<code>``; GeoPackage keeps every layer in ``masks.gpkg``,
-GeoJSON writes one ``<layer>.geojson`` per layer. Features are written in chunks, so memory does not grow with
-the dataset, and the output is byte-identical for the same input (GDAL's GeoPackage timestamp is pinned).
+Features are grouped by CRS (CRSs GDAL holds for the same are one): one layer per CRS, named ``masks`` (pixel
+coordinates), ``masks_epsg<code>`` (a CRS that is EPSG's ``<code>`` exactly), ``masks_crs<n>`` (any other: a
+user-defined datum, an ESRI code, a CRS only close to an EPSG one) or ``masks_no_crs`` (rasters placed by a world
+file: map coordinates, the CRS unknown, as GIS tools place them); GeoPackage keeps every layer in ``masks.gpkg``,
+GeoJSON writes one ``<layer>.geojson`` per layer. GeoJSON can name no CRS but an EPSG code (GDAL writes the legacy
+``crs`` member for those), so a ``masks_crs<n>`` layer is written in WGS 84 longitude and latitude as RFC 7946
+defines GeoJSON (GDAL reprojects each vertex); without that, readers took its metres for degrees. Features are
+written in chunks, so memory does not grow with the dataset, and the output is byte-identical for the same input
+(GDAL's GeoPackage timestamp is pinned).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ GPKG_TIMESTAMP = "2000-01-01T00:00:00.000Z"
 PIXEL_CRS = ('ENGCRS["image pixels (x right, y down)",EDATUM["image"],CS[Cartesian,2],'
              'AXIS["x",east,ORDER[1],LENGTHUNIT["pixel",1]],AXIS["y",south,ORDER[2],LENGTHUNIT["pixel",1]]]')
 
+NO_CRS = ""  # the layer key of rasters placed by a geotransform without a CRS (a world file): map coordinates
+
 
 # What writing vectors imports (the `geo` extra), checked before a run labels anything.
 VECTOR_MODULES = ("rasterio.features", "shapely.geometry", "pyogrio.raw")
@@ -69,6 +76,9 @@ def mask_polygons(mask: npt.NDArray[np.bool_], transform: Any) -> Any:
 def image_transform(extra: Mapping[str, Any]) -> tuple[Any, str | None, Callable[[Any], Any] | None]:
     """``(affine, crs_wkt, warp)`` from image pixels to output coordinates, for a shard's ``extra`` metadata.
 
+    ``crs_wkt`` is None for pixel coordinates and :data:`NO_CRS` for map coordinates of an unknown CRS (a raster
+    placed by a world file).
+
     Polygons are traced through ``affine``; ``warp`` (None for an affine placement) then takes them on from pixel
     coordinates, for an image placed by ground control points (GDAL's GCP transformer, as QGIS places it).
     """
@@ -89,7 +99,7 @@ def image_transform(extra: Mapping[str, Any]) -> tuple[Any, str | None, Callable
 
         return rasterio.Affine.identity(), str(geo["crs"]), warp
     if geo:  # already the window's transform for tiles
-        return rasterio.Affine(*geo["transform"]), str(geo["crs"]), None
+        return rasterio.Affine(*geo["transform"]), str(geo["crs"]) if geo["crs"] else NO_CRS, None
     window = extra.get("window")
     x0, y0 = (int(window[0]), int(window[1])) if window else (0, 0)
     return rasterio.Affine.translation(x0, y0), None, None
@@ -107,10 +117,13 @@ def _pinned_gpkg_timestamp() -> Iterator[None]:
 
 
 class _Layer:
-    """Features of one CRS, buffered and appended to their file in chunks."""
+    """Features of one CRS, buffered and appended to their file in chunks.
 
-    def __init__(self, path: Path, name: str, driver: str, crs: str | None) -> None:
-        self.path, self.name, self.driver, self.crs = path, name, driver, crs
+    ``wgs84``: written in WGS 84 (GeoJSON's RFC 7946 option, GDAL reprojecting) instead of ``crs``.
+    """
+
+    def __init__(self, path: Path, name: str, driver: str, crs: str | None, wgs84: bool = False) -> None:
+        self.path, self.name, self.driver, self.crs, self.wgs84 = path, name, driver, crs, wgs84
         self.rows: list[tuple[bytes, tuple[Any, ...]]] = []
         self.written = 0
 
@@ -122,13 +135,26 @@ class _Layer:
         columns = list(zip(*(values for _, values in self.rows))) if self.rows else [()] * len(FIELDS)
         kinds = (np.int64, object, np.int64, np.float64, np.float64, np.int64, object, object, object)
         data = [np.asarray(col, dtype=kind) for col, kind in zip(columns, kinds)]
-        crs = self.crs or (PIXEL_CRS if self.driver == "GPKG" else None)
+        crs = PIXEL_CRS if self.crs is None and self.driver == "GPKG" else self.crs or None
         with _pinned_gpkg_timestamp(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixel coordinates: on purpose
+            warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixels, NO_CRS: on purpose
             raw.write(str(self.path), geoms, data, list(FIELDS), layer=self.name, driver=self.driver, crs=crs,
-                      geometry_type="MultiPolygon", append=self.written > 0)
+                      geometry_type="MultiPolygon", append=self.written > 0,
+                      layer_options={"RFC7946": "YES"} if self.wgs84 else None)
         self.written += len(self.rows)
         self.rows.clear()
+
+
+def exact_epsg(crs_wkt: str) -> int | None:
+    """The EPSG code of a CRS that is that code's CRS exactly (GDAL's comparison); None for any other CRS.
+
+    rasterio's ``to_epsg()`` also names CRSs only close to a code (a user-defined datum shifted to WGS 84 is
+    "32633"): two such CRSs gave one layer name, and the second layer replaced the first.
+    """
+    crs_module = lazy_import("rasterio.crs")
+    crs = crs_module.CRS.from_wkt(crs_wkt)
+    code = crs.to_epsg()
+    return code if code is not None and crs_module.CRS.from_epsg(code) == crs else None
 
 
 class VectorOutput:
@@ -150,15 +176,38 @@ class VectorOutput:
         self.pending = 0
 
     def _layer(self, crs: str | None) -> _Layer:
+        """The layer of ``crs`` (WKT; None: pixel coordinates): one layer for CRSs GDAL holds for the same."""
         if crs not in self.layers:
-            name = "masks"
-            if crs is not None:
-                epsg = lazy_import("rasterio.crs").CRS.from_wkt(crs).to_epsg()
-                name = f"masks_epsg{epsg}" if epsg else f"masks_crs{sum(k is not None for k in self.layers) + 1}"
-            file = "masks" if self.driver == "GPKG" else name
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.layers[crs] = _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs)
+            self.layers[crs] = self._same_crs_layer(crs) or self._new_layer(crs)
         return self.layers[crs]
+
+    def _same_crs_layer(self, crs: str | None) -> _Layer | None:
+        if not crs:
+            return None
+        crs_type = lazy_import("rasterio.crs").CRS
+        ours = crs_type.from_wkt(crs)
+        return next((layer for layer in self._unique_layers() if layer.crs and crs_type.from_wkt(layer.crs) == ours),
+                    None)
+
+    def _new_layer(self, crs: str | None) -> _Layer:
+        names = {layer.name for layer in self._unique_layers()}
+        epsg = exact_epsg(crs) if crs else None
+        if crs is None:
+            name = "masks"
+        elif crs == NO_CRS:
+            name = "masks_no_crs"
+        elif epsg is not None and f"masks_epsg{epsg}" not in names:
+            name = f"masks_epsg{epsg}"
+        else:
+            name = next(f"masks_crs{n}" for n in range(1, len(names) + 2) if f"masks_crs{n}" not in names)
+        file = "masks" if self.driver == "GPKG" else name
+        self.out.mkdir(parents=True, exist_ok=True)
+        wgs84 = self.driver == "GeoJSON" and bool(crs) and epsg is None
+        return _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs, wgs84)
+
+    def _unique_layers(self) -> list[_Layer]:
+        """Each layer once (several CRS strings may share one)."""
+        return list({id(layer): layer for layer in self.layers.values()}.values())
 
     def add(self, shard: ImageShard, cluster_ids: npt.NDArray[np.int64], class_ids: npt.NDArray[np.int64],
             split: str) -> None:
@@ -182,7 +231,7 @@ class VectorOutput:
                     float(kept.stability_score[i]), int(kept.areas[i]), shard.stem, printable(shard.source), split)))
                 self.pending += 1
         if self.pending >= FLUSH_FEATURES:
-            for layer in self.layers.values():
+            for layer in self._unique_layers():
                 layer.flush()
             self.pending = 0
 
@@ -190,6 +239,6 @@ class VectorOutput:
         """Write what is buffered; returns features per layer (an empty ``masks`` layer when there was nothing)."""
         if not self.layers:
             self._layer(None)
-        for layer in self.layers.values():
+        for layer in self._unique_layers():
             layer.flush()
-        return {layer.name: layer.written for layer in self.layers.values()}
+        return {layer.name: layer.written for layer in self._unique_layers()}

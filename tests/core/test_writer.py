@@ -174,6 +174,13 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     at_path = make_shard(tmp_path / "u.npz", "u", masks, [True, False], np.ones((1, 256)), {"source_signature": in_val})
     assert shard_status(at_path, "fp", in_val) == "current"
     assert shard_status(at_path, "fp", {**signature, "path": "train/s.png"}) == "changed"
+    # The files GDAL reads beside it likewise: recorded ({} for none), a sidecar added, changed or gone is a change.
+    placed = {**in_val, "sidecars": {"s.tif.aux.xml": "00ff"}}
+    assert shard_status(at_path, "fp", placed) == "current"  # written before sidecars were recorded
+    with_sidecars = make_shard(tmp_path / "v.npz", "v", masks, [True, False], np.ones((1, 256)),
+                               {"source_signature": {**in_val, "sidecars": {}}})
+    assert shard_status(with_sidecars, "fp", {**in_val, "sidecars": {}}) == "current"
+    assert shard_status(with_sidecars, "fp", placed) == "changed"
     # Damaged: its features' bytes altered (the metadata intact: it read as current, and every rerun then failed
     # in the clustering), cut short, or zero bytes (a crash before the data reached the disk).
     data = bytearray(signed.read_bytes())
