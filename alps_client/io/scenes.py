@@ -66,10 +66,14 @@ class SceneOutputs:
         out: the dataset folder being written (the staging folder).
         metas: shard metadata of every image of the dataset (to know how many tiles/slices each scene has).
         config: input settings (``stitch``, ``tile``, ``overlap``, ``write_nifti_labels``, ``slice_axis``).
+        earlier: the dataset folder as it is (``OUT``), whose label volumes lend their headers to volumes whose
+            source cannot be read any more.
     """
 
-    def __init__(self, out: str | Path, metas: Sequence[Mapping[str, Any]], config: InputConfig) -> None:
+    def __init__(self, out: str | Path, metas: Sequence[Mapping[str, Any]], config: InputConfig,
+                 earlier: str | Path | None = None) -> None:
         self.out = Path(out)
+        self.earlier = Path(earlier) if earlier is not None else None
         self.config = config
         self.counts = {"geotiff": 0, "stitched": 0, "volumes": 0}
         extras = [m.get("extra", {}) for m in metas]
@@ -102,8 +106,9 @@ class SceneOutputs:
         if scene in self._volumes:
             from alps_client.io.nifti import write_label_volume
 
-            write_label_volume(self.out / "volumes" / f"{scene}.nii.gz", source, self.config.slice_axis,
-                               self._volumes.pop(scene))
+            name = f"{scene}.nii.gz"
+            write_label_volume(self.out / "volumes" / name, source, self.config.slice_axis, self._volumes.pop(scene),
+                               self.earlier / "volumes" / name if self.earlier else None)
             self.counts["volumes"] += 1
 
     def close(self) -> dict[str, int]:

@@ -266,7 +266,7 @@ def _stage_dataset(
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")
-    scenes = SceneOutputs(staging, metas, config.inputs)
+    scenes = SceneOutputs(staging, metas, config.inputs, earlier=out)
     fmt = config.writer.vector_format
     vectors = VectorOutput(staging / "vectors", fmt, class_map) if fmt else None
     review = ReviewCollector(centroids, config.writer.seed) if config.writer.write_report else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from alps_client.config import (
     PipelineConfig,
     WriterConfig,
 )
+from alps_client.errors import AlpsError
 from alps_client.io.items import gdal_sidecars
 from alps_client.io.shards import read_shard
 from alps_client.io.vectors import VectorOutput
@@ -32,6 +34,7 @@ from alps_client.labels.classes import ClassMap
 from alps_client.masks import decode_coco_rle
 from alps_client.synthetic import make_scene
 from flows.alps_flow import alps_flow
+from tests.inputs.make_files import write_nifti
 
 UTM33 = CRS.from_epsg(32633)
 # rasterio's to_epsg() says 32633 for it (at its default confidence), but GDAL holds it for another CRS.
@@ -52,7 +55,7 @@ def _write_tif(path: Path, seed: int, crs: CRS | None, origin: tuple[float, floa
         dst.write(bands)
 
 
-def _run(data: Path, out: Path, fake_repo: Path, vector_format: str, **inputs) -> dict:
+def _run(data: Path, out: Path, fake_repo: Path, vector_format: str | None, **inputs) -> dict:
     cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)), amg=AmgConfig(points_per_side=8),
                          cluster=ClusterConfig(n_clusters=3), inputs=InputConfig(**inputs),
                          writer=WriterConfig(vector_format=vector_format, write_report=False))
@@ -212,3 +215,44 @@ def test_the_sidecars_gdal_reads_are_found_in_either_case(tmp_path):
         "a.tif.aux.xml", "a.tif.msk", "a.TFW", "a.wld"]
     assert [Path(p).name for p in gdal_sidecars(str(tmp_path / "a.png"))] == ["a.pgw", "a.wld"]
     assert [Path(p).name for p in gdal_sidecars(str(tmp_path / "b.tif"))] == ["b.tifw"]
+
+
+def test_label_volumes_say_they_hold_labels_and_a_relabel_needs_no_source_volume(fake_repo, tmp_path):
+    """A CT's -1000..1000 HU display window, its intent ("estimate, HU") and description were copied into the label
+    volume (viewers showed ids 0..4 as one grey); and `alps relabel` of a dataset whose volumes had moved (another
+    machine, an archive) failed with a traceback, as it reopened each source for its header (medical audit)."""
+    import nibabel
+
+    from alps_client.io.rewrite import relabel_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_nifti(data / "ct.nii.gz")
+    source = nibabel.load(str(data / "ct.nii.gz"))
+    source.header["cal_min"], source.header["cal_max"] = -1000, 1000
+    source.header.set_intent("estimate", name="HU")
+    source.header["descrip"] = b"CT ABDOMEN"
+    nibabel.save(source, str(data / "ct.nii.gz"))
+    out = tmp_path / "out"
+    _run(data, out, fake_repo, None, write_nifti_labels=True)
+    written = nibabel.load(str(out / "volumes" / "ct.nii.gz"))
+    header = written.header
+    assert (float(header["cal_min"]), float(header["cal_max"])) == (0.0, 0.0)
+    assert header.get_intent()[0] == "label" and header["descrip"].item().startswith(b"alps pseudo-labels")
+    assert np.array_equal(written.affine, source.affine) and header.get_zooms() == source.header.get_zooms()
+    assert header.get_qform_quaternion().tolist() == source.header.get_qform_quaternion().tolist()
+    labels = np.asarray(written.dataobj)
+
+    clusters = [c for k in json.loads((out / "classes.json").read_text())["classes"] for c in k["clusters"]]
+    (out / "classes.yaml").write_text(f"classes:\n  - name: everything\n    clusters: {clusters}\n")
+    moved = tmp_path / "archived"
+    data.rename(moved)
+    relabel_dataset(out, out / "classes.yaml")
+    relabelled = nibabel.load(str(out / "volumes" / "ct.nii.gz"))
+    assert np.array_equal(relabelled.affine, source.affine) and relabelled.shape == source.shape
+    assert np.array_equal(np.asarray(relabelled.dataobj), np.where(labels == 255, 255, 0))
+
+    shutil.rmtree(out / "volumes")  # neither the source nor an earlier label volume: one line naming the source
+    with pytest.raises(AlpsError, match=r"ct\.nii\.gz: its source volume .*data/ct\.nii\.gz cannot be read .* "
+                                        r"put the source back at that path"):
+        relabel_dataset(out, out / "classes.yaml")
