@@ -10,7 +10,6 @@ the job. The same classes file gives byte-identical outputs, however often it is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shlex
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import centroids_model
-from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, parse_classes
+from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, clusters_key, parse_classes
 
 KEEP = "keep"
 # OUT/.alps/relabelled/<centroids sha256[:12]>/: relabels a rerun could not carry over, with their centroids.
@@ -61,7 +60,7 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
     """
     with out_lock(out, "alps relabel", create=False):  # held before reading: a run may be replacing the dataset
         data = load_dataset(out)
-        class_map, record = parse_classes(classes_file, len(data.centroids))
+        class_map, record = parse_classes(classes_file, data.centroids)
         missing = data.manifest.get("missing") or []
         if missing and warn is not None:
             warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
@@ -124,6 +123,8 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
     except (OSError, ValueError):
         record = previous = None  # no previous dataset (or an unreadable one, which the run replaces)
     if record and _same(previous, centroids):
+        if centroids_file and record.get("from") == str(Path(centroids_file).parent.resolve()):
+            return _origins_classes(Path(centroids_file), centroids, record, warn)
         return _apply(record, len(centroids), out / "manifest.json", warn)
     if record and previous is not None:  # whatever this run's classes will be, these are kept
         sha = str(record.get("classes_file_sha256", "unknown"))
@@ -172,12 +173,30 @@ def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:
     ``--centroids`` of the folder is what the warnings tell the user to run: without the ``centroids.json`` of
     the dataset they came from, a SAM 2.1 run would refuse them (their family unknown) and a SAM run would warn.
     """
-    folder = out / WORK_DIR / kind / hashlib.sha256(np.ascontiguousarray(previous).tobytes()).hexdigest()[:12]
+    folder = out / WORK_DIR / kind / clusters_key(previous)
     atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
     record = centroids_model(out / "centroids.npy")  # the dataset's, before this run replaces it
     if record is not None:
         atomic.write_json(folder / "centroids.json", record)
     return folder
+
+
+def _origins_classes(centroids_file: Path, centroids: npt.NDArray[np.float32], carried: dict[str, Any],
+                     warn: Callable[[str], None]) -> tuple[ClassMap, dict[str, Any]] | None:
+    """The classes of the dataset ``--centroids`` come from, as it has them now, for a rerun that took them before.
+
+    Batches labelled apart share one set of classes: once that dataset was relabelled again (or its relabel
+    undone), a rerun kept the classes it had copied at its first run, and said they were that dataset's.
+    """
+    now = _relabel_beside(centroids_file, centroids, warn)
+    if now is None:
+        warn(f"{carried['from']} has no `alps relabel` for these clusters any more (undone, or made for other "
+             "clusters): this dataset's classes, taken from it before, are dropped too, and its clusters get classes "
+             "of their own (cluster_<k>)")
+    elif now[1].get("spec") != carried.get("spec"):
+        warn(f"{carried['from']} was relabelled since this dataset took its classes: its classes now are applied "
+             f"({len(now[0].names)} classes)")
+    return now
 
 
 def _relabel_beside(centroids_file: Path, centroids: npt.NDArray[np.float32],

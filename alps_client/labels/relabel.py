@@ -7,6 +7,11 @@ The file (YAML, or the same structure in JSON)::
       - {name: water, clusters: [1]}
     drop: [4]             # these clusters become 255 (no label)
 
+The template ``alps run`` writes (``OUT/report/classes.yaml``) also says which clusters it names
+(``centroids: <key>``, :func:`clusters_key`): a file written for another dataset's clusters (another k-means run:
+its cluster 3 is not this one's) is refused instead of putting its names on the wrong clusters. A file without
+that line is taken as it is.
+
 Clusters the file does not mention keep a class of their own, named ``cluster_<k>`` and numbered after the
 listed classes in cluster order. :func:`parse_classes` checks everything before anything is written and reports
 every problem it finds, one line each (unknown cluster ids, a cluster in two classes, a class without clusters, a
@@ -22,6 +27,9 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from alps_client.errors import AlpsError
 from alps_client.labels.classes import ClassMap
@@ -170,9 +178,9 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
         ClassesFileError: With one line per problem.
     """
     problems: list[str] = []
-    unknown = sorted(set(spec) - {"classes", "drop"})
+    unknown = sorted(set(spec) - {"classes", "drop", "centroids"})
     if unknown:
-        problems.append(f"unknown key(s) {unknown}: only 'classes' and 'drop' are read")
+        problems.append(f"unknown key(s) {unknown}: only 'classes', 'drop' and 'centroids' are read")
     classes = spec.get("classes", [])
     classes = [] if classes is None else classes  # `classes:` with nothing after it
     if not isinstance(classes, list):
@@ -227,15 +235,29 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
     return ClassMap(tuple(names) + tuple(f"cluster_{k}" for k in rest), tuple(cluster_to_class))
 
 
-def parse_classes(path: str | Path, n_clusters: int) -> tuple[ClassMap, dict[str, Any]]:
-    """Read, validate and map a classes file; returns the class map and what the manifest records of it.
+def clusters_key(centroids: npt.NDArray[np.floating]) -> str:
+    """What names one set of clusters: the first 12 hex digits of the sha256 of its ``(N, D)`` float32 centres."""
+    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float32).tobytes()).hexdigest()[:12]
+
+
+def parse_classes(path: str | Path, centroids: npt.NDArray[np.floating]) -> tuple[ClassMap, dict[str, Any]]:
+    """Read, validate and map a classes file for a dataset of ``(N, D)`` ``centroids``.
+
+    Returns:
+        The class map and what the manifest records of the file.
 
     Raises:
-        ClassesFileError: With one line per problem.
+        ClassesFileError: With one line per problem (a file whose ``centroids`` line names other clusters: one).
     """
     raw = read_bytes(Path(path), EXAMPLE)
     spec = read_classes_file(path, raw=raw)
-    class_map = class_map_from_spec(spec, n_clusters, str(path))
+    written_for, ours = spec.get("centroids"), clusters_key(centroids)
+    if written_for is not None and str(written_for) != ours:
+        problem = (f"written for other clusters (centroids: {written_for}; this dataset's are {ours}): the cluster "
+                   "ids of two k-means runs do not correspond, so its names would land on other clusters; edit this "
+                   "dataset's report/classes.yaml instead, or delete the 'centroids:' line to apply the file anyway")
+        raise ClassesFileError(str(path), [problem])
+    class_map = class_map_from_spec(spec, len(centroids), str(path))
     record = {"classes_file_sha256": hashlib.sha256(raw).hexdigest(),
               "spec": {"classes": spec.get("classes") or [], "drop": spec.get("drop") or []}}
     return class_map, record
@@ -245,9 +267,15 @@ _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null"}  # would not read back as strings
 
 
-def classes_yaml(class_map: ClassMap, header: str = "") -> str:
-    """A classes file that reproduces ``class_map``: the template a reviewer edits."""
+def classes_yaml(class_map: ClassMap, header: str = "", centroids: npt.NDArray[np.floating] | None = None) -> str:
+    """A classes file that reproduces ``class_map``: the template a reviewer edits.
+
+    With ``centroids``, its ``centroids:`` line names the clusters it was written for (:func:`clusters_key`).
+    """
     lines = [f"# {line}" for line in header.splitlines()]
+    if centroids is not None:
+        lines.append(f"centroids: {json.dumps(clusters_key(centroids))}   # the clusters these ids are; "
+                     "another dataset's file is refused")
     lines.append("classes:              # new class ids 0, 1, ... in this order")
     for c, name in enumerate(class_map.names):
         plain = _PLAIN.match(name) and name.lower() not in _YAML_WORDS

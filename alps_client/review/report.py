@@ -130,7 +130,7 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
     elif random_init:
         warnings.append("The model has RANDOM weights (exported with --random-init): these classes mean nothing.")
     template = classes_yaml(class_map, "Classes of this dataset: rename, merge (several clusters in one class), "
-                                       "drop.\nThen: alps relabel OUT --classes classes.yaml")
+                                       "drop.\nThen: alps relabel OUT --classes classes.yaml", collector.centroids)
     if missing:
         warnings.append(f"This dataset lacks {len(missing)} good image(s) that could not be labelled (written with "
                         "--allow-partial; listed below): its classes and counts leave them out. The same `alps run` "

@@ -16,7 +16,13 @@ from alps_client.io.shards import ImageShard
 from alps_client.io.vectors import mask_polygons
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE
-from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, classes_yaml, parse_classes
+from alps_client.labels.relabel import (
+    ClassesFileError,
+    class_map_from_spec,
+    classes_yaml,
+    clusters_key,
+    parse_classes,
+)
 from alps_client.masks import MaskSet, encode_coco_rle
 from alps_client.review.select import N_NEAR, N_RANDOM, ReviewCollector
 
@@ -48,7 +54,7 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
         ({"classes": [{"name": "a", "clusters": [0]}, {"name": "a", "clusters": [1]}]}, ["class 'a' is listed twice"]),
         ({"classes": [{"name": "cluster_3", "clusters": [0]}]}, ["the name 'cluster_3' is taken by unlisted cluster 3"]),
         ({"drop": [0, 1, 2, 3]}, ["every cluster is dropped"]),
-        ({"clases": [{"name": "a", "clusters": [0]}]}, ["unknown key(s) ['clases']: only 'classes' and 'drop' are read"]),
+        ({"clases": [{"name": "a", "clusters": [0]}]}, ["unknown key(s) ['clases']: only 'classes', 'drop' and 'centroids' are read"]),
         ({"classes": [{"name": "a", "clusters": [True, "x"]}]},
          ["class 'a' clusters: True is not a cluster id", "class 'a' clusters: 'x' is not a cluster id"]),
         ({"classes": [{"clusters": [0]}]}, ["class #1 needs a non-empty 'name'"]),
@@ -79,25 +85,25 @@ def test_every_problem_is_one_clear_line(spec, problems):
 
 def test_files_yaml_json_and_syntax_errors(tmp_path):
     (tmp_path / "c.yaml").write_text("classes:\n  - {name: building, clusters: [0, 3]}\ndrop: [1]\n")
-    cm, record = parse_classes(tmp_path / "c.yaml", 4)
+    cm, record = parse_classes(tmp_path / "c.yaml", _centres(4))
     assert cm.names == ("building", "cluster_2") and record["spec"]["drop"] == [1]
     (tmp_path / "c.json").write_text(json.dumps({"classes": [{"name": "x", "clusters": [1]}]}))
-    assert parse_classes(tmp_path / "c.json", 2)[0].names == ("x", "cluster_0")
+    assert parse_classes(tmp_path / "c.json", _centres(2))[0].names == ("x", "cluster_0")
     (tmp_path / "bad.yaml").write_text("classes: [{name: a, clusters: [0]}\n")
     with pytest.raises(ClassesFileError, match=r"not valid YAML: .* at line \d+ column \d+"):
-        parse_classes(tmp_path / "bad.yaml", 2)
+        parse_classes(tmp_path / "bad.yaml", _centres(2))
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ClassesFileError, match="not valid JSON"):
-        parse_classes(tmp_path / "bad.json", 2)
+        parse_classes(tmp_path / "bad.json", _centres(2))
     with pytest.raises(ClassesFileError, match="no such file"):
-        parse_classes(tmp_path / "absent.yaml", 2)
+        parse_classes(tmp_path / "absent.yaml", _centres(2))
     with pytest.raises(ClassesFileError, match="a folder, not a classes file"):  # it said "no such file"
-        parse_classes(tmp_path, 2)
+        parse_classes(tmp_path, _centres(2))
     # A pipe, as bash's `--classes <(...)` gives: read as a file is (it was "no such file").
     os.mkfifo(tmp_path / "pipe")
     writer = threading.Thread(target=(tmp_path / "pipe").write_text, args=("classes: [{name: p, clusters: [1]}]\n",))
     writer.start()
-    assert parse_classes(tmp_path / "pipe", 2)[0].names == ("p", "cluster_0")
+    assert parse_classes(tmp_path / "pipe", _centres(2))[0].names == ("p", "cluster_0")
     writer.join()
     # A key given twice: the parsers kept the last, and a class or a whole `classes:` block went unsaid
     for name, text, where in (
@@ -107,9 +113,9 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
             ("drop.json", '{"classes": [], "drop": [0], "drop": [1]}', "not valid JSON: key 'drop' given twice")):
         (tmp_path / name).write_text(text)
         with pytest.raises(ClassesFileError, match=re.escape(where)):
-            parse_classes(tmp_path / name, 2)
+            parse_classes(tmp_path / name, _centres(2))
     (tmp_path / "merged.yaml").write_text("classes:\n  - &a {name: a, clusters: [0]}\n  - {<<: *a, name: c, clusters: [1]}\n")
-    assert parse_classes(tmp_path / "merged.yaml", 2)[0].names == ("a", "c")  # keys after a merge key override it
+    assert parse_classes(tmp_path / "merged.yaml", _centres(2))[0].names == ("a", "c")  # keys after a merge key override it
     # What Windows editors save: UTF-16 ("Unicode"), Latin-1, or UTF-8 with a byte-order mark (JSON too).
     text = "classes:\n  - {name: café, clusters: [0]}\n"
     for encoding, readable in (("utf-16", False), ("latin-1", False), ("utf-8-sig", True)):
@@ -117,17 +123,41 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
             path = tmp_path / f"{encoding}{suffix}"
             path.write_bytes(content.encode(encoding))
             if readable:
-                assert parse_classes(path, 2)[0].names == ("café", "cluster_1")
+                assert parse_classes(path, _centres(2))[0].names == ("café", "cluster_1")
             else:
                 with pytest.raises(ClassesFileError, match=r"not UTF-8 text \(byte 0x[0-9a-f]{2} at offset \d+\); save"):
-                    parse_classes(path, 2)
+                    parse_classes(path, _centres(2))
 
 
 def test_the_template_reads_back_as_the_same_classes(tmp_path):
     cm = ClassMap(("building", "yes", "a: b", "water body", "水"), (0, IGNORE, 1, 0, 2, 3, 4))
     (tmp_path / "t.yaml").write_text(classes_yaml(cm, "header"))
-    assert parse_classes(tmp_path / "t.yaml", 7)[0] == cm
+    assert parse_classes(tmp_path / "t.yaml", _centres(7))[0] == cm
     assert '"水"' in (tmp_path / "t.yaml").read_text()  # shown as written, not as "\\u6c34"
+
+
+def test_a_template_names_its_clusters_and_another_datasets_is_refused(tmp_path):
+    """A reviewed classes file applied to another run with as many clusters put its names on other clusters without
+    a word (its cluster 3 is not this one's); the template says which clusters it names (class review audit)."""
+    cm = ClassMap(("building", "water"), (0, 1, IGNORE))
+    ours, theirs = _centres(3), _centres(3, seed=1)
+    (tmp_path / "t.yaml").write_text(classes_yaml(cm, "header", ours))
+    assert f'centroids: "{clusters_key(ours)}"' in (tmp_path / "t.yaml").read_text()
+    assert parse_classes(tmp_path / "t.yaml", ours)[0] == cm
+    assert parse_classes(tmp_path / "t.yaml", ours.astype(np.float64))[0] == cm  # as the review reads them
+    with pytest.raises(ClassesFileError) as refused:
+        parse_classes(tmp_path / "t.yaml", theirs)
+    (line,) = str(refused.value).splitlines()
+    assert f"written for other clusters (centroids: {clusters_key(ours)}; this dataset's are " \
+           f"{clusters_key(theirs)})" in line and "delete the 'centroids:' line" in line
+    without = "\n".join(x for x in (tmp_path / "t.yaml").read_text().splitlines() if not x.startswith("centroids:"))
+    (tmp_path / "hand.yaml").write_text(without)
+    assert parse_classes(tmp_path / "hand.yaml", theirs)[0] == cm  # a file without the line: taken as it is
+
+
+def _centres(n: int, seed: int = 0) -> np.ndarray:
+    """``(n, 8) float32`` cluster centres."""
+    return np.random.default_rng(seed).standard_normal((n, 8)).astype(np.float32)
 
 
 def test_polygons_keep_holes_and_parts_and_rasterise_back_exactly():

@@ -456,6 +456,20 @@ def test_a_new_batch_labelled_with_a_relabelled_datasets_centroids_gets_its_clas
         np.testing.assert_array_equal(label, before[stem])
     assert set(np.unique(np.concatenate([m.ravel() for m in after.values()]))) <= {0, 1, 255}
 
+    # OUT relabelled again, then its relabel undone: the batch's same command took the classes OUT had at its first
+    # run, and said they were OUT's (class review audit). It follows OUT now, and says so.
+    (tmp_path / "again.yaml").write_text("classes:\n  - {name: all, clusters: [0, 1, 3]}\ndrop: [2]\n")
+    said = f"{out} was relabelled since this dataset took its classes: its classes now are applied"
+    for spec, names in (("again.yaml", ["all"]), ("undo.yaml", ["cluster_0", "cluster_1", "cluster_2", "cluster_3"])):
+        if spec == "undo.yaml":
+            (tmp_path / spec).write_text("classes: []\n")
+        assert alps(["relabel", str(out), "--classes", str(tmp_path / spec)]) == 0
+        with run_log("prefect.task_runs") as logs:
+            assert alps_flow(str(batch), str(tmp_path / "new"), cfg, progress_bar=False, return_state=True).is_completed()
+        new, source = (json.loads((folder / "manifest.json").read_text()) for folder in (tmp_path / "new", out))
+        assert new["classes"]["names"] == source["classes"]["names"] == names
+        assert any(said in line for line in logs), logs
+
 
 def test_relabel_and_report_refuse_an_out_edited_by_hand_and_a_ctrl_c_is_one_line(labelled, tmp_path, monkeypatch,
                                                                                     capsys):
