@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,15 @@ MAX_POINTS_PER_SIDE = 1024
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a regular expression Python compiles; None when it is."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return str(err)
+    return None
 
 
 # Seeds go to numpy's generators and scikit-learn's random_state, which take 0..2**32 - 1.
@@ -387,6 +397,9 @@ class WriterConfig:
             hash of the scene and the seed; tiles and slices stay with their scene), in [0, 1); unused when the
             input has its own ``train/val/test`` folders (:mod:`alps_client.io.splits`).
         seed: seed of the split.
+        split_group: a regular expression whose first match in an input's path (relative to the dataset; its
+            first capture group if it has one) names the group it is split with, e.g. ``sub-[^/]+`` keeps each
+            subject's sessions in one split; None: the groups are scenes and volumes.
         write_vis: write palette previews to ``vis/``.
         copy_images: copy (or link) the input images into ``img_dir`` (mmseg layout).
         vector_format: also write one polygon per kept mask to ``vectors/`` (``gpkg`` or ``geojson``); None: no vectors.
@@ -395,6 +408,7 @@ class WriterConfig:
 
     val_fraction: float = 0.3
     seed: int = 0
+    split_group: str | None = None
     write_vis: bool = True
     copy_images: bool = True
     vector_format: VectorFormat | None = None
@@ -404,6 +418,8 @@ class WriterConfig:
         _check_field_types(self)
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
         _check(0 <= self.seed <= MAX_SEED, f"seed must lie in 0..{MAX_SEED}, got {self.seed!r}")
+        _check(self.split_group is None or _regex_problem(self.split_group) is None,
+               f"split_group {self.split_group!r} is not a regular expression: {_regex_problem(self.split_group or '')}")
         _check(self.vector_format in (None, "gpkg", "geojson"),
                f"vector_format must be gpkg or geojson (or None for no vectors), got {self.vector_format!r}")
 

@@ -208,6 +208,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of the images put in val, as near as whole scenes allow (a scene's tiles and a "
                         "volume's slices stay together), in [0, 1) (0.3)")
     c.add_argument("--seed", type=int, help="seed of the train/val split and of k-means (0)")
+    c.add_argument("--split-group", metavar="REGEX",
+                   help="split together the inputs whose paths (relative to DATASET) share this pattern's first "
+                        "match (its capture group, if it has one), e.g. 'sub-[^/]+' keeps each subject's sessions "
+                        "in one split (default: a scene's tiles and a volume's slices stay together)")
     c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None,
                    help="do not write the palette previews OUT/vis/")
     add_vector_argument(c, "default: none")

@@ -6,7 +6,8 @@ whatever arrived meanwhile (a validation image never comes back in train); the n
 starts, so that a run killed before it wrote a dataset leaves them too.
 
 ``{"names": {path relative to the dataset: name}, "splits": {path of a scene's file: "train" | "val"},
-"split_by": [seed, val_fraction]}``; the splits are those of the ``--seed`` and ``--val-fraction`` in ``split_by``.
+"split_by": [seed, val_fraction(, split_group)]}``; the splits are those of the ``--seed``, ``--val-fraction`` (and
+``--split-group``, when given) in ``split_by``.
 """
 
 from __future__ import annotations
@@ -48,25 +49,30 @@ def record_names(out: str | Path, names: Mapping[str, str]) -> None:
     atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
 
 
-def earlier_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
-    """``input path -> split`` that ``out``'s runs gave with this ``seed`` and ``val_fraction``; else empty.
+def split_identity(seed: int, val_fraction: float, split_group: str | None = None) -> list[Any]:
+    """What draws a split: its seed, val fraction and grouping (``split_by`` of the record)."""
+    return [seed, val_fraction] if split_group is None else [seed, val_fraction, split_group]
+
+
+def earlier_splits(out: str | Path, split_by: list[Any]) -> dict[str, str]:
+    """``input path -> split`` that ``out``'s runs gave with this :func:`split_identity`; else empty.
 
     Without a record (deleted, unreadable, or from an alps before it) the dataset in ``out`` says them, as its
     ``manifest.json`` (its inputs and its seed and fraction) and its ``ann_dir`` folders hold them.
     """
     record = read_registry(out)
-    return _splits_by(record, seed, val_fraction) if record["split_by"] else _dataset_splits(out, seed, val_fraction)
+    return _splits_by(record, split_by) if record["split_by"] else _dataset_splits(out, split_by)
 
 
-def _dataset_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str, str]:
-    """``input path -> split`` of the dataset written in ``out`` if it was split with this seed and fraction."""
+def _dataset_splits(out: str | Path, split_by: list[Any]) -> dict[str, str]:
+    """``input path -> split`` of the dataset written in ``out`` if it was split as ``split_by`` says."""
     try:
         manifest = json.loads((Path(out) / "manifest.json").read_text())
         writer, sources = manifest["config"]["writer"], manifest["sources"]
-        split_by = [writer["seed"], writer["val_fraction"]]
+        written_by = split_identity(writer["seed"], writer["val_fraction"], writer.get("split_group"))
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    if split_by != [seed, val_fraction] or not isinstance(sources, dict):
+    if written_by != split_by or not isinstance(sources, dict):
         return {}
     splits = {}
     for label in Path(out).glob("ann_dir/*/*.png"):
@@ -76,16 +82,16 @@ def _dataset_splits(out: str | Path, seed: int, val_fraction: float) -> dict[str
     return splits
 
 
-def _splits_by(record: Mapping[str, Any], seed: int, val_fraction: float) -> dict[str, str]:
-    return dict(record["splits"]) if record["split_by"] == [seed, val_fraction] else {}
+def _splits_by(record: Mapping[str, Any], split_by: list[Any]) -> dict[str, str]:
+    return dict(record["splits"]) if record["split_by"] == split_by else {}
 
 
-def record_splits(out: str | Path, splits: Mapping[str, str], seed: int, val_fraction: float) -> None:
+def record_splits(out: str | Path, splits: Mapping[str, str], split_by: list[Any]) -> None:
     """Record the split of each input of the dataset just written (by path), keeping those of absent inputs."""
     record = read_registry(out)
-    earlier = _splits_by(record, seed, val_fraction)  # the record read once
+    earlier = _splits_by(record, split_by)  # the record read once
     record["splits"] = {**{path: split for path, split in earlier.items() if path in record["names"]}, **splits}
-    record["split_by"] = [seed, val_fraction]
+    record["split_by"] = split_by
     atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
 
 

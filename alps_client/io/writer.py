@@ -12,6 +12,7 @@ the rest.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
 from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
 from alps_client.io.mmseg import mmseg_config
 from alps_client.io.publish import DATASET_FORMAT, not_written_again, publish, staging_dir
-from alps_client.io.registry import earlier_splits, record_splits
+from alps_client.io.registry import earlier_splits, record_splits, split_identity
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
 from alps_client.io.splits import assign_splits, images_outside_split_folders, split_shortfall
@@ -99,6 +100,39 @@ class DatasetSummary:
 def _group(meta: Mapping[str, Any]) -> str:
     """Images split together: the tiles of a scene, the slices of a volume; else the image alone."""
     return str(meta.get("extra", {}).get("scene") or meta["stem"])
+
+
+def _input_path(meta: Mapping[str, Any]) -> str:
+    """The input file an image comes from, relative to the dataset (its scene's name for shards without one)."""
+    return str(meta.get("extra", {}).get("source_signature", {}).get("path") or _group(meta))
+
+
+def split_group_of(meta: Mapping[str, Any], split_group: str | None) -> str:
+    """The group an image is split with.
+
+    ``split_group``'s first match in its input's path (its first capture group, if the pattern has one:
+    ``sub-([^/]+)``), so that a subject's sessions stay together; else :func:`_group`'s (its scene or volume, or
+    the image alone).
+    """
+    if split_group is not None:
+        pattern = re.compile(split_group)
+        match = pattern.search(_input_path(meta))
+        if match:
+            return "\0" + (match.group(1) if pattern.groups else match.group(0))  # apart from any stem
+    return _group(meta)
+
+
+def unmatched_split_group(metas: Sequence[Mapping[str, Any]], split_group: str | None) -> str | None:
+    """The line saying that ``--split-group`` matched none (or not all) of the images' paths; None when it did."""
+    if split_group is None:
+        return None
+    missed = sorted({_input_path(m) for m in metas if not re.search(split_group, _input_path(m))})
+    if not missed:
+        return None
+    every = len(missed) == len({_input_path(m) for m in metas})
+    return (f"--split-group {split_group!r} matched {'none' if every else 'not all'} of the input paths ("
+            f"{len(missed)} without a match, e.g. {missed[0]!r}, relative to the dataset): those are split by their "
+            "own scene or volume")
 
 
 # Extensions of one format: a dataset of .jpg and .jpeg files is copied as .jpg.
@@ -252,17 +286,21 @@ def _stage_dataset(
             f"({', '.join(without_image[:3])}{', ...' if len(without_image) > 3 else ''}), which copy_images and "
             "write_vis need: give stem -> image file for each, or a WriterConfig with copy_images=False and "
             "write_vis=False")
-    seed, val_fraction = config.writer.seed, config.writer.val_fraction
-    input_of = {_group(m): m.get("extra", {}).get("source_signature", {}).get("path") or _group(m) for m in metas}
-    earlier = earlier_splits(out, seed, val_fraction)  # by input path: the name may have passed to another file
-    grouped = [(m["stem"], _group(m), m.get("extra", {}).get("split")) for m in metas]
-    splits = assign_splits(grouped, seed, val_fraction,
-                           {group: earlier[path] for group, path in input_of.items() if path in earlier})
+    seed, val_fraction, split_group = config.writer.seed, config.writer.val_fraction, config.writer.split_group
+    split_by = split_identity(seed, val_fraction, split_group)
+    earlier = earlier_splits(out, split_by)  # by input path: the name may have passed to another file
+    group_of = {m["stem"]: split_group_of(m, split_group) for m in metas}
+    earlier_by_group: dict[str, str] = {}
+    for m in metas:
+        if _input_path(m) in earlier:
+            earlier_by_group.setdefault(group_of[m["stem"]], earlier[_input_path(m)])
+    grouped = [(m["stem"], group_of[m["stem"]], m.get("extra", {}).get("split")) for m in metas]
+    splits = assign_splits(grouped, seed, val_fraction, earlier_by_group)
     for note in (images_outside_split_folders(grouped, splits, val_fraction),
-                 split_shortfall(grouped, splits, val_fraction)):
+                 split_shortfall(grouped, splits, val_fraction), unmatched_split_group(metas, split_group)):
         if note and warn:
             warn(note)
-    record_splits(out, {input_of[_group(m)]: splits[m["stem"]] for m in metas}, seed, val_fraction)
+    record_splits(out, {_input_path(m): splits[m["stem"]] for m in metas}, split_by)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")

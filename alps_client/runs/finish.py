@@ -121,8 +121,9 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
                             class_map, extra, log.warning)
     moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)
     if moved:  # a model trained on the earlier split has seen some of the new val images
-        log.warning("%d image(s) moved between splits (%s%s): another --seed or --val-fraction than the dataset's "
-                    "draws the split anew (or their input moved between the dataset's train/val folders)",
+        log.warning("%d image(s) moved between splits (%s%s): another --seed, --val-fraction or --split-group than "
+                    "the dataset's draws the split anew (or their input moved between the dataset's train/val "
+                    "folders)",
                     len(moved), ", ".join(moved[:5]), ", ..." if len(moved) > 5 else "")
     return summary.__dict__
 

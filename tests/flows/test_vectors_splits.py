@@ -29,6 +29,7 @@ from alps_client.synthetic import make_scene
 from flows.alps_flow import alps_flow
 from tests.flows.test_review import ring_scene
 from tests.inputs.make_files import write_geotiff
+from tests.runs import run_log
 
 SAR_PLACEMENT = rasterio.Affine(1e-4, 2e-5, 10.0, 1e-5, -1e-4, 50.0)  # pixel -> lon/lat, its GCPs sampled from it
 
@@ -133,3 +134,40 @@ def test_a_raster_placed_by_ground_control_points_keeps_them_in_its_label_geotif
         with rasterio.open(tile) as src:
             shifted, _ = src.gcps
         assert [(p.row + y0, p.col + x0, p.x, p.y) for p in shifted] == [(p.row, p.col, p.x, p.y) for p in source_gcps]
+
+
+def test_split_group_keeps_a_subjects_sessions_in_one_split(fake_repo, tmp_path):
+    """A BIDS-like tree: the split grouped by volume (here: image) put a subject's sessions in train and val, so val
+    was not held out by patient (medical-imaging audit). --split-group names the group in the path."""
+    from alps_client.io.registry import read_registry
+
+    data = tmp_path / "data"
+    for subject in range(1, 5):
+        for session in (1, 2):
+            folder = data / f"sub-0{subject}" / f"ses-{session}"
+            folder.mkdir(parents=True)
+            Image.fromarray(make_scene(10 * subject + session, (48, 64))[0]).save(folder / "slice.png")
+
+    def run(out, split_group, warnings=None):
+        cfg = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)),
+                             amg=AmgConfig(points_per_side=4), cluster=ClusterConfig(n_clusters=2),
+                             writer=WriterConfig(val_fraction=0.5, split_group=split_group, write_report=False,
+                                                 write_vis=False))
+        with run_log("prefect.task_runs") as logged:
+            assert alps_flow(str(data), str(out), cfg, progress_bar=False)["summary"]["n_images"] == 8
+        return {subject: {p.parent.name for p in (out / "ann_dir").glob(f"*/sub-0{subject}*.png")}
+                for subject in range(1, 5)}, logged
+
+    by_image, _ = run(tmp_path / "by_image", None)
+    assert any(len(splits) == 2 for splits in by_image.values())  # what the audit found: a subject in both
+    by_subject, logged = run(tmp_path / "by_subject", "sub-[^/]+")
+    assert all(len(splits) == 1 for splits in by_subject.values()) and {"train", "val"} == set().union(*by_subject.values())
+    assert not [line for line in logged if "--split-group" in line]
+    recorded = read_registry(tmp_path / "by_subject")
+    assert len(recorded["splits"]) == 8 and recorded["split_by"] == [0, 0.5, "sub-[^/]+"]  # each input, not a group's one
+    assert run(tmp_path / "by_subject", "sub-[^/]+")[0] == by_subject  # a rerun keeps it
+    _, logged = run(tmp_path / "unmatched", "patient-[0-9]+")
+    assert any("--split-group 'patient-[0-9]+' matched none of the input paths (8 without a match, e.g. "
+               "'sub-01/ses-1/slice.png'" in line for line in logged), logged
+    with pytest.raises(ValueError, match=r"split_group 'sub-\(' is not a regular expression: missing \)"):
+        WriterConfig(split_group="sub-(")
