@@ -136,7 +136,26 @@ def _unique_key_loader() -> type:
                         "last would count)", key_node.start_mark)
             return super().construct_mapping(node, deep)
 
+    def construct_located_map(loader: UniqueKeyLoader, node: Any) -> Any:
+        data = LocatedDict()
+        data.line = node.start_mark.line + 1
+        yield data
+        data.update(loader.construct_mapping(node))
+
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", construct_located_map)
     return UniqueKeyLoader
+
+
+class LocatedDict(dict):
+    """A YAML mapping that knows its line in the file, so that a problem with a class can name where it is."""
+
+    line: int | None = None
+
+
+def _at(entry: Any) -> str:
+    """`` (line N)`` for a class entry read from YAML; empty for JSON and records."""
+    line = getattr(entry, "line", None)
+    return f" (line {line})" if line else ""
 
 
 def name_problem(name: Any, what: str) -> str | None:
@@ -193,15 +212,15 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
     members: list[list[int]] = []
     for i, entry in enumerate(classes):
         if not isinstance(entry, dict) or set(entry) - {"name", "clusters"}:
-            problems.append(f"class #{i + 1} must be {{name: ..., clusters: [...]}}, got {entry!r}")
+            problems.append(f"class #{i + 1}{_at(entry)} must be {{name: ..., clusters: [...]}}, got {entry!r}")
             continue
         name = entry.get("name")
-        problem = name_problem(name, f"class #{i + 1}")
+        problem = name_problem(name, f"class #{i + 1}{_at(entry)}")
         if problem:
             problems.append(problem)
             continue
         name = unicodedata.normalize("NFC", name.strip())  # "café" typed two ways is one name, not two alike
-        label = f"class '{name}'"
+        label = f"class '{name}'{_at(entry)}"
         if name in names:
             problems.append(f"{label} is listed twice; list all its clusters in one entry to merge them")
         value = entry.get("clusters")
@@ -212,7 +231,7 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
             if k in drop:
                 problems.append(f"cluster {k} is both in {label} and in drop; keep it in one of them")
             elif k in owner and owner[k] != name:
-                problems.append(f"cluster {k} is in two classes, '{owner[k]}' and '{name}'; keep it in one")
+                problems.append(f"cluster {k} is in two classes, '{owner[k]}' and '{name}'{_at(entry)}; keep it in one")
             owner.setdefault(k, name)
         names.append(name)
         members.append(ids)

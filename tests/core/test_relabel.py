@@ -129,6 +129,22 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
                     parse_classes(path, _centres(2))
 
 
+def test_a_problem_with_a_class_of_a_yaml_file_names_its_line(tmp_path):
+    """In a long reviewed file, "class #4 needs a non-empty 'name'" left the user counting entries (class review
+    audit); each class problem names the entry's line now."""
+    (tmp_path / "c.yaml").write_text(
+        "# reviewed\nclasses:\n  - {name: roofs, clusters: [0]}\n  - name: water\n    clusters: [1, 9]\n"
+        "  - {name: pool, clusters: [1]}\n  - {name: , clusters: [2]}\n  - {name: roofs, clusters: [3]}\n")
+    with pytest.raises(ClassesFileError) as raised:
+        parse_classes(tmp_path / "c.yaml", _centres(4))
+    where = tmp_path / "c.yaml"
+    assert str(raised.value).splitlines() == [
+        f"{where}: class 'water' (line 4) clusters: cluster 9 does not exist (this dataset has clusters 0..3)",
+        f"{where}: cluster 1 is in two classes, 'water' and 'pool' (line 6); keep it in one",
+        f"{where}: class #4 (line 7) needs a non-empty 'name', got None",
+        f"{where}: class 'roofs' (line 8) is listed twice; list all its clusters in one entry to merge them"]
+
+
 def test_the_template_reads_back_as_the_same_classes(tmp_path):
     cm = ClassMap(("building", "yes", "a: b", "water body", "水"), (0, IGNORE, 1, 0, 2, 3, 4))
     (tmp_path / "t.yaml").write_text(classes_yaml(cm, "header"))
