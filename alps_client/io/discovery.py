@@ -307,7 +307,8 @@ def _parts_of(path: Path, config: InputConfig,
     if pages > 1 and on_pages is not None:
         on_pages(printable(str(path)), pages)
     if volume and not slices:  # it was left out unsaid: "N slices of M volumes" counted it nowhere
-        raise InputImageError(str(path), "every voxel is 0 or NaN (an empty volume): nothing to label")
+        raise InputImageError(str(path), "every slice holds one value alone (0, NaN, a CT's padding: an "
+                                         "empty volume): nothing to label")
     if volume:
         return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in slices]
     if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in RASTER_EXTENSIONS:

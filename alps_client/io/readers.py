@@ -501,14 +501,18 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
                    ) -> tuple[tuple[int, ...], tuple[float, float] | None]:
     """Non-empty slice indices along ``slice_axis`` and the intensity window of the whole volume.
 
-    The window is the ``window`` percentiles of every voxel: every slice of a volume is stretched with the same
-    range, as the tiles of a scene are.
+    A slice is empty when its finite voxels hold one value, or none: all 0, a CT's padding (all -1024 HU), all
+    NaN. It shows no structure, so SAM's masks there would be noise given classes. The window is the ``window``
+    percentiles of every voxel: every slice of a volume is stretched with the same range, as the tiles of a
+    scene are.
     """
     data = as_volume(_volume(path, mtime_ns), slice_axis)
     other = tuple(a for a in range(3) if a != slice_axis)
-    # a finite non-zero voxel makes a slice worth labelling (nanmax warned of every slice wholly NaN)
-    peak = np.max(np.abs(data), axis=other, initial=0.0, where=np.isfinite(data))
-    nonempty = tuple(int(i) for i in np.flatnonzero(peak > 0))
+    finite = np.isfinite(data)
+    # two finite values that differ make a slice worth labelling (nanmax warned of every slice wholly NaN)
+    high = np.max(data, axis=other, initial=-np.inf, where=finite)
+    low = np.min(data, axis=other, initial=np.inf, where=finite)
+    nonempty = tuple(int(i) for i in np.flatnonzero(high > low))
     return nonempty, percentile_range(data, None, window)
 
 

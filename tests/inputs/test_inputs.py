@@ -575,7 +575,37 @@ def test_nan_voxels_are_never_labelled_and_an_empty_volume_is_named(tmp_path):
     nibabel.save(nibabel.Nifti1Image(np.zeros((32, 36, 4), np.float32), np.eye(4)), str(tmp_path / "zeros.nii.gz"))
     items, errors = discover_inputs(tmp_path, InputConfig())
     assert [(e.path, e.reason) for e in errors] == [
-        (str(tmp_path / "zeros.nii.gz"), "every voxel is 0 or NaN (an empty volume): nothing to label")]
+        (str(tmp_path / "zeros.nii.gz"), ("every slice holds one value alone (0, NaN, a CT's padding: an empty "
+                                          "volume): nothing to label"))]
     (item,) = items
     loaded = load_item(item)
     assert loaded.valid is not None and not loaded.valid[:10].any() and loaded.valid[10:].all()
+
+
+def ct_phantom(outside: float = -1000.0) -> np.ndarray:
+    """``(40, 40, 3) float32`` in Hounsfield units: air, a body of soft tissue (40 HU), bone (700 HU) inside."""
+    vol = np.full((40, 40, 3), outside, np.float32)
+    vol[6:34, 6:34] = 40.0
+    vol[14:26, 14:26] = 700.0
+    return vol
+
+
+def test_slices_of_one_value_are_not_labelled(tmp_path):
+    """Only all-zero slices were skipped: a CT's padding slices (every voxel -1024 HU), with no structure for SAM,
+    got pseudo-labels, and a volume of padding alone was labelled whole. A slice whose finite voxels hold one value
+    is empty, whatever the value."""
+    import nibabel
+
+    vol = np.full((40, 40, 7), -1024.0, np.float32)  # slices 0, 1 and 6: padding
+    vol[..., 2:5] = ct_phantom()
+    vol[..., 4] = np.nan  # no measurement
+    vol[5:9, 5:9, 4] = 12.0  # one value among NaN: nothing to segment either
+    vol[..., 5] = 0.0
+    nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(np.full((40, 40, 4), -1024.0, np.float32), np.eye(4)),
+                 str(tmp_path / "padding.nii.gz"))
+    items, errors = discover_inputs(tmp_path, InputConfig())
+    assert [item.stem for item in items] == ["ct__z0002", "ct__z0003"]
+    assert [(e.path, e.reason) for e in errors] == [
+        (str(tmp_path / "padding.nii.gz"), ("every slice holds one value alone (0, NaN, a CT's padding: an empty "
+                                            "volume): nothing to label"))]
