@@ -436,6 +436,10 @@ class InputConfig:
         stitch: also write one label map per scene assembled from its tiles.
         slice_axis: axis along which 3D volumes (NIfTI) are sliced into 2D images.
         window_percentiles: intensity window of volume slices, as low/high percentiles of the volume.
+        intensity_window: a fixed ``(low, high)`` window in the data's own units (Hounsfield units for CT) that
+            replaces both percentile stretches for every input of more than 8 bits (NIfTI volumes, 16-bit and
+            float rasters); values outside it clip to 0 or 255. None: each image's (volume's, scene's) own
+            percentiles, which move with its content (metal, padding), and with them every tissue's grey.
         write_nifti_labels: stack label slices back into a NIfTI label volume with the source affine.
     """
 
@@ -446,6 +450,7 @@ class InputConfig:
     stitch: bool = False
     slice_axis: int = 2
     window_percentiles: tuple[float, float] = (0.5, 99.5)
+    intensity_window: tuple[float, float] | None = None
     write_nifti_labels: bool = False
 
     def __post_init__(self) -> None:
@@ -464,6 +469,9 @@ class InputConfig:
         for name in ("stretch_percentiles", "window_percentiles"):
             lo, hi = getattr(self, name)
             _check(0.0 <= lo < hi <= 100.0, f"{name} must satisfy 0 <= low < high <= 100, got {(lo, hi)!r}")
+        if self.intensity_window is not None:
+            lo, hi = self.intensity_window
+            _check(lo < hi, f"intensity_window must be (low, high) with low < high, got {(lo, hi)!r}")
 
 
 @dataclass(frozen=True)
@@ -510,8 +518,15 @@ class PipelineConfig:
         return cls(**parts)
 
     def labelling_dict(self) -> dict[str, Any]:
-        """The fields that change per-image results (masks, gate, PFLs); resume compares these."""
-        return {"inputs": dataclasses.asdict(self.inputs), "amg": dataclasses.asdict(self.amg),
+        """The fields that change per-image results (masks, gate, PFLs); resume compares these.
+
+        ``inputs.intensity_window`` is left out while unset: shards labelled before the field existed keep their
+        fingerprint (a rerun does not relabel them), and a run that sets it relabels, as any change does.
+        """
+        inputs = dataclasses.asdict(self.inputs)
+        if inputs["intensity_window"] is None:
+            del inputs["intensity_window"]
+        return {"inputs": inputs, "amg": dataclasses.asdict(self.amg),
                 "gate": dataclasses.asdict(self.gate), "features": dataclasses.asdict(self.features)}
 
 

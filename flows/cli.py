@@ -223,6 +223,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 3/7 of --tile, iSAID's 384 for 896)")
     i.add_argument("--stitch", action="store_true", default=None, help="also write one label map per tiled scene")
     i.add_argument("--slice-axis", type=int, choices=[0, 1, 2], help="axis of NIfTI volumes cut into slices (2)")
+    i.add_argument("--intensity-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="stretch NIfTI volumes and 16-bit or float rasters between these values, in the data's own "
+                        "units, for every input alike (CT: -1000 1000 Hounsfield units); values outside clip "
+                        "(default: each volume's 0.5-99.5 %% percentiles, each image's 2-98 %%, which move with "
+                        "metal or padding)")
     i.add_argument("--write-nifti-labels", action="store_true", default=None,
                    help="stack label slices of NIfTI inputs into label volumes")
     r = p.add_argument_group("run")

@@ -2,7 +2,8 @@
 
 Rules (also in docs/inputs.md):
 - More than 8 bits (16-bit, 32-bit, float): a linear stretch of the ``stretch_percentiles`` (default 2-98 %)
-  of the valid pixels to 0..255, one range for all bands (keeps colour balance).
+  of the valid pixels to 0..255, one range for all bands (keeps colour balance); of the ``intensity_window``
+  instead, in the data's own units, when it is given (the same value, the same grey, in every image).
 - Grey -> the value on three channels. RGBA / LA / palette with transparency -> alpha dropped; fully
   transparent pixels are marked invalid (never labelled, not counted in the gate's PI).
 - EXIF orientation is applied (the image is labelled as it is displayed).
@@ -13,6 +14,7 @@ Rules (also in docs/inputs.md):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import os
@@ -270,7 +272,7 @@ def stretch_to_uint8(
     found = value_range or percentile_range(data, valid, percentiles)
     if found is None:
         return np.zeros(data.shape, np.uint8), [0.0, 0.0]
-    lo, hi = found
+    lo, hi = float(found[0]), float(found[1])  # (an intensity window given in integers records as floats too)
     if hi <= lo:
         hi = lo + 1.0
     # Infinities (no measurement, never valid) go to the ends of the range: their product would overflow.
@@ -282,9 +284,15 @@ def _to_rgb(
     data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, config: InputConfig,
     value_range: tuple[float, float] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
+    """``(H, W, 3) uint8`` of ``(H, W[, C])`` data and the facts recorded about it (``extra``: dtype, stretch).
+
+    Data of more than 8 bits is stretched between ``config.intensity_window`` when given (fixed, in the data's
+    units), else ``value_range`` (a scene's or volume's), else its own ``stretch_percentiles``.
+    """
     extra: dict[str, Any] = {"dtype": str(data.dtype)}
     if data.dtype != np.uint8:
-        data, extra["stretch"] = stretch_to_uint8(data, valid, config.stretch_percentiles, value_range)
+        data, extra["stretch"] = stretch_to_uint8(data, valid, config.stretch_percentiles,
+                                                  config.intensity_window or value_range)
     if data.ndim == 2:
         data = np.repeat(data[:, :, None], 3, axis=2)
     return np.ascontiguousarray(data[:, :, :3]), extra
@@ -422,7 +430,8 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             valid = finite if valid is None else valid & finite
     data = data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
     value_range = None
-    if window is not None and data.dtype != np.uint8:  # one stretch for the whole scene: tiles match in colour
+    if window is not None and data.dtype != np.uint8 and config.intensity_window is None:
+        # one stretch for the whole scene: tiles match in colour
         value_range = scene_value_range(str(path), path.stat().st_mtime_ns, tuple(bands), config.stretch_percentiles)
     rgb, extra = _to_rgb(data, valid, config, value_range)
     extra["bands"] = bands
@@ -522,7 +531,8 @@ def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
     _, value_range = volume_summary(*key, config.slice_axis, config.window_percentiles)
     finite = np.isfinite(plane)  # NaN voxels (outside a registered brain, say) are no measurement: never labelled
     valid = None if finite.all() else finite
-    rgb, extra = _to_rgb(plane, valid, InputConfig(stretch_percentiles=config.window_percentiles), value_range)
+    rgb, extra = _to_rgb(plane, valid, dataclasses.replace(config, stretch_percentiles=config.window_percentiles),
+                         value_range)
     extra["slice_index"] = index
     return LoadedImage(rgb, valid, None, False, extra)
 

@@ -374,13 +374,29 @@ def _stage_dataset(
                                       out.resolve().name, config.gate.sigma,
                                       (extra_manifest or {}).get("missing") or [])
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
-                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix}))
+                                                                 {**dict(extra_manifest or {}), "img_suffix": suffix,
+                                                                  "stretch": stretch_ranges(metas)}))
     return summary
+
+
+def stretch_ranges(metas: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """The ``[low, high]`` each input of more than 8 bits was stretched between to 0..255, by its stem or scene.
+
+    In the input's own units (HU for CT): what its shards record (``extra.input.stretch``), so that a user sees
+    which window each volume got without opening them. A volume's slices and a scene's tiles share one; inputs
+    of 8 bits (never stretched) are not listed.
+    """
+    ranges: dict[str, list[float]] = {}
+    for meta in metas:
+        found = (meta.get("extra", {}).get("input") or {}).get("stretch")
+        if found:
+            ranges.setdefault(_group(meta), [float(v) for v in found])
+    return dict(sorted(ranges.items()))
 
 
 # Top-level manifest entries the writer makes; others are extra entries (kept by `alps relabel`).
 MANIFEST_KEYS = ("format", "layout", "config", "seed", "model", "model_is_stand_in", "classes", "versions", "counts",
-                 "img_suffix")
+                 "img_suffix", "stretch")
 
 
 def dataset_manifest(config: PipelineConfig, model_manifest: Mapping[str, Any], class_map: ClassMap,

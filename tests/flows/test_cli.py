@@ -65,6 +65,8 @@ def free_port() -> int:
          "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per class"),  # 8 was ignored unsaid
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
+        (["{data}", "--intensity-window", "1000", "-1000"],
+         "intensity_window must be (low, high) with low < high, got (1000.0, -1000.0)"),
         (["{data}", "--out", "{tmp}/r\udce9sultats"], r"--out {tmp}/r\xe9sultats is not UTF-8 text"),  # a traceback
     ],
 )

@@ -590,6 +590,43 @@ def ct_phantom(outside: float = -1000.0) -> np.ndarray:
     return vol
 
 
+def test_a_fixed_intensity_window_gives_one_value_one_grey_in_every_input(tmp_path):
+    """Each volume was stretched between its own 0.5-99.5 % percentiles: metal in one scan or a -3024 HU padding in
+    another moved the grey of every tissue (soft tissue 157, 67 and 209 in three CTs), and its class with it.
+    --intensity-window stretches every volume and every 16-bit or float raster between one window in the data's
+    units; values outside it clip."""
+    import nibabel
+
+    metal = ct_phantom()
+    metal[16:24, 16:24] = 3000.0  # an implant
+    padded = ct_phantom()
+    padded[:, :8] = -3024.0  # outside the scanner's field of view
+    for name, vol in (("plain", ct_phantom()), ("metal", metal), ("padded", padded)):
+        nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    raw = np.where(ct_phantom()[..., 0] == 40.0, 1040, 0).astype(np.uint16)  # HU + 1000, as some scanners store
+    Image.fromarray(raw).save(tmp_path / "sixteen.png")
+
+    def grey_of_soft_tissue(config: InputConfig) -> dict[str, int]:
+        items, errors = discover_inputs(tmp_path, config)
+        assert not errors
+        loaded = {item.stem: load_item(item, config) for item in items if item.stem.endswith("z0001")}
+        return {stem: int(image.rgb[8, 30, 0]) for stem, image in loaded.items()}
+
+    own = grey_of_soft_tissue(InputConfig())
+    assert len(set(own.values())) == 3  # one tissue, three greys: the defect
+    fixed = InputConfig(intensity_window=(-1000.0, 1000.0))
+    assert grey_of_soft_tissue(fixed) == dict.fromkeys(("plain__z0001", "metal__z0001", "padded__z0001"), 133)
+    (item,) = [i for i in discover_inputs(tmp_path, fixed)[0] if i.stem == "padded__z0001"]
+    loaded = load_item(item, fixed)
+    assert loaded.extra["stretch"] == [-1000.0, 1000.0]
+    assert loaded.rgb[:, :8].max() == 0 and loaded.rgb[20, 20, 0] == 217  # -3024 clips to 0; 700 HU: 216.75
+    (png,) = [i for i in discover_inputs(tmp_path, fixed)[0] if i.stem == "sixteen"]
+    sixteen = load_item(png, InputConfig(intensity_window=(0.0, 2000.0)))  # a 16-bit raster: the same rule
+    assert sixteen.extra["stretch"] == [0.0, 2000.0] and int(sixteen.rgb[8, 30, 0]) == 133
+    with pytest.raises(ValueError, match=r"intensity_window must be \(low, high\) with low < high, got \(1000"):
+        InputConfig(intensity_window=(1000.0, -1000.0))
+
+
 def test_slices_of_one_value_are_not_labelled(tmp_path):
     """Only all-zero slices were skipped: a CT's padding slices (every voxel -1024 HU), with no structure for SAM,
     got pseudo-labels, and a volume of padding alone was labelled whole. A slice whose finite voxels hold one value
