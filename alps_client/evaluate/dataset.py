@@ -23,6 +23,7 @@ from alps_client.evaluate.ground_truth import (
     read_ground_truth,
     read_label,
 )
+from alps_client.evaluate.orientation import in_volume_order, orientation_note
 from alps_client.evaluate.pairing import (
     ground_truth_files,
     near_misses,
@@ -119,11 +120,15 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     images: list[ImageCounts] = []
     paged: list[tuple[Path, int]] = []  # files of several pages, their first read
     resized: list[tuple[Path, str, Path | list[Path], str]] = []  # ground truth of another size than its labels
+    reoriented: list[tuple[Path, str, str]] = []  # NIfTI ground truth in another orientation than its volume
+    unplaced: list[Path] = []  # NIfTI ground truth of a volume whose affine is unknown now
     for stem in matched + ([] if exclude_unlabelled_images else missing_pred):
         read = read_ground_truth(gts[stem], colours)
+        found = preds.get(stem)
+        if read.affine is not None and isinstance(found, list):
+            read = in_volume_order(out, read, found, gts[stem], reoriented, unplaced)
         gt = read.ids
         paged += [(gts[stem], read.pages)] if read.pages > 1 else []
-        found = preds.get(stem)
         if found is None:  # a good image the dataset lacks: every pixel is a miss
             pred = np.full(gt.shape, IGNORE, np.uint8)
         else:
@@ -155,7 +160,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         others = f" ({counted(more, 'other ground-truth file')} too)" if more else ""
         raise AlpsError(f"{path}: {size} differs from its pseudo-label {found}, {label_size}{others}: give ground "
                         "truth of the images' size (resized, or another dataset's?)")
-    warnings = [_lossy_ground_truth([gts[stem] for stem in matched + missing_pred])]
+    warnings = [_lossy_ground_truth([gts[stem] for stem in matched + missing_pred]),
+                orientation_note(reoriented, unplaced)]
     if paged:
         warnings.append(f"{counted(len(paged), 'ground-truth file')} of several pages (e.g. {paged[0][0]}, "
                         f"{paged[0][1]} pages): only the first page is read, as `alps run` reads images")

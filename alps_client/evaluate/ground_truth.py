@@ -201,6 +201,7 @@ class GroundTruth:
     alpha: bool = False  # grey and alpha (LA) or RGBA: the grey or the colour is read, alpha 0 left out
     transparent_pixels: int = 0  # pixels of alpha 0: nothing there, so no label
     pages: int = 1  # a multi-page TIFF's, an animated GIF's: the first is read
+    affine: npt.NDArray[np.float64] | None = None  # a NIfTI's (4, 4) voxel-to-world affine, mm; None for others
 
 
 def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
@@ -233,13 +234,14 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
     from alps_client._imports import lazy_import
 
     try:
-        data = np.asarray(lazy_import("nibabel").load(str(path)).dataobj)
+        image = lazy_import("nibabel").load(str(path))
+        data, affine = np.asarray(image.dataobj), np.asarray(image.affine, np.float64)
     except Exception as err:  # noqa: BLE001 (nibabel raises many types for corrupt files)
         raise AlpsError(f"{path}: not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from None
     data = data[..., 0] if data.ndim == 4 else data
     if data.ndim not in (2, 3) or data.size == 0:
         raise AlpsError(f"{path}: a NIfTI label image must be 2D or 3D class ids, got shape {data.shape}")
-    return _class_ids(data, None, path)
+    return replace(_class_ids(data, None, path), affine=affine)
 
 
 def _colour_ids(rgb: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8] | None, colours: ColourIds,

@@ -509,6 +509,44 @@ def test_a_2d_nifti_image_is_scored_against_its_2d_nifti_label_image(tmp_path):
         assert report.class_iou == {0: 1.0, 1: 1.0, 2: 0.0} and report.missing_pseudo_labels == []
 
 
+def test_a_nifti_ground_truth_in_another_orientation_is_scored_in_the_labelled_volumes_voxel_order(tmp_path):
+    """Ground truth was compared index by index whatever its affine: the same labels stored LPS beside a RAS scan
+    were scored against the wrong voxels without a word (and with axes permuted, refused for their size). It is
+    now flipped and permuted into the labelled volume's voxel order, as their affines say, and that is said; one
+    on another voxel grid is refused, naming it."""
+    nibabel = pytest.importorskip("nibabel")
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    rng = np.random.default_rng(2)
+    gt = rng.integers(0, 3, (20, 24, 5)).astype(np.uint8)
+    affine = np.array([[0.8, 0, 0, -8.0], [0, 0.8, 0, -9.6], [0, 0, 2.5, 0.0], [0, 0, 0, 1]])
+    for z in range(5):
+        write(tmp_path / "out" / "ann_dir" / "train" / f"ct__z{z:04d}.png", gt[..., z] + 3)
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"config": {"inputs": {"slice_axis": 2}}}))
+    (tmp_path / "out" / "volumes").mkdir()  # --write-nifti-labels: the label volume has the scan's affine
+    nibabel.save(nibabel.Nifti1Image(gt + 3, affine), str(tmp_path / "out" / "volumes" / "ct.nii.gz"))
+    truth = nibabel.Nifti1Image(gt, affine)
+    (tmp_path / "gt").mkdir()
+    for codes in ("LPS", "PRS"):  # flipped; permuted and flipped (shape 24 x 20 x 5)
+        stored = truth.as_reoriented(ornt_transform(io_orientation(affine), axcodes2ornt(tuple(codes))))
+        nibabel.save(stored, str(tmp_path / "gt" / "ct.nii.gz"))
+        report = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+        assert report.miou == 1.0 and report.coverage == 1.0, codes
+        assert report.warnings == [(
+            f"1 ground-truth volume stored in another orientation than the volume labelled (e.g. "
+            f"{tmp_path / 'gt' / 'ct.nii.gz'}: {codes}, the volume RAS) was scored in the volume's voxel order "
+            "(axes flipped or permuted by their affines)")]
+    nibabel.save(truth, str(tmp_path / "gt" / "ct.nii.gz"))  # as the scan: nothing to say
+    assert evaluate_dataset(tmp_path / "out", tmp_path / "gt").warnings == []
+    coarse = affine @ np.diag([2.0, 2.0, 1.0, 1.0])  # other voxels: no index of one is a voxel of the other
+    nibabel.save(nibabel.Nifti1Image(gt, coarse), str(tmp_path / "gt" / "ct.nii.gz"))
+    with pytest.raises(AlpsError, match=r"gt/ct.nii.gz: its affine puts its voxels on another grid than the "
+                                        r"volume labelled, .*out/volumes/ct.nii.gz \(RAS, 1.6x1.6x2.5 mm voxels, "
+                                        r"origin \(-8, -9.6, 0\) mm there, RAS, 0.8x0.8x2.5 mm voxels, .* resample "
+                                        r"it onto that volume first"):
+        evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+
+
 def test_ids_above_255_are_classes_and_255_among_them_is_not_dropped_unsaid(tmp_path, capsys):
     """FreeSurfer's aparc+aseg labels go up to 2035, and its 255 is a class (CC_Anterior): such 16-bit ground
     truth was refused ("class ids must lie in 0..255"). Every id is a class now; 255 among ids stored in more
