@@ -375,7 +375,8 @@ def test_a_bad_classes_file_is_one_line_and_exit_2_and_changes_nothing(labelled,
     result = subprocess.run([*ALPS, "relabel", str(out), "--classes", str(bad)], check=False, capture_output=True,
                             text=True, cwd=CWD, env=cli_env(tmp_path / "ph"), timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    expected = f"alps: error: {bad}: class 'a' clusters: cluster 9 does not exist (this dataset has clusters 0..3)"
+    expected = (f"alps: error: {bad}: class 'a' (line 2) clusters: cluster 9 does not exist (this dataset has "
+                "clusters 0..3)")
     assert result.stderr.splitlines() == [expected]
     assert alps(["relabel", str(tmp_path / "nowhere"), "--classes", str(bad)]) == 2
     assert tree_hashes(out) == before
