@@ -432,6 +432,13 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                        "NIfTI's volumes, an animated PNG's or WebP's frames): only the first of each is labelled, "
                        "e.g. %s (%d)", len(plan.multipage),
                        one_line(path), pages)
+    if plan.stretched:
+        path, (rows, columns) = plan.stretched[0]
+        logger.warning("%d volume(s) are cut into slices of far from square pixels (e.g. %s: %.3g x %.3g along "
+                       "--slice-axis %d, %.3g:1): SAM sees their anatomy stretched that much; slice them along the "
+                       "axis of their finest plane (--slice-axis), or resample them to square pixels first",
+                       len(plan.stretched), one_line(path), rows, columns, config.inputs.slice_axis,
+                       max(rows, columns) / min(rows, columns))
     if plan.left_out:
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))

@@ -463,6 +463,19 @@ def volume_slices(path: str | Path, config: InputConfig) -> list[int]:
     return list(nonempty)
 
 
+def slice_pixel_size(path: str | Path, slice_axis: int) -> tuple[float, float] | None:
+    """``(row, column)`` size of a NIfTI volume's slice pixels along ``slice_axis``, in its units (mm).
+
+    None when the header says none. Reads the header only.
+    """
+    try:
+        zooms = lazy_import("nibabel").load(str(path)).header.get_zooms()[:3]
+    except Exception:  # noqa: BLE001 (reading the volume says what is wrong with it)
+        return None
+    in_plane = [float(zooms[axis]) for axis in range(len(zooms)) if axis != slice_axis][:2]
+    return (in_plane[0], in_plane[1]) if len(in_plane) == 2 and min(in_plane) > 0 else None
+
+
 def volumes_in(path: str | Path) -> int:
     """How many 3-D volumes a NIfTI file holds (its 4th dimension: a series' time points, a scan's echoes).
 

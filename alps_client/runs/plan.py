@@ -25,6 +25,7 @@ from alps_client.io.items import (
     source_signature,
 )
 from alps_client.io.publish import foreign_entries
+from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
 from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
 
@@ -72,6 +73,8 @@ class RunPlan:
             this run writes leaves them out.
         moved: inputs found under new paths, the same bytes (:mod:`alps_client.runs.moves`): counted in ``done``,
             their shards renamed when the run starts.
+        stretched: ``(path, (row, column) pixel size)`` of each volume whose slices have pixels at least
+            :data:`STRETCHED_PIXELS` times as tall as wide or the reverse: SAM sees its anatomy stretched.
     """
 
     dataset: str
@@ -88,6 +91,7 @@ class RunPlan:
     n_damaged: int = 0
     gone: tuple[str, ...] = ()
     moved: tuple[Move, ...] = ()
+    stretched: tuple[tuple[str, tuple[float, float]], ...] = ()
 
     @property
     def n_done(self) -> int:
@@ -402,7 +406,22 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     moved_from = {move.old for move in moved}
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving,
                    tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged,
-                   tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved)
+                   tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved,
+                   _stretched_slices(items, config.inputs.slice_axis))
+
+
+# Slices whose pixels are this many times as tall as wide (or the reverse) are said: SAM sees them as square pixels.
+STRETCHED_PIXELS = 1.5
+
+
+def _stretched_slices(items: list[InputItem], slice_axis: int) -> tuple[tuple[str, tuple[float, float]], ...]:
+    """The volumes among ``items`` whose slices have far from square pixels, with their pixel size (header only)."""
+    found = []
+    for source in dict.fromkeys(item.source for item in items if item.kind == "slice"):
+        size = slice_pixel_size(source, slice_axis)
+        if size is not None and max(size) >= STRETCHED_PIXELS * min(size):
+            found.append((printable(source), size))
+    return tuple(found)
 
 
 def _gone(dataset: str | Path, names: dict[str, str], items: list[InputItem], rejected: list[InputError]

@@ -63,3 +63,28 @@ def test_volumes_get_one_window_recorded_padding_slices_none_and_ground_truth_by
     shutil.rmtree(out / "volumes")  # the scan's affine is then read from the input its shards name
     report = evaluate_dataset(out, tmp_path / "gt", ignore_index=255)
     assert report.miou == 1.0 and "LPS, the volume RAS" in report.warnings[0]
+
+
+def test_slices_of_far_from_square_pixels_are_said(fake_repo, tmp_path):
+    """0.8 x 0.8 x 3 mm voxels cut along axis 0 gave slices of 0.8 x 3 mm pixels, which SAM sees square (anatomy
+    squeezed 3.75:1), without a word (medical-imaging audit). Cut along axis 2 they are square: nothing said."""
+    nibabel = pytest.importorskip("nibabel")
+    from tests.runs import run_log
+
+    data = tmp_path / "data"
+    data.mkdir()
+    nibabel.save(nibabel.Nifti1Image(ct(False)[:, :, :4].repeat(4, axis=2), np.diag([0.8, 0.8, 3.0, 1.0])),
+                 str(data / "thick.nii.gz"))
+    said = {}
+    for axis in (0, 2):
+        config = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)),
+                                inputs=InputConfig(slice_axis=axis), amg=AmgConfig(points_per_side=4),
+                                gate=GateConfig(sigma=1.0),
+                                cluster=ClusterConfig(n_clusters=2))
+        with run_log() as logged:
+            alps_flow(str(data), str(tmp_path / f"out{axis}"), config, progress_bar=False)
+        said[axis] = [line for line in logged if "far from square pixels" in line]
+    assert said[2] == []
+    (line,) = said[0]
+    assert line.startswith(f"1 volume(s) are cut into slices of far from square pixels (e.g. {data / 'thick.nii.gz'}: "
+                           "0.8 x 3 along --slice-axis 0, 3.75:1)"), line
