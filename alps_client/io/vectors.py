@@ -164,14 +164,18 @@ class VectorOutput:
         out: the ``vectors`` folder to write (inside the staging folder).
         vector_format: ``gpkg`` or ``geojson``.
         class_map: the dataset's classes (names of the class ids).
+        warn: told, once, that a GeoJSON layer holds map coordinates of no CRS (rasters placed by a world file),
+            which readers take for degrees.
     """
 
-    def __init__(self, out: str | Path, vector_format: str, class_map: ClassMap) -> None:
+    def __init__(self, out: str | Path, vector_format: str, class_map: ClassMap,
+                 warn: Callable[[str], None] | None = None) -> None:
         if vector_format not in DRIVERS:
             raise ValueError(f"vector format must be one of {sorted(DRIVERS)}, got {vector_format!r}")
         self.out = Path(out)
         self.driver, self.suffix = DRIVERS[vector_format]
         self.class_map = class_map
+        self.warn = warn
         self.layers: dict[str | None, _Layer] = {}
         self.pending = 0
 
@@ -203,6 +207,10 @@ class VectorOutput:
         file = "masks" if self.driver == "GPKG" else name
         self.out.mkdir(parents=True, exist_ok=True)
         wgs84 = self.driver == "GeoJSON" and bool(crs) and epsg is None
+        if self.driver == "GeoJSON" and crs == NO_CRS and self.warn is not None:
+            self.warn(f"vectors/{file}{self.suffix}: rasters placed by a world file have map coordinates of no CRS, "
+                      "which GeoJSON cannot say: readers take them for WGS 84 degrees; --vector gpkg keeps them "
+                      "without a CRS, which GIS tools ask for, as they do for the source")
         return _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs, wgs84)
 
     def _unique_layers(self) -> list[_Layer]:

@@ -306,7 +306,7 @@ def _stage_dataset(
         coco["test"] = CocoStream(staging / "instances_test.json")
     scenes = SceneOutputs(staging, metas, config.inputs, earlier=out)
     fmt = config.writer.vector_format
-    vectors = VectorOutput(staging / "vectors", fmt, class_map) if fmt else None
+    vectors = VectorOutput(staging / "vectors", fmt, class_map, warn) if fmt else None
     review = ReviewCollector(centroids, config.writer.seed) if config.writer.write_report else None
     n_split = dict.fromkeys(coco, 0)
     image_id = annotation_id = 1

@@ -35,6 +35,7 @@ from alps_client.masks import decode_coco_rle
 from alps_client.synthetic import make_scene
 from flows.alps_flow import alps_flow
 from tests.inputs.make_files import write_nifti
+from tests.runs import run_log
 
 UTM33 = CRS.from_epsg(32633)
 # rasterio's to_epsg() says 32633 for it (at its default confidence), but GDAL holds it for another CRS.
@@ -172,6 +173,12 @@ def test_a_raster_placed_by_a_world_file_keeps_its_placement(fake_repo, tmp_path
     left, bottom, right, top = frame.total_bounds
     assert 802000 <= left < right <= 802056 and 5199952 <= bottom < top <= 5200000
     _assert_each_polygon_is_its_mask(out, frame, lambda shard: rasterio.Affine(*shard.extra["geo"]["transform"]))
+    with run_log("prefect.task_runs") as logged:  # GeoJSON cannot say "no CRS": readers would take metres for degrees
+        _run(data, tmp_path / "geojson", fake_repo, "geojson", tile=64, overlap=16)
+    said = ("vectors/masks_no_crs.geojson: rasters placed by a world file have map coordinates of no CRS, which "
+            "GeoJSON cannot say: readers take them for WGS 84 degrees; --vector gpkg keeps them without a CRS, which "
+            "GIS tools ask for, as they do for the source")
+    assert [line for line in logged if "masks_no_crs.geojson" in line] == [said]
 
 
 def test_a_georeference_or_mask_added_beside_an_input_labels_it_again(fake_repo, tmp_path):
