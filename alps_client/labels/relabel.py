@@ -209,6 +209,7 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
     drop = set(_cluster_ids([] if drop_ids is None else drop_ids, "drop", n_clusters, problems))
     owner: dict[int, str] = {}
     names: list[str] = []
+    where: dict[str, str] = {}  # name -> " (line N)" of its entry
     members: list[list[int]] = []
     for i, entry in enumerate(classes):
         if not isinstance(entry, dict) or set(entry) - {"name", "clusters"}:
@@ -234,11 +235,13 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
                 problems.append(f"cluster {k} is in two classes, '{owner[k]}' and '{name}'{_at(entry)}; keep it in one")
             owner.setdefault(k, name)
         names.append(name)
+        where.setdefault(name, _at(entry))
         members.append(ids)
     rest = [k for k in range(n_clusters) if k not in owner and k not in drop]
     for k in rest:
         if f"cluster_{k}" in names:
-            problems.append(f"the name 'cluster_{k}' is taken by unlisted cluster {k}; choose another name")
+            problems.append(f"the name 'cluster_{k}'{where[f'cluster_{k}']} is taken by unlisted cluster {k}; choose "
+                            "another name")
     if not problems and not names and not rest:
         problems.append("every cluster is dropped: the dataset would have no class left")
     if len(names) + len(rest) > IGNORE:

@@ -134,7 +134,8 @@ def test_a_problem_with_a_class_of_a_yaml_file_names_its_line(tmp_path):
     audit); each class problem names the entry's line now."""
     (tmp_path / "c.yaml").write_text(
         "# reviewed\nclasses:\n  - {name: roofs, clusters: [0]}\n  - name: water\n    clusters: [1, 9]\n"
-        "  - {name: pool, clusters: [1]}\n  - {name: , clusters: [2]}\n  - {name: roofs, clusters: [3]}\n")
+        "  - {name: pool, clusters: [1]}\n  - {name: , clusters: [2]}\n  - {name: roofs, clusters: [3]}\n"
+        "  - {name: cluster_2, clusters: [0]}\n")
     with pytest.raises(ClassesFileError) as raised:
         parse_classes(tmp_path / "c.yaml", _centres(4))
     where = tmp_path / "c.yaml"
@@ -142,7 +143,9 @@ def test_a_problem_with_a_class_of_a_yaml_file_names_its_line(tmp_path):
         f"{where}: class 'water' (line 4) clusters: cluster 9 does not exist (this dataset has clusters 0..3)",
         f"{where}: cluster 1 is in two classes, 'water' and 'pool' (line 6); keep it in one",
         f"{where}: class #4 (line 7) needs a non-empty 'name', got None",
-        f"{where}: class 'roofs' (line 8) is listed twice; list all its clusters in one entry to merge them"]
+        f"{where}: class 'roofs' (line 8) is listed twice; list all its clusters in one entry to merge them",
+        f"{where}: cluster 0 is in two classes, 'roofs' and 'cluster_2' (line 9); keep it in one",
+        f"{where}: the name 'cluster_2' (line 9) is taken by unlisted cluster 2; choose another name"]
 
 
 def test_the_template_reads_back_as_the_same_classes(tmp_path):
