@@ -34,10 +34,15 @@ TRITON_VENV = REPO_ROOT / ".venv-triton"
 HERE = Path(__file__).resolve().parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(avoid: tuple[int | None, ...] = ()) -> int:
+    """A free local port, none of ``avoid``: a server restarted on its gRPC port was given that port for HTTP too
+    (free again once the server died) and refused both ("cannot listen ... at the same address and port")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def _site_packages(venv: Path) -> Path:
@@ -125,7 +130,8 @@ def start_triton(model_repository: Path, workdir: Path, models: tuple[str, ...] 
     site = _site_packages(venv)
     server = site / "pytriton" / "tritonserver"
     backends = backend_dir(workdir, venv)
-    grpc_port, http_port = grpc_port or _free_port(), http_port or _free_port()
+    grpc_port = grpc_port or _free_port((http_port,))
+    http_port = http_port or _free_port((grpc_port,))
     _sweep_dead_servers()
     shm_prefix = f"{SHM_PREFIX}{region_name()}_"  # region_name: alps_<namespace>_<this pid>_<12 hex>
     libdir = sysconfig.get_config_var("LIBDIR")
