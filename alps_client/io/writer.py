@@ -107,32 +107,33 @@ def _input_path(meta: Mapping[str, Any]) -> str:
     return str(meta.get("extra", {}).get("source_signature", {}).get("path") or _group(meta))
 
 
-def split_group_of(meta: Mapping[str, Any], split_group: str | None) -> str:
-    """The group an image is split with.
+def split_group_of(meta: Mapping[str, Any], split_group: str | None) -> str | None:
+    """The group ``split_group`` puts an image in; None without a pattern or a match.
 
-    ``split_group``'s first match in its input's path (its first capture group, if the pattern has one:
-    ``sub-([^/]+)``), so that a subject's sessions stay together; else :func:`_group`'s (its scene or volume, or
-    the image alone).
+    The pattern's first match in its input's path (its first capture group, if it has one: ``sub-([^/]+)``), so
+    that a subject's sessions stay together. Without one the image is split with :func:`_group`'s (its scene or
+    volume, or alone).
     """
-    if split_group is not None:
-        pattern = re.compile(split_group)
-        match = pattern.search(_input_path(meta))
-        if match:
-            return "\0" + (match.group(1) if pattern.groups else match.group(0))  # apart from any stem
-    return _group(meta)
-
-
-def unmatched_split_group(metas: Sequence[Mapping[str, Any]], split_group: str | None) -> str | None:
-    """The line saying that ``--split-group`` matched none (or not all) of the images' paths; None when it did."""
     if split_group is None:
         return None
-    missed = sorted({_input_path(m) for m in metas if not re.search(split_group, _input_path(m))})
-    if not missed:
+    pattern = re.compile(split_group)
+    match = pattern.search(_input_path(meta))
+    if match is None:
         return None
-    every = len(missed) == len({_input_path(m) for m in metas})
+    return "\0" + (match.group(1) if pattern.groups else match.group(0))  # apart from any stem
+
+
+def unmatched_split_group(unmatched: Sequence[str], n_inputs: int, split_group: str | None) -> str | None:
+    """The line saying that ``--split-group`` matched none (or not all) of the ``n_inputs`` input paths.
+
+    ``unmatched``: the paths it did not match; None when there is none.
+    """
+    if split_group is None or not unmatched:
+        return None
+    every = len(unmatched) == n_inputs
     return (f"--split-group {split_group!r} matched {'none' if every else 'not all'} of the input paths ("
-            f"{len(missed)} without a match, e.g. {missed[0]!r}, relative to the dataset): those are split by their "
-            "own scene or volume")
+            f"{len(unmatched)} without a match, e.g. {unmatched[0]!r}, relative to the dataset): those are split by "
+            "their own scene or volume")
 
 
 # Extensions of one format: a dataset of .jpg and .jpeg files is copied as .jpg.
@@ -289,7 +290,9 @@ def _stage_dataset(
     seed, val_fraction, split_group = config.writer.seed, config.writer.val_fraction, config.writer.split_group
     split_by = split_identity(seed, val_fraction, split_group)
     earlier = earlier_splits(out, split_by)  # by input path: the name may have passed to another file
-    group_of = {m["stem"]: split_group_of(m, split_group) for m in metas}
+    matched = {m["stem"]: split_group_of(m, split_group) for m in metas}
+    group_of = {m["stem"]: matched[m["stem"]] or _group(m) for m in metas}
+    unmatched = sorted({_input_path(m) for m in metas if matched[m["stem"]] is None})
     earlier_by_group: dict[str, str] = {}
     for m in metas:
         if _input_path(m) in earlier:
@@ -297,7 +300,7 @@ def _stage_dataset(
     grouped = [(m["stem"], group_of[m["stem"]], m.get("extra", {}).get("split")) for m in metas]
     splits = assign_splits(grouped, seed, val_fraction, earlier_by_group)
     for note in (images_outside_split_folders(grouped, splits, val_fraction),
-                 split_shortfall(grouped, splits, val_fraction), unmatched_split_group(metas, split_group)):
+                 split_shortfall(grouped, splits, val_fraction), unmatched_split_group(unmatched, len({_input_path(m) for m in metas}), split_group)):
         if note and warn:
             warn(note)
     record_splits(out, {_input_path(m): splits[m["stem"]] for m in metas}, split_by)
