@@ -11,6 +11,10 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from alps_client.io.rewrite import RelabelPreview
 
 VECTOR_CHOICES = ("gpkg", "geojson")
 
@@ -56,6 +60,8 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     from alps_client.io.items import counted
     from alps_client.io.rewrite import KEEP, relabel_dataset
 
+    if args.dry_run:
+        return _dry_run(args)
     vector = None if args.no_vector else (args.vector_format or KEEP)
     try:
         summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report,
@@ -70,6 +76,51 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     if summary.report:
         print(f"Review page: {(Path(args.out).resolve() / 'report' / 'index.html').as_uri()}")
     return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """``alps relabel OUT --classes FILE --dry-run``: the classes the file gives, with their figures; nothing written."""
+    from alps_client.errors import AlpsError
+    from alps_client.io.items import counted
+    from alps_client.io.rewrite import preview_relabel
+
+    try:
+        preview = preview_relabel(args.out, args.classes, lambda line: print(f"alps: {line}", file=sys.stderr))
+    except AlpsError as err:
+        return _fail(str(err))
+    print(f"Dry run (nothing written): with {args.classes}, {args.out} would have "
+          f"{counted(preview.class_map.n_classes, 'class')} (now {preview.current.n_classes}):")
+    for line in relabel_table(preview):
+        print(line)
+    print(f"labelled pixels: {100 * preview.labelled_fraction(preview.class_map):.1f}% of all "
+          f"(now {100 * preview.labelled_fraction(preview.current):.1f}%)")
+    return 0
+
+
+def relabel_table(preview: RelabelPreview) -> list[str]:
+    """The lines of a dry run's table.
+
+    Each class of the file (dropped clusters last, as id 255) with its clusters, masks, pixels, share of the
+    labelled pixels, and the classes those clusters are in now.
+    """
+    from alps_client.labels.painting import IGNORE
+
+    new, now = preview.class_map, preview.current
+    labelled = sum(preview.pixels_of(new, c) for c in range(new.n_classes))
+    ids = [*range(new.n_classes), *([IGNORE] if new.dropped else [])]
+    rows = [("id", "class", "clusters", "masks", "pixels", "share", "now")]
+    for c in ids:
+        clusters = new.clusters_of(c)
+        was = list(dict.fromkeys("(dropped)" if now.cluster_to_class[k] == IGNORE else now.names[now.cluster_to_class[k]]
+                                 for k in clusters))
+        pixels = preview.pixels_of(new, c)
+        share = "" if c == IGNORE else f"{100 * pixels / labelled:.1f}%" if labelled else "-"
+        rows.append((str(c), "(dropped: no label)" if c == IGNORE else new.names[c], ", ".join(map(str, clusters)),
+                     str(preview.masks_of(new, c)), str(pixels), share, ", ".join(was)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {0, 3, 4, 5}
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+                      ).rstrip() for row in rows]
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,6 +144,9 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
     vectors.add_argument("--no-vector", action="store_true", help="remove OUT/vectors/")
     p.add_argument("--no-report", dest="write_report", action="store_false", default=None,
                    help="do not write OUT/report/ (default: keep the page if the dataset has one)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the classes file and print the classes it gives, with their clusters, masks and "
+                        "pixels, beside the classes now; write nothing")
     p.set_defaults(func=cmd_relabel)
 
 

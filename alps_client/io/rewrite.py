@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +25,9 @@ from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
 from alps_client.io.items import counted
 from alps_client.io.out_lock import out_lock
+from alps_client.io.shards import read_shard
 from alps_client.io.vectors import check_vector_dependencies
-from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, write_dataset
+from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, image_labels, write_dataset
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import centroids_model
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, clusters_key, parse_classes
@@ -69,6 +71,70 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
         if vector_format not in (None, KEEP):
             check_vector_dependencies()
         return _rewrite(data, class_map, record, vector_format, write_report, warn)
+
+
+@dataclass(frozen=True)
+class RelabelPreview:
+    """What ``alps relabel --dry-run`` shows: a classes file's classes with the figures the relabel would give.
+
+    Attributes:
+        class_map: the classes the file gives.
+        current: the dataset's classes now.
+        masks_per_cluster: ``(N,)`` kept masks of each cluster (a dropped one's too).
+        pixels_per_cluster: ``(N,)`` pixels each cluster holds in the label maps (the mask on top decides).
+        pixels: pixels of every label map, labelled or not.
+    """
+
+    class_map: ClassMap
+    current: ClassMap
+    masks_per_cluster: tuple[int, ...]
+    pixels_per_cluster: tuple[int, ...]
+    pixels: int
+
+    def masks_of(self, class_map: ClassMap, class_id: int) -> int:
+        """Masks of a class (255: of the dropped clusters) of ``class_map``."""
+        return sum(self.masks_per_cluster[k] for k, c in enumerate(class_map.cluster_to_class) if c == class_id)
+
+    def pixels_of(self, class_map: ClassMap, class_id: int) -> int:
+        """Label-map pixels of a class (255: those the dropped clusters' masks cover) of ``class_map``."""
+        return sum(self.pixels_per_cluster[k] for k, c in enumerate(class_map.cluster_to_class) if c == class_id)
+
+    def labelled_fraction(self, class_map: ClassMap) -> float:
+        """Share of all label-map pixels that carry a class of ``class_map``."""
+        kept = sum(self.pixels_of(class_map, c) for c in range(class_map.n_classes))
+        return kept / self.pixels if self.pixels else 0.0
+
+
+def preview_relabel(out: str | Path, classes_file: str | Path,
+                    warn: Callable[[str], None] | None = None) -> RelabelPreview:
+    """Check a classes file against the dataset in ``out`` and count what :func:`relabel_dataset` would make of it.
+
+    Nothing is written. The figures are the relabel's own: every shard's masks are assigned and painted as the
+    writer paints them, so a class's pixels here are its ``n_pixels`` in ``classes.json`` after the relabel.
+
+    Raises:
+        AlpsError: As :func:`relabel_dataset` does (no dataset, shards missing, another process writing it);
+            ClassesFileError with one line per problem of the file.
+    """
+    with out_lock(out, "alps relabel --dry-run", create=False):
+        data = load_dataset(out)
+        class_map, _ = parse_classes(classes_file, data.centroids)
+        missing = data.manifest.get("missing") or []
+        if missing and warn is not None:
+            warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
+                 "--allow-partial): the figures leave them out, as the relabelled dataset would")
+        if (data.out / "evaluation.json").is_file() and warn is not None:
+            warn("the relabel would remove evaluation.json (it scores the labels as they are now): run `alps "
+                 "evaluate` again after it")
+        n = len(data.centroids)
+        masks, pixels, total = np.zeros(n, np.int64), np.zeros(n, np.int64), 0
+        identity = ClassMap.identity(n)
+        for path in data.shard_paths.values():
+            labels = image_labels(read_shard(path), data.centroids, identity)
+            masks += np.bincount(labels.cluster_ids, minlength=n)[:n]
+            pixels += np.bincount(labels.cluster_label.ravel(), minlength=256)[:n]
+            total += labels.cluster_label.size
+    return RelabelPreview(class_map, data.class_map, tuple(masks.tolist()), tuple(pixels.tolist()), total)
 
 
 def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],

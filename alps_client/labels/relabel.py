@@ -142,7 +142,14 @@ def _unique_key_loader() -> type:
         yield data
         data.update(loader.construct_mapping(node))
 
+    def construct_located_seq(loader: UniqueKeyLoader, node: Any) -> Any:
+        data = LocatedList()
+        data.line = node.start_mark.line + 1
+        yield data
+        data.extend(loader.construct_sequence(node))
+
     UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", construct_located_map)
+    UniqueKeyLoader.add_constructor("tag:yaml.org,2002:seq", construct_located_seq)
     return UniqueKeyLoader
 
 
@@ -152,8 +159,14 @@ class LocatedDict(dict):
     line: int | None = None
 
 
+class LocatedList(list):
+    """A YAML list that knows its line in the file (``drop: [...]``), as :class:`LocatedDict`."""
+
+    line: int | None = None
+
+
 def _at(entry: Any) -> str:
-    """`` (line N)`` for a class entry read from YAML; empty for JSON and records."""
+    """`` (line N)`` for a class entry or the drop list read from YAML; empty for JSON and records."""
     line = getattr(entry, "line", None)
     return f" (line {line})" if line else ""
 
@@ -206,7 +219,7 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
         problems.append(f"'classes' must be a list of {{name, clusters}} entries, got {classes!r}")
         classes = []
     drop_ids = spec.get("drop", [])
-    drop = set(_cluster_ids([] if drop_ids is None else drop_ids, "drop", n_clusters, problems))
+    drop = set(_cluster_ids([] if drop_ids is None else drop_ids, f"drop{_at(drop_ids)}", n_clusters, problems))
     owner: dict[int, str] = {}
     names: list[str] = []
     where: dict[str, str] = {}  # name -> " (line N)" of its entry

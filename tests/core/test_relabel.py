@@ -146,6 +146,18 @@ def test_a_problem_with_a_class_of_a_yaml_file_names_its_line(tmp_path):
         f"{where}: class 'roofs' (line 8) is listed twice; list all its clusters in one entry to merge them",
         f"{where}: cluster 0 is in two classes, 'roofs' and 'cluster_2' (line 9); keep it in one",
         f"{where}: the name 'cluster_2' (line 9) is taken by unlisted cluster 2; choose another name"]
+    # the drop list names its line too, in either YAML style
+    (tmp_path / "d.yaml").write_text("classes:\n  - {name: a, clusters: [0]}\ndrop:\n  - 2\n  - 7\n")
+    (tmp_path / "e.yaml").write_text("classes: [{name: a, clusters: [0, 2]}]\n\ndrop: [2, x]\n")
+    for name, expected in (("d.yaml", ["drop (line 4): cluster 7 does not exist (this dataset has clusters 0..3)"]),
+                           ("e.yaml", ["drop (line 3): 'x' is not a cluster id (an integer)",
+                                       "cluster 2 is both in class 'a' (line 1) and in drop; keep it in one of them"])):
+        with pytest.raises(ClassesFileError) as raised:
+            parse_classes(tmp_path / name, _centres(4))
+        assert str(raised.value).splitlines() == [f"{tmp_path / name}: {line}" for line in expected]
+    (tmp_path / "f.json").write_text('{"classes": [], "drop": [7]}')  # JSON has no lines to name
+    with pytest.raises(ClassesFileError, match=r"f.json: drop: cluster 7 does not exist"):
+        parse_classes(tmp_path / "f.json", _centres(4))
 
 
 def test_the_template_reads_back_as_the_same_classes(tmp_path):

@@ -382,6 +382,46 @@ def test_a_bad_classes_file_is_one_line_and_exit_2_and_changes_nothing(labelled,
     assert tree_hashes(out) == before
 
 
+def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, tmp_path, capsys):
+    """`alps relabel --dry-run`: the classes a file gives, each with its clusters, masks, pixels and the classes those
+    clusters are in now, equal to what the relabel then writes; nothing is written, a bad file is refused as by the
+    relabel itself."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 0  # OUT/evaluation.json: a relabel drops it
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    before, now = tree_hashes(out), json.loads((out / "manifest.json").read_text())["counts"]["labelled_pixel_fraction"]
+    capsys.readouterr()
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0
+    dry = capsys.readouterr()
+    assert tree_hashes(out) == before and not (out / ".alps" / "staging").exists()
+    assert "the relabel would remove evaluation.json" in dry.err
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    capsys.readouterr()
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    lines = dry.out.splitlines()
+    assert lines[0] == f"Dry run (nothing written): with {tmp_path / 'classes.yaml'}, {out} would have 2 classes (now 4):"
+    assert lines[1].split() == ["id", "class", "clusters", "masks", "pixels", "share", "now"]
+    labelled_pixels = sum(c["n_pixels"] for c in classes)
+    for line, c in zip(lines[2:4], classes):
+        assert line.split() == [str(c["id"]), c["name"], *[f"{k}," for k in c["clusters"][:-1]], str(c["clusters"][-1]),
+                                str(c["n_masks"]), str(c["n_pixels"]), f"{100 * c['n_pixels'] / labelled_pixels:.1f}%",
+                                *[f"cluster_{k}," for k in c["clusters"][:-1]], f"cluster_{c['clusters'][-1]}"]
+    dropped = lines[4].split()
+    assert dropped[:5] == ["255", "(dropped:", "no", "label)", "2"]
+    assert int(dropped[5]) == counts["n_masks_in_dropped_clusters"] and dropped[7] == "cluster_2"
+    assert lines[5] == (f"labelled pixels: {100 * counts['labelled_pixel_fraction']:.1f}% of all (now "
+                        f"{100 * now:.1f}%)")
+    # Applied: the "now" column names the file's classes; the dropped cluster is "(dropped)".
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert again[2].split()[1:] == ["merged", "0,", "1", *lines[2].split()[4:7], "merged"]  # one class now
+    assert again[4].split()[-1] == "(dropped)"
+    (tmp_path / "bad.yaml").write_text("classes:\n  - {name: a, clusters: [0, 9]}\n")
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
+    assert "class 'a' (line 2) clusters: cluster 9 does not exist" in capsys.readouterr().err
+
+
 def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, fake_repo, tmp_path):
     from alps_client.io.rewrite import carried_relabel
 
