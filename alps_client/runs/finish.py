@@ -6,6 +6,7 @@ The flow's ``cluster`` and ``write-dataset`` tasks call these; so does a run com
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import urllib.parse
@@ -119,6 +120,10 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     before = _splits_in(out)
     summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
                             class_map, extra, log.warning)
+    window = plan.config.inputs.intensity_window
+    if window is not None and summary.n_images and not _stretched(out):
+        log.warning("--intensity-window %g %g was applied to no image: every input labelled is 8-bit, read as it is "
+                    "(the window is for NIfTI volumes and 16-bit or float rasters)", *window)
     moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)
     if moved:  # a model trained on the earlier split has seen some of the new val images
         log.warning("%d image(s) moved between splits (%s%s): another --seed, --val-fraction or --split-group than "
@@ -126,6 +131,11 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
                     "folders)",
                     len(moved), ", ".join(moved[:5]), ", ..." if len(moved) > 5 else "")
     return summary.__dict__
+
+
+def _stretched(out: str | Path) -> dict[str, Any]:
+    """The inputs of more than 8 bits the dataset in ``out`` holds, with their window (its manifest's ``stretch``)."""
+    return json.loads((Path(out) / "manifest.json").read_text()).get("stretch") or {}
 
 
 def _splits_in(out: str | Path) -> dict[str, str]:

@@ -19,6 +19,7 @@ from alps_client.config import (
 )
 from alps_client.evaluate import evaluate_dataset
 from flows.alps_flow import alps_flow
+from tests.runs import run_log
 
 
 def ct(implant: bool) -> np.ndarray:
@@ -46,7 +47,9 @@ def test_volumes_get_one_window_recorded_padding_slices_none_and_ground_truth_by
                             inputs=InputConfig(intensity_window=(-1000.0, 1000.0), write_nifti_labels=True),
                             amg=AmgConfig(points_per_side=8), gate=GateConfig(sigma=1.0),  # few large regions
                             cluster=ClusterConfig(n_clusters=3))
-    alps_flow(str(data), str(out), config, progress_bar=False)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), config, progress_bar=False)
+    assert not [line for line in logged if "--intensity-window" in line]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stretch"] == {"implant": [-1000.0, 1000.0], "plain": [-1000.0, 1000.0]}
     assert manifest["config"]["inputs"]["intensity_window"] == [-1000.0, 1000.0]
@@ -65,12 +68,26 @@ def test_volumes_get_one_window_recorded_padding_slices_none_and_ground_truth_by
     assert report.miou == 1.0 and "LPS, the volume RAS" in report.warnings[0]
 
 
+def test_a_window_no_input_can_take_is_said(fake_repo, tmp_path):
+    """--intensity-window on 8-bit images (a CT window given to a folder of PNG exports) changed nothing, unsaid."""
+    from alps_client.synthetic import write_synthetic_dataset
+
+    images = write_synthetic_dataset(tmp_path / "data", 2, seed=1, size=(64, 64)) / "images"
+    config = PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)),
+                            inputs=InputConfig(intensity_window=(-1000.0, 1000.0)), amg=AmgConfig(points_per_side=4),
+                            cluster=ClusterConfig(n_clusters=2))
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(images), str(tmp_path / "out"), config, progress_bar=False)
+    said = ("--intensity-window -1000 1000 was applied to no image: every input labelled is 8-bit, read as it is "
+            "(the window is for NIfTI volumes and 16-bit or float rasters)")
+    assert [line for line in logged if "--intensity-window" in line] == [said]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["stretch"] == {}
+
+
 def test_slices_of_far_from_square_pixels_are_said(fake_repo, tmp_path):
     """0.8 x 0.8 x 3 mm voxels cut along axis 0 gave slices of 0.8 x 3 mm pixels, which SAM sees square (anatomy
     squeezed 3.75:1), without a word (medical-imaging audit). Cut along axis 2 they are square: nothing said."""
     nibabel = pytest.importorskip("nibabel")
-    from tests.runs import run_log
-
     data = tmp_path / "data"
     data.mkdir()
     nibabel.save(nibabel.Nifti1Image(ct(False)[:, :, :4].repeat(4, axis=2), np.diag([0.8, 0.8, 3.0, 1.0])),
