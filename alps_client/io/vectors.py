@@ -2,7 +2,8 @@
 
 ``--vector gpkg|geojson`` writes ``OUT/vectors/``. Each kept mask of a named class becomes one feature (a
 MultiPolygon: a mask may have several parts) with its class id and name, cluster id, the decoder's score, its
-stability, its area in pixels, the image (stem), the source file and the split; masks of dropped clusters are left
+stability, its area in pixels and in square metres on the ground (:func:`square_metres`; null where the
+coordinates have no known unit), the image (stem), the source file and the split; masks of dropped clusters are left
 out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the mask (pixel-exact outlines,
 interior rings for holes) and are written by pyogrio (GDAL).
 
@@ -41,7 +42,8 @@ from alps_client.labels.painting import IGNORE
 from alps_client.masks import iter_decoded
 
 DRIVERS = {"gpkg": ("GPKG", ".gpkg"), "geojson": ("GeoJSON", ".geojson")}
-FIELDS = ("class_id", "class_name", "cluster_id", "score", "stability", "area", "image", "source", "split")
+FIELDS = ("class_id", "class_name", "cluster_id", "score", "stability", "area", "area_m2", "image", "source", "split")
+_KINDS = (np.int64, object, np.int64, np.float64, np.float64, np.int64, np.float64, object, object, object)
 FLUSH_FEATURES = 5000
 # GDAL stamps GeoPackages with the current time unless told otherwise: pinned so reruns are byte-identical.
 GPKG_TIMESTAMP = "2000-01-01T00:00:00.000Z"
@@ -52,7 +54,7 @@ NO_CRS = ""  # the layer key of rasters placed by a geotransform without a CRS (
 
 
 # What writing vectors imports (the `geo` extra), checked before a run labels anything.
-VECTOR_MODULES = ("rasterio.features", "shapely.geometry", "pyogrio.raw")
+VECTOR_MODULES = ("rasterio.features", "shapely.geometry", "pyogrio.raw", "pyproj")
 
 
 def check_vector_dependencies() -> None:
@@ -126,6 +128,7 @@ class _Layer:
         self.path, self.name, self.driver, self.crs, self.wgs84 = path, name, driver, crs, wgs84
         self.rows: list[tuple[bytes, tuple[Any, ...]]] = []
         self.written = 0
+        self.area_m2 = square_metres(crs)
 
     def flush(self) -> None:
         if not self.rows and self.written:
@@ -133,8 +136,7 @@ class _Layer:
         raw = lazy_import("pyogrio.raw")
         geoms = np.array([g for g, _ in self.rows], dtype=object)
         columns = list(zip(*(values for _, values in self.rows))) if self.rows else [()] * len(FIELDS)
-        kinds = (np.int64, object, np.int64, np.float64, np.float64, np.int64, object, object, object)
-        data = [np.asarray(col, dtype=kind) for col, kind in zip(columns, kinds)]
+        data = [np.asarray(col, dtype=kind) for col, kind in zip(columns, _KINDS)]
         crs = PIXEL_CRS if self.crs is None and self.driver == "GPKG" else self.crs or None
         with _pinned_gpkg_timestamp(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixels, NO_CRS: on purpose
@@ -143,6 +145,25 @@ class _Layer:
                       layer_options={"RFC7946": "YES"} if self.wgs84 else None)
         self.written += len(self.rows)
         self.rows.clear()
+
+
+def square_metres(crs_wkt: str | None) -> Callable[[Any], float]:
+    """How a geometry in the CRS ``crs_wkt`` is measured in square metres (the ``area_m2`` field).
+
+    Planar in a projected CRS, its unit scaled to metres (US survey feet...); on the CRS's ellipsoid for a
+    geographic one (degrees have no area: pyproj's geodesic polygon area); NaN (written as null) for pixel
+    coordinates and for map coordinates of no CRS (a world file), whose unit nobody knows.
+    """
+    if not crs_wkt:
+        return lambda geometry: float("nan")
+    crs = lazy_import("rasterio.crs").CRS.from_wkt(crs_wkt)
+    if crs.is_geographic:
+        geod = lazy_import("pyproj").CRS.from_wkt(crs_wkt).get_geod()
+        return lambda geometry: abs(float(geod.geometry_area_perimeter(geometry)[0]))
+    if crs.is_projected:
+        factor = float(crs.linear_units_factor[1])
+        return lambda geometry: float(geometry.area) * factor * factor
+    return lambda geometry: float("nan")
 
 
 def exact_epsg(crs_wkt: str) -> int | None:
@@ -236,7 +257,8 @@ class VectorOutput:
                 c = int(class_ids[i])
                 layer.rows.append((shapely.to_wkb(geometry), (
                     c, self.class_map.names[c], int(cluster_ids[i]), float(kept.predicted_iou[i]),
-                    float(kept.stability_score[i]), int(kept.areas[i]), shard.stem, printable(shard.source), split)))
+                    float(kept.stability_score[i]), int(kept.areas[i]), layer.area_m2(geometry), shard.stem,
+                    printable(shard.source), split)))
                 self.pending += 1
         if self.pending >= FLUSH_FEATURES:
             for layer in self._unique_layers():

@@ -13,7 +13,7 @@ import pytest
 
 from alps_client.errors import AlpsError
 from alps_client.io.shards import ImageShard
-from alps_client.io.vectors import mask_polygons
+from alps_client.io.vectors import mask_polygons, square_metres
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.painting import IGNORE
 from alps_client.labels.relabel import (
@@ -206,6 +206,20 @@ def test_polygons_keep_holes_and_parts_and_rasterise_back_exactly():
     assert (rasterize([geometry], out_shape=mask.shape, dtype=np.uint8) > 0).tolist() == mask.tolist()
     moved = mask_polygons(mask, Affine(0.5, 0, 100, 0, -0.5, 200))
     assert moved.bounds == (101.5, 191.0, 114.5, 199.0) and moved.area == mask.sum() * 0.25
+
+
+def test_a_polygons_area_on_the_ground_in_metres_feet_degrees_or_none():
+    import math
+
+    from rasterio.crs import CRS
+    from shapely.geometry import box
+
+    field = box(0, 0, 100, 50)
+    assert square_metres(CRS.from_epsg(32633).to_wkt())(field) == 5000.0
+    assert square_metres(CRS.from_epsg(2227).to_wkt())(field) == pytest.approx(5000 * (1200 / 3937) ** 2)  # US ft
+    # degrees on the ellipsoid: 0.001 x 0.001 degrees at the equator are 111.32 m x 110.57 m
+    assert square_metres(CRS.from_epsg(4326).to_wkt())(box(10, 0, 10.001, 0.001)) == pytest.approx(12309, rel=1e-3)
+    assert math.isnan(square_metres(None)(field)) and math.isnan(square_metres("")(field))  # pixels, no CRS
 
 
 def _shard(stem, n, seed):

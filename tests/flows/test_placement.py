@@ -130,6 +130,9 @@ def test_crss_near_one_epsg_code_keep_layers_of_their_own_and_geojson_gets_what_
             assert frame.crs.to_epsg() == 4326 and -180 <= frame.total_bounds[0] <= frame.total_bounds[2] <= 180
             frame = frame.to_crs(source_crs.to_wkt())
         _assert_each_polygon_is_its_mask(out, frame, lambda shard: rasterio.Affine(*shard.extra["geo"]["transform"]))
+    for name, frame in layers.items():  # on the ground, in the source's projected CRS: pixels times a pixel's area
+        pixel_size = {PLACEMENTS[stem][1][1] for stem in set(frame.image)}.pop()
+        assert np.array_equal(frame.area_m2, frame["area"] * pixel_size**2), name
 
 
 def test_crss_gdal_holds_for_the_same_share_one_layer(tmp_path):
@@ -144,7 +147,7 @@ def test_crss_gdal_holds_for_the_same_share_one_layer(tmp_path):
     assert [layer.name for layer in vectors._unique_layers()] == ["masks_epsg32633", "masks_crs1"]
     layer = vectors._layer(same.to_wkt())
     layer.rows.append((shapely.to_wkb(shapely.geometry.MultiPolygon([shapely.geometry.box(0, 0, 1, 1)])),
-                       (0, "c", 0, 1.0, 1.0, 1, "x", "x.tif", "train")))
+                       (0, "c", 0, 1.0, 1.0, 1, 1.0, "x", "x.tif", "train")))
     assert vectors.close() == {"masks_epsg32633": 1, "masks_crs1": 0}
 
 
@@ -170,6 +173,7 @@ def test_a_raster_placed_by_a_world_file_keeps_its_placement(fake_repo, tmp_path
             assert src.crs is None and src.transform == placed * rasterio.Affine.translation(x0, y0)
     frame = gpd.read_file(out / "vectors" / "masks.gpkg", layer="masks_no_crs")
     assert frame.crs is None and len(frame) == sum(_features_per_image(out).values())
+    assert frame.area_m2.isna().all()  # map units of no CRS: metres or feet, nobody knows
     left, bottom, right, top = frame.total_bounds
     assert 802000 <= left < right <= 802056 and 5199952 <= bottom < top <= 5200000
     _assert_each_polygon_is_its_mask(out, frame, lambda shard: rasterio.Affine(*shard.extra["geo"]["transform"]))

@@ -101,19 +101,25 @@ def test_vectors_in_the_source_crs_the_scene_crs_or_pixels_each_polygon_its_mask
                 holes += sum(len(p.interiors) for p in row.geometry.geoms)
         if layer == "masks":  # PNG inputs: pixel coordinates of the source file
             assert sorted(set(frame.image)) == ["ring", "small"] and frame.crs.name.startswith("image pixels")
+            assert frame.area_m2.isna().all()  # pixels have no ground area
             assert frame.total_bounds[0] >= 0 and frame.total_bounds[2] <= 128 and frame.total_bounds[3] <= 96
         elif layer == "masks_epsg32633":  # a whole GeoTIFF: its own CRS
             assert frame.crs.to_epsg() == 32633 and set(frame.image) == {"geo_a"}
+            assert np.array_equal(frame.area_m2, frame["area"] * 0.5**2)  # 0.5 m pixels
             x0, y0, x1, y1 = frame.total_bounds
             assert 500000 <= x0 < x1 <= 500000 + 64 and 4000000 - 56 <= y0 < y1 <= 4000000
         elif layer == "masks_epsg4326":  # placed by GCPs alone: through them, as QGIS places the image
             assert frame.crs.to_epsg() == 4326 and all(s.startswith("sar_c__x") for s in frame.image)
+            # degrees have no area: on the ellipsoid, as the same polygons measured in their UTM zone (32N)
+            utm = frame.to_crs("EPSG:32632").area
+            assert (frame.area_m2 > 0).all() and np.allclose(frame.area_m2, utm, rtol=2e-3)
         else:  # the tiles of a stitched scene: the scene's CRS, inside the stitched scene
             assert frame.crs == scene_crs and all(s.startswith("scene_b__x") for s in frame.image)
             x0, y0, x1, y1 = frame.total_bounds
             assert scene_bounds.left <= x0 and x1 <= scene_bounds.right
             assert scene_bounds.bottom <= y0 and y1 <= scene_bounds.top
             assert set(frame.split) == {"val"}
+            assert np.array_equal(frame.area_m2, frame["area"] * 2.0**2)  # planar in Web Mercator's 2 m pixels
     assert holes > 0
 
 
