@@ -371,14 +371,16 @@ def _stage_dataset(
         scene_outputs=scene_counts, vectors=vectors.close() if vectors is not None else {},
         n_masks_in_dropped_clusters=in_dropped,
     )
+    stretch = stretch_ranges(metas)
     if review is not None:
         summary.report = write_review(staging / "report", review, class_map, asdict(summary), model_manifest, errors,
                                       dict(zip((m["stem"] for m in metas), paths)), image_sources,
                                       out.resolve().name, config.gate.sigma,
-                                      (extra_manifest or {}).get("missing") or [])
+                                      (extra_manifest or {}).get("missing") or [], stretch,
+                                      config.inputs.intensity_window)
     atomic.write_json(staging / "manifest.json", dataset_manifest(config, model_manifest, class_map, summary,
                                                                  {**dict(extra_manifest or {}), "img_suffix": suffix,
-                                                                  "stretch": stretch_ranges(metas)}))
+                                                                  "stretch": stretch}))
     return summary
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
+from alps_client.io.items import counted
 from alps_client.io.out_lock import out_lock
 from alps_client.io.publish import REPORT_OLD, REPORT_STAGING
 from alps_client.io.shards import read_shard
@@ -73,7 +74,8 @@ def _thumbnails(report: Path, collector: ReviewCollector, class_map: ClassMap, s
 def write_review(report: str | Path, collector: ReviewCollector, class_map: ClassMap, counts: Mapping[str, Any],
                  model: Mapping[str, Any], errors: Sequence[Mapping[str, str]], shard_paths: Mapping[str, str | Path],
                  image_sources: Mapping[str, str | Path], title: str, sigma: float,
-                 missing: Sequence[Mapping[str, str]] = ()) -> dict[str, int]:
+                 missing: Sequence[Mapping[str, str]] = (), stretch: Mapping[str, Sequence[float]] | None = None,
+                 window: Sequence[float] | None = None) -> dict[str, int]:
     """Write ``report/index.html``, its thumbnails and ``report/classes.yaml``; returns file count and bytes.
 
     Args:
@@ -88,6 +90,8 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         title: the dataset's name on the page.
         sigma: the gate's threshold (shown with the gate's counts).
         missing: good images the run could not label, of a dataset written with ``--allow-partial``.
+        stretch: ``[low, high]`` each input of more than 8 bits was stretched between (the manifest's ``stretch``).
+        window: the run's ``--intensity-window``, if given.
     """
     report = Path(report)
     crops, images = _thumbnails(report, collector, class_map, shard_paths, image_sources)
@@ -121,6 +125,7 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
         ("rejected inputs", len(errors)),
         *([("images not labelled", f"{len(missing)} (written with --allow-partial: run `alps run` again)")]
           if missing else []),
+        *([("intensity", intensity_fact(stretch, window))] if stretch else []),
         ("shown per cluster", f"{N_NEAR} masks nearest the centre, {N_RANDOM} at random, {N_IMAGES} images"),
     ]
     warnings = []
@@ -141,6 +146,22 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
     atomic.write_text(report / "classes.yaml", template)
     files = [p for p in report.rglob("*") if p.is_file()]
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+def intensity_fact(stretch: Mapping[str, Sequence[float]], window: Sequence[float] | None) -> str:
+    """How the inputs of more than 8 bits became the greys SAM saw (the review page's ``intensity`` line).
+
+    Examples:
+        >>> intensity_fact({"ct1": [-1000.0, 1000.0]}, (-1000.0, 1000.0))
+        '1 input of more than 8 bits mapped to 0..255 over one window, -1000..1000 (--intensity-window)'
+    """
+    n = counted(len(stretch), "input")
+    if window is not None:
+        return f"{n} of more than 8 bits mapped to 0..255 over one window, {window[0]:g}..{window[1]:g} " \
+               "(--intensity-window)"
+    stem, (low, high) = next(iter(stretch.items()))
+    return (f"{n} of more than 8 bits mapped to 0..255 each between its own percentiles (e.g. {stem}: {low:g}.."
+            f"{high:g}): one value may get another grey in each; one window for all: --intensity-window")
 
 
 def build_report(out: str | Path) -> dict[str, int]:
@@ -168,7 +189,8 @@ def _rebuild(data: WrittenDataset) -> dict[str, int]:
     shutil.rmtree(staging, ignore_errors=True)
     size = write_review(staging, collector, data.class_map, data.manifest["counts"], data.model, data.errors,
                         data.shard_paths, data.image_sources, data.out.resolve().name, data.config.gate.sigma,
-                        data.manifest.get("missing") or [])
+                        data.manifest.get("missing") or [], data.manifest.get("stretch"),
+                        data.config.inputs.intensity_window)
     old = data.out / REPORT_OLD
     shutil.rmtree(old, ignore_errors=True)
     if (data.out / "report").exists():

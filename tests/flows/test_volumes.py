@@ -18,6 +18,7 @@ from alps_client.config import (
     PipelineConfig,
 )
 from alps_client.evaluate import evaluate_dataset
+from alps_client.review import build_report
 from flows.alps_flow import alps_flow
 from tests.runs import run_log
 
@@ -53,6 +54,10 @@ def test_volumes_get_one_window_recorded_padding_slices_none_and_ground_truth_by
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stretch"] == {"implant": [-1000.0, 1000.0], "plain": [-1000.0, 1000.0]}
     assert manifest["config"]["inputs"]["intensity_window"] == [-1000.0, 1000.0]
+    said = "2 inputs of more than 8 bits mapped to 0..255 over one window, -1000..1000 (--intensity-window)"
+    assert said in (out / "report" / "index.html").read_text()  # the reviewer sees how the greys were made
+    build_report(out)  # `alps report`, from the manifest
+    assert said in (out / "report" / "index.html").read_text()
     assert sorted(p.stem for p in out.glob("ann_dir/*/*.png")) == [
         f"{name}__z{z:04d}" for name in ("implant", "plain") for z in (1, 2, 3)]  # not the padding slices
     greys = {p.stem: np.asarray(Image.open(p))[12, 12, 0] for p in out.glob("img_dir/*/*__z0002.*")}
