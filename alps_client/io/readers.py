@@ -547,7 +547,14 @@ def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
     rgb, extra = _to_rgb(plane, valid, dataclasses.replace(config, stretch_percentiles=config.window_percentiles),
                          value_range)
     extra["slice_index"] = index
+    extra["dtype"] = _stored_dtype(*key)  # not the float32 the volume is decoded to
     return LoadedImage(rgb, valid, None, False, extra)
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_dtype(path: str, mtime_ns: int) -> str:
+    """The type a NIfTI file stores its voxels in (``int16`` for most CT), from its header."""
+    return str(lazy_import("nibabel").load(path).header.get_data_dtype())
 
 
 def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage:

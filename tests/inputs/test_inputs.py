@@ -139,6 +139,20 @@ def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
     assert renamed["e\u0301t\u00e9.png"] == "e\u0301t\u00e9" and len({key(i.stem) for i in kept}) == len(kept)
 
 
+def test_a_slice_records_the_type_its_volume_stores(tmp_path):
+    """Shards said float32 (what alps decodes a volume to) for every volume, an int16 CT's too (medical audit)."""
+    import nibabel
+
+    ct = np.full((32, 32, 3), -1024, np.int16)
+    ct[8:24, 8:24] = 40
+    nibabel.save(nibabel.Nifti1Image(ct, np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    write_nifti(tmp_path / "float.nii.gz")
+    items, errors = discover_inputs(tmp_path, InputConfig())
+    assert not errors
+    stored = {item.scene: load_item(item).extra["dtype"] for item in items}
+    assert stored == {"ct": "int16", "float": "float32"}
+
+
 def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path):
     """`a_link -> real/` sorted before `real/`: its alias took the images and their names, and `real/` was skipped
     unsaid; `link.png -> y.png` labelled one image twice (perhaps once in train, once in val). Links to what lies
