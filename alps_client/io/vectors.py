@@ -159,7 +159,10 @@ def square_metres(crs_wkt: str | None) -> Callable[[Any], float]:
     crs = lazy_import("rasterio.crs").CRS.from_wkt(crs_wkt)
     if crs.is_geographic:
         geod = lazy_import("pyproj").CRS.from_wkt(crs_wkt).get_geod()
-        return lambda geometry: abs(float(geod.geometry_area_perimeter(geometry)[0]))
+        orient = lazy_import("shapely.geometry.polygon").orient
+        # pyproj signs each ring by its direction: a hole turning as its outline would add instead of cut
+        return lambda geometry: float(sum(geod.geometry_area_perimeter(orient(part, 1.0))[0]
+                                          for part in getattr(geometry, "geoms", [geometry])))
     if crs.is_projected:
         factor = float(crs.linear_units_factor[1])
         return lambda geometry: float(geometry.area) * factor * factor

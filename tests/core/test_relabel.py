@@ -212,13 +212,21 @@ def test_a_polygons_area_on_the_ground_in_metres_feet_degrees_or_none():
     import math
 
     from rasterio.crs import CRS
-    from shapely.geometry import box
+    from shapely.geometry import MultiPolygon, Polygon, box
 
     field = box(0, 0, 100, 50)
     assert square_metres(CRS.from_epsg(32633).to_wkt())(field) == 5000.0
     assert square_metres(CRS.from_epsg(2227).to_wkt())(field) == pytest.approx(5000 * (1200 / 3937) ** 2)  # US ft
     # degrees on the ellipsoid: 0.001 x 0.001 degrees at the equator are 111.32 m x 110.57 m
-    assert square_metres(CRS.from_epsg(4326).to_wkt())(box(10, 0, 10.001, 0.001)) == pytest.approx(12309, rel=1e-3)
+    degrees = square_metres(CRS.from_epsg(4326).to_wkt())
+    assert degrees(box(10, 0, 10.001, 0.001)) == pytest.approx(12309, rel=1e-3)
+    # a hole cuts, whichever way its rings turn (pyproj signs rings by their direction), and parts add up
+    outline, hole = box(10, 0, 10.01, 0.01).exterior.coords, box(10.002, 0.002, 10.004, 0.004).exterior.coords
+    for ring in (hole, hole[::-1]):
+        holed = Polygon(outline, [ring])
+        assert degrees(holed) == pytest.approx(degrees(Polygon(outline)) - degrees(Polygon(ring)), rel=1e-9)
+        assert degrees(MultiPolygon([holed, box(11, 0, 11.001, 0.001)])) == pytest.approx(degrees(holed) + 12309,
+                                                                                          rel=1e-3)
     assert math.isnan(square_metres(None)(field)) and math.isnan(square_metres("")(field))  # pixels, no CRS
 
 
