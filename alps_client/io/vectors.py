@@ -2,8 +2,8 @@
 
 ``--vector gpkg|geojson`` writes ``OUT/vectors/``. Each kept mask of a named class becomes one feature (a
 MultiPolygon: a mask may have several parts) with its class id and name, cluster id, the decoder's score, its
-stability, its area in pixels and in square metres on the ground (:func:`square_metres`; null where the
-coordinates have no known unit), the image (stem), the source file and the split; masks of dropped clusters are left
+stability, its area in pixels and in square metres on the ground (:func:`square_metres`, on the ellipsoid; null
+where the coordinates have no known place on the Earth), the image (stem), the source file and the split; masks of dropped clusters are left
 out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the mask (pixel-exact outlines,
 interior rings for holes) and are written by pyogrio (GDAL).
 
@@ -148,25 +148,37 @@ class _Layer:
 
 
 def square_metres(crs_wkt: str | None) -> Callable[[Any], float]:
-    """How a geometry in the CRS ``crs_wkt`` is measured in square metres (the ``area_m2`` field).
+    """How a geometry in the CRS ``crs_wkt`` is measured in square metres on the ground (the ``area_m2`` field).
 
-    Planar in a projected CRS, its unit scaled to metres (US survey feet...); on the CRS's ellipsoid for a
-    geographic one (degrees have no area: pyproj's geodesic polygon area); NaN (written as null) for pixel
-    coordinates and for map coordinates of no CRS (a world file), whose unit nobody knows.
+    On the ellipsoid of the CRS's datum (pyproj's geodesic polygon area, as GIS tools measure "ellipsoidal" area):
+    a projected CRS's coordinates are taken back to longitude and latitude first, so that a projection's scale
+    (Web Mercator's: 4x the area at 60 degrees north) or unit (US survey feet) changes nothing. NaN (written as null)
+    for pixel coordinates, map coordinates of no CRS (a world file) and a CRS tied to no datum, whose place on
+    the Earth nobody knows.
     """
     if not crs_wkt:
         return lambda geometry: float("nan")
-    crs = lazy_import("rasterio.crs").CRS.from_wkt(crs_wkt)
-    if crs.is_geographic:
-        geod = lazy_import("pyproj").CRS.from_wkt(crs_wkt).get_geod()
-        orient = lazy_import("shapely.geometry.polygon").orient
+    pyproj = lazy_import("pyproj")
+    crs = pyproj.CRS.from_wkt(crs_wkt)
+    geodetic = crs.geodetic_crs
+    if geodetic is None:
+        return lambda geometry: float("nan")
+    shapely = lazy_import("shapely")
+    orient = lazy_import("shapely.geometry.polygon").orient
+    geod = geodetic.get_geod()
+    to_degrees = None if crs.is_geographic else pyproj.Transformer.from_crs(crs, geodetic, always_xy=True)
+
+    def lon_lat(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.column_stack(to_degrees.transform(xy[:, 0], xy[:, 1]))
+
+    def area(geometry: Any) -> float:
+        if to_degrees is not None:
+            geometry = shapely.transform(geometry, lon_lat)
         # pyproj signs each ring by its direction: a hole turning as its outline would add instead of cut
-        return lambda geometry: float(sum(geod.geometry_area_perimeter(orient(part, 1.0))[0]
-                                          for part in getattr(geometry, "geoms", [geometry])))
-    if crs.is_projected:
-        factor = float(crs.linear_units_factor[1])
-        return lambda geometry: float(geometry.area) * factor * factor
-    return lambda geometry: float("nan")
+        return float(sum(geod.geometry_area_perimeter(orient(part, 1.0))[0]
+                         for part in getattr(geometry, "geoms", [geometry])))
+
+    return area
 
 
 def exact_epsg(crs_wkt: str) -> int | None:

@@ -209,17 +209,23 @@ def test_polygons_keep_holes_and_parts_and_rasterise_back_exactly():
 
 
 def test_a_polygons_area_on_the_ground_in_metres_feet_degrees_or_none():
+    """On the ellipsoid: a projection's scale (Web Mercator, 4x at 60 degrees north) and unit change nothing."""
     import math
 
     from rasterio.crs import CRS
     from shapely.geometry import MultiPolygon, Polygon, box
 
-    field = box(0, 0, 100, 50)
-    assert square_metres(CRS.from_epsg(32633).to_wkt())(field) == 5000.0
-    assert square_metres(CRS.from_epsg(2227).to_wkt())(field) == pytest.approx(5000 * (1200 / 3937) ** 2)  # US ft
-    # degrees on the ellipsoid: 0.001 x 0.001 degrees at the equator are 111.32 m x 110.57 m
+    from alps_client.io.vectors import PIXEL_CRS
+    from tests.flows.test_placement import equal_area
+
+    for code, field in ((32633, box(500000, 4000000, 500100, 4000050)), (3857, box(1113194, 8399737, 1113294, 8399787)),
+                        (2227, box(6000000, 2000000, 6000100, 2000050)), (4326, box(10, 0, 10.001, 0.001)),
+                        (4326, box(10, 60, 10.001, 60.001))):
+        assert square_metres(CRS.from_epsg(code).to_wkt())(field) == pytest.approx(equal_area(field, code), rel=1e-6)
+    assert square_metres(CRS.from_epsg(3857).to_wkt())(box(1113194, 8399737, 1113294, 8399787)) == \
+        pytest.approx(5000 / 4, rel=0.01)  # 60 degrees north: Web Mercator draws it 4x as large
     degrees = square_metres(CRS.from_epsg(4326).to_wkt())
-    assert degrees(box(10, 0, 10.001, 0.001)) == pytest.approx(12309, rel=1e-3)
+    assert degrees(box(10, 0, 10.001, 0.001)) == pytest.approx(12309, rel=1e-3)  # 111.32 m x 110.57 m
     # a hole cuts, whichever way its rings turn (pyproj signs rings by their direction), and parts add up
     outline, hole = box(10, 0, 10.01, 0.01).exterior.coords, box(10.002, 0.002, 10.004, 0.004).exterior.coords
     for ring in (hole, hole[::-1]):
@@ -227,7 +233,8 @@ def test_a_polygons_area_on_the_ground_in_metres_feet_degrees_or_none():
         assert degrees(holed) == pytest.approx(degrees(Polygon(outline)) - degrees(Polygon(ring)), rel=1e-9)
         assert degrees(MultiPolygon([holed, box(11, 0, 11.001, 0.001)])) == pytest.approx(degrees(holed) + 12309,
                                                                                           rel=1e-3)
-    assert math.isnan(square_metres(None)(field)) and math.isnan(square_metres("")(field))  # pixels, no CRS
+    field = box(0, 0, 100, 50)
+    assert all(math.isnan(square_metres(crs)(field)) for crs in (None, "", PIXEL_CRS))  # pixels, no CRS
 
 
 def _shard(stem, n, seed):
