@@ -124,8 +124,9 @@ class _Layer:
     ``wgs84``: written in WGS 84 (GeoJSON's RFC 7946 option, GDAL reprojecting) instead of ``crs``.
     """
 
-    def __init__(self, path: Path, name: str, driver: str, crs: str | None, wgs84: bool = False) -> None:
-        self.path, self.name, self.driver, self.crs, self.wgs84 = path, name, driver, crs, wgs84
+    def __init__(self, path: Path, name: str, driver: str, crs: str | None, wgs84: bool = False,
+                 epsg: int | None = None) -> None:
+        self.path, self.name, self.driver, self.crs, self.wgs84, self.epsg = path, name, driver, crs, wgs84, epsg
         self.rows: list[tuple[bytes, tuple[Any, ...]]] = []
         self.written = 0
         self.area_m2 = square_metres(crs)
@@ -138,6 +139,8 @@ class _Layer:
         columns = list(zip(*(values for _, values in self.rows))) if self.rows else [()] * len(FIELDS)
         data = [np.asarray(col, dtype=kind) for col, kind in zip(columns, _KINDS)]
         crs = PIXEL_CRS if self.crs is None and self.driver == "GPKG" else self.crs or None
+        if self.driver == "GeoJSON" and self.epsg is not None:  # GDAL names in GeoJSON only a CRS given by its code:
+            crs = f"EPSG:{self.epsg}"  # the same CRS as WKT without AUTHORITY (a GeoTIFF's own keys) got no `crs`
         with _pinned_gpkg_timestamp(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="'crs' was not provided")  # pixels, NO_CRS: on purpose
             raw.write(str(self.path), geoms, data, list(FIELDS), layer=self.name, driver=self.driver, crs=crs,
@@ -247,7 +250,7 @@ class VectorOutput:
             self.warn(f"vectors/{file}{self.suffix}: rasters placed by a world file have map coordinates of no CRS, "
                       "which GeoJSON cannot say: readers take them for WGS 84 degrees; --vector gpkg keeps them "
                       "without a CRS, which GIS tools ask for, as they do for the source")
-        return _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs, wgs84)
+        return _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs, wgs84, epsg)
 
     def _unique_layers(self) -> list[_Layer]:
         """Each layer once (several CRS strings may share one)."""

@@ -29,7 +29,7 @@ from alps_client.config import (
 from alps_client.errors import AlpsError
 from alps_client.io.items import gdal_sidecars
 from alps_client.io.shards import read_shard
-from alps_client.io.vectors import VectorOutput
+from alps_client.io.vectors import VectorOutput, exact_epsg
 from alps_client.labels.classes import ClassMap
 from alps_client.masks import decode_coco_rle
 from alps_client.synthetic import make_scene
@@ -169,6 +169,16 @@ def test_crss_gdal_holds_for_the_same_share_one_layer(tmp_path):
     layer.rows.append((shapely.to_wkb(shapely.geometry.MultiPolygon([shapely.geometry.box(0, 0, 1, 1)])),
                        (0, "c", 0, 1.0, 1.0, 1, 1.0, "x", "x.tif", "train")))
     assert vectors.close() == {"masks_epsg32633": 1, "masks_crs1": 0}
+    # GeoJSON names a CRS by its EPSG code only, which GDAL found in neither WKT without AUTHORITY (a GeoTIFF's own
+    # keys for EPSG:2227): the layer had no `crs` member, its feet read as degrees (audit)
+    for wkt in (same.to_wkt(), CRS.from_epsg(2227).to_wkt().replace('AUTHORITY["EPSG","2227"]', "")):
+        vectors = VectorOutput(tmp_path / "geojson", "geojson", ClassMap.identity(1))
+        layer = vectors._layer(wkt)
+        layer.rows.append((shapely.to_wkb(shapely.geometry.MultiPolygon([shapely.geometry.box(0, 0, 1, 1)])),
+                           (0, "c", 0, 1.0, 1.0, 1, 1.0, "x", "x.tif", "train")))
+        vectors.close()
+        written = json.loads(layer.path.read_text())
+        assert written["crs"]["properties"]["name"] == f"urn:ogc:def:crs:EPSG::{exact_epsg(wkt)}", wkt[:40]
 
 
 def test_a_raster_placed_by_a_world_file_keeps_its_placement(fake_repo, tmp_path):
