@@ -8,13 +8,15 @@ names its holder, for the message of the process that finds it taken. Linux emul
 byte-range locks, so it holds across the machines of a shared ``OUT``; a file system that refuses locks
 altogether gets a warning and no lock. A run that starts its own Prefect API server is also refused earlier by
 that server's record (:mod:`flows.prefect_api`); this lock covers runs on a shared API (``PREFECT_API_URL``,
-deployments) and the review commands.
+deployments) and the review commands. Commands that only read (``alps relabel --dry-run``) ask :func:`writer_of`
+instead, which holds the lock shared for an instant; a writer that meets that instant waits it out.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ from alps_client.errors import AlpsError, OutputBusyError
 from alps_client.io.discovery import WORK_DIR
 
 LOCK_NAME = "lock"
+# A reader's check (:func:`writer_of`) holds the lock shared for an instant: a writer that meets it waits this long.
+READER_GRACE_S = 0.25
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
         AlpsError: If ``OUT/.alps`` cannot be written (a read-only mount).
     """
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (only whether there is one: _lock_exclusive locks)
     except ImportError:  # not POSIX: no lock (alps runs on Linux; see the README)
         yield
         return
@@ -58,9 +62,9 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
                         f"copy the folder to a disk you can write to and give the copy") from err
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another alps process"
+            holder = _holder(fd)
             # Another --out is a way out for a run only: a report or a relabel works on this very dataset.
             other = ", or use another --out" if what == "alps run" else ""
             raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish{other}") from None
@@ -74,3 +78,48 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock_exclusive(fd: int) -> None:
+    """``flock`` ``fd`` exclusively, waiting out a reader's instant check (:func:`writer_of`), not a writer."""
+    import fcntl
+
+    deadline = time.monotonic() + READER_GRACE_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another alps process"
+
+
+def writer_of(out: str | Path) -> str | None:
+    """Who writes ``out`` now (its lock file's words, e.g. ``alps run (pid 123)``), or None when nobody does.
+
+    For commands that only read a dataset (``alps relabel --dry-run``): they neither write the lock file nor hold
+    the lock longer than this check, so a run may start while they read (they check again after).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(Path(out) / WORK_DIR / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: nothing ever wrote there
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return _holder(fd)
+    except OSError:  # a file system without locks: as out_lock, go on unguarded
+        return None
+    finally:
+        os.close(fd)

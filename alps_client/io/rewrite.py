@@ -20,11 +20,12 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from alps_client.errors import OutputBusyError
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
 from alps_client.io.items import counted
-from alps_client.io.out_lock import out_lock
+from alps_client.io.out_lock import out_lock, writer_of
 from alps_client.io.shards import read_shard
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, image_labels, write_dataset
@@ -113,28 +114,46 @@ def preview_relabel(out: str | Path, classes_file: str | Path,
     writer paints them, so a class's pixels here are its ``n_pixels`` in ``classes.json`` after the relabel.
 
     Raises:
-        AlpsError: As :func:`relabel_dataset` does (no dataset, shards missing, another process writing it);
-            ClassesFileError with one line per problem of the file.
+        AlpsError: As :func:`relabel_dataset` does (no dataset, shards missing); OutputBusyError if another process
+            writes the dataset when the read begins or wrote it while it went on; ClassesFileError with one line
+            per problem of the file.
     """
-    with out_lock(out, "alps relabel --dry-run", create=False):
-        data = load_dataset(out)
-        class_map, _ = parse_classes(classes_file, data.centroids)
-        missing = data.manifest.get("missing") or []
-        if missing and warn is not None:
-            warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
-                 "--allow-partial): the figures leave them out, as the relabelled dataset would")
-        if (data.out / "evaluation.json").is_file() and warn is not None:
-            warn("the relabel would remove evaluation.json (it scores the labels as they are now): run `alps "
-                 "evaluate` again after it")
-        n = len(data.centroids)
-        masks, pixels, total = np.zeros(n, np.int64), np.zeros(n, np.int64), 0
-        identity = ClassMap.identity(n)
-        for path in data.shard_paths.values():
-            labels = image_labels(read_shard(path), data.centroids, identity)
-            masks += np.bincount(labels.cluster_ids, minlength=n)[:n]
-            pixels += np.bincount(labels.cluster_label.ravel(), minlength=256)[:n]
-            total += labels.cluster_label.size
+    # Read without the write lock, so that a run may start meanwhile; one that did is found after the read.
+    holder, before = writer_of(out), _dataset_version(out)
+    if holder:
+        raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish")
+    data = load_dataset(out)
+    class_map, _ = parse_classes(classes_file, data.centroids)
+    missing = data.manifest.get("missing") or []
+    if missing and warn is not None:
+        warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
+             "--allow-partial): the figures leave them out, as the relabelled dataset would")
+    if (data.out / "evaluation.json").is_file() and warn is not None:
+        warn("the relabel would remove evaluation.json (it scores the labels as they are now): run `alps "
+             "evaluate` again after it")
+    n = len(data.centroids)
+    masks, pixels, total = np.zeros(n, np.int64), np.zeros(n, np.int64), 0
+    identity = ClassMap.identity(n)
+    for path in data.shard_paths.values():
+        labels = image_labels(read_shard(path), data.centroids, identity)
+        masks += np.bincount(labels.cluster_ids, minlength=n)[:n]
+        pixels += np.bincount(labels.cluster_label.ravel(), minlength=256)[:n]
+        total += labels.cluster_label.size
+    holder = writer_of(out)
+    if holder or _dataset_version(out) != before:
+        by = f" by {holder}" if holder else ""
+        raise OutputBusyError(f"{out} was written{by} while this dry run read it: its figures could mix two datasets; "
+                              "run it again once that write is over")
     return RelabelPreview(class_map, data.class_map, tuple(masks.tolist()), tuple(pixels.tolist()), total)
+
+
+def _dataset_version(out: str | Path) -> tuple[int, int, int] | None:
+    """What changes when a write swaps a new dataset into ``out``: its manifest's inode, time and size."""
+    try:
+        stat = (Path(out) / "manifest.json").stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],

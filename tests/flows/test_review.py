@@ -7,6 +7,7 @@ SAM with --vector gpkg); tests that change it work on copies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -390,10 +391,12 @@ def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, t
     assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 0  # OUT/evaluation.json: a relabel drops it
     (tmp_path / "classes.yaml").write_text(SPEC)
     before, now = tree_hashes(out), json.loads((out / "manifest.json").read_text())["counts"]["labelled_pixel_fraction"]
+    lock_before = lock_file(out)
     capsys.readouterr()
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0
     dry = capsys.readouterr()
     assert tree_hashes(out) == before and not (out / ".alps" / "staging").exists()
+    assert lock_file(out) == lock_before  # not even the lock file: it names the last writer, and a dry run writes not
     assert "the relabel would remove evaluation.json" in dry.err
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
     capsys.readouterr()
@@ -420,6 +423,77 @@ def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, t
     (tmp_path / "bad.yaml").write_text("classes:\n  - {name: a, clusters: [0, 9]}\n")
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
     assert "class 'a' (line 2) clusters: cluster 9 does not exist" in capsys.readouterr().err
+
+
+def lock_file(out: Path) -> tuple[bytes, int]:
+    lock = out / ".alps" / "lock"
+    return lock.read_bytes(), lock.stat().st_mtime_ns
+
+
+def test_a_run_may_start_while_a_dry_run_reads_and_the_dry_run_then_says_its_figures_may_mix(labelled, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """A dry run held the write lock while it read every shard: a run started meanwhile was refused (exit 2,
+    "being written by alps relabel --dry-run"). It reads unlocked now; a write that began, or ended, during its
+    read makes it refuse its figures instead."""
+    from alps_client.io import atomic, rewrite
+    from alps_client.io.out_lock import out_lock
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    read_shard = rewrite.read_shard
+    for writer in ("holds the lock", "swapped a dataset in"):
+        held, reads = contextlib.ExitStack(), []
+
+        def a_run_starts(path, writer=writer, held=held, reads=reads):
+            reads.append(path)
+            if len(reads) == 1:
+                with contextlib.ExitStack() as run:
+                    run.enter_context(out_lock(out, "alps run"))  # taken at once: the dry run holds nothing
+                    if writer == "holds the lock":
+                        held.push(run.pop_all())  # still running when the dry run ends
+                    else:  # a run that ends before the dry run: its dataset swapped in
+                        atomic.write_bytes(out / "manifest.json", (out / "manifest.json").read_bytes())
+            return read_shard(path)
+
+        monkeypatch.setattr(rewrite, "read_shard", a_run_starts)
+        with held:
+            assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 2
+        by = f" by alps run (pid {os.getpid()})" if writer == "holds the lock" else ""
+        assert capsys.readouterr().err.strip() == (
+            f"alps: error: {out} was written{by} while this dry run read it: its figures could mix two datasets; run "
+            "it again once that write is over"), writer
+
+
+def test_a_writer_waits_out_a_readers_check_of_the_lock_not_another_writer(tmp_path, monkeypatch):
+    import fcntl
+
+    import alps_client.io.out_lock as out_lock_module
+    from alps_client.errors import OutputBusyError
+
+    (tmp_path / ".alps").mkdir()
+    calls = {"n": 0}
+    flock = fcntl.flock
+
+    def busy_twice(fd, operation):
+        calls["n"] += 1
+        if operation & fcntl.LOCK_EX and calls["n"] <= 2:  # a reader's instant check, twice
+            raise BlockingIOError
+        return flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", busy_twice)
+    with out_lock_module.out_lock(tmp_path, "alps run"):
+        assert calls["n"] == 3 and out_lock_module.writer_of(tmp_path) == f"alps run (pid {os.getpid()})"
+    assert out_lock_module.writer_of(tmp_path) is None
+    monkeypatch.setattr(fcntl, "flock", flock)
+    fd = os.open(tmp_path / ".alps" / "lock", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"alps relabel (pid 1)", 0)
+        flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(OutputBusyError, match="being written by alps relabel"), \
+                out_lock_module.out_lock(tmp_path, "alps run"):
+            pass
+    finally:
+        os.close(fd)
 
 
 def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, fake_repo, tmp_path):
@@ -698,7 +772,8 @@ def test_one_writer_per_out_and_a_killed_holder_leaves_no_lock(labelled, fake_re
                "--n-clusters", "4", "--no-progress", "--points-per-side"]
         # a run of other settings was told that OUT holds another configuration's images (use --overwrite)
         for command in (["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")], ["report", str(out)],
-                        [*run, "8"], [*run, "6"]):
+                        [*run, "8"], [*run, "6"],
+                        ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]):
             assert alps(command) == 2, command
             way_out = ", or use another --out" if command[0] == "run" else ""  # relabel and report have none
             assert capsys.readouterr().err.strip().splitlines()[-1] == busy + way_out, command
