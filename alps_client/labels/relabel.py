@@ -141,12 +141,16 @@ def _unique_key_loader() -> type:
         data.line = node.start_mark.line + 1
         yield data
         data.update(loader.construct_mapping(node))
+        for key_node, _ in node.value:
+            if isinstance(key_node.value, str):
+                data.key_lines.setdefault(key_node.value, key_node.start_mark.line + 1)
 
     def construct_located_seq(loader: UniqueKeyLoader, node: Any) -> Any:
         data = LocatedList()
         data.line = node.start_mark.line + 1
         yield data
         data.extend(loader.construct_sequence(node))
+        data.item_lines = [item.start_mark.line + 1 for item in node.value]
 
     UniqueKeyLoader.add_constructor("tag:yaml.org,2002:map", construct_located_map)
     UniqueKeyLoader.add_constructor("tag:yaml.org,2002:seq", construct_located_seq)
@@ -154,15 +158,29 @@ def _unique_key_loader() -> type:
 
 
 class LocatedDict(dict):
-    """A YAML mapping that knows its line in the file, so that a problem with a class can name where it is."""
+    """A YAML mapping that knows its line in the file, so that a problem with a class can name where it is.
+
+    ``key_lines``: the line of each of its keys (``drop: 3`` is a problem on the line of ``drop``).
+    """
 
     line: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[str, int] = {}
 
 
 class LocatedList(list):
-    """A YAML list that knows its line in the file (``drop: [...]``), as :class:`LocatedDict`."""
+    """A YAML list that knows its line in the file, as :class:`LocatedDict`.
+
+    ``item_lines``: the line of each entry (the bad id of a long ``drop:`` list).
+    """
 
     line: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.item_lines: list[int] = []
 
 
 def _at(entry: Any) -> str:
@@ -187,19 +205,25 @@ def name_problem(name: Any, what: str) -> str | None:
     return None
 
 
-def _cluster_ids(value: Any, what: str, n_clusters: int, problems: list[str]) -> list[int]:
-    """The integer cluster ids of a list, with a problem line for each bad entry."""
+def _cluster_ids(value: Any, what: str, n_clusters: int, problems: list[str], at: bool = False) -> dict[int, str]:
+    """The integer cluster ids of a list, and a problem line for each bad entry.
+
+    Each id maps to `` (line N)`` of its entry when ``at`` (empty otherwise, and for JSON).
+    """
     if not isinstance(value, list):
         problems.append(f"{what} must be a list of cluster ids, got {value!r}")
-        return []
-    ids = []
-    for v in value:
+        return {}
+    lines = getattr(value, "item_lines", []) if at else []
+    ids: dict[int, str] = {}
+    for j, v in enumerate(value):
+        where = f" (line {lines[j]})" if j < len(lines) else ""
         if isinstance(v, bool) or not isinstance(v, int):
-            problems.append(f"{what}: {v!r} is not a cluster id (an integer)")
+            problems.append(f"{what}{where}: {v!r} is not a cluster id (an integer)")
         elif not 0 <= v < n_clusters:
-            problems.append(f"{what}: cluster {v} does not exist (this dataset has clusters 0..{n_clusters - 1})")
+            problems.append(f"{what}{where}: cluster {v} does not exist (this dataset has clusters "
+                            f"0..{n_clusters - 1})")
         else:
-            ids.append(v)
+            ids.setdefault(v, where)
     return ids
 
 
@@ -219,7 +243,9 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
         problems.append(f"'classes' must be a list of {{name, clusters}} entries, got {classes!r}")
         classes = []
     drop_ids = spec.get("drop", [])
-    drop = set(_cluster_ids([] if drop_ids is None else drop_ids, f"drop{_at(drop_ids)}", n_clusters, problems))
+    key_line = getattr(spec, "key_lines", {}).get("drop")
+    drop = _cluster_ids([] if drop_ids is None else drop_ids, "drop" if isinstance(drop_ids, list) or not key_line
+                        else f"drop (line {key_line})", n_clusters, problems, at=True)
     owner: dict[int, str] = {}
     names: list[str] = []
     where: dict[str, str] = {}  # name -> " (line N)" of its entry
@@ -243,7 +269,7 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
         ids = [] if value is None else _cluster_ids(value, f"{label} clusters", n_clusters, problems)
         for k in ids:
             if k in drop:
-                problems.append(f"cluster {k} is both in {label} and in drop; keep it in one of them")
+                problems.append(f"cluster {k} is both in {label} and in drop{drop[k]}; keep it in one of them")
             elif k in owner and owner[k] != name:
                 problems.append(f"cluster {k} is in two classes, '{owner[k]}' and '{name}'{_at(entry)}; keep it in one")
             owner.setdefault(k, name)

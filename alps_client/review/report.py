@@ -149,19 +149,19 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
 
 
 def intensity_fact(stretch: Mapping[str, Sequence[float]], window: Sequence[float] | None) -> str:
-    """How the inputs of more than 8 bits became the greys SAM saw (the review page's ``intensity`` line).
+    """How volumes and rasters of more than 8 bits became the greys SAM saw (the review page's ``intensity`` line).
 
     Examples:
         >>> intensity_fact({"ct1": [-1000.0, 1000.0]}, (-1000.0, 1000.0))
-        '1 input of more than 8 bits mapped to 0..255 over one window, -1000..1000 (--intensity-window)'
+        '1 input (volumes, rasters of more than 8 bits) mapped to 0..255 over one window, -1000..1000 (--intensity-window)'
     """
-    n = counted(len(stretch), "input")
+    n = f"{counted(len(stretch), 'input')} (volumes, rasters of more than 8 bits)"
     if window is not None:
-        return f"{n} of more than 8 bits mapped to 0..255 over one window, {window[0]:g}..{window[1]:g} " \
-               "(--intensity-window)"
+        return f"{n} mapped to 0..255 over one window, {window[0]:g}..{window[1]:g} (--intensity-window)"
     stem, (low, high) = next(iter(stretch.items()))
-    return (f"{n} of more than 8 bits mapped to 0..255 each between its own percentiles (e.g. {stem}: {low:g}.."
-            f"{high:g}): one value may get another grey in each; one window for all: --intensity-window")
+    return (f"{n} mapped to 0..255 each over its own range, its percentiles (its minimum and maximum where those "
+            f"are one value), e.g. {stem}: {low:g}..{high:g}: one value may get another grey in each; one window "
+            "for all: --intensity-window")
 
 
 def build_report(out: str | Path) -> dict[str, int]:

@@ -146,12 +146,15 @@ def test_a_problem_with_a_class_of_a_yaml_file_names_its_line(tmp_path):
         f"{where}: class 'roofs' (line 8) is listed twice; list all its clusters in one entry to merge them",
         f"{where}: cluster 0 is in two classes, 'roofs' and 'cluster_2' (line 9); keep it in one",
         f"{where}: the name 'cluster_2' (line 9) is taken by unlisted cluster 2; choose another name"]
-    # the drop list names its line too, in either YAML style
+    # the drop list names the line of the entry at fault too, in either YAML style (the list's first line was named)
     (tmp_path / "d.yaml").write_text("classes:\n  - {name: a, clusters: [0]}\ndrop:\n  - 2\n  - 7\n")
     (tmp_path / "e.yaml").write_text("classes: [{name: a, clusters: [0, 2]}]\n\ndrop: [2, x]\n")
-    for name, expected in (("d.yaml", ["drop (line 4): cluster 7 does not exist (this dataset has clusters 0..3)"]),
+    (tmp_path / "g.yaml").write_text("classes: []\n# dropped:\ndrop: 3\n")
+    for name, expected in (("d.yaml", ["drop (line 5): cluster 7 does not exist (this dataset has clusters 0..3)"]),
                            ("e.yaml", ["drop (line 3): 'x' is not a cluster id (an integer)",
-                                       "cluster 2 is both in class 'a' (line 1) and in drop; keep it in one of them"])):
+                                       ("cluster 2 is both in class 'a' (line 1) and in drop (line 3); keep it in one "
+                                        "of them")]),
+                           ("g.yaml", ["drop (line 3) must be a list of cluster ids, got 3"])):
         with pytest.raises(ClassesFileError) as raised:
             parse_classes(tmp_path / name, _centres(4))
         assert str(raised.value).splitlines() == [f"{tmp_path / name}: {line}" for line in expected]

@@ -54,7 +54,8 @@ def test_volumes_get_one_window_recorded_padding_slices_none_and_ground_truth_by
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stretch"] == {"implant": [-1000.0, 1000.0], "plain": [-1000.0, 1000.0]}
     assert manifest["config"]["inputs"]["intensity_window"] == [-1000.0, 1000.0]
-    said = "2 inputs of more than 8 bits mapped to 0..255 over one window, -1000..1000 (--intensity-window)"
+    said = ("2 inputs (volumes, rasters of more than 8 bits) mapped to 0..255 over one window, -1000..1000 "
+            "(--intensity-window)")
     assert said in (out / "report" / "index.html").read_text()  # the reviewer sees how the greys were made
     build_report(out)  # `alps report`, from the manifest
     assert said in (out / "report" / "index.html").read_text()
