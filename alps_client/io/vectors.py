@@ -250,6 +250,10 @@ class VectorOutput:
             self.warn(f"vectors/{file}{self.suffix}: rasters placed by a world file have map coordinates of no CRS, "
                       "which GeoJSON cannot say: readers take them for WGS 84 degrees; --vector gpkg keeps them "
                       "without a CRS, which GIS tools ask for, as they do for the source")
+        elif self.driver == "GeoJSON" and crs is None and self.warn is not None:
+            self.warn(f"vectors/{file}{self.suffix}: images with no map placement have pixel coordinates, which "
+                      "GeoJSON cannot say: GIS tools take them for WGS 84 degrees; --vector gpkg declares them as "
+                      "image pixels")
         return _Layer(self.out / f"{file}{self.suffix}", name, self.driver, crs, wgs84, epsg)
 
     def _unique_layers(self) -> list[_Layer]:

@@ -187,7 +187,8 @@ def evaluation(out: Path, gt: Path, tmp_path: Path, name: str) -> dict:
     return json.loads((tmp_path / name).read_text())
 
 
-def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exactly_as_mapped(labelled, tmp_path):
+def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exactly_as_mapped(labelled, tmp_path,
+                                                                                               capsys):
     import geopandas as gpd
 
     out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
@@ -253,8 +254,12 @@ def test_relabel_changes_labels_coco_classes_manifest_vectors_and_evaluation_exa
     first = tree_hashes(out)
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
     assert tree_hashes(out) == first  # idempotent: the same file gives the same bytes
+    capsys.readouterr()
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--vector", "geojson"]) == 0
     assert sorted(p.name for p in (out / "vectors").iterdir()) == ["masks.geojson"]
+    # GeoJSON has no way to say "pixels": readers take them for degrees, and the relabel says so
+    assert "alps: vectors/masks.geojson: images with no map placement have pixel coordinates, which GeoJSON cannot " \
+        "say: GIS tools take them for WGS 84 degrees; --vector gpkg declares them as image pixels" in capsys.readouterr().err
     assert len(gpd.read_file(out / "vectors" / "masks.geojson")) == len(vectors)
     (tmp_path / "undo.yaml").write_text("classes: []\n")  # the way back: the classes `alps run` wrote
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "undo.yaml")]) == 0
