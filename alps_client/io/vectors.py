@@ -3,8 +3,8 @@
 ``--vector gpkg|geojson`` writes ``OUT/vectors/``. Each kept mask of a named class becomes one feature (a
 MultiPolygon: a mask may have several parts) with its class id and name, cluster id, the decoder's score, its
 stability, its area in pixels and in square metres on the ground (:func:`square_metres`, on the ellipsoid; null
-where the coordinates have no known place on the Earth), the image (stem), the source file and the split; masks of dropped clusters are left
-out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the mask (pixel-exact outlines,
+where the coordinates have no known place on the Earth), the image (stem), the source file and the split; masks
+of dropped clusters are left out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the mask (pixel-exact outlines,
 interior rings for holes) and are written by pyogrio (GDAL).
 
 Coordinates: a georeferenced input (GeoTIFF with a CRS) is in its CRS through its (window) transform, so the
