@@ -230,11 +230,14 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
     # The review page (of the run, of `alps report`, of `alps relabel`) said nothing of the image missing.
     classes = tmp_path / "classes.yaml"
     classes.write_text("classes: [{name: some, clusters: [0]}]\n")
-    for command in ([], ["report", out], ["relabel", out, "--classes", classes]):
+    for command in ([], ["report", out], ["relabel", out, "--classes", classes, "--dry-run"],
+                    ["relabel", out, "--classes", classes]):
         if command:
             result = run_alps(command, cli_env(tmp_path / "ph"))
             assert result.returncode == 0, result.stderr
             assert ("lacks 1 good image that its run could not label" in result.stderr) == (command[0] == "relabel")
+            if "--dry-run" in command:  # its figures are the relabelled dataset's, which lacks the image too
+                assert "the figures leave them out, as the relabelled dataset would" in result.stderr
         page = (out / "report" / "index.html").read_text()
         section = page.split('<section id="missing">')[1].split("</section>")[0]
         assert "Images not labelled (1)" in section and str(data / "odd.png") in section
