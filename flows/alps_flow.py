@@ -106,12 +106,16 @@ class _NoLinePerImageDone(logging.Filter):
 
     A run of 100,000 images printed 100,000 such lines on the console and sent as many to the Prefect API (its
     database, the flow run's log page). The progress bar and the run's summary count them; each task run's state
-    stays in the UI; a failed image's line stays, and so does every line of the cluster and write tasks.
+    stays in the UI; a failed image's line stays, and so does every line of the cluster and write tasks. Prefect's
+    ``Task run failed with state: Failed(...)`` before a failed image's line goes too: it said the same, with the
+    state's internals (``result=ImageOutcome(failed odd)``).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "task_name", None) != LABEL_IMAGE or not isinstance(record.msg, str):
             return True
+        if record.msg.startswith("Task run failed with state: "):
+            return False
         if not record.msg.startswith("Finished in state "):
             return True
         return not (record.msg.startswith("Finished in state Completed(") or NOT_STARTED in record.msg)

@@ -195,6 +195,9 @@ def test_a_run_that_cannot_start_or_cannot_finish_is_completed_by_the_same_comma
     assert "1 of 7 image(s) not labelled: fake backend rejects images of 88x120" in line and "--allow-partial" in line
     assert "Traceback" not in failed.stderr + failed.stdout
     assert "NoneType: None" not in failed.stderr  # the image's failure is logged without an empty traceback
+    # nor with Prefect's line before it, which said the same with the state's internals (ImageOutcome(failed odd))
+    assert "Task run failed with state" not in failed.stderr and "ImageOutcome" not in failed.stderr
+    assert "Finished in state Failed('odd: fake backend rejects images of 88x120" in failed.stderr
     assert not (out / "manifest.json").exists() and not (out / "ann_dir").exists()
     last = json.loads((out / ".alps" / "last_run.json").read_text())
     assert [m["stem"] for m in last["missing"]] == ["odd"] and last["errors"] == []  # missing, not a bad input
