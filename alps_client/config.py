@@ -418,8 +418,8 @@ class WriterConfig:
         _check_field_types(self)
         _check(0.0 <= self.val_fraction < 1.0, f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
         _check(0 <= self.seed <= MAX_SEED, f"seed must lie in 0..{MAX_SEED}, got {self.seed!r}")
-        _check(self.split_group is None or _regex_problem(self.split_group) is None,
-               f"split_group {self.split_group!r} is not a regular expression: {_regex_problem(self.split_group or '')}")
+        regex_problem = None if self.split_group is None else _regex_problem(self.split_group)
+        _check(regex_problem is None, f"split_group {self.split_group!r} is not a regular expression: {regex_problem}")
         _check(self.vector_format in (None, "gpkg", "geojson"),
                f"vector_format must be gpkg or geojson (or None for no vectors), got {self.vector_format!r}")
 
