@@ -107,8 +107,8 @@ def _input_path(meta: Mapping[str, Any]) -> str:
     return str(meta.get("extra", {}).get("source_signature", {}).get("path") or _group(meta))
 
 
-def split_group_of(meta: Mapping[str, Any], split_group: str | None) -> str | None:
-    """The group ``split_group`` puts an image in; None without a pattern or a match.
+def split_group_of(input_path: str, split_group: str | None) -> str | None:
+    """The group ``split_group`` puts an image of the input at ``input_path`` in; None without a pattern or a match.
 
     The pattern's first match in its input's path (its first capture group, if it has one: ``sub-([^/]+)``), so
     that a subject's sessions stay together. Without one the image is split with :func:`_group`'s (its scene or
@@ -117,7 +117,7 @@ def split_group_of(meta: Mapping[str, Any], split_group: str | None) -> str | No
     if split_group is None:
         return None
     pattern = re.compile(split_group)
-    match = pattern.search(_input_path(meta))
+    match = pattern.search(input_path)
     if match is None:
         return None
     return "\0" + (match.group(1) if pattern.groups else match.group(0))  # apart from any stem
@@ -290,20 +290,22 @@ def _stage_dataset(
     seed, val_fraction, split_group = config.writer.seed, config.writer.val_fraction, config.writer.split_group
     split_by = split_identity(seed, val_fraction, split_group)
     earlier = earlier_splits(out, split_by)  # by input path: the name may have passed to another file
-    matched = {m["stem"]: split_group_of(m, split_group) for m in metas}
+    path_of = {m["stem"]: _input_path(m) for m in metas}
+    matched = {stem: split_group_of(path, split_group) for stem, path in path_of.items()}
     group_of = {m["stem"]: matched[m["stem"]] or _group(m) for m in metas}
-    unmatched = sorted({_input_path(m) for m in metas if matched[m["stem"]] is None})
+    unmatched = sorted({path_of[stem] for stem, group in matched.items() if group is None})
     earlier_by_group: dict[str, str] = {}
-    for m in metas:
-        if _input_path(m) in earlier:
-            earlier_by_group.setdefault(group_of[m["stem"]], earlier[_input_path(m)])
+    for stem, path in path_of.items():
+        if path in earlier:
+            earlier_by_group.setdefault(group_of[stem], earlier[path])
     grouped = [(m["stem"], group_of[m["stem"]], m.get("extra", {}).get("split")) for m in metas]
     splits = assign_splits(grouped, seed, val_fraction, earlier_by_group)
     for note in (images_outside_split_folders(grouped, splits, val_fraction),
-                 split_shortfall(grouped, splits, val_fraction), unmatched_split_group(unmatched, len({_input_path(m) for m in metas}), split_group)):
+                 split_shortfall(grouped, splits, val_fraction),
+                 unmatched_split_group(unmatched, len(set(path_of.values())), split_group)):
         if note and warn:
             warn(note)
-    record_splits(out, {_input_path(m): splits[m["stem"]] for m in metas}, split_by)
+    record_splits(out, {path_of[m["stem"]]: splits[m["stem"]] for m in metas}, split_by)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")
