@@ -39,19 +39,21 @@ def labelled_volume_affine(out: Path, parts: list[Path]) -> tuple[npt.NDArray[np
     from alps_client.runs.plan import shard_dir
 
     nibabel = lazy_import("nibabel")
-    whole = whole_stem(parts[0].stem)
-    candidates = [out / "volumes" / f"{whole}.nii.gz"]
-    for part in parts[:1]:  # a volume's slices share its source
+
+    def affine_of(path: Path) -> tuple[npt.NDArray[np.float64], str] | None:
         try:
-            candidates.append(Path(read_shard_meta(shard_path(shard_dir(out), part.stem))["source"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            continue  # no shard, or a damaged one (a dataset copied without .alps/): the label volume alone may say
-    for candidate in candidates:
-        try:
-            return np.asarray(nibabel.load(str(candidate)).affine, np.float64), str(candidate)
-        except Exception:  # noqa: BLE001, S112 (nibabel raises many types; a file not there is no answer either)
-            continue
-    return None
+            return np.asarray(nibabel.load(str(path)).affine, np.float64), str(path)
+        except Exception:  # noqa: BLE001 (nibabel raises many types; a file not there is no answer either)
+            return None
+
+    found = affine_of(out / "volumes" / f"{whole_stem(parts[0].stem)}.nii.gz")
+    if found is not None:
+        return found
+    try:  # a volume's slices share its source: the first one's shard names it
+        source = Path(read_shard_meta(shard_path(shard_dir(out), parts[0].stem))["source"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None  # no shard, or a damaged one (a dataset copied without .alps/)
+    return affine_of(source)
 
 
 def axis_codes(affine: npt.NDArray[np.float64]) -> str:
