@@ -64,10 +64,8 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
         try:
             _lock_exclusive(fd)
         except BlockingIOError:
-            holder = _holder(fd)
             # Another --out is a way out for a run only: a report or a relabel works on this very dataset.
-            other = ", or use another --out" if what == "alps run" else ""
-            raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish{other}") from None
+            raise busy(out, _holder(fd), ", or use another --out" if what == "alps run" else "") from None
         except OSError as err:  # a file system without locks (some network mounts: ENOLCK): go on unguarded
             logger.warning("%s cannot be locked (%s): make sure no other alps process writes to %s meanwhile",
                            path, err.strerror or err, out)
@@ -78,6 +76,11 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def busy(out: str | Path, holder: str, way_out: str = "") -> OutputBusyError:
+    """The error of a command that finds ``out`` written by ``holder`` (its lock file's words)."""
+    return OutputBusyError(f"{out} is being written by {holder}; wait for it to finish{way_out}")
 
 
 def _lock_exclusive(fd: int) -> None:

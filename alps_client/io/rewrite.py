@@ -25,7 +25,7 @@ from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
 from alps_client.io.items import counted
-from alps_client.io.out_lock import out_lock, writer_of
+from alps_client.io.out_lock import busy, out_lock, writer_of
 from alps_client.io.shards import read_shard
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, image_labels, write_dataset
@@ -66,9 +66,8 @@ def relabel_dataset(out: str | Path, classes_file: str | Path,
         class_map, record = parse_classes(classes_file, data.centroids)
         missing = data.manifest.get("missing") or []
         if missing and warn is not None:
-            warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
-                 f"--allow-partial; first: {missing[0].get('path')}): the relabelled dataset lacks them too; the "
-                 "same `alps run` labels them, and keeps these classes")
+            warn(_lacks(out, missing, "the relabelled dataset lacks them too; the same `alps run` labels them, and "
+                                      "keeps these classes"))
         if vector_format not in (None, KEEP):
             check_vector_dependencies()
         return _rewrite(data, class_map, record, vector_format, write_report, warn)
@@ -121,13 +120,12 @@ def preview_relabel(out: str | Path, classes_file: str | Path,
     # Read without the write lock, so that a run may start meanwhile; one that did is found after the read.
     holder, before = writer_of(out), _dataset_version(out)
     if holder:
-        raise OutputBusyError(f"{out} is being written by {holder}; wait for it to finish")
+        raise busy(out, holder)
     data = load_dataset(out)
     class_map, _ = parse_classes(classes_file, data.centroids)
     missing = data.manifest.get("missing") or []
     if missing and warn is not None:
-        warn(f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
-             "--allow-partial): the figures leave them out, as the relabelled dataset would")
+        warn(_lacks(out, missing, "the figures leave them out, as the relabelled dataset would"))
     if (data.out / "evaluation.json").is_file() and warn is not None:
         warn("the relabel would remove evaluation.json (it scores the labels as they are now): run `alps "
              "evaluate` again after it")
@@ -145,6 +143,12 @@ def preview_relabel(out: str | Path, classes_file: str | Path,
         raise OutputBusyError(f"{out} was written{by} while this dry run read it: its figures could mix two datasets; "
                               "run it again once that write is over")
     return RelabelPreview(class_map, data.class_map, tuple(masks.tolist()), tuple(pixels.tolist()), total)
+
+
+def _lacks(out: str | Path, missing: list[dict[str, Any]], then: str) -> str:
+    """The line saying that the dataset in ``out`` lacks the good images of its manifest's ``missing``, and ``then``."""
+    return (f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
+            f"--allow-partial; first: {missing[0].get('path')}): {then}")
 
 
 def _dataset_version(out: str | Path) -> tuple[int, int, int] | None:
