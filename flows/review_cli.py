@@ -79,7 +79,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    """``alps relabel OUT --classes FILE --dry-run``: the classes the file gives, with their figures; nothing written."""
+    """``alps relabel OUT --classes FILE --dry-run``: the classes the file gives, with their figures."""
     from alps_client.errors import AlpsError
     from alps_client.io.items import counted
     from alps_client.io.rewrite import preview_relabel
@@ -111,8 +111,8 @@ def relabel_table(preview: RelabelPreview) -> list[str]:
     rows = [("id", "class", "clusters", "masks", "pixels", "share", "now")]
     for c in ids:
         clusters = new.clusters_of(c)
-        was = list(dict.fromkeys("(dropped)" if now.cluster_to_class[k] == IGNORE else now.names[now.cluster_to_class[k]]
-                                 for k in clusters))
+        was = list(dict.fromkeys(now.names[c] if c != IGNORE else "(dropped)"
+                                 for c in (now.cluster_to_class[k] for k in clusters)))
         pixels = preview.pixels_of(new, c)
         share = "" if c == IGNORE else f"{100 * pixels / labelled:.1f}%" if labelled else "-"
         rows.append((str(c), "(dropped: no label)" if c == IGNORE else new.names[c], ", ".join(map(str, clusters)),

@@ -4,8 +4,8 @@
 MultiPolygon: a mask may have several parts) with its class id and name, cluster id, the decoder's score, its
 stability, its area in pixels and in square metres on the ground (:func:`square_metres`, on the ellipsoid; null
 where the coordinates have no known place on the Earth), the image (stem), the source file and the split; masks
-of dropped clusters are left out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the mask (pixel-exact outlines,
-interior rings for holes) and are written by pyogrio (GDAL).
+of dropped clusters are left out, as in the COCO files. Geometries come from ``rasterio.features.shapes`` on the
+mask (pixel-exact outlines, interior rings for holes) and are written by pyogrio (GDAL).
 
 Coordinates: a georeferenced input (GeoTIFF with a CRS) is in its CRS through its (window) transform, so the
 tiles of a stitched scene land in the scene's CRS; one placed by ground control points alone (Sentinel-1 GRD) is
