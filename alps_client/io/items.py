@@ -134,7 +134,7 @@ def source_signature(source: str, relative: str = "") -> dict[str, Any]:
     """
     stat = os.stat(source)
     signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "sample": _sampled_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns),
+                 "sample": _file_digest(source, stat),
                  "sidecars": {os.path.basename(path): _file_digest(path) for path in gdal_sidecars(source)}}
     return {**signature, "path": relative} if relative else signature
 
@@ -156,8 +156,9 @@ def gdal_sidecars(source: str) -> list[str]:
     return [name for name in dict.fromkeys(names) if os.path.isfile(name)]
 
 
-def _file_digest(path: str) -> str:
-    stat = os.stat(path)
+def _file_digest(path: str, stat: os.stat_result | None = None) -> str:
+    """The sampled digest of the file at ``path`` (cached per file version); ``stat``: its stat, if taken already."""
+    stat = stat or os.stat(path)
     return _sampled_digest(path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
