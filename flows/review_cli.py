@@ -60,9 +60,9 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     from alps_client.io.items import counted
     from alps_client.io.rewrite import KEEP, relabel_dataset
 
-    if args.dry_run:
-        return _dry_run(args)
     vector = None if args.no_vector else (args.vector_format or KEEP)
+    if args.dry_run:
+        return _dry_run(args, vector)
     try:
         summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report,
                                              lambda line: print(f"alps: {line}", file=sys.stderr))
@@ -78,14 +78,18 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(args: argparse.Namespace) -> int:
-    """``alps relabel OUT --classes FILE --dry-run``: the classes the file gives, with their figures."""
+def _dry_run(args: argparse.Namespace, vector: str | None) -> int:
+    """``alps relabel OUT --classes FILE --dry-run``: the classes the file gives, with their figures.
+
+    Then the vectors and page the relabel with the same flags would write, and the outputs it would remove.
+    """
     from alps_client.errors import AlpsError
     from alps_client.io.items import counted
     from alps_client.io.rewrite import preview_relabel
 
     try:
-        preview = preview_relabel(args.out, args.classes, lambda line: print(f"alps: {line}", file=sys.stderr))
+        preview = preview_relabel(args.out, args.classes, lambda line: print(f"alps: {line}", file=sys.stderr),
+                                  vector, args.write_report)
     except AlpsError as err:
         return _fail(str(err))
     print(f"Dry run (nothing written): with {args.classes}, {args.out} would have "
@@ -94,6 +98,8 @@ def _dry_run(args: argparse.Namespace) -> int:
         print(line)
     print(f"labelled pixels: {100 * preview.labelled_fraction(preview.class_map):.1f}% of all "
           f"(now {100 * preview.labelled_fraction(preview.current):.1f}%)")
+    print(f"vectors: {preview.vector_format or 'none'} (now {preview.vector_format_now or 'none'}); review page: "
+          f"{'written' if preview.report else 'none'} (now {'one' if preview.report_now else 'none'})")
     return 0
 
 
@@ -146,7 +152,8 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
                    help="do not write OUT/report/ (default: keep the page if the dataset has one)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the classes file and print the classes it gives, with their clusters, masks and "
-                        "pixels, beside the classes now; write nothing")
+                        "pixels, beside the classes now, and the vectors and page the relabel with these flags "
+                        "would write; write nothing")
     p.set_defaults(func=cmd_relabel)
 
 

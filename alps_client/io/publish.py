@@ -85,10 +85,17 @@ def not_written_again(out: str | Path, staging: str | Path) -> str | None:
             if (out / name).exists() and not ((staging / name).exists() or (staging / name).is_symlink())]
     if not gone:
         return None
-    named = ", ".join(f"{name}{'/' if (out / name).is_dir() else ''}"
-                      f"{f' ({_WHY_NOT_WRITTEN[name]})' if name in _WHY_NOT_WRITTEN else ''}" for name in gone)
-    return f"{named} of the earlier dataset {'is' if len(gone) == 1 else 'are'} not in the new one (a rewrite " \
-           "replaces the dataset whole)"
+    return f"{outputs_named(out, gone)} of the earlier dataset {'is' if len(gone) == 1 else 'are'} not in the " \
+           "new one (a rewrite replaces the dataset whole)"
+
+
+def outputs_named(out: str | Path, names: list[str]) -> str:
+    """Outputs of the dataset in ``out`` by name, folders with a trailing ``/``, each with why a rewrite lacks it.
+
+    Example: ``"evaluation.json (it scored the earlier labels: run `alps evaluate` again), report/ (...)"``.
+    """
+    return ", ".join(f"{name}{'/' if (Path(out) / name).is_dir() else ''}"
+                     f"{f' ({_WHY_NOT_WRITTEN[name]})' if name in _WHY_NOT_WRITTEN else ''}" for name in names)
 
 
 def staging_dir(out: str | Path) -> Path:

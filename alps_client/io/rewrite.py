@@ -20,12 +20,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from alps_client.config import WriterConfig
 from alps_client.errors import OutputBusyError
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
 from alps_client.io.items import counted
 from alps_client.io.out_lock import busy, out_lock, writer_of
+from alps_client.io.publish import outputs_named
 from alps_client.io.shards import read_shard
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, image_labels, write_dataset
@@ -83,6 +85,9 @@ class RelabelPreview:
         masks_per_cluster: ``(N,)`` kept masks of each cluster (a dropped one's too).
         pixels_per_cluster: ``(N,)`` pixels each cluster holds in the label maps (the mask on top decides).
         pixels: pixels of every label map, labelled or not.
+        vector_format: the vectors the relabel would write (``gpkg``, ``geojson``; None: none);
+            ``vector_format_now``: those the dataset has.
+        report: whether the relabel would write the review page; ``report_now``: whether the dataset has one.
     """
 
     class_map: ClassMap
@@ -90,6 +95,10 @@ class RelabelPreview:
     masks_per_cluster: tuple[int, ...]
     pixels_per_cluster: tuple[int, ...]
     pixels: int
+    vector_format: str | None = None
+    vector_format_now: str | None = None
+    report: bool = False
+    report_now: bool = False
 
     def masks_of(self, class_map: ClassMap, class_id: int) -> int:
         """Masks of a class (255: of the dropped clusters) of ``class_map``."""
@@ -105,12 +114,15 @@ class RelabelPreview:
         return kept / self.pixels if self.pixels else 0.0
 
 
-def preview_relabel(out: str | Path, classes_file: str | Path,
-                    warn: Callable[[str], None] | None = None) -> RelabelPreview:
+def preview_relabel(out: str | Path, classes_file: str | Path, warn: Callable[[str], None] | None = None,
+                    vector_format: Literal["gpkg", "geojson", "keep"] | None = KEEP,
+                    write_report: bool | None = None) -> RelabelPreview:
     """Check a classes file against the dataset in ``out`` and count what :func:`relabel_dataset` would make of it.
 
     Nothing is written. The figures are the relabel's own: every shard's masks are assigned and painted as the
     writer paints them, so a class's pixels here are its ``n_pixels`` in ``classes.json`` after the relabel.
+    ``vector_format`` and ``write_report`` are the relabel's: ``warn`` gets the line naming the outputs it would
+    not write again, as the relabel's own.
 
     Raises:
         AlpsError: As :func:`relabel_dataset` does (no dataset, shards missing); OutputBusyError if another process
@@ -126,9 +138,13 @@ def preview_relabel(out: str | Path, classes_file: str | Path,
     missing = data.manifest.get("missing") or []
     if missing and warn is not None:
         warn(_lacks(out, missing, "the figures leave them out, as the relabelled dataset would"))
-    if (data.out / "evaluation.json").is_file() and warn is not None:
-        warn("the relabel would remove evaluation.json (it scores the labels as they are now): run `alps "
-             "evaluate` again after it")
+    if vector_format not in (None, KEEP):
+        check_vector_dependencies()
+    writer = _rewritten_writer(data, vector_format, write_report)
+    gone = [name for name, kept in (("vectors", writer.vector_format), ("report", writer.write_report),
+                                    ("evaluation.json", False)) if not kept and (data.out / name).exists()]
+    if gone and warn is not None:
+        warn(f"the relabel would remove {outputs_named(data.out, gone)}")
     n = len(data.centroids)
     masks, pixels, total = np.zeros(n, np.int64), np.zeros(n, np.int64), 0
     identity = ClassMap.identity(n)
@@ -142,7 +158,9 @@ def preview_relabel(out: str | Path, classes_file: str | Path,
         by = f" by {holder}" if holder else ""
         raise OutputBusyError(f"{out} was written{by} while this dry run read it: its figures could mix two datasets; "
                               "run it again once that write is over")
-    return RelabelPreview(class_map, data.class_map, tuple(masks.tolist()), tuple(pixels.tolist()), total)
+    return RelabelPreview(class_map, data.class_map, tuple(masks.tolist()), tuple(pixels.tolist()), total,
+                          writer.vector_format, data.config.writer.vector_format if (data.out / "vectors").is_dir()
+                          else None, writer.write_report, (data.out / "report" / "index.html").is_file())
 
 
 def _lacks(out: str | Path, missing: list[dict[str, Any]], then: str) -> str:
@@ -163,7 +181,21 @@ def _dataset_version(out: str | Path) -> tuple[int, int, int] | None:
 def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
              vector_format: Literal["gpkg", "geojson", "keep"] | None, write_report: bool | None,
              warn: Callable[[str], None] | None = None) -> tuple[DatasetSummary, ClassMap]:
-    writer = data.config.writer
+    config = dataclasses.replace(data.config, writer=_rewritten_writer(data, vector_format, write_report))
+    extra = {k: v for k, v in data.manifest.items() if k not in MANIFEST_KEYS}
+    extra["relabel"] = record
+    summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
+                            config, data.model, data.errors, data.image_sources, class_map, extra, warn)
+    return summary, class_map
+
+
+def _rewritten_writer(data: WrittenDataset, vector_format: Literal["gpkg", "geojson", "keep"] | None,
+                      write_report: bool | None) -> WriterConfig:
+    """The writer settings of a relabel: the dataset's own, with ``vector_format`` unless ``keep``.
+
+    The page is written when ``write_report`` says so or, None, when the dataset has one (``alps report`` may have
+    added it).
+    """
     changes: dict[str, object] = {}
     if vector_format != KEEP:
         changes["vector_format"] = vector_format
@@ -171,12 +203,7 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
         write_report = True
     if write_report is not None:
         changes["write_report"] = write_report
-    config = dataclasses.replace(data.config, writer=dataclasses.replace(writer, **changes))
-    extra = {k: v for k, v in data.manifest.items() if k not in MANIFEST_KEYS}
-    extra["relabel"] = record
-    summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
-                            config, data.model, data.errors, data.image_sources, class_map, extra, warn)
-    return summary, class_map
+    return dataclasses.replace(data.config.writer, **changes)
 
 
 def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: Callable[[str], None],

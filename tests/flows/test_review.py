@@ -402,9 +402,10 @@ def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, t
     dry = capsys.readouterr()
     assert tree_hashes(out) == before and not (out / ".alps" / "staging").exists()
     assert lock_file(out) == lock_before  # not even the lock file: it names the last writer, and a dry run writes not
-    assert "the relabel would remove evaluation.json" in dry.err
+    evaluation = "evaluation.json (it scored the earlier labels: run `alps evaluate` again)"
+    assert f"alps: the relabel would remove {evaluation}\n" in dry.err
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
-    capsys.readouterr()
+    assert f"alps: {evaluation} of the earlier dataset is not in the new one" in capsys.readouterr().err
     classes = json.loads((out / "classes.json").read_text())["classes"]
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     lines = dry.out.splitlines()
@@ -420,6 +421,7 @@ def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, t
     assert int(dropped[5]) == counts["n_masks_in_dropped_clusters"] and dropped[7] == "cluster_2"
     assert lines[5] == (f"labelled pixels: {100 * counts['labelled_pixel_fraction']:.1f}% of all (now "
                         f"{100 * now:.1f}%)")
+    assert lines[6] == "vectors: gpkg (now gpkg); review page: written (now one)"
     # Applied: the "now" column names the file's classes; the dropped cluster is "(dropped)".
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0
     again = capsys.readouterr().out.splitlines()
@@ -428,6 +430,31 @@ def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, t
     (tmp_path / "bad.yaml").write_text("classes:\n  - {name: a, clusters: [0, 9]}\n")
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
     assert "class 'a' (line 2) clusters: cluster 9 does not exist" in capsys.readouterr().err
+
+
+def test_a_dry_run_says_what_the_relabel_with_its_flags_would_write_and_remove(labelled, tmp_path, capsys):
+    """--vector, --no-vector and --no-report were ignored by a dry run: it now says which vectors and page the
+    relabel with the same flags writes, and names the outputs it would remove as the relabel itself then does."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    relabel = ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]
+    before = tree_hashes(out)
+    capsys.readouterr()
+    assert alps([*relabel, "--vector", "geojson", "--dry-run"]) == 0
+    dry = capsys.readouterr()
+    assert dry.out.splitlines()[-1] == "vectors: geojson (now gpkg); review page: written (now one)"
+    assert "would remove" not in dry.err
+    assert alps([*relabel, "--no-vector", "--no-report", "--dry-run"]) == 0
+    dry = capsys.readouterr()
+    assert dry.out.splitlines()[-1] == "vectors: none (now gpkg); review page: none (now one)"
+    gone = "vectors/ (not asked for this time: --vector), report/ (not asked for this time: --no-report)"
+    assert f"alps: the relabel would remove {gone}\n" in dry.err
+    assert tree_hashes(out) == before
+    assert alps([*relabel, "--no-vector", "--no-report"]) == 0
+    assert f"alps: {gone} of the earlier dataset are not in the new one" in capsys.readouterr().err
+    assert not (out / "vectors").exists() and not (out / "report").exists()
+    assert alps([*relabel, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "vectors: none (now none); review page: none (now none)"
 
 
 def lock_file(out: Path) -> tuple[bytes, int]:
