@@ -458,16 +458,18 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                      *(work / SET_ASIDE).glob("*/"), *(work / EARLIER).glob("*/")))
     if leftovers:
         logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, out)
-    # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL too):
-    # the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards it replaced.
-    atomic.write_json(work_dir(out) / "last_run.json", {
-        **_run_record(plan), "to_label": len(plan.items) - plan.n_done, "complete": False, "dataset_written": False,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     try:
         job = LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint)
         with open_labeller(job, concurrency, dask_address, dask_workers) as lab:
             if lab.runs_on:
                 logger.info("Model runs on %s", lab.runs_on)
+            # Until the run writes its own, the record says this run did not finish, whatever it ends by (SIGKILL
+            # too): the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards
+            # it replaced. Written once the backend is open: a run refused for it (a server unreachable) labelled
+            # nothing, and the previous record stands.
+            atomic.write_json(work_dir(out) / "last_run.json", {
+                **_run_record(plan), "to_label": len(plan.items) - plan.n_done, "complete": False,
+                "dataset_written": False, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             outcomes, stopped = _label_all(plan, job, lab, progress_bar)
     except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
         return Failed(message=describe(err), data=err)

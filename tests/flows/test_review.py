@@ -650,6 +650,29 @@ def test_relabel_and_report_refuse_an_out_edited_by_hand_and_a_ctrl_c_is_one_lin
                    "`alps relabel` again to finish"
 
 
+def test_a_run_refused_for_its_backend_leaves_the_dataset_relabelable(labelled, fake_repo, tmp_path, capsys):
+    """A rerun with a new image whose backend could not be opened (exit 2, nothing labelled: a Triton server or Dask
+    scheduler that cannot be reached, here Triton asked to serve the numpy fake) wrote the record of a run that set
+    out to label one image and wrote no dataset: `alps report` and `alps relabel` then refused the dataset it had
+    not touched. The record is written once the backend is open."""
+    import dataclasses
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    data = Path(shutil.copytree(labelled.data / "images", tmp_path / "images"))
+    shutil.copyfile(data / "scene_0001.png", data / "new.png")
+    cfg = rerun_config(labelled, fake_repo)
+    cfg = dataclasses.replace(cfg, backend=dataclasses.replace(cfg.backend, kind="triton"))
+    record = (out / ".alps" / "last_run.json").read_bytes()
+    state = alps_flow(str(data), str(out), cfg, progress_bar=False, return_state=True)
+    assert state.is_failed() and "only runs embedded" in state.message
+    assert not (out / ".alps" / "shards" / "new.npz").exists()  # nothing labelled
+    assert (out / ".alps" / "last_run.json").read_bytes() == record
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    capsys.readouterr()
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0, \
+        capsys.readouterr().err
+
+
 def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(labelled, fake_repo, tmp_path,
                                                                           monkeypatch, capsys):
     """A rerun that labelled a changed image and was killed before writing its dataset left that image's new shard
