@@ -141,9 +141,10 @@ def _check_last_run(out: Path, run: dict[str, Any], rerun: str) -> None:
     """
     if run.get("dataset_written", True):  # (no record: nothing says the shards moved on)
         return
-    relabelled = run.get("labelled") or run.get("to_label")  # the labelling's record, or the run's start's
-    if relabelled:
-        count = len(relabelled) if isinstance(relabelled, list) else relabelled
-        raise AlpsError(f"the last `alps run` on {out} set out to label {count} image(s) and wrote no dataset "
+    labelled = run.get("labelled")  # the labelling's record; at the run's start, how many it set out to label
+    if labelled or run.get("to_label"):
+        did = (f"labelled {len(labelled)} image(s)" if isinstance(labelled, list) and labelled else
+               f"set out to label {run.get('to_label')} image(s)")
+        raise AlpsError(f"the last `alps run` on {out} {did} and wrote no dataset "
                         f"(it was interrupted, or failed): their shards may no longer match the dataset's images "
                         f"and label maps; {rerun} to finish it (it skips what is done), then relabel or report")

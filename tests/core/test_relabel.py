@@ -317,3 +317,15 @@ def test_classes_carried_from_another_dataset_record_its_absolute_path(tmp_path,
     assert carried is not None
     class_map, carried_record = carried
     assert class_map.names == ("road", "cluster_1") and carried_record == {**record, "from": str(other)}
+
+
+def test_a_run_that_wrote_no_dataset_is_named_by_what_it_did(tmp_path):
+    """The refusal said "set out to label N" with N the images the run labelled before it failed (1 of 2)."""
+    from alps_client.io.dataset import _check_last_run
+
+    with pytest.raises(AlpsError, match=r"on .* labelled 1 image\(s\) and wrote no dataset"):
+        _check_last_run(tmp_path, {"dataset_written": False, "to_label": 2, "labelled": ["a"]}, "rerun")
+    with pytest.raises(AlpsError, match=r"set out to label 2 image\(s\) and wrote no dataset"):
+        _check_last_run(tmp_path, {"dataset_written": False, "to_label": 2}, "rerun")
+    _check_last_run(tmp_path, {"dataset_written": False, "to_label": 0, "labelled": []}, "rerun")  # shards as they were
+    _check_last_run(tmp_path, {"dataset_written": True, "to_label": 2, "labelled": ["a"]}, "rerun")
