@@ -8,7 +8,8 @@ Exit status (also in docs/flow.md):
 
 - 0: the dataset is written (rejected inputs are listed; with ``--allow-partial``, missing images too).
 - 2: nothing was done, with one line saying why: bad flags, no such path, no images, model repository missing,
-  Triton server or Dask scheduler or Prefect API unreachable, outputs of another configuration in ``--out``.
+  Triton server or Dask scheduler or Prefect API unreachable, outputs of another configuration in ``--out``; or,
+  after labelling, no mask left to cluster in any image (the finished images are kept; the line names the setting).
 - 3: the run started but could not label every good image (processing failures after the retries; after
   ``--stop-after-failures`` in a row, or at once when the output's disk is full, the run starts no other), or the
   disk filled up while the dataset was written: the finished images are kept, no dataset is written, and running
