@@ -34,6 +34,7 @@ from typing import Any
 
 from alps_client.errors import AlpsError
 from alps_client.io.items import one_line
+from alps_client.io.out_lock import busy
 
 logger = logging.getLogger("alps_client.prefect_api")
 
@@ -132,8 +133,9 @@ def stop_stale_server(record_path: Path) -> None:
         return
     owner = _alive_as_recorded(record.get("owner_pid", -1), record.get("owner_create_time", 0.0), "")
     if owner is not None and owner.pid != os.getpid():
-        raise PrefectApiError(f"another alps run (pid {owner.pid}) is writing to {record_path.parents[1]}; "
-                              "wait for it to finish or use another --out")
+        # the words of OUT's lock, which this run would meet next
+        out = record_path.parents[1]
+        raise PrefectApiError(str(busy(out, f"alps run (pid {owner.pid})", ", or use another --out")))
     server = _alive_as_recorded(record.get("pid", -1), record.get("create_time", 0.0), SERVER_APP)
     if server is not None:
         logger.warning("stopping the temporary Prefect API server left by an earlier run (pid %d)", server.pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -128,10 +129,12 @@ def test_two_runs_into_one_output_folder_are_refused(tmp_path, monkeypatch):
             "pid": me.pid, "create_time": me.create_time(),  # not a server: never stopped
             "owner_pid": other.pid, "owner_create_time": psutil.Process(other.pid).create_time()}))
         record = (work / "prefect-api.json").read_bytes()
-        with pytest.raises(PrefectApiError, match=f"another alps run \\(pid {other.pid}\\)"):
+        busy = re.escape(f"{tmp_path / 'out'} is being written by alps run (pid {other.pid}); wait for it to "
+                         "finish, or use another --out")  # as OUT's lock says it (docs/flow.md)
+        with pytest.raises(PrefectApiError, match=f"^{busy}$"):
             stop_stale_server(work / "prefect-api.json")
         monkeypatch.setattr(api_module, "configured_api_url", lambda: None)  # the run would start its own server
-        with pytest.raises(PrefectApiError, match=f"another alps run \\(pid {other.pid}\\)"), \
+        with pytest.raises(PrefectApiError, match=f"^{busy}$"), \
                 api_module.prefect_api(work):
             pass
         assert (work / "prefect-api.json").read_bytes() == record
