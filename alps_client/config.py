@@ -100,7 +100,7 @@ def _is_numpy_bool(value: Any) -> bool:
 
 def _kind_name(kind: Any) -> str:
     """How :func:`_as_annotated` names an annotation in a message: ``a tuple of integers``."""
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "None"}
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string", type(None): "None"}
     if kind in names:
         return names[kind]
     if typing.get_origin(kind) is tuple:

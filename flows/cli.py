@@ -269,15 +269,32 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         v["triton_urls"] = tuple(v["triton_urls"])
     seed = v.get("seed")
     cluster = {**v, "n_clusters": v.get("n_clusters"), "backend": v.get("cluster_backend"), "seed": seed}
-    return PipelineConfig(
-        backend=_sub(BackendConfig, v),
-        inputs=_sub(InputConfig, v),
-        amg=_sub(AmgConfig, v),
-        gate=_sub(GateConfig, v),
-        features=_sub(FeatureConfig, v),
-        cluster=_sub(ClusterConfig, cluster),
-        writer=_sub(WriterConfig, {**v, "seed": seed}),
-    )
+    try:
+        return PipelineConfig(
+            backend=_sub(BackendConfig, v),
+            inputs=_sub(InputConfig, v),
+            amg=_sub(AmgConfig, v),
+            gate=_sub(GateConfig, v),
+            features=_sub(FeatureConfig, v),
+            cluster=_sub(ClusterConfig, cluster),
+            writer=_sub(WriterConfig, {**v, "seed": seed}),
+        )
+    except ValueError as err:
+        raise ValueError(in_flag_words(str(err))) from None
+
+
+def in_flag_words(message: str) -> str:
+    """A configuration check's message in the words of `alps run`: ``seed must lie in ...`` names ``--seed``.
+
+    The checks name the configuration's fields, as the Python API and the Prefect UI's parameters do; a field that
+    a flag of `alps run` sets (its ``dest``) is named by that flag.
+    """
+    field, space, rest = message.partition(" ")
+    parser = make_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.dest: next((o for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")),
+                          a.option_strings[-1]) for a in commands.choices["run"]._actions if a.option_strings}
+    return f"{flags[field]}{space}{rest}" if field in flags and field != "help" else message
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:

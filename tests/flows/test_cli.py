@@ -50,11 +50,11 @@ def free_port() -> int:
         (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
-        (["{data}", "--retries", "-1"], "retries must be >= 0"),
-        (["{data}", "--points-per-side", "100000"], "points_per_side must lie in 1..1024"),  # retried, "resumable"
-        (["{data}", "--pred-iou-thresh", "2"], "pred_iou_thresh must lie in [0, 1], got 2.0"),  # labelled all, then 2
-        (["{data}", "--stability-score-thresh", "-0.5"], "stability_score_thresh must lie in [0, 1]"),
-        (["{data}", "--seed", "-1"], "seed must lie in 0..4294967295, got -1"),  # k-means refused it after labelling
+        (["{data}", "--retries", "-1"], "--retries must be >= 0"),
+        (["{data}", "--points-per-side", "100000"], "--points-per-side must lie in 1..1024"),  # retried, "resumable"
+        (["{data}", "--pred-iou-thresh", "2"], "--pred-iou-thresh must lie in [0, 1], got 2.0"),  # labelled all, then 2
+        (["{data}", "--stability-score-thresh", "-0.5"], "--stability-score-thresh must lie in [0, 1]"),
+        (["{data}", "--seed", "-1"], "--seed must lie in 0..4294967295, got -1"),  # k-means refused it after labelling
         (["{data}", "--use-m2m"], "--use-m2m: SAM 2.1 only (its generator's parameters); "),  # the flag given
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
@@ -66,7 +66,10 @@ def free_port() -> int:
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--intensity-window", "1000", "-1000"],
-         "intensity_window must be (low, high) with low < high, got (1000.0, -1000.0)"),
+         "--intensity-window must be (low, high) with low < high, got (1000.0, -1000.0)"),  # named by its flag
+        (["{data}", "--intensity-window", "5", "nan"],
+         "--intensity-window must be a tuple of 2 (a finite number, a finite number) or None, got [5.0, nan]"),
+        (["{data}", "--split-group", "("], "--split-group '(' is not a regular expression: missing )"),
         (["{data}", "--out", "{tmp}/r\udce9sultats"], r"--out {tmp}/r\xe9sultats is not UTF-8 text"),  # a traceback
     ],
 )
