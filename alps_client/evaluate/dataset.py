@@ -37,8 +37,8 @@ from alps_client.evaluate.scores import Confusion, EvalReport, ImageCounts, Matc
 from alps_client.gt_classes import parse_ground_truth_classes
 from alps_client.io.discovery import PART_STEM, whole_stem
 from alps_client.io.items import counted
-from alps_client.io.out_lock import out_lock
-from alps_client.io.publish import recover
+from alps_client.io.out_lock import writer_of, written_while_read
+from alps_client.io.publish import dataset_version, finish_killed_swap, swap_pending
 from alps_client.labels.classes import written_class_names
 from alps_client.labels.painting import IGNORE
 
@@ -65,7 +65,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
             truth of one paired with none (:func:`near_misses`), sizes differ,
             ``ignore_index`` does not say what 255 is where it may be a class (ground truth of 0 and 255 alone, or
             of ids wider than 8 bits), the ground truth mixes colour-coded label maps with maps of class ids, or
-            holds a value ``gt_classes`` does not declare.
+            holds a value ``gt_classes`` does not declare. OutputBusyError if a write is swapping its dataset into
+            ``out`` as the evaluation begins, or swapped one in while it read (its figures could mix two).
     """
     classes = parse_ground_truth_classes(gt_classes) if gt_classes is not None else None
     ignored_values(ignore_index)  # checked before any file is read
@@ -83,7 +84,9 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
                    if classes is not None and not classes.colours else None)
     out, gt_root = Path(out_dir), Path(gt_dir)
     _check_folders(out, gt_root)
-    _finish_interrupted_write(out)
+    # Half swapped, OUT holds the new label maps beside the old classes.json: they would be named wrongly.
+    finish_killed_swap(out, "alps evaluate")
+    before = dataset_version(out)
     preds: dict[str, Path | list[Path]] = {}
     for path in sorted((out / "ann_dir").glob("*/*.png")):
         name = nfc(path.stem).removesuffix(image_suffix)
@@ -227,6 +230,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.ground_truth_alpha_files, report.ground_truth_transparent_pixels = alpha_files, transparent_pixels
     report.ground_truth_nodata = [*sorted(v for v in nodata if not np.isnan(v)),
                                   *(["NaN"] if any(np.isnan(v) for v in nodata) else [])]
+    if swap_pending(out) or dataset_version(out) != before:  # a write swapped a dataset in (or began to)
+        raise written_while_read(out, writer_of(out), "evaluation")
     return report
 
 
@@ -293,20 +298,6 @@ def _check_folders(out: Path, gt_root: Path) -> None:
                         "label maps")
     if not gt_root.is_dir():
         raise AlpsError(f"ground-truth folder {gt_root} does not exist")
-
-
-def _finish_interrupted_write(out: Path) -> None:
-    """Finish the swap of a dataset write that a kill left half done, as relabel and report do first.
-
-    Half done, ``OUT`` holds the new label maps beside the old ``classes.json`` and manifest: the classes would
-    be named wrongly. Not while a run or relabel holds ``OUT`` (it writes the dataset in place: scored as it is),
-    nor on a read-only ``OUT``.
-    """
-    try:
-        with out_lock(out, "alps evaluate", create=False):
-            recover(out)
-    except (AlpsError, OSError):  # busy (OutputBusyError), or read-only
-        pass
 
 
 def _input_settings(out: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:

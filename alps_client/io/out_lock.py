@@ -83,6 +83,13 @@ def busy(out: str | Path, holder: str, way_out: str = "") -> OutputBusyError:
     return OutputBusyError(f"{out} is being written by {holder}; wait for it to finish{way_out}")
 
 
+def written_while_read(out: str | Path, holder: str | None, reader: str) -> OutputBusyError:
+    """The error of a ``reader`` (``dry run``, ``evaluation``) whose figures a write to ``out`` may have mixed."""
+    by = f" by {holder}" if holder else ""
+    return OutputBusyError(f"{out} was written{by} while this {reader} read it: its figures could mix two datasets; "
+                           "run it again once that write is over")
+
+
 def _lock_exclusive(fd: int) -> None:
     """``flock`` ``fd`` exclusively, waiting out a reader's instant check (:func:`writer_of`), not a writer."""
     import fcntl

@@ -153,6 +153,46 @@ def recover(out: str | Path) -> bool:
     return True
 
 
+def swap_pending(out: str | Path) -> bool:
+    """Whether a write's swap into ``out`` began and did not end (its journal is there): OUT holds some of each."""
+    return _journal(Path(out)).is_file()
+
+
+def finish_killed_swap(out: str | Path, who: str) -> None:
+    """Finish, under OUT's lock, what a write killed in its last step left (:func:`recover`), before ``who`` reads.
+
+    Nothing is locked or written when nothing is left to finish. A writer holding OUT while its swap is under way
+    is refused (``OutputBusyError``): OUT holds some of each dataset until it ends. A writer that has not come to
+    its swap (a run labelling images) leaves the dataset as it is, to be read; so does a read-only OUT.
+
+    Raises:
+        OutputBusyError: If another process holds OUT's lock and its swap is under way.
+    """
+    from alps_client.errors import AlpsError, OutputBusyError
+    from alps_client.io.out_lock import out_lock
+
+    out = Path(out)
+    if not (swap_pending(out) or (out / REPORT_OLD).is_dir() or (out / REPORT_STAGING).is_dir()):
+        return
+    try:
+        with out_lock(out, who, create=False):
+            recover(out)
+    except OutputBusyError:
+        if swap_pending(out):
+            raise
+    except (AlpsError, OSError):  # read-only: read as it is
+        pass
+
+
+def dataset_version(out: str | Path) -> tuple[int, int, int] | None:
+    """What changes when a write swaps a new dataset into ``out``: its manifest's inode, time and size."""
+    try:
+        stat = (Path(out) / "manifest.json").stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def _finish(out: Path, staging: Path) -> None:
     previous = out / ".alps" / "previous"
     previous.mkdir(parents=True, exist_ok=True)

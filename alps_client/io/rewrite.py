@@ -21,13 +21,12 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.config import WriterConfig
-from alps_client.errors import OutputBusyError
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.discovery import WORK_DIR
 from alps_client.io.items import counted
-from alps_client.io.out_lock import busy, out_lock, writer_of
-from alps_client.io.publish import outputs_named
+from alps_client.io.out_lock import busy, out_lock, writer_of, written_while_read
+from alps_client.io.publish import dataset_version, finish_killed_swap, outputs_named
 from alps_client.io.shards import read_shard
 from alps_client.io.vectors import check_vector_dependencies
 from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, image_labels, write_dataset
@@ -130,9 +129,11 @@ def preview_relabel(out: str | Path, classes_file: str | Path, warn: Callable[[s
             per problem of the file.
     """
     # Read without the write lock, so that a run may start meanwhile; one that did is found after the read.
-    holder, before = writer_of(out), _dataset_version(out)
+    holder = writer_of(out)
     if holder:
         raise busy(out, holder)
+    finish_killed_swap(out, "alps relabel --dry-run")  # as load_dataset would, but under the lock
+    before = dataset_version(out)
     data = load_dataset(out)
     class_map, _ = parse_classes(classes_file, data.centroids)
     missing = data.manifest.get("missing") or []
@@ -154,10 +155,8 @@ def preview_relabel(out: str | Path, classes_file: str | Path, warn: Callable[[s
         pixels += np.bincount(labels.cluster_label.ravel(), minlength=256)[:n]
         total += labels.cluster_label.size
     holder = writer_of(out)
-    if holder or _dataset_version(out) != before:
-        by = f" by {holder}" if holder else ""
-        raise OutputBusyError(f"{out} was written{by} while this dry run read it: its figures could mix two datasets; "
-                              "run it again once that write is over")
+    if holder or dataset_version(out) != before:
+        raise written_while_read(out, holder, "dry run")
     return RelabelPreview(class_map, data.class_map, tuple(masks.tolist()), tuple(pixels.tolist()), total,
                           writer.vector_format, data.config.writer.vector_format if (data.out / "vectors").is_dir()
                           else None, writer.write_report, (data.out / "report" / "index.html").is_file())
@@ -167,15 +166,6 @@ def _lacks(out: str | Path, missing: list[dict[str, Any]], then: str) -> str:
     """The line saying that the dataset in ``out`` lacks the good images of its manifest's ``missing``, and ``then``."""
     return (f"{out} lacks {counted(len(missing), 'good image')} that its run could not label (written with "
             f"--allow-partial; first: {missing[0].get('path')}): {then}")
-
-
-def _dataset_version(out: str | Path) -> tuple[int, int, int] | None:
-    """What changes when a write swaps a new dataset into ``out``: its manifest's inode, time and size."""
-    try:
-        stat = (Path(out) / "manifest.json").stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],

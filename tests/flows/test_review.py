@@ -293,6 +293,62 @@ def test_interrupted_relabel_leaves_the_dataset_intact_and_a_rerun_finishes_it(l
     assert tree_hashes(out) == tree_hashes(clean)
 
 
+def test_a_half_done_swap_is_finished_by_a_dry_run_and_a_live_one_refuses_evaluate(labelled, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A dry run on an OUT whose swap a kill left half done finished it unlocked, then said a write had mixed its
+    figures (its own). `alps evaluate` under a writer in the middle of its swap scored the new label maps with
+    the old classes.json, exit 0; it is refused now, and a swap completed while it read refuses its figures."""
+    import alps_client.evaluate.dataset as evaluate_module
+    import alps_client.io.publish as publish_module
+    from alps_client.io.rewrite import relabel_dataset
+
+    clean = Path(shutil.copytree(labelled.out, tmp_path / "clean" / "out"))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    assert alps(["relabel", str(clean), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    relabel = ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]
+    with monkeypatch.context() as m:
+        m.setattr(publish_module.os, "replace", killed_mid_swap(out, publish_module.os.replace))
+        assert alps(relabel) == 130
+    assert (out / ".alps" / "publish.json").is_file()  # half swapped
+    holding = tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(holding)], cwd=CWD)
+    try:  # the journal under a live writer: a swap under way
+        wait_until(holding.exists, "the other process holding the lock", proc=holder)
+        capsys.readouterr()
+        assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"alps: error: {out} is being written by alps run (pid {holder.pid}); wait for it to finish"]
+        assert not (out / "evaluation.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    capsys.readouterr()
+    assert alps([*relabel, "--dry-run"]) == 0  # finishes the killed swap, then reads
+    assert "was written" not in capsys.readouterr().err and not (out / ".alps" / "publish.json").exists()
+    assert tree_hashes(out) == tree_hashes(clean)
+    assert alps([*relabel, "--dry-run"]) == 0  # the same figures as on the finished dataset
+    dry = capsys.readouterr().out
+    assert alps(["relabel", str(clean), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.replace(str(clean), str(out)) == dry
+
+    scores = evaluate_module.scores
+
+    def swapped_while_read(*args, **kwargs):  # another relabel swaps its dataset in as the evaluation reads
+        relabel_dataset(out, tmp_path / "undo.yaml")
+        return scores(*args, **kwargs)
+
+    (tmp_path / "undo.yaml").write_text("classes: []\n")
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_module, "scores", swapped_while_read)
+        assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"alps: error: {out} was written while this evaluation read it: its figures could mix two datasets; run it "
+        "again once that write is over")
+    assert not (out / "evaluation.json").exists()
+    assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 0
+
+
 # `alps relabel` (argv[1:]) that receives SIGTERM while it writes its report, as `kill` or a scheduler would send it.
 _TERMINATED_MID_WRITE = """
 import os, signal, sys
