@@ -716,7 +716,9 @@ def test_transient_backend_failures_are_retried_to_an_identical_dataset(fake_rep
     assert labels(tmp_path / "out") == labels(reference)
 
 
-def test_a_processing_failure_is_a_missing_image_never_a_rejected_input(scenes, tmp_path):
+def test_a_processing_failure_is_a_missing_image_never_a_rejected_input(scenes, prefect_server, tmp_path):
+    """The run's rejected inputs are in its alps-errors artifact also when it ends without a dataset (they were in
+    its log and last_run.json only)."""
     repo = faulty_repo(tmp_path, unexpected_shapes=[[96, 128]])  # every scene: RuntimeError() without a message
     out = tmp_path / "out"
     with pytest.raises(IncompleteRunError, match=r"6 of 6 image\(s\) not labelled: RuntimeError \(6x\)") as err:
@@ -727,6 +729,9 @@ def test_a_processing_failure_is_a_missing_image_never_a_rejected_input(scenes, 
     assert len(last["missing"]) == 6 and not last["complete"]
     assert not (out / "manifest.json").exists() and not (out / "errors.jsonl").exists()  # no dataset written
     assert (out / ".alps" / "failures.log").read_text().count("Traceback") == 6  # the bug's details, kept
+    table = errors_artifact(prefect_server, out)
+    assert [row["reason"] for row in json.loads(table["data"])] == ["zero-byte file"]
+    assert table["description"] == "Rejected inputs (all in .alps/last_run.json)"
 
 
 def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_missing_not_mismatched(
@@ -999,7 +1004,6 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
     from flows import alps_flow as flow_module
     from flows import artifacts
     from flows.cli import _print_summary
-    from tests.runs import flow_run_of, prefect_api, wait_until
 
     monkeypatch.setattr(flow_module, "LOGGED_REJECTED", 3)
     monkeypatch.setattr(artifacts, "TABLE_ROWS", 4)
@@ -1023,16 +1027,23 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
     listed = printed[printed.index(next(ln for ln in printed if ln.startswith("12 input(s) rejected"))) + 1:]
     assert len(listed) == 11 and listed[-1] == f"  ... and 2 more (all by reason: 8 {not_an_image}, 4 zero-byte " \
         "file)", listed
-    with prefect_api(prefect_server) as api:
-        run = flow_run_of(api, tmp_path / "out")
+    table = errors_artifact(prefect_server, tmp_path / "out")
+    assert len(json.loads(table["data"])) == 4 and "the first 4 of 12" in table["description"]
 
-        def errors_artifact():
+
+def errors_artifact(prefect_server: str, out: Path) -> dict:
+    """The alps-errors artifact (REST form) of the flow run into ``out``, once the server has recorded it."""
+    from tests.runs import flow_run_of, prefect_api, wait_until
+
+    with prefect_api(prefect_server) as api:
+        run = flow_run_of(api, out)
+
+        def artifact():
             arts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]},
                                                                      "key": {"any_": ["alps-errors"]}}}).json()
             return arts[0] if arts else None
 
-        table = wait_until(errors_artifact, "the run's alps-errors artifact (recorded asynchronously)", timeout=120)
-    assert len(json.loads(table["data"])) == 4 and "the first 4 of 12" in table["description"]
+        return wait_until(artifact, "the run's alps-errors artifact (recorded asynchronously)", timeout=120)
 
 
 def test_the_python_recipe_of_docs_flow_md_writes_the_flows_dataset(fake_repo, scenes, tmp_path):
