@@ -142,8 +142,10 @@ def preview_relabel(out: str | Path, classes_file: str | Path, warn: Callable[[s
     if vector_format not in (None, KEEP):
         check_vector_dependencies()
     writer = _rewritten_writer(data, vector_format, write_report)
+    # the same classes give the same label maps, which the evaluation scored (the writer keeps it then)
     gone = [name for name, kept in (("vectors", writer.vector_format), ("report", writer.write_report),
-                                    ("evaluation.json", False)) if not kept and (data.out / name).exists()]
+                                    ("evaluation.json", class_map == data.class_map))
+            if not kept and (data.out / name).exists()]
     if gone and warn is not None:
         warn(f"the relabel would remove {outputs_named(data.out, gone)}")
     n = len(data.centroids)

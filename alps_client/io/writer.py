@@ -12,6 +12,7 @@ the rest.
 
 from __future__ import annotations
 
+import filecmp
 import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -249,11 +250,31 @@ def write_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputDiskFullError(f"{err} (the {atomic.size_text(staged)} of the new dataset written so far are "
                                   "removed; the previous dataset, if any, stays)") from err
+    if _scores_the_staged_labels(out, staging):  # a rewrite that changed no label: its evaluation still holds
+        shutil.copy2(out / "evaluation.json", staging / "evaluation.json")
     lost = not_written_again(out, staging)
     if lost and warn:
         warn(lost)
     publish(out, staging)
     return summary
+
+
+def _scores_the_staged_labels(out: Path, staging: Path) -> bool:
+    """Whether ``out``'s ``evaluation.json`` scores the staged dataset as well: its ``classes.json`` and every label
+    map in ``ann_dir`` are the same, byte for byte (a rerun or relabel that changed nothing)."""
+    if not (out / "evaluation.json").is_file() or (staging / "evaluation.json").exists():
+        return False
+    pairs = [(out / "classes.json", staging / "classes.json")]
+    old, new = (sorted(p.relative_to(root / "ann_dir") for p in (root / "ann_dir").rglob("*.png") if p.is_file())
+                for root in (out, staging))
+    if old != new:
+        return False
+    pairs += [(out / "ann_dir" / name, staging / "ann_dir" / name) for name in new]
+    try:
+        return all(a.stat().st_size == b.stat().st_size for a, b in pairs) and \
+            all(filecmp.cmp(a, b, shallow=False) for a, b in pairs)
+    except OSError:
+        return False
 
 
 def _stage_dataset(

@@ -402,6 +402,9 @@ def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_s
     assert len(by_split) == 2 and (out / "notes.txt").is_file()
     (out / "evaluation.json").write_text("{}")  # `alps evaluate`'s scores of these labels
     said = []
+    last = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(seed=5, val_fraction=0.5))
+    write_dataset(out, shards, centroids, last, {}, [], sources, warn=said.append)  # the same labels again
+    assert (out / "evaluation.json").read_text() == "{}" and not said  # it still scores them: kept (was removed)
     merged = ClassMap(("thing",), (0, 0))
     write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=merged, warn=said.append)
     assert not (out / "evaluation.json").exists()  # stale: it scored the earlier labels

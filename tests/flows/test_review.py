@@ -483,6 +483,15 @@ def test_a_dry_run_shows_the_relabels_own_figures_and_writes_nothing(labelled, t
     again = capsys.readouterr().out.splitlines()
     assert again[2].split()[1:] == ["merged", "0,", "1", *lines[2].split()[4:7], "merged"]  # one class now
     assert again[4].split()[-1] == "(dropped)"
+    # The same file again: the same label maps, which a new evaluation scored; the relabel keeps it, as said.
+    assert alps(["evaluate", str(out), str(labelled.data / "gt")]) == 0
+    evaluated = (out / "evaluation.json").read_bytes()
+    capsys.readouterr()
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"), "--dry-run"]) == 0
+    assert "would remove" not in capsys.readouterr().err
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0
+    assert "not in the new one" not in capsys.readouterr().err
+    assert (out / "evaluation.json").read_bytes() == evaluated
     (tmp_path / "bad.yaml").write_text("classes:\n  - {name: a, clusters: [0, 9]}\n")
     assert alps(["relabel", str(out), "--classes", str(tmp_path / "bad.yaml"), "--dry-run"]) == 2
     assert "class 'a' (line 2) clusters: cluster 9 does not exist" in capsys.readouterr().err
