@@ -260,8 +260,11 @@ def write_dataset(
 
 
 def _scores_the_staged_labels(out: Path, staging: Path) -> bool:
-    """Whether ``out``'s ``evaluation.json`` scores the staged dataset as well: its ``classes.json`` and every label
-    map in ``ann_dir`` are the same, byte for byte (a rerun or relabel that changed nothing)."""
+    """Whether ``out``'s ``evaluation.json`` scores the staged dataset as well.
+
+    So it does when the staged ``classes.json`` and every label map in ``ann_dir`` are the same, byte for byte (a
+    rerun or relabel that changed nothing).
+    """
     if not (out / "evaluation.json").is_file() or (staging / "evaluation.json").exists():
         return False
     pairs = [(out / "classes.json", staging / "classes.json")]
