@@ -64,13 +64,14 @@ def assign_splits(images: Iterable[tuple[str, str, str | None]], seed: int, val_
 
 
 def split_shortfall(images: Iterable[tuple[str, str, str | None]], splits: Mapping[str, str],
-                    val_fraction: float) -> str | None:
+                    val_fraction: float, split_group: str | None = None) -> str | None:
     """A line for the user when whole groups leave val empty or far from ``val_fraction``, else None.
 
     Args:
         images: ``(stem, group, given_split)`` per image, as for :func:`assign_splits`.
         splits: what :func:`assign_splits` returned for them.
         val_fraction: the share asked for.
+        split_group: ``--split-group``'s pattern, which made the groups of the paths it matched.
 
     Only images without a split folder count: a layout the user gave is theirs. Far: off by at least one image and
     by half of what was asked (12 tiles of one scene, 20 %: none in val; two scenes of 6 tiles: none either).
@@ -83,9 +84,11 @@ def split_shortfall(images: Iterable[tuple[str, str, str | None]], splits: Mappi
     if not (n_val == 0 and len(free) > 1) and abs(n_val - target) < max(1.0, target / 2):
         return None
     groups = len({group for _, group in free})
+    together = (f"the inputs of each --split-group {split_group!r} match" if split_group else
+                "the tiles of a scene and the slices of a volume")
     return (f"val holds {n_val} of the {len(free)} images ({n_val / len(free):.0%}; --val-fraction {val_fraction:g}): "
-            f"the split keeps the tiles of a scene and the slices of a volume together ({groups} group(s) here), so "
-            "it cannot come nearer; to choose, put the inputs in train/ and val/ folders"
+            f"the split keeps {together} together ({groups} group(s) here), so it cannot come nearer; to choose, put "
+            "the inputs in train/ and val/ folders"
             + ("; without val images mmseg_dataset.py validates on test, else on the images trained on (scores not "
                "held out)" if n_val == 0 else ""))
 

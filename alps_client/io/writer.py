@@ -325,7 +325,7 @@ def _stage_dataset(
     grouped = [(m["stem"], group_of[m["stem"]], m.get("extra", {}).get("split")) for m in metas]
     splits = assign_splits(grouped, seed, val_fraction, earlier_by_group)
     for note in (images_outside_split_folders(grouped, splits, val_fraction),
-                 split_shortfall(grouped, splits, val_fraction),
+                 split_shortfall(grouped, splits, val_fraction, split_group),
                  unmatched_split_group(unmatched, len(set(path_of.values())), split_group)):
         if note and warn:
             warn(note)

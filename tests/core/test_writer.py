@@ -104,6 +104,10 @@ def test_a_split_that_whole_scenes_leave_far_from_the_fraction_is_said():
     assert said([(f"i{i}", f"i{i}", None) for i in range(12)]) is None  # 2 of 12: as near as whole images allow
     assert said([("only", "only", None)]) is None  # one image: nothing to split
     assert said(one_scene, 0.0) is None  # no val asked for
+    subject = [(f"sub-01__s{x}", "sub-01", None) for x in range(12)]  # grouped by --split-group, not by scene
+    assert split_shortfall(subject, assign_splits(subject, 0, 0.2), 0.2, "sub-[^/]+").startswith(
+        "val holds 0 of the 12 images (0%; --val-fraction 0.2): the split keeps the inputs of each --split-group "
+        "'sub-[^/]+' match together (1 group(s) here), so it cannot come nearer")
     assert said([(f"t{i}", f"t{i}", "train") for i in range(5)]) is None  # the user's own folders
     # Images beside train/ and val/ folders went to a split unsaid (a layout that looked like the whole choice).
     mixed = [("t", "t", "train"), ("v", "v", "val"), ("loose", "loose", None)]
