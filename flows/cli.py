@@ -406,6 +406,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alps_client.runs.plan import check_request, work_dir
     from alps_client.runs.retry import describe
 
+    out_existed = os.path.lexists(args.out)
     try:
         check_utf8_arguments(args)
         # As the Prefect UI shows them (the run's parameters, its log) and manifest.json and last_run.json record
@@ -425,6 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise AlpsError(f"--n-clusters {args.n_clusters}, but --centroids {config.cluster.centroids} holds "
                                 f"{count} centroids, one per class: leave --n-clusters out")
     except (ValueError, AlpsError) as err:
+        _leave_no_folder(args.out, out_existed)
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
     _show_library_warnings()
     import httpx
@@ -443,6 +445,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               progress_bar=args.progress_bar, dask_address=args.dask_address,
                               dask_workers=args.dask_workers, allow_partial=args.allow_partial, return_state=True)
     except PrefectApiError as err:
+        _leave_no_folder(args.out, out_existed, keep_api_log=True)  # the line may point to the API server's log
         return _fail(str(err))
     except httpx.HTTPError as err:
         # The Prefect API went away mid-run (a user's own server stopped): Prefect retried, then could not even
@@ -456,7 +459,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, Terminated) as stop:
         code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
         _exit_now(_fail_resumable(STOP_WORDS[code], args, code))
-    return _outcome(state, args)
+    code = _outcome(state, args)
+    if code == EXIT_USAGE:  # refused before any image (a server unreachable), or no mask to cluster (shards kept)
+        _leave_no_folder(args.out, out_existed)
+    return code
+
+
+def _leave_no_folder(out: str, existed: bool, keep_api_log: bool = False) -> None:
+    """A run refused (exit 2: nothing new) into an ``--out`` it made leaves no folder behind.
+
+    Only a folder that holds nothing but the run's own records goes: its lock, names, and the log of its API
+    server unless ``keep_api_log`` (the refusal names it).
+    """
+    import shutil
+
+    if existed:
+        return
+    records = {"lock", "names.json", "last_run.json", "prefect-api.json"} | (set() if keep_api_log else
+                                                                              {"prefect-api.log"})
+    root = Path(out)
+    try:
+        left = [p.relative_to(root) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()]
+    except OSError:
+        return
+    if all(len(path.parts) == 2 and path.parts[0] == ".alps" and path.name in records for path in left):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

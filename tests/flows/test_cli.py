@@ -95,7 +95,7 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     message = message.format(tmp=tmp_path)
     assert len(error_lines(printed.err)) == 1 and message in error_lines(printed.err)[0], printed.err
     assert "Traceback" not in printed.err + printed.out
-    assert not (tmp_path / "o" / ".alps" / "shards").exists()
+    assert not (tmp_path / "o").exists()  # nothing new: not even the folder (an empty OUT/.alps was left)
 
 
 def test_vectors_without_their_packages_are_refused_before_labelling(fault_data, fake_repo, tmp_path, monkeypatch,
@@ -448,3 +448,28 @@ def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(f
     assert "STAND-IN" not in result.stdout
     page = (out / "report" / "index.html").read_text()
     assert "RANDOM weights, not a trained SAM" in page and "these classes mean nothing" in page
+
+
+def test_a_run_refused_after_its_start_leaves_no_new_out_folder(fault_data, fake_repo, prefect_server, tmp_path):
+    """A run into a new --out refused once started (a backend it cannot open: a Triton server unreachable, here
+    Triton asked to serve the numpy fake) left OUT/.alps with its lock and names: exit 2 said nothing new. A
+    folder that existed, or holds more than the run's records, stays."""
+    from flows.cli import _leave_no_folder
+
+    out = tmp_path / "new_out"
+    result = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, "--backend", "triton"],
+                      cli_env(tmp_path / "ph", prefect_server))
+    assert result.returncode == 2 and "only runs embedded" in result.stderr, result.stderr[-2000:]
+    assert not out.exists()
+    (out / ".alps").mkdir(parents=True)
+    (out / ".alps" / "prefect-api.log").write_text("the run's own API server, which could not start")
+    _leave_no_folder(str(out), existed=False, keep_api_log=True)  # its line names the log
+    assert (out / ".alps" / "prefect-api.log").is_file()
+    (out / "mine.txt").write_text("a file the run did not write")
+    _leave_no_folder(str(out), existed=False)
+    assert (out / "mine.txt").is_file()
+    (out / "mine.txt").unlink()
+    _leave_no_folder(str(out), existed=True)
+    assert out.is_dir()
+    _leave_no_folder(str(out), existed=False)
+    assert not out.exists()
