@@ -473,17 +473,24 @@ def _leave_no_folder(out: str, existed: bool, keep_api_log: bool = False) -> Non
     """
     import shutil
 
+    from alps_client.errors import AlpsError
+    from alps_client.io.out_lock import out_lock
+
     if existed:
         return
     records = {"lock", "names.json", "last_run.json", "prefect-api.json"} | (set() if keep_api_log else
                                                                               {"prefect-api.log"})
     root = Path(out)
     try:
-        left = [p.relative_to(root) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()]
-    except OSError:
-        return
-    if all(len(path.parts) == 2 and path.parts[0] == ".alps" and path.name in records for path in left):
-        shutil.rmtree(root, ignore_errors=True)
+        if not (root / ".alps").is_dir():
+            root.rmdir()  # empty, or it stays
+            return
+        with out_lock(root, "alps run", create=False):  # a run that started into it meanwhile holds it: it stays
+            left = [p.relative_to(root) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()]
+            if all(len(path.parts) == 2 and path.parts[0] == ".alps" and path.name in records for path in left):
+                shutil.rmtree(root)
+    except (AlpsError, OSError):  # busy, gone, or not ours to remove
+        pass
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -302,3 +302,14 @@ def run_log(logger: str = "prefect.flow_runs") -> Iterator[list[str]]:
         yield logged
     finally:
         logging.getLogger(logger).removeHandler(handler)
+
+
+# `python -c HOLD_LOCK OUT FLAG`: holds OUT's write lock as `alps run` would, FLAG touched once it does.
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from alps_client.io.out_lock import out_lock
+with out_lock(sys.argv[1], "alps run"):
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+"""

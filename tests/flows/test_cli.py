@@ -21,6 +21,7 @@ from tests.mmseg_checks import mmseg_listing
 from tests.runs import (
     ALPS,
     CWD,
+    HOLD_LOCK,
     SMALL,
     cli_env,
     error_lines,
@@ -471,5 +472,14 @@ def test_a_run_refused_after_its_start_leaves_no_new_out_folder(fault_data, fake
     (out / "mine.txt").unlink()
     _leave_no_folder(str(out), existed=True)
     assert out.is_dir()
+    holding = tmp_path / "holding"  # another run that started into the folder meanwhile: not yet any shard
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(holding)], cwd=CWD)
+    try:
+        wait_until(holding.exists, "the other run holding the lock", proc=holder)
+        _leave_no_folder(str(out), existed=False)
+        assert (out / ".alps" / "lock").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
     _leave_no_folder(str(out), existed=False)
     assert not out.exists()

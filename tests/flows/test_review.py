@@ -32,7 +32,7 @@ from flows.cli import main as alps
 from tests.flows.conftest import ALPS, CWD, cli_env
 from tests.mmseg_checks import mmseg_listing
 from tests.review.chromium import ensure_chromium, visit
-from tests.runs import run_log, wait_until
+from tests.runs import HOLD_LOCK, run_log, wait_until
 
 PROBE = """({
   sections: [...document.querySelectorAll("section[data-class-id]")].map(s => ({
@@ -861,16 +861,6 @@ def test_report_and_relabel_of_a_read_only_out_say_so_in_one_line(labelled, tmp_
         assert alps(command) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"alps: error: {out} cannot be written (Read-only file system): alps "), line
-
-
-HOLD_LOCK = """
-import sys, time
-from pathlib import Path
-from alps_client.io.out_lock import out_lock
-with out_lock(sys.argv[1], "alps run"):
-    Path(sys.argv[2]).touch()
-    time.sleep(600)
-"""
 
 
 def test_one_writer_per_out_and_a_killed_holder_leaves_no_lock(labelled, fake_repo, tmp_path, capsys):
