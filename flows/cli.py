@@ -406,12 +406,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alps_client.runs.plan import check_request, work_dir
     from alps_client.runs.retry import describe
 
-    out_existed = os.path.lexists(args.out)
+    made: list[Path] = []
     try:
         check_utf8_arguments(args)
         # As the Prefect UI shows them (the run's parameters, its log) and manifest.json and last_run.json record
         # them: a relative path names no folder there.
         args.dataset, args.out = (os.path.abspath(path) for path in (args.dataset, args.out))
+        made = _folders_to_make(args.out)  # as the run names it: `link/..` is not where the link points
         args.model_repository = os.path.abspath(args.model_repository or BackendConfig.model_repository)
         if args.centroids:
             args.centroids = os.path.abspath(args.centroids)
@@ -426,7 +427,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise AlpsError(f"--n-clusters {args.n_clusters}, but --centroids {config.cluster.centroids} holds "
                                 f"{count} centroids, one per class: leave --n-clusters out")
     except (ValueError, AlpsError) as err:
-        _leave_no_folder(args.out, out_existed)
+        _leave_no_folder(args.out, made)
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
     _show_library_warnings()
     import httpx
@@ -445,7 +446,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               progress_bar=args.progress_bar, dask_address=args.dask_address,
                               dask_workers=args.dask_workers, allow_partial=args.allow_partial, return_state=True)
     except PrefectApiError as err:
-        _leave_no_folder(args.out, out_existed, keep_api_log=True)  # the line may point to the API server's log
+        _leave_no_folder(args.out, made, keep_api_log=True)  # the line may point to the API server's log
         return _fail(str(err))
     except httpx.HTTPError as err:
         # The Prefect API went away mid-run (a user's own server stopped): Prefect retried, then could not even
@@ -461,36 +462,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         _exit_now(_fail_resumable(STOP_WORDS[code], args, code))
     code = _outcome(state, args)
     if code == EXIT_USAGE:  # refused before any image (a server unreachable), or no mask to cluster (shards kept)
-        _leave_no_folder(args.out, out_existed)
+        _leave_no_folder(args.out, made)
     return code
 
 
-def _leave_no_folder(out: str, existed: bool, keep_api_log: bool = False) -> None:
+def _leave_no_folder(out: str, made: list[Path], keep_api_log: bool = False) -> None:
     """A run refused (exit 2: nothing new) into an ``--out`` it made leaves no folder behind.
 
-    Only a folder that holds nothing but the run's own records goes: its lock, names, and the log of its API
-    server unless ``keep_api_log`` (the refusal names it).
+    ``made``: the folders the run was to create, ``--out`` first, then its parents that did not exist ([] when
+    ``--out`` existed). Only a folder that holds nothing but the run's own records goes: its lock, names, and the
+    log of its API server unless ``keep_api_log`` (the refusal names it); then the parents it made, if empty.
     """
     import shutil
 
     from alps_client.errors import AlpsError
     from alps_client.io.out_lock import out_lock
 
-    if existed:
+    if not made:
         return
-    records = {"lock", "names.json", "last_run.json", "prefect-api.json"} | (set() if keep_api_log else
-                                                                              {"prefect-api.log"})
+    records = {".alps/lock", ".alps/names.json", ".alps/prefect-api.json",
+               *(() if keep_api_log else (".alps/prefect-api.log",))}
     root = Path(out)
     try:
-        if not (root / ".alps").is_dir():
-            root.rmdir()  # empty, or it stays
-            return
-        with out_lock(root, "alps run", create=False):  # a run that started into it meanwhile holds it: it stays
-            left = [p.relative_to(root) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()]
-            if all(len(path.parts) == 2 and path.parts[0] == ".alps" and path.name in records for path in left):
+        if (root / ".alps").is_dir():
+            with out_lock(root, "alps run", create=False):  # a run that started into it meanwhile holds it: it stays
+                left = {p.relative_to(root).as_posix() for p in root.rglob("*")}
+                if not left <= {".alps", *records}:  # a file or folder of someone else's, or a record it names
+                    return
                 shutil.rmtree(root)
+        for folder in made:
+            if os.path.lexists(folder):
+                folder.rmdir()  # empty, or it stays (and its parents with it)
     except (AlpsError, OSError):  # busy, gone, or not ours to remove
         pass
+
+
+def _folders_to_make(out: str) -> list[Path]:
+    """``out`` and its parents that do not exist, ``out`` first ([] when ``out`` exists, or is a link)."""
+    made = []
+    for folder in (Path(out), *Path(out).parents):
+        if os.path.lexists(folder):
+            break
+        made.append(folder)
+    return made
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -453,33 +453,42 @@ def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(f
 
 def test_a_run_refused_after_its_start_leaves_no_new_out_folder(fault_data, fake_repo, prefect_server, tmp_path):
     """A run into a new --out refused once started (a backend it cannot open: a Triton server unreachable, here
-    Triton asked to serve the numpy fake) left OUT/.alps with its lock and names: exit 2 said nothing new. A
-    folder that existed, or holds more than the run's records, stays."""
-    from flows.cli import _leave_no_folder
+    Triton asked to serve the numpy fake) left OUT/.alps with its lock and names: exit 2 said nothing new. The
+    parents it made go too; a folder that existed, or holds more than the run's records, stays."""
+    from flows.cli import _folders_to_make, _leave_no_folder
 
-    out = tmp_path / "new_out"
+    out = tmp_path / "new" / "nested" / "out"
     result = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, "--backend", "triton"],
                       cli_env(tmp_path / "ph", prefect_server))
     assert result.returncode == 2 and "only runs embedded" in result.stderr, result.stderr[-2000:]
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "out"
+    assert _folders_to_make(str(out / "a")) == [out / "a", out]
+    (tmp_path / "real" / "a").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "a")
+    assert _folders_to_make(os.path.abspath(tmp_path / "link" / ".." / "out")) == [out]  # as the run names it
     (out / ".alps").mkdir(parents=True)
-    (out / ".alps" / "prefect-api.log").write_text("the run's own API server, which could not start")
-    _leave_no_folder(str(out), existed=False, keep_api_log=True)  # its line names the log
-    assert (out / ".alps" / "prefect-api.log").is_file()
-    (out / "mine.txt").write_text("a file the run did not write")
-    _leave_no_folder(str(out), existed=False)
-    assert (out / "mine.txt").is_file()
-    (out / "mine.txt").unlink()
-    _leave_no_folder(str(out), existed=True)
+    for record in ("lock", "names.json"):
+        (out / ".alps" / record).write_text("")
+    for kept, keep_api_log in (("prefect-api.log", True),  # the line of an API server that could not start names it
+                               ("last_run.json", False),  # "none of the inputs could be read; reasons in ..."
+                               ("mine.txt", False), ("mine", False), (".alps/mine", False)):  # someone else's
+        path = out / ".alps" / kept if kept in ("prefect-api.log", "last_run.json") else out / kept
+        path.mkdir() if kept.endswith("mine") else path.write_text("")
+        _leave_no_folder(str(out), [out], keep_api_log)
+        assert path.exists(), kept
+        path.rmdir() if kept.endswith("mine") else path.unlink()
+    _leave_no_folder(str(out), [])  # it existed
     assert out.is_dir()
     holding = tmp_path / "holding"  # another run that started into the folder meanwhile: not yet any shard
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(holding)], cwd=CWD)
     try:
         wait_until(holding.exists, "the other run holding the lock", proc=holder)
-        _leave_no_folder(str(out), existed=False)
+        _leave_no_folder(str(out), [out])
         assert (out / ".alps" / "lock").is_file()
     finally:
         holder.kill()
         holder.wait()
-    _leave_no_folder(str(out), existed=False)
+    (out / ".alps" / "prefect-api.log").write_text("a healthy server's")
+    _leave_no_folder(str(out), [out])
     assert not out.exists()
