@@ -163,10 +163,12 @@ def finish_killed_swap(out: str | Path, who: str) -> None:
 
     Nothing is locked or written when nothing is left to finish. A writer holding OUT while its swap is under way
     is refused (``OutputBusyError``): OUT holds some of each dataset until it ends. A writer that has not come to
-    its swap (a run labelling images) leaves the dataset as it is, to be read; so does a read-only OUT.
+    its swap (a run labelling images) leaves the dataset as it is, to be read; so does a read-only OUT that no
+    kill left half swapped.
 
     Raises:
         OutputBusyError: If another process holds OUT's lock and its swap is under way.
+        AlpsError: If OUT is half swapped and cannot be written to finish it (a read-only mount).
     """
     from alps_client.errors import AlpsError, OutputBusyError
     from alps_client.io.out_lock import out_lock
@@ -180,8 +182,13 @@ def finish_killed_swap(out: str | Path, who: str) -> None:
     except OutputBusyError:
         if swap_pending(out):
             raise
-    except (AlpsError, OSError):  # read-only: read as it is
-        pass
+    except (AlpsError, OSError) as err:  # read-only: read as it is, unless half of it is another dataset's
+        if swap_pending(out):
+            cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+            raise AlpsError(f"{out} holds a dataset write that was killed while it swapped its files in (some of "
+                            f"each dataset), and {who} cannot finish it ({why}): make OUT writable, or copy it to "
+                            "a disk you can write to, and run it on that") from err
 
 
 def dataset_version(out: str | Path) -> tuple[int, int, int] | None:

@@ -311,6 +311,22 @@ def test_a_half_done_swap_is_finished_by_a_dry_run_and_a_live_one_refuses_evalua
         m.setattr(publish_module.os, "replace", killed_mid_swap(out, publish_module.os.replace))
         assert alps(relabel) == 130
     assert (out / ".alps" / "publish.json").is_file()  # half swapped
+    from alps_client.errors import AlpsError
+    from alps_client.io import out_lock as out_lock_module
+
+    def read_only(out, what, create=True):  # as out_lock is refused on a read-only mount
+        raise AlpsError(f"{out} cannot be written (Read-only file system): ...") from OSError(30, "Read-only file system")
+
+    with monkeypatch.context() as m:  # the dry run crashed (its dataset's load finished the swap unlocked)
+        m.setattr(out_lock_module, "out_lock", read_only)
+        for command in (["evaluate", str(out), str(labelled.data / "gt")], [*relabel, "--dry-run"]):
+            capsys.readouterr()
+            assert alps(command) == 2
+            who = "alps evaluate" if command[0] == "evaluate" else "alps relabel --dry-run"
+            line = (f"alps: error: {out} holds a dataset write that was killed while it swapped its files in (some "
+                    f"of each dataset), and {who} cannot finish it (Read-only file system): make OUT writable, or "
+                    "copy it to a disk you can write to, and run it on that")
+            assert capsys.readouterr().err.strip().splitlines() == [line]  # evaluate said a write mixed its figures
     holding = tmp_path / "holding"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(holding)], cwd=CWD)
     try:  # the journal under a live writer: a swap under way
