@@ -287,14 +287,23 @@ def in_flag_words(message: str) -> str:
     """A configuration check's message in the words of `alps run`: ``seed must lie in ...`` names ``--seed``.
 
     The checks name the configuration's fields, as the Python API and the Prefect UI's parameters do; a field that
-    a flag of `alps run` sets (its ``dest``) is named by that flag.
+    a flag of `alps run` sets (its ``dest``) is named by that flag: the message's subject, any name with an
+    underscore (``retry_delay_s``), and one that closes a range (``[0, tile)``). Python's words for a flag's
+    values go: ``a tuple of 2 (a finite number, a finite number) or None`` is ``2 finite numbers``.
     """
-    field, space, rest = message.partition(" ")
+    import re
+
     parser = make_parser()
     (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {a.dest: next((o for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")),
-                          a.option_strings[-1]) for a in commands.choices["run"]._actions if a.option_strings}
-    return f"{flags[field]}{space}{rest}" if field in flags and field != "help" else message
+                          a.option_strings[-1]) for a in commands.choices["run"]._actions
+             if a.option_strings and a.dest != "help"}
+    field, space, rest = message.partition(" ")
+    rest = re.sub(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b[a-z]+(?=[)\]])",
+                  lambda m: flags.get(m.group(), m.group()), rest)
+    rest = re.sub(r"a tuple of (\d+) \(a finite number(?:, a finite number)*\)", r"\1 finite numbers", rest)
+    rest = rest.replace(" or None, got ", ", got ")
+    return f"{flags.get(field, field)}{space}{rest}"
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> int:

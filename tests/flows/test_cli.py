@@ -68,8 +68,10 @@ def free_port() -> int:
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--intensity-window", "1000", "-1000"],
          "--intensity-window must be (low, high) with low < high, got (1000.0, -1000.0)"),  # named by its flag
-        (["{data}", "--intensity-window", "5", "nan"],
-         "--intensity-window must be a tuple of 2 (a finite number, a finite number) or None, got [5.0, nan]"),
+        (["{data}", "--intensity-window", "5", "nan"], "--intensity-window must be 2 finite numbers, got [5.0, nan]"),
+        (["{data}", "--pred-iou-thresh", "nan"], "--pred-iou-thresh must be a finite number, got nan"),  # "or None"
+        (["{data}", "--retry-delay-s", "-1"], "0 <= --retry-delay-s <= --retry-max-delay-s, got -1.0 and 30.0"),
+        (["{data}", "--tile", "100", "--overlap", "200"], "--overlap must lie in [0, --tile), got 200"),
         (["{data}", "--split-group", "("], "--split-group '(' is not a regular expression: missing )"),
         (["{data}", "--out", "{tmp}/r\udce9sultats"], r"--out {tmp}/r\xe9sultats is not UTF-8 text"),  # a traceback
     ],
