@@ -146,7 +146,18 @@ def disk_full(err: BaseException) -> bool:
 
 
 class NoInputsError(AlpsError):
-    """The dataset path does not exist or holds no image alps can read."""
+    """The dataset path does not exist or holds no image alps can read.
+
+    Attributes:
+        rejected: one ``{"path", "reason"}`` per file found and rejected (the message names a few).
+    """
+
+    def __init__(self, message: str, rejected: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected or []
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[dict[str, str]]]]:
+        return type(self), (str(self), self.rejected)
 
 
 class IncompleteRunError(AlpsError):

@@ -367,6 +367,8 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
                 plan = plan_run(dataset, out, config, overwrite)
             return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
     except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
+        if isinstance(err, NoInputsError) and err.rejected:  # every file found was rejected: each one's reason
+            artifacts.publish_errors(err.rejected, "every file found: no input could be read, nothing is written")
         return Failed(message=describe(err), data=err)
 
 
@@ -519,12 +521,12 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     except OutputDiskFullError as err:  # what filled the disk (a shard, said below) matters more than the record
         logger.warning("The run's record was not written: %s", describe(err))
     if failed and (not allow_partial or not done or stopped):  # a stopped run is broken, not short of a few images
-        artifacts.publish_errors(errors, ".alps/last_run.json")
+        artifacts.publish_errors(errors, "all in .alps/last_run.json")
         artifacts.publish_missing(missing)
         err = _incomplete(plan, failed, len(done), stopped)
         return Failed(message=str(err), data=err)
     if len(done) == len(empty):
-        artifacts.publish_errors(errors, ".alps/last_run.json")
+        artifacts.publish_errors(errors, "all in .alps/last_run.json")
         err = NoInputsError(f"none of the {len(plan.items)} input(s) under {dataset} could be read; "
                             f"reasons in {work_dir(out) / 'last_run.json'}")
         return Failed(message=str(err), data=err)

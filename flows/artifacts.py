@@ -104,18 +104,18 @@ def publish(run: dict[str, Any], out: str) -> None:
         md += [f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{_thumbnail(p)})\n" for p in vis]
         create_markdown_artifact(key="alps-previews", markdown="\n".join(md), description="Label previews")
 
-    publish_errors(run["errors"], "errors.jsonl")
+    publish_errors(run["errors"], "all in errors.jsonl")
     publish_missing(run["missing"])
 
 
-def publish_errors(errors: list[dict[str, str]], listed_in: str) -> None:
+def publish_errors(errors: list[dict[str, str]], note: str) -> None:
     """The inputs a run rejected (bad files), each with its reason; also for a run that ends without a dataset.
 
-    ``listed_in``: where all of them are (``errors.jsonl`` of the dataset, or the run's ``last_run.json``).
+    ``note``: where all of them are, in the description's parentheses (``all in errors.jsonl``).
     """
     rows = errors or [{"path": "-", "reason": "no rejected inputs"}]
     create_table_artifact(key="alps-errors", table=rows[:TABLE_ROWS],
-                          description=f"Rejected inputs{_first_rows(errors)} (all in {listed_in})")
+                          description=f"Rejected inputs{_first_rows(errors)} ({note})")
 
 
 def _cell(text: str) -> str:

@@ -396,7 +396,8 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         more = f"; and {len(rejected) - NAMED_REJECTED} more" if len(rejected) > NAMED_REJECTED else ""
         raise NoInputsError(f"no readable images under {dataset} (looked for {LOOKED_FOR}; {len(rejected)} file(s) "
                             f"rejected: {by_reason([e.to_json() for e in rejected])}): {shown}{more}"
-                            if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})")
+                            if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})",
+                            [e.to_json() for e in rejected])
     from alps_client.runs.moves import find_moves  # (built on this module)
 
     moved = tuple(find_moves(out, items, names, fingerprint))

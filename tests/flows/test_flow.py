@@ -1031,6 +1031,21 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
     assert len(json.loads(table["data"])) == 4 and "the first 4 of 12" in table["description"]
 
 
+def test_a_dataset_of_bad_files_only_lists_each_in_the_runs_artifact(fake_repo, prefect_server, tmp_path):
+    """Every file rejected: the run's one line names a few and nothing is written; its page in the UI had no
+    table of them (the alps-errors artifact of a run that labels)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        (images / f"broken_{i}.png").write_text("not an image")
+    state = alps_flow(str(images), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False,
+                      return_state=True)
+    assert state.is_failed() and "no readable images" in state.message
+    table = errors_artifact(prefect_server, tmp_path / "out")
+    assert sorted(Path(row["path"]).name for row in json.loads(table["data"])) == [f"broken_{i}.png" for i in range(5)]
+    assert table["description"] == "Rejected inputs (every file found: no input could be read, nothing is written)"
+
+
 def errors_artifact(prefect_server: str, out: Path) -> dict:
     """The alps-errors artifact (REST form) of the flow run into ``out``, once the server has recorded it."""
     from tests.runs import flow_run_of, prefect_api, wait_until
