@@ -283,6 +283,15 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         raise ValueError(in_flag_words(str(err))) from None
 
 
+def run_flags() -> dict[str, str]:
+    """Each ``dest`` of `alps run`'s flags -> the flag that sets it (``triton_urls`` -> ``--triton-url``)."""
+    parser = make_parser()
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: next((o for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")),
+                         a.option_strings[-1]) for a in commands.choices["run"]._actions
+            if a.option_strings and a.dest != "help"}
+
+
 def in_flag_words(message: str) -> str:
     """A configuration check's message in the words of `alps run`: ``seed must lie in ...`` names ``--seed``.
 
@@ -293,11 +302,7 @@ def in_flag_words(message: str) -> str:
     """
     import re
 
-    parser = make_parser()
-    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    flags = {a.dest: next((o for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")),
-                          a.option_strings[-1]) for a in commands.choices["run"]._actions
-             if a.option_strings and a.dest != "help"}
+    flags = run_flags()
     field, space, rest = message.partition(" ")
     rest = re.sub(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b[a-z]+(?=[)\]])",
                   lambda m: flags.get(m.group(), m.group()), rest)
@@ -403,7 +408,7 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
     for name, value in vars(args).items():
         for text in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(text, str) and printable(text) != text:
-                what = "the dataset path" if name == "dataset" else f"--{name.replace('_', '-')}"
+                what = "the dataset path" if name == "dataset" else run_flags()[name]
                 raise ValueError(f"{what} {printable(text)} is not UTF-8 text, which Prefect needs to record the "
                                  "run; rename it, or give a link to it whose name is (ln -s OLD NEW)")
 

@@ -74,6 +74,8 @@ def free_port() -> int:
         (["{data}", "--tile", "100", "--overlap", "200"], "--overlap must lie in [0, --tile), got 200"),
         (["{data}", "--split-group", "("], "--split-group '(' is not a regular expression: missing )"),
         (["{data}", "--out", "{tmp}/r\udce9sultats"], r"--out {tmp}/r\xe9sultats is not UTF-8 text"),  # a traceback
+        (["{data}", "--model-repository", "{tmp}/m\udce9"], r"--model-repository {tmp}/m\xe9 is not UTF-8"),
+        (["{data}", "--backend", "triton", "--triton-url", "h\udce9:1"], r"--triton-url h\xe9:1 is not UTF-8"),  # was --triton-urls
     ],
 )
 def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_repo, tmp_path, args, message, capsys):
