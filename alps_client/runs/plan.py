@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from alps_client.amg import family_defaults_unset
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig, dotted_fields
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
@@ -57,7 +59,8 @@ class RunPlan:
     Attributes:
         dataset: the input folder (or file).
         out: the output dataset folder.
-        config: the run's configuration.
+        config: the run's configuration (a ``pred_iou_thresh`` equal to the model family's default unset: one
+            labelling configuration whether the default was typed or not).
         manifest: the model repository's manifest.
         fingerprint: shard fingerprint of the model and the labelling configuration.
         items: the images (tiles, slices) to label, in discovery order.
@@ -383,6 +386,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         ConfigMismatchError: See :func:`check_existing_shards`.
     """
     manifest = check_request(dataset, config, out)
+    config = dataclasses.replace(config, amg=family_defaults_unset(config.amg, manifest.model_family))
     labelling = labelling_identity(manifest.fingerprint, config)
     fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []

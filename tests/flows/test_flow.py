@@ -151,6 +151,10 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert "6 image(s): 0 to label, 6 already labelled (skipped); 1 rejected input(s)" in logged  # was "6 to label"
     assert not [line for line in task_logged if "clusters differ" in line]  # the same clusters
     assert before == labels(out)
+    # SAM's default typed out is the same labelling (was "amg.pred_iou_thresh None there, 0.88 now")
+    typed_cfg = dataclasses.replace(cfg, amg=dataclasses.replace(cfg.amg, pred_iou_thresh=0.88))
+    typed = alps_flow(str(scenes / "images"), str(out), typed_cfg, progress_bar=False)
+    assert typed["n_labelled"] == 0 and typed["n_skipped"] == 6 and before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
     with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
         alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
