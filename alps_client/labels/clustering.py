@@ -218,7 +218,8 @@ def centroids_family(path: str | Path) -> tuple[str | None, str]:
 
 
 def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn: Callable[[str], None]) -> None:
-    """Refuse centroids fitted with another model of the family; ``warn`` of another checkpoint of the model.
+    """Refuse centroids fitted with another model of the family; ``warn`` of another checkpoint of the model (or
+    of random weights on one side and a checkpoint on the other).
 
     Another SAM size is another feature space; a fine-tune's features drift from its base's.
 
@@ -237,11 +238,19 @@ def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn
             f"{ours['model_type']}; their feature spaces differ, so every mask would get a meaningless class: drop "
             f"--centroids to cluster anew, or label with a {theirs['model_type']} repository"
         )
-    if theirs["checkpoint_sha256"] != ours["checkpoint_sha256"] and None not in (theirs["checkpoint_sha256"],
-                                                                              ours["checkpoint_sha256"]):
-        warn(f"--centroids {path} were fitted with another {ours['model_type']} checkpoint (sha256 "
-             f"{theirs['checkpoint_sha256'][:12]}, this repository's {ours['checkpoint_sha256'][:12]}): a fine-tune's "
-             "features drift from its base's, so check the classes on the review page")
+    fitted_with, labelling_with = theirs["checkpoint_sha256"], ours["checkpoint_sha256"]
+    if fitted_with == labelling_with:
+        return
+    if None in (fitted_with, labelling_with):  # one side exported with --random-init: features unrelated
+        said = {None: "RANDOM weights (no checkpoint)"}
+        warn(f"--centroids {path} were fitted with {ours['model_type']} of "
+             f"{said.get(fitted_with, f'checkpoint sha256 {str(fitted_with)[:12]}')}, this repository holds "
+             f"{said.get(labelling_with, f'checkpoint sha256 {str(labelling_with)[:12]}')}: random weights' features "
+             "bear no relation to trained ones, so the classes mean nothing; drop --centroids to cluster anew")
+        return
+    warn(f"--centroids {path} were fitted with another {ours['model_type']} checkpoint (sha256 {fitted_with[:12]}, "
+         f"this repository's {labelling_with[:12]}): a fine-tune's features drift from its base's, so check the "
+         "classes on the review page")
 
 
 def check_centroids_family(path: str | Path, model_family: str) -> None:

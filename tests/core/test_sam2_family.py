@@ -110,6 +110,19 @@ def test_centroids_of_another_sam_size_are_refused_and_of_another_checkpoint_war
     assert said == [(f"--centroids {fitted} were fitted with another vit_b checkpoint (sha256 bbbbbbbbbbbb, this "
                      "repository's ffffffffffff): a fine-tune's features drift from its base's, so check the classes "
                      "on the review page")]
+    # Random weights (--random-init: no checkpoint) on one side, a checkpoint on the other: taken unsaid before
+    del said[:]
+    check_centroids_model(fitted, {"model_type": "vit_b", "random_init": True}, said.append)
+    assert said == [(f"--centroids {fitted} were fitted with vit_b of checkpoint sha256 bbbbbbbbbbbb, this repository "
+                     "holds RANDOM weights (no checkpoint): random weights' features bear no relation to trained ones, "
+                     "so the classes mean nothing; drop --centroids to cluster anew")]
+    (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar({"model_type": "vit_b", "random_init": True})))
+    check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("b" * 64)}, said.append)
+    assert said[-1].startswith(f"--centroids {fitted} were fitted with vit_b of RANDOM weights (no checkpoint), this "
+                               "repository holds checkpoint sha256 bbbbbbbbbbbb: ")
+    del said[:]
+    check_centroids_model(fitted, {"model_type": "vit_b", "random_init": True}, said.append)
+    assert said == []  # random weights on both sides: shape and speed work, nothing to warn of
     (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar({"model_type": "unknown"})))  # says nothing
     check_centroids_model(fitted, {"model_type": "vit_h"}, said.append)
     (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar(
