@@ -285,7 +285,9 @@ TensorSpecs = dict[str, tuple[str, str, tuple[int, ...]]]
 def _note(model_type: str, random_init: bool) -> str:
     if model_type == STAND_IN_NAME:
         return "STAND-IN model, not SAM: deterministic colour-statistics encoder for offline demos and parity tests"
-    return "RANDOM weights: shapes and speed only, labels are meaningless" if random_init else "SAM"
+    if random_init:
+        return "RANDOM weights: shapes and speed only, labels are meaningless"
+    return "tiny TEST configuration of SAM (tests only), not a released SAM" if model_type == TINY_TEST else "SAM"
 
 
 def _tensor_specs() -> tuple[TensorSpecs, TensorSpecs, TensorSpecs, TensorSpecs]:

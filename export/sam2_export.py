@@ -78,7 +78,8 @@ def _note(model_type: str, random_init: bool) -> str:
         return "SAM 2 STAND-IN model, not SAM 2: deterministic colour-statistics model for offline demos and parity tests"
     if random_init:
         return "RANDOM weights: shapes and speed only, labels are meaningless"
-    return "SAM 2.1"
+    return "tiny TEST configuration of SAM 2.1 (tests only), not a released SAM 2.1" if model_type == SAM2_TINY_TEST \
+        else "SAM 2.1"
 
 
 def _write_configs(enc_path: Path, dec_path: Path, specs: tuple, model_type: str, kind: str, max_batch_size: int) -> None:

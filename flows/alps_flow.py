@@ -44,6 +44,7 @@ from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
+from alps_client.backends.manifest import family_name
 from alps_client.config import PipelineConfig
 from alps_client.errors import (
     AlpsError,
@@ -381,6 +382,7 @@ alps_flow.fn.__annotations__["config"] = ConfigParameter
 def _run_record(plan: RunPlan) -> dict[str, Any]:
     """What ``last_run.json`` says of every run: where from and to, the model, the settings (a rerun needs them)."""
     return {"dataset": plan.dataset, "out": plan.out, "model": plan.manifest.model_type,
+            "model_family": plan.manifest.model_family,
             "stand_in": plan.manifest.is_stand_in, "random_init": plan.manifest.random_init,
             "config": plan.config.to_dict()}
 
@@ -391,8 +393,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     logger = get_run_logger()
     dataset, out, config = plan.dataset, plan.out, plan.config
     if plan.manifest.is_stand_in:
-        logger.warning("Model: %s from %s is a STAND-IN (not SAM): labels demonstrate the pipeline only",
-                       plan.manifest.model_type, plan.manifest.root)
+        logger.warning("Model: %s from %s is a STAND-IN (not %s): labels demonstrate the pipeline only",
+                       plan.manifest.model_type, plan.manifest.root, family_name(plan.manifest.model_family))
     elif plan.manifest.random_init:
         logger.warning("Model: %s (%s) from %s has RANDOM weights (exported with --random-init, no checkpoint): its "
                        "masks and classes mean nothing (shape and speed checks only)", plan.manifest.model_type,

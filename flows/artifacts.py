@@ -17,6 +17,7 @@ from prefect.artifacts import (
 )
 from tqdm import tqdm
 
+from alps_client.backends.manifest import family_name
 from alps_client.labels.classes import in_dropped_clusters, written_class_names
 
 PREVIEWS = 3
@@ -76,7 +77,8 @@ def publish(run: dict[str, Any], out: str) -> None:
     sec = run["seconds"]
     n_labelled = len(run["labelled"])
     rows = [
-        {"metric": "model", "value": f"{run['model']}{' (STAND-IN, not SAM)' if run['stand_in'] else ''}"},
+        {"metric": "model", "value": run["model"] + (f" (STAND-IN, not {family_name(run.get('model_family'))})"
+                                                     if run["stand_in"] else "")},
         {"metric": "images", "value": s["n_images"]},
         {"metric": "labelled this run / skipped (already done)", "value": f"{n_labelled} / {len(run['skipped'])}"},
         {"metric": "rejected inputs", "value": len(run["errors"])},

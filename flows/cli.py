@@ -333,6 +333,7 @@ def _empty_tiles(count: int) -> str:
 
 
 def _print_summary(result: dict[str, Any], out: str) -> None:
+    from alps_client.backends.manifest import family_name
     from alps_client.io.items import by_reason, counted, one_line
     from alps_client.io.splits import describe_split_counts
     from alps_client.labels.classes import in_dropped_clusters
@@ -346,10 +347,11 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")
     print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")
+    sam = family_name(result.get("model_family"))
     if result["stand_in"]:
-        print("Model: a STAND-IN, not SAM. Export SAM with export/export_sam.py for real labels.")
+        print(f"Model: a STAND-IN, not {sam}. Export {sam} with export/export_sam.py --checkpoint for real labels.")
     elif result.get("random_init"):
-        print(f"Model: {result['model']} with RANDOM weights (--random-init), not a trained SAM: the labels mean "
+        print(f"Model: {result['model']} with RANDOM weights (--random-init), not a trained {sam}: the labels mean "
               "nothing. Export with --checkpoint for real labels.")
     for key, title, listing in (("errors", "input(s) rejected (bad files)", "errors.jsonl"),
                                 ("missing", "good image(s) NOT labelled (--allow-partial)", 'manifest.json ("missing")')):

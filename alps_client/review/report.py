@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from alps_client.backends.manifest import family_name
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.items import counted
@@ -110,13 +111,14 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
     if class_map.dropped:
         views.append(ClassView(IGNORE, "dropped", DROPPED_COLOUR, 0, 0, 0.0, [cluster_view(k) for k in class_map.dropped]))
     stand_in, random_init = bool(model.get("is_stand_in")), bool(model.get("random_init"))
+    sam = family_name(model.get("model_family"))
     checkpoint = (model.get("checkpoint") or {}).get("path")
     dropped = f", {len(class_map.dropped)} dropped" if class_map.dropped else ""
     facts = [
         ("images", f"{counts['n_images']} ({describe_split_counts(counts)})"),
         ("model", f"{model.get('model_type', '?')} ({model.get('model_family', 'sam')}, "
                   f"{model.get('precision', 'fp32')})"
-                  + (": STAND-IN, not SAM" if stand_in else ": RANDOM weights, not a trained SAM" if random_init
+                  + (f": STAND-IN, not {sam}" if stand_in else f": RANDOM weights, not a trained {sam}" if random_init
                      else f", from {Path(checkpoint).name}" if checkpoint else "")),
         ("gate", (f"{counts['n_masks_kept']} masks kept{in_dropped_clusters(counts)}, "
                   f"{counts['n_masks_gated']} dropped (covering more than sigma = {sigma} of their image)")),
@@ -130,7 +132,7 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
     ]
     warnings = []
     if stand_in:
-        warnings.append("The model is the structured STAND-IN (segments by colour), not SAM: these classes "
+        warnings.append(f"The model is the structured STAND-IN (segments by colour), not {sam}: these classes "
                         "demonstrate the pipeline only.")
     elif random_init:
         warnings.append("The model has RANDOM weights (exported with --random-init): these classes mean nothing.")

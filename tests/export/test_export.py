@@ -24,6 +24,7 @@ from segment_anything.build_sam import _build_sam  # noqa: E402
 def test_tiny_sam_checkpoint_exports_with_parity(tiny_repo, tiny_checkpoint):
     manifest = json.loads((tiny_repo / "manifest.json").read_text())
     assert manifest["model_type"] == "tiny-test" and not manifest["is_stand_in"] and not manifest["random_init"]
+    assert manifest["note"] == "tiny TEST configuration of SAM (tests only), not a released SAM"  # was "SAM"
     assert set(manifest["parity"]) >= {"encoder_max_rel_diff", "decoder_masks_max_abs_diff", "decoder_iou_max_abs_diff"}
     import hashlib
 

@@ -44,6 +44,7 @@ def test_tiny_sam2_checkpoint_exports_with_parity(tiny_sam2_repo, tiny_sam2_chec
     manifest = json.loads((tiny_sam2_repo / "manifest.json").read_text())
     assert manifest["model_family"] == "sam2" and manifest["model_type"] == SAM2_TINY_TEST
     assert not manifest["is_stand_in"] and not manifest["random_init"]
+    assert manifest["note"] == "tiny TEST configuration of SAM 2.1 (tests only), not a released SAM 2.1"  # "SAM 2.1"
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(tiny_sam2_checkpoint.read_bytes()).hexdigest()
     parity = manifest["parity"]
     assert parity["encoder_max_rel_diff"] <= 1e-3

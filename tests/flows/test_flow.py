@@ -1107,3 +1107,19 @@ def test_the_progress_bar_counts_the_image_it_has_reached(capsys):
     for line in drawn:
         reached = int(re.search(r"\b([1-3])/3\b", line).group(1))
         assert sum(int(n) for n in re.findall(r"(?:labelled|skipped)=(\d+)", line)) == reached, line
+
+
+def test_the_sam2_stand_in_is_said_to_be_no_sam2(sam2_stand_in_repo, tmp_path, capsys):
+    """The SAM 2 stand-in was "not SAM" on the console, in the log and on the review page, and the line said
+    "Export SAM" to someone labelling with SAM 2.1."""
+    from alps_client.synthetic import write_synthetic_dataset
+
+    images = write_synthetic_dataset(tmp_path / "data", 2, seed=1, size=(64, 80)) / "images"
+    with run_log() as logged:
+        assert alps(["run", str(images), "--out", str(tmp_path / "out"), "--model-repository", str(sam2_stand_in_repo),
+                     "--points-per-side", "4", "--n-clusters", "2", "--sigma", "1", "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "Model: a STAND-IN, not SAM 2.1. Export SAM 2.1 with export/export_sam.py --checkpoint" in said
+    assert any("is a STAND-IN (not SAM 2.1)" in line for line in logged), logged
+    page = (tmp_path / "out" / "report" / "index.html").read_text()
+    assert "STAND-IN, not SAM 2.1" in page and "(segments by colour), not SAM 2.1:" in page
