@@ -576,3 +576,18 @@ def test_the_preview_is_made_in_bands_of_rows_with_the_pixels_of_a_whole_image(m
     assert banded.dtype == np.uint8 and banded.shape == image.shape and np.array_equal(banded, whole)
     grey = np.clip(image[:9].astype(np.float32).mean(axis=2) * 0.6 + 0.5, 0, 255).astype(np.uint8)
     assert np.array_equal(banded[:9, :, 0], grey) and not np.array_equal(banded[9:], image[9:])
+
+
+def test_a_label_geotiff_of_a_scene_without_georeference_writes_no_rasterio_warning(tmp_path):
+    """`--tile --stitch` on PNG scenes printed rasterio's NotGeoreferencedWarning (two lines of noise) for each
+    stitched scene: a scene without a CRS is written in pixel coordinates on purpose, as a TIFF without one is read."""
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np\nfrom alps_client.io.geotiff import LabelGeoTiff, write_geotiff_label\n"
+              "labels = np.zeros((40, 50), np.uint8)\nwrite_geotiff_label(sys.argv[1] + '/a.tif', labels, None)\n"
+              "big = LabelGeoTiff(sys.argv[1] + '/b.tif', (40, 50), None)\nbig.write(0, 0, labels)\nbig.close()\n")
+    result = subprocess.run([sys.executable, "-W", "default", "-c", script, str(tmp_path)], capture_output=True,
+                            text=True, check=False, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0 and (tmp_path / "a.tif").is_file() and (tmp_path / "b.tif").is_file(), result.stderr
+    assert result.stderr == ""
