@@ -218,8 +218,9 @@ def centroids_family(path: str | Path) -> tuple[str | None, str]:
 
 
 def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn: Callable[[str], None]) -> None:
-    """Refuse centroids fitted with another model of the family; ``warn`` of another checkpoint of the model (or
-    of random weights on one side and a checkpoint on the other).
+    """Refuse centroids fitted with another model of the family; ``warn`` of another checkpoint of the model.
+
+    Random weights (``--random-init``) on one side and a checkpoint on the other are warned of too.
 
     Another SAM size is another feature space; a fine-tune's features drift from its base's.
 
