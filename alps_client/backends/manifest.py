@@ -38,14 +38,14 @@ SAM2_DECODER_ROLES = {
 FAMILY_ROLES = {"sam": (ENCODER_ROLES, DECODER_ROLES), "sam2": (SAM2_ENCODER_ROLES, SAM2_DECODER_ROLES)}
 # What a user calls each family: a stand-in or random weights is "not SAM 2.1" to someone labelling with SAM 2.1.
 FAMILY_NAMES = {"sam": "SAM", "sam2": "SAM 2.1"}
+# Inputs a repository may declare and clients then feed; repositories exported before them lack them and work as
+# before. ``iou_threshold``: the decoder upscales only prompts with a predicted IoU above it.
+DECODER_OPTIONAL_INPUTS = ("iou_threshold",)
 
 
 def family_name(model_family: str | None) -> str:
     """``SAM`` or ``SAM 2.1``: the model a repository of ``model_family`` stands for (``sam`` when unrecorded)."""
     return FAMILY_NAMES.get(model_family or "sam", "SAM")
-# Inputs a repository may declare and clients then feed; repositories exported before them lack them and work as
-# before. ``iou_threshold``: the decoder upscales only prompts with a predicted IoU above it.
-DECODER_OPTIONAL_INPUTS = ("iou_threshold",)
 
 
 @dataclass(frozen=True)
