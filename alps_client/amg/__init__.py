@@ -13,23 +13,29 @@ from alps_client.backends.base import SamBackend
 from alps_client.config import AmgConfig
 
 
+def generator_class(model_family: str) -> type[MaskGenerator]:
+    """:class:`Sam2MaskGenerator` for ``sam2`` repositories, :class:`MaskGenerator` for SAM's (``sam``)."""
+    return Sam2MaskGenerator if model_family == "sam2" else MaskGenerator
+
+
 def make_mask_generator(backend: SamBackend, config: AmgConfig | None = None) -> MaskGenerator:
     """The generator for ``backend``'s model family: :class:`MaskGenerator` (SAM) or :class:`Sam2MaskGenerator`."""
-    if backend.manifest.model_family == "sam2":
-        return Sam2MaskGenerator(backend, config)
-    return MaskGenerator(backend, config)
+    return generator_class(backend.manifest.model_family)(backend, config)
 
 
-def family_defaults_unset(config: AmgConfig, model_family: str) -> AmgConfig:
-    """``config`` with ``pred_iou_thresh`` unset (None) where it is ``model_family``'s default anyway.
+def default_written_otherwise(config: AmgConfig, model_family: str) -> AmgConfig | None:
+    """The same masks with ``pred_iou_thresh`` written the other way, or None when it is not the family's default.
 
-    The same masks whether a user typed the family's default (``--pred-iou-thresh 0.8`` for SAM 2.1) or left it
-    out, so one labelling configuration: a rerun skips what the other labelled instead of refusing a change.
+    Unset (None) and the family's default typed out (``--pred-iou-thresh 0.8`` for SAM 2.1, 0.88 for SAM) label
+    alike, but record, and so fingerprint, differently: a rerun takes the form its dataset's shards were made with.
     """
-    generator = Sam2MaskGenerator if model_family == "sam2" else MaskGenerator
-    if config.pred_iou_thresh == generator.default_pred_iou_thresh:
+    default = generator_class(model_family).default_pred_iou_thresh
+    if config.pred_iou_thresh is None:
+        return dataclasses.replace(config, pred_iou_thresh=default)
+    if config.pred_iou_thresh == default:
         return dataclasses.replace(config, pred_iou_thresh=None)
-    return config
+    return None
 
 
-__all__ = ["MaskGenerationResult", "MaskGenerator", "Sam2MaskGenerator", "family_defaults_unset", "make_mask_generator"]
+__all__ = ["MaskGenerationResult", "MaskGenerator", "Sam2MaskGenerator", "default_written_otherwise",
+           "generator_class", "make_mask_generator"]

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from alps_client.amg import family_defaults_unset
+from alps_client.amg import default_written_otherwise
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig, dotted_fields
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
@@ -29,7 +30,7 @@ from alps_client.io.items import (
 from alps_client.io.publish import foreign_entries
 from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
-from alps_client.io.shards import ShardStatus, read_shard_status, shard_fingerprint, shard_path
+from alps_client.io.shards import ShardStatus, read_shard_meta, read_shard_status, shard_fingerprint, shard_path
 
 if TYPE_CHECKING:
     from alps_client.runs.moves import Move
@@ -59,8 +60,8 @@ class RunPlan:
     Attributes:
         dataset: the input folder (or file).
         out: the output dataset folder.
-        config: the run's configuration (a ``pred_iou_thresh`` equal to the model family's default unset: one
-            labelling configuration whether the default was typed or not).
+        config: the run's configuration (``pred_iou_thresh`` in the form ``out``'s shards were made with, where it
+            is the model family's default: :func:`as_out_labelled`).
         manifest: the model repository's manifest.
         fingerprint: shard fingerprint of the model and the labelling configuration.
         items: the images (tiles, slices) to label, in discovery order.
@@ -340,6 +341,28 @@ def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[
                      for key in sorted(recorded.keys() | now.keys()) if recorded.get(key) != now.get(key))
 
 
+def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelManifest) -> PipelineConfig:
+    """``config``, or the same labelling written as the first shard in ``out`` of either form was made with.
+
+    ``--pred-iou-thresh 0.8`` on SAM 2.1 labels as leaving it out does (:func:`default_written_otherwise`), but
+    their shards' fingerprints differ: a rerun in the other form skips what was labelled instead of refusing it as
+    another configuration, whichever form an earlier alps recorded. Reads shards only until one of either form.
+    """
+    other_amg = default_written_otherwise(config.amg, manifest.model_family)
+    if other_amg is None or not shard_dir(out).is_dir():
+        return config
+    other = dataclasses.replace(config, amg=other_amg)
+    fingerprints = {shard_fingerprint(manifest.fingerprint, form.labelling_dict()): form for form in (config, other)}
+    for path in sorted(shard_dir(out).glob("*.npz")):
+        try:
+            form = fingerprints.get(read_shard_meta(path).get("fingerprint"))
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):  # damaged: relabelled in any form
+            continue
+        if form is not None:
+            return form
+    return config
+
+
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, labelling: dict[str, Any],
                           overwrite: bool) -> tuple[frozenset[str], int, int]:
     """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
@@ -386,7 +409,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
         ConfigMismatchError: See :func:`check_existing_shards`.
     """
     manifest = check_request(dataset, config, out)
-    config = dataclasses.replace(config, amg=family_defaults_unset(config.amg, manifest.model_family))
+    config = as_out_labelled(out, config, manifest)
     labelling = labelling_identity(manifest.fingerprint, config)
     fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alps_client.amg import Sam2MaskGenerator, family_defaults_unset, make_mask_generator
+from alps_client.amg import Sam2MaskGenerator, default_written_otherwise, make_mask_generator
 from alps_client.config import AmgConfig
 from export.sam2_stand_in import build_stand_in_sam2
 from export.tv_shim import install_torchvision_shim
@@ -78,10 +78,12 @@ def test_generator_is_chosen_by_family_and_defaults_follow_it(sam2_backend, embe
     assert not isinstance(sam1, Sam2MaskGenerator) and sam1.pred_iou_thresh == 0.88
     with pytest.raises(ValueError, match="use_m2m and multimask_output=False are SAM 2 parameters"):
         make_mask_generator(embedded_backend, AmgConfig(use_m2m=True))
-    # A family's default typed out is the same configuration as leaving it unset (a rerun skips, not refuses)
-    assert family_defaults_unset(AmgConfig(pred_iou_thresh=0.8), "sam2").pred_iou_thresh is None
-    assert family_defaults_unset(AmgConfig(pred_iou_thresh=0.88), "sam").pred_iou_thresh is None
-    assert family_defaults_unset(AmgConfig(pred_iou_thresh=0.8), "sam").pred_iou_thresh == 0.8
+    # A family's default typed out labels as leaving it unset: each is the other's other form (a rerun skips)
+    assert default_written_otherwise(AmgConfig(pred_iou_thresh=0.8), "sam2").pred_iou_thresh is None
+    assert default_written_otherwise(AmgConfig(), "sam2").pred_iou_thresh == 0.8
+    assert default_written_otherwise(AmgConfig(pred_iou_thresh=0.88), "sam").pred_iou_thresh is None
+    assert default_written_otherwise(AmgConfig(), "sam").pred_iou_thresh == 0.88
+    assert default_written_otherwise(AmgConfig(pred_iou_thresh=0.8), "sam") is None  # not SAM's default
     with pytest.raises(ValueError, match="Sam2MaskGenerator drives sam2 models"):
         Sam2MaskGenerator(embedded_backend)
     with pytest.raises(ValueError, match=r"mask inputs \(use_m2m\) need a SAM 2 model repository"):

@@ -151,10 +151,15 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert "6 image(s): 0 to label, 6 already labelled (skipped); 1 rejected input(s)" in logged  # was "6 to label"
     assert not [line for line in task_logged if "clusters differ" in line]  # the same clusters
     assert before == labels(out)
-    # SAM's default typed out is the same labelling (was "amg.pred_iou_thresh None there, 0.88 now")
+    # SAM's default typed out is the same labelling (was "amg.pred_iou_thresh None there, 0.88 now"), both ways
     typed_cfg = dataclasses.replace(cfg, amg=dataclasses.replace(cfg.amg, pred_iou_thresh=0.88))
     typed = alps_flow(str(scenes / "images"), str(out), typed_cfg, progress_bar=False)
     assert typed["n_labelled"] == 0 and typed["n_skipped"] == 6 and before == labels(out)
+    typed_out = tmp_path / "typed"  # the value typed is what its dataset records; a rerun without it takes that form
+    alps_flow(str(scenes / "images"), str(typed_out), typed_cfg, progress_bar=False)
+    assert json.loads((typed_out / "manifest.json").read_text())["config"]["amg"]["pred_iou_thresh"] == 0.88
+    untyped = alps_flow(str(scenes / "images"), str(typed_out), cfg, progress_bar=False)
+    assert untyped["n_labelled"] == 0 and untyped["n_skipped"] == 6 and labels(typed_out) == before
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
     with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
         alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
