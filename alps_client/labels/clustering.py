@@ -192,13 +192,22 @@ def _checkpoint_sha256(record: dict[str, Any]) -> str | None:
     return str(sha) if sha else None
 
 
+def _checkpoint_recorded(record: dict[str, Any]) -> bool:
+    """Whether a model manifest (or a ``centroids.json``) says which checkpoint, if any: an earlier alps's did not."""
+    return "checkpoint" in record or "checkpoint_sha256" in record or bool(record.get("random_init"))
+
+
 def centroids_model(path: str | Path) -> dict[str, Any] | None:
     """The record of the model a ``centroids.npy`` was fitted with: :func:`centroids_sidecar`'s fields, or None.
 
     Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it. Centroids with
-    neither were written before SAM 2 support (SAM's), or copied without their ``centroids.json``.
+    neither were written before SAM 2 support (SAM's), or copied without their ``centroids.json``. One more field,
+    ``checkpoint_recorded``: False where neither says which checkpoint (a ``centroids.json`` of an alps before
+    checkpoints were recorded, and no manifest of the same model beside it), so ``checkpoint_sha256`` None means
+    unknown there, not random weights.
     """
     path = Path(path)
+    found: dict[str, Any] | None = None
     for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ()), (path.parent / "manifest.json", ("model",))):
         try:
             data = json.loads(record.read_text())
@@ -206,9 +215,14 @@ def centroids_model(path: str | Path) -> dict[str, Any] | None:
             continue
         for key in keys:
             data = data.get(key, {}) if isinstance(data, dict) else {}
-        if isinstance(data, dict) and data:
-            return centroids_sidecar(data)
-    return None
+        if not (isinstance(data, dict) and data):
+            continue
+        here = {**centroids_sidecar(data), "checkpoint_recorded": _checkpoint_recorded(data)}
+        if found is None or (here["checkpoint_recorded"] and here["model_type"] == found["model_type"]):
+            found = here
+        if found["checkpoint_recorded"]:
+            break
+    return found
 
 
 def centroids_family(path: str | Path) -> tuple[str | None, str]:
@@ -224,8 +238,9 @@ def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn
 
     Another SAM size is another feature space; a fine-tune's features drift from its base's.
 
-    Centroids whose record does not name the model (older runs) pass. int8 and fp32 exports of one checkpoint
-    share a model: their features differ by the quantisation's noise only.
+    Centroids whose record does not name the model (older runs) pass, as does a checkpoint no record names (an
+    earlier alps's ``centroids.json``, an earlier export's manifest). int8 and fp32 exports of one checkpoint share
+    a model: their features differ by the quantisation's noise only.
 
     Raises:
         AlpsError: One line naming both models and the next step.
@@ -240,7 +255,7 @@ def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn
             f"--centroids to cluster anew, or label with a {theirs['model_type']} repository"
         )
     fitted_with, labelling_with = theirs["checkpoint_sha256"], ours["checkpoint_sha256"]
-    if fitted_with == labelling_with:
+    if fitted_with == labelling_with or not (theirs["checkpoint_recorded"] and _checkpoint_recorded(model_manifest)):
         return
     if None in (fitted_with, labelling_with):  # one side exported with --random-init: features unrelated
         said = {None: "RANDOM weights (no checkpoint)"}

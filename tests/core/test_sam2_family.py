@@ -123,6 +123,24 @@ def test_centroids_of_another_sam_size_are_refused_and_of_another_checkpoint_war
     del said[:]
     check_centroids_model(fitted, {"model_type": "vit_b", "random_init": True}, said.append)
     assert said == []  # random weights on both sides: shape and speed work, nothing to warn of
+    # A centroids.json of an alps before checkpoints were recorded was taken for random weights: the dataset's
+    # manifest.json beside it says which checkpoint, and without it nothing is known, so nothing is said.
+    (tmp_path / "centroids.json").write_text(json.dumps({"model_family": "sam", "model_type": "vit_b"}))
+    check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("b" * 64)}, said.append)
+    assert said == []
+    check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("f" * 64)}, said.append)
+    assert len(said) == 1 and "another vit_b checkpoint (sha256 bbbbbbbbbbbb, " in said[0]
+    manifest = (tmp_path / "manifest.json").read_bytes()
+    (tmp_path / "manifest.json").unlink()
+    check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("f" * 64)}, said.append)
+    check_centroids_model(fitted, {"model_type": "vit_b"}, said.append)  # an export that did not record it either
+    assert len(said) == 1
+    from alps_client.io.rewrite import _set_aside  # kept aside by a rerun: the checkpoint stays unknown, not null
+
+    kept = _set_aside(tmp_path, "replaced", np.load(fitted))
+    assert json.loads((kept / "centroids.json").read_text()) == {"model_family": "sam", "model_type": "vit_b",
+                                                                 "feature": centroids_sidecar({})["feature"]}
+    (tmp_path / "manifest.json").write_bytes(manifest)
     (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar({"model_type": "unknown"})))  # says nothing
     check_centroids_model(fitted, {"model_type": "vit_h"}, said.append)
     (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar(
