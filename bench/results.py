@@ -68,10 +68,13 @@ def machine() -> dict[str, Any]:
 
 def model_label(manifest: dict[str, Any]) -> str:
     """How a results row names a model repository's model: type, random weights, stand-in, precision."""
+    from alps_client.backends.manifest import family_name
+
     precisions = {"int8-dynamic": ", encoder int8 dynamic quantisation", "fp16": ", fp16"}
     precision = precisions.get(manifest.get("precision", ""), "")
     return (f"{manifest['model_type']}{' (random weights)' if manifest['random_init'] else ''}"
-            f"{' (STAND-IN, not SAM)' if manifest['is_stand_in'] else ''}{precision}")
+            + (f" (STAND-IN, not {family_name(manifest.get('model_family'))})" if manifest["is_stand_in"] else "")
+            + precision)
 
 
 def record(key: str, entry: dict[str, Any], results_dir: Path = ROOT / "bench") -> dict[str, Any]:

@@ -8,7 +8,7 @@ Usage:
     python export/export_sam.py --model-type vit_h --checkpoint sam_vit_h_4b8939.pth --cpu --quantize int8 \
         --out model_repository_int8                                                    # int8 weights, for CPUs
     python export/export_sam.py --model-type sam2.1_hiera_t --checkpoint sam2.1_hiera_tiny.pt --out model_repository
-    python export/export_sam.py --model-type sam2-stand-in --out model_repository   # SAM 2 offline demo model, NOT SAM 2
+    python export/export_sam.py --model-type sam2-stand-in --out model_repository   # SAM 2 offline demo model, NOT SAM 2.1
 
 Writes ``<out>/sam_encoder/{config.pbtxt,1/model.onnx}``, ``<out>/sam_decoder/{config.pbtxt,1/model.onnx}``
 and ``<out>/manifest.json`` (model type, checkpoint sha256, ONNX sha256, tensor names/shapes/dtypes,

@@ -75,7 +75,7 @@ def mask_token_selection(model: nn.Module) -> dict[str, Any]:
 
 def _note(model_type: str, random_init: bool) -> str:
     if model_type == SAM2_STAND_IN_NAME:
-        return "SAM 2 STAND-IN model, not SAM 2: deterministic colour-statistics model for offline demos and parity tests"
+        return "SAM 2 STAND-IN model, not SAM 2.1: deterministic colour-statistics model for offline demos and parity tests"
     if random_init:
         return "RANDOM weights: shapes and speed only, labels are meaningless"
     return "tiny TEST configuration of SAM 2.1 (tests only), not a released SAM 2.1" if model_type == SAM2_TINY_TEST \

@@ -1,4 +1,4 @@
-"""The structured stand-in for SAM 2.1: deterministic, no weights, SAM 2's exact interfaces. NOT SAM 2.
+"""The structured stand-in for SAM 2.1: deterministic, no weights, SAM 2's exact interfaces. NOT SAM 2.1.
 
 Why a stand-in: no SAM 2 weights exist on our machines, and the real architecture with random weights gives no
 masks at the AMG's default thresholds (and, at lowered ones, noise whose keep/drop decisions flip with float
@@ -180,5 +180,5 @@ class StandInSam2(nn.Module):
 
 
 def build_stand_in_sam2() -> StandInSam2:
-    """The structured SAM 2 stand-in (not SAM 2), in eval mode, ready for Meta's predictor/AMG or export."""
+    """The structured SAM 2 stand-in (not SAM 2.1), in eval mode, ready for Meta's predictor/AMG or export."""
     return StandInSam2().eval()

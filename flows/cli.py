@@ -349,7 +349,10 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
     print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")
     sam = family_name(result.get("model_family"))
     if result["stand_in"]:
-        print(f"Model: a STAND-IN, not {sam}. Export {sam} with export/export_sam.py --checkpoint for real labels.")
+        example = {"SAM": "vit_h --checkpoint sam_vit_h_4b8939.pth",
+                   "SAM 2.1": "sam2.1_hiera_b+ --checkpoint sam2.1_hiera_base_plus.pt"}[sam]
+        print(f"Model: a STAND-IN, not {sam}. For real labels, export {sam} from its checkpoint, e.g. "
+              f"python export/export_sam.py --model-type {example} --out DIR")
     elif result.get("random_init"):
         print(f"Model: {result['model']} with RANDOM weights (--random-init), not a trained {sam}: the labels mean "
               "nothing. Export with --checkpoint for real labels.")

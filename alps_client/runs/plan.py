@@ -30,7 +30,13 @@ from alps_client.io.items import (
 from alps_client.io.publish import foreign_entries
 from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
-from alps_client.io.shards import ShardStatus, read_shard_meta, read_shard_status, shard_fingerprint, shard_path
+from alps_client.io.shards import (
+    ShardStatus,
+    read_shard_meta,
+    read_shard_status,
+    shard_fingerprint,
+    shard_path,
+)
 
 if TYPE_CHECKING:
     from alps_client.runs.moves import Move

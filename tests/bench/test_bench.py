@@ -260,3 +260,11 @@ def test_ort_options_bench_varies_one_setting_at_a_time(stand_in_repo, tmp_path)
     assert all(shares[f"upscaled={p}%"] <= p / 100 for p in (75, 50, 25)) and shares["upscaled=0%"] == 0.0
     assert not any("precision" in s for _, s in settings)  # no int8 repository given
     assert entry["prompts"] == 16 and entry["int8_agreement"] is None
+
+
+def test_a_results_row_names_the_family_a_stand_in_is_not():
+    from bench.results import model_label
+
+    sam2 = {"model_type": "sam2-stand-in", "model_family": "sam2", "random_init": False, "is_stand_in": True}
+    assert model_label(sam2) == "sam2-stand-in (STAND-IN, not SAM 2.1)"  # was "not SAM"
+    assert model_label({**sam2, "model_type": "stand-in", "model_family": "sam"}) == "stand-in (STAND-IN, not SAM)"

@@ -135,9 +135,9 @@ def test_centroids_of_another_sam_size_are_refused_and_of_another_checkpoint_war
     check_centroids_model(fitted, {"model_type": "vit_b", "checkpoint": checkpoint("f" * 64)}, said.append)
     check_centroids_model(fitted, {"model_type": "vit_b"}, said.append)  # an export that did not record it either
     assert len(said) == 1
-    from alps_client.io.rewrite import _set_aside  # kept aside by a rerun: the checkpoint stays unknown, not null
+    from alps_client.io.rewrite import _set_aside
 
-    kept = _set_aside(tmp_path, "replaced", np.load(fitted))
+    kept = _set_aside(tmp_path, "replaced", np.load(fitted))  # kept aside by a rerun: the checkpoint stays unknown
     assert json.loads((kept / "centroids.json").read_text()) == {"model_family": "sam", "model_type": "vit_b",
                                                                  "feature": centroids_sidecar({})["feature"]}
     (tmp_path / "manifest.json").write_bytes(manifest)

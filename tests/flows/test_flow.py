@@ -1124,7 +1124,11 @@ def test_the_sam2_stand_in_is_said_to_be_no_sam2(sam2_stand_in_repo, tmp_path, c
         assert alps(["run", str(images), "--out", str(tmp_path / "out"), "--model-repository", str(sam2_stand_in_repo),
                      "--points-per-side", "4", "--n-clusters", "2", "--sigma", "1", "--no-progress"]) == 0
     said = capsys.readouterr().out
-    assert "Model: a STAND-IN, not SAM 2.1. Export SAM 2.1 with export/export_sam.py --checkpoint" in said
+    from export.export_sam import MODEL_TYPES
+
+    hint = ("Model: a STAND-IN, not SAM 2.1. For real labels, export SAM 2.1 from its checkpoint, e.g. python "
+            "export/export_sam.py --model-type sam2.1_hiera_b+ --checkpoint sam2.1_hiera_base_plus.pt --out DIR")
+    assert hint in said and "sam2.1_hiera_b+" in MODEL_TYPES  # a command that runs (--model-type was missing)
     assert any("is a STAND-IN (not SAM 2.1)" in line for line in logged), logged
     page = (tmp_path / "out" / "report" / "index.html").read_text()
     assert "STAND-IN, not SAM 2.1" in page and "(segments by colour), not SAM 2.1:" in page
