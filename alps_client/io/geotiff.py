@@ -9,13 +9,13 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.io.atomic import atomic_path
-from alps_client.io.readers import raster_io
+from alps_client.io.readers import raster_io  # a scene without a CRS is written in pixel coordinates, unwarned
 
 _PROFILE = {"driver": "GTiff", "dtype": "uint8", "count": 1, "nodata": 255, "compress": "deflate"}
 
 
 def _profile(height: int, width: int, geo: dict[str, Any] | None) -> dict[str, Any]:
-    rasterio = raster_io()  # a scene without a CRS: pixel coordinates on purpose, unwarned
+    rasterio = raster_io()
     profile: dict[str, Any] = {**_PROFILE, "height": height, "width": width}
     if height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
@@ -33,7 +33,7 @@ def _profile(height: int, width: int, geo: dict[str, Any] | None) -> dict[str, A
 
 def write_geotiff_label(path: str | Path, label: npt.NDArray[np.uint8], geo: dict[str, Any] | None) -> None:
     """Write ``(H, W) uint8`` class ids (255 = no mask = nodata) as a GeoTIFF, atomically."""
-    rasterio = raster_io()  # a scene without a CRS: pixel coordinates on purpose, unwarned
+    rasterio = raster_io()
     with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **_profile(*label.shape, geo)) as dst:
         dst.write(label, 1)
 
@@ -48,7 +48,7 @@ class LabelGeoTiff:
     """
 
     def __init__(self, path: str | Path, size: tuple[int, int], geo: dict[str, Any] | None) -> None:
-        rasterio = raster_io()  # a scene without a CRS: pixel coordinates on purpose, unwarned
+        rasterio = raster_io()
         self._target = atomic_path(path, suffix=".tif")
         tmp = self._target.__enter__()
         self._dst = rasterio.open(tmp, "w", **_profile(*size, geo))
