@@ -284,9 +284,8 @@ def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:
     folder = out / WORK_DIR / kind / clusters_key(previous)
     atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
     record = centroids_model(out / "centroids.npy")  # the dataset's, before this run replaces it
-    if record is not None:  # a checkpoint unknown stays unsaid: a null sha256 would read as random weights
-        unsaid = () if record.pop("checkpoint_recorded") else ("checkpoint_sha256",)
-        atomic.write_json(folder / "centroids.json", {k: v for k, v in record.items() if k not in unsaid})
+    if record is not None:
+        atomic.write_json(folder / "centroids.json", record)
     return folder
 
 

@@ -201,10 +201,9 @@ def centroids_model(path: str | Path) -> dict[str, Any] | None:
     """The record of the model a ``centroids.npy`` was fitted with: :func:`centroids_sidecar`'s fields, or None.
 
     Read from ``centroids.json`` beside it, else from the dataset's ``manifest.json`` beside it. Centroids with
-    neither were written before SAM 2 support (SAM's), or copied without their ``centroids.json``. One more field,
-    ``checkpoint_recorded``: False where neither says which checkpoint (a ``centroids.json`` of an alps before
-    checkpoints were recorded, and no manifest of the same model beside it), so ``checkpoint_sha256`` None means
-    unknown there, not random weights.
+    neither were written before SAM 2 support (SAM's), or copied without their ``centroids.json``. Where neither
+    says which checkpoint (a ``centroids.json`` of an alps before checkpoints were recorded, and no manifest of the
+    same model beside it), the record has no ``checkpoint_sha256``: unknown, not random weights (None).
     """
     path = Path(path)
     found: dict[str, Any] | None = None
@@ -217,10 +216,12 @@ def centroids_model(path: str | Path) -> dict[str, Any] | None:
             data = data.get(key, {}) if isinstance(data, dict) else {}
         if not (isinstance(data, dict) and data):
             continue
-        here = {**centroids_sidecar(data), "checkpoint_recorded": _checkpoint_recorded(data)}
-        if found is None or (here["checkpoint_recorded"] and here["model_type"] == found["model_type"]):
+        here = centroids_sidecar(data)
+        if not _checkpoint_recorded(data):
+            del here["checkpoint_sha256"]
+        if found is None or (_checkpoint_recorded(here) and here["model_type"] == found["model_type"]):
             found = here
-        if found["checkpoint_recorded"]:
+        if _checkpoint_recorded(found):
             break
     return found
 
@@ -254,8 +255,8 @@ def check_centroids_model(path: str | Path, model_manifest: dict[str, Any], warn
             f"{ours['model_type']}; their feature spaces differ, so every mask would get a meaningless class: drop "
             f"--centroids to cluster anew, or label with a {theirs['model_type']} repository"
         )
-    fitted_with, labelling_with = theirs["checkpoint_sha256"], ours["checkpoint_sha256"]
-    if fitted_with == labelling_with or not (theirs["checkpoint_recorded"] and _checkpoint_recorded(model_manifest)):
+    fitted_with, labelling_with = theirs.get("checkpoint_sha256"), ours["checkpoint_sha256"]
+    if fitted_with == labelling_with or not (_checkpoint_recorded(theirs) and _checkpoint_recorded(model_manifest)):
         return
     if None in (fitted_with, labelling_with):  # one side exported with --random-init: features unrelated
         said = {None: "RANDOM weights (no checkpoint)"}
