@@ -235,6 +235,28 @@ def checkpoint_type(state: dict[Any, Any]) -> str | None:
     return ENCODER_WIDTHS.get(int(shape[-1])) if len(shape) == 4 else None
 
 
+def holds_none_of(state: object, expected: set[str]) -> bool:
+    """Whether ``state`` holds not one of the ``expected`` keys, under any prefix: a checkpoint of another model
+    (a detector's ``backbone.conv1.weight``), not one of this model with a layer changed."""
+    if not isinstance(state, dict):
+        return True
+    for key in state:
+        parts = key.split(".") if isinstance(key, str) else []
+        if any(".".join(parts[i:]) in expected for i in range(len(parts))):
+            return False
+    return True
+
+
+def not_this_model(checkpoint: object, model_type: str, state: object, family: str, meta_file: str | None) -> ExportError:
+    """The refusal of a checkpoint that :func:`holds_none_of` the model's weights, naming a few of its keys and
+    ``meta_file``, Meta's checkpoint of ``model_type`` (None for a test configuration)."""
+    keys = [str(key) for key in state][:3] if isinstance(state, dict) else []
+    found = f"its keys begin {', '.join(repr(k) for k in keys)}" if keys else "it holds no named tensors"
+    give = f"Meta's {meta_file} or a fine-tune of it" if meta_file else f"a checkpoint of {model_type}"
+    return ExportError(f"checkpoint {checkpoint} holds none of {model_type}'s weights ({found}): it is not a "
+                       f"{family} checkpoint; give {give}")
+
+
 def model_type_to_give(held: str) -> str:
     """What exports weights of ``held`` (a :func:`checkpoint_type` answer): the ``--model-type`` to give."""
     if held in META_CHECKPOINTS or held in SAM2_SIZES.values():

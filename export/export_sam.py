@@ -45,8 +45,10 @@ from export.checkpoints import (  # noqa: E402
     check_finite,
     checkpoint_type,
     find_weights,
+    holds_none_of,
     first_sentence,
     model_type_to_give,
+    not_this_model,
     read_checkpoint,
     weights_found,
 )
@@ -87,6 +89,8 @@ def _build_sam(model_type: str, checkpoint: str | None, log: Callable[[str], Non
             sam.load_state_dict(state)
         except RuntimeError as err:
             held = checkpoint_type(state) if isinstance(state, dict) else None
+            if held is None and holds_none_of(state, set(sam.state_dict())):
+                raise not_this_model(checkpoint, model_type, state, "SAM", META_CHECKPOINTS.get(model_type)) from err
             if held is None or held == model_type:  # not another SAM's: the caller names the first mismatch
                 raise
             raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "

@@ -21,7 +21,9 @@ from export.checkpoints import (
     check_finite,
     checkpoint_type,
     find_weights,
+    holds_none_of,
     model_type_to_give,
+    not_this_model,
     read_checkpoint,
     weights_found,
 )
@@ -136,6 +138,9 @@ def load_sam2(model_type: str, checkpoint: str | None, random_init: bool,
         if held in SAM2_SIZES.values() and held != model_type:
             raise ExportError(f"checkpoint {checkpoint} holds {held} weights, not {model_type}'s: give "
                               f"{model_type_to_give(held)}") from err
+        if held is None and holds_none_of(state, set(model.state_dict())):
+            raise not_this_model(checkpoint, model_type, state, "SAM 2.1",
+                                 SAM2_CONFIGS[model_type][1] if model_type in SAM2_CONFIGS else None) from err
         first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err))
         if len(first) > 160:  # a list of keys: cut between two of them
             cut = first.rfind(", ", 0, 160)

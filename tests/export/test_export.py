@@ -324,6 +324,19 @@ def test_a_truncated_or_empty_checkpoint_says_so_with_its_size_and_what_to_do(ti
         load_model(model_type, str(tmp_path / "sam.safetensors"), random_init=False)
 
 
+def test_checkpoint_of_another_kind_of_model_says_it_is_not_sam(tmp_path):
+    """A detector's or classifier's checkpoint given for SAM shares no key with it: said so, with a few of its keys
+    and Meta's file, not as SAM's whole list of missing keys."""
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(3), "head.fc.bias": torch.zeros(2)}},
+               tmp_path / "resnet.pth")
+    for model_type, meta in (("vit_b", "Meta's sam_vit_b_01ec64.pth or a fine-tune of it"),
+                             ("tiny-test", "a checkpoint of tiny-test")):
+        with pytest.raises(ExportError, match=rf"^checkpoint {tmp_path / 'resnet.pth'} holds none of {model_type}'s "
+                                              r"weights \(its keys begin 'backbone.conv1.weight', 'head.fc.bias'\): "
+                                              rf"it is not a SAM checkpoint; give {meta}$"):
+            load_model(model_type, str(tmp_path / "resnet.pth"), random_init=False)
+
+
 def test_checkpoint_of_another_model_type_is_named(tiny_checkpoint, tmp_path):
     """Weights of another SAM size, or of SAM 2.1, say which they are (a cut 'Missing key(s)' line before)."""
     with pytest.raises(ExportError, match=r"does not match --model-type vit_b .*\(Meta's vit_b is sam_vit_b_01ec64"):

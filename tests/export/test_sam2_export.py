@@ -122,7 +122,8 @@ class _Pickled:
     ("make_checkpoint", "message"),
     [
         (lambda p: torch.save({"weights": {}}, p), "has no 'model' state dict"),
-        (lambda p: torch.save({"model": {"x": torch.zeros(1)}}, p), "does not match --model-type sam2-tiny-test"),
+        (lambda p: torch.save({"model": {"x": torch.zeros(1)}}, p),
+         r"holds none of sam2-tiny-test's weights \(its keys begin 'x'\): it is not a SAM 2.1 checkpoint"),
         (lambda p: torch.save({"model": _Pickled()}, p), "holds more than tensors"),
         (lambda p: p.write_bytes(b"\x00garbage" * 100), "not a readable PyTorch checkpoint"),
     ],
