@@ -236,8 +236,11 @@ def checkpoint_type(state: dict[Any, Any]) -> str | None:
 
 
 def holds_none_of(state: object, expected: set[str]) -> bool:
-    """Whether ``state`` holds not one of the ``expected`` keys, under any prefix: a checkpoint of another model
-    (a detector's ``backbone.conv1.weight``), not one of this model with a layer changed."""
+    """Whether ``state`` holds not one of the ``expected`` keys, under any prefix.
+
+    Such a file is a checkpoint of another kind of model (a detector's ``backbone.conv1.weight``), not one of this
+    model with a layer changed.
+    """
     if not isinstance(state, dict):
         return True
     for key in state:
@@ -248,8 +251,11 @@ def holds_none_of(state: object, expected: set[str]) -> bool:
 
 
 def not_this_model(checkpoint: object, model_type: str, state: object, family: str, meta_file: str | None) -> ExportError:
-    """The refusal of a checkpoint that :func:`holds_none_of` the model's weights, naming a few of its keys and
-    ``meta_file``, Meta's checkpoint of ``model_type`` (None for a test configuration)."""
+    """The refusal of a checkpoint that :func:`holds_none_of` the model's weights.
+
+    It names a few of the file's keys and ``meta_file``, Meta's checkpoint of ``model_type`` (None for a test
+    configuration).
+    """
     keys = [str(key) for key in state][:3] if isinstance(state, dict) else []
     found = f"its keys begin {', '.join(repr(k) for k in keys)}" if keys else "it holds no named tensors"
     give = f"Meta's {meta_file} or a fine-tune of it" if meta_file else f"a checkpoint of {model_type}"
