@@ -35,6 +35,7 @@ def prepare_repositories(args: argparse.Namespace, work: Path) -> dict[str, str]
     """``side name -> model repository``: the ones given, or exported here from ``--checkpoint`` / ``--random-init``."""
     repos: dict[str, str] = {}
     if args.checkpoint or args.random_init:
+        from export.errors import ExportError
         from export.export_sam import run_export
         from export.quantize import quantize_repository
 
@@ -43,7 +44,10 @@ def prepare_repositories(args: argparse.Namespace, work: Path) -> dict[str, str]
         if reuse:
             print(f"bench_pipeline: --keep-export: reusing {fp32} (the same model type and weights)")
         else:
-            run_export(args.model_type, fp32, checkpoint=args.checkpoint, random_init=args.random_init, cpu=True)
+            try:
+                run_export(args.model_type, fp32, checkpoint=args.checkpoint, random_init=args.random_init, cpu=True)
+            except ExportError as err:
+                raise SystemExit(f"bench_pipeline: error: {err}") from err
         repos["ours"] = str(fp32)
         if args.int8:
             # Quantised from the fp32 export: reusable only beside the very fp32 export it was made from.
@@ -73,19 +77,51 @@ def holds_model(repository: Path, model_type: str, checkpoint: str | None, rando
             and recorded.get("sha256") == wanted.get("sha256"))
 
 
-def prepare_images(args: argparse.Namespace, work: Path) -> tuple[list[Path], str]:
-    """The image files both sides read, and how to describe them."""
-    if args.images:
-        from bench.sides import image_paths
+def prepare_images(args: argparse.Namespace, work: Path) -> tuple[list[Path], str, list[dict[str, str]]]:
+    """The image files both sides read, how to describe them, and the inputs of ``--images`` refused.
 
-        paths = image_paths(Path(args.images), args.max_images)
-        if not paths:
-            raise SystemExit(f"bench_pipeline: no images (png, jpg, tif, bmp, webp) in {args.images}")
-        return paths, f"{args.images}"
+    ``--images`` is read as ``alps run`` reads a dataset (sub-folders, 16-bit and grey images stretched, EXIF
+    rotation applied, NIfTI slices): the pixels alps labels are written once as 8-bit RGB PNGs named by their
+    place in the list (``00000.png``...), so both sides see the same pixels and no input's name (``a`` beside
+    ``a_1``, ``scan[1]``, ``a.png`` beside ``a.jpg``) can stand for another's files.
+    """
+    if args.images:
+        return _decoded_inputs(Path(args.images), args.max_images, work / "data" / "images")
     from alps_client.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(work / "data", args.synthetic, seed=0, size=(args.size, args.size), n_classes=4)
-    return sorted((data / "images").glob("*.png")), f"synthetic scenes {args.size}x{args.size}"
+    return sorted((data / "images").glob("*.png")), f"synthetic scenes {args.size}x{args.size}", []
+
+
+def _decoded_inputs(folder: Path, limit: int | None, into: Path) -> tuple[list[Path], str, list[dict[str, str]]]:
+    """``folder``'s inputs, decoded by alps' reader into ``into`` (see :func:`prepare_images`); at most ``limit``."""
+    from alps_client.errors import InputImageError
+    from alps_client.io import atomic
+    from alps_client.io.discovery import discover_inputs
+    from alps_client.io.readers import load_item
+
+    if not folder.is_dir():
+        raise SystemExit(f"bench_pipeline: error: --images {folder} is not a folder")
+    items, errors = discover_inputs(folder)
+    rejected = [{"path": e.path, "reason": e.reason} for e in errors]
+    paths: list[Path] = []
+    into.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if limit and len(paths) == limit:
+            break
+        try:
+            rgb = load_item(item).rgb
+        except InputImageError as err:
+            rejected.append({"path": err.path, "reason": err.reason})
+            continue
+        paths.append(into / f"{len(paths):05d}.png")
+        atomic.write_png(paths[-1], rgb)
+    for bad in rejected:
+        print(f"bench_pipeline: left out {bad['path']}: {bad['reason']}", file=sys.stderr)
+    if not paths:
+        raise SystemExit(f"bench_pipeline: error: no image alps can label in {folder} (alps run reads PNG, JPEG, "
+                         "TIFF/GeoTIFF, BMP, WebP, JPEG 2000 and NIfTI, in sub-folders too)")
+    return paths, str(folder), rejected
 
 
 def calibrate_iou_threshold(repository: str, image_path: Path, points_per_side: int, share: float) -> float:
@@ -169,6 +205,13 @@ def agreement(work: Path, side: str, stems: list[str]) -> dict[str, Any]:
     return summarise(matches, confusion, kept, reference_kept)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="the entry's name in bench/results.json")
@@ -184,7 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(export again after updating alps: the export's code is not compared)")
     data = parser.add_argument_group("images (a folder, or synthetic scenes)")
     data.add_argument("--images", help="a folder of your own images (png, jpg, tif, bmp, webp)")
-    data.add_argument("--max-images", type=int, help="the first N images of --images (by name)")
+    data.add_argument("--max-images", type=_positive, help="the first N images of --images (by path)")
     data.add_argument("--synthetic", type=int, default=4, help="without --images: N synthetic scenes (%(default)s)")
     data.add_argument("--size", type=int, default=1024, help="synthetic scene side in pixels (%(default)s)")
     parser.add_argument("--threads", type=int, default=2)
@@ -223,8 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     for stale in ("data", "ours", "ours-int8", "reference"):
         shutil.rmtree(work / stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    paths, source, rejected = prepare_images(args, work)  # before an export: a wrong folder costs no minutes
     repos = prepare_repositories(args, work)
-    paths, source = prepare_images(args, work)
     image_list = work / "images.json"
     image_list.write_text(json.dumps([str(p.resolve()) for p in paths]))
     if args.pred_iou_pass_share is not None:
@@ -241,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         "kind": "pipeline",
         "note": args.note,
         "variants": {s: model_label(m) for s, m in manifests.items()},
-        "images": {"source": source, "count": len(paths)},
+        "images": {"source": source, "count": len(paths), **({"left_out": rejected} if rejected else {})},
         "amg": args.amg, "sigma": args.sigma, "threads": args.threads, "concurrency": args.concurrency,
         "pred_iou_pass_share": args.pred_iou_pass_share,
         "order": list(sides), "sides": sides,
@@ -252,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
                  max(load_start, *(v for s in sides.values() for v in s["load"]), load_average())],
         "machine": machine(),
     }
-    record(args.name, entry, Path(args.results_dir))
-    print("\n".join(render_entry(args.name, {"commit": "(this run)", **entry})))
+    results = record(args.name, entry, Path(args.results_dir))
+    print("\n".join(render_entry(args.name, results[args.name])))
 
 
 if __name__ == "__main__":

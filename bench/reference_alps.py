@@ -52,7 +52,7 @@ def run_reference(sam: Any, images: dict[str, np.ndarray], work: Path, amg_kwarg
             feats = sam.image_encoder(x)  # second encoder pass, no SAM normalisation
         feats = F.interpolate(feats, (256, 256), mode="bilinear", align_corners=False)[0]
         h, w = rgb.shape[:2]
-        for path in sorted(glob.glob(str(mask_dir / f"{stem}_*.png"))):
+        for path in sorted(glob.glob(_pattern(mask_dir, stem, ".png"))):
             mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE) > 0
             if mask.sum() / (h * w) > sigma:
                 continue
@@ -61,7 +61,7 @@ def run_reference(sam: Any, images: dict[str, np.ndarray], work: Path, amg_kwarg
             np.save(feat_dir / (Path(path).stem + ".npy"), pooled.numpy())
         t["features"] += time.perf_counter() - start
     start = time.perf_counter()
-    files = sorted(glob.glob(str(feat_dir / "*.npy")))
+    files = sorted(glob.glob(_pattern(feat_dir, "", ".npy")))
     n_clusters = max(1, min(n_clusters, len(files)))  # as ours does when there are fewer masks than clusters
     km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, batch_size=batch_size, n_init=1)
     for b in range(0, len(files), batch_size):
@@ -73,7 +73,7 @@ def run_reference(sam: Any, images: dict[str, np.ndarray], work: Path, amg_kwarg
     painted = {}
     for stem, rgb in images.items():
         label = np.zeros(rgb.shape[:2], np.uint8)
-        for f in sorted(glob.glob(str(feat_dir / f"{stem}_*.npy"))):
+        for f in sorted(glob.glob(_pattern(feat_dir, stem, ".npy"))):
             cls = int(km.predict(np.load(f)[None])[0])
             mask = cv2.imread(str(mask_dir / (Path(f).stem + ".png")), cv2.IMREAD_GRAYSCALE) > 0
             label[mask] = cls + 1
@@ -82,3 +82,9 @@ def run_reference(sam: Any, images: dict[str, np.ndarray], work: Path, amg_kwarg
     t["painting"] += time.perf_counter() - start
     n_masks = len(os.listdir(mask_dir))
     return {"seconds": t, "labels": painted, "n_masks": n_masks, "n_features": len(files)}
+
+
+def _pattern(folder: Path, stem: str, suffix: str) -> str:
+    """The glob pattern of ``stem``'s files in ``folder`` (every file there for ``stem`` ""), the folder's and the
+    stem's own ``[``, ``*`` and ``?`` taken literally."""
+    return str(Path(glob.escape(str(folder))) / (f"{glob.escape(stem)}_*{suffix}" if stem else f"*{suffix}"))

@@ -13,6 +13,15 @@ def _share(part: int, whole: int) -> str:
     return f"{part} ({100 * part / whole:.1f} %)" if whole else str(part)
 
 
+def _left_out(images: dict[str, Any]) -> str:
+    """``, N input(s) left out (the first: why)`` for inputs of ``--images`` alps could not label; else nothing."""
+    left_out = images.get("left_out") or []
+    if not left_out:
+        return ""
+    first = left_out[0]
+    return f"; {len(left_out)} input(s) left out, e.g. {first['path']}: {first['reason']}"
+
+
 def _context(entry: dict[str, Any]) -> str:
     m = entry.get("machine", {})
     load = entry.get("load")
@@ -33,7 +42,7 @@ def _pipeline(name: str, r: dict[str, Any]) -> list[str]:
                  "model's predicted IoUs carry no information).")
     lines = [f"## {name}", "", *([note.strip(), ""] if note.strip() else []),
              (f"Models: {models}; {r['images']['count']} images "
-             f"({r['images']['source']}); AMG {r['amg']}, gate sigma {r['sigma']}; {r['threads']} threads; ours labels "
+             f"({r['images']['source']}{_left_out(r['images'])}); AMG {r['amg']}, gate sigma {r['sigma']}; {r['threads']} threads; ours labels "
              f"{r.get('concurrency', 1)} images at a time (the flow's default); "
              f"sides run in the order {', '.join(r['order'])}; {_context(r)}."), ""]
     header = "| stage (s/image) | reference | " + " | ".join(f"{s} | {s} / reference" for s in ours) + " |"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from PIL import Image
 
 from alps_client.io.shards import read_shard
@@ -69,11 +70,18 @@ def test_label_agreement_ignores_class_ids_and_counts_unlabelled_pixels():
 
 @pytest.fixture(scope="module")
 def own_images(tmp_path_factory) -> Path:
-    """A user's folder: two PNGs and a JPEG of different sizes, and a file that is not an image."""
+    """A user's folder: PNGs and JPEGs of different sizes, named as users name files (``scene0`` beside
+    ``scene0_1``, ``scan[1]``, ``scene1.png`` beside ``scene1.jpg``), a 16-bit grey image in a sub-folder, a file
+    that is not an image and one that claims to be a PNG."""
     folder = tmp_path_factory.mktemp("own_images")
-    for i, (size, suffix) in enumerate([((160, 200), "png"), ((128, 128), "png"), ((120, 150), "jpg")]):
-        Image.fromarray(make_scene(i, size, 4)[0]).save(folder / f"scene{i}.{suffix}")
+    for i, (size, name) in enumerate([((160, 200), "scene0.png"), ((128, 128), "scene1.png"), ((120, 150), "scene2.jpg"),
+                                      ((96, 96), "scene0_1.png"), ((96, 112), "scan[1].png"), ((112, 96), "scene1.jpg")]):
+        Image.fromarray(make_scene(i, size, 4)[0]).save(folder / name)
+    (folder / "deep").mkdir()
+    grey = make_scene(7, (96, 128), 4)[0].mean(axis=2).astype(np.uint16) * 40 + 20000  # levels 20,000..30,200
+    Image.fromarray(grey).save(folder / "deep" / "grey16.png")
     (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"not a png at all")
     return folder
 
 
@@ -82,28 +90,51 @@ def test_pipeline_bench_on_own_images(stand_in_repo, own_images, tmp_path):
            "--points-per-side", "4", "--n-clusters", "2", "--workdir", str(tmp_path / "work"), "--results-dir", str(tmp_path))
     entry = _results(tmp_path)["own"]
     assert entry["commit"].split("-")[0] == _head()
-    assert entry["images"] == {"source": str(own_images), "count": 3}
+    assert entry["images"]["source"] == str(own_images) and entry["images"]["count"] == 7
+    assert [bad["path"] for bad in entry["images"]["left_out"]] == [str(own_images / "broken.png")]
     assert entry["variants"] == {"ours": "stand-in (STAND-IN, not SAM)"} and entry["order"] == ["ours", "reference"]
     for side, stages in (("ours", STAGES_OURS), ("reference", STAGES_REFERENCE)):
         row = entry["sides"][side]
         assert stages <= set(row["per_image"]), side
-        assert row["n_images"] == 3 and row["peak_rss_mib"] > 0 and len(row["load"]) == 2
+        assert row["n_images"] == 7 and row["peak_rss_mib"] > 0 and len(row["load"]) == 2
     work = tmp_path / "work" / "own"
+    # Both sides read the pixels alps labels: the 16-bit image stretched over its levels, not one flat grey.
+    decoded = sorted((work / "data" / "images").glob("*.png"))
+    assert len(decoded) == 7 and all(len(np.unique(np.asarray(Image.open(p)))) > 2 for p in decoded)
     # What the sides wrote: the reference one PNG per mask, ours one shard per image with every mask's RLE.
     reference_pngs = len(list((work / "reference" / "masks").glob("*.png")))
     our_masks = sum(len(read_shard(p).masks) for p in (work / "ours" / "shards").glob("*.npz"))
     funnel, agreement = entry["funnel"], entry["agreement"]["ours"]
-    assert funnel["prompts"] == 3 * 16 and funnel["candidates"] == 3 * 3 * 16
+    assert funnel["prompts"] == 7 * 16 and funnel["candidates"] == 3 * 7 * 16
     assert funnel["candidates"] >= funnel["after_iou"] >= funnel["after_stability"] >= funnel["after_nms"] > 0
     assert entry["sides"]["reference"]["n_masks"] == reference_pngs == agreement["reference_masks"] == funnel["after_nms"]
     assert agreement["ours_masks"] == our_masks
-    assert entry["sides"]["ours"]["upscaled"]["prompts"] == 3 * 16
+    assert entry["sides"]["ours"]["upscaled"]["prompts"] == 7 * 16
     # The same stand-in, images and prompts on both sides: every mask has its partner, both ways, and labels agree.
     assert agreement["reference_matched_share"] == agreement["ours_matched_share"] == 1.0
     assert agreement["ours_kept"] == agreement["reference_kept"] > 0
     assert agreement["label_miou"] >= 0.99
     rendered = (tmp_path / "RESULTS.md").read_text()
-    assert "## own" in rendered and "| **end to end** |" in rendered
+    assert "## own" in rendered and "| **end to end** |" in rendered and "1 input(s) left out, e.g. " in rendered
+
+
+def test_pipeline_bench_refuses_a_wrong_folder_or_checkpoint_in_one_line_before_exporting(own_images, tmp_path):
+    """A typo in ``--images`` is said before minutes of export; a checkpoint that is no SAM's, in one line."""
+    base = [sys.executable, str(ROOT / "bench" / "bench_pipeline.py"), "--name", "typo", "--workdir", str(tmp_path),
+            "--results-dir", str(tmp_path)]
+    missing = subprocess.run([*base, "--images", str(tmp_path / "nope"), "--random-init", "--model-type", "vit_b"],
+                             cwd=ROOT, capture_output=True, text=True, check=False)
+    assert missing.returncode != 0 and missing.stderr.strip().splitlines() == [
+        f"bench_pipeline: error: --images {tmp_path / 'nope'} is not a folder"]
+    assert not (tmp_path / "typo" / "repo-fp32").exists()
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "resnet.pth")
+    other = subprocess.run([*base, "--images", str(own_images), "--max-images", "1", "--checkpoint",
+                            str(tmp_path / "resnet.pth"), "--model-type", "tiny-test"],
+                           cwd=ROOT, capture_output=True, text=True, check=False)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines()[-1].startswith(
+        f"bench_pipeline: error: checkpoint {tmp_path / 'resnet.pth'} holds none of tiny-test's weights")
+    assert not (tmp_path / "results.json").exists()
 
 
 @pytest.fixture(scope="module")
