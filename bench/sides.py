@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
 
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (VmHWM), MiB."""
@@ -26,14 +24,8 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def image_paths(folder: Path, limit: int | None = None) -> list[Path]:
-    """The images of ``folder`` (PNG, JPEG, TIFF, BMP, WebP), sorted by name, at most ``limit``."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return paths[:limit] if limit else paths
-
-
 def load_images(paths: list[Path]) -> dict[str, np.ndarray]:
-    """``stem -> (H, W, 3) uint8 RGB`` for each path (PIL; other modes converted to RGB)."""
+    """``stem -> (H, W, 3) uint8 RGB`` for each path: the 8-bit RGB PNGs ``bench_pipeline.py`` prepared."""
     return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in paths}
 
 
