@@ -13,8 +13,9 @@ def mmseg_listing(out: Path) -> list[tuple[Path, Path]]:
     whichever of its train, val and test loaders loads it).
 
     mmengine puts the file's folder for ``{{ fileDirname }}``; BaseSegDataset.load_data_list lists the files of
-    ``img_path`` ending in ``img_suffix`` and finds each one's label map by swapping that suffix for
-    ``seg_map_suffix`` under ``seg_map_path`` (mmsegmentation is not installed here: its rule, restated). Listing
+    ``img_path`` ending in ``img_suffix`` and finds each one's label map under ``seg_map_path`` by
+    ``img.replace(img_suffix, seg_map_suffix)``, which replaces the suffix wherever the name holds it (``a.jpg.jpg``
+    -> ``a.png.png``; mmsegmentation is not installed here: its rule, restated). Listing
     a folder that does not exist raises there (FileNotFoundError), and an empty loader fails too (training samples
     nothing; IoUMetric computes over no result): each loader must list a sample.
     """
@@ -27,11 +28,11 @@ def mmseg_listing(out: Path) -> list[tuple[Path, Path]]:
         assert ds["type"] == "BaseSegDataset" and not ds["reduce_zero_label"] and ds["ignore_index"] == 255
         images = Path(ds["data_root"], ds["data_prefix"]["img_path"])
         assert images.is_dir(), f"{loader}: {images} does not exist"
-        listed = sorted(images.glob(f"*{ds['img_suffix']}"))
+        listed = sorted(p for p in images.iterdir() if p.name.endswith(ds["img_suffix"]))
         assert listed, f"{loader}: no {ds['img_suffix']} image in {images}"
         for image in listed:
             label = Path(ds["data_root"], ds["data_prefix"]["seg_map_path"],
-                         image.name[: -len(ds["img_suffix"])] + ds["seg_map_suffix"])
+                         image.name.replace(ds["img_suffix"], ds["seg_map_suffix"]))
             assert label.is_file() and Image.open(label).size == Image.open(image).size
             samples[(image, label)] = None
     return list(samples)

@@ -168,10 +168,13 @@ def image_suffix(formats: Mapping[str, str]) -> str:
     mmsegmentation finds a split's images by one ``img_suffix``: copies in mixed formats (JPEGs beside the PNGs of
     TIFF inputs or EXIF-rotated JPEGs) would leave some out of training, unseen. The sources given are what the
     model saw (8-bit RGB files as they are, or alps' own PNG of any other input), so a PNG written from one holds
-    the same pixels.
+    the same pixels. It finds each image's label map by ``img.replace(img_suffix, '.png')``, wherever the name
+    holds the suffix: a stem that holds it (``photo.jpg`` of ``photo.jpg.jpg``) makes every image a PNG, under
+    which the replace changes nothing.
     """
     suffixes = set(formats.values())
-    return suffixes.pop() if len(suffixes) == 1 else ".png"
+    suffix = suffixes.pop() if len(suffixes) == 1 else ".png"
+    return ".png" if any(suffix in stem for stem in formats) else suffix
 
 
 def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging: Path, label: npt.NDArray[np.uint8],

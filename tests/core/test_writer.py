@@ -391,6 +391,23 @@ def test_img_dir_holds_one_image_format_as_mmsegmentation_needs(two_shards, tmp_
             assert copy.suffix == ".png" and Image.open(copy).format == "PNG", copy
 
 
+def test_an_image_named_with_the_image_suffix_pairs_with_its_label_map_in_mmsegmentation(tmp_path):
+    """mmsegmentation finds a label map by ``img.replace(img_suffix, seg_map_suffix)``, everywhere in the name:
+    ``photo.jpg.jpg`` under img_suffix .jpg would look for ``photo.png.png``. Such a dataset's images are PNGs."""
+    centroids = np.eye(2, 256, dtype=np.float32)
+    (box,) = boxes((1, 9, 1, 9))
+    rgb = np.random.default_rng(0).integers(0, 255, (10, 10, 3), np.uint8)
+    shards, sources = [], {}
+    for stem in ("photo.jpg", "b"):
+        shards.append(make_shard(tmp_path / f"{stem}.npz", stem, box[None], [True], centroids[:1]))
+        Image.fromarray(rgb).save(tmp_path / f"{stem}.jpg", quality=90)
+        sources[stem] = tmp_path / f"{stem}.jpg"
+    write_dataset(tmp_path / "out", shards, centroids, PipelineConfig(cluster=ClusterConfig(n_clusters=1)), {}, [],
+                  sources)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["img_suffix"] == ".png"
+    assert sorted(image.name for image, _ in mmseg_listing(tmp_path / "out")) == ["b.png", "photo.jpg.png"]
+
+
 def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_shards, tmp_path):
     shards, centroids, sources = two_shards
     out = tmp_path / "out"
