@@ -43,7 +43,7 @@ def foreign_entries(out: str | Path) -> list[str]:
         or a folder that does not exist.
     """
     out = Path(out)
-    if not out.is_dir() or (out / ".alps").exists() or _is_alps_manifest(out / "manifest.json"):
+    if not out.is_dir() or is_alps_output(out):
         return []
     found = []
     for name in DATASET_ENTRIES:
@@ -54,6 +54,13 @@ def foreign_entries(out: str | Path) -> list[str]:
         elif entry.exists() or entry.is_symlink():
             found.append(name)
     return found
+
+
+def is_alps_output(folder: str | Path) -> bool:
+    """Whether ``folder`` is an alps output: it holds a work folder (``.alps``), or an alps ``manifest.json`` (a
+    dataset whose work folder was deleted to save space)."""
+    folder = Path(folder)
+    return (folder / ".alps").exists() or _is_alps_manifest(folder / "manifest.json")
 
 
 def _is_alps_manifest(path: Path) -> bool:

@@ -27,7 +27,7 @@ from alps_client.io.items import (
     printable,
     source_signature,
 )
-from alps_client.io.publish import foreign_entries
+from alps_client.io.publish import DATASET_ENTRIES, foreign_entries, is_alps_output
 from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
 from alps_client.io.shards import (
@@ -165,6 +165,30 @@ def describe_items(items: list[InputItem]) -> str:
     return f"{len(items)} image(s)" + (f" ({', '.join(parts)})" if parts else "")
 
 
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one folder: by their real paths, or by device and inode (a bind mount)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return False
+
+
+def _output_entry_holding(root: Path, out: Path) -> Path | None:
+    """The entry of ``out`` that a write replaces (``img_dir``, ``vis``, ``.alps``...) which is, or holds,
+    ``root``; None if none is."""
+    entries = [out / name for name in (*DATASET_ENTRIES, WORK_DIR) if (out / name).is_dir()]
+    if not entries:
+        return None
+    real = Path(os.path.realpath(root))
+    for folder in (real, *real.parents):
+        for entry in entries:
+            if _same_folder(folder, entry):
+                return entry
+    return None
+
+
 def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path | None = None) -> ModelManifest:
     """The checks that need no server and no image decoding; returns the model manifest.
 
@@ -181,10 +205,18 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     root = Path(dataset).expanduser()
     if not root.exists():
         raise NoInputsError(f"dataset path {dataset} does not exist")
-    if out is not None and root.is_dir() and os.path.realpath(out) == os.path.realpath(root):
+    if out is not None and root.is_dir() and _same_folder(out, root):
         raise AlpsError(f"--out {out} is the dataset folder itself: the dataset written there (img_dir/, ann_dir/, "
                         "vis/, report/) would be taken for images to label by the next run; give another --out (a "
                         "folder inside the dataset is fine: runs leave it out)")
+    if out is not None and (entry := _output_entry_holding(root, Path(out))) is not None:
+        raise AlpsError(f"the dataset {dataset} lies in {entry}, which a run into --out {out} replaces with its own "
+                        "outputs (its files would be labelled, then deleted): copy the images elsewhere and label "
+                        "that copy, or give another --out")
+    if root.is_dir() and is_alps_output(root):
+        raise AlpsError(f"the dataset {dataset} is an alps output (it holds {WORK_DIR}/ or an alps manifest.json): "
+                        "its copies, label maps and previews are no images to label; give the folder of the images "
+                        "themselves")
     left_out: list[Path] = []
     not_read: dict[str, int] = {}  # files of formats alps does not read, by format, found by the same walk
 

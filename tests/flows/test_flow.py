@@ -229,6 +229,42 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
     assert not (data / ".alps").exists()
 
 
+def test_a_dataset_in_an_outputs_own_folders_or_an_alps_output_is_refused(fake_repo, scenes, tmp_path, capsys):
+    """``alps run OUT/vis --out OUT`` labelled the previews, then the swap replaced them (its input folder) with new
+    files; ``alps run OUT/img_dir --out OUT`` rewrote every input. ``alps run OUT --out OTHER`` labelled an output's
+    copies, label maps and previews as images. Each refused before anything is read or written."""
+    import hashlib
+    import shutil
+
+    out = tmp_path / "out"
+    alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
+
+    def digests(folder: Path) -> dict[str, tuple[str, int]]:
+        return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_ino)
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = digests(out)
+    same = ["--model-repository", str(fake_repo), "--points-per-side", "8", "--n-clusters", "4", "--no-progress"]
+    for dataset, entry in ((out / "vis", out / "vis"), (out / "img_dir" / "train", out / "img_dir"),
+                           (out / ".alps" / "shards", out / ".alps")):
+        assert alps(["run", str(dataset), "--out", str(out), *same]) == 2
+        assert f"the dataset {dataset} lies in {entry}, which a run into --out {out} replaces" in capsys.readouterr().err
+    (tmp_path / "alias").symlink_to(out / "vis")
+    assert alps(["run", str(tmp_path / "alias"), "--out", str(out), *same]) == 2
+    assert f"lies in {out / 'vis'}" in capsys.readouterr().err
+    assert digests(out) == before  # not one file rewritten (same bytes under a new inode counts as rewritten)
+    shutil.copytree(out, tmp_path / "no_work_folder", ignore=shutil.ignore_patterns(".alps"))
+    for dataset in (out, tmp_path / "no_work_folder"):
+        assert alps(["run", str(dataset), "--out", str(tmp_path / "other"), *same]) == 2
+        assert f"the dataset {dataset} is an alps output" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    # A folder of the user's own beside the outputs in OUT is a dataset like any other.
+    from alps_client.runs.plan import check_request
+
+    shutil.copytree(scenes / "images", out / "mine")
+    assert check_request(out / "mine", small_config(fake_repo), out).fingerprint
+
+
 def test_an_out_holding_files_alps_did_not_write_is_refused_and_left_as_it_was(fake_repo, scenes, tmp_path, capsys):
     """``--out`` a user's own MMSegmentation dataset or project folder: the run's swap replaced its ``ann_dir/`` and
     ``manifest.json`` with the run's, deleting the user's files. Refused before anything is written, by the command
