@@ -57,8 +57,11 @@ def foreign_entries(out: str | Path) -> list[str]:
 
 
 def is_alps_output(folder: str | Path) -> bool:
-    """Whether ``folder`` is an alps output: it holds a work folder (``.alps``), or an alps ``manifest.json`` (a
-    dataset whose work folder was deleted to save space)."""
+    """Whether ``folder`` is an alps output.
+
+    It is when it holds a work folder (``.alps``), or an alps ``manifest.json`` (a dataset whose work folder was
+    deleted to save space).
+    """
     folder = Path(folder)
     return (folder / ".alps").exists() or _is_alps_manifest(folder / "manifest.json")
 

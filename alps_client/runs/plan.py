@@ -176,8 +176,10 @@ def _same_folder(a: str | Path, b: str | Path) -> bool:
 
 
 def _output_entry_holding(root: Path, out: Path) -> Path | None:
-    """The entry of ``out`` that a write replaces (``img_dir``, ``vis``, ``.alps``...) which is, or holds,
-    ``root``; None if none is."""
+    """The entry of ``out`` that is, or holds, ``root``; None if none is.
+
+    The entries are those a write into ``out`` replaces (``img_dir``, ``vis``...) and its work folder (``.alps``).
+    """
     entries = [out / name for name in (*DATASET_ENTRIES, WORK_DIR) if (out / name).is_dir()]
     if not entries:
         return None
