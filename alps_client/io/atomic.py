@@ -67,7 +67,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             raise
     except OSError as err:
         if disk_full(err):
-            raise _disk_full_error(path, err) from err
+            raise disk_full_error(path, err) from err
         raise
 
 
@@ -93,10 +93,21 @@ def remove_leftover_temp_files(folder: str | Path) -> int:
     return removed
 
 
-def _disk_full_error(path: Path, err: OSError) -> OutputDiskFullError:
-    what = "no space left on the disk" if err.errno == errno.ENOSPC else "disk quota exceeded"
+def disk_full_error(path: str | Path, err: OSError) -> OutputDiskFullError:
+    """The error for ``err`` (``ENOSPC`` or ``EDQUOT``) met while writing ``path``: what ran out, what is left.
+
+    ``ENOSPC`` with bytes to spare is a file system out of inodes (one file per shard adds up on small disks and
+    tmpfs): "free space" would be no advice.
+    """
+    path = Path(path)
     folder = next((p for p in path.parents if p.is_dir()), None)
     free = f", {size_text(shutil.disk_usage(folder).free)} free there" if folder else ""
+    if err.errno == errno.ENOSPC and folder is not None:
+        stat = os.statvfs(folder)
+        if stat.f_files > 0 and stat.f_favail == 0:  # f_files 0: the file system counts no inodes (btrfs)
+            return OutputDiskFullError(f"no free inodes left on the disk while writing {path}{free} but no room for "
+                                       "another file: delete files on that disk, or use one with more inodes")
+    what = "no space left on the disk" if err.errno == errno.ENOSPC else "disk quota exceeded"
     return OutputDiskFullError(f"{what} while writing {path}{free}: free space on that disk")
 
 

@@ -539,6 +539,32 @@ def test_a_write_that_finds_the_disk_full_names_the_file_and_leaves_no_temp_file
     assert atomic.size_text(int(1.5 * 2**30)) == "1.5 GiB"
 
 
+def test_a_disk_out_of_inodes_is_said_to_be_so_not_out_of_space(tmp_path, monkeypatch):
+    """``ENOSPC`` with megabytes free is a file system out of inodes (a tmpfs or small disk after one file per
+    shard): "63.7 MiB free there: free space on that disk" contradicted itself. A full inode table cannot be made
+    here without mounting one: the file system's own counts (statvfs) stand in for it."""
+    import errno
+    import os
+
+    from alps_client.errors import OutputDiskFullError
+    from alps_client.io import atomic
+
+    real = os.statvfs(tmp_path)
+
+    def counts(files: int):  # the real figures, the inodes' replaced
+        fields = {name: getattr(real, name) for name in dir(real) if name.startswith("f_")}
+        return lambda path: type("statvfs", (), {**fields, "f_files": files, "f_ffree": 0, "f_favail": 0})()
+
+    monkeypatch.setattr(os, "statvfs", counts(1000))
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OutputDiskFullError, match=r"^no free inodes left on the disk while writing .*/shard\.npz, "
+                                                  r"[0-9.]+ [KMG]?i?B free there but no room for another file: "
+                                                  r"delete files on that disk, or use one with more inodes$"):
+        raise atomic.disk_full_error(tmp_path / "shard.npz", err)
+    monkeypatch.setattr(os, "statvfs", counts(0))  # a file system that counts no inodes (btrfs)
+    assert str(atomic.disk_full_error(tmp_path / "shard.npz", err)).startswith("no space left on the disk")
+
+
 def test_class_colours_stay_apart_at_every_number_of_classes():
     """At the paper's 64 classes, golden-ratio hues gave seven pairs a few RGB levels apart ([178, 62, 164] and
     [178, 62, 170] for classes 3 and 58): one colour in the previews, the report and mmseg's palette."""
