@@ -186,6 +186,9 @@ class LocalApiServer:
         # a CI job), a quarter of the server's start.
         env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
                    PREFECT_API_BLOCKS_REGISTER_ON_START="false")
+        # A server of the run's own sends Prefect no telemetry (offline, it logged an error at every start), unless
+        # the user asked for it.
+        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         return env
 
     def _spawn(self) -> None:
@@ -271,8 +274,22 @@ class LocalApiServer:
         """Start the server (after stopping one a killed run left) and wait until it answers.
 
         Raises:
-            PrefectApiError: If it cannot be started in time, or another run owns ``OUT``.
+            PrefectApiError: If it cannot be started in time, another run owns ``OUT``, or ``OUT``'s disk has no
+                room for its log and record (the run would find none for its images either).
         """
+        from alps_client.errors import OutputDiskFullError, disk_full
+        from alps_client.io.atomic import disk_full_error
+
+        try:
+            self._start()
+        except (OutputDiskFullError, OSError) as err:
+            if isinstance(err, OSError) and not disk_full(err):
+                raise
+            self._terminate()
+            full = err if isinstance(err, OutputDiskFullError) else disk_full_error(err.filename or self.log_path, err)
+            raise PrefectApiError(str(full)) from err
+
+    def _start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         stop_stale_server(self.record_path)
         for _ in range(3):  # the free port was taken between choosing and binding it: choose again

@@ -216,6 +216,44 @@ finally:
 """
 
 
+def test_a_full_disk_at_the_runs_api_server_start_is_one_line_and_leaves_no_server(tmp_path):
+    """``OUT``'s disk full when the run writes its API server's record: a traceback and exit 1, "a bug". Now the
+    refusal of a run that cannot start (PrefectApiError: exit 2, one line), naming the file, and the server it
+    started is stopped. The run's own server sends Prefect no telemetry unless the user asked for it."""
+    env = cli_env(tmp_path / "ph")
+    del env["PREFECT_SERVER_ANALYTICS_ENABLED"]  # as a user's shell has it: unset
+    started = subprocess.run([sys.executable, "-c", _START_ON_A_FULL_DISK, str(tmp_path / "work")], cwd=CWD,
+                             env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert started.returncode == 0, started.stderr[-3000:]
+    refused, server_gone, analytics = started.stdout.splitlines()
+    assert refused == (f"PrefectApiError: no space left on the disk while writing {tmp_path / 'work' / 'prefect-api.json'}"
+                       ", ") + refused.split(", ", 1)[1] and refused.endswith(" free there: free space on that disk")
+    assert server_gone == "server stopped: True"
+    assert analytics == "analytics: false, or as the user set it: true"
+
+
+_START_ON_A_FULL_DISK = """
+import errno, os, sys
+from pathlib import Path
+import alps_client.io.atomic as atomic
+import flows.prefect_api as api
+
+def full(path, *args, **kwargs):
+    raise atomic.disk_full_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+atomic.write_json = full
+server = api.LocalApiServer(Path(sys.argv[1]))
+try:
+    server.start()
+except api.PrefectApiError as err:
+    print(f"PrefectApiError: {err}")
+print("server stopped:", server.process is not None and server.process.poll() is not None)
+mine = server._environment()["PREFECT_SERVER_ANALYTICS_ENABLED"]
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "true"
+print(f"analytics: {mine}, or as the user set it: {server._environment()['PREFECT_SERVER_ANALYTICS_ENABLED']}")
+"""
+
+
 # ~3 min: after the kill, Prefect's clients retry every state update and every event (about 7 s each) before the
 # run may end; by hand with `make test-slow`.
 @pytest.mark.slow
