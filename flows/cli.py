@@ -451,7 +451,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _show_library_warnings()
     import httpx
 
-    from flows.prefect_api import PrefectApiError, prefect_api
+    from flows.prefect_api import PrefectApiError, prefect_api, server_disk_full
 
     # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
     # signal on to this one. SIGHUP (an SSH session that dropped) ended the process at once, leaving the run
@@ -473,7 +473,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         api = os.environ.get("PREFECT_API_URL") or "of this run"
         code = _stop_code(err)
         if code is None:
-            _exit_now(_fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)})", args))
+            full = "" if os.environ.get("PREFECT_API_URL") else server_disk_full(work_dir(args.out))
+            _exit_now(_fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)}){full}", args))
         _exit_now(_fail_resumable(f"{STOP_WORDS[code]} (the Prefect API {api} did not answer: {describe(err)})",
                                   args, code))
     except (KeyboardInterrupt, Terminated) as stop:

@@ -56,6 +56,23 @@ def configured_api_url() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
+def server_disk_full(work_dir: Path) -> str:
+    """``'; ...'`` naming a full ``PREFECT_HOME`` when the run's own server logged that its database found no room
+    (its API then answers every write with a 500, which is all the run sees); else ``''``."""
+    try:
+        with (Path(work_dir) / LOG_NAME).open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 256 * 1024))  # its last lines: this run's
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return ""
+    if "database or disk is full" not in tail and "No space left on device" not in tail:
+        return ""
+    from prefect.settings import get_current_settings
+
+    return (f"; its server's log ({Path(work_dir) / LOG_NAME}) says its database or disk is full: free space in "
+            f"PREFECT_HOME ({get_current_settings().home}), where Prefect keeps its database")
+
+
 def check_reachable(url: str, timeout_s: float = 10.0, temporary_one: bool = True) -> None:
     """Any HTTP answer from ``url`` counts (auth or routes are Prefect's business); no answer raises.
 

@@ -232,6 +232,26 @@ def test_a_full_disk_at_the_runs_api_server_start_is_one_line_and_leaves_no_serv
     assert analytics == "analytics: false, or as the user set it: true"
 
 
+def test_a_full_prefect_home_is_named_when_the_runs_api_fails(tmp_path):
+    """``PREFECT_HOME`` on a full disk: the run's server answers every write with a 500 and the run said only "the
+    Prefect API of this run stopped answering", so running it again failed the same way. The server's log holds
+    the cause (lines as SQLite and SQLAlchemy wrote them on a full tmpfs here); a log without it adds nothing."""
+    from prefect.settings import get_current_settings
+
+    from flows.prefect_api import LOG_NAME, server_disk_full
+
+    assert server_disk_full(tmp_path) == ""  # no log at all
+    (tmp_path / LOG_NAME).write_text("INFO: started\nsqlalchemy.exc.OperationalError: (sqlite3.OperationalError) "
+                                     "attempt to write a readonly database\n")
+    assert server_disk_full(tmp_path) == ""
+    with (tmp_path / LOG_NAME).open("a") as log:
+        log.write("sqlite3.OperationalError: database or disk is full\n"
+                  "sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database or disk is full\n")
+    assert server_disk_full(tmp_path) == (
+        f"; its server's log ({tmp_path / LOG_NAME}) says its database or disk is full: free space in PREFECT_HOME "
+        f"({get_current_settings().home}), where Prefect keeps its database")
+
+
 _START_ON_A_FULL_DISK = """
 import errno, os, sys
 from pathlib import Path
