@@ -57,8 +57,10 @@ def configured_api_url() -> str | None:
 
 
 def server_disk_full(work_dir: Path) -> str:
-    """``'; ...'`` naming a full ``PREFECT_HOME`` when the run's own server logged that its database found no room
-    (its API then answers every write with a 500, which is all the run sees); else ``''``."""
+    """``'; ...'`` naming a full ``PREFECT_HOME`` when the run's own server logged that its database found no room.
+
+    Its API then answers every write with a 500, which is all the run sees. ``''`` when the log says nothing so.
+    """
     try:
         with (Path(work_dir) / LOG_NAME).open("rb") as log:
             log.seek(max(0, log.seek(0, os.SEEK_END) - 256 * 1024))  # its last lines: this run's
