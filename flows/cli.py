@@ -394,7 +394,12 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
         return _fail_resumable(f"the run ran out of memory ({describe(err)}): free memory or raise the process's "
                                "limit (ulimit -v, a container's)", args)
     if isinstance(err, (httpx.HTTPError, OSError)):  # the Prefect API or the disk failed mid-run
-        return _fail_resumable(f"the run failed: {describe(err) if isinstance(err, BaseException) else err}", args)
+        from alps_client.io.publish import swap_pending
+
+        half = ("; OUT holds files of the previous dataset beside this run's (the swap of the new dataset into it "
+                "stopped part way) until the same command finishes it") if swap_pending(args.out) else ""
+        return _fail_resumable(f"the run failed: {describe(err) if isinstance(err, BaseException) else err}{half}",
+                               args)
     what = describe(err) if isinstance(err, BaseException) else f"flow run ended {state.type.value}: {state.message}"
     return _fail(f"internal error: {what} (the traceback is in the log above; please report it)", EXIT_INTERNAL)
 

@@ -422,6 +422,45 @@ def test_a_run_after_a_relabel_killed_mid_swap_keeps_the_relabel(labelled, fake_
     assert (out / "classes.json").read_bytes() == (clean / "classes.json").read_bytes()
 
 
+def test_a_run_whose_swap_fails_part_way_says_out_holds_some_of_each_until_a_rerun(labelled, fake_repo, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A dataset output the swap cannot move (a read-only ``ann_dir/``: PermissionError) left ``img_dir/`` of the
+    new split beside ``ann_dir/`` of the old, and the line said only "the run failed ...; run the same command again
+    to resume". It says OUT holds some of each until then; the same command, once the swap can run, finishes it."""
+    import argparse
+    import dataclasses
+
+    import alps_client.io.publish as publish_module
+    from flows.cli import _outcome
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    config = rerun_config(labelled, fake_repo)
+    config = dataclasses.replace(config, writer=dataclasses.replace(config.writer, seed=1))  # a new dataset to swap in
+    calls = {"n": 0}
+
+    def denied_at_the_third(src, dst, replace=publish_module.os.replace):
+        if (out / ".alps" / "publish.json").is_file():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+        replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(publish_module.os, "replace", denied_at_the_third)
+        state = alps_flow(str(labelled.data / "images"), str(out), config, progress_bar=False, return_state=True)
+    assert not state.is_completed() and (out / ".alps" / "publish.json").is_file()  # half swapped
+    assert _outcome(state, argparse.Namespace(out=str(out))) == 3
+    assert "OUT holds files of the previous dataset beside this run's (the swap of the new dataset into it stopped " \
+           "part way) until the same command finishes it" in capsys.readouterr().err
+    assert alps_flow(str(labelled.data / "images"), str(out), config, progress_bar=False, return_state=True
+                     ).is_completed()
+    assert not (out / ".alps" / "publish.json").exists()
+    def pairs(folder: str) -> set[tuple[str, str]]:
+        return {(p.parent.name, p.stem) for p in (out / folder).glob("*/*")}
+
+    assert pairs("img_dir") == pairs("ann_dir") and len(pairs("ann_dir")) == 12  # each image beside its labels
+
+
 def test_a_report_killed_mid_way_leaves_nothing_behind_and_the_page_stays(labelled, tmp_path, monkeypatch):
     """`alps report` killed between moving the old page aside and moving the new one in left OUT without a page
     and .alps/report-old behind; killed while writing, .alps/report-staging: no later command removed them
