@@ -63,7 +63,7 @@ def is_alps_output(folder: str | Path) -> bool:
     deleted to save space).
     """
     folder = Path(folder)
-    return (folder / ".alps").exists() or _is_alps_manifest(folder / "manifest.json")
+    return os.path.lexists(folder / ".alps") or _is_alps_manifest(folder / "manifest.json")  # unreadable: not one
 
 
 def _is_alps_manifest(path: Path) -> bool:

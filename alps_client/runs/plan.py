@@ -180,7 +180,7 @@ def _output_entry_holding(root: Path, out: Path) -> Path | None:
 
     The entries are those a write into ``out`` replaces (``img_dir``, ``vis``...) and its work folder (``.alps``).
     """
-    entries = [out / name for name in (*DATASET_ENTRIES, WORK_DIR) if (out / name).is_dir()]
+    entries = [out / name for name in (*DATASET_ENTRIES, WORK_DIR) if os.path.isdir(out / name)]  # unreadable: none
     if not entries:
         return None
     real = Path(os.path.realpath(root))
@@ -207,10 +207,11 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     root = Path(dataset).expanduser()
     if not root.exists():
         raise NoInputsError(f"dataset path {dataset} does not exist")
-    if out is not None and root.is_dir() and _same_folder(out, root):
-        raise AlpsError(f"--out {out} is the dataset folder itself: the dataset written there (img_dir/, ann_dir/, "
-                        "vis/, report/) would be taken for images to label by the next run; give another --out (a "
-                        "folder inside the dataset is fine: runs leave it out)")
+    if out is not None and _same_folder(out, root if root.is_dir() else root.parent):
+        what = "the dataset folder itself" if root.is_dir() else f"the folder of the image {dataset}"
+        raise AlpsError(f"--out {out} is {what}: the dataset written there (img_dir/, ann_dir/, vis/, report/) would "
+                        "be taken for images to label by the next run; give another --out (a folder inside the "
+                        "dataset is fine: runs leave it out)")
     if out is not None and (entry := _output_entry_holding(root, Path(out))) is not None:
         raise AlpsError(f"the dataset {dataset} lies in {entry}, which a run into --out {out} replaces with its own "
                         "outputs (its files would be labelled, then deleted): copy the images elsewhere and label "

@@ -226,6 +226,9 @@ def test_outputs_written_inside_the_dataset_are_never_labelled(fake_repo, scenes
 
     assert alps(["run", str(data), "--out", str(data), "--model-repository", str(fake_repo)]) == 2
     assert "is the dataset folder itself" in capsys.readouterr().err
+    image = next(data.glob("*.png"))  # one image given, its own folder as --out: the same outputs among the images
+    assert alps(["run", str(image), "--out", str(data), "--model-repository", str(fake_repo)]) == 2
+    assert f"--out {data} is the folder of the image {image}" in capsys.readouterr().err
     assert not (data / ".alps").exists()
 
 
