@@ -227,13 +227,13 @@ def _check_triton_url(url: str, protocol: str) -> None:
         >>> _check_triton_url("http://127.0.0.1:8000", "http")
         Traceback (most recent call last):
         ...
-        ValueError: --triton-url must be host:port without a scheme, got 'http://127.0.0.1:8000': give 127.0.0.1:8000 (--protocol http chooses the protocol)
+        ValueError: --triton-url must be host:port without a scheme, got 'http://127.0.0.1:8000': give 127.0.0.1:8000 (the scheme goes to --protocol http)
     """
     default = DEFAULT_TRITON_URLS[protocol]
     scheme, sep, rest = url.partition("://")
     if sep:
         _check(False, f"--triton-url must be host:port without a scheme, got {url!r}: give {rest.rstrip('/')} "
-                      f"(--protocol {'grpc' if scheme.lower() == 'grpc' else 'http'} chooses the protocol)")
+                      f"(the scheme goes to --protocol {'grpc' if scheme.lower() == 'grpc' else 'http'})")
     host, _, port = url.rpartition(":")
     _check(bool(host) and host != "[" and "/" not in url and port.isdigit() and 0 < int(port) < 65536,
            f"--triton-url must be host:port, got {url!r} (e.g. {default}: Triton serves gRPC on 8001, HTTP on 8000)")

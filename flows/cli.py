@@ -263,10 +263,14 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             if v.get(flag) is not None:  # unset flags are None (--stitch too); --overlap 0 is given
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
-    if v.get("triton_urls") is None and os.environ.get("ALPS_TRITON_URL"):
-        v["triton_urls"] = os.environ["ALPS_TRITON_URL"].split(",")
-    if v.get("triton_urls") is not None:
-        v["triton_urls"] = tuple(v["triton_urls"])
+    triton_only = [flag for dest, flag in (("triton_urls", "--triton-url"), ("protocol", "--protocol"),
+                                           ("shared_memory", "--shared-memory")) if v.get(dest) is not None]
+    if triton_only and v.get("kind") != "triton":  # the run would go on the embedded backend, unsaid
+        one = len(triton_only) == 1
+        raise ValueError(f"{' and '.join(triton_only)} appl{'ies' if one else 'y'} to --backend triton, which is not "
+                         "given (the run would label with the embedded onnxruntime backend): add --backend triton, "
+                         f"or leave {'it' if one else 'them'} out")
+    v["triton_urls"], urls_from = triton_urls(v.get("triton_urls"), v.get("kind"))
     seed = v.get("seed")
     cluster = {**v, "n_clusters": v.get("n_clusters"), "backend": v.get("cluster_backend"), "seed": seed}
     try:
@@ -280,7 +284,19 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             writer=_sub(WriterConfig, {**v, "seed": seed}),
         )
     except ValueError as err:
-        raise ValueError(in_flag_words(str(err))) from None
+        raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from)) from None
+
+
+def triton_urls(given: list[str] | None, kind: str | None) -> tuple[tuple[str, ...] | None, str]:
+    """The Triton servers of a run: ``--triton-url``'s, else ``ALPS_TRITON_URL``'s (comma-separated, spaces and
+    empty entries dropped) for ``--backend triton``; and what a message about them names (the flag or the
+    variable)."""
+    if given is not None:
+        return tuple(given), "--triton-url"
+    listed = [url.strip() for url in os.environ.get("ALPS_TRITON_URL", "").split(",") if url.strip()]
+    if kind == "triton" and listed:
+        return tuple(listed), "ALPS_TRITON_URL (the environment)"
+    return None, "--triton-url"
 
 
 def run_flags() -> dict[str, str]:
@@ -575,10 +591,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_reachable(url, temporary_one=False)
         # Absolute: the deployment's default (shown in the UI) names the folder it means, not one relative
         # to a process's folder that the UI does not show.
-        repository = str(Path(args.model_repository).resolve()) if args.model_repository else None
-        backend = {"kind": args.kind, "model_repository": repository,
-                   "triton_urls": tuple(args.triton_urls) if args.triton_urls else None}
-        config = PipelineConfig(backend=_sub(BackendConfig, backend))
+        repository = str(Path(args.model_repository or BackendConfig.model_repository).resolve())
+        if args.triton_urls and args.kind != "triton":
+            raise ValueError("--triton-url applies to --backend triton, which is not given (the runs would label "
+                             "with the embedded onnxruntime backend): add --backend triton, or leave it out")
+        urls, urls_from = triton_urls(args.triton_urls, args.kind)
+        try:
+            config = PipelineConfig(backend=_sub(BackendConfig, {"kind": args.kind, "model_repository": repository,
+                                                                 "triton_urls": urls}))
+        except ValueError as err:
+            raise ValueError(str(err).replace("--triton-url", urls_from)) from None
     except (PrefectApiError, ValueError) as err:
         return _fail(str(err))
     _show_library_warnings()

@@ -51,6 +51,10 @@ def free_port() -> int:
         (["{data}", "--model-repository", "{tmp}/nope"], "export/export_sam.py"),
         (["{data}", "--backend", "triton", "--shared-memory", "--triton-url", "h1:8001", "--triton-url", "h2:8001"],
          "one --triton-url with --shared-memory"),
+        (["{data}", "--triton-url", "gpu1:8001"], "--triton-url applies to --backend triton, which is not given (the "
+                                                   "run would label with the embedded onnxruntime backend)"),  # unsaid
+        (["{data}", "--protocol", "http", "--shared-memory"], "--protocol and --shared-memory apply to --backend "
+                                                               "triton, which is not given"),
         (["{data}", "--retries", "-1"], "--retries must be >= 0"),
         (["{data}", "--points-per-side", "100000"], "--points-per-side must lie in 1..1024"),  # retried, "resumable"
         (["{data}", "--pred-iou-thresh", "2"], "--pred-iou-thresh must lie in [0, 1], got 2.0"),  # labelled all, then 2
@@ -177,11 +181,20 @@ def test_a_stop_behind_an_api_error_keeps_its_exit_status():
     assert _stop_code(looped) is None
 
 def test_alps_triton_url_names_the_servers(monkeypatch):
-    monkeypatch.setenv("ALPS_TRITON_URL", "gpu1:8001,gpu2:8001")
+    """The variable lists servers as a shell does (spaces, a trailing comma), and a message about them names it,
+    not ``--triton-url``, which was not given. A run on the embedded backend does not read it."""
+    monkeypatch.setenv("ALPS_TRITON_URL", " gpu1:8001, gpu2:8001,")
     args = make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton"])
     assert build_config(args).backend.triton_urls == ("gpu1:8001", "gpu2:8001")
-    args = make_parser().parse_args(["run", "data", "--out", "o", "--triton-url", "h:1"])
+    args = make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton", "--triton-url", "h:1"])
     assert build_config(args).backend.triton_urls == ("h:1",)  # the flag wins
+    assert build_config(make_parser().parse_args(["run", "data", "--out", "o"])).backend.triton_urls != (
+        "gpu1:8001", "gpu2:8001")  # embedded: the defaults, unread
+    monkeypatch.setenv("ALPS_TRITON_URL", "http://127.0.0.1:8000")
+    with pytest.raises(ValueError, match=r"^ALPS_TRITON_URL \(the environment\) must be host:port without a scheme, "
+                                         r"got 'http://127.0.0.1:8000': give 127.0.0.1:8000 \(the scheme goes to "
+                                         r"--protocol http\)$"):
+        build_config(make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton"]))
 
 
 def test_a_run_that_cannot_start_or_cannot_finish_is_completed_by_the_same_command(
