@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,14 +27,26 @@ PREVIEWS = 3
 TABLE_ROWS = 1000
 
 
-class Progress:
-    """Live progress: a tqdm bar on the terminal and a Prefect progress artifact in the UI."""
+# How often a run whose console is no terminal (a log file, CI, nohup) prints a progress line, seconds.
+LINE_EVERY_S = 30.0
 
-    def __init__(self, total: int, bar: bool = True) -> None:
+
+class Progress:
+    """Live progress: on the console, a tqdm bar on a terminal or a line every :data:`LINE_EVERY_S` elsewhere
+    (a bar's carriage returns made one line of megabytes in a log file); a Prefect progress artifact in the UI.
+
+    ``terminal``: whether the console is a terminal (None: ask stderr).
+    """
+
+    def __init__(self, total: int, bar: bool = True, terminal: bool | None = None,
+                 line_every_s: float = LINE_EVERY_S) -> None:
         self.total = max(total, 1)
         self.done = 0
         self.counts: dict[str, int] = defaultdict(int)
-        self.bar = tqdm(total=total, desc="labelling", unit="img", disable=not bar, leave=True)
+        self.lines = bar and not (sys.stderr.isatty() if terminal is None else terminal)
+        self.bar = tqdm(total=total, desc="labelling", unit="img", disable=not bar or self.lines, leave=True)
+        self.line_every_s = line_every_s
+        self.started = self.last_line = time.monotonic()
         self.artifact_id = create_progress_artifact(
             progress=0.0, key="alps-progress", description="Images labelled (or skipped as already done)"
         )
@@ -43,13 +57,33 @@ class Progress:
         self.counts[status] += 1
         self.bar.set_postfix({k: v for k, v in self.counts.items()}, refresh=False)  # before the update draws it
         self.bar.update(1)
+        if self.lines and (self.done == self.total or time.monotonic() - self.last_line >= self.line_every_s):
+            self.last_line = time.monotonic()
+            print(self.line(), file=sys.stderr, flush=True)
         if self.done == self.total or self.done % max(1, self.total // 50) == 0:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * self.done / self.total)
+
+    def line(self) -> str:
+        """``labelling: 120/3000 images (4 %: labelled 118, skipped 2), 430 images/hour, about 6.7 h left``."""
+        hours = (time.monotonic() - self.started) / 3600
+        per_hour = self.done / hours if hours > 0 else 0.0
+        counts = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
+        left = self.total - self.done
+        eta = f", about {_duration(left / per_hour * 3600)} left" if left and per_hour else ""
+        return (f"labelling: {self.done}/{self.total} images ({100 * self.done / self.total:.0f} %: {counts}), "
+                f"{per_hour:.0f} images/hour{eta}")
 
     def close(self) -> None:
         """Finish the bar and the artifact (short of 100 % when the run stopped starting images)."""
         update_progress_artifact(artifact_id=self.artifact_id, progress=min(100.0, 100.0 * self.done / self.total))
         self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """``'45 s'``, ``'12 min'``, ``'6.7 h'``."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def stage_totals(timings: Iterable[dict[str, float]]) -> dict[str, float]:

@@ -242,7 +242,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--prefect-startup-timeout", type=_seconds, default=180.0, metavar="SECONDS",
                    help="how long to wait for the run's temporary Prefect API server (default 180; used when "
                         "PREFECT_API_URL is unset)")
-    r.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar on the console")
+    r.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress on the console (a bar on a terminal; elsewhere, a log file or CI, a line every 30 s)")
 
 
 def _sub(cls: type, values: dict[str, Any]) -> Any:

@@ -1139,7 +1139,7 @@ def test_the_progress_bar_counts_the_image_it_has_reached(capsys):
 
     @flow(name="progress-bar")
     def three_images() -> None:
-        progress = Progress(3)
+        progress = Progress(3, terminal=True)
         progress.bar.mininterval, progress.bar.miniters = 0, 1  # every update drawn
         for status in ("labelled", "skipped", "labelled"):
             progress.advance(status)
@@ -1151,6 +1151,37 @@ def test_the_progress_bar_counts_the_image_it_has_reached(capsys):
     for line in drawn:
         reached = int(re.search(r"\b([1-3])/3\b", line).group(1))
         assert sum(int(n) for n in re.findall(r"(?:labelled|skipped)=(\d+)", line)) == reached, line
+
+
+def test_progress_off_a_terminal_is_a_line_now_and_then_not_a_bar(capsys):
+    """Piped to a file (CI, nohup), the bar's carriage returns made one line of ~90 bytes per image, the run's own
+    log lines glued to it. There: whole lines, each with the counts it reached, the rate and the time left."""
+    import re
+
+    from prefect import flow
+
+    from flows.artifacts import Progress
+
+    @flow(name="progress-lines")
+    def four_images() -> None:
+        progress = Progress(4, terminal=False, line_every_s=0.0)  # a line for every image
+        for status in ("labelled", "skipped", "labelled", "rejected"):
+            progress.advance(status)
+        progress.close()
+        quiet = Progress(4, terminal=False)  # the default interval: only the last image's line
+        for _ in range(4):
+            quiet.advance("labelled")
+        quiet.close()
+
+    four_images()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("labelling: ")]
+    assert [line.split(" images")[0] for line in lines] == ["labelling: 1/4", "labelling: 2/4", "labelling: 3/4",
+                                                           "labelling: 4/4", "labelling: 4/4"]
+    assert lines[2].startswith("labelling: 3/4 images (75 %: labelled 2, skipped 1), ") and " left" in lines[2]
+    assert re.fullmatch(r"labelling: 4/4 images \(100 %: labelled 2, rejected 1, skipped 1\), \d+ images/hour",
+                        lines[3])
 
 
 def test_the_sam2_stand_in_is_said_to_be_no_sam2(sam2_stand_in_repo, tmp_path, capsys):
