@@ -32,10 +32,10 @@ LINE_EVERY_S = 30.0
 
 
 class Progress:
-    """Live progress: on the console, a tqdm bar on a terminal or a line every :data:`LINE_EVERY_S` elsewhere
-    (a bar's carriage returns made one line of megabytes in a log file); a Prefect progress artifact in the UI.
+    """Live progress on the console and as a Prefect progress artifact in the UI.
 
-    ``terminal``: whether the console is a terminal (None: ask stderr).
+    On a terminal, a tqdm bar; elsewhere a line every :data:`LINE_EVERY_S` (a bar's carriage returns made one
+    line of megabytes in a log file). ``terminal``: whether the console is a terminal (None: ask stderr).
     """
 
     def __init__(self, total: int, bar: bool = True, terminal: bool | None = None,
