@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import platform
+import subprocess
+from pathlib import Path
 
 PACKAGES = ("alps", "numpy", "onnxruntime", "onnx", "scikit-learn", "pycocotools", "prefect", "torch",
             "segment-anything", "sam2", "tritonclient")
@@ -18,3 +20,20 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def source_commit() -> str | None:
+    """The git commit of the alps source this process runs, or None outside a git checkout.
+
+    ``abc1234``, with ``-dirty`` after it when tracked files differ: every commit is version 0.1.0, and a bug
+    report needs which one.
+    """
+    source = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if changed else head or None

@@ -288,9 +288,11 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def triton_urls(given: list[str] | None, kind: str | None) -> tuple[tuple[str, ...] | None, str]:
-    """The Triton servers of a run: ``--triton-url``'s, else ``ALPS_TRITON_URL``'s (comma-separated, spaces and
-    empty entries dropped) for ``--backend triton``; and what a message about them names (the flag or the
-    variable)."""
+    """The Triton servers of a run, and what a message about them names (the flag or the variable).
+
+    ``--triton-url``'s, else ``ALPS_TRITON_URL``'s for ``--backend triton`` (comma-separated, spaces and empty
+    entries dropped).
+    """
     if given is not None:
         return tuple(given), "--triton-url"
     listed = [url.strip() for url in os.environ.get("ALPS_TRITON_URL", "").split(",") if url.strip()]
@@ -685,21 +687,35 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
-        from alps_client.versions import versions
+        from alps_client.versions import source_commit, versions
 
         found = versions()
-        lines = [f"alps {found.pop('alps', 'not installed (run from a source folder)')}"]
+        commit = source_commit()
+        lines = [f"alps {found.pop('alps', 'not installed (run from a source folder)')}"
+                 + (f" (commit {commit})" if commit else "")]
         lines += [f"  {name} {version}" for name, version in found.items()]
         print("\n".join(lines))
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser that takes no abbreviation of a flag.
+
+    ``--overw`` relabelled everything, and a script's ``--n-clust`` would break, or change meaning, when a flag is
+    added.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The ``alps`` argument parser (``run``, ``evaluate``, ``serve``)."""
-    parser = argparse.ArgumentParser(prog="alps", description="ALPS pseudo-labelling with SAM (Prefect flow)")
+    parser = _Parser(prog="alps", description="ALPS pseudo-labelling with SAM (Prefect flow)")
     parser.add_argument("--version", action=_VersionAction,
                         help="print the version of alps and of the packages that decide its outputs, and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="label a dataset")
     add_run_arguments(run)
     run.set_defaults(func=cmd_run)
@@ -796,7 +812,15 @@ STAGED_COMMANDS = ("relabel", "report", "evaluate")
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``alps``)."""
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # the commands and what they do, not "the following arguments are required: command"
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, with its usage (the top one showed `alps {run,...}`)
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     consoles: list[ReaderMayLeave] = []
     streams = sys.stdout, sys.stderr
     if args.command == "run" and None not in streams:

@@ -432,6 +432,25 @@ def test_a_usage_error_names_the_argument_and_why(tmp_path, monkeypatch, capsys,
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing written, in the current folder least of all
 
 
+def test_no_command_shows_the_commands_and_flags_are_never_abbreviated(tmp_path, capsys):
+    """``alps`` alone said "the following arguments are required: command"; ``--overw`` was taken for
+    ``--overwrite`` (a relabel of everything) and ``--n-clust 4`` for ``--n-clusters``, which a new flag would
+    break or change; an unknown flag of ``alps run`` was reported with the usage of ``alps``, not of ``alps run``."""
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: alps ") and all(f"    {command}" in err for command in ("run", "evaluate", "relabel"))
+    for flag in ("--overw", "--n-clust"):
+        with pytest.raises(SystemExit) as refused:
+            main(["run", str(tmp_path), "--out", str(tmp_path / "o"), flag, "4"])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and err.startswith("usage: alps run ")
+        assert err.strip().endswith(f"alps run: error: unrecognized arguments: {flag} 4")
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path), str(tmp_path), "--match", "majority"])
+    assert "alps evaluate: error: unrecognized arguments: --match majority" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_version_names_alps_and_the_packages_that_decide_outputs(capsys):
     """What a bug report needs, as the dataset's manifest records it: there was no ``alps --version``."""
     import importlib.metadata
@@ -440,7 +459,9 @@ def test_version_names_alps_and_the_packages_that_decide_outputs(capsys):
         main(["--version"])
     assert stop.value.code == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"alps {importlib.metadata.version('alps')}"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=CWD, capture_output=True, text=True, check=False)
+    commit = f" (commit {head.stdout.strip()}" if head.returncode == 0 else ""  # each commit is 0.1.0: which one
+    assert lines[0].startswith(f"alps {importlib.metadata.version('alps')}{commit}"), lines[0]
     found = dict(line.split() for line in lines[1:])
     assert found["onnxruntime"] == importlib.metadata.version("onnxruntime") and {"python", "prefect", "numpy"} <= set(found)
 
