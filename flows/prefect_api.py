@@ -405,12 +405,13 @@ def prefect_api(work_dir: Path, startup_timeout_s: float = DEFAULT_STARTUP_TIMEO
             if answering:
                 drain_prefect_workers(USERS_API_DRAIN_S)
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     server = LocalApiServer(work_dir, startup_timeout_s)
     try:
         server.start()
-        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+        # No UI URL: the server serves no UI, and is gone with the run, so Prefect's "View at ..." led nowhere.
+        with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_UI_URL: ""}):
             try:
                 yield server.url
             finally:

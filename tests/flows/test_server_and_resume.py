@@ -94,6 +94,9 @@ def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference,
     (faults / "release").touch()
     assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
     assert "starting it again" in (tmp_path / "run.log").read_text()
+    # Prefect's "View at http://127.0.0.1:PORT/runs/..." named the UI of a server that serves none and ends with
+    # the run: a dead link at every run.
+    assert "View at" not in (tmp_path / "run.log").read_text()
     assert labels(out) == labels(fault_reference)
     assert not run_processes(home)["servers"]
 
