@@ -91,7 +91,7 @@ def test_a_url_mistake_with_the_server_up_says_what_to_check_not_to_start_it(tri
                        else (triton_server.http_url, triton_server.grpc_url))
     for scheme in ("http", "grpc"):
         with pytest.raises(ValueError, match=rf"--triton-url must be host:port without a scheme, got "
-                                             rf"'{scheme}://{url}': give {url} \(--protocol {scheme} chooses"):
+                                             rf"'{scheme}://{url}': give {url} \(the scheme goes to --protocol {scheme}\)"):
             triton_backend(stand_in_repo, f"{scheme}://{url}", protocol=protocol)
     with pytest.raises(BackendUnavailableError, match=rf"a server answers at {other_port}, but not in {protocol} "
                                                       r"\(.*\): check --protocol and the port .*gRPC on 8001, HTTP on "
