@@ -242,7 +242,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--prefect-startup-timeout", type=_seconds, default=180.0, metavar="SECONDS",
                    help="how long to wait for the run's temporary Prefect API server (default 180; used when "
                         "PREFECT_API_URL is unset)")
-    r.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress on the console (a bar on a terminal; elsewhere, a log file or CI, a line every 30 s)")
+    r.add_argument("--no-progress", dest="progress_bar", action="store_false",
+                   help="no progress on the console (a bar on a terminal; elsewhere, a log file or CI, a line every "
+                        "30 s)")
 
 
 def _sub(cls: type, values: dict[str, Any]) -> Any:
@@ -263,14 +265,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             if v.get(flag) is not None:  # unset flags are None (--stitch too); --overlap 0 is given
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
-    triton_only = [flag for dest, flag in (("triton_urls", "--triton-url"), ("protocol", "--protocol"),
-                                           ("shared_memory", "--shared-memory")) if v.get(dest) is not None]
-    if triton_only and v.get("kind") != "triton":  # the run would go on the embedded backend, unsaid
-        one = len(triton_only) == 1
-        raise ValueError(f"{' and '.join(triton_only)} appl{'ies' if one else 'y'} to --backend triton, which is not "
-                         "given (the run would label with the embedded onnxruntime backend): add --backend triton, "
-                         f"or leave {'it' if one else 'them'} out")
-    v["triton_urls"], urls_from = triton_urls(v.get("triton_urls"), v.get("kind"))
+    v["triton_urls"], urls_from = triton_urls(v.get("kind"), {flag: v.get(dest) for dest, flag in (
+        ("triton_urls", "--triton-url"), ("protocol", "--protocol"), ("shared_memory", "--shared-memory"))})
     seed = v.get("seed")
     cluster = {**v, "n_clusters": v.get("n_clusters"), "backend": v.get("cluster_backend"), "seed": seed}
     try:
@@ -287,14 +283,24 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from)) from None
 
 
-def triton_urls(given: list[str] | None, kind: str | None) -> tuple[tuple[str, ...] | None, str]:
+def triton_urls(kind: str | None, triton_flags: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
     """The Triton servers of a run, and what a message about them names (the flag or the variable).
 
     ``--triton-url``'s, else ``ALPS_TRITON_URL``'s for ``--backend triton`` (comma-separated, spaces and empty
-    entries dropped).
+    entries dropped). ``triton_flags``: the values of the Triton flags given (flag -> value, None if not given).
+
+    Raises:
+        ValueError: If a Triton flag is given without ``--backend triton``: the run would go on the embedded
+            backend, unsaid.
     """
-    if given is not None:
-        return tuple(given), "--triton-url"
+    given = [flag for flag, value in triton_flags.items() if value is not None]
+    if given and kind != "triton":
+        one = len(given) == 1
+        raise ValueError(f"{' and '.join(given)} appl{'ies' if one else 'y'} to --backend triton, which is not given "
+                         "(the run would label with the embedded onnxruntime backend): add --backend triton, or "
+                         f"leave {'it' if one else 'them'} out")
+    if triton_flags.get("--triton-url") is not None:
+        return tuple(triton_flags["--triton-url"]), "--triton-url"
     listed = [url.strip() for url in os.environ.get("ALPS_TRITON_URL", "").split(",") if url.strip()]
     if kind == "triton" and listed:
         return tuple(listed), "ALPS_TRITON_URL (the environment)"
@@ -594,10 +600,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Absolute: the deployment's default (shown in the UI) names the folder it means, not one relative
         # to a process's folder that the UI does not show.
         repository = str(Path(args.model_repository or BackendConfig.model_repository).resolve())
-        if args.triton_urls and args.kind != "triton":
-            raise ValueError("--triton-url applies to --backend triton, which is not given (the runs would label "
-                             "with the embedded onnxruntime backend): add --backend triton, or leave it out")
-        urls, urls_from = triton_urls(args.triton_urls, args.kind)
+        urls, urls_from = triton_urls(args.kind, {"--triton-url": args.triton_urls})
         try:
             config = PipelineConfig(backend=_sub(BackendConfig, {"kind": args.kind, "model_repository": repository,
                                                                  "triton_urls": urls}))
