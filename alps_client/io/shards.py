@@ -22,6 +22,9 @@ from alps_client.masks import MaskSet
 
 # 2: masks as one RLE blob + offsets (the JSON metadata stays small), prompt points and crop boxes kept.
 SHARD_FORMAT = 2
+# What reading a shard raises when it is gone or damaged (cut short, not a zip, its JSON broken: a ValueError),
+# for callers that then treat it as missing.
+SHARD_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile)
 ShardStatus = Literal["missing", "damaged", "current", "changed", "stale"]
 
 
@@ -180,7 +183,7 @@ def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict
         return "missing", None
     try:
         meta = read_shard_meta(path)
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+    except SHARD_READ_ERRORS:
         return "damaged", None
     if meta.get("fingerprint") != fingerprint:
         return "stale", meta

@@ -10,9 +10,7 @@ before the digest was recorded never move (their images are labelled again, as b
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,14 @@ from typing import Any
 from alps_client.io.discovery import whole_stem
 from alps_client.io.items import InputItem, content_digest, source_signature
 from alps_client.io.registry import record_moves, shard_stems
-from alps_client.io.shards import ImageShard, read_shard, read_shard_meta, shard_path, write_shard
+from alps_client.io.shards import (
+    SHARD_READ_ERRORS,
+    ImageShard,
+    read_shard,
+    read_shard_meta,
+    shard_path,
+    write_shard,
+)
 from alps_client.runs.plan import decoded_image, shard_dir
 
 
@@ -98,7 +103,7 @@ def apply_moves(out: str | Path, moves: list[Move], items: list[InputItem]) -> l
         try:
             rewritten = [_for_new_path(out, read_shard(shard_path(shard_dir(out), old)), by_stem[new], move.signature)
                          for old, new in move.stems]
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):  # gone or damaged meanwhile
+        except SHARD_READ_ERRORS:  # gone or damaged meanwhile
             continue
         if any(shard is None for shard in rewritten):
             continue
@@ -143,7 +148,7 @@ def _recorded_file(out: str | Path, stems: list[str], fingerprint: str) -> tuple
         return None
     try:
         meta = read_shard_meta(shard_path(shard_dir(out), stems[0]))
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+    except SHARD_READ_ERRORS:
         return None
     extra = meta.get("extra", {})
     signature, digest = extra.get("source_signature") or {}, extra.get("content_sha256")

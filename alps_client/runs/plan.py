@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,6 +30,7 @@ from alps_client.io.publish import DATASET_ENTRIES, foreign_entries, is_alps_out
 from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
 from alps_client.io.shards import (
+    SHARD_READ_ERRORS,
     ShardStatus,
     read_shard_meta,
     read_shard_status,
@@ -397,7 +397,7 @@ def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelMani
     for path in sorted(shard_dir(out).glob("*.npz")):
         try:
             form = fingerprints.get(read_shard_meta(path).get("fingerprint"))
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):  # damaged: relabelled in any form
+        except SHARD_READ_ERRORS:  # damaged: relabelled in any form
             continue
         if form is not None:
             return form
