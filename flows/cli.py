@@ -309,11 +309,15 @@ def triton_urls(kind: str | None, triton_flags: dict[str, Any]) -> tuple[tuple[s
 
 def run_flags() -> dict[str, str]:
     """Each ``dest`` of `alps run`'s flags -> the flag that sets it (``triton_urls`` -> ``--triton-url``)."""
-    parser = make_parser()
-    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {a.dest: next((o for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")),
-                         a.option_strings[-1]) for a in commands.choices["run"]._actions
+                         a.option_strings[-1]) for a in command_parsers(make_parser())["run"]._actions
             if a.option_strings and a.dest != "help"}
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command of ``alps`` (``run``, ``evaluate``...), by name."""
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices
 
 
 def in_flag_words(message: str) -> str:
@@ -822,8 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, with its usage (the top one showed `alps {run,...}`)
-        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+        command_parsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     consoles: list[ReaderMayLeave] = []
     streams = sys.stdout, sys.stderr
     if args.command == "run" and None not in streams:
