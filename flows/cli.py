@@ -355,6 +355,27 @@ def _show_library_warnings() -> None:
         log.propagate = False
 
 
+class _NoFailedFlowRunLine(logging.Filter):
+    """Drops the flow run's ``Finished in state Failed(...)`` line from the console (the Prefect API keeps it).
+
+    ``alps run`` ends every failed run with its own ``alps: error:`` line, which said the same once more.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "prefect.flow_runs" and isinstance(record.msg, str)
+                    and record.msg.startswith("Finished in state Failed("))
+
+
+def _say_a_failed_run_once() -> None:
+    """Adds :class:`_NoFailedFlowRunLine` to Prefect's console handlers (on the root logger, once Prefect is set up)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _NoFailedFlowRunLine) for f in handler.filters):
+            handler.addFilter(_NoFailedFlowRunLine())
+
+
 def _empty_tiles(count: int) -> str:
     """``"; 4 tiles wholly nodata, left out"`` (among the images labelled or done), or ""."""
     return f"; {count} tile{'s' if count > 1 else ''} wholly nodata, left out" if count else ""
@@ -417,7 +438,7 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
     if isinstance(err, OutputDiskFullError):  # while writing the dataset or the run's records
         return _fail_resumable(describe(err), args)
     if isinstance(err, AlpsError):
-        return _fail(describe(err))
+        return _fail(describe(err) + _address_from_environment(err, args))
     if isinstance(err, BaseException) and ran_out_of_memory(err):  # at k-means or the dataset write: not a bug
         return _fail_resumable(f"the run ran out of memory ({describe(err)}): free memory or raise the process's "
                                "limit (ulimit -v, a container's)", args)
@@ -430,6 +451,14 @@ def _outcome(state: Any, args: argparse.Namespace) -> int:
                                args)
     what = describe(err) if isinstance(err, BaseException) else f"flow run ended {state.type.value}: {state.message}"
     return _fail(f"internal error: {what} (the traceback is in the log above; please report it)", EXIT_INTERNAL)
+
+
+def _address_from_environment(err: BaseException, args: argparse.Namespace) -> str:
+    """`` (the address is ALPS_TRITON_URL's)`` after a Triton server's failure when no --triton-url named it, or ""."""
+    from alps_client.errors import BackendUnavailableError
+
+    from_flag = triton_urls(args.kind, {"--triton-url": args.triton_urls})[1] == "--triton-url"
+    return "" if from_flag or not isinstance(err, BackendUnavailableError) else " (the address is ALPS_TRITON_URL's)"
 
 
 def check_utf8_arguments(args: argparse.Namespace) -> None:
@@ -494,6 +523,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
 
+            _say_a_failed_run_once()
             state = alps_flow(args.dataset, args.out, config, overwrite=args.overwrite, concurrency=args.concurrency,
                               progress_bar=args.progress_bar, dask_address=args.dask_address,
                               dask_workers=args.dask_workers, allow_partial=args.allow_partial, return_state=True)

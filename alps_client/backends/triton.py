@@ -197,19 +197,22 @@ class TritonBackend(ClosedOnExit):
     def _check_server(self) -> None:
         reachable = []
         errors: dict[str, BaseException] = {}  # url -> why it did not answer
+        down: dict[str, str] = {}  # url -> why it is left out
         for url in self.urls:
             try:
                 client = self._client(url)
                 if client.is_server_live(**self._timeout(client)) and client.is_server_ready(**self._timeout(client)):
                     reachable.append(url)
                     continue
-                self._rotation.failed(url, "not live and ready")
+                down[url] = "not live and ready"
             except self._errors as err:
-                self._rotation.failed(url, reason(err))
+                down[url] = reason(err)
                 errors[url] = err
             self._forget_client(url)
-        if not reachable:
+        if not reachable:  # the run ends on the error, which says why: no "left the rotation" above it
             raise self._none_reachable(errors)
+        for url, why in down.items():
+            self._rotation.failed(url, why)
         configs = {}  # url -> the decoder's config
         for url in reachable:
             client = self._client(url)

@@ -83,6 +83,25 @@ def test_server_down_gives_one_clear_error(stand_in_repo):
         triton_backend(stand_in_repo, f"127.0.0.1:{port}")
 
 
+def test_alps_run_with_the_server_down_says_it_once_naming_where_the_address_came_from(stand_in_repo, prefect_server,
+                                                                                       tmp_path):
+    """The cause was said three times: a warning that the server "left the rotation" (it never joined), Prefect's
+    "Finished in state Failed(...)" and the error line; none said that the address was ALPS_TRITON_URL's."""
+    port = free_port()
+    data = write_synthetic_dataset(tmp_path / "data", 2, seed=4, size=(96, 128))
+    for given, env in ((["--triton-url", f"127.0.0.1:{port}"], {}), ([], {"ALPS_TRITON_URL": f"127.0.0.1:{port}"})):
+        proc = start_alps(["run", data / "images", "--out", tmp_path / "out", "--model-repository", stand_in_repo,
+                           "--backend", "triton", *given, *SMALL], cli_env(tmp_path / "ph", prefect_server, **env),
+                          tmp_path / "run.log")
+        assert wait_for_exit(proc, 300, tmp_path / "run.log") == 2
+        log = (tmp_path / "run.log").read_text()
+        (line,) = [ln for ln in log.splitlines() if "Connection refused" in ln]  # the cause, once
+        assert line.startswith(f"alps: error: Triton server at 127.0.0.1:{port} (grpc) is not reachable"), log
+        assert "--backend embedded" in line and ("ALPS_TRITON_URL" in line) == bool(env), line
+        assert "left the rotation" not in log and "Finished in state Failed" not in log
+        assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_url_mistake_with_the_server_up_says_what_to_check_not_to_start_it(triton_server, stand_in_repo, protocol):
     """With the server up, a scheme in --triton-url or the other protocol's port was reported as 'not reachable;
