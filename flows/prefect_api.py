@@ -98,9 +98,26 @@ def check_reachable(url: str, timeout_s: float = 10.0, temporary_one: bool = Tru
 
 
 def _free_port() -> int:
+    """A free port on 127.0.0.1, where the run's own API server listens, once a connection to it was accepted.
+
+    Raises:
+        PrefectApiError: If 127.0.0.1 cannot be reached (the loopback interface is down: a network namespace or a
+            container started without it): the server would listen where no client reaches it.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        s.listen(1)
+        port = int(s.getsockname()[1])
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=10).close()
+        except OSError as err:
+            raise PrefectApiError(
+                f"this machine's loopback address 127.0.0.1, where the run's own Prefect API listens, cannot be "
+                f"reached ({err.strerror or type(err).__name__}): bring the loopback interface up (`ip link set lo "
+                "up`; a container or network namespace started without it), or start a Prefect server this machine "
+                "reaches and set PREFECT_API_URL"
+            ) from None
+        return port
 
 
 # Runs first in the server's process, then becomes the server (exec): the kernel sends it SIGKILL when the run's

@@ -489,6 +489,22 @@ def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(f
     assert "RANDOM weights, not a trained SAM" in page and "these classes mean nothing" in page
 
 
+def test_a_machine_whose_loopback_is_down_is_told_so_at_once(fault_data, fake_repo, tmp_path):
+    """In a network namespace without its loopback up (``unshare -n``, a container started so) the run's own API
+    server listened on 127.0.0.1 unreachable: the run waited all of --prefect-startup-timeout, then asked "a busy
+    machine?"."""
+    if subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True).returncode:
+        pytest.skip("`unshare -n` is not allowed here (it needs root or user namespaces)")
+    out = tmp_path / "out"
+    result = subprocess.run(["unshare", "-n", *ALPS, "run", fault_data, "--out", out, "--model-repository", fake_repo,
+                             *SMALL, "--prefect-startup-timeout", "600"], check=False, cwd=CWD,
+                            env=cli_env(tmp_path / "ph"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result.stderr)
+    assert "127.0.0.1" in line and "loopback" in line and "PREFECT_API_URL" in line and "busy" not in line, line
+    assert not out.exists()
+
+
 def test_a_run_refused_after_its_start_leaves_no_new_out_folder(fault_data, fake_repo, prefect_server, tmp_path):
     """A run into a new --out refused once started (a backend it cannot open: a Triton server unreachable, here
     Triton asked to serve the numpy fake) left OUT/.alps with its lock and names: exit 2 said nothing new. The
