@@ -163,7 +163,8 @@ def load_manifest(model_repository: str | Path) -> ModelManifest:
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise ModelRepositoryError(
-            f"no model repository at '{root}' ({MANIFEST_NAME} missing); build one with "
+            f"no model repository at '{root}' ({MANIFEST_NAME} missing): give the folder that export/export_sam.py "
+            f"wrote (--model-repository; relative paths start in the current folder), or build one there with "
             f"`python export/export_sam.py --model-type stand-in --out {root}` (or vit_h with --checkpoint)"
         )
     try:

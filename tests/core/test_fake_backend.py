@@ -22,6 +22,14 @@ def test_fake_repository_selects_the_fake_and_only_embedded(tmp_path):
         make_backend(BackendConfig(kind="triton", model_repository=str(repo)))
 
 
+def test_a_missing_repository_names_the_flag_as_well_as_the_export(tmp_path):
+    """Run outside the project, the default ``model_repository`` is looked for in the current folder: the way out
+    may be the flag, not a new export."""
+    with pytest.raises(ModelRepositoryError, match=rf"no model repository at '{tmp_path}' \(manifest.json missing\): "
+                                                   r"give the folder .*\(--model-repository.* or build one there"):
+        make_backend(BackendConfig(model_repository=str(tmp_path)))
+
+
 def test_fake_finds_each_shape_as_one_confident_mask(fake_backend):
     image, shapes = make_shapes_scene(seed=1, size=(160, 224))
     records = MaskGenerator(fake_backend, AmgConfig(points_per_side=16)).generate(image)
