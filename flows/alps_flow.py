@@ -38,8 +38,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
+from prefect.context import FlowRunContext
 from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture
+from prefect.logging.handlers import APILogHandler
 from prefect.states import Cancelled, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -120,6 +122,41 @@ class _NoLinePerImageDone(logging.Filter):
         if not record.msg.startswith("Finished in state "):
             return True
         return not (record.msg.startswith("Finished in state Completed(") or NOT_STARTED in record.msg)
+
+
+class _LibraryLogToRun(APILogHandler):
+    """alps_client's warnings, sent to the flow run's log in the Prefect API as well (its page in the UI).
+
+    The library does not know Prefect: its records went to the process's console only (a served run's: the
+    `alps serve` process's), so a run watched in the UI never showed that k-means got fewer clusters than asked, a
+    Triton server left the rotation, or the GPU was missing and the run went on the CPU. Records from threads
+    outside any run context (the labelling threads, the Prefect API's watchdog) are given this run's id.
+    """
+
+    def __init__(self, flow_run_id: Any) -> None:
+        super().__init__(level=logging.WARNING)
+        self.flow_run_id = flow_run_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "flow_run_id", None) is None:
+            record.flow_run_id = self.flow_run_id
+        super().emit(record)
+
+
+@contextlib.contextmanager
+def _library_log_to_run() -> Iterator[None]:
+    """Within: alps_client's warnings also in the current flow run's log (:class:`_LibraryLogToRun`)."""
+    run = FlowRunContext.get()
+    if run is None or run.flow_run is None:
+        yield
+        return
+    handler = _LibraryLogToRun(run.flow_run.id)
+    library = logging.getLogger("alps_client")
+    library.addHandler(handler)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
 
 
 LABEL_IMAGE = "label-image"
@@ -350,6 +387,15 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
     no dataset (its finished shards stay for the rerun).
     """
     started = time.perf_counter()
+    with _library_log_to_run():
+        return _alps_flow(dataset, out, config, overwrite, concurrency, progress_bar, dask_address, dask_workers,
+                          allow_partial, started)
+
+
+def _alps_flow(dataset: str, out: str, config: ConfigParameter, overwrite: bool, concurrency: int,
+               progress_bar: bool, dask_address: str | None, dask_workers: int | None, allow_partial: bool,
+               started: float) -> dict[str, Any] | State:
+    """:func:`alps_flow`'s body."""
     try:
         check_workers(concurrency, dask_workers, dask_address)
         config, config_note = deployment_run_config(config)
@@ -565,7 +611,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     atomic.write_json(work_dir(out) / "last_run.json", run)
     artifacts.publish(run, out)
     report_link_artifact(out)
-    logger.info("Labelled dataset written to %s: %d images, %d classes, %d rejected input(s), %d missing",
+    logger.info("Labelled dataset written to %s: %d image(s), %d class(es), %d rejected input(s), %d missing",
                 out, summary["n_images"], summary["n_classes"], len(errors), len(missing))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {
         "n_labelled": len(run["labelled"]), "n_skipped": len(run["skipped"])}

@@ -1202,3 +1202,21 @@ def test_the_sam2_stand_in_is_said_to_be_no_sam2(sam2_stand_in_repo, tmp_path, c
     assert any("is a STAND-IN (not SAM 2.1)" in line for line in logged), logged
     page = (tmp_path / "out" / "report" / "index.html").read_text()
     assert "STAND-IN, not SAM 2.1" in page and "(segments by colour), not SAM 2.1:" in page
+
+
+def test_the_librarys_warnings_reach_the_flow_runs_log_in_the_api(fake_repo, scenes, tmp_path):
+    """alps_client's warnings (k clusters for fewer masks, a Triton server leaving the rotation, the GPU missing so
+    the run goes on the CPU) went to the process's console only: a run watched in the Prefect UI never showed them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from flows.prefect_api import drain_prefect_workers
+
+    config = dataclasses.replace(small_config(fake_repo), cluster=ClusterConfig(n_clusters=254))
+    state = alps_flow(str(scenes / "images"), str(tmp_path / "out"), config, progress_bar=False, return_state=True)
+    assert state.is_completed()
+    drain_prefect_workers()  # the logs go to the API in the background
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    (warned,) = [log for log in logs if "masks for 254 clusters" in log.message]
+    assert warned.level == 30 and warned.message.startswith("only ") and warned.name == "alps_client.labels.clustering"
