@@ -38,8 +38,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
-from prefect.context import FlowRunContext
 from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Cancelled, Failed, State
