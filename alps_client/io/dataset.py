@@ -8,7 +8,9 @@ keeps in ``OUT/.alps/shards``. No model is needed.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy.typing as npt
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError
 from alps_client.io.discovery import whole_stem
+from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
 from alps_client.io.publish import recover
 from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
@@ -66,6 +69,16 @@ def _image_source(out: Path, split: str, stem: str, shard: Path, img_suffix: str
     return Path(image_file) if image_file and Path(image_file).is_file() else None
 
 
+def _holds_inputs(folder: Path, look_at: int = 1000) -> bool:
+    """Whether one of the first ``look_at`` entries of ``folder`` is a file `alps run` reads (an image, a volume)."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name.lower() for e in itertools.islice(entries, look_at) if e.is_file()]
+    except OSError:
+        return False
+    return any(name.endswith(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS) for name in names)
+
+
 def load_dataset(out: str | Path) -> WrittenDataset:
     """Read the dataset in ``out`` (finishing a swap an interrupted write left half done).
 
@@ -80,6 +93,9 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     recover(out)
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file() or not (out / "centroids.npy").is_file():
+        if _holds_inputs(out):  # `alps run` into it would write the dataset among the images
+            raise AlpsError(f"{out} holds no ALPS dataset (no manifest.json / centroids.npy) but images: label them "
+                            f"first with `alps run {shlex.quote(str(out))} --out OUT` (a new folder), then give OUT")
         raise AlpsError(f"{out} holds no ALPS dataset (no manifest.json / centroids.npy); "
                         f"run `alps run DATASET --out {out}` first")
     last_run = _last_run(out)

@@ -893,6 +893,12 @@ def test_report_and_relabel_say_what_is_wrong_with_out(tmp_path, capsys):
             assert alps(command) == 2
             (line,) = capsys.readouterr().err.strip().splitlines()
             assert line.startswith(f"alps: error: {out} {said}"), (command, line)
+    # A folder of images given for OUT: `alps run IMAGES --out IMAGES` (what it said to do) mixes the dataset in.
+    (tmp_path / "photo.JPG").write_bytes(b"")
+    assert alps(["report", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"alps: error: {tmp_path} holds no ALPS dataset (no manifest.json / centroids.npy) but images: "
+                    f"label them first with `alps run {tmp_path} --out OUT` (a new folder), then give OUT")
 
 
 def test_report_and_relabel_of_a_read_only_out_say_so_in_one_line(labelled, tmp_path, monkeypatch, capsys):
