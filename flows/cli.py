@@ -170,7 +170,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     b = p.add_argument_group("backend")
     b.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="default: embedded (onnxruntime)")
     b.add_argument("--model-repository", type=a_path, help="exported model repository (default: model_repository)")
-    b.add_argument("--triton-url", dest="triton_urls", action="append",
+    b.add_argument("--triton-url", dest="triton_urls", action="append", metavar="HOST:PORT",
                    help="Triton host:port (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001 for gRPC, "
                         "127.0.0.1:8000 for HTTP)")
     b.add_argument("--protocol", choices=["grpc", "http"], help="Triton protocol (grpc; Triton serves HTTP on 8000)")
@@ -793,8 +793,8 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, default=1, help="runs executed at once (1)")
     serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="the runs' backend (embedded)")
     serve.add_argument("--model-repository", type=a_path, help="the runs' model repository (model_repository)")
-    serve.add_argument("--triton-url", dest="triton_urls", action="append",
-                       help="Triton host:port of the runs (repeatable; 127.0.0.1:8001)")
+    serve.add_argument("--triton-url", dest="triton_urls", action="append", metavar="HOST:PORT",
+                       help="Triton host:port of the runs (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001)")
     serve.set_defaults(func=cmd_serve)
     add_report_parser(sub)
     add_relabel_parser(sub)
