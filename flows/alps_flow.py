@@ -509,7 +509,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if leftovers:
         logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, out)
     try:
-        job = LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint)
+        job = LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint, plan.labelling)
         with open_labeller(job, concurrency, dask_address, dask_workers) as lab:
             if lab.runs_on:
                 logger.info("Model runs on %s", lab.runs_on)

@@ -85,6 +85,8 @@ class RunPlan:
             their shards renamed when the run starts.
         stretched: ``(path, (row, column) pixel size)`` of each volume whose slices have pixels at least
             :data:`STRETCHED_PIXELS` times as tall as wide or the reverse: SAM sees its anatomy stretched.
+        labelling: what ``fingerprint`` hashes (:func:`labelling_identity`, the batch as ``out``'s shards have it:
+            :func:`batch_as_out_labelled`), recorded in each shard.
     """
 
     dataset: str
@@ -102,6 +104,7 @@ class RunPlan:
     gone: tuple[str, ...] = ()
     moved: tuple[Move, ...] = ()
     stretched: tuple[tuple[str, tuple[float, float]], ...] = ()
+    labelling: dict[str, Any] | None = None
 
     @property
     def n_done(self) -> int:
@@ -404,6 +407,31 @@ def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelMani
     return config
 
 
+def batch_as_out_labelled(out: str | Path, labelling: dict[str, Any]) -> dict[str, Any]:
+    """``labelling`` (:func:`labelling_identity`), with the ``amg.points_per_batch`` of ``out``'s shards.
+
+    The batch of prompts per decoder call changes memory, never a mask (it is lowered after a run ran out of
+    memory), but the shards' fingerprint holds it: a rerun with another was refused as another configuration.
+    The run's own shards take the batch of those already there, so that ``out`` keeps one fingerprint. Reads the
+    first shard that can be read.
+    """
+    if not shard_dir(out).is_dir():
+        return labelling
+    for path in sorted(shard_dir(out).glob("*.npz")):
+        try:
+            meta = read_shard_meta(path)
+        except SHARD_READ_ERRORS:  # damaged: relabelled
+            continue
+        there = ((meta.get("extra") or {}).get("labelling") or {}).get("config", {}).get("amg", {})
+        if "points_per_batch" not in there or there["points_per_batch"] == labelling["config"]["amg"]["points_per_batch"]:
+            return labelling
+        theirs = {**labelling, "config": {**labelling["config"], "amg": {
+            **labelling["config"]["amg"], "points_per_batch": there["points_per_batch"]}}}
+        same = shard_fingerprint(theirs["model"], theirs["config"]) == meta.get("fingerprint")
+        return theirs if same else labelling
+    return labelling
+
+
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, labelling: dict[str, Any],
                           overwrite: bool) -> tuple[frozenset[str], int, int]:
     """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
@@ -451,7 +479,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     """
     manifest = check_request(dataset, config, out)
     config = as_out_labelled(out, config, manifest)
-    labelling = labelling_identity(manifest.fingerprint, config)
+    labelling = batch_as_out_labelled(out, labelling_identity(manifest.fingerprint, config))
     fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []
     multipage: list[tuple[str, int]] = []
@@ -476,7 +504,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving,
                    tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged,
                    tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved,
-                   _stretched_slices(items, config.inputs.slice_axis))
+                   _stretched_slices(items, config.inputs.slice_axis), labelling)
 
 
 # Slices whose pixels are this many times as tall as wide (or the reverse) are said: SAM sees them as square pixels.

@@ -34,12 +34,15 @@ class LabelJob:
         fingerprint: shard fingerprint of the model and labelling configuration.
         model: the model's fingerprint (:attr:`~alps_client.backends.manifest.ModelManifest.fingerprint`), kept in
             each shard with the labelling configuration, so that a run refused for another one can say what differs.
+        labelling: what ``fingerprint`` hashes, kept in each shard (:attr:`~alps_client.runs.plan.RunPlan.labelling`);
+            None: the model's and ``config``'s.
     """
 
     out: str
     config: PipelineConfig
     fingerprint: str
     model: str = ""
+    labelling: dict[str, Any] | None = None
 
 
 @dataclass
@@ -101,7 +104,7 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
         return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
     extra = {"kind": item.kind, "scene": item.scene, "window": item.window, "split": item.split, "geo": loaded.geo,
              "input": loaded.extra, "source_signature": signature, "content_sha256": _content_of(item.source),
-             "labelling": labelling_identity(job.model, job.config)}
+             "labelling": job.labelling or labelling_identity(job.model, job.config)}
     if loaded.valid is not None and not loaded.valid.any():  # a tile in a scene's collar: nothing there to label
         write_shard(shard, ImageShard(item.stem, item.source, job.fingerprint, MaskSet.empty(loaded.valid.shape),
                                       np.zeros(0, bool), np.zeros((0, 0), np.float32),

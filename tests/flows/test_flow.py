@@ -160,6 +160,17 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert json.loads((typed_out / "manifest.json").read_text())["config"]["amg"]["pred_iou_thresh"] == 0.88
     untyped = alps_flow(str(scenes / "images"), str(typed_out), cfg, progress_bar=False)
     assert untyped["n_labelled"] == 0 and untyped["n_skipped"] == 6 and labels(typed_out) == before
+    # --points-per-batch changes memory, never a mask (lowered after a run ran out of memory): it was refused as
+    # "another labelling configuration (amg.points_per_batch None there, 7 now)", every image to encode again
+    from alps_client.io.shards import read_shard_meta
+
+    smaller = dataclasses.replace(cfg, amg=dataclasses.replace(cfg.amg, points_per_batch=7))
+    (out / ".alps" / "shards" / "scene_0002.npz").unlink()  # labelled again, with the smaller batch
+    batched = alps_flow(str(scenes / "images"), str(out), smaller, progress_bar=False)
+    assert batched["n_labelled"] == 1 and batched["n_skipped"] == 5 and before == labels(out)
+    metas = [read_shard_meta(p) for p in sorted((out / ".alps" / "shards").glob("*.npz"))]
+    assert len({m["fingerprint"] for m in metas}) == 1  # OUT keeps one fingerprint: the next rerun skips them all
+    assert {m["extra"]["labelling"]["config"]["amg"]["points_per_batch"] for m in metas} == {None}
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
     with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
         alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
