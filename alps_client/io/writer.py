@@ -379,7 +379,8 @@ def _stage_dataset(
         stream.close(class_map.names)
     scene_counts = scenes.close()
     atomic.write_with(staging / "centroids.npy", lambda f: np.save(f, centroids.astype(np.float32)))
-    atomic.write_json(staging / "centroids.json", centroids_sidecar(dict(model_manifest)))
+    atomic.write_json(staging / "centroids.json", {**centroids_sidecar(dict(model_manifest)),
+                                                   "l2_normalized": config.features.l2_normalize})
     colours = palette(n_classes)
     classes = [
         {"id": k, "name": name, "clusters": class_map.clusters_of(k), "color": colours[k].tolist(),

@@ -291,6 +291,48 @@ def check_centroids_family(path: str | Path, model_family: str) -> None:
         )
 
 
+def _recorded_l2_normalized(path: Path) -> bool | None:
+    """Whether a ``centroids.npy`` was fitted on L2-normalised PFLs; None where nothing beside it says.
+
+    Read from ``centroids.json``, else from the dataset's ``manifest.json`` beside it (``config.features``).
+    """
+    for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ("l2_normalized",)),
+                         (path.parent / "manifest.json", ("config", "features", "l2_normalize"))):
+        try:
+            value: Any = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, bool):
+            return value
+    return None
+
+
+def check_centroids_features(path: str | Path, centroids: npt.NDArray[np.floating[Any]], l2_normalize: bool) -> None:
+    """Refuse ``(N, D)`` centroids fitted on PFLs normalised otherwise than this run's (``l2_normalize``).
+
+    The two are other scales of one space: every mask would go to the centre nearest the origin (or farthest from
+    it). Read from the record beside them; with none, centroids whose norm exceeds 1 cannot be means of unit vectors.
+
+    Raises:
+        AlpsError: One line naming the setting to add.
+    """
+    fitted_normalised = _recorded_l2_normalized(Path(path))
+    if fitted_normalised is None:
+        if not l2_normalize or float(np.linalg.norm(centroids, axis=1).max()) <= 1.0 + 1e-3:
+            return  # nothing says, and the norms allow both
+        fitted_normalised = False
+    if fitted_normalised == l2_normalize:
+        return
+    raise AlpsError(
+        f"--centroids {path}: fitted on {'L2-normalised' if fitted_normalised else 'unnormalised'} mask features, but "
+        f"this run {'normalises' if l2_normalize else 'does not normalise'} them: every mask would go to one class; "
+        f"add {'--l2-normalize' if fitted_normalised else '--no-l2-normalize'} (as they were fitted), or drop "
+        "--centroids to cluster anew"
+    )
+
+
 def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = None) -> npt.NDArray[np.float32]:
     """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254.
 

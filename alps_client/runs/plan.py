@@ -244,10 +244,15 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         raise AlpsError(f"{given}: SAM 2.1 only (its generator's parameters); {manifest.root} holds "
                         f"{manifest.model_type} ({manifest.model_family})")
     if config.cluster.centroids:  # read now, not after every image is labelled
-        from alps_client.labels.clustering import check_centroids_model, load_centroids
+        from alps_client.labels.clustering import (
+            check_centroids_features,
+            check_centroids_model,
+            load_centroids,
+        )
 
-        load_centroids(config.cluster.centroids, model_family=manifest.model_family)
+        centroids = load_centroids(config.cluster.centroids, model_family=manifest.model_family)
         check_centroids_model(config.cluster.centroids, manifest.raw, warn=lambda _: None)  # the run warns
+        check_centroids_features(config.cluster.centroids, centroids, config.features.l2_normalize)
     from alps_client.labels.clustering import check_backend_dependencies
 
     check_backend_dependencies(config.cluster)  # found missing after every image was labelled

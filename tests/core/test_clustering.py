@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from alps_client.config import ClusterConfig
 from alps_client.errors import AlpsError
@@ -116,6 +117,47 @@ def test_dask_backend_on_a_local_cluster(five_blobs):
         c = fit_centroids(paths, cfg)
     assert c.shape == (5, 256)
     assert purity(assign_clusters(x, c), labels) == 1.0
+
+
+def test_centroids_fitted_on_features_normalised_otherwise_are_refused(fake_repo, tmp_path):
+    """``--centroids`` of a ``--no-l2-normalize`` run given to a run that normalises (or the reverse) was taken: every
+    mask fell in the class nearest the origin (3 of 4 classes empty), exit 0."""
+    import json
+
+    from alps_client.config import BackendConfig, FeatureConfig, PipelineConfig
+    from alps_client.runs.plan import check_request
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((32, 48, 3), 90, np.uint8)).save(data / "a.png")
+    rng = np.random.RandomState(0)
+    unit = rng.randn(4, 256)
+    unit = (unit / np.linalg.norm(unit, axis=1, keepdims=True) * 0.9).astype(np.float32)  # means of unit vectors
+    raw = (rng.randn(4, 256) * 0.4).astype(np.float32)  # norms ~6: no mean of unit vectors
+
+    def request(centroids: Path, l2_normalize: bool) -> None:
+        check_request(data, PipelineConfig(backend=BackendConfig(model_repository=str(fake_repo)),
+                                           features=FeatureConfig(l2_normalize=l2_normalize),
+                                           cluster=ClusterConfig(centroids=str(centroids))), tmp_path / "out")
+
+    for folder, values, record in (("sidecar", unit, {"l2_normalized": True}),
+                                   ("manifest", unit, None), ("norms", raw, None)):
+        (tmp_path / folder).mkdir()
+        centroids = tmp_path / folder / "centroids.npy"
+        np.save(centroids, values)
+        if record is not None:
+            (tmp_path / folder / "centroids.json").write_text(json.dumps(record))
+        elif folder == "manifest":  # a dataset's centroids.json from before the field: its manifest says
+            (tmp_path / folder / "manifest.json").write_text(json.dumps({"config": {"features": {"l2_normalize": True}}}))
+        fitted_normalised = folder != "norms"
+        with pytest.raises(AlpsError, match=rf"--centroids {centroids}: fitted on "
+                                            rf"{'L2-normalised' if fitted_normalised else 'unnormalised'} mask features"
+                                            rf".*add {'--l2-normalize' if fitted_normalised else '--no-l2-normalize'}"):
+            request(centroids, l2_normalize=not fitted_normalised)
+        request(centroids, l2_normalize=fitted_normalised)  # as fitted: taken
+    np.save(tmp_path / "unknown.npy", unit)  # nothing says, and the norms allow both: taken either way
+    for l2_normalize in (True, False):
+        request(tmp_path / "unknown.npy", l2_normalize)
 
 
 def test_reusing_centroids_keeps_class_ids(five_blobs, tmp_path):

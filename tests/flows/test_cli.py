@@ -93,7 +93,8 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     (tmp_path / "dicom" / "series" / "scout.gif").write_bytes(b"GIF89a")
     (tmp_path / "dicom" / "atlas.mhd").write_text("ObjectType = Image\nElementDataFile = atlas.raw\n")
     (tmp_path / "a_file").write_text("an --out under a file (was a traceback from the API server's start)")
-    np.save(tmp_path / "four.npy", np.random.default_rng(0).random((4, 256), np.float32))
+    four = np.random.default_rng(0).random((4, 256), np.float32)
+    np.save(tmp_path / "four.npy", four / np.linalg.norm(four, axis=1, keepdims=True))  # as a run fits them
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
         args += ["--model-repository", str(fake_repo)]

@@ -74,6 +74,7 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     with run_log("prefect.task_runs") as task_lines, run_log() as flow_lines:
         result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6 and result["complete"]
+    assert json.loads((out / "centroids.json").read_text())["l2_normalized"] is True  # --centroids checks it
     # Rejected at discovery: said at the start too, not only after every image (hours later on a large run).
     early = next(i for i, line in enumerate(flow_lines) if "rejected before labelling" in line)
     assert "1 input(s) rejected before labelling (1 zero-byte file)" in flow_lines[early]
@@ -751,7 +752,8 @@ def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, sc
         alps_flow(image, str(tmp_path / "gated"), replace(cfg, gate=GateConfig(sigma=1e-6)), progress_bar=False)
     assert len(list((tmp_path / "gated" / ".alps" / "shards").glob("*.npz"))) == 1
     assert not (tmp_path / "gated" / ".alps" / "centroids.npy").exists()
-    np.save(tmp_path / "centroids.npy", np.random.default_rng(0).random((4, 256), np.float32))
+    centroids = np.random.default_rng(0).random((4, 256), np.float32)
+    np.save(tmp_path / "centroids.npy", centroids / np.linalg.norm(centroids, axis=1, keepdims=True))  # as fitted
     with_centroids = replace(cfg, gate=GateConfig(sigma=1e-6),
                              cluster=replace(cfg.cluster, centroids=str(tmp_path / "centroids.npy")))
     with pytest.raises(AlpsError, match=r"raise --sigma"):  # it wrote a dataset of 255 alone, and exited 0
