@@ -7,18 +7,27 @@ import platform
 import subprocess
 from pathlib import Path
 
+# Pillow decodes and resizes every image for SAM, OpenCV removes small regions, scipy, rasterio (GDAL) and nibabel
+# read and write, dask and dask-ml cluster: each can change a label.
 PACKAGES = ("alps", "numpy", "onnxruntime", "onnx", "scikit-learn", "pycocotools", "prefect", "torch",
-            "segment-anything", "sam2", "tritonclient")
+            "segment-anything", "sam2", "tritonclient", "pillow", "opencv-python-headless", "opencv-python", "scipy",
+            "rasterio", "nibabel", "pyogrio", "shapely", "pyproj", "dask", "dask-ml")
 
 
 def versions() -> dict[str, str]:
-    """``{"python": ..., package: version}`` for the installed packages among :data:`PACKAGES`."""
+    """``{"python": ..., package: version}`` for the installed packages among :data:`PACKAGES`.
+
+    With ``alps_commit`` (:func:`source_commit`) where the source is a git checkout: every commit is 0.1.0.
+    """
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    commit = source_commit()
+    if commit:
+        out["alps_commit"] = commit
     return out
 
 

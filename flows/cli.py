@@ -724,10 +724,10 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
-        from alps_client.versions import source_commit, versions
+        from alps_client.versions import versions
 
         found = versions()
-        commit = source_commit()
+        commit = found.pop("alps_commit", None)
         lines = [f"alps {found.pop('alps', 'not installed (run from a source folder)')}"
                  + (f" (commit {commit})" if commit else "")]
         lines += [f"  {name} {version}" for name, version in found.items()]
@@ -854,7 +854,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:  # the commands and what they do, not "the following arguments are required: command"
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    args, unknown = parser.parse_known_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except BrokenPipeError:  # `alps --version | head -1`, `alps run --help | head`: the reader left
+        _to_devnull(sys.stdout)  # Python flushes stdout again at exit
+        return EXIT_BROKEN_PIPE
     if unknown:  # said by the command's parser, with its usage (the top one showed `alps {run,...}`)
         command_parsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     consoles: list[ReaderMayLeave] = []

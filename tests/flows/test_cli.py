@@ -465,6 +465,12 @@ def test_version_names_alps_and_the_packages_that_decide_outputs(capsys):
     assert lines[0].startswith(f"alps {importlib.metadata.version('alps')}{commit}"), lines[0]
     found = dict(line.split() for line in lines[1:])
     assert found["onnxruntime"] == importlib.metadata.version("onnxruntime") and {"python", "prefect", "numpy"} <= set(found)
+    assert "alps_commit" not in found  # said on the first line
+    # `alps --version | head -1`: the reader gone before the lines were written gave a traceback (exit 1)
+    proc = subprocess.Popen([*ALPS, "--version"], cwd=CWD, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has started: every write finds the pipe closed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err, err.decode()[-2000:]
 
 
 def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(fake_repo, scenes, prefect_server,

@@ -75,6 +75,11 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
         result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert result["summary"]["n_images"] == 6 and result["n_labelled"] == 6 and result["complete"]
     assert json.loads((out / "centroids.json").read_text())["l2_normalized"] is True  # --centroids checks it
+    from alps_client.versions import source_commit
+
+    recorded = json.loads((out / "manifest.json").read_text())["versions"]  # what decides the labels, to reproduce
+    assert {"pillow", "scipy", "rasterio", "nibabel"} <= recorded.keys() and "opencv-python-headless" in recorded
+    assert recorded["alps_commit"] == source_commit() and recorded["alps_commit"]  # every commit is alps 0.1.0
     # Rejected at discovery: said at the start too, not only after every image (hours later on a large run).
     early = next(i for i, line in enumerate(flow_lines) if "rejected before labelling" in line)
     assert "1 input(s) rejected before labelling (1 zero-byte file)" in flow_lines[early]
