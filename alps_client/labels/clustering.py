@@ -418,9 +418,7 @@ def fit_centroids(
     from sklearn.cluster import kmeans_plusplus
 
     init, _ = kmeans_plusplus(sample.astype(np.float64), n_clusters=n, random_state=config.seed)
-    backend = config.backend
-    if backend == "auto":
-        backend = "cuml" if _gpu_available() else "sklearn"
+    backend = kmeans_backend(config)
     if backend == "cuml":
         return _fit_cuml(paths, counts, init, config)
     if backend == "dask":
@@ -440,6 +438,22 @@ def _fit_sklearn(paths: list[Path], init: npt.NDArray[np.float64], config: Clust
         for batch in iter_batches(paths, config.batch_size, rng):
             km.partial_fit(batch.astype(np.float64))
     return km.cluster_centers_.astype(np.float32)
+
+
+# What each k-means backend runs, as a run's log says it: "auto" resolves per machine, and they are not one algorithm.
+KMEANS_BACKENDS = {"sklearn": "scikit-learn MiniBatchKMeans over every mask, on the CPU",
+                   "cuml": "cuML KMeans on a sample of the masks, on the GPU",
+                   "dask": "dask-ml KMeans over every mask, on the Dask cluster"}
+
+
+def kmeans_backend(config: ClusterConfig) -> str:
+    """The k-means backend that fits ``config``'s centroids on this machine: a key of :data:`KMEANS_BACKENDS`.
+
+    ``config.backend``, with ``auto`` resolved: ``cuml`` where a GPU and cuML are present, else ``sklearn``.
+    """
+    if config.backend != "auto":
+        return config.backend
+    return "cuml" if _gpu_available() else "sklearn"
 
 
 def _gpu_available() -> bool:

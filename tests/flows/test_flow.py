@@ -83,7 +83,10 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     # Rejected at discovery: said at the start too, not only after every image (hours later on a large run).
     early = next(i for i, line in enumerate(flow_lines) if "rejected before labelling" in line)
     assert "1 input(s) rejected before labelling (1 zero-byte file)" in flow_lines[early]
-    assert early < next(i for i, line in enumerate(flow_lines) if line.startswith("Clustering the masks of 6 image"))
+    clustering = next(i for i, line in enumerate(flow_lines) if line.startswith("Clustering the masks of 6 image"))
+    assert early < clustering
+    # which k-means ran: "auto" is cuML's on a sample on a GPU machine, scikit-learn's over every mask elsewhere
+    assert "(k-means: scikit-learn MiniBatchKMeans over every mask, on the CPU)" in flow_lines[clustering]
     # One "Finished in state Completed()" per task run but the images' (a line per image buried big runs' logs).
     assert sum(line.startswith("Finished in state Completed(") for line in task_lines) == 2, task_lines
     assert [e["reason"] for e in result["errors"]] == ["zero-byte file"] and result["missing"] == []
