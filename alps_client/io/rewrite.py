@@ -199,7 +199,8 @@ def _rewritten_writer(data: WrittenDataset, vector_format: Literal["gpkg", "geoj
 
 
 def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: Callable[[str], None],
-                    centroids_file: str | Path | None = None) -> tuple[ClassMap, dict[str, Any]] | None:
+                    centroids_file: str | Path | None = None,
+                    renumbered: Callable[[Path], None] = lambda _: None) -> tuple[ClassMap, dict[str, Any]] | None:
     """The classes of the last ``alps relabel`` of ``out``, for a rerun of ``alps run`` that writes it again.
 
     A rerun that finds the same clusters (same shards and clustering settings, or the same ``--centroids``) keeps
@@ -218,6 +219,8 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         centroids: ``(N, D) float32`` the centres the rerun is about to write.
         warn: receives the line explaining why a previous relabel is not carried over.
         centroids_file: the run's ``--centroids``, if any.
+        renumbered: receives the ``centroids.npy`` the dataset's earlier clusters are kept in, when these differ
+            and no relabel was made for them (:func:`_set_aside_earlier_clusters`): class ids change.
 
     Returns:
         ``(class map, manifest record)`` of the previous relabel (or of one set aside for these centroids, or of
@@ -254,25 +257,30 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
     if centroids_file:
         return _relabel_beside(Path(centroids_file), centroids, warn)
     if not record:
-        _set_aside_earlier_clusters(out, centroids, warn)
+        earlier = _set_aside_earlier_clusters(out, centroids, warn)
+        if earlier is not None:
+            renumbered(earlier)
     return None
 
 
-def _set_aside_earlier_clusters(out: Path, centroids: npt.NDArray[np.float32], warn: Callable[[str], None]) -> None:
+def _set_aside_earlier_clusters(out: Path, centroids: npt.NDArray[np.float32], warn: Callable[[str], None]
+                                ) -> Path | None:
     """Keep the clusters of the dataset a rerun replaces when they differ from the rerun's, and say so.
 
     k-means runs again over every mask at each run: a few images added or removed change the clusters, and with
     them the class ids of nearly every label map (a class a user noted, or trained on, silently means something
     else). The earlier centres are kept under ``OUT/.alps/earlier/<sha256>/``; ``--centroids`` brings them back.
+    Returns their ``centroids.npy``, or None when there were none or they are the same.
     """
     previous = load_or_none(out / "centroids.npy")
     if previous is None or _same(previous, centroids):
-        return
+        return None
     folder = _set_aside(out, EARLIER, previous)
     warn(f"this run's clusters differ from those of the dataset it replaces in {out} (k-means runs again over every "
          f"mask: images added or removed, or other clustering settings), so class ids change in the label maps; the "
          f"earlier clusters are kept: run again with --centroids {shlex.quote(str(folder / 'centroids.npy'))} to label "
          "every image with them")
+    return folder / "centroids.npy"
 
 
 def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:

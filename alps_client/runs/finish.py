@@ -107,7 +107,14 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     if undecodable:
         extra["sources_not_utf8"] = undecodable
     class_map = None
-    carried = carried_relabel(out, centroids, log.warning, plan.config.cluster.centroids)
+    earlier: list[Path] = []
+    carried = carried_relabel(out, centroids, log.warning, plan.config.cluster.centroids, earlier.append)
+    if earlier:  # said on the console and in the run's log; the dataset says it to whoever reads it later
+        extra["classes_renumbered"] = {
+            "earlier_centroids": str(earlier[0]),
+            "why": "k-means ran again over other masks (images added or removed, or other clustering settings): "
+                   "class ids differ from those of the dataset this one replaced; --centroids of earlier_centroids "
+                   "labels every image with the earlier classes"}
     if carried:
         class_map, extra["relabel"] = carried
         if "from" in extra["relabel"]:

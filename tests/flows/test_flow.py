@@ -712,10 +712,14 @@ def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_r
     assert len(said) == 1 and not np.array_equal(np.load(out / "centroids.npy"), first_centroids)
     kept = said[0].split("--centroids ")[1].split(" to label")[0]
     np.testing.assert_array_equal(np.load(kept), first_centroids)
+    # The dataset says so too (it was on the console alone): one reading OUT later sees the ids moved, and from what
+    renumbered = json.loads((out / "manifest.json").read_text())["classes_renumbered"]
+    assert renumbered["earlier_centroids"] == kept and "class ids" in renumbered["why"]
     with run_log("prefect.task_runs") as logged:
         alps_flow(str(data), str(out), dataclasses.replace(cfg, cluster=ClusterConfig(n_clusters=4, centroids=kept)),
                   progress_bar=False)
     assert not [line for line in logged if "clusters differ" in line]
+    assert "classes_renumbered" not in json.loads((out / "manifest.json").read_text())  # as the earlier dataset's
     assert {name: label for name, label in labels(out).items() if name in first} == first
 
 
