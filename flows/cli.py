@@ -696,6 +696,11 @@ def _exit_surely_on_sigterm() -> None:
     """
     from prefect.runner.runner import Runner
 
+    # Started with SIGINT ignored (a script's `alps serve &`, nohup), SIGINT stopped neither serve nor its runs'
+    # processes (which inherit the ignoring): serve was ended by the timer, its run labelling on, holding OUT. Caught
+    # here, SIGINT is back to its default in the processes serve starts as well (exec resets a caught signal).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def handle_sigterm(self: Runner, *args: Any, **kwargs: Any) -> None:
         timer = threading.Timer(SIGTERM_GRACE_S, os._exit, args=(0,))
         timer.daemon = True  # a graceful exit is not held by it

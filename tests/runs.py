@@ -191,12 +191,18 @@ def run_alps(args: list, env: dict[str, str], timeout: float = 600) -> subproces
 _STARTED: list[subprocess.Popen] = []
 
 
-def start_alps(args: list, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_alps(args: list, env: dict[str, str], log: Path, sigint_ignored: bool = False) -> subprocess.Popen:
     """`alps ARGS` in the background (its own session), output to ``log``; killed after the test if it is still
-    running then (:func:`kill_leftover_runs`)."""
+    running then (:func:`kill_leftover_runs`).
+
+    ``sigint_ignored``: started with SIGINT ignored, as a shell script's ``cmd &`` and ``nohup`` start it.
+    """
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     with log.open("w") as f:
         proc = subprocess.Popen([*ALPS, *map(str, args)], cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=ignore_sigint if sigint_ignored else None)
     _STARTED.append(proc)
     return proc
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from alps_client.backends.fake import write_fake_repository
 from tests.runs import cli_env, gone, prefect_api, start_alps, wait_for_exit, wait_until
@@ -16,10 +18,11 @@ from tests.stops import assert_resumes, assert_stop_recorded, finished_stems, pa
 SMALL_CONFIG = {"amg": {"points_per_side": 8}, "cluster": {"n_clusters": 4}}  # SMALL, as a run's `config`
 
 
-def start_serve(repo: Path, dataset: Path, out: Path, env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
+def start_serve(repo: Path, dataset: Path, out: Path, env: dict[str, str], tmp_path: Path,
+                sigint_ignored: bool = False) -> subprocess.Popen:
     """`alps serve` of the deployment ``serve-<tmp_path's name>`` on the model repository ``repo``."""
     return start_alps(["serve", "--name", f"serve-{tmp_path.name}", "--model-repository", repo, "--dataset", dataset,
-                       "--out", out], env, tmp_path / "serve.log")
+                       "--out", out], env, tmp_path / "serve.log", sigint_ignored)
 
 
 def start_deployment_run(api, serve: subprocess.Popen, tmp_path: Path, parameters: dict) -> str:
@@ -142,15 +145,19 @@ def test_a_served_run_cancelled_in_the_ui_stops_and_the_next_run_resumes(fault_d
     assert_resumes(fault_data, fake_repo, fault_reference, out, env, finished)
 
 
-def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_server, tmp_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True])
+def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_server, tmp_path, sigint_ignored):
     """`kill` of `alps serve` (systemd, `docker stop`) while its run holds an image: serve printed an asyncio
     traceback, its run stayed Running, and its process labelled on after serve was gone (found by a helper's UI
     audit). Now as Ctrl-C: serve ends without a traceback, the run ends crashed saying why, its image in flight
-    cancelled, and its process ends too."""
+    cancelled, and its process ends too. Started with SIGINT ignored (a script's `alps serve &`, `nohup`), serve
+    was ended by its 30 s timer, its run's process labelling on and holding OUT."""
+    from flows.cli import SIGTERM_GRACE_S
+
     repo, faults = paused_repo(tmp_path)
     out = tmp_path / "out"
     env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    serve = start_serve(repo, fault_data, out, env, tmp_path)
+    serve = start_serve(repo, fault_data, out, env, tmp_path, sigint_ignored)
     try:
         with prefect_api(prefect_server) as api:
             run_id = start_deployment_run(api, serve, tmp_path, {"concurrency": 1, "config": SMALL_CONFIG})
@@ -158,8 +165,10 @@ def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_se
                        "two images labelled and the third held", proc=serve)
             (flow_process,) = [p for p in psutil.Process(serve.pid).children(recursive=True)
                                if "spawn_main" in " ".join(p.cmdline())]
+            stopped_at = time.monotonic()
             serve.terminate()
             assert wait_for_exit(serve, 120, tmp_path / "serve.log") == 0
+            assert time.monotonic() - stopped_at < SIGTERM_GRACE_S  # it stopped, not its timer
             assert not gone([flow_process])  # it does not label on after serve
             assert "Traceback" not in (tmp_path / "serve.log").read_text()
             state = wait_until(lambda: run_ended(api)(run_id), "the run to end", timeout=60)
