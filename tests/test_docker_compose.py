@@ -47,9 +47,24 @@ def test_cpu_override_drops_the_gpu_reservation():
 
 
 def test_binding_is_opt_in(monkeypatch):
-    monkeypatch.setenv("ALPS_BIND", "0.0.0.0")
+    monkeypatch.delenv("ALPS_UI_API_URL", raising=False)
+    ui_api = config("compose.yml")["services"]["prefect-server"]["environment"]["PREFECT_UI_API_URL"]
+    assert ui_api == "http://127.0.0.1:4200/api"
+    monkeypatch.setenv("ALPS_BIND", "10.0.0.5")
     services = config("compose.yml")["services"]
-    assert {p["host_ip"] for p in services["triton"]["ports"]} == {"0.0.0.0"}
+    assert {p["host_ip"] for p in services["triton"]["ports"]} == {"10.0.0.5"}
+    # The UI's browser calls the API where it is published: 127.0.0.1 there listened to nothing
+    assert services["prefect-server"]["environment"]["PREFECT_UI_API_URL"] == "http://10.0.0.5:4200/api"
+    monkeypatch.setenv("ALPS_UI_API_URL", "http://labelling.example.org:4200/api")
+    ui_api = config("compose.yml")["services"]["prefect-server"]["environment"]["PREFECT_UI_API_URL"]
+    assert ui_api == "http://labelling.example.org:4200/api"
+
+
+def test_docker_stop_waits_for_serve_to_stop_its_run():
+    from flows.cli import SIGTERM_GRACE_S
+
+    worker = config("compose.yml")["services"]["worker"]
+    assert float(worker["stop_grace_period"].rstrip("s")) > SIGTERM_GRACE_S  # docker's 10 s killed it first
 
 
 def test_dask_profile_is_optional():
