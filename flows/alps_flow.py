@@ -14,6 +14,7 @@ error as its data, so callers (``alps run``) map it to an exit code without a tr
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import os
 import sys
@@ -130,17 +131,20 @@ class _LibraryLogToRun(APILogHandler):
     The library does not know Prefect: its records went to the process's console only (a served run's: the
     `alps serve` process's), so a run watched in the UI never showed that k-means got fewer clusters than asked, a
     Triton server left the rotation, or the GPU was missing and the run went on the CPU. Records from threads
-    outside any run context (the labelling threads, the Prefect API's watchdog) are given this run's id.
+    outside any run context (the labelling threads, the Prefect API's watchdog) are given this run's id, and sent
+    from a copy of the flow's context: there Prefect's settings lack the run's API (``temporary_settings`` is
+    per context), and sending from such a thread started an ephemeral Prefect server of its own.
     """
 
     def __init__(self, flow_run_id: Any) -> None:
         super().__init__(level=logging.WARNING)
         self.flow_run_id = flow_run_id
+        self.flow_context = contextvars.copy_context()
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "flow_run_id", None) is None:
             record.flow_run_id = self.flow_run_id
-        super().emit(record)
+        self.flow_context.copy().run(super().emit, record)  # a copy: a context is entered by one thread at a time
 
 
 @contextlib.contextmanager
