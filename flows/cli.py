@@ -653,6 +653,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # that set only `inputs.tile` kept 384, and any tile of 384 px or less failed as "overlap must lie in [0, tile)".
     default = config.to_dict()
     default["inputs"]["overlap"] = None
+    if urls is None:  # the same for Triton's port, which follows the protocol (a run's `backend.protocol`)
+        default["backend"]["triton_urls"] = None
     parameters: dict[str, Any] = {"config": default}
     parameters.update({name: os.path.abspath(value) for name, value in (("dataset", args.dataset), ("out", args.out))
                        if value})

@@ -310,6 +310,11 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
             assert defaults["config"]["inputs"]["overlap"] is None
             tiled = overlay_config(defaults["config"], {"inputs": {"tile": 128}})
             assert pydantic.TypeAdapter(PipelineConfig).validate_python(tiled).inputs.overlap == 55
+            # Triton's port follows the protocol a run sets: stored resolved (127.0.0.1:8001, gRPC's), a run setting
+            # only backend.protocol "http" sent HTTP to the gRPC port
+            assert defaults["config"]["backend"]["triton_urls"] is None
+            http = overlay_config(defaults["config"], {"backend": {"kind": "triton", "protocol": "http"}})
+            assert pydantic.TypeAdapter(PipelineConfig).validate_python(http).backend.triton_urls == ("127.0.0.1:8000",)
 
             def start(parameters):
                 return api.post(f"/deployments/{deployment_id}/create_flow_run",
