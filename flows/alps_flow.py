@@ -400,6 +400,9 @@ def _alps_flow(dataset: str, out: str, config: ConfigParameter, overwrite: bool,
                progress_bar: bool, dask_address: str | None, dask_workers: int | None, allow_partial: bool,
                started: float) -> dict[str, Any] | State:
     """:func:`alps_flow`'s body."""
+    # As the run's log, records and UI show them: a served run's `~/out` was a folder named `~` under the serve
+    # process's folder, logged as `~/out`, read as $HOME.
+    dataset, out = (os.path.abspath(os.path.expanduser(path)) for path in (dataset, out))
     try:
         check_workers(concurrency, dask_workers, dask_address)
         config, config_note = deployment_run_config(config)

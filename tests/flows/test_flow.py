@@ -1245,3 +1245,19 @@ def test_the_librarys_warnings_reach_the_flow_runs_log_in_the_api(fake_repo, sce
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     (warned,) = [log for log in logs if "masks for 254 clusters" in log.message]
     assert warned.level == 30 and warned.message.startswith("only ") and warned.name == "alps_client.labels.clustering"
+
+
+def test_a_run_given_a_relative_or_home_path_says_and_writes_where_it_is(fake_repo, scenes, tmp_path, monkeypatch):
+    """A served run (or a notebook's call) given `out: "~/labelled"` wrote a folder literally named `~` under the
+    process's folder, and logged `Labelled dataset written to ~/labelled`: read as $HOME, where nothing was."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    shutil.copytree(scenes / "images", here / "images")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    with run_log() as logged:
+        alps_flow("images", "~/labelled", small_config(fake_repo), progress_bar=False)
+    assert (home / "labelled" / "manifest.json").is_file() and not (here / "~").exists()
+    assert any(line.startswith(f"Labelled dataset written to {home / 'labelled'}:") for line in logged), logged
+    assert json.loads((home / "labelled" / ".alps" / "last_run.json").read_text())["dataset"] == str(here / "images")
