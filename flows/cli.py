@@ -163,6 +163,25 @@ def _bands(value: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected 1-based band numbers such as 4,3,2, got {value!r}") from None
 
 
+def _deployment_name(value: str) -> str:
+    """A name Prefect registers as given: `--name ""` became `alps-label-dataset/alps-label-dataset`, `a/b` a
+    traceback after the "deployment ..." line."""
+    if not value.strip() or value != value.strip() or any(c in value for c in "/%"):
+        raise argparse.ArgumentTypeError(f"expected a name without '/', '%' or spaces around it, got {value!r}")
+    return value
+
+
+def _runs_at_once(value: str) -> int:
+    """At least one: `--limit 0` served runs that stayed Late for ever, `-1` a traceback after "is being served"."""
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of runs >= 1, got {value!r}")
+    return limit
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``alps run`` (and ``python flows/alps_flow.py``)."""
     p.add_argument("dataset", type=a_path, help="folder (or file) of images to label")
@@ -794,10 +813,11 @@ def make_parser() -> argparse.ArgumentParser:
                     help="leave out ground-truth images that have no pseudo-label (default: count them as unlabelled)")
     ev.set_defaults(func=cmd_evaluate)
     serve = sub.add_parser("serve", help="register a deployment (flow.serve) to start runs from the Prefect UI")
-    serve.add_argument("--name", default="alps", help="the deployment's name: alps-label-dataset/NAME (alps)")
+    serve.add_argument("--name", type=_deployment_name, default="alps",
+                       help="the deployment's name: alps-label-dataset/NAME (alps)")
     serve.add_argument("--dataset", help="default dataset parameter of the runs started in the UI")
     serve.add_argument("--out", type=a_path, help="default output parameter of the runs started in the UI")
-    serve.add_argument("--limit", type=int, default=1, help="runs executed at once (1)")
+    serve.add_argument("--limit", type=_runs_at_once, default=1, help="runs executed at once (1)")
     serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="the runs' backend (embedded)")
     serve.add_argument("--model-repository", type=a_path, help="the runs' model repository (model_repository)")
     serve.add_argument("--triton-url", dest="triton_urls", action="append", metavar="HOST:PORT",

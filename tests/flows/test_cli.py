@@ -354,6 +354,21 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
         proc.wait(timeout=60)
 
 
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--name", ""], "argument --name: expected a name without '/', '%' or spaces around it, got ''"),
+    (["--name", "  "], "argument --name: expected a name"), (["--name", "a/b"], "argument --name: expected a name"),
+    (["--limit", "0"], "argument --limit: expected a whole number of runs >= 1, got '0'"),
+    (["--limit", "-1"], "argument --limit: expected a whole number of runs >= 1"),
+])
+def test_serve_refuses_a_name_or_limit_prefect_cannot_serve(flags, said, capsys):
+    """`--name ""` registered `alps-label-dataset/alps-label-dataset` while saying `alps-label-dataset/`; `a/b` and
+    `--limit -1` ended in a traceback after serve said it served; `--limit 0` served runs that stayed Late."""
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", *flags])
+    assert stop.value.code == 2
+    assert f"alps serve: error: {said}" in capsys.readouterr().err
+
+
 def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fake_repo, tmp_path):
     """`alps serve --dataset TYPO` registered a deployment whose every default run failed, without a word; and with
     PREFECT_API_URL unreachable it said to unset it, which serve then refused ("needs a server that outlives it")."""
