@@ -164,8 +164,10 @@ def _bands(value: str) -> tuple[int, ...]:
 
 
 def _deployment_name(value: str) -> str:
-    """A name Prefect registers as given: `--name ""` became `alps-label-dataset/alps-label-dataset`, `a/b` a
-    traceback after the "deployment ..." line."""
+    """A deployment name that Prefect registers as given.
+
+    `--name ""` became `alps-label-dataset/alps-label-dataset`, `a/b` a traceback after the "deployment ..." line.
+    """
     if not value.strip() or value != value.strip() or any(c in value for c in "/%"):
         raise argparse.ArgumentTypeError(f"expected a name without '/', '%' or spaces around it, got {value!r}")
     return value
