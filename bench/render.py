@@ -166,6 +166,33 @@ def _dense(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _long_run(r: dict[str, Any]) -> list[str]:
+    slope = r["slope_mib_per_1000_images"]
+    peak, sec = r["peak_rss_mib"], r["seconds"]
+
+    def _s(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.1f}"
+
+    lines = ["## Long run: resident memory of `alps run` over the images", "",
+             (f"`bench/bench_long_run.py`: `{r['command']}`; {r['model']}; {r['images']} synthetic {r['size']}-px "
+              f"scenes, {r['points_per_side']}x{r['points_per_side']} grid; sampled every {r['interval_s']:g} s; "
+              f"{_context(r)}."), "",
+             "| labelling phase | images done | seconds | run RSS MiB | run USS MiB | children RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {k} | {v['images']} | {v['seconds']:.0f} | {v['rss_mib']:.0f} | {v['uss_mib']:.0f} | "
+              f"{v['children_rss_mib']:.0f} |" for k, v in r["at"].items()]
+    lines += ["", (f"- growth, MiB per 1,000 images (least squares on images done): run RSS {_s(slope['rss_after_20%'])} "
+                   f"after the first 20 % ({_s(slope['rss_second_half'])} over the second half), run USS "
+                   f"{_s(slope['uss_after_20%'])} ({_s(slope['uss_second_half'])}), children RSS "
+                   f"{_s(slope['children_rss_after_20%'])}"),
+              (f"- peak RSS: run {peak['run']:.0f} MiB (VmHWM), Prefect API server {peak['api_server']:.0f} MiB; after "
+               f"the last shard (clustering, writing): run {_f(peak['after_last_shard'], 0)} MiB, children "
+               f"{_f(peak['children_after_last_shard'], 0)} MiB"),
+              (f"- seconds: {sec['to_first_shard']:.0f} to the first shard, {sec['labelling']:.0f} labelling, "
+               f"{sec['after_last_shard']:.0f} after the last shard, {sec['total']:.0f} in all ({r['samples']} samples)")]
+    return [*lines, ""]
+
+
 def render_entry(name: str, r: dict[str, Any]) -> list[str]:
     """Markdown lines for one entry of ``results.json``."""
     kind = r.get("kind")
@@ -179,6 +206,8 @@ def render_entry(name: str, r: dict[str, Any]) -> list[str]:
         return _families(r)
     if name == "dense":
         return _dense(r)
+    if name == "long-run":
+        return _long_run(r)
     if name == "overlap":
         lines = ["## Images in flight: overlapping one image's encoder and decoder with another's post-processing", "",
                  (f"`bench/bench_overlap.py`: {r['model']}; {r['images']} synthetic {r['size']}-px scenes, AMG "

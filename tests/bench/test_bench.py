@@ -6,7 +6,9 @@ Results go to temporary folders, never over the committed ``bench/results.json``
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -299,3 +301,27 @@ def test_a_results_row_names_the_family_a_stand_in_is_not():
     sam2 = {"model_type": "sam2-stand-in", "model_family": "sam2", "random_init": False, "is_stand_in": True}
     assert model_label(sam2) == "sam2-stand-in (STAND-IN, not SAM 2.1)"  # was "not SAM"
     assert model_label({**sam2, "model_type": "stand-in", "model_family": "sam"}) == "stand-in (STAND-IN, not SAM)"
+
+
+def test_long_run_bench_samples_the_real_run_and_its_api_server(stand_in_repo, tmp_path):
+    _bench("bench_long_run.py", "--images", "6", "--size", "64", "--points-per-side", "2", "--n-clusters", "2",
+           "--interval", "0.2", "--model-repository", str(stand_in_repo), "--workdir", str(tmp_path / "work"),
+           "--results-dir", str(tmp_path))
+    entry = _results(tmp_path)["long-run"]
+    assert entry["commit"].split("-")[0] == _head() and entry["images"] == 6
+    shards = list((tmp_path / "work" / "labelled" / ".alps" / "shards").glob("*.npz"))
+    assert len(shards) == 6  # the run labelled every image, into the folder the samples counted
+    with (tmp_path / "work" / "samples.csv").open() as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    done = [r["done"] for r in rows]
+    assert done == sorted(done) and done[0] < 6 == done[-1] and len(set(done)) >= 2
+    assert all(r["rss"] > 0 and r["uss"] > 0 and r["hwm"] >= r["rss"] for r in rows)
+    assert max(r["api_rss"] for r in rows) > 0  # the run's own Prefect API server, a child, was sampled
+    at = entry["at"]
+    reached = [at[k]["images"] for k in ("10%", "50%", "90%", "100%")]  # the first sample at or past each share
+    assert reached == sorted(reached) and reached[0] >= 1 and reached[1] >= 3 and reached[2:] == [6, 6]
+    assert at["100%"]["rss_mib"] > 0 and at["10%"]["seconds"] <= at["100%"]["seconds"]
+    assert math.isfinite(entry["slope_mib_per_1000_images"]["rss_after_20%"])
+    assert entry["peak_rss_mib"]["run"] >= at["100%"]["rss_mib"] and entry["peak_rss_mib"]["api_server"] > 0
+    assert entry["series"][-1]["done"] == 6 and entry["samples"] == len(rows)
+    assert "Long run: resident memory" in (tmp_path / "RESULTS.md").read_text()
