@@ -5,7 +5,8 @@ onnxruntime backend, the run's own temporary Prefect API: ``PREFECT_API_URL`` is
 an export of the structured STAND-IN model (not SAM; exported into the work folder on first use) over N synthetic
 scenes of SIZE x SIZE pixels, and samples every ``--interval`` seconds (default 1 s):
 
-- the run process's RSS, USS and PSS (MiB; ``psutil.memory_full_info``) and its VmHWM (peak RSS, MiB);
+- the run process's RSS, USS and PSS (MiB; ``psutil.memory_full_info``) and its VmHWM (peak RSS, MiB; the
+  kernel updates it lazily, so the reported peak is the larger of it and the sampled RSS);
 - the same summed over its children (the temporary Prefect API server is one), and the largest child's RSS;
 - images done: shards in ``OUT/.alps/shards/*.npz`` (each written atomically once its image is labelled).
 
@@ -137,7 +138,8 @@ def summarise(rows: list[dict[str, float]], n_images: int) -> dict[str, Any]:
     return {
         "at": at,
         "slope_mib_per_1000_images": {k: None if v is None else round(v, 2) for k, v in slopes.items()},
-        "peak_rss_mib": {"run": round(max(r["hwm"] for r in rows), 1),
+        # VmHWM is updated lazily by the kernel: a sample's RSS may exceed the VmHWM read just after it.
+        "peak_rss_mib": {"run": round(max(max(r["hwm"], r["rss"]) for r in rows), 1),
                          "run_sampled": round(max(r["rss"] for r in rows), 1),
                          "api_server": round(max(r["api_rss"] for r in rows), 1),
                          "children": round(max(r["children_rss"] for r in rows), 1),

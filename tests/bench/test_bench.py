@@ -315,13 +315,14 @@ def test_long_run_bench_samples_the_real_run_and_its_api_server(stand_in_repo, t
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     done = [r["done"] for r in rows]
     assert done == sorted(done) and done[0] < 6 == done[-1] and len(set(done)) >= 2
-    assert all(r["rss"] > 0 and r["uss"] > 0 and r["hwm"] >= r["rss"] for r in rows)
+    assert all(r["rss"] > 0 and r["uss"] > 0 and r["hwm"] > 0 for r in rows)
     assert max(r["api_rss"] for r in rows) > 0  # the run's own Prefect API server, a child, was sampled
     at = entry["at"]
     reached = [at[k]["images"] for k in ("10%", "50%", "90%", "100%")]  # the first sample at or past each share
     assert reached == sorted(reached) and reached[0] >= 1 and reached[1] >= 3 and reached[2:] == [6, 6]
     assert at["100%"]["rss_mib"] > 0 and at["10%"]["seconds"] <= at["100%"]["seconds"]
     assert math.isfinite(entry["slope_mib_per_1000_images"]["rss_after_20%"])
-    assert entry["peak_rss_mib"]["run"] >= at["100%"]["rss_mib"] and entry["peak_rss_mib"]["api_server"] > 0
+    assert entry["peak_rss_mib"]["run"] >= round(max(r["rss"] for r in rows), 1) >= at["100%"]["rss_mib"]
+    assert entry["peak_rss_mib"]["api_server"] > 0
     assert entry["series"][-1]["done"] == 6 and entry["samples"] == len(rows)
     assert "Long run: resident memory" in (tmp_path / "RESULTS.md").read_text()
