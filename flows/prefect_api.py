@@ -82,12 +82,20 @@ def check_reachable(url: str, timeout_s: float = 10.0, temporary_one: bool = Tru
     offers; ``alps serve`` cannot, so it is not offered there.
 
     Raises:
-        PrefectApiError: If nothing answers at ``url``.
+        PrefectApiError: If nothing answers at ``url``, or what answers has no Prefect API there (404 at its
+            ``/health``: ``http://host:4200`` without the ``/api`` that Prefect serves it under).
     """
     import httpx
 
+    base = url.rstrip("/")
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+        if httpx.get(f"{base}/health", timeout=timeout_s).status_code == 404:
+            under_api = httpx.get(f"{base}/api/health", timeout=timeout_s).status_code == 200
+            raise PrefectApiError(
+                f"no Prefect API at {url} (PREFECT_API_URL): its /health is not found (404); "
+                + (f"the API is under /api there: set PREFECT_API_URL={base}/api" if under_api else
+                   "give the URL of a Prefect server's API, e.g. http://127.0.0.1:4200/api")
+            )
     except httpx.HTTPError as err:
         other = (", or unset PREFECT_API_URL to let alps start a temporary one for the run" if temporary_one else
                  ", or set PREFECT_API_URL to the API of one that runs")

@@ -354,6 +354,19 @@ def test_alps_serve_needs_a_server_and_runs_deployments_on_one(fault_data, fake_
         proc.wait(timeout=60)
 
 
+def test_a_prefect_api_url_without_its_api_path_is_said_in_one_line(fault_data, fake_repo, prefect_server, tmp_path):
+    """`PREFECT_API_URL=http://127.0.0.1:4200` (the UI's address, without /api) passed the check and ended `alps run`
+    and `alps serve` in a traceback (a 404 from Prefect's client), exit 1."""
+    base = prefect_server.removesuffix("/api")
+    for command in (["serve", "--name", "x"],
+                    ["run", fault_data, "--out", tmp_path / "out", "--model-repository", fake_repo, *SMALL]):
+        result = run_alps(command, cli_env(tmp_path / "ph", base), timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert error_lines(result.stderr) == [f"alps: error: no Prefect API at {base} (PREFECT_API_URL): its /health "
+                                              f"is not found (404); the API is under /api there: set "
+                                              f"PREFECT_API_URL={base}/api"]
+
+
 @pytest.mark.parametrize(("flags", "said"), [
     (["--name", ""], "argument --name: expected a name without '/', '%' or spaces around it, got ''"),
     (["--name", "  "], "argument --name: expected a name"), (["--name", "a/b"], "argument --name: expected a name"),
