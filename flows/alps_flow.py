@@ -389,6 +389,19 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
     Prefect. Outputs do not depend on where or in which order images were labelled. A good image is labelled
     or reported missing, never dropped: without ``allow_partial`` a run that missed any ends failed and writes
     no dataset (its finished shards stay for the rerun).
+
+    Args:
+        dataset: the folder of images (or one image, NIfTI volume or GeoTIFF scene) to label; a relative path or
+            ~ is the running process's (alps serve's).
+        out: the folder the labelled dataset is written to; a rerun into it labels only what is new or changed.
+        config: the pipeline's settings (PipelineConfig as JSON); a run may set only some fields, the others keep
+            the deployment's.
+        overwrite: relabel images that OUT holds labelled with another model or configuration.
+        concurrency: images labelled at once (one's post-processing overlaps the next one's model).
+        progress_bar: a tqdm bar on the console of the process that runs the flow.
+        dask_address: a Dask scheduler (tcp://host:8786) to label on its workers.
+        dask_workers: label on this many local Dask worker processes instead of threads.
+        allow_partial: write the dataset even if some good images could not be labelled (each listed missing).
     """
     started = time.perf_counter()
     with _library_log_to_run():

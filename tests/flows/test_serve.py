@@ -178,3 +178,14 @@ def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_se
         (faults / "release").touch()
         if serve.poll() is None:
             serve.kill()
+
+
+def test_every_parameter_of_a_run_is_described_in_the_ui():
+    """The deployment's form in the UI showed bare titles ("Progress Bar", "Dask Workers")."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.alps_flow import alps_flow
+
+    described = {name: field.get("description") for name, field in parameter_schema(alps_flow).properties.items()}
+    assert described.keys() >= {"dataset", "out", "config", "concurrency", "allow_partial"}
+    assert all(described.values()), [name for name, text in described.items() if not text]
