@@ -646,25 +646,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``alps serve``: register the deployment on a running Prefect server and execute its runs."""
     from flows.prefect_api import PrefectApiError, check_reachable, configured_api_url
 
-    url = configured_api_url()
-    if not url:
-        return _fail("alps serve needs a Prefect server that outlives it: start one (`make server`) and "
-                     "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
-    try:
-        check_reachable(url, temporary_one=False)
+    try:  # the flags first: a mistake in them is said without waiting on a server
         # Absolute: the deployment's default (shown in the UI) names the folder it means, not one relative
         # to a process's folder that the UI does not show.
         repository = str(Path(args.model_repository or BackendConfig.model_repository).resolve())
-        urls, urls_from = triton_urls(args.kind, {"--triton-url": args.triton_urls})
+        urls, urls_from = triton_urls(args.kind, {"--triton-url": args.triton_urls, "--protocol": args.protocol,
+                                                  "--shared-memory": args.shared_memory})
         try:
-            config = PipelineConfig(backend=_sub(BackendConfig, {"kind": args.kind, "model_repository": repository,
-                                                                 "triton_urls": urls}))
+            config = PipelineConfig(backend=_sub(BackendConfig, {
+                "kind": args.kind, "model_repository": repository, "triton_urls": urls, "protocol": args.protocol,
+                "shared_memory": args.shared_memory}))
         except ValueError as err:
-            raise ValueError(str(err).replace("--triton-url", urls_from)) from None
+            raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from)) from None
+        url = configured_api_url()
+        if not url:
+            return _fail("alps serve needs a Prefect server that outlives it: start one (`make server`) and "
+                         "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+        check_reachable(url, temporary_one=False)
     except (PrefectApiError, ValueError) as err:
         return _fail(str(err))
     _show_library_warnings()
-    for line in serve_default_warnings(args.dataset, config.backend.model_repository):
+    for line in serve_default_warnings(args.dataset, config.backend):
         print(f"alps: {line}", file=sys.stderr)
     from flows.alps_flow import alps_flow
 
@@ -688,12 +690,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def serve_default_warnings(dataset: str | None, model_repository: str) -> list[str]:
+def serve_default_warnings(dataset: str | None, backend: BackendConfig) -> list[str]:
     """Lines on what ``alps serve``'s defaults lack: every run that keeps a default that is not there fails.
 
-    Not refused: the folder may come later (a mount, an export), and a run may give its own.
+    Not refused: the folder may come later (a mount, an export), a Triton server may start later (compose's
+    order), and a run may give its own.
     """
+    from alps_client.backends.triton import accepts_connections
+
+    model_repository = backend.model_repository
     lines = []
+    if backend.kind == "triton":
+        for url in backend.triton_urls or ():
+            if not accepts_connections(url, 2.0):
+                lines.append(f"no Triton server answers at {url} (yet): runs on this backend will fail until one does")
     if dataset and not Path(dataset).exists():
         lines.append(f"--dataset {os.path.abspath(dataset)} does not exist (yet): runs that keep this default "
                      "will fail until it does")
@@ -824,6 +834,9 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repository", type=a_path, help="the runs' model repository (model_repository)")
     serve.add_argument("--triton-url", dest="triton_urls", action="append", metavar="HOST:PORT",
                        help="Triton host:port of the runs (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001)")
+    serve.add_argument("--protocol", choices=["grpc", "http"], help="the runs' Triton protocol (grpc)")
+    serve.add_argument("--shared-memory", action="store_true", default=None,
+                       help="the runs send images through Triton's system shared memory (same host)")
     serve.set_defaults(func=cmd_serve)
     add_report_parser(sub)
     add_relabel_parser(sub)

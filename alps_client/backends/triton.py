@@ -65,7 +65,7 @@ RELEASE_TIMEOUT_S = 5.0
 _TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
 
 
-def _accepts_connections(url: str, timeout_s: float) -> bool:
+def accepts_connections(url: str, timeout_s: float) -> bool:
     """Whether something listens at ``url`` (``host:port``): a TCP connection is accepted."""
     host, _, port = url.rpartition(":")
     try:
@@ -235,7 +235,7 @@ class TritonBackend(ClosedOnExit):
         A port that accepts connections but whose server's reply is not the protocol's is a mistake of
         ``--protocol`` or of the port (gRPC sent to Triton's HTTP port, or the reverse), not a server to start.
         """
-        wrong = [u for u, e in errors.items() if not timed_out(e) and _accepts_connections(u, self.config.timeout_s)]
+        wrong = [u for u, e in errors.items() if not timed_out(e) and accepts_connections(u, self.config.timeout_s)]
         if wrong:
             return BackendUnavailableError(
                 f"a server answers at {', '.join(wrong)}, but not in {self.config.protocol} "

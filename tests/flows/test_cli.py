@@ -367,6 +367,19 @@ def test_a_prefect_api_url_without_its_api_path_is_said_in_one_line(fault_data, 
                                               f"PREFECT_API_URL={base}/api"]
 
 
+def test_serve_takes_the_triton_flags_that_its_hints_name(monkeypatch, capsys):
+    """serve's --triton-url error said "the scheme goes to --protocol http", a flag serve did not have, nor
+    --shared-memory, which docker/compose.yml's comments name: both could only be set run by run."""
+    monkeypatch.setattr("flows.prefect_api.configured_api_url", lambda: f"http://127.0.0.1:{free_port()}/api")
+    for flags, said in ((["--protocol", "http"], "--protocol applies to --backend triton, which is not given"),
+                        (["--backend", "triton", "--triton-url", "http://h:8000"],
+                         "(the scheme goes to --protocol http)")):
+        assert main(["serve", *flags]) == 2
+        assert said in capsys.readouterr().err
+    args = make_parser().parse_args(["serve", "--backend", "triton", "--protocol", "http", "--shared-memory"])
+    assert (args.protocol, args.shared_memory) == ("http", True)
+
+
 @pytest.mark.parametrize(("flags", "said"), [
     (["--name", ""], "argument --name: expected a name without '/', '%' or spaces around it, got ''"),
     (["--name", "  "], "argument --name: expected a name"), (["--name", "a/b"], "argument --name: expected a name"),
@@ -388,12 +401,19 @@ def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fa
     from flows.cli import serve_default_warnings
     from flows.prefect_api import PrefectApiError, check_reachable
 
-    assert serve_default_warnings(str(tmp_path), str(fake_repo)) == []
-    said = serve_default_warnings(str(tmp_path / "typo"), str(tmp_path / "repo"))
+    from alps_client.config import BackendConfig
+
+    assert serve_default_warnings(str(tmp_path), BackendConfig(model_repository=str(fake_repo))) == []
+    said = serve_default_warnings(str(tmp_path / "typo"), BackendConfig(model_repository=str(tmp_path / "repo")))
     assert said == [(f"--dataset {tmp_path / 'typo'} does not exist (yet): runs that keep this default will fail "
                      "until it does"),
                     (f"no model repository at {tmp_path / 'repo'} (no manifest.json; --model-repository): runs that "
                      "keep this default will fail until export/export_sam.py writes one there")]
+    # A Triton server that does not answer: serve started without a word, and every run failed
+    down = f"127.0.0.1:{free_port()}"
+    said = serve_default_warnings(str(tmp_path), BackendConfig(kind="triton", model_repository=str(fake_repo),
+                                                               triton_urls=(down,)))
+    assert said == [f"no Triton server answers at {down} (yet): runs on this backend will fail until one does"]
     url = f"http://127.0.0.1:{free_port()}/api"
     with pytest.raises(PrefectApiError) as refused:
         check_reachable(url, timeout_s=2, temporary_one=False)
