@@ -398,10 +398,9 @@ def test_serve_refuses_a_name_or_limit_prefect_cannot_serve(flags, said, capsys)
 def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fake_repo, tmp_path):
     """`alps serve --dataset TYPO` registered a deployment whose every default run failed, without a word; and with
     PREFECT_API_URL unreachable it said to unset it, which serve then refused ("needs a server that outlives it")."""
+    from alps_client.config import BackendConfig
     from flows.cli import serve_default_warnings
     from flows.prefect_api import PrefectApiError, check_reachable
-
-    from alps_client.config import BackendConfig
 
     assert serve_default_warnings(str(tmp_path), BackendConfig(model_repository=str(fake_repo))) == []
     said = serve_default_warnings(str(tmp_path / "typo"), BackendConfig(model_repository=str(tmp_path / "repo")))
