@@ -437,9 +437,9 @@ def test_serve_ends_on_sigterm_even_when_prefects_exit_is_swallowed(tmp_path):
     cleanup) that SystemExit was ignored and serve went on serving (seen under load: the test's terminate() timed
     out). Here the stop that serve's handler starts (SIGINT, as Ctrl-C) is ignored, as the swallowed exit was."""
     script = ("import signal, time, prefect.runner.runner as r, flows.cli as cli\n"
-              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
               "cli.SIGTERM_GRACE_S = 1.0\n"
               "cli._exit_surely_on_sigterm()\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # after: serve restores SIGINT (a script's `&`)
               "r.Runner.handle_sigterm(object())\n"
               "print('handled', flush=True); time.sleep(120); print('still serving')\n")
     result = subprocess.run([sys.executable, "-c", script], cwd=CWD, capture_output=True, text=True, timeout=100)
