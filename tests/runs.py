@@ -195,14 +195,15 @@ def start_alps(args: list, env: dict[str, str], log: Path, sigint_ignored: bool 
     """`alps ARGS` in the background (its own session), output to ``log``; killed after the test if it is still
     running then (:func:`kill_leftover_runs`).
 
-    ``sigint_ignored``: started with SIGINT ignored, as a shell script's ``cmd &`` and ``nohup`` start it.
+    ``sigint_ignored``: started with SIGINT ignored, as a shell script's ``cmd &`` and ``nohup`` start it (set in a
+    Python that then execs `alps`, as a shell does: no ``preexec_fn`` in this threaded process).
     """
-    def ignore_sigint() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
+    command = [*ALPS, *map(str, args)]
+    if sigint_ignored:
+        ignoring = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+        command = [sys.executable, "-c", ignoring, *command]
     with log.open("w") as f:
-        proc = subprocess.Popen([*ALPS, *map(str, args)], cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=ignore_sigint if sigint_ignored else None)
+        proc = subprocess.Popen(command, cwd=CWD, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     _STARTED.append(proc)
     return proc
 
