@@ -22,7 +22,7 @@ import numpy.typing as npt
 from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError
 from alps_client.io.discovery import whole_stem
-from alps_client.io.items import IMAGE_EXTENSIONS, VOLUME_EXTENSIONS
+from alps_client.io.items import is_input_name
 from alps_client.io.publish import recover
 from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
@@ -73,10 +73,10 @@ def _holds_inputs(folder: Path, look_at: int = 1000) -> bool:
     """Whether one of the first ``look_at`` entries of ``folder`` is a file `alps run` reads (an image, a volume)."""
     try:
         with os.scandir(folder) as entries:
-            names = [e.name.lower() for e in itertools.islice(entries, look_at) if e.is_file()]
+            names = [e.name for e in itertools.islice(entries, look_at) if e.is_file()]
     except OSError:
         return False
-    return any(name.endswith(IMAGE_EXTENSIONS + VOLUME_EXTENSIONS) for name in names)
+    return any(is_input_name(name) and not name.startswith(".") for name in names)  # hidden: not read either
 
 
 def load_dataset(out: str | Path) -> WrittenDataset:

@@ -32,12 +32,12 @@ from pathlib import Path
 from alps_client.config import InputConfig
 from alps_client.errors import InputImageError
 from alps_client.io.items import (
-    IMAGE_EXTENSIONS,
     RASTER_EXTENSIONS,
     VOLUME_EXTENSIONS,
     InputError,
     InputItem,
     extension_of,
+    is_input_name,
     printable,
 )
 from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices, volumes_in
@@ -189,7 +189,7 @@ def list_input_files(root: Path, out: str | Path | None = None,
             path = Path(dirpath) / name
             if name.startswith(".") or (os.path.islink(path) and _walked_anyway(os.path.realpath(path), root_real)):
                 continue
-            if extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS:
+            if is_input_name(name):
                 found.append((path, os.path.realpath(path) if os.path.islink(path) else os.path.join(real, name)))
             elif on_not_read is not None and (fmt := not_read_format(path)) is not None:
                 on_not_read(path, fmt)
@@ -209,7 +209,7 @@ def _walked_anyway(target: str, root_real: str) -> bool:
     """
     relative = os.path.relpath(target, root_real)
     parts = Path(relative).parts
-    listed = os.path.isdir(target) or extension_of(target) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
+    listed = os.path.isdir(target) or is_input_name(target)
     return (os.path.exists(target) and listed and relative != "." and parts[0] != os.pardir
             and not any(p.startswith(".") for p in parts))
 

@@ -204,3 +204,8 @@ def extension_of(name: str) -> str:
     """Lower-case extension of a file name, ``.nii.gz`` counted as one."""
     lower = name.lower()
     return ".nii.gz" if lower.endswith(".nii.gz") else os.path.splitext(lower)[1]
+
+
+def is_input_name(name: str) -> bool:
+    """Whether a file of this name is one `alps run` reads: an image or a NIfTI volume, by its extension."""
+    return extension_of(name) in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS
