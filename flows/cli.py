@@ -286,8 +286,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             if v.get(flag) is not None:  # unset flags are None (--stitch too); --overlap 0 is given
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
-    v["triton_urls"], urls_from = triton_urls(v.get("kind"), {flag: v.get(dest) for dest, flag in (
-        ("triton_urls", "--triton-url"), ("protocol", "--protocol"), ("shared_memory", "--shared-memory"))})
+    v["triton_urls"], urls_from = triton_urls(v)
     seed = v.get("seed")
     cluster = {**v, "n_clusters": v.get("n_clusters"), "backend": v.get("cluster_backend"), "seed": seed}
     try:
@@ -304,24 +303,30 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from)) from None
 
 
-def triton_urls(kind: str | None, triton_flags: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
+# The Triton flags of `alps run` and `alps serve`: the parsed value's name -> the flag.
+TRITON_FLAGS = {"triton_urls": "--triton-url", "protocol": "--protocol", "shared_memory": "--shared-memory"}
+
+
+def triton_urls(values: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
     """The Triton servers of a run, and what a message about them names (the flag or the variable).
 
     ``--triton-url``'s, else ``ALPS_TRITON_URL``'s for ``--backend triton`` (comma-separated, spaces and empty
-    entries dropped). ``triton_flags``: the values of the Triton flags given (flag -> value, None if not given).
+    entries dropped). ``values``: the parsed flags (``vars(args)``: ``kind`` and :data:`TRITON_FLAGS`' names, None
+    where not given).
 
     Raises:
         ValueError: If a Triton flag is given without ``--backend triton``: the run would go on the embedded
             backend, unsaid.
     """
-    given = [flag for flag, value in triton_flags.items() if value is not None]
+    kind = values.get("kind")
+    given = [flag for name, flag in TRITON_FLAGS.items() if values.get(name) is not None]
     if given and kind != "triton":
         one = len(given) == 1
         raise ValueError(f"{' and '.join(given)} appl{'ies' if one else 'y'} to --backend triton, which is not given "
                          "(the run would label with the embedded onnxruntime backend): add --backend triton, or "
                          f"leave {'it' if one else 'them'} out")
-    if triton_flags.get("--triton-url") is not None:
-        return tuple(triton_flags["--triton-url"]), "--triton-url"
+    if values.get("triton_urls") is not None:
+        return tuple(values["triton_urls"]), "--triton-url"
     listed = [url.strip() for url in os.environ.get("ALPS_TRITON_URL", "").split(",") if url.strip()]
     if kind == "triton" and listed:
         return tuple(listed), "ALPS_TRITON_URL (the environment)"
@@ -478,7 +483,7 @@ def _address_from_environment(err: BaseException, args: argparse.Namespace) -> s
     """`` (the address is ALPS_TRITON_URL's)`` after a Triton server's failure when no --triton-url named it, or ""."""
     from alps_client.errors import BackendUnavailableError
 
-    from_flag = triton_urls(args.kind, {"--triton-url": args.triton_urls})[1] == "--triton-url"
+    from_flag = triton_urls(vars(args))[1] == "--triton-url"
     return "" if from_flag or not isinstance(err, BackendUnavailableError) else " (the address is ALPS_TRITON_URL's)"
 
 
@@ -650,8 +655,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Absolute: the deployment's default (shown in the UI) names the folder it means, not one relative
         # to a process's folder that the UI does not show.
         repository = str(Path(args.model_repository or BackendConfig.model_repository).resolve())
-        urls, urls_from = triton_urls(args.kind, {"--triton-url": args.triton_urls, "--protocol": args.protocol,
-                                                  "--shared-memory": args.shared_memory})
+        urls, urls_from = triton_urls(vars(args))
         try:
             config = PipelineConfig(backend=_sub(BackendConfig, {
                 "kind": args.kind, "model_repository": repository, "triton_urls": urls, "protocol": args.protocol,
