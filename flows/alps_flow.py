@@ -404,39 +404,31 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
         allow_partial: write the dataset even if some good images could not be labelled (each listed missing).
     """
     started = time.perf_counter()
-    with _library_log_to_run():
-        return _alps_flow(dataset, out, config, overwrite, concurrency, progress_bar, dask_address, dask_workers,
-                          allow_partial, started)
-
-
-def _alps_flow(dataset: str, out: str, config: ConfigParameter, overwrite: bool, concurrency: int,
-               progress_bar: bool, dask_address: str | None, dask_workers: int | None, allow_partial: bool,
-               started: float) -> dict[str, Any] | State:
-    """:func:`alps_flow`'s body."""
     # As the run's log, records and UI show them: a served run's `~/out` was a folder named `~` under the serve
     # process's folder, logged as `~/out`, read as $HOME.
     dataset, out = (os.path.abspath(os.path.expanduser(path)) for path in (dataset, out))
-    try:
-        check_workers(concurrency, dask_workers, dask_address)
-        config, config_note = deployment_run_config(config)
-        config = validated_config(config) or PipelineConfig()  # a mapping Prefect let through (flows/run_config.py)
-        if config_note:
-            get_run_logger().info("%s", config_note)
+    with _library_log_to_run():
         try:
-            plan = plan_run(dataset, out, config, overwrite)
-        except ConfigMismatchError:  # perhaps the shards of a run writing OUT now: that is what to say
-            with out_lock(out, "alps run", create=False):
-                raise
-        with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
-            if publish.recover(out):  # a dataset write a kill left half swapped, which the plan read: finished first
-                get_run_logger().info("finished the dataset write that an interrupted run or `alps relabel` left "
-                                      "half done in %s", out)
+            check_workers(concurrency, dask_workers, dask_address)
+            config, config_note = deployment_run_config(config)
+            config = validated_config(config) or PipelineConfig()  # a mapping Prefect let through (flows/run_config.py)
+            if config_note:
+                get_run_logger().info("%s", config_note)
+            try:
                 plan = plan_run(dataset, out, config, overwrite)
-            return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
-    except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
-        if isinstance(err, NoInputsError) and err.rejected:  # every file found was rejected: each one's reason
-            artifacts.publish_errors(err.rejected, "every file found: no input could be read, nothing is written")
-        return Failed(message=describe(err), data=err)
+            except ConfigMismatchError:  # perhaps the shards of a run writing OUT now: that is what to say
+                with out_lock(out, "alps run", create=False):
+                    raise
+            with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
+                if publish.recover(out):  # a dataset write a kill left half swapped, which the plan read: finished first
+                    get_run_logger().info("finished the dataset write that an interrupted run or `alps relabel` left "
+                                          "half done in %s", out)
+                    plan = plan_run(dataset, out, config, overwrite)
+                return _run_plan(plan, started, concurrency, progress_bar, dask_address, dask_workers, allow_partial)
+        except AlpsError as err:  # nothing can be done, or another process writes OUT: one line, no traceback
+            if isinstance(err, NoInputsError) and err.rejected:  # every file found was rejected: each one's reason
+                artifacts.publish_errors(err.rejected, "every file found: no input could be read, nothing is written")
+            return Failed(message=describe(err), data=err)
 
 
 # The config parameter's type as an object, not the name `from __future__ import annotations` leaves: a served
