@@ -197,6 +197,23 @@ def _checkpoint_recorded(record: dict[str, Any]) -> bool:
     return "checkpoint" in record or "checkpoint_sha256" in record or bool(record.get("random_init"))
 
 
+def _recorded_beside(path: Path, in_sidecar: tuple[str, ...], in_manifest: tuple[str, ...]) -> Iterator[Any]:
+    """What ``centroids.json``, then the dataset's ``manifest.json``, beside a ``centroids.npy`` hold at these keys.
+
+    Each file is read when the caller asks for its value (None where a key is missing); one that cannot be read
+    is passed over.
+    """
+    for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), in_sidecar),
+                         (path.parent / "manifest.json", in_manifest)):
+        try:
+            value: Any = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        yield value
+
+
 def centroids_model(path: str | Path) -> dict[str, Any] | None:
     """The record of the model a ``centroids.npy`` was fitted with: :func:`centroids_sidecar`'s fields, or None.
 
@@ -205,15 +222,8 @@ def centroids_model(path: str | Path) -> dict[str, Any] | None:
     says which checkpoint (a ``centroids.json`` of an alps before checkpoints were recorded, and no manifest of the
     same model beside it), the record has no ``checkpoint_sha256``: unknown, not random weights (None).
     """
-    path = Path(path)
     found: dict[str, Any] | None = None
-    for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ()), (path.parent / "manifest.json", ("model",))):
-        try:
-            data = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        for key in keys:
-            data = data.get(key, {}) if isinstance(data, dict) else {}
+    for data in _recorded_beside(Path(path), (), ("model",)):
         if not (isinstance(data, dict) and data):
             continue
         here = centroids_sidecar(data)
@@ -296,14 +306,7 @@ def _recorded_l2_normalized(path: Path) -> bool | None:
 
     Read from ``centroids.json``, else from the dataset's ``manifest.json`` beside it (``config.features``).
     """
-    for record, keys in ((path.with_suffix(CENTROIDS_SIDECAR_SUFFIX), ("l2_normalized",)),
-                         (path.parent / "manifest.json", ("config", "features", "l2_normalize"))):
-        try:
-            value: Any = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
+    for value in _recorded_beside(path, ("l2_normalized",), ("config", "features", "l2_normalize")):
         if isinstance(value, bool):
             return value
     return None
