@@ -522,6 +522,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         logger.info("%d input(s) moved or renamed since they were labelled, the same bytes: their labels and split go "
                     "with them: %s%s", len(moved), ", ".join(f"{m.old} -> {m.new}" for m in moved[:5]),
                     ", ..." if len(moved) > 5 else "")
+    retimed = apply_moves(out, list(plan.retimed), plan.items)
+    if retimed:
+        logger.info("%d input(s) have other modification times than when they were labelled, the same bytes (sha256): "
+                    "their labels stand: %s%s", len(retimed), ", ".join(m.old for m in retimed[:5]),
+                    ", ..." if len(retimed) > 5 else "")
     record_names(out, {item.relative: item.scene or item.stem for item in plan.items})  # a killed run's too
     work = work_dir(out)
     leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in  # `alps evaluate` writes into OUT too

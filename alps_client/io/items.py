@@ -127,7 +127,8 @@ def source_signature(source: str, relative: str = "") -> dict[str, Any]:
     deleted, where uncompressed images of one size and time differ in their bytes alone), gets another signature,
     so its image is labelled again instead of keeping the old file's labels or split. ``relative`` is the path in
     the dataset: moving the dataset keeps the signatures (``mv``, ``cp -p``, ``rsync -a``); a copy that resets
-    modification times is labelled again. Tiles and slices carry their scene's (volume's) signature.
+    modification times keeps its labels where the file's sha256 is the one its shard records
+    (:func:`alps_client.runs.moves.find_retimed`). Tiles and slices carry their scene's (volume's) signature.
 
     ``sidecars``: the files beside it that GDAL reads with it (:func:`gdal_sidecars`: a georeference or nodata
     mask added or fixed in ``.aux.xml``, a ``.msk``, a world file), by name and sampled digest; ``{}`` for none.

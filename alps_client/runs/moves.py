@@ -5,7 +5,8 @@ input and a new one, labelled again (SAM again: hours on a large dataset reorgan
 validation image could come back in train. When a new path holds the very bytes of an input the dataset labelled
 and no longer finds (the sha256 its shards record, :func:`~alps_client.io.items.content_digest`), its shards are
 renamed to its new name and rewritten for its new path, and its split is recorded under that path. Shards from
-before the digest was recorded never move (their images are labelled again, as before).
+before the digest was recorded never move (their images are labelled again, as before). A file at its path whose
+modification time alone changed (a copy that reset times) keeps its labels the same way (:func:`find_retimed`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from alps_client.io.shards import (
     shard_path,
     write_shard,
 )
-from alps_client.runs.plan import decoded_image, shard_dir
+from alps_client.runs.plan import ItemState, decoded_image, shard_dir
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,55 @@ def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str]
     return moves
 
 
+def find_retimed(changed: list[tuple[InputItem, ItemState]]) -> list[Move]:
+    """The inputs among ``changed`` whose file has another modification time only: the same bytes, at its path.
+
+    A dataset copied without its times (``cp -r``, a download, an archive unpacked without them) changes every
+    signature, and its images were labelled again whole. An input is retimed when each of its items' shards
+    records its signature but for the time (name, path, size, sampled bytes, sidecars), and the sha256 of the file
+    now is the one they record (read whole only then). Only reads: :func:`apply_moves` writes the new signature
+    into the shards, under the run's lock on ``OUT``.
+
+    Args:
+        changed: the items whose shard is ``changed`` (:func:`~alps_client.runs.plan.check_existing_shards`),
+            each with its :class:`~alps_client.runs.plan.ItemState`.
+
+    Returns:
+        One :class:`Move` per retimed input, from its path to itself.
+    """
+    by_path: dict[str, list[tuple[InputItem, ItemState]]] = {}
+    for item, state in changed:
+        by_path.setdefault(item.relative, []).append((item, state))
+    retimed = []
+    for relative, parts in by_path.items():
+        digests = {_retimed_digest(state) for _, state in parts}
+        if len(digests) != 1 or None in digests:
+            continue
+        try:
+            same = content_digest(parts[0][0].source) == digests.pop()
+        except OSError:  # reading it will say why
+            continue
+        if same:
+            retimed.append(Move(relative, relative, tuple((item.stem, item.stem) for item, _ in parts),
+                                parts[0][1].signature))
+    return retimed
+
+
+def _retimed_digest(state: ItemState) -> str | None:
+    """The sha256 ``state``'s shard records, if its signature differs from the file's now by the time alone."""
+    extra = (state.meta or {}).get("extra", {})
+    recorded, now = extra.get("source_signature") or {}, state.signature
+    if "sample" not in recorded or recorded.get("mtime_ns") == now.get("mtime_ns"):
+        return None
+    if {**recorded, "mtime_ns": None} != {**now, "mtime_ns": None}:
+        return None
+    return extra.get("content_sha256") or None
+
+
 def apply_moves(out: str | Path, moves: list[Move], items: list[InputItem]) -> list[Move]:
     """Rename each move's shards (and decoded images) to its new name, for its new path; record its split there.
+
+    A retimed input's (:func:`find_retimed`: from its path to itself) are rewritten in place with its new signature.
 
     A move whose shards or decoded images are gone meanwhile is left undone: its image is labelled again.
 
@@ -115,7 +163,7 @@ def apply_moves(out: str | Path, moves: list[Move], items: list[InputItem]) -> l
             if old != new:  # (a file moved to another split folder may keep its name)
                 shard_path(shard_dir(out), old).unlink(missing_ok=True)
         done.append(move)
-    record_moves(out, {move.old: move.new for move in done})
+    record_moves(out, {move.old: move.new for move in done if move.old != move.new})  # (not a retimed input's)
     return done
 
 

@@ -83,6 +83,9 @@ class RunPlan:
             this run writes leaves them out.
         moved: inputs found under new paths, the same bytes (:mod:`alps_client.runs.moves`): counted in ``done``,
             their shards renamed when the run starts.
+        retimed: inputs whose file has another modification time only, the same bytes
+            (:func:`~alps_client.runs.moves.find_retimed`): counted in ``done``, their shards' signatures updated
+            when the run starts.
         stretched: ``(path, (row, column) pixel size)`` of each volume whose slices have pixels at least
             :data:`STRETCHED_PIXELS` times as tall as wide or the reverse: SAM sees its anatomy stretched.
         labelling: what ``fingerprint`` hashes (:func:`labelling_identity`, the batch as ``out``'s shards have it:
@@ -105,6 +108,7 @@ class RunPlan:
     moved: tuple[Move, ...] = ()
     stretched: tuple[tuple[str, tuple[float, float]], ...] = ()
     labelling: dict[str, Any] | None = None
+    retimed: tuple[Move, ...] = ()
 
     @property
     def n_done(self) -> int:
@@ -438,29 +442,33 @@ def batch_as_out_labelled(out: str | Path, labelling: dict[str, Any]) -> dict[st
 
 
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, labelling: dict[str, Any],
-                          overwrite: bool) -> tuple[frozenset[str], int, int]:
+                          overwrite: bool) -> tuple[frozenset[str], list[tuple[InputItem, ItemState]], int]:
     """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
 
     Stale: made with another model or labelling configuration; the refusal names the settings in which they differ
     from ``labelling`` (:func:`labelling_identity` of this run), where the shards or ``OUT/manifest.json`` say.
 
     Returns:
-        ``(done, changed, damaged)``: the stems of the items a rerun skips, and how many it labels again because
-        their file changed or their shard cannot be read whole.
+        ``(done, changed, damaged)``: the stems of the items a rerun skips, the items whose file changed since
+        their shard was written with their :class:`ItemState`, and how many items have a shard that cannot be read
+        whole (labelled again).
 
     Raises:
         ConfigMismatchError: If ``out`` holds shards of another model/configuration and not ``overwrite``.
     """
     done: set[str] = set()
-    changed = stale = damaged = 0
+    changed: list[tuple[InputItem, ItemState]] = []
+    stale = damaged = 0
     stale_meta: dict[str, Any] | None = None
     for item in items:
-        status, _, _, meta = item_status(out, item, fingerprint)
+        state = item_status(out, item, fingerprint)
+        status, meta = state.status, state.meta
         if status == "current":
             done.add(item.stem)
         if status == "stale" and not stale:
             stale_meta = meta
-        changed += status == "changed"
+        if status == "changed":
+            changed.append((item, state))
         stale += status == "stale"
         damaged += status == "damaged"
     if stale and not overwrite:
@@ -499,17 +507,19 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
                             f"rejected: {by_reason([e.to_json() for e in rejected])}): {shown}{more}"
                             if rejected else f"no readable images under {dataset} (looked for {LOOKED_FOR})",
                             [e.to_json() for e in rejected])
-    from alps_client.runs.moves import find_moves  # (built on this module)
+    from alps_client.runs.moves import find_moves, find_retimed  # (built on this module)
 
     moved = tuple(find_moves(out, items, names, fingerprint))
     moving = {new for move in moved for _, new in move.stems}
-    done, n_changed, n_damaged = check_existing_shards(out, [item for item in items if item.stem not in moving],
-                                                       fingerprint, labelling, overwrite)
+    done, changed, n_damaged = check_existing_shards(out, [item for item in items if item.stem not in moving],
+                                                     fingerprint, labelling, overwrite)
+    retimed = tuple(find_retimed(changed))
+    retiming = {stem for move in retimed for _, stem in move.stems}
     moved_from = {move.old for move in moved}
-    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving,
-                   tuple(str(p) for p in left_out), n_changed, tuple(multipage), n_damaged,
+    return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving | retiming,
+                   tuple(str(p) for p in left_out), len(changed) - len(retiming), tuple(multipage), n_damaged,
                    tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved,
-                   _stretched_slices(items, config.inputs.slice_axis), labelling)
+                   _stretched_slices(items, config.inputs.slice_axis), labelling, retimed)
 
 
 # Slices whose pixels are this many times as tall as wide (or the reverse) are said: SAM sees them as square pixels.

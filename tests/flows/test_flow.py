@@ -622,6 +622,62 @@ def test_a_file_renamed_onto_a_deleted_ones_name_with_its_size_and_time_is_label
     assert labels(out) == labels(tmp_path / "fresh")
 
 
+def test_a_copy_that_reset_modification_times_keeps_its_labels_where_the_bytes_are_the_same(fake_repo, scenes,
+                                                                                              tmp_path):
+    """A dataset copied without its times (``cp -r``, a download, an archive unpacked without them) was labelled
+    again whole, though each shard records the sha256 of its file. A file of the same size and sampled bytes whose
+    sha256 differs (a byte changed between the samples) is labelled again."""
+    import os
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for i in range(4):  # uncompressed, > 3 x 64 KiB: a byte between the sampled blocks goes unsampled
+        Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB").resize((300, 300)).save(data / f"f{i}.bmp")
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    before = labels(out)
+    copied = tmp_path / "copied"
+    shutil.copytree(data, copied, copy_function=shutil.copy)  # new modification times
+    for path in copied.iterdir():
+        os.utime(path, ns=(1_800_000_000 * 10**9,) * 2)
+    size = (copied / "f3.bmp").stat().st_size
+    assert size > 3 * 65536
+    with open(copied / "f3.bmp", "r+b") as f:  # the same size and samples, other bytes
+        f.seek(65536 + 1000)
+        byte = f.read(1)
+        f.seek(65536 + 1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(copied / "f3.bmp", ns=(1_800_000_000 * 10**9,) * 2)
+    with run_log() as logged:
+        again = alps_flow(str(copied), str(out), cfg, progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (1, 3)
+    assert ("3 input(s) have other modification times than when they were labelled, the same bytes (sha256): their "
+            "labels stand: f0.bmp, f1.bmp, f2.bmp") in logged
+    assert any("1 image(s) changed since they were labelled" in line for line in logged)
+    assert not [line for line in logged if "moved or renamed" in line or "no longer under" in line]
+    alps_flow(str(copied), str(tmp_path / "fresh"), cfg, progress_bar=False)
+    assert labels(out) == labels(tmp_path / "fresh") and labels(out).keys() == before.keys()
+    with run_log() as logged:  # the shards now record the new times: nothing read whole again
+        assert alps_flow(str(copied), str(out), cfg, progress_bar=False)["n_skipped"] == 4
+    assert not [line for line in logged if "modification times" in line]
+    assert sorted(read_registry(out)["names"]) == [f"f{i}.bmp" for i in range(4)]
+
+    from alps_client.config import InputConfig
+
+    scene_data, scene_out = tmp_path / "scene_data", tmp_path / "scene_out"
+    scene_data.mkdir()
+    strip = np.concatenate([np.asarray(Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB"))[:64, :64]
+                            for i in range(3)], axis=1)  # (64, 192, 3): three tiles of 64
+    Image.fromarray(strip).save(scene_data / "strip.png")
+    tiled = dataclasses.replace(cfg, inputs=InputConfig(tile=64, overlap=0))
+    alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    os.utime(scene_data / "strip.png", ns=(1_800_000_000 * 10**9,) * 2)
+    with run_log() as logged:
+        retimed = alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    assert (retimed["n_labelled"], retimed["n_skipped"]) == (0, 3) and any("strip.png" in line and "labels stand"
+                                                                            in line for line in logged)
+
+
 def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
