@@ -258,6 +258,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                           "also used by --cluster-backend dask")
     r.add_argument("--dask-workers", type=int, help="run the per-image stage on N local Dask worker processes")
     r.add_argument("--overwrite", action="store_true", help="relabel images labelled with another model/config")
+    r.add_argument("--dry-run", action="store_true",
+                   help="say what the run would do (images to label, skipped, labelled again, rejected, gone) and "
+                        "exit: nothing written, no server started")
     r.add_argument("--allow-partial", action="store_true",
                    help="write the dataset even if some good images could not be labelled (listed as missing)")
     r.add_argument("--prefect-startup-timeout", type=_seconds, default=180.0, metavar="SECONDS",
@@ -525,6 +528,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.centroids = os.path.abspath(args.centroids)
         config = build_config(args)
         check_workers(args.concurrency, args.dask_workers, args.dask_address)
+        had_work_dir = work_dir(args.out).is_dir()
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
         if config.cluster.centroids and args.n_clusters is not None:  # was ignored unsaid
             import numpy as np
@@ -533,6 +537,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.n_clusters != count:
                 raise AlpsError(f"--n-clusters {args.n_clusters}, but --centroids {config.cluster.centroids} holds "
                                 f"{count} centroids, one per class: leave --n-clusters out")
+        if args.dry_run:
+            try:
+                _say_the_plan(args, config)
+            finally:  # check_request made OUT/.alps to see that OUT is writable
+                _leave_no_folder(args.out, made)
+                if not had_work_dir:
+                    with contextlib.suppress(OSError):
+                        work_dir(args.out).rmdir()
+            return 0
     except (ValueError, AlpsError) as err:
         _leave_no_folder(args.out, made)
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
@@ -573,6 +586,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     if code == EXIT_USAGE:  # refused before any image (a server unreachable), or no mask to cluster (shards kept)
         _leave_no_folder(args.out, made)
     return code
+
+
+def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
+    """``alps run --dry-run``: what the run would do, from the plan it would start with; nothing is written.
+
+    Raises:
+        AlpsError: What the run would refuse with (shards of another labelling configuration, no input...).
+    """
+    from alps_client.io.items import by_reason, one_line
+    from alps_client.runs.plan import describe_items, plan_run, unused_input_settings
+
+    plan = plan_run(args.dataset, args.out, config, args.overwrite)
+    n_label = len(plan.items) - plan.n_done
+    again = [f"{plan.n_changed} changed since {'it was' if plan.n_changed == 1 else 'they were'} labelled"] * bool(
+        plan.n_changed) + [f"{plan.n_damaged} with a shard that cannot be read whole"] * bool(plan.n_damaged)
+    kept = [f"{len(plan.moved)} input(s) moved or renamed"] * bool(plan.moved) + [
+        f"{len(plan.retimed)} input(s) with other modification times, the same bytes"] * bool(plan.retimed)
+    rejected = [error.to_json() for error in plan.rejected]
+    lines = [f"alps run --dry-run: nothing written; {describe_items(plan.items)} under {args.dataset}, into {args.out}",
+             f"  model: {plan.manifest.model_type} ({plan.manifest.precision}) from {plan.manifest.root}"
+             + (" (a STAND-IN, not SAM: its labels demonstrate the pipeline only)" if plan.manifest.is_stand_in else ""),
+             f"  to label: {n_label}" + (f" ({', '.join(again)})" if again else ""),
+             f"  already labelled (skipped): {plan.n_done}" + (f" ({', '.join(kept)})" if kept else ""),
+             f"  rejected: {len(rejected)}" + (f" ({by_reason(rejected)}): " + "; ".join(
+                 f"{error.path}: {one_line(error.reason)}" for error in plan.rejected[:5])
+                 + ("; ..." if len(rejected) > 5 else "") if rejected else "")]
+    if plan.gone:
+        lines.append(f"  no longer under the dataset (the dataset the run writes leaves them out): {len(plan.gone)}: "
+                     + ", ".join(plan.gone[:5]) + (", ..." if len(plan.gone) > 5 else ""))
+    lines += [f"  note: {line}" for line in unused_input_settings(config, plan.items)]
+    print("\n".join(lines), flush=True)
 
 
 def _leave_no_folder(out: str, made: list[Path], keep_api_log: bool = False) -> None:

@@ -678,6 +678,41 @@ def test_a_copy_that_reset_modification_times_keeps_its_labels_where_the_bytes_a
                                                                             in line for line in logged)
 
 
+def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(fake_repo, scenes, tmp_path, capsys):
+    """Before hours of SAM: how many images a run labels, skips, labels again, rejects, and which are gone."""
+    data = copies_of_scenes(scenes, tmp_path / "data", 4)
+    out = tmp_path / "new" / "out"
+    flags = ["--out", str(out), "--model-repository", str(fake_repo), "--points-per-side", "8", "--n-clusters", "4",
+             "--dry-run"]
+    assert alps(["run", str(data), *flags]) == 0
+    said = capsys.readouterr().out
+    assert "--dry-run: nothing written" in said and "4 image(s)" in said and "to label: 4" in said
+    assert "STAND-IN" in said and not (tmp_path / "new").exists()
+    out = tmp_path / "out"
+    flags[1] = str(out)
+    alps_flow(str(data), str(out), small_config(fake_repo), progress_bar=False)
+    Image.fromarray(np.asarray(Image.open(data / "scene_0001.png"))[:, ::-1]).save(data / "scene_0001.png")
+    (data / "scene_0002.png").unlink()
+    shutil.copy2(scenes / "images" / "scene_0004.png", data / "added.png")
+    (data / "broken.png").write_bytes(b"not a png")
+
+    def contents() -> dict[str, tuple[bytes, int]]:
+        return {str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+
+    before = contents()
+    assert alps(["run", str(data), *flags]) == 0
+    said = capsys.readouterr().out
+    assert contents() == before
+    assert "to label: 2 (1 changed since it was labelled" in said and "already labelled (skipped): 2" in said
+    assert "rejected: 1" in said and "broken.png" in said and "no longer under" in said and "scene_0002.png" in said
+    again = alps_flow(str(data), str(out), small_config(fake_repo), progress_bar=False)
+    assert (again["n_labelled"], again["n_skipped"]) == (2, 2)
+    assert alps(["run", str(data), *flags[:-2], "5", "--dry-run"]) == 0  # k-means only: nothing to label
+    assert "to label: 0" in capsys.readouterr().out
+    assert alps(["run", str(data), *flags[:-4], "16", "--n-clusters", "4", "--dry-run"]) == 2  # as the run refuses
+    assert "another model or labelling configuration" in capsys.readouterr().err
+
+
 def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
