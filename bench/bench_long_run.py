@@ -95,6 +95,8 @@ def sample(proc: Any, shards: Path, start: float) -> dict[str, float] | None:
         children = proc.children(recursive=True)
     except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError, ProcessLookupError):
         return None
+    if not full.rss or not math.isfinite(hwm):  # exited, not yet reaped: its memory reads as none
+        return None
     kids = []
     for child in children:
         try:
@@ -159,11 +161,12 @@ def downsample(rows: list[dict[str, float]], points: int = 24) -> list[dict[str,
                                                                                     "children_rss")} for r in picked]
 
 
-def run_and_sample(command: list[str], out: Path, interval: float, log: Path) -> tuple[int, list[dict[str, float]]]:
-    """Start ``command`` and sample it until it exits; (exit status, samples)."""
+def run_and_sample(command: list[str], out: Path, interval: float, log: Path, extra_env: dict[str, str] | None = None
+                   ) -> tuple[int, list[dict[str, float]]]:
+    """Start ``command`` (with ``extra_env`` added to its environment) and sample it until it exits; (status, samples)."""
     import psutil
 
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | (extra_env or {})
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     shards = out / ".alps" / "shards"
     rows: list[dict[str, float]] = []
@@ -185,6 +188,36 @@ def run_and_sample(command: list[str], out: Path, interval: float, log: Path) ->
     return popen.returncode, rows
 
 
+def malloc_settings() -> str:
+    """How the run's malloc is set: by alps (alps_client/runs/allocator.py), unless this environment says otherwise."""
+    from alps_client.runs.allocator import RELEASE_EVERY, RUN_ARENAS
+
+    if os.environ.get("ALPS_GLIBC_MALLOC", "") not in ("", "0"):
+        return f"glibc's defaults (ALPS_GLIBC_MALLOC={os.environ['ALPS_GLIBC_MALLOC']})"
+    arenas = (f"MALLOC_ARENA_MAX={os.environ['MALLOC_ARENA_MAX']}" if "MALLOC_ARENA_MAX" in os.environ else
+              f"{RUN_ARENAS} arenas")
+    return f"alps: {arenas}, malloc_trim every {RELEASE_EVERY} images (alps_client/runs/allocator.py)"
+
+
+def labelled_and_sampled(command: list[str], out: Path, args: argparse.Namespace, samples: Path,
+                         extra_env: dict[str, str]) -> list[dict[str, float]]:
+    """Run ``command`` into an emptied ``out`` and sample it (:func:`run_and_sample`); its samples, also to CSV."""
+    shutil.rmtree(out, ignore_errors=True)
+    log = samples.with_suffix(".log")
+    rc, rows = run_and_sample(command, out, args.interval, log, extra_env)
+    if rc != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"alps run exited with {rc} (log {log}): {tail[0]}")
+    done = images_done(out / ".alps" / "shards")
+    if done != args.images or not rows or rows[-1]["done"] < args.images:
+        raise RuntimeError(f"alps run finished with {done} shards of {args.images} images, or before the first sample")
+    with samples.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2500, help="synthetic scenes to label (2500)")
@@ -195,6 +228,9 @@ def main() -> None:
     parser.add_argument("--model-repository", help="an existing stand-in export (default: exported into the workdir)")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "long-run"))
     parser.add_argument("--results-dir", default=str(ROOT / "bench"))
+    parser.add_argument("--compare-glibc-malloc", action="store_true",
+                        help="run again with glibc's malloc as it is (ALPS_GLIBC_MALLOC=1: arenas not capped, freed "
+                             "memory not trimmed) and record both runs")
     args = parser.parse_args()
     if args.images < 2 or args.size < 32 or args.points_per_side < 1 or args.interval <= 0:
         raise ValueError("--images >= 2, --size >= 32, --points-per-side >= 1 and --interval > 0, please")
@@ -204,28 +240,22 @@ def main() -> None:
     manifest = ensure_repository(repo)
     images = ensure_images(work / "data", args.images, args.size)
     out = work / "labelled"
-    shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "flows.cli", "run", str(images), "--out", str(out), "--model-repository", str(repo),
                "--points-per-side", str(args.points_per_side), "--n-clusters", str(args.n_clusters), "--no-progress"]
     print(f"[long-run] {' '.join(command)}", flush=True)
     load_start = load_average()
-    rc, rows = run_and_sample(command, out, args.interval, work / "run.log")
+    rows = labelled_and_sampled(command, out, args, work / "samples.csv", {})
+    glibc_rows = labelled_and_sampled(command, out, args, work / "samples-glibc-malloc.csv",
+                                      {"ALPS_GLIBC_MALLOC": "1"}) if args.compare_glibc_malloc else None
     load_end = load_average()
-    if rc != 0:
-        tail = (work / "run.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise RuntimeError(f"alps run exited with {rc} (log {work / 'run.log'}): {tail[0]}")
-    done = images_done(out / ".alps" / "shards")
-    if done != args.images or not rows or rows[-1]["done"] < args.images:
-        raise RuntimeError(f"alps run finished with {done} shards of {args.images} images, or before the first sample")
-    with (work / "samples.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    summary = summarise(rows, args.images)
     entry = {"model": model_label(manifest), "images": args.images, "size": args.size,
              "points_per_side": args.points_per_side, "n_clusters": args.n_clusters, "interval_s": args.interval,
              "command": " ".join(["alps", command[3], "DATA", command[5], "OUT", command[7], "REPO", *command[9:]]),
-             **summary, "series": downsample(rows), "load": [load_start, load_end], "machine": machine()}
+             "malloc": malloc_settings(), **summarise(rows, args.images), "series": downsample(rows), "load": [load_start, load_end],
+             "machine": machine()}
+    if glibc_rows is not None:  # the same run just after, with glibc's malloc as it is
+        entry["glibc_malloc"] = {"malloc": "glibc's defaults (ALPS_GLIBC_MALLOC=1)",
+                                 **summarise(glibc_rows, args.images), "series": downsample(glibc_rows)}
     print(json.dumps({k: v for k, v in entry.items() if k != "series"}, indent=1))
     record("long-run", entry, Path(args.results_dir))
 

@@ -167,16 +167,26 @@ def _dense(r: dict[str, Any]) -> list[str]:
 
 
 def _long_run(r: dict[str, Any]) -> list[str]:
+    lines = ["## Long run: resident memory of `alps run` over the images", "",
+             (f"`bench/bench_long_run.py`: `{r['command']}`; {r['model']}; {r['images']} synthetic {r['size']}-px "
+              f"scenes, {r['points_per_side']}x{r['points_per_side']} grid; sampled every {r['interval_s']:g} s; "
+              f"{_context(r)}."), ""]
+    arms = [(f"malloc: {r.get('malloc', 'unrecorded')}", r)]
+    if "glibc_malloc" in r:  # the same run just after, with glibc's malloc as it is
+        arms.append((f"malloc: {r['glibc_malloc']['malloc']}, the same run just after", r["glibc_malloc"]))
+    for title, arm in arms:
+        lines += _long_run_arm(title, arm)
+    return lines
+
+
+def _long_run_arm(title: str, r: dict[str, Any]) -> list[str]:
     slope = r["slope_mib_per_1000_images"]
     peak, sec = r["peak_rss_mib"], r["seconds"]
 
     def _s(value: float | None) -> str:
         return "n/a" if value is None else f"{value:+.1f}"
 
-    lines = ["## Long run: resident memory of `alps run` over the images", "",
-             (f"`bench/bench_long_run.py`: `{r['command']}`; {r['model']}; {r['images']} synthetic {r['size']}-px "
-              f"scenes, {r['points_per_side']}x{r['points_per_side']} grid; sampled every {r['interval_s']:g} s; "
-              f"{_context(r)}."), "",
+    lines = [f"**{title}**", "",
              "| labelling phase | images done | seconds | run RSS MiB | run USS MiB | children RSS MiB |",
              "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v['images']} | {v['seconds']:.0f} | {v['rss_mib']:.0f} | {v['uss_mib']:.0f} | "

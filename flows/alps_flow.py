@@ -61,6 +61,7 @@ from alps_client.io.items import InputItem, by_reason, one_line
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
+from alps_client.runs import allocator
 from alps_client.runs.finish import fit_or_keep_centroids, write_labelled_dataset
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.moves import apply_moves
@@ -302,6 +303,7 @@ def _label_all(plan: RunPlan, job: LabelJob, labeller: Labeller, progress_bar: b
 
         for _ in range(2 * labeller.slots):  # the next image is queued before a slot frees up
             start_next()
+        n_finished = 0
         while in_flight:
             future = get_interruptibly(finished)  # a bare finished.get() could sleep through Ctrl-C
             item = in_flight.pop(future)
@@ -315,8 +317,12 @@ def _label_all(plan: RunPlan, job: LabelJob, labeller: Labeller, progress_bar: b
                 streak.record(outcome.status, outcome.reason)
             outcomes.append(outcome)
             progress.advance(outcome.status)
+            n_finished += 1
+            if n_finished % allocator.RELEASE_EVERY == 0:  # kept in the threads' arenas, it grew the run's RSS
+                allocator.release_freed_memory()
             if not streak.tripped:  # else the images queued behind the ones in flight are not started
                 start_next()
+    allocator.release_freed_memory()  # before k-means and the dataset's write
     stopped = streak.reason() if streak.tripped else ""
     for item in waiting:  # never started: missing, like a failed image, so that the rerun labels them
         outcomes.append(ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
@@ -404,6 +410,7 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
         allow_partial: write the dataset even if some good images could not be labelled (each listed missing).
     """
     started = time.perf_counter()
+    allocator.cap_malloc_arenas()  # before the run's threads: memory freed stayed in their arenas
     # As the run's log, records and UI show them: a served run's `~/out` was a folder named `~` under the serve
     # process's folder, logged as `~/out`, read as $HOME.
     dataset, out = (os.path.abspath(os.path.expanduser(path)) for path in (dataset, out))

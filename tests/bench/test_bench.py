@@ -306,7 +306,7 @@ def test_a_results_row_names_the_family_a_stand_in_is_not():
 def test_long_run_bench_samples_the_real_run_and_its_api_server(stand_in_repo, tmp_path):
     _bench("bench_long_run.py", "--images", "6", "--size", "64", "--points-per-side", "2", "--n-clusters", "2",
            "--interval", "0.2", "--model-repository", str(stand_in_repo), "--workdir", str(tmp_path / "work"),
-           "--results-dir", str(tmp_path))
+           "--results-dir", str(tmp_path), "--compare-glibc-malloc")
     entry = _results(tmp_path)["long-run"]
     assert entry["commit"].split("-")[0] == _head() and entry["images"] == 6
     shards = list((tmp_path / "work" / "labelled" / ".alps" / "shards").glob("*.npz"))
@@ -325,4 +325,10 @@ def test_long_run_bench_samples_the_real_run_and_its_api_server(stand_in_repo, t
     assert entry["peak_rss_mib"]["run"] >= round(max(r["rss"] for r in rows), 1) >= at["100%"]["rss_mib"]
     assert entry["peak_rss_mib"]["api_server"] > 0
     assert entry["series"][-1]["done"] == 6 and entry["samples"] == len(rows)
-    assert "Long run: resident memory" in (tmp_path / "RESULTS.md").read_text()
+    rendered = (tmp_path / "RESULTS.md").read_text()
+    assert "Long run: resident memory" in rendered and "malloc: alps: 2 arenas, malloc_trim every" in rendered
+    glibc = entry["glibc_malloc"]  # the same run again, with glibc's malloc as it is
+    assert "malloc: glibc's defaults (ALPS_GLIBC_MALLOC=1), the same run just after" in rendered
+    assert glibc["at"]["100%"]["images"] == 6 and glibc["peak_rss_mib"]["run"] > 0
+    with (tmp_path / "work" / "samples-glibc-malloc.csv").open() as f:
+        assert max(float(row["done"]) for row in csv.DictReader(f)) == 6

@@ -713,6 +713,19 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(fake_repo, scenes
     assert "another model or labelling configuration" in capsys.readouterr().err
 
 
+def test_the_run_caps_its_malloc_arenas_and_releases_freed_memory(monkeypatch, fake_repo, scenes, tmp_path):
+    """Every way of running a flow (``alps run``, a served run's process, a notebook's call) goes through it."""
+    from alps_client.runs import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "cap_malloc_arenas", lambda: calls.append("cap") or True)
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append("release") or True)
+    monkeypatch.setattr(allocator, "RELEASE_EVERY", 2)
+    assert alps_flow(str(scenes / "images"), str(tmp_path / "out"), small_config(fake_repo),
+                     progress_bar=False)["n_labelled"] == 6
+    assert calls == ["cap"] + ["release"] * 3 + ["release"]  # every 2 images, then before k-means
+
+
 def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
