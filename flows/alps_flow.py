@@ -33,6 +33,7 @@ import queue
 import signal
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from types import TracebackType
@@ -253,12 +254,12 @@ def cluster(shards: list[str], out: str, config: PipelineConfig, model_family: s
 
 @task(name="write-dataset", cache_policy=NONE)
 def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, errors: list[dict[str, str]],
-          missing: list[dict[str, str]], image_sources: dict[str, str], sources: dict[str, str]
+          missing: list[dict[str, str]], image_sources: dict[str, str], sources: dict[str, str], run_id: str
           ) -> dict[str, Any] | State:
     """The flow's one dataset write (:func:`~alps_client.runs.finish.write_labelled_dataset`); its summary."""
     try:
         return write_labelled_dataset(out, shards, centroids_path, plan, errors, missing, image_sources, sources,
-                                      get_run_logger())
+                                      get_run_logger(), run_id)
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
 
@@ -550,9 +551,13 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
             # too): the previous run's "complete" must not stand, and `alps relabel` must not rebuild from shards
             # it replaced. Written once the backend is open: a run refused for it (a server unreachable) labelled
             # nothing, and the previous record stands.
+            # Its id goes into the manifest of the dataset it writes: a stop after that write (the record not yet
+            # saying so) leaves a dataset readers can tell is this run's.
+            run_id = uuid.uuid4().hex
             atomic.write_json(work_dir(out) / "last_run.json", {
                 **_run_record(plan), "to_label": len(plan.items) - plan.n_done, "complete": False,
-                "dataset_written": False, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                "dataset_written": False, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "run_id": run_id})
             outcomes, stopped = _label_all(plan, job, lab, progress_bar)
     except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
         return Failed(message=describe(err), data=err)
@@ -594,7 +599,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]],
         "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
-        "n_empty_tiles": len(empty),
+        "n_empty_tiles": len(empty), "run_id": run_id,
     }
     try:
         atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here
@@ -633,7 +638,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     t = time.perf_counter()
     summary = write(out, quote(shards), centroids, quote(plan), quote(errors), quote(missing),
                     quote({o.stem: o.image for o in done if o.image}),
-                    quote(plan.sources({o.stem for o in done if not o.empty})))  # a scene of nodata has no label map
+                    quote(plan.sources({o.stem for o in done if not o.empty})), run_id)  # (a scene of nodata: no map)
     if isinstance(summary, State):
         return _flow_failure(summary)
     run["scene_outputs"] = summary.pop("scene_outputs")

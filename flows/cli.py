@@ -581,6 +581,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   args, code))
     except (KeyboardInterrupt, Terminated) as stop:
         code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
+        if _stopped_after_the_write(args.out):
+            _exit_now(_fail(f"{STOP_WORDS[code]} after the run wrote its dataset to {args.out}: it is complete, "
+                            "nothing to resume", code))
         _exit_now(_fail_resumable(STOP_WORDS[code], args, code))
     code = _outcome(state, args)
     if code == EXIT_USAGE:  # refused before any image (a server unreachable), or no mask to cluster (shards kept)
@@ -617,6 +620,32 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
                      + ", ".join(plan.gone[:5]) + (", ..." if len(plan.gone) > 5 else ""))
     lines += [f"  note: {line}" for line in unused_input_settings(config, plan.items)]
     print("\n".join(lines), flush=True)
+
+
+def _stopped_after_the_write(out: str) -> bool:
+    """Whether the run stopped in ``out`` had written its dataset; if so its record is made to say it.
+
+    A stop as the dataset was swapped in waits for the swap to end (:func:`alps_client.io.atomic.stops_held`), and
+    one just after lands before the run's record says the dataset is written: that record then refused
+    `alps report` and `alps relabel`, and the run said to run it again to resume.
+    """
+    import json
+
+    from alps_client.io import atomic
+    from alps_client.io.dataset import written_by_last_run
+    from alps_client.runs.plan import work_dir
+
+    record = work_dir(out) / "last_run.json"
+    try:
+        run, manifest = (json.loads(path.read_text()) for path in (record, Path(out) / "manifest.json"))
+        if not written_by_last_run(manifest, run):
+            return False
+        if not run.get("dataset_written"):
+            atomic.write_json(record, {**run, "dataset_written": True,
+                                       "stopped": run.get("stopped") or "stopped once its dataset was written"})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
 
 
 def _leave_no_folder(out: str, made: list[Path], keep_api_log: bool = False) -> None:
@@ -965,8 +994,13 @@ def main(argv: list[str] | None = None) -> int:
         _to_devnull(sys.stdout)  # Python flushes stdout again at exit
         return EXIT_BROKEN_PIPE
     except (KeyboardInterrupt, Terminated) as stop:  # in relabel, report or evaluate (a run says more)
+        from alps_client.io.publish import SWAPPED_WHOLE
+
         code = stop.code if isinstance(stop, Terminated) else EXIT_INTERRUPTED
         words = "interrupted (Ctrl-C)" if code == EXIT_INTERRUPTED else STOP_WORDS[code]
+        if SWAPPED_WHOLE in getattr(stop, "__notes__", ()):
+            return _fail(f"{words} while a new dataset was swapped into place: the swap was finished first, and the "
+                         "folder holds that dataset whole (nothing to run again for it)", code)
         return _fail(f"{words}; its writes are staged, so nothing half-written is used: run `alps {args.command}` "
                      "again to finish", code)
     finally:

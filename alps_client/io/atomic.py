@@ -7,7 +7,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,3 +158,40 @@ def write_with(path: str | Path, writer: Callable[[BinaryIO], None]) -> None:
     """Atomically write whatever ``writer(file)`` writes."""
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         writer(f)
+
+
+# What a user sends to stop a command: Ctrl-C, `kill`, a closed terminal.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextmanager
+def stops_held(note: str) -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP while the block runs; then deliver the first that came, ``note`` added.
+
+    For a few renames that must all be done or none (a dataset's swap into ``OUT``): stopped between two of them,
+    a command left ``OUT`` half swapped, and whichever command came next finished the stopped write unsaid. The
+    signal's own handler runs once the block ends (a Python handler's exception gets ``note``); a signal that
+    was ignored stays ignored. In the main thread only, which Python's signal handlers run in; elsewhere the
+    block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, handler in handlers.items():
+        if handler not in (signal.SIG_IGN, None):  # (None: a handler not set from Python, left as it is)
+            signal.signal(sig, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    if held:
+        try:
+            signal.raise_signal(held[0])
+        except BaseException as stop:
+            stop.add_note(note)
+            raise
+

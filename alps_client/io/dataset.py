@@ -125,7 +125,7 @@ def load_dataset(out: str | Path) -> WrittenDataset:
         raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {out / '.alps' / 'shards'} (first: "
                         f"{missing[0]}); relabel and report are built from the shards `alps run` keeps there: "
                         f"{rerun}")
-    _check_last_run(out, last_run, rerun)
+    _check_last_run(out, last_run, manifest, rerun)
     damaged = [(stem, why) for stem, path in shards.items() if (why := shard_damage(path))]
     if damaged:
         raise AlpsError(f"{len(damaged)} shard(s) in {out / '.alps' / 'shards'} cannot be read whole (first: "
@@ -148,14 +148,22 @@ def _last_run(out: Path) -> dict[str, Any]:
     return run if isinstance(run, dict) else {}
 
 
-def _check_last_run(out: Path, run: dict[str, Any], rerun: str) -> None:
+def written_by_last_run(manifest: dict[str, Any], run: dict[str, Any]) -> bool:
+    """Whether the last `alps run` (its record ``run``) wrote the dataset of ``manifest``.
+
+    Stopped just after its write, the run's record may not say so yet.
+    """
+    return bool(run.get("run_id")) and manifest.get("run_id") == run.get("run_id")
+
+
+def _check_last_run(out: Path, run: dict[str, Any], manifest: dict[str, Any], rerun: str) -> None:
     """Refuse a dataset whose shards a later run replaced without writing its dataset (interrupted or failed).
 
     Such a run labelled images again (changed files, other settings with ``--overwrite``) into the shards, so the
     shards no longer describe the label maps and image copies the dataset holds: a rewrite from them would pair
     one image with another's labels.
     """
-    if run.get("dataset_written", True):  # (no record: nothing says the shards moved on)
+    if run.get("dataset_written", True) or written_by_last_run(manifest, run):  # (no record: nothing moved on)
         return
     labelled = run.get("labelled")  # the labelling's record; at the run's start, how many it set out to label
     if labelled or run.get("to_label"):

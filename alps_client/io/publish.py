@@ -123,13 +123,23 @@ def _journal(out: Path) -> Path:
     return out / ".alps" / "publish.json"
 
 
+# Added to a stop (Ctrl-C, SIGTERM) that came during a swap: the swap was finished first.
+SWAPPED_WHOLE = "the stop came as the new dataset was swapped in: the swap was finished first, and OUT holds it whole"
+
+
 def publish(out: str | Path, staging: str | Path) -> None:
-    """Swap the staged outputs into ``out``, replacing every previous dataset output."""
+    """Swap the staged outputs into ``out``, replacing every previous dataset output.
+
+    A stop that comes during the swap (renames) is delivered once it is done (:func:`atomic.stops_held`), with
+    :data:`SWAPPED_WHOLE` in its notes.
+    """
     out, staging = Path(out), Path(staging)
     shutil.rmtree(out / ".alps" / "previous", ignore_errors=True)  # left by a clean-up that did not finish
-    # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place.
-    atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out), "entries": list(DATASET_ENTRIES)})
-    _finish(out, staging)
+    with atomic.stops_held(SWAPPED_WHOLE):
+        # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place.
+        atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out), "entries": list(DATASET_ENTRIES)})
+        _swap(out, staging)
+    _clean_up(out, staging)
 
 
 # `alps report` swaps OUT/report alone: the new page is written here, the old one moved aside here meanwhile.
@@ -159,7 +169,9 @@ def recover(out: str | Path) -> bool:
     if not staging.is_dir():  # nothing to finish with: what is in place stays (never moved aside and deleted)
         journal.unlink()
         return False
-    _finish(out, staging)
+    with atomic.stops_held(SWAPPED_WHOLE):
+        _swap(out, staging)
+    _clean_up(out, staging)
     return True
 
 
@@ -210,7 +222,8 @@ def dataset_version(out: str | Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def _finish(out: Path, staging: Path) -> None:
+def _swap(out: Path, staging: Path) -> None:
+    """Move the previous outputs aside into ``OUT/.alps/previous`` and the staged ones in; end the journal."""
     previous = out / ".alps" / "previous"
     previous.mkdir(parents=True, exist_ok=True)
     for name in DATASET_ENTRIES:
@@ -224,7 +237,11 @@ def _finish(out: Path, staging: Path) -> None:
         elif (current.exists() or current.is_symlink()) and not old.exists():
             os.replace(current, old)  # not written by this run: it must not survive from the last one
     _journal(out).unlink(missing_ok=True)
-    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _clean_up(out: Path, staging: Path) -> None:
+    """Delete the previous outputs (a whole dataset: may take long) and the emptied staging folder."""
+    shutil.rmtree(out / ".alps" / "previous", ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
 
 

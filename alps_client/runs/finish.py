@@ -78,8 +78,8 @@ def sources_not_utf8(sources: Mapping[str, str]) -> dict[str, str]:
 
 def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_path: str | Path, plan: RunPlan,
                            errors: Sequence[dict[str, str]], missing: Sequence[dict[str, str]],
-                           image_sources: dict[str, str], sources: dict[str, str], log: Log = logger
-                           ) -> dict[str, Any]:
+                           image_sources: dict[str, str], sources: dict[str, str], log: Log = logger,
+                           run_id: str | None = None) -> dict[str, Any]:
     """Paint label maps once and write the dataset (and scene outputs), replacing the previous one as a whole.
 
     Args:
@@ -93,6 +93,8 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
         image_sources: stem -> image file (each :class:`~alps_client.runs.work.ImageOutcome`'s ``image``).
         sources: input file of each labelled image (:meth:`RunPlan.sources`).
         log: where the relabel carried over and the images moved between splits are said.
+        run_id: the run's id in ``OUT/.alps/last_run.json``, recorded in the manifest (``run_id``): a stop after the
+            write, before the run's record says so, leaves a dataset that says which run wrote it.
 
     Returns:
         The dataset's summary (:class:`~alps_client.io.writer.DatasetSummary` as a dict).
@@ -102,7 +104,7 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     """
     centroids = np.load(centroids_path)
     extra: dict[str, Any] = {"complete": not missing, "missing": list(missing), "sources": sources,
-                             "scene_sizes": plan.scene_sizes(set(sources))}
+                             "scene_sizes": plan.scene_sizes(set(sources)), **({"run_id": run_id} if run_id else {})}
     undecodable = sources_not_utf8(sources)
     if undecodable:
         extra["sources_not_utf8"] = undecodable

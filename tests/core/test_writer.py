@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -478,6 +480,32 @@ def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path,
     assert not (out / "vis").exists()  # the new dataset, whole: no previews
     assert json.loads((out / "manifest.json").read_text())["config"]["writer"]["write_vis"] is False
     assert len(read_labels(out)) == 2 and not (out / ".alps" / "staging").exists()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
+def test_ctrl_c_during_the_swap_lands_once_the_new_dataset_is_whole(two_shards, tmp_path, monkeypatch):
+    """Stopped between two of the swap's renames, a command left OUT half swapped, and the next command (`alps
+    evaluate` too) put the stopped write in place unsaid. A stop now waits for the swap's few renames to end."""
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    renames = []
+    real_replace = publish_module.os.replace
+
+    def ctrl_c_at_the_third(src, dst):
+        if Path(dst).parent in (out, out / ".alps" / "previous"):  # the swap's renames, not the staged writes
+            renames.append(src)
+            if len(renames) == 3:
+                signal.raise_signal(signal.SIGINT)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(publish_module.os, "replace", ctrl_c_at_the_third)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        write_dataset(out, shards, centroids, PipelineConfig(writer=WriterConfig(write_vis=False)), {}, [], sources)
+    assert len(renames) > 3 and publish_module.SWAPPED_WHOLE in getattr(stopped.value, "__notes__", [])
+    assert not (out / ".alps" / "publish.json").exists() and not (out / "vis").exists()  # the new dataset, whole
+    assert json.loads((out / "manifest.json").read_text())["config"]["writer"]["write_vis"] is False
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_oracle_masks_reach_high_miou(tmp_path):

@@ -726,6 +726,32 @@ def test_the_run_caps_its_malloc_arenas_and_releases_freed_memory(monkeypatch, f
     assert calls == ["cap"] + ["release"] * 3 + ["release"]  # every 2 images, then before k-means
 
 
+def test_a_stop_after_the_dataset_write_leaves_a_dataset_the_record_owns(fake_repo, scenes, tmp_path, monkeypatch):
+    """Ctrl-C after the swap, before the run's record said the dataset was written: `alps report` and `alps relabel`
+    refused the complete dataset ("the last alps run ... wrote no dataset"), and the run said to resume."""
+    import flows.alps_flow as flow_module
+    from flows.cli import _stopped_after_the_write
+
+    out = tmp_path / "out"
+
+    def stopped(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flow_module.artifacts, "stage_totals", stopped)  # just after the write, before the record
+    with pytest.raises(KeyboardInterrupt):
+        alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
+    monkeypatch.undo()
+    record = json.loads((out / ".alps" / "last_run.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert record["dataset_written"] is False and record["run_id"] == manifest["run_id"]
+    assert alps(["report", str(out)]) == 0  # this run's dataset, complete
+    assert _stopped_after_the_write(str(out))  # what `alps run` says then: complete, nothing to resume
+    assert json.loads((out / ".alps" / "last_run.json").read_text())["dataset_written"] is True
+    later = {**record, "run_id": "a later run", "labelled": ["scene_0000"]}  # stopped mid-labelling
+    (out / ".alps" / "last_run.json").write_text(json.dumps(later))
+    assert alps(["report", str(out)]) == 2 and not _stopped_after_the_write(str(out))
+
+
 def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
