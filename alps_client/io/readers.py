@@ -195,6 +195,8 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as err:
         raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
                           "cut it into tiles with --tile 896 --overlap 384") from err
+    except ValueError as err:  # a PNG text or colour-profile chunk inflating past PIL's limit, and the like
+        raise _fail(path, f"image metadata PIL refuses to read ({str(err)[:120]})") from err
     with im:
         yield im
 
