@@ -523,7 +523,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                        len(plan.stretched), one_line(path), rows, columns, config.inputs.slice_axis,
                        max(rows, columns) / min(rows, columns))
     if plan.left_out:
-        logger.warning("Left out %d folder(s) inside the dataset holding alps outputs (not images to label): %s",
+        logger.warning("Left out %d folder(s) inside the dataset holding alps outputs, or links into this run's OUT "
+                       "(not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
     moved = apply_moves(out, list(plan.moved), plan.items)
     if moved:

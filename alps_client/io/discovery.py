@@ -40,6 +40,7 @@ from alps_client.io.items import (
     is_input_name,
     printable,
 )
+from alps_client.io.publish import is_alps_output
 from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices, volumes_in
 from alps_client.io.splits import split_folder
 
@@ -150,7 +151,8 @@ def list_input_files(root: Path, out: str | Path | None = None,
     anyway is an alias, not more data (walked first, ``a_link/`` took ``real/``'s images and their names; a linked
     file was labelled twice, perhaps once in train and once in val). Links to what lies elsewhere are followed,
     and a file reached by several of them is listed once, under the first of their paths.
-    Folders below ``root`` holding an alps output, and ``out``, are left out (each passed to ``on_left_out``).
+    Folders below ``root`` holding an alps output (its .alps, or its manifest.json where .alps was deleted), and
+    ``out`` and links into it, are left out (each passed to ``on_left_out``). Hard links to one file are one file.
     Files of a format alps does not read are passed to ``on_not_read`` with their :data:`NOT_READ_FORMATS` key.
     Folders that cannot be listed (no read or execute permission) are passed to ``on_unlisted`` with the reason.
     """
@@ -179,7 +181,7 @@ def list_input_files(root: Path, out: str | Path | None = None,
         kept = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             folder = Path(dirpath) / d
-            if os.path.isdir(folder / WORK_DIR) or (out_real is not None and os.path.realpath(folder) == out_real):
+            if is_alps_output(folder) or _in_out(folder, out_real):
                 if on_left_out is not None:
                     on_left_out(folder)
             elif not (os.path.islink(folder) and _walked_anyway(os.path.realpath(folder), root_real)):
@@ -189,16 +191,38 @@ def list_input_files(root: Path, out: str | Path | None = None,
             path = Path(dirpath) / name
             if name.startswith(".") or (os.path.islink(path) and _walked_anyway(os.path.realpath(path), root_real)):
                 continue
+            if _in_out(path, out_real):  # a link to one of the run's own outputs
+                if on_left_out is not None:
+                    on_left_out(path)
+                continue
             if is_input_name(name):
                 found.append((path, os.path.realpath(path) if os.path.islink(path) else os.path.join(real, name)))
             elif on_not_read is not None and (fmt := not_read_format(path)) is not None:
                 on_not_read(path, fmt)
     listed, files = [], set()
     for path, real_file in sorted(found, key=lambda found: str(found[0].relative_to(root))):
-        if real_file not in files:  # links from two places to one file outside the root: the first name alone
-            files.add(real_file)
+        identity = _file_identity(real_file)
+        if identity not in files:  # links or hard links to one file: the first name alone
+            files.add(identity)
             listed.append(path)
     return listed
+
+
+def _file_identity(path: str) -> tuple[int, int] | str:
+    """What tells one file from another: its device and inode (hard links share them), else its path."""
+    try:
+        stat = os.stat(path)
+    except OSError:  # reading it will say why
+        return path
+    return stat.st_dev, stat.st_ino
+
+
+def _in_out(path: Path, out_real: str | None) -> bool:
+    """Whether ``path`` is, or leads by links into, the run's output folder (whose real path is ``out_real``)."""
+    if out_real is None:
+        return False
+    real = os.path.realpath(path)
+    return real == out_real or real.startswith(out_real.rstrip(os.sep) + os.sep)
 
 
 def _walked_anyway(target: str, root_real: str) -> bool:

@@ -182,6 +182,34 @@ def test_a_link_to_what_the_dataset_holds_anyway_is_not_a_second_image(tmp_path)
         ("y", str(root / "y.png"))]
 
 
+def test_hard_links_earlier_outputs_and_links_into_out_are_no_second_image(tmp_path):
+    """A hard link was labelled twice (perhaps once in train, once in val); an earlier alps output inside the
+    dataset whose .alps was deleted had its img_dir copies, label maps and previews labelled as inputs; a link into
+    the run's own OUT labelled its copies (an image in train, its copy in val) and the write replaced them."""
+    import json
+    import os
+
+    from alps_client.io.publish import DATASET_FORMAT
+
+    root, out = tmp_path / "ds", tmp_path / "out"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(scene(0 if name == "a.png" else 1)).save(root / name)
+    os.link(root / "a.png", root / "hard.png")
+    earlier = root / "labels2"  # an earlier run's OUT, its .alps deleted to save space
+    (earlier / "img_dir" / "train").mkdir(parents=True)
+    Image.fromarray(scene(0)).save(earlier / "img_dir" / "train" / "a.png")
+    (earlier / "manifest.json").write_text(json.dumps({"format": DATASET_FORMAT}))
+    (out / "img_dir" / "val").mkdir(parents=True)
+    Image.fromarray(scene(1)).save(out / "img_dir" / "val" / "b.png")
+    (root / "own_imgs").symlink_to(out / "img_dir")
+    (root / "own_b.png").symlink_to(out / "img_dir" / "val" / "b.png")
+    left_out = []
+    items, errors = discover_inputs(root, out=out, on_left_out=left_out.append)
+    assert not errors and sorted(item.stem for item in items) == ["a", "b"]
+    assert sorted(path.name for path in left_out) == ["labels2", "own_b.png", "own_imgs"]
+
+
 def test_a_folder_that_cannot_be_listed_is_rejected_by_name(tmp_path):
     """A folder without read or execute permission was skipped unsaid: its images left out of the dataset. Root
     reads it anyway, so as root the discovery runs without the capabilities that bypass permissions."""
