@@ -506,13 +506,34 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     nibabel = lazy_import("nibabel")
     try:
         image = nibabel.load(path)
+        _check_voxels_in_file(path, image)
         data = np.asarray((image.slicer[..., 0] if image.ndim == 4 else image).get_fdata(dtype=np.float32))
+    except (InputImageError, MemoryError):  # out of memory: the machine's failure, never the file's
+        raise
     except Exception as err:  # nibabel raises many types for corrupt files
         reason = f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})"
         raise _read_failure(path, err) or _fail(path, reason) from err
     if data.ndim not in (2, 3):
         raise _fail(path, f"NIfTI image must be 2D or 3D (or 4D: its first volume), got shape {data.shape}")
     return data
+
+
+def _check_voxels_in_file(path: str, image: Any) -> None:
+    """Refuse an uncompressed NIfTI whose header declares more voxels than its file holds, before they are read.
+
+    nibabel allocates what the header declares first: a 1 KB file declaring 1000^3 voxels took 1 GB before it
+    failed, 4000^3 ended in a MemoryError. A compressed file's size says nothing of its voxels.
+    """
+    if str(path).lower().endswith(".gz"):
+        return
+    header = image.header
+    dtype = header.get_data_dtype()
+    declared = int(header.get_data_offset()) + int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if declared > size:
+        raise _fail(path, f"its header declares {' x '.join(map(str, image.shape))} voxels of {dtype} "
+                          f"({declared} bytes with its header) but the file holds {size} bytes: cut short, or a "
+                          "corrupt header")
 
 
 def as_volume(data: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:

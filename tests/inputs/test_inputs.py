@@ -17,7 +17,7 @@ from PIL import Image
 from alps_client.config import InputConfig
 from alps_client.errors import AlpsError, InputImageError
 from alps_client.io.discovery import discover_inputs
-from alps_client.io.items import printable
+from alps_client.io.items import InputItem, printable
 from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from alps_client.runs.plan import describe_items
@@ -208,6 +208,35 @@ def test_hard_links_earlier_outputs_and_links_into_out_are_no_second_image(tmp_p
     items, errors = discover_inputs(root, out=out, on_left_out=left_out.append)
     assert not errors and sorted(item.stem for item in items) == ["a", "b"]
     assert sorted(path.name for path in left_out) == ["labels2", "own_b.png", "own_imgs"]
+
+
+def test_a_nifti_header_declaring_more_voxels_than_its_file_holds_is_rejected_and_memory_is_never_a_bad_input(
+        tmp_path, monkeypatch):
+    """A 1.3 KB .nii declaring 1000^3 voxels made alps allocate 1 GB before rejecting it (4000^3: "MemoryError"
+    given as the file's fault): the header is checked against the file first. Running out of memory on a real
+    volume is the machine's failure, retried and then ending the run, never a rejected input."""
+    import nibabel
+
+    from alps_client.io import readers
+
+    path = tmp_path / "lying.nii"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(path))
+    header = bytearray(path.read_bytes())
+    header[42:48] = np.array([1000, 1000, 1000], "<i2").tobytes()  # dim[1..3] of the NIfTI-1 header
+    path.write_bytes(bytes(header))
+    readers._volume.cache_clear()
+    with pytest.raises(InputImageError, match=rf"declares 1000 x 1000 x 1000 voxels.*holds {path.stat().st_size} "):
+        load_item(InputItem(str(path), "lying__z0000", kind="slice", scene="lying", slice_index=0))
+    real = tmp_path / "real.nii.gz"
+    write_nifti(real)
+
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(nibabel.nifti1.Nifti1Image, "get_fdata", out_of_memory)
+    readers._volume.cache_clear()
+    with pytest.raises(MemoryError):
+        load_item(InputItem(str(real), "real__z0001", kind="slice", scene="real", slice_index=1))
 
 
 def test_a_folder_that_cannot_be_listed_is_rejected_by_name(tmp_path):
