@@ -332,7 +332,11 @@ def _stage_dataset(
                  unmatched_split_group(unmatched, len(set(path_of.values())), split_group)):
         if note and warn:
             warn(note)
-    record_splits(out, {path_of[m["stem"]]: splits[m["stem"]] for m in metas}, split_by)
+    now = {path_of[m["stem"]]: splits[m["stem"]] for m in metas}
+    # An earlier split that differs now was moved to give this dataset something to train on (its other images
+    # gone, for now): the record keeps it, so that the held-out images are held out again once they are back.
+    record_splits(out, now | {path: earlier[path] for path in now if earlier.get(path, now[path]) != now[path]},
+                  split_by)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")

@@ -18,6 +18,7 @@ import numpy as np
 
 from alps_client.config import PipelineConfig
 from alps_client.io import atomic
+from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import write_dataset
 from alps_client.labels.clustering import clustering_key, fit_centroids, same_clusters
@@ -126,14 +127,27 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
             names = ", ".join(class_map.names[:8]) + (", ..." if len(class_map.names) > 8 else "")
             log.info(f"the classes of this dataset's `alps relabel` are kept, its clusters being the same: "
                      f"{len(class_map.names)} classes ({names})")
-    before = _splits_in(out)
+    before, recorded = _splits_in(out), earlier_splits(out, split_identity(
+        plan.config.writer.seed, plan.config.writer.val_fraction, plan.config.writer.split_group))
     summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
                             class_map, extra, log.warning)
     window = plan.config.inputs.intensity_window
     if window is not None and summary.n_images and not _stretched(out):
         log.warning("--intensity-window %g %g was applied to no image: every input labelled is 8-bit, read as it is "
                     "(the window is for NIfTI volumes and 16-bit or float rasters)", *window)
-    moved = sorted(stem for stem, split in _splits_in(out).items() if before.get(stem, split) != split)
+    after = _splits_in(out)
+    moved = sorted(stem for stem, split in after.items() if before.get(stem, split) != split)
+    held = [stem for stem in moved if recorded.get(sources.get(stem, "")) == before[stem]]
+    if held:  # kept in the record: they go back to their split once the other images are back
+        log.warning("%d image(s) of the earlier val or train are in the other split this time (%s%s): the images "
+                    "of this run left no train image otherwise (the others are gone, for now); their earlier split "
+                    "is kept for the runs that have the other images back", len(held),
+                    ", ".join(held[:5]), ", ..." if len(held) > 5 else "")
+    back = [stem for stem in moved if recorded.get(sources.get(stem, "")) == after[stem]]
+    if back:
+        log.info("%d image(s) are back in the split the dataset recorded for them, the other images back: %s%s",
+                 len(back), ", ".join(back[:5]), ", ..." if len(back) > 5 else "")
+    moved = [stem for stem in moved if stem not in held and stem not in back]
     if moved:  # a model trained on the earlier split has seen some of the new val images
         log.warning("%d image(s) moved between splits (%s%s): another --seed, --val-fraction or --split-group than "
                     "the dataset's draws the split anew (or their input moved between the dataset's train/val "

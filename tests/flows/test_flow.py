@@ -752,6 +752,34 @@ def test_a_stop_after_the_dataset_write_leaves_a_dataset_the_record_owns(fake_re
     assert alps(["report", str(out)]) == 2 and not _stopped_after_the_write(str(out))
 
 
+def test_a_run_that_sees_only_val_images_keeps_their_split_for_when_the_others_are_back(fake_repo, scenes,
+                                                                                        tmp_path):
+    """A run over the val images alone puts them in train (something to train on): that split was recorded, and
+    with the other images back the earlier val image stayed in train, the held-out set lost."""
+    cfg = small_config(fake_repo, val_fraction=0.34)
+    data, out = label_copies(tmp_path, scenes, cfg, 6)
+    first = dict(read_registry(out)["splits"])
+    in_val = sorted(path for path, split in first.items() if split == "val")
+    assert in_val and len(in_val) < 6
+    away = tmp_path / "away"
+    away.mkdir()
+    for path in first:
+        if path not in in_val:
+            (data / path).rename(away / path)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert any(f"train/{path}" in labels(out) for path in in_val)  # this dataset: something to train on
+    assert any("left no train image" in line for line in logged)
+    assert not [line for line in logged if "moved between splits" in line]
+    for path in away.iterdir():
+        path.rename(data / path.name)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert read_registry(out)["splits"] == first and not [line for line in logged if "moved between" in line]
+    assert any("back in the split the dataset recorded for them" in line for line in logged)
+    assert sorted(name for name in labels(out) if name.startswith("val/")) == [f"val/{path}" for path in in_val]
+
+
 def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
