@@ -577,8 +577,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     failed += [dataclasses.replace(o, status="failed", reason=CHANGED_MID_RUN) for o in done if o.stem in changed]
     done = [o for o in done if o.stem not in changed]
     empty = {o.stem for o in done if o.empty}
-    errors = [e.to_json() for e in plan.rejected] + [{"path": o.source, "reason": o.reason}
-                                                     for o in by_status["rejected"]]
+    errors = [e.to_json() for e in plan.rejected] + _rejected_inputs(plan, by_status["rejected"])
     errors += [{"path": source, "reason": "every pixel is transparent or nodata"}
                for source in plan.scenes_within(empty)]  # as a whole image's would be: no tile to train on
     errors.sort(key=lambda e: e["path"])
@@ -655,6 +654,28 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                 out, summary["n_images"], summary["n_classes"], len(errors), len(missing))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {
         "n_labelled": len(run["labelled"]), "n_skipped": len(run["skipped"])}
+
+
+def _rejected_inputs(plan: RunPlan, rejected: list[ImageOutcome]) -> list[dict[str, str]]:
+    """``{"path", "reason"}`` of each input file rejected while labelling: once per file, its first part's reason.
+
+    The tiles of a scene or slices of a volume that cannot be read were one rejected input each: 64 lines and
+    ``n_errors`` 64 for one file cut short. Their count goes into the reason (``all 64 tiles``).
+    """
+    parts: dict[str, tuple[str, int]] = {}  # source -> (kind, how many items it was cut into)
+    for item in plan.items:
+        parts[item.source] = (item.kind, parts.get(item.source, (item.kind, 0))[1] + 1)
+    by_file: dict[str, list[str]] = {}  # source -> the reasons of its parts (which differ by a block's offset)
+    for outcome in rejected:
+        by_file.setdefault(outcome.source, []).append(outcome.reason or "")
+    errors = []
+    for source, reasons in by_file.items():
+        kind, total = parts.get(source, ("image", 1))
+        reason, count = reasons[0], len(reasons)
+        if kind != "image":
+            reason += f" ({'all ' if count == total else ''}{count}{'' if count == total else f' of {total}'} {kind}s)"
+        errors.append({"path": source, "reason": reason})
+    return errors
 
 
 def _flow_failure(task_state: State) -> State:

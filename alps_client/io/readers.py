@@ -80,6 +80,17 @@ def _fail(path: str | Path, reason: str) -> InputImageError:
     return InputImageError(str(path), reason)
 
 
+def _gdal_reason(err: Exception) -> str:
+    """GDAL's reason for ``err``, in one line.
+
+    rasterio's "Read failed. See previous exception for details." names none; the GDAL error it chains does
+    (``IReadBlock failed at X offset 0 ...``).
+    """
+    cause = err.__cause__ or err.__context__
+    text = str(cause) if cause is not None and "previous exception" in str(err) else str(err)
+    return (text.splitlines() or [type(err).__name__])[0][:160]
+
+
 # What the file system answers about the file itself (gone, not allowed, not a file): a bad input. Any other
 # error with an errno (EIO, ESTALE, ETIMEDOUT...) is the disk or the mount failing, not the file.
 _FILE_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
@@ -233,7 +244,7 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
             with rasterio.open(path) as src:
                 return int(src.height), int(src.width), max(1, len(src.subdatasets))
         except rasterio.errors.RasterioIOError as err:
-            raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
+            raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
     try:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
@@ -417,7 +428,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             colours = _colour_table(src, bands)
             bits = int(src.tags(bands[0], "IMAGE_STRUCTURE").get("NBITS", 8))
     except rasterio.errors.RasterioIOError as err:
-        raise _fail(path, f"not a readable raster ({str(err).splitlines()[0][:120]})") from err
+        raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
     if colours is not None:  # a palette TIFF: its indices are no brightness (a palette PNG is read the same way)
         index = data[0]
         if (colours[:, 3] < 255).any():  # transparent entries hold no image

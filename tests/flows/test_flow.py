@@ -780,6 +780,28 @@ def test_a_run_that_sees_only_val_images_keeps_their_split_for_when_the_others_a
     assert sorted(name for name in labels(out) if name.startswith("val/")) == [f"val/{path}" for path in in_val]
 
 
+def test_a_tiled_scene_that_cannot_be_read_is_one_rejected_input(fake_repo, scenes, tmp_path):
+    """A TIFF whose header is whole and its pixels cut off was one rejected input per tile: 64 lines, n_errors 64
+    and "64 input(s) rejected" for one file."""
+    import rasterio
+
+    from alps_client.config import InputConfig
+
+    data = copies_of_scenes(scenes, tmp_path / "data", 2)
+    pixels = np.tile(np.asarray(Image.open(scenes / "images" / "scene_0002.png").convert("RGB"))[:64, :64], (2, 2, 1))
+    with rasterio.open(data / "cut.tif", "w", driver="GTiff", width=128, height=128, count=3, dtype="uint8") as dst:
+        dst.write(pixels.transpose(2, 0, 1))
+    whole = (data / "cut.tif").read_bytes()
+    (data / "cut.tif").write_bytes(whole[:400])  # its header, not its pixels
+    cfg = dataclasses.replace(small_config(fake_repo), inputs=InputConfig(tile=64, overlap=0))
+    result = alps_flow(str(data), str(tmp_path / "out"), cfg, progress_bar=False)
+    errors = read_jsonl(tmp_path / "out" / "errors.jsonl")
+    assert [error["path"] for error in errors] == [str(data / "cut.tif")] and "(all 4 tiles)" in errors[0]["reason"]
+    assert "IReadBlock failed" in errors[0]["reason"]  # GDAL's reason, not "See previous exception for details"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["n_errors"] == 1 and result["n_labelled"] == 8  # the two PNGs' tiles
+
+
 def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, scenes, tmp_path):
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
