@@ -536,7 +536,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             count = len(np.load(config.cluster.centroids, mmap_mode="r"))  # read whole by check_request already
             if args.n_clusters != count:
                 raise AlpsError(f"--n-clusters {args.n_clusters}, but --centroids {config.cluster.centroids} holds "
-                                f"{count} centroids, one per class: leave --n-clusters out")
+                                f"{count} centroids, one per cluster: leave --n-clusters out")
         if args.dry_run:
             try:
                 _say_the_plan(args, config)
