@@ -237,17 +237,21 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         if centroids_file and record.get("from") == str(Path(centroids_file).parent.resolve()):
             return _origins_classes(Path(centroids_file), centroids, record, warn)
         return _apply(record, len(centroids), out / "manifest.json", warn)
+    aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
+                  if _same(load_or_none(folder / "centroids.npy"), centroids)), None)
     if record and previous is not None:  # whatever this run's classes will be, these are kept
         sha = str(record.get("classes_file_sha256", "unknown"))
         folder = _set_aside(out, SET_ASIDE, previous)
         atomic.write_json(folder / "relabel.json", record)
-        warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters differ "
-             f"(new images, clustering settings or --centroids), so those classes are not carried over: review "
-             f"{out / 'report' / 'index.html'} and run `alps relabel` again, or run again with --centroids "
-             f"{shlex.quote(str(folder / 'centroids.npy'))} to label every image with the clusters they named (the "
-             "classes come back)")
-    aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
-                  if _same(load_or_none(folder / "centroids.npy"), centroids)), None)
+        back = shlex.quote(str(folder / "centroids.npy"))
+        if aside is not None:  # said as what it is: one relabel's classes replaced by another's (said next)
+            warn(f"{out}'s classes (its relabel, classes file sha256 {sha[:12]}) are set aside for the relabel made "
+                 f"for these --centroids; run again with --centroids {back} to have them back")
+        else:
+            warn(f"{out} was relabelled (classes file sha256 {sha[:12]}) for other clusters; this run's clusters "
+                 f"differ (new images, clustering settings or --centroids), so those classes are not carried over: "
+                 f"review {out / 'report' / 'index.html'} and run `alps relabel` again, or run again with "
+                 f"--centroids {back} to label every image with the clusters they named (the classes come back)")
     if aside is not None:  # a run with --centroids of a relabel set aside earlier: its classes come back
         try:
             return _apply(json.loads((aside / "relabel.json").read_text()), len(centroids), aside, warn)

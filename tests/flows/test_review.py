@@ -687,9 +687,14 @@ def test_a_rerun_keeps_the_relabelled_classes_while_its_clusters_stay(labelled, 
     record3 = json.loads((out / "manifest.json").read_text())["relabel"]
     cfg_back = PipelineConfig(backend=cfg.backend, amg=cfg.amg, cluster=ClusterConfig(centroids=str(aside)),
                               writer=cfg.writer)
-    state = alps_flow(str(labelled.data / "images"), str(out), cfg_back, progress_bar=False, return_state=True)
+    with run_log("prefect.task_runs") as logged:
+        state = alps_flow(str(labelled.data / "images"), str(out), cfg_back, progress_bar=False, return_state=True)
     assert state.is_completed()
     assert json.loads((out / "manifest.json").read_text())["relabel"] == record
+    # One relabel's classes for another's, said as that: not "not carried over: run `alps relabel` again" beside
+    # "the classes ... are kept"
+    assert not [line for line in logged if "not carried over" in line]
+    assert any("are set aside for the relabel made for these --centroids" in line for line in logged)
     assert {k: v for k, v in tree_hashes(out).items() if not k.startswith(("manifest", "report/"))} == relabelled
     state = alps_flow(str(labelled.data / "images"), str(out), cfg3, progress_bar=False, return_state=True)
     assert state.is_completed()
