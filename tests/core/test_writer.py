@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -443,6 +444,22 @@ def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_s
     assert sum(len(c["annotations"]) for c in coco_files(out).values()) == 1
 
 
+def at_third_swap_rename(monkeypatch: pytest.MonkeyPatch, out: Path, action: Callable[[], None]) -> list[str]:
+    """Call ``action`` at the third rename of a swap into ``out``; the renames made (sources), filled as they come."""
+    renames: list[str] = []
+    real_replace = publish_module.os.replace
+
+    def replace(src, dst):
+        if Path(dst).parent in (out, out / ".alps" / "previous"):  # the swap's renames, not the staged writes
+            renames.append(src)
+            if len(renames) == 3:
+                action()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(publish_module.os, "replace", replace)
+    return renames
+
+
 @pytest.mark.parametrize("moved", [False, True], ids=["in-place", "OUT-moved"])
 def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path, monkeypatch, moved):
     """Also after OUT moved (it may): the journal named the staging folder by its absolute path, and the finish
@@ -450,21 +467,15 @@ def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path,
     shards, centroids, sources = two_shards
     out = tmp_path / "out"
     write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
-    calls = []
-    real_replace = publish_module.os.replace
 
-    def crash_after_three(src, dst):
-        if Path(dst).parent in (out, out / ".alps" / "previous"):  # the swap's renames, not the staged writes
-            calls.append(src)
-            if len(calls) == 3:
-                raise KeyboardInterrupt("killed mid-swap")
-        return real_replace(src, dst)
+    def killed():
+        raise KeyboardInterrupt("killed mid-swap")
 
-    monkeypatch.setattr(publish_module.os, "replace", crash_after_three)
+    at_third_swap_rename(monkeypatch, out, killed)
     cfg = PipelineConfig(writer=WriterConfig(write_vis=False))
     with pytest.raises(KeyboardInterrupt):
         write_dataset(out, shards, centroids, cfg, {}, [], sources)
-    monkeypatch.setattr(publish_module.os, "replace", real_replace)
+    monkeypatch.undo()
     assert (out / ".alps" / "publish.json").is_file()
     if moved:
         out = out.rename(tmp_path / "moved")
@@ -489,17 +500,7 @@ def test_ctrl_c_during_the_swap_lands_once_the_new_dataset_is_whole(two_shards, 
     shards, centroids, sources = two_shards
     out = tmp_path / "out"
     write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
-    renames = []
-    real_replace = publish_module.os.replace
-
-    def ctrl_c_at_the_third(src, dst):
-        if Path(dst).parent in (out, out / ".alps" / "previous"):  # the swap's renames, not the staged writes
-            renames.append(src)
-            if len(renames) == 3:
-                signal.raise_signal(signal.SIGINT)
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(publish_module.os, "replace", ctrl_c_at_the_third)
+    renames = at_third_swap_rename(monkeypatch, out, lambda: signal.raise_signal(signal.SIGINT))
     with pytest.raises(KeyboardInterrupt) as stopped:
         write_dataset(out, shards, centroids, PipelineConfig(writer=WriterConfig(write_vis=False)), {}, [], sources)
     assert len(renames) > 3 and publish_module.SWAPPED_WHOLE in getattr(stopped.value, "__notes__", [])

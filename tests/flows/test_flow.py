@@ -60,6 +60,21 @@ def label_copies(tmp_path: Path, scenes: Path, cfg: PipelineConfig, files: int |
     return data, out
 
 
+def label_a_strip(tmp_path: Path, scenes: Path, cfg: PipelineConfig) -> tuple[Path, Path, PipelineConfig]:
+    """Label ``tmp_path/scene_data/strip.png`` (three scenes side by side: three tiles of 64) into
+    ``tmp_path/scene_out``: ``(scene_data, scene_out, the tiled configuration)``."""
+    from alps_client.config import InputConfig
+
+    scene_data, scene_out = tmp_path / "scene_data", tmp_path / "scene_out"
+    scene_data.mkdir()
+    strip = np.concatenate([np.asarray(Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB"))[:64, :64]
+                            for i in range(3)], axis=1)  # (64, 192, 3)
+    Image.fromarray(strip).save(scene_data / "strip.png")
+    tiled = dataclasses.replace(cfg, inputs=InputConfig(tile=64, overlap=0))
+    alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    return scene_data, scene_out, tiled
+
+
 def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -662,15 +677,7 @@ def test_a_copy_that_reset_modification_times_keeps_its_labels_where_the_bytes_a
     assert not [line for line in logged if "modification times" in line]
     assert sorted(read_registry(out)["names"]) == [f"f{i}.bmp" for i in range(4)]
 
-    from alps_client.config import InputConfig
-
-    scene_data, scene_out = tmp_path / "scene_data", tmp_path / "scene_out"
-    scene_data.mkdir()
-    strip = np.concatenate([np.asarray(Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB"))[:64, :64]
-                            for i in range(3)], axis=1)  # (64, 192, 3): three tiles of 64
-    Image.fromarray(strip).save(scene_data / "strip.png")
-    tiled = dataclasses.replace(cfg, inputs=InputConfig(tile=64, overlap=0))
-    alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    scene_data, scene_out, tiled = label_a_strip(tmp_path, scenes, cfg)
     os.utime(scene_data / "strip.png", ns=(1_800_000_000 * 10**9,) * 2)
     with run_log() as logged:
         retimed = alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
@@ -806,8 +813,6 @@ def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, sce
     """A file moved to another folder or renamed was a deleted image and a new one: labelled again and split anew,
     so a val image could come back in train. Its shards and split now go with its bytes; a copy whose original
     stays is a new image; a tiled scene's tiles move with it."""
-    from alps_client.config import InputConfig
-
     cfg = small_config(fake_repo, val_fraction=0.5)
     data, out = label_copies(tmp_path, scenes, cfg, {f"{name}.png": i for i, name in enumerate("abcd")})
     in_val = next(path for path, split in read_registry(out)["splits"].items() if split == "val")
@@ -839,13 +844,7 @@ def test_an_image_moved_or_renamed_keeps_its_labels_and_its_split(fake_repo, sce
 
     assert by_name(out) == by_name(tmp_path / "fresh")
 
-    scene_data, scene_out = tmp_path / "scene_data", tmp_path / "scene_out"
-    scene_data.mkdir()
-    strip = np.concatenate([np.asarray(Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB"))[:64, :64]
-                            for i in range(3)], axis=1)  # (64, 192, 3): three tiles of 64
-    Image.fromarray(strip).save(scene_data / "strip.png")
-    tiled = dataclasses.replace(cfg, inputs=InputConfig(tile=64, overlap=0))
-    alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
+    scene_data, scene_out, tiled = label_a_strip(tmp_path, scenes, cfg)
     (scene_data / "strip.png").rename(scene_data / "moved_strip.png")
     moved = alps_flow(str(scene_data), str(scene_out), tiled, progress_bar=False)
     assert (moved["n_labelled"], moved["n_skipped"]) == (0, 3)
