@@ -169,6 +169,15 @@ LABEL_IMAGE = "label-image"
 for _filter in (_NoEmptyTraceback(), _NoLinePerImageDone()):
     logging.getLogger("prefect.task_runs").addFilter(_filter)
 CHANGED_MID_RUN = "its file changed or went away after it was labelled, during the run (a rerun labels it anew)"
+# What else can undo an image's labels during the run: its shard in OUT, by its status (plan.changed_since_labelled)
+SHARD_LOST_MID_RUN = {
+    "missing": "its shard in OUT/.alps/shards went away after it was labelled, during the run (OUT deleted or moved?); "
+               "a rerun labels it anew",
+    "damaged": "its shard in OUT/.alps/shards was cut short or altered after it was labelled, during the run; a rerun "
+               "labels it anew",
+    "stale": "its shard in OUT/.alps/shards was replaced by another labelling (another model or settings) during the "
+             "run; a rerun with one or the other settings decides",
+}
 # An image in flight when the run was stopped: not labelled, and not its own failure.
 STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 # Rejected inputs logged one by one; one line counts the rest. A folder of thousands of broken files buried the
@@ -574,7 +583,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     failed = by_status["failed"]
     # A file changed since its image was labelled would put its new pixels in img_dir beside its old labels.
     changed = plan.changed_since_labelled({o.stem for o in done})
-    failed += [dataclasses.replace(o, status="failed", reason=CHANGED_MID_RUN) for o in done if o.stem in changed]
+    failed += [dataclasses.replace(o, status="failed", reason=SHARD_LOST_MID_RUN.get(changed[o.stem], CHANGED_MID_RUN))
+               for o in done if o.stem in changed]
     done = [o for o in done if o.stem not in changed]
     empty = {o.stem for o in done if o.empty}
     errors = [e.to_json() for e in plan.rejected] + _rejected_inputs(plan, by_status["rejected"])

@@ -123,10 +123,15 @@ class RunPlan:
                 tiles.setdefault(item.source, []).append(item.stem)
         return [printable(source) for source, of_scene in tiles.items() if set(of_scene) <= stems]
 
-    def changed_since_labelled(self, stems: set[str]) -> set[str]:
-        """Those of ``stems`` whose shard no longer matches its input file (changed, cut short or gone since)."""
-        return {item.stem for item in self.items
-                if item.stem in stems and item_status(self.out, item, self.fingerprint).status != "current"}
+    def changed_since_labelled(self, stems: set[str]) -> dict[str, ShardStatus]:
+        """Those of ``stems`` whose shard no longer matches its input file, by the shard's status now.
+
+        ``changed``: the input changed or went away since; ``missing`` or ``damaged``: the shard itself went away
+        or was altered (``OUT`` deleted or moved during the run); ``stale``: another labelling wrote it since.
+        """
+        statuses = {item.stem: item_status(self.out, item, self.fingerprint).status
+                    for item in self.items if item.stem in stems}
+        return {stem: status for stem, status in statuses.items() if status != "current"}
 
     def sources(self, stems: set[str]) -> dict[str, str]:
         """Input file of each item in ``stems`` (of its scene or volume, for tiles and slices), by the scene's stem.

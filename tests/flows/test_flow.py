@@ -1013,6 +1013,17 @@ def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_mis
     alps_flow(str(data), str(tmp_path / "fresh"), cfg, progress_bar=False)
     assert labels(out) == labels(tmp_path / "fresh")
 
+    def label_then_lose_a_shard(*args, **kwargs):  # OUT (its .alps) deleted or moved during the run
+        labelled = label_all(*args, **kwargs)
+        (out / ".alps" / "shards" / "scene_0003.npz").unlink()
+        return labelled
+
+    with monkeypatch.context() as m, pytest.raises(IncompleteRunError) as err:
+        m.setattr(flow_module, "_label_all", label_then_lose_a_shard)
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    (row,) = err.value.failed  # blamed on the input, untouched: "its file changed or went away"
+    assert row["path"].endswith("scene_0003.png") and "its shard" in row["reason"] and "file changed" not in row["reason"]
+
 
 def test_an_input_gone_before_it_was_read_is_said_gone_not_unreadable(fake_repo, scenes, tmp_path, monkeypatch):
     """A folder renamed during a run: its images were rejected as "unreadable (No such file or directory)"."""
