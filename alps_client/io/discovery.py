@@ -218,11 +218,14 @@ def _file_identity(path: str) -> tuple[int, int] | str:
 
 
 def _in_out(path: Path, out_real: str | None) -> bool:
-    """Whether ``path`` is, or leads by links into, the run's output folder (whose real path is ``out_real``)."""
+    """Whether ``path`` is the run's output folder (whose real path is ``out_real``), or a link into it.
+
+    A dataset may lie in ``OUT`` itself (a folder of the user's beside the outputs): only links lead into it.
+    """
     if out_real is None:
         return False
     real = os.path.realpath(path)
-    return real == out_real or real.startswith(out_real.rstrip(os.sep) + os.sep)
+    return real == out_real or (os.path.islink(path) and real.startswith(out_real.rstrip(os.sep) + os.sep))
 
 
 def _walked_anyway(target: str, root_real: str) -> bool:

@@ -208,6 +208,10 @@ def test_hard_links_earlier_outputs_and_links_into_out_are_no_second_image(tmp_p
     items, errors = discover_inputs(root, out=out, on_left_out=left_out.append)
     assert not errors and sorted(item.stem for item in items) == ["a", "b"]
     assert sorted(path.name for path in left_out) == ["labels2", "own_b.png", "own_imgs"]
+    (out / "mine").mkdir()  # a folder of the user's own in OUT, beside the outputs, is a dataset like any other
+    Image.fromarray(scene(2)).save(out / "mine" / "c.png")
+    items, errors = discover_inputs(out / "mine", out=out)
+    assert not errors and [item.stem for item in items] == ["c"]
 
 
 def test_a_nifti_header_declaring_more_voxels_than_its_file_holds_is_rejected_and_memory_is_never_a_bad_input(
