@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -505,9 +506,9 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                        "crash or a full disk): labelling them again", plan.n_damaged, work_dir(out) / "shards")
     if plan.gone:
         logger.warning("%d input(s) of the dataset in %s are no longer under %s, and the dataset this run writes leaves "
-                       "them out: %s%s (their shards stay in %s: put the files back and run again to have them)",
+                       "them out: %s%s (their shards stay in %s: put the files back and run again to have them)%s",
                        len(plan.gone), out, dataset, ", ".join(plan.gone[:5]), ", ..." if len(plan.gone) > 5 else "",
-                       work_dir(out) / "shards")
+                       work_dir(out) / "shards", _another_dataset(out, dataset))
     for line in unused_input_settings(config, plan.items):
         logger.warning("%s", line)
     from alps_client.labels.clustering import centroids_family, check_centroids_model
@@ -664,6 +665,22 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                 out, summary["n_images"], summary["n_classes"], len(errors), len(missing))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {
         "n_labelled": len(run["labelled"]), "n_skipped": len(run["skipped"])}
+
+
+def _another_dataset(out: str, dataset: str) -> str:
+    """``; OUT was last labelled from ...`` when ``OUT``'s last run labelled another folder, still there; else "".
+
+    Labelling another dataset into an ``OUT`` replaces the dataset it holds: its inputs were said "no longer under"
+    the new folder, to be put back, though they never were there.
+    """
+    try:
+        earlier = json.loads((work_dir(out) / "last_run.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(earlier, str) or os.path.abspath(earlier) == dataset or not os.path.exists(earlier):
+        return ""
+    return (f"; {out} was last labelled from {earlier}, which is still there: if {dataset} is another dataset, this "
+            "run replaces that one's in OUT (give another --out to keep both)")
 
 
 def _rejected_inputs(plan: RunPlan, rejected: list[ImageOutcome]) -> list[dict[str, str]]:

@@ -615,6 +615,22 @@ def test_a_name_passed_to_another_file_is_labelled_again_and_an_image_moved_to_a
     assert "val/a.png" in labels(out)
 
 
+def test_another_dataset_labelled_into_out_is_said_to_replace_its_dataset(fake_repo, scenes, tmp_path):
+    """Its inputs were said "no longer under" the new folder, "put the files back", though they never were there."""
+    cfg = small_config(fake_repo)
+    first, out = label_copies(tmp_path, scenes, cfg, 3)
+    other = copies_of_scenes(scenes, tmp_path / "other", {"x.png": 4, "y.png": 5})
+    with run_log() as logged:
+        alps_flow(str(other), str(out), cfg, progress_bar=False)
+    (line,) = [line for line in logged if "no longer under" in line]
+    assert f"was last labelled from {first}, which is still there" in line and "another --out" in line
+    moved = tmp_path / "moved"
+    other.rename(moved)  # a dataset moved: resumed, nothing said of another dataset
+    with run_log() as logged:
+        alps_flow(str(moved), str(out), cfg, progress_bar=False)
+    assert not [line for line in logged if "last labelled from" in line]
+
+
 def test_a_file_renamed_onto_a_deleted_ones_name_with_its_size_and_time_is_labelled_again(fake_repo, scenes,
                                                                                           tmp_path):
     """Uncompressed images of one size and time (BMPs unpacked from an archive): f3.bmp deleted and f4.bmp renamed
