@@ -324,8 +324,8 @@ def test_a_run_that_wrote_no_dataset_is_named_by_what_it_did(tmp_path):
     from alps_client.io.dataset import _check_last_run
 
     with pytest.raises(AlpsError, match=r"on .* labelled 1 image\(s\) and wrote no dataset"):
-        _check_last_run(tmp_path, {"dataset_written": False, "to_label": 2, "labelled": ["a"]}, "rerun")
+        _check_last_run(tmp_path, {"dataset_written": False, "to_label": 2, "labelled": ["a"]}, {}, "rerun")
     with pytest.raises(AlpsError, match=r"set out to label 2 image\(s\) and wrote no dataset"):
-        _check_last_run(tmp_path, {"dataset_written": False, "to_label": 2}, "rerun")
-    _check_last_run(tmp_path, {"dataset_written": False, "to_label": 0, "labelled": []}, "rerun")  # shards as they were
-    _check_last_run(tmp_path, {"dataset_written": True, "to_label": 2, "labelled": ["a"]}, "rerun")
+        _check_last_run(tmp_path, {"dataset_written": False, "to_label": 2}, {}, "rerun")
+    _check_last_run(tmp_path, {"dataset_written": False, "to_label": 0, "labelled": []}, {}, "rerun")  # shards as they were
+    _check_last_run(tmp_path, {"dataset_written": True, "to_label": 2, "labelled": ["a"]}, {}, "rerun")

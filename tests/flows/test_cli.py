@@ -67,7 +67,7 @@ def free_port() -> int:
         (["{data}", "--cluster-backend", "cuml"], "cuml is not installed"),  # said once every image was labelled
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
         (["{data}", "--centroids", "{tmp}/four.npy", "--n-clusters", "8"],
-         "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per class"),  # 8 was ignored unsaid
+         "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per cluster"),  # 8 was ignored unsaid
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--intensity-window", "1000", "-1000"],
