@@ -2,8 +2,8 @@
 
 glibc gives each thread that allocates an arena of its own (up to eight per core); the run's image threads and
 onnxruntime's spread the images' buffers over them, and memory freed in an arena stays there, fragmented. A long
-run's RSS grew by 160 MiB per 1,000 images while its live heap stayed flat; by 41 with two arenas, by 36 with
-``malloc_trim`` every 20 images, as fast (1,000 images each, the long-run benchmark; bench/README.md).
+run's RSS grew by 223 MiB per 1,000 images while its live heap stayed flat, by 9 with both settings here (1,500
+images, the long-run benchmark's entry; bench/README.md).
 
 ``ALPS_GLIBC_MALLOC=1`` leaves glibc's malloc as it is (no cap, no trim); a user's own ``MALLOC_ARENA_MAX`` is kept.
 """
