@@ -564,11 +564,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
             # nothing, and the previous record stands.
             # Its id goes into the manifest of the dataset it writes: a stop after that write (the record not yet
             # saying so) leaves a dataset readers can tell is this run's.
-            run_id = uuid.uuid4().hex
+            run_id, started_at = uuid.uuid4().hex, datetime.now(timezone.utc).isoformat(timespec="seconds")
             atomic.write_json(work_dir(out) / "last_run.json", {
                 **_run_record(plan), "to_label": len(plan.items) - plan.n_done, "complete": False,
-                "dataset_written": False, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "run_id": run_id})
+                "dataset_written": False, "started_at": started_at, "run_id": run_id})
             outcomes, stopped = _label_all(plan, job, lab, progress_bar)
     except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
         return Failed(message=describe(err), data=err)
@@ -610,7 +609,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]],
         "skipped": [o.stem for o in by_status["skipped"]],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
-        "n_empty_tiles": len(empty), "run_id": run_id,
+        "n_empty_tiles": len(empty), "run_id": run_id, "started_at": started_at,
     }
     try:
         atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here

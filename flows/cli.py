@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -558,6 +559,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # signal on to this one. SIGHUP (an SSH session that dropped) ended the process at once, leaving the run
     # "Running" on a user's own Prefect API for ever: it stops the run like SIGTERM.
     _stop_on_sigterm_and_sighup()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # as the run's record writes its start
     try:
         with prefect_api(work_dir(args.out), args.prefect_startup_timeout):
             from flows.alps_flow import alps_flow
@@ -581,7 +583,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   args, code))
     except (KeyboardInterrupt, Terminated) as stop:
         code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
-        if _stopped_after_the_write(args.out):
+        if _stopped_after_the_write(args.out, started):
             _exit_now(_fail(f"{STOP_WORDS[code]} after the run wrote its dataset to {args.out}: it is complete, "
                             "nothing to resume", code))
         _exit_now(_fail_resumable(STOP_WORDS[code], args, code))
@@ -622,12 +624,13 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _stopped_after_the_write(out: str) -> bool:
-    """Whether the run stopped in ``out`` had written its dataset; if so its record is made to say it.
+def _stopped_after_the_write(out: str, started: str) -> bool:
+    """Whether the run stopped in ``out``, started at ``started`` (ISO, UTC), had written its dataset.
 
-    A stop as the dataset was swapped in waits for the swap to end (:func:`alps_client.io.atomic.stops_held`), and
+    If it had, its record is made to say so. A stop as the dataset was swapped in waits for the swap to end (:func:`alps_client.io.atomic.stops_held`), and
     one just after lands before the run's record says the dataset is written: that record then refused
-    `alps report` and `alps relabel`, and the run said to run it again to resume.
+    `alps report` and `alps relabel`, and the run said to run it again to resume. A record from before ``started``
+    is an earlier run's: this one was stopped before it began labelling.
     """
     import json
 
@@ -638,7 +641,7 @@ def _stopped_after_the_write(out: str) -> bool:
     record = work_dir(out) / "last_run.json"
     try:
         run, manifest = (json.loads(path.read_text()) for path in (record, Path(out) / "manifest.json"))
-        if not written_by_last_run(manifest, run):
+        if str(run.get("started_at", "")) < started or not written_by_last_run(manifest, run):
             return False
         if not run.get("dataset_written"):
             atomic.write_json(record, {**run, "dataset_written": True,

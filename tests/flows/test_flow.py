@@ -752,10 +752,13 @@ def test_the_run_caps_its_malloc_arenas_and_releases_freed_memory(monkeypatch, f
 def test_a_stop_after_the_dataset_write_leaves_a_dataset_the_record_owns(fake_repo, scenes, tmp_path, monkeypatch):
     """Ctrl-C after the swap, before the run's record said the dataset was written: `alps report` and `alps relabel`
     refused the complete dataset ("the last alps run ... wrote no dataset"), and the run said to resume."""
+    from datetime import datetime, timezone
+
     import flows.alps_flow as flow_module
     from flows.cli import _stopped_after_the_write
 
     out = tmp_path / "out"
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def stopped(*_args):
         raise KeyboardInterrupt
@@ -768,11 +771,13 @@ def test_a_stop_after_the_dataset_write_leaves_a_dataset_the_record_owns(fake_re
     manifest = json.loads((out / "manifest.json").read_text())
     assert record["dataset_written"] is False and record["run_id"] == manifest["run_id"]
     assert alps(["report", str(out)]) == 0  # this run's dataset, complete
-    assert _stopped_after_the_write(str(out))  # what `alps run` says then: complete, nothing to resume
+    assert _stopped_after_the_write(str(out), started)  # what `alps run` says then: complete, nothing to resume
     assert json.loads((out / ".alps" / "last_run.json").read_text())["dataset_written"] is True
+    # A later run stopped before it began labelling: the record is the earlier run's, its own images not labelled
+    assert not _stopped_after_the_write(str(out), "9999-12-31T00:00:00+00:00")
     later = {**record, "run_id": "a later run", "labelled": ["scene_0000"]}  # stopped mid-labelling
     (out / ".alps" / "last_run.json").write_text(json.dumps(later))
-    assert alps(["report", str(out)]) == 2 and not _stopped_after_the_write(str(out))
+    assert alps(["report", str(out)]) == 2 and not _stopped_after_the_write(str(out), started)
 
 
 def test_a_run_that_sees_only_val_images_keeps_their_split_for_when_the_others_are_back(fake_repo, scenes,
