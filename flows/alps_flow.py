@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -59,6 +58,7 @@ from alps_client.errors import (
     OutputDiskFullError,
 )
 from alps_client.io import atomic, publish
+from alps_client.io.dataset import last_run_record
 from alps_client.io.items import InputItem, by_reason, one_line
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
@@ -672,10 +672,7 @@ def _another_dataset(out: str, dataset: str) -> str:
     Labelling another dataset into an ``OUT`` replaces the dataset it holds: its inputs were said "no longer under"
     the new folder, to be put back, though they never were there.
     """
-    try:
-        earlier = json.loads((work_dir(out) / "last_run.json").read_text()).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        return ""
+    earlier = last_run_record(out).get("dataset")
     if not isinstance(earlier, str) or os.path.abspath(earlier) == dataset or not os.path.exists(earlier):
         return ""
     return (f"; {out} was last labelled from {earlier}, which is still there: if {dataset} is another dataset, this "

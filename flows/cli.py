@@ -635,17 +635,17 @@ def _stopped_after_the_write(out: str, started: str) -> bool:
     import json
 
     from alps_client.io import atomic
-    from alps_client.io.dataset import written_by_last_run
+    from alps_client.io.dataset import last_run_record, written_by_last_run
     from alps_client.runs.plan import work_dir
 
-    record = work_dir(out) / "last_run.json"
+    run = last_run_record(out)
     try:
-        run, manifest = (json.loads(path.read_text()) for path in (record, Path(out) / "manifest.json"))
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
         if str(run.get("started_at", "")) < started or not written_by_last_run(manifest, run):
             return False
         if not run.get("dataset_written"):
-            atomic.write_json(record, {**run, "dataset_written": True,
-                                       "stopped": run.get("stopped") or "stopped once its dataset was written"})
+            atomic.write_json(work_dir(out) / "last_run.json", {
+                **run, "dataset_written": True, "stopped": run.get("stopped") or "stopped once its dataset was written"})
     except (OSError, ValueError, AttributeError):
         return False
     return True

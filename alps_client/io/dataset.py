@@ -98,7 +98,7 @@ def load_dataset(out: str | Path) -> WrittenDataset:
                             f"first with `alps run {shlex.quote(str(out))} --out OUT` (a new folder), then give OUT")
         raise AlpsError(f"{out} holds no ALPS dataset (no manifest.json / centroids.npy); "
                         f"run `alps run DATASET --out {out}` first")
-    last_run = _last_run(out)
+    last_run = last_run_record(out)
     dataset = shlex.quote(str(last_run.get("dataset") or "DATASET"))
     rerun = (f"run the same `alps run {dataset} --out {shlex.quote(str(out))}` again, with the options it was given "
              f"(its settings: `config` in {out / '.alps' / 'last_run.json'})")
@@ -139,10 +139,10 @@ def load_dataset(out: str | Path) -> WrittenDataset:
                           {stem: path for stem, path in sources.items() if path is not None})
 
 
-def _last_run(out: Path) -> dict[str, Any]:
+def last_run_record(out: str | Path) -> dict[str, Any]:
     """``OUT/.alps/last_run.json``; empty if there is none (or it cannot be read)."""
     try:
-        run = json.loads((out / ".alps" / "last_run.json").read_text())
+        run = json.loads((Path(out) / ".alps" / "last_run.json").read_text())
     except (OSError, ValueError):
         return {}
     return run if isinstance(run, dict) else {}
