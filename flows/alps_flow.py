@@ -18,6 +18,7 @@ import contextvars
 import dataclasses
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 if __name__ == "__main__":  # `python flows/alps_flow.py ...` is `alps run ...`: the CLI takes this process's place
@@ -685,15 +686,14 @@ def _rejected_inputs(plan: RunPlan, rejected: list[ImageOutcome]) -> list[dict[s
     The tiles of a scene or slices of a volume that cannot be read were one rejected input each: 64 lines and
     ``n_errors`` 64 for one file cut short. Their count goes into the reason (``all 64 tiles``).
     """
-    parts: dict[str, tuple[str, int]] = {}  # source -> (kind, how many items it was cut into)
-    for item in plan.items:
-        parts[item.source] = (item.kind, parts.get(item.source, (item.kind, 0))[1] + 1)
+    kinds = {item.source: item.kind for item in plan.items}
+    totals = Counter(item.source for item in plan.items)  # the items each file was cut into
     by_file: dict[str, list[str]] = {}  # source -> the reasons of its parts (which differ by a block's offset)
     for outcome in rejected:
         by_file.setdefault(outcome.source, []).append(outcome.reason or "")
     errors = []
     for source, reasons in by_file.items():
-        kind, total = parts.get(source, ("image", 1))
+        kind, total = kinds.get(source, "image"), totals[source]
         reason, count = reasons[0], len(reasons)
         if kind != "image":
             reason += f" ({'all ' if count == total else ''}{count}{'' if count == total else f' of {total}'} {kind}s)"
