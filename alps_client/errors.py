@@ -145,6 +145,24 @@ def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def shortened(text: str, limit: int = 120) -> str:
+    """``text`` cut to at most ``limit`` characters at a word's end, ``…`` said where it was cut.
+
+    A library's message quoted in one of ours (a decoder's, GDAL's) is kept to a line, never cut mid-word.
+
+    Examples:
+        >>> shortened("Compressed file ended before the end-of-stream marker was reached", 40)
+        'Compressed file ended before the…'
+        >>> shortened("short", 40)
+        'short'
+    """
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(" ,;:(") + "…"
+
+
 class NoInputsError(AlpsError):
     """The dataset path does not exist or holds no image alps can read.
 

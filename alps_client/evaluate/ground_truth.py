@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from alps_client.errors import AlpsError
+from alps_client.errors import AlpsError, shortened
 from alps_client.evaluate.scores import Confusion
 from alps_client.gt_classes import GroundTruthClasses, hex_colour
 from alps_client.io.items import RASTER_EXTENSIONS, VOLUME_EXTENSIONS, counted, extension_of
@@ -232,13 +232,17 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
         valid = ~transparent if read.valid is None else read.valid & ~transparent
         return replace(read, valid=valid, alpha=True, transparent_pixels=int(transparent.sum()))
     from alps_client._imports import lazy_import
+    from alps_client.io.readers import check_nifti_voxels
 
     try:
         image = lazy_import("nibabel").load(str(path))
-        data, affine = np.asarray(image.dataobj), np.asarray(image.affine, np.float64)
+        check_nifti_voxels(str(path), image)  # a lying header would allocate what it declares
+        data = np.asarray(image.dataobj[..., 0] if image.ndim == 4 else image.dataobj)  # a series: its first volume
+        affine = np.asarray(image.affine, np.float64)
+    except (AlpsError, MemoryError):  # out of memory: the machine's failure, never the file's
+        raise
     except Exception as err:  # noqa: BLE001 (nibabel raises many types for corrupt files)
-        raise AlpsError(f"{path}: not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})") from None
-    data = data[..., 0] if data.ndim == 4 else data
+        raise AlpsError(f"{path}: not a readable NIfTI volume ({type(err).__name__}: {shortened(str(err))})") from None
     if data.ndim not in (2, 3) or data.size == 0:
         raise AlpsError(f"{path}: a NIfTI label image must be 2D or 3D class ids, got shape {data.shape}")
     return replace(_class_ids(data, None, path), affine=affine)

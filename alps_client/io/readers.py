@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import gzip
 import os
 import resource
 import stat
@@ -34,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
-from alps_client.errors import InputImageError, InputReadError
+from alps_client.errors import InputImageError, InputReadError, shortened
 from alps_client.io.items import (
     PLAIN_COPY_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -207,7 +208,7 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
                           "cut it into tiles with --tile 896 --overlap 384") from err
     except ValueError as err:  # a PNG text or colour-profile chunk inflating past PIL's limit, and the like
-        raise _fail(path, f"image metadata PIL refuses to read ({str(err)[:120]})") from err
+        raise _fail(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
     with im:
         yield im
 
@@ -253,7 +254,8 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
-        raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
+        corrupt = f"truncated or corrupt image data ({shortened(str(err))})"
+        raise _read_failure(path, err) or _fail(path, corrupt) from err
     return (w, h, frames) if orientation in (5, 6, 7, 8) else (h, w, frames)
 
 
@@ -336,7 +338,8 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
     except UnidentifiedImageError as err:
         raise _fail(path, "not an image (PIL cannot identify it)") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise _read_failure(path, err) or _fail(path, f"truncated or corrupt image data ({str(err)[:120]})") from err
+        corrupt = f"truncated or corrupt image data ({shortened(str(err))})"
+        raise _read_failure(path, err) or _fail(path, corrupt) from err
     rgb, extra = _to_rgb(data, valid, config)
     plain = (extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
              and one_frame)
@@ -517,34 +520,45 @@ def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
     nibabel = lazy_import("nibabel")
     try:
         image = nibabel.load(path)
-        _check_voxels_in_file(path, image)
+        check_nifti_voxels(path, image)
         data = np.asarray((image.slicer[..., 0] if image.ndim == 4 else image).get_fdata(dtype=np.float32))
     except (InputImageError, MemoryError):  # out of memory: the machine's failure, never the file's
         raise
     except Exception as err:  # nibabel raises many types for corrupt files
-        reason = f"not a readable NIfTI volume ({type(err).__name__}: {str(err)[:100]})"
+        reason = f"not a readable NIfTI volume ({type(err).__name__}: {shortened(str(err))})"
         raise _read_failure(path, err) or _fail(path, reason) from err
     if data.ndim not in (2, 3):
         raise _fail(path, f"NIfTI image must be 2D or 3D (or 4D: its first volume), got shape {data.shape}")
     return data
 
 
-def _check_voxels_in_file(path: str, image: Any) -> None:
-    """Refuse an uncompressed NIfTI whose header declares more voxels than its file holds, before they are read.
+def check_nifti_voxels(path: str, image: Any) -> None:
+    """Refuse a NIfTI whose header declares more voxels than its file holds, before they are read.
 
     nibabel allocates what the header declares first: a 1 KB file declaring 1000^3 voxels took 1 GB before it
-    failed, 4000^3 ended in a MemoryError. A compressed file's size says nothing of its voxels.
+    failed, 4000^3 ended in a MemoryError, every run alike. An uncompressed file's size answers at once. A
+    compressed file's size says nothing of its voxels: its stream is decompressed and counted, in 4 MiB reads, up to
+    the voxels that are decoded (a series' first volume), so a lying header costs one pass and no memory.
     """
-    if str(path).lower().endswith(".gz"):
-        return
     header = image.header
     dtype = header.get_data_dtype()
-    declared = int(header.get_data_offset()) + int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
-    size = os.path.getsize(path)
-    if declared > size:
+    compressed = str(path).lower().endswith(".gz")
+    decoded_shape = image.shape[:3] if compressed and image.ndim == 4 else image.shape
+    declared = int(header.get_data_offset()) + int(np.prod(decoded_shape, dtype=np.int64)) * dtype.itemsize
+    held = _decompressed_size(path, declared) if compressed else os.path.getsize(path)
+    if declared > held:
         raise _fail(path, f"its header declares {' x '.join(map(str, image.shape))} voxels of {dtype} "
-                          f"({declared} bytes with its header) but the file holds {size} bytes: cut short, or a "
-                          "corrupt header")
+                          f"({declared} bytes with its header) but the file {'decompressed ' if compressed else ''}"
+                          f"holds {held} bytes: cut short, or a corrupt header")
+
+
+def _decompressed_size(path: str, enough: int) -> int:
+    """Bytes a gzip file decompresses to, counted up to ``enough`` (4 MiB held at a time)."""
+    held = 0
+    with gzip.open(path, "rb") as stream:
+        while held < enough and (chunk := stream.read(min(1 << 22, enough - held))):
+            held += len(chunk)
+    return held
 
 
 def as_volume(data: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:

@@ -24,7 +24,7 @@ from typing import Any
 from alps_client._imports import lazy_import
 from alps_client.backends import SamBackend, make_backend
 from alps_client.config import BackendConfig
-from alps_client.errors import AlpsError, BackendUnavailableError
+from alps_client.errors import AlpsError, BackendUnavailableError, shortened
 from alps_client.io.items import InputItem
 from alps_client.runs.work import ImageOutcome, LabelJob, label_item
 
@@ -137,8 +137,9 @@ class DaskLabeller:
             self._client.register_plugin(BackendPlugin(quiet_interrupt=self._cluster is not None), name=PLUGIN_NAME)
         except Exception as err:  # raised on the workers, re-raised here as whatever they met
             self.close()
-            raise AlpsError(f"the Dask workers could not load alps ({type(err).__name__}: {str(err)[:160]}); install "
-                            "the same alps, with its requirements, on every worker") from err
+            raise AlpsError(f"the Dask workers could not load alps ({type(err).__name__}: "
+                            f"{shortened(str(err), 160)}); install the same alps, with its requirements, on every "
+                            "worker") from err
         self._check_workers_reach(self.job)
         self.slots = max(1, sum(self._client.nthreads().values()))
 
@@ -226,4 +227,4 @@ def _connect(address: str) -> Any:
             f"the Dask scheduler at {address} is not reachable ({type(err).__name__}); start it "
             "(`dask scheduler --host <private address>`) or drop --dask-address") from err
     except (ValueError, MemoryError) as err:  # not an address, or another service's bytes read as a message size
-        raise AlpsError(not_dask.format(f"{type(err).__name__}: {str(err)[:120]}")) from err
+        raise AlpsError(not_dask.format(f"{type(err).__name__}: {shortened(str(err))}")) from err

@@ -993,3 +993,26 @@ def test_a_label_map_over_pils_own_pixel_limit_is_read_as_alps_run_reads_images(
     with pytest.raises(AlpsError, match=r"scene\.png: a label map of more than 0 Mpx, which PIL decodes whole: save "
                                         r"it as a GeoTIFF"):
         read_array(tmp_path / "scene.png")
+
+
+def test_nifti_ground_truth_with_a_lying_header_is_named_and_a_series_gives_its_first_volume(tmp_path):
+    """A .nii.gz ground truth declaring 4000^3 voxels ended `alps evaluate` in a MemoryError given as "not a readable
+    NIfTI volume"; a 4-D ground truth was decoded whole before its first volume was taken."""
+    import gzip
+
+    import nibabel
+
+    from alps_client.evaluate.ground_truth import ColourIds, read_ground_truth
+
+    series = np.zeros((6, 5, 4, 3), np.uint8)
+    series[..., 0] = 1
+    series[..., 1:] = 2
+    nibabel.save(nibabel.Nifti1Image(series, np.eye(4)), str(tmp_path / "series.nii.gz"))
+    read = read_ground_truth(tmp_path / "series.nii.gz", ColourIds())
+    assert read.ids.shape == (6, 5, 4) and set(np.unique(read.ids).tolist()) == {1}
+    raw = bytearray(gzip.decompress((tmp_path / "series.nii.gz").read_bytes()))
+    raw[40:50] = np.array([3, 4000, 4000, 4000, 1], "<i2").tobytes()  # dim[0..4] of the NIfTI-1 header
+    (tmp_path / "lying.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(AlpsError, match=rf"lying\.nii\.gz: its header declares 4000 x 4000 x 4000 voxels.*"
+                                        rf"decompressed holds {len(raw)} bytes"):
+        read_ground_truth(tmp_path / "lying.nii.gz", ColourIds())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from alps_client.config import InputConfig
-from alps_client.errors import AlpsError, InputImageError
+from alps_client.errors import AlpsError, InputImageError, shortened
 from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import InputItem, printable
 from alps_client.io.readers import load_item, stretch_to_uint8
@@ -231,6 +232,22 @@ def test_a_nifti_header_declaring_more_voxels_than_its_file_holds_is_rejected_an
     readers._volume.cache_clear()
     with pytest.raises(InputImageError, match=rf"declares 1000 x 1000 x 1000 voxels.*holds {path.stat().st_size} "):
         load_item(InputItem(str(path), "lying__z0000", kind="slice", scene="lying", slice_index=0))
+    # a compressed file's size says nothing of its voxels: its stream is counted (4000^3 was a MemoryError each run)
+    header[42:48] = np.array([4000, 4000, 4000], "<i2").tobytes()
+    compressed = tmp_path / "lying.nii.gz"
+    compressed.write_bytes(gzip.compress(bytes(header)))
+    with pytest.raises(InputImageError, match=rf"declares 4000 x 4000 x 4000 voxels.*decompressed holds {len(header)} "):
+        load_item(InputItem(str(compressed), "lying__z0000", kind="slice", scene="lying", slice_index=0))
+    compressed.write_bytes(b"\x1f\x8b" + bytes(20))
+    with pytest.raises(InputImageError, match=r"lying\.nii\.gz.*not a readable NIfTI"):
+        load_item(InputItem(str(compressed), "lying__z0000", kind="slice", scene="lying", slice_index=0))
+    cut = tmp_path / "cut.nii.gz"
+    write_nifti(cut)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
+    with pytest.raises(InputImageError, match=r"cut\.nii\.gz.*EOFError: Compressed file ended before the end-of-stream "
+                                              r"marker was reached\)$"):  # gzip's whole reason, never cut mid-word
+        load_item(InputItem(str(cut), "cut__z0000", kind="slice", scene="cut", slice_index=0))
+    assert shortened("a reason " * 20, 40) == "a reason a reason a reason a reason a…"
     real = tmp_path / "real.nii.gz"
     write_nifti(real)
 
