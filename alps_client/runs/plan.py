@@ -304,8 +304,18 @@ def check_writable(out: str | Path) -> None:
         with tempfile.TemporaryFile(dir=work_dir(out)):
             pass
     except OSError as err:
+        link = _dangling_link(Path(out))
+        if link is not None:  # mkdir said "File exists" of a link to nowhere
+            target = link.parent / os.readlink(link)
+            raise AlpsError(f"--out {out}: {link} is a symbolic link to {target}, which does not exist; create it "
+                            f"(mkdir -p {target}) or give another --out") from err
         raise AlpsError(f"--out {out}: cannot create or write the output folder ({err.strerror or err}); give a "
                         "folder you can write to") from err
+
+
+def _dangling_link(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that is a symbolic link to nothing, or None."""
+    return next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
 
 
 def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> list[str]:

@@ -69,6 +69,9 @@ def free_port() -> int:
         (["{data}", "--centroids", "{tmp}/four.npy", "--n-clusters", "8"],
          "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per cluster"),  # 8 was ignored unsaid
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
+        (["{data}", "--out", "{tmp}/link"], "--out {tmp}/link: {tmp}/link is a symbolic link to {tmp}/nowhere, which "
+                                            "does not exist; create it (mkdir -p {tmp}/nowhere) or give another --out"),
+        (["{data}", "--out", "{tmp}/link/o"], "--out {tmp}/link/o: {tmp}/link is a symbolic link to {tmp}/nowhere"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--intensity-window", "1000", "-1000"],
          "--intensity-window must be (low, high) with low < high, got (1000.0, -1000.0)"),  # named by its flag
@@ -93,6 +96,7 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     (tmp_path / "dicom" / "series" / "scout.gif").write_bytes(b"GIF89a")
     (tmp_path / "dicom" / "atlas.mhd").write_text("ObjectType = Image\nElementDataFile = atlas.raw\n")
     (tmp_path / "a_file").write_text("an --out under a file (was a traceback from the API server's start)")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")  # dangling: "File exists" was said
     four = np.random.default_rng(0).random((4, 256), np.float32)
     np.save(tmp_path / "four.npy", four / np.linalg.norm(four, axis=1, keepdims=True))  # as a run fits them
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
