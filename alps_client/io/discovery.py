@@ -44,6 +44,10 @@ from alps_client.io.publish import is_alps_output
 from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices, volumes_in
 from alps_client.io.splits import split_folder
 
+# No format stores a side past it (PNG's limit): a larger one is a corrupt header, or a negative size (a BMP's) read
+# unsigned.
+MAX_SIDE = 2**31 - 1
+
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 # The name of a tile (``<scene>__x<x0>_y<y0>``) or of a volume's slice (``<volume>__z<index>``).
@@ -338,6 +342,9 @@ def _parts_of(path: Path, config: InputConfig,
                                          "empty volume): nothing to label")
     if volume:
         return [(f"__z{i:04d}", InputItem("", "", "slice", slice_index=i)) for i in slices]
+    if max(height, width) > MAX_SIDE:
+        raise InputImageError(str(path), f"its header declares {width}x{height} pixels, more than any image holds: "
+                                         "a corrupt header")
     if height * width > MAX_PIL_PIXELS and extension_of(path.name) not in RASTER_EXTENSIONS:
         raise InputImageError(str(path), f"image is {width}x{height}, too large to decode whole; convert it to a "
                                          "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile")

@@ -557,6 +557,12 @@ def test_huge_plain_image_is_refused_with_the_way_out(tmp_path):
     assert not items and "tiled GeoTIFF" in errors[0].reason and "30000x30000" in errors[0].reason
     items, errors = discover_inputs(tmp_path / "huge.png", InputConfig())
     assert not items and "too large" in errors[0].reason
+    bmp = tmp_path / "negative_width.bmp"  # its width -50 read unsigned: "4294967246x40, too large" was said
+    Image.fromarray(make_shapes_image(1, (40, 50))).save(bmp)
+    bmp.write_bytes(bmp.read_bytes()[:18] + struct.pack("<i", -50) + bmp.read_bytes()[22:])
+    items, errors = discover_inputs(bmp, InputConfig())
+    assert not items and errors[0].reason == "its header declares 4294967246x40 pixels, more than any image holds: " \
+                                             "a corrupt header"
 
 
 def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect_server, tmp_path):
