@@ -352,7 +352,7 @@ def _tiff_bands(src: Any, config: InputConfig) -> list[int]:
         if max(config.bands) > src.count:
             raise _fail(src.name, f"has {src.count} band(s), --bands asks for {list(config.bands)}")
         return list(config.bands)
-    interp = [str(c).split(".")[-1].lower() for c in src.colorinterp]
+    interp = [c.name for c in src.colorinterp]  # str() of one is its number on Python 3.11
     if all(c in interp for c in ("red", "green", "blue")):
         return [interp.index(c) + 1 for c in ("red", "green", "blue")]
     return [1, 2, 3] if src.count >= 3 else [1]

@@ -24,7 +24,7 @@ from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from alps_client.runs.plan import describe_items
 from tests.coco_checks import assert_coco_consistent
 from tests.conftest import REPO_ROOT, make_shapes_image
-from tests.inputs.make_files import SIZE, scene, write_nifti, write_odd_dataset
+from tests.inputs.make_files import SIZE, scene, write_geotiff, write_nifti, write_odd_dataset
 from tests.runs import cli_env
 
 
@@ -314,8 +314,6 @@ def test_geotiff_nodata_is_where_every_band_read_is_nodata_whatever_declares_it(
     """The mask was band 1's alone, and read only for a nodata value or 2 or 4 bands: an RGB ortho with nodata 0
     lost every pure green, blue or dark pixel (their red is 0); --bands 2,3,4 kept band 1's nodata and not its
     own; a GDAL mask band (JPEG-compressed orthos, COGs) was ignored and its nodata labelled."""
-    from tests.inputs.make_files import write_geotiff
-
     rgb = np.full((3, 60, 80), 90, np.uint8)
     rgb[:, 10:30, 10:30] = np.array([0, 200, 0])[:, None, None]  # pure green: red is the nodata value
     rgb[:, 30:40, 40:60] = np.array([0, 0, 220])[:, None, None]
@@ -527,8 +525,6 @@ def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
 
 def test_tiles_of_a_16_bit_scene_share_one_stretch(tmp_path):
     """Per-tile stretching would give each tile its own colours; the scene's range is used for all of them."""
-    from tests.inputs.make_files import write_geotiff
-
     data = np.zeros((1, 600, 1000), np.uint16)
     data[0, :, :500] = np.linspace(100, 1100, 500, dtype=np.uint16)[None, :]  # dark left half
     data[0, :, 500:] = np.linspace(3000, 9000, 500, dtype=np.uint16)[None, :]  # bright right half
@@ -573,7 +569,6 @@ def test_tiled_geotiff_scene_through_the_flow_with_stitch(stand_in_repo, prefect
 
     from alps_client.evaluate import evaluate_dataset
     from alps_client.synthetic import make_scene
-    from tests.inputs.make_files import write_geotiff
 
     rgb, gt = make_scene(11, (300, 600), n_classes=4)
     rgb = np.maximum(rgb, 1)  # 0 is the nodata value
@@ -744,3 +739,21 @@ def test_slices_of_one_value_are_not_labelled(tmp_path):
     assert [(e.path, e.reason) for e in errors] == [
         (str(tmp_path / "padding.nii.gz"), ("every slice holds one value alone (0, NaN, a CT's padding: an empty "
                                             "volume): nothing to label"))]
+
+
+def test_bands_are_chosen_by_their_colour_interpretation(tmp_path):
+    """A raster storing blue, green, red (or red, green, blue after a NIR band) was read as its first three bands:
+    the colours swapped unsaid (``str(ColorInterp.blue)`` is ``'5'`` on Python 3.11, so no name ever matched)."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    path = tmp_path / "nir_bgr.tif"
+    values = {"nir": 90, "blue": 30, "green": 60, "red": 220}
+    bands = np.stack([np.full((40, 48), v, np.uint8) for v in values.values()])
+    write_geotiff(path, bands, "EPSG:32633", (0.0, 1.0, 40.0))
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.undefined, ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    (item,), errors = discover_inputs(path)
+    loaded = load_item(item)
+    assert not errors and loaded.extra["bands"] == [4, 3, 2]
+    assert loaded.rgb[0, 0].tolist() == [220, 60, 30]
