@@ -23,7 +23,7 @@ import resource
 import stat
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +213,36 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         yield im
 
 
+def _wide_png_orientation(path: Path) -> int:
+    """The EXIF orientation of a PNG that GDAL reads (:func:`_wide_colour_png`), from its header; 1 for others."""
+    if not _wide_colour_png(path):
+        return 1
+    try:
+        with _open_image(path, _HEADER_ONLY) as im:
+            return _orientation(im)
+    except (OSError, SyntaxError, ValueError, InputImageError):  # GDAL's read says what is wrong with the file
+        return 1
+
+
+# EXIF orientation -> the turn or flip of a stored (..., H, W) array that shows it as displayed, as PIL's
+# ImageOps.exif_transpose does (2: mirrored, 3: upside down, 6: turned 90 degrees clockwise to be upright, ...)
+_UPRIGHT: dict[int, Callable[[npt.NDArray[Any]], npt.NDArray[Any]]] = {
+    1: lambda a: a,
+    2: lambda a: a[..., ::-1],
+    3: lambda a: a[..., ::-1, ::-1],
+    4: lambda a: a[..., ::-1, :],
+    5: lambda a: np.swapaxes(a, -1, -2),
+    6: lambda a: np.rot90(a, -1, axes=(-2, -1)),
+    7: lambda a: np.swapaxes(a, -1, -2)[..., ::-1, ::-1],
+    8: lambda a: np.rot90(a, 1, axes=(-2, -1)),
+}
+
+
+def upright(array: npt.NDArray[Any], orientation: int) -> npt.NDArray[Any]:
+    """``(..., H, W)`` stored pixels as displayed under EXIF ``orientation`` (1-8; others: as stored), contiguous."""
+    return np.ascontiguousarray(_UPRIGHT.get(orientation, _UPRIGHT[1])(array))
+
+
 def _orientation(im: Image.Image) -> int:
     """EXIF orientation from the header only (PIL's ``getexif`` on a PNG decodes the whole image to look for it)."""
     if im.format == "PNG":
@@ -243,9 +273,10 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         rasterio = raster_io()
         try:
             with rasterio.open(path) as src:
-                return int(src.height), int(src.width), max(1, len(src.subdatasets))
+                height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
+        return (width, height, pages) if _wide_png_orientation(path) in (5, 6, 7, 8) else (height, width, pages)
     try:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
@@ -417,6 +448,9 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     rasterio = raster_io()
     from rasterio.windows import Window
 
+    # a 16-bit PNG's EXIF orientation, which GDAL ignores: read whole (a PNG is decoded from its start for any
+    # window), turned upright, and its window (in the displayed frame, as its header said) cut from that
+    orientation = _wide_png_orientation(path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
             bands = _tiff_bands(src, config)
@@ -424,7 +458,8 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             if kind.startswith("complex"):  # np.percentile and the stretch have no order for complex numbers
                 raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
                                   "values; save its amplitude or intensity first")
-            win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
+            win = None if window is None or orientation != 1 else \
+                Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
             valid = _valid_pixels(src, bands, window=win)
             geo = _georeference(src, win)
@@ -432,6 +467,11 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             bits = int(src.tags(bands[0], "IMAGE_STRUCTURE").get("NBITS", 8))
     except rasterio.errors.RasterioIOError as err:
         raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
+    if orientation != 1:
+        data, valid = upright(data, orientation), None if valid is None else upright(valid, orientation)
+        if window is not None:
+            x0, y0, x1, y1 = window
+            data, valid = data[:, y0:y1, x0:x1], None if valid is None else valid[y0:y1, x0:x1]
     if colours is not None:  # a palette TIFF: its indices are no brightness (a palette PNG is read the same way)
         index = data[0]
         if (colours[:, 3] < 255).any():  # transparent entries hold no image

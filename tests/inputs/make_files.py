@@ -17,9 +17,9 @@ def scene(seed: int) -> np.ndarray:
     return make_scene(seed, SIZE, n_classes=4)[0]
 
 
-def write_png16(path: Path, array: np.ndarray) -> None:
+def write_png16(path: Path, array: np.ndarray, orientation: int = 1) -> None:
     """A PNG of 16 bits per channel, ``(H, W, C)`` uint16 with C = 2 (grey + alpha), 3 (RGB) or 4 (RGBA): PIL cannot
-    write these (a camera's or a scanner's 48-bit PNG)."""
+    write these (a camera's or a scanner's 48-bit PNG). ``orientation`` other than 1: in an eXIf chunk."""
     import struct
     import zlib
 
@@ -29,7 +29,10 @@ def write_png16(path: Path, array: np.ndarray) -> None:
     h, w, c = array.shape
     colour_type = {2: 4, 3: 2, 4: 6}[c]
     rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in array)
+    # a big-endian TIFF header and one IFD holding the Orientation tag (0x0112, SHORT)
+    exif = b"MM\0*" + struct.pack(">IHHHIHHI", 8, 1, 0x0112, 3, 1, orientation, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+                     + (chunk(b"eXIf", exif) if orientation != 1 else b"")
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 

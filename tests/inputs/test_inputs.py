@@ -757,3 +757,30 @@ def test_bands_are_chosen_by_their_colour_interpretation(tmp_path):
     loaded = load_item(item)
     assert not errors and loaded.extra["bands"] == [4, 3, 2]
     assert loaded.rgb[0, 0].tolist() == [220, 60, 30]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_16_bit_png_is_labelled_as_displayed_whole_and_in_tiles(tmp_path, orientation):
+    """PNGs of 16 bits per colour channel go through GDAL, which ignores EXIF: a 48-bit PNG of orientation 6 was
+    labelled lying on its side (its label map 260x150 for a 150x260 image), one of orientation 3 upside down, unsaid.
+    Each is read as its 8-bit twin of the same orientation is (through PIL), whole and in tiles."""
+    from tests.inputs.make_files import write_png16
+
+    pattern = np.zeros((120, 208), bool)
+    pattern[12:100, 16:36] = pattern[80:100, 16:160] = True  # an L, off centre: any flip or turn shows
+    write_png16(tmp_path / "wide.png", np.repeat(pattern[:, :, None], 3, axis=2).astype(np.uint16) * 65535,
+                orientation)
+    twin = Image.fromarray(np.repeat(pattern[:, :, None], 3, axis=2).astype(np.uint8) * 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    twin.save(tmp_path / "twin.png", exif=exif)
+    (twin, wide), errors = discover_inputs(tmp_path)
+    expected = load_item(twin).rgb
+    assert not errors and expected.shape[:2] == ((208, 120) if orientation > 4 else (120, 208))
+    assert np.array_equal(load_item(wide).rgb, expected)
+    config = InputConfig(tile=64, overlap=16)
+    tiles, errors = discover_inputs(tmp_path / "wide.png", config)
+    assert not errors and len(tiles) > 2
+    for tile in tiles:
+        x0, y0, x1, y1 = tile.window
+        assert np.array_equal(load_item(tile, config).rgb, expected[y0:y1, x0:x1]), tile.window
