@@ -6,7 +6,8 @@ Rules (also in docs/inputs.md):
   instead, in the data's own units, when it is given (the same value, the same grey, in every image).
 - Grey -> the value on three channels. RGBA / LA / palette with transparency -> alpha dropped; fully
   transparent pixels are marked invalid (never labelled, not counted in the gate's PI).
-- EXIF orientation is applied (the image is labelled as it is displayed).
+- EXIF orientation is applied (the image is labelled as it is displayed); to what GDAL reads too (a 16-bit PNG's
+  EXIF, a TIFF's Orientation tag), unless it is georeferenced.
 - TIFF and JPEG 2000 go through rasterio (CRS and transform kept; windows read for tiles); ``--bands`` picks
   three 1-based bands, default the bands described as red/green/blue, else the first three.
 - Inputs are opened read-only and never modified.
@@ -213,15 +214,38 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         yield im
 
 
-def _wide_png_orientation(path: Path) -> int:
-    """The EXIF orientation of a PNG that GDAL reads (:func:`_wide_colour_png`), from its header; 1 for others."""
-    if not _wide_colour_png(path):
+def _displayed_orientation(path: Path, src: Any) -> int:
+    """How a raster GDAL reads is displayed (EXIF / TIFF Orientation, 1-8); 1 where its stored frame is the truth.
+
+    GDAL ignores the tag, where PIL and OpenCV (so mmcv, torchvision) turn the image: a 16-bit PNG's EXIF and a
+    plain TIFF's Orientation tag are applied, as for JPEGs. A georeferenced raster keeps its stored frame, which its
+    transform or control points describe, as GIS tools show it. Reads the header only.
+    """
+    if extension_of(path.name) not in (".tif", ".tiff") and not _wide_colour_png(path):
+        return 1
+    if src.crs is not None or not src.transform.is_identity or src.gcps[0]:
         return 1
     try:
         with _open_image(path, _HEADER_ONLY) as im:
             return _orientation(im)
-    except (OSError, SyntaxError, ValueError, InputImageError):  # GDAL's read says what is wrong with the file
+    except (OSError, SyntaxError, ValueError, InputImageError):  # a TIFF PIL cannot open: as GDAL reads it
         return 1
+
+
+def _stored_window(window: tuple[int, int, int, int], orientation: int, height: int, width: int
+                   ) -> tuple[int, int, int, int]:
+    """The ``(x0, y0, x1, y1)`` stored pixels that :func:`upright` turns into ``window`` of the displayed image.
+
+    ``height`` and ``width``: the stored image's. A tile of a turned scene reads its own pixels alone.
+    """
+    x0, y0, x1, y1 = window
+    stored = {  # displayed (row, column) -> stored (row, column), as _UPRIGHT turns them
+        1: lambda r, c: (r, c), 2: lambda r, c: (r, width - 1 - c), 3: lambda r, c: (height - 1 - r, width - 1 - c),
+        4: lambda r, c: (height - 1 - r, c), 5: lambda r, c: (c, r), 6: lambda r, c: (height - 1 - c, r),
+        7: lambda r, c: (height - 1 - c, width - 1 - r), 8: lambda r, c: (c, width - 1 - r),
+    }[orientation]
+    rows, columns = zip(*(stored(r, c) for r in (y0, y1 - 1) for c in (x0, x1 - 1)), strict=True)
+    return min(columns), min(rows), max(columns) + 1, max(rows) + 1
 
 
 # EXIF orientation -> the turn or flip of a stored (..., H, W) array that shows it as displayed, as PIL's
@@ -274,9 +298,10 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         try:
             with rasterio.open(path) as src:
                 height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))
+                orientation = _displayed_orientation(path, src)
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
-        return (width, height, pages) if _wide_png_orientation(path) in (5, 6, 7, 8) else (height, width, pages)
+        return (width, height, pages) if orientation in (5, 6, 7, 8) else (height, width, pages)
     try:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
@@ -448,9 +473,6 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     rasterio = raster_io()
     from rasterio.windows import Window
 
-    # a 16-bit PNG's EXIF orientation, which GDAL ignores: read whole (a PNG is decoded from its start for any
-    # window), turned upright, and its window (in the displayed frame, as its header said) cut from that
-    orientation = _wide_png_orientation(path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
             bands = _tiff_bands(src, config)
@@ -458,8 +480,11 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             if kind.startswith("complex"):  # np.percentile and the stretch have no order for complex numbers
                 raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
                                   "values; save its amplitude or intensity first")
-            win = None if window is None or orientation != 1 else \
-                Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
+            # a tile's window is in the displayed frame, as the header said (image_header)
+            orientation = _displayed_orientation(path, src)
+            if window is not None:
+                window = _stored_window(window, orientation, src.height, src.width)
+            win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(bands, window=win)  # (C, h, w)
             valid = _valid_pixels(src, bands, window=win)
             geo = _georeference(src, win)
@@ -469,9 +494,6 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
         raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
     if orientation != 1:
         data, valid = upright(data, orientation), None if valid is None else upright(valid, orientation)
-        if window is not None:
-            x0, y0, x1, y1 = window
-            data, valid = data[:, y0:y1, x0:x1], None if valid is None else valid[y0:y1, x0:x1]
     if colours is not None:  # a palette TIFF: its indices are no brightness (a palette PNG is read the same way)
         index = data[0]
         if (colours[:, 3] < 255).any():  # transparent entries hold no image

@@ -760,27 +760,34 @@ def test_bands_are_chosen_by_their_colour_interpretation(tmp_path):
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_a_16_bit_png_is_labelled_as_displayed_whole_and_in_tiles(tmp_path, orientation):
-    """PNGs of 16 bits per colour channel go through GDAL, which ignores EXIF: a 48-bit PNG of orientation 6 was
-    labelled lying on its side (its label map 260x150 for a 150x260 image), one of orientation 3 upside down, unsaid.
-    Each is read as its 8-bit twin of the same orientation is (through PIL), whole and in tiles."""
+def test_pngs_of_16_bits_and_plain_tiffs_are_labelled_as_displayed_whole_and_in_tiles(tmp_path, orientation):
+    """PNGs of 16 bits per colour channel and TIFFs go through GDAL, which ignores EXIF and TIFF orientation: a
+    48-bit PNG of orientation 6 was labelled lying on its side (its label map 260x150 for a 150x260 image), one of
+    orientation 3 upside down, unsaid; a TIFF too, where PIL and OpenCV (mmcv) show it turned. Each is read as its
+    8-bit PNG twin of the same orientation is (through PIL), whole and in tiles. A georeferenced TIFF keeps its
+    stored frame, which its transform describes (as GIS tools show it)."""
     from tests.inputs.make_files import write_png16
 
     pattern = np.zeros((120, 208), bool)
     pattern[12:100, 16:36] = pattern[80:100, 16:160] = True  # an L, off centre: any flip or turn shows
-    write_png16(tmp_path / "wide.png", np.repeat(pattern[:, :, None], 3, axis=2).astype(np.uint16) * 65535,
-                orientation)
-    twin = Image.fromarray(np.repeat(pattern[:, :, None], 3, axis=2).astype(np.uint8) * 255)
+    rgb = np.repeat(pattern[:, :, None], 3, axis=2).astype(np.uint8) * 255
+    write_png16(tmp_path / "wide.png", rgb.astype(np.uint16) * 257, orientation)
+    Image.fromarray(rgb).save(tmp_path / "plain.tif", tiffinfo={0x0112: orientation})
+    placed = {33550: (0.5, 0.5, 0.0), 33922: (0.0, 0.0, 0.0, 500000.0, 4600000.0, 0.0)}  # pixel scale, tie point
+    Image.fromarray(rgb).save(tmp_path / "placed.tif", tiffinfo={0x0112: orientation, **placed})
     exif = Image.Exif()
     exif[0x0112] = orientation
-    twin.save(tmp_path / "twin.png", exif=exif)
-    (twin, wide), errors = discover_inputs(tmp_path)
-    expected = load_item(twin).rgb
+    Image.fromarray(rgb).save(tmp_path / "twin.png", exif=exif)
+    items, errors = discover_inputs(tmp_path)
+    read = {item.stem: load_item(item).rgb for item in items}
+    expected = read["twin"]
     assert not errors and expected.shape[:2] == ((208, 120) if orientation > 4 else (120, 208))
-    assert np.array_equal(load_item(wide).rgb, expected)
+    assert np.array_equal(read["wide"], expected) and np.array_equal(read["plain"], expected)
+    assert np.array_equal(read["placed"], rgb)
     config = InputConfig(tile=64, overlap=16)
-    tiles, errors = discover_inputs(tmp_path / "wide.png", config)
-    assert not errors and len(tiles) > 2
-    for tile in tiles:
-        x0, y0, x1, y1 = tile.window
-        assert np.array_equal(load_item(tile, config).rgb, expected[y0:y1, x0:x1]), tile.window
+    for name in ("wide.png", "plain.tif"):
+        tiles, errors = discover_inputs(tmp_path / name, config)
+        assert not errors and len(tiles) > 2
+        for tile in tiles:
+            x0, y0, x1, y1 = tile.window
+            assert np.array_equal(load_item(tile, config).rgb, expected[y0:y1, x0:x1]), (name, tile.window)
