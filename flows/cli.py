@@ -20,6 +20,8 @@ Exit status (also in docs/flow.md):
   images are kept.
 - 141: the reader of the output left early (``alps evaluate ... | head``, ``alps run ... 2>&1 | head``): what the
   command writes to files is written (a run goes on to its end); the rest of its console output is dropped.
+- 74: the console output could not be written (stdout or stderr on a full disk, ``>/dev/full``, an I/O error):
+  the command went on to its end as for 141, and says so on stderr where it can.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from flows.review_cli import a_path, add_relabel_parser, add_report_parser, add_
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 EXIT_HUNG_UP = 129  # 128 + SIGHUP
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool stopped by a closed pipe returns
+EXIT_OUTPUT_FAILED = 74  # sysexits.h's EX_IOERR
 
 
 class Terminated(BaseException):
@@ -930,39 +933,63 @@ def _to_devnull(stream: Any) -> None:
     os.close(devnull)
 
 
-class ReaderMayLeave:
-    """A console stream whose reader may leave mid-run (``alps run ... 2>&1 | head``, quitting ``less``).
+class ConsoleStream:
+    """stdout or stderr, whose reader may leave mid-command or whose writes may fail.
 
-    The write that finds the pipe closed raised BrokenPipeError in whichever part of the run logged: the run
-    ended with exit 1 and no word, nothing labelled. Now the stream goes to ``/dev/null`` from then on and the
-    run carries on: its files are written, and it exits 141 (module docstring).
+    The write that found the pipe closed (``alps run ... 2>&1 | head``, quitting ``less``) raised BrokenPipeError in
+    whichever part of the run logged: the run ended with exit 1 and no word, nothing labelled; one that found no
+    space (``>/dev/full``) ended a finished run in a traceback. Now the stream goes to ``/dev/null`` from then on and
+    the command carries on: its files are written, and it exits 141 or 74 (module docstring). A character the
+    stream's encoding lacks (``PYTHONIOENCODING=ascii``, a legacy locale) is written escaped (``\\xe9``), as the
+    logs write it, never a UnicodeEncodeError after the work is done.
     """
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
         self.left = False
+        self.failure: str | None = None  # why a write failed (not a closed pipe), once one has
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
     def write(self, text: str) -> int:
-        """Write ``text``, or drop it once the reader has left."""
+        """Write ``text``, or drop it once the reader has left or a write failed."""
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._reader_left()
+        except OSError as err:
+            self._gone(err)
             return len(text)
 
     def flush(self) -> None:
-        """Flush, or drop what is held once the reader has left."""
+        """Flush, or drop what is held once the reader has left or a write failed."""
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._reader_left()
+        except OSError as err:
+            self._gone(err)
 
-    def _reader_left(self) -> None:
-        self.left = True
-        _to_devnull(self._stream)  # what the stream still holds is flushed there too
+    def _gone(self, err: OSError) -> None:
+        if isinstance(err, BrokenPipeError):
+            self.left = True
+        else:
+            self.failure = self.failure or err.strerror or str(err)
+        with contextlib.suppress(OSError):
+            _to_devnull(self._stream)  # what the stream still holds is flushed there too
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def _console_code(code: int, consoles: list[ConsoleStream]) -> int:
+    """``code``, or 141 / 74 for a command that did its work but whose console output was lost."""
+    if code != 0 or not consoles:
+        return code
+    failures = [console.failure for console in consoles if console.failure]
+    if failures:
+        if not consoles[-1].failure:  # stderr still works: say what was lost
+            consoles[-1].write(f"alps: error: its console output could not be written ({failures[0]}); the "
+                               "command itself went on to its end\n")
+            consoles[-1].flush()
+        return EXIT_OUTPUT_FAILED
+    return EXIT_BROKEN_PIPE if any(console.left for console in consoles) else code
 
 
 # Commands whose writes are staged and swapped in: stopped by a signal, they say so and exit 130, 143 or 129.
@@ -976,26 +1003,26 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:  # the commands and what they do, not "the following arguments are required: command"
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    try:
-        args, unknown = parser.parse_known_args(argv)
-    except BrokenPipeError:  # `alps --version | head -1`, `alps run --help | head`: the reader left
-        _to_devnull(sys.stdout)  # Python flushes stdout again at exit
-        return EXIT_BROKEN_PIPE
-    if unknown:  # said by the command's parser, with its usage (the top one showed `alps {run,...}`)
-        command_parsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    consoles: list[ReaderMayLeave] = []
     streams = sys.stdout, sys.stderr
-    if args.command == "run" and None not in streams:
-        consoles = [ReaderMayLeave(stream) for stream in streams]
+    consoles = [ConsoleStream(stream) for stream in streams] if None not in streams else []
+    if consoles:
         sys.stdout, sys.stderr = consoles  # type: ignore[assignment]
-    if args.command in STAGED_COMMANDS:
-        _stop_on_sigterm_and_sighup()
     try:
+        try:  # `alps --version | head -1`, `alps run --help >/dev/full`: said by _console_code
+            args, unknown = parser.parse_known_args(argv)
+        except SystemExit as done:  # --help, --version, a flag refused: argparse's exit, with its code
+            for console in consoles:
+                console.flush()
+            raise SystemExit(_console_code(done.code if isinstance(done.code, int) else EXIT_USAGE, consoles)) \
+                from None
+        if unknown:  # said by the command's parser, with its usage (the top one showed `alps {run,...}`)
+            command_parsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        if args.command in STAGED_COMMANDS:
+            _stop_on_sigterm_and_sighup()
         code = int(args.func(args))
-        return EXIT_BROKEN_PIPE if code == 0 and any(console.left for console in consoles) else code
-    except BrokenPipeError:  # `alps evaluate ... | head`: the reader left; its output is not worth a traceback
-        _to_devnull(sys.stdout)  # Python flushes stdout again at exit
-        return EXIT_BROKEN_PIPE
+        for console in consoles:
+            console.flush()
+        return _console_code(code, consoles)
     except (KeyboardInterrupt, Terminated) as stop:  # in relabel, report or evaluate (a run says more)
         from alps_client.io.publish import SWAPPED_WHOLE
 

@@ -609,3 +609,35 @@ def test_a_run_refused_after_its_start_leaves_no_new_out_folder(fault_data, fake
     (out / ".alps" / "prefect-api.log").write_text("a healthy server's")
     _leave_no_folder(str(out), [out])
     assert not out.exists()
+
+
+def test_console_output_that_cannot_be_written_or_encoded_never_ends_a_command_in_a_traceback(fault_data, fake_repo,
+                                                                                             tmp_path):
+    """stdout on a full disk (`>/dev/full`) ended a finished command in an OSError traceback (exit 1), `--help`
+    lost its output with exit 0, a refused request on such a stderr gave exit 1; a stdout of another encoding than
+    UTF-8 (`PYTHONIOENCODING=ascii`) failed on a non-ASCII file name after the work was done (run, evaluate,
+    relabel), or gave exit 2 naming nothing (`--dry-run`). Characters are escaped now, and a lost output exits 74
+    with a line on stderr."""
+    import shutil
+
+    data = tmp_path / "données"
+    data.mkdir()
+    shutil.copy(fault_data / "scene_0000.png", data / "café_東京.png")
+    (data / "損壊.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # rejected, by its name
+    dry_run = [*ALPS, "run", str(data), "--out", str(tmp_path / "out"), "--model-repository", str(fake_repo),
+               "--dry-run"]
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    said = subprocess.run(dry_run, cwd=CWD, env=env, capture_output=True, timeout=300, check=False)
+    assert said.returncode == 0 and b"Traceback" not in said.stderr, said.stderr.decode()[-2000:]
+    assert b"donn\\xe9es/\\u640d\\u58ca.png: not an image" in said.stdout, said.stdout.decode()
+    with open("/dev/full", "w") as full:
+        lost = subprocess.run(dry_run, cwd=CWD, stdout=full, stderr=subprocess.PIPE, timeout=300, check=False)
+        helped = subprocess.run([*ALPS, "run", "--help"], cwd=CWD, stdout=full, stderr=subprocess.PIPE, timeout=300,
+                                check=False)
+        refused = subprocess.run([*ALPS, "run", str(tmp_path / "absent"), "--out", str(tmp_path / "o")], cwd=CWD,
+                                 stdout=subprocess.PIPE, stderr=full, timeout=300, check=False)
+    for proc in (lost, helped):
+        assert proc.returncode == 74 and proc.stderr.decode().splitlines() == [
+            "alps: error: its console output could not be written (No space left on device); the command itself "
+            "went on to its end"], proc.stderr.decode()[-2000:]
+    assert refused.returncode == 2
