@@ -300,18 +300,26 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
     indices, or with ``palette_colours`` (colours declared for colour-coded ground truth) its colours. Of a file of
     several pages (a multi-page TIFF, an animated GIF or WebP) the first is read, as ``alps run`` reads images.
     """
-    from alps_client.io.readers import MAX_PIL_PIXELS, pil_pixel_limit, raster_io
+    from alps_client.io.readers import (
+        MAX_PIL_PIXELS,
+        check_gdal_can_open,
+        displayed_orientation,
+        pil_pixel_limit,
+        raster_io,
+        upright,
+    )
 
     if path.is_file() and path.stat().st_size == 0:
         raise AlpsError(f"{path}: a zero-byte file, not a label map (cut short by a copy or a download?): copy it "
                         "again")
     try:
         if extension_of(path.name) in RASTER_EXTENSIONS:
-            with raster_io().open(path) as src:
-                pages = max(1, len(src.subdatasets))
+            check_gdal_can_open(path)
+            with raster_io().open(path) as src:  # a plain TIFF turned by its Orientation tag, as alps run labels it
+                pages, orientation = max(1, len(src.subdatasets)), displayed_orientation(path, src)
                 if src.count > 1:
-                    return np.moveaxis(src.read(), 0, -1), None, pages
-                return src.read(1), src.nodata, pages
+                    return np.moveaxis(upright(src.read(), orientation), 0, -1), None, pages
+                return upright(src.read(1), orientation), src.nodata, pages
         # As alps run reads its images: PIL's own limit (179 Mpx) refused a scene's ground truth that `alps run
         # --tile` labels, and warned in the table's place above 89 Mpx.
         with warnings.catch_warnings():
@@ -334,7 +342,7 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
         if "truncated" in text.lower():
             raise AlpsError(f"{path}: truncated image data (cut short by a copy or a download?): copy it "
                             "again") from None
-        raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {text[:100]})") from None
+        raise AlpsError(f"{path}: not a readable label map ({type(err).__name__}: {shortened(text)})") from None
 
 
 def _what_it_holds(path: Path) -> str:

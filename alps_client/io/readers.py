@@ -131,6 +131,18 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "zero-byte file")
     if not os.access(path, os.R_OK):
         raise _fail(path, "unreadable (Permission denied)")
+    if _is_raster(path):
+        check_gdal_can_open(path)
+
+
+def check_gdal_can_open(path: Path) -> None:
+    """Refuse a file name GDAL cannot take: it opens names as UTF-8 text, and one holding other bytes (Latin-1 from
+    an old share, kept by Python as lone surrogates) failed inside rasterio, naming nothing."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8 "
+                          "text: rename it to UTF-8 (convmv -f latin1 -t utf-8 --notest FILE)") from None
 
 
 def _is_raster(path: Path) -> bool:
@@ -214,7 +226,7 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         yield im
 
 
-def _displayed_orientation(path: Path, src: Any) -> int:
+def displayed_orientation(path: Path, src: Any) -> int:
     """How a raster GDAL reads is displayed (EXIF / TIFF Orientation, 1-8); 1 where its stored frame is the truth.
 
     GDAL ignores the tag, where PIL and OpenCV (so mmcv, torchvision) turn the image: a 16-bit PNG's EXIF and a
@@ -298,7 +310,7 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         try:
             with rasterio.open(path) as src:
                 height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))
-                orientation = _displayed_orientation(path, src)
+                orientation = displayed_orientation(path, src)
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
         return (width, height, pages) if orientation in (5, 6, 7, 8) else (height, width, pages)
@@ -481,7 +493,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
                 raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
                                   "values; save its amplitude or intensity first")
             # a tile's window is in the displayed frame, as the header said (image_header)
-            orientation = _displayed_orientation(path, src)
+            orientation = displayed_orientation(path, src)
             if window is not None:
                 window = _stored_window(window, orientation, src.height, src.width)
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])

@@ -1016,3 +1016,25 @@ def test_nifti_ground_truth_with_a_lying_header_is_named_and_a_series_gives_its_
     with pytest.raises(AlpsError, match=rf"lying\.nii\.gz: its header declares 4000 x 4000 x 4000 voxels.*"
                                         rf"decompressed holds {len(raw)} bytes"):
         read_ground_truth(tmp_path / "lying.nii.gz", ColourIds())
+
+
+def test_tiff_ground_truth_is_read_as_alps_run_reads_its_image(tmp_path):
+    """A plain TIFF's Orientation tag turns it, as `alps run` turns the image it labels; a georeferenced one is read
+    as stored. A TIFF named in bytes that are not UTF-8 failed inside rasterio ("not a readable label map
+    (UnicodeEncodeError ...)"): it is refused by what GDAL cannot do."""
+    import os
+
+    from alps_client.evaluate.ground_truth import read_array
+
+    ids = np.zeros((6, 10), np.uint8)
+    ids[0, :3] = 1  # top left
+    Image.fromarray(ids).save(tmp_path / "turned.tif", tiffinfo={0x0112: 6})
+    Image.fromarray(ids).save(tmp_path / "placed.tif", tiffinfo={0x0112: 6, 33550: (1.0, 1.0, 0.0),
+                                                                 33922: (0.0, 0.0, 0.0, 5e5, 4.6e6, 0.0)})
+    turned, _, _ = read_array(tmp_path / "turned.tif")
+    assert turned.shape == (10, 6) and np.array_equal(turned, np.rot90(ids, -1))
+    assert np.array_equal(read_array(tmp_path / "placed.tif")[0], ids)
+    latin1 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.tif"))
+    Image.fromarray(ids).save(latin1)
+    with pytest.raises(AlpsError, match=r"caf\udce9\.tif: GDAL .* opens no file whose name is not UTF-8"):
+        read_array(latin1)

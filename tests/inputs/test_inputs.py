@@ -791,3 +791,16 @@ def test_pngs_of_16_bits_and_plain_tiffs_are_labelled_as_displayed_whole_and_in_
         for tile in tiles:
             x0, y0, x1, y1 = tile.window
             assert np.array_equal(load_item(tile, config).rgb, expected[y0:y1, x0:x1]), (name, tile.window)
+
+
+def test_a_raster_whose_name_is_not_utf8_is_rejected_by_name(tmp_path):
+    """A TIFF named in Latin-1 ended the run in a traceback inside rasterio (exit 1), or `--dry-run` in "'utf-8'
+    codec can't encode character" (exit 2), naming no file; a PNG of such a name is labelled (GDAL takes UTF-8
+    names alone)."""
+    latin1 = os.fsencode(tmp_path) + b"/g\xe9o.tif"
+    Image.fromarray(scene(0)).save(latin1)
+    Image.fromarray(scene(1)).save(os.fsencode(tmp_path) + b"/caf\xe9.png")
+    items, errors = discover_inputs(tmp_path)
+    assert [printable(item.source) for item in items] == [f"{tmp_path}/caf\\xe9.png"]
+    assert [printable(error.path) for error in errors] == [f"{tmp_path}/g\\xe9o.tif"]
+    assert "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8" in errors[0].reason
