@@ -64,16 +64,38 @@ class Terminated(BaseException):
         self.code = EXIT_HUNG_UP if signum == signal.SIGHUP else EXIT_TERMINATED
 
 
+# The stop signals this command received, in order: a library that caught the KeyboardInterrupt raised in it and
+# raised another error in its place (Prefect's logging set-up, Ctrl-C at start: a PydanticSerializationError) is
+# still a stop.
+_SIGNALLED: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
     raise Terminated(signum)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
 
 
 def _stop_on_sigterm_and_sighup() -> None:
     """SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, as Ctrl-C raises KeyboardInterrupt."""
+    _SIGNALLED.clear()
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         signal.signal(signal.SIGTERM, _raise_terminated)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
             signal.signal(signal.SIGHUP, _raise_terminated)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # as Python's, and noted
+            signal.signal(signal.SIGINT, _raise_interrupted)
+
+
+def _signalled_code() -> int | None:
+    """130, 143 or 129 for the first stop signal this command received; None if none came."""
+    if not _SIGNALLED:
+        return None
+    return EXIT_INTERRUPTED if _SIGNALLED[0] == signal.SIGINT else Terminated(_SIGNALLED[0]).code
 
 
 STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)",
@@ -584,8 +606,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             _exit_now(_fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)}){full}", args))
         _exit_now(_fail_resumable(f"{STOP_WORDS[code]} (the Prefect API {api} did not answer: {describe(err)})",
                                   args, code))
-    except (KeyboardInterrupt, Terminated) as stop:
-        code = EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code
+    except (KeyboardInterrupt, Terminated, Exception) as stop:
+        if not isinstance(stop, (KeyboardInterrupt, Terminated)) and _signalled_code() is None:
+            raise
+        code = _signalled_code() or (EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else stop.code)
         if _stopped_after_the_write(args.out, started):
             _exit_now(_fail(f"{STOP_WORDS[code]} after the run wrote its dataset to {args.out}: it is complete, "
                             "nothing to resume", code))

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pydantic
@@ -641,3 +642,32 @@ def test_console_output_that_cannot_be_written_or_encoded_never_ends_a_command_i
             "alps: error: its console output could not be written (No space left on device); the command itself "
             "went on to its end"], proc.stderr.decode()[-2000:]
     assert refused.returncode == 2
+
+
+def test_ctrl_c_that_a_library_turns_into_another_error_is_still_a_stop(fault_data, fake_repo, tmp_path):
+    """Ctrl-C as Prefect set up its logging, at the run's start, came back as a PydanticSerializationError naming
+    the KeyboardInterrupt: exit 1 and a traceback, about 1 try in 40 on a loaded machine. The signal is noted as
+    it lands, so the error raised in its place is the stop it was: exit 130, one line. (In a process of its own: a
+    stopped run ends its process at once.)"""
+    script = textwrap.dedent("""
+        import contextlib, os, signal, sys
+        import flows.prefect_api
+        from flows.cli import main
+
+        @contextlib.contextmanager
+        def interrupted_at_start(*args, **kwargs):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # its handler runs here, in the main thread
+                raise AssertionError("no KeyboardInterrupt")
+            except KeyboardInterrupt as err:
+                raise ValueError(f"Unable to serialize unknown type: {type(err)}") from None
+            yield
+
+        flows.prefect_api.prefect_api = interrupted_at_start
+        sys.exit(main(sys.argv[1:]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, "run", str(fault_data), "--out", str(tmp_path / "o"),
+                           "--model-repository", str(fake_repo)], cwd=CWD, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert error_lines(proc.stderr)[-1].startswith("alps: error: interrupted"), proc.stderr[-3000:]
