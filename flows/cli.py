@@ -1041,6 +1041,11 @@ def main(argv: list[str] | None = None) -> int:
                 from None
         if unknown:  # said by the command's parser, with its usage (the top one showed `alps {run,...}`)
             command_parsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        if sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+            return _fail(f"alps needs file names read as UTF-8, and this Python reads them as "
+                         f"{sys.getfilesystemencoding()} (a C or POSIX locale with PYTHONUTF8=0 or "
+                         "PYTHONCOERCECLOCALE=0): every non-ASCII name would fail; run it with PYTHONUTF8=1 (or "
+                         "LC_ALL=C.UTF-8)")
         if args.command in STAGED_COMMANDS:
             _stop_on_sigterm_and_sighup()
         code = int(args.func(args))

@@ -671,3 +671,18 @@ def test_ctrl_c_that_a_library_turns_into_another_error_is_still_a_stop(fault_da
                           timeout=300, check=False)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert error_lines(proc.stderr)[-1].startswith("alps: error: interrupted"), proc.stderr[-3000:]
+
+
+def test_a_python_reading_file_names_in_ascii_is_refused_with_the_way_out(tmp_path):
+    """Under a C locale with UTF-8 mode and locale coercion off, every non-ASCII image failed writing its shard
+    (exit 3, "run the same command again", failing alike each time), and report and relabel said label maps that
+    exist were missing. One line now, before anything is read."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LC_", "LANG"))}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    proc = subprocess.run([*ALPS, "run", str(tmp_path), "--out", str(tmp_path / "o")], cwd=CWD, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [
+        "alps: error: alps needs file names read as UTF-8, and this Python reads them as ascii (a C or POSIX locale "
+        "with PYTHONUTF8=0 or PYTHONCOERCECLOCALE=0): every non-ASCII name would fail; run it with PYTHONUTF8=1 (or "
+        "LC_ALL=C.UTF-8)"], proc.stderr
+    assert not (tmp_path / "o").exists()
