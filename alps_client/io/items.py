@@ -6,6 +6,7 @@ import functools
 import hashlib
 import os
 import re
+import urllib.parse
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -103,18 +104,29 @@ def one_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class InputError:
-    """A rejected input: its path and why (one line), both :func:`printable`."""
+    """A rejected input: its path and why (one line), both :func:`printable`.
+
+    ``path_not_utf8``: a path whose bytes are not UTF-8 (a Latin-1 name), percent-encoded
+    (``urllib.parse.unquote_to_bytes`` gives them back), as the manifest's ``sources_not_utf8``; its ``path`` says
+    them as ``\\xNN``, which a file may also be named. None for others.
+    """
 
     path: str
     reason: str
+    path_not_utf8: str | None = None
 
     def __post_init__(self) -> None:
+        try:
+            self.path.encode("utf-8")
+        except UnicodeEncodeError:
+            object.__setattr__(self, "path_not_utf8", urllib.parse.quote(os.fsencode(self.path)))
         object.__setattr__(self, "path", printable(self.path))
         object.__setattr__(self, "reason", printable(self.reason))
 
     def to_json(self) -> dict[str, str]:
-        """One line of ``errors.jsonl``: ``{"path", "reason"}``."""
-        return {"path": self.path, "reason": self.reason}
+        """One line of ``errors.jsonl``: ``{"path", "reason"}``, and ``path_not_utf8`` where there is one."""
+        line = {"path": self.path, "reason": self.reason}
+        return {**line, "path_not_utf8": self.path_not_utf8} if self.path_not_utf8 else line
 
 
 def source_signature(source: str, relative: str = "") -> dict[str, Any]:

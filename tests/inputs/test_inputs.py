@@ -18,7 +18,7 @@ from PIL import Image
 from alps_client.config import InputConfig
 from alps_client.errors import AlpsError, InputImageError, shortened
 from alps_client.io.discovery import discover_inputs
-from alps_client.io.items import InputItem, printable
+from alps_client.io.items import InputError, InputItem, printable
 from alps_client.io.readers import load_item, stretch_to_uint8
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from alps_client.runs.plan import describe_items
@@ -804,3 +804,6 @@ def test_a_raster_whose_name_is_not_utf8_is_rejected_by_name(tmp_path):
     assert [printable(item.source) for item in items] == [f"{tmp_path}/caf\\xe9.png"]
     assert [printable(error.path) for error in errors] == [f"{tmp_path}/g\\xe9o.tif"]
     assert "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8" in errors[0].reason
+    # errors.jsonl said the name as text alone ("g\\xe9o.tif", as a file may be named): its bytes are kept too
+    assert errors[0].to_json()["path_not_utf8"] == f"{tmp_path}/g%E9o.tif"
+    assert "path_not_utf8" not in InputError(f"{tmp_path}/g\\xe9o.tif", "a file named so").to_json()
