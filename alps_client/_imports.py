@@ -11,12 +11,37 @@ from alps_client.errors import DependencyNotFoundError
 _PYPI_NAMES = {
     "cv2": "opencv-python-headless",
     "tritonclient": "tritonclient[grpc,http]",
-    "pycocotools": "pycocotools",
     "cuml": "cuml-cu13 (RAPIDS, needs a CUDA GPU; cuml-cu12 for CUDA 12)",
     "dask_ml": "dask-ml",
-    "rasterio": "rasterio",
-    "nibabel": "nibabel",
+    "prefect_dask": "prefect-dask",
+    "segment_anything": "segment-anything",
 }
+
+# The optional-dependency groups of pyproject.toml, by import name: a hint names the whole group, so that the next
+# missing module of the same feature is not found one at a time (--vector asked for rasterio, then shapely, ...).
+_EXTRAS = {
+    "geo": ("rasterio", "nibabel", "pyogrio", "shapely", "pyproj"),
+    "triton": ("tritonclient",),
+    "dask": ("prefect_dask", "dask", "distributed", "dask_ml"),
+    "export": ("torch", "segment_anything", "onnx", "onnxscript"),
+}
+
+
+def install_hint(top: str) -> str:
+    """How to install the package of import name ``top``: its extra's packages where it has one.
+
+    Examples:
+        >>> install_hint("shapely")
+        "pip install rasterio nibabel pyogrio shapely pyproj (alps's geo extra: pip install '.[geo]' in its source folder)"
+        >>> install_hint("cv2")
+        'pip install opencv-python-headless'
+    """
+    for extra, modules in _EXTRAS.items():
+        if top in modules:
+            packages = " ".join(f"'{_PYPI_NAMES.get(m, m)}'" if "[" in _PYPI_NAMES.get(m, m) else _PYPI_NAMES.get(m, m)
+                                for m in modules)
+            return f"pip install {packages} (alps's {extra} extra: pip install '.[{extra}]' in its source folder)"
+    return f"pip install {_PYPI_NAMES.get(top, top)}"
 
 
 def lazy_import(name: str) -> ModuleType:
@@ -34,8 +59,6 @@ def lazy_import(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
-        top = name.split(".")[0]
-        pypi = _PYPI_NAMES.get(top, top)
         raise DependencyNotFoundError(
-            f"{name} is not installed, but this feature needs it; install it with: pip install {pypi}"
+            f"{name} is not installed, but this feature needs it; install it with: {install_hint(name.split('.')[0])}"
         ) from err

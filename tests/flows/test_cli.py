@@ -115,12 +115,14 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
 
 def test_vectors_without_their_packages_are_refused_before_labelling(fault_data, fake_repo, tmp_path, monkeypatch,
                                                                      capsys):
-    """`--vector` without shapely (the `geo` extra) failed after every image was labelled and clustered."""
+    """`--vector` without shapely (the `geo` extra) failed after every image was labelled and clustered. The hint
+    names the extra's packages together (it named one at a time: rasterio, then shapely, ...)."""
     monkeypatch.setitem(sys.modules, "shapely.geometry", None)  # as if not installed
     assert main(["run", str(fault_data), "--out", str(tmp_path / "o"), "--model-repository", str(fake_repo),
                  "--vector", "gpkg"]) == 2
     assert error_lines(capsys.readouterr().err) == [
-        "alps: error: shapely.geometry is not installed, but this feature needs it; install it with: pip install shapely"]
+        "alps: error: shapely.geometry is not installed, but this feature needs it; install it with: pip install "
+        "rasterio nibabel pyogrio shapely pyproj (alps's geo extra: pip install '.[geo]' in its source folder)"]
     assert not (tmp_path / "o" / ".alps" / "shards").exists()
 
 
