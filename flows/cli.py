@@ -958,13 +958,13 @@ def _to_devnull(stream: Any) -> None:
 
 
 class ConsoleStream:
-    """stdout or stderr, whose reader may leave mid-command or whose writes may fail.
+    r"""stdout or stderr, whose reader may leave mid-command or whose writes may fail.
 
     The write that found the pipe closed (``alps run ... 2>&1 | head``, quitting ``less``) raised BrokenPipeError in
     whichever part of the run logged: the run ended with exit 1 and no word, nothing labelled; one that found no
     space (``>/dev/full``) ended a finished run in a traceback. Now the stream goes to ``/dev/null`` from then on and
     the command carries on: its files are written, and it exits 141 or 74 (module docstring). A character the
-    stream's encoding lacks (``PYTHONIOENCODING=ascii``, a legacy locale) is written escaped (``\\xe9``), as the
+    stream's encoding lacks (``PYTHONIOENCODING=ascii``, a legacy locale) is written escaped (``\xe9``), as the
     logs write it, never a UnicodeEncodeError after the work is done.
     """
 

@@ -104,11 +104,11 @@ def one_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class InputError:
-    """A rejected input: its path and why (one line), both :func:`printable`.
+    r"""A rejected input: its path and why (one line), both :func:`printable`.
 
     ``path_not_utf8``: a path whose bytes are not UTF-8 (a Latin-1 name), percent-encoded
     (``urllib.parse.unquote_to_bytes`` gives them back), as the manifest's ``sources_not_utf8``; its ``path`` says
-    them as ``\\xNN``, which a file may also be named. None for others.
+    them as ``\xNN``, which a file may also be named. None for others.
     """
 
     path: str

@@ -136,8 +136,11 @@ def _check_file(path: Path) -> None:
 
 
 def check_gdal_can_open(path: Path) -> None:
-    """Refuse a file name GDAL cannot take: it opens names as UTF-8 text, and one holding other bytes (Latin-1 from
-    an old share, kept by Python as lone surrogates) failed inside rasterio, naming nothing."""
+    """Refuse a file name GDAL cannot take.
+
+    GDAL opens names as UTF-8 text; one holding other bytes (Latin-1 from an old share, kept by Python as lone
+    surrogates) failed inside rasterio, naming nothing.
+    """
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:

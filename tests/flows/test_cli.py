@@ -70,8 +70,9 @@ def free_port() -> int:
         (["{data}", "--centroids", "{tmp}/four.npy", "--n-clusters", "8"],
          "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per cluster"),  # 8 was ignored unsaid
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
-        (["{data}", "--out", "{tmp}/link"], "--out {tmp}/link: {tmp}/link is a symbolic link to {tmp}/nowhere, which "
-                                            "does not exist; create it (mkdir -p {tmp}/nowhere) or give another --out"),
+        (["{data}", "--out", "{tmp}/link"], ("--out {tmp}/link: {tmp}/link is a symbolic link to {tmp}/nowhere, "
+                                             "which does not exist; create it (mkdir -p {tmp}/nowhere) or give "
+                                             "another --out")),
         (["{data}", "--out", "{tmp}/link/o"], "--out {tmp}/link/o: {tmp}/link is a symbolic link to {tmp}/nowhere"),
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--intensity-window", "1000", "-1000"],
@@ -120,9 +121,9 @@ def test_vectors_without_their_packages_are_refused_before_labelling(fault_data,
     monkeypatch.setitem(sys.modules, "shapely.geometry", None)  # as if not installed
     assert main(["run", str(fault_data), "--out", str(tmp_path / "o"), "--model-repository", str(fake_repo),
                  "--vector", "gpkg"]) == 2
-    assert error_lines(capsys.readouterr().err) == [
+    assert error_lines(capsys.readouterr().err) == [(
         "alps: error: shapely.geometry is not installed, but this feature needs it; install it with: pip install "
-        "rasterio nibabel pyogrio shapely pyproj (alps's geo extra: pip install '.[geo]' in its source folder)"]
+        "rasterio nibabel pyogrio shapely pyproj (alps's geo extra: pip install '.[geo]' in its source folder)")]
     assert not (tmp_path / "o" / ".alps" / "shards").exists()
 
 
@@ -640,9 +641,9 @@ def test_console_output_that_cannot_be_written_or_encoded_never_ends_a_command_i
         refused = subprocess.run([*ALPS, "run", str(tmp_path / "absent"), "--out", str(tmp_path / "o")], cwd=CWD,
                                  stdout=subprocess.PIPE, stderr=full, timeout=300, check=False)
     for proc in (lost, helped):
-        assert proc.returncode == 74 and proc.stderr.decode().splitlines() == [
+        assert proc.returncode == 74 and proc.stderr.decode().splitlines() == [(
             "alps: error: its console output could not be written (No space left on device); the command itself "
-            "went on to its end"], proc.stderr.decode()[-2000:]
+            "went on to its end")], proc.stderr.decode()[-2000:]
     assert refused.returncode == 2
 
 
@@ -683,8 +684,8 @@ def test_a_python_reading_file_names_in_ascii_is_refused_with_the_way_out(tmp_pa
     env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
     proc = subprocess.run([*ALPS, "run", str(tmp_path), "--out", str(tmp_path / "o")], cwd=CWD, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 2 and error_lines(proc.stderr) == [
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [(
         "alps: error: alps needs file names read as UTF-8, and this Python reads them as ascii (a C or POSIX locale "
         "with PYTHONUTF8=0 or PYTHONCOERCECLOCALE=0): every non-ASCII name would fail; run it with PYTHONUTF8=1 (or "
-        "LC_ALL=C.UTF-8)"], proc.stderr
+        "LC_ALL=C.UTF-8)")], proc.stderr
     assert not (tmp_path / "o").exists()
