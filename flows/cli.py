@@ -1046,6 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{sys.getfilesystemencoding()} (a C or POSIX locale with PYTHONUTF8=0 or "
                          "PYTHONCOERCECLOCALE=0): every non-ASCII name would fail; run it with PYTHONUTF8=1 (or "
                          "LC_ALL=C.UTF-8)")
+        if os.environ.get("NO_COLOR"):  # no-color.org: Prefect's console log still set flow names in bold
+            os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
         if args.command in STAGED_COMMANDS:
             _stop_on_sigterm_and_sighup()
         code = int(args.func(args))

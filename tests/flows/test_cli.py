@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pydantic
@@ -689,3 +691,28 @@ def test_a_python_reading_file_names_in_ascii_is_refused_with_the_way_out(tmp_pa
         "with PYTHONUTF8=0 or PYTHONCOERCECLOCALE=0): every non-ASCII name would fail; run it with PYTHONUTF8=1 (or "
         "LC_ALL=C.UTF-8)")], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_no_color_leaves_no_escape_on_a_terminal(fault_data, fake_repo, prefect_server, tmp_path):
+    """With NO_COLOR set (no-color.org), Prefect's console log on a terminal still set each flow run's name in bold
+    (an escape sequence in a log a user asked to keep plain). On a terminal without it, colour stays."""
+    import pty
+
+    def console_of_a_run(out: Path, **extra: str) -> bytes:
+        leader, follower = pty.openpty()
+        env = cli_env(tmp_path / "ph", prefect_server, **extra)
+        run = subprocess.Popen([*ALPS, "run", str(fault_data / "scene_0000.png"), "--out", str(out),
+                                "--model-repository", str(fake_repo), *SMALL], cwd=CWD, env=env, stdin=subprocess.DEVNULL,
+                               stdout=follower, stderr=follower)
+        os.close(follower)
+        said = b""
+        with contextlib.suppress(OSError):  # EIO once the run has exited and its terminal closed
+            while chunk := os.read(leader, 65536):
+                said += chunk
+        os.close(leader)
+        assert run.wait(timeout=600) == 0, said.decode(errors="replace")[-3000:]
+        return said
+
+    assert b"\x1b[" in console_of_a_run(tmp_path / "coloured")
+    plain = console_of_a_run(tmp_path / "plain", NO_COLOR="1")
+    assert b"\x1b[" not in plain and b"Labelled dataset" in plain, plain.decode(errors="replace")[-3000:]
