@@ -36,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
-from alps_client.errors import InputImageError, InputReadError, shortened
+from alps_client.errors import DependencyNotFoundError, InputImageError, InputReadError, shortened
 from alps_client.io.items import (
     PLAIN_COPY_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -309,7 +309,10 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
     path = Path(path)
     _check_file(path)
     if _is_raster(path):
-        rasterio = raster_io()
+        try:
+            rasterio = raster_io()
+        except DependencyNotFoundError as err:  # which file needs it: one TIFF among PNGs stopped the run, unnamed
+            raise DependencyNotFoundError(f"{path} is read through GDAL: {err}") from None
         try:
             with rasterio.open(path) as src:
                 height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))

@@ -807,3 +807,23 @@ def test_a_raster_whose_name_is_not_utf8_is_rejected_by_name(tmp_path):
     # errors.jsonl said the name as text alone ("g\\xe9o.tif", as a file may be named): its bytes are kept too
     assert errors[0].to_json()["path_not_utf8"] == f"{tmp_path}/g%E9o.tif"
     assert "path_not_utf8" not in InputError(f"{tmp_path}/g\\xe9o.tif", "a file named so").to_json()
+
+
+def test_a_raster_without_rasterio_names_the_file_and_the_extra(tmp_path, monkeypatch):
+    """One plain TIFF among PNGs, rasterio not installed: the run stopped with "rasterio is not installed, but this
+    feature needs it", naming neither the file nor what to install for the rest of the feature."""
+    import sys
+
+    from alps_client.errors import DependencyNotFoundError
+    from alps_client.io import readers
+
+    Image.fromarray(scene(0)).save(tmp_path / "a.png")
+    Image.fromarray(scene(1)).save(tmp_path / "scan.tif")
+    readers.raster_io.cache_clear()
+    monkeypatch.setitem(sys.modules, "rasterio", None)  # as if not installed
+    try:
+        with pytest.raises(DependencyNotFoundError, match=rf"^{tmp_path}/scan\.tif is read through GDAL: rasterio is "
+                                                          r"not installed.*pip install rasterio nibabel"):
+            discover_inputs(tmp_path)
+    finally:
+        readers.raster_io.cache_clear()
