@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Protocol
 
+from alps_client._imports import lazy_import
 from alps_client.backends import make_backend
 from alps_client.errors import AlpsError
 from alps_client.io.items import InputItem
@@ -74,6 +75,7 @@ def check_workers(concurrency: int, dask_workers: int | None, dask_address: str 
     Raises:
         AlpsError: naming the flag (0 or a negative number would run nothing, or hang starting Dask; local
             workers with ``--dask-address`` were never started, unsaid).
+        DependencyNotFoundError: If Dask is asked for and ``distributed`` is not installed.
     """
     if dask_workers is not None and dask_address:
         raise AlpsError(f"--dask-workers starts a Dask cluster of this machine's processes, --dask-address uses the "
@@ -84,6 +86,8 @@ def check_workers(concurrency: int, dask_workers: int | None, dask_address: str 
     if dask_workers is not None and dask_workers < 1:
         raise AlpsError(f"--dask-workers must be >= 1 (local Dask worker processes), got {dask_workers}; leave it "
                         "out to label on threads of this process")
+    if dask_workers is not None or dask_address:  # found missing once the flow started (a --dry-run said nothing)
+        lazy_import("distributed")
 
 
 @contextmanager

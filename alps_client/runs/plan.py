@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from alps_client._imports import lazy_import
 from alps_client.amg import default_written_otherwise
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import PipelineConfig, dotted_fields
@@ -212,7 +213,8 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
         ModelRepositoryError: If the model repository is missing or inconsistent.
         AlpsError: If SAM 2.1-only generator parameters are asked of another model family.
         AlpsError: If ``--centroids`` is not a readable ``(N, 256)`` array, or was fitted on another model family.
-        DependencyNotFoundError: If the k-means backend or ``--vector`` needs a package that is not installed.
+        DependencyNotFoundError: If the k-means backend, the Triton backend or ``--vector`` needs a package that is
+            not installed.
         AlpsError: If ``out`` holds files named like dataset outputs that alps did not write (a user's own
             ``ann_dir/``), or cannot be created or written (checked last: a refused request leaves nothing).
     """
@@ -265,6 +267,8 @@ def check_request(dataset: str | Path, config: PipelineConfig, out: str | Path |
     from alps_client.labels.clustering import check_backend_dependencies
 
     check_backend_dependencies(config.cluster)  # found missing after every image was labelled
+    if config.backend.kind == "triton":  # found missing once the flow made its backend (a --dry-run said nothing)
+        lazy_import(f"tritonclient.{config.backend.protocol}")
     if config.writer.vector_format:
         from alps_client.io.vectors import check_vector_dependencies
 

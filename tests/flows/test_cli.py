@@ -716,3 +716,19 @@ def test_no_color_leaves_no_escape_on_a_terminal(fault_data, fake_repo, prefect_
     assert b"\x1b[" in console_of_a_run(tmp_path / "coloured")
     plain = console_of_a_run(tmp_path / "plain", NO_COLOR="1")
     assert b"\x1b[" not in plain and b"Labelled dataset" in plain, plain.decode(errors="replace")[-3000:]
+
+
+@pytest.mark.parametrize(("flags", "missing"), [(["--backend", "triton"], "tritonclient.grpc"),
+                                                (["--backend", "triton", "--protocol", "http"], "tritonclient.http"),
+                                                (["--dask-workers", "2"], "distributed")])
+def test_a_dry_run_refuses_what_the_run_would_for_a_missing_package(fault_data, fake_repo, tmp_path, monkeypatch,
+                                                                    capsys, flags, missing):
+    """`--backend triton --dry-run` and `--dask-workers 2 --dry-run` said what the run would do, exit 0, without
+    tritonclient or distributed installed; the run itself then exited 2 once its flow had started."""
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    for dry in (["--dry-run"], []):
+        code = main(["run", str(fault_data), "--out", str(tmp_path / "o"), "--model-repository", str(fake_repo),
+                     *flags, *dry])
+        err = capsys.readouterr().err
+        assert code == 2 and error_lines(err)[0].startswith(f"alps: error: {missing} is not installed"), err
+        assert not (tmp_path / "o").exists()
