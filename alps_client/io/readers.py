@@ -131,21 +131,21 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "zero-byte file")
     if not os.access(path, os.R_OK):
         raise _fail(path, "unreadable (Permission denied)")
-    if _is_raster(path):
-        check_gdal_can_open(path)
+    check_gdal_can_open(path)
 
 
 def check_gdal_can_open(path: Path) -> None:
-    """Refuse a file name GDAL cannot take.
+    """Refuse a raster (a file read through GDAL) whose name GDAL cannot take.
 
     GDAL opens names as UTF-8 text; one holding other bytes (Latin-1 from an old share, kept by Python as lone
-    surrogates) failed inside rasterio, naming nothing.
+    surrogates) failed inside rasterio, naming nothing. Other files of such names are read.
     """
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise _fail(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8 "
-                          "text: rename it to UTF-8 (convmv -f latin1 -t utf-8 --notest FILE)") from None
+        if _is_raster(path):
+            raise _fail(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not "
+                              "UTF-8 text: rename it to UTF-8 (convmv -f latin1 -t utf-8 --notest FILE)") from None
 
 
 def _is_raster(path: Path) -> bool:
