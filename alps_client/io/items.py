@@ -144,11 +144,19 @@ def source_signature(source: str, relative: str = "") -> dict[str, Any]:
 
     ``sidecars``: the files beside it that GDAL reads with it (:func:`gdal_sidecars`: a georeference or nodata
     mask added or fixed in ``.aux.xml``, a ``.msk``, a world file), by name and sampled digest; ``{}`` for none.
+    ``read_as``: how a raster is read where alps once read it otherwise (its orientation applied, its bands chosen
+    by their colour interpretation; :func:`alps_client.io.readers.raster_reading`), absent where it is read as
+    stored from its first bands: an image labelled before those were read so is labelled again, so that a dataset
+    never mixes the two readings.
     """
+    from alps_client.io.readers import raster_reading
+
     stat = os.stat(source)
     signature = {"name": os.path.basename(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                  "sample": _file_digest(source, stat),
                  "sidecars": {os.path.basename(path): _file_digest(path) for path in gdal_sidecars(source)}}
+    reading = raster_reading(source, stat)
+    signature |= {"read_as": reading} if reading else {}
     return {**signature, "path": relative} if relative else signature
 
 

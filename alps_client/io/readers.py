@@ -247,6 +247,31 @@ def displayed_orientation(path: Path, src: Any) -> int:
         return 1
 
 
+def raster_reading(path: str, stat: os.stat_result) -> dict[str, Any]:
+    """How a raster is read where that differs from its stored frame and first bands; ``{}`` otherwise.
+
+    ``{"orientation": 6}`` for a plain TIFF or 16-bit PNG turned as displayed, ``{"bands": [3, 2, 1]}`` for bands
+    chosen by their colour interpretation (the default choice, ``--bands`` aside); ``{}`` for any other file, and
+    for one that cannot be read (reading it says why). Cached per file version.
+    """
+    return _raster_reading(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=1024)
+def _raster_reading(path: str, size: int, mtime_ns: int, inode: int) -> dict[str, Any]:
+    source = Path(path)
+    try:
+        if not _is_raster(source):
+            return {}
+        check_gdal_can_open(source)
+        with raster_io().open(source) as src:
+            orientation, bands = displayed_orientation(source, src), _tiff_bands(src, InputConfig())
+    except Exception:  # noqa: BLE001 (not readable: the read that labels it says why)
+        return {}
+    return {**({"orientation": orientation} if orientation != 1 else {}),
+            **({"bands": bands} if bands not in ([1, 2, 3], [1]) else {})}
+
+
 def _stored_window(window: tuple[int, int, int, int], orientation: int, height: int, width: int
                    ) -> tuple[int, int, int, int]:
     """The ``(x0, y0, x1, y1)`` stored pixels that :func:`upright` turns into ``window`` of the displayed image.

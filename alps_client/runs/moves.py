@@ -11,6 +11,7 @@ modification time alone changed (a copy that reset times) keeps its labels the s
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,17 +66,20 @@ def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str]
     if not gone or not new:
         return []
     stems_of = _shard_stems_by_name(out)
-    earlier: dict[tuple[int, str], list[tuple[str, str, str]]] = {}  # (size, sample) -> [(path, name, sha256)]
+    # (size, sample, how it was read) -> [(path, name, sha256)]: a raster labelled before its orientation was
+    # applied is labelled again, moved or not
+    earlier: dict[tuple[int, str, str], list[tuple[str, str, str]]] = {}
     for relative, name in gone.items():
         recorded = _recorded_file(out, stems_of.get(name, []), fingerprint)
         if recorded is not None:
-            size, sample, digest = recorded
-            earlier.setdefault((size, sample), []).append((relative, name, digest))
+            size, sample, reading, digest = recorded
+            earlier.setdefault((size, sample, reading), []).append((relative, name, digest))
     moves = []
     for relative, parts in new.items():
         try:
             signature = source_signature(parts[0].source, relative)
-            candidates = earlier.get((signature["size"], signature["sample"]), [])
+            reading = json.dumps(signature.get("read_as", {}), sort_keys=True)
+            candidates = earlier.get((signature["size"], signature["sample"], reading), [])
             digest = content_digest(parts[0].source) if candidates else None
         except OSError:  # reading it will say why
             continue
@@ -190,8 +194,11 @@ def _shard_stems_by_name(out: str | Path) -> dict[str, list[str]]:
     return by_name
 
 
-def _recorded_file(out: str | Path, stems: list[str], fingerprint: str) -> tuple[int, str, str] | None:
-    """``(size, sample, sha256)`` of the file the shards ``stems`` were labelled from, if they record it."""
+def _recorded_file(out: str | Path, stems: list[str], fingerprint: str) -> tuple[int, str, str, str] | None:
+    """``(size, sample, how it was read, sha256)`` of the file the shards ``stems`` were labelled from, if recorded.
+
+    How it was read: the ``read_as`` of its signature, as JSON (``{}`` where it was read as stored).
+    """
     if not stems:
         return None
     try:
@@ -202,4 +209,5 @@ def _recorded_file(out: str | Path, stems: list[str], fingerprint: str) -> tuple
     signature, digest = extra.get("source_signature") or {}, extra.get("content_sha256")
     if meta.get("fingerprint") != fingerprint or not digest or "size" not in signature or "sample" not in signature:
         return None
-    return int(signature["size"]), str(signature["sample"]), str(digest)
+    return int(signature["size"]), str(signature["sample"]), json.dumps(signature.get("read_as", {}), sort_keys=True), \
+        str(digest)

@@ -827,3 +827,37 @@ def test_a_raster_without_rasterio_names_the_file_and_the_extra(tmp_path, monkey
             discover_inputs(tmp_path)
     finally:
         readers.raster_io.cache_clear()
+
+
+def test_a_raster_read_otherwise_than_before_is_labelled_again(tmp_path):
+    """A plain TIFF with an Orientation tag, or bands stored blue, green, red, labelled by an alps that read it as
+    stored or from its first bands: its shard would have been kept beside images of the new reading (and scored
+    against ground truth read turned). Its signature says how it is read now, so such a shard is not current; a
+    PNG's and a plain raster's signatures are as before."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    from alps_client.io.items import source_signature
+    from alps_client.io.shards import read_shard_status
+
+    Image.fromarray(scene(0)).save(tmp_path / "turned.tif", tiffinfo={0x0112: 6})
+    Image.fromarray(scene(1)).save(tmp_path / "plain.tif")
+    Image.fromarray(scene(2)).save(tmp_path / "photo.png")
+    bands = np.stack([np.full((40, 48), v, np.uint8) for v in (30, 60, 220)])
+    write_geotiff(tmp_path / "bgr.tif", bands, "EPSG:32633", (0.0, 1.0, 40.0))
+    with rasterio.open(tmp_path / "bgr.tif", "r+") as dst:
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    signatures = {path.name: source_signature(str(path)) for path in sorted(tmp_path.iterdir())}
+    assert signatures["turned.tif"]["read_as"] == {"orientation": 6}
+    assert signatures["bgr.tif"]["read_as"] == {"bands": [3, 2, 1]}
+    assert "read_as" not in signatures["plain.tif"] and "read_as" not in signatures["photo.png"]
+
+    def status_of(recorded: dict, now: dict) -> str:
+        shard = tmp_path / "shard.npz"
+        meta = {"fingerprint": "f", "extra": {"source_signature": recorded}}
+        np.savez(shard, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        return read_shard_status(shard, "f", now)[0]
+
+    before = {key: value for key, value in signatures["turned.tif"].items() if key != "read_as"}
+    assert status_of(before, signatures["turned.tif"]) == "changed"
+    assert status_of(signatures["plain.tif"], signatures["plain.tif"]) != "changed"
