@@ -1031,6 +1031,9 @@ def main(argv: list[str] | None = None) -> int:
     consoles = [ConsoleStream(stream) for stream in streams] if None not in streams else []
     if consoles:
         sys.stdout, sys.stderr = consoles  # type: ignore[assignment]
+    # the commands' stop handlers (_stop_on_sigterm_and_sighup) last as long as the command, in a caller's process
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} \
+        if threading.current_thread() is threading.main_thread() else {}
     try:
         try:  # `alps --version | head -1`, `alps run --help >/dev/full`: said by _console_code
             args, unknown = parser.parse_known_args(argv)
@@ -1067,6 +1070,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if consoles:
             sys.stdout, sys.stderr = streams
+        for number, handler in handlers.items():
+            if handler is not None:  # set outside Python: left as it is
+                signal.signal(number, handler)
 
 
 if __name__ == "__main__":

@@ -731,3 +731,15 @@ def test_a_dry_run_refuses_what_the_run_would_for_a_missing_package(fault_data, 
         err = capsys.readouterr().err
         assert code == 2 and error_lines(err)[0].startswith(f"alps: error: {missing} is not installed"), err
         assert not (tmp_path / "o").exists()
+
+
+def test_a_command_leaves_its_callers_signal_handlers_as_they_were(tmp_path, capsys):
+    """A command sets its own Ctrl-C, SIGTERM and SIGHUP handlers; called in a process of the user's (a notebook, a
+    test), it left them set after it returned: Ctrl-C there then went through alps's handler."""
+    import signal
+
+    numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = [signal.getsignal(number) for number in numbers]
+    assert main(["evaluate", str(tmp_path / "absent"), str(tmp_path / "absent")]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"alps: error: ground-truth folder {tmp_path / 'absent'} does not exist"]
+    assert [signal.getsignal(number) for number in numbers] == before
