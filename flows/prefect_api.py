@@ -191,6 +191,47 @@ def stop_stale_server(record_path: Path) -> None:
     record_path.unlink(missing_ok=True)
 
 
+START_LOCK_NAME = ".alps-server-start.lock"
+
+
+@contextlib.contextmanager
+def one_start_at_a_time(wait_s: float) -> Iterator[None]:
+    """Hold ``PREFECT_HOME``'s start lock for the block: one temporary API server of that home starts at a time.
+
+    Each server sets up (migrates) the home's database as it starts: three runs started at once on a new
+    ``PREFECT_HOME`` (a shared workstation's first day, a fresh container) raced in the migration, and one or two
+    ended in exit 2 and an alembic or sqlite error ("index ix_flow__created already exists"). The others wait for
+    the lock ``wait_s`` at most, then start anyway; a home that cannot be written takes no lock (the server's own
+    start says why).
+    """
+    import fcntl
+
+    from prefect.settings import get_current_settings
+
+    try:
+        home = Path(get_current_settings().home).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(home / START_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            except OSError:  # a file system without locks
+                break
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class LocalApiServer:
     """The run's temporary Prefect API server (see the module docstring).
 
@@ -336,13 +377,14 @@ class LocalApiServer:
     def _start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         stop_stale_server(self.record_path)
-        for _ in range(3):  # the free port was taken between choosing and binding it: choose again
-            self.port = _free_port()
-            self._spawn()
-            if self._wait_ready():
-                break
-        else:
-            raise PrefectApiError("could not find a free local port for the temporary Prefect API server")
+        with one_start_at_a_time(self.startup_timeout_s):
+            for _ in range(3):  # the free port was taken between choosing and binding it: choose again
+                self.port = _free_port()
+                self._spawn()
+                if self._wait_ready():
+                    break
+            else:
+                raise PrefectApiError("could not find a free local port for the temporary Prefect API server")
         self._write_record()
         self._watchdog = threading.Thread(target=self._watch, name="alps-prefect-api-watchdog", daemon=True)
         self._watchdog.start()
