@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -50,6 +52,7 @@ class Progress:
         self.artifact_id = create_progress_artifact(
             progress=0.0, key="alps-progress", description="Images labelled (or skipped as already done)"
         )
+        self._sender = ProgressSender(self.artifact_id)
 
     def advance(self, status: str) -> None:
         """One more image finished with ``status`` (labelled, skipped, rejected, failed)."""
@@ -61,7 +64,7 @@ class Progress:
             self.last_line = time.monotonic()
             print(self.line(), file=sys.stderr, flush=True)
         if self.done == self.total or self.done % max(1, self.total // 50) == 0:
-            update_progress_artifact(artifact_id=self.artifact_id, progress=100.0 * self.done / self.total)
+            self._sender.send(100.0 * self.done / self.total)
 
     def line(self) -> str:
         """``labelling: 120/3000 images (4 %: labelled 118, skipped 2), 430 images/hour, about 6.7 h left``."""
@@ -75,8 +78,57 @@ class Progress:
 
     def close(self) -> None:
         """Finish the bar and the artifact (short of 100 % when the run stopped starting images)."""
-        update_progress_artifact(artifact_id=self.artifact_id, progress=min(100.0, 100.0 * self.done / self.total))
+        self._sender.send(min(100.0, 100.0 * self.done / self.total))
+        self._sender.close()
         self.bar.close()
+
+
+class ProgressSender:
+    """Sends a progress artifact's updates from a thread of its own, the latest value only.
+
+    The labelling loop sent each update itself: when the Prefect API stopped answering (a user's server stopped
+    mid-run), each update waited out Prefect's retries, minutes, and no image was started meanwhile, though
+    labelling needs no API. Now the loop only hands the value over; an update that fails is logged once.
+    """
+
+    def __init__(self, artifact_id: Any, close_wait_s: float = 10.0) -> None:
+        self.artifact_id = artifact_id
+        self.close_wait_s = close_wait_s
+        self._latest: float | None = None
+        self._closing = False
+        self._failed = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="alps-progress-artifact", daemon=True)
+        self._thread.start()
+
+    def send(self, progress: float) -> None:
+        """Have the artifact show ``progress`` (percent) soon; an earlier value not yet sent is dropped."""
+        with self._wake:
+            self._latest = progress
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Send what is left, waiting ``close_wait_s`` at most (an API that does not answer is not waited out)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(self.close_wait_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._latest is None and not self._closing:
+                    self._wake.wait()
+                progress, self._latest = self._latest, None
+                if progress is None:  # closing, all sent
+                    return
+            try:
+                update_progress_artifact(artifact_id=self.artifact_id, progress=progress)
+            except Exception as err:  # noqa: BLE001 (the API's failure: the run says it at its end)
+                if not self._failed:
+                    self._failed = True
+                    logging.getLogger(__name__).warning("The progress shown in the Prefect UI is not updated: %s",
+                                                        err)
 
 
 def _duration(seconds: float) -> str:

@@ -538,6 +538,7 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``alps run``: check the request, then run the flow with one Prefect API (see the module docstring)."""
     from alps_client.errors import AlpsError
+    from alps_client.io.out_lock import busy, writer_of
     from alps_client.runs.labellers import check_workers
     from alps_client.runs.plan import check_request, work_dir
     from alps_client.runs.retry import describe
@@ -556,6 +557,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_workers(args.concurrency, args.dask_workers, args.dask_address)
         had_work_dir = work_dir(args.out).is_dir()
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts
+        holder = writer_of(args.out)  # a run on a user's API leaves no server record: its lock alone says it
+        if holder:
+            raise busy(args.out, holder, ", or use another --out")
         if config.cluster.centroids and args.n_clusters is not None:  # was ignored unsaid
             import numpy as np
 
@@ -601,6 +605,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # record the run's end. The per-image work does not need the API, so what was labelled is in the shards.
         api = os.environ.get("PREFECT_API_URL") or "of this run"
         code = _stop_code(err)
+        if code is None and _stopped_after_the_write(args.out, started):  # the labelling needs no API: it went on
+            print(f"alps: warning: the Prefect API {api} stopped answering ({describe(err)}) after the run wrote "
+                  f"its dataset to {args.out}: the dataset is complete; the Prefect UI does not show the run's end",
+                  file=sys.stderr)
+            _exit_now(EXIT_OK)
         if code is None:
             full = "" if os.environ.get("PREFECT_API_URL") else server_disk_full(work_dir(args.out))
             _exit_now(_fail_resumable(f"the Prefect API {api} stopped answering ({describe(err)}){full}", args))

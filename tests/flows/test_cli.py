@@ -743,3 +743,20 @@ def test_a_command_leaves_its_callers_signal_handlers_as_they_were(tmp_path, cap
     assert main(["evaluate", str(tmp_path / "absent"), str(tmp_path / "absent")]) == 2
     assert error_lines(capsys.readouterr().err) == [f"alps: error: ground-truth folder {tmp_path / 'absent'} does not exist"]
     assert [signal.getsignal(number) for number in numbers] == before
+
+
+def test_a_run_into_an_out_another_run_writes_is_refused_before_any_server(fault_data, fake_repo, tmp_path, capsys):
+    """A run on a user's own API (PREFECT_API_URL) leaves no server record in OUT: a second run into the same OUT
+    started its own API server and a flow run (recorded Failed), wrote OUT/.alps/prefect-api.log, and was refused
+    by the lock 15 s later. The lock is asked first now: refused at once, nothing written."""
+    from alps_client.io.out_lock import out_lock
+
+    out = tmp_path / "out"
+    with out_lock(out, "alps run"):  # as a run on a shared API holds it
+        before = sorted(p.name for p in (out / ".alps").iterdir())
+        for dry in ([], ["--dry-run"]):
+            code = main(["run", str(fault_data), "--out", str(out), "--model-repository", str(fake_repo), *dry])
+            assert code == 2 and error_lines(capsys.readouterr().err) == [
+                f"alps: error: {out} is being written by alps run (pid {os.getpid()}); wait for it to finish, or use "
+                "another --out"]
+        assert sorted(p.name for p in (out / ".alps").iterdir()) == before == ["lock"]

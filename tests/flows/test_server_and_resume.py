@@ -280,11 +280,13 @@ print(f"analytics: {mine}, or as the user set it: {server._environment()['PREFEC
 # ~3 min: after the kill, Prefect's clients retry every state update and every event (about 7 s each) before the
 # run may end; by hand with `make test-slow`.
 @pytest.mark.slow
-def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_run_resumes(
-        fault_data, fake_repo, fault_reference, prefect_server, tmp_path):
-    """The user's own long-lived API (PREFECT_API_URL) killed while an image is in flight: no image becomes a
-    rejected input, the run exits 3 with one line saying how to resume, and the same command, given a server that
-    answers, finishes the dataset without redoing what was labelled."""
+def test_a_users_prefect_server_dying_mid_run_leaves_the_labelling_going_on(fault_data, fake_repo, fault_reference,
+                                                                            prefect_server, tmp_path):
+    """The user's own long-lived API (PREFECT_API_URL) killed while an image is in flight. The labelling needs no
+    API and goes on: its progress artifact's updates waited out Prefect's retries in the labelling loop, minutes
+    each (7 of 20 images were labelled in 2.5 min, then exit 3). Every image is labelled now and the dataset
+    written; the run says the API stopped answering after its dataset was written, and exits 0 (it said to run it
+    again to resume a complete dataset). No image becomes a rejected input; the dataset is the fault-free one."""
     home = tmp_path / "ph"
     server, url = start_prefect_server(tmp_path / "server_home")
     try:
@@ -293,13 +295,12 @@ def test_a_users_prefect_server_dying_mid_run_fails_the_run_loudly_and_the_next_
         stop_prefect_server(server, signal.SIGKILL)
     assert proc.poll() is None  # the server died under a live run, mid-run
     (faults / "release").touch()
-    assert wait_for_exit(proc, 600, tmp_path / "run.log") == 3, (tmp_path / "run.log").read_text()[-3000:]
-    (error,) = error_lines((tmp_path / "run.log").read_text())
-    assert f"the Prefect API {url} stopped answering" in error and "run the same command again" in error
-    assert not (out / "errors.jsonl").exists() and not (out / "manifest.json").exists()
-    finished = finished_stems(out)
-    assert len(finished) >= 2
-    assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
+    assert wait_for_exit(proc, 600, tmp_path / "run.log") == 0, (tmp_path / "run.log").read_text()[-3000:]
+    log = (tmp_path / "run.log").read_text()
+    assert f"alps: warning: the Prefect API {url} stopped answering" in log and "the dataset is complete" in log
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    assert (out / "errors.jsonl").read_text() == ""
+    assert labels(out) == labels(fault_reference)
 
 
 def test_a_run_stopped_after_its_users_api_died_exits_without_waiting_for_the_image_in_flight(fault_data, tmp_path):
