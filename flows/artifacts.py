@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextvars
 import io
 import logging
 import sys
@@ -98,7 +99,10 @@ class ProgressSender:
         self._closing = False
         self._failed = False
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="alps-progress-artifact", daemon=True)
+        # In the caller's context: Prefect's settings there name the run's API (without them, a client in a new
+        # thread started an API server of its own)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                        name="alps-progress-artifact", daemon=True)
         self._thread.start()
 
     def send(self, progress: float) -> None:

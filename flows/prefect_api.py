@@ -34,7 +34,7 @@ from typing import Any
 
 from alps_client.errors import AlpsError
 from alps_client.io.items import one_line
-from alps_client.io.out_lock import busy
+from alps_client.io.out_lock import busy, lock_exclusive
 
 logger = logging.getLogger("alps_client.prefect_api")
 
@@ -201,32 +201,21 @@ def one_start_at_a_time(wait_s: float) -> Iterator[None]:
     Each server sets up (migrates) the home's database as it starts: three runs started at once on a new
     ``PREFECT_HOME`` (a shared workstation's first day, a fresh container) raced in the migration, and one or two
     ended in exit 2 and an alembic or sqlite error ("index ix_flow__created already exists"). The others wait for
-    the lock ``wait_s`` at most, then start anyway; a home that cannot be written takes no lock (the server's own
-    start says why).
+    the lock ``wait_s`` at most, then start anyway; a home that is not there or cannot be written takes no lock (the
+    server's own start says why).
     """
-    import fcntl
-
     from prefect.settings import get_current_settings
 
-    try:
-        home = Path(get_current_settings().home).expanduser()
-        home.mkdir(parents=True, exist_ok=True)
+    home = Path(get_current_settings().home).expanduser()
+    try:  # Prefect made the home as its settings loaded, or said why it could not: the server's start says it too
         fd = os.open(home / START_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
         yield
         return
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            except OSError:  # a file system without locks
-                break
+        # held past wait_s, a file system without locks, or no flock at all: start all the same
+        with contextlib.suppress(OSError, ImportError):
+            lock_exclusive(fd, wait_s)
         yield
     finally:
         os.close(fd)  # releases the lock

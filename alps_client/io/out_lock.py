@@ -46,7 +46,7 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
         AlpsError: If ``OUT/.alps`` cannot be written (a read-only mount).
     """
     try:
-        import fcntl  # noqa: F401  (only whether there is one: _lock_exclusive locks)
+        import fcntl  # noqa: F401  (only whether there is one: lock_exclusive locks)
     except ImportError:  # not POSIX: no lock (alps runs on Linux; see the README)
         yield
         return
@@ -62,7 +62,7 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
                         f"copy the folder to a disk you can write to and give the copy") from err
     try:
         try:
-            _lock_exclusive(fd)
+            lock_exclusive(fd)
         except BlockingIOError:
             # Another --out is a way out for a run only: a report or a relabel works on this very dataset.
             raise busy(out, _holder(fd), ", or use another --out" if what == "alps run" else "") from None
@@ -90,11 +90,18 @@ def written_while_read(out: str | Path, holder: str | None, reader: str) -> Outp
                            "run it again once that write is over")
 
 
-def _lock_exclusive(fd: int) -> None:
-    """``flock`` ``fd`` exclusively, waiting out a reader's instant check (:func:`writer_of`), not a writer."""
+def lock_exclusive(fd: int, wait_s: float = READER_GRACE_S) -> None:
+    """``flock`` ``fd`` exclusively, waiting ``wait_s`` at most for another holder to let go.
+
+    The default waits out a reader's instant check (:func:`writer_of`), not a writer.
+
+    Raises:
+        BlockingIOError: If it is still held after ``wait_s``.
+        OSError: If the file system has no locks (some network mounts: ENOLCK).
+    """
     import fcntl
 
-    deadline = time.monotonic() + READER_GRACE_S
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

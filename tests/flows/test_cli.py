@@ -756,7 +756,7 @@ def test_a_run_into_an_out_another_run_writes_is_refused_before_any_server(fault
         before = sorted(p.name for p in (out / ".alps").iterdir())
         for dry in ([], ["--dry-run"]):
             code = main(["run", str(fault_data), "--out", str(out), "--model-repository", str(fake_repo), *dry])
-            assert code == 2 and error_lines(capsys.readouterr().err) == [
+            assert code == 2 and error_lines(capsys.readouterr().err) == [(
                 f"alps: error: {out} is being written by alps run (pid {os.getpid()}); wait for it to finish, or use "
-                "another --out"]
+                "another --out")]
         assert sorted(p.name for p in (out / ".alps").iterdir()) == before == ["lock"]
