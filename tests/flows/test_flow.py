@@ -1472,3 +1472,36 @@ def test_a_run_given_a_relative_or_home_path_says_and_writes_where_it_is(fake_re
     assert (home / "labelled" / "manifest.json").is_file() and not (here / "~").exists()
     assert any(line.startswith(f"Labelled dataset written to {home / 'labelled'}:") for line in logged), logged
     assert json.loads((home / "labelled" / ".alps" / "last_run.json").read_text())["dataset"] == str(here / "images")
+
+
+def test_progress_updates_never_hold_the_labelling(monkeypatch):
+    """Each progress update was sent from the labelling loop: with a user's API gone, each one waited out Prefect's
+    retries (minutes) and no image was started meanwhile. The loop hands the value over and goes on; the latest
+    value is sent once the API answers, and closing gives up on an API that does not."""
+    import threading
+
+    from flows import artifacts
+
+    answering, sent = threading.Event(), []
+
+    def update(artifact_id, progress):
+        answering.wait()  # the API does not answer until it is set
+        sent.append((artifact_id, progress))
+
+    monkeypatch.setattr(artifacts, "update_progress_artifact", update)
+    sender = artifacts.ProgressSender("id", close_wait_s=60)
+    for percent in (10.0, 20.0, 30.0):
+        sender.send(percent)  # had it waited for the API, this test would hang here
+    assert not sent
+    answering.set()
+    sender.send(40.0)
+    sender.close()
+    assert sent[-1] == ("id", 40.0) and len(sent) <= 2  # one taken while the API hung, then the latest only
+    answering.clear()
+    stuck = artifacts.ProgressSender("id", close_wait_s=0.2)
+    stuck.send(50.0)
+    closing = threading.Thread(target=stuck.close)
+    closing.start()
+    closing.join(60)
+    assert not closing.is_alive()  # it gave up on the API
+    answering.set()  # lets the sender's thread end
