@@ -102,6 +102,25 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", printable(text))
 
 
+def not_utf8_bytes(name: str) -> str | None:
+    r"""A file name's bytes percent-encoded where they are not UTF-8 (a Latin-1 disk's); None where they are.
+
+    Python reads such a name as lone surrogates (``os.fsdecode``), which JSON tools other than Python's turn into
+    U+FFFD; ``urllib.parse.unquote_to_bytes`` of this gives its bytes back.
+
+    Examples:
+        >>> not_utf8_bytes(os.fsdecode(b"caf\xe9.png"))
+        'caf%E9.png'
+        >>> not_utf8_bytes("café.png") is None
+        True
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return urllib.parse.quote(os.fsencode(name))
+    return None
+
+
 @dataclass(frozen=True)
 class InputError:
     r"""A rejected input: its path and why (one line), both :func:`printable`.
@@ -116,10 +135,7 @@ class InputError:
     path_not_utf8: str | None = None
 
     def __post_init__(self) -> None:
-        try:
-            self.path.encode("utf-8")
-        except UnicodeEncodeError:
-            object.__setattr__(self, "path_not_utf8", urllib.parse.quote(os.fsencode(self.path)))
+        object.__setattr__(self, "path_not_utf8", not_utf8_bytes(self.path))
         object.__setattr__(self, "path", printable(self.path))
         object.__setattr__(self, "reason", printable(self.reason))
 

@@ -43,6 +43,7 @@ from alps_client.io.items import (
     VOLUME_EXTENSIONS,
     InputItem,
     extension_of,
+    not_utf8_bytes,
 )
 
 # Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
@@ -140,12 +141,9 @@ def check_gdal_can_open(path: Path) -> None:
     GDAL opens names as UTF-8 text; one holding other bytes (Latin-1 from an old share, kept by Python as lone
     surrogates) failed inside rasterio, naming nothing. Other files of such names are read.
     """
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        if _is_raster(path):
-            raise _fail(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not "
-                              "UTF-8 text: rename it to UTF-8 (convmv -f latin1 -t utf-8 --notest FILE)") from None
+    if not_utf8_bytes(str(path)) and _is_raster(path):
+        raise _fail(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8 "
+                          "text: rename it to UTF-8 (convmv -f latin1 -t utf-8 --notest FILE)")
 
 
 def _is_raster(path: Path) -> bool:

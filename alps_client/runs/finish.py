@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 
 from alps_client.config import PipelineConfig
 from alps_client.io import atomic
+from alps_client.io.items import not_utf8_bytes
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import write_dataset
@@ -60,21 +59,11 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
 
 
 def sources_not_utf8(sources: Mapping[str, str]) -> dict[str, str]:
-    r"""The sources whose file names are not UTF-8 (a Latin-1 disk's), their bytes percent-encoded.
+    """The sources whose file names are not UTF-8 (a Latin-1 disk's), their bytes percent-encoded.
 
-    ``sources`` keeps them as Python reads them (``os.fsdecode``: lone surrogates, which JSON tools other than
-    Python's turn into U+FFFD); ``urllib.parse.unquote_to_bytes`` of these gives the name's bytes back.
-
-        >>> sources_not_utf8({"a": "a.png", "caf_xe9": os.fsdecode(b"caf\xe9.png")})
-        {'caf_xe9': 'caf%E9.png'}
+    ``sources`` keeps them as Python reads them; see :func:`alps_client.io.items.not_utf8_bytes`.
     """
-    undecodable = {}
-    for stem, path in sources.items():
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            undecodable[stem] = urllib.parse.quote(os.fsencode(path))
-    return undecodable
+    return {stem: encoded for stem, path in sources.items() if (encoded := not_utf8_bytes(path))}
 
 
 def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_path: str | Path, plan: RunPlan,
