@@ -252,11 +252,19 @@ def raster_reading(path: str, stat: os.stat_result) -> dict[str, Any]:
     chosen by their colour interpretation (the default choice, ``--bands`` aside); ``{}`` for any other file, and
     for one that cannot be read (reading it says why). Cached per file version.
     """
-    return _raster_reading(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    return _raster_reading(path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+def _raster_orientation(path: Path) -> int:
+    """How a raster is displayed (:func:`displayed_orientation`), read once per file version.
+
+    Its header, each of its tiles and its signature ask it.
+    """
+    return int(raster_reading(str(path), path.stat()).get("orientation", 1))
 
 
 @functools.lru_cache(maxsize=1024)
-def _raster_reading(path: str, size: int, mtime_ns: int, inode: int) -> dict[str, Any]:
+def _raster_reading(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> dict[str, Any]:
     source = Path(path)
     try:
         if not _is_raster(source):
@@ -339,10 +347,10 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         try:
             with rasterio.open(path) as src:
                 height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))
-                orientation = displayed_orientation(path, src)
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
-        return (width, height, pages) if orientation in (5, 6, 7, 8) else (height, width, pages)
+        turned = _raster_orientation(path) in (5, 6, 7, 8)
+        return (width, height, pages) if turned else (height, width, pages)
     try:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
@@ -514,6 +522,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     rasterio = raster_io()
     from rasterio.windows import Window
 
+    orientation = _raster_orientation(path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
             bands = _tiff_bands(src, config)
@@ -522,7 +531,6 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
                 raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
                                   "values; save its amplitude or intensity first")
             # a tile's window is in the displayed frame, as the header said (image_header)
-            orientation = displayed_orientation(path, src)
             if window is not None:
                 window = _stored_window(window, orientation, src.height, src.width)
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
