@@ -38,8 +38,8 @@ def install_hint(top: str) -> str:
     """
     for extra, modules in _EXTRAS.items():
         if top in modules:
-            packages = " ".join(f"'{_PYPI_NAMES.get(m, m)}'" if "[" in _PYPI_NAMES.get(m, m) else _PYPI_NAMES.get(m, m)
-                                for m in modules)
+            names = [_PYPI_NAMES.get(module, module) for module in modules]
+            packages = " ".join(f"'{name}'" if "[" in name else name for name in names)  # a shell globs [...]
             return f"pip install {packages} (alps's {extra} extra: pip install '.[{extra}]' in its source folder)"
     return f"pip install {_PYPI_NAMES.get(top, top)}"
 

@@ -56,12 +56,15 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell tool stopped by a closed p
 EXIT_OUTPUT_FAILED = 74  # sysexits.h's EX_IOERR
 
 
+EXIT_OF_SIGNAL = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HUNG_UP}
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP received: like Ctrl-C, never caught by ``except Exception`` on its way up."""
 
     def __init__(self, signum: int = signal.SIGTERM) -> None:
         super().__init__(f"{signal.Signals(signum).name} received")
-        self.code = EXIT_HUNG_UP if signum == signal.SIGHUP else EXIT_TERMINATED
+        self.code = EXIT_OF_SIGNAL[signum]
 
 
 # The stop signals this command received, in order: a library that caught the KeyboardInterrupt raised in it and
@@ -93,9 +96,7 @@ def _stop_on_sigterm_and_sighup() -> None:
 
 def _signalled_code() -> int | None:
     """130, 143 or 129 for the first stop signal this command received; None if none came."""
-    if not _SIGNALLED:
-        return None
-    return EXIT_INTERRUPTED if _SIGNALLED[0] == signal.SIGINT else Terminated(_SIGNALLED[0]).code
+    return EXIT_OF_SIGNAL[_SIGNALLED[0]] if _SIGNALLED else None
 
 
 STOP_WORDS = {EXIT_INTERRUPTED: "interrupted", EXIT_TERMINATED: "terminated (SIGTERM)",
@@ -663,10 +664,10 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
 def _stopped_after_the_write(out: str, started: str) -> bool:
     """Whether the run stopped in ``out``, started at ``started`` (ISO, UTC), had written its dataset.
 
-    If it had, its record is made to say so. A stop as the dataset was swapped in waits for the swap to end (:func:`alps_client.io.atomic.stops_held`), and
-    one just after lands before the run's record says the dataset is written: that record then refused
-    `alps report` and `alps relabel`, and the run said to run it again to resume. A record from before ``started``
-    is an earlier run's: this one was stopped before it began labelling.
+    If it had, its record is made to say so. A stop as the dataset was swapped in waits for the swap to end
+    (:func:`alps_client.io.atomic.stops_held`), and one just after lands before the run's record says the dataset is
+    written: that record then refused `alps report` and `alps relabel`, and the run said to run it again to
+    resume. A record from before ``started`` is an earlier run's: this one was stopped before it began labelling.
     """
     import json
 
