@@ -20,8 +20,8 @@ Exit status (also in docs/flow.md):
   images are kept.
 - 141: the reader of the output left early (``alps evaluate ... | head``, ``alps run ... 2>&1 | head``): what the
   command writes to files is written (a run goes on to its end); the rest of its console output is dropped.
-- 74: the console output could not be written (stdout or stderr on a full disk, ``>/dev/full``, an I/O error):
-  the command went on to its end as for 141, and says so on stderr where it can.
+- 74: the console output could not be written (stdout or stderr on a full disk, ``>/dev/full``, closed,
+  ``>&-``, an I/O error): the command went on to its end as for 141, and says so on stderr where it can.
 """
 
 from __future__ import annotations
@@ -960,6 +960,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _open_closed_standard_fds() -> set[int]:
+    """Open ``/dev/null`` on each of file descriptors 0, 1 and 2 that is closed (``alps run ... >&-``).
+
+    Left closed, the first file the command opens takes its number: a library or a child process writing to
+    "stdout" would write into that file (a log, a lock, a label map).
+
+    Returns:
+        the descriptors that were closed.
+    """
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return closed
+
+
 def _to_devnull(stream: Any) -> None:
     """Point ``stream``'s file descriptor at ``/dev/null``: its reader has left."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -978,15 +1001,26 @@ class ConsoleStream:
     logs write it, never a UnicodeEncodeError after the work is done.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, closed_name: str | None = None) -> None:
         self._stream = stream
         self.left = False
         self.failure: str | None = None  # why a write failed (not a closed pipe), once one has
+        self._closed_name = closed_name  # the stream was closed when the command started (``>&-``)
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
 
+    @classmethod
+    def over_closed(cls, fd: int, name: str) -> ConsoleStream:
+        """The stream of ``fd``, closed when the command started and now open on ``/dev/null``.
+
+        The first write to it fails as one to ``/dev/full`` does: ``alps --version >&-`` said nothing and exited 0.
+        """
+        return cls(open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False), closed_name=name)
+
     def write(self, text: str) -> int:
         """Write ``text``, or drop it once the reader has left or a write failed."""
+        if self._closed_name and text:
+            self.failure = self.failure or f"{self._closed_name} was closed"
         try:
             return self._stream.write(text)
         except OSError as err:
@@ -1038,7 +1072,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     streams = sys.stdout, sys.stderr
-    consoles = [ConsoleStream(stream) for stream in streams] if None not in streams else []
+    closed = _open_closed_standard_fds()
+    consoles = [ConsoleStream(stream) if stream is not None else ConsoleStream.over_closed(fd, name)
+                for fd, name, stream in ((1, "stdout", streams[0]), (2, "stderr", streams[1]))
+                if stream is not None or fd in closed]
+    if len(consoles) < len(streams):  # a caller's stream set to None, its descriptor open: left as it is
+        consoles = []
     if consoles:
         sys.stdout, sys.stderr = consoles  # type: ignore[assignment]
     # the commands' stop handlers (_stop_on_sigterm_and_sighup) last as long as the command, in a caller's process

@@ -533,6 +533,12 @@ def test_version_names_alps_and_the_packages_that_decide_outputs(capsys):
     proc.stdout.close()  # before the command has started: every write finds the pipe closed
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and b"Traceback" not in err, err.decode()[-2000:]
+    # `alps --version >&-`: stdout closed from the start printed nothing and exited 0
+    closed = subprocess.run([*ALPS, "--version"], cwd=CWD, stderr=subprocess.PIPE, text=True, check=False,
+                            preexec_fn=lambda: os.close(1))
+    assert closed.returncode == 74 and "its console output could not be written (stdout was closed)" in closed.stderr
+    both = subprocess.run([*ALPS, "--help"], cwd=CWD, check=False, preexec_fn=lambda: (os.close(1), os.close(2)))
+    assert both.returncode == 74
 
 
 def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(fake_repo, scenes, prefect_server,
