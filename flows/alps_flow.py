@@ -50,7 +50,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from alps_client.backends.manifest import family_name
-from alps_client.config import ClusterConfig, PipelineConfig
+from alps_client.config import PipelineConfig
 from alps_client.errors import (
     AlpsError,
     ConfigMismatchError,
@@ -456,15 +456,6 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
 alps_flow.fn.__annotations__["config"] = ConfigParameter
 
 
-def _clustering_words(config: ClusterConfig) -> str:
-    """How the run clusters: ``k-means: scikit-learn MiniBatchKMeans ...`` (``auto`` resolved), or fixed centroids."""
-    from alps_client.labels.clustering import KMEANS_BACKENDS, kmeans_backend
-
-    if config.centroids:
-        return f"no k-means: the centroids of --centroids {config.centroids}"
-    return f"k-means: {KMEANS_BACKENDS[kmeans_backend(config)]}"
-
-
 def _run_record(plan: RunPlan) -> dict[str, Any]:
     """What ``last_run.json`` says of every run: where from and to, the model, the settings (a rerun needs them)."""
     return {"dataset": plan.dataset, "out": plan.out, "model": plan.manifest.model_type,
@@ -634,9 +625,11 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         reason = why_nothing_to_cluster(shards)  # images skipped as done carry no counts: their shards do
         if reason:
             return Failed(message=reason, data=AlpsError(reason))
+    from alps_client.labels.clustering import centroids_from
+
     # What comes after the last image is silent for minutes on a large dataset (about 11 ms an image to write).
     logger.info("Clustering the masks of %d image(s) (%s), then writing the dataset to %s", len(shards),
-                _clustering_words(config.cluster), out)
+                centroids_from(config.cluster), out)
     t = time.perf_counter()
     # quote(): Prefect links every value a task returned to that task, and lists each such value found in another
     # task's arguments as an input of it, in the events it sends for that task (capped at 1.5 MB): per-image

@@ -175,6 +175,7 @@ def publish(run: dict[str, Any], out: str) -> None:
         {"metric": "missing (not labelled: processing failures)", "value": len(run["missing"])},
         {"metric": "masks kept / gated", "value": f"{s['n_masks_kept']} / {s['n_masks_gated']}{in_dropped_clusters(s)}"},
         {"metric": "classes", "value": s["n_classes"]},
+        {"metric": "model ran on (images)", "value": ", ".join(f"{k}: {v}" for k, v in s["labelled_on"].items())},
         {"metric": "labelled pixel fraction", "value": round(s["labelled_pixel_fraction"], 4)},
         {"metric": "seconds: label / cluster / write", "value": f"{sec['label']:.1f} / {sec['cluster']:.1f} / {sec['write']:.1f}"},
     ]

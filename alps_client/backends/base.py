@@ -50,6 +50,9 @@ class SamBackend(Protocol):
     """What the mask generator needs from a SAM deployment; tensor names come from ``manifest``."""
 
     manifest: ModelManifest
+    #: what runs the model, as each shard records it (``onnxruntime CPUExecutionProvider``, ``Triton server``):
+    #: a dataset says where its images were labelled, a GPU that fell back to the CPU included
+    runs_on: str
 
     @property
     def prompt_batch_size(self) -> int:

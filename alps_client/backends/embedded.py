@@ -187,6 +187,7 @@ class EmbeddedBackend(ClosedOnExit):
             self._sessions[key] = session
         #: the providers the sessions run on, in onnxruntime's order of preference
         self.providers: list[str] = self._sessions["encoder"].get_providers()
+        self.runs_on = f"onnxruntime {self.providers[0]}"
 
     @property
     def prompt_batch_size(self) -> int:

@@ -196,6 +196,8 @@ class FakeSamBackend(ClosedOnExit):
         decode_calls: decoder calls so far.
     """
 
+    runs_on = "numpy FAKE test model"
+
     def __init__(self, manifest: ModelManifest) -> None:
         if manifest.model_type != FAKE_MODEL_TYPE:
             raise ValueError(f"FakeSamBackend needs a fake model repository, got model type {manifest.model_type!r}")

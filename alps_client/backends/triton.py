@@ -132,6 +132,8 @@ class TritonBackend(ClosedOnExit):
     start): one that serves another export then raises :class:`ServedModelChangedError`, which ends the run.
     """
 
+    runs_on = "Triton server"
+
     def __init__(self, config: BackendConfig, manifest: ModelManifest | None = None, in_flight: int = 4) -> None:
         self.config = config
         self.manifest = manifest or load_manifest(config.model_repository)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import filecmp
 import re
 import shutil
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +97,24 @@ class DatasetSummary:
     report: dict[str, int] = field(default_factory=dict)
     #: masks the gate kept in clusters `alps relabel` drops (painted 255, left out of COCO): in ``n_masks_kept``
     n_masks_in_dropped_clusters: int = 0
+    #: images by what ran the model on them (:func:`labelled_on`)
+    labelled_on: dict[str, int] = field(default_factory=dict)
+
+
+#: what an image labelled before shards recorded where the model ran counts under, in ``labelled_on``
+ON_UNRECORDED = "not recorded (labelled by an older alps)"
+
+
+def labelled_on(metas: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Images by what ran the model on them (``onnxruntime CUDAExecutionProvider``, ``Triton server``...).
+
+    A GPU asked for that would not start leaves the run on the CPU with a warning in its log; the dataset says it
+    to whoever reads it later, and a dataset labelled over several runs on several machines counts each. Tiles and
+    slices count as images; a tile of nodata alone, which no model saw, is not counted.
+    """
+    found = Counter(meta.get("extra", {}).get("runs_on", ON_UNRECORDED) for meta in metas
+                    if not meta.get("extra", {}).get("empty"))
+    return dict(sorted(found.items()))
 
 
 def _group(meta: Mapping[str, Any]) -> str:
@@ -403,7 +422,7 @@ def _stage_dataset(
         n_errors=len(errors), labelled_pixel_fraction=labelled / pixels if pixels else 0.0,
         masks_per_class=masks_per_class.tolist(), pixels_per_class=pixels_per_class.tolist(),
         scene_outputs=scene_counts, vectors=vectors.close() if vectors is not None else {},
-        n_masks_in_dropped_clusters=in_dropped,
+        n_masks_in_dropped_clusters=in_dropped, labelled_on=labelled_on(metas),
     )
     stretch = stretch_ranges(metas)
     if review is not None:

@@ -449,6 +449,17 @@ KMEANS_BACKENDS = {"sklearn": "scikit-learn MiniBatchKMeans over every mask, on 
                    "dask": "dask-ml KMeans over every mask, on the Dask cluster"}
 
 
+def centroids_from(config: ClusterConfig) -> str:
+    """How ``config``'s centroids come about on this machine, as the run's log and the manifest say it.
+
+    ``k-means: scikit-learn MiniBatchKMeans over every mask, on the CPU`` (``auto`` resolved), or
+    ``no k-means: the centroids of --centroids PATH``.
+    """
+    if config.centroids:
+        return f"no k-means: the centroids of --centroids {config.centroids}"
+    return f"k-means: {KMEANS_BACKENDS[kmeans_backend(config)]}"
+
+
 def kmeans_backend(config: ClusterConfig) -> str:
     """The k-means backend that fits ``config``'s centroids on this machine: a key of :data:`KMEANS_BACKENDS`.
 

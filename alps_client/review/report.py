@@ -124,6 +124,8 @@ def write_review(report: str | Path, collector: ReviewCollector, class_map: Clas
                   f"{counts['n_masks_gated']} dropped (covering more than sigma = {sigma} of their image)")),
         ("coverage", f"{100 * counts['labelled_pixel_fraction']:.1f}% of pixels labelled"),
         ("classes", f"{class_map.n_classes} from {class_map.n_clusters} clusters{dropped}"),
+        *([("model ran on", ", ".join(f"{runs_on} ({n} images)" for runs_on, n in counts["labelled_on"].items()))]
+          if counts.get("labelled_on") else []),
         ("rejected inputs", len(errors)),
         *([("images not labelled", f"{len(missing)} (written with --allow-partial: run `alps run` again)")]
           if missing else []),

@@ -20,7 +20,7 @@ from alps_client.io.items import not_utf8_bytes
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import write_dataset
-from alps_client.labels.clustering import clustering_key, fit_centroids, same_clusters
+from alps_client.labels.clustering import centroids_from, clustering_key, fit_centroids, same_clusters
 from alps_client.runs.plan import RunPlan, work_dir
 
 Log = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
@@ -40,6 +40,7 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
         OutputDiskFullError: If the centroids cannot be saved for want of space.
     """
     path, key_path = work_dir(out) / "centroids.npy", work_dir(out) / "centroids.key"
+    from_path = centroids_from_path(path)
     key = None if config.cluster.centroids else clustering_key(shards, config.cluster)
     if key and path.is_file() and key_path.is_file() and key_path.read_text() == key:
         log.info("k-means not run again: the masks and clustering settings are those the clusters in %s were "
@@ -51,11 +52,22 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
         log.info("k-means found the dataset's clusters again, numbered in another order (alps reads the masks in "
                  "another order since an upgrade): the dataset's numbering is kept")
         centroids = published.astype(np.float32)
-    key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others
+    key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others, nor a record
+    from_path.unlink(missing_ok=True)
     atomic.write_with(path, lambda f: np.save(f, centroids))
+    atomic.write_text(from_path, centroids_from(config.cluster))
     if key:
         atomic.write_text(key_path, key)
     return path
+
+
+def centroids_from_path(centroids_path: Path) -> Path:
+    """The record of how the centroids at ``centroids_path`` came about (:func:`centroids_from`), beside them.
+
+    Kept with them: a rerun that keeps the centroids (on another machine, where ``auto`` means another k-means)
+    records the k-means that fitted them, not the one it would have run.
+    """
+    return centroids_path.with_name("centroids.from")
 
 
 def sources_not_utf8(sources: Mapping[str, str]) -> dict[str, str]:
@@ -95,6 +107,8 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     centroids = np.load(centroids_path)
     extra: dict[str, Any] = {"complete": not missing, "missing": list(missing), "sources": sources,
                              "scene_sizes": plan.scene_sizes(set(sources)), **({"run_id": run_id} if run_id else {})}
+    from_path = centroids_from_path(Path(centroids_path))
+    extra["centroids_from"] = from_path.read_text() if from_path.is_file() else "not recorded (fitted by an older alps)"
     undecodable = sources_not_utf8(sources)
     if undecodable:
         extra["sources_not_utf8"] = undecodable

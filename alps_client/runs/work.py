@@ -114,6 +114,7 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     if not loaded.plain_copy:
         atomic.write_png(image_file, loaded.rgb)
     extra["image_file"] = image_file
+    extra["runs_on"] = backend.runs_on
     generator = make_mask_generator(backend, job.config.amg)
     summary = label_image(loaded.rgb, item.stem, item.source, generator, job.config, shard, job.fingerprint,
                           loaded.valid, extra)

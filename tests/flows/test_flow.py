@@ -115,6 +115,10 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     assert errors[0]["path"].endswith("broken.png")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model_is_stand_in"] and manifest["complete"] and manifest["missing"] == []
+    # where the model ran and which k-means fitted the classes: the log said it, the dataset did not ("auto")
+    assert manifest["counts"]["labelled_on"] == {"numpy FAKE test model": 6}
+    assert manifest["centroids_from"] == "k-means: scikit-learn MiniBatchKMeans over every mask, on the CPU"
+    assert "model ran on</th><td>numpy FAKE test model (6 images)" in (out / "report" / "index.html").read_text()
 
     async def recorded():
         async with get_client() as client:
@@ -145,7 +149,7 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     missing = next(a for a in arts if a.key == "alps-missing")  # said, so that a retry's stands over its failure's
     assert "none missing" in json.dumps(missing.data)
     summary = next(a for a in arts if a.key == "alps-summary")
-    assert "STAND-IN" in json.dumps(summary.data)
+    assert "STAND-IN" in json.dumps(summary.data) and "numpy FAKE test model: 6" in json.dumps(summary.data)
     # The class histogram named no class: after `alps relabel` a user saw ids 0, 1 without "building", "water".
     histogram = next(a for a in arts if a.key == "alps-class-histogram").data
     assert "| 0 | cluster_0 |" in histogram
@@ -896,6 +900,8 @@ def test_centroids_of_an_earlier_run_give_its_classes(fake_repo, scenes, tmp_pat
     alps_flow(str(scenes / "images"), str(second), cfg, progress_bar=False)
     np.testing.assert_array_equal(np.load(second / "centroids.npy"), np.load(first / "centroids.npy"))
     assert labels(second) == labels(first)
+    assert json.loads((second / "manifest.json").read_text())["centroids_from"] == \
+        f"no k-means: the centroids of --centroids {first / 'centroids.npy'}"
 
 
 def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_repo, scenes, tmp_path):
@@ -923,7 +929,8 @@ def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_r
     assert {name: label for name, label in labels(out).items() if name in first} == first
 
 
-def test_clusters_an_older_alps_numbered_otherwise_keep_their_ids_and_relabel_on_a_rerun(fake_repo, scenes, tmp_path):
+def test_clusters_an_older_alps_numbered_otherwise_keep_their_ids_and_relabel_on_a_rerun(fake_repo, scenes, tmp_path,
+                                                                                         monkeypatch):
     """k-means reads the masks in another order since an upgrade: the first rerun of a dataset an older alps wrote
     (no centroids.key) found the same centres numbered otherwise, so every class id moved and the user's relabel
     was dropped as "clusters differ"; and again after each run with --centroids (upgrade audit)."""
@@ -945,9 +952,14 @@ def test_clusters_an_older_alps_numbered_otherwise_keep_their_ids_and_relabel_on
                logged) and not [line for line in logged if "clusters differ" in line]
     np.testing.assert_array_equal(np.load(out / "centroids.npy"), older)
     assert labels(out) == before and json.loads((out / "manifest.json").read_text())["relabel"]
-    with run_log("prefect.task_runs") as logged:  # its key now written: kept without k-means
+    # its key now written: kept without k-means, on a machine whose "auto" would now be cuML's
+    monkeypatch.setattr("alps_client.labels.clustering._gpu_available", lambda: True)
+    with run_log("prefect.task_runs") as logged:
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert any(line.startswith("k-means not run again") for line in logged) and labels(out) == before
+    # the k-means that fitted them, not the one this machine would run
+    assert json.loads((out / "manifest.json").read_text())["centroids_from"] == \
+        "k-means: scikit-learn MiniBatchKMeans over every mask, on the CPU"
 
 
 def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, scenes, tmp_path):
