@@ -289,13 +289,13 @@ def _label_all(plan: RunPlan, job: LabelJob, labeller: Labeller, progress_bar: b
     """
     delays = plan.config.backend.retry_delays()
     streak = FailureStreak(plan.config.backend.stop_after_failures)
-    progress = artifacts.Progress(len(plan.items), progress_bar)
     outcomes = []
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     waiting = iter(plan.items)
     in_flight: dict[PrefectFuture[Any], InputItem] = {}
     started = TaskRunsInFlight()
-    with InterruptibleThreadPool(max_workers=labeller.slots) as runner, _ended_on_stop(in_flight, started):
+    with artifacts.Progress(len(plan.items), progress_bar) as progress, \
+            InterruptibleThreadPool(max_workers=labeller.slots) as runner, _ended_on_stop(in_flight, started):
 
         def start_next() -> None:
             for item in waiting:

@@ -83,6 +83,19 @@ class Progress:
         self._sender.close()
         self.bar.close()
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """A stop leaving the labelling (Ctrl-C, SIGTERM, an error): the sender's thread ends, not waited for.
+
+        It stayed waiting for an update that never came, one thread per stopped run in a notebook or a process
+        that goes on; and the stop is not held by an API that does not answer.
+        """
+        if kind is not None:
+            self._sender.abandon()
+            self.bar.close()
+
 
 class ProgressSender:
     """Sends a progress artifact's updates from a thread of its own, the latest value only.
@@ -117,6 +130,12 @@ class ProgressSender:
             self._closing = True
             self._wake.notify()
         self._thread.join(self.close_wait_s)
+
+    def abandon(self) -> None:
+        """End the thread without sending what is left, and without waiting for it."""
+        with self._wake:
+            self._latest, self._closing = None, True
+            self._wake.notify()
 
     def _run(self) -> None:
         while True:

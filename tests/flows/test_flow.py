@@ -1517,3 +1517,26 @@ def test_progress_updates_never_hold_the_labelling(monkeypatch):
     closing.join(60)
     assert not closing.is_alive()  # it gave up on the API
     answering.set()  # lets the sender's thread end
+
+
+def test_a_run_stopped_while_labelling_leaves_no_progress_thread_behind(fake_repo, scenes, tmp_path, monkeypatch):
+    """The progress sender's thread waited for the next update of a run that Ctrl-C had stopped: one thread left
+    per stopped run in a notebook, or in a process that goes on."""
+    import threading
+
+    from flows import artifacts
+
+    advanced = artifacts.Progress.advance
+
+    def stopped_at_the_second(progress, status):
+        if progress.done == 1:
+            raise KeyboardInterrupt
+        advanced(progress, status)
+
+    monkeypatch.setattr(artifacts.Progress, "advance", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        alps_flow(str(scenes / "images"), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False)
+    senders = [t for t in threading.enumerate() if t.name == "alps-progress-artifact"]
+    for thread in senders:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in senders)
