@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
+from alps_client.errors import AlpsError
 from alps_client.io import atomic
 
 # Everything a run writes at the top of OUT; `evaluation.json` (from `alps evaluate`) is stale after a rewrite.
@@ -162,10 +163,14 @@ def recover(out: str | Path) -> bool:
     journal = _journal(out)
     if not journal.is_file():
         return False
-    recorded = Path(json.loads(journal.read_text())["staging"])
-    staging = out / recorded if not recorded.is_absolute() else recorded
-    if not staging.is_dir():  # a journal of an older alps (absolute path) in an OUT that moved since
-        staging = out / ".alps" / "staging"
+    # Where every write stages, whatever the journal says: a journal in an OUT handed over (its path ../victim or
+    # absolute) had the swap move that folder's entries into OUT, then deleted the folder.
+    staging = out / ".alps" / "staging"
+    for folder in (staging, out / ".alps" / "previous"):
+        if folder.is_symlink():
+            raise AlpsError(f"{folder} is a symbolic link (to {os.readlink(folder)}), which alps never makes: "
+                            "finishing the interrupted write would move files out of or into that folder; remove "
+                            f"the link and {journal}, and run `alps run` again to write the dataset")
     if not staging.is_dir():  # nothing to finish with: what is in place stays (never moved aside and deleted)
         journal.unlink()
         return False
@@ -192,7 +197,7 @@ def finish_killed_swap(out: str | Path, who: str) -> None:
         OutputBusyError: If another process holds OUT's lock and its swap is under way.
         AlpsError: If OUT is half swapped and cannot be written to finish it (a read-only mount).
     """
-    from alps_client.errors import AlpsError, OutputBusyError
+    from alps_client.errors import OutputBusyError
     from alps_client.io.out_lock import out_lock
 
     out = Path(out)

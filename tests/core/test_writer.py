@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from alps_client.config import AmgConfig, ClusterConfig, GateConfig, InputConfig, PipelineConfig, WriterConfig
+from alps_client.errors import AlpsError
 from alps_client.io import publish as publish_module
 from alps_client.io.shards import (
     ImageShard,
@@ -494,6 +495,38 @@ def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path,
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
+@pytest.mark.parametrize("staging", ["../victim", "{victim}"], ids=["relative", "absolute"])
+def test_a_crafted_journal_never_moves_or_deletes_a_folder_outside_out(two_shards, tmp_path, staging):
+    """An OUT handed over with `.alps/publish.json` naming `../victim`: the next command (report, relabel --dry-run,
+    evaluate, a run) swapped that folder's entries into OUT and deleted it (security audit)."""
+    shards, centroids, sources = two_shards
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    labels_before = {p.relative_to(out): p.read_bytes() for p in (out / "ann_dir").rglob("*.png")}
+    (victim / "img_dir").mkdir(parents=True)
+    (victim / "img_dir" / "mine.txt").write_text("not alps's")
+    (out / ".alps" / "publish.json").write_text(json.dumps({"staging": staging.format(victim=victim)}))
+    assert not publish_module.recover(out)  # no staging of its own: nothing to finish
+    assert (victim / "img_dir" / "mine.txt").read_text() == "not alps's"
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "ann_dir").rglob("*.png")} == labels_before
+    assert not (out / ".alps" / "publish.json").exists()
+
+
+@pytest.mark.parametrize("folder", ["staging", "previous"])
+def test_a_staging_or_previous_folder_that_is_a_link_is_refused(two_shards, tmp_path, folder):
+    """Linked elsewhere, the swap moved that folder's entries into OUT, or OUT's out into it."""
+    shards, centroids, sources = two_shards
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    (victim / "img_dir").mkdir(parents=True)
+    (victim / "img_dir" / "mine.txt").write_text("not alps's")
+    (out / ".alps" / folder).symlink_to(victim)
+    (out / ".alps" / "publish.json").write_text(json.dumps({"staging": ".alps/staging"}))
+    with pytest.raises(AlpsError, match=rf"{out / '.alps' / folder} is a symbolic link .* which alps never makes"):
+        publish_module.recover(out)
+    assert sorted(p.name for p in victim.rglob("*")) == ["img_dir", "mine.txt"] and len(read_labels(out)) == 2
+
+
 def test_ctrl_c_during_the_swap_lands_once_the_new_dataset_is_whole(two_shards, tmp_path, monkeypatch):
     """Stopped between two of the swap's renames, a command left OUT half swapped, and the next command (`alps
     evaluate` too) put the stopped write in place unsaid. A stop now waits for the swap's few renames to end."""
