@@ -121,19 +121,51 @@ def _read_entries(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndar
 
 
 def read_shard_meta(path: str | Path) -> dict[str, Any]:
-    """The shard's JSON metadata only (cheap: the arrays are not read)."""
-    return _decode_meta(_read_entries(path, ("meta",))["meta"])
+    """The shard's JSON metadata only (cheap: the arrays are not read).
+
+    Raises:
+        ValueError: If the metadata is not JSON, or names an output place no shard alps writes names
+            (:func:`_placed_inside`).
+    """
+    return _decode_meta(_read_entries(path, ("meta",))["meta"], path)
 
 
-def _decode_meta(meta: np.ndarray) -> dict[str, Any]:
-    return json.loads(meta.tobytes().decode("utf-8"))
+# The splits a shard may name: its image's split folder's (``train``, ``val``, ``test``), or none.
+SHARD_SPLITS = (None, "train", "val", "test")
+
+
+def _decode_meta(meta: np.ndarray, path: str | Path) -> dict[str, Any]:
+    return _placed_inside(json.loads(meta.tobytes().decode("utf-8")), Path(path))
+
+
+def _placed_inside(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``meta``, refused where its names would place an output outside its folder.
+
+    Output files are named by the stem, the scene (stitched maps, label volumes) and the split: in an OUT handed
+    over, a shard naming the stem ``../../x`` or the scene ``/home/u/x`` had ``alps relabel`` write label maps
+    there. alps names each shard after its stem, and a scene is a stem.
+
+    Raises:
+        ValueError: naming the shard and the name.
+    """
+    extra = meta.get("extra") or {}
+    scene = extra.get("scene")
+    if meta.get("stem") != path.name.removesuffix(".npz"):
+        raise ValueError(f"{path}: its metadata names the image {meta.get('stem')!r}, not its file's name; not "
+                         "a shard alps wrote")
+    if scene is not None and (not isinstance(scene, str) or not scene or any(c in scene for c in "/\\\0")):
+        raise ValueError(f"{path}: its metadata names the scene {scene!r}, which is no file name; not a shard alps "
+                         "wrote")
+    if extra.get("split") not in SHARD_SPLITS:
+        raise ValueError(f"{path}: its metadata names the split {extra.get('split')!r}; not a shard alps wrote")
+    return meta
 
 
 def read_shard(path: str | Path) -> ImageShard:
     """Read a whole shard."""
     data = _read_entries(path, ("meta", "rle_counts", "rle_offsets", "areas", "bboxes", "predicted_iou",
                                 "stability_score", "point_coords", "crop_boxes", "keep", "pfl"))
-    meta = _decode_meta(data["meta"])
+    meta = _decode_meta(data["meta"], path)
     size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
     blob, offsets = data["rle_counts"].tobytes(), data["rle_offsets"]
     rles = [{"size": list(size), "counts": blob[offsets[i] : offsets[i + 1]].decode("ascii")}
@@ -160,7 +192,13 @@ def shard_damage(path: str | Path) -> str | None:
             bad = archive.testzip()
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         return f"{type(err).__name__}: {err}"
-    return f"the bytes of its {bad!r} entry do not match their CRC-32" if bad else None
+    if bad:
+        return f"the bytes of its {bad!r} entry do not match their CRC-32"
+    try:
+        read_shard_meta(path)
+    except (ValueError, KeyError) as err:  # not JSON, or names no place alps writes to (_placed_inside)
+        return str(err)
+    return None
 
 
 def shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None) -> ShardStatus:

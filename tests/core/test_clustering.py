@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ from PIL import Image
 
 from alps_client.config import ClusterConfig
 from alps_client.errors import AlpsError
-from alps_client.io.shards import ImageShard, write_shard
+from alps_client.io.shards import ImageShard, read_shard, write_shard
 from alps_client.labels import clustering
 from alps_client.labels.clustering import assign_clusters, estimate_n_clusters, fit_centroids, load_centroids
 from alps_client.masks import MaskSet, encode_coco_rle
@@ -83,7 +83,11 @@ def test_shards_renamed_give_the_same_centroids(five_blobs, tmp_path):
     clusters (and the class ids of every image) changed."""
     _, _, paths = five_blobs
     cfg = ClusterConfig(n_clusters=5, batch_size=128, n_passes=2, seed=7)
-    renamed = [Path(shutil.copy(p, tmp_path / f"{len(paths) - i:04d}.npz")) for i, p in enumerate(paths)]
+    renamed = []
+    for i, path in enumerate(paths):  # as a move rewrites them: each under its new stem
+        stem = f"{len(paths) - i:04d}"
+        renamed.append(tmp_path / f"{stem}.npz")
+        write_shard(renamed[-1], dataclasses.replace(read_shard(path), stem=stem))
     assert sorted(renamed) == renamed[::-1]  # the names in the opposite order
     np.testing.assert_array_equal(fit_centroids(renamed, cfg), fit_centroids(paths, cfg))
 

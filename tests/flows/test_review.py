@@ -775,6 +775,34 @@ def test_relabel_and_report_refuse_an_out_edited_by_hand_and_a_ctrl_c_is_one_lin
                    "`alps relabel` again to finish"
 
 
+@pytest.mark.parametrize("crafted", ["scene", "split", "stem"])
+def test_a_shard_naming_an_output_place_outside_out_is_refused(labelled, tmp_path, capsys, crafted):
+    """In an OUT handed over, a shard whose metadata named the scene `/home/u/x` (or the stem `../../x`) had `alps
+    relabel` write stitched maps or label maps there, over any file of those names (security audit)."""
+    import dataclasses
+
+    from alps_client.io.shards import read_shard, write_shard
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    outside = tmp_path / "outside" / "owned"
+    path = out / ".alps" / "shards" / "scene_0003.npz"
+    shard = read_shard(path)
+    if crafted == "stem":  # named as its file, which holds no separator: only another name than the file's
+        shard = dataclasses.replace(shard, stem=f"../../{outside.name}")
+    else:
+        shard = dataclasses.replace(shard, extra={**shard.extra, crafted: str(outside) if crafted == "scene"
+                                                  else "../../outside"})
+    write_shard(path, shard)
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    before = tree_hashes(out)
+    for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]):
+        assert alps(command) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"alps: error: 1 shard(s) in {out / '.alps' / 'shards'} cannot be read whole (first: "
+                               f"scene_0003.npz, {path}: its metadata names the {'image' if crafted == 'stem' else crafted}"), line
+    assert tree_hashes(out) == before and not (tmp_path / "outside").exists()
+
+
 def test_a_run_refused_for_its_backend_leaves_the_dataset_relabelable(labelled, fake_repo, tmp_path, capsys):
     """A rerun with a new image whose backend could not be opened (exit 2, nothing labelled: a Triton server or Dask
     scheduler that cannot be reached, here Triton asked to serve the numpy fake) wrote the record of a run that set
