@@ -112,6 +112,31 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | Non
     return data
 
 
+# A classes file of 10,000 classes with their clusters has ~100,000 entries. Aliases share what they repeat, so a
+# file of 469 bytes (&a0 [0, ...] ten times over, nine levels) loads small, but expands to 10^9 entries wherever
+# it is written out: in the line that names a wrong entry, 9.5 GB and rising.
+MAX_EXPANDED_ENTRIES = 1_000_000
+
+
+def expanded_entries(root: Any) -> int:
+    """Entries (scalars, lists, mappings) of the YAML node ``root`` with every alias expanded, counted without
+    expanding them (each node's count is kept)."""
+    import yaml
+
+    counts: dict[int, int] = {}
+
+    def count(node: Any) -> int:
+        if id(node) not in counts:
+            counts[id(node)] = 1  # a node that holds itself (&a [*a]) counts once
+            if isinstance(node, yaml.SequenceNode):
+                counts[id(node)] = 1 + sum(count(item) for item in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                counts[id(node)] = 1 + sum(count(key) + count(value) for key, value in node.value)
+        return counts[id(node)]
+
+    return count(root)
+
+
 def _unique_key_loader() -> type:
     """PyYAML's SafeLoader, refusing a key given twice in one mapping.
 
@@ -120,6 +145,14 @@ def _unique_key_loader() -> type:
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None and expanded_entries(node) > MAX_EXPANDED_ENTRIES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases (*name) repeat its anchors (&name) into more than "
+                    f"{MAX_EXPANDED_ENTRIES:,} entries, which no classes file needs", node.start_mark)
+            return node
+
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             first: dict[Any, Any] = {}
             for key_node, _ in node.value:

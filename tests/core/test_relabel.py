@@ -116,6 +116,13 @@ def test_files_yaml_json_and_syntax_errors(tmp_path):
             parse_classes(tmp_path / name, _centres(2))
     (tmp_path / "merged.yaml").write_text("classes:\n  - &a {name: a, clusters: [0]}\n  - {<<: *a, name: c, clusters: [1]}\n")
     assert parse_classes(tmp_path / "merged.yaml", _centres(2))[0].names == ("a", "c")  # keys after a merge key override it
+    # Aliases repeating anchors ("billion laughs", 469 bytes): the line naming the wrong entry wrote all 10^9 of
+    # them out, 9.5 GB and rising (security audit). Refused before anything is built from it.
+    levels = "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+    (tmp_path / "laughs.yaml").write_text(f"a0: &a0 [{', '.join('0' * 10)}]\n{levels}classes:\n  - {{name: x, clusters: *a8}}\n")
+    with pytest.raises(ClassesFileError, match=r"not valid YAML: its aliases \(\*name\) repeat its anchors \(&name\) into "
+                                                r"more than 1,000,000 entries"):
+        parse_classes(tmp_path / "laughs.yaml", _centres(2))
     # What Windows editors save: UTF-16 ("Unicode"), Latin-1, or UTF-8 with a byte-order mark (JSON too).
     text = "classes:\n  - {name: café, clusters: [0]}\n"
     for encoding, readable in (("utf-16", False), ("latin-1", False), ("utf-8-sig", True)):
