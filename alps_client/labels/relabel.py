@@ -119,8 +119,10 @@ MAX_EXPANDED_ENTRIES = 1_000_000
 
 
 def expanded_entries(root: Any) -> int:
-    """Entries (scalars, lists, mappings) of the YAML node ``root`` with every alias expanded, counted without
-    expanding them (each node's count is kept)."""
+    """Entries (scalars, lists, mappings) of the YAML node ``root`` with every alias expanded.
+
+    Counted without expanding them: each node's count is kept.
+    """
     import yaml
 
     counts: dict[int, int] = {}
