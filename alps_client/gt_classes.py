@@ -175,6 +175,10 @@ def _parse_lookup_table(path: Path) -> GroundTruthClasses:
             problems.append(f"line {number}: expected a class id then its name (FreeSurfer, 3D Slicer, ITK-SNAP "
                             f"lookup tables), got {line.strip()[:60]!r}")
             continue
+        problem = name_problem(name, f"line {number}: class")
+        if problem:  # a terminal escape or a line break in a name printed in the table
+            problems.append(problem)
+            continue
         entries.append({"name": name, "id": int(fields[0])})
     if problems:
         raise ClassesFileError(str(path), problems)

@@ -652,11 +652,11 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
              f"  to label: {n_label}" + (f" ({', '.join(again)})" if again else ""),
              f"  already labelled (skipped): {plan.n_done}" + (f" ({', '.join(kept)})" if kept else ""),
              f"  rejected: {len(rejected)}" + (f" ({by_reason(rejected)}): " + "; ".join(
-                 f"{error.path}: {one_line(error.reason)}" for error in plan.rejected[:5])
+                 f"{one_line(error.path)}: {one_line(error.reason)}" for error in plan.rejected[:5])
                  + ("; ..." if len(rejected) > 5 else "") if rejected else "")]
     if plan.gone:
         lines.append(f"  no longer under the dataset (the dataset the run writes leaves them out): {len(plan.gone)}: "
-                     + ", ".join(plan.gone[:5]) + (", ..." if len(plan.gone) > 5 else ""))
+                     + ", ".join(map(one_line, plan.gone[:5])) + (", ..." if len(plan.gone) > 5 else ""))
     lines += [f"  note: {line}" for line in unused_input_settings(config, plan.items)]
     print("\n".join(lines), flush=True)
 

@@ -26,6 +26,7 @@ from alps_client.io.items import is_input_name
 from alps_client.io.publish import recover
 from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
+from alps_client.labels.relabel import name_problem
 
 
 @dataclass
@@ -134,6 +135,11 @@ def load_dataset(out: str | Path) -> WrittenDataset:
                for stem in splits}
     classes = manifest.get("classes")
     class_map = ClassMap.from_json(classes) if classes else ClassMap.identity(len(centroids))
+    wrong = next((problem for k, name in enumerate(class_map.names) if (problem := name_problem(name, f"class {k}"))),
+                 None)
+    if wrong:  # never written by alps (`alps relabel` refuses such names): an OUT edited, or handed over so
+        raise AlpsError(f"{manifest_path}: {wrong}, a name alps never writes; {rerun}: it writes the dataset again "
+                        "(`alps relabel` then names its classes)")
     return WrittenDataset(out, manifest, PipelineConfig.from_dict(manifest.get("config", {})),
                           dict(manifest.get("model", {})), errors, centroids, class_map, shards,
                           {stem: path for stem, path in sources.items() if path is not None})

@@ -96,9 +96,15 @@ def in_dropped_clusters(counts: dict[str, Any]) -> str:
 
 def written_class_names(out: str | Path) -> dict[int, str]:
     """``{id: name}`` of the classes the dataset in ``out`` was written with (``OUT/classes.json``: ``alps
-    relabel``'s names, or ``cluster_<k>``); empty when it has none to say."""
+    relabel``'s names, or ``cluster_<k>``); empty when it has none to say.
+
+    A name with a control character, which alps never writes (an OUT handed over), has it as ``\\xNN``: the names
+    go into console tables, where a terminal escape cleared the screen and printed a result of its own.
+    """
+    from alps_client.io.items import one_line
+
     try:
         classes = json.loads((Path(out) / "classes.json").read_text())["classes"]
-        return {int(c["id"]): str(c["name"]) for c in classes}
+        return {int(c["id"]): one_line(str(c["name"])) for c in classes}
     except (OSError, ValueError, KeyError, TypeError):
         return {}

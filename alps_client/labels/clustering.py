@@ -32,6 +32,7 @@ import numpy.typing as npt
 from alps_client._imports import lazy_import
 from alps_client.config import ClusterConfig
 from alps_client.errors import AlpsError
+from alps_client.io.items import one_line
 from alps_client.io.shards import read_pfl, read_shard_meta
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,9 @@ def centroids_model(path: str | Path) -> dict[str, Any] | None:
     for data in _recorded_beside(Path(path), (), ("model",)):
         if not (isinstance(data, dict) and data):
             continue
-        here = centroids_sidecar(data)
+        # a file handed over with the centroids: its names go into messages, their terminal escapes said, not run
+        here = {key: one_line(value) if isinstance(value, str) else value
+                for key, value in centroids_sidecar(data).items()}
         if not _checkpoint_recorded(data):
             del here["checkpoint_sha256"]
         if found is None or (_checkpoint_recorded(here) and here["model_type"] == found["model_type"]):

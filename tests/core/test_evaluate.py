@@ -930,6 +930,10 @@ def test_a_medical_colour_lookup_table_names_the_classes(tmp_path, capsys):
         0: "background", 1: "building"}
     error = evaluate_fails(tmp_path, "--gt-classes", classes_file(tmp_path / "bad.txt", "0 Unknown\n17\nx y\n"))
     assert "line 2: expected a class id then its name" in error and "line 3: expected" in error
+    # A name that clears the screen and prints a result of its own in the table (security audit): refused, as a
+    # YAML classes file's is
+    error = evaluate_fails(tmp_path, "--gt-classes", classes_file(tmp_path / "esc.txt", "0 a\x1b[2Jb 0 0 0 0\n"))
+    assert "line 1: class name 'a\\x1b[2Jb' holds a control character" in error and "\x1b" not in error
 
 
 def test_each_images_figures_find_the_images_that_went_wrong(case, capsys):

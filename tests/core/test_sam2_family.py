@@ -154,3 +154,7 @@ def test_centroids_of_another_sam_size_are_refused_and_of_another_checkpoint_war
     Image.fromarray(make_shapes_scene(seed=0, size=(64, 80))[0]).save(tmp_path / "images" / "a.png")
     with pytest.raises(AlpsError, match=r"fitted on vit_b features, but this model repository holds fake"):
         check_request(tmp_path / "images", config)
+    # Handed over with the centroids, a sidecar's names go into that line: their terminal escapes are said, not run
+    (tmp_path / "centroids.json").write_text(json.dumps(centroids_sidecar({"model_type": "vit_h\x1b[2J"})))
+    with pytest.raises(AlpsError, match=r"fitted on vit_h\\x1b\[2J features, but this model repository holds fake"):
+        check_request(tmp_path / "images", config)

@@ -717,11 +717,13 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(fake_repo, scenes
     assert "STAND-IN" in said and not (tmp_path / "new").exists()
     out = tmp_path / "out"
     flags[1] = str(out)
+    Image.fromarray(np.asarray(Image.open(data / "scene_0000.png"))[::-1]).save(data / "gone\nforged.png")
     alps_flow(str(data), str(out), small_config(fake_repo), progress_bar=False)
     Image.fromarray(np.asarray(Image.open(data / "scene_0001.png"))[:, ::-1]).save(data / "scene_0001.png")
     (data / "scene_0002.png").unlink()
+    (data / "gone\nforged.png").unlink()
     shutil.copy2(scenes / "images" / "scene_0004.png", data / "added.png")
-    (data / "broken.png").write_bytes(b"not a png")
+    (data / "broken\x1b[2J.png").write_bytes(b"not a png")  # names said as they are: a cleared screen, a forged line
 
     def contents() -> dict[str, tuple[bytes, int]]:
         return {str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
@@ -731,7 +733,8 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(fake_repo, scenes
     said = capsys.readouterr().out
     assert contents() == before
     assert "to label: 2 (1 changed since it was labelled" in said and "already labelled (skipped): 2" in said
-    assert "rejected: 1" in said and "broken.png" in said and "no longer under" in said and "scene_0002.png" in said
+    assert "rejected: 1" in said and "broken\\x1b[2J.png" in said and "no longer under" in said and "scene_0002.png" in said
+    assert "gone\\x0aforged.png" in said and "\x1b" not in said and "\nforged" not in said
     again = alps_flow(str(data), str(out), small_config(fake_repo), progress_bar=False)
     assert (again["n_labelled"], again["n_skipped"]) == (2, 2)
     assert alps(["run", str(data), *flags[:-2], "5", "--dry-run"]) == 0  # k-means only: nothing to label

@@ -803,6 +803,28 @@ def test_a_shard_naming_an_output_place_outside_out_is_refused(labelled, tmp_pat
     assert tree_hashes(out) == before and not (tmp_path / "outside").exists()
 
 
+def test_class_names_with_terminal_escapes_in_an_out_handed_over_are_never_printed_raw(labelled, tmp_path, capsys):
+    """Class names read from an OUT's manifest.json and classes.json (alps relabel refuses such names) went raw to
+    the console: a name holding `ESC[2J` cleared the screen in relabel --dry-run and evaluate (security audit)."""
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    manifest, classes = json.loads((out / "manifest.json").read_text()), json.loads((out / "classes.json").read_text())
+    manifest["classes"]["names"][0] = classes["classes"][0]["name"] = "a\x1b[2Jb"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "classes.json").write_text(json.dumps(classes))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    for command in (["report", str(out)], ["relabel", str(out), "--classes", str(tmp_path / "classes.yaml"),
+                                           "--dry-run"]):
+        assert alps(command) == 2
+        said = capsys.readouterr()
+        (line,) = said.err.strip().splitlines()
+        assert line.startswith(f"alps: error: {out / 'manifest.json'}: class 0 name 'a\\x1b[2Jb' holds a control "
+                               "character"), line
+        assert "\x1b" not in said.out + said.err
+    assert alps(["evaluate", str(out), str(labelled.data / "gt"), "--json", str(tmp_path / "e.json")]) == 0
+    said = capsys.readouterr()
+    assert "a\\x1b[2Jb" in said.out and "\x1b" not in said.out + said.err
+
+
 def test_a_run_refused_for_its_backend_leaves_the_dataset_relabelable(labelled, fake_repo, tmp_path, capsys):
     """A rerun with a new image whose backend could not be opened (exit 2, nothing labelled: a Triton server or Dask
     scheduler that cannot be reached, here Triton asked to serve the numpy fake) wrote the record of a run that set
