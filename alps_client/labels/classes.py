@@ -95,11 +95,11 @@ def in_dropped_clusters(counts: dict[str, Any]) -> str:
 
 
 def written_class_names(out: str | Path) -> dict[int, str]:
-    """``{id: name}`` of the classes the dataset in ``out`` was written with (``OUT/classes.json``: ``alps
-    relabel``'s names, or ``cluster_<k>``); empty when it has none to say.
+    r"""``{id: name}`` of the classes the dataset in ``out`` was written with; empty when it has none to say.
 
-    A name with a control character, which alps never writes (an OUT handed over), has it as ``\\xNN``: the names
-    go into console tables, where a terminal escape cleared the screen and printed a result of its own.
+    From ``OUT/classes.json``: ``alps relabel``'s names, or ``cluster_<k>``. A name with a control character, which
+    alps never writes (an OUT handed over), has it as ``\xNN``: the names go into console tables, where a terminal
+    escape cleared the screen and printed a result of its own.
     """
     from alps_client.io.items import one_line
 
