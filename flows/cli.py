@@ -583,7 +583,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _show_library_warnings()
     import httpx
 
-    from flows.prefect_api import PrefectApiError, prefect_api, server_disk_full
+    from flows.prefect_api import PrefectApiError, prefect_api, said_url, server_disk_full
 
     # During the flow Prefect's own SIGTERM handler raises in the flow and marks the run crashed, then hands the
     # signal on to this one. SIGHUP (an SSH session that dropped) ended the process at once, leaving the run
@@ -604,7 +604,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except httpx.HTTPError as err:
         # The Prefect API went away mid-run (a user's own server stopped): Prefect retried, then could not even
         # record the run's end. The per-image work does not need the API, so what was labelled is in the shards.
-        api = os.environ.get("PREFECT_API_URL") or "of this run"
+        api = said_url(os.environ["PREFECT_API_URL"]) if os.environ.get("PREFECT_API_URL") else "of this run"
         code = _stop_code(err)
         if code is None and _stopped_after_the_write(args.out, started):  # the labelling needs no API: it went on
             print(f"alps: warning: the Prefect API {api} stopped answering ({describe(err)}) after the run wrote "

@@ -49,6 +49,23 @@ class PrefectApiError(AlpsError):
     """The run's Prefect API cannot be reached or started."""
 
 
+def said_url(url: str) -> str:
+    """``url`` as messages say it: a password in it (``http://user:secret@host/api``) as ``***``.
+
+    Examples:
+        >>> said_url("http://alice:s3cret@127.0.0.1:4200/api")
+        'http://alice:***@127.0.0.1:4200/api'
+        >>> said_url("http://127.0.0.1:4200/api")
+        'http://127.0.0.1:4200/api'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 def configured_api_url() -> str | None:
     """``PREFECT_API_URL`` from the environment or the active Prefect profile, or None."""
     from prefect.settings import PREFECT_API_URL
@@ -87,20 +104,20 @@ def check_reachable(url: str, timeout_s: float = 10.0, temporary_one: bool = Tru
     """
     import httpx
 
-    base = url.rstrip("/")
+    base, said = url.rstrip("/"), said_url(url)  # a password in it stays out of messages and logs
     try:
         if httpx.get(f"{base}/health", timeout=timeout_s).status_code == 404:
             under_api = httpx.get(f"{base}/api/health", timeout=timeout_s).status_code == 200
             raise PrefectApiError(
-                f"no Prefect API at {url} (PREFECT_API_URL): its /health is not found (404); "
-                + (f"the API is under /api there: set PREFECT_API_URL={base}/api" if under_api else
+                f"no Prefect API at {said} (PREFECT_API_URL): its /health is not found (404); "
+                + (f"the API is under /api there: set PREFECT_API_URL={said.rstrip('/')}/api" if under_api else
                    "give the URL of a Prefect server's API, e.g. http://127.0.0.1:4200/api")
             )
     except httpx.HTTPError as err:
         other = (", or unset PREFECT_API_URL to let alps start a temporary one for the run" if temporary_one else
                  ", or set PREFECT_API_URL to the API of one that runs")
         raise PrefectApiError(
-            f"the Prefect API at {url} (PREFECT_API_URL) is not reachable ({type(err).__name__}); start that "
+            f"the Prefect API at {said} (PREFECT_API_URL) is not reachable ({type(err).__name__}); start that "
             f"server (e.g. `make server`){other}"
         ) from err
 

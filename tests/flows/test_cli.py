@@ -427,6 +427,10 @@ def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fa
     with pytest.raises(PrefectApiError) as refused:
         check_reachable(url, timeout_s=2, temporary_one=False)
     assert "unset PREFECT_API_URL" not in str(refused.value) and "start that server" in str(refused.value)
+    # A password in the URL stayed in the line, and so in logs and bug reports (security audit)
+    with pytest.raises(PrefectApiError) as refused:
+        check_reachable(url.replace("//", "//alice:s3cret@"), timeout_s=2)
+    assert "s3cret" not in str(refused.value) and "//alice:***@127.0.0.1:" in str(refused.value)
 
 
 def test_demo_labels_and_evaluates(fake_repo, prefect_server, tmp_path):
