@@ -6,6 +6,7 @@ import base64
 import contextvars
 import io
 import logging
+import re
 import sys
 import threading
 import time
@@ -200,7 +201,7 @@ def publish(run: dict[str, Any], out: str) -> None:
     ]
     for stage, seconds in sorted(run["stage_seconds"].items()):
         rows.append({"metric": f"seconds per labelled image: {stage}", "value": round(seconds / max(n_labelled, 1), 3)})
-    create_table_artifact(key="alps-summary", table=rows, description=f"ALPS run summary: {out}")
+    create_table_artifact(key="alps-summary", table=_table(rows), description=f"ALPS run summary: {out}")
 
     peak = max(s["pixels_per_class"] or [1]) or 1
     names = written_class_names(out)  # none: the histogram goes without names
@@ -213,7 +214,7 @@ def publish(run: dict[str, Any], out: str) -> None:
     vis = sorted((Path(out) / "vis").glob("*.png"))[:PREVIEWS]
     if vis:
         md = [f"Palette previews (first {len(vis)} of {s['n_images']}; all in `{Path(out) / 'vis'}`)", ""]
-        md += [f"**{p.stem}**\n\n![{p.stem}](data:image/png;base64,{_thumbnail(p)})\n" for p in vis]
+        md += [f"**{_cell(p.stem)}**\n\n![{_cell(p.stem)}](data:image/png;base64,{_thumbnail(p)})\n" for p in vis]
         create_markdown_artifact(key="alps-previews", markdown="\n".join(md), description="Label previews")
 
     publish_errors(run["errors"], "all in errors.jsonl")
@@ -226,13 +227,24 @@ def publish_errors(errors: list[dict[str, str]], note: str) -> None:
     ``note``: where all of them are, in the description's parentheses (``all in errors.jsonl``).
     """
     rows = errors or [{"path": "-", "reason": "no rejected inputs"}]
-    create_table_artifact(key="alps-errors", table=rows[:TABLE_ROWS],
+    create_table_artifact(key="alps-errors", table=_table(rows[:TABLE_ROWS]),
                           description=f"Rejected inputs{_first_rows(errors)} ({note})")
 
 
+# What makes links, images, HTML, code and table cells in Markdown: in a file or class name, `![x](http://host/b.png)`
+# or `<img src=...>` was fetched by every browser that opened the run in the Prefect UI, and `[x](javascript:...)`
+# became a link. (An underscore inside a word, as in `cluster_0`, is plain text.)
+_MARKDOWN = re.compile(r"([\\`*\[\]<>|~])")
+
+
 def _cell(text: str) -> str:
-    """``text`` as one Markdown table cell: its pipes escaped, its lines joined."""
-    return " ".join(text.split()).replace("|", "\\|")
+    """``text`` as the literal text of one Markdown table cell: its lines joined, Markdown and HTML escaped."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(text.split()))
+
+
+def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` of a table artifact with each text a literal :func:`_cell`: the UI renders cells as Markdown."""
+    return [{key: _cell(value) if isinstance(value, str) else value for key, value in row.items()} for row in rows]
 
 
 def publish_missing(missing: list[dict[str, str]]) -> None:
@@ -242,7 +254,7 @@ def publish_missing(missing: list[dict[str, str]]) -> None:
     its failed attempt, whose table of images not labelled stood beside a summary saying missing 0.
     """
     rows = missing or [{"path": "-", "stem": "-", "reason": "none missing: every good image is labelled"}]
-    create_table_artifact(key="alps-missing", table=rows[:TABLE_ROWS],
+    create_table_artifact(key="alps-missing", table=_table(rows[:TABLE_ROWS]),
                           description=f"Images not labelled because processing failed (not bad inputs){_first_rows(missing)}"
                                       "; a rerun of the same command labels them")
 

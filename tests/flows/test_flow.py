@@ -1337,11 +1337,16 @@ def test_a_dataset_of_bad_files_only_lists_each_in_the_runs_artifact(fake_repo, 
     images.mkdir()
     for i in range(5):
         (images / f"broken_{i}.png").write_text("not an image")
+    # The UI renders cells as Markdown: this name's image was fetched by every browser that opened the run
+    beacon = "![b](http:\\\\127.0.0.1:9\\beacon.png) <img src=x>.png"
+    (images / beacon).write_text("not an image")
     state = alps_flow(str(images), str(tmp_path / "out"), small_config(fake_repo), progress_bar=False,
                       return_state=True)
     assert state.is_failed() and "no readable images" in state.message
     table = errors_artifact(prefect_server, tmp_path / "out")
-    assert sorted(Path(row["path"]).name for row in json.loads(table["data"])) == [f"broken_{i}.png" for i in range(5)]
+    names = sorted(Path(row["path"]).name for row in json.loads(table["data"]))
+    assert names == sorted([*(f"broken_{i}.png" for i in range(5)), "!\\[b\\](http:\\\\\\\\127.0.0.1:9\\\\beacon.png) "
+                                                                    "\\<img src=x\\>.png"])
     assert table["description"] == "Rejected inputs (every file found: no input could be read, nothing is written)"
 
 
