@@ -60,7 +60,7 @@ from alps_client.errors import (
 )
 from alps_client.io import atomic, publish
 from alps_client.io.dataset import last_run_record
-from alps_client.io.items import InputItem, by_reason, one_line
+from alps_client.io.items import InputItem, by_reason, one_line, printable
 from alps_client.io.out_lock import out_lock
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
@@ -580,12 +580,16 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     done = [o for o in done if o.stem not in changed]
     empty = {o.stem for o in done if o.empty}
     errors = [e.to_json() for e in plan.rejected] + _rejected_inputs(plan, by_status["rejected"])
+    nothing_there = set(plan.scenes_within(empty))
     errors += [{"path": source, "reason": "every pixel is transparent or nodata"}
-               for source in plan.scenes_within(empty)]  # as a whole image's would be: no tile to train on
+               for source in sorted(nothing_there)]  # as a whole image's would be: no tile to train on
+    # Each image in one list of the run's record: a scene rejected whole is not labelled too (by its tiles), and an
+    # image whose file changed during the run is missing, not labelled
+    counted_elsewhere = set(changed) | {item.stem for item in plan.items if printable(item.source) in nothing_there}
     errors.sort(key=lambda e: e["path"])
-    if empty:
+    if empty - counted_elsewhere:
         logger.info("%d tile(s) lie wholly in their scene's nodata or transparency: nothing to label there, left out "
-                    "of the dataset (255 in stitched maps)", len(empty))
+                    "of the dataset (255 in stitched maps)", len(empty - counted_elsewhere))
     missing = [{"path": o.source, "stem": o.stem, "reason": o.reason} for o in failed]
     for e in errors[:LOGGED_REJECTED]:
         logger.warning("rejected input %s: %s", one_line(e["path"]), one_line(e["reason"]))
@@ -598,10 +602,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if stopped:
         logger.error("%s: %d image(s) not started", stopped, sum(m["reason"] == NOT_STARTED for m in missing))
     run: dict[str, Any] = {
-        **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"]],
-        "skipped": [o.stem for o in by_status["skipped"]],
+        **_run_record(plan), "labelled": [o.stem for o in by_status["labelled"] if o.stem not in counted_elsewhere],
+        "skipped": [o.stem for o in by_status["skipped"] if o.stem not in counted_elsewhere],
         "errors": errors, "missing": missing, "complete": not missing, "stopped": stopped, "dataset_written": False,
-        "n_empty_tiles": len(empty), "run_id": run_id, "started_at": started_at,
+        "n_empty_tiles": len(empty - counted_elsewhere), "run_id": run_id, "started_at": started_at,
     }
     try:
         atomic.write_json(work_dir(out) / "last_run.json", run)  # the images' record, also for a run that ends here

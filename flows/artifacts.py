@@ -191,6 +191,8 @@ def publish(run: dict[str, Any], out: str) -> None:
                                                      if run["stand_in"] else "")},
         {"metric": "images", "value": s["n_images"]},
         {"metric": "labelled this run / skipped (already done)", "value": f"{n_labelled} / {len(run['skipped'])}"},
+        *([{"metric": "tiles wholly in nodata (left out, in the counts above)", "value": run["n_empty_tiles"]}]
+          if run.get("n_empty_tiles") else []),
         {"metric": "rejected inputs", "value": len(run["errors"])},
         {"metric": "missing (not labelled: processing failures)", "value": len(run["missing"])},
         {"metric": "masks kept / gated", "value": f"{s['n_masks_kept']} / {s['n_masks_gated']}{in_dropped_clusters(s)}"},
