@@ -52,7 +52,9 @@ class Progress:
         self.line_every_s = line_every_s
         self.started = self.last_line = time.monotonic()
         self.artifact_id = create_progress_artifact(
-            progress=0.0, key="alps-progress", description="Images labelled (or skipped as already done)"
+            progress=0.0, key="alps-progress",
+            description="Images done with: labelled, skipped as done before, rejected or failed (alps-summary and "
+                        "alps-missing say which)"
         )
         self._sender = ProgressSender(self.artifact_id)
 

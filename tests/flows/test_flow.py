@@ -148,6 +148,8 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     assert {"alps-summary", "alps-class-histogram", "alps-previews", "alps-errors", "alps-progress"} <= keys
     missing = next(a for a in arts if a.key == "alps-missing")  # said, so that a retry's stands over its failure's
     assert "none missing" in json.dumps(missing.data)
+    # it reaches 100 % on a run whose images failed too: it says what it counts (accounting audit)
+    assert "rejected or failed" in next(a for a in arts if a.key == "alps-progress").description
     summary = next(a for a in arts if a.key == "alps-summary")
     assert "STAND-IN" in json.dumps(summary.data) and "numpy FAKE test model: 6" in json.dumps(summary.data)
     # The class histogram named no class: after `alps relabel` a user saw ids 0, 1 without "building", "water".
