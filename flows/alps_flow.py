@@ -626,7 +626,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     if not any(o.n_kept for o in done):  # with --centroids too: it wrote a dataset of 255 alone, with exit 0
         from alps_client.labels.clustering import why_nothing_to_cluster
 
-        reason = why_nothing_to_cluster(shards)  # images skipped as done carry no counts: their shards do
+        # images skipped as done carry no counts: their shards do
+        reason = why_nothing_to_cluster(shards, config.amg.min_mask_region_area)
         if reason:
             return Failed(message=reason, data=AlpsError(reason))
     from alps_client.labels.clustering import centroids_from

@@ -77,19 +77,27 @@ def count_pfls(shard_paths: Sequence[Path]) -> npt.NDArray[np.int64]:
     return np.array([read_shard_meta(p)["n_kept"] for p in shard_paths], dtype=np.int64)
 
 
-def why_nothing_to_cluster(shard_paths: Sequence[str | Path]) -> str | None:
+def why_nothing_to_cluster(shard_paths: Sequence[str | Path], min_mask_region_area: int = 0) -> str | None:
     """Why the shards hold no mask to cluster or label, naming the setting to change; None if some mask was kept.
 
     The two causes need opposite remedies: the mask generator's filters kept nothing (lower its thresholds), or
-    every mask it kept covers more than sigma of its image (raise ``--sigma``).
+    every mask it kept covers more than sigma of its image (raise ``--sigma``). A ``min_mask_region_area`` (px)
+    at least each image's area fills every mask's holes up to the whole image: that setting is named, not sigma
+    (raising sigma then kept one whole-image mask per image).
     """
-    found = 0
+    found, largest = 0, 0
     for path in shard_paths:
         meta = read_shard_meta(path)
         if meta["n_kept"]:
             return None
         found += meta["n_masks"]
+        largest = max(largest, int(meta["image_size"][0]) * int(meta["image_size"][1]))
     images = f"{len(shard_paths)} image(s)"
+    if found and 0 < largest <= min_mask_region_area:
+        return (f"--min-mask-region-area {min_mask_region_area} is at least the area of every one of the {images} "
+                f"(the largest: {largest} px): it fills each mask's holes up to the whole image, so the gate dropped "
+                "all of them and there is nothing to label; give an area well under the images' (Meta's example: "
+                "100)")
     if found == 0:
         return (f"the mask generator kept no mask in any of the {images}, so there is nothing to label: every "
                 "prompt's masks fell below --pred-iou-thresh or --stability-score-thresh, or were emptied by "

@@ -995,6 +995,12 @@ def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, sc
     emptied = replace(cfg, amg=replace(cfg.amg, mask_threshold=50.0))  # every logit below it: every mask empty
     with pytest.raises(AlpsError, match=r"kept no mask .* emptied by --mask-threshold or --min-mask-region-area"):
         alps_flow(image, str(tmp_path / "emptied"), emptied, progress_bar=False)
+    # Holes under an area larger than the image: every mask filled up to the whole image, and the line said "raise
+    # --sigma", which then kept one whole-image mask per image (option audit)
+    filled = replace(cfg, amg=replace(cfg.amg, min_mask_region_area=10**6))
+    with pytest.raises(AlpsError, match=r"--min-mask-region-area 1000000 is at least the area of every one of the 1 "
+                                        r"image\(s\) \(the largest: \d+ px\): it fills each mask's holes"):
+        alps_flow(image, str(tmp_path / "filled"), filled, progress_bar=False)
 
 
 def test_transient_backend_failures_are_retried_to_an_identical_dataset(fake_repo, scenes, tmp_path):
