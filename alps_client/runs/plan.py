@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from alps_client._imports import lazy_import
 from alps_client.amg import default_written_otherwise
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
-from alps_client.config import PipelineConfig, dotted_fields
+from alps_client.config import InputConfig, PipelineConfig, dotted_fields
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
 from alps_client.io.discovery import NOT_READ_FORMATS, WORK_DIR, discover_inputs, list_input_files
 from alps_client.io.items import (
@@ -335,9 +335,16 @@ def unused_input_settings(config: PipelineConfig, items: list[InputItem]) -> lis
                      "to multiband rasters only")
     if inputs.tile is not None and "tile" not in kinds:
         stitch = ", and --stitch has nothing to stitch" if inputs.stitch else ""
-        lines.append(f"--tile {inputs.tile}: no input is larger than {inputs.tile} pixels, so none is cut{stitch}")
+        why = ("the inputs are NIfTI volumes, whose slices are labelled whole (--tile cuts images and rasters)"
+               if kinds == {"slice"} else f"no image or raster is larger than {inputs.tile} pixels")
+        lines.append(f"--tile {inputs.tile}: {why}, so none is cut{stitch}")
+    elif inputs.tile is not None and "slice" in kinds:
+        lines.append(f"--tile {inputs.tile}: the NIfTI volumes' slices are labelled whole (--tile cuts images and "
+                     "rasters)")
     if inputs.write_nifti_labels and "slice" not in kinds:
         lines.append("--write-nifti-labels: no NIfTI volume among the inputs, so no label volume is written")
+    if inputs.slice_axis != InputConfig.slice_axis and "slice" not in kinds:
+        lines.append(f"--slice-axis {inputs.slice_axis}: no NIfTI volume among the inputs, so nothing is sliced")
     return lines
 
 

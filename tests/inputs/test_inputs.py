@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -626,14 +627,24 @@ def test_input_settings_no_input_uses_are_named_not_silently_ignored():
     from alps_client.io.items import InputItem
     from alps_client.runs.plan import unused_input_settings
 
-    asked = PipelineConfig(inputs=InputConfig(bands=(4, 3, 2), tile=512, stitch=True, write_nifti_labels=True))
+    asked = PipelineConfig(inputs=InputConfig(bands=(4, 3, 2), tile=512, stitch=True, write_nifti_labels=True,
+                                              slice_axis=0))
     pngs = [InputItem("/d/a.png", "a"), InputItem("/d/b.PNG", "b")]
     lines = unused_input_settings(asked, pngs)
-    assert [line.split(":")[0] for line in lines] == ["--bands 4,3,2", "--tile 512", "--write-nifti-labels"]
+    assert [line.split(":")[0] for line in lines] == ["--bands 4,3,2", "--tile 512", "--write-nifti-labels",
+                                                      "--slice-axis 0"]
     assert "--stitch has nothing to stitch" in lines[1]
-    used = [InputItem("/d/s.TIF", "s__x0_y0", "tile", "s", (0, 0, 512, 512)),
-            InputItem("/d/v.nii.gz", "v__z0001", "slice", "v", None, 1)]
-    assert unused_input_settings(asked, used) == []
+    # --tile leaves NIfTI slices whole: it said "no input is larger than 512 pixels" of 600 px slices, or nothing
+    # beside tiled rasters (option audit)
+    volume = InputItem("/d/v.nii.gz", "v__z0001", "slice", "v", None, 1)
+    assert unused_input_settings(asked, [volume])[1] == (
+        "--tile 512: the inputs are NIfTI volumes, whose slices are labelled whole (--tile cuts images and rasters), "
+        "so none is cut, and --stitch has nothing to stitch")
+    used = [InputItem("/d/s.TIF", "s__x0_y0", "tile", "s", (0, 0, 512, 512)), volume]
+    assert unused_input_settings(asked, used) == [
+        "--tile 512: the NIfTI volumes' slices are labelled whole (--tile cuts images and rasters)"]
+    assert unused_input_settings(dataclasses.replace(asked, inputs=dataclasses.replace(asked.inputs, tile=None)),
+                                 used) == []
     assert unused_input_settings(PipelineConfig(), pngs) == []  # nothing asked, nothing said
 
 
