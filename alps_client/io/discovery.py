@@ -334,7 +334,7 @@ def _parts_of(path: Path, config: InputConfig,
     """
     volume = extension_of(path.name) in VOLUME_EXTENSIONS
     slices = volume_slices(path, config) if volume else []  # the volume is read first: a broken one raises here
-    height, width, pages = (0, 0, volumes_in(path)) if volume else image_header(path)
+    height, width, pages = (0, 0, volumes_in(path)) if volume else image_header(path, config.bands)
     if pages > 1 and on_pages is not None:
         on_pages(printable(str(path)), pages)
     if volume and not slices:  # it was left out unsaid: "N slices of M volumes" counted it nowhere

@@ -331,11 +331,13 @@ def image_size_of(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def image_header(path: str | Path) -> tuple[int, int, int]:
+def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tuple[int, int, int]:
     """``(H, W, pages)`` from the file header (cheap); raises InputImageError for files that are not images.
 
     ``pages`` > 1 for a TIFF of several pages (a microscope's z-stack, a slide's pyramid levels) or an animated PNG
-    or WebP (its frames): its first page is the image, the others are never read.
+    or WebP (its frames): its first page is the image, the others are never read. ``bands`` (``--bands``): a
+    raster with fewer bands is rejected here, from its header (it was found only once the model had started, and
+    ``--dry-run`` counted it to label).
     """
     path = Path(path)
     _check_file(path)
@@ -347,6 +349,8 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
         try:
             with rasterio.open(path) as src:
                 height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))
+                if bands is not None:
+                    _tiff_bands(src, InputConfig(bands=bands))
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
         turned = _raster_orientation(path) in (5, 6, 7, 8)

@@ -91,6 +91,11 @@ def test_discovery_and_reading_of_every_case(odd):
     assert product.stem.endswith("__R10m__T32TQM_20240611T103629_TCI_10m") and len(product.stem.encode()) <= 180
     with pytest.raises(InputImageError, match="has 5 band"):
         load_item(by_source[str(root / "multiband.tif")][0], InputConfig(bands=(1, 2, 7)))
+    # and at discovery, from its header: it was found only once the model had started, and --dry-run counted it to
+    # label (option audit)
+    _, rejected = discover_inputs(root, InputConfig(bands=(1, 2, 7)))
+    assert [e.reason for e in rejected if e.path == str(root / "multiband.tif")] == [
+        "has 5 band(s), --bands asks for [1, 2, 7]"]
 
 
 def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
