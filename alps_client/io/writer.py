@@ -354,8 +354,10 @@ def _stage_dataset(
     now = {path_of[m["stem"]]: splits[m["stem"]] for m in metas}
     # An earlier split that differs now was moved to give this dataset something to train on (its other images
     # gone, for now): the record keeps it, so that the held-out images are held out again once they are back.
-    record_splits(out, now | {path: earlier[path] for path in now if earlier.get(path, now[path]) != now[path]},
-                  split_by)
+    # An image in a split folder (train/, val/) takes the folder's split: the record follows it there
+    given = {path_of[stem] for stem, _, split in grouped if split}
+    record_splits(out, now | {path: earlier[path] for path in now
+                              if path not in given and earlier.get(path, now[path]) != now[path]}, split_by)
     coco = {split: CocoStream(staging / f"instances_{split}.json") for split in ("train", "val")}
     if "test" in splits.values():
         coco["test"] = CocoStream(staging / "instances_test.json")

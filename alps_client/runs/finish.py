@@ -140,13 +140,14 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
                     "(the window is for NIfTI volumes and 16-bit or float rasters)", *window)
     after = _splits_in(out)
     moved = sorted(stem for stem, split in after.items() if before.get(stem, split) != split)
-    held = [stem for stem in moved if recorded.get(sources.get(stem, "")) == before[stem]]
+    in_split_folder = {item.stem for item in plan.items if item.split}  # its folder's split: never held, nor back
+    held = [stem for stem in moved if stem not in in_split_folder and recorded.get(sources.get(stem, "")) == before[stem]]
     if held:  # kept in the record: they go back to their split once the other images are back
         log.warning("%d image(s) of the earlier val or train are in the other split this time (%s%s): the images "
                     "of this run left no train image otherwise (the others are gone, for now); their earlier split "
                     "is kept for the runs that have the other images back", len(held),
                     ", ".join(held[:5]), ", ..." if len(held) > 5 else "")
-    back = [stem for stem in moved if recorded.get(sources.get(stem, "")) == after[stem]]
+    back = [stem for stem in moved if stem not in in_split_folder and recorded.get(sources.get(stem, "")) == after[stem]]
     if back:
         log.info("%d image(s) are back in the split the dataset recorded for them, the other images back: %s%s",
                  len(back), ", ".join(back[:5]), ", ..." if len(back) > 5 else "")

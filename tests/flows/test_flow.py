@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -620,6 +621,29 @@ def test_a_name_passed_to_another_file_is_labelled_again_and_an_image_moved_to_a
     alps_flow(str(data), str(tmp_path / "fresh2"), cfg, progress_bar=False)
     assert labels(out) == labels(tmp_path / "fresh2")
     assert "val/a.png" in labels(out)
+
+
+def test_an_image_moved_to_another_split_folder_takes_its_split_in_the_record_too(fake_repo, scenes, tmp_path):
+    """Moved from val/ to test/, then from train/ to val/: each was said "in the other split this time ... the images
+    of this run left no train image otherwise" (two train images were there), and the record kept its earlier split
+    under its new path, against ann_dir and the manifest (accounting audit)."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    for i, relative in enumerate(("train/t0.png", "train/t1.png", "train/t2.png", "val/v0.png", "val/v1.png",
+                                  "test/c0.png")):
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(scenes / "images" / f"scene_{i:04d}.png", data / relative)
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    for source, destination in (("val/v1.png", "test/v1.png"), ("train/t2.png", "val/t2.png")):
+        os.rename(data / source, data / destination)
+        with run_log("prefect.task_runs") as logged:
+            alps_flow(str(data), str(out), cfg, progress_bar=False)
+        assert not [line for line in logged if "in the other split this time" in line], logged
+        assert any(line.startswith(f"1 image(s) moved between splits ({Path(source).stem})") for line in logged)
+    assert read_registry(out)["splits"] == {"test/c0.png": "test", "test/v1.png": "test", "train/t0.png": "train",
+                                            "train/t1.png": "train", "val/t2.png": "val", "val/v0.png": "val"}
+    assert sorted(labels(out)) == ["test/c0.png", "test/v1.png", "train/t0.png", "train/t1.png", "val/t2.png",
+                                   "val/v0.png"]
 
 
 def test_another_dataset_labelled_into_out_is_said_to_replace_its_dataset(fake_repo, scenes, tmp_path):
@@ -1357,8 +1381,8 @@ def test_a_dataset_of_bad_files_only_lists_each_in_the_runs_artifact(fake_repo, 
     assert state.is_failed() and "no readable images" in state.message
     table = errors_artifact(prefect_server, tmp_path / "out")
     names = sorted(Path(row["path"]).name for row in json.loads(table["data"]))
-    assert names == sorted([*(f"broken_{i}.png" for i in range(5)), "!\\[b\\](http:\\\\\\\\127.0.0.1:9\\\\beacon.png) "
-                                                                    "\\<img src=x\\>.png"])
+    escaped = "!\\[b\\](http:\\\\\\\\127.0.0.1:9\\\\beacon.png) \\<img src=x\\>.png"
+    assert names == sorted([*(f"broken_{i}.png" for i in range(5)), escaped])
     assert table["description"] == "Rejected inputs (every file found: no input could be read, nothing is written)"
 
 
