@@ -89,8 +89,8 @@ class RunPlan:
             when the run starts.
         stretched: ``(path, (row, column) pixel size)`` of each volume whose slices have pixels at least
             :data:`STRETCHED_PIXELS` times as tall as wide or the reverse: SAM sees its anatomy stretched.
-        labelling: what ``fingerprint`` hashes (:func:`labelling_identity`, the batch as ``out``'s shards have it:
-            :func:`batch_as_out_labelled`), recorded in each shard.
+        labelling: what ``fingerprint`` hashes (:func:`labelling_identity`, the batch, stitching and label volumes
+            as ``out``'s shards have them: :func:`neutral_settings_as_out`), recorded in each shard.
     """
 
     dataset: str
@@ -442,13 +442,19 @@ def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelMani
     return config
 
 
-def batch_as_out_labelled(out: str | Path, labelling: dict[str, Any]) -> dict[str, Any]:
-    """``labelling`` (:func:`labelling_identity`), with the ``amg.points_per_batch`` of ``out``'s shards.
+# Settings a shard's fingerprint holds that never change a shard: the batch of prompts per decoder call (memory
+# alone), and what the write makes of the shards (stitched scenes, label volumes).
+SHARD_NEUTRAL_SETTINGS = (("amg", "points_per_batch"), ("inputs", "stitch"), ("inputs", "write_nifti_labels"))
 
-    The batch of prompts per decoder call changes memory, never a mask (it is lowered after a run ran out of
-    memory), but the shards' fingerprint holds it: a rerun with another was refused as another configuration.
-    The run's own shards take the batch of those already there, so that ``out`` keeps one fingerprint. Reads the
-    first shard that can be read.
+
+def neutral_settings_as_out(out: str | Path, labelling: dict[str, Any]) -> dict[str, Any]:
+    """``labelling`` (:func:`labelling_identity`), with the :data:`SHARD_NEUTRAL_SETTINGS` of ``out``'s shards.
+
+    A rerun with another ``--points-per-batch`` (lowered after a run ran out of memory), or adding ``--stitch`` or
+    ``--write-nifti-labels`` to a dataset, was refused as another labelling configuration, and with
+    ``--overwrite`` ran SAM again over every image for the same shards. The run's own shards take those settings
+    of the shards already there, so that ``out`` keeps one fingerprint; the write uses the run's. Reads the first
+    shard that can be read.
     """
     if not shard_dir(out).is_dir():
         return labelling
@@ -457,11 +463,14 @@ def batch_as_out_labelled(out: str | Path, labelling: dict[str, Any]) -> dict[st
             meta = read_shard_meta(path)
         except SHARD_READ_ERRORS:  # damaged: relabelled
             continue
-        there = ((meta.get("extra") or {}).get("labelling") or {}).get("config", {}).get("amg", {})
-        if "points_per_batch" not in there or there["points_per_batch"] == labelling["config"]["amg"]["points_per_batch"]:
+        there = ((meta.get("extra") or {}).get("labelling") or {}).get("config", {})
+        config = {section: dict(values) for section, values in labelling["config"].items()}
+        for section, name in SHARD_NEUTRAL_SETTINGS:
+            if name in there.get(section, {}):
+                config[section][name] = there[section][name]
+        if config == labelling["config"]:
             return labelling
-        theirs = {**labelling, "config": {**labelling["config"], "amg": {
-            **labelling["config"]["amg"], "points_per_batch": there["points_per_batch"]}}}
+        theirs = {**labelling, "config": config}
         same = shard_fingerprint(theirs["model"], theirs["config"]) == meta.get("fingerprint")
         return theirs if same else labelling
     return labelling
@@ -518,7 +527,7 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
     """
     manifest = check_request(dataset, config, out)
     config = as_out_labelled(out, config, manifest)
-    labelling = batch_as_out_labelled(out, labelling_identity(manifest.fingerprint, config))
+    labelling = neutral_settings_as_out(out, labelling_identity(manifest.fingerprint, config))
     fingerprint = shard_fingerprint(labelling["model"], labelling["config"])
     left_out: list[Path] = []
     multipage: list[tuple[str, int]] = []

@@ -567,6 +567,13 @@ def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alon
     with rasterio.open(out / "stitched" / "collar.tif") as stitched:
         label = stitched.read(1)
     assert label.shape == (64, 192) and (label[:, :128] == 255).all() and (label[:, 128:] != 255).any()
+    # --stitch left out, then given again: the same shards, no image labelled again (it was refused as another
+    # labelling configuration, and --overwrite ran SAM again over every tile; option audit)
+    for stitch in (False, True):
+        again = alps_flow(str(data), str(out), dataclasses.replace(cfg, inputs=dataclasses.replace(
+            cfg.inputs, stitch=stitch)), progress_bar=False)
+        assert (again["n_labelled"], again["n_skipped"]) == (0, 3)
+        assert (out / "stitched" / "collar.tif").is_file() is stitch
 
 
 def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
