@@ -81,6 +81,9 @@ _WHY_NOT_WRITTEN = {
     "evaluation.json": "it scored the earlier labels: run `alps evaluate` again",
     "vectors": "not asked for this time: --vector",
     "report": "not asked for this time: --no-report",
+    "vis": "not asked for this time: --no-vis",
+    "stitched": "not asked for this time: --stitch",
+    "volumes": "not asked for this time: --write-nifti-labels",
 }
 
 

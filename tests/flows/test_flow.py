@@ -918,7 +918,11 @@ def test_reruns_with_another_split_or_without_previews_leave_only_the_current_fi
     out = tmp_path / "out"
     images = str(scenes / "images")
     alps_flow(images, str(out), small_config(fake_repo, val_fraction=0.5, seed=0), progress_bar=False)
-    alps_flow(images, str(out), small_config(fake_repo, val_fraction=0.3, seed=7, write_vis=False), progress_bar=False)
+    with run_log("prefect.task_runs") as logged:
+        alps_flow(images, str(out), small_config(fake_repo, val_fraction=0.3, seed=7, write_vis=False),
+                  progress_bar=False)
+    assert any(line.startswith("vis/ (not asked for this time: --no-vis) of the earlier dataset is not in the new")
+               for line in logged), logged  # said of report/ alone, vis/ named without why (option audit)
     stems = [p.stem for p in (out / "ann_dir").glob("*/*.png")]
     assert sorted(stems) == sorted(f"scene_{i:04d}" for i in range(6))  # each image once, in one split
     splits = {p.stem: p.parent.name for p in (out / "ann_dir").glob("*/*.png")}
