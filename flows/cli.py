@@ -636,7 +636,8 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
     Raises:
         AlpsError: What the run would refuse with (shards of another labelling configuration, no input...).
     """
-    from alps_client.io.items import by_reason, one_line
+    from alps_client.io.dataset import last_run_record
+    from alps_client.io.items import by_reason, one_line, printable
     from alps_client.runs.plan import describe_items, plan_run, unused_input_settings
 
     plan = plan_run(args.dataset, args.out, config, args.overwrite)
@@ -646,6 +647,13 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
     kept = [f"{len(plan.moved)} input(s) moved or renamed"] * bool(plan.moved) + [
         f"{len(plan.retimed)} input(s) with other modification times, the same bytes"] * bool(plan.retimed)
     rejected = [error.to_json() for error in plan.rejected]
+    # Found bad only when decoded (cut short, transparent): counted to label at every dry run, rejected at every run
+    rejected_before = {error.get("path") for error in last_run_record(args.out).get("errors") or []
+                       if isinstance(error, dict)}
+    n_rejected_before = len({item.source for item in plan.items
+                             if item.stem not in plan.done and printable(item.source) in rejected_before})
+    if n_rejected_before:
+        again.append(f"{n_rejected_before} input(s) the last run rejected, read again")
     lines = [f"alps run --dry-run: nothing written; {describe_items(plan.items)} under {args.dataset}, into {args.out}",
              f"  model: {plan.manifest.model_type} ({plan.manifest.precision}) from {plan.manifest.root}"
              + (" (a STAND-IN, not SAM: its labels demonstrate the pipeline only)" if plan.manifest.is_stand_in else ""),

@@ -773,6 +773,12 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(fake_repo, scenes
     assert (again["n_labelled"], again["n_skipped"]) == (2, 2)
     assert alps(["run", str(data), *flags[:-2], "5", "--dry-run"]) == 0  # k-means only: nothing to label
     assert "to label: 0" in capsys.readouterr().out
+    # A file found bad only when decoded was counted to label at every dry run, and rejected at every run
+    whole = (data / "added.png").read_bytes()
+    (data / "cut.png").write_bytes(whole[: len(whole) // 2])
+    alps_flow(str(data), str(out), small_config(fake_repo), progress_bar=False)
+    assert alps(["run", str(data), *flags[:-2], "5", "--dry-run"]) == 0
+    assert "to label: 1 (1 input(s) the last run rejected, read again)" in capsys.readouterr().out
     assert alps(["run", str(data), *flags[:-4], "16", "--n-clusters", "4", "--dry-run"]) == 2  # as the run refuses
     assert "another model or labelling configuration" in capsys.readouterr().err
 
