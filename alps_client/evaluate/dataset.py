@@ -217,7 +217,10 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         report.ground_truth_colour_tolerance = colour_tolerance
         report.ground_truth_pixels_snapped = colours.snapped_pixels
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
-    report.missing_ground_truth, report.missing_pseudo_labels = missing_gt, missing_pred
+    # By input, as scored: a scene's tiles and a volume's slices are one (11 "pseudo-labels" were 3 inputs)
+    whole_of = {stem: whole for whole, stems in parts.items() for stem in stems}
+    report.missing_ground_truth = sorted({whole_of.get(stem, stem) for stem in missing_gt})
+    report.missing_pseudo_labels = missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = written_class_names(out)
     # the dataset's classes that no scored pixel has: matched to nothing, as unsaid as they are unseen

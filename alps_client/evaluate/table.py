@@ -102,8 +102,8 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         lines.append(f"{len(report.missing_pseudo_labels)} ground-truth image(s) have no pseudo-label ({how}; "
                      f"first: {report.missing_pseudo_labels[0]})")
     if report.missing_ground_truth:
-        lines.append(f"{len(report.missing_ground_truth)} pseudo-label(s) have no ground truth "
-                     f"(first: {report.missing_ground_truth[0]})")
+        lines.append(f"{len(report.missing_ground_truth)} labelled image(s) have no ground truth (a tiled scene or a "
+                     f"volume counted once; first: {report.missing_ground_truth[0]})")
     return "\n".join(lines)
 
 

@@ -465,6 +465,10 @@ def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     whole = evaluate_dataset(tmp_path / "whole", tmp_path / "gt")
     assert report.n_images == 1 and report.missing_ground_truth == [] and report.missing_pseudo_labels == []
     assert report.miou == whole.miou and report.coverage == whole.coverage and 0.7 < report.coverage < 0.9
+    # a scene without ground truth is one image missing it, as it is scored, not one per tile (accounting audit)
+    for (x0, y0, _, _), label in tiles:
+        write(tmp_path / "out" / "ann_dir" / "val" / f"other__x{x0}_y{y0}.png", label)
+    assert evaluate_dataset(tmp_path / "out", tmp_path / "gt").missing_ground_truth == ["other"]
     write(tmp_path / "gt_small" / "scene.png", gt[:40])
     with pytest.raises(AlpsError, match=r"70x40 px differs from the scene its 6 tile label map\(s\)"):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt_small")
