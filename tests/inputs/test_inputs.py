@@ -870,7 +870,7 @@ def test_a_raster_read_otherwise_than_before_is_labelled_again(tmp_path):
 
     def status_of(recorded: dict, now: dict) -> str:
         shard = tmp_path / "shard.npz"
-        meta = {"fingerprint": "f", "extra": {"source_signature": recorded}}
+        meta = {"stem": "shard", "fingerprint": "f", "extra": {"source_signature": recorded}}
         np.savez(shard, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
         return read_shard_status(shard, "f", now)[0]
 
