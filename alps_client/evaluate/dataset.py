@@ -219,7 +219,8 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     report.n_images = len(matched) + (0 if exclude_unlabelled_images else len(missing_pred))
     # By input, as scored: a scene's tiles and a volume's slices are one (11 "pseudo-labels" were 3 inputs)
     whole_of = {stem: whole for whole, stems in parts.items() for stem in stems}
-    report.missing_ground_truth = sorted({whole_of.get(stem, stem) for stem in missing_gt})
+    report.missing_ground_truth = missing_gt
+    report.inputs_without_ground_truth = sorted({whole_of.get(stem, stem) for stem in missing_gt})
     report.missing_pseudo_labels = missing_pred
     report.missing_pseudo_labels_counted = not exclude_unlabelled_images
     report.pseudo_label_names = written_class_names(out)

@@ -35,7 +35,8 @@ class EvalReport:
     classes_never_labelled: list[int] = field(default_factory=list)
     unmatched_pseudo_labels: list[int] = field(default_factory=list)
     pseudo_labels_absent_from_scored_pixels: list[int] = field(default_factory=list)  # of unmatched: no pixel scored
-    missing_ground_truth: list[str] = field(default_factory=list)
+    missing_ground_truth: list[str] = field(default_factory=list)  # label maps (a scene's tiles, each)
+    inputs_without_ground_truth: list[str] = field(default_factory=list)  # as scored: a tiled scene, a volume once
     missing_pseudo_labels: list[str] = field(default_factory=list)
     missing_pseudo_labels_counted: bool = True
     pseudo_label_names: dict[int, str] = field(default_factory=dict)

@@ -101,9 +101,9 @@ def format_table(report: EvalReport, class_names: dict[int, str] | None = None) 
         how = "counted as unlabelled" if report.missing_pseudo_labels_counted else "left out"
         lines.append(f"{len(report.missing_pseudo_labels)} ground-truth image(s) have no pseudo-label ({how}; "
                      f"first: {report.missing_pseudo_labels[0]})")
-    if report.missing_ground_truth:
-        lines.append(f"{len(report.missing_ground_truth)} labelled image(s) have no ground truth (a tiled scene or a "
-                     f"volume counted once; first: {report.missing_ground_truth[0]})")
+    if report.inputs_without_ground_truth:
+        lines.append(f"{len(report.inputs_without_ground_truth)} labelled image(s) have no ground truth (a tiled "
+                     f"scene or a volume counted once; first: {report.inputs_without_ground_truth[0]})")
     return "\n".join(lines)
 
 

@@ -468,7 +468,9 @@ def test_a_tiled_scene_is_scored_whole_against_its_ground_truth(tmp_path):
     # a scene without ground truth is one image missing it, as it is scored, not one per tile (accounting audit)
     for (x0, y0, _, _), label in tiles:
         write(tmp_path / "out" / "ann_dir" / "val" / f"other__x{x0}_y{y0}.png", label)
-    assert evaluate_dataset(tmp_path / "out", tmp_path / "gt").missing_ground_truth == ["other"]
+    other = evaluate_dataset(tmp_path / "out", tmp_path / "gt")
+    assert other.inputs_without_ground_truth == ["other"]
+    assert other.missing_ground_truth == sorted(f"other__x{x0}_y{y0}" for (x0, y0, _, _), _ in tiles)  # as before
     write(tmp_path / "gt_small" / "scene.png", gt[:40])
     with pytest.raises(AlpsError, match=r"70x40 px differs from the scene its 6 tile label map\(s\)"):
         evaluate_dataset(tmp_path / "out", tmp_path / "gt_small")
