@@ -29,7 +29,13 @@ from alps_client.io.out_lock import busy, out_lock, writer_of, written_while_rea
 from alps_client.io.publish import dataset_version, finish_killed_swap, outputs_named
 from alps_client.io.shards import read_shard
 from alps_client.io.vectors import check_vector_dependencies
-from alps_client.io.writer import MANIFEST_KEYS, DatasetSummary, image_labels, write_dataset
+from alps_client.io.writer import (
+    CENTROIDS_UNRECORDED,
+    MANIFEST_KEYS,
+    DatasetSummary,
+    image_labels,
+    write_dataset,
+)
 from alps_client.labels.classes import ClassMap
 from alps_client.labels.clustering import centroids_model
 from alps_client.labels.relabel import ClassesFileError, class_map_from_spec, clusters_key, parse_classes
@@ -175,6 +181,7 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
              warn: Callable[[str], None] | None = None) -> tuple[DatasetSummary, ClassMap]:
     config = dataclasses.replace(data.config, writer=_rewritten_writer(data, vector_format, write_report))
     extra = {k: v for k, v in data.manifest.items() if k not in MANIFEST_KEYS}
+    extra.setdefault("centroids_from", CENTROIDS_UNRECORDED)  # a dataset an older alps wrote: said, as a run says it
     extra["relabel"] = record
     summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
                             config, data.model, data.errors, data.image_sources, class_map, extra, warn)

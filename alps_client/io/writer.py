@@ -103,6 +103,8 @@ class DatasetSummary:
 
 #: what an image labelled before shards recorded where the model ran counts under, in ``labelled_on``
 ON_UNRECORDED = "not recorded (labelled by an older alps)"
+#: the manifest's ``centroids_from`` where nothing recorded how the centroids came about
+CENTROIDS_UNRECORDED = "not recorded (fitted by an older alps)"
 
 
 def labelled_on(metas: Sequence[Mapping[str, Any]]) -> dict[str, int]:

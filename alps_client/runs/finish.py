@@ -6,6 +6,7 @@ The flow's ``cluster`` and ``write-dataset`` tasks call these; so does a run com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from alps_client.io import atomic
 from alps_client.io.items import not_utf8_bytes
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
-from alps_client.io.writer import write_dataset
+from alps_client.io.writer import CENTROIDS_UNRECORDED, write_dataset
 from alps_client.labels.clustering import centroids_from, clustering_key, fit_centroids, same_clusters
 from alps_client.runs.plan import RunPlan, work_dir
 
@@ -40,7 +41,7 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
         OutputDiskFullError: If the centroids cannot be saved for want of space.
     """
     path, key_path = work_dir(out) / "centroids.npy", work_dir(out) / "centroids.key"
-    from_path = centroids_from_path(path)
+    from_path = path.with_name(CENTROIDS_FROM)
     key = None if config.cluster.centroids else clustering_key(shards, config.cluster)
     if key and path.is_file() and key_path.is_file() and key_path.read_text() == key:
         log.info("k-means not run again: the masks and clustering settings are those the clusters in %s were "
@@ -55,19 +56,33 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
     key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others, nor a record
     from_path.unlink(missing_ok=True)
     atomic.write_with(path, lambda f: np.save(f, centroids))
-    atomic.write_text(from_path, centroids_from(config.cluster))
+    atomic.write_json(from_path, {"from": centroids_from(config.cluster), "centroids_sha256": _sha256(path)})
     if key:
         atomic.write_text(key_path, key)
     return path
 
 
-def centroids_from_path(centroids_path: Path) -> Path:
-    """The record of how the centroids at ``centroids_path`` came about (:func:`centroids_from`), beside them.
+# Beside OUT/.alps/centroids.npy: how they came about (:func:`centroids_from`), kept with them, so that a rerun that
+# keeps the centroids (on another machine, where ``auto`` means another k-means) records the k-means that fitted
+# them, not the one it would have run.
+CENTROIDS_FROM = "centroids.from.json"
 
-    Kept with them: a rerun that keeps the centroids (on another machine, where ``auto`` means another k-means)
-    records the k-means that fitted them, not the one it would have run.
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recorded_centroids_from(centroids_path: Path) -> str:
+    """How the centroids at ``centroids_path`` came about, as recorded beside them, else :data:`CENTROIDS_UNRECORDED`.
+
+    The record names the centroids' sha256: one left by centroids an older alps fitted again since (a downgrade and
+    back) is not theirs.
     """
-    return centroids_path.with_name("centroids.from")
+    try:
+        record = json.loads(centroids_path.with_name(CENTROIDS_FROM).read_text())
+        return str(record["from"]) if record["centroids_sha256"] == _sha256(centroids_path) else CENTROIDS_UNRECORDED
+    except (OSError, ValueError, KeyError, TypeError):
+        return CENTROIDS_UNRECORDED
 
 
 def sources_not_utf8(sources: Mapping[str, str]) -> dict[str, str]:
@@ -107,8 +122,7 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     centroids = np.load(centroids_path)
     extra: dict[str, Any] = {"complete": not missing, "missing": list(missing), "sources": sources,
                              "scene_sizes": plan.scene_sizes(set(sources)), **({"run_id": run_id} if run_id else {})}
-    from_path = centroids_from_path(Path(centroids_path))
-    extra["centroids_from"] = from_path.read_text() if from_path.is_file() else "not recorded (fitted by an older alps)"
+    extra["centroids_from"] = recorded_centroids_from(Path(centroids_path))
     undecodable = sources_not_utf8(sources)
     if undecodable:
         extra["sources_not_utf8"] = undecodable
@@ -141,13 +155,15 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     after = _splits_in(out)
     moved = sorted(stem for stem, split in after.items() if before.get(stem, split) != split)
     in_split_folder = {item.stem for item in plan.items if item.split}  # its folder's split: never held, nor back
-    held = [stem for stem in moved if stem not in in_split_folder and recorded.get(sources.get(stem, "")) == before[stem]]
+    held = [stem for stem in moved
+            if stem not in in_split_folder and recorded.get(sources.get(stem, "")) == before[stem]]
     if held:  # kept in the record: they go back to their split once the other images are back
         log.warning("%d image(s) of the earlier val or train are in the other split this time (%s%s): the images "
                     "of this run left no train image otherwise (the others are gone, for now); their earlier split "
                     "is kept for the runs that have the other images back", len(held),
                     ", ".join(held[:5]), ", ..." if len(held) > 5 else "")
-    back = [stem for stem in moved if stem not in in_split_folder and recorded.get(sources.get(stem, "")) == after[stem]]
+    back = [stem for stem in moved
+            if stem not in in_split_folder and recorded.get(sources.get(stem, "")) == after[stem]]
     if back:
         log.info("%d image(s) are back in the split the dataset recorded for them, the other images back: %s%s",
                  len(back), ", ".join(back[:5]), ", ..." if len(back) > 5 else "")

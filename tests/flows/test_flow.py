@@ -1007,6 +1007,11 @@ def test_clusters_an_older_alps_numbered_otherwise_keep_their_ids_and_relabel_on
     # the k-means that fitted them, not the one this machine would run
     assert json.loads((out / "manifest.json").read_text())["centroids_from"] == \
         "k-means: scikit-learn MiniBatchKMeans over every mask, on the CPU"
+    # Centroids an older alps fitted again since (a downgrade and back), its key the same: the record beside them
+    # is not theirs, and named another source (upgrade audit)
+    np.save(out / ".alps" / "centroids.npy", np.load(out / ".alps" / "centroids.npy")[::-1].copy())
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert json.loads((out / "manifest.json").read_text())["centroids_from"] == "not recorded (fitted by an older alps)"
 
 
 def test_a_run_with_no_mask_to_cluster_names_the_setting_to_change(fake_repo, scenes, tmp_path):

@@ -825,6 +825,22 @@ def test_class_names_with_terminal_escapes_in_an_out_handed_over_are_never_print
     assert "a\\x1b[2Jb" in said.out and "\x1b" not in said.out + said.err
 
 
+def test_a_relabel_of_a_dataset_an_older_alps_wrote_says_its_records_are_missing(labelled, tmp_path):
+    """A run of this alps says `centroids_from` and `labelled_on` "not recorded" of an older dataset; a relabel
+    said the second and left the first out (upgrade audit)."""
+    from alps_client.io.rewrite import relabel_dataset
+
+    out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["centroids_from"]  # as an older alps wrote it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "classes.yaml").write_text(SPEC)
+    relabel_dataset(out, tmp_path / "classes.yaml")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["centroids_from"] == "not recorded (fitted by an older alps)"
+    assert sum(manifest["counts"]["labelled_on"].values()) == manifest["counts"]["n_images"]
+
+
 def test_a_run_refused_for_its_backend_leaves_the_dataset_relabelable(labelled, fake_repo, tmp_path, capsys):
     """A rerun with a new image whose backend could not be opened (exit 2, nothing labelled: a Triton server or Dask
     scheduler that cannot be reached, here Triton asked to serve the numpy fake) wrote the record of a run that set
