@@ -67,7 +67,7 @@ from alps_client.io.rewrite import EARLIER, SET_ASIDE
 from alps_client.runs import allocator
 from alps_client.runs.finish import fit_or_keep_centroids, write_labelled_dataset
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
-from alps_client.runs.moves import apply_moves
+from alps_client.runs.moves import apply_moves, restamp
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.threads import DaemonThreadPool, get_interruptibly
@@ -528,6 +528,10 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
         logger.warning("Left out %d folder(s) inside the dataset holding alps outputs, or links into this run's OUT "
                        "(not images to label): %s",
                        len(plan.left_out), ", ".join(plan.left_out))
+    if plan.restamped:  # before the retimed are rewritten: theirs may be among them
+        n = restamp(out, plan.restamped, plan.fingerprint, plan.labelling or {})
+        logger.info("%d image(s) were labelled with another --stitch or --write-nifti-labels, which change no shard: "
+                    "their shards stand, stamped with this run's settings", n)
     moved = apply_moves(out, list(plan.moved), plan.items)
     if moved:
         logger.info("%d input(s) moved or renamed since they were labelled, the same bytes: their labels and split go "

@@ -11,9 +11,10 @@ modification time alone changed (a copy that reset times) keeps its labels the s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,25 @@ def apply_moves(out: str | Path, moves: list[Move], items: list[InputItem]) -> l
         done.append(move)
     record_moves(out, {move.old: move.new for move in done if move.old != move.new})  # (not a retimed input's)
     return done
+
+
+def restamp(out: str | Path, stems: Sequence[str], fingerprint: str, labelling: dict[str, Any]) -> int:
+    """Stamp the shards of ``stems`` with the run's ``fingerprint`` and ``labelling``; returns how many were.
+
+    Their masks and features are the run's (:attr:`~alps_client.runs.plan.RunPlan.restamped`: alike but for the
+    outputs the write makes), so OUT keeps one fingerprint. One gone or damaged meanwhile is left: labelled again.
+    """
+    stamped = 0
+    for stem in stems:
+        path = shard_path(shard_dir(out), stem)
+        try:
+            shard = read_shard(path)
+        except SHARD_READ_ERRORS:
+            continue
+        write_shard(path, dataclasses.replace(shard, fingerprint=fingerprint,
+                                              extra={**shard.extra, "labelling": labelling}))
+        stamped += 1
+    return stamped
 
 
 def _for_new_path(out: str | Path, shard: ImageShard, item: InputItem, signature: dict[str, Any]

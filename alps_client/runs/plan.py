@@ -110,6 +110,9 @@ class RunPlan:
     stretched: tuple[tuple[str, tuple[float, float]], ...] = ()
     labelling: dict[str, Any] | None = None
     retimed: tuple[Move, ...] = ()
+    #: items whose shards were made with another --stitch or --write-nifti-labels (alike but for their
+    #: fingerprint): stamped with the run's when it starts (:func:`~alps_client.runs.moves.restamp`)
+    restamped: tuple[str, ...] = ()
 
     @property
     def n_done(self) -> int:
@@ -476,28 +479,53 @@ def neutral_settings_as_out(out: str | Path, labelling: dict[str, Any]) -> dict[
     return labelling
 
 
+def alike_fingerprints(labelling: dict[str, Any]) -> frozenset[str]:
+    """The fingerprints of shards alike to ``labelling``'s but for ``--stitch`` and ``--write-nifti-labels``.
+
+    An OUT may hold both (an older alps's ``--overwrite`` to add ``--stitch``, stopped part way): the first shard's
+    values are the run's (:func:`neutral_settings_as_out`), and the others' shards were refused as another
+    labelling configuration.
+    """
+    found = set()
+    for stitch in (False, True):
+        for volumes in (False, True):
+            config = {section: dict(values) for section, values in labelling["config"].items()}
+            config["inputs"].update(stitch=stitch, write_nifti_labels=volumes)
+            found.add(shard_fingerprint(labelling["model"], config))
+    return frozenset(found)
+
+
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, labelling: dict[str, Any],
-                          overwrite: bool) -> tuple[frozenset[str], list[tuple[InputItem, ItemState]], int]:
+                          overwrite: bool) -> tuple[frozenset[str], list[tuple[InputItem, ItemState]], int, list[str]]:
     """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
 
     Stale: made with another model or labelling configuration; the refusal names the settings in which they differ
     from ``labelling`` (:func:`labelling_identity` of this run), where the shards or ``OUT/manifest.json`` say.
+    A shard alike but for ``--stitch`` and ``--write-nifti-labels`` (:func:`alike_fingerprints`) is no other
+    configuration: it is judged as one of this run's, and stamped with ``fingerprint`` when the run starts.
 
     Returns:
-        ``(done, changed, damaged)``: the stems of the items a rerun skips, the items whose file changed since
-        their shard was written with their :class:`ItemState`, and how many items have a shard that cannot be read
-        whole (labelled again).
+        ``(done, changed, damaged, restamped)``: the stems of the items a rerun skips, the items whose file changed
+        since their shard was written with their :class:`ItemState`, how many items have a shard that cannot be
+        read whole (labelled again), and the stems of the items whose shards are to be stamped anew.
 
     Raises:
         ConfigMismatchError: If ``out`` holds shards of another model/configuration and not ``overwrite``.
     """
     done: set[str] = set()
     changed: list[tuple[InputItem, ItemState]] = []
+    restamped: list[str] = []
     stale = damaged = 0
     stale_meta: dict[str, Any] | None = None
+    alike = alike_fingerprints(labelling)
     for item in items:
         state = item_status(out, item, fingerprint)
         status, meta = state.status, state.meta
+        if status == "stale" and meta is not None and meta.get("fingerprint") in alike:
+            state = item_status(out, item, meta["fingerprint"])  # judged as a shard of this run's
+            status, meta = state.status, state.meta
+            if status in ("current", "changed"):  # (a changed one's may be kept: same bytes, another time)
+                restamped.append(item.stem)
         if status == "current":
             done.add(item.stem)
         if status == "stale" and not stale:
@@ -513,7 +541,7 @@ def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: 
             f"{f' ({differs})' if differs else ''}; use a new --out, the same settings as then, or --overwrite to "
             "relabel them"
         )
-    return frozenset(done), changed, damaged
+    return frozenset(done), changed, damaged, restamped
 
 
 def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overwrite: bool = False) -> RunPlan:
@@ -546,15 +574,15 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
 
     moved = tuple(find_moves(out, items, names, fingerprint))
     moving = {new for move in moved for _, new in move.stems}
-    done, changed, n_damaged = check_existing_shards(out, [item for item in items if item.stem not in moving],
-                                                     fingerprint, labelling, overwrite)
+    done, changed, n_damaged, restamped = check_existing_shards(
+        out, [item for item in items if item.stem not in moving], fingerprint, labelling, overwrite)
     retimed = tuple(find_retimed(changed))
     retiming = {stem for move in retimed for _, stem in move.stems}
     moved_from = {move.old for move in moved}
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving | retiming,
                    tuple(str(p) for p in left_out), len(changed) - len(retiming), tuple(multipage), n_damaged,
                    tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved,
-                   _stretched_slices(items, config.inputs.slice_axis), labelling, retimed)
+                   _stretched_slices(items, config.inputs.slice_axis), labelling, retimed, tuple(restamped))
 
 
 # Slices whose pixels are this many times as tall as wide (or the reverse) are said: SAM sees them as square pixels.

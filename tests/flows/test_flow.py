@@ -574,6 +574,28 @@ def test_tiles_wholly_in_a_scenes_nodata_are_left_out_and_a_scene_of_nodata_alon
             cfg.inputs, stitch=stitch)), progress_bar=False)
         assert (again["n_labelled"], again["n_skipped"]) == (0, 3)
         assert (out / "stitched" / "collar.tif").is_file() is stitch
+    # An OUT whose shards hold both values (an older alps's --overwrite to add --stitch, stopped part way): refused
+    # until --overwrite, which labelled the others again (upgrade audit). Each is judged as the run's, then stamped.
+    from alps_client.io.shards import read_shard, read_shard_meta, write_shard
+    from alps_client.runs.plan import shard_fingerprint
+
+    shards = sorted((out / ".alps" / "shards").glob("*.npz"))
+    first = read_shard(shards[0])
+    labelling = first.extra["labelling"]
+    other = {**labelling, "config": {**labelling["config"], "inputs": {**labelling["config"]["inputs"],
+                                                                     "stitch": False}}}
+    write_shard(shards[0], dataclasses.replace(first, fingerprint=shard_fingerprint(other["model"], other["config"]),
+                                               extra={**first.extra, "labelling": other}))
+    assert len({read_shard_meta(path)["fingerprint"] for path in shards}) == 2
+    said = []
+    for stitch in (True, False):
+        with run_log() as logged:
+            again = alps_flow(str(data), str(out), dataclasses.replace(cfg, inputs=dataclasses.replace(
+                cfg.inputs, stitch=stitch)), progress_bar=False)
+        assert (again["n_labelled"], again["n_skipped"]) == (0, 3)
+        assert len({read_shard_meta(path)["fingerprint"] for path in shards}) == 1  # stamped: one again
+        said.append([line for line in logged if "labelled with another --stitch or --write-nifti-labels" in line])
+    assert [len(lines) for lines in said] == [1, 0] and said[0][0].startswith("4 image(s) were labelled")
 
 
 def test_an_image_that_became_unreadable_after_labelling_is_rejected_and_not_said_changed_again(fake_repo, scenes,
