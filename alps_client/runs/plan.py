@@ -467,16 +467,22 @@ def neutral_settings_as_out(out: str | Path, labelling: dict[str, Any]) -> dict[
         except SHARD_READ_ERRORS:  # damaged: relabelled
             continue
         there = ((meta.get("extra") or {}).get("labelling") or {}).get("config", {})
-        config = {section: dict(values) for section, values in labelling["config"].items()}
-        for section, name in SHARD_NEUTRAL_SETTINGS:
-            if name in there.get(section, {}):
-                config[section][name] = there[section][name]
-        if config == labelling["config"]:
+        theirs = _labelling_with(labelling, {(section, name): there[section][name]
+                                             for section, name in SHARD_NEUTRAL_SETTINGS
+                                             if name in there.get(section, {})})
+        if theirs == labelling:
             return labelling
-        theirs = {**labelling, "config": config}
         same = shard_fingerprint(theirs["model"], theirs["config"]) == meta.get("fingerprint")
         return theirs if same else labelling
     return labelling
+
+
+def _labelling_with(labelling: dict[str, Any], settings: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    """``labelling`` with ``(section, name) -> value`` set in its configuration (a copy; ``labelling`` unchanged)."""
+    config = {section: dict(values) for section, values in labelling["config"].items()}
+    for (section, name), value in settings.items():
+        config[section][name] = value
+    return {**labelling, "config": config}
 
 
 def alike_fingerprints(labelling: dict[str, Any]) -> frozenset[str]:
@@ -489,9 +495,9 @@ def alike_fingerprints(labelling: dict[str, Any]) -> frozenset[str]:
     found = set()
     for stitch in (False, True):
         for volumes in (False, True):
-            config = {section: dict(values) for section, values in labelling["config"].items()}
-            config["inputs"].update(stitch=stitch, write_nifti_labels=volumes)
-            found.add(shard_fingerprint(labelling["model"], config))
+            alike = _labelling_with(labelling, {("inputs", "stitch"): stitch,
+                                                ("inputs", "write_nifti_labels"): volumes})
+            found.add(shard_fingerprint(alike["model"], alike["config"]))
     return frozenset(found)
 
 
@@ -522,8 +528,9 @@ def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: 
         state = item_status(out, item, fingerprint)
         status, meta = state.status, state.meta
         if status == "stale" and meta is not None and meta.get("fingerprint") in alike:
-            state = item_status(out, item, meta["fingerprint"])  # judged as a shard of this run's
-            status, meta = state.status, state.meta
+            # judged as a shard of this run's, against the signature its input has now
+            status, meta = read_shard_status(state.shard, meta["fingerprint"], state.signature)
+            state = ItemState(status, state.signature, state.shard, meta)
             if status in ("current", "changed"):  # (a changed one's may be kept: same bytes, another time)
                 restamped.append(item.stem)
         if status == "current":
