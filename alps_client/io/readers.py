@@ -271,7 +271,7 @@ def _raster_reading(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: i
             return {}
         check_gdal_can_open(source)
         with raster_io().open(source) as src:
-            orientation, bands = displayed_orientation(source, src), _tiff_bands(src, InputConfig())
+            orientation, bands = displayed_orientation(source, src), _tiff_bands(src)
     except Exception:  # noqa: BLE001 (not readable: the read that labels it says why)
         return {}
     return {**({"orientation": orientation} if orientation != 1 else {}),
@@ -350,7 +350,7 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
             with rasterio.open(path) as src:
                 height, width, pages = int(src.height), int(src.width), max(1, len(src.subdatasets))
                 if bands is not None:
-                    _tiff_bands(src, InputConfig(bands=bands))
+                    _tiff_bands(src, bands)
         except rasterio.errors.RasterioIOError as err:
             raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
         turned = _raster_orientation(path) in (5, 6, 7, 8)
@@ -456,11 +456,12 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
     return LoadedImage(rgb, valid, None, plain, extra)
 
 
-def _tiff_bands(src: Any, config: InputConfig) -> list[int]:
-    if config.bands is not None:
-        if max(config.bands) > src.count:
-            raise _fail(src.name, f"has {src.count} band(s), --bands asks for {list(config.bands)}")
-        return list(config.bands)
+def _tiff_bands(src: Any, bands: tuple[int, ...] | None = None) -> list[int]:
+    """The bands of ``src`` read as RGB (1-based): ``bands`` (``--bands``), else by colour interpretation."""
+    if bands is not None:
+        if max(bands) > src.count:
+            raise _fail(src.name, f"has {src.count} band(s), --bands asks for {list(bands)}")
+        return list(bands)
     interp = [c.name for c in src.colorinterp]  # str() of one is its number on Python 3.11
     if all(c in interp for c in ("red", "green", "blue")):
         return [interp.index(c) + 1 for c in ("red", "green", "blue")]
@@ -529,7 +530,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     orientation = _raster_orientation(path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
-            bands = _tiff_bands(src, config)
+            bands = _tiff_bands(src, config.bands)
             kind = src.dtypes[bands[0] - 1]
             if kind.startswith("complex"):  # np.percentile and the stretch have no order for complex numbers
                 raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
