@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import functools
 import gzip
+import logging
 import os
 import resource
 import stat
@@ -44,7 +45,10 @@ from alps_client.io.items import (
     InputItem,
     extension_of,
     not_utf8_bytes,
+    printable,
 )
+
+logger = logging.getLogger(__name__)
 
 # Whole images above this many pixels are refused without --tile (their masks would not fit in memory).
 MAX_UNTILED_PIXELS = 64_000_000
@@ -54,6 +58,10 @@ MAX_PIL_PIXELS = 400_000_000
 # or opening a scene this run reads in tiles, raises PIL's limit, to MAX_PIL_PIXELS (the two limits above then
 # refuse with messages that say what to do); see _open_image.
 _PIL_LIMIT_LOCK = threading.Lock()
+# PIL's warnings (damaged metadata) are caught around header reads and said naming the file; see pil_warnings_named.
+_PIL_PACKAGE = str(Path(Image.__file__).parent)
+_PIL_WARNINGS_LOCK = threading.Lock()
+_PIL_WARNINGS_SAID: set[tuple[str, str]] = set()
 # GDAL block cache while reading (MB): keeps windowed reads of huge scenes bounded.
 GDAL_CACHE_MB = 64
 # Long side of the decimated sample a tiled scene's stretch range is taken from.
@@ -205,6 +213,27 @@ def pil_pixel_limit(limit: int | None) -> Iterator[None]:
 
 
 @contextmanager
+def pil_warnings_named(path: Path) -> Iterator[None]:
+    """PIL's warnings raised in the block said as alps lines naming ``path``, once per file and warning.
+
+    PIL warns of damaged metadata (an EXIF tag past its block's end) through ``warnings``: the line named PIL's own
+    source, not the file, and Python hid the next file's same warning as a repeat. ``catch_warnings`` changes
+    process-wide state, so the block holds a lock: keep it to header reads, not decoding. Other code's warnings
+    raised meanwhile are passed on as they were.
+    """
+    with _PIL_WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        said = (str(path), str(warning.message))
+        if not warning.filename.startswith(_PIL_PACKAGE):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif said not in _PIL_WARNINGS_SAID:
+            _PIL_WARNINGS_SAID.add(said)
+            logger.warning("%s: %s (PIL's warning while reading it)", printable(str(path)), printable(said[1]))
+
+
+@contextmanager
 def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
     """``Image.open`` under PIL's decompression-bomb guard, or with its limit raised to ``limit`` pixels.
 
@@ -216,7 +245,7 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         InputImageError: If the image exceeds the limit in force.
     """
     try:
-        with pil_pixel_limit(limit):
+        with pil_warnings_named(path), pil_pixel_limit(limit):
             im = Image.open(path)
     except Image.DecompressionBombError as err:
         raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
@@ -225,6 +254,14 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         raise _fail(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
     with im:
         yield im
+
+
+def read_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
+    """``(H, W, 3) uint8`` of an image file as stored (no EXIF turn, no stretch): an 8-bit input or alps' own PNG."""
+    with pil_warnings_named(Path(path)):  # a JPEG's EXIF is parsed as it opens
+        im = Image.open(path)
+    with im:
+        return np.asarray(im.convert("RGB"))
 
 
 def displayed_orientation(path: Path, src: Any) -> int:
@@ -239,7 +276,7 @@ def displayed_orientation(path: Path, src: Any) -> int:
     if src.crs is not None or not src.transform.is_identity or src.gcps[0]:
         return 1
     try:
-        with _open_image(path, _HEADER_ONLY) as im:
+        with _open_image(path, _HEADER_ONLY) as im, pil_warnings_named(path):
             return _orientation(im)
     except (OSError, SyntaxError, ValueError, InputImageError):  # a TIFF PIL cannot open: as GDAL reads it
         return 1
@@ -356,7 +393,7 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
         turned = _raster_orientation(path) in (5, 6, 7, 8)
         return (width, height, pages) if turned else (height, width, pages)
     try:
-        with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
+        with _open_image(path, _HEADER_ONLY) as im, pil_warnings_named(path):  # its size decides what comes next
             w, h = im.size
             orientation = _orientation(im)
             frames = int(getattr(im, "n_frames", 1))  # an animated PNG or WebP: from its header
@@ -425,7 +462,8 @@ def _to_rgb(
 def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedImage:
     try:
         with _open_image(path, MAX_PIL_PIXELS if tiled else None) as im:
-            exif_rotated = im.getexif().get(0x0112, 1) not in (1, None)
+            with pil_warnings_named(path):  # parsed here; exif_transpose reuses what PIL parsed
+                exif_rotated = im.getexif().get(0x0112, 1) not in (1, None)
             # an animated PNG's or WebP's other frames are not labelled: img_dir gets the first frame alone
             one_frame = int(getattr(im, "n_frames", 1)) == 1
             im = ImageOps.exif_transpose(im)

@@ -32,6 +32,7 @@ from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
 from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
 from alps_client.io.mmseg import mmseg_config
 from alps_client.io.publish import DATASET_FORMAT, not_written_again, publish, staging_dir
+from alps_client.io.readers import pil_warnings_named, read_rgb
 from alps_client.io.registry import earlier_splits, record_splits, split_identity
 from alps_client.io.scenes import SceneOutputs
 from alps_client.io.shards import ImageShard, read_shard, read_shard_meta
@@ -173,7 +174,7 @@ def _format_suffix(source: str | Path) -> str:
     suffix = Path(source).suffix.lower() or ".png"
     suffix = _SAME_FORMAT.get(suffix, suffix)
     try:
-        with Image.open(source) as im:
+        with pil_warnings_named(Path(source)), Image.open(source) as im:  # JPEG: PIL parses the EXIF here
             actual = _FORMAT_SUFFIX.get(str(im.format))
     except (OSError, ValueError):  # unreadable here: the copy or the PNG written from it says what is wrong
         return suffix
@@ -214,18 +215,13 @@ def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging:
         if same_format:
             atomic.copy_file(source, staging / "img_dir" / split / file_name)
         else:
-            rgb = _read_rgb(source)
+            rgb = read_rgb(source)
             atomic.write_png(staging / "img_dir" / split / file_name, rgb)
     if config.writer.write_vis:
-        rgb = _read_rgb(source) if rgb is None else rgb
+        rgb = read_rgb(source) if rgb is None else rgb
         if rgb.shape[:2] == label.shape:
             atomic.write_png(staging / "vis" / f"{stem}.png", overlay(rgb, label, n_classes))
     return file_name
-
-
-def _read_rgb(source: str | Path) -> npt.NDArray[np.uint8]:
-    with Image.open(source) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def write_dataset(

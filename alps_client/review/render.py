@@ -13,6 +13,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from alps_client.io.atomic import atomic_path
+from alps_client.io.readers import read_rgb
 
 CROP_SIDE = 128  # long side of a mask crop, in pixels
 IMAGE_SIDE = 320  # long side of a whole-image thumbnail
@@ -23,8 +24,7 @@ JPEG_QUALITY = 85
 def load_rgb(path: str | Path | None, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
     """``(H, W, 3) uint8`` of the image, or a mid-grey canvas when it is unavailable or of another size."""
     if path is not None and Path(path).is_file():
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+        rgb = read_rgb(path)
         if rgb.shape[:2] == tuple(size):
             return rgb
     return np.full((*size, 3), 128, np.uint8)

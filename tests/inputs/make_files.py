@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ def scene(seed: int) -> np.ndarray:
 def write_png16(path: Path, array: np.ndarray, orientation: int = 1) -> None:
     """A PNG of 16 bits per channel, ``(H, W, C)`` uint16 with C = 2 (grey + alpha), 3 (RGB) or 4 (RGBA): PIL cannot
     write these (a camera's or a scanner's 48-bit PNG). ``orientation`` other than 1: in an eXIf chunk."""
-    import struct
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -103,6 +103,9 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     expect["Case.png"] = "ok"
     Image.fromarray(scene(11)).save(root / "case.jpg", quality=95)
     expect["case.jpg"] = "ok"
+    for name, seed in (("damaged_exif_a.jpg", 19), ("damaged_exif_b.jpg", 20)):  # labelled; PIL's warning named
+        write_damaged_exif_jpeg(root / name, scene(seed))
+        expect[name] = "ok"
     write_geotiff(root / "geo_rgb.tif", scene(5).transpose(2, 0, 1), "EPSG:32633", (500000.0, 0.5, 4600000.0))
     expect["geo_rgb.tif"] = "ok"
     bands = np.concatenate([scene(6).transpose(2, 0, 1).astype(np.uint16) * 40, np.full((2, *SIZE), 900, np.uint16)])
@@ -150,6 +153,15 @@ def write_odd_dataset(root: Path) -> dict[str, str]:
     (root / "series" / "README").write_text("acquisition notes\n")
     (root / "metadata.xml").write_text("<product/>\n")
     return expect
+
+
+def write_damaged_exif_jpeg(path: Path, rgb: np.ndarray) -> None:
+    """A JPEG whose EXIF block names a description lying past the block's end, as a cut-short camera write leaves it.
+
+    PIL reads its pixels and warns of the tag it skips.
+    """
+    ifd = struct.pack(">IH", 8, 1) + struct.pack(">HHII", 0x010E, 2, 80, 0x7FFF) + struct.pack(">I", 0)
+    Image.fromarray(rgb).save(path, exif=b"Exif\0\0MM\0*" + ifd, quality=95)
 
 
 def write_geotiff(path: Path, bands: np.ndarray, crs: str, origin: tuple[float, float, float],

@@ -25,7 +25,14 @@ from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from alps_client.runs.plan import describe_items
 from tests.coco_checks import assert_coco_consistent
 from tests.conftest import REPO_ROOT, make_shapes_image
-from tests.inputs.make_files import SIZE, scene, write_geotiff, write_nifti, write_odd_dataset
+from tests.inputs.make_files import (
+    SIZE,
+    scene,
+    write_damaged_exif_jpeg,
+    write_geotiff,
+    write_nifti,
+    write_odd_dataset,
+)
 from tests.runs import cli_env
 
 
@@ -96,6 +103,23 @@ def test_discovery_and_reading_of_every_case(odd):
     _, rejected = discover_inputs(root, InputConfig(bands=(1, 2, 7)))
     assert [e.reason for e in rejected if e.path == str(root / "multiband.tif")] == [
         "has 5 band(s), --bands asks for [1, 2, 7]"]
+
+
+def test_what_pil_warns_of_while_reading_is_said_once_naming_the_file(tmp_path, caplog, recwarn):
+    """PIL warns of a damaged EXIF block through ``warnings``: its line named PIL's source, not the file, and the
+    second file's warning was hidden as a repeat."""
+    for name, seed in (("a.jpg", 1), ("b.jpg", 2)):
+        write_damaged_exif_jpeg(tmp_path / name, scene(seed))
+    with caplog.at_level("WARNING", logger="alps_client"):
+        items, rejected = discover_inputs(tmp_path, InputConfig())
+        for item in items + items:  # read twice, said once
+            assert load_item(item).rgb.shape == (*SIZE, 3)
+    assert len(items) == 2 and not rejected
+    said = [record.getMessage() for record in caplog.records]
+    for name in ("a.jpg", "b.jpg"):
+        assert [line for line in said if line.startswith(f"{tmp_path / name}: ")] == [
+            f"{tmp_path / name}: Tag data larger than file. Skipping tag 270 (PIL's warning while reading it)"]
+    assert not [w for w in recwarn if "PIL" in w.filename], [str(w.message) for w in recwarn]
 
 
 def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
@@ -423,6 +447,9 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
         if expectation != "ok":
             assert expectation in errors[printable(str(root / name))], (name, errors)
     assert "Warning" not in result.stderr, result.stderr  # no library warning: a plain TIFF, infinities handled
+    for name in ("damaged_exif_a.jpg", "damaged_exif_b.jpg"):  # PIL's warning said with the file, once each
+        assert len(re.findall(rf"^alps: {re.escape(str(root / name))}: .*\(PIL's warning", result.stderr,
+                              re.MULTILINE)) == 1, result.stderr
     assert str(root / "notes \\xe9t\\xe9.png") in errors  # a name that is not UTF-8 is said with its bytes
     said = result.stdout + result.stderr  # a newline in a name is said escaped, within its line
     assert f"{root}/two\\x0alines.png: not an image" in said and not re.search(r"^lines\.png", said, re.MULTILINE)
