@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
@@ -225,12 +225,12 @@ def pil_warnings_named(path: Path) -> Iterator[None]:
         warnings.simplefilter("always")
         yield
     for warning in caught:
-        said = (str(path), str(warning.message))
+        said = (str(Path(path).absolute()), str(warning.message))  # relative at discovery, absolute when labelled
         if not warning.filename.startswith(_PIL_PACKAGE):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         elif said not in _PIL_WARNINGS_SAID:
             _PIL_WARNINGS_SAID.add(said)
-            logger.warning("%s: %s (PIL's warning while reading it)", printable(str(path)), printable(said[1]))
+            logger.warning("%s: %s (PIL's warning while reading it)", printable(said[0]), printable(said[1]))
 
 
 @contextmanager
@@ -462,11 +462,10 @@ def _to_rgb(
 def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedImage:
     try:
         with _open_image(path, MAX_PIL_PIXELS if tiled else None) as im:
-            with pil_warnings_named(path):  # parsed here; exif_transpose reuses what PIL parsed
-                exif_rotated = im.getexif().get(0x0112, 1) not in (1, None)
+            with pil_warnings_named(path):  # PIL's EXIF parse warns here; the pixels are turned below, as arrays
+                orientation = _orientation(im)
             # an animated PNG's or WebP's other frames are not labelled: img_dir gets the first frame alone
             one_frame = int(getattr(im, "n_frames", 1)) == 1
-            im = ImageOps.exif_transpose(im)
             im.load()
             mode = im.mode
             valid = None
@@ -487,8 +486,12 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
     except (OSError, SyntaxError, ValueError) as err:
         corrupt = f"truncated or corrupt image data ({shortened(str(err))})"
         raise _read_failure(path, err) or _fail(path, corrupt) from err
+    if orientation != 1:  # (H, W) or (H, W, C): turned as displayed, as the header said (image_header)
+        data = upright(data, orientation) if data.ndim == 2 else np.moveaxis(upright(np.moveaxis(data, -1, 0),
+                                                                                      orientation), 0, -1)
+        valid = None if valid is None else upright(valid, orientation)
     rgb, extra = _to_rgb(data, valid, config)
-    plain = (extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and not exif_rotated and valid is None
+    plain = (extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and orientation == 1 and valid is None
              and one_frame)
     extra["mode"] = mode
     return LoadedImage(rgb, valid, None, plain, extra)

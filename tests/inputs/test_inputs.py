@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import unicodedata
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from alps_client.config import InputConfig
 from alps_client.errors import AlpsError, InputImageError, shortened
@@ -105,7 +106,7 @@ def test_discovery_and_reading_of_every_case(odd):
         "has 5 band(s), --bands asks for [1, 2, 7]"]
 
 
-def test_what_pil_warns_of_while_reading_is_said_once_naming_the_file(tmp_path, caplog, recwarn):
+def test_what_pil_warns_of_while_reading_is_said_once_naming_the_file(tmp_path, caplog, recwarn, monkeypatch):
     """PIL warns of a damaged EXIF block through ``warnings``: its line named PIL's source, not the file, and the
     second file's warning was hidden as a repeat."""
     for name, seed in (("a.jpg", 1), ("b.jpg", 2)):
@@ -119,6 +120,18 @@ def test_what_pil_warns_of_while_reading_is_said_once_naming_the_file(tmp_path, 
     for name in ("a.jpg", "b.jpg"):
         assert [line for line in said if line.startswith(f"{tmp_path / name}: ")] == [
             f"{tmp_path / name}: Tag data larger than file. Skipping tag 270 (PIL's warning while reading it)"]
+    assert not [w for w in recwarn if "PIL" in w.filename], [str(w.message) for w in recwarn]
+    # also where the damaged block turns the image (its orientation tag read), relative names as absolute ones
+    ifd = (struct.pack(">IH", 8, 2) + struct.pack(">HHII", 0x010E, 2, 80, 0x7FFF) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+           + struct.pack(">I", 0))
+    (tmp_path / "turned").mkdir()
+    Image.fromarray(scene(3)).save(tmp_path / "turned" / "c.jpg", exif=b"Exif\0\0MM\0*" + ifd)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="alps_client"):
+        (turned,), _ = discover_inputs("turned", InputConfig())
+        assert load_item(turned).rgb.shape == (*SIZE[::-1], 3)
+    assert [record.getMessage() for record in caplog.records if "c.jpg" in record.getMessage()] == [
+        f"{tmp_path / 'turned' / 'c.jpg'}: Tag data larger than file. Skipping tag 270 (PIL's warning while reading it)"]
     assert not [w for w in recwarn if "PIL" in w.filename], [str(w.message) for w in recwarn]
 
 
@@ -824,6 +837,8 @@ def test_pngs_of_16_bits_and_plain_tiffs_are_labelled_as_displayed_whole_and_in_
     items, errors = discover_inputs(tmp_path)
     read = {item.stem: load_item(item).rgb for item in items}
     expected = read["twin"]
+    with Image.open(tmp_path / "twin.png") as twin:  # as PIL shows it
+        assert np.array_equal(expected, np.asarray(ImageOps.exif_transpose(twin).convert("RGB")))
     assert not errors and expected.shape[:2] == ((208, 120) if orientation > 4 else (120, 208))
     assert np.array_equal(read["wide"], expected) and np.array_equal(read["plain"], expected)
     assert np.array_equal(read["placed"], rgb)
