@@ -110,10 +110,8 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     if not isinstance(manifest, dict):
         raise AlpsError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not an alps manifest; {rerun}: it "
                         "writes the dataset again")
-    errors_path = out / "errors.jsonl"
-    errors = [json.loads(line) for line in errors_path.read_text().splitlines() if line.strip()] \
-        if errors_path.is_file() else []
-    centroids = np.load(out / "centroids.npy")
+    errors = _recorded_errors(out / "errors.jsonl", rerun)
+    centroids = _recorded_centroids(out / "centroids.npy", rerun)
     splits = {p.stem: p.parent.name for p in sorted((out / "ann_dir").glob("*/*.png"))}
     present = set(splits) | {whole_stem(stem) for stem in splits}
     absent = sorted(set(manifest.get("sources") or {}) - present)
@@ -143,6 +141,38 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     return WrittenDataset(out, manifest, PipelineConfig.from_dict(manifest.get("config", {})),
                           dict(manifest.get("model", {})), errors, centroids, class_map, shards,
                           {stem: path for stem, path in sources.items() if path is not None})
+
+
+def _recorded_errors(path: Path, rerun: str) -> list[dict[str, Any]]:
+    """The records of ``OUT/errors.jsonl`` (none if it is absent); AlpsError naming it where one cannot be read."""
+    if not path.is_file():
+        return []
+    errors = []
+    try:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f"line {number}: {err}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"line {number} holds a JSON {type(record).__name__}, not a record")
+            errors.append(record)
+    except (OSError, ValueError) as err:  # edited by hand, or cut short outside alps
+        raise AlpsError(f"{path} cannot be read ({err}); {rerun}: it writes the dataset again") from None
+    return errors
+
+
+def _recorded_centroids(path: Path, rerun: str) -> npt.NDArray[np.float32]:
+    """``(K, D) float32`` cluster centres of ``OUT/centroids.npy``; AlpsError naming it where they cannot be read."""
+    try:
+        centroids = np.load(path)
+        if centroids.ndim != 2 or centroids.dtype.kind != "f" or not len(centroids):
+            raise ValueError(f"holds {centroids.shape} {centroids.dtype}, not one row of features per cluster")
+    except (OSError, ValueError, EOFError) as err:  # replaced by hand (a pickle, another array), or cut short
+        raise AlpsError(f"{path} cannot be read ({err}); {rerun}: it writes the dataset again") from None
+    return centroids.astype(np.float32, copy=False)
 
 
 def last_run_record(out: str | Path) -> dict[str, Any]:

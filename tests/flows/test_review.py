@@ -751,12 +751,25 @@ def test_relabel_and_report_refuse_an_out_edited_by_hand_and_a_ctrl_c_is_one_lin
     relabel = ["relabel", None, "--classes", str(tmp_path / "classes.yaml")]
     for edit, said in (("label map", ("1 image(s) that {out}/manifest.json lists have no label map in "
                                       "{out}/ann_dir (first: scene_0003)")),
-                       ("manifest", "{out}/manifest.json cannot be read (Expecting value")):
+                       ("manifest", "{out}/manifest.json cannot be read (Expecting value"),
+                       # a traceback naming no file (code review)
+                       ("errors", "{out}/errors.jsonl cannot be read (line 2: Expecting property name"),
+                       ("errors entry", "{out}/errors.jsonl cannot be read (line 1 holds a JSON list, not a record"),
+                       ("centroids", "{out}/centroids.npy cannot be read (Object arrays cannot be loaded when allow_pickle=False"),
+                       ("centroids shape", "{out}/centroids.npy cannot be read (holds (4,) float32, not one row of "
+                                           "features per cluster")):
         out = Path(shutil.copytree(labelled.out, tmp_path / edit.replace(" ", "_")))
         if edit == "label map":
             next((out / "ann_dir").glob("*/scene_0003.png")).unlink()
-        else:
+        elif edit == "manifest":
             (out / "manifest.json").write_text("")
+        elif edit.startswith("errors"):
+            (out / "errors.jsonl").write_text('{"path": "a.png", "reason": "x"}\n{oops\n' if edit == "errors"
+                                              else '["a.png"]\n')
+        elif edit == "centroids":
+            np.save(out / "centroids.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        else:
+            np.save(out / "centroids.npy", np.zeros(4, np.float32))
         before = tree_hashes(out)
         capsys.readouterr()
         for command in (["report", str(out)], [relabel[0], str(out), *relabel[2:]]):
