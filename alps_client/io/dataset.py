@@ -147,21 +147,29 @@ def _recorded_errors(path: Path, rerun: str) -> list[dict[str, Any]]:
     """The records of ``OUT/errors.jsonl`` (none if it is absent); AlpsError naming it where one cannot be read."""
     if not path.is_file():
         return []
-    errors = []
     try:
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"line {number}: {err}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"line {number} holds a JSON {type(record).__name__}, not a record")
-            errors.append(record)
-    except (OSError, ValueError) as err:  # edited by hand, or cut short outside alps
-        raise AlpsError(f"{path} cannot be read ({err}); {rerun}: it writes the dataset again") from None
-    return errors
+        records, problem = _error_records(path.read_text())
+    except (OSError, ValueError) as err:
+        records, problem = [], str(err)
+    if problem is None:
+        return records
+    raise AlpsError(f"{path} cannot be read ({problem}); {rerun}: it writes the dataset again")
+
+
+def _error_records(text: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The JSON records of ``errors.jsonl``'s ``text``, and what is wrong with the first line that is none."""
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:  # edited by hand, or cut short outside alps
+            return records, f"line {number}: {err}"
+        if not isinstance(record, dict):
+            return records, f"line {number} holds a JSON {type(record).__name__}, not a record"
+        records.append(record)
+    return records, None
 
 
 def _recorded_centroids(path: Path, rerun: str) -> npt.NDArray[np.float32]:
