@@ -8,7 +8,7 @@ import os
 import re
 import urllib.parse
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".jp2", ".bmp", ".webp")
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
@@ -193,10 +193,29 @@ def gdal_sidecars(source: str) -> list[str]:
     return [name for name in dict.fromkeys(names) if os.path.isfile(name)]
 
 
+class FileVersion(NamedTuple):
+    """A file as it is now: the key of what is read from it once per process (a digest, a volume, a stretch).
+
+    Its size and times, and its inode and ctime: a file renamed onto the path (a sync tool's, an atomic save's)
+    keeps its time and size, but not the inode or ctime.
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], stat: os.stat_result | None = None) -> FileVersion:
+        """The version of the file at ``path`` now; ``stat``: its stat, if taken already."""
+        stat = stat or os.stat(path)
+        return cls(os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
 def _file_digest(path: str, stat: os.stat_result | None = None) -> str:
     """The sampled digest of the file at ``path`` (cached per file version); ``stat``: its stat, if taken already."""
-    stat = stat or os.stat(path)
-    return _sampled_digest(path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    return _sampled_digest(FileVersion.of(path, stat))
 
 
 def content_digest(source: str) -> str:
@@ -206,14 +225,13 @@ def content_digest(source: str) -> str:
     sampled bytes (:mod:`alps_client.runs.moves`). Cached per file version, as :func:`source_signature`'s
     samples are: a scene's tiles read it once.
     """
-    stat = os.stat(source)
-    return _content_digest(source, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    return _content_digest(FileVersion.of(source))
 
 
 @functools.lru_cache(maxsize=256)
-def _content_digest(source: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+def _content_digest(version: FileVersion) -> str:
     digest = hashlib.sha256()
-    with open(source, "rb") as f:
+    with open(version.path, "rb") as f:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
@@ -223,14 +241,14 @@ SAMPLE_BYTES = 65536  # read at the start, the middle and the end of a file: 192
 
 
 @functools.lru_cache(maxsize=4096)
-def _sampled_digest(source: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
+def _sampled_digest(version: FileVersion) -> str:
     """sha256 (first 16 hex digits) of three blocks of the file: its start, middle and end.
 
-    The whole file when it is small. Cached per file version, so that a scene's tiles read it once: its size and
-    times, and its inode (a file renamed onto this path keeps its time and size, but not the inode or ctime).
+    The whole file when it is small. Cached per file version, so that a scene's tiles read it once.
     """
+    size = version.size
     digest = hashlib.sha256()
-    with open(source, "rb") as f:
+    with open(version.path, "rb") as f:
         for offset in sorted({0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)}):
             f.seek(offset)
             digest.update(f.read(SAMPLE_BYTES))

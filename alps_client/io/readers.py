@@ -42,6 +42,7 @@ from alps_client.io.items import (
     PLAIN_COPY_EXTENSIONS,
     RASTER_EXTENSIONS,
     VOLUME_EXTENSIONS,
+    FileVersion,
     InputItem,
     extension_of,
     not_utf8_bytes,
@@ -289,7 +290,7 @@ def raster_reading(path: str, stat: os.stat_result) -> dict[str, Any]:
     chosen by their colour interpretation (the default choice, ``--bands`` aside); ``{}`` for any other file, and
     for one that cannot be read (reading it says why). Cached per file version.
     """
-    return _raster_reading(path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    return _raster_reading(FileVersion.of(path, stat))
 
 
 def _raster_orientation(path: Path) -> int:
@@ -301,8 +302,8 @@ def _raster_orientation(path: Path) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _raster_reading(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> dict[str, Any]:
-    source = Path(path)
+def _raster_reading(version: FileVersion) -> dict[str, Any]:
+    source = Path(version.path)
     try:
         if not _is_raster(source):
             return {}
@@ -605,23 +606,24 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     value_range = None
     if window is not None and data.dtype != np.uint8 and config.intensity_window is None:
         # one stretch for the whole scene: tiles match in colour
-        value_range = scene_value_range(str(path), path.stat().st_mtime_ns, tuple(bands), config.stretch_percentiles)
+        value_range = scene_value_range(FileVersion.of(path), tuple(bands), config.stretch_percentiles)
     rgb, extra = _to_rgb(data, valid, config, value_range)
     extra["bands"] = bands
     return LoadedImage(rgb, valid, geo, False, extra)
 
 
 @functools.lru_cache(maxsize=32)
-def scene_value_range(path: str, mtime_ns: int, bands: tuple[int, ...], percentiles: tuple[float, float]) -> tuple[float, float] | None:
+def scene_value_range(version: FileVersion, bands: tuple[int, ...], percentiles: tuple[float, float]
+                      ) -> tuple[float, float] | None:
     """Stretch range of a whole raster, from a nearest-neighbour read decimated to ``STRETCH_SAMPLE_SIDE`` px.
 
-    Memory: the decimated sample only (GDAL reads the scene block by block). Cached per file version
-    (``mtime_ns``), so the tiles of one scene pay for it once per process.
+    Memory: the decimated sample only (GDAL reads the scene block by block). Cached per file version, so the
+    tiles of one scene pay for it once per process.
     """
     rasterio = raster_io()
     from rasterio.enums import Resampling
 
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(version.path) as src:
         step = max(1, -(-max(src.height, src.width) // STRETCH_SAMPLE_SIDE))
         shape = (max(1, src.height // step), max(1, src.width // step))
         data = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.nearest)
@@ -632,7 +634,7 @@ def scene_value_range(path: str, mtime_ns: int, bands: tuple[int, ...], percenti
 
 def volume_slices(path: str | Path, config: InputConfig) -> list[int]:
     """Indices of the non-empty slices of a NIfTI volume along ``config.slice_axis``."""
-    nonempty, _ = volume_summary(*_volume_key(Path(path)), config.slice_axis, config.window_percentiles)
+    nonempty, _ = volume_summary(_volume_version(Path(path)), config.slice_axis, config.window_percentiles)
     return list(nonempty)
 
 
@@ -661,19 +663,20 @@ def volumes_in(path: str | Path) -> int:
     return int(shape[3]) if len(shape) == 4 else 1
 
 
-def _volume_key(path: Path) -> tuple[str, int]:
+def _volume_version(path: Path) -> FileVersion:
     _check_file(path)
-    return str(path), path.stat().st_mtime_ns
+    return FileVersion.of(path)
 
 
 @functools.lru_cache(maxsize=2)
-def _volume(path: str, mtime_ns: int) -> npt.NDArray[np.float32]:
+def _volume(version: FileVersion) -> npt.NDArray[np.float32]:
     """The 3D volume (or 2D plane) as float32, decoded once per process and file version.
 
     A slice never re-reads the file. Of a 4-D file (a series), the first volume alone is decoded: the others are
     never labelled. A 2-D file (an X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`as_volume` makes it
     a volume of one slice.
     """
+    path = version.path
     nibabel = lazy_import("nibabel")
     try:
         image = nibabel.load(path)
@@ -724,7 +727,7 @@ def as_volume(data: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[float, float]
+def volume_summary(version: FileVersion, slice_axis: int, window: tuple[float, float]
                    ) -> tuple[tuple[int, ...], tuple[float, float] | None]:
     """Non-empty slice indices along ``slice_axis`` and the intensity window of the whole volume.
 
@@ -733,7 +736,7 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
     percentiles of every voxel: every slice of a volume is stretched with the same range, as the tiles of a
     scene are.
     """
-    data = as_volume(_volume(path, mtime_ns), slice_axis)
+    data = as_volume(_volume(version), slice_axis)
     other = tuple(a for a in range(3) if a != slice_axis)
     finite = np.isfinite(data)
     # two finite values that differ make a slice worth labelling (nanmax warned of every slice wholly NaN)
@@ -744,22 +747,22 @@ def volume_summary(path: str, mtime_ns: int, slice_axis: int, window: tuple[floa
 
 
 def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
-    key = _volume_key(path)
-    plane = np.take(as_volume(_volume(*key), config.slice_axis), index, axis=config.slice_axis)
-    _, value_range = volume_summary(*key, config.slice_axis, config.window_percentiles)
+    version = _volume_version(path)
+    plane = np.take(as_volume(_volume(version), config.slice_axis), index, axis=config.slice_axis)
+    _, value_range = volume_summary(version, config.slice_axis, config.window_percentiles)
     finite = np.isfinite(plane)  # NaN voxels (outside a registered brain, say) are no measurement: never labelled
     valid = None if finite.all() else finite
     rgb, extra = _to_rgb(plane, valid, dataclasses.replace(config, stretch_percentiles=config.window_percentiles),
                          value_range)
     extra["slice_index"] = index
-    extra["dtype"] = _stored_dtype(*key)  # not the float32 the volume is decoded to
+    extra["dtype"] = _stored_dtype(version)  # not the float32 the volume is decoded to
     return LoadedImage(rgb, valid, None, False, extra)
 
 
 @functools.lru_cache(maxsize=64)
-def _stored_dtype(path: str, mtime_ns: int) -> str:
+def _stored_dtype(version: FileVersion) -> str:
     """The type a NIfTI file stores its voxels in (``int16`` for most CT), from its header."""
-    return str(lazy_import("nibabel").load(path).header.get_data_dtype())
+    return str(lazy_import("nibabel").load(version.path).header.get_data_dtype())
 
 
 def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage:

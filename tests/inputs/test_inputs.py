@@ -919,3 +919,31 @@ def test_a_raster_read_otherwise_than_before_is_labelled_again(tmp_path):
     before = {key: value for key, value in signatures["turned.tif"].items() if key != "read_as"}
     assert status_of(before, signatures["turned.tif"]) == "changed"
     assert status_of(signatures["plain.tif"], signatures["plain.tif"]) != "changed"
+
+
+def test_a_file_renamed_onto_a_read_one_with_its_time_and_size_is_read_anew(tmp_path):
+    """A volume's voxels and a tiled scene's stretch were cached by path and mtime alone: a file renamed onto the
+    path with the same time and size (a sync tool's, an atomic save's) was labelled with the old one's values by a
+    process that had read it (a library loop, a Dask worker; code review)."""
+    import nibabel
+
+    volume = np.zeros((40, 48, 3), np.float32)
+    volume[8:30, 10:40, :] = 1.0
+    band = np.tile(np.arange(160, dtype=np.uint16)[None], (160, 1))[None] * 10
+    config = InputConfig(tile=64, overlap=0)
+    for gain in (1, 30):
+        folder = tmp_path / str(gain)
+        folder.mkdir()
+        nibabel.save(nibabel.Nifti1Image(volume * gain, np.eye(4)), str(folder / "ct.nii"))
+        write_geotiff(folder / "scene.tif", band * gain, "EPSG:32633", (500000.0, 0.5, 4600000.0))
+    for name in ("ct.nii", "scene.tif"):
+        path = tmp_path / name
+        os.replace(tmp_path / "1" / name, path)
+        first = [load_item(item, config).extra["stretch"] for item in discover_inputs(path, config)[0]]
+        stat, replacement = path.stat(), tmp_path / "30" / name
+        os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        os.replace(replacement, path)
+        assert (path.stat().st_mtime_ns, path.stat().st_size) == (stat.st_mtime_ns, stat.st_size)
+        again = [load_item(item, config).extra["stretch"] for item in discover_inputs(path, config)[0]]
+        assert len(again) == len(first) > 1 and all(new[1] > 10 * old[1] for new, old in zip(again, first)), (
+            name, first, again)
