@@ -446,8 +446,10 @@ def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelMani
 
 
 # Settings a shard's fingerprint holds that never change a shard: the batch of prompts per decoder call (memory
-# alone), and what the write makes of the shards (stitched scenes, label volumes).
-SHARD_NEUTRAL_SETTINGS = (("amg", "points_per_batch"), ("inputs", "stitch"), ("inputs", "write_nifti_labels"))
+# alone), the form of Meta's records (the pipeline keeps RLEs whatever it says), and what the write makes of the
+# shards (stitched scenes, label volumes).
+SHARD_NEUTRAL_SETTINGS = (("amg", "points_per_batch"), ("amg", "output_mode"), ("inputs", "stitch"),
+                          ("inputs", "write_nifti_labels"))
 
 
 def neutral_settings_as_out(out: str | Path, labelling: dict[str, Any]) -> dict[str, Any]:

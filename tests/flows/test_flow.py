@@ -202,6 +202,11 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     metas = [read_shard_meta(p) for p in sorted((out / ".alps" / "shards").glob("*.npz"))]
     assert len({m["fingerprint"] for m in metas}) == 1  # OUT keeps one fingerprint: the next rerun skips them all
     assert {m["extra"]["labelling"]["config"]["amg"]["points_per_batch"] for m in metas} == {None}
+    # the records' form of Meta's generator (its output_mode) never reaches a shard either: it was refused as
+    # another labelling configuration, set in a deployment's config (code review)
+    coco_form = dataclasses.replace(cfg, amg=dataclasses.replace(cfg.amg, output_mode="coco_rle"))
+    assert alps_flow(str(scenes / "images"), str(out), coco_form, progress_bar=False)["n_skipped"] == 6
+    assert before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
     with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
         alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
