@@ -146,7 +146,7 @@ AMG_FLAGS: list[tuple[str, type]] = [
 AMG_HELP = {
     "points_per_side": "prompt grid: this many points along each side of the image, its square per image",
     "points_per_batch": "prompts sent to the decoder at once; never changes the masks",
-    "pred_iou_thresh": "drop masks whose predicted IoU is below this",
+    "pred_iou_thresh": "drop masks whose predicted IoU is at or below this (as Meta)",
     "stability_score_thresh": "drop masks whose stability under a shift of the mask threshold is below this",
     "stability_score_offset": "the shift of the mask threshold for the stability score",
     "mask_threshold": "logit threshold that makes a mask binary",

@@ -1,6 +1,7 @@
 """Automatic mask generation on any SamBackend: Meta's ``SamAutomaticMaskGenerator``, in numpy.
 
-Same parameters, defaults, records and results as Meta's generator (the ALPS paper's setting), organised the
+Same parameters, defaults, records and results as Meta's generator (the ALPS paper's setting; one exception:
+duplicate masks one pixel wide or tall, which ``boxes.nms`` suppresses where torchvision keeps each), organised the
 same way (generate -> _process_crop -> _process_batch), with the work done only on what survives: the
 predicted-IoU filter runs on the decoder's low-resolution output, and only surviving masks are upsampled (over the
 window where their logits can pass a threshold: exact, see ``upsample.postprocess_mask_window``),

@@ -240,11 +240,15 @@ class FakeSamBackend(ClosedOnExit):
         return found
 
     def decode(self, embedding: Embedding, point_coords: npt.NDArray[np.float32],
-               point_labels: npt.NDArray[np.float32], iou_threshold: float | None = None) -> DecoderOutput:
+               point_labels: npt.NDArray[np.float32], mask_input: npt.NDArray[np.float32] | None = None,
+               iou_threshold: float | None = None) -> DecoderOutput:
         """Three masks per prompt; the first foreground point of each prompt decides (see module docs).
 
+        ``mask_input`` (SAM 2's refinement input) must be None: this stand-in is of the SAM family.
         ``iou_threshold`` is accepted and ignored: every mask is computed (a skipped one would save nothing here).
         """
+        if mask_input is not None:
+            raise ValueError("mask_input is a SAM 2 decoder input; the fake backend stands in for SAM")
         if point_coords.ndim != 3 or point_coords.shape[2] != 2 or point_labels.shape != point_coords.shape[:2]:
             raise ValueError(f"point_coords must be (B, N, 2) and point_labels (B, N), got {point_coords.shape} and "
                              f"{point_labels.shape}")

@@ -301,7 +301,7 @@ def _check_folders(out: Path, gt_root: Path) -> None:
         raise AlpsError(f"ground-truth folder {gt_root} is a file, not a folder: give the folder that holds the "
                         "label maps")
     if not gt_root.is_dir():
-        raise AlpsError(f"ground-truth folder {gt_root} does not exist")
+        raise AlpsError(f"ground-truth folder {gt_root} does not exist: give the folder that holds the label maps")
 
 
 def _input_settings(out: Path) -> tuple[dict[str, Any], dict[str, tuple[int, int]]]:

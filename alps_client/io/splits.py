@@ -7,7 +7,8 @@
   of them: the realised fraction is as close to the requested one as whole groups allow (the old per-image coin
   flip gave 11/1 instead of 8/4 on 12 images; counting groups, not images, put a 12-tile scene in val beside one
   small image in train), and the split depends only on the set of groups, never on the order in which images
-  were labelled. With one image per group this is the first ``round(val_fraction * n)`` of the ranking. One group
+  were labelled. With one image per group this is the first ``floor(val_fraction * n + 0.5)`` of the ranking (a half
+  rounds up). One group
   at least stays in train when no input folder gives train images: rounding put a two-scene dataset's both
   scenes, or a one-scene dataset's only one, in val at ``--val-fraction 0.5``, leaving nothing to train on.
 - A rerun with the same seed and fraction keeps the split the dataset gave each group before: images added later
@@ -111,7 +112,7 @@ def images_outside_split_folders(images: Iterable[tuple[str, str, str | None]], 
 
 
 def _fill(ranked: list[str], size: Mapping[str, int], target: float, start: int, most: int | None) -> list[str]:
-    """The groups of ``ranked`` taken into val in turn, each while it brings val nearer to ``target`` images.
+    """The groups of ``ranked`` taken into val in turn, each while it brings val no farther from ``target`` images.
 
     ``start`` counts the images val holds already; at most ``most`` groups are taken (None: no limit).
     """

@@ -236,7 +236,7 @@ def write_dataset(
     extra_manifest: Mapping[str, Any] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> DatasetSummary:
-    """Write the labelled dataset to ``out_dir`` (layout in the README / DESIGN.md "Output dataset").
+    """Write the labelled dataset to ``out_dir`` (its layout: README.md, "What a run writes").
 
     Args:
         out_dir: dataset root; its previous dataset outputs are replaced as a whole, other files are left alone.

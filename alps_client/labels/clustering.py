@@ -408,6 +408,7 @@ def fit_centroids(
     ``config.centroids`` (``--centroids``) are loaded instead, refused if fitted on another ``model_family``.
 
     Raises:
+        ValueError: If ``shard_paths`` is empty (a caller's mistake: no image was labelled).
         AlpsError: If no shard holds a kept mask (nothing to cluster).
     """
     if config.centroids:

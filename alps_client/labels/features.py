@@ -72,8 +72,9 @@ def pool_mask_features(
 
     Args:
         embedding: the image's embedding (``features (256, 64, 64)``, ``input_size``, ``original_size``).
-        masks: COCO RLEs of the masks in the original image frame (size = ``embedding.original_size``); they are
-            decoded ``MASKS_PER_CHUNK`` at a time, so memory is bounded whatever their number.
+        masks: COCO RLEs of the masks in the original image frame (size = ``embedding.original_size``); never
+            decoded: their weights on the grid are built from their runs and contracted with the features
+            ``MASKS_PER_CHUNK`` at a time, so memory is bounded whatever their number.
         config: feature frame size and L2 normalisation.
 
     Returns:

@@ -88,6 +88,10 @@ def test_fake_masks_follow_the_first_foreground_point_of_each_prompt(fake_backen
     out.low_res_masks[0] = 0  # the caller owns its output: the next decode is unchanged
     again = fake_backend.decode(embedding, coords[:1], labels[:1])
     assert (again.low_res_masks[0] > 0).sum() == masks[0].sum()
+    # the SamBackend protocol's order (mask_input before iou_threshold): the fake took a 4th argument as the threshold
+    assert (fake_backend.decode(embedding, coords[:1], labels[:1], None, 0.5).low_res_masks == again.low_res_masks).all()
+    with pytest.raises(ValueError, match="mask_input is a SAM 2 decoder input"):
+        fake_backend.decode(embedding, coords[:1], labels[:1], np.zeros((1, 1, 256, 256), np.float32))
 
 
 @pytest.mark.parametrize(

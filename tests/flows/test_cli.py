@@ -751,7 +751,9 @@ def test_a_command_leaves_its_callers_signal_handlers_as_they_were(tmp_path, cap
     numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = [signal.getsignal(number) for number in numbers]
     assert main(["evaluate", str(tmp_path / "absent"), str(tmp_path / "absent")]) == 2
-    assert error_lines(capsys.readouterr().err) == [f"alps: error: ground-truth folder {tmp_path / 'absent'} does not exist"]
+    assert error_lines(capsys.readouterr().err) == [
+        f"alps: error: ground-truth folder {tmp_path / 'absent'} does not exist: give the folder that holds the label "
+        "maps"]
     assert [signal.getsignal(number) for number in numbers] == before
 
 
