@@ -212,7 +212,7 @@ class MaskGenerator:
         orig_size: tuple[int, int],
         timings: dict[str, float],
     ) -> MaskData:
-        coords = apply_coords(points, im_size).astype(np.float32)[:, None, :]
+        coords = apply_coords(points, im_size, self.backend.manifest.image_size).astype(np.float32)[:, None, :]
         labels = np.ones((len(points), 1), np.float32)
         start = time.perf_counter()
         # Masks at or below a positive pred_iou_thresh are dropped unseen: the decoder may skip upscaling them.

@@ -133,3 +133,31 @@ def test_library_misuses_are_named(fake_repo, monkeypatch):
         assign_clusters(np.zeros((2, 256), np.float32), np.zeros((3, 10), np.float32))
     with pytest.raises(ValueError, match="no shard to cluster"):  # said "kept no mask in any of the 0 image(s)"
         fit_centroids([], ClusterConfig())
+
+
+def test_prompts_are_placed_in_the_frame_of_the_models_own_input_size(fake_backend):
+    """The grid's points were mapped to a 1024-px frame whatever the repository's ``image_size``, where the encoder
+    and the upscaling used the manifest's (code review)."""
+    import dataclasses
+
+    from alps_client.amg import MaskGenerator
+    from alps_client.config import AmgConfig
+
+    class Seen(Exception):
+        pass
+
+    class SmallerInput:  # the fake, but for a model of 512-px input
+        manifest = dataclasses.replace(fake_backend.manifest, image_size=512)
+        prompt_batch_size = fake_backend.prompt_batch_size
+
+        def encode(self, images):
+            return fake_backend.encode(images)
+
+        def decode(self, embedding, point_coords, point_labels, mask_input=None, iou_threshold=None):
+            raise Seen(point_coords)
+
+    with pytest.raises(Seen) as seen:
+        MaskGenerator(SmallerInput(), AmgConfig(points_per_side=4)).generate(np.zeros((200, 100, 3), np.uint8))
+    coords = seen.value.args[0]
+    assert coords.shape[1:] == (1, 2) and coords[..., 0].max() < 256 and coords[..., 1].max() < 512
+    assert coords[..., 1].max() > 384  # the grid's last row, 7/8 down a 512-px side
