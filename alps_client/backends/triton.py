@@ -499,6 +499,7 @@ class TritonBackend(ClosedOnExit):
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)  # closed: nothing left for the exit, which held the backend until then
         self._pool.shutdown(wait=True, cancel_futures=True)  # bounded: each request has its deadline
         if self._shm is not None:
             # A client of its own with a short deadline: a hung server holds the release one deadline at most.

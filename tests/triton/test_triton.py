@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import psutil
@@ -50,6 +52,10 @@ def test_masks_through_triton_equal_embedded(triton_server, stand_in_repo, embed
             same_records(MaskGenerator(backend, AMG).generate(image), MaskGenerator(embedded_backend, AMG).generate(image))
     finally:
         backend.close()
+    closed = weakref.ref(backend)
+    del backend
+    gc.collect()
+    assert closed() is None  # atexit held every backend ever built, with its threads' clients (code review)
     if shm:
         import tritonclient.grpc as grpcclient
 
