@@ -201,21 +201,17 @@ def shard_damage(path: str | Path) -> str | None:
     return None
 
 
-def shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None) -> ShardStatus:
-    """``missing``, ``damaged``, ``current``, ``changed`` or ``stale`` (another model or configuration).
+def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None
+                      ) -> tuple[ShardStatus, dict[str, Any] | None]:
+    """The shard's status and the metadata it read (None for a missing or damaged shard), read once.
 
+    The status: ``missing``, ``damaged``, ``current``, ``changed`` or ``stale`` (another model or configuration).
     ``current``: the same model and configuration and, when ``source_signature`` is given, the same input file
     (:func:`alps_client.io.items.source_signature`, kept in the shard's ``extra``); ``changed``: the same model and
     configuration, but the input file changed since (or the shard does not say which file it was made from).
     ``damaged``: a shard that cannot be read whole (:func:`shard_damage`; e.g. from a disk-full crash), so it is
     recomputed.
     """
-    return read_shard_status(path, fingerprint, source_signature)[0]
-
-
-def read_shard_status(path: str | Path, fingerprint: str, source_signature: dict[str, Any] | None = None
-                      ) -> tuple[ShardStatus, dict[str, Any] | None]:
-    """:func:`shard_status` and the metadata it read (None for a missing shard), so that a caller reads it once."""
     path = Path(path)
     if not path.is_file():
         return "missing", None

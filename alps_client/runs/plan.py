@@ -370,7 +370,7 @@ class ItemState(NamedTuple):
 def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState:
     """The status of ``item``'s shard in ``out``, the signature of its input file now, the shard's path and metadata.
 
-    See :func:`~alps_client.io.shards.shard_status`; the signature is ``{}`` when the file cannot be looked at
+    See :func:`~alps_client.io.shards.read_shard_status`; the signature is ``{}`` when the file cannot be looked at
     (reading it will say why), so a shard made from it is never taken as current. The metadata is None when there
     is no readable shard.
     """

@@ -24,7 +24,6 @@ from alps_client.io.shards import (
     read_shard_status,
     shard_damage,
     shard_fingerprint,
-    shard_status,
     write_shard,
 )
 from alps_client.io.splits import assign_splits, images_outside_split_folders, split_shortfall
@@ -166,29 +165,29 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     fp_a = shard_fingerprint("model-a", PipelineConfig().labelling_dict())
     fp_b = shard_fingerprint("model-a", PipelineConfig(amg=AmgConfig(points_per_side=8)).labelling_dict())
     assert fp_a != fp_b and fp_a == shard_fingerprint("model-a", PipelineConfig().labelling_dict())
-    assert shard_status(tmp_path / "absent.npz", "fp") == "missing"
-    assert shard_status(path, "fp") == "current" and shard_status(path, fp_b) == "stale"
+    assert read_shard_status(tmp_path / "absent.npz", "fp")[0] == "missing"
+    assert read_shard_status(path, "fp")[0] == "current" and read_shard_status(path, fp_b)[0] == "stale"
     # With the input file's signature: a shard that does not record the one it was made from is not trusted.
     signature = {"name": "s.png", "size": 10, "mtime_ns": 1}
-    assert shard_status(path, "fp", signature) == "changed" and shard_status(path, fp_b, signature) == "stale"
+    assert read_shard_status(path, "fp", signature)[0] == "changed" and read_shard_status(path, fp_b, signature)[0] == "stale"
     signed = make_shard(tmp_path / "t.npz", "t", masks, [True, False], np.ones((1, 256)), {"source_signature": signature})
-    assert shard_status(signed, "fp", signature) == "current"
+    assert read_shard_status(signed, "fp", signature)[0] == "current"
     for changed in ({**signature, "size": 11}, {**signature, "mtime_ns": 2}, {**signature, "name": "s.jpg"}, {}):
-        assert shard_status(signed, "fp", changed) == "changed"
+        assert read_shard_status(signed, "fp", changed)[0] == "changed"
     # The path in the dataset: a shard that records it is another file's once that differs; one written before
     # paths were recorded is judged without it (an upgrade does not label every image of a nested dataset again).
     in_val = {**signature, "path": "val/s.png"}
-    assert shard_status(signed, "fp", in_val) == "current"
+    assert read_shard_status(signed, "fp", in_val)[0] == "current"
     at_path = make_shard(tmp_path / "u.npz", "u", masks, [True, False], np.ones((1, 256)), {"source_signature": in_val})
-    assert shard_status(at_path, "fp", in_val) == "current"
-    assert shard_status(at_path, "fp", {**signature, "path": "train/s.png"}) == "changed"
+    assert read_shard_status(at_path, "fp", in_val)[0] == "current"
+    assert read_shard_status(at_path, "fp", {**signature, "path": "train/s.png"})[0] == "changed"
     # The files GDAL reads beside it likewise: recorded ({} for none), a sidecar added, changed or gone is a change.
     placed = {**in_val, "sidecars": {"s.tif.aux.xml": "00ff"}}
-    assert shard_status(at_path, "fp", placed) == "current"  # written before sidecars were recorded
+    assert read_shard_status(at_path, "fp", placed)[0] == "current"  # written before sidecars were recorded
     with_sidecars = make_shard(tmp_path / "v.npz", "v", masks, [True, False], np.ones((1, 256)),
                                {"source_signature": {**in_val, "sidecars": {}}})
-    assert shard_status(with_sidecars, "fp", {**in_val, "sidecars": {}}) == "current"
-    assert shard_status(with_sidecars, "fp", placed) == "changed"
+    assert read_shard_status(with_sidecars, "fp", {**in_val, "sidecars": {}})[0] == "current"
+    assert read_shard_status(with_sidecars, "fp", placed)[0] == "changed"
     # Damaged: its features' bytes altered (the metadata intact: it read as current, and every rerun then failed
     # in the clustering), cut short, or zero bytes (a crash before the data reached the disk).
     data = bytearray(signed.read_bytes())
@@ -198,7 +197,7 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     assert read_shard_status(signed, "fp", signature)[0] == "damaged" and "CRC-32" in shard_damage(signed)
     for broken in (b"truncated", b""):
         path.write_bytes(broken)
-        assert shard_status(path, "fp") == "damaged" and shard_damage(path)
+        assert read_shard_status(path, "fp")[0] == "damaged" and shard_damage(path)
 
 
 def test_shards_read_by_several_threads_at_once_read_whole(tmp_path):
