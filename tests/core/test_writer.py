@@ -169,7 +169,8 @@ def test_shard_round_trip_status_and_stale(tmp_path):
     assert read_shard_status(path, "fp")[0] == "current" and read_shard_status(path, fp_b)[0] == "stale"
     # With the input file's signature: a shard that does not record the one it was made from is not trusted.
     signature = {"name": "s.png", "size": 10, "mtime_ns": 1}
-    assert read_shard_status(path, "fp", signature)[0] == "changed" and read_shard_status(path, fp_b, signature)[0] == "stale"
+    assert read_shard_status(path, "fp", signature)[0] == "changed"
+    assert read_shard_status(path, fp_b, signature)[0] == "stale"
     signed = make_shard(tmp_path / "t.npz", "t", masks, [True, False], np.ones((1, 256)), {"source_signature": signature})
     assert read_shard_status(signed, "fp", signature)[0] == "current"
     for changed in ({**signature, "size": 11}, {**signature, "mtime_ns": 2}, {**signature, "name": "s.jpg"}, {}):
