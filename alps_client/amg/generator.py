@@ -72,6 +72,7 @@ class MaskGenerator:
         self.config = config or AmgConfig()
         c = self.config
         self._check_family()
+        self._check_parameters()
         self.pred_iou_thresh = self.default_pred_iou_thresh if c.pred_iou_thresh is None else c.pred_iou_thresh
         if c.points_per_side is not None:
             self.point_grids = build_all_layer_point_grids(c.points_per_side, c.crop_n_layers, c.crop_n_points_downscale_factor)
@@ -88,8 +89,14 @@ class MaskGenerator:
                 f"{type(self).__name__} drives {self.family} models, {self.backend.manifest.root} holds {family}; "
                 "use alps_client.amg.make_mask_generator"
             )
-        if self.config.use_m2m or not self.config.multimask_output:
-            raise ValueError("use_m2m and multimask_output=False are SAM 2 parameters; this repository holds SAM")
+
+    def _check_parameters(self) -> None:
+        """Refuse SAM 2's generator parameters, which Meta's SAM generator does not have."""
+        given = [name for name, on in (("use_m2m=True", self.config.use_m2m),
+                                       ("multimask_output=False", not self.config.multimask_output)) if on]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: SAM 2.1 only (its generator's parameters); "
+                             f"{self.backend.manifest.root} holds {self.backend.manifest.model_type} (sam)")
 
     def generate(self, image: npt.NDArray[np.uint8]) -> list[dict[str, Any]]:
         """Masks of an ``(H, W, 3) uint8`` RGB image as Meta's records (``output_mode`` decides the segmentation)."""

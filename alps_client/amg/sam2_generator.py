@@ -32,7 +32,8 @@ from alps_client.amg.sam2_steps import (
     sam2_point_coords,
     select_mask_tokens,
 )
-from alps_client.backends.base import Embedding
+from alps_client.backends.base import Embedding, SamBackend
+from alps_client.config import AmgConfig
 
 
 class Sam2MaskGenerator(MaskGenerator):
@@ -47,14 +48,12 @@ class Sam2MaskGenerator(MaskGenerator):
     family = "sam2"
     default_pred_iou_thresh = 0.8  # SAM2AutomaticMaskGenerator's
 
-    def _check_family(self) -> None:
-        family = self.backend.manifest.model_family
-        if family != self.family:
-            raise ValueError(
-                f"Sam2MaskGenerator drives sam2 models, {self.backend.manifest.root} holds {family}; "
-                "use alps_client.amg.make_mask_generator"
-            )
-        self.token_selection: dict[str, Any] = self.backend.manifest.raw["models"]["decoder"]["mask_tokens"]
+    def __init__(self, backend: SamBackend, config: AmgConfig | None = None) -> None:
+        super().__init__(backend, config)
+        self.token_selection: dict[str, Any] = backend.manifest.raw["models"]["decoder"]["mask_tokens"]
+
+    def _check_parameters(self) -> None:
+        """Nothing to refuse: ``use_m2m`` and ``multimask_output`` are this generator's."""
 
     def _clean_up(self, data: MaskData) -> MaskData:
         """Nothing: SAM 2 cleans small regions on the low-res logits (in :meth:`_process_batch`), not at the end."""
