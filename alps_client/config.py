@@ -136,7 +136,7 @@ class AmgConfig:
     """Automatic mask generation, with the names and defaults of Meta's SamAutomaticMaskGenerator.
 
     The defaults are the paper's setting (ALPS uses SAM's default dense prompts).
-    ``points_per_batch=None`` lets the backend choose (memory-bounded on CPU, large on GPU); the batch
+    ``points_per_batch=None`` lets the backend choose (the embedded one: memory-bounded on CPU, large on GPU); the batch
     size never changes the masks. ``pred_iou_thresh=None`` is the model family's default: 0.88 for SAM
     (``SamAutomaticMaskGenerator``), 0.8 for SAM 2 (``SAM2AutomaticMaskGenerator``); every other default is
     the same in both. ``use_m2m`` and ``multimask_output`` are SAM 2's parameters (its defaults here); a SAM

@@ -53,10 +53,10 @@ from alps_client.errors import (
 
 logger = logging.getLogger(__name__)
 
-# Prompts per decoder request; the server holds ~90 MB of activations per prompt in flight per instance (see
-# backends/embedded.py). On a CPU server, large requests amortise the transfer of their (B, 3, 256, 256) masks.
-CPU_PROMPTS_PER_CALL = 64
-GPU_PROMPTS_PER_CALL = 64
+# Prompts per decoder request, on a GPU server and a CPU one alike: the server holds ~90 MB of activations per
+# prompt in flight per instance (see backends/embedded.py), and on a CPU server large requests amortise the
+# transfer of their (B, 3, 256, 256) masks.
+PROMPTS_PER_CALL = 64
 # Seconds a failed server stays out of the rotation before it is probed again.
 OUT_OF_ROTATION_S = 5.0
 # At most this long (and at most --timeout-s) close() waits for a server to release shared memory: a hung server
@@ -149,7 +149,6 @@ class TritonBackend(ClosedOnExit):
         self._shm = ShmRegions(config.timeout_s) if config.shared_memory else None
         self._verified: set[str] = set()  # servers checked to serve the manifest's export since they last failed
         self._closed = False
-        self.on_gpu = False
         self._check_server()
         atexit.register(self.close)
 
@@ -215,21 +214,16 @@ class TritonBackend(ClosedOnExit):
             raise self._none_reachable(errors)
         for url, why in down.items():
             self._rotation.failed(url, why)
-        configs = {}  # url -> the decoder's config
         for url in reachable:
             client = self._client(url)
             unready = self._unready_model(client)
             if unready is not None:
                 raise self._unavailable(f"has no ready model '{unready.name}'{_version_text(unready)} (load the model "
                                         f"repository {self.manifest.root})")
-            configs[url] = self._check_models(url, client)
+            self._check_models(url, client)
             self._verified.add(url)
         if self._shm is not None:  # one server (checked in BackendConfig)
             sweep_stale_regions(self._client(reachable[0]), self.config.timeout_s)
-        config = configs[reachable[0]]
-        groups = config["instance_group"] if isinstance(config, dict) else list(config.instance_group)
-        kinds = [str(g["kind"] if isinstance(g, dict) else g.kind) for g in groups]
-        self.on_gpu = any(k in ("KIND_GPU", "1") for k in kinds)
 
     def _none_reachable(self, errors: dict[str, BaseException]) -> BackendUnavailableError:
         """Why no server answered at start, with the way out that fits.
@@ -256,21 +250,18 @@ class TritonBackend(ClosedOnExit):
                 return spec
         return None
 
-    def _check_models(self, url: str, client: Any, advice: bool = True) -> Any:
-        """Check both served models' tensors and export against the manifest; return the decoder's config.
+    def _check_models(self, url: str, client: Any, advice: bool = True) -> None:
+        """Check both served models' tensors and export against the manifest.
 
         ``advice``: end a mismatch's message with the way out at start (which repository to serve or give).
 
         Raises:
             ModelSignatureError: If either is not the manifest's.
         """
-        config = None
         for spec in (self.manifest.encoder, self.manifest.decoder):
             self._check_signature(url, spec, client.get_model_metadata(spec.name, spec.version,
                                                                        **self._timeout(client)), advice)
-            config = _model_config(client, spec, self.config.timeout_s)
-            self._check_export(url, spec, config, advice)
-        return config
+            self._check_export(url, spec, _model_config(client, spec, self.config.timeout_s), advice)
 
     def _verify_rejoining(self, url: str, client: Any) -> None:
         """Check a server entering the rotation (back from an outage, or down at start) before it gets work.
@@ -444,8 +435,8 @@ class TritonBackend(ClosedOnExit):
     # -- SamBackend protocol --------------------------------------------------------------------------------
     @property
     def prompt_batch_size(self) -> int:
-        """Prompts per decoder request: large on a GPU server, memory-bounded on a CPU one."""
-        return GPU_PROMPTS_PER_CALL if self.on_gpu else CPU_PROMPTS_PER_CALL
+        """Prompts per decoder request (:data:`PROMPTS_PER_CALL`, whatever the server runs on)."""
+        return PROMPTS_PER_CALL
 
     def _encode_one(self, image: npt.NDArray[np.uint8]) -> Embedding:
         enc = self.manifest.encoder
