@@ -62,6 +62,7 @@ from alps_client.io import atomic, publish
 from alps_client.io.dataset import last_run_record
 from alps_client.io.items import InputItem, by_reason, one_line, printable
 from alps_client.io.out_lock import out_lock
+from alps_client.io.readers import NOTHING_VALID
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
 from alps_client.runs import allocator
@@ -585,7 +586,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     empty = {o.stem for o in done if o.empty}
     errors = [e.to_json() for e in plan.rejected] + _rejected_inputs(plan, by_status["rejected"])
     nothing_there = set(plan.scenes_within(empty))
-    errors += [{"path": source, "reason": "every pixel is transparent or nodata"}
+    errors += [{"path": source, "reason": NOTHING_VALID}
                for source in sorted(nothing_there)]  # as a whole image's would be: no tile to train on
     # Each image in one list of the run's record: a scene rejected whole is not labelled too (by its tiles), and an
     # image whose file changed during the run is missing, not labelled

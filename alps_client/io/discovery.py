@@ -41,7 +41,14 @@ from alps_client.io.items import (
     printable,
 )
 from alps_client.io.publish import is_alps_output
-from alps_client.io.readers import MAX_PIL_PIXELS, MAX_UNTILED_PIXELS, image_header, volume_slices, volumes_in
+from alps_client.io.readers import (
+    MAX_PIL_PIXELS,
+    MAX_UNTILED_PIXELS,
+    image_header,
+    too_large_to_label_whole,
+    volume_slices,
+    volumes_in,
+)
 from alps_client.io.splits import split_folder
 
 # No format stores a side past it (PNG's limit): a larger one is a corrupt header, or a negative size (a BMP's) read
@@ -349,8 +356,7 @@ def _parts_of(path: Path, config: InputConfig,
         raise InputImageError(str(path), f"image is {width}x{height}, too large to decode whole; convert it to a "
                                          "tiled GeoTIFF (gdal_translate -co TILED=YES) and use --tile")
     if config.tile is None and height * width > MAX_UNTILED_PIXELS:
-        raise InputImageError(str(path), f"image is {width}x{height} ({height * width / 1e6:.0f} Mpx), too large "
-                                         "to label whole; use --tile 896 --overlap 384")
+        raise InputImageError(str(path), too_large_to_label_whole(height, width))
     if config.tile is None or (height <= config.tile and width <= config.tile):
         return [("", InputItem("", ""))]
     from alps_client.io.tiling import tile_windows

@@ -63,6 +63,8 @@ _PIL_LIMIT_LOCK = threading.Lock()
 _PIL_PACKAGE = str(Path(Image.__file__).parent)
 _PIL_WARNINGS_LOCK = threading.Lock()
 _PIL_WARNINGS_SAID: set[tuple[str, str]] = set()
+# Why an image with no valid pixel is rejected (a tiled scene's, when every tile is so).
+NOTHING_VALID = "every pixel is transparent or nodata"
 # GDAL block cache while reading (MB): keeps windowed reads of huge scenes bounded.
 GDAL_CACHE_MB = 64
 # Long side of the decimated sample a tiled scene's stretch range is taken from.
@@ -255,6 +257,12 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
         raise _fail(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
     with im:
         yield im
+
+
+def too_large_to_label_whole(height: int, width: int) -> str:
+    """Why an image above :data:`MAX_UNTILED_PIXELS` is rejected without ``--tile``, and the way out."""
+    return (f"image is {width}x{height} ({height * width / 1e6:.0f} Mpx), too large to label whole; use --tile 896 "
+            "--overlap 384")
 
 
 def read_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
@@ -784,8 +792,7 @@ def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage
             )
     h, w = loaded.rgb.shape[:2]
     if item.window is None and h * w > MAX_UNTILED_PIXELS:
-        raise _fail(path, f"image is {w}x{h} ({h * w / 1e6:.0f} Mpx), too large to label whole; "
-                          "use --tile 896 --overlap 384")
+        raise _fail(path, too_large_to_label_whole(h, w))
     if item.window is None and loaded.valid is not None and not loaded.valid.any():  # a tile's is no fault of the file
-        raise _fail(path, "every pixel is transparent or nodata")
+        raise _fail(path, NOTHING_VALID)
     return loaded
