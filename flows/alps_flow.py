@@ -61,6 +61,7 @@ from alps_client.errors import (
 from alps_client.io import atomic, publish
 from alps_client.io.dataset import last_run_record
 from alps_client.io.items import InputItem, by_reason, one_line, printable
+from alps_client.io.layout import shard_dir, work_dir
 from alps_client.io.out_lock import out_lock
 from alps_client.io.readers import NOTHING_VALID
 from alps_client.io.registry import record_names
@@ -69,7 +70,7 @@ from alps_client.runs import allocator
 from alps_client.runs.finish import fit_or_keep_centroids, write_labelled_dataset
 from alps_client.runs.labellers import Labeller, check_workers, open_labeller
 from alps_client.runs.moves import apply_moves, restamp
-from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings, work_dir
+from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings
 from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
 from alps_client.runs.threads import DaemonThreadPool, get_interruptibly
 from alps_client.runs.work import ImageOutcome, LabelJob, done_outcome
@@ -496,12 +497,12 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                        "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)
     if plan.n_damaged:
         logger.warning("%d image(s) have a shard in %s that cannot be read whole (cut short or altered, e.g. by a "
-                       "crash or a full disk): labelling them again", plan.n_damaged, work_dir(out) / "shards")
+                       "crash or a full disk): labelling them again", plan.n_damaged, shard_dir(out))
     if plan.gone:
         logger.warning("%d input(s) of the dataset in %s are no longer under %s, and the dataset this run writes leaves "
                        "them out: %s%s (their shards stay in %s: put the files back and run again to have them)%s",
                        len(plan.gone), out, dataset, ", ".join(plan.gone[:5]), ", ..." if len(plan.gone) > 5 else "",
-                       work_dir(out) / "shards", _another_dataset(out, dataset))
+                       shard_dir(out), _another_dataset(out, dataset))
     for line in unused_input_settings(config, plan.items):
         logger.warning("%s", line)
     from alps_client.labels.clustering import centroids_family, check_centroids_model
@@ -546,7 +547,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     record_names(out, {item.relative: item.scene or item.stem for item in plan.items})  # a killed run's too
     work = work_dir(out)
     leftovers = sum(atomic.remove_leftover_temp_files(folder) for folder in  # `alps evaluate` writes into OUT too
-                    (Path(out), work, work / "shards", work / "images",
+                    (Path(out), work, shard_dir(out), work / "images",
                      *(work / SET_ASIDE).glob("*/"), *(work / EARLIER).glob("*/")))
     if leftovers:
         logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, out)

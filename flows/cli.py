@@ -539,9 +539,10 @@ def check_utf8_arguments(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``alps run``: check the request, then run the flow with one Prefect API (see the module docstring)."""
     from alps_client.errors import AlpsError
+    from alps_client.io.layout import work_dir
     from alps_client.io.out_lock import busy, writer_of
     from alps_client.runs.labellers import check_workers
-    from alps_client.runs.plan import check_request, work_dir
+    from alps_client.runs.plan import check_request
     from alps_client.runs.retry import describe
 
     made: list[Path] = []
@@ -681,7 +682,7 @@ def _stopped_after_the_write(out: str, started: str) -> bool:
 
     from alps_client.io import atomic
     from alps_client.io.dataset import last_run_record, written_by_last_run
-    from alps_client.runs.plan import work_dir
+    from alps_client.io.layout import work_dir
 
     run = last_run_record(out)
     try:
@@ -706,18 +707,19 @@ def _leave_no_folder(out: str, made: list[Path], keep_api_log: bool = False) -> 
     import shutil
 
     from alps_client.errors import AlpsError
+    from alps_client.io.layout import WORK_DIR, work_dir
     from alps_client.io.out_lock import out_lock
 
     if not made:
         return
-    records = {".alps/lock", ".alps/names.json", ".alps/prefect-api.json",
-               *(() if keep_api_log else (".alps/prefect-api.log",))}
+    records = {f"{WORK_DIR}/{name}" for name in ("lock", "names.json", "prefect-api.json",
+                                                 *(() if keep_api_log else ("prefect-api.log",)))}
     root = Path(out)
     try:
-        if (root / ".alps").is_dir():
+        if work_dir(root).is_dir():
             with out_lock(root, "alps run", create=False):  # a run that started into it meanwhile holds it: it stays
                 left = {p.relative_to(root).as_posix() for p in root.rglob("*")}
-                if not left <= {".alps", *records}:  # a file or folder of someone else's, or a record it names
+                if not left <= {WORK_DIR, *records}:  # a file or folder of someone else's, or a record it names
                     return
                 shutil.rmtree(root)
         for folder in made:

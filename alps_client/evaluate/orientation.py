@@ -35,8 +35,8 @@ def labelled_volume_affine(out: Path, parts: list[Path]) -> tuple[npt.NDArray[np
     without label volumes whose inputs moved, or whose shards are gone).
     """
     from alps_client.io.discovery import whole_stem
+    from alps_client.io.layout import shard_dir
     from alps_client.io.shards import read_shard_meta, shard_path
-    from alps_client.runs.plan import shard_dir
 
     nibabel = lazy_import("nibabel")
 

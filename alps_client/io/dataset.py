@@ -23,6 +23,7 @@ from alps_client.config import PipelineConfig
 from alps_client.errors import AlpsError
 from alps_client.io.discovery import whole_stem
 from alps_client.io.items import is_input_name
+from alps_client.io.layout import shard_dir, work_dir
 from alps_client.io.publish import recover
 from alps_client.io.shards import read_shard_meta, shard_damage, shard_path
 from alps_client.labels.classes import ClassMap
@@ -102,7 +103,7 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     last_run = last_run_record(out)
     dataset = shlex.quote(str(last_run.get("dataset") or "DATASET"))
     rerun = (f"run the same `alps run {dataset} --out {shlex.quote(str(out))}` again, with the options it was given "
-             f"(its settings: `config` in {out / '.alps' / 'last_run.json'})")
+             f"(its settings: `config` in {work_dir(out) / 'last_run.json'})")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as err:  # edited by hand, or cut short outside alps (alps writes it atomically)
@@ -118,16 +119,16 @@ def load_dataset(out: str | Path) -> WrittenDataset:
     if absent:  # a label map deleted by hand: relabel and report would leave its image out of the dataset
         raise AlpsError(f"{len(absent)} image(s) that {manifest_path} lists have no label map in {out / 'ann_dir'} "
                         f"(first: {absent[0]}); {rerun}: it writes them again")
-    shards = {stem: shard_path(out / ".alps" / "shards", stem) for stem in splits}
+    shards = {stem: shard_path(shard_dir(out), stem) for stem in splits}
     missing = sorted(stem for stem, path in shards.items() if not path.is_file())
     if missing:
-        raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {out / '.alps' / 'shards'} (first: "
+        raise AlpsError(f"{len(missing)} image(s) of {out} have no shard in {shard_dir(out)} (first: "
                         f"{missing[0]}); relabel and report are built from the shards `alps run` keeps there: "
                         f"{rerun}")
     _check_last_run(out, last_run, manifest, rerun)
     damaged = [(stem, why) for stem, path in shards.items() if (why := shard_damage(path))]
     if damaged:
-        raise AlpsError(f"{len(damaged)} shard(s) in {out / '.alps' / 'shards'} cannot be read whole (first: "
+        raise AlpsError(f"{len(damaged)} shard(s) in {shard_dir(out)} cannot be read whole (first: "
                         f"{damaged[0][0]}.npz, {damaged[0][1]}); {rerun}: it labels those images again")
     sources = {stem: _image_source(out, splits[stem], stem, shards[stem], manifest.get("img_suffix"))
                for stem in splits}
@@ -186,7 +187,7 @@ def _recorded_centroids(path: Path, rerun: str) -> npt.NDArray[np.float32]:
 def last_run_record(out: str | Path) -> dict[str, Any]:
     """``OUT/.alps/last_run.json``; empty if there is none (or it cannot be read)."""
     try:
-        run = json.loads((Path(out) / ".alps" / "last_run.json").read_text())
+        run = json.loads((work_dir(out) / "last_run.json").read_text())
     except (OSError, ValueError):
         return {}
     return run if isinstance(run, dict) else {}

@@ -66,9 +66,6 @@ def whole_stem(stem: str) -> str:
     match = PART_STEM.match(stem)
     return match["whole"] if match else stem
 
-# Every alps output folder holds its work folder (shards, run records) under this name.
-WORK_DIR = ".alps"
-
 # File names are limited to 255 bytes (ext4, XFS, NTFS, APFS). Outputs add up to ~55 bytes to a stem: a tile's
 # ``__x{x0}_y{y0}`` (17 for scenes up to 999,999 px), then an extension and the atomic writer's
 # ``.{name}.{8 random}{suffix}`` temporary name (``.{stem}.nii.gz.xxxxxxxx.gz``: 20).

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from alps_client.errors import AlpsError, OutputBusyError
-from alps_client.io.discovery import WORK_DIR
+from alps_client.io.layout import work_dir
 
 LOCK_NAME = "lock"
 # A reader's check (:func:`writer_of`) holds the lock shared for an instant: a writer that meets it waits this long.
@@ -50,7 +50,7 @@ def out_lock(out: str | Path, what: str, create: bool = True) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock (alps runs on Linux; see the README)
         yield
         return
-    path = Path(out) / WORK_DIR / LOCK_NAME
+    path = work_dir(out) / LOCK_NAME
     if not create and not path.parent.is_dir():
         yield
         return
@@ -127,7 +127,7 @@ def writer_of(out: str | Path) -> str | None:
     except ImportError:
         return None
     try:
-        fd = os.open(Path(out) / WORK_DIR / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(work_dir(out) / LOCK_NAME, os.O_RDONLY)
     except OSError:  # no lock file: nothing ever wrote there
         return None
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from alps_client.errors import AlpsError
 from alps_client.io import atomic
+from alps_client.io.layout import WORK_DIR, work_dir
 
 # Everything a run writes at the top of OUT; `evaluation.json` (from `alps evaluate`) is stale after a rewrite.
 DATASET_ENTRIES = (
@@ -64,7 +65,7 @@ def is_alps_output(folder: str | Path) -> bool:
     deleted to save space).
     """
     folder = Path(folder)
-    return os.path.lexists(folder / ".alps") or _is_alps_manifest(folder / "manifest.json")  # unreadable: not one
+    return os.path.lexists(work_dir(folder)) or _is_alps_manifest(folder / "manifest.json")  # unreadable: not one
 
 
 def _is_alps_manifest(path: Path) -> bool:
@@ -116,7 +117,7 @@ def staging_dir(out: str | Path) -> Path:
     """A fresh, empty ``OUT/.alps/staging`` (what an interrupted write left there is discarded)."""
     out = Path(out)
     recover(out)
-    staging = out / ".alps" / "staging"
+    staging = work_dir(out) / "staging"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
@@ -124,7 +125,7 @@ def staging_dir(out: str | Path) -> Path:
 
 
 def _journal(out: Path) -> Path:
-    return out / ".alps" / "publish.json"
+    return work_dir(out) / "publish.json"
 
 
 # Added to a stop (Ctrl-C, SIGTERM) that came during a swap: the swap was finished first.
@@ -138,7 +139,7 @@ def publish(out: str | Path, staging: str | Path) -> None:
     :data:`SWAPPED_WHOLE` in its notes.
     """
     out, staging = Path(out), Path(staging)
-    shutil.rmtree(out / ".alps" / "previous", ignore_errors=True)  # left by a clean-up that did not finish
+    shutil.rmtree(work_dir(out) / "previous", ignore_errors=True)  # left by a clean-up that did not finish
     with atomic.stops_held(SWAPPED_WHOLE):
         # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place.
         atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out), "entries": list(DATASET_ENTRIES)})
@@ -147,8 +148,8 @@ def publish(out: str | Path, staging: str | Path) -> None:
 
 
 # `alps report` swaps OUT/report alone: the new page is written here, the old one moved aside here meanwhile.
-REPORT_STAGING = Path(".alps") / "report-staging"
-REPORT_OLD = Path(".alps") / "report-old"
+REPORT_STAGING = Path(WORK_DIR) / "report-staging"
+REPORT_OLD = Path(WORK_DIR) / "report-old"
 
 
 def recover(out: str | Path) -> bool:
@@ -168,8 +169,8 @@ def recover(out: str | Path) -> bool:
         return False
     # Where every write stages, whatever the journal says: a journal in an OUT handed over (its path ../victim or
     # absolute) had the swap move that folder's entries into OUT, then deleted the folder.
-    staging = out / ".alps" / "staging"
-    for folder in (staging, out / ".alps" / "previous"):
+    staging = work_dir(out) / "staging"
+    for folder in (staging, work_dir(out) / "previous"):
         if folder.is_symlink():
             raise AlpsError(f"{folder} is a symbolic link (to {os.readlink(folder)}), which alps never makes: "
                             "finishing the interrupted write would move files out of or into that folder; remove "
@@ -232,7 +233,7 @@ def dataset_version(out: str | Path) -> tuple[int, int, int] | None:
 
 def _swap(out: Path, staging: Path) -> None:
     """Move the previous outputs aside into ``OUT/.alps/previous`` and the staged ones in; end the journal."""
-    previous = out / ".alps" / "previous"
+    previous = work_dir(out) / "previous"
     previous.mkdir(parents=True, exist_ok=True)
     for name in DATASET_ENTRIES:
         current, staged, old = out / name, staging / name, previous / name
@@ -249,7 +250,7 @@ def _swap(out: Path, staging: Path) -> None:
 
 def _clean_up(out: Path, staging: Path) -> None:
     """Delete the previous outputs (a whole dataset: may take long) and the emptied staging folder."""
-    shutil.rmtree(out / ".alps" / "previous", ignore_errors=True)
+    shutil.rmtree(work_dir(out) / "previous", ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from alps_client.io import atomic
-from alps_client.io.discovery import WORK_DIR, whole_stem
+from alps_client.io.discovery import whole_stem
+from alps_client.io.layout import shard_dir, work_dir
 
 FILE_NAME = "names.json"
 
@@ -27,7 +28,7 @@ FILE_NAME = "names.json"
 def read_registry(out: str | Path) -> dict[str, Any]:
     """The record of ``out`` (empty parts where there is none, or it cannot be read)."""
     try:
-        record = json.loads((Path(out) / WORK_DIR / FILE_NAME).read_text())
+        record = json.loads((work_dir(out) / FILE_NAME).read_text())
     except (OSError, ValueError):
         record = {}
     if not isinstance(record, dict):
@@ -46,7 +47,7 @@ def record_names(out: str | Path, names: Mapping[str, str]) -> None:
     kept = _names_with_shards(out, record["names"].values())
     record["names"] = {**{relative: name for relative, name in record["names"].items() if name in kept},
                        **names}
-    atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
+    atomic.write_json(work_dir(out) / FILE_NAME, record)
 
 
 def split_identity(seed: int, val_fraction: float, split_group: str | None = None) -> list[Any]:
@@ -92,7 +93,7 @@ def record_splits(out: str | Path, splits: Mapping[str, str], split_by: list[Any
     earlier = _splits_by(record, split_by)  # the record read once
     record["splits"] = {**{path: split for path, split in earlier.items() if path in record["names"]}, **splits}
     record["split_by"] = split_by
-    atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
+    atomic.write_json(work_dir(out) / FILE_NAME, record)
 
 
 def record_moves(out: str | Path, moves: Mapping[str, str]) -> None:
@@ -102,13 +103,13 @@ def record_moves(out: str | Path, moves: Mapping[str, str]) -> None:
     record = read_registry(out)
     record["splits"] = {moves.get(path, path): split for path, split in record["splits"].items()}
     record["names"] = {path: name for path, name in record["names"].items() if path not in moves}
-    atomic.write_json(Path(out) / WORK_DIR / FILE_NAME, record)
+    atomic.write_json(work_dir(out) / FILE_NAME, record)
 
 
 def shard_stems(out: str | Path) -> set[str]:
     """The stems of the shards in ``OUT/.alps/shards`` (empty when there is none)."""
     try:
-        return {entry.name[: -len(".npz")] for entry in os.scandir(Path(out) / WORK_DIR / "shards")
+        return {entry.name[: -len(".npz")] for entry in os.scandir(shard_dir(out))
                 if entry.name.endswith(".npz")}
     except OSError:
         return set()

@@ -23,8 +23,8 @@ import numpy.typing as npt
 from alps_client.config import WriterConfig
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
-from alps_client.io.discovery import WORK_DIR
 from alps_client.io.items import counted
+from alps_client.io.layout import work_dir
 from alps_client.io.out_lock import busy, out_lock, writer_of, written_while_read
 from alps_client.io.publish import dataset_version, finish_killed_swap, outputs_named
 from alps_client.io.shards import read_shard
@@ -244,7 +244,7 @@ def carried_relabel(out: str | Path, centroids: npt.NDArray[np.float32], warn: C
         if centroids_file and record.get("from") == str(Path(centroids_file).parent.resolve()):
             return _origins_classes(Path(centroids_file), centroids, record, warn)
         return _apply(record, len(centroids), out / "manifest.json", warn)
-    aside = next((folder for folder in sorted((out / WORK_DIR / SET_ASIDE).glob("*/"))
+    aside = next((folder for folder in sorted((work_dir(out) / SET_ASIDE).glob("*/"))
                   if _same(load_or_none(folder / "centroids.npy"), centroids)), None)
     if record and previous is not None:  # whatever this run's classes will be, these are kept
         sha = str(record.get("classes_file_sha256", "unknown"))
@@ -300,7 +300,7 @@ def _set_aside(out: Path, kind: str, previous: npt.NDArray[Any]) -> Path:
     ``--centroids`` of the folder is what the warnings tell the user to run: without the ``centroids.json`` of
     the dataset they came from, a SAM 2.1 run would refuse them (their family unknown) and a SAM run would warn.
     """
-    folder = out / WORK_DIR / kind / clusters_key(previous)
+    folder = work_dir(out) / kind / clusters_key(previous)
     atomic.write_with(folder / "centroids.npy", lambda f: np.save(f, previous))
     record = centroids_model(out / "centroids.npy")  # the dataset's, before this run replaces it
     if record is not None:

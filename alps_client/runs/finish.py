@@ -18,11 +18,12 @@ import numpy as np
 from alps_client.config import PipelineConfig
 from alps_client.io import atomic
 from alps_client.io.items import not_utf8_bytes
+from alps_client.io.layout import work_dir
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import CENTROIDS_UNRECORDED, write_dataset
 from alps_client.labels.clustering import centroids_from, clustering_key, fit_centroids, same_clusters
-from alps_client.runs.plan import RunPlan, work_dir
+from alps_client.runs.plan import RunPlan
 
 Log = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
 logger = logging.getLogger(__name__)

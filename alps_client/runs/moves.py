@@ -21,6 +21,7 @@ from typing import Any
 
 from alps_client.io.discovery import whole_stem
 from alps_client.io.items import InputItem, content_digest, source_signature
+from alps_client.io.layout import shard_dir
 from alps_client.io.registry import record_moves, shard_stems
 from alps_client.io.shards import (
     SHARD_READ_ERRORS,
@@ -30,7 +31,7 @@ from alps_client.io.shards import (
     shard_path,
     write_shard,
 )
-from alps_client.runs.plan import ItemState, decoded_image, shard_dir
+from alps_client.runs.plan import ItemState, decoded_image
 
 
 @dataclass(frozen=True)

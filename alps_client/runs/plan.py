@@ -15,7 +15,7 @@ from alps_client.amg import default_written_otherwise
 from alps_client.backends.manifest import ModelManifest, check_model_files, load_manifest
 from alps_client.config import InputConfig, PipelineConfig, dotted_fields
 from alps_client.errors import AlpsError, ConfigMismatchError, NoInputsError
-from alps_client.io.discovery import NOT_READ_FORMATS, WORK_DIR, discover_inputs, list_input_files
+from alps_client.io.discovery import NOT_READ_FORMATS, discover_inputs, list_input_files
 from alps_client.io.items import (
     IMAGE_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -27,6 +27,7 @@ from alps_client.io.items import (
     printable,
     source_signature,
 )
+from alps_client.io.layout import WORK_DIR, shard_dir, work_dir
 from alps_client.io.publish import DATASET_ENTRIES, foreign_entries, is_alps_output
 from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
@@ -43,16 +44,6 @@ if TYPE_CHECKING:
     from alps_client.runs.moves import Move
 
 LOOKED_FOR = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS + VOLUME_EXTENSIONS)
-
-
-def work_dir(out: str | Path) -> Path:
-    """``OUT/.alps``: shards, prepared images, run records, the temporary Prefect API's pid file."""
-    return Path(out) / WORK_DIR
-
-
-def shard_dir(out: str | Path) -> Path:
-    """``OUT/.alps/shards``: one shard per labelled image."""
-    return work_dir(out) / "shards"
 
 
 def decoded_image(out: str | Path, stem: str) -> Path:
