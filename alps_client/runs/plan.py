@@ -410,8 +410,10 @@ def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[
                              | there.get("config", {}))
     now = dotted_fields({key: value for key, value in now.items() if key in there and key != "config"}
                         | now["config"])
+    neutral = {f"{section}.{name}" for section, name in SHARD_NEUTRAL_SETTINGS}  # never why a shard differs
     return "; ".join(f"{key} {recorded.get(key, 'unset')} there, {now.get(key, 'unset')} now"
-                     for key in sorted(recorded.keys() | now.keys()) if recorded.get(key) != now.get(key))
+                     for key in sorted(recorded.keys() | now.keys())
+                     if recorded.get(key) != now.get(key) and key not in neutral)
 
 
 def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelManifest) -> PipelineConfig:

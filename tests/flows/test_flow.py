@@ -208,10 +208,14 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert alps_flow(str(scenes / "images"), str(out), coco_form, progress_bar=False)["n_skipped"] == 6
     assert before == labels(out)
     other = PipelineConfig(backend=cfg.backend, amg=AmgConfig(points_per_side=6), cluster=cfg.cluster)
-    with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
-        alps_flow(str(scenes / "images"), str(out), other, progress_bar=False)
-    assert "6 image(s) labelled with another model or labelling configuration (amg.points_per_side 8 there, 6 now)" \
-        in str(refused.value)  # which setting, so that the user can run again with it
+    # the settings that never change a shard are not said to differ (docs audit: "inputs.stitch False there")
+    with_neutral = dataclasses.replace(other, amg=dataclasses.replace(other.amg, points_per_batch=7),
+                                       inputs=dataclasses.replace(other.inputs, write_nifti_labels=True))
+    for refused_config in (other, with_neutral):
+        with pytest.raises(ConfigMismatchError, match="--overwrite") as refused:
+            alps_flow(str(scenes / "images"), str(out), refused_config, progress_bar=False)
+        assert "6 image(s) labelled with another model or labelling configuration (amg.points_per_side 8 there, 6 " \
+               "now)" in str(refused.value)  # which setting, so that the user can run again with it
     other_model = write_fake_repository(tmp_path / "other_model", prompt_batch_size=32)
     with pytest.raises(ConfigMismatchError, match=r"configuration \(model \S+ there, \S+ now\); use"):
         alps_flow(str(scenes / "images"), str(out), small_config(other_model), progress_bar=False)
