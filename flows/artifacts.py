@@ -183,14 +183,22 @@ def _thumbnail(path: Path, size: int = 256) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _model_caveat(run: dict[str, Any]) -> str:
+    """What the summary says after the model's name when its labels mean nothing (the log and report say it too)."""
+    if run["stand_in"]:
+        return f" (STAND-IN, not {family_name(run.get('model_family'))})"
+    if run.get("random_init"):
+        return " (RANDOM weights (--random-init), not a trained model: the labels mean nothing)"
+    return ""
+
+
 def publish(run: dict[str, Any], out: str) -> None:
     """Summary table, class histogram, previews and the error list, as Prefect artifacts."""
     s = run["summary"]
     sec = run["seconds"]
     n_labelled = len(run["labelled"])
     rows = [
-        {"metric": "model", "value": run["model"] + (f" (STAND-IN, not {family_name(run.get('model_family'))})"
-                                                     if run["stand_in"] else "")},
+        {"metric": "model", "value": run["model"] + _model_caveat(run)},
         {"metric": "images", "value": s["n_images"]},
         {"metric": "labelled this run / skipped (already done)", "value": f"{n_labelled} / {len(run['skipped'])}"},
         *([{"metric": "tiles wholly in nodata (left out, in the counts above)", "value": run["n_empty_tiles"]}]

@@ -28,6 +28,7 @@ from tests.runs import (
     SMALL,
     cli_env,
     error_lines,
+    flow_run_of,
     labels,
     prefect_api,
     run_alps,
@@ -566,6 +567,17 @@ def test_a_model_with_random_weights_is_said_in_the_run_and_on_the_review_page(f
     assert "STAND-IN" not in result.stdout
     page = (out / "report" / "index.html").read_text()
     assert "RANDOM weights, not a trained SAM" in page and "these classes mean nothing" in page
+    with prefect_api(prefect_server) as api:  # and the run's summary in the UI (docs audit: "model: tiny-test")
+        run = flow_run_of(api, out)
+
+        def summary():
+            arts = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]},
+                                                                     "key": {"any_": ["alps-summary"]}}}).json()
+            return arts[0] if arts else None
+
+        model = next(row for row in json.loads(wait_until(summary, "the run's summary artifact")["data"])
+                     if row["metric"] == "model")
+    assert "RANDOM weights (--random-init)" in model["value"], model
 
 
 def test_a_machine_whose_loopback_is_down_is_told_so_at_once(fault_data, fake_repo, tmp_path):
