@@ -960,7 +960,8 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="the runs' backend (embedded)")
     serve.add_argument("--model-repository", type=a_path, help="the runs' model repository (model_repository)")
     serve.add_argument("--triton-url", dest="triton_urls", action="append", metavar="HOST:PORT",
-                       help="Triton host:port of the runs (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001)")
+                       help="Triton host:port of the runs (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001 "
+                            "for gRPC, 127.0.0.1:8000 for HTTP)")
     serve.add_argument("--protocol", choices=["grpc", "http"], help="the runs' Triton protocol (grpc)")
     serve.add_argument("--shared-memory", action="store_true", default=None,
                        help="the runs send images through Triton's system shared memory (same host)")
