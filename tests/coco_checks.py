@@ -15,10 +15,14 @@ def _rle(segmentation: dict) -> dict:
 
 
 def coco_by_image(out: Path) -> dict[str, list[dict]]:
-    """Annotations per image stem, over every ``instances_*.json``."""
+    """Annotations per image stem, over every ``instances_*.json``; image and annotation ids unique in each file
+    (pycocotools indexes both by id: a repeated one overwrites the other, unsaid)."""
     found: dict[str, list[dict]] = {}
     for path in sorted(out.glob("instances_*.json")):
         data = json.loads(path.read_text())
+        for key in ("images", "annotations"):
+            ids = [entry["id"] for entry in data[key]]
+            assert len(set(ids)) == len(ids), (path.name, key, sorted(ids))
         stems = {img["id"]: Path(img["file_name"]).stem for img in data["images"]}
         for stem in stems.values():
             found.setdefault(stem, [])

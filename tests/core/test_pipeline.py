@@ -16,6 +16,7 @@ from tests.shapes import make_checkerboard
 
 def test_label_image_clips_to_valid_pixels_and_measures_on_the_rles(fake_backend, tmp_path):
     image, _ = make_scene(3, (128, 160))
+    image[:, 60:100] = (250, 10, 10)  # one region of 5,120 px: more than sigma of the valid pixels, not of the frame
     cfg = PipelineConfig(amg=AmgConfig(points_per_side=8))
     valid = np.ones(image.shape[:2], bool)
     valid[:, :60] = False  # e.g. transparent pixels: never labelled, not counted in PI(M)
@@ -31,7 +32,10 @@ def test_label_image_clips_to_valid_pixels_and_measures_on_the_rles(fake_backend
     assert shard.pfl.shape == (summary.n_kept, 256)
     assert not decode_coco_rle(shard.masks.rles)[:, :, :20].any()
     assert (shard.masks.bboxes == rle_boxes(shard.masks.rles)).all()
-    # The gate's PI(M) is taken over valid pixels: every kept mask covers at most sigma of them.
+    # The gate's PI(M) is taken over valid pixels: every kept mask covers at most sigma of them, and one covering
+    # more, though not sigma of the whole frame, is gated (mutation audit: no mask lay in between)
+    between = (shard.masks.areas > 0.3 * valid.sum()) & (shard.masks.areas <= 0.3 * valid.size)
+    assert between.any() and not shard.keep[between].any()
     assert (shard.masks.areas[shard.keep] <= 0.3 * valid.sum()).all() and shard.extra["image_area"] == valid.sum()
     assert {"encoder", "decoder", "postprocess", "gate", "features", "write_shard"} <= set(summary.timings)
 

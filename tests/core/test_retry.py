@@ -73,3 +73,32 @@ def test_a_dask_future_cancelled_under_an_image_is_tried_again():
         result = call_with_retries(one_try, [0.0], lambda n, delay, err: retried.append(describe(err)),
                                    sleep=lambda s: None)
     assert result == "labelled" and retried == ["Dask cancelled it (restarted by its user)"] and len(tries) == 2
+
+
+@pytest.mark.parametrize("error", [ConnectionError("reset"), TimeoutError("slow"), MemoryError()])
+def test_a_transient_failure_is_tried_again_after_each_delay(error):
+    """Out of memory is the machine's failure, never the image's: retried as a lost connection is (mutation audit:
+    neither classification was held by a test of the retry itself)."""
+    calls, slept = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise error
+        return "done"
+
+    assert call_with_retries(flaky, [1.0, 2.0], sleep=slept.append) == "done"
+    assert len(calls) == 3 and slept == [1.0, 2.0]
+
+
+def test_a_permanent_failure_is_raised_at_once_without_waiting():
+    """A bug or a rejected request retried for the whole schedule cost a minute per image, its log saying "retry"."""
+    calls, slept = [], []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        call_with_retries(broken, [1.0, 2.0], sleep=slept.append)
+    assert len(calls) == 1 and slept == []

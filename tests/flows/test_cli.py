@@ -256,6 +256,7 @@ def test_allow_partial_lists_missing_images_apart_from_rejected_ones(fault_data,
                        "--allow-partial"], cli_env(tmp_path / "ph", prefect_server))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"Labelled dataset: {out}  (" in result.stdout  # as the Prefect UI shows it: no folder relative to the run's
+    assert "; 6 labelled now, 0 already done)" in result.stdout  # each count in its place (mutation audit)
     rejected, missing = result.stdout.split("1 input(s) rejected")[1].split("NOT labelled")
     assert "broken.png: zero-byte file" in rejected and "odd.png" not in rejected
     assert "odd.png: fake backend rejects images of 88x120" in missing

@@ -490,6 +490,8 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
     assert np.asarray(Image.open(next((out / "ann_dir").glob("*/scanline.png")))).shape == (1, 18 * SIZE[1])
     rotated = next((out / "ann_dir").glob("*/exif_rotated.png"))
     assert np.asarray(Image.open(rotated)).shape == SIZE[::-1]
+    with Image.open(next((out / "img_dir").glob("*/exif_rotated.*"))) as copy:  # its pixels as labelled, not the
+        assert np.asarray(copy).shape[:2] == SIZE[::-1]  # file as stored (mutation audit)
     rgba = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgba.png"))))
     assert (rgba[:, :30] == 255).all()  # transparent pixels stay unlabelled
     rgb48 = np.asarray(Image.open(next((out / "ann_dir").glob("*/rgb48.png"))))
@@ -947,3 +949,43 @@ def test_a_file_renamed_onto_a_read_one_with_its_time_and_size_is_read_anew(tmp_
         again = [load_item(item, config).extra["stretch"] for item in discover_inputs(path, config)[0]]
         assert len(again) == len(first) > 1 and all(new[1] > 10 * old[1] for new, old in zip(again, first)), (
             name, first, again)
+
+
+def test_hidden_files_are_no_inputs(tmp_path):
+    """``._photo.jpg`` (macOS's AppleDouble files on a shared disk) and ``.thumb.png`` are skipped as hidden folders
+    are, by docs/inputs.md; no test held it (mutation audit)."""
+    Image.fromarray(scene(1)).save(tmp_path / "photo.jpg")
+    (tmp_path / "._photo.jpg").write_bytes(b"\0\5\26\7" + b"\0" * 60)  # AppleDouble's magic: not an image
+    Image.fromarray(scene(2)).save(tmp_path / ".thumb.png")
+    items, rejected = discover_inputs(tmp_path, InputConfig())
+    assert [item.source for item in items] == [str(tmp_path / "photo.jpg")] and rejected == []
+
+
+def test_the_stretch_is_taken_over_valid_pixels_alone(tmp_path):
+    """A 16-bit scene with a wide nodata border: its 2-98 % range counted the border's value, and the scene's own
+    pixels lost their contrast (mutation audit: no test held it)."""
+    inner = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 7 + 1000)[None]
+    bordered = np.zeros((1, 160, 160), np.uint16)
+    bordered[:, 48:112, 48:112] = inner
+    write_geotiff(tmp_path / "alone.tif", inner, "EPSG:32633", (500000.0, 0.5, 4600000.0))
+    write_geotiff(tmp_path / "bordered.tif", bordered, "EPSG:32633", (500000.0, 0.5, 4600000.0), nodata=0)
+    stretch = {name: load_item(discover_inputs(tmp_path / f"{name}.tif", InputConfig())[0][0]).extra["stretch"]
+               for name in ("alone", "bordered")}
+    assert stretch["alone"] == stretch["bordered"] and stretch["alone"][0] > 1000, stretch
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_a_turned_tiffs_nodata_is_turned_with_its_pixels(tmp_path, orientation):
+    """A plain TIFF with an Orientation tag and nodata: the nodata mask was not turned with the pixels, a tested
+    mutation found (orientation 6: the image failed on every run; 3: the wrong pixels left unlabelled)."""
+    from alps_client.io.readers import upright
+
+    band = np.full((1, 80, 120), 50, np.uint8)
+    band[:, :20, :30] = 0  # nodata in the stored top-left corner
+    Image.fromarray(band[0]).save(tmp_path / "turned.tif", tiffinfo={0x0112: orientation, 42113: "0"})  # GDAL_NODATA
+
+    (item,), rejected = discover_inputs(tmp_path, InputConfig())
+    loaded = load_item(item)
+    expected = upright(band[0] != 0, orientation)
+    assert not rejected and loaded.valid is not None and np.array_equal(loaded.valid, expected)
+    assert loaded.rgb.shape[:2] == expected.shape
