@@ -448,6 +448,13 @@ def test_rerun_replaces_the_whole_dataset_and_a_class_map_merges_and_drops(two_s
     last = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(seed=5, val_fraction=0.5))
     write_dataset(out, shards, centroids, last, {}, [], sources, warn=said.append)  # the same labels again
     assert (out / "evaluation.json").read_text() == "{}" and not said  # it still scores them: kept (was removed)
+    # but not where an image is gone, or the classes renamed with names of the same length: the label maps and
+    # classes.json are compared whole, not by their list or sizes alone (mutation audit)
+    for fewer, renamed in ((shards[:1], None), (shards, ClassMap(("cluster_9", "cluster_8"), (0, 1)))):
+        write_dataset(out, fewer, centroids, last, {}, [], sources, class_map=renamed)
+        assert not (out / "evaluation.json").exists(), (len(fewer), renamed)
+        write_dataset(out, shards, centroids, last, {}, [], sources)
+        (out / "evaluation.json").write_text("{}")
     merged = ClassMap(("thing",), (0, 0))
     write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources, class_map=merged, warn=said.append)
     assert not (out / "evaluation.json").exists()  # stale: it scored the earlier labels

@@ -1239,6 +1239,14 @@ def test_a_run_whose_backend_is_down_stops_starting_images_and_resumes(fake_repo
     assert not (out / "manifest.json").exists()
     result = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert result["n_labelled"] == 6 and result["complete"]
+    # The same with images already done: --allow-partial writes no dataset from a run that stopped (the test above
+    # had none done, which kept any dataset from being written on its own: mutation audit)
+    before = (out / "manifest.json").read_bytes()
+    for shard in sorted((out / ".alps" / "shards").glob("*.npz"))[2:]:
+        shard.unlink()
+    with pytest.raises(IncompleteRunError, match="stopped starting images after 2 in a row failed"):
+        alps_flow(str(scenes / "images"), str(out), cfg, concurrency=1, progress_bar=False, allow_partial=True)
+    assert (out / "manifest.json").read_bytes() == before  # the dataset stays as it was
 
 
 def test_a_disk_that_fails_while_reading_is_retried_and_never_makes_a_bad_input(fake_repo, scenes, tmp_path,
