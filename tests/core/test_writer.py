@@ -302,18 +302,21 @@ def test_kept_and_gated_counts_and_coco_ids_are_each_their_own(two_shards, tmp_p
     """Counts and ids a hand mutation could swap unseen (mutation audit): the fixture above keeps as many masks as it
     gates, and holds one image with annotations, so neither the gated count taking the kept one nor annotation ids
     repeated from one image to the next failed a test."""
-    from tests.coco_checks import coco_by_image
+    from tests.coco_checks import assert_coco_consistent, coco_by_image
 
     _, centroids, sources = two_shards
     big, small, gated = boxes((1, 9, 1, 9), (3, 5, 3, 5), (0, 10, 0, 10))
+    corner = big.copy()
+    corner[6:9, 6:9] = False  # not a box: a COCO area taken from its bbox differs from the RLE's
     shards = [make_shard(tmp_path / "a.npz", "a", np.stack([big, small, gated]), [True, True, False], centroids),
-              make_shard(tmp_path / "b.npz", "b", np.stack([big, small]), [True, True], centroids)]
+              make_shard(tmp_path / "b.npz", "b", np.stack([corner, small]), [True, True], centroids)]
     cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=2), writer=WriterConfig(val_fraction=0.0))
     summary = write_dataset(tmp_path / "out", shards, centroids, cfg, {}, [], sources)
     assert (summary.n_masks_kept, summary.n_masks_gated) == (4, 1)
     counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
     assert (counts["n_masks_kept"], counts["n_masks_gated"]) == (4, 1)
     assert sorted(len(annotations) for annotations in coco_by_image(tmp_path / "out").values()) == [2, 2]  # ids unique
+    assert_coco_consistent(tmp_path / "out")  # areas and boxes those of the RLEs
 
 
 def test_a_dataset_without_a_val_split_is_validated_on_train_in_its_mmsegmentation_config(two_shards, tmp_path):
