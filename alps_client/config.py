@@ -342,6 +342,10 @@ class FeatureConfig:
         _check(self.feature_size > 0, f"feature_size must be > 0, got {self.feature_size!r}")
 
 
+# Clusters a dataset may have: their class ids 0..254 fit a uint8 label map beside 255, which marks "no mask".
+MAX_CLUSTERS = 255
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Mini-batch k-means over all pseudo feature labels of a dataset.
@@ -374,10 +378,12 @@ class ClusterConfig:
         _check_field_types(self)
         if self.n_clusters != "auto":
             _check(
-                isinstance(self.n_clusters, int) and 1 <= self.n_clusters <= 254,
-                f"n_clusters must be an integer in 1..254 (255 marks 'no mask') or 'auto', got {self.n_clusters!r}",
+                isinstance(self.n_clusters, int) and 1 <= self.n_clusters <= MAX_CLUSTERS,
+                f"n_clusters must be an integer in 1..{MAX_CLUSTERS} (class ids 0..{MAX_CLUSTERS - 1}; 255 marks 'no "
+                f"mask') or 'auto', got {self.n_clusters!r}",
             )
-        _check(2 <= self.max_n_clusters <= 254, f"max_n_clusters must lie in 2..254, got {self.max_n_clusters!r}")
+        _check(2 <= self.max_n_clusters <= MAX_CLUSTERS,
+               f"max_n_clusters must lie in 2..{MAX_CLUSTERS}, got {self.max_n_clusters!r}")
         _check(
             self.backend in ("auto", "sklearn", "cuml", "dask"),
             f"cluster backend must be auto, sklearn, cuml or dask, got {self.backend!r}",

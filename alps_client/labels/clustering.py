@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client._imports import lazy_import
-from alps_client.config import ClusterConfig
+from alps_client.config import MAX_CLUSTERS, ClusterConfig
 from alps_client.errors import AlpsError
 from alps_client.io.items import one_line
 from alps_client.io.shards import read_pfl, read_shard_meta
@@ -348,7 +348,7 @@ def check_centroids_features(path: str | Path, centroids: npt.NDArray[np.floatin
 
 
 def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = None) -> npt.NDArray[np.float32]:
-    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= 254.
+    """Read ``centroids.npy`` of an earlier run, checking it is ``(N, dim)`` with 1 <= N <= ``MAX_CLUSTERS``.
 
     When ``model_family`` is given, centroids fitted on another family's features are refused.
     """
@@ -358,8 +358,9 @@ def load_centroids(path: str | Path, dim: int = 256, model_family: str | None = 
         c = np.load(path)
     except (OSError, ValueError) as err:
         raise AlpsError(f"--centroids {path}: not a readable .npy file ({err})") from err
-    if c.ndim != 2 or c.shape[1] != dim or not 1 <= c.shape[0] <= 254:
-        raise AlpsError(f"--centroids {path}: expected an (N, {dim}) array with 1 <= N <= 254, got shape {c.shape}")
+    if c.ndim != 2 or c.shape[1] != dim or not 1 <= c.shape[0] <= MAX_CLUSTERS:
+        raise AlpsError(f"--centroids {path}: expected an (N, {dim}) array with 1 <= N <= {MAX_CLUSTERS}, got shape "
+                        f"{c.shape}")
     if not (np.issubdtype(c.dtype, np.integer) or np.issubdtype(c.dtype, np.floating)):
         raise AlpsError(f"--centroids {path}: expected real numbers, got {c.dtype} values")
     c = c.astype(np.float32)

@@ -319,6 +319,27 @@ def test_kept_and_gated_counts_and_coco_ids_are_each_their_own(two_shards, tmp_p
     assert_coco_consistent(tmp_path / "out")  # areas and boxes those of the RLEs
 
 
+def test_a_dataset_of_255_clusters_uses_every_id_beside_the_one_for_no_mask(tmp_path):
+    """Class ids 0..254 and 255 for no mask fill a uint8 label map: 255 clusters were refused "(255 marks 'no
+    mask')", one short (code review)."""
+    from tests.coco_checks import assert_coco_consistent
+
+    pixels = np.arange(255)
+    masks = np.zeros((255, 16, 16), bool)
+    masks[pixels, pixels // 16, pixels % 16] = True  # one pixel each; the last pixel under no mask
+    centroids = np.eye(255, 256, dtype=np.float32)
+    shard = make_shard(tmp_path / "a.npz", "a", masks, np.ones(255, bool), centroids)
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    cfg = PipelineConfig(cluster=ClusterConfig(n_clusters=255), writer=WriterConfig(val_fraction=0.0))
+    summary = write_dataset(tmp_path / "out", [shard], centroids, cfg, {}, [], {"a": tmp_path / "a.png"})
+    label = read_labels(tmp_path / "out")["a"]
+    assert summary.n_classes == 255 and label.ravel().tolist() == [*range(255), IGNORE]
+    assert_coco_consistent(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "classes.json").read_text())["classes"][-1]["id"] == 254
+    with pytest.raises(ValueError, match=r"n_clusters must be an integer in 1\.\.255 \(class ids 0\.\.254; 255 marks"):
+        ClusterConfig(n_clusters=256)
+
+
 def test_a_dataset_without_a_val_split_is_validated_on_train_in_its_mmsegmentation_config(two_shards, tmp_path):
     """``--val-fraction 0``, or a single scene: ``mmseg_dataset.py`` validated on ``img_dir/val``, which did not
     exist, so mmsegmentation failed as training started."""

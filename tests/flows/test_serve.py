@@ -77,7 +77,7 @@ def test_a_served_run_retried_in_the_ui_leaves_no_stale_missing_images(fault_dat
 
 
 INVALID_CONFIGS = [  # (a run's config, what its one line must say)
-    ({"cluster": {"n_clusters": 0}}, "config.cluster: n_clusters must be an integer in 1..254"),
+    ({"cluster": {"n_clusters": 0}}, "config.cluster: n_clusters must be an integer in 1..255"),
     ({"writer": {"val_fraction": 1.5}}, "config.writer: val_fraction must lie in [0, 1), got 1.5"),
     ({"amg": {"bogus_field": 3}}, "config.amg.bogus_field: not a setting of config.amg (its settings: points_per_side"),
 ]
