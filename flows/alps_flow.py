@@ -77,6 +77,7 @@ from alps_client.runs.work import ImageOutcome, LabelJob, done_outcome
 from flows import artifacts
 from flows.deployment_config import deployment_run_config
 from flows.in_flight import TaskRunsInFlight
+from flows.prefect_api import record_runs_left_running
 from flows.review_cli import report_link_artifact
 from flows.run_config import ConfigParameter, validated_config
 
@@ -441,6 +442,7 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
                 with out_lock(out, "alps run", create=False):
                     raise
             with out_lock(out, "alps run"):  # one writer per OUT, also on a shared Prefect API
+                _record_runs_left_running(out)
                 if publish.recover(out):  # a dataset write a kill left half swapped, which the plan read: finished first
                     get_run_logger().info("finished the dataset write that an interrupted run or `alps relabel` left "
                                           "half done in %s", out)
@@ -450,6 +452,22 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
             if isinstance(err, NoInputsError) and err.rejected:  # every file found was rejected: each one's reason
                 artifacts.publish_errors(err.rejected, "every file found: no input could be read, nothing is written")
             return Failed(message=describe(err), data=err)
+
+
+def _record_runs_left_running(out: str) -> None:
+    """Earlier flow runs into ``out`` that a kill left *Running* recorded Crashed (:func:`record_runs_left_running`).
+
+    Bookkeeping of the Prefect API alone: where it fails, the run says so and labels on.
+    """
+    logger = get_run_logger()
+    try:
+        names = record_runs_left_running(out)
+    except Exception as err:  # noqa: BLE001 (the API's record of other runs never stops this one)
+        logger.warning("could not look for earlier runs into %s left Running by a kill (%s)", out, one_line(str(err)))
+        return
+    for name in names:
+        logger.warning("flow run %s of %s was left Running by a process that ended without a word (kill -9, out of "
+                       "memory): recorded Crashed", name, out)
 
 
 # The config parameter's type as an object, not the name `from __future__ import annotations` leaves: a served

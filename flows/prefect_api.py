@@ -18,6 +18,7 @@ API URL starts its own: on a busy 2-core machine a run died at start, and a Dask
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -434,6 +435,82 @@ class LocalApiServer:
         self._terminate()
         if self._recorded:
             self.record_path.unlink(missing_ok=True)
+
+
+# Tags a run puts on its flow run once it holds OUT's lock: which OUT (on which machine), and which process.
+OUT_TAG_PREFIX = "alps-out:"
+PROCESS_TAG_PREFIX = "alps-process:"
+
+
+def out_tag(out: str | Path) -> str:
+    """The tag of the flow runs that write ``out`` on this machine (a digest of both: tags are short)."""
+    key = f"{socket.gethostname()}\0{os.path.abspath(out)}"
+    return OUT_TAG_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _process_tag() -> str:
+    import psutil
+
+    me = psutil.Process()
+    return f"{PROCESS_TAG_PREFIX}{socket.gethostname()}:{me.pid}:{me.create_time():.3f}"
+
+
+def _process_gone(tags: list[str]) -> str | None:
+    """``host pid N`` of the process a flow run's tags name if it is gone from this machine, else None.
+
+    None too where the tags name none, or another machine (whose processes cannot be looked at from here).
+    """
+    for tag in tags:
+        if tag.startswith(PROCESS_TAG_PREFIX):
+            host, pid, create_time = tag.removeprefix(PROCESS_TAG_PREFIX).rsplit(":", 2)
+            if host != socket.gethostname():
+                return None
+            alive = _alive_as_recorded(int(pid), float(create_time), "")
+            return None if alive is not None else f"{host} pid {pid}"
+    return None
+
+
+def record_runs_left_running(out: str | Path) -> list[str]:
+    """Tag this flow run as writing ``out``, and record as Crashed the earlier ones whose process is gone.
+
+    A run killed outright (``kill -9``, the out-of-memory killer, a machine that went down) cannot record its end:
+    its flow run stayed *Running* (a Cancel then *Cancelling*) for ever on an API that outlives it. Called with
+    OUT's lock held: no other run writes ``out`` now, and a tagged run whose process is gone (the same pid started
+    at the same time) ended without a word. A run of another machine is left as it is. Returns the names of the
+    runs recorded Crashed.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import FlowRunContext
+    from prefect.states import Crashed
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return []
+    own, tag = context.flow_run, out_tag(out)
+    recorded = []
+    with get_client(sync_client=True) as client:
+        tags = client.read_flow_run(own.id).tags
+        client.update_flow_run(own.id, tags=[*tags, tag, _process_tag()])
+        left = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[tag]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING]))))
+        for run in left:
+            process = None if run.id == own.id else _process_gone(run.tags)
+            if process is None:
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=(
+                f"its process ({process}) ended without recording its end (kill -9, the out-of-memory killer, a "
+                f"machine that went down); the run {own.name} into the same OUT found it so and labels on from its "
+                "finished images")), force=True)
+            recorded.append(run.name)
+    return recorded
 
 
 # How long the run's end waits for its queued logs and events to reach a user's API (PREFECT_API_URL).

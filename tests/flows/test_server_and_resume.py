@@ -82,6 +82,41 @@ def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake
     assert not run_processes(home)["servers"]
 
 
+def test_a_run_killed_outright_on_a_users_api_is_recorded_crashed_by_the_next_run_into_its_out(
+        fault_data, fake_repo, fault_reference, prefect_server, tmp_path):
+    """`kill -9` (or the out-of-memory killer) of a run reporting to the user's own API left its flow run *Running*
+    for ever: no one was left to record its end, and the docs said to delete it by hand. The next run into the same
+    OUT holds OUT's lock, so the killed run's process is gone: it records that run Crashed, saying why, and labels
+    on. A run of another OUT is left as it is."""
+    env = cli_env(tmp_path / "ph", prefect_server)
+    other = tmp_path / "other"
+    other.mkdir()
+    proc, out, _ = start_held_run(fault_data, other, env)  # held for ever: another OUT's run, alive
+    try:
+        killed_proc, killed_out, _ = start_held_run(fault_data, tmp_path, env)
+        os.kill(killed_proc.pid, signal.SIGKILL)
+        killed_proc.wait()
+        finished = finished_stems(killed_out)
+        with prefect_api(prefect_server) as api:
+            killed = flow_run_of(api, killed_out)
+            assert killed["state_type"] == "RUNNING"  # as Prefect left it
+        assert_resumes(fault_data, fake_repo, fault_reference, killed_out, env, finished)
+        with prefect_api(prefect_server) as api:
+            runs = api.post("/flow_runs/filter", json={"limit": 200, "sort": "EXPECTED_START_TIME_DESC"}).json()
+            of_out = {r["id"]: r for r in runs if r["parameters"].get("out") == str(killed_out)}
+            (resumed,) = [r for r in of_out.values() if r["id"] != killed["id"]]
+            assert resumed["state_type"] == "COMPLETED"
+            state = of_out[killed["id"]]["state"]
+            assert state["type"] == "CRASHED" and f"the run {resumed['name']} into the same OUT" in state["message"], state
+            assert flow_run_of(api, out)["state_type"] == "RUNNING"  # another OUT's, alive: untouched
+            logs = api.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [resumed["id"]]}}}).json()
+            assert any(f"flow run {killed['name']} of {killed_out} was left Running" in entry["message"]
+                       for entry in logs), [entry["message"] for entry in logs]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
     home = tmp_path / "ph"
     proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(home))
