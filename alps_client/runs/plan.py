@@ -410,10 +410,12 @@ def _what_differs(out: str | Path, meta: dict[str, Any] | None, labelling: dict[
                              | there.get("config", {}))
     now = dotted_fields({key: value for key, value in now.items() if key in there and key != "config"}
                         | now["config"])
-    neutral = {f"{section}.{name}" for section, name in SHARD_NEUTRAL_SETTINGS}  # never why a shard differs
-    return "; ".join(f"{key} {recorded.get(key, 'unset')} there, {now.get(key, 'unset')} now"
-                     for key in sorted(recorded.keys() | now.keys())
-                     if recorded.get(key) != now.get(key) and key not in neutral)
+    differing = [key for key in sorted(recorded.keys() | now.keys()) if recorded.get(key) != now.get(key)]
+    # Settings that never change a shard are not why it differs, unless nothing else does: a shard from before
+    # shards recorded their labelling is judged by the manifest, and a neutral setting then makes it stale
+    neutral = {f"{section}.{name}" for section, name in SHARD_NEUTRAL_SETTINGS}
+    differing = [key for key in differing if key not in neutral] or differing
+    return "; ".join(f"{key} {recorded.get(key, 'unset')} there, {now.get(key, 'unset')} now" for key in differing)
 
 
 def as_out_labelled(out: str | Path, config: PipelineConfig, manifest: ModelManifest) -> PipelineConfig:

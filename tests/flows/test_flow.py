@@ -1645,3 +1645,15 @@ def test_a_run_stopped_while_labelling_leaves_no_progress_thread_behind(fake_rep
     for thread in senders:
         thread.join(30)
     assert not any(thread.is_alive() for thread in senders)
+
+
+def test_a_neutral_setting_is_said_where_it_alone_makes_shards_of_an_older_alps_stale(tmp_path):
+    """Shards from before they recorded their labelling are judged by OUT's manifest, whose --points-per-batch then
+    differs: hiding the settings that never change a shard left that refusal without a reason (review)."""
+    from alps_client.runs.plan import _what_differs
+
+    now = {"model": "m", "config": PipelineConfig().labelling_dict()}
+    for written, said in ((AmgConfig(points_per_batch=16), "amg.points_per_batch 16 there, None now"),
+                          (AmgConfig(points_per_batch=16, points_per_side=8), "amg.points_per_side 8 there, 32 now")):
+        (tmp_path / "manifest.json").write_text(json.dumps({"config": PipelineConfig(amg=written).to_dict()}))
+        assert _what_differs(tmp_path, {"extra": {}}, now) == said
