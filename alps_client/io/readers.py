@@ -360,15 +360,13 @@ def upright(array: npt.NDArray[Any], orientation: int) -> npt.NDArray[Any]:
 
 
 def _orientation(im: Image.Image) -> int:
-    """EXIF orientation from the header only (PIL's ``getexif`` on a PNG decodes the whole image to look for it)."""
-    if im.format == "PNG":
-        raw = im.info.get("exif")
-        if not raw:
-            return 1
-        exif = Image.Exif()
-        exif.load(raw)
-        return int(exif.get(0x0112, 1))
-    return int(im.getexif().get(0x0112, 1))
+    """Orientation from the header only: EXIF, else XMP's ``tiff:Orientation`` or ImageMagick's raw EXIF profile.
+
+    As ``ImageOps.exif_transpose`` reads it, but for a PNG's eXIf chunk after its pixels: PIL's ``getexif`` on a
+    PNG decodes the whole image to look for one there, so the base class's (what the header holds) is asked.
+    """
+    exif = Image.Image.getexif(im) if im.format == "PNG" else im.getexif()
+    return int(exif.get(0x0112, 1))
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:

@@ -989,3 +989,26 @@ def test_a_turned_tiffs_nodata_is_turned_with_its_pixels(tmp_path, orientation):
     expected = upright(band[0] != 0, orientation)
     assert not rejected and loaded.valid is not None and np.array_equal(loaded.valid, expected)
     assert loaded.rgb.shape[:2] == expected.shape
+
+
+def test_a_png_turned_by_its_xmp_or_a_raw_exif_profile_is_labelled_as_displayed(tmp_path):
+    """PIL's exif_transpose turns a PNG by XMP's tiff:Orientation and ImageMagick's raw EXIF profile too: reading
+    the orientation from the eXIf chunk alone labelled such a PNG lying on its side (review)."""
+    from PIL import PngImagePlugin
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    profile = f"\nexif\n{len(raw) + 6:8d}\n" + (b"Exif\0\0" + raw).hex()
+    for name, key, text in (("xmp.png", "XML:com.adobe.xmp", xmp), ("raw.png", "Raw profile type exif", profile)):
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(key, text) if key.startswith("XML") else info.add_text(key, text)
+        Image.fromarray(scene(5)).save(tmp_path / name, pnginfo=info)
+        with Image.open(tmp_path / name) as im:  # as PIL shows it
+            shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        assert shown.shape[:2] == SIZE[::-1], name
+        (item,), rejected = discover_inputs(tmp_path / name, InputConfig())
+        loaded = load_item(item)
+        assert not rejected and np.array_equal(loaded.rgb, shown) and not loaded.plain_copy, name
