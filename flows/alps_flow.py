@@ -63,7 +63,7 @@ from alps_client.io.dataset import last_run_record
 from alps_client.io.items import InputItem, by_reason, one_line, printable
 from alps_client.io.layout import shard_dir, work_dir
 from alps_client.io.out_lock import out_lock
-from alps_client.io.readers import NOTHING_VALID
+from alps_client.io.readers import NOTHING_VALID, name_pil_warnings
 from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
 from alps_client.runs import allocator
@@ -426,6 +426,7 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
     """
     started = time.perf_counter()
     allocator.cap_malloc_arenas()  # before the run's threads: memory freed stayed in their arenas
+    name_pil_warnings()  # a served run's process, and the flow called from Python, say them as `alps run` does
     # As the run's log, records and UI show them: a served run's `~/out` was a folder named `~` under the serve
     # process's folder, logged as `~/out`, read as $HOME.
     dataset, out = (os.path.abspath(os.path.expanduser(path)) for path in (dataset, out))

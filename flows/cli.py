@@ -401,7 +401,13 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _show_library_warnings() -> None:
-    """Warnings of alps_client (a Triton server leaving the rotation, ...) on stderr, one line each."""
+    """Warnings of alps_client (a Triton server leaving the rotation, ...) on stderr, one line each.
+
+    PIL's warnings too, naming the file it read.
+    """
+    from alps_client.io.readers import name_pil_warnings
+
+    name_pil_warnings()
     log = logging.getLogger("alps_client")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

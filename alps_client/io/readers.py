@@ -59,10 +59,11 @@ MAX_PIL_PIXELS = 400_000_000
 # or opening a scene this run reads in tiles, raises PIL's limit, to MAX_PIL_PIXELS (the two limits above then
 # refuse with messages that say what to do); see _open_image.
 _PIL_LIMIT_LOCK = threading.Lock()
-# PIL's warnings (damaged metadata) are caught around header reads and said naming the file; see pil_warnings_named.
+# PIL's warnings (damaged metadata) said naming the file each thread reads; see name_pil_warnings.
 _PIL_PACKAGE = str(Path(Image.__file__).parent)
-_PIL_WARNINGS_LOCK = threading.Lock()
+_READING = threading.local()
 _PIL_WARNINGS_SAID: set[tuple[str, str]] = set()
+_PIL_WARNINGS_LOCK = threading.Lock()
 # Why an image with no valid pixel is rejected (a tiled scene's, when every tile is so).
 NOTHING_VALID = "every pixel is transparent or nodata"
 # GDAL block cache while reading (MB): keeps windowed reads of huge scenes bounded.
@@ -217,23 +218,44 @@ def pil_pixel_limit(limit: int | None) -> Iterator[None]:
 
 @contextmanager
 def pil_warnings_named(path: Path) -> Iterator[None]:
-    """PIL's warnings raised in the block said as alps lines naming ``path``, once per file and warning.
+    """Within: this thread reads ``path``, which PIL's warnings are said to be about (:func:`name_pil_warnings`)."""
+    previous = getattr(_READING, "path", None)
+    _READING.path = path
+    try:
+        yield
+    finally:
+        _READING.path = previous
+
+
+def name_pil_warnings() -> None:
+    """Say PIL's warnings as alps lines naming the file read, once per file and warning (idempotent).
 
     PIL warns of damaged metadata (an EXIF tag past its block's end) through ``warnings``: the line named PIL's own
-    source, not the file, and Python hid the next file's same warning as a repeat. ``catch_warnings`` changes
-    process-wide state, so the block holds a lock: keep it to header reads, not decoding. Other code's warnings
-    raised meanwhile are passed on as they were.
+    source, not the file, and Python hid the next file's same warning as a repeat. ``warnings``' hook and filters
+    are the process's, so the application installs this (a run, ``alps report``), not the import. Each thread says
+    which file it reads (:func:`pil_warnings_named`: images are read in several threads at once); PIL's warnings
+    outside a read, and every other warning, are shown as before.
     """
-    with _PIL_WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for warning in caught:
-        said = (str(Path(path).absolute()), str(warning.message))  # relative at discovery, absolute when labelled
-        if not warning.filename.startswith(_PIL_PACKAGE):
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        elif said not in _PIL_WARNINGS_SAID:
+    if getattr(warnings.showwarning, "names_pil_warnings", False):
+        return
+    shown_before = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        path = getattr(_READING, "path", None)
+        if path is None or not filename.startswith(_PIL_PACKAGE):
+            shown_before(message, category, filename, lineno, file, line)
+            return
+        said = (str(Path(path).absolute()), str(message))  # relative at discovery, absolute when labelled
+        with _PIL_WARNINGS_LOCK:
+            first = said not in _PIL_WARNINGS_SAID
             _PIL_WARNINGS_SAID.add(said)
+        if first:
             logger.warning("%s: %s (PIL's warning while reading it)", printable(said[0]), printable(said[1]))
+
+    show.names_pil_warnings = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+    warnings.filterwarnings("always", module=r"PIL\.")  # each file's warning, not the first file's alone
 
 
 @contextmanager
@@ -244,19 +266,22 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
     under a lock every open here takes, and is restored before any pixel is decoded. ``_HEADER_ONLY`` lifts it for
     reading a size (nothing is decoded); ``MAX_PIL_PIXELS`` lets a scene read in tiles open.
 
+    PIL's warnings within are said naming ``path`` (:func:`pil_warnings_named`).
+
     Raises:
         InputImageError: If the image exceeds the limit in force.
     """
-    try:
-        with pil_warnings_named(path), pil_pixel_limit(limit):
-            im = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
-                          "cut it into tiles with --tile 896 --overlap 384") from err
-    except ValueError as err:  # a PNG text or colour-profile chunk inflating past PIL's limit, and the like
-        raise _fail(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
-    with im:
-        yield im
+    with pil_warnings_named(path):
+        try:
+            with pil_pixel_limit(limit):
+                im = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
+                              "cut it into tiles with --tile 896 --overlap 384") from err
+        except ValueError as err:  # a PNG text or colour-profile chunk inflating past PIL's limit, and the like
+            raise _fail(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
+        with im:
+            yield im
 
 
 def too_large_to_label_whole(height: int, width: int) -> str:
@@ -267,9 +292,7 @@ def too_large_to_label_whole(height: int, width: int) -> str:
 
 def read_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
     """``(H, W, 3) uint8`` of an image file as stored (no EXIF turn, no stretch): an 8-bit input or alps' own PNG."""
-    with pil_warnings_named(Path(path)):  # a JPEG's EXIF is parsed as it opens
-        im = Image.open(path)
-    with im:
+    with pil_warnings_named(Path(path)), Image.open(path) as im:  # a JPEG's EXIF is parsed as it opens
         return np.asarray(im.convert("RGB"))
 
 
@@ -285,7 +308,7 @@ def displayed_orientation(path: Path, src: Any) -> int:
     if src.crs is not None or not src.transform.is_identity or src.gcps[0]:
         return 1
     try:
-        with _open_image(path, _HEADER_ONLY) as im, pil_warnings_named(path):
+        with _open_image(path, _HEADER_ONLY) as im:
             return _orientation(im)
     except (OSError, SyntaxError, ValueError, InputImageError):  # a TIFF PIL cannot open: as GDAL reads it
         return 1
@@ -400,7 +423,7 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
         turned = _raster_orientation(path) in (5, 6, 7, 8)
         return (width, height, pages) if turned else (height, width, pages)
     try:
-        with _open_image(path, _HEADER_ONLY) as im, pil_warnings_named(path):  # its size decides what comes next
+        with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
             orientation = _orientation(im)
             frames = int(getattr(im, "n_frames", 1))  # an animated PNG or WebP: from its header
@@ -469,8 +492,7 @@ def _to_rgb(
 def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedImage:
     try:
         with _open_image(path, MAX_PIL_PIXELS if tiled else None) as im:
-            with pil_warnings_named(path):  # PIL's EXIF parse warns here; the pixels are turned below, as arrays
-                orientation = _orientation(im)
+            orientation = _orientation(im)  # the pixels are turned below, as arrays
             # an animated PNG's or WebP's other frames are not labelled: img_dir gets the first frame alone
             one_frame = int(getattr(im, "n_frames", 1)) == 1
             im.load()

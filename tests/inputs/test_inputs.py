@@ -109,6 +109,13 @@ def test_discovery_and_reading_of_every_case(odd):
 def test_what_pil_warns_of_while_reading_is_said_once_naming_the_file(tmp_path, caplog, recwarn, monkeypatch):
     """PIL warns of a damaged EXIF block through ``warnings``: its line named PIL's source, not the file, and the
     second file's warning was hidden as a repeat."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alps_client.io.readers import name_pil_warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # the process's hook, as it was after
+    name_pil_warnings()  # as a run installs it
     for name, seed in (("a.jpg", 1), ("b.jpg", 2)):
         write_damaged_exif_jpeg(tmp_path / name, scene(seed))
     with caplog.at_level("WARNING", logger="alps_client"):
@@ -133,6 +140,22 @@ def test_what_pil_warns_of_while_reading_is_said_once_naming_the_file(tmp_path, 
     assert [record.getMessage() for record in caplog.records if "c.jpg" in record.getMessage()] == [
         f"{tmp_path / 'turned' / 'c.jpg'}: Tag data larger than file. Skipping tag 270 (PIL's warning while reading it)"]
     assert not [w for w in recwarn if "PIL" in w.filename], [str(w.message) for w in recwarn]
+    # read in several threads at once (as a run reads them), each warning names its own file: the first way of
+    # doing it named another thread's file, and could leave every later warning of the process unshown (review)
+    many = tmp_path / "many"
+    many.mkdir()
+    for k in range(12):
+        write_damaged_exif_jpeg(many / f"m{k:02d}.jpg", scene(k))
+    items, _ = discover_inputs(many, InputConfig())
+    monkeypatch.setattr("alps_client.io.readers._PIL_WARNINGS_SAID", set())  # said at discovery: said again
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="alps_client"), ThreadPoolExecutor(6) as pool:
+        assert len(list(pool.map(load_item, items * 3))) == 36
+    assert sorted(record.getMessage() for record in caplog.records) == [
+        f"{many / f'm{k:02d}.jpg'}: Tag data larger than file. Skipping tag 270 (PIL's warning while reading it)"
+        for k in range(12)]
+    with pytest.warns(UserWarning, match="still shown"):  # other warnings as before
+        warnings.warn("still shown", UserWarning, stacklevel=1)
 
 
 def test_every_output_name_is_unique_and_fits_a_file_name(tmp_path):
