@@ -461,14 +461,15 @@ def _record_runs_left_running(out: str) -> None:
     Bookkeeping of the Prefect API alone: where it fails, the run says so and labels on.
     """
     logger = get_run_logger()
-    try:
-        names = record_runs_left_running(out)
-    except Exception as err:  # noqa: BLE001 (the API's record of other runs never stops this one)
-        logger.warning("could not look for earlier runs into %s left Running by a kill (%s)", out, one_line(str(err)))
-        return
-    for name in names:
+
+    def recorded(name: str) -> None:
         logger.warning("flow run %s of %s was left Running by a process that ended without a word (kill -9, out of "
                        "memory): recorded Crashed", name, out)
+
+    try:
+        record_runs_left_running(out, recorded)
+    except Exception as err:  # noqa: BLE001 (the API's record of other runs never stops this one)
+        logger.warning("could not look for earlier runs into %s left Running by a kill (%s)", out, one_line(str(err)))
 
 
 # The config parameter's type as an object, not the name `from __future__ import annotations` leaves: a served

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -448,36 +448,60 @@ def out_tag(out: str | Path) -> str:
     return OUT_TAG_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def _process_space() -> str:
+    """Where this process's pids mean something: the host, its boot, its pid namespace (a container's own)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: the host alone
+        boot, namespace = "", 0
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
 def _process_tag() -> str:
     import psutil
 
     me = psutil.Process()
-    return f"{PROCESS_TAG_PREFIX}{socket.gethostname()}:{me.pid}:{me.create_time():.3f}"
+    return f"{PROCESS_TAG_PREFIX}{_process_space()}:{me.pid}:{me.create_time():.3f}"
 
 
 def _process_gone(tags: list[str]) -> str | None:
-    """``host pid N`` of the process a flow run's tags name if it is gone from this machine, else None.
+    """``host pid N`` of the process a flow run's tags name if it is gone, else None.
 
-    None too where the tags name none, or another machine (whose processes cannot be looked at from here).
+    None too where the tags name none (or cannot be read), or a process of another machine, boot or pid namespace
+    (not to be looked at from here), or one that cannot be looked at (another user's): never taken for gone.
     """
+    import psutil
+
     for tag in tags:
-        if tag.startswith(PROCESS_TAG_PREFIX):
-            host, pid, create_time = tag.removeprefix(PROCESS_TAG_PREFIX).rsplit(":", 2)
-            if host != socket.gethostname():
-                return None
-            alive = _alive_as_recorded(int(pid), float(create_time), "")
-            return None if alive is not None else f"{host} pid {pid}"
+        if not tag.startswith(PROCESS_TAG_PREFIX):
+            continue
+        try:
+            space, pid_text, time_text = tag.removeprefix(PROCESS_TAG_PREFIX).rsplit(":", 2)
+            pid, create_time = int(pid_text), float(time_text)
+        except ValueError:
+            return None
+        if space != _process_space():
+            return None
+        try:
+            if abs(psutil.Process(pid).create_time() - create_time) < 1.0:
+                return None  # alive: a run finishing after it let OUT's lock go
+        except psutil.AccessDenied:
+            return None
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        return f"{space.split('/')[0]} pid {pid}"
     return None
 
 
-def record_runs_left_running(out: str | Path) -> list[str]:
+def record_runs_left_running(out: str | Path, recorded: Callable[[str], None]) -> None:
     """Tag this flow run as writing ``out``, and record as Crashed the earlier ones whose process is gone.
 
     A run killed outright (``kill -9``, the out-of-memory killer, a machine that went down) cannot record its end:
     its flow run stayed *Running* (a Cancel then *Cancelling*) for ever on an API that outlives it. Called with
     OUT's lock held: no other run writes ``out`` now, and a tagged run whose process is gone (the same pid started
-    at the same time) ended without a word. A run of another machine is left as it is. Returns the names of the
-    runs recorded Crashed.
+    at the same time) ended without a word. A run of another machine is left as it is. ``recorded`` is told the
+    name of each run recorded Crashed, as it is.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -492,11 +516,11 @@ def record_runs_left_running(out: str | Path) -> list[str]:
 
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
-        return []
+        return
     own, tag = context.flow_run, out_tag(out)
-    recorded = []
     with get_client(sync_client=True) as client:
-        tags = client.read_flow_run(own.id).tags
+        # a flow run run again (a retry from the UI) keeps one pair of tags: this process's
+        tags = [t for t in client.read_flow_run(own.id).tags if not t.startswith((OUT_TAG_PREFIX, PROCESS_TAG_PREFIX))]
         client.update_flow_run(own.id, tags=[*tags, tag, _process_tag()])
         left = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             tags=FlowRunFilterTags(all_=[tag]),
@@ -509,8 +533,7 @@ def record_runs_left_running(out: str | Path) -> list[str]:
                 f"its process ({process}) ended without recording its end (kill -9, the out-of-memory killer, a "
                 f"machine that went down); the run {own.name} into the same OUT found it so and labels on from its "
                 "finished images")), force=True)
-            recorded.append(run.name)
-    return recorded
+            recorded(run.name)
 
 
 # How long the run's end waits for its queued logs and events to reach a user's API (PREFECT_API_URL).

@@ -117,6 +117,30 @@ def test_a_run_killed_outright_on_a_users_api_is_recorded_crashed_by_the_next_ru
         proc.wait()
 
 
+def test_only_a_process_known_gone_makes_a_run_left_running(monkeypatch):
+    """What ``record_runs_left_running`` judges by (review): a process that cannot be looked at (another user's),
+    or lives in another pid namespace, boot or machine, is never taken for gone; nor is a tag it cannot read."""
+    from flows import prefect_api as api
+
+    own = api._process_tag()
+    assert api._process_gone([own]) is None  # alive
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(ended.pid).create_time()
+    ended.wait()
+    space = own.removeprefix(api.PROCESS_TAG_PREFIX).rsplit(":", 2)[0]
+    dead = f"{api.PROCESS_TAG_PREFIX}{space}:{ended.pid}:{started:.3f}"
+    assert api._process_gone(["alps", dead]) == f"{space.split('/')[0]} pid {ended.pid}"
+    elsewhere = f"{api.PROCESS_TAG_PREFIX}another-host/{space.split('/', 1)[1]}:{ended.pid}:{started:.3f}"
+    assert api._process_gone([elsewhere]) is None
+    assert api._process_gone([f"{api.PROCESS_TAG_PREFIX}garbled"]) is None
+
+    def denied(pid):
+        raise psutil.AccessDenied(pid)
+
+    monkeypatch.setattr(psutil, "Process", denied)
+    assert api._process_gone([dead]) is None
+
+
 def test_the_run_restarts_its_api_server_if_it_dies(fault_data, fault_reference, tmp_path):
     home = tmp_path / "ph"
     proc, out, faults = start_held_run(fault_data, tmp_path, cli_env(home))
