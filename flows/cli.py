@@ -401,13 +401,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _show_library_warnings() -> None:
-    """Warnings of alps_client (a Triton server leaving the rotation, ...) on stderr, one line each.
-
-    PIL's warnings too, naming the file it read.
-    """
-    from alps_client.io.readers import name_pil_warnings
-
-    name_pil_warnings()
+    """Warnings of alps_client (a Triton server leaving the rotation, ...) on stderr, one line each."""
     log = logging.getLogger("alps_client")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -551,6 +545,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alps_client.runs.plan import check_request
     from alps_client.runs.retry import describe
 
+    _show_library_warnings()  # --dry-run's too: it reads every image's header
     made: list[Path] = []
     try:
         check_utf8_arguments(args)
@@ -587,7 +582,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, AlpsError) as err:
         _leave_no_folder(args.out, made)
         return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
-    _show_library_warnings()
     import httpx
 
     from flows.prefect_api import PrefectApiError, prefect_api, said_url, server_disk_full
@@ -1119,6 +1113,9 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
         if args.command in STAGED_COMMANDS:
             _stop_on_sigterm_and_sighup()
+        from alps_client.io.readers import name_pil_warnings
+
+        name_pil_warnings()  # every command that reads images: the run, --dry-run, report, relabel
         code = int(args.func(args))
         for console in consoles:
             console.flush()

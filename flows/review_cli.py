@@ -41,10 +41,8 @@ def add_vector_argument(p: argparse._ActionsContainer, help_default: str) -> Non
 def cmd_report(args: argparse.Namespace) -> int:
     """``alps report OUT``."""
     from alps_client.errors import AlpsError
-    from alps_client.io.readers import name_pil_warnings
     from alps_client.review import build_report
 
-    name_pil_warnings()  # of the images its thumbnails are cut from
     try:
         size = build_report(args.out)
     except AlpsError as err:
@@ -60,10 +58,8 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     """``alps relabel OUT --classes FILE``."""
     from alps_client.errors import AlpsError
     from alps_client.io.items import counted
-    from alps_client.io.readers import name_pil_warnings
     from alps_client.io.rewrite import KEEP, relabel_dataset
 
-    name_pil_warnings()  # of the images it copies and previews
     vector = None if args.no_vector else (args.vector_format or KEEP)
     if args.dry_run:
         return _dry_run(args, vector)
