@@ -6,7 +6,6 @@ The flow's ``cluster`` and ``write-dataset`` tasks call these; so does a run com
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ import numpy as np
 
 from alps_client.config import PipelineConfig
 from alps_client.io import atomic
-from alps_client.io.items import not_utf8_bytes
+from alps_client.io.items import content_digest, not_utf8_bytes
 from alps_client.io.layout import work_dir
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
@@ -57,7 +56,7 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
     key_path.unlink(missing_ok=True)  # before the centroids change: a key never names others, nor a record
     from_path.unlink(missing_ok=True)
     atomic.write_with(path, lambda f: np.save(f, centroids))
-    atomic.write_json(from_path, {"from": centroids_from(config.cluster), "centroids_sha256": _sha256(path)})
+    atomic.write_json(from_path, {"from": centroids_from(config.cluster), "centroids_sha256": content_digest(str(path))})
     if key:
         atomic.write_text(key_path, key)
     return path
@@ -69,10 +68,6 @@ def fit_or_keep_centroids(shards: Sequence[str], out: str | Path, config: Pipeli
 CENTROIDS_FROM = "centroids.from.json"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def recorded_centroids_from(centroids_path: Path) -> str:
     """How the centroids at ``centroids_path`` came about, as recorded beside them, else :data:`CENTROIDS_UNRECORDED`.
 
@@ -81,7 +76,7 @@ def recorded_centroids_from(centroids_path: Path) -> str:
     """
     try:
         record = json.loads(centroids_path.with_name(CENTROIDS_FROM).read_text())
-        return str(record["from"]) if record["centroids_sha256"] == _sha256(centroids_path) else CENTROIDS_UNRECORDED
+        return str(record["from"]) if record["centroids_sha256"] == content_digest(str(centroids_path)) else CENTROIDS_UNRECORDED
     except (OSError, ValueError, KeyError, TypeError):
         return CENTROIDS_UNRECORDED
 
