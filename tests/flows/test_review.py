@@ -31,7 +31,7 @@ from flows.alps_flow import alps_flow
 from flows.cli import main as alps
 from tests.flows.conftest import ALPS, CWD, cli_env
 from tests.mmseg_checks import mmseg_listing
-from tests.review.chromium import ensure_chromium, visit
+from tests.review.chromium import chromium_or_why_not, visit
 from tests.runs import HOLD_LOCK, run_log, wait_until
 
 PROBE = """({
@@ -143,7 +143,7 @@ def test_run_writes_the_review_page_and_vectors_and_links_the_page(labelled):
 
 
 def test_report_from_shards_alone_opens_in_chromium_with_every_section_and_thumbnail(labelled, tmp_path, capsys):
-    binary, why = ensure_chromium()
+    binary, why = chromium_or_why_not()
     out = labelled.out
     written_by_run = {k: v for k, v in tree_hashes(out).items() if k.startswith("report/")}
     shutil.rmtree(labelled.repo, ignore_errors=True)  # built from shards + centroids: no model repository

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -29,21 +28,14 @@ def find_chromium() -> str | None:
     return None
 
 
-def ensure_chromium() -> tuple[str | None, str]:
-    """The Chromium binary, installed from the system's packages when missing (root + apt); else the reason."""
+def chromium_or_why_not() -> tuple[str | None, str]:
+    """The Chromium binary, or why there is none. Never installed here: `make test` installs it before the tests
+    (the Makefile's ``chromium`` target), and a test run downloads nothing and changes nothing on the machine."""
     path = find_chromium()
     if path:
         return path, ""
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        return None, "Chromium is not installed and cannot be installed here (needs root and apt-get): apt-get install chromium"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=600", "chromium"]):
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=1200)
-        if done.returncode != 0:
-            return None, f"`{' '.join(cmd)}` failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
-    path = find_chromium()
-    return (path, "") if path else (None, "apt-get install chromium gave no chromium binary")
+    return None, ("Chromium is not installed: `make test` installs it (as root, with apt-get), or "
+                  "`apt-get install chromium`")
 
 
 @dataclass
