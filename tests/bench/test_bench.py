@@ -6,10 +6,12 @@ Results go to temporary folders, never over the committed ``bench/results.json``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +32,9 @@ STAGES_OURS = {"encoder", "decoder", "postprocess", "gate", "features", "cluster
 STAGES_REFERENCE = {"encoder", "decoder", "postprocess", "features", "clustering", "writing", "write_masks"}
 
 
-def _bench(script: str, *args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, check=True, capture_output=True)
+def _bench(script: str, *args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, check=True, capture_output=True,
+                   env=env)
 
 
 def _results(folder: Path) -> dict:
@@ -304,9 +307,16 @@ def test_a_results_row_names_the_family_a_stand_in_is_not():
 
 
 def test_long_run_bench_samples_the_real_run_and_its_api_server(stand_in_repo, tmp_path):
+    from tests.runs import cli_env
+
+    # Its runs start their own API server: in a Prefect home of the test's (never the user's ~/.prefect), given the
+    # session's migrated database as a user's second run has it.
+    home = tmp_path / "prefect-home"
     _bench("bench_long_run.py", "--images", "6", "--size", "64", "--points-per-side", "2", "--n-clusters", "2",
            "--interval", "0.2", "--model-repository", str(stand_in_repo), "--workdir", str(tmp_path / "work"),
-           "--results-dir", str(tmp_path), "--compare-glibc-malloc")
+           "--results-dir", str(tmp_path), "--compare-glibc-malloc", env=cli_env(home))
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:  # both runs were recorded there
+        assert db.execute("SELECT count(*) FROM flow_run").fetchone()[0] == 2
     entry = _results(tmp_path)["long-run"]
     assert entry["commit"].split("-")[0] == _head() and entry["images"] == 6
     shards = list((tmp_path / "work" / "labelled" / ".alps" / "shards").glob("*.npz"))
