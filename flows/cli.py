@@ -852,7 +852,8 @@ def _exit_surely_on_sigterm() -> None:
     (the cleanup of a cancelled flow run's process) has that SystemExit ignored there, and serve went on serving:
     seen under load, `docker stop` or systemd would have had to kill it. The handler now stops serve and its runs'
     processes with SIGINT (what Ctrl-C sends them), and arms a timer that ends the process after
-    :data:`SIGTERM_GRACE_S` if that exit did not happen.
+    :data:`SIGTERM_GRACE_S` if that exit did not happen, saying so, with :data:`EXIT_TERMINATED` (a graceful stop
+    exits 0).
     """
     from prefect.runner.runner import Runner
 
@@ -861,8 +862,15 @@ def _exit_surely_on_sigterm() -> None:
     # here, SIGINT is back to its default in the processes serve starts as well (exec resets a caught signal).
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    def end_now() -> None:  # the graceful exit did not happen: say so, and do not exit 0 as a clean stop does
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"alps: error: serve did not stop within {SIGTERM_GRACE_S:g} s of SIGTERM: ended at "
+                             "once; a run it held may be left Running (the next run into its OUT records it)\n")
+            sys.stderr.flush()
+        os._exit(EXIT_TERMINATED)
+
     def handle_sigterm(self: Runner, *args: Any, **kwargs: Any) -> None:
-        timer = threading.Timer(SIGTERM_GRACE_S, os._exit, args=(0,))
+        timer = threading.Timer(SIGTERM_GRACE_S, end_now)
         timer.daemon = True  # a graceful exit is not held by it
         timer.start()
         # As Ctrl-C in a terminal, which reaches the runs' processes too. Prefect's own stop (sys.exit inside its

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
@@ -152,8 +151,6 @@ def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_se
     audit). Now as Ctrl-C: serve ends without a traceback, the run ends crashed saying why, its image in flight
     cancelled, and its process ends too. Started with SIGINT ignored (a script's `alps serve &`, `nohup`), serve
     was ended by its 30 s timer, its run's process labelling on and holding OUT."""
-    from flows.cli import SIGTERM_GRACE_S
-
     repo, faults = paused_repo(tmp_path)
     out = tmp_path / "out"
     env = cli_env(tmp_path / "ph", prefect_server, PREFECT_RUNNER_POLL_FREQUENCY="1")
@@ -165,10 +162,8 @@ def test_serve_stopped_by_sigterm_stops_its_run_in_flight(fault_data, prefect_se
                        "two images labelled and the third held", proc=serve)
             (flow_process,) = [p for p in psutil.Process(serve.pid).children(recursive=True)
                                if "spawn_main" in " ".join(p.cmdline())]
-            stopped_at = time.monotonic()
             serve.terminate()
-            assert wait_for_exit(serve, 120, tmp_path / "serve.log") == 0
-            assert time.monotonic() - stopped_at < SIGTERM_GRACE_S  # it stopped, not its timer
+            assert wait_for_exit(serve, 120, tmp_path / "serve.log") == 0  # it stopped: its timer exits 143
             assert not gone([flow_process])  # it does not label on after serve
             assert "Traceback" not in (tmp_path / "serve.log").read_text()
             state = wait_until(lambda: run_ended(api)(run_id), "the run to end", timeout=60)
