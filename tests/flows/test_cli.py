@@ -155,9 +155,11 @@ def test_a_run_out_of_memory_after_labelling_is_resumable_not_a_bug(err, tmp_pat
     "internal error ... please report it", where a lack of memory is the machine's (exit 3, the same command)."""
     from types import SimpleNamespace
 
+    from prefect.states import Failed
+
     from flows.cli import _outcome
 
-    failed = SimpleNamespace(is_completed=lambda: False, result=lambda raise_on_failure=True: err)
+    failed = Failed(data=err)  # the state a flow run that raised it ends in
     assert _outcome(failed, SimpleNamespace(out=str(tmp_path / "out"))) == 3
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("alps: error: the run ran out of memory (") and line.endswith(
@@ -288,7 +290,6 @@ def test_a_run_whose_reader_leaves_goes_on_to_its_end(fault_data, fake_repo, pre
     run = subprocess.Popen([*ALPS, "run", str(fault_data / "scene_0000.png"), "--out", str(out), "--model-repository",
                             str(fake_repo), *SMALL], cwd=CWD, env=cli_env(tmp_path / "ph", prefect_server), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)
-    assert run.stdout is not None
     first = run.stdout.readline()  # as `head -1` reads, then leaves
     run.stdout.close()
     assert b"flow run" in first.lower() and run.wait(timeout=600) == 141
