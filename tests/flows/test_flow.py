@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from alps_client.errors import AlpsError, ConfigMismatchError, IncompleteRunErro
 from alps_client.io.registry import read_registry
 from flows.alps_flow import alps_flow
 from flows.cli import main as alps
-from tests.runs import error_lines, labels, run_log
+from tests.runs import error_lines, labels, run_log, wait_until
 
 
 def small_config(repo, **writer) -> PipelineConfig:
@@ -129,13 +128,15 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
             return tasks, arts
 
-    for _ in range(120):  # task runs and artifacts are recorded asynchronously
+    def all_recorded():  # task runs and artifacts are recorded asynchronously
         tasks, arts = asyncio.run(recorded())
-        names = [t.name for t in tasks]
-        keys = {a.key for a in arts}
-        if sum(n.startswith("label-image") for n in names) >= 6 and {"alps-summary", "alps-errors"} <= keys:
-            break
-        time.sleep(0.5)
+        done = sum(t.name.startswith("label-image") for t in tasks) >= 6 and \
+            {"alps-summary", "alps-errors"} <= {a.key for a in arts}
+        return (tasks, arts) if done else None
+
+    tasks, arts = wait_until(all_recorded, "the run's task runs and artifacts to be recorded", timeout=60)
+    names = [t.name for t in tasks]
+    keys = {a.key for a in arts}
     # The zero-byte file is rejected at discovery; each task run is named after its image.
     assert sorted(n for n in names if n.startswith("label-image")) == [f"label-image: {p.stem}" for p in
                                                                        sorted(anns, key=lambda p: p.stem)]
@@ -161,12 +162,11 @@ def test_flow_writes_dataset_and_records_runs_and_artifacts(fake_repo, scenes, t
     again = alps_flow(str(scenes / "images"), str(out), small_config(fake_repo), progress_bar=False)
     assert again["n_skipped"] == 6 and again["n_labelled"] == 0 and labels(out) == {
         p.relative_to(out / "ann_dir").as_posix(): p.read_bytes() for p in anns}
-    for _ in range(120):
-        tasks, _ = asyncio.run(recorded())  # the rerun's, now the latest
-        rerun_names = [t.name for t in tasks]
-        if any(n.startswith("write-dataset") for n in rerun_names):
-            break
-        time.sleep(0.5)
+    def rerun_recorded():  # the rerun's, now the latest
+        names = [t.name for t in asyncio.run(recorded())[0]]
+        return names if any(n.startswith("write-dataset") for n in names) else None
+
+    rerun_names = wait_until(rerun_recorded, "the rerun's task runs to be recorded", timeout=60)
     assert not [n for n in rerun_names if n.startswith("label-image")] and any(
         n.startswith("cluster") for n in rerun_names), rerun_names
 
