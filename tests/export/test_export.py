@@ -177,7 +177,7 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, 
     encoder, decoder = (repo / manifest["models"][k]["path"] for k in ("encoder", "decoder"))
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (encoder, decoder)}
     quantization = export_sam._quantize_in_place(encoder, decoder, tmp_path / "scratch", log=lambda *_: None)
-    assert quantization["models"] == ["encoder"] and quantization["agreement_vs_fp32"]["mask_iou_mean"] >= 0.9
+    assert quantization == int8_manifest["quantization"]  # what quantize_encoder measured, passed on as it is
     assert hashlib.sha256(decoder.read_bytes()).hexdigest() == before[decoder]
     assert hashlib.sha256(encoder.read_bytes()).hexdigest() != before[encoder]
     assert "MatMulInteger" in {node.op_type for node in onnx.load(str(encoder)).graph.node}
