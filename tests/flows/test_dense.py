@@ -16,7 +16,7 @@ from tests.shapes import make_checkerboard
 
 
 def test_more_than_a_thousand_masks_through_the_flow(fake_repo, tmp_path):
-    image, grid = make_checkerboard(34, (640, 640))
+    image, grid = make_checkerboard(34, (340, 340))
     (tmp_path / "data").mkdir()
     Image.fromarray(image).save(tmp_path / "data" / "dense.png")
     Image.fromarray(image[:200, :300]).save(tmp_path / "data" / "small.png")
