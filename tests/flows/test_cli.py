@@ -483,10 +483,6 @@ def test_the_demo_keeps_to_the_stand_in_whatever_model_repository_holds(stand_in
     assert ensure_model_repository(spare, tmp_path / "unused") == (spare, model)
 
 
-def test_main_returns_usage_exit_code_in_process(tmp_path):
-    assert main(["run", str(tmp_path / "absent"), "--out", str(tmp_path / "o")]) == 2
-
-
 @pytest.mark.parametrize(("args", "message"), [
     (["run", "{tmp}", "--out", ""], "argument --out: an empty path (an unset shell variable?)"),  # wrote into the cwd
     (["run", "{tmp}", "--out", "{tmp}/o", "--model-repository", " "], "argument --model-repository: an empty path"),
