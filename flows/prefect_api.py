@@ -572,7 +572,7 @@ def prefect_api(work_dir: Path, startup_timeout_s: float = DEFAULT_STARTUP_TIMEO
             answering = False  # the server stopped answering mid-run: what is queued would wait for it, then fail
             raise
         finally:
-            # A stopped run ends its process with os._exit (flows/cli.py), which sends nothing queued: the end of the
+            # A stopped run ends its process with os._exit (flows/exits.py), which sends nothing queued: the end of the
             # task runs it cancelled, its crash and the lines saying why never reached the user's server. Bounded:
             # a server that dies meanwhile does not hold the exit.
             if answering:

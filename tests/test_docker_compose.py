@@ -61,7 +61,7 @@ def test_binding_is_opt_in(monkeypatch):
 
 
 def test_docker_stop_waits_for_serve_to_stop_its_run():
-    from flows.cli import SIGTERM_GRACE_S
+    from flows.exits import SIGTERM_GRACE_S
 
     worker = config("compose.yml")["services"]["worker"]
     assert float(worker["stop_grace_period"].rstrip("s")) > SIGTERM_GRACE_S  # docker's 10 s killed it first

@@ -18,7 +18,9 @@ import pytest
 
 from alps_client.backends.fake import write_fake_repository
 from alps_client.config import PipelineConfig, overlay_config
-from flows.cli import EXIT_TERMINATED, build_config, main, make_parser
+from flows.cli import main, make_parser
+from flows.exits import EXIT_TERMINATED
+from flows.run_arguments import build_config
 from tests.conftest import ODD_SHAPE
 from tests.mmseg_checks import mmseg_listing
 from tests.runs import (
@@ -184,15 +186,15 @@ def _raised_while_handling(stop: BaseException | None) -> BaseException:
 def test_a_stop_behind_an_api_error_keeps_its_exit_status():
     from prefect.exceptions import TerminationSignal
 
-    from flows.cli import Terminated, _stop_code
+    from flows.exits import Terminated, stop_code
 
-    assert _stop_code(_raised_while_handling(KeyboardInterrupt())) == 130
-    assert _stop_code(_raised_while_handling(TerminationSignal(signal=15))) == 143
-    assert _stop_code(_raised_while_handling(Terminated())) == 143
-    assert _stop_code(_raised_while_handling(None)) is None  # the API died on its own
+    assert stop_code(_raised_while_handling(KeyboardInterrupt())) == 130
+    assert stop_code(_raised_while_handling(TerminationSignal(signal=15))) == 143
+    assert stop_code(_raised_while_handling(Terminated())) == 143
+    assert stop_code(_raised_while_handling(None)) is None  # the API died on its own
     looped = _raised_while_handling(ValueError("a"))
     looped.__context__.__context__ = looped  # a cycle ends the walk, without a stop found
-    assert _stop_code(looped) is None
+    assert stop_code(looped) is None
 
 def test_alps_triton_url_names_the_servers(monkeypatch):
     """The variable lists servers as a shell does (spaces, a trailing comma), and a message about them names it,
@@ -453,9 +455,9 @@ def test_serve_ends_on_sigterm_even_when_prefects_exit_is_swallowed(tmp_path):
     """Prefect's runner answers SIGTERM with sys.exit(0); landing in a multiprocessing finaliser (a cancelled run's
     cleanup) that SystemExit was ignored and serve went on serving (seen under load: the test's terminate() timed
     out). Here the stop that serve's handler starts (SIGINT, as Ctrl-C) is ignored, as the swallowed exit was."""
-    script = ("import signal, time, prefect.runner.runner as r, flows.cli as cli\n"
-              "cli.SIGTERM_GRACE_S = 1.0\n"
-              "cli._exit_surely_on_sigterm()\n"
+    script = ("import signal, time, prefect.runner.runner as r, flows.exits as exits\n"
+              "exits.SIGTERM_GRACE_S = 1.0\n"
+              "exits.exit_surely_on_sigterm()\n"
               "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # after: serve restores SIGINT (a script's `&`)
               "r.Runner.handle_sigterm(object())\n"
               "print('handled', flush=True); time.sleep(120); print('still serving')\n")
