@@ -727,23 +727,29 @@ def test_input_settings_no_input_uses_are_named_not_silently_ignored():
     assert unused_input_settings(PipelineConfig(), pngs) == []  # nothing asked, nothing said
 
 
-def test_too_many_open_files_is_named_as_the_limit_it_is(tmp_path, monkeypatch):
+def test_too_many_open_files_is_named_as_the_limit_it_is(tmp_path):
     """EMFILE (a low `ulimit -n`) was reported as "the disk or the network mount failed": the operator was sent to
-    the wrong place. It stays a failure of the machinery (retried, never a bad input)."""
-    import errno
-
-    from alps_client.errors import InputReadError
-
+    the wrong place. It stays a failure of the machinery (retried, never a bad input). A real limit: the reading
+    process may open no other file."""
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
-
-    def too_many(*args, **kwargs):
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(Image, "open", too_many)
-    with pytest.raises(InputReadError, match=r"\(Too many open files\): too many files open, this process's limit "
-                                             r"of \d+ \(ulimit -n\): raise it; not the file"):
-        discover_inputs(path, InputConfig())  # which reads the image's header
+    script = textwrap.dedent(f"""
+        import os, resource
+        from alps_client.config import InputConfig
+        from alps_client.errors import InputReadError
+        from alps_client.io.discovery import discover_inputs
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir held
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_now, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        try:
+            discover_inputs({str(path)!r}, InputConfig())  # which reads the image's header
+        except InputReadError as err:
+            print(err)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], check=False, cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"\(Too many open files\): too many files open, this process's limit of \d+ \(ulimit -n\): "
+                     r"raise it; not the file", result.stdout), result.stdout
 
 
 def test_nan_voxels_are_never_labelled_and_an_empty_volume_is_named(tmp_path):
