@@ -601,36 +601,38 @@ def test_a_machine_whose_loopback_is_down_is_told_so_at_once(fault_data, fake_re
     assert not out.exists()
 
 
-# `alps run` twice on OUT in a small tmpfs of its own mount namespace (argv: size, then the run's arguments): the
-# disk fills for real; the second run has room (the tmpfs remounted larger). Each run's exit status, its output and
+# `alps run` twice on OUT in a small tmpfs of its own mount namespace (argv: its mount options, then the run's
+# arguments): the disk fills for real; the second run has room (the tmpfs remounted larger). Each run's exit status, its output and
 # the shards after the first land in RESULTS (argv[2]), outside the tmpfs, which ends with the namespace.
 _ON_A_SMALL_DISK = r"""
 set -u
-size=$1 results=$2 disk=$3; shift 3
-mount -t tmpfs -o size=$size tmpfs "$disk" || exit 90
+options=$1 results=$2 disk=$3; shift 3
+mount -t tmpfs -o "$options" tmpfs "$disk" || exit 90
 "$@" > "$results/first.log" 2>&1; echo $? > "$results/first.rc"
 ls "$disk/out/.alps/shards" > "$results/shards"; ls "$disk/out" > "$results/out"
-mount -o remount,size=64m "$disk"
+mount -o remount,size=64m,nr_inodes=100000 "$disk"
 "$@" > "$results/again.log" 2>&1; echo $? > "$results/again.rc"
 cp -a "$disk/out" "$results/out-copy"
 """
 
 
-@pytest.mark.parametrize(("size", "filled_while"), [("60k", "labelling"), ("300k", "writing the dataset")])
+@pytest.mark.parametrize(("options", "filled_while"), [("size=60k", "labelling"), ("size=300k", "writing the dataset"),
+                                                      ("size=64m,nr_inodes=20", "writing the dataset")])
 def test_a_real_full_disk_stops_the_run_resumably_and_the_same_command_finishes(fault_data, fake_repo, fault_reference,
-                                                                               prefect_server, tmp_path, size,
+                                                                               prefect_server, tmp_path, options,
                                                                                filled_while):
     """OUT on a file system that fills up (a tmpfs of 60 KiB: after two shards; of 300 KiB: after every shard,
-    while the dataset is written), not a simulated ENOSPC: exit 3 and one line naming the file and the free space,
-    no image counted a bad input, nothing of the dataset half-written; with room again, the same command labels
-    what is left and writes the dataset of an uninterrupted run."""
+    while the dataset is written; of 20 files: out of inodes, bytes to spare), not a simulated ENOSPC: exit 3 and
+    one line naming the file and the space left, no image counted a bad input, nothing of the dataset
+    half-written; with room again, the same command labels what is left and writes the dataset of an
+    uninterrupted run."""
     results, disk = tmp_path / "results", tmp_path / "disk"
     results.mkdir()
     disk.mkdir()
     run = [*ALPS, "run", str(fault_data), "--out", str(disk / "out"), "--model-repository", str(fake_repo), *SMALL,
            "--concurrency", "1"]
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", _ON_A_SMALL_DISK, "disk",
-                           size, str(results), str(disk), *run], check=False, cwd=CWD,
+                           options, str(results), str(disk), *run], check=False, cwd=CWD,
                           env=cli_env(tmp_path / "ph", prefect_server), capture_output=True, text=True, timeout=600)
     if done.returncode == 90 or not (results / "first.rc").is_file():
         pytest.skip(f"no tmpfs can be mounted here (`unshare -m` and `mount` need root): {done.stderr[-300:]}")
@@ -638,7 +640,9 @@ def test_a_real_full_disk_stops_the_run_resumably_and_the_same_command_finishes(
     assert (results / "first.rc").read_text().strip() == "3", first[-3000:]
     (line,) = error_lines(first)
     shards = (results / "shards").read_text().split()
-    assert re.search(r"no space left on the disk while writing .+, \d+ (B|KiB) free there", line), line
+    said = (r"no free inodes left on the disk while writing .+, [\d.]+ MiB free there but no room for another file"
+            if "nr_inodes" in options else r"no space left on the disk while writing .+, \d+ (B|KiB) free there")
+    assert re.search(said, line), line
     assert "run the same command again" in line and "rejected" not in line, line
     if filled_while == "labelling":
         assert 1 <= len(shards) < 7 and "/.alps/shards/" in line, (shards, line)  # met mid-run, images kept
