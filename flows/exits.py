@@ -118,11 +118,18 @@ def exit_surely_on_sigterm() -> None:
     # here, SIGINT is back to its default in the processes serve starts as well (exec resets a caught signal).
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def end_now() -> None:  # the graceful exit did not happen: say so, and do not exit 0 as a clean stop does
+    def say_why() -> None:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(f"alps: error: serve did not stop within {SIGTERM_GRACE_S:g} s of SIGTERM: ended at "
                              "once; a run it held may be left Running (the next run into its OUT records it)\n")
             sys.stderr.flush()
+
+    def end_now() -> None:  # the graceful exit did not happen: say so, and do not exit 0 as a clean stop does
+        # Said from a thread of its own, waited for 1 s at most: a stderr whose reader stalled (a full pipe, a
+        # paused terminal) would hold the write, and so the very exit this timer is for.
+        saying = threading.Thread(target=say_why, daemon=True)
+        saying.start()
+        saying.join(1.0)
         os._exit(EXIT_TERMINATED)
 
     def handle_sigterm(self: Runner, *args: Any, **kwargs: Any) -> None:
