@@ -158,6 +158,7 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, 
 
     The quantisation itself is ``tiny_int8_repo``'s (the same ``quantize_encoder`` of the same export, checked by
     the tests that use it): its int8 encoder is what the step is handed here, instead of quantising again."""
+    import copy
     import hashlib
     import shutil
 
@@ -169,7 +170,7 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, 
         assert (encoder32, fp32_decoder) == (encoder, decoder)  # the fp32 pair, measured before it is replaced
         encoder8.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tiny_int8_repo / int8_manifest["models"]["encoder"]["path"], encoder8)
-        return int8_manifest["quantization"]
+        return copy.deepcopy(int8_manifest["quantization"])  # a record of its own: the step may not change it
 
     monkeypatch.setattr(export_sam, "quantize_encoder", quantize_encoder)
     repo = shutil.copytree(tiny_repo, tmp_path / "repo")
@@ -177,7 +178,8 @@ def test_quantize_in_place_replaces_only_the_encoder(tiny_repo, tiny_int8_repo, 
     encoder, decoder = (repo / manifest["models"][k]["path"] for k in ("encoder", "decoder"))
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (encoder, decoder)}
     quantization = export_sam._quantize_in_place(encoder, decoder, tmp_path / "scratch", log=lambda *_: None)
-    assert quantization == int8_manifest["quantization"]  # what quantize_encoder measured, passed on as it is
+    measured = json.loads((tiny_int8_repo / "manifest.json").read_text())["quantization"]
+    assert quantization == measured  # what quantize_encoder measured, passed on as it is
     assert hashlib.sha256(decoder.read_bytes()).hexdigest() == before[decoder]
     assert hashlib.sha256(encoder.read_bytes()).hexdigest() != before[encoder]
     assert "MatMulInteger" in {node.op_type for node in onnx.load(str(encoder)).graph.node}
