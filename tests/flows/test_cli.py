@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -613,29 +614,49 @@ def test_a_machine_whose_loopback_is_down_is_told_so_at_once(fault_data, fake_re
     assert not out.exists()
 
 
-# `alps run` twice on OUT in a small tmpfs of its own mount namespace (argv: its mount options, then the run's
-# arguments): the disk fills for real; the second run has room (the tmpfs remounted larger). Each run's exit status, its output and
-# the shards after the first land in RESULTS (argv[2]), outside the tmpfs, which ends with the namespace.
+# `alps run` twice on OUT in a small tmpfs of its own mount namespace; argv: the tmpfs's mount options, RESULTS,
+# the mount point, then the run's command. The disk fills for real; the second run has room (the tmpfs remounted
+# larger). Each run's exit status and output, and what OUT holds after the first, land in RESULTS, outside the
+# tmpfs, which ends with the namespace.
 _ON_A_SMALL_DISK = r"""
 set -u
 options=$1 results=$2 disk=$3; shift 3
 mount -t tmpfs -o "$options" tmpfs "$disk" || exit 90
 "$@" > "$results/first.log" 2>&1; echo $? > "$results/first.rc"
-ls "$disk/out/.alps/shards" > "$results/shards"; ls "$disk/out" > "$results/out"
+ls "$disk/out/.alps/shards" > "$results/shards"; ls -A "$disk/out" > "$results/out"
 mount -o remount,size=64m,nr_inodes=100000 "$disk"
 "$@" > "$results/again.log" 2>&1; echo $? > "$results/again.rc"
 cp -a "$disk/out" "$results/out-copy"
 """
 
 
+def _why_no_small_disk() -> str | None:
+    """Why no tmpfs of a few pages can be mounted in a mount namespace of this process's, or None if one can."""
+    import tempfile
+
+    if shutil.which("unshare") is None:
+        return "no `unshare` here (util-linux)"
+    if os.sysconf("SC_PAGE_SIZE") != 4096:  # the sizes below count 4 KiB pages
+        return f"pages of {os.sysconf('SC_PAGE_SIZE')} bytes, not 4 KiB"
+    with tempfile.TemporaryDirectory() as point:
+        tried = subprocess.run(["unshare", "--fork", "--kill-child", "-m", "--propagation", "private", "mount", "-t",
+                                "tmpfs", "-o", "size=8k", "tmpfs", point], check=False, capture_output=True,
+                               text=True, timeout=60)
+    return None if tried.returncode == 0 else f"no tmpfs can be mounted here ({tried.stderr.strip()[-200:]})"
+
+
+NO_SMALL_DISK = _why_no_small_disk()
+
+
+@pytest.mark.skipif(NO_SMALL_DISK is not None, reason=str(NO_SMALL_DISK))
 @pytest.mark.parametrize(("options", "filled_while"), [("size=60k", "labelling"), ("size=300k", "writing the dataset"),
-                                                      ("size=64m,nr_inodes=20", "writing the dataset")])
+                                                      ("size=64m,nr_inodes=20", "labelling or writing")])
 def test_a_real_full_disk_stops_the_run_resumably_and_the_same_command_finishes(fault_data, fake_repo, fault_reference,
                                                                                prefect_server, tmp_path, options,
                                                                                filled_while):
-    """OUT on a file system that fills up (a tmpfs of 60 KiB: after two shards; of 300 KiB: after every shard,
-    while the dataset is written; of 20 files: out of inodes, bytes to spare), not a simulated ENOSPC: exit 3 and
-    one line naming the file and the space left, no image counted a bad input, nothing of the dataset
+    """OUT on a file system that fills up (a tmpfs of 60 KiB: part way through the shards; of 300 KiB: after every
+    shard, while the dataset is written; of 20 files: out of inodes, bytes to spare), not a simulated ENOSPC: exit 3
+    and one line naming the file and the space left, no image counted a bad input, nothing of the dataset
     half-written; with room again, the same command labels what is left and writes the dataset of an
     uninterrupted run."""
     results, disk = tmp_path / "results", tmp_path / "disk"
@@ -643,11 +664,18 @@ def test_a_real_full_disk_stops_the_run_resumably_and_the_same_command_finishes(
     disk.mkdir()
     run = [*ALPS, "run", str(fault_data), "--out", str(disk / "out"), "--model-repository", str(fake_repo), *SMALL,
            "--concurrency", "1"]
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", _ON_A_SMALL_DISK, "disk",
-                           options, str(results), str(disk), *run], check=False, cwd=CWD,
-                          env=cli_env(tmp_path / "ph", prefect_server), capture_output=True, text=True, timeout=600)
-    if done.returncode == 90 or not (results / "first.rc").is_file():
-        pytest.skip(f"no tmpfs can be mounted here (`unshare -m` and `mount` need root): {done.stderr[-300:]}")
+    # --fork --kill-child and a session of its own: a test stopped or timed out ends the runs and their mount
+    script = subprocess.Popen(["unshare", "--fork", "--kill-child", "-m", "--propagation", "private", "bash", "-c",
+                               _ON_A_SMALL_DISK, "disk", options, str(results), str(disk), *run], cwd=CWD,
+                              env=cli_env(tmp_path / "ph", prefect_server), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        said_by_script = script.communicate(timeout=600)[0]
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+    assert script.returncode == 0 and (results / "again.rc").is_file(), said_by_script[-3000:]
     first = (results / "first.log").read_text()
     assert (results / "first.rc").read_text().strip() == "3", first[-3000:]
     (line,) = error_lines(first)
@@ -658,9 +686,10 @@ def test_a_real_full_disk_stops_the_run_resumably_and_the_same_command_finishes(
     assert "run the same command again" in line and "rejected" not in line, line
     if filled_while == "labelling":
         assert 1 <= len(shards) < 7 and "/.alps/shards/" in line, (shards, line)  # met mid-run, images kept
-    else:
+    elif filled_while == "writing the dataset":
         assert len(shards) == 7 and "/.alps/staging/" in line, (shards, line)  # every image labelled first
-    assert (results / "out").read_text().split() == [], "nothing of a dataset is left beside .alps"
+    # nothing of a dataset (nor a temporary file) is left beside .alps
+    assert (results / "out").read_text().split() == [".alps"]
     again = (results / "again.log").read_text()
     assert (results / "again.rc").read_text().strip() == "0", again[-3000:]
     copy = results / "out-copy"
@@ -831,8 +860,6 @@ def test_a_dry_run_refuses_what_the_run_would_for_a_missing_package(fault_data, 
 def test_a_command_leaves_its_callers_signal_handlers_as_they_were(tmp_path, capsys):
     """A command sets its own Ctrl-C, SIGTERM and SIGHUP handlers; called in a process of the user's (a notebook, a
     test), it left them set after it returned: Ctrl-C there then went through alps's handler."""
-    import signal
-
     numbers = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = [signal.getsignal(number) for number in numbers]
     assert main(["evaluate", str(tmp_path / "absent"), str(tmp_path / "absent")]) == 2
