@@ -744,8 +744,9 @@ def test_too_many_open_files_is_named_as_the_limit_it_is(tmp_path):
         from alps_client.config import InputConfig
         from alps_client.errors import InputReadError
         from alps_client.io.discovery import discover_inputs
-        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir held
-        resource.setrlimit(resource.RLIMIT_NOFILE, (open_now, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        lowest_free = os.open(os.devnull, os.O_RDONLY)  # the limit bounds descriptor numbers, not their count:
+        os.close(lowest_free)  # at the lowest free one, no file can be opened
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         try:
             discover_inputs({str(path)!r}, InputConfig())  # which reads the image's header
         except InputReadError as err:
