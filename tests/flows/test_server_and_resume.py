@@ -62,7 +62,8 @@ def test_flow_run_against_a_real_prefect_server(prefect_server, stand_in_repo, t
     assert "zero-byte file" in json.dumps(errors["data"])
 
 
-def test_a_killed_run_leaves_no_server_behind(fault_data, tmp_path):
+def test_a_killed_run_leaves_no_server_and_the_next_run_resumes(fault_data, fake_repo, fault_reference, prefect_server,
+                                                                tmp_path):
     """No PREFECT_API_URL: the run starts its own API server; `kill -9` of the run takes the server with it."""
     home = tmp_path / "ph"
     proc, out, _ = start_held_run(fault_data, tmp_path, cli_env(home))
@@ -75,7 +76,11 @@ def test_a_killed_run_leaves_no_server_behind(fault_data, tmp_path):
     finished = finished_stems(out)
     assert len(finished) == 2  # killed mid-run: 2 of 7 done, before and after the kill
     assert not gone(servers) and not run_processes(home)["servers"]  # the server died with its run
-    # Resuming after `kill -9`: the next test (whose rerun also records the killed run's end)
+
+    # The rerun on the session's server (cheaper), over the killed run's record of its own server (the next run
+    # cleaning up that server is tested below).
+    assert_resumes(fault_data, fake_repo, fault_reference, out, cli_env(home, prefect_server), finished)
+    assert not run_processes(home)["servers"]
 
 
 def test_a_run_killed_outright_on_a_users_api_is_recorded_crashed_by_the_next_run_into_its_out(
