@@ -58,7 +58,6 @@ from flows.run_arguments import (
     add_run_arguments,
     build_config,
     check_utf8_arguments,
-    command_parsers,
     config_part,
     in_flag_words,
     triton_urls,
@@ -544,6 +543,12 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command of ``alps`` (``run``, ``evaluate``...), by name."""
+    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -240,12 +240,6 @@ def run_flags() -> dict[str, str]:
                          a.option_strings[-1]) for a in parser._actions if a.option_strings and a.dest != "help"}
 
 
-def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parser of each command of ``alps`` (``run``, ``evaluate``...), by name."""
-    (commands,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices
-
-
 def in_flag_words(message: str) -> str:
     """A configuration check's message in the words of `alps run`: ``seed must lie in ...`` names ``--seed``.
 
