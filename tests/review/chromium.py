@@ -29,8 +29,11 @@ def find_chromium() -> str | None:
 
 
 def chromium_or_why_not() -> tuple[str | None, str]:
-    """The Chromium binary, or why there is none. Never installed here: `make test` installs it before the tests
-    (the Makefile's ``chromium`` target), and a test run downloads nothing and changes nothing on the machine."""
+    """The Chromium binary, or why there is none.
+
+    Never installed here: `make test` installs it before the tests (the Makefile's ``chromium`` target), and a test
+    run downloads nothing and changes nothing on the machine.
+    """
     path = find_chromium()
     if path:
         return path, ""
