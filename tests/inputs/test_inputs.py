@@ -547,7 +547,7 @@ def test_odd_dataset_through_the_flow(odd, stand_in_repo, prefect_server, tmp_pa
 
 def test_large_scene_is_tiled_and_stitched_with_bounded_memory(tmp_path):
     """A 12000 x 12000 RGB GeoTIFF (432 MB of pixels) read tile by tile and stitched: no read takes more than a
-    tile's pixels."""
+    tile's pixels, and the arrays alive at once stay far below one band of the scene."""
     script = textwrap.dedent(f"""
         import tracemalloc
         import numpy as np, rasterio
