@@ -676,17 +676,20 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
                     quote(plan.sources({o.stem for o in done if not o.empty})), run_id)  # (a scene of nodata: no map)
     if isinstance(summary, State):
         return _flow_failure(summary)
+    unchanged = summary.pop("unchanged", False)
     run["scene_outputs"] = summary.pop("scene_outputs")
     run["summary"] = summary
     run["dataset_written"] = True
+    run["dataset_unchanged"] = unchanged
     run["stage_seconds"] = artifacts.stage_totals(o.timings for o in done)
     run["seconds"] = {"label": label_seconds, "cluster": cluster_seconds, "write": time.perf_counter() - t,
                       "total": time.perf_counter() - started}
     atomic.write_json(work_dir(out) / "last_run.json", run)
     artifacts.publish(run, out)
     report_link_artifact(out)
-    logger.info("Labelled dataset written to %s: %d image(s), %d class(es), %d rejected input(s), %d missing",
-                out, summary["n_images"], summary["n_classes"], len(errors), len(missing))
+    logger.info("Labelled dataset %s %s: %d image(s), %d class(es), %d rejected input(s), %d missing",
+                "unchanged in" if unchanged else "written to", out, summary["n_images"], summary["n_classes"],
+                len(errors), len(missing))
     return {k: v for k, v in run.items() if k not in ("labelled", "skipped")} | {
         "n_labelled": len(run["labelled"]), "n_skipped": len(run["skipped"])}
 

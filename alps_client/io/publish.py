@@ -19,6 +19,7 @@ from pathlib import Path
 from alps_client.errors import AlpsError
 from alps_client.io import atomic
 from alps_client.io.layout import WORK_DIR, work_dir
+from alps_client.io.written import forget_written
 
 # Everything a run writes at the top of OUT; `evaluation.json` (from `alps evaluate`) is stale after a rewrite.
 DATASET_ENTRIES = (
@@ -140,6 +141,7 @@ def publish(out: str | Path, staging: str | Path) -> None:
     """
     out, staging = Path(out), Path(staging)
     shutil.rmtree(work_dir(out) / "previous", ignore_errors=True)  # left by a clean-up that did not finish
+    forget_written(out)  # whoever swaps a dataset in records what it was written from, once it lies in OUT
     with atomic.stops_held(SWAPPED_WHOLE):
         # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place.
         atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out), "entries": list(DATASET_ENTRIES)})

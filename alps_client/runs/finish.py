@@ -21,6 +21,7 @@ from alps_client.io.layout import work_dir
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import CENTROIDS_UNRECORDED, write_dataset
+from alps_client.io.written import record_written, summary_if_written_from, write_key
 from alps_client.labels.clustering import centroids_from, clustering_key, fit_centroids, same_clusters
 from alps_client.runs.plan import RunPlan
 
@@ -110,7 +111,9 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
             write, before the run's record says so, leaves a dataset that says which run wrote it.
 
     Returns:
-        The dataset's summary (:class:`~alps_client.io.writer.DatasetSummary` as a dict).
+        The dataset's summary (:class:`~alps_client.io.writer.DatasetSummary` as a dict). Where ``out`` holds the
+        dataset these inputs give, as it was written (:mod:`alps_client.io.written`), nothing is written: the
+        summary is its manifest's, with ``"unchanged": True``.
 
     Raises:
         OutputDiskFullError: If the disk fills up: the previous dataset stays.
@@ -140,10 +143,24 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
             names = ", ".join(class_map.names[:8]) + (", ..." if len(class_map.names) > 8 else "")
             log.info(f"the classes of this dataset's `alps relabel` are kept, its clusters being the same: "
                      f"{len(class_map.names)} classes ({names})")
-    before, recorded = _splits_in(out), earlier_splits(out, split_identity(
-        plan.config.writer.seed, plan.config.writer.val_fraction, plan.config.writer.split_group))
+    split_by = split_identity(plan.config.writer.seed, plan.config.writer.val_fraction, plan.config.writer.split_group)
+
+    def key() -> str:  # the splits as recorded when it is taken: a write records the ones it gave
+        inputs = {"config": plan.config.to_dict(), "model": plan.manifest.raw, "errors": list(errors),
+                  "classes": class_map.to_json() if class_map else None,
+                  "extra": {k: v for k, v in extra.items() if k != "run_id"},
+                  "splits": earlier_splits(out, split_by)}
+        return write_key(out, shards, centroids, image_sources, inputs)
+
+    unchanged = summary_if_written_from(out, key())
+    if unchanged is not None:
+        log.info(f"{out} holds the dataset these shards, centroids, classes and settings give, as it was written: "
+                 "not written again")
+        return unchanged | {"unchanged": True}
+    before, recorded = _splits_in(out), earlier_splits(out, split_by)
     summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
                             class_map, extra, log.warning)
+    record_written(out, key())
     window = plan.config.inputs.intensity_window
     if window is not None and summary.n_images and not _stretched(out):
         log.warning("--intensity-window %g %g was applied to no image: every input labelled is 8-bit, read as it is "

@@ -223,6 +223,61 @@ def test_rerun_skips_finished_images_refuses_mixed_configs_and_overwrite_relabel
     assert third["n_labelled"] == 6 and third["n_skipped"] == 0
 
 
+def _dataset_files(out: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file of the dataset in ``out`` (its work folder aside): ``(inode, size, mtime_ns)`` by relative path."""
+    return {p.relative_to(out).as_posix(): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(out.rglob("*")) if p.is_file() and ".alps" not in p.relative_to(out).parts}
+
+
+def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_changed_writes_it(fake_repo, scenes,
+                                                                                            tmp_path):
+    """A rerun of a finished run painted, copied and swapped in every file again: new inodes and times, minutes on
+    a large dataset, every file new to a backup."""
+    out, images = tmp_path / "out", str(scenes / "images")
+    cfg = small_config(fake_repo)
+    alps_flow(images, str(out), cfg, progress_bar=False)
+    assert alps(["evaluate", str(out), str(scenes / "gt"), "--json", str(out / "evaluation.json")]) == 0
+    written = _dataset_files(out)
+    assert "manifest.json" in written and "evaluation.json" in written and any(n.startswith("vis/") for n in written)
+    with run_log() as logged, run_log("prefect.task_runs") as task_logged:
+        again = alps_flow(images, str(out), cfg, progress_bar=False)
+    assert _dataset_files(out) == written  # not a file written again, nor one gone
+    assert again["n_skipped"] == 6 and again["dataset_unchanged"] and again["summary"]["n_images"] == 6
+    assert f"{out} holds the dataset these shards, centroids, classes and settings give, as it was written: not " \
+           "written again" in task_logged
+    assert any(line.startswith(f"Labelled dataset unchanged in {out}: 6 image(s), ") for line in logged), logged
+    record = json.loads((out / ".alps" / "last_run.json").read_text())
+    assert record["dataset_written"] and record["dataset_unchanged"] and record["summary"] == again["summary"]
+
+    def rewritten(change, config=cfg) -> dict[str, tuple[int, int, int]]:
+        """Run again after ``change()``: the files the rerun wrote anew (another inode)."""
+        before = _dataset_files(out)
+        change()
+        result = alps_flow(images, str(out), config, progress_bar=False)
+        assert not result["dataset_unchanged"]
+        after = _dataset_files(out)
+        return {name: v for name, v in after.items() if before.get(name, (None,))[0] != v[0]}
+
+    vis = min(out.glob("vis/*.png"))
+    assert vis.relative_to(out).as_posix() in rewritten(vis.unlink)  # a deleted output comes back
+    ann = min(out.glob("ann_dir/*/*.png"))
+    mangled = ann.read_bytes()[::-1]
+    assert "classes.json" in rewritten(lambda: ann.write_bytes(mangled))  # an output altered is written whole
+    assert ann.read_bytes() != mangled
+    shard = min((out / ".alps" / "shards").glob("*.npz"))
+    assert rewritten(lambda: os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9)))
+    no_vis = small_config(fake_repo, write_vis=False)  # another setting of the write
+    assert "manifest.json" in rewritten(lambda: None, no_vis) and not (out / "vis").exists()
+    assert alps_flow(images, str(out), no_vis, progress_bar=False)["dataset_unchanged"]
+    (tmp_path / "classes.yaml").write_text("classes:\n  - {name: merged, clusters: [0, 1]}\ndrop: [2, 3]\n")
+    assert alps(["relabel", str(out), "--classes", str(tmp_path / "classes.yaml")]) == 0  # another writer's swap
+    relabelled = _dataset_files(out)
+    result = alps_flow(images, str(out), no_vis, progress_bar=False)
+    assert not result["dataset_unchanged"] and _dataset_files(out) != relabelled
+    assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == ["merged"]
+    assert alps_flow(images, str(out), no_vis, progress_bar=False)["dataset_unchanged"]
+
+
 def test_a_refusal_for_shards_from_before_labelling_was_recorded_names_the_setting_from_the_manifest(tmp_path):
     from alps_client.runs.plan import _what_differs, labelling_identity
 
