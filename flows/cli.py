@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -203,10 +204,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         # them: a relative path names no folder there.
         args.dataset, args.out = (os.path.abspath(path) for path in (args.dataset, args.out))
         made = _folders_to_make(args.out)  # as the run names it: `link/..` is not where the link points
-        args.model_repository = os.path.abspath(args.model_repository or BackendConfig.model_repository)
+        if args.model_repository:
+            args.model_repository = os.path.abspath(args.model_repository)
         if args.centroids:
             args.centroids = os.path.abspath(args.centroids)
         config = build_config(args)
+        if not os.path.isabs(config.backend.model_repository):  # the default (--config's are absolute)
+            config = dataclasses.replace(config, backend=dataclasses.replace(
+                config.backend, model_repository=os.path.abspath(config.backend.model_repository)))
         check_workers(args.concurrency, args.dask_workers, args.dask_address)
         had_work_dir = work_dir(args.out).is_dir()
         check_request(args.dataset, config, args.out)  # nothing to do: fail before any server starts

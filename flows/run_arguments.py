@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 from alps_client.config import (
     AmgConfig,
-    BackendConfig,
-    ClusterConfig,
-    FeatureConfig,
-    GateConfig,
     InputConfig,
     PipelineConfig,
-    WriterConfig,
+    overlay_config,
 )
 from flows.review_cli import a_path, add_vector_argument
 
@@ -83,6 +80,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``alps run`` (and ``python flows/alps_flow.py``)."""
     p.add_argument("dataset", type=a_path, help="folder (or file) of images to label")
     p.add_argument("--out", required=True, type=a_path, help="output dataset folder")
+    p.add_argument("--config", type=a_path, metavar="FILE",
+                   help="settings from a JSON or YAML file of the Python API's PipelineConfig fields by part "
+                        "({\"amg\": {\"points_per_side\": 16}, \"cluster\": {\"batch_size\": 8192}}; those without "
+                        "a flag too; paths relative to the file), or from a dataset alps wrote (its folder or "
+                        "manifest.json: label as it was labelled); the flags given override it")
     b = p.add_argument_group("backend")
     b.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="default: embedded (onnxruntime)")
     b.add_argument("--model-repository", type=a_path, help="exported model repository (default: model_repository)")
@@ -172,32 +174,88 @@ def config_part(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
+# Fields of a --config file that name files: relative ones are read from the file's folder.
+_PATH_FIELDS = (("backend", "model_repository"), ("cluster", "centroids"))
+
+
+def settings_in_file(path: str) -> dict[str, Any]:
+    """The settings of a ``--config`` file: a partial :class:`PipelineConfig` in plain-dict form, checked.
+
+    The file is JSON (``.json``) or YAML holding any of the config's parts and fields, or a dataset's
+    ``manifest.json`` (or the dataset's folder), whose ``config`` is the one its run used. Relative paths in it
+    (``backend.model_repository``, ``cluster.centroids``) are taken from the file's folder, not the current one.
+
+    Raises:
+        AlpsError: If the file cannot be read or parsed, or names a part or field this alps does not have, or a
+            value a field does not accept (each named).
+    """
+    import json
+
+    import yaml
+
+    from alps_client.errors import AlpsError, shortened
+    from alps_client.labels.relabel import unique_key_loader
+    from flows.run_config import validated_config
+
+    file = Path(path) / "manifest.json" if Path(path).is_dir() else Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.load(text, Loader=unique_key_loader())
+    except FileNotFoundError:
+        raise AlpsError(f"--config {path}: no such file{' (not a dataset alps wrote)' if file != Path(path) else ''}"
+                        "; give a JSON or YAML file of settings, or a dataset's folder or manifest.json") from None
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise AlpsError(f"--config {file}: cannot be read as JSON or YAML settings ({reason})") from None
+    if isinstance(data, dict) and str(data.get("format", "")).startswith("alps-dataset/"):
+        data = data.get("config")
+    if not isinstance(data, dict):
+        got = "nothing (an empty file)" if data is None else "a list" if isinstance(data, list) else repr(data)
+        raise AlpsError(f"--config {file}: must be a mapping of settings by part, such as {{\"amg\": "
+                        f"{{\"points_per_side\": 16}}}}, got {shortened(got, 80)}")
+    for part, name in _PATH_FIELDS:
+        value = data.get(part, {}).get(name) if isinstance(data.get(part), dict) else None
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            data = {**data, part: {**data[part], name: os.path.join(os.path.abspath(file.parent), value)}}
+    validated_config(data, f"--config {file}", "correct the file and run again")
+    return data
+
+
+def _flag_settings(v: dict[str, Any]) -> dict[str, Any]:
+    """The fields the given flags set (``vars(args)``, None where not given), as a partial config's plain dict."""
+    seed = v.get("seed")
+    values = {"backend": v, "inputs": v, "amg": v, "gate": v, "features": v,
+              "cluster": {**v, "n_clusters": v.get("n_clusters"), "backend": v.get("cluster_backend"), "seed": seed},
+              "writer": {**v, "seed": seed}}
+    parts = {f.name: f.default_factory for f in dataclasses.fields(PipelineConfig)}  # type: ignore[misc]
+    return {name: {k: x for k, x in values[name].items() if k in {f.name for f in dataclasses.fields(cls)}
+                   and x is not None} for name, cls in parts.items()}
+
+
 def build_config(args: argparse.Namespace) -> PipelineConfig:
-    """One PipelineConfig from parsed flags; unset flags keep the dataclass defaults.
+    """One PipelineConfig from parsed flags laid over ``--config``'s settings; what neither sets keeps its default.
 
     Raises:
         ValueError: If a flag is out of range, or ``--stitch`` / ``--overlap`` come without ``--tile`` (they would
             do nothing).
+        AlpsError: If ``--config``'s file cannot be used (:func:`settings_in_file`).
     """
     v = dict(vars(args))
-    if v.get("tile") is None:
+    from_file = settings_in_file(v["config"]) if v.get("config") else {}
+    inputs = from_file.get("inputs") or {}
+    if v.get("tile") is None and inputs.get("tile") is None:
         for flag in ("stitch", "overlap"):
             if v.get(flag) is not None:  # unset flags are None (--stitch too); --overlap 0 is given
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
-    v["triton_urls"], urls_from = triton_urls(v)
-    seed = v.get("seed")
-    cluster = {**v, "n_clusters": v.get("n_clusters"), "backend": v.get("cluster_backend"), "seed": seed}
+    if v.get("tile") is not None and v.get("overlap") is None and "overlap" in inputs and \
+            InputConfig(tile=inputs.get("tile")).overlap == inputs["overlap"]:
+        # A dataset's manifest records the overlap its tile was given by default: another --tile takes its own.
+        from_file = {**from_file, "inputs": {k: x for k, x in inputs.items() if k != "overlap"}}
+    kind = v.get("kind") or (from_file.get("backend") or {}).get("kind")
+    v["triton_urls"], urls_from = triton_urls({**v, "kind": kind})
     try:
-        return PipelineConfig(
-            backend=config_part(BackendConfig, v),
-            inputs=config_part(InputConfig, v),
-            amg=config_part(AmgConfig, v),
-            gate=config_part(GateConfig, v),
-            features=config_part(FeatureConfig, v),
-            cluster=config_part(ClusterConfig, cluster),
-            writer=config_part(WriterConfig, {**v, "seed": seed}),
-        )
+        return PipelineConfig.from_dict(overlay_config(from_file, _flag_settings(v)))
     except ValueError as err:
         raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from)) from None
 

@@ -53,11 +53,11 @@ def describe_invalid(err: pydantic.ValidationError, prefix: str = "config") -> s
     return "; ".join(dict.fromkeys(lines))
 
 
-def validated_config(value: PipelineConfig | dict[str, Any] | None,
-                     what: str = "the run's config") -> PipelineConfig | None:
+def validated_config(value: PipelineConfig | dict[str, Any] | None, what: str = "the run's config",
+                     then: str = "correct the run's config and start the run again") -> PipelineConfig | None:
     """``value`` as a :class:`PipelineConfig` (None stays None), validated as Prefect validates parameters.
 
-    ``what`` names it in the error.
+    ``what`` names it in the error, ``then`` says what to do.
 
     Raises:
         AlpsError: One line naming each wrong field and what it accepts, and what to do.
@@ -66,11 +66,11 @@ def validated_config(value: PipelineConfig | dict[str, Any] | None,
         return value
     if not isinstance(value, dict):
         raise AlpsError(f"{what} must be a mapping of settings such as {{\"amg\": {{\"points_per_side\": 16}}}}, "
-                        f"got {type(value).__name__}: correct the run's config and start the run again")
+                        f"got {type(value).__name__}: {then}")
     problems = unknown_fields(value)
     if not problems:
         try:
             return pydantic.TypeAdapter(PipelineConfig).validate_python(value)
         except pydantic.ValidationError as err:
             problems = [describe_invalid(err)]
-    raise AlpsError(f"{what} is not valid: {'; '.join(problems)}; correct the run's config and start the run again")
+    raise AlpsError(f"{what} is not valid: {'; '.join(problems)}; {then}")

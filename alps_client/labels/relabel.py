@@ -98,7 +98,7 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | Non
 
     try:
         data = (json.loads(text, object_pairs_hook=unique_keys) if path.suffix.lower() == ".json" else
-                yaml.load(text, Loader=_unique_key_loader()))  # a SafeLoader
+                yaml.load(text, Loader=unique_key_loader()))  # a SafeLoader
     except json.JSONDecodeError as err:
         raise ClassesFileError(str(path), [f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"]) from err
     except yaml.YAMLError as err:
@@ -139,7 +139,7 @@ def expanded_entries(root: Any) -> int:
     return count(root)
 
 
-def _unique_key_loader() -> type:
+def unique_key_loader() -> type:
     """PyYAML's SafeLoader, refusing a key given twice in one mapping.
 
     SafeLoader kept the last: a class, or a whole ``classes:`` block, was dropped unsaid.

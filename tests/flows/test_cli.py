@@ -84,7 +84,7 @@ def free_port() -> int:
         (["{data}", "--stitch"], "--stitch applies to the tiles of --tile"),  # did nothing
         (["{data}", "--intensity-window", "1000", "-1000"],
          "--intensity-window must be (low, high) with low < high, got (1000.0, -1000.0)"),  # named by its flag
-        (["{data}", "--intensity-window", "5", "nan"], "--intensity-window must be 2 finite numbers, got [5.0, nan]"),
+        (["{data}", "--intensity-window", "5", "nan"], "--intensity-window must be 2 finite numbers, got (5.0, nan)"),
         (["{data}", "--pred-iou-thresh", "nan"], "--pred-iou-thresh must be a finite number, got nan"),  # "or None"
         (["{data}", "--retry-delay-s", "-1"], "0 <= --retry-delay-s <= --retry-max-delay-s, got -1.0 and 30.0"),
         (["{data}", "--tile", "100", "--overlap", "200"], "--overlap must lie in [0, --tile), got 200"),
@@ -213,6 +213,63 @@ def test_alps_triton_url_names_the_servers(monkeypatch):
                                          r"got 'http://127.0.0.1:8000': give 127.0.0.1:8000 \(the scheme goes to "
                                          r"--protocol http\)$"):
         build_config(make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton"]))
+
+
+def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_path, monkeypatch):
+    """Settings without a flag (k-means' batch, the stretch's percentiles) had no way in from the command line, and a
+    dataset's recorded settings none to label another dataset as it was labelled."""
+    from alps_client.errors import AlpsError
+
+    def config(*flags: str) -> PipelineConfig:
+        return build_config(make_parser().parse_args(["run", "data", "--out", "o", *flags]))
+
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "alps.yaml").write_text("amg: {points_per_side: 16, pred_iou_thresh: 0.8}\ncluster:\n  batch_size: 8192"
+                                        "\n  centroids: ../c.npy\ninputs: {stretch_percentiles: [1, 99]}\n"
+                                        "backend: {model_repository: repo}\n")
+    monkeypatch.chdir(tmp_path)  # relative paths in the file are the file's folder's, not the current one's
+    given = config("--config", "settings/alps.yaml", "--points-per-side", "8", "--seed", "3")
+    assert given.amg.points_per_side == 8 and given.amg.pred_iou_thresh == 0.8  # the flag wins, the file fills in
+    assert given.cluster.batch_size == 8192 and given.inputs.stretch_percentiles == (1.0, 99.0)
+    assert given.cluster.seed == given.writer.seed == 3 and given.gate == PipelineConfig().gate  # the rest: defaults
+    assert given.backend.model_repository == str(settings / "repo") and given.cluster.centroids == str(
+        settings / ".." / "c.npy")
+    assert config("--config", "settings/alps.yaml", "--model-repository", "/m").backend.model_repository == "/m"
+    (settings / "alps.json").write_text(json.dumps({"writer": {"copy_images": False}, "gate": {"sigma": 0.5}}))
+    assert config("--config", "settings/alps.json").writer.copy_images is False  # JSON too
+    # a dataset alps wrote (its folder or manifest.json): its config; a --tile of its own gets its own overlap
+    recorded = PipelineConfig.from_dict({"inputs": {"tile": 896}, "amg": {"points_per_side": 12},
+                                         "backend": {"model_repository": "/models/sam"}}).to_dict()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "alps-dataset/2", "config": recorded}))
+    for source in ("out", "out/manifest.json"):
+        assert config("--config", source) == PipelineConfig.from_dict(recorded)
+    assert config("--config", "out").inputs.overlap == 384
+    assert config("--config", "out", "--tile", "512").inputs.overlap == 219  # 3/7 of 512, not 896's 384
+    assert config("--config", "out", "--tile", "512", "--overlap", "100").inputs.overlap == 100
+    assert config("--config", "out", "--stitch").inputs.stitch  # the file's --tile is --stitch's
+    with pytest.raises(ValueError, match="--stitch applies to the tiles of --tile"):
+        config("--config", "settings/alps.json", "--stitch")
+    # each problem of the file named, with what to do
+    (settings / "bad.yaml").write_text("amg: {points_per_sde: 16}\n")
+    with pytest.raises(AlpsError, match=r"--config \S+bad.yaml is not valid: config.amg.points_per_sde: not a "
+                                        r"setting of config.amg \(its settings: points_per_side, .*correct the file"):
+        config("--config", "settings/bad.yaml")
+    (settings / "bad.yaml").write_text("gate: {sigma: 3}\n")
+    with pytest.raises(AlpsError, match=r"config.gate: sigma must .* got 3"):
+        config("--config", "settings/bad.yaml")
+    (settings / "bad.yaml").write_text("gate: {sigma: 0.2}\ngate: {sigma: 0.4}\n")
+    with pytest.raises(AlpsError, match=r"cannot be read as JSON or YAML settings \(.*gate"):
+        config("--config", "settings/bad.yaml")
+    (settings / "bad.yaml").write_text("- 16\n")
+    with pytest.raises(AlpsError, match=r"must be a mapping of settings by part, .* got a list$"):
+        config("--config", "settings/bad.yaml")
+    with pytest.raises(AlpsError, match=r"--config settings: no such file \(not a dataset alps wrote\)"):
+        config("--config", "settings")
+    with pytest.raises(AlpsError, match=r"--config nowhere.yaml: no such file; give a JSON or YAML file"):
+        config("--config", "nowhere.yaml")
+    assert main(["run", "data", "--out", str(tmp_path / "o"), "--config", "settings/bad.yaml"]) == 2
 
 
 def test_a_run_that_cannot_start_or_cannot_finish_is_completed_by_the_same_command(

@@ -278,6 +278,23 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert alps_flow(images, str(out), no_vis, progress_bar=False)["dataset_unchanged"]
 
 
+def test_a_dataset_labelled_with_config_of_another_is_labelled_as_it_was(fake_repo, scenes, tmp_path):
+    """``--config OUT``: the settings a dataset records, settings without a flag among them, label another dataset."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    cfg = dataclasses.replace(small_config(fake_repo, val_fraction=0.5, seed=5),
+                              cluster=ClusterConfig(n_clusters=3, batch_size=64, seed=5), gate=GateConfig(sigma=0.4))
+    alps_flow(str(scenes / "images"), str(first), cfg, progress_bar=False)
+    recorded = json.loads((first / "manifest.json").read_text())["config"]
+    assert alps(["run", str(scenes / "images"), "--out", str(again), "--config", str(first), "--no-progress"]) == 0
+    assert json.loads((again / "manifest.json").read_text())["config"] == recorded
+    assert labels(again) == labels(first)
+    flagged = tmp_path / "flagged"  # a flag given wins over the dataset's setting
+    assert alps(["run", str(scenes / "images"), "--out", str(flagged), "--config", str(first / "manifest.json"),
+                 "--n-clusters", "2", "--no-progress"]) == 0
+    config = json.loads((flagged / "manifest.json").read_text())["config"]
+    assert config["cluster"] == {**recorded["cluster"], "n_clusters": 2} and config["gate"] == recorded["gate"]
+
+
 def test_a_refusal_for_shards_from_before_labelling_was_recorded_names_the_setting_from_the_manifest(tmp_path):
     from alps_client.runs.plan import _what_differs, labelling_identity
 
