@@ -142,11 +142,17 @@ def publish(out: str | Path, staging: str | Path) -> None:
     out, staging = Path(out), Path(staging)
     shutil.rmtree(work_dir(out) / "previous", ignore_errors=True)  # left by a clean-up that did not finish
     forget_written(out)  # whoever swaps a dataset in records what it was written from, once it lies in OUT
-    with atomic.stops_held(SWAPPED_WHOLE):
-        # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place.
-        atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out), "entries": list(DATASET_ENTRIES)})
-        _swap(out, staging)
-    _clean_up(out, staging)
+    staged = [name for name in DATASET_ENTRIES if os.path.lexists(staging / name)]
+    try:
+        with atomic.stops_held(SWAPPED_WHOLE):  # raises the stop it held as it ends
+            # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place. The entries
+            # staged: one swapped in before a kill is the new dataset's, not a leftover of the previous one.
+            atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out),
+                                              "entries": list(DATASET_ENTRIES), "staged": staged})
+            _swap(out, staging, set(staged))
+    finally:  # a stop held through the swap too; not a swap that failed part way, which its journal finishes
+        if not _journal(out).exists():
+            _clean_up(out, staging)
 
 
 # `alps report` swaps OUT/report alone: the new page is written here, the old one moved aside here meanwhile.
@@ -180,9 +186,16 @@ def recover(out: str | Path) -> bool:
     if not staging.is_dir():  # nothing to finish with: what is in place stays (never moved aside and deleted)
         journal.unlink()
         return False
-    with atomic.stops_held(SWAPPED_WHOLE):
-        _swap(out, staging)
-    _clean_up(out, staging)
+    try:
+        staged = json.loads(journal.read_text()).get("staged")
+    except (OSError, ValueError, AttributeError):
+        staged = None
+    try:
+        with atomic.stops_held(SWAPPED_WHOLE):
+            _swap(out, staging, set(staged) if isinstance(staged, list) else None)
+    finally:
+        if not journal.exists():
+            _clean_up(out, staging)
     return True
 
 
@@ -233,8 +246,12 @@ def dataset_version(out: str | Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def _swap(out: Path, staging: Path) -> None:
-    """Move the previous outputs aside into ``OUT/.alps/previous`` and the staged ones in; end the journal."""
+def _swap(out: Path, staging: Path, new_entries: set[str] | None) -> None:
+    """Move the previous outputs aside into ``OUT/.alps/previous`` and the staged ones in; end the journal.
+
+    ``new_entries``: the entries the new dataset has (the journal's ``staged``); None for a journal of an older
+    alps, which did not record them.
+    """
     previous = work_dir(out) / "previous"
     previous.mkdir(parents=True, exist_ok=True)
     for name in DATASET_ENTRIES:
@@ -245,6 +262,8 @@ def _swap(out: Path, staging: Path) -> None:
             elif current.exists():  # an earlier interrupted swap already parked a copy: this one is stale
                 _remove(current)
             os.replace(staged, current)
+        elif new_entries is not None and name in new_entries:
+            continue  # swapped in before the swap was killed: it was taken for the previous dataset's, and deleted
         elif (current.exists() or current.is_symlink()) and not old.exists():
             os.replace(current, old)  # not written by this run: it must not survive from the last one
     _journal(out).unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -541,6 +542,55 @@ def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path,
     assert not (out / "vis").exists()  # the new dataset, whole: no previews
     assert json.loads((out / "manifest.json").read_text())["config"]["writer"]["write_vis"] is False
     assert len(read_labels(out)) == 2 and not (out / ".alps" / "staging").exists()
+
+
+def test_a_first_write_killed_mid_swap_is_finished_whole(two_shards, tmp_path, monkeypatch):
+    """The entries swapped in before the kill were taken for the previous dataset's (there was none) and deleted:
+    the next command left OUT with a manifest of two images and no img_dir/ nor ann_dir/."""
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+
+    def killed():
+        raise KeyboardInterrupt("killed mid-swap")
+
+    renames = at_third_swap_rename(monkeypatch, out, killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    monkeypatch.undo()
+    assert [Path(p).name for p in renames] == ["img_dir", "ann_dir", "vis"] and (out / "img_dir").is_dir()
+    assert (out / ".alps" / "publish.json").is_file() and not (out / "manifest.json").exists()  # half swapped
+    assert publish_module.recover(out)
+    assert len(read_labels(out)) == 2 and len(list((out / "img_dir").rglob("*.png"))) == 2
+    assert json.loads((out / "manifest.json").read_text())["counts"]["n_images"] == 2 and (out / "vis").is_dir()
+    assert not (out / ".alps" / "previous").exists() and not (out / ".alps" / "staging").exists()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
+def test_a_stop_held_through_the_swap_leaves_no_earlier_dataset_behind(two_shards, tmp_path, monkeypatch):
+    """The stop was raised as the swap ended, before the clean-up: a whole earlier dataset stayed in OUT/.alps."""
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+
+    class Stopped(Exception):
+        pass
+
+    def stopped(signum, frame):
+        raise Stopped
+
+    previous_handler = signal.signal(signal.SIGTERM, stopped)
+    try:
+        at_third_swap_rename(monkeypatch, out, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(Stopped) as stop:
+            write_dataset(out, shards, centroids, PipelineConfig(writer=WriterConfig(write_vis=False)), {}, [],
+                          sources)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        monkeypatch.undo()
+    assert publish_module.SWAPPED_WHOLE in stop.value.__notes__
+    assert not (out / "vis").exists() and len(read_labels(out)) == 2  # the new dataset, whole
+    assert not (out / ".alps" / "publish.json").exists()
+    assert not (out / ".alps" / "previous").exists() and not (out / ".alps" / "staging").exists()
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
