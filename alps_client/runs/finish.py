@@ -18,6 +18,7 @@ from alps_client.config import PipelineConfig
 from alps_client.io import atomic
 from alps_client.io.items import content_digest, not_utf8_bytes
 from alps_client.io.layout import work_dir
+from alps_client.io.publish import recover
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import carried_relabel, load_or_none
 from alps_client.io.writer import CENTROIDS_UNRECORDED, write_dataset
@@ -118,6 +119,7 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
     Raises:
         OutputDiskFullError: If the disk fills up: the previous dataset stays.
     """
+    recover(out)  # a write killed as it swapped its dataset in: what follows reads the dataset OUT holds
     centroids = np.load(centroids_path)
     extra: dict[str, Any] = {"complete": not missing, "missing": list(missing), "sources": sources,
                              "scene_sizes": plan.scene_sizes(set(sources)), **({"run_id": run_id} if run_id else {})}
@@ -134,6 +136,10 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
             "why": "k-means ran again over other masks (images added or removed, or other clustering settings): "
                    "class ids differ from those of the dataset this one replaced; --centroids of earlier_centroids "
                    "labels every image with the earlier classes"}
+    else:  # these clusters are the dataset's in OUT: what it says of the one before it holds for this one
+        kept = _renumbering_of(out, centroids)
+        if kept is not None:
+            extra["classes_renumbered"] = kept
     if carried:
         class_map, extra["relabel"] = carried
         if "from" in extra["relabel"]:
@@ -187,6 +193,22 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
                     "folders)",
                     len(moved), ", ".join(moved[:5]), ", ..." if len(moved) > 5 else "")
     return summary.__dict__
+
+
+def _renumbering_of(out: str | Path, centroids: np.ndarray) -> dict[str, Any] | None:
+    """The ``classes_renumbered`` of the dataset in ``out`` when its centroids are ``centroids``; else None.
+
+    A rerun (or a run resumed after a stop that came once the dataset was swapped in) writes the same clusters
+    again: it dropped the record, and with it where the clusters before them are kept.
+    """
+    published = load_or_none(Path(out) / "centroids.npy")
+    if published is None or not np.array_equal(published, centroids):
+        return None
+    try:
+        kept = json.loads((Path(out) / "manifest.json").read_text()).get("classes_renumbered")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kept if isinstance(kept, dict) else None
 
 
 def _stretched(out: str | Path) -> dict[str, Any]:

@@ -1077,6 +1077,12 @@ def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_r
     # The dataset says so too (it was on the console alone): one reading OUT later sees the ids moved, and from what
     renumbered = json.loads((out / "manifest.json").read_text())["classes_renumbered"]
     assert renumbered["earlier_centroids"] == kept and "class ids" in renumbered["why"]
+    # Written again with the same clusters (a run resumed after a stop that came once its dataset was swapped in,
+    # which leaves no record of the write): the record was dropped, and with it where the earlier clusters are
+    (out / ".alps" / "written.json").unlink()
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert not again["dataset_unchanged"]
+    assert json.loads((out / "manifest.json").read_text())["classes_renumbered"] == renumbered
     with run_log("prefect.task_runs") as logged:
         alps_flow(str(data), str(out), dataclasses.replace(cfg, cluster=ClusterConfig(n_clusters=4, centroids=kept)),
                   progress_bar=False)
