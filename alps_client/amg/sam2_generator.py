@@ -35,6 +35,9 @@ from alps_client.amg.sam2_steps import (
 from alps_client.backends.base import Embedding, SamBackend
 from alps_client.config import AmgConfig
 
+# The logit that tells a mask from its holes in the low-resolution clean-up (SAM2ImagePredictor's default).
+PREDICTOR_MASK_THRESHOLD = 0.0
+
 
 class Sam2MaskGenerator(MaskGenerator):
     """Masks of a whole image from a grid of point prompts, as ``SAM2AutomaticMaskGenerator``.
@@ -103,7 +106,9 @@ class Sam2MaskGenerator(MaskGenerator):
         survivors = low_res[keep]
         if c.min_mask_region_area > 0 and len(keep):
             area = c.min_mask_region_area
-            survivors = fill_holes_and_sprinkles(survivors, c.mask_threshold, area, area)
+            # At 0.0, SAM2ImagePredictor's default: Meta's generator builds its predictor without its own
+            # mask_threshold, which only binarises and scores stability after the clean-up.
+            survivors = fill_holes_and_sprinkles(survivors, PREDICTOR_MASK_THRESHOLD, area, area)
         data = self._survivor_masks(survivors, keep, iou_preds, point_rows, embedding, im_size, crop_box, orig_size,
                                     frame="stretched")
         timings["postprocess"] += time.perf_counter() - start
