@@ -30,7 +30,8 @@ AMG_FLAGS: list[tuple[str, type]] = [
 
 
 AMG_HELP = {
-    "points_per_side": "prompt grid: this many points along each side of the image, its square per image",
+    "points_per_side": "prompt grid: this many points along each side of the image, and of each crop with "
+                       "--crop-n-layers (divided by --crop-n-points-downscale-factor per layer)",
     "points_per_batch": "prompts sent to the decoder at once; never changes the masks",
     "pred_iou_thresh": "drop masks whose predicted IoU is at or below this (as Meta)",
     "stability_score_thresh": "drop masks whose stability under a shift of the mask threshold is below this",
@@ -39,7 +40,8 @@ AMG_HELP = {
     "box_nms_thresh": "box IoU above which the lower-scored of two masks is dropped",
     "crop_n_layers": "also run on crops: layers of 2^i x 2^i crops",
     "crop_nms_thresh": "box IoU for the non-maximum suppression between crops",
-    "crop_overlap_ratio": "overlap of neighbouring crops, a share of the image's length",
+    "crop_overlap_ratio": "overlap of neighbouring crops, a share of the image's short side (halved at each "
+                          "layer after the first, as Meta's)",
     "crop_n_points_downscale_factor": "points per side in layer i are points_per_side / factor^i",
     "min_mask_region_area": "remove holes and islands smaller than this many pixels (needs OpenCV); SAM 2.1: of at "
                             "most this many pixels of the 256x256 low-resolution mask, as Meta's SAM 2.1 does",
