@@ -338,7 +338,7 @@ def _assembled(out: Path, inputs: dict[str, Any], parts: list[Path], gt: npt.NDA
     if gt.ndim == 3 or all(match and match["z"] for match in matches):
         # a volume: its slices along --slice-axis, 255 where a slice was not labelled (empty); a 2-D NIfTI image
         # is a volume of one slice
-        from alps_client.io.readers import as_volume
+        from alps_client.io.volumes import as_volume
 
         axis = int(inputs.get("slice_axis", 2))
         volume = np.full(gt.shape, IGNORE, np.uint8)

@@ -232,7 +232,7 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
         valid = ~transparent if read.valid is None else read.valid & ~transparent
         return replace(read, valid=valid, alpha=True, transparent_pixels=int(transparent.sum()))
     from alps_client._imports import lazy_import
-    from alps_client.io.readers import check_nifti_voxels
+    from alps_client.io.volumes import check_nifti_voxels
 
     try:
         image = lazy_import("nibabel").load(str(path))

@@ -46,10 +46,9 @@ from alps_client.io.readers import (
     MAX_UNTILED_PIXELS,
     image_header,
     too_large_to_label_whole,
-    volume_slices,
-    volumes_in,
 )
 from alps_client.io.splits import split_folder
+from alps_client.io.volumes import volume_slices, volumes_in
 
 # No format stores a side past it (PNG's limit): a larger one is a corrupt header, or a negative size (a BMP's) read
 # unsigned.

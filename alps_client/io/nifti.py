@@ -11,7 +11,7 @@ import numpy.typing as npt
 from alps_client._imports import lazy_import
 from alps_client.errors import AlpsError
 from alps_client.io.atomic import atomic_path
-from alps_client.io.readers import as_volume
+from alps_client.io.volumes import as_volume
 
 
 def write_label_volume(path: str | Path, source: str | Path, slice_axis: int,

@@ -15,19 +15,13 @@ Rules (also in docs/inputs.md):
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import functools
-import gzip
 import logging
 import os
-import resource
-import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from alps_client._imports import lazy_import
 from alps_client.config import InputConfig
-from alps_client.errors import DependencyNotFoundError, InputImageError, InputReadError, shortened
+from alps_client.errors import DependencyNotFoundError, InputImageError, shortened
 from alps_client.io.items import (
     PLAIN_COPY_EXTENSIONS,
     RASTER_EXTENSIONS,
@@ -48,6 +42,8 @@ from alps_client.io.items import (
     not_utf8_bytes,
     printable,
 )
+from alps_client.io.loaded import LoadedImage, bad_input, check_file, percentile_range, read_failure, to_rgb
+from alps_client.io.volumes import load_slice
 
 logger = logging.getLogger(__name__)
 
@@ -72,29 +68,6 @@ GDAL_CACHE_MB = 64
 STRETCH_SAMPLE_SIDE = 2048
 
 
-@dataclass
-class LoadedImage:
-    """An input ready for the mask generator.
-
-    Attributes:
-        rgb: ``(H, W, 3) uint8``.
-        valid: ``(H, W) bool`` pixels that belong to the image (False: e.g. transparent), or None for all.
-        geo: where a georeferenced input lies (window-adjusted; :func:`_georeference`), or None.
-        plain_copy: the source file can be copied into the dataset unchanged (8-bit RGB, upright, no alpha, one frame).
-        extra: small facts recorded in the shard (bit depth, stretch range, bands).
-    """
-
-    rgb: npt.NDArray[np.uint8]
-    valid: npt.NDArray[np.bool_] | None = None
-    geo: dict[str, Any] | None = None
-    plain_copy: bool = False
-    extra: dict[str, Any] | None = None
-
-
-def _fail(path: str | Path, reason: str) -> InputImageError:
-    return InputImageError(str(path), reason)
-
-
 def _gdal_reason(err: Exception) -> str:
     """GDAL's reason for ``err``, in one line.
 
@@ -106,44 +79,9 @@ def _gdal_reason(err: Exception) -> str:
     return (text.splitlines() or [type(err).__name__])[0][:160]
 
 
-# What the file system answers about the file itself (gone, not allowed, not a file): a bad input. Any other
-# error with an errno (EIO, ESTALE, ETIMEDOUT...) is the disk or the mount failing, not the file.
-_FILE_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ELOOP,
-                          errno.ENAMETOOLONG, errno.ENXIO})
-
-
-def _read_failure(path: str | Path, err: BaseException) -> InputReadError | None:
-    """The machinery failure ``err`` is, when reading ``path`` failed in the file system rather than the file.
-
-    PIL reports bad image data as ``OSError`` too, but without an ``errno``: that stays a bad input.
-    """
-    if not isinstance(err, OSError) or err.errno is None or err.errno in _FILE_ERRNOS:
-        return None
-    if err.errno in (errno.EMFILE, errno.ENFILE):  # a limit of this process or of the system, not of a disk
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        where = (f"this process's limit of {limit} (ulimit -n): raise it" if err.errno == errno.EMFILE else
-                 "the system's limit (fs.file-max): close other programs' files or raise it")
-        return InputReadError(f"reading {path} failed ({err.strerror}): too many files open, {where}; not the file")
-    return InputReadError(f"reading {path} failed ({err.strerror or err}): the disk or the network mount "
-                          "failed, not the file")
-
-
 def _check_file(path: Path) -> None:
-    try:
-        info = path.stat()
-    except OSError as err:
-        failure = _read_failure(path, err)  # a mount that failed under the link's target is no bad input either
-        if failure is None and os.path.islink(path):  # the link is there, what it points to is not
-            raise _fail(path, f"a broken symbolic link (to {os.readlink(path)}, {err.strerror})") from err
-        if failure is None and err.errno == errno.ENOENT:  # listed when the run started: not a bad file
-            raise _fail(path, "gone since the run started (moved or deleted meanwhile)") from err
-        raise failure or _fail(path, f"unreadable ({err.strerror})") from err
-    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
-        raise _fail(path, "not a regular file (a named pipe, a socket or a device)")
-    if info.st_size == 0:
-        raise _fail(path, "zero-byte file")
-    if not os.access(path, os.R_OK):
-        raise _fail(path, "unreadable (Permission denied)")
+    """:func:`~alps_client.io.loaded.check_file`, and a raster's name GDAL can open."""
+    check_file(path)
     check_gdal_can_open(path)
 
 
@@ -154,7 +92,7 @@ def check_gdal_can_open(path: Path) -> None:
     surrogates) failed inside rasterio, naming nothing. Other files of such names are read.
     """
     if not_utf8_bytes(str(path)) and _is_raster(path):
-        raise _fail(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8 "
+        raise bad_input(path, "GDAL (which reads TIFF, JPEG 2000 and 16-bit PNG) opens no file whose name is not UTF-8 "
                           "text: rename it to UTF-8 (convmv -f latin1 -t utf-8 --notest FILE)")
 
 
@@ -276,10 +214,10 @@ def _open_image(path: Path, limit: int | None = None) -> Iterator[Image.Image]:
             with pil_pixel_limit(limit):
                 im = Image.open(path)
         except Image.DecompressionBombError as err:
-            raise _fail(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
+            raise bad_input(path, "image has more pixels than PIL's decompression-bomb limit allows for a whole image; "
                               "cut it into tiles with --tile 896 --overlap 384") from err
         except ValueError as err:  # a PNG text or colour-profile chunk inflating past PIL's limit, and the like
-            raise _fail(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
+            raise bad_input(path, f"image metadata PIL refuses to read ({shortened(str(err))})") from err
         with im:
             yield im
 
@@ -419,7 +357,7 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
                 if bands is not None:
                     _tiff_bands(src, bands)
         except rasterio.errors.RasterioIOError as err:
-            raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
+            raise bad_input(path, f"not a readable raster ({_gdal_reason(err)})") from err
         turned = _raster_orientation(path) in (5, 6, 7, 8)
         return (width, height, pages) if turned else (height, width, pages)
     try:
@@ -428,65 +366,11 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
             orientation = _orientation(im)
             frames = int(getattr(im, "n_frames", 1))  # an animated PNG or WebP: from its header
     except UnidentifiedImageError as err:
-        raise _fail(path, "not an image (PIL cannot identify it)") from err
+        raise bad_input(path, "not an image (PIL cannot identify it)") from err
     except OSError as err:
         corrupt = f"truncated or corrupt image data ({shortened(str(err))})"
-        raise _read_failure(path, err) or _fail(path, corrupt) from err
+        raise read_failure(path, err) or bad_input(path, corrupt) from err
     return (w, h, frames) if orientation in (5, 6, 7, 8) else (h, w, frames)
-
-
-def percentile_range(data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float]) -> tuple[float, float] | None:
-    """``(lo, hi)`` percentiles of the valid, finite values of ``(H, W[, C])`` data (all bands pooled), or None.
-
-    Where the two percentiles meet (more than 96 % of the pixels share one value at the defaults: a dark field with
-    a few bright cells, a volume mostly air), the range is the values' minimum and maximum instead: a range of zero
-    width would make every pixel black or white, objects of different brightness one.
-    """
-    values = data[valid] if valid is not None and valid.any() else data
-    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-    if finite.size == 0:
-        return None
-    lo, hi = (float(v) for v in np.percentile(finite, percentiles))
-    if hi <= lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    return lo, hi
-
-
-def stretch_to_uint8(
-    data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, percentiles: tuple[float, float],
-    value_range: tuple[float, float] | None = None,
-) -> tuple[npt.NDArray[np.uint8], list[float]]:
-    """Linear stretch of ``(H, W[, C])`` data to uint8 between two percentiles of the valid pixels.
-
-    ``value_range`` (e.g. the whole scene's, for a tile) replaces the percentiles of ``data`` when given.
-    """
-    found = value_range or percentile_range(data, valid, percentiles)
-    if found is None:
-        return np.zeros(data.shape, np.uint8), [0.0, 0.0]
-    lo, hi = float(found[0]), float(found[1])  # (an intensity window given in integers records as floats too)
-    if hi <= lo:
-        hi = lo + 1.0
-    # Infinities (no measurement, never valid) go to the ends of the range: their product would overflow.
-    scaled = (np.nan_to_num(data.astype(np.float64), nan=lo, posinf=hi, neginf=lo) - lo) * (255.0 / (hi - lo))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8), [lo, hi]
-
-
-def _to_rgb(
-    data: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None, config: InputConfig,
-    value_range: tuple[float, float] | None = None,
-) -> tuple[npt.NDArray[np.uint8], dict[str, Any]]:
-    """``(H, W, 3) uint8`` of ``(H, W[, C])`` data and the facts recorded about it (``extra``: dtype, stretch).
-
-    Data of more than 8 bits is stretched between ``config.intensity_window`` when given (fixed, in the data's
-    units), else ``value_range`` (a scene's or volume's), else its own ``stretch_percentiles``.
-    """
-    extra: dict[str, Any] = {"dtype": str(data.dtype)}
-    if data.dtype != np.uint8:
-        data, extra["stretch"] = stretch_to_uint8(data, valid, config.stretch_percentiles,
-                                                  config.intensity_window or value_range)
-    if data.ndim == 2:
-        data = np.repeat(data[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(data[:, :, :3]), extra
 
 
 def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedImage:
@@ -511,15 +395,15 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
             else:  # CMYK, YCbCr, 1, ...
                 data = np.asarray(im.convert("RGB"))
     except UnidentifiedImageError as err:
-        raise _fail(path, "not an image (PIL cannot identify it)") from err
+        raise bad_input(path, "not an image (PIL cannot identify it)") from err
     except (OSError, SyntaxError, ValueError) as err:
         corrupt = f"truncated or corrupt image data ({shortened(str(err))})"
-        raise _read_failure(path, err) or _fail(path, corrupt) from err
+        raise read_failure(path, err) or bad_input(path, corrupt) from err
     if orientation != 1:  # (H, W) or (H, W, C): turned as displayed, as the header said (image_header)
         data = upright(data, orientation) if data.ndim == 2 else np.moveaxis(upright(np.moveaxis(data, -1, 0),
                                                                                       orientation), 0, -1)
         valid = None if valid is None else upright(valid, orientation)
-    rgb, extra = _to_rgb(data, valid, config)
+    rgb, extra = to_rgb(data, valid, config)
     plain = (extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and orientation == 1 and valid is None
              and one_frame)
     extra["mode"] = mode
@@ -530,7 +414,7 @@ def _tiff_bands(src: Any, bands: tuple[int, ...] | None = None) -> list[int]:
     """The bands of ``src`` read as RGB (1-based): ``bands`` (``--bands``), else by colour interpretation."""
     if bands is not None:
         if max(bands) > src.count:
-            raise _fail(src.name, f"has {src.count} band(s), --bands asks for {list(bands)}")
+            raise bad_input(src.name, f"has {src.count} band(s), --bands asks for {list(bands)}")
         return list(bands)
     interp = [c.name for c in src.colorinterp]  # str() of one is its number on Python 3.11
     if all(c in interp for c in ("red", "green", "blue")):
@@ -603,7 +487,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             bands = _tiff_bands(src, config.bands)
             kind = src.dtypes[bands[0] - 1]
             if kind.startswith("complex"):  # np.percentile and the stretch have no order for complex numbers
-                raise _fail(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
+                raise bad_input(path, f"complex-valued raster ({kind}: a radar SLC?): alps labels images of real "
                                   "values; save its amplitude or intensity first")
             # a tile's window is in the displayed frame, as the header said (image_header)
             if window is not None:
@@ -615,7 +499,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
             colours = _colour_table(src, bands)
             bits = int(src.tags(bands[0], "IMAGE_STRUCTURE").get("NBITS", 8))
     except rasterio.errors.RasterioIOError as err:
-        raise _fail(path, f"not a readable raster ({_gdal_reason(err)})") from err
+        raise bad_input(path, f"not a readable raster ({_gdal_reason(err)})") from err
     if orientation != 1:
         data, valid = upright(data, orientation), None if valid is None else upright(valid, orientation)
     if colours is not None:  # a palette TIFF: its indices are no brightness (a palette PNG is read the same way)
@@ -635,7 +519,7 @@ def _load_tiff(path: Path, config: InputConfig, window: tuple[int, int, int, int
     if window is not None and data.dtype != np.uint8 and config.intensity_window is None:
         # one stretch for the whole scene: tiles match in colour
         value_range = scene_value_range(FileVersion.of(path), tuple(bands), config.stretch_percentiles)
-    rgb, extra = _to_rgb(data, valid, config, value_range)
+    rgb, extra = to_rgb(data, valid, config, value_range)
     extra["bands"] = bands
     return LoadedImage(rgb, valid, geo, False, extra)
 
@@ -660,146 +544,13 @@ def scene_value_range(version: FileVersion, bands: tuple[int, ...], percentiles:
     return percentile_range(data, valid, percentiles)
 
 
-def volume_slices(path: str | Path, config: InputConfig) -> list[int]:
-    """Indices of the non-empty slices of a NIfTI volume along ``config.slice_axis``."""
-    nonempty, _ = volume_summary(_volume_version(Path(path)), config.slice_axis, config.window_percentiles)
-    return list(nonempty)
-
-
-def slice_pixel_size(path: str | Path, slice_axis: int) -> tuple[float, float] | None:
-    """``(row, column)`` size of a NIfTI volume's slice pixels along ``slice_axis``, in its units (mm).
-
-    None when the header says none. Reads the header only.
-    """
-    try:
-        zooms = lazy_import("nibabel").load(str(path)).header.get_zooms()[:3]
-    except Exception:  # noqa: BLE001 (reading the volume says what is wrong with it)
-        return None
-    in_plane = [float(zooms[axis]) for axis in range(len(zooms)) if axis != slice_axis][:2]
-    return (in_plane[0], in_plane[1]) if len(in_plane) == 2 and min(in_plane) > 0 else None
-
-
-def volumes_in(path: str | Path) -> int:
-    """How many 3-D volumes a NIfTI file holds (its 4th dimension: a series' time points, a scan's echoes).
-
-    The first alone is labelled (:func:`_volume`). Reads the header only.
-    """
-    try:
-        shape = lazy_import("nibabel").load(str(path)).shape
-    except Exception:  # noqa: BLE001 (reading the volume says what is wrong with it)
-        return 1
-    return int(shape[3]) if len(shape) == 4 else 1
-
-
-def _volume_version(path: Path) -> FileVersion:
-    _check_file(path)
-    return FileVersion.of(path)
-
-
-@functools.lru_cache(maxsize=2)
-def _volume(version: FileVersion) -> npt.NDArray[np.float32]:
-    """The 3D volume (or 2D plane) as float32, decoded once per process and file version.
-
-    A slice never re-reads the file. Of a 4-D file (a series), the first volume alone is decoded: the others are
-    never labelled. A 2-D file (an X-ray or ultrasound frame saved as NIfTI) is one plane: :func:`as_volume` makes it
-    a volume of one slice.
-    """
-    path = version.path
-    nibabel = lazy_import("nibabel")
-    try:
-        image = nibabel.load(path)
-        check_nifti_voxels(path, image)
-        data = np.asarray((image.slicer[..., 0] if image.ndim == 4 else image).get_fdata(dtype=np.float32))
-    except (InputImageError, MemoryError):  # out of memory: the machine's failure, never the file's
-        raise
-    except Exception as err:  # nibabel raises many types for corrupt files
-        reason = f"not a readable NIfTI volume ({type(err).__name__}: {shortened(str(err))})"
-        raise _read_failure(path, err) or _fail(path, reason) from err
-    if data.ndim not in (2, 3):
-        raise _fail(path, f"NIfTI image must be 2D or 3D (or 4D: its first volume), got shape {data.shape}")
-    return data
-
-
-def check_nifti_voxels(path: str, image: Any) -> None:
-    """Refuse a NIfTI whose header declares more voxels than its file holds, before they are read.
-
-    nibabel allocates what the header declares first: a 1 KB file declaring 1000^3 voxels took 1 GB before it
-    failed, 4000^3 ended in a MemoryError, every run alike. An uncompressed file's size answers at once. A
-    compressed file's size says nothing of its voxels: its stream is decompressed and counted, in 4 MiB reads, up to
-    the voxels that are decoded (a series' first volume), so a lying header costs one pass and no memory.
-    """
-    header = image.header
-    dtype = header.get_data_dtype()
-    compressed = str(path).lower().endswith(".gz")
-    decoded_shape = image.shape[:3] if compressed and image.ndim == 4 else image.shape
-    declared = int(header.get_data_offset()) + int(np.prod(decoded_shape, dtype=np.int64)) * dtype.itemsize
-    held = _decompressed_size(path, declared) if compressed else os.path.getsize(path)
-    if declared > held:
-        raise _fail(path, f"its header declares {' x '.join(map(str, image.shape))} voxels of {dtype} "
-                          f"({declared} bytes with its header) but the file {'decompressed ' if compressed else ''}"
-                          f"holds {held} bytes: cut short, or a corrupt header")
-
-
-def _decompressed_size(path: str, enough: int) -> int:
-    """Bytes a gzip file decompresses to, counted up to ``enough`` (4 MiB held at a time)."""
-    held = 0
-    with gzip.open(path, "rb") as stream:
-        while held < enough and (chunk := stream.read(min(1 << 22, enough - held))):
-            held += len(chunk)
-    return held
-
-
-def as_volume(data: npt.NDArray[Any], slice_axis: int) -> npt.NDArray[Any]:
-    """``data`` as a volume sliced along ``slice_axis``: a 2-D plane becomes its one slice (index 0), as a view."""
-    return np.expand_dims(data, slice_axis) if data.ndim == 2 else data
-
-
-@functools.lru_cache(maxsize=64)
-def volume_summary(version: FileVersion, slice_axis: int, window: tuple[float, float]
-                   ) -> tuple[tuple[int, ...], tuple[float, float] | None]:
-    """Non-empty slice indices along ``slice_axis`` and the intensity window of the whole volume.
-
-    A slice is empty when its finite voxels hold one value, or none: all 0, a CT's padding (all -1024 HU), all
-    NaN. It shows no structure, so SAM's masks there would be noise given classes. The window is the ``window``
-    percentiles of every voxel: every slice of a volume is stretched with the same range, as the tiles of a
-    scene are.
-    """
-    data = as_volume(_volume(version), slice_axis)
-    other = tuple(a for a in range(3) if a != slice_axis)
-    finite = np.isfinite(data)
-    # two finite values that differ make a slice worth labelling (nanmax warned of every slice wholly NaN)
-    high = np.max(data, axis=other, initial=-np.inf, where=finite)
-    low = np.min(data, axis=other, initial=np.inf, where=finite)
-    nonempty = tuple(int(i) for i in np.flatnonzero(high > low))
-    return nonempty, percentile_range(data, None, window)
-
-
-def _load_slice(path: Path, index: int, config: InputConfig) -> LoadedImage:
-    version = _volume_version(path)
-    plane = np.take(as_volume(_volume(version), config.slice_axis), index, axis=config.slice_axis)
-    _, value_range = volume_summary(version, config.slice_axis, config.window_percentiles)
-    finite = np.isfinite(plane)  # NaN voxels (outside a registered brain, say) are no measurement: never labelled
-    valid = None if finite.all() else finite
-    rgb, extra = _to_rgb(plane, valid, dataclasses.replace(config, stretch_percentiles=config.window_percentiles),
-                         value_range)
-    extra["slice_index"] = index
-    extra["dtype"] = _stored_dtype(version)  # not the float32 the volume is decoded to
-    return LoadedImage(rgb, valid, None, False, extra)
-
-
-@functools.lru_cache(maxsize=64)
-def _stored_dtype(version: FileVersion) -> str:
-    """The type a NIfTI file stores its voxels in (``int16`` for most CT), from its header."""
-    return str(lazy_import("nibabel").load(version.path).header.get_data_dtype())
-
-
 def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage:
     """Read one item as RGB uint8; raises InputImageError naming the file and the reason."""
     config = config or InputConfig()
     path = Path(item.source)
     _check_file(path)
     if item.kind == "slice" or extension_of(path.name) in VOLUME_EXTENSIONS:
-        return _load_slice(path, int(item.slice_index or 0), config)
+        return load_slice(path, int(item.slice_index or 0), config)
     if _is_raster(path):
         loaded = _load_tiff(path, config, item.window)
     else:
@@ -812,7 +563,7 @@ def load_item(item: InputItem, config: InputConfig | None = None) -> LoadedImage
             )
     h, w = loaded.rgb.shape[:2]
     if item.window is None and h * w > MAX_UNTILED_PIXELS:
-        raise _fail(path, too_large_to_label_whole(h, w))
+        raise bad_input(path, too_large_to_label_whole(h, w))
     if item.window is None and loaded.valid is not None and not loaded.valid.any():  # a tile's is no fault of the file
-        raise _fail(path, NOTHING_VALID)
+        raise bad_input(path, NOTHING_VALID)
     return loaded

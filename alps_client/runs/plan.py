@@ -29,7 +29,6 @@ from alps_client.io.items import (
 )
 from alps_client.io.layout import WORK_DIR, shard_dir, work_dir
 from alps_client.io.publish import DATASET_ENTRIES, foreign_entries, is_alps_output
-from alps_client.io.readers import slice_pixel_size
 from alps_client.io.registry import read_registry
 from alps_client.io.shards import (
     SHARD_READ_ERRORS,
@@ -39,6 +38,7 @@ from alps_client.io.shards import (
     shard_fingerprint,
     shard_path,
 )
+from alps_client.io.volumes import slice_pixel_size
 
 if TYPE_CHECKING:
     from alps_client.runs.moves import Move

@@ -21,7 +21,8 @@ from alps_client.config import InputConfig
 from alps_client.errors import AlpsError, InputImageError, shortened
 from alps_client.io.discovery import discover_inputs
 from alps_client.io.items import InputError, InputItem, printable
-from alps_client.io.readers import load_item, stretch_to_uint8
+from alps_client.io.loaded import stretch_to_uint8
+from alps_client.io.readers import load_item
 from alps_client.io.tiling import stitch_scene, stitch_windows, tile_windows
 from alps_client.runs.plan import describe_items
 from tests.coco_checks import assert_coco_consistent
@@ -288,14 +289,14 @@ def test_a_nifti_header_declaring_more_voxels_than_its_file_holds_is_rejected_an
     volume is the machine's failure, retried and then ending the run, never a rejected input."""
     import nibabel
 
-    from alps_client.io import readers
+    from alps_client.io import volumes
 
     path = tmp_path / "lying.nii"
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(path))
     header = bytearray(path.read_bytes())
     header[42:48] = np.array([1000, 1000, 1000], "<i2").tobytes()  # dim[1..3] of the NIfTI-1 header
     path.write_bytes(bytes(header))
-    readers._volume.cache_clear()
+    volumes._volume.cache_clear()
     with pytest.raises(InputImageError, match=rf"declares 1000 x 1000 x 1000 voxels.*holds {path.stat().st_size} "):
         load_item(InputItem(str(path), "lying__z0000", kind="slice", scene="lying", slice_index=0))
     # a compressed file's size says nothing of its voxels: its stream is counted (4000^3 was a MemoryError each run)
@@ -321,7 +322,7 @@ def test_a_nifti_header_declaring_more_voxels_than_its_file_holds_is_rejected_an
         raise MemoryError
 
     monkeypatch.setattr(nibabel.nifti1.Nifti1Image, "get_fdata", out_of_memory)
-    readers._volume.cache_clear()
+    volumes._volume.cache_clear()
     with pytest.raises(MemoryError):
         load_item(InputItem(str(real), "real__z0001", kind="slice", scene="real", slice_index=1))
 
