@@ -118,7 +118,8 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
           f"{counted(s['n_classes'], 'class')}, {counted(s['n_masks_kept'], 'mask')} kept{in_dropped_clusters(s)}, "
           f"{s['n_masks_gated']} gated; "
           f"{result['n_labelled']} labelled now, {result['n_skipped']} already done"
-          f"{_empty_tiles(result.get('n_empty_tiles', 0))})")
+          f"{_empty_tiles(result.get('n_empty_tiles', 0))}"
+          f"{'; unchanged, not written again' if result.get('dataset_unchanged') else ''})")
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")
     print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")

@@ -94,7 +94,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="Triton host:port (repeatable; default $ALPS_TRITON_URL, else 127.0.0.1:8001 for gRPC, "
                         "127.0.0.1:8000 for HTTP)")
     b.add_argument("--protocol", choices=["grpc", "http"], help="Triton protocol (grpc; Triton serves HTTP on 8000)")
-    b.add_argument("--shared-memory", action="store_true", default=None, help="Triton system shared memory (same host)")
+    b.add_argument("--shared-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="Triton system shared memory (same host)")
     b.add_argument("--num-threads", type=int, help="onnxruntime threads (embedded)")
     b.add_argument("--timeout-s", type=float, help="per-request timeout of a remote backend, seconds (120)")
     b.add_argument("--retries", type=int, help="tries again per image after a transient failure (5)")
@@ -133,23 +134,28 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="split together the inputs whose paths (relative to DATASET) share this pattern's first "
                         "match (its capture group, if it has one), e.g. 'sub-[^/]+' keeps each subject's sessions "
                         "in one split (default: a scene's tiles and a volume's slices stay together)")
+    c.add_argument("--vis", dest="write_vis", action="store_true", default=None,
+                   help="write the palette previews OUT/vis/ (the default; over a --config that has none)")
     c.add_argument("--no-vis", dest="write_vis", action="store_false", default=None,
                    help="do not write the palette previews OUT/vis/")
     add_vector_argument(c, "default: none")
+    c.add_argument("--report", dest="write_report", action="store_true", default=None,
+                   help="write the cluster review page (the default; over a --config that has none)")
     c.add_argument("--no-report", dest="write_report", action="store_false", default=None,
                    help="do not write the cluster review page OUT/report/index.html")
     i = p.add_argument_group("inputs")
     i.add_argument("--bands", type=_bands, help="three 1-based bands of multispectral rasters, e.g. 4,3,2")
     i.add_argument("--tile", type=int, help="cut large images into tiles of this size (iSAID: 896)")
     i.add_argument("--overlap", type=int, help="tile overlap in pixels (default: 3/7 of --tile, iSAID's 384 for 896)")
-    i.add_argument("--stitch", action="store_true", default=None, help="also write one label map per tiled scene")
+    i.add_argument("--stitch", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write one label map per tiled scene")
     i.add_argument("--slice-axis", type=int, choices=[0, 1, 2], help="axis of NIfTI volumes cut into slices (2)")
     i.add_argument("--intensity-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="stretch NIfTI volumes and 16-bit or float rasters between these values, in the data's own "
                         "units, for every input alike (CT: -1000 1000 Hounsfield units); values outside clip "
                         "(default: each volume's 0.5-99.5 %% percentiles, each image's 2-98 %%, which move with "
                         "metal or padding)")
-    i.add_argument("--write-nifti-labels", action="store_true", default=None,
+    i.add_argument("--write-nifti-labels", action=argparse.BooleanOptionalAction, default=None,
                    help="stack label slices of NIfTI inputs into label volumes")
     r = p.add_argument_group("run")
     r.add_argument("--concurrency", type=int, default=2, help="images in flight (default 2)")
@@ -199,18 +205,40 @@ def settings_in_file(path: str) -> dict[str, Any]:
     from alps_client.labels.relabel import unique_key_loader
     from flows.run_config import validated_config
 
-    file = Path(path) / "manifest.json" if Path(path).is_dir() else Path(path)
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:  # JSON's loader keeps the last of a key
+        keys = [key for key, _ in pairs]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            raise ValueError(f"key {twice!r} given twice in one object (only the last would count)")
+        return dict(pairs)
+
+    folder = Path(path).is_dir()
+    file = Path(path) / "manifest.json" if folder else Path(path)
     try:
         text = file.read_bytes().decode("utf-8-sig")
-        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.load(text, Loader=unique_key_loader())
+        data = (json.loads(text, object_pairs_hook=unique_keys) if file.suffix.lower() == ".json" else
+                yaml.load(text, Loader=unique_key_loader()))
     except FileNotFoundError:
-        raise AlpsError(f"--config {path}: no such file{' (not a dataset alps wrote)' if file != Path(path) else ''}"
+        raise AlpsError(f"--config {path}: no such file{' (not a dataset alps wrote)' if folder else ''}"
                         "; give a JSON or YAML file of settings, or a dataset's folder or manifest.json") from None
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise AlpsError(f"--config {file}: not valid YAML: {problem}{where} (indent with spaces, not tabs)"
+                        if "\\t" in problem else f"--config {file}: not valid YAML: {problem}{where}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AlpsError(f"--config {file}: cannot be read as JSON or YAML settings ({reason})") from None
-    if isinstance(data, dict) and str(data.get("format", "")).startswith("alps-dataset/"):
+    dataset = isinstance(data, dict) and str(data.get("format", "")).startswith("alps-dataset/")
+    if folder and not dataset:
+        raise AlpsError(f"--config {path}: not a dataset alps wrote (its manifest.json is no dataset's); give a "
+                        "dataset's folder, or a JSON or YAML file of settings")
+    if dataset:
         data = data.get("config")
+        if not isinstance(data, dict):
+            raise AlpsError(f"--config {file}: this dataset's manifest records no config (an alps older than its "
+                            "format?); give a JSON or YAML file of settings")
     if not isinstance(data, dict):
         got = "nothing (an empty file)" if data is None else "a list" if isinstance(data, list) else repr(data)
         raise AlpsError(f"--config {file}: must be a mapping of settings by part, such as {{\"amg\": "
@@ -219,8 +247,15 @@ def settings_in_file(path: str) -> dict[str, Any]:
         value = data.get(part, {}).get(name) if isinstance(data.get(part), dict) else None
         if isinstance(value, str) and value and not os.path.isabs(value):
             data = {**data, part: {**data[part], name: os.path.join(os.path.abspath(file.parent), value)}}
-    validated_config(data, f"--config {file}", "correct the file and run again")
-    return data
+    backend = data.get("backend")
+    if isinstance(backend, dict) and backend.get("kind", "embedded") != "triton":
+        # An embedded run records the Triton defaults it never used: a --backend triton over them would keep
+        # gRPC's port for --protocol http.
+        data = {**data, "backend": {k: v for k, v in backend.items() if k not in TRITON_FLAGS}}
+    config = validated_config(data, f"--config {file}", "correct the file and run again")
+    as_validated = config.to_dict() if config is not None else {}  # ("3e-1", which YAML reads as text, is 0.3)
+    return {part: {name: as_validated[part][name] for name in fields} if isinstance(fields, dict) else fields
+            for part, fields in data.items()}
 
 
 def _flag_settings(v: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +282,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     inputs = from_file.get("inputs") or {}
     if v.get("tile") is None and inputs.get("tile") is None:
         for flag in ("stitch", "overlap"):
-            if v.get(flag) is not None:  # unset flags are None (--stitch too); --overlap 0 is given
+            if v.get(flag) is not None and v.get(flag) is not False:  # --overlap 0 is given, --no-stitch is not
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
     if v.get("tile") is not None and v.get("overlap") is None and "overlap" in inputs and \
@@ -259,7 +294,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     try:
         return PipelineConfig.from_dict(overlay_config(from_file, _flag_settings(v)))
     except ValueError as err:
-        raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from)) from None
+        given = f" (with the settings of --config {v['config']})" if from_file else ""
+        raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from) + given) from None
 
 
 # The Triton flags of `alps run` and `alps serve`: the parsed value's name -> the flag.
@@ -278,7 +314,8 @@ def triton_urls(values: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
             backend, unsaid.
     """
     kind = values.get("kind")
-    given = [flag for name, flag in TRITON_FLAGS.items() if values.get(name) is not None]
+    given = [flag for name, flag in TRITON_FLAGS.items()
+             if values.get(name) is not None and values.get(name) is not False]  # --no-shared-memory is not
     if given and kind != "triton":
         one = len(given) == 1
         raise ValueError(f"{' and '.join(given)} appl{'ies' if one else 'y'} to --backend triton, which is not given "

@@ -260,7 +260,7 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     with pytest.raises(AlpsError, match=r"config.gate: sigma must .* got 3"):
         config("--config", "settings/bad.yaml")
     (settings / "bad.yaml").write_text("gate: {sigma: 0.2}\ngate: {sigma: 0.4}\n")
-    with pytest.raises(AlpsError, match=r"cannot be read as JSON or YAML settings \(.*gate"):
+    with pytest.raises(AlpsError, match=r"not valid YAML: key 'gate' given twice .* at line 2 column 1$"):
         config("--config", "settings/bad.yaml")
     (settings / "bad.yaml").write_text("- 16\n")
     with pytest.raises(AlpsError, match=r"must be a mapping of settings by part, .* got a list$"):
@@ -270,6 +270,36 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     with pytest.raises(AlpsError, match=r"--config nowhere.yaml: no such file; give a JSON or YAML file"):
         config("--config", "nowhere.yaml")
     assert main(["run", "data", "--out", str(tmp_path / "o"), "--config", "settings/bad.yaml"]) == 2
+    (settings / "twice.json").write_text('{"amg": {"points_per_side": 8}, "amg": {"pred_iou_thresh": 0.5}}')
+    with pytest.raises(AlpsError, match=r"twice.json: cannot be read .*key 'amg' given twice"):  # was: the last
+        config("--config", "settings/twice.json")
+    (settings / "tab.yaml").write_text("gate:\n\tsigma: 0.5\n")
+    with pytest.raises(AlpsError, match=r"not valid YAML: .* at line 2 column 1 \(indent with spaces, not tabs\)"):
+        config("--config", "settings/tab.yaml")
+    # the file's values as its check took them (YAML reads 3e-1 as text), and a flag's clash with them said so
+    (settings / "values.yaml").write_text("gate: {sigma: 3e-1}\ninputs: {tile: 128, overlap: 100, stitch: true}\n"
+                                          "writer: {write_vis: false, write_report: false}\n")
+    assert config("--config", "settings/values.yaml").gate.sigma == 0.3
+    with pytest.raises(ValueError, match=r"^--overlap must lie in \[0, --tile\), got 100 \(with the settings of "
+                                         r"--config settings/values.yaml\)$"):
+        config("--config", "settings/values.yaml", "--tile", "64")
+    # what a file turns on, a flag turns off (and on)
+    undone = config("--config", "settings/values.yaml", "--no-stitch", "--vis", "--report")
+    assert not undone.inputs.stitch and undone.writer.write_vis and undone.writer.write_report
+    assert not config("--no-stitch").inputs.stitch  # nothing to stitch without --tile: not refused
+    # an embedded run records Triton's defaults it never used: not taken for the servers of --backend triton
+    embedded = PipelineConfig.from_dict({"backend": {"model_repository": "/m"}}).to_dict()
+    assert list(embedded["backend"]["triton_urls"]) == ["127.0.0.1:8001"]
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "alps-dataset/2", "config": embedded}))
+    assert config("--config", "out", "--backend", "triton", "--protocol", "http").backend.triton_urls == (
+        "127.0.0.1:8000",)  # was gRPC's port
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "alps-dataset/2"}))
+    with pytest.raises(AlpsError, match=r"this dataset's manifest records no config"):
+        config("--config", "out")
+    (tmp_path / "repo").mkdir()  # a model repository's manifest.json is no dataset's
+    (tmp_path / "repo" / "manifest.json").write_text(json.dumps({"model_type": "vit_b", "model_family": "sam"}))
+    with pytest.raises(AlpsError, match=r"^--config repo: not a dataset alps wrote \(its manifest.json is no "):
+        config("--config", "repo")
 
 
 def test_a_run_that_cannot_start_or_cannot_finish_is_completed_by_the_same_command(
