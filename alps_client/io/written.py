@@ -7,8 +7,8 @@ its inputs (:func:`~alps_client.io.writer.write_dataset`: the same shards, centr
 byte-identical outputs), so the run records a key of those inputs and a digest of the files it published, and a
 rerun whose key is the same, with the dataset's files as they were published, writes nothing.
 
-The key holds every input of the write: the shards and source images (name, size, modification and change time,
-much as ``make`` judges a target), the centroids' bytes, the class map, the configuration, the model's manifest, the
+The key holds every input of the write: the shards and source images (name, inode, size, modification and change
+time, much as ``make`` judges a target), the centroids' bytes, the class map, the configuration, the model's manifest, the
 rejected and missing inputs, the manifest's other entries, the splits recorded for the split settings, ``OUT``'s
 name (the review page's title), the dataset format, the packages' versions and alps' own source. Anything else
 rewrites: a file of the dataset deleted, added or altered (``alps report`` rebuilding ``report/`` too), a
@@ -53,16 +53,17 @@ def _alps_source_digest() -> str:
 
 
 def _stat_of(path: str | Path) -> list[int] | None:
-    """``[size, mtime_ns, ctime_ns]`` of ``path``; None where it cannot be read (then no written key matches).
+    """``[inode, size, mtime_ns, ctime_ns]`` of ``path``; None where it cannot be read (a file gone since).
 
-    The change time as well: a file put in another's place (a shard written again, a copy that keeps its modification
-    time) has a new one, which no one can set back.
+    The change time and inode as well: a file put in another's place (a shard written again, a copy that keeps its
+    modification time, another file renamed onto its name within one tick of the clock) has new ones, which no one
+    can set back. A dataset copied elsewhere is written again once.
     """
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def write_key(out: str | Path, shards: Sequence[str | Path], centroids: npt.NDArray[np.float32],

@@ -20,7 +20,7 @@ from alps_client.io.items import content_digest, not_utf8_bytes
 from alps_client.io.layout import work_dir
 from alps_client.io.publish import recover
 from alps_client.io.registry import earlier_splits, split_identity
-from alps_client.io.rewrite import carried_relabel, load_or_none
+from alps_client.io.rewrite import EARLIER, carried_relabel, load_or_none
 from alps_client.io.writer import CENTROIDS_UNRECORDED, write_dataset
 from alps_client.io.written import record_written, summary_if_written_from, write_key
 from alps_client.labels.clustering import centroids_from, clustering_key, fit_centroids, same_clusters
@@ -206,9 +206,11 @@ def _renumbering_of(out: str | Path, centroids: np.ndarray) -> dict[str, Any] | 
         return None
     try:
         kept = json.loads((Path(out) / "manifest.json").read_text()).get("classes_renumbered")
-    except (OSError, ValueError, AttributeError):
+        # Named by their absolute path, which moves with OUT: found again in this OUT's folder of earlier ones.
+        here = work_dir(out) / EARLIER / Path(kept["earlier_centroids"]).parent.name / "centroids.npy"
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
-    return kept if isinstance(kept, dict) else None
+    return {**kept, "earlier_centroids": str(here)} if here.is_file() else None  # gone: no longer said kept
 
 
 def _stretched(out: str | Path) -> dict[str, Any]:

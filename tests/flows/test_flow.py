@@ -230,7 +230,7 @@ def _dataset_files(out: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_changed_writes_it(fake_repo, scenes,
-                                                                                            tmp_path):
+                                                                                            tmp_path, capsys):
     """A rerun of a finished run painted, copied and swapped in every file again: new inodes and times, minutes on
     a large dataset, every file new to a backup."""
     out, images = tmp_path / "out", str(scenes / "images")
@@ -248,6 +248,9 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert any(line.startswith(f"Labelled dataset unchanged in {out}: 6 image(s), ") for line in logged), logged
     record = json.loads((out / ".alps" / "last_run.json").read_text())
     assert record["dataset_written"] and record["dataset_unchanged"] and record["summary"] == again["summary"]
+    assert alps(["run", images, "--out", str(out), "--config", str(out), "--no-progress"]) == 0  # its own settings
+    assert "6 already done; unchanged, not written again)" in capsys.readouterr().out
+    assert _dataset_files(out) == written
 
     def rewritten(change, config=cfg) -> dict[str, tuple[int, int, int]]:
         """Run again after ``change()``: the files the rerun wrote anew (another inode)."""
@@ -293,6 +296,10 @@ def test_a_dataset_labelled_with_config_of_another_is_labelled_as_it_was(fake_re
                  "--n-clusters", "2", "--no-progress"]) == 0
     config = json.loads((flagged / "manifest.json").read_text())["config"]
     assert config["cluster"] == {**recorded["cluster"], "n_clusters": 2} and config["gate"] == recorded["gate"]
+    classes = tmp_path / "classes"  # its settings and its classes (README's recipe)
+    assert alps(["run", str(scenes / "images"), "--out", str(classes), "--config", str(first), "--centroids",
+                 str(first / "centroids.npy"), "--no-progress"]) == 0
+    assert labels(classes) == labels(first)
 
 
 def test_a_refusal_for_shards_from_before_labelling_was_recorded_names_the_setting_from_the_manifest(tmp_path):
@@ -1083,6 +1090,13 @@ def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_r
     again = alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert not again["dataset_unchanged"]
     assert json.loads((out / "manifest.json").read_text())["classes_renumbered"] == renumbered
+    moved = out.rename(tmp_path / "moved")  # the earlier clusters moved with OUT: named where they are now
+    (moved / ".alps" / "written.json").unlink()
+    alps_flow(str(data), str(moved), cfg, progress_bar=False)
+    carried = json.loads((moved / "manifest.json").read_text())["classes_renumbered"]
+    assert carried["earlier_centroids"] == str(moved / Path(kept).relative_to(out)) and Path(
+        carried["earlier_centroids"]).is_file()
+    out, kept = moved, carried["earlier_centroids"]
     with run_log("prefect.task_runs") as logged:
         alps_flow(str(data), str(out), dataclasses.replace(cfg, cluster=ClusterConfig(n_clusters=4, centroids=kept)),
                   progress_bar=False)
