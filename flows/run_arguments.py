@@ -202,21 +202,14 @@ def settings_in_file(path: str) -> dict[str, Any]:
     import yaml
 
     from alps_client.errors import AlpsError, shortened
-    from alps_client.labels.relabel import unique_key_loader
+    from alps_client.labels.relabel import unique_json_keys, unique_key_loader
     from flows.run_config import validated_config
-
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:  # JSON's loader keeps the last of a key
-        keys = [key for key, _ in pairs]
-        twice = next((key for key in keys if keys.count(key) > 1), None)
-        if twice is not None:
-            raise ValueError(f"key {twice!r} given twice in one object (only the last would count)")
-        return dict(pairs)
 
     folder = Path(path).is_dir()
     file = Path(path) / "manifest.json" if folder else Path(path)
     try:
         text = file.read_bytes().decode("utf-8-sig")
-        data = (json.loads(text, object_pairs_hook=unique_keys) if file.suffix.lower() == ".json" else
+        data = (json.loads(text, object_pairs_hook=unique_json_keys) if file.suffix.lower() == ".json" else
                 yaml.load(text, Loader=unique_key_loader()))
     except FileNotFoundError:
         raise AlpsError(f"--config {path}: no such file{' (not a dataset alps wrote)' if folder else ''}"

@@ -75,6 +75,19 @@ def read_text(path: Path, example: str, raw: bytes | None = None) -> str:
         raise ClassesFileError(str(path), [f"not UTF-8 text ({byte}); save it as UTF-8"]) from err
 
 
+def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook`` refusing a key given twice in one object (its loader keeps the last).
+
+    Raises:
+        ValueError: Naming the key.
+    """
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise ValueError(f"key {twice!r} given twice in one object (only the last would count)")
+    return dict(pairs)
+
+
 def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | None = None) -> dict[str, Any]:
     """The parsed content of a YAML or JSON classes file.
 
@@ -87,20 +100,13 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | Non
 
     path = Path(path)
     text = read_text(path, example, raw)
-
-    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:  # JSON's loader keeps the last of a key
-        keys = [key for key, _ in pairs]
-        twice = next((key for key in keys if keys.count(key) > 1), None)
-        if twice is not None:
-            problem = f"not valid JSON: key {twice!r} given twice in one object (only the last would count)"
-            raise ClassesFileError(str(path), [problem])
-        return dict(pairs)
-
     try:
-        data = (json.loads(text, object_pairs_hook=unique_keys) if path.suffix.lower() == ".json" else
+        data = (json.loads(text, object_pairs_hook=unique_json_keys) if path.suffix.lower() == ".json" else
                 yaml.load(text, Loader=unique_key_loader()))  # a SafeLoader
     except json.JSONDecodeError as err:
         raise ClassesFileError(str(path), [f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"]) from err
+    except ValueError as err:  # a key given twice
+        raise ClassesFileError(str(path), [f"not valid JSON: {err}"]) from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
