@@ -86,7 +86,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="settings from a JSON or YAML file of the Python API's PipelineConfig fields by part "
                         "({\"amg\": {\"points_per_side\": 16}, \"cluster\": {\"batch_size\": 8192}}; those without "
                         "a flag too; paths relative to the file), or from a dataset alps wrote (its folder or "
-                        "manifest.json: label as it was labelled); the flags given override it")
+                        "manifest.json: the settings it was labelled with; its classes need --centroids); the flags "
+                        "given override it")
     b = p.add_argument_group("backend")
     b.add_argument("--backend", dest="kind", choices=["embedded", "triton"], help="default: embedded (onnxruntime)")
     b.add_argument("--model-repository", type=a_path, help="exported model repository (default: model_repository)")
