@@ -2,16 +2,16 @@
 
 A rerun whose images were all labelled before still ends with the dataset write: every label map painted again,
 every image copied again, the whole dataset swapped in with new files: 4.9 s of such a rerun's 6.8 s flow on 300
-small images here (about 16 ms an image, 0.1 s with this record), and every file new to a backup. The write is a function of
-its inputs (:func:`~alps_client.io.writer.write_dataset`: the same shards, centroids, class map and settings give
-byte-identical outputs), so the run records a key of those inputs and a digest of the files it published, and a
-rerun whose key is the same, with the dataset's files as they were published, writes nothing.
+small images here (about 16 ms an image, 0.1 s with this record), and every file new to a backup. The write is a
+function of its inputs (:func:`~alps_client.io.writer.write_dataset`: the same shards, centroids, class map and
+settings give byte-identical outputs), so the run records a key of those inputs and a digest of the files it
+published, and a rerun whose key is the same, with the dataset's files as they were published, writes nothing.
 
 The key holds every input of the write: the shards and source images (name, inode, size, modification and change
-time, much as ``make`` judges a target), the centroids' bytes, the class map, the configuration, the model's manifest, the
-rejected and missing inputs, the manifest's other entries, the splits recorded for the split settings, ``OUT``'s
-name (the review page's title), the dataset format, the packages' versions and alps' own source. Anything else
-rewrites: a file of the dataset deleted, added or altered (``alps report`` rebuilding ``report/`` too), a
+time, much as ``make`` judges a target), the centroids' bytes, the class map, the configuration, the model's
+manifest, the rejected and missing inputs, the manifest's other entries, the splits recorded for the split settings,
+``OUT``'s name (the review page's title), the dataset format, the packages' versions and alps' own source. Anything
+else rewrites: a file of the dataset deleted, added or altered (``alps report`` rebuilding ``report/`` too), a
 dataset swapped in by ``alps relabel`` (:func:`~alps_client.io.publish.publish` forgets the record before any swap),
 an upgrade.
 """
@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.io import atomic
+from alps_client.io.items import FileVersion
 from alps_client.io.layout import work_dir
 
 RECORD = "written.json"
@@ -52,18 +53,17 @@ def _alps_source_digest() -> str:
     return digest.hexdigest()
 
 
-def _stat_of(path: str | Path) -> list[int] | None:
-    """``[inode, size, mtime_ns, ctime_ns]`` of ``path``; None where it cannot be read (a file gone since).
+def _stat_of(path: str | Path) -> tuple[int, ...] | None:
+    """``path``'s :class:`~alps_client.io.items.FileVersion` without its path; None where it cannot be read.
 
     The change time and inode as well: a file put in another's place (a shard written again, a copy that keeps its
     modification time, another file renamed onto its name within one tick of the clock) has new ones, which no one
-    can set back. A dataset copied elsewhere is written again once.
+    can set back. A dataset copied elsewhere is written again once; one moved (its path) is not.
     """
     try:
-        st = os.stat(path)
+        return FileVersion.of(path)[1:]
     except OSError:
         return None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def write_key(out: str | Path, shards: Sequence[str | Path], centroids: npt.NDArray[np.float32],
