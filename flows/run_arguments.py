@@ -203,7 +203,7 @@ def settings_in_file(path: str) -> dict[str, Any]:
     import yaml
 
     from alps_client.errors import AlpsError, shortened
-    from alps_client.labels.relabel import unique_json_keys, unique_key_loader
+    from alps_client.labels.relabel import unique_json_keys, unique_key_loader, yaml_problem
     from flows.run_config import validated_config
 
     folder = Path(path).is_dir()
@@ -216,11 +216,9 @@ def settings_in_file(path: str) -> dict[str, Any]:
         raise AlpsError(f"--config {path}: no such file{' (not a dataset alps wrote)' if folder else ''}"
                         "; give a JSON or YAML file of settings, or a dataset's folder or manifest.json") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise AlpsError(f"--config {file}: not valid YAML: {problem}{where} (indent with spaces, not tabs)"
-                        if "\\t" in problem else f"--config {file}: not valid YAML: {problem}{where}") from None
+        problem = yaml_problem(err)
+        tabs = " (indent with spaces, not tabs)" if "\\t" in problem else ""
+        raise AlpsError(f"--config {file}: not valid YAML: {problem}{tabs}") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AlpsError(f"--config {file}: cannot be read as JSON or YAML settings ({reason})") from None

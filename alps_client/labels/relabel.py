@@ -75,6 +75,13 @@ def read_text(path: Path, example: str, raw: bytes | None = None) -> str:
         raise ClassesFileError(str(path), [f"not UTF-8 text ({byte}); save it as UTF-8"]) from err
 
 
+def yaml_problem(err: Exception) -> str:
+    """PyYAML's error in one line, with where it lies: ``... at line 2 column 1``."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+    return f"{getattr(err, 'problem', None) or str(err).splitlines()[0]}{where}"
+
+
 def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads``' ``object_pairs_hook`` refusing a key given twice in one object (its loader keeps the last).
 
@@ -108,11 +115,8 @@ def read_classes_file(path: str | Path, example: str = EXAMPLE, raw: bytes | Non
     except ValueError as err:  # a key given twice
         raise ClassesFileError(str(path), [f"not valid JSON: {err}"]) from err
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         unquoted = " (quote colours, '#rrggbb': YAML reads # as a comment)" if _UNQUOTED_COLOUR.search(text) else ""
-        raise ClassesFileError(str(path), [f"not valid YAML: {problem}{where}{unquoted}"]) from err
+        raise ClassesFileError(str(path), [f"not valid YAML: {yaml_problem(err)}{unquoted}"]) from err
     if not isinstance(data, dict):
         raise ClassesFileError(str(path), [f"must be a mapping with 'classes', like {example}"])
     return data
