@@ -143,16 +143,10 @@ def publish(out: str | Path, staging: str | Path) -> None:
     shutil.rmtree(work_dir(out) / "previous", ignore_errors=True)  # left by a clean-up that did not finish
     forget_written(out)  # whoever swaps a dataset in records what it was written from, once it lies in OUT
     staged = [name for name in DATASET_ENTRIES if os.path.lexists(staging / name)]
-    try:
-        with atomic.stops_held(SWAPPED_WHOLE):  # raises the stop it held as it ends
-            # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place. The entries
-            # staged: one swapped in before a kill is the new dataset's, not a leftover of the previous one.
-            atomic.write_json(_journal(out), {"staging": os.path.relpath(staging, out),
-                                              "entries": list(DATASET_ENTRIES), "staged": staged})
-            _swap(out, staging, set(staged))
-    finally:  # a stop held through the swap too; not a swap that failed part way, which its journal finishes
-        if not _journal(out).exists():
-            _clean_up(out, staging)
+    # Relative to OUT: an OUT moved after an interrupted swap finishes it from its new place. The entries staged:
+    # one swapped in before a kill is the new dataset's, not a leftover of the previous one.
+    _swap_whole(out, staging, set(staged), {"staging": os.path.relpath(staging, out),
+                                            "entries": list(DATASET_ENTRIES), "staged": staged})
 
 
 # `alps report` swaps OUT/report alone: the new page is written here, the old one moved aside here meanwhile.
@@ -190,12 +184,7 @@ def recover(out: str | Path) -> bool:
         staged = json.loads(journal.read_text()).get("staged")
     except (OSError, ValueError, AttributeError):
         staged = None
-    try:
-        with atomic.stops_held(SWAPPED_WHOLE):
-            _swap(out, staging, set(staged) if isinstance(staged, list) else None)
-    finally:
-        if not journal.exists():
-            _clean_up(out, staging)
+    _swap_whole(out, staging, set(staged) if isinstance(staged, list) else None)
     return True
 
 
@@ -244,6 +233,23 @@ def dataset_version(out: str | Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _swap_whole(out: Path, staging: Path, new_entries: set[str] | None, journal: dict[str, object] | None = None
+                ) -> None:
+    """:func:`_swap` with stops held until it ends (``journal``, given, written first), then the clean-up.
+
+    The clean-up comes before a stop held through the swap goes on (raised as the block ends), not after a swap
+    that failed part way: its journal finishes it.
+    """
+    try:
+        with atomic.stops_held(SWAPPED_WHOLE):
+            if journal is not None:
+                atomic.write_json(_journal(out), journal)
+            _swap(out, staging, new_entries)
+    finally:
+        if not _journal(out).exists():
+            _clean_up(out, staging)
 
 
 def _swap(out: Path, staging: Path, new_entries: set[str] | None) -> None:
