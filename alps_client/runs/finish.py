@@ -151,22 +151,22 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
                      f"{len(class_map.names)} classes ({names})")
     split_by = split_identity(plan.config.writer.seed, plan.config.writer.val_fraction, plan.config.writer.split_group)
 
-    def key() -> str:  # the splits as recorded when it is taken: a write records the ones it gave
+    def key(splits: dict[str, str]) -> str:  # the splits recorded: a write records the ones it gave
         inputs = {"config": plan.config.to_dict(), "model": plan.manifest.raw, "errors": list(errors),
                   "classes": class_map.to_json() if class_map else None,
-                  "extra": {k: v for k, v in extra.items() if k != "run_id"},
-                  "splits": earlier_splits(out, split_by)}
+                  "extra": {k: v for k, v in extra.items() if k != "run_id"}, "splits": splits}
         return write_key(out, shards, centroids, image_sources, inputs)
 
-    unchanged = summary_if_written_from(out, key())
+    recorded = earlier_splits(out, split_by)
+    unchanged = summary_if_written_from(out, key(recorded))
     if unchanged is not None:
         log.info(f"{out} holds the dataset these shards, centroids, classes and settings give, as it was written: "
                  "not written again")
         return unchanged | {"unchanged": True}
-    before, recorded = _splits_in(out), earlier_splits(out, split_by)
+    before = _splits_in(out)
     summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
                             class_map, extra, log.warning)
-    record_written(out, key())
+    record_written(out, key(earlier_splits(out, split_by)))
     window = plan.config.inputs.intensity_window
     if window is not None and summary.n_images and not _stretched(out):
         log.warning("--intensity-window %g %g was applied to no image: every input labelled is 8-bit, read as it is "
