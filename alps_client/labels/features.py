@@ -7,7 +7,9 @@ over the mask. Exactly what we compute, from the embedding the mask generator al
 1. **Valid region.** Only the unpadded part of the 1024 frame carries the image: ``input_size = (h, w)``,
    i.e. ``h / 16 x w / 16`` embedding cells (fractional when h or w is not a multiple of 16). That extent is
    resampled to ``S x S`` bilinearly with ``align_corners=False``: output pixel i samples the embedding at
-   cell coordinate ``(i + 0.5) * (h / 16) / S - 0.5``, clamped to ``[0, 63]``, from its two neighbours.
+   cell coordinate ``(i + 0.5) * (h / 16) / S - 0.5``, clamped to ``[0, ceil(h / 16) - 1]``, from its two
+   neighbours: the image's edge cells are replicated, as when the valid cells are cropped before resizing, so no
+   cell that lies wholly in the padding is ever read (the encoder's output there describes the padding).
    **SAM 2.1** pools its 256-channel ``image_embeddings`` (the Hiera/FPN map after ``no_mem_embed``, the one its
    mask decoder attends to: the analogue of SAM's), not the high-resolution maps. Its encoder stretches the
    whole image to 1024x1024 without padding, so its embeddings carry ``input_size = (1024, 1024)``: the valid
@@ -41,11 +43,16 @@ MASKS_PER_CHUNK = 64  # masks whose grid weights are contracted with F in one ma
 
 @lru_cache(maxsize=64)
 def embedding_resample_matrix(valid_cells: float, grid: int, out_size: int) -> npt.NDArray[np.float64]:
-    """``(out_size, grid)`` bilinear weights (align_corners=False) over the first ``valid_cells`` of an axis."""
+    """``(out_size, grid)`` bilinear weights (align_corners=False) over the first ``valid_cells`` of an axis.
+
+    Samples are clamped to the last cell that holds any of the image, ``ceil(valid_cells) - 1``: the cells beyond
+    it hold only padding, and weight 0.
+    """
+    last_valid = min(grid, int(np.ceil(valid_cells - 1e-9))) - 1
     src = (np.arange(out_size) + 0.5) * (valid_cells / out_size) - 0.5
-    src = np.clip(src, 0.0, grid - 1)
+    src = np.clip(src, 0.0, max(last_valid, 0))
     i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, grid - 1)
+    i1 = np.minimum(i0 + 1, max(last_valid, 0))
     frac = src - i0
     m = np.zeros((out_size, grid))
     rows = np.arange(out_size)
@@ -61,8 +68,6 @@ def area_resize_matrix(in_size: int, out_size: int) -> npt.NDArray[np.float64]:
     lo = np.maximum(np.arange(in_size)[None, :], edges_out[:-1, None])
     hi = np.minimum(np.arange(in_size)[None, :] + 1.0, edges_out[1:, None])
     return np.clip(hi - lo, 0.0, None) / (in_size / out_size)
-
-
 
 
 def pool_mask_features(

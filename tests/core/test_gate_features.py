@@ -28,13 +28,14 @@ def brute_force_pfl(embedding: Embedding, mask: np.ndarray, size: int) -> np.nda
     """The paper's computation spelled out: upsample F's valid region, area-resize the mask, masked mean."""
     c, gh, gw = embedding.features.shape
     vh, vw = embedding.input_size[0] / 16, embedding.input_size[1] / 16
+    last_y, last_x = min(int(np.ceil(vh)), gh) - 1, min(int(np.ceil(vw)), gw) - 1  # beyond: padding only
     up = np.zeros((c, size, size))
     for i in range(size):
-        sy = min(max((i + 0.5) * vh / size - 0.5, 0.0), gh - 1)
-        y0 = int(np.floor(sy)); y1 = min(y0 + 1, gh - 1); fy = sy - y0
+        sy = min(max((i + 0.5) * vh / size - 0.5, 0.0), last_y)
+        y0 = int(np.floor(sy)); y1 = min(y0 + 1, last_y); fy = sy - y0
         for j in range(size):
-            sx = min(max((j + 0.5) * vw / size - 0.5, 0.0), gw - 1)
-            x0 = int(np.floor(sx)); x1 = min(x0 + 1, gw - 1); fx = sx - x0
+            sx = min(max((j + 0.5) * vw / size - 0.5, 0.0), last_x)
+            x0 = int(np.floor(sx)); x1 = min(x0 + 1, last_x); fx = sx - x0
             f = embedding.features
             up[:, i, j] = ((1 - fy) * ((1 - fx) * f[:, y0, x0] + fx * f[:, y0, x1])
                            + fy * ((1 - fx) * f[:, y1, x0] + fx * f[:, y1, x1]))
@@ -66,6 +67,23 @@ def test_pfl_matches_brute_force():
     normed = pool_mask_features(emb, rle(masks), FeatureConfig(feature_size=24, l2_normalize=True))
     np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(normed[0], ours[0] / np.linalg.norm(ours[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("input_size", [(768, 1024), (1024, 600), (1000, 1024), (1024, 1024)])
+def test_pfl_never_reads_the_padding(input_size):
+    """Cells wholly in the padded part of the 1024 frame describe the padding: a mask at the image's bottom or
+    right edge must pool the image's cells only (here all 1.0, the padding 1000.0)."""
+    h, w = input_size
+    rows, cols = int(np.ceil(h / 16)), int(np.ceil(w / 16))
+    features = np.full((4, 64, 64), 1000.0, np.float32)
+    features[:, :rows, :cols] = 1.0
+    emb = Embedding(features, input_size=input_size, original_size=(h // 8, w // 8))
+    masks = np.zeros((3, h // 8, w // 8), bool)
+    masks[0, -3:, :] = True  # bottom edge
+    masks[1, :, -3:] = True  # right edge
+    masks[2, -2:, -2:] = True  # bottom-right corner
+    pooled = pool_mask_features(emb, rle(masks), FeatureConfig(l2_normalize=False))
+    np.testing.assert_allclose(pooled, 1.0, rtol=1e-6)
 
 
 def test_pfl_shape_errors_and_empty():
