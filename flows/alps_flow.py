@@ -2,8 +2,9 @@
 
 Run it with ``alps run DATASET --out OUT``; ``python flows/alps_flow.py DATASET --out OUT`` is the same command.
 The flow is thin: run set-up, per-image work, where it runs, retries and publishing the dataset live in
-:mod:`alps_client.runs`; here they become Prefect tasks, artifacts and the flow run's final state. Tasks return
-small metadata (paths, counts); arrays stay in the shards under ``OUT/.alps/``.
+:mod:`alps_client.runs`; here they become Prefect tasks, artifacts and the flow run's final state (the per-image
+stage in :mod:`flows.labelling`, the log's filters in :mod:`flows.run_logging`). Tasks return small metadata
+(paths, counts); arrays stay in the shards under ``OUT/.alps/``.
 
 Outcomes: a **completed** flow run wrote the dataset (``--allow-partial`` may leave images out, listed). A flow
 run that cannot start (nothing to label, model repository missing, server unreachable, outputs of another
@@ -13,8 +14,6 @@ error as its data, so callers (``alps run``) map it to an exit code without a tr
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import os
 import sys
@@ -29,24 +28,14 @@ if __name__ == "__main__":  # `python flows/alps_flow.py ...` is `alps run ...`:
 if __package__ in (None, ""):  # loaded from its file (a deployment's entrypoint) without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import logging
-import queue
-import signal
 import time
-import traceback
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.context import FlowRunContext
-from prefect.futures import PrefectFuture
-from prefect.logging.handlers import APILogHandler
-from prefect.states import Cancelled, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
 from alps_client.backends.manifest import family_name
@@ -60,7 +49,7 @@ from alps_client.errors import (
 )
 from alps_client.io import atomic, publish
 from alps_client.io.dataset import last_run_record
-from alps_client.io.items import InputItem, by_reason, one_line, printable
+from alps_client.io.items import by_reason, one_line, printable
 from alps_client.io.layout import shard_dir, work_dir
 from alps_client.io.out_lock import out_lock
 from alps_client.io.readers import NOTHING_VALID, name_pil_warnings
@@ -68,111 +57,19 @@ from alps_client.io.registry import record_names
 from alps_client.io.rewrite import EARLIER, SET_ASIDE
 from alps_client.runs import allocator
 from alps_client.runs.finish import fit_or_keep_centroids, write_labelled_dataset
-from alps_client.runs.labellers import Labeller, check_workers, open_labeller
+from alps_client.runs.labellers import check_workers, open_labeller
 from alps_client.runs.moves import apply_moves, restamp
 from alps_client.runs.plan import RunPlan, describe_items, plan_run, unused_input_settings
-from alps_client.runs.retry import FailureStreak, call_with_retries, describe, is_transient
-from alps_client.runs.threads import DaemonThreadPool, get_interruptibly
-from alps_client.runs.work import ImageOutcome, LabelJob, done_outcome
+from alps_client.runs.retry import describe
+from alps_client.runs.work import ImageOutcome, LabelJob
 from flows import artifacts
 from flows.deployment_config import deployment_run_config
-from flows.in_flight import TaskRunsInFlight
+from flows.labelling import NOT_STARTED, label_all
 from flows.prefect_api import record_runs_left_running
 from flows.review_cli import report_link_artifact
 from flows.run_config import ConfigParameter, validated_config
+from flows.run_logging import library_log_to_run
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
-
-def is_stop(exc_type: type[BaseException]) -> bool:
-    """Whether an exception stops the run rather than failing it.
-
-    Ctrl-C, SIGTERM as Prefect raises it in a flow run, the command line's own stops (SIGHUP): every
-    BaseException that is no Exception.
-    """
-    return not issubclass(exc_type, Exception)
-
-
-class _NoEmptyTraceback(logging.Filter):
-    """Drops the traceback of a log record logged outside any exception.
-
-    Prefect (pinned: see requirements.txt) logs a task run that returned a Failed state with ``exc_info=True``,
-    outside any exception: every failed image's error line was followed by a line ``NoneType: None``, on the
-    console and in the UI. The state's message says it all.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[0] is None:
-            record.exc_info = None
-        return True
-
-
-# The reason given for the images a stopped run never started (see _label_all).
-NOT_STARTED = "not started: the run stopped starting images (see its error)"
-
-
-class _NoLinePerImageDone(logging.Filter):
-    """Drops Prefect's ``Finished in state Completed()`` line of each image, and that of each image not started.
-
-    A run of 100,000 images printed 100,000 such lines on the console and sent as many to the Prefect API (its
-    database, the flow run's log page). The progress bar and the run's summary count them; each task run's state
-    stays in the UI; a failed image's line stays, and so does every line of the cluster and write tasks. Prefect's
-    ``Task run failed with state: Failed(...)`` before a failed image's line goes too: it said the same, with the
-    state's internals (``result=ImageOutcome(failed odd)``).
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "task_name", None) != LABEL_IMAGE or not isinstance(record.msg, str):
-            return True
-        if record.msg.startswith("Task run failed with state: "):
-            return False
-        if not record.msg.startswith("Finished in state "):
-            return True
-        return not (record.msg.startswith("Finished in state Completed(") or NOT_STARTED in record.msg)
-
-
-class _LibraryLogToRun(APILogHandler):
-    """alps_client's warnings, sent to the flow run's log in the Prefect API as well (its page in the UI).
-
-    The library does not know Prefect: its records went to the process's console only (a served run's: the
-    `alps serve` process's), so a run watched in the UI never showed that k-means got fewer clusters than asked, a
-    Triton server left the rotation, or the GPU was missing and the run went on the CPU. Records from threads
-    outside any run context (the labelling threads, the Prefect API's watchdog) are given this run's id, and sent
-    from a copy of the flow's context: there Prefect's settings lack the run's API (``temporary_settings`` is
-    per context), and sending from such a thread started an ephemeral Prefect server of its own.
-    """
-
-    def __init__(self, flow_run_id: Any) -> None:
-        super().__init__(level=logging.WARNING)
-        self.flow_run_id = flow_run_id
-        self.flow_context = contextvars.copy_context()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "flow_run_id", None) is None:
-            record.flow_run_id = self.flow_run_id
-        self.flow_context.copy().run(super().emit, record)  # a copy: a context is entered by one thread at a time
-
-
-@contextlib.contextmanager
-def _library_log_to_run() -> Iterator[None]:
-    """Within: alps_client's warnings also in the current flow run's log (:class:`_LibraryLogToRun`)."""
-    run = FlowRunContext.get()
-    if run is None or run.flow_run is None:
-        yield
-        return
-    handler = _LibraryLogToRun(run.flow_run.id)
-    library = logging.getLogger("alps_client")
-    library.addHandler(handler)
-    try:
-        yield
-    finally:
-        library.removeHandler(handler)
-
-
-LABEL_IMAGE = "label-image"
-for _filter in (_NoEmptyTraceback(), _NoLinePerImageDone()):
-    logging.getLogger("prefect.task_runs").addFilter(_filter)
 CHANGED_MID_RUN = "its file changed or went away after it was labelled, during the run (a rerun labels it anew)"
 # What else can undo an image's labels during the run: its shard in OUT, by its status (plan.changed_since_labelled)
 SHARD_LOST_MID_RUN = {
@@ -183,78 +80,9 @@ SHARD_LOST_MID_RUN = {
     "stale": "its shard in OUT/.alps/shards was replaced by another labelling (another model or settings) during the "
              "run; a rerun with one or the other settings decides",
 }
-# An image in flight when the run was stopped: not labelled, and not its own failure.
-STOPPED_UNDER_IT = "not finished: the run was stopped (a rerun labels it)"
 # Rejected inputs logged one by one; one line counts the rest. A folder of thousands of broken files buried the
 # run's log, and its page in the UI, under a line each (OUT/errors.jsonl and the alps-errors artifact list them).
 LOGGED_REJECTED = 100
-
-
-class InterruptibleThreadPool(ThreadPoolTaskRunner):
-    """Prefect's thread pool, but a stopped run (Ctrl-C, SIGTERM) does not wait for the images in flight.
-
-    It starts no other image either. The work in flight is lost anyway, and a backend call may hang (a stalled
-    server) or take minutes; finished shards are already on disk (written atomically). Its threads are daemons
-    (:class:`DaemonThreadPool`), so that neither does the process: a flow run cancelled in the Prefect UI ends
-    at once, not when Prefect's runner kills it 30 s later.
-    """
-
-    def __enter__(self) -> Self:
-        super().__enter__()
-        self._executor = DaemonThreadPool(self._max_workers, initializer=self._register_worker_thread)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc_value: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None and is_stop(exc_type) and self._executor is not None:
-            # Prefect's own shutdown waits for running tasks (pinned prefect: see requirements.txt).
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-        super().__exit__(exc_type, exc_value, tb)
-
-
-# Each task run is named after its image (its stem, as last_run.json lists it), to find it in the UI.
-@task(name=LABEL_IMAGE, task_run_name="label-image: {item.stem}", cache_policy=NONE)
-def label_image_task(item: InputItem, labeller: Labeller, delays: list[float],
-                     streak: FailureStreak, in_flight: TaskRunsInFlight) -> ImageOutcome | State:
-    """Label one image, retrying transient failures; a failure after that ends the task run failed.
-
-    The image's end is recorded in ``streak`` here, before the next image queued on this thread can begin: once it
-    is tripped (``--stop-after-failures`` in a row, or a full output disk), that image and every other is not
-    started.
-
-    Returns:
-        The image's outcome (labelled, skipped, or rejected as a bad input), or a Failed state whose data is
-        the ``failed`` outcome: one line in the UI, the traceback of an unexpected error in ``detail``; a
-        Cancelled state if the run was stopped (the labeller released) under the image, or stopped starting
-        images before it began (its data the ``not started`` outcome).
-    """
-    in_flight.started()  # a stop that does not wait for this image records its end (see _label_all)
-    if streak.tripped:
-        return Cancelled(message=f"{item.stem}: {NOT_STARTED}",
-                         data=ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
-    logger = get_run_logger()
-
-    def warn(retry: int, delay: float, err: BaseException) -> None:
-        if labeller.closed:  # the run stopped under this image: no retry
-            raise err
-        logger.warning("%s: try %d of %d failed (%s); trying again in %.3g s", item.stem, retry, len(delays) + 1,
-                       describe(err), delay)
-
-    try:
-        outcome = call_with_retries(lambda: labeller.label(item), delays, warn)
-    except Exception as err:  # noqa: BLE001 (any processing failure: the image is good, reported missing)
-        if labeller.closed:
-            # A stopped run (Ctrl-C, SIGTERM) released the backend under this image: whatever that raised here
-            # (a session gone, a closed connection) says nothing about the image.
-            return Cancelled(message=f"{item.stem}: {STOPPED_UNDER_IT}")
-        detail = "" if isinstance(err, AlpsError) or is_transient(err) else "".join(traceback.format_exception(err))
-        outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(err), detail=detail,
-                               ends_run=isinstance(err, AlpsError) and err.ends_run)
-        streak.record(outcome.status, outcome.reason, outcome.ends_run)
-        return Failed(message=f"{item.stem}: {outcome.reason}", data=outcome)
-    streak.record(outcome.status)
-    return outcome
 
 
 @task(name="cluster", cache_policy=NONE)
@@ -276,104 +104,6 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
                                       get_run_logger(), run_id)
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
-
-
-def _label_all(plan: RunPlan, job: LabelJob, labeller: Labeller, progress_bar: bool
-               ) -> tuple[list[ImageOutcome], str]:
-    """Every item through ``label-image`` with ``labeller.slots`` in flight; one outcome per item, none lost.
-
-    An item done when the run began, whose shard is still current, is skipped without a task run.
-
-    Items are submitted a few at a time, so that once ``--stop-after-failures`` images in a row have failed
-    (the machinery is down) no other image is started: those left get a ``failed`` outcome saying so.
-
-    Returns:
-        The outcomes, and why the run stopped starting images ("" when it did not).
-    """
-    delays = plan.config.backend.retry_delays()
-    streak = FailureStreak(plan.config.backend.stop_after_failures)
-    outcomes = []
-    finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
-    waiting = iter(plan.items)
-    in_flight: dict[PrefectFuture[Any], InputItem] = {}
-    started = TaskRunsInFlight()
-    with artifacts.Progress(len(plan.items), progress_bar) as progress, \
-            InterruptibleThreadPool(max_workers=labeller.slots) as runner, _ended_on_stop(in_flight, started):
-
-        def start_next() -> None:
-            for item in waiting:
-                # An image done when the run began is said skipped here, without a task run: one each grew Prefect's
-                # database by ~20 KB per image at every rerun (38 MB for a rerun of 2,000 finished images).
-                done = done_outcome(item, job) if item.stem in plan.done else None
-                if done is not None:
-                    outcomes.append(done)
-                    progress.advance(done.status)
-                    streak.record(done.status)
-                    continue
-                future = runner.submit(label_image_task, parameters={
-                    "item": item, "labeller": labeller, "delays": delays, "streak": streak, "in_flight": started})
-                in_flight[future] = item
-                future.add_done_callback(finished.put)
-                return
-
-        for _ in range(2 * labeller.slots):  # the next image is queued before a slot frees up
-            start_next()
-        n_finished = 0
-        while in_flight:
-            future = get_interruptibly(finished)  # a bare finished.get() could sleep through Ctrl-C
-            item = in_flight.pop(future)
-            try:
-                outcome = future.result(raise_on_failure=False)
-            except Exception as err:  # noqa: BLE001 (the task machinery failed: still this image's failure)
-                outcome = err
-            if not isinstance(outcome, ImageOutcome):  # the task machinery failed, not the image: its end unrecorded
-                outcome = ImageOutcome("failed", item.stem, item.source, reason=describe(outcome)
-                                       if isinstance(outcome, BaseException) else f"task ended: {outcome!r}")
-                streak.record(outcome.status, outcome.reason)
-            outcomes.append(outcome)
-            progress.advance(outcome.status)
-            n_finished += 1
-            if n_finished % allocator.RELEASE_EVERY == 0:  # kept in the threads' arenas, it grew the run's RSS
-                allocator.release_freed_memory()
-            if not streak.tripped:  # else the images queued behind the ones in flight are not started
-                start_next()
-    allocator.release_freed_memory()  # before k-means and the dataset's write
-    stopped = streak.reason() if streak.tripped else ""
-    for item in waiting:  # never started: missing, like a failed image, so that the rerun labels them
-        outcomes.append(ImageOutcome("failed", item.stem, item.source, reason=NOT_STARTED))
-    progress.close()
-    return outcomes, stopped
-
-
-@contextlib.contextmanager
-def _ended_on_stop(in_flight: dict[PrefectFuture[Any], InputItem], started: TaskRunsInFlight) -> Iterator[None]:
-    """On a stop (Ctrl-C, SIGTERM, SIGHUP), record the images in flight as cancelled and log why, then stop.
-
-    The run does not wait for them (:class:`InterruptibleThreadPool`): without this their task runs stayed Running
-    in the UI for ever, and the run's log did not say what became of them.
-    """
-    try:
-        yield
-    except BaseException as stop:
-        if not is_stop(type(stop)):
-            raise
-        # Those that ended are left as they are (TaskRunsInFlight.cancel); those never started were never recorded.
-        n_cancelled = started.cancel((future.task_run_id, f"{item.stem}: {STOPPED_UNDER_IT}")
-                                     for future, item in in_flight.items())
-        get_run_logger().error("%s: the run stops; %d image(s) in flight end cancelled, not finished; the finished "
-                               "images are kept: run the same command again to resume", _stop_reason(stop),
-                               n_cancelled)
-        raise
-
-
-def _stop_reason(stop: BaseException) -> str:
-    """What stopped the run, in words: ``interrupted (SIGINT, Ctrl-C)``, ``SIGTERM received``."""
-    if isinstance(stop, KeyboardInterrupt):
-        return "interrupted (SIGINT, Ctrl-C)"
-    signum = getattr(stop, "signal", None)  # Prefect's TerminationSignal: its SIGTERM handler's
-    if isinstance(signum, int):
-        return f"{signal.Signals(signum).name} received"
-    return describe(stop)
 
 
 def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int, stopped: str) -> IncompleteRunError:
@@ -430,7 +160,7 @@ def alps_flow(dataset: str, out: str, config: ConfigParameter = None, overwrite:
     # As the run's log, records and UI show them: a served run's `~/out` was a folder named `~` under the serve
     # process's folder, logged as `~/out`, read as $HOME.
     dataset, out = (os.path.abspath(os.path.expanduser(path)) for path in (dataset, out))
-    with _library_log_to_run():
+    with library_log_to_run():
         try:
             check_workers(concurrency, dask_workers, dask_address)
             config, config_note = deployment_run_config(config)
@@ -586,7 +316,7 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
             atomic.write_json(work_dir(out) / "last_run.json", {
                 **_run_record(plan), "to_label": len(plan.items) - plan.n_done, "complete": False,
                 "dataset_written": False, "started_at": started_at, "run_id": run_id})
-            outcomes, stopped = _label_all(plan, job, lab, progress_bar)
+            outcomes, stopped = label_all(plan, job, lab, progress_bar)
     except AlpsError as err:  # the backend or cluster could not be opened: nothing was labelled
         return Failed(message=describe(err), data=err)
     label_seconds = time.perf_counter() - started

@@ -1,7 +1,7 @@
 """The task runs of a flow run that are in flight, so that a stopped run can record them as ended.
 
 A run stopped by Ctrl-C or SIGTERM does not wait for the images in flight (see
-:class:`flows.alps_flow.InterruptibleThreadPool`): their threads die with the process, before Prefect's task
+:class:`flows.labelling.InterruptibleThreadPool`): their threads die with the process, before Prefect's task
 engine records their end. On a user's Prefect API each such ``label-image`` task run stayed Running for ever in
 the UI. The engine's own record of the task run is kept here while it runs, so that the stop can send its
 end, Cancelled, the way the engine sends every state (an event; pinned prefect: see requirements.txt).

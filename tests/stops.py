@@ -40,7 +40,7 @@ def assert_stop_recorded(api, flow_run_id: str, finished: set[str]) -> None:
 
     Its in-flight task run stayed Running for ever and the log's last lines (the crash, why) never arrived: the
     process ended with os._exit before Prefect sent them (found by a helper's UI audit)."""
-    from flows.alps_flow import STOPPED_UNDER_IT
+    from flows.labelling import STOPPED_UNDER_IT
 
     def task_runs():
         found = api.post("/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()

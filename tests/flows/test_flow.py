@@ -570,7 +570,7 @@ def test_a_val_image_away_for_a_while_comes_back_in_val_and_a_killed_run_keeps_i
     assert [split_of[path] for path in in_val] == ["val", "val"]
 
     killed = tmp_path / "killed"
-    label_all = flow_module._label_all
+    label_all = flow_module.label_all
     shutil.copy2(scenes / "images" / "scene_0005.png", data / "z.png")
 
     def label_then_die(*args, **kwargs):
@@ -578,7 +578,7 @@ def test_a_val_image_away_for_a_while_comes_back_in_val_and_a_killed_run_keeps_i
         raise KeyboardInterrupt("killed before the dataset was written")
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(flow_module, "_label_all", label_then_die)
+        m.setattr(flow_module, "label_all", label_then_die)
         alps_flow(str(data), str(killed), cfg, progress_bar=False)
     assert not (killed / "manifest.json").exists()
     Image.open(scenes / "images" / "scene_0001.png").convert("RGB").save(data / "z.jpg")  # sorted before z.png
@@ -1214,7 +1214,7 @@ def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_mis
 
     cfg = small_config(fake_repo)
     data, out = copies_of_scenes(scenes, tmp_path / "data", 4), tmp_path / "out"
-    label_all = flow_module._label_all
+    label_all = flow_module.label_all
 
     def label_then_change(*args, **kwargs):
         labelled = label_all(*args, **kwargs)
@@ -1224,7 +1224,7 @@ def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_mis
 
     with monkeypatch.context() as m, pytest.raises(IncompleteRunError, match=r"2 of 4 image\(s\) not labelled: "
                                                                                r"its file changed or went away") as err:
-        m.setattr(flow_module, "_label_all", label_then_change)
+        m.setattr(flow_module, "label_all", label_then_change)
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     assert sorted(Path(row["path"]).name for row in err.value.failed) == ["scene_0001.png", "scene_0002.png"]
     assert not (out / "manifest.json").exists()
@@ -1242,7 +1242,7 @@ def test_an_input_changed_or_removed_after_it_was_labelled_during_the_run_is_mis
         return labelled
 
     with monkeypatch.context() as m, pytest.raises(IncompleteRunError) as err:
-        m.setattr(flow_module, "_label_all", label_then_lose_a_shard)
+        m.setattr(flow_module, "label_all", label_then_lose_a_shard)
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     (row,) = err.value.failed  # blamed on the input, untouched: "its file changed or went away"
     assert row["path"].endswith("scene_0003.png") and "its shard" in row["reason"] and "file changed" not in row["reason"]
@@ -1467,8 +1467,8 @@ def test_an_image_in_flight_when_the_run_stops_is_not_reported_as_its_failure(st
     from alps_client.runs.labellers import LocalLabeller
     from alps_client.runs.retry import FailureStreak
     from alps_client.runs.work import LabelJob
-    from flows.alps_flow import STOPPED_UNDER_IT, label_image_task
     from flows.in_flight import TaskRunsInFlight
+    from flows.labelling import STOPPED_UNDER_IT, label_image_task
 
     item = discover_inputs(scenes / "images")[0][0]
     cfg = small_config(stand_in_repo)

@@ -890,7 +890,7 @@ def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(label
     changed = data / "scene_0004.png"
     changed.write_bytes((data / "scene_0007.png").read_bytes())  # another picture under the same name
     cfg = rerun_config(labelled, fake_repo)
-    label_all = flow_module._label_all
+    label_all = flow_module.label_all
 
     def label_then_die(*args, **kwargs):
         outcomes = label_all(*args, **kwargs)
@@ -898,7 +898,7 @@ def test_relabel_and_report_refuse_shards_that_no_longer_match_the_dataset(label
         raise KeyboardInterrupt("killed before the dataset was written")
 
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(flow_module, "_label_all", label_then_die)
+        m.setattr(flow_module, "label_all", label_then_die)
         alps_flow(str(data), str(out), cfg, progress_bar=False)
     last_run = json.loads((out / ".alps" / "last_run.json").read_text())
     assert last_run["complete"] is False and last_run["to_label"] == 1  # not the previous run's "complete": true
