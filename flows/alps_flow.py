@@ -413,8 +413,8 @@ def _announce(plan: RunPlan, dask_address: str | None, dask_workers: int | None,
 def _tidy_out(plan: RunPlan, logger: Log) -> None:
     """Bring OUT up to the plan before labelling.
 
-    Shards restamped and moved with their inputs, the inputs' names recorded, the temporary files of
-    interrupted runs removed.
+    Shards restamped and moved with their inputs, the inputs' names recorded, what interrupted runs and writes
+    left removed.
     """
     out = plan.out
     if plan.restamped:  # before the retimed are rewritten: theirs may be among them
@@ -438,6 +438,10 @@ def _tidy_out(plan: RunPlan, logger: Log) -> None:
                      *(work / SET_ASIDE).glob("*/"), *(work / EARLIER).glob("*/")))
     if leftovers:
         logger.info("Removed %d temporary file(s) that an interrupted run left in %s", leftovers, out)
+    unfinished = publish.remove_write_leftovers(out)
+    if unfinished:
+        logger.info("Removed %s, left by a dataset write that was interrupted before or after its swap",
+                    " and ".join(unfinished))
 
 
 def _another_dataset(out: str, dataset: str) -> str:

@@ -188,6 +188,25 @@ def recover(out: str | Path) -> bool:
     return True
 
 
+def remove_write_leftovers(out: str | Path) -> list[str]:
+    """Remove what a dataset write killed before or after its swap left in ``OUT/.alps``; returns what went.
+
+    A kill after the swap, before its clean-up, left the whole previous dataset in ``OUT/.alps/previous``; one
+    before the swap, the dataset it staged in ``OUT/.alps/staging``. Only the next write removed them, and a rerun
+    with nothing new writes nothing (:mod:`alps_client.io.written`). Nothing goes while a swap's journal is
+    there (:func:`recover` finishes it) nor through a symbolic link. Call it holding OUT's lock.
+    """
+    out = Path(out)
+    if swap_pending(out):
+        return []
+    removed = []
+    for folder in (work_dir(out) / "previous", work_dir(out) / "staging"):
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder.relative_to(out)))
+    return removed
+
+
 def swap_pending(out: str | Path) -> bool:
     """Whether a write's swap into ``out`` began and did not end (its journal is there): OUT holds some of each."""
     return _journal(Path(out)).is_file()

@@ -281,6 +281,27 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert alps_flow(images, str(out), no_vis, progress_bar=False)["dataset_unchanged"]
 
 
+def test_a_rerun_with_nothing_new_removes_what_a_write_killed_after_its_swap_left(fake_repo, scenes, tmp_path):
+    """A kill after the swap, before its clean-up, left the whole previous dataset in ``OUT/.alps/previous`` (and
+    a kill before the swap, the staged one in ``OUT/.alps/staging``): only the next write removed them, and a rerun
+    with nothing new writes nothing."""
+    out, images = tmp_path / "out", str(scenes / "images")
+    cfg = small_config(fake_repo)
+    alps_flow(images, str(out), cfg, progress_bar=False)
+    written = _dataset_files(out)
+    work = out / ".alps"
+    shutil.copytree(out / "ann_dir", work / "previous" / "ann_dir")  # the parked dataset, journal gone
+    shutil.copytree(out / "img_dir", work / "staging" / "img_dir")
+    with run_log() as logged:
+        again = alps_flow(images, str(out), cfg, progress_bar=False)
+    assert again["dataset_unchanged"] and _dataset_files(out) == written
+    assert not (work / "previous").exists() and not (work / "staging").exists()
+    assert any("left by a dataset write that was interrupted" in line for line in logged), logged
+    with run_log() as logged:
+        assert alps_flow(images, str(out), cfg, progress_bar=False)["dataset_unchanged"]
+    assert not any("interrupted" in line for line in logged), logged
+
+
 def test_a_dataset_labelled_with_config_of_another_is_labelled_as_it_was(fake_repo, scenes, tmp_path):
     """``--config OUT``: the settings a dataset records, settings without a flag among them, label another dataset."""
     first, again = tmp_path / "first", tmp_path / "again"
