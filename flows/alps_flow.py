@@ -224,7 +224,8 @@ def _run_plan(plan: RunPlan, started: float, concurrency: int, progress_bar: boo
     _announce(plan, dask_address, dask_workers, logger)
     _tidy_out(plan, logger)
     try:
-        job = LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint, plan.labelling)
+        job = LabelJob(out, config, plan.fingerprint, plan.manifest.fingerprint, plan.labelling,
+                       plan.manifest.model_family)
         with open_labeller(job, concurrency, dask_address, dask_workers) as lab:
             if lab.runs_on:
                 logger.info("Model runs on %s", lab.runs_on)
@@ -370,6 +371,11 @@ def _announce(plan: RunPlan, dask_address: str | None, dask_workers: int | None,
         logger.warning("%d input(s) rejected before labelling (%s): each is named once the images are labelled, and "
                        "in the dataset's errors.jsonl", len(plan.rejected),
                        by_reason([e.to_json() for e in plan.rejected]))
+    if plan.n_pooled_otherwise:
+        logger.warning("%d image(s) were labelled by an earlier alps, which pooled the features of masks at their "
+                       "bottom or right edge partly from SAM's padding (their side fills a whole number of its 16-px "
+                       "cells, e.g. 768 px in its 1024 frame): labelling them again, so that the dataset's features "
+                       "are pooled one way", plan.n_pooled_otherwise)
     if plan.n_changed:
         logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
                        "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)

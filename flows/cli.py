@@ -300,7 +300,8 @@ def _say_the_plan(args: argparse.Namespace, config: PipelineConfig) -> None:
     plan = plan_run(args.dataset, args.out, config, args.overwrite)
     n_label = len(plan.items) - plan.n_done
     again = [f"{plan.n_changed} changed since {'it was' if plan.n_changed == 1 else 'they were'} labelled"] * bool(
-        plan.n_changed) + [f"{plan.n_damaged} with a shard that cannot be read whole"] * bool(plan.n_damaged)
+        plan.n_changed) + [f"{plan.n_damaged} with a shard that cannot be read whole"] * bool(plan.n_damaged) + [
+        f"{plan.n_pooled_otherwise} whose features an earlier alps pooled otherwise"] * bool(plan.n_pooled_otherwise)
     kept = [f"{len(plan.moved)} input(s) moved or renamed"] * bool(plan.moved) + [
         f"{len(plan.retimed)} input(s) with other modification times, the same bytes"] * bool(plan.retimed)
     rejected = [error.to_json() for error in plan.rejected]

@@ -38,7 +38,11 @@ from alps_client.config import FeatureConfig
 from alps_client.masks import Rle, rle_column_segments
 
 CELL_PIXELS = 16  # pixels of the 1024 frame per embedding cell
+IMAGE_GRID = 64  # embedding cells per side of SAM's 1024 frame
 MASKS_PER_CHUNK = 64  # masks whose grid weights are contracted with F in one matrix product
+# How features are pooled, recorded in each shard (``extra["pooling"]``). 2: never from a cell wholly in the padding;
+# shards without it may have read one at the image's bottom or right edge (:func:`read_padding_before_pooling_2`).
+POOLING = 2
 
 
 @lru_cache(maxsize=64)
@@ -59,6 +63,28 @@ def embedding_resample_matrix(valid_cells: float, grid: int, out_size: int) -> n
     np.add.at(m, (rows, i0), 1.0 - frac)
     np.add.at(m, (rows, i1), frac)
     return m
+
+
+def read_padding_before_pooling_2(image_size: tuple[int, int], model_family: str, feature_size: int) -> bool:
+    """Whether alps before :data:`POOLING` 2 pooled padding cells into the features of an ``(H, W)`` image's masks.
+
+    It clamped samples to the 64x64 grid, not to the image's cells: where the unpadded extent ends on a cell
+    boundary (a 768-px side) or late in a cell, the last samples blended in the first cell of the padding. SAM 2.1
+    stretches the image over the whole frame: none.
+    """
+    if model_family == "sam2":
+        return False
+    from alps_client.backends.preprocess import get_preprocess_shape
+
+    grid = IMAGE_GRID
+    for side in get_preprocess_shape(*image_size):
+        valid_cells = side / CELL_PIXELS
+        src = np.clip((np.arange(feature_size) + 0.5) * (valid_cells / feature_size) - 0.5, 0.0, grid - 1)
+        i0 = np.floor(src).astype(np.int64)
+        read = np.where(src > i0, np.minimum(i0 + 1, grid - 1), i0)  # the upper neighbour, where it has weight
+        if (read >= int(np.ceil(valid_cells - 1e-9))).any():
+            return True
+    return False
 
 
 @lru_cache(maxsize=64)

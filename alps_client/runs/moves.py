@@ -31,7 +31,7 @@ from alps_client.io.shards import (
     shard_path,
     write_shard,
 )
-from alps_client.runs.plan import ItemState, decoded_image
+from alps_client.runs.plan import ItemState, Pooling, decoded_image
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,13 @@ class Move:
     signature: dict[str, Any]
 
 
-def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str], fingerprint: str) -> list[Move]:
+def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str], fingerprint: str,
+               pooling: Pooling) -> list[Move]:
     """The inputs found under new paths, with the shards their labels are in.
 
     Items at a path that ``names`` (path -> name, as ``OUT`` records them) does not know, whose bytes are those of
-    an input it knows that is no longer among ``items``, labelled with ``fingerprint``. Only reads:
+    an input it knows that is no longer among ``items``, labelled with ``fingerprint`` (features pooled as
+    ``pooling`` pools them: else labelled again, :class:`~alps_client.runs.plan.Pooling`). Only reads:
     :func:`apply_moves` renames the shards, under the run's lock on ``OUT``. A file whose size and sampled bytes
     match no such input is not read whole.
     """
@@ -72,7 +74,7 @@ def find_moves(out: str | Path, items: list[InputItem], names: Mapping[str, str]
     # applied is labelled again, moved or not
     earlier: dict[tuple[int, str, str], list[tuple[str, str, str]]] = {}
     for relative, name in gone.items():
-        recorded = _recorded_file(out, stems_of.get(name, []), fingerprint)
+        recorded = _recorded_file(out, stems_of.get(name, []), fingerprint, pooling)
         if recorded is not None:
             size, sample, reading, digest = recorded
             earlier.setdefault((size, sample, reading), []).append((relative, name, digest))
@@ -134,7 +136,7 @@ def _retimed_digest(state: ItemState) -> str | None:
     """The sha256 ``state``'s shard records, if its signature differs from the file's now by the time alone."""
     extra = (state.meta or {}).get("extra", {})
     recorded, now = extra.get("source_signature") or {}, state.signature
-    if "sample" not in recorded or recorded.get("mtime_ns") == now.get("mtime_ns"):
+    if "sample" not in recorded or recorded.get("mtime_ns") == now.get("mtime_ns") or state.pooled_otherwise:
         return None
     if {**recorded, "mtime_ns": None} != {**now, "mtime_ns": None}:
         return None
@@ -215,20 +217,25 @@ def _shard_stems_by_name(out: str | Path) -> dict[str, list[str]]:
     return by_name
 
 
-def _recorded_file(out: str | Path, stems: list[str], fingerprint: str) -> tuple[int, str, str, str] | None:
+def _recorded_file(out: str | Path, stems: list[str], fingerprint: str, pooling: Pooling
+                   ) -> tuple[int, str, str, str] | None:
     """``(size, sample, how it was read, sha256)`` of the file the shards ``stems`` were labelled from, if recorded.
 
-    How it was read: the ``read_as`` of its signature, as JSON (``{}`` where it was read as stored).
+    How it was read: the ``read_as`` of its signature, as JSON (``{}`` where it was read as stored). None too where
+    a shard's features were pooled otherwise (``pooling``): that file is labelled again.
     """
     if not stems:
         return None
     try:
-        meta = read_shard_meta(shard_path(shard_dir(out), stems[0]))
+        metas = [read_shard_meta(shard_path(shard_dir(out), stem)) for stem in stems]
     except SHARD_READ_ERRORS:
         return None
+    meta = metas[0]
     extra = meta.get("extra", {})
     signature, digest = extra.get("source_signature") or {}, extra.get("content_sha256")
     if meta.get("fingerprint") != fingerprint or not digest or "size" not in signature or "sample" not in signature:
+        return None
+    if any(pooling.outdated(other) for other in metas):
         return None
     return int(signature["size"]), str(signature["sample"]), json.dumps(signature.get("read_as", {}), sort_keys=True), \
         str(digest)

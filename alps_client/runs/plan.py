@@ -82,6 +82,8 @@ class RunPlan:
             :data:`STRETCHED_PIXELS` times as tall as wide or the reverse: SAM sees its anatomy stretched.
         labelling: what ``fingerprint`` hashes (:func:`labelling_identity`, the batch, stitching and label volumes
             as ``out``'s shards have them: :func:`neutral_settings_as_out`), recorded in each shard.
+        n_pooled_otherwise: items whose shard's features an earlier alps pooled partly from padding
+            (:class:`Pooling`), their input unchanged (labelled again; not in ``n_changed``).
     """
 
     dataset: str
@@ -104,11 +106,17 @@ class RunPlan:
     #: items whose shards were made with another --stitch or --write-nifti-labels (alike but for their
     #: fingerprint): stamped with the run's when it starts (:func:`~alps_client.runs.moves.restamp`)
     restamped: tuple[str, ...] = ()
+    n_pooled_otherwise: int = 0
 
     @property
     def n_done(self) -> int:
         """How many items are already labelled."""
         return len(self.done)
+
+    @property
+    def pooling(self) -> Pooling:
+        """How this run pools features (:class:`Pooling`)."""
+        return Pooling(self.manifest.model_family, self.config.features.feature_size)
 
     def scenes_within(self, stems: set[str]) -> list[str]:
         """The scenes (input files, :func:`printable`) whose every tile is among ``stems``."""
@@ -124,7 +132,7 @@ class RunPlan:
         ``changed``: the input changed or went away since; ``missing`` or ``damaged``: the shard itself went away
         or was altered (``OUT`` deleted or moved during the run); ``stale``: another labelling wrote it since.
         """
-        statuses = {item.stem: item_status(self.out, item, self.fingerprint).status
+        statuses = {item.stem: item_status(self.out, item, self.fingerprint, self.pooling).status
                     for item in self.items if item.stem in stems}
         return {stem: status for stem, status in statuses.items() if status != "current"}
 
@@ -356,22 +364,53 @@ class ItemState(NamedTuple):
     signature: dict[str, Any]
     shard: Path
     meta: dict[str, Any] | None
+    #: its shard's features were pooled by an earlier alps, partly from padding (:meth:`Pooling.outdated`)
+    pooled_otherwise: bool = False
 
 
-def item_status(out: str | Path, item: InputItem, fingerprint: str) -> ItemState:
+@dataclass(frozen=True)
+class Pooling:
+    """How a run pools features: what tells a shard whose features an earlier alps pooled otherwise.
+
+    Before :data:`~alps_client.labels.features.POOLING` 2 the features of masks at the bottom or right edge of
+    some images (a 768-px side) were pooled partly from padding cells. Such a shard is labelled again, as a
+    changed input is, so that a resumed dataset never mixes the two poolings; others are kept.
+    """
+
+    model_family: str
+    feature_size: int
+
+    def outdated(self, meta: dict[str, Any] | None) -> bool:
+        """Whether the shard ``meta`` describes holds masks whose features were pooled partly from padding."""
+        from alps_client.labels.features import read_padding_before_pooling_2
+
+        if not meta or not meta.get("n_masks") or meta.get("extra", {}).get("pooling") is not None:
+            return False
+        size = meta.get("image_size")
+        return isinstance(size, list) and len(size) == 2 and \
+            read_padding_before_pooling_2((int(size[0]), int(size[1])), self.model_family, self.feature_size)
+
+
+def item_status(out: str | Path, item: InputItem, fingerprint: str, pooling: Pooling) -> ItemState:
     """The status of ``item``'s shard in ``out``, the signature of its input file now, the shard's path and metadata.
 
     See :func:`~alps_client.io.shards.read_shard_status`; the signature is ``{}`` when the file cannot be looked at
     (reading it will say why), so a shard made from it is never taken as current. The metadata is None when there
-    is no readable shard.
+    is no readable shard. A shard whose features an earlier alps pooled otherwise (``pooling``) is ``changed``.
     """
     try:
         signature = source_signature(item.source, item.relative)
     except OSError:
         signature = {}
     shard = shard_path(shard_dir(out), item.stem)
-    status, meta = read_shard_status(shard, fingerprint, signature)
-    return ItemState(status, signature, shard, meta)
+    return _judged(read_shard_status(shard, fingerprint, signature), signature, shard, pooling)
+
+
+def _judged(status_meta: tuple[ShardStatus, dict[str, Any] | None], signature: dict[str, Any], shard: Path,
+            pooling: Pooling) -> ItemState:
+    status, meta = status_meta
+    otherwise = status in ("current", "changed") and pooling.outdated(meta)
+    return ItemState("changed" if otherwise else status, signature, shard, meta, otherwise)
 
 
 def dataset_sources(out: str | Path) -> dict[str, str]:
@@ -499,7 +538,8 @@ def alike_fingerprints(labelling: dict[str, Any]) -> frozenset[str]:
 
 
 def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: str, labelling: dict[str, Any],
-                          overwrite: bool) -> tuple[frozenset[str], list[tuple[InputItem, ItemState]], int, list[str]]:
+                          overwrite: bool, pooling: Pooling
+                          ) -> tuple[frozenset[str], list[tuple[InputItem, ItemState]], int, list[str]]:
     """Find the finished items, count changed and damaged ones; refuse stale shards unless ``overwrite``.
 
     Stale: made with another model or labelling configuration; the refusal names the settings in which they differ
@@ -522,12 +562,13 @@ def check_existing_shards(out: str | Path, items: list[InputItem], fingerprint: 
     stale_meta: dict[str, Any] | None = None
     alike = alike_fingerprints(labelling)
     for item in items:
-        state = item_status(out, item, fingerprint)
+        state = item_status(out, item, fingerprint, pooling)
         status, meta = state.status, state.meta
         if status == "stale" and meta is not None and meta.get("fingerprint") in alike:
             # judged as a shard of this run's, against the signature its input has now
-            status, meta = read_shard_status(state.shard, meta["fingerprint"], state.signature)
-            state = ItemState(status, state.signature, state.shard, meta)
+            state = _judged(read_shard_status(state.shard, meta["fingerprint"], state.signature), state.signature,
+                            state.shard, pooling)
+            status, meta = state.status, state.meta
             if status in ("current", "changed"):  # (a changed one's may be kept: same bytes, another time)
                 restamped.append(item.stem)
         if status == "current":
@@ -576,17 +617,22 @@ def plan_run(dataset: str | Path, out: str | Path, config: PipelineConfig, overw
                             [e.to_json() for e in rejected])
     from alps_client.runs.moves import find_moves, find_retimed  # (built on this module)
 
-    moved = tuple(find_moves(out, items, names, fingerprint))
+    pooling = Pooling(manifest.model_family, config.features.feature_size)  # as RunPlan.pooling
+    moved = tuple(find_moves(out, items, names, fingerprint, pooling))
     moving = {new for move in moved for _, new in move.stems}
     done, changed, n_damaged, restamped = check_existing_shards(
-        out, [item for item in items if item.stem not in moving], fingerprint, labelling, overwrite)
+        out, [item for item in items if item.stem not in moving], fingerprint, labelling, overwrite, pooling)
     retimed = tuple(find_retimed(changed))
     retiming = {stem for move in retimed for _, stem in move.stems}
     moved_from = {move.old for move in moved}
+    # an input changed since is said changed, whatever pooled its features
+    repooled = sum(state.pooled_otherwise and read_shard_status(state.shard, fingerprint, state.signature)[0] ==
+                   "current" for _, state in changed)
     return RunPlan(str(dataset), str(out), config, manifest, fingerprint, items, rejected, done | moving | retiming,
-                   tuple(str(p) for p in left_out), len(changed) - len(retiming), tuple(multipage), n_damaged,
+                   tuple(str(p) for p in left_out), len(changed) - len(retiming) - repooled, tuple(multipage),
+                   n_damaged,
                    tuple(gone for gone in _gone(dataset, in_dataset, items, rejected) if gone not in moved_from), moved,
-                   _stretched_slices(items, config.inputs.slice_axis), labelling, retimed, tuple(restamped))
+                   _stretched_slices(items, config.inputs.slice_axis), labelling, retimed, tuple(restamped), repooled)
 
 
 # Slices whose pixels are this many times as tall as wide (or the reverse) are said: SAM sees them as square pixels.

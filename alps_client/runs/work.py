@@ -18,8 +18,9 @@ from alps_client.errors import InputImageError, ModelChangedError
 from alps_client.io import atomic
 from alps_client.io.items import InputItem, content_digest, printable
 from alps_client.io.shards import ImageShard, write_shard
+from alps_client.labels.features import POOLING
 from alps_client.masks import MaskSet
-from alps_client.runs.plan import decoded_image, item_status, labelling_identity
+from alps_client.runs.plan import Pooling, decoded_image, item_status, labelling_identity
 
 Status = Literal["labelled", "skipped", "rejected", "failed"]
 
@@ -36,6 +37,7 @@ class LabelJob:
             each shard with the labelling configuration, so that a run refused for another one can say what differs.
         labelling: what ``fingerprint`` hashes, kept in each shard (:attr:`~alps_client.runs.plan.RunPlan.labelling`);
             None: the model's and ``config``'s.
+        model_family: the model's family (``sam``, ``sam2``): how its features are pooled.
     """
 
     out: str
@@ -43,6 +45,12 @@ class LabelJob:
     fingerprint: str
     model: str = ""
     labelling: dict[str, Any] | None = None
+    model_family: str = "sam"
+
+    @property
+    def pooling(self) -> Pooling:
+        """How this run pools features (:class:`~alps_client.runs.plan.Pooling`)."""
+        return Pooling(self.model_family, self.config.features.feature_size)
 
 
 @dataclass
@@ -92,7 +100,7 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
     from alps_client.io.readers import load_item
     from alps_client.pipeline import label_image
 
-    status, signature, shard, meta = item_status(job.out, item, job.fingerprint)  # signature before the file is read
+    status, signature, shard, meta, _ = item_status(job.out, item, job.fingerprint, job.pooling)  # signature first
     done = _skipped(item, job, shard, meta) if status == "current" else None
     if done is not None:
         return done
@@ -104,7 +112,7 @@ def label_item(item: InputItem, job: LabelJob, backend: SamBackend) -> ImageOutc
         return ImageOutcome("rejected", item.stem, item.source, reason=err.reason)
     extra = {"kind": item.kind, "scene": item.scene, "window": item.window, "split": item.split, "geo": loaded.geo,
              "input": loaded.extra, "source_signature": signature, "content_sha256": _content_of(item.source),
-             "labelling": job.labelling or labelling_identity(job.model, job.config)}
+             "labelling": job.labelling or labelling_identity(job.model, job.config), "pooling": POOLING}
     if loaded.valid is not None and not loaded.valid.any():  # a tile in a scene's collar: nothing there to label
         write_shard(shard, ImageShard(item.stem, item.source, job.fingerprint, MaskSet.empty(loaded.valid.shape),
                                       np.zeros(0, bool), np.zeros((0, 0), np.float32),
@@ -146,7 +154,7 @@ def done_outcome(item: InputItem, job: LabelJob) -> ImageOutcome | None:
     For a run's images done when it began, without a try of their own: a task run each, only to say "skipped",
     grew Prefect's database by ~20 KB per image at every rerun.
     """
-    status, _, shard, meta = item_status(job.out, item, job.fingerprint)
+    status, _, shard, meta, _ = item_status(job.out, item, job.fingerprint, job.pooling)
     return _skipped(item, job, shard, meta) if status == "current" else None
 
 

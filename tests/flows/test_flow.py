@@ -302,6 +302,51 @@ def test_a_rerun_with_nothing_new_removes_what_a_write_killed_after_its_swap_lef
     assert not any("interrupted" in line for line in logged), logged
 
 
+def _as_an_earlier_alps_wrote(shard: Path) -> None:
+    """Rewrite ``shard`` as alps wrote it before its features' pooling was recorded (no ``extra["pooling"]``)."""
+    with np.load(shard) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    del meta["extra"]["pooling"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    with open(shard, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_images_whose_features_an_earlier_alps_pooled_from_padding_are_labelled_again(fake_repo, scenes, tmp_path):
+    """Before pooling stopped at the image's last cell, masks at the bottom or right edge of an image whose side
+    fills a whole number of cells (192 x 256 px: 768 x 1024 in SAM's frame) pooled part of their features from
+    padding. Their shards are labelled again, moved, retimed or not, so that a resumed dataset never mixes the two
+    poolings; the shards of other sizes are kept."""
+    from PIL import Image
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for i, (h, w) in enumerate([(192, 256), (256, 256), (250, 256), (256, 192), (192, 256)]):
+        Image.open(scenes / "images" / f"scene_{i:04d}.png").convert("RGB").crop((0, 0, w, h)).save(data / f"s{i}.png")
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    shards = out / ".alps" / "shards"
+    assert {json.loads(np.load(p)["meta"].tobytes())["extra"]["pooling"] for p in shards.glob("*.npz")} == {2}
+    features = {p.stem: np.load(p)["pfl"] for p in shards.glob("*.npz")}
+    for shard in shards.glob("*.npz"):
+        _as_an_earlier_alps_wrote(shard)
+    os.utime(data / "s3.png", ns=(0, (data / "s3.png").stat().st_mtime_ns + 10**9))  # retimed: the same bytes
+    (data / "moved").mkdir()
+    os.replace(data / "s4.png", data / "moved" / "s4.png")
+    with run_log() as logged:
+        again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert again["n_labelled"] == 3 and again["n_skipped"] == 2  # s0, s3 (retimed) and s4 (moved) again
+    assert any(line.startswith("1 image(s) were labelled by an earlier alps, which pooled the features of masks at "
+                               "their bottom or right edge partly from SAM's padding") for line in logged), logged
+    assert any(line.startswith("1 image(s) changed since they were labelled") for line in logged), logged  # s3
+    metas = {p.stem: json.loads(np.load(p)["meta"].tobytes()) for p in shards.glob("*.npz")}
+    assert {stem for stem, meta in metas.items() if meta["extra"].get("pooling") == 2} == {"s0", "s3", "moved__s4"}
+    assert {stem: np.array_equal(np.load(shards / f"{stem}.npz")["pfl"], features[stem])
+            for stem in ("s1", "s2")} == {"s1": True, "s2": True}
+    assert alps_flow(str(data), str(out), cfg, progress_bar=False)["n_skipped"] == 5
+
+
 def test_a_dataset_labelled_with_config_of_another_is_labelled_as_it_was(fake_repo, scenes, tmp_path):
     """``--config OUT``: the settings a dataset records, settings without a flag among them, label another dataset."""
     first, again = tmp_path / "first", tmp_path / "again"
