@@ -240,9 +240,9 @@ def settings_in_file(path: str) -> dict[str, Any]:
         if isinstance(value, str) and value and not os.path.isabs(value):
             data = {**data, part: {**data[part], name: os.path.join(os.path.abspath(file.parent), value)}}
     backend = data.get("backend")
-    if isinstance(backend, dict) and backend.get("kind", "embedded") != "triton":
+    if dataset and isinstance(backend, dict) and backend.get("kind", "embedded") != "triton":
         # An embedded run records the Triton defaults it never used: a --backend triton over them would keep
-        # gRPC's port for --protocol http.
+        # gRPC's port for --protocol http. (A file of settings means those it holds.)
         data = {**data, "backend": {k: v for k, v in backend.items() if k not in TRITON_FLAGS}}
     config = validated_config(data, f"--config {file}", "correct the file and run again")
     as_validated = config.to_dict() if config is not None else {}  # ("3e-1", which YAML reads as text, is 0.3)
@@ -283,6 +283,14 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         from_file = {**from_file, "inputs": {k: x for k, x in inputs.items() if k != "overlap"}}
     kind = v.get("kind") or (from_file.get("backend") or {}).get("kind")
     v["triton_urls"], urls_from = triton_urls({**v, "kind": kind})
+    in_file = [f"backend.{name}" for name in TRITON_FLAGS
+               if (from_file.get("backend") or {}).get(name) not in (None, False)]
+    if in_file and kind != "triton":
+        one = len(in_file) == 1
+        raise ValueError(f"--config {v['config']} sets {' and '.join(in_file)}, which appl{'ies' if one else 'y'} to "
+                         "the Triton backend, not chosen (the run would label with the embedded onnxruntime backend): "
+                         "add --backend triton (or `kind: triton` under backend in the file), or leave "
+                         f"{'it' if one else 'them'} out")
     try:
         return PipelineConfig.from_dict(overlay_config(from_file, _flag_settings(v)))
     except ValueError as err:

@@ -37,7 +37,10 @@ def unknown_fields(settings: dict[str, Any], cls: type = PipelineConfig, prefix:
     names = [f.name for f in dataclasses.fields(cls)]
     found = []
     for key, value in settings.items():
-        if key not in names:
+        if isinstance(key, bool):  # YAML's `on:`, `no:` keys
+            found.append(f"{prefix}.{str(key).lower()}: not a setting of {prefix} (YAML reads a key on, off, yes or "
+                         f"no as true or false; its settings: {', '.join(names)})")
+        elif key not in names:
             found.append(f"{prefix}.{key}: not a setting of {prefix} (its settings: {', '.join(names)})")
         elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
             found += unknown_fields(value, hints[key], f"{prefix}.{key}")
@@ -70,7 +73,29 @@ def validated_config(value: PipelineConfig | dict[str, Any] | None, what: str = 
     problems = unknown_fields(value)
     if not problems:
         try:
-            return pydantic.TypeAdapter(PipelineConfig).validate_python(value)
+            config = pydantic.TypeAdapter(PipelineConfig).validate_python(value)
         except pydantic.ValidationError as err:
             problems = [describe_invalid(err)]
+        else:
+            problems = truths_taken_for_numbers(value, config.to_dict())
+            if not problems:
+                return config
     raise AlpsError(f"{what} is not valid: {'; '.join(problems)}; {then}")
+
+
+def truths_taken_for_numbers(given: Any, validated: Any, prefix: str = "config") -> list[str]:
+    """A line for each true or false in ``given`` that pydantic took for a number (1 or 0) of ``validated``.
+
+    Pydantic's lax mode reads ``True`` as 1: YAML's ``sigma: yes`` became a gate of 1.0 (none), ``n_clusters:
+    true`` one cluster. ``PipelineConfig.from_dict`` refuses them; so does this.
+    """
+    if isinstance(given, bool):
+        return [] if isinstance(validated, bool) else [
+            f"{prefix}: {str(given).lower()} is no number (YAML reads yes, no, on, off, true and false as such)"]
+    if isinstance(given, dict) and isinstance(validated, dict):
+        return [line for key, item in given.items() if key in validated
+                for line in truths_taken_for_numbers(item, validated[key], f"{prefix}.{key}")]
+    if isinstance(given, list | tuple) and isinstance(validated, list | tuple) and len(given) == len(validated):
+        return [line for i, (item, done) in enumerate(zip(given, validated))
+                for line in truths_taken_for_numbers(item, done, f"{prefix}[{i}]")]
+    return []

@@ -293,6 +293,24 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "alps-dataset/2", "config": embedded}))
     assert config("--config", "out", "--backend", "triton", "--protocol", "http").backend.triton_urls == (
         "127.0.0.1:8000",)  # was gRPC's port
+    # a file's own Triton settings are used with --backend triton, and refused without it (never dropped unsaid)
+    (settings / "triton.yaml").write_text("backend: {protocol: http, triton_urls: ['10.0.0.9:8000']}\n")
+    served = config("--config", "settings/triton.yaml", "--backend", "triton")
+    assert served.backend.triton_urls == ("10.0.0.9:8000",) and served.backend.protocol == "http"
+    with pytest.raises(ValueError, match=r"^--config settings/triton.yaml sets backend.triton_urls and "
+                                         r"backend.protocol, which apply to the Triton backend, not chosen"):
+        config("--config", "settings/triton.yaml")
+    (settings / "triton.yaml").write_text("backend: {protocol: HTTP}\n")
+    with pytest.raises(AlpsError, match=r"config.backend.protocol"):
+        config("--config", "settings/triton.yaml", "--backend", "triton")
+    # YAML's yes / true are no numbers (pydantic read them as 1: no gate, one cluster)
+    for setting in ("gate: {sigma: yes}", "cluster: {n_clusters: true}"):
+        (settings / "truth.yaml").write_text(setting + "\n")
+        with pytest.raises(AlpsError, match=r"is not valid: config\.\w+\.\w+: true is no number"):
+            config("--config", "settings/truth.yaml")
+    (settings / "truth.yaml").write_text("on: {sigma: 0.2}\n")
+    with pytest.raises(AlpsError, match=r"config.true: not a setting of config \(YAML reads a key on, off"):
+        config("--config", "settings/truth.yaml")
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "alps-dataset/2"}))
     with pytest.raises(AlpsError, match=r"this dataset's manifest records no config"):
         config("--config", "out")
