@@ -239,9 +239,15 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert alps(["evaluate", str(out), str(scenes / "gt"), "--json", str(out / "evaluation.json")]) == 0
     written = _dataset_files(out)
     assert "manifest.json" in written and "evaluation.json" in written and any(n.startswith("vis/") for n in written)
+    # What a write killed after its swap, before its clean-up, left (the previous dataset parked), and one killed
+    # before its swap (the staged dataset): only the next write removed them, and this rerun writes nothing.
+    shutil.copytree(out / "ann_dir", out / ".alps" / "previous" / "ann_dir")
+    shutil.copytree(out / "img_dir", out / ".alps" / "staging" / "img_dir")
     with run_log() as logged, run_log("prefect.task_runs") as task_logged:
         again = alps_flow(images, str(out), cfg, progress_bar=False)
     assert _dataset_files(out) == written  # not a file written again, nor one gone
+    assert not (out / ".alps" / "previous").exists() and not (out / ".alps" / "staging").exists()
+    assert any("left by a dataset write that was interrupted" in line for line in logged), logged
     assert again["n_skipped"] == 6 and again["dataset_unchanged"] and again["summary"]["n_images"] == 6
     assert f"{out} holds the dataset these shards, centroids, classes and settings give, as it was written: not " \
            "written again" in task_logged
@@ -279,27 +285,6 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert not result["dataset_unchanged"] and _dataset_files(out) != relabelled
     assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == ["merged"]
     assert alps_flow(images, str(out), no_vis, progress_bar=False)["dataset_unchanged"]
-
-
-def test_a_rerun_with_nothing_new_removes_what_a_write_killed_after_its_swap_left(fake_repo, scenes, tmp_path):
-    """A kill after the swap, before its clean-up, left the whole previous dataset in ``OUT/.alps/previous`` (and
-    a kill before the swap, the staged one in ``OUT/.alps/staging``): only the next write removed them, and a rerun
-    with nothing new writes nothing."""
-    out, images = tmp_path / "out", str(scenes / "images")
-    cfg = small_config(fake_repo)
-    alps_flow(images, str(out), cfg, progress_bar=False)
-    written = _dataset_files(out)
-    work = out / ".alps"
-    shutil.copytree(out / "ann_dir", work / "previous" / "ann_dir")  # the parked dataset, journal gone
-    shutil.copytree(out / "img_dir", work / "staging" / "img_dir")
-    with run_log() as logged:
-        again = alps_flow(images, str(out), cfg, progress_bar=False)
-    assert again["dataset_unchanged"] and _dataset_files(out) == written
-    assert not (work / "previous").exists() and not (work / "staging").exists()
-    assert any("left by a dataset write that was interrupted" in line for line in logged), logged
-    with run_log() as logged:
-        assert alps_flow(images, str(out), cfg, progress_bar=False)["dataset_unchanged"]
-    assert not any("interrupted" in line for line in logged), logged
 
 
 def _as_an_earlier_alps_wrote(shard: Path) -> None:
