@@ -122,7 +122,9 @@ def _print_summary(result: dict[str, Any], out: str) -> None:
           f"{'; unchanged, not written again' if result.get('dataset_unchanged') else ''})")
     if s.get("report"):
         print(f"Review the clusters: {(Path(out).resolve() / 'report' / 'index.html').as_uri()}")
-    print(f"Train on it with mmsegmentation: _base_ = [\"{Path(out).resolve() / 'mmseg_dataset.py'}\", ...]")
+    mmseg = Path(out).resolve() / "mmseg_dataset.py"
+    if mmseg.is_file():  # not written without img_dir (writer.copy_images false)
+        print(f"Train on it with mmsegmentation: _base_ = [\"{mmseg}\", ...]")
     sam = family_name(result.get("model_family"))
     if result["stand_in"]:
         example = {"SAM": "vit_h --checkpoint sam_vit_h_4b8939.pth",

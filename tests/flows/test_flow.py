@@ -1572,6 +1572,11 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
     listed = printed[printed.index(next(ln for ln in printed if ln.startswith("12 input(s) rejected"))) + 1:]
     assert len(listed) == 11 and listed[-1] == f"  ... and 2 more (all by reason: 8 {not_an_image}, 4 zero-byte " \
         "file)", listed
+    mmseg = (tmp_path / "out" / "mmseg_dataset.py").resolve()
+    assert f"Train on it with mmsegmentation: _base_ = [\"{mmseg}\", ...]" in printed
+    mmseg.unlink()  # as a run with writer.copy_images false writes it: not pointed to
+    _print_summary(result, str(tmp_path / "out"))
+    assert "Train on it" not in capsys.readouterr().out
     table = errors_artifact(prefect_server, tmp_path / "out")
     assert len(json.loads(table["data"])) == 4 and "the first 4 of 12" in table["description"]
 
