@@ -61,6 +61,7 @@ from flows.run_arguments import (
     check_utf8_arguments,
     config_part,
     in_flag_words,
+    settings_in_file,
     triton_urls,
 )
 
@@ -239,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
     except (ValueError, AlpsError) as err:
         _leave_no_folder(args.out, made)
-        return _fail(describe(err) if isinstance(err, AlpsError) else str(err))
+        return _fail(_naming_the_file(describe(err) if isinstance(err, AlpsError) else str(err), args))
     import httpx
 
     from flows.prefect_api import PrefectApiError, prefect_api, said_url, server_disk_full
@@ -552,6 +553,32 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+
+def _naming_the_file(message: str, args: argparse.Namespace) -> str:
+    """``message``, saying which of the flags it names ``--config``'s file set: they were never given.
+
+    ``--use-m2m: SAM 2.1 only`` for a file's ``use_m2m: true`` named neither the file nor where to change it.
+    """
+    import re
+
+    from alps_client.errors import AlpsError
+
+    if not getattr(args, "config", None) or f"--config {args.config}" in message:
+        return message
+
+    try:
+        in_file = {name for part in settings_in_file(args.config).values() if isinstance(part, dict) for name in part}
+    except AlpsError:
+        return message
+    actions = command_parsers(make_parser())["run"]._option_string_actions
+    from_file = [flag for flag in dict.fromkeys(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", message))
+                 if flag in actions and actions[flag].dest in in_file and getattr(args, actions[flag].dest) is None]
+    if not from_file:
+        return message
+    paths = " (relative paths in it start in its folder)" if {"--model-repository", "--centroids"} & set(
+        from_file) else ""
+    return f"{message} ({', '.join(from_file)}: set by --config {args.config}{paths})"
 
 
 def command_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

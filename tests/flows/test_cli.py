@@ -69,6 +69,7 @@ def free_port() -> int:
         (["{data}", "--stability-score-thresh", "-0.5"], "--stability-score-thresh must lie in [0, 1]"),
         (["{data}", "--seed", "-1"], "--seed must lie in 0..4294967295, got -1"),  # k-means refused it after labelling
         (["{data}", "--use-m2m"], "--use-m2m: SAM 2.1 only (its generator's parameters); "),  # the flag given
+        (["{data}", "--config", "{tmp}/m2m.yaml"], "(--use-m2m: set by --config {tmp}/m2m.yaml)"),  # never given
         (["{data}", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["{data}", "--dask-workers", "-1"], "--dask-workers must be >= 1"),  # hung starting Dask
         (["{data}", "--dask-workers", "2", "--dask-address", "tcp://127.0.0.1:1"], "give one of them"),  # 2 ignored
@@ -76,6 +77,8 @@ def free_port() -> int:
         (["{data}", "--centroids", "{tmp}/absent.npy"], "not a readable .npy file"),  # was read after labelling
         (["{data}", "--centroids", "{tmp}/four.npy", "--n-clusters", "8"],
          "--n-clusters 8, but --centroids {tmp}/four.npy holds 4 centroids, one per cluster"),  # 8 was ignored unsaid
+        (["{data}", "--config", "{tmp}/four.yaml", "--n-clusters", "8"], "one per cluster: leave --n-clusters out "
+         "(--centroids: set by --config {tmp}/four.yaml (relative paths in it start in its folder))"),
         (["{data}", "--out", "{tmp}/a_file/o"], "cannot create or write the output folder (Not a directory)"),
         (["{data}", "--out", "{tmp}/link"], ("--out {tmp}/link: {tmp}/link is a symbolic link to {tmp}/nowhere, "
                                              "which does not exist; create it (mkdir -p {tmp}/nowhere) or give "
@@ -108,6 +111,8 @@ def test_a_request_that_cannot_run_gives_one_line_and_exit_2(fault_data, fake_re
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")  # dangling: "File exists" was said
     four = np.random.default_rng(0).random((4, 256), np.float32)
     np.save(tmp_path / "four.npy", four / np.linalg.norm(four, axis=1, keepdims=True))  # as a run fits them
+    (tmp_path / "m2m.yaml").write_text("amg: {use_m2m: true}\n")
+    (tmp_path / "four.yaml").write_text("cluster: {centroids: four.npy}\n")
     args = [a.format(tmp=tmp_path, data=fault_data) for a in args]
     if "--model-repository" not in args:
         args += ["--model-repository", str(fake_repo)]
