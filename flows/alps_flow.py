@@ -377,8 +377,9 @@ def _announce(plan: RunPlan, dask_address: str | None, dask_workers: int | None,
                        "cells, e.g. 768 px in its 1024 frame): labelling them again, so that the dataset's features "
                        "are pooled one way", plan.n_pooled_otherwise)
     if plan.n_changed:
-        logger.warning("%d image(s) changed since they were labelled (another file, size or modification time; or "
-                       "a shard from an earlier alps, which does not say): labelling them again", plan.n_changed)
+        logger.warning("%d image(s) changed since they were labelled (another file, size, modification time or "
+                       "bytes; or a shard from an earlier alps, which does not say): labelling them again",
+                       plan.n_changed)
     if plan.n_damaged:
         logger.warning("%d image(s) have a shard in %s that cannot be read whole (cut short or altered, e.g. by a "
                        "crash or a full disk): labelling them again", plan.n_damaged, shard_dir(out))
