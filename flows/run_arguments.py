@@ -78,11 +78,22 @@ def _bands(value: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected 1-based band numbers such as 4,3,2, got {value!r}") from None
 
 
+class _GivenOnce(argparse.Action):
+    """Stores the value; a second one is refused (``--config a.yaml --config b.yaml`` read b alone, unsaid)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}): settings "
+                         "come from one file; merge them into one, or give the others as flags")
+        setattr(namespace, self.dest, values)
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``alps run`` (and ``python flows/alps_flow.py``)."""
     p.add_argument("dataset", type=a_path, help="folder (or file) of images to label")
     p.add_argument("--out", required=True, type=a_path, help="output dataset folder")
-    p.add_argument("--config", type=a_path, metavar="FILE",
+    p.add_argument("--config", type=a_path, metavar="FILE", action=_GivenOnce,
                    help="settings from a JSON or YAML file of the Python API's PipelineConfig fields by part "
                         "({\"amg\": {\"points_per_side\": 16}, \"cluster\": {\"batch_size\": 8192}}; those without "
                         "a flag too; paths relative to the file), or from a dataset alps wrote (its folder or "

@@ -220,7 +220,7 @@ def test_alps_triton_url_names_the_servers(monkeypatch):
         build_config(make_parser().parse_args(["run", "data", "--out", "o", "--backend", "triton"]))
 
 
-def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_path, monkeypatch):
+def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_path, monkeypatch, capsys):
     """Settings without a flag (k-means' batch, the stretch's percentiles) had no way in from the command line, and a
     dataset's recorded settings none to label another dataset as it was labelled."""
     from alps_client.errors import AlpsError
@@ -275,6 +275,9 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     with pytest.raises(AlpsError, match=r"--config nowhere.yaml: no such file; give a JSON or YAML file"):
         config("--config", "nowhere.yaml")
     assert main(["run", "data", "--out", str(tmp_path / "o"), "--config", "settings/bad.yaml"]) == 2
+    with pytest.raises(SystemExit) as twice:  # the second was read alone, unsaid
+        main(["run", "data", "--out", str(tmp_path / "o"), "--config", "a.yaml", "--config", "b.yaml"])
+    assert twice.value.code == 2 and "--config given twice (a.yaml and b.yaml)" in capsys.readouterr().err
     (settings / "twice.json").write_text('{"amg": {"points_per_side": 8}, "amg": {"pred_iou_thresh": 0.5}}')
     with pytest.raises(AlpsError, match=r"twice.json: cannot be read .*key 'amg' given twice"):  # was: the last
         config("--config", "settings/twice.json")
