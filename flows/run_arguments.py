@@ -288,6 +288,9 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             if v.get(flag) is not None and v.get(flag) is not False:  # --overlap 0 is given, --no-stitch is not
                 raise ValueError(f"--{flag} applies to the tiles of --tile; add --tile (iSAID: --tile 896 --overlap "
                                  f"384), or leave --{flag} out")
+        if inputs.get("stitch") and v.get("stitch") is None:
+            raise ValueError(f"--config {v['config']} sets inputs.stitch, which applies to the tiles of --tile: add "
+                             "--tile (or inputs.tile in the file), or give --no-stitch")
     if v.get("tile") is not None and v.get("overlap") is None and "overlap" in inputs and \
             InputConfig(tile=inputs.get("tile")).overlap == inputs["overlap"]:
         # A dataset's manifest records the overlap its tile was given by default: another --tile takes its own.

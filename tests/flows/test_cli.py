@@ -295,6 +295,12 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     undone = config("--config", "settings/values.yaml", "--no-stitch", "--vis", "--report")
     assert not undone.inputs.stitch and undone.writer.write_vis and undone.writer.write_report
     assert not config("--no-stitch").inputs.stitch  # nothing to stitch without --tile: not refused
+    (settings / "stitch.yaml").write_text("inputs: {stitch: true}\n")  # did nothing, as --stitch alone would
+    with pytest.raises(ValueError, match=r"^--config settings/stitch.yaml sets inputs.stitch, which applies to the "
+                                         r"tiles of --tile"):
+        config("--config", "settings/stitch.yaml")
+    assert not config("--config", "settings/stitch.yaml", "--no-stitch").inputs.stitch
+    assert config("--config", "settings/stitch.yaml", "--tile", "64").inputs.stitch
     # an embedded run records Triton's defaults it never used: not taken for the servers of --backend triton
     embedded = PipelineConfig.from_dict({"backend": {"model_repository": "/m"}}).to_dict()
     assert list(embedded["backend"]["triton_urls"]) == ["127.0.0.1:8001"]
