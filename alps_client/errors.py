@@ -115,6 +115,18 @@ class InputReadError(AlpsError):
     transient = True
 
 
+class InputChangedError(AlpsError):
+    """Input files hold other bytes than when their images were labelled, their size and time kept.
+
+    Found as the dataset is written (its images copied or read for previews, checked against the sha256 each shard
+    records): written, their new pixels would lie beside their old labels. ``stems`` names the images.
+    """
+
+    def __init__(self, message: str, stems: list[str]) -> None:
+        super().__init__(message)
+        self.stems = stems
+
+
 class ConfigMismatchError(AlpsError):
     """Existing outputs were produced with another model or configuration."""
 

@@ -44,6 +44,7 @@ from alps_client.errors import (
     AlpsError,
     ConfigMismatchError,
     IncompleteRunError,
+    InputChangedError,
     NoInputsError,
     OutputDiskFullError,
 )
@@ -104,6 +105,10 @@ def write(out: str, shards: list[str], centroids_path: str, plan: RunPlan, error
                                       get_run_logger(), run_id)
     except OutputDiskFullError as err:
         return Failed(message=describe(err), data=err)  # one line, not a traceback: the flow stops on it
+    except InputChangedError as err:  # images missing from this run, as if changed during it: resumable
+        rows = [{"path": sources.get(stem, stem), "stem": stem, "reason": "its file holds other bytes than when it "
+                 "was labelled"} for stem in err.stems]
+        return Failed(message=str(err), data=IncompleteRunError(str(err), rows))
 
 
 def _incomplete(plan: RunPlan, failed: list[ImageOutcome], n_done: int, stopped: str) -> IncompleteRunError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -148,10 +149,14 @@ def write_png(path: str | Path, array: npt.NDArray[np.uint8]) -> None:
         Image.fromarray(array).save(tmp, format="PNG", optimize=False)
 
 
-def copy_file(src: str | Path, dst: str | Path) -> None:
-    """Copy a file atomically (the source is only read)."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def copy_file(src: str | Path, dst: str | Path) -> str:
+    """Copy a file atomically (the source is only read); returns the sha256 (hex) of the bytes copied."""
+    digest = hashlib.sha256()
+    with atomic_path(dst) as tmp, open(src, "rb") as source, open(tmp, "wb") as target:
+        while block := source.read(1 << 20):
+            digest.update(block)
+            target.write(block)
+    return digest.hexdigest()
 
 
 def write_with(path: str | Path, writer: Callable[[BinaryIO], None]) -> None:

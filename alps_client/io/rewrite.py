@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from alps_client.config import WriterConfig
+from alps_client.errors import InputChangedError
 from alps_client.io import atomic
 from alps_client.io.dataset import WrittenDataset, load_dataset
 from alps_client.io.items import counted
@@ -183,8 +184,12 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
     extra = {k: v for k, v in data.manifest.items() if k not in MANIFEST_KEYS}
     extra.setdefault("centroids_from", CENTROIDS_UNRECORDED)  # a dataset an older alps wrote: said, as a run says it
     extra["relabel"] = record
-    summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
-                            config, data.model, data.errors, data.image_sources, class_map, extra, warn)
+    try:
+        summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
+                                config, data.model, data.errors, data.image_sources, class_map, extra, warn)
+    except InputChangedError as err:
+        raise InputChangedError(f"{err}: run `alps run` on the dataset again first (it labels them anew), then this "
+                                "command", err.stems) from None
     return summary, class_map
 
 

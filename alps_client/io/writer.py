@@ -26,9 +26,10 @@ import numpy.typing as npt
 from PIL import Image
 
 from alps_client.config import PipelineConfig
-from alps_client.errors import OutputDiskFullError
+from alps_client.errors import InputChangedError, OutputDiskFullError
 from alps_client.io import atomic
 from alps_client.io.coco import CocoStream, coco_annotations, coco_image_entry
+from alps_client.io.items import content_digest, printable
 from alps_client.io.mmseg import FILE_NAME as MMSEG_CONFIG
 from alps_client.io.mmseg import mmseg_config
 from alps_client.io.publish import DATASET_FORMAT, not_written_again, publish, staging_dir
@@ -200,28 +201,39 @@ def image_suffix(formats: Mapping[str, str]) -> str:
 
 
 def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging: Path, label: npt.NDArray[np.uint8],
-                      n_classes: int, config: PipelineConfig, suffix: str, same_format: bool) -> str:
-    """Copy the image into ``img_dir`` as ``<stem><suffix>`` and write its preview; returns its COCO file name.
+                      n_classes: int, config: PipelineConfig, suffix: str, same_format: bool,
+                      labelled_sha256: str | None = None) -> tuple[str, bool]:
+    """Copy the image into ``img_dir`` as ``<stem><suffix>`` and write its preview.
 
     A source of another format (``same_format`` False) is written as the PNG of its pixels (``suffix`` is then
-    ``.png``).
+    ``.png``). ``labelled_sha256``: the sha256 the input file had when its image was labelled, where ``source`` is
+    that file (not alps' own decoded copy).
+
+    Returns:
+        Its COCO file name, and False where ``source`` holds other bytes than ``labelled_sha256`` (its outputs are
+        then not all written).
     """
     file_name = f"{stem}.png"
     if source is None:
-        return file_name
+        return file_name, True
     rgb = None
     if config.writer.copy_images:
         file_name = f"{stem}{suffix}"
         if same_format:
-            atomic.copy_file(source, staging / "img_dir" / split / file_name)
-        else:
-            rgb = read_rgb(source)
-            atomic.write_png(staging / "img_dir" / split / file_name, rgb)
+            copied = atomic.copy_file(source, staging / "img_dir" / split / file_name)
+            if labelled_sha256 is not None and copied != labelled_sha256:
+                return file_name, False
+            labelled_sha256 = None  # (checked)
+    if labelled_sha256 is not None and content_digest(str(source)) != labelled_sha256:
+        return file_name, False
+    if config.writer.copy_images and not same_format:
+        rgb = read_rgb(source)
+        atomic.write_png(staging / "img_dir" / split / file_name, rgb)
     if config.writer.write_vis:
         rgb = read_rgb(source) if rgb is None else rgb
         if rgb.shape[:2] == label.shape:
             atomic.write_png(staging / "vis" / f"{stem}.png", overlay(rgb, label, n_classes))
-    return file_name
+    return file_name, True
 
 
 def write_dataset(
@@ -259,6 +271,8 @@ def write_dataset(
     Raises:
         OutputDiskFullError: If the disk fills up: what was staged is removed, the previous dataset stays.
         ValueError: If ``image_sources`` lacks a labelled image that ``copy_images`` or ``write_vis`` needs.
+        InputChangedError: If an input file copied or read for its preview holds other bytes than the sha256 its
+            shard records (edited in place, its size and time kept): nothing is written, the previous dataset stays.
     """
     out = Path(out_dir)
     staging = staging_dir(out)
@@ -270,6 +284,9 @@ def write_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputDiskFullError(f"{err} (the {atomic.size_text(staged)} of the new dataset written so far are "
                                   "removed; the previous dataset, if any, stays)") from err
+    except InputChangedError:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous dataset stays
+        raise
     if _scores_the_staged_labels(out, staging):  # a rewrite that changed no label: its evaluation still holds
         shutil.copy2(out / "evaluation.json", staging / "evaluation.json")
     lost = not_written_again(out, staging)
@@ -369,14 +386,21 @@ def _stage_dataset(
     pixels_per_class = np.zeros(n_classes, np.int64)
     kept_total = gated_total = in_dropped = labelled = pixels = 0
     formats = {stem: _format_suffix(source) for stem, source in image_sources.items()}  # each file's header read once
+    changed: list[tuple[str, str]] = []  # (stem, input) whose bytes are not those labelled: nothing is written then
     suffix = image_suffix(formats)
     for path, meta in zip(paths, metas):
         shard = read_shard(path)
         labels = image_labels(shard, centroids, class_map)
         split = splits[shard.stem]
         atomic.write_png(staging / "ann_dir" / split / f"{shard.stem}.png", labels.label)
-        file_name = _copy_and_preview(image_sources.get(shard.stem), shard.stem, split, staging, labels.label,
-                                      n_classes, config, suffix, formats.get(shard.stem) == suffix)
+        source = image_sources.get(shard.stem)
+        file_name, as_labelled = _copy_and_preview(
+            source, shard.stem, split, staging, labels.label, n_classes, config, suffix,
+            formats.get(shard.stem) == suffix,
+            shard.extra.get("content_sha256") if source is not None and str(source) == shard.source else None)
+        if not as_labelled:
+            changed.append((shard.stem, shard.source))
+            continue
         annotations = coco_annotations(shard.kept_masks(), labels.class_ids, image_id, annotation_id)
         coco[split].add("images", [coco_image_entry(image_id, file_name, shard.image_size)])
         coco[split].add("annotations", annotations)
@@ -398,6 +422,11 @@ def _stage_dataset(
         kept_total += shard.n_kept
         gated_total += int(np.count_nonzero(~shard.keep & (shard.masks.areas > 0)))  # shards of older runs held
         # masks emptied by transparency or nodata too
+    if changed:
+        raise InputChangedError(
+            f"{len(changed)} input(s) hold other bytes than when they were labelled, their size and modification time "
+            f"kept (edited in place?), e.g. {printable(changed[0][1])}: their new pixels would lie beside their old "
+            "labels, so no dataset is written", [stem for stem, _ in changed])
     for stream in coco.values():
         stream.close(class_map.names)
     scene_counts = scenes.close()

@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from alps_client.config import PipelineConfig
+from alps_client.errors import InputChangedError
 from alps_client.io import atomic
 from alps_client.io.items import content_digest, not_utf8_bytes
-from alps_client.io.layout import work_dir
+from alps_client.io.layout import shard_dir, work_dir
 from alps_client.io.publish import recover
 from alps_client.io.registry import earlier_splits, split_identity
 from alps_client.io.rewrite import EARLIER, carried_relabel, load_or_none
+from alps_client.io.shards import shard_path
 from alps_client.io.writer import CENTROIDS_UNRECORDED, write_dataset
 from alps_client.io.written import record_written, summary_if_written_from, write_key
 from alps_client.labels.clustering import centroids_from, clustering_key, fit_centroids, same_clusters
@@ -164,8 +166,14 @@ def write_labelled_dataset(out: str | Path, shards: Sequence[str], centroids_pat
                  "not written again")
         return unchanged | {"unchanged": True}
     before = _splits_in(out)
-    summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
-                            class_map, extra, log.warning)
+    try:
+        summary = write_dataset(out, shards, centroids, plan.config, plan.manifest.raw, errors, image_sources,
+                                class_map, extra, log.warning)
+    except InputChangedError as err:  # their shards are not theirs any more: the rerun labels them anew
+        for stem in err.stems:
+            shard_path(shard_dir(out), stem).unlink(missing_ok=True)
+        raise InputChangedError(f"{err}; their shards are removed: run the same command again, which labels them "
+                                "anew", err.stems) from None
     record_written(out, key(earlier_splits(out, split_by)))
     window = plan.config.inputs.intensity_window
     if window is not None and summary.n_images and not _stretched(out):

@@ -332,6 +332,44 @@ def test_images_whose_features_an_earlier_alps_pooled_from_padding_are_labelled_
     assert alps_flow(str(data), str(out), cfg, progress_bar=False)["n_skipped"] == 5
 
 
+@pytest.mark.parametrize("other", ["png", "bmp"])  # img_dir of PNGs of their pixels, or of copies of the files
+def test_an_input_edited_in_place_keeping_its_size_and_time_is_not_written_beside_its_old_labels(fake_repo, scenes,
+                                                                                                   tmp_path, other):
+    """Changes are found by size, time and three 64 KiB samples of the bytes: an edit elsewhere with the time kept
+    (``touch -r``) went unseen, and the write copied its new pixels into img_dir beside its old labels. The write
+    checks each copied input against the sha256 its shard records: the run is incomplete, and the next labels it."""
+    from PIL import Image
+
+    from alps_client.io.items import SAMPLE_BYTES
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    big = data / "big.bmp"  # 768 KiB: most of it between the samples
+    Image.open(scenes / "images" / "scene_0000.png").convert("RGB").resize((512, 512)).save(big)
+    Image.open(scenes / "images" / "scene_0001.png").convert("RGB").save(data / f"other.{other}")
+    cfg = small_config(fake_repo)
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    written = _dataset_files(out)
+    stat, size = big.stat(), big.stat().st_size
+    with open(big, "r+b") as f:  # rows 100..149 painted red, outside the samples
+        f.seek(size // 4)
+        assert size // 4 > SAMPLE_BYTES and size // 4 + 50 * 1536 < size // 2 - SAMPLE_BYTES // 2
+        f.write(bytes([0, 0, 255]) * (50 * 512))
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert big.stat().st_size == size
+    with pytest.raises(IncompleteRunError, match=r"1 input\(s\) hold other bytes than when they were labelled, their "
+                                                 r"size and modification time kept .*big.bmp.*run the same command "
+                                                 r"again, which labels them anew") as err:
+        alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert [row["stem"] for row in err.value.failed] == ["big"]
+    assert _dataset_files(out) == written  # the dataset as it was: its labels and its images agree
+    assert not (out / ".alps" / "shards" / "big.npz").exists()
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert again["n_labelled"] == 1 and again["n_skipped"] == 1
+    copied = next(out.glob(f"img_dir/*/big.{other}"))
+    assert np.array_equal(np.asarray(Image.open(copied)), np.asarray(Image.open(big)))
+
+
 def test_a_dataset_labelled_with_config_of_another_is_labelled_as_it_was(fake_repo, scenes, tmp_path):
     """``--config OUT``: the settings a dataset records, settings without a flag among them, label another dataset."""
     first, again = tmp_path / "first", tmp_path / "again"
