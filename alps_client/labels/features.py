@@ -65,6 +65,7 @@ def embedding_resample_matrix(valid_cells: float, grid: int, out_size: int) -> n
     return m
 
 
+@lru_cache(maxsize=1024)
 def read_padding_before_pooling_2(image_size: tuple[int, int], model_family: str, feature_size: int) -> bool:
     """Whether alps before :data:`POOLING` 2 pooled padding cells into the features of an ``(H, W)`` image's masks.
 
