@@ -510,6 +510,33 @@ def at_third_swap_rename(monkeypatch: pytest.MonkeyPatch, out: Path, action: Cal
     monkeypatch.setattr(publish_module.os, "replace", replace)
     return renames
 
+def test_a_clean_up_killed_part_way_never_leaves_an_output_of_the_earlier_dataset(two_shards, tmp_path):
+    """``OUT/.alps/previous`` left by a clean-up killed part way: the next swap parked nothing there (a name already
+    taken), and an output the new dataset lacks (``vis/`` after ``--no-vis``) stayed in OUT beside it."""
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    assert (out / "vis").is_dir()
+    (out / ".alps" / "previous" / "vis").mkdir(parents=True)
+    write_dataset(out, shards, centroids, PipelineConfig(writer=WriterConfig(write_vis=False)), {}, [], sources)
+    assert not (out / "vis").exists() and not (out / ".alps" / "previous").exists()
+
+
+def test_a_report_killed_after_its_swap_before_its_clean_up_is_finished(two_shards, tmp_path):
+    """The new page in place and the old one still aside: putting the old one back failed ("Directory not empty")
+    in every command's recovery, until the user deleted it by hand."""
+    from alps_client.io import publish as publish_module
+
+    shards, centroids, sources = two_shards
+    out = tmp_path / "out"
+    write_dataset(out, shards, centroids, PipelineConfig(), {}, [], sources)
+    page = (out / "report" / "index.html").read_text()
+    old = out / publish_module.REPORT_OLD
+    old.mkdir(parents=True)
+    (old / "index.html").write_text("the page before")
+    assert publish_module.recover(out) is False  # (no dataset write to finish)
+    assert not old.exists() and (out / "report" / "index.html").read_text() == page
+
 
 @pytest.mark.parametrize("moved", [False, True], ids=["in-place", "OUT-moved"])
 def test_an_interrupted_swap_is_finished_by_the_next_write(two_shards, tmp_path, monkeypatch, moved):

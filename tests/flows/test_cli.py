@@ -317,6 +317,14 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     (settings / "triton.yaml").write_text("backend: {protocol: HTTP}\n")
     with pytest.raises(AlpsError, match=r"config.backend.protocol"):
         config("--config", "settings/triton.yaml", "--backend", "triton")
+    # a file's kind: triton is the backend: ALPS_TRITON_URL beats its servers, --triton-url both
+    (settings / "triton.yaml").write_text("backend: {kind: triton, triton_urls: ['file-host:8001']}\n")
+    monkeypatch.setenv("ALPS_TRITON_URL", "env-host:8001")
+    assert config("--config", "settings/triton.yaml").backend.triton_urls == ("env-host:8001",)
+    assert config("--config", "settings/triton.yaml", "--triton-url", "flag-host:1").backend.triton_urls == (
+        "flag-host:1",)
+    monkeypatch.delenv("ALPS_TRITON_URL")
+    assert config("--config", "settings/triton.yaml").backend.triton_urls == ("file-host:8001",)
     # YAML's yes / true are no numbers (pydantic read them as 1: no gate, one cluster)
     for setting in ("gate: {sigma: yes}", "cluster: {n_clusters: true}"):
         (settings / "truth.yaml").write_text(setting + "\n")

@@ -285,6 +285,14 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert not result["dataset_unchanged"] and _dataset_files(out) != relabelled
     assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == ["merged"]
     assert alps_flow(images, str(out), no_vis, progress_bar=False)["dataset_unchanged"]
+    manifest = json.loads((out / "manifest.json").read_text())  # edited: `--config OUT` would read other settings
+    manifest["config"]["gate"]["sigma"] = 0.99
+    assert "manifest.json" in rewritten(lambda: (out / "manifest.json").write_text(json.dumps(manifest)), no_vis)
+    assert json.loads((out / "manifest.json").read_text())["config"]["gate"]["sigma"] == cfg.gate.sigma
+    renamed = tmp_path / "renamed"  # OUT's name is the review page's title
+    os.replace(out, renamed)
+    assert not alps_flow(images, str(renamed), no_vis, progress_bar=False)["dataset_unchanged"]
+    assert "renamed" in (renamed / "report" / "index.html").read_text()
 
 
 def _as_an_earlier_alps_wrote(shard: Path) -> None:

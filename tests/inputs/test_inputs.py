@@ -433,6 +433,9 @@ def test_a_stretch_whose_percentiles_meet_spans_the_values_instead(tmp_path):
     assert loaded.rgb[0, 0, 0] == 0 and cells == sorted(set(cells)) and cells[-1] == 255
     flat, (lo, hi) = stretch_to_uint8(np.full((8, 8), 7.5, np.float32), None, (2.0, 98.0))
     assert (lo, hi) == (7.5, 8.5) and not flat.any()  # one value: black, as before
+    floats = np.array([[0.0, 50.0, 100.0, np.inf, -np.inf]], np.float32)  # infinities: the ends of the window
+    greys, _ = stretch_to_uint8(floats, np.isfinite(floats), (2.0, 98.0))
+    assert greys[0, 3] == 255 and greys[0, 4] == 0
 
 
 def test_tile_grid_and_stitch():
