@@ -566,7 +566,6 @@ def _naming_the_file(message: str, args: argparse.Namespace) -> str:
 
     if not getattr(args, "config", None) or f"--config {args.config}" in message:
         return message
-
     try:
         in_file = {name for part in settings_in_file(args.config).values() if isinstance(part, dict) for name in part}
     except AlpsError:

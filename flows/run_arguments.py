@@ -299,7 +299,10 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     v["triton_urls"], urls_from = triton_urls({**v, "kind": kind})
     in_file = [f"backend.{name}" for name in TRITON_FLAGS
                if (from_file.get("backend") or {}).get(name) not in (None, False)]
-    if in_file and kind != "triton":
+    if in_file and kind != "triton" and (from_file.get("backend") or {}).get("kind") == "triton":
+        # the file's Triton backend (a served run's dataset), replaced by --backend embedded: its servers go unused
+        from_file = {**from_file, "backend": {k: x for k, x in from_file["backend"].items() if k not in TRITON_FLAGS}}
+    elif in_file and kind != "triton":
         one = len(in_file) == 1
         raise ValueError(f"--config {v['config']} sets {' and '.join(in_file)}, which appl{'ies' if one else 'y'} to "
                          "the Triton backend, not chosen (the run would label with the embedded onnxruntime backend): "

@@ -224,7 +224,8 @@ def _copy_and_preview(source: str | Path | None, stem: str, split: str, staging:
             if labelled_sha256 is not None and copied != labelled_sha256:
                 return file_name, False
             labelled_sha256 = None  # (checked)
-    if labelled_sha256 is not None and content_digest(str(source)) != labelled_sha256:
+    if labelled_sha256 is not None and (config.writer.copy_images or config.writer.write_vis) and \
+            content_digest(str(source)) != labelled_sha256:
         return file_name, False
     if config.writer.copy_images and not same_format:
         rgb = read_rgb(source)
