@@ -15,6 +15,7 @@ from typing import Any
 
 from alps_client.config import (
     AmgConfig,
+    BackendConfig,
     InputConfig,
     PipelineConfig,
     overlay_config,
@@ -297,8 +298,10 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         from_file = {**from_file, "inputs": {k: x for k, x in inputs.items() if k != "overlap"}}
     kind = v.get("kind") or (from_file.get("backend") or {}).get("kind")
     v["triton_urls"], urls_from = triton_urls({**v, "kind": kind})
-    in_file = [f"backend.{name}" for name in TRITON_FLAGS
-               if (from_file.get("backend") or {}).get(name) not in (None, False)]
+    defaults = dataclasses.asdict(BackendConfig())
+    in_file = [f"backend.{name}" for name in TRITON_FLAGS  # (a whole config's dump holds their defaults: unused)
+               if (from_file.get("backend") or {}).get(name) not in (None, False) and
+               _as_json((from_file.get("backend") or {}).get(name)) != _as_json(defaults[name])]
     if in_file and kind != "triton" and (from_file.get("backend") or {}).get("kind") == "triton":
         # the file's Triton backend (a served run's dataset), replaced by --backend embedded: its servers go unused
         from_file = {**from_file, "backend": {k: x for k, x in from_file["backend"].items() if k not in TRITON_FLAGS}}
@@ -313,6 +316,13 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     except ValueError as err:
         given = f" (with the settings of --config {v['config']})" if from_file else ""
         raise ValueError(in_flag_words(str(err)).replace("--triton-url", urls_from) + given) from None
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON has it (tuples are lists): a file's value compared with a default."""
+    import json
+
+    return json.loads(json.dumps(value))
 
 
 # The Triton flags of `alps run` and `alps serve`: the parsed value's name -> the flag.

@@ -325,6 +325,8 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
         "flag-host:1",)
     monkeypatch.delenv("ALPS_TRITON_URL")
     assert config("--config", "settings/triton.yaml").backend.triton_urls == ("file-host:8001",)
+    (settings / "whole.json").write_text(json.dumps(PipelineConfig().to_dict()))  # every field: Triton's defaults
+    assert config("--config", "settings/whole.json").backend.kind == "embedded"
     embedded = config("--config", "settings/triton.yaml", "--backend", "embedded")  # a served run's settings, here
     assert embedded.backend.kind == "embedded" and embedded.backend.triton_urls == PipelineConfig().backend.triton_urls
     # YAML's yes / true are no numbers (pydantic read them as 1: no gate, one cluster)
