@@ -209,6 +209,17 @@ def _for_new_path(out: str | Path, shard: ImageShard, item: InputItem, signature
     return ImageShard(item.stem, item.source, shard.fingerprint, shard.masks, shard.keep, shard.pfl, extra)
 
 
+def _readable_metas(out: str | Path, stems: list[str]) -> list[dict[str, Any]]:
+    """The metadata of the shards ``stems`` that can be read (a damaged one is labelled again on its own)."""
+    metas = []
+    for stem in stems:
+        try:
+            metas.append(read_shard_meta(shard_path(shard_dir(out), stem)))
+        except SHARD_READ_ERRORS:
+            continue
+    return metas
+
+
 def _shard_stems_by_name(out: str | Path) -> dict[str, list[str]]:
     """The stems of ``OUT``'s shards by the name of their input (a scene's tiles, a volume's slices under it)."""
     by_name: dict[str, list[str]] = {}
@@ -227,15 +238,14 @@ def _recorded_file(out: str | Path, stems: list[str], fingerprint: str, pooling:
     if not stems:
         return None
     try:
-        metas = [read_shard_meta(shard_path(shard_dir(out), stem)) for stem in stems]
+        meta = read_shard_meta(shard_path(shard_dir(out), stems[0]))
     except SHARD_READ_ERRORS:
         return None
-    meta = metas[0]
     extra = meta.get("extra", {})
     signature, digest = extra.get("source_signature") or {}, extra.get("content_sha256")
     if meta.get("fingerprint") != fingerprint or not digest or "size" not in signature or "sample" not in signature:
         return None
-    if any(pooling.outdated(other) for other in metas):
+    if any(pooling.outdated(other) for other in _readable_metas(out, stems)):
         return None
     return int(signature["size"]), str(signature["sample"]), json.dumps(signature.get("read_as", {}), sort_keys=True), \
         str(digest)

@@ -378,6 +378,27 @@ def test_an_input_edited_in_place_keeping_its_size_and_time_is_not_written_besid
     assert np.array_equal(np.asarray(Image.open(copied)), np.asarray(Image.open(big)))
 
 
+def test_a_moved_scene_with_one_damaged_tile_shard_keeps_its_other_tiles(fake_repo, scenes, tmp_path):
+    """The move of a tiled scene is found from its shards: one of them cut short lost the move of them all (every
+    tile labelled again, the scene said gone)."""
+    from PIL import Image
+
+    from alps_client.config import InputConfig
+    from alps_client.runs.plan import plan_run
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    Image.open(scenes / "images" / "scene_0000.png").convert("RGB").resize((512, 512)).save(data / "big.png")
+    cfg = dataclasses.replace(small_config(fake_repo), inputs=InputConfig(tile=256, overlap=0))
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    last = sorted((out / ".alps" / "shards").glob("*.npz"))[-1]
+    last.write_bytes(last.read_bytes()[:100])
+    (data / "moved").mkdir()
+    os.replace(data / "big.png", data / "moved" / "big.png")
+    plan = plan_run(str(data), str(out), cfg, False)
+    assert [(m.old, m.new) for m in plan.moved] == [("big.png", "moved/big.png")] and not plan.gone
+
+
 def test_a_dataset_labelled_with_config_of_another_is_labelled_as_it_was(fake_repo, scenes, tmp_path):
     """``--config OUT``: the settings a dataset records, settings without a flag among them, label another dataset."""
     first, again = tmp_path / "first", tmp_path / "again"
