@@ -126,6 +126,9 @@ class InputChangedError(AlpsError):
         super().__init__(message)
         self.stems = stems
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        return type(self), (str(self), self.stems)
+
 
 class ConfigMismatchError(AlpsError):
     """Existing outputs were produced with another model or configuration."""

@@ -203,7 +203,8 @@ def remove_write_leftovers(out: str | Path) -> list[str]:
     for folder in (work_dir(out) / "previous", work_dir(out) / "staging"):
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(str(folder.relative_to(out)))
+            if not folder.exists():
+                removed.append(str(folder.relative_to(out)))
     return removed
 
 

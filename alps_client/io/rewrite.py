@@ -188,8 +188,9 @@ def _rewrite(data: WrittenDataset, class_map: ClassMap, record: dict[str, Any],
         summary = write_dataset(data.out, sorted(data.shard_paths.values(), key=lambda p: p.name), data.centroids,
                                 config, data.model, data.errors, data.image_sources, class_map, extra, warn)
     except InputChangedError as err:
-        raise InputChangedError(f"{err}: run `alps run` on the dataset again first (it labels them anew), then this "
-                                "command", err.stems) from None
+        raise InputChangedError(f"{err}: run the `alps run` that labelled the dataset until it completes (its "
+                                "first run finds them and removes their shards, the next labels them anew), then "
+                                "this command", err.stems) from None
     return summary, class_map
 
 
