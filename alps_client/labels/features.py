@@ -52,11 +52,20 @@ def embedding_resample_matrix(valid_cells: float, grid: int, out_size: int) -> n
     Samples are clamped to the last cell that holds any of the image, ``ceil(valid_cells) - 1``: the cells beyond
     it hold only padding, and weight 0.
     """
-    last_valid = min(grid, int(np.ceil(valid_cells - 1e-9))) - 1
+    return _bilinear_weights(valid_cells, grid, out_size, max(min(grid, _cells_holding(valid_cells)) - 1, 0))
+
+
+def _cells_holding(valid_cells: float) -> int:
+    """How many cells of an axis hold any of the image: ``ceil(valid_cells)``."""
+    return int(np.ceil(valid_cells - 1e-9))
+
+
+def _bilinear_weights(valid_cells: float, grid: int, out_size: int, last: int) -> npt.NDArray[np.float64]:
+    """``(out_size, grid)`` bilinear weights over ``valid_cells`` of an axis, samples clamped to ``[0, last]``."""
     src = (np.arange(out_size) + 0.5) * (valid_cells / out_size) - 0.5
-    src = np.clip(src, 0.0, max(last_valid, 0))
+    src = np.clip(src, 0.0, last)
     i0 = np.floor(src).astype(np.int64)
-    i1 = np.minimum(i0 + 1, max(last_valid, 0))
+    i1 = np.minimum(i0 + 1, last)
     frac = src - i0
     m = np.zeros((out_size, grid))
     rows = np.arange(out_size)
@@ -77,13 +86,10 @@ def read_padding_before_pooling_2(image_size: tuple[int, int], model_family: str
         return False
     from alps_client.backends.preprocess import get_preprocess_shape
 
-    grid = IMAGE_GRID
     for side in get_preprocess_shape(*image_size):
         valid_cells = side / CELL_PIXELS
-        src = np.clip((np.arange(feature_size) + 0.5) * (valid_cells / feature_size) - 0.5, 0.0, grid - 1)
-        i0 = np.floor(src).astype(np.int64)
-        read = np.where(src > i0, np.minimum(i0 + 1, grid - 1), i0)  # the upper neighbour, where it has weight
-        if (read >= int(np.ceil(valid_cells - 1e-9))).any():
+        then = _bilinear_weights(valid_cells, IMAGE_GRID, feature_size, IMAGE_GRID - 1)  # the old clamp
+        if then[:, _cells_holding(valid_cells):].any():
             return True
     return False
 
