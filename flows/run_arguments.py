@@ -296,15 +296,15 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             InputConfig(tile=inputs.get("tile")).overlap == inputs["overlap"]:
         # A dataset's manifest records the overlap its tile was given by default: another --tile takes its own.
         from_file = {**from_file, "inputs": {k: x for k, x in inputs.items() if k != "overlap"}}
-    kind = v.get("kind") or (from_file.get("backend") or {}).get("kind")
+    file_backend = from_file.get("backend") or {}
+    kind = v.get("kind") or file_backend.get("kind")
     v["triton_urls"], urls_from = triton_urls({**v, "kind": kind})
     defaults = dataclasses.asdict(BackendConfig())
     in_file = [f"backend.{name}" for name in TRITON_FLAGS  # (a whole config's dump holds their defaults: unused)
-               if (from_file.get("backend") or {}).get(name) not in (None, False) and
-               _as_json((from_file.get("backend") or {}).get(name)) != _as_json(defaults[name])]
-    if in_file and kind != "triton" and (from_file.get("backend") or {}).get("kind") == "triton":
+               if file_backend.get(name) not in (None, False) and _as_json(file_backend[name]) != _as_json(defaults[name])]
+    if in_file and kind != "triton" and file_backend.get("kind") == "triton":
         # the file's Triton backend (a served run's dataset), replaced by --backend embedded: its servers go unused
-        from_file = {**from_file, "backend": {k: x for k, x in from_file["backend"].items() if k not in TRITON_FLAGS}}
+        from_file = {**from_file, "backend": {k: x for k, x in file_backend.items() if k not in TRITON_FLAGS}}
     elif in_file and kind != "triton":
         one = len(in_file) == 1
         raise ValueError(f"--config {v['config']} sets {' and '.join(in_file)}, which appl{'ies' if one else 'y'} to "
