@@ -295,6 +295,23 @@ def test_a_rerun_with_nothing_new_leaves_the_dataset_as_it_was_and_anything_chan
     assert "renamed" in (renamed / "report" / "index.html").read_text()
 
 
+def test_a_rejected_input_deleted_or_fixed_before_a_rerun_leaves_the_datasets_errors(fake_repo, scenes, tmp_path):
+    """The rejected inputs are an input of the write: a rerun with the same images but no rejected file must not keep
+    the dataset that lists it (mutation audit: they could drop out of the write's key with every test passing)."""
+    cfg = small_config(fake_repo)
+    data = copies_of_scenes(scenes, tmp_path / "data", 2)
+    (data / "broken.png").write_bytes(b"")
+    out = tmp_path / "out"
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert [Path(e["path"]).name for e in read_jsonl(out / "errors.jsonl")] == ["broken.png"]
+    (data / "broken.png").unlink()
+    again = alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert again["n_skipped"] == 2 and not again["dataset_unchanged"]
+    assert read_jsonl(out / "errors.jsonl") == [] and json.loads((out / "manifest.json").read_text())[
+        "counts"]["n_errors"] == 0
+    assert alps_flow(str(data), str(out), cfg, progress_bar=False)["dataset_unchanged"]
+
+
 def _as_an_earlier_alps_wrote(shard: Path) -> None:
     """Rewrite ``shard`` as alps wrote it before its features' pooling was recorded (no ``extra["pooling"]``)."""
     with np.load(shard) as data:
@@ -1215,6 +1232,13 @@ def test_a_rerun_whose_clusters_differ_says_so_and_keeps_the_earlier_ones(fake_r
     assert carried["earlier_centroids"] == str(moved / Path(kept).relative_to(out)) and Path(
         carried["earlier_centroids"]).is_file()
     out, kept = moved, carried["earlier_centroids"]
+    # Those earlier clusters deleted (OUT/.alps tidied by hand): the dataset no longer names them as kept
+    saved = Path(kept).read_bytes()
+    Path(kept).unlink()
+    (out / ".alps" / "written.json").unlink()
+    alps_flow(str(data), str(out), cfg, progress_bar=False)
+    assert "classes_renumbered" not in json.loads((out / "manifest.json").read_text())
+    Path(kept).write_bytes(saved)
     with run_log("prefect.task_runs") as logged:
         alps_flow(str(data), str(out), dataclasses.replace(cfg, cluster=ClusterConfig(n_clusters=4, centroids=kept)),
                   progress_bar=False)
