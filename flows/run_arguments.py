@@ -215,7 +215,7 @@ def settings_in_file(path: str) -> dict[str, Any]:
     import yaml
 
     from alps_client.errors import AlpsError, shortened
-    from alps_client.labels.relabel import unique_json_keys, unique_key_loader, yaml_problem
+    from alps_client.labels.relabel import unique_json_keys, unique_key_loader
     from flows.run_config import validated_config
 
     folder = Path(path).is_dir()
@@ -225,12 +225,12 @@ def settings_in_file(path: str) -> dict[str, Any]:
         data = (json.loads(text, object_pairs_hook=unique_json_keys) if file.suffix.lower() == ".json" else
                 yaml.load(text, Loader=unique_key_loader()))
     except FileNotFoundError:
-        raise AlpsError(f"--config {path}: no such file{' (not a dataset alps wrote)' if folder else ''}"
-                        "; give a JSON or YAML file of settings, or a dataset's folder or manifest.json") from None
+        what = "a folder without a manifest.json (not a dataset alps wrote)" if folder else "no such file"
+        raise AlpsError(f"--config {path}: {what}; give a JSON or YAML file of settings, or a dataset's folder or "
+                        "manifest.json") from None
     except yaml.YAMLError as err:
-        problem = yaml_problem(err)
-        tabs = " (indent with spaces, not tabs)" if "\\t" in problem else ""
-        raise AlpsError(f"--config {file}: not valid YAML: {problem}{tabs}") from None
+        raise AlpsError(f"--config {file}: not valid YAML: {_yaml_problem_said(err, text)}; correct the file and "
+                        "run again") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AlpsError(f"--config {file}: cannot be read as JSON or YAML settings ({reason})") from None
@@ -260,6 +260,23 @@ def settings_in_file(path: str) -> dict[str, Any]:
     as_validated = config.to_dict() if config is not None else {}  # ("3e-1", which YAML reads as text, is 0.3)
     return {part: {name: as_validated[part][name] for name in fields} if isinstance(fields, dict) else fields
             for part, fields in data.items()}
+
+
+def _yaml_problem_said(err: Exception, text: str) -> str:
+    """PyYAML's error in ``text`` in one line (:func:`~alps_client.labels.relabel.yaml_problem`).
+
+    Said otherwise where PyYAML's own words mislead: a second document, a tab.
+    """
+    from alps_client.labels.relabel import yaml_problem
+
+    problem = yaml_problem(err)
+    if "found another document" in problem:  # PyYAML: "but found another document at line 3 column 1"
+        return f"a second YAML document ('---') {problem.split('another document ')[-1]}: settings are one mapping"
+    mark = getattr(err, "problem_mark", None)
+    if "\\t" in problem and mark is not None:
+        before = text.splitlines()[mark.line][:mark.column] if mark.line < len(text.splitlines()) else ""
+        problem += " (indent with spaces, not tabs)" if not before.strip() else " (YAML takes no tab there: use a space)"
+    return problem
 
 
 def _flag_settings(v: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ in one line what is wrong (:func:`validated_config`).
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Annotated, Any
 
@@ -48,12 +49,52 @@ def unknown_fields(settings: dict[str, Any], cls: type = PipelineConfig, prefix:
 
 
 def describe_invalid(err: pydantic.ValidationError, prefix: str = "config") -> str:
-    """Pydantic's errors as one line: ``config.cluster: n_clusters must be ... got 0``, each field named once."""
-    lines = []
+    """Pydantic's errors as one line, each field named once with what it accepts and the value it got.
+
+    ``config.cluster.n_clusters: should be a valid integer or 'auto', got 'Auto'``.
+
+    A field of several types (``n_clusters``) gets one error per type from pydantic, each at a location that ends in
+    the type's tag (``...n_clusters.literal['auto']``): they are said as one, at the field.
+    """
+    accepted: dict[str, list[str]] = {}
+    given: dict[str, Any] = {}
+    lines: dict[str, None] = {}  # in order; a field's location alone stands for its line in ``accepted``
     for e in err.errors():
-        where = ".".join([prefix, *map(str, e["loc"])])
-        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return "; ".join(dict.fromkeys(lines))
+        where = ".".join([prefix, *map(str, _field_path(e["loc"]))])
+        if e["msg"].startswith("Value error, "):  # alps' own checks, which say what they got
+            lines[f"{where}: {e['msg'].removeprefix('Value error, ')}"] = None
+            continue
+        msg = f"a mapping of {where}'s settings (left out, their defaults)" if e["type"] == "dataclass_type" else \
+            re.split(r", (?:unable to|got) ", e["msg"].removeprefix("Input should be "))[0]
+        accepted.setdefault(where, []).append(msg)
+        given[where] = e.get("input")
+        lines[where] = None
+    return "; ".join(f"{line}: should be {' or '.join(dict.fromkeys(accepted[line]))}, got {_shown(given[line])}"
+                     if line in accepted else line for line in lines)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> list[int | str]:
+    """``loc`` of a pydantic error without the tags of a union's types.
+
+    What stays: the config's parts and fields, and positions in a field's value.
+    """
+    cls: Any = PipelineConfig
+    path: list[int | str] = []
+    for item in loc:
+        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+        if item in fields:
+            path.append(item)
+            cls = typing.get_type_hints(cls)[str(item)]
+        elif isinstance(item, int) or fields:  # a position in a value; or a name this check does not know
+            path.append(item)
+    return path
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the file wrote it: null, true, 'text', 3 (shortened)."""
+    from alps_client.errors import shortened
+
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else shortened(repr(value), 60)
 
 
 def validated_config(value: PipelineConfig | dict[str, Any] | None, what: str = "the run's config",

@@ -265,12 +265,12 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     with pytest.raises(AlpsError, match=r"config.gate: sigma must .* got 3"):
         config("--config", "settings/bad.yaml")
     (settings / "bad.yaml").write_text("gate: {sigma: 0.2}\ngate: {sigma: 0.4}\n")
-    with pytest.raises(AlpsError, match=r"not valid YAML: key 'gate' given twice .* at line 2 column 1$"):
+    with pytest.raises(AlpsError, match=r"not valid YAML: key 'gate' given twice .* at line 2 column 1; correct the file and run again$"):
         config("--config", "settings/bad.yaml")
     (settings / "bad.yaml").write_text("- 16\n")
     with pytest.raises(AlpsError, match=r"must be a mapping of settings by part, .* got a list$"):
         config("--config", "settings/bad.yaml")
-    with pytest.raises(AlpsError, match=r"--config settings: no such file \(not a dataset alps wrote\)"):
+    with pytest.raises(AlpsError, match=r"--config settings: a folder without a manifest.json \(not a dataset alps "):
         config("--config", "settings")
     with pytest.raises(AlpsError, match=r"--config nowhere.yaml: no such file; give a JSON or YAML file"):
         config("--config", "nowhere.yaml")
@@ -284,6 +284,20 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     (settings / "tab.yaml").write_text("gate:\n\tsigma: 0.5\n")
     with pytest.raises(AlpsError, match=r"not valid YAML: .* at line 2 column 1 \(indent with spaces, not tabs\)"):
         config("--config", "settings/tab.yaml")
+    (settings / "tab.yaml").write_text("gate:\n  sigma:\t0.5\n")  # no indent: spaces would not help there
+    with pytest.raises(AlpsError, match=r"at line 2 column 9 \(YAML takes no tab there: use a space\); correct"):
+        config("--config", "settings/tab.yaml")
+    (settings / "two.yaml").write_text("gate: {sigma: 0.5}\n---\namg: {points_per_side: 8}\n")
+    with pytest.raises(AlpsError, match=r"two.yaml: not valid YAML: a second YAML document \('---'\) at line 2 "):
+        config("--config", "settings/two.yaml")
+    # a field of several types and a part left empty, each said as the file wrote it
+    typed = {"cluster: {n_clusters: Auto}": "config.cluster.n_clusters: should be a valid integer or 'auto', got 'Auto'",
+             "amg:": "config.amg: should be a mapping of config.amg's settings .*, got null",
+             "backend: {kind: Triton}": "config.backend.kind: should be 'embedded' or 'triton', got 'Triton'"}
+    for setting, said in typed.items():
+        (settings / "typed.yaml").write_text(setting + "\n")
+        with pytest.raises(AlpsError, match=f"typed.yaml is not valid: {said}; correct the file"):
+            config("--config", "settings/typed.yaml")
     # the file's values as its check took them (YAML reads 3e-1 as text), and a flag's clash with them said so
     (settings / "values.yaml").write_text("gate: {sigma: 3e-1}\ninputs: {tile: 128, overlap: 100, stitch: true}\n"
                                           "writer: {write_vis: false, write_report: false}\n")
