@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from typing import Any
 
-from flows.exits import EXIT_BROKEN_PIPE, EXIT_OUTPUT_FAILED
+from flows.exits import EXIT_BROKEN_PIPE, EXIT_OUTPUT_FAILED, EXIT_USAGE
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> int:
+    """Say ``message`` on stderr as the commands' error, ``alps: error:`` before each of its lines; return ``code``."""
+    for line in str(message).splitlines() or [""]:
+        print(f"alps: error: {line}", file=sys.stderr)
+    return code
+
+
+def show_library_warnings() -> None:
+    """Warnings of alps_client (a Triton server leaving the rotation, ...) on stderr, one line each."""
+    log = logging.getLogger("alps_client")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("alps: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
 
 
 def open_closed_standard_fds() -> set[int]:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flows.console import fail
+
 if TYPE_CHECKING:
     from alps_client.io.rewrite import RelabelPreview
 
@@ -24,12 +26,6 @@ def a_path(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
     return value
-
-
-def _fail(message: str) -> int:
-    for line in str(message).splitlines() or [""]:
-        print(f"alps: error: {line}", file=sys.stderr)
-    return 2
 
 
 def add_vector_argument(p: argparse._ActionsContainer, help_default: str) -> None:
@@ -46,7 +42,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         size = build_report(args.out)
     except AlpsError as err:
-        return _fail(str(err))
+        return fail(str(err))
     index = Path(args.out).resolve() / "report" / "index.html"
     print(f"Review page: {index.as_uri()}  ({size['files']} files, {size['bytes'] / 1e6:.1f} MB)")
     print(f"Name, merge, drop: copy {index.parent / 'classes.yaml'}, edit it, then "
@@ -67,7 +63,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
         summary, class_map = relabel_dataset(args.out, args.classes, vector, args.write_report,
                                              lambda line: print(f"alps: {line}", file=sys.stderr))
     except AlpsError as err:
-        return _fail(str(err))
+        return fail(str(err))
     print(f"Relabelled {args.out}: {counted(summary.n_images, 'image')}, {counted(class_map.n_classes, 'class')} "
           f"({', '.join(class_map.names[:8])}{', ...' if class_map.n_classes > 8 else ''})"
           f"{f'; clusters {class_map.dropped} dropped (255)' if class_map.dropped else ''}")
@@ -91,7 +87,7 @@ def _dry_run(args: argparse.Namespace, vector: str | None) -> int:
         preview = preview_relabel(args.out, args.classes, lambda line: print(f"alps: {line}", file=sys.stderr),
                                   vector, args.write_report)
     except AlpsError as err:
-        return _fail(str(err))
+        return fail(str(err))
     print(f"Dry run (nothing written): with {args.classes}, {args.out} would have "
           f"{counted(preview.class_map.n_classes, 'class')} (now {preview.current.n_classes}):")
     for line in relabel_table(preview):

@@ -149,10 +149,12 @@ def test_the_flow_script_is_the_same_command(tmp_path):
 
 def test_an_error_without_a_message_still_gives_one_named_line(capsys):
     from alps_client.runs.retry import describe
-    from flows.cli import _fail
+    from flows.console import fail
 
-    assert _fail(describe(RuntimeError())) == 2
+    assert fail(describe(RuntimeError())) == 2
     assert capsys.readouterr().err == "alps: error: RuntimeError\n"
+    assert fail("a line\nanother", 3) == 3  # each line a named one
+    assert capsys.readouterr().err == "alps: error: a line\nalps: error: another\n"
 
 
 @pytest.mark.parametrize("err", [
@@ -166,7 +168,7 @@ def test_a_run_out_of_memory_after_labelling_is_resumable_not_a_bug(err, tmp_pat
 
     from prefect.states import Failed
 
-    from flows.cli import _outcome
+    from flows.run_cli import _outcome
 
     failed = Failed(data=err)  # the state a flow run that raised it ends in
     assert _outcome(failed, SimpleNamespace(out=str(tmp_path / "out"))) == 3
@@ -561,8 +563,8 @@ def test_serve_says_when_its_default_dataset_or_model_repository_is_not_there(fa
     """`alps serve --dataset TYPO` registered a deployment whose every default run failed, without a word; and with
     PREFECT_API_URL unreachable it said to unset it, which serve then refused ("needs a server that outlives it")."""
     from alps_client.config import BackendConfig
-    from flows.cli import serve_default_warnings
     from flows.prefect_api import PrefectApiError, check_reachable
+    from flows.serve_cli import serve_default_warnings
 
     assert serve_default_warnings(str(tmp_path), BackendConfig(model_repository=str(fake_repo))) == []
     said = serve_default_warnings(str(tmp_path / "typo"), BackendConfig(model_repository=str(tmp_path / "repo")))
@@ -847,7 +849,7 @@ def test_a_run_refused_after_its_start_leaves_no_new_out_folder(fault_data, fake
     """A run into a new --out refused once started (a backend it cannot open: a Triton server unreachable, here
     Triton asked to serve the numpy fake) left OUT/.alps with its lock and names: exit 2 said nothing new. The
     parents it made go too; a folder that existed, or holds more than the run's records, stays."""
-    from flows.cli import _folders_to_make, _leave_no_folder
+    from flows.run_cli import _folders_to_make, _leave_no_folder
 
     out = tmp_path / "new" / "nested" / "out"
     result = run_alps(["run", fault_data, "--out", out, "--model-repository", fake_repo, "--backend", "triton"],

@@ -1053,7 +1053,7 @@ def test_a_stop_after_the_dataset_write_leaves_a_dataset_the_record_owns(fake_re
     from datetime import datetime, timezone
 
     import flows.alps_flow as flow_module
-    from flows.cli import _stopped_after_the_write
+    from flows.run_cli import _stopped_after_the_write
 
     out = tmp_path / "out"
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -1639,7 +1639,7 @@ def test_many_rejected_inputs_are_logged_up_to_a_limit_and_every_cut_list_says_s
     UI), and the listings it cut (the console's ten, the artifact's first rows) did not say they were cut."""
     from flows import alps_flow as flow_module
     from flows import artifacts
-    from flows.cli import _print_summary
+    from flows.run_cli import _print_summary
 
     monkeypatch.setattr(flow_module, "LOGGED_REJECTED", 3)
     monkeypatch.setattr(artifacts, "TABLE_ROWS", 4)

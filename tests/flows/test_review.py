@@ -431,7 +431,7 @@ def test_a_run_whose_swap_fails_part_way_says_out_holds_some_of_each_until_a_rer
     import dataclasses
 
     import alps_client.io.publish as publish_module
-    from flows.cli import _outcome
+    from flows.run_cli import _outcome
 
     out = Path(shutil.copytree(labelled.out, tmp_path / "out"))
     config = rerun_config(labelled, fake_repo)

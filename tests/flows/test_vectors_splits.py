@@ -59,7 +59,7 @@ def geo_run(tmp_path_factory, fake_repo):
 
 
 def test_existing_train_val_test_folders_are_kept(geo_run, capsys):
-    from flows.cli import _print_summary
+    from flows.run_cli import _print_summary
 
     out, result = geo_run
     assert not result["errors"]
