@@ -133,3 +133,14 @@ def test_bad_inputs(embedded_backend):
     assert AmgConfig(points_per_side=16, crop_n_layers=2, crop_n_points_downscale_factor=4).crop_n_layers == 2
     with pytest.raises(ValueError, match="point_grids must hold crop_n_layers"):
         AmgConfig(points_per_side=None, point_grids=(((0.5, 0.5),),), crop_n_layers=1)
+
+
+# Sizes the cases above miss: a side that fills a whole number of SAM's 16-px cells below 1024 (a 4:3 photo, 768
+# of 1024) both ways round, and an original over 1024 px (downscaled by the encoder, masks upscaled back).
+@pytest.mark.parametrize("size", [(768, 1024), (1024, 768), (1100, 1300)], ids=["4:3", "3:4", "over-1024"])
+def test_parity_with_meta_at_photo_sizes(embedded_backend, stand_in_sam, size):
+    image, _ = make_shapes_scene(seed=7, size=size)
+    theirs = SamAutomaticMaskGenerator(stand_in_sam, points_per_side=4).generate(image)
+    ours = MaskGenerator(embedded_backend, AmgConfig(points_per_side=4)).generate(image)
+    assert_same_masks(ours, theirs)
+    assert all(r["segmentation"].shape == size for r in ours)
