@@ -296,6 +296,9 @@ def _whole_numbers(arr: npt.NDArray[Any], path: Path) -> npt.NDArray[np.integer]
 def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[Any], float | None, int]:
     """The pixels of a label map, ``(H, W)`` or ``(H, W, C)`` (PNG, or TIFF through rasterio), its nodata, its pages.
 
+    Pixels are as displayed: turned by a file's EXIF orientation (a TIFF's Orientation tag), as ``alps run`` turns
+    the image it labels, so the label map and its ground truth have one frame; a georeferenced TIFF as stored.
+
     The nodata value is the one a single-band raster declares; None if it declares none. A palette PNG gives its
     indices, or with ``palette_colours`` (colours declared for colour-coded ground truth) its colours. Of a file of
     several pages (a multi-page TIFF, an animated GIF or WebP) the first is read, as ``alps run`` reads images.
@@ -304,9 +307,11 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
         MAX_PIL_PIXELS,
         check_gdal_can_open,
         displayed_orientation,
+        image_orientation,
         pil_pixel_limit,
         raster_io,
         upright,
+        upright_pixels,
     )
 
     if path.is_file() and path.stat().st_size == 0:
@@ -326,9 +331,10 @@ def read_array(path: Path, palette_colours: bool = False) -> tuple[npt.NDArray[A
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with pil_pixel_limit(MAX_PIL_PIXELS):
                 im = Image.open(path)
-        with im:
-            pages = int(getattr(im, "n_frames", 1))
-            return np.asarray(im.convert("RGB") if palette_colours and im.mode == "P" else im), None, pages
+        with im:  # turned by its EXIF orientation, as alps run turns the image it labels (and as a TIFF above)
+            pages, orientation = int(getattr(im, "n_frames", 1)), image_orientation(im)
+            arr = np.asarray(im.convert("RGB") if palette_colours and im.mode == "P" else im)
+        return upright_pixels(arr, orientation), None, pages
     except AlpsError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

@@ -247,7 +247,7 @@ def displayed_orientation(path: Path, src: Any) -> int:
         return 1
     try:
         with _open_image(path, _HEADER_ONLY) as im:
-            return _orientation(im)
+            return image_orientation(im)
     except (OSError, SyntaxError, ValueError, InputImageError):  # a TIFF PIL cannot open: as GDAL reads it
         return 1
 
@@ -320,7 +320,14 @@ def upright(array: npt.NDArray[Any], orientation: int) -> npt.NDArray[Any]:
     return np.ascontiguousarray(_UPRIGHT.get(orientation, _UPRIGHT[1])(array))
 
 
-def _orientation(im: Image.Image) -> int:
+def upright_pixels(pixels: npt.NDArray[Any], orientation: int) -> npt.NDArray[Any]:
+    """``(H, W)`` or ``(H, W, C)`` stored pixels as displayed under EXIF ``orientation`` (:func:`upright`)."""
+    if pixels.ndim == 2:
+        return upright(pixels, orientation)
+    return np.moveaxis(upright(np.moveaxis(pixels, -1, 0), orientation), 0, -1)
+
+
+def image_orientation(im: Image.Image) -> int:
     """Orientation from the header only: EXIF, else XMP's ``tiff:Orientation`` or ImageMagick's raw EXIF profile.
 
     As ``ImageOps.exif_transpose`` reads it, but for a PNG's eXIf chunk after its pixels: PIL's ``getexif`` on a
@@ -363,7 +370,7 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
     try:
         with _open_image(path, _HEADER_ONLY) as im:  # its size decides what happens next
             w, h = im.size
-            orientation = _orientation(im)
+            orientation = image_orientation(im)
             frames = int(getattr(im, "n_frames", 1))  # an animated PNG or WebP: from its header
     except UnidentifiedImageError as err:
         raise bad_input(path, "not an image (PIL cannot identify it)") from err
@@ -376,7 +383,7 @@ def image_header(path: str | Path, bands: tuple[int, ...] | None = None) -> tupl
 def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedImage:
     try:
         with _open_image(path, MAX_PIL_PIXELS if tiled else None) as im:
-            orientation = _orientation(im)  # the pixels are turned below, as arrays
+            orientation = image_orientation(im)  # the pixels are turned below, as arrays
             # an animated PNG's or WebP's other frames are not labelled: img_dir gets the first frame alone
             one_frame = int(getattr(im, "n_frames", 1)) == 1
             im.load()
@@ -400,8 +407,7 @@ def _load_pil(path: Path, config: InputConfig, tiled: bool = False) -> LoadedIma
         corrupt = f"truncated or corrupt image data ({shortened(str(err))})"
         raise read_failure(path, err) or bad_input(path, corrupt) from err
     if orientation != 1:  # (H, W) or (H, W, C): turned as displayed, as the header said (image_header)
-        data = upright(data, orientation) if data.ndim == 2 else np.moveaxis(upright(np.moveaxis(data, -1, 0),
-                                                                                      orientation), 0, -1)
+        data = upright_pixels(data, orientation)
         valid = None if valid is None else upright(valid, orientation)
     rgb, extra = to_rgb(data, valid, config)
     plain = (extension_of(path.name) in PLAIN_COPY_EXTENSIONS and mode == "RGB" and orientation == 1 and valid is None

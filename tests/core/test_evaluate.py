@@ -1044,6 +1044,20 @@ def test_tiff_ground_truth_is_read_as_alps_run_reads_its_image(tmp_path):
     turned, _, _ = read_array(tmp_path / "turned.tif")
     assert turned.shape == (10, 6) and np.array_equal(turned, np.rot90(ids, -1))
     assert np.array_equal(read_array(tmp_path / "placed.tif")[0], ids)
+    # PNG and the other formats PIL reads: turned by their EXIF orientation too (they were read as stored, so a
+    # square label map of a turned image scored against its truth turned the other way, unsaid)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(ids).save(tmp_path / "turned.png", exif=exif)
+    Image.fromarray(np.stack([ids * 200] * 3, -1)).save(tmp_path / "turned_rgb.png", exif=exif)
+    assert np.array_equal(read_array(tmp_path / "turned.png")[0], np.rot90(ids, -1))
+    assert np.array_equal(read_array(tmp_path / "turned_rgb.png")[0][..., 1], np.rot90(ids * 200, -1))
+    square = np.zeros((8, 8), np.uint8)
+    square[:2, :5] = 1
+    write(tmp_path / "case" / "out" / "ann_dir" / "train" / "a.png", np.rot90(square, -1))  # as alps run labels it
+    (tmp_path / "case" / "gt").mkdir()
+    Image.fromarray(square).save(tmp_path / "case" / "gt" / "a.png", exif=exif)
+    assert evaluate_dataset(tmp_path / "case" / "out", tmp_path / "case" / "gt").miou == 1.0  # 0.36 as stored
     latin1 = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.tif"))
     Image.fromarray(ids).save(latin1)
     with pytest.raises(AlpsError, match=r"caf\udce9\.tif: GDAL .* opens no file whose name is not UTF-8"):
