@@ -42,6 +42,10 @@ from alps_client.io.publish import dataset_version, finish_killed_swap, swap_pen
 from alps_client.labels.classes import written_class_names
 from alps_client.labels.painting import IGNORE
 
+# A binary mask blurred by lossy compression: the values between 0 and 255 hold less than this share of its
+# pixels, each less than the second (a class of its own holds more).
+BLURRED_SHARE, BLURRED_VALUE_SHARE = 0.25, 0.01
+
 
 def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching = "hungarian",
                      exclude_unlabelled_images: bool = False, ignore_index: IgnoreIndex = None,
@@ -178,6 +182,17 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         greys = " (RGB label maps of greys: ids saved as grey pixels)" if colours.ids else ""
         raise AlpsError(_colour_for_ids(ignore_index, f"the ground truth under {gt_root} holds class ids{greys}"))
     values = conf.values.tolist()
+    blurred = _blurred_binary(conf) if classes is None and not colour_names else None
+    lossy = [gts[stem] for stem in matched + missing_pred if is_lossy(gts[stem])] if blurred else []
+    if lossy:
+        n_between, share = blurred  # type: ignore[misc]
+        raise AlpsError(f"the ground truth under {gt_root} holds 0 and 255 and {n_between} values between them on "
+                        f"{share:.1%} of its pixels, in files of lossy compression (e.g. {lossy[0]}): a binary mask "
+                        "whose edges the compression blurred? Each of those values would be scored as a class, and "
+                        "its 255 pixels ignored. Declare its two colours in a classes file, e.g. {classes: [{name: "
+                        "background, colour: '#000000'}, {name: foreground, colour: '#ffffff'}]}, and give "
+                        "--gt-classes FILE --gt-colour-tolerance 127: each pixel then takes the nearer (if those "
+                        "values are classes, declare each as {name, id} in --gt-classes FILE)")
     if (not ignore_list(ignore_index) and IGNORE in values and not colour_names and not class_255
             and (values == [0, IGNORE] or wide)):
         what = ("holds only 0 and 255: a binary mask?" if values == [0, IGNORE] else
@@ -249,15 +264,33 @@ def _values_in(paths: list[Path], colours: ColourIds) -> set[tuple[bool, int]]:
     return values
 
 
+def _blurred_binary(conf: Confusion) -> tuple[int, float] | None:
+    """Whether ground truth looks like a binary 0/255 mask whose edges lossy compression blurred (JPEG: Kvasir-SEG's).
+
+    Returns ``(values between 0 and 255, their share of the pixels)``, or None. A blurred mask has 0 and 255 both
+    present, and the values between them rare: each under 1 % of the pixels, together under 25 % (a class of its own
+    holds more).
+    """
+    pixels, values = conf.counts.sum(0), conf.values
+    ends = np.isin(values, (0, IGNORE))
+    total = int(pixels.sum())
+    if ends.sum() < 2 or ends.all() or not total:
+        return None
+    between = pixels[~ends]
+    if between.sum() >= BLURRED_SHARE * total or between.max() >= BLURRED_VALUE_SHARE * total:
+        return None
+    return int((~ends).sum()), float(between.sum() / total)
+
+
 def _lossy_ground_truth(paths: list[Path]) -> str:
     """What to know of ground truth stored with lossy compression (JPEG, JPEG 2000, WebP), or "" if none is."""
     lossy = [path for path in paths if is_lossy(path)]
     if not lossy:
         return ""
     return (f"{counted(len(lossy), 'file')} of the ground truth {'uses' if len(lossy) == 1 else 'use'} lossy "
-            f"compression (e.g. {lossy[0]}), which changes values at class edges: give colour-coded ground truth "
-            "--gt-classes with --gt-colour-tolerance; of grey class ids, a value that --gt-classes does not declare "
-            "is refused (without it, scored as a class)")
+            f"compression (e.g. {lossy[0]}), which changes values at class edges: give colour-coded ground truth, "
+            "or grey masks (their greys as colours), --gt-classes with --gt-colour-tolerance; of grey class ids, a "
+            "value that --gt-classes does not declare is refused (without it, scored as a class)")
 
 
 def _refuse_near_misses(out: Path, gt_root: Path, truths: dict[str, Path], labels: dict[str, Path | list[Path]],

@@ -1062,3 +1062,32 @@ def test_tiff_ground_truth_is_read_as_alps_run_reads_its_image(tmp_path):
     Image.fromarray(ids).save(latin1)
     with pytest.raises(AlpsError, match=r"caf\udce9\.tif: GDAL .* opens no file whose name is not UTF-8"):
         read_array(latin1)
+
+
+def test_a_binary_mask_saved_as_jpeg_is_refused_and_read_through_its_two_colours(tmp_path, capsys):
+    """Kvasir-SEG's masks are JPEG: compression spreads a 0/255 mask's edges over dozens of values. Each was scored
+    as a class, and the foreground's 255 ignored: mIoU 0.02 for perfect labels, with only the generic lossy
+    warning (mutation audit). Refused now, saying how to read it; the way it says gives the true figures."""
+    yy, xx = np.mgrid[:64, :64]
+    polyp = (yy - 30) ** 2 + (xx - 34) ** 2 < 18**2
+    gt = np.where(polyp, 255, 0).astype(np.uint8)
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt).save(tmp_path / "gt" / "a.jpg", quality=75)  # mode L, as Kvasir's read
+    noisy = np.asarray(Image.open(tmp_path / "gt" / "a.jpg"))
+    assert len(np.unique(noisy)) > 5  # the case: values between 0 and 255
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", np.where(polyp, 3, 1))  # perfect labels
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err
+    assert "holds 0 and 255 and" in err and "a binary mask whose edges the compression blurred?" in err
+    assert "--gt-classes FILE --gt-colour-tolerance 127" in err and str(tmp_path / "gt" / "a.jpg") in err
+    (tmp_path / "classes.yaml").write_text("classes: [{name: background, colour: '#000000'}, "
+                                           "{name: polyp, colour: '#ffffff'}]\n")
+    report = evaluate_cli(tmp_path, "--gt-classes", str(tmp_path / "classes.yaml"), "--gt-colour-tolerance", "127")
+    assert report["miou"] == 1.0 and report["class_to_pseudo_labels"] == {"0": [1], "1": [3]}
+    assert report["ground_truth_pixels_snapped"] > 0
+    # Ground truth of class ids with a small class of its own is no blurred mask: scored as before
+    ids = gt.copy()
+    ids[:6, :12] = 7  # 1.8 % of the pixels
+    Image.fromarray(ids).save(tmp_path / "gt" / "a.jpg", quality=100)
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt"), "--ignore-index", "none",
+                 "--json", str(tmp_path / "ids.json")]) == 0
