@@ -230,7 +230,9 @@ def suffixes_that_match(truths: list[str], images: list[str], gt_suffix: str = "
         return ""
     paired = {t.removesuffix(ends[0]) for t in truths} & {i.removesuffix(ends[1]) for i in images}
     gt_end, image_end = gt_suffix or ends[0], image_suffix or ends[1]
-    flags = " ".join(f"--{side}-suffix {end}" for side, end in (("gt", gt_end), ("image", image_end)) if end)
+    # "--gt-suffix -mask" is refused by argparse (a value led by "-" reads as a flag): "--gt-suffix=-mask" is not
+    flags = " ".join(f"--{side}-suffix{'=' if end.startswith('-') else ' '}{end}"
+                     for side, end in (("gt", gt_end), ("image", image_end)) if end)
     name = min(paired)
     return (f": give {flags} to pair them by the rest of their names ({counted(len(paired), 'name')} would "
             f"pair, e.g. {name + gt_end} with {name + image_end})")
