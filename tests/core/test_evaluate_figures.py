@@ -383,3 +383,30 @@ def test_nan_voxels_of_a_reoriented_nifti_ground_truth_are_left_out_where_they_a
     assert report.miou == 1.0 and report.coverage == 1.0 and report.pixel_accuracy == 1.0
     assert report.per_image[0]["pixels"] == ids.size - 48
     assert "stored in another orientation than the volume labelled" in report.warnings[0]
+
+
+# --- lossy ground truth ---------------------------------------------------------------------------------------------
+
+
+def test_lossy_formats_are_told_apart_from_lossless_ones_by_their_bytes(tmp_path):
+    """A lossless WebP keeps its values: warning of it would send the user to a tolerance they do not need."""
+    from alps_client.evaluate.ground_truth import is_lossy
+
+    ids = bands(0, 1, rows=8, width=16).astype(np.uint8)
+    Image.fromarray(ids).save(tmp_path / "lossless.webp", lossless=True)
+    Image.fromarray(ids).save(tmp_path / "lossy.webp", quality=80)
+    Image.fromarray(ids).save(tmp_path / "a.jpg")
+    Image.fromarray(ids).save(tmp_path / "a.png")
+    assert [is_lossy(tmp_path / name) for name in ("lossless.webp", "lossy.webp", "a.jpg", "a.png")] == [
+        False, True, True, False]
+
+
+def test_lossy_ground_truth_of_an_image_without_a_pseudo_label_is_warned_of_too(tmp_path, capsys):
+    """Its values are scored (as misses): their compression noise counts as classes as much as a paired file's."""
+    gt = bands(0, 1, rows=20)
+    write(tmp_path / "out" / "ann_dir" / "train" / "a.png", gt + 3)
+    write(tmp_path / "gt" / "a.png", gt)
+    Image.fromarray(gt.astype(np.uint8)).save((tmp_path / "gt" / "b.jpg"), quality=100)
+    report, _, err = evaluate_cli(tmp_path, capsys)
+    assert report["missing_pseudo_labels"] == ["b"]
+    assert [w for w in report["warnings"] if "lossy" in w] != [] and "b.jpg" in err
