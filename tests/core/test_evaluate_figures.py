@@ -410,3 +410,37 @@ def test_lossy_ground_truth_of_an_image_without_a_pseudo_label_is_warned_of_too(
     report, _, err = evaluate_cli(tmp_path, capsys)
     assert report["missing_pseudo_labels"] == ["b"]
     assert [w for w in report["warnings"] if "lossy" in w] != [] and "b.jpg" in err
+
+
+# --- NIfTI orientation ------------------------------------------------------------------------------------------------
+
+
+def test_a_2d_nifti_ground_truth_on_another_plane_than_its_slice_is_refused():
+    """A 2-D NIfTI image is a volume of one slice: one whose affine puts that slice on another plane than the image
+    labelled (a sagittal mask for an axial slice) was cut to a (4, 1) strip and scored, unsaid (mutation audit)."""
+    from alps_client.evaluate.orientation import to_voxel_order
+
+    ids = np.arange(20).reshape(4, 5)
+    axes_swapped = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # RSA: its j and k swapped
+    with pytest.raises(AlpsError, match=r"gt.nii: its affine puts its voxels on another grid than the volume "
+                                        r"labelled, ct.nii.gz \(RAS, .* there, RSA, .* here\)"):
+        to_voxel_order([ids, None], np.eye(4), axes_swapped, Path("gt.nii"), "ct.nii.gz")
+    flipped = np.diag([-1.0, 1, 1, 1])
+    flipped[0, 3] = 3  # the same grid, its first axis the other way: reordered, not refused
+    assert np.array_equal(to_voxel_order([ids, None], np.eye(4), flipped, Path("gt.nii"), "ct.nii.gz")[0], ids[::-1])
+
+
+def test_nifti_ground_truth_of_a_volume_whose_affine_is_unknown_is_said_unchecked(tmp_path):
+    """Neither a label volume in OUT nor a shard naming the source: compared index by index, which the report
+    must say, or an LPS truth against a RAS volume scores as a mirror image, unsaid."""
+    from alps_client.evaluate.ground_truth import GroundTruth
+    from alps_client.evaluate.orientation import in_volume_order, orientation_note
+
+    read = GroundTruth(np.zeros((4, 5, 2), np.int64), affine=np.eye(4))
+    reoriented: list[tuple[Path, str, str]] = []
+    unplaced: list[Path] = []
+    parts = [tmp_path / "out" / "ann_dir" / "train" / f"ct__z000{k}.png" for k in range(2)]
+    assert in_volume_order(tmp_path / "out", read, parts, tmp_path / "gt" / "ct.nii.gz", reoriented, unplaced) is read
+    assert reoriented == [] and unplaced == [tmp_path / "gt" / "ct.nii.gz"]
+    assert orientation_note(reoriented, unplaced).startswith("1 ground-truth volume compared index by index, "
+                                                             "unchecked for orientation")
