@@ -444,3 +444,19 @@ def test_nifti_ground_truth_of_a_volume_whose_affine_is_unknown_is_said_unchecke
     assert reoriented == [] and unplaced == [tmp_path / "gt" / "ct.nii.gz"]
     assert orientation_note(reoriented, unplaced).startswith("1 ground-truth volume compared index by index, "
                                                              "unchecked for orientation")
+
+
+def test_the_inputs_a_run_did_not_label_are_read_from_its_errors_and_its_missing_images(tmp_path):
+    """Their ground truth is theirs, not a near miss of another image's: an input left out by --allow-partial
+    (manifest's ``missing``) as much as a rejected one (``errors.jsonl``)."""
+    from alps_client.evaluate.pairing import near_misses, rejected_inputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "errors.jsonl").write_text(json.dumps({"path": "/data/north/broken.png", "reason": "not an image"}) + "\n")
+    (out / "manifest.json").write_text(json.dumps({"missing": [{"path": "/data/north/c.png", "stem": "north__c",
+                                                                "reason": "failed"}]}))
+    assert rejected_inputs(out) == ["/data/north/broken.png", "/data/north/c.png"]
+    unpaired = {"west__c": "west/c.png"}  # labelled, without ground truth: north/c.png would look like its truth
+    assert near_misses(["north/c.png"], unpaired)[0] == [("north/c.png", "west__c")]
+    assert near_misses(["north/c.png"], unpaired, rejected=rejected_inputs(out))[0] == []
