@@ -64,8 +64,13 @@ def describe_invalid(err: pydantic.ValidationError, prefix: str = "config") -> s
         if e["msg"].startswith("Value error, "):  # alps' own checks, which say what they got
             lines[f"{where}: {e['msg'].removeprefix('Value error, ')}"] = None
             continue
-        msg = f"a mapping of {where}'s settings (left out, their defaults)" if e["type"] == "dataclass_type" else \
-            re.split(r", (?:unable to|got) ", e["msg"].removeprefix("Input should be "))[0]
+        if e["type"] == "dataclass_type":
+            msg = f"a mapping of {where}'s settings (left out, their defaults)"
+        elif e["msg"].startswith("Input should be "):  # what the field takes: one of a union's, said with the rest
+            msg = re.split(r", (?:unable to|got) ", e["msg"].removeprefix("Input should be "))[0]
+        else:  # pydantic's own sentence ("Tuple should have at most 2 items ...", "Field required")
+            lines[f"{where}: {e['msg']}"] = None
+            continue
         accepted.setdefault(where, []).append(msg)
         given[where] = e.get("input")
         lines[where] = None

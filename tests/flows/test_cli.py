@@ -295,7 +295,9 @@ def test_a_config_file_gives_every_setting_and_the_flags_given_override_it(tmp_p
     # a field of several types and a part left empty, each said as the file wrote it
     typed = {"cluster: {n_clusters: Auto}": "config.cluster.n_clusters: should be a valid integer or 'auto', got 'Auto'",
              "amg:": "config.amg: should be a mapping of config.amg's settings .*, got null",
-             "backend: {kind: Triton}": "config.backend.kind: should be 'embedded' or 'triton', got 'Triton'"}
+             "backend: {kind: Triton}": "config.backend.kind: should be 'embedded' or 'triton', got 'Triton'",
+             "inputs: {intensity_window: [0, 1, 2]}": "config.inputs.intensity_window: Tuple should have at most 2 "
+                                                      "items after validation, not 3"}  # pydantic's own sentence
     for setting, said in typed.items():
         (settings / "typed.yaml").write_text(setting + "\n")
         with pytest.raises(AlpsError, match=f"typed.yaml is not valid: {said}; correct the file"):
