@@ -123,6 +123,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs, recorded_sizes = _input_settings(out) if wholes else ({}, {})
     scene_sizes = {nfc(stem).removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
+    lossy_by_id, lossy_by_colour, first_lossy = Confusion(), Confusion(), None  # the lossy files' own pixels
     nodata, nan_pixels, alpha_files, transparent_pixels = set[float](), 0, 0, 0
     images: list[ImageCounts] = []
     paged: list[tuple[Path, int]] = []  # files of several pages, their first read
@@ -156,6 +157,12 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         if allowed_ids is not None:
             check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
         images.append(ImageCounts.of(stem, part, read.coloured))
+        if is_lossy(gts[stem]):
+            first_lossy = first_lossy or gts[stem]
+            if read.coloured:
+                lossy_by_colour += part
+            else:
+                lossy_by_id += part
         if read.coloured:
             by_colour += part
         else:
@@ -182,17 +189,19 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         greys = " (RGB label maps of greys: ids saved as grey pixels)" if colours.ids else ""
         raise AlpsError(_colour_for_ids(ignore_index, f"the ground truth under {gt_root} holds class ids{greys}"))
     values = conf.values.tolist()
-    blurred = _blurred_binary(conf) if classes is None and not colour_names else None
-    lossy = [gts[stem] for stem in matched + missing_pred if is_lossy(gts[stem])] if blurred else []
-    if lossy:
-        n_between, share = blurred  # type: ignore[misc]
+    # judged on the lossy files' own pixels (RGB ones of greys as ids, as resolved): not on a lossless file's
+    blurred = _blurred_binary(lossy_by_id + lossy_by_colour.with_values(colours.grey_values())) \
+        if first_lossy is not None and classes is None and not colour_names else None
+    if blurred is not None:
+        n_between, share = blurred
+        ignored_255 = ", and its 255 pixels ignored" if IGNORE in ignored_values(ignore_index) else ""
         raise AlpsError(f"the ground truth under {gt_root} holds 0 and 255 and {n_between} values between them on "
-                        f"{share:.1%} of its pixels, in files of lossy compression (e.g. {lossy[0]}): a binary mask "
-                        "whose edges the compression blurred? Each of those values would be scored as a class, and "
-                        "its 255 pixels ignored. Declare its two colours in a classes file, e.g. {classes: [{name: "
-                        "background, colour: '#000000'}, {name: foreground, colour: '#ffffff'}]}, and give "
-                        "--gt-classes FILE --gt-colour-tolerance 127: each pixel then takes the nearer (if those "
-                        "values are classes, declare each as {name, id} in --gt-classes FILE)")
+                        f"{share:.1%} of the pixels of its lossy files (e.g. {first_lossy}): a binary mask whose "
+                        f"edges the compression blurred? Each of those values would be scored as a class{ignored_255}. "
+                        "Declare its two colours in a classes file, e.g. {classes: [{name: background, colour: "
+                        "'#000000'}, {name: foreground, colour: '#ffffff'}]}, and give --gt-classes FILE "
+                        "--gt-colour-tolerance 127: each pixel then takes the nearer (if those values are classes, "
+                        "declare each as {name, id} in --gt-classes FILE)")
     if (not ignore_list(ignore_index) and IGNORE in values and not colour_names and not class_255
             and (values == [0, IGNORE] or wide)):
         what = ("holds only 0 and 255: a binary mask?" if values == [0, IGNORE] else
@@ -289,8 +298,9 @@ def _lossy_ground_truth(paths: list[Path]) -> str:
         return ""
     return (f"{counted(len(lossy), 'file')} of the ground truth {'uses' if len(lossy) == 1 else 'use'} lossy "
             f"compression (e.g. {lossy[0]}), which changes values at class edges: give colour-coded ground truth, "
-            "or grey masks (their greys as colours), --gt-classes with --gt-colour-tolerance; of grey class ids, a "
-            "value that --gt-classes does not declare is refused (without it, scored as a class)")
+            "or grey masks (declared as greys, '#000000' and '#ffffff'), --gt-classes with --gt-colour-tolerance; "
+            "of grey class ids, a value that --gt-classes does not declare is refused (without it, scored as a "
+            "class)")
 
 
 def _refuse_near_misses(out: Path, gt_root: Path, truths: dict[str, Path], labels: dict[str, Path | list[Path]],

@@ -71,6 +71,10 @@ class ColourIds:
                 self.ids.setdefault(colour, max(self.ids.values(), default=-1) + 1)
             self._check_tolerance()
 
+    def declares_greys_only(self) -> bool:
+        """Whether the declared colours are all greys (equal channels): single-channel maps are then read by them."""
+        return self.declared is not None and all(is_grey(colour) for colour in self.declared.colours.values())
+
     def _check_tolerance(self) -> None:
         """Refuse a tolerance under which a colour could be near two declared ones; keep their least distance."""
         palette = list(self.ids)
@@ -211,17 +215,18 @@ def read_ground_truth(path: Path, colours: ColourIds) -> GroundTruth:
     ``colours`` (its ids are then colour ids, resolved over the dataset by :meth:`ColourIds.resolve`). Pixels of
     the nodata value a single-band GeoTIFF declares (ESA WorldCover's 0) hold no class: they are left out, as are
     NaN pixels of a float map that declares none (no value, as for inputs: docs/inputs.md), and pixels of alpha 0
-    of a map with an alpha channel (grey and alpha, RGBA), whose grey or colour is read as for a map without. A
-    single-channel map stored lossy (a grey JPEG) is read as colours where ``colours`` has declared ones: its greys
-    take the class of the declared colour within the tolerance, as a colour JPEG's do.
+    of a map with an alpha channel (grey and alpha, RGBA), whose grey or colour is read as for a map without. An
+    8-bit single-channel map is read as colours where ``colours`` declares greys alone (``#000000`` and ``#ffffff``
+    of a binary mask): its greys take the class of the declared grey within the tolerance, as a colour JPEG's do.
     """
     if extension_of(path.name) not in VOLUME_EXTENSIONS:
         arr, nodata, pages = read_array(path, palette_colours=colours.declared is not None)
         alpha = None
         if arr.ndim == 3 and arr.shape[2] in (2, 4) and arr.dtype == np.uint8:  # grey and alpha, RGBA
             arr, alpha = (arr[..., 0] if arr.shape[2] == 2 else arr[..., :3]), arr[..., -1]
-        if arr.ndim == 2 and arr.dtype == np.uint8 and colours.declared is not None and is_lossy(path):
-            # A grey JPEG (Kvasir-SEG's masks): its declared colours and their tolerance are the way to read it
+        if arr.ndim == 2 and arr.dtype == np.uint8 and colours.declares_greys_only():
+            # A grey mask whose classes are declared as greys (a JPEG's: Kvasir-SEG's, its colours' tolerance the
+            # way to read it; PNGs beside them read the same way)
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
             read = GroundTruth(_colour_ids(arr, alpha, colours, path), coloured=True)

@@ -1082,12 +1082,25 @@ def test_a_binary_mask_saved_as_jpeg_is_refused_and_read_through_its_two_colours
     assert "--gt-classes FILE --gt-colour-tolerance 127" in err and str(tmp_path / "gt" / "a.jpg") in err
     (tmp_path / "classes.yaml").write_text("classes: [{name: background, colour: '#000000'}, "
                                            "{name: polyp, colour: '#ffffff'}]\n")
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt"), "--ignore-index", "none"]) == 2
+    assert "would be scored as a class. Declare" in capsys.readouterr().err  # 255 is a class there: not "ignored"
+    # the same mask saved as PNG beside it (masks of two sources): read through the same two colours
+    write(tmp_path / "gt" / "b.png", gt)
+    write(tmp_path / "out" / "ann_dir" / "train" / "b.png", np.where(polyp, 3, 1))
     report = evaluate_cli(tmp_path, "--gt-classes", str(tmp_path / "classes.yaml"), "--gt-colour-tolerance", "127")
     assert report["miou"] == 1.0 and report["class_to_pseudo_labels"] == {"0": [1], "1": [3]}
-    assert report["ground_truth_pixels_snapped"] > 0
+    assert report["ground_truth_pixels_snapped"] > 0 and report["n_images"] == 2
     # Ground truth of class ids with a small class of its own is no blurred mask: scored as before
     ids = gt.copy()
     ids[:6, :12] = 7  # 1.8 % of the pixels
     Image.fromarray(ids).save(tmp_path / "gt" / "a.jpg", quality=100)
     assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt"), "--ignore-index", "none",
                  "--json", str(tmp_path / "ids.json")]) == 0
+    # nor are lossless maps of rare classes, 0 and 255 beside a JPEG of other values: judged on the JPEG's pixels
+    rare = np.zeros((64, 64), np.uint8)
+    rare[:4], rare[10, :20], rare[20, :20] = 255, 1, 2  # 255 ignored; classes 1 and 2 under 1 % each
+    write(tmp_path / "gt" / "a.png", rare)
+    (tmp_path / "gt" / "a.jpg").unlink()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "gt" / "c.jpg")  # no pseudo-label: left out
+    assert alps(["evaluate", str(tmp_path / "out"), str(tmp_path / "gt"), "--ignore-index", "255",
+                 "--exclude-unlabelled-images", "--json", str(tmp_path / "rare.json")]) == 0
