@@ -247,7 +247,18 @@ def name_problem(name: Any, what: str) -> str | None:
     hidden = [c for c in name.strip() if unicodedata.category(c) == "Cf" and c not in "\u200c\u200d"]
     if hidden:
         return f"{what} name {name.strip()!r} holds an invisible character (U+{ord(hidden[0]):04X})"
+    # No text: a noncharacter (U+FFFF) or a lone surrogate (JSON's "\ud800") passes JSON, and then the YAML template
+    # (report/classes.yaml) that holds it cannot be read back, nor the name written as UTF-8
+    no_text = [c for c in name if 0xFDD0 <= ord(c) <= 0xFDEF or ord(c) & 0xFFFE == 0xFFFE
+               or unicodedata.category(c) == "Cs"]
+    if no_text:
+        return f"{what} name {name.strip()!r} holds U+{ord(no_text[0]):04X}, which is no character of text"
     return None
+
+
+def look_of(name: str) -> str:
+    """What ``name`` looks like: two names of one look (``a b`` and ``a\u00a0b``, a no-break space) read as one."""
+    return " ".join(unicodedata.normalize("NFKC", name).split())
 
 
 def _cluster_ids(value: Any, what: str, n_clusters: int, problems: list[str], at: bool = False) -> dict[int, str]:
@@ -279,7 +290,7 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
         ClassesFileError: With one line per problem.
     """
     problems: list[str] = []
-    unknown = sorted(set(spec) - {"classes", "drop", "centroids"})
+    unknown = sorted(set(spec) - {"classes", "drop", "centroids"}, key=repr)  # YAML keys may be 1, true and text
     if unknown:
         problems.append(f"unknown key(s) {unknown}: only 'classes', 'drop' and 'centroids' are read")
     classes = spec.get("classes", [])
@@ -306,8 +317,13 @@ def class_map_from_spec(spec: Mapping[str, Any], n_clusters: int, source: str = 
             continue
         name = unicodedata.normalize("NFC", name.strip())  # "café" typed two ways is one name, not two alike
         label = f"class '{name}'{_at(entry)}"
+        alike = next((other for other in names if other != name and look_of(other) == look_of(name)), None)
         if name in names:
             problems.append(f"{label} is listed twice; list all its clusters in one entry to merge them")
+        elif alike is not None:
+            problems.append(f"{label} looks like class '{alike}'{where[alike]} ({name!a} and {alike!a}: "
+                            "they differ in a space or the form of a character); give both one name to merge them, "
+                            "or tell them apart")
         value = entry.get("clusters")
         if value is None or value == []:
             problems.append(f"{label} lists no clusters; give it at least one, e.g. clusters: [0]")

@@ -41,6 +41,18 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
     assert class_map_from_spec({"classes": [{"name": persian, "clusters": [0]}]}, 1).names == (persian,)
     undone = class_map_from_spec({"classes": []}, 3)
     assert undone.names == ("cluster_0", "cluster_1", "cluster_2") and undone.cluster_to_class == (0, 1, 2)
+    # (mutation audit of relabel:) names stripped; `classes:` or `drop:` left empty; 255 classes fit; two dropped
+    # clusters both said (the report's template listed the first alone, and re-applied it gave the second back)
+    assert class_map_from_spec({"classes": [{"name": " roof ", "clusters": [0]}]}, 2).names == ("roof", "cluster_1")
+    assert class_map_from_spec({"classes": None, "drop": [0]}, 2).names == ("cluster_1",)
+    assert class_map_from_spec({"classes": [{"name": "a", "clusters": [0]}], "drop": None}, 2).dropped == []
+    assert class_map_from_spec({"classes": []}, IGNORE).n_classes == IGNORE
+    two_dropped = class_map_from_spec({"classes": [{"name": "a", "clusters": [0]}], "drop": [1, 2]}, 4)
+    assert two_dropped.dropped == [1, 2] and two_dropped.names == ("a", "cluster_3")
+    from alps_client.labels.classes import in_dropped_clusters
+
+    assert in_dropped_clusters({"n_masks_in_dropped_clusters": 1}) == " (1 in dropped clusters)"
+    assert in_dropped_clusters({"n_masks_in_dropped_clusters": 0}) == in_dropped_clusters({}) == ""
 
 
 @pytest.mark.parametrize(
@@ -71,6 +83,19 @@ def test_listed_classes_first_then_unlisted_clusters_in_order_and_drops():
         ({"classes": [{"name": "a", "clusters": [1]}], "drop": 0}, ["drop must be a list of cluster ids, got 0"]),
         ({"classes": {}}, ["'classes' must be a list of {name, clusters} entries, got {}"]),
         ({"classes": 0}, ["'classes' must be a list of {name, clusters} entries, got 0"]),
+        # (mutation audit of relabel:) the cluster one past the last, which crashed with an IndexError
+        ({"classes": [{"name": "a", "clusters": [4]}]}, ["cluster 4 does not exist (this dataset has clusters 0..3)"]),
+        ({"classes": [{"name": "   ", "clusters": [0]}]}, ["class #1 needs a non-empty 'name', got '   '"]),
+        ({"classes": [{"name": " a ", "clusters": [0]}, {"name": "a", "clusters": [1]}]}, ["class 'a' is listed twice"]),
+        # a key of the file indented into a class: its clusters would stay labelled, unsaid
+        ({"classes": [{"name": "a", "clusters": [0], "drop": [1]}]}, ["class #1 must be {name: ..., clusters: [...]}"]),
+        ({"classes": [{"name": "a", "clusters": [0]}], 1: "x", "foo": "y"},  # keys of two types: a TypeError
+         ["unknown key(s) ['foo', 1]: only 'classes', 'drop' and 'centroids' are read"]),
+        ({"classes": [{"name": "roof\uffff", "clusters": [0]}]},  # its YAML template could not be read back
+         ["class #1 name 'roof\\uffff' holds U+FFFF, which is no character of text"]),
+        ({"classes": [{"name": "a\ud800", "clusters": [0]}]}, ["holds U+D800, which is no character of text"]),
+        ({"classes": [{"name": "a b", "clusters": [0]}, {"name": "a\u00a0b", "clusters": [1]}]},  # a no-break space
+         ["class 'a\u00a0b' looks like class 'a b' ('a\\xa0b' and 'a b': they differ in a space or the form"]),
     ],
 )
 def test_every_problem_is_one_clear_line(spec, problems):
