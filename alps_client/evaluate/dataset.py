@@ -123,6 +123,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
     inputs, recorded_sizes = _input_settings(out) if wholes else ({}, {})
     scene_sizes = {nfc(stem).removesuffix(image_suffix): size for stem, size in recorded_sizes.items()}
     by_id, by_colour, wide = Confusion(), Confusion(), None  # wide: a file of ids stored in more than 8 bits
+    lossy = {stem: gts[stem] for stem in matched + missing_pred if is_lossy(gts[stem])}  # a WebP's head read once
     lossy_by_id, lossy_by_colour, first_lossy = Confusion(), Confusion(), None  # the lossy files' own pixels
     nodata, nan_pixels, alpha_files, transparent_pixels = set[float](), 0, 0, 0
     images: list[ImageCounts] = []
@@ -157,7 +158,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         if allowed_ids is not None:
             check_declared(part, read.coloured, colours, allowed_ids, classes, gts[stem])
         images.append(ImageCounts.of(stem, part, read.coloured))
-        if is_lossy(gts[stem]):
+        if stem in lossy:
             first_lossy = first_lossy or gts[stem]
             if read.coloured:
                 lossy_by_colour += part
@@ -174,7 +175,7 @@ def evaluate_dataset(out_dir: str | Path, gt_dir: str | Path, matching: Matching
         others = f" ({counted(more, 'other ground-truth file')} too)" if more else ""
         raise AlpsError(f"{path}: {size} differs from its pseudo-label {found}, {label_size}{others}: give ground "
                         "truth of the images' size (resized, or another dataset's?)")
-    warnings = [_lossy_ground_truth([gts[stem] for stem in matched + missing_pred]),
+    warnings = [_lossy_ground_truth(list(lossy.values())),
                 orientation_note(reoriented, unplaced)]
     if paged:
         warnings.append(f"{counted(len(paged), 'ground-truth file')} of several pages (e.g. {paged[0][0]}, "
@@ -291,9 +292,8 @@ def _blurred_binary(conf: Confusion) -> tuple[int, float] | None:
     return int((~ends).sum()), float(between.sum() / total)
 
 
-def _lossy_ground_truth(paths: list[Path]) -> str:
-    """What to know of ground truth stored with lossy compression (JPEG, JPEG 2000, WebP), or "" if none is."""
-    lossy = [path for path in paths if is_lossy(path)]
+def _lossy_ground_truth(lossy: list[Path]) -> str:
+    """What to know of ground truth stored with lossy compression (JPEG, JPEG 2000, WebP: ``lossy``), or ""."""
     if not lossy:
         return ""
     return (f"{counted(len(lossy), 'file')} of the ground truth {'uses' if len(lossy) == 1 else 'use'} lossy "
